@@ -1,0 +1,250 @@
+"""Validation cost per layer, and what each layer catches (no timed assertions anywhere).
+
+Run: `.venv/bin/python bench/validation.py [--repeat N] [--quick]`. Reads the Synthea bundles
+(/work/shared/data/synthea) and the official R4 examples (/work/shared/data/fhir-r4/examples).
+
+Prints, for docs/validation.md:
+1. start-up: loading the schema, compiling it per type, importing fhir.resources;
+2. µs per resource for the schema layer, the model layer and both, by resource type;
+3. a catch matrix: seeded faults, and which of the raw official schema, the corrected schema
+   and the R4B models report them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gzip
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fhir_server.model import validation as v
+from fhir_server.model.types import RESOURCE_TYPES
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+Resource = dict[str, Any]
+
+
+def load() -> tuple[list[Resource], list[Resource], list[Resource]]:
+    """Synthea entry resources, Synthea bundles (whole), official examples."""
+    bundles = [orjson.loads(p.read_bytes()) for p in sorted((SHARED / "synthea").glob("*.json"))]
+    entries = [e["resource"] for b in bundles for e in b.get("entry", [])]
+    examples = [
+        orjson.loads(p.read_bytes()) for p in sorted((SHARED / "fhir-r4/examples").glob("*.json"))
+    ]
+    return entries, bundles, examples
+
+
+def ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+def startup() -> None:
+    print("## Start-up")
+    t = time.perf_counter()
+    v._definitions()
+    print(f"schema: gunzip + parse + correct     {ms(t):8.1f} ms (once per process)")
+    compile_ms = []
+    for name in sorted(RESOURCE_TYPES):
+        t = time.perf_counter()
+        v._schema(name)
+        compile_ms.append(ms(t))
+    print(
+        f"schema: compile one type             {statistics.median(compile_ms):8.1f} ms median, "
+        f"{max(compile_ms):.1f} max, {sum(compile_ms):.0f} ms for all 146"
+    )
+    t = time.perf_counter()
+    import fhir.resources.R4B  # noqa: F401
+
+    print(f"models: import fhir.resources.R4B    {ms(t):8.1f} ms")
+    t = time.perf_counter()
+    v._model("Patient")
+    print(f"models: first Patient model class    {ms(t):8.1f} ms")
+    t = time.perf_counter()
+    for name in sorted(v._agreeing_types()):
+        v._model(name)
+    print(f"models: all {len(v._agreeing_types())} model classes          {ms(t):8.1f} ms")
+
+
+def per_resource(resources: list[Resource], repeat: int, label: str) -> None:
+    """µs per resource for each layer, by type (best of `repeat` runs, as timeit advises)."""
+    schema_only, both = v.Validator(use_models=False), v.Validator(use_models=True)
+
+    def model_only(r: Resource) -> None:
+        # What fhir.resources alone costs: the whole resource, nested resources included.
+        if r["resourceType"] in v._agreeing_types():
+            with contextlib.suppress(Exception):  # invalid input costs time too
+                v._model(r["resourceType"]).model_validate(r)
+
+    layers: dict[str, Callable[[Resource], Any]] = {
+        "schema": schema_only.issues,
+        "models": model_only,
+        "both": both.issues,
+    }
+    for layer in layers.values():  # warm: compile schemas, build model classes
+        for r in resources:
+            layer(r)
+    by_type: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[str, int] = defaultdict(int)
+    for r in resources:
+        counts[r["resourceType"]] += 1
+    for name, layer in layers.items():
+        for r in resources:
+            best = min(_timed(layer, r) for _ in range(repeat))
+            by_type[r["resourceType"]][name] += best
+    print(f"\n## µs per resource: {label} ({len(resources)} resources, best of {repeat})")
+    print(f"{'type':28} {'n':>5} {'schema':>9} {'models':>9} {'both':>9}")
+    top = sorted(counts, key=lambda t: -counts[t])[:15]
+    for t in top:
+        n = counts[t]
+        row = " ".join(f"{by_type[t][k] / n:9.1f}" for k in layers)
+        print(f"{t:28} {n:5} {row}")
+    total = {k: sum(by_type[t][k] for t in by_type) / len(resources) for k in layers}
+    print(f"{'ALL (mean)':28} {len(resources):5} " + " ".join(f"{total[k]:9.1f}" for k in layers))
+
+
+def _timed(fn: Callable[[Resource], Any], r: Resource) -> float:
+    t = time.perf_counter()
+    fn(r)
+    return (time.perf_counter() - t) * 1e6
+
+
+def whole_bundles(bundles: list[Resource]) -> None:
+    print("\n## Whole Synthea transaction Bundles (entries validated inside)")
+    for use_models in (False, True):
+        validator = v.Validator(use_models=use_models)
+        validator.issues(bundles[0])
+        t = time.perf_counter()
+        for b in bundles:
+            validator.issues(b)
+        entries = sum(len(b.get("entry", [])) for b in bundles)
+        print(
+            f"use_models={use_models!s:5}: {ms(t) / len(bundles):8.1f} ms per bundle "
+            f"({entries / len(bundles):.0f} entries on average)"
+        )
+
+
+# --- What each layer catches --------------------------------------------------------------
+
+
+def _raw_schema() -> Callable[[Resource], bool]:
+    """The published schema as is: True when it reports an error."""
+    import jsonschema_rs
+
+    raw = orjson.loads(gzip.decompress((v._DATA / "fhir.schema.json.gz").read_bytes()))
+    cache: dict[str, Any] = {}
+
+    def rejects(r: Resource) -> bool:
+        name = r["resourceType"]
+        if name not in cache:
+            root = {"$ref": f"#/definitions/{name}", "definitions": raw["definitions"]}
+            cache[name] = jsonschema_rs.Draft6Validator(root)
+        return not cache[name].is_valid(r)
+
+    return rejects
+
+
+def _models_reject(r: Resource) -> bool | None:
+    """None when the type is schema-only (R4B models not used)."""
+    from pydantic import ValidationError
+
+    if r["resourceType"] not in v._agreeing_types():
+        return None
+    try:
+        v._model(r["resourceType"]).model_validate(r)
+    except ValidationError:
+        return True
+    return False
+
+
+def _patient(**changes: Any) -> Resource:
+    base: Resource = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe"}]}
+    return {**base, **changes}
+
+
+def _observation(**changes: Any) -> Resource:
+    base: Resource = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    return {**base, **changes}
+
+
+FAULTS: dict[str, Resource] = {
+    "unknown element": _patient(foo=1),
+    "wrong JSON type (string for boolean)": _patient(active="true"),
+    "string where an object belongs": _patient(maritalStatus="married"),
+    "number inside an array of objects": _patient(name=[5]),
+    "number as Narrative.div": _patient(text={"status": "generated", "div": 5}),
+    "bad date format": _patient(birthDate="1974-13-45"),
+    "impossible date (Feb 30)": _patient(birthDate="2019-02-30"),
+    "bad code (not in required value set)": _patient(gender="f"),
+    "bad id": _patient(id="a b"),
+    "decimal as integer": _patient(multipleBirthInteger=1.5),
+    "0 as positiveInt": _observation(
+        valueSampledData={"origin": {"value": 1}, "period": 1, "dimensions": 0, "data": "1"}
+    ),
+    "empty array": _patient(photo=[]),
+    "empty object": _patient(contact=[{}]),
+    "empty string": _patient(name=[{"family": ""}]),
+    "two values for a choice element": _observation(valueString="a", valueBoolean=True),
+    "missing required complex element": {"resourceType": "Observation", "status": "final"},
+    "missing required primitive": {"resourceType": "Observation", "code": {"text": "x"}},
+    "modifierExtension where R4 has none": _observation(
+        effectiveTiming={"repeat": {"modifierExtension": [{"url": "http://x", "valueString": "s"}]}}
+    ),
+    "contained resource with bad code": _patient(
+        contained=[{"resourceType": "Patient", "gender": "f"}]
+    ),
+    "Bundle entry with unknown element": {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": _patient(foo=1)}],
+    },
+    "no-break space in a string (valid)": _patient(name=[{"family": "A\u00a0B"}]),
+    "fhirVersion 4.0.1 (valid)": {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2020",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+    },
+}
+
+
+def catches() -> None:
+    raw = _raw_schema()
+    schema = v.Validator(use_models=False)
+    print("\n## Seeded faults: reported by (yes = an error)")
+    print(f"{'fault':42} {'raw schema':>10} {'corrected':>10} {'R4B models':>10}")
+    for name, resource in FAULTS.items():
+        models = _models_reject(copy.deepcopy(resource))
+        cells = (raw(resource), bool(schema.issues(resource)), models)
+        print(f"{name:42} " + " ".join(f"{_yes(c):>10}" for c in cells))
+
+
+def _yes(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "-")
+
+
+def main(argv: list[str]) -> None:
+    repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 5
+    startup()
+    entries, bundles, examples = load()
+    if "--quick" in argv:
+        entries = entries[:2000]
+    per_resource(entries, repeat, "Synthea entries")
+    per_resource(examples, repeat, "official R4 examples")
+    whole_bundles(bundles)
+    catches()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

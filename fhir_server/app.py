@@ -1,0 +1,68 @@
+"""create_app(settings): wires store, validation, search registry and routes together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .http import fhir_router, install_error_handlers, metadata_router, operability_router
+from .logs import RequestIdMiddleware
+from .model.validation import Validator
+from .search import default_registry
+from .services.context import Context
+from .services.demo import load_demo_data
+from .settings import Settings
+from .store.base import Store
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger("fhir_server")
+
+
+def open_store(url: str) -> Store:
+    """The store a URL names; only sqlite:/// for now."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore.from_url(url)
+    raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI application for `settings` (read from the environment if omitted)."""
+    settings = settings or Settings()
+    store = open_store(settings.store_url)
+    context = Context(
+        store=store,
+        validator=Validator(use_models=settings.validate_with_models),
+        registry=default_registry(),
+        default_page_size=settings.default_page_size,
+        max_page_size=settings.max_page_size,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        if settings.demo_data:
+            loaded = await load_demo_data(context)
+            if loaded:
+                log.info("demo data loaded", extra={"resources": loaded})
+        log.info("ready", extra={"base_url": settings.base_url})
+        yield
+        await store.close()
+
+    app = FastAPI(
+        title="fhir-server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.context = context
+    install_error_handlers(app)
+    app.include_router(operability_router)
+    app.include_router(metadata_router, prefix=settings.base_path)
+    app.include_router(fhir_router, prefix=settings.base_path)
+    app.add_middleware(RequestIdMiddleware)
+    return app

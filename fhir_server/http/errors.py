@@ -1,0 +1,87 @@
+"""The one place that maps failures to HTTP statuses and OperationOutcome bodies."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ..model.errors import FhirError, Issue, Kind, fail
+from ..model.outcome import operation_outcome
+from .negotiation import fhir_response
+
+log = logging.getLogger("fhir_server.http")
+
+STATUS: dict[Kind, int] = {
+    Kind.INVALID: 400,
+    Kind.UNAUTHORIZED: 401,
+    Kind.FORBIDDEN: 403,
+    Kind.NOT_FOUND: 404,
+    Kind.NOT_ALLOWED: 405,
+    Kind.NOT_ACCEPTABLE: 406,
+    Kind.CONFLICT: 409,
+    Kind.GONE: 410,
+    Kind.PRECONDITION_FAILED: 412,
+    Kind.TOO_LARGE: 413,
+    Kind.UNSUPPORTED_MEDIA_TYPE: 415,
+    Kind.UNPROCESSABLE: 422,
+    Kind.NOT_SUPPORTED: 501,
+    Kind.BUSY: 503,
+    Kind.FAULT: 500,
+}
+
+
+def status_of(kind: Kind) -> int:
+    """The HTTP status of a failure kind (also used for Bundle entry responses)."""
+    return STATUS[kind]
+
+
+def error_response(request: Request, error: FhirError) -> Response:
+    """An OperationOutcome response for `error`."""
+    return fhir_response(request, operation_outcome(error.issues), status=status_of(error.kind))
+
+
+async def _fhir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    return error_response(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error = fail(Kind.NOT_ALLOWED, "not-supported",
+                     f"{request.method} is not allowed on {request.url.path}.")
+        response = error_response(request, error)
+        if exc.headers and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    if exc.status_code == 404:
+        error = fail(Kind.NOT_FOUND, "not-found", f"No FHIR endpoint at {request.url.path}.")
+        return error_response(request, error)
+    issue = Issue(code="processing", diagnostics=str(exc.detail))
+    return fhir_response(request, operation_outcome([issue]), status=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log only; the client gets an id to quote.
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unhandled error", extra={"incident": incident})
+    error = fail(Kind.FAULT, "exception", f"Internal error; incident {incident} is in the server log.")
+    return error_response(request, error)
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
+    error = fail(Kind.INVALID, "invalid", "The request parameters are invalid.")
+    return error_response(request, error)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into an OperationOutcome."""
+    app.add_exception_handler(FhirError, _fhir_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Exception, _unexpected)

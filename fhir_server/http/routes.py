@@ -1,0 +1,204 @@
+"""The FHIR REST routes (FHIR R4 http.html): parse the request, call one service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ..model import jsonbody
+from ..model.errors import Kind, fail
+from ..model.outcome import information
+from ..services import crud, history
+from ..services.context import Context, Payload
+from ..store.base import Result
+from .headers import if_match, prefer, version_headers
+from .negotiation import check_acceptable, empty_response, fhir_response, read_body
+
+router = APIRouter()
+
+
+def _ctx(request: Request) -> Context:
+    return request.app.state.context  # type: ignore[no-any-return]
+
+
+def _base_url(request: Request) -> str:
+    return request.app.state.settings.base_url.rstrip("/")  # type: ignore[no-any-return]
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+
+
+def _criteria(request: Request) -> str:
+    return urlencode(_query(request))
+
+
+async def _payload(request: Request) -> Payload:
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    checked = jsonbody.parse_for_checks(body)
+    if not isinstance(checked, dict):
+        raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
+    return Payload(checked, jsonbody.exact_copy(body, checked))
+
+
+async def _patch_document(request: Request) -> Any:
+    body = await read_body(request, request.app.state.settings.max_body_bytes, patch=True)
+    return jsonbody.parse_decimal(body)
+
+
+def _write_response(request: Request, result: Result, *, message: str) -> Response:
+    """Render a create/update/patch result as the spec and `Prefer: return` ask."""
+    version = result.version
+    if version is None or version.body is None:
+        raise AssertionError("write without a stored version")
+    location = f"{_base_url(request)}/{version.resource_type}/{version.id}/_history/{version.version}"
+    status = 201 if result.outcome == "created" else 200
+    headers = version_headers(version, location if status == 201 or result.outcome == "updated" else None)
+    wanted = prefer(request, "return")
+    if wanted == "minimal":
+        return empty_response(status, headers)
+    if wanted == "operationoutcome":
+        return fhir_response(request, information(message), status=status, headers=headers)
+    return fhir_response(request, version.body, status=status, headers=headers)
+
+
+def _delete_response(request: Request, result: Result) -> Response:
+    headers = version_headers(result.version) if result.version else {}
+    headers.pop("Last-Modified", None)
+    wanted = prefer(request, "return")
+    if wanted in ("operationoutcome", "representation"):
+        count = len(result.versions)
+        message = f"Deleted {count} resource(s)." if count else "Nothing to delete."
+        return fhir_response(request, information(message), status=200, headers=headers)
+    return empty_response(204, headers)
+
+
+# -- type level ------------------------------------------------------------------------
+
+
+@router.post("/{resource_type}")
+async def create(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    payload = await _payload(request)
+    result = await crud.create(
+        _ctx(request), resource_type, payload, if_none_exist=request.headers.get("if-none-exist")
+    )
+    if result.outcome == "matched":
+        return _write_response(request, result, message="An existing resource matches; nothing created.")
+    return _write_response(request, result, message="Created.")
+
+
+@router.put("/{resource_type}")
+async def conditional_update(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    payload = await _payload(request)
+    result = await crud.conditional_update(
+        _ctx(request), resource_type, _criteria(request), payload, if_match=if_match(request)
+    )
+    return _write_response(request, result, message="Stored.")
+
+
+@router.patch("/{resource_type}")
+async def conditional_patch(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    document = await _patch_document(request)
+    result = await crud.conditional_patch(
+        _ctx(request), resource_type, _criteria(request), document, if_match=if_match(request)
+    )
+    return _write_response(request, result, message="Patched.")
+
+
+@router.delete("/{resource_type}")
+async def conditional_delete(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    result = await crud.conditional_delete(
+        _ctx(request),
+        resource_type,
+        _criteria(request),
+        multiple=request.app.state.settings.conditional_delete_multiple,
+    )
+    return _delete_response(request, result)
+
+
+@router.get("/{resource_type}/_history")
+async def history_type(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    bundle = await history.history(
+        _ctx(request), resource_type, None, _query(request),
+        base_url=_base_url(request), self_url=f"{_base_url(request)}/{resource_type}/_history",
+    )
+    return fhir_response(request, bundle)
+
+
+@router.get("/_history")
+async def history_system(request: Request) -> Response:
+    check_acceptable(request)
+    bundle = await history.history(
+        _ctx(request), None, None, _query(request),
+        base_url=_base_url(request), self_url=f"{_base_url(request)}/_history",
+    )
+    return fhir_response(request, bundle)
+
+
+# -- instance level --------------------------------------------------------------------
+
+
+@router.get("/{resource_type}/{id}")
+async def read(request: Request, resource_type: str, id: str) -> Response:
+    check_acceptable(request)
+    version = await crud.read(_ctx(request), resource_type, id)
+    assert version.body is not None
+    return fhir_response(request, version.body, headers=version_headers(version))
+
+
+@router.put("/{resource_type}/{id}")
+async def update(request: Request, resource_type: str, id: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    crud.check_id(id)
+    payload = await _payload(request)
+    result = await crud.update(_ctx(request), resource_type, id, payload, if_match=if_match(request))
+    return _write_response(request, result, message="Stored.")
+
+
+@router.patch("/{resource_type}/{id}")
+async def patch(request: Request, resource_type: str, id: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    crud.check_id(id)
+    document = await _patch_document(request)
+    result = await crud.patch(_ctx(request), resource_type, id, document, if_match=if_match(request))
+    return _write_response(request, result, message="Patched.")
+
+
+@router.delete("/{resource_type}/{id}")
+async def delete(request: Request, resource_type: str, id: str) -> Response:
+    check_acceptable(request)
+    result = await crud.delete(_ctx(request), resource_type, id, if_match=if_match(request))
+    return _delete_response(request, result)
+
+
+@router.get("/{resource_type}/{id}/_history")
+async def history_instance(request: Request, resource_type: str, id: str) -> Response:
+    check_acceptable(request)
+    base = _base_url(request)
+    bundle = await history.history(
+        _ctx(request), resource_type, id, _query(request),
+        base_url=base, self_url=f"{base}/{resource_type}/{id}/_history",
+    )
+    return fhir_response(request, bundle)
+
+
+@router.get("/{resource_type}/{id}/_history/{version_id}")
+async def vread(request: Request, resource_type: str, id: str, version_id: str) -> Response:
+    check_acceptable(request)
+    version = await crud.vread(_ctx(request), resource_type, id, version_id)
+    assert version.body is not None
+    return fhir_response(request, version.body, headers=version_headers(version))

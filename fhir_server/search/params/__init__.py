@@ -1,0 +1,1 @@
+"""Per-type search parameter logic: indexing, value parsing and matching (search.html)."""

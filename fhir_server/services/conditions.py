@@ -1,0 +1,32 @@
+"""Search criteria of conditional interactions (If-None-Exist, PUT/PATCH/DELETE ?criteria).
+
+Unlike a search, a condition never ignores a parameter it does not understand: dropping one
+would widen the match and update or delete the wrong resource (http.html#cond-update).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import parse_qsl
+
+from ..model.errors import FhirError, Kind, fail
+from ..search import Query, parse_query
+from .context import Context
+
+
+def condition(ctx: Context, resource_type: str, criteria: str) -> Query:
+    """Parse `criteria` (a query string) strictly; INVALID if empty or not fully understood."""
+    # Clients also send the "Patient?identifier=..." form in If-None-Exist.
+    query_string = criteria.split("?", 1)[1] if "?" in criteria else criteria
+    params = parse_qsl(query_string, keep_blank_values=True)
+    if not params:
+        raise fail(
+            Kind.INVALID,
+            "required",
+            "A conditional interaction needs search criteria.",
+            details_code="MSG_INVALID_CONDITIONAL",
+        )
+    query, issues = parse_query(resource_type, params, ctx.registry)
+    if issues:
+        raise FhirError(Kind.INVALID, tuple(replace(i, severity="error") for i in issues))
+    return query

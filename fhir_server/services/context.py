@@ -1,0 +1,34 @@
+"""What every interaction needs: the store, the validator, the search registry and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..model.validation import Validator
+from ..search import Registry
+from ..store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Dependencies of the service layer, built once by `app.create_app`."""
+
+    store: Store
+    validator: Validator
+    registry: Registry
+    default_page_size: int = 20
+    max_page_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A resource sent by a client, in two views of the same JSON.
+
+    `checked` has plain floats (validation, indexing); `exact` keeps decimals as written and
+    is what gets stored (see model/jsonbody.py). They are the same object when the JSON holds
+    no decimal.
+    """
+
+    checked: dict[str, Any]
+    exact: dict[str, Any]

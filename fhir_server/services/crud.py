@@ -1,0 +1,259 @@
+"""Instance interactions: create, read, vread, update, patch, delete and their conditional forms.
+
+FHIR R4 http.html#create, #read, #vread, #update, #patch, #delete, #cond-update, #cdelete.
+Every write is validated, indexed once, and handed to the store as data; the store stamps
+version and time inside its unit of work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import jsonpatch
+
+from ..model import jsonbody
+from ..model.errors import Kind, fail
+from ..model.ids import new_id
+from ..model.types import is_resource_type, is_valid_id
+from ..search import IndexEntry, Query, extract
+from ..store.base import (
+    ConditionalCreate,
+    ConditionalDelete,
+    ConditionalUpdate,
+    Delete,
+    Result,
+    Version,
+    Write,
+)
+from .conditions import condition
+from .context import Context, Payload
+
+
+def check_type(resource_type: str) -> None:
+    """Raise NOT_FOUND for a type this server does not know (R4 only)."""
+    if not is_resource_type(resource_type):
+        raise fail(
+            Kind.NOT_FOUND,
+            "not-supported",
+            f"Unknown resource type '{resource_type}' (this server implements FHIR R4 4.0.1).",
+            details_code="MSG_UNKNOWN_TYPE",
+        )
+
+
+def check_id(id: str) -> None:
+    """Raise INVALID for a malformed logical id."""
+    if not is_valid_id(id):
+        raise fail(
+            Kind.INVALID,
+            "value",
+            "Invalid resource id: ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.'.",
+            details_code="MSG_ID_INVALID",
+        )
+
+
+def _checked_resource(ctx: Context, resource_type: str, payload: Payload) -> list[IndexEntry]:
+    """Validate a resource sent for `resource_type`; return its index entries."""
+    resource = payload.checked
+    if not isinstance(resource, dict):
+        raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
+    sent_type = resource.get("resourceType")
+    if sent_type != resource_type:
+        raise fail(
+            Kind.INVALID,
+            "invalid",
+            f"The resourceType is '{sent_type}' but the request is for '{resource_type}'.",
+            expression="resourceType",
+            details_code="MSG_RESOURCE_TYPE_MISMATCH",
+        )
+    ctx.validator.validate(resource)
+    return extract(resource)
+
+
+def _assign_id(payload: Payload, id: str) -> None:
+    payload.checked["id"] = id
+    payload.exact["id"] = id
+
+
+async def create(
+    ctx: Context, resource_type: str, payload: Payload, *, if_none_exist: str | None = None
+) -> Result:
+    """Create with a server-assigned id (an id in the body is ignored, as the spec says).
+
+    With `if_none_exist` (a query string), return the one match instead, or fail with
+    PRECONDITION_FAILED if several match.
+    """
+    check_type(resource_type)
+    id = new_id()
+    _assign_id(payload, id)
+    entries = _checked_resource(ctx, resource_type, payload)
+    write = Write(resource_type, id, payload.exact, entries, "POST", create_only=True)
+    if if_none_exist is None:
+        return (await ctx.store.commit([write]))[0]
+    query = condition(ctx, resource_type, if_none_exist)
+    return (await ctx.store.commit([ConditionalCreate(query, write)]))[0]
+
+
+async def read(ctx: Context, resource_type: str, id: str) -> Version:
+    """The current version; NOT_FOUND if it never existed, GONE if deleted."""
+    check_type(resource_type)
+    check_id(id)
+    version = await ctx.store.read(resource_type, id)
+    if version is None:
+        raise fail(
+            Kind.NOT_FOUND,
+            "not-found",
+            f"{resource_type}/{id} is not known.",
+            details_code="MSG_NO_EXIST",
+        )
+    if version.deleted:
+        raise fail(
+            Kind.GONE, "deleted", f"{resource_type}/{id} has been deleted.", details_code="MSG_DELETED"
+        )
+    return version
+
+
+async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> Version:
+    """One version; NOT_FOUND if it does not exist, GONE if that version is a deletion."""
+    check_type(resource_type)
+    check_id(id)
+    if not version_id.isdigit():
+        raise fail(Kind.NOT_FOUND, "not-found", f"Version '{version_id}' does not exist.",
+                   details_code="MSG_VERSION_NOT_FOUND")
+    version = await ctx.store.vread(resource_type, id, int(version_id))
+    if version is None:
+        raise fail(
+            Kind.NOT_FOUND,
+            "not-found",
+            f"{resource_type}/{id} has no version {version_id}.",
+            details_code="MSG_NO_EXIST",
+        )
+    if version.deleted:
+        raise fail(Kind.GONE, "deleted", f"Version {version_id} of {resource_type}/{id} is a deletion.",
+                   details_code="MSG_DELETED")
+    return version
+
+
+async def update(
+    ctx: Context, resource_type: str, id: str, payload: Payload, *, if_match: int | None = None
+) -> Result:
+    """Update, or create with the client's id when it does not exist (update-as-create)."""
+    check_type(resource_type)
+    check_id(id)
+    body_id = payload.checked.get("id") if isinstance(payload.checked, dict) else None
+    if body_id is None:
+        raise fail(
+            Kind.INVALID,
+            "required",
+            "The resource must carry its id to be updated.",
+            expression=f"{resource_type}.id",
+            details_code="MSG_RESOURCE_ID_MISSING",
+        )
+    if body_id != id:
+        raise fail(
+            Kind.INVALID,
+            "invalid",
+            f"The id in the body ('{body_id}') differs from the id in the URL ('{id}').",
+            expression=f"{resource_type}.id",
+            details_code="MSG_RESOURCE_ID_MISMATCH",
+        )
+    entries = _checked_resource(ctx, resource_type, payload)
+    write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
+    return (await ctx.store.commit([write]))[0]
+
+
+async def conditional_update(
+    ctx: Context, resource_type: str, criteria: str, payload: Payload, *, if_match: int | None = None
+) -> Result:
+    """PUT /Type?criteria: update the one match, create if none, 412 if several."""
+    check_type(resource_type)
+    query = condition(ctx, resource_type, criteria)
+    body_id = payload.checked.get("id") if isinstance(payload.checked, dict) else None
+    if body_id is not None:
+        check_id(str(body_id))
+    id = str(body_id) if body_id is not None else new_id()
+    _assign_id(payload, id)
+    entries = _checked_resource(ctx, resource_type, payload)
+    write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
+    op = ConditionalUpdate(query, write, id_given=body_id is not None)
+    return (await ctx.store.commit([op]))[0]
+
+
+def _apply_patch(current: Version, operations: Any) -> Payload:
+    assert current.body is not None
+    document = jsonbody.load_decimal(current.body)
+    try:
+        patch = jsonpatch.JsonPatch(operations)
+        patched = patch.apply(document)
+    except (jsonpatch.InvalidJsonPatch, TypeError, AttributeError) as exc:
+        raise fail(Kind.INVALID, "invalid", f"Invalid JSON Patch document: {exc}.") from None
+    except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed) as exc:
+        raise fail(Kind.UNPROCESSABLE, "processing", f"The patch cannot be applied: {exc}.") from None
+    except jsonpatch.JsonPointerException as exc:
+        raise fail(Kind.UNPROCESSABLE, "processing", f"The patch cannot be applied: {exc}.") from None
+    if not isinstance(patched, dict):
+        raise fail(Kind.UNPROCESSABLE, "processing", "The patch must leave a resource (a JSON object).")
+    exact = jsonbody.from_decimal(patched)
+    checked = jsonbody.parse_for_checks(jsonbody.dump(exact))
+    return Payload(checked, exact)
+
+
+async def patch(
+    ctx: Context, resource_type: str, id: str, operations: Any, *, if_match: int | None = None
+) -> Result:
+    """Apply a JSON Patch (RFC 6902) to the current version, then validate as an update."""
+    current = await read(ctx, resource_type, id)
+    if if_match is not None and if_match != current.version:
+        raise fail(
+            Kind.PRECONDITION_FAILED,
+            "conflict",
+            f"Version {if_match} of {resource_type}/{id} is not the current version.",
+            details_code="MSG_VERSION_AWARE_CONFLICT",
+        )
+    payload = _apply_patch(current, operations)
+    if payload.checked.get("id") != id or payload.checked.get("resourceType") != resource_type:
+        raise fail(
+            Kind.UNPROCESSABLE,
+            "invariant",
+            "A patch may not change the resource's type or id.",
+            expression=f"{resource_type}.id",
+        )
+    entries = _checked_resource(ctx, resource_type, payload)
+    # Pin the version we patched, so a concurrent write makes this one fail (412), not vanish.
+    write = Write(resource_type, id, payload.exact, entries, "PATCH", if_match=current.version)
+    return (await ctx.store.commit([write]))[0]
+
+
+async def conditional_patch(
+    ctx: Context, resource_type: str, criteria: str, operations: Any, *, if_match: int | None = None
+) -> Result:
+    """PATCH /Type?criteria: patch the one match; NOT_FOUND if none, 412 if several."""
+    check_type(resource_type)
+    query = condition(ctx, resource_type, criteria)
+    page = await ctx.store.search(replace(query, count=2))
+    if not page.matches:
+        raise fail(Kind.NOT_FOUND, "not-found", f"No {resource_type} matches the criteria.",
+                   details_code="MSG_NO_MATCH")
+    if len(page.matches) > 1:
+        raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
+                   f"The criteria match more than one {resource_type}.")
+    return await patch(ctx, resource_type, page.matches[0].id, operations, if_match=if_match)
+
+
+async def delete(
+    ctx: Context, resource_type: str, id: str, *, if_match: int | None = None
+) -> Result:
+    """Delete; deleting a missing or deleted resource succeeds without a new version."""
+    check_type(resource_type)
+    check_id(id)
+    return (await ctx.store.commit([Delete(resource_type, id, if_match)]))[0]
+
+
+async def conditional_delete(
+    ctx: Context, resource_type: str, criteria: str, *, multiple: bool
+) -> Result:
+    """DELETE /Type?criteria: one match, or all matches when the client allows `multiple`."""
+    check_type(resource_type)
+    query = condition(ctx, resource_type, criteria)
+    return (await ctx.store.commit([ConditionalDelete(query, multiple)]))[0]
+

@@ -1,0 +1,95 @@
+"""History at instance, type and system level (FHIR R4 http.html#history).
+
+Newest first, deletions included. Paging uses a keyset cursor over the store's write sequence,
+so pages already handed out do not shift when new versions are written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from ..model.bundle import bundle, history_entry
+from ..model.errors import Kind, fail
+from ..store.base import HistoryQuery
+from .context import Context
+from .crud import check_id, check_type
+
+CURSOR = "_cursor"
+
+
+def _since(value: str) -> str:
+    """A `_since` instant (time zone required) in the stored UTC form."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None or "T" not in value:
+        raise fail(
+            Kind.INVALID,
+            "value",
+            "_since must be an instant with a time zone, e.g. 2024-01-31T10:00:00Z.",
+            expression="_since",
+        )
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _count(ctx: Context, value: str) -> int:
+    if not value.isdigit():
+        raise fail(Kind.INVALID, "value", "_count must be a non-negative integer.", expression="_count")
+    return min(int(value), ctx.max_page_size)
+
+
+def _cursor(value: str) -> int:
+    if not value.isdigit():
+        raise fail(Kind.INVALID, "value", "Invalid paging cursor.", expression=CURSOR)
+    return int(value)
+
+
+async def history(
+    ctx: Context,
+    resource_type: str | None,
+    id: str | None,
+    params: list[tuple[str, str]],
+    *,
+    base_url: str,
+    self_url: str,
+) -> dict[str, Any]:
+    """A history Bundle; NOT_FOUND for the history of an instance that never existed."""
+    if resource_type is not None:
+        check_type(resource_type)
+    if id is not None:
+        check_id(id)
+        assert resource_type is not None
+        if await ctx.store.read(resource_type, id) is None:
+            raise fail(Kind.NOT_FOUND, "not-found", f"{resource_type}/{id} is not known.",
+                       details_code="MSG_NO_EXIST")
+    since, count, before = None, ctx.default_page_size, None
+    kept: list[tuple[str, str]] = []
+    for name, value in params:
+        if name == "_since":
+            since = _since(value)
+        elif name == "_count":
+            count = _count(ctx, value)
+        elif name == CURSOR:
+            before = _cursor(value)
+            continue
+        else:
+            continue  # unknown history parameters are ignored, as for search
+        kept.append((name, value))
+    page = await ctx.store.history(
+        HistoryQuery(resource_type, id, since=since, count=count, before_seq=before)
+    )
+    links = {"self": _link(self_url, kept + ([(CURSOR, str(before))] if before else []))}
+    if page.next_seq is not None:
+        links["next"] = _link(self_url, [*kept, (CURSOR, str(page.next_seq))])
+    entries = (
+        history_entry(base_url, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body)
+        for v in page.versions
+    )
+    return bundle("history", entries, links=links)
+
+
+def _link(url: str, params: list[tuple[str, str]]) -> str:
+    return f"{url}?{urlencode(params)}" if params else url

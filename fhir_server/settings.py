@@ -1,0 +1,55 @@
+"""The one Settings object; environment variables use the prefix FHIR_SERVER_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server configuration. Every field can be set as FHIR_SERVER_<NAME> (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
+
+    base_url: str = Field(
+        "http://localhost:8080/fhir",
+        description="Public base URL of the FHIR endpoint, used in Location headers and links.",
+    )
+    data_dir: Path = Field(Path("data"), description="Directory for the embedded store.")
+    store: str = Field(
+        "",
+        description="Store URL; empty means sqlite:///<data_dir>/fhir.db.",
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8080, description="Port to listen on.")
+    workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
+    )
+    default_page_size: int = Field(20, ge=1, description="_count used when a search gives none.")
+    max_page_size: int = Field(1000, ge=1, description="Largest _count honoured.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    validate_with_models: bool = Field(
+        True,
+        description="Also validate with fhir.resources models after the R4 JSON schema.",
+    )
+    conditional_delete_multiple: bool = Field(
+        False,
+        description="Let a conditional DELETE remove every match; when false, several matches give 412.",
+    )
+    demo_data: bool = Field(
+        False, description="Load the bundled demo data set at start-up when the store is empty."
+    )
+
+    @property
+    def store_url(self) -> str:
+        """The effective store URL."""
+        return self.store or f"sqlite:///{self.data_dir / 'fhir.db'}"
+
+    @property
+    def base_path(self) -> str:
+        """The URL path of the FHIR endpoint, e.g. '/fhir'."""
+        return urlsplit(self.base_url).path.rstrip("/")

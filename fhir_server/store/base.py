@@ -1,0 +1,176 @@
+"""The Store port: what services need from storage, and the value types it trades in.
+
+A store keeps every version of every resource, applies writes given as data (`Write`,
+`Delete` and their conditional forms) atomically in one unit of work, and answers reads,
+history and searches. It assigns `meta.versionId` and `meta.lastUpdated` itself, inside the
+unit of work, so concurrent writers cannot produce the same version. It never sees HTTP,
+principals or access rules: services hand it resources, index entries and Query ASTs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..search import IndexEntry, Query
+
+Method = Literal["POST", "PUT", "PATCH", "DELETE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One stored version of a resource; `body` is None for a deletion."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: str
+    method: Method
+    body: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.body is None
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Create or update `resource_type/id` with `resource` (meta is stamped by the store).
+
+    `if_match`: the version that must be current, else PRECONDITION_FAILED.
+    `create_only`: fail with CONFLICT if the id is already taken (server-assigned ids).
+    """
+
+    resource_type: str
+    id: str
+    resource: dict[str, Any]
+    entries: Sequence[IndexEntry]
+    method: Method = "PUT"
+    if_match: int | None = None
+    create_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete `resource_type/id`; a missing or already deleted resource is not an error."""
+
+    resource_type: str
+    id: str
+    if_match: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalCreate:
+    """Apply `write` unless `query` matches: one match is returned, several fail (412)."""
+
+    query: Query
+    write: Write
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalUpdate:
+    """Update the one resource `query` matches, or create `write` when none does.
+
+    `id_given`: the body named an id, which must then equal the match's id.
+    """
+
+    query: Query
+    write: Write
+    id_given: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalDelete:
+    """Delete what `query` matches; several matches need `multiple`, else 412."""
+
+    query: Query
+    multiple: bool
+
+
+Operation = Write | Delete | ConditionalCreate | ConditionalUpdate | ConditionalDelete
+
+Outcome = Literal["created", "updated", "deleted", "unchanged", "matched", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one operation did; `versions` holds the versions written or matched."""
+
+    outcome: Outcome
+    versions: tuple[Version, ...] = ()
+
+    @property
+    def version(self) -> Version | None:
+        return self.versions[0] if self.versions else None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """A history request: system level (no type), type level, or instance level (type and id)."""
+
+    resource_type: str | None = None
+    id: str | None = None
+    since: str | None = None  # FHIR instant, inclusive
+    count: int = 20
+    before_seq: int | None = None  # keyset cursor: only entries older than this
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Newest first; `next_seq` is the cursor of the following page, None at the end."""
+
+    versions: tuple[Version, ...]
+    next_seq: int | None
+    total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of matches, plus included resources and the cursor of the next page."""
+
+    matches: tuple[Version, ...]
+    included: tuple[Version, ...] = ()
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+    total: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Storage of versioned FHIR resources. Every method is safe to call concurrently."""
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (idempotent)."""
+
+    async def close(self) -> None:
+        """Release connections; pending writes have already committed or rolled back."""
+
+    async def check(self) -> None:
+        """Raise FhirError(BUSY) if the store cannot serve requests now (for /readyz)."""
+
+    async def read(self, resource_type: str, id: str) -> Version | None:
+        """The current version (a deletion if the resource is deleted), or None if never existed."""
+
+    async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
+        """One version, or None if it does not exist."""
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        """Apply `operations` atomically, in order, in one unit of work.
+
+        Raises FhirError (PRECONDITION_FAILED on a version mismatch or ambiguous condition,
+        CONFLICT when a create-only id exists, INVALID on an id mismatch, BUSY if the store
+        is locked too long); then nothing of the unit is stored.
+        """
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        """Versions newest first, deletions included."""
+
+    async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
+        """Resources matching `query`, one page, with `_include`/`_revinclude` results.
+
+        `cursor` is a page's `next_cursor` or `prev_cursor`; a malformed one is INVALID.
+        """
+
+    async def count(self, resource_type: str) -> int:
+        """Number of current (not deleted) resources of a type."""

@@ -1,0 +1,355 @@
+"""The embedded store on SQLite (stdlib sqlite3).
+
+WAL journal, `synchronous=FULL` (a write is acknowledged only once it is on disk), one writer
+thread per process and `BEGIN IMMEDIATE` transactions, so several uvicorn workers can share a
+file: SQLite's lock serialises writers across processes and readers never block. Conditional
+operations evaluate their query inside the write transaction, under that lock, so two racing
+conditional creates cannot both insert. Layout and indexes: docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from ..model.errors import Kind, fail
+from ..search import Query, Registry, default_registry
+from ..search.params.special import distance_km
+from . import sqlite_index
+from .base import (
+    ConditionalCreate,
+    ConditionalDelete,
+    ConditionalUpdate,
+    Delete,
+    HistoryPage,
+    HistoryQuery,
+    Operation,
+    Result,
+    SearchPage,
+    Version,
+    Write,
+)
+from .sqlite_index import ParamIds
+from .sqlite_query import SqliteSearch
+from .sqlite_schema import migrate
+
+T = TypeVar("T")
+
+_CURRENT = (
+    "SELECT r.type, r.id, r.version, r.last_updated, h.method, h.body "
+    "FROM resource r JOIN history h ON h.seq = r.seq WHERE r.type = ? AND r.id = ?"
+)
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def _now() -> tuple[str, int]:
+    """The commit time as a FHIR instant and as microseconds since the epoch."""
+    moment = datetime.now(UTC)
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), micros
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _version(row: Sequence[Any]) -> Version:
+    return Version(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def _stamp(resource: dict[str, Any], id: str, version: int, last_updated: str) -> bytes:
+    """The stored JSON: the client's resource with the id and meta the server owns."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = last_updated
+    stamped = {"resourceType": resource["resourceType"], "id": id, "meta": meta}
+    stamped.update((k, v) for k, v in resource.items() if k not in stamped)
+    # Keep the client's property order for everything but the leading id/meta.
+    return orjson.dumps(stamped)
+
+
+class SqliteStore:
+    """A Store on one SQLite database file."""
+
+    def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4) -> None:
+        self.path = path
+        self.registry = registry or default_registry()
+        self.ids = ParamIds()
+        self._local = threading.local()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
+        if not url.startswith("sqlite:///"):
+            raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")
+        return cls(Path(url.removeprefix("sqlite:///")))
+
+    # -- connections ------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute("PRAGMA cache_size = -65536")
+            conn.create_function("fhir_distance_km", 4, distance_km, deterministic=True)
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _run(self, pool: ThreadPoolExecutor, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, lambda: work(self._connection()))
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise fail(Kind.BUSY, "transient", "The store is busy; retry later.") from exc
+            raise
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._readers, work)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def setup(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrate(conn)
+
+        await self._run(self._writer, setup)
+
+    async def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    async def check(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1 FROM resource LIMIT 1").fetchall())
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read(self, resource_type: str, id: str) -> Version | None:
+        def work(conn: sqlite3.Connection) -> Version | None:
+            row = conn.execute(_CURRENT, (resource_type, id)).fetchone()
+            return _version(row) if row else None
+
+        return await self._read(work)
+
+    async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
+        def work(conn: sqlite3.Connection) -> Version | None:
+            row = conn.execute(
+                "SELECT type, id, version, last_updated, method, body FROM history "
+                "WHERE type = ? AND id = ? AND version = ?",
+                (resource_type, id, version),
+            ).fetchone()
+            return _version(row) if row else None
+
+        return await self._read(work)
+
+    async def count(self, resource_type: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            sql = "SELECT count(*) FROM resource WHERE type = ? AND deleted = 0"
+            return int(conn.execute(sql, (resource_type,)).fetchone()[0])
+
+        return await self._read(work)
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        where, args = [], []
+        for column, value in (("type", query.resource_type), ("id", query.id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.since is not None:
+            where.append("last_updated >= ?")
+            args.append(query.since)
+        if query.before_seq is not None:
+            where.append("seq < ?")
+            args.append(query.before_seq)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = (
+            f"SELECT type, id, version, last_updated, method, body, seq FROM history {clause} "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+
+        def work(conn: sqlite3.Connection) -> HistoryPage:
+            rows = conn.execute(sql, (*args, query.count + 1)).fetchall()
+            page = rows[: query.count]
+            more = len(rows) > query.count
+            return HistoryPage(
+                versions=tuple(_version(r) for r in page),
+                next_seq=page[-1][6] if more else None,
+            )
+
+        return await self._read(work)
+
+    async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
+        return await self._read(
+            lambda conn: SqliteSearch(conn, self.ids, self.registry).search(query, cursor)
+        )
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        def work(conn: sqlite3.Connection) -> list[Result]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                unit = _Unit(conn, self.ids, self.registry)
+                results = [unit.apply(op) for op in operations]
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return results
+
+        return await self._run(self._writer, work)
+
+
+def _check_if_match(expected: int | None, current: tuple[int, int, bool] | None, what: str) -> None:
+    if expected is None:
+        return
+    if current is None or current[1] != expected or current[2]:
+        raise fail(
+            Kind.PRECONDITION_FAILED,
+            "conflict",
+            f"Version {expected} of {what} is not the current version.",
+            details_code="MSG_VERSION_AWARE_CONFLICT",
+        )
+
+
+def _ambiguous(query: Query) -> Exception:
+    return fail(
+        Kind.PRECONDITION_FAILED,
+        "multiple-matches",
+        f"The search criteria match more than one {query.resource_type}.",
+        details_code="MSG_TRANSACTION_DUPLICATE_ID",
+    )
+
+
+class _Unit:
+    """One unit of work inside an open IMMEDIATE transaction; every write shares its time."""
+
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+        self.conn = conn
+        self.ids = ids
+        self.search = SqliteSearch(conn, ids, registry)
+        self.last_updated, self.micros = _now()
+
+    def apply(self, op: Operation) -> Result:
+        match op:
+            case Write():
+                return self.write(op)
+            case Delete():
+                return self.delete(op.resource_type, op.id, op.if_match)
+            case ConditionalCreate():
+                found = self.search.match_ids(op.query, limit=2)
+                if not found:
+                    return self.write(op.write)
+                if len(found) > 1:
+                    raise _ambiguous(op.query)
+                existing = self.conn.execute(_CURRENT, (op.write.resource_type, found[0])).fetchone()
+                return Result("matched", (_version(existing),))
+            case ConditionalUpdate():
+                return self.conditional_update(op)
+            case ConditionalDelete():
+                found = self.search.match_ids(op.query, limit=None)
+                if len(found) > 1 and not op.multiple:
+                    raise _ambiguous(op.query)
+                versions: list[Version] = []
+                for id in found:
+                    versions.extend(self.delete(op.query.resource_type or "", id, None).versions)
+                return Result("deleted" if versions else "none", tuple(versions))
+        raise TypeError(f"unknown operation {op!r}")
+
+    def conditional_update(self, op: ConditionalUpdate) -> Result:
+        found = self.search.match_ids(op.query, limit=2)
+        if len(found) > 1:
+            raise _ambiguous(op.query)
+        if not found:
+            return self.write(op.write)
+        if op.id_given and op.write.id != found[0]:
+            raise fail(
+                Kind.INVALID,
+                "invalid",
+                f"The resource id '{op.write.id}' differs from the id of the resource "
+                "matching the condition.",
+                expression=f"{op.write.resource_type}.id",
+                details_code="MSG_RESOURCE_ID_MISMATCH",
+            )
+        return self.write(replace(op.write, id=found[0]))
+
+    def current(self, resource_type: str, id: str) -> tuple[int, int, bool] | None:
+        """(pk, version, deleted) of the current version."""
+        row = self.conn.execute(
+            "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?",
+            (resource_type, id),
+        ).fetchone()
+        return (row[0], row[1], bool(row[2])) if row else None
+
+    def _version_row(self, pk: int, rtype: str, id: str, version: int, method: str,
+                     body: bytes | None) -> None:
+        seq = self.conn.execute(
+            "INSERT INTO history (resource_pk, type, id, version, last_updated, method, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (pk, rtype, id, version, self.last_updated, method, body),
+        ).lastrowid
+        self.conn.execute(
+            "UPDATE resource SET version = ?, last_updated = ?, lu = ?, deleted = ?, seq = ? "
+            "WHERE pk = ?",
+            (version, self.last_updated, self.micros, body is None, seq, pk),
+        )
+
+    def write(self, op: Write) -> Result:
+        current = self.current(op.resource_type, op.id)
+        what = f"{op.resource_type}/{op.id}"
+        if op.create_only and current is not None:
+            raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.")
+        _check_if_match(op.if_match, current, what)
+        if current is None:
+            version = 1
+            pk = self.conn.execute(
+                "INSERT INTO resource (type, id, version, last_updated, lu, deleted, seq) "
+                "VALUES (?, ?, 1, ?, ?, 0, 0)",
+                (op.resource_type, op.id, self.last_updated, self.micros),
+            ).lastrowid
+            assert pk is not None
+        else:
+            pk, previous, _ = current
+            version = previous + 1
+            sqlite_index.remove(self.conn, pk)
+        body = _stamp(op.resource, op.id, version, self.last_updated)
+        self._version_row(pk, op.resource_type, op.id, version, op.method, body)
+        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries)
+        created = current is None or current[2]
+        stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
+        return Result("created" if created else "updated", (stored,))
+
+    def delete(self, resource_type: str, id: str, if_match: int | None) -> Result:
+        current = self.current(resource_type, id)
+        _check_if_match(if_match, current, f"{resource_type}/{id}")
+        if current is None or current[2]:
+            return Result("none")
+        pk, previous, _ = current
+        self._version_row(pk, resource_type, id, previous + 1, "DELETE", None)
+        sqlite_index.remove(self.conn, pk)
+        deleted = Version(resource_type, id, previous + 1, self.last_updated, "DELETE", None)
+        return Result("deleted", (deleted,))

@@ -1,0 +1,167 @@
+"""Search index tables of the SQLite store: DDL, parameter ids, writing entries.
+
+One table per entry type (search/entries.py), rows keyed by the resource's `pk` and a small
+integer `pid` naming (resource type, parameter code), so an index lookup touches only one
+type's rows. Composite entries are stored as their components, each in its own type's table
+under the pid of `<composite>#<i>`, tied together by `grp`. `_id` and `_lastUpdated` are not
+stored here: they are columns of `resource` (see sqlite_schema.py). docs/storage.md explains
+every index.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..search import (
+    CompositeEntry,
+    DateEntry,
+    IndexEntry,
+    NumberEntry,
+    PositionEntry,
+    QuantityEntry,
+    ReferenceEntry,
+    StringEntry,
+    TokenEntry,
+    UriEntry,
+)
+
+INDEX_TABLES = """
+CREATE TABLE search_param (
+    pid   INTEGER PRIMARY KEY,
+    rtype TEXT NOT NULL,
+    code  TEXT NOT NULL,
+    UNIQUE (rtype, code)
+);
+CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                         value TEXT NOT NULL, exact TEXT NOT NULL);
+CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
+CREATE INDEX idx_string_pk ON idx_string (pk);
+CREATE TABLE idx_token (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                        system TEXT, code TEXT, text TEXT, type_system TEXT, type_code TEXT);
+CREATE INDEX idx_token_code ON idx_token (pid, code, system, pk);
+CREATE INDEX idx_token_pk ON idx_token (pk);
+CREATE TABLE idx_reference (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                            type TEXT, id TEXT, version TEXT, url TEXT,
+                            identifier_system TEXT, identifier_value TEXT);
+CREATE INDEX idx_reference_target ON idx_reference (pid, id, type, pk);
+CREATE INDEX idx_reference_target_any ON idx_reference (id, type, pid, pk);
+CREATE INDEX idx_reference_url ON idx_reference (pid, url) WHERE url IS NOT NULL;
+CREATE INDEX idx_reference_identifier ON idx_reference (pid, identifier_value)
+    WHERE identifier_value IS NOT NULL;
+CREATE INDEX idx_reference_pk ON idx_reference (pk, pid);
+CREATE TABLE idx_date (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                       low INTEGER NOT NULL, high INTEGER NOT NULL);
+CREATE INDEX idx_date_low ON idx_date (pid, low, high, pk);
+CREATE INDEX idx_date_high ON idx_date (pid, high, low, pk);
+CREATE INDEX idx_date_pk ON idx_date (pk);
+CREATE TABLE idx_number (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                         value REAL, low REAL NOT NULL, high REAL NOT NULL);
+CREATE INDEX idx_number_low ON idx_number (pid, low, high, pk);
+CREATE INDEX idx_number_pk ON idx_number (pk);
+CREATE TABLE idx_quantity (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                           value REAL, low REAL NOT NULL, high REAL NOT NULL,
+                           system TEXT, code TEXT, unit TEXT);
+CREATE INDEX idx_quantity_code ON idx_quantity (pid, code, low, high, pk);
+CREATE INDEX idx_quantity_pk ON idx_quantity (pk);
+CREATE TABLE idx_uri (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER, value TEXT NOT NULL);
+CREATE INDEX idx_uri_value ON idx_uri (pid, value, pk);
+CREATE INDEX idx_uri_pk ON idx_uri (pk);
+CREATE TABLE idx_position (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                           latitude REAL NOT NULL, longitude REAL NOT NULL);
+CREATE INDEX idx_position_lat ON idx_position (pid, latitude, pk);
+CREATE INDEX idx_position_pk ON idx_position (pk);
+"""
+
+# Entry type -> (table, value columns in field order after `param`).
+TABLES: dict[type, tuple[str, tuple[str, ...]]] = {
+    StringEntry: ("idx_string", ("value", "exact")),
+    TokenEntry: ("idx_token", ("system", "code", "text", "type_system", "type_code")),
+    ReferenceEntry: (
+        "idx_reference",
+        ("type", "id", "version", "url", "identifier_system", "identifier_value"),
+    ),
+    DateEntry: ("idx_date", ("low", "high")),
+    NumberEntry: ("idx_number", ("value", "low", "high")),
+    QuantityEntry: ("idx_quantity", ("value", "low", "high", "system", "code", "unit")),
+    UriEntry: ("idx_uri", ("value",)),
+    PositionEntry: ("idx_position", ("latitude", "longitude")),
+}
+TABLE_NAMES = tuple(table for table, _ in TABLES.values())
+_INSERTS = {
+    entry_type: f"INSERT INTO {table} (pk, pid, grp, {', '.join(columns)}) "
+    f"VALUES (?, ?, ?, {', '.join('?' * len(columns))})"
+    for entry_type, (table, columns) in TABLES.items()
+}
+# Kept in resource columns, not in index tables.
+RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
+
+
+def component_code(composite: str, index: int) -> str:
+    """The pseudo parameter code under which component `index` of a composite is stored."""
+    return f"{composite}#{index}"
+
+
+class ParamIds:
+    """(resource type, code) <-> pid, cached; pids are never reassigned, so caching is safe."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], int] = {}
+
+    def get(self, conn: sqlite3.Connection, rtype: str, code: str) -> int | None:
+        """The pid, or None if no resource was ever indexed under it."""
+        key = (rtype, code)
+        pid = self._ids.get(key)
+        if pid is None:
+            row = conn.execute(
+                "SELECT pid FROM search_param WHERE rtype = ? AND code = ?", key
+            ).fetchone()
+            if row is None:
+                return None
+            pid = self._ids[key] = int(row[0])
+        return pid
+
+    def ensure(self, conn: sqlite3.Connection, rtype: str, code: str) -> int:
+        """The pid, created if needed (inside the caller's write transaction)."""
+        pid = self.get(conn, rtype, code)
+        if pid is None:
+            conn.execute("INSERT OR IGNORE INTO search_param (rtype, code) VALUES (?, ?)", (rtype, code))
+            pid = self.get(conn, rtype, code)
+            assert pid is not None
+        return pid
+
+
+def _values(entry: IndexEntry, columns: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(getattr(entry, column) for column in columns)
+
+
+def insert(
+    conn: sqlite3.Connection, ids: ParamIds, pk: int, rtype: str, entries: Iterable[IndexEntry]
+) -> None:
+    """Write the index rows of one resource version (duplicates collapse to one row)."""
+    rows: dict[type, set[tuple[Any, ...]]] = {}
+    group = 0
+    for entry in entries:
+        if entry.param in RESOURCE_COLUMNS:
+            continue
+        if type(entry) is CompositeEntry:
+            group += 1
+            for index, component in enumerate(entry.components):
+                pid = ids.ensure(conn, rtype, component_code(entry.param, index))
+                columns = TABLES[type(component)][1]
+                rows.setdefault(type(component), set()).add(
+                    (pk, pid, group, *_values(component, columns))
+                )
+            continue
+        pid = ids.ensure(conn, rtype, entry.param)
+        columns = TABLES[type(entry)][1]
+        rows.setdefault(type(entry), set()).add((pk, pid, None, *_values(entry, columns)))
+    for entry_type, values in rows.items():
+        conn.executemany(_INSERTS[entry_type], values)
+
+
+def remove(conn: sqlite3.Connection, pk: int) -> None:
+    """Delete every index row of a resource (before re-indexing it, or on deletion)."""
+    for table in TABLE_NAMES:
+        conn.execute(f"DELETE FROM {table} WHERE pk = ?", (pk,))  # noqa: S608 - fixed names

@@ -1,0 +1,318 @@
+"""Query AST predicates -> SQLite boolean expressions (FHIR R4 search.html).
+
+Each predicate becomes an expression over a `resource` row alias, usually
+`alias.pk IN (SELECT pk FROM idx_<type> WHERE pid = ? AND <condition>)`, so SQLite drives the
+search from the most selective index and never filters after paging. The conditions mirror
+search/params/*.match_* exactly; the property-based tests hold them to search/match.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from ..search import (
+    Chain,
+    Clause,
+    CompositePredicate,
+    DatePredicate,
+    Has,
+    Missing,
+    NearPredicate,
+    Not,
+    NumberPredicate,
+    OfTypePredicate,
+    Predicate,
+    QuantityPredicate,
+    ReferenceIdentifierPredicate,
+    ReferencePredicate,
+    Registry,
+    StringPredicate,
+    TokenPredicate,
+    TokenTextPredicate,
+    UriPredicate,
+)
+from .sqlite_index import ParamIds, component_code
+
+Sql = tuple[str, list[Any]]
+FALSE: Sql = ("0", [])
+TRUE: Sql = ("1", [])
+_TOP = "\U0010ffff"  # after every character: [v, v + _TOP) is "starts with v" in UTF-8 order
+_KM_PER_DEGREE_LATITUDE = 111.19
+
+TABLE_OF_TYPE = {
+    "string": "idx_string",
+    "token": "idx_token",
+    "reference": "idx_reference",
+    "date": "idx_date",
+    "number": "idx_number",
+    "quantity": "idx_quantity",
+    "uri": "idx_uri",
+    "special": "idx_position",
+}
+_TABLE_OF_PREDICATE: dict[type, str] = {
+    StringPredicate: "idx_string",
+    TokenPredicate: "idx_token",
+    TokenTextPredicate: "idx_token",
+    OfTypePredicate: "idx_token",
+    ReferencePredicate: "idx_reference",
+    ReferenceIdentifierPredicate: "idx_reference",
+    DatePredicate: "idx_date",
+    NumberPredicate: "idx_number",
+    QuantityPredicate: "idx_quantity",
+    UriPredicate: "idx_uri",
+    NearPredicate: "idx_position",
+}
+
+
+def _range(prefix: str, x: str, value: float, low: float, high: float) -> Sql:
+    """search/params/number.match_range over columns `x.low`, `x.high`."""
+    tl, th = f"{x}.low", f"{x}.high"
+    eq = (f"({tl} >= ? AND {th} < ?)", [low, high])
+    cases: dict[str, Sql] = {
+        "eq": eq,
+        "ne": (f"NOT {eq[0]}", eq[1]),
+        "gt": (f"{th} > ?", [value]),
+        "lt": (f"{tl} < ?", [value]),
+        "ge": (f"{th} >= ?", [value]),
+        "le": (f"{tl} <= ?", [value]),
+        "sa": (f"{tl} >= ?", [high]),
+        "eb": (f"{th} < ?", [low]),
+        "ap": (f"({tl} < ? AND {th} >= ?)", [high, low]),
+    }
+    return cases[prefix]
+
+
+def _date(prefix: str, tl: str, th: str, low: int, high: int) -> Sql:
+    """search/params/date.match_date over columns `tl`, `th`."""
+    eq = (f"({tl} >= ? AND {th} <= ?)", [low, high])
+    cases: dict[str, Sql] = {
+        "eq": eq,
+        "ne": (f"NOT {eq[0]}", eq[1]),
+        "gt": (f"{th} > ?", [high]),
+        "lt": (f"{tl} < ?", [low]),
+        "ge": (f"({th} > ? OR {eq[0]})", [high, *eq[1]]),
+        "le": (f"({tl} < ? OR {eq[0]})", [low, *eq[1]]),
+        "sa": (f"{tl} > ?", [high]),
+        "eb": (f"{th} < ?", [low]),
+        "ap": (f"({tl} <= ? AND {th} >= ?)", [high, low]),
+    }
+    return cases[prefix]
+
+
+def _system(column: str, system: str | None) -> Sql:
+    """Token system convention: None = any, "" = no system."""
+    if system is None:
+        return TRUE
+    if system == "":
+        return (f"{column} IS NULL", [])
+    return (f"{column} = ?", [system])
+
+
+def all_of(*parts: Sql) -> Sql:
+    """The AND of SQL conditions, folding constants."""
+    kept = [p for p in parts if p != TRUE]
+    if not kept:
+        return TRUE
+    if FALSE in kept:
+        return FALSE
+    return (" AND ".join(f"({sql})" for sql, _ in kept), [a for _, args in kept for a in args])
+
+
+def any_of(parts: list[Sql]) -> Sql:
+    """The OR of SQL conditions, folding constants."""
+    if TRUE in parts:
+        return TRUE
+    kept = [p for p in parts if p != FALSE]
+    if not kept:
+        return FALSE
+    return (" OR ".join(f"({sql})" for sql, _ in kept), [a for _, args in kept for a in args])
+
+
+def condition(p: Predicate, x: str) -> Sql:
+    """The test of one index row `x` against a simple predicate (one match_* function)."""
+    match p:
+        case StringPredicate(mode="exact"):
+            return (f"{x}.exact = ?", [p.exact])
+        case StringPredicate(mode="contains"):
+            return (f"instr({x}.value, ?) > 0", [p.value])
+        case StringPredicate():
+            return (f"{x}.value >= ? AND {x}.value < ?", [p.value, p.value + _TOP])
+        case TokenPredicate():
+            if p.code is None and p.system is None:
+                return FALSE
+            code = (f"{x}.code = ?", [p.code]) if p.code is not None else TRUE
+            return all_of(code, _system(f"{x}.system", p.system))
+        case TokenTextPredicate():
+            return (f"{x}.text >= ? AND {x}.text < ?", [p.text, p.text + _TOP])
+        case OfTypePredicate():
+            return (f"{x}.type_system = ? AND {x}.type_code = ? AND {x}.code = ?",
+                    [p.type_system, p.type_code, p.value])
+        case ReferencePredicate():
+            version = (f"{x}.version = ?", [p.version]) if p.version is not None else TRUE
+            if p.url is not None:
+                return all_of(version, (f"{x}.url = ?", [p.url]))
+            kind = (f"{x}.type = ?", [p.type]) if p.type is not None else TRUE
+            return all_of(version, (f"{x}.url IS NULL AND {x}.id IS ?", [p.id]), kind)
+        case ReferenceIdentifierPredicate():
+            return all_of((f"{x}.identifier_value IS ?", [p.value]),
+                        _system(f"{x}.identifier_system", p.system))
+        case DatePredicate():
+            return _date(p.prefix, f"{x}.low", f"{x}.high", p.low, p.high)
+        case NumberPredicate():
+            return _range(p.prefix, x, p.value, p.low, p.high)
+        case QuantityPredicate():
+            if p.code is not None and p.system is not None:
+                unit = (f"{x}.system = ? AND {x}.code = ?", [p.system, p.code])
+            elif p.code is not None:
+                unit = (f"({x}.code = ? OR {x}.unit = ?)", [p.code, p.code])
+            else:
+                unit = _system(f"{x}.system", p.system)
+            return all_of(unit, _range(p.prefix, x, p.value, p.low, p.high))
+        case UriPredicate(mode="below"):
+            return (f"{x}.value >= ? AND {x}.value < ?", [p.value, p.value + _TOP])
+        case UriPredicate(mode="above"):
+            return (f"substr(?, 1, length({x}.value)) = {x}.value", [p.value])
+        case UriPredicate():
+            return (f"{x}.value = ?", [p.value])
+        case NearPredicate():
+            spread = p.distance_km / _KM_PER_DEGREE_LATITUDE + 1e-6
+            return (
+                f"{x}.latitude BETWEEN ? AND ? "
+                f"AND fhir_distance_km(?, ?, {x}.latitude, {x}.longitude) <= ?",
+                [p.latitude - spread, p.latitude + spread, p.latitude, p.longitude, p.distance_km],
+            )
+    raise TypeError(f"not a simple predicate: {type(p).__name__}")
+
+
+class PredicateCompiler:
+    """Compiles predicates for resources of one type, given as a `resource` row alias."""
+
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+        self.conn = conn
+        self.ids = ids
+        self.registry = registry
+        self._aliases = itertools.count()
+
+    def alias(self, stem: str) -> str:
+        """A fresh table alias (nested chains and _has need distinct names)."""
+        return f"{stem}{next(self._aliases)}"
+
+    def pid(self, rtype: str, code: str) -> int | None:
+        return self.ids.get(self.conn, rtype, code)
+
+    def clauses(self, clauses: tuple[Clause, ...], rtype: str, a: str) -> Sql:
+        """The AND of the clauses, each an OR of its predicates."""
+        return all_of(*(any_of([self.predicate(p, rtype, a) for p in c.any_of]) for c in clauses))
+
+    def predicate(self, p: Predicate, rtype: str, a: str) -> Sql:
+        """`p` as a boolean expression over resource alias `a` of type `rtype`."""
+        if p.__class__ in _TABLE_OF_PREDICATE:
+            return self._simple(p, rtype, a)
+        handler: Callable[[Any, str, str], Sql] = getattr(self, f"_{type(p).__name__.lower()}")
+        return handler(p, rtype, a)
+
+    def _simple(self, p: Predicate, rtype: str, a: str) -> Sql:
+        column = self._resource_column(p, a)
+        if column is not None:
+            return column
+        pid = self.pid(rtype, p.param)  # type: ignore[union-attr]
+        if pid is None:
+            return FALSE
+        sql, args = condition(p, "x")
+        return (f"{a}.pk IN (SELECT x.pk FROM {_TABLE_OF_PREDICATE[type(p)]} x "
+                f"WHERE x.pid = ? AND {sql})", [pid, *args])
+
+    @staticmethod
+    def _resource_column(p: Predicate, a: str) -> Sql | None:
+        """`_id` and `_lastUpdated` live in the resource row itself."""
+        if isinstance(p, TokenPredicate) and p.param == "_id":
+            if p.code is None or p.system not in (None, ""):
+                return FALSE
+            return (f"{a}.id = ?", [p.code])
+        if isinstance(p, DatePredicate) and p.param == "_lastUpdated":
+            return _date(p.prefix, f"{a}.lu", f"{a}.lu", p.low, p.high)
+        return None
+
+    def _table_of_param(self, rtype: str, code: str) -> tuple[str, str] | None:
+        """(table, stored code) where `code`'s entries live; composites by their first part."""
+        param = self.registry.get(rtype, code)
+        if param is None:
+            return None
+        if param.type == "composite":
+            if not param.components:
+                return None
+            return TABLE_OF_TYPE[param.components[0].type], component_code(code, 0)
+        return TABLE_OF_TYPE[param.type], code
+
+    def _missing(self, p: Missing, rtype: str, a: str) -> Sql:
+        if p.param in ("_id", "_lastUpdated"):
+            return FALSE if p.missing else TRUE
+        found = self._table_of_param(rtype, p.param)
+        pid = self.pid(rtype, found[1]) if found else None
+        if found is None or pid is None:
+            return TRUE if p.missing else FALSE
+        exists = f"{a}.pk IN (SELECT x.pk FROM {found[0]} x WHERE x.pid = ?)"
+        return (f"NOT {exists}" if p.missing else exists, [pid])
+
+    def _not(self, p: Not, rtype: str, a: str) -> Sql:
+        matched = any_of([self.predicate(inner, rtype, a) for inner in p.any_of])
+        if matched == FALSE:
+            return TRUE
+        return (f"NOT ({matched[0]})", matched[1])
+
+    def _compositepredicate(self, p: CompositePredicate, rtype: str, a: str) -> Sql:
+        joins, conditions = [], []
+        for index, part in enumerate(p.parts):
+            pid = self.pid(rtype, component_code(p.param, index))
+            if pid is None or part.__class__ not in _TABLE_OF_PREDICATE:
+                return FALSE
+            x = f"c{index}"
+            sql, args = condition(part, x)
+            table = _TABLE_OF_PREDICATE[type(part)]
+            if index == 0:
+                joins.append(f"{table} {x}")
+            else:
+                joins.append(f"JOIN {table} {x} ON {x}.pk = c0.pk AND {x}.grp = c0.grp")
+            conditions.append((f"{x}.pid = ? AND {sql}", [pid, *args]))
+        where = all_of(*conditions)
+        return (f"{a}.pk IN (SELECT c0.pk FROM {' '.join(joins)} WHERE {where[0]})", where[1])
+
+    def _chain(self, p: Chain, rtype: str, a: str) -> Sql:
+        pid = self.pid(rtype, p.param)
+        if pid is None:
+            return FALSE
+        options = []
+        for target in p.target_types:
+            t = self.alias("t")
+            inner = self.predicate(p.inner, target, t)
+            if inner == FALSE:
+                continue
+            options.append((
+                f"SELECT {t}.id FROM resource {t} WHERE {t}.type = ? AND {t}.deleted = 0 "
+                f"AND {inner[0]}",
+                [target, *inner[1]],
+                target,
+            ))
+        parts = [
+            (f"{a}.pk IN (SELECT r.pk FROM idx_reference r WHERE r.pid = ? AND r.url IS NULL "
+             f"AND r.type = ? AND r.id IN ({sql}))", [pid, target, *args])
+            for sql, args, target in options
+        ]
+        return any_of(parts)
+
+    def _has(self, p: Has, rtype: str, a: str) -> Sql:
+        pid = self.pid(p.target_type, p.ref_param)
+        if pid is None:
+            return FALSE
+        s = self.alias("s")
+        inner = self.predicate(p.inner, p.target_type, s)
+        if inner == FALSE:
+            return FALSE
+        return (
+            f"{a}.id IN (SELECT r.id FROM idx_reference r JOIN resource {s} ON {s}.pk = r.pk "
+            f"WHERE r.pid = ? AND r.type = ? AND r.url IS NULL AND {inner[0]})",
+            [pid, rtype, *inner[1]],
+        )

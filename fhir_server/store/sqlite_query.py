@@ -1,0 +1,263 @@
+"""Search on SQLite: a Query AST -> one page of matches, includes, total (FHIR R4 search.html).
+
+Paging is keyset: the cursor carries the sort key values and `pk` of the row at the page
+boundary, so pages stay stable while others write (no OFFSET drift). Sort keys of multi-valued
+parameters are the lowest value ascending and the highest descending; resources without a
+value sort last either way.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from ..model.errors import Kind, fail
+from ..search import Include, Query, Registry, Sort
+from .base import SearchPage, Version
+from .sqlite_index import ParamIds
+from .sqlite_predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
+
+DEFAULT_COUNT = 20
+MAX_INCLUDED = 1000
+MAX_ITERATIONS = 5
+_COLUMNS = "a.type, a.id, a.version, a.last_updated, h.method, h.body"
+_ASC_MISSING = {"text": "char(1114111)", "number": "1.7e308"}
+_DESC_MISSING = {"text": "''", "number": "-1.7e308"}
+_SORT_COLUMNS = {
+    "string": ("idx_string", "value", "value", "text"),
+    "token": ("idx_token", "code", "code", "text"),
+    "reference": ("idx_reference", "id", "id", "text"),
+    "uri": ("idx_uri", "value", "value", "text"),
+    "date": ("idx_date", "low", "high", "number"),
+    "number": ("idx_number", "low", "high", "number"),
+    "quantity": ("idx_quantity", "low", "high", "number"),
+}
+
+
+class SqliteSearch:
+    """Runs Query ASTs on one connection."""
+
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+        self.conn = conn
+        self.registry = registry
+        self.compiler = PredicateCompiler(conn, ids, registry)
+        self.ids = ids
+
+    # -- filtering -----------------------------------------------------------------------
+
+    def _types(self, query: Query) -> list[str]:
+        if query.resource_type is not None:
+            return [query.resource_type]
+        if query.types:
+            return list(query.types)
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT type FROM resource")]
+
+    def where(self, query: Query) -> Sql:
+        """The filter of `query` over resource alias `a` (current, not deleted)."""
+        if query.resource_type is not None:
+            return all_of(("a.type = ? AND a.deleted = 0", [query.resource_type]),
+                        self.compiler.clauses(query.clauses, query.resource_type, "a"))
+        per_type = [
+            all_of(("a.type = ?", [t]), self.compiler.clauses(query.clauses, t, "a"))
+            for t in self._types(query)
+        ]
+        return all_of(("a.deleted = 0", []), any_of(per_type))
+
+    # -- sorting and cursors -------------------------------------------------------------
+
+    def _sort_key(self, sort: Sort, rtype: str | None) -> tuple[str, list[Any], str]:
+        """(SQL expression, args, kind 'text'|'number') of one sort key, missing values last."""
+        if sort.param == "_id":
+            return "a.id", [], "text"
+        if sort.param == "_lastUpdated":
+            return "a.lu", [], "number"
+        param = self.registry.get(rtype, sort.param) if rtype else self.registry.common(sort.param)
+        found = _SORT_COLUMNS.get(param.type) if param else None
+        pid = self.compiler.pid(rtype, sort.param) if rtype and found else None
+        kind = found[3] if found else "text"
+        missing = (_DESC_MISSING if sort.descending else _ASC_MISSING)[kind]
+        if found is None or pid is None:
+            return missing, [], kind
+        table, low, high, _ = found
+        pick = f"max({high})" if sort.descending else f"min({low})"
+        expression = f"coalesce((SELECT {pick} FROM {table} WHERE pk = a.pk AND pid = ?), {missing})"
+        return expression, [pid], kind
+
+    def _keys(self, query: Query) -> list[tuple[str, list[Any], bool]]:
+        keys = [(*self._sort_key(s, query.resource_type)[:2], s.descending) for s in query.sort]
+        keys.append(("a.pk", [], False))
+        return keys
+
+    @staticmethod
+    def _after(keys: list[tuple[str, list[Any], bool]], values: Sequence[Any], backwards: bool) -> Sql:
+        """Rows strictly after (or before, `backwards`) the row with key `values`."""
+        options = []
+        for n, (expression, args, descending) in enumerate(keys):
+            equal = [(f"{e} = ?", [*a, v]) for (e, a, _), v in zip(keys[:n], values[:n])]
+            greater = descending == backwards
+            options.append(all_of(*equal, (f"{expression} {'>' if greater else '<'} ?", [*args, values[n]])))
+        return any_of(options)
+
+    # -- the page ------------------------------------------------------------------------
+
+    def search(self, query: Query, cursor: str | None) -> SearchPage:
+        """One page of `query`, starting after/before `cursor`."""
+        count = DEFAULT_COUNT if query.count is None else query.count
+        where = self.where(query)
+        total = self.count(where) if query.total in ("accurate", "estimate") or query.summary == "count" else None
+        if count == 0 or query.summary == "count" or where == FALSE:
+            return SearchPage((), total=0 if where == FALSE and total is not None else total)
+        keys = self._keys(query)
+        backwards, boundary = _decode(cursor, len(keys)) if cursor else (False, None)
+        conditions = [where]
+        if boundary is not None:
+            conditions.append(self._after(keys, boundary, backwards))
+        full = all_of(*conditions)
+        order = ", ".join(
+            f"{e} {'DESC' if d != backwards else 'ASC'}" for e, _, d in keys
+        )
+        select = ", ".join(e for e, _, _ in keys)
+        sql = (f"SELECT {_COLUMNS}, {select} FROM resource a JOIN history h ON h.seq = a.seq "
+               f"WHERE {full[0]} ORDER BY {order} LIMIT ?")
+        args = [a for _, key_args, _ in keys for a in key_args] + full[1]
+        args += [a for _, key_args, _ in keys for a in key_args] + [count + 1]
+        rows = self.conn.execute(sql, args).fetchall()
+        more = len(rows) > count
+        rows = rows[:count]
+        if backwards:
+            rows.reverse()
+        width = len(keys)
+        next_cursor = prev_cursor = None
+        if rows and (more if not backwards else True):
+            next_cursor = _encode(False, rows[-1][-width:])
+        if rows and (boundary is not None if not backwards else more):
+            prev_cursor = _encode(True, rows[0][-width:])
+        matches = tuple(Version(*row[:6]) for row in rows)
+        included = self.includes(query, rows)
+        return SearchPage(matches, included, next_cursor, prev_cursor, total)
+
+    def count(self, where: Sql) -> int:
+        if where == FALSE:
+            return 0
+        sql = f"SELECT count(*) FROM resource a WHERE {where[0]}"
+        return int(self.conn.execute(sql, where[1]).fetchone()[0])
+
+    def match_ids(self, query: Query, limit: int | None) -> list[str]:
+        """Ids of current resources matching `query` (conditional interactions)."""
+        where = self.where(query)
+        if where == FALSE:
+            return []
+        sql = f"SELECT a.id FROM resource a WHERE {where[0]} ORDER BY a.pk"
+        args = list(where[1])
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [row[0] for row in self.conn.execute(sql, args)]
+
+    # -- _include / _revinclude ----------------------------------------------------------
+
+    def includes(self, query: Query, rows: Sequence[Sequence[Any]]) -> tuple[Version, ...]:
+        """Resources named by `_include` / `_revinclude`, iterating where asked."""
+        if not (query.include or query.revinclude):
+            return ()
+        seen = {(row[0], row[1]) for row in rows}
+        found: dict[tuple[str, str], Version] = {}
+        frontier = [(row[0], row[1]) for row in rows]
+        for round_ in range(MAX_ITERATIONS):
+            specs = [i for i in query.include if round_ == 0 or i.iterate]
+            rev = [i for i in query.revinclude if round_ == 0 or i.iterate]
+            if not (specs or rev) or not frontier:
+                break
+            new = [v for v in self._include_round(frontier, specs, rev) if (v.resource_type, v.id) not in seen]
+            for version in new:
+                seen.add((version.resource_type, version.id))
+                found[(version.resource_type, version.id)] = version
+            frontier = [(v.resource_type, v.id) for v in new]
+            if len(found) >= MAX_INCLUDED:
+                break
+        return tuple(list(found.values())[:MAX_INCLUDED])
+
+    def _reference_pids(self, spec: Include, types: Iterable[str]) -> list[int]:
+        pids = []
+        for rtype in types:
+            if spec.source_type not in (None, rtype):
+                continue
+            codes = ([spec.param] if spec.param else
+                     [c for c, p in self.registry.for_type(rtype).items() if p.type == "reference"])
+            pids += [pid for c in codes if (pid := self.compiler.pid(rtype, c)) is not None]
+        return pids
+
+    def _include_round(
+        self, frontier: list[tuple[str, str]], specs: list[Include], rev: list[Include]
+    ) -> list[Version]:
+        by_type: dict[str, list[str]] = {}
+        for rtype, id in frontier:
+            by_type.setdefault(rtype, []).append(id)
+        targets: set[tuple[str, str]] = set()
+        sources: set[int] = set()
+        for rtype, ids in by_type.items():
+            marks = ",".join("?" * len(ids))
+            for spec in specs:
+                pids = self._reference_pids(spec, [rtype])
+                if not pids:
+                    continue
+                kind = " AND r.type = ?" if spec.target_type else ""
+                sql = (f"SELECT DISTINCT r.type, r.id FROM idx_reference r JOIN resource a ON a.pk = r.pk "
+                       f"WHERE a.type = ? AND a.id IN ({marks}) AND r.pid IN ({','.join('?' * len(pids))}) "
+                       f"AND r.url IS NULL AND r.type IS NOT NULL{kind}")
+                args = [rtype, *ids, *pids] + ([spec.target_type] if spec.target_type else [])
+                targets.update((t, i) for t, i in self.conn.execute(sql, args))
+            for spec in rev:
+                if spec.target_type not in (None, rtype):
+                    continue
+                source_types = [spec.source_type] if spec.source_type else self._stored_types()
+                pids = self._reference_pids(spec, source_types)
+                if not pids:
+                    continue
+                sql = (f"SELECT DISTINCT r.pk FROM idx_reference r WHERE r.type = ? AND r.id IN ({marks}) "
+                       f"AND r.pid IN ({','.join('?' * len(pids))}) AND r.url IS NULL")
+                sources.update(row[0] for row in self.conn.execute(sql, [rtype, *ids, *pids]))
+        return self._fetch_targets(targets) + self._fetch_pks(sources)
+
+    def _stored_types(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT rtype FROM search_param")]
+
+    def _fetch_targets(self, targets: set[tuple[str, str]]) -> list[Version]:
+        out = []
+        for rtype, id in sorted(targets):
+            row = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM resource a JOIN history h ON h.seq = a.seq "
+                "WHERE a.type = ? AND a.id = ? AND a.deleted = 0", (rtype, id)).fetchone()
+            if row:
+                out.append(Version(*row))
+        return out
+
+    def _fetch_pks(self, pks: set[int]) -> list[Version]:
+        if not pks:
+            return []
+        ordered = sorted(pks)
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM resource a JOIN history h ON h.seq = a.seq "
+            f"WHERE a.pk IN ({','.join('?' * len(ordered))}) AND a.deleted = 0 ORDER BY a.pk", ordered)
+        return [Version(*row) for row in rows]
+
+
+def _encode(backwards: bool, values: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([backwards, *values])).decode().rstrip("=")
+
+
+def _decode(cursor: str, width: int) -> tuple[bool, list[Any]]:
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        raw = None
+    if not isinstance(raw, list) or len(raw) != width + 1 or not isinstance(raw[0], bool):
+        raise fail(Kind.INVALID, "value", "Invalid or expired paging cursor.", expression="_cursor")
+    return raw[0], raw[1:]
+
+

@@ -1,0 +1,61 @@
+"""SQLite schema and its migrations, applied at start-up (docs/storage.md).
+
+Each migration runs once, in order, inside one IMMEDIATE transaction, so several worker
+processes starting together apply it exactly once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .sqlite_index import INDEX_TABLES
+
+_BASE = """
+CREATE TABLE resource (
+    pk           INTEGER PRIMARY KEY,
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated TEXT    NOT NULL,
+    lu           INTEGER NOT NULL,   -- last_updated in microseconds since the epoch (_lastUpdated)
+    deleted      INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,   -- history row of the current version
+    UNIQUE (type, id)
+);
+CREATE INDEX resource_type ON resource (type, deleted);
+CREATE INDEX resource_type_updated ON resource (type, deleted, lu);
+CREATE TABLE history (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- global write order, never reused
+    resource_pk  INTEGER NOT NULL,
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated TEXT    NOT NULL,
+    method       TEXT    NOT NULL,
+    body         BLOB,                                -- NULL for a deletion
+    UNIQUE (type, id, version)
+);
+CREATE INDEX history_type_seq ON history (type, seq);
+CREATE INDEX history_updated ON history (last_updated);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the latest version (idempotent, safe across processes)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number > current:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

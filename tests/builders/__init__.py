@@ -1,0 +1,38 @@
+"""Resource builders for tests: small valid resources with the fields a test cares about."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INS_NIR = "urn:oid:1.2.250.1.213.1.4.8"
+
+
+def patient(family: str = "Dupont", given: str = "Hélène", **extra: Any) -> dict[str, Any]:
+    """A Patient with one official name."""
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": "female",
+        "birthDate": "1962-04-17",
+    }
+    resource.update(extra)
+    return resource
+
+
+def identified_patient(nir: str, **extra: Any) -> dict[str, Any]:
+    """A Patient carrying a French INS-NIR identifier."""
+    return patient(identifier=[{"system": INS_NIR, "value": nir}], **extra)
+
+
+def observation(subject: str, value: Any = 64.5, **extra: Any) -> dict[str, Any]:
+    """A body-weight Observation about `subject` ("Patient/<id>")."""
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": subject},
+        "valueQuantity": {"value": value, "unit": "kg", "system": "http://unitsofmeasure.org",
+                          "code": "kg"},
+    }
+    resource.update(extra)
+    return resource
