@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=store,
         validator=Validator(use_models=settings.validate_with_models),
         registry=default_registry(),
+        base_url=settings.base_url.rstrip("/"),
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
     )

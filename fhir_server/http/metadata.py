@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ..model import jsonbody
 from ..services.capabilities import capability_statement
 from .negotiation import check_acceptable, fhir_response
 
@@ -14,10 +15,12 @@ router = APIRouter()
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     check_acceptable(request)
-    settings = request.app.state.settings
-    statement = capability_statement(
-        request.app.state.context.registry,
-        settings.base_url,
-        conditional_delete_multiple=settings.conditional_delete_multiple,
-    )
-    return fhir_response(request, statement)
+    state = request.app.state
+    if getattr(state, "capabilities", None) is None:
+        # Built once (about 60 ms, 700 kB): it only changes with the code and settings.
+        state.capabilities = jsonbody.dump(capability_statement(
+            state.context.registry,
+            state.settings.base_url,
+            conditional_delete_multiple=state.settings.conditional_delete_multiple,
+        ))
+    return fhir_response(request, state.capabilities)

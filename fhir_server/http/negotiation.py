@@ -17,6 +17,7 @@ from ..model.errors import Kind, fail
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
+FORM = "application/x-www-form-urlencoded"
 _JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir", "text/json"}
 _FORMAT_ALIASES = {"json", "application/json", "application/fhir+json", "application/json+fhir",
                    "text/json"}
@@ -46,10 +47,10 @@ def check_acceptable(request: Request) -> None:
                    f"Cannot answer in {accept}; this server produces {FHIR_JSON}.")
 
 
-async def read_body(request: Request, limit: int, *, patch: bool = False) -> bytes:
+async def read_body(request: Request, limit: int, *, patch: bool = False, form: bool = False) -> bytes:
     """The request body after checking its media type and size."""
     kind = media_type(request.headers.get("content-type"))
-    allowed = {JSON_PATCH} if patch else _JSON_TYPES
+    allowed = {JSON_PATCH} if patch else {FORM} if form else _JSON_TYPES
     if kind not in allowed:
         wanted = JSON_PATCH if patch else FHIR_JSON
         raise fail(Kind.UNSUPPORTED_MEDIA_TYPE, "not-supported",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -11,7 +11,7 @@ from starlette.responses import Response
 from ..model import jsonbody
 from ..model.errors import Kind, fail
 from ..model.outcome import information
-from ..services import crud, history
+from ..services import crud, history, search
 from ..services.context import Context, Payload
 from ..store.base import Result
 from .headers import if_match, prefer, version_headers
@@ -74,6 +74,54 @@ def _delete_response(request: Request, result: Result) -> Response:
         message = f"Deleted {count} resource(s)." if count else "Nothing to delete."
         return fhir_response(request, information(message), status=200, headers=headers)
     return empty_response(204, headers)
+
+
+def _strict(request: Request) -> bool:
+    return prefer(request, "handling") == "strict"
+
+
+async def _form_params(request: Request) -> list[tuple[str, str]]:
+    """The parameters of a POST _search: form body plus query string (http.html#search)."""
+    body = await read_body(request, request.app.state.settings.max_body_bytes, form=True)
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise fail(Kind.INVALID, "invalid", "The form body is not UTF-8.") from None
+    return _query(request) + form
+
+
+# -- search ----------------------------------------------------------------------------
+
+
+@router.get("")
+async def search_system(request: Request) -> Response:
+    check_acceptable(request)
+    bundle = await search.search(_ctx(request), None, _query(request), strict=_strict(request))
+    return fhir_response(request, bundle)
+
+
+@router.post("/_search")
+async def search_system_post(request: Request) -> Response:
+    check_acceptable(request)
+    params = await _form_params(request)
+    bundle = await search.search(_ctx(request), None, params, strict=_strict(request))
+    return fhir_response(request, bundle)
+
+
+@router.get("/{resource_type}")
+async def search_type(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    bundle = await search.search(_ctx(request), resource_type, _query(request), strict=_strict(request))
+    return fhir_response(request, bundle)
+
+
+@router.post("/{resource_type}/_search")
+async def search_type_post(request: Request, resource_type: str) -> Response:
+    check_acceptable(request)
+    crud.check_type(resource_type)
+    params = await _form_params(request)
+    bundle = await search.search(_ctx(request), resource_type, params, strict=_strict(request))
+    return fhir_response(request, bundle)
 
 
 # -- type level ------------------------------------------------------------------------
@@ -193,6 +241,18 @@ async def history_instance(request: Request, resource_type: str, id: str) -> Res
         _ctx(request), resource_type, id, _query(request),
         base_url=base, self_url=f"{base}/{resource_type}/{id}/_history",
     )
+    return fhir_response(request, bundle)
+
+
+@router.get("/{compartment}/{id}/{resource_type}")
+async def search_compartment(request: Request, compartment: str, id: str, resource_type: str) -> Response:
+    check_acceptable(request)
+    if compartment != "Patient":
+        crud.check_type(compartment)
+        raise fail(Kind.NOT_SUPPORTED, "not-supported",
+                   "Only the Patient compartment can be searched (compartmentdefinition-patient).")
+    bundle = await search.search(_ctx(request), resource_type, _query(request),
+                                 strict=_strict(request), compartment=id)
     return fhir_response(request, bundle)
 
 

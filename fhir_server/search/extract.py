@@ -43,12 +43,6 @@ def _fallback_getter(items: list[Any], root: dict[str, Any]) -> list[Any]:
     return [root]
 
 
-def _useful(entry: Any) -> bool:
-    # A text-only token (CodeableConcept.text) can never satisfy a composite's `system|code`
-    # part: leaving it out avoids useless combinations.
-    return not (type(entry) is TokenEntry and entry.code is None and entry.system is None)
-
-
 class Extractor:
     """Compiled extraction plans per resource type for one registry (and server base URL)."""
 
@@ -150,7 +144,9 @@ class Extractor:
                     if key is None or key in element:
                         for v in getter(items, root):
                             index(code, v, found)
-                found = [e for e in found if _useful(e)]
+                # A text-only token (CodeableConcept.text) can never satisfy a composite's
+                # `system|code` part: leaving it out avoids useless combinations.
+                found = [e for e in found if e.__class__ is not TokenEntry or e.code or e.system]
                 if not found:
                     return
                 values.append(found)
@@ -162,8 +158,9 @@ class Extractor:
     def _component(self, resource_type: str, sp: SearchParam, comp: Component, context: str) -> list[Part]:
         try:
             branches = self.compiler.compile(comp.expression, context, resource_type)
-        except CompileError as exc:
-            self.fallbacks[f"{sp.id or sp.code}:{comp.code}"] = str(exc)
+        except CompileError:
+            # No R4 component needs it; a custom one the compiler refuses indexes nothing.
+            self.unindexed.add((resource_type, f"{sp.code}${comp.code}", "(not compiled)"))
             return []
         out: list[Part] = []
         for b in branches:

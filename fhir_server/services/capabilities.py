@@ -14,8 +14,11 @@ from ..model.types import RESOURCE_TYPES
 from ..search import Registry
 
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
-                "history-type", "create")
-SYSTEM_INTERACTIONS = ("history-system",)
+                "history-type", "create", "search-type")
+SYSTEM_INTERACTIONS = ("history-system", "search-system")
+# Defined in the R4 registry but not implemented: never advertised.
+UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_query", "_list", "_filter", "_containedType",
+                                "_contained"})
 
 
 def _search_params(registry: Registry, resource_type: str) -> list[dict[str, Any]]:
@@ -23,8 +26,23 @@ def _search_params(registry: Registry, resource_type: str) -> list[dict[str, Any
     return [
         {"name": code, "definition": p.url, "type": p.type}
         for code, p in sorted(params.items())
-        if p.url
+        if code not in UNSUPPORTED_PARAMS and (p.expression or code in ("_id", "_lastUpdated"))
     ]
+
+
+def _includes(registry: Registry, resource_type: str) -> list[str]:
+    params = registry.for_type(resource_type)
+    return ["*"] + [f"{resource_type}:{code}" for code, p in sorted(params.items())
+                    if p.type == "reference" and p.expression]
+
+
+def _revincludes(registry: Registry, resource_type: str) -> list[str]:
+    found = []
+    for source in sorted(RESOURCE_TYPES):
+        for code, p in sorted(registry.for_type(source).items()):
+            if p.type == "reference" and p.expression and (not p.targets or resource_type in p.targets):
+                found.append(f"{source}:{code}")
+    return found
 
 
 def capability_statement(registry: Registry, base_url: str, *, conditional_delete_multiple: bool) -> dict[str, Any]:
@@ -41,6 +59,8 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
             "conditionalRead": "not-supported",
             "conditionalUpdate": True,
             "conditionalDelete": "multiple" if conditional_delete_multiple else "single",
+            "searchInclude": _includes(registry, resource_type),
+            "searchRevInclude": _revincludes(registry, resource_type),
             "searchParam": _search_params(registry, resource_type),
         }
         for resource_type in sorted(RESOURCE_TYPES)
@@ -61,6 +81,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
                 "mode": "server",
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
             }
         ],
     }

@@ -17,6 +17,7 @@ class Context:
     store: Store
     validator: Validator
     registry: Registry
+    base_url: str = "http://localhost:8080/fhir"
     default_page_size: int = 20
     max_page_size: int = 1000
 

@@ -81,6 +81,14 @@ def test_periods_and_open_ends() -> None:
     assert hit("Encounter", closed, ("date", "2020-01"))
     assert hit("Encounter", closed, ("date", "ge2020-01-15"))  # ends after the 15th
     assert not hit("Encounter", closed, ("date", "sa2020-01-15"))
+    # ge: "the range above the search value intersects the target, or the search range
+    # contains it" -- a period ending during the searched day does neither (le mirrors it).
+    ends_inside = {"period": {"start": "2020-01-10", "end": "2020-01-15T12:00:00Z"}}
+    assert not hit("Encounter", ends_inside, ("date", "ge2020-01-15"))
+    assert hit("Encounter", ends_inside, ("date", "le2020-01-15"))
+    starts_inside = {"period": {"start": "2020-01-15T12:00:00Z", "end": "2020-01-20"}}
+    assert not hit("Encounter", starts_inside, ("date", "le2020-01-15"))
+    assert hit("Encounter", starts_inside, ("date", "ge2020-01-15"))
 
 
 def test_ap_uses_ten_percent_of_the_distance_to_now() -> None:

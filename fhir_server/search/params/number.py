@@ -25,13 +25,15 @@ the human unit; plain `v` any unit. No UCUM conversion (not done: unit-aware com
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Any
 
 from ..ast import NumberPredicate, Prefix, QuantityPredicate
 from ..entries import NumberEntry, QuantityEntry
 
 _INF = math.inf
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 CURRENCY_SYSTEM = "urn:iso:std:iso:4217"
 
 
@@ -117,12 +119,9 @@ QUANTITY_INDEXERS = {
 
 def precision_range(text: str, prefix: Prefix) -> tuple[float, float, float]:
     """(value, low, high) of a search number; ValueError if `text` is not a decimal."""
-    try:
-        d = Decimal(text)
-    except InvalidOperation as exc:
-        raise ValueError(f"not a number: {text!r}") from exc
-    if not d.is_finite():
+    if not _DECIMAL.fullmatch(text):  # Decimal() alone accepts "1_000", "NaN", other digits
         raise ValueError(f"not a number: {text!r}")
+    d = Decimal(text)
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)
     half = Decimal(5).scaleb(exponent - 1)

@@ -1,0 +1,121 @@
+"""Search at type, system and compartment level (FHIR R4 search.html, http.html#search).
+
+Parameters the server does not understand are not applied: they are reported in an
+OperationOutcome entry (`search.mode = outcome`), or refused with 400 under
+`Prefer: handling=strict`. The self link lists the parameters actually applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from ..model import jsonbody
+from ..model.bundle import bundle
+from ..model.errors import FhirError, Kind, fail
+from ..model.ids import new_id
+from ..model.outcome import operation_outcome
+from ..model.summary import select_elements, summarize
+from ..search import Clause, Query, ReferencePredicate, TokenPredicate, format_query, parse_query
+from ..store.base import Version
+from .context import Context
+from .crud import check_id, check_type
+
+CURSOR = "_cursor"
+
+
+def _compartment_clause(ctx: Context, resource_type: str, patient_id: str) -> Clause:
+    """Membership of `resource_type` in Patient/`patient_id`'s compartment (compartmentdefinition-patient)."""
+    codes = ctx.registry.patient_compartment(resource_type)
+    predicates: list[Any] = [ReferencePredicate(code, "Patient", patient_id) for code in codes]
+    if resource_type == "Patient":
+        predicates.append(TokenPredicate("_id", None, patient_id))
+    if not predicates:
+        raise fail(
+            Kind.INVALID,
+            "not-supported",
+            f"{resource_type} is not in the Patient compartment.",
+            details_code="MSG_PARAM_INVALID",
+        )
+    return Clause(tuple(predicates))
+
+
+def _page_size(ctx: Context, query: Query) -> Query:
+    count = ctx.default_page_size if query.count is None else min(query.count, ctx.max_page_size)
+    return dataclasses.replace(query, count=count)
+
+
+def _render(version: Version, query: Query) -> Any:
+    """The stored resource, subsetted as `_summary` / `_elements` ask (else its bytes as stored)."""
+    assert version.body is not None
+    if query.summary in ("true", "text", "data"):
+        return summarize(jsonbody.load_exact(version.body), query.summary)
+    if query.elements:
+        return select_elements(jsonbody.load_exact(version.body), query.elements)
+    return orjson.Fragment(version.body)
+
+
+def _link(url: str, params: list[tuple[str, str]]) -> str:
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+async def search(
+    ctx: Context,
+    resource_type: str | None,
+    params: list[tuple[str, str]],
+    *,
+    strict: bool,
+    compartment: str | None = None,
+) -> dict[str, Any]:
+    """A searchset Bundle for `params` on `resource_type` (None: all types).
+
+    `compartment` is a Patient id: the search is then confined to that patient's compartment.
+    """
+    if resource_type is not None:
+        check_type(resource_type)
+    cursor = next((v for k, v in params if k == CURSOR), None)
+    params = [(k, v) for k, v in params if k != CURSOR]
+    query, issues = parse_query(resource_type, params, ctx.registry, base=ctx.base_url)
+    if strict and issues:
+        raise FhirError(Kind.INVALID, tuple(dataclasses.replace(i, severity="error") for i in issues))
+    query = _page_size(ctx, query)
+    filtered = query
+    if compartment is not None:
+        assert resource_type is not None
+        check_id(compartment)
+        filtered = query.restrict(_compartment_clause(ctx, resource_type, compartment))
+    page = await ctx.store.search(filtered, cursor)
+
+    if compartment is not None:
+        path = f"{ctx.base_url}/Patient/{compartment}/{resource_type}"
+    else:
+        path = f"{ctx.base_url}/{resource_type}" if resource_type else ctx.base_url
+    applied = format_query(query)
+    links = {"self": _link(path, applied + ([(CURSOR, cursor)] if cursor else []))}
+    if page.next_cursor:
+        links["next"] = _link(path, [*applied, (CURSOR, page.next_cursor)])
+    if page.prev_cursor:
+        links["previous"] = _link(path, [*applied, (CURSOR, page.prev_cursor)])
+
+    entries: list[dict[str, Any]] = []
+    if query.summary != "count":
+        for mode, versions in (("match", page.matches), ("include", page.included)):
+            entries.extend(
+                {
+                    "fullUrl": f"{ctx.base_url}/{v.resource_type}/{v.id}",
+                    "resource": _render(v, query),
+                    "search": {"mode": mode},
+                }
+                for v in versions
+            )
+    if issues:
+        entries.append({
+            "fullUrl": f"urn:uuid:{new_id()}",
+            "resource": operation_outcome(issues),
+            "search": {"mode": "outcome"},
+        })
+    return bundle("searchset", entries, links=links, total=page.total)
+
