@@ -108,6 +108,16 @@ async def search_system_post(request: Request) -> Response:
     return fhir_response(request, bundle)
 
 
+@router.get("/_history")
+async def history_system(request: Request) -> Response:
+    check_acceptable(request)
+    bundle = await history.history(
+        _ctx(request), None, None, _query(request),
+        base_url=_base_url(request), self_url=f"{_base_url(request)}/_history",
+    )
+    return fhir_response(request, bundle)
+
+
 @router.get("/{resource_type}")
 async def search_type(request: Request, resource_type: str) -> Response:
     check_acceptable(request)
@@ -181,16 +191,6 @@ async def history_type(request: Request, resource_type: str) -> Response:
     bundle = await history.history(
         _ctx(request), resource_type, None, _query(request),
         base_url=_base_url(request), self_url=f"{_base_url(request)}/{resource_type}/_history",
-    )
-    return fhir_response(request, bundle)
-
-
-@router.get("/_history")
-async def history_system(request: Request) -> Response:
-    check_acceptable(request)
-    bundle = await history.history(
-        _ctx(request), None, None, _query(request),
-        base_url=_base_url(request), self_url=f"{_base_url(request)}/_history",
     )
     return fhir_response(request, bundle)
 

@@ -46,6 +46,7 @@ from .entries import (
 from .extract import Extractor, extract
 from .match import Resolver, Unsupported, matches
 from .params.date import DATE_MAX, DATE_MIN
+from .params.special import distance_km
 from .params.string import normalize
 from .parse import format_query, parse_query
 from .registry import Component, ParamType, Registry, SearchParam, default_registry
@@ -96,6 +97,7 @@ __all__ = [
     "UriEntry",
     "UriPredicate",
     "default_registry",
+    "distance_km",
     "extract",
     "format_query",
     "matches",

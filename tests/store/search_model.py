@@ -1,0 +1,460 @@
+"""Shared helpers of the store search tests: a model of what is stored, the reference
+evaluator over it (search/match.py with a Resolver), and a store driven to the last page.
+
+`World` holds the current resources as the store returned them (meta stamped), extracts their
+entries, and answers a Query with `matches()` exactly as FHIR R4 search.html reads; the tests
+hold `SqliteStore.search` to the same answer. `Harness` runs a store outside pytest's event
+loop, for hypothesis tests (one store reused by every example).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from hypothesis import strategies as st
+
+from fhir_server.search import (
+    IndexEntry,
+    Query,
+    ReferenceEntry,
+    default_registry,
+    extract,
+    matches,
+    parse_query,
+)
+from fhir_server.store.base import Delete, SearchPage, Store, Version, Write
+from fhir_server.store.sqlite import SqliteStore
+
+T = TypeVar("T")
+Key = tuple[str, str]  # (resource type, id)
+
+# Fixed "now" of `ap` date windows (2023-11-14T22:13:20Z), so queries parse identically.
+NOW = 1_700_000_000_000_000
+PAGE = 7  # small pages: every multi-page search also exercises the keyset cursor
+
+
+def query(rtype: str | None, *params: tuple[str, str]) -> Query:
+    """`params` parsed by the real parser; any issue fails the test (the input is valid)."""
+    parsed, issues = parse_query(rtype, list(params), default_registry(), now=NOW)
+    assert issues == [], [i.message for i in issues]
+    return parsed
+
+
+def write(resource: dict[str, Any]) -> Write:
+    """A Write of `resource` (which carries its type and id) with its index entries."""
+    return Write(resource["resourceType"], resource["id"], resource, extract(resource))
+
+
+def entries_of(version: Version) -> list[IndexEntry]:
+    """The entries of a stored version, read back from its body (meta.lastUpdated included)."""
+    assert version.body is not None
+    return extract(orjson.loads(version.body))
+
+
+class World:
+    """The current resources of a store and the reference answer to any Query over them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Key, list[IndexEntry]] = {}
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.order: dict[Key, int] = {}  # creation order (the store's pk order)
+
+    def record(self, version: Version) -> None:
+        key = (version.resource_type, version.id)
+        if version.deleted:
+            self.entries.pop(key, None)
+            self.bodies.pop(key, None)
+            return
+        assert version.body is not None
+        self.order.setdefault(key, len(self.order))
+        self.bodies[key] = orjson.loads(version.body)
+        self.entries[key] = extract(self.bodies[key])
+
+    # -- the Resolver protocol of search/match.py ----------------------------------------
+
+    def entries_for(self, resource_type: str, resource_id: str) -> Sequence[IndexEntry] | None:
+        return self.entries.get((resource_type, resource_id))
+
+    def referencing(
+        self, source_type: str, param: str, target_type: str, target_id: str
+    ) -> Iterable[Sequence[IndexEntry]]:
+        """Resources of `source_type` with a local reference `param` to the target."""
+        for (rtype, _), entries in self.entries.items():
+            if rtype == source_type and any(
+                type(e) is ReferenceEntry and e.param == param and e.url is None
+                and e.type == target_type and e.id == target_id
+                for e in entries
+            ):
+                yield entries
+
+    def expected(self, q: Query) -> set[Key]:
+        """The keys `matches()` accepts: the reference answer."""
+        types = {q.resource_type} if q.resource_type else set(q.types) or None
+        resolver = _Resolver(self)
+        return {
+            key for key, entries in self.entries.items()
+            if (types is None or key[0] in types)
+            and matches(q, entries, resolver, resource_type=key[0])
+        }
+
+
+class _Resolver:
+    """Adapts World to search.Resolver (whose lookup method is called `entries`)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def entries(self, resource_type: str, resource_id: str) -> Sequence[IndexEntry] | None:
+        return self.world.entries_for(resource_type, resource_id)
+
+    def referencing(
+        self, source_type: str, param: str, target_type: str, target_id: str
+    ) -> Iterable[Sequence[IndexEntry]]:
+        return self.world.referencing(source_type, param, target_type, target_id)
+
+
+async def load(store: Store, world: World, resources: Iterable[dict[str, Any]]) -> None:
+    """Write `resources` in one unit of work and record what the store stamped."""
+    results = await store.commit([write(r) for r in resources])
+    for result in results:
+        assert result.version is not None
+        world.record(result.version)
+
+
+async def replace_all(store: Store, world: World, resources: Sequence[dict[str, Any]]) -> None:
+    """Make `resources` the only current ones: delete the others, write these (one unit)."""
+    keep = {(r["resourceType"], r["id"]) for r in resources}
+    gone = [Delete(t, i) for t, i in world.entries if (t, i) not in keep]
+    results = await store.commit([*gone, *(write(r) for r in resources)])
+    for result in results:
+        for version in result.versions:
+            world.record(version)
+
+
+async def pages(store: Store, q: Query, count: int = PAGE) -> list[SearchPage]:
+    """Every page of `q` (forwards, `count` per page), failing on a cursor loop."""
+    q = dataclasses.replace(q, count=count)
+    found = [await store.search(q)]
+    while found[-1].next_cursor is not None:
+        assert len(found) < 1000, "the next cursor does not advance"
+        found.append(await store.search(q, found[-1].next_cursor))
+    return found
+
+
+async def all_keys(store: Store, q: Query, count: int = PAGE) -> list[Key]:
+    """Every match of `q` in store order, each page fetched through the cursor."""
+    return [(v.resource_type, v.id) for page in await pages(store, q, count) for v in page.matches]
+
+
+async def ids(store: Store, q: Query) -> list[str]:
+    """The ids of every match, in store order."""
+    return [key[1] for key in await all_keys(store, q)]
+
+
+class Harness:
+    """A SqliteStore driven from synchronous code (hypothesis tests), on its own loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.runner = asyncio.Runner()
+        self.store = SqliteStore(path)
+        self.world = World()
+        self.run(self.store.open())
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.runner.run(work)
+
+    def replace_all(self, resources: Sequence[dict[str, Any]]) -> None:
+        self.run(replace_all(self.store, self.world, resources))
+
+    def keys(self, q: Query, count: int = PAGE) -> list[Key]:
+        return self.run(all_keys(self.store, q, count))
+
+    def close(self) -> None:
+        self.run(self.store.close())
+        self.runner.close()
+
+
+def harness(path: Path) -> Iterator[Harness]:
+    """Fixture body: one Harness for a module's tests, closed at the end."""
+    opened = Harness(path)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# --- generated resources --------------------------------------------------------------------
+# Small vocabularies shared by resources and queries, so generated queries often match.
+
+IDS: dict[str, tuple[str, ...]] = {
+    "Patient": ("p0", "p1", "p2", "p3", "p4"),
+    "Practitioner": ("d0", "d1", "d2"),
+    "Organization": ("g0", "g1"),
+    "Observation": ("o0", "o1", "o2", "o3", "o4", "o5"),
+    "Condition": ("c0", "c1", "c2"),
+    "Location": ("l0", "l1", "l2", "l3"),
+    "Encounter": ("e0", "e1"),
+    "RiskAssessment": ("r0", "r1", "r2"),
+}
+NAMES = ("Dupont", "dupont", "Hélène", "HELENE", "Müller", "Mueller", "Ærø", "Straße",
+         "van der Berg", "O'Brien", "Łukasz", "Smith, Jr")
+CITIES = ("Paris", "Saint-Étienne", "São Paulo", "Köln", "paris")
+SYSTEMS = ("urn:oid:1.2.250.1.213.1.4.8", "http://hospital.org/mrn")
+ID_VALUES = ("123", "ABC", "abc", "x-1")
+TYPE_CODE = ("http://terminology.hl7.org/CodeSystem/v2-0203", ("MR", "SS"))
+LOINC, SNOMED, UCUM = "http://loinc.org", "http://snomed.info/sct", "http://unitsofmeasure.org"
+CODES: tuple[tuple[str | None, str, str | None], ...] = (
+    (LOINC, "8867-4", "Heart rate"),
+    (LOINC, "8480-6", "Systolic blood pressure"),
+    (SNOMED, "8867-4", "Other system, same code"),
+    (None, "8867-4", None),
+    (SNOMED, "254637007", "Non-small cell lung cancer"),
+)
+UNITS: tuple[tuple[str | None, str | None, str | None], ...] = (  # (system, code, unit)
+    (UCUM, "mg", "mg"), (UCUM, "mm[Hg]", "mmHg"), (None, None, "mg"), (UCUM, "kg", "kilogram"),
+)
+AMOUNTS = (5.4, 5.0, 100.0, 99.5, 100.5, 0.1, 120, 3, -3.25, 1000)
+YEARS = (1961, 1962, 1963, 2020, 2021)
+PROFILES = ("http://example.org/fhir/StructureDefinition/a",
+            "http://example.org/fhir/StructureDefinition/a/b", "http://hl7.org/fhir/x")
+TAGS = (("http://example.org/tags", "trial"), ("http://example.org/tags", "TRIAL"), (None, "trial"))
+POINTS = ((48.8566, 2.3522), (48.86, 2.36), (45.764, 4.8357), (-33.8688, 151.2093))
+
+
+def _some(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
+    return st.none() | strategy
+
+
+@st.composite
+def dates(draw: st.DrawFn, with_time: bool = True) -> str:
+    """A FHIR date (year, month or day precision) or, `with_time`, a dateTime."""
+    year = draw(st.sampled_from(YEARS))
+    month, day = draw(st.sampled_from((1, 4, 12))), draw(st.sampled_from((1, 17, 28)))
+    precision = draw(st.sampled_from(("y", "m", "d", "s", "f") if with_time else ("y", "m", "d")))
+    if precision == "y":
+        return f"{year}"
+    if precision == "m":
+        return f"{year}-{month:02d}"
+    text = f"{year}-{month:02d}-{day:02d}"
+    if precision == "d":
+        return text
+    hour = draw(st.sampled_from((0, 10, 23)))
+    zone = draw(st.sampled_from(("Z", "+02:00", "-05:00")))
+    frac = ".5" if precision == "f" else ""
+    return f"{text}T{hour:02d}:30:00{frac}{zone}"
+
+
+def _reference(draw: st.DrawFn, rtype: str) -> dict[str, Any]:
+    """Relative (sometimes versioned), absolute, identifier-only or contained references."""
+    rid = draw(st.sampled_from(IDS[rtype] + ("zz",)))  # "zz" never exists: dangling
+    kind = draw(st.sampled_from(("rel", "rel", "rel", "version", "abs", "ident", "both", "contained")))
+    identifier = {"system": draw(st.sampled_from(SYSTEMS)), "value": draw(st.sampled_from(ID_VALUES))}
+    return {
+        "rel": {"reference": f"{rtype}/{rid}"},
+        "version": {"reference": f"{rtype}/{rid}/_history/2"},
+        "abs": {"reference": f"http://other.org/fhir/{rtype}/{rid}"},
+        "ident": {"identifier": identifier},
+        "both": {"reference": f"{rtype}/{rid}", "identifier": identifier},
+        "contained": {"reference": "#c1"},
+    }[kind]
+
+
+def _coding(draw: st.DrawFn) -> dict[str, Any]:
+    system, code, display = draw(st.sampled_from(CODES))
+    coding = {"code": code} if system is None else {"system": system, "code": code}
+    if display is not None and draw(st.booleans()):
+        coding["display"] = display
+    return coding
+
+
+def _concept(draw: st.DrawFn) -> dict[str, Any]:
+    concept: dict[str, Any] = {"coding": [_coding(draw) for _ in range(draw(st.integers(1, 2)))]}
+    if draw(st.booleans()):
+        concept["text"] = draw(st.sampled_from(("Heart rate", "Hémoglobine", "lung")))
+    return concept
+
+
+def _quantity(draw: st.DrawFn) -> dict[str, Any]:
+    system, code, unit = draw(st.sampled_from(UNITS))
+    quantity: dict[str, Any] = {"value": draw(st.sampled_from(AMOUNTS))}
+    quantity.update({k: v for k, v in (("system", system), ("code", code), ("unit", unit)) if v})
+    if draw(st.integers(0, 5)) == 0:
+        quantity["comparator"] = draw(st.sampled_from(("<", ">=")))
+    return quantity
+
+
+def _period(draw: st.DrawFn) -> dict[str, Any]:
+    period = {"start": draw(dates()), "end": draw(dates())}
+    drop = draw(st.sampled_from(("", "", "start", "end")))
+    period.pop(drop, None)
+    return period
+
+
+def _meta(draw: st.DrawFn, resource: dict[str, Any]) -> None:
+    meta: dict[str, Any] = {}
+    if draw(st.booleans()):
+        meta["profile"] = draw(st.lists(st.sampled_from(PROFILES), max_size=2, unique=True))
+    if draw(st.booleans()):
+        tags = draw(st.lists(st.sampled_from(TAGS), max_size=2, unique=True))
+        meta["tag"] = [{"code": c} if s is None else {"system": s, "code": c} for s, c in tags]
+    if meta:
+        resource["meta"] = meta
+
+
+def _human(draw: st.DrawFn) -> dict[str, Any]:
+    name: dict[str, Any] = {"family": draw(st.sampled_from(NAMES))}
+    name["given"] = draw(st.lists(st.sampled_from(NAMES), max_size=2))
+    return name
+
+
+def _identifier(draw: st.DrawFn) -> dict[str, Any]:
+    identifier: dict[str, Any] = {"value": draw(st.sampled_from(ID_VALUES))}
+    if draw(st.integers(0, 3)):
+        identifier["system"] = draw(st.sampled_from(SYSTEMS))
+    if draw(st.booleans()):
+        identifier["type"] = {"coding": [{"system": TYPE_CODE[0], "code": draw(st.sampled_from(TYPE_CODE[1]))}]}
+    return identifier
+
+
+def _optional(draw: st.DrawFn, resource: dict[str, Any], key: str, make: Any) -> None:
+    if draw(st.booleans()):
+        resource[key] = make(draw)
+
+
+def _patient(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Patient", "id": rid}
+    _optional(draw, r, "name", lambda d: [_human(d) for _ in range(d(st.integers(1, 2)))])
+    _optional(draw, r, "birthDate", lambda d: d(dates(with_time=False)))
+    _optional(draw, r, "gender", lambda d: d(st.sampled_from(("male", "female", "other", "unknown"))))
+    _optional(draw, r, "active", lambda d: d(st.booleans()))
+    _optional(draw, r, "identifier", lambda d: [_identifier(d) for _ in range(d(st.integers(1, 2)))])
+    _optional(draw, r, "telecom", lambda d: [{"system": d(st.sampled_from(("phone", "email"))),
+                                               "value": d(st.sampled_from(("555-1234", "a@b.org")))}])
+    _optional(draw, r, "address", lambda d: [{"city": d(st.sampled_from(CITIES)), "line": ["1 rue Émile Zola"],
+                                               "postalCode": d(st.sampled_from(("75001", "69002")))}])
+    _optional(draw, r, "generalPractitioner", lambda d: [_reference(d, d(st.sampled_from(("Practitioner", "Organization"))))])
+    _optional(draw, r, "managingOrganization", lambda d: _reference(d, "Organization"))
+    _optional(draw, r, "link", lambda d: [{"other": _reference(d, "Patient"), "type": "seealso"}])
+    return r
+
+
+def _practitioner(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Practitioner", "id": rid}
+    _optional(draw, r, "name", lambda d: [_human(d)])
+    _optional(draw, r, "identifier", lambda d: [_identifier(d)])
+    return r
+
+
+def _organization(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Organization", "id": rid}
+    _optional(draw, r, "name", lambda d: d(st.sampled_from(NAMES)))
+    _optional(draw, r, "partOf", lambda d: _reference(d, "Organization"))
+    return r
+
+
+def _component(draw: st.DrawFn) -> dict[str, Any]:
+    return {"code": {"coding": [_coding(draw)]}, "valueQuantity": _quantity(draw)}
+
+
+def _observation(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Observation", "id": rid, "status": draw(st.sampled_from(("final", "amended")))}
+    _optional(draw, r, "code", _concept)
+    _optional(draw, r, "subject", lambda d: _reference(d, d(st.sampled_from(("Patient", "Patient", "Location")))))
+    _optional(draw, r, "encounter", lambda d: _reference(d, "Encounter"))
+    _optional(draw, r, "performer", lambda d: [_reference(d, "Practitioner")])
+    _optional(draw, r, "hasMember", lambda d: [_reference(d, "Observation")])
+    effective = draw(st.sampled_from(("effectiveDateTime", "effectivePeriod", None)))
+    if effective == "effectiveDateTime":
+        r[effective] = draw(dates())
+    elif effective == "effectivePeriod":
+        r[effective] = _period(draw)
+    value = draw(st.sampled_from(("valueQuantity", "valueQuantity", "valueString", "valueCodeableConcept", None)))
+    if value == "valueQuantity":
+        r[value] = _quantity(draw)
+    elif value == "valueString":
+        r[value] = draw(st.sampled_from(NAMES))
+    elif value == "valueCodeableConcept":
+        r[value] = _concept(draw)
+    _optional(draw, r, "component", lambda d: [_component(d) for _ in range(d(st.integers(1, 2)))])
+    return r
+
+
+def _condition(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Condition", "id": rid}
+    _optional(draw, r, "code", _concept)
+    _optional(draw, r, "subject", lambda d: _reference(d, "Patient"))
+    onset = draw(st.sampled_from(("onsetDateTime", "onsetPeriod", "onsetAge", "onsetString", None)))
+    if onset == "onsetDateTime":
+        r[onset] = draw(dates())
+    elif onset == "onsetPeriod":
+        r[onset] = _period(draw)
+    elif onset == "onsetAge":
+        r[onset] = {"value": draw(st.sampled_from(AMOUNTS)), "system": UCUM, "code": "a", "unit": "years"}
+    elif onset == "onsetString":
+        r[onset] = draw(st.sampled_from(NAMES))
+    _optional(draw, r, "recordedDate", lambda d: d(dates()))
+    return r
+
+
+def _location(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Location", "id": rid}
+    _optional(draw, r, "name", lambda d: d(st.sampled_from(CITIES)))
+    if draw(st.integers(0, 3)):
+        lat, lon = draw(st.sampled_from(POINTS))
+        shift = draw(st.sampled_from((0.0, 0.001, 0.03, -0.2)))
+        r["position"] = {"latitude": lat + shift, "longitude": lon - shift}
+    _optional(draw, r, "partOf", lambda d: _reference(d, "Location"))
+    return r
+
+
+def _encounter(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Encounter", "id": rid, "status": "finished"}
+    _optional(draw, r, "subject", lambda d: _reference(d, "Patient"))
+    _optional(draw, r, "period", _period)
+    _optional(draw, r, "length", lambda d: {"value": d(st.sampled_from(AMOUNTS)), "system": UCUM, "code": "min"})
+    return r
+
+
+def _risk(draw: st.DrawFn, rid: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "RiskAssessment", "id": rid, "status": "final"}
+    _optional(draw, r, "subject", lambda d: _reference(d, "Patient"))
+    predictions = []
+    for _ in range(draw(st.integers(0, 2))):
+        if draw(st.booleans()):
+            predictions.append({"probabilityDecimal": draw(st.sampled_from((0.1, 0.5, 0.55, 0.05, 1)))})
+        else:
+            low, high = sorted(draw(st.lists(st.sampled_from((0.1, 0.5, 0.9)), min_size=2, max_size=2)))
+            predictions.append({"probabilityRange": {"low": {"value": low}, "high": {"value": high}}})
+    if predictions:
+        r["prediction"] = predictions
+    return r
+
+
+MAKERS = {
+    "Patient": _patient, "Practitioner": _practitioner, "Organization": _organization,
+    "Observation": _observation, "Condition": _condition, "Location": _location,
+    "Encounter": _encounter, "RiskAssessment": _risk,
+}
+
+
+@st.composite
+def resources(draw: st.DrawFn, rtype: str, rid: str) -> dict[str, Any]:
+    """One resource of `rtype` with id `rid`, meta profiles and tags included."""
+    resource = MAKERS[rtype](draw, rid)
+    _meta(draw, resource)
+    return resource
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A small set of resources: a subset of each type's id pool."""
+    out = []
+    for rtype, pool in IDS.items():
+        for rid in draw(st.lists(st.sampled_from(pool), unique=True, max_size=len(pool))):
+            out.append(draw(resources(rtype, rid)))
+    return out
