@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from .http import fhir_router, install_error_handlers, metadata_router, operability_router
+from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .search import default_registry
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(operability_router)
     app.include_router(metadata_router, prefix=settings.base_path)
+    app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
     )
+    max_bundle_entries: int = Field(
+        10_000, ge=1, description="Most entries accepted in one batch or transaction Bundle."
+    )
     default_page_size: int = Field(20, ge=1, description="_count used when a search gives none.")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")

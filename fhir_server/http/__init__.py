@@ -1,8 +1,9 @@
 """The HTTP face: routes, content negotiation, paging links, errors -> OperationOutcome."""
 
+from .bundles import router as bundle_router
 from .errors import install as install_error_handlers
 from .metadata import router as metadata_router
 from .operability import router as operability_router
 from .routes import router as fhir_router
 
-__all__ = ["fhir_router", "install_error_handlers", "metadata_router", "operability_router"]
+__all__ = ["bundle_router", "fhir_router", "install_error_handlers", "metadata_router", "operability_router"]

@@ -52,8 +52,8 @@ def check_id(id: str) -> None:
         )
 
 
-def _checked_resource(ctx: Context, resource_type: str, payload: Payload) -> list[IndexEntry]:
-    """Validate a resource sent for `resource_type`; return its index entries."""
+def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
+    """Validate a resource sent for `resource_type` (INVALID / UNPROCESSABLE)."""
     resource = payload.checked
     if not isinstance(resource, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
@@ -67,7 +67,12 @@ def _checked_resource(ctx: Context, resource_type: str, payload: Payload) -> lis
             details_code="MSG_RESOURCE_TYPE_MISMATCH",
         )
     ctx.validator.validate(resource)
-    return extract(resource)
+
+
+def _checked_resource(ctx: Context, resource_type: str, payload: Payload) -> list[IndexEntry]:
+    """Validate a resource sent for `resource_type`; return its index entries."""
+    check_resource(ctx, resource_type, payload)
+    return extract(payload.checked)
 
 
 def _assign_id(payload: Payload, id: str) -> None:
@@ -179,7 +184,8 @@ async def conditional_update(
     return (await ctx.store.commit([op]))[0]
 
 
-def _apply_patch(current: Version, operations: Any) -> Payload:
+def apply_patch(current: Version, operations: Any) -> Payload:
+    """The result of a JSON Patch on a stored version (INVALID / UNPROCESSABLE if it fails)."""
     assert current.body is not None
     document = jsonbody.load_decimal(current.body)
     try:
@@ -210,7 +216,7 @@ async def patch(
             f"Version {if_match} of {resource_type}/{id} is not the current version.",
             details_code="MSG_VERSION_AWARE_CONFLICT",
         )
-    payload = _apply_patch(current, operations)
+    payload = apply_patch(current, operations)
     if payload.checked.get("id") != id or payload.checked.get("resourceType") != resource_type:
         raise fail(
             Kind.UNPROCESSABLE,

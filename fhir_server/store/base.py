@@ -10,6 +10,7 @@ principals or access rules: services hand it resources, index entries and Query 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -137,6 +138,20 @@ class SearchPage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class UnitOfWork(Protocol):
+    """An open write transaction: what it applies becomes visible to others only on commit.
+
+    Conditional logic that must not race (a transaction Bundle's conditional creates and
+    references) runs through it, under the store's write lock.
+    """
+
+    async def apply(self, operations: Sequence[Operation]) -> list[Result]:
+        """Apply `operations` in order; raises FhirError as `Store.commit` does."""
+
+    async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
+        """Ids of current resources matching `query`, this transaction's writes included."""
+
+
 class Store(Protocol):
     """Storage of versioned FHIR resources. Every method is safe to call concurrently."""
 
@@ -154,6 +169,9 @@ class Store(Protocol):
 
     async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
         """One version, or None if it does not exist."""
+
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """Open a unit of work; it commits when the block ends and rolls back on any exception."""
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         """Apply `operations` atomically, in order, in one unit of work.

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,6 +89,7 @@ class SqliteStore:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -209,19 +211,48 @@ class SqliteStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
-        def work(conn: sqlite3.Connection) -> list[Result]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                unit = _Unit(conn, self.ids, self.registry)
-                results = [unit.apply(op) for op in operations]
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return results
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteUnitOfWork]:
+        # One transaction at a time per process: its statements all run on the writer thread,
+        # and nothing else may run there until it ends. BEGIN IMMEDIATE takes SQLite's write
+        # lock, which serialises us with other processes.
+        async with self._write_lock:
 
-        return await self._run(self._writer, work)
+            def begin(conn: sqlite3.Connection) -> _Unit:
+                conn.execute("BEGIN IMMEDIATE")
+                return _Unit(conn, self.ids, self.registry)
+
+            unit = await self._run(self._writer, begin)
+            try:
+                yield _SqliteUnitOfWork(self, unit)
+            except BaseException:
+                await asyncio.shield(self._run(self._writer, lambda conn: conn.execute("ROLLBACK")))
+                raise
+            await asyncio.shield(self._run(self._writer, lambda conn: conn.execute("COMMIT")))
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        async with self.transaction() as unit:
+            return await unit.apply(operations)
+
+
+class _SqliteUnitOfWork:
+    """The UnitOfWork handle: each call runs on the writer thread inside the open transaction."""
+
+    def __init__(self, store: SqliteStore, unit: _Unit) -> None:
+        self._store = store
+        self._unit = unit
+
+    async def apply(self, operations: Sequence[Operation]) -> list[Result]:
+        unit = self._unit
+        return await self._store._run(
+            self._store._writer, lambda conn: [unit.apply(op) for op in operations]
+        )
+
+    async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
+        unit = self._unit
+        return await self._store._run(
+            self._store._writer, lambda conn: unit.search.match_ids(query, limit)
+        )
 
 
 def _check_if_match(expected: int | None, current: tuple[int, int, bool] | None, what: str) -> None:

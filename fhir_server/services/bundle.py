@@ -1,0 +1,447 @@
+"""batch and transaction Bundles (FHIR R4 http.html#transaction).
+
+A transaction runs inside one store unit of work: entries are processed DELETE, POST,
+PUT/PATCH, then GET (after commit); `urn:uuid:`/`urn:oid:` and other fullUrls are rewritten to
+the ids they get in every reference of the Bundle, conditional references
+(`Patient?identifier=...`) must match exactly one resource, and any failure leaves no trace.
+A batch processes each entry on its own and reports each outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ..model import jsonbody
+from ..model.errors import FhirError, Issue, Kind, fail
+from ..model.ids import new_id
+from ..search import extract
+from ..store.base import ConditionalDelete, Delete, Result, UnitOfWork, Version, Write
+from . import crud, history, search
+from .conditions import condition
+from .context import Context, Payload
+from .crud import apply_patch, check_resource
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass
+class Entry:
+    """One request entry, parsed (http.html#transaction, bundle.html#request)."""
+
+    index: int
+    method: str
+    resource_type: str | None
+    id: str | None
+    tail: list[str]  # path segments after Type/id (e.g. ["_history", "2"])
+    query: str | None
+    full_url: str | None
+    payload: Payload | None
+    if_none_exist: str | None = None
+    if_match: int | None = None
+    if_none_match: str | None = None
+    url: str = ""
+
+
+@dataclass
+class EntryOutcome:
+    """What happened to one entry; `http` turns it into `entry.response`."""
+
+    result: Result | None = None
+    version: Version | None = None
+    resource: dict[str, Any] | None = None
+    error: FhirError | None = None
+    not_modified: bool = False
+
+
+@dataclass
+class BundleOutcome:
+    """Outcomes in the order of the request entries."""
+
+    bundle_type: str
+    entries: list[EntryOutcome] = field(default_factory=list)
+
+
+def _entry_error(entry_index: int, error: FhirError) -> FhirError:
+    """Re-anchor an error's locations in `Bundle.entry[i]`."""
+    prefix = f"Bundle.entry[{entry_index}]"
+
+    def anchor(issue: Issue) -> Issue:
+        expressions = tuple(
+            f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e and e[:1].isupper() else f"{prefix}"
+            for e in issue.expression
+        ) or (prefix,)
+        return replace(issue, expression=expressions,
+                       diagnostics=f"Entry {entry_index}: {issue.diagnostics}")
+
+    return FhirError(error.kind, tuple(anchor(i) for i in error.issues))
+
+
+def _invalid(index: int, message: str, where: str = "") -> FhirError:
+    return fail(Kind.INVALID, "invalid", f"Entry {index}: {message}",
+                expression=f"Bundle.entry[{index}]{where}", details_code="MSG_BAD_SYNTAX")
+
+
+def _parse_url(ctx: Context, index: int, url: str) -> tuple[str | None, str | None, list[str], str | None]:
+    """(type, id, rest of path, query) of a request.url, relative or under our base."""
+    if url.startswith(ctx.base_url + "/"):
+        url = url[len(ctx.base_url) + 1:]
+    elif "://" in url:
+        raise _invalid(index, f"request.url '{url}' is not on this server.", ".request.url")
+    path, _, query = url.partition("?")
+    parts = [p for p in path.split("/") if p]
+    resource_type = parts[0] if parts else None
+    id = parts[1] if len(parts) > 1 and not parts[1].startswith("_") else None
+    rest = parts[2:] if id else parts[1:]
+    return resource_type, id, rest, (query if "?" in url else None)
+
+
+def _patch_operations(index: int, resource: Any) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (http.html#patch in transactions)."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary" \
+            or resource.get("contentType") != JSON_PATCH:
+        raise _invalid(index, f"a PATCH entry needs a Binary resource with contentType {JSON_PATCH}.",
+                       ".resource")
+    try:
+        return jsonbody.parse_decimal(base64.b64decode(resource.get("data", ""), validate=True))
+    except (binascii.Error, ValueError):
+        raise _invalid(index, "the Binary data is not base64.", ".resource.data") from None
+
+
+def parse_entries(ctx: Context, body: Payload) -> tuple[str, list[Entry]]:
+    """The Bundle type and its request entries; INVALID for anything malformed."""
+    bundle = body.checked
+    if bundle.get("resourceType") != "Bundle":
+        raise fail(Kind.INVALID, "invalid", "POST to the base URL takes a batch or transaction Bundle.",
+                   expression="resourceType")
+    bundle_type = bundle.get("type")
+    if bundle_type not in ("batch", "transaction"):
+        raise fail(Kind.INVALID, "invalid", f"Bundle.type must be batch or transaction, not '{bundle_type}'.",
+                   expression="Bundle.type")
+    raw_entries = bundle.get("entry", [])
+    exact_entries = body.exact.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise fail(Kind.INVALID, "structure", "Bundle.entry must be an array.", expression="Bundle.entry")
+    entries = []
+    for index, (raw, exact) in enumerate(zip(raw_entries, exact_entries, strict=True)):
+        request = raw.get("request") if isinstance(raw, dict) else None
+        if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+            raise _invalid(index, "request.method and request.url are required.", ".request")
+        method = str(request["method"]).upper()
+        if method not in _ORDER:
+            raise _invalid(index, f"unsupported request.method '{method}'.", ".request.method")
+        resource_type, id, tail, query = _parse_url(ctx, index, str(request["url"]))
+        resource = raw.get("resource")
+        payload = None
+        if method in ("POST", "PUT"):
+            if not isinstance(resource, dict):
+                raise _invalid(index, f"a {method} entry needs a resource.", ".resource")
+            payload = Payload(resource, exact["resource"])
+        elif method == "PATCH":
+            payload = Payload(_patch_operations(index, resource), {})
+        full_url = raw.get("fullUrl")
+        if full_url is not None and not isinstance(full_url, str):
+            raise _invalid(index, "fullUrl must be a string.", ".fullUrl")
+        if_match = request.get("ifMatch")
+        entries.append(Entry(
+            index, method, resource_type, id, tail, query, full_url, payload,
+            if_none_exist=request.get("ifNoneExist"),
+            if_match=_etag_version(index, if_match) if if_match else None,
+            if_none_match=request.get("ifNoneMatch"),
+            url=str(request["url"]),
+        ))
+    return bundle_type, entries
+
+
+def _etag_version(index: int, value: str) -> int:
+    digits = value.removeprefix("W/").strip('"')
+    if not digits.isdigit():
+        raise _invalid(index, f"ifMatch '{value}' is not an ETag such as W/\"3\".", ".request.ifMatch")
+    return int(digits)
+
+
+# -- reference rewriting ----------------------------------------------------------------
+
+
+def _rewrite(value: Any, resolve: Callable[[str], str | None]) -> None:
+    """Replace, in place, every Reference.reference that `resolve` maps to a new value."""
+    if isinstance(value, dict):
+        reference = value.get("reference")
+        if isinstance(reference, str):
+            new = resolve(reference)
+            if new is not None:
+                value["reference"] = new
+        for child in value.values():
+            if isinstance(child, (dict, list)):
+                _rewrite(child, resolve)
+    elif isinstance(value, list):
+        for child in value:
+            if isinstance(child, (dict, list)):
+                _rewrite(child, resolve)
+
+
+def _references(value: Any, out: set[str]) -> set[str]:
+    if isinstance(value, dict):
+        reference = value.get("reference")
+        if isinstance(reference, str):
+            out.add(reference)
+        for child in value.values():
+            _references(child, out)
+    elif isinstance(value, list):
+        for child in value:
+            _references(child, out)
+    return out
+
+
+# -- transaction ------------------------------------------------------------------------
+
+
+class _Transaction:
+    """State of one transaction while its unit of work is open."""
+
+    def __init__(self, ctx: Context, entries: list[Entry]) -> None:
+        self.ctx = ctx
+        self.entries = entries
+        self.targets: dict[str, str] = {}  # fullUrl or conditional reference -> Type/id
+        self.outcomes: dict[int, EntryOutcome] = {}
+
+    def check_identities(self) -> None:
+        """Two entries may not act on the same resource (http.html#transaction)."""
+        seen: dict[str, int] = {}
+        for e in self.entries:
+            if e.method in ("PUT", "PATCH", "DELETE") and e.id:
+                key = f"{e.resource_type}/{e.id}"
+                if key in seen:
+                    raise _invalid(e.index, f"{key} is also the subject of entry {seen[key]}.",
+                                   ".request.url")
+                seen[key] = e.index
+        urls = [e.full_url for e in self.entries if e.full_url]
+        duplicates = {u for u in urls if urls.count(u) > 1}
+        if duplicates:
+            first = next(e for e in self.entries if e.full_url in duplicates)
+            raise _invalid(first.index, f"fullUrl '{first.full_url}' appears more than once.", ".fullUrl")
+
+    async def assign_ids(self, unit: UnitOfWork) -> dict[int, tuple[str, bool]]:
+        """The id each POST/PUT entry writes, and whether a conditional create matched."""
+        assigned: dict[int, tuple[str, bool]] = {}
+        for e in sorted(self.entries, key=lambda e: _ORDER[e.method]):
+            if e.method in ("POST", "PUT"):
+                try:
+                    assigned[e.index] = await self._assign_id(unit, e)
+                except FhirError as exc:
+                    raise _entry_error(e.index, exc) from None
+                if e.full_url:
+                    self.targets[e.full_url] = f"{e.resource_type}/{assigned[e.index][0]}"
+        return assigned
+
+    async def _assign_id(self, unit: UnitOfWork, e: Entry) -> tuple[str, bool]:
+        if e.method == "POST":
+            assert e.resource_type is not None
+            id, matched = new_id(), False
+            if e.if_none_exist:
+                found = await unit.match_ids(condition(self.ctx, e.resource_type, e.if_none_exist), 2)
+                if len(found) > 1:
+                    raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
+                               f"ifNoneExist matches more than one {e.resource_type}.")
+                if found:
+                    id, matched = found[0], True
+            return id, matched
+        assert e.resource_type is not None and e.payload is not None
+        if e.id is not None:
+            return e.id, False
+        found = await unit.match_ids(condition(self.ctx, e.resource_type, e.query or ""), 2)
+        if len(found) > 1:
+            raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
+                       f"The criteria match more than one {e.resource_type}.")
+        body_id = e.payload.checked.get("id")
+        if found and body_id is not None and body_id != found[0]:
+            raise fail(Kind.INVALID, "invalid", "The resource id differs from the id of the match.",
+                       expression=f"{e.resource_type}.id", details_code="MSG_RESOURCE_ID_MISMATCH")
+        return (found[0] if found else str(body_id or new_id())), False
+
+    async def resolve_conditional_references(self, unit: UnitOfWork) -> None:
+        """Map each `Type?query` reference to the one resource it matches (else fail)."""
+        for e in self.entries:
+            if e.payload is None or e.method == "PATCH":
+                continue
+            for reference in _references(e.payload.checked, set()):
+                if "?" not in reference or reference in self.targets:
+                    continue
+                rtype, _, criteria = reference.partition("?")
+                try:
+                    crud.check_type(rtype)
+                    found = await unit.match_ids(condition(self.ctx, rtype, criteria), 2)
+                except FhirError as exc:
+                    raise _entry_error(e.index, exc) from None
+                if len(found) != 1:
+                    raise fail(
+                        Kind.PRECONDITION_FAILED, "not-found" if not found else "multiple-matches",
+                        f"Entry {e.index}: the conditional reference '{reference}' matches "
+                        f"{'no' if not found else 'more than one'} resource.",
+                        expression=f"Bundle.entry[{e.index}].resource",
+                    )
+                self.targets[reference] = f"{rtype}/{found[0]}"
+
+    def rewrite(self, e: Entry) -> None:
+        assert e.payload is not None
+        resolve = self.targets.get
+        _rewrite(e.payload.checked, resolve)
+        if e.payload.exact is not e.payload.checked:
+            _rewrite(e.payload.exact, resolve)
+
+
+async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
+    """Run a transaction: all entries or none (http.html#transaction)."""
+    tx = _Transaction(ctx, entries)
+    tx.check_identities()
+    for e in entries:  # validate before taking the write lock: it is the costly part
+        if e.payload is not None and e.method != "PATCH":
+            try:
+                assert e.resource_type is not None
+                crud.check_type(e.resource_type)
+                check_resource(ctx, e.resource_type, e.payload)
+            except FhirError as exc:
+                raise _entry_error(e.index, exc) from None
+    reads = [e for e in entries if _ORDER[e.method] == 3]
+    async with ctx.store.transaction() as unit:
+        for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+            if e.method == "DELETE":
+                tx.outcomes[e.index] = await _guard(e, _delete(ctx, unit, e))
+        assigned = await tx.assign_ids(unit)
+        await tx.resolve_conditional_references(unit)
+        for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+            if e.method in ("POST", "PUT"):
+                tx.outcomes[e.index] = await _guard(e, _write(ctx, unit, tx, e, assigned[e.index]))
+            elif e.method == "PATCH":
+                tx.outcomes[e.index] = await _guard(e, _patch(ctx, unit, e))
+    for e in reads:
+        tx.outcomes[e.index] = await _guard(e, _read(ctx, e))
+    return BundleOutcome("transaction-response", [tx.outcomes[e.index] for e in entries])
+
+
+async def _guard(e: Entry, work: Awaitable[EntryOutcome]) -> EntryOutcome:
+    try:
+        return await work
+    except FhirError as exc:
+        raise _entry_error(e.index, exc) from None
+
+
+async def _delete(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
+    assert e.resource_type is not None
+    crud.check_type(e.resource_type)
+    if e.id is None:
+        op: Any = ConditionalDelete(condition(ctx, e.resource_type, e.query or ""), multiple=False)
+    else:
+        crud.check_id(e.id)
+        op = Delete(e.resource_type, e.id, e.if_match)
+    [result] = await unit.apply([op])
+    return EntryOutcome(result=result)
+
+
+async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
+                 assigned: tuple[str, bool]) -> EntryOutcome:
+    assert e.payload is not None and e.resource_type is not None
+    id, matched = assigned
+    if matched:
+        existing = await ctx.store.read(e.resource_type, id)
+        return EntryOutcome(result=Result("matched", (existing,) if existing else ()))
+    if e.method == "PUT" and e.id is not None:
+        crud.check_id(e.id)
+        if e.payload.checked.get("id") != e.id:
+            raise fail(Kind.INVALID, "invalid", "The id in the resource differs from the id in request.url.",
+                       expression=f"{e.resource_type}.id", details_code="MSG_RESOURCE_ID_MISMATCH")
+    e.payload.checked["id"] = id
+    e.payload.exact["id"] = id
+    tx.rewrite(e)
+    entries = extract(e.payload.checked)
+    create_only = e.method == "POST" or e.if_none_match == "*"
+    method = "POST" if e.method == "POST" else "PUT"
+    write = Write(e.resource_type, id, e.payload.exact, entries, method,
+                  if_match=e.if_match, create_only=create_only)
+    [result] = await unit.apply([write])
+    return EntryOutcome(result=result)
+
+
+async def _patch(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
+    assert e.payload is not None and e.resource_type is not None
+    if e.id is None:
+        raise fail(Kind.NOT_SUPPORTED, "not-supported", "Conditional PATCH is not supported in a Bundle.")
+    current = await crud.read(ctx, e.resource_type, e.id)
+    if e.if_match is not None and e.if_match != current.version:
+        raise fail(Kind.PRECONDITION_FAILED, "conflict",
+                   f"Version {e.if_match} of {e.resource_type}/{e.id} is not the current version.")
+    payload = apply_patch(current, e.payload.checked)
+    check_resource(ctx, e.resource_type, payload)
+    entries = extract(payload.checked)
+    write = Write(e.resource_type, e.id, payload.exact, entries, "PATCH", if_match=current.version)
+    [result] = await unit.apply([write])
+    return EntryOutcome(result=result)
+
+
+async def _read(ctx: Context, e: Entry) -> EntryOutcome:
+    """A GET entry: read, vread, search or history, as the URL says."""
+    params = parse_qsl(e.query or "", keep_blank_values=True)
+    if e.resource_type is None:
+        return EntryOutcome(resource=await search.search(ctx, None, params, strict=False))
+    if e.id is None:
+        if e.tail == ["_history"]:
+            return EntryOutcome(resource=await history.history(
+                ctx, e.resource_type, None, params,
+                base_url=ctx.base_url, self_url=f"{ctx.base_url}/{e.resource_type}/_history"))
+        return EntryOutcome(resource=await search.search(ctx, e.resource_type, params, strict=False))
+    if e.tail == ["_history"]:
+        return EntryOutcome(resource=await history.history(
+            ctx, e.resource_type, e.id, params,
+            base_url=ctx.base_url, self_url=f"{ctx.base_url}/{e.resource_type}/{e.id}/_history"))
+    if len(e.tail) == 2 and e.tail[0] == "_history":
+        return EntryOutcome(version=await crud.vread(ctx, e.resource_type, e.id, e.tail[1]))
+    version = await crud.read(ctx, e.resource_type, e.id)
+    if e.if_none_match and e.if_none_match.strip() in (f'W/"{version.version}"', f'"{version.version}"'):
+        return EntryOutcome(version=version, not_modified=True)
+    return EntryOutcome(version=version)
+
+
+# -- batch ------------------------------------------------------------------------------
+
+
+async def batch(ctx: Context, entries: list[Entry]) -> BundleOutcome:
+    """Run each entry on its own; a failure is that entry's outcome (http.html#transaction)."""
+    outcomes = []
+    for e in entries:
+        try:
+            outcomes.append(await _batch_entry(ctx, e))
+        except FhirError as exc:
+            outcomes.append(EntryOutcome(error=exc))
+    return BundleOutcome("batch-response", outcomes)
+
+
+async def _batch_entry(ctx: Context, e: Entry) -> EntryOutcome:
+    if e.method in ("GET", "HEAD"):
+        return await _read(ctx, e)
+    if e.resource_type is None:
+        raise fail(Kind.INVALID, "invalid", "request.url must name a resource type.")
+    crud.check_type(e.resource_type)
+    if e.method == "DELETE":
+        if e.id is None:
+            return EntryOutcome(result=await crud.conditional_delete(ctx, e.resource_type, e.query or "",
+                                                                     multiple=False))
+        return EntryOutcome(result=await crud.delete(ctx, e.resource_type, e.id, if_match=e.if_match))
+    assert e.payload is not None
+    if e.method == "POST":
+        return EntryOutcome(result=await crud.create(ctx, e.resource_type, e.payload,
+                                                     if_none_exist=e.if_none_exist))
+    if e.method == "PATCH":
+        if e.id is None:
+            return EntryOutcome(result=await crud.conditional_patch(
+                ctx, e.resource_type, e.query or "", e.payload.checked, if_match=e.if_match))
+        return EntryOutcome(result=await crud.patch(ctx, e.resource_type, e.id, e.payload.checked,
+                                                    if_match=e.if_match))
+    if e.id is None:
+        return EntryOutcome(result=await crud.conditional_update(
+            ctx, e.resource_type, e.query or "", e.payload, if_match=e.if_match))
+    return EntryOutcome(result=await crud.update(ctx, e.resource_type, e.id, e.payload, if_match=e.if_match))
