@@ -46,8 +46,8 @@ def _version_entry(base: str, version: Version, status: str, representation: boo
 
 def _entry(base: str, outcome: bundles.EntryOutcome, representation: bool) -> dict[str, Any]:
     if outcome.error is not None:
-        status = status_of(outcome.error.kind)
-        return {"response": {"status": f"{status} {_REASONS.get(status, '')}".strip(),
+        code = status_of(outcome.error.kind)
+        return {"response": {"status": f"{code} {_REASONS.get(code, '')}".strip(),
                              "outcome": operation_outcome(outcome.error.issues)}}
     if outcome.result is not None:
         status = _STATUS[outcome.result.outcome]

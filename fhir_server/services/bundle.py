@@ -20,11 +20,11 @@ from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
 from ..search import extract
-from ..store.base import ConditionalDelete, Delete, Result, UnitOfWork, Version, Write
+from ..store.base import ConditionalDelete, Delete, Method, Result, UnitOfWork, Version, Write
 from . import crud, history, search
 from .conditions import condition
 from .context import Context, Payload
-from .crud import apply_patch, check_resource
+from .crud import check_resource
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -360,7 +360,7 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     tx.rewrite(e)
     entries = extract(e.payload.checked)
     create_only = e.method == "POST" or e.if_none_match == "*"
-    method = "POST" if e.method == "POST" else "PUT"
+    method: Method = "POST" if e.method == "POST" else "PUT"
     write = Write(e.resource_type, id, e.payload.exact, entries, method,
                   if_match=e.if_match, create_only=create_only)
     [result] = await unit.apply([write])
@@ -371,14 +371,7 @@ async def _patch(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
     assert e.payload is not None and e.resource_type is not None
     if e.id is None:
         raise fail(Kind.NOT_SUPPORTED, "not-supported", "Conditional PATCH is not supported in a Bundle.")
-    current = await crud.read(ctx, e.resource_type, e.id)
-    if e.if_match is not None and e.if_match != current.version:
-        raise fail(Kind.PRECONDITION_FAILED, "conflict",
-                   f"Version {e.if_match} of {e.resource_type}/{e.id} is not the current version.")
-    payload = apply_patch(current, e.payload.checked)
-    check_resource(ctx, e.resource_type, payload)
-    entries = extract(payload.checked)
-    write = Write(e.resource_type, e.id, payload.exact, entries, "PATCH", if_match=current.version)
+    write = await crud.patch_write(ctx, e.resource_type, e.id, e.payload.checked, if_match=e.if_match)
     [result] = await unit.apply([write])
     return EntryOutcome(result=result)
 

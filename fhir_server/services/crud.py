@@ -204,18 +204,15 @@ def apply_patch(current: Version, operations: Any) -> Payload:
     return Payload(checked, exact)
 
 
-async def patch(
+async def patch_write(
     ctx: Context, resource_type: str, id: str, operations: Any, *, if_match: int | None = None
-) -> Result:
-    """Apply a JSON Patch (RFC 6902) to the current version, then validate as an update."""
+) -> Write:
+    """The write that applies a JSON Patch (RFC 6902) to the current version, validated.
+
+    PRECONDITION_FAILED first if `if_match` is not the current version.
+    """
     current = await read(ctx, resource_type, id)
-    if if_match is not None and if_match != current.version:
-        raise fail(
-            Kind.PRECONDITION_FAILED,
-            "conflict",
-            f"Version {if_match} of {resource_type}/{id} is not the current version.",
-            details_code="MSG_VERSION_AWARE_CONFLICT",
-        )
+    _check_version(resource_type, id, if_match, current.version)
     payload = apply_patch(current, operations)
     if payload.checked.get("id") != id or payload.checked.get("resourceType") != resource_type:
         raise fail(
@@ -225,8 +222,26 @@ async def patch(
             expression=f"{resource_type}.id",
         )
     entries = _checked_resource(ctx, resource_type, payload)
-    # Pin the version we patched, so a concurrent write makes this one fail (412), not vanish.
-    write = Write(resource_type, id, payload.exact, entries, "PATCH", if_match=current.version)
+    # Pin the version we patched, so a concurrent write makes this one fail with 412
+    # instead of being lost.
+    return Write(resource_type, id, payload.exact, entries, "PATCH", if_match=current.version)
+
+
+def _check_version(resource_type: str, id: str, expected: int | None, current: int) -> None:
+    if expected is not None and expected != current:
+        raise fail(
+            Kind.PRECONDITION_FAILED,
+            "conflict",
+            f"Version {expected} of {resource_type}/{id} is not the current version.",
+            details_code="MSG_VERSION_AWARE_CONFLICT",
+        )
+
+
+async def patch(
+    ctx: Context, resource_type: str, id: str, operations: Any, *, if_match: int | None = None
+) -> Result:
+    """PATCH with JSON Patch (http.html#patch)."""
+    write = await patch_write(ctx, resource_type, id, operations, if_match=if_match)
     return (await ctx.store.commit([write]))[0]
 
 

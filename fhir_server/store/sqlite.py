@@ -176,7 +176,8 @@ class SqliteStore:
         return await self._read(work)
 
     async def history(self, query: HistoryQuery) -> HistoryPage:
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         for column, value in (("type", query.resource_type), ("id", query.id)):
             if value is not None:
                 where.append(f"{column} = ?")
