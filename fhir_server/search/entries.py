@@ -46,7 +46,7 @@ def _fast_init(cls: type[_T]) -> type[_T]:
     )
     body = "".join(f"    _set_{f.name}(self, {f.name})\n" for f in fields)
     exec(f"def __init__(self, {args}):\n{body}", namespace)
-    cls.__init__ = namespace["__init__"]  # type: ignore[misc]
+    cls.__init__ = namespace["__init__"]  # type: ignore[method-assign]
     return cls
 
 

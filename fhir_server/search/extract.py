@@ -13,7 +13,7 @@ of a parameter as a set.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import product
 from typing import Any
 
@@ -49,7 +49,7 @@ class Extractor:
     def __init__(self, registry: Registry, base: str | None = None) -> None:
         self.registry = registry
         self.compiler = Compiler(registry)
-        self.indexers: dict[str, dict[str, Indexer]] = {
+        self.indexers: dict[str, Mapping[str, Indexer]] = {
             "string": string.INDEXERS,
             "token": token.INDEXERS,
             "reference": reference.reference_indexers(base),
@@ -59,7 +59,7 @@ class Extractor:
             "uri": uri.INDEXERS,
             "special": {"Location.position": special.index_position},
         }
-        self._plans: dict[str, Plan] = {}
+        self._plans: dict[str, Extract] = {}
         # Parameter id -> why the compiler refused it (these run on fhirpathpy).
         self.fallbacks: dict[str, str] = {}
         # (resource type, parameter code, FHIR type) an expression reaches but nothing indexes.

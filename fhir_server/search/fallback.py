@@ -11,7 +11,7 @@ fhirpathpy has no `resolve()`: it is supplied here, resolving a literal referenc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .references import reference_type
@@ -26,7 +26,7 @@ def _resolve(inputs: list[Any]) -> list[Any]:
     for item in inputs:
         if isinstance(item, dict) and (t := reference_type(item)):
             # Wrapped so that fhirpathpy's `is` reads the type from `resourceType`.
-            out.append(ResourceNode.create_node({"resourceType": t}))
+            out.append(ResourceNode.create_node({"resourceType": t}))  # type: ignore[no-untyped-call]
     return out
 
 
@@ -83,7 +83,7 @@ _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "o
 def fallback_runner(
     param_type: str,
     expression: str,
-    indexers: dict[str, Callable[[str, Any, list[Any]], None]],
+    indexers: Mapping[str, Callable[[str, Any, list[Any]], None]],
 ) -> Callable[[str, dict[str, Any], list[Any]], None]:
     """A `(code, resource, out)` indexer evaluating `expression` with fhirpathpy."""
     evaluate = engine(expression)

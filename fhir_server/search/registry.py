@@ -202,5 +202,5 @@ def load_registry(params_file: Path = PARAMS_FILE, compartment_file: Path = COMP
 
 @cache
 def default_registry() -> Registry:
-    """The registry of the official R4 parameters, built on first use (~50 ms) and shared."""
+    """The registry of the official R4 parameters, built on first use (~20 ms) and shared."""
     return load_registry()

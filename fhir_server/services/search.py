@@ -45,6 +45,9 @@ def _compartment_clause(ctx: Context, resource_type: str, patient_id: str) -> Cl
 
 def _page_size(ctx: Context, query: Query) -> Query:
     count = ctx.default_page_size if query.count is None else min(query.count, ctx.max_page_size)
+    if count == 0:
+        # search.html#count: _count=0 asks for the count only, as _summary=count does.
+        return dataclasses.replace(query, count=count, summary="count")
     return dataclasses.replace(query, count=count)
 
 

@@ -23,8 +23,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..model.errors import Kind, fail
-from ..search import Query, Registry, default_registry
-from ..search.params.special import distance_km
+from ..search import Query, Registry, default_registry, distance_km
 from . import sqlite_index
 from .base import (
     ConditionalCreate,

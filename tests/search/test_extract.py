@@ -388,10 +388,10 @@ def test_unknown_resource_types_have_no_entries() -> None:
 # --- fallback to fhirpathpy ---------------------------------------------------------------
 
 
-def test_parameters_that_fall_back_to_fhirpathpy(examples: list[dict[str, Any]]) -> None:
+def test_parameters_that_fall_back_to_fhirpathpy(registry: Registry, examples: list[dict[str, Any]]) -> None:
     """Only DeviceDefinition-classification: its R4 expression names an element that R4
     DeviceDefinition does not have (`classification`), so the compiler refuses it."""
-    extractor = Extractor(Registry_default())
+    extractor = Extractor(registry)
     for resource in examples:
         extractor.extract(resource)
     for rtype in extractor.registry.resource_types:
@@ -411,13 +411,13 @@ def test_fallback_evaluates_what_the_compiler_refuses(registry: Registry) -> Non
     assert "named" in extractor.fallbacks
 
 
-def test_known_unindexable_branches() -> None:
+def test_known_unindexable_branches(registry: Registry) -> None:
     """Branches an R4 expression reaches that no index type can hold: dates given as string,
     Age or Range (Procedure.performed[x], Immunization.occurrenceString, CarePlan scheduled
     string), SampledData quantities, Consent.sourceAttachment as a reference, Group
     characteristic values that are not codes, and DocumentReference-relationship, whose R4
     components are swapped (the reference component points at `code`)."""
-    extractor = Extractor(Registry_default())
+    extractor = Extractor(registry)
     for rtype in extractor.registry.resource_types:
         extractor.plan(rtype)
     assert extractor.unindexed == {
@@ -436,11 +436,6 @@ def test_known_unindexable_branches() -> None:
         ("Procedure", "date", "string"),
     }
 
-
-def Registry_default() -> Registry:  # noqa: N802 - reads as the registry it returns
-    from fhir_server.search import default_registry
-
-    return default_registry()
 
 
 _json = st.recursive(

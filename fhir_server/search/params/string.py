@@ -9,13 +9,16 @@ runs of whitespace collapsed to one space and trimmed.
 HumanName and Address index every part separately (search.html#string: "any of the string
 fields in the HumanName, including family, given, prefix, suffix and/or text"; for Address
 "line, city, district, state, country, postalCode and/or text").
+
+`phonetic` (Patient, Person, Practitioner, RelatedPerson) is indexed and matched like any
+string: no phonetic algorithm is applied (not done).
 """
 
 from __future__ import annotations
 
 import unicodedata
 from functools import lru_cache
-from typing import Any
+from typing import Literal, Any
 
 from ..ast import StringPredicate
 from ..entries import StringEntry
@@ -73,7 +76,11 @@ INDEXERS = {
 
 
 def parse_string(param: str, modifier: str | None, text: str) -> StringPredicate:
-    mode = "exact" if modifier == "exact" else "contains" if modifier == "contains" else "start"
+    mode: Literal["start", "exact", "contains"] = "start"
+    if modifier == "exact":
+        mode = "exact"
+    elif modifier == "contains":
+        mode = "contains"
     return StringPredicate(param, normalize(text), text, mode)
 
 

@@ -26,8 +26,11 @@ INDEXERS = {t: index_uri for t in ("uri", "url", "canonical", "oid", "uuid")}
 def parse_uri(param: str, modifier: str | None, text: str) -> UriPredicate:
     if not text:
         raise ValueError("empty uri")
-    mode = "above" if modifier == "above" else "below" if modifier == "below" else "eq"
-    return UriPredicate(param, text, mode)
+    if modifier == "above":
+        return UriPredicate(param, text, "above")
+    if modifier == "below":
+        return UriPredicate(param, text, "below")
+    return UriPredicate(param, text, "eq")
 
 
 def match_uri(p: UriPredicate, e: UriEntry) -> bool:
