@@ -52,7 +52,7 @@ async def read_body(request: Request, limit: int, *, patch: bool = False, form: 
     kind = media_type(request.headers.get("content-type"))
     allowed = {JSON_PATCH} if patch else {FORM} if form else _JSON_TYPES
     if kind not in allowed:
-        wanted = JSON_PATCH if patch else FHIR_JSON
+        wanted = JSON_PATCH if patch else FORM if form else FHIR_JSON
         raise fail(Kind.UNSUPPORTED_MEDIA_TYPE, "not-supported",
                    f"Content-Type '{kind or 'none'}' is not supported here; send {wanted}.")
     declared = request.headers.get("content-length")

@@ -36,3 +36,38 @@ def observation(subject: str, value: Any = 64.5, **extra: Any) -> dict[str, Any]
     }
     resource.update(extra)
     return resource
+
+
+LOINC = "http://loinc.org"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+
+
+def condition(subject: str, code: str = "C50.9", **extra: Any) -> dict[str, Any]:
+    """An ICD-10 coded Condition (default C50.9, breast cancer) about `subject` ("Patient/<id>")."""
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": ICD10, "code": code}]},
+        "subject": {"reference": subject},
+    }
+    resource.update(extra)
+    return resource
+
+
+def organization(name: str = "CHU de Bordeaux", **extra: Any) -> dict[str, Any]:
+    """An Organization with a name."""
+    resource: dict[str, Any] = {"resourceType": "Organization", "name": name}
+    resource.update(extra)
+    return resource
+
+
+def lab_observation(subject: str, code: str, when: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    """A LOINC-coded laboratory Observation about `subject`, effective at `when`."""
+    return observation(
+        subject,
+        code={"coding": [{"system": LOINC, "code": code}]},
+        effectiveDateTime=when,
+        valueQuantity={"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+        **extra,
+    )
