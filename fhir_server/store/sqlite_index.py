@@ -11,7 +11,8 @@ every index.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Any
 
 from ..search import (
@@ -132,8 +133,15 @@ class ParamIds:
         return pid
 
 
-def _values(entry: IndexEntry, columns: Sequence[str]) -> tuple[Any, ...]:
-    return tuple(getattr(entry, column) for column in columns)
+def _getter(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The value columns of an entry as a tuple (attrgetter: no Python-level loop per row)."""
+    get = attrgetter(*columns)
+    if len(columns) == 1:
+        return lambda entry: (get(entry),)
+    return get
+
+
+_GETTERS = {entry_type: _getter(columns) for entry_type, (_, columns) in TABLES.items()}
 
 
 def insert(
@@ -149,14 +157,12 @@ def insert(
             group += 1
             for index, component in enumerate(entry.components):
                 pid = ids.ensure(conn, rtype, component_code(entry.param, index))
-                columns = TABLES[type(component)][1]
-                rows.setdefault(type(component), set()).add(
-                    (pk, pid, group, *_values(component, columns))
-                )
+                kind = type(component)
+                rows.setdefault(kind, set()).add((pk, pid, group, *_GETTERS[kind](component)))
             continue
         pid = ids.ensure(conn, rtype, entry.param)
-        columns = TABLES[type(entry)][1]
-        rows.setdefault(type(entry), set()).add((pk, pid, None, *_values(entry, columns)))
+        kind = type(entry)
+        rows.setdefault(kind, set()).add((pk, pid, None, *_GETTERS[kind](entry)))
     for entry_type, values in rows.items():
         conn.executemany(_INSERTS[entry_type], values)
 
