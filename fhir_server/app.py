@@ -28,11 +28,9 @@ def open_store(url: str) -> Store:
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI application for `settings` (read from the environment if omitted)."""
-    settings = settings or Settings()
-    store = open_store(settings.store_url)
-    context = Context(
+def build_context(settings: Settings, store: Store) -> Context:
+    """The service-layer Context for `settings` on `store` (the app and the CLI share it)."""
+    return Context(
         store=store,
         validator=Validator(use_models=settings.validate_with_models),
         registry=default_registry(),
@@ -40,6 +38,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
     )
+
+
+@asynccontextmanager
+async def open_context(settings: Settings) -> AsyncIterator[Context]:
+    """A Context on the store `settings` names, open for the duration of the block."""
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        yield build_context(settings, store)
+    finally:
+        await store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI application for `settings` (read from the environment if omitted)."""
+    settings = settings or Settings()
+    store = open_store(settings.store_url)
+    context = build_context(settings, store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,14 +1,19 @@
-"""Command line: `fhir-server serve`, and the administrative commands as they arrive."""
+"""Command line: `fhir-server serve`, `fhir-server load`, and the administrative commands as they arrive."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
+from .app import open_context
+from .interop import Loader, LoadOptions, progress_stream
 from .logs import configure
 from .settings import Settings
 
@@ -37,6 +42,36 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _load_async(settings: Settings, args: argparse.Namespace) -> int:
+    # SIGTERM stops a load as Ctrl-C does: Bundles in flight finish, the state file is saved.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    options = LoadOptions(concurrency=args.concurrency, state_file=args.state,
+                          dedupe_by_identifier=args.dedupe_by_identifier, progress=progress_stream())
+    async with open_context(settings) as context:
+        report = await Loader(context, options).run(args.paths)
+    print(report.summary(), file=sys.stderr)
+    return 130 if report.interrupted else 1 if report.failures else 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _load(args: argparse.Namespace) -> int:
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"fhir-server load: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    settings = Settings()
+    configure(settings.log_level)
+    return asyncio.run(_load_async(settings, args))
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `fhir-server`."""
     root = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
@@ -48,6 +83,20 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true",
                        help="load the bundled demo data set when the store is empty")
     serve.set_defaults(run=_serve)
+    load = commands.add_parser(
+        "load", help="load FHIR files into the store (FHIR_SERVER_STORE / FHIR_SERVER_DATA_DIR)",
+        description="Load Bundles (.json), single resources (.json) and NDJSON (.ndjson), "
+                    "files or directories (recursively), through the service layer. "
+                    "Exit status: 0 all stored, 1 some failed, 130 interrupted.")
+    load.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    load.add_argument("--concurrency", type=_positive, default=4, metavar="N",
+                      help="Bundles in flight at once (default 4)")
+    load.add_argument("--state", type=Path, metavar="FILE",
+                      help="record finished files and lines here; a re-run skips them")
+    load.add_argument("--dedupe-by-identifier", action=argparse.BooleanOptionalAction, default=True,
+                      help="create identified Patients, Organizations and Practitioners only if "
+                           "no resource has their identifier (default: on)")
+    load.set_defaults(run=_load)
     return root
 
 

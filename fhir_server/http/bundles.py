@@ -72,10 +72,12 @@ async def batch_or_transaction(request: Request) -> Response:
     checked = jsonbody.parse_for_checks(body)
     if not isinstance(checked, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a Bundle (a JSON object).")
-    bundle_type, entries = bundles.parse_entries(context, Payload(checked, jsonbody.exact_copy(body, checked)))
-    if len(entries) > settings.max_bundle_entries:
+    # Counted before parsing, so an oversized Bundle is refused as such (413) and cheaply.
+    count = len(checked["entry"]) if isinstance(checked.get("entry"), list) else 0
+    if count > settings.max_bundle_entries:
         raise fail(Kind.TOO_LARGE, "too-costly",
-                   f"The Bundle has {len(entries)} entries; the limit is {settings.max_bundle_entries}.")
+                   f"The Bundle has {count} entries; the limit is {settings.max_bundle_entries}.")
+    bundle_type, entries = bundles.parse_entries(context, Payload(checked, jsonbody.exact_copy(body, checked)))
     if bundle_type == "transaction":
         outcome = await bundles.transaction(context, entries)
     else:

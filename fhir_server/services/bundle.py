@@ -3,7 +3,8 @@
 A transaction runs inside one store unit of work: entries are processed DELETE, POST,
 PUT/PATCH, then GET (after commit); `urn:uuid:`/`urn:oid:` and other fullUrls are rewritten to
 the ids they get in every reference of the Bundle, conditional references
-(`Patient?identifier=...`) must match exactly one resource, and any failure leaves no trace.
+(`Patient?identifier=...`) must match exactly one resource, and any failure leaves no trace
+(except for GET entries: they run after the commit, so each reports its own failure).
 A batch processes each entry on its own and reports each outcome.
 """
 
@@ -136,6 +137,9 @@ def parse_entries(ctx: Context, body: Payload) -> tuple[str, list[Entry]]:
         if method not in _ORDER:
             raise _invalid(index, f"unsupported request.method '{method}'.", ".request.method")
         resource_type, id, tail, query = _parse_url(ctx, index, str(request["url"]))
+        if resource_type is None and method not in ("GET", "HEAD"):
+            raise _invalid(index, f"a {method} entry's request.url must name a resource type.",
+                           ".request.url")
         resource = raw.get("resource")
         payload = None
         if method in ("POST", "PUT"):
@@ -155,7 +159,23 @@ def parse_entries(ctx: Context, body: Payload) -> tuple[str, list[Entry]]:
             if_none_match=request.get("ifNoneMatch"),
             url=str(request["url"]),
         ))
+    _check_full_urls(raw_entries, entries)
     return bundle_type, entries
+
+
+def _check_full_urls(raw_entries: list[Any], entries: list[Entry]) -> None:
+    """bdl-7: fullUrl is unique, unless the entries are different versions (bundle.html)."""
+    seen: dict[tuple[str, Any], int] = {}
+    for raw, e in zip(raw_entries, entries, strict=True):
+        if not e.full_url:
+            continue
+        resource = raw.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        key = (e.full_url, meta.get("versionId") if isinstance(meta, dict) else None)
+        if key in seen:
+            raise _invalid(e.index, f"fullUrl '{e.full_url}' is also the fullUrl of entry {seen[key]}.",
+                           ".fullUrl")
+        seen[key] = e.index
 
 
 def _etag_version(index: int, value: str) -> int:
@@ -210,21 +230,23 @@ class _Transaction:
         self.targets: dict[str, str] = {}  # fullUrl or conditional reference -> Type/id
         self.outcomes: dict[int, EntryOutcome] = {}
 
-    def check_identities(self) -> None:
-        """Two entries may not act on the same resource (http.html#transaction)."""
+    def check_identities(self, assigned: dict[int, tuple[str, bool]] | None = None) -> None:
+        """Two entries may not act on the same resource (http.html#transaction).
+
+        Checked on the ids in request.url first, then again with the ids conditional PUTs
+        resolved to (`assigned`), since the spec counts resolved identities too.
+        """
         seen: dict[str, int] = {}
         for e in self.entries:
-            if e.method in ("PUT", "PATCH", "DELETE") and e.id:
-                key = f"{e.resource_type}/{e.id}"
+            id = e.id
+            if id is None and e.method == "PUT" and assigned is not None:
+                id = assigned[e.index][0]
+            if e.method in ("PUT", "PATCH", "DELETE") and id:
+                key = f"{e.resource_type}/{id}"
                 if key in seen:
                     raise _invalid(e.index, f"{key} is also the subject of entry {seen[key]}.",
                                    ".request.url")
                 seen[key] = e.index
-        urls = [e.full_url for e in self.entries if e.full_url]
-        duplicates = {u for u in urls if urls.count(u) > 1}
-        if duplicates:
-            first = next(e for e in self.entries if e.full_url in duplicates)
-            raise _invalid(first.index, f"fullUrl '{first.full_url}' appears more than once.", ".fullUrl")
 
     async def assign_ids(self, unit: UnitOfWork) -> dict[int, tuple[str, bool]]:
         """The id each POST/PUT entry writes, and whether a conditional create matched."""
@@ -265,12 +287,22 @@ class _Transaction:
         return (found[0] if found else str(body_id or new_id())), False
 
     async def resolve_conditional_references(self, unit: UnitOfWork) -> None:
-        """Map each `Type?query` reference to the one resource it matches (else fail)."""
+        """Map each `Type?query` reference to the one resource it matches (else fail).
+
+        A `urn:uuid:`/`urn:oid:` reference that names no entry fails too: stored as is, it
+        would point nowhere (bundle.html#references).
+        """
         for e in self.entries:
             if e.payload is None or e.method == "PATCH":
                 continue
             for reference in _references(e.payload.checked, set()):
-                if "?" not in reference or reference in self.targets:
+                if reference in self.targets:
+                    continue
+                if reference.startswith(("urn:uuid:", "urn:oid:")):
+                    raise fail(Kind.INVALID, "not-found",
+                               f"Entry {e.index}: the reference '{reference}' is the fullUrl of no "
+                               "entry of this Bundle.", expression=f"Bundle.entry[{e.index}].resource")
+                if "?" not in reference:
                     continue
                 rtype, _, criteria = reference.partition("?")
                 try:
@@ -308,20 +340,40 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
             except FhirError as exc:
                 raise _entry_error(e.index, exc) from None
     reads = [e for e in entries if _ORDER[e.method] == 3]
+    for e in reads:
+        _check_read_target(e)
     async with ctx.store.transaction() as unit:
         for e in sorted(entries, key=lambda e: _ORDER[e.method]):
             if e.method == "DELETE":
                 tx.outcomes[e.index] = await _guard(e, _delete(ctx, unit, e))
         assigned = await tx.assign_ids(unit)
+        tx.check_identities(assigned)
         await tx.resolve_conditional_references(unit)
         for e in sorted(entries, key=lambda e: _ORDER[e.method]):
             if e.method in ("POST", "PUT"):
                 tx.outcomes[e.index] = await _guard(e, _write(ctx, unit, tx, e, assigned[e.index]))
             elif e.method == "PATCH":
                 tx.outcomes[e.index] = await _guard(e, _patch(ctx, unit, e))
+    # GETs see the committed writes, so they run after the commit; a GET that fails then
+    # (say, a 404) cannot undo the writes, so it is reported in its own entry instead of
+    # turning a durable transaction into an error response.
     for e in reads:
-        tx.outcomes[e.index] = await _guard(e, _read(ctx, e))
+        try:
+            tx.outcomes[e.index] = await _read(ctx, e)
+        except FhirError as exc:
+            tx.outcomes[e.index] = EntryOutcome(error=_entry_error(e.index, exc))
     return BundleOutcome("transaction-response", [tx.outcomes[e.index] for e in entries])
+
+
+def _check_read_target(e: Entry) -> None:
+    """Fail a transaction early for a GET entry that can never succeed (unknown type, bad id)."""
+    try:
+        if e.resource_type is not None:
+            crud.check_type(e.resource_type)
+        if e.id is not None:
+            crud.check_id(e.id)
+    except FhirError as exc:
+        raise _entry_error(e.index, exc) from None
 
 
 async def _guard(e: Entry, work: Awaitable[EntryOutcome]) -> EntryOutcome:
@@ -363,7 +415,15 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     method: Method = "POST" if e.method == "POST" else "PUT"
     write = Write(e.resource_type, id, e.payload.exact, entries, method,
                   if_match=e.if_match, create_only=create_only)
-    [result] = await unit.apply([write])
+    try:
+        [result] = await unit.apply([write])
+    except FhirError as exc:
+        # ifNoneMatch "*" on an existing resource is a failed precondition (412), as for HTTP's
+        # If-None-Match, not the conflict a create-only write reports.
+        if e.method == "PUT" and create_only and exc.kind is Kind.CONFLICT:
+            raise fail(Kind.PRECONDITION_FAILED, "conflict",
+                       f"{e.resource_type}/{id} exists and ifNoneMatch is '*'.") from None
+        raise
     return EntryOutcome(result=result)
 
 
@@ -434,6 +494,9 @@ async def _batch_entry(ctx: Context, e: Entry) -> EntryOutcome:
                 ctx, e.resource_type, e.query or "", e.payload.checked, if_match=e.if_match))
         return EntryOutcome(result=await crud.patch(ctx, e.resource_type, e.id, e.payload.checked,
                                                     if_match=e.if_match))
+    if e.if_none_match is not None:
+        # crud.update has no create-only form; a one-entry transaction gives ifNoneMatch its meaning.
+        return (await transaction(ctx, [e])).entries[0]
     if e.id is None:
         return EntryOutcome(result=await crud.conditional_update(
             ctx, e.resource_type, e.query or "", e.payload, if_match=e.if_match))
