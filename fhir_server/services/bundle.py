@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -47,6 +47,14 @@ class Entry:
     if_match: int | None = None
     if_none_match: str | None = None
     url: str = ""
+    holders: list[dict[str, Any]] | None = None  # Reference objects of the resource, found once
+
+    def references(self) -> list[dict[str, Any]]:
+        """The Reference objects of this entry's resource (walked on first use)."""
+        if self.holders is None:
+            assert self.payload is not None
+            self.holders = reference_holders(self.payload.checked)
+        return self.holders
 
 
 @dataclass
@@ -188,34 +196,21 @@ def _etag_version(index: int, value: str) -> int:
 # -- reference rewriting ----------------------------------------------------------------
 
 
-def _rewrite(value: Any, resolve: Callable[[str], str | None]) -> None:
-    """Replace, in place, every Reference.reference that `resolve` maps to a new value."""
-    if isinstance(value, dict):
-        reference = value.get("reference")
-        if isinstance(reference, str):
-            new = resolve(reference)
-            if new is not None:
-                value["reference"] = new
-        for child in value.values():
-            if isinstance(child, (dict, list)):
-                _rewrite(child, resolve)
-    elif isinstance(value, list):
-        for child in value:
-            if isinstance(child, (dict, list)):
-                _rewrite(child, resolve)
-
-
-def _references(value: Any, out: set[str]) -> set[str]:
-    if isinstance(value, dict):
-        reference = value.get("reference")
-        if isinstance(reference, str):
-            out.add(reference)
-        for child in value.values():
-            _references(child, out)
-    elif isinstance(value, list):
-        for child in value:
-            _references(child, out)
-    return out
+def reference_holders(value: Any) -> list[dict[str, Any]]:
+    """Every object in `value` with a string `reference` (Reference elements), found in one
+    iterative walk: transactions rewrite these, and walking each resource once matters at
+    thousands of resources per second."""
+    found: list[dict[str, Any]] = []
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if node.__class__ is dict:
+            if node.get("reference").__class__ is str:
+                found.append(node)
+            stack.extend(child for child in node.values() if child.__class__ in (dict, list))
+        else:
+            stack.extend(child for child in node if child.__class__ in (dict, list))
+    return found
 
 
 # -- transaction ------------------------------------------------------------------------
@@ -295,7 +290,7 @@ class _Transaction:
         for e in self.entries:
             if e.payload is None or e.method == "PATCH":
                 continue
-            for reference in _references(e.payload.checked, set()):
+            for reference in {h["reference"] for h in e.references()}:
                 if reference in self.targets:
                     continue
                 if reference.startswith(("urn:uuid:", "urn:oid:")):
@@ -320,11 +315,15 @@ class _Transaction:
                 self.targets[reference] = f"{rtype}/{found[0]}"
 
     def rewrite(self, e: Entry) -> None:
+        """Point the entry's references at the ids the transaction gave their targets."""
         assert e.payload is not None
-        resolve = self.targets.get
-        _rewrite(e.payload.checked, resolve)
+        holders = e.references()
         if e.payload.exact is not e.payload.checked:
-            _rewrite(e.payload.exact, resolve)
+            holders = holders + reference_holders(e.payload.exact)
+        for holder in holders:
+            target = self.targets.get(holder["reference"])
+            if target is not None:
+                holder["reference"] = target
 
 
 async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
