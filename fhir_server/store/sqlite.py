@@ -227,8 +227,10 @@ class SqliteStore:
                 yield _SqliteUnitOfWork(self, unit)
             except BaseException:
                 await asyncio.shield(self._run(self._writer, lambda conn: conn.execute("ROLLBACK")))
+                self.ids.settle(committed=False)
                 raise
             await asyncio.shield(self._run(self._writer, lambda conn: conn.execute("COMMIT")))
+            self.ids.settle(committed=True)
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         async with self.transaction() as unit:

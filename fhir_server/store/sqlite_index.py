@@ -38,11 +38,11 @@ CREATE TABLE search_param (
 CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                          value TEXT NOT NULL, exact TEXT NOT NULL);
 CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
-CREATE INDEX idx_string_pk ON idx_string (pk);
+CREATE INDEX idx_string_pk ON idx_string (pk, pid);
 CREATE TABLE idx_token (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                         system TEXT, code TEXT, text TEXT, type_system TEXT, type_code TEXT);
 CREATE INDEX idx_token_code ON idx_token (pid, code, system, pk);
-CREATE INDEX idx_token_pk ON idx_token (pk);
+CREATE INDEX idx_token_pk ON idx_token (pk, pid);
 CREATE TABLE idx_reference (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                             type TEXT, id TEXT, version TEXT, url TEXT,
                             identifier_system TEXT, identifier_value TEXT);
@@ -56,23 +56,23 @@ CREATE TABLE idx_date (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                        low INTEGER NOT NULL, high INTEGER NOT NULL);
 CREATE INDEX idx_date_low ON idx_date (pid, low, high, pk);
 CREATE INDEX idx_date_high ON idx_date (pid, high, low, pk);
-CREATE INDEX idx_date_pk ON idx_date (pk);
+CREATE INDEX idx_date_pk ON idx_date (pk, pid);
 CREATE TABLE idx_number (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                          value REAL, low REAL NOT NULL, high REAL NOT NULL);
 CREATE INDEX idx_number_low ON idx_number (pid, low, high, pk);
-CREATE INDEX idx_number_pk ON idx_number (pk);
+CREATE INDEX idx_number_pk ON idx_number (pk, pid);
 CREATE TABLE idx_quantity (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                            value REAL, low REAL NOT NULL, high REAL NOT NULL,
                            system TEXT, code TEXT, unit TEXT);
 CREATE INDEX idx_quantity_code ON idx_quantity (pid, code, low, high, pk);
-CREATE INDEX idx_quantity_pk ON idx_quantity (pk);
+CREATE INDEX idx_quantity_pk ON idx_quantity (pk, pid);
 CREATE TABLE idx_uri (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER, value TEXT NOT NULL);
 CREATE INDEX idx_uri_value ON idx_uri (pid, value, pk);
-CREATE INDEX idx_uri_pk ON idx_uri (pk);
+CREATE INDEX idx_uri_pk ON idx_uri (pk, pid);
 CREATE TABLE idx_position (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                            latitude REAL NOT NULL, longitude REAL NOT NULL);
 CREATE INDEX idx_position_lat ON idx_position (pid, latitude, pk);
-CREATE INDEX idx_position_pk ON idx_position (pk);
+CREATE INDEX idx_position_pk ON idx_position (pk, pid);
 """
 
 # Entry type -> (table, value columns in field order after `param`).
@@ -105,32 +105,62 @@ def component_code(composite: str, index: int) -> str:
 
 
 class ParamIds:
-    """(resource type, code) <-> pid, cached; pids are never reassigned, so caching is safe."""
+    """(resource type, code) <-> pid, cached once committed.
+
+    A committed pid is never reassigned, so it is cached for good. A pid inserted by a unit of
+    work is not cached before that unit commits: if it rolled back, SQLite would hand the same
+    pid to the next new parameter (rowids of rolled-back rows are reused) and the index rows
+    of both parameters would mix. Such a pid is cached when `settle(committed=True)` reports
+    the commit, or when a read outside any transaction sees its row; until then each lookup
+    reads the row again.
+    """
 
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], int] = {}  # inserted, commit not yet seen
+        self._settling = False  # settle() is called: _pending holds the open transaction's only
 
     def get(self, conn: sqlite3.Connection, rtype: str, code: str) -> int | None:
         """The pid, or None if no resource was ever indexed under it."""
         key = (rtype, code)
         pid = self._ids.get(key)
-        if pid is None:
-            row = conn.execute(
-                "SELECT pid FROM search_param WHERE rtype = ? AND code = ?", key
-            ).fetchone()
-            if row is None:
-                return None
-            pid = self._ids[key] = int(row[0])
-        return pid
+        if pid is not None:
+            return pid
+        if self._settling and conn.in_transaction:
+            pending = self._pending.get(key)
+            if pending is not None:
+                return pending
+        row = conn.execute("SELECT pid FROM search_param WHERE rtype = ? AND code = ?", key).fetchone()
+        if row is None:
+            if conn.in_transaction:  # the writer: the unit that inserted it rolled back
+                self._pending.pop(key, None)
+            return None
+        # Outside a transaction only committed rows are visible; inside one, a row is committed
+        # unless this process inserted it (other connections' pending rows are invisible).
+        if not conn.in_transaction or key not in self._pending:
+            self._ids[key] = int(row[0])
+            self._pending.pop(key, None)
+        return int(row[0])
 
     def ensure(self, conn: sqlite3.Connection, rtype: str, code: str) -> int:
         """The pid, created if needed (inside the caller's write transaction)."""
         pid = self.get(conn, rtype, code)
         if pid is None:
-            conn.execute("INSERT OR IGNORE INTO search_param (rtype, code) VALUES (?, ?)", (rtype, code))
-            pid = self.get(conn, rtype, code)
-            assert pid is not None
+            key = (rtype, code)
+            conn.execute("INSERT OR IGNORE INTO search_param (rtype, code) VALUES (?, ?)", key)
+            row = conn.execute("SELECT pid FROM search_param WHERE rtype = ? AND code = ?", key).fetchone()
+            pid = self._pending[key] = int(row[0])
         return pid
+
+    def settle(self, committed: bool) -> None:
+        """The write transaction ended: cache the pids it created, or forget them.
+
+        To be called after every COMMIT and every ROLLBACK of the writer, or never.
+        """
+        if committed:
+            self._ids.update(self._pending)
+        self._pending.clear()
+        self._settling = True
 
 
 def _getter(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:

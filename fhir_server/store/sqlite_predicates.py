@@ -39,7 +39,6 @@ from .sqlite_index import ParamIds, component_code
 Sql = tuple[str, list[Any]]
 FALSE: Sql = ("0", [])
 TRUE: Sql = ("1", [])
-_TOP = "\U0010ffff"  # after every character: [v, v + _TOP) is "starts with v" in UTF-8 order
 _KM_PER_DEGREE_LATITUDE = 111.19
 
 TABLE_OF_TYPE = {
@@ -93,13 +92,36 @@ def _date(prefix: str, tl: str, th: str, low: int, high: int) -> Sql:
         "ne": (f"NOT {eq[0]}", eq[1]),
         "gt": (f"{th} > ?", [high]),
         "lt": (f"{tl} < ?", [low]),
-        "ge": (f"({th} > ? OR {eq[0]})", [high, *eq[1]]),
-        "le": (f"({tl} < ? OR {eq[0]})", [low, *eq[1]]),
+        # With tl <= th, "gt or eq" is th > sh or tl >= sl (and "lt or eq" its mirror): one
+        # column per side of the OR, so each side can seek its own index.
+        "ge": (f"({th} > ? OR {tl} >= ?)", [high, low]),
+        "le": (f"({tl} < ? OR {th} <= ?)", [low, high]),
         "sa": (f"{tl} > ?", [high]),
         "eb": (f"{th} < ?", [low]),
         "ap": (f"({tl} <= ? AND {th} >= ?)", [high, low]),
     }
     return cases[prefix]
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string after every string that starts with `prefix` (code point order, which
+    is SQLite's BINARY order of UTF-8 text); None when there is none (all U+10FFFF)."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1  # no surrogates
+            return "".join(chars) + chr(following)
+    return None
+
+
+def starts_with(column: str, prefix: str) -> Sql:
+    """`column` starts with `prefix`, as a range an index on `column` can seek:
+    exactly the strings in `[prefix, successor(prefix))`."""
+    upper = _successor(prefix)
+    if upper is None:
+        return (f"{column} >= ?", [prefix])
+    return (f"{column} >= ? AND {column} < ?", [prefix, upper])
 
 
 def _system(column: str, system: str | None) -> Sql:
@@ -139,14 +161,14 @@ def condition(p: Predicate, x: str) -> Sql:
         case StringPredicate(mode="contains"):
             return (f"instr({x}.value, ?) > 0", [p.value])
         case StringPredicate():
-            return (f"{x}.value >= ? AND {x}.value < ?", [p.value, p.value + _TOP])
+            return starts_with(f"{x}.value", p.value)
         case TokenPredicate():
             if p.code is None and p.system is None:
                 return FALSE
             code = (f"{x}.code = ?", [p.code]) if p.code is not None else TRUE
             return all_of(code, _system(f"{x}.system", p.system))
         case TokenTextPredicate():
-            return (f"{x}.text >= ? AND {x}.text < ?", [p.text, p.text + _TOP])
+            return starts_with(f"{x}.text", p.text)
         case OfTypePredicate():
             return (f"{x}.type_system = ? AND {x}.type_code = ? AND {x}.code = ?",
                     [p.type_system, p.type_code, p.value])
@@ -172,7 +194,7 @@ def condition(p: Predicate, x: str) -> Sql:
                 unit = _system(f"{x}.system", p.system)
             return all_of(unit, _range(p.prefix, x, p.value, p.low, p.high))
         case UriPredicate(mode="below"):
-            return (f"{x}.value >= ? AND {x}.value < ?", [p.value, p.value + _TOP])
+            return starts_with(f"{x}.value", p.value)
         case UriPredicate(mode="above"):
             return (f"substr(?, 1, length({x}.value)) = {x}.value", [p.value])
         case UriPredicate():
@@ -229,9 +251,10 @@ class PredicateCompiler:
     def _resource_column(p: Predicate, a: str) -> Sql | None:
         """`_id` and `_lastUpdated` live in the resource row itself."""
         if isinstance(p, TokenPredicate) and p.param == "_id":
-            if p.code is None or p.system not in (None, ""):
+            # search/params/token.match_token on the id entry, which has no system.
+            if p.system not in (None, "") or (p.code is None and p.system is None):
                 return FALSE
-            return (f"{a}.id = ?", [p.code])
+            return TRUE if p.code is None else (f"{a}.id = ?", [p.code])
         if isinstance(p, DatePredicate) and p.param == "_lastUpdated":
             return _date(p.prefix, f"{a}.lu", f"{a}.lu", p.low, p.high)
         return None
@@ -311,8 +334,15 @@ class PredicateCompiler:
         inner = self.predicate(p.inner, p.target_type, s)
         if inner == FALSE:
             return FALSE
+        # CROSS JOIN fixes the order SQLite would otherwise guess without statistics: the
+        # referencing resources `s` the inner predicate selects, their reference rows by
+        # (pk, pid), then the referenced resource by (type, id), whose pk the outer row seeks.
+        target = self.alias("h")
         return (
-            f"{a}.id IN (SELECT r.id FROM idx_reference r JOIN resource {s} ON {s}.pk = r.pk "
-            f"WHERE r.pid = ? AND r.type = ? AND r.url IS NULL AND {inner[0]})",
-            [pid, rtype, *inner[1]],
+            f"{a}.pk IN (SELECT {target}.pk FROM resource {s} "
+            f"CROSS JOIN idx_reference r ON r.pk = {s}.pk AND r.pid = ? "
+            f"CROSS JOIN resource {target} ON {target}.type = r.type AND {target}.id = r.id "
+            f"WHERE {s}.type = ? AND {s}.deleted = 0 AND r.type = ? AND r.url IS NULL "
+            f"AND {inner[0]})",
+            [pid, p.target_type, rtype, *inner[1]],
         )

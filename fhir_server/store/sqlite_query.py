@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -85,7 +86,9 @@ class SqliteSearch:
             return missing, [], kind
         table, low, high, _ = found
         pick = f"max({high})" if sort.descending else f"min({low})"
-        expression = f"coalesce((SELECT {pick} FROM {table} WHERE pk = a.pk AND pid = ?), {missing})"
+        # INDEXED BY: without statistics SQLite prefers scanning the (pid, value) index.
+        expression = (f"coalesce((SELECT {pick} FROM {table} INDEXED BY {table}_pk "
+                      f"WHERE pk = a.pk AND pid = ?), {missing})")
         return expression, [pid], kind
 
     def _keys(self, query: Query) -> list[tuple[str, list[Any], bool]]:
@@ -114,18 +117,7 @@ class SqliteSearch:
             return SearchPage((), total=0 if where == FALSE and total is not None else total)
         keys = self._keys(query)
         backwards, boundary = _decode(cursor, len(keys)) if cursor else (False, None)
-        conditions = [where]
-        if boundary is not None:
-            conditions.append(self._after(keys, boundary, backwards))
-        full = all_of(*conditions)
-        order = ", ".join(
-            f"{e} {'DESC' if d != backwards else 'ASC'}" for e, _, d in keys
-        )
-        select = ", ".join(e for e, _, _ in keys)
-        sql = (f"SELECT {_COLUMNS}, {select} FROM resource a JOIN history h ON h.seq = a.seq "
-               f"WHERE {full[0]} ORDER BY {order} LIMIT ?")
-        args = [a for _, key_args, _ in keys for a in key_args] + full[1]
-        args += [a for _, key_args, _ in keys for a in key_args] + [count + 1]
+        sql, args = self._page(where, keys, boundary, backwards, count + 1)
         rows = self.conn.execute(sql, args).fetchall()
         more = len(rows) > count
         rows = rows[:count]
@@ -140,6 +132,28 @@ class SqliteSearch:
         matches = tuple(Version(*row[:6]) for row in rows)
         included = self.includes(query, rows)
         return SearchPage(matches, included, next_cursor, prev_cursor, total)
+
+    def _page(self, where: Sql, keys: list[tuple[str, list[Any], bool]], boundary: Sequence[Any] | None,
+              backwards: bool, limit: int) -> Sql:
+        """The statement of one page: matches after (or before) `boundary` in key order."""
+        conditions = [where]
+        if boundary is not None:
+            conditions.append(self._after(keys, boundary, backwards))
+        full = all_of(*conditions)
+        order = ", ".join(f"{e} {'DESC' if d != backwards else 'ASC'}" for e, _, d in keys)
+        select = ", ".join(e for e, _, _ in keys)
+        sql = (f"SELECT {_COLUMNS}, {select} FROM resource a JOIN history h ON h.seq = a.seq "
+               f"WHERE {full[0]} ORDER BY {order} LIMIT ?")
+        key_args = [a for _, args, _ in keys for a in args]
+        return sql, [*key_args, *full[1], *key_args, limit]
+
+    def plan(self, query: Query) -> list[str]:
+        """How SQLite runs the first page of `query` (EXPLAIN QUERY PLAN), for tests and benches."""
+        where = self.where(query)
+        if where == FALSE:
+            return []
+        sql, args = self._page(where, self._keys(query), None, False, DEFAULT_COUNT + 1)
+        return [row[3] for row in self.conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
 
     def count(self, where: Sql) -> int:
         if where == FALSE:
@@ -248,7 +262,9 @@ class SqliteSearch:
 
 
 def _encode(backwards: bool, values: Sequence[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([backwards, *values])).decode().rstrip("=")
+    # JSON has no infinities (orjson writes null), yet a Range or a `<5` quantity sorts by one.
+    keys = [{"inf": 1 if v > 0 else -1} if isinstance(v, float) and math.isinf(v) else v for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps([backwards, *keys])).decode().rstrip("=")
 
 
 def _decode(cursor: str, width: int) -> tuple[bool, list[Any]]:
@@ -257,7 +273,22 @@ def _decode(cursor: str, width: int) -> tuple[bool, list[Any]]:
     except (binascii.Error, orjson.JSONDecodeError, ValueError):
         raw = None
     if not isinstance(raw, list) or len(raw) != width + 1 or not isinstance(raw[0], bool):
-        raise fail(Kind.INVALID, "value", "Invalid or expired paging cursor.", expression="_cursor")
-    return raw[0], raw[1:]
+        raise _bad_cursor()
+    return raw[0], [_key(v) for v in raw[1:]]
+
+
+def _key(value: Any) -> Any:
+    """One sort key value of a cursor: text, integer or float (infinities tagged)."""
+    if isinstance(value, dict) and value.keys() == {"inf"} and value["inf"] in (1, -1):
+        return math.inf * value["inf"]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _bad_cursor()
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # SQLite INTEGER is 64-bit
+        raise _bad_cursor()
+    return value
+
+
+def _bad_cursor() -> Exception:
+    return fail(Kind.INVALID, "value", "Invalid or expired paging cursor.", expression="_cursor")
 
 

@@ -150,7 +150,9 @@ def index_timing(param: str, value: Any, out: list[Any]) -> None:
     """Timing: one range from the earliest event (or repeat.boundsPeriod start) to the latest."""
     if value.__class__ is not dict:
         return
-    ranges = [r for e in value.get("event", ()) if e.__class__ is str if (r := date_range(e))]
+    events = value.get("event")
+    events = events if events.__class__ is list else ()
+    ranges = [r for e in events if e.__class__ is str if (r := date_range(e))]
     repeat = value.get("repeat")
     if repeat.__class__ is dict and repeat.get("boundsPeriod").__class__ is dict:
         bounds = _period_bounds(repeat["boundsPeriod"])
