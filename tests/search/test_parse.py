@@ -322,3 +322,10 @@ def test_format_round_trips_any_string_value(value: str) -> None:
 def test_clauses_built_in_code_that_mix_parameters_have_no_query_form() -> None:
     mixed = Clause((ReferencePredicate("patient", "Patient", "1"), ReferencePredicate("subject", "Patient", "1")))
     assert format_query(Query("Observation").restrict(mixed)) == []
+
+
+def test_a_lone_bar_is_not_a_token() -> None:
+    """`|` names neither a system nor a code (search.html#token): not applied, reported."""
+    query, issues = parse_query("Patient", [("_id", "|"), ("identifier", "|")])
+    assert query.clauses == ()
+    assert [i.expression for i in issues] == [("_id",), ("identifier",)]

@@ -100,7 +100,7 @@ CODE_VALUES = _tokens(m.CODES)
 DISPLAYS = ("Heart rate", "Systolic blood pressure", "Hémoglobine", "lung", "Non-small")
 IDENTIFIERS = st.sampled_from(
     [v for v in m.ID_VALUES] + [f"|{v}" for v in m.ID_VALUES]
-    + [f"{s}|{v}" for s in m.SYSTEMS for v in m.ID_VALUES] + [f"{s}|" for s in m.SYSTEMS] + ["|"])
+    + [f"{s}|{v}" for s in m.SYSTEMS for v in m.ID_VALUES] + [f"{s}|" for s in m.SYSTEMS])
 OF_TYPE = st.sampled_from([f"{m.TYPE_CODE[0]}|{c}|{v}" for c in m.TYPE_CODE[1] for v in m.ID_VALUES])
 PREFIX = st.sampled_from(("", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"))
 HIT_PREFIX = st.sampled_from(("", "", "", "ge", "le", "ap", "ne", "gt", "lt", "sa", "eb"))  # mostly hits
@@ -286,7 +286,7 @@ def seeded(
 def _common(stamps: list[str]) -> list[Param]:
     """Resource-level parameters (search.html#all), `_lastUpdated` near the stored instants."""
     return [
-        ("_id", st.sampled_from([i for pool in m.IDS.values() for i in pool[:3]] + ["zz", "|p0", "|"])),
+        ("_id", st.sampled_from([i for pool in m.IDS.values() for i in pool[:3]] + ["zz", "|p0"])),
         ("_id:not", st.sampled_from(("p0", "o1", "zz"))),
         ("_lastUpdated", _last_updated(stamps)),
         ("_tag", st.sampled_from(("trial", "TRIAL", "http://example.org/tags|trial", "|trial",

@@ -112,6 +112,9 @@ def parse_token(param: str, parts: list[str]) -> TokenPredicate:
     if len(parts) != 2:
         raise ValueError("a token is [system]|[code]")
     system, code = parts
+    if not system and not code:
+        # `|` alone names neither a system nor a code: the spec gives it no meaning.
+        raise ValueError("a token needs a system, a code or both")
     return TokenPredicate(param, system, code or None)
 
 
