@@ -6,8 +6,10 @@ Run: `.venv/bin/python bench/validation.py [--repeat N] [--quick]`. Reads the Sy
 Prints, for docs/validation.md:
 1. start-up: loading the schema, compiling it per type, importing fhir.resources;
 2. µs per resource for the schema layer, the model layer and both, by resource type;
-3. a catch matrix: seeded faults, and which of the raw official schema, the corrected schema
-   and the R4B models report them.
+3. a catch matrix: seeded faults, and which of the raw official schema, the schema layer
+   (corrected, with the R4 rules of fhir_server/model/schema_rules.py) and the R4B models
+   report them;
+4. the mutation corpus of tests/model/test_rules.py: how many of its faults each layer finds.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def startup() -> None:
     print("## Start-up")
     t = time.perf_counter()
     v._definitions()
-    print(f"schema: gunzip + parse + correct     {ms(t):8.1f} ms (once per process)")
+    print(f"schema: gunzip + parse + correct + rules {ms(t):5.1f} ms (once per process)")
     compile_ms = []
     for name in sorted(RESOURCE_TYPES):
         t = time.perf_counter()
@@ -196,9 +198,30 @@ FAULTS: dict[str, Resource] = {
     "two values for a choice element": _observation(valueString="a", valueBoolean=True),
     "missing required complex element": {"resourceType": "Observation", "status": "final"},
     "missing required primitive": {"resourceType": "Observation", "code": {"text": "x"}},
+    "missing required primitive, nested": {
+        "resourceType": "Questionnaire",
+        "status": "draft",
+        "item": [{"linkId": "1", "type": "group", "item": [{"type": "string"}]}],
+    },
+    "missing required choice (medication[x])": {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/1"},
+    },
+    "extension without url": _patient(extension=[{"valueString": "s"}]),
+    "two values in an extension": _patient(
+        extension=[{"url": "http://x", "valueString": "s", "valueBoolean": True}]
+    ),
+    "impossible dateTime (Apr 31)": _observation(effectiveDateTime="2020-04-31T10:00:00Z"),
     "modifierExtension where R4 has none": _observation(
         effectiveTiming={"repeat": {"modifierExtension": [{"url": "http://x", "valueString": "s"}]}}
     ),
+    "primitive given by its extensions only (valid)": {
+        "resourceType": "Observation",
+        "_status": {"extension": [{"url": "http://x", "valueCode": "unknown"}]},
+        "code": {"text": "x"},
+    },
     "contained resource with bad code": _patient(
         contained=[{"resourceType": "Patient", "gender": "f"}]
     ),
@@ -223,11 +246,28 @@ def catches() -> None:
     raw = _raw_schema()
     schema = v.Validator(use_models=False)
     print("\n## Seeded faults: reported by (yes = an error)")
-    print(f"{'fault':42} {'raw schema':>10} {'corrected':>10} {'R4B models':>10}")
+    print(f"{'fault':48} {'raw schema':>10} {'schema':>10} {'R4B models':>10}")
     for name, resource in FAULTS.items():
         models = _models_reject(copy.deepcopy(resource))
         cells = (raw(resource), bool(schema.issues(resource)), models)
-        print(f"{name:42} " + " ".join(f"{_yes(c):>10}" for c in cells))
+        print(f"{name:48} " + " ".join(f"{_yes(c):>10}" for c in cells))
+
+
+def mutations() -> None:
+    """The mutation corpus of tests/model/test_rules.py, by kind of change."""
+    from tests.model import test_rules as corpus
+
+    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for mutation, resource in corpus.chosen_mutations():
+        mutated = mutation.applied(resource)
+        counts = kinds[mutation.what.split()[0]]
+        counts[0] += 1
+        counts[1] += corpus.findings(mutated) == mutation.expected
+        counts[2] += corpus.model_findings(mutated) == mutation.expected
+    print(f"\n## Mutations of {len(corpus.corpus())} resources: found exactly (all issues as made)")
+    print(f"{'change':20} {'n':>6} {'schema':>8} {'models':>8}")
+    for kind, (n, schema, models) in kinds.items():
+        print(f"{kind:20} {n:6} {schema:8} {models:8}")
 
 
 def _yes(value: bool | None) -> str:
@@ -244,6 +284,7 @@ def main(argv: list[str]) -> None:
     per_resource(examples, repeat, "official R4 examples")
     whole_bundles(bundles)
     catches()
+    mutations()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -35,6 +36,10 @@ def error(resource: Any, validator: Validator = BOTH) -> FhirError:
 
 def patient(**elements: Any) -> dict[str, Any]:
     return {"resourceType": "Patient", "id": "p1", **elements}
+
+
+def product(**elements: Any) -> dict[str, Any]:
+    return {"resourceType": "MedicinalProduct", **elements}
 
 
 def observation(**elements: Any) -> dict[str, Any]:
@@ -252,54 +257,13 @@ def test_resource_list_slots_are_the_ones_validated_one_by_one() -> None:
 
 # --- Layer 2: the R4B models ----------------------------------------------------------------
 
-MODEL_CASES = {
-    "two values for one choice element": (
-        observation(valueString="a", valueBoolean=True),
-        [
-            (
-                "structure",
-                "Observation.value",
-                "Only one value[x] is allowed, found valueBoolean, valueString",
-            )
-        ],
-    ),
-    "missing required primitive": (
-        {"resourceType": "Observation", "code": {"text": "x"}},
-        [("required", "Observation.status", "Missing required element 'status'")],
-    ),
-    "impossible calendar date": (
-        patient(birthDate="2019-02-30"),
-        [
-            (
-                "value",
-                "Patient.birthDate",
-                "Input should be a valid date or datetime, day value is outside expected range",
-            )
-        ],
-    ),
-    "modifierExtension where R4 defines none": (
-        observation(
-            effectiveTiming={
-                "repeat": {"modifierExtension": [{"url": "http://e", "valueString": "s"}]}
-            }
-        ),
-        [
-            (
-                "structure",
-                "Observation.effectiveTiming.repeat.modifierExtension",
-                "Unknown element 'modifierExtension'",
-            )
-        ],
-    ),
-}
+# The four rules the models used to add (required elements, one value per choice, calendar
+# dates, modifierExtension) are schema rules now: tests/model/test_rules.py covers them, and
+# proves the schema layer reports everything the models report.
 
 
-@pytest.mark.parametrize(("resource", "expected"), MODEL_CASES.values(), ids=MODEL_CASES)
-def test_models_add_rules_the_schema_cannot_state(
-    resource: dict[str, Any], expected: list[tuple[str, str, str]]
-) -> None:
-    assert found(resource, BOTH) == expected
-    assert found(resource, SCHEMA_ONLY) == []  # the layer set is the caller's choice
+def fake_model_issues(resource: dict[str, Any], prefix: str) -> Iterator[Issue]:
+    yield Issue("value", f"model finding in {resource['resourceType']}", expression=(prefix,))
 
 
 R4_VALUES_R4B_WOULD_REJECT = {
@@ -352,11 +316,12 @@ def test_r4_primitive_values_pass_both_layers(element: str, value: Any) -> None:
     assert found(patient(extension=[{"url": "http://e", element: value}])) == []
 
 
-def test_models_run_only_on_schema_valid_input() -> None:
-    # Feb 30 is a model finding; with a schema error present only the schema speaks.
-    assert found(patient(birthDate="2019-02-30", foo=1)) == [
-        ("structure", "Patient.foo", "Unknown element 'foo'")
-    ]
+def test_models_run_only_on_schema_valid_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validation, "_model_issues", fake_model_issues)
+    # With a schema error present only the schema speaks; the models add to a clean schema.
+    assert found(patient(foo=1)) == [("structure", "Patient.foo", "Unknown element 'foo'")]
+    assert found(patient()) == [("value", "Patient", "model finding in Patient")]
+    assert found(patient(), SCHEMA_ONLY) == []
 
 
 def test_schema_only_types_skip_the_models() -> None:
@@ -448,19 +413,16 @@ def test_contained_resources_are_validated_against_their_own_type() -> None:
             "Patient.contained[2]",
             "Expected a resource (a JSON object), found a string",
         ),
-    ]
-    assert error(resource).kind is Kind.UNPROCESSABLE
-    fixed = patient(contained=[{"resourceType": "Patient", "birthDate": "2019-02-30"}])
-    assert found(fixed) == [
         (
             "value",
-            "Patient.contained[0].birthDate",
-            "Input should be a valid date or datetime, day value is outside expected range",
+            "Patient.contained[3].birthDate",
+            'Invalid date value "2019-02-30": 2019-02 has no day 30',
         ),
     ]
+    assert error(resource).kind is Kind.UNPROCESSABLE
 
 
-def test_bundle_entries_are_validated_each_by_its_layers() -> None:
+def test_bundle_entries_are_validated_each_by_its_type() -> None:
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -475,16 +437,22 @@ def test_bundle_entries_are_validated_each_by_its_layers() -> None:
         ("structure", "Bundle.entry[1].resource.name[0].productName"),
         ("required", "Bundle.entry[2].response.outcome.issue"),
     ]
-    # With the schema clean, the models see each entry, schema-only types included.
-    clean = {
+    # Each entry by the rules of its own type, in the types the models skip too.
+    rules = {
         "resourceType": "Bundle",
         "type": "collection",
         "entry": [
-            {"resource": {"resourceType": "MedicinalProduct", "name": [{"productName": "x"}]}},
+            # a required primitive may be given by its extensions only (`_productName`)
+            {"resource": product(name=[{"_productName": {"id": "a"}}])},
+            {"resource": product(name=[{"namePart": [{"part": "x"}]}])},
             {"resource": patient(birthDate="2019-02-30")},
         ],
     }
-    assert [e for _, e, _ in found(clean)] == ["Bundle.entry[1].resource.birthDate"]
+    assert [e for _, e, _ in found(rules, SCHEMA_ONLY)] == [
+        "Bundle.entry[1].resource.name[0].namePart[0].type",
+        "Bundle.entry[1].resource.name[0].productName",
+        "Bundle.entry[2].resource.birthDate",
+    ]
 
 
 def test_parameters_resources_are_validated_at_any_depth() -> None:
@@ -563,8 +531,12 @@ def test_validation_never_changes_its_input(resource: dict[str, Any]) -> None:
     assert orjson.dumps(resource) == before
 
 
-def test_module_validate_uses_both_layers() -> None:
+def test_module_validate_uses_both_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     validate(patient(name=[{"family": "Doe"}]))
     with pytest.raises(FhirError) as raised:
         validate(patient(birthDate="2019-02-30"))
     assert raised.value.kind is Kind.UNPROCESSABLE
+    monkeypatch.setattr(validation, "_model_issues", fake_model_issues)
+    with pytest.raises(FhirError) as raised:
+        validate(patient())
+    assert raised.value.issues[0].diagnostics == "model finding in Patient"
