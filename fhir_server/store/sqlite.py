@@ -133,6 +133,9 @@ class SqliteStore:
         def setup(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             migrate(conn)
+            # Fresh statistics for the planner, bounded in cost (sqlite.org/lang_analyze.html).
+            conn.execute("PRAGMA analysis_limit = 1000")
+            conn.execute("PRAGMA optimize")
 
         await self._run(self._writer, setup)
 

@@ -40,6 +40,8 @@ Sql = tuple[str, list[Any]]
 FALSE: Sql = ("0", [])
 TRUE: Sql = ("1", [])
 _KM_PER_DEGREE_LATITUDE = 111.19
+# Index rows counted at most when choosing which clause drives a search.
+ESTIMATE_CAP = 1000
 
 TABLE_OF_TYPE = {
     "string": "idx_string",
@@ -225,18 +227,72 @@ class PredicateCompiler:
     def pid(self, rtype: str, code: str) -> int | None:
         return self.ids.get(self.conn, rtype, code)
 
-    def clauses(self, clauses: tuple[Clause, ...], rtype: str, a: str) -> Sql:
-        """The AND of the clauses, each an OR of its predicates."""
-        return all_of(*(any_of([self.predicate(p, rtype, a) for p in c.any_of]) for c in clauses))
+    def clauses(
+        self, clauses: tuple[Clause, ...], rtype: str, a: str, *, pk_order: bool = True
+    ) -> Sql:
+        """The AND of the clauses, each an OR of its predicates.
 
-    def predicate(self, p: Predicate, rtype: str, a: str) -> Sql:
-        """`p` as a boolean expression over resource alias `a` of type `rtype`."""
+        SQLite materialises every uncorrelated `IN (subquery)` list in full, so only one
+        clause may be written that way: the one that matches fewest rows (a capped count
+        decides), which then drives the search. The others become per-row `EXISTS` checks
+        through the `(pk, pid)` indexes. When even the most selective clause matches many rows
+        and results come in `pk` order, no clause drives: resources are walked in page order
+        and checked, so the first page is found without collecting every match.
+        """
+        if not clauses:
+            return TRUE
+        driver: int | None = 0
+        if len(clauses) > 1 or pk_order:
+            estimates = [self.estimate(c, rtype) for c in clauses]
+            driver = min(range(len(clauses)), key=estimates.__getitem__)
+            if pk_order and estimates[driver] >= ESTIMATE_CAP:
+                driver = None
+        return all_of(*(
+            any_of([self.predicate(p, rtype, a, drive=n == driver) for p in c.any_of])
+            for n, c in enumerate(clauses)
+        ))
+
+    def estimate(self, clause: Clause, rtype: str) -> int:
+        """How many index rows the clause matches, counted up to ESTIMATE_CAP."""
+        total = 0
+        for p in clause.any_of:
+            total += self._estimate(p, rtype)
+            if total >= ESTIMATE_CAP:
+                return ESTIMATE_CAP
+        return total
+
+    def _estimate(self, p: Predicate, rtype: str) -> int:
+        if isinstance(p, TokenPredicate) and p.param == "_id":
+            return 1
+        if isinstance(p, Chain):
+            return min(ESTIMATE_CAP, sum(self._estimate(p.inner, t) for t in p.target_types))
+        if isinstance(p, Has):
+            return self._estimate(p.inner, p.target_type)
+        table = _TABLE_OF_PREDICATE.get(type(p))
+        if table is None or self._resource_column(p, "a") is not None:
+            return ESTIMATE_CAP
+        pid = self.pid(rtype, p.param)
+        if pid is None:
+            return 0
+        sql, args = condition(p, "x")
+        row = self.conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} x WHERE x.pid = ? AND {sql} LIMIT ?)",
+            [pid, *args, ESTIMATE_CAP],
+        ).fetchone()
+        return int(row[0])
+
+    def predicate(self, p: Predicate, rtype: str, a: str, *, drive: bool = True) -> Sql:
+        """`p` as a boolean expression over resource alias `a` of type `rtype`.
+
+        `drive`: written as `a.pk IN (…)`, a list SQLite can start from; otherwise as a check
+        of the row `a` (`EXISTS`), which costs one index seek per row.
+        """
         if p.__class__ in _TABLE_OF_PREDICATE:
-            return self._simple(p, rtype, a)
-        handler: Callable[[Any, str, str], Sql] = getattr(self, f"_{type(p).__name__.lower()}")
-        return handler(p, rtype, a)
+            return self._simple(p, rtype, a, drive)
+        handler: Callable[[Any, str, str, bool], Sql] = getattr(self, f"_{type(p).__name__.lower()}")
+        return handler(p, rtype, a, drive)
 
-    def _simple(self, p: Predicate, rtype: str, a: str) -> Sql:
+    def _simple(self, p: Predicate, rtype: str, a: str, drive: bool) -> Sql:
         column = self._resource_column(p, a)
         if column is not None:
             return column
@@ -244,8 +300,11 @@ class PredicateCompiler:
         if pid is None:
             return FALSE
         sql, args = condition(p, "x")
-        return (f"{a}.pk IN (SELECT x.pk FROM {_TABLE_OF_PREDICATE[type(p)]} x "
-                f"WHERE x.pid = ? AND {sql})", [pid, *args])
+        table = _TABLE_OF_PREDICATE[type(p)]
+        if drive:
+            return (f"{a}.pk IN (SELECT x.pk FROM {table} x WHERE x.pid = ? AND {sql})", [pid, *args])
+        return (f"EXISTS (SELECT 1 FROM {table} x INDEXED BY {table}_pk "
+                f"WHERE x.pk = {a}.pk AND x.pid = ? AND {sql})", [pid, *args])
 
     @staticmethod
     def _resource_column(p: Predicate, a: str) -> Sql | None:
@@ -270,23 +329,25 @@ class PredicateCompiler:
             return TABLE_OF_TYPE[param.components[0].type], component_code(code, 0)
         return TABLE_OF_TYPE[param.type], code
 
-    def _missing(self, p: Missing, rtype: str, a: str) -> Sql:
+    def _missing(self, p: Missing, rtype: str, a: str, drive: bool) -> Sql:
         if p.param in ("_id", "_lastUpdated"):
             return FALSE if p.missing else TRUE
         found = self._table_of_param(rtype, p.param)
         pid = self.pid(rtype, found[1]) if found else None
         if found is None or pid is None:
             return TRUE if p.missing else FALSE
-        exists = f"{a}.pk IN (SELECT x.pk FROM {found[0]} x WHERE x.pid = ?)"
+        # Always a per-row check: as a list it would hold every resource having the element.
+        exists = (f"EXISTS (SELECT 1 FROM {found[0]} x INDEXED BY {found[0]}_pk "
+                  f"WHERE x.pk = {a}.pk AND x.pid = ?)")
         return (f"NOT {exists}" if p.missing else exists, [pid])
 
-    def _not(self, p: Not, rtype: str, a: str) -> Sql:
-        matched = any_of([self.predicate(inner, rtype, a) for inner in p.any_of])
+    def _not(self, p: Not, rtype: str, a: str, drive: bool) -> Sql:
+        matched = any_of([self.predicate(inner, rtype, a, drive=False) for inner in p.any_of])
         if matched == FALSE:
             return TRUE
         return (f"NOT ({matched[0]})", matched[1])
 
-    def _compositepredicate(self, p: CompositePredicate, rtype: str, a: str) -> Sql:
+    def _compositepredicate(self, p: CompositePredicate, rtype: str, a: str, drive: bool) -> Sql:
         joins, conditions = [], []
         for index, part in enumerate(p.parts):
             pid = self.pid(rtype, component_code(p.param, index))
@@ -296,14 +357,17 @@ class PredicateCompiler:
             sql, args = condition(part, x)
             table = _TABLE_OF_PREDICATE[type(part)]
             if index == 0:
-                joins.append(f"{table} {x}")
+                joins.append(f"{table} {x}" if drive else f"{table} {x} INDEXED BY {table}_pk")
             else:
                 joins.append(f"JOIN {table} {x} ON {x}.pk = c0.pk AND {x}.grp = c0.grp")
             conditions.append((f"{x}.pid = ? AND {sql}", [pid, *args]))
         where = all_of(*conditions)
-        return (f"{a}.pk IN (SELECT c0.pk FROM {' '.join(joins)} WHERE {where[0]})", where[1])
+        if drive:
+            return (f"{a}.pk IN (SELECT c0.pk FROM {' '.join(joins)} WHERE {where[0]})", where[1])
+        return (f"EXISTS (SELECT 1 FROM {' '.join(joins)} WHERE c0.pk = {a}.pk AND {where[0]})",
+                where[1])
 
-    def _chain(self, p: Chain, rtype: str, a: str) -> Sql:
+    def _chain(self, p: Chain, rtype: str, a: str, drive: bool) -> Sql:
         pid = self.pid(rtype, p.param)
         if pid is None:
             return FALSE
@@ -319,21 +383,33 @@ class PredicateCompiler:
                 [target, *inner[1]],
                 target,
             ))
-        parts = [
-            (f"{a}.pk IN (SELECT r.pk FROM idx_reference r WHERE r.pid = ? AND r.url IS NULL "
-             f"AND r.type = ? AND r.id IN ({sql}))", [pid, target, *args])
-            for sql, args, target in options
-        ]
-        return any_of(parts)
+        if drive:
+            shape = (f"{a}.pk IN (SELECT r.pk FROM idx_reference r WHERE r.pid = ? AND r.url IS NULL "
+                     "AND r.type = ? AND r.id IN ({}))")
+        else:
+            shape = (f"EXISTS (SELECT 1 FROM idx_reference r INDEXED BY idx_reference_pk "
+                     f"WHERE r.pk = {a}.pk AND r.pid = ? AND r.url IS NULL AND r.type = ? "
+                     "AND r.id IN ({}))")
+        return any_of([(shape.format(sql), [pid, target, *args]) for sql, args, target in options])
 
-    def _has(self, p: Has, rtype: str, a: str) -> Sql:
+    def _has(self, p: Has, rtype: str, a: str, drive: bool) -> Sql:
         pid = self.pid(p.target_type, p.ref_param)
         if pid is None:
             return FALSE
         s = self.alias("s")
-        inner = self.predicate(p.inner, p.target_type, s)
+        inner = self.predicate(p.inner, p.target_type, s, drive=drive)
         if inner == FALSE:
             return FALSE
+        if not drive:
+            # Per row of `a`: the resources referencing it through this parameter, by
+            # (id, type, pid), each checked against the inner predicate.
+            return (
+                f"EXISTS (SELECT 1 FROM idx_reference r INDEXED BY idx_reference_target_any "
+                f"CROSS JOIN resource {s} ON {s}.pk = r.pk "
+                f"WHERE r.id = {a}.id AND r.type = ? AND r.pid = ? AND r.url IS NULL "
+                f"AND {s}.deleted = 0 AND {inner[0]})",
+                [rtype, pid, *inner[1]],
+            )
         # CROSS JOIN fixes the order SQLite would otherwise guess without statistics: the
         # referencing resources `s` the inner predicate selects, their reference rows by
         # (pk, pid), then the referenced resource by (type, id), whose pk the outer row seeks.

@@ -62,9 +62,11 @@ class SqliteSearch:
         """The filter of `query` over resource alias `a` (current, not deleted)."""
         if query.resource_type is not None:
             return all_of(("a.type = ? AND a.deleted = 0", [query.resource_type]),
-                        self.compiler.clauses(query.clauses, query.resource_type, "a"))
+                          self.compiler.clauses(query.clauses, query.resource_type, "a",
+                                                pk_order=not query.sort))
         per_type = [
-            all_of(("a.type = ?", [t]), self.compiler.clauses(query.clauses, t, "a"))
+            all_of(("a.type = ?", [t]),
+                   self.compiler.clauses(query.clauses, t, "a", pk_order=not query.sort))
             for t in self._types(query)
         ]
         return all_of(("a.deleted = 0", []), any_of(per_type))
@@ -221,7 +223,10 @@ class SqliteSearch:
                 if not pids:
                     continue
                 kind = " AND r.type = ?" if spec.target_type else ""
-                sql = (f"SELECT DISTINCT r.type, r.id FROM idx_reference r JOIN resource a ON a.pk = r.pk "
+                # CROSS JOIN: from the page's resources to their reference rows by (pk, pid),
+                # never from every reference row of the parameter.
+                sql = (f"SELECT DISTINCT r.type, r.id FROM resource a "
+                       f"CROSS JOIN idx_reference r INDEXED BY idx_reference_pk ON r.pk = a.pk "
                        f"WHERE a.type = ? AND a.id IN ({marks}) AND r.pid IN ({','.join('?' * len(pids))}) "
                        f"AND r.url IS NULL AND r.type IS NOT NULL{kind}")
                 args = [rtype, *ids, *pids] + ([spec.target_type] if spec.target_type else [])

@@ -20,6 +20,7 @@ from fhir_server.model.errors import FhirError
 from fhir_server.store.base import Store, Write
 from fhir_server.store.sqlite import SqliteStore
 from fhir_server.store.sqlite_index import INDEX_TABLES, ParamIds
+from fhir_server.store.sqlite_predicates import ESTIMATE_CAP
 from fhir_server.store.sqlite_query import SqliteSearch
 from tests.store.search_model import Dataset, query, write
 
@@ -380,8 +381,9 @@ async def test_system_level_search(data: Dataset) -> None:
 # --- index use on SQLite (docs/storage.md) -------------------------------------------------------
 
 PLANS = [
+    # The most selective clause drives (an IN list); the others are per-row checks.
     ("Observation", [("patient", "p1"), ("code", f"{LOINC}|8867-4")],
-     ["idx_reference_target", "idx_token_code (pid=? AND code=? AND system=?)"]),
+     ["idx_reference_target", "idx_token_pk (pk=? AND pid=?)"]),
     ("Patient", [("name", "smi")], ["idx_string_value (pid=? AND value>? AND value<?)"]),
     ("Patient", [("identifier", f"{MRN}|123")], ["idx_token_code (pid=? AND code=? AND system=?)"]),
     ("Patient", [("_has:Observation:patient:code", "8867-4")],
@@ -413,6 +415,28 @@ async def test_typical_searches_seek_indexes(
     assert any(step.startswith("SEARCH a ") and "rowid=?" in step for step in plan), plan
     for index in indexes:
         assert any(index in step for step in plan), (index, plan)
+
+
+async def test_an_unselective_clause_walks_resources_in_page_order(tmp_path: Path) -> None:
+    """When every clause matches many rows, no match list is built: resources are read in
+    pk order and checked one by one, so the first page comes without collecting every match."""
+    store = SqliteStore(tmp_path / "walk.db")
+    await store.open()
+    try:
+        await store.commit([write(observation(f"o{n}", code={"coding": [{"system": LOINC, "code": "8867-4"}]}))
+                            for n in range(ESTIMATE_CAP + 1)])
+        with closing(sqlite3.connect(store.path)) as conn:
+            search = SqliteSearch(conn, store.ids, store.registry)
+            plan = search.plan(query("Observation", ("code", "8867-4")))
+            selective = search.plan(query("Observation", ("code", "8867-4"), ("_id", "o7")))
+        page = await store.search(query("Observation", ("code", "8867-4")))
+    finally:
+        await store.close()
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+    assert any("idx_token_pk (pk=? AND pid=?)" in step for step in plan), plan
+    assert not any("idx_token_code" in step for step in plan), plan
+    assert any("sqlite_autoindex_resource_1 (type=? AND id=?)" in step for step in selective), selective
+    assert [v.id for v in page.matches] == [f"o{n}" for n in range(20)]
 
 
 @pytest.mark.parametrize("settled", [False, True])
