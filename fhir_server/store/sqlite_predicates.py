@@ -40,8 +40,21 @@ Sql = tuple[str, list[Any]]
 FALSE: Sql = ("0", [])
 TRUE: Sql = ("1", [])
 _KM_PER_DEGREE_LATITUDE = 111.19
-# Index rows counted at most when choosing which clause drives a search.
+# Index rows counted at most when choosing which clause drives a search, and a count small
+# enough to stop looking for a better one.
 ESTIMATE_CAP = 1000
+FEW_ROWS = 50
+# Cheapest to count first: equality seeks before prefix ranges before value ranges.
+_RANK = {TokenPredicate: 0, ReferencePredicate: 0, ReferenceIdentifierPredicate: 0,
+         OfTypePredicate: 0, UriPredicate: 1, StringPredicate: 1, TokenTextPredicate: 1,
+         Chain: 2, Has: 2, DatePredicate: 3, NumberPredicate: 3, QuantityPredicate: 3}
+
+
+_RANGES = 3
+
+
+def _rank(clause: Clause) -> int:
+    return max(_RANK.get(type(p), 4) for p in clause.any_of)
 
 TABLE_OF_TYPE = {
     "string": "idx_string",
@@ -241,16 +254,30 @@ class PredicateCompiler:
         """
         if not clauses:
             return TRUE
-        driver: int | None = 0
-        if len(clauses) > 1 or pk_order:
-            estimates = [self.estimate(c, rtype) for c in clauses]
-            driver = min(range(len(clauses)), key=estimates.__getitem__)
-            if pk_order and estimates[driver] >= ESTIMATE_CAP:
-                driver = None
+        driver = self._driver(clauses, rtype, pk_order)
         return all_of(*(
             any_of([self.predicate(p, rtype, a, drive=n == driver) for p in c.any_of])
             for n, c in enumerate(clauses)
         ))
+
+    def _driver(self, clauses: tuple[Clause, ...], rtype: str, pk_order: bool) -> int | None:
+        """The clause to drive the search (None: walk resources in pk order).
+
+        Clauses are counted cheapest-to-count first, and counting stops at one that matches
+        only a few rows: counting a date range can cost more than the search it would plan.
+        """
+        if len(clauses) == 1 and not pk_order:
+            return 0
+        best, best_count = 0, ESTIMATE_CAP
+        for n in sorted(range(len(clauses)), key=lambda n: _rank(clauses[n])):
+            if _rank(clauses[n]) >= _RANGES and best_count < ESTIMATE_CAP:
+                break  # a value range is seldom narrower than a selective seek, and dear to count
+            count = self.estimate(clauses[n], rtype)
+            if count < best_count:
+                best, best_count = n, count
+            if best_count <= FEW_ROWS:
+                break
+        return None if pk_order and best_count >= ESTIMATE_CAP else best
 
     def estimate(self, clause: Clause, rtype: str) -> int:
         """How many index rows the clause matches, counted up to ESTIMATE_CAP."""
