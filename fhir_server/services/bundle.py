@@ -202,14 +202,19 @@ def reference_holders(value: Any) -> list[dict[str, Any]]:
     thousands of resources per second."""
     found: list[dict[str, Any]] = []
     stack = [value]
+    pop, push = stack.pop, stack.append
     while stack:
-        node = stack.pop()
+        node = pop()
         if node.__class__ is dict:
             if node.get("reference").__class__ is str:
                 found.append(node)
-            stack.extend(child for child in node.values() if child.__class__ in (dict, list))
+            children = node.values()
         else:
-            stack.extend(child for child in node if child.__class__ in (dict, list))
+            children = node
+        for child in children:  # a plain loop: twice as fast as extend(generator) here
+            kind = child.__class__
+            if kind is dict or kind is list:
+                push(child)
     return found
 
 

@@ -46,7 +46,6 @@ CREATE INDEX idx_token_pk ON idx_token (pk, pid);
 CREATE TABLE idx_reference (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
                             type TEXT, id TEXT, version TEXT, url TEXT,
                             identifier_system TEXT, identifier_value TEXT);
-CREATE INDEX idx_reference_target ON idx_reference (pid, id, type, pk);
 CREATE INDEX idx_reference_target_any ON idx_reference (id, type, pid, pk);
 CREATE INDEX idx_reference_url ON idx_reference (pid, url) WHERE url IS NOT NULL;
 CREATE INDEX idx_reference_identifier ON idx_reference (pid, identifier_value)

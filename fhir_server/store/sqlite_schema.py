@@ -39,7 +39,11 @@ CREATE INDEX history_type_seq ON history (type, seq);
 CREATE INDEX history_updated ON history (last_updated);
 """
 
-MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES)
+# (pid, id, type, pk) duplicated (id, type, pid, pk) for every lookup and cost a B-tree
+# insert per reference; stores created before it was dropped from INDEX_TABLES lose it here.
+_DROP_REFERENCE_TARGET = "DROP INDEX IF EXISTS idx_reference_target"
+
+MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -383,7 +383,7 @@ async def test_system_level_search(data: Dataset) -> None:
 PLANS = [
     # The most selective clause drives (an IN list); the others are per-row checks.
     ("Observation", [("patient", "p1"), ("code", f"{LOINC}|8867-4")],
-     ["idx_reference_target", "idx_token_pk (pk=? AND pid=?)"]),
+     ["idx_reference_target_any", "idx_token_pk (pk=? AND pid=?)"]),
     ("Patient", [("name", "smi")], ["idx_string_value (pid=? AND value>? AND value<?)"]),
     ("Patient", [("identifier", f"{MRN}|123")], ["idx_token_code (pid=? AND code=? AND system=?)"]),
     ("Patient", [("_has:Observation:patient:code", "8867-4")],
