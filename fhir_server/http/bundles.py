@@ -8,12 +8,10 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..model import jsonbody
 from ..model.bundle import bundle, etag
-from ..model.errors import Kind, fail
 from ..model.outcome import operation_outcome
 from ..services import bundle as bundles
-from ..services.context import Context, Payload
+from ..services.context import Context
 from ..store.base import Version
 from .errors import status_of
 from .headers import prefer
@@ -69,15 +67,8 @@ async def batch_or_transaction(request: Request) -> Response:
     settings = request.app.state.settings
     context: Context = request.app.state.context
     body = await read_body(request, settings.max_body_bytes)
-    checked = jsonbody.parse_for_checks(body)
-    if not isinstance(checked, dict):
-        raise fail(Kind.INVALID, "structure", "The body must be a Bundle (a JSON object).")
-    # Counted before parsing, so an oversized Bundle is refused as such (413) and cheaply.
-    count = len(checked["entry"]) if isinstance(checked.get("entry"), list) else 0
-    if count > settings.max_bundle_entries:
-        raise fail(Kind.TOO_LARGE, "too-costly",
-                   f"The Bundle has {count} entries; the limit is {settings.max_bundle_entries}.")
-    bundle_type, entries = bundles.parse_entries(context, Payload(checked, jsonbody.exact_copy(body, checked)))
+    bundle_type, entries = bundles.read_bundle(context, body, settings.max_bundle_entries)
+    del body  # the entries hold what is needed; each resource is freed once stored
     if bundle_type == "transaction":
         outcome = await bundles.transaction(context, entries)
     else:

@@ -122,6 +122,23 @@ def _patch_operations(index: int, resource: Any) -> Any:
         raise _invalid(index, "the Binary data is not base64.", ".resource.data") from None
 
 
+def read_bundle(ctx: Context, body: bytes, max_entries: int) -> tuple[str, list[Entry]]:
+    """Parse a POSTed batch/transaction Bundle into its entries (TOO_LARGE over `max_entries`).
+
+    Only the entries keep their resources, so each can be freed once it is stored: a 5,000-entry
+    transaction stays under 10x its size in memory (tests/services/test_bundle_memory.py).
+    """
+    checked = jsonbody.parse_for_checks(body)
+    if not isinstance(checked, dict):
+        raise fail(Kind.INVALID, "structure", "The body must be a Bundle (a JSON object).")
+    # Counted before anything else, so an oversized Bundle is refused as such (413), cheaply.
+    count = len(checked["entry"]) if isinstance(checked.get("entry"), list) else 0
+    if count > max_entries:
+        raise fail(Kind.TOO_LARGE, "too-costly",
+                   f"The Bundle has {count} entries; the limit is {max_entries}.")
+    return parse_entries(ctx, Payload(checked, jsonbody.exact_copy(body, checked)))
+
+
 def parse_entries(ctx: Context, body: Payload) -> tuple[str, list[Entry]]:
     """The Bundle type and its request entries; INVALID for anything malformed."""
     bundle = body.checked
@@ -428,6 +445,7 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
             raise fail(Kind.PRECONDITION_FAILED, "conflict",
                        f"{e.resource_type}/{id} exists and ifNoneMatch is '*'.") from None
         raise
+    e.payload = None  # stored: let the parsed resource go, large transactions hold only bytes
     return EntryOutcome(result=result)
 
 

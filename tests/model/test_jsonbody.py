@@ -1,0 +1,72 @@
+"""Decimals are stored as the client wrote them (FHIR R4 datatypes.html#decimal, json.html)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_server.model.jsonbody import dump, exact_copy, parse_for_checks
+
+
+class Decimal:
+    """A generated JSON number written with a fraction or exponent, as text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def compact(value: Any) -> str:
+    """Serialise without spaces, writing each Decimal's text verbatim."""
+    if isinstance(value, Decimal):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{compact(v)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(compact(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+decimals = st.builds(
+    lambda sign, whole, fraction, exponent: Decimal(f"{sign}{whole}{fraction}{exponent}"),
+    st.sampled_from(["", "-"]),
+    st.integers(0, 10**6).map(str),
+    st.sampled_from(["", ".0", ".50", ".125", ".000"]),
+    st.sampled_from(["", "e2", "E-7", "e+3"]),
+).filter(lambda d: "." in d.text or "e" in d.text.lower())
+# Strings that hold digits and dots, but no character JSON writers may escape differently.
+texts = st.text(alphabet="abcXYZ é.-0123456789", max_size=8)
+leaves = st.one_of(decimals, st.integers(-10**9, 10**9), texts, st.booleans(), st.none())
+documents = st.recursive(
+    leaves,
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(texts, children, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(documents)
+def test_decimals_keep_their_text(document: Any) -> None:
+    body = compact(document).encode()
+    checked = parse_for_checks(body)
+    before = json.dumps(checked)
+    assert dump(exact_copy(body, checked)) == body
+    assert json.dumps(checked) == before  # the checked view is never changed
+
+
+def test_containers_without_decimals_are_shared() -> None:
+    body = b'{"a":{"b":[1,2]},"c":{"d":1.50},"e":"3.25 mg"}'
+    checked = parse_for_checks(body)
+    exact = exact_copy(body, checked)
+    assert exact["a"] is checked["a"]
+    assert exact["c"] is not checked["c"]
+    assert exact_copy(b'{"a":"1.5"}', parse_for_checks(b'{"a":"1.5"}')) == {"a": "1.5"}
+
+
+def test_duplicate_keys_fall_back_to_the_text() -> None:
+    body = b'{"a":1.5,"a":2.50}'
+    assert dump(exact_copy(body, parse_for_checks(body))) == b'{"a":2.50}'
