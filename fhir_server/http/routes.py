@@ -38,10 +38,10 @@ def _criteria(request: Request) -> str:
 
 async def _payload(request: Request) -> Payload:
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    checked = jsonbody.parse_for_checks(body)
+    checked, exact = jsonbody.parse(body)
     if not isinstance(checked, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
-    return Payload(checked, jsonbody.exact_copy(body, checked))
+    return Payload(checked, exact)
 
 
 async def _patch_document(request: Request) -> Any:

@@ -73,10 +73,10 @@ def units(path: Path, state: FileState) -> Iterator[Unit | Unreadable]:
 
 
 def _parse(body: bytes) -> Payload:
-    checked = jsonbody.parse_for_checks(body)
+    checked, exact = jsonbody.parse(body)
     if not isinstance(checked, dict) or not isinstance(checked.get("resourceType"), str):
         raise ValueError("not a FHIR resource (a JSON object with a resourceType)")
-    return Payload(checked, jsonbody.exact_copy(body, checked))
+    return Payload(checked, exact)
 
 
 def _message(exc: Exception) -> str:

@@ -10,7 +10,6 @@ datatypes.html#decimal), so a stored resource must not be re-serialised through 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -48,22 +47,25 @@ def _not_json(exc: json.JSONDecodeError) -> Exception:
     )
 
 
-# A JSON string, or a number written with a fraction or an exponent (what orjson reads as a
-# float). Strings are matched only to be skipped, so digits inside them are never taken.
-_STRING_OR_DECIMAL = re.compile(
-    rb'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+(?:[eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+)'
-)
+def _has_float(value: Any) -> bool:
+    kind = value.__class__
+    if kind is float:
+        return True
+    if kind is dict:
+        return any(_has_float(v) for v in value.values())
+    if kind is list:
+        return any(_has_float(v) for v in value)
+    return False
 
 
 class _Misaligned(Exception):
-    """The decimals in the text and the floats in the tree do not pair up (duplicate keys)."""
+    """The recorded decimals and the floats of the tree do not pair up (duplicate keys)."""
 
 
-def _decimal_texts(body: bytes) -> list[bytes]:
-    return [m.group() for m in _STRING_OR_DECIMAL.finditer(body) if m.group()[:1] != b'"']
+_CONTAINERS_OR_FLOAT = (dict, list, float)
 
 
-def _with_decimals(value: Any, texts: Iterator[bytes]) -> Any:
+def _with_decimals(value: Any, texts: Iterator[str]) -> Any:
     """`value` with each float replaced, in document order, by the next original text.
 
     Containers holding no float are returned as they are, so the copy shares them.
@@ -97,18 +99,34 @@ def _with_decimals(value: Any, texts: Iterator[bytes]) -> Any:
     return value
 
 
-_CONTAINERS_OR_FLOAT = (dict, list, float)
+def parse(body: bytes) -> tuple[Any, Any]:
+    """(checked, exact) views of a client's JSON: plain floats, and decimals as written.
 
-
-def exact_copy(body: bytes, checked: Any) -> Any:
-    """The storable form of `checked` (parsed from `body`): decimals kept as written.
-
-    Only the objects and arrays on the way to a decimal are copied; everything else is shared
-    with `checked`, so a large Bundle is not held twice in memory.
+    Small bodies: orjson, then a second, exact parse only if a decimal is present. Large ones
+    (a transaction Bundle): one stdlib parse that records each decimal's text, and an exact
+    view that copies only the containers on the way to a decimal and shares the rest, so the
+    document is not held twice in memory.
     """
-    texts = _decimal_texts(body) if b"." in body or b"e" in body or b"E" in body else []
+    if len(body) <= _LARGE:
+        checked = parse_for_checks(body)
+        if not _has_float(checked):
+            return checked, checked
+        return checked, json.loads(body, parse_float=orjson.Fragment)
+    texts: list[str] = []
+
+    def record(text: str) -> float:
+        texts.append(text)
+        return float(text)
+
+    try:
+        checked = json.loads(body, parse_float=record)
+    except json.JSONDecodeError as exc:
+        raise _not_json(exc) from None
+    except UnicodeDecodeError:
+        raise fail(Kind.INVALID, "invalid", "The body is not UTF-8 JSON.",
+                   details_code="MSG_JSON_OBJECT") from None
     if not texts:
-        return checked
+        return checked, checked
     remaining = iter(texts)
     try:
         exact = _with_decimals(checked, remaining)
@@ -116,12 +134,12 @@ def exact_copy(body: bytes, checked: Any) -> Any:
             raise _Misaligned
     except _Misaligned:
         # Duplicate property names hide values from the tree: read the text itself instead.
-        return json.loads(body, parse_float=orjson.Fragment)
-    return exact
+        return checked, json.loads(body, parse_float=orjson.Fragment)
+    return checked, exact
 
 
 def dump(value: Any, *, pretty: bool = False) -> bytes:
-    """Serialise to JSON bytes (decimals from `exact_copy` come out as written)."""
+    """Serialise to JSON bytes (decimals of an exact view come out as written)."""
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
 
 

@@ -128,15 +128,15 @@ def read_bundle(ctx: Context, body: bytes, max_entries: int) -> tuple[str, list[
     Only the entries keep their resources, so each can be freed once it is stored: a 5,000-entry
     transaction stays under 10x its size in memory (tests/services/test_bundle_memory.py).
     """
-    checked = jsonbody.parse_for_checks(body)
+    checked, exact = jsonbody.parse(body)
     if not isinstance(checked, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a Bundle (a JSON object).")
-    # Counted before anything else, so an oversized Bundle is refused as such (413), cheaply.
+    # Counted before the entries are read, so an oversized Bundle is refused as such (413).
     count = len(checked["entry"]) if isinstance(checked.get("entry"), list) else 0
     if count > max_entries:
         raise fail(Kind.TOO_LARGE, "too-costly",
                    f"The Bundle has {count} entries; the limit is {max_entries}.")
-    return parse_entries(ctx, Payload(checked, jsonbody.exact_copy(body, checked)))
+    return parse_entries(ctx, Payload(checked, exact))
 
 
 def parse_entries(ctx: Context, body: Payload) -> tuple[str, list[Entry]]:

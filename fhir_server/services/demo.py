@@ -16,8 +16,7 @@ async def load_demo_data(context: Context) -> int:
     if existing.versions:
         return 0
     body = files("fhir_server.demo").joinpath("demo-data.json").read_bytes()
-    collection = jsonbody.parse_for_checks(body)
-    exact = jsonbody.exact_copy(body, collection)
+    collection, exact = jsonbody.parse(body)
     for checked_entry, exact_entry in zip(collection["entry"], exact["entry"], strict=True):
         resource = checked_entry["resource"]
         payload = Payload(resource, exact_entry["resource"])

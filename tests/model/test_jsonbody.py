@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhir_server.model.jsonbody import dump, exact_copy, parse_for_checks
+import pytest
+
+from fhir_server.model import jsonbody
+from fhir_server.model.jsonbody import dump, parse
 
 
 class Decimal:
@@ -48,25 +51,35 @@ documents = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(documents)
-def test_decimals_keep_their_text(document: Any) -> None:
+@pytest.fixture(params=["small", "large"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both parsing paths: orjson plus an exact re-parse, and the recording stdlib parse."""
+    if request.param == "large":
+        monkeypatch.setattr(jsonbody, "_LARGE", 0)
+    return str(request.param)
+
+
+# The fixture only switches a module constant, which is the same for every example.
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=documents)
+def test_decimals_keep_their_text(path: str, document: Any) -> None:
     body = compact(document).encode()
-    checked = parse_for_checks(body)
+    checked, exact = parse(body)
     before = json.dumps(checked)
-    assert dump(exact_copy(body, checked)) == body
+    assert dump(exact) == body
     assert json.dumps(checked) == before  # the checked view is never changed
 
 
-def test_containers_without_decimals_are_shared() -> None:
+def test_large_bodies_share_containers_without_decimals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonbody, "_LARGE", 0)
     body = b'{"a":{"b":[1,2]},"c":{"d":1.50},"e":"3.25 mg"}'
-    checked = parse_for_checks(body)
-    exact = exact_copy(body, checked)
+    checked, exact = parse(body)
     assert exact["a"] is checked["a"]
     assert exact["c"] is not checked["c"]
-    assert exact_copy(b'{"a":"1.5"}', parse_for_checks(b'{"a":"1.5"}')) == {"a": "1.5"}
+    assert parse(b'{"a":"1.5"}') == ({"a": "1.5"}, {"a": "1.5"})
 
 
-def test_duplicate_keys_fall_back_to_the_text() -> None:
-    body = b'{"a":1.5,"a":2.50}'
-    assert dump(exact_copy(body, parse_for_checks(body))) == b'{"a":2.50}'
+def test_duplicate_keys_fall_back_to_the_text(path: str) -> None:
+    assert dump(parse(b'{"a":1.5,"a":2.50}')[1]) == b'{"a":2.50}'
+
