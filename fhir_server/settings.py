@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,8 +15,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
 
     base_url: str = Field(
-        "http://localhost:8080/fhir",
-        description="Public base URL of the FHIR endpoint, used in Location headers and links.",
+        "",
+        description="Public base URL of the FHIR endpoint, used in Location headers and links; "
+        "empty means http://localhost:<port>/fhir.",
     )
     data_dir: Path = Field(Path("data"), description="Directory for the embedded store.")
     store: str = Field(
@@ -46,6 +47,13 @@ class Settings(BaseSettings):
     demo_data: bool = Field(
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )
+
+    @model_validator(mode="after")
+    def _default_base_url(self) -> Settings:
+        # Links must name the port the server really listens on when no public URL is given.
+        if not self.base_url:
+            self.base_url = f"http://localhost:{self.port}/fhir"
+        return self
 
     @property
     def store_url(self) -> str:

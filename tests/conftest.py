@@ -29,3 +29,10 @@ def client(settings: Settings) -> Iterator[TestClient]:
 def anyio_backend() -> str:
     """Async tests (marked `anyio`) run on asyncio, as the server does."""
     return "asyncio"
+
+
+def pytest_report_header() -> list[str]:
+    """Say which stores the contract suite runs against (none is skipped silently)."""
+    from tests.store.conftest import STORES
+
+    return [f"stores under contract test: {', '.join(sorted(STORES))}"]
