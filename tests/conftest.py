@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,43 @@ def pytest_report_header() -> list[str]:
     from tests.store.conftest import STORES
 
     return [f"stores under contract test: {', '.join(sorted(STORES))}"]
+
+
+REAL_MONGODB_ONLY: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "real_mongodb(reason): the MongoDB double cannot run this case; it runs on "
+        "SQLite and on a real MongoDB server only")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the double's runs of `real_mongodb` cases, and remember them for the report."""
+    from tests.store.conftest import DOUBLE
+
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("real_mongodb")
+        callspec = getattr(item, "callspec", None)
+        if marker and callspec and DOUBLE in callspec.params.values():
+            dropped.append(item)
+            REAL_MONGODB_ONLY.append(f"{item.nodeid}: {marker.args[0]}")
+        else:
+            kept.append(item)
+    from tests.store.conftest import DOUBLE_LACKS
+
+    REAL_MONGODB_ONLY.extend(
+        f"generated search queries using {kind.__name__} (tests/store/test_search_property.py)"
+        for kind in DOUBLE_LACKS)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List the cases the MongoDB double does not run (they need a real server)."""
+    if REAL_MONGODB_ONLY:
+        terminalreporter.section("cases needing a real MongoDB (not run on the double)")
+        for line in REAL_MONGODB_ONLY:
+            terminalreporter.write_line(line)

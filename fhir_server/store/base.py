@@ -138,6 +138,16 @@ class SearchPage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class TransientConflict(Exception):
+    """A unit of work lost a race with a concurrent one and was rolled back; running it again
+    may succeed. `Store.commit` retries by itself; callers of `Store.transaction` retry
+    their block (see `RETRY_DELAYS`)."""
+
+
+# Seconds to wait before each new attempt of a unit of work that lost a race.
+RETRY_DELAYS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0, 1.0)
+
+
 class UnitOfWork(Protocol):
     """An open write transaction: what it applies becomes visible to others only on commit.
 
@@ -164,6 +174,9 @@ class Store(Protocol):
     async def check(self) -> None:
         """Raise FhirError(BUSY) if the store cannot serve requests now (for /readyz)."""
 
+    def status(self) -> dict[str, Any]:
+        """What /readyz reports about the store: its kind and what it can do."""
+
     async def read(self, resource_type: str, id: str) -> Version | None:
         """The current version (a deletion if the resource is deleted), or None if never existed."""
 
@@ -171,7 +184,11 @@ class Store(Protocol):
         """One version, or None if it does not exist."""
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
-        """Open a unit of work; it commits when the block ends and rolls back on any exception."""
+        """Open a unit of work; it commits when the block ends and rolls back on any exception.
+
+        Raises FhirError(NOT_SUPPORTED) where the store cannot run multi-resource
+        transactions, and TransientConflict when the unit lost a race.
+        """
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         """Apply `operations` atomically, in order, in one unit of work.

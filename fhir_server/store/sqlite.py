@@ -16,11 +16,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-
-import orjson
 
 from ..model.errors import Kind, fail
 from ..search import Query, Registry, default_registry, distance_km
@@ -41,6 +38,7 @@ from .base import (
 from .sqlite_index import ParamIds
 from .sqlite_query import SqliteSearch
 from .sqlite_schema import migrate
+from .versions import now, stamp
 
 T = TypeVar("T")
 
@@ -51,29 +49,8 @@ _CURRENT = (
 _BUSY_TIMEOUT_MS = 30_000
 
 
-def _now() -> tuple[str, int]:
-    """The commit time as a FHIR instant and as microseconds since the epoch."""
-    moment = datetime.now(UTC)
-    micros = (moment - _EPOCH) // timedelta(microseconds=1)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), micros
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _version(row: Sequence[Any]) -> Version:
     return Version(row[0], row[1], row[2], row[3], row[4], row[5])
-
-
-def _stamp(resource: dict[str, Any], id: str, version: int, last_updated: str) -> bytes:
-    """The stored JSON: the client's resource with the id and meta the server owns."""
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(version)
-    meta["lastUpdated"] = last_updated
-    stamped = {"resourceType": resource["resourceType"], "id": id, "meta": meta}
-    stamped.update((k, v) for k, v in resource.items() if k not in stamped)
-    # Keep the client's property order for everything but the leading id/meta.
-    return orjson.dumps(stamped)
 
 
 class SqliteStore:
@@ -149,6 +126,9 @@ class SqliteStore:
 
     async def check(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1 FROM resource LIMIT 1").fetchall())
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "sqlite", "transactions": True}
 
     # -- reads -------------------------------------------------------------------------
 
@@ -288,7 +268,7 @@ class _Unit:
         self.conn = conn
         self.ids = ids
         self.search = SqliteSearch(conn, ids, registry)
-        self.last_updated, self.micros = _now()
+        self.last_updated, self.micros = now()
 
     def apply(self, op: Operation) -> Result:
         match op:
@@ -372,7 +352,7 @@ class _Unit:
             pk, previous, _ = current
             version = previous + 1
             sqlite_index.remove(self.conn, pk)
-        body = _stamp(op.resource, op.id, version, self.last_updated)
+        body = stamp(op.resource, op.id, version, self.last_updated)
         self._version_row(pk, op.resource_type, op.id, version, op.method, body)
         sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries)
         created = current is None or current[2]

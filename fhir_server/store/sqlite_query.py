@@ -8,18 +8,13 @@ value sort last either way.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
-
-from ..model.errors import Kind, fail
 from ..search import Include, Query, Registry, Sort
 from .base import SearchPage, Version
+from .cursors import decode, encode
 from .sqlite_index import ParamIds
 from .sqlite_predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
 
@@ -118,7 +113,7 @@ class SqliteSearch:
         if count == 0 or query.summary == "count" or where == FALSE:
             return SearchPage((), total=0 if where == FALSE and total is not None else total)
         keys = self._keys(query)
-        backwards, boundary = _decode(cursor, len(keys)) if cursor else (False, None)
+        backwards, boundary = decode(cursor, len(keys)) if cursor else (False, None)
         sql, args = self._page(where, keys, boundary, backwards, count + 1)
         rows = self.conn.execute(sql, args).fetchall()
         more = len(rows) > count
@@ -128,9 +123,9 @@ class SqliteSearch:
         width = len(keys)
         next_cursor = prev_cursor = None
         if rows and (more if not backwards else True):
-            next_cursor = _encode(False, rows[-1][-width:])
+            next_cursor = encode(False, rows[-1][-width:])
         if rows and (boundary is not None if not backwards else more):
-            prev_cursor = _encode(True, rows[0][-width:])
+            prev_cursor = encode(True, rows[0][-width:])
         matches = tuple(Version(*row[:6]) for row in rows)
         included = self.includes(query, rows)
         return SearchPage(matches, included, next_cursor, prev_cursor, total)
@@ -264,36 +259,3 @@ class SqliteSearch:
             f"SELECT {_COLUMNS} FROM resource a JOIN history h ON h.seq = a.seq "
             f"WHERE a.pk IN ({','.join('?' * len(ordered))}) AND a.deleted = 0 ORDER BY a.pk", ordered)
         return [Version(*row) for row in rows]
-
-
-def _encode(backwards: bool, values: Sequence[Any]) -> str:
-    # JSON has no infinities (orjson writes null), yet a Range or a `<5` quantity sorts by one.
-    keys = [{"inf": 1 if v > 0 else -1} if isinstance(v, float) and math.isinf(v) else v for v in values]
-    return base64.urlsafe_b64encode(orjson.dumps([backwards, *keys])).decode().rstrip("=")
-
-
-def _decode(cursor: str, width: int) -> tuple[bool, list[Any]]:
-    try:
-        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError):
-        raw = None
-    if not isinstance(raw, list) or len(raw) != width + 1 or not isinstance(raw[0], bool):
-        raise _bad_cursor()
-    return raw[0], [_key(v) for v in raw[1:]]
-
-
-def _key(value: Any) -> Any:
-    """One sort key value of a cursor: text, integer or float (infinities tagged)."""
-    if isinstance(value, dict) and value.keys() == {"inf"} and value["inf"] in (1, -1):
-        return math.inf * value["inf"]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _bad_cursor()
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # SQLite INTEGER is 64-bit
-        raise _bad_cursor()
-    return value
-
-
-def _bad_cursor() -> Exception:
-    return fail(Kind.INVALID, "value", "Invalid or expired paging cursor.", expression="_cursor")
-
-

@@ -1,22 +1,53 @@
 """The `store` fixture: every Store implementation runs the same contract suite.
 
-SQLite always runs. Other stores join this list as they are built; the session prints which
-stores ran (see tests/conftest.py), so none is silently absent.
+- `sqlite` always runs.
+- `mongodb-double` always runs: the MongoDB store's own code on an in-process double
+  (tests/store/mongo_double.py). Cases the double cannot run carry the `real_mongodb` marker
+  and are deselected for it only; the session header lists them, so none passes silently.
+- `mongodb` runs when FHIR_SERVER_TEST_MONGODB_URI names a server (docs/storage.md), each
+  test on a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from fhir_server.search import NearPredicate
 from fhir_server.store.base import Store
+from fhir_server.store.mongo import MongoStore
 from fhir_server.store.sqlite import SqliteStore
+from tests.store.mongo_double import DoubleClient
+
+MONGODB_URI = os.environ.get("FHIR_SERVER_TEST_MONGODB_URI")
+DOUBLE = "mongodb-double"
+# Predicates the double cannot evaluate: generated queries using them are not run on it.
+DOUBLE_LACKS: tuple[type, ...] = (NearPredicate,)
+
+
+def _real_mongodb(_: Path) -> Store:
+    assert MONGODB_URI is not None
+    store = MongoStore.from_url(MONGODB_URI)
+    return MongoStore(store.client, f"fhir_test_{uuid.uuid4().hex[:12]}")
+
 
 STORES: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "contract.db"),
+    DOUBLE: lambda tmp: MongoStore(DoubleClient()),
 }
+if MONGODB_URI:
+    STORES["mongodb"] = _real_mongodb
+
+
+async def dispose(store: Store) -> None:
+    """Close a store; a real MongoDB test database is dropped first."""
+    if isinstance(store, MongoStore) and not isinstance(store.client, DoubleClient):
+        await store.client.drop_database(store.db.name)
+    await store.close()
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -24,4 +55,4 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     opened = STORES[request.param](tmp_path)
     await opened.open()
     yield opened
-    await opened.close()
+    await dispose(opened)

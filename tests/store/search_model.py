@@ -36,7 +36,7 @@ from fhir_server.search import (
     parse_query,
 )
 from fhir_server.store.base import Delete, Operation, SearchPage, Store, Version, Write
-from fhir_server.store.sqlite import SqliteStore
+from tests.store.conftest import DOUBLE, DOUBLE_LACKS, STORES, dispose
 
 T = TypeVar("T")
 Key = tuple[str, str]  # (resource type, id)
@@ -201,11 +201,12 @@ class Dataset:
 
 
 class Harness:
-    """A SqliteStore driven from synchronous code (hypothesis tests), on its own loop."""
+    """A store driven from synchronous code (hypothesis tests), on its own loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, store: Store, lacks: tuple[type, ...] = ()) -> None:
         self.runner = asyncio.Runner()
-        self.store = SqliteStore(path)
+        self.store = store
+        self.lacks = lacks  # predicate types this store (a double) cannot evaluate
         self.world = World()
         self.run(self.store.open())
 
@@ -219,13 +220,13 @@ class Harness:
         return self.run(all_keys(self.store, q, count))
 
     def close(self) -> None:
-        self.run(self.store.close())
+        self.run(dispose(self.store))
         self.runner.close()
 
 
-def harness(path: Path) -> Iterator[Harness]:
-    """Fixture body: one Harness for a module's tests, closed at the end."""
-    opened = Harness(path)
+def harness(kind: str, folder: Path) -> Iterator[Harness]:
+    """Fixture body: one Harness on a store of `kind` (conftest.STORES) for a module's tests."""
+    opened = Harness(STORES[kind](folder), DOUBLE_LACKS if kind == DOUBLE else ())
     try:
         yield opened
     finally:
@@ -577,3 +578,15 @@ def sorted_keys(world: World, keys: Iterable[Key], sorts: Sequence[Sort]) -> lis
         return world.order[a] - world.order[b]
 
     return sorted(keys, key=functools.cmp_to_key(compare))
+
+
+def uses(q: Query, kinds: tuple[type, ...]) -> bool:
+    """Whether any predicate of `q`, at any depth (chains, _has, :not, composites), is of `kinds`."""
+    def walk(p: Any) -> bool:
+        if isinstance(p, kinds):
+            return True
+        inner = getattr(p, "inner", None)
+        nested = getattr(p, "any_of", ()) + getattr(p, "parts", ())
+        return (inner is not None and walk(inner)) or any(walk(n) for n in nested)
+
+    return bool(kinds) and any(walk(p) for c in q.clauses for p in c.any_of)

@@ -24,6 +24,7 @@ from fhir_server.model.errors import FhirError, Kind
 from fhir_server.search import Query, Sort
 from fhir_server.store.base import Delete, Operation, Store, Version
 from tests.store import search_model as m
+from tests.store.conftest import STORES
 from tests.store.search_model import BOOLEANS, Dataset, Harness, Key, between, choice
 
 SETTINGS = settings(
@@ -37,9 +38,9 @@ SORTS = ("_id", "_lastUpdated", "birthdate", "family", "gender", "identifier", "
 FAMILIES = ("Ng", "ng", "Zoë", "Adams", "Émile")
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    yield from m.harness(tmp_path_factory.mktemp("paging") / "paging.db")
+@pytest.fixture(scope="module", params=sorted(STORES))
+def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    yield from m.harness(request.param, tmp_path_factory.mktemp("paging"))
 
 
 @st.composite

@@ -294,6 +294,7 @@ async def test_composite_parts_come_from_the_same_component(data: Dataset) -> No
     assert await data.search("Observation", ("code-value-quantity", "8867-4$lt72")) == set()
 
 
+@pytest.mark.real_mongodb("the double lacks $geoWithin/$centerSphere")
 async def test_near(data: Dataset) -> None:
     """Paris-Lyon is about 392 km: within 400 km, not 300; units km, m and [mi_i]."""
     await data.load({"resourceType": "Location", "id": "lyon", "position": {"latitude": 45.764, "longitude": 4.8357}},

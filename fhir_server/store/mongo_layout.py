@@ -1,0 +1,173 @@
+"""Document layout of the MongoDB store: resource and history documents, their indexes.
+
+`resources` holds one document per resource (its current version), `history` one per
+version. A resource document carries its index entries (search/entries.py) inside itself, one
+array per entry kind, so a write is a single-document replace and a search a query on one
+collection with multikey indexes. docs/storage.md explains the layout and every index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+from ..search import (
+    CompositeEntry,
+    DateEntry,
+    IndexEntry,
+    NumberEntry,
+    PositionEntry,
+    QuantityEntry,
+    ReferenceEntry,
+    Registry,
+    StringEntry,
+    TokenEntry,
+    UriEntry,
+)
+
+# Entry kind -> (array field, (document field, entry attribute)...). Short field names: they
+# are repeated in every entry of every document.
+FIELDS: dict[type, tuple[str, tuple[tuple[str, str], ...]]] = {
+    StringEntry: ("str", (("v", "value"), ("x", "exact"))),
+    TokenEntry: ("tok", (("s", "system"), ("c", "code"), ("tx", "text"),
+                         ("ts", "type_system"), ("tc", "type_code"))),
+    ReferenceEntry: ("ref", (("t", "type"), ("i", "id"), ("v", "version"), ("u", "url"),
+                             ("is", "identifier_system"), ("iv", "identifier_value"))),
+    DateEntry: ("date", (("lo", "low"), ("hi", "high"))),
+    NumberEntry: ("num", (("v", "value"), ("lo", "low"), ("hi", "high"))),
+    QuantityEntry: ("qty", (("v", "value"), ("lo", "low"), ("hi", "high"), ("s", "system"),
+                            ("c", "code"), ("un", "unit"))),
+    UriEntry: ("uri", (("v", "value"),)),
+}
+POSITION, COMPOSITE = "geo", "comp"
+ARRAY_OF_PARAM_TYPE = {
+    "string": "str", "token": "tok", "reference": "ref", "date": "date", "number": "num",
+    "quantity": "qty", "uri": "uri", "special": POSITION, "composite": COMPOSITE,
+}
+ARRAYS = (*(array for array, _ in FIELDS.values()), POSITION, COMPOSITE)
+# Kept in the document's own fields, not in entry arrays.
+OWN_FIELDS = frozenset({"_id", "_lastUpdated"})
+
+
+def key(resource_type: str, id: str) -> str:
+    """The `_id` of a resource document."""
+    return f"{resource_type}/{id}"
+
+
+def _fields(entry: IndexEntry) -> dict[str, Any]:
+    """An entry as a subdocument without its `param` (absent fields are None: not stored)."""
+    if type(entry) is PositionEntry:
+        return {"pt": {"type": "Point", "coordinates": [entry.longitude, entry.latitude]}}
+    if type(entry) is CompositeEntry:
+        return {f"k{n}": _fields(part) for n, part in enumerate(entry.components)}
+    _, fields = FIELDS[type(entry)]
+    return {name: value for name, attribute in fields
+            if (value := getattr(entry, attribute)) is not None}
+
+
+def _array(entry: IndexEntry) -> str:
+    if type(entry) is PositionEntry:
+        return POSITION
+    if type(entry) is CompositeEntry:
+        return COMPOSITE
+    return FIELDS[type(entry)][0]
+
+
+def entry_arrays(entries: Iterable[IndexEntry]) -> dict[str, list[dict[str, Any]]]:
+    """The entry arrays of a resource document (duplicate entries collapse to one)."""
+    arrays: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, IndexEntry]] = set()
+    for entry in entries:
+        if entry.param in OWN_FIELDS:
+            continue
+        array = _array(entry)
+        if (array, entry) in seen:
+            continue
+        seen.add((array, entry))
+        arrays.setdefault(array, []).append({"p": entry.param, **_fields(entry)})
+    return arrays
+
+
+def shard_key(registry: Registry, resource_type: str, id: str,
+              entries: Iterable[IndexEntry]) -> str:
+    """The compartment a resource lives in, the shard key of both collections.
+
+    A Patient and every resource in its compartment (compartmentdefinition-patient.html) share
+    `Patient/<id>`, so one patient's data sits in one chunk and searches for one patient are
+    routed to one shard. Other resources are their own compartment.
+    """
+    if resource_type == "Patient":
+        return key("Patient", id)
+    params = registry.patient_compartment(resource_type)
+    if params:
+        for entry in entries:
+            if (type(entry) is ReferenceEntry and entry.param in params
+                    and entry.type == "Patient" and entry.url is None and entry.id):
+                return key("Patient", entry.id)
+    return key(resource_type, id)
+
+
+def resource_document(
+    *, resource_type: str, id: str, pk: ObjectId, version: int, last_updated: str, lu: int,
+    method: str, body: bytes | None, shard: str, entries: Iterable[IndexEntry],
+) -> dict[str, Any]:
+    """The `resources` document of a current version (a deletion has no body, no entries)."""
+    document: dict[str, Any] = {
+        "_id": key(resource_type, id), "type": resource_type, "id": id, "pk": pk,
+        "version": version, "lastUpdated": last_updated, "lu": lu, "deleted": body is None,
+        "method": method, "body": body, "shard": shard,
+    }
+    if body is not None:
+        document.update(entry_arrays(entries))
+    return document
+
+
+def history_document(
+    *, resource_type: str, id: str, version: int, last_updated: str, lu: int, seq: ObjectId,
+    method: str, body: bytes | None, shard: str,
+) -> dict[str, Any]:
+    """The `history` document of one version; (`lu`, `seq`) orders versions globally."""
+    return {
+        "_id": f"{key(resource_type, id)}/{version}", "type": resource_type, "id": id,
+        "version": version, "lastUpdated": last_updated, "lu": lu, "seq": seq, "method": method,
+        "body": body, "shard": shard,
+    }
+
+
+def _index(*keys: tuple[str, Any], name: str, **options: Any) -> IndexModel:
+    return IndexModel(list(keys), name=name, **options)
+
+
+_UP, _DOWN = ASCENDING, DESCENDING
+# Every search index leads with `type`: parameter codes repeat across types (`name`), and a
+# search always names its type. Each multikey index serves `$elemMatch` on (p, value...).
+RESOURCE_INDEXES = (
+    _index(("type", _UP), ("deleted", _UP), ("pk", _UP), name="type_pk"),
+    _index(("type", _UP), ("deleted", _UP), ("lu", _UP), name="type_lastUpdated"),
+    _index(("shard", _UP), ("type", _UP), name="compartment"),
+    _index(("type", _UP), ("str.p", _UP), ("str.v", _UP), name="string"),
+    _index(("type", _UP), ("str.p", _UP), ("str.x", _UP), name="string_exact"),
+    _index(("type", _UP), ("tok.p", _UP), ("tok.c", _UP), ("tok.s", _UP), name="token"),
+    _index(("type", _UP), ("ref.p", _UP), ("ref.t", _UP), ("ref.i", _UP), name="reference"),
+    _index(("ref.i", _UP), ("ref.t", _UP), name="reference_target"),
+    _index(("type", _UP), ("ref.p", _UP), ("ref.u", _UP), name="reference_url"),
+    _index(("type", _UP), ("ref.p", _UP), ("ref.iv", _UP), name="reference_identifier"),
+    _index(("type", _UP), ("date.p", _UP), ("date.lo", _UP), ("date.hi", _UP), name="date"),
+    _index(("type", _UP), ("num.p", _UP), ("num.lo", _UP), name="number"),
+    _index(("type", _UP), ("qty.p", _UP), ("qty.c", _UP), ("qty.lo", _UP), name="quantity"),
+    _index(("type", _UP), ("uri.p", _UP), ("uri.v", _UP), name="uri"),
+    _index(("type", _UP), ("comp.p", _UP), name="composite"),
+    _index(("geo.pt", "2dsphere"), name="position"),
+)
+HISTORY_INDEXES = (
+    _index(("lu", _DOWN), ("seq", _DOWN), name="system_history"),
+    _index(("type", _UP), ("lu", _DOWN), ("seq", _DOWN), name="type_history"),
+    _index(("type", _UP), ("id", _UP), ("lu", _DOWN), ("seq", _DOWN), name="instance_history"),
+    _index(("shard", _UP), name="compartment"),
+)
+# Claims serialise conditional creates on the same criteria (see mongo.py); a claim left by a
+# crashed process expires.
+CLAIM_INDEXES = (_index(("at", _UP), name="expiry", expireAfterSeconds=3600),)
