@@ -16,15 +16,18 @@ from .services.context import Context
 from .services.demo import load_demo_data
 from .settings import Settings
 from .store.base import Store
+from .store.mongo import MongoStore
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("fhir_server")
 
 
 def open_store(url: str) -> Store:
-    """The store a URL names; only sqlite:/// for now."""
+    """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
     if url.startswith("sqlite:///"):
         return SqliteStore.from_url(url)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        return MongoStore.from_url(url)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
 
 
@@ -51,10 +54,11 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI application for `settings` (read from the environment if omitted)."""
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """The ASGI application for `settings` (read from the environment if omitted), on
+    `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
-    store = open_store(settings.store_url)
+    store = store or open_store(settings.store_url)
     context = build_context(settings, store)
 
     @asynccontextmanager

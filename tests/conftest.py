@@ -20,9 +20,19 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, base_url="http://testserver/fhir")
 
 
+@pytest.fixture(params=["sqlite", "mongodb-double"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The store under the app: the HTTP tests run on the embedded store and on the MongoDB
+    store (over its in-process double; see tests/store/conftest.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+def client(settings: Settings, store_kind: str) -> Iterator[TestClient]:
+    from tests.store.conftest import STORES
+
+    store = None if store_kind == "sqlite" else STORES[store_kind](settings.data_dir)
+    with TestClient(create_app(settings, store)) as test_client:
         yield test_client
 
 

@@ -18,11 +18,15 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """The store answers; 503 with the reason otherwise."""
+    """The store answers; 503 with the reason otherwise. `details` says what the store is and
+    can do (a MongoDB standalone server cannot run FHIR transactions)."""
+    store = request.app.state.context.store
     try:
-        await request.app.state.context.store.check()
+        await store.check()
     except FhirError as exc:
-        return JSONResponse({"status": "unavailable", "store": exc.issues[0].diagnostics}, 503)
+        reason = exc.issues[0].diagnostics
     except Exception:  # noqa: BLE001 - any store failure means "not ready"; details stay in logs
-        return JSONResponse({"status": "unavailable", "store": "the store does not answer"}, 503)
-    return JSONResponse({"status": "ready"})
+        reason = "the store does not answer"
+    else:
+        return JSONResponse({"status": "ready", "details": store.status()})
+    return JSONResponse({"status": "unavailable", "store": reason, "details": store.status()}, 503)

@@ -10,6 +10,7 @@ A batch processes each entry on its own and reports each outcome.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable
@@ -21,7 +22,17 @@ from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
 from ..search import extract
-from ..store.base import ConditionalDelete, Delete, Method, Result, UnitOfWork, Version, Write
+from ..store.base import (
+    RETRY_DELAYS,
+    ConditionalDelete,
+    Delete,
+    Method,
+    Result,
+    TransientConflict,
+    UnitOfWork,
+    Version,
+    Write,
+)
 from . import crud, history, search
 from .conditions import condition
 from .context import Context, Payload
@@ -246,6 +257,7 @@ class _Transaction:
         self.entries = entries
         self.targets: dict[str, str] = {}  # fullUrl or conditional reference -> Type/id
         self.outcomes: dict[int, EntryOutcome] = {}
+        self.rewritten: list[tuple[dict[str, Any], str]] = []  # (holder, reference as sent)
 
     def check_identities(self, assigned: dict[int, tuple[str, bool]] | None = None) -> None:
         """Two entries may not act on the same resource (http.html#transaction).
@@ -345,7 +357,14 @@ class _Transaction:
         for holder in holders:
             target = self.targets.get(holder["reference"])
             if target is not None:
+                self.rewritten.append((holder, holder["reference"]))
                 holder["reference"] = target
+
+    def undo(self) -> None:
+        """Restore the references as sent, for another attempt after a lost race."""
+        for holder, sent in reversed(self.rewritten):
+            holder["reference"] = sent
+        self.rewritten.clear()
 
 
 async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
@@ -363,6 +382,32 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
     reads = [e for e in entries if _ORDER[e.method] == 3]
     for e in reads:
         _check_read_target(e)
+    for delay in RETRY_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            await _apply_writes(ctx, tx)
+            break
+        except TransientConflict:
+            # Lost a race with a concurrent unit (MongoDB): nothing of this one is stored.
+            tx.undo()
+            tx = _Transaction(ctx, entries)
+    else:
+        raise fail(Kind.BUSY, "transient", "Too many concurrent writes to the same resources; "
+                   "retry the transaction later.")
+    # GETs see the committed writes, so they run after the commit; a GET that fails then
+    # (say, a 404) cannot undo the writes, so it is reported in its own entry instead of
+    # turning a durable transaction into an error response.
+    for e in reads:
+        try:
+            tx.outcomes[e.index] = await _read(ctx, e)
+        except FhirError as exc:
+            tx.outcomes[e.index] = EntryOutcome(error=_entry_error(e.index, exc))
+    return BundleOutcome("transaction-response", [tx.outcomes[e.index] for e in entries])
+
+
+async def _apply_writes(ctx: Context, tx: _Transaction) -> None:
+    """The writes of a transaction, in one unit of work, in the order http.html prescribes."""
+    entries = tx.entries
     async with ctx.store.transaction() as unit:
         for e in sorted(entries, key=lambda e: _ORDER[e.method]):
             if e.method == "DELETE":
@@ -375,15 +420,6 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
                 tx.outcomes[e.index] = await _guard(e, _write(ctx, unit, tx, e, assigned[e.index]))
             elif e.method == "PATCH":
                 tx.outcomes[e.index] = await _guard(e, _patch(ctx, unit, e))
-    # GETs see the committed writes, so they run after the commit; a GET that fails then
-    # (say, a 404) cannot undo the writes, so it is reported in its own entry instead of
-    # turning a durable transaction into an error response.
-    for e in reads:
-        try:
-            tx.outcomes[e.index] = await _read(ctx, e)
-        except FhirError as exc:
-            tx.outcomes[e.index] = EntryOutcome(error=_entry_error(e.index, exc))
-    return BundleOutcome("transaction-response", [tx.outcomes[e.index] for e in entries])
 
 
 def _check_read_target(e: Entry) -> None:

@@ -1,9 +1,10 @@
 """The MongoDB store, on PyMongo's asyncio API (`pymongo.AsyncMongoClient`).
 
 Writes of a unit of work run in one multi-document transaction on a replica set or sharded
-cluster. A standalone server has no transactions: it takes single-resource writes (each one
-atomic, being one document) and refuses FHIR transactions with an OperationOutcome, which
-start-up logs and /readyz report. Concurrent units that touch the same documents conflict;
+cluster. A standalone server has no transactions: it takes single-resource interactions and
+refuses FHIR transactions with an OperationOutcome, which start-up logs and /readyz report.
+There a version is two writes (the resource document, then its history document), so a crash
+between them loses that history entry; use a replica set (even of one node) in production. Concurrent units that touch the same documents conflict;
 the loser is rolled back and run again (`TransientConflict`). Conditional creates claim their
 criteria in the `claims` collection first, so that two racing ones conflict instead of both
 inserting. Layout and indexes: mongo_layout.py and docs/storage.md.
@@ -14,16 +15,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from functools import wraps
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from bson import ObjectId
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, uri_parser
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    DocumentTooLarge,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
 
 from ..model.errors import Kind, fail
 from ..search import Query, Registry, default_registry
@@ -57,6 +67,30 @@ _NO_TRANSACTIONS = (
 # A standalone server's claim older than this was left by a crashed writer.
 _STALE_CLAIM_SECONDS = 30
 _HISTORY_SHIFT = 96  # history cursor = lu << 96 | seq (an ObjectId is 96 bits)
+_UNREACHABLE = (ConnectionFailure, ServerSelectionTimeoutError, ExecutionTimeout, WTimeoutError)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _unavailable(exc: PyMongoError) -> Exception:
+    return fail(Kind.BUSY, "transient",
+                f"MongoDB does not answer ({type(exc).__name__}); retry later.")
+
+
+def _answering(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Report MongoDB being unreachable or too slow as BUSY (503), not as a server fault."""
+    @wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise _unavailable(exc) from exc
+        except DocumentTooLarge as exc:
+            raise fail(Kind.TOO_LARGE, "too-costly", "The resource and its search index entries "
+                       "exceed MongoDB's 16 MB document limit.") from exc
+
+    return call
 
 
 class MongoStore:
@@ -71,20 +105,32 @@ class MongoStore:
         self.claims = self.db["claims"]
         self.registry = registry or default_registry()
         self.transactions = False
+        self._prepared = False
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url, tz_aware=True, retryWrites=True, retryReads=True,
-            serverSelectionTimeoutMS=int(timeout_seconds * 1000),
-            timeoutMS=int(timeout_seconds * 1000), appname="fhir-server",
-        )
+        given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
+        defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
+                    "timeoutMS": int(timeout_seconds * 1000), "appname": "fhir-server"}
+        # Options in the connection string win over these defaults.
+        options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
         return cls(client, client.get_default_database("fhir").name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Learn the topology and create the indexes; if MongoDB does not answer yet, the
+        server starts anyway (/readyz says why it is not ready) and this is done later."""
+        try:
+            await self._prepare()
+        except _UNREACHABLE as exc:
+            log.warning("mongodb unreachable at start-up", extra={"error": type(exc).__name__})
+
+    async def _prepare(self) -> None:
+        if self._prepared:
+            return
         hello = await self.client.admin.command("hello")
         self.transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
         if not self.transactions:
@@ -93,6 +139,7 @@ class MongoStore:
         await self.resources.create_indexes(list(layout.RESOURCE_INDEXES))
         await self.history_docs.create_indexes(list(layout.HISTORY_INDEXES))
         await self.claims.create_indexes(list(layout.CLAIM_INDEXES))
+        self._prepared = True
 
     async def close(self) -> None:
         await self.client.close()
@@ -100,30 +147,36 @@ class MongoStore:
     async def check(self) -> None:
         try:
             await self.db.command("ping")
+            await self._prepare()
         except PyMongoError as exc:
-            raise fail(Kind.BUSY, "transient",
-                       f"MongoDB does not answer ({type(exc).__name__}).") from exc
+            raise _unavailable(exc) from exc
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kind": "mongodb", "transactions": self.transactions}
-        if not self.transactions:
+        if not self._prepared:
+            status["note"] = "MongoDB has not answered yet."
+        elif not self.transactions:
             status["note"] = _NO_TRANSACTIONS
         return status
 
     # -- reads -------------------------------------------------------------------------------
 
+    @_answering
     async def read(self, resource_type: str, id: str) -> Version | None:
         doc = await self.resources.find_one({"_id": layout.key(resource_type, id)}, VERSION_FIELDS)
         return version_of(doc) if doc else None
 
+    @_answering
     async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
         doc = await self.history_docs.find_one(
             {"_id": f"{layout.key(resource_type, id)}/{version}"}, VERSION_FIELDS)
         return version_of(doc) if doc else None
 
+    @_answering
     async def count(self, resource_type: str) -> int:
-        return await self.resources.count_documents({"type": resource_type, "deleted": False})
+        return int(await self.resources.count_documents({"type": resource_type, "deleted": False}))
 
+    @_answering
     async def history(self, query: HistoryQuery) -> HistoryPage:
         where: dict[str, Any] = {}
         if query.resource_type is not None:
@@ -144,6 +197,7 @@ class MongoStore:
         cursor = (page[-1]["lu"] << _HISTORY_SHIFT | int(str(page[-1]["seq"]), 16)) if more else None
         return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor)
 
+    @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await MongoSearch(self.resources, self.registry).search(query, cursor)
 
@@ -151,6 +205,10 @@ class MongoStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MongoUnit]:
+        try:
+            await self._prepare()
+        except _UNREACHABLE as exc:
+            raise _unavailable(exc) from exc
         if not self.transactions:
             raise fail(Kind.NOT_SUPPORTED, "not-supported", _NO_TRANSACTIONS)
         async with self.client.start_session() as session:
@@ -163,10 +221,14 @@ class MongoStore:
                     await asyncio.shield(session.abort_transaction())
                 if isinstance(exc, PyMongoError) and exc.has_error_label(_TRANSIENT):
                     raise TransientConflict(str(exc)) from exc
+                if isinstance(exc, _UNREACHABLE):
+                    raise _unavailable(exc) from exc
                 raise
             await _commit(session)
 
+    @_answering
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        await self._prepare()
         for delay in RETRY_DELAYS:
             await asyncio.sleep(delay)
             try:
@@ -302,7 +364,9 @@ class _MongoUnit:
             await self.store.claims.insert_one({"_id": claim, "at": moment})
         except DuplicateKeyError:
             held = await self.store.claims.find_one({"_id": claim})
-            if held and (moment - held["at"]).total_seconds() > _STALE_CLAIM_SECONDS:
+            # BSON dates are UTC; a client made without tz_aware returns them naive.
+            at = held["at"].replace(tzinfo=UTC) if held else moment
+            if held and (moment - at).total_seconds() > _STALE_CLAIM_SECONDS:
                 await self.store.claims.delete_one({"_id": claim, "at": held["at"]})
             raise TransientConflict(f"criteria claimed by another writer: {claim}") from None
         self._claims.append(claim)
@@ -314,9 +378,10 @@ class _MongoUnit:
             self._claims.clear()
 
     async def _current(self, resource_type: str, id: str) -> dict[str, Any] | None:
-        return await self.store.resources.find_one(
+        found: dict[str, Any] | None = await self.store.resources.find_one(
             {"_id": layout.key(resource_type, id)},
             {"version": 1, "deleted": 1, "pk": 1, "shard": 1}, session=self.session)
+        return found
 
     async def _store_version(self, current: dict[str, Any] | None, doc: dict[str, Any]) -> None:
         """Write the resource document and its history document.
@@ -330,8 +395,11 @@ class _MongoUnit:
             if current is None:
                 await resources.insert_one(doc, session=session)
             else:
+                # The shard key in the filter lets a sharded cluster move the document when its
+                # compartment changes.
                 replaced = await resources.replace_one(
-                    {"_id": doc["_id"], "version": current["version"]}, doc, session=session)
+                    {"_id": doc["_id"], "shard": current["shard"], "version": current["version"]},
+                    doc, session=session)
                 if replaced.matched_count == 0:
                     raise TransientConflict(f"{doc['_id']} changed while being written")
             await self.store.history_docs.insert_one(layout.history_document(

@@ -71,7 +71,7 @@ class MongoSearch:
     async def referenced(self, source_type: str, param: str, target_type: str,
                          where: Filter) -> list[str]:
         reference = {"p": param, "u": None, "t": target_type}
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": all_of({"type": source_type, "deleted": False}, where,
                               {"ref": {"$elemMatch": reference}})},
             {"$unwind": "$ref"},
@@ -188,7 +188,7 @@ class MongoSearch:
         pipeline += [
             {"$sort": dict(order)},
             {"$limit": limit},
-            {"$project": {**VERSION_FIELDS, **{k.field: 1 for k in computed}}},
+            {"$project": {**VERSION_FIELDS, **{k.field: 1 for k in keys}}},
         ]
         cursor = await self.resources.aggregate(pipeline, session=self.session)
         return [doc async for doc in cursor]

@@ -29,7 +29,7 @@ def send(
     return client.request(method, url, content=body, headers=all_headers)
 
 
-def create(client: TestClient, resource: dict[str, Any], **headers: str) -> Response:
+def create(client: TestClient, resource: dict[str, Any], **headers: Any) -> Response:
     """POST a resource to its type endpoint."""
     return send(client, "POST", f"/fhir/{resource['resourceType']}", resource, **headers)
 

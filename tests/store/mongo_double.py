@@ -6,6 +6,9 @@ What the double cannot do, and how the tests deal with it:
   this adapter runs them one at a time, so racing units never conflict here. Races are
   exercised for real only against a MongoDB server (FHIR_SERVER_TEST_MONGODB_URI).
 - `$centerSphere` is not implemented: `near` cases are marked as needing a real server.
+
+`standalone=True` answers `hello` as a standalone server (no transactions); setting `down`
+makes every call fail as an unreachable server does.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import mongomock_ng
+from pymongo.errors import ServerSelectionTimeoutError
 
 
 class _Cursor:
@@ -83,34 +87,42 @@ def _unwrap(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Collection:
-    def __init__(self, collection: Any) -> None:
+    def __init__(self, client: DoubleClient, collection: Any) -> None:
+        self._client = client
         self._c = collection
 
     def find(self, *args: Any, **kwargs: Any) -> _Cursor:
+        self._client.answer()
         return _Cursor(self._c.find(*args, **_unwrap(kwargs)))
 
     async def aggregate(self, pipeline: list[dict[str, Any]], **kwargs: Any) -> _Cursor:
+        self._client.answer()
         return _Cursor(self._c.aggregate(pipeline, **_unwrap(kwargs)))
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._c, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            self._client.answer()
             return method(*args, **_unwrap(kwargs))
 
         return call
 
 
 class _Database:
-    def __init__(self, database: Any) -> None:
+    def __init__(self, client: DoubleClient, database: Any) -> None:
+        self._client = client
         self._db = database
         self.name = database.name
 
     def __getitem__(self, name: str) -> _Collection:
-        return _Collection(self._db[name])
+        return _Collection(self._client, self._db[name])
 
     async def command(self, name: str) -> dict[str, Any]:
-        if name == "hello":  # answer as a replica set member does: transactions available
+        self._client.answer()
+        if name == "hello":
+            if self._client.standalone:
+                return {"isWritablePrimary": True, "ok": 1.0}
             return {"isWritablePrimary": True, "setName": "double", "ok": 1.0}
         if name == "ping":
             return {"ok": 1.0}
@@ -120,13 +132,20 @@ class _Database:
 class DoubleClient:
     """`client[db][collection]`, `client.admin.command`, `start_session`, `close`."""
 
-    def __init__(self) -> None:
-        self.sync = mongomock_ng.MongoClient()
+    def __init__(self, *, standalone: bool = False) -> None:
+        self.sync: Any = mongomock_ng.MongoClient()
         self.transactions = asyncio.Lock()
-        self.admin = _Database(self.sync["admin"])
+        self.standalone = standalone
+        self.down = False
+        self.admin = _Database(self, self.sync["admin"])
+
+    def answer(self) -> None:
+        """Fail as a driver does when no server can be selected."""
+        if self.down:
+            raise ServerSelectionTimeoutError("the double is down")
 
     def __getitem__(self, name: str) -> _Database:
-        return _Database(self.sync[name])
+        return _Database(self, self.sync[name])
 
     def start_session(self) -> _Session:
         return _Session(self)
