@@ -40,6 +40,7 @@ from ..search import (
 )
 from ..search.params.special import EARTH_RADIUS_KM
 from .mongo_layout import ARRAY_OF_PARAM_TYPE, COMPOSITE, POSITION, key
+from .prefix import successor
 
 Filter = dict[str, Any]
 TRUE: Filter = {}
@@ -100,21 +101,9 @@ def any_of(parts: list[Filter]) -> Filter:
     return kept[0] if len(kept) == 1 else {"$or": kept}
 
 
-def _successor(prefix: str) -> str | None:
-    """The least string after every string starting with `prefix` (code point order, which is
-    MongoDB's binary order of UTF-8 strings); None when there is none."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1
-            return "".join(chars) + chr(following)
-    return None
-
-
 def starts_with(field: str, prefix: str) -> Filter:
     """`field` starts with `prefix`, as a range an index can seek."""
-    upper = _successor(prefix)
+    upper = successor(prefix)
     return {field: {"$gte": prefix} if upper is None else {"$gte": prefix, "$lt": upper}}
 
 

@@ -19,13 +19,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from ..model.errors import Kind, fail
 from ..search import Include, Query, Registry, Sort
 from .base import SearchPage, Version
+from . import includes
 from .cursors import decode, encode
 from .mongo_filters import FALSE, Filter, FilterBuilder, all_of, any_of
 from .mongo_layout import ARRAY_OF_PARAM_TYPE, key
 
 DEFAULT_COUNT = 20
-MAX_INCLUDED = 1000
-MAX_ITERATIONS = 5
 VERSION_FIELDS = {"_id": 0, "type": 1, "id": 1, "version": 1, "lastUpdated": 1, "method": 1,
                   "body": 1, "pk": 1}
 # Param type -> (entry field sorted ascending, entry field sorted descending).
@@ -211,28 +210,12 @@ class MongoSearch:
 
     async def includes(self, query: Query, matches: Sequence[Version]) -> tuple[Version, ...]:
         """Resources named by `_include` / `_revinclude`, iterating where asked."""
-        if not (query.include or query.revinclude):
-            return ()
-        seen = {(v.resource_type, v.id) for v in matches}
-        found: dict[tuple[str, str], Version] = {}
-        frontier = list(seen)
-        for round_ in range(MAX_ITERATIONS):
-            specs = [i for i in query.include if round_ == 0 or i.iterate]
-            rev = [i for i in query.revinclude if round_ == 0 or i.iterate]
-            if not (specs or rev) or not frontier:
-                break
-            new = [v for v in await self._include_round(frontier, specs, rev)
-                   if (v.resource_type, v.id) not in seen]
-            for version in new:
-                seen.add((version.resource_type, version.id))
-                found[(version.resource_type, version.id)] = version
-            frontier = [(v.resource_type, v.id) for v in new]
-            if len(found) >= MAX_INCLUDED:
-                break
-        return tuple(list(found.values())[:MAX_INCLUDED])
+        keys = [(v.resource_type, v.id) for v in matches]
+        return await includes.run_async(query, keys, self._include_round)
 
     async def _include_round(self, frontier: list[tuple[str, str]], specs: list[Include],
                              rev: list[Include]) -> list[Version]:
+        """What one include round adds (store/includes.py walks the rounds)."""
         targets: set[str] = set()
         if specs:
             sources = self.resources.find({"_id": {"$in": [key(t, i) for t, i in frontier]}},

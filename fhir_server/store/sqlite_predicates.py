@@ -34,6 +34,7 @@ from ..search import (
     TokenTextPredicate,
     UriPredicate,
 )
+from .prefix import successor
 from .sqlite_index import ParamIds, component_code
 
 Sql = tuple[str, list[Any]]
@@ -118,22 +119,10 @@ def _date(prefix: str, tl: str, th: str, low: int, high: int) -> Sql:
     return cases[prefix]
 
 
-def _successor(prefix: str) -> str | None:
-    """The least string after every string that starts with `prefix` (code point order, which
-    is SQLite's BINARY order of UTF-8 text); None when there is none (all U+10FFFF)."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1  # no surrogates
-            return "".join(chars) + chr(following)
-    return None
-
-
 def starts_with(column: str, prefix: str) -> Sql:
     """`column` starts with `prefix`, as a range an index on `column` can seek:
     exactly the strings in `[prefix, successor(prefix))`."""
-    upper = _successor(prefix)
+    upper = successor(prefix)
     if upper is None:
         return (f"{column} >= ?", [prefix])
     return (f"{column} >= ? AND {column} < ?", [prefix, upper])

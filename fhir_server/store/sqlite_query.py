@@ -14,13 +14,12 @@ from typing import Any
 
 from ..search import Include, Query, Registry, Sort
 from .base import SearchPage, Version
+from . import includes
 from .cursors import decode, encode
 from .sqlite_index import ParamIds
 from .sqlite_predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
 
 DEFAULT_COUNT = 20
-MAX_INCLUDED = 1000
-MAX_ITERATIONS = 5
 _COLUMNS = "a.type, a.id, a.version, a.last_updated, h.method, h.body"
 _ASC_MISSING = {"text": "char(1114111)", "number": "1.7e308"}
 _DESC_MISSING = {"text": "''", "number": "-1.7e308"}
@@ -174,24 +173,7 @@ class SqliteSearch:
 
     def includes(self, query: Query, rows: Sequence[Sequence[Any]]) -> tuple[Version, ...]:
         """Resources named by `_include` / `_revinclude`, iterating where asked."""
-        if not (query.include or query.revinclude):
-            return ()
-        seen = {(row[0], row[1]) for row in rows}
-        found: dict[tuple[str, str], Version] = {}
-        frontier = [(row[0], row[1]) for row in rows]
-        for round_ in range(MAX_ITERATIONS):
-            specs = [i for i in query.include if round_ == 0 or i.iterate]
-            rev = [i for i in query.revinclude if round_ == 0 or i.iterate]
-            if not (specs or rev) or not frontier:
-                break
-            new = [v for v in self._include_round(frontier, specs, rev) if (v.resource_type, v.id) not in seen]
-            for version in new:
-                seen.add((version.resource_type, version.id))
-                found[(version.resource_type, version.id)] = version
-            frontier = [(v.resource_type, v.id) for v in new]
-            if len(found) >= MAX_INCLUDED:
-                break
-        return tuple(list(found.values())[:MAX_INCLUDED])
+        return includes.run(query, [(row[0], row[1]) for row in rows], self._include_round)
 
     def _reference_pids(self, spec: Include, types: Iterable[str]) -> list[int]:
         pids = []
@@ -206,6 +188,7 @@ class SqliteSearch:
     def _include_round(
         self, frontier: list[tuple[str, str]], specs: list[Include], rev: list[Include]
     ) -> list[Version]:
+        """What one include round adds (store/includes.py walks the rounds)."""
         by_type: dict[str, list[str]] = {}
         for rtype, id in frontier:
             by_type.setdefault(rtype, []).append(id)
