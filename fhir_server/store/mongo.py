@@ -163,7 +163,10 @@ class MongoStore:
 
     @_answering
     async def read(self, resource_type: str, id: str) -> Version | None:
-        doc = await self.resources.find_one({"_id": layout.key(resource_type, id)}, VERSION_FIELDS)
+        where = {"_id": layout.key(resource_type, id)}
+        if resource_type == "Patient":  # its shard is known: a targeted read
+            where["shard"] = where["_id"]
+        doc = await self.resources.find_one(where, VERSION_FIELDS)
         return version_of(doc) if doc else None
 
     @_answering
@@ -423,7 +426,7 @@ class _MongoUnit:
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,
             last_updated=self.last_updated, lu=self.micros, method=op.method, body=body,
-            shard=layout.shard_key(self.store.registry, op.resource_type, op.id, op.entries),
+            shard=layout.shard_key(op.resource_type, op.id, op.entries),
             entries=op.entries)
         await self._store_version(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)

@@ -39,7 +39,7 @@ from ..search import (
     UriPredicate,
 )
 from ..search.params.special import EARTH_RADIUS_KM
-from .mongo_layout import ARRAY_OF_PARAM_TYPE, COMPOSITE, POSITION, key
+from .mongo_layout import ARRAY_OF_PARAM_TYPE, COMPOSITE, POSITION, SHARED_SHARD, key
 from .prefix import successor
 
 Filter = dict[str, Any]
@@ -204,6 +204,33 @@ def condition(p: Predicate, x: str = "") -> Filter:
             return {f"{x}pt": {"$geoWithin": {
                 "$centerSphere": [[p.longitude, p.latitude], radians]}}}
     raise TypeError(f"not a simple predicate: {type(p).__name__}")
+
+
+def shard_filter(rtype: str, clauses: tuple[Clause, ...]) -> Filter:
+    """The shards that can hold `rtype` matches of `clauses`, when the query confines them to
+    given patients; TRUE otherwise. It changes no result (mongo_layout.shard_key) but lets a
+    sharded cluster send a patient's searches to that patient's shard only.
+
+    A clause of plain references to `Patient/<id>` (`subject=Patient/1`, a compartment search)
+    confines matches to those patients' shards and the shared one; `Patient?_id=` to its own.
+    """
+    for clause in clauses:
+        ids = set()
+        for p in clause.any_of:
+            if rtype == "Patient" and isinstance(p, TokenPredicate) and p.param == "_id" \
+                    and p.code is not None and p.system in (None, ""):
+                ids.add(p.code)
+            elif (rtype != "Patient" and isinstance(p, ReferencePredicate)
+                  and p.type == "Patient" and p.id is not None and p.url is None):
+                ids.add(p.id)
+            else:
+                break
+        else:
+            shards = sorted(key("Patient", id) for id in ids)
+            if rtype != "Patient":
+                shards.append(SHARED_SHARD)
+            return {"shard": shards[0] if len(shards) == 1 else {"$in": shards}}
+    return TRUE
 
 
 class FilterBuilder:

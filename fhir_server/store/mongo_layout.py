@@ -22,7 +22,6 @@ from ..search import (
     PositionEntry,
     QuantityEntry,
     ReferenceEntry,
-    Registry,
     StringEntry,
     TokenEntry,
     UriEntry,
@@ -91,23 +90,28 @@ def entry_arrays(entries: Iterable[IndexEntry]) -> dict[str, list[dict[str, Any]
     return arrays
 
 
-def shard_key(registry: Registry, resource_type: str, id: str,
-              entries: Iterable[IndexEntry]) -> str:
-    """The compartment a resource lives in, the shard key of both collections.
+# The shard of resources that reference several patients (rare: say an Observation whose
+# subject and performer are different patients). Searches for one patient include it.
+SHARED_SHARD = "~several-patients"
 
-    A Patient and every resource in its compartment (compartmentdefinition-patient.html) share
-    `Patient/<id>`, so one patient's data sits in one chunk and searches for one patient are
-    routed to one shard. Other resources are their own compartment.
+
+def shard_key(resource_type: str, id: str, entries: Iterable[IndexEntry]) -> str:
+    """Where a resource lives: the shard key of both collections.
+
+    A Patient is `Patient/<id>`; a resource whose local references to patients all name one
+    patient lives with that patient, `Patient/<that id>`, so one patient's data sits in one
+    chunk range; one referencing several patients lives in SHARED_SHARD; any other is its own
+    `<type>/<id>`. Hence every resource a search matches through a reference to Patient/X is
+    in `Patient/X` or SHARED_SHARD, which is what `mongo_filters.shard_filter` routes by.
     """
     if resource_type == "Patient":
         return key("Patient", id)
-    params = registry.patient_compartment(resource_type)
-    if params:
-        for entry in entries:
-            if (type(entry) is ReferenceEntry and entry.param in params
-                    and entry.type == "Patient" and entry.url is None and entry.id):
-                return key("Patient", entry.id)
-    return key(resource_type, id)
+    patients = {entry.id for entry in entries
+                if type(entry) is ReferenceEntry and entry.type == "Patient"
+                and entry.url is None and entry.id}
+    if len(patients) == 1:
+        return key("Patient", patients.pop())
+    return SHARED_SHARD if patients else key(resource_type, id)
 
 
 def resource_document(
@@ -147,7 +151,7 @@ _UP, _DOWN = ASCENDING, DESCENDING
 RESOURCE_INDEXES = (
     _index(("type", _UP), ("deleted", _UP), ("pk", _UP), name="type_pk"),
     _index(("type", _UP), ("deleted", _UP), ("lu", _UP), name="type_lastUpdated"),
-    _index(("shard", _UP), ("type", _UP), name="compartment"),
+    _index(("shard", _UP), ("type", _UP), ("deleted", _UP), ("pk", _UP), name="compartment"),
     _index(("type", _UP), ("str.p", _UP), ("str.v", _UP), name="string"),
     _index(("type", _UP), ("str.p", _UP), ("str.x", _UP), name="string_exact"),
     _index(("type", _UP), ("tok.p", _UP), ("tok.c", _UP), ("tok.s", _UP), name="token"),

@@ -21,7 +21,7 @@ from ..search import Include, Query, Registry, Sort
 from .base import SearchPage, Version
 from . import includes
 from .cursors import decode, encode
-from .mongo_filters import FALSE, Filter, FilterBuilder, all_of, any_of
+from .mongo_filters import FALSE, Filter, FilterBuilder, all_of, any_of, shard_filter
 from .mongo_layout import ARRAY_OF_PARAM_TYPE, key
 
 DEFAULT_COUNT = 20
@@ -93,6 +93,7 @@ class MongoSearch:
         """The filter of `query` over current (not deleted) resources."""
         if query.resource_type is not None:
             return all_of({"type": query.resource_type, "deleted": False},
+                          shard_filter(query.resource_type, query.clauses),
                           await self.filters.clauses(query.clauses, query.resource_type))
         per_type = [all_of({"type": t}, await self.filters.clauses(query.clauses, t))
                     for t in await self._types(query)]

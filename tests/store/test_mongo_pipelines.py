@@ -30,8 +30,9 @@ from fhir_server.search import (
     default_registry,
     extract,
 )
-from fhir_server.store.mongo_filters import FALSE, Filter
+from fhir_server.store.mongo_filters import FALSE, Filter, shard_filter
 from fhir_server.store.mongo_layout import (
+    SHARED_SHARD,
     entry_arrays,
     history_document,
     resource_document,
@@ -397,25 +398,43 @@ def test_history_document() -> None:
                  id="patient-linked-stays-own"),
     pytest.param("Observation", [ReferenceEntry("subject", "Patient", "123")], "Patient/123",
                  id="observation-subject"),
+    pytest.param("Observation", [ReferenceEntry("subject", "Patient", "123"),
+                                 ReferenceEntry("patient", "Patient", "123")], "Patient/123",
+                 id="observation-one-patient-twice"),
     pytest.param("Observation", [ReferenceEntry("performer", "Patient", "9"),
-                                 ReferenceEntry("subject", "Patient", "123")], "Patient/9",
-                 id="observation-first-compartment-reference"),
+                                 ReferenceEntry("subject", "Patient", "123")], SHARED_SHARD,
+                 id="observation-several-patients"),
     pytest.param("Observation", [ReferenceEntry("subject", "Group", "g")], "Observation/123",
                  id="observation-group-subject"),
-    pytest.param("Observation", [ReferenceEntry("focus", "Patient", "9")], "Observation/123",
-                 id="observation-non-compartment-param"),
+    pytest.param("Observation", [ReferenceEntry("focus", "Patient", "9")], "Patient/9",
+                 id="observation-any-reference-parameter"),
     pytest.param("Observation", [ReferenceEntry("subject", None, None, None, None, "s", "v")],
                  "Observation/123", id="observation-identifier-only"),
     pytest.param("Observation",
                  [ReferenceEntry("subject", "Patient", "7", None, "http://other/Patient/7")],
                  "Observation/123", id="observation-absolute-reference"),
-    pytest.param("Practitioner", [ReferenceEntry("subject", "Patient", "123")],
-                 "Practitioner/123", id="practitioner-own"),
+    pytest.param("Practitioner", [], "Practitioner/123", id="practitioner-own"),
 ])
 def test_shard_key(rtype: str, entries: list[IndexEntry], expected: str) -> None:
-    """The Patient compartment key from a local Patient reference of a compartment parameter;
-    otherwise the resource's own key."""
-    assert shard_key(REGISTRY, rtype, "123", entries) == expected
+    """A Patient's own key; the one patient a resource references locally; the shared shard
+    for several; otherwise the resource's own key."""
+    assert shard_key(rtype, "123", entries) == expected
+
+
+@pytest.mark.parametrize(("rtype", "params", "expected"), [
+    pytest.param("Observation", [("subject", "Patient/1")],
+                 {"shard": {"$in": ["Patient/1", SHARED_SHARD]}}, id="one-patient"),
+    pytest.param("Observation", [("code", "x"), ("subject", "Patient/2,Patient/1")],
+                 {"shard": {"$in": ["Patient/1", "Patient/2", SHARED_SHARD]}}, id="either-patient"),
+    pytest.param("Observation", [("subject", "Patient/1,Group/g")], {}, id="not-only-patients"),
+    pytest.param("Observation", [("subject", "1")], {}, id="untyped-reference"),
+    pytest.param("Observation", [("subject", "http://other/fhir/Patient/1")], {}, id="absolute"),
+    pytest.param("Patient", [("_id", "1")], {"shard": "Patient/1"}, id="patient-by-id"),
+    pytest.param("Patient", [("link", "Patient/1")], {}, id="patient-by-reference"),
+])
+def test_shard_filter(rtype: str, params: list[tuple[str, str]], expected: dict[str, Any]) -> None:
+    """Searches confined to given patients are routed to their shards and the shared one."""
+    assert shard_filter(rtype, query(rtype, *params).clauses) == expected
 
 
 def test_shard_key_of_extracted_entries() -> None:
@@ -424,6 +443,6 @@ def test_shard_key_of_extracted_entries() -> None:
                    "code": {"text": "bp"},
                    "subject": {"reference": "http://other/fhir/Patient/123"},
                    "performer": [{"reference": "Patient/9"}]}
-    assert shard_key(REGISTRY, "Observation", "o1", extract(observation)) == "Patient/9"
+    assert shard_key("Observation", "o1", extract(observation)) == "Patient/9"
     observation["performer"] = []
-    assert shard_key(REGISTRY, "Observation", "o1", extract(observation)) == "Observation/o1"
+    assert shard_key("Observation", "o1", extract(observation)) == "Observation/o1"
