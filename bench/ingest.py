@@ -25,6 +25,10 @@ from pathlib import Path
 import httpx2 as httpx
 import orjson
 
+from fhir_server.auth.keys import SigningKeys
+from fhir_server.auth.registry import Registry as AuthRegistry
+from fhir_server.auth.tokens import TokenService
+
 SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea"
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -66,7 +70,17 @@ def start_server(data_dir: Path, port: int, workers: int, schema_only: bool) -> 
     raise RuntimeError("server did not start")
 
 
-async def push_all(port: int, bodies: list[bytes], clients: int) -> tuple[list[float], int, int]:
+def access_token(data_dir: Path, port: int) -> str:
+    """A token the server accepts (signed with the key file it shares): each request pays for
+    token verification, as a real EHR's would."""
+    base = f"http://127.0.0.1:{port}"
+    tokens = TokenService(SigningKeys(data_dir / "signing-keys.json", 3600),
+                          AuthRegistry(data_dir / "auth.db"), issuer=f"{base}/auth",
+                          audience=f"{base}/fhir", lifetime=3600)
+    return str(tokens.issue(subject="bench", client_id="bench", scope="system/*.cruds")["access_token"])
+
+
+async def push_all(port: int, bodies: list[bytes], clients: int, token: str) -> tuple[list[float], int, int]:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -79,7 +93,8 @@ async def push_all(port: int, bodies: list[bytes], clients: int) -> tuple[list[f
             while not queue.empty():
                 body = queue.get_nowait()
                 started = time.perf_counter()
-                response = await http.post("", content=body, headers={"Content-Type": "application/fhir+json"})
+                response = await http.post("", content=body, headers={
+                    "Content-Type": "application/fhir+json", "Authorization": f"Bearer {token}"})
                 latencies.append(time.perf_counter() - started)
                 if response.status_code == 200:
                     resources += len(orjson.loads(response.content)["entry"])
@@ -104,7 +119,8 @@ def main() -> None:
         server = start_server(Path(data), args.port, args.workers, args.schema_only)
         try:
             started = time.perf_counter()
-            latencies, resources, failures = asyncio.run(push_all(args.port, bodies, args.clients))
+            token = access_token(Path(data), args.port)
+            latencies, resources, failures = asyncio.run(push_all(args.port, bodies, args.clients, token))
             elapsed = time.perf_counter() - started
         finally:
             server.terminate()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import load_average, machine, percentile, write_results  # noqa: E402
 from bench.synthetic import INS_NIR, Cloner, load_sample  # noqa: E402
+from fhir_server.access.principal import server_principal  # noqa: E402
 from fhir_server.model.validation import Validator  # noqa: E402
 from fhir_server.search import default_registry  # noqa: E402
 from fhir_server.search.extract import Extractor  # noqa: E402
@@ -502,7 +503,8 @@ async def query_phase(db: Path, args: argparse.Namespace) -> list[dict[str, Any]
     store = SqliteStore(db, readers=1)
     await store.open()
     ctx = Context(store=store, validator=Validator(use_models=False), registry=default_registry(),
-                  base_url=BASE_URL, default_page_size=20, max_page_size=1000)
+                  base_url=BASE_URL, default_page_size=20, max_page_size=1000,
+                  principal=server_principal("bench"))
     probe = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     probe.execute("PRAGMA cache_size = -65536")
     results = []

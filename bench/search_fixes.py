@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.search import BASE_URL, LOINC, Values, capture, explain
+from fhir_server.access.principal import server_principal
 from fhir_server.model.validation import Validator
 from fhir_server.search import default_registry, parse_query
 from fhir_server.services.context import Context
@@ -75,7 +76,7 @@ class Fixes:
         store = SqliteStore(self.db, readers=1)
         await store.open()
         ctx = Context(store=store, validator=Validator(use_models=False), registry=default_registry(),
-                      base_url=BASE_URL)
+                      base_url=BASE_URL, principal=server_principal("bench"))
         try:
             return await capture(store, lambda: search(ctx, rtype, params, strict=False))
         finally:

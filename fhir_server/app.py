@@ -6,9 +6,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from dataclasses import replace
+from urllib.parse import urlsplit
 
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from .access.principal import server_principal
+from .auth.keys import SigningKeys
+from .auth.registry import Registry as AuthRegistry
+from .auth.scope_policy import narrow_scope
+from .auth.server import SmartAuthorizationServer
+from .auth.tokens import TokenService
 from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
+from .http.auth_routes import auth_router, discovery_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .search import default_registry
@@ -45,11 +56,12 @@ def build_context(settings: Settings, store: Store) -> Context:
 
 @asynccontextmanager
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
-    """A Context on the store `settings` names, open for the duration of the block."""
+    """A Context on the store `settings` names, open for the duration of the block, acting as
+    the server itself (the command line is run by its operator)."""
     store = open_store(settings.store_url)
     await store.open()
     try:
-        yield build_context(settings, store)
+        yield replace(build_context(settings, store), principal=server_principal("cli"))
     finally:
         await store.close()
 
@@ -60,12 +72,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     settings = settings or Settings()
     store = store or open_store(settings.store_url)
     context = build_context(settings, store)
+    tokens, oauth = _authorization(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
+        if tokens is None:
+            log.warning("AUTHENTICATION IS OFF: every request has full access to all data. "
+                        "For local development and the demo only.")
         if settings.demo_data:
-            loaded = await load_demo_data(context)
+            loaded = await load_demo_data(replace(context, principal=server_principal("demo")))
             if loaded:
                 log.info("demo data loaded", extra={"resources": loaded})
         log.info("ready", extra={"base_url": settings.base_url})
@@ -81,10 +97,34 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.state.settings = settings
     app.state.context = context
+    app.state.tokens = tokens
+    app.state.oauth = oauth
     install_error_handlers(app)
     app.include_router(operability_router)
     app.include_router(metadata_router, prefix=settings.base_path)
+    if tokens is not None:
+        app.include_router(discovery_router, prefix=settings.base_path)
+        app.include_router(auth_router, prefix=urlsplit(settings.auth_url).path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match",
+                           "If-None-Exist", "If-None-Match", "If-Modified-Since", "Prefer"],
+            expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"])
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthorizationServer | None]:
+    """The token service and authorization server, or (None, None) when auth is off."""
+    if settings.auth == "off":
+        return None, None
+    registry = AuthRegistry(settings.data_dir / "auth.db")
+    keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
+    tokens = TokenService(keys, registry, issuer=settings.auth_url,
+                          audience=settings.base_url.rstrip("/"), lifetime=settings.token_lifetime)
+    oauth = SmartAuthorizationServer(registry, tokens, f"{settings.auth_url}/token", narrow_scope)
+    return tokens, oauth

@@ -1,4 +1,5 @@
-"""Command line: `fhir-server serve`, `fhir-server load`, and the administrative commands as they arrive."""
+"""Command line: `fhir-server serve`, `fhir-server load`, and the administration of the
+authorization server (`client add-backend`, `keys rotate`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import uvicorn
 
 from .app import open_context
+from .auth.keys import SigningKeys
+from .auth.registry import Registry as AuthRegistry
 from .interop import Loader, LoadOptions, progress_stream
 from .logs import configure
 from .settings import Settings
@@ -25,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         "FHIR_SERVER_PORT": None if args.port is None else str(args.port),
         "FHIR_SERVER_WORKERS": None if args.workers is None else str(args.workers),
         "FHIR_SERVER_DEMO_DATA": "true" if args.demo else None,
+        "FHIR_SERVER_AUTH": "off" if args.no_auth else None,
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings()
@@ -72,6 +77,28 @@ def _load(args: argparse.Namespace) -> int:
     return asyncio.run(_load_async(settings, args))
 
 
+def _add_backend_client(args: argparse.Namespace) -> int:
+    settings = Settings()
+    try:
+        jwks = orjson.loads(args.jwks.read_bytes()) if args.jwks else None
+        client = AuthRegistry(settings.data_dir / "auth.db").add_backend_client(
+            args.client_id, args.scope, jwks=jwks, jwks_uri=args.jwks_uri)
+    except (OSError, ValueError, orjson.JSONDecodeError) as exc:
+        print(f"fhir-server client add-backend: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered backend client {client.id} (scope: {client.scope}); token endpoint "
+          f"{settings.auth_url}/token")
+    return 0
+
+
+def _rotate_keys(args: argparse.Namespace) -> int:
+    settings = Settings()
+    keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
+    print(f"new signing key {keys.rotate()}; the previous one stays published for "
+          f"{settings.token_lifetime} s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `fhir-server`."""
     root = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
@@ -82,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (FHIR_SERVER_WORKERS)")
     serve.add_argument("--demo", action="store_true",
                        help="load the bundled demo data set when the store is empty")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="NO AUTHENTICATION: every request gets full access (local "
+                            "development and demo only; FHIR_SERVER_AUTH=off)")
     serve.set_defaults(run=_serve)
     load = commands.add_parser(
         "load", help="load FHIR files into the store (FHIR_SERVER_STORE / FHIR_SERVER_DATA_DIR)",
@@ -97,6 +127,22 @@ def parser() -> argparse.ArgumentParser:
                       help="create identified Patients, Organizations and Practitioners only if "
                            "no resource has their identifier (default: on)")
     load.set_defaults(run=_load)
+    client = commands.add_parser("client", help="register OAuth clients").add_subparsers(
+        dest="action", required=True)
+    backend = client.add_parser(
+        "add-backend", help="register a SMART Backend Services client (private_key_jwt)")
+    backend.add_argument("client_id")
+    backend.add_argument("--scope", required=True,
+                         help="the most it may be granted, e.g. 'system/Communication.rs'")
+    keys_from = backend.add_mutually_exclusive_group(required=True)
+    keys_from.add_argument("--jwks", type=Path, metavar="FILE",
+                           help="its public keys, a JWK Set file")
+    keys_from.add_argument("--jwks-uri", metavar="URL", help="where it publishes its JWK Set")
+    backend.set_defaults(run=_add_backend_client)
+    keys = commands.add_parser("keys", help="token signing keys").add_subparsers(
+        dest="action", required=True)
+    rotate = keys.add_parser("rotate", help="sign new tokens with a new key")
+    rotate.set_defaults(run=_rotate_keys)
     return root
 
 

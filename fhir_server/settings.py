@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
@@ -47,6 +48,16 @@ class Settings(BaseSettings):
     demo_data: bool = Field(
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )
+    auth: Literal["smart", "off"] = Field(
+        "smart",
+        description="'smart': every FHIR request needs a SMART access token. 'off': no "
+        "authentication at all, for local development and the demo only (logged loudly).",
+    )
+    token_lifetime: int = Field(300, ge=30, le=3600, description="Access token lifetime (s).")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS), e.g. the portal's.",
+    )
 
     @model_validator(mode="after")
     def _default_base_url(self) -> Settings:
@@ -59,6 +70,12 @@ class Settings(BaseSettings):
     def store_url(self) -> str:
         """The effective store URL."""
         return self.store or f"sqlite:///{self.data_dir / 'fhir.db'}"
+
+    @property
+    def auth_url(self) -> str:
+        """Where the authorization server's endpoints live: `<origin>/auth`."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}/auth"
 
     @property
     def base_path(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from pathlib import Path
 
@@ -10,14 +11,27 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
+from fhir_server.auth.keys import SigningKeys
 from fhir_server.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """One signing key file for the session: an RSA key takes ~0.1 s to make, and every app
+    under test would otherwise make its own."""
+    path = tmp_path_factory.mktemp("keys") / "signing-keys.json"
+    SigningKeys(path, 300).signing_key()
+    return path.read_bytes()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, base_url="http://testserver/fhir")
+def settings(tmp_path: Path, signing_keys: bytes) -> Settings:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "signing-keys.json").write_bytes(signing_keys)
+    return Settings(data_dir=data, base_url="http://testserver/fhir")
 
 
 @pytest.fixture(params=["sqlite", "mongodb-double"])
@@ -32,8 +46,23 @@ def client(settings: Settings, store_kind: str) -> Iterator[TestClient]:
     from tests.store.conftest import STORES
 
     store = None if store_kind == "sqlite" else STORES[store_kind](settings.data_dir)
-    with TestClient(create_app(settings, store)) as test_client:
+    with authorized(TestClient(create_app(settings, store))) as test_client:
         yield test_client
+
+
+@contextmanager
+def authorized(client: TestClient, scope: str = "system/*.cruds") -> Iterator[TestClient]:
+    """Start `client`'s app and send a token with `scope` on every request."""
+    with client:
+        client.headers["Authorization"] = f"Bearer {token(client, scope)}"
+        yield client
+
+
+def token(client: TestClient, scope: str, **claims: str) -> str:
+    """An access token of the app under test, as its token endpoint would issue it."""
+    issued = client.app.state.tokens.issue(  # type: ignore[attr-defined]
+        subject="test-client", client_id="test-client", scope=scope, **claims)
+    return str(issued["access_token"])
 
 
 @pytest.fixture

@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..model.bundle import bundle, etag
 from ..model.outcome import operation_outcome
 from ..services import bundle as bundles
-from ..services.context import Context
 from ..store.base import Version
+from .auth import authenticate, context_of
 from .errors import status_of
 from .headers import prefer
 from .negotiation import check_acceptable, fhir_response, read_body
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(authenticate)])
 
 _STATUS = {"created": "201 Created", "updated": "200 OK", "matched": "200 OK",
            "deleted": "204 No Content", "none": "204 No Content", "unchanged": "200 OK"}
@@ -65,7 +65,7 @@ def _entry(base: str, outcome: bundles.EntryOutcome, representation: bool) -> di
 async def batch_or_transaction(request: Request) -> Response:
     check_acceptable(request)
     settings = request.app.state.settings
-    context: Context = request.app.state.context
+    context = context_of(request)
     body = await read_body(request, settings.max_body_bytes)
     bundle_type, entries = bundles.read_bundle(context, body, settings.max_bundle_entries)
     del body  # the entries hold what is needed; each resource is freed once stored

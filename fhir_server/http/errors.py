@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.outcome import operation_outcome
+from .auth import www_authenticate
 from .negotiation import fhir_response
 
 log = logging.getLogger("fhir_server.http")
@@ -42,7 +43,12 @@ def status_of(kind: Kind) -> int:
 
 def error_response(request: Request, error: FhirError) -> Response:
     """An OperationOutcome response for `error`."""
-    return fhir_response(request, operation_outcome(error.issues), status=status_of(error.kind))
+    response = fhir_response(request, operation_outcome(error.issues), status=status_of(error.kind))
+    first = error.issues[0] if error.issues else None
+    challenge = www_authenticate(error.kind, first.code, first.diagnostics) if first else None
+    if challenge is not None:
+        response.headers["WWW-Authenticate"] = challenge
+    return response
 
 
 async def _fhir_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from ..model import jsonbody
 from ..services.capabilities import capability_statement
+from .auth_routes import oauth_uris
 from .negotiation import check_acceptable, fhir_response
 
 router = APIRouter()
@@ -22,5 +23,6 @@ async def metadata(request: Request) -> Response:
             state.context.registry,
             state.settings.base_url,
             conditional_delete_multiple=state.settings.conditional_delete_multiple,
+            oauth_uris=oauth_uris(state.settings) if state.tokens is not None else None,
         ))
     return fhir_response(request, state.capabilities)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..model import jsonbody
@@ -14,14 +14,15 @@ from ..model.outcome import information
 from ..services import crud, history, search
 from ..services.context import Context, Payload
 from ..store.base import Result
+from .auth import authenticate, context_of
 from .headers import if_match, prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response, read_body
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(authenticate)])
 
 
 def _ctx(request: Request) -> Context:
-    return request.app.state.context  # type: ignore[no-any-return]
+    return context_of(request)
 
 
 def _base_url(request: Request) -> str:

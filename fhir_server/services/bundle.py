@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..access.policy import Decision
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
@@ -37,6 +38,7 @@ from . import crud, history, search
 from .conditions import condition
 from .context import Context, Payload
 from .crud import check_resource
+from .guard import decision, hidden, require_reach, visible
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -295,7 +297,9 @@ class _Transaction:
             assert e.resource_type is not None
             id, matched = new_id(), False
             if e.if_none_exist:
-                found = await unit.match_ids(condition(self.ctx, e.resource_type, e.if_none_exist), 2)
+                query = decision(self.ctx, "create", e.resource_type).confine(
+                    condition(self.ctx, e.resource_type, e.if_none_exist))
+                found = await unit.match_ids(query, 2)
                 if len(found) > 1:
                     raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
                                f"ifNoneExist matches more than one {e.resource_type}.")
@@ -305,7 +309,9 @@ class _Transaction:
         assert e.resource_type is not None and e.payload is not None
         if e.id is not None:
             return e.id, False
-        found = await unit.match_ids(condition(self.ctx, e.resource_type, e.query or ""), 2)
+        query = decision(self.ctx, "update", e.resource_type).confine(
+            condition(self.ctx, e.resource_type, e.query or ""))
+        found = await unit.match_ids(query, 2)
         if len(found) > 1:
             raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
                        f"The criteria match more than one {e.resource_type}.")
@@ -336,7 +342,9 @@ class _Transaction:
                 rtype, _, criteria = reference.partition("?")
                 try:
                     crud.check_type(rtype)
-                    found = await unit.match_ids(condition(self.ctx, rtype, criteria), 2)
+                    query = decision(self.ctx, "search", rtype).confine(
+                        condition(self.ctx, rtype, criteria))
+                    found = await unit.match_ids(query, 2)
                 except FhirError as exc:
                     raise _entry_error(e.index, exc) from None
                 if len(found) != 1:
@@ -443,10 +451,13 @@ async def _guard(e: Entry, work: Awaitable[EntryOutcome]) -> EntryOutcome:
 async def _delete(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
     assert e.resource_type is not None
     crud.check_type(e.resource_type)
+    allowed = decision(ctx, "delete", e.resource_type)
     if e.id is None:
-        op: Any = ConditionalDelete(condition(ctx, e.resource_type, e.query or ""), multiple=False)
+        query = allowed.confine(condition(ctx, e.resource_type, e.query or ""))
+        op: Any = ConditionalDelete(query, multiple=False)
     else:
         crud.check_id(e.id)
+        await _check_existing(ctx, allowed, e.resource_type, e.id)
         op = Delete(e.resource_type, e.id, e.if_match)
     [result] = await unit.apply([op])
     return EntryOutcome(result=result)
@@ -467,6 +478,10 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     e.payload.checked["id"] = id
     e.payload.exact["id"] = id
     tx.rewrite(e)
+    allowed = decision(ctx, "create" if e.method == "POST" else "update", e.resource_type)
+    require_reach(allowed, e.resource_type, e.payload.checked)
+    if e.method == "PUT":
+        await _check_existing(ctx, allowed, e.resource_type, id)
     entries = extract(e.payload.checked)
     create_only = e.method == "POST" or e.if_none_match == "*"
     method: Method = "POST" if e.method == "POST" else "PUT"
@@ -483,6 +498,14 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
         raise
     e.payload = None  # stored: let the parsed resource go, large transactions hold only bytes
     return EntryOutcome(result=result)
+
+
+async def _check_existing(ctx: Context, allowed: Decision, resource_type: str, id: str) -> None:
+    """A resource out of the caller's reach may be neither replaced nor deleted (404)."""
+    if allowed.clauses:
+        existing = await ctx.store.read(resource_type, id)
+        if existing is not None and not existing.deleted and not visible(allowed, existing):
+            raise hidden(resource_type, id)
 
 
 async def _patch(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:

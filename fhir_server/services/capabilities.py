@@ -45,8 +45,14 @@ def _revincludes(registry: Registry, resource_type: str) -> list[str]:
     return found
 
 
-def capability_statement(registry: Registry, base_url: str, *, conditional_delete_multiple: bool) -> dict[str, Any]:
-    """The server's CapabilityStatement (kind `instance`)."""
+def capability_statement(registry: Registry, base_url: str, *, conditional_delete_multiple: bool,
+                         oauth_uris: dict[str, str] | None = None) -> dict[str, Any]:
+    """The server's CapabilityStatement (kind `instance`).
+
+    `oauth_uris` (SMART: token, introspect, revoke, ... endpoint URLs) puts a `security`
+    element with the SMART `oauth-uris` extension in, which some clients read instead of the
+    discovery document.
+    """
     resources = [
         {
             "type": resource_type,
@@ -82,6 +88,21 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+                **({"security": _security(oauth_uris)} if oauth_uris else {}),
             }
         ],
+    }
+
+
+def _security(oauth_uris: dict[str, str]) -> dict[str, Any]:
+    """rest.security for SMART on FHIR (SMART App Launch: capability statement)."""
+    return {
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": name, "valueUri": uri} for name, uri in oauth_uris.items()],
+        }],
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile"}],
+        "description": "SMART Backend Services (client_credentials with private_key_jwt).",
     }

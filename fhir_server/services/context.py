@@ -1,10 +1,12 @@
-"""What every interaction needs: the store, the validator, the search registry and limits."""
+"""What every interaction needs: the store, the validator, the search registry, limits, and
+the caller."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from ..access.principal import Principal
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store
@@ -20,6 +22,7 @@ class Context:
     base_url: str = "http://localhost:8080/fhir"
     default_page_size: int = 20
     max_page_size: int = 1000
+    principal: Principal | None = None  # who calls; set per request (deny when None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from ..store.base import (
 )
 from .conditions import condition
 from .context import Context, Payload
+from .guard import decision, hidden, require_reach, visible
 
 
 def check_type(resource_type: str) -> None:
@@ -89,20 +90,31 @@ async def create(
     PRECONDITION_FAILED if several match.
     """
     check_type(resource_type)
+    allowed = decision(ctx, "create", resource_type)
     id = new_id()
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
+    require_reach(allowed, resource_type, payload.checked)
     write = Write(resource_type, id, payload.exact, entries, "POST", create_only=True)
     if if_none_exist is None:
         return (await ctx.store.commit([write]))[0]
-    query = condition(ctx, resource_type, if_none_exist)
+    query = allowed.confine(condition(ctx, resource_type, if_none_exist))
     return (await ctx.store.commit([ConditionalCreate(query, write)]))[0]
 
 
 async def read(ctx: Context, resource_type: str, id: str) -> Version:
-    """The current version; NOT_FOUND if it never existed, GONE if deleted."""
+    """The current version; NOT_FOUND if it never existed (or is out of the caller's reach),
+    GONE if deleted."""
     check_type(resource_type)
     check_id(id)
+    version = await _current(ctx, resource_type, id)
+    if not visible(decision(ctx, "read", resource_type), version):
+        raise hidden(resource_type, id)
+    return version
+
+
+async def _current(ctx: Context, resource_type: str, id: str) -> Version:
+    """The current version, whoever asks (callers check access)."""
     version = await ctx.store.read(resource_type, id)
     if version is None:
         raise fail(
@@ -125,8 +137,9 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
     if not version_id.isdigit():
         raise fail(Kind.NOT_FOUND, "not-found", f"Version '{version_id}' does not exist.",
                    details_code="MSG_VERSION_NOT_FOUND")
+    allowed = decision(ctx, "vread", resource_type)
     version = await ctx.store.vread(resource_type, id, int(version_id))
-    if version is None:
+    if version is None or (not version.deleted and not visible(allowed, version)):
         raise fail(
             Kind.NOT_FOUND,
             "not-found",
@@ -162,7 +175,12 @@ async def update(
             expression=f"{resource_type}.id",
             details_code="MSG_RESOURCE_ID_MISMATCH",
         )
+    allowed = decision(ctx, "update", resource_type)
     entries = _checked_resource(ctx, resource_type, payload)
+    require_reach(allowed, resource_type, payload.checked)
+    existing = await ctx.store.read(resource_type, id)
+    if existing is not None and not existing.deleted and not visible(allowed, existing):
+        raise hidden(resource_type, id)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     return (await ctx.store.commit([write]))[0]
 
@@ -172,13 +190,15 @@ async def conditional_update(
 ) -> Result:
     """PUT /Type?criteria: update the one match, create if none, 412 if several."""
     check_type(resource_type)
-    query = condition(ctx, resource_type, criteria)
+    allowed = decision(ctx, "update", resource_type)
+    query = allowed.confine(condition(ctx, resource_type, criteria))
     body_id = payload.checked.get("id") if isinstance(payload.checked, dict) else None
     if body_id is not None:
         check_id(str(body_id))
     id = str(body_id) if body_id is not None else new_id()
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
+    require_reach(allowed, resource_type, payload.checked)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     op = ConditionalUpdate(query, write, id_given=body_id is not None)
     return (await ctx.store.commit([op]))[0]
@@ -211,7 +231,12 @@ async def patch_write(
 
     PRECONDITION_FAILED first if `if_match` is not the current version.
     """
-    current = await read(ctx, resource_type, id)
+    check_type(resource_type)
+    check_id(id)
+    allowed = decision(ctx, "patch", resource_type)
+    current = await _current(ctx, resource_type, id)
+    if not visible(allowed, current):
+        raise hidden(resource_type, id)
     _check_version(resource_type, id, if_match, current.version)
     payload = apply_patch(current, operations)
     if payload.checked.get("id") != id or payload.checked.get("resourceType") != resource_type:
@@ -222,6 +247,7 @@ async def patch_write(
             expression=f"{resource_type}.id",
         )
     entries = _checked_resource(ctx, resource_type, payload)
+    require_reach(allowed, resource_type, payload.checked)
     # Pin the version we patched, so a concurrent write makes this one fail with 412
     # instead of being lost.
     return Write(resource_type, id, payload.exact, entries, "PATCH", if_match=current.version)
@@ -250,7 +276,7 @@ async def conditional_patch(
 ) -> Result:
     """PATCH /Type?criteria: patch the one match; NOT_FOUND if none, 412 if several."""
     check_type(resource_type)
-    query = condition(ctx, resource_type, criteria)
+    query = decision(ctx, "patch", resource_type).confine(condition(ctx, resource_type, criteria))
     page = await ctx.store.search(replace(query, count=2))
     if not page.matches:
         raise fail(Kind.NOT_FOUND, "not-found", f"No {resource_type} matches the criteria.",
@@ -267,6 +293,11 @@ async def delete(
     """Delete; deleting a missing or deleted resource succeeds without a new version."""
     check_type(resource_type)
     check_id(id)
+    allowed = decision(ctx, "delete", resource_type)
+    if allowed.clauses:
+        existing = await ctx.store.read(resource_type, id)
+        if existing is not None and not existing.deleted and not visible(allowed, existing):
+            raise hidden(resource_type, id)
     return (await ctx.store.commit([Delete(resource_type, id, if_match)]))[0]
 
 
@@ -275,6 +306,6 @@ async def conditional_delete(
 ) -> Result:
     """DELETE /Type?criteria: one match, or all matches when the client allows `multiple`."""
     check_type(resource_type)
-    query = condition(ctx, resource_type, criteria)
+    query = decision(ctx, "delete", resource_type).confine(condition(ctx, resource_type, criteria))
     return (await ctx.store.commit([ConditionalDelete(query, multiple)]))[0]
 

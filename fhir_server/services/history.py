@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from ..access.policy import Decision
 from ..model.bundle import bundle, history_entry
 from ..model.errors import Kind, fail
-from ..store.base import HistoryQuery
+from ..store.base import HistoryQuery, Version
 from .context import Context
 from .crud import check_id, check_type
+from .guard import decision, visible
 
 CURSOR = "_cursor"
 
@@ -59,12 +61,19 @@ async def history(
     """A history Bundle; NOT_FOUND for the history of an instance that never existed."""
     if resource_type is not None:
         check_type(resource_type)
+    allowed = decision(ctx, "history", resource_type, instance=id is not None)
     if id is not None:
         check_id(id)
         assert resource_type is not None
-        if await ctx.store.read(resource_type, id) is None:
+        current = await ctx.store.read(resource_type, id)
+        if current is None or (allowed.clauses and not await _reachable(ctx, allowed, current)):
             raise fail(Kind.NOT_FOUND, "not-found", f"{resource_type}/{id} is not known.",
                        details_code="MSG_NO_EXIST")
+    elif allowed.clauses:
+        # A patient's compartment, or a granular scope, cannot be applied to the history of a
+        # whole type: only to one resource's.
+        raise fail(Kind.FORBIDDEN, "forbidden", "The access token reaches part of this type "
+                   "only: ask for the history of one resource.")
     since, count, before = None, ctx.default_page_size, None
     kept: list[tuple[str, str]] = []
     for name, value in params:
@@ -86,10 +95,18 @@ async def history(
         links["next"] = _link(self_url, [*kept, (CURSOR, str(page.next_seq))])
     entries = (
         history_entry(base_url, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body)
-        for v in page.versions
+        for v in page.versions if not allowed.clauses or visible(allowed, v)
     )
     return bundle("history", entries, links=links)
 
 
 def _link(url: str, params: list[tuple[str, str]]) -> str:
     return f"{url}?{urlencode(params)}" if params else url
+
+
+async def _reachable(ctx: Context, allowed: Decision, current: Version) -> bool:
+    """A resource is within reach if its current version is, or (deleted) its last content."""
+    if not current.deleted:
+        return visible(allowed, current)
+    previous = await ctx.store.vread(current.resource_type, current.id, current.version - 1)
+    return previous is not None and visible(allowed, previous)

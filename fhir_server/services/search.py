@@ -8,39 +8,57 @@ OperationOutcome entry (`search.mode = outcome`), or refused with 400 under
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 
+from ..access.policy import Decision, compartment_clause
 from ..model import jsonbody
 from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
 from ..model.ids import new_id
 from ..model.outcome import operation_outcome
 from ..model.summary import select_elements, summarize
-from ..search import Clause, Query, ReferencePredicate, TokenPredicate, format_query, parse_query
+from ..search import Clause, Query, format_query, parse_query
 from ..store.base import Version
 from .context import Context
 from .crud import check_id, check_type
+from .guard import decision, visible
 
 CURSOR = "_cursor"
 
 
 def _compartment_clause(ctx: Context, resource_type: str, patient_id: str) -> Clause:
     """Membership of `resource_type` in Patient/`patient_id`'s compartment (compartmentdefinition-patient)."""
-    codes = ctx.registry.patient_compartment(resource_type)
-    predicates: list[Any] = [ReferencePredicate(code, "Patient", patient_id) for code in codes]
-    if resource_type == "Patient":
-        predicates.append(TokenPredicate("_id", None, patient_id))
-    if not predicates:
+    clause = compartment_clause(ctx.registry, resource_type, patient_id)
+    if clause is None:
         raise fail(
             Kind.INVALID,
             "not-supported",
             f"{resource_type} is not in the Patient compartment.",
             details_code="MSG_PARAM_INVALID",
         )
-    return Clause(tuple(predicates))
+    return clause
+
+
+def _reachable(ctx: Context, versions: Sequence[Version]) -> list[Version]:
+    """The `_include`/`_revinclude` results the caller may see: each passes the same check a
+    search of its own type would (scopes, the patient's compartment)."""
+    decisions: dict[str, Decision | None] = {}
+    kept = []
+    for version in versions:
+        rtype = version.resource_type
+        if rtype not in decisions:
+            try:
+                decisions[rtype] = decision(ctx, "search", rtype)
+            except FhirError:
+                decisions[rtype] = None
+        found = decisions[rtype]
+        if found is not None and visible(found, version):
+            kept.append(version)
+    return kept
 
 
 def _page_size(ctx: Context, query: Query) -> Query:
@@ -85,12 +103,17 @@ async def search(
     if strict and issues:
         raise FhirError(Kind.INVALID, tuple(dataclasses.replace(i, severity="error") for i in issues))
     query = _page_size(ctx, query)
-    filtered = query
+    allowed = decision(ctx, "search", resource_type)
+    if resource_type is None and allowed.clauses:
+        raise fail(Kind.FORBIDDEN, "forbidden", "A search across all types needs a system-level "
+                   "scope; search one type at a time.")
+    filtered = allowed.confine(query)
     if compartment is not None:
         assert resource_type is not None
         check_id(compartment)
-        filtered = query.restrict(_compartment_clause(ctx, resource_type, compartment))
+        filtered = filtered.restrict(_compartment_clause(ctx, resource_type, compartment))
     page = await ctx.store.search(filtered, cursor)
+    included = _reachable(ctx, page.included)
 
     if compartment is not None:
         path = f"{ctx.base_url}/Patient/{compartment}/{resource_type}"
@@ -105,7 +128,7 @@ async def search(
 
     entries: list[dict[str, Any]] = []
     if query.summary != "count":
-        for mode, versions in (("match", page.matches), ("include", page.included)):
+        for mode, versions in (("match", page.matches), ("include", included)):
             entries.extend(
                 {
                     "fullUrl": f"{ctx.base_url}/{v.resource_type}/{v.id}",

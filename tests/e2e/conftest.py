@@ -9,9 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
+
+from fhir_server.auth.keys import SigningKeys
+from fhir_server.auth.registry import Registry as AuthRegistry
+from fhir_server.auth.tokens import TokenService
 
 
 def _free_port() -> int:
@@ -38,6 +43,7 @@ class Server:
                 "--workers", str(workers)]
         if demo:
             args.append("--demo")
+        self.data_dir = data_dir
         self.log = (data_dir / "server.log").open("wb")
         self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()
@@ -54,6 +60,22 @@ class Server:
                 pass
             time.sleep(0.1)
         raise RuntimeError("server did not become ready in 30 s")
+
+    def token(self, scope: str = "system/*.cruds") -> str:
+        """An access token this server accepts, signed with the key file it shares."""
+        tokens = TokenService(
+            SigningKeys(self.data_dir / "signing-keys.json", 300),
+            AuthRegistry(self.data_dir / "auth.db"),
+            issuer=f"{self.base}/auth", audience=f"{self.base}/fhir", lifetime=300)
+        return str(tokens.issue(subject="e2e", client_id="e2e", scope=scope)["access_token"])
+
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of a token with every system scope."""
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def client(self, **options: Any) -> httpx.Client:
+        """An HTTP client of the FHIR endpoint, authorised with every system scope."""
+        return httpx.Client(base_url=f"{self.base}/fhir", headers=self.auth(), **options)
 
     def stop(self) -> int:
         self.process.terminate()

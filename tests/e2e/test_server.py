@@ -19,7 +19,7 @@ FHIR = {"Content-Type": "application/fhir+json"}
 
 
 def test_crud_round_trip(server: Server) -> None:
-    with httpx.Client(base_url=f"{server.base}/fhir") as http:
+    with server.client() as http:
         assert http.get("/metadata").json()["fhirVersion"] == "4.0.1"
         created = http.post("/Patient", content=json.dumps(patient()), headers=FHIR)
         assert created.status_code == 201
@@ -37,14 +37,14 @@ def test_racing_conditional_creates_make_one_resource(server: Server) -> None:
     body = json.dumps(identified_patient(nir))
 
     def push(_: int) -> int:
-        with httpx.Client(base_url=f"{server.base}/fhir", timeout=30) as http:
+        with server.client(timeout=30) as http:
             return http.post("/Patient", content=body, headers=headers).status_code
 
     with ThreadPoolExecutor(12) as pool:
         statuses = list(pool.map(push, range(24)))
     assert statuses.count(201) == 1, statuses
     assert statuses.count(200) == 23
-    with httpx.Client(base_url=f"{server.base}/fhir") as http:
+    with server.client() as http:
         history = http.get("/Patient/_history", params={"_count": 100}).json()
     ids = {e["resource"]["id"] for e in history["entry"]
            if "resource" in e and e["resource"].get("identifier", [{}])[0].get("value") == nir}
@@ -52,12 +52,12 @@ def test_racing_conditional_creates_make_one_resource(server: Server) -> None:
 
 
 def test_racing_version_aware_updates_one_wins(server: Server) -> None:
-    with httpx.Client(base_url=f"{server.base}/fhir") as http:
+    with server.client() as http:
         http.put("/Patient/race", content=json.dumps(patient(id="race")), headers=FHIR)
 
     def update(n: int) -> int:
         body = json.dumps(patient(id="race", gender="male" if n % 2 else "other"))
-        with httpx.Client(base_url=f"{server.base}/fhir", timeout=30) as http:
+        with server.client(timeout=30) as http:
             return http.put("/Patient/race", content=body,
                             headers={**FHIR, "If-Match": 'W/"1"'}).status_code
 
@@ -65,14 +65,14 @@ def test_racing_version_aware_updates_one_wins(server: Server) -> None:
         statuses = list(pool.map(update, range(8)))
     assert statuses.count(200) == 1, statuses
     assert statuses.count(412) == 7
-    with httpx.Client(base_url=f"{server.base}/fhir") as http:
+    with server.client() as http:
         assert http.get("/Patient/race").json()["meta"]["versionId"] == "2"
 
 
 def test_demo_start_and_graceful_shutdown(tmp_path: Path) -> None:
     demo = Server(tmp_path, workers=1, demo=True, log_level="info")
     try:
-        with httpx.Client(base_url=f"{demo.base}/fhir") as http:
+        with demo.client() as http:
             helene = http.get("/Patient/helene-dupont")
             assert helene.status_code == 200
             assert helene.json()["name"][0]["given"] == ["Hélène"]

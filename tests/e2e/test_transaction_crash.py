@@ -64,27 +64,29 @@ def _wait_for_write_lock(database: Path, timeout: float) -> bool:
         probe.close()
 
 
-def _count(base: str, resource_type: str) -> int:
-    response = httpx.get(f"{base}/fhir/{resource_type}",
+def _count(server: Server, resource_type: str) -> int:
+    response = httpx.get(f"{server.base}/fhir/{resource_type}", headers=server.auth(),
                          params={"identifier": f"{SYSTEM}|", "_summary": "count"}, timeout=30)
     assert response.status_code == 200, response.text
     return int(response.json()["total"])
 
 
-def _post(base: str, content: Any) -> httpx.Response:
-    return httpx.post(f"{base}/fhir", content=content, headers=FHIR_JSON, timeout=120)
+def _post(server: Server, content: Any) -> httpx.Response:
+    return httpx.post(f"{server.base}/fhir", content=content,
+                      headers={**FHIR_JSON, **server.auth()}, timeout=120)
 
 
 def test_sigkill_during_a_transaction_stores_all_or_nothing(tmp_path: Path) -> None:
     body = _large_transaction()
     server = Server(tmp_path, workers=1)
     try:
-        kept = httpx.put(f"{server.base}/fhir/Patient/kept", headers=FHIR_JSON, timeout=30,
+        kept = httpx.put(f"{server.base}/fhir/Patient/kept", headers={**FHIR_JSON, **server.auth()},
+                         timeout=30,
                          content=orjson.dumps(patient(id="kept")))
         assert kept.status_code == 201
         sent = threading.Event()
         with ThreadPoolExecutor(1) as pool:
-            request: Future[httpx.Response] = pool.submit(_post, server.base, _chunks(body, sent))
+            request: Future[httpx.Response] = pool.submit(_post, server, _chunks(body, sent))
             assert sent.wait(timeout=60), "the body was never sent"
             assert _wait_for_write_lock(tmp_path / "fhir.db", timeout=60), "the server never wrote"
             time.sleep(0.2)  # let it write part of the entries, uncommitted
@@ -100,15 +102,16 @@ def test_sigkill_during_a_transaction_stores_all_or_nothing(tmp_path: Path) -> N
 
     restarted = Server(tmp_path, workers=1)
     try:
-        observations, patients = _count(restarted.base, "Observation"), _count(restarted.base, "Patient")
+        observations, patients = _count(restarted, "Observation"), _count(restarted, "Patient")
         case = "none (killed before commit)" if observations == 0 else "all (killed after commit)"
         print(f"\ntransaction of {ENTRIES} entries after SIGKILL: {case}; "
               f"response before kill: {answered_before_kill}")
         assert (observations, patients) in {(0, 0), (ENTRIES - 1, 1)}
         # The write acknowledged before the crash survived, and the store still takes the transaction.
-        assert httpx.get(f"{restarted.base}/fhir/Patient/kept", timeout=30).status_code == 200
+        assert httpx.get(f"{restarted.base}/fhir/Patient/kept", headers=restarted.auth(),
+                         timeout=30).status_code == 200
         if observations == 0:
-            assert _post(restarted.base, body).status_code == 200
-            assert _count(restarted.base, "Observation") == ENTRIES - 1
+            assert _post(restarted, body).status_code == 200
+            assert _count(restarted, "Observation") == ENTRIES - 1
     finally:
         restarted.stop()

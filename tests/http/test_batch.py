@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from tests.conftest import authorized
 from tests.builders import INS_NIR, identified_patient, observation, patient
 from tests.http.bundle_helpers import entry, json_patch, located_id, post_bundle, responses
 from tests.http.helpers import FHIR_JSON, issue, send
@@ -139,7 +140,7 @@ def test_malformed_batch_is_refused_whole(client: TestClient, settings: Settings
 
 def test_more_entries_than_the_limit_is_413(tmp_path: Path) -> None:
     small = Settings(data_dir=tmp_path, base_url="http://testserver/fhir", max_bundle_entries=2)
-    with TestClient(create_app(small)) as client:
+    with authorized(TestClient(create_app(small))) as client:
         response = post_bundle(client, "batch", [entry("GET", "Patient") for _ in range(3)])
         assert response.status_code == 413
         assert issue(response)["code"] == "too-costly"

@@ -25,7 +25,7 @@ from fhir_server.app import create_app
 from fhir_server.search import SearchParam, default_registry
 from fhir_server.settings import Settings
 from tests.builders import patient
-from tests.conftest import SHARED
+from tests.conftest import SHARED, authorized
 from tests.http.helpers import create, send
 
 R4 = SHARED / "fhir-r4"
@@ -74,7 +74,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A server holding the first official example (by file name) of every type that has one."""
     # Stored without the (slow) model validation: these are the official examples, not under test.
     settings = Settings(data_dir=tmp_path_factory.mktemp("examples"), base_url=BASE, validate_with_models=False)
-    with TestClient(create_app(settings)) as client:
+    with authorized(TestClient(create_app(settings))) as client:
         stored: set[str] = set()
         for path in sorted((R4 / "examples").glob("*.json")):
             resource = orjson.loads(path.read_bytes())
@@ -184,7 +184,7 @@ def test_claimed_interactions_work(client: TestClient) -> None:
 def test_conditional_delete_multiple_is_advertised_when_enabled(tmp_path: Path) -> None:
     """capabilitystatement.html#conditionalDelete: `multiple` only when the server deletes all matches."""
     settings = Settings(data_dir=tmp_path, base_url=BASE, conditional_delete_multiple=True)
-    with TestClient(create_app(settings)) as client:
+    with authorized(TestClient(create_app(settings))) as client:
         cs = client.get("/fhir/metadata").json()
         assert {r["conditionalDelete"] for r in cs["rest"][0]["resource"]} == {"multiple"}
         for _ in range(2):

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from tests.conftest import authorized
 from tests.builders import INS_NIR, identified_patient
 from tests.http.helpers import create, issue, send
 
@@ -99,7 +100,7 @@ def test_conditional_delete_several_is_412_by_default(client: TestClient) -> Non
 def test_conditional_delete_multiple_when_enabled(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir",
                         conditional_delete_multiple=True)
-    with TestClient(create_app(settings)) as client:
+    with authorized(TestClient(create_app(settings))) as client:
         ids = [create(client, identified_patient(NIR)).json()["id"] for _ in range(3)]
         response = client.delete(f"/fhir/Patient?{CRITERIA}", headers={"Prefer": "return=OperationOutcome"})
         assert response.status_code == 200

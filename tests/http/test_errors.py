@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.settings import Settings
+from tests.conftest import authorized
 from tests.builders import patient
 from tests.http.helpers import create, issue, send
 
@@ -87,7 +88,7 @@ def test_body_over_limit_is_413(tmp_path: Path) -> None:
     from fhir_server.app import create_app
 
     settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir", max_body_bytes=2048)
-    with TestClient(create_app(settings)) as small:
+    with authorized(TestClient(create_app(settings))) as small:
         response = create(small, patient(text={"status": "generated",
                                                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">"
                                                       + "x" * 4000 + "</div>"}))

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
 from tests.builders import INS_NIR, identified_patient, observation, organization, patient
-from tests.conftest import SHARED
+from tests.conftest import SHARED, authorized
 from tests.http.bundle_helpers import entry, json_patch, located_id, placeholder, post_bundle, responses
 from tests.http.helpers import FHIR_JSON, create, issue, send
 from tests.http.test_errors import _store_digest
@@ -390,7 +390,7 @@ def test_conditional_put_resolving_to_another_entry_s_resource_fails(client: Tes
 
 def test_more_entries_than_the_limit_is_413(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir", max_bundle_entries=3)
-    with TestClient(create_app(settings)) as small:
+    with authorized(TestClient(create_app(settings))) as small:
         # Entry 0 is malformed too: the size is refused first, as such.
         entries = [{"resource": patient()}] + [entry("POST", "Patient", patient()) for _ in range(3)]
         response = post_bundle(small, "transaction", entries)

@@ -90,17 +90,19 @@ async def test_ndjson_lines_are_stored_once(ctx: Context, tmp_path: Path) -> Non
 
 
 async def test_collection_bundles_and_single_resources(ctx: Context, tmp_path: Path) -> None:
+    sources = tmp_path / "sources"  # beside the store's data directory, not around it
+    sources.mkdir()
     subject = "urn:uuid:7c1f8a52-0000-4000-8000-000000000001"
-    (tmp_path / "collection.json").write_bytes(orjson.dumps({
+    (sources / "collection.json").write_bytes(orjson.dumps({
         "resourceType": "Bundle", "type": "collection", "entry": [
             {"fullUrl": subject, "resource": patient()},
             {"fullUrl": "urn:uuid:7c1f8a52-0000-4000-8000-000000000002", "resource": observation(subject)},
         ]}))
-    nested = tmp_path / "more" / "deeper"
+    nested = sources / "more" / "deeper"
     nested.mkdir(parents=True)
     (nested / "patient.json").write_bytes(orjson.dumps(patient(id="single")))
     (nested / "notes.txt").write_text("not FHIR, not loaded")
-    report = await load(ctx, [tmp_path])
+    report = await load(ctx, [sources])
     assert report.failures == [] and report.files == 2 and report.resources == 3
     [stored_observation] = (await ctx.store.history(HistoryQuery("Observation"))).versions
     [stored_patient] = [v for v in (await ctx.store.history(HistoryQuery("Patient"))).versions
@@ -155,8 +157,10 @@ def _failing_sources(root: Path) -> None:
 
 
 async def test_failures_are_summarised_with_file_and_entry(ctx: Context, tmp_path: Path) -> None:
-    _failing_sources(tmp_path)
-    report = await load(ctx, [tmp_path])
+    sources = tmp_path / "sources"  # beside the store's data directory, not around it
+    sources.mkdir()
+    _failing_sources(sources)
+    report = await load(ctx, [sources])
     where = {(f.path.name, f.where) for f in report.failures}
     assert where == {("broken.json", "file"), ("invalid.json", "resource"), ("tx.json", "entry 2"),
                      ("lines.ndjson", "line 2"), ("lines.ndjson", "line 3")}

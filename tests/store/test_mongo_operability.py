@@ -77,7 +77,8 @@ async def test_standalone_claims_are_released_and_stale_ones_taken_over(standalo
 
 
 def _app(tmp_path: Path, store: MongoStore) -> TestClient:
-    return TestClient(create_app(Settings(data_dir=tmp_path, base_url="http://testserver/fhir"), store))
+    return TestClient(create_app(Settings(data_dir=tmp_path, base_url="http://testserver/fhir",
+                                          auth="off"), store))
 
 
 def test_standalone_transaction_bundle_is_refused_with_an_outcome(tmp_path: Path, standalone: MongoStore) -> None:

@@ -1,0 +1,110 @@
+"""Access tokens: short-lived JWTs this server signs (RFC 9068 profile) and checks.
+
+A token names its issuer, its audience (the FHIR base URL: a token for another server is
+refused here), its subject and client, the granted scopes, an id (`jti`, for revocation) and,
+in a patient-facing launch, the patient in context.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from .keys import ALGORITHM, SigningKeys
+from .registry import Registry
+
+
+class InvalidToken(Exception):
+    """The bearer token cannot be accepted; the message says why (safe to show)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """What a verified access token says."""
+
+    subject: str
+    client_id: str
+    scope: str
+    token_id: str
+    expires: int
+    patient: str | None = None
+    fhir_user: str | None = None
+
+
+class TokenService:
+    """Issues and verifies this server's access tokens."""
+
+    def __init__(self, keys: SigningKeys, registry: Registry, *, issuer: str, audience: str,
+                 lifetime: int) -> None:
+        self.keys = keys
+        self.registry = registry
+        self.issuer = issuer
+        self.audience = audience
+        self.lifetime = lifetime
+
+    def issue(self, *, subject: str, client_id: str, scope: str, patient: str | None = None,
+              fhir_user: str | None = None) -> dict[str, Any]:
+        """A token response body (RFC 6749 §5.1; SMART: numeric `expires_in`, `scope`)."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": self.audience, "sub": subject, "client_id": client_id,
+            "scope": scope, "iat": now, "exp": now + self.lifetime,
+            "jti": secrets.token_urlsafe(16),
+        }
+        if patient:
+            claims["patient"] = patient
+        if fhir_user:
+            claims["fhirUser"] = fhir_user
+        key = self.keys.signing_key()
+        token = jwt.encode({"alg": ALGORITHM, "typ": "at+jwt", "kid": key.kid}, claims, key)
+        response: dict[str, Any] = {"access_token": token, "token_type": "Bearer",
+                                    "expires_in": self.lifetime, "scope": scope}
+        if patient:
+            response["patient"] = patient
+        return response
+
+    def verify(self, token: str) -> TokenClaims:
+        """The claims of a valid token: signature, issuer, audience, expiry, not revoked."""
+        try:
+            decoded = jwt.decode(token, self.keys.verification_keys(), algorithms=[ALGORITHM])
+            jwt.JWTClaimsRegistry(
+                leeway=30,
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": self.audience},
+                exp={"essential": True},
+                sub={"essential": True},
+                jti={"essential": True},
+            ).validate(decoded.claims)
+        except (JoseError, ValueError) as exc:
+            raise InvalidToken(_reason(exc)) from None
+        claims = decoded.claims
+        if self.registry.is_revoked(str(claims["jti"])):
+            raise InvalidToken("The token has been revoked.")
+        return TokenClaims(
+            subject=str(claims["sub"]), client_id=str(claims.get("client_id", "")),
+            scope=str(claims.get("scope", "")), token_id=str(claims["jti"]),
+            expires=int(claims["exp"]), patient=claims.get("patient"),
+            fhir_user=claims.get("fhirUser"))
+
+    def revoke(self, token: str) -> None:
+        """Revoke one of our tokens (RFC 7009: an unknown or invalid token is not an error)."""
+        try:
+            claims = self.verify(token)
+        except InvalidToken:
+            return
+        self.registry.revoke(claims.token_id, claims.expires)
+
+
+def _reason(exc: Exception) -> str:
+    """A short, safe description: never the token or key material."""
+    name = getattr(exc, "error", None) or type(exc).__name__
+    if name == "expired_token":
+        return "The token has expired."
+    if name in ("invalid_claim", "missing_claim"):
+        return f"The token is not for this server ({getattr(exc, 'claim', 'claims')})."
+    return "The token is not valid (signature or format)."
