@@ -15,11 +15,12 @@ from starlette.middleware.cors import CORSMiddleware
 from .access.principal import server_principal
 from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
-from .auth.scope_policy import narrow_scope
+from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
 from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
 from .http.auth_routes import auth_router, discovery_router
+from .http.login_routes import login_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .search import default_registry
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if tokens is not None:
         app.include_router(discovery_router, prefix=settings.base_path)
         app.include_router(auth_router, prefix=urlsplit(settings.auth_url).path)
+        app.include_router(login_router, prefix=urlsplit(settings.auth_url).path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     if settings.cors_origins:
@@ -126,5 +128,6 @@ def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthor
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
     tokens = TokenService(keys, registry, issuer=settings.auth_url,
                           audience=settings.base_url.rstrip("/"), lifetime=settings.token_lifetime)
-    oauth = SmartAuthorizationServer(registry, tokens, f"{settings.auth_url}/token", narrow_scope)
+    oauth = SmartAuthorizationServer(registry, tokens, f"{settings.auth_url}/token", narrow_scope,
+                                     narrow_for_user)
     return tokens, oauth

@@ -1,11 +1,13 @@
 """Command line: `fhir-server serve`, `fhir-server load`, and the administration of the
-authorization server (`client add-backend`, `keys rotate`)."""
+authorization server (`client add-backend`, `client add-app`, `user add`, `keys rotate`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ import uvicorn
 from .app import open_context
 from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
+from .auth.users import Users
 from .interop import Loader, LoadOptions, progress_stream
 from .logs import configure
 from .settings import Settings
@@ -91,6 +94,35 @@ def _add_backend_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_app(args: argparse.Namespace) -> int:
+    settings = Settings()
+    secret = secrets.token_urlsafe(32) if args.confidential else None
+    try:
+        client = AuthRegistry(settings.data_dir / "auth.db").add_app(
+            args.client_id, args.scope, args.redirect_uri, secret=secret)
+    except ValueError as exc:
+        print(f"fhir-server client add-app: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered {client.kind} app {client.id} (scope: {client.scope})")
+    if secret:
+        print(f"client secret (shown once, store it in the app's configuration): {secret}")
+    return 0
+
+
+def _add_user(args: argparse.Namespace) -> int:
+    settings = Settings()
+    password = getpass.getpass("password (12 characters or more): ") if args.password is None \
+        else args.password
+    try:
+        user = Users(AuthRegistry(settings.data_dir / "auth.db")).add(
+            args.username, password, args.fhir_user)
+    except ValueError as exc:
+        print(f"fhir-server user add: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {user.username} is {user.fhir_user}; the second factor is set up at first login")
+    return 0
+
+
 def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
@@ -139,6 +171,24 @@ def parser() -> argparse.ArgumentParser:
                            help="its public keys, a JWK Set file")
     keys_from.add_argument("--jwks-uri", metavar="URL", help="where it publishes its JWK Set")
     backend.set_defaults(run=_add_backend_client)
+    app = client.add_parser("add-app", help="register a SMART app (authorization code + PKCE)")
+    app.add_argument("client_id")
+    app.add_argument("--scope", required=True,
+                     help="the most it may be granted, e.g. 'openid fhirUser launch/patient "
+                          "patient/*.rs offline_access'")
+    app.add_argument("--redirect-uri", action="append", required=True, metavar="URL",
+                     help="an exact redirect URI (repeat for several)")
+    app.add_argument("--confidential", action="store_true",
+                     help="give it a client secret (printed once); public apps use PKCE alone")
+    app.set_defaults(run=_add_app)
+    user = commands.add_parser("user", help="people who sign in").add_subparsers(
+        dest="action", required=True)
+    add_user = user.add_parser("add", help="create a user linked to a FHIR resource")
+    add_user.add_argument("username")
+    add_user.add_argument("--fhir-user", required=True, metavar="Type/id",
+                          help="Patient/<id>, Practitioner/<id> (RPPS) or RelatedPerson/<id>")
+    add_user.add_argument("--password", help="omit to be asked (not echoed)")
+    add_user.set_defaults(run=_add_user)
     keys = commands.add_parser("keys", help="token signing keys").add_subparsers(
         dest="action", required=True)
     rotate = keys.add_parser("rotate", help="sign new tokens with a new key")

@@ -1,12 +1,17 @@
 """What the authorization server remembers: registered clients, assertion ids already used,
-revoked tokens. One SQLite file (`auth.db` in the data directory) that every worker shares.
+revoked tokens, authorization codes, logins in progress and refresh tokens. One SQLite file
+(`auth.db` in the data directory) that every worker shares.
 
 Backend clients (SMART Backend Services) are registered with their public keys, inline as a
-JWKS or as a `jwks_uri` fetched (and cached) when an assertion arrives.
+JWKS or as a `jwks_uri` fetched (and cached) when an assertion arrives. Apps (SMART App
+Launch) are public (PKCE only) or confidential (a secret, stored as a scrypt hash), with their
+redirect URIs. Codes and refresh tokens are stored as SHA-256 hashes: a leak of the file does
+not hand out usable credentials.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from . import secrets_hash
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS client (
@@ -27,8 +34,33 @@ CREATE TABLE IF NOT EXISTS client (
     created  REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS used_jti (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS app (
+    id            TEXT PRIMARY KEY REFERENCES client (id),
+    redirect_uris TEXT NOT NULL,       -- JSON list
+    secret_hash   TEXT                 -- NULL for a public client
+);
+CREATE TABLE IF NOT EXISTS code (
+    hash      TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    data      TEXT NOT NULL,           -- JSON: redirect_uri, scope, user, challenge, nonce...
+    expires   REAL NOT NULL,
+    used      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS pending (
+    id      TEXT PRIMARY KEY,          -- a login in progress, named by a cookie
+    data    TEXT NOT NULL,             -- JSON: the authorization request, user, stage
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refresh (
+    hash      TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    data      TEXT NOT NULL,           -- JSON: user, scope, patient
+    expires   REAL NOT NULL,
+    revoked   INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
+_HASHED = frozenset({"code", "refresh"})
 _JWKS_CACHE_SECONDS = 300
 _JWKS_FETCH_TIMEOUT = 5
 
@@ -38,10 +70,12 @@ class Client:
     """A registered client; authlib's ClientMixin is implemented in auth/server.py."""
 
     id: str
-    kind: str
+    kind: str  # backend | public | confidential
     scope: str
     jwks: dict[str, Any] | None
     jwks_uri: str | None
+    redirect_uris: tuple[str, ...] = ()
+    secret_hash: str | None = None
 
 
 class Registry:
@@ -51,6 +85,10 @@ class Registry:
         self.path = path
         self._local = threading.local()
         self._jwks_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the registry file (for the user accounts)."""
+        return self._conn()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -79,12 +117,68 @@ class Registry:
         assert client is not None
         return client
 
+    def add_app(self, id: str, scope: str, redirect_uris: list[str], *,
+                secret: str | None = None) -> Client:
+        """Register (or replace) a SMART app: public without `secret`, else confidential."""
+        if not redirect_uris:
+            raise ValueError("an app needs at least one redirect URI")
+        kind = "confidential" if secret else "public"
+        conn = self._conn()
+        conn.execute("INSERT OR REPLACE INTO client (id, kind, scope, jwks, jwks_uri, created) "
+                     "VALUES (?, ?, ?, NULL, NULL, ?)", (id, kind, scope, time.time()))
+        conn.execute("INSERT OR REPLACE INTO app (id, redirect_uris, secret_hash) VALUES (?, ?, ?)",
+                     (id, orjson.dumps(redirect_uris).decode(),
+                      secrets_hash.hash_secret(secret) if secret else None))
+        client = self.client(id)
+        assert client is not None
+        return client
+
     def client(self, id: str) -> Client | None:
         row = self._conn().execute(
-            "SELECT id, kind, scope, jwks, jwks_uri FROM client WHERE id = ?", (id,)).fetchone()
+            "SELECT c.id, c.kind, c.scope, c.jwks, c.jwks_uri, a.redirect_uris, a.secret_hash "
+            "FROM client c LEFT JOIN app a ON a.id = c.id WHERE c.id = ?", (id,)).fetchone()
         if row is None:
             return None
-        return Client(row[0], row[1], row[2], orjson.loads(row[3]) if row[3] else None, row[4])
+        return Client(row[0], row[1], row[2], orjson.loads(row[3]) if row[3] else None, row[4],
+                      tuple(orjson.loads(row[5])) if row[5] else (), row[6])
+
+    # -- short-lived records: codes, logins in progress, refresh tokens ----------------------
+
+    def put(self, table: str, key: str, data: dict[str, Any], lifetime: float,
+            client_id: str | None = None) -> None:
+        """Store a record under `key` (hashed for codes and refresh tokens) for `lifetime` s."""
+        conn = self._conn()
+        conn.execute(f"DELETE FROM {table} WHERE expires < ?", (time.time(),))  # noqa: S608
+        row_key = _digest(key) if table in _HASHED else key
+        columns = "hash, client_id, data, expires" if table in _HASHED else "id, data, expires"
+        values = ((row_key, client_id, orjson.dumps(data).decode(), time.time() + lifetime)
+                  if table in _HASHED else (row_key, orjson.dumps(data).decode(), time.time() + lifetime))
+        conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})",  # noqa: S608
+                     values)
+
+    def get(self, table: str, key: str) -> dict[str, Any] | None:
+        """A live record (not expired; for codes and refresh tokens, also not used/revoked)."""
+        column = "hash" if table in _HASHED else "id"
+        flag = {"code": " AND used = 0", "refresh": " AND revoked = 0"}.get(table, "")
+        row = self._conn().execute(
+            f"SELECT data FROM {table} WHERE {column} = ? AND expires >= ?{flag}",  # noqa: S608
+            (_digest(key) if table in _HASHED else key, time.time())).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def update(self, table: str, key: str, data: dict[str, Any]) -> None:
+        self._conn().execute(f"UPDATE {table} SET data = ? WHERE id = ?",  # noqa: S608
+                             (orjson.dumps(data).decode(), key))
+
+    def spend(self, table: str, key: str) -> bool:
+        """Mark a code used or a refresh token revoked; False if it already was (a replay)."""
+        column = {"code": "used", "refresh": "revoked"}[table]
+        changed = self._conn().execute(
+            f"UPDATE {table} SET {column} = 1 WHERE hash = ? AND {column} = 0",  # noqa: S608
+            (_digest(key),)).rowcount
+        return changed == 1
+
+    def forget(self, table: str, key: str) -> None:
+        self._conn().execute(f"DELETE FROM {table} WHERE id = ?", (key,))  # noqa: S608
 
     def client_keys(self, client: Client) -> dict[str, Any]:
         """The client's JWK Set: inline, or fetched from its jwks_uri (cached a while)."""
@@ -119,3 +213,7 @@ class Registry:
     def is_revoked(self, jti: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM revoked WHERE jti = ?", (jti,)).fetchone()
         return row is not None
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()

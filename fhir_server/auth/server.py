@@ -1,37 +1,66 @@
-"""The OAuth 2 authorization server (authlib), as SMART Backend Services needs it.
+"""The OAuth 2 authorization server (authlib), as SMART App Launch and Backend Services need it.
 
-`client_credentials` with `private_key_jwt` client authentication (RFC 7523; SMART requires
-RS384 or ES384 signatures, a one-time `jti` and an assertion that lives at most five minutes),
-token introspection (RFC 7662) and revocation (RFC 7009) for authenticated clients. authlib is
-framework-agnostic: this module adapts its request and response to plain data, and the HTTP
-layer (http/auth_routes.py) does the rest.
+- Backend services: `client_credentials` with `private_key_jwt` client authentication (RFC
+  7523; SMART requires RS384 or ES384 signatures, a one-time `jti` and an assertion that lives
+  at most five minutes).
+- Apps: the authorization code grant with PKCE, S256 only and always required (`plain` is
+  refused), for public clients (no secret) and confidential ones (client_secret_basic/post);
+  refresh tokens that rotate at each use and never widen the scope.
+- Token introspection (RFC 7662) and revocation (RFC 7009) for authenticated clients.
+
+authlib is framework-agnostic: this module adapts its request and response to plain data, and
+the HTTP layer (http/auth_routes.py, http/login_routes.py) does the rest.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidScopeError, OAuth2Error
-from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749 import (
+    ClientMixin,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+)
+from authlib.oauth2.rfc6749.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    RefreshTokenGrant,
+)
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .registry import Client, Registry
+from .secrets_hash import verify_secret
 from .tokens import TokenService
 
 ASSERTION_ALGORITHMS = ["RS384", "ES384"]
+CODE_LIFETIME = 600  # seconds, RFC 6749 section 4.1.2's recommended maximum
+REFRESH_LIFETIME = 30 * 24 * 3600
 MAX_ASSERTION_LIFETIME = 300  # seconds (SMART Backend Services)
 PRIVATE_KEY_JWT = "private_key_jwt"
+_AUTH_METHODS = {
+    "backend": {PRIVATE_KEY_JWT},
+    "public": {"none"},
+    "confidential": {"client_secret_basic", "client_secret_post"},
+}
 
 # Narrows a requested scope string to what a client may have; "" when nothing is left.
 ScopePolicy = Callable[[str, str], str]
+# The same for an app acting for a user (`Patient/...`, `Practitioner/...`).
+UserScopePolicy = Callable[[str, str, str], str]
 
 
 class _Client(ClientMixin):  # type: ignore[misc]
@@ -43,26 +72,30 @@ class _Client(ClientMixin):  # type: ignore[misc]
     def get_client_id(self) -> str:
         return self.client.id
 
-    def get_default_redirect_uri(self) -> str | None:
-        return None
-
     def get_allowed_scope(self, scope: str) -> str:
         return scope
 
+    def get_default_redirect_uri(self) -> str | None:
+        uris = self.client.redirect_uris
+        return uris[0] if len(uris) == 1 else None
+
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False
+        return redirect_uri in self.client.redirect_uris  # exact match, no patterns
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return False  # backend clients prove themselves with signed assertions only
+        stored = self.client.secret_hash
+        return stored is not None and verify_secret(client_secret, stored)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return self.client.kind == "backend" and method == PRIVATE_KEY_JWT
+        return method in _AUTH_METHODS[self.client.kind]
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return self.client.kind != "backend" and response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return self.client.kind == "backend" and grant_type == "client_credentials"
+        if self.client.kind == "backend":
+            return grant_type == "client_credentials"
+        return grant_type in ("authorization_code", "refresh_token")
 
 
 class _Payload(OAuth2Payload):  # type: ignore[misc]
@@ -79,20 +112,21 @@ class _Payload(OAuth2Payload):  # type: ignore[misc]
 
 
 class FormRequest(OAuth2Request):  # type: ignore[misc]
-    """A form POST as authlib sees it (the HTTP layer has read the body already)."""
+    """A request as authlib sees it: a form POST, or (`method` GET) an authorization request's
+    query parameters. The HTTP layer has read them already."""
 
-    def __init__(self, uri: str, headers: Mapping[str, str], form: Mapping[str, list[str]]):
-        super().__init__("POST", uri, headers=dict(headers))
-        self._form_lists = form
+    def __init__(self, uri: str, headers: Mapping[str, str], form: Mapping[str, list[str]],
+                 method: str = "POST") -> None:
+        super().__init__(method, uri, headers=dict(headers))
         self.payload = _Payload(form)
 
     @property
     def form(self) -> dict[str, str]:
-        return dict(self.payload.data)
+        return dict(self.payload.data) if self.method == "POST" else {}
 
     @property
     def args(self) -> dict[str, str]:
-        return {}
+        return dict(self.payload.data) if self.method == "GET" else {}
 
 
 class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]
@@ -137,18 +171,127 @@ class _BackendGrant(ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = [PRIVATE_KEY_JWT]
 
 
+@dataclass(frozen=True, slots=True)
+class Grantee:
+    """Who approved a grant, and the context it was given in (kept with codes and refresh
+    tokens)."""
+
+    username: str
+    fhir_user: str
+    nonce: str | None = None
+
+    @property
+    def patient(self) -> str | None:
+        kind, _, id = self.fhir_user.partition("/")
+        return id if kind == "Patient" else None
+
+
+class _Record:
+    """A stored code or refresh token, as authlib's grants query it."""
+
+    def __init__(self, key: str, client_id: str, data: dict[str, Any]) -> None:
+        self.key = key
+        self.client_id = client_id
+        self.data = data
+
+    def get_redirect_uri(self) -> str:
+        return str(self.data["redirect_uri"])
+
+    def get_scope(self) -> str:
+        return str(self.data["scope"])
+
+    def check_client(self, client: _Client) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def is_expired(self) -> bool:
+        return False  # expired records are never returned
+
+    def is_revoked(self) -> bool:
+        return False
+
+
+class _Pkce(CodeChallenge):  # type: ignore[misc]
+    """PKCE as SMART requires it: a S256 challenge on every authorization request."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge (S256).")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+    def get_authorization_code_challenge(self, authorization_code: _Record) -> str:
+        return str(authorization_code.data["code_challenge"])
+
+    def get_authorization_code_challenge_method(self, authorization_code: _Record) -> str:
+        return "S256"
+
+
+class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
+
+    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
+        data = request.payload.data
+        grantee: Grantee = request.user
+        self.server.registry.put("code", code, {
+            "redirect_uri": data.get("redirect_uri") or request.client.get_default_redirect_uri(),
+            "scope": request.scope or "", "code_challenge": data["code_challenge"],
+            "username": grantee.username, "fhir_user": grantee.fhir_user,
+            "nonce": data.get("nonce")}, CODE_LIFETIME, client_id=request.client.get_client_id())
+
+    def query_authorization_code(self, code: str, client: _Client) -> _Record | None:
+        # Spent at once, atomically: a second exchange of the same code (a replay, or a race
+        # with the legitimate client) finds nothing.
+        data = self.server.registry.get("code", code)
+        if data is None or not self.server.registry.spend("code", code):
+            return None
+        record = _Record(code, client.get_client_id(), data)
+        return record if record.check_client(client) else None
+
+    def delete_authorization_code(self, authorization_code: _Record) -> None:
+        """Already spent when queried."""
+
+    def authenticate_user(self, authorization_code: _Record) -> Grantee:
+        data = authorization_code.data
+        return Grantee(data["username"], data["fhir_user"], data.get("nonce"))
+
+
+class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
+    INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token works once
+
+    def authenticate_refresh_token(self, refresh_token: str) -> _Record | None:
+        data = self.server.registry.get("refresh", refresh_token)
+        return _Record(refresh_token, data["client_id"], data) if data else None
+
+    def authenticate_user(self, refresh_token: _Record) -> Grantee:
+        return Grantee(refresh_token.data["username"], refresh_token.data["fhir_user"])
+
+    def revoke_old_credential(self, refresh_token: _Record) -> None:
+        if not self.server.registry.spend("refresh", refresh_token.key):
+            raise InvalidGrantError(description="The refresh token was used already.")
+
+
 class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     """Token, introspection and revocation; responses come back as (status, body, headers)."""
 
     def __init__(self, registry: Registry, tokens: TokenService, token_url: str,
-                 narrow: ScopePolicy) -> None:
+                 narrow: ScopePolicy, narrow_for_user: UserScopePolicy) -> None:
         super().__init__()
         self.registry = registry
         self.tokens = tokens
         self.narrow = narrow
+        self.narrow_for_user = narrow_for_user
         self.register_client_auth_method(PRIVATE_KEY_JWT, _ClientAssertion(registry, token_url))
         self.register_grant(_BackendGrant)
+        self.register_grant(_CodeGrant, [_Pkce(required=True)])
+        self.register_grant(_RefreshGrant)
         self.register_token_generator("client_credentials", self._generate)
+        self.register_token_generator("authorization_code", self._generate_for_app)
+        self.register_token_generator("refresh_token", self._generate_for_app)
 
     def query_client(self, client_id: str) -> _Client | None:
         found = self.registry.client(client_id)
@@ -175,6 +318,33 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                                                 "to this client.")
         return self.tokens.issue(subject=client.client.id, client_id=client.client.id,
                                  scope=granted)
+
+    def _generate_for_app(self, grant_type: str, client: _Client, user: Grantee | None = None,
+                          scope: str | None = None, expires_in: int | None = None,
+                          include_refresh_token: bool = True) -> dict[str, Any]:
+        """A token for an app acting for `user`: scopes narrowed to the app's registration and
+        to the user's kind, the patient in context for a patient's launch, an `id_token` for
+        OpenID Connect, a refresh token with offline_access or online_access."""
+        assert user is not None
+        granted = self.narrow_for_user(client.client.scope, scope or "", user.fhir_user)
+        if not granted:
+            raise InvalidScopeError(description="None of the requested scopes may be granted.")
+        words = granted.split()
+        patient = user.patient if "launch/patient" in words else None
+        fhir_user = user.fhir_user if "fhirUser" in words or "openid" in words else None
+        response = self.tokens.issue(subject=user.username, client_id=client.get_client_id(),
+                                     scope=granted, patient=patient, fhir_user=fhir_user)
+        if "openid" in words:
+            response["id_token"] = self.tokens.id_token(
+                subject=user.username, client_id=client.get_client_id(), fhir_user=user.fhir_user,
+                nonce=user.nonce)
+        if include_refresh_token and ("offline_access" in words or "online_access" in words):
+            refresh = secrets.token_urlsafe(32)
+            self.registry.put("refresh", refresh, {
+                "client_id": client.get_client_id(), "scope": granted, "username": user.username,
+                "fhir_user": user.fhir_user}, REFRESH_LIFETIME, client_id=client.get_client_id())
+            response["refresh_token"] = refresh
+        return response
 
     def token(self, request: FormRequest) -> tuple[int, Any, Any]:
         """The token endpoint."""
@@ -205,12 +375,24 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         error = self._authenticate(request, "revocation")
         if error is not None:
             return error
-        self.tokens.revoke(request.payload.data.get("token", ""))
+        token = request.payload.data.get("token", "")
+        # A refresh token is spent (only by the client it was issued to); else an access token.
+        record = self.registry.get("refresh", token)
+        if record is not None:
+            if record["client_id"] == request.client.get_client_id():
+                self.registry.spend("refresh", token)
+        else:
+            self.tokens.revoke(token)
         return 200, {}
 
     def _authenticate(self, request: FormRequest, endpoint: str) -> tuple[int, dict[str, Any]] | None:
+        """Authenticate the caller: confidential clients for introspection; public apps too
+        for revocation (RFC 7009 lets a public client revoke what it was given)."""
+        methods = [PRIVATE_KEY_JWT, "client_secret_basic", "client_secret_post"]
+        if endpoint == "revocation":
+            methods.append("none")
         try:
-            self.authenticate_client(request, [PRIVATE_KEY_JWT], endpoint=endpoint)
+            request.client = self.authenticate_client(request, methods, endpoint=endpoint)
         except OAuth2Error as exc:
             # RFC 7662 section 2.1: a caller that does not authenticate is answered 401.
             status = 401 if isinstance(exc, InvalidClientError) else exc.status_code

@@ -68,6 +68,19 @@ class TokenService:
             response["patient"] = patient
         return response
 
+    def id_token(self, *, subject: str, client_id: str, fhir_user: str,
+                 nonce: str | None) -> str:
+        """An OpenID Connect id_token for the app (`aud` its client id) naming the user's FHIR
+        resource in `fhirUser` (SMART App Launch: scopes for requesting identity data)."""
+        now = int(time.time())
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": subject, "aud": client_id,
+                                  "iat": now, "exp": now + self.lifetime,
+                                  "fhirUser": f"{self.audience}/{fhir_user}"}
+        if nonce:
+            claims["nonce"] = nonce
+        key = self.keys.signing_key()
+        return jwt.encode({"alg": ALGORITHM, "kid": key.kid}, claims, key)
+
     def verify(self, token: str) -> TokenClaims:
         """The claims of a valid token: signature, issuer, audience, expiry, not revoked."""
         try:

@@ -2,7 +2,8 @@
 revocation (SMART App Launch 2.x; RFC 6749, 7523, 7662, 7009).
 
 Discovery is served as `application/json` at `[base]/.well-known/smart-configuration` and
-lists only what works: today SMART Backend Services (client_credentials, private_key_jwt).
+lists only what works: standalone launch with PKCE (public and confidential-symmetric apps),
+backend services (private_key_jwt), refresh tokens, OpenID Connect identity.
 """
 
 from __future__ import annotations
@@ -29,26 +30,36 @@ _MAX_FORM_BYTES = 64 * 1024
 def oauth_uris(settings: Settings) -> dict[str, str]:
     """The endpoints the CapabilityStatement's oauth-uris extension names."""
     auth = settings.auth_url
-    return {"token": f"{auth}/token", "introspect": f"{auth}/introspect",
-            "revoke": f"{auth}/revoke"}
+    return {"authorize": f"{auth}/authorize", "token": f"{auth}/token",
+            "introspect": f"{auth}/introspect", "revoke": f"{auth}/revoke"}
 
 
 @discovery_router.get("/.well-known/smart-configuration")
 async def smart_configuration(request: Request) -> JSONResponse:
+    """SMART discovery (App Launch 2.x, section "Conformance"): what this server does, only."""
     settings: Settings = request.app.state.settings
     auth = settings.auth_url
     return JSONResponse({
         "issuer": auth,
         "jwks_uri": f"{auth}/jwks",
+        "authorization_endpoint": f"{auth}/authorize",
         "token_endpoint": f"{auth}/token",
         "introspection_endpoint": f"{auth}/introspect",
         "revocation_endpoint": f"{auth}/revoke",
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "token_endpoint_auth_methods_supported": [
+            "private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
-        "response_types_supported": [],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "scopes_supported": [
+            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "patient/*.rs", "patient/*.cruds", "user/*.rs", "system/*.rs", "system/*.cruds"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": [
+            "launch-standalone", "client-public", "client-confidential-symmetric",
+            "client-confidential-asymmetric", "context-standalone-patient", "permission-patient",
+            "permission-offline", "permission-online", "permission-v1", "permission-v2",
+            "sso-openid-connect", "authorize-post"],
     })
 
 

@@ -104,5 +104,6 @@ def _security(oauth_uris: dict[str, str]) -> dict[str, Any]:
         "service": [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
             "code": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile"}],
-        "description": "SMART Backend Services (client_credentials with private_key_jwt).",
+        "description": "SMART App Launch (standalone, PKCE S256) and SMART Backend Services "
+                       "(client_credentials with private_key_jwt).",
     }

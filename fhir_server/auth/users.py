@@ -1,0 +1,152 @@
+"""People who log in: a username, a scrypt password hash, a TOTP second factor, and the FHIR
+resource they are (`Patient/...`, `Practitioner/...` identified by RPPS, `RelatedPerson/...`).
+
+Repeated failures lock an account with a growing back-off (30 s after five failures,
+doubling with each further one, at most an hour), whatever the password tried next.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+import pyotp
+
+from . import secrets_hash
+from .registry import Registry
+
+_FREE_FAILURES = 5
+_FIRST_LOCK = 30.0
+_LONGEST_LOCK = 3600.0
+ISSUER_NAME = "fhir-server"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS user (
+    username      TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    fhir_user     TEXT NOT NULL,        -- Patient/..., Practitioner/..., RelatedPerson/...
+    totp_secret   TEXT,                 -- set at enrolment
+    totp_enrolled INTEGER NOT NULL DEFAULT 0,
+    totp_last     INTEGER NOT NULL DEFAULT 0,   -- last accepted time step (no replay)
+    failures      INTEGER NOT NULL DEFAULT 0,
+    locked_until  REAL NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    fhir_user: str
+    totp_enrolled: bool
+
+    @property
+    def patient(self) -> str | None:
+        """The Patient id, for a user who is that patient."""
+        kind, _, id = self.fhir_user.partition("/")
+        return id if kind == "Patient" else None
+
+
+class Locked(Exception):
+    """Too many failures: the account may be tried again in `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"locked for {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class Users:
+    """User accounts, in the authorization server's registry file."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._ready = False
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = self.registry.connection()
+        if not self._ready:
+            conn.executescript(_SCHEMA)
+            self._ready = True
+        return conn
+
+    def add(self, username: str, password: str, fhir_user: str) -> User:
+        """Create or replace a user (its second factor is enrolled at first login)."""
+        kind, _, id = fhir_user.partition("/")
+        if kind not in ("Patient", "Practitioner", "RelatedPerson") or not id:
+            raise ValueError("fhir_user is Patient/<id>, Practitioner/<id> or RelatedPerson/<id>")
+        if len(password) < 12:
+            raise ValueError("passwords have at least 12 characters")
+        self._conn().execute(
+            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user) VALUES (?, ?, ?)",
+            (username, secrets_hash.hash_secret(password), fhir_user))
+        return User(username, fhir_user, False)
+
+    def get(self, username: str) -> User | None:
+        row = self._conn().execute(
+            "SELECT username, fhir_user, totp_enrolled FROM user WHERE username = ?",
+            (username,)).fetchone()
+        return User(row[0], row[1], bool(row[2])) if row else None
+
+    def check_password(self, username: str, password: str) -> User | None:
+        """The user if the password is right; None if not; Locked while locked out."""
+        row = self._conn().execute(
+            "SELECT password_hash, locked_until FROM user WHERE username = ?",
+            (username,)).fetchone()
+        if row is None:
+            secrets_hash.verify_secret(password, secrets_hash.DECOY)
+            return None
+        if row[1] > time.time():
+            raise Locked(row[1] - time.time())
+        if secrets_hash.verify_secret(password, row[0]):
+            self._conn().execute("UPDATE user SET failures = 0 WHERE username = ?", (username,))
+            return self.get(username)
+        self.record_failure(username)
+        return None
+
+    def record_failure(self, username: str) -> None:
+        """One more failed attempt (password or code); lock with back-off past the free ones."""
+        conn = self._conn()
+        conn.execute("UPDATE user SET failures = failures + 1 WHERE username = ?", (username,))
+        row = conn.execute("SELECT failures FROM user WHERE username = ?", (username,)).fetchone()
+        if row and row[0] >= _FREE_FAILURES:
+            lock = min(_LONGEST_LOCK, _FIRST_LOCK * 2 ** (row[0] - _FREE_FAILURES))
+            conn.execute("UPDATE user SET locked_until = ? WHERE username = ?",
+                         (time.time() + lock, username))
+
+    def totp_secret(self, username: str) -> str:
+        """The user's TOTP secret, made at first need (enrolment shows it once)."""
+        conn = self._conn()
+        row = conn.execute("SELECT totp_secret FROM user WHERE username = ?", (username,)).fetchone()
+        if row and row[0]:
+            return str(row[0])
+        secret = pyotp.random_base32()
+        conn.execute("UPDATE user SET totp_secret = ? WHERE username = ?", (secret, username))
+        return secret
+
+    def provisioning_uri(self, username: str) -> str:
+        """The otpauth:// URI authenticator apps read (as a QR code or typed in)."""
+        return pyotp.TOTP(self.totp_secret(username)).provisioning_uri(
+            name=username, issuer_name=ISSUER_NAME)
+
+    def check_code(self, username: str, code: str) -> bool:
+        """A valid, not yet used TOTP code (one step of clock drift allowed); confirms the
+        enrolment on first success. A wrong code counts as a failure."""
+        conn = self._conn()
+        row = conn.execute("SELECT totp_secret, totp_last, locked_until FROM user WHERE username = ?",
+                           (username,)).fetchone()
+        if row is None or not row[0]:
+            return False
+        if row[2] > time.time():
+            raise Locked(row[2] - time.time())
+        totp = pyotp.TOTP(row[0])
+        now = int(time.time())
+        for drift in (0, -1, 1):
+            step = totp.timecode(now) + drift
+            if step > row[1] and totp.verify(code.strip(), for_time=now + drift * totp.interval,
+                                              valid_window=0):
+                conn.execute("UPDATE user SET totp_last = ?, totp_enrolled = 1, failures = 0 "
+                             "WHERE username = ?", (step, username))
+                return True
+        self.record_failure(username)
+        return False

@@ -1,0 +1,218 @@
+"""SMART App Launch, standalone: authorization code with PKCE through the login, TOTP and
+consent pages, token exchange, refresh rotation, OpenID identity; and every way it must fail."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pyotp
+import pytest
+from fastapi.testclient import TestClient
+from joserfc import jwt
+
+from fhir_server.auth.users import Users
+from tests.builders import patient
+from tests.conftest import token as system_token
+from tests.http.helpers import send
+
+APP = "portal"
+REDIRECT = "https://portal.example.org/callback"
+AUD = "http://localhost/fhir"
+SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
+PASSWORD = "correct horse battery staple"
+
+
+def _challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+
+
+@pytest.fixture
+def portal(app_client: TestClient) -> TestClient:
+    """A public app, patient Hélène (with a record) as a user, and a token for set-up."""
+    registry = app_client.app.state.oauth.registry  # type: ignore[attr-defined]
+    registry.add_app(APP, SCOPE + " user/*.rs", [REDIRECT])
+    Users(registry).add("helene", PASSWORD, "Patient/helene")
+    admin = {"Authorization": f"Bearer {system_token(app_client, 'system/*.cruds')}"}
+    assert send(app_client, "PUT", "/fhir/Patient/helene", {**patient(), "id": "helene"}, **admin).status_code == 201
+    assert send(app_client, "PUT", "/fhir/Patient/other", {**patient(family="Autre"), "id": "other"}, **admin).status_code == 201
+    return app_client
+
+
+def _pending(html: str) -> str:
+    found = re.search(r'name="pending" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def _authorize(client: TestClient, verifier: str, **overrides: str) -> Any:
+    params = {"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT, "scope": SCOPE,
+              "state": "s-123", "aud": AUD, "code_challenge": _challenge(verifier),
+              "code_challenge_method": "S256", "nonce": "n-456", **overrides}
+    return client.get(f"/auth/authorize?{urlencode(params)}", follow_redirects=False)
+
+
+def _sign_in(client: TestClient, verifier: str, decision: str = "approve") -> Any:
+    """Through the pages; the answer is the redirect back to the app."""
+    login = _authorize(client, verifier)
+    assert login.status_code == 200, login.text
+    pending = _pending(login.text)
+    second = client.post("/auth/login", data={"pending": pending, "username": "helene",
+                                              "password": PASSWORD})
+    assert second.status_code == 200, second.text
+    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
+    users = Users(client.app.state.oauth.registry)  # type: ignore[attr-defined]
+    totp = pyotp.TOTP(secret.group(1) if secret else users.totp_secret("helene"))
+    # A code is accepted once: a second sign-in within the same 30 s takes the next one
+    # (one step of clock drift is allowed).
+    consent = client.post("/auth/totp", data={"pending": pending, "code": totp.now()})
+    if consent.status_code == 401:
+        consent = client.post("/auth/totp", data={"pending": pending,
+                                                  "code": totp.at(time.time() + totp.interval)})
+    assert consent.status_code == 200, consent.text
+    return client.post("/auth/consent", data={"pending": pending, "decision": decision},
+                       follow_redirects=False)
+
+
+def _code(redirect: Any) -> str:
+    assert redirect.status_code == 302, redirect.text
+    location = urlsplit(redirect.headers["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    query = parse_qs(location.query)
+    assert query["state"] == ["s-123"]
+    return query["code"][0]
+
+
+def _exchange(client: TestClient, code: str, verifier: str) -> Any:
+    return client.post("/auth/token", data={"grant_type": "authorization_code", "code": code,
+                                            "redirect_uri": REDIRECT, "client_id": APP,
+                                            "code_verifier": verifier})
+
+
+def test_standalone_launch_gives_patient_context_identity_and_refresh(portal: TestClient) -> None:
+    verifier = secrets.token_urlsafe(48)
+    code = _code(_sign_in(portal, verifier))
+    issued = _exchange(portal, code, verifier)
+    assert issued.status_code == 200, issued.text
+    body = issued.json()
+    assert body["patient"] == "helene" and body["token_type"] == "Bearer"
+    assert isinstance(body["expires_in"], int)
+    assert set(body["scope"].split()) == set(SCOPE.split())  # user/ scopes are not a patient's
+    keys = portal.app.state.tokens.keys.verification_keys()  # type: ignore[attr-defined]
+    identity = jwt.decode(body["id_token"], keys).claims
+    assert identity["fhirUser"] == f"{AUD}/Patient/helene" and identity["aud"] == APP
+    assert identity["nonce"] == "n-456"
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
+    assert portal.get("/fhir/Patient/other", headers=headers).status_code == 404
+    # Refresh: a new pair each time; the old refresh token is spent; no widening.
+    refreshed = portal.post("/auth/token", data={"grant_type": "refresh_token", "client_id": APP,
+                                                 "refresh_token": body["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["refresh_token"] != body["refresh_token"]
+    again = portal.post("/auth/token", data={"grant_type": "refresh_token", "client_id": APP,
+                                             "refresh_token": body["refresh_token"]})
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    wider = portal.post("/auth/token", data={
+        "grant_type": "refresh_token", "client_id": APP, "scope": SCOPE + " patient/*.cruds",
+        "refresh_token": refreshed.json()["refresh_token"]})
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+
+
+def test_pkce_and_code_misuse_are_refused(portal: TestClient) -> None:
+    verifier = secrets.token_urlsafe(48)
+    code = _code(_sign_in(portal, verifier))
+    wrong = _exchange(portal, code, secrets.token_urlsafe(48))
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    # The code is spent by the failed attempt too: a stolen code is worth one try.
+    assert _exchange(portal, code, verifier).json()["error"] == "invalid_grant"
+    fresh = _code(_sign_in(portal, verifier))
+    assert _exchange(portal, fresh, verifier).status_code == 200
+    reused = _exchange(portal, fresh, verifier)
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize(("overrides", "why"), [
+    ({"code_challenge_method": "plain"}, "plain PKCE"),
+    ({"code_challenge": "", "code_challenge_method": ""}, "no PKCE"),
+    ({"aud": "https://other.example.org/fhir"}, "another server's audience"),
+    ({"response_type": "token"}, "implicit flow"),
+])
+def test_bad_authorization_requests_go_back_with_an_error(portal: TestClient, overrides: dict[str, str],
+                                                          why: str) -> None:
+    response = _authorize(portal, secrets.token_urlsafe(48), **overrides)
+    assert response.status_code == 302, why
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    assert query["error"][0] in ("invalid_request", "unsupported_response_type"), why
+    assert query["state"] == ["s-123"], why
+
+
+def test_unknown_redirect_uri_is_never_followed(portal: TestClient) -> None:
+    response = _authorize(portal, secrets.token_urlsafe(48), redirect_uri="https://evil.example.com/cb")
+    assert response.status_code == 400
+    assert "evil" not in response.headers.get("location", "")
+    assert "<html" in response.text
+
+
+def test_denying_consent_returns_access_denied(portal: TestClient) -> None:
+    response = _sign_in(portal, secrets.token_urlsafe(48), decision="deny")
+    assert response.status_code == 302
+    assert parse_qs(urlsplit(response.headers["location"]).query)["error"] == ["access_denied"]
+
+
+def test_forms_need_the_login_cookie(portal: TestClient) -> None:
+    """A form posted from another site does not carry the cookie: refused (CSRF)."""
+    pending = _pending(_authorize(portal, secrets.token_urlsafe(48)).text)
+    portal.cookies.clear()
+    response = portal.post("/auth/login", data={"pending": pending, "username": "helene",
+                                                "password": PASSWORD})
+    assert response.status_code == 400
+
+
+def test_repeated_failures_lock_the_account_with_back_off(portal: TestClient) -> None:
+    pending = _pending(_authorize(portal, secrets.token_urlsafe(48)).text)
+    statuses = [portal.post("/auth/login", data={"pending": pending, "username": "helene",
+                                                 "password": "wrong password!"}).status_code
+                for _ in range(6)]
+    assert statuses[:5] == [401] * 5 and statuses[5] == 429
+    locked = portal.post("/auth/login", data={"pending": pending, "username": "helene",
+                                              "password": PASSWORD})
+    assert locked.status_code == 429  # even the right password waits
+    assert "30" in locked.text or "31" in locked.text or "6" in locked.text
+
+
+def test_pages_speak_french_or_english(portal: TestClient) -> None:
+    french = _authorize(portal, secrets.token_urlsafe(48), ui_locales="fr")
+    assert '<html lang="fr">' in french.text and "Mot de passe" in french.text
+    english = portal.get(f"/auth/authorize?{urlencode({'response_type': 'code', 'client_id': APP, 'redirect_uri': REDIRECT, 'scope': SCOPE, 'state': 's-123', 'aud': AUD, 'code_challenge': _challenge('v' * 43), 'code_challenge_method': 'S256'})}",
+                         headers={"Accept-Language": "en-GB,en;q=0.8"})
+    assert '<html lang="en">' in english.text and "Password" in english.text
+    assert english.headers["x-frame-options"] == "DENY"
+
+
+def test_discovery_lists_the_launch_capabilities(portal: TestClient) -> None:
+    config = portal.get("/fhir/.well-known/smart-configuration").json()
+    assert config["authorization_endpoint"] == "http://localhost/auth/authorize"
+    assert config["code_challenge_methods_supported"] == ["S256"]
+    assert {"launch-standalone", "client-public", "context-standalone-patient",
+            "sso-openid-connect", "permission-offline"} <= set(config["capabilities"])
+    assert "launch-ehr" not in config["capabilities"]
+
+
+
+def test_a_public_app_revokes_its_refresh_token(portal: TestClient) -> None:
+    verifier = secrets.token_urlsafe(48)
+    body = _exchange(portal, _code(_sign_in(portal, verifier)), verifier).json()
+    revoked = portal.post("/auth/revoke", data={"token": body["refresh_token"], "client_id": APP})
+    assert revoked.status_code == 200
+    refused = portal.post("/auth/token", data={"grant_type": "refresh_token", "client_id": APP,
+                                               "refresh_token": body["refresh_token"]})
+    assert refused.json()["error"] == "invalid_grant"
+    # Introspection is for confidential clients only.
+    assert portal.post("/auth/introspect", data={"token": body["access_token"],
+                                                 "client_id": APP}).status_code == 401
