@@ -15,30 +15,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx2 as httpx
 import pyotp
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
 
 from fhir_server.auth.registry import Registry as AuthRegistry
 from fhir_server.auth.users import Users
 from tests.builders import patient
 from tests.e2e.conftest import Server
 
-CHROMIUM = "/usr/bin/chromium"
 REDIRECT = "https://portal.example.org/callback"
 SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
 PASSWORD = "correct horse battery staple"
-# As the machine's closed network wants it (no background connections, no sandbox as root).
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield launched
-        launched.close()
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     running = Server(tmp_path, workers=1)

@@ -29,7 +29,8 @@ class Server:
     """A running `fhir-server serve` process and its base URL."""
 
     def __init__(
-        self, data_dir: Path, *, workers: int = 2, demo: bool = False, log_level: str = "warning"
+        self, data_dir: Path, *, workers: int = 2, demo: bool = False, log_level: str = "warning",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -38,6 +39,7 @@ class Server:
             "FHIR_SERVER_DATA_DIR": str(data_dir),
             "FHIR_SERVER_BASE_URL": f"{self.base}/fhir",
             "FHIR_SERVER_LOG_LEVEL": log_level,
+            **(env or {}),
         }
         args = [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port),
                 "--workers", str(workers)]
