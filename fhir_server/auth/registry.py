@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS pending (
     data    TEXT NOT NULL,             -- JSON: the authorization request, user, stage
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS launch (
+    id      TEXT PRIMARY KEY,          -- the opaque `launch` an EHR gives the app
+    data    TEXT NOT NULL,             -- JSON: patient, the EHR client that asked
+    expires REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refresh (
     hash      TEXT PRIMARY KEY,
     client_id TEXT NOT NULL,

@@ -15,17 +15,24 @@ def narrow_scope(allowed: str, requested: str) -> str:
     return system.text()
 
 
-def narrow_for_user(allowed: str, requested: str, fhir_user: str) -> str:
+def narrow_for_user(allowed: str, requested: str, fhir_user: str,
+                    launch_patient: str | None = None) -> str:
     """The part of `requested` an app registered for `allowed` may have for `fhir_user`.
 
-    A patient gets `patient/` scopes and `launch/patient` (the patient is themself); other
-    users get `user/` scopes (what they reach is decided by the consent policy). `patient/`
-    scopes for a practitioner need a patient picked at launch, which is not built yet, so they
-    are not granted.
+    `patient/` scopes need a patient in context: the user, if a patient, or the patient an EHR
+    launched the app on (`launch`). Other users also get `user/` scopes (what they reach is
+    decided by the consent policy). A practitioner's standalone launch has no patient picker
+    yet, so no `patient/` scopes then.
     """
     granted = parse_scopes(allowed).narrow(parse_scopes(requested))
     is_patient = fhir_user.startswith("Patient/")
-    level = "patient" if is_patient else "user"
-    scopes = tuple(s for s in granted.scopes if s.level == level)
-    context = granted.context if is_patient else granted.context - {"launch/patient"}
-    return Grant(scopes, context - {"launch", "launch/encounter"}).text()
+    levels = {"patient"} if is_patient else {"user"}
+    context = set(granted.context) - {"launch/encounter"}
+    if launch_patient:
+        levels.add("patient")
+    else:
+        context.discard("launch")
+    if not is_patient and not launch_patient:
+        context.discard("launch/patient")
+    scopes = tuple(s for s in granted.scopes if s.level in levels)
+    return Grant(scopes, frozenset(context)).text()

@@ -59,8 +59,9 @@ _AUTH_METHODS = {
 
 # Narrows a requested scope string to what a client may have; "" when nothing is left.
 ScopePolicy = Callable[[str, str], str]
-# The same for an app acting for a user (`Patient/...`, `Practitioner/...`).
-UserScopePolicy = Callable[[str, str, str], str]
+# The same for an app acting for a user (`Patient/...`, `Practitioner/...`), with the patient
+# an EHR launched it on, if any.
+UserScopePolicy = Callable[[str, str, str, str | None], str]
 
 
 class _Client(ClientMixin):  # type: ignore[misc]
@@ -179,9 +180,13 @@ class Grantee:
     username: str
     fhir_user: str
     nonce: str | None = None
+    launch_patient: str | None = None  # the patient an EHR launched the app on
 
     @property
     def patient(self) -> str | None:
+        """The patient in context: the one the EHR launch names, else the user if a patient."""
+        if self.launch_patient:
+            return self.launch_patient
         kind, _, id = self.fhir_user.partition("/")
         return id if kind == "Patient" else None
 
@@ -240,7 +245,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
             "redirect_uri": data.get("redirect_uri") or request.client.get_default_redirect_uri(),
             "scope": request.scope or "", "code_challenge": data["code_challenge"],
             "username": grantee.username, "fhir_user": grantee.fhir_user,
-            "nonce": data.get("nonce")}, CODE_LIFETIME, client_id=request.client.get_client_id())
+            "nonce": data.get("nonce"), "launch_patient": grantee.launch_patient},
+            CODE_LIFETIME, client_id=request.client.get_client_id())
 
     def query_authorization_code(self, code: str, client: _Client) -> _Record | None:
         # Spent at once, atomically: a second exchange of the same code (a replay, or a race
@@ -256,7 +262,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
 
     def authenticate_user(self, authorization_code: _Record) -> Grantee:
         data = authorization_code.data
-        return Grantee(data["username"], data["fhir_user"], data.get("nonce"))
+        return Grantee(data["username"], data["fhir_user"], data.get("nonce"),
+                       data.get("launch_patient"))
 
 
 class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
@@ -268,7 +275,8 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return _Record(refresh_token, data["client_id"], data) if data else None
 
     def authenticate_user(self, refresh_token: _Record) -> Grantee:
-        return Grantee(refresh_token.data["username"], refresh_token.data["fhir_user"])
+        data = refresh_token.data
+        return Grantee(data["username"], data["fhir_user"], None, data.get("launch_patient"))
 
     def revoke_old_credential(self, refresh_token: _Record) -> None:
         if not self.server.registry.spend("refresh", refresh_token.key):
@@ -326,11 +334,13 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         to the user's kind, the patient in context for a patient's launch, an `id_token` for
         OpenID Connect, a refresh token with offline_access or online_access."""
         assert user is not None
-        granted = self.narrow_for_user(client.client.scope, scope or "", user.fhir_user)
+        granted = self.narrow_for_user(client.client.scope, scope or "", user.fhir_user,
+                                       user.launch_patient)
         if not granted:
             raise InvalidScopeError(description="None of the requested scopes may be granted.")
         words = granted.split()
-        patient = user.patient if "launch/patient" in words else None
+        in_context = "launch/patient" in words or ("launch" in words and user.launch_patient)
+        patient = user.patient if in_context else None
         fhir_user = user.fhir_user if "fhirUser" in words or "openid" in words else None
         response = self.tokens.issue(subject=user.username, client_id=client.get_client_id(),
                                      scope=granted, patient=patient, fhir_user=fhir_user)
@@ -342,7 +352,8 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             refresh = secrets.token_urlsafe(32)
             self.registry.put("refresh", refresh, {
                 "client_id": client.get_client_id(), "scope": granted, "username": user.username,
-                "fhir_user": user.fhir_user}, REFRESH_LIFETIME, client_id=client.get_client_id())
+                "fhir_user": user.fhir_user, "launch_patient": user.launch_patient},
+                REFRESH_LIFETIME, client_id=client.get_client_id())
             response["refresh_token"] = refresh
         return response
 

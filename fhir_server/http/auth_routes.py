@@ -8,22 +8,28 @@ backend services (private_key_jwt), refresh tokens, OpenID Connect identity.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 from authlib.oauth2.rfc6749 import OAuth2Error
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from ..access import parse_scopes
 from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
+from ..auth.tokens import InvalidToken, TokenService
+from ..model.types import is_valid_id
 from ..settings import Settings
 
 discovery_router = APIRouter()
 auth_router = APIRouter()
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+LAUNCH_LIFETIME = 600
 _MAX_FORM_BYTES = 64 * 1024
 
 
@@ -51,16 +57,45 @@ async def smart_configuration(request: Request) -> JSONResponse:
             "private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": [
-            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
             "patient/*.rs", "patient/*.cruds", "user/*.rs", "system/*.rs", "system/*.cruds"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
-            "launch-standalone", "client-public", "client-confidential-symmetric",
-            "client-confidential-asymmetric", "context-standalone-patient", "permission-patient",
+            "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
+            "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "permission-patient",
             "permission-offline", "permission-online", "permission-v1", "permission-v2",
             "sso-openid-connect", "authorize-post"],
     })
+
+
+@auth_router.post("/launch")
+async def register_launch(request: Request) -> Response:
+    """EHR launch, first step: the EHR (a backend client that may read Patients) names the
+    patient it opens an app on and gets the opaque `launch` to pass to the app."""
+    tokens: TokenService = request.app.state.tokens
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        claims = tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
+    except InvalidToken:
+        claims = None
+    if claims is None:
+        return _json(401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer realm="fhir"'})
+    if not parse_scopes(claims.scope).allows("read", "Patient", ("system",)):
+        return _json(403, {"error": "insufficient_scope",
+                           "error_description": "Launching needs system/Patient.r."})
+    try:
+        patient = orjson.loads(await request.body()).get("patient")
+    except (orjson.JSONDecodeError, AttributeError):
+        patient = None
+    if not isinstance(patient, str) or not is_valid_id(patient):
+        return _json(400, {"error": "invalid_request",
+                           "error_description": 'Send {"patient": "<Patient id>"}.'})
+    launch = secrets.token_urlsafe(24)
+    request.app.state.oauth.registry.put("launch", launch, {"patient": patient,
+                                                            "client_id": claims.client_id},
+                                         LAUNCH_LIFETIME)
+    return _json(200, {"launch": launch, "expires_in": LAUNCH_LIFETIME})
 
 
 @auth_router.get("/jwks")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -89,9 +89,17 @@ async def authorize(request: Request) -> Response:
         if target:
             return RedirectResponse(f"{target}{'&' if '?' in target else '?'}{urlencode(error)}", 302)
         return _message(lang, "invalid", 400, why=error["error_description"])
+    launch_patient = None
+    if "launch" in single:  # EHR launch: the context the EHR registered (POST /auth/launch)
+        context = oauth.registry.get("launch", single["launch"])
+        if context is None:
+            return _refuse(lang, InvalidRequestError(
+                "Unknown or expired launch.", state=single.get("state"),
+                redirect_uri=single.get("redirect_uri")))
+        launch_patient = context["patient"]
     pending = secrets.token_urlsafe(24)
-    oauth.registry.put("pending", pending, {"params": params, "stage": "login", "lang": lang},
-                       _PENDING_SECONDS)
+    oauth.registry.put("pending", pending, {"params": params, "stage": "login", "lang": lang,
+                                            "launch_patient": launch_patient}, _PENDING_SECONDS)
     t = TEXT[lang]
     response = _page("login.html", lang, title=t["login_title"], client_id=single["client_id"],
                      pending=pending, action="login")
@@ -211,7 +219,8 @@ async def consent(request: Request) -> Response:
     oauth.registry.forget("pending", pending)
     settings: Settings = request.app.state.settings
     params = data["params"]
-    grantee = Grantee(data["username"], data["fhir_user"], params.get("nonce", [None])[0])
+    grantee = Grantee(data["username"], data["fhir_user"], params.get("nonce", [None])[0],
+                      data.get("launch_patient"))
     approved = grantee if form.get("decision") == "approve" else None
 
     def answer() -> tuple[int, Any, Any]:

@@ -36,7 +36,7 @@ def _challenge(verifier: str) -> str:
 def portal(app_client: TestClient) -> TestClient:
     """A public app, patient Hélène (with a record) as a user, and a token for set-up."""
     registry = app_client.app.state.oauth.registry  # type: ignore[attr-defined]
-    registry.add_app(APP, SCOPE + " user/*.rs", [REDIRECT])
+    registry.add_app(APP, SCOPE + " launch user/*.rs", [REDIRECT])
     Users(registry).add("helene", PASSWORD, "Patient/helene")
     admin = {"Authorization": f"Bearer {system_token(app_client, 'system/*.cruds')}"}
     assert send(app_client, "PUT", "/fhir/Patient/helene", {**patient(), "id": "helene"}, **admin).status_code == 201
@@ -57,17 +57,18 @@ def _authorize(client: TestClient, verifier: str, **overrides: str) -> Any:
     return client.get(f"/auth/authorize?{urlencode(params)}", follow_redirects=False)
 
 
-def _sign_in(client: TestClient, verifier: str, decision: str = "approve") -> Any:
+def _sign_in(client: TestClient, verifier: str, decision: str = "approve",
+             username: str = "helene", **overrides: str) -> Any:
     """Through the pages; the answer is the redirect back to the app."""
-    login = _authorize(client, verifier)
+    login = _authorize(client, verifier, **overrides)
     assert login.status_code == 200, login.text
     pending = _pending(login.text)
-    second = client.post("/auth/login", data={"pending": pending, "username": "helene",
+    second = client.post("/auth/login", data={"pending": pending, "username": username,
                                               "password": PASSWORD})
     assert second.status_code == 200, second.text
     secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
     users = Users(client.app.state.oauth.registry)  # type: ignore[attr-defined]
-    totp = pyotp.TOTP(secret.group(1) if secret else users.totp_secret("helene"))
+    totp = pyotp.TOTP(secret.group(1) if secret else users.totp_secret(username))
     # A code is accepted once: a second sign-in within the same 30 s takes the next one
     # (one step of clock drift is allowed).
     consent = client.post("/auth/totp", data={"pending": pending, "code": totp.now()})
@@ -199,9 +200,10 @@ def test_discovery_lists_the_launch_capabilities(portal: TestClient) -> None:
     config = portal.get("/fhir/.well-known/smart-configuration").json()
     assert config["authorization_endpoint"] == "http://localhost/auth/authorize"
     assert config["code_challenge_methods_supported"] == ["S256"]
-    assert {"launch-standalone", "client-public", "context-standalone-patient",
-            "sso-openid-connect", "permission-offline"} <= set(config["capabilities"])
-    assert "launch-ehr" not in config["capabilities"]
+    assert {"launch-standalone", "launch-ehr", "client-public", "context-standalone-patient",
+            "context-ehr-patient", "sso-openid-connect", "permission-offline"} <= set(config["capabilities"])
+    # No practitioner patient picker, no encounter context: not claimed.
+    assert not {"context-standalone-encounter", "context-ehr-encounter"} & set(config["capabilities"])
 
 
 
@@ -216,3 +218,37 @@ def test_a_public_app_revokes_its_refresh_token(portal: TestClient) -> None:
     # Introspection is for confidential clients only.
     assert portal.post("/auth/introspect", data={"token": body["access_token"],
                                                  "client_id": APP}).status_code == 401
+
+
+def test_ehr_launch_puts_the_launched_patient_in_context(portal: TestClient) -> None:
+    """The EHR (a backend client) registers the context; a practitioner signs in; the token
+    names that patient and reaches that patient's compartment only."""
+    from tests.auth.conftest import es384, register
+
+    ehr = register(portal, es384("ehr"), "system/Patient.rs")
+    ehr_token = portal.post("/auth/token", data=ehr.form("system/Patient.rs")).json()["access_token"]
+    launch = portal.post("/auth/launch", json={"patient": "other"},
+                         headers={"Authorization": f"Bearer {ehr_token}"})
+    assert launch.status_code == 200, launch.text
+    Users(portal.app.state.oauth.registry).add("dr", PASSWORD, "Practitioner/rpps-10101010101")  # type: ignore[attr-defined]
+    verifier = secrets.token_urlsafe(48)
+    scope = "launch openid fhirUser patient/*.rs"
+    redirect = _sign_in(portal, verifier, username="dr", scope=scope, launch=launch.json()["launch"])
+    body = _exchange(portal, _code(redirect), verifier).json()
+    assert body["patient"] == "other"
+    assert set(body["scope"].split()) == set(scope.split())
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    assert portal.get("/fhir/Patient/other", headers=headers).status_code == 200
+    assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 404
+    unknown = _authorize(portal, verifier, scope=scope, launch="made-up")
+    assert parse_qs(urlsplit(unknown.headers["location"]).query)["error"] == ["invalid_request"]
+    assert portal.post("/auth/launch", json={"patient": "other"}).status_code == 401
+
+
+def test_a_practitioner_standalone_launch_gets_no_patient_scopes(portal: TestClient) -> None:
+    Users(portal.app.state.oauth.registry).add("dr2", PASSWORD, "Practitioner/rpps-2")  # type: ignore[attr-defined]
+    verifier = secrets.token_urlsafe(48)
+    body = _exchange(portal, _code(_sign_in(portal, verifier, username="dr2",
+                                            scope="openid fhirUser patient/*.rs user/*.rs")), verifier).json()
+    assert set(body["scope"].split()) == {"openid", "fhirUser", "user/*.rs"}
+    assert "patient" not in body
