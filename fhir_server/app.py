@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .access.principal import server_principal
+from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
@@ -126,8 +127,12 @@ def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthor
         return None, None
     registry = AuthRegistry(settings.data_dir / "auth.db")
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
-    tokens = TokenService(keys, registry, issuer=settings.auth_url,
-                          audience=settings.base_url.rstrip("/"), lifetime=settings.token_lifetime)
+    audience = settings.base_url.rstrip("/")
+    external = ExternalIssuers([
+        TrustedIssuer(t.issuer, t.jwks_uri, t.audience or audience)
+        for t in settings.trusted_issuers])
+    tokens = TokenService(keys, registry, issuer=settings.auth_url, audience=audience,
+                          lifetime=settings.token_lifetime, external=external)
     oauth = SmartAuthorizationServer(registry, tokens, f"{settings.auth_url}/token", narrow_scope,
                                      narrow_for_user)
     return tokens, oauth

@@ -6,8 +6,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrustedIssuerSetting(BaseModel):
+    """An external OpenID provider whose access tokens are accepted (docs/auth.md)."""
+
+    issuer: str
+    jwks_uri: str
+    audience: str = ""  # empty: this server's FHIR base URL
 
 
 class Settings(BaseSettings):
@@ -54,6 +62,11 @@ class Settings(BaseSettings):
         "authentication at all, for local development and the demo only (logged loudly).",
     )
     token_lifetime: int = Field(300, ge=30, le=3600, description="Access token lifetime (s).")
+    trusted_issuers: list[TrustedIssuerSetting] = Field(
+        default_factory=list,
+        description="External OpenID providers whose access tokens are accepted too: "
+        '[{"issuer": ..., "jwks_uri": ..., "audience": ...}] (audience defaults to base_url).',
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (CORS), e.g. the portal's.",
