@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import os
 import secrets
@@ -22,6 +23,7 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.users import Users
 from .interop import Loader, LoadOptions, progress_stream
 from .logs import configure
+from .search import parse_query
 from .settings import Settings
 
 
@@ -109,13 +111,28 @@ def _add_app(args: argparse.Namespace) -> int:
     return 0
 
 
+RPPS = "urn:oid:1.2.250.1.71.4.2.1"  # France's register of health professionals (ANS)
+
+
+async def _practitioner_by_rpps(settings: Settings, rpps: str) -> str:
+    """`Practitioner/<id>` of the one stored Practitioner with this RPPS number."""
+    async with open_context(settings) as context:
+        query, _ = parse_query("Practitioner", [("identifier", f"{RPPS}|{rpps}")], context.registry)
+        page = await context.store.search(dataclasses.replace(query, count=2))
+    if len(page.matches) != 1:
+        found = "no" if not page.matches else "several"
+        raise ValueError(f"{found} Practitioner with RPPS number {rpps}")
+    return f"Practitioner/{page.matches[0].id}"
+
+
 def _add_user(args: argparse.Namespace) -> int:
     settings = Settings()
     password = getpass.getpass("password (12 characters or more): ") if args.password is None \
         else args.password
     try:
+        fhir_user = args.fhir_user or asyncio.run(_practitioner_by_rpps(settings, args.rpps))
         user = Users(AuthRegistry(settings.data_dir / "auth.db")).add(
-            args.username, password, args.fhir_user)
+            args.username, password, fhir_user)
     except ValueError as exc:
         print(f"fhir-server user add: {exc}", file=sys.stderr)
         return 2
@@ -185,8 +202,11 @@ def parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     add_user = user.add_parser("add", help="create a user linked to a FHIR resource")
     add_user.add_argument("username")
-    add_user.add_argument("--fhir-user", required=True, metavar="Type/id",
-                          help="Patient/<id>, Practitioner/<id> (RPPS) or RelatedPerson/<id>")
+    who = add_user.add_mutually_exclusive_group(required=True)
+    who.add_argument("--fhir-user", metavar="Type/id",
+                     help="Patient/<id>, Practitioner/<id> or RelatedPerson/<id>")
+    who.add_argument("--rpps", metavar="NUMBER",
+                     help="a health professional: the stored Practitioner with this RPPS number")
     add_user.add_argument("--password", help="omit to be asked (not echoed)")
     add_user.set_defaults(run=_add_user)
     keys = commands.add_parser("keys", help="token signing keys").add_subparsers(

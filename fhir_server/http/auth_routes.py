@@ -69,6 +69,28 @@ async def smart_configuration(request: Request) -> JSONResponse:
     })
 
 
+@auth_router.get("/.well-known/openid-configuration")
+async def openid_configuration(request: Request) -> JSONResponse:
+    """OpenID Connect discovery for the issuer `<origin>/auth` (the id_tokens' `iss`)."""
+    settings: Settings = request.app.state.settings
+    auth = settings.auth_url
+    return JSONResponse({
+        "issuer": auth,
+        "authorization_endpoint": f"{auth}/authorize",
+        "token_endpoint": f"{auth}/token",
+        "jwks_uri": f"{auth}/jwks",
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "fhirUser"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
+                                                  "none"],
+    })
+
+
 @auth_router.post("/launch")
 async def register_launch(request: Request) -> Response:
     """EHR launch, first step: the EHR (a backend client that may read Patients) names the

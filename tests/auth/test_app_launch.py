@@ -252,3 +252,13 @@ def test_a_practitioner_standalone_launch_gets_no_patient_scopes(portal: TestCli
                                             scope="openid fhirUser patient/*.rs user/*.rs")), verifier).json()
     assert set(body["scope"].split()) == {"openid", "fhirUser", "user/*.rs"}
     assert "patient" not in body
+
+
+def test_openid_discovery_matches_the_id_tokens(portal: TestClient) -> None:
+    found = portal.get("/auth/.well-known/openid-configuration")
+    assert found.status_code == 200 and found.headers["content-type"].startswith("application/json")
+    config = found.json()
+    smart = portal.get("/fhir/.well-known/smart-configuration").json()
+    assert config["issuer"] == smart["issuer"] == "http://localhost/auth"
+    assert config["jwks_uri"] == smart["jwks_uri"]
+    assert config["id_token_signing_alg_values_supported"] == ["RS256"]

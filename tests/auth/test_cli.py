@@ -1,0 +1,59 @@
+"""The administration commands: users (by FHIR reference or RPPS number), apps, backend
+clients, key rotation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fhir_server import cli
+from fhir_server.app import open_context
+from fhir_server.auth.keys import SigningKeys
+from fhir_server.auth.registry import Registry
+from fhir_server.auth.users import Users
+from fhir_server.services.demo import load_demo_data
+from fhir_server.settings import Settings
+from tests.auth.conftest import es384
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_user_by_rpps_number_is_the_stored_practitioner(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def demo() -> None:
+        async with open_context(Settings(data_dir=data)) as context:
+            await load_demo_data(context)
+
+    asyncio.run(demo())
+    assert cli.main(["user", "add", "claire", "--rpps", "10001234567", "--password", PASSWORD]) == 0
+    user = Users(Registry(data / "auth.db")).get("claire")
+    assert user is not None and user.fhir_user == "Practitioner/dr-martin"
+    assert cli.main(["user", "add", "nobody", "--rpps", "99999999999", "--password", PASSWORD]) == 2
+    assert "no Practitioner with RPPS number 99999999999" in capsys.readouterr().err
+    assert cli.main(["user", "add", "weak", "--fhir-user", "Patient/p", "--password", "short"]) == 2
+
+
+def test_apps_backend_clients_and_keys(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["client", "add-app", "portal", "--scope", "openid patient/*.rs",
+                     "--redirect-uri", "https://portal.example.org/cb", "--confidential"]) == 0
+    secret = capsys.readouterr().out.split("shown once, store it in the app's configuration): ")[1].strip()
+    app = Registry(data / "auth.db").client("portal")
+    assert app is not None and app.kind == "confidential" and app.secret_hash
+    assert secret not in app.secret_hash  # only its hash is stored
+    keys = data / "site.jwks"
+    keys.write_bytes(orjson.dumps(es384("site").jwks()))
+    assert cli.main(["client", "add-backend", "site", "--scope", "system/Communication.rs",
+                     "--jwks", str(keys)]) == 0
+    assert Registry(data / "auth.db").client("site").kind == "backend"  # type: ignore[union-attr]
+    first = SigningKeys(data / "signing-keys.json", 300).signing_key().kid
+    assert cli.main(["keys", "rotate"]) == 0
+    assert len(SigningKeys(data / "signing-keys.json", 300).jwks()["keys"]) == 2
+    assert first in {k["kid"] for k in SigningKeys(data / "signing-keys.json", 300).jwks()["keys"]}
