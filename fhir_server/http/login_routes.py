@@ -22,7 +22,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..auth.pages import TEXT, describe, language, render
 from ..auth.server import FormRequest, Grantee, SmartAuthorizationServer
 from ..auth.users import Locked, Users
+from ..services.launch_context import patients_for
 from ..settings import Settings
+from .auth import context_of
 
 login_router = APIRouter()
 
@@ -197,15 +199,43 @@ async def totp(request: Request) -> Response:
     if not ok:
         return _totp_page(users, user.username, user.totp_enrolled, lang, pending,
                           error=t["bad_code"], status=401)
+    scope = data["params"].get("scope", [""])[0].split()
+    if "launch/patient" in scope and user.patient is None and not data.get("launch_patient"):
+        # A practitioner's standalone launch: the patient is picked among those who consented.
+        choices = await patients_for(context_of(request), user.fhir_user)
+        data.update(stage="pick", choices=[c.id for c in choices])
+        request.app.state.oauth.registry.update("pending", pending, data)
+        return _page("pick.html", lang, title=t["pick_title"], pending=pending, action="pick",
+                     choices=choices)
+    return _to_consent(request, pending, data)
+
+
+@login_router.post("/pick")
+async def pick(request: Request) -> Response:
+    step = await _step(request, "pick")
+    if isinstance(step, HTMLResponse):
+        return step
+    chosen = step.form.get("patient", "")
+    if chosen not in step.data["choices"]:
+        return _message(step.lang, "expired", 400)
+    step.data["launch_patient"] = chosen
+    return _to_consent(request, step.pending, step.data)
+
+
+def _to_consent(request: Request, pending: str, data: dict[str, Any]) -> HTMLResponse:
+    """The consent page, last step before going back to the app."""
+    lang = data["lang"]
     data["stage"] = "consent"
-    request.app.state.oauth.registry.update("pending", pending, data)
-    scope = data["params"].get("scope", [""])[0]
-    client = request.app.state.oauth.registry.client(data["params"]["client_id"][0])
+    registry = request.app.state.oauth.registry
+    registry.update("pending", pending, data)
+    client_id = data["params"]["client_id"][0]
+    client = registry.client(client_id)
     redirect = data["params"].get("redirect_uri", [None])[0] or (
         client.redirect_uris[0] if client and client.redirect_uris else None)
-    return _page("consent.html", lang, title=t["consent_title"],
-                 client_id=data["params"]["client_id"][0], pending=pending, action="consent",
-                 requested=describe(scope, lang), redirect_to=redirect)
+    return _page("consent.html", lang, title=TEXT[lang]["consent_title"], client_id=client_id,
+                 pending=pending, action="consent",
+                 requested=describe(data["params"].get("scope", [""])[0], lang),
+                 redirect_to=redirect)
 
 
 @login_router.post("/consent")

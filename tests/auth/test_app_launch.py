@@ -262,3 +262,55 @@ def test_openid_discovery_matches_the_id_tokens(portal: TestClient) -> None:
     assert config["issuer"] == smart["issuer"] == "http://localhost/auth"
     assert config["jwks_uri"] == smart["jwks_uri"]
     assert config["id_token_signing_alg_values_supported"] == ["RS256"]
+
+
+def _consent(patient: str, actor: str, start: str, end: str | None = None) -> dict[str, Any]:
+    period = {"start": start, **({"end": end} if end else {})}
+    return {
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN"}]},
+        "provision": {"type": "permit", "period": period,
+                      "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                                      "code": "PRCP"}]},
+                                 "reference": {"reference": actor}}]},
+    }
+
+
+def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> None:
+    """Standalone launch with launch/patient: the picker offers the patients whose consent in
+    force names the practitioner, and the token's patient is the one picked."""
+    admin = {"Authorization": f"Bearer {system_token(portal, 'system/*.cruds')}"}
+    actor = "Practitioner/rpps-3"
+    for body in (_consent("helene", actor, "2020-01-01"),
+                 _consent("other", actor, "2020-01-01", "2021-01-01")):  # expired
+        assert send(portal, "POST", "/fhir/Consent", body, **admin).status_code == 201
+    Users(portal.app.state.oauth.registry).add("dr3", PASSWORD, actor)  # type: ignore[attr-defined]
+    verifier = secrets.token_urlsafe(48)
+    scope = "openid fhirUser launch/patient patient/*.rs"
+    pending = _pending(_authorize(portal, verifier, scope=scope).text)
+    second = portal.post("/auth/login", data={"pending": pending, "username": "dr3", "password": PASSWORD})
+    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
+    assert secret is not None
+    picker = portal.post("/auth/totp", data={"pending": pending, "code": pyotp.TOTP(secret.group(1)).now()})
+    assert picker.status_code == 200
+    offered = re.findall(r'name="patient" value="([^"]+)"', picker.text)
+    assert offered == ["helene"]
+    assert portal.post("/auth/pick", data={"pending": pending, "patient": "other"}).status_code == 400
+    pending = _pending(_authorize(portal, verifier, scope=scope).text)
+    portal.post("/auth/login", data={"pending": pending, "username": "dr3", "password": PASSWORD})
+    totp = pyotp.TOTP(secret.group(1))
+    portal.post("/auth/totp", data={"pending": pending, "code": totp.at(time.time() + totp.interval)})
+    consent = portal.post("/auth/pick", data={"pending": pending, "patient": "helene"})
+    assert consent.status_code == 200 and "Autoriser" in consent.text
+    redirect = portal.post("/auth/consent", data={"pending": pending, "decision": "approve"},
+                           follow_redirects=False)
+    body = _exchange(portal, _code(redirect), verifier).json()
+    assert body["patient"] == "helene" and "patient/*.rs" in body["scope"].split()
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
+    assert portal.get("/fhir/Patient/other", headers=headers).status_code == 404
