@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .access.principal import server_principal
+from .audit.chain import Chain
+from .audit.recorder import AuditRecorder
 from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
@@ -20,6 +22,7 @@ from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
 from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
+from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_router
 from .http.login_routes import login_router
 from .logs import RequestIdMiddleware
@@ -30,6 +33,7 @@ from .services.demo import load_demo_data
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
+from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("fhir_server")
@@ -60,7 +64,7 @@ def build_context(settings: Settings, store: Store) -> Context:
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = open_store(settings.store_url)
+    store = RoutingStore(open_store(settings.store_url), open_store(settings.audit_store_url))
     await store.open()
     try:
         yield replace(build_context(settings, store), principal=server_principal("cli"))
@@ -72,8 +76,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
-    store = store or open_store(settings.store_url)
+    audit_store = open_store(settings.audit_store_url)
+    store = RoutingStore(store or open_store(settings.store_url), audit_store)
     context = build_context(settings, store)
+    recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"))
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager
@@ -89,6 +95,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         await store.close()
+        recorder.chain.close()
 
     app = FastAPI(
         title="fhir-server",
@@ -117,6 +124,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             allow_headers=["Authorization", "Content-Type", "Accept", "If-Match",
                            "If-None-Exist", "If-None-Match", "If-Modified-Since", "Prefer"],
             expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"])
+    install_audit(app, settings.base_path, recorder)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -1,5 +1,6 @@
 """Command line: `fhir-server serve`, `fhir-server load`, and the administration of the
-authorization server (`client add-backend`, `client add-app`, `user add`, `keys rotate`)."""
+authorization server (`client add-backend`, `client add-app`, `user add`, `keys rotate`) and of
+the audit trail (`audit verify`)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import orjson
 import uvicorn
 
-from .app import open_context
+from .app import open_context, open_store
+from .audit.chain import Chain, Verdict, verify
 from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
 from .auth.users import Users
 from .interop import Loader, LoadOptions, progress_stream
 from .logs import configure
-from .search import parse_query
+from .search import Query, parse_query
 from .settings import Settings
 
 
@@ -140,6 +143,37 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit_verdict(settings: Settings) -> Verdict:
+    store = open_store(settings.audit_store_url)
+    await store.open()
+    try:
+        events: dict[str, dict[str, Any]] = {}
+        query = Query("AuditEvent", count=1000)
+        page = await store.search(query)
+        while True:
+            events.update((v.id, orjson.loads(v.body)) for v in page.matches if v.body)
+            if page.next_cursor is None:
+                break
+            page = await store.search(query, page.next_cursor)
+    finally:
+        await store.close()
+    chain = Chain(settings.data_dir / "audit-chain.db")
+    try:
+        links = chain.links()
+    finally:
+        chain.close()
+    return verify(links, events, events.keys())
+
+
+def _verify_audit(args: argparse.Namespace) -> int:
+    verdict = asyncio.run(_audit_verdict(Settings()))
+    for problem in verdict.problems:
+        print(problem)
+    state = "intact" if not verdict.problems else f"{len(verdict.problems)} problems"
+    print(f"audit trail: {verdict.checked} links checked, {state}", file=sys.stderr)
+    return 0 if not verdict.problems else 1
+
+
 def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
@@ -213,6 +247,11 @@ def parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     rotate = keys.add_parser("rotate", help="sign new tokens with a new key")
     rotate.set_defaults(run=_rotate_keys)
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="action", required=True)
+    check = audit.add_parser("verify", help="check the hash chain against the stored "
+                                            "AuditEvents (exit 1 on any change or removal)")
+    check.set_defaults(run=_verify_audit)
     return root
 
 

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         "",
         description="Store URL; empty means sqlite:///<data_dir>/fhir.db.",
     )
+    audit_store: str = Field(
+        "", description="Store URL of the audit trail; empty means sqlite:///<data_dir>/audit.db.",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
@@ -83,6 +86,11 @@ class Settings(BaseSettings):
     def store_url(self) -> str:
         """The effective store URL."""
         return self.store or f"sqlite:///{self.data_dir / 'fhir.db'}"
+
+    @property
+    def audit_store_url(self) -> str:
+        """The effective audit store URL."""
+        return self.audit_store or f"sqlite:///{self.data_dir / 'audit.db'}"
 
     @property
     def auth_url(self) -> str:

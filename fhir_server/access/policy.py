@@ -23,9 +23,9 @@ from ..model.errors import Kind, fail
 from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
 from .principal import Principal
-from .scopes import Interaction, Level, Restriction
+from .scopes import Interaction, Restriction
 
-_USABLE: tuple[Level, ...] = ("system", "patient")
+_WRITES = frozenset({"create", "update", "patch", "delete"})
 
 
 def compartment_clause(registry: Registry, resource_type: str, patient_id: str) -> Clause | None:
@@ -72,6 +72,9 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
     """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN."""
     if principal is None:
         raise _denied(principal, interaction, resource_type)
+    if resource_type == "AuditEvent" and interaction in _WRITES:
+        raise fail(Kind.FORBIDDEN, "forbidden",
+                   "The audit trail is append-only and written by the server alone.")
     grant = principal.grant
     type_name = resource_type or "*"
     system = grant.restrictions(interaction, type_name, ("system",), instance=instance)

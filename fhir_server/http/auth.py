@@ -27,7 +27,8 @@ def context_of(request: Request) -> Context:
     """The service Context of this request: the app's, with the caller's principal."""
     context: Context = request.app.state.context
     principal = getattr(request.state, "principal", None)
-    return dataclasses.replace(context, principal=principal)
+    return dataclasses.replace(context, principal=principal,
+                               trail=getattr(request.state, "trail", None))
 
 
 async def authenticate(request: Request) -> None:

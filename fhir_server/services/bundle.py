@@ -38,7 +38,7 @@ from . import crud, history, search
 from .conditions import condition
 from .context import Context, Payload
 from .crud import check_resource
-from .guard import decision, hidden, require_reach, visible
+from .guard import decision, hidden, note, require_reach, visible
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -402,6 +402,9 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
     else:
         raise fail(Kind.BUSY, "transient", "Too many concurrent writes to the same resources; "
                    "retry the transaction later.")
+    for outcome in tx.outcomes.values():
+        for version in outcome.result.versions if outcome.result else ():
+            note(ctx, version)
     # GETs see the committed writes, so they run after the commit; a GET that fails then
     # (say, a 404) cannot undo the writes, so it is reported in its own entry instead of
     # turning a durable transaction into an error response.

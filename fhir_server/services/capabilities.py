@@ -16,6 +16,9 @@ from ..search import Registry
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
                 "history-type", "create", "search-type")
 SYSTEM_INTERACTIONS = ("history-system", "search-system")
+# The audit trail is written by the server alone (access/policy.py): read and searched only.
+READ_ONLY_TYPES = {"AuditEvent": ("read", "vread", "history-instance", "history-type",
+                                  "search-type")}
 # Defined in the R4 registry but not implemented: never advertised.
 UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_query", "_list", "_filter", "_containedType",
                                 "_contained"})
@@ -57,14 +60,16 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
         {
             "type": resource_type,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
-            "interaction": [{"code": code} for code in INTERACTIONS],
+            "interaction": [{"code": code}
+                            for code in READ_ONLY_TYPES.get(resource_type, INTERACTIONS)],
             "versioning": "versioned-update",
             "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": True,
+            "updateCreate": resource_type not in READ_ONLY_TYPES,
+            "conditionalCreate": resource_type not in READ_ONLY_TYPES,
             "conditionalRead": "not-supported",
-            "conditionalUpdate": True,
-            "conditionalDelete": "multiple" if conditional_delete_multiple else "single",
+            "conditionalUpdate": resource_type not in READ_ONLY_TYPES,
+            "conditionalDelete": ("not-supported" if resource_type in READ_ONLY_TYPES
+                                  else "multiple" if conditional_delete_multiple else "single"),
             "searchInclude": _includes(registry, resource_type),
             "searchRevInclude": _revincludes(registry, resource_type),
             "searchParam": _search_params(registry, resource_type),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..access.principal import Principal
+from ..audit.trail import Trail
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store
@@ -23,6 +24,7 @@ class Context:
     default_page_size: int = 20
     max_page_size: int = 1000
     principal: Principal | None = None  # who calls; set per request (deny when None)
+    trail: Trail | None = None  # what the request touched, for its AuditEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,22 @@ from ..store.base import (
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Operation,
     Result,
     Version,
     Write,
 )
 from .conditions import condition
 from .context import Context, Payload
-from .guard import decision, hidden, require_reach, visible
+from .guard import decision, hidden, note, require_reach, visible
+
+
+async def _commit(ctx: Context, operation: Operation) -> Result:
+    """Apply one operation in its own unit of work; the audit trail notes what it wrote."""
+    [result] = await ctx.store.commit([operation])
+    for version in result.versions:
+        note(ctx, version)
+    return result
 
 
 def check_type(resource_type: str) -> None:
@@ -97,9 +106,9 @@ async def create(
     require_reach(allowed, resource_type, payload.checked)
     write = Write(resource_type, id, payload.exact, entries, "POST", create_only=True)
     if if_none_exist is None:
-        return (await ctx.store.commit([write]))[0]
+        return await _commit(ctx, write)
     query = allowed.confine(condition(ctx, resource_type, if_none_exist))
-    return (await ctx.store.commit([ConditionalCreate(query, write)]))[0]
+    return await _commit(ctx, ConditionalCreate(query, write))
 
 
 async def read(ctx: Context, resource_type: str, id: str) -> Version:
@@ -110,6 +119,7 @@ async def read(ctx: Context, resource_type: str, id: str) -> Version:
     version = await _current(ctx, resource_type, id)
     if not visible(decision(ctx, "read", resource_type), version):
         raise hidden(resource_type, id)
+    note(ctx, version)
     return version
 
 
@@ -149,6 +159,7 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
     if version.deleted:
         raise fail(Kind.GONE, "deleted", f"Version {version_id} of {resource_type}/{id} is a deletion.",
                    details_code="MSG_DELETED")
+    note(ctx, version)
     return version
 
 
@@ -182,7 +193,7 @@ async def update(
     if existing is not None and not existing.deleted and not visible(allowed, existing):
         raise hidden(resource_type, id)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
-    return (await ctx.store.commit([write]))[0]
+    return await _commit(ctx, write)
 
 
 async def conditional_update(
@@ -201,7 +212,7 @@ async def conditional_update(
     require_reach(allowed, resource_type, payload.checked)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     op = ConditionalUpdate(query, write, id_given=body_id is not None)
-    return (await ctx.store.commit([op]))[0]
+    return await _commit(ctx, op)
 
 
 def apply_patch(current: Version, operations: Any) -> Payload:
@@ -268,7 +279,7 @@ async def patch(
 ) -> Result:
     """PATCH with JSON Patch (http.html#patch)."""
     write = await patch_write(ctx, resource_type, id, operations, if_match=if_match)
-    return (await ctx.store.commit([write]))[0]
+    return await _commit(ctx, write)
 
 
 async def conditional_patch(
@@ -298,7 +309,7 @@ async def delete(
         existing = await ctx.store.read(resource_type, id)
         if existing is not None and not existing.deleted and not visible(allowed, existing):
             raise hidden(resource_type, id)
-    return (await ctx.store.commit([Delete(resource_type, id, if_match)]))[0]
+    return await _commit(ctx, Delete(resource_type, id, if_match))
 
 
 async def conditional_delete(
@@ -307,5 +318,5 @@ async def conditional_delete(
     """DELETE /Type?criteria: one match, or all matches when the client allows `multiple`."""
     check_type(resource_type)
     query = decision(ctx, "delete", resource_type).confine(condition(ctx, resource_type, criteria))
-    return (await ctx.store.commit([ConditionalDelete(query, multiple)]))[0]
+    return await _commit(ctx, ConditionalDelete(query, multiple))
 

@@ -32,6 +32,12 @@ def visible(d: Decision, version: Version) -> bool:
     return d.admits(version.resource_type, orjson.loads(version.body))
 
 
+def note(ctx: Context, version: Version | None, resource: dict[str, Any] | None = None) -> None:
+    """Tell the request's audit trail a resource was read, returned or written."""
+    if ctx.trail is not None:
+        ctx.trail.touched(ctx.registry, version, resource)
+
+
 def hidden(resource_type: str, id: str) -> Exception:
     return fail(Kind.NOT_FOUND, "not-found", f"{resource_type}/{id} is not known.",
                 details_code="MSG_NO_EXIST")

@@ -16,7 +16,7 @@ from ..model.errors import Kind, fail
 from ..store.base import HistoryQuery, Version
 from .context import Context
 from .crud import check_id, check_type
-from .guard import decision, visible
+from .guard import decision, note, visible
 
 CURSOR = "_cursor"
 
@@ -93,9 +93,12 @@ async def history(
     links = {"self": _link(self_url, kept + ([(CURSOR, str(before))] if before else []))}
     if page.next_seq is not None:
         links["next"] = _link(self_url, [*kept, (CURSOR, str(page.next_seq))])
+    shown = [v for v in page.versions if not allowed.clauses or visible(allowed, v)]
+    for version in shown:
+        note(ctx, version)
     entries = (
         history_entry(base_url, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body)
-        for v in page.versions if not allowed.clauses or visible(allowed, v)
+        for v in shown
     )
     return bundle("history", entries, links=links)
 

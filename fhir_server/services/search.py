@@ -25,7 +25,7 @@ from ..search import Clause, Query, format_query, parse_query
 from ..store.base import Version
 from .context import Context
 from .crud import check_id, check_type
-from .guard import decision, visible
+from .guard import decision, note, visible
 
 CURSOR = "_cursor"
 
@@ -114,6 +114,8 @@ async def search(
         filtered = filtered.restrict(_compartment_clause(ctx, resource_type, compartment))
     page = await ctx.store.search(filtered, cursor)
     included = _reachable(ctx, page.included)
+    for version in (*page.matches, *included):
+        note(ctx, version)
 
     if compartment is not None:
         path = f"{ctx.base_url}/Patient/{compartment}/{resource_type}"

@@ -30,6 +30,7 @@ from tests.http.helpers import create, send
 
 R4 = SHARED / "fhir-r4"
 BASE = "http://testserver/fhir"
+READ_ONLY_INTERACTIONS = {"read", "vread", "history-instance", "history-type", "search-type"}
 TYPE_INTERACTIONS = {"read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                      "create", "search-type"}
 # capabilitystatement.html: the codes of TypeRestfulInteraction / SystemRestfulInteraction.
@@ -79,6 +80,9 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         for path in sorted((R4 / "examples").glob("*.json")):
             resource = orjson.loads(path.read_bytes())
             if resource["resourceType"] in stored:
+                continue
+            if resource["resourceType"] == "AuditEvent":
+                # Written by the server alone: every request above has left one to search.
                 continue
             response = send(client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource)
             assert response.status_code in (200, 201), (path.name, response.text)
@@ -132,7 +136,8 @@ def test_every_r4_type_with_its_interactions(statement: dict[str, Any]) -> None:
     assert len(listed) == 146
     assert {r["type"] for r in listed} == r4_resource_types()
     for resource in listed:
-        assert {i["code"] for i in resource["interaction"]} == TYPE_INTERACTIONS, resource["type"]
+        expected = READ_ONLY_INTERACTIONS if resource["type"] == "AuditEvent" else TYPE_INTERACTIONS
+        assert {i["code"] for i in resource["interaction"]} == expected, resource["type"]
         assert resource["profile"] == f"http://hl7.org/fhir/StructureDefinition/{resource['type']}"
         names = [p["name"] for p in resource["searchParam"]]
         assert len(names) == len(set(names)), resource["type"]
@@ -186,7 +191,8 @@ def test_conditional_delete_multiple_is_advertised_when_enabled(tmp_path: Path) 
     settings = Settings(data_dir=tmp_path, base_url=BASE, conditional_delete_multiple=True)
     with authorized(TestClient(create_app(settings))) as client:
         cs = client.get("/fhir/metadata").json()
-        assert {r["conditionalDelete"] for r in cs["rest"][0]["resource"]} == {"multiple"}
+        assert {r["conditionalDelete"] for r in cs["rest"][0]["resource"]
+                if r["type"] != "AuditEvent"} == {"multiple"}
         for _ in range(2):
             create(client, patient(given="Twin"))
         assert client.delete("/fhir/Patient?given=twin").status_code == 204

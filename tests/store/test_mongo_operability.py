@@ -120,7 +120,7 @@ def test_server_starts_while_mongodb_is_down_and_recovers_when_it_returns(
     write = send(client, "PUT", "/fhir/Patient/p1", {**patient(), "id": "p1"})
     assert write.status_code == 503
     double.down = False
-    assert client.get("/readyz").json() == {
-        "status": "ready", "details": {"kind": "mongodb", "transactions": True}}
+    assert client.get("/readyz").json() == {"status": "ready", "details": {
+        "kind": "mongodb", "transactions": True, "audit": {"kind": "sqlite", "transactions": True}}}
     assert send(client, "PUT", "/fhir/Patient/p1", {**patient(), "id": "p1"}).status_code == 201
     assert client.get("/fhir/Patient/p1").status_code == 200

@@ -1,0 +1,101 @@
+"""AuditEvent resources as IHE Basic Audit Log Patterns (BALP) shape them, for R4.
+
+One per interaction: what kind (`type` rest, `subtype` the RESTful interaction), `action`
+(C R U D E), when, the `outcome` (0 success, 4 minor failure such as a denial, 8 serious),
+who (the user as `fhirUser`, the client application, the network address), the resources
+involved and, as `entity` with role "patient", every patient whose data were involved: that
+puts the event in those patients' compartments, where they can read it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ..access.principal import Principal
+
+_ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "history-type": "R",
+            "history-system": "R", "search-type": "E", "search-system": "E", "create": "C",
+            "update": "U", "patch": "U", "delete": "D", "transaction": "E", "batch": "E",
+            "operation": "E"}
+_INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
+
+
+def outcome_code(status: int) -> str:
+    """AuditEvent.outcome of an HTTP status: 0 success, 4 refused or invalid, 8 failure."""
+    return "0" if status < 400 else "4" if status < 500 else "8"
+
+
+def audit_event(*, interaction: str, status: int, recorded: str, principal: Principal | None,
+                address: str | None, resources: list[str], patients: set[str],
+                query: str | None, purpose: str | None) -> dict[str, Any]:
+    """The AuditEvent of one interaction."""
+    agent: dict[str, Any] = {
+        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
+                             "code": "110153", "display": "Source Role ID"}]},
+        "requestor": True,
+    }
+    if principal is not None:
+        if principal.fhir_user:
+            agent["who"] = {"reference": principal.fhir_user}
+        else:
+            agent["who"] = {"display": principal.subject}
+        agent["altId"] = principal.client_id
+        agent["name"] = principal.subject
+    else:
+        agent["who"] = {"display": "unauthenticated"}
+    if address:
+        agent["network"] = {"address": address, "type": "2"}
+    entities: list[dict[str, Any]] = [
+        {"what": {"reference": f"Patient/{patient}"},
+         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                  "display": "Patient"}}
+        for patient in sorted(patients)
+    ]
+    entities += [{"what": {"reference": key},
+                  "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                           "code": "4", "display": "Domain Resource"}}
+                 for key in resources if not key.startswith("Patient/")]
+    if query:
+        entities.append({"query": base64.b64encode(query.encode()).decode(),
+                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                                  "code": "24", "display": "Query"}})
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                 "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": _INTERACTION_SYSTEM, "code": interaction}],
+        "action": _ACTIONS.get(interaction, "E"),
+        "recorded": recorded,
+        "outcome": outcome_code(status),
+        "agent": [agent],
+        "source": {"observer": {"display": "fhir-server"},
+                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                             "code": "4", "display": "Application Server"}]},
+    }
+    if status >= 400:
+        event["outcomeDesc"] = f"HTTP {status}"
+    if purpose:
+        event["purposeOfEvent"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}]
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+def interaction_of(method: str, path: str) -> str:
+    """The RESTful interaction a request under the FHIR base path is (`path` relative to it)."""
+    parts = [p for p in path.split("/") if p]
+    if method == "POST" and not parts:
+        return "transaction"
+    if parts and parts[-1] == "_search" or (method == "GET" and len(parts) <= 1):
+        return "search-type" if parts and parts[0] != "_search" else "search-system"
+    if "_history" in parts:
+        position = parts.index("_history")
+        if position + 1 < len(parts):
+            return "vread"
+        return {0: "history-system", 1: "history-type"}.get(position, "history-instance")
+    if len(parts) == 3 and method == "GET":  # compartment search /Patient/1/Observation
+        return "search-type"
+    return {"GET": "read", "POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete"}.get(method, "operation")

@@ -1,0 +1,39 @@
+"""An AuditEvent for every request to the FHIR API, whatever its outcome (denials included),
+written once the response is ready and before it is sent (audit/events.py says what it holds).
+`metadata` and discovery are public documents and are not audited."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from ..audit.events import audit_event, interaction_of
+from ..audit.recorder import AuditRecorder
+from ..audit.trail import Trail
+from ..store.versions import now
+
+_PUBLIC = ("/metadata", "/.well-known/")
+
+
+def install_audit(app: FastAPI, base_path: str, recorder: AuditRecorder) -> None:
+    """Audit the requests under `base_path`."""
+
+    @app.middleware("http")
+    async def audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        relative = path[len(base_path):]
+        if not path.startswith(base_path) or relative.startswith(_PUBLIC):
+            return await call_next(request)
+        trail = request.state.trail = Trail()
+        response = await call_next(request)
+        query = request.url.query or None
+        event = audit_event(
+            interaction=interaction_of(request.method, relative), status=response.status_code,
+            recorded=now()[0], principal=getattr(request.state, "principal", None),
+            address=request.client.host if request.client else None,
+            resources=trail.resources, patients=trail.patients,
+            query=query if request.method == "GET" else None, purpose=None)
+        await recorder.record(event)
+        return response

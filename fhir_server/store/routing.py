@@ -1,0 +1,87 @@
+"""A Store that keeps the audit trail apart: AuditEvents in their own store, the rest in the
+main one. The audit store has its own retention and can be locked down on its own, and the
+clinical store is untouched by the audit records of requests that fail."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..search import Query
+from .base import (
+    ConditionalCreate,
+    ConditionalDelete,
+    ConditionalUpdate,
+    HistoryPage,
+    HistoryQuery,
+    Operation,
+    Result,
+    SearchPage,
+    Store,
+    UnitOfWork,
+    Version,
+)
+
+AUDIT_TYPE = "AuditEvent"
+
+
+def _type_of(operation: Operation) -> str | None:
+    if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
+        return operation.write.resource_type
+    if isinstance(operation, ConditionalDelete):
+        return operation.query.resource_type
+    return operation.resource_type
+
+
+class RoutingStore:
+    """`main` for every type but AuditEvent, which lives in `audit`."""
+
+    def __init__(self, main: Store, audit: Store) -> None:
+        self.main = main
+        self.audit = audit
+
+    def _for(self, resource_type: str | None) -> Store:
+        return self.audit if resource_type == AUDIT_TYPE else self.main
+
+    async def open(self) -> None:
+        await self.main.open()
+        await self.audit.open()
+
+    async def close(self) -> None:
+        await self.main.close()
+        await self.audit.close()
+
+    async def check(self) -> None:
+        await self.main.check()
+        await self.audit.check()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.main.status(), "audit": self.audit.status()}
+
+    async def read(self, resource_type: str, id: str) -> Version | None:
+        return await self._for(resource_type).read(resource_type, id)
+
+    async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
+        return await self._for(resource_type).vread(resource_type, id, version)
+
+    async def count(self, resource_type: str) -> int:
+        return await self._for(resource_type).count(resource_type)
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        return await self._for(query.resource_type).history(query)
+
+    async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
+        return await self._for(query.resource_type).search(query, cursor)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        # Transactions are clinical: AuditEvents are written by the recorder only.
+        async with self.main.transaction() as unit:
+            yield unit
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        audit = [op for op in operations if _type_of(op) == AUDIT_TYPE]
+        if audit and len(audit) != len(operations):
+            raise ValueError("AuditEvents are committed on their own")
+        return await (self.audit if audit else self.main).commit(operations)

@@ -1,0 +1,118 @@
+"""The audit trail: an AuditEvent per interaction (denials included), a patient reading who
+accessed their data, append-only through the API, and a hash chain that detects tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_server import cli
+from fhir_server.app import create_app
+from fhir_server.audit.chain import Chain
+from fhir_server.search import extract
+from fhir_server.settings import Settings
+from fhir_server.store.base import Delete, Write
+from fhir_server.store.sqlite import SqliteStore
+from tests.builders import observation, patient
+from tests.conftest import authorized, token
+from tests.http.helpers import send
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(tmp_path))
+    settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir")
+    with authorized(TestClient(create_app(settings))) as client:
+        for id in ("a", "b"):
+            assert send(client, "PUT", f"/fhir/Patient/{id}", {**patient(), "id": id}).status_code == 201
+            body = {**observation(f"Patient/{id}"), "id": f"{id}-obs"}
+            assert send(client, "PUT", f"/fhir/Observation/{id}-obs", body).status_code == 201
+        yield client
+
+
+def _events(client: TestClient, headers: dict[str, str], query: str) -> list[dict[str, Any]]:
+    response = client.get(f"/fhir/AuditEvent?{query}&_count=100", headers=headers)
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json().get("entry", [])]
+
+
+def _patients(event: dict[str, Any]) -> set[str]:
+    return {e["what"]["reference"] for e in event.get("entity", [])
+            if e.get("role", {}).get("code") == "1"}
+
+
+def test_a_patient_reads_who_accessed_their_data(world: TestClient) -> None:
+    site = {"Authorization": f"Bearer {token(world, 'system/Observation.rs')}"}
+    assert world.get("/fhir/Observation?subject=Patient/a", headers=site).status_code == 200
+    a = {"Authorization": f"Bearer {token(world, 'patient/*.rs', patient='a')}"}
+    assert world.get("/fhir/Observation/b-obs", headers=a).status_code == 404  # denied, unseen
+    mine = _events(world, a, "patient=Patient/a")
+    assert mine and all("Patient/a" in _patients(e) for e in mine)
+    searches = [e for e in mine if e["subtype"][0]["code"] == "search-type"]
+    assert any(e["agent"][0]["altId"] == "test-client" and e["outcome"] == "0" for e in searches)
+    assert not any("Patient/b" in _patients(e) for e in mine)
+    assert _events(world, a, "patient=Patient/b") == []  # confined to her compartment
+
+
+def test_every_interaction_is_audited_denials_included(world: TestClient) -> None:
+    admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
+    before = len(_events(world, admin, "_sort=-_lastUpdated"))
+    assert world.get("/fhir/Observation", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    events = _events(world, admin, "_sort=-_lastUpdated")
+    assert len(events) >= before + 1
+    denied = [e for e in events if e["outcome"] == "4" and e.get("outcomeDesc") == "HTTP 401"]
+    assert denied and denied[0]["agent"][0]["who"]["display"] == "unauthenticated"
+    assert denied[0]["agent"][0]["network"]["address"]
+
+
+def test_the_trail_is_append_only_through_the_api(world: TestClient) -> None:
+    event = _events(world, world.headers, "_count=1")[0]  # type: ignore[arg-type]
+    forged = {**event, "outcome": "8"}
+    assert send(world, "PUT", f"/fhir/AuditEvent/{event['id']}", forged).status_code == 403
+    assert world.delete(f"/fhir/AuditEvent/{event['id']}").status_code == 403
+    assert send(world, "POST", "/fhir/AuditEvent", {**event, "id": None}).status_code == 403
+
+
+def _verify(capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(["audit", "verify"])
+    return code, capsys.readouterr().out
+
+
+def test_the_hash_chain_detects_changes_removals_and_additions(
+    world: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _verify(capsys) == (0, "")
+    chain = Chain(tmp_path / "audit-chain.db")
+    links = chain.links()
+    chain.close()
+    changed, removed = links[1][1], links[2][1]
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    body = orjson.loads(conn.execute("SELECT body FROM history WHERE id = ?", (changed,)).fetchone()[0])
+    body["outcome"] = "8"
+    conn.execute("UPDATE history SET body = ? WHERE id = ?", (orjson.dumps(body), changed))
+    conn.commit()
+    conn.close()
+
+    async def tamper() -> None:
+        store = SqliteStore(tmp_path / "audit.db")
+        await store.open()
+        await store.commit([Delete("AuditEvent", removed)])
+        extra = {"resourceType": "AuditEvent", "id": "slipped-in", "type": {"code": "rest"},
+                 "recorded": "2026-01-01T00:00:00Z", "agent": [{"requestor": True}],
+                 "source": {"observer": {"display": "x"}}}
+        await store.commit([Write("AuditEvent", "slipped-in", extra, extract(extra))])
+        await store.close()
+
+    asyncio.run(tamper())
+    code, out = _verify(capsys)
+    assert code == 1
+    assert f"AuditEvent/{changed} (link 2) was changed" in out
+    assert f"AuditEvent/{removed} (link 3) was removed" in out
+    assert "AuditEvent/slipped-in is not in the chain" in out
