@@ -6,8 +6,9 @@
   and are reached as named. Searches are confined *inside the query* (the compartment clause is
   ANDed to it before paging), so nothing of another patient can come back, through `_include`
   either: included resources pass `may_see` one by one.
-- `user/` scopes need the consent-driven policy of the platform (who a practitioner may see),
-  which is not built yet: they grant nothing for now.
+- `user/` scopes of a practitioner reach the compartments of the patients whose privacy
+  Consent in force names them (services/launch_context.py finds them for each request, so a
+  withdrawn consent takes effect at once); other users' `user/` scopes grant nothing yet.
 - Granular scopes (`patient/Observation.rs?category=laboratory`) add their search parameters to
   the query, or are checked against the resource.
 
@@ -91,7 +92,25 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
         if patient:
             clauses += _restriction_clauses(registry, resource_type, patient, principal, interaction)
         return Decision(clauses)
+    if principal.consented is not None and resource_type is not None:
+        user = grant.restrictions(interaction, resource_type, ("user",), instance=instance)
+        if user is not None and not user:
+            raise _denied(principal, interaction, resource_type)
+        reach = _compartments(registry, resource_type, principal.consented)
+        clauses = (reach,) if reach is not None else ()
+        if user:
+            clauses += _restriction_clauses(registry, resource_type, user, principal, interaction)
+        return Decision(clauses)
     raise _denied(principal, interaction, resource_type)
+
+
+def _compartments(registry: Registry, resource_type: str, patients: Sequence[str]) -> Clause | None:
+    """Membership of any of these patients' compartments (an empty clause matches nothing);
+    None when the type is in no patient compartment."""
+    clauses = [compartment_clause(registry, resource_type, id) for id in patients]
+    if not registry.patient_compartment(resource_type) and resource_type != "Patient":
+        return None
+    return Clause(tuple(p for c in clauses if c is not None for p in c.any_of))
 
 
 def _restriction_clauses(registry: Registry, resource_type: str | None,

@@ -12,7 +12,8 @@ class Principal:
     """The subject of a request and what it was granted.
 
     `patient` is the launch patient of a patient-facing token: `patient/` scopes reach only
-    that patient's compartment. `client_id` names the application.
+    that patient's compartment. `consented` lists the patients a practitioner's `user/` scopes
+    reach. `client_id` names the application.
     """
 
     subject: str
@@ -21,6 +22,8 @@ class Principal:
     patient: str | None = None
     fhir_user: str | None = None
     token_id: str | None = None
+    # For a practitioner with user/ scopes: the patients whose consent in force names them.
+    consented: tuple[str, ...] | None = None
 
 
 def server_principal(name: str) -> Principal:

@@ -341,9 +341,10 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         words = granted.split()
         in_context = "launch/patient" in words or ("launch" in words and user.launch_patient)
         patient = user.patient if in_context else None
-        fhir_user = user.fhir_user if "fhirUser" in words or "openid" in words else None
+        # The access token always names the user's resource: the resource server decides what
+        # a practitioner reaches from it (access/policy.py).
         response = self.tokens.issue(subject=user.username, client_id=client.get_client_id(),
-                                     scope=granted, patient=patient, fhir_user=fhir_user)
+                                     scope=granted, patient=patient, fhir_user=user.fhir_user)
         if "openid" in words:
             response["id_token"] = self.tokens.id_token(
                 subject=user.username, client_id=client.get_client_id(), fhir_user=user.fhir_user,

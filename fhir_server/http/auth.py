@@ -17,6 +17,7 @@ from ..access.principal import Principal, server_principal
 from ..auth.tokens import InvalidToken, TokenService
 from ..model.errors import Kind, fail
 from ..services.context import Context
+from ..services.launch_context import consenting_patients
 
 log = logging.getLogger("fhir_server.auth")
 
@@ -47,9 +48,15 @@ async def authenticate(request: Request) -> None:
     except InvalidToken as exc:
         raise fail(Kind.UNAUTHORIZED, "expired" if "expired" in str(exc) else "security",
                    str(exc)) from None
+    grant = parse_scopes(claims.scope)
+    consented = None
+    if claims.fhir_user and "Practitioner/" in claims.fhir_user and grant.has_level("user"):
+        practitioner = "Practitioner/" + claims.fhir_user.rsplit("Practitioner/", 1)[1]
+        consented = tuple(await consenting_patients(request.app.state.context, practitioner))
     request.state.principal = Principal(
-        subject=claims.subject, client_id=claims.client_id, grant=parse_scopes(claims.scope),
-        patient=claims.patient, fhir_user=claims.fhir_user, token_id=claims.token_id)
+        subject=claims.subject, client_id=claims.client_id, grant=grant,
+        patient=claims.patient, fhir_user=claims.fhir_user, token_id=claims.token_id,
+        consented=consented)
 
 
 def www_authenticate(kind: Kind, code: str, diagnostics: str) -> str | None:

@@ -1,9 +1,8 @@
-"""The patients a practitioner may open in a standalone launch (the SMART patient picker).
-
-A practitioner may pick a patient whose active privacy Consent names them as an actor with a
-permit provision in force today, the rule by which referring physicians reach records. The
-lookup runs as the server itself: it is the authorization server choosing what to offer, not
-a request of the user.
+"""The patients a practitioner may reach: those whose active privacy Consent names them as an
+actor with a permit provision in force today, the rule by which referring physicians reach
+records. It feeds the SMART patient picker and the access policy of `user/` scopes. The
+lookup runs as the server itself: it decides what the user may reach, it is not the user's
+request.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from ..search import parse_query
 from .context import Context
 
 PRIVACY = "http://terminology.hl7.org/CodeSystem/consentscope|patient-privacy"
-_MOST = 200  # patients offered at most
+MOST = 1000  # consents looked at, at most (a larger practice needs paging: not built)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,11 +43,11 @@ def _label(patient: dict[str, Any]) -> str:
     return f"{text or patient['id']} ({born})" if born else (text or patient["id"])
 
 
-async def patients_for(ctx: Context, practitioner: str) -> list[Choice]:
-    """The patients `practitioner` (`Practitioner/<id>`) may open, by name."""
-    ctx = dataclasses.replace(ctx, principal=server_principal("patient-picker"))
+async def consenting_patients(ctx: Context, practitioner: str) -> list[str]:
+    """Ids of the patients `practitioner` (`Practitioner/<id>`) may reach, consent in force."""
+    ctx = dataclasses.replace(ctx, principal=server_principal("consent-lookup"))
     query, _ = parse_query("Consent", [("actor", practitioner), ("status", "active"),
-                                       ("scope", PRIVACY), ("_count", str(_MOST))], ctx.registry)
+                                       ("scope", PRIVACY), ("_count", str(MOST))], ctx.registry)
     page = await ctx.store.search(query)
     today = datetime.now(UTC).date().isoformat()
     ids: list[str] = []
@@ -59,8 +58,13 @@ async def patients_for(ctx: Context, practitioner: str) -> list[Choice]:
         reference = (consent.get("patient") or {}).get("reference", "")
         if practitioner in actors and _in_force(provision, today) and reference.startswith("Patient/"):
             ids.append(reference.removeprefix("Patient/"))
+    return list(dict.fromkeys(ids))
+
+
+async def patients_for(ctx: Context, practitioner: str) -> list[Choice]:
+    """The patients `practitioner` may open, by name (the picker)."""
     choices = []
-    for id in dict.fromkeys(ids):
+    for id in await consenting_patients(ctx, practitioner):
         found = await ctx.store.read("Patient", id)
         if found is not None and found.body is not None:
             choices.append(Choice(id, _label(orjson.loads(found.body))))

@@ -55,7 +55,7 @@ _RANGES = 3
 
 
 def _rank(clause: Clause) -> int:
-    return max(_RANK.get(type(p), 4) for p in clause.any_of)
+    return max((_RANK.get(type(p), 4) for p in clause.any_of), default=0)  # empty: matches nothing
 
 TABLE_OF_TYPE = {
     "string": "idx_string",
