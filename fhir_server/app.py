@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                            "If-None-Exist", "If-None-Match", "If-Modified-Since", "Prefer"],
             expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"])
     install_audit(app, settings.base_path, recorder)
+    app.state.recorder = recorder
     app.add_middleware(RequestIdMiddleware)
     return app
 

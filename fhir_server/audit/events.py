@@ -83,6 +83,36 @@ def audit_event(*, interaction: str, status: int, recorded: str, principal: Prin
     return event
 
 
+def security_event(*, kind: str, status: int, recorded: str, who: str, client_id: str | None,
+                   address: str | None, fhir_user: str | None = None) -> dict[str, Any]:
+    """The AuditEvent of a sign-in or a token request (BALP: security events, DICOM 110114
+    User Authentication; `kind` is `login` or `token`)."""
+    agent: dict[str, Any] = {"who": {"reference": fhir_user} if fhir_user else {"display": who},
+                             "name": who, "requestor": True}
+    if client_id:
+        agent["altId"] = client_id
+    if address:
+        agent["network"] = {"address": address, "type": "2"}
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114",
+                 "display": "User Authentication"},
+        "subtype": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
+                     "code": "110122" if kind == "login" else "110127",
+                     "display": "Login" if kind == "login" else "Authorization"}],
+        "action": "E",
+        "recorded": recorded,
+        "outcome": outcome_code(status),
+        "agent": [agent],
+        "source": {"observer": {"display": "fhir-server"},
+                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                             "code": "4", "display": "Application Server"}]},
+    }
+    if status >= 400:
+        event["outcomeDesc"] = f"HTTP {status}"
+    return event
+
+
 def interaction_of(method: str, path: str) -> str:
     """The RESTful interaction a request under the FHIR base path is (`path` relative to it)."""
     parts = [p for p in path.split("/") if p]

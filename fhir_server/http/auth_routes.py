@@ -20,10 +20,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from ..access import parse_scopes
+from ..audit.events import security_event
+from ..auth.external import peek
 from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
 from ..auth.tokens import InvalidToken, TokenService
 from ..model.types import is_valid_id
 from ..settings import Settings
+from ..store.versions import now
 
 discovery_router = APIRouter()
 auth_router = APIRouter()
@@ -150,7 +153,23 @@ async def _answer(request: Request, endpoint: Callable[[FormRequest], tuple[Any,
 
 @auth_router.post("/token")
 async def token(request: Request) -> Response:
-    return await _answer(request, request.app.state.oauth.token)
+    """The token endpoint; every request to it, granted or refused, is audited."""
+    response = await _answer(request, request.app.state.oauth.token)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    ids = form.get("client_id")
+    client_id = ids[0] if ids else _assertion_subject(form)
+    await request.app.state.recorder.record(security_event(
+        kind="token", status=response.status_code, recorded=now()[0],
+        who=client_id or "unknown client", client_id=client_id,
+        address=request.client.host if request.client else None))
+    return response
+
+
+def _assertion_subject(form: dict[str, list[str]]) -> str | None:
+    """The client a client assertion names (unverified: for the audit record only)."""
+    assertion = (form.get("client_assertion") or [""])[0]
+    subject = peek(assertion)[1].get("sub") if assertion else None
+    return subject if isinstance(subject, str) else None
 
 
 @auth_router.post("/introspect")

@@ -19,11 +19,13 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ..audit.events import security_event
 from ..auth.pages import TEXT, describe, language, render
 from ..auth.server import FormRequest, Grantee, SmartAuthorizationServer
 from ..auth.users import Locked, Users
 from ..services.launch_context import patients_for
 from ..settings import Settings
+from ..store.versions import now
 from .auth import context_of
 
 login_router = APIRouter()
@@ -156,19 +158,31 @@ async def login(request: Request) -> Response:
     t = TEXT[lang]
     users = Users(request.app.state.oauth.registry)
     client_id = data["params"]["client_id"][0]
+    username = form.get("username", "")
     try:
-        user = await run_in_threadpool(users.check_password, form.get("username", ""),
-                                       form.get("password", ""))
+        user = await run_in_threadpool(users.check_password, username, form.get("password", ""))
     except Locked as locked:
+        await _audit_login(request, 429, username, client_id)
         return _page("login.html", lang, 429, title=t["login_title"], client_id=client_id,
                      pending=pending, action="login",
                      error=t["locked"].format(seconds=int(locked.seconds) + 1))
+    await _audit_login(request, 200 if user else 401, username, client_id,
+                       user.fhir_user if user else None)
     if user is None:
         return _page("login.html", lang, 401, title=t["login_title"], client_id=client_id,
                      pending=pending, action="login", error=t["bad_login"])
     data.update(stage="totp", username=user.username, fhir_user=user.fhir_user)
     request.app.state.oauth.registry.update("pending", pending, data)
     return _totp_page(users, user.username, user.totp_enrolled, lang, pending)
+
+
+async def _audit_login(request: Request, status: int, username: str, client_id: str,
+                       fhir_user: str | None = None) -> None:
+    """Each password attempt, successful or not, is audited (BALP security event)."""
+    await request.app.state.recorder.record(security_event(
+        kind="login", status=status, recorded=now()[0], who=username or "(empty)",
+        client_id=client_id, address=request.client.host if request.client else None,
+        fhir_user=fhir_user))
 
 
 def _totp_page(users: Users, username: str, enrolled: bool, lang: str, pending: str,

@@ -116,3 +116,12 @@ def test_the_hash_chain_detects_changes_removals_and_additions(
     assert f"AuditEvent/{changed} (link 2) was changed" in out
     assert f"AuditEvent/{removed} (link 3) was removed" in out
     assert "AuditEvent/slipped-in is not in the chain" in out
+
+
+def test_token_requests_are_audited(world: TestClient) -> None:
+    """Security events (BALP): every request to the token endpoint, refused ones included."""
+    assert world.post("/auth/token", data={"grant_type": "client_credentials",
+                                           "client_id": "nobody"}).status_code in (400, 401)
+    admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
+    events = _events(world, admin, "type=110114")
+    assert any(e["agent"][0]["altId"] == "nobody" and e["outcome"] == "4" for e in events)
