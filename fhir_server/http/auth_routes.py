@@ -67,6 +67,7 @@ async def smart_configuration(request: Request) -> JSONResponse:
         "capabilities": [
             "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
             "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "permission-patient",
+            "permission-user",
             "permission-offline", "permission-online", "permission-v1", "permission-v2",
             "sso-openid-connect", "authorize-post"],
     })

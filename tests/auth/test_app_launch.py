@@ -201,7 +201,8 @@ def test_discovery_lists_the_launch_capabilities(portal: TestClient) -> None:
     assert config["authorization_endpoint"] == "http://localhost/auth/authorize"
     assert config["code_challenge_methods_supported"] == ["S256"]
     assert {"launch-standalone", "launch-ehr", "client-public", "context-standalone-patient",
-            "context-ehr-patient", "sso-openid-connect", "permission-offline"} <= set(config["capabilities"])
+            "context-ehr-patient", "sso-openid-connect", "permission-offline",
+            "permission-user"} <= set(config["capabilities"])
     # No practitioner patient picker, no encounter context: not claimed.
     assert not {"context-standalone-encounter", "context-ehr-encounter"} & set(config["capabilities"])
 
