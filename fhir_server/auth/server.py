@@ -245,7 +245,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
             "redirect_uri": data.get("redirect_uri") or request.client.get_default_redirect_uri(),
             "scope": request.scope or "", "code_challenge": data["code_challenge"],
             "username": grantee.username, "fhir_user": grantee.fhir_user,
-            "nonce": data.get("nonce"), "launch_patient": grantee.launch_patient},
+            "nonce": data.get("nonce"), "launch_patient": grantee.launch_patient,
+            "client_id": request.client.get_client_id()},
             CODE_LIFETIME, client_id=request.client.get_client_id())
 
     def query_authorization_code(self, code: str, client: _Client) -> _Record | None:
@@ -254,7 +255,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         data = self.server.registry.get("code", code)
         if data is None or not self.server.registry.spend("code", code):
             return None
-        record = _Record(code, client.get_client_id(), data)
+        # Bound to the client it was issued to: another client presenting it gets nothing.
+        record = _Record(code, str(data["client_id"]), data)
         return record if record.check_client(client) else None
 
     def delete_authorization_code(self, authorization_code: _Record) -> None:

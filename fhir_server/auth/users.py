@@ -99,7 +99,8 @@ class Users:
         if row[1] > time.time():
             raise Locked(row[1] - time.time())
         if secrets_hash.verify_secret(password, row[0]):
-            self._conn().execute("UPDATE user SET failures = 0 WHERE username = ?", (username,))
+            # Failures are forgiven after the second factor only (check_code): otherwise the
+            # one who knows the password could guess codes in rounds without a growing lock.
             return self.get(username)
         self.record_failure(username)
         return None
@@ -135,10 +136,13 @@ class Users:
         conn = self._conn()
         row = conn.execute("SELECT totp_secret, totp_last, locked_until FROM user WHERE username = ?",
                            (username,)).fetchone()
-        if row is None or not row[0]:
+        if row is None:
             return False
         if row[2] > time.time():
             raise Locked(row[2] - time.time())
+        if not row[0]:  # no secret yet: no code can be right
+            self.record_failure(username)
+            return False
         totp = pyotp.TOTP(row[0])
         now = int(time.time())
         for drift in (0, -1, 1):

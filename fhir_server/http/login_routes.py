@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth2Error
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -22,8 +22,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..audit.events import security_event
 from ..auth.pages import TEXT, describe, language, render
 from ..auth.server import FormRequest, Grantee, SmartAuthorizationServer
-from ..auth.users import Locked, Users
-from ..services.launch_context import patients_for
+from ..auth.users import Locked, User, Users
+from ..services.launch_context import consenting_patients, patients_for
 from ..settings import Settings
 from ..store.versions import now
 from .auth import context_of
@@ -101,6 +101,7 @@ async def authorize(request: Request) -> Response:
                 "Unknown or expired launch.", state=single.get("state"),
                 redirect_uri=single.get("redirect_uri")))
         launch_patient = context["patient"]
+        oauth.registry.forget("launch", single["launch"])  # a launch opens one session only
     pending = secrets.token_urlsafe(24)
     oauth.registry.put("pending", pending, {"params": params, "stage": "login", "lang": lang,
                                             "launch_patient": launch_patient}, _PENDING_SECONDS)
@@ -213,8 +214,17 @@ async def totp(request: Request) -> Response:
     if not ok:
         return _totp_page(users, user.username, user.totp_enrolled, lang, pending,
                           error=t["bad_code"], status=401)
+    launch_patient = data.get("launch_patient")
+    if launch_patient and not await _may_open(request, user, launch_patient):
+        # A launch names a patient this user may not reach (not themself, no consent in force).
+        oauth_request = _oauth_request(request.app.state.settings, request, data["params"])
+        request.app.state.oauth.registry.forget("pending", pending)
+        return _refuse(lang, AccessDeniedError(
+            "This user may not open the launched patient's record.",
+            state=oauth_request.payload.data.get("state"),
+            redirect_uri=oauth_request.payload.data.get("redirect_uri")))
     scope = data["params"].get("scope", [""])[0].split()
-    if "launch/patient" in scope and user.patient is None and not data.get("launch_patient"):
+    if "launch/patient" in scope and user.patient is None and not launch_patient:
         # A practitioner's standalone launch: the patient is picked among those who consented.
         choices = await patients_for(context_of(request), user.fhir_user)
         data.update(stage="pick", choices=[c.id for c in choices])
@@ -222,6 +232,16 @@ async def totp(request: Request) -> Response:
         return _page("pick.html", lang, title=t["pick_title"], pending=pending, action="pick",
                      choices=choices)
     return _to_consent(request, pending, data)
+
+
+async def _may_open(request: Request, user: User, patient: str) -> bool:
+    """Whether `user` may have `patient` in context: a patient only themself, a practitioner
+    a patient whose consent in force names them; representatives not yet."""
+    if user.fhir_user.startswith("Patient/"):
+        return user.patient == patient
+    if user.fhir_user.startswith("Practitioner/"):
+        return patient in await consenting_patients(context_of(request), user.fhir_user)
+    return False
 
 
 @login_router.post("/pick")

@@ -232,6 +232,9 @@ def test_ehr_launch_puts_the_launched_patient_in_context(portal: TestClient) -> 
                          headers={"Authorization": f"Bearer {ehr_token}"})
     assert launch.status_code == 200, launch.text
     Users(portal.app.state.oauth.registry).add("dr", PASSWORD, "Practitioner/rpps-10101010101")  # type: ignore[attr-defined]
+    admin = {"Authorization": f"Bearer {system_token(portal, 'system/*.cruds')}"}
+    consent = _consent("other", "Practitioner/rpps-10101010101", "2020-01-01")
+    assert send(portal, "POST", "/fhir/Consent", consent, **admin).status_code == 201
     verifier = secrets.token_urlsafe(48)
     scope = "launch openid fhirUser patient/*.rs"
     redirect = _sign_in(portal, verifier, username="dr", scope=scope, launch=launch.json()["launch"])
@@ -243,6 +246,8 @@ def test_ehr_launch_puts_the_launched_patient_in_context(portal: TestClient) -> 
     assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 404
     unknown = _authorize(portal, verifier, scope=scope, launch="made-up")
     assert parse_qs(urlsplit(unknown.headers["location"]).query)["error"] == ["invalid_request"]
+    spent = _authorize(portal, verifier, scope=scope, launch=launch.json()["launch"])
+    assert parse_qs(urlsplit(spent.headers["location"]).query)["error"] == ["invalid_request"]
     assert portal.post("/auth/launch", json={"patient": "other"}).status_code == 401
 
 
@@ -315,3 +320,53 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     headers = {"Authorization": f"Bearer {body['access_token']}"}
     assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
     assert portal.get("/fhir/Patient/other", headers=headers).status_code == 404
+
+
+def _launch(portal: TestClient, patient: str) -> str:
+    from tests.auth.conftest import es384, register
+
+    ehr = register(portal, es384(f"ehr-{patient}"), "system/Patient.rs")
+    access = portal.post("/auth/token", data=ehr.form("system/Patient.rs")).json()["access_token"]
+    response = portal.post("/auth/launch", json={"patient": patient},
+                           headers={"Authorization": f"Bearer {access}"})
+    return str(response.json()["launch"])
+
+
+def test_a_launch_for_another_patient_is_refused(portal: TestClient) -> None:
+    """A patient signing in through a launch naming someone else gets access_denied; so does
+    a practitioner without that patient's consent."""
+    scope = "launch openid fhirUser patient/*.rs"
+    denied = _sign_in_until_refused(portal, "helene", scope, _launch(portal, "other"))
+    assert parse_qs(urlsplit(denied.headers["location"]).query)["error"] == ["access_denied"]
+    Users(portal.app.state.oauth.registry).add("dr4", PASSWORD, "Practitioner/rpps-4")  # type: ignore[attr-defined]
+    denied = _sign_in_until_refused(portal, "dr4", scope, _launch(portal, "helene"))
+    assert parse_qs(urlsplit(denied.headers["location"]).query)["error"] == ["access_denied"]
+
+
+def _sign_in_until_refused(portal: TestClient, username: str, scope: str, launch: str) -> Any:
+    verifier = secrets.token_urlsafe(48)
+    pending = _pending(_authorize(portal, verifier, scope=scope, launch=launch).text)
+    second = portal.post("/auth/login", data={"pending": pending, "username": username,
+                                              "password": PASSWORD})
+    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
+    users = Users(portal.app.state.oauth.registry)  # type: ignore[attr-defined]
+    totp = pyotp.TOTP(secret.group(1) if secret else users.totp_secret(username))
+    answer = portal.post("/auth/totp", data={"pending": pending, "code": totp.now()},
+                         follow_redirects=False)
+    if answer.status_code == 401:
+        answer = portal.post("/auth/totp", data={"pending": pending,
+                                                 "code": totp.at(time.time() + totp.interval)},
+                             follow_redirects=False)
+    assert answer.status_code == 302, answer.text
+    return answer
+
+
+def test_a_code_works_only_for_the_client_it_was_issued_to(portal: TestClient) -> None:
+    registry = portal.app.state.oauth.registry  # type: ignore[attr-defined]
+    registry.add_app("other-app", SCOPE, [REDIRECT])
+    verifier = secrets.token_urlsafe(48)
+    code = _code(_sign_in(portal, verifier))
+    stolen = portal.post("/auth/token", data={"grant_type": "authorization_code", "code": code,
+                                              "redirect_uri": REDIRECT, "client_id": "other-app",
+                                              "code_verifier": verifier})
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"

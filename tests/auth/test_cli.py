@@ -57,3 +57,17 @@ def test_apps_backend_clients_and_keys(data: Path, capsys: pytest.CaptureFixture
     assert cli.main(["keys", "rotate"]) == 0
     assert len(SigningKeys(data / "signing-keys.json", 300).jwks()["keys"]) == 2
     assert first in {k["kid"] for k in SigningKeys(data / "signing-keys.json", 300).jwks()["keys"]}
+
+
+def test_a_right_password_does_not_forgive_failures(tmp_path: Path) -> None:
+    """Only the second factor resets failures: guessing codes in rounds meets a growing lock."""
+    users = Users(Registry(tmp_path / "auth.db"))
+    users.add("u", PASSWORD, "Patient/p")
+    for _ in range(4):
+        assert users.check_password("u", "wrong password!!") is None
+    assert users.check_password("u", PASSWORD) is not None
+    users.check_code("u", "000000")  # a wrong code is the fifth failure: locked
+    from fhir_server.auth.users import Locked
+
+    with pytest.raises(Locked):
+        users.check_password("u", PASSWORD)
