@@ -19,6 +19,7 @@ _ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "history-type": 
             "update": "U", "patch": "U", "delete": "D", "transaction": "E", "batch": "E",
             "operation": "E"}
 _INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
+_DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
 def outcome_code(status: int) -> str:
@@ -31,7 +32,7 @@ def audit_event(*, interaction: str, status: int, recorded: str, principal: Prin
                 query: str | None, purpose: str | None) -> dict[str, Any]:
     """The AuditEvent of one interaction."""
     agent: dict[str, Any] = {
-        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
+        "type": {"coding": [{"system": _DICOM,
                              "code": "110153", "display": "Source Role ID"}]},
         "requestor": True,
     }
@@ -60,21 +61,11 @@ def audit_event(*, interaction: str, status: int, recorded: str, principal: Prin
         entities.append({"query": base64.b64encode(query.encode()).decode(),
                          "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
                                   "code": "24", "display": "Query"}})
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                 "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": _INTERACTION_SYSTEM, "code": interaction}],
-        "action": _ACTIONS.get(interaction, "E"),
-        "recorded": recorded,
-        "outcome": outcome_code(status),
-        "agent": [agent],
-        "source": {"observer": {"display": "fhir-server"},
-                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                             "code": "4", "display": "Application Server"}]},
-    }
-    if status >= 400:
-        event["outcomeDesc"] = f"HTTP {status}"
+    event = _event(
+        {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+         "display": "RESTful Operation"},
+        {"system": _INTERACTION_SYSTEM, "code": interaction}, _ACTIONS.get(interaction, "E"),
+        recorded, status, agent)
     if purpose:
         event["purposeOfEvent"] = [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}]
@@ -93,17 +84,19 @@ def security_event(*, kind: str, status: int, recorded: str, who: str, client_id
         agent["altId"] = client_id
     if address:
         agent["network"] = {"address": address, "type": "2"}
+    return _event(
+        {"system": _DICOM, "code": "110114", "display": "User Authentication"},
+        {"system": _DICOM, "code": "110122" if kind == "login" else "110127",
+         "display": "Login" if kind == "login" else "Authorization"},
+        "E", recorded, status, agent)
+
+
+def _event(kind: dict[str, str], subtype: dict[str, str], action: str, recorded: str,
+           status: int, agent: dict[str, Any]) -> dict[str, Any]:
+    """The parts every AuditEvent of this server has."""
     event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114",
-                 "display": "User Authentication"},
-        "subtype": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
-                     "code": "110122" if kind == "login" else "110127",
-                     "display": "Login" if kind == "login" else "Authorization"}],
-        "action": "E",
-        "recorded": recorded,
-        "outcome": outcome_code(status),
-        "agent": [agent],
+        "resourceType": "AuditEvent", "type": kind, "subtype": [subtype], "action": action,
+        "recorded": recorded, "outcome": outcome_code(status), "agent": [agent],
         "source": {"observer": {"display": "fhir-server"},
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
                              "code": "4", "display": "Application Server"}]},
