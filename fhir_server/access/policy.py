@@ -107,9 +107,9 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
 def _compartments(registry: Registry, resource_type: str, patients: Sequence[str]) -> Clause | None:
     """Membership of any of these patients' compartments (an empty clause matches nothing);
     None when the type is in no patient compartment."""
-    clauses = [compartment_clause(registry, resource_type, id) for id in patients]
     if not registry.patient_compartment(resource_type) and resource_type != "Patient":
         return None
+    clauses = [compartment_clause(registry, resource_type, id) for id in patients]
     return Clause(tuple(p for c in clauses if c is not None for p in c.any_of))
 
 

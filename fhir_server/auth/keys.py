@@ -39,6 +39,7 @@ class SigningKeys:
         self._mtime = 0.0
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._public: tuple[tuple[str | None, ...], KeySet] | None = None
 
     def _load(self) -> None:
         now = time.monotonic()
@@ -94,8 +95,14 @@ class SigningKeys:
         return [e.key for e in self._entries if e.retired is None or e.retired > horizon]
 
     def verification_keys(self) -> KeySet:
-        """Public keys that may have signed a token still valid."""
-        return KeySet([RSAKey.import_key(k.as_dict(private=False)) for k in self._published()])
+        """Public keys that may have signed a token still valid (built once per key set and
+        retirement horizon, not on every request: it is on the path of every API call)."""
+        published = self._published()
+        kids = tuple(k.kid for k in published)
+        if self._public is None or self._public[0] != kids:
+            self._public = (kids, KeySet([RSAKey.import_key(k.as_dict(private=False))
+                                          for k in published]))
+        return self._public[1]
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set served at the jwks_uri."""

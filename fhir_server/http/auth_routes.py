@@ -15,18 +15,18 @@ from urllib.parse import parse_qs
 
 import orjson
 from authlib.oauth2.rfc6749 import OAuth2Error
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from ..access import parse_scopes
+from ..access.principal import Principal
 from ..audit.events import security_event
 from ..auth.external import peek
 from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
-from ..auth.tokens import InvalidToken, TokenService
 from ..model.types import is_valid_id
 from ..settings import Settings
 from ..store.versions import now
+from .auth import authenticate
 
 discovery_router = APIRouter()
 auth_router = APIRouter()
@@ -95,19 +95,13 @@ async def openid_configuration(request: Request) -> JSONResponse:
     })
 
 
-@auth_router.post("/launch")
+@auth_router.post("/launch", dependencies=[Depends(authenticate)])
 async def register_launch(request: Request) -> Response:
     """EHR launch, first step: the EHR (a backend client that may read Patients) names the
-    patient it opens an app on and gets the opaque `launch` to pass to the app."""
-    tokens: TokenService = request.app.state.tokens
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    try:
-        claims = tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
-    except InvalidToken:
-        claims = None
-    if claims is None:
-        return _json(401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer realm="fhir"'})
-    if not parse_scopes(claims.scope).allows("read", "Patient", ("system",)):
+    patient it opens an app on and gets the opaque `launch` to pass to the app. The caller is
+    authenticated as for the FHIR API (401 otherwise)."""
+    principal: Principal = request.state.principal
+    if not principal.grant.allows("read", "Patient", ("system",)):
         return _json(403, {"error": "insufficient_scope",
                            "error_description": "Launching needs system/Patient.r."})
     try:
@@ -119,7 +113,7 @@ async def register_launch(request: Request) -> Response:
                            "error_description": 'Send {"patient": "<Patient id>"}.'})
     launch = secrets.token_urlsafe(24)
     request.app.state.oauth.registry.put("launch", launch, {"patient": patient,
-                                                            "client_id": claims.client_id},
+                                                            "client_id": principal.client_id},
                                          LAUNCH_LIFETIME)
     return _json(200, {"launch": launch, "expires_in": LAUNCH_LIFETIME})
 
