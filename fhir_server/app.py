@@ -25,6 +25,7 @@ from .http import bundle_router, fhir_router, install_error_handlers, metadata_r
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_router
 from .http.login_routes import login_router
+from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .search import default_registry
@@ -35,6 +36,8 @@ from .store.base import Store
 from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
+from .trials.definitions import publish
+from .trials.withdrawal import after_consent_change
 
 log = logging.getLogger("fhir_server")
 
@@ -57,6 +60,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         base_url=settings.base_url.rstrip("/"),
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
+        hooks=(after_consent_change,),
     )
 
 
@@ -92,6 +96,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             loaded = await load_demo_data(replace(context, principal=server_principal("demo")))
             if loaded:
                 log.info("demo data loaded", extra={"resources": loaded})
+        if settings.publish_definitions:
+            await publish(replace(context, principal=server_principal("definitions")))
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         await store.close()
@@ -116,6 +122,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(auth_router, prefix=urlsplit(settings.auth_url).path)
         app.include_router(login_router, prefix=urlsplit(settings.auth_url).path)
     app.include_router(bundle_router, prefix=settings.base_path)
+    app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     if settings.cors_origins:
         app.add_middleware(

@@ -90,11 +90,13 @@ def _add_backend_client(args: argparse.Namespace) -> int:
     try:
         jwks = orjson.loads(args.jwks.read_bytes()) if args.jwks else None
         client = AuthRegistry(settings.data_dir / "auth.db").add_backend_client(
-            args.client_id, args.scope, jwks=jwks, jwks_uri=args.jwks_uri)
+            args.client_id, args.scope, jwks=jwks, jwks_uri=args.jwks_uri,
+            acts_for=args.acts_for or ())
     except (OSError, ValueError, orjson.JSONDecodeError) as exc:
         print(f"fhir-server client add-backend: {exc}", file=sys.stderr)
         return 2
-    print(f"registered backend client {client.id} (scope: {client.scope}); token endpoint "
+    role = f"; investigator system for {', '.join(client.acts_for)}" if client.acts_for else ""
+    print(f"registered backend client {client.id} (scope: {client.scope}{role}); token endpoint "
           f"{settings.auth_url}/token")
     return 0
 
@@ -135,11 +137,13 @@ def _add_user(args: argparse.Namespace) -> int:
     try:
         fhir_user = args.fhir_user or asyncio.run(_practitioner_by_rpps(settings, args.rpps))
         user = Users(AuthRegistry(settings.data_dir / "auth.db")).add(
-            args.username, password, fhir_user)
+            args.username, password, fhir_user, admin=args.admin)
     except ValueError as exc:
         print(f"fhir-server user add: {exc}", file=sys.stderr)
         return 2
-    print(f"user {user.username} is {user.fhir_user}; the second factor is set up at first login")
+    role = " (administrator)" if user.admin else ""
+    print(f"user {user.username} is {user.fhir_user}{role}; the second factor is set up at "
+          "first login")
     return 0
 
 
@@ -221,6 +225,10 @@ def parser() -> argparse.ArgumentParser:
     keys_from.add_argument("--jwks", type=Path, metavar="FILE",
                            help="its public keys, a JWK Set file")
     keys_from.add_argument("--jwks-uri", metavar="URL", help="where it publishes its JWK Set")
+    backend.add_argument("--acts-for", action="append", metavar="Type/id",
+                         help="make it an investigator site system receiving referrals as this "
+                              "PractitionerRole, CareTeam or Group (repeat for several); it "
+                              "then reaches its referrals and nothing else")
     backend.set_defaults(run=_add_backend_client)
     app = client.add_parser("add-app", help="register a SMART app (authorization code + PKCE)")
     app.add_argument("client_id")
@@ -242,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     who.add_argument("--rpps", metavar="NUMBER",
                      help="a health professional: the stored Practitioner with this RPPS number")
     add_user.add_argument("--password", help="omit to be asked (not echoed)")
+    add_user.add_argument("--admin", action="store_true",
+                          help="a platform administrator: no access to health data except by "
+                               "break-glass with a stated reason (a Practitioner)")
     add_user.set_defaults(run=_add_user)
     keys = commands.add_parser("keys", help="token signing keys").add_subparsers(
         dest="action", required=True)

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     demo_data: bool = Field(
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )
+    publish_definitions: bool = Field(
+        True, description="Store the CodeSystems, SearchParameters and OperationDefinitions this "
+        "server defines (terminology/, profiles/) at start-up, so clients can read them.",
+    )
     auth: Literal["smart", "off"] = Field(
         "smart",
         description="'smart': every FHIR request needs a SMART access token. 'off': no "

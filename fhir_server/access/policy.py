@@ -7,8 +7,13 @@
   ANDed to it before paging), so nothing of another patient can come back, through `_include`
   either: included resources pass `may_see` one by one.
 - `user/` scopes of a practitioner reach the compartments of the patients whose privacy
-  Consent in force names them (services/launch_context.py finds them for each request, so a
-  withdrawn consent takes effect at once); other users' `user/` scopes grant nothing yet.
+  Consent in force names them (access/consent.py says when; services/reach.py finds them for
+  each request, so a withdrawn consent takes effect at once). Other users' `user/` scopes
+  reach no patient data: an administrator reads it only by breaking the glass, with a reason.
+- Investigators (a user with PractitionerRole/CareTeam/Group memberships, or a backend
+  client registered to act for such recipients) reach the referrals addressed to them, their
+  threads and frozen records, and never a live record, whatever their scopes say.
+- Bundles outside system scopes are only frozen referral records, read-only.
 - Granular scopes (`patient/Observation.rs?category=laboratory`) add their search parameters to
   the query, or are checked against the resource.
 
@@ -21,12 +26,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..model.errors import Kind, fail
+from ..model.platform_codes import MESSAGE_SYSTEM, SNAPSHOT
+from ..search import Not
 from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
 from .principal import Principal
 from .scopes import Interaction, Restriction
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
+_READS = frozenset({"read", "vread", "search", "history"})
+_UNFROZEN = Clause((Not("_tag", (TokenPredicate("_tag", MESSAGE_SYSTEM, SNAPSHOT),)),))
 
 
 def compartment_clause(registry: Registry, resource_type: str, patient_id: str) -> Clause | None:
@@ -71,6 +80,15 @@ class Decision:
 def decide(principal: Principal | None, registry: Registry, interaction: Interaction,
            resource_type: str | None, *, instance: bool = False) -> Decision:
     """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN."""
+    decision = _decide(principal, registry, interaction, resource_type, instance=instance)
+    if resource_type == "Bundle" and interaction in _WRITES and not (principal and principal.server):
+        # A referral's frozen record never changes, and nobody else may make one.
+        return Decision((*decision.clauses, _UNFROZEN))
+    return decision
+
+
+def _decide(principal: Principal | None, registry: Registry, interaction: Interaction,
+            resource_type: str | None, *, instance: bool) -> Decision:
     if principal is None:
         raise _denied(principal, interaction, resource_type)
     if resource_type == "AuditEvent" and interaction in _WRITES:
@@ -78,39 +96,82 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
                    "The audit trail is append-only and written by the server alone.")
     grant = principal.grant
     type_name = resource_type or "*"
-    system = grant.restrictions(interaction, type_name, ("system",), instance=instance)
-    if system is None:
-        return Decision(())
-    if system:
-        return Decision(_restriction_clauses(registry, resource_type, system, principal, interaction))
-    if principal.patient is not None and resource_type is not None:
-        patient = grant.restrictions(interaction, resource_type, ("patient",), instance=instance)
-        if patient is not None and not patient:
-            raise _denied(principal, interaction, resource_type)
-        compartment = compartment_clause(registry, resource_type, principal.patient)
-        clauses: tuple[Clause, ...] = (compartment,) if compartment is not None else ()
-        if patient:
-            clauses += _restriction_clauses(registry, resource_type, patient, principal, interaction)
-        return Decision(clauses)
-    if principal.consented is not None and resource_type is not None:
-        user = grant.restrictions(interaction, resource_type, ("user",), instance=instance)
-        if user is not None and not user:
-            raise _denied(principal, interaction, resource_type)
-        reach = _compartments(registry, resource_type, principal.consented)
-        clauses = (reach,) if reach is not None else ()
-        if user:
-            clauses += _restriction_clauses(registry, resource_type, user, principal, interaction)
-        return Decision(clauses)
-    raise _denied(principal, interaction, resource_type)
+    if principal.break_glass is not None:
+        return _break_glass(principal, interaction, type_name, instance)
+    if principal.recipients is None:
+        system = grant.restrictions(interaction, type_name, ("system",), instance=instance)
+        if system is None:
+            return Decision(())
+        if system:
+            return Decision(_restriction_clauses(registry, resource_type, system, principal,
+                                                 interaction))
+    if resource_type is None:
+        raise _denied(principal, interaction, resource_type)
+    if principal.patient is not None:
+        levels: tuple[str, ...] = ("patient",)
+        reach = _patient_reach(registry, resource_type, principal.patient, interaction)
+    elif principal.consented is not None or principal.recipients is not None:
+        # An investigator site system holds system/ scopes, an investigator user user/ ones:
+        # either way what it reaches is its referrals, never the live record.
+        levels = ("user",) if principal.recipients is None else ("system", "user")
+        reach = _user_reach(registry, resource_type, principal, interaction)
+    else:
+        raise _denied(principal, interaction, resource_type)
+    granted = grant.restrictions(interaction, resource_type, levels, instance=instance)
+    if granted is not None and not granted:
+        raise _denied(principal, interaction, resource_type)
+    clauses = reach
+    if granted:
+        clauses += _restriction_clauses(registry, resource_type, granted, principal, interaction)
+    return Decision(clauses)
 
 
-def _compartments(registry: Registry, resource_type: str, patients: Sequence[str]) -> Clause | None:
-    """Membership of any of these patients' compartments (an empty clause matches nothing);
-    None when the type is in no patient compartment."""
+def _break_glass(principal: Principal, interaction: Interaction, type_name: str,
+                 instance: bool) -> Decision:
+    """An administrator's emergency read, with its stated reason (audited): reads only, of
+    what the token's `user/` scopes name, unconfined."""
+    if interaction not in _READS:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Break-glass access is for reading only.")
+    granted = principal.grant.restrictions(interaction, type_name, ("user",), instance=instance)
+    if granted is not None:
+        raise _denied(principal, interaction, None if type_name == "*" else type_name)
+    return Decision(())
+
+
+def _patient_reach(registry: Registry, resource_type: str, patient: str,
+                   interaction: str) -> tuple[Clause, ...]:
+    """A patient's (or representative's) reach: their own compartment; no Bundle (frozen
+    referral records belong to their recipients)."""
+    if resource_type == "Bundle":
+        return _bundles((), interaction)
+    compartment = compartment_clause(registry, resource_type, patient)
+    return (compartment,) if compartment is not None else ()
+
+
+def _user_reach(registry: Registry, resource_type: str, principal: Principal,
+                interaction: str) -> tuple[Clause, ...]:
+    """A practitioner's reach: the compartments of the patients whose consent names them; as
+    an investigator, also the referral Communications sent to or by one of their recipient
+    identities (reading only: answers are written by the trials service); Bundles only as the
+    frozen records of their referrals."""
+    if resource_type == "Bundle":
+        return _bundles(principal.snapshots, interaction)
+    patients = principal.consented or ()
     if not registry.patient_compartment(resource_type) and resource_type != "Patient":
-        return None
-    clauses = [compartment_clause(registry, resource_type, id) for id in patients]
-    return Clause(tuple(p for c in clauses if c is not None for p in c.any_of))
+        return ()
+    predicates: list[Any] = [p for id in patients
+                             for p in (compartment_clause(registry, resource_type, id) or Clause(())).any_of]
+    if resource_type == "Communication" and principal.recipients and interaction not in _WRITES:
+        predicates += [ReferencePredicate(code, *reference.split("/", 1))
+                       for reference in principal.recipients for code in ("recipient", "sender")]
+    return (Clause(tuple(predicates)),)
+
+
+def _bundles(snapshots: Sequence[str], interaction: str) -> tuple[Clause, ...]:
+    """Bundles outside system scopes: the frozen referral records listed, read only."""
+    if interaction in _WRITES:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Only system clients write Bundle resources.")
+    return (Clause(tuple(TokenPredicate("_id", None, id) for id in snapshots)),)
 
 
 def _restriction_clauses(registry: Registry, resource_type: str | None,

@@ -13,7 +13,11 @@ class Principal:
 
     `patient` is the launch patient of a patient-facing token: `patient/` scopes reach only
     that patient's compartment. `consented` lists the patients a practitioner's `user/` scopes
-    reach. `client_id` names the application.
+    reach. `recipients` makes the caller an investigator: the PractitionerRole, CareTeam or
+    Group references it receives referrals as; it then reaches those referrals, their threads
+    and `snapshots` (the frozen records it may read), never a live record. `admin` marks a
+    platform administrator, who reaches no health data unless `break_glass` states why.
+    `client_id` names the application.
     """
 
     subject: str
@@ -24,8 +28,13 @@ class Principal:
     token_id: str | None = None
     # For a practitioner with user/ scopes: the patients whose consent in force names them.
     consented: tuple[str, ...] | None = None
+    recipients: tuple[str, ...] | None = None
+    snapshots: tuple[str, ...] = ()
+    admin: bool = False
+    break_glass: str | None = None  # the reason an administrator stated for this request
+    server: bool = False  # the server itself: writes what only the server may write
 
 
 def server_principal(name: str) -> Principal:
     """The server acting for itself (demo data, the loader, `auth=off`): every system scope."""
-    return Principal(subject=name, client_id=name, grant=parse_scopes("system/*.cruds"))
+    return Principal(subject=name, client_id=name, grant=parse_scopes("system/*.cruds"), server=True)

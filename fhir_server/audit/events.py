@@ -29,8 +29,9 @@ def outcome_code(status: int) -> str:
 
 def audit_event(*, interaction: str, status: int, recorded: str, principal: Principal | None,
                 address: str | None, resources: list[str], patients: set[str],
-                query: str | None, purpose: str | None) -> dict[str, Any]:
-    """The AuditEvent of one interaction."""
+                query: str | None) -> dict[str, Any]:
+    """The AuditEvent of one interaction; an administrator's break-glass read carries purpose
+    of use BTG with the reason they gave."""
     agent: dict[str, Any] = {
         "type": {"coding": [{"system": _DICOM,
                              "code": "110153", "display": "Source Role ID"}]},
@@ -66,9 +67,10 @@ def audit_event(*, interaction: str, status: int, recorded: str, principal: Prin
          "display": "RESTful Operation"},
         {"system": _INTERACTION_SYSTEM, "code": interaction}, _ACTIONS.get(interaction, "E"),
         recorded, status, agent)
-    if purpose:
+    if principal is not None and principal.break_glass is not None:
         event["purposeOfEvent"] = [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}]
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG",
+            "display": "break the glass"}], "text": principal.break_glass}]
     if entities:
         event["entity"] = entities
     return event

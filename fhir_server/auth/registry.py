@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS client (
     scope    TEXT NOT NULL,            -- the most this client may be granted
     jwks     TEXT,                     -- inline JWK Set (JSON)
     jwks_uri TEXT,
-    created  REAL NOT NULL
+    created  REAL NOT NULL,
+    acts_for TEXT                      -- JSON list: the recipients an investigator system acts as
 );
 CREATE TABLE IF NOT EXISTS used_jti (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS app (
@@ -66,6 +68,7 @@ CREATE TABLE IF NOT EXISTS refresh (
 CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 _HASHED = frozenset({"code", "refresh"})
+RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")
 _JWKS_CACHE_SECONDS = 300
 _JWKS_FETCH_TIMEOUT = 5
 
@@ -81,6 +84,7 @@ class Client:
     jwks_uri: str | None
     redirect_uris: tuple[str, ...] = ()
     secret_hash: str | None = None
+    acts_for: tuple[str, ...] = ()  # an investigator site system's recipient identities
 
 
 class Registry:
@@ -102,22 +106,30 @@ class Registry:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(_SCHEMA)
+            add_column(conn, "client", "acts_for TEXT")
             self._local.conn = conn
         return conn
 
     # -- clients ---------------------------------------------------------------------------
 
     def add_backend_client(self, id: str, scope: str, *, jwks: dict[str, Any] | None = None,
-                           jwks_uri: str | None = None) -> Client:
-        """Register (or replace) a backend-services client and the keys it signs with."""
+                           jwks_uri: str | None = None, acts_for: Sequence[str] = ()) -> Client:
+        """Register (or replace) a backend-services client and the keys it signs with;
+        `acts_for` makes it an investigator site system receiving referrals as those
+        PractitionerRole, CareTeam or Group references (and reaching nothing else)."""
+        for reference in acts_for:
+            kind, _, target = reference.partition("/")
+            if kind not in RECIPIENT_TYPES or not target or "/" in target:
+                raise ValueError("acts_for takes PractitionerRole/<id>, CareTeam/<id> or Group/<id>")
         if (jwks is None) == (jwks_uri is None):
             raise ValueError("give exactly one of jwks or jwks_uri")
         if jwks is not None and not isinstance(jwks.get("keys"), list):
             raise ValueError("jwks must be a JWK Set: {\"keys\": [...]}")
         self._conn().execute(
-            "INSERT OR REPLACE INTO client (id, kind, scope, jwks, jwks_uri, created) "
-            "VALUES (?, 'backend', ?, ?, ?, ?)",
-            (id, scope, orjson.dumps(jwks).decode() if jwks else None, jwks_uri, time.time()))
+            "INSERT OR REPLACE INTO client (id, kind, scope, jwks, jwks_uri, created, acts_for) "
+            "VALUES (?, 'backend', ?, ?, ?, ?, ?)",
+            (id, scope, orjson.dumps(jwks).decode() if jwks else None, jwks_uri, time.time(),
+             orjson.dumps(list(acts_for)).decode() if acts_for else None))
         client = self.client(id)
         assert client is not None
         return client
@@ -140,12 +152,14 @@ class Registry:
 
     def client(self, id: str) -> Client | None:
         row = self._conn().execute(
-            "SELECT c.id, c.kind, c.scope, c.jwks, c.jwks_uri, a.redirect_uris, a.secret_hash "
-            "FROM client c LEFT JOIN app a ON a.id = c.id WHERE c.id = ?", (id,)).fetchone()
+            "SELECT c.id, c.kind, c.scope, c.jwks, c.jwks_uri, a.redirect_uris, a.secret_hash, "
+            "c.acts_for FROM client c LEFT JOIN app a ON a.id = c.id WHERE c.id = ?",
+            (id,)).fetchone()
         if row is None:
             return None
         return Client(row[0], row[1], row[2], orjson.loads(row[3]) if row[3] else None, row[4],
-                      tuple(orjson.loads(row[5])) if row[5] else (), row[6])
+                      tuple(orjson.loads(row[5])) if row[5] else (), row[6],
+                      tuple(orjson.loads(row[7])) if row[7] else ())
 
     # -- short-lived records: codes, logins in progress, refresh tokens ----------------------
 
@@ -218,6 +232,13 @@ class Registry:
     def is_revoked(self, jti: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM revoked WHERE jti = ?", (jti,)).fetchone()
         return row is not None
+
+
+def add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
+    """Add a column a registry file made by an older version lacks."""
+    names = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    if column.split()[0] not in names:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _digest(value: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyotp
 
 from . import secrets_hash
-from .registry import Registry
+from .registry import Registry, add_column
 
 _FREE_FAILURES = 5
 _FIRST_LOCK = 30.0
@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS user (
     totp_enrolled INTEGER NOT NULL DEFAULT 0,
     totp_last     INTEGER NOT NULL DEFAULT 0,   -- last accepted time step (no replay)
     failures      INTEGER NOT NULL DEFAULT 0,
-    locked_until  REAL NOT NULL DEFAULT 0
+    locked_until  REAL NOT NULL DEFAULT 0,
+    admin         INTEGER NOT NULL DEFAULT 0   -- platform administrator (break-glass only)
 );
 """
 
@@ -40,6 +41,7 @@ class User:
     username: str
     fhir_user: str
     totp_enrolled: bool
+    admin: bool = False
 
     @property
     def patient(self) -> str | None:
@@ -67,26 +69,30 @@ class Users:
         conn = self.registry.connection()
         if not self._ready:
             conn.executescript(_SCHEMA)
+            add_column(conn, "user", "admin INTEGER NOT NULL DEFAULT 0")
             self._ready = True
         return conn
 
-    def add(self, username: str, password: str, fhir_user: str) -> User:
-        """Create or replace a user (its second factor is enrolled at first login)."""
+    def add(self, username: str, password: str, fhir_user: str, *, admin: bool = False) -> User:
+        """Create or replace a user (its second factor is enrolled at first login); an
+        administrator (a Practitioner) reaches health data only by breaking the glass."""
         kind, _, id = fhir_user.partition("/")
         if kind not in ("Patient", "Practitioner", "RelatedPerson") or not id:
             raise ValueError("fhir_user is Patient/<id>, Practitioner/<id> or RelatedPerson/<id>")
         if len(password) < 12:
             raise ValueError("passwords have at least 12 characters")
+        if admin and kind != "Practitioner":
+            raise ValueError("an administrator is a Practitioner/<id>")
         self._conn().execute(
-            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user) VALUES (?, ?, ?)",
-            (username, secrets_hash.hash_secret(password), fhir_user))
-        return User(username, fhir_user, False)
+            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user, admin) "
+            "VALUES (?, ?, ?, ?)", (username, secrets_hash.hash_secret(password), fhir_user, admin))
+        return User(username, fhir_user, False, admin)
 
     def get(self, username: str) -> User | None:
         row = self._conn().execute(
-            "SELECT username, fhir_user, totp_enrolled FROM user WHERE username = ?",
+            "SELECT username, fhir_user, totp_enrolled, admin FROM user WHERE username = ?",
             (username,)).fetchone()
-        return User(row[0], row[1], bool(row[2])) if row else None
+        return User(row[0], row[1], bool(row[2]), bool(row[3])) if row else None
 
     def check_password(self, username: str, password: str) -> User | None:
         """The user if the password is right; None if not; Locked while locked out."""

@@ -34,6 +34,6 @@ def install_audit(app: FastAPI, base_path: str, recorder: AuditRecorder) -> None
             recorded=now()[0], principal=getattr(request.state, "principal", None),
             address=request.client.host if request.client else None,
             resources=trail.resources, patients=trail.patients,
-            query=query if request.method == "GET" else None, purpose=None)
+            query=query if request.method == "GET" else None)
         await recorder.record(event)
         return response

@@ -14,14 +14,16 @@ from fastapi import Request
 
 from ..access import parse_scopes
 from ..access.principal import Principal, server_principal
-from ..auth.tokens import InvalidToken, TokenService
+from ..auth.tokens import InvalidToken, TokenClaims, TokenService
+from ..auth.users import Users
 from ..model.errors import Kind, fail
+from ..services import reach
 from ..services.context import Context
-from ..services.launch_context import consenting_patients
 
 log = logging.getLogger("fhir_server.auth")
 
 NO_AUTH = server_principal("auth-off")
+BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
 
 
 def context_of(request: Request) -> Context:
@@ -48,15 +50,63 @@ async def authenticate(request: Request) -> None:
     except InvalidToken as exc:
         raise fail(Kind.UNAUTHORIZED, "expired" if "expired" in str(exc) else "security",
                    str(exc)) from None
+    request.state.principal = await _principal(request, claims)
+
+
+def _relative(fhir_user: str | None) -> str | None:
+    """`Type/id` of a fhirUser claim, which may be an absolute URL."""
+    if not fhir_user:
+        return None
+    parts = fhir_user.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else None
+
+
+async def _principal(request: Request, claims: TokenClaims) -> Principal:
+    """The Principal of a verified token, with what its user reaches today (services/reach)."""
+    ctx: Context = request.app.state.context
     grant = parse_scopes(claims.scope)
-    consented = None
-    if claims.fhir_user and "Practitioner/" in claims.fhir_user and grant.has_level("user"):
-        practitioner = "Practitioner/" + claims.fhir_user.rsplit("Practitioner/", 1)[1]
-        consented = tuple(await consenting_patients(request.app.state.context, practitioner))
-    request.state.principal = Principal(
-        subject=claims.subject, client_id=claims.client_id, grant=grant,
-        patient=claims.patient, fhir_user=claims.fhir_user, token_id=claims.token_id,
-        consented=consented)
+    fhir_user, patient = _relative(claims.fhir_user), claims.patient
+    consented: tuple[str, ...] | None = None
+    recipients: tuple[str, ...] | None = None
+    snapshots: tuple[str, ...] = ()
+    admin = False
+    if fhir_user and fhir_user.startswith("RelatedPerson/") and patient is not None:
+        if patient not in await reach.represented(ctx, fhir_user):
+            patient = None  # no longer their representative: reaches nothing
+    if fhir_user and fhir_user.startswith("Practitioner/") and grant.has_level("user"):
+        consented = tuple(await reach.consenting_patients(ctx, fhir_user))
+        recipients = await reach.recipient_identities(ctx, fhir_user) or None
+        snapshots = await reach.snapshots_for(ctx, recipients=recipients or (), sender=fhir_user,
+                                              patients=consented)
+        user = Users(request.app.state.oauth.registry).get(claims.subject)
+        admin = user is not None and user.admin and user.fhir_user == fhir_user
+    elif fhir_user is None:
+        client = request.app.state.oauth.registry.client(claims.client_id)
+        if client is not None and client.acts_for:
+            recipients = client.acts_for
+            snapshots = await reach.snapshots_for(ctx, recipients=recipients)
+    return Principal(
+        subject=claims.subject, client_id=claims.client_id, grant=grant, patient=patient,
+        fhir_user=fhir_user, token_id=claims.token_id, consented=consented,
+        recipients=recipients, snapshots=snapshots, admin=admin,
+        break_glass=_break_glass(request, admin))
+
+
+MAX_REASON = 500
+
+
+def _break_glass(request: Request, admin: bool) -> str | None:
+    """The reason an administrator gives for an emergency read (`X-Break-Glass-Reason`)."""
+    reason = request.headers.get(BREAK_GLASS_HEADER)
+    if reason is None:
+        return None
+    reason = reason.strip()
+    if not admin:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator may break the glass.")
+    if not reason or len(reason) > MAX_REASON:
+        raise fail(Kind.INVALID, "required",
+                   f"Breaking the glass needs a reason of 1 to {MAX_REASON} characters.")
+    return reason
 
 
 def www_authenticate(kind: Kind, code: str, diagnostics: str) -> str | None:

@@ -23,7 +23,7 @@ from ..audit.events import security_event
 from ..auth.pages import TEXT, describe, language, render
 from ..auth.server import FormRequest, Grantee, SmartAuthorizationServer
 from ..auth.users import Locked, User, Users
-from ..services.launch_context import consenting_patients, patients_for
+from ..services.launch_context import openable, patients_for
 from ..settings import Settings
 from ..store.versions import now
 from .auth import context_of
@@ -225,7 +225,8 @@ async def totp(request: Request) -> Response:
             redirect_uri=oauth_request.payload.data.get("redirect_uri")))
     scope = data["params"].get("scope", [""])[0].split()
     if "launch/patient" in scope and user.patient is None and not launch_patient:
-        # A practitioner's standalone launch: the patient is picked among those who consented.
+        # A practitioner's or representative's standalone launch: the patient is picked among
+        # those who consented, or those represented.
         choices = await patients_for(context_of(request), user.fhir_user)
         data.update(stage="pick", choices=[c.id for c in choices])
         request.app.state.oauth.registry.update("pending", pending, data)
@@ -236,12 +237,8 @@ async def totp(request: Request) -> Response:
 
 async def _may_open(request: Request, user: User, patient: str) -> bool:
     """Whether `user` may have `patient` in context: a patient only themself, a practitioner
-    a patient whose consent in force names them; representatives not yet."""
-    if user.fhir_user.startswith("Patient/"):
-        return user.patient == patient
-    if user.fhir_user.startswith("Practitioner/"):
-        return patient in await consenting_patients(context_of(request), user.fhir_user)
-    return False
+    a patient whose consent in force names them, a representative a patient represented."""
+    return patient in await openable(context_of(request), user.fhir_user)
 
 
 @login_router.post("/pick")

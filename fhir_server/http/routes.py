@@ -14,6 +14,8 @@ from ..model.outcome import information
 from ..services import crud, history, search
 from ..services.context import Context, Payload
 from ..store.base import Result
+from ..trials import referral
+from ..trials.referral import is_answer
 from .auth import authenticate, context_of
 from .headers import if_match, prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response, read_body
@@ -37,7 +39,8 @@ def _criteria(request: Request) -> str:
     return urlencode(_query(request))
 
 
-async def _payload(request: Request) -> Payload:
+async def read_payload(request: Request) -> Payload:
+    """The request body as a resource (INVALID unless a JSON object)."""
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     checked, exact = jsonbody.parse(body)
     if not isinstance(checked, dict):
@@ -142,9 +145,13 @@ async def search_type_post(request: Request, resource_type: str) -> Response:
 async def create(request: Request, resource_type: str) -> Response:
     check_acceptable(request)
     crud.check_type(resource_type)
-    payload = await _payload(request)
+    payload = await read_payload(request)
+    ctx = _ctx(request)
+    if resource_type == "Communication" and is_answer(ctx, payload):
+        version = await referral.answer(ctx, payload)
+        return _write_response(request, Result("created", (version,)), message="Answer sent.")
     result = await crud.create(
-        _ctx(request), resource_type, payload, if_none_exist=request.headers.get("if-none-exist")
+        ctx, resource_type, payload, if_none_exist=request.headers.get("if-none-exist")
     )
     if result.outcome == "matched":
         return _write_response(request, result, message="An existing resource matches; nothing created.")
@@ -155,7 +162,7 @@ async def create(request: Request, resource_type: str) -> Response:
 async def conditional_update(request: Request, resource_type: str) -> Response:
     check_acceptable(request)
     crud.check_type(resource_type)
-    payload = await _payload(request)
+    payload = await read_payload(request)
     result = await crud.conditional_update(
         _ctx(request), resource_type, _criteria(request), payload, if_match=if_match(request)
     )
@@ -212,7 +219,7 @@ async def update(request: Request, resource_type: str, id: str) -> Response:
     check_acceptable(request)
     crud.check_type(resource_type)
     crud.check_id(id)
-    payload = await _payload(request)
+    payload = await read_payload(request)
     result = await crud.update(_ctx(request), resource_type, id, payload, if_match=if_match(request))
     return _write_response(request, result, message="Stored.")
 

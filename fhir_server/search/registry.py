@@ -40,6 +40,8 @@ ParamType = Literal[
 DATA_DIR = Path(__file__).parent / "data"
 PARAMS_FILE = DATA_DIR / "search-parameters.json.gz"
 COMPARTMENT_FILE = DATA_DIR / "compartment-patient.json"
+# SearchParameters this server defines (the trial referral workflow), as published resources.
+OWN_PARAMS_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +188,19 @@ def params_from_json(raw: list[dict[str, Any]]) -> list[SearchParam]:
     return out
 
 
-def load_registry(params_file: Path = PARAMS_FILE, compartment_file: Path = COMPARTMENT_FILE) -> Registry:
-    """Build a Registry from the shipped data files."""
+def own_params(directory: Path = OWN_PARAMS_DIR) -> list[dict[str, Any]]:
+    """This server's SearchParameter resources (`SearchParameter-*.json` in `directory`)."""
+    return [json.loads(path.read_text()) for path in sorted(directory.glob("SearchParameter-*.json"))]
+
+
+def load_registry(params_file: Path = PARAMS_FILE, compartment_file: Path = COMPARTMENT_FILE,
+                  own_params_dir: Path = OWN_PARAMS_DIR) -> Registry:
+    """Build a Registry from the shipped data files and this server's own parameters."""
     with gzip.open(params_file, "rb") as fh:
         data = json.loads(fh.read())
     compartment = json.loads(compartment_file.read_text())
     return Registry(
-        params_from_json(data["params"]),
+        params_from_json(data["params"] + own_params(own_params_dir)),
         resource_types=data["resourceTypes"],
         elements={k: tuple(v) for k, v in data["elements"].items()},
         base_types=data["baseTypes"],

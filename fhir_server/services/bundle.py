@@ -36,9 +36,9 @@ from ..store.base import (
 )
 from . import crud, history, search
 from .conditions import condition
-from .context import Context, Payload
+from .context import Context, Payload, after_commit
 from .crud import check_resource
-from .guard import decision, hidden, note, require_reach, visible
+from .guard import decision, hidden, note, require_write, visible, with_new_records
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -402,9 +402,11 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
     else:
         raise fail(Kind.BUSY, "transient", "Too many concurrent writes to the same resources; "
                    "retry the transaction later.")
-    for outcome in tx.outcomes.values():
-        for version in outcome.result.versions if outcome.result else ():
-            note(ctx, version)
+    written = [version for outcome in tx.outcomes.values()
+               for version in (outcome.result.versions if outcome.result else ())]
+    for version in written:
+        note(ctx, version)
+    await after_commit(ctx, written)
     # GETs see the committed writes, so they run after the commit; a GET that fails then
     # (say, a 404) cannot undo the writes, so it is reported in its own entry instead of
     # turning a durable transaction into an error response.
@@ -426,11 +428,24 @@ async def _apply_writes(ctx: Context, tx: _Transaction) -> None:
         assigned = await tx.assign_ids(unit)
         tx.check_identities(assigned)
         await tx.resolve_conditional_references(unit)
+        ctx = _with_new_patients(ctx, tx, assigned)
         for e in sorted(entries, key=lambda e: _ORDER[e.method]):
             if e.method in ("POST", "PUT"):
                 tx.outcomes[e.index] = await _guard(e, _write(ctx, unit, tx, e, assigned[e.index]))
             elif e.method == "PATCH":
                 tx.outcomes[e.index] = await _guard(e, _patch(ctx, unit, e))
+
+
+def _with_new_patients(ctx: Context, tx: _Transaction, assigned: dict[int, tuple[str, bool]]) -> Context:
+    """A practitioner reaches the patients this transaction creates with their Consent."""
+    created = {f"Patient/{assigned[e.index][0]}" for e in tx.entries
+               if e.method == "POST" and e.resource_type == "Patient" and not assigned[e.index][1]}
+    consents = []
+    for e in tx.entries:
+        if e.resource_type == "Consent" and e.method in ("POST", "PUT") and e.payload is not None:
+            sent = (e.payload.checked.get("patient") or {}).get("reference", "")
+            consents.append((tx.targets.get(sent, sent), e.payload.checked))
+    return with_new_records(ctx, consents, created) if created and consents else ctx
 
 
 def _check_read_target(e: Entry) -> None:
@@ -482,7 +497,7 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     e.payload.exact["id"] = id
     tx.rewrite(e)
     allowed = decision(ctx, "create" if e.method == "POST" else "update", e.resource_type)
-    require_reach(allowed, e.resource_type, e.payload.checked)
+    await require_write(ctx, allowed, e.resource_type, e.payload.checked)
     if e.method == "PUT":
         await _check_existing(ctx, allowed, e.resource_type, id)
     entries = extract(e.payload.checked)

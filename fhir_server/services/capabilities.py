@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..model.bundle import now_instant
+from ..model.platform_codes import definitions
 from ..model.types import RESOURCE_TYPES
 from ..search import Registry
 
@@ -48,6 +49,16 @@ def _revincludes(registry: Registry, resource_type: str) -> list[str]:
     return found
 
 
+def _operations() -> dict[str, list[dict[str, str]]]:
+    """The operations we define (profiles/OperationDefinition-*.json), by resource type."""
+    by_type: dict[str, list[dict[str, str]]] = {}
+    for d in definitions():
+        if d["resourceType"] == "OperationDefinition":
+            for type_name in d["resource"]:
+                by_type.setdefault(type_name, []).append({"name": d["code"], "definition": d["url"]})
+    return by_type
+
+
 def capability_statement(registry: Registry, base_url: str, *, conditional_delete_multiple: bool,
                          oauth_uris: dict[str, str] | None = None) -> dict[str, Any]:
     """The server's CapabilityStatement (kind `instance`).
@@ -56,6 +67,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
     element with the SMART `oauth-uris` extension in, which some clients read instead of the
     discovery document.
     """
+    operations = _operations()
     resources = [
         {
             "type": resource_type,
@@ -73,6 +85,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
             "searchInclude": _includes(registry, resource_type),
             "searchRevInclude": _revincludes(registry, resource_type),
             "searchParam": _search_params(registry, resource_type),
+            **({"operation": operations[resource_type]} if resource_type in operations else {}),
         }
         for resource_type in sorted(RESOURCE_TYPES)
     ]

@@ -3,6 +3,7 @@ the caller."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,11 @@ from ..access.principal import Principal
 from ..audit.trail import Trail
 from ..model.validation import Validator
 from ..search import Registry
-from ..store.base import Store
+from ..store.base import Store, Version
+
+# Called after every commit of the service layer with the versions written (the platform's
+# workflows react to writes this way: trials/withdrawal.py).
+Hook = Callable[["Context", Sequence[Version]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,13 @@ class Context:
     max_page_size: int = 1000
     principal: Principal | None = None  # who calls; set per request (deny when None)
     trail: Trail | None = None  # what the request touched, for its AuditEvent
+    hooks: tuple[Hook, ...] = ()
+
+
+async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:
+    """Run the commit hooks on what a unit of work wrote."""
+    for hook in ctx.hooks:
+        await hook(ctx, versions)
 
 
 @dataclass(frozen=True, slots=True)

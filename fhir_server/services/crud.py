@@ -28,8 +28,8 @@ from ..store.base import (
     Write,
 )
 from .conditions import condition
-from .context import Context, Payload
-from .guard import decision, hidden, note, require_reach, visible
+from .context import Context, Payload, after_commit
+from .guard import decision, hidden, note, require_write, visible
 
 
 async def _commit(ctx: Context, operation: Operation) -> Result:
@@ -37,6 +37,7 @@ async def _commit(ctx: Context, operation: Operation) -> Result:
     [result] = await ctx.store.commit([operation])
     for version in result.versions:
         note(ctx, version)
+    await after_commit(ctx, result.versions)
     return result
 
 
@@ -103,7 +104,7 @@ async def create(
     id = new_id()
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
-    require_reach(allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked)
     write = Write(resource_type, id, payload.exact, entries, "POST", create_only=True)
     if if_none_exist is None:
         return await _commit(ctx, write)
@@ -188,7 +189,7 @@ async def update(
         )
     allowed = decision(ctx, "update", resource_type)
     entries = _checked_resource(ctx, resource_type, payload)
-    require_reach(allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked)
     existing = await ctx.store.read(resource_type, id)
     if existing is not None and not existing.deleted and not visible(allowed, existing):
         raise hidden(resource_type, id)
@@ -209,7 +210,12 @@ async def conditional_update(
     id = str(body_id) if body_id is not None else new_id()
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
-    require_reach(allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked)
+    if body_id is not None and allowed.clauses:
+        # Without a match the store writes the id the body names: it must not be one out of reach.
+        existing = await ctx.store.read(resource_type, id)
+        if existing is not None and not existing.deleted and not visible(allowed, existing):
+            raise hidden(resource_type, id)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     op = ConditionalUpdate(query, write, id_given=body_id is not None)
     return await _commit(ctx, op)
@@ -258,7 +264,7 @@ async def patch_write(
             expression=f"{resource_type}.id",
         )
     entries = _checked_resource(ctx, resource_type, payload)
-    require_reach(allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked)
     # Pin the version we patched, so a concurrent write makes this one fail with 412
     # instead of being lost.
     return Write(resource_type, id, payload.exact, entries, "PATCH", if_match=current.version)

@@ -1,4 +1,5 @@
-"""The access checks every service applies, from the caller's principal (access/policy.py).
+"""The access checks every service applies, from the caller's principal (access/policy.py),
+and the platform's rules on what may be written.
 
 Out of reach reads answer 404, as if the resource did not exist, so a caller cannot learn
 what it may not see; writes of content out of reach answer 403.
@@ -6,15 +7,22 @@ what it may not see; writes of content out of reach answer 403.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
 
 from ..access import Interaction
+from ..access import consent as consents
 from ..access.policy import Decision, decide
+from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from ..store.base import Version
+from . import reach
 from .context import Context
+
+# Who receives referrals: writing to them is a referral, made by $refer alone.
+INVESTIGATOR_TYPES = ("PractitionerRole", "CareTeam", "Group", "Organization")
 
 
 def decision(ctx: Context, interaction: Interaction, resource_type: str | None, *,
@@ -43,8 +51,72 @@ def hidden(resource_type: str, id: str) -> Exception:
                 details_code="MSG_NO_EXIST")
 
 
-def require_reach(d: Decision, resource_type: str, resource: dict[str, Any]) -> None:
-    """FORBIDDEN unless the content written stays within reach (a patient's compartment)."""
-    if not d.admits(resource_type, resource):
-        raise fail(Kind.FORBIDDEN, "forbidden",
-                   f"This {resource_type} would lie outside what the access token reaches.")
+def _forbidden(message: str) -> Exception:
+    return fail(Kind.FORBIDDEN, "forbidden", message)
+
+
+async def require_write(ctx: Context, d: Decision, resource_type: str, resource: dict[str, Any]) -> None:
+    """FORBIDDEN unless the content written stays within reach (a patient's compartment) and
+    keeps the platform's rules on messages and frozen records."""
+    if not d.admits(resource_type, resource) and not await _attested(ctx, resource_type, resource):
+        if resource_type == "Patient" and ctx.principal and ctx.principal.consented is not None:
+            raise _forbidden("A practitioner creates a patient record together with the "
+                             "patient's agreement: a transaction Bundle holding the Patient and "
+                             "the Consent naming them (see docs/referrals.md).")
+        raise _forbidden(f"This {resource_type} would lie outside what the access token reaches.")
+    if resource_type == "Communication":
+        await _check_message(ctx, resource)
+
+
+def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
+                     created: set[str]) -> Context:
+    """The Context of a practitioner's transaction that creates patient records together
+    with the Consents recording each patient's agreement naming them (`entries`: each
+    Consent with the `Patient/<id>` it names, `created`: the patients the transaction
+    creates): the practitioner reaches those records for the transaction."""
+    principal = ctx.principal
+    if principal is None or principal.consented is None or principal.fhir_user is None:
+        return ctx
+    day = reach.today()
+    new = [patient.removeprefix("Patient/") for patient, consent in entries
+           if patient in created and consents.attests_access(consent, principal.fhir_user, day)]
+    if not new:
+        return ctx
+    return dataclasses.replace(ctx, principal=dataclasses.replace(
+        principal, consented=(*principal.consented, *new)))
+
+
+async def _attested(ctx: Context, resource_type: str, resource: dict[str, Any]) -> bool:
+    """A practitioner recording, with its evidence, a patient's agreement naming them, for a
+    patient record that exists."""
+    principal = ctx.principal
+    if (resource_type != "Consent" or principal is None or principal.consented is None
+            or principal.fhir_user is None
+            or not consents.attests_access(resource, principal.fhir_user, reach.today())):
+        return False
+    patient = (resource.get("patient") or {}).get("reference", "")
+    kind, _, id = patient.partition("/")
+    found = await ctx.store.read(kind, id) if kind == "Patient" and id else None
+    return found is not None and not found.deleted
+
+
+async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
+    """Referrals and answers are the server's to write; a patient writes to their referring
+    physicians only; practitioners reach investigators through $refer alone."""
+    principal = ctx.principal
+    if principal is None or principal.server:
+        return
+    kinds = set(codes.codes_of(message.get("category", []), codes.MESSAGE_SYSTEM))
+    if kinds & codes.SERVER_MADE:
+        raise _forbidden("Referrals are sent with ResearchStudy/{id}/$refer and answered with "
+                         "POST Communication by their recipients; they are not written directly.")
+    recipients = [r.get("reference", "") for r in message.get("recipient", [])]
+    if principal.patient is not None:
+        physicians = await reach.physicians_of(ctx, principal.patient)
+        if not recipients or any(r not in physicians for r in recipients):
+            raise _forbidden("A patient writes only to their referring physicians (the "
+                             "practitioners their consent names).")
+    elif principal.consented is not None and any(
+            r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in recipients):
+        raise _forbidden("A patient's data reach trial investigators only through a referral "
+                         "(ResearchStudy/{id}/$refer).")

@@ -1,24 +1,16 @@
-"""The patients a practitioner may reach: those whose active privacy Consent names them as an
-actor with a permit provision in force today, the rule by which referring physicians reach
-records. It feeds the SMART patient picker and the access policy of `user/` scopes. The
-lookup runs as the server itself: it decides what the user may reach, it is not the user's
-request.
-"""
+"""The patients a user may open in a SMART launch (the patient picker): a practitioner those
+whose consent in force names them, a representative those they legally represent
+(services/reach.py applies the rules)."""
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from ..access.principal import server_principal
-from ..search import parse_query
 from .context import Context
-
-PRIVACY = "http://terminology.hl7.org/CodeSystem/consentscope|patient-privacy"
-MOST = 1000  # consents looked at, at most (a larger practice needs paging: not built)
+from .reach import consenting_patients, represented
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,12 +21,6 @@ class Choice:
     label: str
 
 
-def _in_force(provision: dict[str, Any], today: str) -> bool:
-    period = provision.get("period") or {}
-    start, end = period.get("start", ""), period.get("end", "")
-    return provision.get("type") == "permit" and start[:10] <= today and (not end or today <= end[:10])
-
-
 def _label(patient: dict[str, Any]) -> str:
     names = patient.get("name") or [{}]
     name = names[0]
@@ -43,28 +29,22 @@ def _label(patient: dict[str, Any]) -> str:
     return f"{text or patient['id']} ({born})" if born else (text or patient["id"])
 
 
-async def consenting_patients(ctx: Context, practitioner: str) -> list[str]:
-    """Ids of the patients `practitioner` (`Practitioner/<id>`) may reach, consent in force."""
-    ctx = dataclasses.replace(ctx, principal=server_principal("consent-lookup"))
-    query, _ = parse_query("Consent", [("actor", practitioner), ("status", "active"),
-                                       ("scope", PRIVACY), ("_count", str(MOST))], ctx.registry)
-    page = await ctx.store.search(query)
-    today = datetime.now(UTC).date().isoformat()
-    ids: list[str] = []
-    for version in page.matches:
-        consent = orjson.loads(version.body or b"{}")
-        provision = consent.get("provision") or {}
-        actors = {a.get("reference", {}).get("reference") for a in provision.get("actor", [])}
-        reference = (consent.get("patient") or {}).get("reference", "")
-        if practitioner in actors and _in_force(provision, today) and reference.startswith("Patient/"):
-            ids.append(reference.removeprefix("Patient/"))
-    return list(dict.fromkeys(ids))
+async def openable(ctx: Context, fhir_user: str) -> list[str]:
+    """Ids of the patients `fhir_user` may have in context: a patient themself, a
+    practitioner those who consented, a representative those they represent."""
+    if fhir_user.startswith("Patient/"):
+        return [fhir_user.removeprefix("Patient/")]
+    if fhir_user.startswith("Practitioner/"):
+        return await consenting_patients(ctx, fhir_user)
+    if fhir_user.startswith("RelatedPerson/"):
+        return await represented(ctx, fhir_user)
+    return []
 
 
-async def patients_for(ctx: Context, practitioner: str) -> list[Choice]:
-    """The patients `practitioner` may open, by name (the picker)."""
+async def patients_for(ctx: Context, fhir_user: str) -> list[Choice]:
+    """The patients `fhir_user` may open, by name (the picker)."""
     choices = []
-    for id in await consenting_patients(ctx, practitioner):
+    for id in await openable(ctx, fhir_user):
         found = await ctx.store.read("Patient", id)
         if found is not None and found.body is not None:
             choices.append(Choice(id, _label(orjson.loads(found.body))))

@@ -71,3 +71,43 @@ def lab_observation(subject: str, code: str, when: str, value: float, unit: str,
         valueQuantity={"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
         **extra,
     )
+
+
+CONSENT_SCOPES = "http://terminology.hl7.org/CodeSystem/consentscope"
+
+
+def consent(patient: str, scope: str = "patient-privacy", *, actor: str | None = None,
+            type: str = "permit", start: str = "2020-01-01", end: str | None = None,
+            status: str = "active", deny: list[dict[str, Any]] | None = None,
+            evidence: bool = True) -> dict[str, Any]:
+    """A Consent of Patient/`patient`: `scope` patient-privacy (naming `actor`, a referring
+    physician) or research (sharing with investigators); `deny` adds nested provisions."""
+    provision: dict[str, Any] = {"type": type, "period": {"start": start, **({"end": end} if end else {})}}
+    if actor:
+        provision["actor"] = [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+            "reference": {"reference": actor}}]
+    if deny:
+        provision["provision"] = deny
+    body: dict[str, Any] = {
+        "resourceType": "Consent", "status": status,
+        "scope": {"coding": [{"system": CONSENT_SCOPES, "code": scope}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN" if type == "permit" else "OPTOUT"}]},
+        "provision": provision,
+    }
+    if evidence:
+        body["sourceAttachment"] = {"contentType": "application/pdf", "title": "Signed form"}
+    return body
+
+
+def deny_provision(actor: str | None = None, start: str = "2020-01-01") -> dict[str, Any]:
+    """A nested deny provision (for `actor`, or for everyone)."""
+    provision: dict[str, Any] = {"type": "deny", "period": {"start": start}}
+    if actor:
+        provision["actor"] = [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+            "reference": {"reference": actor}}]
+    return provision

@@ -27,7 +27,8 @@ FORM = "application/x-www-form-urlencoded"
 @pytest.fixture
 def settings(tmp_path: Path, signing_keys: bytes) -> Settings:
     (tmp_path / "signing-keys.json").write_bytes(signing_keys)
-    return Settings(data_dir=tmp_path, base_url=BASE, default_page_size=3, max_page_size=5)
+    return Settings(data_dir=tmp_path, base_url=BASE, default_page_size=3, max_page_size=5,
+                    publish_definitions=False)
 
 
 # -- helpers ---------------------------------------------------------------------------

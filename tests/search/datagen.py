@@ -5,7 +5,8 @@ Usage: `.venv/bin/python tests/search/datagen.py [DEFINITIONS_DIR] [--check]`
 
 Element types come from the StructureDefinition snapshots of every resource and data type;
 only the paths the expression compiler actually looks up are kept, found by compiling every
-parameter for every base type against the full table.
+parameter (the official ones and this server's, in profiles/) for every base type against the
+full table.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fhir_server.search.registry import (  # noqa: E402
     COMPARTMENT_FILE,
     PARAMS_FILE,
     Registry,
+    own_params,
     params_from_json,
 )
 
@@ -83,8 +85,11 @@ def build(source: Path = DEFAULT_SOURCE) -> tuple[bytes, str]:
     ]
     params.sort(key=lambda p: p["id"])
     elements, base_types, resource_types = element_table(source)
+    # This server's own parameters are compiled too, so the element types they need are kept;
+    # they are loaded from profiles/ at run time, not stored here.
+    own = [{k: p[k] for k in _KEEP if k in p} for p in own_params()]
     registry = Registry(
-        params_from_json(params),
+        params_from_json(params + own),
         resource_types=resource_types,
         elements={k: tuple(v) for k, v in elements.items()},
         base_types=base_types,

@@ -1,0 +1,114 @@
+"""What a patient's Consents allow, evaluated on the Consent resources themselves (FHIR R4
+consent.html): pure functions, so every rule can be tested on plain data.
+
+Two kinds of agreement matter here (Consent.scope, consentscope CodeSystem):
+- `patient-privacy`: the platform may hold the record, and the practitioners named as
+  provision actors may read and write it (the referring physicians);
+- `research`: the record may be shared with trial investigators (a referral).
+
+A Consent counts when its status is `active` and its provision's period holds today. A `deny`
+wins over any `permit`: a nested deny provision, or another active Consent whose top-level
+provision is deny, with the actor named or with no actor at all (then it applies to everyone:
+objection, restriction of processing). Withdrawal is status `inactive` (or `rejected`), or an
+ended period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
+PRIVACY = "patient-privacy"
+RESEARCH = "research"
+
+
+def has_scope(consent: dict[str, Any], scope: str) -> bool:
+    """Whether the Consent's scope is `scope` of the consentscope CodeSystem."""
+    return any(c.get("system") == SCOPE_SYSTEM and c.get("code") == scope
+               for c in (consent.get("scope") or {}).get("coding", []))
+
+
+def in_period(element: dict[str, Any], today: str) -> bool:
+    """Whether `element.period` (absent: always) holds on `today` (YYYY-MM-DD)."""
+    period = element.get("period") or {}
+    start, end = period.get("start", ""), period.get("end", "")
+    return start[:10] <= today and (not end or today <= end[:10])
+
+
+def actors(provision: dict[str, Any]) -> set[str]:
+    """The references a provision names as actors."""
+    return {a.get("reference", {}).get("reference", "") for a in provision.get("actor", [])}
+
+
+def _applies(provision: dict[str, Any], actor: str | None, today: str) -> bool:
+    """Whether a provision holds today for `actor` (a provision naming nobody holds for all;
+    `actor` None asks about everyone, so only such provisions apply)."""
+    named = actors(provision)
+    return in_period(provision, today) and (not named or (actor is not None and actor in named))
+
+
+def _provisions(provision: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield provision
+    for nested in provision.get("provision", []):
+        yield from _provisions(nested)
+
+
+def _in_force(consents: Iterable[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
+    return [c for c in consents if c.get("status") == "active" and has_scope(c, scope)]
+
+
+def denied(consents: Iterable[dict[str, Any]], scope: str, actor: str | None, today: str) -> bool:
+    """Whether a deny provision in force, of an active Consent of `scope`, applies to `actor`:
+    a top-level deny or a nested one."""
+    return any(p.get("type") == "deny" and _applies(p, actor, today)
+               for c in _in_force(consents, scope) for p in _provisions(c.get("provision") or {}))
+
+
+def permit(consents: Iterable[dict[str, Any]], scope: str, actor: str | None,
+           today: str) -> dict[str, Any] | None:
+    """The active Consent of `scope` whose top-level permit names `actor` (None: any actor)
+    today, unless a deny in force applies; None when nothing permits."""
+    consents = list(consents)
+    if denied(consents, scope, actor, today):
+        return None
+    for consent in _in_force(consents, scope):
+        provision = consent.get("provision") or {}
+        if provision.get("type") != "permit" or not in_period(provision, today):
+            continue
+        if actor is None or actor in actors(provision):
+            return consent
+    return None
+
+
+def reaches(consents: Iterable[dict[str, Any]], practitioner: str, today: str) -> bool:
+    """Whether a patient's Consents let `practitioner` reach their record today."""
+    consents = list(consents)
+    return (permit(consents, PRIVACY, practitioner, today) is not None
+            and not denied(consents, PRIVACY, None, today))
+
+
+def sharing(consents: Iterable[dict[str, Any]], today: str) -> dict[str, Any] | None:
+    """The Consent in force letting a patient's record be shared with trial investigators,
+    None if there is none, or if an objection or a restriction of processing applies."""
+    consents = list(consents)
+    if denied(consents, PRIVACY, None, today):
+        return None
+    return permit(consents, RESEARCH, None, today)
+
+
+def physicians(consents: Iterable[dict[str, Any]], today: str) -> set[str]:
+    """The practitioners a patient's Consents let reach their record today (their referring
+    physicians: the only ones a patient may write to)."""
+    consents = list(consents)
+    named = {a for c in _in_force(consents, PRIVACY) for a in actors(c.get("provision") or {})}
+    return {a for a in named if a.startswith("Practitioner/") and reaches(consents, a, today)}
+
+
+def attests_access(consent: dict[str, Any], practitioner: str, today: str) -> bool:
+    """Whether a Consent records a patient's agreement to `practitioner` reaching their
+    record: active, patient-privacy, a permit in force naming them, and its evidence
+    (source[x]: the signed form or a reference to it). A practitioner may record such a
+    Consent for a patient they do not reach yet; the patient sees it in their audit trail."""
+    return (permit([consent], PRIVACY, practitioner, today) is not None
+            and ("sourceAttachment" in consent or "sourceReference" in consent))

@@ -1,0 +1,133 @@
+"""What a user reaches, looked up in the store for each request so that a withdrawn consent or
+an ended membership takes effect at once: the patients a practitioner's consents name, the
+patients a representative acts for, an investigator's recipient identities and the frozen
+records of their referrals. Lookups run on the store directly: they decide what the caller
+may reach, they are not the caller's request. Each reads at most MOST resources (a larger
+practice needs paging: not built).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ..access import consent as consents
+from ..model.platform_codes import MESSAGE_SYSTEM
+from ..model.platform_codes import REFERRAL as REFERRAL_CODE
+from ..search import parse_query
+from .context import Context
+
+MOST = 1000
+PRIVACY = f"{consents.SCOPE_SYSTEM}|{consents.PRIVACY}"
+RESEARCH = f"{consents.SCOPE_SYSTEM}|{consents.RESEARCH}"
+REFERRAL = f"{MESSAGE_SYSTEM}|{REFERRAL_CODE}"
+# RelatedPerson.relationship codes (v3-RoleCode) of a legal representative.
+REPRESENTATIVE_CODES = frozenset({"GUARD", "POWATT", "DPOWATT", "HPOWATT", "SPOWATT"})
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The current resources matching a search, at most MOST of them."""
+    query, _ = parse_query(resource_type, [*params, ("_count", str(MOST))], ctx.registry)
+    page = await ctx.store.search(query)
+    return [orjson.loads(v.body) for v in page.matches if v.body is not None]
+
+
+def _patient_id(consent: dict[str, Any]) -> str | None:
+    reference = (consent.get("patient") or {}).get("reference", "")
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+
+
+async def patient_consents(ctx: Context, patients: Iterable[str], scope: str = PRIVACY) -> dict[str, list[dict[str, Any]]]:
+    """The active Consents of `scope` of each of these patients (ids)."""
+    ids = list(dict.fromkeys(patients))
+    if not ids:
+        return {}
+    found = await find(ctx, "Consent", [("patient", ",".join(f"Patient/{id}" for id in ids)),
+                                        ("status", "active"), ("scope", scope)])
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for consent in found:
+        id = _patient_id(consent)
+        if id is not None:
+            grouped[id].append(consent)
+    return grouped
+
+
+async def consenting_patients(ctx: Context, practitioner: str) -> list[str]:
+    """Ids of the patients `practitioner` (`Practitioner/<id>`) may reach today."""
+    naming = await find(ctx, "Consent", [("actor", practitioner), ("status", "active"),
+                                         ("scope", PRIVACY)])
+    candidates = [id for c in naming if (id := _patient_id(c)) is not None]
+    by_patient = await patient_consents(ctx, candidates)
+    day = today()
+    return [id for id in dict.fromkeys(candidates)
+            if consents.reaches(by_patient.get(id, []), practitioner, day)]
+
+
+async def physicians_of(ctx: Context, patient: str) -> set[str]:
+    """The practitioners (`Practitioner/<id>`) who may reach `patient` today."""
+    by_patient = await patient_consents(ctx, [patient])
+    return consents.physicians(by_patient.get(patient, []), today())
+
+
+async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
+    """The Consent in force letting `patient`'s record go to trial investigators, if any."""
+    research = await patient_consents(ctx, [patient], RESEARCH)
+    privacy = await patient_consents(ctx, [patient])
+    return consents.sharing([*research.get(patient, []), *privacy.get(patient, [])], today())
+
+
+async def represented(ctx: Context, related_person: str) -> list[str]:
+    """Ids of the patients `related_person` (`RelatedPerson/<id>`) legally represents today."""
+    found = await ctx.store.read("RelatedPerson", related_person.removeprefix("RelatedPerson/"))
+    if found is None or found.body is None:
+        return []
+    person = orjson.loads(found.body)
+    codes = {c.get("code") for r in person.get("relationship", []) for c in r.get("coding", [])}
+    patient = (person.get("patient") or {}).get("reference", "")
+    if (person.get("active") is False or not codes & REPRESENTATIVE_CODES
+            or not consents.in_period(person, today()) or not patient.startswith("Patient/")):
+        return []
+    return [patient.removeprefix("Patient/")]
+
+
+async def recipient_identities(ctx: Context, practitioner: str) -> tuple[str, ...]:
+    """The references `practitioner` receives referrals as: their active PractitionerRoles,
+    and the active CareTeams and Groups they (or one of those roles) belong to."""
+    roles = [f"PractitionerRole/{r['id']}" for r in await find(
+        ctx, "PractitionerRole", [("practitioner", practitioner), ("active", "true")])]
+    members = ",".join([practitioner, *roles])
+    teams = [f"CareTeam/{t['id']}" for t in await find(
+        ctx, "CareTeam", [("participant", members), ("status", "active")])]
+    groups = [f"Group/{g['id']}" for g in await find(ctx, "Group", [("member", members)])
+              if g.get("active", True)]
+    return (*roles, *teams, *groups)
+
+
+def snapshot_ids(referrals: Iterable[dict[str, Any]]) -> list[str]:
+    """The frozen-record Bundle ids the payloads of these referrals point to."""
+    return [ref.removeprefix("Bundle/") for r in referrals for p in r.get("payload", [])
+            if (ref := (p.get("contentReference") or {}).get("reference", "")).startswith("Bundle/")]
+
+
+async def snapshots_for(ctx: Context, *, recipients: Sequence[str] = (), sender: str | None = None,
+                        patients: Sequence[str] = ()) -> tuple[str, ...]:
+    """The frozen records a user may read: those of referrals addressed to one of
+    `recipients`, and those `sender` sent about patients they still reach."""
+    referrals: list[dict[str, Any]] = []
+    if recipients:
+        referrals += await find(ctx, "Communication", [("recipient", ",".join(recipients)),
+                                                       ("category", REFERRAL)])
+    if sender is not None and patients:
+        reached = {f"Patient/{id}" for id in patients}
+        referrals += [r for r in await find(ctx, "Communication", [("sender", sender),
+                                                                   ("category", REFERRAL)])
+                      if (r.get("subject") or {}).get("reference") in reached]
+    return tuple(dict.fromkeys(snapshot_ids(referrals)))

@@ -1,0 +1,80 @@
+"""The frozen record a referral carries: the patient's record as it is when the referral is
+sent, in a `collection` Bundle whose references between its entries are pinned to the
+versions frozen (`Condition.subject` = `Patient/1/_history/3`), so that it says exactly what
+the investigators were shown, whatever happens to the live record afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from ..model import platform_codes as codes
+from ..model.errors import Kind, fail
+from ..search import Query
+from ..services.bundle import reference_holders
+from ..services.context import Context
+from ..store.versions import now
+from ..access.policy import compartment_clause
+
+# The clinical content an investigator needs to preselect a patient; consents, messages,
+# audit and billing stay out.
+TYPES = (
+    "Patient", "Condition", "Observation", "Procedure", "DiagnosticReport", "Specimen",
+    "MedicationStatement", "MedicationRequest", "MedicationAdministration", "Immunization",
+    "AllergyIntolerance", "FamilyMemberHistory", "CarePlan", "ClinicalImpression",
+    "ImagingStudy", "DocumentReference", "Encounter",
+)  # fmt: skip
+MOST = 20_000  # entries in one frozen record, at most
+PAGE = 1000
+
+
+async def _compartment(ctx: Context, resource_type: str, patient: str) -> list[dict[str, Any]]:
+    """Every current resource of `resource_type` in Patient/`patient`'s compartment."""
+    clause = compartment_clause(ctx.registry, resource_type, patient)
+    if clause is None:
+        return []
+    query = Query(resource_type, (clause,), count=PAGE)
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await ctx.store.search(query, cursor)
+        found += [orjson.loads(v.body) for v in page.matches if v.body is not None]
+        if page.next_cursor is None or len(found) > MOST:
+            return found
+        cursor = page.next_cursor
+
+
+def pin(resources: list[dict[str, Any]]) -> None:
+    """Point the references between `resources` at the versions they hold."""
+    versions = {f"{r['resourceType']}/{r['id']}": r.get("meta", {}).get("versionId")
+                for r in resources}
+    for resource in resources:
+        for holder in reference_holders(resource):
+            target = holder["reference"]
+            version = versions.get(target)
+            if version:
+                holder["reference"] = f"{target}/_history/{version}"
+
+
+async def freeze(ctx: Context, patient: str, id: str) -> dict[str, Any]:
+    """The frozen record of Patient/`patient`, as Bundle/`id` (not stored yet)."""
+    resources: list[dict[str, Any]] = []
+    for resource_type in TYPES:
+        resources += await _compartment(ctx, resource_type, patient)
+        if len(resources) > MOST:
+            raise fail(Kind.UNPROCESSABLE, "too-costly",
+                       f"The record holds more than {MOST} resources; a referral cannot carry it.")
+    pin(resources)
+    return {
+        "resourceType": "Bundle",
+        "id": id,
+        "meta": {"tag": [codes.coding(codes.MESSAGE_SYSTEM, codes.SNAPSHOT)]},
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"},
+        "type": "collection",
+        "timestamp": now()[0],
+        "entry": [{"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r}
+                  for r in resources],
+    }

@@ -1,0 +1,52 @@
+"""What a change to a patient's consents does to the referrals already sent: once sharing
+with investigators is no longer in force (the research Consent made inactive, a deny
+provision, an objection or a restriction of processing), each open referral of that patient
+is marked withdrawn, with its frozen record and its ResearchSubject. Access itself needs no
+marking: it is decided from the consents at every request (access/consent.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import orjson
+
+from ..model import platform_codes as codes
+from ..services import reach
+from ..services.context import Context
+from ..store.base import Version
+from .referral import as_server, withdraw
+
+log = logging.getLogger("fhir_server.trials")
+
+
+async def _patient_of(ctx: Context, version: Version) -> str | None:
+    """The patient a Consent version is about (a deletion: the version before)."""
+    body = version.body
+    if body is None and version.version > 1:
+        before = await ctx.store.vread("Consent", version.id, version.version - 1)
+        body = before.body if before is not None else None
+    reference = (orjson.loads(body or b"{}").get("patient") or {}).get("reference", "")
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+
+
+async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> None:
+    """A commit hook (services/context.py): withdraw the referrals of the patients whose
+    sharing consent is no longer in force after `versions` were written."""
+    changed = [v for v in versions if v.resource_type == "Consent"]
+    if not changed:
+        return
+    server = as_server(ctx)
+    patients = {p for v in changed if (p := await _patient_of(server, v)) is not None}
+    for patient in sorted(patients):
+        if await reach.sharing_consent(server, patient) is not None:
+            continue
+        referrals = await reach.find(server, "Communication", [
+            ("subject", f"Patient/{patient}"), ("status", "in-progress,completed"),
+            ("category", f"{codes.MESSAGE_SYSTEM}|{codes.REFERRAL}")])
+        for referral in referrals:
+            found = await server.store.read("Communication", referral["id"])
+            if found is not None and found.body is not None:
+                await withdraw(server, found)
+                log.info("referral withdrawn", extra={"referral": referral["id"]})

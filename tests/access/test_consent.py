@@ -1,0 +1,68 @@
+"""access/consent.py: when a patient's Consents let a practitioner reach the record and let
+it be shared with investigators (status, period, permit, nested and separate denies)."""
+
+from __future__ import annotations
+
+from fhir_server.access import consent as rules
+from tests.builders import consent, deny_provision
+
+DR = "Practitioner/dr"
+TODAY = "2026-12-02"
+
+
+def test_an_active_permit_in_force_naming_the_practitioner_reaches() -> None:
+    assert rules.reaches([consent("p", actor=DR)], DR, TODAY)
+    assert not rules.reaches([consent("p", actor="Practitioner/other")], DR, TODAY)
+    assert not rules.reaches([], DR, TODAY)
+
+
+def test_status_and_period_must_hold() -> None:
+    assert not rules.reaches([consent("p", actor=DR, status="inactive")], DR, TODAY)
+    assert not rules.reaches([consent("p", actor=DR, status="proposed")], DR, TODAY)
+    assert not rules.reaches([consent("p", actor=DR, end="2021-01-01")], DR, TODAY)
+    assert not rules.reaches([consent("p", actor=DR, start="2027-01-01")], DR, TODAY)
+    assert rules.reaches([consent("p", actor=DR, end=TODAY)], DR, TODAY)
+
+
+def test_a_research_consent_does_not_open_the_record() -> None:
+    assert not rules.reaches([consent("p", "research", actor=DR)], DR, TODAY)
+
+
+def test_a_nested_deny_for_the_practitioner_wins() -> None:
+    assert not rules.reaches([consent("p", actor=DR, deny=[deny_provision(DR)])], DR, TODAY)
+    other = consent("p", actor=DR, deny=[deny_provision("Practitioner/other")])
+    assert rules.reaches([other], DR, TODAY)
+    later = consent("p", actor=DR, deny=[deny_provision(DR, start="2027-01-01")])
+    assert rules.reaches([later], DR, TODAY)
+
+
+def test_a_separate_deny_consent_wins_for_the_actor_it_names_or_for_all() -> None:
+    permit = consent("p", actor=DR)
+    assert not rules.reaches([permit, consent("p", actor=DR, type="deny")], DR, TODAY)
+    assert not rules.reaches([permit, consent("p", type="deny")], DR, TODAY)  # restriction
+    assert rules.reaches([permit, consent("p", actor="Practitioner/x", type="deny")], DR, TODAY)
+    assert rules.reaches([permit, consent("p", type="deny", status="inactive")], DR, TODAY)
+
+
+def test_sharing_needs_a_research_permit_and_no_objection() -> None:
+    share = consent("p", "research")
+    assert rules.sharing([share], TODAY) is share
+    assert rules.sharing([consent("p", actor=DR)], TODAY) is None
+    assert rules.sharing([share, consent("p", "research", type="deny")], TODAY) is None
+    assert rules.sharing([consent("p", "research", deny=[deny_provision()])], TODAY) is None
+    assert rules.sharing([share, consent("p", type="deny")], TODAY) is None  # restriction
+    assert rules.sharing([consent("p", "research", status="inactive")], TODAY) is None
+
+
+def test_physicians_are_the_practitioners_reaching_the_record() -> None:
+    consents = [consent("p", actor=DR), consent("p", actor="Practitioner/b", deny=[deny_provision("Practitioner/b")]),
+                consent("p", actor="Organization/o")]
+    assert rules.physicians(consents, TODAY) == {DR}
+
+
+def test_a_practitioner_attests_an_agreement_naming_them_with_its_evidence() -> None:
+    assert rules.attests_access(consent("p", actor=DR), DR, TODAY)
+    assert not rules.attests_access(consent("p", actor=DR, evidence=False), DR, TODAY)
+    assert not rules.attests_access(consent("p", actor="Practitioner/x"), DR, TODAY)
+    assert not rules.attests_access(consent("p", "research", actor=DR), DR, TODAY)
+    assert not rules.attests_access(consent("p", actor=DR, status="draft"), DR, TODAY)

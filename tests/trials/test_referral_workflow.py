@@ -1,0 +1,171 @@
+"""The referral workflow in-process: answers and the ResearchSubject, the summary, what a
+withdrawn sharing consent does, and how a physician opens a new patient record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_server.model.platform_codes import MESSAGE_SYSTEM, OUTCOME_SYSTEM
+from tests.builders import consent, patient
+from tests.http.helpers import send
+from tests.trials.conftest import DR, ROLE, STUDY, TEAM, Platform
+
+
+def _referral(platform: Platform, who: str = "shared", recipients: tuple[str, ...] = (ROLE, TEAM)) -> dict[str, Any]:
+    response = platform.refer(who, recipients=recipients)
+    assert response.status_code == 201, response.text
+    assert response.headers["Location"].startswith("http://testserver/fhir/Communication/")
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _subject(platform: Platform, referral: dict[str, Any]) -> dict[str, Any]:
+    found = platform.client.get(
+        f"/fhir/ResearchSubject?identifier=https://oncotrials.example.org/fhir/referral|{referral['id']}",
+        headers=platform.headers("physician")).json()
+    [entry] = found["entry"]
+    return entry["resource"]  # type: ignore[no-any-return]
+
+
+def _read(platform: Platform, reference: str, actor: str = "physician") -> dict[str, Any]:
+    response = platform.client.get(f"/fhir/{reference}", headers=platform.headers(actor))
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_a_referral_is_sent_with_its_frozen_record_and_research_subject(platform: Platform) -> None:
+    referral = _referral(platform)
+    assert referral["status"] == "in-progress"
+    assert referral["category"][0]["coding"][0] == {
+        "system": MESSAGE_SYSTEM, "code": "referral", "display": "Referral to a clinical trial"}
+    assert referral["about"] == [{"reference": STUDY}]
+    assert referral["sender"] == {"reference": DR}
+    assert [r["reference"] for r in referral["recipient"]] == [ROLE, TEAM]
+    assert referral["statusReason"]["coding"][0]["code"] == "referred"
+    subject = _subject(platform, referral)
+    assert subject["status"] == "candidate" and subject["study"] == {"reference": STUDY}
+    assert subject["individual"] == {"reference": "Patient/shared"}
+    assert subject["consent"] == {"reference": "Consent/shared-c1"}
+
+
+def test_investigators_answer_and_the_physician_sees_the_answers(platform: Platform) -> None:
+    referral = _referral(platform)
+    missing_reason = platform.answer(referral["id"], "not-preselected")
+    assert missing_reason.status_code == 400
+    unknown = platform.answer(referral["id"], "maybe")
+    assert unknown.status_code == 400
+    answered = platform.answer(referral["id"], "preselected", reason="Screening visit on 12/12.")
+    assert answered.status_code == 201, answered.text
+    answer = answered.json()
+    assert answer["inResponseTo"] == [{"reference": f"Communication/{referral['id']}"}]
+    assert answer["sender"] == {"reference": ROLE} and answer["recipient"] == [{"reference": DR}]
+    assert _read(platform, f"Communication/{referral['id']}")["statusReason"]["coding"][0]["code"] == "preselected"
+    assert _subject(platform, referral)["status"] == "screening"
+    thread = platform.client.get(f"/fhir/Communication?in-response-to=Communication/{referral['id']}",
+                                 headers=platform.headers("physician")).json()
+    assert [e["resource"]["id"] for e in thread["entry"]] == [answer["id"]]
+    assert platform.answer(referral["id"], "included").status_code == 201
+    closed = _read(platform, f"Communication/{referral['id']}")
+    assert closed["status"] == "completed" and _subject(platform, referral)["status"] == "on-study"
+    late = platform.answer(referral["id"], "not-included")
+    assert late.status_code == 409
+
+
+def test_only_recipients_answer(platform: Platform) -> None:
+    to_role_only = _referral(platform, recipients=(ROLE,))
+    assert platform.answer(to_role_only["id"], "preselected", actor="site").status_code == 404
+    assert platform.answer(to_role_only["id"], "preselected", actor="physician").status_code == 403
+    assert platform.client.get(f"/fhir/Communication/{to_role_only['id']}",
+                               headers=platform.headers("site")).status_code == 404
+
+
+def test_the_referral_summary_counts_what_the_caller_sees(platform: Platform) -> None:
+    def counts(actor: str) -> dict[str, int]:
+        response = platform.client.get(f"/fhir/{STUDY}/$referral-summary", headers=platform.headers(actor))
+        assert response.status_code == 200, response.text
+        out = {p["part"][0]["valueCoding"]["code"]: p["part"][1]["valueInteger"]
+               for p in response.json()["parameter"] if p["name"] == "outcome"}
+        total = next(p["valueInteger"] for p in response.json()["parameter"] if p["name"] == "total")
+        assert total == sum(out.values())
+        return out
+
+    before_site, before_role = counts("site"), counts("investigator")
+    _referral(platform, recipients=(TEAM,))
+    after_site, after_role = counts("site"), counts("investigator")
+    assert after_site["referred"] == before_site["referred"] + 1
+    assert after_role == before_role
+    assert set(after_site) == {"referred", "preselected", "not-preselected", "included",
+                               "not-included", "withdrawn"}
+    assert platform.client.get("/fhir/ResearchStudy/nope/$referral-summary",
+                               headers=platform.headers("site")).status_code == 404
+
+
+def test_withdrawing_sharing_marks_sent_referrals_and_stops_new_ones(platform: Platform) -> None:
+    referral = _referral(platform, "leaving")
+    bundle = referral["payload"][0]["contentReference"]["reference"]
+    frozen = _read(platform, bundle, "investigator")
+    research = _read(platform, "Consent/leaving-c1", "ehr")
+    patient_token = platform.headers("patient", "leaving")
+    withdrawn = send(platform.client, "PUT", "/fhir/Consent/leaving-c1",
+                     {**research, "status": "inactive"}, **patient_token)
+    assert withdrawn.status_code == 200, withdrawn.text
+    marked = _read(platform, f"Communication/{referral['id']}", "investigator")
+    assert marked["status"] == "stopped"
+    assert marked["statusReason"]["coding"][0]["code"] == "withdrawn"
+    kept = _read(platform, bundle, "investigator")
+    assert kept["entry"] == frozen["entry"]
+    assert {"system": OUTCOME_SYSTEM, "code": "withdrawn", "display": "Consent withdrawn"} in kept["meta"]["tag"]
+    assert _subject(platform, referral)["status"] == "withdrawn"
+    assert platform.refer("leaving").status_code == 403
+    assert platform.answer(referral["id"], "preselected").status_code == 409
+    # The physician still reaches the record: only sharing was withdrawn.
+    assert platform.client.get("/fhir/Patient/leaving", headers=platform.headers("physician")).status_code == 200
+
+
+def _new_record(with_consent: bool, evidence: bool = True, sharing: bool = False) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = [{"fullUrl": "urn:uuid:6a0a4bd8-0000-4000-8000-000000000001",
+                                      "resource": patient(given="Nouvelle"),
+                                      "request": {"method": "POST", "url": "Patient"}}]
+    agreements = [consent("x", actor=DR, evidence=evidence)] if with_consent else []
+    if sharing:
+        agreements.append(consent("x", "research"))
+    for body in agreements:
+        body["patient"] = {"reference": "urn:uuid:6a0a4bd8-0000-4000-8000-000000000001"}
+        entries.append({"resource": body, "request": {"method": "POST", "url": "Consent"}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _patients(platform: Platform) -> int:
+    return int(platform.client.get("/fhir/Patient?_summary=count", headers=platform.headers("ehr")).json()["total"])
+
+
+def test_a_physician_creates_a_record_only_with_the_patients_agreement(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    before = _patients(platform)
+    alone = send(platform.client, "POST", "/fhir/Patient", patient(given="Seule"), **physician)
+    assert alone.status_code == 403 and "Consent" in alone.text
+    for bundle in (_new_record(False), _new_record(True, evidence=False)):
+        assert send(platform.client, "POST", "/fhir", bundle, **physician).status_code == 403
+    assert _patients(platform) == before
+    created = send(platform.client, "POST", "/fhir", _new_record(True), **physician)
+    assert created.status_code == 200, created.text
+    id = created.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert platform.client.get(f"/fhir/Patient/{id}", headers=physician).status_code == 200
+    # Without the second agreement the record cannot be referred; with it, it can.
+    assert platform.refer(id).status_code == 403
+    shared = send(platform.client, "POST", "/fhir", _new_record(True, sharing=True), **physician)
+    other = shared.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert platform.refer(other).status_code == 201
+
+
+def test_a_physician_records_an_agreement_for_an_existing_record(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    assert platform.client.get("/fhir/Patient/stranger", headers=physician).status_code == 404
+    unsigned = consent("stranger", actor=DR, evidence=False)
+    assert send(platform.client, "POST", "/fhir/Consent", unsigned, **physician).status_code == 403
+    for_other = consent("stranger", actor="Practitioner/someone")
+    assert send(platform.client, "POST", "/fhir/Consent", for_other, **physician).status_code == 403
+    missing = consent("no-such-patient", actor=DR)
+    assert send(platform.client, "POST", "/fhir/Consent", missing, **physician).status_code == 403
+    signed = send(platform.client, "POST", "/fhir/Consent", consent("stranger", actor=DR), **physician)
+    assert signed.status_code == 201, signed.text
+    assert platform.client.get("/fhir/Patient/stranger", headers=physician).status_code == 200
