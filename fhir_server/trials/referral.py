@@ -175,7 +175,7 @@ async def answer(ctx: Context, payload: Payload) -> Version:
     principal = ctx.principal
     if principal is None or not principal.recipients:
         raise fail(Kind.FORBIDDEN, "forbidden", "Only a referral's recipients answer it.")
-    decision(ctx, "search", "Communication")
+    decision(ctx, "create", "Communication")  # the token must allow writing messages
     threads = [r.get("reference", "") for r in message.get("inResponseTo", [])]
     if len(threads) != 1 or not threads[0].startswith("Communication/"):
         raise _invalid("An answer has one inResponseTo: the referral (Communication/<id>).",
