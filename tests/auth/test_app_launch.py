@@ -287,6 +287,18 @@ def _consent(patient: str, actor: str, start: str, end: str | None = None) -> di
     }
 
 
+def _to_picker(portal: TestClient, verifier: str, username: str, scope: str) -> tuple[str, Any, str]:
+    """Sign in (first time: enrol the second factor) up to the patient picker: the pending
+    login, the picker page and the TOTP secret."""
+    pending = _pending(_authorize(portal, verifier, scope=scope).text)
+    second = portal.post("/auth/login", data={"pending": pending, "username": username, "password": PASSWORD})
+    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
+    assert secret is not None
+    picker = portal.post("/auth/totp", data={"pending": pending, "code": pyotp.TOTP(secret.group(1)).now()})
+    assert picker.status_code == 200
+    return pending, picker, secret.group(1)
+
+
 def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> None:
     """Standalone launch with launch/patient: the picker offers the patients whose consent in
     force names the practitioner, and the token's patient is the one picked."""
@@ -298,18 +310,13 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     Users(portal.app.state.oauth.registry).add("dr3", PASSWORD, actor)  # type: ignore[attr-defined]
     verifier = secrets.token_urlsafe(48)
     scope = "openid fhirUser launch/patient patient/*.rs"
-    pending = _pending(_authorize(portal, verifier, scope=scope).text)
-    second = portal.post("/auth/login", data={"pending": pending, "username": "dr3", "password": PASSWORD})
-    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
-    assert secret is not None
-    picker = portal.post("/auth/totp", data={"pending": pending, "code": pyotp.TOTP(secret.group(1)).now()})
-    assert picker.status_code == 200
+    pending, picker, secret = _to_picker(portal, verifier, "dr3", scope)
     offered = re.findall(r'name="patient" value="([^"]+)"', picker.text)
     assert offered == ["helene"]
     assert portal.post("/auth/pick", data={"pending": pending, "patient": "other"}).status_code == 400
     pending = _pending(_authorize(portal, verifier, scope=scope).text)
     portal.post("/auth/login", data={"pending": pending, "username": "dr3", "password": PASSWORD})
-    totp = pyotp.TOTP(secret.group(1))
+    totp = pyotp.TOTP(secret)
     portal.post("/auth/totp", data={"pending": pending, "code": totp.at(time.time() + totp.interval)})
     consent = portal.post("/auth/pick", data={"pending": pending, "patient": "helene"})
     assert consent.status_code == 200 and "Autoriser" in consent.text
@@ -320,6 +327,32 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     headers = {"Authorization": f"Bearer {body['access_token']}"}
     assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
     assert portal.get("/fhir/Patient/other", headers=headers).status_code == 404
+
+
+def test_a_representative_picks_the_patient_they_represent(portal: TestClient) -> None:
+    """A legal representative (RelatedPerson, relationship GUARD) signs in and is offered the
+    patient they represent; their token acts for that patient until the representation ends."""
+    admin = {"Authorization": f"Bearer {system_token(portal, 'system/*.cruds')}"}
+    mother = {"resourceType": "RelatedPerson", "id": "mother", "active": True,
+              "patient": {"reference": "Patient/helene"},
+              "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                            "code": "GUARD"}]}]}
+    assert send(portal, "PUT", "/fhir/RelatedPerson/mother", mother, **admin).status_code == 201
+    Users(portal.app.state.oauth.registry).add("mother", PASSWORD, "RelatedPerson/mother")  # type: ignore[attr-defined]
+    verifier = secrets.token_urlsafe(48)
+    pending, picker, _ = _to_picker(portal, verifier, "mother", "openid fhirUser launch/patient patient/*.rs")
+    assert re.findall(r'name="patient" value="([^"]+)"', picker.text) == ["helene"]
+    portal.post("/auth/pick", data={"pending": pending, "patient": "helene"})
+    redirect = portal.post("/auth/consent", data={"pending": pending, "decision": "approve"},
+                           follow_redirects=False)
+    body = _exchange(portal, _code(redirect), verifier).json()
+    assert body["patient"] == "helene"
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
+    assert portal.get("/fhir/Patient/other", headers=headers).status_code == 404
+    ended = {**mother, "period": {"start": "2010-01-01", "end": "2020-01-01"}}
+    assert send(portal, "PUT", "/fhir/RelatedPerson/mother", ended, **admin).status_code == 200
+    assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 403
 
 
 def _launch(portal: TestClient, patient: str) -> str:

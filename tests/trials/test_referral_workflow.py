@@ -169,3 +169,35 @@ def test_a_physician_records_an_agreement_for_an_existing_record(platform: Platf
     signed = send(platform.client, "POST", "/fhir/Consent", consent("stranger", actor=DR), **physician)
     assert signed.status_code == 201, signed.text
     assert platform.client.get("/fhir/Patient/stranger", headers=physician).status_code == 200
+
+
+def test_a_referral_is_audited_as_an_operation_on_the_patient(platform: Platform) -> None:
+    referral = _referral(platform)
+    events = platform.client.get("/fhir/AuditEvent?subtype=operation&_sort=-date&_count=1",
+                                 headers=platform.headers("ehr")).json()["entry"]
+    event = events[0]["resource"]
+    assert event["agent"][0]["who"] == {"reference": DR}
+    what = {e["what"]["reference"] for e in event["entity"] if "what" in e}
+    assert {"Patient/shared", f"Communication/{referral['id']}"} <= what
+    # The patient reads it in their own trail.
+    mine = platform.client.get("/fhir/AuditEvent?patient=Patient/shared&subtype=operation",
+                               headers=platform.headers("patient", "shared")).json()
+    assert event["id"] in {e["resource"]["id"] for e in mine["entry"]}
+
+
+def test_an_investigator_writing_to_the_record_changes_nothing(platform: Platform) -> None:
+    _referral(platform)
+    before = _read(platform, "Observation/shared-obs", "ehr")
+    changed = {k: v for k, v in before.items() if k != "meta"} | {"status": "cancelled"}
+    for actor in ("investigator", "site"):
+        headers = platform.headers(actor)
+        assert send(platform.client, "PUT", "/fhir/Observation/shared-obs", changed, **headers).status_code in (403, 404)
+        assert send(platform.client, "PATCH", "/fhir/Observation/shared-obs",
+                    [{"op": "replace", "path": "/status", "value": "cancelled"}],
+                    content_type="application/json-patch+json", **headers).status_code == 404
+        assert platform.client.delete("/fhir/Observation/shared-obs", headers=headers).status_code in (403, 404)
+        assert send(platform.client, "POST", "/fhir/Observation", changed, **headers).status_code == 403
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": changed, "request": {"method": "PUT", "url": "Observation/shared-obs"}}]}
+        assert send(platform.client, "POST", "/fhir", bundle, **headers).status_code in (403, 404)
+    assert _read(platform, "Observation/shared-obs", "ehr") == before
