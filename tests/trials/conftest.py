@@ -111,12 +111,16 @@ def build(client: TestClient) -> None:
                                        "code": "GUARD"}]}]})
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, signing_keys: bytes) -> Iterator[Platform]:
+@pytest.fixture(scope="module", params=["sqlite", "mongodb-double"])
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             signing_keys: bytes) -> Iterator[Platform]:
+    """The world on each store (the MongoDB one over its in-process double)."""
+    from tests.store.conftest import STORES
+
     data = tmp_path_factory.mktemp("platform")
     (data / "signing-keys.json").write_bytes(signing_keys)
     settings = Settings(data_dir=data, base_url="http://testserver/fhir")
-    app = create_app(settings)
+    app = create_app(settings, None if request.param == "sqlite" else STORES[request.param](data))
     with authorized(TestClient(app)) as client:
         build(client)
         app.state.oauth.registry.add_backend_client("site", "system/*.rs", jwks={"keys": []},
