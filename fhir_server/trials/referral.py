@@ -46,13 +46,10 @@ def _invalid(message: str, where: str | None = None) -> Exception:
 
 
 def _parameters(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """A Parameters resource's parameters by name."""
-    if body.get("resourceType") != "Parameters":
-        raise _invalid("The body is a Parameters resource.", "resourceType")
+    """A (validated) Parameters resource's parameters by name."""
     found: dict[str, list[dict[str, Any]]] = {}
     for parameter in body.get("parameter", []):
-        if isinstance(parameter, dict) and isinstance(parameter.get("name"), str):
-            found.setdefault(parameter["name"], []).append(parameter)
+        found.setdefault(parameter["name"], []).append(parameter)
     return found
 
 
@@ -96,6 +93,9 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
     """`$refer`: the stored referral Communication (see the module docstring)."""
     physician = _referrer(ctx.principal)
     decision(ctx, "create", "Communication")
+    if body.get("resourceType") != "Parameters":
+        raise _invalid("The body is a Parameters resource.", "resourceType")
+    crud.check_resource(ctx, "Parameters", Payload(body, body))
     params = _parameters(body)
     if len(params.get("patient", [])) != 1 or not params.get("recipient"):
         raise _invalid("$refer takes one 'patient' and at least one 'recipient'.", "Parameters")

@@ -201,3 +201,32 @@ def test_an_investigator_writing_to_the_record_changes_nothing(platform: Platfor
             {"resource": changed, "request": {"method": "PUT", "url": "Observation/shared-obs"}}]}
         assert send(platform.client, "POST", "/fhir", bundle, **headers).status_code in (403, 404)
     assert _read(platform, "Observation/shared-obs", "ehr") == before
+
+
+def test_malformed_referrals_get_an_outcome_and_store_nothing(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    bad = [
+        {"resourceType": "Patient"},
+        {"resourceType": "Parameters", "parameter": 3},
+        {"resourceType": "Parameters", "parameter": [{"name": "patient", "valueString": "shared"}]},
+        {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": "Patient/shared"}}]},
+        {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": "Observation/shared-obs"}},
+            {"name": "recipient", "valueReference": {"reference": ROLE}}]},
+        {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": "Patient/shared"}},
+            {"name": "recipient", "valueReference": {"reference": "Practitioner/dr-inv"}}]},
+    ]
+    before = platform.client.get("/fhir/Communication?_summary=count", headers=platform.headers("ehr")).json()["total"]
+    for body in bad:
+        response = send(platform.client, "POST", f"/fhir/{STUDY}/$refer", body, **physician)
+        assert response.status_code in (400, 422), (body, response.status_code)
+        assert response.json()["resourceType"] == "OperationOutcome"
+    unknown_study = send(platform.client, "POST", "/fhir/ResearchStudy/nope/$refer",
+                         {"resourceType": "Parameters", "parameter": [
+                             {"name": "patient", "valueReference": {"reference": "Patient/shared"}},
+                             {"name": "recipient", "valueReference": {"reference": ROLE}}]}, **physician)
+    assert unknown_study.status_code == 404
+    after = platform.client.get("/fhir/Communication?_summary=count", headers=platform.headers("ehr")).json()["total"]
+    assert after == before
