@@ -36,9 +36,18 @@ def in_period(element: dict[str, Any], today: str) -> bool:
     return start[:10] <= today and (not end or today <= end[:10])
 
 
+def local(reference: str) -> str:
+    """`Type/id` of a reference, whatever its form (relative, absolute, version-specific), so
+    that a deny naming an actor in any form is heeded."""
+    parts = reference.split("/")
+    if "_history" in parts:
+        parts = parts[:parts.index("_history")]
+    return "/".join(parts[-2:])
+
+
 def actors(provision: dict[str, Any]) -> set[str]:
-    """The references a provision names as actors."""
-    return {a.get("reference", {}).get("reference", "") for a in provision.get("actor", [])}
+    """The references a provision names as actors (as `Type/id`)."""
+    return {local(a.get("reference", {}).get("reference", "")) for a in provision.get("actor", [])}
 
 
 def _applies(provision: dict[str, Any], actor: str | None, today: str) -> bool:

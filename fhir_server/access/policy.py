@@ -13,7 +13,11 @@
 - Investigators (a user with PractitionerRole/CareTeam/Group memberships, or a backend
   client registered to act for such recipients) reach the referrals addressed to them, their
   threads and frozen records, and never a live record, whatever their scopes say.
-- Bundles outside system scopes are only frozen referral records, read-only.
+- Bundles outside system scopes are only frozen referral records, read-only. Other types in
+  no patient compartment are reached by confined callers only when they hold no patient data
+  (DIRECTORY_TYPES), and written by administrators only.
+- Frozen records, referrals, answers and their ResearchSubjects are written by the server
+  alone (trials/), whatever the scopes.
 - Granular scopes (`patient/Observation.rs?category=laboratory`) add their search parameters to
   the query, or are checked against the resource.
 
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..model.errors import Kind, fail
-from ..model.platform_codes import MESSAGE_SYSTEM, SNAPSHOT
+from ..model.platform_codes import MESSAGE_SYSTEM, REFERRAL_IDENTIFIER, SERVER_MADE, SNAPSHOT
 from ..search import Not
 from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
@@ -35,7 +39,33 @@ from .scopes import Interaction, Restriction
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
 _READS = frozenset({"read", "vread", "search", "history"})
-_UNFROZEN = Clause((Not("_tag", (TokenPredicate("_tag", MESSAGE_SYSTEM, SNAPSHOT),)),))
+_SERVER_MADE = {
+    "Bundle": Clause((Not("_tag", (TokenPredicate("_tag", MESSAGE_SYSTEM, SNAPSHOT),)),)),
+    "Communication": Clause((Not("category", tuple(
+        TokenPredicate("category", MESSAGE_SYSTEM, code) for code in sorted(SERVER_MADE))),)),
+    "ResearchSubject": Clause((Not("identifier", (
+        TokenPredicate("identifier", REFERRAL_IDENTIFIER, None),)),)),
+}
+# Types in no patient compartment that hold no patient data: directories of people, places
+# and organisations, trials, and knowledge (terminology, definitions, medications).
+DIRECTORY_TYPES = frozenset({
+    "ActivityDefinition", "CapabilityStatement", "CatalogEntry", "ChargeItemDefinition",
+    "CodeSystem", "CompartmentDefinition", "ConceptMap", "DeviceDefinition",
+    "EffectEvidenceSynthesis", "Endpoint", "EventDefinition", "Evidence", "EvidenceVariable",
+    "ExampleScenario", "GraphDefinition", "HealthcareService", "ImplementationGuide",
+    "InsurancePlan", "Library", "Location", "Measure", "Medication", "MedicationKnowledge",
+    "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
+    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect", "MessageDefinition", "NamingSystem",
+    "ObservationDefinition", "OperationDefinition", "Organization", "OrganizationAffiliation",
+    "PlanDefinition", "Practitioner", "PractitionerRole", "Questionnaire", "ResearchDefinition",
+    "ResearchElementDefinition", "ResearchStudy", "RiskEvidenceSynthesis", "SearchParameter",
+    "Slot", "SpecimenDefinition", "StructureDefinition", "StructureMap", "Substance",
+    "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein",
+    "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification",
+    "TerminologyCapabilities", "TestScript", "ValueSet",
+})
 
 
 def compartment_clause(registry: Registry, resource_type: str, patient_id: str) -> Clause | None:
@@ -81,9 +111,11 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
            resource_type: str | None, *, instance: bool = False) -> Decision:
     """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN."""
     decision = _decide(principal, registry, interaction, resource_type, instance=instance)
-    if resource_type == "Bundle" and interaction in _WRITES and not (principal and principal.server):
-        # A referral's frozen record never changes, and nobody else may make one.
-        return Decision((*decision.clauses, _UNFROZEN))
+    guarded = _SERVER_MADE.get(resource_type or "")
+    if guarded is not None and interaction in _WRITES and not (principal and principal.server):
+        # Frozen records, referrals, answers and the ResearchSubjects they keep are the
+        # server's: nobody else writes, changes or removes them.
+        return Decision((*decision.clauses, guarded))
     return decision
 
 
@@ -109,7 +141,7 @@ def _decide(principal: Principal | None, registry: Registry, interaction: Intera
         raise _denied(principal, interaction, resource_type)
     if principal.patient is not None:
         levels: tuple[str, ...] = ("patient",)
-        reach = _patient_reach(registry, resource_type, principal.patient, interaction)
+        reach = _patient_reach(registry, resource_type, principal, interaction)
     elif principal.consented is not None or principal.recipients is not None:
         # An investigator site system holds system/ scopes, an investigator user user/ ones:
         # either way what it reaches is its referrals, never the live record.
@@ -138,14 +170,17 @@ def _break_glass(principal: Principal, interaction: Interaction, type_name: str,
     return Decision(())
 
 
-def _patient_reach(registry: Registry, resource_type: str, patient: str,
+def _patient_reach(registry: Registry, resource_type: str, principal: Principal,
                    interaction: str) -> tuple[Clause, ...]:
     """A patient's (or representative's) reach: their own compartment; no Bundle (frozen
     referral records belong to their recipients)."""
+    assert principal.patient is not None
     if resource_type == "Bundle":
         return _bundles((), interaction)
-    compartment = compartment_clause(registry, resource_type, patient)
-    return (compartment,) if compartment is not None else ()
+    compartment = compartment_clause(registry, resource_type, principal.patient)
+    if compartment is None:
+        return _outside_compartments(resource_type, principal, interaction)
+    return (compartment,)
 
 
 def _user_reach(registry: Registry, resource_type: str, principal: Principal,
@@ -153,18 +188,37 @@ def _user_reach(registry: Registry, resource_type: str, principal: Principal,
     """A practitioner's reach: the compartments of the patients whose consent names them; as
     an investigator, also the referral Communications sent to or by one of their recipient
     identities (reading only: answers are written by the trials service); Bundles only as the
-    frozen records of their referrals."""
+    frozen records of their referrals. A patient's Consents are recorded by practitioners but
+    changed or withdrawn only by the patient (or a system client)."""
     if resource_type == "Bundle":
         return _bundles(principal.snapshots, interaction)
-    patients = principal.consented or ()
     if not registry.patient_compartment(resource_type) and resource_type != "Patient":
-        return ()
-    predicates: list[Any] = [p for id in patients
+        return _outside_compartments(resource_type, principal, interaction)
+    if resource_type == "Consent" and interaction in ("update", "patch", "delete"):
+        raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "
+                   "by the patient or their representative only.")
+    predicates: list[Any] = [p for id in principal.consented or ()
                              for p in (compartment_clause(registry, resource_type, id) or Clause(())).any_of]
     if resource_type == "Communication" and principal.recipients and interaction not in _WRITES:
         predicates += [ReferencePredicate(code, *reference.split("/", 1))
                        for reference in principal.recipients for code in ("recipient", "sender")]
     return (Clause(tuple(predicates)),)
+
+
+def _outside_compartments(resource_type: str, principal: Principal,
+                          interaction: str) -> tuple[Clause, ...]:
+    """Types in no patient compartment, for callers confined to patients: the directory and
+    knowledge types are read as the scopes name them and written by administrators only; the
+    others (Binary, Linkage, Contract, Device, ...) may carry a patient's data and are left to
+    system clients."""
+    if resource_type not in DIRECTORY_TYPES:
+        if interaction in _WRITES:
+            raise fail(Kind.FORBIDDEN, "forbidden", f"Only system clients write {resource_type}.")
+        return (Clause(()),)
+    if interaction in _WRITES and not principal.admin:
+        raise fail(Kind.FORBIDDEN, "forbidden",
+                   f"{resource_type} is written by system clients and administrators.")
+    return ()
 
 
 def _bundles(snapshots: Sequence[str], interaction: str) -> tuple[Clause, ...]:

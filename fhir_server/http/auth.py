@@ -73,8 +73,10 @@ async def _principal(request: Request, claims: TokenClaims) -> Principal:
     if fhir_user and fhir_user.startswith("RelatedPerson/") and patient is not None:
         if patient not in await reach.represented(ctx, fhir_user):
             patient = None  # no longer their representative: reaches nothing
-    if fhir_user and fhir_user.startswith("Practitioner/") and grant.has_level("user"):
+    if fhir_user and fhir_user.startswith("Practitioner/") and (grant.has_level("user") or patient):
         consented = tuple(await reach.consenting_patients(ctx, fhir_user))
+        if patient is not None and patient not in consented:
+            patient = None  # the launch patient's consent no longer names them
         recipients = await reach.recipient_identities(ctx, fhir_user) or None
         snapshots = await reach.snapshots_for(ctx, recipients=recipients or (), sender=fhir_user,
                                               patients=consented)

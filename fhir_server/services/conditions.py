@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 from ..model.errors import FhirError, Kind, fail
 from ..search import Query, parse_query
 from .context import Context
+from .guard import check_links
 
 
 def condition(ctx: Context, resource_type: str, criteria: str) -> Query:
@@ -29,4 +30,5 @@ def condition(ctx: Context, resource_type: str, criteria: str) -> Query:
     query, issues = parse_query(resource_type, params, ctx.registry)
     if issues:
         raise FhirError(Kind.INVALID, tuple(replace(i, severity="error") for i in issues))
+    check_links(ctx, query)
     return query

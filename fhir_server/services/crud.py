@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonpatch
 
+from ..access.policy import Decision
 from ..model import jsonbody
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
@@ -117,28 +118,32 @@ async def read(ctx: Context, resource_type: str, id: str) -> Version:
     GONE if deleted."""
     check_type(resource_type)
     check_id(id)
-    version = await _current(ctx, resource_type, id)
-    if not visible(decision(ctx, "read", resource_type), version):
-        raise hidden(resource_type, id)
+    version = await _current(ctx, decision(ctx, "read", resource_type), resource_type, id)
     note(ctx, version)
     return version
 
 
-async def _current(ctx: Context, resource_type: str, id: str) -> Version:
-    """The current version, whoever asks (callers check access)."""
+async def _current(ctx: Context, allowed: Decision, resource_type: str, id: str) -> Version:
+    """The current version within the caller's reach: NOT_FOUND if none, GONE if deleted (a
+    deletion only if what it deleted was within reach: else it would tell what existed)."""
     version = await ctx.store.read(resource_type, id)
-    if version is None:
-        raise fail(
-            Kind.NOT_FOUND,
-            "not-found",
-            f"{resource_type}/{id} is not known.",
-            details_code="MSG_NO_EXIST",
-        )
+    if version is not None and version.deleted and not await _deleted_visibly(ctx, allowed, version):
+        version = None
+    if version is None or (not version.deleted and not visible(allowed, version)):
+        raise hidden(resource_type, id)
     if version.deleted:
         raise fail(
             Kind.GONE, "deleted", f"{resource_type}/{id} has been deleted.", details_code="MSG_DELETED"
         )
     return version
+
+
+async def _deleted_visibly(ctx: Context, allowed: Decision, deletion: Version) -> bool:
+    """Whether the version a deletion ended lay within reach."""
+    if not allowed.clauses:
+        return True
+    before = await ctx.store.vread(deletion.resource_type, deletion.id, deletion.version - 1)
+    return before is not None and not before.deleted and visible(allowed, before)
 
 
 async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> Version:
@@ -150,6 +155,8 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
                    details_code="MSG_VERSION_NOT_FOUND")
     allowed = decision(ctx, "vread", resource_type)
     version = await ctx.store.vread(resource_type, id, int(version_id))
+    if version is not None and version.deleted and not await _deleted_visibly(ctx, allowed, version):
+        version = None
     if version is None or (not version.deleted and not visible(allowed, version)):
         raise fail(
             Kind.NOT_FOUND,
@@ -251,9 +258,7 @@ async def patch_write(
     check_type(resource_type)
     check_id(id)
     allowed = decision(ctx, "patch", resource_type)
-    current = await _current(ctx, resource_type, id)
-    if not visible(allowed, current):
-        raise hidden(resource_type, id)
+    current = await _current(ctx, allowed, resource_type, id)
     _check_version(resource_type, id, if_match, current.version)
     payload = apply_patch(current, operations)
     if payload.checked.get("id") != id or payload.checked.get("resourceType") != resource_type:

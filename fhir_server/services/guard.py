@@ -15,8 +15,10 @@ import orjson
 from ..access import Interaction
 from ..access import consent as consents
 from ..access.policy import Decision, decide
+from ..access.principal import Principal
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
+from ..search import Chain, Has, Not, Query, ReferenceEntry, extract
 from ..store.base import Version
 from . import reach
 from .context import Context
@@ -29,6 +31,27 @@ def decision(ctx: Context, interaction: Interaction, resource_type: str | None, 
              instance: bool = False) -> Decision:
     """How the caller may do `interaction` on `resource_type`; FORBIDDEN if not at all."""
     return decide(ctx.principal, ctx.registry, interaction, resource_type, instance=instance)
+
+
+def check_links(ctx: Context, query: Query) -> None:
+    """FORBIDDEN when a chained parameter or `_has` would look into a type the caller reaches
+    only in part: its matches would tell what the caller may not see."""
+    for clause in query.clauses:
+        for predicate in clause.any_of:
+            for linked in _linked_types(predicate):
+                if decision(ctx, "search", linked).clauses:
+                    raise _forbidden(f"Chained search and _has through {linked} are not "
+                                     "available to this access token.")
+
+
+def _linked_types(predicate: Any) -> list[str]:
+    if isinstance(predicate, Chain):
+        return [*predicate.target_types, *_linked_types(predicate.inner)]
+    if isinstance(predicate, Has):
+        return [predicate.target_type, *_linked_types(predicate.inner)]
+    if isinstance(predicate, Not):
+        return [t for p in predicate.any_of for t in _linked_types(p)]
+    return []
 
 
 def visible(d: Decision, version: Version) -> bool:
@@ -56,16 +79,55 @@ def _forbidden(message: str) -> Exception:
 
 
 async def require_write(ctx: Context, d: Decision, resource_type: str, resource: dict[str, Any]) -> None:
-    """FORBIDDEN unless the content written stays within reach (a patient's compartment) and
-    keeps the platform's rules on messages and frozen records."""
-    if not d.admits(resource_type, resource) and not await _attested(ctx, resource_type, resource):
+    """FORBIDDEN unless the content written stays within reach (a patient's compartment, and
+    no reference into another patient's) and keeps the platform's rules on consents, messages
+    and frozen records."""
+    if resource_type == "Consent":
+        _check_consent_subject(resource)
+    if _attested(ctx, resource_type, resource):
+        return
+    if not d.admits(resource_type, resource):
         if resource_type == "Patient" and ctx.principal and ctx.principal.consented is not None:
             raise _forbidden("A practitioner creates a patient record together with the "
                              "patient's agreement: a transaction Bundle holding the Patient and "
                              "the Consent naming them (see docs/referrals.md).")
         raise _forbidden(f"This {resource_type} would lie outside what the access token reaches.")
+    _check_patients(ctx, resource_type, resource)
     if resource_type == "Communication":
         await _check_message(ctx, resource)
+
+
+def _check_consent_subject(consent: dict[str, Any]) -> None:
+    """A Consent names its patient as `Patient/<id>` on this server: a form the access rules
+    could not match would let an objection or a withdrawal go unheeded."""
+    reference = (consent.get("patient") or {}).get("reference", "")
+    kind, _, id = reference.partition("/")
+    if kind != "Patient" or not id or "/" in id:
+        raise fail(Kind.UNPROCESSABLE, "business-rule",
+                   "Consent.patient must reference the patient as Patient/<id> (no version, no "
+                   "absolute URL), so that the server can apply the consent.",
+                   expression="Consent.patient")
+
+
+def _check_patients(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
+    """For callers confined to some patients, every patient the resource links it to (its
+    compartment references) must be one of them: lying in one reached compartment is not
+    enough to write into another."""
+    principal = ctx.principal
+    if principal is None or principal.server:
+        return
+    if principal.patient is not None:
+        reached: set[str] = {principal.patient}
+    elif principal.consented is not None:
+        reached = set(principal.consented)
+    else:
+        return
+    codes_ = ctx.registry.patient_compartment(resource_type)
+    for entry in extract(resource):
+        if (type(entry) is ReferenceEntry and entry.param in codes_ and entry.type == "Patient"
+                and entry.url is None and entry.id not in reached):
+            raise _forbidden(f"This {resource_type} refers to a patient outside what the access "
+                             "token reaches.")
 
 
 def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
@@ -75,8 +137,9 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
     Consent with the `Patient/<id>` it names, `created`: the patients the transaction
     creates): the practitioner reaches those records for the transaction."""
     principal = ctx.principal
-    if principal is None or principal.consented is None or principal.fhir_user is None:
+    if principal is None or principal.fhir_user is None or not _may_attest(principal):
         return ctx
+    assert principal.consented is not None
     day = reach.today()
     new = [patient.removeprefix("Patient/") for patient, consent in entries
            if patient in created and consents.attests_access(consent, principal.fhir_user, day)]
@@ -86,18 +149,19 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
         principal, consented=(*principal.consented, *new)))
 
 
-async def _attested(ctx: Context, resource_type: str, resource: dict[str, Any]) -> bool:
-    """A practitioner recording, with its evidence, a patient's agreement naming them, for a
-    patient record that exists."""
+def _attested(ctx: Context, resource_type: str, resource: dict[str, Any]) -> bool:
+    """A referring physician recording, with its evidence, a patient's agreement naming them
+    (administrators and investigators may not: they reach no patient by consent)."""
     principal = ctx.principal
-    if (resource_type != "Consent" or principal is None or principal.consented is None
-            or principal.fhir_user is None
-            or not consents.attests_access(resource, principal.fhir_user, reach.today())):
-        return False
-    patient = (resource.get("patient") or {}).get("reference", "")
-    kind, _, id = patient.partition("/")
-    found = await ctx.store.read(kind, id) if kind == "Patient" and id else None
-    return found is not None and not found.deleted
+    return (resource_type == "Consent" and principal is not None and principal.fhir_user is not None
+            and _may_attest(principal)
+            and consents.attests_access(resource, principal.fhir_user, reach.today()))
+
+
+def _may_attest(principal: Principal) -> bool:
+    """Referring physicians record their patients' agreements; administrators and
+    investigators reach no patient by consent."""
+    return principal.consented is not None and not principal.admin and principal.recipients is None
 
 
 async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
@@ -111,12 +175,12 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
         raise _forbidden("Referrals are sent with ResearchStudy/{id}/$refer and answered with "
                          "POST Communication by their recipients; they are not written directly.")
     recipients = [r.get("reference", "") for r in message.get("recipient", [])]
-    if principal.patient is not None:
+    if principal.patient is not None and not (principal.fhir_user or "").startswith("Practitioner/"):
         physicians = await reach.physicians_of(ctx, principal.patient)
         if not recipients or any(r not in physicians for r in recipients):
             raise _forbidden("A patient writes only to their referring physicians (the "
                              "practitioners their consent names).")
-    elif principal.consented is not None and any(
+    elif (principal.consented is not None or principal.patient is not None) and any(
             r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in recipients):
         raise _forbidden("A patient's data reach trial investigators only through a referral "
                          "(ResearchStudy/{id}/$refer).")

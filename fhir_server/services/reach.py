@@ -41,7 +41,7 @@ async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str
 
 
 def _patient_id(consent: dict[str, Any]) -> str | None:
-    reference = (consent.get("patient") or {}).get("reference", "")
+    reference = consents.local((consent.get("patient") or {}).get("reference", ""))
     return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
 
 

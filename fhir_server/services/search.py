@@ -25,7 +25,7 @@ from ..search import Clause, Query, format_query, parse_query
 from ..store.base import Version
 from .context import Context
 from .crud import check_id, check_type
-from .guard import decision, note, visible
+from .guard import check_links, decision, note, visible
 
 CURSOR = "_cursor"
 
@@ -104,6 +104,7 @@ async def search(
         raise FhirError(Kind.INVALID, tuple(dataclasses.replace(i, severity="error") for i in issues))
     query = _page_size(ctx, query)
     allowed = decision(ctx, "search", resource_type)
+    check_links(ctx, query)
     if resource_type is None and allowed.clauses:
         raise fail(Kind.FORBIDDEN, "forbidden", "A search across all types needs a system-level "
                    "scope; search one type at a time.")

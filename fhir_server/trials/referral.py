@@ -36,7 +36,7 @@ from ..store.versions import now
 from . import snapshot
 
 RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")
-REFERRAL_IDENTIFIER = f"{codes.CANONICAL}/referral"
+REFERRAL_IDENTIFIER = codes.REFERRAL_IDENTIFIER
 ANSWERS = ("preselected", "not-preselected", "included", "not-included")
 MAX_NOTE = 10_000
 
@@ -148,6 +148,11 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
         note(ctx, result.version)
     version = results[1].version
     assert version is not None
+    if await reach.sharing_consent(server, patient) is None:
+        # The consent was withdrawn while the record was being frozen: the withdrawal hook
+        # ran before this referral existed, so it is marked here.
+        await withdraw(server, version)
+        version = await ctx.store.read("Communication", version.id) or version
     return version
 
 

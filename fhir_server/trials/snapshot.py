@@ -13,11 +13,10 @@ import orjson
 
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
-from ..search import Query
+from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate
 from ..services.bundle import reference_holders
 from ..services.context import Context
 from ..store.versions import now
-from ..access.policy import compartment_clause
 
 # The clinical content an investigator needs to preselect a patient; consents, messages,
 # audit and billing stay out.
@@ -31,12 +30,20 @@ MOST = 20_000  # entries in one frozen record, at most
 PAGE = 1000
 
 
-async def _compartment(ctx: Context, resource_type: str, patient: str) -> list[dict[str, Any]]:
-    """Every current resource of `resource_type` in Patient/`patient`'s compartment."""
-    clause = compartment_clause(ctx.registry, resource_type, patient)
-    if clause is None:
-        return []
-    query = Query(resource_type, (clause,), count=PAGE)
+def subject_clause(registry: Registry, resource_type: str, patient: str) -> Clause:
+    """Resources of `resource_type` *about* Patient/`patient` (its `patient` or `subject`), not
+    every resource of its compartment: an Observation another patient performed, or a linked
+    Patient, is not this patient's to share."""
+    if resource_type == "Patient":
+        return Clause((TokenPredicate("_id", None, patient),))
+    codes = registry.patient_compartment(resource_type)
+    about: list[str] = [code for code in ("patient", "subject") if code in codes] or list(codes)
+    return Clause(tuple(ReferencePredicate(code, "Patient", patient) for code in about))
+
+
+async def _about(ctx: Context, resource_type: str, patient: str) -> list[dict[str, Any]]:
+    """Every current resource of `resource_type` about Patient/`patient`."""
+    query = Query(resource_type, (subject_clause(ctx.registry, resource_type, patient),), count=PAGE)
     found: list[dict[str, Any]] = []
     cursor = None
     while True:
@@ -63,7 +70,7 @@ async def freeze(ctx: Context, patient: str, id: str) -> dict[str, Any]:
     """The frozen record of Patient/`patient`, as Bundle/`id` (not stored yet)."""
     resources: list[dict[str, Any]] = []
     for resource_type in TYPES:
-        resources += await _compartment(ctx, resource_type, patient)
+        resources += await _about(ctx, resource_type, patient)
         if len(resources) > MOST:
             raise fail(Kind.UNPROCESSABLE, "too-costly",
                        f"The record holds more than {MOST} resources; a referral cannot carry it.")

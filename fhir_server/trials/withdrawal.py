@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import orjson
 
 from ..model import platform_codes as codes
+from ..model.errors import FhirError
 from ..services import reach
 from ..services.context import Context
 from ..store.base import Version
@@ -46,7 +47,21 @@ async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> Non
             ("subject", f"Patient/{patient}"), ("status", "in-progress,completed"),
             ("category", f"{codes.MESSAGE_SYSTEM}|{codes.REFERRAL}")])
         for referral in referrals:
-            found = await server.store.read("Communication", referral["id"])
-            if found is not None and found.body is not None:
-                await withdraw(server, found)
-                log.info("referral withdrawn", extra={"referral": referral["id"]})
+            await _mark(server, referral["id"])
+
+
+async def _mark(ctx: Context, referral_id: str) -> None:
+    """Mark one referral withdrawn, again if an answer changed it meanwhile (its writes are
+    pinned to the versions read). The consent itself is stored whatever happens here: a
+    failure is logged, not turned into the client's error."""
+    for _ in range(3):
+        found = await ctx.store.read("Communication", referral_id)
+        if found is None or found.body is None or orjson.loads(found.body).get("status") == "stopped":
+            return
+        try:
+            await withdraw(ctx, found)
+        except FhirError:
+            continue
+        log.info("referral withdrawn", extra={"referral": referral_id})
+        return
+    log.error("referral not marked withdrawn", extra={"referral": referral_id})

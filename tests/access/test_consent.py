@@ -66,3 +66,9 @@ def test_a_practitioner_attests_an_agreement_naming_them_with_its_evidence() -> 
     assert not rules.attests_access(consent("p", actor="Practitioner/x"), DR, TODAY)
     assert not rules.attests_access(consent("p", "research", actor=DR), DR, TODAY)
     assert not rules.attests_access(consent("p", actor=DR, status="draft"), DR, TODAY)
+
+
+def test_references_are_read_in_any_form() -> None:
+    assert rules.local("http://example.org/fhir/Practitioner/dr/_history/3") == DR
+    absolute = consent("p", actor=DR, deny=[deny_provision("http://example.org/fhir/Practitioner/dr")])
+    assert not rules.reaches([absolute], DR, TODAY)

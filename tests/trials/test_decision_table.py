@@ -222,3 +222,64 @@ def test_a_patient_suggests_a_trial_to_their_physician_only(platform: Platform) 
     for someone in ("Practitioner/dr-inv", "Practitioner/dr-team"):
         wrong = {**suggestion, "recipient": [{"reference": someone}]}
         assert send(platform.client, "POST", "/fhir/Communication", wrong, **patient).status_code == 403
+
+
+def test_chains_and_has_never_look_into_what_the_caller_cannot_see(platform: Platform) -> None:
+    probes = ("Communication?recipient=CareTeam/onco-bordeaux&subject:Patient.name=Shared",
+              "ResearchStudy?_has:ResearchSubject:study:individual=Patient/shared",
+              "Practitioner?_has:Consent:actor:patient=Patient/shared")
+    for actor in ("site", "investigator", "admin", "physician"):
+        for probe in probes:
+            response = platform.client.get(f"/fhir/{probe}", headers=platform.headers(actor))
+            assert response.status_code == 403, (actor, probe)
+    # System clients chain freely; a chain within a directory type is fine for anyone.
+    assert platform.client.get(f"/fhir/{probes[1]}", headers=platform.headers("ehr")).status_code == 200
+    ok = platform.client.get("/fhir/PractitionerRole?practitioner.active=true",
+                             headers=platform.headers("physician"))
+    assert ok.status_code == 200
+
+
+def test_non_compartment_types_are_directory_only_for_confined_callers(platform: Platform) -> None:
+    binary = {"resourceType": "Binary", "id": "scan-1", "contentType": "text/plain",
+              "securityContext": {"reference": "Patient/stranger"}, "data": "c2Nhbg=="}
+    assert send(platform.client, "PUT", "/fhir/Binary/scan-1", binary, **platform.headers("ehr")).status_code == 201
+    for actor in ("physician", "investigator", "site", "admin", "patient"):
+        headers = platform.headers(actor, "shared")
+        assert platform.client.get("/fhir/Binary/scan-1", headers=headers).status_code == 404, actor
+    hijack = {"resourceType": "PractitionerRole", "id": "inv-bordeaux", "active": True,
+              "practitioner": {"reference": "Practitioner/dr-martin"}}
+    for actor in ("physician", "investigator", "patient"):
+        response = send(platform.client, "PUT", "/fhir/PractitionerRole/inv-bordeaux", hijack,
+                        **platform.headers(actor, "shared"))
+        assert response.status_code == 403, actor
+    study = {"resourceType": "ResearchStudy", "id": "study-2", "status": "active"}
+    assert send(platform.client, "PUT", "/fhir/ResearchStudy/study-2", study,
+                **platform.headers("admin")).status_code == 201
+
+
+def test_no_write_reaches_into_another_patients_record(platform: Platform) -> None:
+    sneaky = observation("Patient/stranger") | {"performer": [{"reference": "Patient/shared"}]}
+    for actor in ("patient", "physician"):
+        response = send(platform.client, "POST", "/fhir/Observation", sneaky, **platform.headers(actor, "shared"))
+        assert response.status_code == 403, actor
+
+
+def test_referrals_answers_and_consents_stay_as_their_authors_left_them(platform: Platform) -> None:
+    referral = _referral(platform)
+    for actor in ("patient", "physician"):
+        headers = platform.headers(actor, "shared")
+        assert platform.client.delete(f"/fhir/Communication/{referral['id']}", headers=headers).status_code == 404
+        changed = {k: v for k, v in referral.items() if k != "meta"} | {"status": "completed"}
+        assert send(platform.client, "PUT", f"/fhir/Communication/{referral['id']}", changed,
+                    **headers).status_code in (403, 404)
+    subjects = platform.client.get("/fhir/ResearchSubject?individual=Patient/shared",
+                                   headers=platform.headers("physician")).json()["entry"]
+    subject = {k: v for k, v in subjects[0]["resource"].items() if k != "meta"} | {"status": "on-study"}
+    assert send(platform.client, "PUT", f"/fhir/ResearchSubject/{subject['id']}", subject,
+                **platform.headers("physician")).status_code in (403, 404)
+    objection = platform.client.get("/fhir/Consent/objected-c2", headers=platform.headers("ehr")).json()
+    lifted = {k: v for k, v in objection.items() if k != "meta"} | {"status": "inactive"}
+    assert send(platform.client, "PUT", "/fhir/Consent/objected-c2", lifted,
+                **platform.headers("physician")).status_code == 403
+    assert platform.client.delete("/fhir/Consent/objected-c2", headers=platform.headers("physician")).status_code == 403
+    assert platform.refer("objected").status_code == 403

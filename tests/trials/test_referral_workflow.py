@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.model.platform_codes import MESSAGE_SYSTEM, OUTCOME_SYSTEM
-from tests.builders import consent, patient
+from tests.builders import consent, observation, patient
 from tests.http.helpers import send
 from tests.trials.conftest import DR, ROLE, STUDY, TEAM, Platform
 
@@ -164,8 +164,14 @@ def test_a_physician_records_an_agreement_for_an_existing_record(platform: Platf
     assert send(platform.client, "POST", "/fhir/Consent", unsigned, **physician).status_code == 403
     for_other = consent("stranger", actor="Practitioner/someone")
     assert send(platform.client, "POST", "/fhir/Consent", for_other, **physician).status_code == 403
+    # The answer does not tell whether a patient exists.
     missing = consent("no-such-patient", actor=DR)
-    assert send(platform.client, "POST", "/fhir/Consent", missing, **physician).status_code == 403
+    assert send(platform.client, "POST", "/fhir/Consent", missing, **physician).status_code == 201
+    # Administrators and investigators reach no patient by consent, even one they record.
+    for actor, who in (("admin", "Practitioner/admin"), ("investigator", "Practitioner/dr-inv")):
+        grab = consent("stranger", actor=who)
+        assert send(platform.client, "POST", "/fhir/Consent", grab, **platform.headers(actor)).status_code == 403
+        assert platform.client.get("/fhir/Patient/stranger", headers=platform.headers(actor)).status_code == 404
     signed = send(platform.client, "POST", "/fhir/Consent", consent("stranger", actor=DR), **physician)
     assert signed.status_code == 201, signed.text
     assert platform.client.get("/fhir/Patient/stranger", headers=physician).status_code == 200
@@ -230,3 +236,49 @@ def test_malformed_referrals_get_an_outcome_and_store_nothing(platform: Platform
     assert unknown_study.status_code == 404
     after = platform.client.get("/fhir/Communication?_summary=count", headers=platform.headers("ehr")).json()["total"]
     assert after == before
+
+
+def test_a_practitioners_launch_patient_follows_the_consent(platform: Platform) -> None:
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    launch = tokens.issue(subject="dr", client_id="portal", scope="patient/*.rs", patient="minor",
+                          fhir_user=DR)["access_token"]
+    headers = {"Authorization": f"Bearer {launch}"}
+    assert platform.client.get("/fhir/Patient/minor", headers=headers).status_code == 200
+    privacy = _read(platform, "Consent/minor-c0", "ehr")
+    withdrawn = {k: v for k, v in privacy.items() if k != "meta"} | {"status": "inactive"}
+    assert send(platform.client, "PUT", "/fhir/Consent/minor-c0", withdrawn,
+                **platform.headers("patient", "minor")).status_code == 200
+    assert platform.client.get("/fhir/Patient/minor", headers=headers).status_code == 403
+
+
+def test_consents_name_their_patient_in_a_form_the_server_applies(platform: Platform) -> None:
+    patient = platform.headers("patient", "unshared")
+    for form in ("Patient/unshared/_history/1", "http://testserver/fhir/Patient/unshared", "unshared"):
+        restriction = consent("unshared", type="deny") | {"patient": {"reference": form}}
+        response = send(platform.client, "POST", "/fhir/Consent", restriction, **patient)
+        assert response.status_code in (403, 422), form
+    # A deny naming the physician by absolute URL is heeded.
+    deny = consent("unshared", actor="http://testserver/fhir/Practitioner/dr-martin", type="deny")
+    assert send(platform.client, "POST", "/fhir/Consent", deny, **patient).status_code == 201
+    assert platform.client.get("/fhir/Patient/unshared", headers=platform.headers("physician")).status_code == 404
+
+
+def test_a_deletion_out_of_reach_is_as_unknown(platform: Platform) -> None:
+    ehr = platform.headers("ehr")
+    assert platform.client.delete("/fhir/Observation/restricted-obs", headers=ehr).status_code in (200, 204)
+    assert platform.client.get("/fhir/Observation/restricted-obs", headers=ehr).status_code == 410
+    for actor in ("physician", "site"):
+        headers = platform.headers(actor)
+        assert platform.client.get("/fhir/Observation/restricted-obs", headers=headers).status_code == 404
+        assert platform.client.get("/fhir/Observation/restricted-obs/_history/2", headers=headers).status_code == 404
+
+
+def test_a_frozen_record_holds_only_what_is_about_the_patient(platform: Platform) -> None:
+    ehr = platform.headers("ehr")
+    performed = observation("Patient/stranger") | {"id": "performed-by-shared",
+                                                   "performer": [{"reference": "Patient/shared"}]}
+    assert send(platform.client, "PUT", "/fhir/Observation/performed-by-shared", performed, **ehr).status_code == 201
+    frozen = _read(platform, _referral(platform)["payload"][0]["contentReference"]["reference"], "investigator")
+    held = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in frozen["entry"]}
+    assert "Observation/performed-by-shared" not in held and "Patient/stranger" not in held
+    assert {"Patient/shared", "Observation/shared-obs", "Condition/shared-cond"} <= held
