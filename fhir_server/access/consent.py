@@ -57,10 +57,11 @@ def _applies(provision: dict[str, Any], actor: str | None, today: str) -> bool:
     return in_period(provision, today) and (not named or (actor is not None and actor in named))
 
 
-def _provisions(provision: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def provisions(provision: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A provision and all those nested in it."""
     yield provision
     for nested in provision.get("provision", []):
-        yield from _provisions(nested)
+        yield from provisions(nested)
 
 
 def _in_force(consents: Iterable[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def denied(consents: Iterable[dict[str, Any]], scope: str, actor: str | None, to
     """Whether a deny provision in force, of an active Consent of `scope`, applies to `actor`:
     a top-level deny or a nested one."""
     return any(p.get("type") == "deny" and _applies(p, actor, today)
-               for c in _in_force(consents, scope) for p in _provisions(c.get("provision") or {}))
+               for c in _in_force(consents, scope) for p in provisions(c.get("provision") or {}))
 
 
 def permit(consents: Iterable[dict[str, Any]], scope: str, actor: str | None,
@@ -121,3 +122,15 @@ def attests_access(consent: dict[str, Any], practitioner: str, today: str) -> bo
     Consent for a patient they do not reach yet; the patient sees it in their audit trail."""
     return (permit([consent], PRIVACY, practitioner, today) is not None
             and ("sourceAttachment" in consent or "sourceReference" in consent))
+
+
+def withdrawn(consent: dict[str, Any], actor: str | None) -> bool:
+    """Whether a Consent records the patient withdrawing or refusing (for `actor`, or for
+    anyone when None): made inactive or rejected while naming them (or anyone), or holding
+    a deny that applies to them."""
+    provision = consent.get("provision") or {}
+    named = actors(provision)
+    if consent.get("status") in ("inactive", "rejected") and (actor is None or not named or actor in named):
+        return True
+    return any(p.get("type") == "deny" and (not actors(p) or actor is None or actor in actors(p))
+               for p in provisions(provision))

@@ -215,9 +215,10 @@ def _outside_compartments(resource_type: str, principal: Principal,
         if interaction in _WRITES:
             raise fail(Kind.FORBIDDEN, "forbidden", f"Only system clients write {resource_type}.")
         return (Clause(()),)
-    if interaction in _WRITES and not principal.admin:
-        raise fail(Kind.FORBIDDEN, "forbidden",
-                   f"{resource_type} is written by system clients and administrators.")
+    if interaction in _WRITES and (not principal.admin or resource_type == "PractitionerRole"):
+        # PractitionerRoles make investigators: system clients alone write them.
+        who = "system clients" if resource_type == "PractitionerRole" else "system clients and administrators"
+        raise fail(Kind.FORBIDDEN, "forbidden", f"{resource_type} is written by {who}.")
     return ()
 
 

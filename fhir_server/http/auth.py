@@ -77,11 +77,12 @@ async def _principal(request: Request, claims: TokenClaims) -> Principal:
         consented = tuple(await reach.consenting_patients(ctx, fhir_user))
         if patient is not None and patient not in consented:
             patient = None  # the launch patient's consent no longer names them
-        recipients = await reach.recipient_identities(ctx, fhir_user) or None
-        snapshots = await reach.snapshots_for(ctx, recipients=recipients or (), sender=fhir_user,
-                                              patients=consented)
         user = Users(request.app.state.oauth.registry).get(claims.subject)
         admin = user is not None and user.admin and user.fhir_user == fhir_user
+        # An administrator is never an investigator: they would reach referrals unaudited.
+        recipients = None if admin else await reach.recipient_identities(ctx, fhir_user) or None
+        snapshots = await reach.snapshots_for(ctx, recipients=recipients or (), sender=fhir_user,
+                                              patients=consented)
     elif fhir_user is None:
         client = request.app.state.oauth.registry.client(claims.client_id)
         if client is not None and client.acts_for:

@@ -38,7 +38,14 @@ from . import crud, history, search
 from .conditions import condition
 from .context import Context, Payload, after_commit
 from .crud import check_resource
-from .guard import decision, hidden, note, require_write, visible, with_new_records
+from .guard import (
+    decision,
+    deletable,
+    note,
+    require_replaceable,
+    require_write,
+    with_new_records,
+)
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -113,7 +120,7 @@ def _parse_url(ctx: Context, index: int, url: str) -> tuple[str | None, str | No
     """(type, id, rest of path, query) of a request.url, relative or under our base."""
     if url.startswith(ctx.base_url + "/"):
         url = url[len(ctx.base_url) + 1:]
-    elif "://" in url:
+    elif "://" in url.partition("?")[0]:  # a query may hold URLs (code=http://loinc.org|...)
         raise _invalid(index, f"request.url '{url}' is not on this server.", ".request.url")
     path, _, query = url.partition("?")
     parts = [p for p in path.split("/") if p]
@@ -475,7 +482,8 @@ async def _delete(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
         op: Any = ConditionalDelete(query, multiple=False)
     else:
         crud.check_id(e.id)
-        await _check_existing(ctx, allowed, e.resource_type, e.id)
+        if not await deletable(ctx, allowed, e.resource_type, e.id):
+            return EntryOutcome(result=Result("none"))
         op = Delete(e.resource_type, e.id, e.if_match)
     [result] = await unit.apply([op])
     return EntryOutcome(result=result)
@@ -485,6 +493,7 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
                  assigned: tuple[str, bool]) -> EntryOutcome:
     assert e.payload is not None and e.resource_type is not None
     id, matched = assigned
+    chosen = e.id is not None or e.payload.checked.get("id") is not None  # not server-assigned
     if matched:
         existing = await ctx.store.read(e.resource_type, id)
         return EntryOutcome(result=Result("matched", (existing,) if existing else ()))
@@ -498,8 +507,8 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     tx.rewrite(e)
     allowed = decision(ctx, "create" if e.method == "POST" else "update", e.resource_type)
     await require_write(ctx, allowed, e.resource_type, e.payload.checked)
-    if e.method == "PUT":
-        await _check_existing(ctx, allowed, e.resource_type, id)
+    if e.method == "PUT" and chosen:
+        await require_replaceable(ctx, allowed, e.resource_type, id)
     entries = extract(e.payload.checked)
     create_only = e.method == "POST" or e.if_none_match == "*"
     method: Method = "POST" if e.method == "POST" else "PUT"
@@ -516,14 +525,6 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
         raise
     e.payload = None  # stored: let the parsed resource go, large transactions hold only bytes
     return EntryOutcome(result=result)
-
-
-async def _check_existing(ctx: Context, allowed: Decision, resource_type: str, id: str) -> None:
-    """A resource out of the caller's reach may be neither replaced nor deleted (404)."""
-    if allowed.clauses:
-        existing = await ctx.store.read(resource_type, id)
-        if existing is not None and not existing.deleted and not visible(allowed, existing):
-            raise hidden(resource_type, id)
 
 
 async def _patch(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:

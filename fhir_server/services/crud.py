@@ -30,7 +30,16 @@ from ..store.base import (
 )
 from .conditions import condition
 from .context import Context, Payload, after_commit
-from .guard import decision, hidden, note, require_write, visible
+from .guard import (
+    decision,
+    deletable,
+    hidden,
+    note,
+    reachable,
+    require_replaceable,
+    require_write,
+    visible,
+)
 
 
 async def _commit(ctx: Context, operation: Operation) -> Result:
@@ -127,23 +136,13 @@ async def _current(ctx: Context, allowed: Decision, resource_type: str, id: str)
     """The current version within the caller's reach: NOT_FOUND if none, GONE if deleted (a
     deletion only if what it deleted was within reach: else it would tell what existed)."""
     version = await ctx.store.read(resource_type, id)
-    if version is not None and version.deleted and not await _deleted_visibly(ctx, allowed, version):
-        version = None
-    if version is None or (not version.deleted and not visible(allowed, version)):
+    if version is None or not await reachable(ctx, allowed, version):
         raise hidden(resource_type, id)
     if version.deleted:
         raise fail(
             Kind.GONE, "deleted", f"{resource_type}/{id} has been deleted.", details_code="MSG_DELETED"
         )
     return version
-
-
-async def _deleted_visibly(ctx: Context, allowed: Decision, deletion: Version) -> bool:
-    """Whether the version a deletion ended lay within reach."""
-    if not allowed.clauses:
-        return True
-    before = await ctx.store.vread(deletion.resource_type, deletion.id, deletion.version - 1)
-    return before is not None and not before.deleted and visible(allowed, before)
 
 
 async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> Version:
@@ -155,9 +154,14 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
                    details_code="MSG_VERSION_NOT_FOUND")
     allowed = decision(ctx, "vread", resource_type)
     version = await ctx.store.vread(resource_type, id, int(version_id))
-    if version is not None and version.deleted and not await _deleted_visibly(ctx, allowed, version):
-        version = None
-    if version is None or (not version.deleted and not visible(allowed, version)):
+    if version is not None and allowed.clauses:
+        # Within reach as history is: the resource as it is now (or was when deleted), and
+        # this version too.
+        current = await ctx.store.read(resource_type, id)
+        if (current is None or not await reachable(ctx, allowed, current)
+                or not await reachable(ctx, allowed, version)):
+            version = None
+    if version is None:
         raise fail(
             Kind.NOT_FOUND,
             "not-found",
@@ -197,9 +201,7 @@ async def update(
     allowed = decision(ctx, "update", resource_type)
     entries = _checked_resource(ctx, resource_type, payload)
     await require_write(ctx, allowed, resource_type, payload.checked)
-    existing = await ctx.store.read(resource_type, id)
-    if existing is not None and not existing.deleted and not visible(allowed, existing):
-        raise hidden(resource_type, id)
+    await require_replaceable(ctx, allowed, resource_type, id)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     return await _commit(ctx, write)
 
@@ -218,11 +220,9 @@ async def conditional_update(
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
     await require_write(ctx, allowed, resource_type, payload.checked)
-    if body_id is not None and allowed.clauses:
-        # Without a match the store writes the id the body names: it must not be one out of reach.
-        existing = await ctx.store.read(resource_type, id)
-        if existing is not None and not existing.deleted and not visible(allowed, existing):
-            raise hidden(resource_type, id)
+    if body_id is not None:
+        # Without a match the store writes the id the body names: it must be one in reach.
+        await require_replaceable(ctx, allowed, resource_type, id)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     op = ConditionalUpdate(query, write, id_given=body_id is not None)
     return await _commit(ctx, op)
@@ -316,10 +316,8 @@ async def delete(
     check_type(resource_type)
     check_id(id)
     allowed = decision(ctx, "delete", resource_type)
-    if allowed.clauses:
-        existing = await ctx.store.read(resource_type, id)
-        if existing is not None and not existing.deleted and not visible(allowed, existing):
-            raise hidden(resource_type, id)
+    if not await deletable(ctx, allowed, resource_type, id):
+        return Result("none")  # as for a resource that does not exist: nothing tells them apart
     return await _commit(ctx, Delete(resource_type, id, if_match))
 
 

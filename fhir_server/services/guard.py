@@ -63,6 +63,42 @@ def visible(d: Decision, version: Version) -> bool:
     return d.admits(version.resource_type, orjson.loads(version.body))
 
 
+async def reachable(ctx: Context, d: Decision, current: Version) -> bool:
+    """Whether a resource is within reach: its current version, or (deleted) its last content."""
+    if not d.clauses:
+        return True
+    if not current.deleted:
+        return visible(d, current)
+    previous = await ctx.store.vread(current.resource_type, current.id, current.version - 1)
+    return previous is not None and visible(d, previous)
+
+
+async def require_replaceable(ctx: Context, d: Decision, resource_type: str, id: str) -> None:
+    """A PUT's target. A caller confined to some patients replaces only a resource within
+    reach: they do not create with an id of their choosing, which would tell a taken id
+    (out of reach) from a free one (NOT_FOUND for both)."""
+    if not d.clauses:
+        return
+    existing = await ctx.store.read(resource_type, id)
+    if existing is None or existing.deleted:
+        principal = ctx.principal
+        if principal is not None and not principal.server and (
+                principal.patient is not None or principal.consented is not None
+                or principal.recipients is not None):
+            raise hidden(resource_type, id)
+    elif not visible(d, existing):
+        raise hidden(resource_type, id)
+
+
+async def deletable(ctx: Context, d: Decision, resource_type: str, id: str) -> bool:
+    """Whether a DELETE goes ahead. For a confined caller, a resource out of reach is treated
+    as one that does not exist: nothing is deleted and the answer is the same."""
+    if not d.clauses:
+        return True
+    existing = await ctx.store.read(resource_type, id)
+    return existing is not None and not existing.deleted and visible(d, existing)
+
+
 def note(ctx: Context, version: Version | None, resource: dict[str, Any] | None = None) -> None:
     """Tell the request's audit trail a resource was read, returned or written."""
     if ctx.trail is not None:
@@ -84,6 +120,7 @@ async def require_write(ctx: Context, d: Decision, resource_type: str, resource:
     and frozen records."""
     if resource_type == "Consent":
         _check_consent_subject(resource)
+        await _check_recorded_consent(ctx, resource)
     if _attested(ctx, resource_type, resource):
         return
     if not d.admits(resource_type, resource):
@@ -107,6 +144,33 @@ def _check_consent_subject(consent: dict[str, Any]) -> None:
                    "Consent.patient must reference the patient as Patient/<id> (no version, no "
                    "absolute URL), so that the server can apply the consent.",
                    expression="Consent.patient")
+
+
+async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
+    """A practitioner records a patient's agreement with its evidence (source[x]): to the
+    platform holding the record with them as the one actor (patient-privacy), or to sharing
+    with investigators (research); never one the patient withdrew or refused, which only the
+    patient (or their representative) may give again."""
+    principal = ctx.principal
+    if principal is None or principal.server or principal.consented is None:
+        return
+    privacy = consents.has_scope(consent, consents.PRIVACY)
+    if not privacy and not consents.has_scope(consent, consents.RESEARCH):
+        raise _forbidden("A practitioner records patient-privacy and research Consents only.")
+    if "sourceAttachment" not in consent and "sourceReference" not in consent:
+        raise _forbidden("A practitioner records a patient's agreement with its evidence "
+                         "(Consent.sourceAttachment or sourceReference).")
+    named = {a for p in consents.provisions(consent.get("provision") or {}) for a in consents.actors(p)}
+    if privacy and named != {principal.fhir_user}:
+        raise _forbidden("A practitioner records the patient's agreement to their own access "
+                         "only: the Consent names them as its one actor.")
+    patient = (consent.get("patient") or {}).get("reference", "")
+    scope = consents.PRIVACY if privacy else consents.RESEARCH
+    earlier = await reach.find(ctx, "Consent", [("patient", patient),
+                                                ("scope", f"{consents.SCOPE_SYSTEM}|{scope}")])
+    if any(consents.withdrawn(c, principal.fhir_user if privacy else None) for c in earlier):
+        raise _forbidden("The patient withdrew or refused this agreement: only they (or their "
+                         "representative) can give it again.")
 
 
 def _check_patients(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
@@ -165,8 +229,10 @@ def _may_attest(principal: Principal) -> bool:
 
 
 async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
-    """Referrals and answers are the server's to write; a patient writes to their referring
-    physicians only; practitioners reach investigators through $refer alone."""
+    """Referrals and answers are the server's to write; nobody else writes a message from or
+    to a PractitionerRole, CareTeam, Group or Organization (investigators read the messages
+    sent from or to their identities: a patient's data reach them through $refer alone); a
+    user sends in their own name; a patient writes to their referring physicians only."""
     principal = ctx.principal
     if principal is None or principal.server:
         return
@@ -174,13 +240,17 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
     if kinds & codes.SERVER_MADE:
         raise _forbidden("Referrals are sent with ResearchStudy/{id}/$refer and answered with "
                          "POST Communication by their recipients; they are not written directly.")
-    recipients = [r.get("reference", "") for r in message.get("recipient", [])]
+    recipients = [consents.local(r.get("reference", "")) for r in message.get("recipient", [])]
+    sender = consents.local((message.get("sender") or {}).get("reference", ""))
+    if any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
+        raise _forbidden("A patient's data reach trial investigators only through a referral "
+                         "(ResearchStudy/{id}/$refer).")
+    if principal.fhir_user is not None and sender:
+        own = {principal.fhir_user} | ({f"Patient/{principal.patient}"} if principal.patient else set())
+        if sender not in own:
+            raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
     if principal.patient is not None and not (principal.fhir_user or "").startswith("Practitioner/"):
         physicians = await reach.physicians_of(ctx, principal.patient)
         if not recipients or any(r not in physicians for r in recipients):
             raise _forbidden("A patient writes only to their referring physicians (the "
                              "practitioners their consent names).")
-    elif (principal.consented is not None or principal.patient is not None) and any(
-            r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in recipients):
-        raise _forbidden("A patient's data reach trial investigators only through a referral "
-                         "(ResearchStudy/{id}/$refer).")

@@ -16,7 +16,7 @@ from ..model.errors import Kind, fail
 from ..store.base import HistoryQuery, Version
 from .context import Context
 from .crud import check_id, check_type
-from .guard import decision, note, visible
+from .guard import decision, note, reachable, visible
 
 CURSOR = "_cursor"
 
@@ -66,7 +66,7 @@ async def history(
         check_id(id)
         assert resource_type is not None
         current = await ctx.store.read(resource_type, id)
-        if current is None or (allowed.clauses and not await _reachable(ctx, allowed, current)):
+        if current is None or (allowed.clauses and not await reachable(ctx, allowed, current)):
             raise fail(Kind.NOT_FOUND, "not-found", f"{resource_type}/{id} is not known.",
                        details_code="MSG_NO_EXIST")
     elif allowed.clauses:
@@ -107,9 +107,3 @@ def _link(url: str, params: list[tuple[str, str]]) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
-async def _reachable(ctx: Context, allowed: Decision, current: Version) -> bool:
-    """A resource is within reach if its current version is, or (deleted) its last content."""
-    if not current.deleted:
-        return visible(allowed, current)
-    previous = await ctx.store.vread(current.resource_type, current.id, current.version - 1)
-    return previous is not None and visible(allowed, previous)

@@ -100,14 +100,16 @@ async def represented(ctx: Context, related_person: str) -> list[str]:
 
 async def recipient_identities(ctx: Context, practitioner: str) -> tuple[str, ...]:
     """The references `practitioner` receives referrals as: their active PractitionerRoles,
-    and the active CareTeams and Groups they (or one of those roles) belong to."""
+    and the active CareTeams without a subject and the active Groups of practitioners they
+    (or one of those roles) belong to."""
     roles = [f"PractitionerRole/{r['id']}" for r in await find(
         ctx, "PractitionerRole", [("practitioner", practitioner), ("active", "true")])]
     members = ",".join([practitioner, *roles])
+    # A patient's own care team (with a subject) or a group of patients is no trial team.
     teams = [f"CareTeam/{t['id']}" for t in await find(
-        ctx, "CareTeam", [("participant", members), ("status", "active")])]
+        ctx, "CareTeam", [("participant", members), ("status", "active")]) if not t.get("subject")]
     groups = [f"Group/{g['id']}" for g in await find(ctx, "Group", [("member", members)])
-              if g.get("active", True)]
+              if g.get("active", True) and g.get("type") == "practitioner"]
     return (*roles, *teams, *groups)
 
 

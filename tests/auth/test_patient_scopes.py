@@ -119,8 +119,13 @@ def test_writes_stay_inside_the_compartment(world: TestClient) -> None:
     assert send(world, "PUT", "/fhir/Observation/a-vital", moved, **writer).status_code == 403
     theirs = {**observation("Patient/a"), "id": "b-lab"}
     assert send(world, "PUT", "/fhir/Observation/b-lab", theirs, **writer).status_code == 404
-    assert world.delete("/fhir/Observation/b-lab", headers=writer).status_code == 404
+    # Deleting out of reach does nothing and answers as for an id that does not exist;
+    # creating with an id of one's choosing is refused like replacing one out of reach.
+    assert world.delete("/fhir/Observation/b-lab", headers=writer).status_code == 204
+    assert world.delete("/fhir/Observation/no-such-id", headers=writer).status_code == 204
     assert world.get("/fhir/Observation/b-lab", headers=_as(world, "system/*.rs")).status_code == 200
+    fresh = {**observation("Patient/a"), "id": "new-id"}
+    assert send(world, "PUT", "/fhir/Observation/new-id", fresh, **writer).status_code == 404
 
 
 def test_bundle_entries_are_checked_one_by_one(world: TestClient) -> None:

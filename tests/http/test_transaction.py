@@ -432,3 +432,16 @@ def test_synthea_sample_loads_and_every_reference_resolves(client: TestClient) -
     external = {r for r in references if not r.startswith("#")}
     assert len(external) > 100
     assert external <= stored.keys(), sorted(external - stored.keys())[:5]
+
+
+def test_request_urls_may_hold_urls_in_their_query(client: TestClient) -> None:
+    """A conditional URL names code systems (`code=http://loinc.org|...`): still on this server."""
+    body = observation("Patient/any")
+    code = body["code"]["coding"][0]
+    url = f"Observation?code={code['system']}|{code['code']}"
+    done = post_bundle(client, "transaction", [entry("PUT", url, body)])
+    assert done.status_code == 200, done.text
+    assert responses(done)[0]["status"].startswith("201")
+    elsewhere = post_bundle(client, "transaction", [entry("PUT", "http://other.example/fhir/Observation/x",
+                                                          {**body, "id": "x"})])
+    assert elsewhere.status_code == 400

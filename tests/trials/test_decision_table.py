@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import observation
+from tests.builders import consent, observation
 from tests.http.helpers import send
 from tests.trials.conftest import STATES, STUDY, Platform
 
@@ -175,7 +175,8 @@ def test_a_frozen_record_never_changes(platform: Platform) -> None:
     patch = [{"op": "remove", "path": "/entry/0"}]
     assert send(platform.client, "PATCH", f"/fhir/{bundle}", patch,
                 content_type="application/json-patch+json", **ehr).status_code == 404
-    assert platform.client.delete(f"/fhir/{bundle}", headers=ehr).status_code == 404
+    # A DELETE out of reach does nothing, and answers as for a resource that does not exist.
+    assert platform.client.delete(f"/fhir/{bundle}", headers=ehr).status_code == 204
     forged = {**frozen, "id": "forged"}
     forged.pop("meta", None)
     forged["meta"] = {"tag": frozen["meta"]["tag"]}
@@ -268,7 +269,7 @@ def test_referrals_answers_and_consents_stay_as_their_authors_left_them(platform
     referral = _referral(platform)
     for actor in ("patient", "physician"):
         headers = platform.headers(actor, "shared")
-        assert platform.client.delete(f"/fhir/Communication/{referral['id']}", headers=headers).status_code == 404
+        assert platform.client.delete(f"/fhir/Communication/{referral['id']}", headers=headers).status_code == 204
         changed = {k: v for k, v in referral.items() if k != "meta"} | {"status": "completed"}
         assert send(platform.client, "PUT", f"/fhir/Communication/{referral['id']}", changed,
                     **headers).status_code in (403, 404)
@@ -283,3 +284,73 @@ def test_referrals_answers_and_consents_stay_as_their_authors_left_them(platform
                 **platform.headers("physician")).status_code == 403
     assert platform.client.delete("/fhir/Consent/objected-c2", headers=platform.headers("physician")).status_code == 403
     assert platform.refer("objected").status_code == 403
+    for actor in ("site", "investigator"):
+        assert platform.client.get(f"/fhir/Communication/{referral['id']}",
+                                   headers=platform.headers(actor)).status_code == 200
+
+
+def test_nobody_writes_in_an_investigators_name_or_thread(platform: Platform) -> None:
+    referral = _referral(platform)
+    base = {"resourceType": "Communication", "status": "completed",
+            "subject": {"reference": "Patient/unshared"}, "payload": [{"contentString": "HIV+"}]}
+    forged = [
+        base | {"sender": {"reference": "CareTeam/onco-bordeaux"}, "recipient": [{"reference": "Practitioner/dr-martin"}]},
+        base | {"sender": {"reference": "http://testserver/fhir/PractitionerRole/inv-bordeaux"},
+                "recipient": [{"reference": "Practitioner/dr-martin"}]},
+        base | {"recipient": [{"reference": "http://testserver/fhir/CareTeam/onco-bordeaux"}]},
+        base | {"subject": {"reference": "Patient/shared"}, "sender": {"reference": "CareTeam/onco-bordeaux"},
+                "inResponseTo": [{"reference": f"Communication/{referral['id']}"}],
+                "recipient": [{"reference": "Practitioner/dr-martin"}]},
+        base | {"sender": {"reference": "Practitioner/someone-else"}, "recipient": [{"reference": "Patient/unshared"}]},
+    ]
+    for body in forged:
+        for actor in ("physician", "ehr"):
+            response = send(platform.client, "POST", "/fhir/Communication", body, **platform.headers(actor))
+            expected = 403 if actor == "physician" or "someone-else" not in str(body) else 201
+            assert response.status_code == expected, (actor, body)
+    found = platform.client.get("/fhir/Communication?sender=CareTeam/onco-bordeaux",
+                                headers=platform.headers("site")).json()
+    assert not found.get("entry")
+
+
+def test_a_physician_never_grants_what_the_patient_did_not(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    # Sharing the patient objected to, access for someone else, or an agreement without evidence.
+    assert send(platform.client, "POST", "/fhir/Consent", consent("objected", "research"), **physician).status_code == 403
+    assert send(platform.client, "POST", "/fhir/Consent", consent("shared", actor="Practitioner/dr-inv"),
+                **physician).status_code == 403
+    assert send(platform.client, "POST", "/fhir/Consent", consent("unshared", "research", evidence=False),
+                **physician).status_code == 403
+    # Re-attesting after the patient withdrew it (Patient "withdrawn": its consent is inactive).
+    assert send(platform.client, "POST", "/fhir/Consent", consent("withdrawn", actor="Practitioner/dr-martin"),
+                **physician).status_code == 403
+    assert platform.client.get("/fhir/Patient/withdrawn", headers=physician).status_code == 404
+
+
+def test_investigator_identities_come_from_system_made_teams_only(platform: Platform) -> None:
+    hijack = {"resourceType": "PractitionerRole", "id": "inv-bordeaux", "active": True,
+              "practitioner": {"reference": "Practitioner/admin"}}
+    assert send(platform.client, "PUT", "/fhir/PractitionerRole/inv-bordeaux", hijack,
+                **platform.headers("admin")).status_code == 403
+    # A patient's own care team naming their physician does not make them an investigator.
+    team = {"resourceType": "CareTeam", "status": "active", "subject": {"reference": "Patient/minor"},
+            "participant": [{"member": {"reference": "Practitioner/dr-martin"}}]}
+    assert send(platform.client, "POST", "/fhir/CareTeam", team,
+                **platform.headers("representative", "minor")).status_code == 201
+    assert platform.client.get("/fhir/Patient/shared", headers=platform.headers("physician")).status_code == 200
+    reply = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/shared"},
+             "inResponseTo": [{"reference": "Communication/whatever"}], "recipient": [{"reference": "Patient/shared"}]}
+    assert send(platform.client, "POST", "/fhir/Communication", reply, **platform.headers("physician")).status_code == 201
+
+
+def test_old_versions_follow_the_resource_out_of_reach(platform: Platform) -> None:
+    ehr = platform.headers("ehr")
+    moving = observation("Patient/shared") | {"id": "moving"}
+    assert send(platform.client, "PUT", "/fhir/Observation/moving", moving, **ehr).status_code == 201
+    physician = platform.headers("physician")
+    assert platform.client.get("/fhir/Observation/moving/_history/1", headers=physician).status_code == 200
+    moved = observation("Patient/stranger") | {"id": "moving"}
+    assert send(platform.client, "PUT", "/fhir/Observation/moving", moved, **ehr).status_code == 200
+    for url in ("/fhir/Observation/moving", "/fhir/Observation/moving/_history/1",
+                "/fhir/Observation/moving/_history"):
+        assert platform.client.get(url, headers=physician).status_code == 404, url
