@@ -124,13 +124,17 @@ def attests_access(consent: dict[str, Any], practitioner: str, today: str) -> bo
             and ("sourceAttachment" in consent or "sourceReference" in consent))
 
 
-def withdrawn(consent: dict[str, Any], actor: str | None) -> bool:
-    """Whether a Consent records the patient withdrawing or refusing (for `actor`, or for
-    anyone when None): made inactive or rejected while naming them (or anyone), or holding
-    a deny that applies to them."""
+def lapsed(consent: dict[str, Any], actor: str | None, today: str) -> bool:
+    """Whether a Consent records an agreement no longer given: withdrawn or refused (status
+    inactive or rejected), ended, or holding a deny (naming `actor`, or anyone when None).
+    With an `actor`, only Consents naming them count."""
     provision = consent.get("provision") or {}
-    named = actors(provision)
-    if consent.get("status") in ("inactive", "rejected") and (actor is None or not named or actor in named):
+    every = list(provisions(provision))
+    if actor is not None and not any(actor in actors(p) for p in every):
+        return False
+    if consent.get("status") in ("inactive", "rejected"):
         return True
-    return any(p.get("type") == "deny" and (not actors(p) or actor is None or actor in actors(p))
-               for p in provisions(provision))
+    end = (provision.get("period") or {}).get("end", "")
+    if end and end[:10] < today:
+        return True
+    return any(p.get("type") == "deny" and (actor is None or actor in actors(p)) for p in every)

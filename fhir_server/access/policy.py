@@ -177,6 +177,9 @@ def _patient_reach(registry: Registry, resource_type: str, principal: Principal,
     assert principal.patient is not None
     if resource_type == "Bundle":
         return _bundles((), interaction)
+    if resource_type == "Consent" and interaction == "delete":
+        raise fail(Kind.FORBIDDEN, "forbidden", "A Consent is withdrawn by setting its status to "
+                   "inactive: the record of what was agreed stays.")
     compartment = compartment_clause(registry, resource_type, principal.patient)
     if compartment is None:
         return _outside_compartments(resource_type, principal, interaction)

@@ -147,7 +147,7 @@ async def create(request: Request, resource_type: str) -> Response:
     crud.check_type(resource_type)
     payload = await read_payload(request)
     ctx = _ctx(request)
-    if resource_type == "Communication" and is_answer(ctx, payload):
+    if resource_type == "Communication" and await is_answer(ctx, payload):
         version = await referral.answer(ctx, payload)
         return _write_response(request, Result("created", (version,)), message="Answer sent.")
     result = await crud.create(

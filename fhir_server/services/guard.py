@@ -81,10 +81,7 @@ async def require_replaceable(ctx: Context, d: Decision, resource_type: str, id:
         return
     existing = await ctx.store.read(resource_type, id)
     if existing is None or existing.deleted:
-        principal = ctx.principal
-        if principal is not None and not principal.server and (
-                principal.patient is not None or principal.consented is not None
-                or principal.recipients is not None):
+        if _confined(ctx.principal):
             raise hidden(resource_type, id)
     elif not visible(d, existing):
         raise hidden(resource_type, id)
@@ -96,7 +93,14 @@ async def deletable(ctx: Context, d: Decision, resource_type: str, id: str) -> b
     if not d.clauses:
         return True
     existing = await ctx.store.read(resource_type, id)
-    return existing is not None and not existing.deleted and visible(d, existing)
+    if existing is None or existing.deleted:
+        return False
+    if visible(d, existing):
+        return True
+    if _confined(ctx.principal):
+        return False
+    raise _forbidden(f"This {resource_type} is not the access token's to delete (records the "
+                     "server keeps, or outside a granular scope).")
 
 
 def note(ctx: Context, version: Version | None, resource: dict[str, Any] | None = None) -> None:
@@ -110,6 +114,14 @@ def hidden(resource_type: str, id: str) -> Exception:
                 details_code="MSG_NO_EXIST")
 
 
+def _confined(principal: Principal | None) -> bool:
+    """Whether the caller reaches some patients only (patient, representative, practitioner,
+    investigator, administrator), as opposed to a system client or the server."""
+    return principal is not None and not principal.server and (
+        principal.patient is not None or principal.consented is not None
+        or principal.recipients is not None)
+
+
 def _forbidden(message: str) -> Exception:
     return fail(Kind.FORBIDDEN, "forbidden", message)
 
@@ -120,16 +132,17 @@ async def require_write(ctx: Context, d: Decision, resource_type: str, resource:
     and frozen records."""
     if resource_type == "Consent":
         _check_consent_subject(resource)
-        await _check_recorded_consent(ctx, resource)
-    if _attested(ctx, resource_type, resource):
-        return
-    if not d.admits(resource_type, resource):
+    attested = _attested(ctx, resource_type, resource)
+    if not attested and not d.admits(resource_type, resource):
         if resource_type == "Patient" and ctx.principal and ctx.principal.consented is not None:
             raise _forbidden("A practitioner creates a patient record together with the "
                              "patient's agreement: a transaction Bundle holding the Patient and "
                              "the Consent naming them (see docs/referrals.md).")
         raise _forbidden(f"This {resource_type} would lie outside what the access token reaches.")
-    _check_patients(ctx, resource_type, resource)
+    if not attested:
+        _check_patients(ctx, resource_type, resource)
+    if resource_type == "Consent":
+        await _check_recorded_consent(ctx, resource)
     if resource_type == "Communication":
         await _check_message(ctx, resource)
 
@@ -147,10 +160,11 @@ def _check_consent_subject(consent: dict[str, Any]) -> None:
 
 
 async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
-    """A practitioner records a patient's agreement with its evidence (source[x]): to the
+    """A practitioner records a patient's agreement, with its evidence (source[x]): to the
     platform holding the record with them as the one actor (patient-privacy), or to sharing
-    with investigators (research); never one the patient withdrew or refused, which only the
-    patient (or their representative) may give again."""
+    with investigators (research). Refusals, withdrawals and renewals are the patient's (or
+    their representative's): a practitioner records neither a deny nor an agreement that
+    lapsed (for privacy: one naming them)."""
     principal = ctx.principal
     if principal is None or principal.server or principal.consented is None:
         return
@@ -160,17 +174,21 @@ async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None
     if "sourceAttachment" not in consent and "sourceReference" not in consent:
         raise _forbidden("A practitioner records a patient's agreement with its evidence "
                          "(Consent.sourceAttachment or sourceReference).")
-    named = {a for p in consents.provisions(consent.get("provision") or {}) for a in consents.actors(p)}
-    if privacy and named != {principal.fhir_user}:
+    every = list(consents.provisions(consent.get("provision") or {}))
+    if (consent.get("status") != "active" or every[0].get("type") != "permit"
+            or any(p.get("type") == "deny" for p in every)):
+        raise _forbidden("A practitioner records an agreement (status active, a permit without "
+                         "deny); refusals and withdrawals are the patient's to record.")
+    if privacy and {a for p in every for a in consents.actors(p)} != {principal.fhir_user}:
         raise _forbidden("A practitioner records the patient's agreement to their own access "
                          "only: the Consent names them as its one actor.")
-    patient = (consent.get("patient") or {}).get("reference", "")
     scope = consents.PRIVACY if privacy else consents.RESEARCH
-    earlier = await reach.find(ctx, "Consent", [("patient", patient),
+    earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"]),
                                                 ("scope", f"{consents.SCOPE_SYSTEM}|{scope}")])
-    if any(consents.withdrawn(c, principal.fhir_user if privacy else None) for c in earlier):
-        raise _forbidden("The patient withdrew or refused this agreement: only they (or their "
-                         "representative) can give it again.")
+    actor = principal.fhir_user if privacy else None
+    if any(consents.lapsed(c, actor, reach.today()) for c in earlier):
+        raise _forbidden("This agreement was withdrawn, refused or has ended: only the patient "
+                         "(or their representative) can give it again.")
 
 
 def _check_patients(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
@@ -242,7 +260,7 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
                          "POST Communication by their recipients; they are not written directly.")
     recipients = [consents.local(r.get("reference", "")) for r in message.get("recipient", [])]
     sender = consents.local((message.get("sender") or {}).get("reference", ""))
-    if any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
+    if _confined(principal) and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
         raise _forbidden("A patient's data reach trial investigators only through a referral "
                          "(ResearchStudy/{id}/$refer).")
     if principal.fhir_user is not None and sender:

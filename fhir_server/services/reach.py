@@ -18,7 +18,7 @@ import orjson
 from ..access import consent as consents
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
-from ..search import parse_query
+from ..search import ReferenceEntry, extract, parse_query
 from .context import Context
 
 MOST = 1000
@@ -100,17 +100,22 @@ async def represented(ctx: Context, related_person: str) -> list[str]:
 
 async def recipient_identities(ctx: Context, practitioner: str) -> tuple[str, ...]:
     """The references `practitioner` receives referrals as: their active PractitionerRoles,
-    and the active CareTeams without a subject and the active Groups of practitioners they
-    (or one of those roles) belong to."""
+    and the active CareTeams and Groups of practitioners naming no patient that they (or one
+    of those roles) belong to."""
     roles = [f"PractitionerRole/{r['id']}" for r in await find(
         ctx, "PractitionerRole", [("practitioner", practitioner), ("active", "true")])]
     members = ",".join([practitioner, *roles])
-    # A patient's own care team (with a subject) or a group of patients is no trial team.
+    # A team naming a patient is in that patient's compartment, so the patient or their
+    # physician could write it: only teams naming no patient (made by system clients) count.
     teams = [f"CareTeam/{t['id']}" for t in await find(
-        ctx, "CareTeam", [("participant", members), ("status", "active")]) if not t.get("subject")]
+        ctx, "CareTeam", [("participant", members), ("status", "active")]) if not _names_patient(t)]
     groups = [f"Group/{g['id']}" for g in await find(ctx, "Group", [("member", members)])
-              if g.get("active", True) and g.get("type") == "practitioner"]
+              if g.get("active", True) and g.get("type") == "practitioner" and not _names_patient(g)]
     return (*roles, *teams, *groups)
+
+
+def _names_patient(resource: dict[str, Any]) -> bool:
+    return any(type(e) is ReferenceEntry and e.type == "Patient" for e in extract(resource))
 
 
 def snapshot_ids(referrals: Iterable[dict[str, Any]]) -> list[str]:

@@ -165,12 +165,22 @@ def _outcome(message: dict[str, Any]) -> str:
     return answers[0]
 
 
-def is_answer(ctx: Context, payload: Payload) -> bool:
-    """Whether a Communication sent by the caller is an answer to a referral: an investigator's
-    message in response to another."""
+async def is_answer(ctx: Context, payload: Payload) -> bool:
+    """Whether a Communication sent by the caller answers a referral addressed to them (an
+    investigator's message in response to one); any other message is an ordinary write."""
     principal = ctx.principal
-    return bool(principal is not None and principal.recipients
-                and isinstance(payload.checked, dict) and payload.checked.get("inResponseTo"))
+    if principal is None or not principal.recipients or not isinstance(payload.checked, dict):
+        return False
+    threads = [r.get("reference", "") for r in payload.checked.get("inResponseTo", [])
+               if isinstance(r, dict) and isinstance(r.get("reference"), str)]
+    for thread in threads:
+        kind, _, id = thread.partition("/")
+        found = await ctx.store.read(kind, id) if kind == "Communication" and id else None
+        referral = orjson.loads(found.body) if found is not None and found.body else {}
+        if (codes.has_code(referral.get("category", []), codes.MESSAGE_SYSTEM, codes.REFERRAL)
+                and {r.get("reference") for r in referral.get("recipient", [])} & set(principal.recipients)):
+            return True
+    return False
 
 
 async def answer(ctx: Context, payload: Payload) -> Version:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.model.platform_codes import MESSAGE_SYSTEM, OUTCOME_SYSTEM
-from tests.builders import consent, observation, patient
+from tests.builders import consent, deny_provision, observation, patient
 from tests.http.helpers import send
 from tests.trials.conftest import DR, ROLE, STUDY, TEAM, Platform
 
@@ -72,7 +72,8 @@ def test_investigators_answer_and_the_physician_sees_the_answers(platform: Platf
 
 def test_only_recipients_answer(platform: Platform) -> None:
     to_role_only = _referral(platform, recipients=(ROLE,))
-    assert platform.answer(to_role_only["id"], "preselected", actor="site").status_code == 404
+    # Not addressed to the site: an ordinary write, which an investigator may not make.
+    assert platform.answer(to_role_only["id"], "preselected", actor="site").status_code == 403
     assert platform.answer(to_role_only["id"], "preselected", actor="physician").status_code == 403
     assert platform.client.get(f"/fhir/Communication/{to_role_only['id']}",
                                headers=platform.headers("site")).status_code == 404
@@ -282,3 +283,67 @@ def test_a_frozen_record_holds_only_what_is_about_the_patient(platform: Platform
     held = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in frozen["entry"]}
     assert "Observation/performed-by-shared" not in held and "Patient/stranger" not in held
     assert {"Patient/shared", "Observation/shared-obs", "Condition/shared-cond"} <= held
+
+
+def _other_practitioner(platform: Platform) -> dict[str, str]:
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    issued = tokens.issue(subject="other", client_id="portal", scope="user/*.cruds",
+                          fhir_user="Practitioner/dr-other")
+    return {"Authorization": f"Bearer {issued['access_token']}"}
+
+
+def test_lapsed_agreements_are_renewed_by_the_patient_only(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    # The patient lets the sharing agreement end, rather than making it inactive.
+    research = _read(platform, "Consent/objected-c1", "ehr")
+    research["provision"]["period"]["end"] = "2021-01-01"
+    patient = platform.headers("patient", "objected")
+    assert send(platform.client, "PUT", "/fhir/Consent/objected-c1", research, **patient).status_code == 200
+    assert send(platform.client, "POST", "/fhir/Consent", consent("objected", "research"), **physician).status_code == 403
+    # Consents are withdrawn, not deleted: the record of what was agreed stays.
+    assert platform.client.delete("/fhir/Consent/objected-c1", headers=patient).status_code == 403
+
+
+def test_a_practitioner_records_agreements_never_refusals(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    for body in (consent("shared", actor=DR, deny=[deny_provision()]),
+                 consent("shared", "research", type="deny"),
+                 consent("shared", "research", status="rejected")):
+        assert send(platform.client, "POST", "/fhir/Consent", body, **physician).status_code == 403
+
+
+def test_recording_a_consent_tells_nothing_about_a_patient_out_of_reach(platform: Platform) -> None:
+    other = _other_practitioner(platform)
+    answers = {who: send(platform.client, "POST", "/fhir/Consent", consent(who, "research"), **other).status_code
+               for who in ("objected", "shared", "no-such-patient")}
+    assert set(answers.values()) == {403}
+    attest = {who: send(platform.client, "POST", "/fhir/Consent",
+                        consent(who, actor="Practitioner/dr-other"), **other).status_code
+              for who in ("restricted", "no-such-patient-2")}
+    assert set(attest.values()) == {201}
+    # Attesting does not beat a restriction of processing.
+    assert platform.client.get("/fhir/Patient/restricted", headers=other).status_code == 404
+
+
+def test_teams_naming_a_patient_make_nobody_an_investigator(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    group = {"resourceType": "Group", "type": "practitioner", "actual": True, "active": True,
+             "member": [{"entity": {"reference": "Patient/shared"}},
+                        {"entity": {"reference": "Practitioner/dr-evil"}}]}
+    assert send(platform.client, "POST", "/fhir/Group", group, **physician).status_code == 201
+    team = {"resourceType": "CareTeam", "status": "active",
+            "participant": [{"member": {"reference": "Patient/shared"}},
+                            {"member": {"reference": "Practitioner/dr-martin"}}]}
+    assert send(platform.client, "POST", "/fhir/CareTeam", team, **platform.headers("patient", "shared")).status_code == 201
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    evil = {"Authorization": "Bearer " + tokens.issue(subject="evil", client_id="portal", scope="user/*.rs",
+                                                       fhir_user="Practitioner/dr-evil")["access_token"]}
+    assert not platform.client.get("/fhir/Communication", headers=evil).json().get("entry")
+    # The physician is still a physician: they record a new patient's agreement.
+    assert send(platform.client, "POST", "/fhir", _new_record(True), **physician).status_code == 200
+
+
+def test_system_clients_send_messages_in_any_name(platform: Platform) -> None:
+    message = {"resourceType": "Communication", "status": "completed",
+               "sender": {"reference": "Organization/chu"}, "recipient": [{"reference": "PractitionerRole/inv-bordeaux"}]}
+    assert send(platform.client, "POST", "/fhir/Communication", message, **platform.headers("ehr")).status_code == 201
