@@ -124,17 +124,15 @@ def attests_access(consent: dict[str, Any], practitioner: str, today: str) -> bo
             and ("sourceAttachment" in consent or "sourceReference" in consent))
 
 
-def lapsed(consent: dict[str, Any], actor: str | None, today: str) -> bool:
-    """Whether a Consent records an agreement no longer given: withdrawn or refused (status
-    inactive or rejected), ended, or holding a deny (naming `actor`, or anyone when None).
-    With an `actor`, only Consents naming them count."""
-    provision = consent.get("provision") or {}
-    every = list(provisions(provision))
-    if actor is not None and not any(actor in actors(p) for p in every):
+def lapsed(versions: list[dict[str, Any]], scope: str, actor: str | None, today: str) -> bool:
+    """Whether the versions of one Consent (newest first) record an agreement of `scope` (for
+    `actor` when given: one naming them) that is no longer given: some version granted it,
+    and the current one is not a permit in force for it — made inactive, rejected or entered in
+    error, ended, denying, rescoped, its actor removed, however it was changed."""
+    def grants(version: dict[str, Any]) -> bool:
+        return has_scope(version, scope) and (
+            actor is None or any(actor in actors(p) for p in provisions(version.get("provision") or {})))
+
+    if not versions or not any(grants(v) for v in versions):
         return False
-    if consent.get("status") in ("inactive", "rejected"):
-        return True
-    end = (provision.get("period") or {}).get("end", "")
-    if end and end[:10] < today:
-        return True
-    return any(p.get("type") == "deny" and (actor is None or actor in actors(p)) for p in every)
+    return permit(versions[:1], scope, actor, today) is None

@@ -110,6 +110,10 @@ class Decision:
 def decide(principal: Principal | None, registry: Registry, interaction: Interaction,
            resource_type: str | None, *, instance: bool = False) -> Decision:
     """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN."""
+    if (resource_type == "Consent" and interaction in ("update", "patch", "delete") and principal
+            and (principal.fhir_user or "").startswith("Practitioner/")):
+        raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "
+                   "by the patient or their representative only.")
     decision = _decide(principal, registry, interaction, resource_type, instance=instance)
     guarded = _SERVER_MADE.get(resource_type or "")
     if guarded is not None and interaction in _WRITES and not (principal and principal.server):
@@ -197,9 +201,6 @@ def _user_reach(registry: Registry, resource_type: str, principal: Principal,
         return _bundles(principal.snapshots, interaction)
     if not registry.patient_compartment(resource_type) and resource_type != "Patient":
         return _outside_compartments(resource_type, principal, interaction)
-    if resource_type == "Consent" and interaction in ("update", "patch", "delete"):
-        raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "
-                   "by the patient or their representative only.")
     predicates: list[Any] = [p for id in principal.consented or ()
                              for p in (compartment_clause(registry, resource_type, id) or Clause(())).any_of]
     if resource_type == "Communication" and principal.recipients and interaction not in _WRITES:

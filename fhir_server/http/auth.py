@@ -81,6 +81,10 @@ async def _principal(request: Request, claims: TokenClaims) -> Principal:
         admin = user is not None and user.admin and user.fhir_user == fhir_user
         # An administrator is never an investigator: they would reach referrals unaudited.
         recipients = None if admin else await reach.recipient_identities(ctx, fhir_user) or None
+        if admin or recipients:
+            # Administrators and investigators never reach a live record, even one whose
+            # patient names them in a consent.
+            consented, patient = (), None
         snapshots = await reach.snapshots_for(ctx, recipients=recipients or (), sender=fhir_user,
                                               patients=consented)
     elif fhir_user is None:

@@ -183,12 +183,12 @@ async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None
         raise _forbidden("A practitioner records the patient's agreement to their own access "
                          "only: the Consent names them as its one actor.")
     scope = consents.PRIVACY if privacy else consents.RESEARCH
-    earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"]),
-                                                ("scope", f"{consents.SCOPE_SYSTEM}|{scope}")])
     actor = principal.fhir_user if privacy else None
-    if any(consents.lapsed(c, actor, reach.today()) for c in earlier):
-        raise _forbidden("This agreement was withdrawn, refused or has ended: only the patient "
-                         "(or their representative) can give it again.")
+    day = reach.today()
+    for earlier in await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])]):
+        if consents.lapsed(await reach.versions(ctx, "Consent", earlier["id"]), scope, actor, day):
+            raise _forbidden("This agreement was withdrawn, refused or has ended: only the "
+                             "patient (or their representative) can give it again.")
 
 
 def _check_patients(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
@@ -263,8 +263,9 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
     if _confined(principal) and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
         raise _forbidden("A patient's data reach trial investigators only through a referral "
                          "(ResearchStudy/{id}/$refer).")
-    if principal.fhir_user is not None and sender:
-        own = {principal.fhir_user} | ({f"Patient/{principal.patient}"} if principal.patient else set())
+    own = ({principal.fhir_user} if principal.fhir_user else set()) | (
+        {f"Patient/{principal.patient}"} if principal.patient else set())
+    if own and sender:
         if sender not in own:
             raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
     if principal.patient is not None and not (principal.fhir_user or "").startswith("Practitioner/"):

@@ -19,6 +19,7 @@ from ..access import consent as consents
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
 from ..search import ReferenceEntry, extract, parse_query
+from ..store.base import HistoryQuery
 from .context import Context
 
 MOST = 1000
@@ -38,6 +39,12 @@ async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str
     query, _ = parse_query(resource_type, [*params, ("_count", str(MOST))], ctx.registry)
     page = await ctx.store.search(query)
     return [orjson.loads(v.body) for v in page.matches if v.body is not None]
+
+
+async def versions(ctx: Context, resource_type: str, id: str) -> list[dict[str, Any]]:
+    """The stored versions of a resource, newest first (deletions left out), at most MOST."""
+    page = await ctx.store.history(HistoryQuery(resource_type, id, count=MOST))
+    return [orjson.loads(v.body) for v in page.versions if v.body is not None]
 
 
 def _patient_id(consent: dict[str, Any]) -> str | None:

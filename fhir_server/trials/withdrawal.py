@@ -22,14 +22,19 @@ from .referral import as_server, withdraw
 log = logging.getLogger("fhir_server.trials")
 
 
-async def _patient_of(ctx: Context, version: Version) -> str | None:
-    """The patient a Consent version is about (a deletion: the version before)."""
-    body = version.body
-    if body is None and version.version > 1:
+async def _patients_of(ctx: Context, version: Version) -> set[str]:
+    """The patients a Consent version and the one before it are about (a Consent moved to
+    another patient, or deleted, changes what the first patient agreed to)."""
+    bodies = [version.body]
+    if version.version > 1:
         before = await ctx.store.vread("Consent", version.id, version.version - 1)
-        body = before.body if before is not None else None
-    reference = (orjson.loads(body or b"{}").get("patient") or {}).get("reference", "")
-    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+        bodies.append(before.body if before is not None else None)
+    found = set()
+    for body in bodies:
+        reference = (orjson.loads(body or b"{}").get("patient") or {}).get("reference", "")
+        if reference.startswith("Patient/"):
+            found.add(reference.removeprefix("Patient/"))
+    return found
 
 
 async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> None:
@@ -39,7 +44,7 @@ async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> Non
     if not changed:
         return
     server = as_server(ctx)
-    patients = {p for v in changed if (p := await _patient_of(server, v)) is not None}
+    patients = {p for v in changed for p in await _patients_of(server, v)}
     for patient in sorted(patients):
         if await reach.sharing_consent(server, patient) is not None:
             continue

@@ -347,3 +347,61 @@ def test_system_clients_send_messages_in_any_name(platform: Platform) -> None:
     message = {"resourceType": "Communication", "status": "completed",
                "sender": {"reference": "Organization/chu"}, "recipient": [{"reference": "PractitionerRole/inv-bordeaux"}]}
     assert send(platform.client, "POST", "/fhir/Communication", message, **platform.headers("ehr")).status_code == 201
+
+
+def test_a_physician_with_the_patient_in_context_does_not_change_consents(platform: Platform) -> None:
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    launched = {"Authorization": "Bearer " + tokens.issue(
+        subject="dr", client_id="portal", scope="patient/*.cruds user/*.cruds", patient="unshared",
+        fhir_user=DR)["access_token"]}
+    current = _read(platform, "Consent/unshared-c0", "ehr")
+    changed = {k: v for k, v in current.items() if k != "meta"} | {"status": "inactive"}
+    assert send(platform.client, "PUT", "/fhir/Consent/unshared-c0", changed, **launched).status_code == 403
+    patch = [{"op": "replace", "path": "/status", "value": "inactive"}]
+    assert send(platform.client, "PATCH", "/fhir/Consent/unshared-c0", patch,
+                content_type="application/json-patch+json", **launched).status_code == 403
+
+
+def test_a_withdrawal_in_any_form_is_renewed_by_the_patient_only(platform: Platform) -> None:
+    physician = platform.headers("physician")
+    patient = platform.headers("patient", "shared")
+    edits = ([{"op": "replace", "path": "/status", "value": "entered-in-error"}],
+             [{"op": "remove", "path": "/provision"}],
+             [{"op": "replace", "path": "/scope/coding/0/code", "value": "treatment"}])
+    for n, edit in enumerate(edits):
+        agreed = send(platform.client, "POST", "/fhir/Consent", consent("shared", "research"), **patient)
+        assert agreed.status_code == 201
+        id = agreed.json()["id"]
+        assert send(platform.client, "PATCH", f"/fhir/Consent/{id}", edit,
+                    content_type="application/json-patch+json", **patient).status_code == 200, n
+        assert send(platform.client, "POST", "/fhir/Consent", consent("shared", "research"),
+                    **physician).status_code == 403, n
+
+
+def test_a_patient_naming_an_investigator_or_administrator_opens_nothing_to_them(platform: Platform) -> None:
+    patient = platform.headers("patient", "unshared")
+    for who in ("Practitioner/dr-inv", "Practitioner/admin"):
+        assert send(platform.client, "POST", "/fhir/Consent", consent("unshared", actor=who),
+                    **patient).status_code == 201
+    for actor in ("investigator", "admin"):
+        assert platform.client.get("/fhir/Observation/unshared-obs", headers=platform.headers(actor)).status_code == 404
+
+
+def test_a_patient_token_without_identity_sends_in_the_patients_name_only(platform: Platform) -> None:
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    anonymous = {"Authorization": "Bearer " + tokens.issue(
+        subject="app", client_id="portal", scope="patient/*.cruds", patient="shared")["access_token"]}
+    message = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/shared"},
+               "sender": {"reference": DR}, "recipient": [{"reference": DR}]}
+    assert send(platform.client, "POST", "/fhir/Communication", message, **anonymous).status_code == 403
+
+
+def test_a_consent_moved_to_another_patient_withdraws_the_first(platform: Platform) -> None:
+    created = send(platform.client, "POST", "/fhir", _new_record(True, sharing=True), **platform.headers("physician"))
+    located = [e["response"]["location"].split("/")[1] for e in created.json()["entry"]]
+    referral = _referral(platform, located[0])
+    research = _read(platform, f"Consent/{located[2]}", "ehr")
+    moved = {k: v for k, v in research.items() if k != "meta"} | {"patient": {"reference": "Patient/stranger"}}
+    assert send(platform.client, "PUT", f"/fhir/Consent/{located[2]}", moved,
+                **platform.headers("ehr")).status_code == 200
+    assert _read(platform, f"Communication/{referral['id']}", "investigator")["status"] == "stopped"
