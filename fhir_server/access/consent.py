@@ -130,9 +130,20 @@ def lapsed(versions: list[dict[str, Any]], scope: str, actor: str | None, today:
     and the current one is not a permit in force for it — made inactive, rejected or entered in
     error, ended, denying, rescoped, its actor removed, however it was changed."""
     def grants(version: dict[str, Any]) -> bool:
-        return has_scope(version, scope) and (
-            actor is None or any(actor in actors(p) for p in provisions(version.get("provision") or {})))
+        provision = version.get("provision") or {}
+        return (version.get("status") == "active" and has_scope(version, scope)
+                and provision.get("type") == "permit" and (actor is None or actor in actors(provision)))
 
     if not versions or not any(grants(v) for v in versions):
         return False
     return permit(versions[:1], scope, actor, today) is None
+
+
+def refused(consents: Iterable[dict[str, Any]], scope: str, actor: str | None, today: str) -> bool:
+    """Whether an active Consent of `scope` refuses it: a deny in force naming `actor`, or,
+    with no actor, a deny naming nobody (an objection). A deny naming nobody says nothing
+    about one actor in particular: it is heeded when access is decided, and reading it here
+    would tell a practitioner who has no access what the patient decided."""
+    return any(p.get("type") == "deny" and in_period(p, today)
+               and (actors(p) == set() if actor is None else actor in actors(p))
+               for c in _in_force(consents, scope) for p in provisions(c.get("provision") or {}))

@@ -114,6 +114,12 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
             and (principal.fhir_user or "").startswith("Practitioner/")):
         raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "
                    "by the patient or their representative only.")
+    if (resource_type == "RelatedPerson" and interaction in _WRITES and principal
+            and not principal.server and (principal.patient is not None
+                                          or principal.consented is not None
+                                          or principal.recipients is not None)):
+        # RelatedPersons make representatives: system clients alone write them.
+        raise fail(Kind.FORBIDDEN, "forbidden", "RelatedPerson is written by system clients.")
     decision = _decide(principal, registry, interaction, resource_type, instance=instance)
     guarded = _SERVER_MADE.get(resource_type or "")
     if guarded is not None and interaction in _WRITES and not (principal and principal.server):

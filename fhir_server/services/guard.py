@@ -185,8 +185,10 @@ async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None
     scope = consents.PRIVACY if privacy else consents.RESEARCH
     actor = principal.fhir_user if privacy else None
     day = reach.today()
-    for earlier in await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])]):
-        if consents.lapsed(await reach.versions(ctx, "Consent", earlier["id"]), scope, actor, day):
+    earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
+    refused = consents.refused(earlier, scope, actor, day)
+    for one in earlier:
+        if refused or consents.lapsed(await reach.versions(ctx, "Consent", one["id"]), scope, actor, day):
             raise _forbidden("This agreement was withdrawn, refused or has ended: only the "
                              "patient (or their representative) can give it again.")
 
@@ -263,8 +265,10 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
     if _confined(principal) and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
         raise _forbidden("A patient's data reach trial investigators only through a referral "
                          "(ResearchStudy/{id}/$refer).")
+    acts_for_patient = principal.patient is not None and (
+        principal.fhir_user is None or not principal.fhir_user.startswith("Practitioner/"))
     own = ({principal.fhir_user} if principal.fhir_user else set()) | (
-        {f"Patient/{principal.patient}"} if principal.patient else set())
+        {f"Patient/{principal.patient}"} if acts_for_patient else set())
     if own and sender:
         if sender not in own:
             raise _forbidden("A message is sent in the caller's own name (Communication.sender).")

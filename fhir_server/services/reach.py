@@ -2,8 +2,8 @@
 an ended membership takes effect at once: the patients a practitioner's consents name, the
 patients a representative acts for, an investigator's recipient identities and the frozen
 records of their referrals. Lookups run on the store directly: they decide what the caller
-may reach, they are not the caller's request. Each reads at most MOST resources (a larger
-practice needs paging: not built).
+may reach, they are not the caller's request. Each reads every matching resource, page by
+page, up to MOST: beyond that it fails rather than decide on part of the data.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from typing import Any
 import orjson
 
 from ..access import consent as consents
+from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
 from ..search import ReferenceEntry, extract, parse_query
 from ..store.base import HistoryQuery
 from .context import Context
 
-MOST = 1000
+MOST = 10_000  # resources read for one decision, at most (beyond: BUSY, never a guess)
+PAGE = 1000
+BATCH = 100  # patients per Consent query
 PRIVACY = f"{consents.SCOPE_SYSTEM}|{consents.PRIVACY}"
 RESEARCH = f"{consents.SCOPE_SYSTEM}|{consents.RESEARCH}"
 REFERRAL = f"{MESSAGE_SYSTEM}|{REFERRAL_CODE}"
@@ -35,10 +38,22 @@ def today() -> str:
 
 
 async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """The current resources matching a search, at most MOST of them."""
-    query, _ = parse_query(resource_type, [*params, ("_count", str(MOST))], ctx.registry)
-    page = await ctx.store.search(query)
-    return [orjson.loads(v.body) for v in page.matches if v.body is not None]
+    """Every current resource matching a search, page after page. Past MOST the lookup
+    fails (BUSY) rather than decide on part of the data: a deny left unread would be
+    ignored."""
+    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await ctx.store.search(query, cursor)
+        found += [orjson.loads(v.body) for v in page.matches if v.body is not None]
+        if len(found) > MOST:
+            raise fail(Kind.BUSY, "too-costly", f"More than {MOST} {resource_type} resources bear "
+                       "on this access decision; the server refuses rather than decide on part "
+                       "of them.")
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
 
 
 async def versions(ctx: Context, resource_type: str, id: str) -> list[dict[str, Any]]:
@@ -55,10 +70,11 @@ def _patient_id(consent: dict[str, Any]) -> str | None:
 async def patient_consents(ctx: Context, patients: Iterable[str], scope: str = PRIVACY) -> dict[str, list[dict[str, Any]]]:
     """The active Consents of `scope` of each of these patients (ids)."""
     ids = list(dict.fromkeys(patients))
-    if not ids:
-        return {}
-    found = await find(ctx, "Consent", [("patient", ",".join(f"Patient/{id}" for id in ids)),
-                                        ("status", "active"), ("scope", scope)])
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), BATCH):  # one query per batch: SQL has a size limit
+        batch = ids[start:start + BATCH]
+        found += await find(ctx, "Consent", [("patient", ",".join(f"Patient/{id}" for id in batch)),
+                                             ("status", "active"), ("scope", scope)])
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for consent in found:
         id = _patient_id(consent)

@@ -80,7 +80,8 @@ def as_server(ctx: Context) -> Context:
 
 def _referrer(principal: Principal | None) -> str:
     """The physician referring: a practitioner user; a patient may only suggest."""
-    if principal is not None and principal.patient is not None:
+    if (principal is not None and principal.patient is not None
+            and not (principal.fhir_user or "").startswith("Practitioner/")):
         raise fail(Kind.FORBIDDEN, "forbidden",
                    "A patient does not refer: suggest the trial to your referring physician "
                    "(a Communication of category trial-suggestion addressed to them).")

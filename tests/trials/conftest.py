@@ -104,6 +104,8 @@ def build(client: TestClient) -> None:
         put({**observation(f"Patient/{id}"), "id": f"{id}-obs"})
         put({**condition(f"Patient/{id}"), "id": f"{id}-cond"})
         for n, body in enumerate(consents):
+            if body["status"] == "inactive":  # withdrawn: it was in force first
+                put({**body, "id": f"{id}-c{n}", "status": "active"})
             put({**body, "id": f"{id}-c{n}"})
     put({"resourceType": "RelatedPerson", "id": "mother", "active": True,
          "patient": {"reference": "Patient/minor"},

@@ -405,3 +405,33 @@ def test_a_consent_moved_to_another_patient_withdraws_the_first(platform: Platfo
     assert send(platform.client, "PUT", f"/fhir/Consent/{located[2]}", moved,
                 **platform.headers("ehr")).status_code == 200
     assert _read(platform, f"Communication/{referral['id']}", "investigator")["status"] == "stopped"
+
+
+def test_representatives_are_recorded_by_system_clients_only(platform: Platform) -> None:
+    mother = _read(platform, "RelatedPerson/mother", "ehr")
+    moved = {k: v for k, v in mother.items() if k != "meta"} | {"patient": {"reference": "Patient/shared"}}
+    for actor in ("physician", "representative", "patient"):
+        headers = platform.headers(actor, "minor" if actor == "representative" else "shared")
+        assert send(platform.client, "PUT", "/fhir/RelatedPerson/mother", moved, **headers).status_code == 403, actor
+    assert send(platform.client, "POST", "/fhir/RelatedPerson", {k: v for k, v in moved.items() if k != "id"},
+                **platform.headers("patient", "shared")).status_code == 403
+
+
+def test_a_proposed_consent_is_not_a_lapsed_one(platform: Platform) -> None:
+    created = send(platform.client, "POST", "/fhir", _new_record(True), **platform.headers("physician"))
+    id = created.json()["entry"][0]["response"]["location"].split("/")[1]
+    proposed = consent(id, "research", status="proposed")
+    assert send(platform.client, "POST", "/fhir/Consent", proposed, **platform.headers("ehr")).status_code == 201
+    assert send(platform.client, "POST", "/fhir/Consent", consent(id, "research"),
+                **platform.headers("physician")).status_code == 201
+
+
+def test_a_physician_in_a_patient_launch_refers_but_never_speaks_as_the_patient(platform: Platform) -> None:
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    launched = {"Authorization": "Bearer " + tokens.issue(
+        subject="dr", client_id="portal", scope="patient/*.cruds user/*.cruds", patient="shared",
+        fhir_user=DR)["access_token"]}
+    message = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/shared"},
+               "sender": {"reference": "Patient/shared"}, "recipient": [{"reference": "Practitioner/dr-other"}]}
+    assert send(platform.client, "POST", "/fhir/Communication", message, **launched).status_code == 403
+    assert platform.refer("shared", headers=launched).status_code == 201
