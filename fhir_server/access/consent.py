@@ -141,9 +141,7 @@ def lapsed(versions: list[dict[str, Any]], scope: str, actor: str | None, today:
 
 def refused(consents: Iterable[dict[str, Any]], scope: str, actor: str | None, today: str) -> bool:
     """Whether an active Consent of `scope` refuses it: a deny in force naming `actor`, or,
-    with no actor, a deny naming nobody (an objection). A deny naming nobody says nothing
-    about one actor in particular: it is heeded when access is decided, and reading it here
-    would tell a practitioner who has no access what the patient decided."""
+    with no actor, a deny naming nobody (an objection)."""
     return any(p.get("type") == "deny" and in_period(p, today)
                and (actors(p) == set() if actor is None else actor in actors(p))
                for c in _in_force(consents, scope) for p in provisions(c.get("provision") or {}))

@@ -186,7 +186,9 @@ async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None
     actor = principal.fhir_user if privacy else None
     day = reach.today()
     earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
-    refused = consents.refused(earlier, scope, actor, day)
+    # A privacy deny naming the practitioner needs no check here (it wins at every request),
+    # and reading it would tell a practitioner out of reach that the patient exists.
+    refused = not privacy and consents.refused(earlier, scope, None, day)
     for one in earlier:
         if refused or consents.lapsed(await reach.versions(ctx, "Consent", one["id"]), scope, actor, day):
             raise _forbidden("This agreement was withdrawn, refused or has ended: only the "

@@ -435,3 +435,15 @@ def test_a_physician_in_a_patient_launch_refers_but_never_speaks_as_the_patient(
                "sender": {"reference": "Patient/shared"}, "recipient": [{"reference": "Practitioner/dr-other"}]}
     assert send(platform.client, "POST", "/fhir/Communication", message, **launched).status_code == 403
     assert platform.refer("shared", headers=launched).status_code == 201
+
+
+def test_a_deny_naming_a_stranger_physician_tells_them_nothing(platform: Platform) -> None:
+    ehr = platform.headers("ehr")
+    assert send(platform.client, "PUT", "/fhir/Patient/x1", {**patient(), "id": "x1"}, **ehr).status_code == 201
+    keep_out = consent("x1", actor="Practitioner/dr-zed", deny=[deny_provision(DR)]) | {"id": "x1-c0"}
+    assert send(platform.client, "PUT", "/fhir/Consent/x1-c0", keep_out, **ehr).status_code == 201
+    physician = platform.headers("physician")
+    answers = {who: send(platform.client, "POST", "/fhir/Consent", consent(who, actor=DR), **physician).status_code
+               for who in ("x1", "nobody-1")}
+    assert answers == {"x1": 201, "nobody-1": 201}
+    assert platform.client.get("/fhir/Patient/x1", headers=physician).status_code == 404  # the deny wins
