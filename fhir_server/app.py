@@ -37,6 +37,7 @@ from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .trials.definitions import publish
+from .trials.referral import answer_if_addressed
 from .trials.withdrawal import after_consent_change
 
 log = logging.getLogger("fhir_server")
@@ -61,6 +62,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
         hooks=(after_consent_change,),
+        creators=(answer_if_addressed,),
     )
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..search.references import type_and_id
+
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 PRIVACY = "patient-privacy"
 RESEARCH = "research"
@@ -38,11 +40,8 @@ def in_period(element: dict[str, Any], today: str) -> bool:
 
 def local(reference: str) -> str:
     """`Type/id` of a reference, whatever its form (relative, absolute, version-specific), so
-    that a deny naming an actor in any form is heeded."""
-    parts = reference.split("/")
-    if "_history" in parts:
-        parts = parts[:parts.index("_history")]
-    return "/".join(parts[-2:])
+    that a deny naming an actor in any form is heeded; as given when it names no resource."""
+    return type_and_id(reference) or reference
 
 
 def actors(provision: dict[str, Any]) -> set[str]:

@@ -32,13 +32,16 @@ from typing import Any
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM, REFERRAL_IDENTIFIER, SERVER_MADE, SNAPSHOT
 from ..search import Not
-from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
+from ..search import Clause, IndexEntry, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
 from .principal import Principal
 from .scopes import Interaction, Restriction
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
 _READS = frozenset({"read", "vread", "search", "history"})
+# Types that say who someone is to the platform (a PractitionerRole makes an investigator, a
+# RelatedPerson a representative): written by system clients alone.
+_IDENTITIES = frozenset({"PractitionerRole", "RelatedPerson"})
 _SERVER_MADE = {
     "Bundle": Clause((Not("_tag", (TokenPredicate("_tag", MESSAGE_SYSTEM, SNAPSHOT),)),)),
     "Communication": Clause((Not("category", tuple(
@@ -98,11 +101,14 @@ class Decision:
         """`query` restricted to what the principal may see."""
         return query.restrict(*self.clauses) if self.clauses else query
 
-    def admits(self, resource_type: str, resource: dict[str, Any]) -> bool:
-        """Whether `resource` lies inside what the principal may reach."""
+    def admits(self, resource_type: str, resource: dict[str, Any],
+               entries: Sequence[IndexEntry] | None = None) -> bool:
+        """Whether `resource` (whose index `entries` may be given) lies inside what the
+        principal may reach."""
         if not self.clauses:
             return True
-        entries = extract(resource)
+        if entries is None:
+            entries = extract(resource)
         query = Query(resource_type, self.clauses)
         return matches(query, entries, resource_type=resource_type)
 
@@ -114,12 +120,8 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
             and (principal.fhir_user or "").startswith("Practitioner/")):
         raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "
                    "by the patient or their representative only.")
-    if (resource_type == "RelatedPerson" and interaction in _WRITES and principal
-            and not principal.server and (principal.patient is not None
-                                          or principal.consented is not None
-                                          or principal.recipients is not None)):
-        # RelatedPersons make representatives: system clients alone write them.
-        raise fail(Kind.FORBIDDEN, "forbidden", "RelatedPerson is written by system clients.")
+    if resource_type in _IDENTITIES and interaction in _WRITES and principal and principal.confined:
+        raise fail(Kind.FORBIDDEN, "forbidden", f"{resource_type} is written by system clients.")
     decision = _decide(principal, registry, interaction, resource_type, instance=instance)
     guarded = _SERVER_MADE.get(resource_type or "")
     if guarded is not None and interaction in _WRITES and not (principal and principal.server):
@@ -225,10 +227,9 @@ def _outside_compartments(resource_type: str, principal: Principal,
         if interaction in _WRITES:
             raise fail(Kind.FORBIDDEN, "forbidden", f"Only system clients write {resource_type}.")
         return (Clause(()),)
-    if interaction in _WRITES and (not principal.admin or resource_type == "PractitionerRole"):
-        # PractitionerRoles make investigators: system clients alone write them.
-        who = "system clients" if resource_type == "PractitionerRole" else "system clients and administrators"
-        raise fail(Kind.FORBIDDEN, "forbidden", f"{resource_type} is written by {who}.")
+    if interaction in _WRITES and not principal.admin:
+        raise fail(Kind.FORBIDDEN, "forbidden",
+                   f"{resource_type} is written by system clients and administrators.")
     return ()
 
 

@@ -34,6 +34,13 @@ class Principal:
     break_glass: str | None = None  # the reason an administrator stated for this request
     server: bool = False  # the server itself: writes what only the server may write
 
+    @property
+    def confined(self) -> bool:
+        """Whether the caller reaches some patients only (patient, representative,
+        practitioner, investigator, administrator), as opposed to a system client or the server."""
+        return not self.server and (self.patient is not None or self.consented is not None
+                                    or self.recipients is not None)
+
 
 def server_principal(name: str) -> Principal:
     """The server acting for itself (demo data, the loader, `auth=off`): every system scope."""

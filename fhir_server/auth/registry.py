@@ -16,13 +16,14 @@ import sqlite3
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..model.platform_codes import RECIPIENT_TYPES
 from . import secrets_hash
 
 _SCHEMA = """
@@ -68,7 +69,6 @@ CREATE TABLE IF NOT EXISTS refresh (
 CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 _HASHED = frozenset({"code", "refresh"})
-RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")
 _JWKS_CACHE_SECONDS = 300
 _JWKS_FETCH_TIMEOUT = 5
 

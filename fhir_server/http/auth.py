@@ -17,6 +17,7 @@ from ..access.principal import Principal, server_principal
 from ..auth.tokens import InvalidToken, TokenClaims, TokenService
 from ..auth.users import Users
 from ..model.errors import Kind, fail
+from ..search.references import type_and_id
 from ..services import reach
 from ..services.context import Context
 
@@ -53,19 +54,12 @@ async def authenticate(request: Request) -> None:
     request.state.principal = await _principal(request, claims)
 
 
-def _relative(fhir_user: str | None) -> str | None:
-    """`Type/id` of a fhirUser claim, which may be an absolute URL."""
-    if not fhir_user:
-        return None
-    parts = fhir_user.rstrip("/").split("/")
-    return "/".join(parts[-2:]) if len(parts) >= 2 else None
-
-
 async def _principal(request: Request, claims: TokenClaims) -> Principal:
     """The Principal of a verified token, with what its user reaches today (services/reach)."""
     ctx: Context = request.app.state.context
     grant = parse_scopes(claims.scope)
-    fhir_user, patient = _relative(claims.fhir_user), claims.patient
+    fhir_user = type_and_id(claims.fhir_user) if claims.fhir_user else None
+    patient = claims.patient
     consented: tuple[str, ...] | None = None
     recipients: tuple[str, ...] | None = None
     snapshots: tuple[str, ...] = ()

@@ -14,8 +14,6 @@ from ..model.outcome import information
 from ..services import crud, history, search
 from ..services.context import Context, Payload
 from ..store.base import Result
-from ..trials import referral
-from ..trials.referral import is_answer
 from .auth import authenticate, context_of
 from .headers import if_match, prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response, read_body
@@ -146,12 +144,8 @@ async def create(request: Request, resource_type: str) -> Response:
     check_acceptable(request)
     crud.check_type(resource_type)
     payload = await read_payload(request)
-    ctx = _ctx(request)
-    if resource_type == "Communication" and await is_answer(ctx, payload):
-        version = await referral.answer(ctx, payload)
-        return _write_response(request, Result("created", (version,)), message="Answer sent.")
     result = await crud.create(
-        ctx, resource_type, payload, if_none_exist=request.headers.get("if-none-exist")
+        _ctx(request), resource_type, payload, if_none_exist=request.headers.get("if-none-exist")
     )
     if result.outcome == "matched":
         return _write_response(request, result, message="An existing resource matches; nothing created.")

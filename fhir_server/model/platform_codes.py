@@ -20,6 +20,7 @@ ANSWER = "answer"
 SUGGESTION = "trial-suggestion"
 SNAPSHOT = "snapshot"
 SERVER_MADE = frozenset({REFERRAL, ANSWER})  # message kinds only the server writes
+RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")  # who referrals are sent to
 
 
 def coding(system: str, code: str) -> dict[str, str]:

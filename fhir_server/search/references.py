@@ -61,6 +61,13 @@ def parse_reference(text: str, base: str | None = None) -> ParsedReference | Non
     return ParsedReference(match["type"], match["id"], match["version"], url)
 
 
+def type_and_id(text: str) -> str | None:
+    """`Type/id` of a literal reference in any form (relative, absolute, version-specific);
+    None when it names no resource."""
+    parsed = parse_reference(text)
+    return f"{parsed.type}/{parsed.id}" if parsed is not None and parsed.type else None
+
+
 def parse_canonical(text: str) -> tuple[str, str | None]:
     """Split `url|version` (canonical.html#versions)."""
     url, sep, version = text.partition("|")

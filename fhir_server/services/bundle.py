@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..access.policy import Decision
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
@@ -506,10 +505,10 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     e.payload.exact["id"] = id
     tx.rewrite(e)
     allowed = decision(ctx, "create" if e.method == "POST" else "update", e.resource_type)
-    await require_write(ctx, allowed, e.resource_type, e.payload.checked)
+    entries = extract(e.payload.checked)
+    await require_write(ctx, allowed, e.resource_type, e.payload.checked, entries)
     if e.method == "PUT" and chosen:
         await require_replaceable(ctx, allowed, e.resource_type, id)
-    entries = extract(e.payload.checked)
     create_only = e.method == "POST" or e.if_none_match == "*"
     method: Method = "POST" if e.method == "POST" else "PUT"
     write = Write(e.resource_type, id, e.payload.exact, entries, method,

@@ -16,6 +16,9 @@ from ..store.base import Store, Version
 # Called after every commit of the service layer with the versions written (the platform's
 # workflows react to writes this way: trials/withdrawal.py).
 Hook = Callable[["Context", Sequence[Version]], Awaitable[None]]
+# Asked first by every create: a workflow may take the resource as its own write (an
+# investigator's answer to a referral: trials/referral.py) and return what it stored.
+Creator = Callable[["Context", str, "Payload"], Awaitable[Version | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,7 @@ class Context:
     principal: Principal | None = None  # who calls; set per request (deny when None)
     trail: Trail | None = None  # what the request touched, for its AuditEvent
     hooks: tuple[Hook, ...] = ()
+    creators: tuple[Creator, ...] = ()
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

@@ -17,7 +17,7 @@ from ..model import jsonbody
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..model.types import is_resource_type, is_valid_id
-from ..search import IndexEntry, Query, extract
+from ..search import IndexEntry, extract
 from ..store.base import (
     ConditionalCreate,
     ConditionalDelete,
@@ -38,7 +38,6 @@ from .guard import (
     reachable,
     require_replaceable,
     require_write,
-    visible,
 )
 
 
@@ -110,11 +109,15 @@ async def create(
     PRECONDITION_FAILED if several match.
     """
     check_type(resource_type)
+    for creator in ctx.creators:
+        taken = await creator(ctx, resource_type, payload)
+        if taken is not None:
+            return Result("created", (taken,))
     allowed = decision(ctx, "create", resource_type)
     id = new_id()
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked, entries)
     write = Write(resource_type, id, payload.exact, entries, "POST", create_only=True)
     if if_none_exist is None:
         return await _commit(ctx, write)
@@ -200,7 +203,7 @@ async def update(
         )
     allowed = decision(ctx, "update", resource_type)
     entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked, entries)
     await require_replaceable(ctx, allowed, resource_type, id)
     write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
     return await _commit(ctx, write)
@@ -219,7 +222,7 @@ async def conditional_update(
     id = str(body_id) if body_id is not None else new_id()
     _assign_id(payload, id)
     entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked, entries)
     if body_id is not None:
         # Without a match the store writes the id the body names: it must be one in reach.
         await require_replaceable(ctx, allowed, resource_type, id)
@@ -269,7 +272,7 @@ async def patch_write(
             expression=f"{resource_type}.id",
         )
     entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked, entries)
     # Pin the version we patched, so a concurrent write makes this one fail with 412
     # instead of being lost.
     return Write(resource_type, id, payload.exact, entries, "PATCH", if_match=current.version)

@@ -8,6 +8,7 @@ what it may not see; writes of content out of reach answer 403.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -18,13 +19,13 @@ from ..access.policy import Decision, decide
 from ..access.principal import Principal
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
-from ..search import Chain, Has, Not, Query, ReferenceEntry, extract
+from ..search import Chain, Has, IndexEntry, Not, Query, ReferenceEntry
 from ..store.base import Version
 from . import reach
 from .context import Context
 
 # Who receives referrals: writing to them is a referral, made by $refer alone.
-INVESTIGATOR_TYPES = ("PractitionerRole", "CareTeam", "Group", "Organization")
+INVESTIGATOR_TYPES = (*codes.RECIPIENT_TYPES, "Organization")
 
 
 def decision(ctx: Context, interaction: Interaction, resource_type: str | None, *,
@@ -81,7 +82,7 @@ async def require_replaceable(ctx: Context, d: Decision, resource_type: str, id:
         return
     existing = await ctx.store.read(resource_type, id)
     if existing is None or existing.deleted:
-        if _confined(ctx.principal):
+        if ctx.principal is not None and ctx.principal.confined:
             raise hidden(resource_type, id)
     elif not visible(d, existing):
         raise hidden(resource_type, id)
@@ -97,7 +98,7 @@ async def deletable(ctx: Context, d: Decision, resource_type: str, id: str) -> b
         return False
     if visible(d, existing):
         return True
-    if _confined(ctx.principal):
+    if ctx.principal is not None and ctx.principal.confined:
         return False
     raise _forbidden(f"This {resource_type} is not the access token's to delete (records the "
                      "server keeps, or outside a granular scope).")
@@ -114,33 +115,26 @@ def hidden(resource_type: str, id: str) -> Exception:
                 details_code="MSG_NO_EXIST")
 
 
-def _confined(principal: Principal | None) -> bool:
-    """Whether the caller reaches some patients only (patient, representative, practitioner,
-    investigator, administrator), as opposed to a system client or the server."""
-    return principal is not None and not principal.server and (
-        principal.patient is not None or principal.consented is not None
-        or principal.recipients is not None)
-
-
 def _forbidden(message: str) -> Exception:
     return fail(Kind.FORBIDDEN, "forbidden", message)
 
 
-async def require_write(ctx: Context, d: Decision, resource_type: str, resource: dict[str, Any]) -> None:
-    """FORBIDDEN unless the content written stays within reach (a patient's compartment, and
-    no reference into another patient's) and keeps the platform's rules on consents, messages
-    and frozen records."""
+async def require_write(ctx: Context, d: Decision, resource_type: str, resource: dict[str, Any],
+                        entries: Sequence[IndexEntry]) -> None:
+    """FORBIDDEN unless the content written (with its index `entries`) stays within reach (a
+    patient's compartment, and no reference into another patient's) and keeps the platform's
+    rules on consents, messages and frozen records."""
     if resource_type == "Consent":
         _check_consent_subject(resource)
     attested = _attested(ctx, resource_type, resource)
-    if not attested and not d.admits(resource_type, resource):
+    if not attested and not d.admits(resource_type, resource, entries):
         if resource_type == "Patient" and ctx.principal and ctx.principal.consented is not None:
             raise _forbidden("A practitioner creates a patient record together with the "
                              "patient's agreement: a transaction Bundle holding the Patient and "
                              "the Consent naming them (see docs/referrals.md).")
         raise _forbidden(f"This {resource_type} would lie outside what the access token reaches.")
     if not attested:
-        _check_patients(ctx, resource_type, resource)
+        _check_patients(ctx, resource_type, entries)
     if resource_type == "Consent":
         await _check_recorded_consent(ctx, resource)
     if resource_type == "Communication":
@@ -188,14 +182,17 @@ async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None
     earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
     # A privacy deny naming the practitioner needs no check here (it wins at every request),
     # and reading it would tell a practitioner out of reach that the patient exists.
-    refused = not privacy and consents.refused(earlier, scope, None, day)
+    lapsed = not privacy and consents.refused(earlier, scope, None, day)
     for one in earlier:
-        if refused or consents.lapsed(await reach.versions(ctx, "Consent", one["id"]), scope, actor, day):
-            raise _forbidden("This agreement was withdrawn, refused or has ended: only the "
-                             "patient (or their representative) can give it again.")
+        if lapsed:
+            break
+        lapsed = consents.lapsed(await reach.versions(ctx, "Consent", one["id"]), scope, actor, day)
+    if lapsed:
+        raise _forbidden("This agreement was withdrawn, refused or has ended: only the patient "
+                         "(or their representative) can give it again.")
 
 
-def _check_patients(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
+def _check_patients(ctx: Context, resource_type: str, entries: Sequence[IndexEntry]) -> None:
     """For callers confined to some patients, every patient the resource links it to (its
     compartment references) must be one of them: lying in one reached compartment is not
     enough to write into another."""
@@ -209,7 +206,7 @@ def _check_patients(ctx: Context, resource_type: str, resource: dict[str, Any]) 
     else:
         return
     codes_ = ctx.registry.patient_compartment(resource_type)
-    for entry in extract(resource):
+    for entry in entries:
         if (type(entry) is ReferenceEntry and entry.param in codes_ and entry.type == "Patient"
                 and entry.url is None and entry.id not in reached):
             raise _forbidden(f"This {resource_type} refers to a patient outside what the access "
@@ -264,7 +261,7 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
                          "POST Communication by their recipients; they are not written directly.")
     recipients = [consents.local(r.get("reference", "")) for r in message.get("recipient", [])]
     sender = consents.local((message.get("sender") or {}).get("reference", ""))
-    if _confined(principal) and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
+    if principal.confined and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
         raise _forbidden("A patient's data reach trial investigators only through a referral "
                          "(ResearchStudy/{id}/$refer).")
     acts_for_patient = principal.patient is not None and (

@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from ..access.policy import Decision
 from ..model.bundle import bundle, history_entry
 from ..model.errors import Kind, fail
-from ..store.base import HistoryQuery, Version
+from ..store.base import HistoryQuery
 from .context import Context
 from .crud import check_id, check_type
 from .guard import decision, note, reachable, visible

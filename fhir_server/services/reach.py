@@ -9,7 +9,7 @@ page, up to MOST: beyond that it fails rather than decide on part of the data.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..access import consent as consents
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
-from ..search import ReferenceEntry, extract, parse_query
+from ..search import Query, ReferenceEntry, extract, parse_query
 from ..store.base import HistoryQuery
 from .context import Context
 
@@ -37,23 +37,38 @@ def today() -> str:
     return datetime.now(UTC).date().isoformat()
 
 
-async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Every current resource matching a search, page after page. Past MOST the lookup
-    fails (BUSY) rather than decide on part of the data: a deny left unread would be
-    ignored."""
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
-    found: list[dict[str, Any]] = []
+async def resources(ctx: Context, query: Query) -> AsyncIterator[dict[str, Any]]:
+    """Every current resource matching `query`, page after page (store order)."""
     cursor = None
     while True:
         page = await ctx.store.search(query, cursor)
-        found += [orjson.loads(v.body) for v in page.matches if v.body is not None]
+        for version in page.matches:
+            if version.body is not None:
+                yield orjson.loads(version.body)
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every current resource matching a search. Past MOST the lookup fails (BUSY) rather
+    than decide on part of the data: a deny left unread would be ignored."""
+    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+    found: list[dict[str, Any]] = []
+    async for resource in resources(ctx, query):
+        found.append(resource)
         if len(found) > MOST:
             raise fail(Kind.BUSY, "too-costly", f"More than {MOST} {resource_type} resources bear "
                        "on this access decision; the server refuses rather than decide on part "
                        "of them.")
-        if page.next_cursor is None:
-            return found
-        cursor = page.next_cursor
+    return found
+
+
+async def current(ctx: Context, reference: str) -> dict[str, Any] | None:
+    """The current content of `Type/id`, None if it does not exist or is deleted."""
+    kind, _, id = reference.partition("/")
+    found = await ctx.store.read(kind, id)
+    return orjson.loads(found.body) if found is not None and found.body is not None else None
 
 
 async def versions(ctx: Context, resource_type: str, id: str) -> list[dict[str, Any]]:
@@ -68,7 +83,8 @@ def _patient_id(consent: dict[str, Any]) -> str | None:
 
 
 async def patient_consents(ctx: Context, patients: Iterable[str], scope: str = PRIVACY) -> dict[str, list[dict[str, Any]]]:
-    """The active Consents of `scope` of each of these patients (ids)."""
+    """The active Consents of `scope` (a token search value: several comma-separated) of each
+    of these patients (ids)."""
     ids = list(dict.fromkeys(patients))
     found: list[dict[str, Any]] = []
     for start in range(0, len(ids), BATCH):  # one query per batch: SQL has a size limit
@@ -102,17 +118,15 @@ async def physicians_of(ctx: Context, patient: str) -> set[str]:
 
 async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     """The Consent in force letting `patient`'s record go to trial investigators, if any."""
-    research = await patient_consents(ctx, [patient], RESEARCH)
-    privacy = await patient_consents(ctx, [patient])
-    return consents.sharing([*research.get(patient, []), *privacy.get(patient, [])], today())
+    both = await patient_consents(ctx, [patient], f"{RESEARCH},{PRIVACY}")
+    return consents.sharing(both.get(patient, []), today())
 
 
 async def represented(ctx: Context, related_person: str) -> list[str]:
     """Ids of the patients `related_person` (`RelatedPerson/<id>`) legally represents today."""
-    found = await ctx.store.read("RelatedPerson", related_person.removeprefix("RelatedPerson/"))
-    if found is None or found.body is None:
+    person = await current(ctx, related_person)
+    if person is None:
         return []
-    person = orjson.loads(found.body)
     codes = {c.get("code") for r in person.get("relationship", []) for c in r.get("coding", [])}
     patient = (person.get("patient") or {}).get("reference", "")
     if (person.get("active") is False or not codes & REPRESENTATIVE_CODES

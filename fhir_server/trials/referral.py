@@ -5,7 +5,8 @@
   investigators (PractitionerRole, CareTeam or Group). One unit of work stores the frozen
   Bundle, the referral Communication (category referral, `about` the study, payload the
   Bundle, statusReason its outcome) and the ResearchSubject tracking the patient in the study.
-- `answer` (an investigator's `POST Communication` with `inResponseTo` the referral): stored
+- `answer_if_addressed` (an investigator's `POST Communication` with `inResponseTo` the
+  referral, asked first by every create: services/crud.py): stored
   as an answer in the referral's thread, addressed to the physician; the referral's
   statusReason and status and the ResearchSubject's status follow, in the same unit.
 - `summary` (`ResearchStudy/{id}/$referral-summary`): the referrals the caller may see for a
@@ -35,7 +36,6 @@ from ..store.base import Version, Write
 from ..store.versions import now
 from . import snapshot
 
-RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")
 REFERRAL_IDENTIFIER = codes.REFERRAL_IDENTIFIER
 ANSWERS = ("preselected", "not-preselected", "included", "not-included")
 MAX_NOTE = 10_000
@@ -59,12 +59,6 @@ def _reference(parameter: dict[str, Any], name: str) -> str:
         raise _invalid(f"Parameter '{name}' is a valueReference of the form Type/id.",
                        f"Parameters.parameter.where(name='{name}')")
     return reference
-
-
-async def _current(ctx: Context, reference: str) -> dict[str, Any] | None:
-    kind, _, id = reference.partition("/")
-    found = await ctx.store.read(kind, id)
-    return orjson.loads(found.body) if found is not None and found.body is not None else None
 
 
 def _write(ctx: Context, resource: dict[str, Any], *, new: bool, if_match: int | None = None) -> Write:
@@ -114,7 +108,7 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
     await crud.read(ctx, "ResearchStudy", study_id)  # 404 unless the caller sees it
     server = as_server(ctx)
     for recipient in recipients:
-        if recipient.partition("/")[0] not in RECIPIENT_TYPES or await _current(server, recipient) is None:
+        if recipient.partition("/")[0] not in codes.RECIPIENT_TYPES or await reach.current(server, recipient) is None:
             raise fail(Kind.UNPROCESSABLE, "business-rule",
                        f"Recipient {recipient} is not a known PractitionerRole, CareTeam or Group.")
     consent = await reach.sharing_consent(server, patient)
@@ -166,34 +160,43 @@ def _outcome(message: dict[str, Any]) -> str:
     return answers[0]
 
 
-async def is_answer(ctx: Context, payload: Payload) -> bool:
-    """Whether a Communication sent by the caller answers a referral addressed to them (an
-    investigator's message in response to one); any other message is an ordinary write."""
-    principal = ctx.principal
-    if principal is None or not principal.recipients or not isinstance(payload.checked, dict):
-        return False
-    threads = [r.get("reference", "") for r in payload.checked.get("inResponseTo", [])
-               if isinstance(r, dict) and isinstance(r.get("reference"), str)]
-    for thread in threads:
-        kind, _, id = thread.partition("/")
-        found = await ctx.store.read(kind, id) if kind == "Communication" and id else None
-        referral = orjson.loads(found.body) if found is not None and found.body else {}
-        if (codes.has_code(referral.get("category", []), codes.MESSAGE_SYSTEM, codes.REFERRAL)
-                and {r.get("reference") for r in referral.get("recipient", [])} & set(principal.recipients)):
-            return True
-    return False
+async def answer_if_addressed(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
+    """A create (services/context.py Creator): a Communication in response to a referral
+    addressed to the caller is an investigator's answer, stored as such; anything else is an
+    ordinary write (None)."""
+    if resource_type != "Communication" or not isinstance(payload.checked, dict):
+        return None
+    found = await _referral_answered(ctx, payload.checked)
+    return await _answer(ctx, payload, *found) if found is not None else None
 
 
-async def answer(ctx: Context, payload: Payload) -> Version:
-    """An investigator's answer to a referral addressed to them: the stored answer."""
-    crud.check_resource(ctx, "Communication", payload)
-    message = payload.checked
+async def _referral_answered(ctx: Context, message: dict[str, Any]) -> tuple[Version, dict[str, Any], list[str]] | None:
+    """The referral addressed to the caller that `message` responds to: its stored version,
+    its content, and the caller's identities among its recipients."""
     principal = ctx.principal
     if principal is None or not principal.recipients:
-        raise fail(Kind.FORBIDDEN, "forbidden", "Only a referral's recipients answer it.")
+        return None
+    for thread in message.get("inResponseTo", []):
+        reference = thread.get("reference") if isinstance(thread, dict) else None
+        kind, _, id = reference.partition("/") if isinstance(reference, str) else ("", "", "")
+        stored = await ctx.store.read(kind, id) if kind == "Communication" and id else None
+        referral = orjson.loads(stored.body) if stored is not None and stored.body else {}
+        addressed = [r["reference"] for r in referral.get("recipient", [])
+                     if r.get("reference") in principal.recipients]
+        if stored is not None and addressed and codes.has_code(
+                referral.get("category", []), codes.MESSAGE_SYSTEM, codes.REFERRAL):
+            return stored, referral, addressed
+    return None
+
+
+async def _answer(ctx: Context, payload: Payload, stored: Version, referral: dict[str, Any],
+                  addressed: list[str]) -> Version:
+    """Store an investigator's answer to `referral` and move the referral and its
+    ResearchSubject on, in one unit of work."""
+    crud.check_resource(ctx, "Communication", payload)
+    message = payload.checked
     decision(ctx, "create", "Communication")  # the token must allow writing messages
-    threads = [r.get("reference", "") for r in message.get("inResponseTo", [])]
-    if len(threads) != 1 or not threads[0].startswith("Communication/"):
+    if len(message.get("inResponseTo", [])) != 1:
         raise _invalid("An answer has one inResponseTo: the referral (Communication/<id>).",
                        "Communication.inResponseTo")
     outcome = _outcome(message)
@@ -203,14 +206,6 @@ async def answer(ctx: Context, payload: Payload) -> Version:
     if codes.concepts(codes.OUTCOME_SYSTEM)[outcome]["needs-reason"] and not any(t.strip() for t in texts):
         raise _invalid(f"A '{outcome}' answer says why (payload contentString).",
                        "Communication.payload")
-    referral_id = threads[0].removeprefix("Communication/")
-    stored = await ctx.store.read("Communication", referral_id)
-    referral = orjson.loads(stored.body) if stored is not None and stored.body else None
-    addressed = [r["reference"] for r in (referral or {}).get("recipient", [])
-                 if r.get("reference") in principal.recipients]
-    if (referral is None or stored is None or not addressed
-            or not codes.has_code(referral.get("category", []), codes.MESSAGE_SYSTEM, codes.REFERRAL)):
-        raise hidden("Communication", referral_id)
     sender = (message.get("sender") or {}).get("reference") or addressed[0]
     if sender not in addressed:
         raise fail(Kind.FORBIDDEN, "forbidden", f"{sender} is not a recipient of this referral.")
@@ -221,13 +216,13 @@ async def answer(ctx: Context, payload: Payload) -> Version:
         "resourceType": "Communication", "id": new_id(), "status": "completed",
         "category": [{"coding": [codes.coding(codes.MESSAGE_SYSTEM, codes.ANSWER)]}],
         "subject": referral["subject"], "about": referral.get("about", []),
-        "inResponseTo": [{"reference": f"Communication/{referral_id}"}],
+        "inResponseTo": [{"reference": f"Communication/{stored.id}"}],
         "sent": now()[0], "sender": {"reference": sender}, "recipient": [referral["sender"]],
         "reasonCode": [{"coding": [codes.coding(codes.OUTCOME_SYSTEM, outcome)]}],
         **({"payload": [{"contentString": t} for t in texts]} if texts else {}),
     }
     writes = [_write(ctx, stored_answer, new=True), *_progress(ctx, referral, stored.version, outcome)]
-    writes += await _subject_writes(ctx, referral_id, outcome)
+    writes += await _subject_writes(ctx, stored.id, outcome)
     results = await ctx.store.commit(writes)
     for result in results:
         note(ctx, result.version)
@@ -285,16 +280,8 @@ async def summary(ctx: Context, study_id: str) -> dict[str, Any]:
         ("category", f"{codes.MESSAGE_SYSTEM}|{codes.REFERRAL}"), ("_count", "1000")], ctx.registry)
     query = allowed.confine(query)
     counts: Counter[str] = Counter()
-    cursor = None
-    while True:
-        page = await ctx.store.search(query, cursor)
-        for version in page.matches:
-            referral = orjson.loads(version.body or b"{}")
-            for code in codes.codes_of(referral.get("statusReason", {}), codes.OUTCOME_SYSTEM):
-                counts[code] += 1
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
+    async for referral in reach.resources(ctx, query):
+        counts.update(codes.codes_of(referral.get("statusReason", {}), codes.OUTCOME_SYSTEM))
     return {
         "resourceType": "Parameters",
         "parameter": [

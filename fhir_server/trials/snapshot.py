@@ -9,12 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import orjson
 
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate
 from ..services.bundle import reference_holders
+from ..services import reach
 from ..services.context import Context
 from ..store.versions import now
 
@@ -45,13 +45,11 @@ async def _about(ctx: Context, resource_type: str, patient: str) -> list[dict[st
     """Every current resource of `resource_type` about Patient/`patient`."""
     query = Query(resource_type, (subject_clause(ctx.registry, resource_type, patient),), count=PAGE)
     found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        page = await ctx.store.search(query, cursor)
-        found += [orjson.loads(v.body) for v in page.matches if v.body is not None]
-        if page.next_cursor is None or len(found) > MOST:
-            return found
-        cursor = page.next_cursor
+    async for resource in reach.resources(ctx, query):
+        found.append(resource)
+        if len(found) > MOST:
+            break
+    return found
 
 
 def pin(resources: list[dict[str, Any]]) -> None:
