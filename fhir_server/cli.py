@@ -25,6 +25,7 @@ from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
 from .auth.users import Users
 from .interop import Loader, LoadOptions, progress_stream
+from . import workers
 from .logs import configure
 from .search import Query, parse_query
 from .settings import Settings
@@ -42,17 +43,16 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings()
     configure(settings.log_level)
-    uvicorn.run(
+    config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
         log_config=None,
         timeout_graceful_shutdown=30,
         proxy_headers=True,
     )
-    return 0
+    return workers.run(config, settings.workers, settings.log_level)
 
 
 async def _load_async(settings: Settings, args: argparse.Namespace) -> int:

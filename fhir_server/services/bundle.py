@@ -15,7 +15,7 @@ import base64
 import binascii
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from ..model import jsonbody
@@ -27,6 +27,8 @@ from ..store.base import (
     ConditionalDelete,
     Delete,
     Method,
+    Operation,
+    OperationFailed,
     Result,
     TransientConflict,
     UnitOfWork,
@@ -45,6 +47,8 @@ from .guard import (
     require_write,
     with_new_records,
 )
+
+T = TypeVar("T")
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -425,21 +429,73 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
 
 
 async def _apply_writes(ctx: Context, tx: _Transaction) -> None:
-    """The writes of a transaction, in one unit of work, in the order http.html prescribes."""
-    entries = tx.entries
+    """The writes of a transaction, in one unit of work, in the order http.html prescribes.
+
+    Each entry is checked and turned into a store operation first; the operations then go to
+    the store a chunk at a time. One trip per entry would give the event loop a chance to run
+    other requests' validation between every two writes, all while this unit holds the
+    store's write lock.
+    """
+    entries = sorted(tx.entries, key=lambda e: _ORDER[e.method])
     async with ctx.store.transaction() as unit:
-        for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+        pending = _Pending(unit, tx)
+        for e in entries:
             if e.method == "DELETE":
-                tx.outcomes[e.index] = await _guard(e, _delete(ctx, unit, e))
+                await pending.add(e, await _guard(e, _delete(ctx, e)))
+        await pending.flush()  # conditions below see the deletions
         assigned = await tx.assign_ids(unit)
         tx.check_identities(assigned)
         await tx.resolve_conditional_references(unit)
         ctx = _with_new_patients(ctx, tx, assigned)
-        for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+        for e in entries:
             if e.method in ("POST", "PUT"):
-                tx.outcomes[e.index] = await _guard(e, _write(ctx, unit, tx, e, assigned[e.index]))
+                await pending.add(e, await _guard(e, _write(ctx, tx, e, assigned[e.index])))
             elif e.method == "PATCH":
-                tx.outcomes[e.index] = await _guard(e, _patch(ctx, unit, e))
+                await pending.add(e, await _guard(e, _patch(ctx, e)))
+        await pending.flush()
+
+
+class _Pending:
+    """Operations of a transaction's entries not yet sent to its unit of work."""
+
+    CHUNK = 256  # operations per trip: few trips, and big transactions release parsed entries
+
+    def __init__(self, unit: UnitOfWork, tx: _Transaction) -> None:
+        self.unit = unit
+        self.tx = tx
+        self.operations: list[tuple[Entry, Operation]] = []
+
+    async def add(self, e: Entry, planned: Operation | EntryOutcome) -> None:
+        """Queue the entry's operation, or record its outcome if it needs none."""
+        if isinstance(planned, EntryOutcome):
+            self.tx.outcomes[e.index] = planned
+            return
+        self.operations.append((e, planned))
+        if len(self.operations) >= self.CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Apply the queued operations; a failure names its entry."""
+        if not self.operations:
+            return
+        try:
+            results = await self.unit.apply([op for _, op in self.operations])
+        except OperationFailed as failed:
+            e, op = self.operations[failed.index]
+            raise _entry_error(e.index, _write_error(op, failed.error)) from None
+        for (e, _), result in zip(self.operations, results, strict=True):
+            self.tx.outcomes[e.index] = EntryOutcome(result=result)
+            e.payload = None  # stored: let the parsed resource go, large transactions hold only bytes
+        self.operations.clear()
+
+
+def _write_error(op: Operation, error: FhirError) -> FhirError:
+    """ifNoneMatch "*" on an existing resource is a failed precondition (412), as for HTTP's
+    If-None-Match, not the conflict a create-only write reports."""
+    if isinstance(op, Write) and op.method == "PUT" and op.create_only and error.kind is Kind.CONFLICT:
+        return fail(Kind.PRECONDITION_FAILED, "conflict",
+                    f"{op.resource_type}/{op.id} exists and ifNoneMatch is '*'.")
+    return error
 
 
 def _with_new_patients(ctx: Context, tx: _Transaction, assigned: dict[int, tuple[str, bool]]) -> Context:
@@ -465,31 +521,27 @@ def _check_read_target(e: Entry) -> None:
         raise _entry_error(e.index, exc) from None
 
 
-async def _guard(e: Entry, work: Awaitable[EntryOutcome]) -> EntryOutcome:
+async def _guard(e: Entry, work: Awaitable[T]) -> T:
     try:
         return await work
     except FhirError as exc:
         raise _entry_error(e.index, exc) from None
 
 
-async def _delete(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
+async def _delete(ctx: Context, e: Entry) -> Operation | EntryOutcome:
     assert e.resource_type is not None
     crud.check_type(e.resource_type)
     allowed = decision(ctx, "delete", e.resource_type)
     if e.id is None:
         query = allowed.confine(condition(ctx, e.resource_type, e.query or ""))
-        op: Any = ConditionalDelete(query, multiple=False)
-    else:
-        crud.check_id(e.id)
-        if not await deletable(ctx, allowed, e.resource_type, e.id):
-            return EntryOutcome(result=Result("none"))
-        op = Delete(e.resource_type, e.id, e.if_match)
-    [result] = await unit.apply([op])
-    return EntryOutcome(result=result)
+        return ConditionalDelete(query, multiple=False)
+    crud.check_id(e.id)
+    if not await deletable(ctx, allowed, e.resource_type, e.id):
+        return EntryOutcome(result=Result("none"))
+    return Delete(e.resource_type, e.id, e.if_match)
 
 
-async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
-                 assigned: tuple[str, bool]) -> EntryOutcome:
+async def _write(ctx: Context, tx: _Transaction, e: Entry, assigned: tuple[str, bool]) -> Write | EntryOutcome:
     assert e.payload is not None and e.resource_type is not None
     id, matched = assigned
     chosen = e.id is not None or e.payload.checked.get("id") is not None  # not server-assigned
@@ -509,30 +561,16 @@ async def _write(ctx: Context, unit: UnitOfWork, tx: _Transaction, e: Entry,
     await require_write(ctx, allowed, e.resource_type, e.payload.checked, entries)
     if e.method == "PUT" and chosen:
         await require_replaceable(ctx, allowed, e.resource_type, id)
-    create_only = e.method == "POST" or e.if_none_match == "*"
     method: Method = "POST" if e.method == "POST" else "PUT"
-    write = Write(e.resource_type, id, e.payload.exact, entries, method,
-                  if_match=e.if_match, create_only=create_only)
-    try:
-        [result] = await unit.apply([write])
-    except FhirError as exc:
-        # ifNoneMatch "*" on an existing resource is a failed precondition (412), as for HTTP's
-        # If-None-Match, not the conflict a create-only write reports.
-        if e.method == "PUT" and create_only and exc.kind is Kind.CONFLICT:
-            raise fail(Kind.PRECONDITION_FAILED, "conflict",
-                       f"{e.resource_type}/{id} exists and ifNoneMatch is '*'.") from None
-        raise
-    e.payload = None  # stored: let the parsed resource go, large transactions hold only bytes
-    return EntryOutcome(result=result)
+    return Write(e.resource_type, id, e.payload.exact, entries, method, if_match=e.if_match,
+                 create_only=e.method == "POST" or e.if_none_match == "*")
 
 
-async def _patch(ctx: Context, unit: UnitOfWork, e: Entry) -> EntryOutcome:
+async def _patch(ctx: Context, e: Entry) -> Write:
     assert e.payload is not None and e.resource_type is not None
     if e.id is None:
         raise fail(Kind.NOT_SUPPORTED, "not-supported", "Conditional PATCH is not supported in a Bundle.")
-    write = await crud.patch_write(ctx, e.resource_type, e.id, e.payload.checked, if_match=e.if_match)
-    [result] = await unit.apply([write])
-    return EntryOutcome(result=result)
+    return await crud.patch_write(ctx, e.resource_type, e.id, e.payload.checked, if_match=e.if_match)
 
 
 async def _read(ctx: Context, e: Entry) -> EntryOutcome:

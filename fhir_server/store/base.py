@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..model.errors import FhirError
 from ..search import IndexEntry, Query
 
 Method = Literal["POST", "PUT", "PATCH", "DELETE"]
@@ -144,6 +145,16 @@ class TransientConflict(Exception):
     their block (see `RETRY_DELAYS`)."""
 
 
+class OperationFailed(Exception):
+    """`UnitOfWork.apply` stopped at `operations[index]`, which failed with `error`; the
+    caller tells its client which of its requests that was (a Bundle entry, say)."""
+
+    def __init__(self, index: int, error: FhirError) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
 # Seconds to wait before each new attempt of a unit of work that lost a race.
 RETRY_DELAYS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0, 1.0)
 
@@ -156,10 +167,22 @@ class UnitOfWork(Protocol):
     """
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
-        """Apply `operations` in order; raises FhirError as `Store.commit` does."""
+        """Apply `operations` in order, in one call (one trip to the store, however many).
+
+        Raises OperationFailed naming the operation that failed and the FhirError
+        `Store.commit` would raise for it.
+        """
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         """Ids of current resources matching `query`, this transaction's writes included."""
+
+
+async def apply_all(unit: UnitOfWork, operations: Sequence[Operation]) -> list[Result]:
+    """`unit.apply`, raising the failed operation's FhirError itself, as `Store.commit` does."""
+    try:
+        return await unit.apply(operations)
+    except OperationFailed as failed:
+        raise failed.error from None
 
 
 class Store(Protocol):

@@ -35,7 +35,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Kind, fail
 from ..search import Query, Registry, default_registry
 from . import mongo_layout as layout
 from .base import (
@@ -47,11 +47,13 @@ from .base import (
     HistoryPage,
     HistoryQuery,
     Operation,
+    OperationFailed,
     Result,
     SearchPage,
     TransientConflict,
     Version,
     Write,
+    apply_all,
 )
 from .mongo_search import VERSION_FIELDS, MongoSearch, version_of
 from .versions import now, stamp
@@ -237,12 +239,12 @@ class MongoStore:
             try:
                 if self.transactions:
                     async with self.transaction() as unit:
-                        return await unit.apply(operations)
+                        return await apply_all(unit, operations)
                 if len(operations) > 1:
                     raise fail(Kind.NOT_SUPPORTED, "not-supported", _NO_TRANSACTIONS)
                 unit = _MongoUnit(self, None)
                 try:
-                    return await unit.apply(operations)
+                    return await apply_all(unit, operations)
                 finally:
                     await unit.release_claims()
             except TransientConflict:
@@ -300,7 +302,13 @@ class _MongoUnit:
         self._claims: list[str] = []
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
-        return [await self._apply(op) for op in operations]
+        results: list[Result] = []
+        for index, op in enumerate(operations):
+            try:
+                results.append(await self._apply(op))
+            except FhirError as error:
+                raise OperationFailed(index, error) from None
+        return results
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         await self._claim(query)

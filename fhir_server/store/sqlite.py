@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Kind, fail
 from ..search import Query, Registry, default_registry, distance_km
 from . import sqlite_index
 from .base import (
@@ -30,12 +30,15 @@ from .base import (
     HistoryPage,
     HistoryQuery,
     Operation,
+    OperationFailed,
     Result,
     SearchPage,
     Version,
     Write,
+    apply_all,
 )
 from .sqlite_index import ParamIds
+from .sqlite_lock import WriterLock
 from .sqlite_query import SqliteSearch
 from .sqlite_schema import migrate
 from .versions import now, stamp
@@ -66,6 +69,7 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = asyncio.Lock()
+        self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -123,6 +127,7 @@ class SqliteStore:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+        self._writers.close()
 
     async def check(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1 FROM resource LIMIT 1").fetchall())
@@ -202,22 +207,35 @@ class SqliteStore:
         async with self._write_lock:
 
             def begin(conn: sqlite3.Connection) -> _Unit:
-                conn.execute("BEGIN IMMEDIATE")
+                self._writers.acquire()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except BaseException:
+                    self._writers.release()
+                    raise
                 return _Unit(conn, self.ids, self.registry)
+
+            def end(statement: str) -> Callable[[sqlite3.Connection], None]:
+                def work(conn: sqlite3.Connection) -> None:
+                    try:
+                        conn.execute(statement)
+                    finally:
+                        self._writers.release()
+                return work
 
             unit = await self._run(self._writer, begin)
             try:
                 yield _SqliteUnitOfWork(self, unit)
             except BaseException:
-                await asyncio.shield(self._run(self._writer, lambda conn: conn.execute("ROLLBACK")))
+                await asyncio.shield(self._run(self._writer, end("ROLLBACK")))
                 self.ids.settle(committed=False)
                 raise
-            await asyncio.shield(self._run(self._writer, lambda conn: conn.execute("COMMIT")))
+            await asyncio.shield(self._run(self._writer, end("COMMIT")))
             self.ids.settle(committed=True)
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         async with self.transaction() as unit:
-            return await unit.apply(operations)
+            return await apply_all(unit, operations)
 
 
 class _SqliteUnitOfWork:
@@ -229,9 +247,17 @@ class _SqliteUnitOfWork:
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         unit = self._unit
-        return await self._store._run(
-            self._store._writer, lambda conn: [unit.apply(op) for op in operations]
-        )
+
+        def work(conn: sqlite3.Connection) -> list[Result]:
+            results: list[Result] = []
+            for index, op in enumerate(operations):
+                try:
+                    results.append(unit.apply(op))
+                except FhirError as error:
+                    raise OperationFailed(index, error) from None
+            return results
+
+        return await self._store._run(self._store._writer, work)
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         unit = self._unit

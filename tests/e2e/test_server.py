@@ -10,7 +10,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx2 as httpx
 
 from tests.builders import INS_NIR, identified_patient, patient
 from tests.e2e.conftest import Server

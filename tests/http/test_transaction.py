@@ -284,16 +284,24 @@ def test_invalid_resource_at_entry_500_leaves_store_identical(client: TestClient
     assert _store_digest(settings) == before
 
 
+@pytest.mark.parametrize("late, failing", [
+    # DELETEs run first: this one fails before anything else is written.
+    (499, entry("DELETE", "Patient/a", ifMatch='W/"9"')),
+    # Writes go to the store in chunks of 256: this one fails after the first chunk was
+    # applied inside the unit of work.
+    (400, entry("PUT", "Patient/a", patient(family="Stale", id="a"), ifMatch='W/"9"')),
+])
 def test_failure_in_the_store_at_a_late_entry_undoes_earlier_writes(
-    client: TestClient, settings: Settings
+    client: TestClient, settings: Settings, late: int, failing: dict[str, Any]
 ) -> None:
     send(client, "PUT", "/fhir/Patient/a", patient(id="a"))
     before = _store_digest(settings)
-    entries = [entry("PUT", f"Patient/p{i}", patient(id=f"p{i}")) for i in range(499)]
-    entries.append(entry("DELETE", "Patient/a", ifMatch='W/"9"'))
+    entries = [entry("PUT", f"Patient/p{i}", patient(id=f"p{i}")) for i in range(500)]
+    entries[late] = failing
     response = post_bundle(client, "transaction", entries)
     assert response.status_code == 412
-    assert "Entry 499" in issue(response)["diagnostics"]
+    assert f"Entry {late}" in issue(response)["diagnostics"]
+    assert f"Bundle.entry[{late}]" in _expressions(response)
     assert _store_digest(settings) == before
     assert client.get("/fhir/Patient/p0").status_code == 404
 

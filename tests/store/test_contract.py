@@ -19,6 +19,7 @@ from fhir_server.store.base import (
     ConditionalUpdate,
     Delete,
     HistoryQuery,
+    OperationFailed,
     Store,
     Write,
 )
@@ -89,6 +90,20 @@ async def test_unit_of_work_is_all_or_nothing(store: Store) -> None:
     assert await store.read("Patient", "new1") is None
     page = await store.history(HistoryQuery("Patient"))
     assert [v.id for v in page.versions] == ["keep"]
+
+
+async def test_a_unit_names_the_operation_that_failed(store: Store) -> None:
+    await store.commit([_write("named", patient())])
+    operations = [_write("n1", patient()), _write("n2", patient()), _write("named", patient(), if_match=9)]
+    with pytest.raises(OperationFailed) as failed:
+        async with store.transaction() as unit:
+            await unit.apply(operations)
+    assert failed.value.index == 2
+    assert failed.value.error.kind is Kind.PRECONDITION_FAILED
+    assert await store.read("Patient", "n1") is None
+    with pytest.raises(FhirError) as plain:  # commit raises the error itself
+        await store.commit(operations)
+    assert plain.value.kind is Kind.PRECONDITION_FAILED
 
 
 async def test_history_levels_order_and_cursor(store: Store) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
