@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -289,7 +289,20 @@ class _Transaction:
                                    ".request.url")
                 seen[key] = e.index
 
-    async def assign_ids(self, unit: UnitOfWork) -> dict[int, tuple[str, bool]]:
+    def needs_unit(self) -> bool:
+        """Whether the writes need a unit of work: something to look up under the write lock
+        (a deletion, conditional create or update, conditional reference), or more
+        operations than one trip to the store takes."""
+        full_urls = {e.full_url for e in self.entries if e.full_url}
+        for e in self.entries:
+            if e.method == "DELETE" or e.if_none_exist or (e.method == "PUT" and e.id is None):
+                return True
+            if e.payload is not None and e.method != "PATCH" and any(
+                    "?" in h["reference"] and h["reference"] not in full_urls for h in e.references()):
+                return True
+        return len(self.entries) > _Pending.CHUNK
+
+    async def assign_ids(self, unit: UnitOfWork | None) -> dict[int, tuple[str, bool]]:
         """The id each POST/PUT entry writes, and whether a conditional create matched."""
         assigned: dict[int, tuple[str, bool]] = {}
         for e in sorted(self.entries, key=lambda e: _ORDER[e.method]):
@@ -302,11 +315,12 @@ class _Transaction:
                     self.targets[e.full_url] = f"{e.resource_type}/{assigned[e.index][0]}"
         return assigned
 
-    async def _assign_id(self, unit: UnitOfWork, e: Entry) -> tuple[str, bool]:
+    async def _assign_id(self, unit: UnitOfWork | None, e: Entry) -> tuple[str, bool]:
         if e.method == "POST":
             assert e.resource_type is not None
             id, matched = new_id(), False
             if e.if_none_exist:
+                assert unit is not None, "needs_unit() says a condition needs one"
                 query = decision(self.ctx, "create", e.resource_type).confine(
                     condition(self.ctx, e.resource_type, e.if_none_exist))
                 found = await unit.match_ids(query, 2)
@@ -319,6 +333,7 @@ class _Transaction:
         assert e.resource_type is not None and e.payload is not None
         if e.id is not None:
             return e.id, False
+        assert unit is not None, "needs_unit() says a condition needs one"
         query = decision(self.ctx, "update", e.resource_type).confine(
             condition(self.ctx, e.resource_type, e.query or ""))
         found = await unit.match_ids(query, 2)
@@ -331,7 +346,7 @@ class _Transaction:
                        expression=f"{e.resource_type}.id", details_code="MSG_RESOURCE_ID_MISMATCH")
         return (found[0] if found else str(body_id or new_id())), False
 
-    async def resolve_conditional_references(self, unit: UnitOfWork) -> None:
+    async def resolve_conditional_references(self, unit: UnitOfWork | None) -> None:
         """Map each `Type?query` reference to the one resource it matches (else fail).
 
         A `urn:uuid:`/`urn:oid:` reference that names no entry fails too: stored as is, it
@@ -350,6 +365,7 @@ class _Transaction:
                 if "?" not in reference:
                     continue
                 rtype, _, criteria = reference.partition("?")
+                assert unit is not None, "needs_unit() says a condition needs one"
                 try:
                     crud.check_type(rtype)
                     query = decision(self.ctx, "search", rtype).confine(
@@ -431,14 +447,23 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
 async def _apply_writes(ctx: Context, tx: _Transaction) -> None:
     """The writes of a transaction, in one unit of work, in the order http.html prescribes.
 
-    Each entry is checked and turned into a store operation first; the operations then go to
-    the store a chunk at a time. One trip per entry would give the event loop a chance to run
-    other requests' validation between every two writes, all while this unit holds the
-    store's write lock.
+    Each entry is checked and turned into a store operation before the operations go to the
+    store together: a trip per entry would let the event loop serve other requests between
+    two writes while this transaction holds the store's write lock. When nothing needs
+    looking up under that lock (no deletion, conditional operation or conditional
+    reference) and the operations fit in one chunk, they are checked before the lock is
+    taken and sent in one commit; otherwise a unit of work takes them a chunk at a time.
     """
     entries = sorted(tx.entries, key=lambda e: _ORDER[e.method])
+    # A store without transactions (standalone MongoDB) refuses the unit: no Bundle slips
+    # through as a plain commit.
+    if not tx.needs_unit() and ctx.store.status()["transactions"]:
+        assigned = await tx.assign_ids(None)
+        await tx.resolve_conditional_references(None)
+        await _plan_writes(ctx, tx, entries, assigned, _Pending(ctx.store.commit, tx))
+        return
     async with ctx.store.transaction() as unit:
-        pending = _Pending(unit, tx)
+        pending = _Pending(unit.apply, tx)
         for e in entries:
             if e.method == "DELETE":
                 await pending.add(e, await _guard(e, _delete(ctx, e)))
@@ -446,22 +471,28 @@ async def _apply_writes(ctx: Context, tx: _Transaction) -> None:
         assigned = await tx.assign_ids(unit)
         tx.check_identities(assigned)
         await tx.resolve_conditional_references(unit)
-        ctx = _with_new_patients(ctx, tx, assigned)
-        for e in entries:
-            if e.method in ("POST", "PUT"):
-                await pending.add(e, await _guard(e, _write(ctx, tx, e, assigned[e.index])))
-            elif e.method == "PATCH":
-                await pending.add(e, await _guard(e, _patch(ctx, e)))
-        await pending.flush()
+        await _plan_writes(ctx, tx, entries, assigned, pending)
+
+
+async def _plan_writes(ctx: Context, tx: _Transaction, entries: list[Entry],
+                       assigned: dict[int, tuple[str, bool]], pending: _Pending) -> None:
+    """Check the POST, PUT and PATCH entries and send their writes through `pending`."""
+    ctx = _with_new_patients(ctx, tx, assigned)
+    for e in entries:
+        if e.method in ("POST", "PUT"):
+            await pending.add(e, await _guard(e, _write(ctx, tx, e, assigned[e.index])))
+        elif e.method == "PATCH":
+            await pending.add(e, await _guard(e, _patch(ctx, e)))
+    await pending.flush()
 
 
 class _Pending:
-    """Operations of a transaction's entries not yet sent to its unit of work."""
+    """Operations of a transaction's entries not yet sent to the store."""
 
     CHUNK = 256  # operations per trip: few trips, and big transactions release parsed entries
 
-    def __init__(self, unit: UnitOfWork, tx: _Transaction) -> None:
-        self.unit = unit
+    def __init__(self, send: Callable[[list[Operation]], Awaitable[list[Result]]], tx: _Transaction) -> None:
+        self.send = send
         self.tx = tx
         self.operations: list[tuple[Entry, Operation]] = []
 
@@ -475,14 +506,14 @@ class _Pending:
             await self.flush()
 
     async def flush(self) -> None:
-        """Apply the queued operations; a failure names its entry."""
+        """Send the queued operations; a failure names its entry."""
         if not self.operations:
             return
         try:
-            results = await self.unit.apply([op for _, op in self.operations])
+            results = await self.send([op for _, op in self.operations])
         except OperationFailed as failed:
             e, op = self.operations[failed.index]
-            raise _entry_error(e.index, _write_error(op, failed.error)) from None
+            raise _entry_error(e.index, _write_error(op, failed)) from None
         for (e, _), result in zip(self.operations, results, strict=True):
             self.tx.outcomes[e.index] = EntryOutcome(result=result)
             e.payload = None  # stored: let the parsed resource go, large transactions hold only bytes

@@ -145,14 +145,16 @@ class TransientConflict(Exception):
     their block (see `RETRY_DELAYS`)."""
 
 
-class OperationFailed(Exception):
-    """`UnitOfWork.apply` stopped at `operations[index]`, which failed with `error`; the
-    caller tells its client which of its requests that was (a Bundle entry, say)."""
+@dataclass(eq=False)
+class OperationFailed(FhirError):
+    """The FhirError of `operations[index]`, raised by `UnitOfWork.apply` and `Store.commit`
+    so that a caller can tell its client which of its requests failed (a Bundle entry)."""
 
-    def __init__(self, index: int, error: FhirError) -> None:
-        super().__init__(index, error)
-        self.index = index
-        self.error = error
+    index: int = 0
+
+    @classmethod
+    def at(cls, index: int, error: FhirError) -> OperationFailed:
+        return cls(error.kind, error.issues, index)
 
 
 # Seconds to wait before each new attempt of a unit of work that lost a race.
@@ -169,20 +171,11 @@ class UnitOfWork(Protocol):
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         """Apply `operations` in order, in one call (one trip to the store, however many).
 
-        Raises OperationFailed naming the operation that failed and the FhirError
-        `Store.commit` would raise for it.
+        Raises OperationFailed (a FhirError) naming the operation that failed.
         """
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         """Ids of current resources matching `query`, this transaction's writes included."""
-
-
-async def apply_all(unit: UnitOfWork, operations: Sequence[Operation]) -> list[Result]:
-    """`unit.apply`, raising the failed operation's FhirError itself, as `Store.commit` does."""
-    try:
-        return await unit.apply(operations)
-    except OperationFailed as failed:
-        raise failed.error from None
 
 
 class Store(Protocol):
@@ -217,8 +210,9 @@ class Store(Protocol):
         """Apply `operations` atomically, in order, in one unit of work.
 
         Raises FhirError (PRECONDITION_FAILED on a version mismatch or ambiguous condition,
-        CONFLICT when a create-only id exists, INVALID on an id mismatch, BUSY if the store
-        is locked too long); then nothing of the unit is stored.
+        CONFLICT when a create-only id exists, INVALID on an id mismatch: an OperationFailed
+        naming the operation; BUSY if the store is locked too long); then nothing of the
+        unit is stored.
         """
 
     async def history(self, query: HistoryQuery) -> HistoryPage:

@@ -53,7 +53,6 @@ from .base import (
     TransientConflict,
     Version,
     Write,
-    apply_all,
 )
 from .mongo_search import VERSION_FIELDS, MongoSearch, version_of
 from .versions import now, stamp
@@ -239,12 +238,12 @@ class MongoStore:
             try:
                 if self.transactions:
                     async with self.transaction() as unit:
-                        return await apply_all(unit, operations)
+                        return await unit.apply(operations)
                 if len(operations) > 1:
                     raise fail(Kind.NOT_SUPPORTED, "not-supported", _NO_TRANSACTIONS)
                 unit = _MongoUnit(self, None)
                 try:
-                    return await apply_all(unit, operations)
+                    return await unit.apply(operations)
                 finally:
                     await unit.release_claims()
             except TransientConflict:
@@ -307,7 +306,7 @@ class _MongoUnit:
             try:
                 results.append(await self._apply(op))
             except FhirError as error:
-                raise OperationFailed(index, error) from None
+                raise OperationFailed.at(index, error) from None
         return results
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:

@@ -35,7 +35,6 @@ from .base import (
     SearchPage,
     Version,
     Write,
-    apply_all,
 )
 from .sqlite_index import ParamIds
 from .sqlite_lock import WriterLock
@@ -112,11 +111,17 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def setup(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA journal_mode = WAL")
-            migrate(conn)
-            # Fresh statistics for the planner, bounded in cost (sqlite.org/lang_analyze.html).
-            conn.execute("PRAGMA analysis_limit = 1000")
-            conn.execute("PRAGMA optimize")
+            # Workers starting together would otherwise race to switch the journal mode
+            # ("database is locked" at once, whatever the busy timeout) and to migrate.
+            self._writers.acquire()
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                migrate(conn)
+                # Fresh statistics for the planner, bounded in cost (sqlite.org/lang_analyze.html).
+                conn.execute("PRAGMA analysis_limit = 1000")
+                conn.execute("PRAGMA optimize")
+            finally:
+                self._writers.release()
 
         await self._run(self._writer, setup)
 
@@ -199,43 +204,51 @@ class SqliteStore:
 
     # -- writes ------------------------------------------------------------------------
 
+    # One unit at a time per process (the asyncio lock): its statements all run on the writer
+    # thread. Across processes, writers take turns on the file lock, then BEGIN IMMEDIATE.
+
+    def _begin(self, conn: sqlite3.Connection) -> _Unit:
+        self._writers.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._writers.release()
+            raise
+        return _Unit(conn, self.ids, self.registry)
+
+    def _end(self, conn: sqlite3.Connection, committed: bool) -> None:
+        try:
+            conn.execute("COMMIT" if committed else "ROLLBACK")
+        finally:
+            self._writers.release()
+            self.ids.settle(committed)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteUnitOfWork]:
-        # One transaction at a time per process: its statements all run on the writer thread,
-        # and nothing else may run there until it ends. BEGIN IMMEDIATE takes SQLite's write
-        # lock, which serialises us with other processes.
         async with self._write_lock:
-
-            def begin(conn: sqlite3.Connection) -> _Unit:
-                self._writers.acquire()
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except BaseException:
-                    self._writers.release()
-                    raise
-                return _Unit(conn, self.ids, self.registry)
-
-            def end(statement: str) -> Callable[[sqlite3.Connection], None]:
-                def work(conn: sqlite3.Connection) -> None:
-                    try:
-                        conn.execute(statement)
-                    finally:
-                        self._writers.release()
-                return work
-
-            unit = await self._run(self._writer, begin)
+            unit = await self._run(self._writer, self._begin)
             try:
                 yield _SqliteUnitOfWork(self, unit)
             except BaseException:
-                await asyncio.shield(self._run(self._writer, end("ROLLBACK")))
-                self.ids.settle(committed=False)
+                await asyncio.shield(self._run(self._writer, lambda conn: self._end(conn, False)))
                 raise
-            await asyncio.shield(self._run(self._writer, end("COMMIT")))
-            self.ids.settle(committed=True)
+            await asyncio.shield(self._run(self._writer, lambda conn: self._end(conn, True)))
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
-        async with self.transaction() as unit:
-            return await apply_all(unit, operations)
+        # One trip to the writer thread, BEGIN to COMMIT: the write lock is never held while
+        # this process's event loop is busy with other requests.
+        def work(conn: sqlite3.Connection) -> list[Result]:
+            unit = self._begin(conn)
+            try:
+                results = unit.apply_all(operations)
+            except BaseException:
+                self._end(conn, False)
+                raise
+            self._end(conn, True)
+            return results
+
+        async with self._write_lock:
+            return await asyncio.shield(self._run(self._writer, work))
 
 
 class _SqliteUnitOfWork:
@@ -247,17 +260,7 @@ class _SqliteUnitOfWork:
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         unit = self._unit
-
-        def work(conn: sqlite3.Connection) -> list[Result]:
-            results: list[Result] = []
-            for index, op in enumerate(operations):
-                try:
-                    results.append(unit.apply(op))
-                except FhirError as error:
-                    raise OperationFailed(index, error) from None
-            return results
-
-        return await self._store._run(self._store._writer, work)
+        return await self._store._run(self._store._writer, lambda conn: unit.apply_all(operations))
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         unit = self._unit
@@ -295,6 +298,16 @@ class _Unit:
         self.ids = ids
         self.search = SqliteSearch(conn, ids, registry)
         self.last_updated, self.micros = now()
+
+    def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
+        """Apply `operations` in order; OperationFailed names the one that failed."""
+        results: list[Result] = []
+        for index, op in enumerate(operations):
+            try:
+                results.append(self.apply(op))
+            except FhirError as error:
+                raise OperationFailed.at(index, error) from None
+        return results
 
     def apply(self, op: Operation) -> Result:
         match op:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,30 @@ def test_the_lock_of_a_process_that_dies_is_released(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
     lock.release()
     lock.close()
+
+
+def test_processes_opening_a_new_store_together_all_succeed(tmp_path: Path) -> None:
+    # Two workers starting at once used to race on `PRAGMA journal_mode = WAL` and fail with
+    # "database is locked" whatever the busy timeout.
+    script = ("import asyncio, sys, time\nfrom pathlib import Path\n"
+              "from fhir_server.store.sqlite import SqliteStore\n"
+              "async def main():\n"
+              "    store = SqliteStore(Path(sys.argv[1]))\n"
+              "    print('ready', flush=True)\n"
+              "    while not Path(sys.argv[2]).exists():\n"
+              "        time.sleep(0.001)\n"
+              "    await store.open()\n"
+              "    await store.close()\n"
+              "asyncio.run(main())\n")
+    for round in range(5):
+        path, go = tmp_path / f"store{round}.db", tmp_path / f"go{round}"
+        with ExitStack() as running:
+            processes = [running.enter_context(subprocess.Popen(
+                [sys.executable, "-c", script, str(path), str(go)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)) for _ in range(6)]
+            for process in processes:  # every one imported and waiting: then all open at once
+                assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+            go.touch()
+            for process in processes:
+                _, error = process.communicate(timeout=60)
+                assert process.returncode == 0, error.decode()[-500:]
