@@ -6,11 +6,13 @@ worker can end up serving every client while the others idle (measured: 20 pushi
 20 connections on one worker of two). Here each worker binds the port itself with
 SO_REUSEPORT, and the kernel spreads new connections over the workers' sockets.
 
-The supervisor restarts a worker that dies, and stops everything if one cannot start.
+The supervisor restarts a worker that dies, and stops everything if one cannot start. Each
+process tunes its garbage collector once the application is loaded (`settle_heap`).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import signal
@@ -38,16 +40,34 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def settle_heap() -> None:
+    """Tune the garbage collector for a server process whose application is loaded.
+
+    A request allocates containers by the hundred thousand (a parsed Bundle and its
+    validation), nearly all freed by reference counting. With Python's default thresholds
+    (700, 10, 10) a full collection ran every few Bundles, each walking every live object,
+    the imported FHIR models included: about 12% of a worker's CPU while ingesting. What
+    start-up made is frozen (never garbage), and collections run less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 def _worker(config: uvicorn.Config, log_level: str) -> None:
     configure(log_level)
     sock = _bind(config.host, config.port)
     sock.listen(config.backlog)
+    config.load()
+    settle_heap()
     uvicorn.Server(config).run(sockets=[sock])
 
 
 def run(config: uvicorn.Config, workers: int, log_level: str) -> int:
     """Serve `config` with `workers` processes until SIGINT or SIGTERM; the exit status."""
     if workers == 1:
+        config.load()
+        settle_heap()
         uvicorn.Server(config).run()
         return 0
     try:
