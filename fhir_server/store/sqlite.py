@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,7 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = asyncio.Lock()
+        self._queued: list[_Queued] = []
         self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
 
     @classmethod
@@ -204,17 +205,16 @@ class SqliteStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    # One unit at a time per process (the asyncio lock): its statements all run on the writer
-    # thread. Across processes, writers take turns on the file lock, then BEGIN IMMEDIATE.
+    # One SQLite transaction at a time per process (the asyncio lock), its statements all on
+    # the writer thread. Across processes, writers take turns on the file lock, then BEGIN.
 
-    def _begin(self, conn: sqlite3.Connection) -> _Unit:
+    def _begin(self, conn: sqlite3.Connection) -> None:
         self._writers.acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._writers.release()
             raise
-        return _Unit(conn, self.ids, self.registry)
 
     def _end(self, conn: sqlite3.Connection, committed: bool) -> None:
         try:
@@ -226,7 +226,12 @@ class SqliteStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteUnitOfWork]:
         async with self._write_lock:
-            unit = await self._run(self._writer, self._begin)
+
+            def begin(conn: sqlite3.Connection) -> _Unit:
+                self._begin(conn)
+                return _Unit(conn, self.ids, self.registry)
+
+            unit = await self._run(self._writer, begin)
             try:
                 yield _SqliteUnitOfWork(self, unit)
             except BaseException:
@@ -235,20 +240,67 @@ class SqliteStore:
             await asyncio.shield(self._run(self._writer, lambda conn: self._end(conn, True)))
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
-        # One trip to the writer thread, BEGIN to COMMIT: the write lock is never held while
-        # this process's event loop is busy with other requests.
-        def work(conn: sqlite3.Connection) -> list[Result]:
-            unit = self._begin(conn)
-            try:
-                results = unit.apply_all(operations)
-            except BaseException:
-                self._end(conn, False)
-                raise
-            self._end(conn, True)
-            return results
-
+        # Group commit. Commits that queue up while another batch is written go together into
+        # the next SQLite transaction, each in a savepoint of its own (a failing one leaves
+        # the others untouched), so they share one turn of the write lock and one fsync.
+        # A batch is one trip to the writer thread, BEGIN to COMMIT: the lock is never held
+        # while this process's event loop serves other requests.
+        mine = _Queued(operations, asyncio.get_running_loop().create_future())
+        self._queued.append(mine)
         async with self._write_lock:
-            return await asyncio.shield(self._run(self._writer, work))
+            if not mine.outcome.done():
+                batch, self._queued = self._queued, []
+                job = asyncio.ensure_future(
+                    self._run(self._writer, lambda conn: self._write_batch(conn, batch)))
+                job.add_done_callback(lambda job: _settle(batch, job))
+                await asyncio.wait([job])  # the batch ends even if this request is cancelled
+        return await mine.outcome
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> list[list[Result] | FhirError]:
+        self._begin(conn)
+        outcomes: list[list[Result] | FhirError] = []
+        try:
+            for queued in batch:
+                conn.execute("SAVEPOINT queued")
+                pending = self.ids.savepoint()
+                try:
+                    outcomes.append(_Unit(conn, self.ids, self.registry).apply_all(queued.operations))
+                except FhirError as error:
+                    conn.execute("ROLLBACK TO queued")
+                    self.ids.rolled_back(pending)
+                    outcomes.append(error)
+                conn.execute("RELEASE queued")
+        except BaseException:
+            self._end(conn, False)
+            raise
+        self._end(conn, True)
+        return outcomes
+
+
+@dataclass
+class _Queued:
+    """A commit waiting for its batch: its operations, and where its outcome goes."""
+
+    operations: Sequence[Operation]
+    outcome: asyncio.Future[list[Result]]
+
+
+def _settle(batch: list[_Queued], job: asyncio.Future[list[list[Result] | FhirError]]) -> None:
+    """Hand each commit of a written batch its results or its error."""
+    failure = None if job.cancelled() else job.exception()
+    for index, queued in enumerate(batch):
+        if queued.outcome.done():  # its request was cancelled
+            continue
+        if job.cancelled():
+            queued.outcome.cancel()
+        elif failure is not None:
+            queued.outcome.set_exception(failure)
+        else:
+            outcome = job.result()[index]
+            if isinstance(outcome, FhirError):
+                queued.outcome.set_exception(outcome)
+            else:
+                queued.outcome.set_result(outcome)
 
 
 class _SqliteUnitOfWork:

@@ -151,6 +151,16 @@ class ParamIds:
             pid = self._pending[key] = int(row[0])
         return pid
 
+    def savepoint(self) -> frozenset[tuple[str, str]]:
+        """The parameters inserted so far by the open transaction (see `rolled_back`)."""
+        return frozenset(self._pending)
+
+    def rolled_back(self, savepoint: frozenset[tuple[str, str]]) -> None:
+        """The transaction rolled back to `savepoint`: the pids inserted since are gone (and
+        SQLite may hand them out again)."""
+        for key in [key for key in self._pending if key not in savepoint]:
+            del self._pending[key]
+
     def settle(self, committed: bool) -> None:
         """The write transaction ended: cache the pids it created, or forget them.
 

@@ -106,6 +106,25 @@ async def test_a_unit_names_the_operation_that_failed(store: Store) -> None:
     assert await store.read("Patient", "n1") is None
 
 
+async def test_concurrent_commits_succeed_or_fail_each_on_its_own(store: Store) -> None:
+    # The SQLite store writes commits that queue up together (group commit, savepoints):
+    # one failing must leave the others of its batch stored, and leave nothing of its own.
+    await store.commit([_write("held", patient())])
+    commits = [[_write(f"g{n}", patient())] for n in range(6)]
+    commits[3] = [_write("lost", patient()), _write("held", patient(), if_match=9)]
+    outcomes = await asyncio.gather(*(store.commit(c) for c in commits), return_exceptions=True)
+    failed = outcomes[3]
+    assert isinstance(failed, OperationFailed) and failed.index == 1
+    assert failed.kind is Kind.PRECONDITION_FAILED
+    for n in (0, 1, 2, 4, 5):
+        [result] = outcomes[n]  # type: ignore[misc]
+        assert result.outcome == "created"
+        assert await store.read("Patient", f"g{n}") is not None
+    assert await store.read("Patient", "lost") is None
+    held = await store.read("Patient", "held")
+    assert held is not None and held.version == 1
+
+
 async def test_history_levels_order_and_cursor(store: Store) -> None:
     for id in ("h1", "h2", "h3"):
         await store.commit([_write(id, patient())])
