@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import signal
 import socket
+import sys
 import threading
 from multiprocessing.context import SpawnProcess
 
@@ -56,9 +57,15 @@ def settle_heap() -> None:
 
 def _worker(config: uvicorn.Config, log_level: str) -> None:
     configure(log_level)
-    sock = _bind(config.host, config.port)
-    sock.listen(config.backlog)
-    config.load()
+    try:
+        sock = _bind(config.host, config.port)
+        sock.listen(config.backlog)
+        config.load()  # builds the application; uvicorn exits with status 1 if it cannot
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported, then a clean exit
+        # Told apart from a crash while serving, so the supervisor stops instead of
+        # starting the same failure again and again.
+        log.error("worker cannot start", extra={"error": repr(exc)})
+        sys.exit(STARTUP_FAILURE)
     settle_heap()
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -114,3 +114,14 @@ def test_a_port_in_use_stops_the_server_at_once(tmp_path: Path) -> None:
             env=env, capture_output=True, timeout=60)
     assert process.returncode == 1
     assert b"cannot listen" in process.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    env = {**os.environ, "FHIR_SERVER_DATA_DIR": str(tmp_path), "FHIR_SERVER_LOG_LEVEL": "warning",
+           "FHIR_SERVER_STORE": "nosuchstore://anywhere"}
+    process = subprocess.run(
+        [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(_free_port()), "--workers", "2"],
+        env=env, capture_output=True, timeout=60)
+    assert process.returncode == 1
+    assert b"worker cannot start" in process.stderr
+    assert b"a worker could not start; stopping" in process.stderr
