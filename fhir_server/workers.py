@@ -12,14 +12,20 @@ process tunes its garbage collector once the application is loaded (`settle_heap
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import gc
 import logging
+import os
 import multiprocessing
 import signal
 import socket
 import sys
+import tempfile
 import threading
+import time
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -28,6 +34,7 @@ from .logs import configure
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no state shared by fork
 
 
@@ -55,7 +62,30 @@ def settle_heap() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def _worker(config: uvicorn.Config, log_level: str) -> None:
+def _claim(host: str, port: int) -> int:
+    """An exclusive lock on (host, port) for this user: with SO_REUSEPORT a second server
+    on the same port would otherwise start and share the connections. OSError if taken."""
+    path = Path(tempfile.gettempdir()) / f"fhir-server-{os.getuid()}-{host}-{port}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OSError(f"another server holds {host}:{port}") from None
+    return fd
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to send SIGTERM when the supervisor dies (even by SIGKILL): orphaned
+    workers would keep serving the port beside the next server."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # died before prctl took effect
+        sys.exit(STARTUP_FAILURE)
+
+
+def _worker(config: uvicorn.Config, log_level: str, parent: int) -> None:
+    _die_with(parent)
     configure(log_level)
     try:
         sock = _bind(config.host, config.port)
@@ -79,6 +109,7 @@ def run(config: uvicorn.Config, workers: int, log_level: str) -> int:
         return 0
     try:
         # Held, never listened on, until the end: the port is ours, and a port in use fails here.
+        lock = _claim(config.host, config.port)
         claim = _bind(config.host, config.port)
     except OSError as exc:
         log.error("cannot listen", extra={"host": config.host, "port": config.port, "error": str(exc)})
@@ -103,16 +134,18 @@ def run(config: uvicorn.Config, workers: int, log_level: str) -> int:
     finally:
         for process in processes:
             process.terminate()  # SIGTERM: uvicorn finishes requests in flight
-        for process in processes:
-            process.join(config.timeout_graceful_shutdown or 30)
+        deadline = time.monotonic() + (config.timeout_graceful_shutdown or 30)
+        for process in processes:  # one grace period for all, not one each
+            process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
         claim.close()
+        os.close(lock)
     return status
 
 
 def _start(config: uvicorn.Config, log_level: str) -> SpawnProcess:
-    process = _spawn.Process(target=_worker, args=(config, log_level))
+    process = _spawn.Process(target=_worker, args=(config, log_level, os.getpid()))
     process.start()
     return process

@@ -293,7 +293,9 @@ class _Transaction:
         """Whether the writes need a unit of work: something to look up under the write lock
         (a deletion, conditional create or update, conditional reference), or more
         operations than one trip to the store takes."""
-        full_urls = {e.full_url for e in self.entries if e.full_url}
+        # Only POST and PUT entries name targets (assign_ids): a conditional reference equal
+        # to another entry's fullUrl still needs its lookup.
+        full_urls = {e.full_url for e in self.entries if e.full_url and e.method in ("POST", "PUT")}
         for e in self.entries:
             if e.method == "DELETE" or e.if_none_exist or (e.method == "PUT" and e.id is None):
                 return True

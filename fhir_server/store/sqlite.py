@@ -219,6 +219,13 @@ class SqliteStore:
     def _end(self, conn: sqlite3.Connection, committed: bool) -> None:
         try:
             conn.execute("COMMIT" if committed else "ROLLBACK")
+        except BaseException:
+            # A COMMIT that fails (disk full, I/O error) stores nothing: the pids it created
+            # are not ours to cache.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            committed = False
+            raise
         finally:
             self._writers.release()
             self.ids.settle(committed)
@@ -247,25 +254,38 @@ class SqliteStore:
         # while this process's event loop serves other requests.
         mine = _Queued(operations, asyncio.get_running_loop().create_future())
         self._queued.append(mine)
-        async with self._write_lock:
+        try:
+            await self._write_lock.acquire()
+        except asyncio.CancelledError:
+            if mine in self._queued:  # not taken by a batch yet: never written
+                self._queued.remove(mine)
+            raise
+        try:
             if not mine.outcome.done():
                 batch, self._queued = self._queued, []
                 job = asyncio.ensure_future(
                     self._run(self._writer, lambda conn: self._write_batch(conn, batch)))
                 job.add_done_callback(lambda job: _settle(batch, job))
                 await asyncio.wait([job])  # the batch ends even if this request is cancelled
+        finally:
+            self._write_lock.release()
         return await mine.outcome
 
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> list[list[Result] | FhirError]:
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> list[list[Result] | Exception]:
         self._begin(conn)
-        outcomes: list[list[Result] | FhirError] = []
+        outcomes: list[list[Result] | Exception] = []
         try:
             for queued in batch:
                 conn.execute("SAVEPOINT queued")
                 pending = self.ids.savepoint()
                 try:
                     outcomes.append(_Unit(conn, self.ids, self.registry).apply_all(queued.operations))
-                except FhirError as error:
+                except Exception as error:  # noqa: BLE001 - this commit's own outcome
+                    # Whatever one commit raises (a client error, or a fault of its own such
+                    # as a number orjson cannot write) is its alone: the others of the batch
+                    # go on, unless the transaction itself is gone.
+                    if not conn.in_transaction:
+                        raise
                     conn.execute("ROLLBACK TO queued")
                     self.ids.rolled_back(pending)
                     outcomes.append(error)
@@ -285,7 +305,7 @@ class _Queued:
     outcome: asyncio.Future[list[Result]]
 
 
-def _settle(batch: list[_Queued], job: asyncio.Future[list[list[Result] | FhirError]]) -> None:
+def _settle(batch: list[_Queued], job: asyncio.Future[list[list[Result] | Exception]]) -> None:
     """Hand each commit of a written batch its results or its error."""
     failure = None if job.cancelled() else job.exception()
     for index, queued in enumerate(batch):
@@ -297,7 +317,7 @@ def _settle(batch: list[_Queued], job: asyncio.Future[list[list[Result] | FhirEr
             queued.outcome.set_exception(failure)
         else:
             outcome = job.result()[index]
-            if isinstance(outcome, FhirError):
+            if isinstance(outcome, Exception):
                 queued.outcome.set_exception(outcome)
             else:
                 queued.outcome.set_result(outcome)

@@ -125,3 +125,36 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     assert process.returncode == 1
     assert b"worker cannot start" in process.stderr
     assert b"a worker could not start; stopping" in process.stderr
+
+
+def test_a_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    first = Server(tmp_path / "one", workers=2)
+    try:
+        env = {**os.environ, "FHIR_SERVER_DATA_DIR": str(tmp_path / "two"), "FHIR_SERVER_LOG_LEVEL": "warning"}
+        second = subprocess.run(
+            [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(first.port), "--workers", "2"],
+            env=env, capture_output=True, timeout=60)
+        assert second.returncode == 1
+        assert b"cannot listen" in second.stderr
+    finally:
+        assert first.stop() == 0
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    server = Server(tmp_path, workers=2)
+    workers = _workers(server.process.pid)
+    server.process.kill()
+    server.process.wait()
+    server.log.close()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and b"spawn_main" in _cmdline(pid) for pid in workers):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        time.sleep(0.2)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

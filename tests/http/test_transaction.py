@@ -150,6 +150,17 @@ def test_conditional_reference_with_one_match_is_resolved(client: TestClient) ->
     assert stored["subject"]["reference"] == f"Patient/{id}"
 
 
+def test_conditional_reference_equal_to_a_get_entry_s_full_url_is_resolved(client: TestClient) -> None:
+    create(client, patient(identifier=[{"system": "urn:sys", "value": "42"}]))
+    condition = "Patient?identifier=urn:sys|42"
+    response = post_bundle(client, "transaction", [
+        entry("POST", "Observation", observation(condition)),
+        entry("GET", condition, full_url=condition)])
+    assert response.status_code == 200, response.text
+    [created, _] = responses(response)
+    assert created["status"] == "201 Created"
+
+
 @pytest.mark.parametrize(("patients", "code"), [(0, "not-found"), (2, "multiple-matches")])
 def test_conditional_reference_without_exactly_one_match_fails(
     client: TestClient, settings: Settings, patients: int, code: str

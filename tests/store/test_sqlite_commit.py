@@ -61,3 +61,42 @@ async def test_parameter_ids_of_a_rolled_back_commit_are_not_reused_wrongly(tmp_
         conn.close()
     finally:
         await store.close()
+
+
+async def test_a_commit_that_crashes_fails_alone(tmp_path: Path) -> None:
+    # A decimal too large for orjson raises TypeError while the body is written: a fault of
+    # that commit only, not of the others written in the same batch.
+    store = SqliteStore(tmp_path / "group.db")
+    await store.open()
+    try:
+        risk = {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/p"},
+                "prediction": [{"probabilityDecimal": 10 ** 30}]}
+        commits = [store.commit([_write(patient(), f"p{n}")]) for n in range(4)]
+        commits.insert(2, store.commit([_write(risk, "r")]))
+        outcomes = await asyncio.gather(*commits, return_exceptions=True)
+        assert isinstance(outcomes[2], TypeError)
+        assert [isinstance(o, BaseException) for o in outcomes] == [False, False, True, False, False]
+        for n in range(4):
+            assert await store.read("Patient", f"p{n}") is not None
+        assert await store.read("RiskAssessment", "r") is None
+    finally:
+        await store.close()
+
+
+async def test_a_commit_cancelled_while_queued_is_never_written(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "group.db")
+    await store.open()
+    try:
+        leader = asyncio.ensure_future(store.commit([_write(patient(), "first")]))
+        await asyncio.sleep(0)  # the leader holds the lock; the next one queues
+        queued = asyncio.ensure_future(store.commit([_write(patient(), "cancelled")]))
+        await asyncio.sleep(0)
+        queued.cancel()
+        await leader
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await store.commit([_write(patient(), "later")])  # a new batch after the cancellation
+        assert await store.read("Patient", "cancelled") is None
+        assert await store.read("Patient", "later") is not None
+    finally:
+        await store.close()
