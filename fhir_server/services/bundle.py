@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
-from ..search import extract
+from ..search import Query, extract
 from ..store.base import (
     RETRY_DELAYS,
     ConditionalDelete,
@@ -261,6 +261,12 @@ def reference_holders(value: Any) -> list[dict[str, Any]]:
 # -- transaction ------------------------------------------------------------------------
 
 
+async def _match(unit: UnitOfWork | None, query: Query) -> list[str]:
+    """Up to two ids matching a condition, looked up under the write lock."""
+    assert unit is not None, "needs_unit() is true whenever a condition is to be looked up"
+    return await unit.match_ids(query, 2)
+
+
 class _Transaction:
     """State of one transaction while its unit of work is open."""
 
@@ -322,10 +328,9 @@ class _Transaction:
             assert e.resource_type is not None
             id, matched = new_id(), False
             if e.if_none_exist:
-                assert unit is not None, "needs_unit() says a condition needs one"
                 query = decision(self.ctx, "create", e.resource_type).confine(
                     condition(self.ctx, e.resource_type, e.if_none_exist))
-                found = await unit.match_ids(query, 2)
+                found = await _match(unit, query)
                 if len(found) > 1:
                     raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
                                f"ifNoneExist matches more than one {e.resource_type}.")
@@ -335,10 +340,9 @@ class _Transaction:
         assert e.resource_type is not None and e.payload is not None
         if e.id is not None:
             return e.id, False
-        assert unit is not None, "needs_unit() says a condition needs one"
         query = decision(self.ctx, "update", e.resource_type).confine(
             condition(self.ctx, e.resource_type, e.query or ""))
-        found = await unit.match_ids(query, 2)
+        found = await _match(unit, query)
         if len(found) > 1:
             raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
                        f"The criteria match more than one {e.resource_type}.")
@@ -367,12 +371,11 @@ class _Transaction:
                 if "?" not in reference:
                     continue
                 rtype, _, criteria = reference.partition("?")
-                assert unit is not None, "needs_unit() says a condition needs one"
                 try:
                     crud.check_type(rtype)
                     query = decision(self.ctx, "search", rtype).confine(
                         condition(self.ctx, rtype, criteria))
-                    found = await unit.match_ids(query, 2)
+                    found = await _match(unit, query)
                 except FhirError as exc:
                     raise _entry_error(e.index, exc) from None
                 if len(found) != 1:

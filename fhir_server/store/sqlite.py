@@ -307,20 +307,17 @@ class _Queued:
 
 def _settle(batch: list[_Queued], job: asyncio.Future[list[list[Result] | Exception]]) -> None:
     """Hand each commit of a written batch its results or its error."""
-    failure = None if job.cancelled() else job.exception()
     for index, queued in enumerate(batch):
         if queued.outcome.done():  # its request was cancelled
             continue
         if job.cancelled():
             queued.outcome.cancel()
-        elif failure is not None:
-            queued.outcome.set_exception(failure)
+            continue
+        outcome = job.exception() or job.result()[index]
+        if isinstance(outcome, BaseException):
+            queued.outcome.set_exception(outcome)
         else:
-            outcome = job.result()[index]
-            if isinstance(outcome, Exception):
-                queued.outcome.set_exception(outcome)
-            else:
-                queued.outcome.set_result(outcome)
+            queued.outcome.set_result(outcome)
 
 
 class _SqliteUnitOfWork:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ def _write(resource: dict[str, Any], id: str, **options: Any) -> Write:
     return Write(resource["resourceType"], id, resource, extract(resource), **options)
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "group.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
 async def _ids(store: SqliteStore, resource_type: str, criteria: list[tuple[str, str]]) -> list[str]:
     query, issues = parse_query(resource_type, criteria, default_registry())
     assert not issues
@@ -32,71 +41,58 @@ async def _ids(store: SqliteStore, resource_type: str, criteria: list[tuple[str,
     return [v.id for v in page.matches]
 
 
-async def test_parameter_ids_of_a_rolled_back_commit_are_not_reused_wrongly(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "group.db")
-    await store.open()
-    try:
-        await store.commit([_write(patient(), "held")])
-        first = store.commit([_write(patient(), "alone")])  # takes the lock: the rest queue
-        # Indexes Organization (new parameters, new pids), then fails: rolled back.
-        failing = store.commit([_write(organization(name="Gone"), "o1"),
-                                _write(patient(), "held", if_match=9)])
-        # Indexes a Location next, in the same batch: SQLite gives it the freed pids.
-        location = {"resourceType": "Location", "name": "Bordeaux", "status": "active"}
-        later = store.commit([_write(location, "l1")])
-        outcomes = await asyncio.gather(first, failing, later, return_exceptions=True)
-        assert isinstance(outcomes[1], OperationFailed)
-        assert not isinstance(outcomes[2], BaseException)
-        await store.commit([_write(organization(name="Kept"), "o2")])
-        assert await _ids(store, "Organization", [("name", "Kept")]) == ["o2"]
-        assert await _ids(store, "Organization", [("name", "Bordeaux")]) == []
-        assert await _ids(store, "Location", [("name", "Bordeaux")]) == ["l1"]
-        assert await _ids(store, "Location", [("name", "Kept")]) == []
-        assert await store.read("Organization", "o1") is None
-        # Every parameter id the store uses is the one the database holds for its name.
-        with sqlite3.connect(tmp_path / "group.db") as conn:
-            stored = {(rtype, code): pid for pid, rtype, code in conn.execute("SELECT * FROM search_param")}
-            for key in [("Organization", "name"), ("Location", "name"), ("Patient", "family")]:
-                assert store.ids.get(conn, *key) == stored[key], key
-        conn.close()
-    finally:
-        await store.close()
+async def test_parameter_ids_of_a_rolled_back_commit_are_not_reused_wrongly(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    await store.commit([_write(patient(), "held")])
+    first = store.commit([_write(patient(), "alone")])  # takes the lock: the rest queue
+    # Indexes Organization (new parameters, new pids), then fails: rolled back.
+    failing = store.commit([_write(organization(name="Gone"), "o1"),
+                            _write(patient(), "held", if_match=9)])
+    # Indexes a Location next, in the same batch: SQLite gives it the freed pids.
+    location = {"resourceType": "Location", "name": "Bordeaux", "status": "active"}
+    later = store.commit([_write(location, "l1")])
+    outcomes = await asyncio.gather(first, failing, later, return_exceptions=True)
+    assert isinstance(outcomes[1], OperationFailed)
+    assert not isinstance(outcomes[2], BaseException)
+    await store.commit([_write(organization(name="Kept"), "o2")])
+    assert await _ids(store, "Organization", [("name", "Kept")]) == ["o2"]
+    assert await _ids(store, "Organization", [("name", "Bordeaux")]) == []
+    assert await _ids(store, "Location", [("name", "Bordeaux")]) == ["l1"]
+    assert await _ids(store, "Location", [("name", "Kept")]) == []
+    assert await store.read("Organization", "o1") is None
+    # Every parameter id the store uses is the one the database holds for its name.
+    with sqlite3.connect(tmp_path / "group.db") as conn:
+        stored = {(rtype, code): pid for pid, rtype, code in conn.execute("SELECT * FROM search_param")}
+        for key in [("Organization", "name"), ("Location", "name"), ("Patient", "family")]:
+            assert store.ids.get(conn, *key) == stored[key], key
+    conn.close()
 
 
-async def test_a_commit_that_crashes_fails_alone(tmp_path: Path) -> None:
+async def test_a_commit_that_crashes_fails_alone(store: SqliteStore) -> None:
     # A decimal too large for orjson raises TypeError while the body is written: a fault of
     # that commit only, not of the others written in the same batch.
-    store = SqliteStore(tmp_path / "group.db")
-    await store.open()
-    try:
-        risk = {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/p"},
-                "prediction": [{"probabilityDecimal": 10 ** 30}]}
-        commits = [store.commit([_write(patient(), f"p{n}")]) for n in range(4)]
-        commits.insert(2, store.commit([_write(risk, "r")]))
-        outcomes = await asyncio.gather(*commits, return_exceptions=True)
-        assert isinstance(outcomes[2], TypeError)
-        assert [isinstance(o, BaseException) for o in outcomes] == [False, False, True, False, False]
-        for n in range(4):
-            assert await store.read("Patient", f"p{n}") is not None
-        assert await store.read("RiskAssessment", "r") is None
-    finally:
-        await store.close()
+    risk = {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/p"},
+            "prediction": [{"probabilityDecimal": 10 ** 30}]}
+    commits = [store.commit([_write(patient(), f"p{n}")]) for n in range(4)]
+    commits.insert(2, store.commit([_write(risk, "r")]))
+    outcomes = await asyncio.gather(*commits, return_exceptions=True)
+    assert isinstance(outcomes[2], TypeError)
+    assert [isinstance(o, BaseException) for o in outcomes] == [False, False, True, False, False]
+    for n in range(4):
+        assert await store.read("Patient", f"p{n}") is not None
+    assert await store.read("RiskAssessment", "r") is None
 
 
-async def test_a_commit_cancelled_while_queued_is_never_written(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "group.db")
-    await store.open()
-    try:
-        leader = asyncio.ensure_future(store.commit([_write(patient(), "first")]))
-        await asyncio.sleep(0)  # the leader holds the lock; the next one queues
-        queued = asyncio.ensure_future(store.commit([_write(patient(), "cancelled")]))
-        await asyncio.sleep(0)
-        queued.cancel()
-        await leader
-        with pytest.raises(asyncio.CancelledError):
-            await queued
-        await store.commit([_write(patient(), "later")])  # a new batch after the cancellation
-        assert await store.read("Patient", "cancelled") is None
-        assert await store.read("Patient", "later") is not None
-    finally:
-        await store.close()
+async def test_a_commit_cancelled_while_queued_is_never_written(store: SqliteStore) -> None:
+    leader = asyncio.ensure_future(store.commit([_write(patient(), "first")]))
+    await asyncio.sleep(0)  # the leader holds the lock; the next one queues
+    queued = asyncio.ensure_future(store.commit([_write(patient(), "cancelled")]))
+    await asyncio.sleep(0)
+    queued.cancel()
+    await leader
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await store.commit([_write(patient(), "later")])  # a new batch after the cancellation
+    assert await store.read("Patient", "cancelled") is None
+    assert await store.read("Patient", "later") is not None
