@@ -56,7 +56,7 @@ from fhir_server.services.context import Context  # noqa: E402
 from fhir_server.services.search import search  # noqa: E402
 from fhir_server.store.base import Write  # noqa: E402
 from fhir_server.store.sqlite import SqliteStore  # noqa: E402
-from fhir_server.store.sqlite_schema import MIGRATIONS  # noqa: E402
+from fhir_server.store.sqlite.schema import MIGRATIONS  # noqa: E402
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0

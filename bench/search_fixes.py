@@ -27,7 +27,7 @@ from fhir_server.search import default_registry, parse_query
 from fhir_server.services.context import Context
 from fhir_server.services.search import search
 from fhir_server.store.sqlite import SqliteStore
-from fhir_server.store.sqlite_predicates import TABLE_OF_TYPE, condition
+from fhir_server.store.sqlite.predicates import TABLE_OF_TYPE, condition
 
 COLS = "a.type, a.id, a.version, a.last_updated, h.method, h.body"
 
@@ -98,7 +98,7 @@ class Fixes:
         self.header("Observation?patient&code&date=ge&date=le  " + "&".join(f"{k}={v}" for k, v in params))
         before = self.store_sql("Observation", params)[0]
         ref = show(self.conn, "store now", before, self.reps)
-        # The store's own per-row conditions (sqlite_predicates.condition), composed differently:
+        # The store's own per-row conditions (sqlite/predicates.condition), composed differently:
         # the first clause drives through its value index, the others probe the (pk, pid) index.
         query, _ = parse_query("Observation", params, default_registry(), base=BASE_URL)
         parts = []

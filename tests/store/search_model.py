@@ -539,7 +539,7 @@ def sort_value(entries: Sequence[IndexEntry], rtype: str, sort: Sort) -> Any:
     """The value a resource sorts by for one `_sort` key, None when it has none.
 
     A repeated element sorts by its lowest value ascending and its highest descending; a date
-    or number range by its start ascending and its end descending (store/sqlite_query.py).
+    or number range by its start ascending and its end descending (store/sqlite/query.py).
     """
     if sort.param == "_id":
         return next(e.code for e in entries if e.param == "_id" and isinstance(e, TokenEntry))

@@ -19,9 +19,9 @@ import pytest
 from fhir_server.model.errors import FhirError
 from fhir_server.store.base import Store, Write
 from fhir_server.store.sqlite import SqliteStore
-from fhir_server.store.sqlite_index import INDEX_TABLES, ParamIds
-from fhir_server.store.sqlite_predicates import ESTIMATE_CAP
-from fhir_server.store.sqlite_query import SqliteSearch
+from fhir_server.store.sqlite.index import INDEX_TABLES, ParamIds
+from fhir_server.store.sqlite.predicates import ESTIMATE_CAP
+from fhir_server.store.sqlite.query import SqliteSearch
 from tests.store.search_model import Dataset, query, write
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from ..model.errors import Kind, fail
+from ...model.errors import Kind, fail
 
 _LONGEST_NAP = 0.002
 

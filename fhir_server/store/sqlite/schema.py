@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .sqlite_index import INDEX_TABLES
+from .index import INDEX_TABLES
 
 _BASE = """
 CREATE TABLE resource (

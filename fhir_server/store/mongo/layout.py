@@ -14,7 +14,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from ..search import (
+from ...search import (
     CompositeEntry,
     DateEntry,
     IndexEntry,
@@ -102,7 +102,7 @@ def shard_key(resource_type: str, id: str, entries: Iterable[IndexEntry]) -> str
     patient lives with that patient, `Patient/<that id>`, so one patient's data sits in one
     chunk range; one referencing several patients lives in SHARED_SHARD; any other is its own
     `<type>/<id>`. Hence every resource a search matches through a reference to Patient/X is
-    in `Patient/X` or SHARED_SHARD, which is what `mongo_filters.shard_filter` routes by.
+    in `Patient/X` or SHARED_SHARD, which is what `filters.shard_filter` routes by.
     """
     if resource_type == "Patient":
         return key("Patient", id)

@@ -12,12 +12,12 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..search import Include, Query, Registry, Sort
-from .base import SearchPage, Version
-from . import includes
-from .cursors import decode, encode
-from .sqlite_index import ParamIds
-from .sqlite_predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
+from ...search import Include, Query, Registry, Sort
+from ..base import SearchPage, Version
+from .. import includes
+from ..cursors import decode, encode
+from .index import ParamIds
+from .predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
 
 DEFAULT_COUNT = 20
 _COLUMNS = "a.type, a.id, a.version, a.last_updated, h.method, h.body"

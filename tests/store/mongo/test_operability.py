@@ -19,7 +19,7 @@ from fhir_server.model.errors import FhirError, Kind
 from fhir_server.search import default_registry, extract, parse_query
 from fhir_server.settings import Settings
 from fhir_server.store.base import ConditionalCreate, Write
-from fhir_server.store.mongo import MongoStore, _claim_key
+from fhir_server.store.mongo.store import MongoStore, _claim_key
 from tests.builders import INS_NIR, identified_patient, patient
 from tests.http.helpers import send
 from tests.store.mongo_double import DoubleClient

@@ -16,13 +16,13 @@ from bson.errors import InvalidId
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
-from ..model.errors import Kind, fail
-from ..search import Include, Query, Registry, Sort
-from .base import SearchPage, Version
-from . import includes
-from .cursors import decode, encode
-from .mongo_filters import FALSE, Filter, FilterBuilder, all_of, any_of, shard_filter
-from .mongo_layout import ARRAY_OF_PARAM_TYPE, key
+from ...model.errors import Kind, fail
+from ...search import Include, Query, Registry, Sort
+from ..base import SearchPage, Version
+from .. import includes
+from ..cursors import decode, encode
+from .filters import FALSE, Filter, FilterBuilder, all_of, any_of, shard_filter
+from .layout import ARRAY_OF_PARAM_TYPE, key
 
 DEFAULT_COUNT = 20
 VERSION_FIELDS = {"_id": 0, "type": 1, "id": 1, "version": 1, "lastUpdated": 1, "method": 1,

@@ -1,8 +1,8 @@
-"""Query AST -> MongoDB filters (store/mongo_filters.py), compared exactly.
+"""Query AST -> MongoDB filters (store/mongo/filters.py), compared exactly.
 
 Each case pins the filter one predicate, clause or query translates to: the entry array it
-tests (`$elemMatch` on the short field names of store/mongo_layout.py), the conditions of
-search/params/*.match_* (the same ones store/sqlite_predicates.py writes in SQL), constant
+tests (`$elemMatch` on the short field names of store/mongo/layout.py), the conditions of
+search/params/*.match_* (the same ones store/sqlite/predicates.py writes in SQL), constant
 folding, and the inner searches of chains and `_has` made through a recording Resolver.
 """
 
@@ -31,7 +31,7 @@ from fhir_server.search import (
     default_registry,
 )
 from fhir_server.search.params.special import EARTH_RADIUS_KM
-from fhir_server.store.mongo_filters import (
+from fhir_server.store.mongo.filters import (
     FALSE,
     MAX_RESOLVED,
     TRUE,

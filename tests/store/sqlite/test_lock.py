@@ -1,4 +1,4 @@
-"""The SQLite writers' file lock (store/sqlite_lock.py): one holder at a time, across
+"""The SQLite writers' file lock (store/sqlite/lock.py): one holder at a time, across
 processes; a waiter gets the lock as soon as it is released, or BUSY after its timeout."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fhir_server.model.errors import FhirError, Kind
-from fhir_server.store.sqlite_lock import WriterLock
+from fhir_server.store.sqlite.lock import WriterLock
 
 
 def test_a_second_holder_waits_for_the_first(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_busy_after_the_timeout(tmp_path: Path) -> None:
 
 def test_the_lock_of_a_process_that_dies_is_released(tmp_path: Path) -> None:
     path = tmp_path / "w"
-    script = (f"from fhir_server.store.sqlite_lock import WriterLock\nfrom pathlib import Path\n"
+    script = (f"from fhir_server.store.sqlite.lock import WriterLock\nfrom pathlib import Path\n"
               f"WriterLock(Path({str(path)!r}), 5).acquire()\nprint('held', flush=True)\n"
               "import time; time.sleep(60)\n")
     lock = WriterLock(path, 0.2)

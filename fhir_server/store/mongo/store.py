@@ -7,7 +7,7 @@ There a version is two writes (the resource document, then its history document)
 between them loses that history entry; use a replica set (even of one node) in production. Concurrent units that touch the same documents conflict;
 the loser is rolled back and run again (`TransientConflict`). Conditional creates claim their
 criteria in the `claims` collection first, so that two racing ones conflict instead of both
-inserting. Layout and indexes: mongo_layout.py and docs/storage.md.
+inserting. Layout and indexes: layout.py and docs/storage.md.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from ..model.errors import FhirError, Kind, fail
-from ..search import Query, Registry, default_registry
-from . import mongo_layout as layout
-from .base import (
+from ...model.errors import FhirError, Kind, fail
+from ...search import Query, Registry, default_registry
+from . import layout
+from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
     ConditionalDelete,
@@ -54,8 +54,8 @@ from .base import (
     Version,
     Write,
 )
-from .mongo_search import VERSION_FIELDS, MongoSearch, version_of
-from .versions import now, stamp
+from .search import VERSION_FIELDS, MongoSearch, version_of
+from ..versions import now, stamp
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ One table per entry type (search/entries.py), rows keyed by the resource's `pk` 
 integer `pid` naming (resource type, parameter code), so an index lookup touches only one
 type's rows. Composite entries are stored as their components, each in its own type's table
 under the pid of `<composite>#<i>`, tied together by `grp`. `_id` and `_lastUpdated` are not
-stored here: they are columns of `resource` (see sqlite_schema.py). docs/storage.md explains
+stored here: they are columns of `resource` (see schema.py). docs/storage.md explains
 every index.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Any
 
-from ..search import (
+from ...search import (
     CompositeEntry,
     DateEntry,
     IndexEntry,

@@ -1,6 +1,6 @@
 """Query AST predicates -> MongoDB query filters (FHIR R4 search.html).
 
-A simple predicate becomes `$elemMatch` on the entry array of its kind (mongo_layout.py), which
+A simple predicate becomes `$elemMatch` on the entry array of its kind (layout.py), which
 the multikey `(type, <array>.p, <array>.<value>)` indexes serve. The conditions mirror
 search/params/*.match_* exactly, as the SQLite translation does; the contract and property
 tests hold both to search/match.py.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any, Protocol
 
-from ..model.errors import Kind, fail
-from ..search import (
+from ...model.errors import Kind, fail
+from ...search import (
     Chain,
     Clause,
     CompositePredicate,
@@ -38,9 +38,9 @@ from ..search import (
     TokenTextPredicate,
     UriPredicate,
 )
-from ..search.params.special import EARTH_RADIUS_KM
-from .mongo_layout import ARRAY_OF_PARAM_TYPE, COMPOSITE, POSITION, SHARED_SHARD, key
-from .prefix import successor
+from ...search.params.special import EARTH_RADIUS_KM
+from .layout import ARRAY_OF_PARAM_TYPE, COMPOSITE, POSITION, SHARED_SHARD, key
+from ..prefix import successor
 
 Filter = dict[str, Any]
 TRUE: Filter = {}
@@ -208,7 +208,7 @@ def condition(p: Predicate, x: str = "") -> Filter:
 
 def shard_filter(rtype: str, clauses: tuple[Clause, ...]) -> Filter:
     """The shards that can hold `rtype` matches of `clauses`, when the query confines them to
-    given patients; TRUE otherwise. It changes no result (mongo_layout.shard_key) but lets a
+    given patients; TRUE otherwise. It changes no result (layout.shard_key) but lets a
     sharded cluster send a patient's searches to that patient's shard only.
 
     A clause of plain references to `Patient/<id>` (`subject=Patient/1`, a compartment search)

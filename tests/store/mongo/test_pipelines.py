@@ -1,4 +1,4 @@
-"""MongoDB commands of a search (store/mongo_search.py) and documents (store/mongo_layout.py).
+"""MongoDB commands of a search (store/mongo/search.py) and documents (store/mongo/layout.py).
 
 A recording fake collection stands in for `resources`: the tests compare the exact `find`
 arguments and aggregation stages built for a page (`_sort` keys, keyset boundaries), for the
@@ -30,20 +30,20 @@ from fhir_server.search import (
     default_registry,
     extract,
 )
-from fhir_server.store.mongo_filters import FALSE, Filter, shard_filter
-from fhir_server.store.mongo_layout import (
+from fhir_server.store.mongo.filters import FALSE, Filter, shard_filter
+from fhir_server.store.mongo.layout import (
     SHARED_SHARD,
     entry_arrays,
     history_document,
     resource_document,
     shard_key,
 )
-from fhir_server.store.mongo_search import MongoSearch
+from fhir_server.store.mongo.search import MongoSearch
 from tests.store.search_model import query
 
 REGISTRY = default_registry()
 PK = ObjectId("65a1b2c3d4e5f60718293a4b")
-# The fields a page reads from each document (mongo_search.VERSION_FIELDS), spelled out.
+# The fields a page reads from each document (mongo/search.VERSION_FIELDS), spelled out.
 PAGE_FIELDS = {"_id": 0, "type": 1, "id": 1, "version": 1, "lastUpdated": 1, "method": 1,
                "body": 1, "pk": 1}
 WHERE: Filter = {"type": "Patient", "deleted": False}
@@ -206,7 +206,7 @@ async def test_find_page(sort: str | None, boundary: list[Any] | None, backwards
 @pytest.mark.parametrize("sort", ["birthdate", "-name,_id", "_lastUpdated,name",
                                   "name,-_lastUpdated", "-_lastUpdated"])
 async def test_page_keeps_every_sort_key(sort: str) -> None:
-    """The next cursor is read from the returned documents (mongo_search._boundary), so the
+    """The next cursor is read from the returned documents (mongo/search._boundary), so the
     projection must keep every sort key field, own fields (`lu`) included."""
     collection = FakeCollection()
     search = searcher(collection)

@@ -1,7 +1,7 @@
 """Group commit in the SQLite store: commits queued while a batch is written share the next
 SQLite transaction, each in a savepoint. A commit rolled back to its savepoint may have
 created search parameter ids; SQLite hands the same ids out again, so the store must forget
-them (store/sqlite_index.py ParamIds)."""
+them (store/sqlite/index.py ParamIds)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from ..search import (
+from ...search import (
     Chain,
     Clause,
     CompositePredicate,
@@ -34,8 +34,8 @@ from ..search import (
     TokenTextPredicate,
     UriPredicate,
 )
-from .prefix import successor
-from .sqlite_index import ParamIds, component_code
+from ..prefix import successor
+from .index import ParamIds, component_code
 
 Sql = tuple[str, list[Any]]
 FALSE: Sql = ("0", [])

@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..model.errors import FhirError, Kind, fail
-from ..search import Query, Registry, default_registry, distance_km
-from . import sqlite_index
-from .base import (
+from ...model.errors import FhirError, Kind, fail
+from ...search import Query, Registry, default_registry, distance_km
+from . import index as sqlite_index
+from ..base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
@@ -36,11 +36,11 @@ from .base import (
     Version,
     Write,
 )
-from .sqlite_index import ParamIds
-from .sqlite_lock import WriterLock
-from .sqlite_query import SqliteSearch
-from .sqlite_schema import migrate
-from .versions import now, stamp
+from .index import ParamIds
+from .lock import WriterLock
+from .query import SqliteSearch
+from .schema import migrate
+from ..versions import now, stamp
 
 T = TypeVar("T")
 
