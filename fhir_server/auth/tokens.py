@@ -8,7 +8,7 @@ in a patient-facing launch, the patient in context.
 from __future__ import annotations
 
 import secrets
-import time
+from .. import clock
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ class TokenService:
     def issue(self, *, subject: str, client_id: str, scope: str, patient: str | None = None,
               fhir_user: str | None = None) -> dict[str, Any]:
         """A token response body (RFC 6749 §5.1; SMART: numeric `expires_in`, `scope`)."""
-        now = int(time.time())
+        now = int(clock.seconds())
         claims: dict[str, Any] = {
             "iss": self.issuer, "aud": self.audience, "sub": subject, "client_id": client_id,
             "scope": scope, "iat": now, "exp": now + self.lifetime,
@@ -74,7 +74,7 @@ class TokenService:
                  nonce: str | None) -> str:
         """An OpenID Connect id_token for the app (`aud` its client id) naming the user's FHIR
         resource in `fhirUser` (SMART App Launch: scopes for requesting identity data)."""
-        now = int(time.time())
+        now = int(clock.seconds())
         claims: dict[str, Any] = {"iss": self.issuer, "sub": subject, "aud": client_id,
                                   "iat": now, "exp": now + self.lifetime,
                                   "fhirUser": f"{self.audience}/{fhir_user}"}

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from ..audit.events import audit_event, interaction_of
 from ..audit.recorder import AuditRecorder
 from ..audit.trail import Trail
-from ..store.versions import now
+from .. import clock
 
 _PUBLIC = ("/metadata", "/.well-known/")
 
@@ -31,7 +31,7 @@ def install_audit(app: FastAPI, base_path: str, recorder: AuditRecorder) -> None
         query = request.url.query or None
         event = audit_event(
             interaction=interaction_of(request.method, relative), status=response.status_code,
-            recorded=now()[0], principal=getattr(request.state, "principal", None),
+            recorded=clock.instant(), principal=getattr(request.state, "principal", None),
             address=request.client.host if request.client else None,
             resources=trail.resources, patients=trail.patients,
             query=query if request.method == "GET" else None)

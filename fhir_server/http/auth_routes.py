@@ -25,7 +25,7 @@ from ..auth.external import peek
 from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
 from ..model.types import is_valid_id
 from ..settings import Settings
-from ..store.versions import now
+from .. import clock
 from .auth import authenticate
 
 discovery_router = APIRouter()
@@ -154,7 +154,7 @@ async def token(request: Request) -> Response:
     ids = form.get("client_id")
     client_id = ids[0] if ids else _assertion_subject(form)
     await request.app.state.recorder.record(security_event(
-        kind="token", status=response.status_code, recorded=now()[0],
+        kind="token", status=response.status_code, recorded=clock.instant(),
         who=client_id or "unknown client", client_id=client_id,
         address=request.client.host if request.client else None))
     return response

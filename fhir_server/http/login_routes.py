@@ -25,7 +25,7 @@ from ..auth.server import FormRequest, Grantee, SmartAuthorizationServer
 from ..auth.users import Locked, User, Users
 from ..services.launch_context import openable, patients_for
 from ..settings import Settings
-from ..store.versions import now
+from .. import clock
 from .auth import context_of
 
 login_router = APIRouter()
@@ -181,7 +181,7 @@ async def _audit_login(request: Request, status: int, username: str, client_id: 
                        fhir_user: str | None = None) -> None:
     """Each password attempt, successful or not, is audited (BALP security event)."""
     await request.app.state.recorder.record(security_event(
-        kind="login", status=status, recorded=now()[0], who=username or "(empty)",
+        kind="login", status=status, recorded=clock.instant(), who=username or "(empty)",
         client_id=client_id, address=request.client.host if request.client else None,
         fhir_user=fhir_user))
 

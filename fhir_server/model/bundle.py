@@ -7,22 +7,17 @@ stored, without being parsed again.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from .. import clock
 from .ids import new_id
 
 
 def etag(version: int) -> str:
     """The weak ETag of a version (http.html#versioning)."""
     return f'W/"{version}"'
-
-
-def now_instant() -> str:
-    """The current time as a FHIR instant."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def bundle(
@@ -36,7 +31,7 @@ def bundle(
     out: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": new_id(),
-        "meta": {"lastUpdated": now_instant()},
+        "meta": {"lastUpdated": clock.instant()},
         "type": bundle_type,
     }
     if total is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..model.bundle import now_instant
+from .. import clock
 from ..model.platform_codes import definitions
 from ..model.types import RESOURCE_TYPES
 from ..search import Registry
@@ -92,7 +92,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": now_instant(),
+        "date": clock.instant(),
         "publisher": "fhir-server",
         "kind": "instance",
         "software": {"name": "fhir-server", "version": __version__},

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ..access import consent as consents
+from ..clock import today
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
@@ -31,10 +31,6 @@ RESEARCH = f"{consents.SCOPE_SYSTEM}|{consents.RESEARCH}"
 REFERRAL = f"{MESSAGE_SYSTEM}|{REFERRAL_CODE}"
 # RelatedPerson.relationship codes (v3-RoleCode) of a legal representative.
 REPRESENTATIVE_CODES = frozenset({"GUARD", "POWATT", "DPOWATT", "HPOWATT", "SPOWATT"})
-
-
-def today() -> str:
-    return datetime.now(UTC).date().isoformat()
 
 
 async def resources(ctx: Context, query: Query) -> AsyncIterator[dict[str, Any]]:

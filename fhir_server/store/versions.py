@@ -1,21 +1,10 @@
-"""What every store stamps on a version: the commit time and the stored JSON body."""
+"""What every store stamps on a version: the stored JSON body with its meta."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def now() -> tuple[str, int]:
-    """The commit time as a FHIR instant and as microseconds since the epoch."""
-    moment = datetime.now(UTC)
-    micros = (moment - _EPOCH) // timedelta(microseconds=1)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), micros
-
 
 def stamp(resource: dict[str, Any], id: str, version: int, last_updated: str) -> bytes:
     """The stored JSON: the client's resource with the id and meta the server owns.

@@ -33,7 +33,7 @@ from ..services import crud, reach
 from ..services.context import Context, Payload
 from ..services.guard import decision, hidden, note
 from ..store.base import Version, Write
-from ..store.versions import now
+from .. import clock
 from . import snapshot
 
 REFERRAL_IDENTIFIER = codes.REFERRAL_IDENTIFIER
@@ -117,7 +117,7 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
                    "The patient has not agreed to sharing their record with trial investigators "
                    "(no research Consent in force): the referral is not sent.")
     frozen = await snapshot.freeze(server, patient, new_id())
-    sent = now()[0]
+    sent = clock.instant()
     referral = {
         "resourceType": "Communication", "id": new_id(), "status": "in-progress",
         "statusReason": {"coding": [codes.coding(codes.OUTCOME_SYSTEM, "referred")]},
@@ -217,7 +217,7 @@ async def _answer(ctx: Context, payload: Payload, stored: Version, referral: dic
         "category": [{"coding": [codes.coding(codes.MESSAGE_SYSTEM, codes.ANSWER)]}],
         "subject": referral["subject"], "about": referral.get("about", []),
         "inResponseTo": [{"reference": f"Communication/{stored.id}"}],
-        "sent": now()[0], "sender": {"reference": sender}, "recipient": [referral["sender"]],
+        "sent": clock.instant(), "sender": {"reference": sender}, "recipient": [referral["sender"]],
         "reasonCode": [{"coding": [codes.coding(codes.OUTCOME_SYSTEM, outcome)]}],
         **({"payload": [{"contentString": t} for t in texts]} if texts else {}),
     }

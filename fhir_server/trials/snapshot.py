@@ -16,7 +16,7 @@ from ..search import Clause, Query, ReferencePredicate, Registry, TokenPredicate
 from ..services.bundle import reference_holders
 from ..services import reach
 from ..services.context import Context
-from ..store.versions import now
+from .. import clock
 
 # The clinical content an investigator needs to preselect a patient; consents, messages,
 # audit and billing stay out.
@@ -79,7 +79,7 @@ async def freeze(ctx: Context, patient: str, id: str) -> dict[str, Any]:
         "meta": {"tag": [codes.coding(codes.MESSAGE_SYSTEM, codes.SNAPSHOT)]},
         "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"},
         "type": "collection",
-        "timestamp": now()[0],
+        "timestamp": clock.instant(),
         "entry": [{"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r}
                   for r in resources],
     }

@@ -18,12 +18,12 @@ Matching, with the search range `[sl, sh]` and the target range `[tl, th]` (sear
 from __future__ import annotations
 
 import re
-import time
 from calendar import monthrange
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
+from ... import clock
 from ..ast import DatePredicate, Prefix
 from ..entries import DateEntry
 
@@ -115,7 +115,7 @@ def _leap(year: int) -> bool:
 
 
 def now_us() -> int:
-    return time.time_ns() // 1000
+    return clock.micros(clock.now())
 
 
 # --- write side: values of each FHIR type as DateEntry rows -------------------------------

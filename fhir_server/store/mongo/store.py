@@ -35,6 +35,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from ... import clock
 from ...model.errors import FhirError, Kind, fail
 from ...search import Query, Registry, default_registry
 from . import layout
@@ -55,7 +56,7 @@ from ..base import (
     Write,
 )
 from .search import VERSION_FIELDS, MongoSearch, version_of
-from ..versions import now, stamp
+from ..versions import stamp
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class _MongoUnit:
         self.store = store
         self.session = session
         self.search = MongoSearch(store.resources, store.registry, session)
-        self.last_updated, self.micros = now()
+        self.last_updated, self.micros = clock.instant_and_micros()
         self._claims: list[str] = []
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
@@ -363,7 +364,7 @@ class _MongoUnit:
         released when the unit ends, and a unit finding it taken runs again later.
         """
         claim = _claim_key(query)
-        moment = datetime.now(UTC)
+        moment = clock.now()
         if self.session is not None:
             await self.store.claims.update_one({"_id": claim}, {"$set": {"at": moment}},
                                                upsert=True, session=self.session)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ... import clock
 from ...model.errors import FhirError, Kind, fail
 from ...search import Query, Registry, default_registry, distance_km
 from . import index as sqlite_index
@@ -40,7 +41,7 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
-from ..versions import now, stamp
+from ..versions import stamp
 
 T = TypeVar("T")
 
@@ -366,7 +367,7 @@ class _Unit:
         self.conn = conn
         self.ids = ids
         self.search = SqliteSearch(conn, ids, registry)
-        self.last_updated, self.micros = now()
+        self.last_updated, self.micros = clock.instant_and_micros()
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
         """Apply `operations` in order; OperationFailed names the one that failed."""
