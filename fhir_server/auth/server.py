@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.rfc6749 import (
@@ -29,6 +30,8 @@ from authlib.oauth2.rfc6749 import (
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Error,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
 )
 from authlib.oauth2.rfc6749.grants import (
     AuthorizationCodeGrant,
@@ -36,6 +39,7 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
 )
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
@@ -44,7 +48,7 @@ from joserfc.jwk import KeySet
 
 from .registry import Client, Registry
 from .secrets_hash import verify_secret
-from .tokens import TokenService
+from .tokens import InvalidToken, TokenService
 
 ASSERTION_ALGORITHMS = ["RS384", "ES384"]
 CODE_LIFETIME = 600  # seconds, RFC 6749 section 4.1.2's recommended maximum
@@ -112,13 +116,30 @@ class _Payload(OAuth2Payload):  # type: ignore[misc]
         return defaultdict(list, self._form)
 
 
+class _Headers(dict[str, str]):
+    """Request headers with case-insensitive names (RFC 9110 §5.1): the HTTP layer hands them
+    lower-cased, authlib asks for `Authorization`."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__((name.lower(), value) for name, value in headers.items())
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
 class FormRequest(OAuth2Request):  # type: ignore[misc]
     """A request as authlib sees it: a form POST, or (`method` GET) an authorization request's
     query parameters. The HTTP layer has read them already."""
 
     def __init__(self, uri: str, headers: Mapping[str, str], form: Mapping[str, list[str]],
                  method: str = "POST") -> None:
-        super().__init__(method, uri, headers=dict(headers))
+        super().__init__(method, uri, headers=_Headers(headers))
         self.payload = _Payload(form)
 
     @property
@@ -128,6 +149,22 @@ class FormRequest(OAuth2Request):  # type: ignore[misc]
     @property
     def args(self) -> dict[str, str]:
         return dict(self.payload.data) if self.method == "GET" else {}
+
+
+def _client_secret_basic(query_client: Callable[[str], _Client | None],
+                         request: OAuth2Request) -> _Client | None:
+    """client_secret_basic as RFC 6749 §2.3.1 has it: id and secret form-urlencoded, then
+    Basic. Clients that skip the urlencoding (many do) send the same bytes when the secret has
+    no reserved character; otherwise the raw form is tried too: either way the caller must
+    know the secret."""
+    raw_id, raw_secret = extract_basic_authorization(request.headers)
+    if not raw_id or not raw_secret:
+        return None
+    client = query_client(unquote_plus(raw_id))
+    if client is None:
+        raise InvalidClientError(status_code=401, description="Unknown client.")
+    candidates = dict.fromkeys((unquote_plus(raw_secret), raw_secret))
+    return client if any(client.check_client_secret(c) for c in candidates) else None
 
 
 class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]
@@ -296,6 +333,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.narrow = narrow
         self.narrow_for_user = narrow_for_user
         self.register_client_auth_method(PRIVATE_KEY_JWT, _ClientAssertion(registry, token_url))
+        self.register_client_auth_method("client_secret_basic", _client_secret_basic)
         self.register_grant(_BackendGrant)
         self.register_grant(_CodeGrant, [_Pkce(required=True)])
         self.register_grant(_RefreshGrant)
@@ -364,6 +402,15 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         """The token endpoint."""
         return self.create_token_response(request)  # type: ignore[no-any-return]
 
+    def get_token_grant(self, request: FormRequest) -> Any:
+        try:
+            return super().get_token_grant(request)
+        except UnsupportedGrantTypeError as exc:
+            # authlib leaves the description out; say what this server accepts.
+            exc.description = (f"grant_type {exc.grant_type or '(missing)'} is not supported: "
+                               "use authorization_code, refresh_token or client_credentials.")
+            raise
+
     def introspect(self, request: FormRequest) -> tuple[int, dict[str, Any]]:
         """RFC 7662, for an authenticated client: `active` and the token's claims."""
         error = self._authenticate(request, "introspection")
@@ -390,13 +437,26 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if error is not None:
             return error
         token = request.payload.data.get("token", "")
-        # A refresh token is spent (only by the client it was issued to); else an access token.
+        # A refresh token is spent, else an access token revoked; RFC 7009 §2.1: only by the
+        # client it was issued to. An unknown or invalid token is not an error (§2.2).
         record = self.registry.get("refresh", token)
         if record is not None:
-            if record["client_id"] == request.client.get_client_id():
-                self.registry.spend("refresh", token)
+            owner = str(record["client_id"])
         else:
-            self.tokens.revoke(token)
+            try:
+                claims = self.tokens.verify(token)
+            except InvalidToken:
+                return 200, {}
+            if not claims.token_id:  # an external provider's token without an id: not ours
+                return 200, {}
+            owner = claims.client_id
+        if not secrets.compare_digest(owner, request.client.get_client_id()):
+            error = UnauthorizedClientError(description="The token was not issued to this client.")
+            return error.status_code, dict(error.get_body())
+        if record is not None:
+            self.registry.spend("refresh", token)
+        else:
+            self.registry.revoke(claims.token_id, claims.expires)
         return 200, {}
 
     def _authenticate(self, request: FormRequest, endpoint: str) -> tuple[int, dict[str, Any]] | None:

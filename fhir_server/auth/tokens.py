@@ -121,14 +121,6 @@ class TokenService:
             expires=int(claims["exp"]), patient=claims.get("patient"),
             fhir_user=claims.get("fhirUser"))
 
-    def revoke(self, token: str) -> None:
-        """Revoke one of our tokens (RFC 7009: an unknown or invalid token is not an error)."""
-        try:
-            claims = self.verify(token)
-        except InvalidToken:
-            return
-        self.registry.revoke(claims.token_id, claims.expires)
-
 
 def _reason(exc: Exception) -> str:
     """A short, safe description: never the token or key material."""

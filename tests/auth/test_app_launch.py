@@ -3,8 +3,6 @@ consent pages, token exchange, refresh rotation, OpenID identity; and every way 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 import secrets
 import time
@@ -17,19 +15,14 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 
 from fhir_server.auth.users import Users
+from tests.auth.live import PASSWORD, REDIRECT, authorize, challenge, code_of, pending_of, second_factor, sign_in
 from tests.builders import patient
 from tests.conftest import token as system_token
 from tests.http.helpers import send
 
 APP = "portal"
-REDIRECT = "https://portal.example.org/callback"
 AUD = "http://localhost/fhir"
 SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
-PASSWORD = "correct horse battery staple"
-
-
-def _challenge(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
 
 
 @pytest.fixture
@@ -44,49 +37,14 @@ def portal(app_client: TestClient) -> TestClient:
     return app_client
 
 
-def _pending(html: str) -> str:
-    found = re.search(r'name="pending" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
 def _authorize(client: TestClient, verifier: str, **overrides: str) -> Any:
-    params = {"response_type": "code", "client_id": APP, "redirect_uri": REDIRECT, "scope": SCOPE,
-              "state": "s-123", "aud": AUD, "code_challenge": _challenge(verifier),
-              "code_challenge_method": "S256", "nonce": "n-456", **overrides}
-    return client.get(f"/auth/authorize?{urlencode(params)}", follow_redirects=False)
+    return authorize(client, verifier, APP, overrides.pop("scope", SCOPE), **overrides)
 
 
 def _sign_in(client: TestClient, verifier: str, decision: str = "approve",
              username: str = "helene", **overrides: str) -> Any:
-    """Through the pages; the answer is the redirect back to the app."""
-    login = _authorize(client, verifier, **overrides)
-    assert login.status_code == 200, login.text
-    pending = _pending(login.text)
-    second = client.post("/auth/login", data={"pending": pending, "username": username,
-                                              "password": PASSWORD})
-    assert second.status_code == 200, second.text
-    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
-    users = Users(client.app.state.oauth.registry)  # type: ignore[attr-defined]
-    totp = pyotp.TOTP(secret.group(1) if secret else users.totp_secret(username))
-    # A code is accepted once: a second sign-in within the same 30 s takes the next one
-    # (one step of clock drift is allowed).
-    consent = client.post("/auth/totp", data={"pending": pending, "code": totp.now()})
-    if consent.status_code == 401:
-        consent = client.post("/auth/totp", data={"pending": pending,
-                                                  "code": totp.at(time.time() + totp.interval)})
-    assert consent.status_code == 200, consent.text
-    return client.post("/auth/consent", data={"pending": pending, "decision": decision},
-                       follow_redirects=False)
-
-
-def _code(redirect: Any) -> str:
-    assert redirect.status_code == 302, redirect.text
-    location = urlsplit(redirect.headers["location"])
-    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
-    query = parse_qs(location.query)
-    assert query["state"] == ["s-123"]
-    return query["code"][0]
+    return sign_in(client, verifier, APP, overrides.pop("scope", SCOPE), username, decision,
+                   **overrides)
 
 
 def _exchange(client: TestClient, code: str, verifier: str) -> Any:
@@ -97,7 +55,7 @@ def _exchange(client: TestClient, code: str, verifier: str) -> Any:
 
 def test_standalone_launch_gives_patient_context_identity_and_refresh(portal: TestClient) -> None:
     verifier = secrets.token_urlsafe(48)
-    code = _code(_sign_in(portal, verifier))
+    code = code_of(_sign_in(portal, verifier))
     issued = _exchange(portal, code, verifier)
     assert issued.status_code == 200, issued.text
     body = issued.json()
@@ -127,12 +85,12 @@ def test_standalone_launch_gives_patient_context_identity_and_refresh(portal: Te
 
 def test_pkce_and_code_misuse_are_refused(portal: TestClient) -> None:
     verifier = secrets.token_urlsafe(48)
-    code = _code(_sign_in(portal, verifier))
+    code = code_of(_sign_in(portal, verifier))
     wrong = _exchange(portal, code, secrets.token_urlsafe(48))
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
     # The code is spent by the failed attempt too: a stolen code is worth one try.
     assert _exchange(portal, code, verifier).json()["error"] == "invalid_grant"
-    fresh = _code(_sign_in(portal, verifier))
+    fresh = code_of(_sign_in(portal, verifier))
     assert _exchange(portal, fresh, verifier).status_code == 200
     reused = _exchange(portal, fresh, verifier)
     assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
@@ -168,7 +126,7 @@ def test_denying_consent_returns_access_denied(portal: TestClient) -> None:
 
 def test_forms_need_the_login_cookie(portal: TestClient) -> None:
     """A form posted from another site does not carry the cookie: refused (CSRF)."""
-    pending = _pending(_authorize(portal, secrets.token_urlsafe(48)).text)
+    pending = pending_of(_authorize(portal, secrets.token_urlsafe(48)).text)
     portal.cookies.clear()
     response = portal.post("/auth/login", data={"pending": pending, "username": "helene",
                                                 "password": PASSWORD})
@@ -176,7 +134,7 @@ def test_forms_need_the_login_cookie(portal: TestClient) -> None:
 
 
 def test_repeated_failures_lock_the_account_with_back_off(portal: TestClient) -> None:
-    pending = _pending(_authorize(portal, secrets.token_urlsafe(48)).text)
+    pending = pending_of(_authorize(portal, secrets.token_urlsafe(48)).text)
     statuses = [portal.post("/auth/login", data={"pending": pending, "username": "helene",
                                                  "password": "wrong password!"}).status_code
                 for _ in range(6)]
@@ -190,7 +148,7 @@ def test_repeated_failures_lock_the_account_with_back_off(portal: TestClient) ->
 def test_pages_speak_french_or_english(portal: TestClient) -> None:
     french = _authorize(portal, secrets.token_urlsafe(48), ui_locales="fr")
     assert '<html lang="fr">' in french.text and "Mot de passe" in french.text
-    english = portal.get(f"/auth/authorize?{urlencode({'response_type': 'code', 'client_id': APP, 'redirect_uri': REDIRECT, 'scope': SCOPE, 'state': 's-123', 'aud': AUD, 'code_challenge': _challenge('v' * 43), 'code_challenge_method': 'S256'})}",
+    english = portal.get(f"/auth/authorize?{urlencode({'response_type': 'code', 'client_id': APP, 'redirect_uri': REDIRECT, 'scope': SCOPE, 'state': 's-123', 'aud': AUD, 'code_challenge': challenge('v' * 43), 'code_challenge_method': 'S256'})}",
                          headers={"Accept-Language": "en-GB,en;q=0.8"})
     assert '<html lang="en">' in english.text and "Password" in english.text
     assert english.headers["x-frame-options"] == "DENY"
@@ -210,7 +168,7 @@ def test_discovery_lists_the_launch_capabilities(portal: TestClient) -> None:
 
 def test_a_public_app_revokes_its_refresh_token(portal: TestClient) -> None:
     verifier = secrets.token_urlsafe(48)
-    body = _exchange(portal, _code(_sign_in(portal, verifier)), verifier).json()
+    body = _exchange(portal, code_of(_sign_in(portal, verifier)), verifier).json()
     revoked = portal.post("/auth/revoke", data={"token": body["refresh_token"], "client_id": APP})
     assert revoked.status_code == 200
     refused = portal.post("/auth/token", data={"grant_type": "refresh_token", "client_id": APP,
@@ -238,7 +196,7 @@ def test_ehr_launch_puts_the_launched_patient_in_context(portal: TestClient) -> 
     verifier = secrets.token_urlsafe(48)
     scope = "launch openid fhirUser patient/*.rs"
     redirect = _sign_in(portal, verifier, username="dr", scope=scope, launch=launch.json()["launch"])
-    body = _exchange(portal, _code(redirect), verifier).json()
+    body = _exchange(portal, code_of(redirect), verifier).json()
     assert body["patient"] == "other"
     assert set(body["scope"].split()) == set(scope.split())
     headers = {"Authorization": f"Bearer {body['access_token']}"}
@@ -254,7 +212,7 @@ def test_ehr_launch_puts_the_launched_patient_in_context(portal: TestClient) -> 
 def test_a_practitioner_standalone_launch_gets_no_patient_scopes(portal: TestClient) -> None:
     Users(portal.app.state.oauth.registry).add("dr2", PASSWORD, "Practitioner/rpps-2")  # type: ignore[attr-defined]
     verifier = secrets.token_urlsafe(48)
-    body = _exchange(portal, _code(_sign_in(portal, verifier, username="dr2",
+    body = _exchange(portal, code_of(_sign_in(portal, verifier, username="dr2",
                                             scope="openid fhirUser patient/*.rs user/*.rs")), verifier).json()
     assert set(body["scope"].split()) == {"openid", "fhirUser", "user/*.rs"}
     assert "patient" not in body
@@ -290,7 +248,7 @@ def _consent(patient: str, actor: str, start: str, end: str | None = None) -> di
 def _to_picker(portal: TestClient, verifier: str, username: str, scope: str) -> tuple[str, Any, str]:
     """Sign in (first time: enrol the second factor) up to the patient picker: the pending
     login, the picker page and the TOTP secret."""
-    pending = _pending(_authorize(portal, verifier, scope=scope).text)
+    pending = pending_of(_authorize(portal, verifier, scope=scope).text)
     second = portal.post("/auth/login", data={"pending": pending, "username": username, "password": PASSWORD})
     secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
     assert secret is not None
@@ -314,7 +272,7 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     offered = re.findall(r'name="patient" value="([^"]+)"', picker.text)
     assert offered == ["helene"]
     assert portal.post("/auth/pick", data={"pending": pending, "patient": "other"}).status_code == 400
-    pending = _pending(_authorize(portal, verifier, scope=scope).text)
+    pending = pending_of(_authorize(portal, verifier, scope=scope).text)
     portal.post("/auth/login", data={"pending": pending, "username": "dr3", "password": PASSWORD})
     totp = pyotp.TOTP(secret)
     portal.post("/auth/totp", data={"pending": pending, "code": totp.at(time.time() + totp.interval)})
@@ -322,7 +280,7 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     assert consent.status_code == 200 and "Autoriser" in consent.text
     redirect = portal.post("/auth/consent", data={"pending": pending, "decision": "approve"},
                            follow_redirects=False)
-    body = _exchange(portal, _code(redirect), verifier).json()
+    body = _exchange(portal, code_of(redirect), verifier).json()
     assert body["patient"] == "helene" and "patient/*.rs" in body["scope"].split()
     headers = {"Authorization": f"Bearer {body['access_token']}"}
     assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
@@ -345,7 +303,7 @@ def test_a_representative_picks_the_patient_they_represent(portal: TestClient) -
     portal.post("/auth/pick", data={"pending": pending, "patient": "helene"})
     redirect = portal.post("/auth/consent", data={"pending": pending, "decision": "approve"},
                            follow_redirects=False)
-    body = _exchange(portal, _code(redirect), verifier).json()
+    body = _exchange(portal, code_of(redirect), verifier).json()
     assert body["patient"] == "helene"
     headers = {"Authorization": f"Bearer {body['access_token']}"}
     assert portal.get("/fhir/Patient/helene", headers=headers).status_code == 200
@@ -378,18 +336,10 @@ def test_a_launch_for_another_patient_is_refused(portal: TestClient) -> None:
 
 def _sign_in_until_refused(portal: TestClient, username: str, scope: str, launch: str) -> Any:
     verifier = secrets.token_urlsafe(48)
-    pending = _pending(_authorize(portal, verifier, scope=scope, launch=launch).text)
+    pending = pending_of(_authorize(portal, verifier, scope=scope, launch=launch).text)
     second = portal.post("/auth/login", data={"pending": pending, "username": username,
                                               "password": PASSWORD})
-    secret = re.search(r'id="secret">([A-Z2-7]+)<', second.text)
-    users = Users(portal.app.state.oauth.registry)  # type: ignore[attr-defined]
-    totp = pyotp.TOTP(secret.group(1) if secret else users.totp_secret(username))
-    answer = portal.post("/auth/totp", data={"pending": pending, "code": totp.now()},
-                         follow_redirects=False)
-    if answer.status_code == 401:
-        answer = portal.post("/auth/totp", data={"pending": pending,
-                                                 "code": totp.at(time.time() + totp.interval)},
-                             follow_redirects=False)
+    answer = second_factor(portal, pending, username, second.text)
     assert answer.status_code == 302, answer.text
     return answer
 
@@ -398,7 +348,7 @@ def test_a_code_works_only_for_the_client_it_was_issued_to(portal: TestClient) -
     registry = portal.app.state.oauth.registry  # type: ignore[attr-defined]
     registry.add_app("other-app", SCOPE, [REDIRECT])
     verifier = secrets.token_urlsafe(48)
-    code = _code(_sign_in(portal, verifier))
+    code = code_of(_sign_in(portal, verifier))
     stolen = portal.post("/auth/token", data={"grant_type": "authorization_code", "code": code,
                                               "redirect_uri": REDIRECT, "client_id": "other-app",
                                               "code_verifier": verifier})

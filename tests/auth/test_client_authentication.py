@@ -1,0 +1,129 @@
+"""Client authentication at the token, introspection and revocation endpoints, over real HTTP
+(RFC 6749 §2.3.1 client_secret_basic and client_secret_post, RFC 7523 private_key_jwt, RFC
+7662 introspection, RFC 7009 revocation: only by the client the token was issued to)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.auth.live import (
+    REDIRECT, LiveClient, code_of, live_server, new_user, registry, sign_in, token_url)
+from tests.builders import patient
+from tests.conftest import token as system_token
+from tests.http.helpers import send
+
+SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
+SECRET = "a confidential app's long secret"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveClient]:
+    """A public app, a second public app, a confidential app, and patient Hélène."""
+    with live_server(tmp_path_factory.mktemp("client-auth")) as client:
+        apps = registry(client)
+        apps.add_app("pub", SCOPE, [REDIRECT])
+        apps.add_app("pub2", SCOPE, [REDIRECT])
+        apps.add_app("conf", SCOPE, [REDIRECT], secret=SECRET)
+        admin = {"Authorization": f"Bearer {system_token(client, 'system/*.cruds')}"}
+        body = {**patient(), "id": "helene"}
+        assert send(client, "PUT", "/fhir/Patient/helene", body, **admin).status_code == 201
+        yield client
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    """RFC 6749 §2.3.1: both parts form-urlencoded, then Basic."""
+    from urllib.parse import quote_plus
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return {"Authorization": f"Basic {base64.b64encode(raw).decode()}"}
+
+
+def _tokens(live: LiveClient, app: str, *, headers: dict[str, str] | None = None,
+            **form: str) -> dict[str, Any]:
+    """A token response for Hélène through the pages and the code exchange."""
+    verifier = secrets.token_urlsafe(48)
+    code = code_of(sign_in(live, verifier, app, SCOPE, new_user(live, "Patient/helene")))
+    answer = live.post("/auth/token", headers=headers or {}, data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier, **form})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _reads(live: LiveClient, access_token: str) -> int:
+    return live.get("/fhir/Patient/helene",
+                    headers={"Authorization": f"Bearer {access_token}"}).status_code
+
+
+def test_another_client_cannot_revoke_a_token(live: LiveClient) -> None:
+    """RFC 7009 §2.1: the server checks the token was issued to the client revoking it."""
+    issued = _tokens(live, "pub", client_id="pub")
+    for token in (issued["access_token"], issued["refresh_token"]):
+        refused = live.post("/auth/revoke", data={"token": token, "client_id": "pub2"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "unauthorized_client"
+        assert refused.json()["error_description"]
+    assert _reads(live, issued["access_token"]) == 200
+    refreshed = live.post("/auth/token", data={"grant_type": "refresh_token", "client_id": "pub",
+                                               "refresh_token": issued["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    # Its own client revokes it: refused at once afterwards.
+    own = refreshed.json()["access_token"]
+    assert live.post("/auth/revoke", data={"token": own, "client_id": "pub"}).status_code == 200
+    assert _reads(live, own) == 401
+
+
+def test_client_secret_basic_at_the_token_endpoint(live: LiveClient) -> None:
+    issued = _tokens(live, "conf", headers=basic("conf", SECRET))
+    assert _reads(live, issued["access_token"]) == 200
+    refreshed = live.post("/auth/token", headers=basic("conf", SECRET), data={
+        "grant_type": "refresh_token", "refresh_token": issued["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+
+
+def test_a_wrong_basic_secret_is_refused(live: LiveClient) -> None:
+    verifier = secrets.token_urlsafe(48)
+    code = code_of(sign_in(live, verifier, "conf", SCOPE, new_user(live, "Patient/helene")))
+    refused = live.post("/auth/token", headers=basic("conf", "not the secret"), data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier})
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    assert refused.headers["www-authenticate"].startswith("Basic")
+
+
+def test_client_secret_post_at_the_token_endpoint(live: LiveClient) -> None:
+    issued = _tokens(live, "conf", client_id="conf", client_secret=SECRET)
+    assert _reads(live, issued["access_token"]) == 200
+
+
+@pytest.mark.parametrize("method", ["basic", "post"])
+def test_introspection_and_revocation_with_a_client_secret(live: LiveClient, method: str) -> None:
+    issued = _tokens(live, "conf", client_id="conf", client_secret=SECRET)
+    headers, form = ((basic("conf", SECRET), {}) if method == "basic"
+                     else ({}, {"client_id": "conf", "client_secret": SECRET}))
+    found = live.post("/auth/introspect", headers=headers,
+                      data={"token": issued["access_token"], **form})
+    assert found.status_code == 200, found.text
+    assert found.json()["active"] is True and found.json()["client_id"] == "conf"
+    revoked = live.post("/auth/revoke", headers=headers,
+                        data={"token": issued["access_token"], **form})
+    assert revoked.status_code == 200, revoked.text
+    assert _reads(live, issued["access_token"]) == 401
+    gone = live.post("/auth/introspect", headers=headers,
+                     data={"token": issued["access_token"], **form})
+    assert gone.json() == {"active": False}
+
+
+def test_unsupported_grant_type_says_why(live: LiveClient) -> None:
+    answer = live.post("/auth/token", data={"grant_type": "password", "client_id": "pub"})
+    assert answer.status_code == 400 and answer.json()["error"] == "unsupported_grant_type"
+    assert "password" in answer.json()["error_description"]
+
+
+def test_token_url_is_the_advertised_one(live: LiveClient) -> None:
+    config = live.get("/fhir/.well-known/smart-configuration").json()
+    assert config["token_endpoint"] == token_url(live)
