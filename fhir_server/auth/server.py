@@ -379,7 +379,10 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if not granted:
             raise InvalidScopeError(description="None of the requested scopes may be granted.")
         words = granted.split()
-        in_context = "launch/patient" in words or ("launch" in words and user.launch_patient)
+        # SMART: patient scopes are granted only with a patient in context (narrow_for_user
+        # ensures one is known), and the response then always names it.
+        patient_scopes = any(word.startswith("patient/") for word in words)
+        in_context = patient_scopes or "launch/patient" in words or "launch" in words
         patient = user.patient if in_context else None
         # The access token always names the user's resource: the resource server decides what
         # a practitioner reaches from it (access/policy.py).
