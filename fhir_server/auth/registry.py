@@ -3,7 +3,7 @@ revoked tokens, authorization codes, logins in progress and refresh tokens. One 
 (`auth.db` in the data directory) that every worker shares.
 
 Backend clients (SMART Backend Services) are registered with their public keys, inline as a
-JWKS or as a `jwks_uri` fetched (and cached) when an assertion arrives. Apps (SMART App
+JWKS or as a `jwks_uri` fetched (and cached: remote_keys.py) when an assertion arrives. Apps (SMART App
 Launch) are public (PKCE only) or confidential (a secret, stored as a scrypt hash), with their
 redirect URIs. Codes and refresh tokens are stored as SHA-256 hashes: a leak of the file does
 not hand out usable credentials.
@@ -15,7 +15,6 @@ import hashlib
 import sqlite3
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +68,6 @@ CREATE TABLE IF NOT EXISTS refresh (
 CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 _HASHED = frozenset({"code", "refresh"})
-_JWKS_CACHE_SECONDS = 300
-_JWKS_FETCH_TIMEOUT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +90,6 @@ class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._jwks_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection to the registry file (for the user accounts)."""
@@ -198,19 +194,6 @@ class Registry:
 
     def forget(self, table: str, key: str) -> None:
         self._conn().execute(f"DELETE FROM {table} WHERE id = ?", (key,))  # noqa: S608
-
-    def client_keys(self, client: Client) -> dict[str, Any]:
-        """The client's JWK Set: inline, or fetched from its jwks_uri (cached a while)."""
-        if client.jwks is not None:
-            return client.jwks
-        assert client.jwks_uri is not None
-        cached = self._jwks_cache.get(client.jwks_uri)
-        if cached and time.monotonic() - cached[0] < _JWKS_CACHE_SECONDS:
-            return cached[1]
-        with urllib.request.urlopen(client.jwks_uri, timeout=_JWKS_FETCH_TIMEOUT) as response:  # noqa: S310 - an https URL registered by an administrator
-            keys: dict[str, Any] = orjson.loads(response.read())
-        self._jwks_cache[client.jwks_uri] = (time.monotonic(), keys)
-        return keys
 
     # -- one-time assertion ids and revocation -----------------------------------------------
 

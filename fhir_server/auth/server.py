@@ -41,12 +41,14 @@ from authlib.oauth2.rfc6749.grants import (
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7523.client import ASSERTION_TYPE
 from authlib.oauth2.rfc7636 import CodeChallenge
-from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from .jws import decode, peek
 from .registry import Client, Registry
+from .remote_keys import RemoteKeySets
 from .secrets_hash import verify_secret
 from .tokens import InvalidToken, TokenService
 
@@ -168,31 +170,64 @@ def _client_secret_basic(query_client: Callable[[str], _Client | None],
 
 
 class _ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]
-    """private_key_jwt as SMART Backend Services profiles it."""
+    """private_key_jwt as SMART profiles it (Backend Services, and confidential asymmetric
+    apps): RS384 or ES384, a one-time `jti`, at most five minutes of life, the client's keys
+    inline or from its registered JWKS URL (a `jku` naming any other URL is refused), header
+    parameters not understood ignored unless critical (jws.py)."""
 
     CLIENT_AUTH_METHOD = PRIVATE_KEY_JWT
 
     def __init__(self, registry: Registry, token_url: str) -> None:
         super().__init__(validate_jti=True, leeway=30)
         self.registry = registry
+        self.key_sets = RemoteKeySets()
         self._audiences = [token_url]
 
     def get_audiences(self) -> list[str]:
         return self._audiences
 
-    def resolve_client_public_key(self, client: _Client) -> KeySet:
+    def __call__(self, query_client: Callable[[str], _Client | None],
+                 request: OAuth2Request) -> _Client | None:
+        form = request.form
+        assertion = form.get("client_assertion")
+        if form.get("client_assertion_type") != ASSERTION_TYPE or not assertion:
+            return None
+        header, claims = peek(assertion)
+        subject = claims.get("sub")
+        if not isinstance(subject, str):
+            raise InvalidClientError(description="The client assertion names no client (sub).")
+        client = query_client(subject)
+        if client is None:
+            raise InvalidClientError(description="The client does not exist on this server.")
+        keys = self._keys(client.client, header)
+        request.client = client
+        self.process_assertion_claims(assertion, keys)
+        return self.authenticate_client(client)  # type: ignore[no-any-return]
+
+    def _keys(self, client: Client, header: Mapping[str, Any]) -> KeySet:
+        """The client's public keys, as registered; the assertion's `jku`, if any, must be
+        the registered JWKS URL (SMART Backend Services)."""
+        jku = header.get("jku")
+        if jku is not None and jku != client.jwks_uri:
+            raise InvalidClientError(description="The assertion's jku is not the JWKS URL "
+                                                 "registered for this client.")
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         try:
-            return KeySet.import_key_set(self.registry.client_keys(client.client))  # type: ignore[arg-type]
+            if client.jwks is not None:
+                return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
+            if client.jwks_uri is None:
+                raise InvalidClientError(description="This client has no registered keys.")
+            return self.key_sets.key_set(client.jwks_uri, kid)
         except (OSError, ValueError, JoseError) as exc:
             raise InvalidClientError(description="The client's keys cannot be read.") from exc
 
-    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
+    def process_assertion_claims(self, assertion: str, keys: KeySet) -> Any:
         try:
-            token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
+            token = decode(assertion, keys, ASSERTION_ALGORITHMS)
         except JoseError as exc:
             raise InvalidClientError(
-                description="The client assertion's signature or algorithm is not accepted "
-                            f"(SMART requires {' or '.join(ASSERTION_ALGORITHMS)}).") from exc
+                description="The client assertion's signature, algorithm or critical headers "
+                            f"are not accepted (SMART requires {' or '.join(ASSERTION_ALGORITHMS)}).") from exc
         claims = token.claims
         exp = claims.get("exp")
         if not isinstance(exp, (int, float)) or exp - time.time() > MAX_ASSERTION_LIFETIME + 30:

@@ -15,7 +15,8 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from .external import ExternalIssuers, peek, scope_of
+from .external import ExternalIssuers, scope_of
+from .jws import peek
 from .keys import ALGORITHM, SigningKeys
 from .registry import Registry
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..access.principal import Principal
 from ..audit.events import security_event
-from ..auth.external import peek
+from ..auth.jws import peek
 from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
 from ..model.types import is_valid_id
 from ..settings import Settings

@@ -12,6 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+from joserfc.jws import JWSRegistry
+from joserfc.registry import HeaderParameter
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
@@ -32,13 +34,18 @@ class Backend:
         return {"keys": [self.key.as_dict(private=False)]}
 
     def assertion(self, *, lifetime: int = 240, audience: str = TOKEN_URL, jti: str | None = None,
-                  alg: str | None = None, key: ECKey | RSAKey | None = None) -> str:
+                  alg: str | None = None, key: ECKey | RSAKey | None = None,
+                  header: dict[str, Any] | None = None) -> str:
         now = int(time.time())
         claims = {"iss": self.client_id, "sub": self.client_id, "aud": audience,
                   "exp": now + lifetime, "iat": now, "jti": jti or secrets.token_hex(8)}
         signing = key or self.key
-        header = {"alg": alg or self.alg, "kid": signing.kid, "typ": "JWT"}
-        return jwt.encode(header, claims, signing, algorithms=[alg or self.alg])
+        protected = {"alg": alg or self.alg, "kid": signing.kid, "typ": "JWT", **(header or {})}
+        # Any header parameter, even one the signer does not know (critical ones too).
+        extra = {name: HeaderParameter(name, lambda value: None) for name in header or {}}
+        registry = JWSRegistry(extra, algorithms=[alg or self.alg], strict_check_header=False)
+        return jwt.encode(protected, claims, signing, algorithms=[alg or self.alg],
+                          registry=registry)
 
     def form(self, scope: str, **options: Any) -> dict[str, str]:
         return {"grant_type": "client_credentials", "scope": scope,

@@ -1,0 +1,97 @@
+"""JWK Sets published at a URL (a backend client's or app's `jwks_uri`, a trusted provider's),
+fetched when needed and cached as the publisher's `Cache-Control` allows (RFC 9111 §5.2.2):
+
+- `no-store` or `no-cache`: fetched again at each use, so a key removed from the set stops
+  working at once;
+- `max-age=N`: kept N seconds, at most MAX_SECONDS;
+- nothing said: kept DEFAULT_SECONDS.
+
+A JWT naming a key (`kid`) the cached set lacks makes one fetch at once (the publisher may have
+rotated its keys), and further unknown keys of that URL at most every UNKNOWN_KID_INTERVAL
+seconds, so that made-up `kid`s cannot turn this server into a fetching machine.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from joserfc.jwk import KeySet
+
+DEFAULT_SECONDS = 300
+MAX_SECONDS = 3600
+UNKNOWN_KID_INTERVAL = 10.0
+FETCH_TIMEOUT = 5
+MAX_BYTES = 256 * 1024
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+
+
+def cache_lifetime(cache_control: str | None) -> float:
+    """How long a JWK Set fetched with this `Cache-Control` may be reused, in seconds."""
+    if not cache_control:
+        return DEFAULT_SECONDS
+    directives = {part.strip().split("=")[0].lower() for part in cache_control.split(",")}
+    if directives & {"no-store", "no-cache"}:
+        return 0
+    found = _MAX_AGE.search(cache_control)
+    return min(int(found.group(1)), MAX_SECONDS) if found else DEFAULT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    keys: dict[str, Any]
+    fresh_until: float  # time.monotonic()
+
+
+class RemoteKeySets:
+    """The key sets of any number of URLs, each cached as its publisher says."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, _Cached] = {}
+        self._unknown_kid_fetch: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str, kid: str | None = None) -> dict[str, Any]:
+        """The JWK Set at `url`, fresh enough, and fetched again if it lacks `kid` (see the
+        module's docstring). Raises OSError or ValueError when it cannot be fetched or read."""
+        now = time.monotonic()
+        cached = self._cache.get(url)
+        if cached is not None and now < cached.fresh_until:
+            if kid is None or _has_kid(cached.keys, kid):
+                return cached.keys
+            if now - self._unknown_kid_fetch.get(url, -UNKNOWN_KID_INTERVAL) < UNKNOWN_KID_INTERVAL:
+                return cached.keys  # the signature check will refuse the unknown key
+            self._unknown_kid_fetch[url] = now
+        with self._lock:
+            keys, lifetime = _fetch(url)
+            self._cache[url] = _Cached(keys, time.monotonic() + lifetime)
+        return keys
+
+    def key_set(self, url: str, kid: str | None = None) -> KeySet:
+        """`get`, imported for joserfc."""
+        return KeySet.import_key_set(self.get(url, kid))  # type: ignore[arg-type]
+
+    def forget(self) -> None:
+        """Drop every cached set (the next use fetches)."""
+        self._cache.clear()
+
+
+def _has_kid(keys: dict[str, Any], kid: str) -> bool:
+    return any(isinstance(k, dict) and k.get("kid") == kid for k in keys.get("keys", ()))
+
+
+def _fetch(url: str) -> tuple[dict[str, Any], float]:
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:  # noqa: S310 - registered by an administrator
+        body = response.read(MAX_BYTES + 1)
+        lifetime = cache_lifetime(response.headers.get("Cache-Control"))
+    if len(body) > MAX_BYTES:
+        raise ValueError("JWK Set too large")
+    keys = orjson.loads(body)
+    if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
+        raise ValueError("not a JWK Set")
+    return keys, lifetime
