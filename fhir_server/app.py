@@ -10,7 +10,6 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from .access.principal import server_principal
 from .audit.chain import Chain
@@ -23,7 +22,7 @@ from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
 from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
 from .http.audit import install_audit
-from .http.auth_routes import auth_router, discovery_router
+from .http.auth_routes import auth_router, discovery_router, install_cors
 from .http.login_routes import login_router
 from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware
@@ -126,13 +125,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match",
-                           "If-None-Exist", "If-None-Match", "If-Modified-Since", "Prefer"],
-            expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"])
+    install_cors(app, settings, oauth.registry if oauth else None)
     install_audit(app, settings.base_path, recorder)
     app.state.recorder = recorder
     app.add_middleware(RequestIdMiddleware)

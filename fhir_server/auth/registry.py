@@ -146,6 +146,11 @@ class Registry:
         assert client is not None
         return client
 
+    def redirect_uris(self) -> list[str]:
+        """Every registered app's redirect URIs."""
+        return [uri for (row,) in self._conn().execute("SELECT redirect_uris FROM app")
+                for uri in orjson.loads(row)]
+
     def client(self, id: str) -> Client | None:
         row = self._conn().execute(
             "SELECT c.id, c.kind, c.scope, c.jwks, c.jwks_uri, a.redirect_uris, a.secret_hash, "

@@ -11,22 +11,24 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from authlib.oauth2.rfc6749 import OAuth2Error
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from ..access.principal import Principal
 from ..audit.events import security_event
 from ..auth.jws import peek
+from ..auth.registry import Registry
 from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
 from ..model.types import is_valid_id
 from ..settings import Settings
 from .. import clock
 from .auth import authenticate
+from .cors import Cors, origins_of
 
 discovery_router = APIRouter()
 auth_router = APIRouter()
@@ -34,6 +36,20 @@ auth_router = APIRouter()
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 LAUNCH_LIFETIME = 600
 _MAX_FORM_BYTES = 64 * 1024
+
+
+def install_cors(app: FastAPI, settings: Settings, registry: Registry | None) -> None:
+    """CORS (http/cors.py): discovery, metadata and key documents open to any origin; the rest
+    to the configured origins and those of the registered apps' redirect URIs."""
+    auth_path = urlsplit(settings.auth_url).path
+    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration",
+              f"{auth_path}/jwks", f"{auth_path}/.well-known/openid-configuration"}
+
+    def app_origins() -> set[str]:
+        return origins_of(registry.redirect_uris()) if registry else set()
+
+    app.add_middleware(Cors, public=public, configured=settings.cors_origins,
+                       app_origins=app_origins)
 
 
 def oauth_uris(settings: Settings) -> dict[str, str]:
