@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from ..access import Grant, parse_scopes
 
+# Lets a backend client call the introspection endpoint with its bearer token (SMART App
+# Launch: the endpoint is access-controlled; authenticating the client works too).
+INTROSPECT_SCOPE = "introspect"
+
 
 def narrow_scope(allowed: str, requested: str) -> str:
     """The part of `requested` that `allowed` (a client's registered scope) covers, as a scope
-    string; "" when nothing is left. Backend clients get `system/` scopes only."""
+    string; "" when nothing is left. Backend clients get `system/` scopes only, and
+    INTROSPECT_SCOPE when registered for it."""
     registered: Grant = parse_scopes(allowed)
     granted = registered.narrow(parse_scopes(requested))
-    system = Grant(tuple(s for s in granted.scopes if s.level == "system"))
-    return system.text()
+    system = Grant(tuple(s for s in granted.scopes if s.level == "system")).text()
+    introspect = INTROSPECT_SCOPE in allowed.split() and INTROSPECT_SCOPE in requested.split()
+    return " ".join(([INTROSPECT_SCOPE] if introspect else []) + ([system] if system else []))
 
 
 def narrow_for_user(allowed: str, requested: str, fhir_user: str,

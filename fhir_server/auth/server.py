@@ -49,6 +49,7 @@ from joserfc.jwk import KeySet
 from .jws import decode, peek
 from .registry import Client, Registry
 from .remote_keys import RemoteKeySets
+from .scope_policy import INTROSPECT_SCOPE
 from .secrets_hash import verify_secret
 from .tokens import InvalidToken, TokenService
 
@@ -449,15 +450,16 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                                "use authorization_code, refresh_token or client_credentials.")
             raise
 
-    def introspect(self, request: FormRequest) -> tuple[int, dict[str, Any]]:
-        """RFC 7662, for an authenticated client: `active` and the token's claims."""
-        error = self._authenticate(request, "introspection")
+    def introspect(self, request: FormRequest) -> tuple[Any, ...]:
+        """RFC 7662, for an authenticated client or the bearer of a token granted the
+        introspection scope: `active` and the token's claims."""
+        error = self._authorize_introspection(request)
         if error is not None:
             return error
         token = request.payload.data.get("token", "")
         try:
             claims = self.tokens.verify(token)
-        except Exception:  # noqa: BLE001 - any invalid token is simply inactive
+        except InvalidToken:
             return 200, {"active": False}
         body: dict[str, Any] = {
             "active": True, "scope": claims.scope, "client_id": claims.client_id,
@@ -466,8 +468,25 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if claims.patient:
             body["patient"] = claims.patient
         if claims.fhir_user:
-            body["fhirUser"] = claims.fhir_user
+            body["fhirUser"] = self.tokens.absolute(claims.fhir_user)
         return 200, body
+
+    def _authorize_introspection(self, request: FormRequest) -> tuple[Any, ...] | None:
+        """None when the caller may introspect: `Authorization: Bearer` with a token granted
+        INTROSPECT_SCOPE (RFC 6750 errors otherwise), else client authentication."""
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return self._authenticate(request, "introspection")
+        try:
+            claims = self.tokens.verify(credential.strip())
+        except InvalidToken as exc:
+            return (401, {"error": "invalid_token", "error_description": str(exc)},
+                    {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if INTROSPECT_SCOPE not in claims.scope.split():
+            return (403, {"error": "insufficient_scope",
+                          "error_description": f"Introspection needs the {INTROSPECT_SCOPE} scope."},
+                    {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{INTROSPECT_SCOPE}"'})
+        return None
 
     def revoke(self, request: FormRequest) -> tuple[int, dict[str, Any]]:
         """RFC 7009, for an authenticated client."""

@@ -78,11 +78,15 @@ class TokenService:
         now = int(clock.seconds())
         claims: dict[str, Any] = {"iss": self.issuer, "sub": subject, "aud": client_id,
                                   "iat": now, "exp": now + self.lifetime,
-                                  "fhirUser": f"{self.audience}/{fhir_user}"}
+                                  "fhirUser": self.absolute(fhir_user)}
         if nonce:
             claims["nonce"] = nonce
         key = self.keys.signing_key()
         return jwt.encode({"alg": ALGORITHM, "kid": key.kid}, claims, key)
+
+    def absolute(self, fhir_user: str) -> str:
+        """`fhirUser` as SMART wants it in id_tokens and introspection: an absolute URL."""
+        return fhir_user if "://" in fhir_user else f"{self.audience}/{fhir_user}"
 
     def verify(self, token: str) -> TokenClaims:
         """The claims of a valid token: signature, issuer, audience, expiry, not revoked.

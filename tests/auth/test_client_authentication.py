@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from joserfc import jwt
 
+from tests.auth.conftest import es384
 from tests.auth.live import (
-    REDIRECT, LiveClient, code_of, live_server, new_user, registry, sign_in, token_url)
+    REDIRECT, LiveClient, audience, code_of, live_server, new_user, registry, sign_in, token_url)
 from tests.builders import patient
 from tests.conftest import token as system_token
 from tests.http.helpers import send
@@ -127,3 +129,50 @@ def test_unsupported_grant_type_says_why(live: LiveClient) -> None:
 def test_token_url_is_the_advertised_one(live: LiveClient) -> None:
     config = live.get("/fhir/.well-known/smart-configuration").json()
     assert config["token_endpoint"] == token_url(live)
+
+
+def _backend_token(live: LiveClient, client_id: str, registered: str, requested: str) -> str:
+    backend = es384(client_id)
+    registry(live).add_backend_client(client_id, registered, jwks=backend.jwks())
+    answer = live.post("/auth/token", data=backend.form(requested, audience=token_url(live)))
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+def test_introspection_with_a_bearer_token_granted_the_introspect_scope(live: LiveClient) -> None:
+    """SMART: the introspection endpoint is access-controlled; a resource server may call it
+    with a bearer token of a client allowed to introspect. fhirUser is absolute there, as in
+    the id_token."""
+    issued = _tokens(live, "pub", client_id="pub")
+    introspector = _backend_token(live, "resource-server", "introspect system/Patient.rs",
+                                  "introspect")
+    found = live.post("/auth/introspect", data={"token": issued["access_token"]},
+                      headers={"Authorization": f"Bearer {introspector}"})
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert body["active"] is True and body["patient"] == "helene"
+    keys = live.app.state.tokens.keys.verification_keys()
+    identity = jwt.decode(issued["id_token"], keys).claims
+    assert body["fhirUser"] == identity["fhirUser"] == f"{audience(live)}/Patient/helene"
+
+
+def test_introspection_refuses_bearers_without_the_scope_and_public_apps(live: LiveClient) -> None:
+    issued = _tokens(live, "pub", client_id="pub")
+    plain = _backend_token(live, "no-introspect", "system/Patient.rs introspect", "system/Patient.rs")
+    refused = live.post("/auth/introspect", data={"token": issued["access_token"]},
+                        headers={"Authorization": f"Bearer {plain}"})
+    assert refused.status_code == 403 and refused.json()["error"] == "insufficient_scope"
+    assert "insufficient_scope" in refused.headers["www-authenticate"]
+    # The scope is granted only to clients registered for it.
+    not_registered = es384("not-registered")
+    registry(live).add_backend_client("not-registered", "system/Patient.rs",
+                                      jwks=not_registered.jwks())
+    asked = live.post("/auth/token", data=not_registered.form(
+        "introspect system/Patient.rs", audience=token_url(live)))
+    assert asked.json()["scope"] == "system/Patient.rs"
+    forged = live.post("/auth/introspect", data={"token": issued["access_token"]},
+                       headers={"Authorization": "Bearer not-a-token"})
+    assert forged.status_code == 401 and forged.json()["error"] == "invalid_token"
+    public = live.post("/auth/introspect", data={"token": issued["access_token"],
+                                                 "client_id": "pub"})
+    assert public.status_code == 401
