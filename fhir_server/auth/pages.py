@@ -48,7 +48,6 @@ TEXT: dict[str, dict[str, str]] = {
         "invalid": "Cette demande d'autorisation n'est pas valable : {why}",
         "identity": "savoir qui vous êtes",
         "offline": "rester connectée quand vous ne l'utilisez pas",
-        "online": "rester connectée pendant que vous l'utilisez",
         "launch_patient": "savoir quel dossier patient est concerné",
         "patient_level": "dans votre dossier",
         "user_level": "dans les dossiers auxquels vous avez accès",
@@ -88,7 +87,6 @@ TEXT: dict[str, dict[str, str]] = {
         "invalid": "This authorization request is not valid: {why}",
         "identity": "know who you are",
         "offline": "stay connected while you are not using it",
-        "online": "stay connected while you use it",
         "launch_patient": "know which patient record is concerned",
         "patient_level": "in your record",
         "user_level": "in the records you have access to",
@@ -114,7 +112,7 @@ TYPE_NAMES: dict[str, dict[str, str]] = {
 }
 
 _CONTEXT_WORDS = {"openid": "identity", "fhirUser": "identity", "profile": "identity",
-                  "offline_access": "offline", "online_access": "online",
+                  "offline_access": "offline",
                   "launch/patient": "launch_patient"}
 
 _environment = Environment(

@@ -33,7 +33,8 @@ def narrow_for_user(allowed: str, requested: str, fhir_user: str,
     granted = parse_scopes(allowed).narrow(parse_scopes(requested))
     is_patient = fhir_user.startswith("Patient/")
     levels = {"patient"} if is_patient else {"user"}
-    context = set(granted.context) - {"launch/encounter"}
+    # online_access is not granted: there is no user session to bind its refresh token to.
+    context = set(granted.context) - {"launch/encounter", "online_access"}
     if launch_patient:
         levels.add("patient")
     else:

@@ -408,7 +408,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                           include_refresh_token: bool = True) -> dict[str, Any]:
         """A token for an app acting for `user`: scopes narrowed to the app's registration and
         to the user's kind, the patient in context for a patient's launch, an `id_token` for
-        OpenID Connect, a refresh token with offline_access or online_access."""
+        OpenID Connect, a refresh token with offline_access."""
         assert user is not None
         granted = self.narrow_for_user(client.client.scope, scope or "", user.fhir_user,
                                        user.launch_patient)
@@ -428,7 +428,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             response["id_token"] = self.tokens.id_token(
                 subject=user.username, client_id=client.get_client_id(), fhir_user=user.fhir_user,
                 nonce=user.nonce)
-        if include_refresh_token and ("offline_access" in words or "online_access" in words):
+        if include_refresh_token and "offline_access" in words:
             refresh = secrets.token_urlsafe(32)
             self.registry.put("refresh", refresh, {
                 "client_id": client.get_client_id(), "scope": granted, "username": user.username,

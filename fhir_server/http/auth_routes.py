@@ -76,7 +76,7 @@ async def smart_configuration(request: Request) -> JSONResponse:
             "private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": [
-            "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
+            "openid", "fhirUser", "launch", "launch/patient", "offline_access",
             "patient/*.rs", "patient/*.cruds", "user/*.rs", "system/*.rs", "system/*.cruds"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -84,7 +84,7 @@ async def smart_configuration(request: Request) -> JSONResponse:
             "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
             "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "permission-patient",
             "permission-user",
-            "permission-offline", "permission-online", "permission-v1", "permission-v2",
+            "permission-offline", "permission-v1", "permission-v2",
             "sso-openid-connect", "authorize-post"],
     })
 

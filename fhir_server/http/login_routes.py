@@ -81,18 +81,17 @@ async def authorize(request: Request) -> Response:
     lang = language(single.get("ui_locales"), request.headers.get("accept-language"))
     try:
         oauth_request = _oauth_request(settings, request, params)
-        await run_in_threadpool(oauth.get_consent_grant, oauth_request, None)
+        grant = await run_in_threadpool(oauth.get_consent_grant, oauth_request, None)
     except OAuth2Error as exc:
         return _refuse(lang, exc)
+    target = grant.redirect_uri  # verified: registered for this client
+    if not single.get("state"):
+        # SMART App Launch 2.2: `state` is required (the app's defence against CSRF).
+        return _refuse(lang, InvalidRequestError("state is required.", redirect_uri=target))
     if single.get("aud", "").rstrip("/") != settings.base_url.rstrip("/"):
         # SMART: a token for another server must never be issued; tell the app.
-        target = single["redirect_uri"] if "redirect_uri" in single else None
-        error = {"error": "invalid_request", "error_description": "aud is not this FHIR server."}
-        if "state" in single:
-            error["state"] = single["state"]
-        if target:
-            return RedirectResponse(f"{target}{'&' if '?' in target else '?'}{urlencode(error)}", 302)
-        return _message(lang, "invalid", 400, why=error["error_description"])
+        return _refuse(lang, InvalidRequestError("aud is not this FHIR server.",
+                                                 state=single["state"], redirect_uri=target))
     launch_patient = None
     if "launch" in single:  # EHR launch: the context the EHR registered (POST /auth/launch)
         context = oauth.registry.get("launch", single["launch"])

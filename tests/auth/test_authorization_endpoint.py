@@ -1,0 +1,48 @@
+"""The authorization endpoint over real HTTP (SMART App Launch 2.2, "Obtain authorization
+code"): `state` is required; `online_access` is not offered (no user session to bind it to)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.auth.live import (
+    REDIRECT, LiveClient, authorize, code_of, live_server, new_user, redirect_error, registry,
+    sign_in)
+from tests.builders import patient
+from tests.conftest import token as system_token
+from tests.http.helpers import send
+
+SCOPE = "openid fhirUser launch/patient patient/*.rs online_access offline_access"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveClient]:
+    with live_server(tmp_path_factory.mktemp("authorize")) as client:
+        registry(client).add_app("app", SCOPE, [REDIRECT])
+        admin = {"Authorization": f"Bearer {system_token(client, 'system/*.cruds')}"}
+        body = {**patient(), "id": "helene"}
+        assert send(client, "PUT", "/fhir/Patient/helene", body, **admin).status_code == 201
+        yield client
+
+
+def test_a_request_without_state_is_sent_back(live: LiveClient) -> None:
+    for state in (None, ""):
+        answer = authorize(live, secrets.token_urlsafe(48), "app", SCOPE, state=state)
+        assert redirect_error(answer) == "invalid_request"
+        assert "state" in answer.headers["location"]  # the description names it
+
+
+def test_online_access_is_neither_advertised_nor_granted(live: LiveClient) -> None:
+    config = live.get("/fhir/.well-known/smart-configuration").json()
+    assert "permission-online" not in config["capabilities"]
+    assert "online_access" not in config["scopes_supported"]
+    verifier = secrets.token_urlsafe(48)
+    scope = "openid fhirUser patient/*.rs online_access"
+    code = code_of(sign_in(live, verifier, "app", scope, new_user(live, "Patient/helene")))
+    body = live.post("/auth/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "client_id": "app", "code_verifier": verifier}).json()
+    assert "online_access" not in body["scope"].split() and "refresh_token" not in body
