@@ -35,7 +35,7 @@ from ..search import Not
 from ..search import Clause, IndexEntry, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
 from .principal import Principal
-from .scopes import Interaction, Restriction
+from .scopes import Interaction, Restriction, scopes_union
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
 _READS = frozenset({"read", "vread", "search", "history"})
@@ -243,19 +243,20 @@ def _bundles(snapshots: Sequence[str], interaction: str) -> tuple[Clause, ...]:
 def _restriction_clauses(registry: Registry, resource_type: str | None,
                          restrictions: Sequence[Restriction], principal: Principal,
                          interaction: str) -> tuple[Clause, ...]:
-    """The clauses of granular scopes. One restriction's parameters AND together; several
-    restrictions OR together, which a Query can say only when each is one value of the same
-    parameter (joined as `name=a,b`)."""
-    if len(restrictions) == 1:
-        pairs = list(restrictions[0])
-    else:
-        names = {r[0][0] for r in restrictions if len(r) == 1}
-        if len(names) != 1 or any(len(r) != 1 for r in restrictions):
-            raise fail(Kind.FORBIDDEN, "forbidden",
-                       f"The granular scopes for {resource_type} cannot be combined into one "
-                       "search; ask for one of them.")
-        pairs = [(names.pop(), ",".join(r[0][1] for r in restrictions))]
-    query, issues = parse_query(resource_type, pairs, registry)
-    if issues or resource_type is None:
+    """The clauses of granular scopes: each scope's parameters AND together, and the scopes
+    OR together (SMART 2.2: each grants its own subset, access is their union), written as
+    the AND of clauses a Query holds (scopes_union)."""
+    if resource_type is None:
         raise _denied(principal, interaction, resource_type)
-    return query.clauses
+    alternatives = []
+    for restriction in restrictions:
+        query, issues = parse_query(resource_type, list(restriction), registry)
+        if issues:
+            raise _denied(principal, interaction, resource_type)
+        alternatives.append(query.clauses)
+    clauses = scopes_union(alternatives, lambda chosen: Clause(
+        tuple(p for clause in chosen for p in clause.any_of)))
+    if clauses is None:
+        raise fail(Kind.FORBIDDEN, "forbidden",
+                   f"The granular scopes for {resource_type} are too many to combine; ask for fewer.")
+    return clauses

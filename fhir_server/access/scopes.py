@@ -23,9 +23,10 @@ a scope this module does not model lands in `Grant.ignored` for the token endpoi
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
+from itertools import product
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeVar, get_args
 from urllib.parse import unquote
 
 from ..model.types import is_resource_type
@@ -46,6 +47,9 @@ Interaction = Literal[
 ]
 # The search parameters of a granular scope as (name, value) pairs, percent-decoded.
 Restriction = tuple[tuple[str, str], ...]
+C = TypeVar("C")
+# Past this many clauses the union of granular scopes is refused rather than searched.
+MAX_UNION_CLAUSES: Final = 64
 
 LEVELS: Final[tuple[Level, ...]] = get_args(Level)
 # Also the order in which `Grant.text()` lists them.
@@ -226,3 +230,21 @@ class Grant:
             ):
                 held |= scope.permissions
         return wanted.permissions <= held
+
+
+def scopes_union(alternatives: Sequence[Sequence[C]],
+                 any_of: Callable[[Sequence[C]], C]) -> tuple[C, ...] | None:
+    """The union of granular scopes as an AND of OR-clauses (conjunctive normal form).
+
+    Each alternative is one scope's clauses, ANDed; `any_of` ORs clauses into one. By
+    distribution, (a AND b) OR c is (a OR c) AND (b OR c): one clause per way of picking a
+    clause in every alternative. None when that makes more than MAX_UNION_CLAUSES clauses.
+    """
+    count = 1
+    for clauses in alternatives:
+        count *= len(clauses)
+    if count > MAX_UNION_CLAUSES:
+        return None
+    if len(alternatives) == 1:
+        return tuple(alternatives[0])
+    return tuple(any_of(chosen) for chosen in product(*alternatives))

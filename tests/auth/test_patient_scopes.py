@@ -151,6 +151,22 @@ def test_granular_scopes_select_inside_the_compartment(world: TestClient) -> Non
     assert world.get("/fhir/Condition", headers=headers).status_code == 403
 
 
+def test_granular_scopes_on_different_parameters_reach_their_union(world: TestClient) -> None:
+    """SMART 2.2 "Finer-grained resource constraints": each scope grants its own subset;
+    together, the union (here: laboratory results, or vital signs with this code)."""
+    vital = f"code=http://loinc.org|29463-7&category={LAB}|vital-signs"
+    headers = _as(world, f"patient/Observation.rs?category={LAB}|laboratory "
+                         f"patient/Observation.rs?{vital}")
+    found = world.get("/fhir/Observation", headers=headers)
+    assert found.status_code == 200, found.text
+    assert _ids(found.json()) == {"Observation/a-lab", "Observation/a-vital"}
+    for id in ("a-lab", "a-vital"):
+        assert world.get(f"/fhir/Observation/{id}", headers=headers).status_code == 200
+    assert world.get("/fhir/Observation/b-lab", headers=headers).status_code == 404
+    narrowed = world.get(f"/fhir/Observation?category={LAB}|vital-signs", headers=headers).json()
+    assert _ids(narrowed) == {"Observation/a-vital"}
+
+
 def test_a_patient_scope_without_a_patient_grants_nothing(world: TestClient) -> None:
     bare = {"Authorization": f"Bearer {token(world, 'patient/*.rs')}"}
     assert world.get("/fhir/Observation", headers=bare).status_code == 403
