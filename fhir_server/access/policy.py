@@ -71,10 +71,14 @@ DIRECTORY_TYPES = frozenset({
 })
 
 
-def compartment_clause(registry: Registry, resource_type: str, patient_id: str) -> Clause | None:
+def compartment_clause(registry: Registry, resource_type: str, patient_id: str, *,
+                       links: bool = True) -> Clause | None:
     """Membership of `resource_type` in Patient/`patient_id`'s compartment; None when the type
-    is in no patient compartment."""
+    is in no patient compartment. `links=False` leaves out the Patients whose `link` names
+    the patient: access never follows Patient.link (docs/auth.md, "Patient.link")."""
     codes = registry.patient_compartment(resource_type)
+    if not links and resource_type == "Patient":
+        codes = tuple(code for code in codes if code != "link")
     predicates: list[Any] = [ReferencePredicate(code, "Patient", patient_id) for code in codes]
     if resource_type == "Patient":
         predicates.append(TokenPredicate("_id", None, patient_id))
@@ -192,7 +196,7 @@ def _patient_reach(registry: Registry, resource_type: str, principal: Principal,
     if resource_type == "Consent" and interaction == "delete":
         raise fail(Kind.FORBIDDEN, "forbidden", "A Consent is withdrawn by setting its status to "
                    "inactive: the record of what was agreed stays.")
-    compartment = compartment_clause(registry, resource_type, principal.patient)
+    compartment = compartment_clause(registry, resource_type, principal.patient, links=False)
     if compartment is None:
         return _outside_compartments(resource_type, principal, interaction)
     return (compartment,)
@@ -210,7 +214,8 @@ def _user_reach(registry: Registry, resource_type: str, principal: Principal,
     if not registry.patient_compartment(resource_type) and resource_type != "Patient":
         return _outside_compartments(resource_type, principal, interaction)
     predicates: list[Any] = [p for id in principal.consented or ()
-                             for p in (compartment_clause(registry, resource_type, id) or Clause(())).any_of]
+                             for p in (compartment_clause(registry, resource_type, id, links=False)
+                                             or Clause(())).any_of]
     if resource_type == "Communication" and principal.recipients and interaction not in _WRITES:
         predicates += [ReferencePredicate(code, *reference.split("/", 1))
                        for reference in principal.recipients for code in ("recipient", "sender")]
