@@ -105,9 +105,11 @@ def _add_app(args: argparse.Namespace) -> int:
     settings = Settings()
     secret = secrets.token_urlsafe(32) if args.confidential else None
     try:
+        jwks = orjson.loads(args.jwks.read_bytes()) if args.jwks else None
         client = AuthRegistry(settings.data_dir / "auth.db").add_app(
-            args.client_id, args.scope, args.redirect_uri, secret=secret)
-    except ValueError as exc:
+            args.client_id, args.scope, args.redirect_uri, secret=secret, jwks=jwks,
+            jwks_uri=args.jwks_uri)
+    except (OSError, ValueError, orjson.JSONDecodeError) as exc:
         print(f"fhir-server client add-app: {exc}", file=sys.stderr)
         return 2
     print(f"registered {client.kind} app {client.id} (scope: {client.scope})")
@@ -237,8 +239,12 @@ def parser() -> argparse.ArgumentParser:
                           "patient/*.rs offline_access'")
     app.add_argument("--redirect-uri", action="append", required=True, metavar="URL",
                      help="an exact redirect URI (repeat for several)")
-    app.add_argument("--confidential", action="store_true",
-                     help="give it a client secret (printed once); public apps use PKCE alone")
+    kind = app.add_mutually_exclusive_group()
+    kind.add_argument("--confidential", action="store_true",
+                      help="give it a client secret (printed once); public apps use PKCE alone")
+    kind.add_argument("--jwks", type=Path, metavar="FILE",
+                      help="its public JWK Set: it authenticates with private_key_jwt")
+    kind.add_argument("--jwks-uri", metavar="URL", help="where it publishes its public JWK Set")
     app.set_defaults(run=_add_app)
     user = commands.add_parser("user", help="people who sign in").add_subparsers(
         dest="action", required=True)

@@ -3,10 +3,11 @@ revoked tokens, authorization codes, logins in progress and refresh tokens. One 
 (`auth.db` in the data directory) that every worker shares.
 
 Backend clients (SMART Backend Services) are registered with their public keys, inline as a
-JWKS or as a `jwks_uri` fetched (and cached: remote_keys.py) when an assertion arrives. Apps (SMART App
-Launch) are public (PKCE only) or confidential (a secret, stored as a scrypt hash), with their
-redirect URIs. Codes and refresh tokens are stored as SHA-256 hashes: a leak of the file does
-not hand out usable credentials.
+JWKS or as a `jwks_uri` fetched (and cached: remote_keys.py) when an assertion arrives. Apps
+(SMART App Launch) are public (PKCE only), confidential with a secret (stored as a scrypt
+hash) or with their public keys (private_key_jwt), with their redirect URIs. Codes and
+refresh tokens are stored as SHA-256 hashes: a leak of the file does not hand out usable
+credentials.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import secrets_hash
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS client (
     id       TEXT PRIMARY KEY,
-    kind     TEXT NOT NULL,            -- 'backend'
+    kind     TEXT NOT NULL,            -- backend | public | confidential | asymmetric
     scope    TEXT NOT NULL,            -- the most this client may be granted
     jwks     TEXT,                     -- inline JWK Set (JSON)
     jwks_uri TEXT,
@@ -75,7 +76,7 @@ class Client:
     """A registered client; authlib's ClientMixin is implemented in auth/server.py."""
 
     id: str
-    kind: str  # backend | public | confidential
+    kind: str  # backend | public | confidential | asymmetric (an app with keys)
     scope: str
     jwks: dict[str, Any] | None
     jwks_uri: str | None
@@ -131,14 +132,24 @@ class Registry:
         return client
 
     def add_app(self, id: str, scope: str, redirect_uris: list[str], *,
-                secret: str | None = None) -> Client:
-        """Register (or replace) a SMART app: public without `secret`, else confidential."""
+                secret: str | None = None, jwks: dict[str, Any] | None = None,
+                jwks_uri: str | None = None) -> Client:
+        """Register (or replace) a SMART app: public by default, confidential with a `secret`
+        (client-confidential-symmetric) or with its public keys, inline or at a URL
+        (client-confidential-asymmetric: it authenticates with private_key_jwt)."""
         if not redirect_uris:
             raise ValueError("an app needs at least one redirect URI")
-        kind = "confidential" if secret else "public"
+        keyed = jwks is not None or jwks_uri is not None
+        if (jwks is not None and jwks_uri is not None) or (keyed and secret):
+            raise ValueError("give at most one of a secret, jwks or jwks_uri")
+        if jwks is not None and not isinstance(jwks.get("keys"), list):
+            raise ValueError("jwks must be a JWK Set: {\"keys\": [...]}")
+        kind = "asymmetric" if keyed else "confidential" if secret else "public"
         conn = self._conn()
         conn.execute("INSERT OR REPLACE INTO client (id, kind, scope, jwks, jwks_uri, created) "
-                     "VALUES (?, ?, ?, NULL, NULL, ?)", (id, kind, scope, time.time()))
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     (id, kind, scope, orjson.dumps(jwks).decode() if jwks else None, jwks_uri,
+                      time.time()))
         conn.execute("INSERT OR REPLACE INTO app (id, redirect_uris, secret_hash) VALUES (?, ?, ?)",
                      (id, orjson.dumps(redirect_uris).decode(),
                       secrets_hash.hash_secret(secret) if secret else None))

@@ -62,7 +62,10 @@ _AUTH_METHODS = {
     "backend": {PRIVATE_KEY_JWT},
     "public": {"none"},
     "confidential": {"client_secret_basic", "client_secret_post"},
+    "asymmetric": {PRIVATE_KEY_JWT},
 }
+# The token endpoint's methods for apps (authorization code and refresh).
+_APP_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT]
 
 # Narrows a requested scope string to what a client may have; "" when nothing is left.
 ScopePolicy = Callable[[str, str], str]
@@ -72,7 +75,7 @@ UserScopePolicy = Callable[[str, str, str, str | None], str]
 
 
 class _Client(ClientMixin):  # type: ignore[misc]
-    """authlib's view of a registered backend client."""
+    """authlib's view of a registered client."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -309,7 +312,7 @@ class _Pkce(CodeChallenge):  # type: ignore[misc]
 
 
 class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = _APP_AUTH_METHODS
 
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         data = request.payload.data
@@ -342,7 +345,7 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
 
 
 class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = _APP_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token works once
 
     def authenticate_refresh_token(self, refresh_token: str) -> _Record | None:

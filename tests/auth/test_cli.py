@@ -53,6 +53,10 @@ def test_apps_backend_clients_and_keys(data: Path, capsys: pytest.CaptureFixture
     assert cli.main(["client", "add-backend", "site", "--scope", "system/Communication.rs",
                      "--jwks", str(keys)]) == 0
     assert Registry(data / "auth.db").client("site").kind == "backend"  # type: ignore[union-attr]
+    assert cli.main(["client", "add-app", "signed", "--scope", "openid patient/*.rs",
+                     "--redirect-uri", "https://signed.example.org/cb", "--jwks", str(keys)]) == 0
+    signed = Registry(data / "auth.db").client("signed")
+    assert signed is not None and signed.kind == "asymmetric" and signed.jwks is not None
     first = SigningKeys(data / "signing-keys.json", 300).signing_key().kid
     assert cli.main(["keys", "rotate"]) == 0
     assert len(SigningKeys(data / "signing-keys.json", 300).jwks()["keys"]) == 2

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from joserfc import jwt
 
-from tests.auth.conftest import es384
+from tests.auth.conftest import ASSERTION_TYPE, es384
 from tests.auth.live import (
     REDIRECT, LiveClient, audience, code_of, live_server, new_user, registry, sign_in, token_url)
 from tests.builders import patient
@@ -176,3 +176,29 @@ def test_introspection_refuses_bearers_without_the_scope_and_public_apps(live: L
     public = live.post("/auth/introspect", data={"token": issued["access_token"],
                                                  "client_id": "pub"})
     assert public.status_code == 401
+
+
+def test_an_asymmetric_app_authenticates_with_a_client_assertion(live: LiveClient) -> None:
+    """client-confidential-asymmetric: an app registered with its JWKS signs a client
+    assertion (private_key_jwt) for the code exchange and the refresh; nothing else does."""
+    keys = es384("asym")
+    registry(live).add_app("asym", SCOPE, [REDIRECT], jwks=keys.jwks())
+    verifier = secrets.token_urlsafe(48)
+    code = code_of(sign_in(live, verifier, "asym", SCOPE, new_user(live, "Patient/helene")))
+    exchange = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+                "code_verifier": verifier}
+    bare = live.post("/auth/token", data={**exchange, "client_id": "asym"})
+    assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+    assertion = {"client_assertion_type": ASSERTION_TYPE,
+                 "client_assertion": keys.assertion(audience=token_url(live))}
+    code = code_of(sign_in(live, verifier, "asym", SCOPE, new_user(live, "Patient/helene")))
+    issued = live.post("/auth/token", data={**exchange, "code": code, **assertion})
+    assert issued.status_code == 200, issued.text
+    assert _reads(live, issued.json()["access_token"]) == 200
+    refreshed = live.post("/auth/token", data={
+        "grant_type": "refresh_token", "refresh_token": issued.json()["refresh_token"],
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": keys.assertion(audience=token_url(live))})
+    assert refreshed.status_code == 200, refreshed.text
+    config = live.get("/fhir/.well-known/smart-configuration").json()
+    assert "client-confidential-asymmetric" in config["capabilities"]
