@@ -22,19 +22,21 @@ def narrow_scope(allowed: str, requested: str) -> str:
 
 
 def narrow_for_user(allowed: str, requested: str, fhir_user: str,
-                    launch_patient: str | None = None) -> str:
+                    launch_patient: str | None = None, launch_encounter: str | None = None) -> str:
     """The part of `requested` an app registered for `allowed` may have for `fhir_user`.
 
-    `patient/` scopes need a patient in context: the user, if a patient, or the patient an EHR
-    launched the app on (`launch`). Other users also get `user/` scopes (what they reach is
-    decided by the consent policy). A practitioner's standalone launch has no patient picker
-    yet, so no `patient/` scopes then.
+    `patient/` scopes need a patient in context: the user, if a patient, or the patient a
+    launch names (an EHR's, or the one picked). Other users also get `user/` scopes (what they
+    reach is decided by the consent policy). `launch/encounter` needs an encounter in the
+    launch context.
     """
     granted = parse_scopes(allowed).narrow(parse_scopes(requested))
     is_patient = fhir_user.startswith("Patient/")
     levels = {"patient"} if is_patient else {"user"}
     # online_access is not granted: there is no user session to bind its refresh token to.
-    context = set(granted.context) - {"launch/encounter", "online_access"}
+    context = set(granted.context) - {"online_access"}
+    if not launch_encounter:
+        context.discard("launch/encounter")
     if launch_patient:
         levels.add("patient")
     else:

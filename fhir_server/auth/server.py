@@ -47,6 +47,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .jws import decode, peek
+from .launch import LaunchContext
 from .registry import Client, Registry
 from .remote_keys import RemoteKeySets
 from .scope_policy import INTROSPECT_SCOPE
@@ -58,6 +59,7 @@ CODE_LIFETIME = 600  # seconds, RFC 6749 section 4.1.2's recommended maximum
 REFRESH_LIFETIME = 30 * 24 * 3600
 MAX_ASSERTION_LIFETIME = 300  # seconds (SMART Backend Services)
 PRIVATE_KEY_JWT = "private_key_jwt"
+STYLE_DOCUMENT = "smart-style.json"  # under the issuer: SMART's smart_style_url
 _AUTH_METHODS = {
     "backend": {PRIVATE_KEY_JWT},
     "public": {"none"},
@@ -70,8 +72,8 @@ _APP_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", PRIVAT
 # Narrows a requested scope string to what a client may have; "" when nothing is left.
 ScopePolicy = Callable[[str, str], str]
 # The same for an app acting for a user (`Patient/...`, `Practitioner/...`), with the patient
-# an EHR launched it on, if any.
-UserScopePolicy = Callable[[str, str, str, str | None], str]
+# and the encounter in context, if any.
+UserScopePolicy = Callable[[str, str, str, str | None, str | None], str]
 
 
 class _Client(ClientMixin):  # type: ignore[misc]
@@ -256,15 +258,28 @@ class Grantee:
     username: str
     fhir_user: str
     nonce: str | None = None
-    launch_patient: str | None = None  # the patient an EHR launched the app on
+    launch: LaunchContext | None = None  # an EHR launch's, or the patient picked
+
+    @property
+    def launch_patient(self) -> str | None:
+        return self.launch.patient if self.launch else None
 
     @property
     def patient(self) -> str | None:
-        """The patient in context: the one the EHR launch names, else the user if a patient."""
-        if self.launch_patient:
-            return self.launch_patient
+        """The patient in context: the one the launch names, else the user if a patient."""
+        if self.launch:
+            return self.launch.patient
         kind, _, id = self.fhir_user.partition("/")
         return id if kind == "Patient" else None
+
+    def record(self) -> dict[str, Any]:
+        """What a stored code or refresh token keeps of the grantee."""
+        return {"username": self.username, "fhir_user": self.fhir_user,
+                "launch": self.launch.as_dict() if self.launch else None}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], nonce: str | None = None) -> Grantee:
+        return cls(data["username"], data["fhir_user"], nonce, LaunchContext.from_record(data))
 
 
 class _Record:
@@ -320,9 +335,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         self.server.registry.put("code", code, {
             "redirect_uri": data.get("redirect_uri") or request.client.get_default_redirect_uri(),
             "scope": request.scope or "", "code_challenge": data["code_challenge"],
-            "username": grantee.username, "fhir_user": grantee.fhir_user,
-            "nonce": data.get("nonce"), "launch_patient": grantee.launch_patient,
-            "client_id": request.client.get_client_id()},
+            "nonce": data.get("nonce"), "client_id": request.client.get_client_id(),
+            **grantee.record()},
             CODE_LIFETIME, client_id=request.client.get_client_id())
 
     def query_authorization_code(self, code: str, client: _Client) -> _Record | None:
@@ -339,9 +353,7 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         """Already spent when queried."""
 
     def authenticate_user(self, authorization_code: _Record) -> Grantee:
-        data = authorization_code.data
-        return Grantee(data["username"], data["fhir_user"], data.get("nonce"),
-                       data.get("launch_patient"))
+        return Grantee.from_record(authorization_code.data, authorization_code.data.get("nonce"))
 
 
 class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
@@ -353,8 +365,7 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return _Record(refresh_token, data["client_id"], data) if data else None
 
     def authenticate_user(self, refresh_token: _Record) -> Grantee:
-        data = refresh_token.data
-        return Grantee(data["username"], data["fhir_user"], None, data.get("launch_patient"))
+        return Grantee.from_record(refresh_token.data)
 
     def revoke_old_credential(self, refresh_token: _Record) -> None:
         if not self.server.registry.spend("refresh", refresh_token.key):
@@ -410,11 +421,12 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                           scope: str | None = None, expires_in: int | None = None,
                           include_refresh_token: bool = True) -> dict[str, Any]:
         """A token for an app acting for `user`: scopes narrowed to the app's registration and
-        to the user's kind, the patient in context for a patient's launch, an `id_token` for
-        OpenID Connect, a refresh token with offline_access."""
+        to the user's kind, the launch context (patient, encounter, fhirContext, banner), the
+        style document, an `id_token` for OpenID Connect, a refresh token with offline_access."""
         assert user is not None
         granted = self.narrow_for_user(client.client.scope, scope or "", user.fhir_user,
-                                       user.launch_patient)
+                                       user.launch_patient,
+                                       user.launch.encounter if user.launch else None)
         if not granted:
             raise InvalidScopeError(description="None of the requested scopes may be granted.")
         words = granted.split()
@@ -427,6 +439,9 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         # a practitioner reaches from it (access/policy.py).
         response = self.tokens.issue(subject=user.username, client_id=client.get_client_id(),
                                      scope=granted, patient=patient, fhir_user=user.fhir_user)
+        if patient is not None:
+            response.update((user.launch or LaunchContext(patient)).token_fields(words))
+        response["smart_style_url"] = f"{self.tokens.issuer}/{STYLE_DOCUMENT}"
         if "openid" in words:
             response["id_token"] = self.tokens.id_token(
                 subject=user.username, client_id=client.get_client_id(), fhir_user=user.fhir_user,
@@ -434,8 +449,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if include_refresh_token and "offline_access" in words:
             refresh = secrets.token_urlsafe(32)
             self.registry.put("refresh", refresh, {
-                "client_id": client.get_client_id(), "scope": granted, "username": user.username,
-                "fhir_user": user.fhir_user, "launch_patient": user.launch_patient},
+                "client_id": client.get_client_id(), "scope": granted, **user.record()},
                 REFRESH_LIFETIME, client_id=client.get_client_id())
             response["refresh_token"] = refresh
         return response

@@ -23,8 +23,8 @@ from ..access.principal import Principal
 from ..audit.events import security_event
 from ..auth.jws import peek
 from ..auth.registry import Registry
-from ..auth.server import ASSERTION_ALGORITHMS, FormRequest
-from ..model.types import is_valid_id
+from ..auth.launch import parse_launch
+from ..auth.server import ASSERTION_ALGORITHMS, STYLE_DOCUMENT, FormRequest
 from ..settings import Settings
 from .. import clock
 from .auth import authenticate
@@ -34,6 +34,13 @@ discovery_router = APIRouter()
 auth_router = APIRouter()
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# The portal's look (SMART App Launch 2.2, "Styling"), as the pages' stylesheet has it.
+SMART_STYLE = {
+    "color_background": "#ffffff", "color_error": "#a61c00", "color_highlight": "#0b5394",
+    "color_modal_backdrop": "#1a1a1a", "color_success": "#38761d", "color_text": "#1a1a1a",
+    "dim_border_radius": "4px", "dim_font_size": "16px", "dim_spacing_size": "16px",
+    "font_family_body": "system-ui, sans-serif", "font_family_heading": "system-ui, sans-serif",
+}
 LAUNCH_LIFETIME = 600
 _MAX_FORM_BYTES = 64 * 1024
 
@@ -43,7 +50,8 @@ def install_cors(app: FastAPI, settings: Settings, registry: Registry | None) ->
     to the configured origins and those of the registered apps' redirect URIs."""
     auth_path = urlsplit(settings.auth_url).path
     public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration",
-              f"{auth_path}/jwks", f"{auth_path}/.well-known/openid-configuration"}
+              f"{auth_path}/jwks", f"{auth_path}/.well-known/openid-configuration",
+              f"{auth_path}/{STYLE_DOCUMENT}"}
 
     def app_origins() -> set[str]:
         return origins_of(registry.redirect_uris()) if registry else set()
@@ -76,13 +84,14 @@ async def smart_configuration(request: Request) -> JSONResponse:
             "private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": [
-            "openid", "fhirUser", "launch", "launch/patient", "offline_access",
+            "openid", "fhirUser", "launch", "launch/patient", "launch/encounter", "offline_access",
             "patient/*.rs", "patient/*.cruds", "user/*.rs", "system/*.rs", "system/*.cruds"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
             "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
-            "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient", "permission-patient",
+            "client-confidential-asymmetric", "context-ehr-patient", "context-ehr-encounter",
+            "context-standalone-patient", "context-banner", "context-style", "permission-patient",
             "permission-user",
             "permission-offline", "permission-v1", "permission-v2",
             "sso-openid-connect", "authorize-post"],
@@ -114,24 +123,32 @@ async def openid_configuration(request: Request) -> JSONResponse:
 @auth_router.post("/launch", dependencies=[Depends(authenticate)])
 async def register_launch(request: Request) -> Response:
     """EHR launch, first step: the EHR (a backend client that may read Patients) names the
-    patient it opens an app on and gets the opaque `launch` to pass to the app. The caller is
+    patient it opens an app on (and optionally the `encounter`, the `fhirContext` resources,
+    `need_patient_banner`: auth/launch.py) and gets the opaque `launch` to pass to the app. The caller is
     authenticated as for the FHIR API (401 otherwise)."""
     principal: Principal = request.state.principal
     if not principal.grant.allows("read", "Patient", ("system",)):
         return _json(403, {"error": "insufficient_scope",
                            "error_description": "Launching needs system/Patient.r."})
+    body = await request.body()
     try:
-        patient = orjson.loads(await request.body()).get("patient")
-    except (orjson.JSONDecodeError, AttributeError):
-        patient = None
-    if not isinstance(patient, str) or not is_valid_id(patient):
-        return _json(400, {"error": "invalid_request",
-                           "error_description": 'Send {"patient": "<Patient id>"}.'})
+        if len(body) > _MAX_FORM_BYTES:
+            raise ValueError("The launch request is too large.")
+        context = parse_launch(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        return _json(400, {"error": "invalid_request", "error_description": str(exc)})
     launch = secrets.token_urlsafe(24)
-    request.app.state.oauth.registry.put("launch", launch, {"patient": patient,
-                                                            "client_id": principal.client_id},
-                                         LAUNCH_LIFETIME)
+    request.app.state.oauth.registry.put(
+        "launch", launch, {"launch": context.as_dict(), "client_id": principal.client_id},
+        LAUNCH_LIFETIME)
     return _json(200, {"launch": launch, "expires_in": LAUNCH_LIFETIME})
+
+
+@auth_router.get(f"/{STYLE_DOCUMENT}")
+async def smart_style() -> JSONResponse:
+    """SMART's style document (`smart_style_url`): the colours and fonts of the portal, for
+    apps that want to look like it."""
+    return JSONResponse(SMART_STYLE, headers={"Cache-Control": "public, max-age=86400"})
 
 
 @auth_router.get("/jwks")

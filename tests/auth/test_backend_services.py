@@ -36,8 +36,8 @@ def test_discovery_says_what_works(app_client: TestClient) -> None:
     assert "private_key_jwt" in config["token_endpoint_auth_methods_supported"]
     assert set(config["token_endpoint_auth_signing_alg_values_supported"]) == {"RS384", "ES384"}
     assert {"client-confidential-asymmetric", "permission-v1", "permission-v2"} <= set(config["capabilities"])
-    # Only what works: no encounter context.
-    assert "context-ehr-encounter" not in config["capabilities"]
+    # Only what works: no encounter picker in standalone launches.
+    assert "context-standalone-encounter" not in config["capabilities"]
     jwks = app_client.get("/auth/jwks").json()
     assert [k["kty"] for k in jwks["keys"]] == ["RSA"] and "d" not in jwks["keys"][0]
     metadata = app_client.get("/fhir/metadata")

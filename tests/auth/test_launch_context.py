@@ -24,7 +24,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveClient]:
     """An app registered with `launch`, one without, and patient Hélène."""
     with live_server(tmp_path_factory.mktemp("launch-context")) as client:
         apps = registry(client)
-        apps.add_app("with-launch", "launch launch/patient openid fhirUser patient/*.rs", [REDIRECT])
+        apps.add_app("with-launch", "launch launch/patient launch/encounter openid fhirUser "
+                     "patient/*.rs", [REDIRECT])
         apps.add_app("no-launch", "openid fhirUser patient/*.rs", [REDIRECT])
         admin = {"Authorization": f"Bearer {system_token(client, 'system/*.cruds')}"}
         body = {**patient(), "id": "helene"}
@@ -87,3 +88,53 @@ def test_no_patient_scopes_without_a_patient(live: LiveClient) -> None:
     assert answer.status_code == 200, answer.text
     assert "patient" not in answer.json()
     assert not [s for s in answer.json()["scope"].split() if s.startswith("patient/")]
+
+
+REFERRAL = {"reference": "ServiceRequest/referral-1",
+            "role": "https://example.org/fhir/launch-role/referral"}
+
+
+def test_an_ehr_launch_gives_encounter_fhir_context_banner_and_style(live: LiveClient) -> None:
+    """The portal opens an app on a referral: the app gets the patient, the encounter, the
+    referral in fhirContext, need_patient_banner as the EHR says, and the style document."""
+    launch = _launch(live, encounter="enc-1", fhirContext=[REFERRAL], need_patient_banner=False)
+    body = _token(live, "with-launch", "launch launch/encounter openid fhirUser patient/*.rs",
+                  launch=launch)
+    assert body["patient"] == "helene" and body["encounter"] == "enc-1"
+    assert body["fhirContext"] == [REFERRAL]
+    assert body["need_patient_banner"] is False
+    style = live.get(body["smart_style_url"])
+    assert style.status_code == 200 and style.json()["color_background"].startswith("#")
+    config = live.get("/fhir/.well-known/smart-configuration").json()
+    assert {"context-ehr-encounter", "context-banner", "context-style"} <= set(config["capabilities"])
+    assert "launch/encounter" in config["scopes_supported"]
+
+
+def test_encounter_only_with_launch_encounter_and_banner_by_default(live: LiveClient) -> None:
+    body = _token(live, "with-launch", "launch openid fhirUser patient/*.rs",
+                  launch=_launch(live, encounter="enc-2"))
+    assert "encounter" not in body and "launch/encounter" not in body["scope"].split()
+    assert body["need_patient_banner"] is True
+    standalone = _token(live, "with-launch", "launch/patient launch/encounter patient/*.rs")
+    assert standalone["need_patient_banner"] is True
+    assert "encounter" not in standalone and "launch/encounter" not in standalone["scope"].split()
+
+
+@pytest.mark.parametrize("body", [
+    {"patient": "helene", "fhirContext": [{"reference": "not a reference"}]},
+    {"patient": "helene", "fhirContext": [{"reference": "ServiceRequest/1", "role": "x"}]},
+    {"patient": "helene", "fhirContext": [{"reference": "ServiceRequest/1"}] * 11},
+    {"patient": "helene", "encounter": "bad id!"},
+    {"patient": "helene", "need_patient_banner": "no"},
+    {"encounter": "enc-1"},
+])
+def test_a_bad_launch_request_is_refused(live: LiveClient, body: dict[str, Any]) -> None:
+    ehr = es384("ehr-bad")
+    registry(live).add_backend_client("ehr-bad", "system/Patient.rs", jwks=ehr.jwks())
+    access = live.post("/auth/token", data=ehr.form(
+        "system/Patient.rs", audience=f"{live.app.state.settings.auth_url}/token")).json()
+    answer = live.post("/auth/launch", json=body,
+                       headers={"Authorization": f"Bearer {access['access_token']}"})
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_request"
+    assert answer.json()["error_description"]
+
