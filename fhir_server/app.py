@@ -22,7 +22,7 @@ from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
 from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
 from .http.audit import install_audit
-from .http.auth_routes import auth_router, discovery_router, install_cors
+from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
 from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware
@@ -122,6 +122,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(discovery_router, prefix=settings.base_path)
         app.include_router(auth_router, prefix=urlsplit(settings.auth_url).path)
         app.include_router(login_router, prefix=urlsplit(settings.auth_url).path)
+    else:
+        app.include_router(discovery_off_router, prefix=settings.base_path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)

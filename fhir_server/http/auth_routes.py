@@ -23,6 +23,7 @@ from ..access.principal import Principal
 from ..audit.events import security_event
 from ..auth.jws import peek
 from ..auth.registry import Registry
+from ..model.errors import Kind, fail
 from ..auth.launch import parse_launch
 from ..auth.server import ASSERTION_ALGORITHMS, STYLE_DOCUMENT, FormRequest
 from ..settings import Settings
@@ -96,6 +97,18 @@ async def smart_configuration(request: Request) -> JSONResponse:
             "permission-offline", "permission-v1", "permission-v2",
             "sso-openid-connect", "authorize-post"],
     })
+
+
+# Served instead of discovery when authentication is off, so that a client asking learns why
+# (the FHIR routes would take `.well-known` for a resource type).
+discovery_off_router = APIRouter()
+
+
+@discovery_off_router.get("/.well-known/smart-configuration")
+async def smart_configuration_off() -> None:
+    raise fail(Kind.NOT_FOUND, "not-found",
+               "SMART discovery is off: this server runs without authentication (auth=off, "
+               "--no-auth), so there is no authorization server and no token is needed.")
 
 
 @auth_router.get("/.well-known/openid-configuration")
