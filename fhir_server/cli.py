@@ -13,11 +13,12 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_origin
 from pathlib import Path
 
 import orjson
 import uvicorn
+from pydantic import ValidationError
 
 from .app import open_context, open_store
 from .audit.chain import Chain, Verdict, verify
@@ -31,17 +32,49 @@ from .search import Query, parse_query
 from .settings import Settings
 
 
+# Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
+_OWN_FLAGS = {"demo_data": "--demo", "auth": "--no-auth"}
+
+
+def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
+    """A `--<name>` flag per Settings field, taking what FHIR_SERVER_<NAME> takes."""
+    for name, field in Settings.model_fields.items():
+        if name in _OWN_FLAGS:
+            continue
+        variable = f"FHIR_SERVER_{name.upper()}"
+        text = (field.description or "").replace("%", "%%")
+        if field.annotation is bool:
+            serve.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}",
+                               action=argparse.BooleanOptionalAction, help=f"{text} ({variable})")
+        else:
+            json = get_origin(field.annotation) is list
+            serve.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}",
+                               metavar="JSON" if json else name.upper(),
+                               help=f"{text} ({variable}{', a JSON list' if json else ''})")
+
+
+def _setting_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The environment variables the flags given on the command line set."""
+    overrides = {"FHIR_SERVER_DEMO_DATA": "true" if args.demo else None,
+                 "FHIR_SERVER_AUTH": "off" if args.no_auth else None}
+    for name in Settings.model_fields.keys() - _OWN_FLAGS.keys():
+        value = getattr(args, f"setting_{name}")
+        overrides[f"FHIR_SERVER_{name.upper()}"] = (
+            None if value is None else str(value).lower() if isinstance(value, bool) else value)
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
 def _serve(args: argparse.Namespace) -> int:
     # Worker processes build their own app from the environment, so flags travel through it.
-    overrides = {
-        "FHIR_SERVER_HOST": args.host,
-        "FHIR_SERVER_PORT": None if args.port is None else str(args.port),
-        "FHIR_SERVER_WORKERS": None if args.workers is None else str(args.workers),
-        "FHIR_SERVER_DEMO_DATA": "true" if args.demo else None,
-        "FHIR_SERVER_AUTH": "off" if args.no_auth else None,
-    }
-    os.environ.update({k: v for k, v in overrides.items() if v is not None})
-    settings = Settings()
+    os.environ.update(_setting_overrides(args))
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"][:1])
+            print(f"fhir-server serve: --{name.replace('_', '-')} / FHIR_SERVER_{name.upper()}: "
+                  f"{error['msg']}", file=sys.stderr)
+        return 2
     configure(settings.log_level)
     config = uvicorn.Config(
         "fhir_server.app:create_app",
@@ -193,11 +226,10 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
     commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
-    serve.add_argument("--host", help="interface to listen on (FHIR_SERVER_HOST)")
-    serve.add_argument("--port", type=int, help="port (FHIR_SERVER_PORT)")
-    serve.add_argument("--workers", type=int, help="worker processes (FHIR_SERVER_WORKERS)")
+    _add_setting_flags(serve)
     serve.add_argument("--demo", action="store_true",
-                       help="load the bundled demo data set when the store is empty")
+                       help="load the bundled demo data set when the store is empty "
+                            "(FHIR_SERVER_DEMO_DATA)")
     serve.add_argument("--no-auth", action="store_true",
                        help="NO AUTHENTICATION: every request gets full access (local "
                             "development and demo only; FHIR_SERVER_AUTH=off)")

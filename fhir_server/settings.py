@@ -28,7 +28,9 @@ class Settings(BaseSettings):
         description="Public base URL of the FHIR endpoint, used in Location headers and links; "
         "empty means http://localhost:<port>/fhir.",
     )
-    data_dir: Path = Field(Path("data"), description="Directory for the embedded store.")
+    data_dir: Path = Field(
+        Path("data"), description="Directory of the embedded store and of the server's own files "
+        "(signing keys, users and clients, the audit hash chain).")
     store: str = Field(
         "",
         description="Store URL; empty means sqlite:///<data_dir>/fhir.db.",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from fhir_server import cli
 from fhir_server.settings import Settings
 
 
@@ -21,3 +23,55 @@ def test_base_url_follows_the_port_unless_given(monkeypatch: pytest.MonkeyPatch)
 def test_store_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     assert Settings(data_dir=tmp_path).store_url == f"sqlite:///{tmp_path / 'fhir.db'}"
     assert Settings(store="sqlite:///elsewhere.db").store_url == "sqlite:///elsewhere.db"
+
+
+@pytest.fixture
+def serve_settings(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """What `fhir-server serve` would run with (the server itself is not started); the
+    environment it changes is put back afterwards."""
+    for name in Settings.model_fields:
+        monkeypatch.setenv(f"FHIR_SERVER_{name.upper()}", "")
+        monkeypatch.delenv(f"FHIR_SERVER_{name.upper()}")
+    seen: list[Settings] = []
+    monkeypatch.setattr(cli.workers, "run", lambda *args: seen.append(Settings()) or 0)
+    return seen
+
+
+def test_serve_flags_set_the_settings_the_server_runs_with(serve_settings: list[Settings], tmp_path: Path) -> None:
+    assert cli.main(["serve", "--store", "mongodb://db.example:27017/fhir", "--data-dir",
+                     str(tmp_path), "--base-url", "https://fhir.example.fr/fhir",
+                     "--audit-store", f"sqlite:///{tmp_path / 'a.db'}", "--port", "9001",
+                     "--no-validate-with-models", "--cors-origins", '["https://portal.example"]',
+                     "--demo", "--no-auth"]) == 0
+    [settings] = serve_settings
+    assert settings.store_url == "mongodb://db.example:27017/fhir"
+    assert settings.data_dir == tmp_path and settings.port == 9001
+    assert settings.base_url == "https://fhir.example.fr/fhir"
+    assert settings.audit_store_url == f"sqlite:///{tmp_path / 'a.db'}"
+    assert not settings.validate_with_models and settings.demo_data and settings.auth == "off"
+    assert settings.cors_origins == ["https://portal.example"]
+
+
+def test_every_setting_has_a_serve_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    options = set(re.split(r"[\s\[\],|]+", capsys.readouterr().out))
+    for name in Settings.model_fields:
+        assert cli._OWN_FLAGS.get(name, f"--{name.replace('_', '-')}") in options, name
+
+
+def test_a_bad_flag_value_is_refused_clearly(serve_settings: list[Settings],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--port", "eighty"]) == 2
+    assert "--port / FHIR_SERVER_PORT: Input should be a valid integer" in capsys.readouterr().err
+    assert not serve_settings
+
+
+def test_the_readme_documents_every_setting_and_its_flag() -> None:
+    rows = {line.split("|")[1].strip(" `"): line for line in
+            (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+            if line.startswith("| `FHIR_SERVER_")}
+    for name in Settings.model_fields:
+        row = rows.get(f"FHIR_SERVER_{name.upper()}")
+        assert row is not None, f"README.md: no row for FHIR_SERVER_{name.upper()}"
+        assert f"`{cli._OWN_FLAGS.get(name, '--' + name.replace('_', '-'))}" in row, row
