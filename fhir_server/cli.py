@@ -22,14 +22,17 @@ from pydantic import ValidationError
 
 from .app import open_context, open_store
 from .audit.chain import Chain, Verdict, verify
+from .audit.events import command_event
+from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
-from .auth.registry import Registry as AuthRegistry
+from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
-from .interop import Loader, LoadOptions, progress_stream
+from .interop import Loader, LoadOptions
 from . import workers
 from .logs import configure
 from .search import Query, parse_query
 from .settings import Settings
+from .store.versions import now
 
 
 # Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
@@ -88,15 +91,60 @@ def _serve(args: argparse.Namespace) -> int:
     return workers.run(config, settings.workers, settings.log_level)
 
 
+async def _record(settings: Settings, command: str, action: str,
+                  entities: list[dict[str, Any]], problem: str | None = None) -> None:
+    """Add the AuditEvent of a command to the trail the server writes (its store and chain)."""
+    store = open_store(settings.audit_store_url)
+    await store.open()
+    chain = Chain(settings.data_dir / "audit-chain.db")
+    try:
+        await AuditRecorder(store, chain).record(command_event(
+            command=command, action=action, recorded=now()[0], operator=_operator(),
+            entities=entities, problem=problem))
+    finally:
+        chain.close()
+        await store.close()
+
+
+def _operator() -> str:
+    """Who runs the command: the operating-system user."""
+    try:
+        return getpass.getuser()
+    except OSError:  # a container user without a name
+        return f"uid {os.getuid()}"
+
+
+def _entity(name: str, role: tuple[str, str], reference: str | None = None,
+            **details: object) -> dict[str, Any]:
+    """An AuditEvent.entity: what the command acted on, its details as strings."""
+    entity: dict[str, Any] = {
+        "name": name,
+        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": role[0],
+                 "display": role[1]},
+        "detail": [{"type": key.replace("_", " "), "valueString": str(value)}
+                   for key, value in details.items()]}
+    if reference:
+        entity["what"] = {"reference": reference}
+    return entity
+
+
+_JOB, _USER, _SECURITY_RESOURCE = ("20", "Job"), ("6", "User"), ("13", "Security Resource")
+
+
 async def _load_async(settings: Settings, args: argparse.Namespace) -> int:
     # SIGTERM stops a load as Ctrl-C does: Bundles in flight finish, the state file is saved.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     options = LoadOptions(concurrency=args.concurrency, state_file=args.state,
-                          dedupe_by_identifier=args.dedupe_by_identifier, progress=progress_stream())
+                          dedupe_by_identifier=args.dedupe_by_identifier, progress=sys.stderr)
     async with open_context(settings) as context:
         report = await Loader(context, options).run(args.paths)
+    problem = "interrupted" if report.interrupted else \
+        f"{len(report.failures)} failures" if report.failures else None
+    await _record(settings, "load", "C", [_entity(
+        " ".join(str(p) for p in args.paths), _JOB, files=report.files, resources=report.resources,
+        failures=len(report.failures), **report.outcomes)], problem)
     print(report.summary(), file=sys.stderr)
     return 130 if report.interrupted else 1 if report.failures else 0
 
@@ -118,6 +166,11 @@ def _load(args: argparse.Namespace) -> int:
     return asyncio.run(_load_async(settings, args))
 
 
+def _record_client(settings: Settings, client: Client, **details: str) -> None:
+    asyncio.run(_record(settings, "client add", "C", [_entity(
+        client.id, _SECURITY_RESOURCE, kind=client.kind, scope=client.scope, **details)]))
+
+
 def _add_backend_client(args: argparse.Namespace) -> int:
     settings = Settings()
     try:
@@ -128,6 +181,7 @@ def _add_backend_client(args: argparse.Namespace) -> int:
     except (OSError, ValueError, orjson.JSONDecodeError) as exc:
         print(f"fhir-server client add-backend: {exc}", file=sys.stderr)
         return 2
+    _record_client(settings, client, acts_for=" ".join(client.acts_for))
     role = f"; investigator system for {', '.join(client.acts_for)}" if client.acts_for else ""
     print(f"registered backend client {client.id} (scope: {client.scope}{role}); token endpoint "
           f"{settings.auth_url}/token")
@@ -145,6 +199,7 @@ def _add_app(args: argparse.Namespace) -> int:
     except (OSError, ValueError, orjson.JSONDecodeError) as exc:
         print(f"fhir-server client add-app: {exc}", file=sys.stderr)
         return 2
+    _record_client(settings, client, redirect_uris=" ".join(args.redirect_uri))
     print(f"registered {client.kind} app {client.id} (scope: {client.scope})")
     if secret:
         print(f"client secret (shown once, store it in the app's configuration): {secret}")
@@ -176,6 +231,8 @@ def _add_user(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fhir-server user add: {exc}", file=sys.stderr)
         return 2
+    asyncio.run(_record(settings, "user add", "C", [_entity(
+        user.username, _USER, user.fhir_user, administrator=user.admin)]))
     role = " (administrator)" if user.admin else ""
     print(f"user {user.username} is {user.fhir_user}{role}; the second factor is set up at "
           "first login")
@@ -205,7 +262,14 @@ async def _audit_verdict(settings: Settings) -> Verdict:
 
 
 def _verify_audit(args: argparse.Namespace) -> int:
-    verdict = asyncio.run(_audit_verdict(Settings()))
+    settings = Settings()
+    # Checked before anything is opened: opening would create an empty trail, found "intact".
+    if not (settings.data_dir / "audit-chain.db").is_file():
+        print(f"fhir-server audit verify: no audit trail in {settings.data_dir.resolve()} (no "
+              "audit-chain.db); run it where the server keeps its files, or set "
+              "FHIR_SERVER_DATA_DIR", file=sys.stderr)
+        return 2
+    verdict = asyncio.run(_audit_verdict(settings))
     for problem in verdict.problems:
         print(problem)
     state = "intact" if not verdict.problems else f"{len(verdict.problems)} problems"
@@ -216,7 +280,9 @@ def _verify_audit(args: argparse.Namespace) -> int:
 def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
-    print(f"new signing key {keys.rotate()}; the previous one stays published for "
+    kid = keys.rotate()
+    asyncio.run(_record(settings, "keys rotate", "U", [_entity(kid, _SECURITY_RESOURCE)]))
+    print(f"new signing key {kid}; the previous one stays published for "
           f"{settings.token_lifetime} s")
     return 0
 

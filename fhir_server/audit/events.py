@@ -126,3 +126,32 @@ def interaction_of(method: str, path: str) -> str:
         return "search-type"
     return {"GET": "read", "POST": "create", "PUT": "update", "PATCH": "patch",
             "DELETE": "delete"}.get(method, "operation")
+
+
+# What each command-line command is, as (type, subtype) codings: loads are DICOM Import (their
+# files run as batch Bundles through the services); the administration commands change the
+# security configuration (DICOM Security Alert).
+_COMMANDS = {
+    "load": ((_DICOM, "110107", "Import"), (_INTERACTION_SYSTEM, "batch", "batch")),
+    "user add": ((_DICOM, "110113", "Security Alert"),
+                 (_DICOM, "110137", "User Security Attributes Changed")),
+    "client add": ((_DICOM, "110113", "Security Alert"),
+                   (_DICOM, "110129", "Security Configuration")),
+    "keys rotate": ((_DICOM, "110113", "Security Alert"),
+                    (_DICOM, "110129", "Security Configuration")),
+}
+
+
+def command_event(*, command: str, action: str, recorded: str, operator: str,
+                  entities: list[dict[str, Any]], problem: str | None = None) -> dict[str, Any]:
+    """The AuditEvent of a `fhir-server` command (`command` a key of _COMMANDS) run by the
+    operating-system user `operator`; `problem` makes it a minor failure and says what."""
+    kind, subtype = ({"system": s, "code": c, "display": d} for s, c, d in _COMMANDS[command])
+    agent = {"who": {"display": operator}, "name": operator, "altId": f"fhir-server {command}",
+             "requestor": True}
+    event = _event(kind, subtype, action, recorded, 200, agent)
+    if problem:
+        event["outcome"], event["outcomeDesc"] = "4", problem
+    if entities:
+        event["entity"] = entities
+    return event

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ class LoadOptions:
     concurrency: int = 4
     state_file: Path | None = None
     dedupe_by_identifier: bool = True
-    progress: TextIO | None = None  # where to draw the progress line (a terminal), if anywhere
+    progress: TextIO | None = None  # where to report progress, if anywhere
 
 
 @dataclass(frozen=True)
@@ -87,21 +86,30 @@ class LoadReport:
         return "\n".join(lines)
 
 
+LOG_EVERY = 5.0  # seconds between progress lines when the stream is not a terminal
+
+
 class _Progress:
-    """One stderr line redrawn at most five times a second; silent without a stream."""
+    """On a terminal, one line redrawn at most five times a second; elsewhere (a log file, a
+    container's output), a new line every LOG_EVERY seconds; silent without a stream."""
 
     def __init__(self, stream: TextIO | None, files: int) -> None:
         self.stream, self.files, self.started, self.drawn = stream, files, time.monotonic(), 0.0
+        self.terminal = stream is not None and stream.isatty()
 
     def update(self, report: LoadReport, files_done: int, *, final: bool = False) -> None:
         now = time.monotonic()
-        if self.stream is None or (not final and now - self.drawn < 0.2):
+        every = 0.2 if self.terminal else LOG_EVERY
+        if self.stream is None or (not final and now - self.drawn < every):
             return
         self.drawn = now
         rate = report.resources / max(now - self.started, 1e-9)
-        self.stream.write(f"\r{files_done}/{self.files} files  {report.resources} resources  "
-                          f"{rate:.0f}/s  {len(report.failures)} failures ")
-        self.stream.write("\n" if final else "")
+        line = (f"{files_done}/{self.files} files  {report.resources} resources  "
+                f"{rate:.0f}/s  {len(report.failures)} failures")
+        if self.terminal:
+            self.stream.write(f"\r{line} " + ("\n" if final else ""))
+        else:
+            self.stream.write(f"{line}\n")
         self.stream.flush()
 
 
@@ -114,6 +122,10 @@ class Loader:
         self.state = LoadState(options.state_file)
         self.report = LoadReport()
         self._files_done = 0
+        # Units of each file not yet sent; a file counts as done once it has none left and
+        # all its units are read (not when they are queued: the counter follows the work).
+        self._unsent: Counter[Path] = Counter()
+        self._read: set[Path] = set()
         self._progress = _Progress(None, 0)
         self._in_flight: set[asyncio.Future[None]] = set()
 
@@ -156,8 +168,10 @@ class Loader:
                 if self.options.dedupe_by_identifier:
                     for entry in unit.bundle.checked["entry"]:
                         add_if_none_exist(entry)
+                self._unsent[path] += 1
                 await queue.put(unit)
-            self._files_done += 1
+            self._read.add(path)
+            self._file_progress(path)
         for _ in range(self.options.concurrency):
             await queue.put(None)
 
@@ -167,7 +181,14 @@ class Loader:
             self._in_flight.add(send)
             send.add_done_callback(self._in_flight.discard)
             await asyncio.shield(send)
+            self._unsent[unit.path] -= 1
+            self._file_progress(unit.path)
             self._progress.update(self.report, self._files_done)
+
+    def _file_progress(self, path: Path) -> None:
+        if path in self._read and self._unsent[path] == 0:
+            self._read.discard(path)
+            self._files_done += 1
 
     async def _send(self, unit: Unit) -> None:
         stored: list[int] = []
@@ -209,8 +230,3 @@ def _message(error: FhirError) -> str:
 async def load(ctx: Context, paths: Sequence[Path], options: LoadOptions | None = None) -> LoadReport:
     """Load files and directories of FHIR JSON / NDJSON into the store behind `ctx`."""
     return await Loader(ctx, options or LoadOptions()).run(paths)
-
-
-def progress_stream() -> TextIO | None:
-    """stderr when it is a terminal: a redrawn line would only clutter a log file."""
-    return sys.stderr if sys.stderr.isatty() else None

@@ -6,6 +6,8 @@ resumption from a state file; a failure summary naming file and entry.
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 
 from fhir_server import cli
 from fhir_server.app import open_context
-from fhir_server.interop import LoadOptions, LoadReport, load
+from fhir_server.interop import LoadOptions, LoadReport, load, loader
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from fhir_server.store.base import HistoryQuery
@@ -188,3 +190,26 @@ def test_cli_load_exit_status_and_summary(
     err = capsys.readouterr().err
     assert "loaded 0 resources" in err and "skipped 1 files already loaded" in err
     assert (data / "fhir.db").exists()
+
+
+async def test_progress_lines_off_a_terminal_count_only_finished_files(
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for n in range(12):  # two Patients per file, one Bundle each
+        (sources / f"{n:02}.json").write_bytes(orjson.dumps({
+            "resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": patient(id=f"p{n}-{i}"), "request": {"method": "PUT",
+                                                                 "url": f"Patient/p{n}-{i}"}}
+                for i in range(2)]}))
+    monkeypatch.setattr(loader, "LOG_EVERY", 0.0)  # a line per finished Bundle
+    stream = io.StringIO()  # not a terminal: whole lines, never a redrawn one
+    report = await load(ctx, [sources], LoadOptions(concurrency=2, progress=stream))
+    assert report.resources == 24 and "\r" not in stream.getvalue()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) > 12
+    for line in lines:
+        files, resources = map(int, re.findall(r"(\d+)/12 files  (\d+) resources", line)[0])
+        assert resources >= 2 * files, line  # no file counted before its resources are stored
+    assert lines[-1].startswith("12/12 files  24 resources")
