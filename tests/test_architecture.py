@@ -1,0 +1,111 @@
+"""The import arrows of ../shared/ARCHITECTURE.md, checked by walking every import of fhir_server/:
+`http -> services -> {access, audit, search, store, model}`; `trials, privacy, interop ->
+services`; `store -> {search, model}`; nothing imports `http` except app.py; `store` never
+imports `access` or `auth`; a package that declares its surface (`__all__` in `__init__.py`) is
+imported from other packages only through it."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fhir_server"
+FLOOR = {"model", "settings", "logs", ""}  # FHIR knowledge, configuration, logging, the version
+MAY_IMPORT = {
+    "app": {"*"},  # the one place that knows everyone
+    "cli": {"*"},  # wiring too, but never http (checked below)
+    "http": {"services", "auth", "search"},  # auth: token -> claims; search.parse (picture's walk)
+    "services": {"access", "audit", "search", "store"},
+    "trials": {"services"}, "privacy": {"services"}, "interop": {"services"},
+    "access": {"search"},  # access adds its clauses to the Query AST
+    "audit": {"search", "store"},  # AuditEvents are stored and indexed like any resource
+    "auth": {"access"},  # token verification -> Principal
+    "store": {"search"}, "search": set(), "crypto": set(), "workers": set(), "demo": set(),
+}
+# Today's violations, (importing package, imported package), each with the issue item that
+# removes it. A new one fails the test; one that is gone must leave this list.
+KNOWN_ARROWS = {
+    # 14 §2 "Who the caller is": a Principal built in one place; http turns a token into claims
+    ("http", "access"), ("audit", "access"), ("trials", "access"),
+    # 14 §2 "where audit is written: today middleware, the picture says services"
+    ("http", "audit"),
+    # 14 §2 "one clock instead of four" (store.versions.now) for http.audit and the auth routes;
+    # no item yet for Version/Result in http.routes, bundles, headers (services' result types)
+    ("http", "store"),
+    # 14 §2 "Server-made writes (referrals, frozen records, published definitions) go through
+    # the service layer" ($refer is called from http.operations; trials writes to the store)
+    ("http", "trials"), ("trials", "search"), ("trials", "store"),
+}
+# (importing package, module imported around its package's __init__)
+KNOWN_SIDE_DOORS = {
+    # 14 §2 "Who the caller is" (Principal, policy and consent exported by access/__init__)
+    ("app", "access.principal"), ("audit", "access.principal"), ("http", "access.principal"),
+    ("services", "access.principal"), ("trials", "access.principal"),
+    ("services", "access.policy"), ("services", "access.consent"),
+    # 14 §2 "which patients does this resource belong to is coded three times"
+    ("access", "search.references"), ("http", "search.references"),
+    # 14 §2 "where audit is written" (http.audit) and "The login state machine lives in auth/"
+    # (login_routes); no item yet for auth_routes and operations (export them from http/__init__)
+    ("app", "http.audit"), ("app", "http.login_routes"), ("app", "http.auth_routes"),
+    ("app", "http.operations"),
+    # no item yet: search/__init__ to export EARTH_RADIUS_KM (store/mongo_filters.py)
+    ("store", "search.params.special"),
+}
+
+
+@cache
+def _surface(package: str) -> frozenset[str]:
+    """The names a package's `__init__.py` lists in `__all__` (empty: no declared surface)."""
+    init = PACKAGE / package / "__init__.py"
+    for node in ast.walk(ast.parse(init.read_text()) if init.exists() else ast.Module()):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "__all__":
+            return frozenset(ast.literal_eval(node.value))
+    return frozenset()
+
+
+def _imports() -> Iterator[tuple[str, str]]:
+    """(importing module, imported module), dotted under fhir_server ('' is the package)."""
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        here = parts[:-1]  # the package relative imports start from
+        importer = ".".join(here if parts[-1] == "__init__" else parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [(a.name, []) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                start = ".".join(["fhir_server", *here[:len(here) - node.level + 1]])
+                found = [(f"{start}.{node.module or ''}" if node.level else node.module or "",
+                          [a.name for a in node.names])]
+            else:
+                continue
+            for dotted, names in found:
+                if dotted.split(".")[0] != "fhir_server":
+                    continue
+                base = [p for p in dotted.split(".")[1:] if p]
+                # `from ..access import consent` imports access/consent.py, unless __init__
+                # exports that name (`from ..search import extract` is the function)
+                modules = [[*base, n] for n in names if n not in _surface(".".join(base))
+                           and (PACKAGE.joinpath(*base, n).is_dir()
+                                or PACKAGE.joinpath(*base, f"{n}.py").exists())]
+                for module in modules or [base]:
+                    yield importer, ".".join(module)
+
+
+def test_imports_follow_the_arrows() -> None:
+    arrows, side_doors = set(), set()
+    for importer, imported in _imports():
+        source, target = importer.split(".")[0], imported.split(".")[0]
+        if source == target:
+            continue
+        allowed = MAY_IMPORT[source]
+        if (target == "http" and source != "app") or not (
+                target in FLOOR or "*" in allowed or target in allowed):
+            arrows.add((source, target))
+        if "." in imported and _surface(target):
+            side_doors.add((source, imported))
+    assert arrows - KNOWN_ARROWS == set(), "imports against ARCHITECTURE.md's arrows"
+    assert KNOWN_ARROWS - arrows == set(), "fixed: remove them from KNOWN_ARROWS"
+    assert side_doors - KNOWN_SIDE_DOORS == set(), "import these through their package"
+    assert KNOWN_SIDE_DOORS - side_doors == set(), "fixed: remove them from KNOWN_SIDE_DOORS"
