@@ -1,6 +1,7 @@
 """Command line: `fhir-server serve`, `fhir-server load`, and the administration of the
 authorization server (`client add-backend`, `client add-app`, `user add`, `keys rotate`) and of
-the audit trail (`audit verify`)."""
+the audit trail (`audit verify`). Loads and administration commands leave an AuditEvent each,
+in the trail the server writes."""
 
 from __future__ import annotations
 
@@ -44,16 +45,15 @@ def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         if name in _OWN_FLAGS:
             continue
-        variable = f"FHIR_SERVER_{name.upper()}"
-        text = (field.description or "").replace("%", "%%")
+        flag, variable = f"--{name.replace('_', '-')}", f"FHIR_SERVER_{name.upper()}"
+        text = (field.description or "").replace("%", "%%")  # argparse formats help with %
         if field.annotation is bool:
-            serve.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}",
-                               action=argparse.BooleanOptionalAction, help=f"{text} ({variable})")
+            serve.add_argument(flag, dest=f"setting_{name}", action=argparse.BooleanOptionalAction,
+                               help=f"{text} ({variable})")
         else:
             json = get_origin(field.annotation) is list
-            serve.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}",
-                               metavar="JSON" if json else name.upper(),
-                               help=f"{text} ({variable}{', a JSON list' if json else ''})")
+            serve.add_argument(flag, dest=f"setting_{name}",
+                               metavar="JSON" if json else name.upper(), help=f"{text} ({variable}{', a JSON list' if json else ''})")
 
 
 def _setting_overrides(args: argparse.Namespace) -> dict[str, str]:

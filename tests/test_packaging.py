@@ -122,3 +122,38 @@ def test_every_package_imported_directly_is_declared() -> None:
     undeclared = {name: distributions.get(name) for name in _imported_packages()
                   if not {_normalized(d) for d in distributions.get(name, [name])} & declared}
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_every_file_the_image_copies_is_in_the_build_context() -> None:
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+    assert os.access(ROOT / "bin/docker-entrypoint", os.X_OK)  # COPY keeps the mode
+
+
+def _entrypoint(tmp_path: Path, *args: str, store: str | None, migrate_status: int = 0
+                ) -> tuple[int, list[str]]:
+    """Run the image's entrypoint with a stand-in `fhir-server` that notes its arguments."""
+    calls = tmp_path / "calls"
+    stand_in = tmp_path / "bin" / "fhir-server"
+    stand_in.parent.mkdir(exist_ok=True)
+    stand_in.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                        f'[ "$1" = migrate ] && exit {migrate_status}\nexit 0\n')
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in.parent}:{os.environ['PATH']}"}
+    env.pop("FHIR_SERVER_STORE", None)
+    if store is not None:
+        env["FHIR_SERVER_STORE"] = store
+    run = subprocess.run(["sh", str(ROOT / "bin/docker-entrypoint"), *args], env=env,
+                         capture_output=True, check=False)
+    return run.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_the_entrypoint_migrates_then_serves_and_needs_a_store(tmp_path: Path) -> None:
+    assert _entrypoint(tmp_path, "--workers", "2", store="mongodb://mongo/fhir") == (
+        0, ["migrate", "serve --workers 2"])
+    (tmp_path / "calls").unlink()
+    assert _entrypoint(tmp_path, store="mongodb://mongo/fhir", migrate_status=1) == (1, ["migrate"])
+    (tmp_path / "calls").unlink()
+    assert _entrypoint(tmp_path, store=None) == (2, [])  # no silent SQLite in the image

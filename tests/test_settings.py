@@ -37,7 +37,8 @@ def serve_settings(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     return seen
 
 
-def test_serve_flags_set_the_settings_the_server_runs_with(serve_settings: list[Settings], tmp_path: Path) -> None:
+def test_serve_flags_set_the_settings_the_server_runs_with(serve_settings: list[Settings],
+                                                         tmp_path: Path) -> None:
     assert cli.main(["serve", "--store", "mongodb://db.example:27017/fhir", "--data-dir",
                      str(tmp_path), "--base-url", "https://fhir.example.fr/fhir",
                      "--audit-store", f"sqlite:///{tmp_path / 'a.db'}", "--port", "9001",
