@@ -120,11 +120,13 @@ def _entity(name: str, role: tuple[str, str], reference: str | None = None,
     entity: dict[str, Any] = {
         "name": name,
         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": role[0],
-                 "display": role[1]},
-        "detail": [{"type": key.replace("_", " "), "valueString": str(value)}
-                   for key, value in details.items()]}
+                 "display": role[1]}}
     if reference:
         entity["what"] = {"reference": reference}
+    # FHIR has no empty strings or arrays: details without a value are left out.
+    if filled := {key: str(value) for key, value in details.items() if str(value)}:
+        entity["detail"] = [{"type": key.replace("_", " "), "valueString": value}
+                            for key, value in filled.items()]
     return entity
 
 

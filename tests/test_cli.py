@@ -12,6 +12,7 @@ import pytest
 
 from fhir_server import cli
 from fhir_server.app import open_store
+from fhir_server.model.validation import Validator
 from fhir_server.search import Query
 from fhir_server.settings import Settings
 from tests.auth.conftest import es384
@@ -37,7 +38,9 @@ def _audit_events(data: Path) -> list[dict[str, Any]]:
             await store.close()
         return [orjson.loads(v.body) for v in page.matches if v.body]
 
-    return sorted(asyncio.run(search()), key=lambda e: str(e["recorded"]))
+    events = sorted(asyncio.run(search()), key=lambda e: str(e["recorded"]))
+    assert [Validator().issues(event) for event in events] == [[]] * len(events)  # valid R4
+    return events
 
 
 def _details(event: dict[str, Any]) -> dict[str, str]:

@@ -128,17 +128,18 @@ def interaction_of(method: str, path: str) -> str:
             "DELETE": "delete"}.get(method, "operation")
 
 
-# What each command-line command is, as (type, subtype) codings: loads are DICOM Import (their
-# files run as batch Bundles through the services); the administration commands change the
-# security configuration (DICOM Security Alert).
+# What each command-line command is, as (type, subtype): loads are DICOM Import (their files run
+# as batch Bundles through the services); the administration commands change the security
+# configuration (DICOM Security Alert).
+_SECURITY_ALERT = {"system": _DICOM, "code": "110113", "display": "Security Alert"}
+_SECURITY_CONFIGURATION = {"system": _DICOM, "code": "110129", "display": "Security Configuration"}
 _COMMANDS = {
-    "load": ((_DICOM, "110107", "Import"), (_INTERACTION_SYSTEM, "batch", "batch")),
-    "user add": ((_DICOM, "110113", "Security Alert"),
-                 (_DICOM, "110137", "User Security Attributes Changed")),
-    "client add": ((_DICOM, "110113", "Security Alert"),
-                   (_DICOM, "110129", "Security Configuration")),
-    "keys rotate": ((_DICOM, "110113", "Security Alert"),
-                    (_DICOM, "110129", "Security Configuration")),
+    "load": ({"system": _DICOM, "code": "110107", "display": "Import"},
+             {"system": _INTERACTION_SYSTEM, "code": "batch", "display": "batch"}),
+    "user add": (_SECURITY_ALERT, {"system": _DICOM, "code": "110137",
+                                   "display": "User Security Attributes Changed"}),
+    "client add": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
+    "keys rotate": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
 }
 
 
@@ -146,10 +147,10 @@ def command_event(*, command: str, action: str, recorded: str, operator: str,
                   entities: list[dict[str, Any]], problem: str | None = None) -> dict[str, Any]:
     """The AuditEvent of a `fhir-server` command (`command` a key of _COMMANDS) run by the
     operating-system user `operator`; `problem` makes it a minor failure and says what."""
-    kind, subtype = ({"system": s, "code": c, "display": d} for s, c, d in _COMMANDS[command])
-    agent = {"who": {"display": operator}, "name": operator, "altId": f"fhir-server {command}",
-             "requestor": True}
-    event = _event(kind, subtype, action, recorded, 200, agent)
+    kind, subtype = _COMMANDS[command]
+    agent: dict[str, Any] = {"who": {"display": operator}, "name": operator,
+                             "altId": f"fhir-server {command}", "requestor": True}
+    event = _event(dict(kind), dict(subtype), action, recorded, 200, agent)
     if problem:
         event["outcome"], event["outcomeDesc"] = "4", problem
     if entities:
