@@ -86,9 +86,10 @@ def test_the_docker_images_wheel_serves_the_platforms_operations_and_search_para
     assert (site / "fhir_server/profiles/OperationDefinition-ResearchStudy-refer.json").is_file()
     assert (site / "fhir_server/terminology/CodeSystem-referral-outcome.json").is_file()
 
-    env = {**os.environ, "PYTHONPATH": str(site), "FHIR_SERVER_AUTH": "off",
-           "FHIR_SERVER_DATA_DIR": str(tmp_path / "data")}
-    env.pop("FHIR_SERVER_STORE", None)
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("FHIR_SERVER_")}
+    env.update(PYTHONPATH=str(site), FHIR_SERVER_AUTH="off",
+               FHIR_SERVER_DATA_DIR=str(tmp_path / "data"))
     run = subprocess.run([sys.executable, "-c", _SERVER_FROM_WHEEL, str(site)], cwd=tmp_path,
                          env=env, capture_output=True, check=False)
     assert run.returncode == 0, run.stderr.decode()[-2000:]
