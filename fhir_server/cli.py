@@ -29,11 +29,10 @@ from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
 from .interop import Loader, LoadOptions
-from . import workers
+from . import clock, workers
 from .logs import configure
 from .search import Query, parse_query
 from .settings import Settings
-from .store.versions import now
 
 
 # Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
@@ -99,7 +98,7 @@ async def _record(settings: Settings, command: str, action: str,
     chain = Chain(settings.data_dir / "audit-chain.db")
     try:
         await AuditRecorder(store, chain).record(command_event(
-            command=command, action=action, recorded=now()[0], operator=_operator(),
+            command=command, action=action, recorded=clock.instant(), operator=_operator(),
             entities=entities, problem=problem))
     finally:
         chain.close()
