@@ -24,7 +24,9 @@ from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth
 
 from .launch import LaunchContext
 from .pages import TEXT, describe, language
-from .server import FormRequest, Grantee, SmartAuthorizationServer
+from .clients import FormRequest
+from .grants import Grantee
+from .server import SmartAuthorizationServer
 from .users import Locked, User, Users
 
 PENDING_SECONDS = 600

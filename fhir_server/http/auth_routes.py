@@ -25,7 +25,8 @@ from ..auth.jws import peek
 from ..auth.registry import Registry
 from ..model.errors import Kind, fail
 from ..auth.launch import parse_launch
-from ..auth.server import ASSERTION_ALGORITHMS, STYLE_DOCUMENT, FormRequest
+from ..auth.clients import ASSERTION_ALGORITHMS, FormRequest
+from ..auth.server import STYLE_DOCUMENT
 from ..settings import Settings
 from .. import clock
 from .auth import authenticate

@@ -1,0 +1,150 @@
+"""The grants of this authorization server (authlib): the authorization code with PKCE (S256,
+always required) for apps, the refresh token (rotating at each use, never widening the scope),
+client credentials for backend services; and who approved a grant, kept with codes and
+refresh tokens (Grantee).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.oauth2 import OAuth2Request
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    RefreshTokenGrant,
+)
+from authlib.oauth2.rfc7636 import CodeChallenge
+
+from .clients import APP_AUTH_METHODS, PRIVATE_KEY_JWT, RegisteredClient
+from .launch import LaunchContext
+
+CODE_LIFETIME = 600  # seconds, RFC 6749 section 4.1.2's recommended maximum
+
+
+class BackendGrant(ClientCredentialsGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = [PRIVATE_KEY_JWT]
+
+
+@dataclass(frozen=True, slots=True)
+class Grantee:
+    """Who approved a grant, and the context it was given in (kept with codes and refresh
+    tokens)."""
+
+    username: str
+    fhir_user: str
+    nonce: str | None = None
+    launch: LaunchContext | None = None  # an EHR launch's, or the patient picked
+
+    @property
+    def launch_patient(self) -> str | None:
+        return self.launch.patient if self.launch else None
+
+    @property
+    def patient(self) -> str | None:
+        """The patient in context: the one the launch names, else the user if a patient."""
+        if self.launch:
+            return self.launch.patient
+        kind, _, id = self.fhir_user.partition("/")
+        return id if kind == "Patient" else None
+
+    def record(self) -> dict[str, Any]:
+        """What a stored code or refresh token keeps of the grantee."""
+        return {"username": self.username, "fhir_user": self.fhir_user,
+                "launch": self.launch.as_dict() if self.launch else None}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], nonce: str | None = None) -> Grantee:
+        return cls(data["username"], data["fhir_user"], nonce, LaunchContext.from_record(data))
+
+
+class _Record:
+    """A stored code or refresh token, as authlib's grants query it."""
+
+    def __init__(self, key: str, client_id: str, data: dict[str, Any]) -> None:
+        self.key = key
+        self.client_id = client_id
+        self.data = data
+
+    def get_redirect_uri(self) -> str:
+        return str(self.data["redirect_uri"])
+
+    def get_scope(self) -> str:
+        return str(self.data["scope"])
+
+    def check_client(self, client: RegisteredClient) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def is_expired(self) -> bool:
+        return False  # expired records are never returned
+
+    def is_revoked(self) -> bool:
+        return False
+
+
+class Pkce(CodeChallenge):  # type: ignore[misc]
+    """PKCE as SMART requires it: a S256 challenge on every authorization request."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge (S256).")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+    def get_authorization_code_challenge(self, authorization_code: _Record) -> str:
+        return str(authorization_code.data["code_challenge"])
+
+    def get_authorization_code_challenge_method(self, authorization_code: _Record) -> str:
+        return "S256"
+
+
+class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = APP_AUTH_METHODS
+
+    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
+        data = request.payload.data
+        grantee: Grantee = request.user
+        self.server.registry.put("code", code, {
+            "redirect_uri": data.get("redirect_uri") or request.client.get_default_redirect_uri(),
+            "scope": request.scope or "", "code_challenge": data["code_challenge"],
+            "nonce": data.get("nonce"), "client_id": request.client.get_client_id(),
+            **grantee.record()},
+            CODE_LIFETIME, client_id=request.client.get_client_id())
+
+    def query_authorization_code(self, code: str, client: RegisteredClient) -> _Record | None:
+        # Spent at once, atomically: a second exchange of the same code (a replay, or a race
+        # with the legitimate client) finds nothing.
+        data = self.server.registry.get("code", code)
+        if data is None or not self.server.registry.spend("code", code):
+            return None
+        # Bound to the client it was issued to: another client presenting it gets nothing.
+        record = _Record(code, str(data["client_id"]), data)
+        return record if record.check_client(client) else None
+
+    def delete_authorization_code(self, authorization_code: _Record) -> None:
+        """Already spent when queried."""
+
+    def authenticate_user(self, authorization_code: _Record) -> Grantee:
+        return Grantee.from_record(authorization_code.data, authorization_code.data.get("nonce"))
+
+
+class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = APP_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token works once
+
+    def authenticate_refresh_token(self, refresh_token: str) -> _Record | None:
+        data = self.server.registry.get("refresh", refresh_token)
+        return _Record(refresh_token, data["client_id"], data) if data else None
+
+    def authenticate_user(self, refresh_token: _Record) -> Grantee:
+        return Grantee.from_record(refresh_token.data)
+
+    def revoke_old_credential(self, refresh_token: _Record) -> None:
+        if not self.server.registry.spend("refresh", refresh_token.key):
+            raise InvalidGrantError(description="The refresh token was used already.")
