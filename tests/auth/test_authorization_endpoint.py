@@ -1,5 +1,6 @@
 """The authorization endpoint over real HTTP (SMART App Launch 2.2, "Obtain authorization
-code"): `state` is required; `online_access` is not offered (no user session to bind it to)."""
+code"): `state` is required; `authorize-post` works; `online_access` is not offered (no user
+session to bind it to)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.auth.live import (
-    REDIRECT, LiveClient, authorize, code_of, live_server, new_user, redirect_error, registry,
-    sign_in)
+    PASSWORD, REDIRECT, LiveClient, audience, authorize, challenge, code_of, live_server,
+    new_user, pending_of, redirect_error, registry, second_factor, sign_in)
 from tests.builders import patient
 from tests.conftest import token as system_token
 from tests.http.helpers import send
@@ -46,3 +47,27 @@ def test_online_access_is_neither_advertised_nor_granted(live: LiveClient) -> No
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
         "client_id": "app", "code_verifier": verifier}).json()
     assert "online_access" not in body["scope"].split() and "refresh_token" not in body
+
+
+def test_authorize_post_is_the_same_request(live: LiveClient) -> None:
+    """`authorize-post`: the parameters as a form POST lead to the same sign-in, then code."""
+    verifier = secrets.token_urlsafe(48)
+    form = {"response_type": "code", "client_id": "app", "redirect_uri": REDIRECT,
+            "scope": "openid fhirUser patient/*.rs", "state": "s-123", "aud": audience(live),
+            "code_challenge": challenge(verifier), "code_challenge_method": "S256"}
+    page = live.post("/auth/authorize", data=form, follow_redirects=False)
+    assert page.status_code == 200 and 'name="password"' in page.text
+    username = new_user(live, "Patient/helene")
+    pending = pending_of(page.text)
+    second = live.post("/auth/login", data={"pending": pending, "username": username,
+                                            "password": PASSWORD})
+    assert second_factor(live, pending, username, second.text).status_code == 200
+    code = code_of(live.post("/auth/consent", data={"pending": pending, "decision": "approve"},
+                             follow_redirects=False))
+    answer = live.post("/auth/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "client_id": "app", "code_verifier": verifier})
+    assert answer.status_code == 200 and answer.json()["patient"] == "helene"
+    without_state = live.post("/auth/authorize", data={**form, "state": ""},
+                              follow_redirects=False)
+    assert redirect_error(without_state) == "invalid_request"
