@@ -59,8 +59,11 @@ Answer = Page | Redirect
 class Choice(Protocol):
     """A patient the picker offers."""
 
-    id: str
-    label: str
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
 
 
 class Reach(Protocol):

@@ -16,7 +16,7 @@ from joserfc import jwt
 
 from fhir_server.auth.users import Users
 from tests.auth.live import PASSWORD, REDIRECT, authorize, challenge, code_of, pending_of, second_factor, sign_in
-from tests.builders import patient
+from tests.builders import consent, patient
 from tests.conftest import token as system_token
 from tests.http.helpers import send
 
@@ -191,8 +191,8 @@ def test_ehr_launch_puts_the_launched_patient_in_context(portal: TestClient) -> 
     assert launch.status_code == 200, launch.text
     Users(portal.app.state.oauth.registry).add("dr", PASSWORD, "Practitioner/rpps-10101010101")  # type: ignore[attr-defined]
     admin = {"Authorization": f"Bearer {system_token(portal, 'system/*.cruds')}"}
-    consent = _consent("other", "Practitioner/rpps-10101010101", "2020-01-01")
-    assert send(portal, "POST", "/fhir/Consent", consent, **admin).status_code == 201
+    agreed = consent("other", actor="Practitioner/rpps-10101010101", start="2020-01-01")
+    assert send(portal, "POST", "/fhir/Consent", agreed, **admin).status_code == 201
     verifier = secrets.token_urlsafe(48)
     scope = "launch openid fhirUser patient/*.rs"
     redirect = _sign_in(portal, verifier, username="dr", scope=scope, launch=launch.json()["launch"])
@@ -228,23 +228,6 @@ def test_openid_discovery_matches_the_id_tokens(portal: TestClient) -> None:
     assert config["id_token_signing_alg_values_supported"] == ["RS256"]
 
 
-def _consent(patient: str, actor: str, start: str, end: str | None = None) -> dict[str, Any]:
-    period = {"start": start, **({"end": end} if end else {})}
-    return {
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient}"},
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                                   "code": "OPTIN"}]},
-        "provision": {"type": "permit", "period": period,
-                      "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                                      "code": "PRCP"}]},
-                                 "reference": {"reference": actor}}]},
-    }
-
-
 def _to_picker(portal: TestClient, verifier: str, username: str, scope: str) -> tuple[str, Any, str]:
     """Sign in (first time: enrol the second factor) up to the patient picker: the pending
     login, the picker page and the TOTP secret."""
@@ -262,8 +245,8 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     force names the practitioner, and the token's patient is the one picked."""
     admin = {"Authorization": f"Bearer {system_token(portal, 'system/*.cruds')}"}
     actor = "Practitioner/rpps-3"
-    for body in (_consent("helene", actor, "2020-01-01"),
-                 _consent("other", actor, "2020-01-01", "2021-01-01")):  # expired
+    for body in (consent("helene", actor=actor, start="2020-01-01"),
+                 consent("other", actor=actor, start="2020-01-01", end="2021-01-01")):  # expired
         assert send(portal, "POST", "/fhir/Consent", body, **admin).status_code == 201
     Users(portal.app.state.oauth.registry).add("dr3", PASSWORD, actor)  # type: ignore[attr-defined]
     verifier = secrets.token_urlsafe(48)
@@ -276,8 +259,8 @@ def test_a_practitioner_picks_a_patient_who_consented(portal: TestClient) -> Non
     portal.post("/auth/login", data={"pending": pending, "username": "dr3", "password": PASSWORD})
     totp = pyotp.TOTP(secret)
     portal.post("/auth/totp", data={"pending": pending, "code": totp.at(time.time() + totp.interval)})
-    consent = portal.post("/auth/pick", data={"pending": pending, "patient": "helene"})
-    assert consent.status_code == 200 and "Autoriser" in consent.text
+    consent_page = portal.post("/auth/pick", data={"pending": pending, "patient": "helene"})
+    assert consent_page.status_code == 200 and "Autoriser" in consent_page.text
     redirect = portal.post("/auth/consent", data={"pending": pending, "decision": "approve"},
                            follow_redirects=False)
     body = _exchange(portal, code_of(redirect), verifier).json()

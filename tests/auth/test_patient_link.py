@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.auth.live import LiveClient, live_server
-from tests.builders import observation, patient
+from tests.builders import consent, observation, patient
 from tests.conftest import token
 from tests.http.helpers import send
 
@@ -47,6 +47,18 @@ def test_a_patient_token_does_not_reach_linked_patients(live: LiveClient) -> Non
     assert _ids(live.get("/fhir/Patient", headers=headers).json()) == {"a"}
     assert _ids(live.get("/fhir/Patient?link=Patient/a", headers=headers).json()) == set()
     assert _ids(live.get("/fhir/Observation", headers=headers).json()) == set()
+
+
+def test_a_practitioner_does_not_reach_linked_patients_either(live: LiveClient) -> None:
+    """A practitioner named by A's consent reaches A's compartment, not what links to A."""
+    admin = {"Authorization": f"Bearer {token(live, 'system/*.cruds')}"}
+    agreed = {**consent("a", actor="Practitioner/dr-link"), "id": "c-link"}
+    assert send(live, "PUT", "/fhir/Consent/c-link", agreed, **admin).status_code == 201
+    headers = {"Authorization": f"Bearer {token(live, 'user/*.rs', fhir_user='Practitioner/dr-link')}"}
+    assert live.get("/fhir/Patient/a", headers=headers).status_code == 200
+    for id in ("relative", "merged"):
+        assert live.get(f"/fhir/Patient/{id}", headers=headers).status_code == 404, id
+    assert _ids(live.get("/fhir/Patient", headers=headers).json()) == {"a"}
 
 
 def test_a_patient_cannot_link_a_record_to_theirs(live: LiveClient) -> None:

@@ -167,6 +167,14 @@ def test_granular_scopes_on_different_parameters_reach_their_union(world: TestCl
     assert _ids(narrowed) == {"Observation/a-vital"}
 
 
+def test_too_many_granular_scopes_to_combine_are_refused(world: TestClient) -> None:
+    """Seven scopes of two parameters each make 2**7 clauses: refused (403), not searched."""
+    scopes = " ".join(f"patient/Observation.rs?category={LAB}|c{i}&code=http://loinc.org|{i}"
+                      for i in range(7))
+    answer = world.get("/fhir/Observation", headers=_as(world, scopes))
+    assert answer.status_code == 403 and "too many" in answer.text
+
+
 def test_a_patient_scope_without_a_patient_grants_nothing(world: TestClient) -> None:
     bare = {"Authorization": f"Bearer {token(world, 'patient/*.rs')}"}
     assert world.get("/fhir/Observation", headers=bare).status_code == 403

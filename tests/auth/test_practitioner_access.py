@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
-from tests.auth.test_app_launch import _consent
-from tests.builders import observation, patient
+from tests.builders import consent, observation, patient
 from tests.conftest import authorized, token
 from tests.http.helpers import send
 
@@ -27,9 +26,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
             assert send(client, "PUT", f"/fhir/Patient/{id}", {**patient(), "id": id}).status_code == 201
             body = {**observation(f"Patient/{id}"), "id": f"{id}-obs"}
             assert send(client, "PUT", f"/fhir/Observation/{id}-obs", body).status_code == 201
-        consents = {"c-ok": _consent("consented", DOCTOR, "2020-01-01"),
-                    "c-old": _consent("expired", DOCTOR, "2020-01-01", "2021-01-01"),
-                    "c-other": _consent("stranger", "Practitioner/someone-else", "2020-01-01")}
+        consents = {"c-ok": consent("consented", actor=DOCTOR, start="2020-01-01"),
+                    "c-old": consent("expired", actor=DOCTOR, start="2020-01-01", end="2021-01-01"),
+                    "c-other": consent("stranger", actor="Practitioner/someone-else", start="2020-01-01")}
         for id, body in consents.items():
             assert send(client, "PUT", f"/fhir/Consent/{id}", {**body, "id": id}).status_code == 201
         yield client
@@ -64,7 +63,7 @@ def test_writes_need_the_consent_too(world: TestClient) -> None:
 def test_withdrawing_consent_removes_access_at_once(world: TestClient) -> None:
     headers = _doctor(world)
     assert world.get("/fhir/Patient/consented", headers=headers).status_code == 200
-    withdrawn = {**_consent("consented", DOCTOR, "2020-01-01"), "id": "c-ok", "status": "inactive"}
+    withdrawn = {**consent("consented", actor=DOCTOR, start="2020-01-01"), "id": "c-ok", "status": "inactive"}
     assert send(world, "PUT", "/fhir/Consent/c-ok", withdrawn).status_code == 200
     assert world.get("/fhir/Patient/consented", headers=headers).status_code == 404
     assert _ids(world.get("/fhir/Observation", headers=headers)) == set()
