@@ -54,7 +54,10 @@ class RemoteKeySets:
     def __init__(self) -> None:
         self._cache: dict[str, _Cached] = {}
         self._unknown_kid_fetch: dict[str, float] = {}
-        self._lock = threading.Lock()
+        # One lock per URL: concurrent misses make one fetch, and a slow publisher holds up
+        # only the assertions that need its keys.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def get(self, url: str, kid: str | None = None) -> dict[str, Any]:
         """The JWK Set at `url`, fresh enough, and fetched again if it lacks `kid` (see the
@@ -67,7 +70,12 @@ class RemoteKeySets:
             if now - self._unknown_kid_fetch.get(url, -UNKNOWN_KID_INTERVAL) < UNKNOWN_KID_INTERVAL:
                 return cached.keys  # the signature check will refuse the unknown key
             self._unknown_kid_fetch[url] = now
-        with self._lock:
+        with self._locks_lock:
+            lock = self._locks.setdefault(url, threading.Lock())
+        with lock:
+            fetched = self._cache.get(url)
+            if fetched is not cached and fetched is not None and time.monotonic() < fetched.fresh_until:
+                return fetched.keys  # another thread fetched it while this one waited
             keys, lifetime = _fetch(url)
             self._cache[url] = _Cached(keys, time.monotonic() + lifetime)
         return keys

@@ -32,6 +32,7 @@ from authlib.oauth2.rfc6749 import (
 
 from .clients import PRIVATE_KEY_JWT, RegisteredClient, ClientAssertion, FormRequest, client_secret_basic
 from .grants import BackendGrant, CodeGrant, Grantee, Pkce, RefreshGrant
+from .jws import peek
 from .launch import LaunchContext
 from .registry import Registry
 from .scope_policy import INTROSPECT_SCOPE
@@ -170,6 +171,9 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if scheme.lower() != "bearer":
             return self._authenticate(request, "introspection")
         try:
+            if peek(credential.strip())[1].get("iss") != self.tokens.issuer:
+                # Only this server grants the introspect scope, never a trusted provider.
+                raise InvalidToken("Introspection takes this server's tokens only.")
             claims = self.tokens.verify(credential.strip())
         except InvalidToken as exc:
             return (401, {"error": "invalid_token", "error_description": str(exc)},

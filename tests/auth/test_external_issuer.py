@@ -19,6 +19,7 @@ from joserfc.jwk import ECKey, OctKey
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from tests.auth.live import audience, live_server
 from tests.e2e.conftest import _free_port
 
 ISSUER = "https://idp.example.org/realms/chu"
@@ -122,3 +123,14 @@ def test_symmetric_and_unsigned_tokens_are_refused(client: TestClient) -> None:
 
     unsigned = f"{part({'alg': 'none'})}.{part(claims)}."
     assert _get(client, "/fhir/Patient", unsigned) == 401
+
+
+def test_a_provider_token_cannot_introspect(provider: tuple[Provider, str], tmp_path: Path) -> None:
+    """Only this server grants the introspect scope: a provider's token naming it is refused
+    (over real HTTP: the token endpoints want https or a loopback address)."""
+    idp, url = provider
+    with live_server(tmp_path, trusted_issuers=[{"issuer": ISSUER, "jwks_uri": url}]) as live:
+        token = idp.token(audience=audience(live), scope="introspect")
+        answer = live.post("/auth/introspect", data={"token": token},
+                           headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 401 and answer.json()["error"] == "invalid_token"
