@@ -38,6 +38,7 @@ _AUTH_METHODS = {
 # The token endpoint's methods for apps (authorization code and refresh).
 APP_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT]
 
+
 class RegisteredClient(ClientMixin):  # type: ignore[misc]
     """authlib's view of a registered client."""
 

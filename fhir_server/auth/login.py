@@ -120,7 +120,8 @@ class LoginFlow:
         single = {k: v[0] for k, v in params.items() if v}
         lang = language(single.get("ui_locales"), accept_language)
         try:
-            grant = await to_thread.run_sync(self.oauth.get_consent_grant, self._request(params), None)
+            grant = await to_thread.run_sync(self.oauth.get_consent_grant, self._request(params),
+                                             None)
         except OAuth2Error as exc:
             return refusal(lang, exc)
         target = grant.redirect_uri  # verified: registered for this client

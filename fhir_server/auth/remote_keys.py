@@ -74,7 +74,7 @@ class RemoteKeySets:
             lock = self._locks.setdefault(url, threading.Lock())
         with lock:
             fetched = self._cache.get(url)
-            if fetched is not cached and fetched is not None and time.monotonic() < fetched.fresh_until:
+            if fetched not in (None, cached) and time.monotonic() < fetched.fresh_until:
                 return fetched.keys  # another thread fetched it while this one waited
             keys, lifetime = _fetch(url)
             self._cache[url] = _Cached(keys, time.monotonic() + lifetime)

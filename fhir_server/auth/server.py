@@ -30,7 +30,13 @@ from authlib.oauth2.rfc6749 import (
     UnsupportedGrantTypeError,
 )
 
-from .clients import PRIVATE_KEY_JWT, RegisteredClient, ClientAssertion, FormRequest, client_secret_basic
+from .clients import (
+    PRIVATE_KEY_JWT,
+    ClientAssertion,
+    FormRequest,
+    RegisteredClient,
+    client_secret_basic,
+)
 from .grants import BackendGrant, CodeGrant, Grantee, Pkce, RefreshGrant
 from .jws import peek
 from .launch import LaunchContext
@@ -93,7 +99,8 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         return self.tokens.issue(subject=client.client.id, client_id=client.client.id,
                                  scope=granted)
 
-    def _generate_for_app(self, grant_type: str, client: RegisteredClient, user: Grantee | None = None,
+    def _generate_for_app(self, grant_type: str, client: RegisteredClient,
+                          user: Grantee | None = None,
                           scope: str | None = None, expires_in: int | None = None,
                           include_refresh_token: bool = True) -> dict[str, Any]:
         """A token for an app acting for `user`: scopes narrowed to the app's registration and
@@ -179,9 +186,10 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             return (401, {"error": "invalid_token", "error_description": str(exc)},
                     {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if INTROSPECT_SCOPE not in claims.scope.split():
-            return (403, {"error": "insufficient_scope",
-                          "error_description": f"Introspection needs the {INTROSPECT_SCOPE} scope."},
-                    {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{INTROSPECT_SCOPE}"'})
+            why = f"Introspection needs the {INTROSPECT_SCOPE} scope."
+            challenge = f'Bearer error="insufficient_scope", scope="{INTROSPECT_SCOPE}"'
+            return (403, {"error": "insufficient_scope", "error_description": why},
+                    {"WWW-Authenticate": challenge})
         return None
 
     def revoke(self, request: FormRequest) -> tuple[int, dict[str, Any]]:
@@ -212,7 +220,8 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             self.registry.revoke(claims.token_id, claims.expires)
         return 200, {}
 
-    def _authenticate(self, request: FormRequest, endpoint: str) -> tuple[int, dict[str, Any]] | None:
+    def _authenticate(self, request: FormRequest,
+                      endpoint: str) -> tuple[int, dict[str, Any]] | None:
         """Authenticate the caller: confidential clients for introspection; public apps too
         for revocation (RFC 7009 lets a public client revoke what it was given)."""
         methods = [PRIVATE_KEY_JWT, "client_secret_basic", "client_secret_post"]

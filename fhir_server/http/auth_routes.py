@@ -51,7 +51,8 @@ def install_cors(app: FastAPI, settings: Settings, registry: Registry | None) ->
     """CORS (http/cors.py): discovery, metadata and key documents open to any origin; the rest
     to the configured origins and those of the registered apps' redirect URIs."""
     auth_path = urlsplit(settings.auth_url).path
-    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration",
+    base = settings.base_path
+    public = {f"{base}/metadata", f"{base}/.well-known/smart-configuration",
               f"{auth_path}/jwks", f"{auth_path}/.well-known/openid-configuration",
               f"{auth_path}/{STYLE_DOCUMENT}"}
 
@@ -138,8 +139,8 @@ async def openid_configuration(request: Request) -> JSONResponse:
 async def register_launch(request: Request) -> Response:
     """EHR launch, first step: the EHR (a backend client that may read Patients) names the
     patient it opens an app on (and optionally the `encounter`, the `fhirContext` resources,
-    `need_patient_banner`: auth/launch.py) and gets the opaque `launch` to pass to the app. The caller is
-    authenticated as for the FHIR API (401 otherwise)."""
+    `need_patient_banner`: auth/launch.py) and gets the opaque `launch` to pass to the app.
+    The caller is authenticated as for the FHIR API (401 otherwise)."""
     principal: Principal = request.state.principal
     if not principal.grant.allows("read", "Patient", ("system",)):
         return _json(403, {"error": "insufficient_scope",
