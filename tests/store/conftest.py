@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,9 +36,17 @@ def _real_mongodb(_: Path) -> Store:
     return MongoStore(store.client, f"fhir_test_{uuid.uuid4().hex[:12]}")
 
 
+def migrated_double(client: DoubleClient | None = None) -> MongoStore:
+    """A MongoStore on the double after `fhir-server migrate` (called with no event loop
+    running: the HTTP tests' app fixture is synchronous)."""
+    store = MongoStore(client or DoubleClient())
+    asyncio.run(store.migrate())
+    return store
+
+
 STORES: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "contract.db"),
-    DOUBLE: lambda tmp: MongoStore(DoubleClient()),
+    DOUBLE: lambda tmp: migrated_double(),
 }
 if MONGODB_URI:
     STORES["mongodb"] = _real_mongodb
@@ -52,7 +61,8 @@ async def dispose(store: Store) -> None:
 
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = STORES[request.param](tmp_path)
+    opened = await asyncio.to_thread(STORES[request.param], tmp_path)
+    await opened.migrate()
     await opened.open()
     yield opened
     await dispose(opened)

@@ -1,0 +1,103 @@
+"""What the MongoDB store checks about its deployment at start and in /readyz.
+
+`hello` (replica set, mongos or standalone; the largest document), the cluster's default read
+and write concern (logged: the store sets its own on the database and on every transaction),
+the transaction lifetime, the indexes of each collection against layout.py and, on a sharded
+cluster, each collection's shard key. What would break the store's guarantees is a problem;
+the server refuses to serve while there is one, unless told to accept it (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.errors import OperationFailure
+
+from . import layout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DOCUMENT_SIZE = 16 * 1024 * 1024
+DEFAULT_TRANSACTION_LIFETIME = 60  # seconds, MongoDB's transactionLifetimeLimitSeconds
+
+
+@dataclass
+class Deployment:
+    """What the self-check learnt, and the problems it found."""
+
+    topology: str = "unknown"
+    transactions: bool = False
+    max_document_size: int = DEFAULT_MAX_DOCUMENT_SIZE
+    transaction_lifetime: int = DEFAULT_TRANSACTION_LIFETIME
+    default_concerns: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """For /readyz: what the deployment is, and what is wrong with it."""
+        report: dict[str, Any] = {"topology": self.topology,
+                                  "transaction_lifetime_seconds": self.transaction_lifetime}
+        if self.problems:
+            report["problems"] = list(self.problems)
+        return report
+
+
+def _index_keys(models: tuple[Any, ...]) -> dict[str, list[tuple[str, Any]]]:
+    return {model.document["name"]: list(model.document["key"].items()) for model in models}
+
+
+async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment:
+    """Ask the deployment what it is and compare it with what the store needs."""
+    found = Deployment()
+    hello = await client.admin.command("hello")
+    found.max_document_size = int(hello.get("maxBsonObjectSize", DEFAULT_MAX_DOCUMENT_SIZE))
+    sharded = hello.get("msg") == "isdbgrid"
+    if sharded:
+        found.topology, found.transactions = "sharded cluster (mongos)", True
+    elif "setName" in hello:
+        found.topology, found.transactions = f"replica set {hello['setName']}", True
+    else:
+        found.topology = "standalone"
+        found.problems.append(
+            "standalone server: no multi-document transactions (FHIR transactions are refused) "
+            "and a crash between a resource's two writes loses its history entry; use a "
+            "replica set, even of one node")
+    if hello.get("arbiters"):
+        log.warning("mongodb replica set has arbiters: majority writes wait for every data-"
+                    "bearing member while one is down", extra={"arbiters": hello["arbiters"]})
+    try:
+        concerns = await client.admin.command("getDefaultRWConcern")
+        found.default_concerns = {k: concerns.get(k) for k in
+                                  ("defaultReadConcern", "defaultWriteConcern")}
+    except OperationFailure:
+        found.default_concerns = {"note": "getDefaultRWConcern not available"}
+    # The store sets its own concerns; the cluster's defaults are logged for the operator.
+    log.info("mongodb deployment", extra={"topology": found.topology, **found.default_concerns})
+    if not sharded:  # a mongod parameter; mongos does not hold it
+        try:
+            answer = await client.admin.command("getParameter", 1,
+                                                transactionLifetimeLimitSeconds=1)
+            found.transaction_lifetime = int(answer["transactionLifetimeLimitSeconds"])
+        except OperationFailure:
+            pass
+    if found.transactions and found.transaction_lifetime < 2 * attempt_seconds:
+        found.problems.append(
+            f"transactionLifetimeLimitSeconds is {found.transaction_lifetime} s: the store "
+            f"bounds an attempt at {attempt_seconds:g} s and needs at least twice that")
+    for name, models in layout.INDEXES.items():
+        have = {doc["name"]: list(doc["key"].items())
+                async for doc in await db[name].list_indexes()}
+        wrong = [index for index, keys in _index_keys(models).items() if have.get(index) != keys]
+        if wrong:
+            found.problems.append(f"indexes of {name} missing or different ({', '.join(wrong)}): "
+                                  "run `fhir-server migrate`")
+    if sharded:
+        config = client["config"]["collections"]
+        for name, key in layout.SHARD_KEYS.items():
+            doc = await config.find_one({"_id": f"{db.name}.{name}"})
+            actual = dict(doc["key"]) if doc and not doc.get("dropped") else None
+            if actual != key:
+                found.problems.append(f"collection {name} is sharded on {actual}, needs {key} "
+                                      "(docs/storage.md, sharded cluster)")
+    return found
