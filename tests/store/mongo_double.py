@@ -31,7 +31,7 @@ Setting `down` makes every call fail as an unreachable server does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,8 @@ class Options:
 class _Fault:
     method: str
     error: Exception
-    times: int = 1
+    times: int
+    effect: Callable[[], None] | None
 
 
 class _Cursor:
@@ -294,14 +295,18 @@ class DoubleClient:
         if self.down:
             raise ServerSelectionTimeoutError("the double is down")
 
-    def fail(self, method: str, error: Exception, times: int = 1) -> None:
-        """Make the next `times` calls of `method` raise `error`."""
-        self.faults.append(_Fault(method, error, times))
+    def fail(self, method: str, error: Exception, times: int = 1,
+             effect: Callable[[], None] | None = None) -> None:
+        """Make the next `times` calls of `method` raise `error`, after running `effect`
+        (say, moving a frozen clock: the call took that long)."""
+        self.faults.append(_Fault(method, error, times, effect))
 
     def inject(self, method: str) -> None:
         for fault in self.faults:
             if fault.method == method and fault.times > 0:
                 fault.times -= 1
+                if fault.effect is not None:
+                    fault.effect()
                 raise fault.error
 
     def get_database(self, name: str, *, read_concern: ReadConcern | None = None,
