@@ -21,6 +21,7 @@ import pytest
 from fhir_server.search import NearPredicate
 from fhir_server.store.base import Store
 from fhir_server.store.mongo import MongoStore
+from fhir_server.store.mongo.layout import SHARD_KEYS
 from fhir_server.store.sqlite import SqliteStore
 from tests.store.mongo_double import DoubleClient
 
@@ -59,10 +60,21 @@ async def dispose(store: Store) -> None:
     await store.close()
 
 
+async def _shard_on_a_cluster(store: Store) -> None:
+    """On a real `mongos`, shard the test database's collections as docs/storage.md says."""
+    if not isinstance(store, MongoStore) or isinstance(store.client, DoubleClient):
+        return
+    if (await store.client.admin.command("hello")).get("msg") != "isdbgrid":
+        return
+    for name, key in SHARD_KEYS.items():
+        await store.client.admin.command("shardCollection", f"{store.db.name}.{name}", key=key)
+
+
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     opened = await asyncio.to_thread(STORES[request.param], tmp_path)
     await opened.migrate()
+    await _shard_on_a_cluster(opened)
     await opened.open()
     yield opened
     await dispose(opened)

@@ -9,15 +9,12 @@ the server refuses to serve while there is one, unless told to accept it (docs/s
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.errors import OperationFailure
 
 from . import layout
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DOCUMENT_SIZE = 16 * 1024 * 1024
 DEFAULT_TRANSACTION_LIFETIME = 60  # seconds, MongoDB's transactionLifetimeLimitSeconds
@@ -33,6 +30,7 @@ class Deployment:
     transaction_lifetime: int = DEFAULT_TRANSACTION_LIFETIME
     default_concerns: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not refused
 
     def report(self) -> dict[str, Any]:
         """For /readyz: what the deployment is, and what is wrong with it."""
@@ -40,6 +38,8 @@ class Deployment:
                                   "transaction_lifetime_seconds": self.transaction_lifetime}
         if self.problems:
             report["problems"] = list(self.problems)
+        if self.notes:
+            report["notes"] = list(self.notes)
         return report
 
 
@@ -64,16 +64,14 @@ async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment
             "and a crash between a resource's two writes loses its history entry; use a "
             "replica set, even of one node")
     if hello.get("arbiters"):
-        log.warning("mongodb replica set has arbiters: majority writes wait for every data-"
-                    "bearing member while one is down", extra={"arbiters": hello["arbiters"]})
+        found.notes.append("the replica set has arbiters: while a data-bearing member is "
+                           "down, majority writes may wait until they time out (503)")
     try:
         concerns = await client.admin.command("getDefaultRWConcern")
         found.default_concerns = {k: concerns.get(k) for k in
                                   ("defaultReadConcern", "defaultWriteConcern")}
     except OperationFailure:
         found.default_concerns = {"note": "getDefaultRWConcern not available"}
-    # The store sets its own concerns; the cluster's defaults are logged for the operator.
-    log.info("mongodb deployment", extra={"topology": found.topology, **found.default_concerns})
     if not sharded:  # a mongod parameter; mongos does not hold it
         try:
             answer = await client.admin.command("getParameter", 1,

@@ -94,6 +94,8 @@ MAX_UNIT_BYTES = 32 * 1024 * 1024
 # Driver errors (codeName) that no new attempt can cure.
 _TOO_BIG_FOR_A_TRANSACTION = frozenset({
     "TransactionTooLargeForCache", "TransactionExceededLifetimeLimitSeconds"})
+# An unsafe deployment is checked again at most this often by requests (/readyz: always).
+_RECHECK_SECONDS = 5
 # A standalone server's claim older than this was left by a crashed writer.
 _STALE_CLAIM_SECONDS = 30
 _HISTORY_SHIFT = 96  # history cursor = lu << 96 | seq (an ObjectId is 96 bits)
@@ -159,7 +161,9 @@ class MongoStore:
         self.claims = self.db["claims"]
         self.registry = registry or default_registry()
         self.accept_unsafe = accept_unsafe
-        self.deployment: Deployment | None = None
+        self.deployment: Deployment | None = None  # once the self-check has passed
+        self._seen: Deployment | None = None  # what the last self-check found, and when
+        self._seen_at = clock.now()
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
@@ -185,6 +189,9 @@ class MongoStore:
         for name, models in layout.INDEXES.items():
             if models:
                 await self.db[name].create_indexes(list(models))
+        if (await self.guards.estimated_document_count()
+                >= await self.resources.estimated_document_count()):
+            return  # every resource has its guard (the counts are estimates: cheap)
         missing: list[UpdateOne] = []
         async for doc in self.resources.find({}, {"_id": 1, "shard": 1}):
             missing.append(UpdateOne({"_id": doc["_id"]},
@@ -200,31 +207,43 @@ class MongoStore:
         MongoDB does not answer yet, the server starts anyway (/readyz says why it is not
         ready) and the check runs on the first request that reaches it."""
         try:
-            await self.ensure_safe()
+            await self.ensure_safe(again=True)
         except _UNREACHABLE as exc:
             log.warning("mongodb unreachable at start-up", extra={"error": type(exc).__name__})
         except FhirError as exc:
             raise UnsafeDeployment(exc.issues[0].diagnostics) from None
 
-    async def ensure_safe(self) -> None:
-        """The self-check, until it passes; FhirError(BUSY) naming the problems it found."""
-        if self.deployment is None:
-            found = await inspect(self.client, self.db, attempt_seconds=ATTEMPT_SECONDS)
-            if found.problems and not self.accept_unsafe:
-                log.error("mongodb deployment unsafe", extra={"problems": found.problems})
-                raise fail(Kind.BUSY, "transient", _unsafe(found))
+    async def ensure_safe(self, again: bool = False) -> None:
+        """The self-check, until it passes (or `again`); FhirError(BUSY) naming the problems
+        it found."""
+        if self.deployment is not None and not again:
+            return
+        seen = self._seen
+        if (not again and seen is not None and seen.problems and not self.accept_unsafe
+                and clock.now() - self._seen_at < timedelta(seconds=_RECHECK_SECONDS)):
+            # Refused a moment ago: do not send the whole check again for every request.
+            raise fail(Kind.BUSY, "transient", _unsafe(seen))
+        found = await inspect(self.client, self.db, attempt_seconds=ATTEMPT_SECONDS)
+        if found != self._seen:  # logged when it changes, not at each /readyz
+            # The store sets its own concerns; the cluster's defaults are for the operator.
+            log.info("mongodb deployment", extra={
+                "topology": found.topology, "notes": found.notes, **found.default_concerns})
             if found.problems:
-                log.warning("mongodb deployment unsafe, served as told",
-                            extra={"problems": found.problems})
-            self.deployment = found
+                log.error("mongodb deployment unsafe", extra={
+                    "problems": found.problems, "served": self.accept_unsafe})
+        self._seen, self._seen_at, self.deployment = found, clock.now(), None
+        if found.problems and not self.accept_unsafe:
+            raise fail(Kind.BUSY, "transient", _unsafe(found))
+        self.deployment = found
 
     async def close(self) -> None:
         await self.client.close()
 
     async def check(self) -> None:
+        """/readyz: the self-check again, so that a dropped index or a changed deployment
+        shows."""
         try:
-            await self.db.command("ping")
-            await self.ensure_safe()
+            await self.ensure_safe(again=True)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 

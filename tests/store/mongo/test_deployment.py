@@ -111,7 +111,7 @@ async def test_a_connection_string_cannot_weaken_durability_or_read_preference()
 
 
 async def test_the_clusters_default_concerns_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "fhir_server.store.mongo.selfcheck")
+    caplog.set_level(logging.INFO, "fhir_server.store.mongo")
     store = await _migrated()
     await store.open()
     [record] = [r for r in caplog.records if r.getMessage() == "mongodb deployment"]
