@@ -75,6 +75,15 @@ def _double(store: MongoStore) -> DoubleClient:
     return store.client
 
 
+@pytest.fixture
+def http(tmp_path: Path) -> Iterator[tuple[TestClient, MongoStore]]:
+    store = migrated_double()
+    app = create_app(Settings(data_dir=tmp_path, base_url="http://testserver/fhir", auth="off"),
+                     store)
+    with TestClient(app) as client:
+        yield client, store
+
+
 # 1 -------------------------------------------------------------------------------------------
 
 
@@ -201,6 +210,31 @@ async def test_a_write_conflict_is_run_again(store: MongoStore) -> None:
     assert len(double.transaction_options) == 2
 
 
+async def test_a_commit_with_an_unknown_outcome_is_sent_again(store: MongoStore) -> None:
+    double = _double(store)
+    double.fail("commit_transaction", OperationFailure(
+        "network", 6, {"codeName": "HostUnreachable",
+                       "errorLabels": ["UnknownTransactionCommitResult"]}))
+    [created] = await store.commit([_write("Patient", "p1", patient())])
+    assert created.outcome == "created"
+    assert len(double.transaction_options) == 1  # the commit again, not the whole unit
+    assert await store.history_docs.count_documents({"id": "p1"}) == 1
+
+
+def test_a_transaction_bundle_over_the_cap_gets_413_and_stores_nothing(
+        http: tuple[TestClient, MongoStore]) -> None:
+    client, _ = http
+    entries = [{"resource": {"resourceType": "Basic", "id": f"b{n}", "code": {"text": "x"}},
+                "request": {"method": "PUT", "url": f"Basic/b{n}"}}
+               for n in range(MAX_OPERATIONS + 1)]
+    refused = send(client, "POST", "/fhir", {"resourceType": "Bundle", "type": "transaction",
+                                             "entry": entries})
+    assert refused.status_code == 413
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    assert f"limit of {MAX_OPERATIONS}" in refused.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Basic/b0").status_code == 404
+
+
 # 5, 6 ----------------------------------------------------------------------------------------
 
 
@@ -233,15 +267,6 @@ async def test_write_path_reads_carry_the_shard_key(store: MongoStore) -> None:
 
 
 # 7 -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http(tmp_path: Path) -> Iterator[tuple[TestClient, MongoStore]]:
-    store = migrated_double()
-    app = create_app(Settings(data_dir=tmp_path, base_url="http://testserver/fhir", auth="off"),
-                     store)
-    with TestClient(app) as client:
-        yield client, store
 
 
 def test_a_location_off_the_globe_is_refused_naming_the_element(
