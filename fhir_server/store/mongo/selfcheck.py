@@ -50,6 +50,33 @@ def _index_keys(models: tuple[Any, ...]) -> dict[str, list[tuple[str, Any]]]:
 async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment:
     """Ask the deployment what it is and compare it with what the store needs."""
     found = Deployment()
+    sharded = await _topology(client, found)
+    try:
+        concerns = await client.admin.command("getDefaultRWConcern")
+        found.default_concerns = {k: concerns.get(k) for k in
+                                  ("defaultReadConcern", "defaultWriteConcern")}
+    except OperationFailure:
+        found.default_concerns = {"note": "getDefaultRWConcern not available"}
+    if not sharded:  # a mongod parameter; mongos does not hold it
+        try:
+            answer = await client.admin.command("getParameter", 1,
+                                                transactionLifetimeLimitSeconds=1)
+            found.transaction_lifetime = int(answer["transactionLifetimeLimitSeconds"])
+        except OperationFailure as exc:
+            found.notes.append(f"transaction lifetime not read ({exc.code}), "
+                               f"{DEFAULT_TRANSACTION_LIFETIME} s assumed")
+    if found.transactions and found.transaction_lifetime < 2 * attempt_seconds:
+        found.problems.append(
+            f"transactionLifetimeLimitSeconds is {found.transaction_lifetime} s: the store "
+            f"bounds an attempt at {attempt_seconds:g} s and needs at least twice that")
+    await _check_indexes(db, found)
+    if sharded:
+        await _check_shard_keys(client, db, found)
+    return found
+
+
+async def _topology(client: Any, found: Deployment) -> bool:
+    """`hello`: what the server is; True for a mongos."""
     hello = await client.admin.command("hello")
     found.max_document_size = int(hello.get("maxBsonObjectSize", DEFAULT_MAX_DOCUMENT_SIZE))
     sharded = hello.get("msg") == "isdbgrid"
@@ -66,23 +93,10 @@ async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment
     if hello.get("arbiters"):
         found.notes.append("the replica set has arbiters: while a data-bearing member is "
                            "down, majority writes may wait until they time out (503)")
-    try:
-        concerns = await client.admin.command("getDefaultRWConcern")
-        found.default_concerns = {k: concerns.get(k) for k in
-                                  ("defaultReadConcern", "defaultWriteConcern")}
-    except OperationFailure:
-        found.default_concerns = {"note": "getDefaultRWConcern not available"}
-    if not sharded:  # a mongod parameter; mongos does not hold it
-        try:
-            answer = await client.admin.command("getParameter", 1,
-                                                transactionLifetimeLimitSeconds=1)
-            found.transaction_lifetime = int(answer["transactionLifetimeLimitSeconds"])
-        except OperationFailure:
-            pass
-    if found.transactions and found.transaction_lifetime < 2 * attempt_seconds:
-        found.problems.append(
-            f"transactionLifetimeLimitSeconds is {found.transaction_lifetime} s: the store "
-            f"bounds an attempt at {attempt_seconds:g} s and needs at least twice that")
+    return sharded
+
+
+async def _check_indexes(db: Any, found: Deployment) -> None:
     for name, models in layout.INDEXES.items():
         have = {doc["name"]: list(doc["key"].items())
                 async for doc in await db[name].list_indexes()}
@@ -90,12 +104,19 @@ async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment
         if wrong:
             found.problems.append(f"indexes of {name} missing or different ({', '.join(wrong)}): "
                                   "run `fhir-server migrate`")
-    if sharded:
-        config = client["config"]["collections"]
-        for name, key in layout.SHARD_KEYS.items():
+
+
+async def _check_shard_keys(client: Any, db: Any, found: Deployment) -> None:
+    config = client["config"]["collections"]
+    for name, key in layout.SHARD_KEYS.items():
+        try:
             doc = await config.find_one({"_id": f"{db.name}.{name}"})
-            actual = dict(doc["key"]) if doc and not doc.get("dropped") else None
-            if actual != key:
-                found.problems.append(f"collection {name} is sharded on {actual}, needs {key} "
-                                      "(docs/storage.md, sharded cluster)")
-    return found
+        except OperationFailure as exc:  # reading `config` needs the clusterMonitor role
+            found.notes.append(f"shard keys not checked ({exc.code}): grant the clusterMonitor "
+                               "role, or check them by hand (docs/storage.md)")
+            return
+        actual = dict(doc["key"]) if doc and not doc.get("dropped") else None
+        # Compared in order: {shard, _id} and {_id, shard} are different shard keys.
+        if actual is None or list(actual.items()) != list(key.items()):
+            found.problems.append(f"collection {name} is sharded on {actual}, needs {key} "
+                                  "(docs/storage.md, sharded cluster)")
