@@ -7,7 +7,7 @@ version, and the self-check."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.cli import main
 from fhir_server.model.errors import FhirError, Kind
-from fhir_server.search import extract
+from fhir_server.search import Query, default_registry, extract, parse_query
 from fhir_server.settings import Settings
 from fhir_server.store.base import HistoryQuery, OperationFailed, Write
 from fhir_server.store.mongo import MongoStore
@@ -57,7 +57,7 @@ def _transient(code_name: str = "WriteConflict") -> OperationFailure:
 
 
 @pytest.fixture
-async def store() -> Any:
+async def store() -> AsyncIterator[MongoStore]:
     opened = await _migrated()
     await opened.open()
     yield opened
@@ -143,8 +143,7 @@ async def test_indexes_are_built_by_migrate_never_while_serving() -> None:
     assert not [c for c in double.calls if c.method.startswith("create_index")]
 
 
-def _patient_query() -> Any:
-    from fhir_server.search import default_registry, parse_query
+def _patient_query() -> Query:
     query, issues = parse_query("Patient", [("gender", "female")], default_registry())
     assert not issues
     return query
