@@ -42,12 +42,12 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, accept_unsafe: bool = False) -> Store:
     """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
     if url.startswith("sqlite:///"):
         return SqliteStore.from_url(url)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
 
 
@@ -69,7 +69,8 @@ def build_context(settings: Settings, store: Store) -> Context:
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = RoutingStore(open_store(settings.store_url), open_store(settings.audit_store_url))
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store),
+                         open_store(settings.audit_store_url, settings.accept_unsafe_store))
     await store.open()
     try:
         yield replace(build_context(settings, store), principal=server_principal("cli"))
@@ -82,7 +83,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
     audit_store = open_store(settings.audit_store_url)
-    store = RoutingStore(store or open_store(settings.store_url), audit_store)
+    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store),
+                         audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"))
     tokens, oauth = _authorization(settings)

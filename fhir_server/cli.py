@@ -1,7 +1,7 @@
-"""Command line: `fhir-server serve`, `fhir-server load`, and the administration of the
-authorization server (`client add-backend`, `client add-app`, `user add`, `keys rotate`) and of
-the audit trail (`audit verify`). Loads and administration commands leave an AuditEvent each,
-in the trail the server writes."""
+"""Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
+administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
+`keys rotate`) and of the audit trail (`audit verify`). Loads and administration commands leave
+an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
 
@@ -130,6 +130,23 @@ def _entity(name: str, role: tuple[str, str], reference: str | None = None,
 
 
 _JOB, _USER, _SECURITY_RESOURCE = ("20", "Job"), ("6", "User"), ("13", "Security Resource")
+
+
+async def _migrate_async(settings: Settings) -> None:
+    for url in (settings.store_url, settings.audit_store_url):
+        store = open_store(url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    asyncio.run(_migrate_async(settings))
+    print("store and audit store migrated (schema and indexes up to date)")
+    return 0
 
 
 async def _load_async(settings: Settings, args: argparse.Namespace) -> int:
@@ -301,6 +318,9 @@ def parser() -> argparse.ArgumentParser:
                        help="NO AUTHENTICATION: every request gets full access (local "
                             "development and demo only; FHIR_SERVER_AUTH=off)")
     serve.set_defaults(run=_serve)
+    migrate = commands.add_parser(
+        "migrate", help="create or update the store's schema and indexes (run before serve)")
+    migrate.set_defaults(run=_migrate)
     load = commands.add_parser(
         "load", help="load FHIR files into the store (FHIR_SERVER_STORE / FHIR_SERVER_DATA_DIR)",
         description="Load Bundles (.json), single resources (.json) and NDJSON (.ndjson), "

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         False,
         description="Let a conditional DELETE remove every match; when false, several matches give 412.",
     )
+    accept_unsafe_store: bool = Field(
+        False, description="Serve even if the MongoDB self-check finds unsafe settings "
+        "(standalone server, missing indexes, wrong shard keys): for development only.",
+    )
     demo_data: bool = Field(
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )

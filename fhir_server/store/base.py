@@ -181,8 +181,12 @@ class UnitOfWork(Protocol):
 class Store(Protocol):
     """Storage of versioned FHIR resources. Every method is safe to call concurrently."""
 
+    async def migrate(self) -> None:
+        """Create or update the schema and indexes (`fhir-server migrate`, idempotent); slow
+        work such as index builds happens here, before serving, never in a request."""
+
     async def open(self) -> None:
-        """Connect and create or migrate the schema (idempotent)."""
+        """Connect and check that the store can serve; SQLite also migrates its schema."""
 
     async def close(self) -> None:
         """Release connections; pending writes have already committed or rolled back."""

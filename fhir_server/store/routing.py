@@ -44,6 +44,10 @@ class RoutingStore:
     def _for(self, resource_type: str | None) -> Store:
         return self.audit if resource_type == AUDIT_TYPE else self.main
 
+    async def migrate(self) -> None:
+        await self.main.migrate()
+        await self.audit.migrate()
+
     async def open(self) -> None:
         await self.main.open()
         await self.audit.open()

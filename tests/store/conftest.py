@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ import pytest
 from fhir_server.search import NearPredicate
 from fhir_server.store.base import Store
 from fhir_server.store.mongo import MongoStore
+from fhir_server.store.mongo.layout import SHARD_KEYS
 from fhir_server.store.sqlite import SqliteStore
 from tests.store.mongo_double import DoubleClient
 
@@ -35,9 +37,17 @@ def _real_mongodb(_: Path) -> Store:
     return MongoStore(store.client, f"fhir_test_{uuid.uuid4().hex[:12]}")
 
 
+def migrated_double(client: DoubleClient | None = None) -> MongoStore:
+    """A MongoStore on the double after `fhir-server migrate` (called with no event loop
+    running: the HTTP tests' app fixture is synchronous)."""
+    store = MongoStore(client or DoubleClient())
+    asyncio.run(store.migrate())
+    return store
+
+
 STORES: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "contract.db"),
-    DOUBLE: lambda tmp: MongoStore(DoubleClient()),
+    DOUBLE: lambda tmp: migrated_double(),
 }
 if MONGODB_URI:
     STORES["mongodb"] = _real_mongodb
@@ -50,9 +60,21 @@ async def dispose(store: Store) -> None:
     await store.close()
 
 
+async def _shard_on_a_cluster(store: Store) -> None:
+    """On a real `mongos`, shard the test database's collections as docs/storage.md says."""
+    if not isinstance(store, MongoStore) or isinstance(store.client, DoubleClient):
+        return
+    if (await store.client.admin.command("hello")).get("msg") != "isdbgrid":
+        return
+    for name, key in SHARD_KEYS.items():
+        await store.client.admin.command("shardCollection", f"{store.db.name}.{name}", key=key)
+
+
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = STORES[request.param](tmp_path)
+    opened = await asyncio.to_thread(STORES[request.param], tmp_path)
+    await opened.migrate()
+    await _shard_on_a_cluster(opened)
     await opened.open()
     yield opened
     await dispose(opened)

@@ -1,24 +1,88 @@
 """An asyncio face on mongomock-ng, shaped like the part of `pymongo.AsyncMongoClient` the
-MongoDB store uses, so the store's own code runs unchanged against an in-process double.
+MongoDB store uses, so the store's own code runs unchanged against an in-process double,
+and strict where mongomock-ng is lenient and a real server is not.
 
-What the double cannot do, and how the tests deal with it:
+Strict like a server:
+- records the options of every transaction and of every database the store opens; a client
+  made with `url_options` (the options a connection string would give) lends them to every
+  database opened without options of its own, so a test can check that a URL cannot weaken
+  what the store asks for;
+- refuses what MongoDB forbids inside a transaction (`distinct`, index and collection
+  creation, listing indexes, a read preference other than primary), documents over
+  `max_document_size` (16 MiB), and 2dsphere points out of range;
+- records the filter of every call (`calls`), so tests can check that a write path's reads
+  carry the shard key;
+- answers `hello` as a replica set, a standalone server (`standalone=True`) or a mongos
+  (`sharded=True`, shard keys in `config.collections`), and `getDefaultRWConcern`,
+  `getParameter`;
+- `fail(method, error)` makes the next call of `method` (a collection method, or
+  `commit_transaction`) raise `error`, e.g. a labelled TransientTransactionError.
+
+What it cannot do, and how the tests deal with it:
 - Transactions roll back (mongomock-ng restores a snapshot on abort) but are not isolated:
-  this adapter runs them one at a time, so racing units never conflict here. Races are
-  exercised for real only against a MongoDB server (FHIR_SERVER_TEST_MONGODB_URI).
+  this adapter runs them one at a time, so racing units never conflict here on their own
+  (tests inject the conflict a real server would raise). Races are exercised for real only
+  against a MongoDB server (FHIR_SERVER_TEST_MONGODB_URI).
 - `$centerSphere` is not implemented: `near` cases are marked as needing a real server.
 
-`standalone=True` answers `hello` as a standalone server (no transactions); setting `down`
-makes every call fail as an unreachable server does.
+Setting `down` makes every call fail as an unreachable server does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import mongomock_ng
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import (
+    DocumentTooLarge,
+    InvalidOperation,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+    WriteError,
+)
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import Primary
+from pymongo.write_concern import WriteConcern
+
+MAX_DOCUMENT_SIZE = 16 * 1024 * 1024
+_NOT_IN_TRANSACTIONS = frozenset({
+    "distinct", "create_index", "create_indexes", "drop", "drop_index", "drop_indexes",
+    "list_indexes", "index_information", "estimated_document_count", "create_collection",
+})
+_WRITES = frozenset({"insert_one", "insert_many", "replace_one", "update_one", "update_many",
+                     "delete_one", "delete_many", "bulk_write"})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One collection call as the double saw it."""
+
+    collection: str
+    method: str
+    filter: dict[str, Any] | None
+    in_transaction: bool
+
+
+@dataclass
+class Options:
+    """Read/write concern and read preference, as given (None: not given)."""
+
+    read_concern: ReadConcern | None = None
+    write_concern: WriteConcern | None = None
+    read_preference: Any = None
+    max_commit_time_ms: int | None = None
+
+
+@dataclass
+class _Fault:
+    method: str
+    error: Exception
+    times: int
+    effect: Callable[[], None] | None
 
 
 class _Cursor:
@@ -43,6 +107,7 @@ class _Session:
         self._client = client
         self._session = client.sync.start_session()
         self._held = False
+        self.options = Options()
 
     @property
     def in_transaction(self) -> bool:
@@ -56,12 +121,20 @@ class _Session:
             await self.abort_transaction()
         self._session.end_session()
 
-    async def start_transaction(self) -> None:
+    async def start_transaction(self, read_concern: ReadConcern | None = None,
+                                write_concern: WriteConcern | None = None,
+                                read_preference: Any = None,
+                                max_commit_time_ms: int | None = None) -> None:
+        self._client.answer()
         await self._client.transactions.acquire()
         self._held = True
+        self.options = Options(read_concern, write_concern, read_preference, max_commit_time_ms)
+        self._client.transaction_options.append(self.options)
         self._session.start_transaction()
 
     async def commit_transaction(self) -> None:
+        self._client.answer()
+        self._client.inject("commit_transaction")
         try:
             self._session.commit_transaction()
         finally:
@@ -79,73 +152,176 @@ class _Session:
             self._client.transactions.release()
 
 
-def _unwrap(kwargs: dict[str, Any]) -> dict[str, Any]:
-    session = kwargs.pop("session", None)
-    if session is not None:
-        kwargs["session"] = session._session
-    return kwargs
+def _filter_of(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    if method in ("insert_one", "insert_many", "bulk_write"):
+        return None
+    if method == "aggregate":
+        first = args[0][0] if args and args[0] else {}
+        return first.get("$match")
+    found = args[0] if args else kwargs.get("filter")
+    return found if isinstance(found, dict) else None
+
+
+def _documents(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """The documents a write call would store."""
+    if method == "insert_one":
+        return [args[0]]
+    if method == "insert_many":
+        return list(args[0])
+    if method == "replace_one":
+        return [args[1] if len(args) > 1 else kwargs["replacement"]]
+    if method == "bulk_write":
+        return [doc for request in args[0] if (doc := getattr(request, "_doc", None)) is not None]
+    return []
+
+
+def _check_points(doc: dict[str, Any]) -> None:
+    """What a 2dsphere index refuses: a point outside [-180, 180] x [-90, 90]."""
+    for entry in doc.get("geo") or ():
+        longitude, latitude = entry["pt"]["coordinates"]
+        if not (-180 <= longitude <= 180 and -90 <= latitude <= 90):
+            raise WriteError(f"Can't extract geo keys: longitude/latitude is out of bounds, "
+                             f"lng: {longitude} lat: {latitude}", 16755, {})
 
 
 class _Collection:
     def __init__(self, client: DoubleClient, collection: Any) -> None:
         self._client = client
         self._c = collection
+        self.name = collection.name
+
+    def _before(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Check a call as a server would, record it, and unwrap its session."""
+        self._client.answer()
+        session: _Session | None = kwargs.pop("session", None)
+        in_transaction = session is not None and session.in_transaction
+        self._client.calls.append(Call(self.name, method, _filter_of(method, args, kwargs),
+                                       in_transaction))
+        if in_transaction:
+            assert session is not None
+            if method in _NOT_IN_TRANSACTIONS:
+                raise OperationFailure(f"Cannot run '{method}' in a multi-document transaction.",
+                                       263, {"codeName": "OperationNotSupportedInTransaction"})
+            preference = session.options.read_preference or self._client.url_options.read_preference
+            if method not in _WRITES and preference is not None and not isinstance(preference, Primary):
+                raise InvalidOperation("read preference in a transaction must be primary")
+        for doc in _documents(method, args, kwargs):
+            if len(bson.encode(doc)) > self._client.max_document_size:
+                raise DocumentTooLarge("BSON document too large")
+            _check_points(doc)
+        self._client.inject(method)
+        if session is not None:
+            kwargs["session"] = session._session
+        return kwargs
 
     def find(self, *args: Any, **kwargs: Any) -> _Cursor:
-        self._client.answer()
-        return _Cursor(self._c.find(*args, **_unwrap(kwargs)))
+        kwargs = self._before("find", args, kwargs)
+        return _Cursor(self._c.find(*args, **kwargs))
 
     async def aggregate(self, pipeline: list[dict[str, Any]], **kwargs: Any) -> _Cursor:
-        self._client.answer()
-        return _Cursor(self._c.aggregate(pipeline, **_unwrap(kwargs)))
+        kwargs = self._before("aggregate", (pipeline,), kwargs)
+        return _Cursor(self._c.aggregate(pipeline, **kwargs))
+
+    async def list_indexes(self, **kwargs: Any) -> _Cursor:
+        kwargs = self._before("list_indexes", (), kwargs)
+        return _Cursor(self._c.list_indexes(**kwargs))
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._c, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            self._client.answer()
-            return method(*args, **_unwrap(kwargs))
+            kwargs = self._before(name, args, kwargs)
+            return method(*args, **kwargs)
 
         return call
 
 
 class _Database:
-    def __init__(self, client: DoubleClient, database: Any) -> None:
+    def __init__(self, client: DoubleClient, database: Any, options: Options) -> None:
         self._client = client
         self._db = database
         self.name = database.name
+        self.options = options
 
     def __getitem__(self, name: str) -> _Collection:
         return _Collection(self._client, self._db[name])
 
-    async def command(self, name: str) -> dict[str, Any]:
+    async def command(self, name: str, value: Any = 1, **kwargs: Any) -> dict[str, Any]:
         self._client.answer()
+        self._client.inject(name)
+        client = self._client
         if name == "hello":
-            if self._client.standalone:
-                return {"isWritablePrimary": True, "ok": 1.0}
-            return {"isWritablePrimary": True, "setName": "double", "ok": 1.0}
+            hello: dict[str, Any] = {"isWritablePrimary": True, "ok": 1.0,
+                                     "maxBsonObjectSize": client.max_document_size}
+            if client.sharded:
+                hello["msg"] = "isdbgrid"
+            elif not client.standalone:
+                hello["setName"] = "double"
+            return hello
         if name == "ping":
             return {"ok": 1.0}
+        if name == "getDefaultRWConcern":
+            return {**client.default_rw_concern, "ok": 1.0}
+        if name == "getParameter" and "transactionLifetimeLimitSeconds" in kwargs:
+            return {"transactionLifetimeLimitSeconds": client.transaction_lifetime, "ok": 1.0}
         raise NotImplementedError(name)
 
 
 class DoubleClient:
-    """`client[db][collection]`, `client.admin.command`, `start_session`, `close`."""
+    """`client[db]`, `get_database`, `client.admin.command`, `start_session`, `close`."""
 
-    def __init__(self, *, standalone: bool = False) -> None:
+    def __init__(self, *, standalone: bool = False, sharded: bool = False,
+                 url_options: Options | None = None) -> None:
         self.sync: Any = mongomock_ng.MongoClient()
         self.transactions = asyncio.Lock()
         self.standalone = standalone
+        self.sharded = sharded
+        self.url_options = url_options or Options()
         self.down = False
-        self.admin = _Database(self, self.sync["admin"])
+        self.max_document_size = MAX_DOCUMENT_SIZE
+        self.transaction_lifetime = 60
+        # What `getDefaultRWConcern` answers (the cluster-wide defaults).
+        self.default_rw_concern: dict[str, Any] = {
+            "defaultReadConcern": {"level": "local"},
+            "defaultWriteConcern": {"w": "majority", "wtimeout": 0}}
+        self.calls: list[Call] = []
+        self.transaction_options: list[Options] = []
+        self.database_options: dict[str, Options] = {}
+        self.faults: list[_Fault] = []
+        self.admin = _Database(self, self.sync["admin"], Options())
 
     def answer(self) -> None:
         """Fail as a driver does when no server can be selected."""
         if self.down:
             raise ServerSelectionTimeoutError("the double is down")
 
+    def fail(self, method: str, error: Exception, times: int = 1,
+             effect: Callable[[], None] | None = None) -> None:
+        """Make the next `times` calls of `method` raise `error`, after running `effect`
+        (say, moving a frozen clock: the call took that long)."""
+        self.faults.append(_Fault(method, error, times, effect))
+
+    def inject(self, method: str) -> None:
+        for fault in self.faults:
+            if fault.method == method and fault.times > 0:
+                fault.times -= 1
+                if fault.effect is not None:
+                    fault.effect()
+                raise fault.error
+
+    def get_database(self, name: str, *, read_concern: ReadConcern | None = None,
+                     write_concern: WriteConcern | None = None,
+                     read_preference: Any = None) -> _Database:
+        given = Options(read_concern, write_concern, read_preference)
+        # What the connection string set applies where the caller set nothing.
+        options = Options(read_concern or self.url_options.read_concern,
+                          write_concern or self.url_options.write_concern,
+                          read_preference or self.url_options.read_preference)
+        self.database_options[name] = given
+        return _Database(self, self.sync[name], options)
+
     def __getitem__(self, name: str) -> _Database:
-        return _Database(self, self.sync[name])
+        return self.get_database(name)
 
     def start_session(self) -> _Session:
         return _Session(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ...model.errors import Kind, fail
 from ..ast import NearPredicate
 from ..entries import PositionEntry
 
@@ -19,10 +20,17 @@ _UNITS_KM = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344}
 
 
 def index_position(param: str, value: Any, out: list[Any]) -> None:
+    """Location.position; coordinates off the globe are refused here, at write time, rather
+    than by a store's geospatial index in the middle of a transaction."""
     if value.__class__ is not dict:
         return
     lat, lon = value.get("latitude"), value.get("longitude")
     if lat.__class__ in (int, float) and lon.__class__ in (int, float):
+        for name, number, limit in (("latitude", lat, 90), ("longitude", lon, 180)):
+            if not -limit <= number <= limit:
+                raise fail(Kind.UNPROCESSABLE, "value",
+                           f"Location.position.{name} must lie between -{limit} and {limit} "
+                           "(WGS84 degrees).", expression=f"Location.position.{name}")
         out.append(PositionEntry(param, float(lat), float(lon)))
 
 

@@ -149,6 +149,7 @@ _UP, _DOWN = ASCENDING, DESCENDING
 # Every search index leads with `type`: parameter codes repeat across types (`name`), and a
 # search always names its type. Each multikey index serves `$elemMatch` on (p, value...).
 RESOURCE_INDEXES = (
+    _index(("shard", _UP), ("_id", _UP), name="shard_key"),  # shardCollection needs it
     _index(("type", _UP), ("deleted", _UP), ("pk", _UP), name="type_pk"),
     _index(("type", _UP), ("deleted", _UP), ("lu", _UP), name="type_lastUpdated"),
     _index(("shard", _UP), ("type", _UP), ("deleted", _UP), ("pk", _UP), name="compartment"),
@@ -167,11 +168,23 @@ RESOURCE_INDEXES = (
     _index(("geo.pt", "2dsphere"), name="position"),
 )
 HISTORY_INDEXES = (
+    _index(("shard", _UP), ("_id", _UP), name="shard_key"),
     _index(("lu", _DOWN), ("seq", _DOWN), name="system_history"),
     _index(("type", _UP), ("lu", _DOWN), ("seq", _DOWN), name="type_history"),
     _index(("type", _UP), ("id", _UP), ("lu", _DOWN), ("seq", _DOWN), name="instance_history"),
     _index(("shard", _UP), name="compartment"),
 )
-# Claims serialise conditional creates on the same criteria (see mongo.py); a claim left by a
+# Claims serialise conditional creates on the same criteria (see store.py); a claim left by a
 # crashed process expires.
 CLAIM_INDEXES = (_index(("at", _UP), name="expiry", expireAfterSeconds=3600),)
+
+# Collection -> its indexes besides `_id` (what `fhir-server migrate` builds, and what the
+# self-check expects). `ids` holds one guard document per resource, `{_id: "<type>/<id>",
+# shard}`: sharded on `_id`, it makes `_id` unique across the cluster, which `resources`
+# (sharded on `{shard, _id}`) cannot; it also tells a write where a resource lives.
+GUARDS = "ids"
+INDEXES = {"resources": RESOURCE_INDEXES, "history": HISTORY_INDEXES, "claims": CLAIM_INDEXES,
+           GUARDS: (_index(("_id", "hashed"), name="shard_key"),)}
+# Collection -> the shard key it must have on a sharded cluster (`claims` stays unsharded).
+SHARD_KEYS = {"resources": {"shard": 1, "_id": 1}, "history": {"shard": 1, "_id": 1},
+              GUARDS: {"_id": "hashed"}}

@@ -1,13 +1,19 @@
 """The MongoDB store, on PyMongo's asyncio API (`pymongo.AsyncMongoClient`).
 
 Writes of a unit of work run in one multi-document transaction on a replica set or sharded
-cluster. A standalone server has no transactions: it takes single-resource interactions and
-refuses FHIR transactions with an OperationOutcome, which start-up logs and /readyz report.
-There a version is two writes (the resource document, then its history document), so a crash
-between them loses that history entry; use a replica set (even of one node) in production. Concurrent units that touch the same documents conflict;
-the loser is rolled back and run again (`TransientConflict`). Conditional creates claim their
-criteria in the `claims` collection first, so that two racing ones conflict instead of both
-inserting. Layout and indexes: layout.py and docs/storage.md.
+cluster, with read concern `snapshot`, write concern `majority` (journaled), read preference
+`primary` and a bounded commit; the database's own write concern and read preference are set
+here too, whatever the connection string says. A standalone server has no transactions: it
+takes single-resource interactions (when accepted, see selfcheck.py) and refuses FHIR
+transactions. Concurrent units that touch the same documents conflict; the loser is rolled
+back and run again (`TransientConflict`), unless the attempt ran too long to be worth another.
+
+A unit looks its resources up in one query per step (targeted by the shard key it computes,
+then through the `ids` guards for what it missed) and sends its writes in one bulk write per
+collection. Conditional creates claim their criteria in `claims` first, so that two racing ones
+conflict instead of both inserting; the guard of each resource makes two creates of one id in
+two compartments conflict as well. Indexes are built by `migrate` (`fhir-server migrate`),
+never while serving. Layout and indexes: layout.py and docs/storage.md.
 """
 
 from __future__ import annotations
@@ -17,15 +23,17 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, timedelta
 from functools import wraps
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
+import bson
 from bson import ObjectId
-from pymongo import AsyncMongoClient, uri_parser
+from pymongo import AsyncMongoClient, InsertOne, ReplaceOne, UpdateOne, uri_parser
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DocumentTooLarge,
     DuplicateKeyError,
@@ -34,11 +42,13 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import ReadPreference
+from pymongo.write_concern import WriteConcern
 
 from ... import clock
 from ...model.errors import FhirError, Kind, fail
 from ...search import Query, Registry, default_registry
-from . import layout
 from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
@@ -55,8 +65,10 @@ from ..base import (
     Version,
     Write,
 )
-from .search import VERSION_FIELDS, MongoSearch, version_of
 from ..versions import stamp
+from . import layout
+from .search import VERSION_FIELDS, MongoSearch, version_of
+from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,24 @@ _NO_TRANSACTIONS = (
     "This MongoDB server is a standalone server, which has no multi-document transactions: "
     "FHIR transactions need a replica set or a sharded cluster."
 )
+# Durable once acknowledged: a majority of the data-bearing members, journaled.
+DURABLE = WriteConcern("majority", j=True)
+MAX_COMMIT_SECONDS = 5
+# One attempt of a unit must end this long after it stamped its versions, well inside
+# MongoDB's default 60 s transaction lifetime; one that ran longer is not attempted again.
+ATTEMPT_SECONDS = 20
+# A unit commits at the latest this long after its versions' lastUpdated: `_since` answers
+# list only versions older than that, so none can appear later behind them (docs/storage.md).
+SETTLE_SECONDS = ATTEMPT_SECONDS + MAX_COMMIT_SECONDS + 1
+# Per unit of work: MongoDB advises keeping transactions to about 1,000 document writes and
+# they share the storage cache; a version writes 2 to 3 documents.
+MAX_OPERATIONS = 1000
+MAX_UNIT_BYTES = 32 * 1024 * 1024
+# Driver errors (codeName) that no new attempt can cure.
+_TOO_BIG_FOR_A_TRANSACTION = frozenset({
+    "TransactionTooLargeForCache", "TransactionExceededLifetimeLimitSeconds"})
+# An unsafe deployment is checked again at most this often by requests (/readyz: always).
+_RECHECK_SECONDS = 5
 # A standalone server's claim older than this was left by a crashed writer.
 _STALE_CLAIM_SECONDS = 30
 _HISTORY_SHIFT = 96  # history cursor = lu << 96 | seq (an ObjectId is 96 bits)
@@ -75,89 +105,155 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class UnsafeDeployment(Exception):
+    """At start: the self-check found settings that break the store's guarantees."""
+
+
 def _unavailable(exc: PyMongoError) -> Exception:
     return fail(Kind.BUSY, "transient",
                 f"MongoDB does not answer ({type(exc).__name__}); retry later.")
 
 
+def _too_large_document() -> FhirError:
+    return fail(Kind.TOO_LARGE, "too-costly", "The resource and its search index entries "
+                "exceed MongoDB's 16 MB document limit.")
+
+
+def _too_costly(why: str) -> FhirError:
+    return fail(Kind.TOO_LARGE, "too-costly",
+                f"{why}; nothing was stored. Send the entries as several smaller Bundles.")
+
+
 def _answering(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Report MongoDB being unreachable or too slow as BUSY (503), not as a server fault."""
+    """Refuse to serve on an unsafe deployment; report MongoDB being unreachable or too slow
+    as BUSY (503), not as a server fault."""
     @wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        store = args[0]
+        assert isinstance(store, MongoStore)
         try:
+            await store.ensure_safe()
             return await method(*args, **kwargs)
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         except DocumentTooLarge as exc:
-            raise fail(Kind.TOO_LARGE, "too-costly", "The resource and its search index entries "
-                       "exceed MongoDB's 16 MB document limit.") from exc
+            raise _too_large_document() from exc
 
     return call
 
 
 class MongoStore:
-    """A Store on one MongoDB database (collections `resources`, `history`, `claims`)."""
+    """A Store on one MongoDB database (collections `resources`, `history`, `ids`, `claims`).
+
+    `accept_unsafe`: serve even where the self-check finds a problem (development only).
+    """
 
     def __init__(self, client: Any, database: str = "fhir", *,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, accept_unsafe: bool = False) -> None:
         self.client = client
-        self.db = client[database]
+        # Set here, whatever the connection string says: `w=1` would acknowledge commits a
+        # failover can roll back, and a secondary read preference fails every transaction.
+        self.db = client.get_database(database, write_concern=DURABLE,
+                                      read_preference=ReadPreference.PRIMARY)
         self.resources = self.db["resources"]
         self.history_docs = self.db["history"]
+        self.guards = self.db[layout.GUARDS]
         self.claims = self.db["claims"]
         self.registry = registry or default_registry()
-        self.transactions = False
-        self._prepared = False
+        self.accept_unsafe = accept_unsafe
+        self.deployment: Deployment | None = None  # once the self-check has passed
+        self._seen: Deployment | None = None  # what the last self-check found, and when
+        self._seen_at = clock.now()
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_seconds: float = 10.0) -> MongoStore:
+    def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
+                 accept_unsafe: bool = False) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
                     "timeoutMS": int(timeout_seconds * 1000), "appname": "fhir-server"}
-        # Options in the connection string win over these defaults.
+        # Timeouts in the connection string win over these defaults (not concerns: see above).
         options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
-        return cls(client, client.get_default_database("fhir").name)
+        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe)
+
+    @property
+    def transactions(self) -> bool:
+        return self.deployment is not None and self.deployment.transactions
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def migrate(self) -> None:
+        """Build the indexes of layout.py and the guard of every resource that lacks one
+        (`fhir-server migrate`, before serving: an index build never runs in a request)."""
+        for name, models in layout.INDEXES.items():
+            if models:
+                await self.db[name].create_indexes(list(models))
+        if (await self.guards.estimated_document_count()
+                >= await self.resources.estimated_document_count()):
+            return  # every resource has its guard (the counts are estimates: cheap)
+        missing: list[UpdateOne] = []
+        async for doc in self.resources.find({}, {"_id": 1, "shard": 1}):
+            missing.append(UpdateOne({"_id": doc["_id"]},
+                                     {"$setOnInsert": {"shard": doc["shard"]}}, upsert=True))
+            if len(missing) == 1000:
+                await self.guards.bulk_write(missing, ordered=False)
+                missing.clear()
+        if missing:
+            await self.guards.bulk_write(missing, ordered=False)
+
     async def open(self) -> None:
-        """Learn the topology and create the indexes; if MongoDB does not answer yet, the
-        server starts anyway (/readyz says why it is not ready) and this is done later."""
+        """Run the self-check; refuse (UnsafeDeployment) on a problem unless accepted. If
+        MongoDB does not answer yet, the server starts anyway (/readyz says why it is not
+        ready) and the check runs on the first request that reaches it."""
         try:
-            await self._prepare()
+            await self.ensure_safe(again=True)
         except _UNREACHABLE as exc:
             log.warning("mongodb unreachable at start-up", extra={"error": type(exc).__name__})
+        except FhirError as exc:
+            raise UnsafeDeployment(exc.issues[0].diagnostics) from None
 
-    async def _prepare(self) -> None:
-        if self._prepared:
+    async def ensure_safe(self, again: bool = False) -> None:
+        """The self-check, until it passes (or `again`); FhirError(BUSY) naming the problems
+        it found."""
+        if self.deployment is not None and not again:
             return
-        hello = await self.client.admin.command("hello")
-        self.transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
-        if not self.transactions:
-            log.warning("mongodb standalone: FHIR transactions are refused",
-                        extra={"reason": _NO_TRANSACTIONS})
-        await self.resources.create_indexes(list(layout.RESOURCE_INDEXES))
-        await self.history_docs.create_indexes(list(layout.HISTORY_INDEXES))
-        await self.claims.create_indexes(list(layout.CLAIM_INDEXES))
-        self._prepared = True
+        seen = self._seen
+        if (not again and seen is not None and seen.problems and not self.accept_unsafe
+                and clock.now() - self._seen_at < timedelta(seconds=_RECHECK_SECONDS)):
+            # Refused a moment ago: do not send the whole check again for every request.
+            raise fail(Kind.BUSY, "transient", _unsafe(seen))
+        found = await inspect(self.client, self.db, attempt_seconds=ATTEMPT_SECONDS)
+        if found != self._seen:  # logged when it changes, not at each /readyz
+            # The store sets its own concerns; the cluster's defaults are for the operator.
+            log.info("mongodb deployment", extra={
+                "topology": found.topology, "notes": found.notes, **found.default_concerns})
+            if found.problems:
+                log.error("mongodb deployment unsafe", extra={
+                    "problems": found.problems, "served": self.accept_unsafe})
+        self._seen, self._seen_at, self.deployment = found, clock.now(), None
+        if found.problems and not self.accept_unsafe:
+            raise fail(Kind.BUSY, "transient", _unsafe(found))
+        self.deployment = found
 
     async def close(self) -> None:
         await self.client.close()
 
     async def check(self) -> None:
+        """/readyz: the self-check again, so that a dropped index or a changed deployment
+        shows."""
         try:
-            await self.db.command("ping")
-            await self._prepare()
+            await self.ensure_safe(again=True)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kind": "mongodb", "transactions": self.transactions}
-        if not self._prepared:
-            status["note"] = "MongoDB has not answered yet."
-        elif not self.transactions:
+        if self.deployment is None:
+            status["note"] = "MongoDB has not answered yet, or its self-check failed."
+            return status
+        status.update(self.deployment.report())
+        if not self.transactions:
             status["note"] = _NO_TRANSACTIONS
         return status
 
@@ -189,7 +285,11 @@ class MongoStore:
         if query.id is not None:
             where["id"] = query.id
         if query.since is not None:
+            # Only settled versions: a unit still running may commit versions stamped up to
+            # SETTLE_SECONDS ago, which would land behind what this answer shows.
+            settled = clock.micros(clock.now() - timedelta(seconds=SETTLE_SECONDS))
             where["lastUpdated"] = {"$gte": query.since}
+            where["lu"] = {"$lte": settled}
         if query.before_seq is not None:
             lu, seq = _split_history_cursor(query.before_seq)
             where["$or"] = [{"lu": {"$lt": lu}}, {"lu": lu, "seq": {"$lt": seq}}]
@@ -211,29 +311,35 @@ class MongoStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MongoUnit]:
         try:
-            await self._prepare()
+            await self.ensure_safe()
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         if not self.transactions:
             raise fail(Kind.NOT_SUPPORTED, "not-supported", _NO_TRANSACTIONS)
         async with self.client.start_session() as session:
-            await session.start_transaction()
+            await session.start_transaction(
+                read_concern=ReadConcern("snapshot"), write_concern=DURABLE,
+                read_preference=ReadPreference.PRIMARY,
+                max_commit_time_ms=MAX_COMMIT_SECONDS * 1000)
             unit = _MongoUnit(self, session)
             try:
                 yield unit
+                await unit.flush()
+                unit.check_time()
             except BaseException as exc:
                 if session.in_transaction:
                     await asyncio.shield(session.abort_transaction())
-                if isinstance(exc, PyMongoError) and exc.has_error_label(_TRANSIENT):
-                    raise TransientConflict(str(exc)) from exc
-                if isinstance(exc, _UNREACHABLE):
-                    raise _unavailable(exc) from exc
-                raise
-            await _commit(session)
+                translated = _translated(exc, unit)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            try:
+                await _commit(session, unit)
+            except PyMongoError as exc:
+                raise _translated(exc, unit) from exc
 
     @_answering
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
-        await self._prepare()
         for delay in RETRY_DELAYS:
             await asyncio.sleep(delay)
             try:
@@ -253,18 +359,46 @@ class MongoStore:
                    "retry later.")
 
 
-async def _commit(session: AsyncClientSession) -> None:
-    """Commit, retrying while the outcome is unknown (the commit is idempotent)."""
+def _unsafe(found: Deployment) -> str:
+    return ("The MongoDB deployment is not safe to serve: " + "; ".join(found.problems)
+            + ". Fix it, or set FHIR_SERVER_ACCEPT_UNSAFE_STORE=true to serve anyway.")
+
+
+def _code_name(exc: PyMongoError) -> str | None:
+    details = getattr(exc, "details", None)
+    return details.get("codeName") if isinstance(details, dict) else None
+
+
+def _translated(exc: BaseException, unit: _MongoUnit) -> BaseException:
+    """What a failed unit tells its caller: run me again (TransientConflict) only when
+    another attempt can succeed; an OperationOutcome for every driver error."""
+    if not isinstance(exc, PyMongoError):
+        return exc
+    if _code_name(exc) in _TOO_BIG_FOR_A_TRANSACTION:
+        return _too_costly(f"MongoDB gave up the transaction ({_code_name(exc)})")
+    if exc.has_error_label(_TRANSIENT):
+        unit.check_time()  # one that ran too long would only run too long again
+        return TransientConflict(str(exc))
+    if isinstance(exc, _UNREACHABLE):
+        return _unavailable(exc)
+    if isinstance(exc, DocumentTooLarge):
+        return _too_large_document()
+    return fail(Kind.BUSY, "transient", f"MongoDB refused the transaction "
+                f"({_code_name(exc) or type(exc).__name__}); retry later.")
+
+
+async def _commit(session: AsyncClientSession, unit: _MongoUnit) -> None:
+    """Commit, retrying while the outcome is unknown (the commit is idempotent) and the
+    attempt is still within its time."""
     for delay in RETRY_DELAYS:
         await asyncio.sleep(delay)
         try:
             await session.commit_transaction()
             return
         except PyMongoError as exc:
-            if exc.has_error_label(_TRANSIENT):
-                raise TransientConflict(str(exc)) from exc
-            if not exc.has_error_label(_UNKNOWN_COMMIT):
+            if not exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label(_TRANSIENT):
                 raise
+            unit.check_time()
     raise fail(Kind.BUSY, "transient", "MongoDB did not confirm the commit; retry later.")
 
 
@@ -291,6 +425,26 @@ def _version_conflict(expected: int, what: str) -> Exception:
                 details_code="MSG_VERSION_AWARE_CONFLICT")
 
 
+def _duplicate(exc: PyMongoError) -> bool:
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    errors = exc.details.get("writeErrors", []) if isinstance(exc, BulkWriteError) else []
+    return any(error.get("code") == 11000 for error in errors)
+
+
+@dataclass
+class _Writes:
+    """Writes of a unit not sent yet: one bulk write per collection when flushed."""
+
+    resources: list[InsertOne[Any] | ReplaceOne[Any]] = field(default_factory=list)
+    replaced: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    guards: list[UpdateOne] = field(default_factory=list)
+
+
+_CURRENT_FIELDS = {"version": 1, "deleted": 1, "pk": 1, "shard": 1}
+
+
 class _MongoUnit:
     """One unit of work: inside `session`'s transaction, or (standalone) write by write."""
 
@@ -298,62 +452,129 @@ class _MongoUnit:
         self.store = store
         self.session = session
         self.search = MongoSearch(store.resources, store.registry, session)
+        self.started = clock.now()
         self.last_updated, self.micros = clock.instant_and_micros()
         self._claims: list[str] = []
+        # Resource key -> its current state as this unit sees it (None: does not exist).
+        self._current: dict[str, dict[str, Any] | None] = {}
+        self._writes = _Writes()
+        self._operations = 0
+        self._bytes = 0
+        deployment = store.deployment
+        self._max_document = (deployment.max_document_size if deployment
+                              else DEFAULT_MAX_DOCUMENT_SIZE)
+
+    def check_time(self) -> None:
+        """Refuse (no new attempt) a unit that ran past ATTEMPT_SECONDS."""
+        spent = (clock.now() - self.started).total_seconds()
+        if spent > ATTEMPT_SECONDS:
+            raise _too_costly(f"The transaction ran {spent:.0f} s, more than this server's "
+                              f"{ATTEMPT_SECONDS} s per MongoDB transaction")
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
+        self._operations += len(operations)
+        if self._operations > MAX_OPERATIONS:
+            raise _too_costly(f"The transaction has {self._operations} operations, more than "
+                              f"this server's limit of {MAX_OPERATIONS} per MongoDB transaction")
+        await self._look_up([(op.resource_type, op.id, _shard_of(op)) for op in operations
+                             if isinstance(op, (Write, Delete))])
         results: list[Result] = []
         for index, op in enumerate(operations):
             try:
                 results.append(await self._apply(op))
             except FhirError as error:
                 raise OperationFailed.at(index, error) from None
+        await self.flush()
         return results
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
+        await self.flush()  # the search sees this unit's writes
         await self._claim(query)
         return await self.search.match_ids(query, limit)
 
     async def _apply(self, op: Operation) -> Result:
         match op:
             case Write():
-                return await self.write(op)
+                return self.write(op)
             case Delete():
-                return await self.delete(op.resource_type, op.id, op.if_match)
+                return self.delete(op.resource_type, op.id, op.if_match)
             case ConditionalCreate():
                 found = await self.match_ids(op.query, 2)
                 if not found:
-                    return await self.write(op.write)
+                    await self._look_up([(op.write.resource_type, op.write.id, _shard_of(op.write))])
+                    return self.write(op.write)
                 if len(found) > 1:
                     raise _ambiguous(op.query)
+                what = layout.key(op.write.resource_type, found[0])
                 current = await self.store.resources.find_one(
-                    {"_id": layout.key(op.write.resource_type, found[0])}, VERSION_FIELDS,
-                    session=self.session)
+                    {"_id": what, "shard": await self._shard(op.write.resource_type, found[0])},
+                    VERSION_FIELDS, session=self.session)
                 assert current is not None
                 return Result("matched", (version_of(current),))
             case ConditionalUpdate():
                 found = await self.match_ids(op.query, 2)
                 if len(found) > 1:
                     raise _ambiguous(op.query)
-                if not found:
-                    return await self.write(op.write)
-                if op.id_given and op.write.id != found[0]:
+                write = op.write if not found else replace(op.write, id=found[0])
+                if found and op.id_given and op.write.id != found[0]:
                     raise fail(Kind.INVALID, "invalid",
                                f"The resource id '{op.write.id}' differs from the id of the "
                                "resource matching the condition.",
                                expression=f"{op.write.resource_type}.id",
                                details_code="MSG_RESOURCE_ID_MISMATCH")
-                return await self.write(replace(op.write, id=found[0]))
+                await self._look_up([(write.resource_type, write.id, _shard_of(write))])
+                return self.write(write)
             case ConditionalDelete():
+                await self.flush()
                 found = await self.search.match_ids(op.query, None)
                 if len(found) > 1 and not op.multiple:
                     raise _ambiguous(op.query)
+                resource_type = op.query.resource_type or ""
+                await self._look_up([(resource_type, id, None) for id in found])
                 versions: list[Version] = []
                 for id in found:
-                    deleted = await self.delete(op.query.resource_type or "", id, None)
-                    versions.extend(deleted.versions)
+                    versions.extend(self.delete(resource_type, id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
         raise TypeError(f"unknown operation {op!r}")
+
+    # -- look-ups ----------------------------------------------------------------------------
+
+    async def _look_up(self, wanted: Sequence[tuple[str, str, str | None]]) -> None:
+        """Learn the current state of the resources `wanted` names (type, id, the shard it
+        would have), in as few queries as the cluster allows, each carrying the shard key:
+        first where each would live; for those not found there, their guard tells whether
+        and where they live."""
+        keys = {layout.key(t, i): shard for t, i, shard in wanted}
+        keys = {k: shard for k, shard in keys.items() if k not in self._current}
+        if not keys:
+            return
+        shards = {shard for shard in keys.values() if shard is not None}
+        if shards:
+            await self._fetch([k for k, shard in keys.items() if shard is not None], shards)
+        missed = [k for k in keys if k not in self._current]
+        if not missed:
+            return
+        guards = self.store.guards.find({"_id": {"$in": missed}}, session=self.session)
+        elsewhere = {doc["_id"]: doc["shard"] async for doc in guards}
+        if elsewhere:
+            await self._fetch(list(elsewhere), set(elsewhere.values()))
+        for k in missed:
+            self._current.setdefault(k, None)
+
+    async def _fetch(self, keys: list[str], shards: set[str]) -> None:
+        found = self.store.resources.find(
+            {"_id": {"$in": keys}, "shard": {"$in": sorted(shards)}}, _CURRENT_FIELDS,
+            session=self.session)
+        async for doc in found:
+            self._current[doc["_id"]] = doc
+
+    async def _shard(self, resource_type: str, id: str) -> str:
+        await self._look_up([(resource_type, id, None)])
+        current = self._current[layout.key(resource_type, id)]
+        assert current is not None
+        return str(current["shard"])
+
+    # -- claims ------------------------------------------------------------------------------
 
     async def _claim(self, query: Query) -> None:
         """Take the claim of `query`'s criteria for the rest of this unit.
@@ -388,41 +609,63 @@ class _MongoUnit:
             await self.store.claims.delete_many({"_id": {"$in": self._claims}})
             self._claims.clear()
 
-    async def _current(self, resource_type: str, id: str) -> dict[str, Any] | None:
-        found: dict[str, Any] | None = await self.store.resources.find_one(
-            {"_id": layout.key(resource_type, id)},
-            {"version": 1, "deleted": 1, "pk": 1, "shard": 1}, session=self.session)
-        return found
+    # -- writes ------------------------------------------------------------------------------
 
-    async def _store_version(self, current: dict[str, Any] | None, doc: dict[str, Any]) -> None:
-        """Write the resource document and its history document.
+    def _queue(self, current: dict[str, Any] | None, doc: dict[str, Any]) -> None:
+        """Queue the resource document, its history document and its guard.
 
-        The resource document is replaced only if it still holds the version read, and a
-        history document's id names its version: a concurrent writer of the same resource
-        makes this unit lose (in a transaction the server reports the conflict itself).
+        The resource document is replaced only if it still holds the version read, a history
+        document's id names its version, and a create writes the guard of its key: a
+        concurrent writer of the same resource, in any compartment, makes this unit lose (in
+        a transaction the server reports the conflict on the guard itself).
         """
-        resources, session = self.store.resources, self.session
-        try:
-            if current is None:
-                await resources.insert_one(doc, session=session)
-            else:
-                # The shard key in the filter lets a sharded cluster move the document when its
-                # compartment changes.
-                replaced = await resources.replace_one(
-                    {"_id": doc["_id"], "shard": current["shard"], "version": current["version"]},
-                    doc, session=session)
-                if replaced.matched_count == 0:
-                    raise TransientConflict(f"{doc['_id']} changed while being written")
-            await self.store.history_docs.insert_one(layout.history_document(
-                resource_type=doc["type"], id=doc["id"], version=doc["version"],
-                last_updated=doc["lastUpdated"], lu=doc["lu"], seq=ObjectId(),
-                method=doc["method"], body=doc["body"], shard=doc["shard"]), session=session)
-        except DuplicateKeyError:
-            raise TransientConflict(f"{doc['_id']} was written concurrently") from None
+        size = len(bson.encode(doc))
+        if size > self._max_document:
+            raise _too_large_document()
+        self._bytes += 2 * size  # the resource and its history document
+        if self._bytes > MAX_UNIT_BYTES:
+            raise _too_costly(f"The transaction writes more than this server's limit of "
+                              f"{MAX_UNIT_BYTES // (1024 * 1024)} MiB per MongoDB transaction")
+        writes, key, shard = self._writes, doc["_id"], doc["shard"]
+        if current is None or current["shard"] != shard:
+            # Upserted, not inserted: a guard left by a standalone writer that crashed
+            # before its resource was stored must not block the id for ever.
+            writes.guards.append(UpdateOne({"_id": key}, {"$set": {"shard": shard}}, upsert=True))
+        if current is None:
+            writes.resources.append(InsertOne(doc))
+        else:
+            # The full current shard key in the filter lets a sharded cluster move the
+            # document when its compartment changes.
+            writes.resources.append(ReplaceOne(
+                {"_id": key, "shard": current["shard"], "version": current["version"]}, doc))
+            writes.replaced += 1
+        writes.history.append(layout.history_document(
+            resource_type=doc["type"], id=doc["id"], version=doc["version"],
+            last_updated=doc["lastUpdated"], lu=doc["lu"], seq=ObjectId(),
+            method=doc["method"], body=doc["body"], shard=shard))
+        self._current[key] = {k: doc[k] for k in _CURRENT_FIELDS}
 
-    async def write(self, op: Write) -> Result:
-        current = await self._current(op.resource_type, op.id)
+    async def flush(self) -> None:
+        """Send the queued writes: one ordered bulk write per collection."""
+        writes, self._writes = self._writes, _Writes()
+        session = self.session
+        try:
+            if writes.guards:
+                await self.store.guards.bulk_write(writes.guards, session=session)
+            if writes.resources:
+                done = await self.store.resources.bulk_write(writes.resources, session=session)
+                if done.matched_count != writes.replaced:
+                    raise TransientConflict("a resource changed while being written")
+            if writes.history:
+                await self.store.history_docs.insert_many(writes.history, session=session)
+        except PyMongoError as exc:
+            if _duplicate(exc):
+                raise TransientConflict("a resource was written concurrently") from None
+            raise
+
+    def write(self, op: Write) -> Result:
         what = layout.key(op.resource_type, op.id)
+        current = self._current[what]
         if op.create_only and current is not None:
             raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.")
         if op.if_match is not None and (
@@ -434,16 +677,15 @@ class _MongoUnit:
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,
             last_updated=self.last_updated, lu=self.micros, method=op.method, body=body,
-            shard=layout.shard_key(op.resource_type, op.id, op.entries),
-            entries=op.entries)
-        await self._store_version(current, doc)
+            shard=_shard_of(op), entries=op.entries)
+        self._queue(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         created = current is None or current["deleted"]
         return Result("created" if created else "updated", (stored,))
 
-    async def delete(self, resource_type: str, id: str, if_match: int | None) -> Result:
-        current = await self._current(resource_type, id)
+    def delete(self, resource_type: str, id: str, if_match: int | None) -> Result:
         what = layout.key(resource_type, id)
+        current = self._current[what]
         if if_match is not None and (
                 current is None or current["version"] != if_match or current["deleted"]):
             raise _version_conflict(if_match, what)
@@ -454,6 +696,13 @@ class _MongoUnit:
             resource_type=resource_type, id=id, pk=current["pk"], version=version,
             last_updated=self.last_updated, lu=self.micros, method="DELETE", body=None,
             shard=current["shard"], entries=())
-        await self._store_version(current, doc)
+        self._queue(current, doc)
         return Result("deleted", (Version(resource_type, id, version, self.last_updated,
                                           "DELETE", None),))
+
+
+def _shard_of(op: Write | Delete) -> str | None:
+    """Where the resource a write leaves lives; unknown for a deletion."""
+    if isinstance(op, Delete):
+        return None
+    return layout.shard_key(op.resource_type, op.id, op.entries)

@@ -136,6 +136,10 @@ class SqliteStore:
             self._connections.clear()
         self._writers.close()
 
+    async def migrate(self) -> None:
+        """The schema is migrated by `open` (a file of one process group: it is quick)."""
+        await self.open()
+
     async def check(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1 FROM resource LIMIT 1").fetchall())
 

@@ -22,6 +22,7 @@ from fhir_server.store.base import ConditionalCreate, Write
 from fhir_server.store.mongo.store import MongoStore, _claim_key
 from tests.builders import INS_NIR, identified_patient, patient
 from tests.http.helpers import send
+from tests.store.conftest import migrated_double
 from tests.store.mongo_double import DoubleClient
 
 
@@ -38,7 +39,10 @@ def _by_identifier(value: str) -> Any:
 
 @pytest.fixture
 def standalone() -> MongoStore:
-    return MongoStore(DoubleClient(standalone=True))
+    """A standalone server, served because told to accept it (its self-check refuses it)."""
+    store = migrated_double(DoubleClient(standalone=True))
+    store.accept_unsafe = True
+    return store
 
 
 @pytest.mark.anyio
@@ -101,8 +105,9 @@ def test_standalone_transaction_bundle_is_refused_with_an_outcome(tmp_path: Path
 @pytest.fixture
 def unreachable(tmp_path: Path) -> Iterator[tuple[TestClient, DoubleClient]]:
     double = DoubleClient()
+    store = migrated_double(double)
     double.down = True
-    with _app(tmp_path, MongoStore(double)) as client:
+    with _app(tmp_path, store) as client:
         yield client, double
 
 
@@ -121,6 +126,7 @@ def test_server_starts_while_mongodb_is_down_and_recovers_when_it_returns(
     assert write.status_code == 503
     double.down = False
     assert client.get("/readyz").json() == {"status": "ready", "details": {
-        "kind": "mongodb", "transactions": True, "audit": {"kind": "sqlite", "transactions": True}}}
+        "kind": "mongodb", "transactions": True, "topology": "replica set double",
+        "transaction_lifetime_seconds": 60, "audit": {"kind": "sqlite", "transactions": True}}}
     assert send(client, "PUT", "/fhir/Patient/p1", {**patient(), "id": "p1"}).status_code == 201
     assert client.get("/fhir/Patient/p1").status_code == 200
