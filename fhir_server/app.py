@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
+        await recorder.recover()
         if tokens is None:
             log.warning("AUTHENTICATION IS OFF: every request has full access to all data. "
                         "For local development and the demo only.")
@@ -104,7 +105,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         await store.close()
-        recorder.chain.close()
+        recorder.close()
 
     app = FastAPI(
         title="fhir-server",

@@ -1,11 +1,15 @@
 """The audit records' hash chain: append-only, tamper-evident.
 
-Each AuditEvent, once stored, gets the next link of one chain: `digest = SHA-256(previous
-digest + canonical JSON of the event)`, where the canonical JSON is the event as built (sorted
-keys, without the server's `meta`). Links live in their own SQLite file, appended under its
-write lock, so the workers of one server share one chain. `verify` walks the chain against the
-stored AuditEvents: a changed event breaks its link, a removed one leaves a link without its
-event, an event added behind the recorder's back has no link.
+Each batch of AuditEvents the recorder stores together gets the next link of one chain:
+`digest = SHA-256(previous digest + the canonical JSON of each event of the batch, in order)`,
+where the canonical JSON is the event as built (sorted keys, without the server's `meta`); a
+batch of one event is linked exactly as the single events of earlier versions were. Links
+live in their own SQLite file, appended under its write lock, so the workers of one server
+share one chain. Before its events are stored, a batch is noted as pending under its
+recorder's name, so that a crash between the two steps leaves a note recovery completes
+(recorder.py) rather than an event the chain does not know. `verify` walks the chain against
+the stored AuditEvents: a changed event breaks its link, a removed one leaves a link without
+its event, an event added behind the recorder's back has no link.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,16 @@ import orjson
 
 GENESIS = "0" * 64
 
+# `event_id` holds the ids of a link's events, separated by spaces (one id: one event).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS link (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
     digest   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    event_id TEXT PRIMARY KEY,
+    owner    TEXT NOT NULL
 );
 """
 
@@ -37,8 +47,20 @@ def canonical(event: dict[str, Any]) -> bytes:
     return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
 
 
-def link_digest(previous: str, event: dict[str, Any]) -> str:
-    return hashlib.sha256(previous.encode() + canonical(event)).hexdigest()
+def link_digest(previous: str, events: Sequence[dict[str, Any]]) -> str:
+    digest = hashlib.sha256(previous.encode())
+    for event in events:
+        digest.update(canonical(event))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One link: its number, the ids of the events it covers, in order, and its digest."""
+
+    seq: int
+    event_ids: tuple[str, ...]
+    digest: str
 
 
 class Chain:
@@ -72,23 +94,53 @@ class Chain:
             self._connections.clear()
         self._local = threading.local()
 
-    def append(self, event_id: str, event: dict[str, Any]) -> str:
-        """Add the link of a stored event; returns its digest."""
+    def intend(self, owner: str, event_ids: Sequence[str]) -> None:
+        """Note, durably, that `owner` is about to store these events."""
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
+            conn.executemany("INSERT OR IGNORE INTO pending (event_id, owner) VALUES (?, ?)",
+                             [(id, owner) for id in event_ids])
+
+    def pending(self, owner: str) -> list[str]:
+        """The events `owner` noted and has not linked yet, in the order noted."""
+        rows = self._connection().execute(
+            "SELECT event_id FROM pending WHERE owner = ? ORDER BY rowid", (owner,))
+        return [row[0] for row in rows]
+
+    def append(self, events: Sequence[dict[str, Any]]) -> str:
+        """Add the link of a batch of stored events (each with its `id`) and clear their
+        pending note; returns its digest."""
+        conn = self._connection()
+        ids = [event["id"] for event in events]
+        with _immediate(conn):
             row = conn.execute("SELECT digest FROM link ORDER BY seq DESC LIMIT 1").fetchone()
-            digest = link_digest(row[0] if row else GENESIS, event)
-            conn.execute("INSERT INTO link (event_id, digest) VALUES (?, ?)", (event_id, digest))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            digest = link_digest(row[0] if row else GENESIS, events)
+            conn.execute("INSERT INTO link (event_id, digest) VALUES (?, ?)", (" ".join(ids), digest))
+            conn.executemany("DELETE FROM pending WHERE event_id = ?", [(id,) for id in ids])
         return digest
 
-    def links(self) -> list[tuple[int, str, str]]:
-        return [(r[0], r[1], r[2]) for r in
+    def forget(self, event_ids: Iterable[str]) -> None:
+        """Clear pending notes of events that were never stored (nothing to link)."""
+        conn = self._connection()
+        with _immediate(conn):
+            conn.executemany("DELETE FROM pending WHERE event_id = ?", [(id,) for id in event_ids])
+
+    def links(self) -> list[Link]:
+        return [Link(r[0], tuple(r[1].split(" ")), r[2]) for r in
                 self._connection().execute("SELECT seq, event_id, digest FROM link ORDER BY seq")]
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A `BEGIN IMMEDIATE` transaction: committed at the end of the block, rolled back on
+    any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 @dataclass(slots=True)
@@ -99,25 +151,26 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
 
 
-def verify(links: list[tuple[int, str, str]], events: dict[str, dict[str, Any]],
+def verify(links: list[Link], events: dict[str, dict[str, Any]],
            stored_ids: Iterable[str]) -> Verdict:
     """Check every link against the stored events (`events` by id; `stored_ids` every
     AuditEvent id the store holds)."""
     verdict = Verdict()
     previous = GENESIS
-    expected_seq = links[0][0] if links else 1
-    for seq, event_id, digest in links:
-        if seq != expected_seq:
-            verdict.problems.append(f"links {expected_seq}..{seq - 1} are missing")
-        expected_seq = seq + 1
-        event = events.get(event_id)
-        if event is None:
-            verdict.problems.append(f"AuditEvent/{event_id} (link {seq}) was removed")
-        elif link_digest(previous, event) != digest:
-            verdict.problems.append(f"AuditEvent/{event_id} (link {seq}) was changed")
+    expected_seq = links[0].seq if links else 1
+    for link in links:
+        if link.seq != expected_seq:
+            verdict.problems.append(f"links {expected_seq}..{link.seq - 1} are missing")
+        expected_seq = link.seq + 1
+        missing = [id for id in link.event_ids if id not in events]
+        verdict.problems += [f"AuditEvent/{id} (link {link.seq}) was removed" for id in missing]
+        if not missing and link_digest(previous, [events[id] for id in link.event_ids]) != link.digest:
+            changed = ", ".join(f"AuditEvent/{id}" for id in link.event_ids)
+            some = "" if len(link.event_ids) == 1 else "one of "
+            verdict.problems.append(f"{some}{changed} (link {link.seq}) was changed")
         verdict.checked += 1
-        previous = digest
-    chained = {event_id for _, event_id, _ in links}
+        previous = link.digest
+    chained = {id for link in links for id in link.event_ids}
     verdict.problems += [f"AuditEvent/{id} is not in the chain (added outside the recorder)"
                          for id in sorted(set(stored_ids) - chained)]
     return verdict

@@ -1,10 +1,11 @@
 """AuditEvent resources as IHE Basic Audit Log Patterns (BALP) shape them, for R4.
 
-One per interaction: what kind (`type` rest, `subtype` the RESTful interaction), `action`
+For each interaction: what kind (`type` rest, `subtype` the RESTful interaction), `action`
 (C R U D E), when, the `outcome` (0 success, 4 minor failure such as a denial, 8 serious),
 who (the user as `fhirUser`, the client application, the network address), the resources
-involved and, as `entity` with role "patient", every patient whose data were involved: that
-puts the event in those patients' compartments, where they can read it.
+involved and, as `entity` with role "patient", the patient whose data were involved: that
+puts the event in that patient's compartment, where they can read it. An interaction that
+involved several patients gets one event per patient, so that none reads about another.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 from typing import Any
 
 from ..access.principal import Principal
+from .trail import Trail
 
 _ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "history-type": "R",
             "history-system": "R", "search-type": "E", "search-system": "E", "create": "C",
@@ -20,6 +22,7 @@ _ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "history-type": 
             "operation": "E"}
 _INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 _DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 
 
 def outcome_code(status: int) -> str:
@@ -27,11 +30,52 @@ def outcome_code(status: int) -> str:
     return "0" if status < 400 else "4" if status < 500 else "8"
 
 
-def audit_event(*, interaction: str, status: int, recorded: str, principal: Principal | None,
-                address: str | None, resources: list[str], patients: set[str],
+def request_events(*, interaction: str, status: int, recorded: str, principal: Principal | None,
+                   address: str | None, trail: Trail, query: str | None) -> list[dict[str, Any]]:
+    """The AuditEvents of one interaction: one per patient whose data it read or wrote and
+    the caller reaches (IHE BALP: an event per patient subject), each naming that patient,
+    their resources and the resources of no patient; plus, when the request involved several
+    patients, one naming none with everything it touched and its query (for auditors).
+    Without any patient: one event. The first event is the request's own (it carries the
+    query whenever that tells no patient about another)."""
+    seen = reach_of(principal)
+    patients = sorted(p for p in trail.patients if seen is None or p in seen)
+    owners = trail.owners
+
+    def event(patient: str | None, resources: list[str], query: str | None) -> dict[str, Any]:
+        return _rest_event(interaction, status, recorded, principal, address, patient,
+                           resources, query)
+
+    if not patients:
+        return [event(None, list(owners), query)]
+    strays = [k for k, o in owners.items() if o and o.isdisjoint(patients)]
+    alone = len(patients) == 1 and not strays
+    events = [event(p, [k for k, o in owners.items() if p in o or not o], query if alone else None)
+              for p in patients]
+    if not alone:
+        events.insert(0, event(None, list(owners), query))
+    return events
+
+
+def reach_of(principal: Principal | None) -> set[str] | None:
+    """The patients a caller may be recorded as having accessed (None: any): a patient or
+    representative their patient, a practitioner the patients whose consent names them.
+    System clients, the server, investigators (the referrals sent to them name their
+    patients) and an administrator breaking the glass are recorded for whatever they got."""
+    if principal is None:
+        return set()
+    if principal.server or principal.break_glass is not None or principal.recipients is not None:
+        return None
+    if principal.patient is None and principal.consented is None:
+        return None
+    return {*([principal.patient] if principal.patient else []), *(principal.consented or ())}
+
+
+def _rest_event(interaction: str, status: int, recorded: str, principal: Principal | None,
+                address: str | None, patient: str | None, resources: list[str],
                 query: str | None) -> dict[str, Any]:
-    """The AuditEvent of one interaction; an administrator's break-glass read carries purpose
-    of use BTG with the reason they gave."""
+    """One AuditEvent of a RESTful interaction, about `patient` (or none); an administrator's
+    break-glass read carries purpose of use BTG with the reason they gave."""
     agent: dict[str, Any] = {
         "type": {"coding": [{"system": _DICOM,
                              "code": "110153", "display": "Source Role ID"}]},
@@ -48,20 +92,16 @@ def audit_event(*, interaction: str, status: int, recorded: str, principal: Prin
         agent["who"] = {"display": "unauthenticated"}
     if address:
         agent["network"] = {"address": address, "type": "2"}
-    entities: list[dict[str, Any]] = [
-        {"what": {"reference": f"Patient/{patient}"},
-         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
-                  "display": "Patient"}}
-        for patient in sorted(patients)
-    ]
+    entities: list[dict[str, Any]] = []
+    if patient is not None:
+        entities.append({"what": {"reference": f"Patient/{patient}"},
+                         "role": {"system": _ROLE, "code": "1", "display": "Patient"}})
     entities += [{"what": {"reference": key},
-                  "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                           "code": "4", "display": "Domain Resource"}}
+                  "role": {"system": _ROLE, "code": "4", "display": "Domain Resource"}}
                  for key in resources if not key.startswith("Patient/")]
     if query:
         entities.append({"query": base64.b64encode(query.encode()).decode(),
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                  "code": "24", "display": "Query"}})
+                         "role": {"system": _ROLE, "code": "24", "display": "Query"}})
     event = _event(
         {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
          "display": "RESTful Operation"},

@@ -1,6 +1,6 @@
-"""An AuditEvent for every request to the FHIR API, whatever its outcome (denials included),
-written once the response is ready and before it is sent (audit/events.py says what it holds).
-`metadata` and discovery are public documents and are not audited."""
+"""AuditEvents for every request to the FHIR API, whatever its outcome (denials included),
+written once the response is ready and before it is sent (audit/events.py says what they
+hold). `metadata` and discovery are public documents and are not audited."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from ..audit.events import audit_event, interaction_of
+from .. import clock
+from ..audit.events import interaction_of, request_events
 from ..audit.recorder import AuditRecorder
 from ..audit.trail import Trail
-from .. import clock
 
 _PUBLIC = ("/metadata", "/.well-known/")
 
@@ -29,11 +29,9 @@ def install_audit(app: FastAPI, base_path: str, recorder: AuditRecorder) -> None
         trail = request.state.trail = Trail()
         response = await call_next(request)
         query = request.url.query or None
-        event = audit_event(
+        await recorder.record_all(request_events(
             interaction=interaction_of(request.method, relative), status=response.status_code,
             recorded=clock.instant(), principal=getattr(request.state, "principal", None),
-            address=request.client.host if request.client else None,
-            resources=trail.resources, patients=trail.patients,
-            query=query if request.method == "GET" else None)
-        await recorder.record(event)
+            address=request.client.host if request.client else None, trail=trail,
+            query=query if request.method == "GET" else None))
         return response

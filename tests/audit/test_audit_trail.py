@@ -92,7 +92,7 @@ def test_the_hash_chain_detects_changes_removals_and_additions(
     chain = Chain(tmp_path / "audit-chain.db")
     links = chain.links()
     chain.close()
-    changed, removed = links[1][1], links[2][1]
+    [changed], [removed] = links[1].event_ids, links[2].event_ids
     conn = sqlite3.connect(tmp_path / "audit.db")
     body = orjson.loads(conn.execute("SELECT body FROM history WHERE id = ?", (changed,)).fetchone()[0])
     body["outcome"] = "8"

@@ -1,0 +1,79 @@
+"""The recorder: events recorded together share one commit and one link of the chain, and a
+batch a crash interrupted is completed by the next start (audit/recorder.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_server.audit.chain import Chain, verify
+from fhir_server.audit.recorder import AuditRecorder
+from fhir_server.search import extract
+from fhir_server.store.base import Query, Write
+from fhir_server.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+def _event(n: int) -> dict[str, Any]:
+    return {"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-01-01T00:00:00Z",
+            "agent": [{"requestor": True, "name": f"agent {n}"}], "source": {"observer": {"display": "x"}}}
+
+
+@pytest.fixture
+async def recorder(tmp_path: Path) -> AsyncIterator[AuditRecorder]:
+    store = SqliteStore(tmp_path / "audit.db")
+    await store.open()
+    recorder = AuditRecorder(store, Chain(tmp_path / "audit-chain.db"))
+    yield recorder
+    recorder.close()
+    await store.close()
+
+
+async def _verdict(recorder: AuditRecorder) -> list[str]:
+    page = await recorder.store.search(Query("AuditEvent", count=1000))
+    events = {v.id: orjson.loads(v.body) for v in page.matches if v.body}
+    return verify(recorder.chain.links(), events, events).problems
+
+
+async def test_concurrent_events_share_a_commit_and_a_link(recorder: AuditRecorder) -> None:
+    ids = await asyncio.gather(*(recorder.record(_event(n)) for n in range(50)))
+    links = recorder.chain.links()
+    assert sorted(id for link in links for id in link.event_ids) == sorted(ids)
+    assert len(links) < 10  # the first alone, then whoever waited, together
+    assert await _verdict(recorder) == []
+
+
+async def test_a_failed_batch_fails_each_of_its_waiters_and_stores_nothing(
+        recorder: AuditRecorder) -> None:
+    taken = await recorder.record(_event(0))
+    results = await asyncio.gather(recorder.record_all([_event(1)], ids=[taken]),
+                                   recorder.record(_event(2)), return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)  # the same batch: both refused
+    assert await recorder.store.count("AuditEvent") == 1
+    assert await _verdict(recorder) == []
+
+
+async def test_recovery_links_what_a_dead_recorder_stored_and_forgets_the_rest(
+        recorder: AuditRecorder, tmp_path: Path) -> None:
+    await recorder.record(_event(0))
+    # A recorder that died after noting its batch and storing one of its two events.
+    (tmp_path / "audit-owners" / "4242-dead.lock").touch()
+    recorder.chain.intend("4242-dead", ["stored-1", "never-stored"])
+    stored = {**_event(1), "id": "stored-1"}
+    await recorder.store.commit([Write("AuditEvent", "stored-1", stored, extract(stored), "POST")])
+    assert "AuditEvent/stored-1 is not in the chain (added outside the recorder)" in await _verdict(recorder)
+    assert await recorder.recover() == 1
+    assert await _verdict(recorder) == []
+    assert recorder.chain.pending("4242-dead") == []
+    assert not (tmp_path / "audit-owners" / "4242-dead.lock").exists()
+    # A living recorder's notes are left alone: its batch is still being written.
+    other = AuditRecorder(recorder.store, Chain(tmp_path / "audit-chain.db"))
+    other.chain.intend(other.owner.name, ["in-flight"])
+    assert await recorder.recover() == 0 and other.chain.pending(other.owner.name) == ["in-flight"]
+    other.close()
