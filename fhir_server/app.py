@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store),
                          audit_store)
     context = build_context(settings, store)
-    recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"))
+    recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager

@@ -3,39 +3,50 @@ linked into the hash chain (audit/chain.py).
 
 Public API (the HTTP middleware, the sign-in and token endpoints and the command line use it):
 `record(event)` and `record_all(events)` return once the events are durable and linked;
-`recover()` completes, at start-up, what a recorder that died left half done; `close()`.
+`begin(events_of)` starts the record of a request that may write (audit/outbox.py: its
+writes keep their audit record in the clinical store until its events are linked), and its
+`finish(status)` records them; `recover()` completes, at start-up, what a recorder that died
+left half done; `close()`.
 
 Events recorded while a batch is being written wait for it and then go together, in the next
 batch: one commit of the audit store and one link of the chain for all of them, so requests
 served together share the cost of durability instead of paying it one after the other. A
 batch is written in three steps: a pending note in the chain's file, the events in the audit
 store, the link (which clears the note). A crash between them leaves a note that `recover`
-completes: stored events are linked, the others (never answered for) forgotten.
+completes: stored events are linked, the others (never answered for) forgotten; then the
+outbox records of its requests whose events never reached the trail become AuditEvents.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from ..model.ids import new_id
 from ..search import extract
-from ..store.base import Store, Write
+from ..store.base import Outbox, Store, Write
 from .chain import Chain
+from .outbox import PREFIX, AuditedStore, Intent, Settled, event_ids, request_of
 from .owners import Owner
+from .trail import Trail
 
 Event = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class AuditRecorder:
     """Stores AuditEvents and links them, a batch at a time."""
 
-    def __init__(self, store: Store, chain: Chain) -> None:
+    def __init__(self, store: Store, chain: Chain, clinical: Store | None = None) -> None:
+        """Events go to `store` and `chain`; requests' outbox records to `clinical`."""
         self.store = store
         self.chain = chain
+        self.clinical = clinical
+        self.settled = Settled()
         self._owner: Owner | None = None
         self._queue: list[tuple[list[Event], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -67,6 +78,10 @@ class AuditRecorder:
         await done
         return given
 
+    def begin(self, events_of: Callable[[Trail, int], list[Event]]) -> RequestRecord:
+        """The record of one request; `events_of(trail, status)` builds its AuditEvents."""
+        return RequestRecord(self, events_of)
+
     async def _write_queued(self) -> None:
         """Write what is queued, a batch at a time, until nothing is."""
         while self._queue:
@@ -90,9 +105,10 @@ class AuditRecorder:
         await asyncio.to_thread(self.chain.append, events)
 
     async def recover(self) -> int:
-        """Complete the pending batches of recorders that stopped; returns how many events
-        were linked."""
-        linked = 0
+        """Complete what recorders that stopped left half done: link the stored events of
+        their pending batches, then record the requests their outbox records name that have
+        no AuditEvent yet. Returns how many events were linked or recorded."""
+        done = 0
         for name in self.owner.ended():
             ids = await asyncio.to_thread(self.chain.pending, name)
             stored = [await self.store.read("AuditEvent", id) for id in ids]
@@ -100,8 +116,31 @@ class AuditRecorder:
             if events:
                 await asyncio.to_thread(self.chain.append, events)
             await asyncio.to_thread(self.chain.forget, ids)
-            linked += len(events)
-        return linked
+            done += len(events) + await self._recover_outbox(name)
+        if done:
+            log.warning("audit trail completed after a stop", extra={"events": done})
+        return done
+
+    async def _recover_outbox(self, name: str) -> int:
+        """Record the requests of `name` that wrote but never reached the trail, each from
+        its latest outbox record (written with its last unit of work)."""
+        if self.clinical is None:
+            return 0
+        records = await self.clinical.outbox(f"{PREFIX}{name}/")
+        latest: dict[str, tuple[int, bytes]] = {}
+        for key, body in records:
+            n = int(key.rsplit("/", 1)[1])
+            if n > latest.get(request_of(key), (0, b""))[0]:
+                latest[request_of(key)] = (n, body)
+        recorded = 0
+        for request_id, (_, body) in latest.items():
+            if await self.store.read("AuditEvent", request_id) is None:
+                events: list[Event] = orjson.loads(body)
+                await self.record_all(events, [event["id"] for event in events])
+                recorded += len(events)
+        if records:
+            await self.clinical.commit([Outbox(remove=tuple(key for key, _ in records))])
+        return recorded
 
     def close(self) -> None:
         """Release the chain's connections and this recorder's name (at shutdown)."""
@@ -109,3 +148,26 @@ class AuditRecorder:
         if self._owner is not None:
             self._owner.close()
             self._owner = None
+
+
+class RequestRecord:
+    """The audit record of one request: what it touches (`trail`), the clinical store as it
+    writes through it (`store`: each unit of work keeps the request's outbox record), and
+    `finish`, which records its AuditEvents."""
+
+    def __init__(self, recorder: AuditRecorder, events_of: Callable[[Trail, int], list[Event]]) -> None:
+        self.recorder = recorder
+        self.trail = Trail()
+        self.intent = Intent(recorder.owner.name, lambda written: events_of(written, 200))
+        self._events_of = events_of
+        self.store: Store | None = None
+        if recorder.clinical is not None:
+            self.store = AuditedStore(recorder.clinical, self.trail, self.intent, recorder.settled)
+
+    async def finish(self, status: int) -> list[str]:
+        """Record the request's events (answered with `status`); returns their ids. Its outbox
+        records are done with once they are durable."""
+        events = self._events_of(self.trail, status)
+        ids = await self.recorder.record_all(events, event_ids(self.intent.request_id, len(events)))
+        self.recorder.settled.give_back(self.intent.keys)
+        return ids

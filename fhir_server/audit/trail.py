@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from ..search import ReferenceEntry, Registry, extract
+from ..search import IndexEntry, ReferenceEntry, Registry, extract
 from ..store.base import Version
 
 
@@ -31,18 +32,21 @@ class Trail:
         key = f"{version.resource_type}/{version.id}"
         if key in self.owners:
             return
-        self.owners[key] = _owners(registry, version, resource)
+        type_ = version.resource_type
+        entries: Iterable[IndexEntry] = ()
+        if type_ != "Patient" and registry.patient_compartment(type_):
+            if resource is None and version.body is not None:
+                resource = orjson.loads(version.body)
+            entries = extract(resource) if resource is not None else ()
+        self.owners[key] = owners_of(registry, type_, version.id, entries)
 
 
-def _owners(registry: Registry, version: Version,
-            resource: dict[str, Any] | None) -> frozenset[str]:
-    """The patients whose compartment a stored version lies in."""
-    if version.resource_type == "Patient":
-        return frozenset((version.id,))
-    codes = registry.patient_compartment(version.resource_type)
-    if not codes or (resource is None and version.body is None):
-        return frozenset()
-    body = resource if resource is not None else orjson.loads(version.body or b"{}")
-    return frozenset(entry.id for entry in extract(body)
+def owners_of(registry: Registry, resource_type: str, id: str,
+              entries: Iterable[IndexEntry]) -> frozenset[str]:
+    """The patients whose compartment a resource with index `entries` lies in."""
+    if resource_type == "Patient":
+        return frozenset((id,))
+    codes = registry.patient_compartment(resource_type)
+    return frozenset(entry.id for entry in entries
                      if type(entry) is ReferenceEntry and entry.param in codes
                      and entry.type == "Patient" and entry.url is None and entry.id)

@@ -32,7 +32,8 @@ def context_of(request: Request) -> Context:
     context: Context = request.app.state.context
     principal = getattr(request.state, "principal", None)
     return dataclasses.replace(context, principal=principal,
-                               trail=getattr(request.state, "trail", None))
+                               trail=getattr(request.state, "trail", None),
+                               store=getattr(request.state, "store", None) or context.store)
 
 
 async def authenticate(request: Request) -> None:

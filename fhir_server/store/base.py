@@ -90,7 +90,18 @@ class ConditionalDelete:
     multiple: bool
 
 
-Operation = Write | Delete | ConditionalCreate | ConditionalUpdate | ConditionalDelete
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """Records kept beside a unit of work's writes, durable with them, for a step outside the
+    store to finish once they are (the audit trail's record of a write until its AuditEvent
+    is stored: audit/outbox.py): `put` adds records by key (replacing one of the same key),
+    `remove` deletes records that step is done with (missing ones are no error)."""
+
+    put: tuple[tuple[str, bytes], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+Operation = Write | Delete | ConditionalCreate | ConditionalUpdate | ConditionalDelete | Outbox
 
 Outcome = Literal["created", "updated", "deleted", "unchanged", "matched", "none"]
 
@@ -230,3 +241,6 @@ class Store(Protocol):
 
     async def count(self, resource_type: str) -> int:
         """Number of current (not deleted) resources of a type."""
+
+    async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
+        """The outbox records whose key starts with `prefix`, by key."""

@@ -16,6 +16,7 @@ from .base import (
     HistoryPage,
     HistoryQuery,
     Operation,
+    Outbox,
     Result,
     SearchPage,
     Store,
@@ -27,6 +28,8 @@ AUDIT_TYPE = "AuditEvent"
 
 
 def _type_of(operation: Operation) -> str | None:
+    if isinstance(operation, Outbox):
+        return None  # kept with the clinical writes it stands beside
     if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
         return operation.write.resource_type
     if isinstance(operation, ConditionalDelete):
@@ -77,6 +80,9 @@ class RoutingStore:
 
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await self._for(query.resource_type).search(query, cursor)
+
+    async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
+        return await self.main.outbox(prefix)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:

@@ -125,3 +125,24 @@ def test_token_requests_are_audited(world: TestClient) -> None:
     admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
     events = _events(world, admin, "type=110114")
     assert any(e["agent"][0]["altId"] == "nobody" and e["outcome"] == "4" for e in events)
+
+
+def test_a_server_failure_is_audited(world: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception still leaves its AuditEvent (outcome 8), and what the request
+    read before failing."""
+    from fhir_server.services import crud
+
+    real = crud.read
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        await real(*args, **kwargs)
+        raise RuntimeError("a fault")
+
+    monkeypatch.setattr(crud, "read", failing)
+    failing_client = TestClient(world.app, raise_server_exceptions=False)
+    failing_client.headers.update(world.headers)
+    assert failing_client.get("/fhir/Patient/a").status_code == 500
+    monkeypatch.setattr(crud, "read", real)
+    admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
+    failed = [e for e in _events(world, admin, "patient=Patient/a") if e["outcome"] == "8"]
+    assert failed and failed[0]["subtype"][0]["code"] == "read"

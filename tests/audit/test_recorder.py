@@ -14,7 +14,7 @@ import pytest
 from fhir_server.audit.chain import Chain, verify
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.search import extract
-from fhir_server.store.base import Query, Write
+from fhir_server.store.base import Outbox, Query, Write
 from fhir_server.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -77,3 +77,25 @@ async def test_recovery_links_what_a_dead_recorder_stored_and_forgets_the_rest(
     other.chain.intend(other.owner.name, ["in-flight"])
     assert await recorder.recover() == 0 and other.chain.pending(other.owner.name) == ["in-flight"]
     other.close()
+
+
+async def test_recovery_records_the_writes_whose_request_never_reached_the_trail(
+        recorder: AuditRecorder, tmp_path: Path) -> None:
+    clinical = SqliteStore(tmp_path / "fhir.db")
+    await clinical.open()
+    recorder.clinical = clinical
+    (tmp_path / "audit-owners").mkdir()
+    (tmp_path / "audit-owners" / "4242-dead.lock").touch()
+    lost = [{**_event(1), "id": "lost"}, {**_event(2), "id": "lost-2"}]
+    # The request that wrote twice: its latest record covers both writes.
+    await clinical.commit([Outbox(put=(("audit/4242-dead/lost/1", orjson.dumps(lost[:1])),))])
+    await clinical.commit([Outbox(put=(("audit/4242-dead/lost/2", orjson.dumps(lost)),))])
+    # A request whose events were recorded before the crash, its record not yet removed.
+    await recorder.record_all([_event(3)], ids=["kept"])
+    await clinical.commit([Outbox(put=(("audit/4242-dead/kept/1", orjson.dumps([_event(4)])),))])
+    assert await recorder.recover() == 2
+    assert {v.id for v in (await recorder.store.search(Query("AuditEvent", count=10))).matches} == {
+        "lost", "lost-2", "kept"}
+    assert await clinical.outbox("audit/") == []
+    assert await _verdict(recorder) == []
+    await clinical.close()

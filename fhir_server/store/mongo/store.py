@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -59,6 +60,7 @@ from ..base import (
     HistoryQuery,
     Operation,
     OperationFailed,
+    Outbox,
     Result,
     SearchPage,
     TransientConflict,
@@ -159,6 +161,7 @@ class MongoStore:
         self.history_docs = self.db["history"]
         self.guards = self.db[layout.GUARDS]
         self.claims = self.db["claims"]
+        self.outbox_docs = self.db["outbox"]
         self.registry = registry or default_registry()
         self.accept_unsafe = accept_unsafe
         self.deployment: Deployment | None = None  # once the self-check has passed
@@ -276,6 +279,11 @@ class MongoStore:
     @_answering
     async def count(self, resource_type: str) -> int:
         return int(await self.resources.count_documents({"type": resource_type, "deleted": False}))
+
+    @_answering
+    async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
+        found = self.outbox_docs.find({"_id": {"$regex": f"^{re.escape(prefix)}"}}, sort=[("_id", 1)])
+        return [(doc["_id"], bytes(doc["body"])) async for doc in found]
 
     @_answering
     async def history(self, query: HistoryQuery) -> HistoryPage:
@@ -535,6 +543,14 @@ class _MongoUnit:
                 for id in found:
                     versions.extend(self.delete(resource_type, id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
+            case Outbox():
+                for key, body in op.put:
+                    await self.store.outbox_docs.replace_one(
+                        {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
+                if op.remove:
+                    await self.store.outbox_docs.delete_many({"_id": {"$in": list(op.remove)}},
+                                                             session=self.session)
+                return Result("none")
         raise TypeError(f"unknown operation {op!r}")
 
     # -- look-ups ----------------------------------------------------------------------------

@@ -43,7 +43,10 @@ CREATE INDEX history_updated ON history (last_updated);
 # insert per reference; stores created before it was dropped from INDEX_TABLES lose it here.
 _DROP_REFERENCE_TARGET = "DROP INDEX IF EXISTS idx_reference_target"
 
-MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET)
+# Records a unit of work keeps for a later step outside the store (base.Outbox).
+_OUTBOX = "CREATE TABLE outbox (key TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID"
+
+MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -32,6 +32,7 @@ from ..base import (
     HistoryQuery,
     Operation,
     OperationFailed,
+    Outbox,
     Result,
     SearchPage,
     Version,
@@ -207,6 +208,11 @@ class SqliteStore:
         return await self._read(
             lambda conn: SqliteSearch(conn, self.ids, self.registry).search(query, cursor)
         )
+
+    async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
+        return await self._read(lambda conn: [(r[0], r[1]) for r in conn.execute(
+            "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix))])
 
     # -- writes ------------------------------------------------------------------------
 
@@ -407,6 +413,10 @@ class _Unit:
                 for id in found:
                     versions.extend(self.delete(op.query.resource_type or "", id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
+            case Outbox():
+                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)", op.put)
+                self.conn.executemany("DELETE FROM outbox WHERE key = ?", [(k,) for k in op.remove])
+                return Result("none")
         raise TypeError(f"unknown operation {op!r}")
 
     def conditional_update(self, op: ConditionalUpdate) -> Result:
