@@ -1,23 +1,18 @@
 """AuditEvents for every request to the FHIR API, whatever its outcome (denials and failures
 included), recorded once the response is ready and before its first byte is sent
-(audit/events.py says what they hold; audit/recorder.py how a write keeps its record until
-then). `metadata` and discovery are public documents and are not audited.
+(services/auditing.py). `metadata` and discovery are public documents and are not audited.
 
 A plain ASGI middleware: it holds back the response's start message until the request's
 events are durable, and leaves the body to stream through untouched."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import clock
-from ..audit.events import interaction_of, request_events
-from ..audit.recorder import AuditRecorder
-from ..audit.trail import Trail
+from ..services import auditing
+from ..services.auditing import AuditRecorder
 
 _PUBLIC = ("/metadata", "/.well-known/")
 
@@ -43,16 +38,11 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        query = request.url.query if request.method == "GET" else None
-
-        def events_of(trail: Trail, status: int) -> list[dict[str, Any]]:
-            return request_events(
-                interaction=interaction_of(request.method, relative), status=status,
-                recorded=clock.instant(), principal=getattr(request.state, "principal", None),
-                address=request.client.host if request.client else None, trail=trail,
-                query=query or None)
-
-        record = self.recorder.begin(events_of)
+        record = auditing.begin(
+            self.recorder, method=request.method, path=relative,
+            query=(request.url.query or None) if request.method == "GET" else None,
+            address=request.client.host if request.client else None,
+            principal=lambda: getattr(request.state, "principal", None))
         request.state.trail = record.trail
         request.state.store = record.store
         recorded = False
