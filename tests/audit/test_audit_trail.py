@@ -146,3 +146,23 @@ def test_a_server_failure_is_audited(world: TestClient, monkeypatch: pytest.Monk
     admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
     failed = [e for e in _events(world, admin, "patient=Patient/a") if e["outcome"] == "8"]
     assert failed and failed[0]["subtype"][0]["code"] == "read"
+
+
+def test_a_write_keeps_its_audit_record_until_its_events_are_stored(world: TestClient) -> None:
+    """The outbox (docs/audit.md, "Writes and crashes"): each write's unit of work keeps the
+    request's record; the next unit of work removes it once the events are in the trail."""
+    clinical = world.app.state.context.store  # type: ignore[attr-defined]
+
+    def records() -> list[tuple[str, bytes]]:
+        return asyncio.run(clinical.outbox("audit/"))
+
+    [(key, body)] = records()  # the last write of the fixture's: not removed yet
+    request_id = key.split("/")[2]
+    assert [e["id"] for e in orjson.loads(body)] == [request_id]
+    admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
+    assert world.get(f"/fhir/AuditEvent/{request_id}", headers=admin).status_code == 200
+    assert world.get("/fhir/Patient/a").status_code == 200
+    assert records() == [(key, body)]  # a read commits nothing
+    assert send(world, "PUT", "/fhir/Patient/c", {**patient(), "id": "c"}).status_code == 201
+    [(newer, _)] = records()
+    assert newer != key
