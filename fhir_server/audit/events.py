@@ -38,7 +38,7 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     patients, one naming none with everything it touched and its query (for auditors).
     Without any patient: one event. The first event is the request's own (it carries the
     query whenever that tells no patient about another)."""
-    seen = reach_of(principal)
+    seen = _reach_of(principal)
     patients = sorted(p for p in trail.patients if seen is None or p in seen)
     owners = trail.owners
 
@@ -57,7 +57,7 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     return events
 
 
-def reach_of(principal: Principal | None) -> set[str] | None:
+def _reach_of(principal: Principal | None) -> set[str] | None:
     """The patients a caller may be recorded as having accessed (None: any): a patient or
     representative their patient, a practitioner the patients whose consent names them.
     System clients, the server, investigators (the referrals sent to them name their
