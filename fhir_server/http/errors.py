@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from ..model.errors import FhirError, Issue, Kind, fail
+from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.outcome import operation_outcome
 from .auth import www_authenticate
 from .negotiation import fhir_response
@@ -73,11 +72,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    # The traceback goes to the log only; the client gets an id to quote.
-    incident = uuid.uuid4().hex[:12]
-    log.exception("unhandled error", extra={"incident": incident})
-    error = fail(Kind.FAULT, "exception", f"Internal error; incident {incident} is in the server log.")
-    return error_response(request, error)
+    return error_response(request, incident(log))
 
 
 async def _validation(request: Request, exc: Exception) -> Response:

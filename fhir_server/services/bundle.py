@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from ..model import jsonbody
-from ..model.errors import FhirError, Issue, Kind, fail
+from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.ids import new_id
 from ..search import Query, extract
 from ..store.base import (
@@ -49,6 +50,7 @@ from .guard import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("fhir_server.bundle")
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -643,6 +645,8 @@ async def batch(ctx: Context, entries: list[Entry]) -> BundleOutcome:
             outcomes.append(await _batch_entry(ctx, e))
         except FhirError as exc:
             outcomes.append(EntryOutcome(error=exc))
+        except Exception:  # noqa: BLE001 - a fault is that entry's answer: the others stand
+            outcomes.append(EntryOutcome(error=incident(log)))
     return BundleOutcome("batch-response", outcomes)
 
 

@@ -246,6 +246,9 @@ def apply_patch(current: Version, operations: Any) -> Payload:
         raise fail(Kind.UNPROCESSABLE, "processing", f"The patch cannot be applied: {exc}.") from None
     if not isinstance(patched, dict):
         raise fail(Kind.UNPROCESSABLE, "processing", "The patch must leave a resource (a JSON object).")
+    if jsonbody.nesting(patched, jsonbody.MAX_DEPTH) > jsonbody.MAX_DEPTH:
+        raise fail(Kind.UNPROCESSABLE, "too-costly", "The patched resource would nest objects and "
+                   f"arrays more than {jsonbody.MAX_DEPTH} levels deep.")
     exact = jsonbody.from_decimal(patched)
     checked = jsonbody.parse_for_checks(jsonbody.dump(exact))
     return Payload(checked, exact)
