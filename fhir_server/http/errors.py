@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.outcome import operation_outcome
@@ -71,8 +72,35 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return fhir_response(request, operation_outcome([issue]), status=exc.status_code)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    return error_response(request, incident(log))
+class FaultMiddleware:
+    """Answers an unexpected exception with an ordinary 500 OperationOutcome.
+
+    Not an exception handler: Starlette runs a handler for `Exception` in its
+    ServerErrorMiddleware, which re-raises after answering so the server can log it, and
+    uvicorn then drops the keep-alive connection without `Connection: close`: the client's
+    next request on it fails. Here the exception ends with the response; the log has it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if started:  # too late for another answer: the server closes the connection
+                raise
+            await error_response(Request(scope), incident(log))(scope, receive, send)
 
 
 async def _validation(request: Request, exc: Exception) -> Response:
@@ -81,8 +109,9 @@ async def _validation(request: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers that turn every failure into an OperationOutcome."""
+    """Register the handlers that turn every failure into an OperationOutcome (the fault
+    middleware first: innermost, so the audit and request-id middlewares see its 500)."""
     app.add_exception_handler(FhirError, _fhir_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(FaultMiddleware)
