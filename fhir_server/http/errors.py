@@ -108,6 +108,16 @@ async def _validation(request: Request, exc: Exception) -> Response:
     return error_response(request, error)
 
 
+WRITES = ["POST", "PUT", "PATCH", "DELETE"]
+
+
+async def not_allowed(request: Request) -> Response:
+    """The endpoint of a known path for the methods it does not take: 405, Allow naming the
+    others (registered explicitly where a pattern route would otherwise catch the path)."""
+    taken = request.scope["route"].methods
+    raise HTTPException(405, headers={"Allow": ", ".join(m for m in ["GET", *WRITES] if m not in taken)})
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into an OperationOutcome (the fault
     middleware first: innermost, so the audit and request-id middlewares see its 500)."""

@@ -8,9 +8,11 @@ from starlette.responses import Response
 from ..model import jsonbody
 from ..services.capabilities import capability_statement
 from .auth_routes import oauth_uris
+from .errors import WRITES, not_allowed
 from .negotiation import check_acceptable, fhir_response
 
 router = APIRouter()
+router.add_api_route("/metadata", not_allowed, methods=WRITES)  # 405, not a type "metadata"
 
 
 @router.get("/metadata")

@@ -349,6 +349,8 @@ class _Transaction:
             raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
                        f"The criteria match more than one {e.resource_type}.")
         body_id = e.payload.checked.get("id")
+        if body_id is not None:
+            crud.check_id(str(body_id))
         if found and body_id is not None and body_id != found[0]:
             raise fail(Kind.INVALID, "invalid", "The resource id differs from the id of the match.",
                        expression=f"{e.resource_type}.id", details_code="MSG_RESOURCE_ID_MISMATCH")

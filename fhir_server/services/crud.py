@@ -67,7 +67,8 @@ def check_id(id: str) -> None:
         raise fail(
             Kind.INVALID,
             "value",
-            "Invalid resource id: ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.'.",
+            "Invalid resource id: ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.', "
+            "and not '.' or '..'.",
             details_code="MSG_ID_INVALID",
         )
 
