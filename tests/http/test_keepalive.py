@@ -53,25 +53,29 @@ def test_connection_survives_an_unexpected_error(server: int, monkeypatch: pytes
 
     monkeypatch.setattr(crud, "read", broken)
     connection = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
-    connection.request("GET", "/fhir/Patient/p1")
-    first = connection.getresponse()
-    body = first.read()
-    assert first.status == 500
-    assert b'"exception"' in body and b"the store fell over" not in body
-    assert first.getheader("connection") != "close"
-    connection.request("GET", "/fhir/metadata?_summary=count")  # the same socket
-    second = connection.getresponse()
-    second.read()
-    assert second.status == 200
-    connection.close()
+    try:
+        connection.request("GET", "/fhir/Patient/p1")
+        first = connection.getresponse()
+        body = first.read()
+        assert first.status == 500
+        assert b'"exception"' in body and b"the store fell over" not in body
+        assert first.getheader("connection") != "close"
+        connection.request("GET", "/fhir/metadata?_summary=text")  # the same socket
+        second = connection.getresponse()
+        second.read()
+        assert second.status == 200
+    finally:
+        connection.close()
 
 
 def test_connection_survives_client_errors(server: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
-    for _ in range(3):
-        connection.request("POST", "/fhir/Patient", body=b"{not json",
-                           headers={"Content-Type": "application/fhir+json"})
-        response = connection.getresponse()
-        response.read()
-        assert response.status == 400
-    connection.close()
+    try:
+        for _ in range(3):
+            connection.request("POST", "/fhir/Patient", body=b"{not json",
+                               headers={"Content-Type": "application/fhir+json"})
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 400
+    finally:
+        connection.close()
