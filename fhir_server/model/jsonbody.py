@@ -119,8 +119,9 @@ def _walk(value: Any, limit: int) -> _Shape:
     """The shape of `value`, its depth counted up to `limit` + 1, in one breadth-first walk:
     no depth can exhaust the stack."""
     level = [value] if value.__class__ is dict or value.__class__ is list else []
-    depth, floats, huge = 0, value.__class__ is float, False
     low, high = _INTEGERS
+    floats = value.__class__ is float
+    depth, huge = 0, floats and not low <= value < high
     while level and depth <= limit:
         depth += 1
         below: list[Any] = []
