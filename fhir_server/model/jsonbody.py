@@ -2,9 +2,10 @@
 
 FHIR decimals carry their precision in their text (`1.50` is not `1.5`, http.html and
 datatypes.html#decimal), so a stored resource must not be re-serialised through Python floats.
-`parse` gives a dict whose decimals are `orjson.Fragment`s holding the original text;
-`dump` writes them back verbatim. Validation and index extraction get the float view from
-`parse_for_checks`, which is cheaper and never stored.
+`parse` gives a dict whose decimals are `orjson.Fragment`s holding the original text, beside
+a float view for validation and index extraction that is never stored; `dump` writes the
+decimals back verbatim. `parse` also refuses what this server could not store whole or read
+unambiguously (limits below; docs/rest.md "Limits").
 """
 
 from __future__ import annotations
