@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..model.errors import FhirError, Issue, Kind, fail
+from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.outcome import operation_outcome
 from .auth import www_authenticate
 from .negotiation import fhir_response
@@ -72,12 +72,35 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return fhir_response(request, operation_outcome([issue]), status=exc.status_code)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    # The traceback goes to the log only; the client gets an id to quote.
-    incident = uuid.uuid4().hex[:12]
-    log.exception("unhandled error", extra={"incident": incident})
-    error = fail(Kind.FAULT, "exception", f"Internal error; incident {incident} is in the server log.")
-    return error_response(request, error)
+class FaultMiddleware:
+    """Answers an unexpected exception with an ordinary 500 OperationOutcome.
+
+    Not an exception handler: Starlette runs a handler for `Exception` in its
+    ServerErrorMiddleware, which re-raises after answering so the server can log it, and
+    uvicorn then drops the keep-alive connection without `Connection: close`: the client's
+    next request on it fails. Here the exception ends with the response; the log has it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if started:  # too late for another answer: the server closes the connection
+                raise
+            await error_response(Request(scope), incident(log))(scope, receive, send)
 
 
 async def _validation(request: Request, exc: Exception) -> Response:
@@ -85,9 +108,20 @@ async def _validation(request: Request, exc: Exception) -> Response:
     return error_response(request, error)
 
 
+WRITES = ["POST", "PUT", "PATCH", "DELETE"]
+
+
+async def not_allowed(request: Request) -> Response:
+    """The endpoint of a known path for the methods it does not take: 405, Allow naming the
+    others (registered explicitly where a pattern route would otherwise catch the path)."""
+    taken = request.scope["route"].methods
+    raise HTTPException(405, headers={"Allow": ", ".join(m for m in ["GET", *WRITES] if m not in taken)})
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers that turn every failure into an OperationOutcome."""
+    """Register the handlers that turn every failure into an OperationOutcome (the fault
+    middleware first: innermost, so the audit and request-id middlewares see its 500)."""
     app.add_exception_handler(FhirError, _fhir_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(FaultMiddleware)

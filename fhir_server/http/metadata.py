@@ -1,28 +1,48 @@
-"""GET [base]/metadata (FHIR R4 http.html#capabilities)."""
+"""GET [base]/metadata (FHIR R4 http.html#capabilities), with `_summary` (search.html#summary:
+`true` gives the statement's summary elements, without the 700 kB of search parameters) and,
+as on every interaction, `_format` and `_pretty`."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..model import jsonbody
-from ..services.capabilities import capability_statement
+from ..model.errors import Kind, fail
+from ..model.summary import summarize
+from ..services.capabilities import capability_statement, summary_view
 from .auth_routes import oauth_uris
+from .errors import WRITES, not_allowed
 from .negotiation import check_acceptable, fhir_response
 
 router = APIRouter()
+router.add_api_route("/metadata", not_allowed, methods=WRITES)  # 405, not a type "metadata"
+
+_VIEWS = ("false", "true", "text", "data")
 
 
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     check_acceptable(request)
+    mode = request.query_params.get("_summary", "false")
+    if mode not in _VIEWS:
+        raise fail(Kind.INVALID, "invalid", f"_summary must be one of {', '.join(_VIEWS)} here.",
+                   expression="_summary")
     state = request.app.state
     if getattr(state, "capabilities", None) is None:
-        # Built once (about 60 ms, 700 kB): it only changes with the code and settings.
-        state.capabilities = jsonbody.dump(capability_statement(
+        # Built once per view (about 60 ms, 700 kB in full): it only changes with the code and
+        # settings.
+        statement = capability_statement(
             state.context.registry,
             state.settings.base_url,
             conditional_delete_multiple=state.settings.conditional_delete_multiple,
             oauth_uris=oauth_uris(state.settings) if state.tokens is not None else None,
-        ))
-    return fhir_response(request, state.capabilities)
+        )
+        state.capabilities = {view: jsonbody.dump(_view(statement, view)) for view in _VIEWS}
+    return fhir_response(request, state.capabilities[mode])
+
+
+def _view(statement: dict[str, Any], mode: str) -> dict[str, Any]:
+    return summary_view(statement) if mode == "true" else summarize(statement, mode)

@@ -49,12 +49,18 @@ def check_acceptable(request: Request) -> None:
 
 async def read_body(request: Request, limit: int, *, patch: bool = False, form: bool = False) -> bytes:
     """The request body after checking its media type and size."""
-    kind = media_type(request.headers.get("content-type"))
+    header = request.headers.get("content-type")
+    kind = media_type(header)
     allowed = {JSON_PATCH} if patch else {FORM} if form else _JSON_TYPES
     if kind not in allowed:
         wanted = JSON_PATCH if patch else FORM if form else FHIR_JSON
         raise fail(Kind.UNSUPPORTED_MEDIA_TYPE, "not-supported",
                    f"Content-Type '{kind or 'none'}' is not supported here; send {wanted}.")
+    charset = _charset(header or "")
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        # json.html: FHIR JSON is UTF-8; decoding it as UTF-8 anyway would store other text.
+        raise fail(Kind.UNSUPPORTED_MEDIA_TYPE, "not-supported",
+                   f"charset '{charset[:40]}' is not supported; send UTF-8.")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -65,6 +71,15 @@ async def read_body(request: Request, limit: int, *, patch: bool = False, form: 
             raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _charset(header: str) -> str | None:
+    """The charset parameter of a Content-Type header, unquoted, if any."""
+    for parameter in header.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"')
+    return None
 
 
 def _too_large(limit: int) -> Exception:

@@ -15,6 +15,7 @@ from ..services import crud, history, search
 from ..services.context import Context, Payload
 from ..store.base import Result
 from .auth import authenticate, context_of
+from .errors import WRITES, not_allowed
 from .headers import if_match, prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response, read_body
 
@@ -90,6 +91,16 @@ async def _form_params(request: Request) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         raise fail(Kind.INVALID, "invalid", "The form body is not UTF-8.") from None
     return _query(request) + form
+
+
+# Methods a known path does not take: 405 with Allow (http.html), not a type named "_history".
+for _path, _methods in [
+    ("/_history", WRITES),
+    ("/_search", ["GET", *WRITES[1:]]),
+    ("/{resource_type}/_history", WRITES),
+    ("/{resource_type}/_search", ["GET", *WRITES[1:]]),
+]:
+    router.add_api_route(_path, not_allowed, methods=_methods)
 
 
 # -- search ----------------------------------------------------------------------------

@@ -7,6 +7,8 @@ stored health data, secrets or stack traces in them.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -73,3 +75,11 @@ def fail(
         details_code=details_code,
     )
     return FhirError(kind, (issue,))
+
+
+def incident(log: logging.Logger) -> FhirError:
+    """Log the exception being handled under a fresh incident id, and return the FAULT the
+    client sees instead: the id to quote, never the traceback."""
+    number = uuid.uuid4().hex[:12]
+    log.exception("unhandled error", extra={"incident": number})
+    return fail(Kind.FAULT, "exception", f"Internal error; incident {number} is in the server log.")

@@ -45,7 +45,7 @@ def _keep(resource: dict[str, Any], wanted: set[str]) -> dict[str, Any]:
     return kept
 
 
-def _mark_subsetted(resource: dict[str, Any]) -> dict[str, Any]:
+def mark_subsetted(resource: dict[str, Any]) -> dict[str, Any]:
     meta = dict(resource.get("meta") or {})
     tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
     meta["tag"] = [*tags, SUBSETTED]
@@ -57,13 +57,13 @@ def summarize(resource: dict[str, Any], mode: str) -> dict[str, Any]:
     if mode == "false":
         return resource
     if mode == "data":
-        return _mark_subsetted({k: v for k, v in resource.items() if k != "text"})
+        return mark_subsetted({k: v for k, v in resource.items() if k != "text"})
     known = _elements().get(resource.get("resourceType", ""), {})
     if mode == "text":
         wanted = {"text", *known.get("mandatory", [])}
     else:
         wanted = set(known.get("summary", []))
-    return _mark_subsetted(_keep(resource, wanted))
+    return mark_subsetted(_keep(resource, wanted))
 
 
 def select_elements(resource: dict[str, Any], elements: tuple[str, ...]) -> dict[str, Any]:
@@ -73,4 +73,4 @@ def select_elements(resource: dict[str, Any], elements: tuple[str, ...]) -> dict
     names = {e.split(".", 1)[-1] for e in elements}
     # `value` names the choice element value[x] (valueQuantity, valueString, ...).
     names = {f"{n}[x]" if f"{n}[x]" in choices else n for n in names}
-    return _mark_subsetted(_keep(resource, names | set(known.get("mandatory", []))))
+    return mark_subsetted(_keep(resource, names | set(known.get("mandatory", []))))

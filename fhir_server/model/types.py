@@ -65,6 +65,8 @@ def is_resource_type(name: str) -> bool:
 
 
 def is_valid_id(s: str) -> bool:
-    """True if `s` is a valid logical id: 1-64 of A-Z, a-z, 0-9, '-' and '.'."""
+    """True if `s` is a valid logical id: 1-64 of A-Z, a-z, 0-9, '-' and '.', and not "." or
+    "..": R4's pattern allows them, but as path segments (RFC 3986 §5.2.4) clients and proxies
+    remove them, so a resource with such an id could not be addressed."""
     # fullmatch, not match: "abc\n" or "a b" must fail, and `$` would accept a trailing newline.
-    return ID_PATTERN.fullmatch(s) is not None
+    return ID_PATTERN.fullmatch(s) is not None and s not in (".", "..")

@@ -33,6 +33,7 @@ from jsonschema_rs import ValidationErrorKind as Err
 
 from . import schema_rules
 from .errors import FhirError, Issue, Kind
+from .jsonbody import MAX_DEPTH, nesting
 from .types import R4B_ONLY_TYPES, RESOURCE_TYPES
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ _XSD_PATTERNS: Final = {
     r"^[^\s]+(\s[^\s]+)*$": f"^{_NON_WS}+({_WS}{_NON_WS}+)*$",  # code
     r"^(\s*([0-9a-zA-Z\+/=]){4}\s*)+$": f"^({_WS}*([0-9a-zA-Z\\+/=]){{4}}{_WS}*)+$",  # base64
 }
+_STRING_PATTERN: Final = r"^[ \r\n\t\S]+$"  # string and markdown
+MAX_STRING_LENGTH: Final = 1024 * 1024
+"""datatypes.html#string: "strings SHALL NOT exceed 1MB in size" (later versions say
+1,048,576 characters)."""
 _NOT_NULLABLE: Final = frozenset({"ResourceList", "xhtml"})
 
 
@@ -117,6 +122,8 @@ def _correct_primitive(node: dict[str, Any]) -> None:
         del node["pattern"]
         node.update(type="integer", minimum=low, maximum=high)
     elif pattern in _XSD_PATTERNS:
+        if pattern == _STRING_PATTERN:
+            node["maxLength"] = MAX_STRING_LENGTH
         node["pattern"] = _XSD_PATTERNS[pattern]
     elif pattern in schema_rules.CALENDAR_PATTERNS:  # "Dates SHALL be valid dates"
         node["pattern"] = schema_rules.CALENDAR_PATTERNS[pattern]
@@ -277,6 +284,9 @@ def _keyword_issues(error: jsonschema_rs.ValidationError, path: str) -> Iterator
         yield _issue("value", f"Invalid code {_show(value)}: {_choices(kind.options)}", path)
     elif isinstance(kind, Err.Constant):
         yield _issue("value", f"Expected {_show(kind.expected_value)}, found {_show(value)}", path)
+    elif isinstance(kind, Err.MaxLength):
+        yield _issue("too-long", f"The string has {len(value):,} characters; the limit is "
+                     f"{kind.limit:,} (1 MB)", path)
     elif isinstance(kind, (Err.Minimum, Err.Maximum)):
         bound = "at least" if isinstance(kind, Err.Minimum) else "at most"
         yield _issue("value", f"Value {_show(value)} must be {bound} {kind.limit}", path)
@@ -555,6 +565,11 @@ class Validator:
 
     def issues(self, resource: Any) -> list[Issue]:
         """Every problem found in `resource` (empty when it is valid), at most MAX_ISSUES + 1."""
+        if nesting(resource, MAX_DEPTH) > MAX_DEPTH:
+            # Checked first: the walks below, and orjson when the resource is stored, have
+            # depth limits of their own.
+            return [_issue("too-costly", f"The resource nests objects and arrays more than "
+                           f"{MAX_DEPTH} levels deep", resource["resourceType"])]
         found = list(self._schema_pass(resource, None))
         if not found and self.use_models:
             # Only on schema-valid input: the model then sees R4 structure only, so its errors

@@ -1,7 +1,8 @@
 """Query string -> Query AST (FHIR R4 search.html), and back (`format_query`).
 
-`parse_query` never raises for client mistakes: a parameter that is unknown, malformed or
-uses a feature not supported here is left out of the Query and reported as an `Issue`
+`parse_query` refuses only a query past the size limits below. Otherwise it never raises
+for client mistakes: a parameter that is unknown, malformed or uses a feature not supported
+here is left out of the Query and reported as an `Issue`
 (severity warning; code `not-supported` or `invalid`; expression = the parameter name;
 details from the operation-outcome code system). The caller lists them in the Bundle's
 OperationOutcome, or answers 400 under `Prefer: handling=strict` (search.html#errors).
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import cast
+from typing import Final, cast
 
-from ..model.errors import Issue
+from ..model.errors import FhirError, Issue, Kind, fail
 from .ast import (
     PREFIXES,
     Chain,
@@ -280,6 +281,32 @@ def _prefixed(value: str) -> tuple[Prefix, str]:
     return "eq", value
 
 
+MAX_PARAMETERS: Final = 100
+"""Most parameters in one query (each AND-ed): SQLite refuses expression trees deeper than 1000."""
+MAX_VALUES: Final = 100
+"""Most comma-separated values (OR-ed) in one parameter."""
+MAX_QUERY_VALUES: Final = 1000
+"""Most values over all parameters of one query: each is a predicate the store plans."""
+
+
+def _check_size(params: list[tuple[str, str]]) -> None:
+    """INVALID (code too-costly) for a query past the limits above: unlike a parameter that
+    is not understood, it cannot be left out without widening the result."""
+    counted = [(name, len(split_escaped(raw, ","))) for name, raw in params if name not in _IGNORED]
+    if len(counted) > MAX_PARAMETERS:
+        raise _too_costly(f"The query has {len(counted)} parameters; the limit is {MAX_PARAMETERS}.")
+    for name, values in counted:
+        if values > MAX_VALUES:
+            raise _too_costly(f'Parameter "{name}" has {values} values; the limit is {MAX_VALUES}.', name)
+    total = sum(values for _, values in counted)
+    if total > MAX_QUERY_VALUES:
+        raise _too_costly(f"The query has {total} values; the limit is {MAX_QUERY_VALUES}.")
+
+
+def _too_costly(message: str, name: str | None = None) -> FhirError:
+    return fail(Kind.INVALID, "too-costly", message, expression=name)
+
+
 def parse_query(
     resource_type: str | None,
     params: Iterable[tuple[str, str]],
@@ -290,11 +317,14 @@ def parse_query(
 ) -> tuple[Query, list[Issue]]:
     """The Query of a search on `resource_type` (None: system level), and what was not applied.
 
+    Raises INVALID only for a query past the size limits (`MAX_PARAMETERS` and its kin).
+
     `base` is this server's base URL (absolute references under it are local); `now`
     (microseconds since the epoch) fixes the `ap` window of dates, for tests.
     """
     registry = registry or default_registry()
     params = list(params)
+    _check_size(params)
     issues: list[Issue] = []
     parser = _Parser(registry, base, now)
     results = ResultParams(registry, issues)

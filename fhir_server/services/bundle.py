@@ -13,23 +13,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from ..model import jsonbody
-from ..model.errors import FhirError, Issue, Kind, fail
+from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.ids import new_id
-from ..search import Query, extract
+from ..search import Query
 from ..store.base import (
     RETRY_DELAYS,
-    ConditionalDelete,
-    Delete,
     Method,
     Operation,
     OperationFailed,
     Result,
+    Store,
     TransientConflict,
     UnitOfWork,
     Version,
@@ -39,16 +39,10 @@ from . import crud, history, search
 from .conditions import condition
 from .context import Context, Payload, after_commit
 from .crud import check_resource
-from .guard import (
-    decision,
-    deletable,
-    note,
-    require_replaceable,
-    require_write,
-    with_new_records,
-)
+from .guard import decision, note, with_new_records
 
 T = TypeVar("T")
+log = logging.getLogger("fhir_server.bundle")
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -272,6 +266,7 @@ class _Transaction:
 
     def __init__(self, ctx: Context, entries: list[Entry]) -> None:
         self.ctx = ctx
+        self.workflow_ctx = replace(ctx, store=cast(Store, _Deferred(ctx.store)))
         self.entries = entries
         self.targets: dict[str, str] = {}  # fullUrl or conditional reference -> Type/id
         self.outcomes: dict[int, EntryOutcome] = {}
@@ -347,6 +342,8 @@ class _Transaction:
             raise fail(Kind.PRECONDITION_FAILED, "multiple-matches",
                        f"The criteria match more than one {e.resource_type}.")
         body_id = e.payload.checked.get("id")
+        if body_id is not None:
+            crud.check_id(str(body_id))
         if found and body_id is not None and body_id != found[0]:
             raise fail(Kind.INVALID, "invalid", "The resource id differs from the id of the match.",
                        expression=f"{e.resource_type}.id", details_code="MSG_RESOURCE_ID_MISMATCH")
@@ -463,11 +460,16 @@ async def _apply_writes(ctx: Context, tx: _Transaction) -> None:
     # A store without transactions (standalone MongoDB) refuses the unit: no Bundle slips
     # through as a plain commit.
     if not tx.needs_unit() and ctx.store.status()["transactions"]:
-        assigned = await tx.assign_ids(None)
-        await tx.resolve_conditional_references(None)
-        await _plan_writes(ctx, tx, entries, assigned, _Pending(ctx.store.commit, tx))
-        return
+        try:
+            assigned = await tx.assign_ids(None)
+            await tx.resolve_conditional_references(None)
+            await _plan_writes(ctx, tx, entries, assigned, _Pending(ctx.store.commit, tx))
+            return
+        except _NeedsUnit:  # a workflow took an entry: its writes must join a unit of work
+            tx.undo()
+            tx.outcomes.clear()
     async with ctx.store.transaction() as unit:
+        tx.workflow_ctx = replace(ctx, store=cast(Store, _Joined(ctx.store, unit)))
         pending = _Pending(unit.apply, tx)
         for e in entries:
             if e.method == "DELETE":
@@ -489,6 +491,36 @@ async def _plan_writes(ctx: Context, tx: _Transaction, entries: list[Entry],
         elif e.method == "PATCH":
             await pending.add(e, await _guard(e, _patch(ctx, e)))
     await pending.flush()
+
+
+class _NeedsUnit(Exception):
+    """A workflow wants to write while the transaction has no unit of work open."""
+
+
+class _Deferred:
+    """The store as a workflow sees it in a transaction without a unit of work (the fast
+    path): it may read; a write sends the transaction to the unit-of-work path."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        raise _NeedsUnit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class _Joined(_Deferred):
+    """The store as a workflow sees it inside a transaction's unit of work: its writes join
+    the unit, all or nothing with the Bundle's."""
+
+    def __init__(self, store: Store, unit: UnitOfWork) -> None:
+        super().__init__(store)
+        self._unit = unit
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        return await self._unit.apply(operations)
 
 
 class _Pending:
@@ -566,18 +598,15 @@ async def _guard(e: Entry, work: Awaitable[T]) -> T:
 
 async def _delete(ctx: Context, e: Entry) -> Operation | EntryOutcome:
     assert e.resource_type is not None
-    crud.check_type(e.resource_type)
-    allowed = decision(ctx, "delete", e.resource_type)
-    if e.id is None:
-        query = allowed.confine(condition(ctx, e.resource_type, e.query or ""))
-        return ConditionalDelete(query, multiple=False)
-    crud.check_id(e.id)
-    if not await deletable(ctx, allowed, e.resource_type, e.id):
-        return EntryOutcome(result=Result("none"))
-    return Delete(e.resource_type, e.id, e.if_match)
+    operation = await crud.delete_operation(ctx, e.resource_type, e.id, e.query or "",
+                                            if_match=e.if_match)
+    return EntryOutcome(result=Result("none")) if operation is None else operation
 
 
 async def _write(ctx: Context, tx: _Transaction, e: Entry, assigned: tuple[str, bool]) -> Write | EntryOutcome:
+    """A POST or PUT entry's write, built as REST builds it (crud.resource_write); a POST
+    may be taken by a workflow instead, as crud.create lets it, its writes joining the
+    transaction's."""
     assert e.payload is not None and e.resource_type is not None
     id, matched = assigned
     chosen = e.id is not None or e.payload.checked.get("id") is not None  # not server-assigned
@@ -586,20 +615,19 @@ async def _write(ctx: Context, tx: _Transaction, e: Entry, assigned: tuple[str, 
         return EntryOutcome(result=Result("matched", (existing,) if existing else ()))
     if e.method == "PUT" and e.id is not None:
         crud.check_id(e.id)
-        if e.payload.checked.get("id") != e.id:
-            raise fail(Kind.INVALID, "invalid", "The id in the resource differs from the id in request.url.",
-                       expression=f"{e.resource_type}.id", details_code="MSG_RESOURCE_ID_MISMATCH")
+        crud.check_body_id(e.resource_type, e.id, e.payload)
     e.payload.checked["id"] = id
     e.payload.exact["id"] = id
     tx.rewrite(e)
-    allowed = decision(ctx, "create" if e.method == "POST" else "update", e.resource_type)
-    entries = extract(e.payload.checked)
-    await require_write(ctx, allowed, e.resource_type, e.payload.checked, entries)
-    if e.method == "PUT" and chosen:
-        await require_replaceable(ctx, allowed, e.resource_type, id)
+    if e.method == "POST":
+        taken = await crud.taken_by_workflow(tx.workflow_ctx, e.resource_type, e.payload)
+        if taken is not None:
+            return EntryOutcome(result=Result("created", (taken,)))
     method: Method = "POST" if e.method == "POST" else "PUT"
-    return Write(e.resource_type, id, e.payload.exact, entries, method, if_match=e.if_match,
-                 create_only=e.method == "POST" or e.if_none_match == "*")
+    return await crud.resource_write(
+        ctx, method, e.resource_type, id, e.payload, if_match=e.if_match,
+        create_only=e.method == "POST" or e.if_none_match == "*",
+        replacing=e.method == "PUT" and chosen, validated=True)
 
 
 async def _patch(ctx: Context, e: Entry) -> Write:
@@ -643,6 +671,8 @@ async def batch(ctx: Context, entries: list[Entry]) -> BundleOutcome:
             outcomes.append(await _batch_entry(ctx, e))
         except FhirError as exc:
             outcomes.append(EntryOutcome(error=exc))
+        except Exception:  # noqa: BLE001 - a fault is that entry's answer: the others stand
+            outcomes.append(EntryOutcome(error=incident(log)))
     return BundleOutcome("batch-response", outcomes)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from .. import __version__
 from .. import clock
 from ..model.platform_codes import definitions
+from ..model.summary import mark_subsetted
 from ..model.types import RESOURCE_TYPES
 from ..search import Registry
 
@@ -125,3 +126,41 @@ def _security(oauth_uris: dict[str, str]) -> dict[str, Any]:
         "description": "SMART App Launch (standalone, PKCE S256) and SMART Backend Services "
                        "(client_credentials with private_key_jwt).",
     }
+
+
+# The elements of R4's CapabilityStatement marked isSummary (capabilitystatement.html; kept
+# equal to the official definition by tests/services/test_capabilities.py). An element listed
+# with children keeps only those; one listed without keeps its whole content.
+SUMMARY_ELEMENTS = frozenset({
+    "id", "meta", "implicitRules", "url", "version", "name", "title", "status", "experimental",
+    "date", "publisher", "contact", "useContext", "jurisdiction", "kind", "instantiates",
+    "imports", "software", "software.name", "software.version", "software.releaseDate",
+    "implementation", "implementation.description", "implementation.url",
+    "implementation.custodian", "fhirVersion", "format", "patchFormat", "implementationGuide",
+    "rest", "rest.mode", "rest.security", "rest.security.cors", "rest.security.service",
+    "rest.resource", "rest.resource.type", "rest.resource.profile",
+    "rest.resource.supportedProfile", "rest.resource.operation", "rest.resource.operation.name",
+    "rest.resource.operation.definition", "rest.operation", "messaging",
+    "messaging.supportedMessage", "messaging.supportedMessage.mode",
+    "messaging.supportedMessage.definition", "document", "document.mode", "document.profile",
+})
+
+
+def summary_view(statement: dict[str, Any]) -> dict[str, Any]:
+    """The statement as `_summary=true` gives it: its summary elements, marked SUBSETTED."""
+    return mark_subsetted({"resourceType": statement["resourceType"], **_summary(statement, "")})
+
+
+def _summary(node: dict[str, Any], path: str) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{path}{key.removeprefix('_')}"
+        if name not in SUMMARY_ELEMENTS and key != "modifierExtension":
+            continue
+        if not any(e.startswith(f"{name}.") for e in SUMMARY_ELEMENTS):
+            kept[key] = value
+        elif isinstance(value, list):
+            kept[key] = [_summary(item, f"{name}.") for item in value]
+        else:
+            kept[key] = _summary(value, f"{name}.")
+    return kept

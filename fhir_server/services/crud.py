@@ -17,12 +17,13 @@ from ..model import jsonbody
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..model.types import is_resource_type, is_valid_id
-from ..search import IndexEntry, extract
+from ..search import extract
 from ..store.base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Method,
     Operation,
     Result,
     Version,
@@ -67,7 +68,8 @@ def check_id(id: str) -> None:
         raise fail(
             Kind.INVALID,
             "value",
-            "Invalid resource id: ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.'.",
+            "Invalid resource id: ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.', "
+            "and not '.' or '..'.",
             details_code="MSG_ID_INVALID",
         )
 
@@ -89,10 +91,58 @@ def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
     ctx.validator.validate(resource)
 
 
-def _checked_resource(ctx: Context, resource_type: str, payload: Payload) -> list[IndexEntry]:
-    """Validate a resource sent for `resource_type`; return its index entries."""
-    check_resource(ctx, resource_type, payload)
-    return extract(payload.checked)
+def check_body_id(resource_type: str, id: str, payload: Payload) -> None:
+    """INVALID unless the resource sent to update `id` carries that id (http.html#update)."""
+    body_id = payload.checked.get("id") if isinstance(payload.checked, dict) else None
+    if body_id is None:
+        raise fail(
+            Kind.INVALID,
+            "required",
+            "The resource must carry its id to be updated.",
+            expression=f"{resource_type}.id",
+            details_code="MSG_RESOURCE_ID_MISSING",
+        )
+    if body_id != id:
+        raise fail(
+            Kind.INVALID,
+            "invalid",
+            f"The id in the body ('{body_id}') differs from the id in the URL ('{id}').",
+            expression=f"{resource_type}.id",
+            details_code="MSG_RESOURCE_ID_MISMATCH",
+        )
+
+
+async def taken_by_workflow(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
+    """What a workflow stored in place of a plain create (`Context.creators`: an
+    investigator's answer to a referral), or None when none takes the resource."""
+    for creator in ctx.creators:
+        taken = await creator(ctx, resource_type, payload)
+        if taken is not None:
+            return taken
+    return None
+
+
+async def resource_write(
+    ctx: Context, method: Method, resource_type: str, id: str, payload: Payload, *,
+    if_match: int | None = None, create_only: bool = False, replacing: bool = False,
+    validated: bool = False,
+) -> Write:
+    """The store write of a resource sent to create (POST) or update (PUT) `id`: the one
+    builder of REST interactions and Bundle entries.
+
+    Validates the resource (unless `validated`: a transaction validates its entries before
+    it takes the write lock), extracts its index entries once, and checks that the caller
+    may write it; `replacing` (the client chose the id) also that the id is in reach.
+    """
+    allowed = decision(ctx, "create" if method == "POST" else "update", resource_type)
+    if not validated:
+        check_resource(ctx, resource_type, payload)
+    entries = extract(payload.checked)
+    await require_write(ctx, allowed, resource_type, payload.checked, entries)
+    if replacing:
+        await require_replaceable(ctx, allowed, resource_type, id)
+    return Write(resource_type, id, payload.exact, entries, method, if_match=if_match,
+                 create_only=create_only)
 
 
 def _assign_id(payload: Payload, id: str) -> None:
@@ -109,19 +159,15 @@ async def create(
     PRECONDITION_FAILED if several match.
     """
     check_type(resource_type)
-    for creator in ctx.creators:
-        taken = await creator(ctx, resource_type, payload)
-        if taken is not None:
-            return Result("created", (taken,))
-    allowed = decision(ctx, "create", resource_type)
+    taken = await taken_by_workflow(ctx, resource_type, payload)
+    if taken is not None:
+        return Result("created", (taken,))
     id = new_id()
     _assign_id(payload, id)
-    entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked, entries)
-    write = Write(resource_type, id, payload.exact, entries, "POST", create_only=True)
+    write = await resource_write(ctx, "POST", resource_type, id, payload, create_only=True)
     if if_none_exist is None:
         return await _commit(ctx, write)
-    query = allowed.confine(condition(ctx, resource_type, if_none_exist))
+    query = decision(ctx, "create", resource_type).confine(condition(ctx, resource_type, if_none_exist))
     return await _commit(ctx, ConditionalCreate(query, write))
 
 
@@ -184,28 +230,9 @@ async def update(
     """Update, or create with the client's id when it does not exist (update-as-create)."""
     check_type(resource_type)
     check_id(id)
-    body_id = payload.checked.get("id") if isinstance(payload.checked, dict) else None
-    if body_id is None:
-        raise fail(
-            Kind.INVALID,
-            "required",
-            "The resource must carry its id to be updated.",
-            expression=f"{resource_type}.id",
-            details_code="MSG_RESOURCE_ID_MISSING",
-        )
-    if body_id != id:
-        raise fail(
-            Kind.INVALID,
-            "invalid",
-            f"The id in the body ('{body_id}') differs from the id in the URL ('{id}').",
-            expression=f"{resource_type}.id",
-            details_code="MSG_RESOURCE_ID_MISMATCH",
-        )
-    allowed = decision(ctx, "update", resource_type)
-    entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked, entries)
-    await require_replaceable(ctx, allowed, resource_type, id)
-    write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
+    check_body_id(resource_type, id, payload)
+    write = await resource_write(ctx, "PUT", resource_type, id, payload, if_match=if_match,
+                                 replacing=True)
     return await _commit(ctx, write)
 
 
@@ -221,12 +248,9 @@ async def conditional_update(
         check_id(str(body_id))
     id = str(body_id) if body_id is not None else new_id()
     _assign_id(payload, id)
-    entries = _checked_resource(ctx, resource_type, payload)
-    await require_write(ctx, allowed, resource_type, payload.checked, entries)
-    if body_id is not None:
-        # Without a match the store writes the id the body names: it must be one in reach.
-        await require_replaceable(ctx, allowed, resource_type, id)
-    write = Write(resource_type, id, payload.exact, entries, "PUT", if_match=if_match)
+    # Without a match the store writes the id the body names: it must be one in reach.
+    write = await resource_write(ctx, "PUT", resource_type, id, payload, if_match=if_match,
+                                 replacing=body_id is not None)
     op = ConditionalUpdate(query, write, id_given=body_id is not None)
     return await _commit(ctx, op)
 
@@ -246,6 +270,9 @@ def apply_patch(current: Version, operations: Any) -> Payload:
         raise fail(Kind.UNPROCESSABLE, "processing", f"The patch cannot be applied: {exc}.") from None
     if not isinstance(patched, dict):
         raise fail(Kind.UNPROCESSABLE, "processing", "The patch must leave a resource (a JSON object).")
+    if jsonbody.nesting(patched, jsonbody.MAX_DEPTH) > jsonbody.MAX_DEPTH:
+        raise fail(Kind.UNPROCESSABLE, "too-costly", "The patched resource would nest objects and "
+                   f"arrays more than {jsonbody.MAX_DEPTH} levels deep.")
     exact = jsonbody.from_decimal(patched)
     checked = jsonbody.parse_for_checks(jsonbody.dump(exact))
     return Payload(checked, exact)
@@ -271,7 +298,8 @@ async def patch_write(
             "A patch may not change the resource's type or id.",
             expression=f"{resource_type}.id",
         )
-    entries = _checked_resource(ctx, resource_type, payload)
+    check_resource(ctx, resource_type, payload)
+    entries = extract(payload.checked)
     await require_write(ctx, allowed, resource_type, payload.checked, entries)
     # Pin the version we patched, so a concurrent write makes this one fail with 412
     # instead of being lost.
@@ -316,19 +344,34 @@ async def delete(
     ctx: Context, resource_type: str, id: str, *, if_match: int | None = None
 ) -> Result:
     """Delete; deleting a missing or deleted resource succeeds without a new version."""
+    operation = await delete_operation(ctx, resource_type, id, if_match=if_match)
+    if operation is None:
+        return Result("none")
+    return await _commit(ctx, operation)
+
+
+async def delete_operation(
+    ctx: Context, resource_type: str, id: str | None, criteria: str = "", *,
+    if_match: int | None = None, multiple: bool = False,
+) -> Operation | None:
+    """The store operation of a delete: of `id`, or of what `criteria` match when `id` is
+    None (one match, or all with `multiple`). None when `id` is missing, deleted or out of
+    reach: nothing to delete, and nothing tells those apart. REST and Bundle entries share it."""
     check_type(resource_type)
-    check_id(id)
     allowed = decision(ctx, "delete", resource_type)
+    if id is None:
+        return ConditionalDelete(allowed.confine(condition(ctx, resource_type, criteria)), multiple)
+    check_id(id)
     if not await deletable(ctx, allowed, resource_type, id):
-        return Result("none")  # as for a resource that does not exist: nothing tells them apart
-    return await _commit(ctx, Delete(resource_type, id, if_match))
+        return None
+    return Delete(resource_type, id, if_match)
 
 
 async def conditional_delete(
     ctx: Context, resource_type: str, criteria: str, *, multiple: bool
 ) -> Result:
     """DELETE /Type?criteria: one match, or all matches when the client allows `multiple`."""
-    check_type(resource_type)
-    query = decision(ctx, "delete", resource_type).confine(condition(ctx, resource_type, criteria))
-    return await _commit(ctx, ConditionalDelete(query, multiple))
+    operation = await delete_operation(ctx, resource_type, None, criteria, multiple=multiple)
+    assert operation is not None  # a conditional delete always has its operation
+    return await _commit(ctx, operation)
 

@@ -39,3 +39,11 @@ def issue(response: Response) -> dict[str, Any]:
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome", outcome
     return outcome["issue"][0]  # type: ignore[no-any-return]
+
+
+def stored(client: TestClient) -> list[tuple[str, str]]:
+    """Every stored version, newest first, as (fullUrl, ETag): equal lists before and after a
+    request mean it wrote nothing (on any store under test)."""
+    response = client.get("/fhir/_history", params={"_count": "1000"})
+    assert response.status_code == 200, response.text
+    return [(e.get("fullUrl", ""), e["response"]["etag"]) for e in response.json().get("entry", [])]

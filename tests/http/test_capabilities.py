@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from fhir_server.app import create_app
 from fhir_server.model.platform_codes import definitions
 from fhir_server.search import SearchParam, default_registry
+from fhir_server.search.parse import MAX_PARAMETERS
 from fhir_server.settings import Settings
 from tests.builders import patient
 from tests.conftest import SHARED, authorized
@@ -240,17 +241,19 @@ def test_every_advertised_include_is_accepted(examples: TestClient, statement: d
 
 
 def test_every_advertised_revinclude_is_accepted(examples: TestClient, statement: dict[str, Any]) -> None:
-    """search.html#revinclude: every searchRevInclude of a type, all at once on that type's search."""
+    """search.html#revinclude: every searchRevInclude of a type, on that type's search."""
     failures: list[tuple[Any, ...]] = []
     total = 0
     for resource in resources(statement):
         revincludes = resource["searchRevInclude"]
         total += len(revincludes)
-        response = examples.get(f"/fhir/{resource['type']}", params=[("_revinclude", r) for r in revincludes])
-        if response.status_code != 200:
-            failures.append((resource["type"], response.status_code, response.text[:200]))
-        elif issues := outcome_issues(response):
-            failures.append((resource["type"], [i.get("diagnostics") for i in issues]))
+        for start in range(0, len(revincludes), MAX_PARAMETERS):  # as many as a query may hold
+            chunk = revincludes[start:start + MAX_PARAMETERS]
+            response = examples.get(f"/fhir/{resource['type']}", params=[("_revinclude", r) for r in chunk])
+            if response.status_code != 200:
+                failures.append((resource["type"], response.status_code, response.text[:200]))
+            elif issues := outcome_issues(response):
+                failures.append((resource["type"], [i.get("diagnostics") for i in issues]))
     assert total > 10_000
     assert failures == []
     patient_rev = next(r for r in resources(statement) if r["type"] == "Patient")["searchRevInclude"]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import pytest
 
 from fhir_server.model import jsonbody
+from fhir_server.model.errors import FhirError, Kind
 from fhir_server.model.jsonbody import dump, parse
 
 
@@ -80,6 +81,45 @@ def test_large_bodies_share_containers_without_decimals(monkeypatch: pytest.Monk
     assert parse(b'{"a":"1.5"}') == ({"a": "1.5"}, {"a": "1.5"})
 
 
-def test_duplicate_keys_fall_back_to_the_text(path: str) -> None:
-    assert dump(parse(b'{"a":1.5,"a":2.50}')[1]) == b'{"a":2.50}'
+@pytest.mark.parametrize("body", [
+    b'{"a":1.5,"a":2.50}',
+    b'{"a":{"b":1,"c":{"b":2}},"d":[{"e":"x:y","e":"z"}]}',
+    b'{"a":"\\u003a","a":1}',  # an escaped colon: the exact parse decides
+])
+def test_repeated_names_are_refused(path: str, body: bytes) -> None:
+    with pytest.raises(FhirError) as raised:
+        parse(body)
+    assert raised.value.kind is Kind.INVALID
+    assert "repeats" in raised.value.issues[0].diagnostics
+
+
+def test_same_name_in_different_objects_is_fine(path: str) -> None:
+    body = b'{"a":{"b":1,"c":{"b":2.50}},"d":[{"e":"x:y \\u003a"},{"e":"z"}]}'
+    assert dump(parse(body)[1]) == body.replace(b"\\u003a", b":")
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"[" * 301 + b"]" * 301, "300 levels"),
+    (b'{"a":' + b"9" * 65 + b"}", "65 characters"),
+    (b'{"a":' + b"1." + b"5" * 70 + b"}", "72 characters"),
+    (b'{"a":18446744073709551616}', "64 bits"),
+    (b'{"a":1e999}', "out of range"),
+])
+def test_limits(path: str, body: bytes, words: str) -> None:
+    with pytest.raises(FhirError) as raised:
+        parse(body)
+    if path == "large" or words in ("300 levels", "72 characters"):  # orjson words the others
+        assert words in raised.value.issues[0].diagnostics
+
+
+def test_unpaired_surrogates_are_refused(path: str) -> None:
+    with pytest.raises(FhirError):
+        parse(b'{"a":"\\ud800"}')
+    assert parse(b'{"a":"\\ud83d\\ude00"}')[0] == {"a": "\U0001f600"}
+
+
+def test_patch_documents_have_the_same_limits() -> None:
+    for body in (b"[" * 301 + b"]" * 301, b'[{"op":"add","op":"remove"}]', b'["\\udfff"]'):
+        with pytest.raises(FhirError):
+            jsonbody.parse_decimal(body)
 

@@ -88,6 +88,9 @@ def test_is_resource_type(name: str, known: bool) -> None:
         ("abc\n", False),
         ("é", False),
         ("a/b", False),
+        ("..", False),  # dot-segments: clients remove them from URLs
+        (".", False),
+        ("...", True),
     ],
 )
 def test_is_valid_id(value: str, valid: bool) -> None:
