@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
+from .access.codes import ConfirmationCodes
 from .access.principal import server_principal
 from .audit.chain import Chain
 from .audit.recorder import AuditRecorder
@@ -36,6 +37,7 @@ from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .trials.definitions import publish
+from .trials.proposal import propose_if_unreached
 from .trials.referral import answer_if_addressed
 from .trials.withdrawal import after_consent_change
 
@@ -61,7 +63,8 @@ def build_context(settings: Settings, store: Store) -> Context:
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
         hooks=(after_consent_change,),
-        creators=(answer_if_addressed,),
+        creators=(answer_if_addressed, propose_if_unreached),
+        codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
     )
 
 

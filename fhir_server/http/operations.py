@@ -1,5 +1,5 @@
 """The operations of the trial referral workflow (profiles/OperationDefinition-*.json;
-trials/referral.py does the work)."""
+trials/referral.py and trials/proposal.py do the work)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..services import crud
-from ..trials import referral
+from ..trials import proposal, referral
 from .auth import authenticate, context_of
 from .headers import version_headers
 from .negotiation import check_acceptable, fhir_response
@@ -36,3 +36,12 @@ async def referral_summary(request: Request, id: str) -> Response:
     check_acceptable(request)
     crud.check_id(id)
     return fhir_response(request, await referral.summary(context_of(request), id))
+
+
+@router.post("/Consent/{id}/$confirm")
+async def confirm_consent(request: Request, id: str) -> Response:
+    """Confirm a proposed Consent with the patient's one-time code: 200 with the Consent."""
+    check_acceptable(request)
+    payload = await read_payload(request)
+    version = await proposal.confirm(context_of(request), id, payload.checked)
+    return fhir_response(request, version.body, headers=version_headers(version))

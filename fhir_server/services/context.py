@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..access.codes import ConfirmationCodes
 from ..access.principal import Principal
 from ..audit.trail import Trail
 from ..model.validation import Validator
@@ -35,6 +36,7 @@ class Context:
     trail: Trail | None = None  # what the request touched, for its AuditEvent
     hooks: tuple[Hook, ...] = ()
     creators: tuple[Creator, ...] = ()
+    codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

@@ -125,23 +125,21 @@ async def require_write(ctx: Context, d: Decision, resource_type: str, resource:
     patient's compartment, and no reference into another patient's) and keeps the platform's
     rules on consents, messages and frozen records."""
     if resource_type == "Consent":
-        _check_consent_subject(resource)
-    attested = _attested(ctx, resource_type, resource)
-    if not attested and not d.admits(resource_type, resource, entries):
+        check_consent_subject(resource)
+    if not d.admits(resource_type, resource, entries):
         if resource_type == "Patient" and ctx.principal and ctx.principal.consented is not None:
             raise _forbidden("A practitioner creates a patient record together with the "
                              "patient's agreement: a transaction Bundle holding the Patient and "
                              "the Consent naming them (see docs/referrals.md).")
         raise _forbidden(f"This {resource_type} would lie outside what the access token reaches.")
-    if not attested:
-        _check_patients(ctx, resource_type, entries)
+    _check_patients(ctx, resource_type, entries)
     if resource_type == "Consent":
-        await _check_recorded_consent(ctx, resource)
+        await check_recorded_consent(ctx, resource)
     if resource_type == "Communication":
         await _check_message(ctx, resource)
 
 
-def _check_consent_subject(consent: dict[str, Any]) -> None:
+def check_consent_subject(consent: dict[str, Any]) -> None:
     """A Consent names its patient as `Patient/<id>` on this server: a form the access rules
     could not match would let an objection or a withdrawal go unheeded."""
     reference = (consent.get("patient") or {}).get("reference", "")
@@ -153,10 +151,11 @@ def _check_consent_subject(consent: dict[str, Any]) -> None:
                    expression="Consent.patient")
 
 
-async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
+async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
     """A practitioner records a patient's agreement, with its evidence (source[x]): to the
     platform holding the record with them as the one actor (patient-privacy), or to sharing
-    with investigators (research). Refusals, withdrawals and renewals are the patient's (or
+    with investigators (research). For a record they do not reach yet, the agreement is only
+    proposed (trials/proposal.py) until the patient confirms it. Refusals, withdrawals and renewals are the patient's (or
     their representative's): a practitioner records neither a deny nor an agreement that
     lapsed (for privacy: one naming them)."""
     principal = ctx.principal
@@ -169,10 +168,11 @@ async def _check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None
         raise _forbidden("A practitioner records a patient's agreement with its evidence "
                          "(Consent.sourceAttachment or sourceReference).")
     every = list(consents.provisions(consent.get("provision") or {}))
-    if (consent.get("status") != "active" or every[0].get("type") != "permit"
+    if (consent.get("status") not in ("active", "proposed") or every[0].get("type") != "permit"
             or any(p.get("type") == "deny" for p in every)):
-        raise _forbidden("A practitioner records an agreement (status active, a permit without "
-                         "deny); refusals and withdrawals are the patient's to record.")
+        raise _forbidden("A practitioner records an agreement (status active or proposed, a "
+                         "permit without deny); refusals and withdrawals are the patient's to "
+                         "record.")
     if privacy and {a for p in every for a in consents.actors(p)} != {principal.fhir_user}:
         raise _forbidden("A practitioner records the patient's agreement to their own access "
                          "only: the Consent names them as its one actor.")
@@ -220,7 +220,7 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
     Consent with the `Patient/<id>` it names, `created`: the patients the transaction
     creates): the practitioner reaches those records for the transaction."""
     principal = ctx.principal
-    if principal is None or principal.fhir_user is None or not _may_attest(principal):
+    if principal is None or principal.fhir_user is None or not may_attest(principal):
         return ctx
     assert principal.consented is not None
     day = reach.today()
@@ -232,16 +232,7 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
         principal, consented=(*principal.consented, *new)))
 
 
-def _attested(ctx: Context, resource_type: str, resource: dict[str, Any]) -> bool:
-    """A referring physician recording, with its evidence, a patient's agreement naming them
-    (administrators and investigators may not: they reach no patient by consent)."""
-    principal = ctx.principal
-    return (resource_type == "Consent" and principal is not None and principal.fhir_user is not None
-            and _may_attest(principal)
-            and consents.attests_access(resource, principal.fhir_user, reach.today()))
-
-
-def _may_attest(principal: Principal) -> bool:
+def may_attest(principal: Principal) -> bool:
     """Referring physicians record their patients' agreements; administrators and
     investigators reach no patient by consent."""
     return principal.consented is not None and not principal.admin and principal.recipients is None

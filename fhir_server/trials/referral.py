@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -30,7 +31,7 @@ from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import extract, parse_query
 from ..services import crud, reach
-from ..services.context import Context, Payload
+from ..services.context import Context, Payload, after_commit
 from ..services.guard import decision, hidden, note
 from ..store.base import Version, Write
 from .. import clock
@@ -70,6 +71,17 @@ def _write(ctx: Context, resource: dict[str, Any], *, new: bool, if_match: int |
 
 def as_server(ctx: Context) -> Context:
     return dataclasses.replace(ctx, principal=server_principal("trials"))
+
+
+async def commit_as_server(ctx: Context, resources: Sequence[dict[str, Any]]) -> list[Version]:
+    """Create `resources` (validated, indexed) in one unit of work of the server: the
+    request's audit trail notes them and the commit hooks run, as for any write."""
+    results = await ctx.store.commit([_write(ctx, resource, new=True) for resource in resources])
+    versions = [result.version for result in results if result.version is not None]
+    for version in versions:
+        note(ctx, version)
+    await after_commit(ctx, versions)
+    return versions
 
 
 def _referrer(principal: Principal | None) -> str:

@@ -138,6 +138,12 @@ def test_referral_story(tmp_path: Path) -> None:
         hosting = fhir.post("/Consent", json=consent(patient, actor="Practitioner/dr-martin"),
                             headers=physician)
         assert hosting.status_code == 201, hosting.text
+        # The record exists already: the agreement is proposed until the patient accepts it.
+        assert hosting.json()["status"] == "proposed"
+        assert fhir.get(f"/Patient/{patient}", headers=physician).status_code == 404
+        me = _user_token(server, "helene", "openid fhirUser launch/patient patient/*.cruds")
+        accepted = {k: v for k, v in hosting.json().items() if k != "meta"} | {"status": "active"}
+        assert fhir.put(f"/Consent/{accepted['id']}", json=accepted, headers=me).status_code == 200
         assert fhir.get(f"/Patient/{patient}", headers=physician).status_code == 200
         refer = {"resourceType": "Parameters", "parameter": [
             {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
@@ -179,7 +185,6 @@ def test_referral_story(tmp_path: Path) -> None:
         assert counts["preselected"] == 1 and counts["referred"] == 0
 
         # The patient withdraws their consent: the physician loses access at once.
-        me = _user_token(server, "helene", "openid fhirUser launch/patient patient/*.cruds")
         mine = fhir.get(f"/Consent/{hosting.json()['id']}", headers=me).json()
         withdrawn = fhir.put(f"/Consent/{mine['id']}", json={**mine, "status": "inactive"}, headers=me)
         assert withdrawn.status_code == 200, withdrawn.text

@@ -175,6 +175,12 @@ def test_a_physician_records_an_agreement_for_an_existing_record(platform: Platf
         assert platform.client.get("/fhir/Patient/stranger", headers=platform.headers(actor)).status_code == 404
     signed = send(platform.client, "POST", "/fhir/Consent", consent("stranger", actor=DR), **physician)
     assert signed.status_code == 201, signed.text
+    # Only proposed (tests/trials/test_consent_confirmation.py): the patient accepts it.
+    assert signed.json()["status"] == "proposed"
+    assert platform.client.get("/fhir/Patient/stranger", headers=physician).status_code == 404
+    accepted = {k: v for k, v in signed.json().items() if k != "meta"} | {"status": "active"}
+    assert send(platform.client, "PUT", f"/fhir/Consent/{accepted['id']}", accepted,
+                **platform.headers("patient", "stranger")).status_code == 200
     assert platform.client.get("/fhir/Patient/stranger", headers=physician).status_code == 200
 
 

@@ -1,0 +1,139 @@
+"""A practitioner's agreement for a record they do not reach yet is a proposal the patient
+confirms (docs/referrals.md, "Opening a patient record").
+
+- `propose_if_unreached` (a Creator, services/context.py: asked first by every create): a
+  practitioner's `patient-privacy` Consent naming them, for a patient outside their reach, is
+  stored with status `proposed`, whatever status was sent, and grants nothing. In the same unit
+  of work the patient gets a Communication (category `notification`, `about` the Consent)
+  holding a one-time code (access/codes.py). The answer is the same whether the patient exists
+  or not; only an existing patient gets a code.
+- `confirm` (`POST Consent/{id}/$confirm`, parameter `code`): the practitioner the Consent
+  names (or the patient) gives the code the patient received; the Consent becomes `active`.
+  The patient may instead accept it in their portal (update it to `active`): a practitioner
+  never changes a Consent (access/policy.py).
+
+Every attempt is a request of the caller, audited with the Consent and so with its patient.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ..access import consent as consents
+from ..access.codes import Check
+from ..model.errors import Kind, fail
+from ..model.ids import new_id
+from ..services import crud, guard, reach
+from ..services.context import Context, Payload
+from ..store.base import Version
+from ..store.versions import now
+from .referral import as_server, commit_as_server
+
+NOTIFICATION = {"system": "http://terminology.hl7.org/CodeSystem/communication-category",
+                "code": "notification"}
+_REFUSED = {
+    Check.WRONG: "The code does not match.",
+    Check.EXPIRED: "The code has expired: propose the agreement again for a new code, or ask "
+                   "the patient to accept it in their portal.",
+    Check.EXHAUSTED: "Too many wrong codes: propose the agreement again for a new code, or ask "
+                     "the patient to accept it in their portal.",
+    Check.NONE: "No code is waiting for this Consent: propose the agreement again for a new "
+                "code, or ask the patient to accept it in their portal.",
+}
+
+
+def _unreached_patient(ctx: Context, resource_type: str, resource: Any) -> str | None:
+    """The patient id of a practitioner's patient-privacy Consent for a record outside their
+    reach; None for any other create."""
+    principal = ctx.principal
+    if (resource_type != "Consent" or not isinstance(resource, dict) or principal is None
+            or not guard.may_attest(principal) or not consents.has_scope(resource, consents.PRIVACY)):
+        return None
+    guard.check_consent_subject(resource)
+    patient = resource["patient"]["reference"].removeprefix("Patient/")
+    assert principal.consented is not None
+    return None if patient in principal.consented else patient
+
+
+async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
+    """A create (services/context.py Creator): see the module docstring."""
+    patient = _unreached_patient(ctx, resource_type, payload.checked)
+    if patient is None:
+        return None
+    guard.decision(ctx, "create", "Consent")  # the token must allow recording consents
+    id = new_id()
+    for view in (payload.checked, payload.exact):
+        view["id"], view["status"] = id, "proposed"
+    crud.check_resource(ctx, "Consent", payload)
+    await guard.check_recorded_consent(ctx, payload.checked)
+    resources = [payload.exact]
+    if await reach.current(as_server(ctx), f"Patient/{patient}") is not None and ctx.codes is not None:
+        code, expires = ctx.codes.issue(f"Consent/{id}")
+        resources.append(_notice(ctx, patient, id, code, expires))
+    return (await commit_as_server(ctx, resources))[0]
+
+
+def _notice(ctx: Context, patient: str, consent_id: str, code: str, expires: float) -> dict[str, Any]:
+    """The message giving the patient the code (delivered by the notifications service)."""
+    assert ctx.principal is not None
+    until = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"{ctx.principal.fhir_user} asks to reach your health record as your physician. "
+            f"If you agree, give them this code: {code} (valid until {until}), or accept the "
+            "request in your portal. If you do not agree, do nothing: the request grants nothing.")
+    return {"resourceType": "Communication", "id": new_id(), "status": "completed",
+            "category": [{"coding": [NOTIFICATION]}], "subject": {"reference": f"Patient/{patient}"},
+            "recipient": [{"reference": f"Patient/{patient}"}],
+            "about": [{"reference": f"Consent/{consent_id}"}], "sent": now()[0],
+            "payload": [{"contentString": text}]}
+
+
+def _code(body: dict[str, Any]) -> str:
+    """The `code` parameter of a (validated) Parameters resource."""
+    given = [p.get("valueString") for p in body.get("parameter", []) if p.get("name") == "code"]
+    if body.get("resourceType") != "Parameters" or len(given) != 1 or not isinstance(given[0], str):
+        raise fail(Kind.INVALID, "required", "$confirm takes one 'code' parameter (valueString).",
+                   expression="Parameters.parameter")
+    return given[0].strip()
+
+
+def _may_confirm(ctx: Context, consent: dict[str, Any]) -> bool:
+    """The practitioner the proposal names, or the patient (or representative) it is about."""
+    principal = ctx.principal
+    if principal is None:
+        return False
+    patient = consents.local((consent.get("patient") or {}).get("reference", ""))
+    if (principal.fhir_user is not None and guard.may_attest(principal)
+            and principal.fhir_user in consents.actors(consent.get("provision") or {})):
+        return True
+    return (principal.patient is not None and patient == f"Patient/{principal.patient}"
+            and not (principal.fhir_user or "").startswith("Practitioner/"))
+
+
+async def confirm(ctx: Context, consent_id: str, body: dict[str, Any]) -> Version:
+    """`$confirm`: the Consent made active; NOT_FOUND for a Consent the caller may not
+    confirm, CONFLICT when it is no longer proposed, FORBIDDEN for a code that does not
+    prove the patient's agreement."""
+    crud.check_id(consent_id)
+    crud.check_resource(ctx, "Parameters", Payload(body, body))
+    code = _code(body)
+    found = await ctx.store.read("Consent", consent_id)
+    consent = orjson.loads(found.body) if found is not None and found.body is not None else None
+    if found is None or consent is None or not _may_confirm(ctx, consent):
+        raise guard.hidden("Consent", consent_id)
+    guard.note(ctx, found, consent)  # every attempt reaches the patient's audit trail
+    if consent.get("status") != "proposed":
+        raise fail(Kind.CONFLICT, "conflict", f"Consent/{consent_id} is {consent.get('status')}, "
+                   "not proposed: there is nothing to confirm.")
+    assert ctx.codes is not None
+    checked = ctx.codes.check(f"Consent/{consent_id}", code)
+    if checked is not Check.CONFIRMED:
+        raise fail(Kind.FORBIDDEN, "forbidden", _REFUSED[checked])
+    consent.pop("meta", None)
+    active = {**consent, "status": "active"}
+    result = await crud.update(as_server(ctx), "Consent", consent_id, Payload(active, active),
+                               if_match=found.version)
+    assert result.version is not None
+    return result.version
