@@ -34,7 +34,7 @@ from ..model.platform_codes import MESSAGE_SYSTEM, REFERRAL_IDENTIFIER, SERVER_M
 from ..search import Not
 from ..search import Clause, IndexEntry, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
-from .principal import Principal
+from .principal import PRACTITIONER_ACCOUNTS, Principal, Role
 from .scopes import Interaction, Restriction, scopes_union
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
@@ -121,7 +121,7 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
            resource_type: str | None, *, instance: bool = False) -> Decision:
     """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN."""
     if (resource_type == "Consent" and interaction in ("update", "patch", "delete") and principal
-            and (principal.fhir_user or "").startswith("Practitioner/")):
+            and principal.confined and not principal.speaks_for_patient):
         raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "
                    "by the patient or their representative only.")
     if resource_type in _IDENTITIES and interaction in _WRITES and principal and principal.confined:
@@ -137,7 +137,7 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
 
 def _decide(principal: Principal | None, registry: Registry, interaction: Interaction,
             resource_type: str | None, *, instance: bool) -> Decision:
-    if principal is None:
+    if principal is None or principal.role is Role.UNKNOWN:
         raise _denied(principal, interaction, resource_type)
     if resource_type == "AuditEvent" and interaction in _WRITES:
         raise fail(Kind.FORBIDDEN, "forbidden",
@@ -146,7 +146,9 @@ def _decide(principal: Principal | None, registry: Registry, interaction: Intera
     type_name = resource_type or "*"
     if principal.break_glass is not None:
         return _break_glass(principal, interaction, type_name, instance)
-    if principal.recipients is None:
+    if principal.role in (Role.SYSTEM, Role.SERVER):
+        # What their system/ scopes name (else, with a patient in context, what patient/
+        # scopes reach of that patient).
         system = grant.restrictions(interaction, type_name, ("system",), instance=instance)
         if system is None:
             return Decision(())
@@ -158,10 +160,10 @@ def _decide(principal: Principal | None, registry: Registry, interaction: Intera
     if principal.patient is not None:
         levels: tuple[str, ...] = ("patient",)
         reach = _patient_reach(registry, resource_type, principal, interaction)
-    elif principal.consented is not None or principal.recipients is not None:
+    elif principal.role in PRACTITIONER_ACCOUNTS:
         # An investigator site system holds system/ scopes, an investigator user user/ ones:
         # either way what it reaches is its referrals, never the live record.
-        levels = ("user",) if principal.recipients is None else ("system", "user")
+        levels = ("system", "user") if principal.role is Role.INVESTIGATOR else ("user",)
         reach = _user_reach(registry, resource_type, principal, interaction)
     else:
         raise _denied(principal, interaction, resource_type)

@@ -1,4 +1,5 @@
-"""Authentication of FHIR requests: a SMART access token becomes the request's Principal.
+"""Authentication of FHIR requests: a SMART access token becomes the request's claims, from
+which the service layer builds the Principal (services/principals.py).
 
 Every route of the FHIR API depends on `authenticate`, except `metadata` and SMART discovery.
 Without a valid bearer token the answer is 401 with `WWW-Authenticate` (RFC 6750). The
@@ -12,14 +13,13 @@ import logging
 
 from fastapi import Request
 
-from ..access import parse_scopes
-from ..access.principal import Principal, server_principal
+from ..access.principal import Claims, server_principal
 from ..auth.tokens import InvalidToken, TokenClaims, TokenService
 from ..auth.users import Users
 from ..model.errors import Kind, fail
 from ..search.references import type_and_id
-from ..services import reach
 from ..services.context import Context
+from ..services.principals import principal_of
 
 log = logging.getLogger("fhir_server.auth")
 
@@ -48,67 +48,26 @@ async def authenticate(request: Request) -> None:
         raise fail(Kind.UNAUTHORIZED, "login", "An access token is required (Authorization: "
                    "Bearer <token>); see /.well-known/smart-configuration.")
     try:
-        claims = tokens.verify(token.strip())
+        verified = tokens.verify(token.strip())
     except InvalidToken as exc:
         raise fail(Kind.UNAUTHORIZED, "expired" if "expired" in str(exc) else "security",
                    str(exc)) from None
-    request.state.principal = await _principal(request, claims)
+    request.state.principal = await principal_of(request.app.state.context,
+                                                 _claims(request, verified))
 
 
-async def _principal(request: Request, claims: TokenClaims) -> Principal:
-    """The Principal of a verified token, with what its user reaches today (services/reach)."""
-    ctx: Context = request.app.state.context
-    grant = parse_scopes(claims.scope)
-    fhir_user = type_and_id(claims.fhir_user) if claims.fhir_user else None
-    patient = claims.patient
-    consented: tuple[str, ...] | None = None
-    recipients: tuple[str, ...] | None = None
-    snapshots: tuple[str, ...] = ()
-    admin = False
-    if fhir_user and fhir_user.startswith("RelatedPerson/") and patient is not None:
-        if patient not in await reach.represented(ctx, fhir_user):
-            patient = None  # no longer their representative: reaches nothing
-    if fhir_user and fhir_user.startswith("Practitioner/") and (grant.has_level("user") or patient):
-        consented = tuple(await reach.consenting_patients(ctx, fhir_user))
-        if patient is not None and patient not in consented:
-            patient = None  # the launch patient's consent no longer names them
-        user = Users(request.app.state.oauth.registry).get(claims.subject)
-        admin = user is not None and user.admin and user.fhir_user == fhir_user
-        # An administrator is never an investigator: they would reach referrals unaudited.
-        recipients = None if admin else await reach.recipient_identities(ctx, fhir_user) or None
-        if admin or recipients:
-            # Administrators and investigators never reach a live record, even one whose
-            # patient names them in a consent.
-            consented, patient = (), None
-        snapshots = await reach.snapshots_for(ctx, recipients=recipients or (), sender=fhir_user,
-                                              patients=consented)
-    elif fhir_user is None:
-        client = request.app.state.oauth.registry.client(claims.client_id)
-        if client is not None and client.acts_for:
-            recipients = client.acts_for
-            snapshots = await reach.snapshots_for(ctx, recipients=recipients)
-    return Principal(
-        subject=claims.subject, client_id=claims.client_id, grant=grant, patient=patient,
-        fhir_user=fhir_user, token_id=claims.token_id, consented=consented,
-        recipients=recipients, snapshots=snapshots, admin=admin,
-        break_glass=_break_glass(request, admin))
-
-
-MAX_REASON = 500
-
-
-def _break_glass(request: Request, admin: bool) -> str | None:
-    """The reason an administrator gives for an emergency read (`X-Break-Glass-Reason`)."""
-    reason = request.headers.get(BREAK_GLASS_HEADER)
-    if reason is None:
-        return None
-    reason = reason.strip()
-    if not admin:
-        raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator may break the glass.")
-    if not reason or len(reason) > MAX_REASON:
-        raise fail(Kind.INVALID, "required",
-                   f"Breaking the glass needs a reason of 1 to {MAX_REASON} characters.")
-    return reason
+def _claims(request: Request, verified: TokenClaims) -> Claims:
+    """What the token, the user account and the registered client say about the caller."""
+    registry = request.app.state.oauth.registry
+    fhir_user = type_and_id(verified.fhir_user) if verified.fhir_user else None
+    user = Users(registry).get(verified.subject)
+    client = registry.client(verified.client_id)
+    return Claims(
+        subject=verified.subject, client_id=verified.client_id, scope=verified.scope,
+        patient=verified.patient, fhir_user=fhir_user, token_id=verified.token_id,
+        admin=user is not None and user.admin and user.fhir_user == fhir_user,
+        acts_for=client.acts_for if client is not None else (),
+        break_glass=request.headers.get(BREAK_GLASS_HEADER))
 
 
 def www_authenticate(kind: Kind, code: str, diagnostics: str) -> str | None:

@@ -16,7 +16,7 @@ import orjson
 from ..access import Interaction
 from ..access import consent as consents
 from ..access.policy import Decision, decide
-from ..access.principal import Principal
+from ..access.principal import PRACTITIONER_ACCOUNTS, Principal, Role
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from ..search import Chain, Has, IndexEntry, Not, Query, ReferenceEntry
@@ -127,7 +127,7 @@ async def require_write(ctx: Context, d: Decision, resource_type: str, resource:
     if resource_type == "Consent":
         check_consent_subject(resource)
     if not d.admits(resource_type, resource, entries):
-        if resource_type == "Patient" and ctx.principal and ctx.principal.consented is not None:
+        if resource_type == "Patient" and ctx.principal and ctx.principal.role is Role.PRACTITIONER:
             raise _forbidden("A practitioner creates a patient record together with the "
                              "patient's agreement: a transaction Bundle holding the Patient and "
                              "the Consent naming them (see docs/referrals.md).")
@@ -159,7 +159,7 @@ async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
     their representative's): a practitioner records neither a deny nor an agreement that
     lapsed (for privacy: one naming them)."""
     principal = ctx.principal
-    if principal is None or principal.server or principal.consented is None:
+    if principal is None or principal.role not in PRACTITIONER_ACCOUNTS:
         return
     privacy = consents.has_scope(consent, consents.PRIVACY)
     if not privacy and not consents.has_scope(consent, consents.RESEARCH):
@@ -235,7 +235,7 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
 def may_attest(principal: Principal) -> bool:
     """Referring physicians record their patients' agreements; administrators and
     investigators reach no patient by consent."""
-    return principal.consented is not None and not principal.admin and principal.recipients is None
+    return principal.role is Role.PRACTITIONER
 
 
 async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
@@ -255,14 +255,14 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
     if principal.confined and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
         raise _forbidden("A patient's data reach trial investigators only through a referral "
                          "(ResearchStudy/{id}/$refer).")
-    acts_for_patient = principal.patient is not None and (
-        principal.fhir_user is None or not principal.fhir_user.startswith("Practitioner/"))
+    for_patient = principal.speaks_for_patient and principal.patient is not None
     own = ({principal.fhir_user} if principal.fhir_user else set()) | (
-        {f"Patient/{principal.patient}"} if acts_for_patient else set())
+        {f"Patient/{principal.patient}"} if for_patient else set())
     if own and sender:
         if sender not in own:
             raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
-    if principal.patient is not None and not (principal.fhir_user or "").startswith("Practitioner/"):
+    if for_patient:
+        assert principal.patient is not None
         physicians = await reach.physicians_of(ctx, principal.patient)
         if not recipients or any(r not in physicians for r in recipients):
             raise _forbidden("A patient writes only to their referring physicians (the "

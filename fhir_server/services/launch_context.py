@@ -32,11 +32,12 @@ def _label(patient: dict[str, Any]) -> str:
 async def openable(ctx: Context, fhir_user: str) -> list[str]:
     """Ids of the patients `fhir_user` may have in context: a patient themself, a
     practitioner those who consented, a representative those they represent."""
-    if fhir_user.startswith("Patient/"):
-        return [fhir_user.removeprefix("Patient/")]
-    if fhir_user.startswith("Practitioner/"):
+    kind, _, id = fhir_user.partition("/")
+    if kind == "Patient":
+        return [id]
+    if kind == "Practitioner":
         return await consenting_patients(ctx, fhir_user)
-    if fhir_user.startswith("RelatedPerson/"):
+    if kind == "RelatedPerson":
         return await represented(ctx, fhir_user)
     return []
 

@@ -108,8 +108,7 @@ def _may_confirm(ctx: Context, consent: dict[str, Any]) -> bool:
     if (principal.fhir_user is not None and guard.may_attest(principal)
             and principal.fhir_user in consents.actors(consent.get("provision") or {})):
         return True
-    return (principal.patient is not None and patient == f"Patient/{principal.patient}"
-            and not (principal.fhir_user or "").startswith("Practitioner/"))
+    return principal.speaks_for_patient and patient == f"Patient/{principal.patient}"
 
 
 async def confirm(ctx: Context, consent_id: str, body: dict[str, Any]) -> Version:

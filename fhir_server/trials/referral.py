@@ -86,8 +86,7 @@ async def commit_as_server(ctx: Context, resources: Sequence[dict[str, Any]]) ->
 
 def _referrer(principal: Principal | None) -> str:
     """The physician referring: a practitioner user; a patient may only suggest."""
-    if (principal is not None and principal.patient is not None
-            and not (principal.fhir_user or "").startswith("Practitioner/")):
+    if principal is not None and principal.speaks_for_patient:
         raise fail(Kind.FORBIDDEN, "forbidden",
                    "A patient does not refer: suggest the trial to your referring physician "
                    "(a Communication of category trial-suggestion addressed to them).")

@@ -1,0 +1,81 @@
+"""The one place that decides who the caller is: a Principal with its role, built once per
+request from the token's claims and what the store says the user reaches today (reach.py),
+so that a withdrawn consent or an ended membership or representation takes effect at once
+(docs/referrals.md, "Actors and what they reach")."""
+
+from __future__ import annotations
+
+from ..access import parse_scopes
+from ..access.principal import Claims, Principal, Role
+from ..model.errors import Kind, fail
+from . import reach
+from .context import Context
+
+MAX_REASON = 500  # characters of a break-glass reason
+
+
+async def principal_of(ctx: Context, claims: Claims) -> Principal:
+    """The Principal of verified `claims`; FORBIDDEN or INVALID for a break-glass reason
+    given by someone other than an administrator, or of the wrong length."""
+    kind, _, _ = (claims.fhir_user or "").partition("/")
+    if kind == "Practitioner":
+        principal = await _practitioner(ctx, claims)
+    elif kind == "RelatedPerson":
+        represented = claims.patient is not None and claims.patient in await reach.represented(
+            ctx, claims.fhir_user or "")
+        # No longer their representative: reaches nothing.
+        principal = _principal(claims, Role.REPRESENTATIVE,
+                               patient=claims.patient if represented else None)
+    elif kind == "Patient":
+        principal = _principal(claims, Role.PATIENT, patient=claims.patient)
+    elif kind:
+        principal = _principal(claims, Role.UNKNOWN)
+    elif claims.acts_for:
+        principal = _principal(claims, Role.INVESTIGATOR, recipients=claims.acts_for,
+                               snapshots=await reach.snapshots_for(ctx, recipients=claims.acts_for))
+    elif claims.patient is not None and not parse_scopes(claims.scope).has_level("system"):
+        # A patient-facing app without a user identity acts for the patient in context.
+        principal = _principal(claims, Role.PATIENT, patient=claims.patient)
+    else:
+        principal = _principal(claims, Role.SYSTEM, patient=claims.patient)
+    _check_break_glass(principal)
+    return principal
+
+
+async def _practitioner(ctx: Context, claims: Claims) -> Principal:
+    """A practitioner account: an administrator, an investigator (who holds recipient
+    identities), or a referring physician. Administrators and investigators never reach a
+    live record, even one whose patient names them in a consent."""
+    fhir_user = claims.fhir_user or ""
+    if claims.admin:  # never an investigator: they would reach referrals unaudited
+        return _principal(claims, Role.ADMINISTRATOR, consented=())
+    recipients = await reach.recipient_identities(ctx, fhir_user)
+    if recipients:
+        return _principal(claims, Role.INVESTIGATOR, consented=(), recipients=recipients,
+                          snapshots=await reach.snapshots_for(ctx, recipients=recipients))
+    consented = tuple(await reach.consenting_patients(ctx, fhir_user))
+    # The launch patient counts only while their consent names the practitioner.
+    patient = claims.patient if claims.patient in consented else None
+    return _principal(claims, Role.PRACTITIONER, patient=patient, consented=consented,
+                      snapshots=await reach.snapshots_for(ctx, sender=fhir_user, patients=consented))
+
+
+def _principal(claims: Claims, role: Role, *, patient: str | None = None,
+               consented: tuple[str, ...] | None = None, recipients: tuple[str, ...] | None = None,
+               snapshots: tuple[str, ...] = ()) -> Principal:
+    return Principal(role, subject=claims.subject, client_id=claims.client_id,
+                     grant=parse_scopes(claims.scope), patient=patient, fhir_user=claims.fhir_user,
+                     token_id=claims.token_id, consented=consented, recipients=recipients,
+                     snapshots=snapshots,
+                     break_glass=claims.break_glass.strip() if claims.break_glass is not None else None)
+
+
+def _check_break_glass(principal: Principal) -> None:
+    """Only an administrator breaks the glass, and says why in 1 to MAX_REASON characters."""
+    if principal.break_glass is None:
+        return
+    if not principal.admin:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator may break the glass.")
+    if not principal.break_glass or len(principal.break_glass) > MAX_REASON:
+        raise fail(Kind.INVALID, "required",
+                   f"Breaking the glass needs a reason of 1 to {MAX_REASON} characters.")
