@@ -15,11 +15,12 @@ import hmac
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from enum import Enum
 from pathlib import Path
+
+from .. import clock
 
 DIGITS = 8
 LIFETIME = 72 * 3600.0  # seconds: time for the patient to read it and hand it over
@@ -70,7 +71,7 @@ class ConfirmationCodes:
         patient: here only its hash is kept."""
         code = str(secrets.randbelow(10**DIGITS)).zfill(DIGITS)
         salt = os.urandom(16)
-        now = time.time()
+        now = clock.now().timestamp()
         expires = now + LIFETIME
         with self._connect() as conn:
             conn.execute("DELETE FROM code WHERE expires < ?", (now - LIFETIME,))
@@ -94,7 +95,7 @@ class ConfirmationCodes:
         if row is None:
             return Check.NONE
         salt, expected, expires, attempts = row
-        if expires < time.time():
+        if expires < clock.now().timestamp():
             return Check.EXPIRED
         if attempts >= MAX_ATTEMPTS:
             return Check.EXHAUSTED

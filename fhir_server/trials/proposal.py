@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from .. import clock
 from ..access import consent as consents
 from ..access.codes import Check
 from ..model.errors import Kind, fail
@@ -29,7 +30,6 @@ from ..model.ids import new_id
 from ..services import crud, guard, reach
 from ..services.context import Context, Payload
 from ..store.base import Version
-from ..store.versions import now
 from .referral import as_server, commit_as_server
 
 NOTIFICATION = {"system": "http://terminology.hl7.org/CodeSystem/communication-category",
@@ -86,7 +86,7 @@ def _notice(ctx: Context, patient: str, consent_id: str, code: str, expires: flo
     return {"resourceType": "Communication", "id": new_id(), "status": "completed",
             "category": [{"coding": [NOTIFICATION]}], "subject": {"reference": f"Patient/{patient}"},
             "recipient": [{"reference": f"Patient/{patient}"}],
-            "about": [{"reference": f"Consent/{consent_id}"}], "sent": now()[0],
+            "about": [{"reference": f"Consent/{consent_id}"}], "sent": clock.instant(),
             "payload": [{"contentString": text}]}
 
 
