@@ -1,5 +1,6 @@
-"""The access checks every service applies, from the caller's principal (access/policy.py),
-and the platform's rules on what may be written.
+"""The access checks every service applies, from the caller's principal (access/policy.py):
+what the caller reaches, for reads and writes alike. The platform's own rules on what may be
+written (consents, messages) are in platform_rules.py, which `require_write` applies too.
 
 Out of reach reads answer 404, as if the resource did not exist, so a caller cannot learn
 what it may not see; writes of content out of reach answer 403.
@@ -16,16 +17,13 @@ import orjson
 from ..access import Interaction
 from ..access import consent as consents
 from ..access.policy import Decision, decide
-from ..access.principal import PRACTITIONER_ACCOUNTS, Principal, Role
-from ..model import platform_codes as codes
+from ..access.compartments import patients_of
+from ..access.principal import Role
 from ..model.errors import Kind, fail
-from ..search import Chain, Has, IndexEntry, Not, Query, ReferenceEntry
+from ..search import Chain, Has, IndexEntry, Not, Query
 from ..store.base import Version
-from . import reach
+from . import platform_rules, reach
 from .context import Context
-
-# Who receives referrals: writing to them is a referral, made by $refer alone.
-INVESTIGATOR_TYPES = (*codes.RECIPIENT_TYPES, "Organization")
 
 
 def decision(ctx: Context, interaction: Interaction, resource_type: str | None, *,
@@ -123,9 +121,11 @@ async def require_write(ctx: Context, d: Decision, resource_type: str, resource:
                         entries: Sequence[IndexEntry]) -> None:
     """FORBIDDEN unless the content written (with its index `entries`) stays within reach (a
     patient's compartment, and no reference into another patient's) and keeps the platform's
-    rules on consents, messages and frozen records."""
+    rules (platform_rules.py)."""
     if resource_type == "Consent":
-        check_consent_subject(resource)
+        # Before reach: a Consent naming its patient in a form the rules cannot read is
+        # refused as such, not as out of reach.
+        platform_rules.check_consent_subject(resource)
     if not d.admits(resource_type, resource, entries):
         if resource_type == "Patient" and ctx.principal and ctx.principal.role is Role.PRACTITIONER:
             raise _forbidden("A practitioner creates a patient record together with the "
@@ -133,63 +133,7 @@ async def require_write(ctx: Context, d: Decision, resource_type: str, resource:
                              "the Consent naming them (see docs/referrals.md).")
         raise _forbidden(f"This {resource_type} would lie outside what the access token reaches.")
     _check_patients(ctx, resource_type, entries)
-    if resource_type == "Consent":
-        await check_recorded_consent(ctx, resource)
-    if resource_type == "Communication":
-        await _check_message(ctx, resource)
-
-
-def check_consent_subject(consent: dict[str, Any]) -> None:
-    """A Consent names its patient as `Patient/<id>` on this server: a form the access rules
-    could not match would let an objection or a withdrawal go unheeded."""
-    reference = (consent.get("patient") or {}).get("reference", "")
-    kind, _, id = reference.partition("/")
-    if kind != "Patient" or not id or "/" in id:
-        raise fail(Kind.UNPROCESSABLE, "business-rule",
-                   "Consent.patient must reference the patient as Patient/<id> (no version, no "
-                   "absolute URL), so that the server can apply the consent.",
-                   expression="Consent.patient")
-
-
-async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
-    """A practitioner records a patient's agreement, with its evidence (source[x]): to the
-    platform holding the record with them as the one actor (patient-privacy), or to sharing
-    with investigators (research). For a record they do not reach yet, the agreement is only
-    proposed (trials/proposal.py) until the patient confirms it. Refusals, withdrawals and renewals are the patient's (or
-    their representative's): a practitioner records neither a deny nor an agreement that
-    lapsed (for privacy: one naming them)."""
-    principal = ctx.principal
-    if principal is None or principal.role not in PRACTITIONER_ACCOUNTS:
-        return
-    privacy = consents.has_scope(consent, consents.PRIVACY)
-    if not privacy and not consents.has_scope(consent, consents.RESEARCH):
-        raise _forbidden("A practitioner records patient-privacy and research Consents only.")
-    if "sourceAttachment" not in consent and "sourceReference" not in consent:
-        raise _forbidden("A practitioner records a patient's agreement with its evidence "
-                         "(Consent.sourceAttachment or sourceReference).")
-    every = list(consents.provisions(consent.get("provision") or {}))
-    if (consent.get("status") not in ("active", "proposed") or every[0].get("type") != "permit"
-            or any(p.get("type") == "deny" for p in every)):
-        raise _forbidden("A practitioner records an agreement (status active or proposed, a "
-                         "permit without deny); refusals and withdrawals are the patient's to "
-                         "record.")
-    if privacy and {a for p in every for a in consents.actors(p)} != {principal.fhir_user}:
-        raise _forbidden("A practitioner records the patient's agreement to their own access "
-                         "only: the Consent names them as its one actor.")
-    scope = consents.PRIVACY if privacy else consents.RESEARCH
-    actor = principal.fhir_user if privacy else None
-    day = reach.today()
-    earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
-    # A privacy deny naming the practitioner needs no check here (it wins at every request),
-    # and reading it would tell a practitioner out of reach that the patient exists.
-    lapsed = not privacy and consents.refused(earlier, scope, None, day)
-    for one in earlier:
-        if lapsed:
-            break
-        lapsed = consents.lapsed(await reach.versions(ctx, "Consent", one["id"]), scope, actor, day)
-    if lapsed:
-        raise _forbidden("This agreement was withdrawn, refused or has ended: only the patient "
-                         "(or their representative) can give it again.")
+    await platform_rules.check_write(ctx, resource_type, resource)
 
 
 def _check_patients(ctx: Context, resource_type: str, entries: Sequence[IndexEntry]) -> None:
@@ -205,12 +149,9 @@ def _check_patients(ctx: Context, resource_type: str, entries: Sequence[IndexEnt
         reached = set(principal.consented)
     else:
         return
-    codes_ = ctx.registry.patient_compartment(resource_type)
-    for entry in entries:
-        if (type(entry) is ReferenceEntry and entry.param in codes_ and entry.type == "Patient"
-                and entry.url is None and entry.id not in reached):
-            raise _forbidden(f"This {resource_type} refers to a patient outside what the access "
-                             "token reaches.")
+    if patients_of(ctx.registry, resource_type, entries) - reached:
+        raise _forbidden(f"This {resource_type} refers to a patient outside what the access "
+                         "token reaches.")
 
 
 def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
@@ -220,7 +161,7 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
     Consent with the `Patient/<id>` it names, `created`: the patients the transaction
     creates): the practitioner reaches those records for the transaction."""
     principal = ctx.principal
-    if principal is None or principal.fhir_user is None or not may_attest(principal):
+    if principal is None or principal.fhir_user is None or not platform_rules.may_attest(principal):
         return ctx
     assert principal.consented is not None
     day = reach.today()
@@ -232,38 +173,3 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
         principal, consented=(*principal.consented, *new)))
 
 
-def may_attest(principal: Principal) -> bool:
-    """Referring physicians record their patients' agreements; administrators and
-    investigators reach no patient by consent."""
-    return principal.role is Role.PRACTITIONER
-
-
-async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
-    """Referrals and answers are the server's to write; nobody else writes a message from or
-    to a PractitionerRole, CareTeam, Group or Organization (investigators read the messages
-    sent from or to their identities: a patient's data reach them through $refer alone); a
-    user sends in their own name; a patient writes to their referring physicians only."""
-    principal = ctx.principal
-    if principal is None or principal.server:
-        return
-    kinds = set(codes.codes_of(message.get("category", []), codes.MESSAGE_SYSTEM))
-    if kinds & codes.SERVER_MADE:
-        raise _forbidden("Referrals are sent with ResearchStudy/{id}/$refer and answered with "
-                         "POST Communication by their recipients; they are not written directly.")
-    recipients = [consents.local(r.get("reference", "")) for r in message.get("recipient", [])]
-    sender = consents.local((message.get("sender") or {}).get("reference", ""))
-    if principal.confined and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
-        raise _forbidden("A patient's data reach trial investigators only through a referral "
-                         "(ResearchStudy/{id}/$refer).")
-    for_patient = principal.speaks_for_patient and principal.patient is not None
-    own = ({principal.fhir_user} if principal.fhir_user else set()) | (
-        {f"Patient/{principal.patient}"} if for_patient else set())
-    if own and sender:
-        if sender not in own:
-            raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
-    if for_patient:
-        assert principal.patient is not None
-        physicians = await reach.physicians_of(ctx, principal.patient)
-        if not recipients or any(r not in physicians for r in recipients):
-            raise _forbidden("A patient writes only to their referring physicians (the "
-                             "practitioners their consent names).")

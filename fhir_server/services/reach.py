@@ -15,11 +15,12 @@ from typing import Any
 import orjson
 
 from ..access import consent as consents
+from ..access.compartments import patients_of
 from ..clock import today
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
-from ..search import Query, ReferenceEntry, extract, parse_query
+from ..search import Query, extract, parse_query
 from ..store.base import HistoryQuery
 from .context import Context
 
@@ -141,14 +142,16 @@ async def recipient_identities(ctx: Context, practitioner: str) -> tuple[str, ..
     # A team naming a patient is in that patient's compartment, so the patient or their
     # physician could write it: only teams naming no patient (made by system clients) count.
     teams = [f"CareTeam/{t['id']}" for t in await find(
-        ctx, "CareTeam", [("participant", members), ("status", "active")]) if not _names_patient(t)]
+        ctx, "CareTeam", [("participant", members), ("status", "active")])
+             if not _names_patient(ctx, t)]
     groups = [f"Group/{g['id']}" for g in await find(ctx, "Group", [("member", members)])
-              if g.get("active", True) and g.get("type") == "practitioner" and not _names_patient(g)]
+              if g.get("active", True) and g.get("type") == "practitioner" and not _names_patient(ctx, g)]
     return (*roles, *teams, *groups)
 
 
-def _names_patient(resource: dict[str, Any]) -> bool:
-    return any(type(e) is ReferenceEntry and e.type == "Patient" for e in extract(resource))
+def _names_patient(ctx: Context, resource: dict[str, Any]) -> bool:
+    """Whether a team lies in some patient's compartment."""
+    return bool(patients_of(ctx.registry, resource["resourceType"], extract(resource)))
 
 
 def snapshot_ids(referrals: Iterable[dict[str, Any]]) -> list[str]:

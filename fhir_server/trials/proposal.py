@@ -27,7 +27,7 @@ from ..access import consent as consents
 from ..access.codes import Check
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
-from ..services import crud, guard, reach
+from ..services import crud, guard, platform_rules, reach
 from ..services.context import Context, Payload
 from ..store.base import Version
 from .referral import as_server, commit_as_server
@@ -50,9 +50,9 @@ def _unreached_patient(ctx: Context, resource_type: str, resource: Any) -> str |
     reach; None for any other create."""
     principal = ctx.principal
     if (resource_type != "Consent" or not isinstance(resource, dict) or principal is None
-            or not guard.may_attest(principal) or not consents.has_scope(resource, consents.PRIVACY)):
+            or not platform_rules.may_attest(principal) or not consents.has_scope(resource, consents.PRIVACY)):
         return None
-    guard.check_consent_subject(resource)
+    platform_rules.check_consent_subject(resource)
     patient = resource["patient"]["reference"].removeprefix("Patient/")
     assert principal.consented is not None
     return None if patient in principal.consented else patient
@@ -68,7 +68,7 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
     for view in (payload.checked, payload.exact):
         view["id"], view["status"] = id, "proposed"
     crud.check_resource(ctx, "Consent", payload)
-    await guard.check_recorded_consent(ctx, payload.checked)
+    await platform_rules.check_recorded_consent(ctx, payload.checked)
     resources = [payload.exact]
     if await reach.current(as_server(ctx), f"Patient/{patient}") is not None and ctx.codes is not None:
         code, expires = ctx.codes.issue(f"Consent/{id}")
@@ -105,7 +105,7 @@ def _may_confirm(ctx: Context, consent: dict[str, Any]) -> bool:
     if principal is None:
         return False
     patient = consents.local((consent.get("patient") or {}).get("reference", ""))
-    if (principal.fhir_user is not None and guard.may_attest(principal)
+    if (principal.fhir_user is not None and platform_rules.may_attest(principal)
             and principal.fhir_user in consents.actors(consent.get("provision") or {})):
         return True
     return principal.speaks_for_patient and patient == f"Patient/{principal.patient}"

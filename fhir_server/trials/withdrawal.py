@@ -12,8 +12,10 @@ from collections.abc import Sequence
 
 import orjson
 
+from ..access.compartments import patients_of
 from ..model import platform_codes as codes
 from ..model.errors import FhirError
+from ..search import extract
 from ..services import reach
 from ..services.context import Context
 from ..store.base import Version
@@ -29,12 +31,8 @@ async def _patients_of(ctx: Context, version: Version) -> set[str]:
     if version.version > 1:
         before = await ctx.store.vread("Consent", version.id, version.version - 1)
         bodies.append(before.body if before is not None else None)
-    found = set()
-    for body in bodies:
-        reference = (orjson.loads(body or b"{}").get("patient") or {}).get("reference", "")
-        if reference.startswith("Patient/"):
-            found.add(reference.removeprefix("Patient/"))
-    return found
+    return {patient for body in bodies if body is not None
+            for patient in patients_of(ctx.registry, "Consent", extract(orjson.loads(body)))}
 
 
 async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> None:

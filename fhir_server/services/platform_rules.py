@@ -1,0 +1,119 @@
+"""The platform's rules on what may be written, beyond what the caller reaches
+(services/guard.py checks reach): who records a patient's Consents and in what form, and who
+writes which messages. Referrals and answers are the server's (trials/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..access import consent as consents
+from ..access.principal import PRACTITIONER_ACCOUNTS, Principal, Role
+from ..model import platform_codes as codes
+from ..model.errors import Kind, fail
+from . import reach
+from .context import Context
+
+# Who receives referrals: writing to them is a referral, made by $refer alone.
+INVESTIGATOR_TYPES = (*codes.RECIPIENT_TYPES, "Organization")
+
+
+async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
+    """FORBIDDEN (or UNPROCESSABLE) unless `resource` keeps the platform's rules."""
+    if resource_type == "Consent":  # its subject's form is checked first (guard.require_write)
+        await check_recorded_consent(ctx, resource)
+    elif resource_type == "Communication":
+        await check_message(ctx, resource)
+
+
+def _forbidden(message: str) -> Exception:
+    return fail(Kind.FORBIDDEN, "forbidden", message)
+
+
+def check_consent_subject(consent: dict[str, Any]) -> None:
+    """A Consent names its patient as `Patient/<id>` on this server: a form the access rules
+    could not match would let an objection or a withdrawal go unheeded."""
+    reference = (consent.get("patient") or {}).get("reference", "")
+    kind, _, id = reference.partition("/")
+    if kind != "Patient" or not id or "/" in id:
+        raise fail(Kind.UNPROCESSABLE, "business-rule",
+                   "Consent.patient must reference the patient as Patient/<id> (no version, no "
+                   "absolute URL), so that the server can apply the consent.",
+                   expression="Consent.patient")
+
+
+async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
+    """A practitioner records a patient's agreement, with its evidence (source[x]): to the
+    platform holding the record with them as the one actor (patient-privacy), or to sharing
+    with investigators (research). For a record they do not reach yet, the agreement is only
+    proposed (trials/proposal.py) until the patient confirms it. Refusals, withdrawals and renewals are the patient's (or
+    their representative's): a practitioner records neither a deny nor an agreement that
+    lapsed (for privacy: one naming them)."""
+    principal = ctx.principal
+    if principal is None or principal.role not in PRACTITIONER_ACCOUNTS:
+        return
+    privacy = consents.has_scope(consent, consents.PRIVACY)
+    if not privacy and not consents.has_scope(consent, consents.RESEARCH):
+        raise _forbidden("A practitioner records patient-privacy and research Consents only.")
+    if "sourceAttachment" not in consent and "sourceReference" not in consent:
+        raise _forbidden("A practitioner records a patient's agreement with its evidence "
+                         "(Consent.sourceAttachment or sourceReference).")
+    every = list(consents.provisions(consent.get("provision") or {}))
+    if (consent.get("status") not in ("active", "proposed") or every[0].get("type") != "permit"
+            or any(p.get("type") == "deny" for p in every)):
+        raise _forbidden("A practitioner records an agreement (status active or proposed, a "
+                         "permit without deny); refusals and withdrawals are the patient's to "
+                         "record.")
+    if privacy and {a for p in every for a in consents.actors(p)} != {principal.fhir_user}:
+        raise _forbidden("A practitioner records the patient's agreement to their own access "
+                         "only: the Consent names them as its one actor.")
+    scope = consents.PRIVACY if privacy else consents.RESEARCH
+    actor = principal.fhir_user if privacy else None
+    day = reach.today()
+    earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
+    # A privacy deny naming the practitioner needs no check here (it wins at every request),
+    # and reading it would tell a practitioner out of reach that the patient exists.
+    lapsed = not privacy and consents.refused(earlier, scope, None, day)
+    for one in earlier:
+        if lapsed:
+            break
+        lapsed = consents.lapsed(await reach.versions(ctx, "Consent", one["id"]), scope, actor, day)
+    if lapsed:
+        raise _forbidden("This agreement was withdrawn, refused or has ended: only the patient "
+                         "(or their representative) can give it again.")
+
+
+def may_attest(principal: Principal) -> bool:
+    """Referring physicians record their patients' agreements; administrators and
+    investigators reach no patient by consent."""
+    return principal.role is Role.PRACTITIONER
+
+
+async def check_message(ctx: Context, message: dict[str, Any]) -> None:
+    """Referrals and answers are the server's to write; nobody else writes a message from or
+    to a PractitionerRole, CareTeam, Group or Organization (investigators read the messages
+    sent from or to their identities: a patient's data reach them through $refer alone); a
+    user sends in their own name; a patient writes to their referring physicians only."""
+    principal = ctx.principal
+    if principal is None or principal.server:
+        return
+    kinds = set(codes.codes_of(message.get("category", []), codes.MESSAGE_SYSTEM))
+    if kinds & codes.SERVER_MADE:
+        raise _forbidden("Referrals are sent with ResearchStudy/{id}/$refer and answered with "
+                         "POST Communication by their recipients; they are not written directly.")
+    recipients = [consents.local(r.get("reference", "")) for r in message.get("recipient", [])]
+    sender = consents.local((message.get("sender") or {}).get("reference", ""))
+    if principal.confined and any(r.split("/", 1)[0] in INVESTIGATOR_TYPES for r in (*recipients, sender)):
+        raise _forbidden("A patient's data reach trial investigators only through a referral "
+                         "(ResearchStudy/{id}/$refer).")
+    for_patient = principal.speaks_for_patient and principal.patient is not None
+    own = ({principal.fhir_user} if principal.fhir_user else set()) | (
+        {f"Patient/{principal.patient}"} if for_patient else set())
+    if own and sender:
+        if sender not in own:
+            raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
+    if for_patient:
+        assert principal.patient is not None
+        physicians = await reach.physicians_of(ctx, principal.patient)
+        if not recipients or any(r not in physicians for r in recipients):
+            raise _forbidden("A patient writes only to their referring physicians (the "
+                             "practitioners their consent names).")
