@@ -1,5 +1,6 @@
 """The conformance resources we define (terminology/ and profiles/) are served like any other:
-stored, as the server, when it starts, and replaced when a new release changes them."""
+stored, as the server (services/server_writes.py), when it starts, and replaced when a new
+release changes them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import orjson
 
 from ..model.errors import FhirError
 from ..model.platform_codes import definitions
-from ..search import extract
+from ..services import server_writes
 from ..services.context import Context
-from ..store.base import Write
+from ..services.server_writes import ServerWrite
 
 log = logging.getLogger("fhir_server")
 
@@ -36,8 +37,7 @@ async def _publish(ctx: Context) -> int:
             stored.pop("meta", None)
             if stored == resource:
                 continue
-        ctx.validator.validate(resource)
-        await ctx.store.commit([Write(resource["resourceType"], resource["id"], dict(resource),
-                                      extract(resource), "PUT")])
+        # Replaced whatever version is current: the shipped definition wins.
+        await server_writes.commit(ctx, [ServerWrite(dict(resource), new=False)])
         count += 1
     return count

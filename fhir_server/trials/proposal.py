@@ -27,10 +27,10 @@ from ..access import consent as consents
 from ..access.codes import Check
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
-from ..services import crud, guard, platform_rules, reach
+from ..services import crud, guard, platform_rules, reach, server_writes
 from ..services.context import Context, Payload
 from ..store.base import Version
-from .referral import as_server, commit_as_server
+from ..services.server_writes import ServerWrite, as_server
 
 NOTIFICATION = {"system": "http://terminology.hl7.org/CodeSystem/communication-category",
                 "code": "notification"}
@@ -69,11 +69,11 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
         view["id"], view["status"] = id, "proposed"
     crud.check_resource(ctx, "Consent", payload)
     await platform_rules.check_recorded_consent(ctx, payload.checked)
-    resources = [payload.exact]
+    writes = [ServerWrite(payload.exact)]
     if await reach.current(as_server(ctx), f"Patient/{patient}") is not None and ctx.codes is not None:
         code, expires = ctx.codes.issue(f"Consent/{id}")
-        resources.append(_notice(ctx, patient, id, code, expires))
-    return (await commit_as_server(ctx, resources))[0]
+        writes.append(ServerWrite(_notice(ctx, patient, id, code, expires)))
+    return (await server_writes.commit(ctx, writes))[0]
 
 
 def _notice(ctx: Context, patient: str, consent_id: str, code: str, expires: float) -> dict[str, Any]:

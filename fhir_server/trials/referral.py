@@ -18,22 +18,21 @@ answer directly (services/guard.py), nor change a frozen record (access/policy.p
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from ..access.principal import Principal, server_principal
+from ..access.principal import Principal
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
-from ..search import extract, parse_query
-from ..services import crud, reach
-from ..services.context import Context, Payload, after_commit
-from ..services.guard import decision, hidden, note
-from ..store.base import Version, Write
+from ..search import parse_query
+from ..services import crud, reach, server_writes
+from ..services.context import Context, Payload
+from ..services.guard import decision, hidden
+from ..services.server_writes import ServerWrite, as_server
+from ..store.base import Version
 from .. import clock
 from . import snapshot
 
@@ -60,28 +59,6 @@ def _reference(parameter: dict[str, Any], name: str) -> str:
         raise _invalid(f"Parameter '{name}' is a valueReference of the form Type/id.",
                        f"Parameters.parameter.where(name='{name}')")
     return reference
-
-
-def _write(ctx: Context, resource: dict[str, Any], *, new: bool, if_match: int | None = None) -> Write:
-    """A validated, indexed write of a resource the server makes."""
-    crud.check_resource(ctx, resource["resourceType"], Payload(resource, resource))
-    return Write(resource["resourceType"], resource["id"], resource, extract(resource),
-                 "POST" if new else "PUT", if_match=if_match, create_only=new)
-
-
-def as_server(ctx: Context) -> Context:
-    return dataclasses.replace(ctx, principal=server_principal("trials"))
-
-
-async def commit_as_server(ctx: Context, resources: Sequence[dict[str, Any]]) -> list[Version]:
-    """Create `resources` (validated, indexed) in one unit of work of the server: the
-    request's audit trail notes them and the commit hooks run, as for any write."""
-    results = await ctx.store.commit([_write(ctx, resource, new=True) for resource in resources])
-    versions = [result.version for result in results if result.version is not None]
-    for version in versions:
-        note(ctx, version)
-    await after_commit(ctx, versions)
-    return versions
 
 
 def _referrer(principal: Principal | None) -> str:
@@ -148,12 +125,8 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
         "individual": {"reference": patient_ref},
         "consent": {"reference": f"Consent/{consent['id']}"},
     }
-    results = await ctx.store.commit([_write(ctx, frozen, new=True), _write(ctx, referral, new=True),
-                                      _write(ctx, subject, new=True)])
-    for result in results:
-        note(ctx, result.version)
-    version = results[1].version
-    assert version is not None
+    version = (await server_writes.commit(ctx, [ServerWrite(frozen), ServerWrite(referral),
+                                                 ServerWrite(subject)]))[1]
     if await reach.sharing_consent(server, patient) is None:
         # The consent was withdrawn while the record was being frozen: the withdrawal hook
         # ran before this referral existed, so it is marked here.
@@ -232,26 +205,21 @@ async def _answer(ctx: Context, payload: Payload, stored: Version, referral: dic
         "reasonCode": [{"coding": [codes.coding(codes.OUTCOME_SYSTEM, outcome)]}],
         **({"payload": [{"contentString": t} for t in texts]} if texts else {}),
     }
-    writes = [_write(ctx, stored_answer, new=True), *_progress(ctx, referral, stored.version, outcome)]
+    writes = [ServerWrite(stored_answer), *_progress(referral, stored.version, outcome)]
     writes += await _subject_writes(ctx, stored.id, outcome)
-    results = await ctx.store.commit(writes)
-    for result in results:
-        note(ctx, result.version)
-    version = results[0].version
-    assert version is not None
-    return version
+    return (await server_writes.commit(ctx, writes))[0]
 
 
-def _progress(ctx: Context, referral: dict[str, Any], version: int, outcome: str) -> list[Write]:
+def _progress(referral: dict[str, Any], version: int, outcome: str) -> list[ServerWrite]:
     """The referral at `outcome` (pinned to the version read: a concurrent answer fails)."""
     final = codes.concepts(codes.OUTCOME_SYSTEM)[outcome]["final"]
     updated = {**referral, "statusReason": {"coding": [codes.coding(codes.OUTCOME_SYSTEM, outcome)]},
                "status": ("stopped" if outcome == "withdrawn" else "completed" if final
                           else "in-progress")}
-    return [_write(ctx, updated, new=False, if_match=version)]
+    return [ServerWrite(updated, new=False, if_match=version)]
 
 
-async def _subject_writes(ctx: Context, referral_id: str, outcome: str) -> list[Write]:
+async def _subject_writes(ctx: Context, referral_id: str, outcome: str) -> list[ServerWrite]:
     """The ResearchSubject of a referral at `outcome`."""
     query, _ = parse_query("ResearchSubject", [("identifier", f"{REFERRAL_IDENTIFIER}|{referral_id}")],
                            ctx.registry)
@@ -260,7 +228,7 @@ async def _subject_writes(ctx: Context, referral_id: str, outcome: str) -> list[
     for found in page.matches:
         subject = orjson.loads(found.body or b"{}")
         subject["status"] = codes.concepts(codes.OUTCOME_SYSTEM)[outcome]["research-subject-status"]
-        writes.append(_write(ctx, subject, new=False, if_match=found.version))
+        writes.append(ServerWrite(subject, new=False, if_match=found.version))
     return writes
 
 
@@ -268,7 +236,7 @@ async def withdraw(ctx: Context, referral: Version) -> None:
     """Mark a referral whose sharing consent is withdrawn, its frozen record and its
     ResearchSubject (the server's own unit of work; the frozen content is left as it was)."""
     body = orjson.loads(referral.body or b"{}")
-    writes = _progress(ctx, body, referral.version, "withdrawn")
+    writes = _progress(body, referral.version, "withdrawn")
     writes += await _subject_writes(ctx, referral.id, "withdrawn")
     for bundle_id in reach.snapshot_ids([body]):
         found = await ctx.store.read("Bundle", bundle_id)
@@ -277,8 +245,8 @@ async def withdraw(ctx: Context, referral: Version) -> None:
         frozen = orjson.loads(found.body)
         tags = frozen.setdefault("meta", {}).setdefault("tag", [])
         tags.append(codes.coding(codes.OUTCOME_SYSTEM, "withdrawn"))
-        writes.append(_write(ctx, frozen, new=False, if_match=found.version))
-    await ctx.store.commit(writes)
+        writes.append(ServerWrite(frozen, new=False, if_match=found.version))
+    await server_writes.commit(ctx, writes)
 
 
 async def summary(ctx: Context, study_id: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from ..search import extract
 from ..services import reach
 from ..services.context import Context
 from ..store.base import Version
-from .referral import as_server, withdraw
+from ..services.server_writes import as_server
+from .referral import withdraw
 
 log = logging.getLogger("fhir_server.trials")
 

@@ -1,0 +1,53 @@
+"""The writes the server makes for its own workflows: referrals and answers, withdrawal
+marks, frozen records, consent proposals, published definitions. They go through the service
+layer like a client's: the access decision (as the server, the only one allowed to write
+referrals and frozen records), validation and indexing, one unit of work, the request's audit
+trail and the commit hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from ..access.principal import server_principal
+from ..search import extract
+from ..store.base import Version, Write
+from . import crud
+from .context import Context, Payload, after_commit
+from .guard import decision, note
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerWrite:
+    """One resource the server writes: created with its id (failing if it exists), or
+    replacing the current version (`if_match`: only that version)."""
+
+    resource: dict[str, Any]
+    new: bool = True
+    if_match: int | None = None
+
+
+def as_server(ctx: Context, name: str = "server") -> Context:
+    """`ctx` acting as the server itself (the request's audit trail kept)."""
+    return dataclasses.replace(ctx, principal=server_principal(name))
+
+
+async def commit(ctx: Context, writes: Sequence[ServerWrite]) -> list[Version]:
+    """Write `writes` in one unit of work, as the server; the versions stored."""
+    server = as_server(ctx)
+    operations = []
+    for write in writes:
+        resource = write.resource
+        resource_type = resource["resourceType"]
+        decision(server, "create" if write.new else "update", resource_type)
+        crud.check_resource(server, resource_type, Payload(resource, resource))
+        operations.append(Write(resource_type, resource["id"], resource, extract(resource),
+                                "POST" if write.new else "PUT", if_match=write.if_match,
+                                create_only=write.new))
+    results = await ctx.store.commit(operations)
+    versions = [result.version for result in results if result.version is not None]
+    for version in versions:
+        note(ctx, version)
+    await after_commit(ctx, versions)
+    return versions
