@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .. import clock
 from ..access import Interaction
 from ..access import consent as consents
 from ..access.policy import Decision, decide
@@ -22,7 +23,7 @@ from ..access.principal import Role
 from ..model.errors import Kind, fail
 from ..search import Chain, Has, IndexEntry, Not, Query
 from ..store.base import Version
-from . import platform_rules, reach
+from . import platform_rules
 from .context import Context
 
 
@@ -164,7 +165,7 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
     if principal is None or principal.fhir_user is None or not platform_rules.may_attest(principal):
         return ctx
     assert principal.consented is not None
-    day = reach.today()
+    day = clock.today()
     new = [patient.removeprefix("Patient/") for patient, consent in entries
            if patient in created and consents.attests_access(consent, principal.fhir_user, day)]
     if not new:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import clock
 from ..access import consent as consents
 from ..access.principal import PRACTITIONER_ACCOUNTS, Principal, Role
 from ..model import platform_codes as codes
@@ -68,7 +69,7 @@ async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
                          "only: the Consent names them as its one actor.")
     scope = consents.PRIVACY if privacy else consents.RESEARCH
     actor = principal.fhir_user if privacy else None
-    day = reach.today()
+    day = clock.today()
     earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
     # A privacy deny naming the practitioner needs no check here (it wins at every request),
     # and reading it would tell a practitioner out of reach that the patient exists.
