@@ -64,13 +64,13 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
     if patient is None:
         return None
     guard.decision(ctx, "create", "Consent")  # the token must allow recording consents
+    crud.check_resource(ctx, "Consent", payload)
+    await platform_rules.check_recorded_consent(ctx, payload.checked)  # an agreement, as sent
     id = new_id()
     for view in (payload.checked, payload.exact):
         view["id"], view["status"] = id, "proposed"
-    crud.check_resource(ctx, "Consent", payload)
-    await platform_rules.check_recorded_consent(ctx, payload.checked)
     writes = [ServerWrite(payload.exact)]
-    if await reach.current(as_server(ctx), f"Patient/{patient}") is not None and ctx.codes is not None:
+    if await reach.current(ctx, f"Patient/{patient}") is not None and ctx.codes is not None:
         code, expires = ctx.codes.issue(f"Consent/{id}")
         writes.append(ServerWrite(_notice(ctx, patient, id, code, expires)))
     return (await server_writes.commit(ctx, writes))[0]

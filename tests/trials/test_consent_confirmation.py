@@ -191,3 +191,13 @@ def test_the_operation_is_advertised(platform: Platform) -> None:
     statement = platform.client.get("/fhir/metadata").json()
     [consent_type] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Consent"]
     assert {"name": "confirm", "definition": "https://oncotrials.example.org/fhir/OperationDefinition/Consent-confirm"} in consent_type["operation"]
+
+
+def test_a_proposal_is_an_agreement_only(platform: Platform) -> None:
+    patient_id = _ehr_patient(platform)
+    who, headers = _practitioner(platform)
+    for status in ("rejected", "inactive", "draft"):
+        for target in (patient_id, "no-such-patient"):
+            body = consent(target, actor=who, status=status)
+            assert send(platform.client, "POST", "/fhir/Consent", body, **headers).status_code == 403, status
+    assert _propose(platform, who, headers, patient_id).status_code == 201
