@@ -19,7 +19,7 @@ INVESTIGATOR_TYPES = (*codes.RECIPIENT_TYPES, "Organization")
 
 
 async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
-    """FORBIDDEN (or UNPROCESSABLE) unless `resource` keeps the platform's rules."""
+    """FORBIDDEN unless `resource` keeps the platform's rules."""
     if resource_type == "Consent":  # its subject's form is checked first (guard.require_write)
         await check_recorded_consent(ctx, resource)
     elif resource_type == "Communication":
