@@ -34,3 +34,8 @@ def test_the_patients_of_a_resource(resource: dict[str, Any], expected: set[str]
     registry = default_registry()
     found = patients_of(registry, resource["resourceType"], extract(resource), resource.get("id"))
     assert found == expected
+
+
+def test_links_can_be_left_out() -> None:
+    linked = {"resourceType": "Patient", "id": "a", "link": [{"other": {"reference": "Patient/b"}, "type": "seealso"}]}
+    assert patients_of(default_registry(), "Patient", extract(linked), "a", links=False) == {"a"}
