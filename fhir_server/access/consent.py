@@ -117,8 +117,9 @@ def physicians(consents: Iterable[dict[str, Any]], today: str) -> set[str]:
 def attests_access(consent: dict[str, Any], practitioner: str, today: str) -> bool:
     """Whether a Consent records a patient's agreement to `practitioner` reaching their
     record: active, patient-privacy, a permit in force naming them, and its evidence
-    (source[x]: the signed form or a reference to it). A practitioner may record such a
-    Consent for a patient they do not reach yet; the patient sees it in their audit trail."""
+    (source[x]: the signed form or a reference to it). It opens the record only when the
+    practitioner creates the record with it; for an existing record it is a proposal the
+    patient confirms (trials/proposal.py)."""
     return (permit([consent], PRIVACY, practitioner, today) is not None
             and ("sourceAttachment" in consent or "sourceReference" in consent))
 

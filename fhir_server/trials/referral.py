@@ -13,7 +13,7 @@
   study, counted by outcome.
 
 The stored resources are written by the server itself: nobody can write a referral or an
-answer directly (services/guard.py), nor change a frozen record (access/policy.py).
+answer directly (services/platform_rules.py), nor change a frozen record (access/policy.py).
 """
 
 from __future__ import annotations
