@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
-from .access.codes import ConfirmationCodes
-from .access.principal import server_principal
+from .access import ConfirmationCodes, server_principal
 from .audit.chain import Chain
 from .audit.recorder import AuditRecorder
 from .auth.external import ExternalIssuers, TrustedIssuer

@@ -1,8 +1,14 @@
-"""Access control: the SMART on FHIR scope model (SMART App Launch 2.x).
+"""Access control: the SMART on FHIR scope model (SMART App Launch 2.x), who the caller is
+(principal.py), what a patient's Consents allow (consent.py), the decision for each
+interaction (policy.py), and the one-time codes confirming proposed Consents (codes.py).
 
 Other packages import access only from here.
 """
 
+from . import consent
+from .codes import CodeCheck, ConfirmationCodes
+from .policy import Decision, compartment_clause, decide
+from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
 from .scopes import (
     CONTEXT_SCOPES,
     LEVELS,
@@ -20,13 +26,25 @@ from .scopes import (
 __all__ = [
     "CONTEXT_SCOPES",
     "LEVELS",
+    "PATIENT_SIDE",
+    "PRACTITIONER_ACCOUNTS",
+    "Claims",
+    "CodeCheck",
+    "ConfirmationCodes",
     "ContextScope",
+    "Decision",
     "Grant",
     "Interaction",
     "Level",
+    "Principal",
     "ResourceScope",
     "Restriction",
+    "Role",
+    "compartment_clause",
+    "consent",
+    "decide",
     "parse_scope",
     "parse_scopes",
     "required_permission",
+    "server_principal",
 ]

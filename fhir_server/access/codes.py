@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS code (
 """
 
 
-class Check(Enum):
+class CodeCheck(Enum):
     """What a code given for a Consent proved."""
 
     CONFIRMED = "confirmed"
@@ -79,7 +79,7 @@ class ConfirmationCodes:
                          "VALUES (?, ?, ?, ?)", (consent, salt, _digest(salt, code), expires))
         return code, expires
 
-    def check(self, consent: str, code: str) -> Check:
+    def check(self, consent: str, code: str) -> CodeCheck:
         """Try `code` for `consent`: each try counts, a right one is spent."""
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # one try at a time: the attempt count cannot be raced
@@ -89,18 +89,18 @@ class ConfirmationCodes:
                 conn.execute("COMMIT")
 
     @staticmethod
-    def _try(conn: sqlite3.Connection, consent: str, code: str) -> Check:
+    def _try(conn: sqlite3.Connection, consent: str, code: str) -> CodeCheck:
         row = conn.execute("SELECT salt, hash, expires, attempts FROM code WHERE consent = ?",
                            (consent,)).fetchone()
         if row is None:
-            return Check.NONE
+            return CodeCheck.NONE
         salt, expected, expires, attempts = row
         if expires < clock.now().timestamp():
-            return Check.EXPIRED
+            return CodeCheck.EXPIRED
         if attempts >= MAX_ATTEMPTS:
-            return Check.EXHAUSTED
+            return CodeCheck.EXHAUSTED
         if hmac.compare_digest(_digest(salt, code), expected):
             conn.execute("DELETE FROM code WHERE consent = ?", (consent,))
-            return Check.CONFIRMED
+            return CodeCheck.CONFIRMED
         conn.execute("UPDATE code SET attempts = attempts + 1 WHERE consent = ?", (consent,))
-        return Check.WRONG
+        return CodeCheck.WRONG

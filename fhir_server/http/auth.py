@@ -13,7 +13,7 @@ import logging
 
 from fastapi import Request
 
-from ..access.principal import Claims, server_principal
+from ..access import Claims, server_principal
 from ..auth.tokens import InvalidToken, TokenClaims, TokenService
 from ..auth.users import Users
 from ..model.errors import Kind, fail

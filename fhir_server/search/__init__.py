@@ -43,6 +43,7 @@ from .entries import (
     TokenEntry,
     UriEntry,
 )
+from .compartments import patients_of
 from .extract import Extractor, extract
 from .match import Resolver, Unsupported, matches
 from .params.date import DATE_MAX, DATE_MIN
@@ -52,6 +53,7 @@ from .parse import format_query, parse_query
 from .registry import Component, ParamType, Registry, SearchParam, default_registry
 
 __all__ = [
+    "patients_of",
     "DATE_MAX",
     "DATE_MIN",
     "PREFIXES",
@@ -103,4 +105,5 @@ __all__ = [
     "matches",
     "normalize",
     "parse_query",
+    "patients_of",
 ]

@@ -7,8 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..access.codes import ConfirmationCodes
-from ..access.principal import Principal
+from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
 from ..model.validation import Validator
 from ..search import Registry

@@ -15,13 +15,10 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..access import Interaction
+from ..access import Decision, Interaction, Role, decide
 from ..access import consent as consents
-from ..access.policy import Decision, decide
-from ..access.compartments import patients_of
-from ..access.principal import Role
 from ..model.errors import Kind, fail
-from ..search import Chain, Has, IndexEntry, Not, Query
+from ..search import Chain, Has, IndexEntry, Not, Query, patients_of
 from ..store.base import Version
 from . import platform_rules
 from .context import Context

@@ -1,6 +1,7 @@
 """The platform's rules on what may be written, beyond what the caller reaches
-(services/guard.py checks reach): who records a patient's Consents and in what form, and who
-writes which messages. Referrals and answers are the server's (trials/)."""
+(services/guard.py checks reach): who records a patient's Consents and in what form, when a
+practitioner's agreement is only a proposal and who confirms it, and who writes which
+messages. Referrals and answers are the server's (trials/)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from .. import clock
 from ..access import consent as consents
-from ..access.principal import PRACTITIONER_ACCOUNTS, Principal, Role
+from ..access import PRACTITIONER_ACCOUNTS, CodeCheck, Principal, Role
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from . import reach
@@ -118,3 +119,48 @@ async def check_message(ctx: Context, message: dict[str, Any]) -> None:
         if not recipients or any(r not in physicians for r in recipients):
             raise _forbidden("A patient writes only to their referring physicians (the "
                              "practitioners their consent names).")
+
+
+def unreached_patient(ctx: Context, resource_type: str, resource: Any) -> str | None:
+    """The patient id of a practitioner's patient-privacy Consent for a record outside their
+    reach, which is only a proposal (trials/proposal.py); None for any other create."""
+    principal = ctx.principal
+    if (resource_type != "Consent" or not isinstance(resource, dict) or principal is None
+            or not may_attest(principal) or not consents.has_scope(resource, consents.PRIVACY)):
+        return None
+    check_consent_subject(resource)
+    patient = resource["patient"]["reference"].removeprefix("Patient/")
+    assert principal.consented is not None
+    return None if patient in principal.consented else patient
+
+
+def may_confirm(ctx: Context, consent: dict[str, Any]) -> bool:
+    """Whether the caller may confirm a proposed Consent with its code: the practitioner it
+    names, or the patient (or representative) it is about."""
+    principal = ctx.principal
+    if principal is None:
+        return False
+    patient = consents.local((consent.get("patient") or {}).get("reference", ""))
+    if (principal.fhir_user is not None and may_attest(principal)
+            and principal.fhir_user in consents.actors(consent.get("provision") or {})):
+        return True
+    return principal.speaks_for_patient and patient == f"Patient/{principal.patient}"
+
+
+_REFUSED = {
+    CodeCheck.WRONG: "The code does not match",
+    CodeCheck.EXPIRED: "The code has expired",
+    CodeCheck.EXHAUSTED: "Too many wrong codes",
+    CodeCheck.NONE: "No code is waiting for this Consent",
+}
+
+
+def check_code(ctx: Context, consent_id: str, code: str) -> None:
+    """FORBIDDEN unless `code` is the one-time code the patient received for the proposed
+    Consent/`consent_id` (each try counts; a right one is spent)."""
+    assert ctx.codes is not None
+    checked = ctx.codes.check(f"Consent/{consent_id}", code)
+    if checked is not CodeCheck.CONFIRMED:
+        again = ("." if checked is CodeCheck.WRONG else ": propose the agreement again for a new "
+                 "code, or ask the patient to accept it in their portal.")
+        raise _forbidden(_REFUSED[checked] + again)

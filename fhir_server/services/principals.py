@@ -5,8 +5,7 @@ so that a withdrawn consent or an ended membership or representation takes effec
 
 from __future__ import annotations
 
-from ..access import parse_scopes
-from ..access.principal import Claims, Principal, Role
+from ..access import Claims, Principal, Role, parse_scopes
 from ..model.errors import Kind, fail
 from . import reach
 from .context import Context

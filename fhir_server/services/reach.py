@@ -15,13 +15,12 @@ from typing import Any
 import orjson
 
 from ..access import consent as consents
-from ..access.compartments import patients_of
 from ..clock import today
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
-from ..search import Query, extract, parse_query
-from ..store.base import HistoryQuery
+from ..search import Query, extract, parse_query, patients_of
+from ..store.base import HistoryQuery, Version
 from .context import Context
 
 MOST = 10_000  # resources read for one decision, at most (beyond: BUSY, never a guess)
@@ -66,6 +65,17 @@ async def current(ctx: Context, reference: str) -> dict[str, Any] | None:
     kind, _, id = reference.partition("/")
     found = await ctx.store.read(kind, id)
     return orjson.loads(found.body) if found is not None and found.body is not None else None
+
+
+async def consent_patients(ctx: Context, version: Version) -> set[str]:
+    """The patients a Consent version and the one before it are about (a Consent moved to
+    another patient, or deleted, changes what the first patient agreed to)."""
+    bodies = [version.body]
+    if version.version > 1:
+        before = await ctx.store.vread("Consent", version.id, version.version - 1)
+        bodies.append(before.body if before is not None else None)
+    return {patient for body in bodies if body is not None
+            for patient in patients_of(ctx.registry, "Consent", extract(orjson.loads(body)))}
 
 
 async def versions(ctx: Context, resource_type: str, id: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from ..access.principal import server_principal
+from ..access import server_principal
 from ..search import extract
 from ..store.base import Version, Write
 from . import crud

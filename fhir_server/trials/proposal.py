@@ -23,44 +23,20 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..access import consent as consents
-from ..access.codes import Check
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..services import crud, guard, platform_rules, reach, server_writes
 from ..services.context import Context, Payload
-from ..store.base import Version
 from ..services.server_writes import ServerWrite, as_server
+from ..store.base import Version
 
 NOTIFICATION = {"system": "http://terminology.hl7.org/CodeSystem/communication-category",
                 "code": "notification"}
-_REFUSED = {
-    Check.WRONG: "The code does not match.",
-    Check.EXPIRED: "The code has expired: propose the agreement again for a new code, or ask "
-                   "the patient to accept it in their portal.",
-    Check.EXHAUSTED: "Too many wrong codes: propose the agreement again for a new code, or ask "
-                     "the patient to accept it in their portal.",
-    Check.NONE: "No code is waiting for this Consent: propose the agreement again for a new "
-                "code, or ask the patient to accept it in their portal.",
-}
-
-
-def _unreached_patient(ctx: Context, resource_type: str, resource: Any) -> str | None:
-    """The patient id of a practitioner's patient-privacy Consent for a record outside their
-    reach; None for any other create."""
-    principal = ctx.principal
-    if (resource_type != "Consent" or not isinstance(resource, dict) or principal is None
-            or not platform_rules.may_attest(principal) or not consents.has_scope(resource, consents.PRIVACY)):
-        return None
-    platform_rules.check_consent_subject(resource)
-    patient = resource["patient"]["reference"].removeprefix("Patient/")
-    assert principal.consented is not None
-    return None if patient in principal.consented else patient
 
 
 async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
     """A create (services/context.py Creator): see the module docstring."""
-    patient = _unreached_patient(ctx, resource_type, payload.checked)
+    patient = platform_rules.unreached_patient(ctx, resource_type, payload.checked)
     if patient is None:
         return None
     guard.decision(ctx, "create", "Consent")  # the token must allow recording consents
@@ -99,18 +75,6 @@ def _code(body: dict[str, Any]) -> str:
     return given[0].strip()
 
 
-def _may_confirm(ctx: Context, consent: dict[str, Any]) -> bool:
-    """The practitioner the proposal names, or the patient (or representative) it is about."""
-    principal = ctx.principal
-    if principal is None:
-        return False
-    patient = consents.local((consent.get("patient") or {}).get("reference", ""))
-    if (principal.fhir_user is not None and platform_rules.may_attest(principal)
-            and principal.fhir_user in consents.actors(consent.get("provision") or {})):
-        return True
-    return principal.speaks_for_patient and patient == f"Patient/{principal.patient}"
-
-
 async def confirm(ctx: Context, consent_id: str, body: dict[str, Any]) -> Version:
     """`$confirm`: the Consent made active; NOT_FOUND for a Consent the caller may not
     confirm, CONFLICT when it is no longer proposed, FORBIDDEN for a code that does not
@@ -120,16 +84,13 @@ async def confirm(ctx: Context, consent_id: str, body: dict[str, Any]) -> Versio
     code = _code(body)
     found = await ctx.store.read("Consent", consent_id)
     consent = orjson.loads(found.body) if found is not None and found.body is not None else None
-    if found is None or consent is None or not _may_confirm(ctx, consent):
+    if found is None or consent is None or not platform_rules.may_confirm(ctx, consent):
         raise guard.hidden("Consent", consent_id)
     guard.note(ctx, found, consent)  # every attempt reaches the patient's audit trail
     if consent.get("status") != "proposed":
         raise fail(Kind.CONFLICT, "conflict", f"Consent/{consent_id} is {consent.get('status')}, "
                    "not proposed: there is nothing to confirm.")
-    assert ctx.codes is not None
-    checked = ctx.codes.check(f"Consent/{consent_id}", code)
-    if checked is not Check.CONFIRMED:
-        raise fail(Kind.FORBIDDEN, "forbidden", _REFUSED[checked])
+    platform_rules.check_code(ctx, consent_id, code)
     consent.pop("meta", None)
     active = {**consent, "status": "active"}
     result = await crud.update(as_server(ctx), "Consent", consent_id, Payload(active, active),

@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 
-from ..access.principal import Principal
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
@@ -61,8 +60,9 @@ def _reference(parameter: dict[str, Any], name: str) -> str:
     return reference
 
 
-def _referrer(principal: Principal | None) -> str:
+def _referrer(ctx: Context) -> str:
     """The physician referring: a practitioner user; a patient may only suggest."""
+    principal = ctx.principal
     if principal is not None and principal.speaks_for_patient:
         raise fail(Kind.FORBIDDEN, "forbidden",
                    "A patient does not refer: suggest the trial to your referring physician "
@@ -74,7 +74,7 @@ def _referrer(principal: Principal | None) -> str:
 
 async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
     """`$refer`: the stored referral Communication (see the module docstring)."""
-    physician = _referrer(ctx.principal)
+    physician = _referrer(ctx)
     decision(ctx, "create", "Communication")
     if body.get("resourceType") != "Parameters":
         raise _invalid("The body is a Parameters resource.", "resourceType")

@@ -12,10 +12,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from ..access.compartments import patients_of
 from ..model import platform_codes as codes
 from ..model.errors import FhirError
-from ..search import extract
 from ..services import reach
 from ..services.context import Context
 from ..store.base import Version
@@ -25,17 +23,6 @@ from .referral import withdraw
 log = logging.getLogger("fhir_server.trials")
 
 
-async def _patients_of(ctx: Context, version: Version) -> set[str]:
-    """The patients a Consent version and the one before it are about (a Consent moved to
-    another patient, or deleted, changes what the first patient agreed to)."""
-    bodies = [version.body]
-    if version.version > 1:
-        before = await ctx.store.vread("Consent", version.id, version.version - 1)
-        bodies.append(before.body if before is not None else None)
-    return {patient for body in bodies if body is not None
-            for patient in patients_of(ctx.registry, "Consent", extract(orjson.loads(body)))}
-
-
 async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> None:
     """A commit hook (services/context.py): withdraw the referrals of the patients whose
     sharing consent is no longer in force after `versions` were written."""
@@ -43,7 +30,7 @@ async def after_consent_change(ctx: Context, versions: Sequence[Version]) -> Non
     if not changed:
         return
     server = as_server(ctx)
-    patients = {p for v in changed for p in await _patients_of(server, v)}
+    patients = {p for v in changed for p in await reach.consent_patients(server, v)}
     for patient in sorted(patients):
         if await reach.sharing_consent(server, patient) is not None:
             continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..search import IndexEntry, ReferenceEntry, Registry
+from .entries import IndexEntry, ReferenceEntry
+from .registry import Registry
 
 
 def patients_of(registry: Registry, resource_type: str, entries: Iterable[IndexEntry],

@@ -1,4 +1,4 @@
-"""Which patients a resource belongs to (fhir_server/access/compartments.py), the one answer
+"""Which patients a resource belongs to (fhir_server/search/compartments.py), the one answer
 the reach checks, the audit trail and the investigator lookups share
 (compartmentdefinition-patient)."""
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from fhir_server.access.compartments import patients_of
-from fhir_server.search import default_registry, extract
+from fhir_server.search import default_registry, extract, patients_of
 
 CASES: list[tuple[dict[str, Any], set[str]]] = [
     ({"resourceType": "Patient", "id": "a"}, {"a"}),
