@@ -18,6 +18,8 @@ PUBLIC = {
     "NearPredicate", "CompositePredicate", "Missing", "Not", "Chain", "Has",
     # parse, format, match
     "parse_query", "format_query", "matches", "Resolver", "Unsupported",
+    # compartments
+    "patients_of",
 }  # fmt: skip
 
 
