@@ -39,7 +39,7 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     Without any patient: one event. The first event is the request's own (it carries the
     query whenever that tells no patient about another)."""
     seen = _reach_of(principal)
-    patients = sorted(p for p in trail.patients if seen is None or p in seen)
+    patients = sorted(p for p in trail.patients if seen is None or p in seen or p in trail.asked)
     owners = trail.owners
 
     def event(patient: str | None, resources: list[str], query: str | None) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class Intent:
     def put(self, registry: Registry, trail: Trail,
             operations: Sequence[Operation]) -> tuple[str, bytes]:
         """The record of the request so far, with `operations` written."""
-        written = Trail(dict(trail.owners))
+        written = Trail(dict(trail.owners), set(trail.asked))
         for operation in operations:
             if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
                 operation = operation.write

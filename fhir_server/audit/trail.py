@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..search import IndexEntry, ReferenceEntry, Registry, extract
+from ..search import IndexEntry, Registry, extract, patients_of
 from ..store.base import Version
 
 
@@ -18,6 +18,9 @@ class Trail:
     whose compartment it lies in (none: it is no patient's data)."""
 
     owners: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Patients the request asked something of from outside the caller's reach (a
+    # practitioner's proposed Consent, each try of its code): recorded for them all the same.
+    asked: set[str] = field(default_factory=set)
 
     @property
     def patients(self) -> set[str]:
@@ -43,10 +46,6 @@ class Trail:
 
 def owners_of(registry: Registry, resource_type: str, id: str,
               entries: Iterable[IndexEntry]) -> frozenset[str]:
-    """The patients whose compartment a resource with index `entries` lies in."""
-    if resource_type == "Patient":
-        return frozenset((id,))
-    codes = registry.patient_compartment(resource_type)
-    return frozenset(entry.id for entry in entries
-                     if type(entry) is ReferenceEntry and entry.param in codes
-                     and entry.type == "Patient" and entry.url is None and entry.id)
+    """The patients whose compartment a resource with index `entries` lies in (a Patient's
+    links not followed, as access does not)."""
+    return frozenset(patients_of(registry, resource_type, entries, id, links=False))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import clock
-from ..access.principal import Principal
+from ..access import Principal
 from ..audit.events import interaction_of, request_events
 from ..audit.recorder import AuditRecorder, RequestRecord
 from ..audit.trail import Trail

@@ -485,6 +485,7 @@ async def _plan_writes(ctx: Context, tx: _Transaction, entries: list[Entry],
                        assigned: dict[int, tuple[str, bool]], pending: _Pending) -> None:
     """Check the POST, PUT and PATCH entries and send their writes through `pending`."""
     ctx = _with_new_patients(ctx, tx, assigned)
+    tx.workflow_ctx = _with_new_patients(tx.workflow_ctx, tx, assigned)  # creators see them too
     for e in entries:
         if e.method in ("POST", "PUT"):
             await pending.add(e, await _guard(e, _write(ctx, tx, e, assigned[e.index])))

@@ -18,7 +18,7 @@ from .. import clock
 from ..access import Decision, Interaction, Role, decide
 from ..access import consent as consents
 from ..model.errors import Kind, fail
-from ..search import Chain, Has, IndexEntry, Not, Query, patients_of
+from ..search import Chain, Has, IndexEntry, Not, Query, extract, patients_of
 from ..store.base import Version
 from . import platform_rules
 from .context import Context
@@ -104,6 +104,14 @@ def note(ctx: Context, version: Version | None, resource: dict[str, Any] | None 
     """Tell the request's audit trail a resource was read, returned or written."""
     if ctx.trail is not None:
         ctx.trail.touched(ctx.registry, version, resource)
+
+
+def note_asked(ctx: Context, version: Version, resource: dict[str, Any]) -> None:
+    """Note a resource a request asked for from a patient outside the caller's reach (a
+    proposed Consent): that patient's audit trail records the request."""
+    note(ctx, version, resource)
+    if ctx.trail is not None:
+        ctx.trail.asked |= patients_of(ctx.registry, version.resource_type, extract(resource))
 
 
 def hidden(resource_type: str, id: str) -> Exception:

@@ -43,13 +43,16 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
     crud.check_resource(ctx, "Consent", payload)
     await platform_rules.check_recorded_consent(ctx, payload.checked)  # an agreement, as sent
     id = new_id()
-    for view in (payload.checked, payload.exact):
-        view["id"], view["status"] = id, "proposed"
-    writes = [ServerWrite(payload.exact)]
+    # A copy: a transaction may run its entries twice (services/bundle.py), each from the
+    # Consent as sent.
+    proposal = {**payload.exact, "id": id, "status": "proposed"}
+    writes = [ServerWrite(proposal)]
     if await reach.current(ctx, f"Patient/{patient}") is not None and ctx.codes is not None:
         code, expires = ctx.codes.issue(f"Consent/{id}")
         writes.append(ServerWrite(_notice(ctx, patient, id, code, expires)))
-    return (await server_writes.commit(ctx, writes))[0]
+    stored = (await server_writes.commit(ctx, writes))[0]
+    guard.note_asked(ctx, stored, proposal)  # the patient sees who asked
+    return stored
 
 
 def _notice(ctx: Context, patient: str, consent_id: str, code: str, expires: float) -> dict[str, Any]:
@@ -86,7 +89,7 @@ async def confirm(ctx: Context, consent_id: str, body: dict[str, Any]) -> Versio
     consent = orjson.loads(found.body) if found is not None and found.body is not None else None
     if found is None or consent is None or not platform_rules.may_confirm(ctx, consent):
         raise guard.hidden("Consent", consent_id)
-    guard.note(ctx, found, consent)  # every attempt reaches the patient's audit trail
+    guard.note_asked(ctx, found, consent)  # every attempt reaches the patient's audit trail
     if consent.get("status") != "proposed":
         raise fail(Kind.CONFLICT, "conflict", f"Consent/{consent_id} is {consent.get('status')}, "
                    "not proposed: there is nothing to confirm.")

@@ -110,11 +110,15 @@ def test_a_physician_cannot_activate_their_own_proposal(platform: Platform) -> N
                 content_type="application/json-patch+json", **headers).status_code == 403
     assert _confirm(platform, proposed["id"], None, headers).status_code == 400
     assert _confirm(platform, proposed["id"], "0" * codes.DIGITS, headers).status_code == 403
-    # Another proposal does not help, nor does a transaction.
+    # Another proposal does not help, nor does a batch or a transaction: each is a proposal.
     assert _propose(platform, who, headers, patient_id).json()["status"] == "proposed"
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": consent(patient_id, actor=who), "request": {"method": "POST", "url": "Consent"}}]}
-    assert send(platform.client, "POST", "/fhir", bundle, **headers).status_code == 403
+    for kind in ("batch", "transaction"):
+        bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": consent(patient_id, actor=who), "request": {"method": "POST", "url": "Consent"}}]}
+        answer = send(platform.client, "POST", "/fhir", bundle, **headers)
+        assert answer.status_code == 200, answer.text
+        location = answer.json()["entry"][0]["response"]["location"].split("/_history")[0]
+        assert platform.client.get(f"/fhir/{location}", headers=platform.headers("ehr")).json()["status"] == "proposed"
     assert not _reaches(platform, headers, patient_id)
     stored = platform.client.get(f"/fhir/Consent/{proposed['id']}", headers=platform.headers("ehr")).json()
     assert stored["status"] == "proposed"
