@@ -9,6 +9,13 @@ fetched when needed and cached as the publisher's `Cache-Control` allows (RFC 91
 A JWT naming a key (`kid`) the cached set lacks makes one fetch at once (the publisher may have
 rotated its keys), and further unknown keys of that URL at most every UNKNOWN_KID_INTERVAL
 seconds, so that made-up `kid`s cannot turn this server into a fetching machine.
+
+Anyone can name a registered client in an assertion, so a publisher that hangs or fails must
+not hold up the token endpoint: a fetch is given FETCH_TIMEOUT seconds in all, a failure is
+remembered for FAILURE_SECONDS (assertions needing that set are refused at once meanwhile), and
+at most one request fetches a URL at a time. Others needing the same URL do not wait (waiting
+would hold one of the worker threads every endpoint shares): they use the set cached before,
+if any, and are refused otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from joserfc.jwk import KeySet
 DEFAULT_SECONDS = 300
 MAX_SECONDS = 3600
 UNKNOWN_KID_INTERVAL = 10.0
-FETCH_TIMEOUT = 5
+FETCH_TIMEOUT = 2.0  # seconds, connecting and reading together
+FAILURE_SECONDS = 30.0
 MAX_BYTES = 256 * 1024
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
@@ -44,7 +52,7 @@ def cache_lifetime(cache_control: str | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    keys: dict[str, Any]
+    keys: dict[str, Any] | None  # None: the fetch failed
     fresh_until: float  # time.monotonic()
 
 
@@ -65,6 +73,8 @@ class RemoteKeySets:
         now = time.monotonic()
         cached = self._cache.get(url)
         if cached is not None and now < cached.fresh_until:
+            if cached.keys is None:
+                raise OSError("The key set could not be fetched a moment ago.")
             if kid is None or _has_kid(cached.keys, kid):
                 return cached.keys
             if now - self._unknown_kid_fetch.get(url, -UNKNOWN_KID_INTERVAL) < UNKNOWN_KID_INTERVAL:
@@ -72,12 +82,25 @@ class RemoteKeySets:
             self._unknown_kid_fetch[url] = now
         with self._locks_lock:
             lock = self._locks.setdefault(url, threading.Lock())
-        with lock:
+        if not lock.acquire(blocking=False):
+            if cached is not None and cached.keys is not None:
+                return cached.keys  # the set the publisher served last
+            raise OSError("The key set is being fetched for another request.")
+        try:
             fetched = self._cache.get(url)
             if fetched not in (None, cached) and time.monotonic() < fetched.fresh_until:
-                return fetched.keys  # another thread fetched it while this one waited
-            keys, lifetime = _fetch(url)
+                # Another request fetched it after this one looked.
+                if fetched.keys is None:
+                    raise OSError("The key set could not be fetched a moment ago.")
+                return fetched.keys
+            try:
+                keys, lifetime = _fetch(url)
+            except (OSError, ValueError):
+                self._cache[url] = _Cached(None, time.monotonic() + FAILURE_SECONDS)
+                raise
             self._cache[url] = _Cached(keys, time.monotonic() + lifetime)
+        finally:
+            lock.release()
         return keys
 
     def key_set(self, url: str, kid: str | None = None) -> KeySet:
@@ -94,9 +117,14 @@ def _has_kid(keys: dict[str, Any], kid: str) -> bool:
 
 
 def _fetch(url: str) -> tuple[dict[str, Any], float]:
+    deadline = time.monotonic() + FETCH_TIMEOUT
     with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:  # noqa: S310 - registered by an administrator
-        body = response.read(MAX_BYTES + 1)
         lifetime = cache_lifetime(response.headers.get("Cache-Control"))
+        body = b""
+        while len(body) <= MAX_BYTES and (chunk := response.read1(64 * 1024)):
+            if time.monotonic() > deadline:  # a publisher trickling bytes
+                raise TimeoutError("The key set took too long to arrive.")
+            body += chunk
     if len(body) > MAX_BYTES:
         raise ValueError("JWK Set too large")
     keys = orjson.loads(body)

@@ -1,0 +1,102 @@
+"""A registered client's JWKS URL that hangs must not hold up the token endpoint: anyone can
+name that client in an assertion (remote_keys.py: short fetch, failures remembered, no request
+waits for another's fetch)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from fhir_server.auth import remote_keys
+from tests.auth.conftest import es384
+from tests.auth.live import LiveClient, live_server, registry, token_url
+
+
+class Hanging:
+    """A server that accepts connections and never answers; it counts them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.connections.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.fixture
+def hanging() -> Iterator[Hanging]:
+    server = Hanging()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveClient]:
+    with live_server(tmp_path) as client:
+        yield client
+
+
+def test_a_hanging_jwks_url_does_not_stall_other_clients(live: LiveClient,
+                                                         hanging: Hanging) -> None:
+    stalled = es384("stalled")
+    registry(live).add_backend_client(stalled.client_id, "system/Patient.rs",
+                                      jwks_uri=hanging.url)
+    good = es384("good")
+    registry(live).add_backend_client(good.client_id, "system/Patient.rs", jwks=good.jwks())
+    # Unauthenticated junk: assertions naming the stalled client, signed by anyone.
+    junk = [stalled.form("system/Patient.rs", audience=token_url(live)) for _ in range(80)]
+    limits = httpx.Limits(max_connections=100)
+    with httpx.Client(base_url=str(live.base_url), timeout=30, limits=limits) as attacker, \
+            ThreadPoolExecutor(80) as pool:
+        attacks = [pool.submit(attacker.post, "/auth/token", data=form) for form in junk]
+        time.sleep(0.5)
+        started = time.monotonic()
+        try:
+            answer = live.post("/auth/token", timeout=10, data=good.form(
+                "system/Patient.rs", audience=token_url(live))).status_code
+        except httpx.TimeoutException:
+            answer = None
+        assert answer == 200 and time.monotonic() - started < 1.5
+        assert live.get("/fhir/metadata", timeout=10).status_code == 200
+        answers = [a.result() for a in attacks]
+    assert {a.json()["error"] for a in answers} == {"invalid_client"}
+    # One fetch; the failure is remembered, so more junk makes no new connection.
+    assert len(hanging.connections) == 1
+    again = live.post("/auth/token", data=stalled.form("system/Patient.rs",
+                                                       audience=token_url(live)))
+    assert again.json()["error"] == "invalid_client"
+    assert len(hanging.connections) == 1
+
+
+def test_a_fetch_gives_up_after_the_fetch_timeout(hanging: Hanging) -> None:
+    keys = remote_keys.RemoteKeySets()
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        keys.get(hanging.url)
+    assert time.monotonic() - started < remote_keys.FETCH_TIMEOUT + 1
+    # Remembered: refused at once, no new connection.
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        keys.get(hanging.url)
+    assert time.monotonic() - started < 0.1
+    assert len(hanging.connections) == 1
