@@ -1,4 +1,5 @@
-"""Structured JSON logs with the request id; health data never goes into a log line.
+"""Structured JSON logs with the request id; health data and secrets never go into a log
+line, at any level.
 
 Access lines carry the method, the path without its query string (search parameters may name
 patients), the status and the duration.
@@ -50,6 +51,8 @@ def configure(level: str) -> None:
         logging.getLogger(name).propagate = True
     # Our middleware writes the access line, without query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    # authlib logs the tokens it issues at debug ("Issue token ..."): never below info.
+    logging.getLogger("authlib").setLevel(max(root.level, logging.INFO))
 
 
 _access = logging.getLogger("fhir_server.access")
