@@ -6,6 +6,8 @@ and asymmetric apps; and the request adapter (form and headers) authlib reads.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -15,7 +17,6 @@ from urllib.parse import unquote_plus
 from authlib.oauth2 import OAuth2Request
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7523.client import ASSERTION_TYPE
 from joserfc.errors import JoseError
@@ -123,19 +124,34 @@ class FormRequest(OAuth2Request):  # type: ignore[misc]
 
 
 def client_secret_basic(query_client: Callable[[str], RegisteredClient | None],
-                         request: OAuth2Request) -> RegisteredClient | None:
+                        request: OAuth2Request) -> RegisteredClient | None:
     """client_secret_basic as RFC 6749 §2.3.1 has it: id and secret form-urlencoded, then
-    Basic. Clients that skip the urlencoding (many do) send the same bytes when the secret has
-    no reserved character; otherwise the raw form is tried too: either way the caller must
-    know the secret."""
-    raw_id, raw_secret = extract_basic_authorization(request.headers)
-    if not raw_id or not raw_secret:
+    Basic, so decoded here exactly once (authlib's own reading percent-decodes without turning
+    `+` into a space, and would be a second decoding). Clients that skip the urlencoding (many
+    do) send the same bytes when the secret has no reserved character; otherwise the raw form
+    is tried too: either way the caller must know the secret."""
+    credentials = _basic_credentials(request.headers.get("Authorization", ""))
+    if credentials is None:
         return None
+    raw_id, raw_secret = credentials
     client = query_client(unquote_plus(raw_id))
     if client is None:
         raise InvalidClientError(status_code=401, description="Unknown client.")
     candidates = dict.fromkeys((unquote_plus(raw_secret), raw_secret))
     return client if any(client.check_client_secret(c) for c in candidates) else None
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """The id and secret of `Authorization: Basic`, as sent (still form-urlencoded)."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    raw_id, colon, raw_secret = decoded.partition(":")
+    return (raw_id, raw_secret) if colon and raw_id and raw_secret else None
 
 
 class ClientAssertion(JWTBearerClientAssertion):  # type: ignore[misc]

@@ -8,6 +8,7 @@ import base64
 import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from joserfc import jwt
@@ -39,7 +40,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveClient]:
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
     """RFC 6749 §2.3.1: both parts form-urlencoded, then Basic."""
-    from urllib.parse import quote_plus
     raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
     return {"Authorization": f"Basic {base64.b64encode(raw).decode()}"}
 
@@ -95,6 +95,25 @@ def test_a_wrong_basic_secret_is_refused(live: LiveClient) -> None:
         "code_verifier": verifier})
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
     assert refused.headers["www-authenticate"].startswith("Basic")
+
+
+RESERVED_SECRET = "p@ss:w+rd%2F é&x=y"
+
+
+@pytest.mark.parametrize(("sent", "accepted"), [
+    (quote_plus(RESERVED_SECRET), True),  # RFC 6749 §2.3.1: form-urlencoded, space as +
+    (RESERVED_SECRET, True),  # not encoded, as many clients send it
+    (quote(RESERVED_SECRET), True),  # percent-encoded, space as %20: the same once decoded
+    (quote_plus(quote_plus(RESERVED_SECRET)), False),  # decoded once only
+    (RESERVED_SECRET.replace(" ", "+"), False),  # a + sent unencoded is a +, not a space
+])
+def test_a_basic_secret_is_form_urldecoded_once(live: LiveClient, sent: str,
+                                                accepted: bool) -> None:
+    registry(live).add_app("reserved", SCOPE, [REDIRECT], secret=RESERVED_SECRET)
+    raw = f"reserved:{sent}".encode()
+    answer = live.post("/auth/revoke", data={"token": "not-a-token"}, headers={
+        "Authorization": f"Basic {base64.b64encode(raw).decode()}"})
+    assert answer.status_code == (200 if accepted else 401), answer.text
 
 
 def test_client_secret_post_at_the_token_endpoint(live: LiveClient) -> None:
