@@ -192,7 +192,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                     {"WWW-Authenticate": challenge})
         return None
 
-    def revoke(self, request: FormRequest) -> tuple[int, dict[str, Any]]:
+    def revoke(self, request: FormRequest) -> tuple[Any, ...]:
         """RFC 7009, for an authenticated client."""
         error = self._authenticate(request, "revocation")
         if error is not None:
@@ -220,8 +220,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             self.registry.revoke(claims.token_id, claims.expires)
         return 200, {}
 
-    def _authenticate(self, request: FormRequest,
-                      endpoint: str) -> tuple[int, dict[str, Any]] | None:
+    def _authenticate(self, request: FormRequest, endpoint: str) -> tuple[Any, ...] | None:
         """Authenticate the caller: confidential clients for introspection; public apps too
         for revocation (RFC 7009 lets a public client revoke what it was given)."""
         methods = [PRIVATE_KEY_JWT, "client_secret_basic", "client_secret_post"]
@@ -230,7 +229,9 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         try:
             request.client = self.authenticate_client(request, methods, endpoint=endpoint)
         except OAuth2Error as exc:
-            # RFC 7662 section 2.1: a caller that does not authenticate is answered 401.
-            status = 401 if isinstance(exc, InvalidClientError) else exc.status_code
-            return status, dict(exc.get_body())
+            # RFC 7662 §2.1: a caller that does not authenticate is answered 401, and a 401
+            # names the scheme to use (RFC 7235 §3.1): authlib adds it for a 401.
+            if isinstance(exc, InvalidClientError):
+                exc.status_code = 401
+            return exc.status_code, dict(exc.get_body()), exc.get_headers()
         return None

@@ -139,6 +139,21 @@ def test_introspection_and_revocation_with_a_client_secret(live: LiveClient, met
     assert gone.json() == {"active": False}
 
 
+@pytest.mark.parametrize("endpoint", ["/auth/introspect", "/auth/revoke"])
+@pytest.mark.parametrize("credentials", [
+    {},  # none at all
+    {"headers": basic("conf", "not the secret")},
+    {"data": {"client_id": "conf", "client_secret": "not the secret"}},
+])
+def test_a_401_says_how_to_authenticate(live: LiveClient, endpoint: str,
+                                        credentials: dict[str, Any]) -> None:
+    """RFC 7235 §3.1: a 401 carries WWW-Authenticate; RFC 6749 §5.2 names Basic."""
+    answer = live.post(endpoint, headers=credentials.get("headers", {}),
+                       data={"token": "not-a-token", **credentials.get("data", {})})
+    assert answer.status_code == 401 and answer.json()["error"] == "invalid_client"
+    assert answer.headers["www-authenticate"].startswith("Basic ")
+
+
 def test_unsupported_grant_type_says_why(live: LiveClient) -> None:
     answer = live.post("/auth/token", data={"grant_type": "password", "client_id": "pub"})
     assert answer.status_code == 400 and answer.json()["error"] == "unsupported_grant_type"
