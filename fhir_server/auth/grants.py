@@ -1,7 +1,8 @@
 """The grants of this authorization server (authlib): the authorization code with PKCE (S256,
 always required) for apps, the refresh token (rotating at each use, never widening the scope),
 client credentials for backend services; and who approved a grant, kept with codes and
-refresh tokens (Grantee).
+refresh tokens (Grantee), with the code it was exchanged for: a replayed code revokes the
+tokens issued from it (RFC 6749 §4.1.2).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 
 from .clients import APP_AUTH_METHODS, PRIVATE_KEY_JWT, RegisteredClient
 from .launch import LaunchContext
+from .registry import origin_of
 
 CODE_LIFETIME = 600  # seconds, RFC 6749 section 4.1.2's recommended maximum
 
@@ -37,6 +39,7 @@ class Grantee:
     fhir_user: str
     nonce: str | None = None
     launch: LaunchContext | None = None  # an EHR launch's, or the patient picked
+    origin: str | None = None  # registry.origin_of() the code the grant was exchanged for
 
     @property
     def launch_patient(self) -> str | None:
@@ -53,11 +56,13 @@ class Grantee:
     def record(self) -> dict[str, Any]:
         """What a stored code or refresh token keeps of the grantee."""
         return {"username": self.username, "fhir_user": self.fhir_user,
-                "launch": self.launch.as_dict() if self.launch else None}
+                "launch": self.launch.as_dict() if self.launch else None, "origin": self.origin}
 
     @classmethod
-    def from_record(cls, data: dict[str, Any], nonce: str | None = None) -> Grantee:
-        return cls(data["username"], data["fhir_user"], nonce, LaunchContext.from_record(data))
+    def from_record(cls, data: dict[str, Any], nonce: str | None = None,
+                    origin: str | None = None) -> Grantee:
+        return cls(data["username"], data["fhir_user"], nonce, LaunchContext.from_record(data),
+                   origin or data.get("origin"))
 
 
 class _Record:
@@ -122,6 +127,8 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         # with the legitimate client) finds nothing.
         data = self.server.registry.get("code", code)
         if data is None or not self.server.registry.spend("code", code):
+            # RFC 6749 §4.1.2: the code leaked; what was issued from it is revoked.
+            self.server.registry.revoke_issued(origin_of(code))
             return None
         # Bound to the client it was issued to: another client presenting it gets nothing.
         record = _Record(code, str(data["client_id"]), data)
@@ -131,7 +138,8 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         """Already spent when queried."""
 
     def authenticate_user(self, authorization_code: _Record) -> Grantee:
-        return Grantee.from_record(authorization_code.data, authorization_code.data.get("nonce"))
+        return Grantee.from_record(authorization_code.data, authorization_code.data.get("nonce"),
+                                   origin_of(authorization_code.key))
 
 
 class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]

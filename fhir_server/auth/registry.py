@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS refresh (
     revoked   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS issued (
+    origin        TEXT NOT NULL,       -- origin_of() the authorization code they come from
+    jti           TEXT NOT NULL,       -- an access token's id
+    token_expires REAL NOT NULL,
+    refresh       TEXT,                -- the hash of the refresh token issued with it
+    expires       REAL NOT NULL        -- as long as a replay of the code can be told
+);
+CREATE INDEX IF NOT EXISTS issued_origin ON issued (origin);
 """
 _HASHED = frozenset({"code", "refresh"})
 
@@ -240,6 +248,26 @@ class Registry:
         self._conn().execute("INSERT OR IGNORE INTO revoked (jti, expires) VALUES (?, ?)",
                              (jti, expires))
 
+    def note_issued(self, origin: str, token_id: str, token_expires: float,
+                    refresh: str | None, keep: float) -> None:
+        """Tokens issued from the code `origin` names, kept `keep` seconds (see revoke_issued)."""
+        conn = self._conn()
+        conn.execute("DELETE FROM issued WHERE expires < ?", (time.time(),))
+        conn.execute("INSERT INTO issued (origin, jti, token_expires, refresh, expires) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     (origin, token_id, token_expires, refresh and _digest(refresh),
+                      time.time() + keep))
+
+    def revoke_issued(self, origin: str) -> None:
+        """Revoke the tokens noted as issued from the code `origin` names (it was replayed)."""
+        conn = self._conn()
+        rows = conn.execute("SELECT jti, token_expires, refresh FROM issued WHERE origin = ?",
+                            (origin,)).fetchall()
+        for jti, token_expires, refresh in rows:
+            self.revoke(jti, token_expires)
+            if refresh:
+                conn.execute("UPDATE refresh SET revoked = 1 WHERE hash = ?", (refresh,))
+
     def is_revoked(self, jti: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM revoked WHERE jti = ?", (jti,)).fetchone()
         return row is not None
@@ -250,6 +278,11 @@ def add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
     names = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
     if column.split()[0] not in names:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def origin_of(code: str) -> str:
+    """What names an authorization code in the records of tokens issued from it."""
+    return _digest(code)
 
 
 def _digest(value: str) -> str:

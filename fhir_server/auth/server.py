@@ -37,7 +37,7 @@ from .clients import (
     RegisteredClient,
     client_secret_basic,
 )
-from .grants import BackendGrant, CodeGrant, Grantee, Pkce, RefreshGrant
+from .grants import CODE_LIFETIME, BackendGrant, CodeGrant, Grantee, Pkce, RefreshGrant
 from .jws import peek
 from .launch import LaunchContext
 from .registry import Registry
@@ -78,7 +78,14 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         return RegisteredClient(found) if found else None
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
-        """Nothing to keep: tokens are self-contained JWTs, revoked by id."""
+        """Tokens are self-contained JWTs, revoked by id. Those issued from an authorization
+        code, at the exchange or by refreshing, are noted with it while a replay of the code
+        can be told, to be revoked then (RFC 6749 §4.1.2)."""
+        user = request.user
+        if isinstance(user, Grantee) and user.origin:
+            claims = peek(token["access_token"])[1]
+            self.registry.note_issued(user.origin, claims["jti"], claims["exp"],
+                                      token.get("refresh_token"), keep=CODE_LIFETIME)
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """No listeners: the audit trail of token issuance comes with the audit module."""

@@ -154,6 +154,27 @@ def test_a_401_says_how_to_authenticate(live: LiveClient, endpoint: str,
     assert answer.headers["www-authenticate"].startswith("Basic ")
 
 
+def test_a_replayed_code_revokes_the_tokens_issued_from_it(live: LiveClient) -> None:
+    """RFC 6749 §4.1.2: a code used twice is refused, and the tokens issued from it (and
+    from refreshing them) are revoked."""
+    verifier = secrets.token_urlsafe(48)
+    code = code_of(sign_in(live, verifier, "pub", SCOPE, new_user(live, "Patient/helene")))
+    exchange = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+                "code_verifier": verifier, "client_id": "pub"}
+    first = live.post("/auth/token", data=exchange).json()
+    refreshed = live.post("/auth/token", data={"grant_type": "refresh_token", "client_id": "pub",
+                                               "refresh_token": first["refresh_token"]}).json()
+    assert _reads(live, first["access_token"]) == _reads(live, refreshed["access_token"]) == 200
+    again = live.post("/auth/token", data=exchange)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert _reads(live, first["access_token"]) == _reads(live, refreshed["access_token"]) == 401
+    refused = live.post("/auth/token", data={"grant_type": "refresh_token", "client_id": "pub",
+                                             "refresh_token": refreshed["refresh_token"]})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    # Another app's tokens are untouched.
+    assert _reads(live, _tokens(live, "pub2", client_id="pub2")["access_token"]) == 200
+
+
 def test_unsupported_grant_type_says_why(live: LiveClient) -> None:
     answer = live.post("/auth/token", data={"grant_type": "password", "client_id": "pub"})
     assert answer.status_code == 400 and answer.json()["error"] == "unsupported_grant_type"
