@@ -26,6 +26,7 @@ import orjson
 
 from ..model.platform_codes import RECIPIENT_TYPES
 from . import secrets_hash
+from .remote_keys import check_jwks_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS client (
@@ -140,8 +141,7 @@ class Registry:
                 raise ValueError("acts_for takes PractitionerRole/<id>, CareTeam/<id> or Group/<id>")
         if (jwks is None) == (jwks_uri is None):
             raise ValueError("give exactly one of jwks or jwks_uri")
-        if jwks is not None and not isinstance(jwks.get("keys"), list):
-            raise ValueError("jwks must be a JWK Set: {\"keys\": [...]}")
+        _check_keys(jwks, jwks_uri)
         self._conn().execute(
             "INSERT OR REPLACE INTO client (id, kind, scope, jwks, jwks_uri, created, acts_for) "
             "VALUES (?, 'backend', ?, ?, ?, ?, ?)",
@@ -162,8 +162,7 @@ class Registry:
         keyed = jwks is not None or jwks_uri is not None
         if (jwks is not None and jwks_uri is not None) or (keyed and secret):
             raise ValueError("give at most one of a secret, jwks or jwks_uri")
-        if jwks is not None and not isinstance(jwks.get("keys"), list):
-            raise ValueError("jwks must be a JWK Set: {\"keys\": [...]}")
+        _check_keys(jwks, jwks_uri)
         kind = "asymmetric" if keyed else "confidential" if secret else "public"
         conn = self._conn()
         conn.execute("INSERT OR REPLACE INTO client (id, kind, scope, jwks, jwks_uri, created) "
@@ -278,6 +277,14 @@ def add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
     names = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
     if column.split()[0] not in names:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _check_keys(jwks: dict[str, Any] | None, jwks_uri: str | None) -> None:
+    """ValueError unless the keys given are a JWK Set, or a URL they may be fetched from."""
+    if jwks is not None and not isinstance(jwks.get("keys"), list):
+        raise ValueError("jwks must be a JWK Set: {\"keys\": [...]}")
+    if jwks_uri is not None:
+        check_jwks_url(jwks_uri)
 
 
 def origin_of(code: str) -> str:

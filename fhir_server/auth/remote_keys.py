@@ -16,16 +16,21 @@ remembered for FAILURE_SECONDS (assertions needing that set are refused at once 
 at most one request fetches a URL at a time. Others needing the same URL do not wait (waiting
 would hold one of the worker threads every endpoint shares): they use the set cached before,
 if any, and are refused otherwise.
+
+Only https URLs are fetched (http to a loopback host too, for tests and local development),
+and no redirect is followed: the registered URL is the one trusted.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from joserfc.jwk import KeySet
@@ -112,13 +117,37 @@ class RemoteKeySets:
         self._cache.clear()
 
 
+def check_jwks_url(url: str) -> str:
+    """`url` if keys may be fetched from it (see the module's docstring), else ValueError."""
+    parts = urlsplit(url)
+    if parts.hostname and (parts.scheme == "https"
+                           or (parts.scheme == "http" and _loopback(parts.hostname))):
+        return url
+    raise ValueError(f"a JWKS URL must be https (http only to a loopback host): {url}")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None  # the 3xx is then an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def _has_kid(keys: dict[str, Any], kid: str) -> bool:
     return any(isinstance(k, dict) and k.get("kid") == kid for k in keys.get("keys", ()))
 
 
 def _fetch(url: str) -> tuple[dict[str, Any], float]:
     deadline = time.monotonic() + FETCH_TIMEOUT
-    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:  # noqa: S310 - registered by an administrator
+    with _OPENER.open(check_jwks_url(url), timeout=FETCH_TIMEOUT) as response:
         lifetime = cache_lifetime(response.headers.get("Cache-Control"))
         body = b""
         while len(body) <= MAX_BYTES and (chunk := response.read1(64 * 1024)):

@@ -75,3 +75,28 @@ def test_a_right_password_does_not_forgive_failures(tmp_path: Path) -> None:
 
     with pytest.raises(Locked):
         users.check_password("u", PASSWORD)
+
+
+@pytest.mark.parametrize("url", [
+    "file:///etc/passwd", "ftp://keys.example.org/jwks", "http://keys.example.org/jwks",
+    "http://10.0.0.1/jwks", "data:application/json,{}", "https:///jwks"])
+@pytest.mark.parametrize("command", [
+    ["client", "add-backend", "site", "--scope", "system/Patient.rs"],
+    ["client", "add-app", "app", "--scope", "patient/*.rs",
+     "--redirect-uri", "https://app.example.org/cb"]])
+def test_a_jwks_url_must_be_https(data: Path, capsys: pytest.CaptureFixture[str],
+                                  command: list[str], url: str) -> None:
+    """http only to a loopback host (tests, local development); nothing else is fetched."""
+    assert cli.main([*command, "--jwks-uri", url]) == 2
+    assert "https" in capsys.readouterr().err
+    assert Registry(data / "auth.db").client(command[2]) is None
+
+
+@pytest.mark.parametrize("url", [
+    "https://keys.example.org/jwks", "http://127.0.0.1:8080/jwks", "http://localhost/jwks",
+    "http://[::1]:8080/jwks"])
+def test_https_and_loopback_jwks_urls_are_registered(data: Path, url: str) -> None:
+    assert cli.main(["client", "add-backend", "site", "--scope", "system/Patient.rs",
+                     "--jwks-uri", url]) == 0
+    found = Registry(data / "auth.db").client("site")
+    assert found is not None and found.jwks_uri == url

@@ -144,3 +144,37 @@ def test_header_parameters_not_understood_are_ignored_unless_critical(
     assert _token(live, backend, header={"kty": "EC"}).status_code == 200
     critical = _token(live, backend, header={"crit": ["urn:example:x"], "urn:example:x": 1})
     assert _refused(critical)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/hosts", "http://keys.example.org/jwks",
+                                 "ftp://127.0.0.1/jwks"])
+def test_keys_are_fetched_over_https_only(url: str) -> None:
+    """A JWKS URL registered by an older version, or a trusted provider's, is checked too."""
+    with pytest.raises(ValueError, match="https"):
+        remote_keys.RemoteKeySets().get(url)
+
+
+def test_a_jwks_url_that_redirects_is_refused(
+        live: LiveClient, published: tuple[Backend, Published, str]) -> None:
+    """No redirect is followed: the registered URL is the one trusted."""
+    backend, keys, url = published
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(302)
+            self.send_header("Location", url)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        moved = f"http://127.0.0.1:{httpd.server_address[1]}/jwks"
+        registry(live).add_backend_client(backend.client_id, "system/Patient.rs", jwks_uri=moved)
+        assert _refused(_token(live, backend))
+        assert keys.fetches == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
