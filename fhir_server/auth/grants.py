@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2 import OAuth2Request
-from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc6749.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -19,6 +19,7 @@ from authlib.oauth2.rfc6749.grants import (
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
 
+from ..access import parse_scopes
 from .clients import APP_AUTH_METHODS, PRIVATE_KEY_JWT, RegisteredClient
 from .launch import LaunchContext
 from .registry import origin_of
@@ -145,6 +146,20 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
 class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = APP_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token works once
+
+    def _validate_token_scope(self, token: _Record) -> None:
+        """RFC 6749 §6, SMART "Refresh access token": a refresh may ask for less than was
+        granted, never more; less as the scopes reach (patient/Observation.rs is less than
+        patient/*.rs), not as strings."""
+        requested = self.request.payload.scope
+        if not requested:
+            return
+        wanted = parse_scopes(requested)
+        kept = parse_scopes(token.get_scope()).narrow(wanted)
+        unknown = set(wanted.ignored) - set(token.get_scope().split())
+        if len(kept.ignored) > len(wanted.ignored) or unknown:
+            raise InvalidScopeError(description="A refresh may ask for the scopes granted or "
+                                                "fewer, not for more.")
 
     def authenticate_refresh_token(self, refresh_token: str) -> _Record | None:
         data = self.server.registry.get("refresh", refresh_token)

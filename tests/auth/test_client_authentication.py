@@ -175,6 +175,22 @@ def test_a_replayed_code_revokes_the_tokens_issued_from_it(live: LiveClient) -> 
     assert _reads(live, _tokens(live, "pub2", client_id="pub2")["access_token"]) == 200
 
 
+def test_a_refresh_may_narrow_the_scope(live: LiveClient) -> None:
+    """SMART "Refresh access token": the scopes asked for at refresh may be a subset of those
+    granted, judged by what they reach; never more."""
+    issued = _tokens(live, "pub", client_id="pub")
+    refresh = {"grant_type": "refresh_token", "client_id": "pub"}
+    narrowed = live.post("/auth/token", data={**refresh, "refresh_token": issued["refresh_token"],
+                                              "scope": "patient/Observation.rs offline_access"})
+    assert narrowed.status_code == 200, narrowed.text
+    assert narrowed.json()["scope"] == "offline_access patient/Observation.rs"
+    assert _reads(live, narrowed.json()["access_token"]) == 403
+    for wider in ("patient/*.cruds", "patient/Observation.rs user/*.rs", "patient/*.rs"):
+        refused = live.post("/auth/token", data={
+            **refresh, "refresh_token": narrowed.json()["refresh_token"], "scope": wider})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope", wider
+
+
 def test_unsupported_grant_type_says_why(live: LiveClient) -> None:
     answer = live.post("/auth/token", data={"grant_type": "password", "client_id": "pub"})
     assert answer.status_code == 400 and answer.json()["error"] == "unsupported_grant_type"
