@@ -113,6 +113,15 @@ class Pkce(CodeChallenge):  # type: ignore[misc]
 class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = APP_AUTH_METHODS
 
+    @staticmethod
+    def validate_no_multiple_request_parameter(request: OAuth2Request) -> None:
+        """RFC 6749 §3.1: no parameter more than once, `aud`, PKCE's and `launch` included
+        (authlib checks five of them)."""
+        repeated = sorted(k for k, v in request.payload.datalist.items() if len(v) > 1)
+        if repeated:
+            raise InvalidRequestError(f"Parameters sent more than once: {', '.join(repeated)}.",
+                                      state=request.payload.state)
+
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         data = request.payload.data
         grantee: Grantee = request.user

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 
@@ -71,3 +72,24 @@ def test_authorize_post_is_the_same_request(live: LiveClient) -> None:
     without_state = live.post("/auth/authorize", data={**form, "state": ""},
                               follow_redirects=False)
     assert redirect_error(without_state) == "invalid_request"
+
+
+@pytest.mark.parametrize("name", ["aud", "scope", "code_challenge", "launch"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_repeated_parameter_is_refused(live: LiveClient, name: str, method: str) -> None:
+    """RFC 6749 §3.1: no parameter more than once (which `aud` would the app mean?)."""
+    verifier = secrets.token_urlsafe(48)
+    params = [("response_type", "code"), ("client_id", "app"), ("redirect_uri", REDIRECT),
+              ("scope", "openid fhirUser patient/*.rs"), ("state", "s-123"),
+              ("aud", audience(live)), ("code_challenge", challenge(verifier)),
+              ("code_challenge_method", "S256"),
+              (name, "https://evil.example.org/fhir" if name == "aud" else "x")]
+    if name == "launch":  # not sent otherwise: twice
+        params.append((name, "y"))
+    if method == "GET":
+        answer = live.get(f"/auth/authorize?{urlencode(params)}", follow_redirects=False)
+    else:
+        answer = live.post("/auth/authorize", content=urlencode(params), follow_redirects=False,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 400 and name in answer.text
+    assert 'name="password"' not in answer.text
