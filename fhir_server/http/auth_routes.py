@@ -44,6 +44,9 @@ SMART_STYLE = {
     "font_family_body": "system-ui, sans-serif", "font_family_heading": "system-ui, sans-serif",
 }
 LAUNCH_LIFETIME = 600
+# Both discovery documents name the same (SMART's and OpenID Connect's).
+TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic", "client_secret_post",
+                               "none"]
 _MAX_FORM_BYTES = 64 * 1024
 
 
@@ -83,8 +86,7 @@ async def smart_configuration(request: Request) -> JSONResponse:
         "introspection_endpoint": f"{auth}/introspect",
         "revocation_endpoint": f"{auth}/revoke",
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
-        "token_endpoint_auth_methods_supported": [
-            "private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": TOKEN_ENDPOINT_AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": [
             "openid", "fhirUser", "launch", "launch/patient", "launch/encounter", "offline_access",
@@ -130,8 +132,8 @@ async def openid_configuration(request: Request) -> JSONResponse:
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
-                                                  "none"],
+        "token_endpoint_auth_methods_supported": TOKEN_ENDPOINT_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
     })
 
 

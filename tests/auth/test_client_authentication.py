@@ -197,6 +197,16 @@ def test_unsupported_grant_type_says_why(live: LiveClient) -> None:
     assert "password" in answer.json()["error_description"]
 
 
+def test_openid_and_smart_discovery_list_the_same_client_authentication(
+        live: LiveClient) -> None:
+    smart = live.get("/fhir/.well-known/smart-configuration").json()
+    openid = live.get("/auth/.well-known/openid-configuration").json()
+    for name in ("token_endpoint_auth_methods_supported",
+                 "token_endpoint_auth_signing_alg_values_supported"):
+        assert openid.get(name) == smart[name], name
+    assert "private_key_jwt" in openid["token_endpoint_auth_methods_supported"]
+
+
 def test_token_url_is_the_advertised_one(live: LiveClient) -> None:
     config = live.get("/fhir/.well-known/smart-configuration").json()
     assert config["token_endpoint"] == token_url(live)
