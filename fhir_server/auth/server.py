@@ -7,8 +7,9 @@
   refused), for public clients (no secret) and confidential ones (client_secret_basic/post,
   or private_key_jwt for apps registered with their keys);
   refresh tokens that rotate at each use and never widen the scope.
-- Token introspection (RFC 7662) for authenticated clients and bearers of the introspect
-  scope; revocation (RFC 7009) by the client a token was issued to.
+- Token introspection (RFC 7662) for bearers of the introspect scope and clients registered
+  for it, and for any authenticated client of its own tokens; revocation (RFC 7009) by the
+  client a token was issued to.
 
 Client authentication is in clients.py, the grants in grants.py; this module issues the
 tokens, introspects and revokes them. authlib is framework-agnostic: requests and responses
@@ -158,8 +159,10 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             raise
 
     def introspect(self, request: FormRequest) -> tuple[Any, ...]:
-        """RFC 7662, for an authenticated client or the bearer of a token granted the
-        introspection scope: `active` and the token's claims."""
+        """RFC 7662, for the bearer of a token granted the introspection scope, or a client
+        that authenticates: `active` and the token's claims. A client not registered for the
+        introspection scope sees its own tokens only; another's (its user, its patient) is
+        `active` false to it, as §2.2 has it for a token the caller may not introspect."""
         error = self._authorize_introspection(request)
         if error is not None:
             return error
@@ -167,6 +170,10 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         try:
             claims = self.tokens.verify(token)
         except InvalidToken:
+            return 200, {"active": False}
+        caller: RegisteredClient | None = request.client  # None: a bearer granted the scope
+        if (caller is not None and INTROSPECT_SCOPE not in caller.client.scope.split()
+                and claims.client_id != caller.get_client_id()):
             return 200, {"active": False}
         body: dict[str, Any] = {
             "active": True, "scope": claims.scope, "client_id": claims.client_id,

@@ -237,6 +237,29 @@ def test_introspection_with_a_bearer_token_granted_the_introspect_scope(live: Li
     assert body["fhirUser"] == identity["fhirUser"] == f"{audience(live)}/Patient/helene"
 
 
+def test_a_client_introspects_its_own_tokens_only_without_the_introspect_scope(
+        live: LiveClient) -> None:
+    """Client authentication alone shows a client its own tokens; another client's token,
+    naming its user and patient, only to a client registered for `introspect` (RFC 7662
+    §2.2: `active` false for a token the caller may not introspect)."""
+    others = _tokens(live, "pub", client_id="pub")["access_token"]
+    own = _tokens(live, "conf", client_id="conf", client_secret=SECRET)["access_token"]
+    seen = [live.post("/auth/introspect", headers=basic("conf", SECRET), data={"token": token})
+            for token in (own, others)]
+    assert seen[0].json()["active"] is True and seen[0].json()["client_id"] == "conf"
+    assert seen[1].status_code == 200 and seen[1].json() == {"active": False}
+    for registered, shown in (("system/Patient.rs", False), ("introspect system/Patient.rs", True)):
+        server = es384(f"server-{secrets.token_hex(4)}")
+        registry(live).add_backend_client(server.client_id, registered, jwks=server.jwks())
+        assertion = server.form("", audience=token_url(live))
+        answer = live.post("/auth/introspect", data={
+            "token": others, "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion["client_assertion"]})
+        assert answer.status_code == 200 and answer.json()["active"] is shown, registered
+        if shown:
+            assert answer.json()["patient"] == "helene"
+
+
 def test_introspection_refuses_bearers_without_the_scope_and_public_apps(live: LiveClient) -> None:
     issued = _tokens(live, "pub", client_id="pub")
     plain = _backend_token(live, "no-introspect", "system/Patient.rs introspect", "system/Patient.rs")
