@@ -92,20 +92,27 @@ class RemoteKeySets:
                 return cached.keys  # the set the publisher served last
             raise OSError("The key set is being fetched for another request.")
         try:
-            fetched = self._cache.get(url)
-            if fetched not in (None, cached) and time.monotonic() < fetched.fresh_until:
-                # Another request fetched it after this one looked.
-                if fetched.keys is None:
-                    raise OSError("The key set could not be fetched a moment ago.")
-                return fetched.keys
-            try:
-                keys, lifetime = _fetch(url)
-            except (OSError, ValueError):
-                self._cache[url] = _Cached(None, time.monotonic() + FAILURE_SECONDS)
-                raise
-            self._cache[url] = _Cached(keys, time.monotonic() + lifetime)
+            return self._fetch_once(url, cached)
         finally:
             lock.release()
+
+    def _fetch_once(self, url: str, cached: _Cached | None) -> dict[str, Any]:
+        """Fetch `url` and cache the outcome (its lock held); `cached` is what the caller saw."""
+        fetched = self._cache.get(url)
+        if fetched not in (None, cached) and time.monotonic() < fetched.fresh_until:
+            # Another request fetched it after this one looked.
+            if fetched.keys is None:
+                raise OSError("The key set could not be fetched a moment ago.")
+            return fetched.keys
+        try:
+            keys, lifetime = _fetch(url)
+        except (OSError, ValueError):
+            if cached is not None and cached.keys is not None \
+                    and time.monotonic() < cached.fresh_until:
+                return cached.keys  # looking for a new key failed: the fresh set stays in use
+            self._cache[url] = _Cached(None, time.monotonic() + FAILURE_SECONDS)
+            raise
+        self._cache[url] = _Cached(keys, time.monotonic() + lifetime)
         return keys
 
     def key_set(self, url: str, kid: str | None = None) -> KeySet:

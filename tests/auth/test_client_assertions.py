@@ -26,6 +26,7 @@ class Published:
         self.keys = [backend.key]
         self.cache_control: str | None = None
         self.fetches = 0
+        self.failing = False  # answer 503
 
     def body(self) -> bytes:
         self.fetches += 1
@@ -47,7 +48,7 @@ def published(live: LiveClient) -> Iterator[tuple[Backend, Published, str]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             body = keys.body()
-            self.send_response(200)
+            self.send_response(503 if keys.failing else 200)
             self.send_header("Content-Type", "application/json")
             if keys.cache_control:
                 self.send_header("Cache-Control", keys.cache_control)
@@ -178,3 +179,17 @@ def test_a_jwks_url_that_redirects_is_refused(
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_failed_look_for_a_new_key_leaves_the_fresh_set_in_use(
+        live: LiveClient, published: tuple[Backend, Published, str]) -> None:
+    """Anyone may send an assertion with a made-up `kid` naming a client: if the publisher
+    fails then, the client's cached keys must keep working."""
+    backend, keys, _ = published
+    keys.cache_control = "public, max-age=600"
+    assert _token(live, backend).status_code == 200
+    keys.failing = True
+    stranger = ECKey.generate_key("P-384", private=True, auto_kid=True)
+    assert _refused(_token(live, backend, key=stranger))
+    assert keys.fetches == 2
+    assert _token(live, backend).status_code == 200
