@@ -15,6 +15,9 @@ Strict like a server:
 - answers `hello` as a replica set, a standalone server (`standalone=True`) or a mongos
   (`sharded=True`, shard keys in `config.collections`), and `getDefaultRWConcern`,
   `getParameter`;
+- models the client's timeoutMS (`timeout`, 10 s as MongoStore.from_url sets it): a commit
+  under it, or under `pymongo.timeout`, is bounded by that deadline, not by maxCommitTimeMS
+  (PyMongo drops it); `commit_bounds` records the bound of each commit sent;
 - `fail(method, error)` makes the next call of `method` (a collection method, or
   `commit_transaction`) raise `error`, e.g. a labelled TransientTransactionError.
 
@@ -37,6 +40,7 @@ from typing import Any
 
 import bson
 import mongomock_ng
+from pymongo import _csot
 from pymongo.errors import (
     DocumentTooLarge,
     InvalidOperation,
@@ -134,6 +138,13 @@ class _Session:
 
     async def commit_transaction(self) -> None:
         self._client.answer()
+        # What bounds the commit as PyMongo sends it: a deadline in force (`pymongo.timeout`,
+        # else the client's timeoutMS) replaces maxCommitTimeMS, which is then not sent.
+        deadline = _csot.remaining()
+        bound = self._client.timeout if deadline is None else deadline
+        if bound is None and self.options.max_commit_time_ms is not None:
+            bound = self.options.max_commit_time_ms / 1000
+        self._client.commit_bounds.append(bound)
         self._client.inject("commit_transaction")
         try:
             self._session.commit_transaction()
@@ -280,6 +291,9 @@ class DoubleClient:
         self.down = False
         self.max_document_size = MAX_DOCUMENT_SIZE
         self.transaction_lifetime = 60
+        # The client's timeoutMS in seconds, as MongoStore.from_url sets it by default.
+        self.timeout: float | None = 10.0
+        self.commit_bounds: list[float | None] = []  # seconds, per commit sent
         # What `getDefaultRWConcern` answers (the cluster-wide defaults).
         self.default_rw_concern: dict[str, Any] = {
             "defaultReadConcern": {"level": "local"},

@@ -31,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import bson
 from bson import ObjectId
+import pymongo
 from pymongo import AsyncMongoClient, InsertOne, ReplaceOne, UpdateOne, uri_parser
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
@@ -48,7 +49,7 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from ... import clock
-from ...model.errors import FhirError, Kind, fail
+from ...model.errors import FhirError, Kind, fail, incident
 from ...search import Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
@@ -76,19 +77,27 @@ log = logging.getLogger(__name__)
 
 _TRANSIENT = "TransientTransactionError"
 _UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
+_RETRYABLE_WRITE = "RetryableWriteError"
 _NO_TRANSACTIONS = (
     "This MongoDB server is a standalone server, which has no multi-document transactions: "
     "FHIR transactions need a replica set or a sharded cluster."
 )
 # Durable once acknowledged: a majority of the data-bearing members, journaled.
 DURABLE = WriteConcern("majority", j=True)
+# A commit, sent again while its outcome is unknown, ends within this (`pymongo.timeout`: the
+# client's timeoutMS would otherwise replace maxCommitTimeMS, and PyMongo drops the latter).
 MAX_COMMIT_SECONDS = 5
-# One attempt of a unit must end this long after it stamped its versions, well inside
+# One attempt of a unit, its commit included, ends this long after it stamped its versions
+# (the driver's deadline: every command carries maxTimeMS of what remains), well inside
 # MongoDB's default 60 s transaction lifetime; one that ran longer is not attempted again.
 ATTEMPT_SECONDS = 20
-# A unit commits at the latest this long after its versions' lastUpdated: `_since` answers
-# list only versions older than that, so none can appear later behind them (docs/storage.md).
-SETTLE_SECONDS = ATTEMPT_SECONDS + MAX_COMMIT_SECONDS + 1
+# Between the clocks of two server processes stamping versions, and for a commit acknowledged
+# by a majority before the deadline to be visible to a majority read: a generous margin.
+_MARGIN_SECONDS = 5
+# A version is visible at the latest this long after its lastUpdated, or never: `_since`
+# answers list only versions older than that, so none can appear later behind them
+# (docs/storage.md, "History and _since").
+SETTLE_SECONDS = ATTEMPT_SECONDS + _MARGIN_SECONDS
 # Per unit of work: MongoDB advises keeping transactions to about 1,000 document writes and
 # they share the storage cache; a version writes 2 to 3 documents.
 MAX_OPERATIONS = 1000
@@ -331,20 +340,19 @@ class MongoStore:
                 max_commit_time_ms=MAX_COMMIT_SECONDS * 1000)
             unit = _MongoUnit(self, session)
             try:
-                yield unit
-                await unit.flush()
-                unit.check_time()
+                # The driver's deadline for the whole attempt, from the unit's stamp on.
+                with pymongo.timeout(ATTEMPT_SECONDS):
+                    yield unit
+                    await unit.flush()
+                    unit.check_time()
+                    await _commit(session, unit)
             except BaseException as exc:
-                if session.in_transaction:
-                    await asyncio.shield(session.abort_transaction())
+                # Leaving `start_session` aborts a transaction still open: outside the
+                # attempt's (maybe spent) deadline, and after this task, even when cancelled.
                 translated = _translated(exc, unit)
                 if translated is exc:
                     raise
                 raise translated from exc
-            try:
-                await _commit(session, unit)
-            except PyMongoError as exc:
-                raise _translated(exc, unit) from exc
 
     @_answering
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
@@ -379,7 +387,8 @@ def _code_name(exc: PyMongoError) -> str | None:
 
 def _translated(exc: BaseException, unit: _MongoUnit) -> BaseException:
     """What a failed unit tells its caller: run me again (TransientConflict) only when
-    another attempt can succeed; an OperationOutcome for every driver error."""
+    another attempt can succeed; for every other driver error an OperationOutcome, 503 only
+    where a later try can succeed (unreachable, timed out, labelled retryable)."""
     if not isinstance(exc, PyMongoError):
         return exc
     if _code_name(exc) in _TOO_BIG_FOR_A_TRANSACTION:
@@ -387,27 +396,37 @@ def _translated(exc: BaseException, unit: _MongoUnit) -> BaseException:
     if exc.has_error_label(_TRANSIENT):
         unit.check_time()  # one that ran too long would only run too long again
         return TransientConflict(str(exc))
-    if isinstance(exc, _UNREACHABLE):
+    if isinstance(exc, _UNREACHABLE) or exc.has_error_label(_RETRYABLE_WRITE):
         return _unavailable(exc)
-    if isinstance(exc, DocumentTooLarge):
-        return _too_large_document()
-    return fail(Kind.BUSY, "transient", f"MongoDB refused the transaction "
-                f"({_code_name(exc) or type(exc).__name__}); retry later.")
+    # Deterministic: the same unit would fail the same way, so "retry later" would be a lie.
+    return incident(log)
 
 
 async def _commit(session: AsyncClientSession, unit: _MongoUnit) -> None:
-    """Commit, retrying while the outcome is unknown (the commit is idempotent) and the
-    attempt is still within its time."""
-    for delay in RETRY_DELAYS:
-        await asyncio.sleep(delay)
-        try:
-            await session.commit_transaction()
-            return
-        except PyMongoError as exc:
-            if not exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label(_TRANSIENT):
-                raise
-            unit.check_time()
-    raise fail(Kind.BUSY, "transient", "MongoDB did not confirm the commit; retry later.")
+    """Commit within MAX_COMMIT_SECONDS (and the attempt's deadline), sending the commit again
+    while its outcome is unknown (a commit is idempotent), never past that bound."""
+    began = clock.now()
+    with pymongo.timeout(MAX_COMMIT_SECONDS):
+        for delay in RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as exc:
+                if not exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label(_TRANSIENT):
+                    raise
+                unknown = exc
+            # The driver's deadline ends the commit; this ends the loop on the same bounds.
+            if (unit.spent() > ATTEMPT_SECONDS
+                    or (clock.now() - began).total_seconds() > MAX_COMMIT_SECONDS):
+                break
+    raise _outcome_unknown(unknown)
+
+
+def _outcome_unknown(exc: PyMongoError) -> FhirError:
+    return fail(Kind.BUSY, "transient", "MongoDB did not confirm the commit "
+                f"({_code_name(exc) or type(exc).__name__}): the changes may or may not have "
+                "been stored. Read the resources to find out before sending them again.")
 
 
 def _split_history_cursor(cursor: int) -> tuple[int, ObjectId]:
@@ -472,9 +491,13 @@ class _MongoUnit:
         self._max_document = (deployment.max_document_size if deployment
                               else DEFAULT_MAX_DOCUMENT_SIZE)
 
+    def spent(self) -> float:
+        """Seconds since the unit stamped its versions."""
+        return (clock.now() - self.started).total_seconds()
+
     def check_time(self) -> None:
         """Refuse (no new attempt) a unit that ran past ATTEMPT_SECONDS."""
-        spent = (clock.now() - self.started).total_seconds()
+        spent = self.spent()
         if spent > ATTEMPT_SECONDS:
             raise _too_costly(f"The transaction ran {spent:.0f} s, more than this server's "
                               f"{ATTEMPT_SECONDS} s per MongoDB transaction")
