@@ -25,7 +25,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -301,12 +301,15 @@ class MongoStore:
             where["type"] = query.resource_type
         if query.id is not None:
             where["id"] = query.id
+        as_of = None
         if query.since is not None:
             # Only settled versions: a unit still running may commit versions stamped up to
-            # SETTLE_SECONDS ago, which would land behind what this answer shows.
-            settled = clock.micros(clock.now() - timedelta(seconds=SETTLE_SECONDS))
-            where["lastUpdated"] = {"$gte": query.since}
-            where["lu"] = {"$lte": settled}
+            # SETTLE_SECONDS ago, which would land behind what this answer shows. The answer
+            # says so (`as_of`: its Bundle's meta.lastUpdated, the client's next `_since`).
+            settled = clock.now() - timedelta(seconds=SETTLE_SECONDS)
+            as_of = clock.instant(settled)
+            # On `lu`, which the history indexes hold: the scan is bounded at both ends.
+            where["lu"] = {"$gte": _micros_of(query.since), "$lte": clock.micros(settled)}
         if query.before_seq is not None:
             lu, seq = _split_history_cursor(query.before_seq)
             where["$or"] = [{"lu": {"$lt": lu}}, {"lu": lu, "seq": {"$lt": seq}}]
@@ -317,7 +320,7 @@ class MongoStore:
         page = docs[: query.count]
         more = len(docs) > query.count
         cursor = (page[-1]["lu"] << _HISTORY_SHIFT | int(str(page[-1]["seq"]), 16)) if more else None
-        return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor)
+        return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor, as_of=as_of)
 
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
@@ -427,6 +430,11 @@ def _outcome_unknown(exc: PyMongoError) -> FhirError:
     return fail(Kind.BUSY, "transient", "MongoDB did not confirm the commit "
                 f"({_code_name(exc) or type(exc).__name__}): the changes may or may not have "
                 "been stored. Read the resources to find out before sending them again.")
+
+
+def _micros_of(instant: str) -> int:
+    """`lu` of a stored UTC instant (`2024-01-31T10:00:00.000000Z`)."""
+    return clock.micros(datetime.fromisoformat(instant.replace("Z", "+00:00")))
 
 
 def _split_history_cursor(cursor: int) -> tuple[int, ObjectId]:
