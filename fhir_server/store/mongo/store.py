@@ -98,9 +98,13 @@ _MARGIN_SECONDS = 5
 # answers list only versions older than that, so none can appear later behind them
 # (docs/storage.md, "History and _since").
 SETTLE_SECONDS = ATTEMPT_SECONDS + _MARGIN_SECONDS
-# Per unit of work: MongoDB advises keeping transactions to about 1,000 document writes and
-# they share the storage cache; a version writes 2 to 3 documents.
+# Per unit of work: MongoDB advises keeping transactions to about 1,000 documents, as they
+# share the storage cache. Operations are capped before any work (a Bundle's entries), and
+# document writes as they are queued, since one operation (a conditional delete of many) can
+# write any number. A version writes 2 documents (resource, history) or 3 (its guard when
+# created), so 1,000 creates fit.
 MAX_OPERATIONS = 1000
+MAX_DOCUMENT_WRITES = 3 * MAX_OPERATIONS
 MAX_UNIT_BYTES = 32 * 1024 * 1024
 # Driver errors (codeName) that no new attempt can cure.
 _TOO_BIG_FOR_A_TRANSACTION = frozenset({
@@ -494,6 +498,7 @@ class _MongoUnit:
         self._current: dict[str, dict[str, Any] | None] = {}
         self._writes = _Writes()
         self._operations = 0
+        self._documents = 0  # document writes queued or sent
         self._bytes = 0
         deployment = store.deployment
         self._max_document = (deployment.max_document_size if deployment
@@ -509,6 +514,14 @@ class _MongoUnit:
         if spent > ATTEMPT_SECONDS:
             raise _too_costly(f"The transaction ran {spent:.0f} s, more than this server's "
                               f"{ATTEMPT_SECONDS} s per MongoDB transaction")
+
+    def count_writes(self, documents: int) -> None:
+        """Count document writes; refuse a unit over MAX_DOCUMENT_WRITES."""
+        self._documents += documents
+        if self._documents > MAX_DOCUMENT_WRITES:
+            raise _too_costly(f"The transaction writes more than {MAX_DOCUMENT_WRITES} "
+                              "documents, this server's limit per MongoDB transaction (a "
+                              "resource version writes 2 or 3)")
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         self._operations += len(operations)
@@ -575,6 +588,7 @@ class _MongoUnit:
                     versions.extend(self.delete(resource_type, id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
+                self.count_writes(len(op.put) + (1 if op.remove else 0))
                 for key, body in op.put:
                     await self.store.outbox_docs.replace_one(
                         {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
@@ -634,6 +648,7 @@ class _MongoUnit:
         claim = _claim_key(query)
         moment = clock.now()
         if self.session is not None:
+            self.count_writes(1)
             await self.store.claims.update_one({"_id": claim}, {"$set": {"at": moment}},
                                                upsert=True, session=self.session)
             return
@@ -669,12 +684,14 @@ class _MongoUnit:
         size = len(bson.encode(doc))
         if size > self._max_document:
             raise _too_large_document()
+        guarded = current is None or current["shard"] != doc["shard"]
+        self.count_writes(3 if guarded else 2)
         self._bytes += 2 * size  # the resource and its history document
         if self._bytes > MAX_UNIT_BYTES:
             raise _too_costly(f"The transaction writes more than this server's limit of "
                               f"{MAX_UNIT_BYTES // (1024 * 1024)} MiB per MongoDB transaction")
         writes, key, shard = self._writes, doc["_id"], doc["shard"]
-        if current is None or current["shard"] != shard:
+        if guarded:  # new, or moved to another shard
             # Upserted, not inserted: a guard left by a standalone writer that crashed
             # before its resource was stored must not block the id for ever.
             writes.guards.append(UpdateOne({"_id": key}, {"$set": {"shard": shard}}, upsert=True))

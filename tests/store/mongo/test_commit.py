@@ -18,13 +18,14 @@ from pymongo.read_concern import ReadConcern
 
 from fhir_server import clock
 from fhir_server.model.errors import FhirError, Kind
-from fhir_server.search import extract
-from fhir_server.store.base import Write
+from fhir_server.search import default_registry, extract, parse_query
+from fhir_server.store.base import ConditionalDelete, OperationFailed, Write
 from fhir_server.store.mongo import MongoStore
 from fhir_server.store.mongo.store import (
     ATTEMPT_SECONDS,
     DURABLE,
     MAX_COMMIT_SECONDS,
+    MAX_DOCUMENT_WRITES,
     _commit,
     _MongoUnit,
 )
@@ -38,6 +39,11 @@ AT = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
 def _patient(id: str) -> Write:
     resource = {**patient(), "resourceType": "Patient", "id": id}
     return Write("Patient", id, resource, extract(resource))
+
+
+def _basic(id: str) -> Write:
+    resource = {"resourceType": "Basic", "id": id, "code": {"text": "x"}}
+    return Write("Basic", id, resource, extract(resource))
 
 
 def _unknown_outcome() -> OperationFailure:
@@ -152,3 +158,25 @@ async def test_a_write_error_labelled_retryable_is_retry_later(store: MongoStore
         await store.commit([_patient("p1")])
     assert refused.value.kind is Kind.BUSY
     assert await store.read("Patient", "p1") is None
+
+
+async def test_a_conditional_delete_of_many_counts_every_document_it_writes(
+        store: MongoStore) -> None:
+    """One operation, two document writes per match (resource and history): over the cap
+    once the matches' writes are, whatever the operation count."""
+    matches = MAX_DOCUMENT_WRITES // 2 + 1
+    for start in range(0, matches, 500):
+        await store.commit([_basic(f"b{n}") for n in range(start, min(matches, start + 500))])
+    query, _ = parse_query("Basic", [("code:text", "x")], default_registry())
+    with pytest.raises(OperationFailed) as refused:
+        await store.commit([ConditionalDelete(query, multiple=True)])
+    assert refused.value.kind is Kind.TOO_LARGE and refused.value.index == 0
+    assert f"{MAX_DOCUMENT_WRITES} documents" in refused.value.issues[0].diagnostics
+    assert await store.count("Basic") == matches
+
+
+async def test_a_conditional_delete_within_the_cap_deletes_every_match(store: MongoStore) -> None:
+    await store.commit([_basic(f"b{n}") for n in range(3)])
+    query, _ = parse_query("Basic", [("code:text", "x")], default_registry())
+    [deleted] = await store.commit([ConditionalDelete(query, multiple=True)])
+    assert len(deleted.versions) == 3 and await store.count("Basic") == 0
