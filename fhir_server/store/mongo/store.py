@@ -71,7 +71,7 @@ from ..base import (
 from ..versions import stamp
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
-from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect
+from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,16 @@ class MongoStore:
 
     async def migrate(self) -> None:
         """Build the indexes of layout.py and the guard of every resource that lacks one
-        (`fhir-server migrate`, before serving: an index build never runs in a request)."""
+        (`fhir-server migrate`, before serving: an index build never runs in a request).
+        No time limit: an index build or the backfill on a large collection takes minutes,
+        and the client's timeoutMS (10 s) would abort it."""
+        with pymongo.timeout(0):  # 0: none (PyMongo's client-side operation timeout)
+            await self._migrate()
+
+    async def _migrate(self) -> None:
         for name, models in layout.INDEXES.items():
-            if models:
-                await self.db[name].create_indexes(list(models))
+            if missing := await missing_indexes(self.db[name], models):
+                await self.db[name].create_indexes(missing)
         if (await self.guards.estimated_document_count()
                 >= await self.resources.estimated_document_count()):
             return  # every resource has its guard (the counts are estimates: cheap)
