@@ -81,6 +81,10 @@ async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment
         except OperationFailure as exc:
             found.notes.append(f"transaction lifetime not read ({exc.code}), "
                                f"{DEFAULT_TRANSACTION_LIFETIME} s assumed")
+    else:
+        found.notes.append(f"transaction lifetime not read: mongos does not hold it, "
+                           f"{DEFAULT_TRANSACTION_LIFETIME} s assumed; check "
+                           "transactionLifetimeLimitSeconds on each shard (docs/storage.md)")
     if found.transactions and found.transaction_lifetime < 2 * attempt_seconds:
         found.problems.append(
             f"transactionLifetimeLimitSeconds is {found.transaction_lifetime} s: the store "

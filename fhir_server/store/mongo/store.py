@@ -167,9 +167,11 @@ class MongoStore:
                  registry: Registry | None = None, accept_unsafe: bool = False) -> None:
         self.client = client
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
-        # failover can roll back, and a secondary read preference fails every transaction.
+        # failover can roll back, a secondary read preference fails every transaction, and
+        # reads outside transactions (`majority`) must not show what a failover rolls back.
         self.db = client.get_database(database, write_concern=DURABLE,
-                                      read_preference=ReadPreference.PRIMARY)
+                                      read_preference=ReadPreference.PRIMARY,
+                                      read_concern=ReadConcern("majority"))
         self.resources = self.db["resources"]
         self.history_docs = self.db["history"]
         self.guards = self.db[layout.GUARDS]
