@@ -408,8 +408,9 @@ def _translated(exc: BaseException, unit: _MongoUnit) -> BaseException:
         return exc
     if _code_name(exc) in _TOO_BIG_FOR_A_TRANSACTION:
         return _too_costly(f"MongoDB gave up the transaction ({_code_name(exc)})")
-    if exc.has_error_label(_TRANSIENT):
+    if exc.has_error_label(_TRANSIENT) or exc.timeout:
         unit.check_time()  # one that ran too long would only run too long again
+    if exc.has_error_label(_TRANSIENT):
         return TransientConflict(str(exc))
     if isinstance(exc, _UNREACHABLE) or exc.has_error_label(_RETRYABLE_WRITE):
         return _unavailable(exc)

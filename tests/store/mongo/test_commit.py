@@ -13,7 +13,7 @@ import pytest
 from pymongo import _csot
 from pymongo.asynchronous.client_session import TransactionOptions, _TxnState
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, ExecutionTimeout, OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from fhir_server import clock
@@ -137,6 +137,22 @@ async def test_an_unknown_outcome_is_sent_again_only_within_max_commit_seconds(
             await store.commit([_patient("p1")])
     assert refused.value.kind is Kind.BUSY
     assert len(double.commit_bounds) == MAX_COMMIT_SECONDS // 2 + 1
+
+
+async def test_an_attempt_cut_short_by_its_deadline_is_too_costly_not_retry_later(
+        store: MongoStore) -> None:
+    """The server stops a command at the maxTimeMS the attempt's deadline left it."""
+    double = _double(store)
+    with clock.frozen(AT) as frozen:
+        double.fail("bulk_write", ExecutionTimeout(
+            "operation exceeded time limit", 50, {"codeName": "MaxTimeMSExpired"}),
+            effect=lambda: frozen.advance(ATTEMPT_SECONDS + 1))
+        with pytest.raises(FhirError) as refused:
+            await store.commit([_patient("p1")])
+    assert refused.value.kind is Kind.TOO_LARGE
+    assert f"{ATTEMPT_SECONDS} s" in refused.value.issues[0].diagnostics
+    assert len(double.transaction_options) == 1
+    assert await store.read("Patient", "p1") is None
 
 
 async def test_a_deterministic_write_error_is_an_incident_not_retry_later(
