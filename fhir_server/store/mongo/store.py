@@ -30,8 +30,8 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import bson
-from bson import ObjectId
 import pymongo
+from bson import ObjectId
 from pymongo import AsyncMongoClient, InsertOne, ReplaceOne, UpdateOne, uri_parser
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
@@ -96,7 +96,7 @@ ATTEMPT_SECONDS = 20
 _MARGIN_SECONDS = 5
 # A version is visible at the latest this long after its lastUpdated, or never: `_since`
 # answers list only versions older than that, so none can appear later behind them
-# (docs/storage.md, "History and _since").
+# (docs/storage.md, `_history?_since=`).
 SETTLE_SECONDS = ATTEMPT_SECONDS + _MARGIN_SECONDS
 # Per unit of work: MongoDB advises keeping transactions to about 1,000 documents, as they
 # share the storage cache. Operations are capped before any work (a Bundle's entries), and
@@ -362,8 +362,9 @@ class MongoStore:
                     unit.check_time()
                     await _commit(session, unit)
             except BaseException as exc:
-                # Leaving `start_session` aborts a transaction still open: outside the
-                # attempt's (maybe spent) deadline, and after this task, even when cancelled.
+                # Ending the session (leaving `start_session`) aborts a transaction still
+                # open: outside the attempt's (maybe spent) deadline, and in this task, so no
+                # abort outlives the session (a shielded one did, on cancellation).
                 translated = _translated(exc, unit)
                 if translated is exc:
                     raise
