@@ -26,12 +26,14 @@ def bundle(
     *,
     links: Mapping[str, str] | None = None,
     total: int | None = None,
+    last_updated: str | None = None,
 ) -> dict[str, Any]:
-    """A Bundle of `bundle_type` with optional paging links and total."""
+    """A Bundle of `bundle_type` with optional paging links and total; `meta.lastUpdated` is
+    `last_updated` (the instant its content is complete to), else now."""
     out: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": new_id(),
-        "meta": {"lastUpdated": clock.instant()},
+        "meta": {"lastUpdated": last_updated or clock.instant()},
         "type": bundle_type,
     }
     if total is not None:

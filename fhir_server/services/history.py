@@ -99,7 +99,7 @@ async def history(
         history_entry(base_url, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body)
         for v in shown
     )
-    return bundle("history", entries, links=links)
+    return bundle("history", entries, links=links, last_updated=page.as_of)
 
 
 def _link(url: str, params: list[tuple[str, str]]) -> str:

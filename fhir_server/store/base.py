@@ -136,6 +136,9 @@ class HistoryPage:
     versions: tuple[Version, ...]
     next_seq: int | None
     total: int | None = None
+    # The instant up to which the answer lists every version, when that is before now (a
+    # MongoDB `_since` answer lists only settled versions): the client's next `_since`.
+    as_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

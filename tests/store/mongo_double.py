@@ -7,6 +7,7 @@ Strict like a server:
   made with `url_options` (the options a connection string would give) lends them to every
   database opened without options of its own, so a test can check that a URL cannot weaken
   what the store asks for;
+- refuses an index whose key pattern exists under another name, as `createIndexes` does;
 - refuses what MongoDB forbids inside a transaction (`distinct`, index and collection
   creation, listing indexes, a read preference other than primary), documents over
   `max_document_size` (16 MiB), and 2dsphere points out of range;
@@ -15,6 +16,9 @@ Strict like a server:
 - answers `hello` as a replica set, a standalone server (`standalone=True`) or a mongos
   (`sharded=True`, shard keys in `config.collections`), and `getDefaultRWConcern`,
   `getParameter`;
+- models the client's timeoutMS (`timeout`, 10 s as MongoStore.from_url sets it): a commit
+  under it, or under `pymongo.timeout`, is bounded by that deadline, not by maxCommitTimeMS
+  (PyMongo drops it); `commit_bounds` records the bound of each commit sent;
 - `fail(method, error)` makes the next call of `method` (a collection method, or
   `commit_transaction`) raise `error`, e.g. a labelled TransientTransactionError.
 
@@ -37,6 +41,7 @@ from typing import Any
 
 import bson
 import mongomock_ng
+from pymongo import _csot
 from pymongo.errors import (
     DocumentTooLarge,
     InvalidOperation,
@@ -65,6 +70,7 @@ class Call:
     method: str
     filter: dict[str, Any] | None
     in_transaction: bool
+    timeout: float | None = None  # the driver's limit on the call, seconds (0: none)
 
 
 @dataclass
@@ -134,6 +140,13 @@ class _Session:
 
     async def commit_transaction(self) -> None:
         self._client.answer()
+        # What bounds the commit as PyMongo sends it: a deadline in force (`pymongo.timeout`,
+        # else the client's timeoutMS) replaces maxCommitTimeMS, which is then not sent.
+        deadline = _csot.remaining()
+        bound = self._client.timeout_in_force() if deadline is None else deadline
+        if not bound and self.options.max_commit_time_ms is not None:
+            bound = self.options.max_commit_time_ms / 1000
+        self._client.commit_bounds.append(bound)
         self._client.inject("commit_transaction")
         try:
             self._session.commit_transaction()
@@ -196,7 +209,7 @@ class _Collection:
         session: _Session | None = kwargs.pop("session", None)
         in_transaction = session is not None and session.in_transaction
         self._client.calls.append(Call(self.name, method, _filter_of(method, args, kwargs),
-                                       in_transaction))
+                                       in_transaction, self._client.timeout_in_force()))
         if in_transaction:
             assert session is not None
             if method in _NOT_IN_TRANSACTIONS:
@@ -221,6 +234,25 @@ class _Collection:
     async def aggregate(self, pipeline: list[dict[str, Any]], **kwargs: Any) -> _Cursor:
         kwargs = self._before("aggregate", (pipeline,), kwargs)
         return _Cursor(self._c.aggregate(pipeline, **kwargs))
+
+    async def create_indexes(self, models: list[Any], **kwargs: Any) -> list[str]:
+        """As a server: an index of the same key pattern under another name, or another index
+        under the same name, is a conflict (85, 86), not a second index."""
+        kwargs = self._before("create_indexes", (models,), kwargs)
+        have = {doc["name"]: doc for doc in self._c.list_indexes()}
+        for model in models:
+            wanted = model.document
+            same = have.get(wanted["name"])
+            if same is not None and (list(same["key"].items()) != list(wanted["key"].items())
+                                     or same.get("expireAfterSeconds")
+                                     != wanted.get("expireAfterSeconds")):
+                raise OperationFailure("An existing index has the same name as the requested "
+                                       "index", 86, {"codeName": "IndexKeySpecsConflict"})
+            if any(list(doc["key"].items()) == list(wanted["key"].items())
+                   and name != wanted["name"] for name, doc in have.items()):
+                raise OperationFailure("Index already exists with a different name", 85,
+                                       {"codeName": "IndexOptionsConflict"})
+        return list(self._c.create_indexes(models, **kwargs))
 
     async def list_indexes(self, **kwargs: Any) -> _Cursor:
         kwargs = self._before("list_indexes", (), kwargs)
@@ -280,6 +312,9 @@ class DoubleClient:
         self.down = False
         self.max_document_size = MAX_DOCUMENT_SIZE
         self.transaction_lifetime = 60
+        # The client's timeoutMS in seconds, as MongoStore.from_url sets it by default.
+        self.timeout: float | None = 10.0
+        self.commit_bounds: list[float | None] = []  # seconds, per commit sent
         # What `getDefaultRWConcern` answers (the cluster-wide defaults).
         self.default_rw_concern: dict[str, Any] = {
             "defaultReadConcern": {"level": "local"},
@@ -289,6 +324,11 @@ class DoubleClient:
         self.database_options: dict[str, Options] = {}
         self.faults: list[_Fault] = []
         self.admin = _Database(self, self.sync["admin"], Options())
+
+    def timeout_in_force(self) -> float | None:
+        """The driver's timeout for a call made now: `pymongo.timeout`'s, else the client's."""
+        given = _csot.get_timeout()
+        return self.timeout if given is None else given
 
     def answer(self) -> None:
         """Fail as a driver does when no server can be selected."""

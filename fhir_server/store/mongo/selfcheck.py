@@ -9,9 +9,11 @@ the server refuses to serve while there is one, unless told to accept it (docs/s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo import IndexModel
 from pymongo.errors import OperationFailure
 
 from . import layout
@@ -43,8 +45,22 @@ class Deployment:
         return report
 
 
-def _index_keys(models: tuple[Any, ...]) -> dict[str, list[tuple[str, Any]]]:
-    return {model.document["name"]: list(model.document["key"].items()) for model in models}
+# Index options that change what an index does (a TTL, uniqueness); the name does not.
+_INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds")
+
+
+def _signature(index: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two indexes the same index: the key pattern, in order, and the options."""
+    key = tuple((field, int(kind) if isinstance(kind, float) else kind)
+                for field, kind in index["key"].items())
+    return key, tuple((option, index.get(option)) for option in _INDEX_OPTIONS)
+
+
+async def missing_indexes(collection: Any, models: Sequence[IndexModel]) -> list[IndexModel]:
+    """The indexes of `models` the collection lacks, compared by key pattern and options: one
+    built under another name (`shard_1__id_1` by `shardCollection`) is the same index."""
+    have = {_signature(doc) async for doc in await collection.list_indexes()}
+    return [model for model in models if _signature(model.document) not in have]
 
 
 async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment:
@@ -65,6 +81,10 @@ async def inspect(client: Any, db: Any, *, attempt_seconds: float) -> Deployment
         except OperationFailure as exc:
             found.notes.append(f"transaction lifetime not read ({exc.code}), "
                                f"{DEFAULT_TRANSACTION_LIFETIME} s assumed")
+    else:
+        found.notes.append(f"transaction lifetime not read: mongos does not hold it, "
+                           f"{DEFAULT_TRANSACTION_LIFETIME} s assumed; check "
+                           "transactionLifetimeLimitSeconds on each shard (docs/storage.md)")
     if found.transactions and found.transaction_lifetime < 2 * attempt_seconds:
         found.problems.append(
             f"transactionLifetimeLimitSeconds is {found.transaction_lifetime} s: the store "
@@ -98,9 +118,7 @@ async def _topology(client: Any, found: Deployment) -> bool:
 
 async def _check_indexes(db: Any, found: Deployment) -> None:
     for name, models in layout.INDEXES.items():
-        have = {doc["name"]: list(doc["key"].items())
-                async for doc in await db[name].list_indexes()}
-        wrong = [index for index, keys in _index_keys(models).items() if have.get(index) != keys]
+        wrong = [model.document["name"] for model in await missing_indexes(db[name], models)]
         if wrong:
             found.problems.append(f"indexes of {name} missing or different ({', '.join(wrong)}): "
                                   "run `fhir-server migrate`")

@@ -25,11 +25,12 @@ import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import bson
+import pymongo
 from bson import ObjectId
 from pymongo import AsyncMongoClient, InsertOne, ReplaceOne, UpdateOne, uri_parser
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -48,7 +49,7 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from ... import clock
-from ...model.errors import FhirError, Kind, fail
+from ...model.errors import FhirError, Kind, fail, incident
 from ...search import Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
@@ -70,28 +71,40 @@ from ..base import (
 from ..versions import stamp
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
-from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect
+from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT = "TransientTransactionError"
 _UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
+_RETRYABLE_WRITE = "RetryableWriteError"
 _NO_TRANSACTIONS = (
     "This MongoDB server is a standalone server, which has no multi-document transactions: "
     "FHIR transactions need a replica set or a sharded cluster."
 )
 # Durable once acknowledged: a majority of the data-bearing members, journaled.
 DURABLE = WriteConcern("majority", j=True)
+# A commit, sent again while its outcome is unknown, ends within this (`pymongo.timeout`: the
+# client's timeoutMS would otherwise replace maxCommitTimeMS, and PyMongo drops the latter).
 MAX_COMMIT_SECONDS = 5
-# One attempt of a unit must end this long after it stamped its versions, well inside
+# One attempt of a unit, its commit included, ends this long after it stamped its versions
+# (the driver's deadline: every command carries maxTimeMS of what remains), well inside
 # MongoDB's default 60 s transaction lifetime; one that ran longer is not attempted again.
 ATTEMPT_SECONDS = 20
-# A unit commits at the latest this long after its versions' lastUpdated: `_since` answers
-# list only versions older than that, so none can appear later behind them (docs/storage.md).
-SETTLE_SECONDS = ATTEMPT_SECONDS + MAX_COMMIT_SECONDS + 1
-# Per unit of work: MongoDB advises keeping transactions to about 1,000 document writes and
-# they share the storage cache; a version writes 2 to 3 documents.
+# Between the clocks of two server processes stamping versions, and for a commit acknowledged
+# by a majority before the deadline to be visible to a majority read: a generous margin.
+_MARGIN_SECONDS = 5
+# A version is visible at the latest this long after its lastUpdated, or never: `_since`
+# answers list only versions older than that, so none can appear later behind them
+# (docs/storage.md, `_history?_since=`).
+SETTLE_SECONDS = ATTEMPT_SECONDS + _MARGIN_SECONDS
+# Per unit of work: MongoDB advises keeping transactions to about 1,000 documents, as they
+# share the storage cache. Operations are capped before any work (a Bundle's entries), and
+# document writes as they are queued, since one operation (a conditional delete of many) can
+# write any number. A version writes 2 documents (resource, history) or 3 (its guard when
+# created), so 1,000 creates fit.
 MAX_OPERATIONS = 1000
+MAX_DOCUMENT_WRITES = 3 * MAX_OPERATIONS
 MAX_UNIT_BYTES = 32 * 1024 * 1024
 # Driver errors (codeName) that no new attempt can cure.
 _TOO_BIG_FOR_A_TRANSACTION = frozenset({
@@ -154,9 +167,11 @@ class MongoStore:
                  registry: Registry | None = None, accept_unsafe: bool = False) -> None:
         self.client = client
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
-        # failover can roll back, and a secondary read preference fails every transaction.
+        # failover can roll back, a secondary read preference fails every transaction, and
+        # reads outside transactions (`majority`) must not show what a failover rolls back.
         self.db = client.get_database(database, write_concern=DURABLE,
-                                      read_preference=ReadPreference.PRIMARY)
+                                      read_preference=ReadPreference.PRIMARY,
+                                      read_concern=ReadConcern("majority"))
         self.resources = self.db["resources"]
         self.history_docs = self.db["history"]
         self.guards = self.db[layout.GUARDS]
@@ -188,10 +203,16 @@ class MongoStore:
 
     async def migrate(self) -> None:
         """Build the indexes of layout.py and the guard of every resource that lacks one
-        (`fhir-server migrate`, before serving: an index build never runs in a request)."""
+        (`fhir-server migrate`, before serving: an index build never runs in a request).
+        No time limit: an index build or the backfill on a large collection takes minutes,
+        and the client's timeoutMS (10 s) would abort it."""
+        with pymongo.timeout(0):  # 0: none (PyMongo's client-side operation timeout)
+            await self._migrate()
+
+    async def _migrate(self) -> None:
         for name, models in layout.INDEXES.items():
-            if models:
-                await self.db[name].create_indexes(list(models))
+            if missing := await missing_indexes(self.db[name], models):
+                await self.db[name].create_indexes(missing)
         if (await self.guards.estimated_document_count()
                 >= await self.resources.estimated_document_count()):
             return  # every resource has its guard (the counts are estimates: cheap)
@@ -292,12 +313,15 @@ class MongoStore:
             where["type"] = query.resource_type
         if query.id is not None:
             where["id"] = query.id
+        as_of = None
         if query.since is not None:
             # Only settled versions: a unit still running may commit versions stamped up to
-            # SETTLE_SECONDS ago, which would land behind what this answer shows.
-            settled = clock.micros(clock.now() - timedelta(seconds=SETTLE_SECONDS))
-            where["lastUpdated"] = {"$gte": query.since}
-            where["lu"] = {"$lte": settled}
+            # SETTLE_SECONDS ago, which would land behind what this answer shows. The answer
+            # says so (`as_of`: its Bundle's meta.lastUpdated, the client's next `_since`).
+            settled = clock.now() - timedelta(seconds=SETTLE_SECONDS)
+            as_of = clock.instant(settled)
+            # On `lu`, which the history indexes hold: the scan is bounded at both ends.
+            where["lu"] = {"$gte": _micros_of(query.since), "$lte": clock.micros(settled)}
         if query.before_seq is not None:
             lu, seq = _split_history_cursor(query.before_seq)
             where["$or"] = [{"lu": {"$lt": lu}}, {"lu": lu, "seq": {"$lt": seq}}]
@@ -308,7 +332,7 @@ class MongoStore:
         page = docs[: query.count]
         more = len(docs) > query.count
         cursor = (page[-1]["lu"] << _HISTORY_SHIFT | int(str(page[-1]["seq"]), 16)) if more else None
-        return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor)
+        return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor, as_of=as_of)
 
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
@@ -331,20 +355,20 @@ class MongoStore:
                 max_commit_time_ms=MAX_COMMIT_SECONDS * 1000)
             unit = _MongoUnit(self, session)
             try:
-                yield unit
-                await unit.flush()
-                unit.check_time()
+                # The driver's deadline for the whole attempt, from the unit's stamp on.
+                with pymongo.timeout(ATTEMPT_SECONDS):
+                    yield unit
+                    await unit.flush()
+                    unit.check_time()
+                    await _commit(session, unit)
             except BaseException as exc:
-                if session.in_transaction:
-                    await asyncio.shield(session.abort_transaction())
+                # Ending the session (leaving `start_session`) aborts a transaction still
+                # open: outside the attempt's (maybe spent) deadline, and in this task, so no
+                # abort outlives the session (a shielded one did, on cancellation).
                 translated = _translated(exc, unit)
                 if translated is exc:
                     raise
                 raise translated from exc
-            try:
-                await _commit(session, unit)
-            except PyMongoError as exc:
-                raise _translated(exc, unit) from exc
 
     @_answering
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
@@ -379,35 +403,52 @@ def _code_name(exc: PyMongoError) -> str | None:
 
 def _translated(exc: BaseException, unit: _MongoUnit) -> BaseException:
     """What a failed unit tells its caller: run me again (TransientConflict) only when
-    another attempt can succeed; an OperationOutcome for every driver error."""
+    another attempt can succeed; for every other driver error an OperationOutcome, 503 only
+    where a later try can succeed (unreachable, timed out, labelled retryable)."""
     if not isinstance(exc, PyMongoError):
         return exc
     if _code_name(exc) in _TOO_BIG_FOR_A_TRANSACTION:
         return _too_costly(f"MongoDB gave up the transaction ({_code_name(exc)})")
-    if exc.has_error_label(_TRANSIENT):
+    if exc.has_error_label(_TRANSIENT) or exc.timeout:
         unit.check_time()  # one that ran too long would only run too long again
+    if exc.has_error_label(_TRANSIENT):
         return TransientConflict(str(exc))
-    if isinstance(exc, _UNREACHABLE):
+    if isinstance(exc, _UNREACHABLE) or exc.has_error_label(_RETRYABLE_WRITE):
         return _unavailable(exc)
-    if isinstance(exc, DocumentTooLarge):
-        return _too_large_document()
-    return fail(Kind.BUSY, "transient", f"MongoDB refused the transaction "
-                f"({_code_name(exc) or type(exc).__name__}); retry later.")
+    # Deterministic: the same unit would fail the same way, so "retry later" would be a lie.
+    return incident(log)
 
 
 async def _commit(session: AsyncClientSession, unit: _MongoUnit) -> None:
-    """Commit, retrying while the outcome is unknown (the commit is idempotent) and the
-    attempt is still within its time."""
-    for delay in RETRY_DELAYS:
-        await asyncio.sleep(delay)
-        try:
-            await session.commit_transaction()
-            return
-        except PyMongoError as exc:
-            if not exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label(_TRANSIENT):
-                raise
-            unit.check_time()
-    raise fail(Kind.BUSY, "transient", "MongoDB did not confirm the commit; retry later.")
+    """Commit within MAX_COMMIT_SECONDS (and the attempt's deadline), sending the commit again
+    while its outcome is unknown (a commit is idempotent), never past that bound."""
+    began = clock.now()
+    with pymongo.timeout(MAX_COMMIT_SECONDS):
+        for delay in RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as exc:
+                if not exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label(_TRANSIENT):
+                    raise
+                unknown = exc
+            # The driver's deadline ends the commit; this ends the loop on the same bounds.
+            if (unit.spent() > ATTEMPT_SECONDS
+                    or (clock.now() - began).total_seconds() > MAX_COMMIT_SECONDS):
+                break
+    raise _outcome_unknown(unknown)
+
+
+def _outcome_unknown(exc: PyMongoError) -> FhirError:
+    return fail(Kind.BUSY, "transient", "MongoDB did not confirm the commit "
+                f"({_code_name(exc) or type(exc).__name__}): the changes may or may not have "
+                "been stored. Read the resources to find out before sending them again.")
+
+
+def _micros_of(instant: str) -> int:
+    """`lu` of a stored UTC instant (`2024-01-31T10:00:00.000000Z`)."""
+    return clock.micros(datetime.fromisoformat(instant.replace("Z", "+00:00")))
 
 
 def _split_history_cursor(cursor: int) -> tuple[int, ObjectId]:
@@ -467,17 +508,30 @@ class _MongoUnit:
         self._current: dict[str, dict[str, Any] | None] = {}
         self._writes = _Writes()
         self._operations = 0
+        self._documents = 0  # document writes queued or sent
         self._bytes = 0
         deployment = store.deployment
         self._max_document = (deployment.max_document_size if deployment
                               else DEFAULT_MAX_DOCUMENT_SIZE)
 
+    def spent(self) -> float:
+        """Seconds since the unit stamped its versions."""
+        return (clock.now() - self.started).total_seconds()
+
     def check_time(self) -> None:
         """Refuse (no new attempt) a unit that ran past ATTEMPT_SECONDS."""
-        spent = (clock.now() - self.started).total_seconds()
+        spent = self.spent()
         if spent > ATTEMPT_SECONDS:
             raise _too_costly(f"The transaction ran {spent:.0f} s, more than this server's "
                               f"{ATTEMPT_SECONDS} s per MongoDB transaction")
+
+    def count_writes(self, documents: int) -> None:
+        """Count document writes; refuse a unit over MAX_DOCUMENT_WRITES."""
+        self._documents += documents
+        if self._documents > MAX_DOCUMENT_WRITES:
+            raise _too_costly(f"The transaction writes more than {MAX_DOCUMENT_WRITES} "
+                              "documents, this server's limit per MongoDB transaction (a "
+                              "resource version writes 2 or 3)")
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         self._operations += len(operations)
@@ -544,6 +598,7 @@ class _MongoUnit:
                     versions.extend(self.delete(resource_type, id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
+                self.count_writes(len(op.put) + (1 if op.remove else 0))
                 for key, body in op.put:
                     await self.store.outbox_docs.replace_one(
                         {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
@@ -603,6 +658,7 @@ class _MongoUnit:
         claim = _claim_key(query)
         moment = clock.now()
         if self.session is not None:
+            self.count_writes(1)
             await self.store.claims.update_one({"_id": claim}, {"$set": {"at": moment}},
                                                upsert=True, session=self.session)
             return
@@ -638,12 +694,14 @@ class _MongoUnit:
         size = len(bson.encode(doc))
         if size > self._max_document:
             raise _too_large_document()
+        guarded = current is None or current["shard"] != doc["shard"]
+        self.count_writes(3 if guarded else 2)
         self._bytes += 2 * size  # the resource and its history document
         if self._bytes > MAX_UNIT_BYTES:
             raise _too_costly(f"The transaction writes more than this server's limit of "
                               f"{MAX_UNIT_BYTES // (1024 * 1024)} MiB per MongoDB transaction")
         writes, key, shard = self._writes, doc["_id"], doc["shard"]
-        if current is None or current["shard"] != shard:
+        if guarded:  # new, or moved to another shard
             # Upserted, not inserted: a guard left by a standalone writer that crashed
             # before its resource was stored must not block the id for ever.
             writes.guards.append(UpdateOne({"_id": key}, {"$set": {"shard": shard}}, upsert=True))

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pymongo.errors import OperationFailure
+from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import Primary, Secondary
 from pymongo.write_concern import WriteConcern
 
@@ -101,7 +102,8 @@ async def test_every_transaction_reads_a_snapshot_and_commits_durably(store: Mon
 
 
 async def test_a_connection_string_cannot_weaken_durability_or_read_preference() -> None:
-    weak = DoubleClient(url_options=Options(write_concern=WriteConcern(w=1),
+    weak = DoubleClient(url_options=Options(read_concern=ReadConcern("local"),
+                                            write_concern=WriteConcern(w=1),
                                             read_preference=Secondary()))
     store = await _migrated(weak)
     await store.open()
@@ -111,8 +113,11 @@ async def test_a_connection_string_cannot_weaken_durability_or_read_preference()
     assert asked.write_concern is not None
     assert asked.write_concern.document == {"w": "majority", "j": True}
     assert isinstance(asked.read_preference, Primary)
-    real = MongoStore.from_url("mongodb://db.invalid/fhir?w=1&readPreference=secondary")
+    assert asked.read_concern is not None and asked.read_concern.level == "majority"
+    real = MongoStore.from_url(
+        "mongodb://db.invalid/fhir?w=1&readPreference=secondary&readConcernLevel=local")
     try:
+        assert real.db.read_concern.level == "majority"
         assert real.db.write_concern.document == {"w": "majority", "j": True}
         assert isinstance(real.db.read_preference, Primary)
     finally:
@@ -305,8 +310,8 @@ async def test_other_driver_errors_in_a_transaction_give_an_outcome(store: Mongo
     _double(store).fail("bulk_write", OperationFailure("bad", 2, {"codeName": "BadValue"}))
     with pytest.raises(FhirError) as refused:
         await store.commit([_write("Patient", "p1", patient())])
-    assert refused.value.kind is Kind.BUSY
-    assert "BadValue" in refused.value.issues[0].diagnostics
+    assert refused.value.kind is Kind.FAULT
+    assert "incident" in refused.value.issues[0].diagnostics
 
 
 # 9 -------------------------------------------------------------------------------------------
@@ -350,6 +355,8 @@ async def test_a_cluster_with_wrong_shard_keys_is_refused_unless_accepted() -> N
                         {"_id": "fhir.ids", "key": {"_id": "hashed"}}])
     await store.open()
     assert store.status()["topology"] == "sharded cluster (mongos)"
+    assert any("mongos does not hold it, 60 s assumed" in note
+               for note in store.status()["notes"])
 
 
 async def test_a_short_transaction_lifetime_is_a_problem() -> None:
