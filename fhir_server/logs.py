@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .model.ids import random_hex
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -73,7 +74,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = sent if _valid_request_id(sent) else uuid.uuid4().hex
+        rid = sent if _valid_request_id(sent) else random_hex()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
