@@ -20,7 +20,8 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .http import bundle_router, fhir_router, install_error_handlers, metadata_router, operability_router
+from .http import (bundle_router, fhir_router, install_error_handlers, metadata_router,
+                   operability_router, shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.tokens = tokens
     app.state.oauth = oauth
     install_error_handlers(app)
+    app.include_router(shortcut_router, prefix=settings.base_path)  # first: http/routes.py
     app.include_router(operability_router)
     app.include_router(metadata_router, prefix=settings.base_path)
     if tokens is not None:

@@ -1,0 +1,63 @@
+"""The shortcut routes (http/routes.py), mounted before every other router of the FHIR base,
+must never take a request that another route answers differently."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+
+from fhir_server.http import bundle_router, fhir_router, metadata_router, shortcut_router
+from fhir_server.http.auth_routes import discovery_off_router, discovery_router
+from fhir_server.http.operations import router as operations_router
+
+# Values a path parameter of another route may take, including the ones a shortcut would
+# wrongly catch if its segments were any text.
+_SAMPLES = ["Patient", "metadata", "_history", "_search", "$everything", ".well-known", "123", "a.b"]
+
+
+def _paths(route: APIRoute) -> list[str]:
+    names = re.findall(r"{(\w+)(?::\w+)?}", route.path)
+    paths = [route.path]
+    for name in names:
+        paths = [re.sub(r"{%s(?::\w+)?}" % name, value, p) for p in paths for value in _SAMPLES]
+    return paths
+
+
+def _taken_by_shortcut(method: str, path: str) -> APIRoute | None:
+    scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+    for route in shortcut_router.routes:
+        assert isinstance(route, APIRoute)
+        if route.matches(scope)[0] is Match.FULL:
+            return route
+    return None
+
+
+@pytest.mark.parametrize("router", [metadata_router, discovery_router, discovery_off_router,
+                                    bundle_router, operations_router, fhir_router])
+def test_no_other_route_is_shadowed(router) -> None:
+    for route in router.routes:
+        assert isinstance(route, APIRoute)
+        for method in route.methods:
+            for path in _paths(route):
+                taken = _taken_by_shortcut(method, path)
+                if taken is None:
+                    continue
+                # Caught by a shortcut: only where the generic route list would have chosen
+                # the same endpoint for it (the first route of `fhir_router` that matches).
+                first = next(r for r in fhir_router.routes
+                             if r.matches({"type": "http", "method": method, "path": path,
+                                           "root_path": ""})[0] is Match.FULL)
+                assert router is fhir_router, (method, path, route.path)
+                assert first.endpoint is taken.endpoint, (method, path, route.path)
+
+
+def test_the_single_resource_interactions_take_the_shortcut() -> None:
+    for method, path in [("GET", "/Patient/perf-0000001"), ("PUT", "/Patient/a.b-1"),
+                         ("DELETE", "/Observation/1"), ("GET", "/Patient"), ("POST", "/Patient")]:
+        assert _taken_by_shortcut(method, path) is not None, (method, path)
+    for method, path in [("GET", "/Patient/_history"), ("GET", "/metadata"), ("PATCH", "/Patient/1"),
+                         ("GET", "/Patient/$everything"), ("POST", "/Patient/_search")]:
+        assert _taken_by_shortcut(method, path) is None, (method, path)
