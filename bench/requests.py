@@ -1,0 +1,145 @@
+"""CPU per request of single-resource traffic, in process (docs/performance.md, issue 15).
+
+Drives the whole ASGI application (middleware, routes, services, SQLite stores, audit trail)
+without sockets: `--concurrency` requests at a time, like wrk's connections, on Patients
+shaped like the perf harness's (`../shared/perf`). Prints the process CPU (every thread:
+the event loop and the stores' writer threads) per request for each op; `--profile OP`
+adds a cProfile of the event loop's thread for that op.
+
+    .venv/bin/python -m bench.requests [--n 2000] [--requests 3000] [--profile search]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import itertools
+import pstats
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_server.app import create_app
+from fhir_server.settings import Settings
+
+Call = Callable[[int], Awaitable[int]]
+_TAGS = "http://example.org/perf-tags"
+
+
+def _patient(i: int, tag: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": f"perf-{i:07d}",
+            "meta": {"tag": [{"system": _TAGS, "code": tag}]},
+            "identifier": [{"system": "urn:example:mrn", "value": f"MRN{i:07d}"},
+                           {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": f"1{i:012d}"}],
+            "name": [{"family": f"Family{i % 500}", "given": [f"Given{i % 70}", "Marie"]}],
+            "gender": "female" if i % 2 else "male", "birthDate": f"19{50 + i % 50}-0{1 + i % 9}-1{i % 9}",
+            "address": [{"line": [f"{i} rue de la Paix"], "city": f"City{i % 300}",
+                         "postalCode": "75001", "country": "FR"}],
+            "telecom": [{"system": "phone", "value": f"+33 1 23 45 {i % 100:02d} 00"}]}
+
+
+class Client:
+    """Calls the ASGI app directly; returns the status, checks nothing else."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, method: str, path: str, body: bytes = b"", query: str = "") -> int:
+        headers = [(b"host", b"bench"), (b"content-type", b"application/fhir+json"),
+                   (b"content-length", str(len(body)).encode())]
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": query.encode(), "root_path": "", "headers": headers,
+                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+        sent = False
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await self.app(scope, receive, send)
+        return status
+
+
+def _ops(client: Client, n: int) -> dict[str, Call]:
+    created = itertools.count(10_000_000)
+
+    async def read(i: int) -> int:
+        return await client("GET", f"/fhir/Patient/perf-{i % n:07d}")
+
+    async def create(i: int) -> int:
+        return await client("POST", "/fhir/Patient", orjson.dumps(_patient(next(created), "created")))
+
+    async def search(i: int) -> int:
+        if i % 2:
+            return await client("GET", "/fhir/Patient", query=f"_tag={_TAGS}|bucket-{i % (n // 20):05d}&_count=20")
+        return await client("GET", "/fhir/Patient", query=f"identifier=urn:example:mrn|MRN{i % n:07d}&_count=20")
+
+    return {"read": read, "create": create, "search": search}
+
+
+async def _drive(call: Call, requests: int, concurrency: int) -> tuple[float, int]:
+    """CPU seconds of the process for `requests` calls, and how many failed."""
+    counter = itertools.count()
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        while (i := next(counter)) < requests:
+            if await call(i) >= 400:
+                failed += 1
+
+    started = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.process_time() - started, failed
+
+
+async def main(args: argparse.Namespace) -> None:
+    data = Path(tempfile.mkdtemp(prefix="bench-requests-"))
+    app = create_app(Settings(data_dir=data, auth="off"))
+    client = Client(app)
+    async with app.router.lifespan_context(app):
+        for start in range(0, args.n, 100):
+            entries = [{"resource": _patient(i, f"bucket-{i % (args.n // 20):05d}"),
+                        "request": {"method": "PUT", "url": f"Patient/perf-{i:07d}"}}
+                       for i in range(start, min(start + 100, args.n))]
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+            assert await client("POST", "/fhir", orjson.dumps(bundle)) == 200
+        ops = _ops(client, args.n)
+        for name in args.ops.split(","):
+            await _drive(ops[name], args.requests // 5, args.concurrency)  # warm-up
+            profile = cProfile.Profile() if name == args.profile else None
+            if profile:
+                profile.enable()
+            cpu, failed = await _drive(ops[name], args.requests, args.concurrency)
+            if profile:
+                profile.disable()
+            print(f"{name}: {cpu / args.requests * 1e6:,.0f} CPU µs/request, {failed} failed")
+            if profile:
+                pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="Patients seeded")
+    parser.add_argument("--requests", type=int, default=3000, help="measured requests per op")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--ops", default="read,create,search")
+    parser.add_argument("--profile", default="", help="op to profile")
+    parser.add_argument("--sort", default="tottime", help="pstats sort key")
+    parser.add_argument("--top", type=int, default=25)
+    asyncio.run(main(parser.parse_args()))
