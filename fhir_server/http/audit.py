@@ -38,10 +38,13 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        method: str = scope["method"]
+        client = scope.get("client")
+        # From the scope, not `request.url` (which rebuilds and re-parses the whole URL).
         record = auditing.begin(
-            self.recorder, method=request.method, path=relative,
-            query=(request.url.query or None) if request.method == "GET" else None,
-            address=request.client.host if request.client else None,
+            self.recorder, method=method, path=relative,
+            query=(scope.get("query_string", b"").decode("latin-1") or None) if method == "GET" else None,
+            address=client[0] if client else None,
             principal=lambda: getattr(request.state, "principal", None))
         request.state.trail = record.trail
         request.state.store = record.store

@@ -4,6 +4,7 @@ accessed their data, append-only through the API, and a hash chain that detects 
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,17 @@ def test_every_interaction_is_audited_denials_included(world: TestClient) -> Non
     denied = [e for e in events if e["outcome"] == "4" and e.get("outcomeDesc") == "HTTP 401"]
     assert denied and denied[0]["agent"][0]["who"]["display"] == "unauthenticated"
     assert denied[0]["agent"][0]["network"]["address"]
+
+
+def test_a_search_event_carries_the_query_as_sent(world: TestClient) -> None:
+    admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}"}
+    query = "family=Dupont%20Martin&_count=5"
+    assert world.get(f"/fhir/Patient?{query}", headers=admin).status_code == 200
+    events = _events(world, admin, "subtype=search-type&_sort=-_lastUpdated")
+    sent = [base64.b64decode(e["query"]).decode() for event in events
+            for e in event.get("entity", []) if e.get("role", {}).get("code") == "24"]
+    assert query in sent
+    assert events[0]["agent"][0]["network"]["address"]
 
 
 def test_the_trail_is_append_only_through_the_api(world: TestClient) -> None:
