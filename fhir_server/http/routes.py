@@ -306,7 +306,8 @@ register_url_convertor("fhir_id", _Id())
 
 # The single-resource routes once more, on paths no other route of the FHIR base can match:
 # mounted first, they are found after a handful of route checks instead of the ~40 that the
-# routers mounted before this one cost every request (a quarter of a read's CPU, issue 15).
+# routers mounted before this one cost every request (~30 % of a read's event-loop time,
+# issue 15).
 # A path they do not match (PATCH, `_history`, `$op`, a malformed id) goes on to the routers
 # above, which answer it as before.
 # Their endpoints take the request alone and authenticate it themselves: FastAPI's solving

@@ -33,7 +33,7 @@ def _random16() -> bytearray:
 
 
 def random_hex() -> str:
-    """32 random hex digits (request ids, incident numbers)."""
+    """32 random hex digits (request ids)."""
     return _random16().hex()
 
 
