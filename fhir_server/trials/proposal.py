@@ -5,8 +5,9 @@ confirms (docs/referrals.md, "Opening a patient record").
   practitioner's `patient-privacy` Consent naming them, for a patient outside their reach, is
   stored with status `proposed`, whatever status was sent, and grants nothing. In the same unit
   of work the patient gets a Communication (category `notification`, `about` the Consent)
-  holding a one-time code (access/codes.py). The answer is the same whether the patient exists
-  or not; only an existing patient gets a code.
+  holding a one-time code (access/codes.py). The patient's existence is never looked up: the
+  same writes happen (and so the same answer, in the same time) whether the patient exists or
+  not; a notice to an id nobody holds reaches nobody.
 - `confirm` (`POST Consent/{id}/$confirm`, parameter `code`): the practitioner the Consent
   names (or the patient) gives the code the patient received; the Consent becomes `active`.
   The patient may instead accept it in their portal (update it to `active`): a practitioner
@@ -25,7 +26,7 @@ import orjson
 from .. import clock
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
-from ..services import crud, guard, platform_rules, reach, server_writes
+from ..services import crud, guard, platform_rules, server_writes
 from ..services.context import Context, Payload
 from ..services.server_writes import ServerWrite, as_server
 from ..store.base import Version
@@ -47,7 +48,7 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
     # Consent as sent.
     proposal = {**payload.exact, "id": id, "status": "proposed"}
     writes = [ServerWrite(proposal)]
-    if await reach.current(ctx, f"Patient/{patient}") is not None and ctx.codes is not None:
+    if ctx.codes is not None:
         code, expires = ctx.codes.issue(f"Consent/{id}")
         writes.append(ServerWrite(_notice(ctx, patient, id, code, expires)))
     stored = (await server_writes.commit(ctx, writes))[0]

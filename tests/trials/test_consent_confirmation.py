@@ -205,3 +205,24 @@ def test_a_proposal_is_an_agreement_only(platform: Platform) -> None:
             body = consent(target, actor=who, status=status)
             assert send(platform.client, "POST", "/fhir/Consent", body, **headers).status_code == 403, status
     assert _propose(platform, who, headers, patient_id).status_code == 201
+
+
+def _written_for(platform: Platform, patient_id: str, consent_id: str) -> dict[str, Any]:
+    """What a proposal left behind, seen by the EHR: the kinds of resources written and to
+    whom, and whether a code waits for the Consent."""
+    ehr = platform.headers("ehr")
+    notices = platform.client.get(f"/fhir/Communication?about=Consent/{consent_id}", headers=ehr).json()
+    shapes = sorted((e["resource"]["resourceType"], e["resource"]["recipient"][0]["reference"] == f"Patient/{patient_id}",
+                     e["resource"]["category"][0]["coding"][0]["code"]) for e in notices.get("entry", []))
+    book = platform.client.app.state.context.codes  # type: ignore[attr-defined]
+    return {"notices": shapes, "code": book.check(f"Consent/{consent_id}", "not-a-code") is codes.CodeCheck.WRONG}
+
+
+def test_a_proposal_does_the_same_work_whether_the_patient_exists_or_not(platform: Platform) -> None:
+    """No timing oracle: the same writes (a code and a notice) for an existing patient and for
+    an id nobody holds."""
+    existing = _ehr_patient(platform)
+    missing = f"no-such-{next(_serial)}"
+    who, headers = _practitioner(platform)
+    left = [_written_for(platform, id, _propose(platform, who, headers, id).json()["id"]) for id in (existing, missing)]
+    assert left[0] == left[1] == {"notices": [("Communication", True, "notification")], "code": True}, left
