@@ -41,6 +41,7 @@ class Claims:
     scope: str
     patient: str | None = None  # the launch patient
     fhir_user: str | None = None  # `Type/id`
+    unreadable_user: bool = False  # a fhirUser claim not readable as `Type/id`: reaches nothing
     token_id: str | None = None
     admin: bool = False  # the user account is a platform administrator
     acts_for: tuple[str, ...] = ()  # a backend client's recipient identities (investigator site)

@@ -65,6 +65,7 @@ def _claims(request: Request, verified: TokenClaims) -> Claims:
     return Claims(
         subject=verified.subject, client_id=verified.client_id, scope=verified.scope,
         patient=verified.patient, fhir_user=fhir_user, token_id=verified.token_id,
+        unreadable_user=bool(verified.fhir_user) and fhir_user is None,
         admin=user is not None and user.admin and user.fhir_user == fhir_user,
         acts_for=client.acts_for if client is not None else (),
         break_glass=request.headers.get(BREAK_GLASS_HEADER))

@@ -16,8 +16,10 @@ MAX_REASON = 500  # characters of a break-glass reason
 async def principal_of(ctx: Context, claims: Claims) -> Principal:
     """The Principal of verified `claims`; FORBIDDEN or INVALID for a break-glass reason
     given by someone other than an administrator, or of the wrong length."""
-    kind, _, _ = (claims.fhir_user or "").partition("/")
-    if kind == "Practitioner":
+    kind, _, id = (claims.fhir_user or "").partition("/")
+    if claims.unreadable_user:  # a user nobody can tell, never a backend client
+        principal = _principal(claims, Role.UNKNOWN)
+    elif kind == "Practitioner":
         principal = await _practitioner(ctx, claims)
     elif kind == "RelatedPerson":
         represented = claims.patient is not None and claims.patient in await reach.represented(
@@ -26,6 +28,11 @@ async def principal_of(ctx: Context, claims: Claims) -> Principal:
         principal = _principal(claims, Role.REPRESENTATIVE,
                                patient=claims.patient if represented else None)
     elif kind == "Patient":
+        if claims.patient is not None and claims.patient != id:
+            # A patient user speaks for themselves only: others are represented through a
+            # RelatedPerson (above), checked against the store.
+            raise fail(Kind.FORBIDDEN, "forbidden", "The token's patient in context is not its "
+                       "user (fhirUser): a patient reaches their own record only.")
         principal = _principal(claims, Role.PATIENT, patient=claims.patient)
     elif kind:
         principal = _principal(claims, Role.UNKNOWN)

@@ -73,3 +73,31 @@ def test_an_unknown_kind_of_user_reaches_nothing(platform: Platform) -> None:
     headers = {"Authorization": f"Bearer {issued['access_token']}"}
     for url in ("/fhir/Patient/shared", "/fhir/Observation", "/fhir/Practitioner"):
         assert platform.client.get(url, headers=headers).status_code == 403, url
+
+
+def _bearer(platform: Platform, **claims: Any) -> dict[str, str]:
+    tokens = platform.client.app.state.tokens  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {tokens.issue(subject='someone', client_id='portal', **claims)['access_token']}"}
+
+
+@pytest.mark.parametrize("fhir_user", ["practitioner/x", "Practitioner", "Patient", "RelatedPerson/",
+                                       "urn:oid:1.2.3", "Practitioner/x/y/z"])
+def test_a_user_whose_fhiruser_cannot_be_read_reaches_nothing(platform: Platform, fhir_user: str) -> None:
+    """Such a token is a user's, not a backend client's: its system/ scopes count for nothing."""
+    headers = _bearer(platform, scope="system/*.cruds", fhir_user=fhir_user)
+    for url in ("/fhir/Observation?subject=Patient/shared", "/fhir/Patient/shared", "/fhir/Practitioner"):
+        assert platform.client.get(url, headers=headers).status_code == 403, url
+    # A readable fhirUser in absolute form is the same user.
+    absolute = _bearer(platform, scope="patient/*.rs", patient="shared", fhir_user="https://elsewhere.example/fhir/Patient/shared")
+    assert platform.client.get("/fhir/Patient/shared", headers=absolute).status_code == 200
+
+
+def test_a_patient_user_reaches_only_their_own_record(platform: Platform) -> None:
+    """The patient in context must be the user: another patient is reached only through a
+    RelatedPerson who represents them."""
+    headers = _bearer(platform, scope="patient/*.cruds", patient="shared", fhir_user="Patient/minor")
+    answer = platform.client.get("/fhir/Observation?subject=Patient/shared", headers=headers)
+    assert answer.status_code == 403 and "not its user" in answer.text
+    assert platform.client.get("/fhir/Patient/shared", headers=headers).status_code == 403
+    own = _bearer(platform, scope="patient/*.cruds", patient="shared", fhir_user="Patient/shared")
+    assert platform.client.get("/fhir/Patient/shared", headers=own).status_code == 200
