@@ -226,3 +226,19 @@ def test_a_proposal_does_the_same_work_whether_the_patient_exists_or_not(platfor
     who, headers = _practitioner(platform)
     left = [_written_for(platform, id, _propose(platform, who, headers, id).json()["id"]) for id in (existing, missing)]
     assert left[0] == left[1] == {"notices": [("Communication", True, "notification")], "code": True}, left
+
+
+@pytest.mark.parametrize("extra", [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"},
+                                   {"system": "http://example.org/scopes", "code": "anything"}])
+def test_a_proposal_asks_for_the_physicians_access_only(platform: Platform, extra: dict[str, str]) -> None:
+    """The notice describes the physician's access: a proposal asking for more is refused,
+    for an existing patient and a missing one alike, and leaves nothing behind."""
+    who, headers = _practitioner(platform)
+    for target in (_ehr_patient(platform), f"no-such-{next(_serial)}"):
+        body = consent(target, actor=who)
+        body["scope"]["coding"].append(extra)
+        answer = send(platform.client, "POST", "/fhir/Consent", body, **headers)
+        assert answer.status_code == 422 and "Consent.scope" in answer.json()["issue"][0]["expression"], answer.text
+        stored = platform.client.get(f"/fhir/Consent?patient=Patient/{target}", headers=platform.headers("ehr")).json()
+        notices = platform.client.get(f"/fhir/Communication?recipient=Patient/{target}", headers=platform.headers("ehr")).json()
+        assert not stored.get("entry") and not notices.get("entry")
