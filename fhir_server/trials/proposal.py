@@ -102,9 +102,13 @@ async def confirm(ctx: Context, consent_id: str, body: dict[str, Any]) -> Versio
     code = _code(body)
     found = await ctx.store.read("Consent", consent_id)
     consent = orjson.loads(found.body) if found is not None and found.body is not None else None
-    if found is None or consent is None or not platform_rules.may_confirm(ctx, consent):
+    if found is None or consent is None:
         raise guard.hidden("Consent", consent_id)
-    guard.note_asked(ctx, found, consent)  # every attempt reaches the patient's audit trail
+    # Every attempt reaches the patient's audit trail, one by a caller the Consent does not
+    # name too (who sees no audit event of that patient, and the same 404 as for no Consent).
+    guard.note_asked(ctx, found, consent)
+    if not platform_rules.may_confirm(ctx, consent):
+        raise guard.hidden("Consent", consent_id)
     if consent.get("status") != "proposed":
         raise fail(Kind.CONFLICT, "conflict", f"Consent/{consent_id} is {consent.get('status')}, "
                    "not proposed: there is nothing to confirm.")

@@ -242,3 +242,23 @@ def test_a_proposal_asks_for_the_physicians_access_only(platform: Platform, extr
         stored = platform.client.get(f"/fhir/Consent?patient=Patient/{target}", headers=platform.headers("ehr")).json()
         notices = platform.client.get(f"/fhir/Communication?recipient=Patient/{target}", headers=platform.headers("ehr")).json()
         assert not stored.get("entry") and not notices.get("entry")
+
+
+def test_an_attempt_by_another_practitioner_is_in_the_patients_audit_trail(platform: Platform) -> None:
+    """Answered 404 like an unknown Consent, yet recorded for the patient, and not shown to
+    the intruder."""
+    patient_id = _ehr_patient(platform)
+    who, headers = _practitioner(platform)
+    proposed = _propose(platform, who, headers, patient_id).json()
+    intruder, intruder_headers = _practitioner(platform)
+    tried = _confirm(platform, proposed["id"], "1" * codes.DIGITS, intruder_headers)
+    unknown = _confirm(platform, f"no-such-{next(_serial)}", "1" * codes.DIGITS, intruder_headers)
+    assert tried.status_code == unknown.status_code == 404
+    assert tried.json()["issue"][0]["code"] == unknown.json()["issue"][0]["code"]
+    trail = platform.client.get(f"/fhir/AuditEvent?patient=Patient/{patient_id}&_count=100",
+                                headers=platform.headers("patient", patient_id)).json()
+    theirs = [e["resource"] for e in trail["entry"] if e["resource"]["agent"][0]["who"].get("reference") == intruder]
+    assert len(theirs) == 1 and theirs[0]["outcome"] == "4", theirs
+    assert f"Consent/{proposed['id']}" in {x["what"]["reference"] for x in theirs[0]["entity"] if "what" in x}
+    seen = platform.client.get(f"/fhir/AuditEvent?patient=Patient/{patient_id}", headers=intruder_headers)
+    assert not seen.json().get("entry")
