@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import clock
+from ..access import codes as confirmation
 from ..access import consent as consents
 from ..access import PRACTITIONER_ACCOUNTS, CodeCheck, Principal, Role
 from ..model import platform_codes as codes
@@ -157,10 +158,21 @@ _REFUSED = {
 
 def check_code(ctx: Context, consent_id: str, code: str) -> None:
     """FORBIDDEN unless `code` is the one-time code the patient received for the proposed
-    Consent/`consent_id` (each try counts; a right one is spent)."""
-    assert ctx.codes is not None
-    checked = ctx.codes.check(f"Consent/{consent_id}", code)
+    Consent/`consent_id` (each try counts, against the Consent and the caller; a right one is
+    spent)."""
+    assert ctx.codes is not None and ctx.principal is not None
+    checked = ctx.codes.check(f"Consent/{consent_id}", code, asker(ctx.principal))
+    if checked is CodeCheck.THROTTLED:
+        hours = round(confirmation.FAILURE_WINDOW / 3600)
+        raise fail(Kind.FORBIDDEN, "throttled", f"Too many wrong codes: you gave "
+                   f"{confirmation.MAX_FAILURES} in the last {hours} hours, for any Consent. Try "
+                   "again later, or ask the patient to accept the request in their portal.")
     if checked is not CodeCheck.CONFIRMED:
         again = ("." if checked is CodeCheck.WRONG else ": propose the agreement again for a new "
                  "code, or ask the patient to accept it in their portal.")
         raise _forbidden(_REFUSED[checked] + again)
+
+
+def asker(principal: Principal) -> str:
+    """Whom proposals and wrong codes are counted against: the user, else the token's subject."""
+    return principal.fhir_user or f"{principal.client_id}:{principal.subject}"

@@ -7,7 +7,9 @@ confirms (docs/referrals.md, "Opening a patient record").
   of work the patient gets a Communication (category `notification`, `about` the Consent)
   holding a one-time code (access/codes.py). The patient's existence is never looked up: the
   same writes happen (and so the same answer, in the same time) whether the patient exists or
-  not; a notice to an id nobody holds reaches nobody.
+  not; a notice to an id nobody holds reaches nobody. The practitioner's earlier proposal for
+  that patient, still waiting, is superseded in the same unit of work: its code spent, its
+  Consent marked SUPERSEDED.
 - `confirm` (`POST Consent/{id}/$confirm`, parameter `code`): the practitioner the Consent
   names (or the patient) gives the code the patient received; the Consent becomes `active`.
   The patient may instead accept it in their portal (update it to `active`): a practitioner
@@ -32,6 +34,7 @@ from ..services.context import Context, Payload
 from ..services.server_writes import ServerWrite, as_server
 from ..store.base import Version
 
+SUPERSEDED = "entered-in-error"  # the status of a proposal its author replaced by a new one
 NOTIFICATION = {"system": "http://terminology.hl7.org/CodeSystem/communication-category",
                 "code": "notification"}
 
@@ -50,12 +53,34 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
     # Consent as sent.
     proposal = {**payload.exact, "id": id, "status": "proposed"}
     writes = [ServerWrite(proposal)]
+    superseded: list[str] = []
     if ctx.codes is not None:
-        code, expires = ctx.codes.issue(f"Consent/{id}")
+        assert ctx.principal is not None
+        asker = platform_rules.asker(ctx.principal)
+        superseded = ctx.codes.pending(asker, patient)
+        for reference in superseded:
+            if (earlier := await _superseded(ctx, reference, patient)) is not None:
+                writes.append(earlier)
+        code, expires = ctx.codes.issue(f"Consent/{id}", asker, patient)
         writes.append(ServerWrite(_notice(ctx, patient, id, code, expires)))
     stored = (await server_writes.commit(ctx, writes))[0]
+    if ctx.codes is not None:
+        ctx.codes.spend(superseded)
     guard.note_asked(ctx, stored, proposal)  # the patient sees who asked
     return stored
+
+
+async def _superseded(ctx: Context, reference: str, patient: str) -> ServerWrite | None:
+    """The earlier proposal `reference` (`Consent/<id>`) of the same practitioner for
+    `patient`, marked `entered-in-error` (to be ignored: neither the patient's refusal,
+    `rejected`, nor a withdrawal, `inactive`); None once it is no longer proposed."""
+    found = await ctx.store.read("Consent", reference.removeprefix("Consent/"))
+    earlier = orjson.loads(found.body) if found is not None and found.body is not None else None
+    if (found is None or earlier is None or earlier.get("status") != "proposed"
+            or (earlier.get("patient") or {}).get("reference") != f"Patient/{patient}"):
+        return None
+    earlier.pop("meta", None)
+    return ServerWrite({**earlier, "status": SUPERSEDED}, new=False, if_match=found.version)
 
 
 def _check_privacy_only(consent: dict[str, Any]) -> None:

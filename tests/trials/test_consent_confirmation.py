@@ -121,7 +121,7 @@ def test_a_physician_cannot_activate_their_own_proposal(platform: Platform) -> N
         assert platform.client.get(f"/fhir/{location}", headers=platform.headers("ehr")).json()["status"] == "proposed"
     assert not _reaches(platform, headers, patient_id)
     stored = platform.client.get(f"/fhir/Consent/{proposed['id']}", headers=platform.headers("ehr")).json()
-    assert stored["status"] == "proposed"
+    assert stored["status"] == "entered-in-error"  # superseded by the later proposals, never active
 
 
 def test_the_code_the_patient_received_confirms_the_proposal(platform: Platform) -> None:
@@ -215,7 +215,7 @@ def _written_for(platform: Platform, patient_id: str, consent_id: str) -> dict[s
     shapes = sorted((e["resource"]["resourceType"], e["resource"]["recipient"][0]["reference"] == f"Patient/{patient_id}",
                      e["resource"]["category"][0]["coding"][0]["code"]) for e in notices.get("entry", []))
     book = platform.client.app.state.context.codes  # type: ignore[attr-defined]
-    return {"notices": shapes, "code": book.check(f"Consent/{consent_id}", "not-a-code") is codes.CodeCheck.WRONG}
+    return {"notices": shapes, "code": book.check(f"Consent/{consent_id}", "not-a-code", "Practitioner/test") is codes.CodeCheck.WRONG}
 
 
 def test_a_proposal_does_the_same_work_whether_the_patient_exists_or_not(platform: Platform) -> None:
@@ -262,3 +262,41 @@ def test_an_attempt_by_another_practitioner_is_in_the_patients_audit_trail(platf
     assert f"Consent/{proposed['id']}" in {x["what"]["reference"] for x in theirs[0]["entity"] if "what" in x}
     seen = platform.client.get(f"/fhir/AuditEvent?patient=Patient/{patient_id}", headers=intruder_headers)
     assert not seen.json().get("entry")
+
+
+def test_a_new_proposal_supersedes_the_pending_one(platform: Platform) -> None:
+    """One pending proposal per practitioner and patient: the earlier one is marked
+    entered-in-error and its code spent; another practitioner's is untouched."""
+    patient_id = _ehr_patient(platform)
+    who, headers = _practitioner(platform)
+    other, other_headers = _practitioner(platform)
+    first = _propose(platform, who, headers, patient_id).json()["id"]
+    first_code = _code(platform, patient_id, first)
+    theirs = _propose(platform, other, other_headers, patient_id).json()["id"]
+    second = _propose(platform, who, headers, patient_id).json()["id"]
+    ehr = platform.headers("ehr")
+    status = {id: platform.client.get(f"/fhir/Consent/{id}", headers=ehr).json()["status"] for id in (first, theirs, second)}
+    assert status == {first: "entered-in-error", theirs: "proposed", second: "proposed"}
+    answer = _confirm(platform, first, first_code, headers)
+    assert answer.status_code == 409 and not _reaches(platform, headers, patient_id)
+    assert _confirm(platform, second, _code(platform, patient_id, second), headers).status_code == 200
+    assert _confirm(platform, theirs, _code(platform, patient_id, theirs), other_headers).status_code == 200
+
+
+def test_wrong_codes_are_limited_per_practitioner_across_proposals(platform: Platform) -> None:
+    """Proposing again buys no more guesses: past MAX_FAILURES wrong codes in the window, even
+    the right code of another proposal is refused, with an OperationOutcome saying why."""
+    who, headers = _practitioner(platform)
+    per_code = codes.MAX_ATTEMPTS
+    wrong = "x" * codes.DIGITS
+    for _ in range(-(-codes.MAX_FAILURES // per_code)):
+        proposed = _propose(platform, who, headers, _ehr_patient(platform)).json()["id"]
+        for _ in range(per_code):
+            assert _confirm(platform, proposed, wrong, headers).status_code == 403
+    patient_id = _ehr_patient(platform)
+    last = _propose(platform, who, headers, patient_id).json()["id"]
+    refused = _confirm(platform, last, _code(platform, patient_id, last), headers)
+    assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "throttled", refused.text
+    assert not _reaches(platform, headers, patient_id)
+    # The patient can still accept it in the portal.
+    assert platform.client.get(f"/fhir/Consent/{last}", headers=platform.headers("ehr")).json()["status"] == "proposed"
