@@ -6,7 +6,7 @@ Other packages import access only from here.
 """
 
 from . import consent
-from .codes import CodeCheck, ConfirmationCodes
+from .codes import FAILURE_WINDOW, MAX_FAILURES, CodeCheck, ConfirmationCodes
 from .policy import Decision, compartment_clause, decide
 from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
 from .scopes import (
@@ -25,7 +25,9 @@ from .scopes import (
 
 __all__ = [
     "CONTEXT_SCOPES",
+    "FAILURE_WINDOW",
     "LEVELS",
+    "MAX_FAILURES",
     "PATIENT_SIDE",
     "PRACTITIONER_ACCOUNTS",
     "Claims",

@@ -94,8 +94,8 @@ class ConfirmationCodes:
         with self._connect() as conn:
             conn.execute("DELETE FROM code WHERE expires < ?", (now - LIFETIME,))
             conn.execute("DELETE FROM failure WHERE at < ?", (now - FAILURE_WINDOW,))
-            conn.execute("INSERT OR REPLACE INTO code (consent, salt, hash, expires, asker, patient) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT OR REPLACE INTO code (consent, salt, hash, expires, asker, "
+                         "patient) VALUES (?, ?, ?, ?, ?, ?)",
                          (consent, salt, _digest(salt, code), expires, asker, patient))
         return code, expires
 

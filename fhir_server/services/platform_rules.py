@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import clock
-from ..access import codes as confirmation
 from ..access import consent as consents
-from ..access import PRACTITIONER_ACCOUNTS, CodeCheck, Principal, Role
+from ..access import FAILURE_WINDOW, MAX_FAILURES, PRACTITIONER_ACCOUNTS, CodeCheck, Principal, Role
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from . import reach
@@ -135,6 +134,18 @@ def unreached_patient(ctx: Context, resource_type: str, resource: Any) -> str | 
     return None if patient in principal.consented else patient
 
 
+def check_proposal_scope(consent: dict[str, Any]) -> None:
+    """A proposal asks for the physician's access and nothing more: the notice says exactly
+    that, so a patient confirming it agrees to nothing they were not told."""
+    codings = (consent.get("scope") or {}).get("coding", [])
+    if [(c.get("system"), c.get("code")) for c in codings] != [(consents.SCOPE_SYSTEM, consents.PRIVACY)]:
+        raise fail(Kind.UNPROCESSABLE, "business-rule",
+                   "A proposal for a record outside your reach asks for your access only: "
+                   f"Consent.scope is the one coding {consents.SCOPE_SYSTEM}#{consents.PRIVACY}. "
+                   "Propose other agreements (research) once the patient has confirmed it.",
+                   expression="Consent.scope")
+
+
 def may_confirm(ctx: Context, consent: dict[str, Any]) -> bool:
     """Whether the caller may confirm a proposed Consent with its code: the practitioner it
     names, or the patient (or representative) it is about."""
@@ -163,9 +174,9 @@ def check_code(ctx: Context, consent_id: str, code: str) -> None:
     assert ctx.codes is not None and ctx.principal is not None
     checked = ctx.codes.check(f"Consent/{consent_id}", code, asker(ctx.principal))
     if checked is CodeCheck.THROTTLED:
-        hours = round(confirmation.FAILURE_WINDOW / 3600)
+        hours = round(FAILURE_WINDOW / 3600)
         raise fail(Kind.FORBIDDEN, "throttled", f"Too many wrong codes: you gave "
-                   f"{confirmation.MAX_FAILURES} in the last {hours} hours, for any Consent. Try "
+                   f"{MAX_FAILURES} in the last {hours} hours, for any Consent. Try "
                    "again later, or ask the patient to accept the request in their portal.")
     if checked is not CodeCheck.CONFIRMED:
         again = ("." if checked is CodeCheck.WRONG else ": propose the agreement again for a new "

@@ -26,7 +26,6 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..access import consent as consents
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..services import crud, guard, platform_rules, server_writes
@@ -46,7 +45,7 @@ async def propose_if_unreached(ctx: Context, resource_type: str, payload: Payloa
         return None
     guard.decision(ctx, "create", "Consent")  # the token must allow recording consents
     crud.check_resource(ctx, "Consent", payload)
-    _check_privacy_only(payload.checked)
+    platform_rules.check_proposal_scope(payload.checked)
     await platform_rules.check_recorded_consent(ctx, payload.checked)  # an agreement, as sent
     id = new_id()
     # A copy: a transaction may run its entries twice (services/bundle.py), each from the
@@ -81,18 +80,6 @@ async def _superseded(ctx: Context, reference: str, patient: str) -> ServerWrite
         return None
     earlier.pop("meta", None)
     return ServerWrite({**earlier, "status": SUPERSEDED}, new=False, if_match=found.version)
-
-
-def _check_privacy_only(consent: dict[str, Any]) -> None:
-    """A proposal asks for the physician's access and nothing more: the notice says exactly
-    that, so a patient confirming it agrees to nothing they were not told."""
-    codings = (consent.get("scope") or {}).get("coding", [])
-    if [(c.get("system"), c.get("code")) for c in codings] != [(consents.SCOPE_SYSTEM, consents.PRIVACY)]:
-        raise fail(Kind.UNPROCESSABLE, "business-rule",
-                   "A proposal for a record outside your reach asks for your access only: "
-                   f"Consent.scope is the one coding {consents.SCOPE_SYSTEM}#{consents.PRIVACY}. "
-                   "Propose other agreements (research) once the patient has confirmed it.",
-                   expression="Consent.scope")
 
 
 def _notice(ctx: Context, patient: str, consent_id: str, code: str, expires: float) -> dict[str, Any]:
