@@ -5,9 +5,10 @@ A transaction runs inside one store unit of work: entries are processed DELETE, 
 PUT/PATCH, then GET (after commit); `urn:uuid:`/`urn:oid:` and other fullUrls are rewritten to
 the ids they get in every reference of the Bundle, conditional references
 (`Patient?identifier=...`) must match exactly one resource, and any failure leaves no trace.
-GET entries are checked before any write (URL, version, parameters, query size); one that
-fails only when it runs, after the commit (a read of a resource that does not exist),
-reports its failure in its own entry.
+GET entries are checked before any write (URL, version, parameters, query size) and run
+once on the data as they were (a failure there that the writes cannot change fails the
+transaction); one that fails only when it runs after the commit (a read of a resource that
+does not exist) reports its failure in its own entry.
 A batch processes each entry on its own and reports each outcome, malformed entries included.
 """
 
@@ -477,6 +478,8 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
     reads = [e for e in entries if _ORDER[e.method] == 3]
     for e in reads:
         _check_read(ctx, e)
+    for e in reads:
+        await _rehearse(ctx, e)
     for delay in RETRY_DELAYS:
         await asyncio.sleep(delay)
         try:
@@ -664,6 +667,17 @@ def _check_read(ctx: Context, e: Entry) -> None:
                 parse_query(e.resource_type, params, ctx.registry, base=ctx.base_url)
     except FhirError as exc:
         raise _entry_error(e.index, exc) from None
+
+
+async def _rehearse(ctx: Context, e: Entry) -> None:
+    """Run a GET entry once on the data as they are before the writes, unrecorded: a failure
+    that the writes cannot change (anything but the resource read being absent or deleted),
+    or an unexpected fault, fails the transaction before anything is stored."""
+    try:
+        await _read(replace(ctx, trail=None), e)
+    except FhirError as exc:
+        if exc.kind not in (Kind.NOT_FOUND, Kind.GONE):
+            raise _entry_error(e.index, exc) from None
 
 
 def _params(e: Entry) -> list[tuple[str, str]]:

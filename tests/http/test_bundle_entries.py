@@ -123,3 +123,22 @@ def test_batch_answers_a_malformed_entry_in_that_entry(
     assert refused["status"].startswith(status)
     assert refused["outcome"]["issue"][0]["expression"][0].startswith("Bundle.entry[1]")
     assert len(client.get("/fhir/Patient/x/_history").json()["entry"]) == 1
+
+
+def test_transaction_whose_get_entry_faults_stores_nothing(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected fault in a GET entry is a 500 with nothing stored: the entry is run once
+    before the writes, not only after the commit."""
+    from fhir_server.services import search
+
+    async def fault(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a fault no input check foresaw")
+
+    before = _store_digest(settings)
+    monkeypatch.setattr(search, "search", fault)
+    response = post_bundle(client, "transaction", [entry("POST", "Patient", patient()),
+                                                   entry("GET", "Patient?name=x")])
+    assert response.status_code == 500
+    assert issue(response)["code"] == "exception"
+    assert _store_digest(settings) == before
