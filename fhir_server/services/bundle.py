@@ -142,7 +142,7 @@ def _parse_url(ctx: Context, method: str, url: str) -> tuple[str | None, str | N
         raise fail(Kind.NOT_ALLOWED, "not-supported", f"{method} is not allowed on {shown}.",
                    expression="request.url")
     resource_type = parts[0] if parts and not parts[0].startswith("_") else None
-    id = parts[1] if resource_type and len(parts) > 1 and not parts[1].startswith("_") else None
+    id = parts[1] if resource_type and len(parts) > 1 and parts[1] not in ("_history", "_search") else None
     rest = parts[(resource_type is not None) + (id is not None):]
     return resource_type, id, rest, (query if "?" in url else None)
 
@@ -157,8 +157,8 @@ def _methods_on(parts: list[str]) -> frozenset[str] | None:
             return frozenset()
         case [first] if not first.startswith(("_", "$")):
             return frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))
-        case [first, second] if not first.startswith(("_", "$")) and not second.startswith("$"):
-            return frozenset(("GET", "PUT", "PATCH", "DELETE"))
+        case [first, _] if not first.startswith(("_", "$")):
+            return frozenset(("GET", "PUT", "PATCH", "DELETE"))  # a malformed id: 400 as REST
         case [first, second, _] if not first.startswith(("_", "$")) and not second.startswith("_"):
             return _READ  # a compartment search, Patient/[id]/[type]
     return None

@@ -142,3 +142,10 @@ def test_transaction_whose_get_entry_faults_stores_nothing(
     assert response.status_code == 500
     assert issue(response)["code"] == "exception"
     assert _store_digest(settings) == before
+
+
+@pytest.mark.parametrize("url", ["Patient/_x", "Patient/$x"])
+def test_batch_entry_with_a_malformed_id_is_400_as_over_rest(client: TestClient, url: str) -> None:
+    assert client.get(f"/fhir/{url}").status_code == 400
+    [answer] = responses(post_bundle(client, "batch", [entry("GET", url)]))
+    assert answer["status"].startswith("400")
