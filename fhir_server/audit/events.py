@@ -35,12 +35,17 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     """The AuditEvents of one interaction: one per patient whose data it read or wrote and
     the caller reaches (IHE BALP: an event per patient subject), each naming that patient,
     their resources and the resources of no patient; plus, when the request involved several
-    patients, one naming none with everything it touched and its query (for auditors).
-    Without any patient: one event. The first event is the request's own (it carries the
-    query whenever that tells no patient about another)."""
+    patients or had a query, one naming none with everything it touched and its query (for
+    auditors: a query may name other patients and their search terms). Without any patient:
+    one event. The first event is the request's own.
+
+    AuditEvents read count as no patient's data: reading the trail leaves one event, not one
+    per patient the events read name, so paging through the trail does not multiply it."""
     seen = _reach_of(principal)
-    patients = sorted(p for p in trail.patients if seen is None or p in seen or p in trail.asked)
-    owners = trail.owners
+    owners = {key: frozenset() if key.startswith("AuditEvent/") else of
+              for key, of in trail.owners.items()}
+    named = {p for of in owners.values() for p in of}
+    patients = sorted(p for p in named if seen is None or p in seen or p in trail.asked)
 
     def event(patient: str | None, resources: list[str], query: str | None) -> dict[str, Any]:
         return _rest_event(interaction, status, recorded, principal, address, patient,
@@ -49,9 +54,8 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     if not patients:
         return [event(None, list(owners), query)]
     strays = [k for k, o in owners.items() if o and o.isdisjoint(patients)]
-    alone = len(patients) == 1 and not strays
-    events = [event(p, [k for k, o in owners.items() if p in o or not o], query if alone else None)
-              for p in patients]
+    alone = len(patients) == 1 and not strays and not query
+    events = [event(p, [k for k, o in owners.items() if p in o or not o], None) for p in patients]
     if not alone:
         events.insert(0, event(None, list(owners), query))
     return events

@@ -9,9 +9,10 @@ from starlette.requests import Request
 from ..model.bundle import etag
 from ..model.errors import Kind, fail
 from ..model.http_dates import http_date
+from ..model.numbers import whole_number
 from ..store.base import Version
 
-_ETAG = re.compile(r'\s*(?:W/)?"(\d+)"\s*')
+_ETAG = re.compile(r'\s*(?:W/)?"([0-9]+)"\s*')
 
 
 def if_match(request: Request) -> int | None:
@@ -20,10 +21,11 @@ def if_match(request: Request) -> int | None:
     if value is None:
         return None
     found = _ETAG.fullmatch(value)
-    if found is None:
+    version = whole_number(found.group(1)) if found else None
+    if version is None:
         raise fail(Kind.INVALID, "value", 'If-Match must be an ETag such as W/"3".',
                    details_code="MSG_VERSION_AWARE_URL")
-    return int(found.group(1))
+    return version
 
 
 def prefer(request: Request, name: str) -> str | None:

@@ -11,6 +11,7 @@ import re
 from typing import cast
 
 from ..model.errors import Issue
+from ..model.numbers import whole_number
 from .ast import Clause, Include, Query, Sort, Summary, Total
 from .registry import Registry
 
@@ -116,9 +117,11 @@ class ResultParams:
         self.sort = tuple(keys)
 
     def _count(self, name: str, raw: str, types: tuple[str, ...]) -> None:
-        if not raw.isdigit():
-            raise _Invalid('Parameter "_count" content is invalid: a non-negative integer is required')
-        self.count = int(raw)
+        count = whole_number(raw)
+        if count is None:
+            raise _Invalid('Parameter "_count" content is invalid: a non-negative integer '
+                           'of at most 19 digits is required')
+        self.count = count
 
     def _total(self, name: str, raw: str, types: tuple[str, ...]) -> None:
         if raw not in _TOTALS:

@@ -1,11 +1,15 @@
 """batch and transaction Bundles (FHIR R4 http.html#transaction).
 
+Entry URLs take the paths and methods the REST API takes (else 404/405, as REST answers).
 A transaction runs inside one store unit of work: entries are processed DELETE, POST,
 PUT/PATCH, then GET (after commit); `urn:uuid:`/`urn:oid:` and other fullUrls are rewritten to
 the ids they get in every reference of the Bundle, conditional references
-(`Patient?identifier=...`) must match exactly one resource, and any failure leaves no trace
-(except for GET entries: they run after the commit, so each reports its own failure).
-A batch processes each entry on its own and reports each outcome.
+(`Patient?identifier=...`) must match exactly one resource, and any failure leaves no trace.
+GET entries are checked before any write (URL, version, parameters, query size) and run
+once on the data as they were (a failure there that the writes cannot change fails the
+transaction); one that fails only when it runs after the commit (a read of a resource that
+does not exist) reports its failure in its own entry.
+A batch processes each entry on its own and reports each outcome, malformed entries included.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.ids import new_id
-from ..search import Query
+from ..model.numbers import whole_number
+from ..search import Query, parse_query
 from ..store.base import (
     RETRY_DELAYS,
     Method,
@@ -65,6 +70,7 @@ class Entry:
     if_none_match: str | None = None
     url: str = ""
     holders: list[dict[str, Any]] | None = None  # Reference objects of the resource, found once
+    error: FhirError | None = None  # why the entry cannot run, found while parsing it
 
     def references(self) -> list[dict[str, Any]]:
         """The Reference objects of this entry's resource (walked on first use)."""
@@ -97,11 +103,15 @@ def _entry_error(entry_index: int, error: FhirError) -> FhirError:
     """Re-anchor an error's locations in `Bundle.entry[i]`."""
     prefix = f"Bundle.entry[{entry_index}]"
 
+    def where(expression: str) -> str:
+        if expression.startswith("request."):
+            return f"{prefix}.{expression}"
+        if "." in expression and expression[:1].isupper():
+            return f"{prefix}.resource.{expression.split('.', 1)[1]}"
+        return prefix
+
     def anchor(issue: Issue) -> Issue:
-        expressions = tuple(
-            f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e and e[:1].isupper() else f"{prefix}"
-            for e in issue.expression
-        ) or (prefix,)
+        expressions = tuple(where(e) for e in issue.expression) or (prefix,)
         return replace(issue, expression=expressions,
                        diagnostics=f"Entry {entry_index}: {issue.diagnostics}")
 
@@ -113,18 +123,48 @@ def _invalid(index: int, message: str, where: str = "") -> FhirError:
                 expression=f"Bundle.entry[{index}]{where}", details_code="MSG_BAD_SYNTAX")
 
 
-def _parse_url(ctx: Context, index: int, url: str) -> tuple[str | None, str | None, list[str], str | None]:
-    """(type, id, rest of path, query) of a request.url, relative or under our base."""
+def _parse_url(ctx: Context, method: str, url: str) -> tuple[str | None, str | None, list[str], str | None]:
+    """(type, id, rest of path, query) of a request.url, relative or under our base; the
+    path must be one the REST API serves for `method`: NOT_FOUND or NOT_ALLOWED as it answers."""
     if url.startswith(ctx.base_url + "/"):
         url = url[len(ctx.base_url) + 1:]
     elif "://" in url.partition("?")[0]:  # a query may hold URLs (code=http://loinc.org|...)
-        raise _invalid(index, f"request.url '{url}' is not on this server.", ".request.url")
+        raise fail(Kind.INVALID, "invalid", f"request.url '{url[:200]}' is not on this server.",
+                   expression="request.url")
     path, _, query = url.partition("?")
+    path = unquote(path)  # as the REST routes see a path
     parts = [p for p in path.split("/") if p]
-    resource_type = parts[0] if parts else None
-    id = parts[1] if len(parts) > 1 and not parts[1].startswith("_") else None
-    rest = parts[2:] if id else parts[1:]
+    allowed = _methods_on(parts)
+    shown = f"'{path[:200]}'" if path else "the base URL"
+    if allowed is None:
+        raise fail(Kind.NOT_FOUND, "not-found", f"No FHIR endpoint at {shown}.", expression="request.url")
+    if ("GET" if method == "HEAD" else method) not in allowed:
+        raise fail(Kind.NOT_ALLOWED, "not-supported", f"{method} is not allowed on {shown}.",
+                   expression="request.url")
+    resource_type = parts[0] if parts and not parts[0].startswith("_") else None
+    id = parts[1] if resource_type and len(parts) > 1 and parts[1] not in ("_history", "_search") else None
+    rest = parts[(resource_type is not None) + (id is not None):]
     return resource_type, id, rest, (query if "?" in url else None)
+
+
+def _methods_on(parts: list[str]) -> frozenset[str] | None:
+    """The methods a Bundle entry may use on a path, as the REST routes take them (None:
+    no such path). `_search` takes a form body, which an entry cannot carry."""
+    match parts:
+        case [] | ["_history"] | [_, "_history"] | [_, _, "_history"] | [_, _, "_history", _]:
+            return _READ
+        case ["_search"] | [_, "_search"]:
+            return frozenset()
+        case [first] if not first.startswith(("_", "$")):
+            return frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))
+        case [first, _] if not first.startswith(("_", "$")):
+            return frozenset(("GET", "PUT", "PATCH", "DELETE"))  # a malformed id: 400 as REST
+        case [first, second, _] if not first.startswith(("_", "$")) and not second.startswith("_"):
+            return _READ  # a compartment search, Patient/[id]/[type]
+    return None
+
+
+_READ = frozenset(("GET",))
 
 
 def _patch_operations(index: int, resource: Any) -> Any:
@@ -134,9 +174,13 @@ def _patch_operations(index: int, resource: Any) -> Any:
         raise _invalid(index, f"a PATCH entry needs a Binary resource with contentType {JSON_PATCH}.",
                        ".resource")
     try:
-        return jsonbody.parse_decimal(base64.b64decode(resource.get("data", ""), validate=True))
-    except (binascii.Error, ValueError):
+        data = base64.b64decode(resource.get("data", ""), validate=True)
+    except (binascii.Error, ValueError, TypeError):
         raise _invalid(index, "the Binary data is not base64.", ".resource.data") from None
+    try:
+        return jsonbody.parse_decimal(data)
+    except FhirError as exc:
+        raise _entry_error(index, exc) from None
 
 
 def read_bundle(ctx: Context, body: bytes, max_entries: int) -> tuple[str, list[Entry]]:
@@ -174,35 +218,47 @@ def parse_entries(ctx: Context, body: Payload) -> tuple[str, list[Entry]]:
     for index, (raw, exact) in enumerate(zip(raw_entries, exact_entries, strict=True)):
         request = raw.get("request") if isinstance(raw, dict) else None
         if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+            # bdl-3, an invariant of the Bundle, like bdl-7 below: the Bundle is refused.
             raise _invalid(index, "request.method and request.url are required.", ".request")
-        method = str(request["method"]).upper()
-        if method not in _ORDER:
-            raise _invalid(index, f"unsupported request.method '{method}'.", ".request.method")
-        resource_type, id, tail, query = _parse_url(ctx, index, str(request["url"]))
-        if resource_type is None and method not in ("GET", "HEAD"):
-            raise _invalid(index, f"a {method} entry's request.url must name a resource type.",
-                           ".request.url")
-        resource = raw.get("resource")
-        payload = None
-        if method in ("POST", "PUT"):
-            if not isinstance(resource, dict):
-                raise _invalid(index, f"a {method} entry needs a resource.", ".resource")
-            payload = Payload(resource, exact["resource"])
-        elif method == "PATCH":
-            payload = Payload(_patch_operations(index, resource), {})
-        full_url = raw.get("fullUrl")
-        if full_url is not None and not isinstance(full_url, str):
-            raise _invalid(index, "fullUrl must be a string.", ".fullUrl")
-        if_match = request.get("ifMatch")
-        entries.append(Entry(
-            index, method, resource_type, id, tail, query, full_url, payload,
-            if_none_exist=request.get("ifNoneExist"),
-            if_match=_etag_version(index, if_match) if if_match else None,
-            if_none_match=request.get("ifNoneMatch"),
-            url=str(request["url"]),
-        ))
+        try:
+            entries.append(_parse_entry(ctx, index, request, raw, exact))
+        except FhirError as exc:
+            # Answered in its own entry by a batch; a transaction fails with it.
+            entries.append(Entry(index, "", None, None, [], None, None, None, error=exc))
     _check_full_urls(raw_entries, entries)
     return bundle_type, entries
+
+
+def _parse_entry(ctx: Context, index: int, request: dict[str, Any], raw: dict[str, Any],
+                 exact: Any) -> Entry:
+    """One entry; a FhirError anchored in it if it cannot run."""
+    method = str(request["method"]).upper()
+    if method not in _ORDER:
+        raise _invalid(index, f"unsupported request.method '{method[:20]}'.", ".request.method")
+    if_match = request.get("ifMatch")
+    try:
+        resource_type, id, tail, query = _parse_url(ctx, method, str(request["url"]))
+        version = _etag_version(if_match) if if_match else None
+    except FhirError as exc:
+        raise _entry_error(index, exc) from None
+    resource = raw.get("resource")
+    payload = None
+    if method in ("POST", "PUT"):
+        if not isinstance(resource, dict):
+            raise _invalid(index, f"a {method} entry needs a resource.", ".resource")
+        payload = Payload(resource, exact["resource"])
+    elif method == "PATCH":
+        payload = Payload(_patch_operations(index, resource), {})
+    full_url = raw.get("fullUrl")
+    if full_url is not None and not isinstance(full_url, str):
+        raise _invalid(index, "fullUrl must be a string.", ".fullUrl")
+    return Entry(
+        index, method, resource_type, id, tail, query, full_url, payload,
+        if_none_exist=request.get("ifNoneExist"),
+        if_match=version,
+        if_none_match=request.get("ifNoneMatch"),
+        url=str(request["url"]),
+    )
 
 
 def _check_full_urls(raw_entries: list[Any], entries: list[Entry]) -> None:
@@ -220,11 +276,12 @@ def _check_full_urls(raw_entries: list[Any], entries: list[Entry]) -> None:
         seen[key] = e.index
 
 
-def _etag_version(index: int, value: str) -> int:
-    digits = value.removeprefix("W/").strip('"')
-    if not digits.isdigit():
-        raise _invalid(index, f"ifMatch '{value}' is not an ETag such as W/\"3\".", ".request.ifMatch")
-    return int(digits)
+def _etag_version(value: Any) -> int:
+    version = whole_number(str(value).removeprefix("W/").strip('"'))
+    if version is None:
+        raise fail(Kind.INVALID, "value", f"ifMatch '{str(value)[:40]}' is not an ETag such as W/\"3\".",
+                   expression="request.ifMatch")
+    return version
 
 
 # -- reference rewriting ----------------------------------------------------------------
@@ -405,6 +462,9 @@ class _Transaction:
 
 async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
     """Run a transaction: all entries or none (http.html#transaction)."""
+    for e in entries:
+        if e.error is not None:
+            raise e.error
     tx = _Transaction(ctx, entries)
     tx.check_identities()
     for e in entries:  # validate before taking the write lock: it is the costly part
@@ -417,7 +477,9 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
                 raise _entry_error(e.index, exc) from None
     reads = [e for e in entries if _ORDER[e.method] == 3]
     for e in reads:
-        _check_read_target(e)
+        _check_read(ctx, e)
+    for e in reads:
+        await _rehearse(ctx, e)
     for delay in RETRY_DELAYS:
         await asyncio.sleep(delay)
         try:
@@ -435,14 +497,17 @@ async def transaction(ctx: Context, entries: list[Entry]) -> BundleOutcome:
     for version in written:
         note(ctx, version)
     await after_commit(ctx, written)
-    # GETs see the committed writes, so they run after the commit; a GET that fails then
-    # (say, a 404) cannot undo the writes, so it is reported in its own entry instead of
-    # turning a durable transaction into an error response.
+    # GETs see the committed writes, so they run after the commit. All that can be checked
+    # without the stored data was checked before any write (_check_read); a GET that fails
+    # now (a read of a resource that does not exist) cannot undo the writes, so it is
+    # reported in its own entry: an error response would hide a durable transaction.
     for e in reads:
         try:
             tx.outcomes[e.index] = await _read(ctx, e)
         except FhirError as exc:
             tx.outcomes[e.index] = EntryOutcome(error=_entry_error(e.index, exc))
+        except Exception:  # noqa: BLE001 - the writes are durable: say so, with this fault
+            tx.outcomes[e.index] = EntryOutcome(error=incident(log))
     return BundleOutcome("transaction-response", [tx.outcomes[e.index] for e in entries])
 
 
@@ -579,15 +644,54 @@ def _with_new_patients(ctx: Context, tx: _Transaction, assigned: dict[int, tuple
     return with_new_records(ctx, consents, created) if created and consents else ctx
 
 
-def _check_read_target(e: Entry) -> None:
-    """Fail a transaction early for a GET entry that can never succeed (unknown type, bad id)."""
+def _check_read(ctx: Context, e: Entry) -> None:
+    """Fail a transaction before any write for a GET entry that cannot succeed whatever the
+    writes do: an unknown type, a malformed id, version or history parameter, a query past
+    the size limits (search/parse.py)."""
     try:
         if e.resource_type is not None:
             crud.check_type(e.resource_type)
         if e.id is not None:
             crud.check_id(e.id)
+        params = _params(e)
+        match e.tail:
+            case ["_history"]:
+                history.parameters(ctx, e.resource_type, e.id, params)
+            case ["_history", version_id] if whole_number(version_id) is None:
+                raise fail(Kind.NOT_FOUND, "not-found", f"Version '{version_id[:40]}' does not exist.",
+                           details_code="MSG_VERSION_NOT_FOUND")
+            case [compartment_type]:
+                _check_compartment(e)
+                parse_query(compartment_type, params, ctx.registry, base=ctx.base_url)
+            case [] if e.id is None:
+                parse_query(e.resource_type, params, ctx.registry, base=ctx.base_url)
     except FhirError as exc:
         raise _entry_error(e.index, exc) from None
+
+
+async def _rehearse(ctx: Context, e: Entry) -> None:
+    """Run a GET entry once on the data as they are before the writes, unrecorded: a failure
+    that the writes cannot change (anything but the resource read being absent or deleted),
+    or an unexpected fault, fails the transaction before anything is stored."""
+    try:
+        await _read(replace(ctx, trail=None), e)
+    except FhirError as exc:
+        if exc.kind not in (Kind.NOT_FOUND, Kind.GONE):
+            raise _entry_error(e.index, exc) from None
+
+
+def _params(e: Entry) -> list[tuple[str, str]]:
+    return parse_qsl(e.query or "", keep_blank_values=True)
+
+
+def _check_compartment(e: Entry) -> str:
+    """The type searched in a compartment (`Patient/[id]/[type]`), as the REST route checks it."""
+    [compartment_type] = e.tail
+    if e.resource_type != "Patient":
+        raise fail(Kind.NOT_SUPPORTED, "not-supported",
+                   "Only the Patient compartment can be searched (compartmentdefinition-patient).")
+    crud.check_type(compartment_type)
+    return compartment_type
 
 
 async def _guard(e: Entry, work: Awaitable[T]) -> T:
@@ -639,22 +743,21 @@ async def _patch(ctx: Context, e: Entry) -> Write:
 
 
 async def _read(ctx: Context, e: Entry) -> EntryOutcome:
-    """A GET entry: read, vread, search or history, as the URL says."""
-    params = parse_qsl(e.query or "", keep_blank_values=True)
-    if e.resource_type is None:
-        return EntryOutcome(resource=await search.search(ctx, None, params, strict=False))
-    if e.id is None:
-        if e.tail == ["_history"]:
-            return EntryOutcome(resource=await history.history(
-                ctx, e.resource_type, None, params,
-                base_url=ctx.base_url, self_url=f"{ctx.base_url}/{e.resource_type}/_history"))
-        return EntryOutcome(resource=await search.search(ctx, e.resource_type, params, strict=False))
+    """A GET entry: read, vread, search or history, as the URL says (its shape was checked
+    by _parse_url)."""
+    params = _params(e)
     if e.tail == ["_history"]:
+        path = "/".join(p for p in (e.resource_type, e.id, "_history") if p)
         return EntryOutcome(resource=await history.history(
-            ctx, e.resource_type, e.id, params,
-            base_url=ctx.base_url, self_url=f"{ctx.base_url}/{e.resource_type}/{e.id}/_history"))
-    if len(e.tail) == 2 and e.tail[0] == "_history":
+            ctx, e.resource_type, e.id, params, base_url=ctx.base_url, self_url=f"{ctx.base_url}/{path}"))
+    if e.id is None:
+        return EntryOutcome(resource=await search.search(ctx, e.resource_type, params, strict=False))
+    assert e.resource_type is not None
+    if len(e.tail) == 2:
         return EntryOutcome(version=await crud.vread(ctx, e.resource_type, e.id, e.tail[1]))
+    if len(e.tail) == 1:
+        return EntryOutcome(resource=await search.search(ctx, _check_compartment(e), params,
+                                                         strict=False, compartment=e.id))
     version = await crud.read(ctx, e.resource_type, e.id)
     if e.if_none_match and e.if_none_match.strip() in (f'W/"{version.version}"', f'"{version.version}"'):
         return EntryOutcome(version=version, not_modified=True)
@@ -678,6 +781,8 @@ async def batch(ctx: Context, entries: list[Entry]) -> BundleOutcome:
 
 
 async def _batch_entry(ctx: Context, e: Entry) -> EntryOutcome:
+    if e.error is not None:
+        raise e.error
     if e.method in ("GET", "HEAD"):
         return await _read(ctx, e)
     if e.resource_type is None:

@@ -16,19 +16,22 @@ from .guard import check_links
 
 
 def condition(ctx: Context, resource_type: str, criteria: str) -> Query:
-    """Parse `criteria` (a query string) strictly; INVALID if empty or not fully understood."""
+    """Parse `criteria` (a query string) strictly; INVALID if it selects nothing (empty, or
+    only result parameters such as `_count` or `_sort`, which would match every resource) or
+    is not fully understood."""
     # Clients also send the "Patient?identifier=..." form in If-None-Exist.
     query_string = criteria.split("?", 1)[1] if "?" in criteria else criteria
     params = parse_qsl(query_string, keep_blank_values=True)
-    if not params:
-        raise fail(
-            Kind.INVALID,
-            "required",
-            "A conditional interaction needs search criteria.",
-            details_code="MSG_INVALID_CONDITIONAL",
-        )
     query, issues = parse_query(resource_type, params, ctx.registry)
     if issues:
         raise FhirError(Kind.INVALID, tuple(replace(i, severity="error") for i in issues))
+    if not query.clauses:
+        raise fail(
+            Kind.INVALID,
+            "required",
+            "A conditional interaction needs search criteria that select resources "
+            "(result parameters such as _count or _sort select none).",
+            details_code="MSG_INVALID_CONDITIONAL",
+        )
     check_links(ctx, query)
     return query

@@ -16,6 +16,7 @@ from ..access.policy import Decision
 from ..model import jsonbody
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
+from ..model.numbers import whole_number
 from ..model.types import is_resource_type, is_valid_id
 from ..search import extract
 from ..store.base import (
@@ -198,11 +199,12 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
     """One version; NOT_FOUND if it does not exist, GONE if that version is a deletion."""
     check_type(resource_type)
     check_id(id)
-    if not version_id.isdigit():
+    number = whole_number(version_id)
+    if number is None:
         raise fail(Kind.NOT_FOUND, "not-found", f"Version '{version_id}' does not exist.",
                    details_code="MSG_VERSION_NOT_FOUND")
     allowed = decision(ctx, "vread", resource_type)
-    version = await ctx.store.vread(resource_type, id, int(version_id))
+    version = await ctx.store.vread(resource_type, id, number)
     if version is not None and allowed.clauses:
         # Within reach as history is: the resource as it is now (or was when deleted), and
         # this version too.

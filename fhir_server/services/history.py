@@ -12,40 +12,46 @@ from urllib.parse import urlencode
 
 from ..model.bundle import bundle, history_entry
 from ..model.errors import Kind, fail
+from ..model.numbers import whole_number
 from ..store.base import HistoryQuery
 from .context import Context
 from .crud import check_id, check_type
 from .guard import decision, note, reachable, visible
 
 CURSOR = "_cursor"
+_CURSOR_BOUND = 2**256  # MongoDB's cursor packs a time and an ObjectId (store/mongo/store.py)
 
 
 def _since(value: str) -> str:
     """A `_since` instant (time zone required) in the stored UTC form."""
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None or "T" not in value:
+        # In UTC, an instant near either end of the calendar falls outside it.
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        utc = None
+    if utc is None or "T" not in value:
         raise fail(
             Kind.INVALID,
             "value",
             "_since must be an instant with a time zone, e.g. 2024-01-31T10:00:00Z.",
             expression="_since",
         )
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _count(ctx: Context, value: str) -> int:
-    if not value.isdigit():
+    count = whole_number(value)
+    if count is None:
         raise fail(Kind.INVALID, "value", "_count must be a non-negative integer.", expression="_count")
-    return min(int(value), ctx.max_page_size)
+    return min(count, ctx.max_page_size)
 
 
 def _cursor(value: str) -> int:
-    if not value.isdigit():
+    cursor = whole_number(value, _CURSOR_BOUND)
+    if cursor is None:
         raise fail(Kind.INVALID, "value", "Invalid paging cursor.", expression=CURSOR)
-    return int(value)
+    return cursor
 
 
 async def history(
@@ -73,6 +79,26 @@ async def history(
         # whole type: only to one resource's.
         raise fail(Kind.FORBIDDEN, "forbidden", "The access token reaches part of this type "
                    "only: ask for the history of one resource.")
+    query, kept = parameters(ctx, resource_type, id, params)
+    before = query.before_seq
+    page = await ctx.store.history(query)
+    links = {"self": _link(self_url, kept + ([(CURSOR, str(before))] if before else []))}
+    if page.next_seq is not None:
+        links["next"] = _link(self_url, [*kept, (CURSOR, str(page.next_seq))])
+    shown = [v for v in page.versions if not allowed.clauses or visible(allowed, v)]
+    for version in shown:
+        note(ctx, version)
+    entries = (
+        history_entry(base_url, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body)
+        for v in shown
+    )
+    return bundle("history", entries, links=links, last_updated=page.as_of)
+
+
+def parameters(ctx: Context, resource_type: str | None, id: str | None,
+               params: list[tuple[str, str]]) -> tuple[HistoryQuery, list[tuple[str, str]]]:
+    """The store query of a history request, and the parameters its links repeat;
+    INVALID for a malformed `_since`, `_count` or cursor."""
     since, count, before = None, ctx.default_page_size, None
     kept: list[tuple[str, str]] = []
     for name, value in params:
@@ -86,20 +112,7 @@ async def history(
         else:
             continue  # unknown history parameters are ignored, as for search
         kept.append((name, value))
-    page = await ctx.store.history(
-        HistoryQuery(resource_type, id, since=since, count=count, before_seq=before)
-    )
-    links = {"self": _link(self_url, kept + ([(CURSOR, str(before))] if before else []))}
-    if page.next_seq is not None:
-        links["next"] = _link(self_url, [*kept, (CURSOR, str(page.next_seq))])
-    shown = [v for v in page.versions if not allowed.clauses or visible(allowed, v)]
-    for version in shown:
-        note(ctx, version)
-    entries = (
-        history_entry(base_url, v.resource_type, v.id, v.version, v.last_updated, v.method, v.body)
-        for v in shown
-    )
-    return bundle("history", entries, links=links, last_updated=page.as_of)
+    return HistoryQuery(resource_type, id, since=since, count=count, before_seq=before), kept
 
 
 def _link(url: str, params: list[tuple[str, str]]) -> str:

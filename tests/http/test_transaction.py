@@ -367,7 +367,7 @@ BAD_BUNDLES = [
                       "entry": [entry("POST", "http://elsewhere.example/fhir/Patient", patient())]},
      400, "invalid", "Bundle.entry[0].request.url"),
     ("write without type", {"resourceType": "Bundle", "type": "transaction",
-                            "entry": [entry("DELETE", "?identifier=x")]}, 400, "invalid",
+                            "entry": [entry("DELETE", "?identifier=x")]}, 405, "not-supported",
      "Bundle.entry[0].request.url"),
     ("POST without resource", {"resourceType": "Bundle", "type": "transaction",
                                "entry": [entry("POST", "Patient")]}, 400, "invalid",
