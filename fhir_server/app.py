@@ -24,6 +24,7 @@ from .http import (bundle_router, fhir_router, install_error_handlers, metadata_
                    operability_router, shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
+from .http.head import HeadMiddleware
 from .http.login_routes import login_router
 from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     install_cors(app, settings, oauth.registry if oauth else None)
     install_audit(app, settings.base_path, recorder)
     app.state.recorder = recorder
+    app.add_middleware(HeadMiddleware)  # outside audit: a HEAD is audited as the read it is
     app.add_middleware(RequestIdMiddleware)
     return app
 

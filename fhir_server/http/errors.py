@@ -115,7 +115,8 @@ async def not_allowed(request: Request) -> Response:
     """The endpoint of a known path for the methods it does not take: 405, Allow naming the
     others (registered explicitly where a pattern route would otherwise catch the path)."""
     taken = request.scope["route"].methods
-    raise HTTPException(405, headers={"Allow": ", ".join(m for m in ["GET", *WRITES] if m not in taken)})
+    allowed = [m for m in ["GET", "HEAD", *WRITES] if m not in taken and not (m == "HEAD" and "GET" in taken)]
+    raise HTTPException(405, headers={"Allow": ", ".join(allowed)})
 
 
 def install(app: FastAPI) -> None:

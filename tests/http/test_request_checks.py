@@ -38,6 +38,22 @@ def test_unsupported_method_on_known_path_is_405(
     assert stored(client) == before
 
 
+@pytest.mark.parametrize("path", ["/fhir/metadata", "/fhir/Patient?_id=p1", "/fhir/Patient/p1/_history",
+                                  "/fhir/_history", "/fhir/Patient/p1/_history/1", "/fhir/Patient/nope"])
+def test_head_is_answered_wherever_get_is(client: TestClient, path: str) -> None:
+    # RFC 9110 §9.1: a general-purpose server supports HEAD: GET's status and headers, no body.
+    send(client, "PUT", "/fhir/Patient/p1", patient(id="p1"))
+    got, head = client.get(path), client.head(path)
+    assert head.status_code == got.status_code, path
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+
+
+def test_head_is_named_in_allow_beside_get(client: TestClient) -> None:
+    assert client.delete("/fhir/metadata").headers["allow"] == "GET, HEAD"
+    assert client.head("/fhir/Patient/_search").headers["allow"] == "POST"
+
+
 @pytest.mark.parametrize("charset", ["iso-8859-1", "latin1", "utf-16", "windows-1252"])
 def test_non_utf8_charset_is_415(client: TestClient, charset: str) -> None:
     before = stored(client)

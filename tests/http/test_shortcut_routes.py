@@ -87,6 +87,11 @@ def test_a_shortcut_request_is_authenticated_and_audited(tmp_path: Path, monkeyp
         reader = {"Authorization": f"Bearer {token(client, 'system/Observation.rs')}"}
         assert client.get("/fhir/Patient/p1", headers=reader).status_code == 403  # scope denies
         assert client.get("/fhir/Patient/p1").status_code == 200
-        assert client.head("/fhir/Patient/p1").status_code == 405  # as before: no HEAD
+        head = client.head("/fhir/Patient/p1")  # RFC 9110 §9.1: HEAD wherever GET is answered
+        read = client.get("/fhir/Patient/p1")
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["etag"] == read.headers["etag"]
+        assert head.headers["content-length"] == read.headers["content-length"]
+        assert client.head("/fhir/Patient/p1", headers=reader).status_code == 403
         events = client.get("/fhir/AuditEvent?subtype=read&_count=50").json().get("entry", [])
-        assert sum(e["resource"]["outcome"] == "4" for e in events) >= 3  # the refusals
+        assert sum(e["resource"]["outcome"] == "4" for e in events) >= 4  # the refusals, the HEAD too
