@@ -6,6 +6,7 @@ so pages already handed out do not shift when new versions are written.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -22,10 +23,15 @@ CURSOR = "_cursor"
 _CURSOR_BOUND = 2**256  # MongoDB's cursor packs a time and an ObjectId (store/mongo/store.py)
 
 
+# R4's instant allows second 60 (a leap second), which Python's datetime does not.
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d):60(?:\.\d+)?(?=Z|[+-])")
+
+
 def _since(value: str) -> str:
-    """A `_since` instant (time zone required) in the stored UTC form."""
+    """A `_since` instant (time zone required) in the stored UTC form. A leap second is read
+    as the last microsecond of its minute: the versions stored before it stay excluded."""
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(_LEAP_SECOND.sub(r"\1:59.999999", value).replace("Z", "+00:00"))
         # In UTC, an instant near either end of the calendar falls outside it.
         utc = moment.astimezone(UTC) if moment.tzinfo is not None else None
     except (ValueError, OverflowError):

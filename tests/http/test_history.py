@@ -68,6 +68,19 @@ def test_history_since(client: TestClient) -> None:
         assert len(offset["entry"]) == 2
 
 
+def test_history_since_a_leap_second(client: TestClient) -> None:
+    # R4's instant regex allows second 60: read as the last microsecond of its minute.
+    with clock.frozen(datetime(2017, 1, 1, 0, 0, 0, 500_000, tzinfo=UTC)):
+        send(client, "PUT", "/fhir/Patient/after", patient(id="after"))
+    with clock.frozen(datetime(2017, 1, 1, 0, 1, tzinfo=UTC)):
+        for since in ["2016-12-31T23:59:60Z", "2016-12-31T23:59:60.5Z", "2017-01-01T00:59:60+01:00"]:
+            answer = client.get("/fhir/Patient/_history", params={"_since": since})
+            assert answer.status_code == 200, answer.text
+            assert [e["resource"]["id"] for e in answer.json()["entry"]] == ["after"]
+        assert "entry" not in client.get("/fhir/_history", params={"_since": "2017-01-01T00:00:60Z"}).json()
+    assert client.get("/fhir/_history", params={"_since": "2016-12-31T23:59:61Z"}).status_code == 400
+
+
 def test_history_bad_parameters(client: TestClient) -> None:
     bad = client.get("/fhir/_history", params={"_since": "yesterday"})
     assert bad.status_code == 400
