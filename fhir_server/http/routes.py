@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from starlette.convertors import Convertor, register_url_convertor
@@ -14,6 +14,7 @@ from ..model import jsonbody
 from ..model.errors import Kind, fail
 from ..model.outcome import information
 from ..model.types import ID_PATTERN
+from ..search import query_pairs
 from ..services import crud, history, search
 from ..services.context import Context, Payload
 from ..store.base import Result
@@ -34,7 +35,8 @@ def _base_url(request: Request) -> str:
 
 
 def _query(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+    pairs = query_pairs(request.scope["query_string"])  # strict: Starlette's hides bad UTF-8
+    return [(k, v) for k, v in pairs if k not in ("_format", "_pretty")]
 
 
 def _criteria(request: Request) -> str:
@@ -89,11 +91,7 @@ def _strict(request: Request) -> bool:
 async def _form_params(request: Request) -> list[tuple[str, str]]:
     """The parameters of a POST _search: form body plus query string (http.html#search)."""
     body = await read_body(request, request.app.state.settings.max_body_bytes, form=True)
-    try:
-        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        raise fail(Kind.INVALID, "invalid", "The form body is not UTF-8.") from None
-    return _query(request) + form
+    return _query(request) + query_pairs(body)
 
 
 # Methods a known path does not take: 405 with Allow (http.html), not a type named "_history".

@@ -49,7 +49,7 @@ from .match import Resolver, Unsupported, matches
 from .params.date import DATE_MAX, DATE_MIN
 from .params.special import distance_km
 from .params.string import normalize
-from .parse import format_query, parse_query
+from .parse import format_query, parse_query, query_pairs
 from .registry import Component, ParamType, Registry, SearchParam, default_registry
 
 __all__ = [
@@ -105,5 +105,6 @@ __all__ = [
     "matches",
     "normalize",
     "parse_query",
+    "query_pairs",
     "patients_of",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Final, cast
+from urllib.parse import parse_qsl
 
 from ..model.errors import FhirError, Issue, Kind, fail
 from .ast import (
@@ -305,6 +306,17 @@ def _check_size(params: list[tuple[str, str]]) -> None:
 
 def _too_costly(message: str, name: str | None = None) -> FhirError:
     return fail(Kind.INVALID, "too-costly", message, expression=name)
+
+
+def query_pairs(query_string: str | bytes) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a query string or form body, percent-decoded as UTF-8.
+    INVALID if it is not UTF-8: a value replaced by U+FFFD would search for something the
+    client did not ask for."""
+    try:
+        text = query_string.decode("utf-8") if isinstance(query_string, bytes) else query_string
+        return parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise fail(Kind.INVALID, "invalid", "The query is not UTF-8 once percent-decoded.") from None
 
 
 def parse_query(

@@ -21,13 +21,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail, incident
 from ..model.ids import new_id
 from ..model.numbers import whole_number
-from ..search import Query, parse_query
+from ..search import Query, parse_query, query_pairs
 from ..store.base import (
     RETRY_DELAYS,
     Method,
@@ -681,7 +681,7 @@ async def _rehearse(ctx: Context, e: Entry) -> None:
 
 
 def _params(e: Entry) -> list[tuple[str, str]]:
-    return parse_qsl(e.query or "", keep_blank_values=True)
+    return query_pairs(e.query or "")
 
 
 def _check_compartment(e: Entry) -> str:

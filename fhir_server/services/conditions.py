@@ -7,10 +7,8 @@ would widen the match and update or delete the wrong resource (http.html#cond-up
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import parse_qsl
-
 from ..model.errors import FhirError, Kind, fail
-from ..search import Query, parse_query
+from ..search import Query, parse_query, query_pairs
 from .context import Context
 from .guard import check_links
 
@@ -21,7 +19,7 @@ def condition(ctx: Context, resource_type: str, criteria: str) -> Query:
     is not fully understood."""
     # Clients also send the "Patient?identifier=..." form in If-None-Exist.
     query_string = criteria.split("?", 1)[1] if "?" in criteria else criteria
-    params = parse_qsl(query_string, keep_blank_values=True)
+    params = query_pairs(query_string)
     query, issues = parse_query(resource_type, params, ctx.registry)
     if issues:
         raise FhirError(Kind.INVALID, tuple(replace(i, severity="error") for i in issues))

@@ -102,3 +102,26 @@ def test_dot_segment_id_in_bundles_is_refused(client: TestClient) -> None:
     assert [r["status"][:3] for r in responses(response)] == ["400", "400"]
     assert ".." not in str([r.get("location") for r in responses(response)])
     assert stored(client) == before
+
+
+def test_query_values_that_are_not_utf8_are_400(client: TestClient) -> None:
+    # Percent-decoded %ff is not UTF-8: searching for U+FFFD instead would answer another question.
+    send(client, "PUT", "/fhir/Patient/p1", patient(id="p1"))
+    before = stored(client)
+    refused = [
+        client.get("/fhir/Patient?name=%ff"),
+        client.get("/fhir/Patient?%ff=x"),
+        client.post("/fhir/Patient/_search", content=b"name=%ff",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        send(client, "POST", "/fhir/Patient", patient(), If_None_Exist="name=%ff"),
+        client.delete("/fhir/Patient?_id=%ff"),
+        send(client, "PUT", "/fhir/Patient?_id=%ff", patient()),
+    ]
+    for response in refused:
+        assert response.status_code == 400, (response.request.url, response.text)
+        assert issue(response)["code"] == "invalid"
+    batch = post_bundle(client, "batch", [entry("GET", "Patient?name=%ff"),
+                                          entry("DELETE", "Patient?_id=%ff")])
+    assert [r["status"][:3] for r in responses(batch)] == ["400", "400"]
+    assert stored(client) == before
+    assert client.get("/fhir/Patient?name=%C3%A9").status_code == 200  # valid UTF-8 still searches
