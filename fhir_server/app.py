@@ -20,11 +20,10 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .http import (bundle_router, fhir_router, install_error_handlers, metadata_router,
-                   operability_router, shortcut_router)
+from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
+                   metadata_router, operability_router, shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
-from .http.head import HeadMiddleware
 from .http.login_routes import login_router
 from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware

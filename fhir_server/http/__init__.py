@@ -2,10 +2,11 @@
 
 from .bundles import router as bundle_router
 from .errors import install as install_error_handlers
+from .head import HeadMiddleware
 from .metadata import router as metadata_router
 from .operability import router as operability_router
 from .routes import router as fhir_router
 from .routes import shortcut_router
 
-__all__ = ["bundle_router", "fhir_router", "install_error_handlers", "metadata_router", "operability_router",
+__all__ = ["HeadMiddleware", "bundle_router", "fhir_router", "install_error_handlers", "metadata_router", "operability_router",
            "shortcut_router"]
