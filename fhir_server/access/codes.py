@@ -25,6 +25,7 @@ from enum import Enum
 from pathlib import Path
 
 from .. import clock
+from ..private_files import make_private
 
 DIGITS = 8
 LIFETIME = 72 * 3600.0  # seconds: time for the patient to read it and hand it over
@@ -75,6 +76,7 @@ class ConfirmationCodes:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A connection for one call: codes are made and tried rarely, so none is kept."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)
         with closing(sqlite3.connect(self.path, isolation_level=None, timeout=30)) as conn:
             conn.executescript(_SCHEMA)
             present = {row[1] for row in conn.execute("PRAGMA table_info(code)")}

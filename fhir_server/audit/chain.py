@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from ..private_files import make_private
+
 GENESIS = "0" * 64
 
 # `event_id` holds the ids of a link's events, separated by spaces (one id: one event).
@@ -76,6 +78,7 @@ class Chain:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")

@@ -13,7 +13,6 @@ credentials.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import orjson
 
 from ..model.platform_codes import RECIPIENT_TYPES
+from ..private_files import make_private
 from . import secrets_hash
 from .remote_keys import check_jwks_url
 
@@ -95,16 +95,6 @@ class Client:
     acts_for: tuple[str, ...] = ()  # an investigator site system's recipient identities
 
 
-def _make_private(path: Path) -> None:
-    """The registry file readable by its owner only (it holds password hashes and TOTP keys):
-    created 0600, or narrowed to it if an older version made it wider. SQLite gives the -wal
-    and -shm files the database file's mode; those left by an older version are narrowed."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    for name in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
-        if name.exists() and name.stat().st_mode & 0o077:
-            os.chmod(name, 0o600)
-
-
 class Registry:
     """Clients, used assertion ids and revoked tokens, in `path`."""
 
@@ -120,7 +110,7 @@ class Registry:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _make_private(self.path)
+            make_private(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(_SCHEMA)

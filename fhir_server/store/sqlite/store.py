@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ... import clock
 from ...model.errors import FhirError, Kind, fail
+from ...private_files import make_private
 from ...search import Query, Registry, default_registry, distance_km
 from . import index as sqlite_index
 from ..base import (
@@ -85,6 +86,7 @@ class SqliteStore:
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            make_private(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA synchronous = FULL")

@@ -1,0 +1,17 @@
+"""The data directory's SQLite files readable by their owner only: they hold clinical data,
+the audit trail, confirmation codes, password hashes and TOTP keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_private(path: Path) -> None:
+    """Create the database file `path` 0600, or narrow it to 0600 if an older version made it
+    wider. SQLite gives the -wal and -shm files the database file's mode; those left by an
+    older version are narrowed too. Call before SQLite opens the file."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        if name.exists() and name.stat().st_mode & 0o077:
+            os.chmod(name, 0o600)
