@@ -16,8 +16,8 @@ PUBLIC = {
     "StringPredicate", "TokenPredicate", "TokenTextPredicate", "OfTypePredicate", "ReferencePredicate",
     "ReferenceIdentifierPredicate", "DatePredicate", "NumberPredicate", "QuantityPredicate", "UriPredicate",
     "NearPredicate", "CompositePredicate", "Missing", "Not", "Chain", "Has",
-    # parse, format, match
-    "parse_query", "format_query", "matches", "Resolver", "Unsupported",
+    # decode, parse, format, match
+    "query_pairs", "parse_query", "format_query", "matches", "Resolver", "Unsupported",
     # compartments
     "patients_of",
 }  # fmt: skip
