@@ -88,6 +88,12 @@ class TokenService:
         """`fhirUser` as SMART wants it in id_tokens and introspection: an absolute URL."""
         return fhir_user if "://" in fhir_user else f"{self.audience}/{fhir_user}"
 
+    def may_fetch(self, token: str) -> bool:
+        """Whether `verify` may fetch a key set over the network (up to remote_keys.py's
+        FETCH_TIMEOUT): for a trusted external issuer's token, whose keys are fetched on first
+        use, when stale and on an unknown kid. This server's own tokens never fetch."""
+        return self.external.trusts(str(peek(token)[1].get("iss", ""))) is not None
+
     def verify(self, token: str) -> TokenClaims:
         """The claims of a valid token: signature, issuer, audience, expiry, not revoked.
 

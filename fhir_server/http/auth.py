@@ -8,6 +8,7 @@ service layer gets the principal in its Context (`context_of`) and decides acces
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -47,8 +48,11 @@ async def authenticate(request: Request) -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise fail(Kind.UNAUTHORIZED, "login", "An access token is required (Authorization: "
                    "Bearer <token>); see /.well-known/smart-configuration.")
+    token = token.strip()
     try:
-        verified = tokens.verify(token.strip())
+        # Off the event loop when a key set may be fetched: other requests go on meanwhile.
+        verified = (await asyncio.to_thread(tokens.verify, token) if tokens.may_fetch(token)
+                    else tokens.verify(token))
     except InvalidToken as exc:
         raise fail(Kind.UNAUTHORIZED, "expired" if "expired" in str(exc) else "security",
                    str(exc)) from None

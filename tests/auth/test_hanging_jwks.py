@@ -13,10 +13,12 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
 
 from fhir_server.auth import remote_keys
 from tests.auth.conftest import es384
-from tests.auth.live import LiveClient, live_server, registry, token_url
+from tests.auth.live import LiveClient, audience, live_server, registry, token_url
 
 
 class Hanging:
@@ -100,3 +102,22 @@ def test_a_fetch_gives_up_after_the_fetch_timeout(hanging: Hanging) -> None:
         keys.get(hanging.url)
     assert time.monotonic() - started < 0.1
     assert len(hanging.connections) == 1
+
+
+def test_a_hanging_trusted_issuer_does_not_stall_other_requests(tmp_path: Path, hanging: Hanging) -> None:
+    # Verifying an external issuer's token may fetch its keys (up to FETCH_TIMEOUT): off the
+    # event loop, so the server answers other requests meanwhile.
+    issuer = "https://idp.example.org/realms/chu"
+    with live_server(tmp_path, trusted_issuers=[{"issuer": issuer, "jwks_uri": hanging.url}]) as live, \
+            ThreadPoolExecutor(1) as pool:
+        key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+        claims = {"iss": issuer, "aud": audience(live), "sub": "svc", "exp": int(time.time()) + 300}
+        token = jwt.encode({"alg": "ES256", "kid": key.kid}, claims, key)
+        stalled = pool.submit(live.get, "/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+        while not hanging.connections:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert live.get("/fhir/metadata?_summary=true", timeout=10).status_code == 200
+        assert time.monotonic() - started < remote_keys.FETCH_TIMEOUT / 2
+        assert not stalled.done()
+        assert stalled.result().status_code == 401
