@@ -11,7 +11,13 @@ def make_private(path: Path) -> None:
     """Create the database file `path` 0600, or narrow it to 0600 if an older version made it
     wider. SQLite gives the -wal and -shm files the database file's mode; those left by an
     older version are narrowed too. Call before SQLite opens the file."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # Only a file this call creates is opened: closing any descriptor of a file drops every
+    # POSIX lock this process holds on it, and SQLite's locks on a database another
+    # connection of the process has open are such locks (losing them corrupts the WAL).
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     for name in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
         if name.exists() and name.stat().st_mode & 0o077:
             os.chmod(name, 0o600)

@@ -5,7 +5,10 @@ codes."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server.access.codes import ConfirmationCodes
 from fhir_server.app import create_app
+from fhir_server.private_files import make_private
 from fhir_server.settings import Settings
 from fhir_server.store.sqlite.store import SqliteStore
 from tests.builders import patient
@@ -46,3 +50,20 @@ def test_a_store_made_readable_by_an_older_version_is_narrowed(tmp_path: Path) -
     store = SqliteStore(path)
     store._connection()
     assert set(_modes(tmp_path).values()) == {0o600}
+
+
+def test_making_an_open_database_private_keeps_the_process_locks(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops the process's POSIX locks on it: make_private
+    must not open a database this process already holds, or another process could write
+    through a lock SQLite believes it holds (an audit record lost under a running server)."""
+    path = tmp_path / "held.db"
+    held = sqlite3.connect(path, isolation_level=None)
+    held.execute("CREATE TABLE t (x)")
+    held.execute("BEGIN EXCLUSIVE")
+    make_private(path)
+    other = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0);"
+         " c.execute('BEGIN IMMEDIATE')", str(path)], capture_output=True, text=True)
+    held.execute("ROLLBACK")
+    held.close()
+    assert other.returncode != 0 and "locked" in other.stderr
