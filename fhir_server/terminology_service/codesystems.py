@@ -79,11 +79,6 @@ class CodeSystem:
         if not self.case_sensitive:
             self._folded = {code.casefold(): code for code in self.concepts}
 
-    @property
-    def complete(self) -> bool:
-        """Whether the resource holds every concept of the system (content `complete`)."""
-        return self.resource.get("content", "complete") == "complete"
-
     @cached_property
     def ordered(self) -> list[Concept]:
         """The concepts depth first from the roots, each once (the order of expansions)."""

@@ -29,11 +29,14 @@ _OWN = ("parent", "child", "inactive", "definition")
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The outcome of checking one coding: valid or not, why, and the right display."""
+    """The outcome of checking one coding: valid or not, why, and the right display;
+    `checked` false when the server could not tell (a system or value set it does not hold):
+    the result is then false, and a profile validator may make it a warning."""
 
     result: bool
     message: str | None = None
     display: str | None = None
+    checked: bool = True
 
     def as_parameters(self) -> dict[str, Any]:
         return parameters(param("result", "valueBoolean", self.result),
@@ -80,6 +83,7 @@ def _properties(system: CodeSystem, concept: Concept, wanted: tuple[str, ...] | 
                 ) -> list[dict[str, Any]]:
     out = []
     for code in dict.fromkeys(wanted):
+        values: list[tuple[str, Any]]
         if code in ("parent", "child"):
             values = [("valueCode", c) for c in (concept.parents if code == "parent" else concept.children)]
         elif code == "inactive":
@@ -108,7 +112,7 @@ def check_coding(catalogue: Catalogue, coding: dict[str, Any], *, abstract_ok: b
     system = catalogue.code_system(url, coding.get("version"))
     if system is None or system.resource.get("content") == "not-present":
         return Verdict(False, f"Unable to check code {code!r}: the server does not hold code "
-                       f"system {url}{_version(coding)}."), None, None
+                       f"system {url}{_version(coding)}.", checked=False), None, None
     concept = system.find(code)
     if concept is None:
         return Verdict(False, f"Unknown code {code!r} in code system {url}."), system, None
@@ -124,8 +128,8 @@ def check_coding(catalogue: Catalogue, coding: dict[str, Any], *, abstract_ok: b
     return Verdict(True, None, display), system, concept
 
 
-def validate_in_system(catalogue: Catalogue, inputs: Inputs, code_system: CodeSystem | None = None
-                  ) -> dict[str, Any]:
+def validate_in_system(catalogue: Catalogue, inputs: Inputs,
+                       code_system: CodeSystem | None = None) -> dict[str, Any]:
     """`CodeSystem/$validate-code` on the system named by `url` or by the instance
     (`code_system`): result, message, display."""
     url = code_system.url if code_system is not None else inputs.string("url")

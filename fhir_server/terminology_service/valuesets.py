@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from .. import clock
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Kind, fail
 from .catalogue import Catalogue
 from .compose import Member, members
 from .lookup import CODED, Verdict, best, check_coding
@@ -75,7 +75,7 @@ def expand(catalogue: Catalogue, value_set: dict[str, Any], inputs: Inputs) -> d
         expansion["parameter"] = echoed
     if contains:
         expansion["contains"] = contains
-    head = {k: value_set[k] for k in ("resourceType", "id", "url", "version", "name", "title",
+    head: dict[str, Any] = {k: value_set[k] for k in ("resourceType", "id", "url", "version", "name", "title",
                                       "status") if k in value_set}
     return {**head, "expansion": expansion}
 
@@ -126,19 +126,29 @@ def _nested(codes: list[Member], language: str | None, designations: bool) -> li
     return top
 
 
-def validate_in_value_set(catalogue: Catalogue, value_set: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
+def validate_in_value_set(catalogue: Catalogue, value_set: dict[str, Any],
+                          inputs: Inputs) -> dict[str, Any]:
     """Whether a code (coding, CodeableConcept) is in the value set: result, message, display."""
-    codes = membership(catalogue, value_set)
     abstract_ok = inputs.boolean("abstract") is True
     language = inputs.string("displayLanguage")
+    return best([check_in_value_set(catalogue, value_set, coding, abstract_ok=abstract_ok,
+                                    language=language)
+                 for coding in inputs.codings()]).as_parameters()
+
+
+def check_in_value_set(catalogue: Catalogue, value_set: dict[str, Any], coding: dict[str, Any],
+                       *, abstract_ok: bool = False, language: str | None = None) -> Verdict:
+    """Whether one coding is valid and in `value_set` (a binding's check). A value set the
+    server cannot compute (it draws on a system not held) validates nothing: `checked` false."""
+    try:
+        codes = membership(catalogue, value_set)
+    except FhirError as exc:
+        return Verdict(False, f"Unable to check: {exc.issues[0].diagnostics}", checked=False)
+    verdict, system, concept = check_coding(catalogue, coding, abstract_ok=abstract_ok,
+                                            language=language)
+    if system is None or concept is None or (system.url, concept.code) in codes:
+        return verdict
     name = value_set.get("url") or f"ValueSet/{value_set.get('id')}"
-    verdicts = []
-    for coding in inputs.codings():
-        verdict, system, concept = check_coding(catalogue, coding, abstract_ok=abstract_ok,
-                                                language=language)
-        if system is not None and concept is not None and (system.url, concept.code) not in codes:
-            inactive = " (it is inactive)" if concept.inactive else ""
-            verdict = Verdict(False, f"Code {concept.code!r} of {system.url} is not in value set "
-                              f"{name}{inactive}.", verdict.display)
-        verdicts.append(verdict)
-    return best(verdicts).as_parameters()
+    inactive = " (it is inactive)" if concept.inactive else ""
+    return Verdict(False, f"Code {concept.code!r} of {system.url} is not in value set "
+                   f"{name}{inactive}.", verdict.display)
