@@ -70,8 +70,9 @@ class Settings(BaseSettings):
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )
     publish_definitions: bool = Field(
-        True, description="Store the CodeSystems, SearchParameters and OperationDefinitions this "
-        "server defines (terminology/, profiles/) at start-up, so clients can read them.",
+        True, description="Store the CodeSystems, ValueSets, ConceptMaps, SearchParameters and "
+        "OperationDefinitions this server defines (terminology/, profiles/) at start-up, so "
+        "clients can read them.",
     )
     auth: Literal["smart", "off"] = Field(
         "smart",

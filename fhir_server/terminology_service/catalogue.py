@@ -79,6 +79,10 @@ class Catalogue:
         """The `kind` resource with this logical id, or None."""
         return self._by_id[kind].get(id)
 
+    def urls(self, kind: str) -> list[str]:
+        """The canonical URLs of every `kind` resource held."""
+        return list(self._by_url[kind])
+
     def versions(self, kind: str, url: str) -> list[str]:
         """The versions held of a canonical URL (empty: the URL is not held)."""
         return [str(r.get("version")) for r in self._by_url[kind].get(url, [])]
@@ -96,7 +100,7 @@ class Catalogue:
         return index
 
     def concept_maps(self) -> list[dict[str, Any]]:
-        """Every ConceptMap held."""
+        """Every ConceptMap held (each version)."""
         return [r for versions in self._by_url["ConceptMap"].values() for r in versions]
 
 

@@ -109,8 +109,8 @@ def held_system(catalogue: Catalogue, url: str, version: str | None = None) -> C
     if system is None or system.resource.get("content") == "not-present":
         held = catalogue.versions("CodeSystem", url)
         which = f"version {version} of " if version and held else ""
-        raise _unprocessable(f"The server does not hold {which}code system {url} (LOINC, SNOMED "
-                             "CT and ICD-10 are not held): codes of it cannot be checked.")
+        raise _unprocessable(f"The server does not hold {which}code system {url}: codes of it "
+                             "cannot be checked.")
     return system
 
 

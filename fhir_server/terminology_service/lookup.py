@@ -50,8 +50,8 @@ def lookup(catalogue: Catalogue, inputs: Inputs) -> dict[str, Any]:
     system = catalogue.code_system(coding.get("system", ""), coding.get("version"))
     if system is None:
         raise fail(Kind.NOT_FOUND, "not-found", f"The server does not hold code system "
-                   f"{coding.get('system')}{_version(coding)} (LOINC, SNOMED CT and ICD-10 are "
-                   "not held).", expression="system", details_code="MSG_NO_MATCH")
+                   f"{coding.get('system')}{_version(coding)}.", expression="system",
+                   details_code="MSG_NO_MATCH")
     concept = system.find(coding.get("code", ""))
     if concept is None:
         raise fail(Kind.NOT_FOUND, "not-found", f"Code {coding.get('code')!r} is not in code "

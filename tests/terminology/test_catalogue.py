@@ -5,10 +5,12 @@ index rebuilt from the official definitions."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from fhir_server.terminology_service import Catalogue, load_catalogue
+from fhir_server.model.errors import FhirError
+from fhir_server.terminology_service import Catalogue, load_catalogue, membership
 from fhir_server.terminology_service.catalogue import CORE_FILE, SOURCE_DIRS
 from fhir_server.trials.referral import ANSWERS
 from tests.conftest import SHARED
@@ -73,3 +75,20 @@ def test_first_definition_of_a_canonical_wins() -> None:
     catalogue = Catalogue([first, second])
     held = catalogue.code_system("urn:x")
     assert held is not None and list(held.concepts) == ["1"]
+
+
+def test_every_core_value_set_computes_or_names_the_system_it_lacks() -> None:
+    catalogue = load_catalogue()
+    lacking = set()
+    for url in catalogue.urls("ValueSet"):
+        value_set = catalogue.resource("ValueSet", url)
+        assert value_set is not None
+        try:
+            membership(catalogue, value_set)
+        except FhirError as exc:
+            assert exc.issues[0].code == "not-supported"
+            found = re.search(r"(?:code system|ValueSet) (\S+?)[:,](?: |$)", exc.issues[0].diagnostics)
+            assert found is not None, exc.issues[0].diagnostics
+            lacking.add(found[1])
+    assert {"http://snomed.info/sct", "http://loinc.org", "http://unitsofmeasure.org"} <= lacking
+    assert not any(url.startswith(OURS) for url in lacking)
