@@ -19,6 +19,7 @@ from .catalogue import Catalogue
 from .codesystems import CodeSystem, Concept, property_value
 
 _MAX_DEPTH = 10  # value sets importing value sets: deeper is taken for a cycle
+MAX_PARTS = 100  # includes and excludes of one compose (the R4 core has 12 at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,11 @@ def members(catalogue: Catalogue, value_set: dict[str, Any], *, depth: int = 0) 
     compose = value_set.get("compose")
     if compose is None:
         return list(_stored_expansion(catalogue, value_set.get("expansion", {}).get("contains", [])))
+    parts = len(compose.get("include", [])) + len(compose.get("exclude", []))
+    if parts > MAX_PARTS:
+        # Each part may walk a whole system: a value set a client sends is bounded here.
+        raise fail(Kind.UNPROCESSABLE, "too-costly", f"The compose has {parts} includes and "
+                   f"excludes; this server computes at most {MAX_PARTS}.")
     excluded = {m.key for part in compose.get("exclude", [])
                 for m in _part(catalogue, part, depth)}
     out: dict[tuple[str, str], Member] = {}
@@ -163,15 +169,29 @@ def _filter(system: CodeSystem, spec: dict[str, Any]) -> Test:
         return ((lambda c: not wanted.isdisjoint(_values(c, prop))) if op == "in"
                 else (lambda c: wanted.isdisjoint(_values(c, prop))))
     if op == "regex":
-        try:
-            pattern = re.compile(value)
-        except re.error:
-            raise _unprocessable(f"Filter regex {value!r} is not a regular expression.") from None
-        return lambda c: any(pattern.fullmatch(v) for v in _values(c, prop))
+        return _regex(value, prop)
     if op == "exists":
         present = value == "true"
         return lambda c: bool(_values(c, prop)) == present
     raise _unprocessable(f"Filter operator {op!r} is not supported.")
+
+
+# A group holding a quantifier, itself quantified ("(a+)+", "(x|y*){2,}"): the shape whose
+# backtracking can take exponential time. A value set a client sends may hold any pattern.
+_NESTED_QUANTIFIER = re.compile(r"\([^()]*[*+?}][^()]*\)\s*[*+?{]")
+_MAX_PATTERN = 200
+
+
+def _regex(value: str, prop: str) -> Test:
+    if len(value) > _MAX_PATTERN or _NESTED_QUANTIFIER.search(value):
+        raise _unprocessable(f"Filter regex {value[:_MAX_PATTERN]!r} is refused: longer than "
+                             f"{_MAX_PATTERN} characters or a quantified group holding a "
+                             "quantifier.")
+    try:
+        pattern = re.compile(value)
+    except re.error:
+        raise _unprocessable(f"Filter regex {value!r} is not a regular expression.") from None
+    return lambda c: any(pattern.fullmatch(v) for v in _values(c, prop))
 
 
 def _values(concept: Concept, prop: str) -> set[str]:

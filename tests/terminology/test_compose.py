@@ -10,6 +10,7 @@ import pytest
 
 from fhir_server.model.errors import FhirError
 from fhir_server.terminology_service import Catalogue, check_in_value_set, membership
+from fhir_server.terminology_service.compose import MAX_PARTS
 
 SYSTEM = "urn:test:colours"
 # warm > red > crimson, warm > orange; cool > blue (blue's parent given by property);
@@ -87,6 +88,9 @@ def test_imported_value_sets_intersect() -> None:
     only(("concept", "is-a", "purple")),  # not a concept
     only(("concept", "sounds-like", "red")),  # not an operator
     only(("hex", "regex", "[")),  # not a regular expression
+    only(("hex", "regex", "(a+)+$")),  # exponential backtracking
+    only(("hex", "regex", "(x|y*){2,}")),
+    only(("hex", "regex", "a" * 201)),
     {"include": [{"system": SYSTEM, "concept": [{"code": "purple"}]}]},
     {"include": [{"system": "http://snomed.info/sct"}]},
     {"include": [{"valueSet": ["urn:test:missing"]}]},
@@ -96,6 +100,13 @@ def test_what_cannot_be_computed_is_refused(compose: dict[str, Any]) -> None:
     with pytest.raises(FhirError) as raised:
         codes(compose)
     assert raised.value.issues[0].code == "not-supported"
+
+
+def test_a_compose_of_too_many_parts_is_too_costly() -> None:
+    with pytest.raises(FhirError) as raised:
+        codes({"include": [{"system": SYSTEM}] * (MAX_PARTS + 1)})
+    assert raised.value.issues[0].code == "too-costly"
+    assert len(codes({"include": [{"system": SYSTEM}] * MAX_PARTS})) == 7
 
 
 def test_a_cycle_of_imports_is_refused() -> None:
