@@ -100,16 +100,18 @@ def _properties(system: CodeSystem, concept: Concept, wanted: tuple[str, ...] | 
 
 
 def check_coding(catalogue: Catalogue, coding: dict[str, Any], *, abstract_ok: bool,
-                 language: str | None) -> tuple[Verdict, CodeSystem | None, Concept | None]:
-    """Whether a coding names a concept of a held code system, selectable here (abstract
-    concepts only where `abstract_ok`), with a display that is its own or one of its
-    designations; and the system and concept found."""
+                 language: str | None, system: CodeSystem | None = None
+                 ) -> tuple[Verdict, CodeSystem | None, Concept | None]:
+    """Whether a coding names a concept of a held code system (or of `system`, one read from
+    the store), selectable here (abstract concepts only where `abstract_ok`), with a display
+    that is its own or one of its designations; and the system and concept found."""
     url, code = coding.get("system"), coding.get("code")
     if not isinstance(code, str) or not code:
         return Verdict(False, "The coding has no code."), None, None
     if not isinstance(url, str) or not url:
         return Verdict(False, f"Code {code!r} has no system: it cannot be checked."), None, None
-    system = catalogue.code_system(url, coding.get("version"))
+    if system is None or system.url != url:
+        system = catalogue.code_system(url, coding.get("version"))
     if system is None or system.resource.get("content") == "not-present":
         return Verdict(False, f"Unable to check code {code!r}: the server does not hold code "
                        f"system {url}{_version(coding)}.", checked=False), None, None
@@ -147,7 +149,7 @@ def validate_in_system(catalogue: Catalogue, inputs: Inputs,
         if inputs.has("version") and "version" not in coding:
             coding["version"] = inputs.string("version")
         verdicts.append(check_coding(catalogue, coding, abstract_ok=abstract_ok,
-                                     language=language)[0])
+                                     language=language, system=code_system)[0])
     return best(verdicts).as_parameters()
 
 

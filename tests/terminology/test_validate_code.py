@@ -132,3 +132,14 @@ def test_unknown_value_set_is_404(client: TestClient) -> None:
     outcome(get(client, "ValueSet/nope/$validate-code", system=CANCER, code="lung"), 404)
     outcome(get(client, "ValueSet/$validate-code", url=SOLID, valueSetVersion="9",
                 system=CANCER, code="lung"), 404)
+
+
+def test_code_system_a_client_stored(client: TestClient) -> None:
+    stored = {"resourceType": "CodeSystem", "id": "site-codes", "url": "https://example.org/cs",
+              "status": "active", "content": "complete", "concept": [{"code": "a", "display": "A"}]}
+    assert client.put("/fhir/CodeSystem/site-codes", json=stored,
+                      headers={"Content-Type": "application/fhir+json"}).status_code == 201
+    answer = both(client, "CodeSystem/site-codes/$validate-code", code="a", display="A")
+    assert value(answer, "result") is True
+    assert value(both(client, "CodeSystem/site-codes/$validate-code", code="b"), "result") is False
+    assert outcome(get(client, "CodeSystem/missing/$validate-code", code="a"), 404)
