@@ -1,6 +1,7 @@
 """The terminology operations' routes (FHIR R4 terminology-service.html), GET and POST:
 `CodeSystem/$lookup`, `CodeSystem/[id]/$validate-code`, `ValueSet/[id]/$expand`,
-`ValueSet/[id]/$validate-code`, `ConceptMap/[id]/$translate` (each also at type level).
+`ValueSet/[id]/$validate-code`, `ConceptMap/[id]/$translate` (each also at type level); other
+methods get 405.
 GET takes the parameters from the query string, POST from a Parameters body; both go to the
 same service call (services/terminology.py)."""
 
@@ -15,6 +16,7 @@ from ..search import query_pairs
 from ..services import terminology
 from ..terminology_service import Pair, pairs_of
 from .auth import authenticate, context_of
+from .errors import not_allowed
 from .negotiation import check_acceptable, fhir_response
 from .routes import read_payload
 
@@ -36,8 +38,9 @@ def _endpoint(resource_type: str, operation: str) -> Callable[..., Awaitable[Res
     return endpoint
 
 
-for (_type, _operation), (_, _instance) in terminology.SIGNATURES.items():
-    _paths = [f"/{_type}/${_operation}", *([f"/{_type}/{{id}}/${_operation}"] if _instance else [])]
-    for _path in _paths:
+for _type, _operation in terminology.SIGNATURES:
+    # The instance path of a type-level operation too: the service says it is not one.
+    for _path in (f"/{_type}/${_operation}", f"/{_type}/{{id}}/${_operation}"):
         router.add_api_route(_path, _endpoint(_type, _operation), methods=["GET", "POST"],
                              name=f"{_type}-{_operation}")
+        router.add_api_route(_path, not_allowed, methods=["PUT", "PATCH", "DELETE"])

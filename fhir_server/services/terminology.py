@@ -42,8 +42,11 @@ async def run(ctx: Context, resource_type: str, operation: str, pairs: list[Pair
               id: str | None = None) -> dict[str, Any]:
     """Run `[resource_type]/[id]/$operation` with the parameters `pairs` (from the query
     string or a Parameters body); the Parameters (or ValueSet) it answers."""
-    allowed, _ = SIGNATURES[(resource_type, operation)]
+    allowed, has_instance = SIGNATURES[(resource_type, operation)]
     decision(ctx, "operation", resource_type)
+    if id is not None and not has_instance:
+        raise fail(Kind.INVALID, "not-supported", f"${operation} is invoked on the "
+                   f"{resource_type} type ({resource_type}/${operation}), not on an instance.")
     catalogue = _catalogue(ctx)
     inputs = Inputs(pairs, allowed, _REPEATABLE)
     if (resource_type, operation) == ("CodeSystem", "lookup"):

@@ -44,6 +44,10 @@ def test_french_displays(client: TestClient) -> None:
     assert {"name": "displayLanguage", "valueCode": "fr"} in expansion["expansion"]["parameter"]
     english = both(client, "ValueSet/ecog-performance-status/$expand")
     assert english["expansion"]["contains"][-1]["display"] == "Dead"
+    assert "designation" not in english["expansion"]["contains"][0]
+    designations = both(client, "ValueSet/ecog-performance-status/$expand",
+                        includeDesignations="true")["expansion"]["contains"][-1]["designation"]
+    assert {"language": "fr", "value": "Décédé"} in designations
 
 
 def test_hierarchy_nests_contains(client: TestClient) -> None:

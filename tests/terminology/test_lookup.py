@@ -96,3 +96,12 @@ def test_a_body_that_is_not_parameters_is_400(client: TestClient) -> None:
         "resourceType": "Parameters", "parameter": [{"valueCode": "x"}]},
         headers={"Content-Type": "application/fhir+json"})
     assert outcome(nameless, 400)["code"] == "invalid"
+
+
+def test_lookup_is_type_level_and_other_methods_are_405(client: TestClient) -> None:
+    issue = outcome(get(client, "CodeSystem/cancer-type/$lookup", code="lung"), 400)
+    assert "CodeSystem/$lookup" in issue["diagnostics"]
+    for method in ("PUT", "DELETE"):
+        response = client.request(method, "/fhir/CodeSystem/$lookup")
+        assert response.status_code == 405 and response.headers["Allow"] == "GET, HEAD, POST"
+        assert client.request(method, "/fhir/ValueSet/x/$expand").status_code == 405
