@@ -42,3 +42,17 @@ def test_each_call_is_audited(client: TestClient) -> None:
     after = operations()
     assert len(after) == before + 2
     assert sorted(e["outcome"] for e in after[-2:]) == ["0", "4"]
+
+
+def test_the_capability_statement_names_the_official_definitions(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    official = "http://hl7.org/fhir/OperationDefinition"
+    expected = {"CodeSystem": {"lookup": f"{official}/CodeSystem-lookup",
+                               "validate-code": f"{official}/CodeSystem-validate-code"},
+                "ValueSet": {"expand": f"{official}/ValueSet-expand",
+                             "validate-code": f"{official}/ValueSet-validate-code"},
+                "ConceptMap": {"translate": f"{official}/ConceptMap-translate"}}
+    for type_name, operations in expected.items():
+        listed = {o["name"]: o["definition"] for o in resources[type_name]["operation"]}
+        assert listed == operations
