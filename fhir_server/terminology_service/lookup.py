@@ -47,12 +47,14 @@ class Verdict:
 def lookup(catalogue: Catalogue, inputs: Inputs) -> dict[str, Any]:
     """The Parameters describing a code; NOT_FOUND when its system or the code is unknown."""
     [coding] = inputs.codings()
-    system = catalogue.code_system(coding.get("system", ""), coding.get("version"))
+    if not isinstance(coding.get("system"), str) or not isinstance(coding.get("code"), str):
+        raise required("The coding needs a system and a code.", "coding")
+    system = catalogue.code_system(coding["system"], coding.get("version"))
     if system is None:
         raise fail(Kind.NOT_FOUND, "not-found", f"The server does not hold code system "
                    f"{coding.get('system')}{_version(coding)}.", expression="system",
                    details_code="MSG_NO_MATCH")
-    concept = system.find(coding.get("code", ""))
+    concept = system.find(coding["code"])
     if concept is None:
         raise fail(Kind.NOT_FOUND, "not-found", f"Code {coding.get('code')!r} is not in code "
                    f"system {system.url}.", expression="code", details_code="MSG_NO_MATCH")

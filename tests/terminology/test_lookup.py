@@ -84,6 +84,8 @@ def test_bad_input_is_400_naming_the_parameter(client: TestClient) -> None:
     both_forms = post(client, "CodeSystem/$lookup", system=CANCER, code="lung",
                       coding={"system": CANCER, "code": "lung"})
     assert outcome(both_forms, 400)["expression"] == ["coding"]
+    systemless = post(client, "CodeSystem/$lookup", coding={"code": "lung"})
+    assert outcome(systemless, 400)["expression"] == ["coding"]
     # A Coding cannot be written in a URL.
     assert outcome(get(client, "CodeSystem/$lookup", coding="lung"), 400)["expression"] == ["coding"]
 
