@@ -25,6 +25,7 @@ from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_han
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
+from .interop import listener_for
 from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
@@ -108,8 +109,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 log.info("demo data loaded", extra={"resources": loaded})
         if settings.publish_definitions:
             await publish(replace(context, principal=server_principal("definitions")))
+        listener = listener_for(settings, context, recorder) if settings.mllp else None
+        if listener is not None:
+            await listener.start()
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        if listener is not None:
+            await listener.stop()
         await store.close()
         recorder.close()
 

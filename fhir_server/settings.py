@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         description="External OpenID providers whose access tokens are accepted too: "
         '[{"issuer": ..., "jwks_uri": ..., "audience": ...}] (audience defaults to base_url).',
     )
+    mllp: bool = Field(
+        False, description="Start the HL7 v2 MLLP listener beside HTTP (docs/hl7v2.md).")
+    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener listens on.")
+    mllp_port: int = Field(2575, ge=0, le=65535, description="Port of the MLLP listener.")
+    mllp_max_message_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest HL7 v2 message accepted over MLLP (bytes).")
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (CORS), e.g. the portal's.",
