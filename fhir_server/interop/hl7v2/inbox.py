@@ -77,21 +77,22 @@ class Inbox:
         return await asyncio.to_thread(locked)
 
     async def receive(self, sender: str | None, control_id: str | None, raw: bytes,
-                      peer: str | None) -> Stored:
-        """Store a message as `received`, or return the one stored under the same key."""
-        def work(db: sqlite3.Connection) -> Stored:
+                      peer: str | None) -> tuple[Stored, bool]:
+        """Store a message as `received` (True), or return the one stored under the same key
+        (False)."""
+        def work(db: sqlite3.Connection) -> tuple[Stored, bool]:
             with db:  # one transaction: look up, else insert
                 if sender is not None:
                     row = db.execute(f"SELECT {_COLUMNS} FROM message WHERE sender = ? AND "
                                      "control_id = ?", (sender, control_id)).fetchone()
                     if row is not None:
-                        return Stored(*row)
+                        return Stored(*row), False
                 cursor = db.execute(
                     "INSERT INTO message (sender, control_id, received, peer, raw, state) "
                     "VALUES (?, ?, ?, ?, ?, ?)", (sender, control_id, clock.instant(), peer, raw, RECEIVED))
                 row = db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?",
                                  (cursor.lastrowid,)).fetchone()
-                return Stored(*row)
+                return Stored(*row), True
         return await self._run(work)
 
     async def settle(self, id: int, state: str, ack: bytes, reason: str | None = None) -> None:

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from ...services import search
 from ...services.context import Context
 from .mapping import Instance, nearest
 from .problems import Code, error
-from .tokens import identifier_token
+from .identifiers import identifier_token, stored_with
 
 
 async def merge_entries(ctx: Context, instances: list[Instance]) -> list[dict[str, Any]]:
@@ -26,11 +23,11 @@ async def merge_entries(ctx: Context, instances: list[Instance]) -> list[dict[st
         survivor = nearest(instances, merged.rule["merge_into"], merged.position)
         assert survivor is not None  # the survivor's segment is required by the message map
         location = merged.segment.location(1)
-        old = await _one(ctx, identifier_token(merged.resource["identifier"][0]))
+        old = await _one(ctx, merged.resource["identifier"][0])
         if old is None:
             raise error(Code.UNKNOWN_KEY, f"{location}: no Patient has the identifier "
                         f"{merged.resource['identifier'][0].get('value', '')}.", location)
-        current = await _one(ctx, identifier_token(survivor.resource["identifier"][0]))
+        current = await _one(ctx, survivor.resource["identifier"][0])
         if current is not None and current["id"] == old["id"]:
             raise error(Code.UNKNOWN_KEY, f"{location} and PID-3 name the same Patient.", location)
         reference = f"Patient/{old['id']}"
@@ -49,12 +46,10 @@ async def merge_entries(ctx: Context, instances: list[Instance]) -> list[dict[st
     return entries
 
 
-async def _one(ctx: Context, token: str) -> dict[str, Any] | None:
-    """The Patient with this identifier (`system|value`), if any; several: an error."""
-    found = await search.search(ctx, "Patient", [("identifier", token)], strict=True)
-    # Search renders stored JSON as it is (orjson fragments): read back as dicts.
-    matches = [orjson.loads(orjson.dumps(e["resource"])) for e in found.get("entry", [])
-               if e["search"]["mode"] == "match"]
+async def _one(ctx: Context, identifier: dict[str, Any]) -> dict[str, Any] | None:
+    """The Patient with this identifier, if any; several: an error."""
+    matches = await stored_with(ctx, "Patient", identifier)
     if len(matches) > 1:
-        raise error(Code.DUPLICATE_KEY, f"Several Patients have the identifier {token}.")
+        raise error(Code.DUPLICATE_KEY, f"Several Patients have the identifier "
+                    f"{identifier_token(identifier)}.")
     return matches[0] if matches else None

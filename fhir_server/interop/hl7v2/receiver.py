@@ -29,7 +29,7 @@ from .mapping import Instance, Mappings
 from .merge import merge_entries
 from .message import CHARSETS, Message, decode
 from .problems import Code, Location, Problem, Refused, error
-from .tokens import identifier_token
+from .identifiers import identifier_token, stored_with
 
 log = logging.getLogger("fhir_server.hl7v2")
 # What a sender may do: create, read, update and search the types the mappings write.
@@ -75,12 +75,12 @@ class Receiver:
             message = decode(stored.raw)
         except Refused as refused:
             return acknowledgment(None, refused.ack, refused.problems)
-        return await self._process(stored.id, message, stored.peer)
+        return await self._process(stored.id, message, stored.peer, retried=True)
 
     async def _unreadable(self, raw: bytes, peer: str | None, refused: Refused) -> bytes:
         ack = acknowledgment(None, refused.ack, refused.problems)
         try:
-            stored = await self.inbox.receive(None, None, raw, peer)
+            stored, _ = await self.inbox.receive(None, None, raw, peer)
             await self.inbox.settle(stored.id, ERROR, ack, str(refused))
         except Exception:  # noqa: BLE001 - the sender gets its AR all the same
             log.exception("hl7v2: an unreadable message could not be kept")
@@ -89,7 +89,7 @@ class Receiver:
     async def _receive(self, message: Message, raw: bytes, peer: str | None) -> bytes:
         header = message.header
         try:
-            stored = await self.inbox.receive(header.sender, header.control_id, raw, peer)
+            stored, new = await self.inbox.receive(header.sender, header.control_id, raw, peer)
         except Exception:  # noqa: BLE001 - not durable, so not accepted: the sender resends
             log.exception("hl7v2: a message could not be stored")
             return acknowledgment(header, "AE", (Problem(
@@ -97,13 +97,14 @@ class Receiver:
                 CHARSETS[header.charset])
         if stored.ack is not None:  # a duplicate: its first answer
             return stored.ack
-        return await self._process(stored.id, message, peer)
+        # Not new and not settled: the server stopped while processing it (or before settling).
+        return await self._process(stored.id, message, peer, retried=not new)
 
-    async def _process(self, id: int, message: Message, peer: str | None) -> bytes:
+    async def _process(self, id: int, message: Message, peer: str | None, *, retried: bool) -> bytes:
         header = message.header
         codec = CHARSETS[header.charset]
         try:
-            await self._apply(message, peer)
+            await self._apply(message, peer, retried)
         except Refused as refused:
             ack, state, reason = acknowledgment(header, refused.ack, refused.problems, codec), ERROR, str(refused)
         except Exception:  # noqa: BLE001 - one message's fault must not stop the listener
@@ -118,8 +119,10 @@ class Receiver:
             log.exception("hl7v2: a message's outcome could not be recorded", extra={"message_id": id})
         return ack
 
-    async def _apply(self, message: Message, peer: str | None) -> None:
-        """Map `message` and commit its transaction, as its sender, audited."""
+    async def _apply(self, message: Message, peer: str | None, retried: bool) -> None:
+        """Map `message` and commit its transaction, as its sender, audited. Every resource
+        written carries the message in `meta.source`: a message `retried` whose resources
+        already carry it was committed before a stop, and is not applied again."""
         instances = self.mappings.instances(message)
         principal = await system_principal(self.ctx, f"mllp:{message.header.sender}", "mllp", SCOPE)
         record = auditing.begin(self.recorder, method="POST", path="", query=None, address=peer,
@@ -130,8 +133,14 @@ class Receiver:
         ordered = sorted(instances, key=lambda i: "merge_into" in i.rule)
         status = 500
         try:
+            source = source_of(message)
+            if retried and await _committed(ctx, instances, source):
+                status = 200
+                return
             entries = [*[_entry(i) for i in ordered if "merge_into" not in i.rule],
                        *await merge_entries(ctx, instances)]
+            for entry in entries:
+                entry["resource"].setdefault("meta", {})["source"] = source
             body = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
             _, parsed = bundle.parse_entries(ctx, Payload(body, body))
             await bundle.transaction(ctx, parsed)
@@ -144,6 +153,24 @@ class Receiver:
             raise _refused(exc, ordered) from None
         finally:
             await record.finish(status)
+
+
+def source_of(message: Message) -> str:
+    """The message as a URI for `meta.source`: sender and control id."""
+    header = message.header
+    return f"urn:hl7v2:{quote(header.sender, safe='')}:{quote(header.control_id, safe='')}"
+
+
+async def _committed(ctx: Context, instances: list[Instance], source: str) -> bool:
+    """Whether a resource of the message, as stored now, was last written by it."""
+    for instance in instances:
+        identifier = instance.resource.get("identifier", [{}])[0]
+        if not identifier.get("system"):
+            continue
+        for stored in await stored_with(ctx, instance.resource["resourceType"], identifier):
+            if stored.get("meta", {}).get("source") == source:
+                return True
+    return False
 
 
 def _entry(instance: Instance) -> dict[str, Any]:
