@@ -193,6 +193,7 @@ async def _mllp_listener(settings: Settings) -> AsyncIterator[Listener]:
         assert isinstance(context.store, RoutingStore)
         recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
                                  context.store)
+        await recorder.recover()  # AuditEvents a stopped listener (or server) left unrecorded
         listener = listener_for(settings, context, recorder)
         try:
             yield listener

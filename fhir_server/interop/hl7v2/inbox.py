@@ -96,11 +96,19 @@ class Inbox:
         return await self._run(work)
 
     async def settle(self, id: int, state: str, ack: bytes, reason: str | None = None) -> None:
-        """Record how message `id` ended: `applied` or `error`, with its acknowledgment."""
+        """Record how message `id` ended: `applied` or `error`, with its acknowledgment.
+
+        Not flushed to disk (synchronous=NORMAL, still safe from a process crash): losing it
+        to a power cut leaves the message `received`, and a resend then finds its writes by
+        their `meta.source` (receiver.py) instead of applying it again."""
         def work(db: sqlite3.Connection) -> None:
-            with db:
-                db.execute("UPDATE message SET state = ?, ack = ?, reason = ?, settled = ? "
-                           "WHERE id = ?", (state, ack, reason, clock.instant(), id))
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with db:
+                    db.execute("UPDATE message SET state = ?, ack = ?, reason = ?, settled = ? "
+                               "WHERE id = ?", (state, ack, reason, clock.instant(), id))
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
         await self._run(work)
 
     async def get(self, id: int) -> Stored | None:

@@ -75,7 +75,7 @@ class Receiver:
             message = decode(stored.raw)
         except Refused as refused:
             return acknowledgment(None, refused.ack, refused.problems)
-        return await self._process(stored.id, message, stored.peer, retried=True)
+        return await self._process(stored.id, message, stored.peer, self._map(message), retried=True)
 
     async def _unreadable(self, raw: bytes, peer: str | None, refused: Refused) -> bytes:
         ack = acknowledgment(None, refused.ack, refused.problems)
@@ -88,8 +88,13 @@ class Receiver:
 
     async def _receive(self, message: Message, raw: bytes, peer: str | None) -> bytes:
         header = message.header
+        # The receipt is flushed to disk in a thread while this one maps the message; nothing
+        # is written before the receipt is durable.
+        receipt = asyncio.ensure_future(self.inbox.receive(header.sender, header.control_id, raw, peer))
+        await asyncio.sleep(0)
+        mapped = self._map(message)
         try:
-            stored, new = await self.inbox.receive(header.sender, header.control_id, raw, peer)
+            stored, new = await receipt
         except Exception:  # noqa: BLE001 - not durable, so not accepted: the sender resends
             log.exception("hl7v2: a message could not be stored")
             return acknowledgment(header, "AE", (Problem(
@@ -98,13 +103,22 @@ class Receiver:
         if stored.ack is not None:  # a duplicate: its first answer
             return stored.ack
         # Not new and not settled: the server stopped while processing it (or before settling).
-        return await self._process(stored.id, message, peer, retried=not new)
+        return await self._process(stored.id, message, peer, mapped, retried=not new)
 
-    async def _process(self, id: int, message: Message, peer: str | None, *, retried: bool) -> bytes:
+    def _map(self, message: Message) -> list[Instance] | Refused:
+        try:
+            return self.mappings.instances(message)
+        except Refused as refused:
+            return refused
+
+    async def _process(self, id: int, message: Message, peer: str | None,
+                       mapped: list[Instance] | Refused, *, retried: bool) -> bytes:
         header = message.header
         codec = CHARSETS[header.charset]
         try:
-            await self._apply(message, peer, retried)
+            if isinstance(mapped, Refused):
+                raise mapped
+            await self._apply(message, mapped, peer, retried)
         except Refused as refused:
             ack, state, reason = acknowledgment(header, refused.ack, refused.problems, codec), ERROR, str(refused)
         except Exception:  # noqa: BLE001 - one message's fault must not stop the listener
@@ -119,11 +133,12 @@ class Receiver:
             log.exception("hl7v2: a message's outcome could not be recorded", extra={"message_id": id})
         return ack
 
-    async def _apply(self, message: Message, peer: str | None, retried: bool) -> None:
-        """Map `message` and commit its transaction, as its sender, audited. Every resource
-        written carries the message in `meta.source`: a message `retried` whose resources
-        already carry it was committed before a stop, and is not applied again."""
-        instances = self.mappings.instances(message)
+    async def _apply(self, message: Message, instances: list[Instance], peer: str | None,
+                     retried: bool) -> None:
+        """Commit the transaction of `message` (mapped to `instances`), as its sender, audited.
+        Every resource written carries the message in `meta.source`: a message `retried`
+        whose resources already carry it was committed before a stop, and is not applied
+        again."""
         principal = await system_principal(self.ctx, f"mllp:{message.header.sender}", "mllp", SCOPE)
         record = auditing.begin(self.recorder, method="POST", path="", query=None, address=peer,
                                 principal=lambda: principal)
