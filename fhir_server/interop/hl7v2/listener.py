@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from hl7.mllp.streams import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
 
 from .ack import acknowledgment
-from .problems import Code, Problem
+from .message import Message, read
+from .problems import Code, Problem, Refused
 from .receiver import Receiver
 
 log = logging.getLogger("fhir_server.hl7v2")
 _END = END_BLOCK + CARRIAGE_RETURN
 _READ = 65536
+WINDOW = 32  # frames of one connection in process at once; the next read waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +101,75 @@ class Listener:
         self.receiver.inbox.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read frames, process them, write their ACKs in the order the frames came.
+
+        A sender that waits for each ACK gets one message processed at a time. One that
+        sends ahead (up to WINDOW frames) has them processed together, except that a message
+        naming a patient waits for the earlier messages naming that patient: their order is
+        kept where it matters, and the commits of the others share the disk's flushes."""
         address = writer.get_extra_info("peername")
         peer = str(address[0]) if address else None
+        pending: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(WINDOW)
+        replies = asyncio.ensure_future(self._reply(pending, writer))
+        order = _PatientOrder()
         frames = Frames(reader, self.limit)
         self._writers.add(writer)
         try:
-            while (frame := await frames.next()) is not None:
+            while (frame := await frames.next()) is not None and not replies.done():
                 if isinstance(frame, Broken):
-                    ack = acknowledgment(None, "AR", (Problem(Code.SEGMENT_SEQUENCE, frame.reason),))
+                    answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                    answer.set_result(acknowledgment(None, "AR", (Problem(Code.SEGMENT_SEQUENCE, frame.reason),)))
                 else:
-                    ack = await self.receiver.receive(frame, peer)
-                writer.write(START_BLOCK + ack + _END)
-                await writer.drain()
+                    answer = order.run(read(frame), lambda m, f=frame: self.receiver.receive_read(f, m, peer))
+                await pending.put(answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the peer went away; what it sent and got acknowledged is settled
         except Exception:  # noqa: BLE001 - one connection's fault must not stop the listener
             log.exception("hl7v2: a connection failed")
         finally:
+            await pending.put(None)
+            await asyncio.wait([replies])  # the messages read are processed to the end
             self._writers.discard(writer)
             writer.close()
+
+    async def _reply(self, pending: asyncio.Queue[asyncio.Future[bytes] | None],
+                     writer: asyncio.StreamWriter) -> None:
+        """Write each ACK once its message is done, in order; after a write fails, only wait."""
+        broken = False
+        while (answer := await pending.get()) is not None:
+            ack = await answer
+            if broken:
+                continue
+            try:
+                writer.write(START_BLOCK + ack + _END)
+                await writer.drain()
+            except Exception:  # noqa: BLE001 - the peer is gone; the messages still run to the end
+                broken = True
+
+
+class _PatientOrder:
+    """Runs messages of one connection so that those naming a common patient run in turn."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, asyncio.Future[bytes]] = {}
+
+    def run(self, message: Message | Refused,
+            work: Callable[[Message | Refused], Awaitable[bytes]]) -> asyncio.Future[bytes]:
+        keys = message.patients() if isinstance(message, Message) else frozenset()
+        before = {self.last[k] for k in keys if k in self.last}
+
+        async def in_turn() -> bytes:
+            if before:
+                await asyncio.wait(before)
+            return await work(message)
+
+        task = asyncio.ensure_future(in_turn())
+        for key in keys:
+            self.last[key] = task
+        task.add_done_callback(lambda done: self._forget(keys, done))
+        return task
+
+    def _forget(self, keys: frozenset[str], done: asyncio.Future[bytes]) -> None:
+        for key in keys:
+            if self.last.get(key) is done:
+                del self.last[key]

@@ -167,7 +167,7 @@ class _Converter:
                     raise error(Code.REQUIRED_FIELD_MISSING, f"{location} is required.", location)
                 if value is not None and "target" in rule:
                     paths.put(resource, rule["target"], value)
-        return paths.prune(resource)
+        return resource
 
     def _applies(self, when: Rule | None, segment: Segment) -> bool:
         if when is None:
@@ -214,7 +214,6 @@ class _Converter:
                 raise error(Code.REQUIRED_FIELD_MISSING, f"{where} is missing or unknown.", where)
             if value is not None:
                 paths.put(built, rule["target"], value)
-        built = paths.prune(built)
         return built or None
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as attribute
 from typing import Any, Union
 
 import hl7
 
-from .problems import Code, Location, error, rejected
+from .problems import Code, Location, Refused, rejected
 
 # MSH-18 (HL7 table 0211) -> Python codec; empty MSH-18 means ASCII, read as UTF-8, its superset.
 CHARSETS = {"": "utf-8", "ASCII": "ascii", "8859/1": "latin-1", "8859/15": "iso8859-15",
@@ -47,18 +48,22 @@ class Header:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One segment: its id, which occurrence of that id it is, and its fields (index = field
-    number)."""
+    """One segment: its id, which occurrence of that id it is, and its fields as python-hl7
+    parsed them (index = field number), turned into plain lists when first asked for."""
 
     id: str
     occurrence: int
-    fields: tuple[list[Node], ...]
+    parsed: Any
+    _fields: dict[int, list[Node]] = attribute(default_factory=dict, compare=False, repr=False)
 
     def field(self, number: int) -> list[Node]:
-        """The repetitions of field `number` ([] when absent or empty)."""
-        if number >= len(self.fields):
-            return []
-        return [r for r in self.fields[number] if _text(r)]
+        """The non-empty repetitions of field `number` ([] when absent or empty)."""
+        found = self._fields.get(number)
+        if found is None:
+            found = ([r for r in _field(self.parsed[number]) if _text(r)]
+                     if number < len(self.parsed) else [])
+            self._fields[number] = found
+        return found
 
     def location(self, field: int | None = None, component: int | None = None) -> Location:
         return Location(self.id, self.occurrence, field, component)
@@ -74,6 +79,13 @@ class Message:
 
     def all(self, segment_id: str) -> list[Segment]:
         return [s for s in self.segments if s.id == segment_id]
+
+    def patients(self) -> frozenset[str]:
+        """The patient identifiers the message names (PID-3, MRG-1, as sent): two messages
+        naming none in common can be applied in any order."""
+        return frozenset(_text(repetition) for segment in self.segments
+                         if segment.id in ("PID", "MRG")
+                         for repetition in segment.field(3 if segment.id == "PID" else 1))
 
 
 def decode(raw: bytes) -> Message:
@@ -112,6 +124,14 @@ def decode(raw: bytes) -> Message:
     return Message(header, segments, parsed.unescape)
 
 
+def read(raw: bytes) -> Message | Refused:
+    """`decode`, its refusal returned rather than raised."""
+    try:
+        return decode(raw)
+    except Refused as refused:
+        return refused
+
+
 def _segments(parsed: Any) -> tuple[Segment, ...]:
     seen: dict[str, int] = {}
     segments = []
@@ -119,7 +139,7 @@ def _segments(parsed: Any) -> tuple[Segment, ...]:
         id = str(segment[0])
         seen[id] = seen.get(id, 0) + 1
         # python-hl7 gives MSH-1 (the separator) its own index: MSH-n is at n as elsewhere.
-        segments.append(Segment(id, seen[id], tuple(_field(f) for f in segment)))
+        segments.append(Segment(id, seen[id], segment))
     return tuple(segments)
 
 

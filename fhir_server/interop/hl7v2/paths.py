@@ -2,7 +2,8 @@
 
 `a.b` a nested element; `a[]` appends to the list `a`; `a[2]` its third item (created as
 needed); `extension(url)` the extension of `extension` with that url (created if absent).
-A dict written where a dict is merges into it."""
+A dict written where a dict is merges into it. Nothing is created but on the way to a value,
+so a resource never holds an empty element."""
 
 from __future__ import annotations
 
@@ -70,13 +71,3 @@ def put(resource: dict[str, Any], path: str, value: Any) -> None:
                 items[int(index)] = value
         else:
             node = items[int(index)]
-
-
-def prune(value: Any) -> Any:
-    """`value` without the empty dicts and lists an index left behind (FHIR has no empties)."""
-    if isinstance(value, dict):
-        pruned = {k: prune(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in ({}, [], None)}
-    if isinstance(value, list):
-        return [v for v in (prune(v) for v in value) if v not in ({}, [], None)]
-    return value

@@ -27,7 +27,7 @@ from .ack import acknowledgment
 from .inbox import APPLIED, ERROR, Inbox, Stored
 from .mapping import Instance, Mappings
 from .merge import merge_entries
-from .message import CHARSETS, Message, decode
+from .message import CHARSETS, Message, decode, read
 from .problems import Code, Location, Problem, Refused, error
 from .identifiers import identifier_token, stored_with
 
@@ -52,10 +52,12 @@ class Receiver:
 
     async def receive(self, raw: bytes, peer: str | None = None) -> bytes:
         """Store, process and acknowledge one message; never raises."""
-        try:
-            message = decode(raw)
-        except Refused as refused:
-            return await self._unreadable(raw, peer, refused)
+        return await self.receive_read(raw, read(raw), peer)
+
+    async def receive_read(self, raw: bytes, message: Message | Refused, peer: str | None) -> bytes:
+        """`receive` of a message already read (`message.read(raw)`)."""
+        if isinstance(message, Refused):
+            return await self._unreadable(raw, peer, message)
         key = (message.header.sender, message.header.control_id)
         running = self._running.get(key)
         if running is not None:

@@ -5,6 +5,7 @@ additions) say; bad input is refused with the HL7 error code and location."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,19 +224,21 @@ def test_a_missing_segment_is_an_error() -> None:
         "AE", "100", "PID")
 
 
-def _copy(tmp_path: Path) -> Path:
-    shutil.copytree(MAPPINGS, tmp_path / "mappings")
-    return tmp_path / "mappings"
+def _edited(tmp_path: Path, relative: str, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of mappings/ with one file changed by `edit`."""
+    root = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, root)
+    content = orjson.loads((root / relative).read_bytes())
+    edit(content)
+    (root / relative).write_bytes(orjson.dumps(content))
+    return root
 
 
 def test_a_mapping_file_breaking_the_schema_is_refused_at_load(tmp_path: Path) -> None:
-    root = _copy(tmp_path)
-    pid = root / "hl7v2/segments/PID.json"
-    content = orjson.loads(pid.read_bytes())
-    content["fields"][0]["target"] = "identifier..value"
-    pid.write_bytes(orjson.dumps(content))
+    def bad_path(pid: dict[str, Any]) -> None:
+        pid["fields"][0]["target"] = "identifier..value"
     with pytest.raises(MappingFileError, match="PID.json"):
-        load(root)
+        load(_edited(tmp_path, "hl7v2/segments/PID.json", bad_path))
 
 
 @pytest.mark.parametrize(("key", "value", "complaint"), [
@@ -244,20 +247,14 @@ def test_a_mapping_file_breaking_the_schema_is_refused_at_load(tmp_path: Path) -
 ])
 def test_a_mapping_naming_what_does_not_exist_is_refused_at_load(
         tmp_path: Path, key: str, value: str, complaint: str) -> None:
-    root = _copy(tmp_path)
-    pid = root / "hl7v2/segments/PID.json"
-    content = orjson.loads(pid.read_bytes())
-    content["fields"][0][key] = value
-    pid.write_bytes(orjson.dumps(content))
+    def unknown(pid: dict[str, Any]) -> None:
+        pid["fields"][0][key] = value
     with pytest.raises(MappingFileError, match=complaint):
-        load(root)
+        load(_edited(tmp_path, "hl7v2/segments/PID.json", unknown))
 
 
 def test_a_message_map_naming_an_unknown_resource_is_refused(tmp_path: Path) -> None:
-    root = _copy(tmp_path)
-    oru = root / "hl7v2/messages/ORU_R01.json"
-    content = orjson.loads(oru.read_bytes())
-    content["resources"][3]["parent"] = "nothing"
-    oru.write_bytes(orjson.dumps(content))
+    def orphan(oru: dict[str, Any]) -> None:
+        oru["resources"][3]["parent"] = "nothing"
     with pytest.raises(MappingFileError, match="names no resource"):
-        load(root)
+        load(_edited(tmp_path, "hl7v2/messages/ORU_R01.json", orphan))

@@ -101,3 +101,26 @@ async def test_a_peer_leaving_mid_frame_does_not_stop_the_listener(listener: Lis
     assert msa(await connection.ack())[1] == "AA"
     await connection.close()
     assert await ctx.store.count("Patient") == 1
+
+
+async def test_messages_sent_ahead_keep_their_order_for_one_patient(listener: Listener, ctx: Context) -> None:
+    # A01, then A08 (new address, QUAL), then Z99 (the movement moved), for one patient,
+    # interleaved with other patients' registrations, all sent before any ACK is read.
+    others = [message("adt_a28_add_person.hl7").replace(b"|A28-0001|", f"|O{n}|".encode())
+              .replace(b"200001^^^", f"{400000 + n}^^^".encode()) for n in range(6)]
+    names = ["adt_a01_admit.hl7", "adt_a08_update.hl7", "adt_z99_movement_update.hl7"]
+    sent = [others[0], message(names[0]), others[1], others[2], message(names[1]), others[3],
+            message(names[2]), others[4], others[5]]
+    connection = await connect(listener.bound_port)
+    await connection.send(b"".join(frame(m) for m in sent))
+    acks = [msa(await connection.ack()) for _ in sent]
+    await connection.close()
+    assert [a[2] for a in acks] == ["O0", "A01-0001", "O1", "O2", "A08-0001", "O3", "Z99-0001", "O4", "O5"]
+    assert {a[1] for a in acks} == {"AA"}
+    history = (await ctx.store.history(HistoryQuery("Patient", count=100))).versions
+    versions = sorted((v.version, orjson.loads(v.body)["meta"]["source"].rsplit(":", 1)[1])
+                      for v in history if v.body and b'"100001"' in v.body)
+    assert versions == [(1, "A01-0001"), (2, "A08-0001"), (3, "Z99-0001")]  # applied in turn
+    movements = [orjson.loads(v.body) for v in (await ctx.store.history(HistoryQuery("Encounter", count=100))).versions
+                 if v.body and b"MVT-0001" in v.body]
+    assert max(movements, key=lambda m: int(m["meta"]["versionId"]))["serviceProvider"]["identifier"]["value"] == "4002"
