@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from fhir_server.app import open_context
+from fhir_server.access import server_principal
+from fhir_server.app import build_context, open_context, open_store
 from fhir_server.audit.chain import Chain
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.interop.hl7v2 import Listener, Receiver, receiver_for
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from fhir_server.store.routing import RoutingStore
+from tests.store.conftest import DOUBLE, STORES
 
 MESSAGES = Path(__file__).parent / "messages"
 VT, FS_CR = b"\x0b", b"\x1c\r"
@@ -40,10 +43,18 @@ def errs(ack: bytes) -> list[list[str]]:
     return [s.decode("latin-1").split("|") for s in ack.split(b"\r") if s.startswith(b"ERR")]
 
 
-@pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[Context]:
-    async with open_context(settings) as context:
-        yield context
+@pytest.fixture(params=["sqlite", DOUBLE])
+async def ctx(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Context]:
+    """The service layer as the server itself, on SQLite and on the MongoDB store's double."""
+    if request.param == "sqlite":
+        async with open_context(settings) as context:
+            yield context
+        return
+    main = await asyncio.to_thread(STORES[DOUBLE], settings.data_dir)
+    store = RoutingStore(main, open_store(settings.audit_store_url))
+    await store.open()
+    yield replace(build_context(settings, store), principal=server_principal("test"))
+    await store.close()
 
 
 @pytest.fixture
