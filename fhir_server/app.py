@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 log.info("demo data loaded", extra={"resources": loaded})
         if settings.publish_definitions:
             await publish(replace(context, principal=server_principal("definitions")))
-        listener = listener_for(settings, context, recorder) if settings.mllp else None
+        listener = app.state.mllp = listener_for(settings, context, recorder) if settings.mllp else None
         if listener is not None:
             await listener.start()
         log.info("ready", extra={"base_url": settings.base_url})
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.context = context
     app.state.tokens = tokens
     app.state.oauth = oauth
+    app.state.mllp = None  # the HL7 v2 listener, when settings.mllp (started with the app)
     install_error_handlers(app)
     app.include_router(shortcut_router, prefix=settings.base_path)  # first: http/routes.py
     app.include_router(operability_router)
