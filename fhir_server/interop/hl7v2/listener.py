@@ -23,6 +23,7 @@ log = logging.getLogger("fhir_server.hl7v2")
 _END = END_BLOCK + CARRIAGE_RETURN
 _READ = 65536
 WINDOW = 32  # frames of one connection in process at once; the next read waits
+STOP_TIMEOUT = 30.0  # seconds a stop waits for the messages already read
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ class Listener:
         self.port = port
         self.limit = max_message_bytes
         self.server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         # SO_REUSEPORT: each worker process of `serve --workers N` listens on the port, as HTTP does.
@@ -95,8 +96,10 @@ class Listener:
         """Stop listening, let the connections end, close the inbox."""
         if self.server is not None:
             self.server.close()
-            for writer in list(self._writers):
-                writer.close()
+            for writer in list(self._connections):
+                writer.close()  # stop reading; the messages read are still processed
+            if self._connections:
+                await asyncio.wait(self._connections.values(), timeout=STOP_TIMEOUT)
             await self.server.wait_closed()
         self.receiver.inbox.close()
 
@@ -113,7 +116,9 @@ class Listener:
         replies = asyncio.ensure_future(self._reply(pending, writer))
         order = _PatientOrder()
         frames = Frames(reader, self.limit)
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
         try:
             while (frame := await frames.next()) is not None and not replies.done():
                 if isinstance(frame, Broken):
@@ -129,7 +134,7 @@ class Listener:
         finally:
             await pending.put(None)
             await asyncio.wait([replies])  # the messages read are processed to the end
-            self._writers.discard(writer)
+            self._connections.pop(writer, None)
             writer.close()
 
     async def _reply(self, pending: asyncio.Queue[asyncio.Future[bytes] | None],
