@@ -35,6 +35,7 @@ log = logging.getLogger("fhir_server.hl7v2")
 # What a sender may do: create, read, update and search the types the mappings write.
 SCOPE = " ".join(f"system/{t}.crus" for t in ("Patient", "Encounter", "Observation", "DiagnosticReport"))
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+_INTERNAL = Problem(Code.INTERNAL_ERROR, "Internal error; the message is kept for replay.")
 _CONTENT_ERRORS = {Kind.INVALID: Code.DATA_TYPE, Kind.UNPROCESSABLE: Code.DATA_TYPE,
                    Kind.PRECONDITION_FAILED: Code.DUPLICATE_KEY, Kind.CONFLICT: Code.DUPLICATE_KEY}
 
@@ -66,10 +67,13 @@ class Receiver:
         self._running[key] = done
         try:
             ack = await self._receive(message, raw, peer)
-            done.set_result(ack)
-            return ack
+        except Exception:  # noqa: BLE001 - a bug here must not leave the sender without an answer
+            log.exception("hl7v2: a message could not be processed")
+            ack = acknowledgment(message.header, "AE", (_INTERNAL,), CHARSETS[message.header.charset])
         finally:
             del self._running[key]
+        done.set_result(ack)
+        return ack
 
     async def replay(self, stored: Stored) -> bytes:
         """Process a stored message again (`fhir-server hl7 replay`)."""
@@ -112,6 +116,9 @@ class Receiver:
             return self.mappings.instances(message)
         except Refused as refused:
             return refused
+        except Exception:  # noqa: BLE001 - a fault of the engine: the message is kept for replay
+            log.exception("hl7v2: a message could not be mapped")
+            return Refused("AE", _INTERNAL)
 
     async def _process(self, id: int, message: Message, peer: str | None,
                        mapped: list[Instance] | Refused, *, retried: bool) -> bytes:
@@ -125,8 +132,7 @@ class Receiver:
             ack, state, reason = acknowledgment(header, refused.ack, refused.problems, codec), ERROR, str(refused)
         except Exception:  # noqa: BLE001 - one message's fault must not stop the listener
             log.exception("hl7v2: a message failed", extra={"message_id": id})
-            problem = Problem(Code.INTERNAL_ERROR, "Internal error; the message is kept for replay.")
-            ack, state, reason = acknowledgment(header, "AE", (problem,), codec), ERROR, problem.reason
+            ack, state, reason = acknowledgment(header, "AE", (_INTERNAL,), codec), ERROR, _INTERNAL.reason
         else:
             ack, state, reason = acknowledgment(header, "AA", codec=codec), APPLIED, None
         try:

@@ -201,3 +201,17 @@ async def test_a_message_committed_but_never_settled_is_not_applied_again(
     receiver.inbox._db.commit()
     assert msa(await receiver.receive(message("adt_a01_admit.hl7")))[1] == "AA"
     assert await _versions(ctx) == before
+
+
+async def test_a_fault_while_applying_is_an_ae_and_the_message_is_kept(
+        receiver: Receiver, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*_: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("fhir_server.interop.hl7v2.receiver.bundle.transaction", broken)
+    ack = await _send(receiver, "adt_a01_admit.hl7", "AE")
+    assert errs(ack)[0][3].startswith("207^") and "disk on fire" not in ack.decode()
+    monkeypatch.undo()
+    [kept] = await receiver.inbox.unsettled((ERROR,))
+    assert msa(await receiver.replay(kept))[1] == "AA"
+    assert await ctx.store.count("Patient") == 1
