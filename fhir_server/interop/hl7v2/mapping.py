@@ -76,9 +76,10 @@ class Mappings:
         if found is None:
             raise rejected(Code.UNSUPPORTED_EVENT, f"Trigger event '{header.event[:10]}' of "
                            f"{header.message_type} is not supported.", Location("MSH", 1, 9, 2))
-        if header.structure and header.structure != found["structure"]:
+        structure = found["events"][header.event]
+        if header.structure and header.structure != structure:
             raise rejected(Code.UNSUPPORTED_EVENT, f"{header.message_type}^{header.event} comes with "
-                           f"the structure {found['structure']}, not {header.structure[:10]}.", msh9)
+                           f"the structure {structure}, not {header.structure[:10]}.", msh9)
         return found
 
     def instances(self, message: Message) -> list[Instance]:
@@ -112,7 +113,8 @@ class Mappings:
             if rule.get("optional") and not any(segment.field(f) for f in identity):
                 continue
             resource = convert.segment(segment_map, segment)
-            for element, value in rule.get("set", {}).items():
+            fixed = {**rule.get("set", {}), **rule.get("set_for", {}).get(message.header.event, {})}
+            for element, value in fixed.items():
                 paths.put(resource, element, value)
             derive = rule.get("derive_identifier")
             if not resource.get("identifier") and derive:
@@ -239,11 +241,21 @@ def load(directory: Path = MAPPINGS) -> Mappings:
     mappings = Mappings(
         datatypes=types["datatypes"], vocabulary=vocabulary["maps"],
         segments={path.stem: content for path, content in kinds.get("segment", [])},
-        messages={(content["type"], event): content for _, content in kinds.get("message", [])
-                  for event in content["events"]},
+        messages=_by_event(kinds.get("message", [])),
         timezone=types["default_timezone"])
     _check_names(mappings, kinds)
     return mappings
+
+
+def _by_event(files: list[tuple[Path, Rule]]) -> dict[tuple[str, str], Rule]:
+    """The message maps by (message type, trigger event); a trigger mapped twice is an error."""
+    found: dict[tuple[str, str], Rule] = {}
+    for path, content in files:
+        for event in content["events"]:
+            if (content["type"], event) in found:
+                raise MappingFileError(f"{path}: {content['type']}^{event} is mapped twice")
+            found[(content["type"], event)] = content
+    return found
 
 
 def _check_names(mappings: Mappings, kinds: dict[str, list[tuple[Path, Rule]]]) -> None:

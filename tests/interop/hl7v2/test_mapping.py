@@ -258,3 +258,10 @@ def test_a_message_map_naming_an_unknown_resource_is_refused(tmp_path: Path) -> 
         oru["resources"][3]["parent"] = "nothing"
     with pytest.raises(MappingFileError, match="names no resource"):
         load(_edited(tmp_path, "hl7v2/messages/ORU_R01.json", orphan))
+
+
+def test_a_trigger_mapped_twice_is_refused(tmp_path: Path) -> None:
+    def twice(person: dict[str, Any]) -> None:
+        person["events"]["A01"] = "ADT_A01"
+    with pytest.raises(MappingFileError, match="ADT\\^A01 is mapped twice"):
+        load(_edited(tmp_path, "hl7v2/messages/ADT_person.json", twice))

@@ -215,3 +215,34 @@ async def test_a_fault_while_applying_is_an_ae_and_the_message_is_kept(
     [kept] = await receiver.inbox.unsettled((ERROR,))
     assert msa(await receiver.replay(kept))[1] == "AA"
     assert await ctx.store.count("Patient") == 1
+
+
+async def test_a_stay_from_pre_admission_to_discharge_and_its_cancellations(receiver: Receiver, ctx: Context) -> None:
+    visit_system, movement_system = "urn:oid:1.2.250.1.999.1.2", "urn:oid:1.2.250.1.999.1.3"
+
+    async def visit() -> dict[str, Any]:
+        return await _one(ctx, "Encounter", visit_system, "V5001")
+
+    await _send(receiver, "adt_a05_preadmit.hl7")
+    assert (await visit())["status"] == "planned"
+    await _send(receiver, "adt_a01_admit_2.hl7")
+    assert (await visit())["status"] == "in-progress"
+    await _send(receiver, "adt_a02_transfer.hl7")
+    assert (await visit())["location"][0]["location"]["display"] == "REA"
+    transfer = await _one(ctx, "Encounter", movement_system, "MVT-5002")
+    assert transfer["status"] == "in-progress" and transfer["serviceProvider"]["identifier"]["value"] == "4010"
+    await _send(receiver, "adt_a12_cancel_transfer.hl7")
+    assert (await visit())["location"][0]["location"]["display"] == "CHIR"
+    assert (await _one(ctx, "Encounter", movement_system, "MVT-5002"))["status"] == "entered-in-error"
+    await _send(receiver, "adt_a06_to_inpatient.hl7")
+    assert (await visit())["class"]["code"] == "IMP"
+    await _send(receiver, "adt_a07_to_outpatient.hl7")
+    assert (await visit())["class"]["code"] == "AMB"
+    await _send(receiver, "adt_a03_discharge.hl7")
+    discharged = await visit()
+    assert discharged["status"] == "finished" and discharged["period"]["end"] == "2025-03-18T11:00:00+01:00"
+    await _send(receiver, "adt_a13_cancel_discharge.hl7")
+    reopened = await visit()
+    assert reopened["status"] == "in-progress" and "end" not in reopened["period"]
+    assert (await _one(ctx, "Encounter", movement_system, "MVT-5003"))["status"] == "entered-in-error"
+    assert len(await _find(ctx, "Patient")) == 1 and len(await _find(ctx, "Encounter")) == 4
