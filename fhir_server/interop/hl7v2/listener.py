@@ -109,7 +109,7 @@ class Listener:
         A sender that waits for each ACK gets one message processed at a time. One that
         sends ahead (up to WINDOW frames) has them processed together, except that a message
         naming a patient waits for the earlier messages naming that patient: their order is
-        kept where it matters, and the commits of the others share the disk's flushes."""
+        kept where it matters, and the others do not wait on each other."""
         address = writer.get_extra_info("peername")
         peer = str(address[0]) if address else None
         pending: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(WINDOW)
