@@ -227,6 +227,7 @@ async def _hl7_errors_async(settings: Settings, limit: int) -> int:
         print(f"{m.id}\t{m.received}\t{m.state}\t{m.sender or '-'}\t{m.control_id or '-'}\t"
               f"{m.reason or 'not settled (the server stopped while processing it)'}")
     print(f"{len(messages)} messages in error or unsettled", file=sys.stderr)
+    await _record(settings, "hl7 errors", "R", [_entity("hl7v2 inbox", _JOB, listed=len(messages))])
     return 0
 
 
@@ -244,6 +245,8 @@ async def _hl7_replay_async(settings: Settings, ids: list[int]) -> int:
             msa = next(line for line in ack.split("\r") if line.startswith("MSA"))
             failed += "|AA|" not in msa + "|"
             print(f"{id}: {msa}")
+    await _record(settings, "hl7 replay", "C", [_entity("hl7v2 inbox", _JOB, messages=" ".join(
+        map(str, ids)))], f"{failed} not applied" if failed else None)
     return 1 if failed else 0
 
 

@@ -4,14 +4,19 @@ again once the cause is gone."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import cli
-from fhir_server.app import create_app
+from fhir_server.app import create_app, open_store
+from fhir_server.store.base import HistoryQuery
 from fhir_server.settings import Settings
 from tests.conftest import authorized
 from tests.interop.hl7v2.conftest import FS_CR, frame, message, msa
@@ -73,3 +78,20 @@ def test_errors_then_replay_once_the_cause_is_gone(settings: Settings, data_dir:
     assert "2: MSA|AA|A40-0001" in output.out and "1: already applied" in output.err
     assert cli.main(["hl7", "errors"]) == 0
     assert [line.split("\t")[4] for line in capsys.readouterr().out.splitlines()] == ["BAD-0002"]
+    assert cli.main(["audit", "verify"]) == 0
+    events = asyncio.run(_command_events(settings))
+    assert [(e["agent"][0]["altId"], e["outcome"]) for e in events] == [
+        ("fhir-server hl7 errors", "0"), ("fhir-server hl7 replay", "4"),
+        ("fhir-server hl7 replay", "4"), ("fhir-server hl7 errors", "0")]
+
+
+async def _command_events(settings: Settings) -> list[dict[str, Any]]:
+    """The AuditEvents of commands, oldest first."""
+    store = open_store(settings.audit_store_url)
+    await store.open()
+    try:
+        versions = (await store.history(HistoryQuery("AuditEvent", count=1000))).versions
+    finally:
+        await store.close()
+    events = [orjson.loads(v.body) for v in reversed(versions) if v.body]
+    return [e for e in events if e["agent"][0].get("altId", "").startswith("fhir-server ")]
