@@ -81,18 +81,17 @@ class Inbox:
         """Store a message as `received` (True), or return the one stored under the same key
         (False)."""
         def work(db: sqlite3.Connection) -> tuple[Stored, bool]:
-            with db:  # one transaction: look up, else insert
-                if sender is not None:
-                    row = db.execute(f"SELECT {_COLUMNS} FROM message WHERE sender = ? AND "
-                                     "control_id = ?", (sender, control_id)).fetchone()
-                    if row is not None:
-                        return Stored(*row), False
+            with db:  # the insert starts an IMMEDIATE transaction: other processes wait
                 cursor = db.execute(
                     "INSERT INTO message (sender, control_id, received, peer, raw, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (sender, control_id, clock.instant(), peer, raw, RECEIVED))
-                row = db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?",
-                                 (cursor.lastrowid,)).fetchone()
-                return Stored(*row), True
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, control_id) "
+                    "WHERE sender IS NOT NULL DO NOTHING",
+                    (sender, control_id, clock.instant(), peer, raw, RECEIVED))
+                new = cursor.rowcount == 1
+                row = (db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?", (cursor.lastrowid,))
+                       if new else db.execute(f"SELECT {_COLUMNS} FROM message WHERE sender = ? "
+                                              "AND control_id = ?", (sender, control_id))).fetchone()
+                return Stored(*row), new
         return await self._run(work)
 
     async def settle(self, id: int, state: str, ack: bytes, reason: str | None = None) -> None:
