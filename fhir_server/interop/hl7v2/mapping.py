@@ -130,6 +130,14 @@ class Mappings:
             yield Instance(rule["name"], rule, segment, position, resource)
 
 
+def _chosen(only: Rule, repetition: Node) -> bool:
+    """Whether a repetition's component `only["component"]` is (or is not) in the list."""
+    components = repetition if isinstance(repetition, list) else [repetition]
+    index = only["component"] - 1
+    value = first(components[index]).strip() if index < len(components) else ""
+    return value in only["in"] if "in" in only else value not in only["not_in"]
+
+
 def nearest(made: list[Instance], name: str, position: int) -> Instance | None:
     """The instance `name` closest before `position`, else the first one."""
     named = [i for i in made if i.name == name]
@@ -163,6 +171,8 @@ class _Converter:
             location = source.location(rule["field"])
             if not repetitions and rule.get("required"):
                 raise error(Code.REQUIRED_FIELD_MISSING, f"{location} is required.", location)
+            if "only" in rule:
+                repetitions = [r for r in repetitions if _chosen(rule["only"], r)]
             for repetition in repetitions if rule.get("repeats") else repetitions[:1]:
                 value = self.value(rule, repetition, location)
                 if value is None and rule.get("required"):

@@ -246,3 +246,23 @@ async def test_a_stay_from_pre_admission_to_discharge_and_its_cancellations(rece
     assert reopened["status"] == "in-progress" and "end" not in reopened["period"]
     assert (await _one(ctx, "Encounter", movement_system, "MVT-5003"))["status"] == "entered-in-error"
     assert len(await _find(ctx, "Patient")) == 1 and len(await _find(ctx, "Encounter")) == 4
+
+
+async def test_a_full_pam_fr_admission_with_segments_not_mapped(receiver: Receiver, ctx: Context) -> None:
+    # PD1, ROL, NK1, PV2, ZFP/ZFV/ZFM and ADT OBX are kept in the raw message, not mapped.
+    await _send(receiver, "adt_a01_pam_fr_full.hl7")
+    patient = await _one(ctx, "Patient", "urn:oid:1.2.250.1.998.1.1", "8000123")
+    assert patient["identifier"][1]["type"]["coding"][0]["code"] == "INS-NIR-TEST"
+    assert patient["name"][0] == {"family": "MOREAU", "given": ["Émile", "Émile Jules"], "use": "official"}
+    assert patient["telecom"] == [{"value": "0240000000", "use": "home", "system": "phone"},
+                                  {"value": "emile.moreau@example.fr", "system": "email"}]
+    assert patient["address"] == [{"line": ["14 boulevard Gambetta"], "city": "Nantes",
+                                   "postalCode": "44000", "country": "FRA", "use": "home"}]
+    assert patient["extension"][0] == {  # the birthplace's INSEE code (COG), an INS trait
+        "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+        "valueAddress": {"district": "75056"}}
+    visit = await _one(ctx, "Encounter", "urn:oid:1.2.250.1.998.1.3", "9900123")
+    assert visit["period"]["start"] == "2025-04-02T08:30:00+02:00"
+    assert await ctx.store.count("Observation") == 0
+    [kept] = await receiver.inbox.unsettled(("applied",))
+    assert b"\rZFM|8|1|1\r" in kept.raw and b"\rROL|" in kept.raw
