@@ -160,6 +160,7 @@ class Receiver:
             if retried and await _committed(ctx, instances, source):
                 status = 200
                 return
+            await _refuse_merged(ctx, instances)
             entries = [*[_entry(i) for i in ordered if "merge_into" not in i.rule],
                        *await merge_entries(ctx, instances)]
             for entry in entries:
@@ -194,6 +195,21 @@ async def _committed(ctx: Context, instances: list[Instance], source: str) -> bo
             if stored.get("meta", {}).get("source") == source:
                 return True
     return False
+
+
+async def _refuse_merged(ctx: Context, instances: list[Instance]) -> None:
+    """A patient merged away (A40) is not written to again: its record would lose its
+    `replaced-by` link and be active again. The sender must name the survivor."""
+    for instance in instances:
+        if instance.resource["resourceType"] != "Patient" or "merge_into" in instance.rule:
+            continue
+        for stored in await stored_with(ctx, "Patient", instance.resource["identifier"][0]):
+            survivor = next((link["other"].get("reference") for link in stored.get("link", [])
+                             if link.get("type") == "replaced-by"), None)
+            if survivor is not None:
+                location = instance.segment.location(3)
+                raise error(Code.UNKNOWN_KEY, f"{location} names Patient/{stored['id']}, merged "
+                            f"into {survivor}: send the surviving record's identifier.", location)
 
 
 def _entry(instance: Instance) -> dict[str, Any]:

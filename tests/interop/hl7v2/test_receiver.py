@@ -266,3 +266,18 @@ async def test_a_full_pam_fr_admission_with_segments_not_mapped(receiver: Receiv
     assert await ctx.store.count("Observation") == 0
     [kept] = await receiver.inbox.unsettled(("applied",))
     assert b"\rZFM|8|1|1\r" in kept.raw and b"\rROL|" in kept.raw
+
+
+async def test_a_record_merged_away_is_not_written_to_again(receiver: Receiver, ctx: Context) -> None:
+    await _send(receiver, "adt_a28_add_person.hl7")
+    await _send(receiver, "adt_a28_add_person_2.hl7")
+    await _send(receiver, "adt_a40_merge.hl7")
+    before = await _versions(ctx)
+    survivor = await _one(ctx, "Patient", IPP, "200001")
+    stale = message("adt_a28_add_person_2.hl7").replace(b"|A28-0002|", b"|A31-0002|").replace(
+        b"ADT^A28", b"ADT^A31")
+    ack = await receiver.receive(stale)
+    assert msa(ack)[1] == "AE"
+    [err] = errs(ack)
+    assert err[2] == "PID^1^3^1" and err[3].startswith("204^") and f"Patient/{survivor['id']}" in err[8]
+    assert await _versions(ctx) == before
