@@ -80,9 +80,11 @@ async def test_broken_frames_are_refused_and_the_connection_goes_on(listener: Li
     assert len(await listener.receiver.inbox.unsettled(("error",))) == 1  # the PID-only one, kept
 
 
-async def test_a_message_over_the_limit_is_refused_and_the_next_one_applied(listener: Listener, ctx: Context) -> None:
+@pytest.mark.parametrize("kilobytes", [65, 200])  # read whole, or dropped as it comes
+async def test_a_message_over_the_limit_is_refused_and_the_next_one_applied(
+        listener: Listener, ctx: Context, kilobytes: int) -> None:
     connection = await connect(listener.bound_port)
-    huge = message("adt_a28_add_person.hl7") + b"NTE|1||" + b"x" * (200 * 1024) + b"\r"
+    huge = message("adt_a28_add_person.hl7") + b"NTE|1||" + b"x" * (kilobytes * 1024) + b"\r"
     await connection.send(frame(huge))
     ack = await connection.ack()
     assert msa(ack)[1] == "AR" and "larger than 65536 bytes" in errs(ack)[0][8]
