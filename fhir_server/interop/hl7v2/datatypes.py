@@ -59,8 +59,9 @@ def _parse_dtm(text: str) -> tuple[list[str], str | None, str | None]:
 
 def _checked(present: list[str], text: str) -> None:
     padded = present + ["01", "01", "00", "00", "00"][len(present) - 1:]
+    year, month, day, hour, minute, second = (int(p) for p in padded[:6])
     try:
-        datetime(*(int(p) for p in padded[:6]))
+        datetime(year, month, day, hour, minute, second)
     except ValueError:
         raise ValueError(f"'{text[:30]}' is not a valid date/time") from None
 

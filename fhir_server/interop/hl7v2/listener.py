@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from hl7.mllp.streams import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
@@ -125,7 +124,7 @@ class Listener:
                     answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                     answer.set_result(acknowledgment(None, "AR", (Problem(Code.SEGMENT_SEQUENCE, frame.reason),)))
                 else:
-                    answer = order.run(read(frame), lambda m, f=frame: self.receiver.receive_read(f, m, peer))
+                    answer = order.run(frame, read(frame), peer, self.receiver)
                 await pending.put(answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the peer went away; what it sent and got acknowledged is settled
@@ -158,15 +157,16 @@ class _PatientOrder:
     def __init__(self) -> None:
         self.last: dict[str, asyncio.Future[bytes]] = {}
 
-    def run(self, message: Message | Refused,
-            work: Callable[[Message | Refused], Awaitable[bytes]]) -> asyncio.Future[bytes]:
+    def run(self, raw: bytes, message: Message | Refused, peer: str | None,
+            receiver: Receiver) -> asyncio.Future[bytes]:
+        """`receiver` processes the message once the earlier ones naming its patients are done."""
         keys = message.patients() if isinstance(message, Message) else frozenset()
         before = {self.last[k] for k in keys if k in self.last}
 
         async def in_turn() -> bytes:
             if before:
                 await asyncio.wait(before)
-            return await work(message)
+            return await receiver.receive_read(raw, message, peer)
 
         task = asyncio.ensure_future(in_turn())
         for key in keys:

@@ -210,13 +210,15 @@ class _Converter:
                 return primitive(parts)
             except ValueError as exc:
                 raise error(Code.DATA_TYPE, f"{location}: {exc}.", location) from None
-        components = node if isinstance(node, list) else [node]
+        components: list[Node] = node if isinstance(node, list) else [node]
         built: dict[str, Any] = {}
         for rule in self.mappings.datatypes[datatype]["components"]:
             start = rule["component"] - 1
             where = Location(location.segment, location.occurrence, location.field, rule["component"])
+            part: Node
             if "span" in rule:
-                part: Node = [first(c) for c in components[start:start + rule["span"]]]
+                spanned: list[Node] = [first(c) for c in components[start:start + rule["span"]]]
+                part = spanned
             elif start < len(components):
                 part = components[start]
             else:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ...services.context import Context
+from .identifiers import identifier_token, stored_with
 from .mapping import Instance, nearest
 from .problems import Code, error
-from .identifiers import identifier_token, stored_with
 
 
 async def merge_entries(ctx: Context, instances: list[Instance]) -> list[dict[str, Any]]:

@@ -24,12 +24,12 @@ from ...services.auditing import AuditRecorder
 from ...services.context import Context, Payload
 from ...services.principals import system_principal
 from .ack import acknowledgment
+from .identifiers import identifier_token, stored_with
 from .inbox import APPLIED, ERROR, Inbox, Stored
 from .mapping import Instance, Mappings
 from .merge import merge_entries
 from .message import CHARSETS, Message, decode, read
 from .problems import Code, Location, Problem, Refused, error
-from .identifiers import identifier_token, stored_with
 
 log = logging.getLogger("fhir_server.hl7v2")
 # What a sender may do: create, read, update and search the types the mappings write.
@@ -124,6 +124,7 @@ class Receiver:
                        mapped: list[Instance] | Refused, *, retried: bool) -> bytes:
         header = message.header
         codec = CHARSETS[header.charset]
+        reason: str | None
         try:
             if isinstance(mapped, Refused):
                 raise mapped
