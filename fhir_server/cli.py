@@ -29,7 +29,8 @@ from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
-from .interop import HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, listener_for
+from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
+                      listener_for)
 from .store.routing import RoutingStore
 from . import clock, workers
 from .logs import configure
@@ -217,7 +218,11 @@ async def _mllp_async(settings: Settings) -> int:
 def _mllp(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
-    return asyncio.run(_mllp_async(settings))
+    try:
+        return asyncio.run(_mllp_async(settings))
+    except MappingFileError as exc:  # the maps are data an operator may edit: say which file
+        print(f"fhir-server mllp: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _hl7_errors_async(settings: Settings, limit: int) -> int:

@@ -16,7 +16,8 @@ INBOX = "hl7v2.db"
 
 def receiver_for(settings: Settings, ctx: Context, recorder: AuditRecorder) -> Receiver:
     """A Receiver on the store behind `ctx`, its inbox in the data directory."""
-    return Receiver(ctx, recorder, Inbox(settings.data_dir / INBOX), load())
+    mappings = load()  # first: maps that do not load leave no inbox open
+    return Receiver(ctx, recorder, Inbox(settings.data_dir / INBOX), mappings)
 
 
 def listener_for(settings: Settings, ctx: Context, recorder: AuditRecorder) -> Listener:

@@ -5,6 +5,7 @@ again once the cause is gone."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from fastapi.testclient import TestClient
 
 from fhir_server import cli
 from fhir_server.app import create_app, open_store
+from fhir_server.interop.hl7v2 import load
+from fhir_server.interop.hl7v2.mapping import MAPPINGS
 from fhir_server.store.base import HistoryQuery
 from fhir_server.settings import Settings
 from tests.conftest import authorized
@@ -95,3 +98,14 @@ async def _command_events(settings: Settings) -> list[dict[str, Any]]:
         await store.close()
     events = [orjson.loads(v.body) for v in reversed(versions) if v.body]
     return [e for e in events if e["agent"][0].get("altId", "").startswith("fhir-server ")]
+
+
+def test_mllp_refuses_to_start_on_a_broken_mapping(data_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, root)
+    (root / "hl7v2/segments/PV1.json").write_text("{not json")
+    monkeypatch.setattr("fhir_server.interop.hl7v2.load", lambda: load(root))
+    assert cli.main(["mllp"]) == 2
+    assert "PV1.json: not JSON" in capsys.readouterr().err
