@@ -21,7 +21,8 @@ from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
-                   metadata_router, operability_router, shortcut_router)
+                   metadata_router, operability_router, privacy_router,
+                   shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(discovery_off_router, prefix=settings.base_path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
+    app.include_router(privacy_router, prefix=settings.base_path)  # before fhir_router's compartments
     app.include_router(terminology_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     install_cors(app, settings, oauth.registry if oauth else None)

@@ -45,6 +45,8 @@ KNOWN_ARROWS = {
     # writes themselves go through services/server_writes.py. A services operation registry
     # that app.py fills with the trials' operations removes it.
     ("http", "trials"),
+    # http.privacy calls $everything and the exports in privacy directly, as for trials.
+    ("http", "privacy"),
     # trials builds search clauses for its look-ups and reads the store's Version type.
     ("trials", "search"), ("trials", "store"),
 }

@@ -5,8 +5,9 @@ from .errors import install as install_error_handlers
 from .head import HeadMiddleware
 from .metadata import router as metadata_router
 from .operability import router as operability_router
+from .privacy import router as privacy_router
 from .routes import router as fhir_router
 from .routes import shortcut_router
 
 __all__ = ["HeadMiddleware", "bundle_router", "fhir_router", "install_error_handlers", "metadata_router", "operability_router",
-           "shortcut_router"]
+           "privacy_router", "shortcut_router"]

@@ -1,0 +1,247 @@
+"""`Patient/[id]/$everything` (FHIR R4 patient-operation-everything.html): the patient's
+compartment, type after type, plus the resources outside any patient compartment that it
+references (practitioners, organisations, locations, medications) and the caller may read.
+
+Every resource comes through the service layer (`services.search` confined to the compartment,
+`services.crud.read` for references), so access and audit apply as to any other request: a
+caller who may not read the Patient gets 404, as for a patient who does not exist.
+
+Paging is keyset paging per type: the cursor names the type and the store's own cursor
+within it, so a page never re-reads what earlier pages returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import orjson
+
+from ..model.bundle import bundle
+from ..model.errors import FhirError, Kind, fail
+from ..services import crud, search
+from ..services.context import Context
+
+CURSOR = "_cursor"
+# The clinical date `start`/`end` apply to, per type (a search parameter of that type). Types
+# not listed use their `date` parameter if they have one; types with neither (the Patient,
+# Coverage, Device...) are returned whatever the range. The parameters' own semantics apply
+# (search.html#date: a period overlapping the range matches).
+CLINICAL_DATE = {
+    "AllergyIntolerance": "date", "Claim": "created", "Communication": "sent",
+    "Condition": "onset-date", "DeviceRequest": "authored-on", "ExplanationOfBenefit": "created",
+    "Goal": "start-date", "ImagingStudy": "started", "Media": "created",
+    "MedicationAdministration": "effective-time", "MedicationDispense": "whenhandedover",
+    "MedicationRequest": "authoredon", "MedicationStatement": "effective",
+    "QuestionnaireResponse": "authored", "ServiceRequest": "authored", "Specimen": "collected",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The operation's parameters, checked."""
+
+    start: str | None = None
+    end: str | None = None
+    since: str | None = None
+    types: tuple[str, ...] = ()
+    count: int | None = None
+    cursor: str | None = None
+
+
+def parse_request(params: Sequence[tuple[str, str]]) -> Request:
+    """The parameters of a GET (query) or POST (Parameters, flattened); INVALID on a bad one."""
+    known = {"start", "end", "_since", "_type", "_count", CURSOR}
+    unknown = sorted({k for k, _ in params if k not in known})
+    if unknown:
+        raise _invalid(f"$everything does not take {', '.join(unknown)}.", unknown[0])
+    values = dict(params)
+    start, end = values.get("start"), values.get("end")
+    for name in ("start", "end", "_since"):
+        if values.get(name) is not None:
+            _instant(values[name], name)
+    if start and end and _instant(start, "start") > _instant(end, "end", last=True):
+        raise _invalid(f"start ({start}) is after end ({end}).", "start")
+    count = None
+    if "_count" in values:
+        if not values["_count"].isdigit() or int(values["_count"]) < 1:
+            raise _invalid("_count must be a positive integer.", "_count")
+        count = int(values["_count"])
+    types = tuple(t for v in (v for k, v in params if k == "_type") for t in v.split(",") if t)
+    return Request(start, end, values.get("_since"), types, count, values.get(CURSOR))
+
+
+def _instant(text: str, name: str, *, last: bool = False) -> datetime:
+    """The first (or `last`) moment a FHIR date or dateTime names, for ordering start and end."""
+    try:
+        if len(text) in (4, 7):  # YYYY, YYYY-MM
+            year, month = int(text[:4]), int(text[5:7]) if len(text) == 7 else (12 if last else 1)
+            if not last:
+                return datetime(year, month, 1)
+            month_end = date(year + month // 12, month % 12 + 1, 1).toordinal() - 1
+            return datetime.fromordinal(month_end).replace(hour=23, minute=59, second=59)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _invalid(f"{name} is not a FHIR date or dateTime: {text!r}.", name) from None
+    if len(text) == 10 and last:
+        moment = moment.replace(hour=23, minute=59, second=59)
+    return moment.replace(tzinfo=None)
+
+
+def _invalid(message: str, expression: str) -> FhirError:
+    return fail(Kind.INVALID, "invalid", message, expression=expression)
+
+
+def compartment_types(ctx: Context, wanted: Sequence[str] = ()) -> list[str]:
+    """The types of the Patient compartment (compartmentdefinition-patient), the Patient first;
+    only `wanted` ones if given (a type outside the compartment is INVALID)."""
+    types = ["Patient", *sorted(t for t in ctx.registry.resource_types
+                                if t != "Patient" and ctx.registry.patient_compartment(t))]
+    outside = [t for t in wanted if t not in types]
+    if outside:
+        raise _invalid(f"{', '.join(outside)} is not in the Patient compartment.", "_type")
+    return [t for t in types if t in wanted] if wanted else types
+
+
+def date_param(ctx: Context, resource_type: str) -> str | None:
+    """The search parameter `start`/`end` apply to on `resource_type` (CLINICAL_DATE)."""
+    for code in (CLINICAL_DATE.get(resource_type), "date"):
+        if code and ctx.registry.get(resource_type, code) is not None:
+            return code
+    return None
+
+
+def _filters(ctx: Context, resource_type: str, request: Request) -> list[tuple[str, str]]:
+    params = [("_lastUpdated", f"ge{request.since}")] if request.since else []
+    code = date_param(ctx, resource_type)
+    if code is not None:
+        params += [(code, f"ge{request.start}")] if request.start else []
+        params += [(code, f"le{request.end}")] if request.end else []
+    return params
+
+
+async def everything(ctx: Context, patient_id: str, request: Request) -> dict[str, Any]:
+    """One page of `Patient/<patient_id>/$everything` as a searchset Bundle.
+
+    NOT_FOUND if the Patient does not exist or is out of the caller's reach.
+    """
+    await crud.read(ctx, "Patient", patient_id)
+    types = compartment_types(ctx, request.types)
+    position, inner = _start(types, request.cursor)
+    size = min(request.count or ctx.default_page_size, ctx.max_page_size)
+    matches: list[dict[str, Any]] = []
+    next_cursor = None
+    for resource_type in types[position:]:
+        found, more = await _type_page(ctx, patient_id, resource_type, request,
+                                       size - len(matches), inner)
+        matches += found
+        inner = None
+        if more is not None:
+            next_cursor = f"{resource_type}:{more}"
+            break
+        if len(matches) >= size:
+            following = types.index(resource_type) + 1
+            next_cursor = f"{types[following]}:" if following < len(types) else None
+            break
+    included = await _referenced(ctx, matches, patient_id)
+    return bundle("searchset", [*matches, *included], links=_links(ctx, patient_id, request, next_cursor))
+
+
+def _start(types: list[str], cursor: str | None) -> tuple[int, str | None]:
+    if cursor is None:
+        return 0, None
+    resource_type, _, inner = cursor.partition(":")
+    if resource_type not in types:
+        raise _invalid("Invalid or expired paging cursor.", CURSOR)
+    return types.index(resource_type), inner or None
+
+
+async def _type_page(ctx: Context, patient_id: str, resource_type: str, request: Request,
+                     size: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to `size` entries of one type in the compartment, and the store's cursor of the rest."""
+    params = [*_filters(ctx, resource_type, request), ("_count", str(size))]
+    if cursor:
+        params.append((CURSOR, cursor))
+    try:
+        page = await search.search(ctx, resource_type, params, strict=True, compartment=patient_id)
+    except FhirError as error:
+        if error.kind is Kind.FORBIDDEN:  # a type the token's scopes leave out
+            return [], None
+        raise
+    entries = [e for e in page.get("entry", []) if e["search"]["mode"] == "match"]
+    following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    more = parse_qs(urlsplit(following).query).get(CURSOR, [None])[0] if following else None
+    return entries, more
+
+
+async def _referenced(ctx: Context, entries: list[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:
+    """The resources of types outside any patient compartment that `entries` reference and
+    the caller may read (`search.mode` include), each once per page."""
+    wanted = dict.fromkeys(ref for e in entries for ref in references(parsed(e), ctx.base_url)
+                           if not ctx.registry.patient_compartment(ref.partition("/")[0])
+                           and ref.partition("/")[0] != "Patient")
+    included = []
+    for reference in wanted:
+        resource_type, _, id = reference.partition("/")
+        try:
+            version = await crud.read(ctx, resource_type, id)
+        except FhirError:  # not there, deleted, or out of reach: left out
+            continue
+        included.append({"fullUrl": f"{ctx.base_url}/{reference}",
+                         "resource": orjson.Fragment(version.body or b"{}"),
+                         "search": {"mode": "include"}})
+    return included
+
+
+def parsed(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry's resource as a dict (search embeds stored bytes as they are)."""
+    resource: dict[str, Any] = orjson.loads(orjson.dumps(entry["resource"]))
+    return resource
+
+
+async def record(ctx: Context, patient_id: str, request: Request = Request()) -> list[dict[str, Any]]:
+    """Every resource `$everything` gives the caller, all pages read (parsed entries)."""
+    entries: list[dict[str, Any]] = []
+    cursor = request.cursor
+    while True:
+        page = await everything(ctx, patient_id, replace(request, cursor=cursor, count=ctx.max_page_size))
+        entries += ({**e, "resource": parsed(e)} for e in page.get("entry", []))
+        following = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        if following is None:
+            return entries
+        cursor = parse_qs(urlsplit(following).query)[CURSOR][0]
+
+
+def references(resource: Any, base_url: str) -> Iterator[str]:
+    """The local `Type/id` references anywhere in a resource (contained ones and `#` left out)."""
+    if isinstance(resource, dict):
+        for key, value in resource.items():
+            if key == "reference" and isinstance(value, str):
+                local = value.removeprefix(f"{base_url}/")
+                parts = local.split("/")
+                if len(parts) == 2 and parts[0][:1].isupper() and parts[1]:
+                    yield local
+            elif key != "contained":
+                yield from references(value, base_url)
+    elif isinstance(resource, list):
+        for item in resource:
+            yield from references(item, base_url)
+
+
+def _links(ctx: Context, patient_id: str, request: Request, next_cursor: str | None) -> dict[str, str]:
+    path = f"{ctx.base_url}/Patient/{patient_id}/$everything"
+    applied = [(k, v) for k, v in (("start", request.start), ("end", request.end),
+                                   ("_since", request.since)) if v]
+    applied += [("_type", ",".join(request.types))] if request.types else []
+    applied += [("_count", str(request.count))] if request.count else []
+    links = {"self": _url(path, applied + ([(CURSOR, request.cursor)] if request.cursor else []))}
+    if next_cursor:
+        links["next"] = _url(path, [*applied, (CURSOR, next_cursor)])
+    return links
+
+
+def _url(path: str, params: list[tuple[str, str]]) -> str:
+    return f"{path}?{urlencode(params)}" if params else path
