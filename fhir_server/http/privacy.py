@@ -1,14 +1,18 @@
 """The person's rights over their record (docs/privacy.md): `Patient/[id]/$everything`
-(patient-operation-everything.html). The work is in privacy/; these routes parse and render."""
+(patient-operation-everything.html), the record as PDF or CSV, a physician's referrals as xlsx.
+The work is in privacy/; these routes parse and render."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ..privacy import everything
+from ..privacy import everything, exports
 from ..search import query_pairs
 from ..services import crud
+from ..services.context import Context
 from .auth import authenticate, context_of
 from .negotiation import check_acceptable, fhir_response
 
@@ -27,3 +31,27 @@ async def patient_everything(request: Request, id: str) -> Response:
 def _params(request: Request) -> list[tuple[str, str]]:
     return [(k, v) for k, v in query_pairs(request.scope["query_string"])
             if k not in ("_format", "_pretty")]
+
+
+@router.get("/Patient/{id}/$record-export")
+async def record_export(request: Request, id: str) -> Response:
+    """The record as a file for people: `format` pdf or csv (a zip), `language` fr or en."""
+    return await _file(request, id, exports.patient_export)
+
+
+@router.get("/Practitioner/{id}/$referrals-export")
+async def referrals_export(request: Request, id: str) -> Response:
+    """The referrals the physician sent and their answers: `format` xlsx, `language` fr or en."""
+    return await _file(request, id, exports.referrals_export)
+
+
+Maker = Callable[[Context, str, str | None, exports.Language], Awaitable[exports.Export]]
+
+
+async def _file(request: Request, id: str, make: Maker) -> Response:
+    crud.check_id(id)
+    params = request.query_params
+    export = await make(context_of(request), id, params.get("format"),
+                        exports.parse_language(params.get("language")))
+    return Response(export.content, media_type=export.media_type, headers={
+        "Content-Disposition": f'attachment; filename="{export.filename}"', "Cache-Control": "no-store"})

@@ -172,9 +172,7 @@ async def _type_page(ctx: Context, patient_id: str, resource_type: str, request:
             return [], None
         raise
     entries = [e for e in page.get("entry", []) if e["search"]["mode"] == "match"]
-    following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
-    more = parse_qs(urlsplit(following).query).get(CURSOR, [None])[0] if following else None
-    return entries, more
+    return entries, next_cursor(page)
 
 
 async def _referenced(ctx: Context, entries: list[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:
@@ -209,10 +207,15 @@ async def record(ctx: Context, patient_id: str, request: Request = Request()) ->
     while True:
         page = await everything(ctx, patient_id, replace(request, cursor=cursor, count=ctx.max_page_size))
         entries += ({**e, "resource": parsed(e)} for e in page.get("entry", []))
-        following = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
-        if following is None:
+        cursor = next_cursor(page)
+        if cursor is None:
             return entries
-        cursor = parse_qs(urlsplit(following).query)[CURSOR][0]
+
+
+def next_cursor(page: dict[str, Any]) -> str | None:
+    """The `_cursor` of a searchset Bundle's next link, None on the last page."""
+    following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    return parse_qs(urlsplit(following).query).get(CURSOR, [None])[0] if following else None
 
 
 def references(resource: Any, base_url: str) -> Iterator[str]:

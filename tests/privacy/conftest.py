@@ -43,10 +43,11 @@ def patient_ids(client: TestClient) -> set[str]:
     return {r["id"] for r in scan(client, "Patient")}
 
 
-def scan(client: TestClient, resource_type: str) -> list[dict[str, Any]]:
-    """Every resource of a type, page after page, with the system token of `authorized`."""
+def scan(client: TestClient, resource_type: str, query: str = "") -> list[dict[str, Any]]:
+    """Every resource of a type (matching `query`), page after page, with the system token of
+    `authorized`."""
     found: list[dict[str, Any]] = []
-    url: str | None = f"/fhir/{resource_type}?_count=1000"
+    url: str | None = f"/fhir/{resource_type}?_count=1000{'&' if query else ''}{query}"
     while url:
         page = client.get(url).json()
         found += [e["resource"] for e in page.get("entry", [])]

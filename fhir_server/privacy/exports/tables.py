@@ -1,0 +1,71 @@
+"""The record as CSV files, one per resource type (a zip), and a physician's referrals as an
+xlsx sheet (openpyxl). Every CSV row is one resource: its type, reader's date and description
+in the reader's language, then each element of the resource as a column named by its path
+(`code.coding.0.display`), so nothing of the record is left out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.styles import Font
+
+from .content import Record, Row, clinical_date, concept
+from .labels import Language, label
+
+
+def flatten(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, text) for every leaf of a resource."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from flatten(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from flatten(item, f"{path}.{index}")
+    else:
+        text = "true" if value is True else "false" if value is False else str(value)
+        yield path, text
+
+
+def record_csv(record: Record, language: Language) -> bytes:
+    """A zip of `<Type>.csv` files (UTF-8 with a byte-order mark, which spreadsheets read as such)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for resource_type, resources in sorted(record.by_type.items()):
+            archive.writestr(f"{resource_type}.csv", _csv(resources, language).encode("utf-8-sig"))
+    return out.getvalue()
+
+
+def _csv(resources: Sequence[dict[str, Any]], language: Language) -> str:
+    flat = [dict(flatten(r)) for r in resources]
+    columns = list(dict.fromkeys(path for row in flat for path in row))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180
+    writer.writerow([label("type", language), label("date", language), label("what", language), *columns])
+    for resource, row in zip(resources, flat, strict=True):
+        writer.writerow([resource["resourceType"], clinical_date(resource),
+                         concept(resource.get("code")), *(row.get(c, "") for c in columns)])
+    return text.getvalue()
+
+
+def referrals_xlsx(rows: Sequence[Row], language: Language) -> bytes:
+    """One sheet: a row per referral (patient, sent, trial, status, answers)."""
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = label("sheet", language)
+    sheet.append([label(k, language) for k in ("patient", "sent", "study", "status", "answer")])
+    for cell in sheet[1]:
+        cell.font = Font(bold=True)
+    for row in rows:
+        sheet.append(list(row))
+    for column, width in zip("ABCDE", (28, 12, 32, 18, 48), strict=True):
+        sheet.column_dimensions[column].width = width
+    sheet.freeze_panes = "A2"
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
