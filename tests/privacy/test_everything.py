@@ -138,3 +138,11 @@ def test_bad_input_is_400(synthea: TestClient, query: str, expression: str | Non
     assert outcome["resourceType"] == "OperationOutcome"
     if expression:
         assert outcome["issue"][0]["expression"] == [expression]
+
+
+def test_the_capability_statement_declares_the_operations(synthea: TestClient) -> None:
+    resources = {r["type"]: r for r in synthea.get("/fhir/metadata").json()["rest"][0]["resource"]}
+    assert {"everything", "record-export"} <= {o["name"] for o in resources["Patient"]["operation"]}
+    assert "referrals-export" in {o["name"] for o in resources["Practitioner"]["operation"]}
+    definition = synthea.get("/fhir/OperationDefinition/Patient-everything").json()
+    assert definition["base"] == "http://hl7.org/fhir/OperationDefinition/Patient-everything"

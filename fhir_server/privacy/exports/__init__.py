@@ -3,7 +3,8 @@ record in French or English, one CSV per resource type, and a physician's referr
 spreadsheet. The content comes from `$everything` and the services' searches, so each export
 holds what the caller may see, no more, and is audited like the requests it makes."""
 
-from .content import Language, parse_language
+from .content import parse_language
 from .delivery import FORMATS, Export, patient_export, referrals_export
+from .labels import Language
 
 __all__ = ["FORMATS", "Export", "Language", "parse_language", "patient_export", "referrals_export"]

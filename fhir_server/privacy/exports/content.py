@@ -157,7 +157,7 @@ class Record:
 
     def consents(self, language: Language) -> list[Row]:
         """Date, scope, decision, period, the people named."""
-        rows = []
+        rows: list[Row] = []
         for c in self.of_type("Consent"):
             provision = c.get("provision") or {}
             period = provision.get("period") or {}
@@ -173,7 +173,7 @@ class Record:
 
     def accesses(self, language: Language) -> list[Row]:
         """When, who, what they did (the patient's access history, docs/audit.md)."""
-        rows = []
+        rows: list[Row] = []
         for event in self.of_type("AuditEvent"):
             who = ", ".join(_reference(a.get("who")) or concept(a.get("type")) for a in event.get("agent", [])
                             if a.get("requestor", True))
