@@ -1,0 +1,1 @@
+"""Protected storage: envelope encryption, key ring, blind indexes, sealed messages."""
