@@ -9,6 +9,7 @@ from typing import Any
 
 from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
+from ..crypto.recipients import KeyDirectory
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
@@ -36,6 +37,7 @@ class Context:
     hooks: tuple[Hook, ...] = ()
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
+    keys: KeyDirectory | None = None  # public sealing keys (services/sealed.py)
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:
