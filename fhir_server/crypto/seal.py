@@ -10,9 +10,9 @@ is for, and never holds a private key that opens it.
 from __future__ import annotations
 
 import base64
-import binascii
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from joserfc import jwe
@@ -23,6 +23,7 @@ ALG = "ECDH-ES+A256KW"
 ENC = "A256GCM"
 CONTENT_TYPES = ("application/jose", "application/jose+json")  # compact, JSON (RFC 7516 §9)
 MAX_RECIPIENTS = 200
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _REGISTRY = jwe.JWERegistry(algorithms=[ALG, ENC], verify_all_recipients=False,
                             max_recipients=MAX_RECIPIENTS)
 
@@ -91,8 +92,8 @@ def open_sealed(sealed: str | bytes, private_jwk: Mapping[str, Any]) -> bytes:
             mine = [r for r in general["recipients"] if _kid(general, r) == kid]
             if not mine:
                 raise SealError("this key is not a recipient of the sealed content")
-            return jwe.decrypt_json({**general, "recipients": mine[:1]}, key,
-                                    registry=_REGISTRY).plaintext or b""
+            one = cast(jwe.GeneralJSONSerialization, {**general, "recipients": mine[:1]})
+            return jwe.decrypt_json(one, key, registry=_REGISTRY).plaintext or b""
         return jwe.decrypt_compact(text, key, registry=_REGISTRY).plaintext or b""
     except (JoseError, ValueError, TypeError, KeyError) as error:
         if isinstance(error, SealError):
@@ -107,18 +108,14 @@ def recipient_kids(sealed: str | bytes) -> list[str]:
     """The key ids a JWE is encrypted to, after checking its form: compact or JSON, every
     recipient ECDH-ES+A256KW with an ephemeral key and a `kid`, content A256GCM, no `zip`,
     at most MAX_RECIPIENTS. SealError names what is wrong (no key is needed)."""
-    text = sealed.decode() if isinstance(sealed, bytes) else sealed
     try:
+        text = sealed.decode() if isinstance(sealed, bytes) else sealed
         if text.lstrip().startswith("{"):
             general = _general(text)
-            jwe.extract_general_json(general, _REGISTRY)
             headers = [_headers(general, r) for r in general["recipients"]]
         else:
-            compact = jwe.extract_compact(text.encode(), _REGISTRY)
-            headers = [compact.protected]
-            if not text.split(".")[3]:
-                raise SealError("sealed content is never empty (the JWE has no ciphertext)")
-    except (JoseError, ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
+            headers = [_compact_header(text)]
+    except (ValueError, TypeError) as error:  # orjson's and base64's errors, UnicodeDecodeError
         if isinstance(error, SealError):
             raise
         raise SealError("not a JWE in the compact or JSON serialization (RFC 7516 §7)") from error
@@ -132,36 +129,58 @@ def recipient_kids(sealed: str | bytes) -> list[str]:
     return [h["kid"] for h in headers]
 
 
+def _compact_header(text: str) -> dict[str, Any]:
+    """The header of a compact JWE: five base64url parts, none empty (RFC 7516 §7.1)."""
+    parts = text.split(".")
+    if len(parts) != 5 or not all(parts):
+        raise SealError("a compact JWE has five non-empty parts (header, encrypted key, IV, "
+                        "ciphertext, tag)")
+    decoded = [_b64(part) for part in parts]
+    header = orjson.loads(decoded[0])
+    if not isinstance(header, dict):
+        raise SealError("a JWE header is a JSON object")
+    return header
+
+
 def _general(text: str) -> dict[str, Any]:
-    """A JSON-serialized JWE in the general form (a flattened one gets one recipient)."""
+    """A JSON-serialized JWE in the general form (a flattened one gets one recipient), its
+    base64url members checked (RFC 7516 §7.2)."""
     value = orjson.loads(text)
-    if not isinstance(value, dict) or not isinstance(value.get("ciphertext"), str):
-        raise SealError("a JSON JWE is an object with a ciphertext")
+    if not isinstance(value, dict):
+        raise SealError("a JSON JWE is an object")
     if "recipients" not in value:
         one = {k: value.pop(k) for k in ("header", "encrypted_key") if k in value}
         value["recipients"] = [one]
-    if not isinstance(value["recipients"], list) or not value["recipients"]:
+    recipients = value["recipients"]
+    if not isinstance(recipients, list) or not recipients:
         raise SealError("a JSON JWE has at least one recipient")
-    if len(value["recipients"]) > MAX_RECIPIENTS:
+    if len(recipients) > MAX_RECIPIENTS:
         raise SealError(f"a sealed payload has at most {MAX_RECIPIENTS} recipients")
+    if not all(isinstance(r, dict) for r in recipients):
+        raise SealError("a JWE recipient is an object")
+    for member in ("iv", "ciphertext", "tag"):
+        if not isinstance(value.get(member), str) or not _b64(value[member]):
+            raise SealError(f"a JSON JWE has a non-empty base64url {member}")
+    if not all(isinstance(r.get("encrypted_key"), str) and _b64(r["encrypted_key"]) for r in recipients):
+        raise SealError("every recipient has its encrypted key (ECDH-ES+A256KW wraps one)")
     return value
 
 
-def _headers(general: dict[str, Any], recipient: Any) -> dict[str, Any]:
+def _headers(general: dict[str, Any], recipient: dict[str, Any]) -> dict[str, Any]:
     """A recipient's JOSE header: the protected, shared and per-recipient members together."""
-    protected = orjson.loads(_b64(general.get("protected", "")) or b"{}")
-    if not isinstance(recipient, dict) or not isinstance(protected, dict):
-        raise SealError("a JWE recipient is an object")
-    return {**protected, **general.get("unprotected", {}), **recipient.get("header", {})}
+    protected = orjson.loads(_b64(general["protected"])) if "protected" in general else {}
+    shared, own = general.get("unprotected", {}), recipient.get("header", {})
+    if not all(isinstance(h, dict) for h in (protected, shared, own)):
+        raise SealError("JWE headers are JSON objects")
+    return {**protected, **shared, **own}
 
 
-def _kid(general: dict[str, Any], recipient: Any) -> Any:
+def _kid(general: dict[str, Any], recipient: dict[str, Any]) -> Any:
     return _headers(general, recipient).get("kid")
 
 
-def _b64(part: str) -> bytes:
-    """base64url without padding (RFC 7515 §2); empty when `part` is not."""
-    try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except (binascii.Error, ValueError):
-        return b""
+def _b64(part: Any) -> bytes:
+    """base64url without padding (RFC 7515 §2); SealError when `part` is not."""
+    if not isinstance(part, str) or not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise SealError("a JWE part is not base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

@@ -111,6 +111,7 @@ def test_only_p256_encryption_keys_seal(jwk: dict[str, Any]) -> None:
 @pytest.mark.parametrize("text", [
     "", "not a jwe", "a.b.c.d.e", "{}", "[]", '{"ciphertext": "x", "recipients": []}',
     '{"ciphertext": "x", "recipients": "no"}', "....", "{not json",
+    "e30.e30.!!.e30.e30", "e30.e30.e30..e30", "e30.e30.e30.e30", '{"recipients": [{}]}',
 ])
 def test_malformed_jwe_is_refused(text: str) -> None:
     with pytest.raises(SealError):
@@ -137,5 +138,17 @@ def test_a_recipient_without_kid_is_refused(keys: dict[str, Any]) -> None:
 def test_too_many_recipients_are_refused(keys: dict[str, Any]) -> None:
     general = orjson.loads(seal(SECRET, [keys["site"][1]]))
     general["recipients"] *= sealing.MAX_RECIPIENTS + 1
+    with pytest.raises(SealError):
+        recipient_kids(orjson.dumps(general))
+
+
+@pytest.mark.parametrize("member", ["iv", "ciphertext", "tag", "encrypted_key"])
+def test_a_json_jwe_missing_a_part_is_refused(keys: dict[str, Any], member: str) -> None:
+    general = orjson.loads(seal(SECRET, [keys["site"][1]]))
+    holder = general["recipients"][0] if member == "encrypted_key" else general
+    holder[member] = "not base64url!"
+    with pytest.raises(SealError):
+        recipient_kids(orjson.dumps(general))
+    del holder[member]
     with pytest.raises(SealError):
         recipient_kids(orjson.dumps(general))
