@@ -67,6 +67,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         creators=(answer_if_addressed, propose_if_unreached),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
         keys=_key_directory(settings),
+        sealed_only=settings.sealed_messages_only,
     )
 
 

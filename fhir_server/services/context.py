@@ -38,6 +38,7 @@ class Context:
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
     keys: KeyDirectory | None = None  # public sealing keys (services/sealed.py)
+    sealed_only: bool = False  # clients' messages must be sealed (services/sealed.py)
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

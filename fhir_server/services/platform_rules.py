@@ -21,12 +21,13 @@ INVESTIGATOR_TYPES = (*codes.RECIPIENT_TYPES, "Organization")
 
 async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
     """FORBIDDEN unless `resource` keeps the platform's rules; INVALID if its sealed content
-    is malformed or not sealed to every party (sealed.py)."""
+    is malformed or not sealed to every party, UNPROCESSABLE if it must be sealed and is not
+    (sealed.py)."""
     if resource_type == "Consent":  # its subject's form is checked first (guard.require_write)
         await check_recorded_consent(ctx, resource)
     elif resource_type == "Communication":
         await check_message(ctx, resource)
-    await sealed.check_sealed(ctx, resource_type, resource)
+    await sealed.check_write(ctx, resource_type, resource)
 
 
 def _forbidden(message: str) -> Exception:

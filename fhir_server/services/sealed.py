@@ -42,6 +42,40 @@ def is_sealed(attachment: Any) -> bool:
     return isinstance(attachment, dict) and attachment.get("contentType") in CONTENT_TYPES
 
 
+async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
+    """A client's write: `check_sealed`, and, when the server takes sealed messages only
+    (settings.sealed_messages_only), UNPROCESSABLE for a Communication with a plain payload."""
+    await check_sealed(ctx, resource_type, resource)
+    if ctx.sealed_only and resource_type == "Communication":
+        for index, part in enumerate(resource.get("payload", [])):
+            if not await _sealed_part(ctx, part):
+                refuse_plain(ctx, f"Communication.payload[{index}]")
+
+
+def refuse_plain(ctx: Context, where: str) -> None:
+    """UNPROCESSABLE when the server takes sealed messages only: `where` is not sealed."""
+    if ctx.sealed_only:
+        raise fail(Kind.UNPROCESSABLE, "business-rule",
+                   f"This server takes sealed messages only: {where} is plain. Seal it to the "
+                   "keys of the sender and of every recipient (docs/sealed-messages.md).",
+                   expression=where)
+
+
+async def _sealed_part(ctx: Context, part: dict[str, Any]) -> bool:
+    """Whether a payload element is sealed: an attachment, or a Binary or DocumentReference
+    whose content is all sealed."""
+    if "contentAttachment" in part:
+        return is_sealed(part["contentAttachment"])
+    reference = (part.get("contentReference") or {}).get("reference", "")
+    kind = reference.partition("/")[0]
+    pointed = await reach.current(_directory(ctx), reference) if kind in DOCUMENT_TYPES else None
+    if pointed is None:
+        return False
+    attachments = ([pointed] if kind == "Binary"
+                   else [c.get("attachment") or {} for c in pointed.get("content", [])])
+    return bool(attachments) and all(is_sealed(a) for a in attachments)
+
+
 async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
     """INVALID if `resource` carries sealed content that is malformed or not sealed to every
     party's current key; nothing to check for plaintext."""

@@ -90,6 +90,8 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
     notes = [p.get("valueString") for p in params.get("note", [])]
     if any(not isinstance(n, str) or not n.strip() or len(n) > MAX_NOTE for n in notes):
         raise _invalid(f"'note' is a valueString of 1 to {MAX_NOTE} characters.")
+    if notes:
+        sealed.refuse_plain(ctx, "Parameters.parameter.where(name='note')")
     sealed_notes = [p.get("valueAttachment") for p in params.get("sealedNote", [])]
     if not all(sealed.is_sealed(a) for a in sealed_notes):
         raise _invalid("'sealedNote' is a valueAttachment holding a JWE (docs/sealed-messages.md).")

@@ -7,13 +7,17 @@ site systems and members) — else 400 OperationOutcome naming what is missing, 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 from joserfc.jwk import ECKey
 
+from fhir_server.app import create_app
 from fhir_server.crypto.seal import open_sealed, seal
+from fhir_server.settings import Settings
 from tests.http.helpers import issue, send
 from tests.trials.conftest import DR, STUDY, TEAM, Platform, platform  # noqa: F401  (fixture)
 
@@ -259,3 +263,50 @@ def test_a_sealed_document_reference_is_checked_for_form(world: World) -> None:
     refused = send(world.client, "POST", "/fhir/DocumentReference", document, **world.platform.headers("ehr"))
     assert refused.status_code == 400
     assert issue(refused)["expression"] == ["DocumentReference.content[0].attachment"]
+
+
+# -- FHIR_SERVER_SEALED_MESSAGES_ONLY --------------------------------------------------------
+
+
+@pytest.fixture
+def sealed_only(world: World) -> Iterator[World]:
+    """The platform taking sealed messages only, for one test."""
+    app = world.client.app
+    context = app.state.context  # type: ignore[attr-defined]
+    app.state.context = replace(context, sealed_only=True)  # type: ignore[attr-defined]
+    try:
+        yield world
+    finally:
+        app.state.context = context  # type: ignore[attr-defined]
+
+
+def test_the_setting_reaches_the_service_layer(settings: Settings) -> None:
+    assert create_app(settings.model_copy(update={"sealed_messages_only": True})).state.context.sealed_only
+    assert not create_app(settings).state.context.sealed_only
+
+
+def test_sealed_only_refuses_a_plain_message_and_stores_nothing(sealed_only: World) -> None:
+    world = sealed_only
+    assert world.enrol("patient", "patient", "shared").status_code == 200
+    physician = world.platform.headers("physician", "shared")
+    before = world.count("Communication")
+    for payload in ([{"contentString": MARKER}],
+                    [{"contentAttachment": {"contentType": "text/plain", "data": "aGVsbG8="}}],
+                    [{"contentReference": {"reference": "Binary/unknown"}}]):
+        refused = send(world.client, "POST", "/fhir/Communication", {**_message({}), "payload": payload},
+                       **physician)
+        assert refused.status_code == 422, refused.text
+        assert issue(refused)["expression"] == ["Communication.payload[0]"]
+    assert world.count("Communication") == before
+    sealed = _attachment(seal(MARKER, [world.public("dr"), world.public("patient")]))
+    assert send(world.client, "POST", "/fhir/Communication", _message(sealed), **physician).status_code == 201
+
+
+def test_sealed_only_refuses_a_plain_referral_note(sealed_only: World) -> None:
+    world = sealed_only
+    before = world.count("Communication")
+    plain = world.platform.refer("shared", recipients=(TEAM,))
+    assert plain.status_code == 422, plain.text
+    assert world.count("Communication") == before
+    jwe = seal(MARKER, [world.public(k) for k in ("dr", "site-enc", "team-member")])
+    assert _refer(world, _attachment(jwe)).status_code == 201  # the frozen record is the server's
