@@ -1,6 +1,7 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
-`keys rotate`) and of the audit trail (`audit verify`). Loads and administration commands leave
+`keys rotate`), of the encryption keys (`keys init|status|verify`, `keys rotate --kek`) and of
+the audit trail (`audit verify`). Loads and administration commands leave
 an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
-from .crypto import KeyRingError, LocalKeyRing
+from .crypto import DataKeys, KeyRingError, LocalKeyRing, create_key_ring
 from .interop import Loader, LoadOptions
 from . import clock, workers
 from .logs import configure
@@ -304,11 +305,64 @@ def _verify_audit(args: argparse.Namespace) -> int:
 
 def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
+    if args.kek:
+        return _rotate_kek(settings)
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
     kid = keys.rotate()
     asyncio.run(_record(settings, "keys rotate", "U", [_entity(kid, _SECURITY_RESOURCE)]))
     print(f"new signing key {kid}; the previous one stays published for "
           f"{settings.token_lifetime} s")
+    return 0
+
+
+def _data_keys(settings: Settings) -> DataKeys:
+    return DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    settings = Settings()
+    create_key_ring(settings.key_ring_path)
+    print(f"new key ring {settings.key_ring_path} (0600): keep it, and its backups, apart from "
+          "the data and its backups (docs/security.md)")
+    return 0
+
+
+def _keys_status(args: argparse.Namespace) -> int:
+    settings = Settings()
+    keys = _data_keys(settings)
+    ring, data = keys.provider.status(), keys.status()
+    print(f"key ring: {ring.provider}\nactive key-encryption key: {ring.active}")
+    for kek in ring.keks:
+        print(f"  key-encryption key {kek}: wraps {data.by_kek.get(kek, 0)} data keys")
+    print(f"data keys: {data.keys} for {data.scopes} scopes ({settings.data_keys_path})")
+    stale = data.keys - data.by_kek.get(ring.active, 0)
+    print("re-wrap: done" if not stale else f"re-wrap: {stale} data keys under older keys")
+    return 0
+
+
+def _keys_verify(args: argparse.Namespace) -> int:
+    problems = _data_keys(Settings()).verify()
+    for problem in problems:
+        print(problem)
+    print(f"data keys: {len(problems)} problems", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _rotate_kek(settings: Settings) -> int:
+    """A new key-encryption key; every data key re-wrapped under it, in batches, while the
+    server serves (a data key itself never changes); then the older ones are destroyed."""
+    keys = _data_keys(settings)
+    older = set(keys.provider.status().keks)
+    kek = keys.provider.rotate()
+    rewrapped = 0
+    while done := keys.rewrap():
+        rewrapped += done
+    for old in older:
+        keys.provider.destroy(old)
+    asyncio.run(_record(settings, "keys rotate", "U", [_entity(
+        kek, _SECURITY_RESOURCE, key="key-encryption key", rewrapped=rewrapped)]))
+    print(f"new key-encryption key {kek}; {rewrapped} data keys re-wrapped; "
+          f"{len(older)} older ones destroyed")
     return 0
 
 
@@ -386,10 +440,21 @@ def parser() -> argparse.ArgumentParser:
                           help="a platform administrator: no access to health data except by "
                                "break-glass with a stated reason (a Practitioner)")
     add_user.set_defaults(run=_add_user)
-    keys = commands.add_parser("keys", help="token signing keys").add_subparsers(
-        dest="action", required=True)
-    rotate = keys.add_parser("rotate", help="sign new tokens with a new key")
+    keys = commands.add_parser("keys", help="token signing keys and the encryption key ring "
+                               "(docs/security.md)").add_subparsers(dest="action", required=True)
+    rotate = keys.add_parser("rotate", help="sign new tokens with a new key (--signing, the "
+                             "default), or rotate an encryption key (--kek)")
+    which = rotate.add_mutually_exclusive_group()
+    which.add_argument("--signing", action="store_true", help="the token signing key (default)")
+    which.add_argument("--kek", action="store_true",
+                       help="the key-encryption key: every data key is re-wrapped under a new "
+                            "one while the server runs, then the older ones are destroyed")
     rotate.set_defaults(run=_rotate_keys)
+    keys.add_parser("init", help="create the key ring (FHIR_SERVER_KEY_RING)").set_defaults(
+        run=_keys_init)
+    keys.add_parser("status", help="the key ring and the data keys").set_defaults(run=_keys_status)
+    keys.add_parser("verify", help="unwrap every data key (exit 1 on any problem)").set_defaults(
+        run=_keys_verify)
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True)
     check = audit.add_parser("verify", help="check the hash chain against the stored "
@@ -401,7 +466,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fhir-server` console script."""
     args = parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except KeyRingError as error:  # missing, malformed or too open: say so, no traceback
+        print(f"fhir-server {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The codec (crypto/codec.py) decides how; the stores only call these."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from ..crypto import BodyCodec
@@ -32,3 +33,16 @@ def opened_page(codec: BodyCodec, page: SearchPage) -> SearchPage:
 
 def opened_history(codec: BodyCodec, page: HistoryPage) -> HistoryPage:
     return replace(page, versions=tuple(opened(codec, v) for v in page.versions))
+
+
+# Outbox records (audit/outbox.py) hold AuditEvents until the audit trail has them: sealed
+# too, under a key of their own, as version 0 of `outbox/<key>`; they live for milliseconds.
+_OUTBOX = "outbox"
+
+
+def sealed_records(codec: BodyCodec, records: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return [(key, codec.seal(_OUTBOX, key, 0, body, ())) for key, body in records]
+
+
+def opened_records(codec: BodyCodec, records: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return [(key, codec.open(_OUTBOX, key, 0, body)) for key, body in records]

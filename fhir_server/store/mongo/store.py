@@ -69,7 +69,7 @@ from ..base import (
     Version,
     Write,
 )
-from ..bodies import opened, opened_history, opened_page, sealed
+from ..bodies import opened, opened_history, opened_page, opened_records, sealed, sealed_records
 from ..versions import stamp
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
@@ -309,7 +309,7 @@ class MongoStore:
     @_answering
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         found = self.outbox_docs.find({"_id": {"$regex": f"^{re.escape(prefix)}"}}, sort=[("_id", 1)])
-        return [(doc["_id"], bytes(doc["body"])) async for doc in found]
+        return opened_records(self.codec, [(doc["_id"], bytes(doc["body"])) async for doc in found])
 
     @_answering
     async def history(self, query: HistoryQuery) -> HistoryPage:
@@ -606,7 +606,7 @@ class _MongoUnit:
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
                 self.count_writes(len(op.put) + (1 if op.remove else 0))
-                for key, body in op.put:
+                for key, body in sealed_records(self.store.codec, op.put):
                     await self.store.outbox_docs.replace_one(
                         {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
                 if op.remove:

@@ -44,7 +44,7 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
-from ..bodies import opened, opened_history, opened_page, sealed
+from ..bodies import opened, opened_history, opened_page, opened_records, sealed, sealed_records
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -215,9 +215,9 @@ class SqliteStore:
             self.codec, SqliteSearch(conn, self.ids, self.registry).search(query, cursor)))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
-        return await self._read(lambda conn: [(r[0], r[1]) for r in conn.execute(
+        return await self._read(lambda conn: opened_records(self.codec, conn.execute(
             "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
-            (len(prefix), prefix))])
+            (len(prefix), prefix)).fetchall()))
 
     # -- writes ------------------------------------------------------------------------
 
@@ -423,7 +423,8 @@ class _Unit:
                     versions.extend(self.delete(op.query.resource_type or "", id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
-                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)", op.put)
+                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)",
+                                      sealed_records(self.codec, op.put))
                 self.conn.executemany("DELETE FROM outbox WHERE key = ?", [(k,) for k in op.remove])
                 return Result("none")
         raise TypeError(f"unknown operation {op!r}")
