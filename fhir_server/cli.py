@@ -14,7 +14,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, get_origin
 from pathlib import Path
 
@@ -29,7 +29,8 @@ from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
-from .crypto import DataKeys, KeyRingError, LocalKeyRing, create_key_ring
+from .crypto import (BodyCodec, DataKeys, KeyRingError, LocalKeyRing, UnreadableBody,
+                     create_key_ring)
 from .interop import Loader, LoadOptions
 from . import clock, workers
 from .logs import configure
@@ -265,8 +266,30 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Noting:
+    """The body codec `audit verify` reads with: a body it cannot open is noted, as shredded
+    (its key destroyed by an erasure) or changed, and read as an empty event."""
+
+    def __init__(self, codec: BodyCodec) -> None:
+        self.codec = codec
+        self.shredded: set[str] = set()
+
+    def seal(self, resource_type: str, id: str, version: int, body: bytes,
+             patients: Collection[str]) -> bytes:
+        return self.codec.seal(resource_type, id, version, body, patients)
+
+    def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
+        try:
+            return self.codec.open(resource_type, id, version, stored)
+        except UnreadableBody as error:
+            if error.destroyed:
+                self.shredded.add(id)
+            return b"{}"
+
+
 async def _audit_verdict(settings: Settings) -> Verdict:
-    store = open_store(settings.audit_store_url, codec=body_codec(settings))
+    codec = _Noting(body_codec(settings))
+    store = open_store(settings.audit_store_url, codec=codec)
     await store.open()
     try:
         events: dict[str, dict[str, Any]] = {}
@@ -284,7 +307,9 @@ async def _audit_verdict(settings: Settings) -> Verdict:
         links = chain.links()
     finally:
         chain.close()
-    return verify(links, events, events.keys())
+    for id in codec.shredded:
+        del events[id]
+    return verify(links, events, [*events, *codec.shredded], codec.shredded)
 
 
 def _verify_audit(args: argparse.Namespace) -> int:
@@ -299,7 +324,8 @@ def _verify_audit(args: argparse.Namespace) -> int:
     for problem in verdict.problems:
         print(problem)
     state = "intact" if not verdict.problems else f"{len(verdict.problems)} problems"
-    print(f"audit trail: {verdict.checked} links checked, {state}", file=sys.stderr)
+    shredded = f" ({verdict.shredded} events erased with their patient's key)" * bool(verdict.shredded)
+    print(f"audit trail: {verdict.checked} links checked, {state}{shredded}", file=sys.stderr)
     return 0 if not verdict.problems else 1
 
 

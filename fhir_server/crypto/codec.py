@@ -15,7 +15,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from .datakeys import DataKeys, KeyDestroyed, patient_scope, type_scope
-from .envelope import EnvelopeError, key_id_of, location, open_envelope, seal
+from .envelope import EnvelopeError, is_envelope, key_id_of, location, open_envelope, seal
 from .keyring import KeyRingError
 
 
@@ -56,7 +56,7 @@ class PlainCodec:
         return body
 
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
-        if stored[:1] != b"{":
+        if is_envelope(stored):
             raise UnreadableBody(resource_type, id, version, "it is encrypted and encryption is off")
         return stored
 
