@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import getpass
 import os
+import re
 import secrets
 import signal
 import sys
@@ -29,13 +30,14 @@ from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
-from .crypto import (BodyCodec, DataKeys, KeyRingError, LocalKeyRing, UnreadableBody,
-                     create_key_ring)
+from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyRingError, LocalKeyRing,
+                     UnreadableBody, create_key_ring)
 from .interop import Loader, LoadOptions
 from . import clock, workers
 from .logs import configure
 from .search import Query, parse_query
 from .settings import Settings
+from .store.rekey import Rotation, rotate_data_key
 
 
 # Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
@@ -333,6 +335,8 @@ def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.kek:
         return _rotate_kek(settings)
+    if args.data:
+        return _rotate_data(settings, args.data)
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
     kid = keys.rotate()
     asyncio.run(_record(settings, "keys rotate", "U", [_entity(kid, _SECURITY_RESOURCE)]))
@@ -389,6 +393,34 @@ def _rotate_kek(settings: Settings) -> int:
         kek, _SECURITY_RESOURCE, key="key-encryption key", rewrapped=rewrapped)]))
     print(f"new key-encryption key {kek}; {rewrapped} data keys re-wrapped; "
           f"{len(older)} older ones destroyed")
+    return 0
+
+
+async def _rotate_data_async(settings: Settings, scope: str) -> Rotation:
+    keys = _data_keys(settings)
+    codec = EnvelopeCodec(keys)
+    stores = [open_store(url, codec=codec) for url in (settings.store_url, settings.audit_store_url)]
+    for store in stores:
+        await store.open()
+    try:
+        return await rotate_data_key(keys, stores, scope)  # type: ignore[arg-type]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def _rotate_data(settings: Settings, scope: str) -> int:
+    """A new data key for `scope`; what its older keys sealed is sealed again, then they go."""
+    if not re.fullmatch(r"Patient/[A-Za-z0-9\-.]{1,64}|[A-Z][A-Za-z]{1,63}", scope):
+        print("fhir-server keys rotate: --data takes Patient/<id> or a resource type",
+              file=sys.stderr)
+        return 2
+    done = asyncio.run(_rotate_data_async(settings, scope))
+    asyncio.run(_record(settings, "keys rotate", "U", [_entity(
+        done.key_id.hex(), _SECURITY_RESOURCE, key=f"data key of {scope}",
+        resealed=done.resealed, retired=done.retired)]))
+    print(f"new data key {done.key_id.hex()} for {scope}; {done.resealed} versions sealed "
+          f"again; {done.retired} older keys destroyed")
     return 0
 
 
@@ -469,12 +501,16 @@ def parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="token signing keys and the encryption key ring "
                                "(docs/security.md)").add_subparsers(dest="action", required=True)
     rotate = keys.add_parser("rotate", help="sign new tokens with a new key (--signing, the "
-                             "default), or rotate an encryption key (--kek)")
+                             "default), or rotate an encryption key (--kek, --data)")
     which = rotate.add_mutually_exclusive_group()
     which.add_argument("--signing", action="store_true", help="the token signing key (default)")
     which.add_argument("--kek", action="store_true",
                        help="the key-encryption key: every data key is re-wrapped under a new "
                             "one while the server runs, then the older ones are destroyed")
+    which.add_argument("--data", metavar="SCOPE",
+                       help="the data key of Patient/<id> (or of a resource type outside "
+                            "patient compartments): what it sealed is sealed again under a new "
+                            "one while the server runs; an interrupted run resumes")
     rotate.set_defaults(run=_rotate_keys)
     keys.add_parser("init", help="create the key ring (FHIR_SERVER_KEY_RING)").set_defaults(
         run=_keys_init)

@@ -81,3 +81,13 @@ class EnvelopeCodec:
                                  destroyed=True) from None
         except (EnvelopeError, KeyRingError) as error:
             raise UnreadableBody(resource_type, id, version, str(error)) from None
+
+    def reseal(self, scope: str, stale: Collection[bytes], resource_type: str, id: str,
+               version: int, stored: bytes) -> bytes | None:
+        """`stored` sealed again under the current key of `scope` if one of the `stale` keys
+        sealed it, else None (data-key rotation, store/rekey.py)."""
+        if key_id_of(stored) not in stale:
+            return None
+        body = self.open(resource_type, id, version, stored)
+        key_id, cipher = self.keys.current(scope)
+        return seal(cipher, key_id, location(resource_type, id, version), body)

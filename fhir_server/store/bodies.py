@@ -4,12 +4,27 @@ The codec (crypto/codec.py) decides how; the stores only call these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from ..crypto import BodyCodec
 from ..search import Registry, patients_of
 from .base import HistoryPage, SearchPage, Version, Write
+
+
+# Given a stored body (type, id, version, blob), its new stored form, or None to keep it.
+Rewrite = Callable[[str, str, int, bytes], bytes | None]
+
+
+class BodyRewriting(Protocol):
+    """A store whose stored bodies a maintenance job can rewrite in place (store/rekey.py)."""
+
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        """Apply `rewrite` to up to `limit` stored versions after the cursor `after` (None: from
+        the start), in a stable order; writes back the new forms (a body changed meanwhile is
+        left as it is). Returns how many were rewritten and the next cursor (None: done)."""
 
 
 def sealed(codec: BodyCodec, registry: Registry, op: Write, version: int, body: bytes) -> bytes:

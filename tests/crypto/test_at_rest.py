@@ -19,12 +19,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
-from fhir_server.crypto import UnreadableBody
+from fhir_server.crypto import EnvelopeCodec, UnreadableBody, patient_scope
 from fhir_server.search import extract
 from fhir_server.settings import Settings
 from fhir_server.store.base import Store, Write
 from fhir_server.store.mongo import MongoStore
 from fhir_server.store.mongo.layout import key
+from fhir_server.store.rekey import rotate_data_key
 from fhir_server.store.sqlite import SqliteStore
 from tests.builders import observation, patient
 from tests.conftest import authorized
@@ -162,3 +163,26 @@ def test_a_tampered_body_is_a_500_with_an_incident_audited(server: TestClient, t
     events = [e["resource"] for e in server.get("/fhir/AuditEvent?_count=100").json()["entry"]]
     failed = [e for e in events if e["outcome"] == "8"]
     assert len(failed) == 1 and failed[0]["outcomeDesc"] == "HTTP 500", events
+
+
+@pytest.mark.anyio
+async def test_data_key_rotation_reseals_every_version(store: Store) -> None:
+    for gender in ("male", "female", "other"):
+        await store.commit([_write({**patient(gender=gender), "id": "r"})])
+    await store.commit([_write({**patient(), "id": "other"})])
+    assert isinstance(store, (SqliteStore, MongoStore))
+    codec = store.codec
+    assert isinstance(codec, EnvelopeCodec)
+    scope = patient_scope("r")
+    [old] = codec.keys.keys_of(scope)
+    untouched = await _raw_bodies(store)
+    done = await rotate_data_key(codec.keys, [store], scope, batch=2, settle=0)
+    assert done.retired == 1 and codec.keys.keys_of(scope) == [done.key_id] != [old]
+    raw = await _raw_bodies(store)
+    assert {blob[1:17] for blob in raw} - {blob[1:17] for blob in untouched} == {done.key_id}
+    assert old not in {blob[1:17] for blob in raw}
+    for version in (1, 2, 3):
+        read = await store.vread("Patient", "r", version)
+        assert read is not None and read.body is not None and read.body.startswith(b"{")
+    current = await store.read("Patient", "r")
+    assert current is not None and b'"other"' in (current.body or b"")

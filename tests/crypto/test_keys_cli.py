@@ -3,6 +3,7 @@ loop creates and reads: zero errors, every version readable, the older KEK gone.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server import cli
 from fhir_server.app import create_app
-from fhir_server.crypto import LocalKeyRing
+from fhir_server.crypto import DataKeys, LocalKeyRing, patient_scope
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.conftest import authorized
@@ -90,3 +91,68 @@ def test_kek_rotation_under_load(server: TestClient, ring: Path,
     assert cli.main(["keys", "verify"]) == 0 and cli.main(["keys", "status"]) == 0
     out = capsys.readouterr().out
     assert f"active key-encryption key: {status.active}" in out and "re-wrap: done" in out
+
+
+def _stored_key_ids(data: Path, id_prefix: str) -> set[bytes]:
+    """The data key ids in the headers of the stored versions of resources named so."""
+    with sqlite3.connect(data / "fhir.db") as conn:
+        rows = conn.execute("SELECT body FROM history WHERE id LIKE ? AND body IS NOT NULL",
+                            (f"{id_prefix}%",)).fetchall()
+    return {bytes(row[0][1:17]) for row in rows}
+
+
+def test_data_key_rotation_under_load(server: TestClient, ring: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for version in range(3):
+        assert send(server, "PUT", "/fhir/Patient/p", {**patient(), "id": "p",
+                                                       "gender": ["male", "female", "other"][version]}
+                    ).status_code in (200, 201)
+    keys = DataKeys(LocalKeyRing(ring), data / "datakeys.db")
+    [old] = keys.keys_of(patient_scope("p"))
+    errors: list[str] = []
+    written: list[str] = []
+    rotated = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while n < 40 or not rotated.is_set():
+            made = send(server, "PUT", f"/fhir/Observation/pl{n}",
+                        {**observation("Patient/p"), "id": f"pl{n}"})
+            read = server.get("/fhir/Patient/p/_history/1")
+            if made.status_code != 201 or read.status_code != 200:
+                errors.append(f"{made.status_code} {read.status_code}")
+            written.append(f"pl{n}")
+            n += 1
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        assert cli.main(["keys", "rotate", "--data", "Patient/p"]) == 0
+    finally:
+        rotated.set()
+        loader.join(120)
+    assert errors == []
+    [new] = keys.keys_of(patient_scope("p"))
+    assert new != old
+    assert _stored_key_ids(data, "p") == {new} and _stored_key_ids(data, "pl") == {new}
+    for id in written:
+        assert server.get(f"/fhir/Observation/{id}").status_code == 200
+    for version in (1, 2, 3):
+        assert server.get(f"/fhir/Patient/p/_history/{version}").status_code == 200
+
+
+def test_an_interrupted_data_key_rotation_resumes(server: TestClient, ring: Path,
+                                                  tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert send(server, "PUT", "/fhir/Patient/q", {**patient(), "id": "q"}).status_code == 201
+    keys = DataKeys(LocalKeyRing(ring), data / "datakeys.db")
+    new = keys.rotate(patient_scope("q"))  # a run that stopped right after its new key
+    assert len(keys.keys_of(patient_scope("q"))) == 2
+    assert cli.main(["keys", "rotate", "--data", "Patient/q"]) == 0
+    assert keys.keys_of(patient_scope("q")) == [new] and _stored_key_ids(data, "q") == {new}
+    assert server.get("/fhir/Patient/q").status_code == 200
+
+
+def test_a_bad_scope_is_refused(ring: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["keys", "rotate", "--data", "Patient/../x"]) == 2
+    assert "Patient/<id> or a resource type" in capsys.readouterr().err

@@ -69,7 +69,8 @@ from ..base import (
     Version,
     Write,
 )
-from ..bodies import opened, opened_history, opened_page, opened_records, sealed, sealed_records
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, sealed,
+                      sealed_records)
 from ..versions import stamp
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
@@ -344,6 +345,28 @@ class MongoStore:
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return opened_page(self.codec,
                            await MongoSearch(self.resources, self.registry).search(query, cursor))
+
+    @_answering
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        where: dict[str, Any] = {"body": {"$ne": None}}
+        if after is not None:
+            where["_id"] = {"$gt": after}
+        docs = [doc async for doc in self.history_docs.find(
+            where, {"_id": 1, "type": 1, "id": 1, "version": 1, "body": 1, "shard": 1},
+            sort=[("_id", 1)], limit=limit)]
+        rewritten = 0
+        for doc in docs:
+            new = rewrite(doc["type"], doc["id"], doc["version"], bytes(doc["body"]))
+            if new is None:
+                continue
+            same = {"shard": doc["shard"], "body": doc["body"]}  # unless changed meanwhile
+            await self.history_docs.update_one({"_id": doc["_id"], **same}, {"$set": {"body": new}})
+            await self.resources.update_one(  # the current version's copy
+                {"_id": layout.key(doc["type"], doc["id"]), "version": doc["version"], **same},
+                {"$set": {"body": new}})
+            rewritten += 1
+        return rewritten, docs[-1]["_id"] if len(docs) == limit else None
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
-from ..bodies import opened, opened_history, opened_page, opened_records, sealed, sealed_records
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, sealed,
+                      sealed_records)
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -218,6 +219,28 @@ class SqliteStore:
         return await self._read(lambda conn: opened_records(self.codec, conn.execute(
             "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
             (len(prefix), prefix)).fetchall()))
+
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT seq, type, id, version, body FROM history WHERE seq > ? AND body IS NOT NULL "
+            "ORDER BY seq LIMIT ?", (int(after or 0), limit)).fetchall())
+        changed = [(new, seq, body) for seq, rtype, id, version, body in rows
+                   if (new := rewrite(rtype, id, version, body)) is not None]
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._begin(conn)
+            try:
+                conn.executemany("UPDATE history SET body = ? WHERE seq = ? AND body = ?", changed)
+            except BaseException:
+                self._end(conn, False)
+                raise
+            self._end(conn, True)
+
+        if changed:
+            async with self._write_lock:
+                await self._run(self._writer, write)
+        return len(changed), str(rows[-1][0]) if len(rows) == limit else None
 
     # -- writes ------------------------------------------------------------------------
 
