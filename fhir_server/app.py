@@ -20,7 +20,8 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .crypto.recipients import EnrolledKeys, KeyDirectory
+from .crypto import (BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, KeyDirectory, LocalKeyRing,
+                     PlainCodec)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, sealing_keys_router, shortcut_router)
 from .http.audit import install_audit
@@ -45,13 +46,22 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str, accept_unsafe: bool = False) -> Store:
-    """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
+def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None) -> Store:
+    """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
+    and opens its bodies (default: stored as they are)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, codec)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
+
+
+def body_codec(settings: Settings) -> BodyCodec:
+    """How the stores keep bodies: encrypted under the key ring `settings` names (KeyRingError
+    if it is missing, malformed or too open), or as they are when encryption is off."""
+    if not settings.encryption:
+        return PlainCodec()
+    return EnvelopeCodec(DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path))
 
 
 def build_context(settings: Settings, store: Store) -> Context:
@@ -83,8 +93,9 @@ def _key_directory(settings: Settings) -> KeyDirectory:
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store),
-                         open_store(settings.audit_store_url, settings.accept_unsafe_store))
+    codec = body_codec(settings)
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec),
+                         open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     try:
         yield replace(build_context(settings, store), principal=server_principal("cli"))
@@ -96,8 +107,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
-    audit_store = open_store(settings.audit_store_url)
-    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store),
+    codec = body_codec(settings)
+    audit_store = open_store(settings.audit_store_url, codec=codec)
+    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec),
                          audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)

@@ -24,7 +24,7 @@ MAY_IMPORT = {
     "access": {"search"},  # access adds its clauses to the Query AST
     "audit": {"search", "store"},  # AuditEvents are stored and indexed like any resource
     "auth": {"access"},  # token verification -> Principal
-    "store": {"search"}, "search": set(), "crypto": set(), "workers": set(), "demo": set(),
+    "store": {"search", "crypto"}, "search": set(), "crypto": set(), "workers": set(), "demo": set(),
     **{floor: set() for floor in FLOOR},
 }
 # Today's violations, (importing package, imported package), each with why it is still here

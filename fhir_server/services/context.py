@@ -9,7 +9,7 @@ from typing import Any
 
 from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
-from ..crypto.recipients import KeyDirectory
+from ..crypto import KeyDirectory
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version

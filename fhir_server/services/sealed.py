@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from ..crypto.seal import CONTENT_TYPES, SealError, recipient_kids
+from ..crypto import CONTENT_TYPES, SealError, recipient_kids
 from ..model.errors import Kind, fail
 from ..access import server_principal
 from . import reach

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..crypto.recipients import USER_TYPES
-from ..crypto.seal import SealError
+from ..crypto import USER_TYPES, SealError
 from ..model.errors import Kind, fail
 from . import crud, sealed
 from .context import Context
