@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from ..access import server_principal
 from ..crypto import CONTENT_TYPES, SealError, recipient_kids
 from ..model.errors import Kind, fail
-from ..access import server_principal
 from . import reach
 from .context import Context
 
@@ -29,7 +29,8 @@ _GROUPS = ("PractitionerRole", "CareTeam", "Group", "Organization")
 
 def _directory(ctx: Context) -> Context:
     """`ctx` reading as the server: group memberships and the documents a message points to
-    are looked up whatever the caller reaches (server_writes.py imports this module's callers)."""
+    are looked up whatever the caller reaches. (Not server_writes.as_server: that module
+    imports guard, which imports this one through platform_rules.)"""
     return replace(ctx, principal=server_principal("sealed"))
 
 
@@ -66,14 +67,17 @@ async def _sealed_part(ctx: Context, part: dict[str, Any]) -> bool:
     whose content is all sealed."""
     if "contentAttachment" in part:
         return is_sealed(part["contentAttachment"])
+    pointed = await _pointed(ctx, part)
+    attachments = [a for _, a in _attachments(*pointed)] if pointed is not None else []
+    return bool(attachments) and all(is_sealed(a) for a in attachments)
+
+
+async def _pointed(ctx: Context, part: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(type, current content) of the Binary or DocumentReference a payload element points to."""
     reference = (part.get("contentReference") or {}).get("reference", "")
     kind = reference.partition("/")[0]
-    pointed = await reach.current(_directory(ctx), reference) if kind in DOCUMENT_TYPES else None
-    if pointed is None:
-        return False
-    attachments = ([pointed] if kind == "Binary"
-                   else [c.get("attachment") or {} for c in pointed.get("content", [])])
-    return bool(attachments) and all(is_sealed(a) for a in attachments)
+    found = await reach.current(_directory(ctx), reference) if kind in DOCUMENT_TYPES else None
+    return (kind, found) if found is not None else None
 
 
 async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
@@ -92,30 +96,31 @@ async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any
 
 async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
     sealed = list(_sealed_in("Communication", message))
-    server = _directory(ctx)
     for index, part in enumerate(message.get("payload", [])):
-        reference = (part.get("contentReference") or {}).get("reference", "")
-        kind = reference.partition("/")[0]
-        pointed = await reach.current(server, reference) if kind in DOCUMENT_TYPES else None
+        pointed = await _pointed(ctx, part)
         if pointed is not None:
-            where = f"Communication.payload[{index}].contentReference"
-            sealed += [(f"{where} ({reference}): {w}", kids) for w, kids in _sealed_in(kind, pointed)]
+            where = f"Communication.payload[{index}].contentReference ({pointed[0]}/{pointed[1].get('id')})"
+            sealed += [(f"{where}: {w}", kids) for w, kids in _sealed_in(*pointed)]
     for where, kids in sealed:
         await _check_cover(ctx, message, kids, where)
+
+
+def _attachments(resource_type: str, resource: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, attachment) of the content of a Communication, Binary (itself) or
+    DocumentReference."""
+    if resource_type == "Binary":
+        return [("Binary", resource)]
+    if resource_type == "DocumentReference":
+        return [(f"DocumentReference.content[{i}].attachment", c.get("attachment") or {})
+                for i, c in enumerate(resource.get("content", []))]
+    return [(f"Communication.payload[{i}].contentAttachment", p["contentAttachment"])
+            for i, p in enumerate(resource.get("payload", [])) if "contentAttachment" in p]
 
 
 def _sealed_in(resource_type: str, resource: dict[str, Any]) -> Iterator[tuple[str, set[str]]]:
     """(where, recipient key ids) of each sealed attachment of `resource`; INVALID if one is
     malformed."""
-    if resource_type == "Binary":
-        found = [("Binary", resource)]
-    elif resource_type == "DocumentReference":
-        found = [(f"DocumentReference.content[{i}].attachment", c.get("attachment") or {})
-                 for i, c in enumerate(resource.get("content", []))]
-    else:
-        found = [(f"Communication.payload[{i}].contentAttachment", p["contentAttachment"])
-                 for i, p in enumerate(resource.get("payload", [])) if "contentAttachment" in p]
-    for where, attachment in found:
+    for where, attachment in _attachments(resource_type, resource):
         if not is_sealed(attachment):
             continue
         data = attachment.get("data")
@@ -172,8 +177,10 @@ async def _keys_of(ctx: Context, party: str, depth: int = 0) -> list[tuple[str, 
     if kind in _GROUPS and depth < 2:
         for member in await _members(ctx, party):
             keys += await _keys_of(ctx, member, depth + 1)
-    unique = {key["kid"]: (holder, key) for holder, key in reversed(keys)}
-    return list(reversed(unique.values()))
+    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    for holder, key in keys:  # a key reached twice is named by its first holder
+        first.setdefault(key["kid"], (holder, key))
+    return list(first.values())
 
 
 async def keys_for(ctx: Context, party: str) -> list[dict[str, Any]]:
