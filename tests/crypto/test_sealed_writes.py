@@ -229,6 +229,22 @@ def test_a_recipient_without_any_key_is_named(world: World) -> None:
     assert "recipient Patient/unshared has no sealing key" in issue(refused)["diagnostics"]
 
 
+def test_a_system_client_sends_in_its_own_name(world: World) -> None:
+    assert world.enrol("patient", "patient", "shared").status_code == 200
+    unsigned = {k: v for k, v in _message(_attachment(seal(MARKER, [world.public("patient")]))).items()
+                if k != "sender"}
+    refused = send(world.client, "POST", "/fhir/Communication", unsigned, **world.platform.headers("ehr"))
+    assert refused.status_code == 400
+    assert "sender Client/ehr has no sealing key" in issue(refused)["diagnostics"]
+    ehr_key = _key("ehr-enc")
+    registry = world.client.app.state.oauth.registry  # type: ignore[attr-defined]
+    registry.add_backend_client("ehr", "system/*.cruds", jwks={"keys": [ehr_key.as_dict(private=False)]})
+    both = _attachment(seal(MARKER, [world.public("patient"), ehr_key.as_dict(private=False)]))
+    created = send(world.client, "POST", "/fhir/Communication", {**unsigned, "payload": [
+        {"contentAttachment": both}]}, **world.platform.headers("ehr"))
+    assert created.status_code == 201, created.text
+
+
 def test_plaintext_messages_still_work(world: World) -> None:
     plain = {**_message({"contentType": "text/plain", "data": base64.b64encode(b"hello").decode()})}
     created = send(world.client, "POST", "/fhir/Communication", plain,
