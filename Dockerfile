@@ -5,11 +5,13 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fhir_server ./fhir_server
-# fhir_server/profiles and fhir_server/terminology are symlinks to these folders: without them
-# the installed package has no $refer, no $referral-summary, no Communication search parameters
-# (tests/test_packaging.py builds the wheel from exactly these files).
+# fhir_server/profiles, fhir_server/terminology and fhir_server/mappings are symlinks to these
+# folders: without them the installed package has no $refer, no $referral-summary, no
+# Communication search parameters, no HL7 v2 maps (tests/test_packaging.py builds the wheel
+# from exactly these files).
 COPY profiles ./profiles
 COPY terminology ./terminology
+COPY mappings ./mappings
 RUN python -m pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

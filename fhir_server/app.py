@@ -27,7 +27,9 @@ from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_han
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
+from .interop import listener_for
 from .http.operations import router as operations_router
+from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .search import default_registry
@@ -38,6 +40,7 @@ from .store.base import Store
 from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
+from .terminology_service import load_catalogue
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
 from .trials.referral import answer_if_addressed
@@ -78,6 +81,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
         keys=_key_directory(settings),
         sealed_only=settings.sealed_messages_only,
+        terminology=load_catalogue(max_expansion=settings.max_expansion),
     )
 
 
@@ -128,8 +132,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 log.info("demo data loaded", extra={"resources": loaded})
         if settings.publish_definitions:
             await publish(replace(context, principal=server_principal("definitions")))
+        listener = app.state.mllp = listener_for(settings, context, recorder) if settings.mllp else None
+        if listener is not None:
+            await listener.start()
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        if listener is not None:
+            await listener.stop()
         await store.close()
         recorder.close()
 
@@ -144,6 +153,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.context = context
     app.state.tokens = tokens
     app.state.oauth = oauth
+    app.state.mllp = None  # the HL7 v2 listener, when settings.mllp (started with the app)
     install_error_handlers(app)
     app.include_router(shortcut_router, prefix=settings.base_path)  # first: http/routes.py
     app.include_router(operability_router)
@@ -157,6 +167,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(sealing_keys_router)
+    app.include_router(terminology_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     install_cors(app, settings, oauth.registry if oauth else None)
     install_audit(app, settings.base_path, recorder)

@@ -15,7 +15,8 @@ import re
 import secrets
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, get_origin
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
 from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyRingError, LocalKeyRing,
                      UnreadableBody, create_key_ring)
-from .interop import Loader, LoadOptions
+from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
+                      listener_for)
+from .store.routing import RoutingStore
 from . import clock, workers
 from .logs import configure
 from .search import Query, parse_query
@@ -193,6 +196,84 @@ def _load(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
     return asyncio.run(_load_async(settings, args))
+
+
+@asynccontextmanager
+async def _mllp_listener(settings: Settings) -> AsyncIterator[Listener]:
+    """The MLLP listener on the configured store, its messages audited in the server's trail."""
+    async with open_context(settings) as context:
+        assert isinstance(context.store, RoutingStore)
+        recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
+                                 context.store)
+        await recorder.recover()  # AuditEvents a stopped listener (or server) left unrecorded
+        listener = listener_for(settings, context, recorder)
+        try:
+            yield listener
+        finally:
+            await listener.stop()
+            recorder.close()
+
+
+async def _mllp_async(settings: Settings) -> int:
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with _mllp_listener(settings) as listener:
+        await listener.start()
+        print(f"MLLP listening on {settings.mllp_host}:{listener.bound_port}", file=sys.stderr,
+              flush=True)
+        await stop.wait()
+    return 0
+
+
+def _mllp(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    try:
+        return asyncio.run(_mllp_async(settings))
+    except MappingFileError as exc:  # the maps are data an operator may edit: say which file
+        print(f"fhir-server mllp: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _hl7_errors_async(settings: Settings, limit: int) -> int:
+    async with _mllp_listener(settings) as listener:
+        messages = await listener.receiver.inbox.unsettled((HL7_ERROR, HL7_RECEIVED), limit)
+    for m in messages:
+        print(f"{m.id}\t{m.received}\t{m.state}\t{m.sender or '-'}\t{m.control_id or '-'}\t"
+              f"{m.reason or 'not settled (the server stopped while processing it)'}")
+    print(f"{len(messages)} messages in error or unsettled", file=sys.stderr)
+    await _record(settings, "hl7 errors", "R", [_entity("hl7v2 inbox", _JOB, listed=len(messages))])
+    return 0
+
+
+async def _hl7_replay_async(settings: Settings, ids: list[int]) -> int:
+    failed = 0
+    async with _mllp_listener(settings) as listener:
+        for id in ids:
+            stored = await listener.receiver.inbox.get(id)
+            if stored is None or stored.state not in (HL7_ERROR, HL7_RECEIVED):
+                print(f"{id}: {'no such message' if stored is None else 'already applied'}",
+                      file=sys.stderr)
+                failed += 1
+                continue
+            ack = (await listener.receiver.replay(stored)).decode("latin-1")
+            msa = next(line for line in ack.split("\r") if line.startswith("MSA"))
+            failed += "|AA|" not in msa + "|"
+            print(f"{id}: {msa}")
+    await _record(settings, "hl7 replay", "C", [_entity("hl7v2 inbox", _JOB, messages=" ".join(
+        map(str, ids)))], f"{failed} not applied" if failed else None)
+    return 1 if failed else 0
+
+
+def _hl7_errors(args: argparse.Namespace) -> int:
+    return asyncio.run(_hl7_errors_async(Settings(), args.limit))
+
+
+def _hl7_replay(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    return asyncio.run(_hl7_replay_async(settings, args.ids))
 
 
 def _record_client(settings: Settings, client: Client, **details: str) -> None:
@@ -522,6 +603,18 @@ def parser() -> argparse.ArgumentParser:
     check = audit.add_parser("verify", help="check the hash chain against the stored "
                                             "AuditEvents (exit 1 on any change or removal)")
     check.set_defaults(run=_verify_audit)
+    mllp = commands.add_parser(
+        "mllp", help="run the HL7 v2 MLLP listener alone (FHIR_SERVER_MLLP_HOST/_PORT; docs/hl7v2.md)")
+    mllp.set_defaults(run=_mllp)
+    hl7 = commands.add_parser("hl7", help="HL7 v2 messages received").add_subparsers(
+        dest="action", required=True)
+    errors = hl7.add_parser("errors", help="list the messages refused (AE/AR) or never settled")
+    errors.add_argument("--limit", type=_positive, default=100, metavar="N")
+    errors.set_defaults(run=_hl7_errors)
+    replay = hl7.add_parser("replay", help="process stored messages again (after a fix); "
+                                           "exit 1 unless every one is applied")
+    replay.add_argument("ids", nargs="+", type=int, metavar="ID")
+    replay.set_defaults(run=_hl7_replay)
     return root
 
 

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     )
     default_page_size: int = Field(20, ge=1, description="_count used when a search gives none.")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured.")
+    max_expansion: int = Field(
+        10_000, ge=1, description="Most codes a ValueSet $expand returns (after its filter); "
+        "a larger expansion is refused as too costly.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     validate_with_models: bool = Field(
         True,
@@ -74,8 +78,9 @@ class Settings(BaseSettings):
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )
     publish_definitions: bool = Field(
-        True, description="Store the CodeSystems, SearchParameters and OperationDefinitions this "
-        "server defines (terminology/, profiles/) at start-up, so clients can read them.",
+        True, description="Store the CodeSystems, ValueSets, ConceptMaps, SearchParameters and "
+        "OperationDefinitions this server defines (terminology/, profiles/) at start-up, so "
+        "clients can read them.",
     )
     sealed_messages_only: bool = Field(
         False, description="Refuse a Communication written by a client whose payload is not "
@@ -92,6 +97,12 @@ class Settings(BaseSettings):
         description="External OpenID providers whose access tokens are accepted too: "
         '[{"issuer": ..., "jwks_uri": ..., "audience": ...}] (audience defaults to base_url).',
     )
+    mllp: bool = Field(
+        False, description="Start the HL7 v2 MLLP listener beside HTTP (docs/hl7v2.md).")
+    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener listens on.")
+    mllp_port: int = Field(2575, ge=0, le=65535, description="Port of the MLLP listener.")
+    mllp_max_message_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest HL7 v2 message accepted over MLLP (bytes).")
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (CORS), e.g. the portal's.",

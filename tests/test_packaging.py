@@ -85,6 +85,8 @@ def test_the_docker_images_wheel_serves_the_platforms_operations_and_search_para
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     assert (site / "fhir_server/profiles/OperationDefinition-ResearchStudy-refer.json").is_file()
     assert (site / "fhir_server/terminology/CodeSystem-referral-outcome.json").is_file()
+    assert (site / "fhir_server/mappings/hl7v2/messages/ADT_visit.json").is_file()
+    assert (site / "fhir_server/mappings/schema/hl7v2-mapping.schema.json").is_file()
 
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("FHIR_SERVER_")}

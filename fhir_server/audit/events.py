@@ -184,6 +184,11 @@ _COMMANDS = {
                                    "display": "User Security Attributes Changed"}),
     "client add": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
     "keys rotate": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
+    # HL7 v2 messages kept in the inbox: listed (their reasons name patients), or applied again.
+    "hl7 errors": ({"system": _DICOM, "code": "110112", "display": "Query"},
+                   {"system": _INTERACTION_SYSTEM, "code": "search-system", "display": "search-system"}),
+    "hl7 replay": ({"system": _DICOM, "code": "110107", "display": "Import"},
+                   {"system": _INTERACTION_SYSTEM, "code": "transaction", "display": "transaction"}),
 }
 
 

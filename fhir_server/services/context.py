@@ -13,6 +13,7 @@ from ..crypto import KeyDirectory
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
+from ..terminology_service import Catalogue
 
 # Called after every commit of the service layer with the versions written (the platform's
 # workflows react to writes this way: trials/withdrawal.py).
@@ -39,6 +40,7 @@ class Context:
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
     keys: KeyDirectory | None = None  # public sealing keys (services/sealed.py)
     sealed_only: bool = False  # clients' messages must be sealed (services/sealed.py)
+    terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

@@ -48,6 +48,12 @@ async def principal_of(ctx: Context, claims: Claims) -> Principal:
     return principal
 
 
+async def system_principal(ctx: Context, subject: str, client_id: str, scope: str) -> Principal:
+    """The Principal of a backend system known by other means than a token (an HL7 v2
+    sender over MLLP, interop/hl7v2): what `scope`'s system/ scopes grant, nothing more."""
+    return await principal_of(ctx, Claims(subject=subject, client_id=client_id, scope=scope))
+
+
 async def _practitioner(ctx: Context, claims: Claims) -> Principal:
     """A practitioner account: an administrator, an investigator (who holds recipient
     identities), or a referring physician. Administrators and investigators never reach a

@@ -1,0 +1,30 @@
+"""HL7 v2 over MLLP (docs/hl7v2.md): the listener, the inbox of received messages, and the
+declarative maps of mappings/hl7v2/ that turn each message into one FHIR transaction."""
+
+from __future__ import annotations
+
+from ...services.auditing import AuditRecorder
+from ...services.context import Context
+from ...settings import Settings
+from .inbox import APPLIED, ERROR, RECEIVED, Inbox, Stored
+from .listener import Listener
+from .mapping import MappingFileError, Mappings, load
+from .receiver import Receiver
+
+INBOX = "hl7v2.db"
+
+
+def receiver_for(settings: Settings, ctx: Context, recorder: AuditRecorder) -> Receiver:
+    """A Receiver on the store behind `ctx`, its inbox in the data directory."""
+    mappings = load()  # first: maps that do not load leave no inbox open
+    return Receiver(ctx, recorder, Inbox(settings.data_dir / INBOX), mappings)
+
+
+def listener_for(settings: Settings, ctx: Context, recorder: AuditRecorder) -> Listener:
+    """The MLLP listener the settings describe (not started)."""
+    return Listener(receiver_for(settings, ctx, recorder), settings.mllp_host, settings.mllp_port,
+                    settings.mllp_max_message_bytes)
+
+
+__all__ = ["APPLIED", "ERROR", "INBOX", "RECEIVED", "Inbox", "Listener", "MappingFileError",
+           "Mappings", "Receiver", "Stored", "listener_for", "load", "receiver_for"]

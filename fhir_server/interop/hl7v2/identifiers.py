@@ -1,0 +1,34 @@
+"""Resources by identifier: the search token (`system|value`, FHIR search.html#escaping) of
+the conditional writes that make a resent message change nothing, and the look-up of what
+is stored under an identifier (through the service layer: access decided, reads audited)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ...services import search
+from ...services.context import Context
+
+_SPECIAL = ("\\", "|", ",", "$")
+
+
+def _escaped(text: str) -> str:
+    for char in _SPECIAL:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def identifier_token(identifier: dict[str, Any]) -> str:
+    """`system|value` of an identifier (the mappings require a system on identifying fields)."""
+    return f"{_escaped(identifier.get('system', ''))}|{_escaped(identifier.get('value', ''))}"
+
+
+async def stored_with(ctx: Context, resource_type: str, identifier: dict[str, Any]) -> list[dict[str, Any]]:
+    """The current resources of `resource_type` that have `identifier`."""
+    found = await search.search(ctx, resource_type, [("identifier", identifier_token(identifier))],
+                                strict=True)
+    # Search renders stored JSON as it is (orjson fragments): read back as dicts.
+    return [orjson.loads(orjson.dumps(e["resource"])) for e in found.get("entry", [])
+            if e["search"]["mode"] == "match"]

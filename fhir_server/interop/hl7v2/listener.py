@@ -1,0 +1,180 @@
+"""The MLLP listener: TCP connections carrying frames <VT> message <FS><CR> (HL7 v2 MLLP
+release 2), each answered with one acknowledgment frame, in order, on its connection.
+
+Framing is checked here: bytes before a frame's <VT> are dropped (a sender's truncated
+frame, line noise), a frame without <VT> or larger than the limit is answered with an AR
+and skipped, and the connection goes on. Nothing a peer sends stops the listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from hl7.mllp.streams import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
+
+from .ack import acknowledgment
+from .message import Message, read
+from .problems import Code, Problem, Refused
+from .receiver import Receiver
+
+log = logging.getLogger("fhir_server.hl7v2")
+_END = END_BLOCK + CARRIAGE_RETURN
+_READ = 65536
+WINDOW = 32  # frames of one connection in process at once; the next read waits
+STOP_TIMEOUT = 30.0  # seconds a stop waits for the messages already read
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """A frame that cannot be read, and why."""
+
+    reason: str
+
+
+class Frames:
+    """The frames of one connection, read as they arrive (split across packets or several
+    in one), each at most `limit` bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, limit: int) -> None:
+        self.reader = reader
+        self.limit = limit
+        self.buffer = bytearray()
+        self.dropping = False  # inside a frame over the limit: discard until its end
+
+    async def next(self) -> bytes | Broken | None:
+        """The next message, a Broken frame, or None at the end of the connection."""
+        while True:
+            end = self.buffer.find(_END)
+            if end >= 0:
+                frame = bytes(self.buffer[:end])
+                del self.buffer[:end + len(_END)]
+                if self.dropping:
+                    self.dropping = False
+                    return Broken(f"The message is larger than {self.limit} bytes.")
+                start = frame.rfind(START_BLOCK)
+                if start < 0:
+                    return Broken("The frame has no start block <VT>.")
+                if start > 0:
+                    log.warning("hl7v2: bytes before a frame's start dropped", extra={"bytes": start})
+                if end - start - 1 > self.limit:
+                    return Broken(f"The message is larger than {self.limit} bytes.")
+                return frame[start + 1:]
+            if len(self.buffer) > self.limit + 1:
+                self.dropping = True
+                del self.buffer[:-1]  # the last byte may be the <FS> of <FS><CR>
+            data = await self.reader.read(_READ)
+            if not data:
+                return None
+            self.buffer += data
+
+
+class Listener:
+    """Serves MLLP on `host`:`port` for `receiver`."""
+
+    def __init__(self, receiver: Receiver, host: str, port: int, max_message_bytes: int) -> None:
+        self.receiver = receiver
+        self.host = host
+        self.port = port
+        self.limit = max_message_bytes
+        self.server: asyncio.Server | None = None
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        # SO_REUSEPORT: each worker process of `serve --workers N` listens on the port, as HTTP does.
+        self.server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                 reuse_port=True)
+        log.info("hl7v2: MLLP listening", extra={"port": self.bound_port})
+
+    @property
+    def bound_port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening, let the connections end, close the inbox."""
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self._connections):
+                writer.close()  # stop reading; the messages read are still processed
+            if self._connections:
+                await asyncio.wait(self._connections.values(), timeout=STOP_TIMEOUT)
+            await self.server.wait_closed()
+        self.receiver.inbox.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read frames, process them, write their ACKs in the order the frames came.
+
+        A sender that waits for each ACK gets one message processed at a time. One that
+        sends ahead (up to WINDOW frames) has them processed together, except that a message
+        naming a patient waits for the earlier messages naming that patient: their order is
+        kept where it matters, and the others do not wait on each other."""
+        address = writer.get_extra_info("peername")
+        peer = str(address[0]) if address else None
+        pending: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(WINDOW)
+        replies = asyncio.ensure_future(self._reply(pending, writer))
+        order = _PatientOrder()
+        frames = Frames(reader, self.limit)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
+        try:
+            while (frame := await frames.next()) is not None and not replies.done():
+                if isinstance(frame, Broken):
+                    answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                    answer.set_result(acknowledgment(None, "AR", (Problem(Code.SEGMENT_SEQUENCE, frame.reason),)))
+                else:
+                    answer = order.run(frame, read(frame), peer, self.receiver)
+                await pending.put(answer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the peer went away; what it sent and got acknowledged is settled
+        except Exception:  # noqa: BLE001 - one connection's fault must not stop the listener
+            log.exception("hl7v2: a connection failed")
+        finally:
+            await pending.put(None)
+            await asyncio.wait([replies])  # the messages read are processed to the end
+            self._connections.pop(writer, None)
+            writer.close()
+
+    async def _reply(self, pending: asyncio.Queue[asyncio.Future[bytes] | None],
+                     writer: asyncio.StreamWriter) -> None:
+        """Write each ACK once its message is done, in order; after a write fails, only wait."""
+        broken = False
+        while (answer := await pending.get()) is not None:
+            ack = await answer
+            if broken:
+                continue
+            try:
+                writer.write(START_BLOCK + ack + _END)
+                await writer.drain()
+            except Exception:  # noqa: BLE001 - the peer is gone; the messages still run to the end
+                broken = True
+
+
+class _PatientOrder:
+    """Runs messages of one connection so that those naming a common patient run in turn."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, asyncio.Future[bytes]] = {}
+
+    def run(self, raw: bytes, message: Message | Refused, peer: str | None,
+            receiver: Receiver) -> asyncio.Future[bytes]:
+        """`receiver` processes the message once the earlier ones naming its patients are done."""
+        keys = message.patients() if isinstance(message, Message) else frozenset()
+        before = {self.last[k] for k in keys if k in self.last}
+
+        async def in_turn() -> bytes:
+            if before:
+                await asyncio.wait(before)
+            return await receiver.receive_read(raw, message, peer)
+
+        task = asyncio.ensure_future(in_turn())
+        for key in keys:
+            self.last[key] = task
+        task.add_done_callback(lambda done: self._forget(keys, done))
+        return task
+
+    def _forget(self, keys: frozenset[str], done: asyncio.Future[bytes]) -> None:
+        for key in keys:
+            if self.last.get(key) is done:
+                del self.last[key]

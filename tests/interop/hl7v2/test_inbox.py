@@ -1,0 +1,29 @@
+"""The inbox keeps each message once per (sender, control id), even when two processes (two
+`serve` workers) receive the same message at once; its file is the owner's only."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from fhir_server.interop.hl7v2 import Inbox
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_two_inboxes_on_one_file_store_a_message_once(tmp_path: Path) -> None:
+    first, second = Inbox(tmp_path / "hl7v2.db"), Inbox(tmp_path / "hl7v2.db")
+    try:
+        results = await asyncio.gather(*[inbox.receive("APP|FAC", f"C{n % 5}", b"MSH|...", None)
+                                         for n in range(40) for inbox in (first, second)])
+        assert sum(new for _, new in results) == 5
+        assert {stored.id for stored, _ in results} == {stored.id for stored, new in results if new}
+        unkeyed = [await first.receive(None, None, b"garbage", None) for _ in range(2)]
+        assert [new for _, new in unkeyed] == [True, True]  # unreadable ones are each kept
+    finally:
+        first.close()
+        second.close()
+    assert stat.S_IMODE((tmp_path / "hl7v2.db").stat().st_mode) == 0o600
