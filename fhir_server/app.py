@@ -20,9 +20,10 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .crypto import BodyCodec, DataKeys, EnvelopeCodec, LocalKeyRing, PlainCodec
+from .crypto import (BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, KeyDirectory, LocalKeyRing,
+                     PlainCodec)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
-                   metadata_router, operability_router, shortcut_router)
+                   metadata_router, operability_router, sealing_keys_router, shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
@@ -81,8 +82,18 @@ def build_context(settings: Settings, store: Store) -> Context:
         hooks=(after_consent_change,),
         creators=(answer_if_addressed, propose_if_unreached),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
+        keys=_key_directory(settings),
+        sealed_only=settings.sealed_messages_only,
         terminology=load_catalogue(max_expansion=settings.max_expansion),
     )
+
+
+def _key_directory(settings: Settings) -> KeyDirectory:
+    """Users' enrolled sealing keys (beside their accounts) and the site systems' (their
+    registered JWKS; none when auth is off: no client is known)."""
+    registry = AuthRegistry(settings.data_dir / "auth.db")
+    return KeyDirectory(EnrolledKeys(registry.connection),
+                        registry.backend_clients if settings.auth != "off" else tuple)
 
 
 @asynccontextmanager
@@ -158,6 +169,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(discovery_off_router, prefix=settings.base_path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
+    app.include_router(sealing_keys_router)
     app.include_router(terminology_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     install_cors(app, settings, oauth.registry if oauth else None)

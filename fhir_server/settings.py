@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         "OperationDefinitions this server defines (terminology/, profiles/) at start-up, so "
         "clients can read them.",
     )
+    sealed_messages_only: bool = Field(
+        False, description="Refuse a Communication written by a client whose payload is not "
+        "sealed (JWE, docs/sealed-messages.md), and plain notes of $refer.",
+    )
     auth: Literal["smart", "off"] = Field(
         "smart",
         description="'smart': every FHIR request needs a SMART access token. 'off': no "

@@ -1,14 +1,18 @@
 """Protected storage: envelope encryption of stored bodies, the key ring, data keys
-(docs/security.md)."""
+(docs/security.md); messages sealed by their senders and recipients' keys
+(docs/sealed-messages.md)."""
 
 from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope
 from .datakeys import (RECHECK_SECONDS, DataKeys, DataKeysStatus, KeyDestroyed, patient_scope,
                        type_scope)
 from .envelope import EnvelopeError
 from .keyring import KeyProvider, KeyRingError, KeyRingStatus, LocalKeyRing, create_key_ring
+from .recipients import USER_TYPES, EnrolledKeys, KeyDirectory
+from .seal import CONTENT_TYPES, SealError, recipient_kids
 
 __all__ = [
     "RECHECK_SECONDS", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError", "KeyDestroyed",
     "KeyProvider", "KeyRingError", "KeyRingStatus", "LocalKeyRing", "PlainCodec",
     "UnreadableBody", "create_key_ring", "key_scope", "patient_scope", "type_scope",
+    "CONTENT_TYPES", "USER_TYPES", "EnrolledKeys", "KeyDirectory", "SealError", "recipient_kids",
 ]

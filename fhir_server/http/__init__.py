@@ -7,6 +7,7 @@ from .metadata import router as metadata_router
 from .operability import router as operability_router
 from .routes import router as fhir_router
 from .routes import shortcut_router
+from .sealing_keys import router as sealing_keys_router
 
 __all__ = ["HeadMiddleware", "bundle_router", "fhir_router", "install_error_handlers", "metadata_router", "operability_router",
-           "shortcut_router"]
+           "sealing_keys_router", "shortcut_router"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
+from ..crypto import KeyDirectory
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
@@ -37,6 +38,8 @@ class Context:
     hooks: tuple[Hook, ...] = ()
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
+    keys: KeyDirectory | None = None  # public sealing keys (services/sealed.py)
+    sealed_only: bool = False  # clients' messages must be sealed (services/sealed.py)
     terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
 
 
