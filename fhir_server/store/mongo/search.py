@@ -17,7 +17,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from ...model.errors import Kind, fail
-from ...search import Include, Query, Registry, Sort
+from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import includes
 from ..cursors import decode, encode
@@ -54,11 +54,16 @@ class MongoSearch:
     """Runs Query ASTs on the `resources` collection (inside `session` when given)."""
 
     def __init__(self, resources: AsyncCollection[dict[str, Any]], registry: Registry,
-                 session: AsyncClientSession | None = None) -> None:
+                 session: AsyncClientSession | None = None, blind: BlindIndex | None = None) -> None:
         self.resources = resources
         self.registry = registry
         self.session = session
         self.filters = FilterBuilder(registry, self)
+        self.blind = blind
+
+    def _blinded(self, query: Query) -> Query:
+        """`query` on the digests of protected parameters (search/blind.py)."""
+        return query if self.blind is None else self.blind.query(query)
 
     # -- the Resolver of chains and _has ---------------------------------------------------
 
@@ -142,6 +147,7 @@ class MongoSearch:
 
     async def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
+        query = self._blinded(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = await self.where(query)
         wants_total = query.total in ("accurate", "estimate") or query.summary == "count"
@@ -200,6 +206,7 @@ class MongoSearch:
 
     async def match_ids(self, query: Query, limit: int | None) -> list[str]:
         """Ids of current resources matching `query` (conditional interactions)."""
+        query = self._blinded(query)
         where = await self.where(query)
         if where == FALSE:
             return []

@@ -50,7 +50,7 @@ from pymongo.write_concern import WriteConcern
 
 from ... import clock
 from ...model.errors import FhirError, Kind, fail, incident
-from ...search import Query, Registry, default_registry
+from ...search import BlindIndex, Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
@@ -164,8 +164,10 @@ class MongoStore:
     """
 
     def __init__(self, client: Any, database: str = "fhir", *,
-                 registry: Registry | None = None, accept_unsafe: bool = False) -> None:
+                 registry: Registry | None = None, accept_unsafe: bool = False,
+                 blind: BlindIndex | None = None) -> None:
         self.client = client
+        self.blind = blind  # protected parameters indexed as digests (search/blind.py)
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
         # failover can roll back, a secondary read preference fails every transaction, and
         # reads outside transactions (`majority`) must not show what a failover rolls back.
@@ -185,7 +187,7 @@ class MongoStore:
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
-                 accept_unsafe: bool = False) -> MongoStore:
+                 accept_unsafe: bool = False, blind: BlindIndex | None = None) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
@@ -193,7 +195,8 @@ class MongoStore:
         # Timeouts in the connection string win over these defaults (not concerns: see above).
         options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
-        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe)
+        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe,
+                   blind=blind)
 
     @property
     def transactions(self) -> bool:
@@ -336,7 +339,7 @@ class MongoStore:
 
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
-        return await MongoSearch(self.resources, self.registry).search(query, cursor)
+        return await MongoSearch(self.resources, self.registry, blind=self.blind).search(query, cursor)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -500,7 +503,7 @@ class _MongoUnit:
     def __init__(self, store: MongoStore, session: AsyncClientSession | None) -> None:
         self.store = store
         self.session = session
-        self.search = MongoSearch(store.resources, store.registry, session)
+        self.search = MongoSearch(store.resources, store.registry, session, store.blind)
         self.started = clock.now()
         self.last_updated, self.micros = clock.instant_and_micros()
         self._claims: list[str] = []
@@ -751,7 +754,7 @@ class _MongoUnit:
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,
             last_updated=self.last_updated, lu=self.micros, method=op.method, body=body,
-            shard=_shard_of(op), entries=op.entries)
+            shard=_shard_of(op), entries=op.entries, blind=self.store.blind)
         self._queue(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         created = current is None or current["deleted"]

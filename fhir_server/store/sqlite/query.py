@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ...search import Include, Query, Registry, Sort
+from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import includes
 from ..cursors import decode, encode
@@ -37,11 +37,17 @@ _SORT_COLUMNS = {
 class SqliteSearch:
     """Runs Query ASTs on one connection."""
 
-    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
+                 blind: BlindIndex | None = None) -> None:
         self.conn = conn
         self.registry = registry
         self.compiler = PredicateCompiler(conn, ids, registry)
         self.ids = ids
+        self.blind = blind
+
+    def _blinded(self, query: Query) -> Query:
+        """`query` on the digests of protected parameters (search/blind.py)."""
+        return query if self.blind is None else self.blind.query(query)
 
     # -- filtering -----------------------------------------------------------------------
 
@@ -106,6 +112,7 @@ class SqliteSearch:
 
     def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
+        query = self._blinded(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = self.where(query)
         total = self.count(where) if query.total in ("accurate", "estimate") or query.summary == "count" else None
@@ -145,6 +152,7 @@ class SqliteSearch:
 
     def plan(self, query: Query) -> list[str]:
         """How SQLite runs the first page of `query` (EXPLAIN QUERY PLAN), for tests and benches."""
+        query = self._blinded(query)
         where = self.where(query)
         if where == FALSE:
             return []
@@ -159,6 +167,7 @@ class SqliteSearch:
 
     def match_ids(self, query: Query, limit: int | None) -> list[str]:
         """Ids of current resources matching `query` (conditional interactions)."""
+        query = self._blinded(query)
         where = self.where(query)
         if where == FALSE:
             return []

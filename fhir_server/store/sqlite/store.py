@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ... import clock
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
-from ...search import Query, Registry, default_registry, distance_km
+from ...search import BlindIndex, Query, Registry, default_registry, distance_km
 from . import index as sqlite_index
 from ..base import (
     ConditionalCreate,
@@ -61,9 +61,11 @@ def _version(row: Sequence[Any]) -> Version:
 class SqliteStore:
     """A Store on one SQLite database file."""
 
-    def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4) -> None:
+    def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4,
+                 blind: BlindIndex | None = None) -> None:
         self.path = path
         self.registry = registry or default_registry()
+        self.blind = blind  # protected parameters indexed as digests (search/blind.py)
         self.ids = ParamIds()
         self._local = threading.local()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -75,11 +77,11 @@ class SqliteStore:
         self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, *, blind: BlindIndex | None = None) -> SqliteStore:
         """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
         if not url.startswith("sqlite:///"):
             raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")
-        return cls(Path(url.removeprefix("sqlite:///")))
+        return cls(Path(url.removeprefix("sqlite:///")), blind=blind)
 
     # -- connections ------------------------------------------------------------------
 
@@ -208,7 +210,7 @@ class SqliteStore:
 
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await self._read(
-            lambda conn: SqliteSearch(conn, self.ids, self.registry).search(query, cursor)
+            lambda conn: SqliteSearch(conn, self.ids, self.registry, self.blind).search(query, cursor)
         )
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
@@ -249,7 +251,7 @@ class SqliteStore:
 
             def begin(conn: sqlite3.Connection) -> _Unit:
                 self._begin(conn)
-                return _Unit(conn, self.ids, self.registry)
+                return _Unit(conn, self.ids, self.registry, self.blind)
 
             unit = await self._run(self._writer, begin)
             try:
@@ -292,7 +294,7 @@ class SqliteStore:
                 conn.execute("SAVEPOINT queued")
                 pending = self.ids.savepoint()
                 try:
-                    outcomes.append(_Unit(conn, self.ids, self.registry).apply_all(queued.operations))
+                    outcomes.append(_Unit(conn, self.ids, self.registry, self.blind).apply_all(queued.operations))
                 except Exception as error:  # noqa: BLE001 - this commit's own outcome
                     # Whatever one commit raises (a client error, or a fault of its own such
                     # as a number orjson cannot write) is its alone: the others of the batch
@@ -375,10 +377,12 @@ def _ambiguous(query: Query) -> Exception:
 class _Unit:
     """One unit of work inside an open IMMEDIATE transaction; every write shares its time."""
 
-    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
+                 blind: BlindIndex | None) -> None:
         self.conn = conn
         self.ids = ids
-        self.search = SqliteSearch(conn, ids, registry)
+        self.blind = blind
+        self.search = SqliteSearch(conn, ids, registry, blind)
         self.last_updated, self.micros = clock.instant_and_micros()
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
@@ -479,7 +483,7 @@ class _Unit:
             sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
         self._version_row(pk, op.resource_type, op.id, version, op.method, body)
-        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries)
+        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         return Result("created" if created else "updated", (stored,))
