@@ -28,7 +28,8 @@ from .http.login_routes import login_router
 from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
-from .search import default_registry
+from .crypto import BlindDigest, LocalKeyRing
+from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
 from .settings import Settings
@@ -44,13 +45,26 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str, accept_unsafe: bool = False) -> Store:
+def open_store(url: str, accept_unsafe: bool = False, blind: BlindIndex | None = None) -> Store:
     """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, blind=blind)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, blind=blind)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
+
+
+def blind_index(settings: Settings) -> BlindIndex | None:
+    """The blind indexes of the protected parameters, keyed by the key ring
+    (docs/blind-indexes.md); None when encryption is off or nothing is protected."""
+    registry = default_registry()
+    protected = (default_protected(registry) if settings.protected_params is None
+                 else settings.protected_params)
+    if not settings.encryption or not protected:
+        return None
+    keys = BlindDigest(LocalKeyRing(settings.key_ring_path).index_key)
+    return BlindIndex(protected, keys, registry, prefix_cap=settings.blind_prefix_cap,
+                      sort_limit=settings.protected_sort_limit)
 
 
 def build_context(settings: Settings, store: Store) -> Context:
@@ -72,7 +86,7 @@ def build_context(settings: Settings, store: Store) -> Context:
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store),
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, blind_index(settings)),
                          open_store(settings.audit_store_url, settings.accept_unsafe_store))
     await store.open()
     try:
@@ -86,8 +100,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
     audit_store = open_store(settings.audit_store_url)
-    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store),
-                         audit_store)
+    store = RoutingStore(
+        store or open_store(settings.store_url, settings.accept_unsafe_store, blind_index(settings)),
+        audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     tokens, oauth = _authorization(settings)

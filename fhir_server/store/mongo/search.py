@@ -8,6 +8,7 @@ value ascending, highest descending, resources without a value last) and sorts o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from ...model.errors import Kind, fail
 from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
-from .. import includes
+from .. import decrypted_sort, includes
 from ..cursors import decode, encode
 from .filters import FALSE, Filter, FilterBuilder, all_of, any_of, shard_filter
 from .layout import ARRAY_OF_PARAM_TYPE, key
@@ -147,6 +148,8 @@ class MongoSearch:
 
     async def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
+        if self.blind is not None and self.blind.sorts_protected(query):
+            return await self._search_decrypted(query, cursor, self.blind.sort_limit)
         query = self._blinded(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = await self.where(query)
@@ -171,6 +174,12 @@ class MongoSearch:
         matches = tuple(version_of(doc) for doc in docs)
         included = await self.includes(query, matches)
         return SearchPage(matches, included, next_cursor, prev_cursor, total)
+
+    async def _search_decrypted(self, query: Query, cursor: str | None, limit: int) -> SearchPage:
+        """`_sort` on a protected parameter: every match, sorted after decryption."""
+        found = (await self.search(decrypted_sort.unsorted(query, limit), None)).matches
+        page = decrypted_sort.sorted_page(query, found, cursor, limit)
+        return dataclasses.replace(page, included=await self.includes(query, page.matches))
 
     async def _page(self, where: Filter, keys: list[_SortKey], boundary: Sequence[Any] | None,
                     backwards: bool, limit: int) -> list[dict[str, Any]]:

@@ -8,13 +8,14 @@ value sort last either way.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
-from .. import includes
+from .. import decrypted_sort, includes
 from ..cursors import decode, encode
 from .index import ParamIds
 from .predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
@@ -112,6 +113,8 @@ class SqliteSearch:
 
     def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
+        if self.blind is not None and self.blind.sorts_protected(query):
+            return self._search_decrypted(query, cursor, self.blind.sort_limit)
         query = self._blinded(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = self.where(query)
@@ -135,6 +138,13 @@ class SqliteSearch:
         matches = tuple(Version(*row[:6]) for row in rows)
         included = self.includes(query, rows)
         return SearchPage(matches, included, next_cursor, prev_cursor, total)
+
+    def _search_decrypted(self, query: Query, cursor: str | None, limit: int) -> SearchPage:
+        """`_sort` on a protected parameter: every match, sorted after decryption."""
+        found = self.search(decrypted_sort.unsorted(query, limit), None).matches
+        page = decrypted_sort.sorted_page(query, found, cursor, limit)
+        keys = [(v.resource_type, v.id) for v in page.matches]
+        return dataclasses.replace(page, included=self.includes(query, keys))
 
     def _page(self, where: Sql, keys: list[tuple[str, list[Any], bool]], boundary: Sequence[Any] | None,
               backwards: bool, limit: int) -> Sql:
