@@ -9,7 +9,8 @@ Query AST on its way to a store:
 - string: one entry per prefix of the normalized value (search.html#string: case and
   accents folded), up to `prefix_cap` characters, each a `p` digest; the last also holds the
   `x` digest of the value as written (`:exact`). A start-with search of a normalized text
-  becomes a search for its `p` digest; `:exact` for its `x` digest. `:contains`, and
+  becomes a search for its `p` digest; `:exact` for its `x` digest on the row of its longest
+  prefix. `:contains`, and
   start-with values longer than `prefix_cap`, cannot be answered: 400 naming the parameter.
 - token: `code` (Identifier.value, ContactPoint.value, ...) becomes its `c` digest, exact and
   case-sensitive as token codes are; system and Identifier.type codings stay (`system|value`,
@@ -131,12 +132,15 @@ class BlindIndex:
         `:text`, a start-with value longer than the prefix cap, `_sort` on one (the store
         sorts protected values itself after decryption, see `sorts_protected`).
         """
-        rtype = query.resource_type
-        if rtype is None:
-            return query  # a system-level search has only common parameters: none protected
-        clauses = tuple(Clause(tuple(q for p in c.any_of for q in self._predicate(p, rtype)))
-                        for c in query.clauses)
-        return dataclasses.replace(query, clauses=clauses)
+        if query.resource_type is None:
+            return query  # a system-level search is rewritten per type (`clauses`)
+        return dataclasses.replace(query, clauses=self.clauses(query.clauses, query.resource_type))
+
+    def clauses(self, clauses: tuple[Clause, ...], resource_type: str) -> tuple[Clause, ...]:
+        """`clauses` applied to resources of `resource_type`, on digests (a system-level
+        search `_type=Patient,Practitioner&name=…` gets them once per type)."""
+        return tuple(Clause(tuple(q for p in c.any_of for q in self._predicate(p, resource_type)))
+                     for c in clauses)
 
     def sorts_protected(self, query: Query) -> bool:
         """True when a `_sort` key is a protected parameter (its digests have no order)."""
@@ -178,7 +182,10 @@ class BlindIndex:
         if p.mode == "contains":
             raise unsupported(p.param, rtype, '":contains"')
         if p.mode == "exact":
-            return dataclasses.replace(p, value="", exact=self.digest(key, EXACT, p.exact))
+            # The exact digest lives on the row of the value's longest prefix: naming that
+            # prefix too lets the stores seek the row by its indexed value.
+            return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value[: self.prefix_cap]),
+                                       exact=self.digest(key, EXACT, p.exact))
         if not p.value:
             return Missing(p.param, False)  # every value starts with the empty string
         if len(p.value) > self.prefix_cap:

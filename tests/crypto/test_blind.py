@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 import pytest
 
 from fhir_server.crypto.blind import TOKEN_LENGTH, BlindDigest
@@ -47,3 +51,11 @@ def test_each_key_is_fetched_once_per_parameter() -> None:
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError, match="shorter than 32 bytes"):
         BlindDigest(lambda param: b"short")("Patient.name", "p", "jean")
+
+
+def test_the_token_is_truncated_hmac_sha256_of_the_domain_and_text() -> None:
+    """The pad-state computation is RFC 2104 HMAC-SHA-256, short and long keys alike."""
+    for key in (b"\x07" * 32, b"\x09" * 100):
+        token = BlindDigest(lambda param: key)("Patient.name", "p", "hélène")
+        mac = hmac.new(key, "1:p\x00hélène".encode(), hashlib.sha256).digest()[:16]
+        assert token == base64.urlsafe_b64encode(mac).rstrip(b"=").decode()

@@ -238,6 +238,16 @@ def test_the_generated_searches_find_something(harness: m.Harness) -> None:
         assert harness.keys(m.query("Patient", *params)), params
 
 
+def test_a_system_level_search_is_rewritten_per_type(harness: m.Harness) -> None:
+    """`[base]?_type=Patient,Practitioner&name=…` (http.html#search): each type's own digests."""
+    for params in ([("_type", "Patient,Practitioner"), ("name", "hél")],
+                   [("_type", "Patient,Practitioner,RelatedPerson"), ("telecom", "+33 6 04")],
+                   [("_type", "Patient,Practitioner"), ("family:exact", "Lefèvre,Gottlieb")]):
+        q = m.query(None, *params)
+        found = harness.keys(q)
+        assert found and set(found) == harness.world.expected(q), params
+
+
 def test_a_long_start_with_value_is_refused_and_exact_still_finds_it(harness: m.Harness) -> None:
     long_name = "Jean-François d'Arc de Montmorency"
     with pytest.raises(FhirError) as refused:

@@ -18,7 +18,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from ...model.errors import Kind, fail
-from ...search import BlindIndex, Include, Query, Registry, Sort
+from ...search import BlindIndex, Clause, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
@@ -66,6 +66,10 @@ class MongoSearch:
         """`query` on the digests of protected parameters (search/blind.py)."""
         return query if self.blind is None else self.blind.query(query)
 
+    def _clauses_of(self, query: Query, rtype: str) -> tuple[Clause, ...]:
+        """The clauses of a system-level `query` for resources of `rtype`."""
+        return query.clauses if self.blind is None else self.blind.clauses(query.clauses, rtype)
+
     # -- the Resolver of chains and _has ---------------------------------------------------
 
     async def ids(self, resource_type: str, where: Filter) -> list[str]:
@@ -101,7 +105,7 @@ class MongoSearch:
             return all_of({"type": query.resource_type, "deleted": False},
                           shard_filter(query.resource_type, query.clauses),
                           await self.filters.clauses(query.clauses, query.resource_type))
-        per_type = [all_of({"type": t}, await self.filters.clauses(query.clauses, t))
+        per_type = [all_of({"type": t}, await self.filters.clauses(self._clauses_of(query, t), t))
                     for t in await self._types(query)]
         return all_of({"deleted": False}, any_of(per_type))
 

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ...search import BlindIndex, Include, Query, Registry, Sort
+from ...search import BlindIndex, Clause, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
@@ -50,6 +50,10 @@ class SqliteSearch:
         """`query` on the digests of protected parameters (search/blind.py)."""
         return query if self.blind is None else self.blind.query(query)
 
+    def _clauses_of(self, query: Query, rtype: str) -> tuple[Clause, ...]:
+        """The clauses of a system-level `query` for resources of `rtype`."""
+        return query.clauses if self.blind is None else self.blind.clauses(query.clauses, rtype)
+
     # -- filtering -----------------------------------------------------------------------
 
     def _types(self, query: Query) -> list[str]:
@@ -67,7 +71,7 @@ class SqliteSearch:
                                                 pk_order=not query.sort))
         per_type = [
             all_of(("a.type = ?", [t]),
-                   self.compiler.clauses(query.clauses, t, "a", pk_order=not query.sort))
+                   self.compiler.clauses(self._clauses_of(query, t), t, "a", pk_order=not query.sort))
             for t in self._types(query)
         ]
         return all_of(("a.deleted = 0", []), any_of(per_type))
