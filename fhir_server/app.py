@@ -20,6 +20,7 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
+from .crypto import BlindDigest, BodyCodec, DataKeys, EnvelopeCodec, LocalKeyRing, PlainCodec
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, shortcut_router)
 from .http.audit import install_audit
@@ -28,7 +29,6 @@ from .http.login_routes import login_router
 from .http.operations import router as operations_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
-from .crypto import BlindDigest, LocalKeyRing
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
@@ -45,13 +45,24 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str, accept_unsafe: bool = False, blind: BlindIndex | None = None) -> Store:
-    """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
+def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None,
+               blind: BlindIndex | None = None) -> Store:
+    """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
+    and opens its bodies (default: stored as they are), `blind` indexes protected parameters
+    as digests (default: as they are)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url, blind=blind)
+        return SqliteStore.from_url(url, codec, blind=blind)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, blind=blind)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec, blind=blind)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
+
+
+def body_codec(settings: Settings) -> BodyCodec:
+    """How the stores keep bodies: encrypted under the key ring `settings` names (KeyRingError
+    if it is missing, malformed or too open), or as they are when encryption is off."""
+    if not settings.encryption:
+        return PlainCodec()
+    return EnvelopeCodec(DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path))
 
 
 def blind_index(settings: Settings) -> BlindIndex | None:
@@ -86,8 +97,10 @@ def build_context(settings: Settings, store: Store) -> Context:
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, blind_index(settings)),
-                         open_store(settings.audit_store_url, settings.accept_unsafe_store))
+    codec = body_codec(settings)
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                    blind_index(settings)),
+                         open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     try:
         yield replace(build_context(settings, store), principal=server_principal("cli"))
@@ -99,10 +112,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
-    audit_store = open_store(settings.audit_store_url)
-    store = RoutingStore(
-        store or open_store(settings.store_url, settings.accept_unsafe_store, blind_index(settings)),
-        audit_store)
+    codec = body_codec(settings)
+    audit_store = open_store(settings.audit_store_url, codec=codec)
+    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                             blind_index(settings)),
+                         audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     tokens, oauth = _authorization(settings)

@@ -3,12 +3,14 @@
 
 from .blind import BlindDigest
 from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope
-from .datakeys import DataKeys, DataKeysStatus, KeyDestroyed, patient_scope, type_scope
+from .datakeys import (RECHECK_SECONDS, DataKeys, DataKeysStatus, KeyDestroyed, patient_scope,
+                       type_scope)
 from .envelope import EnvelopeError
 from .keyring import KeyProvider, KeyRingError, KeyRingStatus, LocalKeyRing, create_key_ring
 
 __all__ = [
-    "BlindDigest", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError", "KeyDestroyed",
+    "RECHECK_SECONDS", "BlindDigest", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec",
+    "EnvelopeError", "KeyDestroyed",
     "KeyProvider", "KeyRingError", "KeyRingStatus", "LocalKeyRing", "PlainCodec",
     "UnreadableBody", "create_key_ring", "key_scope", "patient_scope", "type_scope",
 ]

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from ..model.errors import FhirError, Kind, fail
 from .datakeys import DataKeys, KeyDestroyed, patient_scope, type_scope
-from .envelope import EnvelopeError, key_id_of, location, open_envelope, seal
+from .envelope import EnvelopeError, is_envelope, key_id_of, location, open_envelope, seal
 from .keyring import KeyRingError
 
 
@@ -32,16 +31,16 @@ class BodyCodec(Protocol):
         """The body `seal` was given. Raises UnreadableBody (a FAULT) if it cannot be opened."""
 
 
-class UnreadableBody(FhirError):
-    """A stored body that cannot be decrypted: tampered with, moved, or its key destroyed.
-    The client sees a 500 naming the resource, never blob or key bytes."""
+class UnreadableBody(Exception):
+    """A stored body that cannot be decrypted: tampered with, moved, or (`destroyed`) its data
+    key destroyed by an erasure. Not a client's error: the server answers 500 with an incident
+    id and logs this message, which names the version, never blob or key bytes."""
 
-
-def unreadable(resource_type: str, id: str, version: int, why: str) -> UnreadableBody:
-    issue = fail(Kind.FAULT, "exception",
-                 f"The stored body of {resource_type}/{id}/_history/{version} cannot be "
-                 f"decrypted ({why}).").issues
-    return UnreadableBody(Kind.FAULT, issue)
+    def __init__(self, resource_type: str, id: str, version: int, why: str,
+                 destroyed: bool = False) -> None:
+        super().__init__(f"The stored body of {resource_type}/{id}/_history/{version} cannot "
+                         f"be decrypted ({why}).")
+        self.destroyed = destroyed
 
 
 def key_scope(resource_type: str, patients: Collection[str]) -> str:
@@ -57,8 +56,8 @@ class PlainCodec:
         return body
 
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
-        if stored[:1] != b"{":
-            raise unreadable(resource_type, id, version, "it is encrypted and encryption is off")
+        if is_envelope(stored):
+            raise UnreadableBody(resource_type, id, version, "it is encrypted and encryption is off")
         return stored
 
 
@@ -78,6 +77,17 @@ class EnvelopeCodec:
             cipher = self.keys.cipher(key_id_of(stored))
             return open_envelope(cipher, location(resource_type, id, version), stored)
         except KeyDestroyed:
-            raise unreadable(resource_type, id, version, "its data key was destroyed") from None
+            raise UnreadableBody(resource_type, id, version, "its data key was destroyed",
+                                 destroyed=True) from None
         except (EnvelopeError, KeyRingError) as error:
-            raise unreadable(resource_type, id, version, str(error)) from None
+            raise UnreadableBody(resource_type, id, version, str(error)) from None
+
+    def reseal(self, scope: str, stale: Collection[bytes], resource_type: str, id: str,
+               version: int, stored: bytes) -> bytes | None:
+        """`stored` sealed again under the current key of `scope` if one of the `stale` keys
+        sealed it, else None (data-key rotation, store/rekey.py)."""
+        if key_id_of(stored) not in stale:
+            return None
+        body = self.open(resource_type, id, version, stored)
+        key_id, cipher = self.keys.current(scope)
+        return seal(cipher, key_id, location(resource_type, id, version), body)

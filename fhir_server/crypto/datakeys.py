@@ -43,7 +43,7 @@ CREATE INDEX IF NOT EXISTS data_key_scope ON data_key (scope);
 CREATE TABLE IF NOT EXISTS revision (n INTEGER NOT NULL);
 INSERT INTO revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM revision);
 """
-_RECHECK_SECONDS = 1.0
+RECHECK_SECONDS = 1.0
 
 
 class KeyDestroyed(Exception):
@@ -211,7 +211,7 @@ class DataKeys:
     def _recheck(self) -> None:
         """Forget every cached key if another process changed keys (at most once a second)."""
         now = time.monotonic()
-        if now - self._checked < _RECHECK_SECONDS:
+        if now - self._checked < RECHECK_SECONDS:
             return
         self._checked = now
         revision = self._read_revision()

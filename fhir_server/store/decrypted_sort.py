@@ -35,6 +35,7 @@ from ..search import (
 from .base import SearchPage, Version
 from .cursors import decode, encode
 
+Opener = Callable[[Version], Version]  # a stored version -> the same with its body readable
 DEFAULT_COUNT = 20
 _TAG = "sorted-after-decryption"  # tells these cursors from keyset ones
 
@@ -71,12 +72,11 @@ def _key(sort: Sort, version: Version, entries: Sequence[IndexEntry]) -> Any:
     return max(values) if sort.descending else min(values)
 
 
-def order(query: Query, matches: Sequence[Version],
-          plain: Callable[[Version], dict[str, Any]] | None = None) -> list[Version]:
-    """`matches` (in creation order) in `query.sort` order. `plain` reads a match's body
-    (default: the JSON itself; a store keeping ciphertext passes its decryption)."""
-    read = plain or (lambda version: orjson.loads(version.body or b"{}"))
-    entries = {(v.resource_type, v.id): extract(read(v)) for v in matches}
+def order(query: Query, matches: Sequence[Version], opened: Opener | None = None) -> list[Version]:
+    """`matches` (in creation order) in `query.sort` order. `opened` gives a match with its
+    body readable (a store keeping bodies sealed passes its codec's; default: as stored)."""
+    entries = {(v.resource_type, v.id): extract(orjson.loads((opened(v) if opened else v).body or b"{}"))
+               for v in matches}
     ordered = list(matches)
     # Stable sorts from the last key to the first: each key orders ties of the ones before it.
     for sort in reversed(query.sort):
@@ -88,7 +88,7 @@ def order(query: Query, matches: Sequence[Version],
 
 
 def sorted_page(query: Query, found: Sequence[Version], cursor: str | None, limit: int,
-                plain: Callable[[Version], dict[str, Any]] | None = None) -> SearchPage:
+                opened: Opener | None = None) -> SearchPage:
     """The page of `query` that `cursor` points to, from every match `found` by the
     `unsorted(query, limit)` search (includes left to the store)."""
     if len(found) > limit:
@@ -97,7 +97,7 @@ def sorted_page(query: Query, found: Sequence[Version], cursor: str | None, limi
     count = DEFAULT_COUNT if query.count is None else query.count
     if count == 0 or query.summary == "count":
         return SearchPage((), total=total)
-    matches, next_cursor, prev_cursor = page(order(query, found, plain), count, cursor)
+    matches, next_cursor, prev_cursor = page(order(query, found, opened), count, cursor)
     return SearchPage(matches, (), next_cursor, prev_cursor, total)
 
 

@@ -35,7 +35,7 @@ from fhir_server.store.base import Store
 from fhir_server.store.mongo import MongoStore
 from fhir_server.store.sqlite import SqliteStore
 from tests.store import search_model as m
-from tests.store.conftest import DOUBLE, DOUBLE_LACKS, MONGODB_URI, STORES, migrated_double
+from tests.store.conftest import DOUBLE, DOUBLE_LACKS, MONGODB_URI, STORES, encrypting, migrated_double
 
 SYNTHEA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "synthea"
 CAP = 12  # small, so that generated values cross it
@@ -47,15 +47,16 @@ SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
 
 
 def blind_store(kind: str, folder: Path) -> Store:
-    """A store of `kind` (tests/store/conftest.STORES) with the blind indexes above."""
+    """A store of `kind` (tests/store/conftest.STORES), encrypting its bodies as by default,
+    with the blind indexes above."""
     if kind == "sqlite":
-        return SqliteStore(folder / "blind.db", blind=BLIND)
+        return SqliteStore(folder / "blind.db", codec=encrypting(folder), blind=BLIND)
     if kind == DOUBLE:
-        return migrated_double(blind=BLIND)
+        return migrated_double(codec=encrypting(folder), blind=BLIND)
     assert MONGODB_URI is not None
     plain = STORES[kind](folder)
     assert isinstance(plain, MongoStore)
-    return MongoStore(plain.client, plain.db.name, blind=BLIND)
+    return MongoStore(plain.client, plain.db.name, codec=plain.codec, blind=BLIND)
 
 
 def synthea() -> list[dict[str, Any]]:

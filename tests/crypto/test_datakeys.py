@@ -48,7 +48,7 @@ def test_a_destroy_elsewhere_reaches_this_process_cache(keys: DataKeys, tmp_path
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     blob = EnvelopeCodec(keys).seal("Patient", "a", 1, b"{}", {"a"})
     DataKeys(keys.provider, tmp_path / "datakeys.db").destroy(patient_scope("a"))
-    monkeypatch.setattr("fhir_server.crypto.datakeys._RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("fhir_server.crypto.datakeys.RECHECK_SECONDS", 0.0)
     with pytest.raises(UnreadableBody):
         EnvelopeCodec(keys).open("Patient", "a", 1, blob)
 

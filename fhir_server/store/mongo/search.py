@@ -22,6 +22,7 @@ from ...search import BlindIndex, Clause, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
+from ..decrypted_sort import Opener
 from .filters import FALSE, Filter, FilterBuilder, all_of, any_of, shard_filter
 from .layout import ARRAY_OF_PARAM_TYPE, key
 
@@ -55,12 +56,16 @@ class MongoSearch:
     """Runs Query ASTs on the `resources` collection (inside `session` when given)."""
 
     def __init__(self, resources: AsyncCollection[dict[str, Any]], registry: Registry,
-                 session: AsyncClientSession | None = None, blind: BlindIndex | None = None) -> None:
+                 session: AsyncClientSession | None = None, blind: BlindIndex | None = None,
+                 opened: Opener | None = None) -> None:
+        """`blind`: protected parameters are indexed as digests; `opened` gives a stored
+        version with its body readable (a `_sort` on a protected parameter reads it)."""
         self.resources = resources
         self.registry = registry
         self.session = session
         self.filters = FilterBuilder(registry, self)
         self.blind = blind
+        self.opened = opened
 
     def _blinded(self, query: Query) -> Query:
         """`query` on the digests of protected parameters (search/blind.py)."""
@@ -182,7 +187,7 @@ class MongoSearch:
     async def _search_decrypted(self, query: Query, cursor: str | None, limit: int) -> SearchPage:
         """`_sort` on a protected parameter: every match, sorted after decryption."""
         found = (await self.search(decrypted_sort.unsorted(query, limit), None)).matches
-        page = decrypted_sort.sorted_page(query, found, cursor, limit)
+        page = decrypted_sort.sorted_page(query, found, cursor, limit, self.opened)
         return dataclasses.replace(page, included=await self.includes(query, page.matches))
 
     async def _page(self, where: Filter, keys: list[_SortKey], boundary: Sequence[Any] | None,

@@ -17,6 +17,7 @@ from ...search import BlindIndex, Clause, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
+from ..decrypted_sort import Opener
 from .index import ParamIds
 from .predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
 
@@ -39,12 +40,15 @@ class SqliteSearch:
     """Runs Query ASTs on one connection."""
 
     def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
-                 blind: BlindIndex | None = None) -> None:
+                 blind: BlindIndex | None = None, opened: Opener | None = None) -> None:
+        """`blind`: protected parameters are indexed as digests; `opened` gives a stored
+        version with its body readable (a `_sort` on a protected parameter reads it)."""
         self.conn = conn
         self.registry = registry
         self.compiler = PredicateCompiler(conn, ids, registry)
         self.ids = ids
         self.blind = blind
+        self.opened = opened
 
     def _blinded(self, query: Query) -> Query:
         """`query` on the digests of protected parameters (search/blind.py)."""
@@ -146,7 +150,7 @@ class SqliteSearch:
     def _search_decrypted(self, query: Query, cursor: str | None, limit: int) -> SearchPage:
         """`_sort` on a protected parameter: every match, sorted after decryption."""
         found = self.search(decrypted_sort.unsorted(query, limit), None).matches
-        page = decrypted_sort.sorted_page(query, found, cursor, limit)
+        page = decrypted_sort.sorted_page(query, found, cursor, limit, self.opened)
         keys = [(v.resource_type, v.id) for v in page.matches]
         return dataclasses.replace(page, included=self.includes(query, keys))
 

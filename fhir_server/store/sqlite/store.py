@@ -15,11 +15,13 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ... import clock
+from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
 from ...search import BlindIndex, Query, Registry, default_registry, distance_km
@@ -43,6 +45,8 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, sealed,
+                      sealed_records)
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -62,9 +66,10 @@ class SqliteStore:
     """A Store on one SQLite database file."""
 
     def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4,
-                 blind: BlindIndex | None = None) -> None:
+                 codec: BodyCodec | None = None, blind: BlindIndex | None = None) -> None:
         self.path = path
         self.registry = registry or default_registry()
+        self.codec = codec or PlainCodec()
         self.blind = blind  # protected parameters indexed as digests (search/blind.py)
         self.ids = ParamIds()
         self._local = threading.local()
@@ -77,11 +82,12 @@ class SqliteStore:
         self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
 
     @classmethod
-    def from_url(cls, url: str, *, blind: BlindIndex | None = None) -> SqliteStore:
+    def from_url(cls, url: str, codec: BodyCodec | None = None, *,
+                 blind: BlindIndex | None = None) -> SqliteStore:
         """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
         if not url.startswith("sqlite:///"):
             raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")
-        return cls(Path(url.removeprefix("sqlite:///")), blind=blind)
+        return cls(Path(url.removeprefix("sqlite:///")), codec=codec, blind=blind)
 
     # -- connections ------------------------------------------------------------------
 
@@ -156,7 +162,7 @@ class SqliteStore:
     async def read(self, resource_type: str, id: str) -> Version | None:
         def work(conn: sqlite3.Connection) -> Version | None:
             row = conn.execute(_CURRENT, (resource_type, id)).fetchone()
-            return _version(row) if row else None
+            return opened(self.codec, _version(row)) if row else None
 
         return await self._read(work)
 
@@ -167,7 +173,7 @@ class SqliteStore:
                 "WHERE type = ? AND id = ? AND version = ?",
                 (resource_type, id, version),
             ).fetchone()
-            return _version(row) if row else None
+            return opened(self.codec, _version(row)) if row else None
 
         return await self._read(work)
 
@@ -201,22 +207,43 @@ class SqliteStore:
             rows = conn.execute(sql, (*args, query.count + 1)).fetchall()
             page = rows[: query.count]
             more = len(rows) > query.count
-            return HistoryPage(
+            return opened_history(self.codec, HistoryPage(
                 versions=tuple(_version(r) for r in page),
                 next_seq=page[-1][6] if more else None,
-            )
+            ))
 
         return await self._read(work)
 
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
-        return await self._read(
-            lambda conn: SqliteSearch(conn, self.ids, self.registry, self.blind).search(query, cursor)
-        )
+        return await self._read(lambda conn: opened_page(self.codec, SqliteSearch(
+            conn, self.ids, self.registry, self.blind, partial(opened, self.codec)).search(query, cursor)))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
-        return await self._read(lambda conn: [(r[0], r[1]) for r in conn.execute(
+        return await self._read(lambda conn: opened_records(self.codec, conn.execute(
             "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
-            (len(prefix), prefix))])
+            (len(prefix), prefix)).fetchall()))
+
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT seq, type, id, version, body FROM history WHERE seq > ? AND body IS NOT NULL "
+            "ORDER BY seq LIMIT ?", (int(after or 0), limit)).fetchall())
+        changed = [(new, seq, body) for seq, rtype, id, version, body in rows
+                   if (new := rewrite(rtype, id, version, body)) is not None]
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._begin(conn)
+            try:
+                conn.executemany("UPDATE history SET body = ? WHERE seq = ? AND body = ?", changed)
+            except BaseException:
+                self._end(conn, False)
+                raise
+            self._end(conn, True)
+
+        if changed:
+            async with self._write_lock:
+                await self._run(self._writer, write)
+        return len(changed), str(rows[-1][0]) if len(rows) == limit else None
 
     # -- writes ------------------------------------------------------------------------
 
@@ -251,7 +278,7 @@ class SqliteStore:
 
             def begin(conn: sqlite3.Connection) -> _Unit:
                 self._begin(conn)
-                return _Unit(conn, self.ids, self.registry, self.blind)
+                return _Unit(conn, self.ids, self.registry, self.codec, self.blind)
 
             unit = await self._run(self._writer, begin)
             try:
@@ -294,7 +321,8 @@ class SqliteStore:
                 conn.execute("SAVEPOINT queued")
                 pending = self.ids.savepoint()
                 try:
-                    outcomes.append(_Unit(conn, self.ids, self.registry, self.blind).apply_all(queued.operations))
+                    unit = _Unit(conn, self.ids, self.registry, self.codec, self.blind)
+                    outcomes.append(unit.apply_all(queued.operations))
                 except Exception as error:  # noqa: BLE001 - this commit's own outcome
                     # Whatever one commit raises (a client error, or a fault of its own such
                     # as a number orjson cannot write) is its alone: the others of the batch
@@ -378,11 +406,13 @@ class _Unit:
     """One unit of work inside an open IMMEDIATE transaction; every write shares its time."""
 
     def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
-                 blind: BlindIndex | None) -> None:
+                 codec: BodyCodec, blind: BlindIndex | None) -> None:
         self.conn = conn
         self.ids = ids
+        self.registry = registry
+        self.codec = codec
         self.blind = blind
-        self.search = SqliteSearch(conn, ids, registry, blind)
+        self.search = SqliteSearch(conn, ids, registry, blind, partial(opened, codec))
         self.last_updated, self.micros = clock.instant_and_micros()
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
@@ -408,7 +438,7 @@ class _Unit:
                 if len(found) > 1:
                     raise _ambiguous(op.query)
                 existing = self.conn.execute(_CURRENT, (op.write.resource_type, found[0])).fetchone()
-                return Result("matched", (_version(existing),))
+                return Result("matched", (opened(self.codec, _version(existing)),))
             case ConditionalUpdate():
                 return self.conditional_update(op)
             case ConditionalDelete():
@@ -420,7 +450,8 @@ class _Unit:
                     versions.extend(self.delete(op.query.resource_type or "", id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
-                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)", op.put)
+                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)",
+                                      sealed_records(self.codec, op.put))
                 self.conn.executemany("DELETE FROM outbox WHERE key = ?", [(k,) for k in op.remove])
                 return Result("none")
         raise TypeError(f"unknown operation {op!r}")
@@ -482,7 +513,8 @@ class _Unit:
             version = previous + 1
             sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
-        self._version_row(pk, op.resource_type, op.id, version, op.method, body)
+        stored_body = sealed(self.codec, self.registry, op, version, body)
+        self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body)
         sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
