@@ -88,6 +88,11 @@ class BlindIndex:
                                  "parameters can be blind-indexed")
             self._codes[rtype] = self._codes.get(rtype, frozenset()) | {code}
 
+    @classmethod
+    def nothing(cls, registry: Registry) -> BlindIndex:
+        """A blind index of no parameter: entries and queries go through unchanged."""
+        return cls((), _no_digest, registry)
+
     def protects(self, resource_type: str | None, code: str) -> bool:
         return resource_type is not None and code in self._codes.get(resource_type, ())
 
@@ -132,13 +137,15 @@ class BlindIndex:
         `:text`, a start-with value longer than the prefix cap, `_sort` on one (the store
         sorts protected values itself after decryption, see `sorts_protected`).
         """
-        if query.resource_type is None:
+        if query.resource_type is None or not self._codes:
             return query  # a system-level search is rewritten per type (`clauses`)
         return dataclasses.replace(query, clauses=self.clauses(query.clauses, query.resource_type))
 
     def clauses(self, clauses: tuple[Clause, ...], resource_type: str) -> tuple[Clause, ...]:
         """`clauses` applied to resources of `resource_type`, on digests (a system-level
         search `_type=Patient,Practitioner&name=…` gets them once per type)."""
+        if not self._codes:
+            return clauses
         return tuple(Clause(tuple(q for p in c.any_of for q in self._predicate(p, resource_type)))
                      for c in clauses)
 
@@ -192,6 +199,10 @@ class BlindIndex:
             raise unsupported(p.param, rtype, f"a value longer than {self.prefix_cap} characters "
                                               "(without :exact)")
         return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value), exact="")
+
+
+def _no_digest(param: str, domain: str, text: str) -> str:
+    raise AssertionError(f"{param} is not protected: nothing to digest")
 
 
 def unsupported(code: str, resource_type: str, what: str) -> FhirError:

@@ -18,7 +18,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from ...model.errors import Kind, fail
-from ...search import BlindIndex, Clause, Include, Query, Registry, Sort
+from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
@@ -64,16 +64,8 @@ class MongoSearch:
         self.registry = registry
         self.session = session
         self.filters = FilterBuilder(registry, self)
-        self.blind = blind
+        self.blind = blind or BlindIndex.nothing(registry)
         self.opened = opened
-
-    def _blinded(self, query: Query) -> Query:
-        """`query` on the digests of protected parameters (search/blind.py)."""
-        return query if self.blind is None else self.blind.query(query)
-
-    def _clauses_of(self, query: Query, rtype: str) -> tuple[Clause, ...]:
-        """The clauses of a system-level `query` for resources of `rtype`."""
-        return query.clauses if self.blind is None else self.blind.clauses(query.clauses, rtype)
 
     # -- the Resolver of chains and _has ---------------------------------------------------
 
@@ -110,7 +102,8 @@ class MongoSearch:
             return all_of({"type": query.resource_type, "deleted": False},
                           shard_filter(query.resource_type, query.clauses),
                           await self.filters.clauses(query.clauses, query.resource_type))
-        per_type = [all_of({"type": t}, await self.filters.clauses(self._clauses_of(query, t), t))
+        per_type = [all_of({"type": t},
+                           await self.filters.clauses(self.blind.clauses(query.clauses, t), t))
                     for t in await self._types(query)]
         return all_of({"deleted": False}, any_of(per_type))
 
@@ -157,9 +150,9 @@ class MongoSearch:
 
     async def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
-        if self.blind is not None and self.blind.sorts_protected(query):
+        if self.blind.sorts_protected(query):
             return await self._search_decrypted(query, cursor, self.blind.sort_limit)
-        query = self._blinded(query)
+        query = self.blind.query(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = await self.where(query)
         wants_total = query.total in ("accurate", "estimate") or query.summary == "count"
@@ -224,7 +217,7 @@ class MongoSearch:
 
     async def match_ids(self, query: Query, limit: int | None) -> list[str]:
         """Ids of current resources matching `query` (conditional interactions)."""
-        query = self._blinded(query)
+        query = self.blind.query(query)
         where = await self.where(query)
         if where == FALSE:
             return []

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ...search import BlindIndex, Clause, Include, Query, Registry, Sort
+from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
@@ -47,16 +47,8 @@ class SqliteSearch:
         self.registry = registry
         self.compiler = PredicateCompiler(conn, ids, registry)
         self.ids = ids
-        self.blind = blind
+        self.blind = blind or BlindIndex.nothing(registry)
         self.opened = opened
-
-    def _blinded(self, query: Query) -> Query:
-        """`query` on the digests of protected parameters (search/blind.py)."""
-        return query if self.blind is None else self.blind.query(query)
-
-    def _clauses_of(self, query: Query, rtype: str) -> tuple[Clause, ...]:
-        """The clauses of a system-level `query` for resources of `rtype`."""
-        return query.clauses if self.blind is None else self.blind.clauses(query.clauses, rtype)
 
     # -- filtering -----------------------------------------------------------------------
 
@@ -75,7 +67,8 @@ class SqliteSearch:
                                                 pk_order=not query.sort))
         per_type = [
             all_of(("a.type = ?", [t]),
-                   self.compiler.clauses(self._clauses_of(query, t), t, "a", pk_order=not query.sort))
+                   self.compiler.clauses(self.blind.clauses(query.clauses, t), t, "a",
+                                         pk_order=not query.sort))
             for t in self._types(query)
         ]
         return all_of(("a.deleted = 0", []), any_of(per_type))
@@ -121,9 +114,9 @@ class SqliteSearch:
 
     def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
-        if self.blind is not None and self.blind.sorts_protected(query):
+        if self.blind.sorts_protected(query):
             return self._search_decrypted(query, cursor, self.blind.sort_limit)
-        query = self._blinded(query)
+        query = self.blind.query(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = self.where(query)
         total = self.count(where) if query.total in ("accurate", "estimate") or query.summary == "count" else None
@@ -170,7 +163,7 @@ class SqliteSearch:
 
     def plan(self, query: Query) -> list[str]:
         """How SQLite runs the first page of `query` (EXPLAIN QUERY PLAN), for tests and benches."""
-        query = self._blinded(query)
+        query = self.blind.query(query)
         where = self.where(query)
         if where == FALSE:
             return []
@@ -185,7 +178,7 @@ class SqliteSearch:
 
     def match_ids(self, query: Query, limit: int | None) -> list[str]:
         """Ids of current resources matching `query` (conditional interactions)."""
-        query = self._blinded(query)
+        query = self.blind.query(query)
         where = self.where(query)
         if where == FALSE:
             return []
