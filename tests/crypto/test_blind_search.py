@@ -31,7 +31,7 @@ from fhir_server.search import (
     default_protected,
     default_registry,
 )
-from fhir_server.store.base import Store
+from fhir_server.store.base import ConditionalCreate, Delete, Store
 from fhir_server.store.mongo import MongoStore
 from fhir_server.store.sqlite import SqliteStore
 from tests.store import search_model as m
@@ -237,6 +237,42 @@ def test_the_generated_searches_find_something(harness: m.Harness) -> None:
     for params in ([("name", "hél")], [("family:exact", "Lefèvre")], [("address-city", "SAINT-E")],
                    [("identifier", "urn:oid:1.2.250.1.213.1.4.8|2030575123456")], [("email", "zoë.nguyễn@exemple.fr")]):
         assert harness.keys(m.query("Patient", *params)), params
+
+
+def test_birth_dates_stay_range_searchable_beside_protected_names(harness: m.Harness) -> None:
+    q = m.query("Patient", ("birthdate", "ge1960"), ("birthdate", "lt1962-06"), ("given", "zo"))
+    found = harness.keys(q)
+    assert found == [("Patient", "acc10"), ("Patient", "acc11"), ("Patient", "acc12")]
+    assert set(found) == harness.world.expected(q)
+
+
+def test_include_and_revinclude_follow_references_as_before(harness: m.Harness) -> None:
+    page = harness.run(harness.store.search(m.query(
+        "RelatedPerson", ("name", "zoë"), ("_include", "RelatedPerson:patient"))))
+    assert [v.id for v in page.matches] == ["rel12"] and [v.id for v in page.included] == ["acc12"]
+    page = harness.run(harness.store.search(m.query(
+        "Patient", ("family:exact", "Straße"), ("_revinclude", "RelatedPerson:patient"),
+        ("_revinclude", "Observation:subject"))))
+    assert [v.id for v in page.matches] == ["acc6"]
+    assert sorted(v.id for v in page.included) == ["obs6", "rel6"]
+
+
+def test_conditional_create_on_an_identifier_finds_the_existing_patient(harness: m.Harness) -> None:
+    """An EHR's idempotent push (If-None-Exist: identifier=system|value): the second
+    create finds the first by its identifier's digest and creates nothing."""
+    pushed = {"resourceType": "Patient", "id": "pushed", "name": [{"family": "Poussé"}],
+              "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1840275000111"}]}
+    criteria = m.query("Patient", ("identifier", "urn:oid:1.2.250.1.213.1.4.8|1840275000111"))
+    first = harness.run(harness.store.commit([ConditionalCreate(criteria, m.write(pushed))]))
+    again = dict(pushed, id="pushed-again")
+    second = harness.run(harness.store.commit([ConditionalCreate(criteria, m.write(again))]))
+    try:
+        assert first[0].outcome == "created"
+        assert second[0].outcome != "created" and second[0].version is not None
+        assert second[0].version.id == "pushed"
+        assert harness.keys(criteria) == [("Patient", "pushed")]
+    finally:
+        harness.run(harness.store.commit([Delete("Patient", "pushed")]))
 
 
 def test_a_system_level_search_is_rewritten_per_type(harness: m.Harness) -> None:
