@@ -41,7 +41,7 @@ class BlindDigest:
     short prefixes repeat across resources, and the process holds these values anyway.
     """
 
-    def __init__(self, index_key: IndexKey, cache_size: int = 1 << 16) -> None:
+    def __init__(self, index_key: IndexKey, cache_size: int = 1 << 14) -> None:
         self._index_key = index_key
         self._pads: dict[str, tuple[Any, Any]] = {}
         self._token = lru_cache(maxsize=cache_size)(self._compute)

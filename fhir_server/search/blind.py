@@ -112,6 +112,7 @@ class BlindIndex:
             elif type(entry) is TokenEntry:
                 code = self.digest(f"{resource_type}.{entry.param}", CODE, entry.code) if entry.code else None
                 out.append(TokenEntry(entry.param, entry.system, code, None, entry.type_system, entry.type_code))
+            # A string or token parameter indexes no other kind; were one to, it is not kept.
         return out
 
     def _string_entries(self, key: str, entry: StringEntry, out: list[IndexEntry]) -> None:
@@ -134,8 +135,8 @@ class BlindIndex:
         """`query` with every predicate on a protected parameter rewritten to digests.
 
         INVALID (400, naming the parameter) for what digests cannot answer: `:contains`,
-        `:text`, a start-with value longer than the prefix cap, `_sort` on one (the store
-        sorts protected values itself after decryption, see `sorts_protected`).
+        `:text`, a start-with value longer than the prefix cap. `_sort` is left as it is: the
+        store sorts protected values itself, after decryption (see `sorts_protected`).
         """
         if query.resource_type is None or not self._codes:
             return query  # a system-level search is rewritten per type (`clauses`)
