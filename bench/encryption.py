@@ -5,7 +5,8 @@ Each round seeds two fresh apps (`bench.requests.seeded`: one with encryption, o
 then measures each op on both, alternating which goes first; the median over rounds is
 reported. CPU time (`time.process_time`: every thread of the process), not wall time: the
 machine is shared. A create makes a new Patient, so a new patient compartment: it includes
-making, wrapping and storing that patient's data key (whose fsync is wait, not CPU).
+making, wrapping and storing that patient's data key (one write of datakeys.db per group
+commit); `create-observation` writes into the compartment of a seeded Patient (its key exists).
 
     .venv/bin/python -m bench.encryption [--rounds 5] [--n 1000] [--requests 2000]
 """
@@ -19,9 +20,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from bench.requests import _drive, _ops, _patient, seeded
 from fhir_server.crypto import DataKeys, EnvelopeCodec, LocalKeyRing, create_key_ring
 from fhir_server.store.versions import stamp
+
+
+OPS = ("read", "create", "create-observation")
+
+
+def _observation(i: int, n: int) -> bytes:
+    """An Observation in the compartment of one of the seeded Patients (its key exists)."""
+    return orjson.dumps({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/perf-{i % n:07d}"},
+        "effectiveDateTime": "2026-01-01T10:00:00Z",
+        "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org",
+                          "code": "/min"}})
 
 
 async def _round(args: argparse.Namespace, first: bool) -> dict[tuple[str, bool], float]:
@@ -30,7 +47,12 @@ async def _round(args: argparse.Namespace, first: bool) -> dict[tuple[str, bool]
     for encryption in (first, not first):
         async with seeded(args.n, encryption) as client:
             ops = _ops(client, args.n)
-            for name in ("read", "create"):
+
+            async def create_observation(i: int) -> int:
+                return await client("POST", "/fhir/Observation", _observation(i, args.n))
+
+            ops["create-observation"] = create_observation
+            for name in OPS:
                 await _drive(ops[name], args.requests // 5, args.concurrency)  # warm-up
                 cpu, failed = await _drive(ops[name], args.requests, args.concurrency)
                 assert failed == 0, f"{name}: {failed} failed"
@@ -60,7 +82,7 @@ async def main(args: argparse.Namespace) -> None:
     seal, open_, size = _codec_alone(20_000)
     print(f"codec alone, {size}-byte body: seal {seal:.1f} CPU µs, open {open_:.1f} CPU µs")
     rounds = [await _round(args, first=r % 2 == 0) for r in range(args.rounds)]
-    for name in ("read", "create"):
+    for name in OPS:
         on = statistics.median(r[name, True] for r in rounds)
         off = statistics.median(r[name, False] for r in rounds)
         each = ", ".join(f"{r[name, True]:,.0f}/{r[name, False]:,.0f}" for r in rounds)

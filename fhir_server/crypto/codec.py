@@ -11,7 +11,7 @@ outside every compartment, its type's key.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from .datakeys import DataKeys, KeyDestroyed, patient_scope, type_scope
@@ -28,7 +28,11 @@ class BodyCodec(Protocol):
         compartments are `patients` (ids)."""
 
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
-        """The body `seal` was given. Raises UnreadableBody (a FAULT) if it cannot be opened."""
+        """The body `seal` was given. Raises UnreadableBody if it cannot be opened."""
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        """Get ready to seal resources of these (type, patients) soon, outside any lock the
+        caller's store holds if it can (making new data keys writes and syncs a file)."""
 
 
 class UnreadableBody(Exception):
@@ -60,12 +64,18 @@ class PlainCodec:
             raise UnreadableBody(resource_type, id, version, "it is encrypted and encryption is off")
         return stored
 
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        return None
+
 
 class EnvelopeCodec:
     """Bodies sealed with AES-256-GCM under their compartment's data key (crypto/envelope.py)."""
 
     def __init__(self, keys: DataKeys) -> None:
         self.keys = keys
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        self.keys.prepare(key_scope(resource_type, patients) for resource_type, patients in resources)
 
     def seal(self, resource_type: str, id: str, version: int, body: bytes,
              patients: Collection[str]) -> bytes:
