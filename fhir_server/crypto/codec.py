@@ -5,7 +5,8 @@ and back. The stores see only this port; keys, providers and formats stay behind
 `open` runs on every body a store reads. Which key: a resource in one patient's compartment
 uses that patient's key; in several, the key of the patient whose id sorts first (one
 deterministic answer, so every version of a resource with unchanged references uses the
-same key; erasing another of its patients removes the resource itself: docs/security.md);
+same key; the erasure of any other of its patients must remove the resource, since their
+key does not cover it: docs/security.md);
 outside every compartment, its type's key.
 """
 
