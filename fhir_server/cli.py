@@ -85,7 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure(settings.log_level)
     if settings.encryption:
         try:  # checked here, before any worker starts: nothing is served without the keys
-            LocalKeyRing(settings.key_ring_path)
+            body_codec(settings)
         except KeyRingError as error:
             print(f"fhir-server serve: {error}", file=sys.stderr)
             return 2

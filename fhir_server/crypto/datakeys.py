@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .. import clock
 from ..private_files import make_private
 from .envelope import KEY_ID_BYTES
-from .keyring import KEY_BYTES, KeyProvider
+from .keyring import KEY_BYTES, KeyProvider, KeyRingError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_key (
@@ -170,6 +170,18 @@ class DataKeys:
             conn.executemany("UPDATE data_key SET wrapped = ? WHERE key_id = ? AND wrapped = ?",
                              rewrapped)
         return len(rewrapped)
+
+    def check(self) -> None:
+        """KeyRingError unless the provider unwraps the newest data key under each KEK the file
+        names: a server started with the wrong key ring stops here, before serving."""
+        for key_id, wrapped in self._query(
+                "SELECT key_id, wrapped FROM data_key WHERE rowid IN (SELECT max(rowid) FROM "
+                "data_key GROUP BY substr(wrapped, 2, 8))"):
+            try:
+                self.provider.unwrap(wrapped, key_id)
+            except KeyRingError as error:
+                raise KeyRingError(f"the key ring cannot open the stored data keys ({error}): "
+                                   f"is it the key ring of {self.path}?") from None
 
     def verify(self) -> list[str]:
         """Unwrap every key; the problems found (empty: every key unwraps)."""
