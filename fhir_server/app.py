@@ -59,10 +59,13 @@ def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = 
 
 def body_codec(settings: Settings) -> BodyCodec:
     """How the stores keep bodies: encrypted under the key ring `settings` names (KeyRingError
-    if it is missing, malformed or too open), or as they are when encryption is off."""
+    if it is missing, malformed, too open, or not the one of the stored data keys), or as they
+    are when encryption is off."""
     if not settings.encryption:
         return PlainCodec()
-    return EnvelopeCodec(DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path))
+    keys = DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+    keys.check()  # the wrong key ring is refused at start, not at the first read
+    return EnvelopeCodec(keys)
 
 
 def blind_index(settings: Settings) -> BlindIndex | None:

@@ -15,7 +15,8 @@ import re
 import secrets
 import signal
 import sys
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, get_origin
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure(settings.log_level)
     if settings.encryption:
         try:  # checked here, before any worker starts: nothing is served without the keys
-            LocalKeyRing(settings.key_ring_path)
+            body_codec(settings)
         except KeyRingError as error:
             print(f"fhir-server serve: {error}", file=sys.stderr)
             return 2
@@ -286,6 +287,9 @@ class _Noting:
              patients: Collection[str]) -> bytes:
         return self.codec.seal(resource_type, id, version, body, patients)
 
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        self.codec.prepare(resources)
+
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
         try:
             return self.codec.open(resource_type, id, version, stored)
@@ -391,8 +395,12 @@ def _rotate_kek(settings: Settings) -> int:
     older = set(keys.provider.status().keks)
     kek = keys.provider.rotate()
     rewrapped = 0
-    while done := keys.rewrap():
-        rewrapped += done
+    for _ in range(2):
+        while done := keys.rewrap():
+            rewrapped += done
+        # Again after a while: a key a server wrapped just before the rotation and stored
+        # just after it (servers wrap with the KEK the file names at that moment).
+        time.sleep(1.0)
     for old in older:
         keys.provider.destroy(old)
     asyncio.run(_record(settings, "keys rotate", "U", [_entity(

@@ -5,13 +5,14 @@ and back. The stores see only this port; keys, providers and formats stay behind
 `open` runs on every body a store reads. Which key: a resource in one patient's compartment
 uses that patient's key; in several, the key of the patient whose id sorts first (one
 deterministic answer, so every version of a resource with unchanged references uses the
-same key; erasing another of its patients removes the resource itself: docs/security.md);
+same key; the erasure of any other of its patients must remove the resource, since their
+key does not cover it: docs/security.md);
 outside every compartment, its type's key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from .datakeys import DataKeys, KeyDestroyed, patient_scope, type_scope
@@ -28,7 +29,11 @@ class BodyCodec(Protocol):
         compartments are `patients` (ids)."""
 
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
-        """The body `seal` was given. Raises UnreadableBody (a FAULT) if it cannot be opened."""
+        """The body `seal` was given. Raises UnreadableBody if it cannot be opened."""
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        """Get ready to seal resources of these (type, patients) soon, outside any lock the
+        caller's store holds if it can (making new data keys writes and syncs a file)."""
 
 
 class UnreadableBody(Exception):
@@ -60,12 +65,18 @@ class PlainCodec:
             raise UnreadableBody(resource_type, id, version, "it is encrypted and encryption is off")
         return stored
 
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        return None
+
 
 class EnvelopeCodec:
     """Bodies sealed with AES-256-GCM under their compartment's data key (crypto/envelope.py)."""
 
     def __init__(self, keys: DataKeys) -> None:
         self.keys = keys
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        self.keys.prepare(key_scope(resource_type, patients) for resource_type, patients in resources)
 
     def seal(self, resource_type: str, id: str, version: int, body: bytes,
              patients: Collection[str]) -> bytes:

@@ -98,11 +98,14 @@ class LocalKeyRing:
         self._load()
 
     def _load(self) -> None:
+        self._seen = _identity(self.path)
         self._active, self._keks, self._index_root = _read(self.path)
         self._ciphers = {kek_id: AESGCM(key) for kek_id, key in self._keks.items()}
 
     def wrap(self, key: bytes, context: bytes) -> bytes:
         with self._lock:
+            if _identity(self.path) != self._seen:  # rotated by another process: its new KEK
+                self._load()
             kek_id, cipher = self._active, self._ciphers[self._active]
         nonce = os.urandom(_NONCE_BYTES)
         return bytes((_FORMAT,)) + bytes.fromhex(kek_id) + nonce + cipher.encrypt(nonce, key, context)
@@ -166,6 +169,15 @@ class LocalKeyRing:
             os.fsync(file.fileno())
         os.replace(spare, self.path)
         self._ciphers = {kek_id: AESGCM(key) for kek_id, key in self._keks.items()}
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """Which version of the file is there (a rotation replaces it: a new inode)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return (0, 0)
+    return (found.st_ino, found.st_mtime_ns)
 
 
 def _read(path: Path) -> tuple[str, dict[str, bytes], bytes]:

@@ -10,7 +10,8 @@ from typing import Protocol
 
 from ..crypto import BodyCodec
 from ..search import Registry, patients_of
-from .base import HistoryPage, SearchPage, Version, Write
+from .base import (ConditionalCreate, ConditionalUpdate, HistoryPage, Operation, SearchPage, Version,
+                   Write)
 
 
 # Given a stored body (type, id, version, blob), its new stored form, or None to keep it.
@@ -25,6 +26,14 @@ class BodyRewriting(Protocol):
         """Apply `rewrite` to up to `limit` stored versions after the cursor `after` (None: from
         the start), in a stable order; writes back the new forms (a body changed meanwhile is
         left as it is). Returns how many were rewritten and the next cursor (None: done)."""
+
+
+def prepare(codec: BodyCodec, registry: Registry, operations: Sequence[Operation]) -> None:
+    """Let the codec ready the keys of every resource `operations` write, all at once."""
+    writes = [op.write if isinstance(op, (ConditionalCreate, ConditionalUpdate)) else op
+              for op in operations if isinstance(op, (Write, ConditionalCreate, ConditionalUpdate))]
+    codec.prepare((w.resource_type, patients_of(registry, w.resource_type, w.entries, w.id, links=False))
+                  for w in writes)
 
 
 def sealed(codec: BodyCodec, registry: Registry, op: Write, version: int, body: bytes) -> bytes:

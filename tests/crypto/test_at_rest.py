@@ -2,10 +2,10 @@
 to another resource or version, or changed, fails to open (a 500 with an incident id, audited,
 never blob or key bytes).
 
-The index tables still hold the plaintext values of the search parameters (names,
-identifiers) until blind indexes replace them (docs/security.md): these tests check every
-stored body, outbox record and the files without an index; the blind-index work extends the
-grep to the whole database file."""
+The clinical store's index tables still hold the plaintext values of the search parameters
+(names, identifiers) until blind indexes replace them (docs/security.md): these tests check its
+every stored body and outbox record, and every other file of the data directory whole; the
+blind-index work extends the grep to the whole clinical file."""
 
 from __future__ import annotations
 
@@ -86,9 +86,14 @@ def test_sqlite_bodies_and_audit_trail_hold_no_marker(server: TestClient, tmp_pa
     bodies = _bodies(tmp_path / "fhir.db") + _bodies(tmp_path / "audit.db")
     assert len(bodies) >= 8 and all(body[0] == 1 for body in bodies)  # envelopes, not JSON
     assert _holding_markers(bodies) == []
-    whole_files = [p.read_bytes() for p in tmp_path.iterdir()
-                   if p.name.startswith(("audit-chain.db", "datakeys.db"))]
-    assert whole_files and _holding_markers(whole_files) == []
+    # Every other file, whole: the audit store (its index holds no name), the chain, the keys.
+    others = {p.name: p.read_bytes() for p in tmp_path.iterdir()
+              if p.is_file() and not p.name.startswith("fhir.db")}
+    assert {"audit.db", "audit-chain.db", "datakeys.db"} <= others.keys()
+    assert _holding_markers(list(others.values())) == []
+    # The clinical file, whole: the note (no search parameter indexes it) is nowhere.
+    clinical = [p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("fhir.db")]
+    assert clinical and not any(b"Notemarqueur" in f for f in clinical)
 
 
 async def _raw_bodies(store: Store) -> list[bytes]:

@@ -92,3 +92,9 @@ def test_index_keys_are_per_parameter_and_stable(ring_path: Path) -> None:
     ring.rotate()  # a KEK rotation leaves blind indexes valid
     assert ring.index_key("Patient.name") == name
     assert name not in ring_path.read_bytes()
+
+
+def test_a_process_wraps_under_the_kek_another_one_rotated_to(ring_path: Path) -> None:
+    server, operator = LocalKeyRing(ring_path), LocalKeyRing(ring_path)
+    new = operator.rotate()
+    assert server.kek_of(server.wrap(b"k" * 32, b"c")) == new  # not the KEK it loaded first

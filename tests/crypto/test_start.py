@@ -10,7 +10,7 @@ import pytest
 
 from fhir_server import cli
 from fhir_server.app import create_app
-from fhir_server.crypto import KeyRingError, create_key_ring
+from fhir_server.crypto import DataKeys, KeyRingError, LocalKeyRing, create_key_ring, patient_scope
 from fhir_server.settings import Settings
 
 
@@ -63,3 +63,15 @@ def test_no_key_ring_needed_with_encryption_off(tmp_path: Path, started: list[Se
 def test_a_worker_app_refuses_too(tmp_path: Path) -> None:
     with pytest.raises(KeyRingError, match="does not exist"):
         create_app(Settings(data_dir=tmp_path, key_ring=tmp_path / "absent.json"))
+
+
+def test_the_wrong_key_ring(tmp_path: Path, started: list[Settings],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    create_key_ring(tmp_path / "ring.json")
+    create_key_ring(tmp_path / "other.json")
+    keys = DataKeys(LocalKeyRing(tmp_path / "ring.json"), tmp_path / "datakeys.db")
+    keys.current(patient_scope("p"))  # data keys wrapped by the first ring
+    keys.close()
+    assert _serve(tmp_path, tmp_path / "other.json") == 2
+    assert "cannot open the stored data keys" in capsys.readouterr().err and not started
+    assert _serve(tmp_path, tmp_path / "ring.json") == 0 and len(started) == 1

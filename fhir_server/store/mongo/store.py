@@ -69,8 +69,8 @@ from ..base import (
     Version,
     Write,
 )
-from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, sealed,
-                      sealed_records)
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+                      sealed, sealed_records)
 from ..versions import stamp
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
@@ -574,6 +574,7 @@ class _MongoUnit:
                               f"this server's limit of {MAX_OPERATIONS} per MongoDB transaction")
         await self._look_up([(op.resource_type, op.id, _shard_of(op)) for op in operations
                              if isinstance(op, (Write, Delete))])
+        prepare(self.store.codec, self.store.registry, operations)
         results: list[Result] = []
         for index, op in enumerate(operations):
             try:

@@ -45,8 +45,8 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
-from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, sealed,
-                      sealed_records)
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+                      sealed, sealed_records)
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -314,6 +314,7 @@ class SqliteStore:
         return await mine.outcome
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> list[list[Result] | Exception]:
+        prepare(self.codec, self.registry, [op for queued in batch for op in queued.operations])
         self._begin(conn)
         outcomes: list[list[Result] | Exception] = []
         try:
@@ -371,8 +372,13 @@ class _SqliteUnitOfWork:
         self._unit = unit
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
-        unit = self._unit
-        return await self._store._run(self._store._writer, lambda conn: unit.apply_all(operations))
+        unit, store = self._unit, self._store
+
+        def work(conn: sqlite3.Connection) -> list[Result]:
+            prepare(store.codec, store.registry, operations)
+            return unit.apply_all(operations)
+
+        return await store._run(store._writer, work)
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         unit = self._unit
