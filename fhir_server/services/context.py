@@ -12,6 +12,7 @@ from ..audit.trail import Trail
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
+from ..terminology_service import Catalogue
 
 # Called after every commit of the service layer with the versions written (the platform's
 # workflows react to writes this way: trials/withdrawal.py).
@@ -36,6 +37,7 @@ class Context:
     hooks: tuple[Hook, ...] = ()
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
+    terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:
