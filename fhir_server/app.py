@@ -20,8 +20,8 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .crypto import (BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, KeyDirectory, LocalKeyRing,
-                     PlainCodec)
+from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, KeyDirectory,
+                     LocalKeyRing, PlainCodec)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, sealing_keys_router, shortcut_router)
 from .http.audit import install_audit
@@ -32,7 +32,7 @@ from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
-from .search import default_registry
+from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
 from .settings import Settings
@@ -49,13 +49,15 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None) -> Store:
+def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None,
+               blind: BlindIndex | None = None) -> Store:
     """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
-    and opens its bodies (default: stored as they are)."""
+    and opens its bodies (default: stored as they are), `blind` indexes protected parameters
+    as digests (default: as they are)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url, codec)
+        return SqliteStore.from_url(url, codec, blind=blind)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec, blind=blind)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
 
 
@@ -68,6 +70,19 @@ def body_codec(settings: Settings) -> BodyCodec:
     keys = DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
     keys.check()  # the wrong key ring is refused at start, not at the first read
     return EnvelopeCodec(keys)
+
+
+def blind_index(settings: Settings) -> BlindIndex | None:
+    """The blind indexes of the protected parameters, keyed by the key ring
+    (docs/blind-indexes.md); None when encryption is off or nothing is protected."""
+    registry = default_registry()
+    protected = (default_protected(registry) if settings.protected_params is None
+                 else settings.protected_params)
+    if not settings.encryption or not protected:
+        return None
+    keys = BlindDigest(LocalKeyRing(settings.key_ring_path).index_key)
+    return BlindIndex(protected, keys, registry, prefix_cap=settings.blind_prefix_cap,
+                      sort_limit=settings.protected_sort_limit)
 
 
 def build_context(settings: Settings, store: Store) -> Context:
@@ -101,7 +116,8 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
     codec = body_codec(settings)
-    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec),
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                    blind_index(settings)),
                          open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     try:
@@ -116,7 +132,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     settings = settings or Settings()
     codec = body_codec(settings)
     audit_store = open_store(settings.audit_store_url, codec=codec)
-    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec),
+    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                             blind_index(settings)),
                          audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)

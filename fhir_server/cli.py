@@ -25,7 +25,7 @@ import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import body_codec, open_context, open_store
+from .app import blind_index, body_codec, open_context, open_store
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
 from .audit.recorder import AuditRecorder
@@ -93,6 +93,12 @@ def _serve(args: argparse.Namespace) -> int:
         except KeyRingError as error:
             print(f"fhir-server serve: {error}", file=sys.stderr)
             return 2
+    try:  # a parameter that cannot be blind-indexed: refused before any worker starts
+        blind_index(settings)
+    except ValueError as error:
+        print(f"fhir-server serve: --protected-params / FHIR_SERVER_PROTECTED_PARAMS: {error}",
+              file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,

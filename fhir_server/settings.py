@@ -107,6 +107,20 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Browser origins allowed to call the API (CORS), e.g. the portal's.",
     )
+    protected_params: list[str] | None = Field(
+        None, description='Search parameters indexed only as blind indexes, a JSON list like '
+        '["Patient.name", "Patient.identifier"]; empty means the names, identifiers, contact points '
+        "and addresses of Patient, RelatedPerson and Practitioner; [] protects none "
+        "(docs/blind-indexes.md). Applies when encryption is on.",
+    )
+    blind_prefix_cap: int = Field(
+        32, ge=1, le=256, description="Longest prefix (characters) of a protected string value "
+        "indexed for the default starts-with search; a longer search value answers 400.",
+    )
+    protected_sort_limit: int = Field(
+        10_000, ge=0, description="Most matches a `_sort` on a protected parameter sorts after "
+        "decryption; a search matching more answers 400.",
+    )
 
     @model_validator(mode="after")
     def _default_base_url(self) -> Settings:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fhir_server.app import create_app
+from fhir_server.app import blind_index, create_app
 from fhir_server.auth.keys import SigningKeys
 from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
@@ -59,9 +59,11 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def client(settings: Settings, store_kind: str) -> Iterator[TestClient]:
-    from tests.store.conftest import STORES
+    from tests.store.conftest import encrypting, migrated_double
 
-    store = None if store_kind == "sqlite" else STORES[store_kind](settings.data_dir)
+    # The double is given the codec and blind indexes the app gives the SQLite store it opens.
+    store = (None if store_kind == "sqlite" else
+             migrated_double(codec=encrypting(settings.data_dir), blind=blind_index(settings)))
     with authorized(TestClient(create_app(settings, store))) as test_client:
         yield test_client
 

@@ -2,6 +2,7 @@
 (docs/security.md); messages sealed by their senders and recipients' keys
 (docs/sealed-messages.md)."""
 
+from .blind import BlindDigest
 from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope
 from .datakeys import (RECHECK_SECONDS, DataKeys, DataKeysStatus, KeyDestroyed, patient_scope,
                        type_scope)
@@ -11,7 +12,8 @@ from .recipients import USER_TYPES, EnrolledKeys, KeyDirectory
 from .seal import CONTENT_TYPES, SealError, recipient_kids
 
 __all__ = [
-    "RECHECK_SECONDS", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError", "KeyDestroyed",
+    "RECHECK_SECONDS", "BlindDigest", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec",
+    "EnvelopeError", "KeyDestroyed",
     "KeyProvider", "KeyRingError", "KeyRingStatus", "LocalKeyRing", "PlainCodec",
     "UnreadableBody", "create_key_ring", "key_scope", "patient_scope", "type_scope",
     "CONTENT_TYPES", "USER_TYPES", "EnrolledKeys", "KeyDirectory", "SealError", "recipient_kids",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fhir_server.crypto import BodyCodec, DataKeys, EnvelopeCodec, LocalKeyRing
-from fhir_server.search import NearPredicate
+from fhir_server.search import BlindIndex, NearPredicate
 from fhir_server.store.base import Store
 from fhir_server.store.mongo import MongoStore
 from fhir_server.store.mongo.layout import SHARD_KEYS
@@ -45,10 +45,11 @@ def _real_mongodb(tmp: Path) -> Store:
     return MongoStore(store.client, f"fhir_test_{uuid.uuid4().hex[:12]}", codec=encrypting(tmp))
 
 
-def migrated_double(client: DoubleClient | None = None, codec: BodyCodec | None = None) -> MongoStore:
+def migrated_double(client: DoubleClient | None = None, codec: BodyCodec | None = None,
+                    blind: BlindIndex | None = None) -> MongoStore:
     """A MongoStore on the double after `fhir-server migrate` (called with no event loop
-    running: the HTTP tests' app fixture is synchronous)."""
-    store = MongoStore(client or DoubleClient(), codec=codec)
+    running: the HTTP tests' app fixture is synchronous); `blind` as the app would give it."""
+    store = MongoStore(client or DoubleClient(), codec=codec, blind=blind)
     asyncio.run(store.migrate())
     return store
 

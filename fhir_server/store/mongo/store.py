@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar
 
 import bson
@@ -51,7 +51,7 @@ from pymongo.write_concern import WriteConcern
 from ... import clock
 from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail, incident
-from ...search import Query, Registry, default_registry
+from ...search import BlindIndex, Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
@@ -168,9 +168,10 @@ class MongoStore:
 
     def __init__(self, client: Any, database: str = "fhir", *,
                  registry: Registry | None = None, accept_unsafe: bool = False,
-                 codec: BodyCodec | None = None) -> None:
+                 codec: BodyCodec | None = None, blind: BlindIndex | None = None) -> None:
         self.client = client
         self.codec = codec or PlainCodec()
+        self.blind = blind  # protected parameters indexed as digests (search/blind.py)
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
         # failover can roll back, a secondary read preference fails every transaction, and
         # reads outside transactions (`majority`) must not show what a failover rolls back.
@@ -190,7 +191,8 @@ class MongoStore:
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
-                 accept_unsafe: bool = False, codec: BodyCodec | None = None) -> MongoStore:
+                 accept_unsafe: bool = False, codec: BodyCodec | None = None,
+                 blind: BlindIndex | None = None) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
@@ -199,7 +201,7 @@ class MongoStore:
         options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
         return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe,
-                   codec=codec)
+                   codec=codec, blind=blind)
 
     @property
     def transactions(self) -> bool:
@@ -344,7 +346,8 @@ class MongoStore:
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return opened_page(self.codec,
-                           await MongoSearch(self.resources, self.registry).search(query, cursor))
+                           await MongoSearch(self.resources, self.registry, blind=self.blind,
+                                             opened=partial(opened, self.codec)).search(query, cursor))
 
     @_answering
     async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
@@ -530,7 +533,8 @@ class _MongoUnit:
     def __init__(self, store: MongoStore, session: AsyncClientSession | None) -> None:
         self.store = store
         self.session = session
-        self.search = MongoSearch(store.resources, store.registry, session)
+        self.search = MongoSearch(store.resources, store.registry, session, store.blind,
+                                  partial(opened, store.codec))
         self.started = clock.now()
         self.last_updated, self.micros = clock.instant_and_micros()
         self._claims: list[str] = []
@@ -783,7 +787,7 @@ class _MongoUnit:
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,
             last_updated=self.last_updated, lu=self.micros, method=op.method, body=stored_body,
-            shard=_shard_of(op), entries=op.entries)
+            shard=_shard_of(op), entries=op.entries, blind=self.store.blind)
         self._queue(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         created = current is None or current["deleted"]

@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from ... import clock
 from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
-from ...search import Query, Registry, default_registry, distance_km
+from ...search import BlindIndex, Query, Registry, default_registry, distance_km
 from . import index as sqlite_index
 from ..base import (
     ConditionalCreate,
@@ -65,10 +66,11 @@ class SqliteStore:
     """A Store on one SQLite database file."""
 
     def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4,
-                 codec: BodyCodec | None = None) -> None:
+                 codec: BodyCodec | None = None, blind: BlindIndex | None = None) -> None:
         self.path = path
         self.registry = registry or default_registry()
         self.codec = codec or PlainCodec()
+        self.blind = blind  # protected parameters indexed as digests (search/blind.py)
         self.ids = ParamIds()
         self._local = threading.local()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -80,11 +82,12 @@ class SqliteStore:
         self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
 
     @classmethod
-    def from_url(cls, url: str, codec: BodyCodec | None = None) -> SqliteStore:
+    def from_url(cls, url: str, codec: BodyCodec | None = None, *,
+                 blind: BlindIndex | None = None) -> SqliteStore:
         """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
         if not url.startswith("sqlite:///"):
             raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")
-        return cls(Path(url.removeprefix("sqlite:///")), codec=codec)
+        return cls(Path(url.removeprefix("sqlite:///")), codec=codec, blind=blind)
 
     # -- connections ------------------------------------------------------------------
 
@@ -212,8 +215,8 @@ class SqliteStore:
         return await self._read(work)
 
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
-        return await self._read(lambda conn: opened_page(
-            self.codec, SqliteSearch(conn, self.ids, self.registry).search(query, cursor)))
+        return await self._read(lambda conn: opened_page(self.codec, SqliteSearch(
+            conn, self.ids, self.registry, self.blind, partial(opened, self.codec)).search(query, cursor)))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self._read(lambda conn: opened_records(self.codec, conn.execute(
@@ -275,7 +278,7 @@ class SqliteStore:
 
             def begin(conn: sqlite3.Connection) -> _Unit:
                 self._begin(conn)
-                return _Unit(conn, self.ids, self.registry, self.codec)
+                return _Unit(conn, self.ids, self.registry, self.codec, self.blind)
 
             unit = await self._run(self._writer, begin)
             try:
@@ -319,7 +322,7 @@ class SqliteStore:
                 conn.execute("SAVEPOINT queued")
                 pending = self.ids.savepoint()
                 try:
-                    unit = _Unit(conn, self.ids, self.registry, self.codec)
+                    unit = _Unit(conn, self.ids, self.registry, self.codec, self.blind)
                     outcomes.append(unit.apply_all(queued.operations))
                 except Exception as error:  # noqa: BLE001 - this commit's own outcome
                     # Whatever one commit raises (a client error, or a fault of its own such
@@ -409,12 +412,13 @@ class _Unit:
     """One unit of work inside an open IMMEDIATE transaction; every write shares its time."""
 
     def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
-                 codec: BodyCodec) -> None:
+                 codec: BodyCodec, blind: BlindIndex | None) -> None:
         self.conn = conn
         self.ids = ids
         self.registry = registry
         self.codec = codec
-        self.search = SqliteSearch(conn, ids, registry)
+        self.blind = blind
+        self.search = SqliteSearch(conn, ids, registry, blind, partial(opened, codec))
         self.last_updated, self.micros = clock.instant_and_micros()
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
@@ -517,7 +521,7 @@ class _Unit:
         body = stamp(op.resource, op.id, version, self.last_updated)
         stored_body = sealed(self.codec, self.registry, op, version, body)
         self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body)
-        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries)
+        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         return Result("created" if created else "updated", (stored,))
