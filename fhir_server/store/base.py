@@ -153,6 +153,15 @@ class SearchPage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What `Store.erase` removed, by resource type: resources, and versions (every one, the
+    deletions included)."""
+
+    resources: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+
 class TransientConflict(Exception):
     """A unit of work lost a race with a concurrent one and was rolled back; running it again
     may succeed. `Store.commit` retries by itself; callers of `Store.transaction` retry
@@ -247,3 +256,10 @@ class Store(Protocol):
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         """The outbox records whose key starts with `prefix`, by key."""
+
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        """Remove for good every version and index entry of the resources each query of
+        `compartment` matches (one query per type), of the deleted resources of those types
+        whose last stored version matched it, and of `last` (a Patient), removed after the
+        others, so that an erasure cut short is finished by running it again. Nothing
+        removed can be read again; what was never there is no error (store/erasure.py)."""

@@ -13,6 +13,7 @@ from .base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -83,6 +84,11 @@ class RoutingStore:
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self.main.outbox(prefix)
+
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        # The audit store is never erased: its hash chain covers every AuditEvent, whose
+        # personal details shred with the patient's key instead (docs/backup-and-erasure.md).
+        return await self.main.erase(compartment, last)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:

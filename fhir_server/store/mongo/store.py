@@ -57,6 +57,7 @@ from ..base import (
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -69,6 +70,7 @@ from ..base import (
     Write,
 )
 from ..versions import stamp
+from . import erase as mongo_erase
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
 from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
@@ -337,6 +339,10 @@ class MongoStore:
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await MongoSearch(self.resources, self.registry).search(query, cursor)
+
+    @_answering
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        return await mongo_erase.remove(self, compartment, last)
 
     # -- writes ------------------------------------------------------------------------------
 

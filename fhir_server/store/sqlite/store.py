@@ -23,12 +23,14 @@ from ... import clock
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
 from ...search import Query, Registry, default_registry, distance_km
+from . import erase as sqlite_erase
 from . import index as sqlite_index
 from ..base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -92,6 +94,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute("PRAGMA cache_size = -65536")
+            conn.execute("PRAGMA secure_delete = ON")  # erased rows are zeroed (erase.py)
             conn.create_function("fhir_distance_km", 4, distance_km, deterministic=True)
             self._local.conn = conn
             with self._connections_lock:
@@ -215,6 +218,22 @@ class SqliteStore:
         return await self._read(lambda conn: [(r[0], r[1]) for r in conn.execute(
             "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
             (len(prefix), prefix))])
+
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        def work(conn: sqlite3.Connection) -> Erasure:
+            self._begin(conn)
+            try:
+                search = SqliteSearch(conn, self.ids, self.registry)
+                erased = sqlite_erase.remove(conn, search, compartment, last)
+            except BaseException:
+                self._end(conn, False)
+                raise
+            self._end(conn, True)
+            sqlite_erase.checkpoint(conn)
+            return erased
+
+        async with self._write_lock:
+            return await self._run(self._writer, work)
 
     # -- writes ------------------------------------------------------------------------
 
