@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     audit_store: str = Field(
         "", description="Store URL of the audit trail; empty means sqlite:///<data_dir>/audit.db.",
     )
+    encryption: bool = Field(
+        True, description="Encrypt every stored resource version (AES-256-GCM under per-patient "
+        "data keys, docs/security.md); off only for measurements and stores made without it.",
+    )
+    key_ring: Path | None = Field(
+        None, description="The key ring file (0600, keep it off the data volume and out of its "
+        "backups); empty means <data_dir>/keyring.json. Create it with `fhir-server keys init`.",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
@@ -101,6 +109,16 @@ class Settings(BaseSettings):
     def audit_store_url(self) -> str:
         """The effective audit store URL."""
         return self.audit_store or f"sqlite:///{self.data_dir / 'audit.db'}"
+
+    @property
+    def key_ring_path(self) -> Path:
+        """The effective key ring file."""
+        return self.key_ring or self.data_dir / "keyring.json"
+
+    @property
+    def data_keys_path(self) -> Path:
+        """The wrapped data keys: their own file, never part of a store or its backups."""
+        return self.data_dir / "datakeys.db"
 
     @property
     def auth_url(self) -> str:

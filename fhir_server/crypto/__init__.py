@@ -1,0 +1,13 @@
+"""Protected storage: envelope encryption of stored bodies, the key ring, data keys
+(docs/security.md)."""
+
+from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope
+from .datakeys import DataKeys, DataKeysStatus, KeyDestroyed, patient_scope, type_scope
+from .envelope import EnvelopeError
+from .keyring import KeyProvider, KeyRingError, KeyRingStatus, LocalKeyRing, create_key_ring
+
+__all__ = [
+    "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError", "KeyDestroyed",
+    "KeyProvider", "KeyRingError", "KeyRingStatus", "LocalKeyRing", "PlainCodec",
+    "UnreadableBody", "create_key_ring", "key_scope", "patient_scope", "type_scope",
+]
