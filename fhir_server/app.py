@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
+from .crypto import DataKeys, ErasureLedger, KeyRingError, LocalKeyRing, ledger_key
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, shortcut_router)
 from .http.audit import install_audit
@@ -31,6 +33,7 @@ from .model.validation import Validator
 from .search import default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
+from .services.erase import Erasures
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
@@ -81,6 +84,18 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
+def open_erasures(settings: Settings, record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
+    """What Patient/$erase needs: the ledger and the data keys, from the key ring; None (not
+    offered: $erase answers 501) without a usable key ring, whose absence the start-up check of
+    encryption reports."""
+    try:
+        ring = LocalKeyRing(settings.key_ring_path)
+    except KeyRingError:
+        return None
+    keys = DataKeys(ring, settings.data_keys_path)
+    return Erasures(ErasureLedger(settings.erasure_ledger_path, ledger_key(ring)), keys, record)
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
@@ -90,6 +105,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                          audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
+    context = replace(context, erasures=open_erasures(settings, recorder.record))
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         return self.key_ring or self.data_dir / "keyring.json"
 
     @property
+    def erasure_ledger_path(self) -> Path:
+        """The erasure ledger, kept with the key ring (crypto/ledger.py)."""
+        return self.key_ring_path.with_name("erasure-ledger.jsonl")
+
+    @property
     def data_keys_path(self) -> Path:
         """The wrapped data keys: their own file, never part of a store or its backups."""
         return self.data_dir / "datakeys.db"

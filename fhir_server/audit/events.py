@@ -120,6 +120,23 @@ def _rest_event(interaction: str, status: int, recorded: str, principal: Princip
     return event
 
 
+def erasure_event(*, recorded: str, principal: Principal | None, address: str | None,
+                  patient: str, reason: str, counts: dict[str, tuple[int, int]],
+                  keys: int) -> dict[str, Any]:
+    """The AuditEvent of a patient's erasure (Patient/$erase, action D): who, when, why, and
+    per type how many resources and versions were removed, as details of the patient entity;
+    nothing of the erased resources' content."""
+    event = _rest_event("operation", 200, recorded, principal, address, patient, [], None)
+    event["action"] = "D"
+    details = [{"type": "operation", "valueString": "$erase"},
+               {"type": "reason", "valueString": reason},
+               {"type": "data keys destroyed", "valueString": str(keys)}]
+    details += [{"type": resource_type, "valueString": f"{resources} resources, {versions} versions"}
+                for resource_type, (resources, versions) in counts.items()]
+    event["entity"][0]["detail"] = details
+    return event
+
+
 def security_event(*, kind: str, status: int, recorded: str, who: str, client_id: str | None,
                    address: str | None, fhir_user: str | None = None) -> dict[str, Any]:
     """The AuditEvent of a sign-in or a token request (BALP: security events, DICOM 110114

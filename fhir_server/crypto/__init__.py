@@ -5,9 +5,11 @@ from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_sco
 from .datakeys import DataKeys, DataKeysStatus, KeyDestroyed, patient_scope, type_scope
 from .envelope import EnvelopeError
 from .keyring import KeyProvider, KeyRingError, KeyRingStatus, LocalKeyRing, create_key_ring
+from .ledger import ErasureLedger, LedgerError, ledger_key
 
 __all__ = [
-    "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError", "KeyDestroyed",
-    "KeyProvider", "KeyRingError", "KeyRingStatus", "LocalKeyRing", "PlainCodec",
+    "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError",
+    "ErasureLedger", "KeyDestroyed", "KeyProvider", "KeyRingError", "KeyRingStatus",
+    "LedgerError", "LocalKeyRing", "ledger_key", "PlainCodec",
     "UnreadableBody", "create_key_ring", "key_scope", "patient_scope", "type_scope",
 ]

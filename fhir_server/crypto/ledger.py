@@ -22,7 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .keyring import KeyProvider
+
 GENESIS = "0" * 64
+
+
+def ledger_key(provider: KeyProvider) -> bytes:
+    """The ledger's MAC key: derived from the key ring's root as blind-index keys are, under a
+    name no search parameter has (`Type.param`), so it survives KEK rotation."""
+    return provider.index_key("erasure-ledger")
 
 
 class LedgerError(Exception):

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
+
+if TYPE_CHECKING:
+    from .erase import Erasures
 
 # Called after every commit of the service layer with the versions written (the platform's
 # workflows react to writes this way: trials/withdrawal.py).
@@ -36,6 +39,7 @@ class Context:
     hooks: tuple[Hook, ...] = ()
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
+    erasures: Erasures | None = None  # Patient/$erase (services/erase.py); None: not offered
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

@@ -2,19 +2,74 @@
 
 Removes the patient's compartment from the store, every version and index entry of every
 resource in it (store/erasure.py says how deleted resources are found), destroys the
-patient's data key so that every other copy of their ciphertext (WAL, audit details, backups)
+patient's data keys so that every other copy of their ciphertext (audit details, backups)
 can no longer be read, and records the erasure in the erasure ledger kept with the key ring
 (crypto/ledger.py), which `fhir-server restore` replays. AuditEvents are not erased: the hash
-chain covers them, and their personal details shred with the key. docs/backup-and-erasure.md.
+chain covers them, and their personal details shred with the key. The erasure leaves an
+AuditEvent of its own: who, when, why, how many resources and versions of each type.
+
+Who may erase: an administrator, the server itself (the command line, `auth=off`), and the
+patient, with their own token (fhirUser `Patient/<id>`). Anyone else gets 403; a patient
+naming another patient gets 404, as for an id nobody has. A configured legal hold (a retention
+policy's, `LegalHold`) refuses with 409. Erasing again answers what the first erasure did.
+docs/backup-and-erasure.md.
 """
 
 from __future__ import annotations
 
-from ..access import compartment_clause
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import clock
+from ..access import Principal, Role, compartment_clause
+from ..audit.events import erasure_event
+from ..crypto import ErasureLedger, patient_scope
+from ..model.errors import Kind, fail
+from ..model.ids import new_id
 from ..search import Query, Registry
+from ..store.base import Erasure
+from .context import Context
+from .crud import check_id
 
 # Never erased (see the module docstring).
 KEPT_TYPES = frozenset({"AuditEvent"})
+MAX_REASON = 500  # characters
+
+
+class LegalHold(Protocol):
+    """A retention policy's legal holds: why a patient's data must be kept, or None."""
+
+    async def held(self, patient_id: str) -> str | None: ...
+
+
+class KeyShredder(Protocol):
+    """Destroys data keys (crypto/datakeys.py `DataKeys`); returns how many were destroyed."""
+
+    def destroy(self, scope: str) -> int: ...
+
+
+@dataclass
+class Job:
+    """An erasure running in the background (`Prefer: respond-async`)."""
+
+    subject: str
+    task: asyncio.Task[dict[str, Any]]
+
+
+@dataclass
+class Erasures:
+    """What erasure needs beside the store: the ledger, the data keys (None: encryption
+    off, no key to destroy), the audit recorder's `record`, the legal holds if any are
+    configured, and the background jobs of this process."""
+
+    ledger: ErasureLedger
+    keys: KeyShredder | None
+    record: Callable[[dict[str, Any]], Awaitable[str]]
+    hold: LegalHold | None = None
+    jobs: dict[str, Job] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def compartment(registry: Registry, patient_id: str) -> list[Query]:
@@ -28,3 +83,136 @@ def compartment(registry: Registry, patient_id: str) -> list[Query]:
         if clause is not None:
             queries.append(Query(resource_type, (clause,)))
     return queries
+
+
+def _setup(ctx: Context) -> Erasures:
+    if ctx.erasures is None:
+        raise fail(Kind.NOT_SUPPORTED, "not-supported", "Erasure is not configured on this server.")
+    return ctx.erasures
+
+
+def _check_caller(principal: Principal | None, patient_id: str) -> None:
+    """FORBIDDEN unless an administrator, the server, or the patient themselves; NOT_FOUND
+    for a patient naming another (no existence oracle)."""
+    if principal is None:
+        raise fail(Kind.FORBIDDEN, "forbidden", "No authenticated caller.")
+    if principal.server or principal.admin:
+        return
+    if principal.role is Role.PATIENT:
+        if principal.fhir_user == f"Patient/{patient_id}" and principal.patient == patient_id:
+            return
+        raise _unknown(patient_id)
+    raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator, or the patient "
+               "themselves (signed in as the patient), may erase a patient's record.")
+
+
+def _unknown(patient_id: str) -> Exception:
+    return fail(Kind.NOT_FOUND, "not-found", f"Patient/{patient_id} is not known.",
+                details_code="MSG_NO_EXIST")
+
+
+def check_reason(reason: str | None) -> str:
+    """The stated reason, stripped; INVALID if missing or longer than MAX_REASON."""
+    reason = (reason or "").strip()
+    if not reason or len(reason) > MAX_REASON:
+        raise fail(Kind.INVALID, "required", f"$erase needs a reason of 1 to {MAX_REASON} "
+                   "characters (parameter `reason`); it is kept in the erasure ledger and the "
+                   "audit trail, so it should name no personal data.", expression="reason")
+    return reason
+
+
+async def begin(ctx: Context, patient_id: str, reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    """Check an erasure request: (its reason, the answer of an earlier erasure of the same
+    patient, if any). FORBIDDEN, NOT_FOUND, INVALID or CONFLICT (a legal hold) otherwise;
+    nothing is changed."""
+    check_id(patient_id)
+    setup = _setup(ctx)
+    _check_caller(ctx.principal, patient_id)
+    reason = check_reason(reason)
+    done = await asyncio.to_thread(setup.ledger.find, patient_id)
+    if done is not None:
+        return reason, parameters(done)
+    if await ctx.store.read("Patient", patient_id) is None:
+        raise _unknown(patient_id)
+    if setup.hold is not None and (why := await setup.hold.held(patient_id)):
+        raise fail(Kind.CONFLICT, "business-rule", f"Patient/{patient_id} is under a legal "
+                   f"hold and cannot be erased: {why}")
+    return reason, None
+
+
+async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
+                job: str | None = None) -> dict[str, Any]:
+    """Erase Patient/`patient_id` (after `begin`): store, data keys, ledger, AuditEvent; the
+    operation's output Parameters. Running it again finishes an erasure cut short."""
+    setup = _setup(ctx)
+    async with setup.lock:  # two requests for one patient: the second finds the first's entry
+        done = await asyncio.to_thread(setup.ledger.find, patient_id)
+        if done is not None:
+            return parameters(done)
+        erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+        keys = await asyncio.to_thread(setup.keys.destroy, patient_scope(patient_id)) if setup.keys else 0
+        entry = await asyncio.to_thread(setup.ledger.append, _entry(
+            ctx.principal, patient_id, reason, erased, keys, job))
+    await setup.record(erasure_event(
+        recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
+        reason=reason, counts=_counts(erased), keys=keys))
+    return parameters(entry)
+
+
+def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Erasure,
+           keys: int, job: str | None) -> dict[str, Any]:
+    """The ledger entry of an erasure: who, when, why, counts; no erased content."""
+    who = principal.fhir_user or principal.subject if principal else "unknown"
+    return {"patient": patient_id, "erased": clock.instant(), "reason": reason, "by": who,
+            "client": principal.client_id if principal else None, "keys_destroyed": keys,
+            "resources": erased.resources, "versions": erased.versions, "job": job}
+
+
+def _counts(erased: Erasure) -> dict[str, tuple[int, int]]:
+    return {t: (n, erased.versions.get(t, 0)) for t, n in sorted(erased.resources.items())}
+
+
+def parameters(entry: dict[str, Any]) -> dict[str, Any]:
+    """The output of $erase (a Parameters resource), from its ledger entry."""
+    counts = [{"name": "erased", "part": [
+        {"name": "type", "valueCode": t}, {"name": "resources", "valueInteger": n},
+        {"name": "versions", "valueInteger": entry["versions"].get(t, 0)}]}
+        for t, n in sorted(entry["resources"].items())]
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{entry['patient']}"}},
+        {"name": "erasedAt", "valueInstant": entry["erased"]},
+        {"name": "reason", "valueString": entry["reason"]},
+        {"name": "keysDestroyed", "valueInteger": entry["keys_destroyed"]},
+        *counts]}
+
+
+# -- asynchronous requests (FHIR async pattern: 202 + Content-Location, then poll) ---------
+
+
+def start(ctx: Context, patient_id: str, reason: str, *, address: str | None) -> str:
+    """Run the erasure in the background (after `begin`); returns the job's id."""
+    setup = _setup(ctx)
+    job = new_id()
+    task = asyncio.get_running_loop().create_task(
+        erase(ctx, patient_id, reason, address=address, job=job))
+    setup.jobs[job] = Job(ctx.principal.subject if ctx.principal else "", task)
+    return job
+
+
+async def status(ctx: Context, job: str) -> dict[str, Any] | None:
+    """The output of job `job` once done (None while it runs); its error if it failed;
+    NOT_FOUND for a job this process does not know or another caller started."""
+    setup = _setup(ctx)
+    found = setup.jobs.get(job)
+    if found is None or ctx.principal is None or found.subject != ctx.principal.subject:
+        done = None
+        if found is None and ctx.principal is not None:
+            done = next((e for e in await asyncio.to_thread(setup.ledger.entries)
+                         if e.get("job") == job and e.get("by") in (
+                             ctx.principal.fhir_user, ctx.principal.subject)), None)
+        if done is None:
+            raise fail(Kind.NOT_FOUND, "not-found", f"No erasure job {job} of this caller.")
+        return parameters(done)
+    if not found.task.done():
+        return None
+    return found.task.result()  # raises the job's own error (a FhirError: its outcome)
