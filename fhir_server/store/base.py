@@ -9,7 +9,7 @@ principals or access rules: services hand it resources, index entries and Query 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -263,3 +263,12 @@ class Store(Protocol):
         whose last stored version matched it, and of `last` (a Patient), removed after the
         others, so that an erasure cut short is finished by running it again. Nothing
         removed can be read again; what was never there is no error (store/erasure.py)."""
+
+    def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        """Every version stored when the dump starts, `count` at a time, in write order
+        (oldest first), bodies as stored: what a backup keeps (backup/)."""
+
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        """Restore: append `versions`, bodies as stored, each with its index entries (none for
+        a deletion), as the latest version of their resources, atomically; into a store being
+        rebuilt by `fhir-server restore` (versions of a resource come in order)."""

@@ -50,7 +50,7 @@ from pymongo.write_concern import WriteConcern
 
 from ... import clock
 from ...model.errors import FhirError, Kind, fail, incident
-from ...search import Query, Registry, default_registry
+from ...search import IndexEntry, Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
@@ -70,6 +70,7 @@ from ..base import (
     Write,
 )
 from ..versions import stamp
+from . import dump as mongo_dump
 from . import erase as mongo_erase
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
@@ -343,6 +344,15 @@ class MongoStore:
     @_answering
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
         return await mongo_erase.remove(self, compartment, last)
+
+    async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        await self.ensure_safe()
+        async for versions in mongo_dump.dump(self, count):
+            yield versions
+
+    @_answering
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        await mongo_dump.load(self, versions)
 
     # -- writes ------------------------------------------------------------------------------
 

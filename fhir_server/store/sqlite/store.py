@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from ... import clock
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
-from ...search import Query, Registry, default_registry, distance_km
+from ...search import IndexEntry, Query, Registry, default_registry, distance_km
+from . import dump as sqlite_dump
 from . import erase as sqlite_erase
 from . import index as sqlite_index
 from ..base import (
@@ -221,19 +222,25 @@ class SqliteStore:
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
         def work(conn: sqlite3.Connection) -> Erasure:
-            self._begin(conn)
-            try:
-                search = SqliteSearch(conn, self.ids, self.registry)
-                erased = sqlite_erase.remove(conn, search, compartment, last)
-            except BaseException:
-                self._end(conn, False)
-                raise
-            self._end(conn, True)
+            search = SqliteSearch(conn, self.ids, self.registry)
+            erased = self._within(conn, lambda: sqlite_erase.remove(conn, search, compartment, last))
             sqlite_erase.checkpoint(conn)
             return erased
 
         async with self._write_lock:
             return await self._run(self._writer, work)
+
+    async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        upto = await self._read(sqlite_dump.top)
+        after = 0
+        while found := await self._read(lambda conn: sqlite_dump.page(conn, after, upto, count)):
+            after = found[-1][0]
+            yield [version for _, version in found]
+
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        async with self._write_lock:
+            await self._run(self._writer, lambda conn: self._within(
+                conn, lambda: sqlite_dump.load(conn, self.ids, versions)))
 
     # -- writes ------------------------------------------------------------------------
 
@@ -261,6 +268,17 @@ class SqliteStore:
         finally:
             self._writers.release()
             self.ids.settle(committed)
+
+    def _within(self, conn: sqlite3.Connection, work: Callable[[], T]) -> T:
+        """`work` in a write transaction of its own (on the writer thread)."""
+        self._begin(conn)
+        try:
+            result = work()
+        except BaseException:
+            self._end(conn, False)
+            raise
+        self._end(conn, True)
+        return result
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteUnitOfWork]:
