@@ -21,7 +21,8 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .crypto import DataKeys, ErasureLedger, KeyRingError, LocalKeyRing, ledger_key
+from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, ErasureLedger, KeyRingError,
+                     LocalKeyRing, PlainCodec, ledger_key)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, shortcut_router)
 from .http.audit import install_audit
@@ -47,13 +48,22 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str, accept_unsafe: bool = False) -> Store:
-    """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
+def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None) -> Store:
+    """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
+    and opens its bodies (default: stored as they are)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, codec)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
+
+
+def body_codec(settings: Settings) -> BodyCodec:
+    """How the stores keep bodies: encrypted under the key ring `settings` names (KeyRingError
+    if it is missing, malformed or too open), or as they are when encryption is off."""
+    if not settings.encryption:
+        return PlainCodec()
+    return EnvelopeCodec(DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path))
 
 
 def build_context(settings: Settings, store: Store) -> Context:
@@ -75,8 +85,9 @@ def build_context(settings: Settings, store: Store) -> Context:
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store),
-                         open_store(settings.audit_store_url, settings.accept_unsafe_store))
+    codec = body_codec(settings)
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec),
+                         open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     try:
         yield replace(build_context(settings, store), principal=server_principal("cli"))
@@ -84,15 +95,19 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
-def open_erasures(settings: Settings, record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
-    """What Patient/$erase needs: the ledger and the data keys, from the key ring; None (not
-    offered: $erase answers 501) without a usable key ring, whose absence the start-up check of
-    encryption reports."""
-    try:
-        ring = LocalKeyRing(settings.key_ring_path)
-    except KeyRingError:
-        return None
-    keys = DataKeys(ring, settings.data_keys_path)
+def open_erasures(settings: Settings, codec: BodyCodec,
+                  record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
+    """What Patient/$erase needs: the ledger, kept with the key ring, and the data keys the
+    codec seals with (none when encryption is off); None (not offered: $erase answers 501)
+    when encryption is off and there is no key ring to keep the ledger with."""
+    if isinstance(codec, EnvelopeCodec):
+        keys: DataKeys | None = codec.keys
+        ring = codec.keys.provider
+    else:
+        try:
+            keys, ring = None, LocalKeyRing(settings.key_ring_path)
+        except KeyRingError:
+            return None
     return Erasures(ErasureLedger(settings.erasure_ledger_path, ledger_key(ring)), keys, record)
 
 
@@ -100,12 +115,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
-    audit_store = open_store(settings.audit_store_url)
-    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store),
+    codec = body_codec(settings)
+    audit_store = open_store(settings.audit_store_url, codec=codec)
+    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec),
                          audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
-    context = replace(context, erasures=open_erasures(settings, recorder.record))
+    context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager

@@ -21,13 +21,14 @@ import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import open_context, open_store
+from .app import body_codec, open_context, open_store
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
+from .crypto import KeyRingError, LocalKeyRing
 from .interop import Loader, LoadOptions
 from . import clock, workers
 from .logs import configure
@@ -78,6 +79,12 @@ def _serve(args: argparse.Namespace) -> int:
                   f"{error['msg']}", file=sys.stderr)
         return 2
     configure(settings.log_level)
+    if settings.encryption:
+        try:  # checked here, before any worker starts: nothing is served without the keys
+            LocalKeyRing(settings.key_ring_path)
+        except KeyRingError as error:
+            print(f"fhir-server serve: {error}", file=sys.stderr)
+            return 2
     config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,
@@ -93,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _record(settings: Settings, command: str, action: str,
                   entities: list[dict[str, Any]], problem: str | None = None) -> None:
     """Add the AuditEvent of a command to the trail the server writes (its store and chain)."""
-    store = open_store(settings.audit_store_url)
+    store = open_store(settings.audit_store_url, codec=body_codec(settings))
     await store.open()
     chain = Chain(settings.data_dir / "audit-chain.db")
     try:
@@ -258,7 +265,7 @@ def _add_user(args: argparse.Namespace) -> int:
 
 
 async def _audit_verdict(settings: Settings) -> Verdict:
-    store = open_store(settings.audit_store_url)
+    store = open_store(settings.audit_store_url, codec=body_codec(settings))
     await store.open()
     try:
         events: dict[str, dict[str, Any]] = {}

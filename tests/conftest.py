@@ -27,22 +27,17 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
-@pytest.fixture(scope="session")
-def session_key_ring(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One key ring (0600) for the whole session; tests that rotate or break a key ring make
-    their own with `create_key_ring`."""
+@pytest.fixture(scope="session", autouse=True)
+def key_ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One key ring (0600) for the session, which every server and command under test (and
+    their subprocesses) finds through FHIR_SERVER_KEY_RING, as encryption is on by default;
+    each data directory keeps its own wrapped data keys (datakeys.db). Tests that rotate or
+    break a key ring make their own with `create_key_ring`."""
     path = tmp_path_factory.mktemp("key-ring") / "keyring.json"
     create_key_ring(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def key_ring(session_key_ring: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every server and command under test (and their subprocesses) finds the session's key
-    ring through FHIR_SERVER_KEY_RING, as encryption is on by default; each data directory
-    keeps its own wrapped data keys (datakeys.db)."""
-    monkeypatch.setenv("FHIR_SERVER_KEY_RING", str(session_key_ring))
-    return session_key_ring
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FHIR_SERVER_KEY_RING", str(path))
+        yield path
 
 
 @pytest.fixture

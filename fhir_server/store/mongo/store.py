@@ -49,6 +49,7 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from ... import clock
+from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail, incident
 from ...search import IndexEntry, Query, Registry, default_registry
 from ..base import (
@@ -69,6 +70,7 @@ from ..base import (
     Version,
     Write,
 )
+from ..bodies import opened, opened_history, opened_page, sealed
 from ..versions import stamp
 from . import dump as mongo_dump
 from . import erase as mongo_erase
@@ -167,8 +169,10 @@ class MongoStore:
     """
 
     def __init__(self, client: Any, database: str = "fhir", *,
-                 registry: Registry | None = None, accept_unsafe: bool = False) -> None:
+                 registry: Registry | None = None, accept_unsafe: bool = False,
+                 codec: BodyCodec | None = None) -> None:
         self.client = client
+        self.codec = codec or PlainCodec()
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
         # failover can roll back, a secondary read preference fails every transaction, and
         # reads outside transactions (`majority`) must not show what a failover rolls back.
@@ -188,7 +192,7 @@ class MongoStore:
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
-                 accept_unsafe: bool = False) -> MongoStore:
+                 accept_unsafe: bool = False, codec: BodyCodec | None = None) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
@@ -196,7 +200,8 @@ class MongoStore:
         # Timeouts in the connection string win over these defaults (not concerns: see above).
         options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
-        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe)
+        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe,
+                   codec=codec)
 
     @property
     def transactions(self) -> bool:
@@ -292,13 +297,13 @@ class MongoStore:
         if resource_type == "Patient":  # its shard is known: a targeted read
             where["shard"] = where["_id"]
         doc = await self.resources.find_one(where, VERSION_FIELDS)
-        return version_of(doc) if doc else None
+        return opened(self.codec, version_of(doc)) if doc else None
 
     @_answering
     async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
         doc = await self.history_docs.find_one(
             {"_id": f"{layout.key(resource_type, id)}/{version}"}, VERSION_FIELDS)
-        return version_of(doc) if doc else None
+        return opened(self.codec, version_of(doc)) if doc else None
 
     @_answering
     async def count(self, resource_type: str) -> int:
@@ -335,11 +340,13 @@ class MongoStore:
         page = docs[: query.count]
         more = len(docs) > query.count
         cursor = (page[-1]["lu"] << _HISTORY_SHIFT | int(str(page[-1]["seq"]), 16)) if more else None
-        return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor, as_of=as_of)
+        return opened_history(self.codec, HistoryPage(
+            tuple(version_of(d) for d in page), next_seq=cursor, as_of=as_of))
 
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
-        return await MongoSearch(self.resources, self.registry).search(query, cursor)
+        return opened_page(self.codec,
+                           await MongoSearch(self.resources, self.registry).search(query, cursor))
 
     @_answering
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
@@ -588,7 +595,7 @@ class _MongoUnit:
                     {"_id": what, "shard": await self._shard(op.write.resource_type, found[0])},
                     VERSION_FIELDS, session=self.session)
                 assert current is not None
-                return Result("matched", (version_of(current),))
+                return Result("matched", (opened(self.store.codec, version_of(current)),))
             case ConditionalUpdate():
                 found = await self.match_ids(op.query, 2)
                 if len(found) > 1:
@@ -763,10 +770,11 @@ class _MongoUnit:
             raise _version_conflict(op.if_match, what)
         version = 1 if current is None else current["version"] + 1
         body = stamp(op.resource, op.id, version, self.last_updated)
+        stored_body = sealed(self.store.codec, self.store.registry, op, version, body)
         doc = layout.resource_document(
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,
-            last_updated=self.last_updated, lu=self.micros, method=op.method, body=body,
+            last_updated=self.last_updated, lu=self.micros, method=op.method, body=stored_body,
             shard=_shard_of(op), entries=op.entries)
         self._queue(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)

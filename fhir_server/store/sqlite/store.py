@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ... import clock
+from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
 from ...search import IndexEntry, Query, Registry, default_registry, distance_km
@@ -46,6 +47,7 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
+from ..bodies import opened, opened_history, opened_page, sealed
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -64,9 +66,11 @@ def _version(row: Sequence[Any]) -> Version:
 class SqliteStore:
     """A Store on one SQLite database file."""
 
-    def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4) -> None:
+    def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4,
+                 codec: BodyCodec | None = None) -> None:
         self.path = path
         self.registry = registry or default_registry()
+        self.codec = codec or PlainCodec()
         self.ids = ParamIds()
         self._local = threading.local()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -78,11 +82,11 @@ class SqliteStore:
         self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, codec: BodyCodec | None = None) -> SqliteStore:
         """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
         if not url.startswith("sqlite:///"):
             raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")
-        return cls(Path(url.removeprefix("sqlite:///")))
+        return cls(Path(url.removeprefix("sqlite:///")), codec=codec)
 
     # -- connections ------------------------------------------------------------------
 
@@ -158,7 +162,7 @@ class SqliteStore:
     async def read(self, resource_type: str, id: str) -> Version | None:
         def work(conn: sqlite3.Connection) -> Version | None:
             row = conn.execute(_CURRENT, (resource_type, id)).fetchone()
-            return _version(row) if row else None
+            return opened(self.codec, _version(row)) if row else None
 
         return await self._read(work)
 
@@ -169,7 +173,7 @@ class SqliteStore:
                 "WHERE type = ? AND id = ? AND version = ?",
                 (resource_type, id, version),
             ).fetchone()
-            return _version(row) if row else None
+            return opened(self.codec, _version(row)) if row else None
 
         return await self._read(work)
 
@@ -203,17 +207,16 @@ class SqliteStore:
             rows = conn.execute(sql, (*args, query.count + 1)).fetchall()
             page = rows[: query.count]
             more = len(rows) > query.count
-            return HistoryPage(
+            return opened_history(self.codec, HistoryPage(
                 versions=tuple(_version(r) for r in page),
                 next_seq=page[-1][6] if more else None,
-            )
+            ))
 
         return await self._read(work)
 
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
-        return await self._read(
-            lambda conn: SqliteSearch(conn, self.ids, self.registry).search(query, cursor)
-        )
+        return await self._read(lambda conn: opened_page(
+            self.codec, SqliteSearch(conn, self.ids, self.registry).search(query, cursor)))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self._read(lambda conn: [(r[0], r[1]) for r in conn.execute(
@@ -286,7 +289,7 @@ class SqliteStore:
 
             def begin(conn: sqlite3.Connection) -> _Unit:
                 self._begin(conn)
-                return _Unit(conn, self.ids, self.registry)
+                return _Unit(conn, self.ids, self.registry, self.codec)
 
             unit = await self._run(self._writer, begin)
             try:
@@ -329,7 +332,8 @@ class SqliteStore:
                 conn.execute("SAVEPOINT queued")
                 pending = self.ids.savepoint()
                 try:
-                    outcomes.append(_Unit(conn, self.ids, self.registry).apply_all(queued.operations))
+                    unit = _Unit(conn, self.ids, self.registry, self.codec)
+                    outcomes.append(unit.apply_all(queued.operations))
                 except Exception as error:  # noqa: BLE001 - this commit's own outcome
                     # Whatever one commit raises (a client error, or a fault of its own such
                     # as a number orjson cannot write) is its alone: the others of the batch
@@ -412,9 +416,12 @@ def _ambiguous(query: Query) -> Exception:
 class _Unit:
     """One unit of work inside an open IMMEDIATE transaction; every write shares its time."""
 
-    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
+                 codec: BodyCodec) -> None:
         self.conn = conn
         self.ids = ids
+        self.registry = registry
+        self.codec = codec
         self.search = SqliteSearch(conn, ids, registry)
         self.last_updated, self.micros = clock.instant_and_micros()
 
@@ -441,7 +448,7 @@ class _Unit:
                 if len(found) > 1:
                     raise _ambiguous(op.query)
                 existing = self.conn.execute(_CURRENT, (op.write.resource_type, found[0])).fetchone()
-                return Result("matched", (_version(existing),))
+                return Result("matched", (opened(self.codec, _version(existing)),))
             case ConditionalUpdate():
                 return self.conditional_update(op)
             case ConditionalDelete():
@@ -515,7 +522,8 @@ class _Unit:
             version = previous + 1
             sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
-        self._version_row(pk, op.resource_type, op.id, version, op.method, body)
+        stored_body = sealed(self.codec, self.registry, op, version, body)
+        self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body)
         sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
