@@ -95,20 +95,27 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
-def open_erasures(settings: Settings, codec: BodyCodec,
-                  record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
-    """What Patient/$erase needs: the ledger, kept with the key ring, and the data keys the
-    codec seals with (none when encryption is off); None (not offered: $erase answers 501)
-    when encryption is off and there is no key ring to keep the ledger with."""
+def open_ledger(settings: Settings, codec: BodyCodec) -> ErasureLedger | None:
+    """The erasure ledger, kept with the key ring (under one of its keys); None when
+    encryption is off and there is no key ring."""
     if isinstance(codec, EnvelopeCodec):
-        keys: DataKeys | None = codec.keys
         ring = codec.keys.provider
     else:
         try:
-            keys, ring = None, LocalKeyRing(settings.key_ring_path)
+            ring = LocalKeyRing(settings.key_ring_path)
         except KeyRingError:
             return None
-    return Erasures(ErasureLedger(settings.erasure_ledger_path, ledger_key(ring)), keys, record)
+    return ErasureLedger(settings.erasure_ledger_path, ledger_key(ring))
+
+
+def open_erasures(settings: Settings, codec: BodyCodec,
+                  record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
+    """What Patient/$erase needs: the ledger and the data keys the codec seals with (none
+    when encryption is off); None (not offered: $erase answers 501) without a ledger."""
+    ledger = open_ledger(settings, codec)
+    if ledger is None:
+        return None
+    return Erasures(ledger, codec.keys if isinstance(codec, EnvelopeCodec) else None, record)
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:

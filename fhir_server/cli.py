@@ -21,7 +21,7 @@ import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import body_codec, open_context, open_store
+from .app import body_codec, open_context, open_ledger, open_store
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
 from .audit.recorder import AuditRecorder
@@ -33,6 +33,8 @@ from .interop import Loader, LoadOptions
 from . import clock, workers
 from .logs import configure
 from .search import Query, parse_query
+from .services.erase import destroyed_keys
+from .services.shredded import read_trail
 from .settings import Settings
 
 
@@ -265,17 +267,13 @@ def _add_user(args: argparse.Namespace) -> int:
 
 
 async def _audit_verdict(settings: Settings) -> Verdict:
-    store = open_store(settings.audit_store_url, codec=body_codec(settings))
+    codec = body_codec(settings)
+    ledger = open_ledger(settings, codec)
+    destroyed = destroyed_keys(ledger) if ledger else frozenset()
+    store = open_store(settings.audit_store_url, codec=codec)
     await store.open()
     try:
-        events: dict[str, dict[str, Any]] = {}
-        query = Query("AuditEvent", count=1000)
-        page = await store.search(query)
-        while True:
-            events.update((v.id, orjson.loads(v.body)) for v in page.matches if v.body)
-            if page.next_cursor is None:
-                break
-            page = await store.search(query, page.next_cursor)
+        trail = await read_trail(store, codec, destroyed)
     finally:
         await store.close()
     chain = Chain(settings.data_dir / "audit-chain.db")
@@ -283,7 +281,11 @@ async def _audit_verdict(settings: Settings) -> Verdict:
         links = chain.links()
     finally:
         chain.close()
-    return verify(links, events, events.keys())
+    verdict = verify(links, trail.events, {*trail.events, *trail.shredded, *trail.unreadable},
+                     frozenset(trail.shredded | trail.unreadable))
+    verdict.problems += [f"AuditEvent/{id} cannot be decrypted: damaged, or sealed under a key "
+                         "no erasure destroyed" for id in sorted(trail.unreadable)]
+    return verdict
 
 
 def _verify_audit(args: argparse.Namespace) -> int:
@@ -298,7 +300,9 @@ def _verify_audit(args: argparse.Namespace) -> int:
     for problem in verdict.problems:
         print(problem)
     state = "intact" if not verdict.problems else f"{len(verdict.problems)} problems"
-    print(f"audit trail: {verdict.checked} links checked, {state}", file=sys.stderr)
+    shredded = (f" ({verdict.shredded} cover events shredded by erasures, not recomputable)"
+                if verdict.shredded else "")
+    print(f"audit trail: {verdict.checked} links checked, {state}{shredded}", file=sys.stderr)
     return 0 if not verdict.problems else 1
 
 

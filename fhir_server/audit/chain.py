@@ -152,12 +152,15 @@ class Verdict:
 
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    shredded: int = 0  # links whose events include some shredded by an erasure
 
 
 def verify(links: list[Link], events: dict[str, dict[str, Any]],
-           stored_ids: Iterable[str]) -> Verdict:
+           stored_ids: Iterable[str], shredded: frozenset[str] = frozenset()) -> Verdict:
     """Check every link against the stored events (`events` by id; `stored_ids` every
-    AuditEvent id the store holds)."""
+    AuditEvent id the store holds). The events in `shredded` are stored but can no longer be
+    read (sealed under a patient's data key that an erasure destroyed): a link covering one
+    cannot be recomputed, and the chain goes on from its stored digest."""
     verdict = Verdict()
     previous = GENESIS
     expected_seq = links[0].seq if links else 1
@@ -165,9 +168,11 @@ def verify(links: list[Link], events: dict[str, dict[str, Any]],
         if link.seq != expected_seq:
             verdict.problems.append(f"links {expected_seq}..{link.seq - 1} are missing")
         expected_seq = link.seq + 1
-        missing = [id for id in link.event_ids if id not in events]
+        missing = [id for id in link.event_ids if id not in events and id not in shredded]
         verdict.problems += [f"AuditEvent/{id} (link {link.seq}) was removed" for id in missing]
-        if not missing and link_digest(previous, [events[id] for id in link.event_ids]) != link.digest:
+        if not shredded.isdisjoint(link.event_ids):
+            verdict.shredded += 1
+        elif not missing and link_digest(previous, [events[id] for id in link.event_ids]) != link.digest:
             changed = ", ".join(f"AuditEvent/{id}" for id in link.event_ids)
             some = "" if len(link.event_ids) == 1 else "one of "
             verdict.problems.append(f"{some}{changed} (link {link.seq}) was changed")

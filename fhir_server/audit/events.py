@@ -125,15 +125,21 @@ def erasure_event(*, recorded: str, principal: Principal | None, address: str | 
                   keys: int) -> dict[str, Any]:
     """The AuditEvent of a patient's erasure (Patient/$erase, action D): who, when, why, and
     per type how many resources and versions were removed, as details of the patient entity;
-    nothing of the erased resources' content."""
-    event = _rest_event("operation", 200, recorded, principal, address, patient, [], None)
+    nothing of the erased resources' content. The patient is named as text, never as a
+    reference: the event is then in no patient's compartment, so it is sealed under the
+    AuditEvent type's key and outlives the patient's destroyed key."""
+    event = _rest_event("operation", 200, recorded, principal, address, None, [], None)
     event["action"] = "D"
+    agent = event["agent"][0]
+    if agent["who"].get("reference") == f"Patient/{patient}":  # the patient's own request
+        agent["who"] = {"display": f"Patient/{patient}"}
     details = [{"type": "operation", "valueString": "$erase"},
                {"type": "reason", "valueString": reason},
                {"type": "data keys destroyed", "valueString": str(keys)}]
     details += [{"type": resource_type, "valueString": f"{resources} resources, {versions} versions"}
                 for resource_type, (resources, versions) in counts.items()]
-    event["entity"][0]["detail"] = details
+    event["entity"] = [{"name": f"Patient/{patient}", "detail": details,
+                        "role": {"system": _ROLE, "code": "1", "display": "Patient"}}]
     return event
 
 

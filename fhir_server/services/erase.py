@@ -45,7 +45,10 @@ class LegalHold(Protocol):
 
 
 class KeyShredder(Protocol):
-    """Destroys data keys (crypto/datakeys.py `DataKeys`); returns how many were destroyed."""
+    """The data keys (crypto/datakeys.py `DataKeys`): the ids of a scope's keys, and their
+    destruction (how many were destroyed)."""
+
+    def keys_of(self, scope: str) -> list[bytes]: ...
 
     def destroy(self, scope: str) -> int: ...
 
@@ -150,22 +153,37 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
         if done is not None:
             return parameters(done)
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
-        keys = await asyncio.to_thread(setup.keys.destroy, patient_scope(patient_id)) if setup.keys else 0
+        keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
         entry = await asyncio.to_thread(setup.ledger.append, _entry(
             ctx.principal, patient_id, reason, erased, keys, job))
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
-        reason=reason, counts=_counts(erased), keys=keys))
+        reason=reason, counts=_counts(erased), keys=len(keys)))
     return parameters(entry)
 
 
+def _shred(keys: KeyShredder, patient_id: str) -> list[bytes]:
+    """Destroy the patient's data keys; the ids of those destroyed (kept in the ledger, so
+    that `audit verify` tells AuditEvents shredded by the erasure from damaged ones)."""
+    scope = patient_scope(patient_id)
+    ids = keys.keys_of(scope)
+    keys.destroy(scope)
+    return ids
+
+
+def destroyed_keys(ledger: ErasureLedger) -> frozenset[bytes]:
+    """The ids of every data key an erasure destroyed, from the ledger."""
+    return frozenset(bytes.fromhex(k) for entry in ledger.entries() for k in entry.get("keys", ()))
+
+
 def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Erasure,
-           keys: int, job: str | None) -> dict[str, Any]:
+           keys: list[bytes], job: str | None) -> dict[str, Any]:
     """The ledger entry of an erasure: who, when, why, counts; no erased content."""
     who = principal.fhir_user or principal.subject if principal else "unknown"
     return {"patient": patient_id, "erased": clock.instant(), "reason": reason, "by": who,
-            "client": principal.client_id if principal else None, "keys_destroyed": keys,
-            "resources": erased.resources, "versions": erased.versions, "job": job}
+            "client": principal.client_id if principal else None, "keys_destroyed": len(keys),
+            "keys": [key.hex() for key in keys], "resources": erased.resources,
+            "versions": erased.versions, "job": job}
 
 
 def _counts(erased: Erasure) -> dict[str, tuple[int, int]]:

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import orjson
 
+from ..crypto import BodyCodec, UnreadableBody
 from ..search import Query, Registry, extract, matches
+from .base import Version
+from .bodies import opened
 
 # Resources removed per statement or bulk call: bounded statements and messages.
 BATCH = 500
 
 
-def was_member(query: Query, registry: Registry, body: bytes | None) -> bool:
-    """Whether a resource whose last stored JSON body is `body` matched `query`."""
-    if body is None or query.resource_type is None:
+def was_member(query: Query, registry: Registry, codec: BodyCodec, last: Version | None) -> bool:
+    """Whether a resource whose last stored version with a body is `last` matched `query`.
+    A body that cannot be opened any more (its data key destroyed by an earlier erasure) is
+    not read: what it holds is shredded already."""
+    if last is None or last.body is None or query.resource_type is None:
         return False
+    try:
+        body = opened(codec, last).body
+    except UnreadableBody:
+        return False
+    assert body is not None
     entries = extract(orjson.loads(body), registry=registry)
     return matches(query, entries, resource_type=query.resource_type)
 

@@ -3,6 +3,7 @@ answers (200, 202 and polling, 400, 403, 404, 409), what it records; on each sto
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import orjson
@@ -123,7 +124,9 @@ def test_a_legal_hold_refuses(server: Server) -> None:
 
 def test_the_erasure_is_audited_and_the_chain_verifies(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     server.erase("a", reason="GDPR request 42")
-    bundle = server.client.get("/fhir/AuditEvent?entity=Patient/a&_count=100").json()
+    response = server.client.get("/fhir/AuditEvent?entity-name=Patient/a&_count=100")
+    assert response.status_code == 200, response.text
+    bundle = response.json()
     erasures = [e["resource"] for e in bundle["entry"] if e["resource"]["action"] == "D"
                 and any(d.get("valueString") == "$erase" for x in e["resource"].get("entity", [])
                         for d in x.get("detail", []))]
@@ -134,5 +137,21 @@ def test_the_erasure_is_audited_and_the_chain_verifies(server: Server, capsys: p
     assert details["reason"] == "GDPR request 42"
     assert details["Observation"] == "3 resources, 3 versions"
     assert b"Zwxqvtrudel" not in orjson.dumps(event)
+    assert "Patient/a" not in [e.get("what", {}).get("reference") for e in event["entity"]]
+    # The events about the patient's data were sealed under the destroyed key: shredded,
+    # their links still in the chain, which verifies around them.
     assert cli.main(["audit", "verify"]) == 0
-    assert "intact" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "intact" in err and "shredded by erasures" in err
+
+
+def test_a_damaged_event_is_not_taken_for_a_shredded_one(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only events sealed under a key an erasure destroyed (the ledger lists them) count as
+    shredded: another unreadable event is a problem."""
+    conn = sqlite3.connect(server.settings.data_dir / "audit.db")  # the audit store: SQLite
+    id, body = conn.execute("SELECT id, body FROM history ORDER BY seq LIMIT 1").fetchone()
+    conn.execute("UPDATE history SET body = ? WHERE id = ?", (body[:-1] + bytes([body[-1] ^ 1]), id))
+    conn.commit()
+    conn.close()
+    assert cli.main(["audit", "verify"]) == 1
+    assert f"AuditEvent/{id} cannot be decrypted" in capsys.readouterr().out

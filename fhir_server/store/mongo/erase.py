@@ -18,7 +18,7 @@ from ...search import Query
 from ..base import Erasure
 from ..erasure import batches, was_member
 from . import layout
-from .search import MongoSearch
+from .search import VERSION_FIELDS, MongoSearch, version_of
 
 if TYPE_CHECKING:
     from .store import MongoStore
@@ -31,9 +31,9 @@ async def members(store: MongoStore, query: Query) -> list[str]:
     deleted = store.resources.find({"type": resource_type, "deleted": True}, {"_id": 0, "id": 1})
     async for doc in deleted:
         last = await store.history_docs.find_one(
-            {"type": resource_type, "id": doc["id"], "body": {"$ne": None}}, {"body": 1},
+            {"type": resource_type, "id": doc["id"], "body": {"$ne": None}}, VERSION_FIELDS,
             sort=[("version", -1)])
-        if was_member(query, store.registry, bytes(last["body"]) if last else None):
+        if was_member(query, store.registry, store.codec, version_of(last) if last else None):
             found.append(doc["id"])
     return found
 

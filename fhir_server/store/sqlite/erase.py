@@ -11,36 +11,39 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from ...crypto import BodyCodec
 from ...search import Query
-from ..base import Erasure
+from ..base import Erasure, Version
 from ..erasure import was_member
 from . import index as sqlite_index
 from .query import SqliteSearch
 
 
-def members(conn: sqlite3.Connection, search: SqliteSearch, query: Query) -> list[str]:
+def members(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
+            query: Query) -> list[str]:
     """Ids of the current resources `query` matches and of the deleted ones it matched."""
     resource_type = query.resource_type
     found = search.match_ids(query, None)
     deleted = conn.execute("SELECT id FROM resource WHERE type = ? AND deleted = 1",
                            (resource_type,)).fetchall()
     found += [id for (id,) in deleted
-              if was_member(query, search.registry, _last_body(conn, resource_type, id))]
+              if was_member(query, search.registry, codec, _last_stored(conn, resource_type, id))]
     return found
 
 
-def _last_body(conn: sqlite3.Connection, resource_type: str | None, id: str) -> bytes | None:
+def _last_stored(conn: sqlite3.Connection, resource_type: str | None, id: str) -> Version | None:
     row = conn.execute(
-        "SELECT body FROM history WHERE type = ? AND id = ? AND body IS NOT NULL "
-        "ORDER BY version DESC LIMIT 1", (resource_type, id)).fetchone()
-    return row[0] if row else None
+        "SELECT type, id, version, last_updated, method, body FROM history "
+        "WHERE type = ? AND id = ? AND body IS NOT NULL ORDER BY version DESC LIMIT 1",
+        (resource_type, id)).fetchone()
+    return Version(*row) if row else None
 
 
-def remove(conn: sqlite3.Connection, search: SqliteSearch, compartment: Sequence[Query],
-           last: tuple[str, str]) -> Erasure:
+def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
+           compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
     """Remove the compartment's resources, then `last` (inside the caller's transaction)."""
     keys = [(query.resource_type or "", id) for query in compartment
-            for id in members(conn, search, query)]
+            for id in members(conn, search, codec, query)]
     erased = Erasure()
     for resource_type, id in [*dict.fromkeys(k for k in keys if k != last), last]:
         row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",

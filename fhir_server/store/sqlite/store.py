@@ -226,7 +226,7 @@ class SqliteStore:
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
         def work(conn: sqlite3.Connection) -> Erasure:
             search = SqliteSearch(conn, self.ids, self.registry)
-            erased = self._within(conn, lambda: sqlite_erase.remove(conn, search, compartment, last))
+            erased = self._within(conn, lambda: sqlite_erase.remove(conn, search, self.codec, compartment, last))
             sqlite_erase.checkpoint(conn)
             return erased
 
