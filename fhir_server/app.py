@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 
 from .access import ConfirmationCodes, server_principal
 from .audit.chain import Chain
+from .backup import every, take
 from .audit.recorder import AuditRecorder
 from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
@@ -21,8 +23,8 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, ErasureLedger, KeyRingError,
-                     LocalKeyRing, PlainCodec, ledger_key)
+from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, ErasureLedger, KeyProvider,
+                     KeyRingError, LocalKeyRing, PlainCodec, ledger_key)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, shortcut_router)
 from .http.audit import install_audit
@@ -95,17 +97,20 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
-def open_ledger(settings: Settings, codec: BodyCodec) -> ErasureLedger | None:
-    """The erasure ledger, kept with the key ring (under one of its keys); None when
-    encryption is off and there is no key ring."""
+def key_provider(settings: Settings, codec: BodyCodec) -> KeyProvider | None:
+    """The key ring: the codec's, or, with encryption off, the file if there is one."""
     if isinstance(codec, EnvelopeCodec):
-        ring = codec.keys.provider
-    else:
-        try:
-            ring = LocalKeyRing(settings.key_ring_path)
-        except KeyRingError:
-            return None
-    return ErasureLedger(settings.erasure_ledger_path, ledger_key(ring))
+        return codec.keys.provider
+    try:
+        return LocalKeyRing(settings.key_ring_path)
+    except KeyRingError:
+        return None
+
+
+def open_ledger(settings: Settings, codec: BodyCodec) -> ErasureLedger | None:
+    """The erasure ledger, kept with the key ring (under one of its keys); None without one."""
+    ring = key_provider(settings, codec)
+    return ErasureLedger(settings.erasure_ledger_path, ledger_key(ring)) if ring else None
 
 
 def open_erasures(settings: Settings, codec: BodyCodec,
@@ -144,8 +149,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 log.info("demo data loaded", extra={"resources": loaded})
         if settings.publish_definitions:
             await publish(replace(context, principal=server_principal("definitions")))
+        backups = _schedule_backups(settings, codec, store, recorder)
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        if backups is not None:
+            backups.cancel()
         await store.close()
         recorder.close()
 
@@ -179,6 +187,26 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(HeadMiddleware)  # outside audit: a HEAD is audited as the read it is
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,
+                      recorder: AuditRecorder) -> asyncio.Task[None] | None:
+    """The task taking the backups FHIR_SERVER_BACKUP_INTERVAL_HOURS asks for (backup/schedule.py)."""
+    provider = key_provider(settings, codec)
+    if not settings.backup_interval_hours:
+        return None
+    if provider is None:
+        log.error("no scheduled backups: they are encrypted under the key ring, and there is none")
+        return None
+
+    async def back_up() -> object:
+        return await take(main=store.main, audit=store.audit, chain=recorder.chain,
+                          provider=provider, directory=settings.backup_path,
+                          keep_days=settings.backup_retention_days,
+                          operator="fhir-server (scheduled)", record=recorder.record)
+
+    return asyncio.get_running_loop().create_task(
+        every(settings.backup_interval_hours, settings.backup_path, back_up))
 
 
 def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthorizationServer | None]:

@@ -200,6 +200,8 @@ def interaction_of(method: str, path: str) -> str:
 # configuration (DICOM Security Alert).
 _SECURITY_ALERT = {"system": _DICOM, "code": "110113", "display": "Security Alert"}
 _SECURITY_CONFIGURATION = {"system": _DICOM, "code": "110129", "display": "Security Configuration"}
+_EXPORT = {"system": _DICOM, "code": "110106", "display": "Export"}
+_IMPORT = {"system": _DICOM, "code": "110107", "display": "Import"}
 _COMMANDS = {
     "load": ({"system": _DICOM, "code": "110107", "display": "Import"},
              {"system": _INTERACTION_SYSTEM, "code": "batch", "display": "batch"}),
@@ -207,6 +209,9 @@ _COMMANDS = {
                                    "display": "User Security Attributes Changed"}),
     "client add": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
     "keys rotate": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
+    # A backup archive is an export of the whole store, a restore an import of one.
+    "backup": (_EXPORT, _EXPORT),
+    "restore": (_IMPORT, _IMPORT),
 }
 
 

@@ -158,7 +158,7 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
             ctx.principal, patient_id, reason, erased, keys, job))
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
-        reason=reason, counts=_counts(erased), keys=len(keys)))
+        reason=reason, counts=counts_of(erased), keys=len(keys)))
     return parameters(entry)
 
 
@@ -186,7 +186,8 @@ def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Er
             "versions": erased.versions, "job": job}
 
 
-def _counts(erased: Erasure) -> dict[str, tuple[int, int]]:
+def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:
+    """Per type, (resources, versions) erased."""
     return {t: (n, erased.versions.get(t, 0)) for t, n in sorted(erased.resources.items())}
 
 

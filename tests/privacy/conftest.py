@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,11 @@ def seed(client: TestClient, who: str, marker: str = "Zwxqvtrudel") -> None:
     put({**condition(f"Patient/{who}"), "id": f"{who}-cond"})
 
 
-@pytest.fixture(params=["sqlite", "mongodb-double"])
-def server(request: pytest.FixtureRequest, tmp_path: Path, signing_keys: bytes,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+@contextmanager
+def serving(kind: str, tmp_path: Path, signing_keys: bytes,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """A seeded server on store `kind`, with a key ring of its own; FHIR_SERVER_DATA_DIR and
+    FHIR_SERVER_KEY_RING name its files for the commands."""
     from tests.store.conftest import STORES
 
     data = tmp_path / "data"
@@ -85,10 +88,25 @@ def server(request: pytest.FixtureRequest, tmp_path: Path, signing_keys: bytes,
     monkeypatch.setenv("FHIR_SERVER_KEY_RING", str(ring))
     monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(data))
     settings = Settings(data_dir=data, base_url="http://testserver/fhir", publish_definitions=False)
-    store = None if request.param == "sqlite" else STORES[request.param](data)
+    store = None if kind == "sqlite" else STORES[kind](data)
     app = create_app(settings, store)
     with authorized(TestClient(app)) as client:
         Users(app.state.oauth.registry).add("admin", "a long enough password", ADMIN, admin=True)
         seed(client, "a")
         seed(client, "b", marker="Keep")
         yield Server(client, settings)
+
+
+@pytest.fixture(params=["sqlite", "mongodb-double"])
+def server(request: pytest.FixtureRequest, tmp_path: Path, signing_keys: bytes,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    with serving(request.param, tmp_path, signing_keys, monkeypatch) as running:
+        yield running
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path, signing_keys: bytes,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The commands open the stores the settings name: the embedded one."""
+    with serving("sqlite", tmp_path, signing_keys, monkeypatch) as running:
+        yield running
