@@ -45,16 +45,18 @@ async def load(store: MongoStore, versions: Sequence[tuple[Version, Sequence[Ind
     keys = list(dict.fromkeys(layout.key(v.resource_type, v.id) for v, _ in versions))
     current = {doc["_id"]: doc async for doc in store.resources.find(
         {"_id": {"$in": keys}}, {"_id": 1, "pk": 1, "shard": 1})}
-    history, latest = [], {}
+    history: list[dict[str, Any]] = []
+    latest: dict[str, dict[str, Any]] = {}
     for version, entries in versions:
         key = layout.key(version.resource_type, version.id)
         before = current.get(key)
         shard = (layout.shard_key(version.resource_type, version.id, entries)
                  if version.body is not None or before is None else before["shard"])
         lu = clock.micros(datetime.fromisoformat(version.last_updated.replace("Z", "+00:00")))
-        common = dict(resource_type=version.resource_type, id=version.id, version=version.version,
-                      last_updated=version.last_updated, lu=lu, method=version.method,
-                      body=version.body, shard=shard)
+        common: dict[str, Any] = dict(
+            resource_type=version.resource_type, id=version.id, version=version.version,
+            last_updated=version.last_updated, lu=lu, method=version.method, body=version.body,
+            shard=shard)
         history.append(layout.history_document(**common, seq=ObjectId()))
         doc = layout.resource_document(**common, pk=before["pk"] if before else ObjectId(),
                                        entries=entries)
