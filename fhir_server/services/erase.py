@@ -18,6 +18,7 @@ docs/backup-and-erasure.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ from .crud import check_id
 # Never erased (see the module docstring).
 KEPT_TYPES = frozenset({"AuditEvent"})
 MAX_REASON = 500  # characters
+KEPT_JOBS = 100  # finished background jobs remembered in memory (then: the ledger)
+log = logging.getLogger(__name__)
 
 
 class LegalHold(Protocol):
@@ -211,27 +214,35 @@ def parameters(entry: dict[str, Any]) -> dict[str, Any]:
 def start(ctx: Context, patient_id: str, reason: str, *, address: str | None) -> str:
     """Run the erasure in the background (after `begin`); returns the job's id."""
     setup = _setup(ctx)
+    for done in [id for id, job in setup.jobs.items() if job.task.done()][:-KEPT_JOBS or None]:
+        del setup.jobs[done]  # the ledger still answers for them
     job = new_id()
     task = asyncio.get_running_loop().create_task(
         erase(ctx, patient_id, reason, address=address, job=job))
+    task.add_done_callback(_log_failure)
     setup.jobs[job] = Job(ctx.principal.subject if ctx.principal else "", task)
     return job
 
 
+def _log_failure(task: asyncio.Task[dict[str, Any]]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("asynchronous erasure failed", exc_info=error)
+
+
 async def status(ctx: Context, job: str) -> dict[str, Any] | None:
-    """The output of job `job` once done (None while it runs); its error if it failed;
-    NOT_FOUND for a job this process does not know or another caller started."""
+    """The output of job `job` once done (None while it runs), or the error it met; NOT_FOUND
+    for a job of another caller, or one neither this process nor the ledger knows."""
     setup = _setup(ctx)
+    principal = ctx.principal
     found = setup.jobs.get(job)
-    if found is None or ctx.principal is None or found.subject != ctx.principal.subject:
-        done = None
-        if found is None and ctx.principal is not None:
-            done = next((e for e in await asyncio.to_thread(setup.ledger.entries)
-                         if e.get("job") == job and e.get("by") in (
-                             ctx.principal.fhir_user, ctx.principal.subject)), None)
-        if done is None:
-            raise fail(Kind.NOT_FOUND, "not-found", f"No erasure job {job} of this caller.")
-        return parameters(done)
-    if not found.task.done():
-        return None
-    return found.task.result()  # raises the job's own error (a FhirError: its outcome)
+    if found is not None and principal is not None and found.subject == principal.subject:
+        if not found.task.done():
+            return None
+        return found.task.result()  # raises the job's own error (a FhirError: its outcome)
+    if found is None and principal is not None:  # done, by another worker or forgotten here
+        entries = await asyncio.to_thread(setup.ledger.entries)
+        mine = (principal.fhir_user, principal.subject)
+        done = next((e for e in entries if e.get("job") == job and e.get("by") in mine), None)
+        if done is not None:
+            return parameters(done)
+    raise fail(Kind.NOT_FOUND, "not-found", f"No erasure job {job} of this caller.")

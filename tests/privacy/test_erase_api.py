@@ -155,3 +155,20 @@ def test_a_damaged_event_is_not_taken_for_a_shredded_one(server: Server, capsys:
     conn.close()
     assert cli.main(["audit", "verify"]) == 1
     assert f"AuditEvent/{id} cannot be decrypted" in capsys.readouterr().out
+
+
+def test_an_asynchronous_request_is_checked_before_it_is_accepted(server: Server) -> None:
+    assert server.erase("nobody", Prefer="respond-async").status_code == 404
+    assert server.erase("a", reason=None, Prefer="respond-async").status_code == 400
+    assert server.erase("a", caller="ehr", Prefer="respond-async").status_code == 403
+    _untouched(server)
+
+
+def test_a_finished_job_forgotten_by_this_process_is_answered_from_the_ledger(server: Server) -> None:
+    status_url = server.erase("a", Prefer="respond-async").headers["content-location"]
+    done = server.poll(status_url)
+    server.client.app.state.context.erasures.jobs.clear()  # type: ignore[attr-defined]
+    assert server.poll(status_url).json() == done.json()
+    assert server.client.get(status_url, headers=server.headers("patient-b")).status_code == 404
+    unknown = status_url.rsplit("/", 1)[0] + "/0b8e7c2e-3f35-4d7a-9f55-2d1f7a8d8d11"
+    assert server.client.get(unknown, headers=server.headers("admin")).status_code == 404
