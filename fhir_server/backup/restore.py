@@ -120,6 +120,7 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
     audit: Loaded = []
     links: list[Link] = []
     trail = StoredTrail()
+    erased: set[tuple[str, str]] = set()  # resources whose versions were left out
     for record in found:
         kind = record[0]
         if kind == LINK:
@@ -129,8 +130,13 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
             continue
         version = version_of(record)
         body = classify(trail, target.codec, destroyed, version)
-        if kind == CLINICAL and version.body is not None and body is None:
-            done.left_out += 1  # sealed under a destroyed key: its patient was erased
+        key = (version.resource_type, version.id)
+        if kind == CLINICAL and (body is None and version.body is not None or
+                                 version.body is None and key in erased):
+            # Sealed under a destroyed key (its patient was erased), or the deletion of
+            # such a resource: nothing of it comes back, not even that it existed.
+            erased.add(key)
+            done.left_out += 1
             continue
         entries = extract(orjson.loads(body), registry=target.registry) if body else []
         batch = main if kind == CLINICAL else audit
