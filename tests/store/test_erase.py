@@ -83,3 +83,18 @@ async def test_an_erased_id_can_be_written_anew(store: Store) -> None:
     [result] = await store.commit([_write("Patient", "a", patient())])
     assert result.outcome == "created" and result.version is not None
     assert result.version.version == 1
+
+
+async def test_linked_patients_stay_shared_resources_go(store: Store) -> None:
+    """A Patient whose `link` names the erased one is someone else (access never follows
+    link); a resource in two patients' compartments holds the erased one's data."""
+    await _seed(store)
+    linked = patient(link=[{"other": {"reference": "Patient/a"}, "type": "seealso"}])
+    await store.commit([_write("Patient", "c", linked)])
+    both = observation("Patient/a", performer=[{"reference": "Patient/b"}])
+    await store.commit([_write("Observation", "shared", both)])
+    erased = await _erase(store, "a")
+    assert erased.resources["Observation"] == 4
+    assert await store.read("Patient", "c") is not None
+    assert await store.read("Observation", "shared") is None
+    assert await store.read("Observation", "b0") is not None
