@@ -2,7 +2,7 @@
 
     ["v", type, id, version, lastUpdated, method, body]  a clinical version, body as stored
     ["a", type, id, version, lastUpdated, method, body]  an AuditEvent version, the same
-    ["l", seq, event ids, digest]                         a link of the audit hash chain
+    ["l", seq, event ids, digest, event digests]          a link of the audit hash chain
     ["end", {"versions": n, "audit": n, "links": n}]      the last record: the counts
 
 Bodies are base64 (null for a deletion), sealed under their data keys when encryption is on:
@@ -33,9 +33,11 @@ def version_of(record: list[Any]) -> Version:
 
 
 def link_record(link: Link) -> list[Any]:
-    return [LINK, link.seq, " ".join(link.event_ids), link.digest]
+    digests = " ".join(link.event_digests) if link.event_digests is not None else None
+    return [LINK, link.seq, " ".join(link.event_ids), link.digest, digests]
 
 
 def link_of(record: list[Any]) -> Link:
-    _, seq, ids, digest = record
-    return Link(seq, tuple(ids.split(" ")), digest)
+    _, seq, ids, digest, digests = record
+    return Link(seq, tuple(ids.split(" ")), digest,
+                tuple(digests.split(" ")) if digests is not None else None)

@@ -2,14 +2,15 @@
 (docs/security.md)."""
 
 from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope
-from .datakeys import DataKeys, DataKeysStatus, KeyDestroyed, patient_scope, type_scope
+from .datakeys import (RECHECK_SECONDS, DataKeys, DataKeysStatus, KeyDestroyed, patient_scope,
+                       type_scope)
 from .envelope import EnvelopeError, key_id_of
 from .keyring import KeyProvider, KeyRingError, KeyRingStatus, LocalKeyRing, create_key_ring
 from .ledger import ErasureLedger, LedgerError, ledger_key
 
 __all__ = [
-    "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec", "EnvelopeError",
-    "ErasureLedger", "KeyDestroyed", "KeyProvider", "KeyRingError", "KeyRingStatus",
-    "LedgerError", "LocalKeyRing", "key_id_of", "ledger_key", "PlainCodec",
+    "RECHECK_SECONDS", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec",
+    "EnvelopeError", "ErasureLedger", "KeyDestroyed", "KeyProvider", "KeyRingError",
+    "KeyRingStatus", "LedgerError", "LocalKeyRing", "key_id_of", "ledger_key", "PlainCodec",
     "UnreadableBody", "create_key_ring", "key_scope", "patient_scope", "type_scope",
 ]

@@ -11,12 +11,11 @@ outside every compartment, its type's key.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
-from ..model.errors import FhirError, Kind, fail
 from .datakeys import DataKeys, KeyDestroyed, patient_scope, type_scope
-from .envelope import EnvelopeError, key_id_of, location, open_envelope, seal
+from .envelope import EnvelopeError, is_envelope, key_id_of, location, open_envelope, seal
 from .keyring import KeyRingError
 
 
@@ -29,19 +28,23 @@ class BodyCodec(Protocol):
         compartments are `patients` (ids)."""
 
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
-        """The body `seal` was given. Raises UnreadableBody (a FAULT) if it cannot be opened."""
+        """The body `seal` was given. Raises UnreadableBody if it cannot be opened."""
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        """Get ready to seal resources of these (type, patients) soon, outside any lock the
+        caller's store holds if it can (making new data keys writes and syncs a file)."""
 
 
-class UnreadableBody(FhirError):
-    """A stored body that cannot be decrypted: tampered with, moved, or its key destroyed.
-    The client sees a 500 naming the resource, never blob or key bytes."""
+class UnreadableBody(Exception):
+    """A stored body that cannot be decrypted: tampered with, moved, or (`destroyed`) its data
+    key destroyed by an erasure. Not a client's error: the server answers 500 with an incident
+    id and logs this message, which names the version, never blob or key bytes."""
 
-
-def unreadable(resource_type: str, id: str, version: int, why: str) -> UnreadableBody:
-    issue = fail(Kind.FAULT, "exception",
-                 f"The stored body of {resource_type}/{id}/_history/{version} cannot be "
-                 f"decrypted ({why}).").issues
-    return UnreadableBody(Kind.FAULT, issue)
+    def __init__(self, resource_type: str, id: str, version: int, why: str,
+                 destroyed: bool = False) -> None:
+        super().__init__(f"The stored body of {resource_type}/{id}/_history/{version} cannot "
+                         f"be decrypted ({why}).")
+        self.destroyed = destroyed
 
 
 def key_scope(resource_type: str, patients: Collection[str]) -> str:
@@ -57,9 +60,12 @@ class PlainCodec:
         return body
 
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
-        if stored[:1] != b"{":
-            raise unreadable(resource_type, id, version, "it is encrypted and encryption is off")
+        if is_envelope(stored):
+            raise UnreadableBody(resource_type, id, version, "it is encrypted and encryption is off")
         return stored
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        return None
 
 
 class EnvelopeCodec:
@@ -67,6 +73,9 @@ class EnvelopeCodec:
 
     def __init__(self, keys: DataKeys) -> None:
         self.keys = keys
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        self.keys.prepare(key_scope(resource_type, patients) for resource_type, patients in resources)
 
     def seal(self, resource_type: str, id: str, version: int, body: bytes,
              patients: Collection[str]) -> bytes:
@@ -78,6 +87,17 @@ class EnvelopeCodec:
             cipher = self.keys.cipher(key_id_of(stored))
             return open_envelope(cipher, location(resource_type, id, version), stored)
         except KeyDestroyed:
-            raise unreadable(resource_type, id, version, "its data key was destroyed") from None
+            raise UnreadableBody(resource_type, id, version, "its data key was destroyed",
+                                 destroyed=True) from None
         except (EnvelopeError, KeyRingError) as error:
-            raise unreadable(resource_type, id, version, str(error)) from None
+            raise UnreadableBody(resource_type, id, version, str(error)) from None
+
+    def reseal(self, scope: str, stale: Collection[bytes], resource_type: str, id: str,
+               version: int, stored: bytes) -> bytes | None:
+        """`stored` sealed again under the current key of `scope` if one of the `stale` keys
+        sealed it, else None (data-key rotation, store/rekey.py)."""
+        if key_id_of(stored) not in stale:
+            return None
+        body = self.open(resource_type, id, version, stored)
+        key_id, cipher = self.keys.current(scope)
+        return seal(cipher, key_id, location(resource_type, id, version), body)

@@ -18,10 +18,11 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -43,7 +44,9 @@ CREATE INDEX IF NOT EXISTS data_key_scope ON data_key (scope);
 CREATE TABLE IF NOT EXISTS revision (n INTEGER NOT NULL);
 INSERT INTO revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM revision);
 """
-_RECHECK_SECONDS = 1.0
+RECHECK_SECONDS = 1.0
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class KeyDestroyed(Exception):
@@ -95,11 +98,16 @@ class DataKeys:
                 self._current.move_to_end(scope)
                 self._ciphers.move_to_end(key_id)
                 return key_id, self._ciphers[key_id]
-        key_id = self._current_id(scope)
-        cipher = self.cipher(key_id)
+        return self._load([scope])[scope]
+
+    def prepare(self, scopes: Iterable[str]) -> None:
+        """Have the current keys of `scopes` in memory, making those that are missing in one
+        write of the file (one fsync for a whole group commit, not one per new patient)."""
+        self._recheck()
         with self._lock:
-            self._remember(self._current, scope, key_id)
-        return key_id, cipher
+            wanted = {scope for scope in scopes if scope not in self._current}
+        if wanted:
+            self._load(wanted)
 
     def cipher(self, key_id: bytes) -> AESGCM:
         """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""
@@ -189,20 +197,39 @@ class DataKeys:
 
     # -- inside ----------------------------------------------------------------------------
 
-    def _current_id(self, scope: str) -> bytes:
-        sql = "SELECT key_id FROM data_key WHERE scope = ? AND current = 1"
-        rows = self._query(sql, (scope,))
-        if not rows:
-            key_id = os.urandom(KEY_ID_BYTES)
-            wrapped = self.provider.wrap(os.urandom(KEY_BYTES), key_id)
+    def _load(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
+        """The current keys of `scopes` from the file, those missing made and stored first;
+        remembered in the cache."""
+        found = self._stored(scopes)
+        made = [(os.urandom(KEY_ID_BYTES), scope, os.urandom(KEY_BYTES))
+                for scope in sorted(set(scopes) - found.keys())]
+        if made:
             with self._write(bump=False) as conn:
-                # Another process may have made the scope's key first: then that one is used.
-                conn.execute("INSERT OR IGNORE INTO data_key VALUES (?, ?, ?, 1, ?)",
-                             (key_id, scope, wrapped, clock.instant()))
-            rows = self._query(sql, (scope,))
-        return bytes(rows[0][0])
+                # A scope whose key another process made meanwhile keeps that one.
+                fresh = [(key_id, scope, key) for key_id, scope, key in made if conn.execute(
+                    "INSERT OR IGNORE INTO data_key VALUES (?, ?, ?, 1, ?)",
+                    (key_id, scope, self.provider.wrap(key, key_id), clock.instant())).rowcount]
+            found.update((scope, (key_id, AESGCM(key))) for key_id, scope, key in fresh)
+            found.update(self._stored({scope for _, scope, _ in made} - found.keys()))
+        with self._lock:
+            for scope, (key_id, cipher) in found.items():
+                self._remember(self._ciphers, key_id, cipher)
+                self._remember(self._current, scope, key_id)
+        return found
 
-    def _remember(self, cache: OrderedDict, key, value) -> None:  # type: ignore[type-arg, no-untyped-def]
+    def _stored(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
+        """The current keys the file holds for `scopes`, unwrapped."""
+        wanted = sorted(scopes)
+        found = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for scope, key_id, wrapped in self._query(
+                    "SELECT scope, key_id, wrapped FROM data_key WHERE current = 1 AND scope IN "
+                    f"({','.join('?' * len(chunk))})", tuple(chunk)):
+                found[scope] = (bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id)))
+        return found
+
+    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
         cache[key] = value
         cache.move_to_end(key)
         while len(cache) > self._cache_size:
@@ -211,7 +238,7 @@ class DataKeys:
     def _recheck(self) -> None:
         """Forget every cached key if another process changed keys (at most once a second)."""
         now = time.monotonic()
-        if now - self._checked < _RECHECK_SECONDS:
+        if now - self._checked < RECHECK_SECONDS:
             return
         self._checked = now
         revision = self._read_revision()

@@ -1,10 +1,10 @@
-"""Reading the audit trail as stored, for `fhir-server audit verify` and restores: every
-AuditEvent's body, opened, apart from those an erasure shredded.
+"""Reading stored bodies as a restore does: opened, apart from those an erasure shredded.
 
-An AuditEvent about a patient is sealed under that patient's data key; erasing the patient
-destroys the key, so the event can never be read again, while the hash chain still holds its
-link. Such an event is told apart from a damaged or forged one by its key: the erasure
-ledger lists the ids of the keys each erasure destroyed (services/erase.py).
+A version about a patient is sealed under that patient's data key; erasing the patient
+destroys the key, so the version can never be read again. A restore must tell such a version
+from one it cannot open because its data keys are not the backed-up server's: a version
+counts as shredded only when its key is one the erasure ledger lists as destroyed
+(services/erase.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ..crypto import BodyCodec, EnvelopeError, UnreadableBody, key_id_of
-from ..store.base import Store, Version
+from ..store.base import Version
 from ..store.bodies import opened
 
 
@@ -50,15 +50,3 @@ def _key_id(body: bytes) -> bytes | None:
         return key_id_of(body)
     except EnvelopeError:
         return None
-
-
-async def read_trail(store: Store, codec: BodyCodec, destroyed: frozenset[bytes]) -> StoredTrail:
-    """Every AuditEvent `store` holds (its current version: one deleted is not there), as
-    stored, sorted out (see StoredTrail)."""
-    current: dict[str, Version] = {}
-    async for versions in store.dump():
-        current.update((version.id, version) for version in versions)
-    trail = StoredTrail()
-    for version in current.values():
-        classify(trail, codec, destroyed, version)
-    return trail

@@ -48,7 +48,7 @@ def test_a_destroy_elsewhere_reaches_this_process_cache(keys: DataKeys, tmp_path
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     blob = EnvelopeCodec(keys).seal("Patient", "a", 1, b"{}", {"a"})
     DataKeys(keys.provider, tmp_path / "datakeys.db").destroy(patient_scope("a"))
-    monkeypatch.setattr("fhir_server.crypto.datakeys._RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("fhir_server.crypto.datakeys.RECHECK_SECONDS", 0.0)
     with pytest.raises(UnreadableBody):
         EnvelopeCodec(keys).open("Patient", "a", 1, blob)
 
@@ -77,3 +77,14 @@ def test_rotate_a_scope_keeps_old_versions_readable_until_retired(keys: DataKeys
     with pytest.raises(UnreadableBody):
         codec.open("Patient", "a", 1, old_blob)
     assert codec.open("Patient", "a", 2, new_blob) == b"v2"
+
+
+def test_prepare_makes_missing_keys_at_once_and_processes_agree(keys: DataKeys,
+                                                                tmp_path: Path) -> None:
+    other = DataKeys(keys.provider, keys.path)
+    existing, _ = other.current(patient_scope("a"))
+    keys.prepare([patient_scope(p) for p in "abc"])
+    assert keys.current(patient_scope("a"))[0] == existing  # an existing key is kept
+    assert {other.current(patient_scope(p))[0] for p in "bc"} == {
+        keys.current(patient_scope(p))[0] for p in "bc"}
+    assert keys.status().keys == 3

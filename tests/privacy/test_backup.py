@@ -21,7 +21,7 @@ from fhir_server.backup.take import archive_name
 from fhir_server.crypto import DataKeys, EnvelopeCodec, patient_scope
 from fhir_server.search import default_registry
 from fhir_server.services.erase import destroyed_keys
-from fhir_server.services.shredded import read_trail
+from fhir_server.services.shredded import StoredTrail, classify
 from fhir_server.store.base import HistoryQuery, Store
 from fhir_server.store.sqlite import SqliteStore
 from fhir_server import clock
@@ -84,7 +84,10 @@ def test_an_erasure_reaches_through_an_older_backup(server: Server, tmp_path: Pa
             assert patient_b is not None and b"Keep" in (patient_b.body or b"")
             erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
             assert erasures.keys.keys_of(patient_scope("a")) == []
-            trail = await read_trail(audit, audit.codec, destroyed_keys(erasures.ledger))  # type: ignore[attr-defined]
+            trail = StoredTrail()
+            async for versions in audit.dump():
+                for version in versions:
+                    classify(trail, audit.codec, destroyed_keys(erasures.ledger), version)  # type: ignore[attr-defined]
             replays = [e for e in trail.events.values() if e["action"] == "D" and any(
                 x.get("name") == "Patient/a" for x in e.get("entity", []))]
             assert len(replays) == 1

@@ -70,7 +70,8 @@ from ..base import (
     Version,
     Write,
 )
-from ..bodies import opened, opened_history, opened_page, sealed
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+                      sealed, sealed_records)
 from ..versions import stamp
 from . import dump as mongo_dump
 from . import erase as mongo_erase
@@ -312,7 +313,7 @@ class MongoStore:
     @_answering
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         found = self.outbox_docs.find({"_id": {"$regex": f"^{re.escape(prefix)}"}}, sort=[("_id", 1)])
-        return [(doc["_id"], bytes(doc["body"])) async for doc in found]
+        return opened_records(self.codec, [(doc["_id"], bytes(doc["body"])) async for doc in found])
 
     @_answering
     async def history(self, query: HistoryQuery) -> HistoryPage:
@@ -360,6 +361,28 @@ class MongoStore:
     @_answering
     async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
         await mongo_dump.load(self, versions)
+
+    @_answering
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        where: dict[str, Any] = {"body": {"$ne": None}}
+        if after is not None:
+            where["_id"] = {"$gt": after}
+        docs = [doc async for doc in self.history_docs.find(
+            where, {"_id": 1, "type": 1, "id": 1, "version": 1, "body": 1, "shard": 1},
+            sort=[("_id", 1)], limit=limit)]
+        rewritten = 0
+        for doc in docs:
+            new = rewrite(doc["type"], doc["id"], doc["version"], bytes(doc["body"]))
+            if new is None:
+                continue
+            same = {"shard": doc["shard"], "body": doc["body"]}  # unless changed meanwhile
+            await self.history_docs.update_one({"_id": doc["_id"], **same}, {"$set": {"body": new}})
+            await self.resources.update_one(  # the current version's copy
+                {"_id": layout.key(doc["type"], doc["id"]), "version": doc["version"], **same},
+                {"$set": {"body": new}})
+            rewritten += 1
+        return rewritten, docs[-1]["_id"] if len(docs) == limit else None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -563,6 +586,7 @@ class _MongoUnit:
                               f"this server's limit of {MAX_OPERATIONS} per MongoDB transaction")
         await self._look_up([(op.resource_type, op.id, _shard_of(op)) for op in operations
                              if isinstance(op, (Write, Delete))])
+        prepare(self.store.codec, self.store.registry, operations)
         results: list[Result] = []
         for index, op in enumerate(operations):
             try:
@@ -622,7 +646,7 @@ class _MongoUnit:
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
                 self.count_writes(len(op.put) + (1 if op.remove else 0))
-                for key, body in op.put:
+                for key, body in sealed_records(self.store.codec, op.put):
                     await self.store.outbox_docs.replace_one(
                         {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
                 if op.remove:

@@ -47,7 +47,8 @@ from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schema import migrate
-from ..bodies import opened, opened_history, opened_page, sealed
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+                      sealed, sealed_records)
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -219,9 +220,31 @@ class SqliteStore:
             self.codec, SqliteSearch(conn, self.ids, self.registry).search(query, cursor)))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
-        return await self._read(lambda conn: [(r[0], r[1]) for r in conn.execute(
+        return await self._read(lambda conn: opened_records(self.codec, conn.execute(
             "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
-            (len(prefix), prefix))])
+            (len(prefix), prefix)).fetchall()))
+
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT seq, type, id, version, body FROM history WHERE seq > ? AND body IS NOT NULL "
+            "ORDER BY seq LIMIT ?", (int(after or 0), limit)).fetchall())
+        changed = [(new, seq, body) for seq, rtype, id, version, body in rows
+                   if (new := rewrite(rtype, id, version, body)) is not None]
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._begin(conn)
+            try:
+                conn.executemany("UPDATE history SET body = ? WHERE seq = ? AND body = ?", changed)
+            except BaseException:
+                self._end(conn, False)
+                raise
+            self._end(conn, True)
+
+        if changed:
+            async with self._write_lock:
+                await self._run(self._writer, write)
+        return len(changed), str(rows[-1][0]) if len(rows) == limit else None
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
         def work(conn: sqlite3.Connection) -> Erasure:
@@ -325,6 +348,7 @@ class SqliteStore:
         return await mine.outcome
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> list[list[Result] | Exception]:
+        prepare(self.codec, self.registry, [op for queued in batch for op in queued.operations])
         self._begin(conn)
         outcomes: list[list[Result] | Exception] = []
         try:
@@ -382,8 +406,13 @@ class _SqliteUnitOfWork:
         self._unit = unit
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
-        unit = self._unit
-        return await self._store._run(self._store._writer, lambda conn: unit.apply_all(operations))
+        unit, store = self._unit, self._store
+
+        def work(conn: sqlite3.Connection) -> list[Result]:
+            prepare(store.codec, store.registry, operations)
+            return unit.apply_all(operations)
+
+        return await store._run(store._writer, work)
 
     async def match_ids(self, query: Query, limit: int | None = None) -> list[str]:
         unit = self._unit
@@ -460,7 +489,8 @@ class _Unit:
                     versions.extend(self.delete(op.query.resource_type or "", id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
-                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)", op.put)
+                self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)",
+                                      sealed_records(self.codec, op.put))
                 self.conn.executemany("DELETE FROM outbox WHERE key = ?", [(k,) for k in op.remove])
                 return Result("none")
         raise TypeError(f"unknown operation {op!r}")
