@@ -10,9 +10,6 @@ counts as shredded only when its key is one the erasure ledger lists as destroye
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import orjson
 
 from ..crypto import BodyCodec, EnvelopeError, UnreadableBody, key_id_of
 from ..store.base import Version
@@ -21,17 +18,17 @@ from ..store.bodies import opened
 
 @dataclass
 class StoredTrail:
-    """The AuditEvents of an audit store, by id: readable ones, ids of the shredded ones,
-    and the ids of those that cannot be read for another reason (damaged, or foreign)."""
+    """What reading stored versions found: the ids of the shredded ones, and of those that
+    cannot be read for another reason (damaged, or sealed under foreign data keys)."""
 
-    events: dict[str, dict[str, Any]] = field(default_factory=dict)
     shredded: set[str] = field(default_factory=set)
     unreadable: set[str] = field(default_factory=set)
 
 
 def classify(trail: StoredTrail, codec: BodyCodec, destroyed: frozenset[bytes],
              version: Version) -> bytes | None:
-    """Note one stored AuditEvent version in `trail`; its opened body, None if it has none."""
+    """One stored version's opened body; None (noted in `trail`) when it cannot be opened,
+    or has no body."""
     if version.body is None:
         return None
     try:
@@ -40,8 +37,6 @@ def classify(trail: StoredTrail, codec: BodyCodec, destroyed: frozenset[bytes],
         shredded = version.body[:1] != b"{" and _key_id(version.body) in destroyed
         (trail.shredded if shredded else trail.unreadable).add(version.id)
         return None
-    assert body is not None
-    trail.events[version.id] = orjson.loads(body)
     return body
 
 
