@@ -36,7 +36,7 @@ from .model.validation import Validator
 from .search import default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
-from .services.erase import Erasures
+from .services.erase import Erasures, reconcile
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
@@ -140,6 +140,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         await recorder.recover()
+        again = await reconcile(replace(context, principal=server_principal("fhir-server")))
+        if again:
+            log.warning("erased patients found back in the store were erased again",
+                        extra={"patients": len(again)})
         if tokens is None:
             log.warning("AUTHENTICATION IS OFF: every request has full access to all data. "
                         "For local development and the demo only.")

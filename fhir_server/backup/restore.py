@@ -19,13 +19,10 @@ from typing import Any
 
 import orjson
 
-from .. import clock
-from ..access import server_principal
 from ..audit.chain import Chain, Link
-from ..audit.events import erasure_event
 from ..crypto import BodyCodec, ErasureLedger, KeyProvider
 from ..search import IndexEntry, Registry, extract
-from ..services.erase import compartment, counts_of, destroyed_keys
+from ..services.erase import destroyed_keys, replay
 from ..services.shredded import StoredTrail, classify
 from ..store.base import Store, Version
 from .archive import ArchiveError, read_header, records
@@ -110,7 +107,7 @@ async def restore(archive: Path, target: Target) -> Restored:
         await _load(records(file, target.provider), target, destroyed, done)
     for entry in target.ledger.entries() if target.ledger else ():
         if entry["erased"] >= header["created"]:
-            await _replay(entry, target)
+            await replay(target.main, target.registry, target.record, entry, "on restore")
             done.replayed.append(entry["patient"])
     return done
 
@@ -154,14 +151,3 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
         await target.audit.load(audit)
     target.chain.load(links)
     done.links = len(links)
-
-
-async def _replay(entry: dict[str, Any], target: Target) -> None:
-    """Erase again a patient the ledger says was erased after the backup, and record it."""
-    patient = entry["patient"]
-    erased = await target.main.erase(compartment(target.registry, patient), ("Patient", patient))
-    reason = (f"erasure of {entry['erased']} by {entry['by']} replayed on restore: "
-              f"{entry['reason']}")
-    await target.record(erasure_event(
-        recorded=clock.instant(), principal=server_principal("fhir-server restore"),
-        address=None, patient=patient, reason=reason, counts=counts_of(erased), keys=0))

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import clock
-from ..access import Principal, Role, compartment_clause
+from ..access import Principal, Role, compartment_clause, server_principal
 from ..audit.events import erasure_event
-from ..crypto import ErasureLedger, patient_scope
+from ..crypto import ErasureLedger, UnreadableBody, patient_scope
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
-from ..store.base import Erasure
+from ..store.base import Erasure, Store
 from .context import Context
 from .crud import check_id
 
@@ -192,6 +192,38 @@ def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Er
 def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:
     """Per type, (resources, versions) erased."""
     return {t: (n, erased.versions.get(t, 0)) for t, n in sorted(erased.resources.items())}
+
+
+async def replay(store: Store, registry: Registry, record: Callable[[dict[str, Any]], Awaitable[str]],
+                 entry: dict[str, Any], when: str) -> None:
+    """Erase again the patient of ledger `entry` (their data came back: a restore) and record
+    it; `when` says on what occasion ("on restore")."""
+    patient = entry["patient"]
+    erased = await store.erase(compartment(registry, patient), ("Patient", patient))
+    reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
+    await record(erasure_event(
+        recorded=clock.instant(), principal=server_principal("fhir-server"), address=None,
+        patient=patient, reason=reason, counts=counts_of(erased), keys=0))
+
+
+async def reconcile(ctx: Context) -> list[str]:
+    """At start-up, before serving: erase again each patient of the ledger whose Patient the
+    store holds in a version from before their erasure (a store put back from files, not by
+    `fhir-server restore`); the patients erased again. An id reused by a Patient created
+    since is left alone."""
+    if ctx.erasures is None:
+        return []
+    again = []
+    for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
+        try:
+            found = await ctx.store.read("Patient", entry["patient"])
+            back = found is not None and found.last_updated <= entry["erased"]
+        except UnreadableBody:  # sealed under the key the erasure destroyed: it is back
+            back = True
+        if back:
+            await replay(ctx.store, ctx.registry, ctx.erasures.record, entry, "at start-up")
+            again.append(entry["patient"])
+    return again
 
 
 def parameters(entry: dict[str, Any]) -> dict[str, Any]:
