@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import InsertOne, ReplaceOne, UpdateOne
 
 from ... import clock
 from ...search import IndexEntry
@@ -45,6 +45,7 @@ async def load(store: MongoStore, versions: Sequence[tuple[Version, Sequence[Ind
     keys = list(dict.fromkeys(layout.key(v.resource_type, v.id) for v, _ in versions))
     current = {doc["_id"]: doc async for doc in store.resources.find(
         {"_id": {"$in": keys}}, {"_id": 1, "pk": 1, "shard": 1})}
+    stored = {key: doc["shard"] for key, doc in current.items()}
     history: list[dict[str, Any]] = []
     latest: dict[str, dict[str, Any]] = {}
     for version, entries in versions:
@@ -62,7 +63,10 @@ async def load(store: MongoStore, versions: Sequence[tuple[Version, Sequence[Ind
                                        entries=entries)
         current[key] = latest[key] = doc
     await store.history_docs.insert_many(history)
-    await store.resources.bulk_write([ReplaceOne({"_id": key}, doc, upsert=True)
-                                      for key, doc in latest.items()])
+    # Filters carry the full shard key, as a sharded cluster needs (the shard it had before
+    # this batch, which the replacement may change: its compartment changed).
+    await store.resources.bulk_write([
+        ReplaceOne({"_id": key, "shard": stored[key]}, doc) if key in stored else InsertOne(doc)
+        for key, doc in latest.items()])
     await store.guards.bulk_write([UpdateOne({"_id": key}, {"$set": {"shard": doc["shard"]}},
                                              upsert=True) for key, doc in latest.items()])
