@@ -15,9 +15,9 @@ import re
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, get_origin
+from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
 import orjson
@@ -42,6 +42,8 @@ from .settings import Settings
 from .store.base import Store
 from .store.rekey import Rotation, rotate_data_key
 
+
+T = TypeVar("T")
 
 # Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
 _OWN_FLAGS = {"demo_data": "--demo", "auth": "--no-auth"}
@@ -366,6 +368,16 @@ async def _stores(settings: Settings) -> AsyncIterator[_Stores]:
         await audit.close()
 
 
+def _refusing(command: str, work: Coroutine[Any, Any, T], refusals: tuple[type[Exception], ...],
+              note: str = "") -> T | None:
+    """Run `work`; None, once the refusal is printed, if it raises one of `refusals`."""
+    try:
+        return asyncio.run(work)
+    except refusals as exc:
+        print(f"fhir-server {command}: {exc}{note}", file=sys.stderr)
+        return None
+
+
 async def _backup_async(settings: Settings, directory: Path) -> tuple[Path, dict[str, int]]:
     async with _stores(settings) as stores:
         return await take(main=stores.main, audit=stores.audit, chain=stores.chain,
@@ -377,12 +389,11 @@ async def _backup_async(settings: Settings, directory: Path) -> tuple[Path, dict
 def _backup(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
-    directory = args.dir or settings.backup_path
-    try:
-        path, counts = asyncio.run(_backup_async(settings, directory))
-    except (KeyRingError, OSError) as exc:
-        print(f"fhir-server backup: {exc}", file=sys.stderr)
+    taken = _refusing("backup", _backup_async(settings, args.dir or settings.backup_path),
+                      (KeyRingError, OSError))
+    if taken is None:
         return 2
+    path, counts = taken
     print(f"backup {path}: {counts['versions']} versions, {counts['audit']} AuditEvents, "
           f"{counts['links']} chain links; archives older than "
           f"{settings.backup_retention_days} days pruned")
@@ -409,10 +420,9 @@ def _restore(args: argparse.Namespace) -> int:
     if not args.archive.is_file():
         print(f"fhir-server restore: no such archive: {args.archive}", file=sys.stderr)
         return 2
-    try:
-        done = asyncio.run(_restore_async(settings, args.archive))
-    except (ArchiveError, KeyRingError, LedgerError, ValueError) as exc:
-        print(f"fhir-server restore: {exc}; nothing was restored", file=sys.stderr)
+    done = _refusing("restore", _restore_async(settings, args.archive),
+                     (ArchiveError, KeyRingError, LedgerError, ValueError), "; nothing was restored")
+    if done is None:
         return 2
     print(f"restored {done.versions} versions (indexed), {done.audit} AuditEvents, "
           f"{done.links} chain links; {done.left_out} versions of erased patients left out; "
