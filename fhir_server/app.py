@@ -31,6 +31,7 @@ from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
 from .http.operations import router as operations_router
+from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .search import default_registry
@@ -42,6 +43,7 @@ from .store.base import Store
 from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
+from .terminology_service import load_catalogue
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
 from .trials.referral import answer_if_addressed
@@ -80,6 +82,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         hooks=(after_consent_change,),
         creators=(answer_if_addressed, propose_if_unreached),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
+        terminology=load_catalogue(max_expansion=settings.max_expansion),
     )
 
 
@@ -184,6 +187,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(discovery_off_router, prefix=settings.base_path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
+    app.include_router(terminology_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     install_cors(app, settings, oauth.registry if oauth else None)
     install_audit(app, settings.base_path, recorder)

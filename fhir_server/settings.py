@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     )
     default_page_size: int = Field(20, ge=1, description="_count used when a search gives none.")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured.")
+    max_expansion: int = Field(
+        10_000, ge=1, description="Most codes a ValueSet $expand returns (after its filter); "
+        "a larger expansion is refused as too costly.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     validate_with_models: bool = Field(
         True,
@@ -85,8 +89,9 @@ class Settings(BaseSettings):
         False, description="Load the bundled demo data set at start-up when the store is empty."
     )
     publish_definitions: bool = Field(
-        True, description="Store the CodeSystems, SearchParameters and OperationDefinitions this "
-        "server defines (terminology/, profiles/) at start-up, so clients can read them.",
+        True, description="Store the CodeSystems, ValueSets, ConceptMaps, SearchParameters and "
+        "OperationDefinitions this server defines (terminology/, profiles/) at start-up, so "
+        "clients can read them.",
     )
     auth: Literal["smart", "off"] = Field(
         "smart",

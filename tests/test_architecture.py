@@ -14,7 +14,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fhir_server"
 # FHIR knowledge, configuration, logging, the one clock, the version, owner-only files:
 # anyone may import them
-FLOOR = {"model", "settings", "logs", "clock", "private_files", ""}
+FLOOR = {"model", "settings", "logs", "clock", "private_files", "",
+         "terminology_service"}  # CodeSystems, ValueSets, ConceptMaps: FHIR knowledge too
 MAY_IMPORT = {
     "app": {"*"},  # the one place that knows everyone
     "cli": {"*"},  # wiring too, but never http (checked below)
@@ -57,7 +58,7 @@ KNOWN_SIDE_DOORS = {
     ("access", "search.references"), ("http", "search.references"),
     # app.py mounts the routers module by module (http/__init__ exports none of them)
     ("app", "http.audit"), ("app", "http.login_routes"), ("app", "http.auth_routes"),
-    ("app", "http.operations"),
+    ("app", "http.operations"), ("app", "http.terminology"),
     # search/__init__ does not export EARTH_RADIUS_KM (store/mongo/filters.py)
     ("store", "search.params.special"),
 }

@@ -30,7 +30,8 @@ def coding(system: str, code: str) -> dict[str, str]:
 
 @cache
 def definitions() -> tuple[dict[str, Any], ...]:
-    """Every conformance resource we ship (CodeSystems, SearchParameters)."""
+    """Every conformance resource we publish (CodeSystems, ValueSets, ConceptMaps,
+    SearchParameters, OperationDefinitions)."""
     files = [*sorted(TERMINOLOGY_DIR.glob("*-*.json")), *sorted(PROFILES_DIR.glob("*-*.json"))]
     return tuple(json.loads(path.read_text()) for path in files)
 

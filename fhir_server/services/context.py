@@ -12,6 +12,7 @@ from ..audit.trail import Trail
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
+from ..terminology_service import Catalogue
 
 if TYPE_CHECKING:
     from .erase import Erasures
@@ -40,6 +41,7 @@ class Context:
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
     erasures: Erasures | None = None  # Patient/$erase (services/erase.py); None: not offered
+    terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

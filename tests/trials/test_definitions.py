@@ -19,7 +19,8 @@ def test_definitions_are_valid_r4() -> None:
     for resource in definitions():
         validator.validate(resource)
     assert {d["resourceType"] for d in definitions()} == {"CodeSystem", "SearchParameter",
-                                                          "OperationDefinition"}
+                                                          "OperationDefinition", "ValueSet",
+                                                          "ConceptMap"}
 
 
 def test_outcomes_map_to_research_subject_statuses() -> None:
