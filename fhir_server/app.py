@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -13,6 +15,7 @@ from fastapi import FastAPI
 
 from .access import ConfirmationCodes, server_principal
 from .audit.chain import Chain
+from .backup import every, take
 from .audit.recorder import AuditRecorder
 from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
@@ -20,8 +23,9 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
-from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, KeyDirectory,
-                     LocalKeyRing, PlainCodec)
+from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, ErasureLedger,
+                     KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
+                     ledger_key)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, operability_router, sealing_keys_router, shortcut_router)
 from .http.audit import install_audit
@@ -35,6 +39,7 @@ from .model.validation import Validator
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
+from .services.erase import Erasures, reconcile
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
@@ -126,6 +131,32 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
+def key_provider(settings: Settings, codec: BodyCodec) -> KeyProvider | None:
+    """The key ring: the codec's, or, with encryption off, the file if there is one."""
+    if isinstance(codec, EnvelopeCodec):
+        return codec.keys.provider
+    try:
+        return LocalKeyRing(settings.key_ring_path)
+    except KeyRingError:
+        return None
+
+
+def open_ledger(settings: Settings, codec: BodyCodec) -> ErasureLedger | None:
+    """The erasure ledger, kept with the key ring (under one of its keys); None without one."""
+    ring = key_provider(settings, codec)
+    return ErasureLedger(settings.erasure_ledger_path, ledger_key(ring)) if ring else None
+
+
+def open_erasures(settings: Settings, codec: BodyCodec,
+                  record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
+    """What Patient/$erase needs: the ledger and the data keys the codec seals with (none
+    when encryption is off); None (not offered: $erase answers 501) without a ledger."""
+    ledger = open_ledger(settings, codec)
+    if ledger is None:
+        return None
+    return Erasures(ledger, codec.keys if isinstance(codec, EnvelopeCodec) else None, record)
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
@@ -137,12 +168,17 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                          audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
+    context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         await recorder.recover()
+        again = await reconcile(replace(context, principal=server_principal("fhir-server")))
+        if again:
+            log.warning("erased patients found back in the store were erased again",
+                        extra={"patients": len(again)})
         if tokens is None:
             log.warning("AUTHENTICATION IS OFF: every request has full access to all data. "
                         "For local development and the demo only.")
@@ -155,8 +191,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         listener = app.state.mllp = listener_for(settings, context, recorder) if settings.mllp else None
         if listener is not None:
             await listener.start()
+        backups = _schedule_backups(settings, codec, store, recorder)
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        if backups is not None:
+            backups.cancel()
         if listener is not None:
             await listener.stop()
         await store.close()
@@ -195,6 +234,26 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(HeadMiddleware)  # outside audit: a HEAD is audited as the read it is
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,
+                      recorder: AuditRecorder) -> asyncio.Task[None] | None:
+    """The task taking the backups FHIR_SERVER_BACKUP_INTERVAL_HOURS asks for (backup/schedule.py)."""
+    provider = key_provider(settings, codec)
+    if not settings.backup_interval_hours:
+        return None
+    if provider is None:
+        log.error("no scheduled backups: they are encrypted under the key ring, and there is none")
+        return None
+
+    async def back_up() -> object:
+        return await take(main=store.main, audit=store.audit, chain=recorder.chain,
+                          provider=provider, directory=settings.backup_path,
+                          keep_days=settings.backup_retention_days,
+                          operator="fhir-server (scheduled)", record=recorder.record)
+
+    return asyncio.get_running_loop().create_task(
+        every(settings.backup_interval_hours, settings.backup_path, back_up))
 
 
 def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthorizationServer | None]:

@@ -16,33 +16,37 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, get_origin
+from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
 import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import blind_index, body_codec, open_context, open_store
+from .app import blind_index, body_codec, key_provider, open_context, open_ledger, open_store
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
+from .backup import ArchiveError, Restored, Target, restore, take
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
-from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyRingError, LocalKeyRing,
-                     UnreadableBody, create_key_ring)
+from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyProvider, KeyRingError,
+                     LedgerError, LocalKeyRing, UnreadableBody, create_key_ring)
 from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
                       listener_for)
 from .store.routing import RoutingStore
 from . import clock, workers
 from .logs import configure
-from .search import Query, parse_query
+from .search import Query, default_registry, parse_query
 from .settings import Settings
+from .store.base import Store
 from .store.rekey import Rotation, rotate_data_key
 
+
+T = TypeVar("T")
 
 # Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
 _OWN_FLAGS = {"demo_data": "--demo", "auth": "--no-auth"}
@@ -422,6 +426,100 @@ def _verify_audit(args: argparse.Namespace) -> int:
     return 0 if not verdict.problems else 1
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stores:
+    """What backups and restores work on: the stores `settings` name (open), the audit
+    chain, the body codec and the key ring."""
+
+    codec: BodyCodec
+    provider: KeyProvider
+    main: Store
+    audit: Store
+    chain: Chain
+
+
+@asynccontextmanager
+async def _stores(settings: Settings) -> AsyncIterator[_Stores]:
+    codec = body_codec(settings)
+    provider = key_provider(settings, codec)
+    if provider is None:
+        raise KeyRingError(f"backups are encrypted under the key ring, and there is none at "
+                           f"{settings.key_ring_path}")
+    main = open_store(settings.store_url, settings.accept_unsafe_store, codec)
+    audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec)
+    chain = Chain(settings.data_dir / "audit-chain.db")
+    try:
+        await main.open()
+        await audit.open()
+        yield _Stores(codec, provider, main, audit, chain)
+    finally:
+        chain.close()
+        await main.close()
+        await audit.close()
+
+
+def _refusing(command: str, work: Coroutine[Any, Any, T], refusals: tuple[type[Exception], ...],
+              note: str = "") -> T | None:
+    """Run `work`; None, once the refusal is printed, if it raises one of `refusals`."""
+    try:
+        return asyncio.run(work)
+    except refusals as exc:
+        print(f"fhir-server {command}: {exc}{note}", file=sys.stderr)
+        return None
+
+
+async def _backup_async(settings: Settings, directory: Path) -> tuple[Path, dict[str, int]]:
+    async with _stores(settings) as stores:
+        return await take(main=stores.main, audit=stores.audit, chain=stores.chain,
+                          provider=stores.provider, directory=directory,
+                          keep_days=settings.backup_retention_days, operator=_operator(),
+                          record=AuditRecorder(stores.audit, stores.chain).record)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    taken = _refusing("backup", _backup_async(settings, args.dir or settings.backup_path),
+                      (KeyRingError, OSError))
+    if taken is None:
+        return 2
+    path, counts = taken
+    print(f"backup {path}: {counts['versions']} versions, {counts['audit']} AuditEvents, "
+          f"{counts['links']} chain links; archives older than "
+          f"{settings.backup_retention_days} days pruned")
+    return 0
+
+
+async def _restore_async(settings: Settings, archive: Path) -> Restored:
+    async with _stores(settings) as stores:
+        recorder = AuditRecorder(stores.audit, stores.chain)
+        done = await restore(archive, Target(
+            stores.main, stores.audit, stores.chain, stores.provider, stores.codec,
+            open_ledger(settings, stores.codec), default_registry(), recorder.record))
+        await recorder.record(command_event(
+            command="restore", action="C", recorded=clock.instant(), operator=_operator(),
+            entities=[_entity(archive.name, _JOB, versions=done.versions, audit=done.audit,
+                              links=done.links, left_out=done.left_out,
+                              erasures_replayed=len(done.replayed))]))
+        return done
+
+
+def _restore(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    if not args.archive.is_file():
+        print(f"fhir-server restore: no such archive: {args.archive}", file=sys.stderr)
+        return 2
+    done = _refusing("restore", _restore_async(settings, args.archive),
+                     (ArchiveError, KeyRingError, LedgerError, ValueError), "; nothing was restored")
+    if done is None:
+        return 2
+    print(f"restored {done.versions} versions (indexed), {done.audit} AuditEvents, "
+          f"{done.links} chain links; {done.left_out} versions of erased patients left out; "
+          f"{len(done.replayed)} erasures since the backup done again")
+    return 0
+
+
 def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.kek:
@@ -612,6 +710,17 @@ def parser() -> argparse.ArgumentParser:
     keys.add_parser("status", help="the key ring and the data keys").set_defaults(run=_keys_status)
     keys.add_parser("verify", help="unwrap every data key (exit 1 on any problem)").set_defaults(
         run=_keys_verify)
+    backup = commands.add_parser(
+        "backup", help="write an encrypted archive of the store and the audit trail "
+        "(FHIR_SERVER_BACKUP_DIR), and prune old ones")
+    backup.add_argument("--dir", type=Path, metavar="DIR",
+                        help="where to write it (default: FHIR_SERVER_BACKUP_DIR)")
+    backup.set_defaults(run=_backup)
+    restore_command = commands.add_parser(
+        "restore", help="rebuild the (empty) store, its indexes and the audit trail from an "
+        "archive, then replay the erasure ledger; run it before serving")
+    restore_command.add_argument("archive", type=Path, metavar="ARCHIVE")
+    restore_command.set_defaults(run=_restore)
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True)
     check = audit.add_parser("verify", help="check the hash chain against the stored "

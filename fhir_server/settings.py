@@ -46,6 +46,17 @@ class Settings(BaseSettings):
         None, description="The key ring file (0600, keep it off the data volume and out of its "
         "backups); empty means <data_dir>/keyring.json. Create it with `fhir-server keys init`.",
     )
+    backup_dir: Path | None = Field(
+        None, description="Where `fhir-server backup` writes its encrypted archives (best on "
+        "another volume); empty means <data_dir>/backups.",
+    )
+    backup_retention_days: int = Field(
+        30, ge=1, description="Days a backup archive is kept; older ones are pruned after each backup.",
+    )
+    backup_interval_hours: int = Field(
+        0, ge=0, description="Hours between the backups the server takes by itself (24: daily); "
+        "0 means none (run `fhir-server backup` from cron).",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
@@ -143,6 +154,16 @@ class Settings(BaseSettings):
     def key_ring_path(self) -> Path:
         """The effective key ring file."""
         return self.key_ring or self.data_dir / "keyring.json"
+
+    @property
+    def backup_path(self) -> Path:
+        """The effective backup directory."""
+        return self.backup_dir or self.data_dir / "backups"
+
+    @property
+    def erasure_ledger_path(self) -> Path:
+        """The erasure ledger, kept with the key ring (crypto/ledger.py)."""
+        return self.key_ring_path.with_name("erasure-ledger.jsonl")
 
     @property
     def data_keys_path(self) -> Path:

@@ -22,6 +22,8 @@ MAY_IMPORT = {
     "http": {"services", "auth", "search"},  # auth: token -> claims; search.parse (picture's walk)
     "services": {"access", "audit", "search", "store", "crypto"},
     "trials": {"services"}, "privacy": {"services"}, "interop": {"services"},
+    # backups read and rebuild whole stores, the audit chain, and replay erasures
+    "backup": {"services", "store", "search", "audit", "crypto", "access"},
     "access": {"search"},  # access adds its clauses to the Query AST
     "audit": {"search", "store"},  # AuditEvents are stored and indexed like any resource
     "auth": {"access"},  # token verification -> Principal

@@ -148,6 +148,19 @@ class Chain:
         with _immediate(conn):
             conn.executemany("DELETE FROM pending WHERE event_id = ?", [(id,) for id in event_ids])
 
+    def load(self, links: Sequence[Link]) -> None:
+        """Put the links of a backup into this chain, which must be empty (`fhir-server
+        restore`); ValueError if it is not."""
+        conn = self._connection()
+        with _immediate(conn):
+            if conn.execute("SELECT 1 FROM link LIMIT 1").fetchone():
+                raise ValueError(f"the audit chain {self.path} is not empty")
+            conn.executemany(
+                "INSERT INTO link (seq, event_id, digest, event_digests) VALUES (?, ?, ?, ?)",
+                [(link.seq, " ".join(link.event_ids), link.digest,
+                  " ".join(link.event_digests) if link.event_digests is not None else None)
+                 for link in links])
+
     def links(self) -> list[Link]:
         return [Link(r[0], tuple(r[1].split(" ")), r[2], tuple(r[3].split(" ")) if r[3] else None)
                 for r in self._connection().execute(

@@ -96,8 +96,9 @@ def test_kek_rotation_under_load(server: TestClient, ring: Path,
 def _stored_key_ids(data: Path, id_prefix: str) -> set[bytes]:
     """The data key ids in the headers of the stored versions of resources named so."""
     with sqlite3.connect(data / "fhir.db") as conn:
-        rows = conn.execute("SELECT body FROM history WHERE id LIKE ? AND body IS NOT NULL",
-                            (f"{id_prefix}%",)).fetchall()
+        # GLOB: case-sensitive (LIKE would take the published OperationDefinition/Patient-erase)
+        rows = conn.execute("SELECT body FROM history WHERE id GLOB ? AND body IS NOT NULL",
+                            (f"{id_prefix}*",)).fetchall()
     return {bytes(row[0][1:17]) for row in rows}
 
 

@@ -51,13 +51,14 @@ from pymongo.write_concern import WriteConcern
 from ... import clock
 from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail, incident
-from ...search import BlindIndex, Query, Registry, default_registry
+from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -72,6 +73,8 @@ from ..base import (
 from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
                       sealed, sealed_records)
 from ..versions import stamp
+from . import dump as mongo_dump
+from . import erase as mongo_erase
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
 from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
@@ -348,6 +351,19 @@ class MongoStore:
         return opened_page(self.codec,
                            await MongoSearch(self.resources, self.registry, blind=self.blind,
                                              opened=partial(opened, self.codec)).search(query, cursor))
+
+    @_answering
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        return await mongo_erase.remove(self, compartment, last)
+
+    async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        await self.ensure_safe()
+        async for versions in mongo_dump.dump(self, count):
+            yield versions
+
+    @_answering
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        await mongo_dump.load(self, versions)
 
     @_answering
     async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,

@@ -24,13 +24,16 @@ from ... import clock
 from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
-from ...search import BlindIndex, Query, Registry, default_registry, distance_km
+from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry, distance_km
+from . import dump as sqlite_dump
+from . import erase as sqlite_erase
 from . import index as sqlite_index
 from ..base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -100,6 +103,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute("PRAGMA cache_size = -65536")
+            conn.execute("PRAGMA secure_delete = ON")  # erased rows are zeroed (erase.py)
             conn.create_function("fhir_distance_km", 4, distance_km, deterministic=True)
             self._local.conn = conn
             with self._connections_lock:
@@ -245,6 +249,28 @@ class SqliteStore:
                 await self._run(self._writer, write)
         return len(changed), str(rows[-1][0]) if len(rows) == limit else None
 
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        def work(conn: sqlite3.Connection) -> Erasure:
+            search = SqliteSearch(conn, self.ids, self.registry)
+            erased = self._within(conn, lambda: sqlite_erase.remove(conn, search, self.codec, compartment, last))
+            sqlite_erase.checkpoint(conn)
+            return erased
+
+        async with self._write_lock:
+            return await self._run(self._writer, work)
+
+    async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        upto = await self._read(sqlite_dump.top)
+        after = 0
+        while found := await self._read(lambda conn: sqlite_dump.page(conn, after, upto, count)):
+            after = found[-1][0]
+            yield [version for _, version in found]
+
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        async with self._write_lock:
+            await self._run(self._writer, lambda conn: self._within(
+                conn, lambda: sqlite_dump.load(conn, self.ids, versions)))
+
     # -- writes ------------------------------------------------------------------------
 
     # One SQLite transaction at a time per process (the asyncio lock), its statements all on
@@ -271,6 +297,17 @@ class SqliteStore:
         finally:
             self._writers.release()
             self.ids.settle(committed)
+
+    def _within(self, conn: sqlite3.Connection, work: Callable[[], T]) -> T:
+        """`work` in a write transaction of its own (on the writer thread)."""
+        self._begin(conn)
+        try:
+            result = work()
+        except BaseException:
+            self._end(conn, False)
+            raise
+        self._end(conn, True)
+        return result
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteUnitOfWork]:
