@@ -16,7 +16,7 @@ RUN python -m pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin fhir \
-    && mkdir -p /data && chown fhir /data
+    && mkdir -p /data /keys && chown fhir /data /keys
 COPY --from=build /install /usr/local
 COPY bin/docker-entrypoint /usr/local/bin/docker-entrypoint
 USER fhir

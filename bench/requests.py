@@ -18,13 +18,15 @@ import itertools
 import pstats
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fhir_server.app import create_app
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 
 Call = Callable[[int], Awaitable[int]]
@@ -108,17 +110,26 @@ async def _drive(call: Call, requests: int, concurrency: int) -> tuple[float, in
     return time.process_time() - started, failed
 
 
-async def main(args: argparse.Namespace) -> None:
+@asynccontextmanager
+async def seeded(n: int, encryption: bool = True) -> AsyncIterator[Client]:
+    """An app on a fresh data directory (its own key ring) holding `n` Patients."""
     data = Path(tempfile.mkdtemp(prefix="bench-requests-"))
-    app = create_app(Settings(data_dir=data, auth="off"))
+    create_key_ring(data / "keyring.json")
+    app = create_app(Settings(data_dir=data, auth="off", encryption=encryption,
+                              key_ring=data / "keyring.json"))
     client = Client(app)
     async with app.router.lifespan_context(app):
-        for start in range(0, args.n, 100):
-            entries = [{"resource": _patient(i, f"bucket-{i % (args.n // 20):05d}"),
+        for start in range(0, n, 100):
+            entries = [{"resource": _patient(i, f"bucket-{i % (n // 20):05d}"),
                         "request": {"method": "PUT", "url": f"Patient/perf-{i:07d}"}}
-                       for i in range(start, min(start + 100, args.n))]
+                       for i in range(start, min(start + 100, n))]
             bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
             assert await client("POST", "/fhir", orjson.dumps(bundle)) == 200
+        yield client
+
+
+async def main(args: argparse.Namespace) -> None:
+    async with seeded(args.n, args.encryption) as client:
         ops = _ops(client, args.n)
         for name in args.ops.split(","):
             await _drive(ops[name], args.requests // 5, args.concurrency)  # warm-up
@@ -142,4 +153,6 @@ if __name__ == "__main__":
     parser.add_argument("--profile", default="", help="op to profile")
     parser.add_argument("--sort", default="tottime", help="pstats sort key")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--encryption", action=argparse.BooleanOptionalAction, default=True,
+                        help="stored bodies encrypted (the default) or not")
     asyncio.run(main(parser.parse_args()))

@@ -25,6 +25,7 @@ import orjson
 from bench.common import machine, percentile
 from bench.requests import Client
 from fhir_server.app import create_app
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 from fhir_server.terminology_service import (CODE_SYSTEM_VALIDATE, EXPAND, LOOKUP,
                                              VALUE_SET_VALIDATE, Inputs, expand, load_catalogue,
@@ -111,6 +112,7 @@ async def _measure(call: Callable[[int], Awaitable[int]], calls: int) -> dict[st
 
 async def main(args: argparse.Namespace) -> None:
     data = Path(tempfile.mkdtemp(prefix="bench-terminology-"))
+    create_key_ring(data / "keyring.json")  # stored data is encrypted (docs/security.md)
     started = time.process_time()
     app = create_app(Settings(data_dir=data, auth="off", publish_definitions=False))
     print(f"app with catalogue: {(time.process_time() - started) * 1000:.0f} ms CPU")

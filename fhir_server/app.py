@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -13,6 +15,7 @@ from fastapi import FastAPI
 
 from .access import ConfirmationCodes, server_principal
 from .audit.chain import Chain
+from .backup import every, take
 from .audit.recorder import AuditRecorder
 from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
@@ -20,8 +23,11 @@ from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
+from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, ErasureLedger,
+                     KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
+                     ledger_key)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
-                   metadata_router, operability_router, privacy_router,
+                   metadata_router, operability_router, privacy_router, sealing_keys_router,
                    shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
@@ -31,9 +37,10 @@ from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
-from .search import default_registry
+from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
+from .services.erase import Erasures, reconcile
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
@@ -48,13 +55,40 @@ from .trials.withdrawal import after_consent_change
 log = logging.getLogger("fhir_server")
 
 
-def open_store(url: str, accept_unsafe: bool = False) -> Store:
-    """The store a URL names: `sqlite:///path` or a MongoDB connection string."""
+def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None,
+               blind: BlindIndex | None = None) -> Store:
+    """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
+    and opens its bodies (default: stored as they are), `blind` indexes protected parameters
+    as digests (default: as they are)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, codec, blind=blind)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec, blind=blind)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
+
+
+def body_codec(settings: Settings) -> BodyCodec:
+    """How the stores keep bodies: encrypted under the key ring `settings` names (KeyRingError
+    if it is missing, malformed, too open, or not the one of the stored data keys), or as they
+    are when encryption is off."""
+    if not settings.encryption:
+        return PlainCodec()
+    keys = DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+    keys.check()  # the wrong key ring is refused at start, not at the first read
+    return EnvelopeCodec(keys)
+
+
+def blind_index(settings: Settings) -> BlindIndex | None:
+    """The blind indexes of the protected parameters, keyed by the key ring
+    (docs/blind-indexes.md); None when encryption is off or nothing is protected."""
+    registry = default_registry()
+    protected = (default_protected(registry) if settings.protected_params is None
+                 else settings.protected_params)
+    if not settings.encryption or not protected:
+        return None
+    keys = BlindDigest(LocalKeyRing(settings.key_ring_path).index_key)
+    return BlindIndex(protected, keys, registry, prefix_cap=settings.blind_prefix_cap,
+                      sort_limit=settings.protected_sort_limit)
 
 
 def build_context(settings: Settings, store: Store) -> Context:
@@ -69,16 +103,28 @@ def build_context(settings: Settings, store: Store) -> Context:
         hooks=(after_consent_change,),
         creators=(answer_if_addressed, propose_if_unreached),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
+        keys=_key_directory(settings),
+        sealed_only=settings.sealed_messages_only,
         terminology=load_catalogue(max_expansion=settings.max_expansion),
     )
+
+
+def _key_directory(settings: Settings) -> KeyDirectory:
+    """Users' enrolled sealing keys (beside their accounts) and the site systems' (their
+    registered JWKS; none when auth is off: no client is known)."""
+    registry = AuthRegistry(settings.data_dir / "auth.db")
+    return KeyDirectory(EnrolledKeys(registry.connection),
+                        registry.backend_clients if settings.auth != "off" else tuple)
 
 
 @asynccontextmanager
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     """A Context on the store `settings` names, open for the duration of the block, acting as
     the server itself (the command line is run by its operator)."""
-    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store),
-                         open_store(settings.audit_store_url, settings.accept_unsafe_store))
+    codec = body_codec(settings)
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                    blind_index(settings)),
+                         open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     try:
         yield replace(build_context(settings, store), principal=server_principal("cli"))
@@ -86,21 +132,54 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         await store.close()
 
 
+def key_provider(settings: Settings, codec: BodyCodec) -> KeyProvider | None:
+    """The key ring: the codec's, or, with encryption off, the file if there is one."""
+    if isinstance(codec, EnvelopeCodec):
+        return codec.keys.provider
+    try:
+        return LocalKeyRing(settings.key_ring_path)
+    except KeyRingError:
+        return None
+
+
+def open_ledger(settings: Settings, codec: BodyCodec) -> ErasureLedger | None:
+    """The erasure ledger, kept with the key ring (under one of its keys); None without one."""
+    ring = key_provider(settings, codec)
+    return ErasureLedger(settings.erasure_ledger_path, ledger_key(ring)) if ring else None
+
+
+def open_erasures(settings: Settings, codec: BodyCodec,
+                  record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
+    """What Patient/$erase needs: the ledger and the data keys the codec seals with (none
+    when encryption is off); None (not offered: $erase answers 501) without a ledger."""
+    ledger = open_ledger(settings, codec)
+    if ledger is None:
+        return None
+    return Erasures(ledger, codec.keys if isinstance(codec, EnvelopeCodec) else None, record)
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
     settings = settings or Settings()
-    audit_store = open_store(settings.audit_store_url)
-    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store),
+    codec = body_codec(settings)
+    audit_store = open_store(settings.audit_store_url, codec=codec)
+    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                             blind_index(settings)),
                          audit_store)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
+    context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         await recorder.recover()
+        again = await reconcile(replace(context, principal=server_principal("fhir-server")))
+        if again:
+            log.warning("erased patients found back in the store were erased again",
+                        extra={"patients": len(again)})
         if tokens is None:
             log.warning("AUTHENTICATION IS OFF: every request has full access to all data. "
                         "For local development and the demo only.")
@@ -113,8 +192,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         listener = app.state.mllp = listener_for(settings, context, recorder) if settings.mllp else None
         if listener is not None:
             await listener.start()
+        backups = _schedule_backups(settings, codec, store, recorder)
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        if backups is not None:
+            backups.cancel()
         if listener is not None:
             await listener.stop()
         await store.close()
@@ -145,6 +227,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(privacy_router, prefix=settings.base_path)  # before fhir_router's compartments
+    app.include_router(sealing_keys_router)
     app.include_router(terminology_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     install_cors(app, settings, oauth.registry if oauth else None)
@@ -153,6 +236,26 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(HeadMiddleware)  # outside audit: a HEAD is audited as the read it is
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,
+                      recorder: AuditRecorder) -> asyncio.Task[None] | None:
+    """The task taking the backups FHIR_SERVER_BACKUP_INTERVAL_HOURS asks for (backup/schedule.py)."""
+    provider = key_provider(settings, codec)
+    if not settings.backup_interval_hours:
+        return None
+    if provider is None:
+        log.error("no scheduled backups: they are encrypted under the key ring, and there is none")
+        return None
+
+    async def back_up() -> object:
+        return await take(main=store.main, audit=store.audit, chain=recorder.chain,
+                          provider=provider, directory=settings.backup_path,
+                          keep_days=settings.backup_retention_days,
+                          operator="fhir-server (scheduled)", record=recorder.record)
+
+    return asyncio.get_running_loop().create_task(
+        every(settings.backup_interval_hours, settings.backup_path, back_up))
 
 
 def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthorizationServer | None]:

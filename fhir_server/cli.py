@@ -1,6 +1,7 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
-`keys rotate`) and of the audit trail (`audit verify`). Loads and administration commands leave
+`keys rotate`), of the encryption keys (`keys init|status|verify`, `keys rotate --kek`) and of
+the audit trail (`audit verify`). Loads and administration commands leave
 an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
@@ -10,33 +11,42 @@ import asyncio
 import dataclasses
 import getpass
 import os
+import re
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, get_origin
+from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
 import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import open_context, open_store
+from .app import blind_index, body_codec, key_provider, open_context, open_ledger, open_store
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
+from .backup import ArchiveError, Restored, Target, restore, take
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
 from .auth.users import Users
+from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyProvider, KeyRingError,
+                     LedgerError, LocalKeyRing, UnreadableBody, create_key_ring)
 from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
                       listener_for)
 from .store.routing import RoutingStore
 from . import clock, workers
 from .logs import configure
-from .search import Query, parse_query
+from .search import Query, default_registry, parse_query
 from .settings import Settings
+from .store.base import Store
+from .store.rekey import Rotation, rotate_data_key
 
+
+T = TypeVar("T")
 
 # Settings whose `fhir-server serve` flag is hand-made; every other field gets `--<name>`.
 _OWN_FLAGS = {"demo_data": "--demo", "auth": "--no-auth"}
@@ -81,6 +91,18 @@ def _serve(args: argparse.Namespace) -> int:
                   f"{error['msg']}", file=sys.stderr)
         return 2
     configure(settings.log_level)
+    if settings.encryption:
+        try:  # checked here, before any worker starts: nothing is served without the keys
+            body_codec(settings)
+        except KeyRingError as error:
+            print(f"fhir-server serve: {error}", file=sys.stderr)
+            return 2
+    try:  # a parameter that cannot be blind-indexed: refused before any worker starts
+        blind_index(settings)
+    except ValueError as error:
+        print(f"fhir-server serve: --protected-params / FHIR_SERVER_PROTECTED_PARAMS: {error}",
+              file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,
@@ -96,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _record(settings: Settings, command: str, action: str,
                   entities: list[dict[str, Any]], problem: str | None = None) -> None:
     """Add the AuditEvent of a command to the trail the server writes (its store and chain)."""
-    store = open_store(settings.audit_store_url)
+    store = open_store(settings.audit_store_url, codec=body_codec(settings))
     await store.open()
     chain = Chain(settings.data_dir / "audit-chain.db")
     try:
@@ -338,8 +360,33 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Noting:
+    """The body codec `audit verify` reads with: a body it cannot open is noted, as shredded
+    (its key destroyed by an erasure) or changed, and read as an empty event."""
+
+    def __init__(self, codec: BodyCodec) -> None:
+        self.codec = codec
+        self.shredded: set[str] = set()
+
+    def seal(self, resource_type: str, id: str, version: int, body: bytes,
+             patients: Collection[str]) -> bytes:
+        return self.codec.seal(resource_type, id, version, body, patients)
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
+        self.codec.prepare(resources)
+
+    def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
+        try:
+            return self.codec.open(resource_type, id, version, stored)
+        except UnreadableBody as error:
+            if error.destroyed:
+                self.shredded.add(id)
+            return b"{}"
+
+
 async def _audit_verdict(settings: Settings) -> Verdict:
-    store = open_store(settings.audit_store_url)
+    codec = _Noting(body_codec(settings))
+    store = open_store(settings.audit_store_url, codec=codec)
     await store.open()
     try:
         events: dict[str, dict[str, Any]] = {}
@@ -357,7 +404,9 @@ async def _audit_verdict(settings: Settings) -> Verdict:
         links = chain.links()
     finally:
         chain.close()
-    return verify(links, events, events.keys())
+    for id in codec.shredded:
+        del events[id]
+    return verify(links, events, [*events, *codec.shredded], codec.shredded)
 
 
 def _verify_audit(args: argparse.Namespace) -> int:
@@ -372,17 +421,199 @@ def _verify_audit(args: argparse.Namespace) -> int:
     for problem in verdict.problems:
         print(problem)
     state = "intact" if not verdict.problems else f"{len(verdict.problems)} problems"
-    print(f"audit trail: {verdict.checked} links checked, {state}", file=sys.stderr)
+    shredded = f" ({verdict.shredded} events erased with their patient's key)" * bool(verdict.shredded)
+    print(f"audit trail: {verdict.checked} links checked, {state}{shredded}", file=sys.stderr)
     return 0 if not verdict.problems else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stores:
+    """What backups and restores work on: the stores `settings` name (open), the audit
+    chain, the body codec and the key ring."""
+
+    codec: BodyCodec
+    provider: KeyProvider
+    main: Store
+    audit: Store
+    chain: Chain
+
+
+@asynccontextmanager
+async def _stores(settings: Settings) -> AsyncIterator[_Stores]:
+    codec = body_codec(settings)
+    provider = key_provider(settings, codec)
+    if provider is None:
+        raise KeyRingError(f"backups are encrypted under the key ring, and there is none at "
+                           f"{settings.key_ring_path}")
+    main = open_store(settings.store_url, settings.accept_unsafe_store, codec)
+    audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec)
+    chain = Chain(settings.data_dir / "audit-chain.db")
+    try:
+        await main.open()
+        await audit.open()
+        yield _Stores(codec, provider, main, audit, chain)
+    finally:
+        chain.close()
+        await main.close()
+        await audit.close()
+
+
+def _refusing(command: str, work: Coroutine[Any, Any, T], refusals: tuple[type[Exception], ...],
+              note: str = "") -> T | None:
+    """Run `work`; None, once the refusal is printed, if it raises one of `refusals`."""
+    try:
+        return asyncio.run(work)
+    except refusals as exc:
+        print(f"fhir-server {command}: {exc}{note}", file=sys.stderr)
+        return None
+
+
+async def _backup_async(settings: Settings, directory: Path) -> tuple[Path, dict[str, int]]:
+    async with _stores(settings) as stores:
+        return await take(main=stores.main, audit=stores.audit, chain=stores.chain,
+                          provider=stores.provider, directory=directory,
+                          keep_days=settings.backup_retention_days, operator=_operator(),
+                          record=AuditRecorder(stores.audit, stores.chain).record)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    taken = _refusing("backup", _backup_async(settings, args.dir or settings.backup_path),
+                      (KeyRingError, OSError))
+    if taken is None:
+        return 2
+    path, counts = taken
+    print(f"backup {path}: {counts['versions']} versions, {counts['audit']} AuditEvents, "
+          f"{counts['links']} chain links; archives older than "
+          f"{settings.backup_retention_days} days pruned")
+    return 0
+
+
+async def _restore_async(settings: Settings, archive: Path) -> Restored:
+    async with _stores(settings) as stores:
+        recorder = AuditRecorder(stores.audit, stores.chain)
+        done = await restore(archive, Target(
+            stores.main, stores.audit, stores.chain, stores.provider, stores.codec,
+            open_ledger(settings, stores.codec), default_registry(), recorder.record))
+        await recorder.record(command_event(
+            command="restore", action="C", recorded=clock.instant(), operator=_operator(),
+            entities=[_entity(archive.name, _JOB, versions=done.versions, audit=done.audit,
+                              links=done.links, left_out=done.left_out,
+                              erasures_replayed=len(done.replayed))]))
+        return done
+
+
+def _restore(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    if not args.archive.is_file():
+        print(f"fhir-server restore: no such archive: {args.archive}", file=sys.stderr)
+        return 2
+    done = _refusing("restore", _restore_async(settings, args.archive),
+                     (ArchiveError, KeyRingError, LedgerError, ValueError), "; nothing was restored")
+    if done is None:
+        return 2
+    print(f"restored {done.versions} versions (indexed), {done.audit} AuditEvents, "
+          f"{done.links} chain links; {done.left_out} versions of erased patients left out; "
+          f"{len(done.replayed)} erasures since the backup done again")
+    return 0
 
 
 def _rotate_keys(args: argparse.Namespace) -> int:
     settings = Settings()
+    if args.kek:
+        return _rotate_kek(settings)
+    if args.data:
+        return _rotate_data(settings, args.data)
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
     kid = keys.rotate()
     asyncio.run(_record(settings, "keys rotate", "U", [_entity(kid, _SECURITY_RESOURCE)]))
     print(f"new signing key {kid}; the previous one stays published for "
           f"{settings.token_lifetime} s")
+    return 0
+
+
+def _data_keys(settings: Settings) -> DataKeys:
+    return DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    settings = Settings()
+    create_key_ring(settings.key_ring_path)
+    print(f"new key ring {settings.key_ring_path} (0600): keep it, and its backups, apart from "
+          "the data and its backups (docs/security.md)")
+    return 0
+
+
+def _keys_status(args: argparse.Namespace) -> int:
+    settings = Settings()
+    keys = _data_keys(settings)
+    ring, data = keys.provider.status(), keys.status()
+    print(f"key ring: {ring.provider}\nactive key-encryption key: {ring.active}")
+    for kek in ring.keks:
+        print(f"  key-encryption key {kek}: wraps {data.by_kek.get(kek, 0)} data keys")
+    print(f"data keys: {data.keys} for {data.scopes} scopes ({settings.data_keys_path})")
+    stale = data.keys - data.by_kek.get(ring.active, 0)
+    print("re-wrap: done" if not stale else f"re-wrap: {stale} data keys under older keys")
+    return 0
+
+
+def _keys_verify(args: argparse.Namespace) -> int:
+    problems = _data_keys(Settings()).verify()
+    for problem in problems:
+        print(problem)
+    print(f"data keys: {len(problems)} problems", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _rotate_kek(settings: Settings) -> int:
+    """A new key-encryption key; every data key re-wrapped under it, in batches, while the
+    server serves (a data key itself never changes); then the older ones are destroyed."""
+    keys = _data_keys(settings)
+    older = set(keys.provider.status().keks)
+    kek = keys.provider.rotate()
+    rewrapped = 0
+    for _ in range(2):
+        while done := keys.rewrap():
+            rewrapped += done
+        # Again after a while: a key a server wrapped just before the rotation and stored
+        # just after it (servers wrap with the KEK the file names at that moment).
+        time.sleep(1.0)
+    for old in older:
+        keys.provider.destroy(old)
+    asyncio.run(_record(settings, "keys rotate", "U", [_entity(
+        kek, _SECURITY_RESOURCE, key="key-encryption key", rewrapped=rewrapped)]))
+    print(f"new key-encryption key {kek}; {rewrapped} data keys re-wrapped; "
+          f"{len(older)} older ones destroyed")
+    return 0
+
+
+async def _rotate_data_async(settings: Settings, scope: str) -> Rotation:
+    keys = _data_keys(settings)
+    codec = EnvelopeCodec(keys)
+    stores = [open_store(url, codec=codec) for url in (settings.store_url, settings.audit_store_url)]
+    for store in stores:
+        await store.open()
+    try:
+        return await rotate_data_key(keys, stores, scope)  # type: ignore[arg-type]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def _rotate_data(settings: Settings, scope: str) -> int:
+    """A new data key for `scope`; what its older keys sealed is sealed again, then they go."""
+    if not re.fullmatch(r"Patient/[A-Za-z0-9\-.]{1,64}|[A-Z][A-Za-z]{1,63}", scope):
+        print("fhir-server keys rotate: --data takes Patient/<id> or a resource type",
+              file=sys.stderr)
+        return 2
+    done = asyncio.run(_rotate_data_async(settings, scope))
+    asyncio.run(_record(settings, "keys rotate", "U", [_entity(
+        done.key_id.hex(), _SECURITY_RESOURCE, key=f"data key of {scope}",
+        resealed=done.resealed, retired=done.retired)]))
+    print(f"new data key {done.key_id.hex()} for {scope}; {done.resealed} versions sealed "
+          f"again; {done.retired} older keys destroyed")
     return 0
 
 
@@ -460,10 +691,36 @@ def parser() -> argparse.ArgumentParser:
                           help="a platform administrator: no access to health data except by "
                                "break-glass with a stated reason (a Practitioner)")
     add_user.set_defaults(run=_add_user)
-    keys = commands.add_parser("keys", help="token signing keys").add_subparsers(
-        dest="action", required=True)
-    rotate = keys.add_parser("rotate", help="sign new tokens with a new key")
+    keys = commands.add_parser("keys", help="token signing keys and the encryption key ring "
+                               "(docs/security.md)").add_subparsers(dest="action", required=True)
+    rotate = keys.add_parser("rotate", help="sign new tokens with a new key (--signing, the "
+                             "default), or rotate an encryption key (--kek, --data)")
+    which = rotate.add_mutually_exclusive_group()
+    which.add_argument("--signing", action="store_true", help="the token signing key (default)")
+    which.add_argument("--kek", action="store_true",
+                       help="the key-encryption key: every data key is re-wrapped under a new "
+                            "one while the server runs, then the older ones are destroyed")
+    which.add_argument("--data", metavar="SCOPE",
+                       help="the data key of Patient/<id> (or of a resource type outside "
+                            "patient compartments): what it sealed is sealed again under a new "
+                            "one while the server runs; an interrupted run resumes")
     rotate.set_defaults(run=_rotate_keys)
+    keys.add_parser("init", help="create the key ring (FHIR_SERVER_KEY_RING)").set_defaults(
+        run=_keys_init)
+    keys.add_parser("status", help="the key ring and the data keys").set_defaults(run=_keys_status)
+    keys.add_parser("verify", help="unwrap every data key (exit 1 on any problem)").set_defaults(
+        run=_keys_verify)
+    backup = commands.add_parser(
+        "backup", help="write an encrypted archive of the store and the audit trail "
+        "(FHIR_SERVER_BACKUP_DIR), and prune old ones")
+    backup.add_argument("--dir", type=Path, metavar="DIR",
+                        help="where to write it (default: FHIR_SERVER_BACKUP_DIR)")
+    backup.set_defaults(run=_backup)
+    restore_command = commands.add_parser(
+        "restore", help="rebuild the (empty) store, its indexes and the audit trail from an "
+        "archive, then replay the erasure ledger; run it before serving")
+    restore_command.add_argument("archive", type=Path, metavar="ARCHIVE")
+    restore_command.set_defaults(run=_restore)
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True)
     check = audit.add_parser("verify", help="check the hash chain against the stored "
@@ -487,7 +744,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fhir-server` console script."""
     args = parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except KeyRingError as error:  # missing, malformed or too open: say so, no traceback
+        print(f"fhir-server {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

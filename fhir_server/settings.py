@@ -38,6 +38,25 @@ class Settings(BaseSettings):
     audit_store: str = Field(
         "", description="Store URL of the audit trail; empty means sqlite:///<data_dir>/audit.db.",
     )
+    encryption: bool = Field(
+        True, description="Encrypt every stored resource version (AES-256-GCM under per-patient "
+        "data keys, docs/security.md); off only for measurements and stores made without it.",
+    )
+    key_ring: Path | None = Field(
+        None, description="The key ring file (0600, keep it off the data volume and out of its "
+        "backups); empty means <data_dir>/keyring.json. Create it with `fhir-server keys init`.",
+    )
+    backup_dir: Path | None = Field(
+        None, description="Where `fhir-server backup` writes its encrypted archives (best on "
+        "another volume); empty means <data_dir>/backups.",
+    )
+    backup_retention_days: int = Field(
+        30, ge=1, description="Days a backup archive is kept; older ones are pruned after each backup.",
+    )
+    backup_interval_hours: int = Field(
+        0, ge=0, description="Hours between the backups the server takes by itself (24: daily); "
+        "0 means none (run `fhir-server backup` from cron).",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
@@ -74,6 +93,10 @@ class Settings(BaseSettings):
         "OperationDefinitions this server defines (terminology/, profiles/) at start-up, so "
         "clients can read them.",
     )
+    sealed_messages_only: bool = Field(
+        False, description="Refuse a Communication written by a client whose payload is not "
+        "sealed (JWE, docs/sealed-messages.md), and plain notes of $refer.",
+    )
     auth: Literal["smart", "off"] = Field(
         "smart",
         description="'smart': every FHIR request needs a SMART access token. 'off': no "
@@ -95,6 +118,20 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Browser origins allowed to call the API (CORS), e.g. the portal's.",
     )
+    protected_params: list[str] | None = Field(
+        None, description='Search parameters indexed only as blind indexes, a JSON list like '
+        '["Patient.name", "Patient.identifier"]; empty means the names, identifiers, contact points '
+        "and addresses of Patient, RelatedPerson and Practitioner; [] protects none "
+        "(docs/blind-indexes.md). Applies when encryption is on.",
+    )
+    blind_prefix_cap: int = Field(
+        32, ge=1, le=256, description="Longest prefix (characters) of a protected string value "
+        "indexed for the default starts-with search; a longer search value answers 400.",
+    )
+    protected_sort_limit: int = Field(
+        10_000, ge=0, description="Most matches a `_sort` on a protected parameter sorts after "
+        "decryption; a search matching more answers 400.",
+    )
 
     @model_validator(mode="after")
     def _default_base_url(self) -> Settings:
@@ -112,6 +149,26 @@ class Settings(BaseSettings):
     def audit_store_url(self) -> str:
         """The effective audit store URL."""
         return self.audit_store or f"sqlite:///{self.data_dir / 'audit.db'}"
+
+    @property
+    def key_ring_path(self) -> Path:
+        """The effective key ring file."""
+        return self.key_ring or self.data_dir / "keyring.json"
+
+    @property
+    def backup_path(self) -> Path:
+        """The effective backup directory."""
+        return self.backup_dir or self.data_dir / "backups"
+
+    @property
+    def erasure_ledger_path(self) -> Path:
+        """The erasure ledger, kept with the key ring (crypto/ledger.py)."""
+        return self.key_ring_path.with_name("erasure-ledger.jsonl")
+
+    @property
+    def data_keys_path(self) -> Path:
+        """The wrapped data keys: their own file, never part of a store or its backups."""
+        return self.data_dir / "datakeys.db"
 
     @property
     def auth_url(self) -> str:

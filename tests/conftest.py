@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fhir_server.app import create_app
+from fhir_server.app import blind_index, create_app
 from fhir_server.auth.keys import SigningKeys
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -24,6 +25,19 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("keys") / "signing-keys.json"
     SigningKeys(path, 300).signing_key()
     return path.read_bytes()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def key_ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One key ring (0600) for the session, which every server and command under test (and
+    their subprocesses) finds through FHIR_SERVER_KEY_RING, as encryption is on by default;
+    each data directory keeps its own wrapped data keys (datakeys.db). Tests that rotate or
+    break a key ring make their own with `create_key_ring`."""
+    path = tmp_path_factory.mktemp("key-ring") / "keyring.json"
+    create_key_ring(path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FHIR_SERVER_KEY_RING", str(path))
+        yield path
 
 
 @pytest.fixture
@@ -45,9 +59,11 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def client(settings: Settings, store_kind: str) -> Iterator[TestClient]:
-    from tests.store.conftest import STORES
+    from tests.store.conftest import encrypting, migrated_double
 
-    store = None if store_kind == "sqlite" else STORES[store_kind](settings.data_dir)
+    # The double is given the codec and blind indexes the app gives the SQLite store it opens.
+    store = (None if store_kind == "sqlite" else
+             migrated_double(codec=encrypting(settings.data_dir), blind=blind_index(settings)))
     with authorized(TestClient(create_app(settings, store))) as test_client:
         yield test_client
 

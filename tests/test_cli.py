@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from fhir_server import cli
-from fhir_server.app import open_store
+from fhir_server.app import body_codec, open_store
 from fhir_server.model.validation import Validator
 from fhir_server.search import Query
 from fhir_server.settings import Settings
@@ -30,7 +30,8 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _audit_events(data: Path) -> list[dict[str, Any]]:
     async def search() -> list[dict[str, Any]]:
-        store = open_store(Settings(data_dir=data).audit_store_url)
+        settings = Settings(data_dir=data)
+        store = open_store(settings.audit_store_url, codec=body_codec(settings))
         await store.open()
         try:
             page = await store.search(Query("AuditEvent", count=100))

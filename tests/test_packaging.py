@@ -21,6 +21,8 @@ from pathlib import Path
 
 import orjson
 
+from fhir_server.crypto import create_key_ring
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter whose only copy of fhir_server is the unpacked wheel.
@@ -92,6 +94,7 @@ def test_the_docker_images_wheel_serves_the_platforms_operations_and_search_para
            if not name.startswith("FHIR_SERVER_")}
     env.update(PYTHONPATH=str(site), FHIR_SERVER_AUTH="off",
                FHIR_SERVER_DATA_DIR=str(tmp_path / "data"))
+    create_key_ring(tmp_path / "data" / "keyring.json")  # its default place
     run = subprocess.run([sys.executable, "-c", _SERVER_FROM_WHEEL, str(site)], cwd=tmp_path,
                          env=env, capture_output=True, check=False)
     assert run.returncode == 0, run.stderr.decode()[-2000:]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fhir_server import cli
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 
 
@@ -39,6 +40,7 @@ def serve_settings(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
 
 def test_serve_flags_set_the_settings_the_server_runs_with(serve_settings: list[Settings],
                                                          tmp_path: Path) -> None:
+    create_key_ring(tmp_path / "keyring.json")  # serve refuses to start without one
     assert cli.main(["serve", "--store", "mongodb://db.example:27017/fhir", "--data-dir",
                      str(tmp_path), "--base-url", "https://fhir.example.fr/fhir",
                      "--audit-store", f"sqlite:///{tmp_path / 'a.db'}", "--port", "9001",

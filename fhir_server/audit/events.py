@@ -120,6 +120,29 @@ def _rest_event(interaction: str, status: int, recorded: str, principal: Princip
     return event
 
 
+def erasure_event(*, recorded: str, principal: Principal | None, address: str | None,
+                  patient: str, reason: str, counts: dict[str, tuple[int, int]],
+                  keys: int) -> dict[str, Any]:
+    """The AuditEvent of a patient's erasure (Patient/$erase, action D): who, when, why, and
+    per type how many resources and versions were removed, as details of the patient entity;
+    nothing of the erased resources' content. The patient is named as text, never as a
+    reference: the event is then in no patient's compartment, so it is sealed under the
+    AuditEvent type's key and outlives the patient's destroyed key."""
+    event = _rest_event("operation", 200, recorded, principal, address, None, [], None)
+    event["action"] = "D"
+    agent = event["agent"][0]
+    if agent["who"].get("reference") == f"Patient/{patient}":  # the patient's own request
+        agent["who"] = {"display": f"Patient/{patient}"}
+    details = [{"type": "operation", "valueString": "$erase"},
+               {"type": "reason", "valueString": reason},
+               {"type": "data keys destroyed", "valueString": str(keys)}]
+    details += [{"type": resource_type, "valueString": f"{resources} resources, {versions} versions"}
+                for resource_type, (resources, versions) in counts.items()]
+    event["entity"] = [{"name": f"Patient/{patient}", "detail": details,
+                        "role": {"system": _ROLE, "code": "1", "display": "Patient"}}]
+    return event
+
+
 def security_event(*, kind: str, status: int, recorded: str, who: str, client_id: str | None,
                    address: str | None, fhir_user: str | None = None) -> dict[str, Any]:
     """The AuditEvent of a sign-in or a token request (BALP: security events, DICOM 110114
@@ -177,6 +200,8 @@ def interaction_of(method: str, path: str) -> str:
 # configuration (DICOM Security Alert).
 _SECURITY_ALERT = {"system": _DICOM, "code": "110113", "display": "Security Alert"}
 _SECURITY_CONFIGURATION = {"system": _DICOM, "code": "110129", "display": "Security Configuration"}
+_EXPORT = {"system": _DICOM, "code": "110106", "display": "Export"}
+_IMPORT = {"system": _DICOM, "code": "110107", "display": "Import"}
 _COMMANDS = {
     "load": ({"system": _DICOM, "code": "110107", "display": "Import"},
              {"system": _INTERACTION_SYSTEM, "code": "batch", "display": "batch"}),
@@ -189,6 +214,9 @@ _COMMANDS = {
                    {"system": _INTERACTION_SYSTEM, "code": "search-system", "display": "search-system"}),
     "hl7 replay": ({"system": _DICOM, "code": "110107", "display": "Import"},
                    {"system": _INTERACTION_SYSTEM, "code": "transaction", "display": "transaction"}),
+    # A backup archive is an export of the whole store, a restore an import of one.
+    "backup": (_EXPORT, _EXPORT),
+    "restore": (_IMPORT, _IMPORT),
 }
 
 

@@ -27,6 +27,7 @@ from ..store.base import (
     ConditionalCreate,
     ConditionalUpdate,
     Delete,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -170,6 +171,11 @@ class AuditedStore:
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self.inner.outbox(prefix)
+
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        # No outbox record: the erasure's AuditEvent is recorded by services/erase.py, and
+        # its erasure ledger entry is written before it.
+        return await self.inner.erase(compartment, last)
 
 
 class _RecordingUnit:

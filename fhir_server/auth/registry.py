@@ -182,6 +182,11 @@ class Registry:
                       tuple(orjson.loads(row[5])) if row[5] else (), row[6],
                       tuple(orjson.loads(row[7])) if row[7] else ())
 
+    def backend_clients(self) -> list[Client]:
+        """Every registered backend client (the key directory reads their encryption keys)."""
+        ids = self._conn().execute("SELECT id FROM client WHERE kind = 'backend' ORDER BY id")
+        return [client for (id,) in ids.fetchall() if (client := self.client(id)) is not None]
+
     # -- short-lived records: codes, logins in progress, refresh tokens ----------------------
 
     def put(self, table: str, key: str, data: dict[str, Any], lifetime: float,

@@ -8,6 +8,7 @@ from .operability import router as operability_router
 from .privacy import router as privacy_router
 from .routes import router as fhir_router
 from .routes import shortcut_router
+from .sealing_keys import router as sealing_keys_router
 
 __all__ = ["HeadMiddleware", "bundle_router", "fhir_router", "install_error_handlers", "metadata_router", "operability_router",
-           "privacy_router", "shortcut_router"]
+           "privacy_router", "sealing_keys_router", "shortcut_router"]

@@ -6,11 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ..services import crud
+from ..search import query_pairs
+from ..model.errors import Kind, fail
+from ..services import crud, erase
 from ..trials import proposal, referral
 from .auth import authenticate, context_of
-from .headers import version_headers
-from .negotiation import check_acceptable, fhir_response
+from .headers import prefer, version_headers
+from .negotiation import check_acceptable, empty_response, fhir_response
 from .routes import read_payload
 
 router = APIRouter(dependencies=[Depends(authenticate)])
@@ -45,3 +47,42 @@ async def confirm_consent(request: Request, id: str) -> Response:
     payload = await read_payload(request)
     version = await proposal.confirm(context_of(request), id, payload.checked)
     return fhir_response(request, version.body, headers=version_headers(version))
+
+
+async def _reason(request: Request) -> str | None:
+    """$erase's `reason`: a Parameters body's, else the query string's."""
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        body = (await read_payload(request)).checked
+        if body.get("resourceType") != "Parameters":
+            raise fail(Kind.INVALID, "structure", "The body of $erase must be a Parameters resource.")
+        return next((p.get("valueString") for p in body.get("parameter") or ()
+                     if isinstance(p, dict) and p.get("name") == "reason"), None)
+    return next((v for k, v in query_pairs(request.scope["query_string"]) if k == "reason"), None)
+
+
+@router.post("/Patient/{id}/$erase")
+@router.post("/Patient/{id}/$purge")  # R6's name
+async def erase_patient(request: Request, id: str) -> Response:
+    """Erase the patient's record for good: 200 with what was removed, or 202 and the URL to
+    poll (Content-Location) under `Prefer: respond-async`."""
+    check_acceptable(request)
+    ctx = context_of(request)
+    reason, done = await erase.begin(ctx, id, await _reason(request))
+    if done is not None:
+        return fhir_response(request, done)
+    address = request.client.host if request.client else None
+    if prefer(request, "respond-async") is None:
+        return fhir_response(request, await erase.erase(ctx, id, reason, address=address))
+    job = erase.start(ctx, id, reason, address=address)
+    base = request.app.state.settings.base_url.rstrip("/")
+    return empty_response(202, {"Content-Location": f"{base}/$erase-status/{job}"})
+
+
+@router.get("/$erase-status/{job}")
+async def erase_status(request: Request, job: str) -> Response:
+    """An asynchronous erasure: 202 while it runs, then its outcome."""
+    check_acceptable(request)
+    output = await erase.status(context_of(request), job)
+    if output is None:
+        return empty_response(202, {"X-Progress": "erasing", "Retry-After": "1"})
+    return fhir_response(request, output)

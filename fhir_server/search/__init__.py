@@ -43,6 +43,7 @@ from .entries import (
     TokenEntry,
     UriEntry,
 )
+from .blind import BlindIndex, Digest, default_protected
 from .compartments import patients_of
 from .extract import Extractor, extract
 from .match import Resolver, Unsupported, matches
@@ -57,12 +58,14 @@ __all__ = [
     "DATE_MAX",
     "DATE_MIN",
     "PREFIXES",
+    "BlindIndex",
     "Chain",
     "Clause",
     "Component",
     "CompositeEntry",
     "CompositePredicate",
     "DateEntry",
+    "Digest",
     "DatePredicate",
     "Extractor",
     "Has",
@@ -98,6 +101,7 @@ __all__ = [
     "Unsupported",
     "UriEntry",
     "UriPredicate",
+    "default_protected",
     "default_registry",
     "distance_km",
     "extract",

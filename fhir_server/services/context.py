@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
+from ..crypto import KeyDirectory
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
 from ..terminology_service import Catalogue
+
+if TYPE_CHECKING:
+    from .erase import Erasures
 
 # Called after every commit of the service layer with the versions written (the platform's
 # workflows react to writes this way: trials/withdrawal.py).
@@ -37,6 +41,9 @@ class Context:
     hooks: tuple[Hook, ...] = ()
     creators: tuple[Creator, ...] = ()
     codes: ConfirmationCodes | None = None  # one-time codes confirming proposed Consents
+    keys: KeyDirectory | None = None  # public sealing keys (services/sealed.py)
+    sealed_only: bool = False  # clients' messages must be sealed (services/sealed.py)
+    erasures: Erasures | None = None  # Patient/$erase (services/erase.py); None: not offered
     terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
 
 

@@ -12,7 +12,7 @@ from ..access import consent as consents
 from ..access import FAILURE_WINDOW, MAX_FAILURES, PRACTITIONER_ACCOUNTS, CodeCheck, Principal, Role
 from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
-from . import reach
+from . import reach, sealed
 from .context import Context
 
 # Who receives referrals: writing to them is a referral, made by $refer alone.
@@ -20,11 +20,14 @@ INVESTIGATOR_TYPES = (*codes.RECIPIENT_TYPES, "Organization")
 
 
 async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
-    """FORBIDDEN unless `resource` keeps the platform's rules."""
+    """FORBIDDEN unless `resource` keeps the platform's rules; INVALID if its sealed content
+    is malformed or not sealed to every party, UNPROCESSABLE if it must be sealed and is not
+    (sealed.py)."""
     if resource_type == "Consent":  # its subject's form is checked first (guard.require_write)
         await check_recorded_consent(ctx, resource)
     elif resource_type == "Communication":
         await check_message(ctx, resource)
+    await sealed.check_write(ctx, resource_type, resource)
 
 
 def _forbidden(message: str) -> Exception:

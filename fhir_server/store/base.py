@@ -9,7 +9,7 @@ principals or access rules: services hand it resources, index entries and Query 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -153,6 +153,15 @@ class SearchPage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What `Store.erase` removed, by resource type: resources, and versions (every one, the
+    deletions included)."""
+
+    resources: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+
 class TransientConflict(Exception):
     """A unit of work lost a race with a concurrent one and was rolled back; running it again
     may succeed. `Store.commit` retries by itself; callers of `Store.transaction` retry
@@ -247,3 +256,19 @@ class Store(Protocol):
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         """The outbox records whose key starts with `prefix`, by key."""
+
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        """Remove for good every version and index entry of the resources each query of
+        `compartment` matches (one query per type), of the deleted resources of those types
+        whose last stored version matched it, and of `last` (a Patient), removed after the
+        others, so that an erasure cut short is finished by running it again. Nothing
+        removed can be read again; what was never there is no error (store/erasure.py)."""
+
+    def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        """Every version stored when the dump starts, `count` at a time, in write order
+        (oldest first), bodies as stored: what a backup keeps (backup/)."""
+
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        """Restore: append `versions`, bodies as stored, each with its index entries (none for
+        a deletion), as the latest version of their resources, atomically; into a store being
+        rebuilt by `fhir-server restore` (versions of a resource come in order)."""

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..search import Query
+from ..search import IndexEntry, Query
 from .base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -83,6 +84,17 @@ class RoutingStore:
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self.main.outbox(prefix)
+
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        # The audit store is never erased: its hash chain covers every AuditEvent, whose
+        # personal details shred with the patient's key instead (docs/backup-and-erasure.md).
+        return await self.main.erase(compartment, last)
+
+    def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        return self.main.dump(count)
+
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        await self.main.load(versions)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:

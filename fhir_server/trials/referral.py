@@ -27,7 +27,7 @@ from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import parse_query
-from ..services import crud, reach, server_writes
+from ..services import crud, reach, sealed, server_writes
 from ..services.context import Context, Payload
 from ..services.guard import decision, hidden
 from ..services.server_writes import ServerWrite, as_server
@@ -90,6 +90,11 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
     notes = [p.get("valueString") for p in params.get("note", [])]
     if any(not isinstance(n, str) or not n.strip() or len(n) > MAX_NOTE for n in notes):
         raise _invalid(f"'note' is a valueString of 1 to {MAX_NOTE} characters.")
+    if notes:
+        sealed.refuse_plain(ctx, "Parameters.parameter.where(name='note')")
+    sealed_notes = [p.get("valueAttachment") for p in params.get("sealedNote", [])]
+    if not all(sealed.is_sealed(a) for a in sealed_notes):
+        raise _invalid("'sealedNote' is a valueAttachment holding a JWE (docs/sealed-messages.md).")
     assert ctx.principal is not None and ctx.principal.consented is not None
     if patient not in ctx.principal.consented:
         raise hidden("Patient", patient)
@@ -116,8 +121,10 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
         "recipient": [{"reference": r} for r in recipients],
         "payload": [{"contentReference": {"reference": f"Bundle/{frozen['id']}",
                                           "display": "Frozen record of the patient"}},
-                    *({"contentString": n} for n in notes)],
+                    *({"contentString": n} for n in notes),
+                    *({"contentAttachment": a} for a in sealed_notes)],
     }
+    await sealed.check_sealed(ctx, "Communication", referral)
     subject = {
         "resourceType": "ResearchSubject", "id": new_id(), "status": "candidate",
         "identifier": [{"system": REFERRAL_IDENTIFIER, "value": referral["id"]}],

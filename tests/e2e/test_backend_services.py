@@ -3,6 +3,7 @@ gets a token with a signed assertion and fetches Communications; nothing else.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ def test_site_system_authenticates_and_reads_only_its_scope(tmp_path: Path) -> N
         jwks.write_bytes(orjson.dumps(site.jwks()))
         subprocess.run([sys.executable, "-m", "fhir_server.cli", "client", "add-backend",
                         site.client_id, "--scope", "system/Communication.rs", "--jwks", str(jwks)],
-                       env={"FHIR_SERVER_DATA_DIR": str(tmp_path), "PATH": ""}, check=True,
+                       env={"FHIR_SERVER_DATA_DIR": str(tmp_path), "PATH": "",
+                            "FHIR_SERVER_KEY_RING": os.environ["FHIR_SERVER_KEY_RING"]}, check=True,
                        capture_output=True)
         discovery = httpx.get(f"{server.base}/fhir/.well-known/smart-configuration").json()
         token_url = discovery["token_endpoint"]

@@ -23,6 +23,8 @@ import httpx2 as httpx
 import orjson
 import pyotp
 
+from fhir_server.app import body_codec
+from fhir_server.settings import Settings
 from tests.auth.conftest import Backend, es384
 from tests.builders import condition, consent, identified_patient, observation
 from tests.e2e.conftest import Server
@@ -204,11 +206,13 @@ def test_referral_story(tmp_path: Path) -> None:
 
     # A changed audit record is detected.
     _cli(tmp_path, "audit", "verify")
+    codec = body_codec(Settings(data_dir=tmp_path))  # changed by someone holding the keys
     conn = sqlite3.connect(tmp_path / "audit.db")
     id, body = conn.execute("SELECT id, body FROM history ORDER BY rowid LIMIT 1").fetchone()
-    event = orjson.loads(body)
+    event = orjson.loads(codec.open("AuditEvent", id, 1, body))
     event["outcome"] = "0" if event.get("outcome") != "0" else "4"
-    conn.execute("UPDATE history SET body = ? WHERE id = ?", (orjson.dumps(event), id))
+    resealed = codec.seal("AuditEvent", id, 1, orjson.dumps(event), ())
+    conn.execute("UPDATE history SET body = ? WHERE id = ?", (resealed, id))
     conn.commit()
     conn.close()
     env = {**os.environ, "FHIR_SERVER_DATA_DIR": str(tmp_path)}

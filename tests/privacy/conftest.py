@@ -1,67 +1,112 @@
-"""The shared Synthea sample loaded once (its transaction Bundles), with a referring physician
-consented to by one patient and a legal representative of another."""
+"""A server with its own key ring (so its own erasure ledger), on each store, and the
+callers erasure knows: the administrator, the patient, and callers without the right."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from fastapi.testclient import TestClient
+from httpx2 import Response
 
 from fhir_server.app import create_app
-from fhir_server.search import extract, patients_of
+from fhir_server.auth.users import Users
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
-from tests.builders import consent
-from tests.conftest import SHARED, authorized, token
+from tests.builders import condition, observation, patient
+from tests.conftest import authorized
 from tests.http.helpers import send
 
-DOCTOR = "Practitioner/dr-privacy"
-GUARDIAN = "RelatedPerson/guardian"
+ADMIN = "Practitioner/admin"
+CALLERS: dict[str, dict[str, Any]] = {
+    "admin": dict(subject="admin", client_id="portal", scope="user/*.cruds", fhir_user=ADMIN),
+    "patient-a": dict(subject="pa", client_id="portal", scope="patient/*.cruds", patient="a",
+                      fhir_user="Patient/a"),
+    "patient-b": dict(subject="pb", client_id="portal", scope="patient/*.cruds", patient="b",
+                      fhir_user="Patient/b"),
+    "physician": dict(subject="dr", client_id="portal", scope="user/*.cruds",
+                      fhir_user="Practitioner/dr"),
+    "ehr": dict(subject="ehr", client_id="ehr", scope="system/*.cruds"),
+}
 
 
-@pytest.fixture(scope="module")
-def synthea(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("privacy"), base_url="http://testserver/fhir")
-    with authorized(TestClient(create_app(settings))) as client:
-        for path in sorted((SHARED / "synthea").glob("*.json")):
-            response = send(client, "POST", "/fhir", orjson.loads(path.read_bytes()))
-            assert response.status_code == 200, response.text
-        first, second = sorted(patient_ids(client))[:2]
-        body = {**consent(first, actor=DOCTOR), "id": "privacy-permit"}
-        assert send(client, "PUT", "/fhir/Consent/privacy-permit", body).status_code == 201
-        guardian = {"resourceType": "RelatedPerson", "id": "guardian", "active": True,
-                    "patient": {"reference": f"Patient/{second}"},
-                    "relationship": [{"coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "GUARD"}]}]}
-        assert send(client, "PUT", "/fhir/RelatedPerson/guardian", guardian).status_code == 201
-        yield client
+@dataclass
+class Server:
+    client: TestClient
+    settings: Settings
+
+    def headers(self, caller: str) -> dict[str, str]:
+        tokens = self.client.app.state.tokens  # type: ignore[attr-defined]
+        return {"Authorization": f"Bearer {tokens.issue(**CALLERS[caller])['access_token']}"}
+
+    def erase(self, patient_id: str, caller: str = "admin", reason: str | None = "asked by "
+              "the patient", name: str = "$erase", **headers: str) -> Response:
+        body = None if reason is None else {"resourceType": "Parameters", "parameter": [
+            {"name": "reason", "valueString": reason}]}
+        return send(self.client, "POST", f"/fhir/Patient/{patient_id}/{name}", body,
+                    **self.headers(caller), **headers)
+
+    def poll(self, url: str, caller: str = "admin") -> Response:
+        for _ in range(200):
+            response = self.client.get(url, headers=self.headers(caller))
+            if response.status_code != 202:
+                return response
+            time.sleep(0.02)
+        raise AssertionError("the erasure did not end")
 
 
-def patient_ids(client: TestClient) -> set[str]:
-    return {r["id"] for r in scan(client, "Patient")}
+def seed(client: TestClient, who: str, marker: str = "Zwxqvtrudel") -> None:
+    """A patient with history: two versions of the Patient, observations, a condition."""
+    def put(resource: dict[str, Any]) -> None:
+        response = send(client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource)
+        assert response.status_code in (200, 201), response.text
+
+    put({**patient(family=marker), "id": who})
+    put({**patient(family=marker, gender="male"), "id": who})
+    for n in range(3):
+        put({**observation(f"Patient/{who}"), "id": f"{who}-obs{n}"})
+    put({**condition(f"Patient/{who}"), "id": f"{who}-cond"})
 
 
-def scan(client: TestClient, resource_type: str, query: str = "") -> list[dict[str, Any]]:
-    """Every resource of a type (matching `query`), page after page, with the system token of
-    `authorized`."""
-    found: list[dict[str, Any]] = []
-    url: str | None = f"/fhir/{resource_type}?_count=1000{'&' if query else ''}{query}"
-    while url:
-        page = client.get(url).json()
-        found += [e["resource"] for e in page.get("entry", [])]
-        url = next((link["url"].removeprefix("http://testserver")
-                    for link in page.get("link", []) if link["relation"] == "next"), None)
-    return found
+@contextmanager
+def serving(kind: str, tmp_path: Path, signing_keys: bytes,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """A seeded server on store `kind`, with a key ring of its own; FHIR_SERVER_DATA_DIR and
+    FHIR_SERVER_KEY_RING name its files for the commands."""
+    from tests.store.conftest import STORES
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "signing-keys.json").write_bytes(signing_keys)
+    ring = tmp_path / "keys" / "keyring.json"
+    create_key_ring(ring)
+    monkeypatch.setenv("FHIR_SERVER_KEY_RING", str(ring))
+    monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(data))
+    settings = Settings(data_dir=data, base_url="http://testserver/fhir", publish_definitions=False)
+    store = None if kind == "sqlite" else STORES[kind](data)
+    app = create_app(settings, store)
+    with authorized(TestClient(app)) as client:
+        Users(app.state.oauth.registry).add("admin", "a long enough password", ADMIN, admin=True)
+        seed(client, "a")
+        seed(client, "b", marker="Keep")
+        yield Server(client, settings)
 
 
-def compartment(client: TestClient, patient: str, types: list[str]) -> set[str]:
-    """Brute force: every stored resource whose compartment parameters name the patient."""
-    registry = client.app.state.context.registry  # type: ignore[attr-defined]
-    return {f"{t}/{r['id']}" for t in types for r in scan(client, t)
-            if patient in patients_of(registry, t, extract(r), r["id"], links=False)}
+@pytest.fixture(params=["sqlite", "mongodb-double"])
+def server(request: pytest.FixtureRequest, tmp_path: Path, signing_keys: bytes,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    with serving(request.param, tmp_path, signing_keys, monkeypatch) as running:
+        yield running
 
 
-def bearer(client: TestClient, scope: str, **claims: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(client, scope, **claims)}"}
+@pytest.fixture
+def sqlite_server(tmp_path: Path, signing_keys: bytes,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The commands open the stores the settings name: the embedded one."""
+    with serving("sqlite", tmp_path, signing_keys, monkeypatch) as running:
+        yield running

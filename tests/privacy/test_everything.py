@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import SHARED
-from tests.privacy.conftest import DOCTOR, GUARDIAN, bearer, compartment, patient_ids, scan
+from tests.privacy.records import (DOCTOR, GUARDIAN, bearer, compartment, patient_ids, scan,  # noqa: F401
+                                   synthea)
 
 # AuditEvents join the compartment while the test reads it (each page is audited): they are
 # checked apart, as members of the compartment.

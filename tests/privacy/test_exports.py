@@ -14,7 +14,7 @@ import pytest
 from openpyxl import load_workbook
 from pypdf import PdfReader
 
-from tests.privacy.conftest import scan
+from tests.privacy.records import scan
 from tests.trials.conftest import DR, ROLE, STUDY, Platform, platform  # noqa: F401 (fixture)
 
 ACCENTED = {"type": "text", "text": "Cancer du sein, métastatique — évolué"}

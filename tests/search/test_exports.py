@@ -20,6 +20,8 @@ PUBLIC = {
     "query_pairs", "parse_query", "format_query", "matches", "Resolver", "Unsupported",
     # compartments
     "patients_of",
+    # blind indexes of protected parameters
+    "BlindIndex", "Digest", "default_protected",
 }  # fmt: skip
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fhir_server.search import NearPredicate
+from fhir_server.crypto import BodyCodec, DataKeys, EnvelopeCodec, LocalKeyRing
+from fhir_server.search import BlindIndex, NearPredicate
 from fhir_server.store.base import Store
 from fhir_server.store.mongo import MongoStore
 from fhir_server.store.mongo.layout import SHARD_KEYS
@@ -31,23 +32,31 @@ DOUBLE = "mongodb-double"
 DOUBLE_LACKS: tuple[type, ...] = (NearPredicate,)
 
 
-def _real_mongodb(_: Path) -> Store:
+def encrypting(tmp: Path) -> BodyCodec:
+    """The codec of a store under test: encryption on, as by default, under the session's key
+    ring (FHIR_SERVER_KEY_RING, tests/conftest.py) and data keys in `tmp`."""
+    ring = LocalKeyRing(Path(os.environ["FHIR_SERVER_KEY_RING"]))
+    return EnvelopeCodec(DataKeys(ring, tmp / "datakeys.db"))
+
+
+def _real_mongodb(tmp: Path) -> Store:
     assert MONGODB_URI is not None
     store = MongoStore.from_url(MONGODB_URI)
-    return MongoStore(store.client, f"fhir_test_{uuid.uuid4().hex[:12]}")
+    return MongoStore(store.client, f"fhir_test_{uuid.uuid4().hex[:12]}", codec=encrypting(tmp))
 
 
-def migrated_double(client: DoubleClient | None = None) -> MongoStore:
+def migrated_double(client: DoubleClient | None = None, codec: BodyCodec | None = None,
+                    blind: BlindIndex | None = None) -> MongoStore:
     """A MongoStore on the double after `fhir-server migrate` (called with no event loop
-    running: the HTTP tests' app fixture is synchronous)."""
-    store = MongoStore(client or DoubleClient())
+    running: the HTTP tests' app fixture is synchronous); `blind` as the app would give it."""
+    store = MongoStore(client or DoubleClient(), codec=codec, blind=blind)
     asyncio.run(store.migrate())
     return store
 
 
 STORES: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SqliteStore(tmp / "contract.db"),
-    DOUBLE: lambda tmp: migrated_double(),
+    "sqlite": lambda tmp: SqliteStore(tmp / "contract.db", codec=encrypting(tmp)),
+    DOUBLE: lambda tmp: migrated_double(codec=encrypting(tmp)),
 }
 if MONGODB_URI:
     STORES["mongodb"] = _real_mongodb

@@ -157,7 +157,8 @@ def condition(p: Predicate, x: str = "") -> Filter:
     (a composite's component `k0.`)."""
     match p:
         case StringPredicate(mode="exact"):
-            return {f"{x}x": p.exact}
+            # An entry equal to the text has its normalized value too (indexed with `p`).
+            return {f"{x}v": p.value, f"{x}x": p.exact}
         case StringPredicate(mode="contains"):
             return {f"{x}v": {"$regex": re.escape(p.value)}}
         case StringPredicate():

@@ -8,13 +8,14 @@ collection with multikey indexes. docs/storage.md explains the layout and every 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from ...search import (
+    BlindIndex,
     CompositeEntry,
     DateEntry,
     IndexEntry,
@@ -116,16 +117,18 @@ def shard_key(resource_type: str, id: str, entries: Iterable[IndexEntry]) -> str
 
 def resource_document(
     *, resource_type: str, id: str, pk: ObjectId, version: int, last_updated: str, lu: int,
-    method: str, body: bytes | None, shard: str, entries: Iterable[IndexEntry],
+    method: str, body: bytes | None, shard: str, entries: Sequence[IndexEntry],
+    blind: BlindIndex | None = None,
 ) -> dict[str, Any]:
-    """The `resources` document of a current version (a deletion has no body, no entries)."""
+    """The `resources` document of a current version (a deletion has no body, no entries);
+    `blind` turns the entries of protected parameters into digests (search/blind.py)."""
     document: dict[str, Any] = {
         "_id": key(resource_type, id), "type": resource_type, "id": id, "pk": pk,
         "version": version, "lastUpdated": last_updated, "lu": lu, "deleted": body is None,
         "method": method, "body": body, "shard": shard,
     }
     if body is not None:
-        document.update(entry_arrays(entries))
+        document.update(entry_arrays(entries if blind is None else blind.entries(resource_type, entries)))
     return document
 
 

@@ -8,6 +8,7 @@ value ascending, highest descending, resources without a value last) and sorts o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +18,11 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from ...model.errors import Kind, fail
-from ...search import Include, Query, Registry, Sort
+from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
-from .. import includes
+from .. import decrypted_sort, includes
 from ..cursors import decode, encode
+from ..decrypted_sort import Opener
 from .filters import FALSE, Filter, FilterBuilder, all_of, any_of, shard_filter
 from .layout import ARRAY_OF_PARAM_TYPE, key
 
@@ -54,11 +56,16 @@ class MongoSearch:
     """Runs Query ASTs on the `resources` collection (inside `session` when given)."""
 
     def __init__(self, resources: AsyncCollection[dict[str, Any]], registry: Registry,
-                 session: AsyncClientSession | None = None) -> None:
+                 session: AsyncClientSession | None = None, blind: BlindIndex | None = None,
+                 opened: Opener | None = None) -> None:
+        """`blind`: protected parameters are indexed as digests; `opened` gives a stored
+        version with its body readable (a `_sort` on a protected parameter reads it)."""
         self.resources = resources
         self.registry = registry
         self.session = session
         self.filters = FilterBuilder(registry, self)
+        self.blind = blind or BlindIndex.nothing(registry)
+        self.opened = opened
 
     # -- the Resolver of chains and _has ---------------------------------------------------
 
@@ -95,7 +102,8 @@ class MongoSearch:
             return all_of({"type": query.resource_type, "deleted": False},
                           shard_filter(query.resource_type, query.clauses),
                           await self.filters.clauses(query.clauses, query.resource_type))
-        per_type = [all_of({"type": t}, await self.filters.clauses(query.clauses, t))
+        per_type = [all_of({"type": t},
+                           await self.filters.clauses(self.blind.clauses(query.clauses, t), t))
                     for t in await self._types(query)]
         return all_of({"deleted": False}, any_of(per_type))
 
@@ -142,6 +150,9 @@ class MongoSearch:
 
     async def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
+        if self.blind.sorts_protected(query):
+            return await self._search_decrypted(query, cursor, self.blind.sort_limit)
+        query = self.blind.query(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = await self.where(query)
         wants_total = query.total in ("accurate", "estimate") or query.summary == "count"
@@ -165,6 +176,12 @@ class MongoSearch:
         matches = tuple(version_of(doc) for doc in docs)
         included = await self.includes(query, matches)
         return SearchPage(matches, included, next_cursor, prev_cursor, total)
+
+    async def _search_decrypted(self, query: Query, cursor: str | None, limit: int) -> SearchPage:
+        """`_sort` on a protected parameter: every match, sorted after decryption."""
+        found = (await self.search(decrypted_sort.unsorted(query, limit), None)).matches
+        page = decrypted_sort.sorted_page(query, found, cursor, limit, self.opened)
+        return dataclasses.replace(page, included=await self.includes(query, page.matches))
 
     async def _page(self, where: Filter, keys: list[_SortKey], boundary: Sequence[Any] | None,
                     backwards: bool, limit: int) -> list[dict[str, Any]]:
@@ -200,6 +217,7 @@ class MongoSearch:
 
     async def match_ids(self, query: Query, limit: int | None) -> list[str]:
         """Ids of current resources matching `query` (conditional interactions)."""
+        query = self.blind.query(query)
         where = await self.where(query)
         if where == FALSE:
             return []

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar
 
 import bson
@@ -49,14 +49,16 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from ... import clock
+from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail, incident
-from ...search import Query, Registry, default_registry
+from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry
 from ..base import (
     RETRY_DELAYS,
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erasure,
     HistoryPage,
     HistoryQuery,
     Operation,
@@ -68,7 +70,11 @@ from ..base import (
     Version,
     Write,
 )
+from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+                      sealed, sealed_records)
 from ..versions import stamp
+from . import dump as mongo_dump
+from . import erase as mongo_erase
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
 from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
@@ -164,8 +170,11 @@ class MongoStore:
     """
 
     def __init__(self, client: Any, database: str = "fhir", *,
-                 registry: Registry | None = None, accept_unsafe: bool = False) -> None:
+                 registry: Registry | None = None, accept_unsafe: bool = False,
+                 codec: BodyCodec | None = None, blind: BlindIndex | None = None) -> None:
         self.client = client
+        self.codec = codec or PlainCodec()
+        self.blind = blind  # protected parameters indexed as digests (search/blind.py)
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
         # failover can roll back, a secondary read preference fails every transaction, and
         # reads outside transactions (`majority`) must not show what a failover rolls back.
@@ -185,7 +194,8 @@ class MongoStore:
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
-                 accept_unsafe: bool = False) -> MongoStore:
+                 accept_unsafe: bool = False, codec: BodyCodec | None = None,
+                 blind: BlindIndex | None = None) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
@@ -193,7 +203,8 @@ class MongoStore:
         # Timeouts in the connection string win over these defaults (not concerns: see above).
         options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
-        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe)
+        return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe,
+                   codec=codec, blind=blind)
 
     @property
     def transactions(self) -> bool:
@@ -289,13 +300,13 @@ class MongoStore:
         if resource_type == "Patient":  # its shard is known: a targeted read
             where["shard"] = where["_id"]
         doc = await self.resources.find_one(where, VERSION_FIELDS)
-        return version_of(doc) if doc else None
+        return opened(self.codec, version_of(doc)) if doc else None
 
     @_answering
     async def vread(self, resource_type: str, id: str, version: int) -> Version | None:
         doc = await self.history_docs.find_one(
             {"_id": f"{layout.key(resource_type, id)}/{version}"}, VERSION_FIELDS)
-        return version_of(doc) if doc else None
+        return opened(self.codec, version_of(doc)) if doc else None
 
     @_answering
     async def count(self, resource_type: str) -> int:
@@ -304,7 +315,7 @@ class MongoStore:
     @_answering
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         found = self.outbox_docs.find({"_id": {"$regex": f"^{re.escape(prefix)}"}}, sort=[("_id", 1)])
-        return [(doc["_id"], bytes(doc["body"])) async for doc in found]
+        return opened_records(self.codec, [(doc["_id"], bytes(doc["body"])) async for doc in found])
 
     @_answering
     async def history(self, query: HistoryQuery) -> HistoryPage:
@@ -332,11 +343,49 @@ class MongoStore:
         page = docs[: query.count]
         more = len(docs) > query.count
         cursor = (page[-1]["lu"] << _HISTORY_SHIFT | int(str(page[-1]["seq"]), 16)) if more else None
-        return HistoryPage(tuple(version_of(d) for d in page), next_seq=cursor, as_of=as_of)
+        return opened_history(self.codec, HistoryPage(
+            tuple(version_of(d) for d in page), next_seq=cursor, as_of=as_of))
 
     @_answering
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
-        return await MongoSearch(self.resources, self.registry).search(query, cursor)
+        return opened_page(self.codec,
+                           await MongoSearch(self.resources, self.registry, blind=self.blind,
+                                             opened=partial(opened, self.codec)).search(query, cursor))
+
+    @_answering
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+        return await mongo_erase.remove(self, compartment, last)
+
+    async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        await self.ensure_safe()
+        async for versions in mongo_dump.dump(self, count):
+            yield versions
+
+    @_answering
+    async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        await mongo_dump.load(self, versions)
+
+    @_answering
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        where: dict[str, Any] = {"body": {"$ne": None}}
+        if after is not None:
+            where["_id"] = {"$gt": after}
+        docs = [doc async for doc in self.history_docs.find(
+            where, {"_id": 1, "type": 1, "id": 1, "version": 1, "body": 1, "shard": 1},
+            sort=[("_id", 1)], limit=limit)]
+        rewritten = 0
+        for doc in docs:
+            new = rewrite(doc["type"], doc["id"], doc["version"], bytes(doc["body"]))
+            if new is None:
+                continue
+            same = {"shard": doc["shard"], "body": doc["body"]}  # unless changed meanwhile
+            await self.history_docs.update_one({"_id": doc["_id"], **same}, {"$set": {"body": new}})
+            await self.resources.update_one(  # the current version's copy
+                {"_id": layout.key(doc["type"], doc["id"]), "version": doc["version"], **same},
+                {"$set": {"body": new}})
+            rewritten += 1
+        return rewritten, docs[-1]["_id"] if len(docs) == limit else None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -500,7 +549,8 @@ class _MongoUnit:
     def __init__(self, store: MongoStore, session: AsyncClientSession | None) -> None:
         self.store = store
         self.session = session
-        self.search = MongoSearch(store.resources, store.registry, session)
+        self.search = MongoSearch(store.resources, store.registry, session, store.blind,
+                                  partial(opened, store.codec))
         self.started = clock.now()
         self.last_updated, self.micros = clock.instant_and_micros()
         self._claims: list[str] = []
@@ -540,6 +590,7 @@ class _MongoUnit:
                               f"this server's limit of {MAX_OPERATIONS} per MongoDB transaction")
         await self._look_up([(op.resource_type, op.id, _shard_of(op)) for op in operations
                              if isinstance(op, (Write, Delete))])
+        prepare(self.store.codec, self.store.registry, operations)
         results: list[Result] = []
         for index, op in enumerate(operations):
             try:
@@ -572,7 +623,7 @@ class _MongoUnit:
                     {"_id": what, "shard": await self._shard(op.write.resource_type, found[0])},
                     VERSION_FIELDS, session=self.session)
                 assert current is not None
-                return Result("matched", (version_of(current),))
+                return Result("matched", (opened(self.store.codec, version_of(current)),))
             case ConditionalUpdate():
                 found = await self.match_ids(op.query, 2)
                 if len(found) > 1:
@@ -599,7 +650,7 @@ class _MongoUnit:
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
                 self.count_writes(len(op.put) + (1 if op.remove else 0))
-                for key, body in op.put:
+                for key, body in sealed_records(self.store.codec, op.put):
                     await self.store.outbox_docs.replace_one(
                         {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
                 if op.remove:
@@ -747,11 +798,12 @@ class _MongoUnit:
             raise _version_conflict(op.if_match, what)
         version = 1 if current is None else current["version"] + 1
         body = stamp(op.resource, op.id, version, self.last_updated)
+        stored_body = sealed(self.store.codec, self.store.registry, op, version, body)
         doc = layout.resource_document(
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,
-            last_updated=self.last_updated, lu=self.micros, method=op.method, body=body,
-            shard=_shard_of(op), entries=op.entries)
+            last_updated=self.last_updated, lu=self.micros, method=op.method, body=stored_body,
+            shard=_shard_of(op), entries=op.entries, blind=self.store.blind)
         self._queue(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         created = current is None or current["deleted"]

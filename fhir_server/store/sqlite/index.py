@@ -11,11 +11,12 @@ every index.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
 from ...search import (
+    BlindIndex,
     CompositeEntry,
     DateEntry,
     IndexEntry,
@@ -184,9 +185,13 @@ _GETTERS = {entry_type: _getter(columns) for entry_type, (_, columns) in TABLES.
 
 
 def insert(
-    conn: sqlite3.Connection, ids: ParamIds, pk: int, rtype: str, entries: Iterable[IndexEntry]
+    conn: sqlite3.Connection, ids: ParamIds, pk: int, rtype: str, entries: Sequence[IndexEntry],
+    blind: BlindIndex | None = None,
 ) -> None:
-    """Write the index rows of one resource version (duplicates collapse to one row)."""
+    """Write the index rows of one resource version (duplicates collapse to one row);
+    `blind` turns the entries of protected parameters into digests (search/blind.py)."""
+    if blind is not None:
+        entries = blind.entries(rtype, entries)
     rows: dict[type, set[tuple[Any, ...]]] = {}
     group = 0
     for entry in entries:

@@ -161,7 +161,8 @@ def condition(p: Predicate, x: str) -> Sql:
     """The test of one index row `x` against a simple predicate (one match_* function)."""
     match p:
         case StringPredicate(mode="exact"):
-            return (f"{x}.exact = ?", [p.exact])
+            # An entry equal to the text has its normalized value too: that column is indexed.
+            return (f"{x}.value = ? AND {x}.exact = ?", [p.value, p.exact])
         case StringPredicate(mode="contains"):
             return (f"instr({x}.value, ?) > 0", [p.value])
         case StringPredicate():

@@ -8,14 +8,16 @@ value sort last either way.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ...search import Include, Query, Registry, Sort
+from ...search import BlindIndex, Include, Query, Registry, Sort
 from ..base import SearchPage, Version
-from .. import includes
+from .. import decrypted_sort, includes
 from ..cursors import decode, encode
+from ..decrypted_sort import Opener
 from .index import ParamIds
 from .predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
 
@@ -37,11 +39,16 @@ _SORT_COLUMNS = {
 class SqliteSearch:
     """Runs Query ASTs on one connection."""
 
-    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry) -> None:
+    def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
+                 blind: BlindIndex | None = None, opened: Opener | None = None) -> None:
+        """`blind`: protected parameters are indexed as digests; `opened` gives a stored
+        version with its body readable (a `_sort` on a protected parameter reads it)."""
         self.conn = conn
         self.registry = registry
         self.compiler = PredicateCompiler(conn, ids, registry)
         self.ids = ids
+        self.blind = blind or BlindIndex.nothing(registry)
+        self.opened = opened
 
     # -- filtering -----------------------------------------------------------------------
 
@@ -60,7 +67,8 @@ class SqliteSearch:
                                                 pk_order=not query.sort))
         per_type = [
             all_of(("a.type = ?", [t]),
-                   self.compiler.clauses(query.clauses, t, "a", pk_order=not query.sort))
+                   self.compiler.clauses(self.blind.clauses(query.clauses, t), t, "a",
+                                         pk_order=not query.sort))
             for t in self._types(query)
         ]
         return all_of(("a.deleted = 0", []), any_of(per_type))
@@ -106,6 +114,9 @@ class SqliteSearch:
 
     def search(self, query: Query, cursor: str | None) -> SearchPage:
         """One page of `query`, starting after/before `cursor`."""
+        if self.blind.sorts_protected(query):
+            return self._search_decrypted(query, cursor, self.blind.sort_limit)
+        query = self.blind.query(query)
         count = DEFAULT_COUNT if query.count is None else query.count
         where = self.where(query)
         total = self.count(where) if query.total in ("accurate", "estimate") or query.summary == "count" else None
@@ -129,6 +140,13 @@ class SqliteSearch:
         included = self.includes(query, rows)
         return SearchPage(matches, included, next_cursor, prev_cursor, total)
 
+    def _search_decrypted(self, query: Query, cursor: str | None, limit: int) -> SearchPage:
+        """`_sort` on a protected parameter: every match, sorted after decryption."""
+        found = self.search(decrypted_sort.unsorted(query, limit), None).matches
+        page = decrypted_sort.sorted_page(query, found, cursor, limit, self.opened)
+        keys = [(v.resource_type, v.id) for v in page.matches]
+        return dataclasses.replace(page, included=self.includes(query, keys))
+
     def _page(self, where: Sql, keys: list[tuple[str, list[Any], bool]], boundary: Sequence[Any] | None,
               backwards: bool, limit: int) -> Sql:
         """The statement of one page: matches after (or before) `boundary` in key order."""
@@ -145,6 +163,7 @@ class SqliteSearch:
 
     def plan(self, query: Query) -> list[str]:
         """How SQLite runs the first page of `query` (EXPLAIN QUERY PLAN), for tests and benches."""
+        query = self.blind.query(query)
         where = self.where(query)
         if where == FALSE:
             return []
@@ -159,6 +178,7 @@ class SqliteSearch:
 
     def match_ids(self, query: Query, limit: int | None) -> list[str]:
         """Ids of current resources matching `query` (conditional interactions)."""
+        query = self.blind.query(query)
         where = self.where(query)
         if where == FALSE:
             return []

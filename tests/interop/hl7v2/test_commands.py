@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import cli
-from fhir_server.app import create_app, open_store
+from fhir_server.app import body_codec, create_app, open_store
 from fhir_server.interop.hl7v2 import load
 from fhir_server.interop.hl7v2.mapping import MAPPINGS
 from fhir_server.store.base import HistoryQuery
@@ -90,7 +90,7 @@ def test_errors_then_replay_once_the_cause_is_gone(settings: Settings, data_dir:
 
 async def _command_events(settings: Settings) -> list[dict[str, Any]]:
     """The AuditEvents of commands, oldest first."""
-    store = open_store(settings.audit_store_url)
+    store = open_store(settings.audit_store_url, codec=body_codec(settings))
     await store.open()
     try:
         versions = (await store.history(HistoryQuery("AuditEvent", count=1000))).versions

@@ -37,7 +37,8 @@ class Server:
         self.port = 0
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("FHIR_SERVER_") or k == "FHIR_SERVER_KEY_RING"}
         env.update(FHIR_SERVER_DATA_DIR=str(self.data_dir), FHIR_SERVER_MLLP_PORT="0",
                    FHIR_SERVER_LOG_LEVEL="warning")
         self.process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "mllp"], env=env,

@@ -1,0 +1,70 @@
+"""Blind-index digests: keyed HMAC-SHA-256 tokens that stand for protected search values.
+
+A database reader sees `digest(param, domain, text)` instead of `text`: equal texts of one
+parameter give equal tokens, different parameters give unrelated ones (each has its own key),
+and without the key a token cannot be computed from a guess. What the tokens still reveal
+(equality, prefix frequencies, value lengths) is in docs/blind-indexes.md.
+
+Tokens are the first 16 bytes of the MAC (128 bits: collisions need ~2^64 values), written as
+22 characters of unpadded base64url. Every token has the same length, so "a stored token
+starts with the searched token" — the stores' string match — holds exactly when they are equal.
+
+The key of a parameter comes from a callable `param -> bytes` (the key ring's
+`index_key`); `search/blind.py` decides which values are digested and how queries follow.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from functools import lru_cache
+from hashlib import sha256
+from typing import Any
+
+IndexKey = Callable[[str], bytes]
+TOKEN_BYTES = 16
+TOKEN_LENGTH = 22  # len(base64url(16 bytes)) without padding
+MIN_KEY_BYTES = 32
+_BLOCK = 64  # SHA-256's block size
+_INNER = bytes(b ^ 0x36 for b in range(256))  # RFC 2104 ipad, as a translation table
+_OUTER = bytes(b ^ 0x5C for b in range(256))  # opad
+
+
+class BlindDigest:
+    """`digest(param, domain, text)`: the blind token of `text` under `param`'s key.
+
+    `domain` separates the kinds of token one parameter holds (a prefix, an exact value, a
+    code), so a token of one kind never matches a search of another. The MAC is HMAC-SHA-256
+    (RFC 2104) computed from the key's inner and outer pad states, prepared once per parameter:
+    a token then costs two SHA-256 blocks (~0.6 µs of CPU here, against ~1.4 µs for
+    `hmac.digest`, which keys OpenSSL again at every call). Recent tokens are cached: names and
+    short prefixes repeat across resources, and the process holds these values anyway.
+    """
+
+    def __init__(self, index_key: IndexKey, cache_size: int = 1 << 14) -> None:
+        self._index_key = index_key
+        self._pads: dict[str, tuple[Any, Any]] = {}
+        self._token = lru_cache(maxsize=cache_size)(self._compute)
+
+    def __call__(self, param: str, domain: str, text: str) -> str:
+        return self._token(param, domain, text)
+
+    def _pad_states(self, param: str) -> tuple[Any, Any]:
+        pads = self._pads.get(param)
+        if pads is None:
+            key = self._index_key(param)
+            if len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"the blind-index key of {param} is shorter than {MIN_KEY_BYTES} bytes")
+            if len(key) > _BLOCK:
+                key = sha256(key).digest()  # RFC 2104: a key longer than a block is hashed first
+            key = key.ljust(_BLOCK, b"\x00")
+            pads = self._pads[param] = (sha256(key.translate(_INNER)), sha256(key.translate(_OUTER)))
+        return pads
+
+    def _compute(self, param: str, domain: str, text: str) -> str:
+        inner_pad, outer_pad = self._pad_states(param)
+        inner = inner_pad.copy()
+        inner.update(f"{len(domain)}:{domain}\x00{text}".encode())  # length first: unambiguous
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return base64.urlsafe_b64encode(outer.digest()[:TOKEN_BYTES]).rstrip(b"=").decode("ascii")

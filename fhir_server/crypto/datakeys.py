@@ -1,0 +1,301 @@
+"""Data keys: one random AES-256 key per patient compartment, one per resource type outside
+any compartment, each stored only wrapped by the key ring's key-encryption key.
+
+Wrapped keys live in their own SQLite file (`datakeys.db`, beside the databases but never
+inside them nor in their backups), so destroying a patient's keys there makes every copy of
+their ciphertext unreadable: the store, its WAL, the audit trail and any backup (docs/security.md).
+Keys are random, never derived from a master key: a derived key could be derived again.
+
+Unwrapped keys are cached in memory (a bounded LRU). Another process's destroy, rotation or
+re-wrap bumps a revision number that every process checks at most once a second, so a key
+destroyed elsewhere is forgotten here within that second.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import clock
+from ..private_files import make_private
+from .envelope import KEY_ID_BYTES
+from .keyring import KEY_BYTES, KeyProvider, KeyRingError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_key (
+    key_id   BLOB PRIMARY KEY,
+    scope    TEXT    NOT NULL,   -- Patient/<id>, or a resource type
+    wrapped  BLOB    NOT NULL,
+    current  INTEGER NOT NULL,   -- 1: new writes of the scope use it
+    created  TEXT    NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS data_key_current ON data_key (scope) WHERE current = 1;
+CREATE INDEX IF NOT EXISTS data_key_scope ON data_key (scope);
+CREATE TABLE IF NOT EXISTS revision (n INTEGER NOT NULL);
+INSERT INTO revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM revision);
+"""
+RECHECK_SECONDS = 1.0
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class KeyDestroyed(Exception):
+    """The data key a ciphertext names no longer exists (its compartment was erased)."""
+
+
+def patient_scope(patient_id: str) -> str:
+    """The scope of a patient compartment's key."""
+    return f"Patient/{patient_id}"
+
+
+def type_scope(resource_type: str) -> str:
+    """The scope of the key of a type's resources outside any patient compartment."""
+    return resource_type
+
+
+@dataclass(frozen=True, slots=True)
+class DataKeysStatus:
+    """Counts for `keys status`: scopes with a key, keys, and keys per KEK."""
+
+    scopes: int
+    keys: int
+    by_kek: dict[str, int]
+
+
+class DataKeys:
+    """The wrapped data keys in `path`, unwrapped by `provider` on demand. Thread-safe."""
+
+    def __init__(self, provider: KeyProvider, path: Path, cache_size: int = 10_000) -> None:
+        self.provider = provider
+        self.path = path
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.RLock()
+        self._ciphers: OrderedDict[bytes, AESGCM] = OrderedDict()  # key id -> cipher
+        self._current: OrderedDict[str, bytes] = OrderedDict()  # scope -> key id
+        self._revision = self._read_revision()
+        self._checked = time.monotonic()
+
+    # -- the codec's two questions ---------------------------------------------------------
+
+    def current(self, scope: str) -> tuple[bytes, AESGCM]:
+        """The key new versions of `scope` are sealed with, created on first use."""
+        self._recheck()
+        with self._lock:
+            key_id = self._current.get(scope)
+            if key_id is not None and key_id in self._ciphers:
+                self._current.move_to_end(scope)
+                self._ciphers.move_to_end(key_id)
+                return key_id, self._ciphers[key_id]
+        return self._load([scope])[scope]
+
+    def prepare(self, scopes: Iterable[str]) -> None:
+        """Have the current keys of `scopes` in memory, making those that are missing in one
+        write of the file (one fsync for a whole group commit, not one per new patient)."""
+        self._recheck()
+        with self._lock:
+            wanted = {scope for scope in scopes if scope not in self._current}
+        if wanted:
+            self._load(wanted)
+
+    def cipher(self, key_id: bytes) -> AESGCM:
+        """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""
+        self._recheck()
+        with self._lock:
+            cipher = self._ciphers.get(key_id)
+            if cipher is not None:
+                self._ciphers.move_to_end(key_id)
+                return cipher
+        rows = self._query("SELECT wrapped FROM data_key WHERE key_id = ?", (key_id,))
+        if not rows:
+            raise KeyDestroyed(f"data key {key_id.hex()} does not exist (destroyed or never made)")
+        cipher = AESGCM(self.provider.unwrap(rows[0][0], key_id))
+        with self._lock:
+            self._remember(self._ciphers, key_id, cipher)
+        return cipher
+
+    # -- administration --------------------------------------------------------------------
+
+    def destroy(self, scope: str) -> int:
+        """Destroy every key of `scope` (erasure): what they sealed is unreadable from now on,
+        in every copy. Idempotent; returns how many keys were destroyed. The file's freed
+        pages are overwritten (secure_delete) and its WAL truncated, so no wrapped copy lingers."""
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM data_key WHERE scope = ?", (scope,)).rowcount
+        self._query("PRAGMA wal_checkpoint(TRUNCATE)")
+        return gone
+
+    def rotate(self, scope: str) -> bytes:
+        """Give `scope` a new current key; its older keys still open what they sealed until
+        `retire` (after the re-encryption job moved every version to the new key)."""
+        key_id = os.urandom(KEY_ID_BYTES)
+        wrapped = self.provider.wrap(os.urandom(KEY_BYTES), key_id)
+        with self._write() as conn:
+            conn.execute("UPDATE data_key SET current = 0 WHERE scope = ? AND current = 1", (scope,))
+            conn.execute("INSERT INTO data_key VALUES (?, ?, ?, 1, ?)",
+                         (key_id, scope, wrapped, clock.instant()))
+        return key_id
+
+    def retire(self, scope: str, keep: bytes) -> int:
+        """Destroy the keys of `scope` other than `keep` (their versions were re-encrypted)."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM data_key WHERE scope = ? AND key_id != ?",
+                                (scope, keep)).rowcount
+
+    def keys_of(self, scope: str) -> list[bytes]:
+        """The ids of the keys `scope` has, current first."""
+        return [row[0] for row in self._query(
+            "SELECT key_id FROM data_key WHERE scope = ? ORDER BY current DESC", (scope,))]
+
+    def rewrap(self, batch: int = 1000) -> int:
+        """Re-wrap, under the active KEK, up to `batch` keys wrapped under an older one; returns
+        how many (0: done). The unwrapped key never changes, so traffic goes on meanwhile."""
+        active = self.provider.status().active
+        stale = [(key_id, wrapped) for key_id, wrapped in self._query(
+            "SELECT key_id, wrapped FROM data_key") if self.provider.kek_of(wrapped) != active][:batch]
+        rewrapped = [(self.provider.wrap(self.provider.unwrap(w, k), k), k, w) for k, w in stale]
+        with self._write() as conn:
+            # A key destroyed or re-wrapped meanwhile keeps its newer row.
+            conn.executemany("UPDATE data_key SET wrapped = ? WHERE key_id = ? AND wrapped = ?",
+                             rewrapped)
+        return len(rewrapped)
+
+    def check(self) -> None:
+        """KeyRingError unless the provider unwraps the newest data key under each KEK the file
+        names: a server started with the wrong key ring stops here, before serving."""
+        for key_id, wrapped in self._query(
+                "SELECT key_id, wrapped FROM data_key WHERE rowid IN (SELECT max(rowid) FROM "
+                "data_key GROUP BY substr(wrapped, 2, 8))"):
+            try:
+                self.provider.unwrap(wrapped, key_id)
+            except KeyRingError as error:
+                raise KeyRingError(f"the key ring cannot open the stored data keys ({error}): "
+                                   f"is it the key ring of {self.path}?") from None
+
+    def verify(self) -> list[str]:
+        """Unwrap every key; the problems found (empty: every key unwraps)."""
+        problems = []
+        for key_id, scope, wrapped in self._query("SELECT key_id, scope, wrapped FROM data_key"):
+            try:
+                self.provider.unwrap(wrapped, key_id)
+            except Exception as error:  # noqa: BLE001 - each key's problem is reported
+                problems.append(f"data key {key_id.hex()} of {scope}: {error}")
+        return problems
+
+    def status(self) -> DataKeysStatus:
+        by_kek: dict[str, int] = {}
+        for (wrapped,) in self._query("SELECT wrapped FROM data_key"):
+            kek = self.provider.kek_of(wrapped)
+            by_kek[kek] = by_kek.get(kek, 0) + 1
+        scopes = self._query("SELECT count(DISTINCT scope) FROM data_key")[0][0]
+        return DataKeysStatus(scopes, sum(by_kek.values()), by_kek)
+
+    def close(self) -> None:
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _load(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
+        """The current keys of `scopes` from the file, those missing made and stored first;
+        remembered in the cache."""
+        found = self._stored(scopes)
+        made = [(os.urandom(KEY_ID_BYTES), scope, os.urandom(KEY_BYTES))
+                for scope in sorted(set(scopes) - found.keys())]
+        if made:
+            with self._write(bump=False) as conn:
+                # A scope whose key another process made meanwhile keeps that one.
+                fresh = [(key_id, scope, key) for key_id, scope, key in made if conn.execute(
+                    "INSERT OR IGNORE INTO data_key VALUES (?, ?, ?, 1, ?)",
+                    (key_id, scope, self.provider.wrap(key, key_id), clock.instant())).rowcount]
+            found.update((scope, (key_id, AESGCM(key))) for key_id, scope, key in fresh)
+            found.update(self._stored({scope for _, scope, _ in made} - found.keys()))
+        with self._lock:
+            for scope, (key_id, cipher) in found.items():
+                self._remember(self._ciphers, key_id, cipher)
+                self._remember(self._current, scope, key_id)
+        return found
+
+    def _stored(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
+        """The current keys the file holds for `scopes`, unwrapped."""
+        wanted = sorted(scopes)
+        found = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for scope, key_id, wrapped in self._query(
+                    "SELECT scope, key_id, wrapped FROM data_key WHERE current = 1 AND scope IN "
+                    f"({','.join('?' * len(chunk))})", tuple(chunk)):
+                found[scope] = (bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id)))
+        return found
+
+    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def _recheck(self) -> None:
+        """Forget every cached key if another process changed keys (at most once a second)."""
+        now = time.monotonic()
+        if now - self._checked < RECHECK_SECONDS:
+            return
+        self._checked = now
+        revision = self._read_revision()
+        if revision != self._revision:
+            self._forget(revision)
+
+    def _forget(self, revision: int) -> None:
+        with self._lock:
+            self._revision = revision
+            self._ciphers.clear()
+            self._current.clear()
+
+    def _read_revision(self) -> int:
+        return int(self._query("SELECT n FROM revision")[0][0])
+
+    @contextmanager
+    def _write(self, bump: bool = True) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction; `bump`: it changes or removes keys others may cache."""
+        with self._db_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                if bump:
+                    conn.execute("UPDATE revision SET n = n + 1")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        if bump:
+            self._forget(self._read_revision())
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
+        with self._db_lock:
+            return self._conn().execute(sql, args).fetchall()
+
+    def _conn(self) -> sqlite3.Connection:
+        """The one connection, opened on first use; callers hold `_db_lock`, so threads take
+        turns (it is used on cache misses only)."""
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(self.path)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            for pragma in ("journal_mode = WAL", "synchronous = FULL", "secure_delete = ON"):
+                db.execute(f"PRAGMA {pragma}")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db

@@ -1,0 +1,122 @@
+"""The erasure ledger: one line per patient erased, kept with the key ring, never in a
+database or a backup, so that `fhir-server restore` can erase again whoever an older backup
+still holds (docs/backup-and-erasure.md).
+
+A file of JSON lines, append-only (opened `O_APPEND`, under an exclusive lock, fsynced),
+owner-only (0600). Each entry carries `prev`, the `mac` of the entry before it, and its own
+`mac`: HMAC-SHA-256 under a key of the key ring over the entry's canonical JSON. So an entry
+changed, removed or inserted breaks the chain, and only a holder of the key ring can write
+one that verifies. What an entry holds: the patient's id, when, why, who asked, counts per
+type; never any content of the erased resources.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .keyring import KeyProvider
+
+GENESIS = "0" * 64
+
+
+def ledger_key(provider: KeyProvider) -> bytes:
+    """The ledger's MAC key: derived from the key ring's root as blind-index keys are, under a
+    name no search parameter has (`Type.param`), so it survives KEK rotation."""
+    return provider.index_key("erasure-ledger")
+
+
+class LedgerError(Exception):
+    """The ledger cannot be trusted or read: a broken chain, a bad MAC, a malformed line."""
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    """The bytes an entry's MAC covers: the entry without `mac`, keys sorted, compact."""
+    content = {k: v for k, v in entry.items() if k != "mac"}
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ErasureLedger:
+    """The ledger file at `path`, its entries authenticated under `key` (32 bytes)."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the ledger key must have 32 bytes or more")
+        self.path = path
+        self._key = key
+
+    def _mac(self, entry: dict[str, Any]) -> str:
+        return hmac.new(self._key, canonical(entry), hashlib.sha256).hexdigest()
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Add `record` (JSON values) as the next entry; returns it with `seq`, `prev`, `mac`.
+        Raises LedgerError, writing nothing, when the ledger does not verify."""
+        with self._locked() as fd:
+            entries = self._verified(_read_all(fd))
+            entry = {**record, "seq": len(entries) + 1,
+                     "prev": entries[-1]["mac"] if entries else GENESIS}
+            entry["mac"] = self._mac(entry)
+            os.write(fd, json.dumps(entry, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+            os.fsync(fd)
+        return entry
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first, verified; LedgerError if any does not verify. A missing
+        file is an empty ledger."""
+        if not self.path.exists():
+            return []
+        with self._locked() as fd:
+            return self._verified(_read_all(fd))
+
+    def find(self, patient: str) -> dict[str, Any] | None:
+        """The entry of Patient/`patient`'s erasure, if any (the first one)."""
+        return next((e for e in self.entries() if e.get("patient") == patient), None)
+
+    def _verified(self, lines: list[bytes]) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        previous = GENESIS
+        for number, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+                mac = entry["mac"]
+                ok = (isinstance(entry, dict) and entry.get("seq") == number
+                      and entry.get("prev") == previous
+                      and hmac.compare_digest(str(mac), self._mac(entry)))
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise LedgerError(f"the erasure ledger {self.path} does not verify at line "
+                                  f"{number}: changed, removed or added outside the server, "
+                                  "or kept under another key ring")
+            entries.append(entry)
+            previous = mac
+        return entries
+
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _read_all(fd: int) -> list[bytes]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if data and not data.endswith(b"\n"):
+        raise LedgerError("the erasure ledger ends with a partial line (a write cut short); "
+                          "restore it from the key ring's backup")
+    return [line for line in data.split(b"\n") if line]

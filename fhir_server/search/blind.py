@@ -1,0 +1,214 @@
+"""Blind indexes of protected search parameters: their entries and the queries on them.
+
+A protected parameter (default: the names, identifiers, contact points and addresses of
+Patient, RelatedPerson and Practitioner) is indexed only as keyed digests (crypto/blind.py),
+never as plaintext. The stores index and compare the digests as they would the values, so
+both stores keep the same code; this module rewrites entries on their way in and the
+Query AST on its way to a store:
+
+- string: one entry per prefix of the normalized value (search.html#string: case and
+  accents folded), up to `prefix_cap` characters, each a `p` digest; the last also holds the
+  `x` digest of the value as written (`:exact`). A start-with search of a normalized text
+  becomes a search for its `p` digest; `:exact` for its `x` digest on the row of its longest
+  prefix. `:contains`, and
+  start-with values longer than `prefix_cap`, cannot be answered: 400 naming the parameter.
+- token: `code` (Identifier.value, ContactPoint.value, ...) becomes its `c` digest, exact and
+  case-sensitive as token codes are; system and Identifier.type codings stay (`system|value`,
+  `:of-type` work), the text is dropped (`:text` answers 400).
+- `:missing`, `:not`, chains (`subject:Patient.name=`) and `_has` keep working: presence is
+  kept and the rewrite follows the parameter into each target type.
+
+What the digests reveal to a database reader is in docs/blind-indexes.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
+
+from ..model.errors import FhirError, Kind, fail
+from .ast import (
+    Chain,
+    Clause,
+    Has,
+    Missing,
+    Not,
+    OfTypePredicate,
+    Predicate,
+    Query,
+    StringPredicate,
+    TokenPredicate,
+    TokenTextPredicate,
+)
+from .entries import IndexEntry, StringEntry, TokenEntry
+from .registry import Registry
+
+# (parameter key `Type.code`, domain, text) -> blind token (crypto.blind.BlindDigest).
+Digest = Callable[[str, str, str], str]
+
+PROTECTED_TYPES: Final = ("Patient", "RelatedPerson", "Practitioner")
+PROTECTED_CODES: Final = (
+    "name", "given", "family", "phonetic", "identifier", "telecom", "phone", "email",
+    "address", "address-city", "address-country", "address-postalcode", "address-state",
+    "address-use",
+)
+DEFAULT_PREFIX_CAP: Final = 32
+DEFAULT_SORT_LIMIT: Final = 10_000
+# Digest domains: a prefix of the normalized value, the exact value, a token code.
+PREFIX, EXACT, CODE = "p", "x", "c"
+
+
+def default_protected(registry: Registry) -> tuple[str, ...]:
+    """`Type.code` of every default protected parameter the registry defines."""
+    return tuple(f"{t}.{c}" for t in PROTECTED_TYPES for c in PROTECTED_CODES
+                 if registry.get(t, c) is not None)
+
+
+class BlindIndex:
+    """Which parameters are protected, and the rewrite of their entries and searches."""
+
+    def __init__(self, protected: Iterable[str], digest: Digest, registry: Registry, *,
+                 prefix_cap: int = DEFAULT_PREFIX_CAP, sort_limit: int = DEFAULT_SORT_LIMIT) -> None:
+        """ValueError for a parameter that is unknown or neither string nor token: dates,
+        references and numbers stay range-searchable, so they are never blinded."""
+        if prefix_cap < 1:
+            raise ValueError("the prefix cap of blind indexes must be at least 1")
+        self.digest = digest
+        self.prefix_cap = prefix_cap
+        self.sort_limit = sort_limit
+        self._codes: dict[str, frozenset[str]] = {}
+        for name in protected:
+            rtype, _, code = name.partition(".")
+            param = registry.get(rtype, code)
+            if param is None or rtype in ("", "Resource", "DomainResource"):
+                raise ValueError(f"{name!r} is not a search parameter of a resource type")
+            if param.type not in ("string", "token"):
+                raise ValueError(f"{name!r} is a {param.type} parameter: only string and token "
+                                 "parameters can be blind-indexed")
+            self._codes[rtype] = self._codes.get(rtype, frozenset()) | {code}
+
+    @classmethod
+    def nothing(cls, registry: Registry) -> BlindIndex:
+        """A blind index of no parameter: entries and queries go through unchanged."""
+        return cls((), _no_digest, registry)
+
+    def protects(self, resource_type: str | None, code: str) -> bool:
+        return resource_type is not None and code in self._codes.get(resource_type, ())
+
+    # -- entries -------------------------------------------------------------------------
+
+    def entries(self, resource_type: str, entries: Sequence[IndexEntry]) -> Sequence[IndexEntry]:
+        """The entries a store may keep: those of protected parameters as digests."""
+        codes = self._codes.get(resource_type)
+        if not codes:
+            return entries
+        out: list[IndexEntry] = []
+        for entry in entries:
+            if entry.param not in codes:
+                out.append(entry)
+            elif type(entry) is StringEntry:
+                self._string_entries(f"{resource_type}.{entry.param}", entry, out)
+            elif type(entry) is TokenEntry:
+                code = self.digest(f"{resource_type}.{entry.param}", CODE, entry.code) if entry.code else None
+                out.append(TokenEntry(entry.param, entry.system, code, None, entry.type_system, entry.type_code))
+            # A string or token parameter indexes no other kind; were one to, it is not kept.
+        return out
+
+    def _string_entries(self, key: str, entry: StringEntry, out: list[IndexEntry]) -> None:
+        """One entry per prefix length up to the cap; the last carries the exact digest.
+
+        Prefixes ending in a space are left out (a normalized search value never ends in one),
+        but a value with no character at all keeps one entry: `:missing` and `:exact` see it.
+        """
+        value, digest = entry.value, self.digest
+        last = min(len(value), self.prefix_cap)
+        exact = digest(key, EXACT, entry.exact)
+        for length in range(1, last):
+            if value[length - 1] != " ":
+                out.append(StringEntry(entry.param, digest(key, PREFIX, value[:length]), ""))
+        out.append(StringEntry(entry.param, digest(key, PREFIX, value[:last]), exact))
+
+    # -- queries -------------------------------------------------------------------------
+
+    def query(self, query: Query) -> Query:
+        """`query` with every predicate on a protected parameter rewritten to digests.
+
+        INVALID (400, naming the parameter) for what digests cannot answer: `:contains`,
+        `:text`, a start-with value longer than the prefix cap. `_sort` is left as it is: the
+        store sorts protected values itself, after decryption (see `sorts_protected`).
+        """
+        if query.resource_type is None or not self._codes:
+            return query  # a system-level search is rewritten per type (`clauses`)
+        return dataclasses.replace(query, clauses=self.clauses(query.clauses, query.resource_type))
+
+    def clauses(self, clauses: tuple[Clause, ...], resource_type: str) -> tuple[Clause, ...]:
+        """`clauses` applied to resources of `resource_type`, on digests (a system-level
+        search `_type=Patient,Practitioner&name=…` gets them once per type)."""
+        if not self._codes:
+            return clauses
+        return tuple(Clause(tuple(q for p in c.any_of for q in self._predicate(p, resource_type)))
+                     for c in clauses)
+
+    def sorts_protected(self, query: Query) -> bool:
+        """True when a `_sort` key is a protected parameter (its digests have no order)."""
+        return any(self.protects(query.resource_type, s.param) for s in query.sort)
+
+    def _predicate(self, p: Predicate, rtype: str) -> tuple[Predicate, ...]:
+        """The predicates whose OR is `p` on digests (a chain may split per target type)."""
+        if isinstance(p, Chain):
+            return self._chain(p)
+        if isinstance(p, Has):
+            return tuple(Has(p.target_type, p.ref_param, inner)
+                         for inner in self._predicate(p.inner, p.target_type))
+        if isinstance(p, Missing) or not self.protects(rtype, p.param):
+            return (p,)
+        key = f"{rtype}.{p.param}"
+        if isinstance(p, Not):
+            return (Not(p.param, tuple(q for inner in p.any_of for q in self._predicate(inner, rtype))),)
+        if isinstance(p, StringPredicate):
+            return (self._string(p, key),)
+        if isinstance(p, TokenPredicate):
+            code = None if p.code is None else self.digest(key, CODE, p.code)
+            return (dataclasses.replace(p, code=code),)
+        if isinstance(p, OfTypePredicate):
+            return (dataclasses.replace(p, value=self.digest(key, CODE, p.value)),)
+        if isinstance(p, TokenTextPredicate):
+            raise unsupported(p.param, rtype, '":text"')
+        raise unsupported(p.param, rtype, "this kind of search")
+
+    def _chain(self, p: Chain) -> tuple[Predicate, ...]:
+        rewritten = {t: self._predicate(p.inner, t) for t in p.target_types}
+        if all(inner == (p.inner,) for inner in rewritten.values()):
+            return (p,)
+        # Each target type has its own digests: one chain per type, ORed (a chain matches when
+        # some referenced resource of some target type matches).
+        return tuple(Chain(p.param, (t,), inner) for t, inners in rewritten.items() for inner in inners)
+
+    def _string(self, p: StringPredicate, key: str) -> Predicate:
+        rtype = key.partition(".")[0]
+        if p.mode == "contains":
+            raise unsupported(p.param, rtype, '":contains"')
+        if p.mode == "exact":
+            # The exact digest lives on the row of the value's longest prefix: naming that
+            # prefix too lets the stores seek the row by its indexed value.
+            return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value[: self.prefix_cap]),
+                                       exact=self.digest(key, EXACT, p.exact))
+        if not p.value:
+            return Missing(p.param, False)  # every value starts with the empty string
+        if len(p.value) > self.prefix_cap:
+            raise unsupported(p.param, rtype, f"a value longer than {self.prefix_cap} characters "
+                                              "(without :exact)")
+        return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value), exact="")
+
+
+def _no_digest(param: str, domain: str, text: str) -> str:
+    raise AssertionError(f"{param} is not protected: nothing to digest")
+
+
+def unsupported(code: str, resource_type: str, what: str) -> FhirError:
+    """The 400 of a search a protected parameter's blind index cannot answer."""
+    return fail(Kind.INVALID, "not-supported",
+                f'Parameter "{code}" of {resource_type} is protected (blind-indexed): '
+                f"{what} is not supported on it.",
+                expression=code, details_code="MSG_PARAM_MODIFIER_INVALID")

@@ -1,0 +1,280 @@
+"""Patient/[id]/$erase (R6 calls it `$purge`): the right to erasure (GDPR art. 17).
+
+Removes the patient's compartment from the store, every version and index entry of every
+resource in it (store/erasure.py says how deleted resources are found), destroys the
+patient's data keys so that every other copy of their ciphertext (audit details, backups)
+can no longer be read, and records the erasure in the erasure ledger kept with the key ring
+(crypto/ledger.py), which `fhir-server restore` replays. AuditEvents are not erased: the hash
+chain covers them, and their personal details shred with the key. The erasure leaves an
+AuditEvent of its own: who, when, why, how many resources and versions of each type.
+
+Who may erase: an administrator, the server itself (the command line, `auth=off`), and the
+patient, with their own token (fhirUser `Patient/<id>`). Anyone else gets 403; a patient
+naming another patient gets 404, as for an id nobody has. A configured legal hold (a retention
+policy's, `LegalHold`) refuses with 409. Erasing again answers what the first erasure did.
+docs/backup-and-erasure.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import clock
+from ..access import Principal, Role, compartment_clause, server_principal
+from ..audit.events import erasure_event
+from ..crypto import ErasureLedger, UnreadableBody, patient_scope
+from ..model.errors import Kind, fail
+from ..model.ids import new_id
+from ..search import Query, Registry
+from ..store.base import Erasure, Store
+from .context import Context
+from .crud import check_id
+
+# Never erased (see the module docstring).
+KEPT_TYPES = frozenset({"AuditEvent"})
+MAX_REASON = 500  # characters
+KEPT_JOBS = 100  # finished background jobs remembered in memory (then: the ledger)
+log = logging.getLogger(__name__)
+
+
+class LegalHold(Protocol):
+    """A retention policy's legal holds: why a patient's data must be kept, or None."""
+
+    async def held(self, patient_id: str) -> str | None: ...
+
+
+class KeyShredder(Protocol):
+    """The data keys (crypto/datakeys.py `DataKeys`): the ids of a scope's keys, and their
+    destruction (how many were destroyed)."""
+
+    def keys_of(self, scope: str) -> list[bytes]: ...
+
+    def destroy(self, scope: str) -> int: ...
+
+
+@dataclass
+class Job:
+    """An erasure running in the background (`Prefer: respond-async`)."""
+
+    subject: str
+    task: asyncio.Task[dict[str, Any]]
+
+
+@dataclass
+class Erasures:
+    """What erasure needs beside the store: the ledger, the data keys (None: encryption
+    off, no key to destroy), the audit recorder's `record`, the legal holds if any are
+    configured, and the background jobs of this process."""
+
+    ledger: ErasureLedger
+    keys: KeyShredder | None
+    record: Callable[[dict[str, Any]], Awaitable[str]]
+    hold: LegalHold | None = None
+    jobs: dict[str, Job] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def compartment(registry: Registry, patient_id: str) -> list[Query]:
+    """One query per type of Patient/`patient_id`'s compartment (compartmentdefinition-patient),
+    the Patient itself included, the Patients its `link` names and AuditEvents not."""
+    queries = []
+    for resource_type in sorted(registry.resource_types):
+        if resource_type in KEPT_TYPES:
+            continue
+        clause = compartment_clause(registry, resource_type, patient_id, links=False)
+        if clause is not None:
+            queries.append(Query(resource_type, (clause,)))
+    return queries
+
+
+def _setup(ctx: Context) -> Erasures:
+    if ctx.erasures is None:
+        raise fail(Kind.NOT_SUPPORTED, "not-supported", "Erasure is not configured on this server.")
+    return ctx.erasures
+
+
+def _check_caller(principal: Principal | None, patient_id: str) -> None:
+    """FORBIDDEN unless an administrator, the server, or the patient themselves; NOT_FOUND
+    for a patient naming another (no existence oracle)."""
+    if principal is None:
+        raise fail(Kind.FORBIDDEN, "forbidden", "No authenticated caller.")
+    if principal.server or principal.admin:
+        return
+    if principal.role is Role.PATIENT:
+        if principal.fhir_user == f"Patient/{patient_id}" and principal.patient == patient_id:
+            return
+        raise _unknown(patient_id)
+    raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator, or the patient "
+               "themselves (signed in as the patient), may erase a patient's record.")
+
+
+def _unknown(patient_id: str) -> Exception:
+    return fail(Kind.NOT_FOUND, "not-found", f"Patient/{patient_id} is not known.",
+                details_code="MSG_NO_EXIST")
+
+
+def check_reason(reason: str | None) -> str:
+    """The stated reason, stripped; INVALID if missing or longer than MAX_REASON."""
+    reason = (reason or "").strip()
+    if not reason or len(reason) > MAX_REASON:
+        raise fail(Kind.INVALID, "required", f"$erase needs a reason of 1 to {MAX_REASON} "
+                   "characters (parameter `reason`); it is kept in the erasure ledger and the "
+                   "audit trail, so it should name no personal data.", expression="reason")
+    return reason
+
+
+async def begin(ctx: Context, patient_id: str, reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    """Check an erasure request: (its reason, the answer of an earlier erasure of the same
+    patient, if any). FORBIDDEN, NOT_FOUND, INVALID or CONFLICT (a legal hold) otherwise;
+    nothing is changed."""
+    check_id(patient_id)
+    setup = _setup(ctx)
+    _check_caller(ctx.principal, patient_id)
+    reason = check_reason(reason)
+    done = await asyncio.to_thread(setup.ledger.find, patient_id)
+    if done is not None:
+        return reason, parameters(done)
+    if await ctx.store.read("Patient", patient_id) is None:
+        raise _unknown(patient_id)
+    if setup.hold is not None and (why := await setup.hold.held(patient_id)):
+        raise fail(Kind.CONFLICT, "business-rule", f"Patient/{patient_id} is under a legal "
+                   f"hold and cannot be erased: {why}")
+    return reason, None
+
+
+async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
+                job: str | None = None) -> dict[str, Any]:
+    """Erase Patient/`patient_id` (after `begin`): store, data keys, ledger, AuditEvent; the
+    operation's output Parameters. Running it again finishes an erasure cut short."""
+    setup = _setup(ctx)
+    async with setup.lock:  # two requests for one patient: the second finds the first's entry
+        done = await asyncio.to_thread(setup.ledger.find, patient_id)
+        if done is not None:
+            return parameters(done)
+        erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+        keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
+        entry = await asyncio.to_thread(setup.ledger.append, _entry(
+            ctx.principal, patient_id, reason, erased, keys, job))
+    await setup.record(erasure_event(
+        recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
+        reason=reason, counts=counts_of(erased), keys=len(keys)))
+    return parameters(entry)
+
+
+def _shred(keys: KeyShredder, patient_id: str) -> list[bytes]:
+    """Destroy the patient's data keys; the ids of those destroyed (kept in the ledger, so
+    that `audit verify` tells AuditEvents shredded by the erasure from damaged ones)."""
+    scope = patient_scope(patient_id)
+    ids = keys.keys_of(scope)
+    keys.destroy(scope)
+    return ids
+
+
+def destroyed_keys(ledger: ErasureLedger) -> frozenset[bytes]:
+    """The ids of every data key an erasure destroyed, from the ledger."""
+    return frozenset(bytes.fromhex(k) for entry in ledger.entries() for k in entry.get("keys", ()))
+
+
+def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Erasure,
+           keys: list[bytes], job: str | None) -> dict[str, Any]:
+    """The ledger entry of an erasure: who, when, why, counts; no erased content."""
+    who = principal.fhir_user or principal.subject if principal else "unknown"
+    return {"patient": patient_id, "erased": clock.instant(), "reason": reason, "by": who,
+            "client": principal.client_id if principal else None, "keys_destroyed": len(keys),
+            "keys": [key.hex() for key in keys], "resources": erased.resources,
+            "versions": erased.versions, "job": job}
+
+
+def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:
+    """Per type, (resources, versions) erased."""
+    return {t: (n, erased.versions.get(t, 0)) for t, n in sorted(erased.resources.items())}
+
+
+async def replay(store: Store, registry: Registry, record: Callable[[dict[str, Any]], Awaitable[str]],
+                 entry: dict[str, Any], when: str) -> None:
+    """Erase again the patient of ledger `entry` (their data came back: a restore) and record
+    it; `when` says on what occasion ("on restore")."""
+    patient = entry["patient"]
+    erased = await store.erase(compartment(registry, patient), ("Patient", patient))
+    reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
+    await record(erasure_event(
+        recorded=clock.instant(), principal=server_principal("fhir-server"), address=None,
+        patient=patient, reason=reason, counts=counts_of(erased), keys=0))
+
+
+async def reconcile(ctx: Context) -> list[str]:
+    """At start-up, before serving: erase again each patient of the ledger whose Patient the
+    store holds in a version from before their erasure (a store put back from files, not by
+    `fhir-server restore`); the patients erased again. An id reused by a Patient created
+    since is left alone."""
+    if ctx.erasures is None:
+        return []
+    again = []
+    for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
+        try:
+            found = await ctx.store.read("Patient", entry["patient"])
+            back = found is not None and found.last_updated <= entry["erased"]
+        except UnreadableBody:  # sealed under the key the erasure destroyed: it is back
+            back = True
+        if back:
+            await replay(ctx.store, ctx.registry, ctx.erasures.record, entry, "at start-up")
+            again.append(entry["patient"])
+    return again
+
+
+def parameters(entry: dict[str, Any]) -> dict[str, Any]:
+    """The output of $erase (a Parameters resource), from its ledger entry."""
+    counts = [{"name": "erased", "part": [
+        {"name": "type", "valueCode": t}, {"name": "resources", "valueInteger": n},
+        {"name": "versions", "valueInteger": entry["versions"].get(t, 0)}]}
+        for t, n in sorted(entry["resources"].items())]
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{entry['patient']}"}},
+        {"name": "erasedAt", "valueInstant": entry["erased"]},
+        {"name": "reason", "valueString": entry["reason"]},
+        {"name": "keysDestroyed", "valueInteger": entry["keys_destroyed"]},
+        *counts]}
+
+
+# -- asynchronous requests (FHIR async pattern: 202 + Content-Location, then poll) ---------
+
+
+def start(ctx: Context, patient_id: str, reason: str, *, address: str | None) -> str:
+    """Run the erasure in the background (after `begin`); returns the job's id."""
+    setup = _setup(ctx)
+    for done in [id for id, job in setup.jobs.items() if job.task.done()][:-KEPT_JOBS or None]:
+        del setup.jobs[done]  # the ledger still answers for them
+    job = new_id()
+    task = asyncio.get_running_loop().create_task(
+        erase(ctx, patient_id, reason, address=address, job=job))
+    task.add_done_callback(_log_failure)
+    setup.jobs[job] = Job(ctx.principal.subject if ctx.principal else "", task)
+    return job
+
+
+def _log_failure(task: asyncio.Task[dict[str, Any]]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("asynchronous erasure failed", exc_info=error)
+
+
+async def status(ctx: Context, job: str) -> dict[str, Any] | None:
+    """The output of job `job` once done (None while it runs), or the error it met; NOT_FOUND
+    for a job of another caller, or one neither this process nor the ledger knows."""
+    setup = _setup(ctx)
+    principal = ctx.principal
+    found = setup.jobs.get(job)
+    if found is not None and principal is not None and found.subject == principal.subject:
+        if not found.task.done():
+            return None
+        return found.task.result()  # raises the job's own error (a FhirError: its outcome)
+    if found is None and principal is not None:  # done, by another worker or forgotten here
+        entries = await asyncio.to_thread(setup.ledger.entries)
+        mine = (principal.fhir_user, principal.subject)
+        done = next((e for e in entries if e.get("job") == job and e.get("by") in mine), None)
+        if done is not None:
+            return parameters(done)
+    raise fail(Kind.NOT_FOUND, "not-found", f"No erasure job {job} of this caller.")

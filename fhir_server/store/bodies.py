@@ -1,0 +1,72 @@
+"""A version's body as both stores keep it: sealed by the body codec when written (inside the
+unit of work, meta stamped, so the version it is bound to is known) and opened when read.
+The codec (crypto/codec.py) decides how; the stores only call these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from ..crypto import BodyCodec
+from ..search import Registry, patients_of
+from .base import (ConditionalCreate, ConditionalUpdate, HistoryPage, Operation, SearchPage, Version,
+                   Write)
+
+
+# Given a stored body (type, id, version, blob), its new stored form, or None to keep it.
+Rewrite = Callable[[str, str, int, bytes], bytes | None]
+
+
+class BodyRewriting(Protocol):
+    """A store whose stored bodies a maintenance job can rewrite in place (store/rekey.py)."""
+
+    async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
+                             limit: int) -> tuple[int, str | None]:
+        """Apply `rewrite` to up to `limit` stored versions after the cursor `after` (None: from
+        the start), in a stable order; writes back the new forms (a body changed meanwhile is
+        left as it is). Returns how many were rewritten and the next cursor (None: done)."""
+
+
+def prepare(codec: BodyCodec, registry: Registry, operations: Sequence[Operation]) -> None:
+    """Let the codec ready the keys of every resource `operations` write, all at once."""
+    writes = [op.write if isinstance(op, (ConditionalCreate, ConditionalUpdate)) else op
+              for op in operations if isinstance(op, (Write, ConditionalCreate, ConditionalUpdate))]
+    codec.prepare((w.resource_type, patients_of(registry, w.resource_type, w.entries, w.id, links=False))
+                  for w in writes)
+
+
+def sealed(codec: BodyCodec, registry: Registry, op: Write, version: int, body: bytes) -> bytes:
+    """The stored form of `body`, version `version` of what `op` writes."""
+    patients = patients_of(registry, op.resource_type, op.entries, op.id, links=False)
+    return codec.seal(op.resource_type, op.id, version, body, patients)
+
+
+def opened(codec: BodyCodec, version: Version) -> Version:
+    """`version` with its stored body opened (a deletion has none)."""
+    if version.body is None:
+        return version
+    body = codec.open(version.resource_type, version.id, version.version, version.body)
+    return replace(version, body=body)
+
+
+def opened_page(codec: BodyCodec, page: SearchPage) -> SearchPage:
+    return replace(page, matches=tuple(opened(codec, v) for v in page.matches),
+                   included=tuple(opened(codec, v) for v in page.included))
+
+
+def opened_history(codec: BodyCodec, page: HistoryPage) -> HistoryPage:
+    return replace(page, versions=tuple(opened(codec, v) for v in page.versions))
+
+
+# Outbox records (audit/outbox.py) hold AuditEvents until the audit trail has them: sealed
+# too, under a key of their own, as version 0 of `outbox/<key>`; they live for milliseconds.
+_OUTBOX = "outbox"
+
+
+def sealed_records(codec: BodyCodec, records: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return [(key, codec.seal(_OUTBOX, key, 0, body, ())) for key, body in records]
+
+
+def opened_records(codec: BodyCodec, records: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return [(key, codec.open(_OUTBOX, key, 0, body)) for key, body in records]

@@ -1,0 +1,67 @@
+"""Erasure on the MongoDB store (`Store.erase`): every history document, resource document
+(with the index entries it carries) and guard of a patient's compartment.
+
+Deletes go in bulk, one call per collection and batch of keys: history first, then the
+resource documents and their guards, the Patient last of all. No transaction: an erasure
+touches more documents than a MongoDB transaction should hold, and the order makes it safe
+to cut short, since running it again finds the Patient and finishes the rest. MongoDB
+overwrites the space of removed documents as WiredTiger reuses it; a backup of the
+database taken before the erasure is handled by the erasure ledger (docs/backup-and-erasure.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...search import Query
+from ..base import Erasure
+from ..erasure import batches, was_member
+from . import layout
+from .search import VERSION_FIELDS, MongoSearch, version_of
+
+if TYPE_CHECKING:
+    from .store import MongoStore
+
+
+async def members(store: MongoStore, query: Query) -> list[str]:
+    """Ids of the current resources `query` matches and of the deleted ones it matched."""
+    resource_type = query.resource_type
+    found = await MongoSearch(store.resources, store.registry).match_ids(query, None)
+    deleted = store.resources.find({"type": resource_type, "deleted": True}, {"_id": 0, "id": 1})
+    async for doc in deleted:
+        last = await store.history_docs.find_one(
+            {"type": resource_type, "id": doc["id"], "body": {"$ne": None}}, VERSION_FIELDS,
+            sort=[("version", -1)])
+        if was_member(query, store.registry, store.codec, version_of(last) if last else None):
+            found.append(doc["id"])
+    return found
+
+
+async def remove(store: MongoStore, compartment: Sequence[Query],
+                 last: tuple[str, str]) -> Erasure:
+    """Remove the compartment's resources, then `last`."""
+    keys = [(query.resource_type or "", id) for query in compartment
+            for id in await members(store, query)]
+    erased = Erasure()
+    for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
+        await _remove_batch(store, batch, erased)
+    return erased
+
+
+async def _remove_batch(store: MongoStore, keys: list[tuple[str, str]], erased: Erasure) -> None:
+    present = {doc["_id"]: doc["type"] async for doc in store.resources.find(
+        {"_id": {"$in": [layout.key(t, i) for t, i in keys]}}, {"_id": 1, "type": 1})}
+    if not present:
+        return
+    by_type: dict[str, list[str]] = {}
+    for resource_type, id in keys:
+        if layout.key(resource_type, id) in present:
+            by_type.setdefault(resource_type, []).append(id)
+    for resource_type, ids in by_type.items():
+        where: dict[str, Any] = {"type": resource_type, "id": {"$in": ids}}
+        done = await store.history_docs.delete_many(where)
+        erased.versions[resource_type] = erased.versions.get(resource_type, 0) + done.deleted_count
+        erased.resources[resource_type] = erased.resources.get(resource_type, 0) + len(ids)
+    await store.resources.delete_many({"_id": {"$in": list(present)}})
+    await store.guards.delete_many({"_id": {"$in": list(present)}})

@@ -1,0 +1,60 @@
+"""Backups of the SQLite store (`Store.dump`, `Store.load`): versions as stored, in write
+order, out; the same back into an empty store, with index rows for each current version.
+
+A dump reads in pages of `seq` up to the highest at its start: history is append-only, so
+versions written meanwhile are left for the next backup, and an erasure meanwhile is replayed
+from the erasure ledger on restore (docs/backup-and-erasure.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+
+from ... import clock
+from ...search import IndexEntry
+from ..base import Version
+from . import index as sqlite_index
+from .index import ParamIds
+
+
+def top(conn: sqlite3.Connection) -> int:
+    """The `seq` of the latest version (0: none)."""
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0])
+
+
+def page(conn: sqlite3.Connection, after: int, upto: int, count: int) -> list[tuple[int, Version]]:
+    """Up to `count` versions with `after` < seq <= `upto`, in write order, bodies as stored."""
+    rows = conn.execute(
+        "SELECT seq, type, id, version, last_updated, method, body FROM history "
+        "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", (after, upto, count))
+    return [(row[0], Version(*row[1:])) for row in rows]
+
+
+def load(conn: sqlite3.Connection, ids: ParamIds,
+         versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+    """Append `versions` (each with its index entries) as the latest of their resources
+    (inside the caller's transaction)."""
+    for version, entries in versions:
+        lu = clock.micros(datetime.fromisoformat(version.last_updated.replace("Z", "+00:00")))
+        row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",
+                           (version.resource_type, version.id)).fetchone()
+        if row is None:
+            pk = conn.execute(
+                "INSERT INTO resource (type, id, version, last_updated, lu, deleted, seq) "
+                "VALUES (?, ?, 0, '', 0, 0, 0)", (version.resource_type, version.id)).lastrowid
+        else:
+            pk = row[0]
+            sqlite_index.remove(conn, pk)
+        seq = conn.execute(
+            "INSERT INTO history (resource_pk, type, id, version, last_updated, method, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (pk, version.resource_type, version.id, version.version, version.last_updated,
+             version.method, version.body)).lastrowid
+        conn.execute("UPDATE resource SET version = ?, last_updated = ?, lu = ?, deleted = ?, "
+                     "seq = ? WHERE pk = ?",
+                     (version.version, version.last_updated, lu, version.body is None, seq, pk))
+        if version.body is not None:
+            assert pk is not None
+            sqlite_index.insert(conn, ids, pk, version.resource_type, entries)

@@ -1,0 +1,66 @@
+"""Erasure on the SQLite store (`Store.erase`): every version, index row and resource row of a
+patient's compartment, in one write transaction, then the WAL checkpointed and truncated.
+
+The connections run with `PRAGMA secure_delete` (store.py), so the rows removed are
+overwritten with zeros in the database file rather than left in free pages; the checkpoint
+then copies those pages home and empties the WAL, whose older frames still held them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ...crypto import BodyCodec
+from ...search import Query
+from ..base import Erasure, Version
+from ..erasure import was_member
+from . import index as sqlite_index
+from .query import SqliteSearch
+
+
+def members(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
+            query: Query) -> list[str]:
+    """Ids of the current resources `query` matches and of the deleted ones it matched."""
+    resource_type = query.resource_type
+    found = search.match_ids(query, None)
+    deleted = conn.execute("SELECT id FROM resource WHERE type = ? AND deleted = 1",
+                           (resource_type,)).fetchall()
+    found += [id for (id,) in deleted
+              if was_member(query, search.registry, codec, _last_stored(conn, resource_type, id))]
+    return found
+
+
+def _last_stored(conn: sqlite3.Connection, resource_type: str | None, id: str) -> Version | None:
+    row = conn.execute(
+        "SELECT type, id, version, last_updated, method, body FROM history "
+        "WHERE type = ? AND id = ? AND body IS NOT NULL ORDER BY version DESC LIMIT 1",
+        (resource_type, id)).fetchone()
+    return Version(*row) if row else None
+
+
+def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
+           compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+    """Remove the compartment's resources, then `last` (inside the caller's transaction)."""
+    keys = [(query.resource_type or "", id) for query in compartment
+            for id in members(conn, search, codec, query)]
+    erased = Erasure()
+    for resource_type, id in [*dict.fromkeys(k for k in keys if k != last), last]:
+        row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",
+                           (resource_type, id)).fetchone()
+        if row is None:
+            continue
+        sqlite_index.remove(conn, row[0])
+        versions = conn.execute("DELETE FROM history WHERE type = ? AND id = ?",
+                                (resource_type, id)).rowcount
+        conn.execute("DELETE FROM resource WHERE pk = ?", (row[0],))
+        erased.resources[resource_type] = erased.resources.get(resource_type, 0) + 1
+        erased.versions[resource_type] = erased.versions.get(resource_type, 0) + versions
+    return erased
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database and truncate it to nothing (waits for readers up to
+    the busy timeout; a reader holding an old snapshot longer leaves the WAL for the next
+    checkpoint, which SQLite runs on its own)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

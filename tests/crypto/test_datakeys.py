@@ -1,0 +1,90 @@
+"""Data keys: random per scope, stored wrapped, destroyable, re-wrapped on KEK rotation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fhir_server.crypto import (DataKeys, EnvelopeCodec, LocalKeyRing, UnreadableBody,
+                                create_key_ring, key_scope, patient_scope)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> DataKeys:
+    create_key_ring(tmp_path / "keyring.json")
+    return DataKeys(LocalKeyRing(tmp_path / "keyring.json"), tmp_path / "datakeys.db", cache_size=2)
+
+
+def test_one_random_key_per_scope_stored_wrapped(keys: DataKeys, tmp_path: Path) -> None:
+    a_id, a = keys.current(patient_scope("a"))
+    b_id, _ = keys.current(patient_scope("b"))
+    assert a_id != b_id and keys.current(patient_scope("a"))[0] == a_id
+    stored = (tmp_path / "datakeys.db").read_bytes() + (tmp_path / "datakeys.db-wal").read_bytes()
+    assert patient_scope("a").encode() in stored  # the scope is there ...
+    other = DataKeys(keys.provider, tmp_path / "datakeys.db")
+    assert other.current(patient_scope("a"))[0] == a_id  # ... and the same key, unwrapped again
+
+
+def test_scope_rule() -> None:
+    assert key_scope("Observation", {"b", "a"}) == "Patient/a"
+    assert key_scope("Patient", {"p"}) == "Patient/p"
+    assert key_scope("Organization", set()) == "Organization"
+
+
+def test_destroy_makes_the_scopes_ciphertext_unreadable(keys: DataKeys, tmp_path: Path) -> None:
+    codec = EnvelopeCodec(keys)
+    blob = codec.seal("Observation", "o1", 1, b'{"x":1}', {"a"})
+    kept = codec.seal("Observation", "o2", 1, b'{"x":2}', {"b"})
+    assert keys.destroy(patient_scope("a")) == 1
+    assert keys.destroy(patient_scope("a")) == 0  # idempotent
+    for fresh in (keys, DataKeys(keys.provider, tmp_path / "datakeys.db")):
+        with pytest.raises(UnreadableBody, match="data key was destroyed"):
+            EnvelopeCodec(fresh).open("Observation", "o1", 1, blob)
+        assert EnvelopeCodec(fresh).open("Observation", "o2", 1, kept) == b'{"x":2}'
+
+
+def test_a_destroy_elsewhere_reaches_this_process_cache(keys: DataKeys, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    blob = EnvelopeCodec(keys).seal("Patient", "a", 1, b"{}", {"a"})
+    DataKeys(keys.provider, tmp_path / "datakeys.db").destroy(patient_scope("a"))
+    monkeypatch.setattr("fhir_server.crypto.datakeys.RECHECK_SECONDS", 0.0)
+    with pytest.raises(UnreadableBody):
+        EnvelopeCodec(keys).open("Patient", "a", 1, blob)
+
+
+def test_kek_rotation_rewraps_every_key_and_old_kek_can_go(keys: DataKeys) -> None:
+    codec = EnvelopeCodec(keys)
+    blobs = {p: codec.seal("Patient", p, 1, p.encode(), {p}) for p in "abcde"}
+    old = keys.provider.status().active
+    new = keys.provider.rotate()
+    assert keys.status().by_kek == {old: 5}
+    assert keys.rewrap(batch=2) == 2 and keys.rewrap(batch=10) == 3 and keys.rewrap() == 0
+    assert keys.status().by_kek == {new: 5} and keys.verify() == []
+    keys.provider.destroy(old)
+    fresh = DataKeys(keys.provider, keys.path)
+    assert all(EnvelopeCodec(fresh).open("Patient", p, 1, b) == p.encode() for p, b in blobs.items())
+
+
+def test_rotate_a_scope_keeps_old_versions_readable_until_retired(keys: DataKeys) -> None:
+    codec = EnvelopeCodec(keys)
+    old_blob = codec.seal("Patient", "a", 1, b"v1", {"a"})
+    new_id = keys.rotate(patient_scope("a"))
+    new_blob = codec.seal("Patient", "a", 2, b"v2", {"a"})
+    assert new_blob[1:17] == new_id and codec.open("Patient", "a", 1, old_blob) == b"v1"
+    assert keys.keys_of(patient_scope("a"))[0] == new_id
+    assert keys.retire(patient_scope("a"), keep=new_id) == 1
+    with pytest.raises(UnreadableBody):
+        codec.open("Patient", "a", 1, old_blob)
+    assert codec.open("Patient", "a", 2, new_blob) == b"v2"
+
+
+def test_prepare_makes_missing_keys_at_once_and_processes_agree(keys: DataKeys,
+                                                                tmp_path: Path) -> None:
+    other = DataKeys(keys.provider, keys.path)
+    existing, _ = other.current(patient_scope("a"))
+    keys.prepare([patient_scope(p) for p in "abc"])
+    assert keys.current(patient_scope("a"))[0] == existing  # an existing key is kept
+    assert {other.current(patient_scope(p))[0] for p in "bc"} == {
+        keys.current(patient_scope(p))[0] for p in "bc"}
+    assert keys.status().keys == 3

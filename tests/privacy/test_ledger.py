@@ -1,0 +1,53 @@
+"""The erasure ledger (crypto/ledger.py): append-only, authenticated, tamper-evident."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fhir_server.crypto.ledger import ErasureLedger, LedgerError
+
+KEY = bytes(range(32))
+
+
+def _ledger(tmp_path: Path, key: bytes = KEY) -> ErasureLedger:
+    return ErasureLedger(tmp_path / "erasure-ledger", key)
+
+
+def test_appends_and_finds(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    assert ledger.entries() == [] and ledger.find("a") is None
+    first = ledger.append({"patient": "a", "reason": "asked"})
+    ledger.append({"patient": "b", "reason": "asked"})
+    assert [e["seq"] for e in ledger.entries()] == [1, 2]
+    assert ledger.find("a") == first
+    assert os.stat(ledger.path).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("tamper", ["change", "remove-first", "swap", "partial"])
+def test_tampering_is_found(tmp_path: Path, tamper: str) -> None:
+    ledger = _ledger(tmp_path)
+    for patient in ("a", "b", "c"):
+        ledger.append({"patient": patient, "reason": "asked"})
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    if tamper == "change":
+        lines[1] = lines[1].replace(b'"b"', b'"x"')
+    elif tamper == "remove-first":
+        del lines[0]
+    elif tamper == "swap":
+        lines[0], lines[1] = lines[1], lines[0]
+    else:
+        lines[-1] = lines[-1][:-10]
+    ledger.path.write_bytes(b"".join(lines))
+    with pytest.raises(LedgerError):
+        ledger.entries()
+    with pytest.raises(LedgerError):
+        ledger.append({"patient": "d"})
+
+
+def test_another_key_does_not_verify(tmp_path: Path) -> None:
+    _ledger(tmp_path).append({"patient": "a"})
+    with pytest.raises(LedgerError):
+        _ledger(tmp_path, bytes(32)).entries()

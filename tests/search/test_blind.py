@@ -1,0 +1,165 @@
+"""Blind indexes of protected parameters (search/blind.py): the entries a store keeps and
+the queries it runs (FHIR R4 search.html#string, #token, #modifiers, #chaining, #has)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_server.model.errors import FhirError
+from fhir_server.search import (
+    BlindIndex,
+    Chain,
+    Has,
+    Missing,
+    Not,
+    StringEntry,
+    StringPredicate,
+    TokenEntry,
+    TokenPredicate,
+    default_protected,
+    default_registry,
+    extract,
+    parse_query,
+)
+
+
+def digest(param: str, domain: str, text: str) -> str:
+    """A readable stand-in for the HMAC: the rewrite, not the cipher, is under test here."""
+    return f"<{param}|{domain}|{text}>"
+
+
+@pytest.fixture
+def blind() -> BlindIndex:
+    return BlindIndex(default_protected(default_registry()), digest, default_registry(), prefix_cap=6)
+
+
+PATIENT: dict[str, Any] = {
+    "resourceType": "Patient", "id": "p1", "birthDate": "1970-02-03", "gender": "female",
+    "name": [{"family": "Hélène Dupont", "given": ["Zoé"]}],
+    "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "2700203123456",
+                    "type": {"text": "INS", "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "NI"}]}}],
+    "telecom": [{"system": "phone", "value": "+33 6 12 34 56 78"}],
+    "address": [{"city": "Évry", "line": ["3 rue des Lilas"]}],
+}
+
+
+def test_protected_entries_hold_digests_only(blind: BlindIndex) -> None:
+    kept = blind.entries("Patient", extract(PATIENT))
+    family = [e for e in kept if e.param == "family"]
+    assert family == [
+        StringEntry("family", "<Patient.family|p|h>", ""),
+        StringEntry("family", "<Patient.family|p|he>", ""),
+        StringEntry("family", "<Patient.family|p|hel>", ""),
+        StringEntry("family", "<Patient.family|p|hele>", ""),
+        StringEntry("family", "<Patient.family|p|helen>", ""),
+        # capped at 6 characters; the last carries the exact value's digest
+        StringEntry("family", "<Patient.family|p|helene>", "<Patient.family|x|Hélène Dupont>"),
+    ]
+    [identifier] = [e for e in kept if e.param == "identifier"]
+    assert identifier == TokenEntry("identifier", "urn:oid:1.2.250.1.213.1.4.8",
+                                    "<Patient.identifier|c|2700203123456>", None,
+                                    "http://terminology.hl7.org/CodeSystem/v2-0203", "NI")
+    protected = {"name", "given", "family", "phonetic", "identifier", "telecom", "phone",
+                 "address", "address-city"}
+    plaintext = ("helene", "hélène", "dupont", "zoe", "zoé", "2700203123456", "12 34", "evry", "lilas", "ins")
+    for entry in kept:
+        if entry.param in protected:
+            stored = [v.partition("|")[2].partition("|")[0] if v.startswith("<") else v
+                      for v in vars_of(entry) if isinstance(v, str)]  # the digest's domain only
+            assert not any(word in v.lower() for v in stored for word in plaintext), entry
+    # Birth dates, gender and the other parameters are kept as they were.
+    others = [e for e in extract(PATIENT) if e.param not in protected]
+    assert others and all(e in kept for e in others)
+
+
+def vars_of(entry: Any) -> list[Any]:
+    return [getattr(entry, name) for name in entry.__slots__ if name != "param"]
+
+
+def test_prefixes_ending_in_a_space_are_left_out(blind: BlindIndex) -> None:
+    given = [e.value for e in blind.entries("Patient", extract(
+        {"resourceType": "Patient", "id": "x", "name": [{"given": ["Jo Ann"]}]})) if e.param == "given"]
+    assert given == [f"<Patient.given|p|{p}>" for p in ("j", "jo", "jo a", "jo an", "jo ann")]
+
+
+def test_other_types_are_untouched(blind: BlindIndex) -> None:
+    org = {"resourceType": "Organization", "id": "o", "name": "Hôpital", "identifier": [{"value": "1"}]}
+    assert blind.entries("Organization", extract(org)) == extract(org)
+
+
+def rewritten(blind: BlindIndex, rtype: str, *params: tuple[str, str]) -> list[Any]:
+    query, issues = parse_query(rtype, list(params))
+    assert issues == []
+    return [p for c in blind.query(query).clauses for p in c.any_of]
+
+
+def test_string_searches_become_digest_searches(blind: BlindIndex) -> None:
+    assert rewritten(blind, "Patient", ("family", "HÉL")) == [
+        StringPredicate("family", "<Patient.family|p|hel>", "", "start")]
+    assert rewritten(blind, "Patient", ("family:exact", "Hélène Dupont")) == [
+        StringPredicate("family", "<Patient.family|p|helene>", "<Patient.family|x|Hélène Dupont>", "exact")]
+    # A blank value (every value starts with it) asks for presence.
+    assert rewritten(blind, "Patient", ("name", "  ")) == [Missing("name", False)]
+    assert rewritten(blind, "Patient", ("name:missing", "true")) == [Missing("name", True)]
+
+
+def test_token_searches_compare_digests_of_the_code(blind: BlindIndex) -> None:
+    assert rewritten(blind, "Patient", ("identifier", "urn:oid:1.2.250.1.213.1.4.8|27,|x")) == [
+        TokenPredicate("identifier", "urn:oid:1.2.250.1.213.1.4.8", "<Patient.identifier|c|27>"),
+        TokenPredicate("identifier", "", "<Patient.identifier|c|x>")]
+    assert rewritten(blind, "Patient", ("identifier", "urn:oid:1.2.250.1.213.1.4.8|")) == [
+        TokenPredicate("identifier", "urn:oid:1.2.250.1.213.1.4.8", None)]
+    assert rewritten(blind, "Patient", ("telecom:not", "+33 6")) == [
+        Not("telecom", (TokenPredicate("telecom", None, "<Patient.telecom|c|+33 6>"),))]
+    # Unprotected parameters of the same type stay as they are.
+    assert rewritten(blind, "Patient", ("gender", "female")) == [TokenPredicate("gender", None, "female")]
+
+
+def test_chains_and_has_follow_the_parameter_into_each_target_type(blind: BlindIndex) -> None:
+    # Observation.subject targets Patient, Group, Device and Location: only Patient's name is
+    # protected, so the chain splits in two, ORed.
+    found = rewritten(blind, "Observation", ("subject.name", "dup"))
+    assert Chain("subject", ("Patient",), StringPredicate("name", "<Patient.name|p|dup>", "", "start")) in found
+    assert all(isinstance(p, Chain) for p in found) and len(found) >= 2
+    assert rewritten(blind, "Patient", ("_has:RelatedPerson:patient:name", "dup")) == [
+        Has("RelatedPerson", "patient", StringPredicate("name", "<RelatedPerson.name|p|dup>", "", "start"))]
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("name:contains", "upo", '":contains"'),
+    ("identifier:text", "INS", '":text"'),
+    ("family", "dupontdupont", "longer than 6 characters"),
+    ("subject:Patient.address:contains", "lilas", '":contains"'),
+])
+def test_what_digests_cannot_answer_is_refused_naming_the_parameter(
+        blind: BlindIndex, name: str, value: str, says: str) -> None:
+    rtype = "Observation" if name.startswith("subject") else "Patient"
+    query, issues = parse_query(rtype, [(name, value)])
+    assert issues == []
+    with pytest.raises(FhirError) as caught:
+        blind.query(query)
+    [issue] = caught.value.issues
+    code = name.split(".")[-1].partition(":")[0]
+    assert issue.code == "not-supported" and issue.expression == (code,)
+    assert f'"{code}"' in issue.diagnostics and says in issue.diagnostics
+
+
+def test_sort_on_a_protected_parameter_is_seen(blind: BlindIndex) -> None:
+    query, _ = parse_query("Patient", [("_sort", "-birthdate,family")])
+    assert blind.sorts_protected(query)
+    assert not blind.sorts_protected(parse_query("Patient", [("_sort", "birthdate")])[0])
+
+
+@pytest.mark.parametrize("name", ["Patient.birthdate", "Patient.organization", "Nobody.name", "name"])
+def test_only_string_and_token_parameters_of_a_type_can_be_protected(name: str) -> None:
+    with pytest.raises(ValueError):
+        BlindIndex([name], digest, default_registry())
+
+
+def test_the_defaults_cover_the_three_types() -> None:
+    protected = default_protected(default_registry())
+    assert {"Patient.name", "Patient.identifier", "Patient.address-postalcode", "Patient.phonetic",
+            "RelatedPerson.telecom", "Practitioner.family", "Practitioner.email"} <= set(protected)
+    assert "RelatedPerson.family" not in protected  # R4 defines no such parameter

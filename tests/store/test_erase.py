@@ -1,0 +1,100 @@
+"""`Store.erase` on every store (store/erasure.py): a patient's compartment leaves nothing
+behind, however many versions, deleted resources included; others' data stays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_server.search import default_registry, extract
+from fhir_server.services.erase import compartment
+from fhir_server.store.base import Delete, HistoryQuery, Store, Write
+from tests.builders import observation, organization, patient
+
+pytestmark = pytest.mark.anyio
+
+
+def _write(resource_type: str, id: str, resource: dict[str, Any]) -> Write:
+    resource = {**resource, "resourceType": resource_type, "id": id}
+    return Write(resource_type, id, resource, extract(resource))
+
+
+async def _erase(store: Store, patient_id: str) -> Any:
+    return await store.erase(compartment(default_registry(), patient_id), ("Patient", patient_id))
+
+
+async def _seed(store: Store) -> None:
+    for who in ("a", "b"):
+        await store.commit([_write("Patient", who, patient())])
+        await store.commit([_write("Patient", who, patient(gender="male"))])
+        for n in range(3):
+            await store.commit([_write("Observation", f"{who}{n}", observation(f"Patient/{who}"))])
+            await store.commit([_write("Observation", f"{who}{n}", observation(f"Patient/{who}", 70))])
+    await store.commit([_write("Organization", "org", organization())])
+    await store.commit([Delete("Observation", "a2")])  # deleted: its history holds a's data
+
+
+async def _all_history(store: Store) -> list[tuple[str, str, int]]:
+    page = await store.history(HistoryQuery(count=1000))
+    return [(v.resource_type, v.id, v.version) for v in page.versions]
+
+
+async def test_erase_removes_every_version_of_the_compartment(store: Store) -> None:
+    await _seed(store)
+    erased = await _erase(store, "a")
+    assert erased.resources == {"Patient": 1, "Observation": 3}
+    assert erased.versions == {"Patient": 2, "Observation": 7}  # 2 + 2 + 3 (a2 deleted)
+    history = await _all_history(store)
+    assert not [key for key in history if key[1] in ("a", "a0", "a1", "a2")]
+    assert await store.read("Patient", "a") is None
+    assert await store.vread("Observation", "a2", 1) is None
+    for instance in (("Patient", "a"), ("Observation", "a0")):
+        assert (await store.history(HistoryQuery(*instance))).versions == ()
+    subject = [("subject", "Patient/a")]
+    from fhir_server.search import parse_query
+    query, _ = parse_query("Observation", subject, default_registry())
+    assert (await store.search(query)).matches == ()
+    assert await store.count("Observation") == 3  # b's
+
+
+async def test_erase_leaves_other_patients_and_other_data(store: Store) -> None:
+    await _seed(store)
+    before = [key for key in await _all_history(store) if key[1] in ("b", "b0", "b1", "b2", "org")]
+    await _erase(store, "a")
+    after = [key for key in await _all_history(store) if key[1] in ("b", "b0", "b1", "b2", "org")]
+    assert after == before
+    assert (await store.read("Patient", "b")) is not None
+
+
+async def test_erase_is_idempotent_and_unknown_is_nothing(store: Store) -> None:
+    await _seed(store)
+    await _erase(store, "a")
+    again = await _erase(store, "a")
+    assert again.resources == {} and again.versions == {}
+    nobody = await _erase(store, "nobody")
+    assert nobody.resources == {}
+
+
+async def test_an_erased_id_can_be_written_anew(store: Store) -> None:
+    """Nothing of the erased resource is kept, not even its version counter."""
+    await _seed(store)
+    await _erase(store, "a")
+    [result] = await store.commit([_write("Patient", "a", patient())])
+    assert result.outcome == "created" and result.version is not None
+    assert result.version.version == 1
+
+
+async def test_linked_patients_stay_shared_resources_go(store: Store) -> None:
+    """A Patient whose `link` names the erased one is someone else (access never follows
+    link); a resource in two patients' compartments holds the erased one's data."""
+    await _seed(store)
+    linked = patient(link=[{"other": {"reference": "Patient/a"}, "type": "seealso"}])
+    await store.commit([_write("Patient", "c", linked)])
+    both = observation("Patient/a", performer=[{"reference": "Patient/b"}])
+    await store.commit([_write("Observation", "shared", both)])
+    erased = await _erase(store, "a")
+    assert erased.resources["Observation"] == 4
+    assert await store.read("Patient", "c") is not None
+    assert await store.read("Observation", "shared") is None
+    assert await store.read("Observation", "b0") is not None
