@@ -24,6 +24,7 @@ from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
 from ..services import crud, search
 from ..services.context import Context
+from ..services.guard import decision
 
 CURSOR = "_cursor"
 # The clinical date `start`/`end` apply to, per type (a search parameter of that type). Types
@@ -162,15 +163,16 @@ def _start(types: list[str], cursor: str | None) -> tuple[int, str | None]:
 async def _type_page(ctx: Context, patient_id: str, resource_type: str, request: Request,
                      size: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Up to `size` entries of one type in the compartment, and the store's cursor of the rest."""
-    params = [*_filters(ctx, resource_type, request), ("_count", str(size))]
-    if cursor:
-        params.append((CURSOR, cursor))
     try:
-        page = await search.search(ctx, resource_type, params, strict=True, compartment=patient_id)
+        decision(ctx, "search", resource_type)
     except FhirError as error:
         if error.kind is Kind.FORBIDDEN:  # a type the token's scopes leave out
             return [], None
         raise
+    params = [*_filters(ctx, resource_type, request), ("_count", str(size))]
+    if cursor:
+        params.append((CURSOR, cursor))
+    page = await search.search(ctx, resource_type, params, strict=True, compartment=patient_id)
     entries = [e for e in page.get("entry", []) if e["search"]["mode"] == "match"]
     return entries, next_cursor(page)
 
