@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from bench.common import machine, percentile
 from fhir_server.app import create_app
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 
 PATIENT = "bench-patient"
@@ -97,8 +98,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--pdf-runs", type=int, default=3)
     args = parser.parse_args()
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-everything-")),
-                        base_url="http://testserver/fhir")
+    data = Path(tempfile.mkdtemp(prefix="bench-everything-"))
+    create_key_ring(data / "keyring.json")  # stored bodies encrypted, as by default
+    settings = Settings(data_dir=data, base_url="http://testserver/fhir", key_ring=data / "keyring.json")
     app = create_app(settings)
     with TestClient(app) as client:
         client.headers["Authorization"] = "Bearer " + app.state.tokens.issue(
