@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import SHARED
+from tests.privacy.conftest import Server
 from tests.privacy.records import (DOCTOR, GUARDIAN, bearer, compartment, patient_ids, scan,  # noqa: F401
                                    synthea)
 
@@ -147,3 +148,16 @@ def test_the_capability_statement_declares_the_operations(synthea: TestClient) -
     assert "referrals-export" in {o["name"] for o in resources["Practitioner"]["operation"]}
     definition = synthea.get("/fhir/OperationDefinition/Patient-everything").json()
     assert definition["base"] == "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+
+
+def test_an_erased_patient_has_no_record(server: Server) -> None:
+    """After `$erase` (docs/backup-and-erasure.md) the record is gone: `$everything` and the
+    exports answer as for a patient who never existed, and the other patient is untouched."""
+    assert server.erase("a").status_code == 200
+    for url in ("/fhir/Patient/a/$everything", "/fhir/Patient/a/$record-export?format=csv"):
+        response = server.client.get(url, headers=server.headers("ehr"))
+        assert response.status_code == 404, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+    kept = server.client.get("/fhir/Patient/b/$everything", headers=server.headers("ehr")).json()
+    assert {e["resource"]["id"] for e in kept["entry"] if e["resource"]["resourceType"] != "AuditEvent"} == {
+        "b", "b-obs0", "b-obs1", "b-obs2", "b-cond"}
