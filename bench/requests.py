@@ -4,9 +4,10 @@ Drives the whole ASGI application (middleware, routes, services, SQLite stores, 
 without sockets: `--concurrency` requests at a time, like wrk's connections, on Patients
 shaped like the perf harness's (`../shared/perf`). Prints the process CPU (every thread:
 the event loop and the stores' writer threads) per request for each op; `--profile OP`
-adds a cProfile of the event loop's thread for that op.
+adds a cProfile of the event loop's thread for that op; `--auth` sends a SMART access token
+(a backend client's, `system/*.cruds`) on every request, as the harness's `PERF_AUTH` does.
 
-    .venv/bin/python -m bench.requests [--n 2000] [--requests 3000] [--profile search]
+    .venv/bin/python -m bench.requests [--n 2000] [--requests 3000] [--profile search] [--auth]
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def _patient(i: int, tag: str) -> dict[str, Any]:
 class Client:
     """Calls the ASGI app directly; returns the status, checks nothing else."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, token: str | None = None) -> None:
         self.app = app
+        self.auth = [(b"authorization", f"Bearer {token}".encode())] if token else []
 
     async def __call__(self, method: str, path: str, body: bytes = b"", query: str = "") -> int:
         headers = [(b"host", b"bench"), (b"content-type", b"application/fhir+json"),
-                   (b"content-length", str(len(body)).encode())]
+                   (b"content-length", str(len(body)).encode()), *self.auth]
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                  "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
                  "query_string": query.encode(), "root_path": "", "headers": headers,
@@ -110,14 +112,22 @@ async def _drive(call: Call, requests: int, concurrency: int) -> tuple[float, in
     return time.process_time() - started, failed
 
 
+def _token(app: Any) -> str:
+    """An access token of a registered backend client, as the token endpoint would issue it."""
+    app.state.oauth.registry.add_backend_client("bench", "system/*.cruds", jwks={"keys": []})
+    issued = app.state.tokens.issue(subject="bench", client_id="bench", scope="system/*.cruds")
+    return str(issued["access_token"])
+
+
 @asynccontextmanager
-async def seeded(n: int, encryption: bool = True) -> AsyncIterator[Client]:
-    """An app on a fresh data directory (its own key ring) holding `n` Patients."""
+async def seeded(n: int, encryption: bool = True, auth: bool = False) -> AsyncIterator[Client]:
+    """An app on a fresh data directory (its own key ring) holding `n` Patients; with `auth`,
+    its client sends a backend client's access token on every request."""
     data = Path(tempfile.mkdtemp(prefix="bench-requests-"))
     create_key_ring(data / "keyring.json")
-    app = create_app(Settings(data_dir=data, auth="off", encryption=encryption,
-                              key_ring=data / "keyring.json"))
-    client = Client(app)
+    app = create_app(Settings(data_dir=data, auth="smart" if auth else "off", token_lifetime=3600,
+                              encryption=encryption, key_ring=data / "keyring.json"))
+    client = Client(app, _token(app) if auth else None)
     async with app.router.lifespan_context(app):
         for start in range(0, n, 100):
             entries = [{"resource": _patient(i, f"bucket-{i % (n // 20):05d}"),
@@ -129,7 +139,7 @@ async def seeded(n: int, encryption: bool = True) -> AsyncIterator[Client]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with seeded(args.n, args.encryption) as client:
+    async with seeded(args.n, args.encryption, args.auth) as client:
         ops = _ops(client, args.n)
         for name in args.ops.split(","):
             await _drive(ops[name], args.requests // 5, args.concurrency)  # warm-up
@@ -155,4 +165,5 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--encryption", action=argparse.BooleanOptionalAction, default=True,
                         help="stored bodies encrypted (the default) or not")
+    parser.add_argument("--auth", action="store_true", help="a SMART token on every request")
     asyncio.run(main(parser.parse_args()))

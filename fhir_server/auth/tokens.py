@@ -3,6 +3,9 @@
 A token names its issuer, its audience (the FHIR base URL: a token for another server is
 refused here), its subject and client, the granted scopes, an id (`jti`, for revocation) and,
 in a patient-facing launch, the patient in context.
+
+A verified token of this server is remembered until it expires (token_cache.py): its
+signature and claims are checked once, its revocation on every use.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
-from .external import ExternalIssuers, scope_of
+from .external import ExternalIssuers, TrustedIssuer, scope_of
 from .jws import peek
 from .keys import ALGORITHM, SigningKeys
 from .registry import Registry
+from .token_cache import TokenCache
+
+LEEWAY = 30  # seconds of clock skew allowed on `exp`
 
 
 class InvalidToken(Exception):
@@ -49,6 +56,7 @@ class TokenService:
         self.audience = audience
         self.lifetime = lifetime
         self.external = external or ExternalIssuers([])
+        self._verified: TokenCache[TokenClaims] = TokenCache()
 
     def issue(self, *, subject: str, client_id: str, scope: str, patient: str | None = None,
               fhir_user: str | None = None) -> dict[str, Any]:
@@ -92,6 +100,8 @@ class TokenService:
         """Whether `verify` may fetch a key set over the network (up to remote_keys.py's
         FETCH_TIMEOUT): for a trusted external issuer's token, whose keys are fetched on first
         use, when stale and on an unknown kid. This server's own tokens never fetch."""
+        if not self.external.issuers:
+            return False
         return self.external.trusts(str(peek(token)[1].get("iss", ""))) is not None
 
     def verify(self, token: str) -> TokenClaims:
@@ -99,22 +109,25 @@ class TokenService:
 
         Tokens of a trusted external OpenID provider are checked against its keys instead.
         """
-        header, unverified = peek(token)
-        trusted = self.external.trusts(str(unverified.get("iss", "")))
-        if trusted is not None:
-            try:
-                claims = self.external.verify(trusted, token, header.get("kid"))
-            except (JoseError, ValueError, OSError) as exc:
-                raise InvalidToken(_reason(exc)) from None
-            return TokenClaims(
-                subject=str(claims["sub"]), client_id=str(claims.get("azp", claims.get("client_id", ""))),
-                scope=scope_of(claims), token_id=str(claims.get("jti", "")),
-                expires=int(claims["exp"]), patient=claims.get("patient"),
-                fhir_user=claims.get("fhirUser"))
+        keys = self.keys.verification_keys()
+        claims = self._verified.get(token, keys)
+        if claims is None:
+            header, unverified = peek(token)
+            trusted = self.external.trusts(str(unverified.get("iss", "")))
+            if trusted is not None:
+                return self._verify_external(trusted, token, header.get("kid"))
+            claims = self._verify_own(token, keys)
+            self._verified.put(token, keys, claims, claims.expires + LEEWAY)
+        if self.registry.is_revoked(claims.token_id):
+            raise InvalidToken("The token has been revoked.")
+        return claims
+
+    def _verify_own(self, token: str, keys: KeySet) -> TokenClaims:
+        """The claims of a token this server signed (signature, issuer, audience, expiry)."""
         try:
-            decoded = jwt.decode(token, self.keys.verification_keys(), algorithms=[ALGORITHM])
+            decoded = jwt.decode(token, keys, algorithms=[ALGORITHM])
             jwt.JWTClaimsRegistry(
-                leeway=30,
+                leeway=LEEWAY,
                 iss={"essential": True, "value": self.issuer},
                 aud={"essential": True, "value": self.audience},
                 exp={"essential": True},
@@ -124,11 +137,22 @@ class TokenService:
         except (JoseError, ValueError) as exc:
             raise InvalidToken(_reason(exc)) from None
         claims = decoded.claims
-        if self.registry.is_revoked(str(claims["jti"])):
-            raise InvalidToken("The token has been revoked.")
         return TokenClaims(
             subject=str(claims["sub"]), client_id=str(claims.get("client_id", "")),
             scope=str(claims.get("scope", "")), token_id=str(claims["jti"]),
+            expires=int(claims["exp"]), patient=claims.get("patient"),
+            fhir_user=claims.get("fhirUser"))
+
+    def _verify_external(self, trusted: TrustedIssuer, token: str,
+                         kid: str | None) -> TokenClaims:
+        """The claims of a trusted external issuer's token, checked against its keys."""
+        try:
+            claims = self.external.verify(trusted, token, kid)
+        except (JoseError, ValueError, OSError) as exc:
+            raise InvalidToken(_reason(exc)) from None
+        return TokenClaims(
+            subject=str(claims["sub"]), client_id=str(claims.get("azp", claims.get("client_id", ""))),
+            scope=scope_of(claims), token_id=str(claims.get("jti", "")),
             expires=int(claims["exp"]), patient=claims.get("patient"),
             fhir_user=claims.get("fhirUser"))
 
