@@ -47,9 +47,13 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     named = {p for of in owners.values() for p in of}
     patients = sorted(p for p in named if seen is None or p in seen or p in trail.asked)
 
+    # Built once: the events of a request share all but their entities (the recorder
+    # indexes that part once per request: recorder.py).
+    common = _rest_event(interaction, status, recorded, principal, address)
+
     def event(patient: str | None, resources: list[str], query: str | None) -> dict[str, Any]:
-        return _rest_event(interaction, status, recorded, principal, address, patient,
-                           resources, query)
+        entities = _entities(patient, resources, query)
+        return {**common, "entity": entities} if entities else common
 
     if not patients:
         return [event(None, list(owners), query)]
@@ -76,9 +80,8 @@ def _reach_of(principal: Principal | None) -> set[str] | None:
 
 
 def _rest_event(interaction: str, status: int, recorded: str, principal: Principal | None,
-                address: str | None, patient: str | None, resources: list[str],
-                query: str | None) -> dict[str, Any]:
-    """One AuditEvent of a RESTful interaction, about `patient` (or none); an administrator's
+                address: str | None) -> dict[str, Any]:
+    """An AuditEvent of a RESTful interaction without its entities; an administrator's
     break-glass read carries purpose of use BTG with the reason they gave."""
     agent: dict[str, Any] = {
         "type": {"coding": [{"system": _DICOM,
@@ -96,6 +99,21 @@ def _rest_event(interaction: str, status: int, recorded: str, principal: Princip
         agent["who"] = {"display": "unauthenticated"}
     if address:
         agent["network"] = {"address": address, "type": "2"}
+    event = _event(
+        {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+         "display": "RESTful Operation"},
+        {"system": _INTERACTION_SYSTEM, "code": interaction}, _ACTIONS.get(interaction, "E"),
+        recorded, status, agent)
+    if principal is not None and principal.break_glass is not None:
+        event["purposeOfEvent"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG",
+            "display": "break the glass"}], "text": principal.break_glass}]
+    return event
+
+
+def _entities(patient: str | None, resources: list[str], query: str | None) -> list[dict[str, Any]]:
+    """AuditEvent.entity of an event about `patient` (or none): the patient, the other
+    `resources`, the `query`."""
     entities: list[dict[str, Any]] = []
     if patient is not None:
         entities.append({"what": {"reference": f"Patient/{patient}"},
@@ -106,18 +124,7 @@ def _rest_event(interaction: str, status: int, recorded: str, principal: Princip
     if query:
         entities.append({"query": base64.b64encode(query.encode()).decode(),
                          "role": {"system": _ROLE, "code": "24", "display": "Query"}})
-    event = _event(
-        {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-         "display": "RESTful Operation"},
-        {"system": _INTERACTION_SYSTEM, "code": interaction}, _ACTIONS.get(interaction, "E"),
-        recorded, status, agent)
-    if principal is not None and principal.break_glass is not None:
-        event["purposeOfEvent"] = [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG",
-            "display": "break the glass"}], "text": principal.break_glass}]
-    if entities:
-        event["entity"] = entities
-    return event
+    return entities
 
 
 def erasure_event(*, recorded: str, principal: Principal | None, address: str | None,

@@ -11,8 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
+from fhir_server.access import Principal, Role, parse_scopes, server_principal
 from fhir_server.audit.chain import Chain, verify
-from fhir_server.audit.recorder import AuditRecorder
+from fhir_server.audit.events import request_events
+from fhir_server.audit.recorder import AuditRecorder, index_entries
+from fhir_server.audit.trail import Trail
 from fhir_server.search import extract
 from fhir_server.store.base import Outbox, Query, Write
 from fhir_server.store.sqlite import SqliteStore
@@ -99,3 +102,28 @@ async def test_recovery_records_the_writes_whose_request_never_reached_the_trail
     assert await clinical.outbox("audit/") == []
     assert await _verdict(recorder) == []
     await clinical.close()
+
+
+def _request_events(principal: Principal | None, patients: int, query: str | None) -> list[dict[str, Any]]:
+    trail = Trail()
+    for n in range(patients):
+        trail.owners[f"Patient/p{n}"] = frozenset({f"p{n}"})
+        trail.owners[f"Observation/o{n}"] = frozenset({f"p{n}"})
+    trail.owners["Practitioner/dr"] = frozenset()
+    return request_events(interaction="search-type", status=200, recorded="2026-01-01T00:00:00Z",
+                          principal=principal, address="10.0.0.1", trail=trail, query=query)
+
+
+@pytest.mark.parametrize("principal", [
+    server_principal("test"), None,
+    Principal(Role.PATIENT, subject="p1", client_id="app", grant=parse_scopes("patient/*.rs"),
+              patient="p1", fhir_user="Patient/p1", break_glass="emergency")])
+@pytest.mark.parametrize(("patients", "query"), [(0, None), (1, None), (1, "a=b"), (20, "_count=20")])
+def test_the_index_entries_of_a_batch_are_each_events_own(
+        principal: Principal | None, patients: int, query: str | None) -> None:
+    """Two requests in one batch, each event indexed with what a lone extraction finds."""
+    batch = [{**event, "id": f"e{n}"} for n, event in enumerate(
+        _request_events(principal, patients, query) + _request_events(principal, 2, "x=y"))]
+    assert len({id(e["agent"]) for e in batch}) == 2  # a request's events share their parts
+    found = index_entries(batch)
+    assert [set(entries) for entries in found] == [set(extract(event)) for event in batch]
