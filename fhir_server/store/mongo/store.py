@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 import bson
 import pymongo
 from bson import ObjectId
-from pymongo import AsyncMongoClient, InsertOne, ReplaceOne, UpdateOne, uri_parser
+from pymongo import AsyncMongoClient, DeleteMany, InsertOne, ReplaceOne, UpdateOne, uri_parser
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
     BulkWriteError,
@@ -650,12 +650,14 @@ class _MongoUnit:
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
                 self.count_writes(len(op.put) + (1 if op.remove else 0))
-                for key, body in sealed_records(self.store.codec, op.put):
-                    await self.store.outbox_docs.replace_one(
-                        {"_id": key}, {"_id": key, "body": body}, upsert=True, session=self.session)
+                # One round trip for the records kept and those done with.
+                writes: list[ReplaceOne[Any] | DeleteMany] = [
+                    ReplaceOne({"_id": key}, {"_id": key, "body": body}, upsert=True)
+                    for key, body in sealed_records(self.store.codec, op.put)]
                 if op.remove:
-                    await self.store.outbox_docs.delete_many({"_id": {"$in": list(op.remove)}},
-                                                             session=self.session)
+                    writes.append(DeleteMany({"_id": {"$in": list(op.remove)}}))
+                if writes:
+                    await self.store.outbox_docs.bulk_write(writes, session=self.session)
                 return Result("none")
         raise TypeError(f"unknown operation {op!r}")
 
