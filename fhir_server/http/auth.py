@@ -64,9 +64,9 @@ def _claims(request: Request, verified: TokenClaims) -> Claims:
     """What the token, the user account and the registered client say about the caller."""
     registry = request.app.state.oauth.registry
     fhir_user = type_and_id(verified.fhir_user) if verified.fhir_user else None
-    # Only a Practitioner account may be an administrator (auth/users.py): no look-up else.
-    user = (Users(registry).get(verified.subject)
-            if fhir_user is not None and fhir_user.startswith("Practitioner/") else None)
+    # An administrator's account names the token's fhirUser: a token without one (a backend
+    # client's) needs no look-up.
+    user = Users(registry).get(verified.subject) if fhir_user is not None else None
     client = registry.client(verified.client_id)
     return Claims(
         subject=verified.subject, client_id=verified.client_id, scope=verified.scope,
