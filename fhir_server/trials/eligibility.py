@@ -1,0 +1,175 @@
+"""The eligibility engine: a patient's record against trials' computable criteria
+(docs/matching.md). Pure: no I/O, no clock (the record carries its date), deterministic.
+
+- `read_trial(study_id, groups)` reads a trial's eligibility Groups (eligibility_format.py);
+  `read_record(entries, today)` a patient's resources (eligibility_record.py).
+- `evaluate(trial, record)`: per criterion a verdict (`met | not-met | unknown |
+  not-applicable`, from the eligibility point of view: an exclusion is `met` when what it
+  excludes is shown absent), its evidence and what is missing; overall `eligible` (every
+  criterion met or not applicable), `ineligible` (one not met), else `undetermined`.
+- `TrialIndex(trials).match(record)`: every trial, ranked, without evaluating the pairs the
+  index proves ineligible (an inclusion diagnosis the patient's recorded diagnoses miss).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .eligibility_codes import ICD10, icd10_categories, icd10_keys
+from .eligibility_format import Criterion, Trial, is_eligibility_group, read_trial
+from .eligibility_record import Record, pinned, read_record
+from .eligibility_rules import RULES, Finding
+
+__all__ = ["CriterionResult", "Match", "TrialIndex", "TrialResult", "evaluate", "is_eligibility_group",
+           "pinned", "read_record", "read_trial"]
+
+MET, NOT_MET, UNKNOWN, NOT_APPLICABLE = "met", "not-met", "unknown", "not-applicable"
+ELIGIBLE, INELIGIBLE, UNDETERMINED = "eligible", "ineligible", "undetermined"
+RANK = {ELIGIBLE: 0, UNDETERMINED: 1, INELIGIBLE: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionResult:
+    key: str
+    kind: str
+    text: str
+    exclude: bool
+    verdict: str
+    evidence: tuple[str, ...] = ()
+    missing: str | None = None
+    warning: str | None = None
+    members: tuple[CriterionResult, ...] = ()
+
+    def warnings(self) -> tuple[str, ...]:
+        own = (f"criterion {self.key} ({self.text}): {self.warning}",) if self.warning else ()
+        return own + tuple(w for m in self.members for w in m.warnings())
+
+
+@dataclass(frozen=True, slots=True)
+class TrialResult:
+    study: str
+    verdict: str
+    score: float
+    criteria: tuple[CriterionResult, ...]
+
+    @property
+    def rank(self) -> tuple[int, float, str]:
+        return RANK[self.verdict], -self.score, self.study
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One patient against the index: the results ranked, and which pairs were pruned."""
+
+    results: tuple[TrialResult, ...]
+    pruned: tuple[str, ...]  # studies proven ineligible without evaluation
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.results)
+
+
+def _verdict(holds: bool | None, exclude: bool) -> str:
+    if holds is None:
+        return UNKNOWN
+    return MET if holds != exclude else NOT_MET
+
+
+def _at_least(criterion: Criterion, members: tuple[CriterionResult, ...]) -> bool | None:
+    """Three-valued "at least `minimum` members met"."""
+    met = sum(m.verdict == MET for m in members)
+    open_ = sum(m.verdict == UNKNOWN for m in members)
+    if met >= criterion.minimum:
+        return True
+    return False if met + open_ < criterion.minimum else None
+
+
+def judge(criterion: Criterion, record: Record) -> CriterionResult:
+    """One criterion's verdict for the record."""
+    conditions = tuple(judge(c, record) for c in criterion.only_if)
+    if any(c.verdict == NOT_MET for c in conditions):
+        return CriterionResult(criterion.key, criterion.kind, criterion.text, criterion.exclude,
+                               NOT_APPLICABLE, members=conditions)
+    members: tuple[CriterionResult, ...] = ()
+    if criterion.problem is not None:
+        finding = Finding(None, warning=f"{criterion.problem}; not evaluated")
+    elif criterion.kind == "at-least":
+        members = tuple(judge(m, record) for m in criterion.members)
+        met = _at_least(criterion, members)
+        finding = Finding(met, missing=None if met is not None else
+                          f"at least {criterion.minimum} of {len(members)} members met")
+    else:
+        finding = RULES[criterion.kind](criterion, record)
+    verdict = _verdict(finding.holds, criterion.exclude)
+    missing = finding.missing
+    if verdict != MET and any(c.verdict == UNKNOWN for c in conditions):
+        verdict, missing = UNKNOWN, missing or "whether the criterion applies (its only-if condition)"
+    return CriterionResult(criterion.key, criterion.kind, criterion.text, criterion.exclude, verdict,
+                           finding.evidence, missing if verdict == UNKNOWN else None,
+                           finding.warning, members + conditions)
+
+
+def evaluate(trial: Trial, record: Record) -> TrialResult:
+    """Every criterion of `trial` for `record`, the overall verdict and the score (the share
+    of applicable criteria met; 0 when ineligible)."""
+    results = tuple(judge(c, record) for c in trial.criteria)
+    verdicts = [r.verdict for r in results if r.verdict != NOT_APPLICABLE]
+    if NOT_MET in verdicts:
+        return TrialResult(trial.study, INELIGIBLE, 0.0, results)
+    score = round(verdicts.count(MET) / len(verdicts), 4) if verdicts else 1.0
+    return TrialResult(trial.study, UNDETERMINED if UNKNOWN in verdicts else ELIGIBLE, score, results)
+
+
+def _keyed(criterion: Criterion) -> bool:
+    """An inclusion diagnosis in ICD-10 only: the record proves it not met when none of its
+    recorded ICD-10 diagnoses falls under it (eligibility_rules.condition)."""
+    return (criterion.kind == "condition" and not criterion.exclude and criterion.problem is None
+            and not criterion.only_if and bool(criterion.codes)
+            and all(s in ICD10 and icd10_categories(c) for s, c in criterion.codes))
+
+
+class TrialIndex:
+    """Trials indexed by the ICD-10 codes their inclusion diagnoses require."""
+
+    def __init__(self, trials: Iterable[Trial]) -> None:
+        self.trials = tuple(sorted(trials, key=lambda t: t.study))
+        # 3-character category -> criterion code (compacted) -> (trial, criterion) positions
+        self._keys: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
+        self._required = [0] * len(self.trials)
+        for position, trial in enumerate(self.trials):
+            for number, criterion in enumerate(trial.criteria):
+                if _keyed(criterion):
+                    self._required[position] += 1
+                    for _, code in criterion.codes:
+                        for key in icd10_categories(code):
+                            self._keys[key[:3]][key].append((position, number))
+
+    def candidates(self, record: Record) -> tuple[list[Trial], list[str]]:
+        """(trials to evaluate, ids of studies proven ineligible by the index)."""
+        codes = record.icd10_codes()
+        if not codes:  # no recorded diagnosis: nothing is proven
+            return list(self.trials), []
+        satisfied: dict[int, set[int]] = defaultdict(set)
+        for code in {icd10_keys(code)[-1] for code in codes if len(icd10_keys(code))}:
+            # A criterion code covering the recorded one is met; one the recorded code covers
+            # (C50.4 required, C50 recorded) is open: neither is proven not met.
+            for key, positions in self._keys.get(code[:3], {}).items():
+                if code.startswith(key) or key.startswith(code):
+                    for position, number in positions:
+                        satisfied[position].add(number)
+        keep, pruned = [], []
+        for position, trial in enumerate(self.trials):
+            if len(satisfied.get(position, ())) == self._required[position]:
+                keep.append(trial)
+            else:
+                pruned.append(trial.study)
+        return keep, pruned
+
+    def match(self, record: Record) -> Match:
+        """The candidates evaluated and ranked (eligible, undetermined, ineligible; by score,
+        then study id), and the pruned studies."""
+        keep, pruned = self.candidates(record)
+        results = sorted((evaluate(t, record) for t in keep), key=lambda r: r.rank)
+        return Match(tuple(results), tuple(pruned))

@@ -1,0 +1,139 @@
+"""A patient's record as eligibility reads it: the Patient, the Conditions, the Observations
+by code, the treatments (procedures and medications), each with the reference that evidence
+cites (pinned to its version: `Observation/x/_history/3`). Records that do not count (a refuted
+Condition, a cancelled Observation, a medication not taken) are left out here, once."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from .eligibility_codes import ICD10, LOINC
+from .eligibility_format import Coding
+
+CONDITION_IGNORED = frozenset({"refuted", "entered-in-error"})
+OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected"})
+TREATMENT_STATUSES = {
+    "Procedure": frozenset({"completed", "in-progress"}),
+    "MedicationStatement": frozenset({"active", "completed", "stopped", "on-hold"}),
+    "MedicationRequest": frozenset({"active", "completed", "stopped", "on-hold"}),
+    "MedicationAdministration": frozenset({"completed", "in-progress", "stopped"}),
+}
+TYPES = ("Patient", "Condition", "Observation", "Medication", *TREATMENT_STATUSES)
+_WHEN = ("effectiveDateTime", "effectiveInstant", "issued", "performedDateTime",
+         "authoredOn", "recordedDate", "onsetDateTime", "dateAsserted")
+_PERIODS = ("effectivePeriod", "performedPeriod")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One resource of the record, with the reference its evidence cites."""
+
+    reference: str
+    resource: dict[str, Any]
+    codings: tuple[Coding, ...]  # its code (a treatment's medication code included)
+    when: str  # its clinical date, "" if none (sorts oldest)
+
+
+@dataclass(slots=True)
+class Record:
+    """What eligibility reads of one patient, at one date."""
+
+    today: date
+    patient: Entry | None = None
+    conditions: list[Entry] = field(default_factory=list)
+    observations: dict[Coding, list[Entry]] = field(default_factory=dict)  # newest first
+    treatments: list[Entry] = field(default_factory=list)
+
+    def icd10_codes(self) -> set[str]:
+        """The ICD-10 codes of the patient's Conditions."""
+        return {code for entry in self.conditions for system, code in entry.codings
+                if system in ICD10}
+
+    def observed(self, code: Coding) -> list[Entry]:
+        return self.observations.get(code, [])
+
+
+def pinned(resource: dict[str, Any]) -> str:
+    """`Type/id/_history/version` (or `Type/id` when the resource carries no version)."""
+    version = (resource.get("meta") or {}).get("versionId")
+    reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+    return f"{reference}/_history/{version}" if version else reference
+
+
+def _codings(concept: Any) -> tuple[Coding, ...]:
+    if not isinstance(concept, dict):
+        return ()
+    return tuple((c["system"], c["code"]) for c in concept.get("coding", [])
+                 if isinstance(c, dict) and isinstance(c.get("system"), str)
+                 and isinstance(c.get("code"), str))
+
+
+def when(resource: dict[str, Any]) -> str:
+    for name in _WHEN:
+        if isinstance(resource.get(name), str):
+            return str(resource[name])
+    for name in _PERIODS:
+        start = (resource.get(name) or {}).get("start")
+        if isinstance(start, str):
+            return start
+    return ""
+
+
+def _counts(resource: dict[str, Any]) -> bool:
+    kind = resource.get("resourceType")
+    status = resource.get("status")
+    if kind == "Condition":
+        verification = {c for _, c in _codings(resource.get("verificationStatus"))}
+        return not verification & CONDITION_IGNORED
+    if kind == "Observation":
+        return status in OBSERVATION_STATUSES
+    if kind == "MedicationRequest" and resource.get("intent") in ("proposal", "plan"):
+        return False
+    return kind in TREATMENT_STATUSES and status in TREATMENT_STATUSES[kind]
+
+
+def _medication_codes(resource: dict[str, Any], medications: dict[str, tuple[Coding, ...]]) -> tuple[Coding, ...]:
+    if "medicationCodeableConcept" in resource:
+        return _codings(resource["medicationCodeableConcept"])
+    target = (resource.get("medicationReference") or {}).get("reference", "")
+    return medications.get(target.split("/_history/")[0], ())
+
+
+def read_record(entries: Iterable[tuple[str, dict[str, Any]]], today: date) -> Record:
+    """The record of one patient from (reference, resource) pairs of that patient (the caller
+    has checked they are about one patient)."""
+    entries = list(entries)
+    record = Record(today)
+    medications = {f"Medication/{r.get('id')}": _codings(r.get("code"))
+                   for _, r in entries if r.get("resourceType") == "Medication"}
+    medications.update({f"#{c.get('id')}": _codings(c.get("code")) for _, r in entries
+                        for c in r.get("contained", []) if isinstance(c, dict)
+                        and c.get("resourceType") == "Medication"})
+    observed: dict[Coding, list[Entry]] = defaultdict(list)
+    for reference, resource in entries:
+        kind = resource.get("resourceType")
+        if kind == "Patient":
+            record.patient = Entry(reference, resource, (), "")
+        elif kind in ("Condition", "Observation", *TREATMENT_STATUSES) and _counts(resource):
+            codings = (_medication_codes(resource, medications) if kind.startswith("Medication")
+                       else _codings(resource.get("code")))
+            entry = Entry(reference, resource, codings, when(resource))
+            if kind == "Condition":
+                record.conditions.append(entry)
+            elif kind == "Observation":
+                keys = set(codings) | {c for part in resource.get("component", [])
+                                       if isinstance(part, dict)
+                                       for c in _codings(part.get("code")) if c[0] == LOINC}
+                for key in keys:
+                    observed[key].append(entry)
+            else:
+                record.treatments.append(entry)
+    record.observations = {k: sorted(v, key=lambda e: (e.when, e.reference), reverse=True)
+                           for k, v in observed.items()}
+    record.conditions.sort(key=lambda e: e.reference)
+    record.treatments.sort(key=lambda e: e.reference)
+    return record
