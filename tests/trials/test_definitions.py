@@ -20,7 +20,7 @@ def test_definitions_are_valid_r4() -> None:
         validator.validate(resource)
     assert {d["resourceType"] for d in definitions()} == {"CodeSystem", "SearchParameter",
                                                           "OperationDefinition", "ValueSet",
-                                                          "ConceptMap"}
+                                                          "ConceptMap", "StructureDefinition"}
 
 
 def test_outcomes_map_to_research_subject_statuses() -> None:
