@@ -9,7 +9,7 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase
-from ..trials import proposal, referral
+from ..trials import match, proposal, referral
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
@@ -86,3 +86,11 @@ async def erase_status(request: Request, job: str) -> Response:
     if output is None:
         return empty_response(202, {"X-Progress": "erasing", "Retry-After": "1"})
     return fhir_response(request, output)
+
+
+@router.post("/ResearchStudy/$match")
+async def match_trials(request: Request) -> Response:
+    """The trials a patient (stored, or an anonymous profile) may join: a searchset Bundle."""
+    check_acceptable(request)
+    payload = await read_payload(request)
+    return fhir_response(request, await match.match(context_of(request), payload.checked))

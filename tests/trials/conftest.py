@@ -5,7 +5,9 @@ PractitionerRole, a site system acting for a CareTeam), a representative, an adm
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,17 +115,25 @@ def build(client: TestClient) -> None:
                                        "code": "GUARD"}]}]})
 
 
+@contextmanager
+def served(store: str, data: Path, signing_keys: bytes) -> Iterator[TestClient]:
+    """A started app on `store` ("sqlite", or a double of tests/store/conftest.py) in `data`,
+    its client sending a token with system scopes."""
+    from tests.store.conftest import STORES
+
+    (data / "signing-keys.json").write_bytes(signing_keys)
+    settings = Settings(data_dir=data, base_url="http://testserver/fhir")
+    app = create_app(settings, None if store == "sqlite" else STORES[store](data))
+    with authorized(TestClient(app)) as client:
+        yield client
+
+
 @pytest.fixture(scope="module", params=["sqlite", "mongodb-double"])
 def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
              signing_keys: bytes) -> Iterator[Platform]:
     """The world on each store (the MongoDB one over its in-process double)."""
-    from tests.store.conftest import STORES
-
-    data = tmp_path_factory.mktemp("platform")
-    (data / "signing-keys.json").write_bytes(signing_keys)
-    settings = Settings(data_dir=data, base_url="http://testserver/fhir")
-    app = create_app(settings, None if request.param == "sqlite" else STORES[request.param](data))
-    with authorized(TestClient(app)) as client:
+    with served(request.param, tmp_path_factory.mktemp("platform"), signing_keys) as client:
+        app = client.app
         build(client)
         app.state.oauth.registry.add_backend_client("site", "system/*.rs", jwks={"keys": []},
                                                     acts_for=[TEAM])

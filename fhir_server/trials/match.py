@@ -1,0 +1,178 @@
+"""`POST [base]/ResearchStudy/$match`: the open trials a patient may join, best first, each
+with its verdict, its nearest recruiting site and why, criterion by criterion
+(docs/matching.md).
+
+The patient is either a stored Patient the caller may read (`patient`; every resource read
+goes through the service layer, so access applies and the request's AuditEvent names the
+patient) or an anonymous profile (`bundle`, a `collection` Bundle holding one Patient and
+resources about them), which is evaluated and never stored. Trials the caller may search are
+filtered (status, phase, sites within `radius`), then ranked: eligible before undetermined,
+by score, by distance, by id. Ineligible trials are not listed; the outcome counts them, and
+the pairs the index proved ineligible without evaluating them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import clock
+from ..model.bundle import bundle
+from ..model.errors import Issue
+from ..model.outcome import operation_outcome
+from ..services import crud, patient_record
+from ..services.context import Context, Payload
+from ..services.guard import decision
+from . import match_catalogue, match_parameters
+from .eligibility import ELIGIBLE, INELIGIBLE, TrialResult, evaluate, pinned, read_record
+from .eligibility_record import TYPES, Record
+from .gazetteer import Point, place
+from .match_parameters import MatchRequest, unprocessable
+from .match_render import entry
+from .match_sites import Site, nearest
+
+MAX_WARNINGS = 100  # criterion warnings listed in the outcome, at most
+OPEN = "active"  # ResearchStudy.status of a study open for accrual (R4)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    result: TrialResult
+    site: Site | None
+    distance: float | None
+
+    @property
+    def key(self) -> tuple[int, float, float, str]:
+        return (0 if self.result.verdict == ELIGIBLE else 1, -self.result.score,
+                self.distance if self.distance is not None else float("inf"), self.result.study)
+
+
+def _about(resource: dict[str, Any], names: set[str]) -> bool:
+    """Whether a resource's `subject` / `patient` names the profile's Patient."""
+    for field in ("subject", "patient"):
+        reference = (resource.get(field) or {}).get("reference")
+        if isinstance(reference, str) and reference.split("/_history/")[0] in names:
+            return True
+    return False
+
+
+def _anonymous(request_bundle: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The (evidence reference, resource) pairs of an anonymous profile, and warnings."""
+    if request_bundle.get("resourceType") != "Bundle" or request_bundle.get("type") != "collection":
+        raise match_parameters.invalid("bundle", "a Bundle of type collection")
+    entries = [e for e in request_bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
+    patients = [e for e in entries if e["resource"].get("resourceType") == "Patient"]
+    if len(patients) != 1:
+        raise unprocessable("bundle", f"holds {len(patients)} Patients; an anonymous profile "
+                            "holds exactly one")
+    patient = patients[0]
+    names = {n for n in (patient.get("fullUrl"), f"Patient/{patient['resource'].get('id')}") if n}
+    found, ignored = [], 0
+    for n, item in enumerate(entries):
+        resource = item["resource"]
+        if resource.get("resourceType") not in TYPES:
+            ignored += 1
+            continue
+        if resource["resourceType"] not in ("Patient", "Medication") and not _about(resource, names):
+            raise unprocessable("bundle", f"entry {n} ({resource['resourceType']}) is not about "
+                                "the profile's Patient (its subject or patient)")
+        found.append((item.get("fullUrl") or pinned(resource), resource))
+    warnings = [f"{ignored} entries of types matching does not read were ignored"] if ignored else []
+    return found, warnings
+
+
+async def _stored(ctx: Context, patient: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    record = await patient_record.read(ctx, patient, [t for t in TYPES if t != "Patient"])
+    warnings = [f"The access token may not read {t}: criteria about it stay unknown."
+                for t in record.unreadable]
+    if record.truncated:
+        warnings.append(f"The record holds more than {patient_record.MOST} resources; the rest was not read.")
+    return [(pinned(r), r) for r in patient_record.bodies(record)], warnings
+
+
+def _origin(request: MatchRequest, record: Record) -> Point | None:
+    if request.origin is not None:
+        return request.origin
+    addresses = record.patient.resource.get("address", []) if record.patient else []
+    for address in addresses:
+        postal = address.get("postalCode") if isinstance(address, dict) else None
+        found = place(postal) if isinstance(postal, str) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _phase_codes(study: dict[str, Any]) -> set[str]:
+    return {c.get("code") for c in (study.get("phase") or {}).get("coding", []) if isinstance(c, dict)}
+
+
+async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """`$match`: the searchset Bundle described in the module docstring."""
+    allowed = decision(ctx, "search", "ResearchStudy")
+    if body.get("resourceType") != "Parameters":
+        raise match_parameters.invalid("resourceType", "the body is a Parameters resource")
+    crud.check_resource(ctx, "Parameters", Payload(body, body))
+    request = match_parameters.read(body, ctx.max_page_size)
+    if request.bundle is not None:
+        entries, warnings = _anonymous(request.bundle)
+    else:
+        assert request.patient is not None
+        entries, warnings = await _stored(ctx, request.patient)
+    today = clock.now().date()
+    record = read_record(entries, today)
+    origin = _origin(request, record)
+    if request.radius is not None and origin is None:
+        raise unprocessable("radius", "needs a place: give 'location' or a patient address with a postal code")
+    if origin is None:
+        warnings.append("No location (parameter 'location' or the patient's postal code): "
+                        "results carry no distance.")
+    catalogue = await match_catalogue.load(ctx)
+    keep, pruned = catalogue.index.candidates(record)
+    found: list[_Found] = []
+    ineligible = unsited = 0
+    for trial in keep:
+        study = catalogue.studies[trial.study]
+        if request.recruiting_only and study.get("status") != OPEN:
+            continue
+        if request.phases and not _phase_codes(study) & request.phases:
+            continue
+        if allowed.clauses and not allowed.admits("ResearchStudy", study):
+            continue
+        result = evaluate(trial, record)
+        if result.verdict == INELIGIBLE:
+            ineligible += 1
+            continue
+        sites = catalogue.sites[trial.study]
+        site, distance = nearest(sites, origin, today)
+        if request.recruiting_only and site is None and any(s.status for s in sites):
+            continue  # every site closed, or its status stale
+        if request.radius is not None and (distance is None or distance > request.radius):
+            continue
+        unsited += site is None
+        found.append(_Found(result, site, distance))
+    found.sort(key=lambda f: f.key)
+    listed = found[:request.count or ctx.default_page_size]
+    entries_out = [entry(ctx.base_url, catalogue.studies[f.result.study], f.result,
+                         catalogue.trials[f.result.study].groups, f.site, f.distance) for f in listed]
+    issues = _issues(warnings, listed, evaluated=len(keep), pruned=len(pruned),
+                     ineligible=ineligible, unsited=unsited)
+    entries_out.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
+    return bundle("searchset", entries_out, total=len(found))
+
+
+def _issues(warnings: list[str], listed: list[_Found], *, evaluated: int, pruned: int,
+            ineligible: int, unsited: int) -> list[Issue]:
+    issues = [Issue(code="informational", severity="information", diagnostics=(
+        f"Trials: {evaluated} evaluated, {pruned} proven ineligible by the index without "
+        f"evaluation (an inclusion diagnosis the patient's recorded diagnoses miss), "
+        f"{ineligible} evaluated ineligible (not listed)."))]
+    issues += [Issue(code="incomplete", severity="warning", diagnostics=w) for w in warnings]
+    if unsited:
+        issues.append(Issue(code="incomplete", severity="warning", diagnostics=(
+            f"{unsited} trials have no recruiting site with a status confirmed in the last "
+            "90 days: listed without a site.")))
+    criterion_warnings = [f"ResearchStudy/{f.result.study}: {w}" for f in listed
+                          for c in f.result.criteria for w in c.warnings()]
+    issues += [Issue(code="not-supported", severity="warning", diagnostics=w)
+               for w in criterion_warnings[:MAX_WARNINGS]]
+    return issues

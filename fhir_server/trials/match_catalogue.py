@@ -1,0 +1,79 @@
+"""The trial catalogue `$match` ranks: every current ResearchStudy with its eligibility Groups
+(read into a `TrialIndex` once) and its sites' Locations.
+
+Reading 10,000 trials and their Groups costs seconds, so the catalogue is kept per store and
+read again only when a ResearchStudy, Group or Location was written since (the newest entry
+of each type's history: every write, deletion included, makes one, whichever worker wrote it).
+These are the server's own reads of public catalogue data; what the caller may see of it is
+applied per request (match.py).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from ..search import parse_query
+from ..services import reach
+from ..services.context import Context
+from ..store.base import HistoryQuery, Store
+from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
+from .eligibility_codes import PROFILE
+from .match_sites import Site, sites
+
+TYPES = ("ResearchStudy", "Group", "Location")
+PAGE = 1000
+Stamp = tuple[tuple[str, int, str] | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    studies: dict[str, dict[str, Any]]  # by id, as stored
+    trials: dict[str, Trial]  # by study id
+    index: TrialIndex
+    sites: dict[str, tuple[Site, ...]]  # by study id
+
+
+_KEPT: weakref.WeakKeyDictionary[Store, tuple[Stamp, Catalogue]] = weakref.WeakKeyDictionary()
+
+
+async def _stamp(ctx: Context) -> Stamp:
+    stamp = []
+    for resource_type in TYPES:
+        page = await ctx.store.history(HistoryQuery(resource_type, count=1))
+        newest = page.versions[0] if page.versions else None
+        stamp.append((newest.id, newest.version, newest.last_updated) if newest else None)
+    return tuple(stamp)
+
+
+async def _all(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+    return [resource async for resource in reach.resources(ctx, query)]
+
+
+def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The eligibility Groups a study's `enrollment` names, in order."""
+    found = []
+    for reference in study.get("enrollment", []):
+        target = (reference.get("reference") or "").split("/_history/")[0]
+        group = groups.get(target)
+        if group is not None and is_eligibility_group(group):
+            found.append(group)
+    return found
+
+
+async def load(ctx: Context) -> Catalogue:
+    """The catalogue as stored now (kept until one of its types is written)."""
+    stamp = await _stamp(ctx)
+    kept = _KEPT.get(ctx.store)
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    studies = {s["id"]: s for s in await _all(ctx, "ResearchStudy", [])}
+    groups = {f"Group/{g['id']}": g for g in await _all(ctx, "Group", [("_profile", PROFILE)])}
+    locations = {f"Location/{loc['id']}": loc for loc in await _all(ctx, "Location", [])}
+    trials = {id: read_trial(id, _enrolled(study, groups)) for id, study in studies.items()}
+    catalogue = Catalogue(studies, trials, TrialIndex(trials.values()),
+                          {id: sites(study, locations) for id, study in studies.items()})
+    _KEPT[ctx.store] = (stamp, catalogue)
+    return catalogue
