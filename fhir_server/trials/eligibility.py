@@ -88,8 +88,8 @@ def _at_least(criterion: Criterion, members: tuple[CriterionResult, ...]) -> boo
 
 def judge(criterion: Criterion, record: Record) -> CriterionResult:
     """One criterion's verdict for the record."""
-    conditions = tuple(judge(c, record) for c in criterion.only_if)
-    if any(c.verdict == NOT_MET for c in conditions):
+    conditions = tuple(judge(c, record) for c in criterion.only_if) if criterion.only_if else ()
+    if conditions and any(c.verdict == NOT_MET for c in conditions):
         return CriterionResult(criterion.key, criterion.kind, criterion.text, criterion.exclude,
                                NOT_APPLICABLE, members=conditions)
     members: tuple[CriterionResult, ...] = ()
@@ -104,7 +104,7 @@ def judge(criterion: Criterion, record: Record) -> CriterionResult:
         finding = RULES[criterion.kind](criterion, record)
     verdict = _verdict(finding.holds, criterion.exclude)
     missing = finding.missing
-    if verdict != MET and any(c.verdict == UNKNOWN for c in conditions):
+    if conditions and verdict != MET and any(c.verdict == UNKNOWN for c in conditions):
         verdict, missing = UNKNOWN, missing or "whether the criterion applies (its only-if condition)"
     return CriterionResult(criterion.key, criterion.kind, criterion.text, criterion.exclude, verdict,
                            finding.evidence, missing if verdict == UNKNOWN else None,
@@ -159,13 +159,12 @@ class TrialIndex:
                 if code.startswith(key) or key.startswith(code):
                     for position, number in positions:
                         satisfied[position].add(number)
-        keep, pruned = [], []
-        for position, trial in enumerate(self.trials):
-            if len(satisfied.get(position, ())) == self._required[position]:
-                keep.append(trial)
-            else:
-                pruned.append(trial.study)
-        return keep, pruned
+        required = self._required
+        keep = [t for p, t in enumerate(self.trials) if not required[p] or len(satisfied.get(p, ())) == required[p]]
+        if len(keep) == len(self.trials):
+            return keep, []
+        kept = {t.study for t in keep}
+        return keep, [t.study for t in self.trials if t.study not in kept]
 
     def match(self, record: Record) -> Match:
         """The candidates evaluated and ranked (eligible, undetermined, ineligible; by score,

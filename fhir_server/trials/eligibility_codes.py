@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 OURS = "https://oncotrials.example.org/fhir"
 CRITERION_SYSTEM = f"{OURS}/CodeSystem/eligibility-criterion"
@@ -49,6 +50,9 @@ def _compact(code: str) -> str:
     return code.upper().replace(".", "").replace(" ", "")
 
 
+# The code functions are pure and called for every (criterion, recorded code) pair: caching
+# them makes one patient against thousands of trials mostly dictionary look-ups.
+@lru_cache(maxsize=65_536)
 def icd10_keys(code: str) -> tuple[str, ...]:
     """The codes, from the 3-character category down, that cover an ICD-10 code: C50.4 is
     under C50 and C504."""
@@ -56,6 +60,7 @@ def icd10_keys(code: str) -> tuple[str, ...]:
     return tuple(compact[:n] for n in range(3, len(compact) + 1))
 
 
+@lru_cache(maxsize=65_536)
 def icd10_categories(code: str) -> tuple[str, ...]:
     """The codes a criterion's ICD-10 code names, compacted: a category or subcategory as
     itself, a block (`C00-C14`) as each of its 3-character categories."""
@@ -100,6 +105,7 @@ def atc_covers(criterion: str, code: str) -> bool:
     return code.strip().upper().startswith(criterion.strip().upper())
 
 
+@lru_cache(maxsize=65_536)
 def covers(system: str, criterion: str, code: str) -> bool | None:
     """Whether a criterion's code covers a recorded code of the same system; None when the
     server holds no rule for that system."""
@@ -133,6 +139,7 @@ _LETTERS = {"mi": 0.5, "a": 1, "b": 2, "c": 3, "d": 4}
 _ROMAN = {"0": 0, "I": 1, "II": 2, "III": 3, "IV": 4, "1": 1, "2": 2, "3": 3, "4": 4}
 
 
+@lru_cache(maxsize=4096)
 def tnm_rank(kind: str, text: str) -> Rank | None:
     """The rank of a T, N or M category (`pT2a`, `cN1`, `M1b`, `T0`, `Tis`); None when it
     cannot be read or is `X` (not assessed)."""
@@ -147,6 +154,7 @@ def tnm_rank(kind: str, text: str) -> Rank | None:
     return Rank(value, _LETTERS.get(minor, 0), bool(minor))
 
 
+@lru_cache(maxsize=4096)
 def stage_rank(text: str) -> Rank | None:
     """The rank of a stage group (`IIIA`, `Stage 3A`, `IV`, `0`); None if unreadable."""
     found = re.search(r"(?:^|stage\s*|\s)(IV|III|II|I|[0-4])(is)?([ABC])?([123])?\b",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from .eligibility_codes import ICD10, LOINC
+from .eligibility_codes import ICD10, ICDO3, LOINC
 from .eligibility_format import Coding
 
 CONDITION_IGNORED = frozenset({"refuted", "entered-in-error"})
@@ -34,7 +34,7 @@ class Entry:
 
     reference: str
     resource: dict[str, Any]
-    codings: tuple[Coding, ...]  # its code (a treatment's medication code included)
+    codings: tuple[Coding, ...]  # its code (a medication's; a Condition's bodySite in ICD-O-3)
     when: str  # its clinical date, "" if none (sorts oldest)
 
 
@@ -121,6 +121,9 @@ def read_record(entries: Iterable[tuple[str, dict[str, Any]]], today: date) -> R
         elif kind in ("Condition", "Observation", *TREATMENT_STATUSES) and _counts(resource):
             codings = (_medication_codes(resource, medications) if kind.startswith("Medication")
                        else _codings(resource.get("code")))
+            if kind == "Condition":  # ICD-O-3 topography may sit in bodySite
+                codings += tuple(c for site in resource.get("bodySite", [])
+                                 for c in _codings(site) if c[0] == ICDO3)
             entry = Entry(reference, resource, codings, when(resource))
             if kind == "Condition":
                 record.conditions.append(entry)

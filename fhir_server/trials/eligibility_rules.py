@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date
 from typing import Any
 
@@ -43,6 +44,7 @@ def _refs(entries: list[Entry]) -> tuple[str, ...]:
 
 # -- the patient ----------------------------------------------------------------------------
 
+@lru_cache(maxsize=4096)
 def _age_bounds(birth: str, today: date) -> Interval | None:
     """The ages (whole years) a birth date of any precision allows today."""
     found = re.fullmatch(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", birth[:10])
@@ -93,21 +95,13 @@ def _covered(criterion: Criterion, entries: list[Entry], systems: Callable[[str]
         if covers(system, code, code) is None:
             unheld.append(system)
     for entry in entries:
-        relevant = [c for c in _entry_codes(entry) if systems(c[0])]
+        relevant = [c for c in entry.codings if systems(c[0])]
         if relevant:
             coded.append(entry)
         if any(same_system(s, rs) and covers(s, c, rc)
                for s, c in criterion.codes for rs, rc in relevant):
             hits.append(entry)
     return hits, coded, unheld
-
-
-def _entry_codes(entry: Entry) -> tuple[Coding, ...]:
-    """A Condition's codes: `code`, and ICD-O-3 topography in `bodySite`."""
-    sites = tuple((c["system"], c["code"]) for s in entry.resource.get("bodySite", [])
-                  if isinstance(s, dict) for c in s.get("coding", [])
-                  if isinstance(c, dict) and c.get("system") == ICDO3 and isinstance(c.get("code"), str))
-    return entry.codings + sites
 
 
 def condition(criterion: Criterion, record: Record) -> Finding:
