@@ -1,4 +1,4 @@
-"""A small trial catalogue and two patients for the $match tests: five studies with their
+"""A small trial catalogue and two patients for the $match tests: six studies with their
 eligibility Groups and sites (Paris, Lyon by postal code only, Bordeaux; one site closed, one
 with a stale status), a patient a physician reaches and one nobody does."""
 
@@ -65,6 +65,8 @@ CRITERIA = {
     "lung": [criterion("condition", coded(ICD10, "C34"), text="Lung cancer"), ADULT],
     "closed": [BREAST],
     "men": [BREAST, criterion("sex", coded(GENDER, "male"), text="Men")],
+    # A diagnosis in a system the engine holds no rule for: unknown, with a warning.
+    "odd": [BREAST, criterion("condition", coded("urn:oid:1.2.3.4.5", "X1"), text="Local diagnosis")],
 }
 STUDIES = [
     study("her2", "phase-2", [site("lyon", "recruiting", RECENT),
@@ -74,6 +76,7 @@ STUDIES = [
     study("lung", "phase-3", [site("bordeaux", "recruiting", RECENT)]),
     study("closed", "phase-2", [site("paris", "recruiting", RECENT)], status="closed-to-accrual"),
     study("men", "phase-2", [site("paris", "recruiting", RECENT)]),
+    study("odd", "phase-4", [site("paris", "recruiting", RECENT)]),
 ]
 LOCATIONS = [location("paris", position=(48.8566, 2.3522)), location("lyon", postal="69003"),
              location("bordeaux", position=(44.8378, -0.5792)),

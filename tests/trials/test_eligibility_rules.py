@@ -64,7 +64,7 @@ BREAST = criterion("condition", coded(ICD10, "C50"))
     (BREAST, [condition("C34.1")], "not-met"),  # another diagnosis recorded
     (BREAST, [condition("C50.4", verificationStatus={"coding": [{"system": VER_STATUS, "code": "refuted"}]})], "unknown"),
     (BREAST, [], "unknown"),  # no diagnosis recorded
-    (BREAST, [condition("254837009", SNOMED)], "unknown"),  # only a system without rule
+    (BREAST, [condition("254837009", SNOMED)], "unknown"),  # no ICD-10 diagnosis recorded
     # A recorded C50 is less precise than a required C50.4: open, not refuted.
     (criterion("condition", coded(ICD10, "C50.4")), [condition("C50")], "unknown"),
     (criterion("condition", coded(ICD10, "C50.4")), [condition("C50.1")], "not-met"),

@@ -51,12 +51,13 @@ def test_a_stored_patient_gets_ranked_explained_trials(world: World) -> None:
     bundle = response.json()
     assert bundle["type"] == "searchset"
     found = _matches(bundle)
-    # breast: every criterion met; her2: ECOG, brain metastases and free text open. Lung is
-    # pruned (another diagnosis), men ineligible, closed not recruiting.
-    assert [e["resource"]["id"] for e in found] == ["breast", "her2"]
-    assert bundle["total"] == 2
-    assert [e["search"]["score"] for e in found] == [1.0, pytest.approx(4 / 7, abs=1e-4)]
-    assert [_result(e)["verdict"][0]["code"] for e in found] == ["eligible", "undetermined"]
+    # breast: every criterion met; her2: ECOG, brain metastases and free text open; odd: a
+    # diagnosis in a local code system, not evaluated. Lung is pruned (another diagnosis), men
+    # ineligible, closed not recruiting.
+    assert [e["resource"]["id"] for e in found] == ["breast", "her2", "odd"]
+    assert bundle["total"] == 3
+    assert [e["search"]["score"] for e in found] == [1.0, pytest.approx(4 / 7, abs=1e-4), 0.5]
+    assert [_result(e)["verdict"][0]["code"] for e in found] == ["eligible", "undetermined", "undetermined"]
 
     her2 = _criteria(found[1])
     assert her2["Breast cancer"]["verdict"][0]["code"] == "met"
@@ -77,6 +78,10 @@ def test_a_stored_patient_gets_ranked_explained_trials(world: World) -> None:
     assert _result(found[0])["siteStatusDate"]
     assert any("1 proven ineligible by the index" in d and "1 evaluated ineligible" in d
                for d in _outcome(bundle))
+    odd = _criteria(found[2])["Local diagnosis"]
+    assert odd["verdict"][0]["code"] == "unknown" and "no rule for code system" in odd["warning"][0]
+    assert any(d.startswith("ResearchStudy/odd: criterion 2 (Local diagnosis): no rule for code system")
+               for d in _outcome(bundle))
 
 
 def test_the_patients_address_is_the_default_location(world: World) -> None:
@@ -91,9 +96,9 @@ def test_filters(world: World) -> None:
         return [e["resource"]["id"] for e in _matches(response.json())]
 
     assert ids({"name": "phase", "valueCode": "phase-2"}) == ["her2"]
-    assert ids(FROM_PARIS, {"name": "radius", "valueDecimal": 50}) == ["breast"]
+    assert ids(FROM_PARIS, {"name": "radius", "valueDecimal": 50}) == ["breast", "odd"]
     assert ids({"name": "location", "valueString": "45.76,4.84"}, {"name": "radius", "valueDecimal": 20}) == ["her2"]
-    assert ids({"name": "recruiting-only", "valueBoolean": False}) == ["breast", "closed", "her2"]
+    assert ids({"name": "recruiting-only", "valueBoolean": False}) == ["breast", "closed", "her2", "odd"]
     assert ids({"name": "count", "valueInteger": 1}) == ["breast"]
 
 
@@ -118,13 +123,22 @@ def test_an_anonymous_profile_is_matched_and_never_stored(world: World) -> None:
     response = world.match({"name": "bundle", "resource": _profile(address=False)})
     assert response.status_code == 200, response.text
     bundle = response.json()
-    assert [e["resource"]["id"] for e in _matches(bundle)] == ["breast", "her2"]
+    assert [e["resource"]["id"] for e in _matches(bundle)] == ["breast", "her2", "odd"]
     her2 = _criteria(_matches(bundle)[1])
     assert her2["Breast cancer"]["evidence"] == [{"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}]
     # No location anywhere: no distance, and a warning says so.
     assert "distance" not in _result(_matches(bundle)[0])
     assert any("No location" in d for d in _outcome(bundle))
     assert _store_size(world) == before
+
+
+def test_the_caller_must_be_allowed_to_search_trials(world: World) -> None:
+    tokens = world.client.app.state.tokens  # type: ignore[attr-defined]
+    issued = tokens.issue(subject="ehr", client_id="ehr", scope="system/Observation.rs")
+    response = send(world.client, "POST", "/fhir/ResearchStudy/$match",
+                    {"resourceType": "Parameters", "parameter": [PATIENT]},
+                    Authorization=f"Bearer {issued['access_token']}")
+    assert response.status_code == 403
 
 
 def test_access_and_audit(world: World) -> None:
