@@ -33,6 +33,7 @@ from .match_sites import Site, nearest
 
 MAX_WARNINGS = 100  # criterion warnings listed in the outcome, at most
 OPEN = "active"  # ResearchStudy.status of a study open for accrual (R4)
+ECLAIRE_RECRUITMENT = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureDefinition/eclaire-recruitment-status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,16 @@ def _origin(request: MatchRequest, record: Record) -> Point | None:
     return None
 
 
+def _open(study: dict[str, Any]) -> bool:
+    """Open for accrual: ECLAIRE's recruitment status when the study has one, else its R4
+    status `active`."""
+    for extension in study.get("extension", []):
+        if extension.get("url") == ECLAIRE_RECRUITMENT:
+            codes = {c.get("code") for c in (extension.get("valueCodeableConcept") or {}).get("coding", [])}
+            return "recruiting" in codes
+    return study.get("status") == OPEN
+
+
 def _phase_codes(study: dict[str, Any]) -> set[str]:
     return {c.get("code") for c in (study.get("phase") or {}).get("coding", []) if isinstance(c, dict)}
 
@@ -132,7 +143,7 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     ineligible = unsited = 0
     for trial in keep:
         study = catalogue.studies[trial.study]
-        if request.recruiting_only and study.get("status") != OPEN:
+        if request.recruiting_only and not _open(study):
             continue
         if request.phases and not _phase_codes(study) & request.phases:
             continue

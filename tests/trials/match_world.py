@@ -1,4 +1,4 @@
-"""A small trial catalogue and two patients for the $match tests: six studies with their
+"""A small trial catalogue and two patients for the $match tests: seven studies with their
 eligibility Groups and sites (Paris, Lyon by postal code only, Bordeaux; one site closed, one
 with a stale status), a patient a physician reaches and one nobody does."""
 
@@ -22,6 +22,7 @@ from tests.trials.eligibility_builders import (ICD10, LOINC, between, coded, con
 
 GENDER = "http://hl7.org/fhir/administrative-gender"
 PHASES = "http://terminology.hl7.org/CodeSystem/research-study-phase"
+ECLAIRE_STATUS = "https://interop.esante.gouv.fr/ig/fhir/eclaire/CodeSystem/eclaire-status-recruitment-code-system"
 DR = "Practitioner/dr-match"
 HER2 = "48676-1"
 POSITIVE = "LA6576-8"
@@ -66,6 +67,7 @@ CRITERIA = {
     "closed": [BREAST],
     "men": [BREAST, criterion("sex", coded(GENDER, "male"), text="Men")],
     # A diagnosis in a system the engine holds no rule for: unknown, with a warning.
+    "done": [BREAST],
     "odd": [BREAST, criterion("condition", coded("urn:oid:1.2.3.4.5", "X1"), text="Local diagnosis")],
 }
 STUDIES = [
@@ -77,6 +79,10 @@ STUDIES = [
     study("closed", "phase-2", [site("paris", "recruiting", RECENT)], status="closed-to-accrual"),
     study("men", "phase-2", [site("paris", "recruiting", RECENT)]),
     study("odd", "phase-4", [site("paris", "recruiting", RECENT)]),
+    # Active, but ECLAIRE says its recruitment is completed: not open.
+    {**study("done", "phase-2", [site("paris", "recruiting", RECENT)]), "extension": [
+        {"url": "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureDefinition/eclaire-recruitment-status",
+         "valueCodeableConcept": {"coding": [{"system": ECLAIRE_STATUS, "code": "completed-recruiting"}]}}]},
 ]
 LOCATIONS = [location("paris", position=(48.8566, 2.3522)), location("lyon", postal="69003"),
              location("bordeaux", position=(44.8378, -0.5792)),

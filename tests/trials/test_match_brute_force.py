@@ -52,7 +52,7 @@ def brute_force(resources: list[dict[str, Any]], origin_text: str | None, radius
     origin = parse_location(origin_text) if origin_text else None
     rows = []
     for study in STUDIES:
-        if recruiting_only and study["status"] != "active":
+        if recruiting_only and (study["status"] != "active" or "extension" in study):  # "done"
             continue
         if phase and study["phase"]["coding"][0]["code"] != phase:
             continue

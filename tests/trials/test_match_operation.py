@@ -53,7 +53,7 @@ def test_a_stored_patient_gets_ranked_explained_trials(world: World) -> None:
     found = _matches(bundle)
     # breast: every criterion met; her2: ECOG, brain metastases and free text open; odd: a
     # diagnosis in a local code system, not evaluated. Lung is pruned (another diagnosis), men
-    # ineligible, closed not recruiting.
+    # ineligible, closed and done not recruiting.
     assert [e["resource"]["id"] for e in found] == ["breast", "her2", "odd"]
     assert bundle["total"] == 3
     assert [e["search"]["score"] for e in found] == [1.0, pytest.approx(4 / 7, abs=1e-4), 0.5]
@@ -98,7 +98,7 @@ def test_filters(world: World) -> None:
     assert ids({"name": "phase", "valueCode": "phase-2"}) == ["her2"]
     assert ids(FROM_PARIS, {"name": "radius", "valueDecimal": 50}) == ["breast", "odd"]
     assert ids({"name": "location", "valueString": "45.76,4.84"}, {"name": "radius", "valueDecimal": 20}) == ["her2"]
-    assert ids({"name": "recruiting-only", "valueBoolean": False}) == ["breast", "closed", "her2", "odd"]
+    assert ids({"name": "recruiting-only", "valueBoolean": False}) == ["breast", "closed", "done", "her2", "odd"]
     assert ids({"name": "count", "valueInteger": 1}) == ["breast"]
 
 
