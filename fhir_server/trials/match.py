@@ -19,10 +19,11 @@ from typing import Any
 from .. import clock
 from ..model.bundle import bundle
 from ..model.errors import Issue
+from ..model.ids import new_id
 from ..model.outcome import operation_outcome
 from ..services import crud, patient_record
 from ..services.context import Context, Payload
-from ..services.guard import decision
+from ..services.guard import Decision, decision
 from . import match_catalogue, match_parameters
 from .eligibility import ELIGIBLE, INELIGIBLE, TrialResult, evaluate, pinned, read_record
 from .eligibility_record import TYPES, Record
@@ -117,6 +118,42 @@ def _phase_codes(study: dict[str, Any]) -> set[str]:
     return {c.get("code") for c in (study.get("phase") or {}).get("coding", []) if isinstance(c, dict)}
 
 
+@dataclass(slots=True)
+class _Counts:
+    evaluated: int = 0
+    pruned: int = 0
+    ineligible: int = 0
+    unsited: int = 0
+
+
+def _ranked(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
+            allowed: Decision, origin: Point | None, counts: _Counts) -> list[_Found]:
+    """The trials kept by the filters and not ineligible, best first."""
+    found: list[_Found] = []
+    keep, pruned = catalogue.index.candidates(record)
+    counts.pruned = len(pruned)
+    for trial in keep:
+        study = catalogue.studies[trial.study]
+        if (request.recruiting_only and not _open(study)) or (
+                request.phases and not _phase_codes(study) & request.phases) or (
+                allowed.clauses and not allowed.admits("ResearchStudy", study)):
+            continue
+        result = evaluate(trial, record)
+        counts.evaluated += 1
+        if result.verdict == INELIGIBLE:
+            counts.ineligible += 1
+            continue
+        sites = catalogue.sites[trial.study]
+        site, distance = nearest(sites, origin, record.today)
+        if request.recruiting_only and site is None and any(s.status for s in sites):
+            continue  # every site closed, or its status stale
+        if request.radius is not None and (distance is None or distance > request.radius):
+            continue
+        counts.unsited += site is None
+        found.append(_Found(result, site, distance))
+    return sorted(found, key=lambda f: f.key)
+
+
 async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     """`$match`: the searchset Bundle described in the module docstring."""
     allowed = decision(ctx, "search", "ResearchStudy")
@@ -129,8 +166,7 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     else:
         assert request.patient is not None
         entries, warnings = await _stored(ctx, request.patient)
-    today = clock.now().date()
-    record = read_record(entries, today)
+    record = read_record(entries, clock.now().date())
     origin = _origin(request, record)
     if request.radius is not None and origin is None:
         raise unprocessable("radius", "needs a place: give 'location' or a patient address with a postal code")
@@ -138,49 +174,26 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         warnings.append("No location (parameter 'location' or the patient's postal code): "
                         "results carry no distance.")
     catalogue = await match_catalogue.load(ctx)
-    keep, pruned = catalogue.index.candidates(record)
-    found: list[_Found] = []
-    ineligible = unsited = 0
-    for trial in keep:
-        study = catalogue.studies[trial.study]
-        if request.recruiting_only and not _open(study):
-            continue
-        if request.phases and not _phase_codes(study) & request.phases:
-            continue
-        if allowed.clauses and not allowed.admits("ResearchStudy", study):
-            continue
-        result = evaluate(trial, record)
-        if result.verdict == INELIGIBLE:
-            ineligible += 1
-            continue
-        sites = catalogue.sites[trial.study]
-        site, distance = nearest(sites, origin, today)
-        if request.recruiting_only and site is None and any(s.status for s in sites):
-            continue  # every site closed, or its status stale
-        if request.radius is not None and (distance is None or distance > request.radius):
-            continue
-        unsited += site is None
-        found.append(_Found(result, site, distance))
-    found.sort(key=lambda f: f.key)
+    counts = _Counts()
+    found = _ranked(request, record, catalogue, allowed, origin, counts)
     listed = found[:request.count or ctx.default_page_size]
     entries_out = [entry(ctx.base_url, catalogue.studies[f.result.study], f.result,
                          catalogue.trials[f.result.study].groups, f.site, f.distance) for f in listed]
-    issues = _issues(warnings, listed, evaluated=len(keep), pruned=len(pruned),
-                     ineligible=ineligible, unsited=unsited)
-    entries_out.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
+    entries_out.append({"fullUrl": f"urn:uuid:{new_id()}",
+                        "resource": operation_outcome(_issues(warnings, listed, counts)),
+                        "search": {"mode": "outcome"}})
     return bundle("searchset", entries_out, total=len(found))
 
 
-def _issues(warnings: list[str], listed: list[_Found], *, evaluated: int, pruned: int,
-            ineligible: int, unsited: int) -> list[Issue]:
+def _issues(warnings: list[str], listed: list[_Found], counts: _Counts) -> list[Issue]:
     issues = [Issue(code="informational", severity="information", diagnostics=(
-        f"Trials: {evaluated} evaluated, {pruned} proven ineligible by the index without "
+        f"Trials: {counts.evaluated} evaluated, {counts.pruned} proven ineligible by the index without "
         f"evaluation (an inclusion diagnosis the patient's recorded diagnoses miss), "
-        f"{ineligible} evaluated ineligible (not listed)."))]
+        f"{counts.ineligible} evaluated ineligible (not listed)."))]
     issues += [Issue(code="incomplete", severity="warning", diagnostics=w) for w in warnings]
-    if unsited:
+    if counts.unsited:
         issues.append(Issue(code="incomplete", severity="warning", diagnostics=(
-            f"{unsited} trials have no recruiting site with a status confirmed in the last "
+            f"{counts.unsited} trials have no recruiting site with a status confirmed in the last "
             "90 days: listed without a site.")))
     criterion_warnings = [f"ResearchStudy/{f.result.study}: {w}" for f in listed
                           for c in f.result.criteria for w in c.warnings()]
