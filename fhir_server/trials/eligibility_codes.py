@@ -197,10 +197,14 @@ class Interval:
 
     @staticmethod
     def compared(comparator: str | None, value: float) -> Interval:
-        """The values `comparator value` admits (FHIR Quantity.comparator; none: equal)."""
-        return {None: Interval(value, value), "<": Interval(high=value, high_closed=False),
-                "<=": Interval(high=value), ">": Interval(low=value, low_closed=False),
-                ">=": Interval(low=value)}[comparator]
+        """The values `comparator value` admits (FHIR Quantity.comparator; none: equal).
+        ValueError for another comparator."""
+        found = {None: Interval(value, value), "<": Interval(high=value, high_closed=False),
+                 "<=": Interval(high=value), ">": Interval(low=value, low_closed=False),
+                 ">=": Interval(low=value)}.get(comparator)
+        if found is None:
+            raise ValueError(f"comparator {comparator!r}")
+        return found
 
     def scaled(self, factor: float) -> Interval:
         return Interval(self.low * factor, self.high * factor, self.low_closed, self.high_closed)

@@ -119,7 +119,10 @@ def read_criterion(characteristic: dict[str, Any], key: str, contained: dict[str
                      measured=tuple(c for c in _codings(code) if c[0] != CRITERION_SYSTEM))
     if kind == "unsupported":
         return _broken(base, f"criterion type {kinds or 'missing'} is not one the server evaluates")
-    found = _read_value(base, characteristic, contained, depth)
+    try:
+        found = _read_value(base, characteristic, contained, depth)
+    except (KeyError, TypeError, ValueError):  # a Quantity without value, a comparator `ad`
+        found = "its value cannot be read"
     if isinstance(found, str):
         return _broken(base, found)
     only_if = _extension(characteristic, ONLY_IF_URL)

@@ -217,7 +217,10 @@ def compare_value(criterion: Criterion, holder: dict[str, Any]) -> tuple[bool | 
         1.0 if unit == criterion.unit else None)
     if factor is None:
         return None, f"unit '{unit}' cannot be compared with '{criterion.unit}'"
-    value = Interval.compared(quantity.get("comparator"), float(quantity["value"])).scaled(factor)
+    try:
+        value = Interval.compared(quantity.get("comparator"), float(quantity["value"])).scaled(factor)
+    except ValueError as exc:
+        return None, f"the result's {exc} cannot be read"
     return criterion.interval.test(value), None
 
 

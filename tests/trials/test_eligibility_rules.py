@@ -163,6 +163,7 @@ POSITIVE, NEGATIVE = "LA6576-8", "LA6577-6"
     # a recorded "< 20" may or may not be under 10
     (criterion("biomarker", quantity(10, "<", "mg/L"), measured=CEA), [observation(CEA, quantity(20, "<", "mg/L"))], "unknown"),
     (criterion("biomarker", between(1, 50, "%"), measured="85319-2"), [observation("85319-2", quantity(0.3, unit="1"))], "met"),
+    (criterion("biomarker", quantity(10, "<", "mg/L"), measured=CEA), [observation(CEA, quantity(2, "ad", "mg/L"))], "unknown"),
 ])
 def test_biomarker(rule: dict[str, Any], recorded: list[dict[str, Any]], expected: str) -> None:
     assert verdict(rule, patient(), *recorded) == expected
@@ -276,6 +277,8 @@ def test_only_if_makes_a_criterion_not_applicable() -> None:
     criterion("at-least", {"valueReference": {"reference": "#missing"}}),
     criterion("tnm-t", quantity(2)),
     criterion("condition", between(1, 2)),
+    criterion("age", {"valueQuantity": {"unit": "a"}}),  # no value
+    criterion("age", {"valueQuantity": {"value": 18, "comparator": "ad", "code": "a"}}),
 ])
 def test_unsupported_criteria_are_unknown_with_a_warning(characteristic: dict[str, Any]) -> None:
     trial = read_trial("s", [group("g", characteristic)])
