@@ -1,5 +1,6 @@
-"""The operations of the trial referral workflow (profiles/OperationDefinition-*.json;
-trials/referral.py and trials/proposal.py do the work)."""
+"""The operations of the trial referral workflow and of trial matching
+(profiles/OperationDefinition-*.json; trials/referral.py, trials/proposal.py and
+trials/match.py do the work)."""
 
 from __future__ import annotations
 
