@@ -113,7 +113,10 @@ def judge(criterion: Criterion, record: Record) -> CriterionResult:
 
 def evaluate(trial: Trial, record: Record) -> TrialResult:
     """Every criterion of `trial` for `record`, the overall verdict and the score (the share
-    of applicable criteria met; 0 when ineligible)."""
+    of applicable criteria met; 0 when ineligible). A trial without computable criteria is
+    undetermined with score 0, never eligible."""
+    if not trial.criteria:  # no computable criteria: nothing is known either way
+        return TrialResult(trial.study, UNDETERMINED, 0.0, ())
     results = tuple(judge(c, record) for c in trial.criteria)
     verdicts = [r.verdict for r in results if r.verdict != NOT_APPLICABLE]
     if NOT_MET in verdicts:

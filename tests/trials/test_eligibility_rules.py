@@ -303,3 +303,9 @@ def test_overall_verdict_score_and_evidence_pinned() -> None:
     assert (eligible.verdict, eligible.score) == ("eligible", 1.0)
     ineligible = evaluate(trial, record(patient(gender="male"), condition("C50.4")))
     assert (ineligible.verdict, ineligible.score) == ("ineligible", 0.0)
+
+
+def test_a_trial_without_computable_criteria_is_never_eligible() -> None:
+    result = evaluate(read_trial("s", []), record(patient(), condition("C50.4")))
+    assert (result.verdict, result.score, result.criteria) == ("undetermined", 0.0, ())
+
