@@ -68,7 +68,8 @@ def _anonymous(request_bundle: dict[str, Any]) -> tuple[list[tuple[str, dict[str
         raise unprocessable("bundle", f"holds {len(patients)} Patients; an anonymous profile "
                             "holds exactly one")
     patient = patients[0]
-    names = {n for n in (patient.get("fullUrl"), f"Patient/{patient['resource'].get('id')}") if n}
+    id = patient["resource"].get("id")
+    names = {n for n in (patient.get("fullUrl"), f"Patient/{id}" if id else None) if n}
     found, ignored = [], 0
     for n, item in enumerate(entries):
         resource = item["resource"]
