@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from ..search import query_pairs
 from ..model.errors import Kind, fail
-from ..services import crud, erase
+from ..services import crud, erase, validate
 from ..trials import match, proposal, referral
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
@@ -95,3 +95,15 @@ async def match_trials(request: Request) -> Response:
     check_acceptable(request)
     payload = await read_payload(request)
     return fhir_response(request, await match.match(context_of(request), payload.checked))
+
+
+@router.post("/{resource_type}/$validate")
+@router.post("/{resource_type}/{id}/$validate")
+async def validate_resource(request: Request, resource_type: str, id: str | None = None) -> Response:
+    """Validate a resource (or a stored one's update or deletion): 200 with every issue."""
+    check_acceptable(request)
+    # mode=delete needs no resource: an empty body is no resource, not malformed JSON.
+    body = (await read_payload(request)).checked if (await request.body()).strip() else None
+    query = query_pairs(request.scope["query_string"])
+    outcome = await validate.validate(context_of(request), resource_type, id, body, query)
+    return fhir_response(request, outcome)
