@@ -52,7 +52,8 @@ def _holding_markers(blobs: list[bytes]) -> list[bytes]:
 
 
 def _marked_patient(**extra: object) -> dict[str, object]:
-    return patient(family=NAME, identifier=[{"system": "urn:oid:1.2.250.1.213.1.4.8",
+    # a hospital's patient number (an INS-NIR must be 15 characters with its key)
+    return patient(family=NAME, identifier=[{"system": "urn:oid:1.2.250.1.999.1.1",
                                              "value": IDENTIFIER}], **extra)
 
 

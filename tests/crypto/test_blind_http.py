@@ -25,8 +25,8 @@ def patient(family: str, nir: str, **more: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def people(client: TestClient) -> TestClient:
-    for family, nir in (("Lefèvre", "2700203000001"), ("Ångström", "1800203000002"),
-                        ("Martin", "2900203000003"), ("lefebvre", "1700203000004")):
+    for family, nir in (("Lefèvre", "270020300000109"), ("Ångström", "180020300000253"),
+                        ("Martin", "290020300000394"), ("lefebvre", "170020300000456")):
         assert create(client, patient(family, nir)).status_code == 201
     return client
 
@@ -55,17 +55,17 @@ def test_what_digests_cannot_answer_is_a_400_naming_the_parameter(
 
 def test_a_conditional_create_on_an_unanswerable_criterion_creates_nothing(people: TestClient) -> None:
     before = stored(people)
-    response = create(people, patient("Nouveau", "1990203000005"), If_None_Exist="name:contains=ouv")
+    response = create(people, patient("Nouveau", "199020300000589"), If_None_Exist="name:contains=ouv")
     assert response.status_code == 400 and issue(response)["expression"] == ["name"]
     assert stored(people) == before
 
 
 def test_a_conditional_create_on_an_identifier_matches_the_existing_patient(people: TestClient) -> None:
     before = stored(people)
-    again = create(people, patient("Lefèvre", "2700203000001"), If_None_Exist=f"identifier={INS}|2700203000001")
+    again = create(people, patient("Lefèvre", "270020300000109"), If_None_Exist=f"identifier={INS}|270020300000109")
     assert again.status_code == 200, again.text  # http.html#ccreate: one match, nothing created
     assert stored(people) == before
-    response = people.get("/fhir/Patient", params={"identifier": "2700203000001"})
+    response = people.get("/fhir/Patient", params={"identifier": "270020300000109"})
     assert [e["resource"]["name"][0]["family"] for e in response.json()["entry"]] == ["Lefèvre"]
 
 
