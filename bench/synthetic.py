@@ -280,6 +280,7 @@ class Cloner:
             {
                 "type": {"coding": [{"system": "http://interopsante.org/CodeSystem/v2-0203",
                                      "code": "INS-NIR"}]},
+                "use": "official",
                 "system": INS_NIR,
                 "value": _nir(rng, gender, patient.get("birthDate")),
             },

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from ..search import query_pairs
 from ..model.errors import Kind, fail
-from ..services import crud, erase
+from ..services import crud, erase, validate
 from ..trials import proposal, referral
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
@@ -86,3 +86,15 @@ async def erase_status(request: Request, job: str) -> Response:
     if output is None:
         return empty_response(202, {"X-Progress": "erasing", "Retry-After": "1"})
     return fhir_response(request, output)
+
+
+@router.post("/{resource_type}/$validate")
+@router.post("/{resource_type}/{id}/$validate")
+async def validate_resource(request: Request, resource_type: str, id: str | None = None) -> Response:
+    """Validate a resource (or a stored one's update or deletion): 200 with every issue."""
+    check_acceptable(request)
+    # mode=delete needs no resource: an empty body is no resource, not malformed JSON.
+    body = (await read_payload(request)).checked if (await request.body()).strip() else None
+    query = query_pairs(request.scope["query_string"])
+    outcome = await validate.validate(context_of(request), resource_type, id, body, query)
+    return fhir_response(request, outcome)

@@ -31,9 +31,10 @@ import jsonschema_rs
 import orjson
 from jsonschema_rs import ValidationErrorKind as Err
 
-from . import schema_rules
+from . import french_ids, schema_rules
 from .errors import FhirError, Issue, Kind
 from .jsonbody import MAX_DEPTH, nesting
+from .profiles import profile_issues
 from .types import R4B_ONLY_TYPES, RESOURCE_TYPES
 
 if TYPE_CHECKING:
@@ -417,6 +418,17 @@ def _nested(resource: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...], A
         yield from _parameter_resources(resource.get("parameter"), ("parameter",))
 
 
+def _each_resource(
+    resource: dict[str, Any], prefix: str | None = None
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """`resource` and every resource inside it, each with its FHIRPath place (schema-valid
+    input only)."""
+    prefix = prefix or resource["resourceType"]
+    yield resource, prefix
+    for steps, inner in _nested(resource):
+        yield from _each_resource(inner, _fhirpath(prefix, steps))
+
+
 def _parameter_resources(
     parameters: Any, path: tuple[str | int, ...]
 ) -> Iterator[tuple[tuple[str | int, ...], Any]]:
@@ -563,8 +575,10 @@ class Validator:
     def __init__(self, *, use_models: bool = True) -> None:
         self.use_models = use_models
 
-    def issues(self, resource: Any) -> list[Issue]:
-        """Every problem found in `resource` (empty when it is valid), at most MAX_ISSUES + 1."""
+    def issues(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
+        """Every problem found in `resource` (empty when it is valid), at most MAX_ISSUES + 1:
+        R4, the French identifier rules, the profiles it claims in `meta.profile` and
+        `profiles` (which must be held: `model.profiles.find`)."""
         if nesting(resource, MAX_DEPTH) > MAX_DEPTH:
             # Checked first: the walks below, and orjson when the resource is stored, have
             # depth limits of their own.
@@ -575,20 +589,30 @@ class Validator:
             # Only on schema-valid input: the model then sees R4 structure only, so its errors
             # are rules the schema cannot state, not repeats of the schema's.
             found = list(self._model_pass(resource, resource["resourceType"]))
+        if not found:
+            # The French identifier rules and the profiles read R4 structure: schema-valid only.
+            found = [i for r, at in _each_resource(resource) for i in french_ids.issues(r, at)]
+            found.extend(profile_issues(resource, resource["resourceType"], profiles))
+            found = list(dict.fromkeys(found))  # a profile may repeat a rule that ran already
         if len(found) > MAX_ISSUES:
             more = len(found) - MAX_ISSUES
             found = found[:MAX_ISSUES]
             found.append(Issue("informational", f"{more} more issues not listed", "information"))
         return found
 
-    def validate(self, resource: dict[str, Any]) -> None:
-        """Raise FhirError listing every problem: INVALID when `resourceType` is not an R4
-        type (nothing else can be checked), otherwise UNPROCESSABLE."""
+    def outcome(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
+        """`issues`, after raising FhirError INVALID when `resourceType` is not an R4 type
+        (nothing else can be checked)."""
         problem = _type_issue(resource, None)
         if problem is not None:
             raise FhirError(Kind.INVALID, (problem,))
-        found = self.issues(resource)
-        if found:
+        return self.issues(resource, profiles)
+
+    def validate(self, resource: dict[str, Any]) -> None:
+        """Raise FhirError listing every issue when one is an error: INVALID when
+        `resourceType` is not an R4 type, otherwise UNPROCESSABLE. Warnings alone pass."""
+        found = self.outcome(resource)
+        if any(i.severity in ("error", "fatal") for i in found):
             raise FhirError(Kind.UNPROCESSABLE, tuple(found))
 
     def _schema_pass(self, resource: Any, prefix: str | None) -> Iterator[Issue]:
@@ -602,9 +626,9 @@ class Validator:
             yield from self._schema_pass(inner, _fhirpath(prefix, steps))
 
     def _model_pass(self, resource: dict[str, Any], prefix: str) -> Iterator[Issue]:
-        yield from _model_issues(resource, prefix)
-        for steps, inner in _nested(resource):
-            yield from self._model_pass(inner, _fhirpath(prefix, steps))
+        for inner, at in _each_resource(resource, prefix):
+            yield from _model_issues(inner, at)
+
 
 
 _default: Final = Validator()

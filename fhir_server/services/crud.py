@@ -7,6 +7,7 @@ version and time inside its unit of work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +15,7 @@ import jsonpatch
 
 from ..access.policy import Decision
 from ..model import jsonbody
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
 from ..model.numbers import whole_number
 from ..model.types import is_resource_type, is_valid_id
@@ -77,7 +78,17 @@ def check_id(id: str) -> None:
 
 def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
     """Validate a resource sent for `resource_type` (INVALID / UNPROCESSABLE)."""
-    resource = payload.checked
+    found = resource_issues(ctx, resource_type, payload.checked)
+    if any(issue.severity in ("error", "fatal") for issue in found):
+        raise FhirError(Kind.UNPROCESSABLE, tuple(found))
+
+
+def resource_issues(
+    ctx: Context, resource_type: str, resource: Any, profiles: Sequence[str] = ()
+) -> list[Issue]:
+    """Every issue of a resource sent for `resource_type`, with the profiles it claims and
+    `profiles`: what a write refuses with 422 and `$validate` lists (INVALID when it is no
+    resource of that type)."""
     if not isinstance(resource, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
     sent_type = resource.get("resourceType")
@@ -89,7 +100,7 @@ def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
             expression="resourceType",
             details_code="MSG_RESOURCE_TYPE_MISMATCH",
         )
-    ctx.validator.validate(resource)
+    return ctx.validator.outcome(resource, profiles)
 
 
 def check_body_id(resource_type: str, id: str, payload: Payload) -> None:

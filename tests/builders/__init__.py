@@ -20,8 +20,8 @@ def patient(family: str = "Dupont", given: str = "Hélène", **extra: Any) -> di
 
 
 def identified_patient(nir: str, **extra: Any) -> dict[str, Any]:
-    """A Patient carrying a French INS-NIR identifier."""
-    return patient(identifier=[{"system": INS_NIR, "value": nir}], **extra)
+    """A Patient carrying a French INS-NIR identifier (`nir`: 15 characters with its key)."""
+    return patient(identifier=[{"use": "official", "system": INS_NIR, "value": nir}], **extra)
 
 
 def observation(subject: str, value: Any = 64.5, **extra: Any) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def _put(fhir: httpx.Client, headers: dict[str, str], resource: dict[str, Any]) 
 
 def _ehr_push(fhir: httpx.Client, ehr: dict[str, str]) -> str:
     """The hospital pushes the patient's record as a transaction; the patient's id."""
-    nir = "2850375123456"
+    nir = "285037512345688"
     entries: list[dict[str, Any]] = [
         {"fullUrl": "urn:uuid:0b8e6f3c-0000-4000-8000-000000000001",
          "resource": identified_patient(nir),

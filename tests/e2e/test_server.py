@@ -31,7 +31,7 @@ def test_crud_round_trip(server: Server) -> None:
 
 
 def test_racing_conditional_creates_make_one_resource(server: Server) -> None:
-    nir = "1551133012345"
+    nir = "155113301234506"
     headers = {**FHIR, "If-None-Exist": f"identifier={INS_NIR}|{nir}"}
     body = json.dumps(identified_patient(nir))
 

@@ -19,7 +19,7 @@ from tests.http.bundle_helpers import entry, json_patch, located_id, post_bundle
 from tests.http.helpers import FHIR_JSON, issue, send
 from tests.http.test_errors import _store_digest
 
-NIR = "2750399123456"
+NIR = "275039912345627"
 
 
 @pytest.mark.parametrize("path", ["/fhir", "/fhir/"])

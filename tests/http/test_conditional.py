@@ -13,7 +13,7 @@ from tests.conftest import authorized
 from tests.builders import INS_NIR, identified_patient
 from tests.http.helpers import create, issue, send
 
-NIR = "2620475123456"
+NIR = "262047512345667"
 CRITERIA = f"identifier={INS_NIR}|{NIR}"
 
 

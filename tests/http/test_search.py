@@ -81,9 +81,9 @@ def test_patient_name_ignores_accents_and_case(client: TestClient) -> None:
 
 def test_patient_by_ins_nir_identifier(client: TestClient) -> None:
     """search.html#token: `identifier=system|value`, `|value`-less forms and another system."""
-    nir = "2620475123456"
+    nir = "262047512345667"
     wanted = new_id(client, identified_patient(nir))
-    new_id(client, identified_patient("1850675987654"))
+    new_id(client, identified_patient("185067598765464"))
     new_id(client, patient(identifier=[{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": nir}]))  # RPPS, not INS
     assert found(client, "/fhir/Patient", identifier=f"{INS_NIR}|{nir}") == [wanted]
     assert len(found(client, "/fhir/Patient", identifier=nir)) == 2  # any system
@@ -174,14 +174,14 @@ def test_observation_by_patient_code_and_date_range(client: TestClient, labs: di
 
 def test_observation_by_patient_ins_and_code_text(client: TestClient) -> None:
     """search.html#reference `:identifier` (INS-NIR on the reference), #token `:text` (display, text)."""
-    put(client, identified_patient("2620475123456", id="ins"))
+    put(client, identified_patient("262047512345667", id="ins"))
     by_ins = lab_observation("Patient/ins", HEMOGLOBIN, "2024-01-01", 12.0, "g/dL", id="by-ins")
-    by_ins["subject"]["identifier"] = {"system": INS_NIR, "value": "2620475123456"}
+    by_ins["subject"]["identifier"] = {"system": INS_NIR, "value": "262047512345667"}
     by_ins["code"] = {"coding": [{"system": LOINC, "code": HEMOGLOBIN,
                                   "display": "Hemoglobin [Mass/volume] in Blood"}], "text": "Hémoglobine"}
     put(client, by_ins)
     put(client, lab_observation("Patient/ins", WEIGHT, "2024-01-01", 60.0, "kg", id="plain"))
-    assert found(client, "/fhir/Observation", **{"subject:identifier": f"{INS_NIR}|2620475123456"}) == ["by-ins"]
+    assert found(client, "/fhir/Observation", **{"subject:identifier": f"{INS_NIR}|262047512345667"}) == ["by-ins"]
     assert found(client, "/fhir/Observation", **{"subject:identifier": f"{INS_NIR}|1111111111111"}) == []
     assert found(client, "/fhir/Observation", **{"code:text": "hemoglobine"}) == ["by-ins"]
     assert found(client, "/fhir/Observation", **{"code:text": "HEMOGLOBIN [mass"}) == ["by-ins"]
@@ -297,22 +297,22 @@ def test_id_search(client: TestClient) -> None:
 
 def test_search_reflects_update_and_delete_immediately(client: TestClient) -> None:
     """http.html#update, #delete, #history: search and history agree with each write at once."""
-    put(client, identified_patient("2620475123456", id="w1", family="Martin", given="Hélène"))
+    put(client, identified_patient("262047512345667", id="w1", family="Martin", given="Hélène"))
     put(client, lab_observation("Patient/w1", WEIGHT, "2024-01-01", 62, "kg", id="w1-wt"))
     assert found(client, "/fhir/Patient", family="martin") == ["w1"]
 
-    put(client, identified_patient("2620475123456", id="w1", family="Bernard", given="Hélène"))
+    put(client, identified_patient("262047512345667", id="w1", family="Bernard", given="Hélène"))
     assert found(client, "/fhir/Patient", family="martin") == []  # old index entries are gone
     assert found(client, "/fhir/Patient", family="bernard") == ["w1"]
     assert found(client, "/fhir/Observation", **{"subject:Patient.family": "bernard"}) == ["w1-wt"]
-    assert found(client, "/fhir/Patient", identifier=f"{INS_NIR}|2620475123456") == ["w1"]
+    assert found(client, "/fhir/Patient", identifier=f"{INS_NIR}|262047512345667") == ["w1"]
     history = client.get("/fhir/Patient/w1/_history").json()
     assert [e["resource"]["name"][0]["family"] for e in history["entry"]] == ["Bernard", "Martin"]
 
     assert client.delete("/fhir/Patient/w1").status_code == 204
     assert found(client, "/fhir/Patient", family="bernard") == []
     assert found(client, "/fhir/Patient", _id="w1") == []
-    assert found(client, "/fhir/Patient", identifier=f"{INS_NIR}|2620475123456") == []
+    assert found(client, "/fhir/Patient", identifier=f"{INS_NIR}|262047512345667") == []
     assert found(client, "/fhir?_id=w1") == []
     # A deleted target no longer satisfies a chain; the Observation itself is still there.
     assert found(client, "/fhir/Observation", **{"subject:Patient.family": "bernard"}) == []
@@ -328,6 +328,6 @@ def test_search_reflects_update_and_delete_immediately(client: TestClient) -> No
     history = client.get("/fhir/Patient/w1/_history").json()
     assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "PUT", "PUT"]
 
-    put(client, identified_patient("2620475123456", id="w1", family="Martin", given="Hélène"))  # re-created
+    put(client, identified_patient("262047512345667", id="w1", family="Martin", given="Hélène"))  # re-created
     assert found(client, "/fhir/Patient", family="martin") == ["w1"]
     assert found(client, "/fhir/Patient", family="bernard") == []

@@ -22,7 +22,7 @@ from tests.http.bundle_helpers import entry, json_patch, located_id, placeholder
 from tests.http.helpers import FHIR_JSON, create, issue, send
 from tests.http.test_errors import _store_digest
 
-NIR = "1620475123456"
+NIR = "162047512345620"
 
 
 def _read(client: TestClient, reference: str) -> dict[str, Any]:

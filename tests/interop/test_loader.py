@@ -77,7 +77,7 @@ async def test_without_dedupe_a_second_load_duplicates(ctx: Context) -> None:
 async def test_ndjson_lines_are_stored_once(ctx: Context, tmp_path: Path) -> None:
     source = _write_ndjson(tmp_path / "export.ndjson", [
         patient(id="p1"),
-        identified_patient("1840375123456"),
+        identified_patient("184037512345690"),
         b"",
         b'{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"weight"},'
         b'"subject":{"reference":"Patient/p1"},"valueQuantity":{"value":64.50,"unit":"kg"}}',

@@ -1,0 +1,88 @@
+"""The profiles we validate against, by canonical URL (profiling.html, `meta.profile`).
+
+Two kinds: StructureDefinitions vendored under profiles/ with a snapshot, checked by
+`model/snapshot.py`, and FR Core Patient INS, whose package is not held offline, checked by
+the INS rules of `model/french_ids.py` (docs/validation.md, "Profiles").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Final
+
+from . import french_ids
+from .errors import Issue
+from .platform_codes import PROFILES_DIR
+
+Check = Callable[[dict[str, Any], str], list[Issue]]
+
+FR_CORE_PATIENT_INS: Final = f"{french_ids.FR_CORE}/StructureDefinition/fr-core-patient-ins"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A profile we hold: its canonical URL and version, the resource type it constrains, and
+    the check that lists what a resource at a FHIRPath prefix breaks."""
+
+    url: str
+    version: str | None
+    type: str
+    check: Check
+
+
+def _ins_check(resource: dict[str, Any], prefix: str) -> list[Issue]:
+    return french_ids.patient_issues(resource, prefix, ins_profile=True)
+
+
+@cache
+def _profiles() -> dict[str, Profile]:
+    from . import snapshot  # parsing the vendored StructureDefinitions is paid on first use
+
+    held = [Profile(FR_CORE_PATIENT_INS, None, "Patient", _ins_check)]
+    for definition in snapshot.vendored():
+        held.append(Profile(definition.url, definition.version, definition.type, definition.check))
+    return {p.url: p for p in held}
+
+
+def find(canonical: str) -> Profile | None:
+    """The profile `canonical` (`url` or `url|version`) names, or None if we hold none."""
+    url, _, version = canonical.partition("|")
+    profile = _profiles().get(url)
+    if profile is None or (version and profile.version and version != profile.version):
+        return None
+    return profile
+
+
+def held() -> list[str]:
+    """The canonical URLs of every profile we hold, sorted."""
+    return sorted(_profiles())
+
+
+def claimed(resource: dict[str, Any]) -> list[str]:
+    """The canonicals a resource claims in `meta.profile` (strings only)."""
+    meta = resource.get("meta")
+    names = meta.get("profile") if isinstance(meta, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def profile_issues(resource: dict[str, Any], prefix: str, asked: Iterable[str] = ()) -> list[Issue]:
+    """What `resource` breaks in the profiles it claims in `meta.profile` and those `asked`
+    (a client's `$validate` `profile`: the caller checks that we hold them). A claimed profile
+    we do not hold is a warning: the resource may still conform to it."""
+    found: list[Issue] = []
+    for canonical in dict.fromkeys([*claimed(resource), *asked]):
+        profile = find(canonical)
+        if profile is None:
+            found.append(Issue(
+                code="not-supported", severity="warning",
+                diagnostics=f"Profile {canonical} is not known to this server: not checked",
+                expression=(f"{prefix}.meta.profile",)))
+        elif profile.type != resource["resourceType"]:
+            found.append(Issue(
+                code="invalid", diagnostics=f"Profile {canonical} constrains {profile.type}, "
+                f"not {resource['resourceType']}", expression=(f"{prefix}.meta.profile",)))
+        else:
+            found.extend(profile.check(resource, prefix))
+    return found

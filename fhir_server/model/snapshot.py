@@ -1,0 +1,347 @@
+"""Snapshot-driven profile validation (profiling.html, elementdefinition.html).
+
+A StructureDefinition's snapshot is read into elements by id; a resource is walked along the
+elements the snapshot lists, each checked for cardinality, type (choice elements), fixed and
+pattern values, bindings (required → error, extensible → warning) against the value sets we
+hold, reference target types, and slicing (value, pattern and exists discriminators; a slicing
+without discriminator matches a value to the first slice it conforms to; open or closed).
+Extensions are checked against their definitions when we hold them. What the snapshot does not
+expand (a datatype's own elements) is left to the R4 schema layer, which already ran.
+
+Not done: invariants (constraint expressions), `type` and `profile` discriminators,
+re-slicing. docs/validation.md, "Profiles", lists what is held and checked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import Issue
+from .platform_codes import PROFILES_DIR
+
+PACKAGES: Final = ("eclaire-0.3.1",)  # folders of profiles/ holding a vendored package
+_CORE: Final = "http://hl7.org/fhir/StructureDefinition/"
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """One snapshot element, with what the checks need."""
+
+    id: str
+    name: str  # last path step: `identifier`, `value[x]`
+    slice_name: str | None
+    min: int
+    max: int | None  # None for *
+    types: tuple[str, ...]
+    profiles: tuple[str, ...]  # type.profile (an extension's definition)
+    targets: tuple[str, ...]  # type.targetProfile
+    fixed: Any = None
+    pattern: Any = None
+    binding: tuple[str, str] | None = None  # (strength, value set url)
+    discriminators: tuple[tuple[str, str], ...] = ()  # (type, path)
+    sliced: bool = False
+    closed: bool = False
+
+
+def _element(raw: dict[str, Any]) -> Element:
+    step = raw["id"].rsplit(".", 1)[-1]
+    name, _, slice_name = step.partition(":")
+    types = raw.get("type", [])
+    fixed = next((v for k, v in raw.items() if k.startswith("fixed")), None)
+    pattern = next((v for k, v in raw.items() if k.startswith("pattern")), None)
+    binding = raw.get("binding", {})
+    slicing = raw.get("slicing")
+    return Element(
+        id=raw["id"], name=name, slice_name=slice_name or None, min=int(raw.get("min", 0)),
+        max=None if raw.get("max", "*") == "*" else int(raw["max"]),
+        types=tuple(t["code"] for t in types),
+        profiles=tuple(p for t in types for p in t.get("profile", [])),
+        targets=tuple(p for t in types for p in t.get("targetProfile", [])),
+        fixed=fixed, pattern=pattern,
+        binding=(binding["strength"], binding["valueSet"].partition("|")[0])
+        if binding.get("strength") in ("required", "extensible") and "valueSet" in binding else None,
+        discriminators=tuple((d["type"], d["path"]) for d in (slicing or {}).get("discriminator", [])),
+        sliced=slicing is not None, closed=(slicing or {}).get("rules") == "closed",
+    )
+
+
+@dataclass
+class Definition:
+    """A StructureDefinition with a snapshot, ready to check resources (or extensions)."""
+
+    url: str
+    version: str | None
+    type: str
+    root: str
+    children: dict[str, list[Element]] = field(default_factory=dict)  # by parent element id
+    slices: dict[str, list[Element]] = field(default_factory=dict)  # by sliced element id
+
+    @classmethod
+    def load(cls, sd: dict[str, Any]) -> Definition:
+        elements = [_element(e) for e in sd["snapshot"]["element"]]
+        definition = cls(sd["url"], sd.get("version"), sd["type"], elements[0].id)
+        for e in elements[1:]:
+            parent = e.id[: -len(e.id.rsplit(".", 1)[-1]) - 1]
+            if e.slice_name:
+                definition.slices.setdefault(f"{parent}.{e.name}", []).append(e)
+            else:
+                definition.children.setdefault(parent, []).append(e)
+        return definition
+
+    def check(self, resource: dict[str, Any], prefix: str) -> list[Issue]:
+        """What `resource` (at FHIRPath `prefix`) breaks in this profile."""
+        return list(self._node(resource, self.root, prefix))
+
+    def _node(self, node: dict[str, Any], element_id: str, where: str) -> Iterator[Issue]:
+        for element in self.children.get(element_id, ()):
+            values = list(_values(node, element.name, where))
+            yield from _cardinality(element, len(values), f"{where}.{_base(element.name)}")
+            slices = self.slices.get(element.id, [])
+            for key, value, at in values:
+                chosen = self._slice_of(value, element, slices) if slices else None
+                if slices and chosen is None and element.closed:
+                    yield _error("structure", f"{at} matches none of the slices of a closed "
+                                 f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at)
+                yield from self._value(chosen or element, key, value, at)
+            for piece in slices:
+                count = sum(1 for _, value, _ in values
+                            if self._slice_of(value, element, slices) is piece)
+                label = f"{where}.{_base(element.name)}"
+                yield from _cardinality(piece, count, label, piece.slice_name)
+
+    def _value(self, element: Element, key: str, value: Any, at: str) -> Iterator[Issue]:
+        yield from _type(element, key, at)
+        if element.fixed is not None and value != element.fixed:
+            yield _error("value", f"Expected the fixed value {_show(element.fixed)}", at)
+        if element.pattern is not None and not _matches(value, element.pattern):
+            yield _error("value", f"Expected a value matching {_show(element.pattern)}", at)
+        if element.binding is not None:
+            yield from _binding(element.binding, value, at)
+        if element.targets and isinstance(value, dict):
+            yield from _target(element.targets, value, at)
+        if not isinstance(value, dict):
+            return
+        if element.id in self.children:
+            yield from self._node(value, element.id, at)
+        extension = _extension_definition(element, value)
+        if extension is not None and extension is not self:
+            yield from extension._node(value, extension.root, at)
+
+    def _slice_of(self, value: Any, sliced: Element, slices: list[Element]) -> Element | None:
+        """The slice of `sliced` that `value` belongs to, by the slicing's discriminators (or,
+        with none, the first slice it conforms to)."""
+        return next((piece for piece in slices if self._in_slice(sliced, piece, value)), None)
+
+    def _in_slice(self, sliced: Element, piece: Element, value: Any) -> bool:
+        if not sliced.discriminators:
+            return not any(i.severity == "error" for i in self._value(piece, "", value, ""))
+        for kind, path in sliced.discriminators:
+            found = _at_path(value, path)
+            if kind == "exists":
+                child = self._child(piece, path)
+                if (found is not None) != (child is not None and child.min >= 1):
+                    return False
+                continue
+            if kind not in ("value", "pattern"):
+                return False  # `type` and `profile` discriminators are not implemented
+            wanted = self._expected(piece, path)
+            if wanted is None or found is None:
+                return False
+            if not (found == wanted if kind == "value" else _matches(found, wanted)):
+                return False
+        return True
+
+    def _child(self, piece: Element, path: str) -> Element | None:
+        if path == "$this":
+            return piece
+        return next((e for e in self.children.get(piece.id, ()) if e.name == path), None)
+
+    def _expected(self, piece: Element, path: str) -> Any:
+        """The value the slice fixes at `path`: its fixed or pattern value, or for `url` the
+        canonical of the extension definition it is typed with."""
+        child = self._child(piece, path)
+        if child is not None and (child.fixed is not None or child.pattern is not None):
+            return child.fixed if child.fixed is not None else child.pattern
+        if path == "url" and piece.profiles:
+            return piece.profiles[0]
+        return None
+
+
+def _base(name: str) -> str:
+    return name.removesuffix("[x]")
+
+
+def _values(node: dict[str, Any], name: str, where: str) -> Iterator[tuple[str, Any, str]]:
+    """(JSON key, value, FHIRPath) of each value of element `name` in `node`."""
+    if name.endswith("[x]"):
+        base = name[:-3]
+        keys = [k for k in node if k.startswith(base) and k[len(base):][:1].isupper()]
+    else:
+        keys = [name] if name in node or f"_{name}" in node else []
+    for key in keys:
+        value = node.get(key, node.get(f"_{key}"))
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                yield key, item, f"{where}.{key}[{i}]"
+        else:
+            yield key, value, f"{where}.{key}"
+
+
+def _cardinality(element: Element, count: int, where: str, slice_name: str | None = None) -> Iterator[Issue]:
+    what = f"slice '{slice_name}' of " if slice_name else ""
+    if count < element.min:
+        yield _error("required", f"The profile wants at least {element.min} of {what}"
+                     f"{where.rsplit('.', 1)[-1]}, found {count}", where)
+    if element.max is not None and count > element.max:
+        text = "allows none" if element.max == 0 else f"allows at most {element.max}"
+        yield _error("structure", f"The profile {text} of {what}{where.rsplit('.', 1)[-1]}, "
+                     f"found {count}", where)
+
+
+def _type(element: Element, key: str, at: str) -> Iterator[Issue]:
+    if not element.name.endswith("[x]") or not key:
+        return
+    suffix = key[len(element.name) - 3:]
+    if not any(t[:1].upper() + t[1:] == suffix for t in element.types):
+        yield _error("structure", f"Type {suffix} is not allowed here: the profile allows "
+                     f"{', '.join(element.types)}", at)
+
+
+def _matches(value: Any, pattern: Any) -> bool:
+    """Whether `value` holds everything `pattern` has (elementdefinition.html#pattern)."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(_matches(value.get(k), v) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        return isinstance(value, list) and all(any(_matches(v, p) for v in value) for p in pattern)
+    return bool(value == pattern)
+
+
+def _at_path(value: Any, path: str) -> Any:
+    if path == "$this":
+        return value
+    for step in path.split("."):
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def _codes(value: Any) -> list[tuple[str | None, str]]:
+    """(system, code) pairs of a code, Coding or CodeableConcept value."""
+    if isinstance(value, str):
+        return [(None, value)]
+    if not isinstance(value, dict):
+        return []
+    codings = value.get("coding") if "coding" in value else [value]
+    return [(c.get("system"), c["code"]) for c in codings if isinstance(c, dict)
+            and isinstance(c.get("code"), str)]
+
+
+def _binding(binding: tuple[str, str], value: Any, at: str) -> Iterator[Issue]:
+    strength, url = binding
+    held = value_set(url)
+    codes = _codes(value)
+    if held is None or not codes:
+        return  # a value set we do not hold: the R4 schema checked the core required ones
+    members, unknown = held
+    if any((system, code) in members or system in unknown
+           or (system is None and any(c == code for _, c in members)) for system, code in codes):
+        return  # a code of a system we do not hold cannot be refused
+    shown = ", ".join(f"{s}|{c}" if s else c for s, c in codes)
+    yield Issue(code="code-invalid", severity="error" if strength == "required" else "warning",
+                diagnostics=f"{shown} is not in the value set {url} ({strength} binding)",
+                expression=(at,))
+
+
+def _target(targets: tuple[str, ...], value: dict[str, Any], at: str) -> Iterator[Issue]:
+    reference = value.get("reference")
+    if not isinstance(reference, str) or reference.startswith(("#", "urn:")):
+        return
+    parts = reference.split("/")
+    kind = parts[-4] if len(parts) >= 4 and parts[-2] == "_history" else parts[-2] if len(parts) >= 2 else ""
+    allowed = {_target_type(t) for t in targets}
+    if None in allowed or kind in allowed:
+        return
+    yield _error("structure", f"A reference to {kind or reference!r} is not allowed here: the "
+                 f"profile wants {', '.join(sorted(str(a) for a in allowed))}", f"{at}.reference")
+
+
+def _target_type(canonical: str) -> str | None:
+    if canonical.startswith(_CORE):
+        return canonical[len(_CORE):]
+    held = definitions().get(canonical)
+    return held.type if held else None
+
+
+def _extension_definition(element: Element, value: dict[str, Any]) -> Definition | None:
+    if "Extension" not in element.types:
+        return None
+    url = element.profiles[0] if element.profiles else value.get("url")
+    return definitions().get(url) if isinstance(url, str) else None
+
+
+def _error(code: str, diagnostics: str, at: str) -> Issue:
+    return Issue(code=code, diagnostics=diagnostics, expression=(at,) if at else ())
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+# --- what we hold ---------------------------------------------------------------------------
+
+
+def _package_files(prefix: str) -> Iterator[dict[str, Any]]:
+    for package in PACKAGES:
+        for path in sorted((PROFILES_DIR / package).glob(f"{prefix}-*.json")):
+            yield json.loads(Path(path).read_text())
+
+
+@cache
+def definitions() -> dict[str, Definition]:
+    """Every vendored StructureDefinition with a snapshot, by canonical URL."""
+    return {sd["url"]: Definition.load(sd) for sd in _package_files("StructureDefinition")
+            if sd.get("snapshot")}
+
+
+def vendored() -> list[Definition]:
+    """The vendored profiles of resources (extensions are checked where they are used)."""
+    return [d for d in definitions().values() if d.type != "Extension"]
+
+
+@cache
+def _code_systems() -> dict[str, frozenset[str]]:
+    systems = {}
+    for cs in _package_files("CodeSystem"):
+        systems[cs["url"]] = frozenset(_concept_codes(cs.get("concept", [])))
+    return systems
+
+
+def _concept_codes(concepts: list[dict[str, Any]]) -> Iterator[str]:
+    for concept in concepts:
+        yield concept["code"]
+        yield from _concept_codes(concept.get("concept", []))
+
+
+@cache
+def value_set(url: str) -> tuple[frozenset[tuple[str, str]], frozenset[str]] | None:
+    """The (system, code) members of a vendored ValueSet and the code systems it includes
+    whole that we do not hold (their codes cannot be listed); None for a ValueSet we lack."""
+    found = [v for v in _package_files("ValueSet") if v["url"] == url]
+    if not found:
+        return None
+    members: set[tuple[str, str]] = set()
+    unknown: set[str] = set()
+    for include in found[0].get("compose", {}).get("include", []):
+        system = include.get("system")
+        if "concept" in include:
+            members.update((system, c["code"]) for c in include["concept"])
+        elif system in _code_systems():
+            members.update((system, code) for code in _code_systems()[system])
+        elif isinstance(system, str):
+            unknown.add(system)
+    return frozenset(members), frozenset(unknown)

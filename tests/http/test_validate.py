@@ -1,0 +1,185 @@
+"""`$validate` (operation-resource-validate.html) and its agreement with writes: a resource a
+write refuses with 422 gets 200 here with the same issues, and the store is unchanged."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_server.model import french_ids as f
+from fhir_server.model.profiles import FR_CORE_PATIENT_INS
+from tests.builders import patient
+from tests.http.helpers import create, send, stored
+from tests.model.test_french_ids import NIR, qualified
+
+ECLAIRE = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureDefinition/eclaire-researchstudy"
+
+
+def issues(response: Any) -> list[tuple[str, str, tuple[str, ...]]]:
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome", outcome
+    return [(i["severity"], i["code"], tuple(i.get("expression", ()))) for i in outcome["issue"]]
+
+
+def wrong_key() -> dict[str, Any]:
+    resource = qualified()
+    resource["identifier"][0]["value"] = NIR[:13] + "11"
+    return resource
+
+
+def provisional_with_matricule() -> dict[str, Any]:
+    resource = qualified()
+    resource["extension"][0]["extension"][0]["valueCoding"]["code"] = "PROV"
+    return resource
+
+
+def nia_as_nir() -> dict[str, Any]:
+    return qualified(gender="male", birthDate="1984-01-01",
+                     identifier=[{"use": "official", "system": f.NIR_SYSTEM,
+                                  "value": "784017512345649"}])
+
+
+def missing_trait() -> dict[str, Any]:
+    resource = qualified()
+    del resource["birthDate"]
+    return resource
+
+
+@pytest.mark.parametrize("build", [wrong_key, provisional_with_matricule, nia_as_nir, missing_trait])
+def test_a_refused_write_and_validate_give_the_same_issues(client: TestClient, build: Any) -> None:
+    resource = build()
+    before = stored(client)
+    checked = send(client, "POST", "/fhir/Patient/$validate", resource)
+    assert checked.status_code == 200
+    found = issues(checked)
+    assert any(severity == "error" and expression for severity, _, expression in found)
+    written = create(client, resource)
+    assert written.status_code == 422
+    assert issues(written) == found
+    updated = send(client, "PUT", "/fhir/Patient/p1", dict(copy.deepcopy(resource), id="p1"))
+    assert updated.status_code == 422 and issues(updated) == found
+    assert stored(client) == before
+
+
+def test_a_valid_resource_gets_one_informational_issue(client: TestClient) -> None:
+    response = send(client, "POST", "/fhir/Patient/$validate", qualified())
+    assert response.status_code == 200
+    assert issues(response) == [("information", "informational", ())]
+    assert create(client, qualified()).status_code == 201
+
+
+def test_warnings_are_listed_and_the_write_passes(client: TestClient) -> None:
+    resource = qualified(gender="male")
+    response = send(client, "POST", "/fhir/Patient/$validate", resource)
+    assert issues(response) == [("warning", "business-rule", ("Patient.gender",))]
+    assert create(client, resource).status_code == 201
+
+
+def test_parameters_body_with_mode_and_profile(client: TestClient) -> None:
+    resource = qualified()
+    del resource["extension"][0]
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": resource},
+        {"name": "mode", "valueCode": "create"},
+        {"name": "profile", "valueUri": FR_CORE_PATIENT_INS}]}
+    response = send(client, "POST", "/fhir/Patient/$validate", body)
+    assert response.status_code == 200
+    # The INS rules warn of the missing status; the profile asked for makes it an error.
+    warning = ("warning", "business-rule", ("Patient.identifier[0]",))
+    assert issues(response) == [
+        warning, ("error", "required", (f"Patient.extension('{f.IDENTITY_RELIABILITY_URL}')",))]
+    assert issues(send(client, "POST", "/fhir/Patient/$validate", resource)) == [warning]
+
+
+def test_profile_in_the_query_string(client: TestClient) -> None:
+    resource = qualified()
+    del resource["extension"][1]
+    response = send(client, "POST", f"/fhir/Patient/$validate?profile={FR_CORE_PATIENT_INS}",
+                    resource)
+    assert issues(response) == [("error", "required", (f"Patient.extension('{f.BIRTHPLACE_URL}')",))]
+
+
+def test_unknown_profile_is_400(client: TestClient) -> None:
+    response = send(client, "POST", "/fhir/Patient/$validate?profile=http://example.org/nope",
+                    qualified())
+    assert response.status_code == 400
+    assert "http://example.org/nope" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_unknown_profile_in_meta_profile_is_a_warning(client: TestClient) -> None:
+    resource = patient(meta={"profile": ["http://example.org/nope"]})
+    response = send(client, "POST", "/fhir/Patient/$validate", resource)
+    assert issues(response) == [("warning", "not-supported", ("Patient.meta.profile",))]
+    assert create(client, resource).status_code == 201
+
+
+def test_meta_profile_is_honoured_on_writes(client: TestClient) -> None:
+    resource = qualified(meta={"profile": [FR_CORE_PATIENT_INS]})
+    del resource["extension"][0]
+    before = stored(client)
+    response = create(client, resource)
+    assert response.status_code == 422
+    assert ("error", "required", (f"Patient.extension('{f.IDENTITY_RELIABILITY_URL}')",)) \
+        in issues(response)
+    assert stored(client) == before
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    response = send(client, "POST", "/fhir/Patient/$validate", body=b'{"resourceType": "Pat')
+    assert response.status_code == 400
+
+
+def test_resource_of_another_type_is_400_as_for_a_write(client: TestClient) -> None:
+    response = send(client, "POST", "/fhir/Patient/$validate", {"resourceType": "Organization"})
+    assert response.status_code == 400
+    assert create(client, {"resourceType": "Organization"}).status_code == 201
+
+
+def test_unknown_mode_is_400(client: TestClient) -> None:
+    response = send(client, "POST", "/fhir/Patient/$validate?mode=bogus", qualified())
+    assert response.status_code == 400
+
+
+def test_instance_update_mode_checks_the_id(client: TestClient) -> None:
+    id = create(client, patient()).json()["id"]
+    response = send(client, "POST", f"/fhir/Patient/{id}/$validate?mode=update",
+                    patient(id=id, gender="male"))
+    assert response.status_code == 200
+    assert issues(response) == [("information", "informational", ())]
+    mismatch = send(client, "POST", f"/fhir/Patient/{id}/$validate?mode=update", patient(id="x"))
+    assert mismatch.status_code == 400
+    missing = send(client, "POST", "/fhir/Patient/nobody/$validate?mode=update", patient(id="nobody"))
+    assert missing.status_code == 404
+
+
+def test_delete_mode_needs_no_resource(client: TestClient) -> None:
+    id = create(client, patient()).json()["id"]
+    response = send(client, "POST", f"/fhir/Patient/{id}/$validate?mode=delete")
+    assert response.status_code == 200
+    assert issues(response) == [("information", "informational", ())]
+    assert client.get(f"/fhir/Patient/{id}").status_code == 200  # nothing deleted
+    assert send(client, "POST", "/fhir/Patient/$validate?mode=delete").status_code == 400
+
+
+def test_rpps_through_validate_and_write(client: TestClient) -> None:
+    bad = {"resourceType": "Practitioner", "identifier": [{"system": f.RPPS_SYSTEM, "value": "123"}]}
+    assert issues(send(client, "POST", "/fhir/Practitioner/$validate", bad)) == [
+        ("error", "value", ("Practitioner.identifier[0].value",))]
+    assert create(client, bad).status_code == 422
+    luhn = {"resourceType": "Practitioner", "identifier": [{"system": f.RPPS_SYSTEM, "value": "810012345674"}]}
+    assert issues(send(client, "POST", "/fhir/Practitioner/$validate", luhn)) == [
+        ("warning", "value", ("Practitioner.identifier[0].value",))]
+    assert create(client, luhn).status_code == 201
+
+
+def test_eclaire_profile_through_validate(client: TestClient) -> None:
+    study = {"resourceType": "ResearchStudy", "status": "active",
+             "sponsor": {"reference": "Organization/x"}}
+    response = send(client, "POST", f"/fhir/ResearchStudy/$validate?profile={ECLAIRE}", study)
+    assert response.status_code == 200
+    assert issues(response) == [("error", "structure", ("ResearchStudy.sponsor",))]
+    assert issues(send(client, "POST", "/fhir/ResearchStudy/$validate", study)) == [
+        ("information", "informational", ())]
