@@ -1,0 +1,157 @@
+"""Profile validation: the registry (model/profiles.py) and the snapshot-driven validator
+(model/snapshot.py) on the vendored ECLAIRE 0.3.1 profiles (profiling.html,
+elementdefinition.html: cardinality, choice types, fixed/pattern, slicing, bindings,
+reference targets, extensions by definition)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from fhir_server.model import profiles, snapshot
+from fhir_server.model.errors import Issue
+from fhir_server.model.validation import Validator
+
+BASE = "https://interop.esante.gouv.fr/ig/fhir/eclaire"
+STUDY = f"{BASE}/StructureDefinition/eclaire-researchstudy"
+GROUP = f"{BASE}/StructureDefinition/eclaire-group"
+LOCATION = f"{BASE}/StructureDefinition/eclaire-location"
+RECRUITMENT = f"{BASE}/CodeSystem/eclaire-status-recruitment-code-system"
+VALIDATOR = Validator(use_models=False)
+
+
+def ext(name: str, **value: Any) -> dict[str, Any]:
+    return {"url": f"{BASE}/StructureDefinition/eclaire-{name}", **value}
+
+
+def study() -> dict[str, Any]:
+    """An ECLAIRE ResearchStudy using each kind of constraint the profile has."""
+    return {
+        "resourceType": "ResearchStudy",
+        "meta": {"profile": [STUDY]},
+        "extension": [
+            ext("review-date", valueInstant="2024-03-01T10:00:00Z"),
+            ext("recruitment-status", valueCodeableConcept={
+                "coding": [{"system": RECRUITMENT, "code": "recruiting"}]}),
+            {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.label",
+             "extension": [{"url": "value", "valueString": "Étude ALPHA"}]},
+        ],
+        "identifier": [
+            {"use": "official", "system": "https://euclinicaltrials.eu", "value": "2024-500001-10-00"},
+            {"use": "secondary", "system": "https://clinicaltrials.gov", "value": "NCT01234567"},
+        ],
+        "title": "Essai ALPHA",
+        "status": "active",
+        "condition": [{"id": "disease-condition", "text": "Cancer du sein"}],
+        "contact": [{"extension": [ext("contact-name", valueHumanName={"family": "Martin"})],
+                     "name": "Centre"}],
+        "enrollment": [{"reference": "Group/g1"}],
+        "site": [{"reference": "Location/l1"}],
+        "arm": [{"name": "A", "extension": [ext("arm-intervention", extension=[
+            {"url": "name", "valueString": "Bras A"}])]}],
+    }
+
+
+def brief(found: list[Issue]) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(i.severity, i.code, i.expression) for i in found]
+
+
+def test_the_registry_holds_the_eclaire_profiles_and_fr_core_patient_ins() -> None:
+    assert {STUDY, GROUP, LOCATION, profiles.FR_CORE_PATIENT_INS} <= set(profiles.held())
+    assert profiles.find(f"{STUDY}|0.3.1") is not None
+    assert profiles.find(f"{STUDY}|9.9") is None
+    assert profiles.find("http://example.org/x") is None
+
+
+def test_a_valid_eclaire_study_passes() -> None:
+    assert VALIDATOR.issues(study()) == []
+
+
+def test_a_broken_copy_fails_with_element_paths() -> None:
+    broken = copy.deepcopy(study())
+    broken["sponsor"] = {"reference": "Organization/o1"}  # 0..0
+    broken["identifier"].append({"use": "official", "value": "again"})  # idPrimary 0..1
+    broken["enrollment"] = [{"reference": "Patient/p1"}]  # targetProfile eclaire-group
+    broken["extension"][0] = ext("review-date", valueDate="2024-03-01")  # instant only
+    broken["extension"][1]["valueCodeableConcept"]["coding"][0]["code"] = "paused"  # extensible
+    broken["condition"] = [{"id": "disease-condition"}, {"id": "x", "text": "ok"}]
+    broken["arm"][0]["extension"][0]["extension"].append({"url": "name", "valueString": "B"})
+    assert sorted(brief(VALIDATOR.issues(broken))) == sorted([
+        ("error", "structure", ("ResearchStudy.extension[0].valueDate",)),
+        ("warning", "code-invalid", ("ResearchStudy.extension[1].valueCodeableConcept",)),
+        ("error", "structure", ("ResearchStudy.identifier",)),
+        ("error", "structure", ("ResearchStudy.enrollment[0].reference",)),
+        ("error", "structure", ("ResearchStudy.sponsor",)),
+        ("error", "structure", ("ResearchStudy.arm[0].extension[0].extension",)),
+    ])
+
+
+def test_pattern_on_a_slice_is_what_picks_it() -> None:
+    # `use` picks the slice (value discriminator): an `official` identifier is idPrimary, so a
+    # second one exceeds its 0..1; a `usual` one matches no slice and is allowed (open).
+    resource = study()
+    resource["identifier"].append({"use": "usual", "value": "local-1"})
+    assert VALIDATOR.issues(resource) == []
+
+
+def test_slicing_without_discriminator_matches_by_conformance() -> None:
+    # condition:diseaseCondition (id pattern "disease-condition") needs text 1..1: a condition
+    # with that id but no text conforms to no slice, and the slicing is open.
+    resource = study()
+    resource["condition"] = [{"id": "disease-condition", "coding": [{"code": "x"}]}]
+    assert VALIDATOR.issues(resource) == []
+
+
+def test_required_cardinality_inside_a_backbone() -> None:
+    resource = study()
+    resource["arm"] = [{"description": "no name"}]
+    # the R4 schema already requires arm.name: the schema layer reports it first
+    assert brief(VALIDATOR.issues(resource)) == [("error", "required", ("ResearchStudy.arm[0].name",))]
+
+
+def test_extension_by_definition_wherever_it_is_used() -> None:
+    resource = study()
+    resource["contact"][0]["extension"][0] = ext("contact-name", valueString="Martin")
+    assert brief(VALIDATOR.issues(resource)) == [
+        ("error", "structure", ("ResearchStudy.contact[0].extension[0].valueString",))]
+
+
+def test_profile_of_another_type_is_an_error() -> None:
+    group = {"resourceType": "Group", "type": "person", "actual": True,
+             "meta": {"profile": [STUDY]}}
+    assert brief(VALIDATOR.issues(group)) == [("error", "invalid", ("Group.meta.profile",))]
+
+
+def test_asked_profile_applies_without_meta_profile() -> None:
+    resource = study()
+    del resource["meta"]
+    resource["sponsor"] = {"reference": "Organization/o1"}
+    assert VALIDATOR.issues(resource) == []
+    assert brief(VALIDATOR.issues(resource, [STUDY])) == [("error", "structure", ("ResearchStudy.sponsor",))]
+
+
+@pytest.mark.parametrize(("value", "pattern", "ok"), [
+    ({"coding": [{"system": "s", "code": "c"}, {"code": "d"}]}, {"coding": [{"code": "d"}]}, True),
+    ({"coding": [{"system": "s", "code": "c"}]}, {"coding": [{"system": "t"}]}, False),
+    ("official", "official", True),
+    ({"a": 1}, {"a": 1, "b": 2}, False),
+])
+def test_pattern_matching(value: Any, pattern: Any, ok: bool) -> None:
+    assert snapshot._matches(value, pattern) is ok
+
+
+def test_value_sets_held_and_their_unheld_systems() -> None:
+    members, unknown = snapshot.value_set(f"{BASE}/ValueSet/eclaire-status-recruitment-vs") or ((), ())
+    assert (RECRUITMENT, "recruiting") in members and not unknown
+    phase = snapshot.value_set(f"{BASE}/ValueSet/eclaire-study-phase-vs")
+    assert phase is not None and "http://terminology.hl7.org/CodeSystem/research-study-phase" in phase[1]
+    assert snapshot.value_set("http://example.org/vs") is None
+
+
+def test_vendored_package_is_named_with_version_and_licence() -> None:
+    package = snapshot.PROFILES_DIR / "eclaire-0.3.1"
+    meta = (package / "package.json").read_text()
+    assert '"version" : "0.3.1"' in meta and '"license" : "CC0-1.0"' in meta
+    assert (package / "README.md").exists()
