@@ -9,7 +9,10 @@ Prints, for docs/validation.md:
 3. a catch matrix: seeded faults, and which of the raw official schema, the schema layer
    (corrected, with the R4 rules of fhir_server/model/schema_rules.py) and the R4B models
    report them;
-4. the mutation corpus of tests/model/test_rules.py: how many of its faults each layer finds.
+4. the mutation corpus of tests/model/test_rules.py: how many of its faults each layer finds;
+5. the write path with the French identifier rules (µs of CPU per ~2 KB resource) and profile
+   validation (FR Core Patient INS, ECLAIRE ResearchStudy): p50 / p95 per resource. Only this
+   section: `--profiles`.
 """
 
 from __future__ import annotations
@@ -274,8 +277,104 @@ def _yes(value: bool | None) -> str:
     return "n/a" if value is None else ("yes" if value else "-")
 
 
+# --- French identifiers and profiles ---------------------------------------------------
+
+
+def _qualified_patient(i: int) -> Resource:
+    """A Patient with a qualified INS identity and its traits (fr-core-patient-ins)."""
+    from fhir_server.model import french_ids as f
+
+    first13 = f"2690549{588000 + i % 1000:06d}"
+    return {
+        "resourceType": "Patient", "meta": {"profile": [f"{f.FR_CORE}/StructureDefinition/fr-core-patient-ins"]},
+        "extension": [
+            {"url": f.IDENTITY_RELIABILITY_URL, "extension": [
+                {"url": "identityStatus", "valueCoding": {"code": "QUAL"}}]},
+            {"url": f.BIRTHPLACE_URL, "valueAddress": {"extension": [
+                {"url": f.INSEE_CODE_URL, "valueCoding": {"code": "49588"}}]}}],
+        "identifier": [{"use": "official", "system": f.NIR_SYSTEM,
+                        "value": f"{first13}{f.nir_key(first13):02d}"},
+                       {"system": "urn:example:ipp", "value": f"IPP{i}"}],
+        "name": [{"use": "official", "family": "MARTIN", "given": ["Claire", "Anne"]}],
+        "gender": "female", "birthDate": "1969-05-12",
+        "address": [{"line": [f"{i} rue de la Paix"], "city": "Angers", "postalCode": "49000"}],
+    }
+
+
+def _percentiles(fn: Callable[[], Any], n: int) -> tuple[float, float, float]:
+    """(mean CPU µs, p50 µs, p95 µs) of `n` calls: CPU time over the run (2 shared cores make
+    wall time noisy), percentiles from per-call wall time."""
+    fn()
+    samples = []
+    cpu = time.process_time()
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1e6)
+    mean_cpu = (time.process_time() - cpu) / n * 1e6
+    samples.sort()
+    return mean_cpu, samples[n // 2], samples[int(n * 0.95)]
+
+
+def identities_and_profiles(entries: list[Resource], examples: list[Resource]) -> None:
+    from fhir_server.model import profiles
+
+    print("\n## Write path (schema + French identifier rules + meta.profile), ~2 KB resources")
+    validator = v.Validator(use_models=False)
+    sized = [r for r in (*entries, *examples) if 1536 <= len(orjson.dumps(r)) <= 2560]
+    for r in sized:
+        validator.issues(r)  # compile each type's schema first
+    cpu = time.process_time()
+    for r in sized:
+        validator.issues(r)
+    mean = (time.process_time() - cpu) / len(sized) * 1e6
+    size = statistics.mean(len(orjson.dumps(r)) for r in sized)
+    cpu = time.process_time()
+    for r in sized:
+        list(validator._schema_pass(r, None))
+    schema = (time.process_time() - cpu) / len(sized) * 1e6
+    print(f"{len(sized)} resources of 1.5-2.5 KB (mean {size:.0f} B): {mean:.1f} µs CPU each "
+          f"(schema pass alone {schema:.1f})")
+    patients = [_qualified_patient(i) for i in range(200)]
+    print(f"qualified INS Patient ({len(orjson.dumps(patients[0]))} B), write path:"
+          f" {_percentiles(lambda: [validator.issues(p) for p in patients], 50)[0] / 200:.1f} µs CPU")
+    print("\n## Profile validation, per resource (schema included)")
+    print(f"{'profile':40} {'CPU µs':>8} {'p50 µs':>8} {'p95 µs':>8}")
+    ins = profiles.FR_CORE_PATIENT_INS
+    rows = {"fr-core-patient-ins (meta.profile)": lambda: validator.issues(patients[7]),
+            "fr-core-patient-ins ($validate profile)": lambda: validator.issues(patients[7], [ins])}
+    study = _eclaire_study()
+    rows["eclaire-researchstudy (meta.profile)"] = lambda: validator.issues(study)
+    for label, fn in rows.items():
+        mean_cpu, p50, p95 = _percentiles(fn, 2000)
+        print(f"{label:40} {mean_cpu:8.1f} {p50:8.1f} {p95:8.1f}")
+
+
+def _eclaire_study() -> Resource:
+    base = "https://interop.esante.gouv.fr/ig/fhir/eclaire"
+    return {
+        "resourceType": "ResearchStudy",
+        "meta": {"profile": [f"{base}/StructureDefinition/eclaire-researchstudy"]},
+        "extension": [
+            {"url": f"{base}/StructureDefinition/eclaire-review-date", "valueInstant": "2024-03-01T10:00:00Z"},
+            {"url": f"{base}/StructureDefinition/eclaire-recruitment-status", "valueCodeableConcept": {
+                "coding": [{"system": f"{base}/CodeSystem/eclaire-status-recruitment-code-system",
+                            "code": "recruiting"}]}}],
+        "identifier": [{"use": "official", "system": "https://euclinicaltrials.eu", "value": "2024-500001-10-00"},
+                       {"use": "secondary", "system": "https://clinicaltrials.gov", "value": "NCT01234567"}],
+        "title": "Essai ALPHA", "status": "active",
+        "condition": [{"id": "disease-condition", "text": "Cancer du sein"}],
+        "enrollment": [{"reference": "Group/g1"}], "site": [{"reference": "Location/l1"}],
+        "arm": [{"name": "A"}],
+    }
+
+
 def main(argv: list[str]) -> None:
     repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 5
+    if "--profiles" in argv:
+        entries, _, examples = load()
+        identities_and_profiles(entries, examples)
+        return
     startup()
     entries, bundles, examples = load()
     if "--quick" in argv:
@@ -285,6 +384,7 @@ def main(argv: list[str]) -> None:
     whole_bundles(bundles)
     catches()
     mutations()
+    identities_and_profiles(entries, examples)
 
 
 if __name__ == "__main__":

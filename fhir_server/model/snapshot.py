@@ -102,15 +102,15 @@ class Definition:
             values = list(_values(node, element.name, where))
             yield from _cardinality(element, len(values), f"{where}.{_base(element.name)}")
             slices = self.slices.get(element.id, [])
-            for key, value, at in values:
-                chosen = self._slice_of(value, element, slices) if slices else None
-                if slices and chosen is None and element.closed:
+            chosen = [self._slice_of(value, element, slices) if slices else None
+                      for _, value, _ in values]
+            for (key, value, at), piece in zip(values, chosen):
+                if slices and piece is None and element.closed:
                     yield _error("structure", f"{at} matches none of the slices of a closed "
                                  f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at)
-                yield from self._value(chosen or element, key, value, at)
+                yield from self._value(piece or element, key, value, at)
             for piece in slices:
-                count = sum(1 for _, value, _ in values
-                            if self._slice_of(value, element, slices) is piece)
+                count = sum(1 for c in chosen if c is piece)
                 label = f"{where}.{_base(element.name)}"
                 yield from _cardinality(piece, count, label, piece.slice_name)
 

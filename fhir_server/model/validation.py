@@ -11,6 +11,9 @@ Two layers; docs/validation.md has the design, the measurements and what is not 
    tests/model/test_types.py). Since layer 1 states their rules, they find nothing more on
    any resource tested (tests/model/test_rules.py); they stay as a second opinion.
 
+On a schema-valid resource, the French identifier rules (`french_ids`) and the profiles it
+claims or the caller asks for (`profiles`) run too; their warnings do not refuse a write.
+
 Resources inside a resource (contained, Bundle.entry.resource, Bundle.entry.response.outcome,
 Parameters.parameter.resource) are validated one by one against their own type, so each issue
 names its own place. The caller's dict is only read: never changed, never re-serialised.
@@ -591,8 +594,9 @@ class Validator:
             found = list(self._model_pass(resource, resource["resourceType"]))
         if not found:
             # The French identifier rules and the profiles read R4 structure: schema-valid only.
-            found = [i for r, at in _each_resource(resource) for i in french_ids.issues(r, at)]
-            found.extend(profile_issues(resource, resource["resourceType"], profiles))
+            for inner, at in _each_resource(resource):
+                found.extend(french_ids.issues(inner, at))
+                found.extend(profile_issues(inner, at, profiles if inner is resource else ()))
             found = list(dict.fromkeys(found))  # a profile may repeat a rule that ran already
         if len(found) > MAX_ISSUES:
             more = len(found) - MAX_ISSUES

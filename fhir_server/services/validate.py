@@ -23,12 +23,15 @@ MODES: Final = ("create", "update", "delete", "profile")
 def _parameters(body: dict[str, Any], resource_type: str) -> dict[str, Any] | None:
     """`resource`, `mode` and `profile` of a Parameters body, or None when the body is the
     resource itself."""
-    if body.get("resourceType") != "Parameters" or resource_type == "Parameters" and not any(
-            isinstance(p, dict) and p.get("name") == "resource" for p in body.get("parameter", [])):
+    if body.get("resourceType") != "Parameters":
         return None
+    parameters = body.get("parameter")
+    parameters = [p for p in parameters if isinstance(p, dict)] if isinstance(parameters, list) else []
+    if resource_type == "Parameters" and not any(p.get("name") == "resource" for p in parameters):
+        return None  # a Parameters resource to validate, sent as itself
     found: dict[str, Any] = {}
-    for p in body.get("parameter", []):
-        name = p.get("name") if isinstance(p, dict) else None
+    for p in parameters:
+        name = p.get("name")
         if name == "resource":
             found["resource"] = p.get("resource")
         elif name in ("mode", "profile"):

@@ -155,3 +155,11 @@ def test_vendored_package_is_named_with_version_and_licence() -> None:
     meta = (package / "package.json").read_text()
     assert '"version" : "0.3.1"' in meta and '"license" : "CC0-1.0"' in meta
     assert (package / "README.md").exists()
+
+
+def test_a_resource_inside_a_bundle_is_checked_against_the_profile_it_claims() -> None:
+    inner = study()
+    inner["sponsor"] = {"reference": "Organization/o1"}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": inner}]}
+    assert brief(VALIDATOR.issues(bundle)) == [
+        ("error", "structure", ("Bundle.entry[0].resource.sponsor",))]
