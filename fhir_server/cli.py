@@ -1,8 +1,8 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
-`keys rotate`), of the encryption keys (`keys init|status|verify`, `keys rotate --kek`) and of
-the audit trail (`audit verify`). Loads and administration commands leave
-an AuditEvent each, in the trail the server writes."""
+`keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify`, `keys rotate
+--kek`) and of the audit trail (`audit verify`). Loads and administration commands leave an
+AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .backup import ArchiveError, Restored, Target, restore, take
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
+from .auth.rpps import RppsRegister
 from .auth.users import Users
 from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyProvider, KeyRingError,
                      LedgerError, LocalKeyRing, UnreadableBody, create_key_ring)
@@ -341,12 +342,22 @@ async def _practitioner_by_rpps(settings: Settings, rpps: str) -> str:
     return f"Practitioner/{page.matches[0].id}"
 
 
+def _checked_rpps(settings: Settings, number: str) -> str:
+    """The RPPS number of an active professional of the loaded register (ValueError why not)."""
+    register = RppsRegister(settings.data_dir / "rpps.db")
+    try:
+        return register.check(number).rpps
+    finally:
+        register.close()
+
+
 def _add_user(args: argparse.Namespace) -> int:
     settings = Settings()
     password = getpass.getpass("password (12 characters or more): ") if args.password is None \
         else args.password
     try:
-        fhir_user = args.fhir_user or asyncio.run(_practitioner_by_rpps(settings, args.rpps))
+        fhir_user = args.fhir_user or asyncio.run(
+            _practitioner_by_rpps(settings, _checked_rpps(settings, args.rpps)))
         user = Users(AuthRegistry(settings.data_dir / "auth.db")).add(
             args.username, password, fhir_user, admin=args.admin)
     except ValueError as exc:
@@ -382,6 +393,27 @@ class _Noting:
             if error.destroyed:
                 self.shredded.add(id)
             return b"{}"
+
+
+def _load_rpps(args: argparse.Namespace) -> int:
+    settings = Settings()
+    register = RppsRegister(settings.data_dir / "rpps.db")
+    try:
+        with args.file.open(encoding="utf-8") as lines:
+            report = register.load(lines, str(args.file))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"fhir-server rpps load: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        register.close()
+    for number, reason in report.skipped:
+        print(f"line {number}: skipped, {reason}", file=sys.stderr)
+    asyncio.run(_record(settings, "rpps load", "U", [_entity(
+        args.file.name, _JOB, active=report.active, no_longer_listed=report.dropped,
+        skipped_lines=len(report.skipped))]))
+    print(f"RPPS register: {report.active} professionals active, {report.dropped} no longer "
+          f"listed, {len(report.skipped)} lines skipped")
+    return 0
 
 
 async def _audit_verdict(settings: Settings) -> Verdict:
@@ -685,12 +717,19 @@ def parser() -> argparse.ArgumentParser:
     who.add_argument("--fhir-user", metavar="Type/id",
                      help="Patient/<id>, Practitioner/<id> or RelatedPerson/<id>")
     who.add_argument("--rpps", metavar="NUMBER",
-                     help="a health professional: the stored Practitioner with this RPPS number")
+                     help="a health professional active in the loaded RPPS register: the "
+                          "stored Practitioner with this RPPS number")
     add_user.add_argument("--password", help="omit to be asked (not echoed)")
     add_user.add_argument("--admin", action="store_true",
                           help="a platform administrator: no access to health data except by "
                                "break-glass with a stated reason (a Practitioner)")
     add_user.set_defaults(run=_add_user)
+    rpps = commands.add_parser("rpps", help="the RPPS register of health professionals")
+    load_rpps = rpps.add_subparsers(dest="action", required=True).add_parser(
+        "load", help="replace the register with an ANS extract (PS_LibreAcces_Personne_activite, "
+                     "pipe-separated; docs/validation.md)")
+    load_rpps.add_argument("file", type=Path)
+    load_rpps.set_defaults(run=_load_rpps)
     keys = commands.add_parser("keys", help="token signing keys and the encryption key ring "
                                "(docs/security.md)").add_subparsers(dest="action", required=True)
     rotate = keys.add_parser("rotate", help="sign new tokens with a new key (--signing, the "

@@ -217,6 +217,8 @@ _COMMANDS = {
     # A backup archive is an export of the whole store, a restore an import of one.
     "backup": (_EXPORT, _EXPORT),
     "restore": (_IMPORT, _IMPORT),
+    # the register decides who may hold a professional's account
+    "rpps load": (_IMPORT, _SECURITY_CONFIGURATION),
 }
 
 

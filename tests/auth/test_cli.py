@@ -17,6 +17,7 @@ from fhir_server.auth.users import Users
 from fhir_server.services.demo import load_demo_data
 from fhir_server.settings import Settings
 from tests.auth.conftest import es384
+from tests.auth.test_rpps import RPPS_EXTRACT
 
 PASSWORD = "correct horse battery staple"
 
@@ -33,11 +34,13 @@ def test_user_by_rpps_number_is_the_stored_practitioner(data: Path, capsys: pyte
             await load_demo_data(context)
 
     asyncio.run(demo())
+    assert cli.main(["rpps", "load", str(RPPS_EXTRACT)]) == 0
     assert cli.main(["user", "add", "claire", "--rpps", "10001234567", "--password", PASSWORD]) == 0
     user = Users(Registry(data / "auth.db")).get("claire")
     assert user is not None and user.fhir_user == "Practitioner/dr-martin"
-    assert cli.main(["user", "add", "nobody", "--rpps", "99999999999", "--password", PASSWORD]) == 2
-    assert "no Practitioner with RPPS number 99999999999" in capsys.readouterr().err
+    # in the register, but no stored Practitioner
+    assert cli.main(["user", "add", "nobody", "--rpps", "10008888777", "--password", PASSWORD]) == 2
+    assert "no Practitioner with RPPS number 10008888777" in capsys.readouterr().err
     assert cli.main(["user", "add", "weak", "--fhir-user", "Patient/p", "--password", "short"]) == 2
 
 
