@@ -60,6 +60,14 @@ def held() -> list[str]:
     return sorted(_profiles())
 
 
+def by_type() -> dict[str, list[str]]:
+    """The canonical URLs of the profiles we hold, by the resource type they constrain."""
+    found: dict[str, list[str]] = {}
+    for url, profile in sorted(_profiles().items()):
+        found.setdefault(profile.type, []).append(url)
+    return found
+
+
 def claimed(resource: dict[str, Any]) -> list[str]:
     """The canonicals a resource claims in `meta.profile` (strings only)."""
     meta = resource.get("meta")

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__
 from .. import clock
+from ..model import profiles
 from ..model.platform_codes import definitions
 from ..model.summary import mark_subsetted
 from ..model.types import RESOURCE_TYPES
@@ -18,6 +19,8 @@ from ..search import Registry
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
                 "history-type", "create", "search-type")
 SYSTEM_INTERACTIONS = ("history-system", "search-system")
+# `$validate` on every type and instance (services/validate.py)
+VALIDATE_DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
 # The audit trail is written by the server alone (access/policy.py): read and searched only.
 READ_ONLY_TYPES = {"AuditEvent": ("read", "vread", "history-instance", "history-type",
                                   "search-type")}
@@ -69,6 +72,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
     discovery document.
     """
     operations = _operations()
+    supported = profiles.by_type()  # the profiles `$validate` and `meta.profile` check
     resources = [
         {
             "type": resource_type,
@@ -86,6 +90,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
             "searchInclude": _includes(registry, resource_type),
             "searchRevInclude": _revincludes(registry, resource_type),
             "searchParam": _search_params(registry, resource_type),
+            **({"supportedProfile": supported[resource_type]} if resource_type in supported else {}),
             **({"operation": operations[resource_type]} if resource_type in operations else {}),
         }
         for resource_type in sorted(RESOURCE_TYPES)
@@ -106,6 +111,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
                 "mode": "server",
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": [{"name": "validate", "definition": VALIDATE_DEFINITION}],
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                 **({"security": _security(oauth_uris)} if oauth_uris else {}),
             }

@@ -183,3 +183,13 @@ def test_eclaire_profile_through_validate(client: TestClient) -> None:
     assert issues(response) == [("error", "structure", ("ResearchStudy.sponsor",))]
     assert issues(send(client, "POST", "/fhir/ResearchStudy/$validate", study)) == [
         ("information", "informational", ())]
+
+
+def test_the_capability_statement_advertises_validate_and_the_profiles_held(client: TestClient) -> None:
+    rest = client.get("/fhir/metadata").json()["rest"][0]
+    assert {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"} \
+        in rest["operation"]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert by_type["ResearchStudy"]["supportedProfile"] == [ECLAIRE]
+    assert by_type["Patient"]["supportedProfile"] == [FR_CORE_PATIENT_INS]
+    assert "supportedProfile" not in by_type["Observation"]
