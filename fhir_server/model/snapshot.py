@@ -116,6 +116,8 @@ class Definition:
 
     def _value(self, element: Element, key: str, value: Any, at: str) -> Iterator[Issue]:
         yield from _type(element, key, at)
+        if value is None:
+            return  # a primitive's extensions alone: nothing to compare
         if element.fixed is not None and value != element.fixed:
             yield _error("value", f"Expected the fixed value {_show(element.fixed)}", at)
         if element.pattern is not None and not _matches(value, element.pattern):
@@ -184,7 +186,10 @@ def _values(node: dict[str, Any], name: str, where: str) -> Iterator[tuple[str, 
     else:
         keys = [name] if name in node or f"_{name}" in node else []
     for key in keys:
-        value = node.get(key, node.get(f"_{key}"))
+        # A primitive given by its extensions only (`_status`) counts, with no value to check.
+        value = node.get(key)
+        if value is None and isinstance(node.get(f"_{key}"), list):
+            value = [None] * len(node[f"_{key}"])
         if isinstance(value, list):
             for i, item in enumerate(value):
                 yield key, item, f"{where}.{key}[{i}]"

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from fhir_server.model import french_ids as f
 from fhir_server.model.profiles import FR_CORE_PATIENT_INS
 from tests.builders import patient
+from tests.conftest import token
 from tests.http.helpers import create, send, stored
 from tests.model.test_french_ids import NIR, qualified
 
@@ -193,3 +194,14 @@ def test_the_capability_statement_advertises_validate_and_the_profiles_held(clie
     assert by_type["ResearchStudy"]["supportedProfile"] == [ECLAIRE]
     assert by_type["Patient"]["supportedProfile"] == [FR_CORE_PATIENT_INS]
     assert "supportedProfile" not in by_type["Observation"]
+
+
+def test_validate_needs_read_on_the_type_and_delete_mode_needs_delete(client: TestClient) -> None:
+    id = create(client, patient()).json()["id"]
+    other = {"Authorization": f"Bearer {token(client, 'system/Observation.rs')}"}
+    response = client.post("/fhir/Patient/$validate", json=patient(), headers=other)
+    assert response.status_code == 403
+    reader = {"Authorization": f"Bearer {token(client, 'system/Patient.rs')}"}
+    assert client.post("/fhir/Patient/$validate", json=patient(), headers=reader).status_code == 200
+    deleting = client.post(f"/fhir/Patient/{id}/$validate?mode=delete", headers=reader)
+    assert deleting.status_code == 403

@@ -163,3 +163,12 @@ def test_a_resource_inside_a_bundle_is_checked_against_the_profile_it_claims() -
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": inner}]}
     assert brief(VALIDATOR.issues(bundle)) == [
         ("error", "structure", ("Bundle.entry[0].resource.sponsor",))]
+
+
+def test_a_primitive_given_by_its_extensions_only_counts_and_is_not_compared() -> None:
+    resource = study()
+    del resource["status"]
+    resource["_status"] = {"extension": [{"url": "http://example.org/why", "valueString": "x"}]}
+    resource["identifier"][1] = {"_use": {"extension": [{"url": "http://example.org/u",
+                                                         "valueString": "y"}]}, "value": "z"}
+    assert VALIDATOR.issues(resource) == []
