@@ -164,16 +164,18 @@ def _ins_identifier_issues(
         yield _issue("error", "value",
                      f"A NIR (starting with {value[0]}) is not an NIA: use the system "
                      f"{NIR_SYSTEM}", f"{where}.system")
-    yield from _consistency_issues(patient, value, where)
+    yield from _consistency_issues(patient, value, where, old=use == "old")
 
 
-def _consistency_issues(patient: dict[str, Any], value: str, where: str) -> Iterator[Issue]:
-    """Warnings where sex or birth date disagree with the NIR (either may be the one wrong,
-    and RNIV lets a changed sex keep the old number under use `old`)."""
+def _consistency_issues(
+    patient: dict[str, Any], value: str, where: str, *, old: bool
+) -> Iterator[Issue]:
+    """Warnings where sex or birth date disagree with the NIR: either may be the one wrong.
+    An `old` NIR (deactivated after a change of sex) is not compared with the sex."""
     prefix = where.rsplit(".", 1)[0]
     gender = patient.get("gender")
     sex = _SEX.get(value[0])
-    if sex and gender in ("male", "female") and gender != sex:
+    if sex and not old and gender in ("male", "female") and gender != sex:
         yield _issue("warning", "business-rule",
                      f"The NIR says {sex} (first digit {value[0]}) but gender is {gender}",
                      f"{prefix}.gender")

@@ -264,6 +264,15 @@ def test_sex_inconsistent_with_the_nir_is_a_warning() -> None:
         ("warning", "business-rule", ("Patient.gender",))]
 
 
+def test_an_old_nir_is_not_compared_with_the_sex() -> None:
+    patient = qualified(gender="male")
+    patient["identifier"][0]["use"] = "old"
+    male = "169054958815712"  # the new NIR after the change of sex
+    patient["identifier"].append({"use": "official", "system": f.NIR_SYSTEM,
+                                  "value": f"{male[:13]}{f.nir_key(male[:13]):02d}"})
+    assert f.patient_issues(patient) == []
+
+
 @pytest.mark.parametrize("birth", ["1970-05-12", "1969-06-12"])
 def test_birth_date_inconsistent_with_the_nir_is_a_warning(birth: str) -> None:
     assert brief(f.patient_issues(qualified(birthDate=birth))) == [
