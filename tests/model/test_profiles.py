@@ -6,6 +6,7 @@ reference targets, extensions by definition)."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -172,3 +173,15 @@ def test_a_primitive_given_by_its_extensions_only_counts_and_is_not_compared() -
     resource["identifier"][1] = {"_use": {"extension": [{"url": "http://example.org/u",
                                                          "valueString": "y"}]}, "value": "z"}
     assert VALIDATOR.issues(resource) == []
+
+
+def test_the_vendored_eclaire_resources_are_valid_r4() -> None:
+    # Only warnings: their meta.profile names HL7's shareable profiles, which we do not hold.
+    package = snapshot.PROFILES_DIR / "eclaire-0.3.1"
+    checked = 0
+    for path in sorted(package.glob("*-*.json")):
+        resource = json.loads(path.read_text())
+        found = VALIDATOR.issues(resource)
+        assert all(i.severity == "warning" and i.code == "not-supported" for i in found), path
+        checked += 1
+    assert checked == 44
