@@ -9,7 +9,7 @@ Extensions are checked against their definitions when we hold them. What the sna
 expand (a datatype's own elements) is left to the R4 schema layer, which already ran.
 
 Not done: invariants (constraint expressions), `type` and `profile` discriminators,
-re-slicing. docs/validation.md, "Profiles", lists what is held and checked.
+discriminator paths of more than one step, re-slicing. docs/validation.md, "Profiles", lists what is held and checked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any, Final
 
 from .errors import Issue
@@ -303,7 +302,7 @@ def _show(value: Any) -> str:
 def _package_files(prefix: str) -> Iterator[dict[str, Any]]:
     for package in PACKAGES:
         for path in sorted((PROFILES_DIR / package).glob(f"{prefix}-*.json")):
-            yield json.loads(Path(path).read_text())
+            yield json.loads(path.read_text())
 
 
 @cache
