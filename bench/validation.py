@@ -323,10 +323,10 @@ def identities_and_profiles(entries: list[Resource], examples: list[Resource]) -
     validator = v.Validator(use_models=False)
     sized = [r for r in (*entries, *examples) if 1536 <= len(orjson.dumps(r)) <= 2560]
     for r in sized:
-        validator.issues(r)  # compile each type's schema first
+        validator.outcome(r)  # compile each type's schema first
     cpu = time.process_time()
     for r in sized:
-        validator.issues(r)
+        validator.outcome(r)
     mean = (time.process_time() - cpu) / len(sized) * 1e6
     size = statistics.mean(len(orjson.dumps(r)) for r in sized)
     cpu = time.process_time()
@@ -337,14 +337,14 @@ def identities_and_profiles(entries: list[Resource], examples: list[Resource]) -
           f"(schema pass alone {schema:.1f})")
     patients = [_qualified_patient(i) for i in range(200)]
     print(f"qualified INS Patient ({len(orjson.dumps(patients[0]))} B), write path:"
-          f" {_percentiles(lambda: [validator.issues(p) for p in patients], 50)[0] / 200:.1f} µs CPU")
+          f" {_percentiles(lambda: [validator.outcome(p) for p in patients], 50)[0] / 200:.1f} µs CPU")
     print("\n## Profile validation, per resource (schema included)")
     print(f"{'profile':40} {'CPU µs':>8} {'p50 µs':>8} {'p95 µs':>8}")
     ins = profiles.FR_CORE_PATIENT_INS
-    rows = {"fr-core-patient-ins (meta.profile)": lambda: validator.issues(patients[7]),
-            "fr-core-patient-ins ($validate profile)": lambda: validator.issues(patients[7], [ins])}
+    rows = {"fr-core-patient-ins (meta.profile)": lambda: validator.outcome(patients[7]),
+            "fr-core-patient-ins ($validate profile)": lambda: validator.outcome(patients[7], [ins])}
     study = _eclaire_study()
-    rows["eclaire-researchstudy (meta.profile)"] = lambda: validator.issues(study)
+    rows["eclaire-researchstudy (meta.profile)"] = lambda: validator.outcome(study)
     for label, fn in rows.items():
         mean_cpu, p50, p95 = _percentiles(fn, 2000)
         print(f"{label:40} {mean_cpu:8.1f} {p50:8.1f} {p95:8.1f}")

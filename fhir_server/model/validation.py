@@ -578,10 +578,9 @@ class Validator:
     def __init__(self, *, use_models: bool = True) -> None:
         self.use_models = use_models
 
-    def issues(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
-        """Every problem found in `resource` (empty when it is valid), at most MAX_ISSUES + 1:
-        R4, the French identifier rules, the profiles it claims in `meta.profile` and
-        `profiles` (which must be held: `model.profiles.find`)."""
+    def issues(self, resource: Any) -> list[Issue]:
+        """Every way `resource` breaks FHIR R4 (empty when it is valid), at most
+        MAX_ISSUES + 1."""
         if nesting(resource, MAX_DEPTH) > MAX_DEPTH:
             # Checked first: the walks below, and orjson when the resource is stored, have
             # depth limits of their own.
@@ -592,29 +591,28 @@ class Validator:
             # Only on schema-valid input: the model then sees R4 structure only, so its errors
             # are rules the schema cannot state, not repeats of the schema's.
             found = list(self._model_pass(resource, resource["resourceType"]))
-        if not found:
-            # The French identifier rules and the profiles read R4 structure: schema-valid only.
-            for inner, at in _each_resource(resource):
-                found.extend(french_ids.issues(inner, at))
-                found.extend(profile_issues(inner, at, profiles if inner is resource else ()))
-            found = list(dict.fromkeys(found))  # a profile may repeat a rule that ran already
-        if len(found) > MAX_ISSUES:
-            more = len(found) - MAX_ISSUES
-            found = found[:MAX_ISSUES]
-            found.append(Issue("informational", f"{more} more issues not listed", "information"))
-        return found
+        return _capped(found)
 
     def outcome(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
-        """`issues`, after raising FhirError INVALID when `resourceType` is not an R4 type
-        (nothing else can be checked)."""
+        """Every issue a write reports and `$validate` lists: R4 (`issues`), then, on a valid
+        R4 resource, the French identifier rules and the profiles it claims in `meta.profile`
+        and `profiles` (held ones: `model.profiles.find`), warnings included. Raise FhirError
+        INVALID when `resourceType` is not an R4 type (nothing else can be checked)."""
         problem = _type_issue(resource, None)
         if problem is not None:
             raise FhirError(Kind.INVALID, (problem,))
-        return self.issues(resource, profiles)
+        found = self.issues(resource)
+        if found:
+            return found
+        # The French identifier rules and the profiles read R4 structure: valid R4 only.
+        for inner, at in _each_resource(resource):
+            found.extend(french_ids.issues(inner, at))
+            found.extend(profile_issues(inner, at, profiles if inner is resource else ()))
+        return _capped(list(dict.fromkeys(found)))  # a profile may repeat a rule that ran
 
     def validate(self, resource: dict[str, Any]) -> None:
-        """Raise FhirError listing every issue when one is an error: INVALID when
-        `resourceType` is not an R4 type, otherwise UNPROCESSABLE. Warnings alone pass."""
+        """Raise FhirError listing every issue of `outcome` when one is an error: INVALID
+        when `resourceType` is not an R4 type, otherwise UNPROCESSABLE. Warnings alone pass."""
         found = self.outcome(resource)
         if any(i.severity in ("error", "fatal") for i in found):
             raise FhirError(Kind.UNPROCESSABLE, tuple(found))
@@ -633,6 +631,13 @@ class Validator:
         for inner, at in _each_resource(resource, prefix):
             yield from _model_issues(inner, at)
 
+
+def _capped(found: list[Issue]) -> list[Issue]:
+    if len(found) > MAX_ISSUES:
+        more = len(found) - MAX_ISSUES
+        found = found[:MAX_ISSUES]
+        found.append(Issue("informational", f"{more} more issues not listed", "information"))
+    return found
 
 
 _default: Final = Validator()

@@ -340,7 +340,7 @@ def test_the_validator_refuses_a_wrong_key_and_keeps_warnings_as_issues() -> Non
     validator = Validator(use_models=False)
     warned = qualified(gender="male")
     validator.validate(warned)  # a warning alone does not refuse the write
-    assert brief(validator.issues(warned)) == [("warning", "business-rule", ("Patient.gender",))]
+    assert brief(validator.outcome(warned)) == [("warning", "business-rule", ("Patient.gender",))]
     wrong = qualified()
     wrong["identifier"][0]["value"] = NIR[:13] + "00"
     with pytest.raises(FhirError) as raised:
@@ -355,5 +355,5 @@ def test_the_validator_checks_resources_inside_a_bundle() -> None:
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
         {"resource": {"resourceType": "Organization", "name": "x"}},
         {"resource": practitioner("1001234567")}]}
-    assert brief(Validator(use_models=False).issues(bundle)) == [
+    assert brief(Validator(use_models=False).outcome(bundle)) == [
         ("error", "value", ("Bundle.entry[1].resource.identifier[1].value",))]

@@ -67,7 +67,7 @@ def test_the_registry_holds_the_eclaire_profiles_and_fr_core_patient_ins() -> No
 
 
 def test_a_valid_eclaire_study_passes() -> None:
-    assert VALIDATOR.issues(study()) == []
+    assert VALIDATOR.outcome(study()) == []
 
 
 def test_a_broken_copy_fails_with_element_paths() -> None:
@@ -79,7 +79,7 @@ def test_a_broken_copy_fails_with_element_paths() -> None:
     broken["extension"][1]["valueCodeableConcept"]["coding"][0]["code"] = "paused"  # extensible
     broken["condition"] = [{"id": "disease-condition"}, {"id": "x", "text": "ok"}]
     broken["arm"][0]["extension"][0]["extension"].append({"url": "name", "valueString": "B"})
-    assert sorted(brief(VALIDATOR.issues(broken))) == sorted([
+    assert sorted(brief(VALIDATOR.outcome(broken))) == sorted([
         ("error", "structure", ("ResearchStudy.extension[0].valueDate",)),
         ("warning", "code-invalid", ("ResearchStudy.extension[1].valueCodeableConcept",)),
         ("error", "structure", ("ResearchStudy.identifier",)),
@@ -94,7 +94,7 @@ def test_pattern_on_a_slice_is_what_picks_it() -> None:
     # second one exceeds its 0..1; a `usual` one matches no slice and is allowed (open).
     resource = study()
     resource["identifier"].append({"use": "usual", "value": "local-1"})
-    assert VALIDATOR.issues(resource) == []
+    assert VALIDATOR.outcome(resource) == []
 
 
 def test_slicing_without_discriminator_matches_by_conformance() -> None:
@@ -102,35 +102,35 @@ def test_slicing_without_discriminator_matches_by_conformance() -> None:
     # with that id but no text conforms to no slice, and the slicing is open.
     resource = study()
     resource["condition"] = [{"id": "disease-condition", "coding": [{"code": "x"}]}]
-    assert VALIDATOR.issues(resource) == []
+    assert VALIDATOR.outcome(resource) == []
 
 
 def test_required_cardinality_inside_a_backbone() -> None:
     resource = study()
     resource["arm"] = [{"description": "no name"}]
     # the R4 schema already requires arm.name: the schema layer reports it first
-    assert brief(VALIDATOR.issues(resource)) == [("error", "required", ("ResearchStudy.arm[0].name",))]
+    assert brief(VALIDATOR.outcome(resource)) == [("error", "required", ("ResearchStudy.arm[0].name",))]
 
 
 def test_extension_by_definition_wherever_it_is_used() -> None:
     resource = study()
     resource["contact"][0]["extension"][0] = ext("contact-name", valueString="Martin")
-    assert brief(VALIDATOR.issues(resource)) == [
+    assert brief(VALIDATOR.outcome(resource)) == [
         ("error", "structure", ("ResearchStudy.contact[0].extension[0].valueString",))]
 
 
 def test_profile_of_another_type_is_an_error() -> None:
     group = {"resourceType": "Group", "type": "person", "actual": True,
              "meta": {"profile": [STUDY]}}
-    assert brief(VALIDATOR.issues(group)) == [("error", "invalid", ("Group.meta.profile",))]
+    assert brief(VALIDATOR.outcome(group)) == [("error", "invalid", ("Group.meta.profile",))]
 
 
 def test_asked_profile_applies_without_meta_profile() -> None:
     resource = study()
     del resource["meta"]
     resource["sponsor"] = {"reference": "Organization/o1"}
-    assert VALIDATOR.issues(resource) == []
-    assert brief(VALIDATOR.issues(resource, [STUDY])) == [("error", "structure", ("ResearchStudy.sponsor",))]
+    assert VALIDATOR.outcome(resource) == []
+    assert brief(VALIDATOR.outcome(resource, [STUDY])) == [("error", "structure", ("ResearchStudy.sponsor",))]
 
 
 @pytest.mark.parametrize(("value", "pattern", "ok"), [
@@ -162,7 +162,7 @@ def test_a_resource_inside_a_bundle_is_checked_against_the_profile_it_claims() -
     inner = study()
     inner["sponsor"] = {"reference": "Organization/o1"}
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": inner}]}
-    assert brief(VALIDATOR.issues(bundle)) == [
+    assert brief(VALIDATOR.outcome(bundle)) == [
         ("error", "structure", ("Bundle.entry[0].resource.sponsor",))]
 
 
@@ -172,7 +172,7 @@ def test_a_primitive_given_by_its_extensions_only_counts_and_is_not_compared() -
     resource["_status"] = {"extension": [{"url": "http://example.org/why", "valueString": "x"}]}
     resource["identifier"][1] = {"_use": {"extension": [{"url": "http://example.org/u",
                                                          "valueString": "y"}]}, "value": "z"}
-    assert VALIDATOR.issues(resource) == []
+    assert VALIDATOR.outcome(resource) == []
 
 
 def test_the_vendored_eclaire_resources_are_valid_r4() -> None:
@@ -181,7 +181,7 @@ def test_the_vendored_eclaire_resources_are_valid_r4() -> None:
     checked = 0
     for path in sorted(package.glob("*-*.json")):
         resource = json.loads(path.read_text())
-        found = VALIDATOR.issues(resource)
+        found = VALIDATOR.outcome(resource)
         assert all(i.severity == "warning" and i.code == "not-supported" for i in found), path
         checked += 1
     assert checked == 44
