@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final
 
-from .errors import Issue
+from ..terminology_service import load_catalogue, membership
+from .errors import FhirError, Issue
 from .platform_codes import PROFILES_DIR
 
 PACKAGES: Final = ("eclaire-0.3.1",)  # folders of profiles/ holding a vendored package
@@ -246,18 +247,35 @@ def _codes(value: Any) -> list[tuple[str | None, str]]:
 
 def _binding(binding: tuple[str, str], value: Any, at: str) -> Iterator[Issue]:
     strength, url = binding
-    held = value_set(url)
     codes = _codes(value)
-    if held is None or not codes:
-        return  # a value set we do not hold: the R4 schema checked the core required ones
-    members, unknown = held
-    if any((system, code) in members or system in unknown
-           or (system is None and any(c == code for _, c in members)) for system, code in codes):
-        return  # a code of a system we do not hold cannot be refused
+    members = _members(url)
+    if not codes:
+        return
+    if members is None:
+        if strength == "required":  # never a silent pass on a required binding
+            yield Issue(code="not-supported", severity="warning", expression=(at,),
+                        diagnostics=f"The value set {url} is not held: the code was not checked")
+        return
+    if any((system, code) in members or (system is None and any(c == code for _, c in members))
+           for system, code in codes):
+        return
     shown = ", ".join(f"{s}|{c}" if s else c for s, c in codes)
     yield Issue(code="code-invalid", severity="error" if strength == "required" else "warning",
                 diagnostics=f"{shown} is not in the value set {url} ({strength} binding)",
                 expression=(at,))
+
+
+def _members(url: str) -> frozenset[tuple[str, str]] | None:
+    """The (system, code) pairs of a value set the terminology catalogue holds, or None when
+    it holds none or cannot list them (a code system it lacks)."""
+    catalogue = load_catalogue()
+    value_set = catalogue.resource("ValueSet", url)
+    if value_set is None:
+        return None
+    try:
+        return frozenset(membership(catalogue, value_set))
+    except FhirError:
+        return None
 
 
 def _target(targets: tuple[str, ...], value: dict[str, Any], at: str) -> Iterator[Issue]:
@@ -315,37 +333,3 @@ def definitions() -> dict[str, Definition]:
 def vendored() -> list[Definition]:
     """The vendored profiles of resources (extensions are checked where they are used)."""
     return [d for d in definitions().values() if d.type != "Extension"]
-
-
-@cache
-def _code_systems() -> dict[str, frozenset[str]]:
-    systems = {}
-    for cs in _package_files("CodeSystem"):
-        systems[cs["url"]] = frozenset(_concept_codes(cs.get("concept", [])))
-    return systems
-
-
-def _concept_codes(concepts: list[dict[str, Any]]) -> Iterator[str]:
-    for concept in concepts:
-        yield concept["code"]
-        yield from _concept_codes(concept.get("concept", []))
-
-
-@cache
-def value_set(url: str) -> tuple[frozenset[tuple[str, str]], frozenset[str]] | None:
-    """The (system, code) members of a vendored ValueSet and the code systems it includes
-    whole that we do not hold (their codes cannot be listed); None for a ValueSet we lack."""
-    found = [v for v in _package_files("ValueSet") if v["url"] == url]
-    if not found:
-        return None
-    members: set[tuple[str, str]] = set()
-    unknown: set[str] = set()
-    for include in found[0].get("compose", {}).get("include", []):
-        system = include.get("system")
-        if "concept" in include:
-            members.update((system, c["code"]) for c in include["concept"])
-        elif system in _code_systems():
-            members.update((system, code) for code in _code_systems()[system])
-        elif isinstance(system, str):
-            unknown.add(system)
-    return frozenset(members), frozenset(unknown)
