@@ -34,7 +34,7 @@ def admission(n: int, run: str) -> bytes:
     """A01 number n of this run: its own control id, IPP, visit and movement."""
     return (TEMPLATE.replace(b"|A01-0001|", f"|{run}-{n:06d}|".encode())
             .replace(b"100001^^^", f"{run}{n:06d}^^^".encode())
-            .replace(b"270056912345678^", b"")  # one identity per patient: no shared INS
+            .replace(b"270056912345647^", b"")  # one identity per patient: no shared INS
             .replace(b"V0001^^^", f"V{run}{n:06d}^^^".encode())
             .replace(b"MVT-0001^", f"M{run}{n:06d}^".encode()))
 

@@ -40,7 +40,7 @@ INSEE_CODE_URL: Final = f"{FR_CORE}/StructureDefinition/fr-core-address-insee-co
 BIRTHPLACE_URL: Final = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 
 # RNIV identity statuses (exactly one applies) and attributes (any number).
-STATUSES: Final = ("PROV", "RECUP", "VALI", "QUAL")
+STATUSES: Final = ("VIDE", "PROV", "RECUP", "VALI", "QUAL")  # VIDE: not yet qualified
 ATTRIBUTES: Final = {"DOUTE": "doubtful", "FICTI": "fictitious", "HOMON": "homonym"}
 
 # A NIR: sex (1 digit), year (2), month (2), department (2, or 2A / 2B for Corsica), commune
@@ -97,7 +97,8 @@ def patient_issues(
     ins = [(i, ident) for i, ident in _dicts(patient.get("identifier"))
            if ident.get("system") in INS_USES]
     for i, identifier in ins:
-        found.extend(_ins_identifier_issues(patient, identifier, f"{prefix}.identifier[{i}]"))
+        found.extend(_ins_identifier_issues(patient, identifier, f"{prefix}.identifier[{i}]",
+                                            ins_profile=ins_profile))
     status, attributes, status_issues = identity_status(patient, prefix)
     found.extend(status_issues)
     if status is None and ins_profile:
@@ -105,9 +106,11 @@ def patient_issues(
                             "identityReliability, identityStatus) is missing",
                             f"{prefix}.extension('{IDENTITY_RELIABILITY_URL}')"))
     elif ins and status != "QUAL":
-        # An asserted status other than QUAL is an error; no status at all only a warning,
-        # as plain FR Core Patient leaves identityReliability optional.
-        severity, what = ("error", f"status {status}") if status else ("warning", "no status")
+        # An asserted status below VALI is an error. VALI is a warning: RNIV wants QUAL, but
+        # FR Core's fr-core-1 expects the INS on a VALI identity. No status at all is only a
+        # warning too, as plain FR Core Patient leaves identityReliability optional.
+        severity = "error" if status in ("VIDE", "PROV", "RECUP") else "warning"
+        what = f"status {status}" if status else "no status"
         found.append(_issue(
             severity, "business-rule",
             f"The INS matricule may be carried by a qualified identity only (QUAL); this "
@@ -132,16 +135,20 @@ def patient_issues(
 
 
 def _ins_identifier_issues(
-    patient: dict[str, Any], identifier: dict[str, Any], where: str
+    patient: dict[str, Any], identifier: dict[str, Any], where: str, *, ins_profile: bool
 ) -> Iterator[Issue]:
     system = identifier["system"]
     name = _INS_NAMES[system]
     use = identifier.get("use")
-    if use not in INS_USES[system]:
-        allowed = " or ".join(sorted(INS_USES[system]))
-        found = f"'{use}'" if isinstance(use, str) else "none"
-        yield _issue("error", "value" if use else "required",
-                     f"An {name} identifier has use {allowed}, found {found}", f"{where}.use")
+    allowed = " or ".join(sorted(INS_USES[system]))
+    if use is None:
+        # R4 leaves `use` optional; FR Core's INS slices require it (1..1): an error under the
+        # INS profile, a warning otherwise, as a missing identity status is.
+        yield _issue("error" if ins_profile else "warning", "required",
+                     f"An {name} identifier has use {allowed}, found none", f"{where}.use")
+    elif use not in INS_USES[system]:
+        yield _issue("error", "value", f"An {name} identifier has use {allowed}, found "
+                     f"'{use}'", f"{where}.use")
     value = identifier.get("value")
     if not isinstance(value, str):
         yield _issue("error", "required", f"An {name} identifier needs its value", f"{where}.value")
@@ -253,10 +260,13 @@ def _birthplace_issues(patient: dict[str, Any], prefix: str) -> Iterator[Issue]:
         return
     i, place = places[0]
     address = place.get("valueAddress")
+    address = address if isinstance(address, dict) else {}
     codes = [(j, _coding_code(e.get("valueCoding")))
-             for j, e in _dicts(address.get("extension") if isinstance(address, dict) else None)
-             if e.get("url") == INSEE_CODE_URL]
+             for j, e in _dicts(address.get("extension")) if e.get("url") == INSEE_CODE_URL]
     where = f"{prefix}.extension[{i}].value"
+    district = address.get("district")
+    if not codes and isinstance(district, str) and _COG.fullmatch(district):
+        return  # HL7 v2-to-FHIR maps XAD-9, where IHE PAM FR puts the COG code, to district
     if not codes:
         yield _issue("error", "required", "The birthplace has no INSEE COG code "
                      f"({INSEE_CODE_URL})", f"{where}.extension('{INSEE_CODE_URL}')")

@@ -135,19 +135,28 @@ def test_uses_per_system(system: str, use: str | None, ok: bool) -> None:
     issues = f.patient_issues(patient)
     if ok:
         assert issues == []
-    else:
-        code = "value" if use else "required"
-        assert brief(issues) == [("error", code, ("Patient.identifier[0].use",))]
+    elif use:
+        assert brief(issues) == [("error", "value", ("Patient.identifier[0].use",))]
+    else:  # missing: required by FR Core's slice, optional in R4
+        assert brief(issues) == [("warning", "required", ("Patient.identifier[0].use",))]
+        assert brief(f.patient_issues(patient, ins_profile=True)) == [
+            ("error", "required", ("Patient.identifier[0].use",))]
 
 
 # --- identity status ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", ["PROV", "RECUP", "VALI"])
+@pytest.mark.parametrize("status", ["VIDE", "PROV", "RECUP"])
 def test_matricule_on_an_identity_not_qualified_is_an_error(status: str) -> None:
     issues = f.patient_issues(with_status(qualified(), status))
     assert brief(issues) == [("error", "business-rule", ("Patient.identifier[0]",))]
     assert status in issues[0].diagnostics
+
+
+def test_matricule_on_a_validated_identity_is_a_warning() -> None:
+    # RNIV wants QUAL; FR Core's fr-core-1 expects the INS on a VALI identity.
+    issues = f.patient_issues(with_status(qualified(), "VALI"))
+    assert brief(issues) == [("warning", "business-rule", ("Patient.identifier[0]",))]
 
 
 def test_matricule_without_identity_status_is_a_warning_unless_the_ins_profile_is_asked() -> None:
@@ -243,6 +252,15 @@ def test_missing_birthplace_and_cog_code() -> None:
         ("error", "required", (f"Patient.extension('{f.BIRTHPLACE_URL}')",))]
     patient = qualified()
     patient["extension"][1]["valueAddress"] = {"city": "Angers"}
+    assert brief(f.patient_issues(patient)) == [
+        ("error", "required", (f"Patient.extension[1].value.extension('{f.INSEE_CODE_URL}')",))]
+
+
+def test_cog_code_in_the_birthplace_district_as_hl7_v2_maps_it() -> None:
+    patient = qualified()
+    patient["extension"][1]["valueAddress"] = {"district": "49588"}
+    assert f.patient_issues(patient) == []
+    patient["extension"][1]["valueAddress"] = {"district": "Maine-et-Loire"}
     assert brief(f.patient_issues(patient)) == [
         ("error", "required", (f"Patient.extension[1].value.extension('{f.INSEE_CODE_URL}')",))]
 
