@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Most entries accepted in one batch or transaction Bundle."
     )
     default_page_size: int = Field(20, ge=1, description="_count used when a search gives none.")
-    max_page_size: int = Field(1000, ge=1, description="Largest _count honoured.")
+    max_page_size: int = Field(5000, ge=1, description="Largest _count honoured.")
     max_expansion: int = Field(
         10_000, ge=1, description="Most codes a ValueSet $expand returns (after its filter); "
         "a larger expansion is refused as too costly.",

@@ -35,7 +35,7 @@ class Context:
     registry: Registry
     base_url: str = "http://localhost:8080/fhir"
     default_page_size: int = 20
-    max_page_size: int = 1000
+    max_page_size: int = 5000
     principal: Principal | None = None  # who calls; set per request (deny when None)
     trail: Trail | None = None  # what the request touched, for its AuditEvent
     hooks: tuple[Hook, ...] = ()

@@ -1,0 +1,160 @@
+"""The trial catalogue: ECLAIRE ResearchStudies and the Locations, Groups and Organizations
+they reference, stored idempotently (docs/catalogue.md).
+
+A trial is identified by its primary identifier (ECLAIRE's `idPrimary` slice: the official
+identifier, the EU CT or ID-RCB number), which becomes its id, so the same trial sent by two
+sources, or twice, is one resource. A resource whose content (meta aside) equals the stored one
+is not written again: loading or syncing twice makes no new version; one change makes one.
+Writes go through `services/server_writes.py` (validation against the claimed ECLAIRE
+profiles, indexing, audit), one unit of work per trial with what it references.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..model.errors import Kind, fail
+from ..services import server_writes
+from ..services.context import Context
+from ..services.server_writes import ServerWrite
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+CATALOGUE_TYPES = frozenset({"ResearchStudy", "Location", "Group", "Organization"})
+
+
+def primary_identifier(study: dict[str, Any]) -> str | None:
+    """The value of the study's official identifier (ECLAIRE idPrimary), or None."""
+    for identifier in study.get("identifier") or ():
+        if isinstance(identifier, dict) and identifier.get("use") == "official":
+            value = identifier.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def catalogue_id(study: dict[str, Any]) -> str | None:
+    """The id a study is stored under: its primary identifier when that is a valid id,
+    else the id it came with."""
+    primary = primary_identifier(study)
+    if primary is not None and _FHIR_ID.fullmatch(primary):
+        return primary
+    found = study.get("id")
+    return found if isinstance(found, str) else None
+
+
+def trials(resources: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Group catalogue resources into units of one study and the resources it references
+    (those not referenced by any study come alone)."""
+    by_ref: dict[str, dict[str, Any]] = {}
+    studies = []
+    for resource in resources:
+        if resource.get("resourceType") == "ResearchStudy":
+            studies.append(resource)
+        elif resource.get("resourceType") in CATALOGUE_TYPES and isinstance(resource.get("id"), str):
+            by_ref[f"{resource['resourceType']}/{resource['id']}"] = resource
+    used: set[str] = set()
+    for study in studies:
+        refs = [r for r in _references(study) if r in by_ref and r not in used]
+        used.update(refs)
+        yield [study, *(by_ref[r] for r in refs)]
+    for ref, resource in by_ref.items():
+        if ref not in used:
+            yield [resource]
+
+
+def _references(study: dict[str, Any]) -> Iterator[str]:
+    """Relative references anywhere in a study (site, enrollment, parties, assigners)."""
+    stack: list[Any] = [study]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str):
+                yield ref
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "meta"} | {
+        "meta": {k: v for k, v in (resource.get("meta") or {}).items()
+                 if k not in ("versionId", "lastUpdated", "source")}}
+
+
+async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
+    """Store one trial unit: each resource created, updated, or left `unchanged`;
+    a FhirError (422 with element paths) when one fails its profile, nothing stored."""
+    outcomes: Counter[str] = Counter()
+    writes = []
+    for resource in unit:
+        resource = dict(resource)
+        if resource["resourceType"] == "ResearchStudy":
+            resource["id"] = catalogue_id(resource)
+        if not isinstance(resource.get("id"), str):
+            raise fail(Kind.UNPROCESSABLE, "required",
+                       f"A catalogue {resource['resourceType']} needs an id (a ResearchStudy: "
+                       "an id or an official identifier).", expression="id")
+        current = await ctx.store.read(resource["resourceType"], resource["id"])
+        if current is not None and current.body is not None:
+            if _content(orjson.loads(current.body)) == _content(resource):
+                outcomes["unchanged"] += 1
+                continue
+            outcomes["updated"] += 1
+        else:
+            outcomes["created"] += 1
+        writes.append(ServerWrite(resource, new=False))
+    if writes:
+        await server_writes.commit(ctx, writes)
+    return outcomes
+
+
+async def store_all(ctx: Context, resources: Iterable[dict[str, Any]]) -> Counter[str]:
+    """Store every trial unit of `resources`; the outcomes counted by kind."""
+    total: Counter[str] = Counter()
+    for unit in trials(resources):
+        total += await store_trial(ctx, unit)
+    return total
+
+
+def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The resources of Bundles or single resources (`.json`) and NDJSON files
+    (`.ndjson`), files or directories (recursively, in name order).
+
+    Raises FhirError (INVALID) naming the file and line of anything that is not JSON."""
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson")) \
+            if path.is_dir() else [path]
+        for file in files:
+            yield from _read(file)
+
+
+def _read(file: Path) -> Iterator[dict[str, Any]]:
+    lines = file.read_bytes().splitlines() if file.suffix == ".ndjson" else [file.read_bytes()]
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            document = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not JSON ({exc})") from exc
+        if not isinstance(document, dict):
+            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not a FHIR resource")
+        yield from resources_of(document)
+
+
+def resources_of(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The resources of a Bundle's entries (searchset, collection, transaction...), or the
+    document itself."""
+    if document.get("resourceType") != "Bundle":
+        yield document
+        return
+    for entry in document.get("entry") or ():
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            if entry["resource"].get("resourceType") != "OperationOutcome":
+                yield entry["resource"]
