@@ -26,6 +26,7 @@ from ..store.base import Version
 from .context import Context
 from .crud import check_id, check_type
 from .guard import check_links, decision, note, visible
+from .token_systems import value_set_systems
 
 CURSOR = "_cursor"
 
@@ -102,6 +103,7 @@ async def search(
     query, issues = parse_query(resource_type, params, ctx.registry, base=ctx.base_url)
     if strict and issues:
         raise FhirError(Kind.INVALID, tuple(dataclasses.replace(i, severity="error") for i in issues))
+    issues = [*issues, *value_set_systems(ctx, resource_type, params)]
     query = _page_size(ctx, query)
     allowed = decision(ctx, "search", resource_type)
     check_links(ctx, query)
