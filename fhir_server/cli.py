@@ -291,27 +291,29 @@ def _hl7_replay(args: argparse.Namespace) -> int:
     return asyncio.run(_hl7_replay_async(settings, args.ids))
 
 
-async def _trials_async(settings: Settings, args: argparse.Namespace) -> str:
+async def _trials_async(settings: Settings, args: argparse.Namespace) -> bool:
     async with open_context(settings) as context:
         if args.action == "load":
-            outcomes = await catalogue.store_all(context, catalogue.read_files(args.paths))
-            return ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) or "nothing to load"
+            report = await catalogue.store_all(context, catalogue.read_files(args.paths))
+            print(report.summary(), file=sys.stderr)
+            return bool(report.failures)
         state = sync.SyncState(settings.data_dir / "catalogue-sync.json")
         async with httpx.AsyncClient(timeout=60, follow_redirects=True) as client:
-            report = await sync.sync(context, client, args.base_url, state, full=args.full)
-        return report.summary()
+            synced = await sync.sync(context, client, args.base_url, state, full=args.full)
+        print(synced.summary(), file=sys.stderr)
+        return bool(synced.stored.failures)
 
 
 def _trials(args: argparse.Namespace) -> int:
+    """Exit status: 0 all stored, 1 some trials refused or the source unreadable."""
     settings = Settings()
     configure(settings.log_level)
     try:
-        print(asyncio.run(_trials_async(settings, args)), file=sys.stderr)
+        return int(asyncio.run(_trials_async(settings, args)))
     except (FhirError, httpx.HTTPError) as exc:
         reason = "; ".join(i.diagnostics for i in exc.issues) if isinstance(exc, FhirError) else str(exc)
         print(f"fhir-server trials {args.action}: {reason}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _record_client(settings: Settings, client: Client, **details: str) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Kind, fail
 from ..services import server_writes
 from ..services.context import Context
 from ..services.server_writes import ServerWrite
@@ -87,9 +88,23 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
                  if k not in ("versionId", "lastUpdated", "source")}}
 
 
-async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
-    """Store one trial unit: each resource created, updated, or left `unchanged`;
-    a FhirError (422 with element paths) when one fails its profile, nothing stored."""
+BATCH = 50  # trials per unit of work when loading many: one commit (one fsync) for all
+
+
+@dataclass
+class CatalogueReport:
+    """What a load or sync stored: outcomes by kind, and the trials refused with why."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (trial or resource, message)
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items())) or "nothing stored"
+        return "\n".join([kinds, *(f"refused {what}: {why}" for what, why in self.failures)])
+
+
+async def _plan(ctx: Context, unit: list[dict[str, Any]]) -> tuple[list[ServerWrite], Counter[str]]:
+    """The writes one trial unit needs (unchanged resources left out) and their outcomes."""
     outcomes: Counter[str] = Counter()
     writes = []
     for resource in unit:
@@ -109,17 +124,51 @@ async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
         else:
             outcomes["created"] += 1
         writes.append(ServerWrite(resource, new=False))
+    return writes, outcomes
+
+
+async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
+    """Store one trial unit: each resource created, updated, or left `unchanged`;
+    a FhirError (422 with element paths) when one fails its profile, nothing stored."""
+    writes, outcomes = await _plan(ctx, unit)
     if writes:
         await server_writes.commit(ctx, writes)
     return outcomes
 
 
-async def store_all(ctx: Context, resources: Iterable[dict[str, Any]]) -> Counter[str]:
-    """Store every trial unit of `resources`; the outcomes counted by kind."""
-    total: Counter[str] = Counter()
+async def store_all(ctx: Context, resources: Iterable[dict[str, Any]]) -> CatalogueReport:
+    """Store every trial unit of `resources`, BATCH trials per unit of work; a trial that
+    fails (its profile, say) is reported and the others are stored."""
+    report = CatalogueReport()
+    batch: list[list[dict[str, Any]]] = []
     for unit in trials(resources):
-        total += await store_trial(ctx, unit)
-    return total
+        batch.append(unit)
+        if len(batch) == BATCH:
+            await _store_batch(ctx, batch, report)
+            batch = []
+    await _store_batch(ctx, batch, report)
+    return report
+
+
+async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: CatalogueReport) -> None:
+    try:
+        planned = [await _plan(ctx, unit) for unit in batch]
+        writes = [w for unit_writes, _ in planned for w in unit_writes]
+        if writes:
+            await server_writes.commit(ctx, writes)
+    except FhirError:
+        # Which trial was it? Each alone: the good ones stored, the bad one reported.
+        for unit in batch:
+            try:
+                report.outcomes += await store_trial(ctx, unit)
+            except FhirError as exc:
+                where = f"{unit[0]['resourceType']}/{unit[0].get('id')}"
+                report.failures.append((where, "; ".join(
+                    f"{i.diagnostics} ({', '.join(i.expression)})" if i.expression else i.diagnostics
+                    for i in exc.issues if i.severity in ("error", "fatal"))))
+        return
+    for _, outcomes in planned:
+        report.outcomes += outcomes
 
 
 def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from ..model.errors import Kind, fail
 from ..services import server_writes
 from ..services.context import Context
 from ..services.server_writes import ServerWrite
-from .catalogue import catalogue_id, resources_of, store_all
+from .catalogue import CatalogueReport, catalogue_id, resources_of, store_all
 
 IG_INCLUDES = ("ResearchStudy:site", "ResearchStudy:sponsor", "ResearchStudy:enrollment")
 PAGE = 1000
@@ -43,14 +42,13 @@ class SyncReport:
 
     base: str
     since: str | None
-    outcomes: Counter[str] = field(default_factory=Counter)
+    stored: CatalogueReport = field(default_factory=CatalogueReport)
     closed: list[str] = field(default_factory=list)
     pages: int = 0
 
     def summary(self) -> str:
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items())) or "nothing new"
-        return (f"synced {self.base} since {self.since or 'the beginning'} ({self.pages} pages): "
-                f"{kinds}; {len(self.closed)} vanished trials marked closed")
+        return (f"synced {self.base} since {self.since or 'the beginning'} ({self.pages} pages), "
+                f"{len(self.closed)} vanished trials marked closed: {self.stored.summary()}")
 
 
 class SyncState:
@@ -106,7 +104,7 @@ async def sync(ctx: Context, client: httpx.AsyncClient, base: str, state: SyncSt
     since = None if full else state.since(base)
     report = SyncReport(base, since)
     resources, report.pages = await fetch(client, base, since)
-    report.outcomes = await store_all(ctx, resources)
+    report.stored = await store_all(ctx, resources)
     studies = [r for r in resources if r.get("resourceType") == "ResearchStudy"]
     seen = {i for r in studies if (i := catalogue_id(r)) is not None}
     stamps = [u for r in studies if isinstance(u := (r.get("meta") or {}).get("lastUpdated"), str)]
@@ -116,7 +114,8 @@ async def sync(ctx: Context, client: httpx.AsyncClient, base: str, state: SyncSt
             if await _close(ctx, vanished):
                 report.closed.append(vanished)
         listed = seen
-    state.save(base, max(stamps, default=since), listed)
+    # A refused trial is asked for again next time: the instant moves only past a clean pull.
+    state.save(base, since if report.stored.failures else max(stamps, default=since), listed)
     return report
 
 

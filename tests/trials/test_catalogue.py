@@ -35,7 +35,7 @@ async def _version(ctx: Context, type_: str, id: str) -> int | None:
 
 async def test_the_ig_example_is_accepted_with_its_references_and_stored_under_its_primary_identifier(
         ctx: Context) -> None:
-    outcomes = await catalogue.store_all(ctx, example_unit())
+    outcomes = (await catalogue.store_all(ctx, example_unit())).outcomes
     assert outcomes == {"created": 6}
     assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 1
     assert await _version(ctx, "Group", "2022-500014-26-00-enrollment-group") == 1
@@ -43,9 +43,9 @@ async def test_the_ig_example_is_accepted_with_its_references_and_stored_under_i
 
 async def test_loading_twice_makes_no_new_version_and_one_change_one_version(ctx: Context) -> None:
     await catalogue.store_all(ctx, example_unit())
-    assert await catalogue.store_all(ctx, example_unit()) == {"unchanged": 6}
+    assert (await catalogue.store_all(ctx, example_unit())).outcomes == {"unchanged": 6}
     assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 1
-    changed = await catalogue.store_all(ctx, example_unit(status="closed-to-accrual"))
+    changed = (await catalogue.store_all(ctx, example_unit(status="closed-to-accrual"))).outcomes
     assert changed == {"unchanged": 5, "updated": 1}
     assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 2
 
@@ -99,7 +99,7 @@ def test_the_eclaire_search_parameters_index_what_r4_lacks() -> None:
                ("enrollment", "condition", "recruitment-status", "associated-party", "sponsor")}
     assert entries == {
         ("enrollment", "2022-500014-26-00-enrollment-group"),
-        ("condition", "10065430"), ("condition", "10070575"),
+        ("condition", "10065430"), ("condition", "10070575"), ("condition", None),  # its text
         ("recruitment-status", "recruiting"),
         ("associated-party", "2022-500014-26-00-secondary-sponsor"),
         ("sponsor", "2022-500014-26-00-secondary-sponsor"),
@@ -126,6 +126,18 @@ def test_trials_load_reads_bundles_and_ndjson_and_is_idempotent(
     assert "11 created" in capsys.readouterr().err  # ctis is shared: one resource
     assert cli.main(["trials", "load", str(tmp_path)]) == 0
     assert "11 unchanged" in capsys.readouterr().err
+
+
+async def test_a_load_stores_the_good_trials_and_reports_the_refused_one_with_its_paths(ctx: Context) -> None:
+    bad = example_unit("2022-500002-02-00")
+    bad[0]["sponsor"] = {"reference": "Organization/x"}
+    report = await catalogue.store_all(ctx, [*example_unit("2022-500001-01-00"), *bad,
+                                             *example_unit("2022-500003-03-00")])
+    assert report.outcomes["created"] == 11  # two trials and ctis; nothing of the bad one
+    [(what, why)] = report.failures
+    assert what == "ResearchStudy/2022-500002-02-00-example" and "ResearchStudy.sponsor" in why
+    assert await ctx.store.read("ResearchStudy", "2022-500002-02-00") is None
+    assert await ctx.store.read("Group", "2022-500002-02-00-enrollment-group") is None
 
 
 def test_trials_load_of_a_broken_file_fails_naming_the_line(
