@@ -21,8 +21,11 @@ from typing import Any
 import orjson
 
 from ..model.errors import FhirError, Kind, fail
+from ..model.outcome import operation_outcome
 from ..services import server_writes
-from ..services.context import Context
+from ..services.context import Context, Payload
+from ..services.crud import check_resource
+from ..services.guard import decision
 from ..services.server_writes import ServerWrite
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -96,11 +99,24 @@ class CatalogueReport:
     """What a load or sync stored: outcomes by kind, and the trials refused with why."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (trial or resource, message)
+    failures: list[tuple[str, FhirError]] = field(default_factory=list)  # (trial, why)
 
     def summary(self) -> str:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items())) or "nothing stored"
-        return "\n".join([kinds, *(f"refused {what}: {why}" for what, why in self.failures)])
+        return "\n".join([kinds, *(f"refused {what}: {_reasons(why)}" for what, why in self.failures)])
+
+    def parameters(self) -> dict[str, Any]:
+        """The `$load` answer (profiles/OperationDefinition-ResearchStudy-load.json)."""
+        counts = [{"name": k, "valueInteger": self.outcomes[k]} for k in ("created", "updated", "unchanged")]
+        refused = [{"name": "refused", "part": [
+            {"name": "trial", "valueString": what},
+            {"name": "outcome", "resource": operation_outcome(why.issues)}]} for what, why in self.failures]
+        return {"resourceType": "Parameters", "parameter": [*counts, *refused]}
+
+
+def _reasons(error: FhirError) -> str:
+    return "; ".join(f"{i.diagnostics} ({', '.join(i.expression)})" if i.expression else i.diagnostics
+                     for i in error.issues if i.severity in ("error", "fatal"))
 
 
 async def _plan(ctx: Context, unit: list[dict[str, Any]]) -> tuple[list[ServerWrite], Counter[str]]:
@@ -162,13 +178,25 @@ async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: 
             try:
                 report.outcomes += await store_trial(ctx, unit)
             except FhirError as exc:
-                where = f"{unit[0]['resourceType']}/{unit[0].get('id')}"
-                report.failures.append((where, "; ".join(
-                    f"{i.diagnostics} ({', '.join(i.expression)})" if i.expression else i.diagnostics
-                    for i in exc.issues if i.severity in ("error", "fatal"))))
+                report.failures.append((f"{unit[0]['resourceType']}/{unit[0].get('id')}", exc))
         return
     for _, outcomes in planned:
         report.outcomes += outcomes
+
+
+async def load(ctx: Context, body: Any) -> dict[str, Any]:
+    """`POST [base]/ResearchStudy/$load`: store the trials of a Bundle, as `store_all`; a
+    Parameters of the outcomes. FORBIDDEN unless the caller may create and update every
+    catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
+    resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
+    for resource_type in sorted(CATALOGUE_TYPES):
+        decision(ctx, "create", resource_type)
+        decision(ctx, "update", resource_type)
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
+                   expression="resourceType")
+    check_resource(ctx, "Bundle", Payload(body, body))
+    return (await store_all(ctx, resources_of(body))).parameters()
 
 
 def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:

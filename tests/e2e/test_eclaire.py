@@ -147,3 +147,49 @@ def test_sync_twice_gives_no_new_version_one_change_one_version_and_vanished_tri
             assert closed["status"] == "closed-to-accrual"
     finally:
         local.stop()
+
+
+def _load(server: Server, body: dict[str, Any], scope: str = "system/*.cruds") -> httpx.Response:
+    with httpx.Client(base_url=f"{server.base}/fhir",
+                      headers={"Authorization": f"Bearer {server.token(scope)}"}) as client:
+        return client.post("/ResearchStudy/$load", json=body,
+                           headers={"Content-Type": "application/fhir+json"})
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("secured"), workers=1)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_load_operation_stores_trials_idempotently_and_refuses_a_bundle_failing_a_profile(
+        secured: Server) -> None:
+    bad = example_unit("2022-500009-09-00")
+    bad[0]["sponsor"] = {"reference": "Organization/x"}
+    good = example_unit("2022-500008-08-00")
+    mixed = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [*good, *bad]]}
+    refused = _load(secured, mixed)
+    assert refused.status_code == 422
+    assert [i["expression"] for i in refused.json()["issue"]] == [["Bundle.entry[6].resource.sponsor"]]
+    with secured.client() as client:
+        assert client.get("/Group/2022-500008-08-00-enrollment-group").status_code == 404
+    bundle = {**mixed, "entry": [{"resource": r} for r in good]}
+    first = _load(secured, bundle)
+    assert first.status_code == 200, first.text
+    assert {p["name"]: p["valueInteger"] for p in first.json()["parameter"]} == {
+        "created": 6, "updated": 0, "unchanged": 0}
+    again = {p["name"]: p["valueInteger"] for p in _load(secured, bundle).json()["parameter"]}
+    assert again == {"created": 0, "updated": 0, "unchanged": 6}
+
+
+def test_load_operation_needs_write_access_to_the_catalogue_and_a_bundle(secured: Server) -> None:
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": r} for r in example_unit("2022-500007-07-00")]}
+    refused = _load(secured, bundle, scope="system/ResearchStudy.cu")
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    assert _load(secured, {"resourceType": "Patient"}).status_code == 400
+    with secured.client() as client:
+        assert client.get("/ResearchStudy/2022-500007-07-00").status_code == 404
