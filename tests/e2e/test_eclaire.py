@@ -80,9 +80,11 @@ def test_flux_1_scenario_3_one_trial_by_identifier(base: Server) -> None:
 
 
 def test_count_up_to_5000_with_the_total(base: Server) -> None:
-    bundle = _get(base, f"_count=5000&_total=accurate&{INCLUDES}")
-    assert bundle["total"] == 2
+    bundle = _get(base, f"_count=5000&{INCLUDES}")
+    assert bundle["total"] == 2  # without asking: ECLAIRE consumers read it
     assert "_count=5000" in bundle["link"][0]["url"]
+    assert _get(base, "_count=1")["total"] == 2
+    assert "total" not in _get(base, "_total=none")
 
 
 def test_flux_2_status_with_a_value_set_as_system_matches_nothing_and_names_the_code_system(

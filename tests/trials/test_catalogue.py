@@ -4,8 +4,9 @@ ResearchStudy-*.json) and `fhir-server trials load`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -73,7 +74,8 @@ async def test_the_fake_study_example_is_refused_with_its_outcome_measure_errors
      "ResearchStudy.extension[0].extension[4].valueString"),
 ], ids=["sponsor 0..0", "identifier slice idPrimary 0..1", "enrollment targetProfile",
         "extension type", "R5 cross-version extension associatedParty"])
-async def test_each_rule_refuses_a_broken_study(ctx: Context, break_it, path: str) -> None:  # type: ignore[no-untyped-def]
+async def test_each_rule_refuses_a_broken_study(
+        ctx: Context, break_it: Callable[[dict[str, Any]], object], path: str) -> None:
     unit = example_unit()
     if "valueString" in path:
         unit[0]["extension"][0]["extension"][4].pop("valueReference")
