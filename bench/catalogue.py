@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_server.app import open_context
+from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 from fhir_server.trials import catalogue
 from tests.trials.eclaire import example_unit
@@ -42,7 +43,9 @@ def synthetic(trials: int, sites: int, seed: int = 17) -> list[dict[str, Any]]:
 async def run(trials: int, sites: int, profile: bool, models: bool = True) -> None:
     resources = synthetic(trials, sites)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), publish_definitions=False, validate_with_models=models)
+        create_key_ring(Path(tmp) / "keyring.json")  # stored bodies are sealed, as by default
+        settings = Settings(data_dir=Path(tmp), publish_definitions=False, validate_with_models=models,
+                            key_ring=None)
         async with open_context(settings) as ctx:
             for label in ("first load", "second load (unchanged)"):
                 profiler = cProfile.Profile() if profile and label == "first load" else None
