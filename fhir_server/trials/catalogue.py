@@ -6,7 +6,8 @@ identifier, the EU CT or ID-RCB number), which becomes its id, so the same trial
 sources, or twice, is one resource. A resource whose content (meta aside) equals the stored one
 is not written again: loading or syncing twice makes no new version; one change makes one.
 Writes go through `services/server_writes.py` (validation against the claimed ECLAIRE
-profiles, indexing, audit), one unit of work per trial with what it references.
+profiles, indexing, audit); a trial and what it references are stored together, in units of
+work of up to BATCH trials.
 """
 
 from __future__ import annotations

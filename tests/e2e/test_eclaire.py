@@ -32,7 +32,7 @@ def _put_all(client: httpx.Client, resources: list[dict[str, Any]]) -> None:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """An ECLAIRE-like base: our server, open to anyone as ECLAIRE's API is, with two trials
-    (two sites each) and a Patient nobody asked for."""
+    (two sites each)."""
     server = Server(tmp_path_factory.mktemp("eclaire"), workers=1, env={"FHIR_SERVER_AUTH": "off"})
     try:
         with server.client() as client:

@@ -150,3 +150,11 @@ def test_trials_load_of_a_broken_file_fails_naming_the_line(
     (tmp_path / "b.ndjson").write_text('{"resourceType": "Group"}\n{oops\n')
     assert cli.main(["trials", "load", str(tmp_path)]) == 1
     assert "b.ndjson line 2: not JSON" in capsys.readouterr().err
+
+
+async def test_only_catalogue_types_are_stored(ctx: Context) -> None:
+    """A source (a file, a remote base) cannot slip other resources in through the catalogue."""
+    intruder = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Martin"}]}
+    report = await catalogue.store_all(ctx, [*example_unit(), intruder])
+    assert report.outcomes == {"created": 6}
+    assert await ctx.store.read("Patient", "p1") is None
