@@ -100,6 +100,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         base_url=settings.base_url.rstrip("/"),
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
+        site_status_max_age_days=settings.site_status_max_age_days,
         hooks=(after_consent_change,),
         creators=(answer_if_addressed, propose_if_unreached),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),

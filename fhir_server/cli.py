@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
+import httpx2 as httpx
 import orjson
 import uvicorn
 from pydantic import ValidationError
@@ -39,6 +40,8 @@ from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyProvider, KeyRingErr
 from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
                       listener_for)
 from .store.routing import RoutingStore
+from .model.errors import FhirError
+from .trials import catalogue, sync
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry, parse_query
@@ -286,6 +289,31 @@ def _hl7_replay(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
     return asyncio.run(_hl7_replay_async(settings, args.ids))
+
+
+async def _trials_async(settings: Settings, args: argparse.Namespace) -> bool:
+    async with open_context(settings) as context:
+        if args.action == "load":
+            report = await catalogue.store_all(context, catalogue.read_files(args.paths))
+            print(report.summary(), file=sys.stderr)
+            return bool(report.failures)
+        state = sync.SyncState(settings.data_dir / "catalogue-sync.json")
+        async with httpx.AsyncClient(timeout=60, follow_redirects=True) as client:
+            synced = await sync.sync(context, client, args.base_url, state, full=args.full)
+        print(synced.summary(), file=sys.stderr)
+        return bool(synced.stored.failures)
+
+
+def _trials(args: argparse.Namespace) -> int:
+    """Exit status: 0 all stored, 1 some trials refused or the source unreadable."""
+    settings = Settings()
+    configure(settings.log_level)
+    try:
+        return int(asyncio.run(_trials_async(settings, args)))
+    except (FhirError, httpx.HTTPError) as exc:
+        reason = "; ".join(i.diagnostics for i in exc.issues) if isinstance(exc, FhirError) else str(exc)
+        print(f"fhir-server trials {args.action}: {reason}", file=sys.stderr)
+        return 1
 
 
 def _record_client(settings: Settings, client: Client, **details: str) -> None:
@@ -679,6 +707,20 @@ def parser() -> argparse.ArgumentParser:
                       help="create identified Patients, Organizations and Practitioners only if "
                            "no resource has their identifier (default: on)")
     load.set_defaults(run=_load)
+    trials = commands.add_parser("trials", help="the trial catalogue (ECLAIRE; docs/catalogue.md)")
+    trial_actions = trials.add_subparsers(dest="action", required=True)
+    trials_load = trial_actions.add_parser(
+        "load", help="store ECLAIRE trials from Bundles (.json) or NDJSON (.ndjson), files or "
+                     "directories; unchanged trials make no new version")
+    trials_load.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
+    trials_load.set_defaults(run=_trials)
+    trials_sync = trial_actions.add_parser(
+        "sync", help="pull the trials changed since the last sync from an ECLAIRE-compatible base")
+    trials_sync.add_argument("base_url", metavar="BASE_URL")
+    trials_sync.add_argument("--full", action="store_true",
+                             help="pull everything and mark the trials the base no longer lists "
+                                  "as closed")
+    trials_sync.set_defaults(run=_trials)
     client = commands.add_parser("client", help="register OAuth clients").add_subparsers(
         dest="action", required=True)
     backend = client.add_parser(

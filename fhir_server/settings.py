@@ -67,10 +67,14 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Most entries accepted in one batch or transaction Bundle."
     )
     default_page_size: int = Field(20, ge=1, description="_count used when a search gives none.")
-    max_page_size: int = Field(1000, ge=1, description="Largest _count honoured.")
+    max_page_size: int = Field(5000, ge=1, description="Largest _count honoured.")
     max_expansion: int = Field(
         10_000, ge=1, description="Most codes a ValueSet $expand returns (after its filter); "
         "a larger expansion is refused as too costly.",
+    )
+    site_status_max_age_days: int = Field(
+        90, ge=1, description="Days after which a trial site's recruiting status, not confirmed "
+        "since, counts as unknown.",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     validate_with_models: bool = Field(

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import match, proposal, referral
+from ..trials import catalogue, match, proposal, referral
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
@@ -30,6 +30,14 @@ async def refer(request: Request, id: str) -> Response:
     location = f"{base}/Communication/{version.id}/_history/{version.version}"
     return fhir_response(request, version.body, status=201,
                          headers=version_headers(version, location))
+
+
+@router.post("/ResearchStudy/$load")
+async def load_trials(request: Request) -> Response:
+    """Store the trials of a Bundle in the catalogue: 200 with the outcomes."""
+    check_acceptable(request)
+    payload = await read_payload(request)
+    return fhir_response(request, await catalogue.load(context_of(request), payload.checked))
 
 
 @router.get("/ResearchStudy/{id}/$referral-summary")

@@ -35,7 +35,8 @@ class Context:
     registry: Registry
     base_url: str = "http://localhost:8080/fhir"
     default_page_size: int = 20
-    max_page_size: int = 1000
+    max_page_size: int = 5000
+    site_status_max_age_days: int = 90  # a trial site's status older than this is unknown
     principal: Principal | None = None  # who calls; set per request (deny when None)
     trail: Trail | None = None  # what the request touched, for its AuditEvent
     hooks: tuple[Hook, ...] = ()

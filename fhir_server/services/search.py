@@ -26,8 +26,12 @@ from ..store.base import Version
 from .context import Context
 from .crud import check_id, check_type
 from .guard import check_links, decision, note, visible
+from .token_systems import value_set_systems
 
 CURSOR = "_cursor"
+# Searches that give their total unless `_total` says otherwise: the ECLAIRE IG's consumers
+# read `Bundle.total` from every trial search (its flux 1 and 2; docs/catalogue.md).
+COUNTED_BY_DEFAULT = frozenset({"ResearchStudy"})
 
 
 def _compartment_clause(ctx: Context, resource_type: str, patient_id: str) -> Clause:
@@ -62,6 +66,8 @@ def _reachable(ctx: Context, versions: Sequence[Version]) -> list[Version]:
 
 
 def _page_size(ctx: Context, query: Query) -> Query:
+    if query.total is None and query.resource_type in COUNTED_BY_DEFAULT:
+        query = dataclasses.replace(query, total="accurate")
     count = ctx.default_page_size if query.count is None else min(query.count, ctx.max_page_size)
     if count == 0:
         # search.html#count: _count=0 asks for the count only, as _summary=count does.
@@ -102,6 +108,7 @@ async def search(
     query, issues = parse_query(resource_type, params, ctx.registry, base=ctx.base_url)
     if strict and issues:
         raise FhirError(Kind.INVALID, tuple(dataclasses.replace(i, severity="error") for i in issues))
+    issues = [*issues, *value_set_systems(ctx, resource_type, params)]
     query = _page_size(ctx, query)
     allowed = decision(ctx, "search", resource_type)
     check_links(ctx, query)

@@ -1,0 +1,238 @@
+"""The trial catalogue: ECLAIRE ResearchStudies and the Locations, Groups and Organizations
+they reference, stored idempotently (docs/catalogue.md).
+
+A trial is identified by its primary identifier (ECLAIRE's `idPrimary` slice: the official
+identifier, the EU CT or ID-RCB number), which becomes its id, so the same trial sent by two
+sources, or twice, is one resource. A resource whose content (meta aside) equals the stored one
+is not written again: loading or syncing twice makes no new version; one change makes one.
+Writes go through `services/server_writes.py` (validation against the claimed ECLAIRE
+profiles, indexing, audit); a trial and what it references are stored together, in units of
+work of up to BATCH trials.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..model.errors import FhirError, Kind, fail
+from ..model.outcome import operation_outcome
+from ..services import server_writes
+from ..services.context import Context, Payload
+from ..services.crud import check_resource
+from ..services.guard import decision
+from ..services.server_writes import ServerWrite
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+CATALOGUE_TYPES = frozenset({"ResearchStudy", "Location", "Group", "Organization"})
+
+
+def primary_identifier(study: dict[str, Any]) -> str | None:
+    """The value of the study's official identifier (ECLAIRE idPrimary), or None."""
+    for identifier in study.get("identifier") or ():
+        if isinstance(identifier, dict) and identifier.get("use") == "official":
+            value = identifier.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def catalogue_id(study: dict[str, Any]) -> str | None:
+    """The id a study is stored under: its primary identifier when that is a valid id,
+    else the id it came with."""
+    primary = primary_identifier(study)
+    if primary is not None and _FHIR_ID.fullmatch(primary):
+        return primary
+    found = study.get("id")
+    return found if isinstance(found, str) else None
+
+
+def trials(resources: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Group catalogue resources into units of one study and the resources it references
+    (those not referenced by any study come alone)."""
+    by_ref: dict[str, dict[str, Any]] = {}
+    studies = []
+    for resource in resources:
+        if resource.get("resourceType") == "ResearchStudy":
+            studies.append(resource)
+        elif resource.get("resourceType") in CATALOGUE_TYPES and isinstance(resource.get("id"), str):
+            by_ref[f"{resource['resourceType']}/{resource['id']}"] = resource
+    used: set[str] = set()
+    for study in studies:
+        refs = [r for r in _references(study) if r in by_ref and r not in used]
+        used.update(refs)
+        yield [study, *(by_ref[r] for r in refs)]
+    for ref, resource in by_ref.items():
+        if ref not in used:
+            yield [resource]
+
+
+def _references(study: dict[str, Any]) -> Iterator[str]:
+    """Relative references anywhere in a study (site, enrollment, parties, assigners)."""
+    stack: list[Any] = [study]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str):
+                yield ref
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "meta"} | {
+        "meta": {k: v for k, v in (resource.get("meta") or {}).items()
+                 if k not in ("versionId", "lastUpdated", "source")}}
+
+
+BATCH = 50  # trials per unit of work when loading many: one commit (one fsync) for all
+
+
+@dataclass
+class CatalogueReport:
+    """What a load or sync stored: outcomes by kind, and the trials refused with why."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, FhirError]] = field(default_factory=list)  # (trial, why)
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items())) or "nothing stored"
+        return "\n".join([kinds, *(f"refused {what}: {_reasons(why)}" for what, why in self.failures)])
+
+    def parameters(self) -> dict[str, Any]:
+        """The `$load` answer (profiles/OperationDefinition-ResearchStudy-load.json)."""
+        counts = [{"name": k, "valueInteger": self.outcomes[k]} for k in ("created", "updated", "unchanged")]
+        refused = [{"name": "refused", "part": [
+            {"name": "trial", "valueString": what},
+            {"name": "outcome", "resource": operation_outcome(why.issues)}]} for what, why in self.failures]
+        return {"resourceType": "Parameters", "parameter": [*counts, *refused]}
+
+
+def _reasons(error: FhirError) -> str:
+    return "; ".join(f"{i.diagnostics} ({', '.join(i.expression)})" if i.expression else i.diagnostics
+                     for i in error.issues if i.severity in ("error", "fatal"))
+
+
+async def _plan(ctx: Context, unit: list[dict[str, Any]]) -> tuple[list[ServerWrite], Counter[str]]:
+    """The writes one trial unit needs (unchanged resources left out) and their outcomes."""
+    outcomes: Counter[str] = Counter()
+    writes = []
+    for resource in unit:
+        resource = dict(resource)
+        if resource["resourceType"] == "ResearchStudy":
+            resource["id"] = catalogue_id(resource)
+        if not isinstance(resource.get("id"), str):
+            raise fail(Kind.UNPROCESSABLE, "required",
+                       f"A catalogue {resource['resourceType']} needs an id (a ResearchStudy: "
+                       "an id or an official identifier).", expression="id")
+        current = await ctx.store.read(resource["resourceType"], resource["id"])
+        if current is not None and current.body is not None:
+            if _content(orjson.loads(current.body)) == _content(resource):
+                outcomes["unchanged"] += 1
+                continue
+            outcomes["updated"] += 1
+        else:
+            outcomes["created"] += 1
+        writes.append(ServerWrite(resource, new=False))
+    return writes, outcomes
+
+
+async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
+    """Store one trial unit: each resource created, updated, or left `unchanged`;
+    a FhirError (422 with element paths) when one fails its profile, nothing stored."""
+    writes, outcomes = await _plan(ctx, unit)
+    if writes:
+        await server_writes.commit(ctx, writes)
+    return outcomes
+
+
+async def store_all(ctx: Context, resources: Iterable[dict[str, Any]]) -> CatalogueReport:
+    """Store every trial unit of `resources`, BATCH trials per unit of work; a trial that
+    fails (its profile, say) is reported and the others are stored."""
+    report = CatalogueReport()
+    batch: list[list[dict[str, Any]]] = []
+    for unit in trials(resources):
+        batch.append(unit)
+        if len(batch) == BATCH:
+            await _store_batch(ctx, batch, report)
+            batch = []
+    await _store_batch(ctx, batch, report)
+    return report
+
+
+async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: CatalogueReport) -> None:
+    try:
+        planned = [await _plan(ctx, unit) for unit in batch]
+        writes = [w for unit_writes, _ in planned for w in unit_writes]
+        if writes:
+            await server_writes.commit(ctx, writes)
+    except FhirError:
+        # Which trial was it? Each alone: the good ones stored, the bad one reported.
+        for unit in batch:
+            try:
+                report.outcomes += await store_trial(ctx, unit)
+            except FhirError as exc:
+                report.failures.append((f"{unit[0]['resourceType']}/{unit[0].get('id')}", exc))
+        return
+    for _, outcomes in planned:
+        report.outcomes += outcomes
+
+
+async def load(ctx: Context, body: Any) -> dict[str, Any]:
+    """`POST [base]/ResearchStudy/$load`: store the trials of a Bundle, as `store_all`; a
+    Parameters of the outcomes. FORBIDDEN unless the caller may create and update every
+    catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
+    resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
+    for resource_type in sorted(CATALOGUE_TYPES):
+        decision(ctx, "create", resource_type)
+        decision(ctx, "update", resource_type)
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
+                   expression="resourceType")
+    check_resource(ctx, "Bundle", Payload(body, body))
+    return (await store_all(ctx, resources_of(body))).parameters()
+
+
+def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The resources of Bundles or single resources (`.json`) and NDJSON files
+    (`.ndjson`), files or directories (recursively, in name order).
+
+    Raises FhirError (INVALID) naming the file and line of anything that is not JSON."""
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson")) \
+            if path.is_dir() else [path]
+        for file in files:
+            yield from _read(file)
+
+
+def _read(file: Path) -> Iterator[dict[str, Any]]:
+    lines = file.read_bytes().splitlines() if file.suffix == ".ndjson" else [file.read_bytes()]
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            document = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not JSON ({exc})") from exc
+        if not isinstance(document, dict):
+            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not a FHIR resource")
+        yield from resources_of(document)
+
+
+def resources_of(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The resources of a Bundle's entries (searchset, collection, transaction...), or the
+    document itself."""
+    if document.get("resourceType") != "Bundle":
+        yield document
+        return
+    for entry in document.get("entry") or ():
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            if entry["resource"].get("resourceType") != "OperationOutcome":
+                yield entry["resource"]
