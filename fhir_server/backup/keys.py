@@ -22,8 +22,8 @@ def back_up_keys(ring: Path, data_keys: Path, ledger: Path, dest: Path) -> list[
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     ring_copy, keys_copy = dest / ring.name, dest / data_keys.name
     for _ in range(_ATTEMPTS):
-        before = _identity(ring)
         LocalKeyRing(ring)  # refuses a missing, malformed or too open ring
+        before = _identity(ring)
         _write(ring_copy, ring.read_bytes())
         _snapshot(data_keys, keys_copy)
         if _identity(ring) == before:
@@ -60,11 +60,11 @@ def _write(path: Path, content: bytes) -> None:
 
 def _snapshot(source: Path, target: Path) -> None:
     """A consistent copy of the SQLite file `source` (the backup API), owner-only."""
+    if not source.exists():
+        raise KeyRingError(f"there are no data keys at {source}")
     spare = target.with_name(target.name + ".part")
     spare.unlink(missing_ok=True)
     os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    if not source.exists():
-        raise KeyRingError(f"there are no data keys at {source}")
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     dst = sqlite3.connect(spare)
     try:
