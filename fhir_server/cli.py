@@ -1,6 +1,7 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
-`keys rotate`), of the encryption keys (`keys init|status|verify`, `keys rotate --kek`) and of
+`keys rotate`), of the encryption keys (`keys init|status|verify|prune|backup`,
+`keys rotate --kek`) and of
 the audit trail (`audit verify`). Loads and administration commands leave
 an AuditEvent each, in the trail the server writes."""
 
@@ -553,7 +554,9 @@ def _keys_status(args: argparse.Namespace) -> int:
     ring, data = keys.provider.status(), keys.status()
     print(f"key ring: {ring.provider}\nactive key-encryption key: {ring.active}")
     for kek in ring.keks:
-        print(f"  key-encryption key {kek}: wraps {data.by_kek.get(kek, 0)} data keys")
+        retired = (f" (retired {clock.instant(ring.retired[kek])}: unwraps only)"
+                   if kek in ring.retired else "")
+        print(f"  key-encryption key {kek}: wraps {data.by_kek.get(kek, 0)} data keys{retired}")
     print(f"data keys: {data.keys} for {data.scopes} scopes ({settings.data_keys_path})")
     stale = data.keys - data.by_kek.get(ring.active, 0)
     print("re-wrap: done" if not stale else f"re-wrap: {stale} data keys under older keys")
