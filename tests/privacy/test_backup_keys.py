@@ -17,7 +17,7 @@ from fhir_server.app import create_app
 from fhir_server.settings import Settings
 from tests.conftest import authorized
 from tests.privacy.conftest import Server
-from tests.privacy.test_backup_cli import _backup, _elsewhere, _restore
+from tests.privacy.test_backup_cli import _backup, _elsewhere, _restore, _versions
 
 
 def _check_restored(target: Path) -> None:
@@ -85,3 +85,17 @@ def test_keys_backup_without_a_ring_is_refused(
     assert cli.main(["keys", "backup", str(tmp_path / "dest")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
+
+
+def test_bodies_under_a_key_no_erasure_explains_are_still_refused(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A key gone without an erasure in the ledger (a wrong or damaged datakeys.db): the
+    restore stops before writing, rather than leave the patient's versions out."""
+    archive = _backup(capsys)
+    target = _elsewhere(sqlite_server, tmp_path, monkeypatch)
+    with sqlite3.connect(target / "datakeys.db") as conn:
+        conn.execute("DELETE FROM data_key WHERE scope = 'Patient/b'")
+    code, out = _restore(archive, capsys)
+    assert code == 2 and "cannot be opened" in out and "nothing was restored" in out
+    assert _versions(target) == 0
