@@ -1,8 +1,8 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
-`keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify`, `keys rotate
---kek`) and of the audit trail (`audit verify`). Loads and administration commands leave an
-AuditEvent each, in the trail the server writes."""
+`keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
+`keys rotate --kek`) and of the audit trail (`audit verify`). Loads and administration commands
+leave an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from .app import blind_index, body_codec, key_provider, open_context, open_ledger, open_store
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
-from .backup import ArchiveError, Restored, Target, restore, take
+from .backup import ArchiveError, Restored, Target, back_up_keys, restore, take
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
 from .auth.registry import Client, Registry as AuthRegistry
@@ -612,7 +613,9 @@ def _keys_status(args: argparse.Namespace) -> int:
     ring, data = keys.provider.status(), keys.status()
     print(f"key ring: {ring.provider}\nactive key-encryption key: {ring.active}")
     for kek in ring.keks:
-        print(f"  key-encryption key {kek}: wraps {data.by_kek.get(kek, 0)} data keys")
+        retired = (f" (retired {clock.instant(ring.retired[kek])}: unwraps only)"
+                   if kek in ring.retired else "")
+        print(f"  key-encryption key {kek}: wraps {data.by_kek.get(kek, 0)} data keys{retired}")
     print(f"data keys: {data.keys} for {data.scopes} scopes ({settings.data_keys_path})")
     stale = data.keys - data.by_kek.get(ring.active, 0)
     print("re-wrap: done" if not stale else f"re-wrap: {stale} data keys under older keys")
@@ -627,9 +630,36 @@ def _keys_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _prune_keys(settings: Settings, keys: DataKeys) -> str:
+    """Destroy the retired keys no kept backup needs any more; what was destroyed, in words."""
+    data, keks = keys.prune(clock.now() - timedelta(days=settings.backup_retention_days))
+    return (f"{data} retired data keys and {len(keks)} retired key-encryption keys older than "
+            f"the {settings.backup_retention_days}-day backup retention destroyed")
+
+
+def _keys_prune(args: argparse.Namespace) -> int:
+    settings = Settings()
+    print(_prune_keys(settings, _data_keys(settings)))
+    return 0
+
+
+def _keys_backup(args: argparse.Namespace) -> int:
+    settings = Settings()
+    try:
+        copied = back_up_keys(settings.key_ring_path, settings.data_keys_path,
+                              settings.erasure_ledger_path, args.dest)
+    except (KeyRingError, OSError) as error:
+        print(f"fhir-server keys backup: {error}", file=sys.stderr)
+        return 2
+    print(f"key backup in {args.dest} (0600): {', '.join(path.name for path in copied)}; keep "
+          "it apart from the data archives (docs/backup-and-erasure.md)")
+    return 0
+
+
 def _rotate_kek(settings: Settings) -> int:
     """A new key-encryption key; every data key re-wrapped under it, in batches, while the
-    server serves (a data key itself never changes); then the older ones are destroyed."""
+    server serves (a data key itself never changes); the older ones stay, retired, for the
+    archives taken under them, until they are older than the backup retention."""
     keys = _data_keys(settings)
     older = set(keys.provider.status().keks)
     kek = keys.provider.rotate()
@@ -640,12 +670,11 @@ def _rotate_kek(settings: Settings) -> int:
         # Again after a while: a key a server wrapped just before the rotation and stored
         # just after it (servers wrap with the KEK the file names at that moment).
         time.sleep(1.0)
-    for old in older:
-        keys.provider.destroy(old)
+    pruned = _prune_keys(settings, keys)
     asyncio.run(_record(settings, "keys rotate", "U", [_entity(
         kek, _SECURITY_RESOURCE, key="key-encryption key", rewrapped=rewrapped)]))
-    print(f"new key-encryption key {kek}; {rewrapped} data keys re-wrapped; "
-          f"{len(older)} older ones destroyed")
+    print(f"new key-encryption key {kek}; {rewrapped} data keys re-wrapped; {len(older)} older "
+          f"ones kept retired (they open older backups); {pruned}")
     return 0
 
 
@@ -673,7 +702,8 @@ def _rotate_data(settings: Settings, scope: str) -> int:
         done.key_id.hex(), _SECURITY_RESOURCE, key=f"data key of {scope}",
         resealed=done.resealed, retired=done.retired)]))
     print(f"new data key {done.key_id.hex()} for {scope}; {done.resealed} versions sealed "
-          f"again; {done.retired} older keys destroyed")
+          f"again; {done.retired} older keys retired (they open older backups); "
+          f"{_prune_keys(settings, _data_keys(settings))}")
     return 0
 
 
@@ -780,7 +810,8 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--signing", action="store_true", help="the token signing key (default)")
     which.add_argument("--kek", action="store_true",
                        help="the key-encryption key: every data key is re-wrapped under a new "
-                            "one while the server runs, then the older ones are destroyed")
+                            "one while the server runs; the older ones stay retired for older "
+                            "backups until past FHIR_SERVER_BACKUP_RETENTION_DAYS")
     which.add_argument("--data", metavar="SCOPE",
                        help="the data key of Patient/<id> (or of a resource type outside "
                             "patient compartments): what it sealed is sealed again under a new "
@@ -791,6 +822,12 @@ def parser() -> argparse.ArgumentParser:
     keys.add_parser("status", help="the key ring and the data keys").set_defaults(run=_keys_status)
     keys.add_parser("verify", help="unwrap every data key (exit 1 on any problem)").set_defaults(
         run=_keys_verify)
+    keys.add_parser("prune", help="destroy retired keys older than the backup retention (no "
+                    "kept archive needs them)").set_defaults(run=_keys_prune)
+    key_backup = keys.add_parser("backup", help="copy the key ring, datakeys.db and the erasure "
+                                 "ledger, consistently, into DEST (keep it apart from archives)")
+    key_backup.add_argument("dest", type=Path, metavar="DEST")
+    key_backup.set_defaults(run=_keys_backup)
     backup = commands.add_parser(
         "backup", help="write an encrypted archive of the store and the audit trail "
         "(FHIR_SERVER_BACKUP_DIR), and prune old ones")

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from ..audit.chain import Chain, Link
-from ..crypto import BodyCodec, ErasureLedger, KeyProvider
+from ..crypto import BodyCodec, EnvelopeCodec, ErasureLedger, KeyProvider
 from ..search import IndexEntry, Registry, extract
 from ..services.erase import destroyed_keys, replay
 from ..services.shredded import StoredTrail, classify
@@ -41,6 +41,7 @@ class Restored:
     links: int = 0
     left_out: int = 0  # clinical versions sealed under a destroyed key
     replayed: list[str] = field(default_factory=list)  # patients erased again
+    keys_destroyed: int = 0  # erased patients' keys a restored key backup had brought back
 
 
 @dataclass
@@ -98,11 +99,16 @@ async def restore(archive: Path, target: Target) -> Restored:
     """Restore `archive` into `target` (see the module docstring). ArchiveError before any
     write if the archive cannot be restored; ValueError if a store or the chain is not empty."""
     destroyed = destroyed_keys(target.ledger) if target.ledger else frozenset()
+    if isinstance(target.codec, EnvelopeCodec):
+        # datakeys.db may come from a key backup older than some erasures: destroy again.
+        done_keys = target.codec.keys.destroy_keys(destroyed)
+    else:
+        done_keys = 0
     header = check(archive, target, destroyed)
     if not (await _is_empty(target.main) and await _is_empty(target.audit)) or target.chain.links():
         raise ValueError("restore rebuilds empty stores: the store, the audit store or the audit "
                          "chain holds data; move them aside first")
-    done = Restored()
+    done = Restored(keys_destroyed=done_keys)
     with archive.open("rb") as file:
         await _load(records(file, target.provider), target, destroyed, done)
     for entry in target.ledger.entries() if target.ledger else ():

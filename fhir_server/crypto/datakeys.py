@@ -9,6 +9,10 @@ Keys are random, never derived from a master key: a derived key could be derived
 Unwrapped keys are cached in memory (a bounded LRU). Another process's destroy, rotation or
 re-wrap bumps a revision number that every process checks at most once a second, so a key
 destroyed elsewhere is forgotten here within that second.
+
+A rotated-out key is kept, retired (it opens, never seals), until every backup taken before
+its rotation has aged out of the backup retention: `prune` destroys it then. Erasure
+destroys a scope's keys at once, retired ones included.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,7 +42,8 @@ CREATE TABLE IF NOT EXISTS data_key (
     scope    TEXT    NOT NULL,   -- Patient/<id>, or a resource type
     wrapped  BLOB    NOT NULL,
     current  INTEGER NOT NULL,   -- 1: new writes of the scope use it
-    created  TEXT    NOT NULL
+    created  TEXT    NOT NULL,
+    retired  TEXT                -- when a rotation replaced it (it only opens); NULL: in use
 );
 CREATE UNIQUE INDEX IF NOT EXISTS data_key_current ON data_key (scope) WHERE current = 1;
 CREATE INDEX IF NOT EXISTS data_key_scope ON data_key (scope);
@@ -136,6 +142,15 @@ class DataKeys:
         self._query("PRAGMA wal_checkpoint(TRUNCATE)")
         return gone
 
+    def destroy_keys(self, key_ids: Iterable[bytes]) -> int:
+        """Destroy the keys `key_ids` (erasures the ledger records, again: a datakeys.db put
+        back from a key backup taken before them must not bring them back); how many."""
+        with self._write() as conn:
+            gone = sum(conn.execute("DELETE FROM data_key WHERE key_id = ?", (key_id,)).rowcount
+                       for key_id in key_ids)
+        self._query("PRAGMA wal_checkpoint(TRUNCATE)")
+        return gone
+
     def rotate(self, scope: str) -> bytes:
         """Give `scope` a new current key; its older keys still open what they sealed until
         `retire` (after the re-encryption job moved every version to the new key)."""
@@ -143,20 +158,39 @@ class DataKeys:
         wrapped = self.provider.wrap(os.urandom(KEY_BYTES), key_id)
         with self._write() as conn:
             conn.execute("UPDATE data_key SET current = 0 WHERE scope = ? AND current = 1", (scope,))
-            conn.execute("INSERT INTO data_key VALUES (?, ?, ?, 1, ?)",
+            conn.execute("INSERT INTO data_key VALUES (?, ?, ?, 1, ?, NULL)",
                          (key_id, scope, wrapped, clock.instant()))
         return key_id
 
     def retire(self, scope: str, keep: bytes) -> int:
-        """Destroy the keys of `scope` other than `keep` (their versions were re-encrypted)."""
+        """Retire the keys of `scope` other than `keep` (their stored versions were sealed
+        again): they still open older backups' versions until `prune`; returns how many."""
         with self._write() as conn:
-            return conn.execute("DELETE FROM data_key WHERE scope = ? AND key_id != ?",
-                                (scope, keep)).rowcount
+            return conn.execute(
+                "UPDATE data_key SET retired = ? WHERE scope = ? AND key_id != ? AND retired IS "
+                "NULL", (clock.instant(), scope, keep)).rowcount
 
     def keys_of(self, scope: str) -> list[bytes]:
-        """The ids of the keys `scope` has, current first."""
+        """The ids of the keys `scope` uses (retired ones aside), current first."""
         return [row[0] for row in self._query(
-            "SELECT key_id FROM data_key WHERE scope = ? ORDER BY current DESC", (scope,))]
+            "SELECT key_id FROM data_key WHERE scope = ? AND retired IS NULL "
+            "ORDER BY current DESC", (scope,))]
+
+    def prune(self, before: datetime) -> tuple[int, list[str]]:
+        """Destroy the data keys retired before `before`, then the retired KEKs retired before
+        it that wrap no data key any more (re-wrap first); (data keys, KEK ids) destroyed.
+        `before` is now minus the backup retention: no kept archive still needs them."""
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM data_key WHERE retired < ?",
+                                (clock.instant(before),)).rowcount
+        if gone:
+            self._query("PRAGMA wal_checkpoint(TRUNCATE)")
+        used = self.status().by_kek
+        keks = [kek for kek, at in self.provider.status().retired.items()
+                if at < before and not used.get(kek)]
+        for kek in keks:
+            self.provider.destroy(kek)
+        return gone, keks
 
     def rewrap(self, batch: int = 1000) -> int:
         """Re-wrap, under the active KEK, up to `batch` keys wrapped under an older one; returns
@@ -219,7 +253,7 @@ class DataKeys:
             with self._write(bump=False) as conn:
                 # A scope whose key another process made meanwhile keeps that one.
                 fresh = [(key_id, scope, key) for key_id, scope, key in made if conn.execute(
-                    "INSERT OR IGNORE INTO data_key VALUES (?, ?, ?, 1, ?)",
+                    "INSERT OR IGNORE INTO data_key VALUES (?, ?, ?, 1, ?, NULL)",
                     (key_id, scope, self.provider.wrap(key, key_id), clock.instant())).rowcount]
             found.update((scope, (key_id, AESGCM(key))) for key_id, scope, key in fresh)
             found.update(self._stored({scope for _, scope, _ in made} - found.keys()))
@@ -297,5 +331,7 @@ class DataKeys:
             for pragma in ("journal_mode = WAL", "synchronous = FULL", "secure_delete = ON"):
                 db.execute(f"PRAGMA {pragma}")
             db.executescript(_SCHEMA)
+            if "retired" not in {row[1] for row in db.execute("PRAGMA table_info(data_key)")}:
+                db.execute("ALTER TABLE data_key ADD COLUMN retired TEXT")  # a file made before
             self._db = db
         return self._db

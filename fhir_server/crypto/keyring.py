@@ -6,7 +6,11 @@ can stand in for the local file without the stores noticing: they only see a cod
 key ring is one JSON file, owner-only (0600), kept apart from every database and backup:
 
     {"format": 1, "active": "<kek id>", "keks": {"<kek id>": "<base64 key>", ...},
-     "index_root": "<base64 key>"}
+     "index_root": "<base64 key>", "retired": {"<kek id>": "<instant it stopped being active>"}}
+
+A rotation keeps the older KEKs as retired (they unwrap, never wrap): a backup archive's key,
+wrapped when the archive was taken, stays openable until that archive ages out of the backup
+retention; `keys prune` destroys them after that (docs/security.md).
 
 A wrapped key is `format | kek id (8 bytes) | nonce | AES-256-GCM(kek, key, context)`; the
 context (the data key's id) stops a wrapped key from being moved to another key's record.
@@ -21,12 +25,15 @@ import json
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import clock
 
 _FORMAT = 1
 _KEK_ID_BYTES = 8
@@ -41,11 +48,13 @@ class KeyRingError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class KeyRingStatus:
-    """What `keys status` shows: the active KEK, every KEK still held, where they live."""
+    """What `keys status` shows: the active KEK, every KEK still held, where they live, and
+    when each retired one stopped being active."""
 
     provider: str
     active: str
     keks: tuple[str, ...]
+    retired: dict[str, datetime] = field(default_factory=dict)
 
 
 class KeyProvider(Protocol):
@@ -61,7 +70,8 @@ class KeyProvider(Protocol):
         """The id of the KEK a wrapped key is under (to find keys to re-wrap)."""
 
     def rotate(self) -> str:
-        """Make a new KEK the active one (older ones still unwrap); returns its id."""
+        """Make a new KEK the active one (older ones stay, retired: they still unwrap);
+        returns its id."""
 
     def destroy(self, kek_id: str) -> None:
         """Forget a KEK that is no longer active (after every key under it was re-wrapped)."""
@@ -99,7 +109,7 @@ class LocalKeyRing:
 
     def _load(self) -> None:
         self._seen = _identity(self.path)
-        self._active, self._keks, self._index_root = _read(self.path)
+        self._active, self._keks, self._index_root, self._retired = _read(self.path)
         self._ciphers = {kek_id: AESGCM(key) for kek_id, key in self._keks.items()}
 
     def wrap(self, key: bytes, context: bytes) -> bytes:
@@ -135,6 +145,7 @@ class LocalKeyRing:
             self._load()
             kek_id = os.urandom(_KEK_ID_BYTES).hex()
             self._keks[kek_id] = os.urandom(KEY_BYTES)
+            self._retired[self._active] = clock.instant()
             self._active = kek_id
             self._save()
         return kek_id
@@ -144,13 +155,16 @@ class LocalKeyRing:
             self._load()
             if kek_id == self._active:
                 raise KeyRingError(f"key-encryption key {kek_id} is the active one")
+            self._retired.pop(kek_id, None)
             if self._keks.pop(kek_id, None) is not None:
                 self._save()
 
     def status(self) -> KeyRingStatus:
         with self._lock:
             self._load()
-            return KeyRingStatus(f"local file {self.path}", self._active, tuple(sorted(self._keks)))
+            retired = {kek_id: datetime.fromisoformat(at) for kek_id, at in self._retired.items()}
+            return KeyRingStatus(f"local file {self.path}", self._active,
+                                 tuple(sorted(self._keks)), retired)
 
     def index_key(self, param: str) -> bytes:
         # Derived, unlike data keys: an index key is never destroyed on its own.
@@ -160,7 +174,7 @@ class LocalKeyRing:
         """Replace the file atomically (a crash leaves the old ring or the new one)."""
         content = {"format": _FORMAT, "active": self._active,
                    "keks": {kek_id: _b64(key) for kek_id, key in self._keks.items()},
-                   "index_root": _b64(self._index_root)}
+                   "index_root": _b64(self._index_root), "retired": self._retired}
         spare = self.path.with_name(self.path.name + ".new")
         fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
@@ -180,8 +194,9 @@ def _identity(path: Path) -> tuple[int, int]:
     return (found.st_ino, found.st_mtime_ns)
 
 
-def _read(path: Path) -> tuple[str, dict[str, bytes], bytes]:
-    """(active KEK id, KEKs by id, index root key) of the file, checked."""
+def _read(path: Path) -> tuple[str, dict[str, bytes], bytes, dict[str, str]]:
+    """(active KEK id, KEKs by id, index root key, retirement instants by KEK id) of the
+    file, checked."""
     hint = "create one with `fhir-server keys init`, or point FHIR_SERVER_KEY_RING at it"
     try:
         mode = path.stat().st_mode
@@ -203,7 +218,15 @@ def _read(path: Path) -> tuple[str, dict[str, bytes], bytes]:
         active = str(content["active"])
         if active not in keks or any(len(bytes.fromhex(k)) != _KEK_ID_BYTES for k in keks):
             raise ValueError("bad key ids")
-        return active, keks, _key(content["index_root"])
+        retired = {str(k): str(v) for k, v in content.get("retired", {}).items()
+                   if k in keks and k != active}
+        for instant in retired.values():
+            datetime.fromisoformat(instant)
+        for kek_id in keks.keys() - retired.keys() - {active}:
+            # A ring written before retirement times were kept: from now, so such a KEK
+            # stays a whole retention (never pruned too early).
+            retired[kek_id] = clock.instant()
+        return active, keks, _key(content["index_root"]), retired
     except (ValueError, KeyError, TypeError, AttributeError):
         raise KeyRingError(f"the key ring {path} is malformed") from None
 

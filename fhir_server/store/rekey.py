@@ -1,7 +1,7 @@
 """Data-key rotation of one scope (a patient compartment, or a type outside compartments): the
 scope gets a new key for new writes, every stored version its older keys sealed is sealed
 again under it, in batches, while the server serves (readers still open the older keys meanwhile);
-then the older keys are destroyed.
+then the older keys are retired (kept for older backups until past the retention).
 
 Resumable: a run that stops leaves the scope with a current key and older ones; the next run
 goes on with those (no second new key) and rewrites only what older keys still seal."""
@@ -21,7 +21,7 @@ BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
-    """What a rotation did: the new key, versions sealed again, older keys destroyed."""
+    """What a rotation did: the new key, versions sealed again, older keys retired."""
 
     key_id: bytes
     resealed: int

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from fhir_server.crypto import (DataKeys, EnvelopeCodec, LocalKeyRing, UnreadableBody,
+from fhir_server import clock
+from fhir_server.crypto import (DataKeys, EnvelopeCodec, KeyRingError, LocalKeyRing, UnreadableBody,
                                 create_key_ring, key_scope, patient_scope)
 
 
@@ -66,19 +68,6 @@ def test_kek_rotation_rewraps_every_key_and_old_kek_can_go(keys: DataKeys) -> No
     assert all(EnvelopeCodec(fresh).open("Patient", p, 1, b) == p.encode() for p, b in blobs.items())
 
 
-def test_rotate_a_scope_keeps_old_versions_readable_until_retired(keys: DataKeys) -> None:
-    codec = EnvelopeCodec(keys)
-    old_blob = codec.seal("Patient", "a", 1, b"v1", {"a"})
-    new_id = keys.rotate(patient_scope("a"))
-    new_blob = codec.seal("Patient", "a", 2, b"v2", {"a"})
-    assert new_blob[1:17] == new_id and codec.open("Patient", "a", 1, old_blob) == b"v1"
-    assert keys.keys_of(patient_scope("a"))[0] == new_id
-    assert keys.retire(patient_scope("a"), keep=new_id) == 1
-    with pytest.raises(UnreadableBody):
-        codec.open("Patient", "a", 1, old_blob)
-    assert codec.open("Patient", "a", 2, new_blob) == b"v2"
-
-
 def test_prepare_makes_missing_keys_at_once_and_processes_agree(keys: DataKeys,
                                                                 tmp_path: Path) -> None:
     other = DataKeys(keys.provider, keys.path)
@@ -88,3 +77,66 @@ def test_prepare_makes_missing_keys_at_once_and_processes_agree(keys: DataKeys,
     assert {other.current(patient_scope(p))[0] for p in "bc"} == {
         keys.current(patient_scope(p))[0] for p in "bc"}
     assert keys.status().keys == 3
+
+
+def test_rotate_a_scope_keeps_the_old_key_retired_until_pruned(keys: DataKeys) -> None:
+    codec = EnvelopeCodec(keys)
+    old_blob = codec.seal("Patient", "a", 1, b"v1", {"a"})
+    new_id = keys.rotate(patient_scope("a"))
+    new_blob = codec.seal("Patient", "a", 2, b"v2", {"a"})
+    assert new_blob[1:17] == new_id and codec.open("Patient", "a", 1, old_blob) == b"v1"
+    assert keys.keys_of(patient_scope("a"))[0] == new_id
+    assert keys.retire(patient_scope("a"), keep=new_id) == 1
+    assert keys.keys_of(patient_scope("a")) == [new_id]
+    # An older backup's version still opens: the retired key is kept for the retention.
+    fresh = EnvelopeCodec(DataKeys(keys.provider, keys.path))
+    assert fresh.open("Patient", "a", 1, old_blob) == b"v1"
+    assert keys.prune(clock.now() - timedelta(days=30)) == (0, [])
+    assert fresh.open("Patient", "a", 1, old_blob) == b"v1"
+    assert keys.prune(clock.now() + timedelta(seconds=1)) == (1, [])
+    with pytest.raises(UnreadableBody):
+        EnvelopeCodec(DataKeys(keys.provider, keys.path)).open("Patient", "a", 1, old_blob)
+    assert codec.open("Patient", "a", 2, new_blob) == b"v2"
+
+
+def test_erasure_destroys_retired_keys_too(keys: DataKeys) -> None:
+    codec = EnvelopeCodec(keys)
+    old_blob = codec.seal("Patient", "a", 1, b"v1", {"a"})
+    keys.retire(patient_scope("a"), keep=keys.rotate(patient_scope("a")))
+    assert keys.destroy(patient_scope("a")) == 2
+    with pytest.raises(UnreadableBody):
+        EnvelopeCodec(DataKeys(keys.provider, keys.path)).open("Patient", "a", 1, old_blob)
+
+
+def test_destroy_keys_again_by_id(keys: DataKeys) -> None:
+    a_id, _ = keys.current(patient_scope("a"))
+    b_id, _ = keys.current(patient_scope("b"))
+    assert keys.destroy_keys([a_id, b"\0" * 16]) == 1
+    assert keys.keys_of(patient_scope("a")) == [] and keys.keys_of(patient_scope("b")) == [b_id]
+
+
+def test_retired_keks_open_until_pruned_after_the_retention(keys: DataKeys) -> None:
+    codec = EnvelopeCodec(keys)
+    blob = codec.seal("Patient", "a", 1, b"v1", {"a"})
+    old = keys.provider.status().active
+    archive_key = keys.provider.wrap(b"k" * 32, b"archive")  # an archive taken before
+    new = keys.provider.rotate()
+    while keys.rewrap():
+        pass
+    status = keys.provider.status()
+    assert old in status.keks and list(status.retired) == [old]
+    assert keys.provider.wrap(b"x" * 32, b"c")[1:9].hex() == new  # retired never wraps
+    assert keys.prune(clock.now() - timedelta(days=30)) == (0, [])
+    assert LocalKeyRing(keys.provider.path).unwrap(archive_key, b"archive") == b"k" * 32
+    assert keys.prune(clock.now() + timedelta(seconds=1)) == (0, [old])
+    with pytest.raises(KeyRingError):
+        LocalKeyRing(keys.provider.path).unwrap(archive_key, b"archive")
+    assert EnvelopeCodec(DataKeys(keys.provider, keys.path)).open("Patient", "a", 1, blob) == b"v1"
+
+
+def test_a_retired_kek_still_wrapping_a_key_is_not_pruned(keys: DataKeys) -> None:
+    keys.current(patient_scope("a"))
+    old = keys.provider.status().active
+    keys.provider.rotate()  # no re-wrap yet
+    assert keys.prune(clock.now() + timedelta(seconds=1)) == (0, [])
+    assert old in keys.provider.status().keks and keys.verify() == []
