@@ -19,8 +19,9 @@ from ..search import PROTECTED_CODES
 # What stands in a recorded query for the value of a protected parameter.
 REDACTED = "***"
 _PROTECTED = frozenset(PROTECTED_CODES)
-# Parameters whose values are free text that may name anyone.
-_FREE_TEXT = frozenset({"_content", "_text", "_filter"})
+# Not blinded (dates stay range-searchable) but personal all the same, and free text that
+# may name anyone.
+_PERSONAL = frozenset({"birthdate", "death-date", "_content", "_text", "_filter"})
 
 
 def begin(recorder: AuditRecorder, *, method: str, path: str, query: str | None,
@@ -40,14 +41,14 @@ def begin(recorder: AuditRecorder, *, method: str, path: str, query: str | None,
 def without_protected_values(query: str) -> str:
     """`query` with the value of each parameter that names a protected one (search/blind.py:
     names, identifiers, contact points, addresses; directly, with a modifier or at the end
-    of a chain) or free text replaced by REDACTED. The auditors' event that keeps the query
+    of a chain), birth and death dates or free text replaced by REDACTED. The auditors' event that keeps the query
     is sealed under the AuditEvent type's key, which no erasure destroys: a patient's name
     searched for must not outlive their own key there (docs/audit.md)."""
     parts = []
     for part in query.split("&"):
         name, equals, value = part.partition("=")
         words = set(unquote(name).replace(".", ":").split(":"))
-        if equals and value and (words & _PROTECTED or words & _FREE_TEXT):
+        if equals and value and (words & _PROTECTED or words & _PERSONAL):
             part = f"{name}={REDACTED}"
         parts.append(part)
     return "&".join(parts)
