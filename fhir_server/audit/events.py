@@ -135,7 +135,7 @@ def erasure_event(*, recorded: str, principal: Principal | None, address: str | 
     nothing of the erased resources' content. The patient is named as text, never as a
     reference: the event is then in no patient's compartment, so it is sealed under the
     AuditEvent type's key and outlives the patient's destroyed key."""
-    event = _rest_event("operation", 200, recorded, principal, address, None, [], None)
+    event = _rest_event("operation", 200, recorded, principal, address)
     event["action"] = "D"
     agent = event["agent"][0]
     if agent["who"].get("reference") == f"Patient/{patient}":  # the patient's own request
