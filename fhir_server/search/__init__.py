@@ -43,7 +43,7 @@ from .entries import (
     TokenEntry,
     UriEntry,
 )
-from .blind import BlindIndex, Digest, default_protected
+from .blind import PROTECTED_CODES, BlindIndex, Digest, default_protected
 from .compartments import patients_of
 from .extract import Extractor, extract
 from .match import Resolver, Unsupported, matches
@@ -59,6 +59,7 @@ __all__ = [
     "DATE_MIN",
     "PREFIXES",
     "BlindIndex",
+    "PROTECTED_CODES",
     "Chain",
     "Clause",
     "Component",
