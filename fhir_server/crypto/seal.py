@@ -28,14 +28,6 @@ _REGISTRY = jwe.JWERegistry(algorithms=[ALG, ENC], verify_all_recipients=False,
                             max_recipients=MAX_RECIPIENTS)
 
 
-def is_sealed_type(content_type: Any) -> bool:
-    """Whether a contentType names sealed content: media types compare without case and
-    without parameters (RFC 9110 §8.3.1), so `Application/JOSE+JSON; charset=utf-8` counts."""
-    if not isinstance(content_type, str):
-        return False
-    return content_type.partition(";")[0].strip().lower() in CONTENT_TYPES
-
-
 class SealError(ValueError):
     """Not a JWE this platform accepts, or one the key given cannot open (tampered or not
     addressed to it): the message never says which bytes were wrong."""

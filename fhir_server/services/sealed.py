@@ -23,8 +23,7 @@ from typing import Any
 import orjson
 
 from ..access import server_principal
-from ..crypto import SealError, recipient_kids
-from ..crypto.seal import is_sealed_type
+from ..crypto import CONTENT_TYPES, SealError, recipient_kids
 from ..model.errors import Kind, fail
 from ..search import parse_query
 from . import reach
@@ -62,7 +61,10 @@ def _invalid(message: str, where: str) -> Exception:
 
 def is_sealed(attachment: Any) -> bool:
     """Whether an Attachment declares sealed content (its form is checked on write)."""
-    return isinstance(attachment, dict) and is_sealed_type(attachment.get("contentType"))
+    if not isinstance(attachment, dict) or not isinstance(attachment.get("contentType"), str):
+        return False
+    # media types compare without case and parameters (RFC 9110 §8.3.1)
+    return attachment["contentType"].partition(";")[0].strip().lower() in CONTENT_TYPES
 
 
 async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
