@@ -40,7 +40,7 @@ from ..store.base import (
     Version,
     Write,
 )
-from . import crud, history, search
+from . import crud, history, sealed, search
 from .conditions import condition
 from .context import Context, Payload, after_commit
 from .crud import check_resource
@@ -551,12 +551,15 @@ async def _plan_writes(ctx: Context, tx: _Transaction, entries: list[Entry],
     """Check the POST, PUT and PATCH entries and send their writes through `pending`."""
     ctx = _with_new_patients(ctx, tx, assigned)
     tx.workflow_ctx = _with_new_patients(tx.workflow_ctx, tx, assigned)  # creators see them too
-    for e in entries:
-        if e.method in ("POST", "PUT"):
-            await pending.add(e, await _guard(e, _write(ctx, tx, e, assigned[e.index])))
-        elif e.method == "PATCH":
-            await pending.add(e, await _guard(e, _patch(ctx, e)))
-    await pending.flush()
+    documents = {f"{e.resource_type}/{assigned[e.index][0]}": e.payload.checked for e in entries
+                 if e.method in ("POST", "PUT") and e.payload and e.resource_type in sealed.DOCUMENT_TYPES}
+    with sealed.alongside(documents):  # a message checks the sealed documents it comes with
+        for e in entries:
+            if e.method in ("POST", "PUT"):
+                await pending.add(e, await _guard(e, _write(ctx, tx, e, assigned[e.index])))
+            elif e.method == "PATCH":
+                await pending.add(e, await _guard(e, _patch(ctx, e)))
+        await pending.flush()
 
 
 class _NeedsUnit(Exception):

@@ -13,18 +13,39 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from ..access import server_principal
 from ..crypto import CONTENT_TYPES, SealError, recipient_kids
 from ..model.errors import Kind, fail
+from ..search import parse_query
 from . import reach
 from .context import Context
 
 DOCUMENT_TYPES = ("Binary", "DocumentReference")
 _GROUPS = ("PractitionerRole", "CareTeam", "Group", "Organization")
+_UNNAMED = ("Patient", "RelatedPerson")  # members an error names only to themselves
+_LOCAL = re.compile(r"(Binary|DocumentReference)/([A-Za-z0-9.-]{1,64})(?:/_history/([0-9]{1,18}))?")
+# The Binary and DocumentReference resources of the transaction being written, by `Type/id`:
+# a message of the same Bundle points to them before they are stored.
+_IN_BUNDLE: ContextVar[Mapping[str, dict[str, Any]]] = ContextVar("sealed_in_bundle", default={})
+
+
+@contextmanager
+def alongside(documents: Mapping[str, dict[str, Any]]) -> Iterator[None]:
+    """Let the checks see `documents` (`Type/id` -> content) written in the same transaction."""
+    token = _IN_BUNDLE.set(documents)
+    try:
+        yield
+    finally:
+        _IN_BUNDLE.reset(token)
 
 
 def _directory(ctx: Context) -> Context:
@@ -40,7 +61,10 @@ def _invalid(message: str, where: str) -> Exception:
 
 def is_sealed(attachment: Any) -> bool:
     """Whether an Attachment declares sealed content (its form is checked on write)."""
-    return isinstance(attachment, dict) and attachment.get("contentType") in CONTENT_TYPES
+    if not isinstance(attachment, dict) or not isinstance(attachment.get("contentType"), str):
+        return False
+    # media types compare without case and parameters (RFC 9110 §8.3.1)
+    return attachment["contentType"].partition(";")[0].strip().lower() in CONTENT_TYPES
 
 
 async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
@@ -72,12 +96,48 @@ async def _sealed_part(ctx: Context, part: dict[str, Any]) -> bool:
     return bool(attachments) and all(is_sealed(a) for a in attachments)
 
 
+def _local(ctx: Context, reference: Any) -> tuple[str, str, int | None] | None:
+    """(type, id, version or None) of a reference to a Binary or DocumentReference of this
+    server: relative, or absolute to its base, versioned or not."""
+    if not isinstance(reference, str):
+        return None
+    if reference.startswith(ctx.base_url + "/"):
+        reference = reference[len(ctx.base_url) + 1:]
+    found = _LOCAL.fullmatch(reference)
+    if found is None:
+        return None
+    kind, id, version = found.groups()
+    return kind, id, int(version) if version else None
+
+
 async def _pointed(ctx: Context, part: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """(type, current content) of the Binary or DocumentReference a payload element points to."""
-    reference = (part.get("contentReference") or {}).get("reference", "")
-    kind = reference.partition("/")[0]
-    found = await reach.current(_directory(ctx), reference) if kind in DOCUMENT_TYPES else None
+    """(type, content) of the Binary or DocumentReference a payload element points to: the
+    version it names, else the one of the same transaction, else the current one."""
+    local = _local(ctx, (part.get("contentReference") or {}).get("reference"))
+    if local is None:
+        return None
+    kind, id, version = local
+    if version is not None:
+        stored = await ctx.store.vread(kind, id, version)
+        found = orjson.loads(stored.body) if stored is not None and stored.body is not None else None
+    else:
+        found = _IN_BUNDLE.get().get(f"{kind}/{id}") or await reach.current(_directory(ctx), f"{kind}/{id}")
     return (kind, found) if found is not None else None
+
+
+async def _messages_to(ctx: Context, resource_type: str, id: str) -> list[dict[str, Any]]:
+    """The current Communications whose payload points to the current `resource_type/id`
+    (a versioned reference keeps pointing to its version). No search parameter indexes
+    `payload.contentReference`: every Communication is read, page by page."""
+    query, _ = parse_query("Communication", [("_count", str(reach.PAGE))], ctx.registry)
+    found: list[dict[str, Any]] = []
+    async for message in reach.resources(_directory(ctx), query):
+        for part in message.get("payload", []):
+            local = _local(ctx, (part.get("contentReference") or {}).get("reference"))
+            if local == (resource_type, id, None):
+                found.append(message)
+                break
+    return found
 
 
 async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any]) -> None:
@@ -87,10 +147,17 @@ async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any
         await _check_message(ctx, resource)
     elif resource_type in DOCUMENT_TYPES:
         sealed = list(_sealed_in(resource_type, resource))
+        if not sealed and not ctx.sealed_only:
+            return
+        id = resource.get("id")  # none yet: a new resource no message points to
+        messages = await _messages_to(ctx, resource_type, id) if isinstance(id, str) else []
         context = (resource.get("securityContext") or {}).get("reference", "")
-        message = await reach.current(_directory(ctx), context) if context.startswith("Communication/") else None
-        for where, kids in sealed:
-            if message is not None:
+        if context.startswith("Communication/") and (named := await reach.current(_directory(ctx), context)):
+            messages.append(named)
+        for message in messages:
+            if not sealed:  # the message would carry plain content
+                refuse_plain(ctx, resource_type)
+            for where, kids in sealed:
                 await _check_cover(ctx, message, kids, where)
 
 
@@ -147,10 +214,20 @@ async def _check_cover(ctx: Context, message: dict[str, Any], kids: set[str], wh
             raise _invalid(f"{where} is sealed, but {role} {party} has no sealing key to open "
                            "it (users enrol one; site systems register one in their JWKS).", where)
         for holder, key in keys:
-            if (kid := key["kid"]) not in kids:
-                owner = party if holder == party else f"{holder}, member of {party}"
-                raise _invalid(f"{where} is not sealed to the current key '{kid}' of {role} "
-                               f"{owner}: seal it again to the keys GET /keys/{party} lists.", where)
+            if key["kid"] not in kids:
+                raise _invalid(f"{where} is not sealed to {_missing(ctx, role, party, holder, key)}: "
+                               f"seal it again to the keys GET /keys/{party} lists.", where)
+
+
+def _missing(ctx: Context, role: str, party: str, holder: str, key: dict[str, Any]) -> str:
+    """The key an error names as missing. A patient or related person reached as a member of
+    a group is named to themselves only: the caller may not be one who reads them."""
+    caller = ctx.principal.fhir_user if ctx.principal is not None else None
+    if holder == party:
+        return f"the current key '{key['kid']}' of {role} {party}"
+    if holder.partition("/")[0] in _UNNAMED and holder != caller:
+        return f"the current key of a member of {role} {party}"
+    return f"the current key '{key['kid']}' of {role} {holder}, member of {party}"
 
 
 def _parties(ctx: Context, message: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -183,12 +260,13 @@ async def _keys_of(ctx: Context, party: str, depth: int = 0) -> list[tuple[str, 
     return list(first.values())
 
 
-async def keys_for(ctx: Context, party: str) -> list[dict[str, Any]]:
-    """The current public keys content addressed to `party` must be sealed to (a group's: its
-    site systems' and its members'); the caller's own reach is checked by the caller."""
+async def keys_for(ctx: Context, party: str) -> list[tuple[str, dict[str, Any]]]:
+    """(holder, public key) of the current keys content addressed to `party` must be sealed
+    to (a group's: its site systems' and its members'); the caller's reach of each holder is
+    checked by the caller."""
     if ctx.keys is None:
         return []
-    return [key for _, key in await _keys_of(ctx, party)]
+    return await _keys_of(ctx, party)
 
 
 async def _members(ctx: Context, party: str) -> list[str]:

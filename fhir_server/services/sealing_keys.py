@@ -11,12 +11,13 @@ import logging
 from typing import Any
 
 from ..crypto import USER_TYPES, SealError
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Kind, fail
 from . import crud, sealed
 from .context import Context
 
 log = logging.getLogger("fhir_server.sealing")
 IDENTITY_TYPES = (*USER_TYPES, "PractitionerRole", "CareTeam", "Group", "Organization", "Client")
+_PRIVATE_HOLDERS = ("Patient", "RelatedPerson")
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 
@@ -52,6 +53,25 @@ async def published(ctx: Context, identity: str) -> dict[str, Any]:
     principal = ctx.principal
     if principal is None:
         raise fail(Kind.FORBIDDEN, "forbidden", "Sign in to fetch sealing keys.")
-    if kind in ("Patient", "RelatedPerson") and principal.fhir_user != identity:
+    if kind in _PRIVATE_HOLDERS and principal.fhir_user != identity:
         await crud.read(ctx, kind, id)  # NOT_FOUND unless the caller may read them
-    return {"keys": await sealed.keys_for(ctx, identity)}
+    keys = []
+    for holder, key in await sealed.keys_for(ctx, identity):
+        if holder == identity or await _may_read(ctx, holder):
+            keys.append(key)
+    return {"keys": keys}
+
+
+async def _may_read(ctx: Context, holder: str) -> bool:
+    """Whether a group's member's keys go to the caller: a Patient's or RelatedPerson's only
+    if the caller may read them (else the group would leak who has an account)."""
+    kind, _, id = holder.partition("/")
+    if kind not in _PRIVATE_HOLDERS or ctx.principal is None or ctx.principal.fhir_user == holder:
+        return True
+    try:
+        await crud.read(ctx, kind, id)
+    except FhirError as error:
+        if error.kind in (Kind.NOT_FOUND, Kind.FORBIDDEN, Kind.GONE):
+            return False
+        raise
+    return True

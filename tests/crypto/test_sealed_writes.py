@@ -75,10 +75,10 @@ def _attachment(jwe: str, compact: bool = False) -> dict[str, Any]:
             "data": base64.b64encode(jwe.encode()).decode()}
 
 
-def _refer(world: World, attachment: dict[str, Any]) -> Any:
+def _refer(world: World, attachment: dict[str, Any], recipient: str = TEAM) -> Any:
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": "Patient/shared"}},
-        {"name": "recipient", "valueReference": {"reference": TEAM}},
+        {"name": "recipient", "valueReference": {"reference": recipient}},
         {"name": "sealedNote", "valueAttachment": attachment}]}
     return send(world.client, "POST", f"/fhir/{STUDY}/$refer", body,
                 **world.platform.headers("physician", "shared"))
