@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, Ma
 from .store.routing import RoutingStore
 from .model.errors import FhirError
 from .trials import catalogue, sync
+from .trials.evaluation import EvalError, evaluate_set
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry, parse_query
@@ -315,6 +316,17 @@ def _trials(args: argparse.Namespace) -> int:
         reason = "; ".join(i.diagnostics for i in exc.issues) if isinstance(exc, FhirError) else str(exc)
         print(f"fhir-server trials {args.action}: {reason}", file=sys.stderr)
         return 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Exit status: 0 measured, 2 the evaluation set unreadable (docs/matching.md, "Evaluation")."""
+    try:
+        report = evaluate_set(args.directory, args.today, args.runs or args.directory / "runs")
+    except EvalError as error:
+        print(f"fhir-server eval: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 0
 
 
 def _record_client(settings: Settings, client: Client, **details: str) -> None:
@@ -751,6 +763,12 @@ def parser() -> argparse.ArgumentParser:
                              help="pull everything and mark the trials the base no longer lists "
                                   "as closed")
     trials_sync.set_defaults(run=_trials)
+    evaluation = commands.add_parser("eval", help="matching quality on a judged set: NDCG@10, P@10 "
+                                     "against BM25 (docs/matching.md)")
+    evaluation.add_argument("directory", type=Path, metavar="DIR")
+    evaluation.add_argument("--today", type=date.fromisoformat, default=date.today(), metavar="YYYY-MM-DD")
+    evaluation.add_argument("--runs", type=Path, metavar="DIR", help="where the TREC run files go (DIR/runs)")
+    evaluation.set_defaults(run=_eval)
     client = commands.add_parser("client", help="register OAuth clients").add_subparsers(
         dest="action", required=True)
     backend = client.add_parser(
