@@ -54,7 +54,8 @@ def _bundle(path: Path) -> list[dict[str, Any]]:
         raise EvalError(f"{path}: not a readable JSON file ({error})") from None
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise EvalError(f"{path}: not a Bundle")
-    return [e["resource"] for e in body.get("entry", []) if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    entries = [e for e in body.get("entry", []) if isinstance(e, dict)]
+    return [e["resource"] for e in entries if isinstance(e.get("resource"), dict)]
 
 
 def _only(resources: list[dict[str, Any]], kind: str, path: Path) -> dict[str, Any]:
@@ -67,7 +68,8 @@ def _only(resources: list[dict[str, Any]], kind: str, path: Path) -> dict[str, A
 def _study(resources: list[dict[str, Any]], path: Path) -> Study:
     study = _only(resources, "ResearchStudy", path)
     groups = {f"Group/{r.get('id')}": r for r in resources if r.get("resourceType") == "Group"}
-    enrolled = [groups[e.get("reference")] for e in study.get("enrollment", []) if e.get("reference") in groups]
+    references = [e.get("reference") for e in study.get("enrollment", []) if isinstance(e, dict)]
+    enrolled = [groups[r] for r in references if r in groups]
     return Study(study, [g for g in enrolled if is_eligibility_group(g)])
 
 
@@ -146,7 +148,8 @@ def patient_query(resources: list[dict[str, Any]]) -> str:
     for r in resources:
         if r.get("resourceType") in ("Condition", "Observation"):
             words += _text(r.get("code")) + _text(r.get("valueCodeableConcept"))
-            words += [r.get("valueString") or ""] + [w for c in r.get("component", []) for w in _text(c.get("code"))]
+            words += [r.get("valueString") or ""]
+            words += [w for c in r.get("component", []) for w in _text(c.get("code"))]
     return " ".join(w for w in words if w)
 
 
@@ -159,10 +162,20 @@ def trial_text(study: Study) -> str:
     return " ".join(w for w in words if w)
 
 
+def trec_order(ranked: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The order trec_eval reads a run in: score as written (4 decimals) descending, ties by
+    document id descending; so the measures printed are the ones trec_eval gives."""
+    by_doc = sorted(((doc, round(score, 4)) for doc, score in ranked), key=lambda p: p[0], reverse=True)
+    return sorted(by_doc, key=lambda p: -p[1])
+
+
 @dataclass
 class Run:
     tag: str
     rankings: dict[str, list[tuple[str, float]]]  # topic -> (doc, score), best first
+
+    def __post_init__(self) -> None:
+        self.rankings = {topic: trec_order(ranked) for topic, ranked in self.rankings.items()}
 
     def write(self, path: Path) -> None:
         """A TREC run file: `topic Q0 doc rank score tag`."""
@@ -216,7 +229,8 @@ class Report:
                 row("recall_eligible (shown eligible)", _ratio(self.shown_eligible, self.eligible)),
                 row("eligible_marked_ineligible", str(self.marked_ineligible)),
                 row("eligible_ineligible_missing_data", str(self.missing_data)),
-                row("criterion_accuracy", _ratio(self.correct, self.labelled) if self.labelled else "no labels"),
+                row("criterion_accuracy",
+                    _ratio(self.correct, self.labelled) if self.labelled else "no labels"),
                 row("unknown_rate", _ratio(self.unknown, self.criteria))]
         return out
 
@@ -224,7 +238,8 @@ class Report:
 def refuted_without_evidence(result: TrialResult) -> bool:
     """Ineligible through a criterion not met with no evidence cited: a verdict drawn from
     what the record lacks (the engine should say unknown there)."""
-    return result.verdict == INELIGIBLE and any(c.verdict == NOT_MET and not c.evidence for c in result.criteria)
+    return result.verdict == INELIGIBLE and any(c.verdict == NOT_MET and not c.evidence
+                                                for c in result.criteria)
 
 
 def _records(dataset: Dataset, today: date) -> dict[str, Record]:
@@ -266,7 +281,8 @@ def run_engine(dataset: Dataset, today: date) -> tuple[Run, Report]:
 
 def run_bm25(dataset: Dataset) -> Run:
     index = BM25({sid: trial_text(s) for sid, s in dataset.studies.items()})
-    return Run("bm25", {topic: index.rank(patient_query(resources)) for topic, resources in dataset.patients.items()})
+    return Run("bm25", {topic: index.rank(patient_query(resources))
+                        for topic, resources in dataset.patients.items()})
 
 
 def evaluate_set(directory: Path, today: date, runs: Path) -> Report:

@@ -13,7 +13,7 @@ from fhir_server.cli import main
 from fhir_server.trials.bm25 import BM25
 from fhir_server.trials.eligibility import CriterionResult, TrialResult
 from fhir_server.trials.evaluation import (EvalError, evaluate_set, ndcg, precision, read_qrels,
-                                           refuted_without_evidence)
+                                           refuted_without_evidence, trec_order)
 
 DATA = Path(__file__).parent / "eval_data"
 
@@ -30,6 +30,12 @@ def test_ndcg_and_precision_match_hand_computed_values() -> None:
     assert ndcg(["c"], {"c": 0}) == 0.0
 
 
+def test_runs_are_ordered_as_trec_eval_reads_them() -> None:
+    # trec_eval sorts by score, then ties by document id descending; written scores have 4 decimals
+    assert trec_order([("a", 1.0), ("c", 0.0), ("b", 1.00001), ("d", 2.0)]) == [
+        ("d", 2.0), ("b", 1.0), ("a", 1.0), ("c", 0.0)]
+
+
 def test_bm25_ranks_the_lexical_match_first() -> None:
     index = BM25({"lung": "Osimertinib in EGFR mutated non-small cell lung cancer",
                   "breast": "HER2 positive breast cancer after surgery",
@@ -39,7 +45,8 @@ def test_bm25_ranks_the_lexical_match_first() -> None:
     assert all(score == 0 for _, score in ranked[1:])
 
 
-def test_cli_prints_the_metrics_writes_trec_runs_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_the_metrics_writes_trec_runs_and_exits_0(tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(DATA), "--runs", str(tmp_path), "--today", "2026-12-06"]) == 0
     out = capsys.readouterr().out
     for measure in ("ndcg_cut_10", "P_10", "recall_eligible", "criterion_accuracy", "unknown_rate",
@@ -77,7 +84,8 @@ def test_a_refutation_without_evidence_counts_as_missing_data() -> None:
     assert not refuted_without_evidence(TrialResult("t", "ineligible", 0.0, (shown,)))
 
 
-def test_a_malformed_qrels_line_is_a_clear_error_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_malformed_qrels_line_is_a_clear_error_with_exit_2(tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copytree(DATA, tmp_path / "set")
     with (tmp_path / "set" / "qrels.txt").open("a") as qrels:
         qrels.write("p1 0 t04 eligible\n")
