@@ -21,7 +21,7 @@ PUBLIC = {
     # compartments
     "patients_of",
     # blind indexes of protected parameters
-    "BlindIndex", "Digest", "default_protected",
+    "BlindIndex", "Digest", "default_protected", "PROTECTED_CODES",
 }  # fmt: skip
 
 
