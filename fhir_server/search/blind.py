@@ -151,7 +151,11 @@ class BlindIndex:
                      for c in clauses)
 
     def sorts_protected(self, query: Query) -> bool:
-        """True when a `_sort` key is a protected parameter (its digests have no order)."""
+        """True when a `_sort` key is a protected parameter (its digests have no order) and
+        the search returns matches: a count (`_summary=count`, `_count=0`) needs no order, so
+        the store answers it as any search, whatever the sort limit."""
+        if query.summary == "count" or query.count == 0:
+            return False
         return any(self.protects(query.resource_type, s.param) for s in query.sort)
 
     def _predicate(self, p: Predicate, rtype: str) -> tuple[Predicate, ...]:

@@ -150,6 +150,8 @@ def test_sort_on_a_protected_parameter_is_seen(blind: BlindIndex) -> None:
     query, _ = parse_query("Patient", [("_sort", "-birthdate,family")])
     assert blind.sorts_protected(query)
     assert not blind.sorts_protected(parse_query("Patient", [("_sort", "birthdate")])[0])
+    for counting in (("_summary", "count"), ("_count", "0")):  # a count needs no order
+        assert not blind.sorts_protected(parse_query("Patient", [("_sort", "family"), counting])[0])
 
 
 @pytest.mark.parametrize("name", ["Patient.birthdate", "Patient.organization", "Nobody.name", "name"])
