@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ... import clock
-from ...search import IndexEntry
-from ...search.blind import BlindIndex
+from ...search import BlindIndex, IndexEntry
 from ..base import Version
 from . import index as sqlite_index
 from .index import ParamIds
