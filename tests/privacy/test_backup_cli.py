@@ -83,7 +83,7 @@ def test_a_restore_indexes_protected_parameters_blind(
     """The restored index holds digests of names and identifiers, as the server writes them,
     so that searches on them find the restored patient."""
     marked = {"resourceType": "Patient", "id": "m", "name": [{"family": "Qwyxzorvald"}],
-              "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "8X3QK7ZW1V"}]}
+              "identifier": [{"system": "https://hospital.example/mrn", "value": "8X3QK7ZW1V"}]}
     assert sqlite_server.client.put("/fhir/Patient/m", json=marked).status_code == 201
     archive = _backup(capsys)
     target = _elsewhere(sqlite_server, tmp_path, monkeypatch)
