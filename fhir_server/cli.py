@@ -518,7 +518,8 @@ async def _stores(settings: Settings) -> AsyncIterator[_Stores]:
     if provider is None:
         raise KeyRingError(f"backups are encrypted under the key ring, and there is none at "
                            f"{settings.key_ring_path}")
-    main = open_store(settings.store_url, settings.accept_unsafe_store, codec)
+    main = open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                      blind_index(settings))
     audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec)
     chain = Chain(settings.data_dir / "audit-chain.db")
     try:

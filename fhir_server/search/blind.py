@@ -15,6 +15,10 @@ Query AST on its way to a store:
 - token: `code` (Identifier.value, ContactPoint.value, ...) becomes its `c` digest, exact and
   case-sensitive as token codes are; system and Identifier.type codings stay (`system|value`,
   `:of-type` work), the text is dropped (`:text` answers 400).
+- reference `:identifier` (Reference.identifier, a logical reference): on a reference
+  parameter that may point at a type whose `identifier` is protected, the value becomes a `c`
+  digest under the reference parameter's own key, so a patient's INS given as
+  `subject.identifier` is no more readable than under Patient.identifier.
 - `:missing`, `:not`, chains (`subject:Patient.name=`) and `_has` keep working: presence is
   kept and the rewrite follows the parameter into each target type.
 
@@ -37,11 +41,12 @@ from .ast import (
     OfTypePredicate,
     Predicate,
     Query,
+    ReferenceIdentifierPredicate,
     StringPredicate,
     TokenPredicate,
     TokenTextPredicate,
 )
-from .entries import IndexEntry, StringEntry, TokenEntry
+from .entries import IndexEntry, ReferenceEntry, StringEntry, TokenEntry
 from .registry import Registry
 
 # (parameter key `Type.code`, domain, text) -> blind token (crypto.blind.BlindDigest).
@@ -87,6 +92,14 @@ class BlindIndex:
                 raise ValueError(f"{name!r} is a {param.type} parameter: only string and token "
                                  "parameters can be blind-indexed")
             self._codes[rtype] = self._codes.get(rtype, frozenset()) | {code}
+        # Reference parameters whose target may be a type with a protected identifier: the
+        # identifier of a logical reference to it is that same protected value.
+        holders = {t for t, codes in self._codes.items() if "identifier" in codes}
+        self._references: dict[str, frozenset[str]] = {}
+        for ref in registry.params if holders else ():
+            if ref.type == "reference" and holders.intersection(ref.targets):
+                for base in ref.base:
+                    self._references[base] = self._references.get(base, frozenset()) | {ref.code}
 
     @classmethod
     def nothing(cls, registry: Registry) -> BlindIndex:
@@ -100,12 +113,16 @@ class BlindIndex:
 
     def entries(self, resource_type: str, entries: Sequence[IndexEntry]) -> Sequence[IndexEntry]:
         """The entries a store may keep: those of protected parameters as digests."""
-        codes = self._codes.get(resource_type)
-        if not codes:
+        codes = self._codes.get(resource_type, frozenset())
+        references = self._references.get(resource_type, frozenset())
+        if not codes and not references:
             return entries
         out: list[IndexEntry] = []
         for entry in entries:
-            if entry.param not in codes:
+            if type(entry) is ReferenceEntry and entry.param in references and entry.identifier_value:
+                value = self.digest(f"{resource_type}.{entry.param}", CODE, entry.identifier_value)
+                out.append(dataclasses.replace(entry, identifier_value=value))
+            elif entry.param not in codes:
                 out.append(entry)
             elif type(entry) is StringEntry:
                 self._string_entries(f"{resource_type}.{entry.param}", entry, out)
@@ -151,7 +168,11 @@ class BlindIndex:
                      for c in clauses)
 
     def sorts_protected(self, query: Query) -> bool:
-        """True when a `_sort` key is a protected parameter (its digests have no order)."""
+        """True when a `_sort` key is a protected parameter (its digests have no order) and
+        the search returns matches: a count (`_summary=count`, `_count=0`) needs no order, so
+        the store answers it as any search, whatever the sort limit."""
+        if query.summary == "count" or query.count == 0:
+            return False
         return any(self.protects(query.resource_type, s.param) for s in query.sort)
 
     def _predicate(self, p: Predicate, rtype: str) -> tuple[Predicate, ...]:
@@ -161,6 +182,10 @@ class BlindIndex:
         if isinstance(p, Has):
             return tuple(Has(p.target_type, p.ref_param, inner)
                          for inner in self._predicate(p.inner, p.target_type))
+        if isinstance(p, ReferenceIdentifierPredicate):
+            if p.value is None or p.param not in self._references.get(rtype, ()):
+                return (p,)
+            return (dataclasses.replace(p, value=self.digest(f"{rtype}.{p.param}", CODE, p.value)),)
         if isinstance(p, Missing) or not self.protects(rtype, p.param):
             return (p,)
         key = f"{rtype}.{p.param}"

@@ -90,13 +90,12 @@ def order(query: Query, matches: Sequence[Version], opened: Opener | None = None
 def sorted_page(query: Query, found: Sequence[Version], cursor: str | None, limit: int,
                 opened: Opener | None = None) -> SearchPage:
     """The page of `query` that `cursor` points to, from every match `found` by the
-    `unsorted(query, limit)` search (includes left to the store)."""
+    `unsorted(query, limit)` search (includes left to the store; a count never comes here:
+    `BlindIndex.sorts_protected`)."""
     if len(found) > limit:
         raise too_many(query, limit)
-    total = len(found) if query.total in ("accurate", "estimate") or query.summary == "count" else None
+    total = len(found) if query.total in ("accurate", "estimate") else None
     count = DEFAULT_COUNT if query.count is None else query.count
-    if count == 0 or query.summary == "count":
-        return SearchPage((), total=total)
     matches, next_cursor, prev_cursor = page(order(query, found, opened), count, cursor)
     return SearchPage(matches, (), next_cursor, prev_cursor, total)
 

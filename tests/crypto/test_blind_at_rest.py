@@ -8,6 +8,7 @@ them in its index: the check can fail.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import unicodedata
@@ -22,7 +23,7 @@ from fhir_server.store.mongo import MongoStore
 from fhir_server.store.sqlite import SqliteStore
 from tests.crypto.test_blind_search import BLIND, blind_store
 from tests.store import search_model as m
-from tests.store.conftest import dispose, encrypting
+from tests.store.conftest import DOUBLE, dispose, encrypting
 from tests.store.mongo_double import DoubleClient
 
 FAMILY, GIVEN, NEW_GIVEN = "ZQXMÀRKÉR", "Wyvérnoxé", "Qüvelquonde"
@@ -132,3 +133,28 @@ def _leaves(value: Any) -> list[Any]:
     if isinstance(value, list):
         return [leaf for v in value for leaf in _leaves(v)]
     return [value]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
+async def test_a_logical_reference_keeps_the_identifier_blind(kind: str, tmp_path: Path) -> None:
+    """An Observation naming its patient by identifier (`subject.identifier`, the INS)
+    is found by `subject:identifier`, and its index holds no more of the identifier than
+    the patient's own."""
+    store = await asyncio.to_thread(blind_store, kind, tmp_path)
+    await store.open()
+    try:
+        await store.commit([m.write(patient(GIVEN))])
+        ins = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": IDENTIFIER}
+        await store.commit([m.write({"resourceType": "Observation", "id": "by-ins", "status": "final",
+                                     "code": {"text": "x"}, "subject": {"identifier": ins}})])
+        for value in (IDENTIFIER, f"{ins['system']}|{IDENTIFIER}"):
+            page = await store.search(m.query("Observation", ("subject:identifier", value)))
+            assert [v.id for v in page.matches] == ["by-ins"], value
+        if isinstance(store, SqliteStore):
+            raw = index_rows(store.path)
+        else:
+            raw = b"".join([repr(doc).encode() async for doc in store.resources.find({})])  # type: ignore[attr-defined]
+        assert b"by-ins" in raw and IDENTIFIER.encode() not in raw
+    finally:
+        await dispose(store)

@@ -388,6 +388,11 @@ def test_sort_past_the_limit_is_refused(harness: m.Harness) -> None:
             harness.keys(m.query("Patient", ("_sort", "family")))
         [issue] = refused.value.issues
         assert issue.code == "too-costly" and issue.expression == ("_sort",)
+        # A count needs no order: past the limit, the same total as without the sort.
+        everyone = harness.run(store.search(m.query("Patient", ("_summary", "count")))).total
+        for params in ([("_summary", "count")], [("_count", "0"), ("_total", "accurate")]):
+            page = harness.run(store.search(m.query("Patient", ("_sort", "family"), *params)))
+            assert page.matches == () and page.total == everyone and everyone > 3, params
         # Within the limit it sorts.
         assert harness.keys(m.query("Patient", ("_sort", "family"), ("family:exact", "Müller"))) == [
             ("Patient", "acc3")]

@@ -77,6 +77,27 @@ def test_backup_erase_restore_through_the_commands(
     assert "intact" in capsys.readouterr().err
 
 
+def test_a_restore_indexes_protected_parameters_blind(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The restored index holds digests of names and identifiers, as the server writes them,
+    so that searches on them find the restored patient."""
+    marked = {"resourceType": "Patient", "id": "m", "name": [{"family": "Qwyxzorvald"}],
+              "identifier": [{"system": "https://hospital.example/mrn", "value": "8X3QK7ZW1V"}]}
+    assert sqlite_server.client.put("/fhir/Patient/m", json=marked).status_code == 201
+    archive = _backup(capsys)
+    target = _elsewhere(sqlite_server, tmp_path, monkeypatch)
+    code, out = _restore(archive, capsys)
+    assert code == 0, out
+    raw = b"".join(f.read_bytes() for f in target.glob("fhir.db*")).lower()
+    assert b"qwyxz" not in raw and b"8x3qk" not in raw
+    settings = Settings(data_dir=target, base_url="http://testserver/fhir", publish_definitions=False)
+    with authorized(TestClient(create_app(settings))) as client:
+        for query in ("family=qwyx", "identifier=8X3QK7ZW1V"):
+            found = client.get(f"/fhir/Patient?{query}").json().get("entry", [])
+            assert [e["resource"]["id"] for e in found] == ["m"], query
+
+
 def _flip(archive: Path, at: int) -> None:
     data = bytearray(archive.read_bytes())
     data[at] ^= 0x01

@@ -14,6 +14,8 @@ from fhir_server.search import (
     Has,
     Missing,
     Not,
+    ReferenceEntry,
+    ReferenceIdentifierPredicate,
     StringEntry,
     StringPredicate,
     TokenEntry,
@@ -146,10 +148,31 @@ def test_what_digests_cannot_answer_is_refused_naming_the_parameter(
     assert f'"{code}"' in issue.diagnostics and says in issue.diagnostics
 
 
+def test_a_logical_reference_to_a_protected_identifier_is_digested(blind: BlindIndex) -> None:
+    """Observation.subject may name a Patient by its identifier: the same value as the
+    protected Patient.identifier, so blinded too; Observation.encounter cannot, so kept."""
+    ins = {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "2700203123456"}
+    observation = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+                   "subject": {"identifier": ins}, "encounter": {"identifier": {"value": "E-7"}}}
+    kept = {e.param: e for e in blind.entries("Observation", extract(observation))
+            if isinstance(e, ReferenceEntry)}
+    assert kept["subject"].identifier_value == "<Observation.subject|c|2700203123456>"
+    assert kept["subject"].identifier_system == ins["system"]
+    assert kept["encounter"].identifier_value == "E-7"
+    query, _ = parse_query("Observation", [("subject:identifier", f"{ins['system']}|2700203123456"),
+                                           ("encounter:identifier", "E-7")])
+    [subject], [encounter] = (c.any_of for c in blind.query(query).clauses)
+    assert subject == ReferenceIdentifierPredicate("subject", ins["system"],
+                                                   "<Observation.subject|c|2700203123456>")
+    assert encounter == ReferenceIdentifierPredicate("encounter", None, "E-7")
+
+
 def test_sort_on_a_protected_parameter_is_seen(blind: BlindIndex) -> None:
     query, _ = parse_query("Patient", [("_sort", "-birthdate,family")])
     assert blind.sorts_protected(query)
     assert not blind.sorts_protected(parse_query("Patient", [("_sort", "birthdate")])[0])
+    for counting in (("_summary", "count"), ("_count", "0")):  # a count needs no order
+        assert not blind.sorts_protected(parse_query("Patient", [("_sort", "family"), counting])[0])
 
 
 @pytest.mark.parametrize("name", ["Patient.birthdate", "Patient.organization", "Nobody.name", "name"])

@@ -15,7 +15,10 @@ from fhir_server.store.base import Delete, HistoryQuery, Store, Version, Write
 from tests.builders import observation, patient
 from fhir_server.store.bodies import opened
 from fhir_server.store.sqlite import SqliteStore
-from tests.store.conftest import dispose, migrated_double
+from tests.crypto.test_blind_at_rest import IDENTIFIER, index_rows, leaks, write_update_search
+from tests.crypto.test_blind_search import blind_store
+from tests.store import search_model as m
+from tests.store.conftest import DOUBLE, dispose, migrated_double
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +34,13 @@ async def _history(store: Store) -> list[Version]:
 
 async def _fresh(store: Store, tmp_path: Path) -> Store:
     """An empty store of the same kind as `store`, with the same data keys (a restore runs
-    beside the data keys the backed-up store sealed with: they are never in a backup)."""
-    codec = store.codec  # type: ignore[attr-defined]
+    beside the data keys the backed-up store sealed with: they are never in a backup) and
+    the same blind indexes."""
+    codec, blind = store.codec, store.blind  # type: ignore[attr-defined]
     if isinstance(store, SqliteStore):
-        other: Store = SqliteStore(tmp_path / "restored.db", codec=codec)
+        other: Store = SqliteStore(tmp_path / "restored.db", codec=codec, blind=blind)
     else:
-        other = await asyncio.to_thread(migrated_double, codec=codec)
+        other = await asyncio.to_thread(migrated_double, codec=codec, blind=blind)
     await other.open()
     return other
 
@@ -72,4 +76,29 @@ async def test_dump_and_load_give_the_same_store(store: Store, tmp_path: Path) -
         current = await target.read("Observation", "o2")
         assert current is not None and current.deleted
     finally:
+        await dispose(target)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
+async def test_load_indexes_protected_parameters_blind(kind: str, tmp_path: Path) -> None:
+    """A restore rebuilds the index as a write does: protected parameters as digests only,
+    so the restored patient is found by name prefix and identifier, and no index row holds
+    the protected values."""
+    source = await asyncio.to_thread(blind_store, kind, tmp_path)
+    await source.open()
+    target = await _fresh(source, tmp_path)
+    try:
+        await write_update_search(source)
+        dumped = [v async for batch in source.dump(count=10) for v in batch]
+        await target.load([(v, _entries(source, v)) for v in dumped])
+        for params in ([("family", "zqxm")], [("identifier", IDENTIFIER)]):
+            page = await target.search(m.query("Patient", *params))
+            assert [v.id for v in page.matches] == ["marked"], params
+        if isinstance(target, SqliteStore):
+            raw = index_rows(target.path)
+        else:
+            raw = b"".join([repr(doc).encode() async for doc in target.resources.find({})])  # type: ignore[attr-defined]
+        assert raw and leaks(raw) == []
+    finally:
+        await dispose(source)
         await dispose(target)

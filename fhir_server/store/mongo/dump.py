@@ -60,7 +60,7 @@ async def load(store: MongoStore, versions: Sequence[tuple[Version, Sequence[Ind
             shard=shard)
         history.append(layout.history_document(**common, seq=ObjectId()))
         doc = layout.resource_document(**common, pk=before["pk"] if before else ObjectId(),
-                                       entries=entries)
+                                       entries=entries, blind=store.blind)
         current[key] = latest[key] = doc
     await store.history_docs.insert_many(history)
     # Filters carry the full shard key, as a sharded cluster needs (the shard it had before

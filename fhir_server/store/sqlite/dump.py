@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ... import clock
-from ...search import IndexEntry
+from ...search import BlindIndex, IndexEntry
 from ..base import Version
 from . import index as sqlite_index
 from .index import ParamIds
@@ -33,9 +33,10 @@ def page(conn: sqlite3.Connection, after: int, upto: int, count: int) -> list[tu
 
 
 def load(conn: sqlite3.Connection, ids: ParamIds,
-         versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+         versions: Sequence[tuple[Version, Sequence[IndexEntry]]],
+         blind: BlindIndex | None = None) -> None:
     """Append `versions` (each with its index entries) as the latest of their resources
-    (inside the caller's transaction)."""
+    (inside the caller's transaction); `blind` indexes protected parameters as a write does."""
     for version, entries in versions:
         lu = clock.micros(datetime.fromisoformat(version.last_updated.replace("Z", "+00:00")))
         row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",
@@ -57,4 +58,4 @@ def load(conn: sqlite3.Connection, ids: ParamIds,
                      (version.version, version.last_updated, lu, version.body is None, seq, pk))
         if version.body is not None:
             assert pk is not None
-            sqlite_index.insert(conn, ids, pk, version.resource_type, entries)
+            sqlite_index.insert(conn, ids, pk, version.resource_type, entries, blind)

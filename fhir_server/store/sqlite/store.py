@@ -269,7 +269,7 @@ class SqliteStore:
     async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
         async with self._write_lock:
             await self._run(self._writer, lambda conn: self._within(
-                conn, lambda: sqlite_dump.load(conn, self.ids, versions)))
+                conn, lambda: sqlite_dump.load(conn, self.ids, versions, self.blind)))
 
     # -- writes ------------------------------------------------------------------------
 
