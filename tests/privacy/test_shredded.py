@@ -4,10 +4,8 @@ AuditEvents about the patient, a version that moved out of their compartment bef
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from fhir_server.crypto import RECHECK_SECONDS
 from tests.http.helpers import send
 from tests.privacy.conftest import Server
 
@@ -25,16 +23,9 @@ def _moved_out(server: Server) -> None:
     _put(server, {**first, "subject": {"reference": "Patient/b"}, "valueString": "about b"}, 200)
 
 
-def _erase_a(server: Server) -> None:
-    """Erase patient a, and let every copy of the data keys forget the destroyed ones (the
-    MongoDB double's store keeps its own, as another process would)."""
-    assert server.erase("a").status_code == 200
-    time.sleep(RECHECK_SECONDS)
-
-
 def test_audit_event_pages_leave_out_the_shredded_events(server: Server) -> None:
     client = server.client
-    _erase_a(server)
+    assert server.erase_and_settle("a").status_code == 200
     for url in ("/fhir/AuditEvent?_count=50", "/fhir/AuditEvent?_count=1", "/fhir/AuditEvent",
                 "/fhir/AuditEvent/_history", "/fhir/_history?_count=500"):
         response = client.get(url)
@@ -48,7 +39,7 @@ def test_audit_event_pages_leave_out_the_shredded_events(server: Server) -> None
 def test_history_skips_a_version_that_moved_out_of_the_compartment(server: Server) -> None:
     client = server.client
     _moved_out(server)
-    _erase_a(server)
+    assert server.erase_and_settle("a").status_code == 200
     for url in ("/fhir/Observation/_history", "/fhir/_history", "/fhir/Observation/mv/_history"):
         response = client.get(url)
         assert response.status_code == 200, (url, response.text)
@@ -61,7 +52,7 @@ def test_history_skips_a_version_that_moved_out_of_the_compartment(server: Serve
 def test_reading_a_shredded_version_is_as_for_no_such_version(server: Server) -> None:
     client = server.client
     _moved_out(server)
-    _erase_a(server)
+    assert server.erase_and_settle("a").status_code == 200
     shredded = client.get("/fhir/Observation/mv/_history/1")
     missing = client.get("/fhir/Observation/mv/_history/9")
     assert shredded.status_code == missing.status_code == 404
