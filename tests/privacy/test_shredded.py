@@ -4,6 +4,7 @@ AuditEvents about the patient, a version that moved out of their compartment bef
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from tests.http.helpers import send
@@ -62,3 +63,19 @@ def test_reading_a_shredded_version_is_as_for_no_such_version(server: Server) ->
     assert client.get("/fhir/Observation/mv", headers=admin).status_code == 404
     assert client.get("/fhir/Observation/mv/_history/1", headers=admin).status_code == 404
     assert client.get("/fhir/Observation/mv/_history/2", headers=admin).status_code == 404
+
+
+def test_a_tampered_version_on_a_page_is_still_an_incident(server: Server) -> None:
+    """Only a destroyed key makes a version shredded: one whose ciphertext was changed is
+    not left out quietly."""
+    assert server.erase_and_settle("a").status_code == 200
+    conn = sqlite3.connect(server.settings.data_dir / "audit.db")  # the audit store: SQLite
+    id, body = conn.execute("SELECT id, body FROM history ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.execute("UPDATE history SET body = ? WHERE id = ?", (body[:-1] + bytes([body[-1] ^ 1]), id))
+    conn.commit()
+    conn.close()
+    for url in ("/fhir/AuditEvent?_count=500", "/fhir/AuditEvent/_history?_count=500",
+                f"/fhir/AuditEvent/{id}"):
+        response = server.client.get(url)
+        assert response.status_code == 500, url
+        assert "incident" in response.json()["issue"][0]["diagnostics"]
