@@ -76,8 +76,9 @@ class ErasureLedger:
             return self._verified(_read_all(fd))
 
     def find(self, patient: str) -> dict[str, Any] | None:
-        """The entry of Patient/`patient`'s erasure, if any (the first one)."""
-        return next((e for e in self.entries() if e.get("patient") == patient), None)
+        """The entry of Patient/`patient`'s latest erasure, if any (an id reused by a new
+        Patient, or data written to an erased compartment later, is erased again)."""
+        return next((e for e in reversed(self.entries()) if e.get("patient") == patient), None)
 
     def _verified(self, lines: list[bytes]) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []

@@ -76,9 +76,7 @@ async def erase_patient(request: Request, id: str) -> Response:
     poll (Content-Location) under `Prefer: respond-async`."""
     check_acceptable(request)
     ctx = context_of(request)
-    reason, done = await erase.begin(ctx, id, await _reason(request))
-    if done is not None:
-        return fhir_response(request, done)
+    reason = await erase.begin(ctx, id, await _reason(request))
     address = request.client.host if request.client else None
     if prefer(request, "respond-async") is None:
         return fhir_response(request, await erase.erase(ctx, id, reason, address=address))

@@ -7,13 +7,14 @@ version and time inside its unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import jsonpatch
 
 from ..access.policy import Decision
+from ..crypto import UnreadableBody
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
@@ -196,7 +197,7 @@ async def read(ctx: Context, resource_type: str, id: str) -> Version:
 async def _current(ctx: Context, allowed: Decision, resource_type: str, id: str) -> Version:
     """The current version within the caller's reach: NOT_FOUND if none, GONE if deleted (a
     deletion only if what it deleted was within reach: else it would tell what existed)."""
-    version = await ctx.store.read(resource_type, id)
+    version = await _unshredded(ctx.store.read(resource_type, id))
     if version is None or not await reachable(ctx, allowed, version):
         raise hidden(resource_type, id)
     if version.deleted:
@@ -204,6 +205,17 @@ async def _current(ctx: Context, allowed: Decision, resource_type: str, id: str)
             Kind.GONE, "deleted", f"{resource_type}/{id} has been deleted.", details_code="MSG_DELETED"
         )
     return version
+
+
+async def _unshredded(reading: Awaitable[Version | None]) -> Version | None:
+    """What `reading` reads; None for a version an erasure shredded (its data key destroyed):
+    it no longer exists, as if the erasure had removed it (store/bodies.py)."""
+    try:
+        return await reading
+    except UnreadableBody as error:
+        if error.destroyed:
+            return None
+        raise
 
 
 async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> Version:
@@ -215,11 +227,11 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
         raise fail(Kind.NOT_FOUND, "not-found", f"Version '{version_id}' does not exist.",
                    details_code="MSG_VERSION_NOT_FOUND")
     allowed = decision(ctx, "vread", resource_type)
-    version = await ctx.store.vread(resource_type, id, number)
+    version = await _unshredded(ctx.store.vread(resource_type, id, number))
     if version is not None and allowed.clauses:
         # Within reach as history is: the resource as it is now (or was when deleted), and
         # this version too.
-        current = await ctx.store.read(resource_type, id)
+        current = await _unshredded(ctx.store.read(resource_type, id))
         if (current is None or not await reachable(ctx, allowed, current)
                 or not await reachable(ctx, allowed, version)):
             version = None

@@ -11,7 +11,8 @@ AuditEvent of its own: who, when, why, how many resources and versions of each t
 Who may erase: an administrator, the server itself (the command line, `auth=off`), and the
 patient, with their own token (fhirUser `Patient/<id>`). Anyone else gets 403; a patient
 naming another patient gets 404, as for an id nobody has. A configured legal hold (a retention
-policy's, `LegalHold`) refuses with 409. Erasing again answers what the first erasure did.
+policy's, `LegalHold`) refuses with 409. Erasing again sweeps the compartment again: what was
+written there since is erased as a new erasure; if nothing was, it answers what the last did.
 docs/backup-and-erasure.md.
 """
 
@@ -127,35 +128,36 @@ def check_reason(reason: str | None) -> str:
     return reason
 
 
-async def begin(ctx: Context, patient_id: str, reason: str | None) -> tuple[str, dict[str, Any] | None]:
-    """Check an erasure request: (its reason, the answer of an earlier erasure of the same
-    patient, if any). FORBIDDEN, NOT_FOUND, INVALID or CONFLICT (a legal hold) otherwise;
-    nothing is changed."""
+async def begin(ctx: Context, patient_id: str, reason: str | None) -> str:
+    """Check an erasure request; its reason. FORBIDDEN, NOT_FOUND (a patient the store does not
+    hold and no erasure of theirs), INVALID or CONFLICT (a legal hold) otherwise; nothing is
+    changed."""
     check_id(patient_id)
     setup = _setup(ctx)
     _check_caller(ctx.principal, patient_id)
     reason = check_reason(reason)
-    done = await asyncio.to_thread(setup.ledger.find, patient_id)
-    if done is not None:
-        return reason, parameters(done)
-    if await ctx.store.read("Patient", patient_id) is None:
+    erased_before = await asyncio.to_thread(setup.ledger.find, patient_id) is not None
+    if not erased_before and await ctx.store.read("Patient", patient_id) is None:
         raise _unknown(patient_id)
     if setup.hold is not None and (why := await setup.hold.held(patient_id)):
         raise fail(Kind.CONFLICT, "business-rule", f"Patient/{patient_id} is under a legal "
                    f"hold and cannot be erased: {why}")
-    return reason, None
+    return reason
 
 
 async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
                 job: str | None = None) -> dict[str, Any]:
     """Erase Patient/`patient_id` (after `begin`): store, data keys, ledger, AuditEvent; the
-    operation's output Parameters. Running it again finishes an erasure cut short."""
+    operation's output Parameters. Every request sweeps the compartment: running it again
+    finishes an erasure cut short, and erases what was written there since (an id reused by
+    a new Patient, a late result) as a new erasure; when it finds nothing, it answers what
+    the last erasure did."""
     setup = _setup(ctx)
-    async with setup.lock:  # two requests for one patient: the second finds the first's entry
-        done = await asyncio.to_thread(setup.ledger.find, patient_id)
-        if done is not None:
-            return parameters(done)
+    async with setup.lock:  # two requests for one patient: the second finds nothing left
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+        done = await asyncio.to_thread(setup.ledger.find, patient_id)
+        if done is not None and not erased.resources:
+            return parameters(done)
         keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
         entry = await asyncio.to_thread(setup.ledger.append, _entry(
             ctx.principal, patient_id, reason, erased, keys, job))

@@ -1,6 +1,13 @@
 """A version's body as both stores keep it: sealed by the body codec when written (inside the
 unit of work, meta stamped, so the version it is bound to is known) and opened when read.
-The codec (crypto/codec.py) decides how; the stores only call these."""
+The codec (crypto/codec.py) decides how; the stores only call these.
+
+A version sealed under a data key an erasure destroyed is shredded: nothing can read it ever
+again. Search and history pages leave it out (their totals, counted from the index or the
+history rows, may still count it); a direct read of it raises UnreadableBody with `destroyed`,
+which the service layer answers as it does a version that does not exist
+(docs/backup-and-erasure.md). Any other failure to open a body (tampering) raises as it is.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from ..crypto import BodyCodec
+from ..crypto import BodyCodec, UnreadableBody
 from ..search import Registry, patients_of
 from .base import (ConditionalCreate, ConditionalUpdate, HistoryPage, Operation, SearchPage, Version,
                    Write)
@@ -50,13 +57,25 @@ def opened(codec: BodyCodec, version: Version) -> Version:
     return replace(version, body=body)
 
 
+def _unshredded(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version, ...]:
+    """`versions` opened, those shredded by an erasure left out."""
+    kept = []
+    for version in versions:
+        try:
+            kept.append(opened(codec, version))
+        except UnreadableBody as error:
+            if not error.destroyed:
+                raise
+    return tuple(kept)
+
+
 def opened_page(codec: BodyCodec, page: SearchPage) -> SearchPage:
-    return replace(page, matches=tuple(opened(codec, v) for v in page.matches),
-                   included=tuple(opened(codec, v) for v in page.included))
+    return replace(page, matches=_unshredded(codec, page.matches),
+                   included=_unshredded(codec, page.included))
 
 
 def opened_history(codec: BodyCodec, page: HistoryPage) -> HistoryPage:
-    return replace(page, versions=tuple(opened(codec, v) for v in page.versions))
+    return replace(page, versions=_unshredded(codec, page.versions))
 
 
 # Outbox records (audit/outbox.py) hold AuditEvents until the audit trail has them: sealed

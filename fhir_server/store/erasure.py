@@ -5,7 +5,8 @@ index. A deleted resource has no index entries left, yet its earlier versions ho
 patient's data: a deleted resource is a member when its last stored body (the version
 before its deletion) matches the query. Deleted resources are few next to live ones, so
 reading their last bodies costs little; versions of a resource that moved out of the
-compartment before the erasure are not found this way (docs/backup-and-erasure.md).
+compartment before the erasure are not found this way: those sealed under the patient's key
+are shredded with it, and left out of every page (bodies.py, docs/backup-and-erasure.md).
 """
 
 from __future__ import annotations

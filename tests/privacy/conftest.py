@@ -16,7 +16,7 @@ from httpx2 import Response
 
 from fhir_server.app import create_app
 from fhir_server.auth.users import Users
-from fhir_server.crypto import create_key_ring
+from fhir_server.crypto import RECHECK_SECONDS, create_key_ring
 from fhir_server.settings import Settings
 from tests.builders import condition, observation, patient
 from tests.conftest import authorized
@@ -50,6 +50,13 @@ class Server:
             {"name": "reason", "valueString": reason}]}
         return send(self.client, "POST", f"/fhir/Patient/{patient_id}/{name}", body,
                     **self.headers(caller), **headers)
+
+    def erase_and_settle(self, patient_id: str, reason: str = "asked by the patient") -> Response:
+        """`erase`, then wait until every copy of the data keys forgot the destroyed ones (the
+        MongoDB double's store keeps its own copy, as another process would)."""
+        response = self.erase(patient_id, reason=reason)
+        time.sleep(RECHECK_SECONDS)
+        return response
 
     def poll(self, url: str, caller: str = "admin") -> Response:
         for _ in range(200):

@@ -11,6 +11,8 @@ import pytest
 
 from fhir_server import cli
 from fhir_server.crypto import patient_scope
+from tests.builders import observation, patient
+from tests.http.helpers import send
 from tests.privacy.conftest import Server
 
 A_KEYS = ["Patient/a", "Observation/a-obs0", "Observation/a-obs1", "Observation/a-obs2",
@@ -172,3 +174,43 @@ def test_a_finished_job_forgotten_by_this_process_is_answered_from_the_ledger(se
     assert server.client.get(status_url, headers=server.headers("patient-b")).status_code == 404
     unknown = status_url.rsplit("/", 1)[0] + "/0b8e7c2e-3f35-4d7a-9f55-2d1f7a8d8d11"
     assert server.client.get(unknown, headers=server.headers("admin")).status_code == 404
+
+
+def _reason_of(output: dict[str, Any]) -> str:
+    return next(p["valueString"] for p in output["parameter"] if p["name"] == "reason")
+
+
+def test_a_patient_created_again_under_the_same_id_is_erased_again(server: Server) -> None:
+    client = server.client
+    first = server.erase_and_settle("a")
+    assert send(client, "PUT", "/fhir/Patient/a", {**patient(family="Newcomer"), "id": "a"}).status_code == 201
+    assert send(client, "PUT", "/fhir/Observation/a-new",
+                {**observation("Patient/a"), "id": "a-new"}).status_code == 201
+    again = server.erase("a", reason="asked again")
+    assert again.status_code == 200 and _reason_of(again.json()) == "asked again"
+    assert _counts(again.json()) == {"Observation": (1, 1), "Patient": (1, 1)}
+    assert client.get("/fhir/Patient/a").status_code == 404
+    assert client.get("/fhir/Observation/a-new").status_code == 404
+    entries = client.app.state.context.erasures.ledger.entries()  # type: ignore[attr-defined]
+    assert [(e["patient"], e["reason"]) for e in entries] == [
+        ("a", _reason_of(first.json())), ("a", "asked again")]
+    # Nothing written since: the same answer again, nothing recorded.
+    assert server.erase("a", reason="a third time").json() == again.json()
+    assert len(client.app.state.context.erasures.ledger.entries()) == 2  # type: ignore[attr-defined]
+
+
+def test_a_result_written_after_the_erasure_is_erased_again(server: Server) -> None:
+    client = server.client
+    keys = client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    server.erase_and_settle("a")
+    late = send(client, "POST", "/fhir/Observation", observation("Patient/a"))
+    assert late.status_code == 201
+    assert keys.keys_of(patient_scope("a"))  # sealed under a new key of the compartment
+    again = server.erase("a", reason="a late result")
+    assert again.status_code == 200 and _reason_of(again.json()) == "a late result"
+    assert _counts(again.json()) == {"Observation": (1, 1)}
+    assert next(p["valueInteger"] for p in again.json()["parameter"]
+                if p["name"] == "keysDestroyed") == 1
+    assert keys.keys_of(patient_scope("a")) == []
+    assert client.get(f"/fhir/Observation/{late.json()['id']}").status_code == 404
+    assert client.get("/fhir/Observation?subject=Patient/a").json().get("entry", []) == []

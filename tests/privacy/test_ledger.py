@@ -23,6 +23,8 @@ def test_appends_and_finds(tmp_path: Path) -> None:
     ledger.append({"patient": "b", "reason": "asked"})
     assert [e["seq"] for e in ledger.entries()] == [1, 2]
     assert ledger.find("a") == first
+    again = ledger.append({"patient": "a", "reason": "written to again"})
+    assert ledger.find("a") == again  # the latest
     assert os.stat(ledger.path).st_mode & 0o777 == 0o600
 
 
