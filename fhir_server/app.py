@@ -267,7 +267,7 @@ def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthor
     keys = SigningKeys(settings.data_dir / "signing-keys.json", settings.token_lifetime)
     audience = settings.base_url.rstrip("/")
     external = ExternalIssuers([
-        TrustedIssuer(t.issuer, t.jwks_uri, t.audience or audience)
+        TrustedIssuer(t.issuer, t.jwks_uri, t.audience or audience, t.psc)
         for t in settings.trusted_issuers])
     tokens = TokenService(keys, registry, issuer=settings.auth_url, audience=audience,
                           lifetime=settings.token_lifetime, external=external)

@@ -16,6 +16,7 @@ class TrustedIssuerSetting(BaseModel):
     issuer: str
     jwks_uri: str
     audience: str = ""  # empty: this server's FHIR base URL
+    psc: bool = False  # Pro Santé Connect: tokens name a professional by RPPS (auth/psc.py)
 
 
 class Settings(BaseSettings):
@@ -110,7 +111,8 @@ class Settings(BaseSettings):
     trusted_issuers: list[TrustedIssuerSetting] = Field(
         default_factory=list,
         description="External OpenID providers whose access tokens are accepted too: "
-        '[{"issuer": ..., "jwks_uri": ..., "audience": ...}] (audience defaults to base_url).',
+        '[{"issuer": ..., "jwks_uri": ..., "audience": ..., "psc": false}] (audience defaults to '
+        'base_url; "psc": true for Pro Santé Connect, docs/auth.md).',
     )
     mllp: bool = Field(
         False, description="Start the HL7 v2 MLLP listener beside HTTP (docs/hl7v2.md).")

@@ -28,6 +28,7 @@ class TrustedIssuer:
     issuer: str
     jwks_uri: str
     audience: str
+    psc: bool = False  # Pro Santé Connect: the token's professional becomes its fhirUser
 
 
 class ExternalIssuers:

@@ -110,10 +110,15 @@ class RppsRegister:
         report.active, report.dropped = len(found), len(before - found.keys())
         return report
 
+    def loaded_at(self) -> str | None:
+        """When the last extract was loaded; None when none ever was."""
+        row = self._db.execute("SELECT at FROM load ORDER BY rowid DESC LIMIT 1").fetchone()
+        return str(row[0]) if row is not None else None
+
     def check(self, number: str) -> Professional:
         """The active professional with this RPPS number (or IDNPS, `8` + RPPS); ValueError
         saying why otherwise: no register loaded, malformed, unknown, no longer listed."""
-        last = self._db.execute("SELECT at FROM load ORDER BY rowid DESC LIMIT 1").fetchone()
+        last = self.loaded_at()
         if last is None:
             raise ValueError("no RPPS register is loaded (fhir-server rpps load FILE)")
         rpps = rpps_number(number)
@@ -121,9 +126,9 @@ class RppsRegister:
             raise ValueError(f"{number!r} is not an RPPS number (11 digits, or 8 + RPPS)")
         row = self._db.execute("SELECT * FROM professional WHERE rpps = ?", (rpps,)).fetchone()
         if row is None:
-            raise ValueError(f"RPPS number {rpps} is not in the RPPS register (loaded {last[0]})")
+            raise ValueError(f"RPPS number {rpps} is not in the RPPS register (loaded {last})")
         professional = Professional(*row[:5], active=bool(row[5]), loaded_at=row[6])
         if not professional.active:
             raise ValueError(f"RPPS number {rpps} is no longer in the RPPS register: the extract "
-                             f"loaded {last[0]} does not list it (last listed {row[6]})")
+                             f"loaded {last} does not list it (last listed {row[6]})")
         return professional

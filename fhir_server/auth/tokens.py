@@ -21,6 +21,7 @@ from joserfc.jwk import KeySet
 
 from .external import ExternalIssuers, TrustedIssuer, scope_of
 from .jws import peek
+from .psc import Professional, UnknownProfessional, professional_of
 from .keys import ALGORITHM, SigningKeys
 from .registry import Registry
 from .token_cache import TokenCache
@@ -43,6 +44,7 @@ class TokenClaims:
     expires: int
     patient: str | None = None
     fhir_user: str | None = None
+    professional: Professional | None = None  # a Pro Santé Connect token's
 
 
 class TokenService:
@@ -150,11 +152,16 @@ class TokenService:
             claims = self.external.verify(trusted, token, kid)
         except (JoseError, ValueError, OSError) as exc:
             raise InvalidToken(_reason(exc)) from None
+        try:
+            professional = professional_of(claims) if trusted.psc else None
+        except UnknownProfessional as exc:
+            raise InvalidToken(str(exc)) from None
         return TokenClaims(
             subject=str(claims["sub"]), client_id=str(claims.get("azp", claims.get("client_id", ""))),
             scope=scope_of(claims), token_id=str(claims.get("jti", "")),
             expires=int(claims["exp"]), patient=claims.get("patient"),
-            fhir_user=claims.get("fhirUser"))
+            # A PSC token's fhirUser is the stored Practitioner of its RPPS (http/auth.py).
+            fhir_user=None if professional else claims.get("fhirUser"), professional=professional)
 
 
 def _reason(exc: Exception) -> str:

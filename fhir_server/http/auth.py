@@ -15,12 +15,13 @@ import logging
 from fastapi import Request
 
 from ..access import Claims, server_principal
+from ..auth.psc import Professional, UnknownProfessional, check_register
 from ..auth.tokens import InvalidToken, TokenClaims, TokenService
 from ..auth.users import Users
 from ..model.errors import Kind, fail
 from ..search.references import type_and_id
 from ..services.context import Context
-from ..services.principals import principal_of
+from ..services.principals import practitioner_with_rpps, principal_of
 
 log = logging.getLogger("fhir_server.auth")
 
@@ -56,8 +57,23 @@ async def authenticate(request: Request) -> None:
     except InvalidToken as exc:
         raise fail(Kind.UNAUTHORIZED, "expired" if "expired" in str(exc) else "security",
                    str(exc)) from None
+    if verified.professional is not None:
+        verified = await _signed_in_professional(request, verified, verified.professional)
     request.state.principal = await principal_of(request.app.state.context,
                                                  _claims(request, verified))
+
+
+async def _signed_in_professional(request: Request, verified: TokenClaims,
+                                  professional: Professional) -> TokenClaims:
+    """A Pro Santé Connect token with its professional's stored Practitioner as fhirUser
+    (created on first sign-in); 401 for a professional the RPPS register refuses."""
+    try:
+        check_register(request.app.state.settings.data_dir / "rpps.db", professional)
+    except UnknownProfessional as exc:
+        raise fail(Kind.UNAUTHORIZED, "security", str(exc)) from None
+    fhir_user = await practitioner_with_rpps(context_of(request), professional.rpps,
+                                             professional.practitioner())
+    return dataclasses.replace(verified, fhir_user=fhir_user)
 
 
 def _claims(request: Request, verified: TokenClaims) -> Claims:

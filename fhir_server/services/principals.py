@@ -5,9 +5,14 @@ so that a withdrawn consent or an ended membership or representation takes effec
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from ..access import Claims, Principal, Role, parse_scopes
-from ..model.errors import Kind, fail
-from . import reach
+from ..model.errors import FhirError, Kind, fail
+from ..model.french_ids import RPPS_SYSTEM
+from ..search import parse_query
+from . import reach, server_writes
 from .context import Context
 
 MAX_REASON = 500  # characters of a break-glass reason
@@ -52,6 +57,27 @@ async def system_principal(ctx: Context, subject: str, client_id: str, scope: st
     """The Principal of a backend system known by other means than a token (an HL7 v2
     sender over MLLP, interop/hl7v2): what `scope`'s system/ scopes grant, nothing more."""
     return await principal_of(ctx, Claims(subject=subject, client_id=client_id, scope=scope))
+
+
+async def practitioner_with_rpps(ctx: Context, rpps: str, create: dict[str, Any] | None) -> str:
+    """`Practitioner/<id>` of the one stored Practitioner with this RPPS number, created from
+    `create` (a Practitioner without id, as the server, audited) when there is none;
+    UNAUTHORIZED when there is none and `create` is None, or several."""
+    query, _ = parse_query("Practitioner", [("identifier", f"{RPPS_SYSTEM}|{rpps}")], ctx.registry)
+    matches = (await ctx.store.search(dataclasses.replace(query, count=2))).matches
+    if len(matches) == 1:
+        return f"Practitioner/{matches[0].id}"
+    if matches or create is None:  # several: which one signs in is not ours to guess
+        raise fail(Kind.UNAUTHORIZED, "security", "Unknown professional.")
+    # An id of the number: two first sign-ins at once create one Practitioner, the other
+    # finds it taken (CONFLICT) and signs in as it.
+    resource = {**create, "id": f"rpps-{rpps}"}
+    try:
+        await server_writes.commit(ctx, [server_writes.ServerWrite(resource)])
+    except FhirError as exc:
+        if exc.kind is not Kind.CONFLICT:
+            raise
+    return f"Practitioner/{resource['id']}"
 
 
 async def _practitioner(ctx: Context, claims: Claims) -> Principal:
