@@ -13,9 +13,10 @@ seconds, so that made-up `kid`s cannot turn this server into a fetching machine.
 Anyone can name a registered client in an assertion, so a publisher that hangs or fails must
 not hold up the token endpoint: a fetch is given FETCH_TIMEOUT seconds in all, a failure is
 remembered for FAILURE_SECONDS (assertions needing that set are refused at once meanwhile), and
-at most one request fetches a URL at a time. Others needing the same URL do not wait (waiting
-would hold one of the worker threads every endpoint shares): they use the set cached before,
-if any, and are refused otherwise.
+at most one request fetches a URL at a time. Others needing the same URL use the set cached
+before, if any; without one (a cold cache: several first sign-ins at once) up to MAX_WAITERS of
+them wait for that fetch, no longer than it may take, and get its keys or its error. Further
+ones are refused at once: each waiter holds one of the worker threads every endpoint shares.
 
 Only https URLs are fetched (http to a loopback host too, for tests and local development),
 and no redirect is followed: the registered URL is the one trusted.
@@ -40,6 +41,7 @@ MAX_SECONDS = 3600
 UNKNOWN_KID_INTERVAL = 10.0
 FETCH_TIMEOUT = 2.0  # seconds, connecting and reading together
 FAILURE_SECONDS = 30.0
+MAX_WAITERS = 16  # requests waiting for one URL's fetch in flight
 MAX_BYTES = 256 * 1024
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
@@ -61,16 +63,37 @@ class _Cached:
     fresh_until: float  # time.monotonic()
 
 
+class _Flight:
+    """One fetch of a URL under way, and its outcome for the requests waiting on it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.keys: dict[str, Any] | None = None
+        self.error = "The key set could not be fetched."
+        self.error_type: type[Exception] = OSError  # ValueError: a bad URL or not a JWK Set
+        self.waiters = 0
+
+    def outcome(self) -> dict[str, Any]:
+        """The fetched keys, once done, else the fetcher's error; each waiter raises an instance
+        of its own (one raised in many threads would gather all their tracebacks)."""
+        if not self.done.wait(FETCH_TIMEOUT + 1):
+            raise TimeoutError("The key set took too long to arrive.")
+        if self.keys is None:
+            raise self.error_type(self.error)
+        return self.keys
+
+
 class RemoteKeySets:
-    """The key sets of any number of URLs, each cached as its publisher says."""
+    """The key sets of any number of URLs, each cached as its publisher says (thread-safe:
+    tokens are verified in worker threads)."""
 
     def __init__(self) -> None:
         self._cache: dict[str, _Cached] = {}
         self._unknown_kid_fetch: dict[str, float] = {}
-        # One lock per URL: concurrent misses make one fetch, and a slow publisher holds up
-        # only the assertions that need its keys.
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        # One fetch per URL at a time: concurrent misses share it, and a slow publisher holds
+        # up only the requests that need its keys.
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
 
     def get(self, url: str, kid: str | None = None) -> dict[str, Any]:
         """The JWK Set at `url`, fresh enough, and fetched again if it lacks `kid` (see the
@@ -85,19 +108,33 @@ class RemoteKeySets:
             if now - self._unknown_kid_fetch.get(url, -UNKNOWN_KID_INTERVAL) < UNKNOWN_KID_INTERVAL:
                 return cached.keys  # the signature check will refuse the unknown key
             self._unknown_kid_fetch[url] = now
-        with self._locks_lock:
-            lock = self._locks.setdefault(url, threading.Lock())
-        if not lock.acquire(blocking=False):
-            if cached is not None and cached.keys is not None:
+        with self._flights_lock:
+            flight = self._flights.get(url)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[url] = _Flight()
+            elif cached is not None and cached.keys is not None:
                 return cached.keys  # the set the publisher served last
-            raise OSError("The key set is being fetched for another request.")
+            elif flight.waiters >= MAX_WAITERS:
+                raise OSError("The key set is being fetched for too many requests.")
+            else:
+                flight.waiters += 1
+        if not leading:
+            return flight.outcome()
         try:
-            return self._fetch_once(url, cached)
+            flight.keys = self._fetch_once(url, cached)
+            return flight.keys
+        except (OSError, ValueError) as exc:
+            flight.error = f"{flight.error} ({exc})"
+            flight.error_type = ValueError if isinstance(exc, ValueError) else OSError
+            raise flight.error_type(flight.error) from exc  # the words its waiters get
         finally:
-            lock.release()
+            with self._flights_lock:
+                del self._flights[url]
+            flight.done.set()
 
     def _fetch_once(self, url: str, cached: _Cached | None) -> dict[str, Any]:
-        """Fetch `url` and cache the outcome (its lock held); `cached` is what the caller saw."""
+        """Fetch `url` and cache the outcome (leading its flight); `cached` is what the caller saw."""
         fetched = self._cache.get(url)
         if fetched not in (None, cached) and time.monotonic() < fetched.fresh_until:
             # Another request fetched it after this one looked.

@@ -4,6 +4,7 @@ checked against its published keys, refetched when it rotates them."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
@@ -99,6 +100,23 @@ def test_provider_key_rotation_is_followed(client: TestClient, provider: tuple[P
     # A token signed with a key the cached set lacks: fetched again at once.
     assert _get(client, "/fhir/Patient", idp.token()) == 200
     assert idp.fetches == 2
+
+
+def test_simultaneous_first_requests_share_one_fetch(client: TestClient,
+                                                     provider: tuple[Provider, str]) -> None:
+    idp, _ = provider
+    publish = idp.jwks
+
+    def slow_jwks() -> bytes:
+        time.sleep(0.5)  # every request arrives while the first fetch is under way
+        return publish()
+
+    idp.jwks = slow_jwks  # type: ignore[method-assign]
+    token = idp.token()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: _get(client, "/fhir/Patient", token), range(6)))
+    assert codes == [200] * 6
+    assert idp.fetches == 1
 
 
 @pytest.mark.parametrize(("change", "why"), [

@@ -1,6 +1,6 @@
 """A registered client's JWKS URL that hangs must not hold up the token endpoint: anyone can
-name that client in an assertion (remote_keys.py: short fetch, failures remembered, no request
-waits for another's fetch)."""
+name that client in an assertion (remote_keys.py: short fetch, failures remembered, at most
+MAX_WAITERS requests wait for another's fetch)."""
 
 from __future__ import annotations
 
@@ -121,3 +121,19 @@ def test_a_hanging_trusted_issuer_does_not_stall_other_requests(tmp_path: Path, 
         assert time.monotonic() - started < remote_keys.FETCH_TIMEOUT / 2
         assert not stalled.done()
         assert stalled.result().status_code == 401
+
+
+def test_requests_waiting_for_a_failing_fetch_all_get_its_error(hanging: Hanging) -> None:
+    keys = remote_keys.RemoteKeySets()
+    started = time.monotonic()
+    with ThreadPoolExecutor(remote_keys.MAX_WAITERS + 3) as pool:
+        tries = [pool.submit(keys.get, hanging.url) for _ in range(remote_keys.MAX_WAITERS + 3)]
+        errors = [t.exception() for t in tries]
+    assert time.monotonic() - started < remote_keys.FETCH_TIMEOUT + 1.5
+    assert all(isinstance(e, OSError) for e in errors)
+    # The fetcher's waiters share its error; requests beyond MAX_WAITERS are refused at once.
+    refused = [e for e in errors if "too many requests" in str(e)]
+    shared = {str(e) for e in errors if e not in refused}
+    assert len(refused) == 2
+    assert len(shared) == 1 and "could not be fetched" in shared.pop()
+    assert len(hanging.connections) == 1
