@@ -1,7 +1,8 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
 `keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
-`keys rotate --kek`) and of the audit trail (`audit verify`). Loads and administration commands
+`keys rotate --kek`), of the audit trail (`audit verify`) and of the register of rights
+requests (`rights add|forward|answer|overdue`). Loads and administration commands
 leave an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
