@@ -1,7 +1,8 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
 `keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
-`keys rotate --kek`) and of the audit trail (`audit verify`). Loads and administration commands
+`keys rotate --kek`), of the audit trail (`audit verify`) and of the register of rights
+requests (`rights add|forward|answer|overdue`). Loads and administration commands
 leave an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .store.routing import RoutingStore
 from .model.errors import FhirError
 from .trials import catalogue, sync
 from .trials.evaluation import EvalError, evaluate_set
+from .privacy import register
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry, parse_query
@@ -720,6 +722,49 @@ def _rotate_data(settings: Settings, scope: str) -> int:
     return 0
 
 
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text}") from None
+
+
+async def _rights_async(settings: Settings, args: argparse.Namespace
+                        ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Do `rights <action>`: the audit entities and the lines to print."""
+    on = args.on or clock.now().date()
+    async with open_context(settings) as context:
+        if args.action == "overdue":
+            late = await register.overdue(context, on)
+            return [_entity("overdue rights requests", _JOB, on=on, count=len(late))], [
+                f"Task/{item.id} {item.right} {item.patient} received {item.received}: "
+                f"{item.missed} deadline {item.deadline} missed" for item in late]
+        if args.action == "add":
+            task = await register.add(context, patient=args.patient, right=args.right,
+                                      controller=args.controller, received=on)
+        else:
+            task = await getattr(register, args.action)(context, args.id, on)
+    line = (f"Task/{task['id']} {task['code']['text']} {task['status']}; forward by "
+            f"{task['input'][0]['valueDate']}, answer by {task['restriction']['period']['end']}")
+    return [_entity(f"Task/{task['id']}", ("4", "Domain Resource"), f"Task/{task['id']}",
+                    right=task["code"]["text"], status=task["status"])], [line]
+
+
+def _rights(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    command = f"rights {args.action}"
+    done = _refusing(command, _rights_async(settings, args), (register.RegisterError,),
+                     "; nothing was stored")
+    if done is None:
+        return 2
+    entities, lines = done
+    action = {"add": "C", "overdue": "R"}.get(args.action, "U")
+    asyncio.run(_record(settings, command, action, entities))
+    print("\n".join(lines) if lines else "no rights request overdue")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `fhir-server`."""
     root = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
@@ -863,6 +908,21 @@ def parser() -> argparse.ArgumentParser:
     check = audit.add_parser("verify", help="check the hash chain against the stored "
                                             "AuditEvents (exit 1 on any change or removal)")
     check.set_defaults(run=_verify_audit)
+    rights = commands.add_parser("rights", help="the register of rights requests "
+                                 "(docs/privacy.md)").add_subparsers(dest="action", required=True)
+    add_request = rights.add_parser("add", help="register a request; prints its deadlines")
+    add_request.add_argument("--patient", required=True, help="Patient/<id>: who asks")
+    add_request.add_argument("--right", required=True, help=", ".join(register.RIGHTS))
+    add_request.add_argument("--controller", required=True, help="Organization/<id>")
+    add_request.add_argument("--on", type=_day, help="day received (default: today)")
+    for step in ("forward", "answer"):
+        advance = rights.add_parser(step, help=f"record that the request was {step}ed")
+        advance.add_argument("id", help="the Task's id")
+        advance.add_argument("--on", type=_day, help=f"day {step}ed (default: today)")
+    late = rights.add_parser("overdue", help="open requests past a deadline")
+    late.add_argument("--on", type=_day, help="as of this day (default: today)")
+    for action in rights.choices.values():
+        action.set_defaults(run=_rights)
     mllp = commands.add_parser(
         "mllp", help="run the HL7 v2 MLLP listener alone (FHIR_SERVER_MLLP_HOST/_PORT; docs/hl7v2.md)")
     mllp.set_defaults(run=_mllp)

@@ -209,6 +209,8 @@ _SECURITY_ALERT = {"system": _DICOM, "code": "110113", "display": "Security Aler
 _SECURITY_CONFIGURATION = {"system": _DICOM, "code": "110129", "display": "Security Configuration"}
 _EXPORT = {"system": _DICOM, "code": "110106", "display": "Export"}
 _IMPORT = {"system": _DICOM, "code": "110107", "display": "Import"}
+_PATIENT_RECORD = {"system": _DICOM, "code": "110110", "display": "Patient Record"}
+_QUERY = {"system": _DICOM, "code": "110112", "display": "Query"}
 _COMMANDS = {
     "load": ({"system": _DICOM, "code": "110107", "display": "Import"},
              {"system": _INTERACTION_SYSTEM, "code": "batch", "display": "batch"}),
@@ -226,6 +228,12 @@ _COMMANDS = {
     "restore": (_IMPORT, _IMPORT),
     # the register decides who may hold a professional's account
     "rpps load": (_IMPORT, _SECURITY_CONFIGURATION),
+    # the register of rights requests: Tasks about a person, and the report of late ones
+    **{f"rights {step}": (_PATIENT_RECORD, {"system": _INTERACTION_SYSTEM, "code": code,
+                                            "display": code})
+       for step, code in (("add", "create"), ("forward", "update"), ("answer", "update"))},
+    "rights overdue": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
+                                "display": "search-type"}),
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 CANONICAL = "https://oncotrials.example.org/fhir"
 MESSAGE_SYSTEM = f"{CANONICAL}/CodeSystem/referral-message"
 OUTCOME_SYSTEM = f"{CANONICAL}/CodeSystem/referral-outcome"
+RIGHT_SYSTEM = f"{CANONICAL}/CodeSystem/data-subject-right"  # Task.code of rights requests
 REFERRAL_IDENTIFIER = f"{CANONICAL}/referral"  # ResearchSubject.identifier: the referral's id
 TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
