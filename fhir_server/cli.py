@@ -48,9 +48,10 @@ from .trials.evaluation import EvalError, evaluate_set
 from .privacy import register
 from . import clock, workers
 from .logs import configure
-from .search import Query, default_registry, parse_query
+from .search import Query, default_registry
 from .settings import Settings
 from .store.base import Store
+from .services.principals import practitioners_with_rpps
 from .store.rekey import Rotation, rotate_data_key
 
 
@@ -371,18 +372,16 @@ def _add_app(args: argparse.Namespace) -> int:
     return 0
 
 
-RPPS = "urn:oid:1.2.250.1.71.4.2.1"  # France's register of health professionals (ANS)
 
 
 async def _practitioner_by_rpps(settings: Settings, rpps: str) -> str:
     """`Practitioner/<id>` of the one stored Practitioner with this RPPS number."""
     async with open_context(settings) as context:
-        query, _ = parse_query("Practitioner", [("identifier", f"{RPPS}|{rpps}")], context.registry)
-        page = await context.store.search(dataclasses.replace(query, count=2))
-    if len(page.matches) != 1:
-        found = "no" if not page.matches else "several"
+        matches = await practitioners_with_rpps(context, rpps)
+    if len(matches) != 1:
+        found = "no" if not matches else "several"
         raise ValueError(f"{found} Practitioner with RPPS number {rpps}")
-    return f"Practitioner/{page.matches[0].id}"
+    return f"Practitioner/{matches[0]}"
 
 
 def _checked_rpps(settings: Settings, number: str) -> str:

@@ -59,14 +59,20 @@ async def system_principal(ctx: Context, subject: str, client_id: str, scope: st
     return await principal_of(ctx, Claims(subject=subject, client_id=client_id, scope=scope))
 
 
+async def practitioners_with_rpps(ctx: Context, rpps: str) -> list[str]:
+    """Ids of the stored Practitioners with this RPPS number (two at most: one is the answer,
+    two say the number is ambiguous)."""
+    query, _ = parse_query("Practitioner", [("identifier", f"{RPPS_SYSTEM}|{rpps}")], ctx.registry)
+    return [v.id for v in (await ctx.store.search(dataclasses.replace(query, count=2))).matches]
+
+
 async def practitioner_with_rpps(ctx: Context, rpps: str, create: dict[str, Any] | None) -> str:
     """`Practitioner/<id>` of the one stored Practitioner with this RPPS number, created from
     `create` (a Practitioner without id, as the server, audited) when there is none;
     UNAUTHORIZED when there is none and `create` is None, or several."""
-    query, _ = parse_query("Practitioner", [("identifier", f"{RPPS_SYSTEM}|{rpps}")], ctx.registry)
-    matches = (await ctx.store.search(dataclasses.replace(query, count=2))).matches
+    matches = await practitioners_with_rpps(ctx, rpps)
     if len(matches) == 1:
-        return f"Practitioner/{matches[0].id}"
+        return f"Practitioner/{matches[0]}"
     if matches or create is None:  # several: which one signs in is not ours to guess
         raise fail(Kind.UNAUTHORIZED, "security", "Unknown professional.")
     # An id of the number: two first sign-ins at once create one Practitioner, the other
