@@ -36,11 +36,7 @@ async def enrol(request: Request) -> Response:
 @router.get("/me")
 async def own(request: Request) -> Response:
     """The caller's own current key set."""
-    ctx = context_of(request)
-    identity = ctx.principal.fhir_user if ctx.principal is not None else None
-    if identity is None:
-        raise fail(Kind.FORBIDDEN, "forbidden", "Only a signed-in user has an enrolled key.")
-    return _jwks(await sealing_keys.published(ctx, identity))
+    return _jwks(await sealing_keys.own(context_of(request)))
 
 
 @router.get("/{kind}/{id}")

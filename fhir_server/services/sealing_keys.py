@@ -43,6 +43,14 @@ def enrol(ctx: Context, jwk: Any) -> dict[str, Any]:
     return stored
 
 
+async def own(ctx: Context) -> dict[str, Any]:
+    """The caller's own current key set; FORBIDDEN for a caller who is no signed-in user."""
+    identity = ctx.principal.fhir_user if ctx.principal is not None else None
+    if identity is None:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Only a signed-in user has an enrolled key.")
+    return await published(ctx, identity)
+
+
 async def published(ctx: Context, identity: str) -> dict[str, Any]:
     """The JWK Set content for `identity` (Type/id) must be sealed to: a user's enrolled key,
     a site system's encryption keys, a group's members' keys."""
