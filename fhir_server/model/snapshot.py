@@ -3,13 +3,15 @@
 A StructureDefinition's snapshot is read into elements by id; a resource is walked along the
 elements the snapshot lists, each checked for cardinality, type (choice elements), fixed and
 pattern values, bindings (required → error, extensible → warning) against the value sets we
-hold, reference target types, and slicing (value, pattern and exists discriminators; a slicing
-without discriminator matches a value to the first slice it conforms to; open or closed).
-Extensions are checked against their definitions when we hold them. What the snapshot does not
-expand (a datatype's own elements) is left to the R4 schema layer, which already ran.
+hold, reference target types, invariants (model/invariants.py), and slicing (value, pattern,
+exists, type and profile discriminators; a slicing without discriminator matches a value to the
+first slice it conforms to; open or closed). Extensions are checked against their definitions
+when we hold them. What the snapshot does not expand (a datatype's own elements) is left to the
+R4 schema layer, which already ran. Profiles given as a differential only get their snapshot
+generated at load (model/snapshot_gen.py).
 
-Not done: invariants (constraint expressions), `type` and `profile` discriminators,
-discriminator paths of more than one step, re-slicing. docs/validation.md, "Profiles", lists what is held and checked.
+Not done: discriminators through `resolve()`, re-slicing. docs/validation.md, "Profiles",
+lists what is held and checked.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from functools import cache
 from typing import Any, Final
 
 from ..terminology_service import load_catalogue, membership
+from . import invariants
 from .errors import FhirError, Issue
+from .invariants import Invariant
 from .platform_codes import PROFILES_DIR
+from .snapshot_gen import core_structures, generate
 
 PACKAGES: Final = ("eclaire-0.3.1",)  # folders of profiles/ holding a vendored package
 _CORE: Final = "http://hl7.org/fhir/StructureDefinition/"
@@ -33,6 +38,7 @@ class Element:
     """One snapshot element, with what the checks need."""
 
     id: str
+    path: str  # without slice names: `Observation.component.value[x]`
     name: str  # last path step: `identifier`, `value[x]`
     slice_name: str | None
     min: int
@@ -46,6 +52,7 @@ class Element:
     discriminators: tuple[tuple[str, str], ...] = ()  # (type, path)
     sliced: bool = False
     closed: bool = False
+    invariants: tuple[Invariant, ...] = ()
 
 
 def _element(raw: dict[str, Any]) -> Element:
@@ -57,7 +64,7 @@ def _element(raw: dict[str, Any]) -> Element:
     binding = raw.get("binding", {})
     slicing = raw.get("slicing")
     return Element(
-        id=raw["id"], name=name, slice_name=slice_name or None, min=int(raw.get("min", 0)),
+        id=raw["id"], path=raw.get("path", raw["id"]), name=name, slice_name=slice_name or None, min=int(raw.get("min", 0)),
         max=None if raw.get("max", "*") == "*" else int(raw["max"]),
         types=tuple(t["code"] for t in types),
         profiles=tuple(p for t in types for p in t.get("profile", [])),
@@ -67,6 +74,7 @@ def _element(raw: dict[str, Any]) -> Element:
         if binding.get("strength") in ("required", "extensible") and "valueSet" in binding else None,
         discriminators=tuple((d["type"], d["path"]) for d in (slicing or {}).get("discriminator", [])),
         sliced=slicing is not None, closed=(slicing or {}).get("rules") == "closed",
+        invariants=invariants.of(raw),
     )
 
 
@@ -78,13 +86,15 @@ class Definition:
     version: str | None
     type: str
     root: str
+    root_invariants: tuple[Invariant, ...] = ()
     children: dict[str, list[Element]] = field(default_factory=dict)  # by parent element id
     slices: dict[str, list[Element]] = field(default_factory=dict)  # by sliced element id
 
     @classmethod
     def load(cls, sd: dict[str, Any]) -> Definition:
         elements = [_element(e) for e in sd["snapshot"]["element"]]
-        definition = cls(sd["url"], sd.get("version"), sd["type"], elements[0].id)
+        definition = cls(sd["url"], sd.get("version"), sd["type"], elements[0].id,
+                         elements[0].invariants)
         for e in elements[1:]:
             parent = e.id[: -len(e.id.rsplit(".", 1)[-1]) - 1]
             if e.slice_name:
@@ -95,29 +105,35 @@ class Definition:
 
     def check(self, resource: dict[str, Any], prefix: str) -> list[Issue]:
         """What `resource` (at FHIRPath `prefix`) breaks in this profile."""
-        return list(self._node(resource, self.root, prefix))
+        return [*invariants.check(self.root_invariants, resource, resource, prefix, self.type),
+                *self._node(resource, self.root, prefix, resource)]
 
-    def _node(self, node: dict[str, Any], element_id: str, where: str) -> Iterator[Issue]:
+    def _node(self, node: dict[str, Any], element_id: str, where: str,
+              resource: dict[str, Any]) -> Iterator[Issue]:
         for element in self.children.get(element_id, ()):
             values = list(_values(node, element.name, where))
             yield from _cardinality(element, len(values), f"{where}.{_base(element.name)}")
             slices = self.slices.get(element.id, [])
-            chosen = [self._slice_of(value, element, slices) if slices else None
-                      for _, value, _ in values]
+            chosen = [self._slice_of(key, value, element, slices) if slices else None
+                      for key, value, _ in values]
             for (key, value, at), piece in zip(values, chosen):
                 if slices and piece is None and element.closed:
                     yield _error("structure", f"{at} matches none of the slices of a closed "
                                  f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at)
-                yield from self._value(piece or element, key, value, at)
+                yield from self._value(piece or element, key, value, at, resource)
             for piece in slices:
                 count = sum(1 for c in chosen if c is piece)
                 label = f"{where}.{_base(element.name)}"
                 yield from _cardinality(piece, count, label, piece.slice_name)
 
-    def _value(self, element: Element, key: str, value: Any, at: str) -> Iterator[Issue]:
+    def _value(self, element: Element, key: str, value: Any, at: str,
+               resource: dict[str, Any]) -> Iterator[Issue]:
         yield from _type(element, key, at)
         if value is None:
             return  # a primitive's extensions alone: nothing to compare
+        if element.invariants:
+            yield from invariants.check(element.invariants, value, resource, at,
+                                        _fhirpath_type(element, key))
         if element.fixed is not None and value != element.fixed:
             yield _error("value", f"Expected the fixed value {_show(element.fixed)}", at)
         if element.pattern is not None and not _matches(value, element.pattern):
@@ -129,34 +145,47 @@ class Definition:
         if not isinstance(value, dict):
             return
         if element.id in self.children:
-            yield from self._node(value, element.id, at)
+            yield from self._node(value, element.id, at, resource)
         extension = _extension_definition(element, value)
         if extension is not None and extension is not self:
-            yield from extension._node(value, extension.root, at)
+            yield from invariants.check(extension.root_invariants, value, resource, at, "Extension")
+            yield from extension._node(value, extension.root, at, resource)
 
-    def _slice_of(self, value: Any, sliced: Element, slices: list[Element]) -> Element | None:
-        """The slice of `sliced` that `value` belongs to, by the slicing's discriminators (or,
-        with none, the first slice it conforms to)."""
-        return next((piece for piece in slices if self._in_slice(sliced, piece, value)), None)
+    def _slice_of(self, key: str, value: Any, sliced: Element, slices: list[Element]) -> Element | None:
+        """The slice of `sliced` that `value` (under JSON `key`) belongs to, by the slicing's
+        discriminators (or, with none, the first slice it conforms to)."""
+        return next((piece for piece in slices if self._in_slice(sliced, piece, key, value)), None)
 
-    def _in_slice(self, sliced: Element, piece: Element, value: Any) -> bool:
+    def _in_slice(self, sliced: Element, piece: Element, key: str, value: Any) -> bool:
         if not sliced.discriminators:
-            return not any(i.severity == "error" for i in self._value(piece, "", value, ""))
+            return not any(i.severity == "error" for i in self._value(piece, key, value, "", {}))
         for kind, path in sliced.discriminators:
+            if "resolve()" in path:
+                return False  # a discriminator through a reference: not implemented
             found = _at_path(value, path)
             if kind == "exists":
                 child = self._child(piece, path)
                 if (found is not None) != (child is not None and child.min >= 1):
                     return False
                 continue
-            if kind not in ("value", "pattern"):
-                return False  # `type` and `profile` discriminators are not implemented
+            if kind == "type":
+                if _type_of(sliced, key, found) not in _type_names(self._typed(piece, path)):
+                    return False
+                continue
+            if kind == "profile":
+                if not _conforms(found, self._typed(piece, path)):
+                    return False
+                continue
             wanted = self._expected(piece, path)
             if wanted is None or found is None:
                 return False
             if not (found == wanted if kind == "value" else _matches(found, wanted)):
                 return False
         return True
+
+    def _typed(self, piece: Element, path: str) -> Element | None:
+        """The element at `path` below `piece` whose type a type or profile discriminator tests."""
+        return piece if path == "$this" else self._child(piece, path)
 
     def _child(self, piece: Element, path: str) -> Element | None:
         if path == "$this":
@@ -172,6 +201,43 @@ class Definition:
         if path == "url" and piece.profiles:
             return piece.profiles[0]
         return None
+
+
+def _fhirpath_type(element: Element, key: str) -> str:
+    """What a value of `element` (under JSON `key`) is typed as for FHIRPath: its data type
+    (a choice's from the key), or the element's path for a backbone element."""
+    if element.name.endswith("[x]") and key:
+        return key[len(element.name) - 3:]
+    if len(element.types) == 1 and element.types[0][:1].isupper() and element.types[0] not in (
+            "BackboneElement", "Element"):
+        return element.types[0]
+    return element.path.replace("[x]", "")
+
+
+def _type_of(sliced: Element, key: str, value: Any) -> str | None:
+    """The FHIR type of a value: a resource's `resourceType`, a choice's type from its JSON key
+    (`valueQuantity`), else the element's one declared type."""
+    if isinstance(value, dict) and isinstance(value.get("resourceType"), str):
+        return str(value["resourceType"])
+    if sliced.name.endswith("[x]") and key:
+        return key[len(sliced.name) - 3:].lower()
+    return sliced.types[0].lower() if len(sliced.types) == 1 else None
+
+
+def _type_names(element: Element | None) -> set[str]:
+    if element is None:
+        return set()
+    # Resource types keep their case; data types compare without it (`Quantity` vs `quantity`).
+    return {t for t in element.types} | {t.lower() for t in element.types}
+
+
+def _conforms(value: Any, element: Element | None) -> bool:
+    """Whether `value` conforms to one of the profiles the element's type names (profile discriminator)."""
+    if element is None or not isinstance(value, dict):
+        return False
+    held = [definitions().get(p) for p in element.profiles]
+    return any(d is not None and not any(i.severity == "error" for i in d.check(value, ""))
+               for d in held)
 
 
 def _base(name: str) -> str:
@@ -317,17 +383,37 @@ def _show(value: Any) -> str:
 # --- what we hold ---------------------------------------------------------------------------
 
 
-def _package_files(prefix: str) -> Iterator[dict[str, Any]]:
-    for package in PACKAGES:
-        for path in sorted((PROFILES_DIR / package).glob(f"{prefix}-*.json")):
+def _structure_files() -> Iterator[dict[str, Any]]:
+    """The StructureDefinitions we hold: the vendored packages' and our own (profiles/)."""
+    for folder in (*(PROFILES_DIR / p for p in PACKAGES), PROFILES_DIR):
+        for path in sorted(folder.glob("StructureDefinition-*.json")):
             yield json.loads(path.read_text())
 
 
 @cache
+def _with_snapshots() -> dict[str, dict[str, Any]]:
+    """Every StructureDefinition we hold, by URL, a snapshot generated where it has none."""
+    raw = {sd["url"]: sd for sd in _structure_files()}
+    done: dict[str, dict[str, Any]] = {}
+
+    def resolve(url: str) -> dict[str, Any] | None:
+        if url in done:
+            return done[url]
+        sd = raw.get(url)
+        if sd is None:
+            return core_structures().get(url)
+        done[url] = sd if "snapshot" in sd else generate(sd, resolve)
+        return done[url]
+
+    for url in raw:
+        resolve(url)
+    return done
+
+
+@cache
 def definitions() -> dict[str, Definition]:
-    """Every vendored StructureDefinition with a snapshot, by canonical URL."""
-    return {sd["url"]: Definition.load(sd) for sd in _package_files("StructureDefinition")
-            if sd.get("snapshot")}
+    """Every StructureDefinition we hold, by canonical URL, ready to check."""
+    return {url: Definition.load(sd) for url, sd in _with_snapshots().items()}
 
 
 def vendored() -> list[Definition]:

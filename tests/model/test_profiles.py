@@ -21,6 +21,7 @@ GROUP = f"{BASE}/StructureDefinition/eclaire-group"
 LOCATION = f"{BASE}/StructureDefinition/eclaire-location"
 RECRUITMENT = f"{BASE}/CodeSystem/eclaire-status-recruitment-code-system"
 VALIDATOR = Validator(use_models=False)
+NARRATIVE = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Essai</div>'}
 
 
 def ext(name: str, **value: Any) -> dict[str, Any]:
@@ -32,6 +33,7 @@ def study() -> dict[str, Any]:
     return {
         "resourceType": "ResearchStudy",
         "meta": {"profile": [STUDY]},
+        "text": NARRATIVE,
         "extension": [
             ext("review-date", valueInstant="2024-03-01T10:00:00Z"),
             ext("recruitment-status", valueCodeableConcept={
@@ -68,6 +70,9 @@ def test_the_registry_holds_the_eclaire_profiles_and_fr_core_patient_ins() -> No
 
 def test_a_valid_eclaire_study_passes() -> None:
     assert VALIDATOR.outcome(study()) == []
+    # Without narrative: dom-6, a best-practice invariant of DomainResource, warns only.
+    bare = {k: v for k, v in study().items() if k != "text"}
+    assert brief(VALIDATOR.outcome(bare)) == [("warning", "invariant", ("ResearchStudy",))]
 
 
 def test_a_broken_copy_fails_with_element_paths() -> None:
@@ -83,6 +88,7 @@ def test_a_broken_copy_fails_with_element_paths() -> None:
         ("error", "structure", ("ResearchStudy.extension[0].valueDate",)),
         ("warning", "code-invalid", ("ResearchStudy.extension[1].valueCodeableConcept",)),
         ("error", "structure", ("ResearchStudy.identifier",)),
+        ("error", "invariant", ("ResearchStudy.condition[0]",)),  # ele-1: an id alone is no content
         ("error", "structure", ("ResearchStudy.enrollment[0].reference",)),
         ("error", "structure", ("ResearchStudy.sponsor",)),
         ("error", "structure", ("ResearchStudy.arm[0].extension[0].extension",)),

@@ -1,6 +1,9 @@
 """ECLAIRE test data: the IG's example study `2022-500014-26-00` (translated from the IG's
 FSH, input/fsh/Examples/2022-500014-26-00-example.fsh, to JSON in data/) and the resources
-it references, plus sites; and the IG's `fake-study-example`, trimmed to what makes it fail."""
+it references, plus sites; and the IG's `fake-study-example`, trimmed to what makes it fail.
+The translation had left the two `label` extensions' `value` sub-extensions empty, which breaks
+the core invariant ext-1 (an extension has a value or extensions); they carry the study's
+plain-language title and acronym."""
 
 from __future__ import annotations
 
