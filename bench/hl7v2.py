@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import machine, percentile, write_results
+from fhir_server.crypto import create_key_ring
 
 TEMPLATE = (Path(__file__).resolve().parents[1] / "tests/interop/hl7v2/messages/adt_a01_admit.hl7"
             ).read_bytes().replace(b"\n", b"\r")
@@ -45,8 +46,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    key_ring = data_dir / "keyring.json"  # the server refuses to start without one
+    create_key_ring(key_ring)
     env = {**os.environ, "FHIR_SERVER_DATA_DIR": str(data_dir), "FHIR_SERVER_MLLP_PORT": "0",
-           "FHIR_SERVER_LOG_LEVEL": "warning"}
+           "FHIR_SERVER_LOG_LEVEL": "warning", "FHIR_SERVER_KEY_RING": str(key_ring)}
     process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "mllp"], env=env,
                                stderr=subprocess.PIPE)
     assert process.stderr is not None
