@@ -1,11 +1,13 @@
 """Access control: the SMART on FHIR scope model (SMART App Launch 2.x), who the caller is
-(principal.py), what a patient's Consents allow (consent.py), the decision for each
-interaction (policy.py), and the one-time codes confirming proposed Consents (codes.py).
+(principal.py), what a patient's Consents allow (consent.py) and delegate to relatives
+(delegation.py), the decision for each interaction (policy.py), and the one-time codes
+confirming proposed Consents (codes.py).
 
 Other packages import access only from here.
 """
 
 from . import consent
+from .delegation import Delegation, delegation
 from .codes import FAILURE_WINDOW, MAX_FAILURES, CodeCheck, ConfirmationCodes
 from .policy import Decision, compartment_clause, decide
 from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
@@ -35,6 +37,7 @@ __all__ = [
     "ConfirmationCodes",
     "ContextScope",
     "Decision",
+    "Delegation",
     "Grant",
     "Interaction",
     "Level",
@@ -45,6 +48,7 @@ __all__ = [
     "compartment_clause",
     "consent",
     "decide",
+    "delegation",
     "parse_scope",
     "parse_scopes",
     "required_permission",

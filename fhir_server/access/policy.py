@@ -2,6 +2,7 @@
 
 - `system/` scopes (backend services) reach every resource of the types they name.
 - `patient/` scopes reach the launch patient's compartment only (compartmentdefinition-patient);
+  a relative's, only the types and actions the patient's delegation names (delegation.py);
   types outside any patient compartment (Practitioner, ResearchStudy, ...) are not patient data
   and are reached as named. Searches are confined *inside the query* (the compartment clause is
   ANDed to it before paging), so nothing of another patient can come back, through `_include`
@@ -192,8 +193,13 @@ def _break_glass(principal: Principal, interaction: Interaction, type_name: str,
 def _patient_reach(registry: Registry, resource_type: str, principal: Principal,
                    interaction: str) -> tuple[Clause, ...]:
     """A patient's (or representative's) reach: their own compartment; no Bundle (frozen
-    referral records belong to their recipients)."""
+    referral records belong to their recipients). A relative's is the part of it their
+    delegation names (access/delegation.py)."""
     assert principal.patient is not None
+    if principal.role is Role.RELATIVE and not (
+            principal.delegation and principal.delegation.permits(interaction, resource_type)):
+        raise fail(Kind.FORBIDDEN, "forbidden", f"The patient's delegation does not let this "
+                   f"relative {interaction} {resource_type}.")
     if resource_type == "Bundle":
         return _bundles((), interaction)
     if resource_type == "Consent" and interaction == "delete":

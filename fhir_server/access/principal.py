@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .delegation import Delegation
 from .scopes import Grant, parse_scopes
 
 
@@ -16,6 +17,7 @@ class Role(StrEnum):
 
     PATIENT = "patient"  # a patient user, or a patient-facing app without a user identity
     REPRESENTATIVE = "representative"  # the legal representative of the patient in context
+    RELATIVE = "relative"  # someone close the patient in context delegated some access to
     PRACTITIONER = "practitioner"  # a referring physician
     INVESTIGATOR = "investigator"  # a user or site system receiving referrals
     ADMINISTRATOR = "administrator"  # runs the platform; reaches no health data but by break-glass
@@ -58,7 +60,8 @@ class Principal:
     PractitionerRole, CareTeam or Group references an investigator receives referrals as; it
     reaches those referrals, their threads and `snapshots` (the frozen records it may read),
     never a live record. An administrator reaches health data only when `break_glass` states
-    why. `client_id` names the application.
+    why. `client_id` names the application. A relative reaches what `delegation` (the
+    patient's grant in force) and their scopes both allow.
     """
 
     role: Role
@@ -72,6 +75,7 @@ class Principal:
     recipients: tuple[str, ...] | None = None
     snapshots: tuple[str, ...] = ()
     break_glass: str | None = None
+    delegation: Delegation | None = None
 
     @property
     def server(self) -> bool:

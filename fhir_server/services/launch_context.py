@@ -1,6 +1,6 @@
 """The patients a user may open in a SMART launch (the patient picker): a practitioner those
-whose consent in force names them, a representative those they legally represent
-(services/reach.py applies the rules)."""
+whose consent in force names them, a representative those they legally represent, a
+relative those who delegate to them (services/reach.py and relatives.py apply the rules)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import orjson
 
 from .context import Context
 from .reach import consenting_patients, represented
+from .relatives import delegating
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -31,14 +32,15 @@ def _label(patient: dict[str, Any]) -> str:
 
 async def openable(ctx: Context, fhir_user: str) -> list[str]:
     """Ids of the patients `fhir_user` may have in context: a patient themself, a
-    practitioner those who consented, a representative those they represent."""
+    practitioner those who consented, a representative those they represent, a relative
+    those who delegate to them."""
     kind, _, id = fhir_user.partition("/")
     if kind == "Patient":
         return [id]
     if kind == "Practitioner":
         return await consenting_patients(ctx, fhir_user)
     if kind == "RelatedPerson":
-        return await represented(ctx, fhir_user)
+        return await represented(ctx, fhir_user) or await delegating(ctx, fhir_user)
     return []
 
 

@@ -12,7 +12,7 @@ from ..access import Claims, Principal, Role, parse_scopes
 from ..model.errors import FhirError, Kind, fail
 from ..model.french_ids import RPPS_SYSTEM
 from ..search import parse_query
-from . import reach, server_writes
+from . import reach, relatives, server_writes
 from .context import Context
 
 MAX_REASON = 500  # characters of a break-glass reason
@@ -27,11 +27,7 @@ async def principal_of(ctx: Context, claims: Claims) -> Principal:
     elif kind == "Practitioner":
         principal = await _practitioner(ctx, claims)
     elif kind == "RelatedPerson":
-        represented = claims.patient is not None and claims.patient in await reach.represented(
-            ctx, claims.fhir_user or "")
-        # No longer their representative: reaches nothing.
-        principal = _principal(claims, Role.REPRESENTATIVE,
-                               patient=claims.patient if represented else None)
+        principal = await _related_person(ctx, claims)
     elif kind == "Patient":
         if claims.patient is not None and claims.patient != id:
             # A patient user speaks for themselves only: others are represented through a
@@ -102,6 +98,21 @@ async def _practitioner(ctx: Context, claims: Claims) -> Principal:
     patient = claims.patient if claims.patient in consented else None
     return _principal(claims, Role.PRACTITIONER, patient=patient, consented=consented,
                       snapshots=await reach.snapshots_for(ctx, sender=fhir_user, patients=consented))
+
+
+async def _related_person(ctx: Context, claims: Claims) -> Principal:
+    """A legal representative of the patient in context; else a relative that patient
+    delegated some access to (services/relatives.py); else, no longer either, one reaching
+    nothing."""
+    fhir_user = claims.fhir_user or ""
+    if claims.patient is not None and claims.patient in await reach.represented(ctx, fhir_user):
+        return _principal(claims, Role.REPRESENTATIVE, patient=claims.patient)
+    granted = (await relatives.delegation_of(ctx, fhir_user, claims.patient)
+               if claims.patient is not None else None)
+    if granted is not None:
+        return dataclasses.replace(_principal(claims, Role.RELATIVE, patient=claims.patient),
+                                   delegation=granted)
+    return _principal(claims, Role.REPRESENTATIVE)
 
 
 def _principal(claims: Claims, role: Role, *, patient: str | None = None,
