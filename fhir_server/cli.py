@@ -2,7 +2,7 @@
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
 `keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
 `keys rotate --kek`), of the audit trail (`audit verify`) and of the register of rights
-requests (`rights add|forward|answer|overdue`). Loads and administration commands
+requests (`rights add|forward|answer|overdue`) and of breaches (`breach add|notify|overdue`). Loads and administration commands
 leave an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from .store.routing import RoutingStore
 from .model.errors import FhirError
 from .trials import catalogue, sync
 from .trials.evaluation import EvalError, evaluate_set
-from .privacy import register
+from .privacy import breaches, register
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry
@@ -749,19 +749,69 @@ async def _rights_async(settings: Settings, args: argparse.Namespace
                     right=task["code"]["text"], status=task["status"])], [line]
 
 
-def _rights(args: argparse.Namespace) -> int:
+_RegisterWork = Callable[[Settings, argparse.Namespace],
+                         Coroutine[Any, Any, tuple[list[dict[str, Any]], list[str]]]]
+
+
+def _register_command(args: argparse.Namespace, work: _RegisterWork, none: str) -> int:
+    """Run a register's `<command> <action>`: exit 2 on a refusal (nothing stored, nothing
+    audited), else its AuditEvent and its lines (`none` when there are none)."""
     settings = Settings()
     configure(settings.log_level)
-    command = f"rights {args.action}"
-    done = _refusing(command, _rights_async(settings, args), (register.RegisterError,),
+    command = f"{args.command} {args.action}"
+    done = _refusing(command, work(settings, args), (register.RegisterError,),
                      "; nothing was stored")
     if done is None:
         return 2
     entities, lines = done
     action = {"add": "C", "overdue": "R"}.get(args.action, "U")
     asyncio.run(_record(settings, command, action, entities))
-    print("\n".join(lines) if lines else "no rights request overdue")
+    print("\n".join(lines) if lines else none)
     return 0
+
+
+def _rights(args: argparse.Namespace) -> int:
+    return _register_command(args, _rights_async, "no rights request overdue")
+
+
+def _moment(text: str) -> datetime:
+    """A date and time (ISO 8601; UTC when no offset is given)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date and time (YYYY-MM-DDTHH:MM[+HH:MM]): {text}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def _breach_async(settings: Settings, args: argparse.Namespace
+                        ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Do `breach <action>`: the audit entities and the lines to print."""
+    at = args.at or clock.now()
+    async with open_context(settings) as context:
+        if args.action == "overdue":
+            late = await breaches.overdue(context, at)
+            return [_entity("overdue breaches", _JOB, at=at.isoformat(), count=len(late))], [
+                f"Task/{item.id} discovered {item.discovered.isoformat()}: {item.party} not told "
+                f"by {item.deadline.isoformat()}" for item in late]
+        if args.action == "add":
+            task = await breaches.add(context, discovered=at, start=args.start, end=args.end,
+                                      controller=args.controller, description=args.description,
+                                      actors=args.actor or (), clients=args.client or ())
+        else:
+            task = await breaches.notify(context, args.id, args.party, at)
+    deadlines = {i["type"]["coding"][0]["code"]: i["valueDateTime"] for i in task["input"]
+                 if "valueDateTime" in i}
+    patients = [o["valueReference"]["reference"] for o in task.get("output", [])
+                if "valueReference" in o]
+    lines = [f"Task/{task['id']} breach {task['status']}; tell the controller by "
+             f"{deadlines['controller-deadline']}, the authority by {deadlines['authority-deadline']}",
+             f"{len(patients)} patients exposed{': ' if patients else ''}{' '.join(patients)}"]
+    return [_entity(f"Task/{task['id']}", ("4", "Domain Resource"), f"Task/{task['id']}",
+                    status=task["status"], exposed=len(patients))], lines
+
+
+def _breach(args: argparse.Namespace) -> int:
+    return _register_command(args, _breach_async, "no breach overdue")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -922,6 +972,29 @@ def parser() -> argparse.ArgumentParser:
     late.add_argument("--on", type=_day, help="as of this day (default: today)")
     for action in rights.choices.values():
         action.set_defaults(run=_rights)
+    breach = commands.add_parser("breach", help="the register of personal data breaches "
+                                 "(docs/privacy.md)").add_subparsers(dest="action", required=True)
+    add_breach = breach.add_parser("add", help="register a suspected breach; prints its "
+                                   "deadlines and the patients the audit trail shows exposed")
+    add_breach.add_argument("--from", dest="start", type=_moment, required=True,
+                            help="start of the exposure window")
+    add_breach.add_argument("--to", dest="end", type=_moment, required=True,
+                            help="end of the exposure window")
+    add_breach.add_argument("--actor", action="append", metavar="Type/id",
+                            help="an agent involved, as the audit trail names it (repeat)")
+    add_breach.add_argument("--client", action="append", metavar="CLIENT_ID",
+                            help="an OAuth client involved (repeat)")
+    add_breach.add_argument("--controller", required=True, help="Organization/<id>")
+    add_breach.add_argument("--description", required=True, help="what happened")
+    add_breach.add_argument("--at", type=_moment, help="when it was discovered (default: now)")
+    notify = breach.add_parser("notify", help="record that a party was told")
+    notify.add_argument("id", help="the Task's id")
+    notify.add_argument("party", choices=sorted(breaches.PARTIES))
+    notify.add_argument("--at", type=_moment, help="when (default: now)")
+    late_breaches = breach.add_parser("overdue", help="parties not told in time")
+    late_breaches.add_argument("--at", type=_moment, help="as of (default: now)")
+    for action in breach.choices.values():
+        action.set_defaults(run=_breach)
     mllp = commands.add_parser(
         "mllp", help="run the HL7 v2 MLLP listener alone (FHIR_SERVER_MLLP_HOST/_PORT; docs/hl7v2.md)")
     mllp.set_defaults(run=_mllp)

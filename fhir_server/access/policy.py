@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..model.errors import Kind, fail
-from ..model.platform_codes import (MESSAGE_SYSTEM, REFERRAL_IDENTIFIER, RIGHT_SYSTEM,
-                                    SERVER_MADE, SNAPSHOT)
+from ..model.platform_codes import (MESSAGE_SYSTEM, REFERRAL_IDENTIFIER, REGISTER_SYSTEM,
+                                    RIGHT_SYSTEM, SERVER_MADE, SNAPSHOT)
 from ..search import Not
 from ..search import Clause, IndexEntry, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
@@ -221,9 +221,10 @@ def _user_reach(registry: Registry, resource_type: str, principal: Principal,
     if resource_type == "Bundle":
         return _bundles(principal.snapshots, interaction)
     if resource_type == "Task" and principal.admin and interaction in _READS:
-        # Administrators keep the register of rights requests (privacy/register.py): those
-        # Tasks alone, read-only (the `fhir-server rights` commands write them).
-        return (Clause((TokenPredicate("code", RIGHT_SYSTEM, None),)),)
+        # Administrators keep the registers of rights requests, breaches and disclosures
+        # (privacy/): those Tasks alone, read-only (the `fhir-server` commands write them).
+        return (Clause((TokenPredicate("code", RIGHT_SYSTEM, None),
+                        TokenPredicate("code", REGISTER_SYSTEM, None))),)
     if not registry.patient_compartment(resource_type) and resource_type != "Patient":
         return _outside_compartments(resource_type, principal, interaction)
     predicates: list[Any] = [p for id in principal.consented or ()

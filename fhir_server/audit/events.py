@@ -234,6 +234,12 @@ _COMMANDS = {
        for step, code in (("add", "create"), ("forward", "update"), ("answer", "update"))},
     "rights overdue": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
                                 "display": "search-type"}),
+    # the registers of breaches and of disclosures to authorities: Tasks, and late breaches
+    **{command: (_PATIENT_RECORD, {"system": _INTERACTION_SYSTEM, "code": code, "display": code})
+       for command, code in (("breach add", "create"), ("breach notify", "update"),
+                             ("disclosure add", "create"))},
+    "breach overdue": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
+                                "display": "search-type"}),
 }
 
 

@@ -12,6 +12,9 @@ CANONICAL = "https://oncotrials.example.org/fhir"
 MESSAGE_SYSTEM = f"{CANONICAL}/CodeSystem/referral-message"
 OUTCOME_SYSTEM = f"{CANONICAL}/CodeSystem/referral-outcome"
 RIGHT_SYSTEM = f"{CANONICAL}/CodeSystem/data-subject-right"  # Task.code of rights requests
+# Task.code of the operator's other registers (privacy/breaches.py, disclosures.py)
+REGISTER_SYSTEM = f"{CANONICAL}/CodeSystem/privacy-register"
+BREACH, DISCLOSURE = "breach", "disclosure"
 REFERRAL_IDENTIFIER = f"{CANONICAL}/referral"  # ResearchSubject.identifier: the referral's id
 TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"

@@ -51,7 +51,8 @@ def _steps(task: Mapping[str, Any], key: str) -> dict[str, date]:
             for item in task.get(key, []) if item["type"]["coding"][0]["system"] == STEP_SYSTEM}
 
 
-async def _exists(ctx: Context, reference: str, resource_type: str) -> None:
+async def require(ctx: Context, reference: str, resource_type: str) -> None:
+    """RegisterError unless `reference` names a stored resource of `resource_type`."""
     kind, _, id = reference.partition("/")
     if kind != resource_type or not id or await reach.current(ctx, reference) is None:
         raise RegisterError(f"no {resource_type} {reference}")
@@ -74,8 +75,8 @@ async def add(ctx: Context, *, patient: str, right: str, controller: str,
     """Register a request `patient` made on `received`; the Task stored."""
     if right not in RIGHTS:
         raise RegisterError(f"unknown right {right!r}: one of {', '.join(RIGHTS)}")
-    await _exists(ctx, patient, "Patient")
-    await _exists(ctx, controller, "Organization")
+    await require(ctx, patient, "Patient")
+    await require(ctx, controller, "Organization")
     task = {"resourceType": "Task", "id": str(uuid.uuid4()), "status": "received",
             "intent": "order",
             "code": {"coding": [{"system": RIGHT_SYSTEM, "code": right}], "text": right},
