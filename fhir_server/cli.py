@@ -2,7 +2,8 @@
 administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
 `keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
 `keys rotate --kek`), of the audit trail (`audit verify`) and of the register of rights
-requests (`rights add|forward|answer|overdue`) and of breaches (`breach add|notify|overdue`). Loads and administration commands
+requests (`rights add|forward|answer|overdue`), of breaches (`breach add|notify|overdue`)
+and of disclosures to authorities (`disclosure add|list`). Loads and administration commands
 leave an AuditEvent each, in the trail the server writes."""
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .store.routing import RoutingStore
 from .model.errors import FhirError
 from .trials import catalogue, sync
 from .trials.evaluation import EvalError, evaluate_set
-from .privacy import breaches, register
+from .privacy import breaches, disclosures, register
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry
@@ -814,6 +815,30 @@ def _breach(args: argparse.Namespace) -> int:
     return _register_command(args, _breach_async, "no breach overdue")
 
 
+async def _disclosure_async(settings: Settings, args: argparse.Namespace
+                            ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Do `disclosure <action>`: the audit entities (the Tasks, never the patient: a
+    disclosure the patient may not see stays out of their access history) and the lines."""
+    async with open_context(settings) as context:
+        if args.action == "add":
+            tasks = [await disclosures.add(
+                context, patient=args.patient, requester=args.requester,
+                legal_basis=args.legal_basis, given=args.given, resources=args.resource or (),
+                visible=args.patient_visible, on=args.on or clock.now().date())]
+        else:
+            tasks = await disclosures.of_patient(context, args.patient)
+    entities = [_entity(f"Task/{t['id']}", ("4", "Domain Resource"), f"Task/{t['id']}") for t in tasks]
+    lines = [f"Task/{t['id']} {t['authoredOn']} to {t['requester']['display']} "
+             f"({t['reasonCode']['text']}): {t['description']}"
+             f"{'; the patient may see it' if t.get('meta', {}).get('tag') else ''}" for t in tasks]
+    return entities if args.action == "add" else [_entity(
+        "disclosures", _JOB, count=len(tasks)), *entities], lines
+
+
+def _disclosure(args: argparse.Namespace) -> int:
+    return _register_command(args, _disclosure_async, "no disclosure")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `fhir-server`."""
     root = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
@@ -995,6 +1020,23 @@ def parser() -> argparse.ArgumentParser:
     late_breaches.add_argument("--at", type=_moment, help="as of (default: now)")
     for action in breach.choices.values():
         action.set_defaults(run=_breach)
+    disclosure = commands.add_parser("disclosure", help="the register of disclosures to "
+                                     "authorities (docs/privacy.md)").add_subparsers(
+        dest="action", required=True)
+    add_disclosure = disclosure.add_parser("add", help="register what was given to an authority")
+    add_disclosure.add_argument("--patient", required=True, help="Patient/<id>: about whom")
+    add_disclosure.add_argument("--requester", required=True, help="who asked")
+    add_disclosure.add_argument("--legal-basis", required=True, help="the law that obliged it")
+    add_disclosure.add_argument("--given", required=True, help="what was given")
+    add_disclosure.add_argument("--resource", action="append", metavar="Type/id",
+                                help="a resource of the patient's that was given (repeat)")
+    add_disclosure.add_argument("--patient-visible", action="store_true",
+                                help="the law lets the patient know: they see it in their record")
+    add_disclosure.add_argument("--on", type=_day, help="day given (default: today)")
+    list_disclosures = disclosure.add_parser("list", help="the disclosures about a patient")
+    list_disclosures.add_argument("--patient", required=True, help="Patient/<id>")
+    for action in disclosure.choices.values():
+        action.set_defaults(run=_disclosure)
     mllp = commands.add_parser(
         "mllp", help="run the HL7 v2 MLLP listener alone (FHIR_SERVER_MLLP_HOST/_PORT; docs/hl7v2.md)")
     mllp.set_defaults(run=_mllp)

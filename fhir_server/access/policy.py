@@ -18,7 +18,8 @@
   no patient compartment are reached by confined callers only when they hold no patient data
   (DIRECTORY_TYPES), and written by administrators only.
 - Frozen records, referrals, answers and their ResearchSubjects are written by the server
-  alone (trials/), whatever the scopes.
+  alone (trials/), whatever the scopes; so are the Tasks of the breaches and disclosures
+  registers, read by administrators (and a disclosure the law lets its patient see).
 - Granular scopes (`patient/Observation.rs?category=laboratory`) add their search parameters to
   the query, or are checked against the resource.
 
@@ -31,8 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..model.errors import Kind, fail
-from ..model.platform_codes import (MESSAGE_SYSTEM, REFERRAL_IDENTIFIER, REGISTER_SYSTEM,
-                                    RIGHT_SYSTEM, SERVER_MADE, SNAPSHOT)
+from ..model.platform_codes import (MESSAGE_SYSTEM, PATIENT_VISIBLE, REFERRAL_IDENTIFIER,
+                                    REGISTER_SYSTEM, RIGHT_SYSTEM, SERVER_MADE, SNAPSHOT)
 from ..search import Not
 from ..search import Clause, IndexEntry, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
@@ -129,12 +130,24 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
     if resource_type in _IDENTITIES and interaction in _WRITES and principal and principal.confined:
         raise fail(Kind.FORBIDDEN, "forbidden", f"{resource_type} is written by system clients.")
     decision = _decide(principal, registry, interaction, resource_type, instance=instance)
+    if resource_type == "Task" and principal and not (principal.server or principal.admin):
+        decision = Decision((*decision.clauses, _registers(principal, interaction)))
     guarded = _SERVER_MADE.get(resource_type or "")
     if guarded is not None and interaction in _WRITES and not (principal and principal.server):
         # Frozen records, referrals, answers and the ResearchSubjects they keep are the
         # server's: nobody else writes, changes or removes them.
         return Decision((*decision.clauses, guarded))
     return decision
+
+
+def _registers(principal: Principal, interaction: str) -> Clause:
+    """The Tasks of the operator's breaches and disclosures registers (privacy/) are the
+    administrators' to read and the server's to write; the patient (or representative) also
+    reads a disclosure about them that the law lets them see (tagged PATIENT_VISIBLE)."""
+    kept = Not("code", (TokenPredicate("code", REGISTER_SYSTEM, None),))
+    if principal.speaks_for_patient and interaction in _READS:
+        return Clause((kept, TokenPredicate("_tag", REGISTER_SYSTEM, PATIENT_VISIBLE)))
+    return Clause((kept,))
 
 
 def _decide(principal: Principal | None, registry: Registry, interaction: Interaction,

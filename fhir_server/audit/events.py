@@ -238,6 +238,8 @@ _COMMANDS = {
     **{command: (_PATIENT_RECORD, {"system": _INTERACTION_SYSTEM, "code": code, "display": code})
        for command, code in (("breach add", "create"), ("breach notify", "update"),
                              ("disclosure add", "create"))},
+    "disclosure list": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
+                                 "display": "search-type"}),
     "breach overdue": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
                                 "display": "search-type"}),
 }

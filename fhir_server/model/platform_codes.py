@@ -15,6 +15,7 @@ RIGHT_SYSTEM = f"{CANONICAL}/CodeSystem/data-subject-right"  # Task.code of righ
 # Task.code of the operator's other registers (privacy/breaches.py, disclosures.py)
 REGISTER_SYSTEM = f"{CANONICAL}/CodeSystem/privacy-register"
 BREACH, DISCLOSURE = "breach", "disclosure"
+PATIENT_VISIBLE = "patient-visible"  # meta.tag of a disclosure the law lets the patient see
 REFERRAL_IDENTIFIER = f"{CANONICAL}/referral"  # ResearchSubject.identifier: the referral's id
 TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"

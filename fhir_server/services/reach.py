@@ -78,6 +78,11 @@ async def consent_patients(ctx: Context, version: Version) -> set[str]:
             for patient in patients_of(ctx.registry, "Consent", extract(orjson.loads(body)))}
 
 
+def patients_of_resource(ctx: Context, resource: dict[str, Any]) -> set[str]:
+    """Ids of the patients whose compartment holds `resource`."""
+    return patients_of(ctx.registry, resource["resourceType"], extract(resource), resource.get("id"))
+
+
 async def versions(ctx: Context, resource_type: str, id: str) -> list[dict[str, Any]]:
     """The stored versions of a resource, newest first (deletions left out), at most MOST."""
     page = await ctx.store.history(HistoryQuery(resource_type, id, count=MOST))

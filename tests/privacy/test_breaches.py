@@ -25,8 +25,9 @@ DISCOVERED = "2026-05-07T09:30:00+02:00"
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = cli.main(["breach", *argv])
     captured = capsys.readouterr()
-    # Without the server's JSON log lines (the command configures logging to stdout).
-    lines = [line for line in (captured.out + captured.err).splitlines(True) if not line.startswith("{")]
+    # What the command says, without the JSON log lines the app writes meanwhile.
+    lines = [*(line for line in captured.out.splitlines(True) if not line.startswith("{")),
+             *(line for line in captured.err.splitlines(True) if line.startswith("fhir-server "))]
     return code, "".join(lines)
 
 
