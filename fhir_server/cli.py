@@ -1,6 +1,6 @@
 """Command line: `fhir-server serve`, `fhir-server migrate`, `fhir-server load`, and the
-administration of the authorization server (`client add-backend`, `client add-app`, `user add`,
-`keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
+administration of the authorization server (`client add-backend`, `client add-app`,
+`user add|suspend|reinstate|show`, `keys rotate`, `rpps load`), of the encryption keys (`keys init|status|verify|prune|backup`,
 `keys rotate --kek`), of the audit trail (`audit verify`) and of the register of rights
 requests (`rights add|forward|answer|overdue`), of breaches (`breach add|notify|overdue`)
 and of disclosures to authorities (`disclosure add|list`). Loads and administration commands
@@ -411,6 +411,42 @@ def _add_user(args: argparse.Namespace) -> int:
     role = " (administrator)" if user.admin else ""
     print(f"user {user.username} is {user.fhir_user}{role}; the second factor is set up at "
           "first login")
+    return 0
+
+
+def _suspension(args: argparse.Namespace) -> int:
+    """`user suspend` and `user reinstate`: the account's tokens stop (or may start again)
+    at their next use; audited with the reason."""
+    settings = Settings()
+    suspend = args.action == "suspend"
+    reason = (args.reason or "").strip()
+    if suspend and not 1 <= len(reason) <= 500:
+        print("fhir-server user suspend: --reason is 1 to 500 characters; nothing changed",
+              file=sys.stderr)
+        return 2
+    try:
+        user = Users(AuthRegistry(settings.data_dir / "auth.db")).set_suspended(args.username, suspend)
+    except ValueError as exc:
+        print(f"fhir-server user {args.action}: {exc}; nothing changed", file=sys.stderr)
+        return 2
+    asyncio.run(_record(settings, f"user {args.action}", "U", [_entity(
+        user.username, _USER, user.fhir_user, suspended=suspend, reason=reason)]))
+    print(f"user {user.username} is {'suspended' if suspend else 'reinstated'}")
+    return 0
+
+
+def _show_user(args: argparse.Namespace) -> int:
+    """`user show`: the account, whether suspended, and the terms it accepted."""
+    users = Users(AuthRegistry(Settings().data_dir / "auth.db"))
+    user = users.get(args.username)
+    if user is None:
+        print(f"fhir-server user show: no user {args.username!r}", file=sys.stderr)
+        return 2
+    print(f"user {user.username} is {user.fhir_user}{' (administrator)' if user.admin else ''}"
+          f"{'; suspended' if user.suspended else ''}")
+    for version, when in users.accepted_terms(user.username).items():
+        print(f"accepted the terms version {version} on "
+              f"{datetime.fromtimestamp(when, UTC).isoformat(timespec='seconds')}")
     return 0
 
 
@@ -934,6 +970,18 @@ def parser() -> argparse.ArgumentParser:
                           help="a platform administrator: no access to health data except by "
                                "break-glass with a stated reason (a Practitioner)")
     add_user.set_defaults(run=_add_user)
+    suspend = user.add_parser("suspend", help="suspend an account: it signs in no more and its "
+                              "tokens stop working at once")
+    suspend.add_argument("username")
+    suspend.add_argument("--reason", required=True, help="why (audited)")
+    suspend.set_defaults(run=_suspension)
+    reinstate = user.add_parser("reinstate", help="lift an account's suspension")
+    reinstate.add_argument("username")
+    reinstate.add_argument("--reason", help="why (audited)")
+    reinstate.set_defaults(run=_suspension)
+    show = user.add_parser("show", help="an account: suspended or not, terms accepted")
+    show.add_argument("username")
+    show.set_defaults(run=_show_user)
     rpps = commands.add_parser("rpps", help="the RPPS register of health professionals")
     load_rpps = rpps.add_subparsers(dest="action", required=True).add_parser(
         "load", help="replace the register with an ANS extract (PS_LibreAcces_Personne_activite, "

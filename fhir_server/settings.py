@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "authentication at all, for local development and the demo only (logged loudly).",
     )
     token_lifetime: int = Field(300, ge=30, le=3600, description="Access token lifetime (s).")
+    terms_version: str | None = Field(
+        None, min_length=1, max_length=64, description="The version of the platform's terms in "
+        "force: at sign-in, a user who has not accepted it is asked to (none: not asked).")
+    terms_url: str | None = Field(
+        None, description="Where the terms in force are published (the sign-in page links to it).")
     trusted_issuers: list[TrustedIssuerSetting] = Field(
         default_factory=list,
         description="External OpenID providers whose access tokens are accepted too: "

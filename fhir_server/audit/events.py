@@ -150,21 +150,31 @@ def erasure_event(*, recorded: str, principal: Principal | None, address: str | 
     return event
 
 
+_SECURITY_SUBTYPES = {
+    "login": {"system": _DICOM, "code": "110122", "display": "Login"},
+    "token": {"system": _DICOM, "code": "110127", "display": "Authorization"},
+    "terms": {"system": _DICOM, "code": "110137", "display": "User Security Attributes Changed"},
+}
+
+
 def security_event(*, kind: str, status: int, recorded: str, who: str, client_id: str | None,
-                   address: str | None, fhir_user: str | None = None) -> dict[str, Any]:
-    """The AuditEvent of a sign-in or a token request (BALP: security events, DICOM 110114
-    User Authentication; `kind` is `login` or `token`)."""
+                   address: str | None, fhir_user: str | None = None,
+                   terms: str | None = None) -> dict[str, Any]:
+    """The AuditEvent of a sign-in, a token request or the acceptance of version `terms` of
+    the platform's terms at sign-in (BALP: security events, DICOM 110114 User
+    Authentication; `kind` is `login`, `token` or `terms`)."""
     agent: dict[str, Any] = {"who": {"reference": fhir_user} if fhir_user else {"display": who},
                              "name": who, "requestor": True}
     if client_id:
         agent["altId"] = client_id
     if address:
         agent["network"] = {"address": address, "type": "2"}
-    return _event(
-        {"system": _DICOM, "code": "110114", "display": "User Authentication"},
-        {"system": _DICOM, "code": "110122" if kind == "login" else "110127",
-         "display": "Login" if kind == "login" else "Authorization"},
-        "E", recorded, status, agent)
+    event = _event({"system": _DICOM, "code": "110114", "display": "User Authentication"},
+                   dict(_SECURITY_SUBTYPES[kind]), "E", recorded, status, agent)
+    if terms is not None:
+        event["entity"] = [{"name": "terms of use", "detail": [{"type": "version", "valueString": terms}],
+                            "role": {"system": _ROLE, "code": "13", "display": "Security Resource"}}]
+    return event
 
 
 def _event(kind: dict[str, str], subtype: dict[str, str], action: str, recorded: str,
@@ -214,8 +224,9 @@ _QUERY = {"system": _DICOM, "code": "110112", "display": "Query"}
 _COMMANDS = {
     "load": ({"system": _DICOM, "code": "110107", "display": "Import"},
              {"system": _INTERACTION_SYSTEM, "code": "batch", "display": "batch"}),
-    "user add": (_SECURITY_ALERT, {"system": _DICOM, "code": "110137",
-                                   "display": "User Security Attributes Changed"}),
+    **{f"user {action}": (_SECURITY_ALERT, {"system": _DICOM, "code": "110137",
+                                            "display": "User Security Attributes Changed"})
+       for action in ("add", "suspend", "reinstate")},
     "client add": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
     "keys rotate": (_SECURITY_ALERT, _SECURITY_CONFIGURATION),
     # HL7 v2 messages kept in the inbox: listed (their reasons name patients), or applied again.

@@ -22,7 +22,8 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from ..access import parse_scopes
 from .clients import APP_AUTH_METHODS, PRIVATE_KEY_JWT, RegisteredClient
 from .launch import LaunchContext
-from .registry import origin_of
+from .registry import Registry, origin_of
+from .users import Users
 
 CODE_LIFETIME = 600  # seconds, RFC 6749 section 4.1.2's recommended maximum
 
@@ -148,6 +149,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         """Already spent when queried."""
 
     def authenticate_user(self, authorization_code: _Record) -> Grantee:
+        _check_not_suspended(self.server.registry, authorization_code.data)
         return Grantee.from_record(authorization_code.data, authorization_code.data.get("nonce"),
                                    origin_of(authorization_code.key))
 
@@ -175,8 +177,15 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return _Record(refresh_token, data["client_id"], data) if data else None
 
     def authenticate_user(self, refresh_token: _Record) -> Grantee:
+        _check_not_suspended(self.server.registry, refresh_token.data)
         return Grantee.from_record(refresh_token.data)
 
     def revoke_old_credential(self, refresh_token: _Record) -> None:
         if not self.server.registry.spend("refresh", refresh_token.key):
             raise InvalidGrantError(description="The refresh token was used already.")
+
+
+def _check_not_suspended(registry: Registry, data: dict[str, Any]) -> None:
+    """A code or refresh token of a suspended account gives no token (invalid_grant)."""
+    if Users(registry).is_suspended(str(data["username"])):
+        raise InvalidGrantError(description="The account is suspended.")

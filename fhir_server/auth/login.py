@@ -3,7 +3,13 @@ login goes through and what each answers. The HTTP layer (http/login_routes.py) 
 requests and renders what this module returns.
 
     authorize -> login (password) -> totp (second factor; enrolment the first time)
-              -> [pick: a practitioner's or representative's patient] -> consent -> code
+              -> [terms: the version in force, once per account] -> [pick: a practitioner's,
+              representative's or relative's patient] -> consent -> code
+
+A suspended account is stopped after its password (it cannot sign in, and its codes and
+refresh tokens give no token: grants.py). When the platform's terms have a version in force
+(`Terms`), an account that has not accepted that version is asked to, and goes on only once
+it does; the acceptance is kept with the account (users.py) and audited.
 
 The authorization request is validated first (client, redirect URI, response type, PKCE S256,
 `state`, and `aud`, which must be this server's FHIR base URL), then kept server-side while
@@ -20,6 +26,8 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from anyio import to_thread
+
+from .. import clock
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth2Error
 
 from .launch import LaunchContext
@@ -74,8 +82,18 @@ class Reach(Protocol):
     async def choices(self, fhir_user: str) -> Sequence[Choice]: ...
 
 
-# Records a password attempt: status (200, 401, 429), username, client id, FHIR user.
+# Records a password attempt: status (200, 401, 403, 429), username, client id, FHIR user.
 LoginAudit = Callable[[int, str, str, str | None], Awaitable[None]]
+# Records the acceptance of the terms: username, client id, FHIR user, version.
+TermsAudit = Callable[[str, str, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """The version of the platform's terms in force, and where they are published."""
+
+    version: str
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +120,8 @@ class LoginFlow:
     """The login state machine over the authorization server's registry."""
 
     def __init__(self, oauth: SmartAuthorizationServer, *, base_url: str, authorize_url: str,
-                 reach: Reach, audit: LoginAudit) -> None:
+                 reach: Reach, audit: LoginAudit, terms: Terms | None = None,
+                 terms_audit: TermsAudit | None = None) -> None:
         self.oauth = oauth
         self.registry = oauth.registry
         self.users = Users(oauth.registry)
@@ -110,6 +129,8 @@ class LoginFlow:
         self.authorize_url = authorize_url
         self.reach = reach
         self.audit = audit
+        self.terms = terms
+        self.terms_audit = terms_audit
 
     def _request(self, params: dict[str, list[str]]) -> FormRequest:
         return FormRequest(self.authorize_url, {}, params, method="GET")
@@ -175,10 +196,13 @@ class LoginFlow:
             await self.audit(429, username, login.client_id, None)
             return Page("login.html", login.lang, 429, {
                 **again, "error": t["locked"].format(seconds=int(locked.seconds) + 1)})
-        await self.audit(200 if user else 401, username, login.client_id,
-                         user.fhir_user if user else None)
+        status = 401 if user is None else 403 if user.suspended else 200
+        await self.audit(status, username, login.client_id, user.fhir_user if user else None)
         if user is None:
             return Page("login.html", login.lang, 401, {**again, "error": t["bad_login"]})
+        if user.suspended:  # told only to who knows the password
+            self.registry.forget("pending", login.id)
+            return message(login.lang, "suspended", 403)
         self._save(login, stage="totp", username=user.username, fhir_user=user.fhir_user)
         return self._totp_page(user, login)
 
@@ -203,6 +227,32 @@ class LoginFlow:
             return message(login.lang, "locked", 429, seconds=int(locked.seconds) + 1)
         if not ok:
             return self._totp_page(user, login, TEXT[login.lang]["bad_code"], 401)
+        if self.terms is not None and self.terms.version not in self.users.accepted_terms(user.username):
+            self._save(login, stage="terms")
+            return Page("terms.html", login.lang, values={
+                "title": TEXT[login.lang]["terms_title"], "pending": login.id, "action": "terms",
+                "version": self.terms.version, "url": self.terms.url},
+                redirect_to=self._redirect_uri(login))
+        return await self._signed_in(login, user)
+
+    async def accept_terms(self, login: Login, accept: bool) -> Answer:
+        """The terms page: accepted, on to the picker or the consent page; declined, back to
+        the app with `access_denied`."""
+        user = self.users.get(login.data["username"])
+        assert user is not None and self.terms is not None
+        if not accept:
+            self.registry.forget("pending", login.id)
+            return refusal(login.lang, AccessDeniedError(
+                "The user did not accept the platform's terms.", state=login.param.get("state"),
+                redirect_uri=self._redirect_uri(login)))
+        self.users.accept_terms(user.username, self.terms.version, clock.seconds())
+        if self.terms_audit is not None:
+            await self.terms_audit(user.username, login.client_id, user.fhir_user, self.terms.version)
+        return await self._signed_in(login, user)
+
+    async def _signed_in(self, login: Login, user: User) -> Answer:
+        """After the second factor (and the terms): the launched patient checked, or the
+        picker, or the consent page."""
         launch = LaunchContext.from_record(login.data)
         if launch and launch.patient not in await self.reach.openable(user.fhir_user):
             # Not themself, no consent in force naming them, not represented by them.
@@ -212,8 +262,8 @@ class LoginFlow:
                 state=login.param.get("state"), redirect_uri=self._redirect_uri(login)))
         if "launch/patient" in login.param.get("scope", "").split() and user.patient is None \
                 and not launch:
-            # A practitioner's or representative's standalone launch: the patient is picked
-            # among those who consented, or those represented.
+            # A practitioner's, representative's or relative's standalone launch: the patient
+            # is picked among those who consented, represented, or delegating.
             choices = await self.reach.choices(user.fhir_user)
             self._save(login, stage="pick", choices=[c.id for c in choices])
             return Page("pick.html", login.lang, values={

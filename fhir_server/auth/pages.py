@@ -1,4 +1,4 @@
-"""The login, second-factor and consent pages, in French and English.
+"""The login, second-factor, terms and consent pages, in French and English.
 
 Rendered on the server with Jinja2 (autoescaped). The language is the first of `ui_locales`
 (OpenID Connect) or of the browser's Accept-Language that we have, French by default for this
@@ -45,6 +45,12 @@ TEXT: dict[str, dict[str, str]] = {
         "approve": "Autoriser",
         "deny": "Refuser",
         "expired": "Cette demande a expiré ou n'est plus valable. Recommencez depuis l'application.",
+        "suspended": "Ce compte est suspendu. Contactez l'équipe de la plateforme.",
+        "terms_title": "Conditions d'utilisation",
+        "terms_intro": "Pour continuer, acceptez les conditions d'utilisation de la plateforme (version {version}).",
+        "terms_read": "Lire les conditions d'utilisation",
+        "terms_accept": "J'accepte",
+        "terms_decline": "Je refuse",
         "invalid": "Cette demande d'autorisation n'est pas valable : {why}",
         "identity": "savoir qui vous êtes",
         "offline": "rester connectée quand vous ne l'utilisez pas",
@@ -84,6 +90,12 @@ TEXT: dict[str, dict[str, str]] = {
         "approve": "Allow",
         "deny": "Deny",
         "expired": "This request has expired or is no longer valid. Start again from the application.",
+        "suspended": "This account is suspended. Contact the platform's team.",
+        "terms_title": "Terms of use",
+        "terms_intro": "To go on, accept the platform's terms of use (version {version}).",
+        "terms_read": "Read the terms of use",
+        "terms_accept": "I accept",
+        "terms_decline": "I decline",
         "invalid": "This authorization request is not valid: {why}",
         "identity": "know who you are",
         "offline": "stay connected while you are not using it",

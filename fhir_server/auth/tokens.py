@@ -5,7 +5,7 @@ refused here), its subject and client, the granted scopes, an id (`jti`, for rev
 in a patient-facing launch, the patient in context.
 
 A verified token of this server is remembered until it expires (token_cache.py): its
-signature and claims are checked once, its revocation on every use.
+signature and claims are checked once, its revocation and its user's suspension on every use.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .psc import Professional, UnknownProfessional, professional_of
 from .keys import ALGORITHM, SigningKeys
 from .registry import Registry
 from .token_cache import TokenCache
+from .users import Users
 
 LEEWAY = 30  # seconds of clock skew allowed on `exp`
 
@@ -59,6 +60,7 @@ class TokenService:
         self.lifetime = lifetime
         self.external = external or ExternalIssuers([])
         self._verified: TokenCache[TokenClaims] = TokenCache()
+        self.users = Users(registry)
 
     def issue(self, *, subject: str, client_id: str, scope: str, patient: str | None = None,
               fhir_user: str | None = None) -> dict[str, Any]:
@@ -122,6 +124,10 @@ class TokenService:
             self._verified.put(token, keys, claims, claims.expires + LEEWAY)
         if self.registry.is_revoked(claims.token_id):
             raise InvalidToken("The token has been revoked.")
+        # A user's token (it names its fhirUser) stops with the account's suspension: asked
+        # at every use, as revocation is, never cached.
+        if claims.fhir_user is not None and self.users.is_suspended(claims.subject):
+            raise InvalidToken("The account is suspended.")
         return claims
 
     def _verify_own(self, token: str, keys: KeySet) -> TokenClaims:

@@ -1,5 +1,6 @@
 """People who log in: a username, a scrypt password hash, a TOTP second factor, and the FHIR
-resource they are (`Patient/...`, `Practitioner/...` identified by RPPS, `RelatedPerson/...`).
+resource they are (`Patient/...`, `Practitioner/...` identified by RPPS, `RelatedPerson/...`);
+whether the account is suspended, and the versions of the platform's terms it accepted, when.
 
 Repeated failures lock an account with a growing back-off (30 s after five failures,
 doubling with each further one, at most an hour), whatever the password tried next.
@@ -33,6 +34,12 @@ CREATE TABLE IF NOT EXISTS user (
     locked_until  REAL NOT NULL DEFAULT 0,
     admin         INTEGER NOT NULL DEFAULT 0   -- platform administrator (break-glass only)
 );
+CREATE TABLE IF NOT EXISTS terms_accepted (
+    username TEXT NOT NULL,
+    version  TEXT NOT NULL,
+    accepted REAL NOT NULL,                -- when (epoch seconds)
+    PRIMARY KEY (username, version)
+);
 """
 
 
@@ -42,6 +49,7 @@ class User:
     fhir_user: str
     totp_enrolled: bool
     admin: bool = False
+    suspended: bool = False
 
     @property
     def patient(self) -> str | None:
@@ -70,6 +78,7 @@ class Users:
         if not self._ready:
             conn.executescript(_SCHEMA)
             add_column(conn, "user", "admin INTEGER NOT NULL DEFAULT 0")
+            add_column(conn, "user", "suspended INTEGER NOT NULL DEFAULT 0")
             self._ready = True
         return conn
 
@@ -83,16 +92,49 @@ class Users:
             raise ValueError("passwords have at least 12 characters")
         if admin and kind != "Practitioner":
             raise ValueError("an administrator is a Practitioner/<id>")
+        # Replacing an account keeps its suspension: only `reinstate` lifts it.
+        suspended = self.is_suspended(username)
         self._conn().execute(
-            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user, admin) "
-            "VALUES (?, ?, ?, ?)", (username, secrets_hash.hash_secret(password), fhir_user, admin))
-        return User(username, fhir_user, False, admin)
+            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user, admin, suspended) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (username, secrets_hash.hash_secret(password), fhir_user, admin, suspended))
+        return User(username, fhir_user, False, admin, suspended)
 
     def get(self, username: str) -> User | None:
         row = self._conn().execute(
-            "SELECT username, fhir_user, totp_enrolled, admin FROM user WHERE username = ?",
-            (username,)).fetchone()
-        return User(row[0], row[1], bool(row[2]), bool(row[3])) if row else None
+            "SELECT username, fhir_user, totp_enrolled, admin, suspended FROM user "
+            "WHERE username = ?", (username,)).fetchone()
+        return User(row[0], row[1], bool(row[2]), bool(row[3]), bool(row[4])) if row else None
+
+    def set_suspended(self, username: str, suspended: bool) -> User:
+        """Suspend or reinstate an account; ValueError if there is none, or it is already so.
+        A suspended account signs in no more, and its tokens stop working at their next
+        use (tokens.py asks at every use)."""
+        user = self.get(username)
+        if user is None:
+            raise ValueError(f"no user {username!r}")
+        if user.suspended == suspended:
+            raise ValueError(f"{username} is {'already' if suspended else 'not'} suspended")
+        self._conn().execute("UPDATE user SET suspended = ? WHERE username = ?",
+                             (suspended, username))
+        return User(user.username, user.fhir_user, user.totp_enrolled, user.admin, suspended)
+
+    def is_suspended(self, username: str) -> bool:
+        row = self._conn().execute("SELECT suspended FROM user WHERE username = ?",
+                                   (username,)).fetchone()
+        return bool(row and row[0])
+
+    def accept_terms(self, username: str, version: str, when: float) -> None:
+        """Record that `username` accepted version `version` of the terms at `when` (the
+        first acceptance of a version is the one kept)."""
+        self._conn().execute("INSERT OR IGNORE INTO terms_accepted (username, version, accepted) "
+                             "VALUES (?, ?, ?)", (username, version, when))
+
+    def accepted_terms(self, username: str) -> dict[str, float]:
+        """The versions of the terms `username` accepted, and when (epoch seconds)."""
+        return dict(self._conn().execute(
+            "SELECT version, accepted FROM terms_accepted WHERE username = ? ORDER BY accepted",
+            (username,)).fetchall())
 
     def check_password(self, username: str, password: str) -> User | None:
         """The user if the password is right; None if not; Locked while locked out."""

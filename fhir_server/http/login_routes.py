@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import clock
 from ..audit.events import security_event
-from ..auth.login import PENDING_SECONDS, Answer, Choice, Login, LoginFlow, Page
+from ..auth.login import PENDING_SECONDS, Answer, Choice, Login, LoginFlow, Page, Terms
 from ..auth.pages import render
 from ..services.context import Context
 from ..services.launch_context import openable, patients_for
@@ -49,9 +49,18 @@ def _flow(request: Request) -> LoginFlow:
             client_id=client_id, address=request.client.host if request.client else None,
             fhir_user=fhir_user))
 
+    async def terms_audit(username: str, client_id: str, fhir_user: str, version: str) -> None:
+        """The acceptance of the terms in force, by whom, for which version."""
+        await request.app.state.recorder.record(security_event(
+            kind="terms", status=200, recorded=clock.instant(), who=username,
+            client_id=client_id, address=request.client.host if request.client else None,
+            fhir_user=fhir_user, terms=version))
+
+    terms = Terms(settings.terms_version, settings.terms_url) if settings.terms_version else None
     return LoginFlow(request.app.state.oauth, base_url=settings.base_url,
                      authorize_url=f"{settings.auth_url}/authorize",
-                     reach=_Reach(context_of(request)), audit=audit)
+                     reach=_Reach(context_of(request)), audit=audit, terms=terms,
+                     terms_audit=terms_audit)
 
 
 def _render(request: Request, answer: Answer) -> Response:
@@ -119,6 +128,14 @@ async def totp(request: Request) -> Response:
     if isinstance(step, Page):
         return _render(request, step)
     return _render(request, await flow.second_factor(step, form.get("code", "")))
+
+
+@login_router.post("/terms")
+async def terms(request: Request) -> Response:
+    flow, form, step = await _resume(request, "terms")
+    if isinstance(step, Page):
+        return _render(request, step)
+    return _render(request, await flow.accept_terms(step, form.get("decision") == "accept"))
 
 
 @login_router.post("/pick")

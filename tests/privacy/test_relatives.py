@@ -199,3 +199,40 @@ async def test_the_launch_picker_offers_the_delegating_patient(granted: Server) 
         subject="daughter", client_id="portal", scope="patient/*.rs", patient="a", fhir_user=RELATIVE))
     assert principal.role is Role.RELATIVE and principal.delegation is not None
     assert principal.delegation.types == {"Observation"}
+
+
+def _count(server: Server, url: str) -> int:
+    response = server.client.get(url, headers=server.headers("ehr"))
+    return len(response.json().get("entry", []))
+
+
+def test_bad_input_is_refused_and_changes_nothing(server: Server) -> None:
+    put(server, related_person())
+    grant(server, delegation(["Appointment", "Observation"], ["access", "correct"]))
+    headers = relative_headers(server)
+    before = {url: _count(server, url) for url in ("/fhir/Appointment", "/fhir/Consent",
+                                                   "/fhir/Observation")}
+    refusals = [
+        # someone else's record, and a type the grant leaves out
+        send(server.client, "POST", "/fhir/Appointment", {
+            "resourceType": "Appointment", "status": "proposed",
+            "participant": [{"actor": {"reference": "Patient/b"}, "status": "needs-action"}]}, **headers),
+        send(server.client, "POST", "/fhir/Consent", delegation(["Condition"]), **headers),
+        server.client.delete("/fhir/Observation/a-obs0", headers=headers),
+        # a date range upside down
+        server.client.get("/fhir/Patient/a/$everything?start=2026-02-01&end=2026-01-01", headers=headers),
+    ]
+    assert [r.status_code for r in refusals] == [403, 403, 403, 400]
+    assert all(r.json()["resourceType"] == "OperationOutcome" for r in refusals)
+    assert {url: _count(server, url) for url in before} == before
+
+
+def test_an_erased_patients_relative_reaches_nothing(server: Server) -> None:
+    put(server, related_person())
+    grant(server, delegation(["Observation"]))
+    headers = relative_headers(server)
+    assert server.client.get("/fhir/Observation", headers=headers).status_code == 200
+    assert server.erase_and_settle("a").status_code == 200
+    for url in ("/fhir/Observation", "/fhir/Patient/a", "/fhir/Patient/a/$everything"):
+        response = server.client.get(url, headers=headers)
+        assert response.status_code == 403 and response.json()["resourceType"] == "OperationOutcome", url
