@@ -207,9 +207,10 @@ def _patient_reach(registry: Registry, resource_type: str, principal: Principal,
                    interaction: str) -> tuple[Clause, ...]:
     """A patient's (or representative's) reach: their own compartment; no Bundle (frozen
     referral records belong to their recipients). A relative's is the part of it their
-    delegation names (access/delegation.py)."""
+    delegation names (access/delegation.py), and the directories (no patient data) to read."""
     assert principal.patient is not None
-    if principal.role is Role.RELATIVE and not (
+    directory = resource_type in DIRECTORY_TYPES and interaction in _READS
+    if principal.role is Role.RELATIVE and not directory and not (
             principal.delegation and principal.delegation.permits(interaction, resource_type)):
         raise fail(Kind.FORBIDDEN, "forbidden", f"The patient's delegation does not let this "
                    f"relative {interaction} {resource_type}.")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from fhir_server import clock
 from fhir_server.access import Role
@@ -18,7 +19,8 @@ from fhir_server.services.launch_context import openable
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.privacy.conftest import Server
-from tests.privacy.test_everything import matched, pages
+from tests.privacy.records import bearer, compartment, patient_ids, synthea  # noqa: F401 - a fixture
+from tests.privacy.test_everything import matched, pages, referenced
 
 RELATIVE = "RelatedPerson/daughter"
 
@@ -236,3 +238,27 @@ def test_an_erased_patients_relative_reaches_nothing(server: Server) -> None:
     for url in ("/fhir/Observation", "/fhir/Patient/a", "/fhir/Patient/a/$everything"):
         response = server.client.get(url, headers=headers)
         assert response.status_code == 403 and response.json()["resourceType"] == "OperationOutcome", url
+
+
+def test_everything_on_the_synthea_sample_is_the_compartment_restricted_to_the_grant(
+        synthea: TestClient) -> None:
+    """Issue 18's test on the shared Synthea data: under a relative's token, `$everything` is
+    the brute-force compartment scan of the granted types (and the Patient), plus what they
+    reference; nothing of another patient."""
+    first, second = sorted(patient_ids(synthea))[:2]
+    granted_types = ["Condition", "Encounter", "Observation"]
+    relative = {**related_person(first), "id": "synthea-daughter"}
+    assert send(synthea, "PUT", "/fhir/RelatedPerson/synthea-daughter", relative).status_code == 201
+    grant_body = delegation(granted_types, patient=first, actor="RelatedPerson/synthea-daughter")
+    assert send(synthea, "POST", "/fhir/Consent", grant_body).status_code == 201
+    headers = bearer(synthea, "patient/*.rs", patient=first, fhir_user="RelatedPerson/synthea-daughter")
+    entries = pages(synthea, f"/fhir/Patient/{first}/$everything?_count=41", headers)
+    members = matched(entries)
+    assert len(members) == len(set(members))
+    expected = compartment(synthea, first, ["Patient", *granted_types])
+    assert len(expected) > 30
+    assert set(members) == expected
+    assert set(matched(entries, "include")) == referenced(synthea, expected)
+    # Another patient's record answers as an id nobody has.
+    assert synthea.get(f"/fhir/Patient/{second}/$everything", headers=headers).status_code == 404
+    assert synthea.get("/fhir/Patient/nobody/$everything", headers=headers).status_code == 404
