@@ -157,7 +157,7 @@ def test_the_register_is_the_operators(with_controller: Server,
     _read_at(with_controller, datetime(2026, 5, 3, tzinfo=UTC), "patient-a", "/fhir/Patient/a")
     assert _add(capsys, "--actor", "Patient/a")[0] == 0
     [task] = _register(with_controller)
-    for caller in ("patient-a", "physician"):
+    for caller in ("patient-a", "physician", "ehr"):
         response = with_controller.client.get("/fhir/Task", headers=with_controller.headers(caller))
         assert response.json().get("entry", []) == [], caller
     # Administrators read it, never change it.
