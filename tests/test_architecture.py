@@ -22,6 +22,7 @@ MAY_IMPORT = {
     "http": {"services", "auth", "search"},  # auth: token -> claims; search.parse (picture's walk)
     "services": {"access", "audit", "search", "store", "crypto"},
     "trials": {"services"}, "privacy": {"services"}, "interop": {"services"},
+    "notify": {"services", "store"},  # the schedule is the store's (store/schedule.py)
     # backups read and rebuild whole stores, the audit chain, and replay erasures
     "backup": {"services", "store", "search", "audit", "crypto", "access"},
     "access": {"search"},  # access adds its clauses to the Query AST

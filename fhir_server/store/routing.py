@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from ..search import IndexEntry, Query
+from .schedule import Schedule, Scheduling
 from .base import (
     ConditionalCreate,
     ConditionalDelete,
@@ -84,6 +85,11 @@ class RoutingStore:
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self.main.outbox(prefix)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The clinical store's schedule (store/schedule.py)."""
+        return cast(Scheduling, self.main).schedule
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
         # The audit store is never erased: its hash chain covers every AuditEvent, whose

@@ -186,8 +186,13 @@ CLAIM_INDEXES = (_index(("at", _UP), name="expiry", expireAfterSeconds=3600),)
 # shard}`: sharded on `_id`, it makes `_id` unique across the cluster, which `resources`
 # (sharded on `{shard, _id}`) cannot; it also tells a write where a resource lives.
 GUARDS = "ids"
+# Scheduled items (mongo/schedule.py): found by state and due time, or an expired lease.
+SCHEDULE = "schedule"
+SCHEDULE_INDEXES = (_index(("state", _UP), ("due", _UP), name="due"),
+                    _index(("state", _UP), ("lease", _UP), name="lease"))
 INDEXES = {"resources": RESOURCE_INDEXES, "history": HISTORY_INDEXES, "claims": CLAIM_INDEXES,
-           GUARDS: (_index(("_id", "hashed"), name="shard_key"),)}
-# Collection -> the shard key it must have on a sharded cluster (`claims` stays unsharded).
+           GUARDS: (_index(("_id", "hashed"), name="shard_key"),), SCHEDULE: SCHEDULE_INDEXES}
+# Collection -> the shard key it must have on a sharded cluster (`claims` and the schedule's
+# collections stay unsharded).
 SHARD_KEYS = {"resources": {"shard": 1, "_id": 1}, "history": {"shard": 1, "_id": 1},
               GUARDS: {"_id": "hashed"}}

@@ -77,6 +77,7 @@ from . import dump as mongo_dump
 from . import erase as mongo_erase
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
+from .schedule import MongoSchedule
 from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,11 @@ class MongoStore:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
         return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe,
                    codec=codec, blind=blind)
+
+    @property
+    def schedule(self) -> MongoSchedule:
+        """Scheduled items and notification preferences (store/schedule.py)."""
+        return MongoSchedule(self.db, self.codec)
 
     @property
     def transactions(self) -> bool:

@@ -46,7 +46,23 @@ _DROP_REFERENCE_TARGET = "DROP INDEX IF EXISTS idx_reference_target"
 # Records a unit of work keeps for a later step outside the store (base.Outbox).
 _OUTBOX = "CREATE TABLE outbox (key TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID"
 
-MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX)
+# Time-based items until sent, and people's notification preferences (sqlite/schedule.py).
+_SCHEDULE = """
+CREATE TABLE schedule (
+    key      TEXT    PRIMARY KEY,   -- the caller's deduplication key (ids only)
+    due      INTEGER NOT NULL,      -- microseconds since the epoch
+    body     BLOB    NOT NULL,      -- sealed (store/schedule.py)
+    state    TEXT    NOT NULL,      -- pending, claimed, sent, cancelled
+    attempts INTEGER NOT NULL,
+    owner    TEXT,
+    lease    INTEGER
+) WITHOUT ROWID;
+CREATE INDEX schedule_due ON schedule (state, due);
+CREATE INDEX schedule_lease ON schedule (state, lease);
+CREATE TABLE notification_preference (person TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID
+"""
+
+MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -47,6 +47,7 @@ from ..base import (
 from .index import ParamIds
 from .lock import WriterLock
 from .query import SqliteSearch
+from .schedule import SqliteSchedule
 from .schema import migrate
 from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
                       sealed, sealed_records)
@@ -267,9 +268,17 @@ class SqliteStore:
             yield [version for _, version in found]
 
     async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
+        await self._exclusive(lambda conn: sqlite_dump.load(conn, self.ids, versions, self.blind))
+
+    @property
+    def schedule(self) -> SqliteSchedule:
+        """Scheduled items and notification preferences (store/schedule.py)."""
+        return SqliteSchedule(self._read, self._exclusive, self.codec)
+
+    async def _exclusive(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in a write transaction of its own."""
         async with self._write_lock:
-            await self._run(self._writer, lambda conn: self._within(
-                conn, lambda: sqlite_dump.load(conn, self.ids, versions, self.blind)))
+            return await self._run(self._writer, lambda conn: self._within(conn, lambda: work(conn)))
 
     # -- writes ------------------------------------------------------------------------
 

@@ -1,0 +1,156 @@
+"""The durable scheduler of time-based triggers (docs/notifications.md).
+
+Public API (helpers of other workflows, e.g. retention warnings, use only this):
+
+    await enqueue(schedule, person="Practitioner/1", template="retention-warning",
+                  params={"date": "2027-01-31"}, not_before=datetime, key="retention/Patient/9/1")
+
+puts a notice to `person` (a Practitioner, Patient or RelatedPerson reference) in the store's
+schedule (`store.schedule`, store/schedule.py, on SQLite and MongoDB alike). It is sent once
+`not_before` has passed, by `template` (notify/templates.py: the text in the person's
+language), through the person's preferred channel, unless they opted out; `key` names it for
+deduplication (enqueueing the same key again adds nothing) and must hold ids only (stored in
+clear). `cancel(schedule, prefix)` withdraws what is not sent yet.
+
+`Scheduler.run_due()` sends what is due: it claims items under a lease, hands each to the
+handler of its kind, then marks it sent; a handler that raises `Retry` gets the item back
+later (exponential backoff, capped, never dropped). A process killed between claim and send
+leaves the item to another claim when the lease expires: nothing is lost. Delivery is
+at-least-once: a process killed after the channel accepted a message and before the mark is
+committed sends it again; channels carry the item key as the message id so that receivers
+can drop the copy (store/schedule.py). Time is read from fhir_server/clock.py, so tests move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from .. import clock
+from ..store.schedule import Due, Schedule
+
+log = logging.getLogger("fhir_server.notify")
+
+NOTICE = "notice"  # the kind of the items `enqueue` adds
+BACKOFF_FIRST = timedelta(minutes=1)
+BACKOFF_MOST = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A claimed item as its handler sees it: `kind` picks the handler, `data` its input."""
+
+    key: str
+    kind: str
+    data: dict[str, Any]
+    attempts: int
+
+
+# Handles a claimed item; returns when it is done with (sent, or nothing left to send).
+Handler = Callable[[Item], Awaitable[None]]
+
+
+class Retry(Exception):
+    """A handler could not finish an item now (a channel is down): try it again later."""
+
+
+async def add(schedule: Schedule, key: str, kind: str, data: Mapping[str, Any],
+              not_before: datetime) -> bool:
+    """Schedule an item of `kind` at `not_before`; False if `key` was already scheduled."""
+    body = orjson.dumps({"kind": kind, "data": data})
+    return bool(await schedule.enqueue([(key, clock.micros(not_before), body)]))
+
+
+async def enqueue(schedule: Schedule, *, person: str, template: str, params: Mapping[str, str],
+                  not_before: datetime, key: str) -> bool:
+    """Schedule a notice to `person` (see the module docstring); False if `key` was already
+    scheduled (in any state: a sent or cancelled notice is not sent again)."""
+    return await add(schedule, key, NOTICE, {"person": person, "template": template,
+                                              "params": dict(params)}, not_before)
+
+
+async def cancel(schedule: Schedule, prefix: str) -> int:
+    """Withdraw the items not sent yet whose key starts with `prefix`; how many."""
+    return await schedule.cancel(prefix)
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait before the next attempt after `attempts` failed ones: doubling from a
+    minute up to an hour, with up to 10 % jitter so that retries of many items spread."""
+    wait = min(BACKOFF_FIRST * 2 ** max(attempts - 1, 0), BACKOFF_MOST)
+    return wait * (1 + random.random() / 10)
+
+
+def owner_id() -> str:
+    """A name no other process (here or on another host) has: who holds a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Scheduler:
+    """Sends the due items of `schedule` through `handlers` (by kind)."""
+
+    def __init__(self, schedule: Schedule, handlers: Mapping[str, Handler], *,
+                 lease_seconds: float = 120.0, batch: int = 50) -> None:
+        self.schedule = schedule
+        self.handlers = dict(handlers)
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch = batch
+        self.owner = owner_id()
+
+    async def run_due(self) -> int:
+        """Claim and handle what is due now, batch after batch; how many items were done."""
+        done = 0
+        while True:
+            now = clock.now()
+            claimed = await self.schedule.claim(clock.micros(now), clock.micros(now + self.lease),
+                                                self.owner, self.batch)
+            for due in claimed:
+                done += await self._handle(due)
+            if len(claimed) < self.batch:
+                return done
+
+    async def _handle(self, due: Due) -> int:
+        content = orjson.loads(due.body)
+        handler = self.handlers.get(content["kind"])
+        if handler is None:  # written by a newer version of the server: leave it to that one
+            log.error("scheduled item of an unknown kind", extra={"key": due.key})
+            await self.schedule.postpone(due.key, self.owner, clock.micros(clock.now() + BACKOFF_MOST))
+            return 0
+        try:
+            await handler(Item(due.key, content["kind"], content["data"], due.attempts))
+        except Exception as why:
+            # Retry: a channel is down. Anything else is a fault, logged with its traceback,
+            # and the item is kept all the same: it is retried, never dropped.
+            later = clock.now() + backoff(due.attempts)
+            extra = {"key": due.key, "attempts": due.attempts, "until": clock.instant(later)}
+            if isinstance(why, Retry):
+                log.warning("scheduled item postponed", extra={**extra, "why": str(why)})
+            else:
+                log.exception("scheduled item failed", extra=extra)
+            await self.schedule.postpone(due.key, self.owner, clock.micros(later))
+            return 0
+        if not await self.schedule.finish(due.key, self.owner):
+            log.warning("scheduled item finished after its lease was lost", extra={"key": due.key})
+        return 1
+
+    async def run_forever(self, poll_seconds: float) -> None:
+        """`run_due` every `poll_seconds` until cancelled; a store that fails is retried at
+        the next turn (logged)."""
+        while True:
+            try:
+                await self.run_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the scheduler's turn failed; retrying at the next one")
+            await asyncio.sleep(poll_seconds)

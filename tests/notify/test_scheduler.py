@@ -1,0 +1,101 @@
+"""The scheduler (notify/scheduler.py) on every store, on a simulated clock: items are handled
+once when due, retried with backoff when a handler fails, never lost when a claimer dies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fhir_server import clock
+from fhir_server.notify import Item, Retry, Scheduler, cancel, enqueue
+from fhir_server.notify.scheduler import NOTICE, backoff
+from fhir_server.store.base import Store
+from tests.notify.conftest import scheduling
+
+pytestmark = pytest.mark.anyio
+START = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
+
+
+class Recorder:
+    """A handler that records what it was given and fails while `failing`."""
+
+    def __init__(self) -> None:
+        self.seen: list[Item] = []
+        self.failing = False
+
+    async def __call__(self, item: Item) -> None:
+        if self.failing:
+            raise Retry("channel down")
+        self.seen.append(item)
+
+
+async def test_a_notice_is_handled_once_when_due(store: Store) -> None:
+    schedule, handler = scheduling(store).schedule, Recorder()
+    with clock.frozen(START) as now:
+        assert await enqueue(schedule, person="Practitioner/1", template="new-message",
+                             params={}, not_before=START + timedelta(days=5), key="m/1")
+        assert not await enqueue(schedule, person="Practitioner/1", template="new-message",
+                                 params={}, not_before=START, key="m/1")
+        scheduler = Scheduler(schedule, {NOTICE: handler})
+        now.advance(timedelta(days=5).total_seconds() - 1)
+        assert await scheduler.run_due() == 0
+        now.advance(1)
+        assert await scheduler.run_due() == 1
+        assert await scheduler.run_due() == 0
+        now.advance(timedelta(days=3650).total_seconds())
+        assert await scheduler.run_due() == 0
+    [item] = handler.seen
+    assert (item.key, item.kind, item.attempts) == ("m/1", NOTICE, 1)
+    assert item.data == {"person": "Practitioner/1", "template": "new-message", "params": {}}
+
+
+async def test_a_failing_handler_gets_the_item_back_later(store: Store) -> None:
+    schedule, handler = scheduling(store).schedule, Recorder()
+    scheduler = Scheduler(schedule, {NOTICE: handler})
+    handler.failing = True
+    with clock.frozen(START) as now:
+        await enqueue(schedule, person="Patient/1", template="new-message", params={},
+                      not_before=START, key="m/1")
+        for _ in range(12):  # twelve failures: backoff grows to an hour, nothing is dropped
+            assert await scheduler.run_due() == 0
+            now.advance(30)
+            assert await scheduler.run_due() == 0
+            now.advance(timedelta(hours=1, minutes=7).total_seconds())
+        handler.failing = False
+        assert await scheduler.run_due() == 1
+    assert [i.attempts for i in handler.seen] == [13]
+
+
+async def test_an_item_claimed_by_a_dead_process_is_sent_once_after_its_lease(store: Store) -> None:
+    schedule, handler = scheduling(store).schedule, Recorder()
+    with clock.frozen(START) as now:
+        await enqueue(schedule, person="Patient/1", template="new-message", params={},
+                      not_before=START, key="m/1")
+        # a process claims the item and dies before sending it
+        assert len(await schedule.claim(clock.micros(START), clock.micros(START) + 120_000_000,
+                                        "dead", 10)) == 1
+        survivor = Scheduler(schedule, {NOTICE: handler}, lease_seconds=120)
+        assert await survivor.run_due() == 0
+        now.advance(120)
+        assert await survivor.run_due() == 1
+        assert await survivor.run_due() == 0
+    assert len(handler.seen) == 1
+
+
+async def test_cancelled_items_are_not_handled(store: Store) -> None:
+    schedule, handler = scheduling(store).schedule, Recorder()
+    with clock.frozen(START) as now:
+        for n in (1, 2):
+            await enqueue(schedule, person="Patient/1", template="new-message", params={},
+                          not_before=START + timedelta(days=n), key=f"ref/9/{n}")
+        assert await cancel(schedule, "ref/9/") == 2
+        now.advance(timedelta(days=3).total_seconds())
+        assert await Scheduler(schedule, {NOTICE: handler}).run_due() == 0
+    assert handler.seen == []
+
+
+def test_backoff_doubles_from_a_minute_up_to_an_hour() -> None:
+    assert timedelta(minutes=1) <= backoff(1) <= timedelta(minutes=1.1)
+    assert timedelta(minutes=8) <= backoff(4) <= timedelta(minutes=8.8)
+    assert timedelta(hours=1) <= backoff(30) <= timedelta(hours=1.1)
