@@ -37,6 +37,7 @@ from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
+from .notify import runner as notify_runner
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
@@ -101,7 +102,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
         site_status_max_age_days=settings.site_status_max_age_days,
-        hooks=(after_consent_change,),
+        hooks=(after_consent_change, notify_runner.reminders(settings, store).after_commit),
         creators=(answer_if_addressed, propose_if_unreached),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
         keys=_key_directory(settings),
@@ -194,8 +195,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if listener is not None:
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
+        notifications = notify_runner.start(settings, context, recorder.record)
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        notifications.cancel()
+        await asyncio.gather(notifications, return_exceptions=True)
         if backups is not None:
             backups.cancel()
         if listener is not None:

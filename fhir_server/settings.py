@@ -139,6 +139,35 @@ class Settings(BaseSettings):
         32, ge=1, le=256, description="Longest prefix (characters) of a protected string value "
         "indexed for the default starts-with search; a longer search value answers 400.",
     )
+    referral_reminder_days: int = Field(
+        5, ge=1, description="Days after which a referral without an answer reminds its "
+        "recipients (the platform's terms: 5).")
+    referral_reminder_repeat_days: int = Field(
+        5, ge=1, description="Days between the reminders of a referral still without an answer.")
+    referral_reminder_count: int = Field(
+        3, ge=0, description="Most reminders a referral without an answer sends (0: none).")
+    notify_link: str = Field(
+        "", description="The address notifications point to (the portal); empty means the "
+        "origin of base_url.")
+    notify_poll_seconds: float = Field(
+        30.0, gt=0, description="Seconds between two looks of the scheduler for due reminders "
+        "and notifications.")
+    notify_lease_seconds: int = Field(
+        120, ge=5, description="Seconds a server holds a notification it is sending; one held "
+        "by a server that died is sent by another after this (more than the SMTP timeout).")
+    smtp_host: str = Field("", description="SMTP relay of e-mail notifications; empty: no e-mail.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="Port of the SMTP relay (submission).")
+    smtp_sender: str = Field("", description="The From address of notifications.")
+    smtp_user: str = Field("", description="SMTP user name; empty: no authentication.")
+    smtp_password: str = Field("", description="SMTP password (never logged).")
+    smtp_starttls: bool = Field(
+        True, description="Send only after STARTTLS (refuse a relay that does not offer it); "
+        "off only for a relay on the same host.")
+    smtp_ca_file: Path | None = Field(
+        None, description="Certificates trusted for the SMTP relay's TLS; empty: the system's.")
+    sms_gateway_url: str = Field(
+        "", description="HTTPS endpoint of the SMS gateway (docs/notifications.md); empty: no SMS.")
+    sms_gateway_token: str = Field("", description="Bearer token of the SMS gateway (never logged).")
     protected_sort_limit: int = Field(
         10_000, ge=0, description="Most matches a `_sort` on a protected parameter sorts after "
         "decryption; a search matching more answers 400.",

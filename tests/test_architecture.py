@@ -22,7 +22,8 @@ MAY_IMPORT = {
     "http": {"services", "auth", "search"},  # auth: token -> claims; search.parse (picture's walk)
     "services": {"access", "audit", "search", "store", "crypto"},
     "trials": {"services"}, "privacy": {"services"}, "interop": {"services"},
-    "notify": {"services", "store"},  # the schedule is the store's (store/schedule.py)
+    # the schedule is the store's (store/schedule.py); reminders search referrals
+    "notify": {"services", "store", "search"},
     # backups read and rebuild whole stores, the audit chain, and replay erasures
     "backup": {"services", "store", "search", "audit", "crypto", "access"},
     "access": {"search"},  # access adds its clauses to the Query AST

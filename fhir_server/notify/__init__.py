@@ -2,6 +2,7 @@
 time-based triggers, the e-mail and SMS channels, the fr/en templates, and what is sent when
 (referral reminders)."""
 
+from . import runner
 from .scheduler import Handler, Item, Retry, Scheduler, cancel, enqueue
 
-__all__ = ["Handler", "Item", "Retry", "Scheduler", "cancel", "enqueue"]
+__all__ = ["Handler", "Item", "Retry", "Scheduler", "cancel", "enqueue", "runner"]

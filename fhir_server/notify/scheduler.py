@@ -38,6 +38,7 @@ import orjson
 
 from .. import clock
 from ..store.schedule import Due, Schedule
+from .templates import check
 
 log = logging.getLogger("fhir_server.notify")
 
@@ -74,7 +75,9 @@ async def add(schedule: Schedule, key: str, kind: str, data: Mapping[str, Any],
 async def enqueue(schedule: Schedule, *, person: str, template: str, params: Mapping[str, str],
                   not_before: datetime, key: str) -> bool:
     """Schedule a notice to `person` (see the module docstring); False if `key` was already
-    scheduled (in any state: a sent or cancelled notice is not sent again)."""
+    scheduled (in any state: a sent or cancelled notice is not sent again). TemplateError if
+    `template` does not take `params` (notify/templates.py)."""
+    check(template, params)
     return await add(schedule, key, NOTICE, {"person": person, "template": template,
                                               "params": dict(params)}, not_before)
 
@@ -108,16 +111,17 @@ class Scheduler:
         self.owner = owner_id()
 
     async def run_due(self) -> int:
-        """Claim and handle what is due now, batch after batch; how many items were done."""
+        """Claim and handle what is due now, batch after batch, until nothing is (items that
+        handlers schedule for now included); how many items were done."""
         done = 0
         while True:
             now = clock.now()
             claimed = await self.schedule.claim(clock.micros(now), clock.micros(now + self.lease),
                                                 self.owner, self.batch)
+            if not claimed:
+                return done
             for due in claimed:
                 done += await self._handle(due)
-            if len(claimed) < self.batch:
-                return done
 
     async def _handle(self, due: Due) -> int:
         content = orjson.loads(due.body)
