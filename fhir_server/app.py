@@ -219,6 +219,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.tokens = tokens
     app.state.oauth = oauth
     app.state.mllp = None  # the HL7 v2 listener, when settings.mllp (started with the app)
+    # sends e-mailed sign-in codes (auth/email_codes.py); None without an SMTP relay
+    app.state.sign_in_codes = notify_runner.code_sender(settings, context, recorder.record)
     install_error_handlers(app)
     app.include_router(shortcut_router, prefix=settings.base_path)  # first: http/routes.py
     app.include_router(operability_router)

@@ -2,7 +2,8 @@
 login goes through and what each answers. The HTTP layer (http/login_routes.py) only parses
 requests and renders what this module returns.
 
-    authorize -> login (password) -> totp (second factor; enrolment the first time)
+    authorize -> login (password) -> totp (second factor; enrolment the first time; or a
+              code sent by e-mail: auth/email_codes.py)
               -> [terms: the version in force, once per account] -> [pick: a practitioner's,
               representative's or relative's patient] -> consent -> code
 
@@ -32,6 +33,7 @@ from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth
 
 from .launch import LaunchContext
 from .pages import TEXT, describe, language
+from . import email_codes
 from .clients import FormRequest
 from .grants import Grantee
 from .server import SmartAuthorizationServer
@@ -121,8 +123,10 @@ class LoginFlow:
 
     def __init__(self, oauth: SmartAuthorizationServer, *, base_url: str, authorize_url: str,
                  reach: Reach, audit: LoginAudit, terms: Terms | None = None,
-                 terms_audit: TermsAudit | None = None) -> None:
+                 terms_audit: TermsAudit | None = None,
+                 send_code: email_codes.SendCode | None = None) -> None:
         self.oauth = oauth
+        self.send_code = send_code  # None: no e-mail codes (no SMTP relay configured)
         self.registry = oauth.registry
         self.users = Users(oauth.registry)
         self.base_url = base_url.rstrip("/")
@@ -207,22 +211,56 @@ class LoginFlow:
         return self._totp_page(user, login)
 
     def _totp_page(self, user: User, login: Login, error: str | None = None,
-                   status: int = 200) -> Page:
+                   status: int = 200, notice: str | None = None) -> Page:
         t = TEXT[login.lang]
-        values = {"pending": login.id, "action": "totp", "error": error}
+        values = {"pending": login.id, "action": "totp", "error": error, "notice": notice,
+                  "email_codes": self.send_code is not None}
         if user.totp_enrolled:
             return Page("totp.html", login.lang, status, {**values, "title": t["totp_title"]})
         return Page("totp.html", login.lang, status, {
             **values, "title": t["enrol_title"], "secret": self.users.totp_secret(user.username),
             "uri": self.users.provisioning_uri(user.username)})
 
+    async def email_code(self, login: Login) -> Answer:
+        """Send a one-time code to the person's e-mail address (auth/email_codes.py): the
+        second-factor page again, saying so, or why not."""
+        user = self.users.get(login.data["username"])
+        assert user is not None
+        if self.send_code is None:
+            return message(login.lang, "expired", 404)
+        t = TEXT[login.lang]
+        previous = login.data.get("email_code")
+        if not email_codes.may_send(previous):
+            return self._totp_page(user, login, t["email_wait"], 429)
+        code, record = email_codes.issue(previous)
+        self._save(login, email_code=record)  # counted before sending: a failed send too
+        if not await self.send_code(user.fhir_user, code, email_codes.CODE_MINUTES, login.lang):
+            return self._totp_page(user, login, t["email_failed"], 503)
+        return self._totp_page(user, login, notice=t["email_sent"].format(
+            minutes=email_codes.CODE_MINUTES))
+
+    async def _emailed(self, login: Login, user: User, code: str) -> bool:
+        """Whether `code` is the login's e-mailed code (spent if so), audited either way; a
+        wrong one is then tried as a TOTP code, which counts the failure (Locked while the
+        account is locked, whichever factor is tried)."""
+        record = login.data.get("email_code")
+        if record is None:
+            return False
+        await to_thread.run_sync(self.users.check_unlocked, user.username)
+        right = email_codes.check(record, code)
+        self._save(login, email_code=None if right else record)
+        await self.audit(200 if right else 401, user.username, login.client_id, user.fhir_user)
+        return right
+
     async def second_factor(self, login: Login, code: str) -> Answer:
-        """The code of the authenticator app: on to the picker or the consent page; back to
-        the app with `access_denied` when a launch names a patient this user may not open."""
+        """The code of the authenticator app, or the one sent by e-mail: on to the picker or
+        the consent page; back to the app with `access_denied` when a launch names a patient
+        this user may not open."""
         user = self.users.get(login.data["username"])
         assert user is not None
         try:
-            ok = await to_thread.run_sync(self.users.check_code, user.username, code)
+            ok = (await self._emailed(login, user, code)
+                  or await to_thread.run_sync(self.users.check_code, user.username, code))
         except Locked as locked:
             return message(login.lang, "locked", 429, seconds=int(locked.seconds) + 1)
         if not ok:

@@ -178,6 +178,13 @@ class Users:
         return pyotp.TOTP(self.totp_secret(username)).provisioning_uri(
             name=username, issuer_name=ISSUER_NAME)
 
+    def check_unlocked(self, username: str) -> None:
+        """Raise Locked while the account is locked out (before any second factor is tried)."""
+        row = self._conn().execute("SELECT locked_until FROM user WHERE username = ?",
+                                   (username,)).fetchone()
+        if row and row[0] > time.time():
+            raise Locked(row[0] - time.time())
+
     def check_code(self, username: str, code: str) -> bool:
         """A valid, not yet used TOTP code (one step of clock drift allowed); confirms the
         enrolment on first success. A wrong code counts as a failure."""

@@ -60,7 +60,8 @@ def _flow(request: Request) -> LoginFlow:
     return LoginFlow(request.app.state.oauth, base_url=settings.base_url,
                      authorize_url=f"{settings.auth_url}/authorize",
                      reach=_Reach(context_of(request)), audit=audit, terms=terms,
-                     terms_audit=terms_audit)
+                     terms_audit=terms_audit,
+                     send_code=getattr(request.app.state, "sign_in_codes", None))
 
 
 def _render(request: Request, answer: Answer) -> Response:
@@ -136,6 +137,14 @@ async def terms(request: Request) -> Response:
     if isinstance(step, Page):
         return _render(request, step)
     return _render(request, await flow.accept_terms(step, form.get("decision") == "accept"))
+
+
+@login_router.post("/email-code")
+async def email_code(request: Request) -> Response:
+    flow, _, step = await _resume(request, "totp")
+    if isinstance(step, Page):
+        return _render(request, step)
+    return _render(request, await flow.email_code(step))
 
 
 @login_router.post("/pick")

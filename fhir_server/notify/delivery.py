@@ -6,6 +6,7 @@ address for, and an AuditEvent of what happened."""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 
 from ..services import notifications
@@ -18,6 +19,7 @@ from .templates import render
 
 log = logging.getLogger("fhir_server.notify")
 SERVER = "fhir-server (notifications)"
+TEMPLATE_SIGN_IN = "sign-in-code"
 
 
 def _address(contact: Contact, channel: str) -> str | None:
@@ -66,10 +68,45 @@ class Delivery:
                                            "language": contact.language})
 
     async def _audit(self, code: str, person: str, details: dict[str, str]) -> None:
-        # The message has gone (or will never go): a failing audit store must not make the
-        # scheduler send it again, so the failure is logged, not raised.
+        await audit(self.record, code, person, details)
+
+
+class SignInCodes:
+    """Sends sign-in codes (auth/email_codes.py) by e-mail, at once: the person waits for it."""
+
+    def __init__(self, ctx: Context, schedule: Schedule, channel: Channel, link: str,
+                 record: Record) -> None:
+        self.ctx = ctx
+        self.schedule = schedule
+        self.channel = channel
+        self.link = link
+        self.record = record
+
+    async def send(self, person: str, code: str, minutes: int, language: str) -> bool:
+        """Whether the code went to `person`'s e-mail address (audited either way, without it)."""
+        contact = await notifications.contact(self.ctx, self.schedule, person)
+        details = {"template": TEMPLATE_SIGN_IN, "channel": "email",
+                   "message": message_ref(f"sign-in/{secrets.token_hex(16)}")}
+        if contact is None or contact.email is None:
+            await audit(self.record, "undeliverable", person, {**details, "why": "no address"})
+            return False
+        text = render(TEMPLATE_SIGN_IN, language, {"code": code, "minutes": str(minutes)}, self.link)
         try:
-            await self.record(notifications.notification_event(code, person, SERVER, details))
-        except Exception:
-            log.exception("the AuditEvent of a notification could not be recorded",
-                          extra={"code": code, "message": details.get("message")})
+            await self.channel.send(Message(contact.email, text.subject, text.body, language,
+                                            details["message"]))
+        except (ChannelDown, Undeliverable) as why:
+            await audit(self.record, "undeliverable", person, {**details, "why": str(why)})
+            return False
+        await audit(self.record, "sent", person, details)
+        return True
+
+
+async def audit(record: Record, code: str, person: str, details: dict[str, str]) -> None:
+    """Record the AuditEvent of a notification. The message has gone (or will never go): a
+    failing audit store must not make the scheduler send it again, so the failure is logged,
+    not raised."""
+    try:
+        await record(notifications.notification_event(code, person, SERVER, details))
+    except Exception:
+        log.exception("the AuditEvent of a notification could not be recorded",
+                      extra={"code": code, "message": details.get("message")})

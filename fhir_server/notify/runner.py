@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from ..settings import Settings
 from ..store.base import Store
 from ..store.schedule import Schedule, Scheduling
 from .channels import Channel, HttpSmsGateway, SmtpChannel, SmtpSettings
-from .delivery import Delivery
+from .delivery import Delivery, SignInCodes
 from .reminders import KIND, Policy, Reminders
 from .scheduler import NOTICE, Scheduler
 
@@ -58,6 +59,17 @@ def channels(settings: Settings) -> dict[str, Channel]:
     if settings.sms_gateway_url:
         found["sms"] = HttpSmsGateway(settings.sms_gateway_url, settings.sms_gateway_token)
     return found
+
+
+def code_sender(settings: Settings, ctx: Context,
+                record: Record) -> Callable[[str, str, int, str], Awaitable[bool]] | None:
+    """What sends sign-in codes by e-mail (auth/email_codes.py), when an SMTP relay is
+    configured: at once, not through the schedule (the person is waiting), audited."""
+    channel = smtp(settings)
+    if channel is None:
+        return None
+    return SignInCodes(as_server(ctx, "notifications"), schedule_of(ctx.store), channel,
+                       link(settings), record).send
 
 
 def reminders(settings: Settings, store: Store) -> Reminders:
