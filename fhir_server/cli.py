@@ -53,6 +53,8 @@ from .search import Query, default_registry
 from .settings import Settings
 from .store.base import Store
 from .services.principals import practitioners_with_rpps
+from .services import notifications
+from .notify import runner as notify_runner
 from .store.rekey import Rotation, rotate_data_key
 
 
@@ -255,6 +257,34 @@ def _mllp(args: argparse.Namespace) -> int:
     except MappingFileError as exc:  # the maps are data an operator may edit: say which file
         print(f"fhir-server mllp: {exc}", file=sys.stderr)
         return 2
+
+
+async def _notify_preferences_async(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_context(settings) as context:
+        assert isinstance(context.store, RoutingStore)
+        recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
+                                 context.store)
+        schedule = notify_runner.schedule_of(context.store)
+        try:
+            current = await notifications.preferences(schedule, args.person)
+            given = {"channel": args.channel, "language": args.language, "opted_out": args.opted_out}
+            wished = dataclasses.replace(current, **{k: v for k, v in given.items() if v is not None})
+            await notifications.set_preferences(context, schedule, recorder.record, args.person, wished)
+        except FhirError as error:
+            print(f"fhir-server notify: {error.issues[0].diagnostics}", file=sys.stderr)
+            return 1
+        finally:
+            recorder.close()
+    print(orjson.dumps(dataclasses.asdict(wished)).decode())
+    return 0
+
+
+def _notify_preferences(args: argparse.Namespace) -> int:
+    """`fhir-server notify preferences PERSON`: change what a person asked of notifications
+    (audited); options not given keep their value."""
+    settings = Settings()
+    configure(settings.log_level)
+    return asyncio.run(_notify_preferences_async(settings, args))
 
 
 async def _hl7_errors_async(settings: Settings, limit: int) -> int:
@@ -1097,6 +1127,16 @@ def parser() -> argparse.ArgumentParser:
                                            "exit 1 unless every one is applied")
     replay.add_argument("ids", nargs="+", type=int, metavar="ID")
     replay.set_defaults(run=_hl7_replay)
+    notify = commands.add_parser("notify", help="notifications (docs/notifications.md)").add_subparsers(
+        dest="action", required=True)
+    wishes = notify.add_parser("preferences", help="set a person's channel, language or "
+                               "opt-out, at their request (audited); prints them")
+    wishes.add_argument("person", metavar="Type/id", help="Practitioner, Patient or RelatedPerson")
+    wishes.add_argument("--channel", choices=notifications.CHANNELS)
+    wishes.add_argument("--language", choices=("fr", "en"))
+    wishes.add_argument("--opt-out", dest="opted_out", action=argparse.BooleanOptionalAction,
+                        help="--opt-out: no notifications; --no-opt-out: notifications again")
+    wishes.set_defaults(run=_notify_preferences)
     return root
 
 
