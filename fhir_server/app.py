@@ -27,8 +27,8 @@ from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCod
                      KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
                      ledger_key)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
-                   metadata_router, operability_router, privacy_router, sealing_keys_router,
-                   shortcut_router)
+                   metadata_router, notifications_router, operability_router, privacy_router,
+                   sealing_keys_router, shortcut_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
@@ -219,6 +219,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.tokens = tokens
     app.state.oauth = oauth
     app.state.mllp = None  # the HL7 v2 listener, when settings.mllp (started with the app)
+    app.state.schedule = notify_runner.schedule_of(store)  # preferences (http/notifications.py)
     # sends e-mailed sign-in codes (auth/email_codes.py); None without an SMTP relay
     app.state.sign_in_codes = notify_runner.code_sender(settings, context, recorder.record)
     install_error_handlers(app)
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(privacy_router, prefix=settings.base_path)  # before fhir_router's compartments
     app.include_router(sealing_keys_router)
+    app.include_router(notifications_router)
     app.include_router(terminology_router, prefix=settings.base_path)
     app.include_router(fhir_router, prefix=settings.base_path)
     install_cors(app, settings, oauth.registry if oauth else None)

@@ -37,8 +37,8 @@ def may_send(record: dict[str, Any] | None) -> bool:
     """Whether a login that holds `record` (its current code, or None) may be sent another."""
     if record is None:
         return True
-    return (record["sends"] < MAX_SENDS
-            and clock.seconds() - record["sent"] >= RESEND_SECONDS)
+    return bool(record["sends"] < MAX_SENDS
+                and clock.seconds() - record["sent"] >= RESEND_SECONDS)
 
 
 def issue(previous: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

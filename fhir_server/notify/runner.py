@@ -19,7 +19,7 @@ from ..store.schedule import Schedule, Scheduling
 from .channels import Channel, HttpSmsGateway, SmtpChannel, SmtpSettings
 from .delivery import Delivery, SignInCodes
 from .reminders import KIND, Policy, Reminders
-from .scheduler import NOTICE, Scheduler
+from .scheduler import NOTICE, Handler, Scheduler
 
 log = logging.getLogger("fhir_server.notify")
 
@@ -81,7 +81,8 @@ def scheduler(settings: Settings, ctx: Context, record: Record) -> Scheduler:
     server = as_server(ctx, "notifications")
     schedule = schedule_of(ctx.store)
     delivery = Delivery(server, schedule, channels(settings), link(settings), record)
-    handlers = {NOTICE: delivery, KIND: partial(reminders(settings, ctx.store).handler, server)}
+    handlers: dict[str, Handler] = {
+        NOTICE: delivery, KIND: partial(reminders(settings, ctx.store).handler, server)}
     return Scheduler(schedule, handlers, lease_seconds=settings.notify_lease_seconds)
 
 
@@ -91,8 +92,10 @@ async def run(settings: Settings, ctx: Context, record: Record) -> None:
     if not channels(settings):
         log.warning("no notification channel is configured (FHIR_SERVER_SMTP_HOST, "
                     "FHIR_SERVER_SMS_GATEWAY_URL): reminders are kept until one is")
-    server = as_server(ctx, "notifications")
-    await reminders(settings, ctx.store).catch_up(server)
+    try:
+        await reminders(settings, ctx.store).catch_up(as_server(ctx, "notifications"))
+    except Exception:  # the store is not there yet: reminders stored meanwhile are scheduled
+        log.exception("referral reminders could not be caught up at start")
     await scheduler(settings, ctx, record).run_forever(settings.notify_poll_seconds)
 
 

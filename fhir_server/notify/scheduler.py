@@ -90,7 +90,7 @@ async def cancel(schedule: Schedule, prefix: str) -> int:
 def backoff(attempts: int) -> timedelta:
     """The wait before the next attempt after `attempts` failed ones: doubling from a
     minute up to an hour, with up to 10 % jitter so that retries of many items spread."""
-    wait = min(BACKOFF_FIRST * 2 ** max(attempts - 1, 0), BACKOFF_MOST)
+    wait: timedelta = min(BACKOFF_FIRST * 2 ** max(attempts - 1, 0), BACKOFF_MOST)
     return wait * (1 + random.random() / 10)
 
 

@@ -120,14 +120,45 @@ async def set_preferences(ctx: Context, schedule: Schedule, record: Record, pers
     if principal is None or (principal.role is not Role.SERVER and principal.fhir_user != person):
         raise fail(Kind.FORBIDDEN, "forbidden", "Only a person changes their own notification "
                    "preferences.")
-    if wished.channel not in CHANNELS or wished.language not in (None, "fr", "en"):
-        raise fail(Kind.INVALID, "value", f"channel is one of {', '.join(CHANNELS)}; language "
-                   "fr or en.")
+    if wished.channel not in CHANNELS:
+        raise fail(Kind.INVALID, "value", f"channel is one of {', '.join(CHANNELS)}.",
+                   expression="channel")
+    if wished.language not in (None, "fr", "en"):
+        raise fail(Kind.INVALID, "value", "language is fr, en or null.", expression="language")
     await schedule.set_preference(person, orjson.dumps(asdict(wished)))
     who = principal.fhir_user or principal.subject or "fhir-server"
     await record(notification_event("preferences", person, who, {
         "channel": wished.channel, "language": wished.language or "(resource)",
         "opted out": str(wished.opted_out).lower()}))
+
+
+def own(ctx: Context) -> str:
+    """The person the caller is (their `fhirUser`); FORBIDDEN for a caller who is none (a
+    backend system, a token without fhirUser)."""
+    principal = ctx.principal
+    person = principal.fhir_user if principal is not None else None
+    if person is None or person.partition("/")[0] not in PERSON_TYPES:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Notification preferences are a person's own: "
+                   "sign in as that person.")
+    return person
+
+
+def parse_preferences(body: Any) -> Preferences:
+    """Preferences from their JSON form `{"channel", "language", "optedOut"}` (each optional,
+    nothing else); INVALID naming what is wrong."""
+    if not isinstance(body, dict) or set(body) - {"channel", "language", "optedOut"}:
+        raise fail(Kind.INVALID, "structure", "Preferences are a JSON object with channel, "
+                   "language and optedOut only.")
+    opted_out = body.get("optedOut", False)
+    if not isinstance(opted_out, bool):
+        raise fail(Kind.INVALID, "value", "optedOut is true or false.", expression="optedOut")
+    # channel and language are checked by set_preferences, whoever sets them
+    return Preferences(body.get("channel", "email"), body.get("language"), opted_out)
+
+
+def preferences_json(wished: Preferences) -> dict[str, Any]:
+    """The JSON form of `wished` (parse_preferences reads it back)."""
+    return {"channel": wished.channel, "language": wished.language, "optedOut": wished.opted_out}
 
 
 def notification_event(code: str, person: str, who: str, details: dict[str, str]) -> dict[str, Any]:
