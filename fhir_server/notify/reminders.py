@@ -13,6 +13,7 @@ members of a CareTeam or Group) gets a notice of their own (`referral/<id>/<n>/<
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from ..store.base import Version
 from ..store.schedule import Schedule
 from .scheduler import Item, add, cancel, enqueue
 
+log = logging.getLogger("fhir_server.notify")
 KIND = "referral-reminder"
 TEMPLATE = "referral-reminder"
 
@@ -76,17 +78,23 @@ class Reminders:
                       {"referral": referral["id"], "n": n}, due)
 
     async def after_commit(self, ctx: Context, versions: Sequence[Version]) -> None:
-        """A commit hook (services/context.py): referrals written now."""
+        """A commit hook (services/context.py): referrals written now. The write is committed
+        already: a failure here is logged, not answered as an error (a client would send the
+        referral again); `catch_up` schedules it at the next start, and a due reminder of an
+        answered referral sends nothing."""
         for version in versions:
             if version.resource_type != "Communication" or version.body is None:
                 continue
             resource = orjson.loads(version.body)
             if not _is_referral(resource):
                 continue
-            if waiting(resource):
-                await self.plan(resource)
-            else:
-                await cancel(self.schedule, _prefix(version.id))
+            try:
+                if waiting(resource):
+                    await self.plan(resource)
+                else:
+                    await cancel(self.schedule, _prefix(version.id))
+            except Exception:
+                log.exception("referral reminders not updated", extra={"referral": version.id})
 
     async def catch_up(self, ctx: Context) -> None:
         """Schedule the reminders of every waiting referral (at start-up)."""

@@ -1,16 +1,20 @@
 """The scheduler (notify/scheduler.py) on every store, on a simulated clock: items are handled
-once when due, retried with backoff when a handler fails, never lost when a claimer dies."""
+once when due, retried with backoff when a handler fails, never lost when a claimer dies; the
+referral hook schedules per policy and never fails a committed write."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from fhir_server import clock
 from fhir_server.notify import Item, Retry, Scheduler, cancel, enqueue
 from fhir_server.notify.scheduler import NOTICE, backoff
-from fhir_server.store.base import Store
+from fhir_server.model import platform_codes as codes
+from fhir_server.notify.reminders import Policy, Reminders
+from fhir_server.store.base import Store, Version
 from tests.notify.conftest import scheduling
 
 pytestmark = pytest.mark.anyio
@@ -99,3 +103,25 @@ def test_backoff_doubles_from_a_minute_up_to_an_hour() -> None:
     assert timedelta(minutes=1) <= backoff(1) <= timedelta(minutes=1.1)
     assert timedelta(minutes=8) <= backoff(4) <= timedelta(minutes=8.8)
     assert timedelta(hours=1) <= backoff(30) <= timedelta(hours=1.1)
+
+
+async def test_a_failing_schedule_does_not_fail_the_committed_referral(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        async def enqueue(self, items: object) -> list[str]:
+            raise OSError("disk full")
+
+    referral = {"resourceType": "Communication", "id": "r1", "status": "in-progress",
+                "sent": "2027-01-04T09:00:00Z",
+                "statusReason": {"coding": [{"system": codes.OUTCOME_SYSTEM, "code": "referred"}]},
+                "category": [{"coding": [{"system": codes.MESSAGE_SYSTEM, "code": codes.REFERRAL}]}]}
+    version = Version("Communication", "r1", 1, "2027-01-04T09:00:00Z", "POST",
+                      orjson.dumps(referral))
+    await Reminders(Broken(), Policy()).after_commit(None, [version])  # type: ignore[arg-type]
+    assert "referral reminders not updated" in caplog.text
+    working = Reminders(scheduling(store).schedule, Policy(5, 7, 2))
+    await working.after_commit(None, [version])  # type: ignore[arg-type]
+    items = await scheduling(store).schedule.items("referral/r1/")
+    assert [(i.key, i.due) for i in items] == [
+        ("referral/r1/1", clock.micros(START + timedelta(days=5))),
+        ("referral/r1/2", clock.micros(START + timedelta(days=12)))]
