@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -66,11 +67,26 @@ def _current(point: dict[str, Any]) -> bool:
     return point.get("use") != "old" and (not isinstance(end, str) or end[:10] >= clock.today())
 
 
-def _address(telecom: list[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool]) -> str | None:
+# What an address must look like to be used: a value that is not (a line break in an e-mail
+# header, a URL instead of a number) is skipped as if absent.
+_EMAIL = re.compile(r"[^@\s<>,;:\"]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
+_PHONE = re.compile(r"\+?[0-9]{6,15}")
+
+
+def _address(telecom: list[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool],
+             form: re.Pattern[str]) -> str | None:
+    """The well-formed current address of lowest rank among the points `wanted` picks."""
     found = sorted((p for p in telecom if isinstance(p, dict) and wanted(p) and _current(p)
-                    and isinstance(p.get("value"), str) and p["value"].strip()),
+                    and isinstance(p.get("value"), str)
+                    and form.fullmatch(_plain(p["value"], form))),
                    key=lambda p: p.get("rank", 2**31))
-    return found[0]["value"].strip() if found else None
+    return _plain(found[0]["value"], form) if found else None
+
+
+def _plain(value: str, form: re.Pattern[str]) -> str:
+    """`value` without surrounding space (and, for a number, the spaces, dots and dashes
+    people write in it)."""
+    return re.sub(r"[\s.()-]", "", value) if form is _PHONE else value.strip()
 
 
 def _language(resource: dict[str, Any]) -> str | None:
@@ -104,9 +120,9 @@ async def contact(ctx: Context, schedule: Schedule, person: str) -> Contact | No
     wished = await preferences(schedule, person)
     return Contact(
         person=person,
-        email=_address(telecom, lambda p: p.get("system") == "email"),
+        email=_address(telecom, lambda p: p.get("system") == "email", _EMAIL),
         phone=_address(telecom, lambda p: p.get("system") == "sms"
-                       or (p.get("system") == "phone" and p.get("use") == "mobile")),
+                       or (p.get("system") == "phone" and p.get("use") == "mobile"), _PHONE),
         language=wished.language or _language(resource) or "fr")
 
 

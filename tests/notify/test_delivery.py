@@ -53,8 +53,12 @@ class Events(list[dict[str, Any]]):
 
 
 PEOPLE = {
-    "both": [{"system": "email", "value": "both@example.org"},
-             {"system": "phone", "use": "mobile", "value": "+33600000001"}],
+    "both": [{"system": "email", "value": "second@example.org", "rank": 2},
+             {"system": "email", "value": " both@example.org ", "rank": 1},
+             {"system": "email", "value": "ended@example.org", "rank": 0,
+              "period": {"end": "2020-01-01"}},
+             {"system": "email", "value": "bcc@evil.example\nBcc: all@example.org", "rank": 0},
+             {"system": "phone", "use": "mobile", "value": "+33 6 00 00 00 01"}],
     "mobile": [{"system": "sms", "value": "+33600000002"},
                {"system": "email", "value": "old@example.org", "use": "old"}],
     "none": [{"system": "phone", "use": "work", "value": "+33100000000"}],
