@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -39,6 +39,7 @@ from ..store.base import (
     Version,
     Write,
 )
+from ..store.schedule import Schedule, Scheduling
 from .trail import Trail, owners_of
 
 PREFIX = "audit/"
@@ -171,6 +172,11 @@ class AuditedStore:
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self.inner.outbox(prefix)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The inner store's schedule (store/schedule.py): notices are not audited writes."""
+        return cast(Scheduling, self.inner).schedule
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
         # No outbox record: the erasure's AuditEvent is recorded by services/erase.py, and

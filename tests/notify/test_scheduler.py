@@ -12,7 +12,10 @@ import pytest
 from fhir_server import clock
 from fhir_server.notify import Item, Retry, Scheduler, cancel, enqueue
 from fhir_server.notify.scheduler import NOTICE, backoff
+from fhir_server.audit.outbox import AuditedStore, Intent, Settled
+from fhir_server.audit.trail import Trail
 from fhir_server.model import platform_codes as codes
+from fhir_server.notify import runner
 from fhir_server.notify.reminders import Policy, Reminders
 from fhir_server.store.base import Store, Version
 from tests.notify.conftest import scheduling
@@ -125,3 +128,11 @@ async def test_a_failing_schedule_does_not_fail_the_committed_referral(
     assert [(i.key, i.due) for i in items] == [
         ("referral/r1/1", clock.micros(START + timedelta(days=5))),
         ("referral/r1/2", clock.micros(START + timedelta(days=12)))]
+
+
+async def test_a_request_reaches_the_schedule_of_its_store(store: Store) -> None:
+    """What a request sees as its store (audit/outbox.py) passes the schedule through."""
+    audited = AuditedStore(store, Trail(), Intent("test", lambda trail: []), Settled())
+    await enqueue(runner.schedule_of(audited), person="Patient/1", template="new-message",
+                  params={}, not_before=START, key="m/1")
+    assert [i.key for i in await scheduling(store).schedule.items("m/")] == ["m/1"]
