@@ -198,8 +198,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         notifications = notify_runner.start(settings, context, recorder.record)
         log.info("ready", extra={"base_url": settings.base_url})
         yield
-        notifications.cancel()
-        await asyncio.gather(notifications, return_exceptions=True)
+        await notify_runner.stop(notifications)
         if backups is not None:
             backups.cancel()
         if listener is not None:

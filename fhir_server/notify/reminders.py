@@ -13,8 +13,9 @@ members of a CareTeam or Group) gets a notice of their own (`referral/<id>/<n>/<
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from ..services import reach
 from ..services.context import Context
 from ..store.base import Version
 from ..store.schedule import Schedule
-from .scheduler import Item, add, cancel, enqueue
+from .scheduler import Item, add_all, cancel, enqueue
 
 log = logging.getLogger("fhir_server.notify")
 KIND = "referral-reminder"
@@ -73,28 +74,34 @@ class Reminders:
     async def plan(self, referral: dict[str, Any]) -> None:
         """Schedule the reminders of a waiting referral (again: nothing is added twice)."""
         sent = datetime.fromisoformat(referral["sent"].replace("Z", "+00:00"))
-        for n, due in enumerate(self.policy.times(sent), start=1):
-            await add(self.schedule, f"{_prefix(referral['id'])}{n}", KIND,
-                      {"referral": referral["id"], "n": n}, due)
+        await add_all(self.schedule, KIND, [
+            (f"{_prefix(referral['id'])}{n}", {"referral": referral["id"], "n": n}, due)
+            for n, due in enumerate(self.policy.times(sent), start=1)])
 
     async def after_commit(self, ctx: Context, versions: Sequence[Version]) -> None:
-        """A commit hook (services/context.py): referrals written now. The write is committed
-        already: a failure here is logged, not answered as an error (a client would send the
-        referral again); `catch_up` schedules it at the next start, and a due reminder of an
-        answered referral sends nothing."""
+        """A commit hook (services/context.py): referrals written now. The schedule is
+        written by a task of its own, once this returns: a hook may run inside a
+        transaction Bundle's unit of work, which holds the store's write lock until the
+        Bundle ends (waiting for it here would wait for ever)."""
         for version in versions:
             if version.resource_type != "Communication" or version.body is None:
                 continue
             resource = orjson.loads(version.body)
-            if not _is_referral(resource):
-                continue
-            try:
-                if waiting(resource):
-                    await self.plan(resource)
-                else:
-                    await cancel(self.schedule, _prefix(version.id))
-            except Exception:
-                log.exception("referral reminders not updated", extra={"referral": version.id})
+            if _is_referral(resource):
+                _later(self._follow(resource))
+
+    async def _follow(self, referral: dict[str, Any]) -> None:
+        """Schedule a waiting referral's reminders, or cancel an answered one's. The write is
+        committed already: a failure here is logged, not raised (a client would send the
+        referral again); `catch_up` schedules it at the next start, and a due reminder of
+        an answered referral sends nothing."""
+        try:
+            if waiting(referral):
+                await self.plan(referral)
+            else:
+                await cancel(self.schedule, _prefix(referral["id"]))
+        except Exception:
+            log.exception("referral reminders not updated", extra={"referral": referral["id"]})
 
     async def catch_up(self, ctx: Context) -> None:
         """Schedule the reminders of every waiting referral (at start-up)."""
@@ -116,6 +123,24 @@ class Reminders:
         for person in await people(ctx, [r.get("reference", "") for r in referral.get("recipient", [])]):
             await enqueue(self.schedule, person=person, template=TEMPLATE, params={},
                           not_before=now, key=f"{item.key}/{person}")
+
+
+# Schedule writes started by the commit hook and not finished yet (a task must be referenced
+# until it ends).
+_background: set[asyncio.Task[None]] = set()
+
+
+def _later(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def settled() -> None:
+    """Wait until the schedule writes the commit hook started are done (before the store
+    closes; tests)."""
+    while _background:
+        await asyncio.gather(*_background, return_exceptions=True)
 
 
 async def people(ctx: Context, recipients: Sequence[str]) -> list[str]:

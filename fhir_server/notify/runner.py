@@ -18,7 +18,7 @@ from ..store.base import Store
 from ..store.schedule import Schedule, Scheduling
 from .channels import Channel, HttpSmsGateway, SmtpChannel, SmtpSettings
 from .delivery import Delivery, SignInCodes
-from .reminders import KIND, Policy, Reminders
+from .reminders import KIND, Policy, Reminders, settled
 from .scheduler import NOTICE, Handler, Scheduler
 
 log = logging.getLogger("fhir_server.notify")
@@ -101,3 +101,11 @@ async def run(settings: Settings, ctx: Context, record: Record) -> None:
 
 def start(settings: Settings, ctx: Context, record: Record) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(run(settings, ctx, record))
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    """Stop the scheduler `start` returned, and let the referral hook's writes finish
+    (before the store closes)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await settled()

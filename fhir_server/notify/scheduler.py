@@ -29,7 +29,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,11 +65,12 @@ class Retry(Exception):
     """A handler could not finish an item now (a channel is down): try it again later."""
 
 
-async def add(schedule: Schedule, key: str, kind: str, data: Mapping[str, Any],
-              not_before: datetime) -> bool:
-    """Schedule an item of `kind` at `not_before`; False if `key` was already scheduled."""
-    body = orjson.dumps({"kind": kind, "data": data})
-    return bool(await schedule.enqueue([(key, clock.micros(not_before), body)]))
+async def add_all(schedule: Schedule, kind: str,
+                  items: Sequence[tuple[str, Mapping[str, Any], datetime]]) -> list[str]:
+    """Schedule items of `kind`, each `(key, data, not before)`, in one write; the keys that
+    were not scheduled yet."""
+    return await schedule.enqueue([(key, clock.micros(at), orjson.dumps({"kind": kind, "data": data}))
+                                   for key, data, at in items])
 
 
 async def enqueue(schedule: Schedule, *, person: str, template: str, params: Mapping[str, str],
@@ -78,8 +79,8 @@ async def enqueue(schedule: Schedule, *, person: str, template: str, params: Map
     scheduled (in any state: a sent or cancelled notice is not sent again). TemplateError if
     `template` does not take `params` (notify/templates.py)."""
     check(template, params)
-    return await add(schedule, key, NOTICE, {"person": person, "template": template,
-                                              "params": dict(params)}, not_before)
+    return bool(await add_all(schedule, NOTICE, [
+        (key, {"person": person, "template": template, "params": dict(params)}, not_before)]))
 
 
 async def cancel(schedule: Schedule, prefix: str) -> int:

@@ -22,12 +22,13 @@ from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.access import server_principal
 from fhir_server.notify import runner
+from fhir_server.notify.reminders import settled
 from fhir_server.services.notifications import EVENT_SYSTEM, Preferences, set_preferences
 from fhir_server.settings import Settings
 from tests.conftest import authorized
 from tests.http.helpers import send
 from tests.notify.mail import SmtpServer
-from tests.trials.conftest import Platform, build
+from tests.trials.conftest import OUTCOMES, Platform, build
 
 DAY = timedelta(days=1)
 TEAM_MEMBER = "Practitioner/dr-team"
@@ -47,6 +48,7 @@ class World(Platform):
         app: Any = self.client.app
         scheduler = runner.scheduler(app.state.settings, app.state.context, app.state.recorder.record)
         assert self.client.portal is not None and self.start is not None
+        self.client.portal.call(settled)  # the referral hook's writes
         with clock.frozen(self.start + self.days * DAY):
             return cast(int, self.client.portal.call(scheduler.run_due))
 
@@ -165,3 +167,19 @@ def test_a_failing_relay_loses_no_reminder_and_sends_none_twice(world: World) ->
     assert sorted(world.mail()) == [("inv@example.org", "en"), ("team@example.org", "fr")]
     world.advance(1)
     assert len(world.mail()) == 2
+
+
+def test_an_answer_in_a_transaction_bundle_cancels_too(world: World) -> None:
+    """The hook runs inside the Bundle's unit of work, which holds the store's write lock:
+    its schedule writes wait for the Bundle to end (they used to wait for ever)."""
+    referral = _refer(world)
+    answer = {"resourceType": "Communication", "status": "completed",
+              "inResponseTo": [{"reference": f"Communication/{referral}"}],
+              "reasonCode": [{"coding": [{"system": OUTCOMES, "code": "preselected"}]}],
+              "payload": [{"contentString": "Screening visit next week."}]}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": answer, "request": {"method": "POST", "url": "Communication"}}]}
+    done = send(world.client, "POST", "/fhir", bundle, **world.headers("investigator"))
+    assert done.status_code == 200, done.text
+    world.advance(30)
+    assert world.mail() == []

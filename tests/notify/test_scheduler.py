@@ -16,7 +16,7 @@ from fhir_server.audit.outbox import AuditedStore, Intent, Settled
 from fhir_server.audit.trail import Trail
 from fhir_server.model import platform_codes as codes
 from fhir_server.notify import runner
-from fhir_server.notify.reminders import Policy, Reminders
+from fhir_server.notify.reminders import Policy, Reminders, settled
 from fhir_server.store.base import Store, Version
 from tests.notify.conftest import scheduling
 
@@ -121,9 +121,11 @@ async def test_a_failing_schedule_does_not_fail_the_committed_referral(
     version = Version("Communication", "r1", 1, "2027-01-04T09:00:00Z", "POST",
                       orjson.dumps(referral))
     await Reminders(Broken(), Policy()).after_commit(None, [version])  # type: ignore[arg-type]
+    await settled()
     assert "referral reminders not updated" in caplog.text
     working = Reminders(scheduling(store).schedule, Policy(5, 7, 2))
     await working.after_commit(None, [version])  # type: ignore[arg-type]
+    await settled()
     items = await scheduling(store).schedule.items("referral/r1/")
     assert [(i.key, i.due) for i in items] == [
         ("referral/r1/1", clock.micros(START + timedelta(days=5))),
