@@ -3,6 +3,7 @@ time-based triggers, the e-mail and SMS channels, the fr/en templates, and what 
 (referral reminders)."""
 
 from . import runner
+from .runner import schedule_of
 from .scheduler import Handler, Item, Retry, Scheduler, cancel, enqueue
 
-__all__ = ["Handler", "Item", "Retry", "Scheduler", "cancel", "enqueue", "runner"]
+__all__ = ["Handler", "Item", "Retry", "Scheduler", "cancel", "enqueue", "runner", "schedule_of"]

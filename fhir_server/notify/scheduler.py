@@ -2,11 +2,12 @@
 
 Public API (helpers of other workflows, e.g. retention warnings, use only this):
 
-    await enqueue(schedule, person="Practitioner/1", template="retention-warning",
+    await enqueue(schedule_of(ctx.store), person="Practitioner/1", template="retention-warning",
                   params={"date": "2027-01-31"}, not_before=datetime, key="retention/Patient/9/1")
 
 puts a notice to `person` (a Practitioner, Patient or RelatedPerson reference) in the store's
-schedule (`store.schedule`, store/schedule.py, on SQLite and MongoDB alike). It is sent once
+schedule (store/schedule.py, on SQLite and MongoDB alike; `schedule_of` finds it behind any
+store the server hands out). It is sent once
 `not_before` has passed, by `template` (notify/templates.py: the text in the person's
 language), through the person's preferred channel, unless they opted out; `key` names it for
 deduplication (enqueueing the same key again adds nothing) and must hold ids only (stored in
