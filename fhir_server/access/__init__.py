@@ -11,6 +11,7 @@ from .delegation import Delegation, delegation
 from .codes import FAILURE_WINDOW, MAX_FAILURES, CodeCheck, ConfirmationCodes
 from .policy import Decision, compartment_clause, decide
 from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
+from .study_match import View, inverse_view
 from .scopes import (
     CONTEXT_SCOPES,
     LEVELS,
@@ -45,10 +46,12 @@ __all__ = [
     "ResourceScope",
     "Restriction",
     "Role",
+    "View",
     "compartment_clause",
     "consent",
     "decide",
     "delegation",
+    "inverse_view",
     "parse_scope",
     "parse_scopes",
     "required_permission",

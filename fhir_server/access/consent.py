@@ -145,3 +145,45 @@ def refused(consents: Iterable[dict[str, Any]], scope: str, actor: str | None, t
     return any(p.get("type") == "deny" and in_period(p, today)
                and (actors(p) == set() if actor is None else actor in actors(p))
                for c in _in_force(consents, scope) for p in provisions(c.get("provision") or {}))
+
+
+# A permit of a research Consent allows pre-screening for the studies its `data` references
+# when its `purpose` holds this code (terminology/CodeSystem-consent-purpose.json).
+PURPOSE_SYSTEM = "https://oncotrials.example.org/fhir/CodeSystem/consent-purpose"
+PRESCREENING = "trial-pre-screening"
+
+
+def _allows_prescreening(provision: dict[str, Any], study: str) -> bool:
+    return (any(p.get("system") == PURPOSE_SYSTEM and p.get("code") == PRESCREENING
+                for p in provision.get("purpose", []))
+            and any(local((d.get("reference") or {}).get("reference", "")) == study
+                    for d in provision.get("data", [])))
+
+
+def prescreening(consents: Iterable[dict[str, Any]], study: str, today: str) -> dict[str, Any] | None:
+    """The active research Consent whose permit in force explicitly allows pre-screening for
+    `study` (`ResearchStudy/<id>`: a permit provision with purpose PRESCREENING and `data`
+    referencing the study); None without one, or when an objection, a restriction of
+    processing or a deny naming nobody applies."""
+    consents = list(consents)
+    if denied(consents, PRIVACY, None, today) or denied(consents, RESEARCH, None, today):
+        return None
+    for consent in _in_force(consents, RESEARCH):
+        top = consent.get("provision") or {}
+        if top.get("type") != "permit" or not in_period(top, today):
+            continue
+        if any(p.get("type") == "permit" and in_period(p, today) and _allows_prescreening(p, study)
+               for p in provisions(top)):
+            return consent
+    return None
+
+
+def counted(consents: Iterable[dict[str, Any]], today: str) -> bool:
+    """Whether a patient may be counted in a study's aggregate pre-screening figures: the
+    platform holds their record with their agreement (a patient-privacy permit in force) and
+    they have not objected (no deny naming nobody, in either scope)."""
+    consents = list(consents)
+    return (not denied(consents, PRIVACY, None, today) and not denied(consents, RESEARCH, None, today)
+            and any((c.get("provision") or {}).get("type") == "permit"
+                    and in_period(c.get("provision") or {}, today)
+                    for c in _in_force(consents, PRIVACY)))

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import catalogue, match, proposal, referral
+from ..trials import catalogue, inverse, match, proposal, referral
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
@@ -101,6 +101,15 @@ async def match_trials(request: Request) -> Response:
     check_acceptable(request)
     payload = await read_payload(request)
     return fhir_response(request, await match.match(context_of(request), payload.checked))
+
+
+@router.post("/ResearchStudy/{id}/$match")
+async def match_patients(request: Request, id: str) -> Response:
+    """The patients who may join the trial, as the caller may know them (trials/inverse.py)."""
+    check_acceptable(request)
+    crud.check_id(id)
+    payload = await read_payload(request)
+    return fhir_response(request, await inverse.match(context_of(request), id, payload.checked))
 
 
 @router.post("/{resource_type}/$validate")

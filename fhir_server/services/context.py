@@ -46,6 +46,7 @@ class Context:
     sealed_only: bool = False  # clients' messages must be sealed (services/sealed.py)
     erasures: Erasures | None = None  # Patient/$erase (services/erase.py); None: not offered
     terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
+    pseudonym_key: bytes | None = None  # keys trial pre-screening pseudonyms (trials/inverse.py)
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

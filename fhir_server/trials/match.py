@@ -94,8 +94,11 @@ async def _stored(ctx: Context, patient: str) -> tuple[list[tuple[str, dict[str,
 
 
 def _origin(request: MatchRequest, record: Record) -> Point | None:
-    if request.origin is not None:
-        return request.origin
+    return request.origin if request.origin is not None else home(record)
+
+
+def home(record: Record) -> Point | None:
+    """Where the patient lives: the first of their addresses' postal codes the gazetteer knows."""
     addresses = record.patient.resource.get("address", []) if record.patient else []
     for address in addresses:
         postal = address.get("postalCode") if isinstance(address, dict) else None

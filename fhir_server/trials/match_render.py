@@ -16,7 +16,7 @@ from .match_sites import Site
 RESULT_URL = f"{OURS}/StructureDefinition/eligibility-match-result"
 
 
-def _coding(system: str, code: str) -> dict[str, Any]:
+def coding(system: str, code: str) -> dict[str, Any]:
     found = concepts(system).get(code)
     return {"system": system, "code": code, **({"display": found["display"]} if found else {})}
 
@@ -25,10 +25,10 @@ def _criterion(result: CriterionResult, name: str = "criterion") -> dict[str, An
     parts: list[dict[str, Any]] = [
         {"url": "key", "valueString": result.key},
         {"url": "text", "valueString": result.text},
-        {"url": "type", "valueCoding": _coding(CRITERION_SYSTEM, result.kind)
+        {"url": "type", "valueCoding": coding(CRITERION_SYSTEM, result.kind)
          if result.kind in concepts(CRITERION_SYSTEM) else {"code": result.kind}},
         {"url": "exclude", "valueBoolean": result.exclude},
-        {"url": "verdict", "valueCoding": _coding(VERDICT_SYSTEM, result.verdict)},
+        {"url": "verdict", "valueCoding": coding(VERDICT_SYSTEM, result.verdict)},
         *({"url": "evidence", "valueReference": {"reference": e}} for e in result.evidence),
     ]
     if result.missing:
@@ -41,7 +41,7 @@ def _criterion(result: CriterionResult, name: str = "criterion") -> dict[str, An
 
 def result_extension(result: TrialResult, groups: tuple[str, ...], site: Site | None,
                      distance: float | None) -> dict[str, Any]:
-    parts: list[dict[str, Any]] = [{"url": "verdict", "valueCoding": _coding(VERDICT_SYSTEM, result.verdict)}]
+    parts: list[dict[str, Any]] = [{"url": "verdict", "valueCoding": coding(VERDICT_SYSTEM, result.verdict)}]
     parts += [{"url": "criteria", "valueReference": {"reference": g}} for g in groups]
     if site is not None:
         parts.append({"url": "site", "valueReference": {"reference": site.location}})

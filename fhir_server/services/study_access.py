@@ -1,0 +1,56 @@
+"""The access side of the inverse trial match (trials/inverse.py): what the caller sees
+(access/study_match.py), and which patients' Consents let them be counted or pre-screened for
+a study (access/consent.py), read from the store as the server: they decide, they are not
+the caller's request."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from ..access import View, inverse_view
+from ..access import consent as consents
+from .context import Context
+from .reach import resources
+from ..search import parse_query
+
+__all__ = ["Agreements", "View", "agreements", "counted", "owner", "prescreened", "view"]
+
+Agreements = dict[str, list[dict[str, Any]]]  # active Consents by patient id
+PAGE = 1000
+
+
+def view(ctx: Context) -> View | None:
+    """What the caller sees of an inverse match; None: answer as for a missing study."""
+    return inverse_view(ctx.principal)
+
+
+async def agreements(ctx: Context) -> Agreements:
+    """Every active Consent, by the id of its patient."""
+    query, _ = parse_query("Consent", [("status", "active"), ("_count", str(PAGE))], ctx.registry)
+    found: Agreements = defaultdict(list)
+    async for consent in resources(ctx, query):
+        patient = owner(consent)
+        if patient is not None:
+            found[patient].append(consent)
+    return found
+
+
+def owner(resource: dict[str, Any]) -> str | None:
+    """The id of the Patient a resource is about (its `subject` or `patient`), whatever the
+    reference's form."""
+    for field in ("subject", "patient"):
+        reference = consents.local((resource.get(field) or {}).get("reference", ""))
+        if reference.startswith("Patient/"):
+            return reference.removeprefix("Patient/")
+    return None
+
+
+def counted(found: Agreements, patient: str, day: str) -> bool:
+    """Whether the patient may be counted in a study's aggregate figures."""
+    return consents.counted(found.get(patient, []), day)
+
+
+def prescreened(found: Agreements, patient: str, study: str, day: str) -> bool:
+    """Whether the patient's Consent allows pre-screening for `study` (`ResearchStudy/<id>`)."""
+    return consents.prescreening(found.get(patient, []), study, day) is not None

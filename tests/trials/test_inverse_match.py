@@ -1,0 +1,138 @@
+"""`POST [base]/ResearchStudy/{id}/$match` (docs/matching.md, "Inverse match"): actors x
+consent states, counts only for investigators, pseudonyms only under a pre-screening
+Consent for the study, the same 404 for everyone else and for a made-up study, and the
+patients touched in the audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from fhir_server.trials import inverse
+from tests.trials.inverse_world import COUNTED, PATIENTS, STUDY, InverseWorld, inverse_world  # noqa: F401
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for parameter in body["parameter"]:
+        found.setdefault(parameter["name"], []).append(parameter)
+    return found
+
+
+def _value(parameter: dict[str, Any]) -> Any:
+    return next(v for k, v in parameter.items() if k.startswith("value"))
+
+
+def _parts(parameter: dict[str, Any]) -> dict[str, Any]:
+    return {p["name"]: _value(p) if "part" not in p else p for p in parameter["part"]}
+
+
+def test_the_physician_sees_their_consented_patients_explained(inverse_world: InverseWorld) -> None:
+    response = inverse_world.match(STUDY, "physician")
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    found = [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    # Their patients with breast cancer, whatever their research consent says; not Eve (another
+    # physician's), not Fay (no consent), not Gus (lung: pruned by the index).
+    assert [e["resource"]["id"] for e in found] == ["ann", "bea", "cat", "dot"]
+    assert bundle["total"] == 4
+    [result] = found[0]["search"]["extension"]
+    parts = {p["url"]: p for p in result["extension"]}
+    assert parts["verdict"]["valueCoding"]["code"] == "eligible"
+    assert parts["site"]["valueReference"] == {"reference": "Location/lyon"}
+    criterion = next(p for p in result["extension"] if p["url"] == "criterion")
+    assert {"url": "evidence", "valueReference": {"reference": "Condition/ann-c/_history/1"}} in criterion["extension"]
+    [outcome] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert "1 proven ineligible by the index" in outcome["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("who", ["investigator", "site"])
+def test_an_investigator_gets_counts_and_pseudonyms_only(inverse_world: InverseWorld, who: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inverse, "MIN_COUNT", 1)  # show every figure, to check them
+    response = inverse_world.match(STUDY, who)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["resourceType"] == "Parameters"
+    found = _parameters(body)
+    figures = {name: _value(found[name][0]) for name in ("population", "pruned", "evaluated",
+                                                         "eligible", "undetermined")}
+    assert figures == {"population": len(COUNTED), "pruned": 1, "evaluated": 4, "eligible": 4,
+                       "undetermined": 0}
+    [lyon] = [_parts(p) for p in found["site"]]
+    assert lyon == {"site": {"reference": "Location/lyon"}, "may-be-eligible": 4}
+    criteria = [_parts(p) for p in found["criterion"]]
+    assert [(c["key"], c["text"], c["met"], c["not-met"]) for c in criteria] == [
+        ("1", "Breast cancer", 4, 0), ("2", "18 years or older", 4, 0)]
+    # Bea allows pre-screening for this study: one pseudonymised candidate. Hal's consent says
+    # so too, under a restriction of processing: not counted, not listed.
+    [candidate] = [_parts(p) for p in found["candidate"]]
+    assert candidate["verdict"]["code"] == "eligible"
+    assert len(candidate["pseudonym"]) == 22
+    text = json.dumps(body)
+    assert not any(f'"{id}' in text for id in PATIENTS) and "Patient/" not in text
+    assert "Condition/" not in text  # no evidence, no record
+    again = _parameters(inverse_world.match(STUDY, who).json())
+    assert _parts(again["candidate"][0])["pseudonym"] == candidate["pseudonym"]
+
+
+def test_small_counts_are_not_given(inverse_world: InverseWorld) -> None:
+    found = _parameters(inverse_world.match(STUDY, "investigator").json())
+    assert found["population"][0] == {"name": "population", "valueInteger": 5}
+    assert found["eligible"][0] == {"name": "eligible", "valueString": "<5"}
+    assert found["pruned"][0] == {"name": "pruned", "valueString": "<5"}
+    assert found["undetermined"][0] == {"name": "undetermined", "valueInteger": 0}
+
+
+def test_pseudonyms_differ_between_studies(inverse_world: InverseWorld) -> None:
+    from fhir_server.trials.prescreening import pseudonym
+    ctx = inverse_world.client.app.state.context  # type: ignore[attr-defined]
+    assert pseudonym(ctx, "s1", "bea") != pseudonym(ctx, "s2", "bea")
+    assert pseudonym(ctx, "s1", "bea") == pseudonym(ctx, "s1", "bea")
+    assert pseudonym(ctx, "s1", "bea") != pseudonym(ctx, "s1", "ann")
+
+
+@pytest.mark.parametrize("who", ["patient", "admin", "ehr"])
+def test_everyone_else_is_answered_as_for_a_missing_study(inverse_world: InverseWorld, who: str) -> None:
+    existing = inverse_world.match(STUDY, who)
+    made_up = inverse_world.match("no-such-study", who)
+    assert existing.status_code == made_up.status_code == 404
+    assert existing.json() == json.loads(made_up.text.replace("no-such-study", STUDY))
+    # A bad parameter changes nothing: the caller learns nothing of the study either way.
+    bad = inverse_world.match(STUDY, who, {"name": "colour", "valueString": "blue"})
+    assert bad.status_code == 404
+
+
+@pytest.mark.parametrize("who", ["physician", "investigator"])
+def test_a_made_up_study_is_not_found(inverse_world: InverseWorld, who: str) -> None:
+    response = inverse_world.match("no-such-study", who)
+    assert response.status_code == 404
+    assert response.json()["issue"][0]["code"] == "not-found"
+
+
+@pytest.mark.parametrize(("parameter", "named"), [
+    ({"name": "colour", "valueString": "blue"}, "colour"),
+    ({"name": "count", "valueInteger": 0}, "count"),
+])
+def test_bad_parameters_are_named(inverse_world: InverseWorld, parameter: dict[str, Any], named: str) -> None:
+    response = inverse_world.match(STUDY, "physician", parameter)
+    assert response.status_code == 400
+    assert named in response.json()["issue"][0]["diagnostics"]
+
+
+def _events(world: InverseWorld, patient: str) -> list[dict[str, Any]]:
+    found = world.client.get(f"/fhir/AuditEvent?patient=Patient/{patient}&subtype=operation&_count=50",
+                             headers=world.headers("ehr")).json()
+    return [e["resource"] for e in found.get("entry", [])]
+
+
+def test_every_call_is_audited_with_the_patients_it_touched(inverse_world: InverseWorld) -> None:
+    before = {id: len(_events(inverse_world, id)) for id in PATIENTS}
+    assert inverse_world.match(STUDY, "investigator").status_code == 200
+    after = {id: len(_events(inverse_world, id)) for id in PATIENTS}
+    assert {id for id in PATIENTS if after[id] > before[id]} == set(COUNTED)
+    assert inverse_world.match(STUDY, "physician").status_code == 200
+    final = {id: len(_events(inverse_world, id)) for id in PATIENTS}
+    assert {id for id in PATIENTS if final[id] > after[id]} == {"ann", "bea", "cat", "dot", "gus"}  # not Hal: restricted
