@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import catalogue, inverse, match, proposal, referral
+from ..trials import candidates, catalogue, inverse, match, proposal, referral
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
@@ -110,6 +110,23 @@ async def match_patients(request: Request, id: str) -> Response:
     crud.check_id(id)
     payload = await read_payload(request)
     return fhir_response(request, await inverse.match(context_of(request), id, payload.checked))
+
+
+@router.post("/ResearchStudy/{id}/$save-match")
+async def save_match(request: Request, id: str) -> Response:
+    """Keep a patient as a potential candidate: 201 with the ResearchSubject (200 with the
+    one already there)."""
+    check_acceptable(request)
+    crud.check_id(id)
+    payload = await read_payload(request)
+    result = await candidates.save(context_of(request), id, payload.checked)
+    version = result.version
+    assert version is not None
+    base = request.app.state.settings.base_url.rstrip("/")
+    location = f"{base}/ResearchSubject/{version.id}/_history/{version.version}"
+    created = result.outcome == "created"
+    return fhir_response(request, version.body, status=201 if created else 200,
+                         headers=version_headers(version, location if created else None))
 
 
 @router.post("/{resource_type}/$validate")

@@ -53,10 +53,13 @@ PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class _Evaluated:
+class Evaluated:
+    """One patient against one trial."""
+
     patient: str  # id
     result: TrialResult | None  # None: pruned by the index (an inclusion diagnosis missed)
     record: Record
+    unreadable: tuple[str, ...] = ()  # types the caller may not search (criteria stay unknown)
 
 
 def _count(body: dict[str, Any], max_count: int) -> int | None:
@@ -92,9 +95,18 @@ async def match(ctx: Context, study_id: str, body: dict[str, Any]) -> dict[str, 
     return await _counts(ctx, trial, catalogue, today)
 
 
-def _judge(index: TrialIndex, trial: Trial, patient: str, record: Record) -> _Evaluated:
+def _judge(index: TrialIndex, trial: Trial, patient: str, record: Record,
+           unreadable: tuple[str, ...] = ()) -> Evaluated:
     _, pruned = index.candidates(record)
-    return _Evaluated(patient, None if pruned else evaluate(trial, record), record)
+    return Evaluated(patient, None if pruned else evaluate(trial, record), record, unreadable)
+
+
+async def evaluated(ctx: Context, index: TrialIndex, trial: Trial, patient: str, today: date) -> Evaluated:
+    """Patient/`patient` against `trial` (indexed alone in `index`), their record read with
+    the caller's own access and noted on the audit trail (NOT_FOUND out of reach)."""
+    record = await patient_record.read(ctx, patient, [t for t in TYPES if t != "Patient"])
+    entries = [(pinned(r), r) for r in patient_record.bodies(record)]
+    return _judge(index, trial, patient, read_record(entries, today), record.unreadable)
 
 
 async def _patients(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
@@ -102,18 +114,15 @@ async def _patients(ctx: Context, trial: Trial, catalogue: match_catalogue.Catal
     """The physician's view: their consented patients who may be eligible, explained."""
     assert ctx.principal is not None and ctx.principal.consented is not None
     index = TrialIndex([trial])
-    found: list[_Evaluated] = []
-    unreadable: set[str] = set()
+    found: list[Evaluated] = []
     for patient in sorted(ctx.principal.consented):
         try:
-            record = await patient_record.read(ctx, patient, [t for t in TYPES if t != "Patient"])
+            found.append(await evaluated(ctx, index, trial, patient, today))
         except FhirError as exc:
             if exc.kind is Kind.NOT_FOUND:  # deleted since the consent was given
                 continue
             raise
-        unreadable.update(record.unreadable)
-        entries = [(pinned(r), r) for r in patient_record.bodies(record)]
-        found.append(_judge(index, trial, patient, read_record(entries, today)))
+    unreadable = {t for f in found for t in f.unreadable}
     listed = sorted((f for f in found if f.result is not None and f.result.verdict != INELIGIBLE),
                     key=lambda f: (*f.result.rank[:2], f.patient))  # type: ignore[union-attr]
     shown = listed[:count or ctx.default_page_size]
