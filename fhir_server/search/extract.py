@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from itertools import product
 from typing import Any
 
+from . import content
 from .codegen import Extract, Step, generate
 from .compile import Branch, CompileError, Compiler
 from .entries import CompositeEntry, IndexEntry, TokenEntry
@@ -50,7 +51,8 @@ class Extractor:
         self.registry = registry
         self.compiler = Compiler(registry)
         self.indexers: dict[str, Mapping[str, Indexer]] = {
-            "string": string.INDEXERS,
+            # A string parameter whose expression is the resource itself: `_content` (content.py).
+            "string": {**string.INDEXERS, **dict.fromkeys(registry.resource_types, content.index_text)},
             "token": token.INDEXERS,
             "reference": reference.reference_indexers(base),
             "date": date.INDEXERS,

@@ -39,6 +39,7 @@ from .ast import (
     Query,
     TokenTextPredicate,
 )
+from . import content
 from .format import format_query, split_escaped, unescape
 from .params import date, number, reference, special, string, token, uri
 from .registry import Registry, SearchParam, default_registry
@@ -308,6 +309,21 @@ def _too_costly(message: str, name: str | None = None) -> FhirError:
     return fail(Kind.INVALID, "too-costly", message, expression=name)
 
 
+def _has_content(registry: Registry, types: tuple[str, ...]) -> bool:
+    """Whether every searched type indexes `_content` (content.py)."""
+    return bool(types) and all((sp := registry.get(t, content.CODE)) is not None and sp.expression
+                               for t in types)
+
+
+def _content(name: str, raw: str) -> list[Clause]:
+    if name != content.CODE:
+        raise _bad_modifier(name, name.partition(":")[2])
+    try:
+        return content.clauses(raw)
+    except ValueError as exc:
+        raise _invalid(name, str(exc)) from None
+
+
 def query_pairs(query_string: str | bytes) -> list[tuple[str, str]]:
     """The (name, value) pairs of a query string or form body, percent-decoded as UTF-8.
     INVALID if it is not UTF-8: a value replaced by U+FFFD would search for something the
@@ -347,6 +363,9 @@ def parse_query(
         if name in _IGNORED or results.handle(name, raw, types):
             continue
         try:
+            if name.partition(":")[0] == content.CODE and _has_content(registry, types):
+                clauses += _content(name, raw)
+                continue
             if name.partition(":")[0] in _UNSUPPORTED:
                 raise ParamError("not-supported", "MSG_PARAM_UNKNOWN", f'Parameter "{name}" is not supported')
             if name in seen and "." not in name and not name.startswith("_has:"):

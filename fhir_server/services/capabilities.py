@@ -24,7 +24,8 @@ VALIDATE_DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-validate
 # The audit trail is written by the server alone (access/policy.py): read and searched only.
 READ_ONLY_TYPES = {"AuditEvent": ("read", "vread", "history-instance", "history-type",
                                   "search-type")}
-# Defined in the R4 registry but not implemented: never advertised.
+# Defined in the R4 registry but not implemented: never advertised (`_content`, where a
+# SearchParameter of ours gives it an expression, is: search/content.py).
 UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_query", "_list", "_filter", "_containedType",
                                 "_contained"})
 
@@ -32,9 +33,11 @@ UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_query", "_list", "_filter
 def _search_params(registry: Registry, resource_type: str) -> list[dict[str, Any]]:
     params = registry.for_type(resource_type)
     return [
-        {"name": code, "definition": p.url, "type": p.type}
+        {"name": code, "definition": p.url, "type": p.type,
+         # `_content` is implemented for some types only (search/content.py): say how.
+         **({"documentation": p.description} if code == "_content" else {})}
         for code, p in sorted(params.items())
-        if code not in UNSUPPORTED_PARAMS and (p.expression or code in ("_id", "_lastUpdated"))
+        if (code not in UNSUPPORTED_PARAMS or p.expression) and (p.expression or code in ("_id", "_lastUpdated"))
     ]
 
 
