@@ -65,7 +65,7 @@ async def save(ctx: Context, study_id: str, body: dict[str, Any]) -> Result:
         raise fail(Kind.UNPROCESSABLE, "business-rule",
                    f"Patient/{patient} is ineligible for ResearchStudy/{study_id} (not met: {why}); "
                    "nothing saved.", expression="Parameters.parameter.where(name='patient')")
-    site, distance = nearest(catalogue.sites[study_id], home(found.record), today)
+    site, distance = nearest(catalogue.sites[study_id], home(found.record), today, catalogue.max_age_days)
     subject = {
         "resourceType": "ResearchSubject", "status": POTENTIAL,
         "extension": [result_extension(found.result, trial.groups, site, distance)],

@@ -40,9 +40,23 @@ class SiteStatus:
     stale: bool
 
 
-def site_statuses(study: dict[str, Any], *, today: date, max_age_days: int = 90) -> list[SiteStatus]:
-    """The status of each site of `study` as of `today`; a status confirmed more than
-    `max_age_days` before, or never, is `unknown` (`stale` says which)."""
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One site of a trial as the catalogue records it, before staleness is judged."""
+
+    site: str
+    status: Status  # `unknown` when none is recorded (nor the trial's), or not a site code
+    confirmed: date | None
+
+    def as_of(self, today: date, max_age_days: int = 90) -> SiteStatus:
+        """The status on `today`: `unknown` if confirmed more than `max_age_days` before, or never."""
+        stale = self.confirmed is None or today - self.confirmed > timedelta(days=max_age_days)
+        return SiteStatus(self.site, "unknown" if stale else self.status, self.confirmed, stale)
+
+
+def recorded(study: dict[str, Any]) -> list[Recorded]:
+    """Each site of `study` with its own status, else the trial's ECLAIRE one, and when it
+    was confirmed."""
     default = _eclaire_status(_extensions(study, RECRUITMENT_STATUS))
     reviewed = _day(next((e.get("valueInstant") or e.get("valueDateTime")
                           for e in _extensions(study, REVIEW_DATE)), None))
@@ -60,9 +74,14 @@ def site_statuses(study: dict[str, Any], *, today: date, max_age_days: int = 90)
                                    for p in parts if p.get("url") == "confirmed"), None))
         else:
             status, confirmed = default, reviewed
-        stale = confirmed is None or today - confirmed > timedelta(days=max_age_days)
-        out.append(SiteStatus(reference, "unknown" if stale else status, confirmed, stale))
+        out.append(Recorded(reference, status, confirmed))
     return out
+
+
+def site_statuses(study: dict[str, Any], *, today: date, max_age_days: int = 90) -> list[SiteStatus]:
+    """The status of each site of `study` as of `today`; a status confirmed more than
+    `max_age_days` before, or never, is `unknown` (`stale` says which)."""
+    return [r.as_of(today, max_age_days) for r in recorded(study)]
 
 
 def with_site_status(study: dict[str, Any], site: str, status: Status, confirmed: date) -> dict[str, Any]:

@@ -129,7 +129,7 @@ async def _patients(ctx: Context, trial: Trial, catalogue: match_catalogue.Catal
     entries = []
     for item in shown:
         assert item.result is not None and item.record.patient is not None
-        site, distance = nearest(catalogue.sites[trial.study], home(item.record), today)
+        site, distance = nearest(catalogue.sites[trial.study], home(item.record), today, catalogue.max_age_days)
         entries.append({"fullUrl": f"{ctx.base_url}/Patient/{item.patient}",
                         "resource": item.record.patient.resource,
                         "search": {"extension": [result_extension(item.result, trial.groups, site, distance)],
@@ -218,7 +218,7 @@ async def _counts(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
         verdicts[item.result.verdict] += 1
         if item.result.verdict == INELIGIBLE:
             continue
-        site, _ = nearest(catalogue.sites[trial.study], home(item.record), today)
+        site, _ = nearest(catalogue.sites[trial.study], home(item.record), today, catalogue.max_age_days)
         per_site[site.location if site is not None else ""] += 1
         if study_access.prescreened(agreements, patient, study, day):
             candidates.append((pseudonym(ctx, trial.study, patient), item.result))

@@ -148,8 +148,8 @@ def _ranked(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
             counts.ineligible += 1
             continue
         sites = catalogue.sites[trial.study]
-        site, distance = nearest(sites, origin, record.today)
-        if request.recruiting_only and site is None and any(s.status for s in sites):
+        site, distance = nearest(sites, origin, record.today, catalogue.max_age_days)
+        if request.recruiting_only and site is None and any(s.has_status for s in sites):
             continue  # every site closed, or its status stale
         if request.radius is not None and (distance is None or distance > request.radius):
             continue

@@ -33,6 +33,7 @@ class Catalogue:
     trials: dict[str, Trial]  # by study id
     index: TrialIndex
     sites: dict[str, tuple[Site, ...]]  # by study id
+    max_age_days: int  # a site status confirmed longer ago is unknown
 
 
 _KEPT: weakref.WeakKeyDictionary[Store, tuple[Stamp, Catalogue]] = weakref.WeakKeyDictionary()
@@ -67,13 +68,14 @@ async def load(ctx: Context) -> Catalogue:
     """The catalogue as stored now (kept until one of its types is written)."""
     stamp = await _stamp(ctx)
     kept = _KEPT.get(ctx.store)
-    if kept is not None and kept[0] == stamp:
+    if kept is not None and kept[0] == stamp and kept[1].max_age_days == ctx.site_status_max_age_days:
         return kept[1]
     studies = {s["id"]: s for s in await _all(ctx, "ResearchStudy", [])}
     groups = {f"Group/{g['id']}": g for g in await _all(ctx, "Group", [("_profile", PROFILE)])}
     locations = {f"Location/{loc['id']}": loc for loc in await _all(ctx, "Location", [])}
     trials = {id: read_trial(id, _enrolled(study, groups)) for id, study in studies.items()}
     catalogue = Catalogue(studies, trials, TrialIndex(trials.values()),
-                          {id: sites(study, locations) for id, study in studies.items()})
+                          {id: sites(study, locations) for id, study in studies.items()},
+                          ctx.site_status_max_age_days)
     _KEPT[ctx.store] = (stamp, catalogue)
     return catalogue

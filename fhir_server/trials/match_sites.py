@@ -1,56 +1,47 @@
 """Trial sites for `$match`: each `ResearchStudy.site` Location with its recruiting status, the
-date that status was last confirmed, and where it lies; the nearest recruiting one.
+date that status was last confirmed (both as the catalogue records them, read by
+catalogue_sites.recorded: a site's own status, else the trial's ECLAIRE one), and where it
+lies; the nearest recruiting one.
 
-The catalogue records a site's status on the site reference (/work/wt/MATCH-API.md §1):
-extension `site-recruitment-status` with `status` (valueCode; only `recruiting` is open) and
-`confirmed` (valueDateTime or valueDate). A status confirmed more than STALE_AFTER ago counts as
-unknown. A Location lies at its `position`, else at its French postal code's place in the
-offline gazetteer (gazetteer.py).
+A status confirmed more than the staleness limit ago (FHIR_SERVER_SITE_STATUS_MAX_AGE_DAYS, 90
+days by default) counts as unknown, judged on the day of the match (catalogue_sites.Recorded).
+A Location lies at its `position`, else at its French postal code's place in the offline
+gazetteer (gazetteer.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 from ..search import distance_km
-from .eligibility_codes import OURS
+from .catalogue_sites import Recorded, recorded
 from .gazetteer import Point, place
 
-SITE_STATUS_URL = f"{OURS}/StructureDefinition/site-recruitment-status"
-STALE_AFTER = timedelta(days=90)
 RECRUITING = "recruiting"
 
 
 @dataclass(frozen=True, slots=True)
 class Site:
     location: str  # `Location/<id>`
-    status: str | None  # as recorded, None when none is
-    confirmed: str | None  # when the status was last confirmed
+    status: Recorded  # as recorded
     point: Point | None
     geocoded: bool = False  # placed by the gazetteer (postal code), not by its position
 
-    def recruiting(self, today: date) -> bool:
-        """Recruiting, as confirmed within STALE_AFTER."""
-        if self.status != RECRUITING or not self.confirmed:
-            return False
-        try:
-            confirmed = date.fromisoformat(self.confirmed[:10])
-        except ValueError:
-            return False
-        return today - confirmed <= STALE_AFTER
+    @property
+    def confirmed(self) -> str | None:
+        """When the status was last confirmed (a FHIR date), None if never."""
+        return self.status.confirmed.isoformat() if self.status.confirmed else None
 
+    @property
+    def has_status(self) -> bool:
+        """Whether any status is recorded for the site (its own, or the trial's)."""
+        return self.status.status != "unknown" or self.status.confirmed is not None
 
-def _status(reference: dict[str, Any]) -> tuple[str | None, str | None]:
-    for extension in reference.get("extension", []):
-        if extension.get("url") != SITE_STATUS_URL:
-            continue
-        parts = {e.get("url"): e for e in extension.get("extension", [])}
-        status = (parts.get("status") or {}).get("valueCode")
-        confirmed = parts.get("confirmed") or {}
-        return status, confirmed.get("valueDateTime") or confirmed.get("valueDate")
-    return None, None
+    def recruiting(self, today: date, max_age_days: int = 90) -> bool:
+        """Recruiting, as confirmed within `max_age_days` of `today`."""
+        return self.status.as_of(today, max_age_days).status == RECRUITING
 
 
 def position(location: dict[str, Any]) -> tuple[Point | None, bool]:
@@ -67,20 +58,20 @@ def sites(study: dict[str, Any], locations: dict[str, dict[str, Any]]) -> tuple[
     """The sites of a ResearchStudy, with their status and place (`locations`: the
     Locations of the catalogue by `Location/<id>`)."""
     found = []
-    for reference in study.get("site", []):
-        target = (reference.get("reference") or "").split("/_history/")[0]
+    for status in recorded(study):
+        target = status.site.split("/_history/")[0]
         if not target.startswith("Location/"):
             continue
-        status, confirmed = _status(reference)
         point, geocoded = position(locations.get(target, {}))
-        found.append(Site(target, status, confirmed, point, geocoded))
+        found.append(Site(target, status, point, geocoded))
     return tuple(found)
 
 
-def nearest(candidates: tuple[Site, ...], origin: Point | None, today: date) -> tuple[Site | None, float | None]:
+def nearest(candidates: tuple[Site, ...], origin: Point | None, today: date,
+            max_age_days: int = 90) -> tuple[Site | None, float | None]:
     """The nearest recruiting site to `origin` and its distance in km (the first recruiting
     site by reference without an origin; (None, None) when no site is recruiting)."""
-    open_sites = sorted((s for s in candidates if s.recruiting(today)), key=lambda s: s.location)
+    open_sites = sorted((s for s in candidates if s.recruiting(today, max_age_days)), key=lambda s: s.location)
     if not open_sites:
         return None, None
     if origin is None:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import clock
-from fhir_server.trials.match_sites import SITE_STATUS_URL
+from fhir_server.trials.catalogue_sites import SITE_RECRUITMENT as SITE_STATUS_URL
 from tests.builders import consent
 from tests.trials.conftest import served
 from tests.http.helpers import send

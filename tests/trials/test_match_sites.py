@@ -10,6 +10,7 @@ import pytest
 
 from fhir_server.search import distance_km
 from fhir_server.trials.gazetteer import department, parse_location, place
+from fhir_server.trials.catalogue_sites import RECRUITMENT_STATUS, RECRUITMENT_SYSTEM, REVIEW_DATE, Recorded
 from fhir_server.trials.match_sites import Site, nearest, position, sites
 from tests.trials.match_world import location, site
 
@@ -63,7 +64,8 @@ def test_nearest_recruiting_site_ignores_closed_and_stale_ones() -> None:
     # near is closed, mid's status is stale (more than 90 days): far is the nearest recruiting.
     assert chosen is not None and chosen.location == "Location/far"
     assert distance == pytest.approx(661, rel=0.03)
-    fresh = (found[0], Site("Location/mid", "recruiting", "2026-11-01", found[1].point, True), found[2])
+    fresh = (found[0], Site("Location/mid", Recorded("Location/mid", "recruiting", date(2026, 11, 1)),
+                            found[1].point, True), found[2])
     chosen, distance = nearest(fresh, paris, TODAY)
     assert chosen is not None and chosen.location == "Location/mid" and chosen.geocoded
     assert distance == pytest.approx(111, rel=0.1)
@@ -75,3 +77,19 @@ def test_position_wins_over_postal_code() -> None:
     assert position({"position": {"latitude": 1.5, "longitude": 2.5}, "address": {"postalCode": "75001"}}) == ((1.5, 2.5), False)
     assert position({"address": {"postalCode": "75001"}}) == ((48.86, 2.35), True)
     assert position({}) == (None, False)
+
+
+def test_the_limit_of_staleness_is_the_settings_and_a_trials_own_status_counts() -> None:
+    """One reader of site statuses (catalogue_sites.recorded): a site without its own status
+    takes the trial's ECLAIRE recruitment status, confirmed at its review date."""
+    locations = {"Location/a": location("a", position=(48.85, 2.35))}
+    study = {"site": [{"reference": "Location/a"}], "extension": [
+        {"url": RECRUITMENT_STATUS, "valueCodeableConcept": {"coding": [
+            {"system": RECRUITMENT_SYSTEM, "code": "recruiting"}]}},
+        {"url": REVIEW_DATE, "valueDateTime": "2026-10-01"}]}
+    [only] = sites(study, locations)
+    assert only.confirmed == "2026-10-01" and only.has_status
+    assert nearest((only,), None, TODAY) == (only, None)  # 66 days: within 90
+    assert nearest((only,), None, TODAY, max_age_days=30) == (None, None)
+    [bare] = sites({"site": [{"reference": "Location/a"}]}, locations)
+    assert not bare.has_status and nearest((bare,), None, TODAY) == (None, None)
