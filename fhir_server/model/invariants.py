@@ -8,7 +8,9 @@ every element or resource are evaluated in Python, with the same meaning, since 
 evaluation costs 30–100 µs: `ele-1` (an element has a value or children), `ext-1` (an
 extension has a value or nested extensions, not both), `ref-1` (a local reference names a
 contained resource), `cpt-2` (a contact point value has a system), and the DomainResource rules
-on `contained` (`dom-2` to `dom-5`), which hold at once when there is nothing contained.
+on `contained` (`dom-2` to `dom-5`), which hold at once when there is nothing contained;
+and, on every resource of a catalogue import, `dom-6` (a narrative) and `grp-1` (members
+only in an actual Group).
 
 An expression fhirpathpy cannot compile or evaluate is reported as a warning naming the
 invariant: never a silent pass, never a refusal for our shortcoming.
@@ -130,7 +132,19 @@ def _nothing_contained(value: Any, resource: dict[str, Any]) -> bool | None:
     return True if not _present(value, "contained") else None
 
 
+def _dom_6(value: Any, resource: dict[str, Any]) -> bool:
+    # text.`div`.exists(): a resource should have a narrative (best practice)
+    return isinstance(value, dict) and _present(value.get("text"), "div")
+
+
+def _grp_1(value: Any, resource: dict[str, Any]) -> bool:
+    # member.empty() or (actual = true): an empty `actual` leaves the rule empty, which holds
+    return not _present(value, "member") or value.get("actual") is not False
+
+
 _NATIVE: Final[dict[str, Callable[[Any, dict[str, Any]], bool | None]]] = {
+    "text.`div`.exists()": _dom_6,
+    "member.empty() or (actual = true)": _grp_1,
     "hasValue() or (children().count() > id.count())": _ele_1,
     "extension.exists() != value.exists()": _ext_1,
     "reference.startsWith('#').not() or (reference.substring(1).trace('url') in "

@@ -111,7 +111,15 @@ class Definition:
     def _node(self, node: dict[str, Any], element_id: str, where: str,
               resource: dict[str, Any]) -> Iterator[Issue]:
         for element in self.children.get(element_id, ()):
-            values = list(_values(node, element.name, where))
+            name = element.name
+            if name[-1] != "]" and name not in node and f"_{name}" not in node:
+                # Absent (most elements of a profile are): only cardinalities can be broken.
+                if element.min or element.id in self.slices:
+                    yield from _cardinality(element, 0, f"{where}.{name}")
+                    for piece in self.slices.get(element.id, ()):
+                        yield from _cardinality(piece, 0, f"{where}.{name}", piece.slice_name)
+                continue
+            values = list(_values(node, name, where))
             yield from _cardinality(element, len(values), f"{where}.{_base(element.name)}")
             slices = self.slices.get(element.id, [])
             chosen = [self._slice_of(key, value, element, slices) if slices else None

@@ -175,7 +175,9 @@ def test_load_operation_stores_trials_idempotently_and_refuses_a_bundle_failing_
     mixed = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [*good, *bad]]}
     refused = _load(secured, mixed)
     assert refused.status_code == 422
-    assert [i["expression"] for i in refused.json()["issue"]] == [["Bundle.entry[6].resource.sponsor"]]
+    # (with dom-6 warnings, since issue 20: the IG's examples carry no narrative)
+    assert [i["expression"] for i in refused.json()["issue"] if i["severity"] == "error"] == [
+        ["Bundle.entry[6].resource.sponsor"]]
     with secured.client() as client:
         assert client.get("/Group/2022-500008-08-00-enrollment-group").status_code == 404
     bundle = {**mixed, "entry": [{"resource": r} for r in good]}

@@ -115,6 +115,13 @@ NATIVE_CASES = [
     ("Observation", {"resourceType": "Observation", "status": "final"}, {}),
     ("Observation", {"resourceType": "Observation", "contained": [
         {"resourceType": "Patient", "id": "p", "meta": {"versionId": "1"}}]}, {}),
+    # dom-6 and grp-1 (evaluated in Python for catalogue imports)
+    ("Observation", {"resourceType": "Observation", "text": {"status": "generated"}}, {}),
+    ("Observation", {"resourceType": "Observation", "text": {"status": "generated", "div": "<div/>"}}, {}),
+    *(("Group", {"resourceType": "Group", "type": "person", **extra}, {}) for extra in (
+        {}, {"actual": False}, {"member": [{"entity": {"reference": "Patient/p"}}]},
+        {"member": [{"entity": {"reference": "Patient/p"}}], "actual": False},
+        {"member": [{"entity": {"reference": "Patient/p"}}], "actual": True})),
 ]
 
 

@@ -195,3 +195,27 @@ def test_the_vendored_eclaire_resources_are_valid_r4() -> None:
         assert all(i.severity == "warning" and i.code == "not-supported" for i in found), path
         checked += 1
     assert checked == 18
+
+
+def test_absent_elements_are_checked_for_cardinality_only() -> None:
+    """An element absent from the resource (most of a profile's are: the check skips them)
+    still breaks its profile when required, itself or through a required slice."""
+    sd = {"url": "http://example.org/sd", "type": "Patient", "snapshot": {"element": [
+        {"id": "Patient", "path": "Patient", "min": 0, "max": "*"},
+        {"id": "Patient.gender", "path": "Patient.gender", "min": 1, "max": "1", "type": [{"code": "code"}]},
+        {"id": "Patient.identifier", "path": "Patient.identifier", "min": 0, "max": "*",
+         "slicing": {"discriminator": [{"type": "value", "path": "system"}], "rules": "open"}},
+        {"id": "Patient.identifier:nir", "path": "Patient.identifier", "sliceName": "nir", "min": 1, "max": "1"},
+        {"id": "Patient.identifier:nir.system", "path": "Patient.identifier.system", "min": 1, "max": "1",
+         "fixedUri": "urn:oid:1.2.250.1.213.1.4.8"},
+        {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 0, "max": "0"},
+    ]}}
+    checker = snapshot.Definition.load(sd)
+    found = [(i.code, i.expression) for i in checker.check({"resourceType": "Patient"}, "Patient")]
+    assert found == [("required", ("Patient.gender",)), ("required", ("Patient.identifier",))]
+    assert checker.check({"resourceType": "Patient", "gender": "female", "identifier": [
+        {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1"}]}, "Patient") == []
+    # `_gender` (a primitive given by its extensions) is there: not absent
+    assert checker.check({"resourceType": "Patient", "_gender": {"extension": [
+        {"url": "http://example.org/x", "valueString": "y"}]}, "identifier": [
+        {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1"}]}, "Patient") == []
