@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import candidates, catalogue, inverse, match, proposal, referral
+from ..trials import candidates, catalogue, inverse, match, proposal, referral, thread
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
@@ -47,6 +47,14 @@ async def referral_summary(request: Request, id: str) -> Response:
     check_acceptable(request)
     crud.check_id(id)
     return fhir_response(request, await referral.summary(context_of(request), id))
+
+
+@router.post("/Communication/{id}/$update-record")
+async def update_record(request: Request, id: str) -> Response:
+    """The referring physician sends an updated copy of the record: 200 with the referral."""
+    check_acceptable(request)
+    version = await thread.send_update(context_of(request), id)
+    return fhir_response(request, version.body, headers=version_headers(version))
 
 
 @router.post("/Consent/{id}/$confirm")

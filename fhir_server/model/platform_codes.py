@@ -24,7 +24,8 @@ REFERRAL = "referral"
 ANSWER = "answer"
 SUGGESTION = "trial-suggestion"
 SNAPSHOT = "snapshot"
-SERVER_MADE = frozenset({REFERRAL, ANSWER})  # message kinds only the server writes
+# message kinds only the server writes (the thread's: trials/thread.py)
+SERVER_MADE = frozenset({REFERRAL, ANSWER, "question", "reply", "record-update"})
 RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")  # who referrals are sent to
 
 

@@ -33,7 +33,7 @@ from ..services.guard import decision, hidden
 from ..services.server_writes import ServerWrite, as_server
 from ..store.base import Version
 from .. import clock
-from . import snapshot
+from . import snapshot, thread
 
 REFERRAL_IDENTIFIER = codes.REFERRAL_IDENTIFIER
 ANSWERS = ("preselected", "not-preselected", "included", "not-included")
@@ -153,12 +153,17 @@ def _outcome(message: dict[str, Any]) -> str:
 
 async def answer_if_addressed(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
     """A create (services/context.py Creator): a Communication in response to a referral
-    addressed to the caller is an investigator's answer, stored as such; anything else is an
-    ordinary write (None)."""
+    addressed to the caller is an investigator's answer (with an outcome) or question (without:
+    thread.py), one from the physician who referred, in the referral's thread, a reply
+    (thread.py); each stored as such; anything else is an ordinary write (None)."""
     if resource_type != "Communication" or not isinstance(payload.checked, dict):
         return None
     found = await _referral_answered(ctx, payload.checked)
-    return await _answer(ctx, payload, *found) if found is not None else None
+    if found is None:
+        return await thread.reply_if_threaded(ctx, resource_type, payload)
+    if not codes.codes_of(payload.checked.get("reasonCode", []), codes.OUTCOME_SYSTEM):
+        return await thread.ask(ctx, payload, *found)  # no outcome: a question
+    return await _answer(ctx, payload, *found)
 
 
 async def _referral_answered(ctx: Context, message: dict[str, Any]) -> tuple[Version, dict[str, Any], list[str]] | None:
