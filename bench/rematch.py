@@ -1,0 +1,101 @@
+"""Patients against trials in bulk (issue 17 §7): one trial against every patient (target p95
+<= 2 s at 100,000 patients), a full re-match (<= 15 min at 10,000 trials x 100,000 patients),
+and a re-match after 1% of the trials changed (<= 30 s); pairs pruned vs evaluated.
+
+What is timed is the engine's work once the records are in memory, as
+`ResearchStudy/{id}/$match` does it after reading them (trials/inverse.py: per patient, the
+index of the one trial prunes, else the trial is evaluated): reading 100,000 records from the
+store is not in it, and is reported separately by `--store` (SQLite, the same records written
+and read back through the service layer's store). Synthetic trials and patients are
+bench/matching.py's. CPU time is the figure to read (the machine is shared).
+
+    .venv/bin/python -m bench.rematch [--patients 100000] [--trials 10000] [--full-trials 1000]
+                                      [--full-patients 10000] [--one 20] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from bench.common import load_average, percentile
+from bench.matching import TODAY, synthetic_group, synthetic_patient
+from fhir_server.trials.eligibility import INELIGIBLE, TrialIndex, evaluate, pinned, read_record, read_trial
+from fhir_server.trials.eligibility_format import Trial
+from fhir_server.trials.eligibility_record import Record
+
+
+def one_trial(trial: Trial, records: list[Record]) -> tuple[int, int, int]:
+    """(pruned, evaluated, not ineligible): one trial against every record, as the inverse
+    match does it."""
+    index = TrialIndex([trial])
+    pruned = evaluated = kept = 0
+    for record in records:
+        if index.candidates(record)[1]:
+            pruned += 1
+            continue
+        evaluated += 1
+        kept += evaluate(trial, record).verdict != INELIGIBLE
+    return pruned, evaluated, kept
+
+
+def many(trials: list[Trial], records: list[Record]) -> tuple[int, int]:
+    """(pruned, evaluated) pairs: every record against the index of `trials`."""
+    index = TrialIndex(trials)
+    pruned = evaluated = 0
+    for record in records:
+        found = index.match(record)
+        pruned += len(found.pruned)
+        evaluated += found.evaluated
+    return pruned, evaluated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--full-trials", type=int, default=1_000, help="trials of the full re-match run")
+    parser.add_argument("--full-patients", type=int, default=10_000, help="patients of the full re-match run")
+    parser.add_argument("--one", type=int, default=20, help="trials timed one by one against every patient")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    started = time.process_time()
+    trials = [read_trial(f"s{n:05d}", [synthetic_group(rng, n)]) for n in range(args.trials)]
+    records = [read_record([(pinned(r), r) for r in synthetic_patient(rng, n)], TODAY)
+               for n in range(args.patients)]
+    print(f"built {args.trials} trials and {args.patients} patient records in "
+          f"{time.process_time() - started:.1f} s CPU; load average {load_average()}")
+
+    cpu, wall, pairs = [], [], [0, 0, 0]
+    for trial in rng.sample(trials, args.one):
+        c0, t0 = time.process_time(), time.perf_counter()
+        found = one_trial(trial, records)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - t0)
+        pairs = [a + b for a, b in zip(pairs, found)]
+    cpu.sort()
+    wall.sort()
+    print(f"one trial x {args.patients} patients ({args.one} trials): CPU p50 {percentile(cpu, 50):.2f} s, "
+          f"p95 {percentile(cpu, 95):.2f} s, max {cpu[-1]:.2f} s (wall p95 {percentile(wall, 95):.2f} s); "
+          f"pairs {pairs[0]} pruned, {pairs[1]} evaluated, {pairs[2]} not ineligible")
+
+    sample = records[:args.full_patients]
+    c0 = time.process_time()
+    pruned, evaluated = many(trials[:args.full_trials], sample)
+    full = time.process_time() - c0
+    scale = (args.trials / args.full_trials) * (args.patients / len(sample))
+    print(f"full re-match {args.full_trials} trials x {len(sample)} patients: {full:.1f} s CPU; "
+          f"{pruned} pairs pruned ({100 * pruned / (pruned + evaluated):.1f}%), {evaluated} evaluated; "
+          f"x{scale:.0f} for {args.trials} x {args.patients}: ~{full * scale / 60:.1f} min CPU (one core)")
+
+    changed = rng.sample(trials, max(1, args.trials // 100))
+    c0 = time.process_time()
+    pruned, evaluated = many(changed, records)
+    print(f"re-match after 1% changed ({len(changed)} trials x {args.patients} patients): "
+          f"{time.process_time() - c0:.1f} s CPU; {pruned} pairs pruned, {evaluated} evaluated")
+
+
+if __name__ == "__main__":
+    main()
