@@ -86,6 +86,9 @@ async def _thread_of(ctx: Context, message: dict[str, Any]) -> tuple[str, dict[s
     principal = ctx.principal
     if principal is None or principal.fhir_user is None or principal.recipients:
         return None
+    sender = (message.get("sender") or {}).get("reference")
+    if sender is not None and sender != principal.fhir_user:
+        return None  # sent in someone else's name: an ordinary write, which the rules refuse
     for thread in message.get("inResponseTo", []):
         answered = await reach.current(ctx, (thread or {}).get("reference", "")) \
             if str((thread or {}).get("reference", "")).startswith("Communication/") else None

@@ -75,6 +75,9 @@ def test_thread_messages_are_text_and_written_by_the_server_only(platform: Platf
               "subject": {"reference": "Patient/shared"}, "payload": [{"contentString": "x"}]}
     assert send(platform.client, "POST", "/fhir/Communication", forged,
                 **platform.headers("physician")).status_code == 403
+    # A reply in someone else's name is no reply: refused as any message so sent.
+    assert _post(platform, "physician", f"Communication/{referral['id']}", "x",
+                 sender={"reference": ROLE}).status_code == 403
     after = platform.client.get(f"/fhir/Communication?in-response-to=Communication/{referral['id']}",
                                 headers=platform.headers("physician")).json().get("total")
     assert before == after
