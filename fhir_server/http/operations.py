@@ -10,11 +10,12 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import candidates, catalogue, inverse, match, proposal, referral, thread
+from ..trials import candidates, catalogue, criteria_review, inverse, match, proposal, referral, thread
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
 from .routes import read_payload
+from ..store.base import Version
 
 router = APIRouter(dependencies=[Depends(authenticate)])
 
@@ -25,11 +26,19 @@ async def refer(request: Request, id: str) -> Response:
     check_acceptable(request)
     crud.check_id(id)
     payload = await read_payload(request)
-    version = await referral.refer(context_of(request), id, payload.checked)
+    return _created(request, await referral.refer(context_of(request), id, payload.checked))
+
+
+def _stored(request: Request, version: Version) -> Response:
+    """200 with a resource an operation stored, its ETag and Last-Modified."""
+    return fhir_response(request, version.body, headers=version_headers(version))
+
+
+def _created(request: Request, version: Version) -> Response:
+    """201 with the resource an operation created, its Location and ETag."""
     base = request.app.state.settings.base_url.rstrip("/")
-    location = f"{base}/Communication/{version.id}/_history/{version.version}"
-    return fhir_response(request, version.body, status=201,
-                         headers=version_headers(version, location))
+    location = f"{base}/{version.resource_type}/{version.id}/_history/{version.version}"
+    return fhir_response(request, version.body, status=201, headers=version_headers(version, location))
 
 
 @router.post("/ResearchStudy/$load")
@@ -53,8 +62,23 @@ async def referral_summary(request: Request, id: str) -> Response:
 async def update_record(request: Request, id: str) -> Response:
     """The referring physician sends an updated copy of the record: 200 with the referral."""
     check_acceptable(request)
-    version = await thread.send_update(context_of(request), id)
-    return fhir_response(request, version.body, headers=version_headers(version))
+    return _stored(request, await thread.send_update(context_of(request), id))
+
+
+@router.post("/ResearchStudy/{id}/$draft-criteria")
+async def draft_criteria(request: Request, id: str) -> Response:
+    """Draft the trial's computable criteria from its free text: 201 with the draft Group."""
+    check_acceptable(request)
+    crud.check_id(id)
+    payload = await read_payload(request)
+    return _created(request, await criteria_review.draft(context_of(request), id, payload.checked))
+
+
+@router.post("/Group/{id}/$approve-criteria")
+async def approve_criteria(request: Request, id: str) -> Response:
+    """A person approves drafted criteria: 200 with the Group, now read by matching."""
+    check_acceptable(request)
+    return _stored(request, await criteria_review.approve(context_of(request), id))
 
 
 @router.post("/Consent/{id}/$confirm")
@@ -62,8 +86,7 @@ async def confirm_consent(request: Request, id: str) -> Response:
     """Confirm a proposed Consent with the patient's one-time code: 200 with the Consent."""
     check_acceptable(request)
     payload = await read_payload(request)
-    version = await proposal.confirm(context_of(request), id, payload.checked)
-    return fhir_response(request, version.body, headers=version_headers(version))
+    return _stored(request, await proposal.confirm(context_of(request), id, payload.checked))
 
 
 async def _reason(request: Request) -> str | None:
@@ -130,11 +153,7 @@ async def save_match(request: Request, id: str) -> Response:
     result = await candidates.save(context_of(request), id, payload.checked)
     version = result.version
     assert version is not None
-    base = request.app.state.settings.base_url.rstrip("/")
-    location = f"{base}/ResearchSubject/{version.id}/_history/{version.version}"
-    created = result.outcome == "created"
-    return fhir_response(request, version.body, status=201 if created else 200,
-                         headers=version_headers(version, location if created else None))
+    return _created(request, version) if result.outcome == "created" else _stored(request, version)
 
 
 @router.post("/{resource_type}/$validate")

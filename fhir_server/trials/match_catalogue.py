@@ -19,6 +19,7 @@ from ..services import reach
 from ..services.context import Context
 from ..store.base import HistoryQuery, Store
 from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
+from .criteria_review import is_draft
 from .eligibility_codes import PROFILE
 from .match_sites import Site, sites
 
@@ -54,12 +55,13 @@ async def _all(ctx: Context, resource_type: str, params: list[tuple[str, str]]) 
 
 
 def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The eligibility Groups a study's `enrollment` names, in order."""
+    """The eligibility Groups a study's `enrollment` names, in order (a draft no person
+    approved is never read: criteria_review.py)."""
     found = []
     for reference in study.get("enrollment", []):
         target = (reference.get("reference") or "").split("/_history/")[0]
         group = groups.get(target)
-        if group is not None and is_eligibility_group(group):
+        if group is not None and is_eligibility_group(group) and not is_draft(group):
             found.append(group)
     return found
 
