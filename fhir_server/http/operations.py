@@ -10,7 +10,8 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import candidates, catalogue, criteria_review, inverse, match, proposal, referral, thread
+from ..trials import (candidates, catalogue, criteria_review, inverse, match, prescreening, proposal,
+                      referral, thread)
 from .auth import authenticate, context_of
 from .headers import prefer, version_headers
 from .negotiation import check_acceptable, empty_response, fhir_response
@@ -141,6 +142,15 @@ async def match_patients(request: Request, id: str) -> Response:
     crud.check_id(id)
     payload = await read_payload(request)
     return fhir_response(request, await inverse.match(context_of(request), id, payload.checked))
+
+
+@router.post("/ResearchStudy/{id}/$ask-referral")
+async def ask_referral(request: Request, id: str) -> Response:
+    """An investigator asks a pre-screening candidate's physicians to refer them: 200."""
+    check_acceptable(request)
+    crud.check_id(id)
+    payload = await read_payload(request)
+    return fhir_response(request, await prescreening.ask_referral(context_of(request), id, payload.checked))
 
 
 @router.post("/ResearchStudy/{id}/$save-match")

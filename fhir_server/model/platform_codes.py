@@ -25,7 +25,7 @@ ANSWER = "answer"
 SUGGESTION = "trial-suggestion"
 SNAPSHOT = "snapshot"
 # message kinds only the server writes (the thread's: trials/thread.py)
-SERVER_MADE = frozenset({REFERRAL, ANSWER, "question", "reply", "record-update"})
+SERVER_MADE = frozenset({REFERRAL, ANSWER, "question", "reply", "record-update", "referral-request"})
 RECIPIENT_TYPES = ("PractitionerRole", "CareTeam", "Group")  # who referrals are sent to
 
 

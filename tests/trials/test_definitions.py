@@ -41,7 +41,7 @@ def test_definitions_are_served_and_advertised(platform: Platform) -> None:
     statement = platform.client.get("/fhir/metadata").json()
     study = next(r for r in statement["rest"][0]["resource"] if r["type"] == "ResearchStudy")
     assert {o["name"] for o in study["operation"]} == {"match", "refer", "referral-summary", "load", "save-match",
-                                                       "draft-criteria"}
+                                                       "draft-criteria", "ask-referral"}
     # Two definitions of `match`: the trials of a patient, and the patients of a trial.
     assert sorted(o["definition"].rsplit("/", 1)[1] for o in study["operation"] if o["name"] == "match") == [
         "ResearchStudy-match", "ResearchStudy-match-patients"]

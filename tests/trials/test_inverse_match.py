@@ -136,3 +136,38 @@ def test_every_call_is_audited_with_the_patients_it_touched(inverse_world: Inver
     assert inverse_world.match(STUDY, "physician").status_code == 200
     final = {id: len(_events(inverse_world, id)) for id in PATIENTS}
     assert {id for id in PATIENTS if final[id] > after[id]} == {"ann", "bea", "cat", "dot", "gus"}  # not Hal: restricted
+
+
+def _ask(world: InverseWorld, who: str, candidate: str, study: str = STUDY) -> Any:
+    from tests.http.helpers import send
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "candidate", "valueString": candidate}, {"name": "note", "valueString": "Slot in January."}]}
+    return send(world.client, "POST", f"/fhir/ResearchStudy/{study}/$ask-referral", body, **world.headers(who))
+
+
+def _requests(world: InverseWorld, who: str) -> list[dict[str, Any]]:
+    system = "https://oncotrials.example.org/fhir/CodeSystem/referral-message"
+    found = world.client.get(f"/fhir/Communication?category={system}|referral-request",
+                             headers=world.headers(who)).json()
+    return [e["resource"] for e in found.get("entry", [])]
+
+
+def test_an_investigator_asks_the_physicians_of_a_candidate_to_refer(inverse_world: InverseWorld) -> None:
+    from fhir_server.trials.prescreening import pseudonym
+    [candidate] = [_parts(p)["pseudonym"] for p in _parameters(inverse_world.match(STUDY, "investigator").json())["candidate"]]
+    before = len(_requests(inverse_world, "physician"))
+    response = _ask(inverse_world, "investigator", candidate)
+    assert response.status_code == 200, response.text
+    assert response.json()["issue"][0]["diagnostics"] == "1 referring physician(s) asked."
+    assert not any(f'"{id}' in response.text for id in PATIENTS)
+    [request] = _requests(inverse_world, "physician")[before:] if before else _requests(inverse_world, "physician")
+    assert request["subject"] == {"reference": "Patient/bea"}
+    assert request["recipient"] == [{"reference": "Practitioner/dr-inv-match"}]
+    assert "sender" not in request and request["payload"][1] == {"contentString": "Slot in January."}
+    assert _requests(inverse_world, "investigator") == []  # the investigator cannot read it back
+    ctx = inverse_world.client.app.state.context  # type: ignore[attr-defined]
+    for who, alias, study in (("investigator", "made-up", STUDY),
+                              ("investigator", pseudonym(ctx, STUDY, "ann"), STUDY),  # no pre-screening
+                              ("investigator", pseudonym(ctx, "s2", "bea"), "s2"),  # not for s2
+                              ("physician", candidate, STUDY), ("patient", candidate, STUDY)):
+        assert _ask(inverse_world, who, alias, study).status_code == 404, (who, study)
