@@ -4,7 +4,8 @@ Drives the whole ASGI application (middleware, routes, services, SQLite stores, 
 without sockets: `--concurrency` requests at a time, like wrk's connections, on Patients
 shaped like the perf harness's (`../shared/perf`). Prints the process CPU (every thread:
 the event loop and the stores' writer threads) per request for each op; `--profile OP`
-adds a cProfile of the event loop's thread for that op; `--auth` sends a SMART access token
+adds a cProfile of that op, one for the event loop's thread and one for each store's writer
+thread (where the SQLite writes, the sealing and the index rows are done); `--auth` sends a SMART access token
 (a backend client's, `system/*.cruds`) on every request, as the harness's `PERF_AUTH` does.
 
     .venv/bin/python -m bench.requests [--n 2000] [--requests 3000] [--profile search] [--auth]
@@ -20,6 +21,7 @@ import pstats
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import orjson
 from fhir_server.app import create_app
 from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
+from fhir_server.store.sqlite import SqliteStore
 
 Call = Callable[[int], Awaitable[int]]
 _TAGS = "http://example.org/perf-tags"
@@ -113,6 +116,39 @@ async def _drive(call: Call, requests: int, concurrency: int) -> tuple[float, in
     return time.process_time() - started, failed
 
 
+class ThreadProfile:
+    """A cProfile, in CPU time, of one thread: the event loop's (`pool` None) or a pool's single thread."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None = None) -> None:
+        self.profile = cProfile.Profile(time.thread_time)  # CPU time: waits (fsync, locks) are not counted
+        self.pool = pool
+
+    async def _in_thread(self, call: Callable[[], object]) -> None:
+        if self.pool is None:
+            call()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    async def start(self) -> ThreadProfile:
+        await self._in_thread(self.profile.enable)
+        return self
+
+    async def stop(self) -> None:
+        await self._in_thread(self.profile.disable)
+
+    def seconds(self) -> float:
+        return float(pstats.Stats(self.profile).total_tt)  # type: ignore[attr-defined]
+
+
+async def _profiling(app: Any) -> dict[str, ThreadProfile]:
+    """Profiles started on the event loop and on each SQLite store's writer thread."""
+    store = app.state.context.store
+    writers = {f"{name} store's writer thread": getattr(store, name)._writer
+               for name in ("main", "audit") if isinstance(getattr(store, name), SqliteStore)}
+    return {"event loop": await ThreadProfile().start(),
+            **{name: await ThreadProfile(pool).start() for name, pool in writers.items()}}
+
+
 def _token(app: Any) -> str:
     """An access token of a registered backend client, as the token endpoint would issue it."""
     app.state.oauth.registry.add_backend_client("bench", "system/*.cruds", jwks={"keys": []})
@@ -144,15 +180,14 @@ async def main(args: argparse.Namespace) -> None:
         ops = _ops(client, args.n)
         for name in args.ops.split(","):
             await _drive(ops[name], args.requests // 5, args.concurrency)  # warm-up
-            profile = cProfile.Profile() if name == args.profile else None
-            if profile:
-                profile.enable()
+            profiles = await _profiling(client.app) if name == args.profile else {}
             cpu, failed = await _drive(ops[name], args.requests, args.concurrency)
-            if profile:
-                profile.disable()
+            for profile in profiles.values():
+                await profile.stop()
             print(f"{name}: {cpu / args.requests * 1e6:,.0f} CPU µs/request, {failed} failed")
-            if profile:
-                pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
+            for thread, profile in profiles.items():
+                print(f"--- {thread}: {profile.seconds() / args.requests * 1e6:,.0f} profiled µs/request")
+                pstats.Stats(profile.profile).sort_stats(args.sort).print_stats(args.top)
 
 
 if __name__ == "__main__":
