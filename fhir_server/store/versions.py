@@ -14,6 +14,8 @@ def stamp(resource: dict[str, Any], id: str, version: int, last_updated: str) ->
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = last_updated
-    stamped = {"resourceType": resource["resourceType"], "id": id, "meta": meta}
-    stamped.update((k, v) for k, v in resource.items() if k not in stamped)
+    # The leading keys keep their place when `resource` repeats them; their values are set after.
+    stamped = {"resourceType": resource["resourceType"], "id": id, "meta": meta, **resource}
+    stamped["id"] = id
+    stamped["meta"] = meta
     return orjson.dumps(stamped)

@@ -11,7 +11,7 @@ every index.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -117,6 +117,7 @@ class ParamIds:
 
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str], int] = {}
+        self.committed: Mapping[tuple[str, str], int] = self._ids  # read-only view for callers
         self._pending: dict[tuple[str, str], int] = {}  # inserted, commit not yet seen
         self._settling = False  # settle() is called: _pending holds the open transaction's only
 
@@ -193,6 +194,7 @@ def insert(
     if blind is not None:
         entries = blind.entries(rtype, entries)
     rows: dict[type, set[tuple[Any, ...]]] = {}
+    known = ids.committed  # the pids of nearly every entry, without a call per entry
     pids: dict[str, int] = {}  # by code: a Patient's ~110 entries (blind prefixes) name ~15
     group = 0
     for entry in entries:
@@ -207,7 +209,7 @@ def insert(
                 kind = type(component)
                 rows.setdefault(kind, set()).add((pk, pid, group, *_GETTERS[kind](component)))
             continue
-        pid = pids.get(param)
+        pid = known.get((rtype, param)) or pids.get(param)
         if pid is None:
             pid = pids[param] = ids.ensure(conn, rtype, param)
         rows.setdefault(kind, set()).add((pk, pid, None, *_GETTERS[kind](entry)))

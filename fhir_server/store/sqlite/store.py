@@ -534,39 +534,57 @@ class _Unit:
         return (row[0], row[1], bool(row[2])) if row else None
 
     def _version_row(self, pk: int, rtype: str, id: str, version: int, method: str,
-                     body: bytes | None) -> None:
+                     body: bytes | None, new: bool = False) -> None:
         seq = self.conn.execute(
             "INSERT INTO history (resource_pk, type, id, version, last_updated, method, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (pk, rtype, id, version, self.last_updated, method, body),
         ).lastrowid
+        if new:
+            # The row `_new` made holds the rest already; `seq` alone is in no index, so no
+            # index of `resource` is written twice.
+            self.conn.execute("UPDATE resource SET seq = ? WHERE pk = ?", (seq, pk))
+            return
         self.conn.execute(
             "UPDATE resource SET version = ?, last_updated = ?, lu = ?, deleted = ?, seq = ? "
             "WHERE pk = ?",
             (version, self.last_updated, self.micros, body is None, seq, pk),
         )
 
+    def _new(self, rtype: str, id: str) -> int:
+        """The pk of a new resource row (version 1, not deleted, its history row to follow);
+        sqlite3.IntegrityError if `rtype/id` exists."""
+        pk = self.conn.execute(
+            "INSERT INTO resource (type, id, version, last_updated, lu, deleted, seq) "
+            "VALUES (?, ?, 1, ?, ?, 0, 0)",
+            (rtype, id, self.last_updated, self.micros),
+        ).lastrowid
+        assert pk is not None
+        return pk
+
     def write(self, op: Write) -> Result:
-        current = self.current(op.resource_type, op.id)
         what = f"{op.resource_type}/{op.id}"
-        if op.create_only and current is not None:
-            raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.")
-        _check_if_match(op.if_match, current, what)
-        if current is None:
-            version = 1
-            pk = self.conn.execute(
-                "INSERT INTO resource (type, id, version, last_updated, lu, deleted, seq) "
-                "VALUES (?, ?, 1, ?, ?, 0, 0)",
-                (op.resource_type, op.id, self.last_updated, self.micros),
-            ).lastrowid
-            assert pk is not None
+        if op.create_only and op.if_match is None:
+            # A server-assigned id: the row's UNIQUE (type, id) is the check, no look-up first
+            # (a failed INSERT undoes itself alone: the transaction goes on).
+            try:
+                current, pk, version = None, self._new(op.resource_type, op.id), 1
+            except sqlite3.IntegrityError:
+                raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.") from None
         else:
-            pk, previous, _ = current
-            version = previous + 1
-            sqlite_index.remove(self.conn, pk)
+            current = self.current(op.resource_type, op.id)
+            if op.create_only and current is not None:
+                raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.")
+            _check_if_match(op.if_match, current, what)
+            if current is None:
+                pk, version = self._new(op.resource_type, op.id), 1
+            else:
+                pk, previous, _ = current
+                version = previous + 1
+                sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
         stored_body = sealed(self.codec, self.registry, op, version, body)
-        self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body)
+        self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body, version == 1)
         sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
