@@ -20,7 +20,10 @@ MAY_IMPORT = {
     "app": {"*"},  # the one place that knows everyone
     "cli": {"*"},  # wiring too, but never http (checked below)
     "http": {"services", "auth", "search"},  # auth: token -> claims; search.parse (picture's walk)
-    "services": {"access", "audit", "search", "store", "crypto"},
+    "services": {"access", "audit", "search", "store", "crypto", "subscriptions"},
+    # topics, Subscriptions read, events kept in the outbox and sent: below services, which
+    # decide access (the dispatcher is handed its checks by app.py)
+    "subscriptions": {"search", "store"},
     "trials": {"services"}, "privacy": {"services"}, "interop": {"services"},
     # the schedule is the store's (store/schedule.py); reminders search referrals
     "notify": {"services", "store", "search"},

@@ -15,6 +15,7 @@ from ..model.platform_codes import definitions
 from ..model.summary import mark_subsetted
 from ..model.types import RESOURCE_TYPES
 from ..search import Registry
+from ..subscriptions import subscription_capabilities
 
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance",
                 "history-type", "create", "search-type")
@@ -98,6 +99,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
         }
         for resource_type in sorted(RESOURCE_TYPES)
     ]
+    subscription_capabilities(next(r for r in resources if r["type"] == "Subscription"))
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..model.errors import FhirError
+from ..model.errors import FhirError, Kind, fail
 from ..search import IndexEntry, Query
 
 Method = Literal["POST", "PUT", "PATCH", "DELETE"]
@@ -95,15 +95,23 @@ class Outbox:
     """Records kept beside a unit of work's writes, durable with them, for a step outside the
     store to finish once they are (the audit trail's record of a write until its AuditEvent
     is stored: audit/outbox.py): `put` adds records by key (replacing one of the same key),
-    `remove` deletes records that step is done with (missing ones are no error)."""
+    `remove` deletes records that step is done with (missing ones are no error); `expect`
+    first checks that each key holds that body (None: no record), else PRECONDITION_FAILED:
+    a compare-and-set, for leases and counters (subscriptions/)."""
 
     put: tuple[tuple[str, bytes], ...] = ()
     remove: tuple[str, ...] = ()
+    expect: tuple[tuple[str, bytes | None], ...] = ()
 
 
 Operation = Write | Delete | ConditionalCreate | ConditionalUpdate | ConditionalDelete | Outbox
 
 Outcome = Literal["created", "updated", "deleted", "unchanged", "matched", "none"]
+
+
+def outbox_changed(key: str) -> FhirError:
+    """The failure of an `Outbox.expect` that does not hold."""
+    return fail(Kind.PRECONDITION_FAILED, "conflict", f"The outbox record {key} changed.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,3 +39,20 @@ async def test_a_failed_unit_keeps_no_record_and_removes_none(store: Store) -> N
             raise RuntimeError("the transaction fails after its writes")
     assert await store.outbox("audit/") == [("audit/x/r1/1", b"one")]
     assert await store.read("Patient", "c") is None
+
+
+async def test_expect_sets_a_record_only_while_it_holds_what_the_caller_read(store: Store) -> None:
+    """`Outbox.expect`: a compare-and-set (the subscriptions' leases and counters)."""
+    await store.commit([Outbox(put=(("subs/l/s1", b"free"),), expect=(("subs/l/s1", None),))])
+    with pytest.raises(FhirError) as refused:
+        await store.commit([Outbox(put=(("subs/l/s1", b"mine"),), expect=(("subs/l/s1", None),))])
+    assert refused.value.kind.name == "PRECONDITION_FAILED"
+    with pytest.raises(FhirError):  # a stale read fails, and nothing of its unit is kept
+        await store.commit([_write("a"), Outbox(put=(("subs/l/s1", b"mine"), ("subs/e/1", b"x")),
+                                                expect=(("subs/l/s1", b"old"),))])
+    assert await store.read("Patient", "a") is None
+    assert await store.outbox("subs/") == [("subs/l/s1", b"free")]
+    await store.commit([Outbox(put=(("subs/l/s1", b"mine"),), expect=(("subs/l/s1", b"free"),))])
+    async with store.transaction() as unit:
+        await unit.apply([Outbox(remove=("subs/l/s1",), expect=(("subs/l/s1", b"mine"),))])
+    assert await store.outbox("subs/") == []

@@ -53,6 +53,7 @@ from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail, incident
 from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry
 from ..base import (
+    outbox_changed,
     RETRY_DELAYS,
     ConditionalCreate,
     ConditionalDelete,
@@ -655,6 +656,11 @@ class _MongoUnit:
                     versions.extend(self.delete(resource_type, id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
+                for key, body in op.expect:
+                    doc = await self.store.outbox_docs.find_one({"_id": key}, session=self.session)
+                    found = doc and opened_records(self.store.codec, [(key, bytes(doc["body"]))])[0][1]
+                    if found != body:
+                        raise outbox_changed(key)
                 self.count_writes(len(op.put) + (1 if op.remove else 0))
                 # One round trip for the records kept and those done with.
                 writes: list[ReplaceOne[Any] | DeleteMany] = [

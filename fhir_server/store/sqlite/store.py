@@ -29,6 +29,7 @@ from . import dump as sqlite_dump
 from . import erase as sqlite_erase
 from . import index as sqlite_index
 from ..base import (
+    outbox_changed,
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
@@ -502,6 +503,10 @@ class _Unit:
                     versions.extend(self.delete(op.query.resource_type or "", id, None).versions)
                 return Result("deleted" if versions else "none", tuple(versions))
             case Outbox():
+                for key, body in op.expect:
+                    row = self.conn.execute("SELECT body FROM outbox WHERE key = ?", (key,)).fetchone()
+                    if (row and opened_records(self.codec, [(key, row[0])])[0][1]) != body:
+                        raise outbox_changed(key)
                 self.conn.executemany("INSERT OR REPLACE INTO outbox (key, body) VALUES (?, ?)",
                                       sealed_records(self.codec, op.put))
                 self.conn.executemany("DELETE FROM outbox WHERE key = ?", [(k,) for k in op.remove])
