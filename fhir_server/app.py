@@ -28,7 +28,7 @@ from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCod
                      ledger_key)
 from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
                    metadata_router, notifications_router, operability_router, privacy_router,
-                   sealing_keys_router, shortcut_router)
+                   sealing_keys_router, shortcut_router, subscriptions_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
@@ -42,11 +42,13 @@ from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
 from .services.erase import Erasures, reconcile
+from .services.subscriptions import Desk, create_if_subscription
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
+from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch
 from .terminology_service import load_catalogue
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
@@ -103,7 +105,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         max_page_size=settings.max_page_size,
         site_status_max_age_days=settings.site_status_max_age_days,
         hooks=(after_consent_change, notify_runner.reminders(settings, store).after_commit),
-        creators=(answer_if_addressed, propose_if_unreached),
+        creators=(answer_if_addressed, propose_if_unreached, create_if_subscription),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
         keys=_key_directory(settings),
         sealed_only=settings.sealed_messages_only,
@@ -168,9 +170,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     settings = settings or Settings()
     codec = body_codec(settings)
     audit_store = open_store(settings.audit_store_url, codec=codec)
-    store = RoutingStore(store or open_store(settings.store_url, settings.accept_unsafe_store, codec,
-                                             blind_index(settings)),
-                         audit_store)
+    watch = Watch(default_registry(), Policy(tuple(settings.subscription_endpoints),
+                                             settings.subscription_loopback_http,
+                                             settings.subscription_timeout))
+    store = SubscribedStore(store or open_store(settings.store_url, settings.accept_unsafe_store,
+                                                codec, blind_index(settings)),
+                            audit_store, watch)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
@@ -198,8 +203,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
         notifications = notify_runner.start(settings, context, recorder.record)
+        dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch,
+                                                        Desk(context, recorder.record))
+        notifying = asyncio.get_running_loop().create_task(dispatcher.run())
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        notifying.cancel()
+        await dispatcher.sender.close()
         await notify_runner.stop(notifications)
         if backups is not None:
             backups.cancel()
@@ -235,6 +245,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(discovery_off_router, prefix=settings.base_path)
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
+    app.include_router(subscriptions_router, prefix=settings.base_path)
     app.include_router(privacy_router, prefix=settings.base_path)  # before fhir_router's compartments
     app.include_router(sealing_keys_router)
     app.include_router(notifications_router)
@@ -266,6 +277,13 @@ def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,
 
     return asyncio.get_running_loop().create_task(
         every(settings.backup_interval_hours, settings.backup_path, back_up))
+
+
+def _dispatcher(settings: Settings, store: SubscribedStore, watch: Watch, desk: Desk) -> Dispatcher:
+    """The subscriptions' dispatcher (subscriptions/dispatcher.py), started with the app."""
+    key = settings.subscription_signing_key
+    return Dispatcher(store, watch, desk, Sender(key.read_bytes().strip() if key else None),
+                      Timing(retry_window=settings.subscription_retry_hours * 3600))
 
 
 def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthorizationServer | None]:

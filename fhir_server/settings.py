@@ -172,6 +172,26 @@ class Settings(BaseSettings):
         10_000, ge=0, description="Most matches a `_sort` on a protected parameter sorts after "
         "decryption; a search matching more answers 400.",
     )
+    subscription_endpoints: list[str] = Field(
+        default_factory=list, description="URL prefixes subscription notifications may be sent "
+        "to (JSON list); empty means any HTTPS endpoint.",
+    )
+    subscription_loopback_http: bool = Field(
+        False, description="Development: let subscriptions notify plain-HTTP endpoints on a "
+        "loopback address (otherwise HTTPS only).",
+    )
+    subscription_retry_hours: float = Field(
+        24.0, gt=0, description="Hours a failing subscription endpoint is retried (exponential "
+        "backoff with jitter) before the subscription is set to error; its events are kept.",
+    )
+    subscription_timeout: int = Field(
+        10, ge=1, le=60, description="Seconds a subscription endpoint may take to answer, unless "
+        "the subscription asks for less (backport-timeout).",
+    )
+    subscription_signing_key: Path | None = Field(
+        None, description="File holding the secret that signs notification bodies (HMAC-SHA256 "
+        "in X-Hub-Signature-256); empty means notifications are not signed.",
+    )
 
     @model_validator(mode="after")
     def _default_base_url(self) -> Settings:

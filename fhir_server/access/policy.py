@@ -255,7 +255,10 @@ def _outside_compartments(resource_type: str, principal: Principal,
     """Types in no patient compartment, for callers confined to patients: the directory and
     knowledge types are read as the scopes name them and written by administrators only; the
     others (Binary, Linkage, Contract, Device, ...) may carry a patient's data and are left to
-    system clients."""
+    system clients. A user's Subscriptions are theirs: those they own (docs/subscriptions.md)."""
+    if resource_type == "Subscription" and principal.fhir_user:
+        kind, _, id = principal.fhir_user.partition("/")
+        return (Clause((ReferencePredicate("owner", kind, id),)),)
     if resource_type not in DIRECTORY_TYPES:
         if interaction in _WRITES:
             raise fail(Kind.FORBIDDEN, "forbidden", f"Only system clients write {resource_type}.")

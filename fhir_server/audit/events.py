@@ -269,3 +269,22 @@ def command_event(*, command: str, action: str, recorded: str, operator: str,
     if entities:
         event["entity"] = entities
     return event
+
+
+def notification_event(*, recorded: str, subscription: str, endpoint: str, status: int,
+                       focus: list[str], patients: list[str], kind: str) -> dict[str, Any]:
+    """The AuditEvent of a subscription notification the server sent (DICOM 110106 Export,
+    action R): the Subscription, the patients and resources it told of (`focus`), the
+    receiver's endpoint and answer (`status`, 0 when it did not answer); `kind` is the
+    notification type (handshake, heartbeat, event-notification)."""
+    agent: dict[str, Any] = {"who": {"display": "fhir-server"}, "name": "fhir-server",
+                             "requestor": False, "network": {"address": endpoint, "type": "5"}}
+    event = _event({"system": _DICOM, "code": "110106", "display": "Export"},
+                   {"system": "http://hl7.org/fhir/subscription-notification-type", "code": kind},
+                   "R", recorded, status if status else 503, agent)
+    event["entity"] = [{"what": {"reference": subscription},
+                        "role": {"system": _ROLE, "code": "21", "display": "Job Stream"}},
+                       *_entities(None, focus, None)]
+    event["entity"] += [{"what": {"reference": f"Patient/{p}"},
+                         "role": {"system": _ROLE, "code": "1", "display": "Patient"}} for p in patients]
+    return event

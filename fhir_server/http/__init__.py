@@ -10,7 +10,8 @@ from .privacy import router as privacy_router
 from .routes import router as fhir_router
 from .routes import shortcut_router
 from .sealing_keys import router as sealing_keys_router
+from .subscriptions import router as subscriptions_router
 
 __all__ = ["HeadMiddleware", "bundle_router", "fhir_router", "install_error_handlers", "metadata_router",
            "notifications_router", "operability_router",
-           "privacy_router", "sealing_keys_router", "shortcut_router"]
+           "privacy_router", "sealing_keys_router", "shortcut_router", "subscriptions_router"]

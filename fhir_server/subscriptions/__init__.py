@@ -2,5 +2,14 @@
 Subscription asks for, the events a write leaves in the store's outbox, and their delivery."""
 
 from .capabilities import subscription_capabilities
+from .capture import SubscribedStore, Watch
+from .criteria import CONTENTS, Content, Plan, Policy, check_new
+from .delivery import Sender
+from .dispatcher import Dispatcher, Timing
+from .notifications import notification, status_parameters
+from .records import Event, dump, event, events_prefix, one, owner_key, state, state_key
 
-__all__ = ["subscription_capabilities"]
+__all__ = ["CONTENTS", "Content", "Dispatcher", "Event", "Plan", "Policy", "Sender",
+           "SubscribedStore", "Timing", "Watch", "check_new", "dump", "event", "events_prefix",
+           "notification", "one", "owner_key", "state", "state_key", "status_parameters",
+           "subscription_capabilities"]

@@ -1,0 +1,225 @@
+"""Subscriptions in the service layer (Subscriptions R5 Backport IG 1.1.0 on R4): creating
+one (its owner kept with it), `$status` and `$events`, and what the dispatcher asks before and
+after each notification: whether its owner still reaches each event's resource (consent
+withdrawn: not sent), and the AuditEvent of what was sent. The dispatcher itself lives in
+subscriptions/, below services; app.py hands it a `Desk`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from .. import clock
+from ..access import Claims, Principal, Role, server_principal
+from ..audit.events import notification_event
+from ..model.errors import FhirError, Kind, fail
+from ..model.ids import new_id
+from ..model.numbers import whole_number
+from ..model.platform_codes import CANONICAL
+from ..search import extract, parse_query, patients_of
+from ..store.base import Outbox, Version
+from ..subscriptions import (CONTENTS, Content, Event, Plan, check_new, dump, event,
+                             events_prefix, notification, one, owner_key, state, state_key,
+                             status_parameters)
+from . import crud, reach, server_writes
+from .principals import principal_of
+from .context import Context, Payload, after_commit
+from .guard import decision, note, reachable, visible
+
+Record = Callable[[dict[str, Any]], Awaitable[str]]
+OWNER = f"{CANONICAL}/StructureDefinition/subscription-owner"
+
+
+def owner_of(principal: Principal | None) -> dict[str, Any]:
+    """What is kept of a subscription's creator: the claims its rights are rebuilt from when
+    a notification is sent (so a consent withdrawn since counts)."""
+    if principal is None:
+        raise fail(Kind.FORBIDDEN, "forbidden", "Subscriptions are created by a known caller.")
+    return {"server": principal.server, "subject": principal.subject,
+            "client_id": principal.client_id, "scope": principal.grant.text(),
+            "patient": principal.patient, "fhir_user": principal.fhir_user,
+            "admin": principal.role is Role.ADMINISTRATOR,
+            "acts_for": list(principal.recipients or ()) if principal.fhir_user is None else []}
+
+
+async def _principal(ctx: Context, owner: dict[str, Any]) -> Principal:
+    if owner["server"]:
+        return server_principal(owner["subject"])
+    return await principal_of(ctx, Claims(
+        subject=owner["subject"], client_id=owner["client_id"], scope=owner["scope"],
+        patient=owner["patient"], fhir_user=owner["fhir_user"], admin=owner["admin"],
+        acts_for=tuple(owner["acts_for"])))
+
+
+def _stamp_owner(subscription: dict[str, Any], principal: Principal | None) -> None:
+    """Name the user creating a Subscription as its owner (search parameter `owner`), in
+    place of whatever the client wrote there; a system client's have none."""
+    others = [e for e in subscription.get("extension", []) if e.get("url") != OWNER]
+    user = principal.fhir_user if principal is not None else None
+    if user:
+        others.append({"url": OWNER, "valueReference": {"reference": user}})
+    if others:
+        subscription["extension"] = others
+    else:
+        subscription.pop("extension", None)
+
+
+async def create_if_subscription(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
+    """A create (services/context.py Creator): a Subscription, `requested`, stored with its
+    owner in one unit of work; the store refuses what cannot be served (subscriptions/capture.py)."""
+    if resource_type != "Subscription":
+        return None
+    crud.check_resource(ctx, resource_type, payload)
+    check_new(payload.checked)
+    id = new_id()
+    payload.checked["id"] = payload.exact["id"] = id
+    for view in (payload.checked, payload.exact):
+        _stamp_owner(view, ctx.principal)
+    write = await crud.resource_write(ctx, "POST", resource_type, id, payload, create_only=True,
+                                      validated=True)
+    owner = Outbox(put=((owner_key(id), dump(owner_of(ctx.principal))),))
+    [result, _] = await ctx.store.commit([write, owner])
+    assert result.version is not None
+    note(ctx, result.version)
+    await after_commit(ctx, result.versions)
+    return result.version
+
+
+async def allowed(ctx: Context, events: Sequence[Event]) -> list[tuple[Event, Version | None]]:
+    """The events whose resource the caller of `ctx` reaches now, each with its version."""
+    kept = []
+    for found in events:
+        try:
+            granted = decision(ctx, "read", found.resource_type)
+        except FhirError:
+            continue
+        current = await ctx.store.read(found.resource_type, found.id)
+        version = await ctx.store.vread(found.resource_type, found.id, found.version)
+        if current is None or version is None or not await reachable(ctx, granted, current):
+            continue
+        if version.body is not None and not visible(granted, version):
+            continue
+        kept.append((found, version))
+    return kept
+
+
+def _bundle_of(ctx: Context, resource: dict[str, Any], kind: str, numbered: int,
+               events: Sequence[tuple[Event, Version | None]], content: Content) -> dict[str, Any]:
+    criteria = resource.get("criteria")
+    topic = criteria if "?" not in str(criteria) else None
+    return notification(ctx.base_url, resource["id"], topic, resource.get("status", ""), kind,
+                        numbered, events, content)
+
+
+async def status(ctx: Context, id: str) -> dict[str, Any]:
+    """`Subscription/{id}/$status` (backport-subscription-status): a searchset Bundle holding
+    the subscription's status as Parameters; 404 unless the caller reaches the Subscription."""
+    version = await crud.read(ctx, "Subscription", id)
+    resource = orjson.loads(version.body or b"{}")
+    numbered = state(await one(ctx.store, state_key(id))).events
+    criteria = str(resource.get("criteria"))
+    parameters = status_parameters(ctx.base_url, id, criteria if "?" not in criteria else None,
+                                   resource.get("status", ""), "query-status", numbered, (), "id-only")
+    return {"resourceType": "Bundle", "id": new_id(), "type": "searchset", "total": 1,
+            "timestamp": clock.instant(),
+            "entry": [{"fullUrl": f"urn:uuid:{parameters['id']}", "resource": parameters,
+                       "search": {"mode": "match"}}]}
+
+
+def _number(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    number = whole_number(value)
+    if number is None:
+        raise fail(Kind.INVALID, "invalid", f"{name} must be a whole number, not '{value}'.",
+                   expression=name)
+    return number
+
+
+async def events(ctx: Context, id: str, since: str | None, until: str | None,
+                 content: str | None) -> dict[str, Any]:
+    """`Subscription/{id}/$events` (backport-subscription-events): the kept events from
+    `eventsSinceNumber` to `eventsUntilNumber` (inclusive) as a `query-event` notification,
+    those whose resource the caller no longer reaches left out."""
+    first, last = _number("eventsSinceNumber", since), _number("eventsUntilNumber", until)
+    if content is not None and content not in CONTENTS:
+        raise fail(Kind.INVALID, "invalid", f"content is one of {', '.join(CONTENTS)}, not "
+                   f"'{content}'.", expression="content")
+    version = await crud.read(ctx, "Subscription", id)
+    resource = orjson.loads(version.body or b"{}")
+    numbered = state(await one(ctx.store, state_key(id))).events
+    kept = [event(body) for _, body in await ctx.store.outbox(events_prefix(id))]
+    chosen = [e for e in kept if (first is None or e.number >= first) and (last is None or e.number <= last)]
+    payload: Content = content or _content_of(resource)  # type: ignore[assignment]
+    return _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen), payload)
+
+
+def _content_of(resource: dict[str, Any]) -> str:
+    for extension in resource.get("channel", {}).get("_payload", {}).get("extension", []):
+        if extension.get("url", "").endswith("/backport-payload-content"):
+            return str(extension.get("valueCode"))
+    return "id-only"
+
+
+class Desk:
+    """What the dispatcher asks of the service layer, acting as the server."""
+
+    def __init__(self, ctx: Context, record: Record) -> None:
+        self.ctx = dataclasses.replace(ctx, principal=server_principal("subscriptions"))
+        self.record = record
+
+    async def served(self) -> list[dict[str, Any]]:
+        """Every Subscription whose status is requested or active."""
+        query, _ = parse_query("Subscription", [("status", "requested,active")], self.ctx.registry)
+        return [resource async for resource in reach.resources(self.ctx, query)]
+
+    async def reached(self, subscription: str, found: Sequence[Event]) -> list[tuple[Event, Version | None]]:
+        """The events whose resource the subscription's owner reaches now (none without an owner)."""
+        owner = await one(self.ctx.store, owner_key(subscription))
+        if owner is None:
+            return []
+        try:
+            principal = await _principal(self.ctx, orjson.loads(owner))
+        except FhirError:
+            return []
+        return await allowed(dataclasses.replace(self.ctx, principal=principal), found)
+
+    async def set_status(self, subscription: str, to: str, why: str | None = None) -> None:
+        """Move a Subscription to `to` (a new version, as the server); a concurrent change by
+        its client wins, and is read again on the next round."""
+        current = await self.ctx.store.read("Subscription", subscription)
+        if current is None or current.body is None:
+            return
+        resource = orjson.loads(current.body)
+        resource["status"] = to
+        if why is not None:
+            resource["error"] = why
+        else:
+            resource.pop("error", None)
+        try:
+            await server_writes.commit(self.ctx, [server_writes.ServerWrite(
+                resource, new=False, if_match=current.version)])
+        except FhirError as exc:
+            if exc.kind is not Kind.PRECONDITION_FAILED:
+                raise
+
+    async def audit(self, subscription: str, endpoint: str, answered: int, kind: str,
+                    sent: Sequence[tuple[Event, Version | None]]) -> None:
+        """Record what a notification told a receiver."""
+        patients: set[str] = set()
+        for found, version in sent:
+            if version is not None and version.body is not None:
+                patients |= patients_of(self.ctx.registry, found.resource_type,
+                                        extract(orjson.loads(version.body)), found.id)
+        await self.record(notification_event(
+            recorded=clock.instant(), subscription=f"Subscription/{subscription}",
+            endpoint=endpoint, status=answered, kind=kind,
+            focus=[found.reference for found, _ in sent], patients=sorted(patients)))
+
+    def bundle(self, plan: Plan, kind: str, numbered: int,
+               sent: Sequence[tuple[Event, Version | None]]) -> dict[str, Any]:
+        return notification(self.ctx.base_url, plan.id, plan.topic.url if plan.topic else None,
+                            plan.status, kind, numbered, sent, plan.content)

@@ -1,0 +1,206 @@
+"""Events kept with the writes that cause them: each unit of work that writes a resource some
+subscription watches also puts, in the same unit, one outbox record per matching subscription
+(records.py). Nothing is kept beside a write no subscription watches, and finding that out is
+a set look-up per operation.
+
+Subscription writes themselves are read here too: refused with 400 (nothing stored) when
+the topic, a filter, the channel, the payload or the endpoint is not one this server serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+
+from .. import clock
+from ..model.errors import FhirError
+from ..search import Registry, extract, matches
+from ..store.base import (
+    RETRY_DELAYS,
+    ConditionalCreate,
+    ConditionalUpdate,
+    Operation,
+    Outbox,
+    Result,
+    Store,
+    TransientConflict,
+    UnitOfWork,
+    Version,
+    Write,
+)
+from ..store.routing import RoutingStore
+from .criteria import Plan, Policy, plan
+from .records import Event, dump, pending_key
+
+SERVED = ("requested", "active")  # statuses whose events are kept
+
+
+class Watch:
+    """The subscriptions served, by the resource type they watch; `changed` wakes the
+    dispatcher when an event is kept."""
+
+    def __init__(self, registry: Registry, policy: Policy) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.by_type: dict[str, dict[str, Plan]] = {}
+        self.changed = asyncio.Event()
+
+    def plans(self) -> list[Plan]:
+        return [p for plans in self.by_type.values() for p in plans.values()]
+
+    def replace(self, plans: Iterable[Plan]) -> None:
+        by_type: dict[str, dict[str, Plan]] = {}
+        for found in plans:
+            by_type.setdefault(found.resource_type, {})[found.id] = found
+        self.by_type = by_type
+
+    def put(self, found: Plan | None, id: str) -> None:
+        """Serve `found` (None, or a status not served: stop serving subscription `id`)."""
+        for plans in self.by_type.values():
+            plans.pop(id, None)
+        if found is not None and found.status in SERVED:
+            self.by_type.setdefault(found.resource_type, {})[id] = found
+
+    def concerns(self, operations: Sequence[Operation]) -> bool:
+        return any(_type_of(op) in self.by_type or _type_of(op) == "Subscription" for op in operations)
+
+
+def _type_of(operation: Operation) -> str | None:
+    if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
+        return operation.write.resource_type
+    return getattr(operation, "resource_type", None)
+
+
+def _write_of(operation: Operation) -> Write | None:
+    if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
+        return operation.write
+    return operation if isinstance(operation, Write) else None
+
+
+class SubscribedStore(RoutingStore):
+    """The server's store, keeping the events of its writes (see the module docstring)."""
+
+    def __init__(self, main: Store, audit: Store, watch: Watch) -> None:
+        super().__init__(main, audit)
+        self.watch = watch
+
+    async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        if not self.watch.concerns(operations):
+            return await super().commit(operations)
+        self._check(operations)
+        for delay in RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                async with super().transaction() as unit:
+                    results = await unit.apply(operations)
+                    await self._keep(unit, operations, results)
+                break
+            except TransientConflict:
+                continue
+        else:
+            raise TransientConflict("the unit of work lost every race")
+        self._served(operations, results)
+        return results
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        async with super().transaction() as unit:
+            recording = _Recording(unit, self)
+            yield recording
+            await self._keep(unit, recording.operations, recording.results)
+        self._served(recording.operations, recording.results)
+
+    def _check(self, operations: Sequence[Operation]) -> None:
+        """400 for a Subscription this server cannot serve (before anything is written)."""
+        for operation in operations:
+            write = _write_of(operation)
+            if write is not None and write.resource_type == "Subscription":
+                plan(write.resource, self.watch.registry, self.watch.policy)
+
+    def _served(self, operations: Sequence[Operation], results: Sequence[Result]) -> None:
+        """Serve the Subscriptions just written, as written (the dispatcher reloads them all
+        on each round anyway: this makes a new one effective at once in this process)."""
+        for operation, result in zip(operations, results, strict=False):
+            for version in result.versions:
+                if version.resource_type == "Subscription":
+                    self.watch.put(self._plan(version), version.id)
+
+    def _plan(self, version: Version) -> Plan | None:
+        if version.body is None:
+            return None
+        return plan(orjson.loads(version.body), self.watch.registry, self.watch.policy)
+
+    async def _keep(self, unit: UnitOfWork, operations: Sequence[Operation],
+                    results: Sequence[Result]) -> None:
+        """Put the events of `results` in the unit's outbox."""
+        records: list[tuple[str, bytes]] = []
+        micros = clock.micros(clock.now())
+        for operation, result in zip(operations, results, strict=False):
+            if result.outcome not in ("created", "updated", "deleted"):
+                continue
+            write = _write_of(operation)
+            for version in result.versions:
+                plans = self.watch.by_type.get(version.resource_type)
+                if plans:
+                    records.extend(await self._events(plans, version, write, micros))
+        if records:
+            await unit.apply([Outbox(put=tuple(records))])
+            self.watch.changed.set()
+
+    async def _events(self, plans: dict[str, Plan], version: Version, write: Write | None,
+                      micros: int) -> list[tuple[str, bytes]]:
+        current = orjson.loads(version.body) if version.body is not None else None
+        interaction = "delete" if current is None else "create" if version.version == 1 else "update"
+        entries: Sequence[Any] | None = None
+        kept = []
+        for found in plans.values():
+            if found.topic is None:
+                if interaction == "delete":
+                    continue  # a classic subscription is told of creates and updates
+            elif not found.topic.triggered(interaction, current):
+                continue
+            if found.filters:
+                if entries is None:
+                    entries = await self._entries(version, current, write)
+                if not all(matches(query, entries) for query in found.filters):
+                    continue
+            event = Event(version.resource_type, version.id, version.version, interaction,
+                          version.method, version.last_updated)
+            kept.append((pending_key(found.id, micros), dump(event)))
+        return kept
+
+    async def _entries(self, version: Version, current: dict[str, Any] | None,
+                       write: Write | None) -> Sequence[Any]:
+        """The index entries filters match against: the written ones, or for a deletion
+        those of the version it deleted."""
+        if current is not None:
+            return write.entries if write is not None else extract(current)
+        previous = await self.main.vread(version.resource_type, version.id, version.version - 1)
+        if previous is None or previous.body is None:
+            return ()
+        return extract(orjson.loads(previous.body))
+
+
+class _Recording:
+    """A unit of work that remembers what was applied through it and checks Subscriptions."""
+
+    def __init__(self, unit: UnitOfWork, store: SubscribedStore) -> None:
+        self.unit = unit
+        self.store = store
+        self.operations: list[Operation] = []
+        self.results: list[Result] = []
+
+    async def apply(self, operations: Sequence[Operation]) -> list[Result]:
+        if self.store.watch.concerns(operations):
+            self.store._check(operations)
+        results = await self.unit.apply(operations)
+        self.operations.extend(operations)
+        self.results.extend(results)
+        return results
+
+    async def match_ids(self, query: Any, limit: int | None = None) -> list[str]:
+        return await self.unit.match_ids(query, limit)

@@ -1,0 +1,226 @@
+"""A Subscription resource read into what the server acts on (`Plan`), or refused.
+
+Subscriptions R5 Backport IG 1.1.0 on R4 (StructureDefinition backport-subscription): the
+topic's canonical URL in `criteria`, its filters in `criteria.extension:filterCriteria`, the
+payload content (`empty`, `id-only`, `full-resource`) on `channel.payload`, the heartbeat
+period, timeout and max count on `channel`. A classic R4 rest-hook names a search URL
+(`Type?params`) in `criteria` instead (R4 subscription.html). Only `rest-hook` is offered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from ..model.errors import FhirError, Kind, fail
+from ..model.types import is_resource_type
+from ..search import Query, Registry, parse_query
+from .topics import Topic, topics
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+PROFILE = f"{BACKPORT}/backport-subscription"
+FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
+PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
+HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
+TIMEOUT = f"{BACKPORT}/backport-timeout"
+MAX_COUNT = f"{BACKPORT}/backport-max-count"
+CHANNEL_TYPE = f"{BACKPORT}/backport-channel-type"
+Content = Literal["empty", "id-only", "full-resource"]
+CONTENTS: tuple[Content, ...] = ("empty", "id-only", "full-resource")
+MIME_TYPES = ("application/fhir+json", "application/json")
+MAX_EVENTS = 100  # events in one notification when the subscription asks for no fewer
+MAX_TIMEOUT = 60  # seconds a receiver may take
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Where notifications may go: `allowed` URL prefixes (empty: any HTTPS URL); plain HTTP
+    only to a loopback address, and only with `loopback_http` (development)."""
+
+    allowed: tuple[str, ...] = ()
+    loopback_http: bool = False
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a Subscription asks for. `topic` is None for a classic R4 subscription, whose
+    `filters` hold its one criteria query."""
+
+    id: str
+    status: str
+    topic: Topic | None
+    resource_type: str
+    filters: tuple[Query, ...]
+    endpoint: str
+    headers: tuple[tuple[str, str], ...]
+    content: Content
+    mime_type: str | None
+    heartbeat: int | None
+    timeout: float
+    max_count: int
+    end: str | None
+
+    @property
+    def classic(self) -> bool:
+        return self.topic is None
+
+
+def _invalid(message: str, expression: str) -> FhirError:
+    return fail(Kind.INVALID, "invalid", message, expression=expression)
+
+
+def _extension(element: dict[str, Any] | None, url: str) -> list[dict[str, Any]]:
+    return [e for e in (element or {}).get("extension", []) if e.get("url") == url]
+
+
+def _query(text: str, registry: Registry, expression: str) -> Query:
+    """A `Type?params` search URL as a Query; INVALID for an unknown type or parameter."""
+    resource_type, _, params = text.partition("?")
+    if not is_resource_type(resource_type) or not params:
+        raise _invalid(f"'{text}' is not a search URL of the form Type?parameters.", expression)
+    query, unapplied = parse_query(resource_type, parse_qsl(params, keep_blank_values=True), registry)
+    if unapplied:
+        raise _invalid(f"'{text}': {unapplied[0].diagnostics}", expression)
+    if query.include or query.revinclude or query.sort or query.count is not None:
+        raise _invalid(f"'{text}': only filters may be given, no result parameters.", expression)
+    return query
+
+
+def _filters(subscription: dict[str, Any], topic: Topic, registry: Registry) -> tuple[Query, ...]:
+    """The topic's filters the subscription asks for (`Type?name=value`, names the topic allows)."""
+    queries = []
+    for extension in _extension(subscription.get("_criteria"), FILTER_CRITERIA):
+        text = str(extension.get("valueString", ""))
+        resource_type, _, params = text.partition("?")
+        where = "Subscription.criteria.extension"
+        if resource_type != topic.resource_type:
+            raise _invalid(f"The filter '{text}' is not on {topic.resource_type}, the topic's resource.", where)
+        names = {name.split(":")[0] for name, _ in parse_qsl(params, keep_blank_values=True)}
+        unknown = sorted(names - topic.filters)
+        if unknown or not names:
+            raise _invalid(f"The topic {topic.url} cannot be filtered by "
+                           f"'{', '.join(unknown) or text}'; it allows: {', '.join(sorted(topic.filters))}.", where)
+        if names <= SPECIAL_FILTERS:
+            continue  # matched by the dispatcher, not by search (see SPECIAL_FILTERS)
+        queries.append(_query(text, registry, where))
+    return tuple(queries)
+
+
+# Topic filters that are no search parameter: the trial-matching topic's physician.
+SPECIAL_FILTERS = frozenset({"practitioner"})
+
+
+def special_filter(subscription: dict[str, Any], name: str) -> str | None:
+    """The value of a filter search cannot apply (SPECIAL_FILTERS), if the subscription has it."""
+    for extension in _extension(subscription.get("_criteria"), FILTER_CRITERIA):
+        for key, value in parse_qsl(str(extension.get("valueString", "")).partition("?")[2]):
+            if key == name:
+                return value
+    return None
+
+
+def _endpoint(channel: dict[str, Any], policy: Policy) -> str:
+    """The channel's endpoint, if the policy lets notifications go there."""
+    endpoint = channel.get("endpoint")
+    where = "Subscription.channel.endpoint"
+    if not isinstance(endpoint, str) or not endpoint:
+        raise _invalid("A rest-hook subscription needs channel.endpoint.", where)
+    url = urlsplit(endpoint)
+    if url.username or url.password or url.fragment or not url.hostname:
+        raise _invalid("The endpoint must be an absolute URL without credentials or fragment.", where)
+    if url.scheme == "http" and not (policy.loopback_http and _loopback(url.hostname)):
+        raise fail(Kind.INVALID, "security", "Notifications are sent over HTTPS only (plain HTTP "
+                   "to a loopback address in development mode).", expression=where)
+    if url.scheme not in ("https", "http"):
+        raise fail(Kind.INVALID, "security", "The endpoint must be an https URL.", expression=where)
+    if policy.allowed and not any(endpoint.startswith(prefix) for prefix in policy.allowed):
+        raise fail(Kind.INVALID, "security", "This endpoint is not on the server's list of "
+                   "allowed notification endpoints.", expression=where)
+    return endpoint
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    headers = []
+    for header in channel.get("header", []):
+        name, colon, value = str(header).partition(":")
+        if not colon or not name.strip() or "\n" in header or "\r" in header:
+            raise _invalid(f"A channel header is 'Name: value', not '{header}'.", "Subscription.channel.header")
+        headers.append((name.strip(), value.strip()))
+    return tuple(headers)
+
+
+def _integer(channel: dict[str, Any], url: str, key: str, low: int, high: int) -> int | None:
+    [*found] = _extension(channel, url)
+    if not found:
+        return None
+    value = found[0].get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _invalid(f"{url.rsplit('/', 1)[-1]} must be a whole number from {low} to {high}.",
+                       "Subscription.channel.extension")
+    return value
+
+
+def _content(channel: dict[str, Any], classic: bool) -> Content:
+    found = _extension(channel.get("_payload"), PAYLOAD_CONTENT)
+    if not found:
+        return "full-resource" if classic and channel.get("payload") else "id-only"
+    code = found[0].get("valueCode")
+    if classic or code not in CONTENTS:
+        raise _invalid(f"Unknown payload content '{code}' (empty, id-only or full-resource; "
+                       "topic-based subscriptions only).", "Subscription.channel.payload.extension")
+    return code  # type: ignore[return-value]
+
+
+def plan(subscription: dict[str, Any], registry: Registry, policy: Policy) -> Plan:
+    """The Plan of a Subscription resource; INVALID for an unknown topic, filter, channel or
+    payload, and for an endpoint the policy refuses."""
+    criteria = subscription.get("criteria")
+    if not isinstance(criteria, str) or not criteria:
+        raise _invalid("Subscription.criteria names a topic (its canonical URL) or a search URL.",
+                       "Subscription.criteria")
+    topic = topics().get(criteria)
+    if topic is None and (criteria.startswith(("http://", "https://", "urn:")) or "?" not in criteria):
+        raise fail(Kind.INVALID, "not-supported", f"Unknown SubscriptionTopic '{criteria}'; this "
+                   "server's topics are listed in its CapabilityStatement.", expression="Subscription.criteria")
+    channel = subscription.get("channel") or {}
+    channel_type = channel.get("type")
+    if channel_type != "rest-hook" or _extension(channel.get("_type"), CHANNEL_TYPE):
+        raise fail(Kind.INVALID, "not-supported", f"Channel type '{channel_type}' is not offered: "
+                   "only rest-hook.", expression="Subscription.channel.type")
+    mime_type = channel.get("payload")
+    if mime_type is not None and mime_type.split(";")[0].strip() not in MIME_TYPES:
+        raise fail(Kind.INVALID, "not-supported", f"Payload type '{mime_type}' is not offered: "
+                   f"{' or '.join(MIME_TYPES)}.", expression="Subscription.channel.payload")
+    classic = topic is None
+    filters = (_query(criteria, registry, "Subscription.criteria"),) if topic is None else \
+        _filters(subscription, topic, registry)
+    timeout = _integer(channel, TIMEOUT, "valueUnsignedInt", 1, MAX_TIMEOUT)
+    return Plan(
+        id=str(subscription.get("id", "")), status=str(subscription.get("status", "")),
+        topic=topic, resource_type=topic.resource_type if topic else filters[0].resource_type or "",
+        filters=filters, endpoint=_endpoint(channel, policy), headers=_headers(channel),
+        content=_content(channel, classic), mime_type=mime_type,
+        heartbeat=None if classic else _integer(channel, HEARTBEAT_PERIOD, "valueUnsignedInt", 1, 86400),
+        timeout=float(timeout) if timeout is not None else policy.timeout,
+        max_count=_integer(channel, MAX_COUNT, "valuePositiveInt", 1, MAX_EVENTS) or MAX_EVENTS,
+        end=subscription.get("end"))
+
+
+def check_new(subscription: dict[str, Any]) -> None:
+    """A client creates a Subscription `requested` (or `off`): the server moves it on."""
+    if subscription.get("status") not in ("requested", "off"):
+        raise _invalid("A new Subscription has status 'requested' (or 'off'); the server sets "
+                       "it to 'active' after the handshake, or 'error'.", "Subscription.status")
+

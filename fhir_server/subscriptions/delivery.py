@@ -1,0 +1,51 @@
+"""Sending one notification to a rest-hook endpoint: no redirect followed (a 3xx is a
+failure), a timeout per subscription, the subscription's own headers, and, when the server has
+a signing key, an HMAC-SHA256 of the body in `X-Hub-Signature-256` (`sha256=<hex>`)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+import httpx2 as httpx
+
+from .criteria import Plan
+
+log = logging.getLogger("fhir_server.subscriptions")
+SIGNATURE = "X-Hub-Signature-256"
+FHIR_JSON = "application/fhir+json"
+
+
+class Sender:
+    """One HTTP client for every notification; `signing_key` signs bodies when set."""
+
+    def __init__(self, signing_key: bytes | None = None) -> None:
+        self.signing_key = signing_key
+        self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def send(self, plan: Plan, body: bytes | None, *, method: str = "POST",
+                   url: str | None = None) -> int:
+        """The receiver's status code, or 0 when it did not answer (refused, timed out)."""
+        headers = dict(plan.headers)
+        if body is not None:
+            headers["Content-Type"] = plan.mime_type or FHIR_JSON
+            if self.signing_key is not None:
+                digest = hmac.new(self.signing_key, body, hashlib.sha256).hexdigest()
+                headers[SIGNATURE] = f"sha256={digest}"
+        try:
+            response = await self.client.request(method, url or plan.endpoint, content=body,
+                                                 headers=headers, timeout=plan.timeout)
+        except httpx.HTTPError as exc:
+            # The endpoint and the error class only: never the headers (they may hold tokens).
+            log.warning("notification not delivered", extra={
+                "subscription": plan.id, "problem": type(exc).__name__})
+            return 0
+        return response.status_code
+
+
+def delivered(status: int) -> bool:
+    return 200 <= status < 300

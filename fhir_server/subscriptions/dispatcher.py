@@ -1,0 +1,254 @@
+"""The dispatcher: numbers the events writes left for each subscription and sends them, in
+number order, to its endpoint.
+
+Each subscription is served by one dispatcher at a time, the holder of its lease (an outbox
+record set by compare-and-set, renewed while held, taken over once expired): several server
+processes may run one each. A round, for each subscription served:
+
+1. pending events (records.py) are numbered in stamp order, in one unit of work that also
+   advances the state and removes them; the numbered events stay for `$events`;
+2. a `requested` topic-based subscription gets its handshake: `active` if the endpoint
+   answers 2xx, else `error` (a classic R4 one becomes `active` at once);
+3. the next events (at most the subscription's max count) whose resource the owner still
+   reaches are sent as one notification; the others are withheld. A failure is retried
+   after an exponential backoff with jitter; past the retry window the subscription is set
+   to `error`, its events kept; once it is `requested` again they are sent from where
+   delivery stopped;
+4. with nothing to send, a heartbeat when its period has passed.
+
+Delivery is at least once: a process killed after a send and before its state is committed
+sends that notification again; receivers tell repeats by their event numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import orjson
+
+from .. import clock
+from ..model.errors import FhirError
+from ..model.ids import new_id
+from ..store.base import Outbox, Store, Version
+from .capture import Watch
+from .criteria import Plan, plan
+from .delivery import Sender, delivered
+from .records import (Event, State, dump, event, event_key, events_prefix, lease_key, one,
+                      pending_prefix, state, state_key)
+
+log = logging.getLogger("fhir_server.subscriptions")
+SECOND = 1_000_000  # microseconds
+
+
+class Desk(Protocol):
+    """What the dispatcher asks the service layer (services/subscriptions.py `Desk`)."""
+
+    async def served(self) -> list[dict[str, Any]]: ...
+
+    async def reached(self, subscription: str, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
+
+    async def set_status(self, subscription: str, to: str, why: str | None = None) -> None: ...
+
+    async def audit(self, subscription: str, endpoint: str, answered: int, kind: str,
+                    sent: Sequence[tuple[Event, Version | None]]) -> None: ...
+
+    def bundle(self, plan: Plan, kind: str, numbered: int,
+               sent: Sequence[tuple[Event, Version | None]]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Seconds: the retry window before `error`, the first and the longest backoff, the
+    lease, and how often subscriptions are read again and retries looked at."""
+
+    retry_window: float = 24 * 3600
+    first_retry: float = 1.0
+    longest_retry: float = 3600.0
+    lease: float = 30.0
+    poll: float = 1.0
+
+
+class Dispatcher:
+    def __init__(self, store: Store, watch: Watch, desk: Desk, sender: Sender,
+                 timing: Timing = Timing(), jitter: random.Random | None = None) -> None:
+        self.store = store
+        self.watch = watch
+        self.desk = desk
+        self.sender = sender
+        self.timing = timing
+        self.holder = new_id()
+        self.jitter = jitter or random.Random()
+        self._read_at = -1
+        self._round = asyncio.Lock()  # one round at a time (a test may run one itself)
+
+    async def run(self) -> None:
+        """Serve until cancelled: a round each time a write keeps an event, and each `poll`."""
+        while True:
+            self.watch.changed.clear()
+            try:
+                await self.round()
+            except Exception:  # a round that failed is the next round's work; never stop
+                log.exception("subscription round failed")
+            try:
+                await asyncio.wait_for(self.watch.changed.wait(), self.timing.poll)
+            except TimeoutError:
+                pass
+
+    async def round(self) -> None:
+        """Serve every subscription once (reading them from the store each `poll`)."""
+        async with self._round:
+            now = clock.micros(clock.now())
+            if now - self._read_at >= self.timing.poll * SECOND or self._read_at > now:
+                await self.reload()
+                self._read_at = now
+            await asyncio.gather(*(self.serve(found) for found in self.watch.plans()))
+
+    async def reload(self) -> None:
+        plans = []
+        for resource in await self.desk.served():
+            try:
+                plans.append(plan(resource, self.watch.registry, self.watch.policy))
+            except FhirError as refused:  # stored when the policy allowed it; no longer
+                await self.desk.set_status(str(resource["id"]), "error", refused.issues[0].diagnostics)
+        self.watch.replace(plans)
+
+    async def serve(self, found: Plan) -> None:
+        lease = await self._lease(found.id)
+        if lease is None:
+            return
+        body = await one(self.store, state_key(found.id))
+        body = await self._number(found.id, lease, body)
+        if found.end is not None and found.end <= clock.instant():
+            await self.desk.set_status(found.id, "off")
+        elif found.status == "requested":
+            await self._handshake(found, state(body))
+        else:
+            while body is not None and (state(body).delivered < state(body).events):
+                before = body
+                body = await self._deliver(found, lease, body)
+                if body == before or state(body).attempts:
+                    return
+            await self._heartbeat(found, lease, body)
+
+    async def _lease(self, subscription: str) -> bytes | None:
+        """The lease record if this dispatcher holds it (taking or renewing it), else None."""
+        key = lease_key(subscription)
+        held = await one(self.store, key)
+        now = clock.micros(clock.now())
+        if held is not None:
+            lease = orjson.loads(held)
+            if lease["holder"] != self.holder and lease["until"] > now:
+                return None
+            if lease["holder"] == self.holder and lease["until"] - now > self.timing.lease * SECOND / 2:
+                return held
+        taken = dump({"holder": self.holder, "until": now + int(self.timing.lease * SECOND)})
+        try:
+            await self.store.commit([Outbox(put=((key, taken),), expect=((key, held),))])
+        except FhirError:
+            return None  # another dispatcher took it first
+        return taken
+
+    async def _save(self, subscription: str, lease: bytes, before: bytes | None, after: State,
+                    **changes: Any) -> bytes:
+        """Commit the new state, if the lease and the state are still as read."""
+        body = dump(after)
+        await self.store.commit([Outbox(
+            put=(*changes.get("put", ()), (state_key(subscription), body)),
+            remove=changes.get("remove", ()),
+            expect=((lease_key(subscription), lease), (state_key(subscription), before)))])
+        return body
+
+    async def _number(self, subscription: str, lease: bytes, body: bytes | None) -> bytes | None:
+        pending = await self.store.outbox(pending_prefix(subscription))
+        if not pending:
+            return body
+        after = state(body)
+        numbered = []
+        for _, record in pending:
+            after.events += 1
+            numbered.append((event_key(subscription, after.events),
+                             dump(replace(event(record), number=after.events))))
+        return await self._save(subscription, lease, body, after, put=numbered,
+                                remove=tuple(key for key, _ in pending))
+
+    async def _handshake(self, found: Plan, current: State) -> None:
+        if found.classic:
+            await self.desk.set_status(found.id, "active")
+            return
+        bundle = self.desk.bundle(replace(found, status="requested"), "handshake", current.events, ())
+        answered = await self.sender.send(found, orjson.dumps(bundle))
+        await self.desk.audit(found.id, found.endpoint, answered, "handshake", ())
+        if delivered(answered):
+            await self.desk.set_status(found.id, "active")
+        else:
+            await self.desk.set_status(found.id, "error", _failure("The handshake", answered))
+
+    async def _deliver(self, found: Plan, lease: bytes, body: bytes) -> bytes:
+        """Send the next batch once its retry time has come; the state after it."""
+        before = state(body)
+        now = clock.micros(clock.now())
+        if now < before.retry_at:
+            return body
+        kept = [event(record) for _, record in await self.store.outbox(events_prefix(found.id))]
+        batch = [e for e in kept if e.number > before.delivered][:found.max_count]
+        sent = await self.desk.reached(found.id, batch)
+        answered = await self._send(found, before.events, sent) if sent else 200
+        if sent:
+            await self.desk.audit(found.id, found.endpoint, answered, "event-notification", sent)
+        after = replace(before, withheld=list(before.withheld))
+        if delivered(answered):
+            numbers = {e.number for e, _ in sent}
+            after.withheld += [e.number for e in batch if e.number not in numbers]
+            after.delivered, after.attempts, after.retry_at = batch[-1].number, 0, 0
+            after.failing_since, after.last_sent = None, now
+        else:
+            after.attempts += 1
+            after.failing_since = after.failing_since or now
+            after.retry_at = now + self._backoff(after.attempts)
+            if now - after.failing_since >= self.timing.retry_window * SECOND:
+                await self.desk.set_status(found.id, "error", _failure("Notifications", answered))
+        return await self._save(found.id, lease, body, after)
+
+    async def _send(self, found: Plan, numbered: int, sent: list[tuple[Event, Version | None]]) -> int:
+        if not found.classic:
+            return await self.sender.send(found, orjson.dumps(
+                self.desk.bundle(found, "event-notification", numbered, sent)))
+        # Classic R4: a POST without body, or the resource PUT to [endpoint]/[type]/[id].
+        answered = 200
+        for found_event, version in sent:
+            if found.mime_type is None or version is None or version.body is None:
+                answered = await self.sender.send(found, None)
+            else:
+                answered = await self.sender.send(
+                    found, version.body, method="PUT",
+                    url=f"{found.endpoint.rstrip('/')}/{found_event.reference}")
+            if not delivered(answered):
+                break
+        return answered
+
+    def _backoff(self, attempts: int) -> int:
+        """Exponential, capped, with jitter (half to all of it): retries spread out."""
+        ceiling = min(self.timing.longest_retry, self.timing.first_retry * 2 ** (attempts - 1))
+        return int(ceiling * self.jitter.uniform(0.5, 1.0) * SECOND)
+
+    async def _heartbeat(self, found: Plan, lease: bytes, body: bytes | None) -> None:
+        current = state(body)
+        now = clock.micros(clock.now())
+        if found.heartbeat is None or now - current.last_sent < found.heartbeat * SECOND:
+            return
+        bundle = self.desk.bundle(found, "heartbeat", current.events, ())
+        answered = await self.sender.send(found, orjson.dumps(bundle))
+        await self.desk.audit(found.id, found.endpoint, answered, "heartbeat", ())
+        # A heartbeat missed is not retried: the next one is due a period later.
+        await self._save(found.id, lease, body, replace(current, last_sent=now,
+                                                          withheld=list(current.withheld)))
+
+
+def _failure(what: str, answered: int) -> str:
+    return f"{what} failed: " + (f"the endpoint answered HTTP {answered}." if answered
+                                  else "the endpoint did not answer.")

@@ -1,0 +1,107 @@
+"""What the subscriptions keep in the store's outbox (store/base.py `Outbox`), under `subs/`;
+sealed at rest like every outbox record (store/bodies.py).
+
+- `subs/p/<subscription>/<stamp>`: an event a write left, in the write's own unit of work;
+- `subs/e/<subscription>/<number>`: the same event once numbered (the dispatcher numbers
+  pending events in stamp order, under its lease); kept for `$events`;
+- `subs/s/<subscription>`: the delivery state (events numbered, delivered, retries);
+- `subs/o/<subscription>`: who created the subscription, whose rights each notification
+  passes when sent;
+- `subs/l/<subscription>`: the lease of the dispatcher serving it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ..store.base import Store
+
+PREFIX = "subs/"
+_SEQUENCE = itertools.count()
+_PROCESS = f"{os.getpid():x}"
+
+
+def pending_prefix(subscription: str) -> str:
+    return f"{PREFIX}p/{subscription}/"
+
+
+def pending_key(subscription: str, micros: int) -> str:
+    """A key ordered by write time, then by order within this process."""
+    return f"{pending_prefix(subscription)}{micros:016x}{next(_SEQUENCE):010x}-{_PROCESS}"
+
+
+def events_prefix(subscription: str) -> str:
+    return f"{PREFIX}e/{subscription}/"
+
+
+def event_key(subscription: str, number: int) -> str:
+    return f"{events_prefix(subscription)}{number:012d}"
+
+
+def state_key(subscription: str) -> str:
+    return f"{PREFIX}s/{subscription}"
+
+
+def owner_key(subscription: str) -> str:
+    return f"{PREFIX}o/{subscription}"
+
+
+def lease_key(subscription: str) -> str:
+    return f"{PREFIX}l/{subscription}"
+
+
+def subscription_keys(subscription: str) -> tuple[str, ...]:
+    """The single records of a subscription (the events are listed by prefix)."""
+    return (state_key(subscription), owner_key(subscription), lease_key(subscription))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A write that matched a subscription: its interaction and the version it left."""
+
+    resource_type: str
+    id: str
+    version: int
+    interaction: str  # create | update | delete
+    method: str  # the HTTP method that wrote the version (POST, PUT, PATCH, DELETE)
+    at: str  # the version's meta.lastUpdated
+    number: int = 0  # 0 until numbered
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+@dataclass(slots=True)
+class State:
+    """Where delivery of a subscription stands (times in microseconds since the epoch)."""
+
+    events: int = 0  # events numbered so far (eventsSinceSubscriptionStart)
+    delivered: int = 0  # the last event number the receiver acknowledged
+    attempts: int = 0  # failed attempts in a row
+    retry_at: int = 0
+    failing_since: int | None = None
+    last_sent: int = 0
+    withheld: list[int] = field(default_factory=list)  # numbers not sent: out of the owner's reach
+
+
+def dump(record: Event | State | dict[str, Any]) -> bytes:
+    return orjson.dumps(record if isinstance(record, dict) else asdict(record))
+
+
+def event(body: bytes) -> Event:
+    return Event(**orjson.loads(body))
+
+
+def state(body: bytes | None) -> State:
+    return State(**orjson.loads(body)) if body else State()
+
+
+async def one(store: Store, key: str) -> bytes | None:
+    """The body of the record `key`, None if there is none."""
+    return next((body for found, body in await store.outbox(key) if found == key), None)
