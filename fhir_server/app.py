@@ -50,6 +50,7 @@ from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch
 from .terminology_service import load_catalogue
+from .trials.alerts import TRIAL_MATCHING, matches_a_patient
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
 from .trials.referral import answer_if_addressed
@@ -203,8 +204,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
         notifications = notify_runner.start(settings, context, recorder.record)
-        dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch,
-                                                        Desk(context, recorder.record))
+        dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch, Desk(
+            context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
+                ctx, study, filters.get("practitioner", ""))}))
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
         log.info("ready", extra={"base_url": settings.base_url})
         yield

@@ -7,7 +7,7 @@ subscriptions/, below services; app.py hands it a `Desk`."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -30,6 +30,10 @@ from .context import Context, Payload, after_commit
 from .guard import decision, note, reachable, visible
 
 Record = Callable[[dict[str, Any]], Awaitable[str]]
+# A topic's own test of an event beyond its criteria and filters, run as the subscription's
+# owner: (context, the resource's id, the filters search cannot answer) -> news or not. The
+# trial-matching topic's runs the trial matcher (trials/alerts.py); app.py hands them over.
+TopicTest = Callable[[Context, str, dict[str, str]], Awaitable[bool]]
 OWNER = f"{CANONICAL}/StructureDefinition/subscription-owner"
 
 
@@ -167,25 +171,33 @@ def _content_of(resource: dict[str, Any]) -> str:
 class Desk:
     """What the dispatcher asks of the service layer, acting as the server."""
 
-    def __init__(self, ctx: Context, record: Record) -> None:
+    def __init__(self, ctx: Context, record: Record, tests: Mapping[str, TopicTest]) -> None:
         self.ctx = dataclasses.replace(ctx, principal=server_principal("subscriptions"))
         self.record = record
+        self.tests = tests
 
     async def served(self) -> list[dict[str, Any]]:
         """Every Subscription whose status is requested or active."""
         query, _ = parse_query("Subscription", [("status", "requested,active")], self.ctx.registry)
         return [resource async for resource in reach.resources(self.ctx, query)]
 
-    async def reached(self, subscription: str, found: Sequence[Event]) -> list[tuple[Event, Version | None]]:
-        """The events whose resource the subscription's owner reaches now (none without an owner)."""
-        owner = await one(self.ctx.store, owner_key(subscription))
+    async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]:
+        """The events whose resource the subscription's owner reaches now and that pass the
+        topic's own test (none without an owner)."""
+        owner = await one(self.ctx.store, owner_key(plan.id))
         if owner is None:
             return []
         try:
             principal = await _principal(self.ctx, orjson.loads(owner))
         except FhirError:
             return []
-        return await allowed(dataclasses.replace(self.ctx, principal=principal), found)
+        as_owner = dataclasses.replace(self.ctx, principal=principal)
+        kept = await allowed(as_owner, found)
+        test = self.tests.get(plan.topic.url) if plan.topic is not None else None
+        if test is None:
+            return kept
+        return [(e, v) for e, v in kept if e.interaction != "delete"
+                and await test(as_owner, e.id, dict(plan.special))]
 
     async def set_status(self, subscription: str, to: str, why: str | None = None) -> None:
         """Move a Subscription to `to` (a new version, as the server); a concurrent change by

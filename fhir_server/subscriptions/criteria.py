@@ -54,6 +54,7 @@ class Plan:
     topic: Topic | None
     resource_type: str
     filters: tuple[Query, ...]
+    special: tuple[tuple[str, str], ...]  # filters no search parameter answers (SPECIAL_FILTERS)
     endpoint: str
     headers: tuple[tuple[str, str], ...]
     content: Content
@@ -91,6 +92,10 @@ def _query(text: str, registry: Registry, expression: str) -> Query:
 
 def _filters(subscription: dict[str, Any], topic: Topic, registry: Registry) -> tuple[Query, ...]:
     """The topic's filters the subscription asks for (`Type?name=value`, names the topic allows)."""
+    missing = sorted((topic.filters & SPECIAL_FILTERS) - set(dict(_special(subscription))))
+    if missing:
+        raise _invalid(f"The topic {topic.url} needs the filter '{missing[0]}'.",
+                       "Subscription.criteria.extension")
     queries = []
     for extension in _extension(subscription.get("_criteria"), FILTER_CRITERIA):
         text = str(extension.get("valueString", ""))
@@ -113,13 +118,11 @@ def _filters(subscription: dict[str, Any], topic: Topic, registry: Registry) -> 
 SPECIAL_FILTERS = frozenset({"practitioner"})
 
 
-def special_filter(subscription: dict[str, Any], name: str) -> str | None:
-    """The value of a filter search cannot apply (SPECIAL_FILTERS), if the subscription has it."""
-    for extension in _extension(subscription.get("_criteria"), FILTER_CRITERIA):
-        for key, value in parse_qsl(str(extension.get("valueString", "")).partition("?")[2]):
-            if key == name:
-                return value
-    return None
+def _special(subscription: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The filters search cannot apply (SPECIAL_FILTERS) the subscription gives."""
+    return tuple((key, value) for extension in _extension(subscription.get("_criteria"), FILTER_CRITERIA)
+                 for key, value in parse_qsl(str(extension.get("valueString", "")).partition("?")[2])
+                 if key in SPECIAL_FILTERS)
 
 
 def _endpoint(channel: dict[str, Any], policy: Policy) -> str:
@@ -210,7 +213,8 @@ def plan(subscription: dict[str, Any], registry: Registry, policy: Policy) -> Pl
     return Plan(
         id=str(subscription.get("id", "")), status=str(subscription.get("status", "")),
         topic=topic, resource_type=topic.resource_type if topic else filters[0].resource_type or "",
-        filters=filters, endpoint=_endpoint(channel, policy), headers=_headers(channel),
+        filters=filters, special=() if topic is None else _special(subscription),
+        endpoint=_endpoint(channel, policy), headers=_headers(channel),
         content=_content(channel, classic), mime_type=mime_type,
         heartbeat=None if classic else _integer(channel, HEARTBEAT_PERIOD, "valueUnsignedInt", 1, 86400),
         timeout=float(timeout) if timeout is not None else policy.timeout,

@@ -50,7 +50,7 @@ class Desk(Protocol):
 
     async def served(self) -> list[dict[str, Any]]: ...
 
-    async def reached(self, subscription: str, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
+    async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
 
     async def set_status(self, subscription: str, to: str, why: str | None = None) -> None: ...
 
@@ -196,7 +196,7 @@ class Dispatcher:
             return body
         kept = [event(record) for _, record in await self.store.outbox(events_prefix(found.id))]
         batch = [e for e in kept if e.number > before.delivered][:found.max_count]
-        sent = await self.desk.reached(found.id, batch)
+        sent = await self.desk.reached(found, batch)
         answered = await self._send(found, before.events, sent) if sent else 200
         if sent:
             await self.desk.audit(found.id, found.endpoint, answered, "event-notification", sent)

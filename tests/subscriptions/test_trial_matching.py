@@ -1,0 +1,52 @@
+"""The trial-matching topic: a physician hears of a new trial that the trial matcher ($match)
+lists for one of their consented patients; a patient without a research consent in force
+(opted out) is never matched (docs/subscriptions.md, trials/alerts.py)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.builders import consent
+from tests.http.helpers import send
+from tests.subscriptions.conftest import dispatch
+from tests.subscriptions.receiver import Receiver
+from tests.subscriptions.test_delivery import subscription
+from tests.trials.eligibility_builders import group
+from tests.trials.match_world import CRITERIA, DR, RECENT, build, site, study
+
+
+def _put(client: TestClient, resource: dict[str, object]) -> None:
+    response = send(client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource)
+    assert response.status_code in (200, 201), response.text
+
+
+def _trial(client: TestClient, id: str, criteria: str) -> None:
+    _put(client, group(f"{id}-criteria", *CRITERIA[criteria]))
+    _put(client, study(id, "phase-2", [site("paris", "recruiting", RECENT)]))
+
+
+def test_a_physician_hears_of_new_trials_matching_their_consenting_patients(
+        client: TestClient, hook: Receiver) -> None:
+    build(client)
+    _put(client, {**consent("alice", scope="research"), "id": "alice-research"})
+    tokens = client.app.state.tokens  # type: ignore[attr-defined]
+    doctor = {"Authorization": "Bearer " + tokens.issue(
+        subject="dr", client_id="portal", scope="user/*.cruds", fhir_user=DR)["access_token"]}
+    missing = send(client, "POST", "/fhir/Subscription", subscription(hook.url, topic="trial-matching"),
+                   **doctor)
+    assert missing.status_code == 400  # the physician filter is required
+    body = subscription(hook.url, topic="trial-matching", filters=(f"ResearchStudy?practitioner={DR}",))
+    assert send(client, "POST", "/fhir/Subscription", body, **doctor).status_code == 201
+    dispatch(client)
+    assert len(hook.of_kind("handshake")) == 1
+    _trial(client, "breast-2", "breast")  # Alice (breast cancer) matches
+    _trial(client, "lung-2", "lung")  # nobody matches
+    dispatch(client, 2)
+    focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
+    assert focus == ["http://testserver/fhir/ResearchStudy/breast-2"]
+    # Alice opts out of trial matching: her research consent no longer in force.
+    _put(client, {**consent("alice", scope="research", status="inactive"), "id": "alice-research"})
+    _trial(client, "breast-3", "breast")
+    dispatch(client, 2)
+    focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
+    assert focus == ["http://testserver/fhir/ResearchStudy/breast-2"]
