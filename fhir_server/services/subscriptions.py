@@ -19,17 +19,17 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.ids import new_id
 from ..model.numbers import whole_number
 from ..model.platform_codes import CANONICAL
-from ..search import extract, parse_query, patients_of
+from ..search import parse_query
 from ..store.base import Outbox, Version
-from ..subscriptions import (CONTENTS, Content, Event, Plan, check_new, dump, event,
-                             events_prefix, notification, one, owner_key, state, state_key,
-                             status_parameters)
+from ..subscriptions import (CONTENTS, Content, Event, Plan, check_new, dump, kept_events,
+                             notification, one, owner_key, state, state_key, status_parameters)
 from . import crud, reach, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
 from .guard import decision, note, reachable, visible
 
 Record = Callable[[dict[str, Any]], Awaitable[str]]
+MAX_REPLAY = 1000  # events one $events call returns at most (ask again from the next number)
 # A topic's own test of an event beyond its criteria and filters, run as the subscription's
 # owner: (context, the resource's id, the filters search cannot answer) -> news or not. The
 # trial-matching topic's runs the trial matcher (trials/alerts.py); app.py hands them over.
@@ -92,13 +92,18 @@ async def create_if_subscription(ctx: Context, resource_type: str, payload: Payl
     return result.version
 
 
-async def allowed(ctx: Context, events: Sequence[Event]) -> list[tuple[Event, Version | None]]:
-    """The events whose resource the caller of `ctx` reaches now, each with its version."""
-    kept = []
+async def allowed(ctx: Context, events: Sequence[Event],
+                  content: Content) -> list[tuple[Event, Version | None]]:
+    """The events whose resource the caller of `ctx` reaches now, each with its version when
+    the caller is confined (it is checked too) or `content` is full-resource."""
+    kept: list[tuple[Event, Version | None]] = []
     for found in events:
         try:
             granted = decision(ctx, "read", found.resource_type)
         except FhirError:
+            continue
+        if not granted.clauses:  # unconfined: nothing to read to decide
+            kept.append((found, None))
             continue
         current = await ctx.store.read(found.resource_type, found.id)
         version = await ctx.store.vread(found.resource_type, found.id, found.version)
@@ -107,7 +112,9 @@ async def allowed(ctx: Context, events: Sequence[Event]) -> list[tuple[Event, Ve
         if version.body is not None and not visible(granted, version):
             continue
         kept.append((found, version))
-    return kept
+    if content != "full-resource":
+        return kept
+    return [(e, v or await ctx.store.vread(e.resource_type, e.id, e.version)) for e, v in kept]
 
 
 def _bundle_of(ctx: Context, resource: dict[str, Any], kind: str, numbered: int,
@@ -155,10 +162,12 @@ async def events(ctx: Context, id: str, since: str | None, until: str | None,
     version = await crud.read(ctx, "Subscription", id)
     resource = orjson.loads(version.body or b"{}")
     numbered = state(await one(ctx.store, state_key(id))).events
-    kept = [event(body) for _, body in await ctx.store.outbox(events_prefix(id))]
-    chosen = [e for e in kept if (first is None or e.number >= first) and (last is None or e.number <= last)]
+    start = max(first or 1, 1)
+    chosen = await kept_events(ctx.store, id, start, min(last or numbered, numbered,
+                                                         start + MAX_REPLAY - 1))
     payload: Content = content or _content_of(resource)  # type: ignore[assignment]
-    return _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen), payload)
+    return _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen, payload),
+                      payload)
 
 
 def _content_of(resource: dict[str, Any]) -> str:
@@ -192,7 +201,7 @@ class Desk:
         except FhirError:
             return []
         as_owner = dataclasses.replace(self.ctx, principal=principal)
-        kept = await allowed(as_owner, found)
+        kept = await allowed(as_owner, found, plan.content)
         test = self.tests.get(plan.topic.url) if plan.topic is not None else None
         if test is None:
             return kept
@@ -221,11 +230,7 @@ class Desk:
     async def audit(self, subscription: str, endpoint: str, answered: int, kind: str,
                     sent: Sequence[tuple[Event, Version | None]]) -> None:
         """Record what a notification told a receiver."""
-        patients: set[str] = set()
-        for found, version in sent:
-            if version is not None and version.body is not None:
-                patients |= patients_of(self.ctx.registry, found.resource_type,
-                                        extract(orjson.loads(version.body)), found.id)
+        patients = {patient for found, _ in sent for patient in found.patients}
         await self.record(notification_event(
             recorded=clock.instant(), subscription=f"Subscription/{subscription}",
             endpoint=endpoint, status=answered, kind=kind,

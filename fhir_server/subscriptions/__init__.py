@@ -7,9 +7,9 @@ from .criteria import CONTENTS, Content, Plan, Policy, check_new
 from .delivery import Sender
 from .dispatcher import Dispatcher, Timing
 from .notifications import notification, status_parameters
-from .records import Event, dump, event, events_prefix, one, owner_key, state, state_key
+from .records import Event, dump, one, owner_key, state, state_key
+from .records import numbered as kept_events
 
 __all__ = ["CONTENTS", "Content", "Dispatcher", "Event", "Plan", "Policy", "Sender",
-           "SubscribedStore", "Timing", "Watch", "check_new", "dump", "event", "events_prefix",
-           "notification", "one", "owner_key", "state", "state_key", "status_parameters",
-           "subscription_capabilities"]
+           "SubscribedStore", "Timing", "Watch", "check_new", "dump", "kept_events", "notification",
+           "one", "owner_key", "state", "state_key", "status_parameters", "subscription_capabilities"]

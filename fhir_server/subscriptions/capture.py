@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..model.errors import FhirError
-from ..search import Registry, extract, matches
+from ..model.errors import Kind, fail
+from ..search import Registry, extract, matches, patients_of
 from ..store.base import (
     RETRY_DELAYS,
     ConditionalCreate,
@@ -91,7 +91,9 @@ class SubscribedStore(RoutingStore):
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         if not self.watch.concerns(operations):
             return await super().commit(operations)
-        self._check(operations)
+        self.check(operations)
+        if not self.main.status().get("transactions", True):
+            return await super().commit(operations)  # no Subscription can be stored here
         for delay in RETRY_DELAYS:
             await asyncio.sleep(delay)
             try:
@@ -103,7 +105,7 @@ class SubscribedStore(RoutingStore):
                 continue
         else:
             raise TransientConflict("the unit of work lost every race")
-        self._served(operations, results)
+        self._served(results)
         return results
 
     @asynccontextmanager
@@ -112,19 +114,24 @@ class SubscribedStore(RoutingStore):
             recording = _Recording(unit, self)
             yield recording
             await self._keep(unit, recording.operations, recording.results)
-        self._served(recording.operations, recording.results)
+        self._served(recording.results)
 
-    def _check(self, operations: Sequence[Operation]) -> None:
-        """400 for a Subscription this server cannot serve (before anything is written)."""
+    def check(self, operations: Sequence[Operation]) -> None:
+        """400 for a Subscription this server cannot serve (before anything is written); 501
+        on a store that cannot keep events in the unit of work of their write (a standalone
+        MongoDB server, without transactions)."""
         for operation in operations:
             write = _write_of(operation)
             if write is not None and write.resource_type == "Subscription":
+                if not self.main.status().get("transactions", True):
+                    raise fail(Kind.NOT_SUPPORTED, "not-supported", "Subscriptions need a store "
+                               "with transactions (a MongoDB replica set or SQLite).")
                 plan(write.resource, self.watch.registry, self.watch.policy)
 
-    def _served(self, operations: Sequence[Operation], results: Sequence[Result]) -> None:
+    def _served(self, results: Sequence[Result]) -> None:
         """Serve the Subscriptions just written, as written (the dispatcher reloads them all
-        on each round anyway: this makes a new one effective at once in this process)."""
-        for operation, result in zip(operations, results, strict=False):
+        every `poll` anyway: this makes a new one effective at once in this process)."""
+        for result in results:
             for version in result.versions:
                 if version.resource_type == "Subscription":
                     self.watch.put(self._plan(version), version.id)
@@ -163,13 +170,14 @@ class SubscribedStore(RoutingStore):
                     continue  # a classic subscription is told of creates and updates
             elif not found.topic.triggered(interaction, current):
                 continue
-            if found.filters:
-                if entries is None:
-                    entries = await self._entries(version, current, write)
-                if not all(matches(query, entries) for query in found.filters):
-                    continue
+            if entries is None:
+                entries = await self._entries(version, current, write)
+            if not all(matches(query, entries) for query in found.filters):
+                continue
+            patients = tuple(sorted(patients_of(self.watch.registry, version.resource_type,
+                                                entries, version.id)))
             event = Event(version.resource_type, version.id, version.version, interaction,
-                          version.method, version.last_updated)
+                          version.method, version.last_updated, patients)
             kept.append((pending_key(found.id, micros), dump(event)))
         return kept
 
@@ -196,7 +204,7 @@ class _Recording:
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         if self.store.watch.concerns(operations):
-            self.store._check(operations)
+            self.store.check(operations)
         results = await self.unit.apply(operations)
         self.operations.extend(operations)
         self.results.extend(results)

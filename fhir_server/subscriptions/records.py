@@ -39,8 +39,26 @@ def events_prefix(subscription: str) -> str:
     return f"{PREFIX}e/{subscription}/"
 
 
+BLOCK = 100  # events listed together: keys share their prefix but for the last two digits
+
+
 def event_key(subscription: str, number: int) -> str:
     return f"{events_prefix(subscription)}{number:012d}"
+
+
+def block_prefixes(subscription: str, first: int, last: int) -> list[str]:
+    """Prefixes listing events `first` to `last` (and others of their blocks), so a batch is
+    read without listing every event kept."""
+    return [f"{events_prefix(subscription)}{block:010d}"
+            for block in range(first // BLOCK, last // BLOCK + 1)]
+
+
+async def numbered(store: Store, subscription: str, first: int, last: int) -> list[Event]:
+    """The kept events numbered `first` to `last`, in order."""
+    found = []
+    for prefix in block_prefixes(subscription, first, last):
+        found += [event(body) for _, body in await store.outbox(prefix)]
+    return [e for e in found if first <= e.number <= last]
 
 
 def state_key(subscription: str) -> str:
@@ -70,6 +88,7 @@ class Event:
     interaction: str  # create | update | delete
     method: str  # the HTTP method that wrote the version (POST, PUT, PATCH, DELETE)
     at: str  # the version's meta.lastUpdated
+    patients: tuple[str, ...] = ()  # whose compartment holds the resource (for the audit)
     number: int = 0  # 0 until numbered
 
     @property
@@ -95,7 +114,8 @@ def dump(record: Event | State | dict[str, Any]) -> bytes:
 
 
 def event(body: bytes) -> Event:
-    return Event(**orjson.loads(body))
+    fields = orjson.loads(body)
+    return Event(**{**fields, "patients": tuple(fields.get("patients", ()))})
 
 
 def state(body: bytes | None) -> State:
