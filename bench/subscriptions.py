@@ -101,14 +101,17 @@ class Server:
             [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port), "--workers", "1"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while True:
+        answer = "no answer"
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)
+                if ready.status_code == 200:
                     return
+                answer = ready.text
             except httpx.TransportError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the server did not start: {answer}")
 
     def stop(self, kill: bool = False) -> None:
         (self.process.kill if kill else self.process.terminate)()

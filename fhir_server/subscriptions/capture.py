@@ -91,7 +91,7 @@ class SubscribedStore(RoutingStore):
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         if not self.watch.concerns(operations):
             return await super().commit(operations)
-        self.check(operations)
+        self.check_subscriptions(operations)
         if not self.main.status().get("transactions", True):
             return await super().commit(operations)  # no Subscription can be stored here
         for delay in RETRY_DELAYS:
@@ -116,7 +116,7 @@ class SubscribedStore(RoutingStore):
             await self._keep(unit, recording.operations, recording.results)
         self._served(recording.results)
 
-    def check(self, operations: Sequence[Operation]) -> None:
+    def check_subscriptions(self, operations: Sequence[Operation]) -> None:
         """400 for a Subscription this server cannot serve (before anything is written); 501
         on a store that cannot keep events in the unit of work of their write (a standalone
         MongoDB server, without transactions)."""
@@ -204,7 +204,7 @@ class _Recording:
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         if self.store.watch.concerns(operations):
-            self.store.check(operations)
+            self.store.check_subscriptions(operations)
         results = await self.unit.apply(operations)
         self.operations.extend(operations)
         self.results.extend(results)
