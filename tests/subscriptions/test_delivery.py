@@ -260,3 +260,9 @@ def status_of_store(client: TestClient, id: str) -> str:
 def _token(client: TestClient) -> str:
     from tests.conftest import token
     return token(client, "system/*.cruds")
+
+
+def test_the_subscribed_store_still_answers_readiness(client: TestClient) -> None:
+    """The store that keeps events is the app's store: /readyz asks it (its check() once
+    shadowed the readiness check)."""
+    assert client.get("/readyz").status_code == 200
