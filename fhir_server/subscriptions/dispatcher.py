@@ -72,7 +72,7 @@ class Timing:
     longest_retry: float = 3600.0
     lease: float = 30.0
     poll: float = 1.0
-    gather: float = 0.05
+    gather: float = 0.25
 
 
 class Dispatcher:

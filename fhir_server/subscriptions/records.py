@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -110,7 +110,7 @@ class State:
 
 
 def dump(record: Event | State | dict[str, Any]) -> bytes:
-    return orjson.dumps(record if isinstance(record, dict) else asdict(record))
+    return orjson.dumps(record)  # dataclasses natively (dataclasses.asdict is 100 times slower)
 
 
 def event(body: bytes) -> Event:
