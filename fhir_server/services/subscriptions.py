@@ -26,7 +26,7 @@ from ..subscriptions import (CONTENTS, Content, Event, Plan, check_new, dump, ke
 from . import crud, reach, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
-from .guard import decision, note, reachable, visible
+from .guard import Decision, decision, note, reachable, visible
 
 Record = Callable[[dict[str, Any]], Awaitable[str]]
 MAX_REPLAY = 1000  # events one $events call returns at most (ask again from the next number)
@@ -97,10 +97,15 @@ async def allowed(ctx: Context, events: Sequence[Event],
     """The events whose resource the caller of `ctx` reaches now, each with its version when
     the caller is confined (it is checked too) or `content` is full-resource."""
     kept: list[tuple[Event, Version | None]] = []
+    decisions: dict[str, Decision | None] = {}
     for found in events:
-        try:
-            granted = decision(ctx, "read", found.resource_type)
-        except FhirError:
+        if found.resource_type not in decisions:
+            try:
+                decisions[found.resource_type] = decision(ctx, "read", found.resource_type)
+            except FhirError:
+                decisions[found.resource_type] = None
+        granted = decisions[found.resource_type]
+        if granted is None:
             continue
         if not granted.clauses:  # unconfined: nothing to read to decide
             kept.append((found, None))

@@ -163,6 +163,7 @@ class SubscribedStore(RoutingStore):
         current = orjson.loads(version.body) if version.body is not None else None
         interaction = "delete" if current is None else "create" if version.version == 1 else "update"
         entries: Sequence[Any] | None = None
+        record = b""
         kept = []
         for found in plans.values():
             if found.topic is None:
@@ -174,11 +175,12 @@ class SubscribedStore(RoutingStore):
                 entries = await self._entries(version, current, write)
             if not all(matches(query, entries) for query in found.filters):
                 continue
-            patients = tuple(sorted(patients_of(self.watch.registry, version.resource_type,
-                                                entries, version.id)))
-            event = Event(version.resource_type, version.id, version.version, interaction,
-                          version.method, version.last_updated, patients)
-            kept.append((pending_key(found.id, micros), dump(event)))
+            if not record:  # the same for every subscription
+                patients = tuple(sorted(patients_of(self.watch.registry, version.resource_type,
+                                                    entries, version.id)))
+                record = dump(Event(version.resource_type, version.id, version.version,
+                                    interaction, version.method, version.last_updated, patients))
+            kept.append((pending_key(found.id, micros), record))
         return kept
 
     async def _entries(self, version: Version, current: dict[str, Any] | None,
