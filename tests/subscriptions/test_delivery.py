@@ -24,6 +24,7 @@ def subscription(endpoint: str, topic: str = "patient-updated", content: str = "
                  filters: tuple[str, ...] = (), **channel: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "Subscription", "status": "requested", "reason": "test",
+        "meta": {"profile": [f"{BACKPORT}/backport-subscription"]},
         "criteria": topic if "?" in topic else f"{TOPICS}/{topic}",
         "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
                     "_payload": {"extension": [{"url": f"{BACKPORT}/backport-payload-content",
@@ -90,6 +91,8 @@ def test_handshake_then_events_in_order_with_id_only_payloads(client: TestClient
     [handshake] = hook.of_kind("handshake")
     assert handshake.json()["type"] == "history"
     assert status_of(client, id) == "active"
+    found = client.get(f"/fhir/Subscription?status=active&criteria={TOPICS}/patient-updated").json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [id]
     update_patient(client, "p1", "One")
     update_patient(client, "p2", "Other")  # filtered out
     update_patient(client, "p1", "Two")
