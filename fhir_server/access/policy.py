@@ -257,8 +257,8 @@ def _outside_compartments(resource_type: str, principal: Principal,
     others (Binary, Linkage, Contract, Device, ...) may carry a patient's data and are left to
     system clients. A user's Subscriptions are theirs: those they own (docs/subscriptions.md)."""
     if resource_type == "Subscription" and principal.fhir_user:
-        kind, _, id = principal.fhir_user.partition("/")
-        return (Clause((ReferencePredicate("owner", kind, id),)),)
+        owner = principal.fhir_user.split("/", 1)  # a reference to match, not a role to tell
+        return (Clause((ReferencePredicate("owner", owner[0], owner[-1]),)),)
     if resource_type not in DIRECTORY_TYPES:
         if interaction in _WRITES:
             raise fail(Kind.FORBIDDEN, "forbidden", f"Only system clients write {resource_type}.")
