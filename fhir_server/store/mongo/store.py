@@ -53,7 +53,6 @@ from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail, incident
 from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry
 from ..base import (
-    outbox_changed,
     RETRY_DELAYS,
     ConditionalCreate,
     ConditionalDelete,
@@ -70,6 +69,7 @@ from ..base import (
     TransientConflict,
     Version,
     Write,
+    outbox_changed,
 )
 from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
                       sealed, sealed_records)

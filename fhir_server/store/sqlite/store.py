@@ -29,7 +29,6 @@ from . import dump as sqlite_dump
 from . import erase as sqlite_erase
 from . import index as sqlite_index
 from ..base import (
-    outbox_changed,
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
@@ -44,6 +43,7 @@ from ..base import (
     SearchPage,
     Version,
     Write,
+    outbox_changed,
 )
 from .index import ParamIds
 from .lock import WriterLock
