@@ -106,6 +106,7 @@ class AuditedStore:
 
     def __init__(self, inner: Store, trail: Trail, intent: Intent, settled: Settled) -> None:
         self.inner = inner
+        self.jobs = inner.jobs  # jobs are no unit of work of the request's
         self.trail = trail
         self.intent = intent
         self.settled = settled

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from ..model.errors import FhirError, Kind, fail
 from ..search import IndexEntry, Query
+from .jobs import Jobs
 
 Method = Literal["POST", "PUT", "PATCH", "DELETE"]
 
@@ -211,6 +212,8 @@ class UnitOfWork(Protocol):
 
 class Store(Protocol):
     """Storage of versioned FHIR resources. Every method is safe to call concurrently."""
+
+    jobs: Jobs  # asynchronous jobs and their files (store/jobs.py)
 
     async def migrate(self) -> None:
         """Create or update the schema and indexes (`fhir-server migrate`, idempotent); slow

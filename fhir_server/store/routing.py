@@ -45,6 +45,7 @@ class RoutingStore:
     def __init__(self, main: Store, audit: Store) -> None:
         self.main = main
         self.audit = audit
+        self.jobs = main.jobs
 
     def _for(self, resource_type: str | None) -> Store:
         return self.audit if resource_type == AUDIT_TYPE else self.main

@@ -77,6 +77,7 @@ from ..versions import stamp
 from . import dump as mongo_dump
 from . import erase as mongo_erase
 from . import layout
+from .jobs import MongoJobs
 from .search import VERSION_FIELDS, MongoSearch, version_of
 from .schedule import MongoSchedule
 from .selfcheck import DEFAULT_MAX_DOCUMENT_SIZE, Deployment, inspect, missing_indexes
@@ -188,6 +189,7 @@ class MongoStore:
         self.guards = self.db[layout.GUARDS]
         self.claims = self.db["claims"]
         self.outbox_docs = self.db["outbox"]
+        self.jobs = MongoJobs(self.db, self.codec)
         self.registry = registry or default_registry()
         self.accept_unsafe = accept_unsafe
         self.deployment: Deployment | None = None  # once the self-check has passed

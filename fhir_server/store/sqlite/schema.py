@@ -62,7 +62,21 @@ CREATE INDEX schedule_lease ON schedule (state, lease);
 CREATE TABLE notification_preference (person TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID
 """
 
-MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE)
+# Asynchronous jobs and their files (store/jobs.py, sqlite/jobs.py); bodies sealed.
+_JOBS = """
+CREATE TABLE export_job (
+    id TEXT PRIMARY KEY, client_id TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
+    spec BLOB NOT NULL, progress BLOB NOT NULL, attempts INTEGER NOT NULL, lease_owner TEXT,
+    lease_until REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX export_job_claim ON export_job (state, lease_until);
+CREATE TABLE export_file (
+    job TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, name)
+)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE,
+                               _JOBS)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

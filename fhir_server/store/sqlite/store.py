@@ -46,6 +46,7 @@ from ..base import (
     outbox_changed,
 )
 from .index import ParamIds
+from .jobs import SqliteJobs
 from .lock import WriterLock
 from .query import SqliteSearch
 from .schedule import SqliteSchedule
@@ -85,6 +86,7 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._queued: list[_Queued] = []
         self._writers = WriterLock(path.with_name(path.name + ".writer"), _BUSY_TIMEOUT_MS / 1000)
+        self.jobs = SqliteJobs(self)
 
     @classmethod
     def from_url(cls, url: str, codec: BodyCodec | None = None, *,
