@@ -26,9 +26,11 @@ from .auth.tokens import TokenService
 from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, ErasureLedger,
                      KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
                      ledger_key)
-from .http import (HeadMiddleware, bundle_router, fhir_router, install_error_handlers,
-                   metadata_router, notifications_router, operability_router, privacy_router,
-                   sealing_keys_router, shortcut_router, subscriptions_router)
+from .bulk import ExportWorker
+from .http import (HeadMiddleware, bundle_router, export_router, fhir_router,
+                   install_error_handlers, metadata_router, notifications_router,
+                   operability_router, privacy_router, sealing_keys_router, shortcut_router,
+                   subscriptions_router)
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
@@ -43,6 +45,8 @@ from .services.context import Context
 from .services.demo import load_demo_data
 from .services.erase import Erasures, reconcile
 from .services.subscriptions import Desk, create_if_subscription
+from .services.export import Policy as ExportPolicy
+from .services.export_job import Limits as ExportLimits
 from .settings import Settings
 from .store.base import Store
 from .store.mongo import MongoStore
@@ -208,8 +212,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
                 ctx, study, filters.get("practitioner", ""))}))
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
+        exports = asyncio.get_running_loop().create_task(
+            ExportWorker(context, app.state.export_policy, recorder.record_all).run())
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        exports.cancel()
         notifying.cancel()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)
@@ -231,6 +238,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.context = context
     app.state.tokens = tokens
     app.state.oauth = oauth
+    app.state.export_policy = export_policy(settings)
     app.state.mllp = None  # the HL7 v2 listener, when settings.mllp (started with the app)
     app.state.schedule = notify_runner.schedule_of(store)  # preferences (http/notifications.py)
     # sends e-mailed sign-in codes (auth/email_codes.py); None without an SMTP relay
@@ -248,6 +256,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bundle_router, prefix=settings.base_path)
     app.include_router(operations_router, prefix=settings.base_path)
     app.include_router(subscriptions_router, prefix=settings.base_path)
+    app.include_router(export_router, prefix=settings.base_path)
     app.include_router(privacy_router, prefix=settings.base_path)  # before fhir_router's compartments
     app.include_router(sealing_keys_router)
     app.include_router(notifications_router)
@@ -259,6 +268,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(HeadMiddleware)  # outside audit: a HEAD is audited as the read it is
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def export_policy(settings: Settings) -> ExportPolicy:
+    """How $export jobs run (services/export.py), from the settings."""
+    return ExportPolicy(ExportLimits(settings.export_file_resources, settings.export_file_bytes),
+                        attempts=settings.export_attempts,
+                        retention_seconds=settings.export_retention_seconds)
 
 
 def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         0, ge=0, description="Hours between the backups the server takes by itself (24: daily); "
         "0 means none (run `fhir-server backup` from cron).",
     )
+    export_file_resources: int = Field(
+        10_000, ge=1, description="Most resources in one $export file (docs/export.md).")
+    export_file_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=15 * 1024 * 1024,
+        description="About the most bytes in one $export file (below MongoDB's 16 MiB documents).")
+    export_retention_seconds: int = Field(
+        3600, ge=1, description="Seconds the files of a finished $export stay (the manifest's Expires).")
+    export_attempts: int = Field(
+        3, ge=1, description="Attempts of an $export job (a crash or an error each) before it fails.")
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")

@@ -24,7 +24,7 @@ MAY_IMPORT = {
     # topics, Subscriptions read, events kept in the outbox and sent: below services, which
     # decide access (the dispatcher is handed its checks by app.py)
     "subscriptions": {"search", "store"},
-    "trials": {"services"}, "privacy": {"services"}, "interop": {"services"},
+    "trials": {"services"}, "privacy": {"services"}, "interop": {"services"}, "bulk": {"services"},
     # the schedule is the store's (store/schedule.py); reminders search referrals
     "notify": {"services", "store", "search"},
     # backups read and rebuild whole stores, the audit chain, and replay erasures

@@ -2,6 +2,7 @@
 
 from .bundles import router as bundle_router
 from .errors import install as install_error_handlers
+from .export import router as export_router
 from .head import HeadMiddleware
 from .metadata import router as metadata_router
 from .notifications import router as notifications_router
@@ -12,6 +13,6 @@ from .routes import shortcut_router
 from .sealing_keys import router as sealing_keys_router
 from .subscriptions import router as subscriptions_router
 
-__all__ = ["HeadMiddleware", "bundle_router", "fhir_router", "install_error_handlers", "metadata_router",
-           "notifications_router", "operability_router",
+__all__ = ["HeadMiddleware", "bundle_router", "export_router", "fhir_router", "install_error_handlers",
+           "metadata_router", "notifications_router", "operability_router",
            "privacy_router", "sealing_keys_router", "shortcut_router", "subscriptions_router"]

@@ -14,6 +14,8 @@ from ..search import query_pairs
 from ..services import crud
 from ..services.context import Context
 from .auth import authenticate, context_of
+from .export import kick_off_everything
+from .headers import prefer
 from .negotiation import check_acceptable, fhir_response
 
 router = APIRouter(dependencies=[Depends(authenticate)])
@@ -21,9 +23,12 @@ router = APIRouter(dependencies=[Depends(authenticate)])
 
 @router.get("/Patient/{id}/$everything")
 async def patient_everything(request: Request, id: str) -> Response:
-    """The patient's compartment and what it references, one searchset page at a time."""
+    """The patient's compartment and what it references, one searchset page at a time; under
+    `Prefer: respond-async`, the compartment as ndjson files of a Bulk Data job (docs/export.md)."""
     check_acceptable(request)
     crud.check_id(id)
+    if prefer(request, "respond-async") is not None:
+        return await kick_off_everything(request, id)
     asked = everything.parse_request(_params(request))
     return fhir_response(request, await everything.everything(context_of(request), id, asked))
 

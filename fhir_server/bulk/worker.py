@@ -1,0 +1,56 @@
+"""The export worker: a task of each server process that claims jobs from the store and runs
+them (services/export.advance). Several processes, or several servers on one MongoDB, each
+run one: a claim is atomic and leased, so a job runs in one place at a time, and a job whose
+process died is claimed again once its lease ends (docs/export.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+from .. import clock
+from ..services import export
+from ..services.context import Context
+
+log = logging.getLogger("fhir_server.export")
+
+IDLE_SECONDS = 1.0  # between looks for work when there is none
+SWEEP_SECONDS = 60.0  # between removals of expired jobs
+
+
+class ExportWorker:
+    """Claims and runs export jobs until cancelled."""
+
+    def __init__(self, ctx: Context, policy: export.Policy, record: export.Record) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.record = record
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def run_one(self) -> bool:
+        """Claim one job and run it; False when there was none to claim."""
+        now = clock.seconds()
+        job = await self.ctx.store.jobs.claim(self.owner, now, now + self.policy.lease_seconds)
+        if job is None:
+            return False
+        await export.advance(self.ctx, job, self.owner, self.policy, self.record)
+        return True
+
+    async def run(self) -> None:
+        """Run jobs as they come; remove expired ones now and then."""
+        swept = 0.0
+        while True:
+            try:
+                if clock.seconds() - swept > SWEEP_SECONDS:
+                    await export.sweep(self.ctx, self.policy)
+                    swept = clock.seconds()
+                if not await self.run_one():
+                    await asyncio.sleep(IDLE_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the store unreachable: try again later
+                log.exception("export worker")
+                await asyncio.sleep(IDLE_SECONDS)

@@ -1,0 +1,299 @@
+"""Bulk Data `$export` (Bulk Data Access IG 2.0.0, export.html; docs/export.md): the kick-off
+at system, Patient and Group level, the status of a job, its files, its cancellation, and
+`advance`, which a worker calls to run a claimed job to its end.
+
+Who may export: backend clients (and the server itself) what their `system/` scopes name,
+investigator site systems what the access layer lets them reach (their referrals, never a
+live record), a patient or their legal representative their own compartment (Patient/$export,
+`$everything` asynchronously). A job, its status and its files belong to the client and
+subject that started it: anyone else gets 404, as for a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .. import clock
+from ..access import Principal, Role
+from ..audit.events import request_events
+from ..audit.trail import Trail
+from ..model.errors import FhirError, Kind, fail, incident
+from ..model.ids import new_id
+from ..store.jobs import Job
+from . import crud
+from .context import Context
+from .export_job import Limits, Output, Progress, Source, Spec, acting_as, caller_of, step
+from .export_params import Asked, invalid, parse
+from .guard import decision
+
+log = logging.getLogger("fhir_server.export")
+
+STATUS_PATH, FILE_PATH = "$export-status", "$export-file"
+# Kept apart (the audit store); exported only when `_type` names it.
+NOT_BY_DEFAULT = frozenset({"AuditEvent"})
+_EXPORTERS = frozenset({Role.SYSTEM, Role.SERVER, Role.INVESTIGATOR})
+WAIT_SECONDS = 1.0  # before a step the store asked to wait for is tried again
+Record = Callable[[Sequence[dict[str, Any]]], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How jobs run: file limits, lease, retries, how long finished files stay."""
+
+    limits: Limits = Limits()
+    lease_seconds: float = 30.0
+    attempts: int = 3
+    retention_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A job as its status request sees it: running (with a progress text), done (with its
+    manifest and expiry), or failed (with why)."""
+
+    progress: str | None = None
+    manifest: dict[str, Any] | None = None
+    expires: float | None = None
+    failure: str | None = None
+
+
+async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], *, request: str,
+                   lenient: bool, group: str | None = None, patient: str | None = None) -> str:
+    """Check an export request and store its job; returns the job id. `level` is "system",
+    "patient", "group" (`group` its id) or "everything" (`patient` its id). INVALID,
+    FORBIDDEN or NOT_FOUND naming the problem, and no job, when the request cannot run."""
+    principal = _exporter(ctx, level)
+    asked = parse(ctx.registry, params, level="system" if level == "system" else "patient",
+                  lenient=lenient, base=ctx.base_url)
+    patients = await _patients(ctx, level, asked, group, patient)
+    types = _types(ctx, asked, compartment=level != "system", lenient=lenient)
+    spec = Spec(request=request, transaction_time=clock.instant(),
+                sources=_sources(types, asked, per_patient=patients is not None),
+                caller=caller_of(principal), since=asked.since, patients=patients or (),
+                elements=asked.elements, ignored=tuple(dataclasses.asdict(i) for i in asked.ignored),
+                requires_token=not principal.server)
+    id = new_id()
+    now = clock.seconds()
+    await ctx.store.jobs.create(Job(id, principal.client_id, "queued", now, spec.dump(),
+                                    Progress().dump()))
+    return id
+
+
+def _exporter(ctx: Context, level: str) -> Principal:
+    principal = ctx.principal
+    if principal is None:
+        raise fail(Kind.FORBIDDEN, "forbidden", "No authenticated caller.")
+    if principal.role in _EXPORTERS and principal.patient is None:
+        return principal
+    if principal.speaks_for_patient and principal.patient is not None and level in ("patient", "everything"):
+        return principal
+    raise fail(Kind.FORBIDDEN, "forbidden", "Bulk export is for backend clients with system/ "
+               "scopes, and for a patient or their representative's own record (Patient/$export).")
+
+
+async def _patients(ctx: Context, level: str, asked: Asked, group: str | None,
+                    patient: str | None) -> tuple[str, ...] | None:
+    """The patients an export is confined to (None: not confined to a list)."""
+    if level == "everything":
+        assert patient is not None
+        await crud.read(ctx, "Patient", patient)  # NOT_FOUND if out of reach
+        return (patient,)
+    members: list[str] = []
+    if group is not None:
+        version = await crud.read(ctx, "Group", group)  # NOT_FOUND if out of reach
+        body = orjson.loads(version.body or b"{}")
+        members = [ref.removeprefix("Patient/") for m in body.get("member", [])
+                   if (ref := (m.get("entity") or {}).get("reference", "")).startswith("Patient/")]
+    if asked.patients:
+        for id in asked.patients:
+            try:
+                await crud.read(ctx, "Patient", id)
+            except FhirError as error:
+                raise fail(error.kind, "not-found", f"patient Patient/{id} is not known.",
+                           expression="patient") from None
+        members = [p for p in asked.patients if group is None or p in members]
+    if group is None and not asked.patients:
+        if ctx.principal is not None and ctx.principal.patient is not None:
+            return (ctx.principal.patient,)
+        return None
+    return tuple(dict.fromkeys(members))
+
+
+def _types(ctx: Context, asked: Asked, *, compartment: bool, lenient: bool) -> list[str]:
+    """The types to export: those named (each within the caller's scopes: else FORBIDDEN),
+    or every type the caller may search; at Patient and Group level, those of the Patient
+    compartment (a type outside it is INVALID, or left out when lenient)."""
+    registry = ctx.registry
+    in_compartment = {t for t in registry.resource_types if t == "Patient" or registry.patient_compartment(t)}
+    if asked.types:
+        outside = [t for t in asked.types if compartment and t not in in_compartment]
+        if outside and not lenient:
+            raise invalid(f"_type names types outside the Patient compartment: {', '.join(outside)}.",
+                          "_type", "not-supported")
+        types = [t for t in asked.types if t not in outside]
+        for t in types:
+            decision(ctx, "search", t)  # FORBIDDEN: the scopes must cover every type named
+        return types
+    candidates = sorted(in_compartment if compartment else registry.resource_types)
+    types = []
+    for t in candidates:
+        if t in NOT_BY_DEFAULT:
+            continue
+        try:
+            decision(ctx, "search", t)
+        except FhirError:
+            continue
+        types.append(t)
+    if "Patient" in types:  # the patients first: a reader can load in order
+        types.insert(0, types.pop(types.index("Patient")))
+    return types
+
+
+def _sources(types: Sequence[str], asked: Asked, *, per_patient: bool) -> tuple[Source, ...]:
+    sources = []
+    for t in types:
+        filters = [tuple(f) for f in asked.filters.get(t, [[]])]
+        sources += [Source(t, f, per_patient, tuple(filters[:n])) for n, f in enumerate(filters)]
+    return tuple(sources)
+
+
+async def _own(ctx: Context, id: str) -> tuple[Job, Spec]:
+    """The job `id` if the caller started it (same client, same subject); else NOT_FOUND."""
+    principal = ctx.principal
+    job = await ctx.store.jobs.get(id)
+    if job is not None and principal is not None and job.client_id == principal.client_id:
+        spec = Spec.load(job.spec)
+        if spec.caller.get("subject", spec.caller.get("server")) == principal.subject:
+            return job, spec
+    raise fail(Kind.NOT_FOUND, "not-found", f"There is no export job {id}.",
+               details_code="MSG_NO_EXIST")
+
+
+async def status(ctx: Context, id: str, policy: Policy) -> Status:
+    """The status of a job; NOT_FOUND for another caller's, a cancelled or an expired one."""
+    job, spec = await _own(ctx, id)
+    progress = Progress.load(job.progress)
+    if job.state == "failed":
+        return Status(failure=progress.failure or "The export failed.")
+    if job.state != "done":
+        sources = len(spec.sources)
+        done = min(progress.source, sources)
+        return Status(progress=f"{progress.resources} resources in {len(progress.outputs)} "
+                               f"files; {done} of {sources} parts read")
+    expires = job.updated + policy.retention_seconds
+    if expires <= clock.seconds():
+        await ctx.store.jobs.delete(id)
+        raise fail(Kind.NOT_FOUND, "not-found", f"Export job {id} has expired.")
+    return Status(manifest=manifest(ctx.base_url, id, spec, progress), expires=expires)
+
+
+def manifest(base: str, id: str, spec: Spec, progress: Progress) -> dict[str, Any]:
+    """The complete-status body (export.html#response---complete-status)."""
+
+    def listed(outputs: Sequence[Output]) -> list[dict[str, Any]]:
+        return [{"type": o.type, "url": f"{base}/{FILE_PATH}/{id}/{o.name}", "count": o.count}
+                for o in outputs]
+
+    body: dict[str, Any] = {"transactionTime": spec.transaction_time, "request": spec.request,
+                            "requiresAccessToken": spec.requires_token,
+                            "output": listed(progress.outputs), "error": listed(progress.errors)}
+    if spec.since is not None:
+        body["deleted"] = listed(progress.deleted)
+    return body
+
+
+async def file(ctx: Context, id: str, name: str) -> bytes:
+    """A file of a finished job the caller started; the request's audit trail names the
+    patients whose data it holds. NOT_FOUND otherwise."""
+    job, _ = await _own(ctx, id)
+    progress = Progress.load(job.progress)
+    listed = next((o for o in (*progress.outputs, *progress.deleted, *progress.errors)
+                   if o.name == name), None)
+    data = await ctx.store.jobs.file(id, name) if listed is not None and job.state == "done" else None
+    if data is None:
+        raise fail(Kind.NOT_FOUND, "not-found", f"Export job {id} has no file {name}.")
+    if ctx.trail is not None and listed is not None:
+        for patient in listed.patients:
+            ctx.trail.owners[f"Patient/{patient}"] = frozenset({patient})
+    return data
+
+
+async def cancel(ctx: Context, id: str) -> None:
+    """Delete a job and its files (export.html#bulk-data-delete-request); NOT_FOUND if gone."""
+    await _own(ctx, id)
+    await ctx.store.jobs.delete(id)
+
+
+async def advance(ctx: Context, job: Job, owner: str, policy: Policy, record: Record) -> None:
+    """Run a job this worker (`owner`) claimed, step after step, each saved with its files and
+    the lease renewed, until it is done, fails for good, or the lease is lost (another worker
+    has it, or it was cancelled). A step that raises gives the job back for a later attempt;
+    past `policy.attempts` the job fails, with a status that says so."""
+    spec = Spec.load(job.spec)
+    progress = Progress.load(job.progress)
+    if job.attempts > policy.attempts:
+        await _fail(ctx, job, owner, progress, f"The export failed {policy.attempts} times.")
+        return
+    acting = ctx
+    try:
+        while not progress.finished:
+            acting = await acting_as(ctx, spec.caller)
+            after, files = await step(acting, spec, progress, policy.limits)
+            now = clock.seconds()
+            if not await ctx.store.jobs.save(job.id, owner, state="done" if after.finished else "running",
+                                             progress=after.dump(), until=now + policy.lease_seconds,
+                                             now=now, files=files):
+                return  # lost the lease: cancelled, or taken over
+            if after == progress:
+                await asyncio.sleep(WAIT_SECONDS)
+            progress = after  # saved with its files: the point a new attempt starts from
+    except Exception as error:  # noqa: BLE001 - any failure of a step: retried, then failed
+        reason = error.issues[0].diagnostics if isinstance(error, FhirError) else \
+            incident(log).issues[0].diagnostics
+        log.warning("export step failed", extra={"job": job.id, "attempt": job.attempts})
+        if job.attempts < policy.attempts:
+            # Given back as last saved; claimable again once the lease ends (a pause
+            # before the next attempt).
+            await ctx.store.jobs.save(job.id, owner, state="queued", progress=progress.dump(),
+                                      until=clock.seconds() + policy.lease_seconds,
+                                      now=clock.seconds())
+        else:
+            await _fail(ctx, job, owner, progress, reason)
+        return
+    await record(_events(acting.principal, progress))
+
+
+async def _fail(ctx: Context, job: Job, owner: str, progress: Progress, reason: str) -> None:
+    failed = dataclasses.replace(progress, failure=reason)
+    await ctx.store.jobs.save(job.id, owner, state="failed", progress=failed.dump(), until=0.0,
+                              now=clock.seconds())
+
+
+def _events(principal: Principal | None, progress: Progress) -> list[dict[str, Any]]:
+    """The AuditEvents of a finished job: one per patient whose data it exported."""
+    patients = {p for o in progress.outputs for p in o.patients}
+    trail = Trail(owners={f"Patient/{p}": frozenset({p}) for p in sorted(patients)})
+    return request_events(interaction="operation", status=200, recorded=clock.instant(),
+                          principal=principal, address=None, trail=trail, query=None)
+
+
+async def jobs(ctx: Context) -> list[tuple[Job, Progress]]:
+    """Every job with its progress (`fhir-server export list`)."""
+    return [(job, Progress.load(job.progress)) for job in await ctx.store.jobs.all()]
+
+
+async def sweep(ctx: Context, policy: Policy) -> int:
+    """Delete the finished and failed jobs whose files have expired; how many."""
+    limit = clock.seconds() - policy.retention_seconds
+    gone = [job.id for job in await ctx.store.jobs.all()
+            if job.state in ("done", "failed") and job.updated <= limit]
+    for id in gone:
+        await ctx.store.jobs.delete(id)
+    return len(gone)

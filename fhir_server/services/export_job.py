@@ -1,0 +1,334 @@
+"""One Bulk Data export job: what it reads (its `Spec`, fixed at kick-off) and how far it got
+(its `Progress`), and `step`, which reads the next page of resources and turns it into one
+ndjson file (Bulk Data Access IG 2.0.0, export.html; docs/export.md).
+
+A job reads through the access layer as its caller, whose principal is built again at every
+step (a consent withdrawn mid-export takes effect at the next page), one source after another
+(a type, with its `_typeFilter` and, for patient sets, a batch of patients), each by the
+store's keyset cursor. A step's file name comes from the progress it starts from, and the
+cursor moves only when the file is saved with it (store/jobs.py), so a step run again after
+a crash writes the same file again instead of a second copy: every resource once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..access import Claims, Principal, server_principal
+from ..access.policy import compartment_clause
+from ..model import jsonbody
+from ..model.errors import Issue
+from ..model.outcome import operation_outcome
+from ..model.summary import select_elements
+from ..search import Clause, Query, extract, matches, parse_query, patients_of
+from ..store.base import HistoryQuery, Version
+from ..store.jobs import JobFile
+from .context import Context
+from .guard import decision, reachable, visible
+from .principals import principal_of
+
+PATIENT_BATCH = 100  # patients per compartment query (SQL has a size limit)
+DELETED_PAGE = 1000  # history entries read per step for `deleted`
+_PATIENT_REFERENCE = re.compile(rb'"reference"\s*:\s*"Patient/([A-Za-z0-9\-.]{1,64})"')
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What one pass reads: a type, its filter (search parameters), whether it is confined
+    to the job's patients, and the filters of earlier passes on the same type (`_typeFilter`
+    values are OR-ed: a resource matching an earlier one was written by it)."""
+
+    type: str
+    params: tuple[tuple[str, str], ...] = ()
+    per_patient: bool = False
+    written_by: tuple[tuple[tuple[str, str], ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A job's request, fixed at kick-off (transactionTime included)."""
+
+    request: str  # the kick-off URL (the manifest's `request`)
+    transaction_time: str
+    sources: tuple[Source, ...]
+    caller: dict[str, Any]  # the Claims of the caller, or {"server": name}
+    since: str | None = None
+    patients: tuple[str, ...] = ()
+    elements: tuple[str, ...] = ()
+    ignored: tuple[dict[str, Any], ...] = ()  # OperationOutcome issues of a lenient request
+    requires_token: bool = True
+
+    def dump(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, data: bytes) -> Spec:
+        raw = orjson.loads(data)
+        sources = tuple(Source(s["type"], _pairs(s["params"]), s["per_patient"],
+                               tuple(_pairs(w) for w in s["written_by"])) for s in raw.pop("sources"))
+        return cls(**{**raw, "sources": sources, "patients": tuple(raw["patients"]),
+                      "elements": tuple(raw["elements"]), "ignored": tuple(raw["ignored"])})
+
+    @property
+    def types(self) -> list[str]:
+        return list(dict.fromkeys(s.type for s in self.sources))
+
+
+def _pairs(raw: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A file written: its type, name, resources (lines) and the patients whose data it holds."""
+
+    type: str
+    name: str
+    count: int
+    patients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a job got: the source, patient batch and store cursor to read next; the
+    files written (`outputs`, `deleted`, `errors`); the page size that fits the byte cap."""
+
+    source: int = 0
+    batch: int = 0
+    cursor: str | None = None
+    files: int = 0  # files written so far: the next file's number
+    page: int = 0  # resources to ask for (0: the file limit)
+    outputs: tuple[Output, ...] = ()
+    deleted: tuple[Output, ...] = ()
+    errors: tuple[Output, ...] = ()
+    deleted_type: int = 0
+    finished: bool = False
+    failure: str | None = None  # why the job failed for good
+    issues: tuple[dict[str, Any], ...] = ()  # what went wrong while reading (error file)
+
+    def dump(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, data: bytes) -> Progress:
+        raw = orjson.loads(data)
+        for name in ("outputs", "deleted", "errors"):
+            raw[name] = tuple(Output(o["type"], o["name"], o["count"], tuple(o["patients"]))
+                              for o in raw[name])
+        raw["issues"] = tuple(raw["issues"])
+        return cls(**raw)
+
+    @property
+    def resources(self) -> int:
+        return sum(o.count for o in self.outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How files are split: at most `resources` lines and about `bytes` bytes each."""
+
+    resources: int = 10_000
+    bytes: int = 8 * 1024 * 1024
+
+
+def caller_of(principal: Principal) -> dict[str, Any]:
+    """What a job keeps of its caller to act as them again (never the token itself)."""
+    if principal.server:
+        return {"server": principal.subject}
+    return dataclasses.asdict(Claims(
+        subject=principal.subject, client_id=principal.client_id, scope=principal.grant.text(),
+        patient=principal.patient, fhir_user=principal.fhir_user,
+        admin=principal.admin, acts_for=tuple(principal.recipients or ())
+        if principal.fhir_user is None else ()))
+
+
+async def acting_as(ctx: Context, caller: dict[str, Any]) -> Context:
+    """The Context of a job's caller, as the store says they reach today."""
+    if "server" in caller:
+        principal = server_principal(caller["server"])
+    else:
+        principal = await principal_of(ctx, Claims(**{**caller, "acts_for": tuple(caller["acts_for"])}))
+    return dataclasses.replace(ctx, principal=principal, trail=None)
+
+
+async def step(ctx: Context, spec: Spec, progress: Progress,
+               limits: Limits) -> tuple[Progress, list[JobFile]]:
+    """The next piece of work from `progress` (ctx acts as the job's caller): the progress
+    after it and the files it wrote; `finished` once nothing is left. The same progress back
+    means the step must wait for the store (try again in a moment)."""
+    if progress.source < len(spec.sources):
+        return await _resources(ctx, spec, progress, limits)
+    types = spec.types
+    if spec.since is not None and progress.deleted_type < len(types):
+        return await _deletions(ctx, spec, progress, types[progress.deleted_type])
+    issues = (*spec.ignored, *progress.issues)
+    if issues:
+        name = f"{progress.files + 1:06d}.OperationOutcome.ndjson"
+        lines = [orjson.dumps(operation_outcome([_issue(i)])) for i in issues]
+        error = Output("OperationOutcome", name, len(lines))
+        return (dataclasses.replace(progress, errors=(error,), files=progress.files + 1,
+                                    finished=True), [JobFile(name, _ndjson(lines))])
+    return dataclasses.replace(progress, finished=True), []
+
+
+def _issue(raw: dict[str, Any]) -> Issue:
+    return Issue(raw["code"], raw["diagnostics"], raw["severity"], tuple(raw["expression"]),
+                 raw.get("details_code"))
+
+
+def _ndjson(lines: Sequence[bytes]) -> bytes:
+    return b"\n".join(lines) + b"\n"
+
+
+def _query(ctx: Context, spec: Spec, source: Source, batch: int) -> Query:
+    params = [*source.params]
+    if spec.since is not None:
+        params.append(("_lastUpdated", f"gt{spec.since}"))
+    query, _ = parse_query(source.type, params, ctx.registry, base=ctx.base_url)
+    query = decision(ctx, "search", source.type).confine(query)
+    if source.per_patient:
+        patients = spec.patients[batch * PATIENT_BATCH:(batch + 1) * PATIENT_BATCH]
+        members = [p for id in patients
+                   for p in (compartment_clause(ctx.registry, source.type, id, links=False)
+                             or Clause(())).any_of]
+        query = query.restrict(Clause(tuple(members)))
+    return query
+
+
+def _advanced(spec: Spec, progress: Progress, next_cursor: str | None) -> Progress:
+    """The position after a page: the next page, else the next patient batch, else the next source."""
+    if next_cursor is not None:
+        return dataclasses.replace(progress, cursor=next_cursor)
+    source = spec.sources[progress.source]
+    batches = -(-len(spec.patients) // PATIENT_BATCH) if source.per_patient else 1
+    if progress.batch + 1 < batches:
+        return dataclasses.replace(progress, batch=progress.batch + 1, cursor=None)
+    return dataclasses.replace(progress, source=progress.source + 1, batch=0, cursor=None, page=0)
+
+
+async def _resources(ctx: Context, spec: Spec, progress: Progress,
+                     limits: Limits) -> tuple[Progress, list[JobFile]]:
+    source = spec.sources[progress.source]
+    if source.per_patient and not spec.patients:
+        return _advanced(spec, progress, None), []
+    query = _query(ctx, spec, source, progress.batch)
+    size = progress.page or limits.resources
+    while True:
+        page = await ctx.store.search(dataclasses.replace(query, count=size), progress.cursor)
+        lines, patients = await _lines(ctx, spec, source, page.matches)
+        total = sum(len(line) + 1 for line in lines)
+        if total <= limits.bytes or size == 1:
+            break
+        # Too many bytes for one file: the same page, smaller (files end at page ends).
+        size = max(1, min(size - 1, size * limits.bytes // total * 9 // 10))
+    after = dataclasses.replace(_advanced(spec, progress, page.next_cursor),
+                                page=size if page.next_cursor is not None else 0)
+    if not lines:
+        return after, []
+    name = f"{progress.files + 1:06d}.{source.type}.ndjson"
+    output = Output(source.type, name, len(lines), tuple(sorted(patients)))
+    return (dataclasses.replace(after, files=progress.files + 1,
+                                outputs=(*progress.outputs, output)),
+            [JobFile(name, _ndjson(lines))])
+
+
+async def _lines(ctx: Context, spec: Spec, source: Source,
+                 matches_: Sequence[Version]) -> tuple[list[bytes], set[str]]:
+    """The ndjson lines of a page and the patients whose data they hold."""
+    lines: list[bytes] = []
+    patients: set[str] = set()
+    elements = _elements_for(spec.elements, source.type)
+    earlier = [parse_query(source.type, list(p), ctx.registry, base=ctx.base_url)[0]
+               for p in source.written_by]
+    for version in matches_:
+        if version.last_updated > spec.transaction_time:
+            found = await _as_of(ctx, version, spec.transaction_time)
+            if found is None:
+                continue
+            version = found
+        body = version.body
+        assert body is not None
+        if earlier and any(matches(q, extract(orjson.loads(body)), resource_type=source.type)
+                           for q in earlier):
+            continue
+        if elements or b"\n" in body:  # a body stored as sent may hold line breaks
+            resource = jsonbody.load_exact(body)
+            body = jsonbody.dump(select_elements(resource, elements) if elements else resource)
+        lines.append(body)
+        if source.type == "Patient":
+            patients.add(version.id)
+        else:
+            patients.update(m.decode() for m in _PATIENT_REFERENCE.findall(body))
+    return lines, patients
+
+
+def _elements_for(elements: Sequence[str], resource_type: str) -> tuple[str, ...]:
+    """The `_elements` entries that apply to `resource_type` (none: the whole resource)."""
+    return tuple(e for e in elements if "." not in e or e.startswith(f"{resource_type}."))
+
+
+async def _as_of(ctx: Context, current: Version, instant: str) -> Version | None:
+    """The version of a resource changed after the job's transactionTime that was current at
+    that time (the IG: resources changed up to transactionTime SHALL be included), None if
+    it did not exist then or was deleted."""
+    page = await ctx.store.history(HistoryQuery(current.resource_type, current.id, count=50))
+    before = next((v for v in page.versions if v.last_updated <= instant), None)
+    if before is None or before.deleted:
+        return None
+    return before if visible(decision(ctx, "search", current.resource_type), before) else None
+
+
+async def _deletions(ctx: Context, spec: Spec, progress: Progress,
+                     resource_type: str) -> tuple[Progress, list[JobFile]]:
+    """A page of the type's history since `_since` (newest first): its deletions up to
+    transactionTime of resources still deleted, as one transaction Bundle line."""
+    before = int(progress.cursor) if progress.cursor else None
+    page = await ctx.store.history(HistoryQuery(resource_type, since=spec.since, count=DELETED_PAGE,
+                                                before_seq=before))
+    if page.as_of is not None and page.as_of < spec.transaction_time:
+        # The store lists only versions that can no longer be overtaken (MongoDB: those
+        # settled), and not yet all of those up to transactionTime: the same step later.
+        return progress, []
+    allowed = decision(ctx, "search", resource_type)
+    per_patient = any(s.per_patient for s in spec.sources if s.type == resource_type)
+    urls: list[str] = []
+    for version in page.versions:
+        if not version.deleted or version.last_updated > spec.transaction_time:
+            continue
+        current = await ctx.store.read(resource_type, version.id)
+        if current is None or not current.deleted or current.version != version.version:
+            continue
+        if not await reachable(ctx, allowed, current):
+            continue
+        if per_patient and not await _in_patients(ctx, spec, current):
+            continue
+        urls.append(f"{resource_type}/{version.id}")
+    if page.next_seq is not None:
+        after = dataclasses.replace(progress, cursor=str(page.next_seq))
+    else:
+        after = dataclasses.replace(progress, cursor=None, deleted_type=progress.deleted_type + 1)
+    if not urls:
+        return after, []
+    name = f"{progress.files + 1:06d}.deleted.{resource_type}.ndjson"
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "DELETE", "url": url}} for url in urls]}
+    output = Output("Bundle", name, 1)
+    return (dataclasses.replace(after, files=progress.files + 1,
+                                deleted=(*progress.deleted, output)),
+            [JobFile(name, _ndjson([orjson.dumps(bundle)]))])
+
+
+async def _in_patients(ctx: Context, spec: Spec, deleted: Version) -> bool:
+    """Whether a deleted resource's last content lay in one of the job's patients' compartments."""
+    last = await ctx.store.vread(deleted.resource_type, deleted.id, deleted.version - 1)
+    if last is None or last.body is None:
+        return False
+    found = patients_of(ctx.registry, deleted.resource_type, extract(orjson.loads(last.body)),
+                        deleted.id, links=False)
+    return not found.isdisjoint(spec.patients)

@@ -1,0 +1,64 @@
+"""Driving an export over HTTP as a Bulk Data client does: kick-off, poll, download."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from httpx2 import Client, Response
+from fastapi.testclient import TestClient
+
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+
+
+def kick_off(client: TestClient | Client, path: str, headers: dict[str, str] | None = None,
+             body: dict[str, Any] | None = None) -> Response:
+    all_headers = {**ASYNC, **(headers or {})}
+    if body is None:
+        return client.get(path, headers=all_headers)
+    return client.post(path, headers={**all_headers, "Content-Type": "application/fhir+json"},
+                       content=orjson.dumps(body))
+
+
+def status_path(response: Response) -> str:
+    assert response.status_code == 202, response.text
+    return response.headers["Content-Location"].split("/fhir", 1)[1]
+
+
+def wait(client: TestClient | Client, path: str, headers: dict[str, str] | None = None,
+         timeout: float = 120.0) -> Response:
+    """Poll the status URL until it answers something else than 202."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/fhir{path}", headers=headers or {})
+        if response.status_code != 202:
+            return response
+        assert len(response.headers["X-Progress"]) < 100 and response.headers["Retry-After"]
+        time.sleep(0.2)
+    raise AssertionError(f"{path} still running after {timeout} s")
+
+
+def download(client: TestClient | Client, manifest: dict[str, Any],
+             headers: dict[str, str] | None = None, key: str = "output") -> list[dict[str, Any]]:
+    """Every resource of the manifest's files under `key`, each file checked against its entry."""
+    found: list[dict[str, Any]] = []
+    for item in manifest[key]:
+        response = client.get(item["url"].split("/fhir", 1)[1].join(("/fhir", "")),
+                              headers={"Accept": "application/fhir+ndjson", **(headers or {})})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/fhir+ndjson")
+        lines = [orjson.loads(line) for line in response.content.splitlines() if line]
+        assert len(lines) == item["count"]
+        assert {r["resourceType"] for r in lines} == {item["type"]}
+        found += lines
+    return found
+
+
+def export(client: TestClient | Client, path: str, headers: dict[str, str] | None = None,
+           body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Kick off, wait, and return the manifest."""
+    status = status_path(kick_off(client, path, headers, body))
+    response = wait(client, status, headers)
+    assert response.status_code == 200, response.text
+    return dict(response.json())

@@ -1,0 +1,220 @@
+"""Bulk Data `$export` over HTTP, on each store (Bulk Data Access IG 2.0.0, export.html):
+kick-off, status, manifest, files, `DELETE`, the parameters (`_type`, `_typeFilter`,
+`_since` with `deleted`, `_elements`, `patient`, `_outputFormat`, `Prefer: handling=lenient`),
+the levels (system, Patient, Group, `$everything` asynchronously) and who may see what."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_server import clock
+from tests.bulk.conftest import jobs
+from tests.bulk.helpers import ASYNC, download, export, kick_off, status_path, wait
+from tests.conftest import token
+from tests.http.helpers import send
+
+
+def _ids(resources: list[dict[str, object]]) -> list[str]:
+    return sorted(f"{r['resourceType']}/{r['id']}" for r in resources)
+
+
+def test_kick_off_status_and_manifest_follow_the_ig(seeded: TestClient) -> None:
+    response = kick_off(seeded, "/fhir/$export?_type=Patient,Observation")
+    assert response.status_code == 202 and response.content == b""
+    location = response.headers["Content-Location"]
+    assert re.fullmatch(r"http://testserver/fhir/\$export-status/[\w-]+", location)
+    done = wait(seeded, status_path(response))
+    assert done.status_code == 200
+    assert done.headers["content-type"].startswith("application/json")
+    assert "GMT" in done.headers["Expires"]
+    manifest = done.json()
+    assert manifest["request"] == "http://testserver/fhir/$export?_type=Patient,Observation"
+    assert manifest["requiresAccessToken"] is True
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", manifest["transactionTime"])
+    assert manifest["error"] == [] and "deleted" not in manifest
+    assert [o["type"] for o in manifest["output"]] == ["Patient", "Observation", "Observation"]
+    assert all(o["url"].startswith("http://testserver/fhir/$export-file/") for o in manifest["output"])
+    found = _ids(download(seeded, manifest))
+    assert found == sorted([f"Patient/{p}" for p in "abc"] +
+                           [f"Observation/{p}-obs{n}" for p in "abc" for n in (0, 1)])
+
+
+def test_a_system_export_holds_every_resource_once_per_type_as_the_store(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export")
+    store = seeded.app.state.context.store  # type: ignore[attr-defined]
+    counts: dict[str, int] = {}
+    for resource in download(seeded, manifest):
+        counts[resource["resourceType"]] = counts.get(resource["resourceType"], 0) + 1
+    for resource_type, count in counts.items():
+        assert seeded.portal.call(store.count, resource_type) == count  # type: ignore[union-attr]
+    assert {"Patient", "Observation", "Condition", "Group"} <= counts.keys()
+    assert "AuditEvent" not in counts  # kept apart: exported only when named
+
+
+def test_files_split_by_count(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Observation")  # 4 a file (conftest)
+    assert [o["count"] for o in manifest["output"]] == [4, 2]
+    assert len(set(_ids(download(seeded, manifest)))) == 6
+
+
+def test_post_takes_parameters_and_patient_narrows_a_patient_export(seeded: TestClient) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Condition"},
+        {"name": "_outputFormat", "valueString": "application/ndjson"},
+        {"name": "patient", "valueReference": {"reference": "Patient/b"}}]}
+    manifest = export(seeded, "/fhir/Patient/$export", body=body)
+    assert _ids(download(seeded, manifest)) == ["Condition/b-cond", "Patient/b"]
+
+
+def test_a_group_export_holds_its_members_compartments_only(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/Group/g/$export?_type=Patient,Observation")
+    assert _ids(download(seeded, manifest)) == [
+        "Observation/a-obs0", "Observation/a-obs1", "Observation/b-obs0", "Observation/b-obs1",
+        "Patient/a", "Patient/b"]
+
+
+def test_type_filters_are_or_ed_without_duplicates(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Observation&_typeFilter="
+                      "Observation%3Fstatus%3Dfinal,Observation%3Fsubject%3DPatient%2Fa")
+    assert _ids(download(seeded, manifest)) == [
+        "Observation/a-obs0", "Observation/a-obs1", "Observation/b-obs0", "Observation/c-obs0"]
+
+
+def test_elements_keep_what_is_asked_and_mark_subsetted(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Patient,Condition&_elements=Patient.gender")
+    resources = download(seeded, manifest)
+    patients = [r for r in resources if r["resourceType"] == "Patient"]
+    assert all(set(r) == {"resourceType", "id", "meta", "gender"} for r in patients)
+    assert all(any(t["code"] == "SUBSETTED" for t in r["meta"]["tag"]) for r in patients)
+    assert all("code" in r for r in resources if r["resourceType"] == "Condition")
+
+
+def test_since_lists_what_changed_and_fills_deleted(seeded: TestClient,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # MongoDB lists a deletion once it is settled (store/mongo/store.py): the job waits.
+    monkeypatch.setattr("fhir_server.store.mongo.store.SETTLE_SECONDS", 1)
+    time.sleep(0.01)
+    since = clock.instant()
+    time.sleep(0.01)
+    assert send(seeded, "DELETE", "/fhir/Observation/a-obs0").status_code in (200, 204)
+    changed = {**seeded.get("/fhir/Observation/b-obs0").json(), "status": "cancelled"}
+    assert send(seeded, "PUT", "/fhir/Observation/b-obs0", changed).status_code == 200
+    manifest = export(seeded, f"/fhir/$export?_type=Observation&_since={since}")
+    assert _ids(download(seeded, manifest)) == ["Observation/b-obs0"]
+    [bundle] = download(seeded, manifest, key="deleted")
+    assert bundle["type"] == "transaction"
+    assert bundle["entry"] == [{"request": {"method": "DELETE", "url": "Observation/a-obs0"}}]
+
+
+def test_delete_cancels_the_job_and_removes_its_files(seeded: TestClient) -> None:
+    status = status_path(kick_off(seeded, "/fhir/$export?_type=Patient"))
+    manifest = wait(seeded, status).json()
+    file = manifest["output"][0]["url"].removeprefix("http://testserver")
+    assert seeded.delete(f"/fhir{status}").status_code == 202
+    gone = seeded.get(f"/fhir{status}")
+    assert gone.status_code == 404 and gone.json()["resourceType"] == "OperationOutcome"
+    assert seeded.get(file).status_code == 404
+    assert jobs(seeded) == []
+
+
+def test_status_and_files_are_the_starting_clients_only(seeded: TestClient) -> None:
+    status = status_path(kick_off(seeded, "/fhir/$export?_type=Patient"))
+    manifest = wait(seeded, status).json()
+    file = manifest["output"][0]["url"].removeprefix("http://testserver")
+    other = {"Authorization": f"Bearer {token(seeded, 'system/*.rs', )}"}
+    tokens = seeded.app.state.tokens  # type: ignore[attr-defined]
+    other = {"Authorization": "Bearer " + tokens.issue(subject="other", client_id="other",
+                                                      scope="system/*.rs")["access_token"]}
+    for path in (f"/fhir{status}", file):
+        refused = seeded.get(path, headers=other)
+        assert refused.status_code == 404 and refused.json()["resourceType"] == "OperationOutcome"
+    assert seeded.delete(f"/fhir{status}", headers=other).status_code == 404
+    assert seeded.get(file).status_code == 200
+    assert seeded.get(file, headers={"Authorization": ""}).status_code == 401
+
+
+def test_a_patient_exports_their_own_compartment_only(seeded: TestClient) -> None:
+    own = {"Authorization": f"Bearer {token(seeded, 'patient/*.rs', patient='a', fhir_user='Patient/a')}"}
+    manifest = export(seeded, "/fhir/Patient/$export?_type=Patient,Observation,Condition", own)
+    assert _ids(download(seeded, manifest, own)) == [
+        "Condition/a-cond", "Observation/a-obs0", "Observation/a-obs1", "Patient/a"]
+    refused = kick_off(seeded, "/fhir/$export", own)
+    assert refused.status_code == 403 and jobs(seeded) == [_job_of(manifest)]
+
+
+def _job_of(manifest: dict[str, object]) -> str:
+    output = manifest["output"]
+    assert isinstance(output, list)
+    return str(output[0]["url"]).split("/")[-2]
+
+
+def test_everything_with_respond_async_is_the_compartment_as_ndjson(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/Patient/c/$everything?_type=Patient,Observation,Condition")
+    assert manifest["request"] == ("http://testserver/fhir/Patient/c/$everything?"
+                                   "_type=Patient,Observation,Condition")
+    assert _ids(download(seeded, manifest)) == [
+        "Condition/c-cond", "Observation/c-obs0", "Observation/c-obs1", "Patient/c"]
+
+
+def test_lenient_handling_ignores_what_is_unsupported_and_reports_it(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Patient&includeAssociatedData=LatestProvenanceResources",
+                      {"Prefer": "respond-async, handling=lenient"})
+    [outcome] = download(seeded, manifest, key="error")
+    assert outcome["issue"][0]["expression"] == ["includeAssociatedData"]
+    assert len(download(seeded, manifest)) == 3
+
+
+BAD = [
+    ("/fhir/$export?_type=Patient,Nonsense", {}, 400, "_type"),
+    ("/fhir/$export?_since=yesterday", {}, 400, "_since"),
+    ("/fhir/$export?_since=2026-01-01", {}, 400, "_since"),
+    ("/fhir/$export?_since=2999-01-01T00:00:00Z", {}, 400, "_since"),
+    ("/fhir/$export?_typeFilter=Observation%3F_include%3DObservation:subject", {}, 400, "_typeFilter"),
+    ("/fhir/$export?_typeFilter=Observation%3F_sort%3Ddate", {}, 400, "_typeFilter"),
+    ("/fhir/$export?_typeFilter=Observation%3Fnonsense%3D1", {}, 400, "_typeFilter"),
+    ("/fhir/$export?_outputFormat=text/csv", {}, 400, "_outputFormat"),
+    ("/fhir/$export?includeAssociatedData=LatestProvenanceResources", {}, 400, "includeAssociatedData"),
+    ("/fhir/$export?_elements=Patient.name.given", {}, 400, "_elements"),
+    ("/fhir/$export", {"Prefer": ""}, 400, "Prefer"),
+    ("/fhir/Patient/$export?_type=Organization", {}, 400, "_type"),
+    ("/fhir/Group/unknown/$export", {}, 404, None),
+]
+
+
+@pytest.mark.parametrize(("path", "headers", "status", "expression"), BAD)
+def test_bad_input_is_refused_naming_the_parameter_and_no_job_is_created(
+        seeded: TestClient, path: str, headers: dict[str, str], status: int,
+        expression: str | None) -> None:
+    response = kick_off(seeded, path, headers)
+    assert response.status_code == status, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    if expression is not None:
+        assert outcome["issue"][0]["expression"] == [expression]
+    assert jobs(seeded) == []
+
+
+def test_patient_at_system_level_is_refused_and_no_job_is_created(seeded: TestClient) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/a"}}]}
+    response = kick_off(seeded, "/fhir/$export", body=body)
+    assert response.status_code == 400 and response.json()["issue"][0]["expression"] == ["patient"]
+    assert jobs(seeded) == []
+
+
+def test_scopes_must_cover_every_type_and_groups_out_of_reach_are_unknown(seeded: TestClient) -> None:
+    narrow = {"Authorization": f"Bearer {token(seeded, 'system/Patient.rs')}"}
+    refused = kick_off(seeded, "/fhir/$export?_type=Patient,Observation", narrow)
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    own = {"Authorization": f"Bearer {token(seeded, 'patient/*.rs', patient='a', fhir_user='Patient/a')}"}
+    assert kick_off(seeded, "/fhir/Group/g/$export", own).status_code == 403
+    doctor = {"Authorization": f"Bearer {token(seeded, 'user/*.rs', fhir_user='Practitioner/dr')}"}
+    assert kick_off(seeded, "/fhir/$export", doctor).status_code == 403
+    assert jobs(seeded) == []
+    manifest = export(seeded, "/fhir/$export", narrow)  # no _type: what the scopes cover
+    assert {o["type"] for o in manifest["output"]} == {"Patient"}
+    assert ASYNC["Prefer"] == "respond-async"
