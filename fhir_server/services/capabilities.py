@@ -22,6 +22,9 @@ INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance"
 SYSTEM_INTERACTIONS = ("history-system", "search-system")
 # `$validate` on every type and instance (services/validate.py)
 VALIDATE_DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+# Bulk Data Access IG 2.0.0 (services/export.py): the system, Patient and Group operations.
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
+BULK_EXPORTS = {"Patient": "patient-export", "Group": "group-export"}
 # The audit trail is written by the server alone (access/policy.py): read and searched only.
 READ_ONLY_TYPES = {"AuditEvent": ("read", "vread", "history-instance", "history-type",
                                   "search-type")}
@@ -64,6 +67,9 @@ def _operations() -> dict[str, list[dict[str, str]]]:
         if d["resourceType"] == "OperationDefinition":
             for type_name in d["resource"]:
                 by_type.setdefault(type_name, []).append({"name": d["code"], "definition": d["url"]})
+    for type_name, code in BULK_EXPORTS.items():
+        by_type.setdefault(type_name, []).append(
+            {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/{code}"})
     return by_type
 
 
@@ -106,6 +112,7 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
         "date": clock.instant(),
         "publisher": "fhir-server",
         "kind": "instance",
+        "instantiates": [f"{BULK_DATA}/CapabilityStatement/bulk-data"],
         "software": {"name": "fhir-server", "version": __version__},
         "implementation": {"description": "FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
@@ -116,7 +123,8 @@ def capability_statement(registry: Registry, base_url: str, *, conditional_delet
                 "mode": "server",
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
-                "operation": [{"name": "validate", "definition": VALIDATE_DEFINITION}],
+                "operation": [{"name": "validate", "definition": VALIDATE_DEFINITION},
+                              {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/export"}],
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                 **({"security": _security(oauth_uris)} if oauth_uris else {}),
             }

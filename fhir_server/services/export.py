@@ -4,8 +4,9 @@ at system, Patient and Group level, the status of a job, its files, its cancella
 
 Who may export: backend clients (and the server itself) what their `system/` scopes name,
 investigator site systems what the access layer lets them reach (their referrals, never a
-live record), a patient or their legal representative their own compartment (Patient/$export,
-`$everything` asynchronously). A job, its status and its files belong to the client and
+live record), a referring physician the patients whose consent in force names them (Patient
+and Group level), a patient or their legal representative their own compartment
+(Patient/$export, `$everything` asynchronously). A job, its status and its files belong to the client and
 subject that started it: anyone else gets 404, as for a job that does not exist.
 """
 
@@ -94,8 +95,11 @@ def _exporter(ctx: Context, level: str) -> Principal:
         return principal
     if principal.speaks_for_patient and principal.patient is not None and level in ("patient", "everything"):
         return principal
+    if principal.role is Role.PRACTITIONER and level != "system":
+        return principal  # the access layer confines them to the patients who consent
     raise fail(Kind.FORBIDDEN, "forbidden", "Bulk export is for backend clients with system/ "
-               "scopes, and for a patient or their representative's own record (Patient/$export).")
+               "scopes, for a physician the records of the patients whose consent names them "
+               "(Patient or Group level), and for a patient or their representative's own record.")
 
 
 async def _patients(ctx: Context, level: str, asked: Asked, group: str | None,

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import clock
+from tests.builders import consent
 from tests.bulk.conftest import jobs
 from tests.bulk.helpers import ASYNC, download, export, kick_off, status_path, wait
 from tests.conftest import token
@@ -152,6 +153,19 @@ def _job_of(manifest: dict[str, object]) -> str:
     return str(output[0]["url"]).split("/")[-2]
 
 
+def test_a_physician_exports_the_patients_who_consent_and_not_one_who_withdrew(
+        seeded: TestClient) -> None:
+    for id in ("a", "b"):
+        body = {**consent(id, actor="Practitioner/dr"), "id": f"consent-{id}"}
+        assert send(seeded, "PUT", f"/fhir/Consent/consent-{id}", body).status_code == 201
+    withdrawn = {**consent("b", actor="Practitioner/dr", status="inactive"), "id": "consent-b"}
+    assert send(seeded, "PUT", "/fhir/Consent/consent-b", withdrawn).status_code == 200
+    doctor = {"Authorization": f"Bearer {token(seeded, 'user/*.rs', fhir_user='Practitioner/dr')}"}
+    manifest = export(seeded, "/fhir/Patient/$export?_type=Patient,Observation", doctor)
+    assert _ids(download(seeded, manifest, doctor)) == [
+        "Observation/a-obs0", "Observation/a-obs1", "Patient/a"]
+
+
 def test_everything_with_respond_async_is_the_compartment_as_ndjson(seeded: TestClient) -> None:
     manifest = export(seeded, "/fhir/Patient/c/$everything?_type=Patient,Observation,Condition")
     assert manifest["request"] == ("http://testserver/fhir/Patient/c/$everything?"
@@ -213,8 +227,18 @@ def test_scopes_must_cover_every_type_and_groups_out_of_reach_are_unknown(seeded
     own = {"Authorization": f"Bearer {token(seeded, 'patient/*.rs', patient='a', fhir_user='Patient/a')}"}
     assert kick_off(seeded, "/fhir/Group/g/$export", own).status_code == 403
     doctor = {"Authorization": f"Bearer {token(seeded, 'user/*.rs', fhir_user='Practitioner/dr')}"}
-    assert kick_off(seeded, "/fhir/$export", doctor).status_code == 403
+    assert kick_off(seeded, "/fhir/$export", doctor).status_code == 403  # system level
     assert jobs(seeded) == []
     manifest = export(seeded, "/fhir/$export", narrow)  # no _type: what the scopes cover
     assert {o["type"] for o in manifest["output"]} == {"Patient"}
     assert ASYNC["Prefer"] == "respond-async"
+
+
+def test_the_capability_statement_lists_the_export_operations(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    assert "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data" in statement["instantiates"]
+    [rest] = statement["rest"]
+    assert {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"} in rest["operation"]
+    by_type = {r["type"]: r.get("operation", []) for r in rest["resource"]}
+    for resource_type, code in (("Patient", "patient-export"), ("Group", "group-export")):
+        assert {"name": "export", "definition": f"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{code}"} in by_type[resource_type]

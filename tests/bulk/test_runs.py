@@ -1,0 +1,130 @@
+"""Running export jobs (services/export.advance, bulk/worker.py) on each store: a job cut
+short resumes from its last saved cursor and writes every resource exactly once; a failing
+job is retried, then fails with a status that says why; a finished job is audited with the
+patients it exported (docs/export.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_server import clock
+from fhir_server.access import server_principal
+from fhir_server.bulk import ExportWorker
+from fhir_server.model.validation import Validator
+from fhir_server.search import default_registry, extract
+from fhir_server.services import export
+from fhir_server.services.context import Context
+from fhir_server.services.export_job import Limits, Progress, Spec, acting_as, step
+from fhir_server.store.base import Store, Write
+from tests.builders import observation, patient
+from tests.store.conftest import STORES, dispose
+
+pytestmark = pytest.mark.anyio
+POLICY = export.Policy(Limits(resources=3), lease_seconds=30.0, attempts=2)
+
+
+@pytest.fixture(params=sorted(STORES))
+async def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Context]:
+    store: Store = await asyncio.to_thread(STORES[request.param], tmp_path)
+    await store.migrate()
+    await store.open()
+    writes = []
+    for n in range(8):
+        body = {**patient(family=f"p{n}"), "id": f"p{n}"}
+        writes.append(Write("Patient", f"p{n}", body, extract(body)))
+        obs = {**observation(f"Patient/p{n}"), "id": f"o{n}"}
+        writes.append(Write("Observation", f"o{n}", obs, extract(obs)))
+    await store.commit(writes)
+    yield Context(store=store, validator=Validator(), registry=default_registry(),
+                  principal=server_principal("test"))
+    await dispose(store)
+
+
+async def _kick_off(ctx: Context) -> str:
+    return await export.kick_off(ctx, "system", [("_type", "Patient,Observation")],
+                                 request="http://testserver/fhir/$export", lenient=False)
+
+
+async def _exported(ctx: Context, id: str) -> list[str]:
+    status = await export.status(ctx, id, POLICY)
+    assert status.manifest is not None
+    found = []
+    for item in status.manifest["output"]:
+        data = await export.file(ctx, id, item["url"].rsplit("/", 1)[1])
+        found += [f"{r['resourceType']}/{r['id']}" for r in map(orjson.loads, data.splitlines())]
+    return found
+
+
+async def _nothing(events: Any) -> None:
+    return None
+
+
+async def test_a_job_cut_short_resumes_from_its_last_saved_cursor_every_resource_once(ctx: Context) -> None:
+    id = await _kick_off(ctx)
+    job = await ctx.store.jobs.claim("dead", clock.seconds(), clock.seconds() + 30)
+    assert job is not None
+    spec, progress = Spec.load(job.spec), Progress.load(job.progress)
+    acting = await acting_as(ctx, spec.caller)
+    for _ in range(2):  # two files saved, then the process dies
+        progress, files = await step(acting, spec, progress, POLICY.limits)
+        assert await ctx.store.jobs.save(id, "dead", state="running", progress=progress.dump(),
+                                         until=clock.seconds() + 30, now=clock.seconds(), files=files)
+    # A third step wrote its file but died before its progress (MongoDB writes files first).
+    _, files = await step(acting, spec, progress, POLICY.limits)
+    assert await ctx.store.jobs.save(id, "dead", state="running", progress=progress.dump(),
+                                     until=0.0, now=clock.seconds(), files=files)
+    worker = ExportWorker(ctx, POLICY, _nothing)
+    assert await worker.run_one()
+    found = await _exported(ctx, id)
+    assert sorted(found) == sorted([f"Patient/p{n}" for n in range(8)] + [f"Observation/o{n}" for n in range(8)])
+    done = await ctx.store.jobs.get(id)
+    assert done is not None and done.state == "done" and done.attempts == 2
+
+
+async def test_a_failing_job_is_retried_then_fails_with_a_status_saying_why(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    async def broken(*args: Any) -> Any:
+        calls.append(1)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(export, "step", broken)
+    id = await _kick_off(ctx)
+    worker = ExportWorker(ctx, export.Policy(POLICY.limits, lease_seconds=0.0, attempts=2), _nothing)
+    while await worker.run_one():
+        job = await ctx.store.jobs.get(id)
+        assert job is not None and job.attempts <= 3
+    job = await ctx.store.jobs.get(id)
+    assert job is not None and job.state == "failed" and len(calls) == 2
+    status = await export.status(ctx, id, POLICY)
+    assert status.failure is not None and "incident" in status.failure
+    assert await ctx.store.jobs.claim("again", clock.seconds() + 100, clock.seconds() + 200) is None
+
+
+async def test_a_finished_job_is_audited_with_the_patients_it_exported(ctx: Context) -> None:
+    recorded: list[dict[str, Any]] = []
+
+    async def record(events: Any) -> None:
+        recorded.extend(events)
+
+    await _kick_off(ctx)
+    assert await ExportWorker(ctx, POLICY, record).run_one()
+    named = {e["what"]["reference"] for event in recorded for e in event.get("entity", [])
+             if e.get("role", {}).get("code") == "1"}
+    assert named == {f"Patient/p{n}" for n in range(8)}
+
+
+async def test_expired_jobs_are_swept_with_their_files(ctx: Context) -> None:
+    id = await _kick_off(ctx)
+    assert await ExportWorker(ctx, POLICY, _nothing).run_one()
+    assert await export.sweep(ctx, POLICY) == 0
+    assert await export.sweep(ctx, export.Policy(retention_seconds=-1)) == 1
+    assert await ctx.store.jobs.get(id) is None
+
