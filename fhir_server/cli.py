@@ -29,7 +29,10 @@ import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import blind_index, body_codec, key_provider, open_context, open_ledger, open_store
+from .app import (blind_index, body_codec, export_policy, key_provider, open_context, open_ledger,
+                  open_store)
+from .bulk import export_organization
+from .services import export
 from .audit.chain import Chain, Verdict, verify
 from .audit.events import command_event
 from .backup import ArchiveError, Restored, Target, back_up_keys, restore, take
@@ -905,6 +908,49 @@ def _disclosure(args: argparse.Namespace) -> int:
     return _register_command(args, _disclosure_async, "no disclosure")
 
 
+async def _export_async(settings: Settings, args: argparse.Namespace
+                        ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Do `export <action>` (docs/export.md): the audit entities and the lines to print."""
+    policy = export_policy(settings)
+    async with open_context(settings) as context:
+        if args.action == "list":
+            return [], [f"{job.id} {job.state} client {job.client_id} attempts {job.attempts} "
+                        f"{progress.resources} resources" for job, progress in await export.jobs(context)]
+        if args.action == "status":
+            found = await export.status(context, args.id, policy)
+            text = found.failure or found.progress or orjson.dumps(
+                found.manifest, option=orjson.OPT_INDENT_2).decode()
+            return [], [f"{args.id}: {'failed: ' if found.failure else ''}{text}"]
+        if args.action == "cancel":
+            await export.cancel(context, args.id)
+            return [_entity(f"export job {args.id}", _JOB)], [f"{args.id} cancelled, its files deleted"]
+        assert isinstance(context.store, RoutingStore)
+        chain = Chain(settings.data_dir / "audit-chain.db")
+        try:
+            written = await export_organization(context, args.organization, args.out, policy,
+                                                AuditRecorder(context.store.audit, chain).record_all)
+        finally:
+            chain.close()
+    return [_entity(f"Organization/{args.organization}", _JOB, f"Organization/{args.organization}",
+                    directory=written.directory, **written.resources)], [
+        f"{written.files} files in {written.directory}: " + ", ".join(
+            f"{count} {kind}" for kind, count in written.resources.items())]
+
+
+def _export(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    command = f"export {args.action}"
+    done = _refusing(command, _export_async(settings, args), (FhirError, FileExistsError, RuntimeError))
+    if done is None:
+        return 1
+    entities, lines = done
+    if entities:
+        asyncio.run(_record(settings, command, "D" if args.action == "cancel" else "R", entities))
+    print("\n".join(lines) if lines else "no export jobs")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `fhir-server`."""
     root = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
@@ -1115,6 +1161,19 @@ def parser() -> argparse.ArgumentParser:
     list_disclosures.add_argument("--patient", required=True, help="Patient/<id>")
     for action in disclosure.choices.values():
         action.set_defaults(run=_disclosure)
+    exports = commands.add_parser("export", help="Bulk Data export jobs, and an organisation's "
+                                  "whole data (docs/export.md)").add_subparsers(dest="action", required=True)
+    exports.add_parser("list", help="every job: state, client, attempts, resources").set_defaults(run=_export)
+    for action, text in (("status", "a job's progress, manifest or failure"),
+                         ("cancel", "cancel a job and delete its files")):
+        one = exports.add_parser(action, help=text)
+        one.add_argument("id")
+        one.set_defaults(run=_export)
+    organization = exports.add_parser("organization", help="the organisation's patients' records "
+                                      "and its directory as ndjson, a manifest and SHA256SUMS")
+    organization.add_argument("organization", help="the Organization id")
+    organization.add_argument("--out", type=Path, required=True, help="directory to write (new or empty)")
+    organization.set_defaults(run=_export)
     mllp = commands.add_parser(
         "mllp", help="run the HL7 v2 MLLP listener alone (FHIR_SERVER_MLLP_HOST/_PORT; docs/hl7v2.md)")
     mllp.set_defaults(run=_mllp)

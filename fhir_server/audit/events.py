@@ -237,6 +237,9 @@ _COMMANDS = {
     # A backup archive is an export of the whole store, a restore an import of one.
     "backup": (_EXPORT, _EXPORT),
     "restore": (_IMPORT, _IMPORT),
+    # Bulk Data exports (docs/export.md): an organisation's data out, a job cancelled
+    "export organization": (_EXPORT, _EXPORT),
+    "export cancel": (_EXPORT, {"system": _INTERACTION_SYSTEM, "code": "delete", "display": "delete"}),
     # the register decides who may hold a professional's account
     "rpps load": (_IMPORT, _SECURITY_CONFIGURATION),
     # the register of rights requests: Tasks about a person, and the report of late ones

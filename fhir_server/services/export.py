@@ -33,6 +33,7 @@ from .context import Context
 from .export_job import Limits, Output, Progress, Source, Spec, acting_as, caller_of, step
 from .export_params import Asked, invalid, parse
 from .guard import decision
+from ..search import parse_query
 
 log = logging.getLogger("fhir_server.export")
 
@@ -66,17 +67,24 @@ class Status:
 
 
 async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], *, request: str,
-                   lenient: bool, group: str | None = None, patient: str | None = None) -> str:
+                   lenient: bool, group: str | None = None, patient: str | None = None,
+                   organization: str | None = None) -> str:
     """Check an export request and store its job; returns the job id. `level` is "system",
-    "patient", "group" (`group` its id) or "everything" (`patient` its id). INVALID,
+    "patient", "group" (`group` its id), "everything" (`patient` its id) or "organization"
+    (`organization` its id: the operator's export of an organisation's whole data). INVALID,
     FORBIDDEN or NOT_FOUND naming the problem, and no job, when the request cannot run."""
     principal = _exporter(ctx, level)
     asked = parse(ctx.registry, params, level="system" if level == "system" else "patient",
                   lenient=lenient, base=ctx.base_url)
-    patients = await _patients(ctx, level, asked, group, patient)
+    if organization is not None:
+        patients: tuple[str, ...] | None = await _managed_by(ctx, organization)
+    else:
+        patients = await _patients(ctx, level, asked, group, patient)
     types = _types(ctx, asked, compartment=level != "system", lenient=lenient)
-    spec = Spec(request=request, transaction_time=clock.instant(),
-                sources=_sources(types, asked, per_patient=patients is not None),
+    sources = _sources(types, asked, per_patient=patients is not None)
+    if organization is not None:
+        sources = (*_directory(organization), *sources)
+    spec = Spec(request=request, transaction_time=clock.instant(), sources=sources,
                 caller=caller_of(principal), since=asked.since, patients=patients or (),
                 elements=asked.elements, ignored=tuple(dataclasses.asdict(i) for i in asked.ignored),
                 requires_token=not principal.server)
@@ -91,6 +99,10 @@ def _exporter(ctx: Context, level: str) -> Principal:
     principal = ctx.principal
     if principal is None:
         raise fail(Kind.FORBIDDEN, "forbidden", "No authenticated caller.")
+    if level == "organization":
+        if not principal.server:
+            raise fail(Kind.FORBIDDEN, "forbidden", "An organisation's export is the operator's.")
+        return principal
     if principal.role in _EXPORTERS and principal.patient is None:
         return principal
     if principal.speaks_for_patient and principal.patient is not None and level in ("patient", "everything"):
@@ -128,6 +140,32 @@ async def _patients(ctx: Context, level: str, asked: Asked, group: str | None,
             return (ctx.principal.patient,)
         return None
     return tuple(dict.fromkeys(members))
+
+
+async def _managed_by(ctx: Context, organization: str) -> tuple[str, ...]:
+    """The ids of the Patients whose managingOrganization is `organization` (NOT_FOUND if
+    there is no such Organization)."""
+    await crud.read(ctx, "Organization", organization)
+    query, _ = parse_query("Patient", [("organization", f"Organization/{organization}"),
+                                       ("_count", "1000")], ctx.registry)
+    query = decision(ctx, "search", "Patient").confine(query)
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await ctx.store.search(query, cursor)
+        ids += [v.id for v in page.matches]
+        if (cursor := page.next_cursor) is None:
+            return tuple(ids)
+
+
+def _directory(organization: str) -> tuple[Source, ...]:
+    """An organisation's own resources outside patient compartments: itself, its locations,
+    endpoints and roles, and the practitioners holding one of those roles."""
+    reference = f"Organization/{organization}"
+    return (Source("Organization", (("_id", organization),)),
+            *(Source(t, (("organization", reference),)) for t in ("Location", "Endpoint",
+                                                                    "PractitionerRole")),
+            Source("Practitioner", (("_has:PractitionerRole:practitioner:organization", reference),)))
 
 
 def _types(ctx: Context, asked: Asked, *, compartment: bool, lenient: bool) -> list[str]:
@@ -169,12 +207,15 @@ def _sources(types: Sequence[str], asked: Asked, *, per_patient: bool) -> tuple[
 
 
 async def _own(ctx: Context, id: str) -> tuple[Job, Spec]:
-    """The job `id` if the caller started it (same client, same subject); else NOT_FOUND."""
+    """The job `id` if the caller started it (same client, same subject) or is the server
+    itself; else NOT_FOUND."""
     principal = ctx.principal
     job = await ctx.store.jobs.get(id)
-    if job is not None and principal is not None and job.client_id == principal.client_id:
+    if job is not None and principal is not None and (
+            job.client_id == principal.client_id or principal.server):
         spec = Spec.load(job.spec)
-        if spec.caller.get("subject", spec.caller.get("server")) == principal.subject:
+        # The server itself (its operator's commands) sees every job.
+        if principal.server or spec.caller.get("subject") == principal.subject:
             return job, spec
     raise fail(Kind.NOT_FOUND, "not-found", f"There is no export job {id}.",
                details_code="MSG_NO_EXIST")
