@@ -30,7 +30,8 @@ from ..model.ids import new_id
 from ..store.jobs import Job
 from . import crud
 from .context import Context
-from .export_job import Limits, Output, Progress, Source, Spec, acting_as, caller_of, step
+from .export_job import (Limits, Output, Progress, Source, Spec, acting_as, caller_of,
+                         patients_file, step)
 from .export_params import Asked, invalid, parse
 from .guard import decision
 from ..search import parse_query
@@ -264,10 +265,20 @@ async def file(ctx: Context, id: str, name: str) -> bytes:
     data = await ctx.store.jobs.file(id, name) if listed is not None and job.state == "done" else None
     if data is None:
         raise fail(Kind.NOT_FOUND, "not-found", f"Export job {id} has no file {name}.")
-    if ctx.trail is not None and listed is not None:
-        for patient in listed.patients:
+    if ctx.trail is not None:
+        for patient in await _patients_of(ctx, id, [name]):
             ctx.trail.owners[f"Patient/{patient}"] = frozenset({patient})
     return data
+
+
+async def _patients_of(ctx: Context, id: str, names: Sequence[str]) -> set[str]:
+    """The patients whose data the job's files `names` hold."""
+    found: set[str] = set()
+    for name in names:
+        data = await ctx.store.jobs.file(id, patients_file(name))
+        if data:
+            found.update(data.decode().split())
+    return found
 
 
 async def cancel(ctx: Context, id: str) -> None:
@@ -312,7 +323,8 @@ async def advance(ctx: Context, job: Job, owner: str, policy: Policy, record: Re
         else:
             await _fail(ctx, job, owner, progress, reason)
         return
-    await record(_events(acting.principal, progress))
+    patients = await _patients_of(ctx, job.id, [o.name for o in progress.outputs])
+    await record(_events(acting.principal, patients))
 
 
 async def _fail(ctx: Context, job: Job, owner: str, progress: Progress, reason: str) -> None:
@@ -321,9 +333,8 @@ async def _fail(ctx: Context, job: Job, owner: str, progress: Progress, reason: 
                               now=clock.seconds())
 
 
-def _events(principal: Principal | None, progress: Progress) -> list[dict[str, Any]]:
+def _events(principal: Principal | None, patients: set[str]) -> list[dict[str, Any]]:
     """The AuditEvents of a finished job: one per patient whose data it exported."""
-    patients = {p for o in progress.outputs for p in o.patients}
     trail = Trail(owners={f"Patient/{p}": frozenset({p}) for p in sorted(patients)})
     return request_events(interaction="operation", status=200, recorded=clock.instant(),
                           principal=principal, address=None, trail=trail, query=None)

@@ -65,7 +65,7 @@ class Spec:
     requires_token: bool = True
 
     def dump(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def load(cls, data: bytes) -> Spec:
@@ -86,12 +86,17 @@ def _pairs(raw: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """A file written: its type, name, resources (lines) and the patients whose data it holds."""
+    """A file written: its type, name and resources (lines). The patients whose data it holds
+    are in a file of their own beside it (`patients_file`): the progress stays small."""
 
     type: str
     name: str
     count: int
-    patients: tuple[str, ...] = ()
+
+
+def patients_file(name: str) -> str:
+    """The name of the file listing the patients of file `name`, one id a line."""
+    return f"{name}.patients"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +118,13 @@ class Progress:
     issues: tuple[dict[str, Any], ...] = ()  # what went wrong while reading (error file)
 
     def dump(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        return orjson.dumps(self)
 
     @classmethod
     def load(cls, data: bytes) -> Progress:
         raw = orjson.loads(data)
         for name in ("outputs", "deleted", "errors"):
-            raw[name] = tuple(Output(o["type"], o["name"], o["count"], tuple(o["patients"]))
-                              for o in raw[name])
+            raw[name] = tuple(Output(o["type"], o["name"], o["count"]) for o in raw[name])
         raw["issues"] = tuple(raw["issues"])
         return cls(**raw)
 
@@ -232,10 +236,11 @@ async def _resources(ctx: Context, spec: Spec, progress: Progress,
     if not lines:
         return after, []
     name = f"{progress.files + 1:06d}.{source.type}.ndjson"
-    output = Output(source.type, name, len(lines), tuple(sorted(patients)))
+    output = Output(source.type, name, len(lines))
     return (dataclasses.replace(after, files=progress.files + 1,
                                 outputs=(*progress.outputs, output)),
-            [JobFile(name, _ndjson(lines))])
+            [JobFile(name, _ndjson(lines)),
+             JobFile(patients_file(name), "\n".join(sorted(patients)).encode())])
 
 
 async def _lines(ctx: Context, spec: Spec, source: Source,
