@@ -27,6 +27,7 @@ from ..audit.events import request_events
 from ..audit.trail import Trail
 from ..model.errors import FhirError, Kind, fail, incident
 from ..model.ids import new_id
+from ..search import parse_query
 from ..store.jobs import Job
 from . import crud
 from .context import Context
@@ -34,7 +35,6 @@ from .export_job import (Limits, Output, Progress, Source, Spec, acting_as, call
                          patients_file, step)
 from .export_params import Asked, invalid, parse
 from .guard import decision
-from ..search import parse_query
 
 log = logging.getLogger("fhir_server.export")
 

@@ -6,10 +6,9 @@ support is left out instead and reported in the job's error file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from urllib.parse import parse_qsl
 
 from .. import clock
@@ -107,7 +106,7 @@ def _since(value: str | None) -> str | None:
 
 
 def _filters(registry: Registry, values: Sequence[str], base: str,
-             unsupported: Any) -> dict[str, list[list[tuple[str, str]]]]:
+             unsupported: Callable[[str, str], None]) -> dict[str, list[list[tuple[str, str]]]]:
     """`_typeFilter` values (`[type]?[search]`, comma-separated) by type, each a list of
     search parameters checked by the search parser."""
     filters: dict[str, list[list[tuple[str, str]]]] = {}

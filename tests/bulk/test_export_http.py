@@ -196,6 +196,7 @@ BAD = [
     ("/fhir/$export", {"Prefer": ""}, 400, "Prefer"),
     ("/fhir/Patient/$export?_type=Organization", {}, 400, "_type"),
     ("/fhir/Group/unknown/$export", {}, 404, None),
+    ("/fhir/$export", {"Accept": "text/html"}, 406, None),
 ]
 
 
