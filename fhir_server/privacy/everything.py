@@ -12,7 +12,7 @@ within it, so a page never re-reads what earlier pages returned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
 from ..services import crud, search
 from ..services.context import Context
+from ..services.export_job import references
 from ..services.guard import decision
 
 CURSOR = "_cursor"
@@ -218,22 +219,6 @@ def next_cursor(page: dict[str, Any]) -> str | None:
     """The `_cursor` of a searchset Bundle's next link, None on the last page."""
     following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
     return parse_qs(urlsplit(following).query).get(CURSOR, [None])[0] if following else None
-
-
-def references(resource: Any, base_url: str) -> Iterator[str]:
-    """The local `Type/id` references anywhere in a resource (contained ones and `#` left out)."""
-    if isinstance(resource, dict):
-        for key, value in resource.items():
-            if key == "reference" and isinstance(value, str):
-                local = value.removeprefix(f"{base_url}/")
-                parts = local.split("/")
-                if len(parts) == 2 and parts[0][:1].isupper() and parts[1]:
-                    yield local
-            elif key != "contained":
-                yield from references(value, base_url)
-    elif isinstance(resource, list):
-        for item in resource:
-            yield from references(item, base_url)
 
 
 def _links(ctx: Context, patient_id: str, request: Request, next_cursor: str | None) -> dict[str, str]:

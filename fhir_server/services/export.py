@@ -88,7 +88,7 @@ async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], 
     spec = Spec(request=request, transaction_time=clock.instant(), sources=sources,
                 caller=caller_of(principal), since=asked.since, patients=patients or (),
                 elements=asked.elements, ignored=tuple(dataclasses.asdict(i) for i in asked.ignored),
-                requires_token=not principal.server)
+                requires_token=not principal.server, referenced=level == "everything")
     id = new_id()
     now = clock.seconds()
     await ctx.store.jobs.create(Job(id, principal.client_id, "queued", now, spec.dump(),
@@ -301,7 +301,8 @@ async def advance(ctx: Context, job: Job, owner: str, policy: Policy, record: Re
     try:
         while not progress.finished:
             acting = await acting_as(ctx, spec.caller)
-            after, files = await step(acting, spec, progress, policy.limits)
+            after, files = await step(acting, spec, progress, policy.limits,
+                                      lambda name: ctx.store.jobs.file(job.id, name))
             now = clock.seconds()
             if not await ctx.store.jobs.save(job.id, owner, state="done" if after.finished else "running",
                                              progress=after.dump(), until=now + policy.lease_seconds,

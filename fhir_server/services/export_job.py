@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +23,13 @@ import orjson
 from ..access import Claims, Principal, server_principal
 from ..access.policy import compartment_clause
 from ..model import jsonbody
-from ..model.errors import Issue
+from ..model.errors import FhirError, Issue
 from ..model.outcome import operation_outcome
 from ..model.summary import select_elements
 from ..search import Clause, Query, extract, matches, parse_query, patients_of
 from ..store.base import HistoryQuery, Version
 from ..store.jobs import JobFile
+from . import crud
 from .context import Context
 from .guard import decision, reachable, visible
 from .principals import principal_of
@@ -63,6 +64,7 @@ class Spec:
     elements: tuple[str, ...] = ()
     ignored: tuple[dict[str, Any], ...] = ()  # OperationOutcome issues of a lenient request
     requires_token: bool = True
+    referenced: bool = False  # add what the files reference outside patient compartments
 
     def dump(self) -> bytes:
         return orjson.dumps(self)
@@ -113,6 +115,7 @@ class Progress:
     deleted: tuple[Output, ...] = ()
     errors: tuple[Output, ...] = ()
     deleted_type: int = 0
+    referenced: bool = False  # the referenced resources are written
     finished: bool = False
     failure: str | None = None  # why the job failed for good
     issues: tuple[dict[str, Any], ...] = ()  # what went wrong while reading (error file)
@@ -161,13 +164,19 @@ async def acting_as(ctx: Context, caller: dict[str, Any]) -> Context:
     return dataclasses.replace(ctx, principal=principal, trail=None)
 
 
-async def step(ctx: Context, spec: Spec, progress: Progress,
-               limits: Limits) -> tuple[Progress, list[JobFile]]:
+# Reads a file the job wrote, by name.
+Reader = Callable[[str], Awaitable[bytes | None]]
+
+
+async def step(ctx: Context, spec: Spec, progress: Progress, limits: Limits,
+               written: Reader) -> tuple[Progress, list[JobFile]]:
     """The next piece of work from `progress` (ctx acts as the job's caller): the progress
     after it and the files it wrote; `finished` once nothing is left. The same progress back
     means the step must wait for the store (try again in a moment)."""
     if progress.source < len(spec.sources):
         return await _resources(ctx, spec, progress, limits)
+    if spec.referenced and not progress.referenced:
+        return await _referenced(ctx, progress, written)
     types = spec.types
     if spec.since is not None and progress.deleted_type < len(types):
         return await _deletions(ctx, spec, progress, types[progress.deleted_type])
@@ -287,6 +296,50 @@ async def _as_of(ctx: Context, current: Version, instant: str) -> Version | None
     if before is None or before.deleted:
         return None
     return before if visible(decision(ctx, "search", current.resource_type), before) else None
+
+
+async def _referenced(ctx: Context, progress: Progress,
+                      written: Reader) -> tuple[Progress, list[JobFile]]:
+    """The resources outside every patient compartment that the files written reference and
+    the caller may read (as `$everything` adds them), one file per type."""
+    wanted: dict[str, None] = {}
+    for output in progress.outputs:
+        for line in (await written(output.name) or b"").splitlines():
+            wanted.update(dict.fromkeys(
+                r for r in references(orjson.loads(line), ctx.base_url)
+                if r.partition("/")[0] != "Patient" and not ctx.registry.patient_compartment(r.partition("/")[0])))
+    by_type: dict[str, list[bytes]] = {}
+    for reference in wanted:
+        resource_type, _, id = reference.partition("/")
+        try:
+            version = await crud.read(ctx, resource_type, id)
+        except FhirError:  # not there, deleted, or out of reach: left out
+            continue
+        by_type.setdefault(resource_type, []).append(version.body or b"{}")
+    after = dataclasses.replace(progress, referenced=True)
+    files: list[JobFile] = []
+    for resource_type, lines in sorted(by_type.items()):
+        name = f"{after.files + 1:06d}.{resource_type}.ndjson"
+        after = dataclasses.replace(after, files=after.files + 1,
+                                    outputs=(*after.outputs, Output(resource_type, name, len(lines))))
+        files += [JobFile(name, _ndjson(lines)), JobFile(patients_file(name), b"")]
+    return after, files
+
+
+def references(resource: Any, base_url: str) -> Iterator[str]:
+    """The local `Type/id` references anywhere in a resource (contained ones and `#` left out)."""
+    if isinstance(resource, dict):
+        for key, value in resource.items():
+            if key == "reference" and isinstance(value, str):
+                local = value.removeprefix(f"{base_url}/")
+                parts = local.split("/")
+                if len(parts) == 2 and parts[0][:1].isupper() and parts[1]:
+                    yield local
+            elif key != "contained":
+                yield from references(value, base_url)
+    elif isinstance(resource, list):
+        for item in resource:
+            yield from references(item, base_url)
 
 
 async def _deletions(ctx: Context, spec: Spec, progress: Progress,

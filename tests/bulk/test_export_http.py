@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import clock
-from tests.builders import consent
+from tests.builders import consent, observation
 from tests.bulk.conftest import jobs
 from tests.bulk.helpers import ASYNC, download, export, kick_off, status_path, wait
 from tests.conftest import token
@@ -166,12 +166,18 @@ def test_a_physician_exports_the_patients_who_consent_and_not_one_who_withdrew(
         "Observation/a-obs0", "Observation/a-obs1", "Patient/a"]
 
 
-def test_everything_with_respond_async_is_the_compartment_as_ndjson(seeded: TestClient) -> None:
+def test_everything_with_respond_async_is_the_record_as_ndjson(seeded: TestClient) -> None:
+    assert send(seeded, "PUT", "/fhir/Practitioner/pr", {"resourceType": "Practitioner", "id": "pr"}).status_code == 201
+    seen = {**observation("Patient/c", status="final"), "id": "c-obs2",
+            "performer": [{"reference": "Practitioner/pr"}, {"reference": "Organization/missing"}]}
+    assert send(seeded, "PUT", "/fhir/Observation/c-obs2", seen).status_code == 201
     manifest = export(seeded, "/fhir/Patient/c/$everything?_type=Patient,Observation,Condition")
     assert manifest["request"] == ("http://testserver/fhir/Patient/c/$everything?"
                                    "_type=Patient,Observation,Condition")
+    # The compartment, and what it references outside any compartment (as $everything).
     assert _ids(download(seeded, manifest)) == [
-        "Condition/c-cond", "Observation/c-obs0", "Observation/c-obs1", "Patient/c"]
+        "Condition/c-cond", "Observation/c-obs0", "Observation/c-obs1", "Observation/c-obs2",
+        "Patient/c", "Practitioner/pr"]
 
 
 def test_lenient_handling_ignores_what_is_unsupported_and_reports_it(seeded: TestClient) -> None:

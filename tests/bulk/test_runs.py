@@ -71,12 +71,16 @@ async def test_a_job_cut_short_resumes_from_its_last_saved_cursor_every_resource
     assert job is not None
     spec, progress = Spec.load(job.spec), Progress.load(job.progress)
     acting = await acting_as(ctx, spec.caller)
+
+    async def written(name: str) -> bytes | None:
+        return await ctx.store.jobs.file(id, name)
+
     for _ in range(2):  # two files saved, then the process dies
-        progress, files = await step(acting, spec, progress, POLICY.limits)
+        progress, files = await step(acting, spec, progress, POLICY.limits, written)
         assert await ctx.store.jobs.save(id, "dead", state="running", progress=progress.dump(),
                                          until=clock.seconds() + 30, now=clock.seconds(), files=files)
     # A third step wrote its file but died before its progress (MongoDB writes files first).
-    _, files = await step(acting, spec, progress, POLICY.limits)
+    _, files = await step(acting, spec, progress, POLICY.limits, written)
     assert await ctx.store.jobs.save(id, "dead", state="running", progress=progress.dump(),
                                      until=0.0, now=clock.seconds(), files=files)
     worker = ExportWorker(ctx, POLICY, _nothing)
