@@ -24,7 +24,7 @@ from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
 from ..services import crud, search
 from ..services.context import Context
-from ..services.export_job import references
+from ..services.export_job import outside_compartments
 from ..services.guard import decision
 
 CURSOR = "_cursor"
@@ -181,20 +181,9 @@ async def _type_page(ctx: Context, patient_id: str, resource_type: str, request:
 async def _referenced(ctx: Context, entries: list[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:
     """The resources of types outside any patient compartment that `entries` reference and
     the caller may read (`search.mode` include), each once per page."""
-    wanted = dict.fromkeys(ref for e in entries for ref in references(parsed(e), ctx.base_url)
-                           if not ctx.registry.patient_compartment(ref.partition("/")[0])
-                           and ref.partition("/")[0] != "Patient")
-    included = []
-    for reference in wanted:
-        resource_type, _, id = reference.partition("/")
-        try:
-            version = await crud.read(ctx, resource_type, id)
-        except FhirError:  # not there, deleted, or out of reach: left out
-            continue
-        included.append({"fullUrl": f"{ctx.base_url}/{reference}",
-                         "resource": orjson.Fragment(version.body or b"{}"),
-                         "search": {"mode": "include"}})
-    return included
+    return [{"fullUrl": f"{ctx.base_url}/{v.resource_type}/{v.id}",
+             "resource": orjson.Fragment(v.body or b"{}"), "search": {"mode": "include"}}
+            for v in await outside_compartments(ctx, map(parsed, entries))]
 
 
 def parsed(entry: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,20 +302,11 @@ async def _referenced(ctx: Context, progress: Progress,
                       written: Reader) -> tuple[Progress, list[JobFile]]:
     """The resources outside every patient compartment that the files written reference and
     the caller may read (as `$everything` adds them), one file per type."""
-    wanted: dict[str, None] = {}
-    for output in progress.outputs:
-        for line in (await written(output.name) or b"").splitlines():
-            wanted.update(dict.fromkeys(
-                r for r in references(orjson.loads(line), ctx.base_url)
-                if r.partition("/")[0] != "Patient" and not ctx.registry.patient_compartment(r.partition("/")[0])))
+    lines = [line for output in progress.outputs
+             for line in (await written(output.name) or b"").splitlines()]
     by_type: dict[str, list[bytes]] = {}
-    for reference in wanted:
-        resource_type, _, id = reference.partition("/")
-        try:
-            version = await crud.read(ctx, resource_type, id)
-        except FhirError:  # not there, deleted, or out of reach: left out
-            continue
-        by_type.setdefault(resource_type, []).append(version.body or b"{}")
+    for version in await outside_compartments(ctx, map(orjson.loads, lines)):
+        by_type.setdefault(version.resource_type, []).append(version.body or b"{}")
     after = dataclasses.replace(progress, referenced=True)
     files: list[JobFile] = []
     for resource_type, lines in sorted(by_type.items()):
@@ -324,6 +315,22 @@ async def _referenced(ctx: Context, progress: Progress,
                                     outputs=(*after.outputs, Output(resource_type, name, len(lines))))
         files += [JobFile(name, _ndjson(lines)), JobFile(patients_file(name), b"")]
     return after, files
+
+
+async def outside_compartments(ctx: Context, resources: Iterable[Any]) -> list[Version]:
+    """The resources of types outside every patient compartment that `resources` reference
+    and the caller may read, each once (what `$everything` adds to a compartment)."""
+    wanted = dict.fromkeys(ref for resource in resources for ref in references(resource, ctx.base_url)
+                           if ref.partition("/")[0] != "Patient"
+                           and not ctx.registry.patient_compartment(ref.partition("/")[0]))
+    found = []
+    for reference in wanted:
+        resource_type, _, id = reference.partition("/")
+        try:
+            found.append(await crud.read(ctx, resource_type, id))
+        except FhirError:  # not there, deleted, or out of reach: left out
+            continue
+    return found
 
 
 def references(resource: Any, base_url: str) -> Iterator[str]:
