@@ -201,7 +201,8 @@ def _event(kind: dict[str, str], subtype: dict[str, str], action: str, recorded:
 def interaction_of(method: str, path: str) -> str:
     """The RESTful interaction a request under the FHIR base path is (`path` relative to it)."""
     parts = [p for p in path.split("/") if p]
-    if parts and parts[-1].startswith("$"):
+    # An operation, or what it made: `$export-status/<job>`, `$export-file/<job>/<name>`.
+    if any(part.startswith("$") for part in parts):
         return "operation"
     if method == "POST" and not parts:
         return "transaction"

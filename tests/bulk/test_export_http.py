@@ -249,3 +249,20 @@ def test_the_capability_statement_lists_the_export_operations(client: TestClient
     by_type = {r["type"]: r.get("operation", []) for r in rest["resource"]}
     for resource_type, code in (("Patient", "patient-export"), ("Group", "group-export")):
         assert {"name": "export", "definition": f"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{code}"} in by_type[resource_type]
+
+
+def test_each_download_is_audited_for_the_patients_in_the_file(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Condition")
+    url = manifest["output"][0]["url"].removeprefix("http://testserver")
+
+    def events(patient: str) -> list[dict[str, object]]:
+        found = seeded.get(f"/fhir/AuditEvent?patient=Patient/{patient}&_count=200").json()
+        return [e["resource"] for e in found.get("entry", [])]
+
+    def operations(patient: str) -> int:
+        return sum(e["subtype"][0]["code"] == "operation" for e in events(patient))  # type: ignore[index]
+
+    before = {p: (len(events(p)), operations(p)) for p in "abc"}
+    assert seeded.get(url).status_code == 200
+    for patient in "abc":  # one more event each, an operation's (the job's own is there already)
+        assert (len(events(patient)), operations(patient)) == (before[patient][0] + 1, before[patient][1] + 1)

@@ -91,6 +91,18 @@ async def test_a_job_cut_short_resumes_from_its_last_saved_cursor_every_resource
     assert done is not None and done.state == "done" and done.attempts == 2
 
 
+async def test_files_are_split_by_bytes_too(ctx: Context) -> None:
+    id = await _kick_off(ctx)
+    policy = export.Policy(Limits(resources=100, bytes=1500))
+    assert await ExportWorker(ctx, policy, _nothing).run_one()
+    status = await export.status(ctx, id, policy)
+    assert status.manifest is not None and len(status.manifest["output"]) > 4
+    for item in status.manifest["output"]:
+        data = await export.file(ctx, id, item["url"].rsplit("/", 1)[1])
+        assert len(data) <= 1500 and data.count(b"\n") == item["count"]
+    assert len(await _exported(ctx, id)) == len(set(await _exported(ctx, id))) == 16
+
+
 async def test_a_failing_job_is_retried_then_fails_with_a_status_saying_why(
         ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
