@@ -212,8 +212,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
                 ctx, study, filters.get("practitioner", ""))}))
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
-        exports = asyncio.get_running_loop().create_task(
-            ExportWorker(context, app.state.export_policy, recorder.record_all).run())
+        exports = asyncio.get_running_loop().create_task(worker.run())
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         exports.cancel()
@@ -239,6 +238,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.tokens = tokens
     app.state.oauth = oauth
     app.state.export_policy = export_policy(settings)
+    worker = ExportWorker(context, app.state.export_policy, recorder.record_all)
+    app.state.wake_exports = worker.wake  # a kick-off here starts its job at once
     app.state.mllp = None  # the HL7 v2 listener, when settings.mllp (started with the app)
     app.state.schedule = notify_runner.schedule_of(store)  # preferences (http/notifications.py)
     # sends e-mailed sign-in codes (auth/email_codes.py); None without an SMTP relay

@@ -1,7 +1,11 @@
 """The export worker: a task of each server process that claims jobs from the store and runs
 them (services/export.advance). Several processes, or several servers on one MongoDB, each
 run one: a claim is atomic and leased, so a job runs in one place at a time, and a job whose
-process died is claimed again once its lease ends (docs/export.md)."""
+process died is claimed again once its lease ends (docs/export.md).
+
+A kick-off in this process wakes its worker at once (`wake`); otherwise the worker looks at
+the store every POLL_SECONDS only, for jobs whose lease ended elsewhere: an idle server sends
+the store next to nothing."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from ..services.context import Context
 
 log = logging.getLogger("fhir_server.export")
 
-IDLE_SECONDS = 1.0  # between looks for work when there is none
+POLL_SECONDS = 30.0  # between looks for work nobody woke it for (a lease's length)
+RETRY_SECONDS = 1.0  # after the store failed
 SWEEP_SECONDS = 60.0  # between removals of expired jobs
 
 
@@ -29,6 +34,12 @@ class ExportWorker:
         self.policy = policy
         self.record = record
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._woken: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        """A job was kicked off here: look for it now."""
+        if self._woken is not None:
+            self._woken.set()
 
     async def run_one(self) -> bool:
         """Claim one job and run it; False when there was none to claim."""
@@ -41,16 +52,22 @@ class ExportWorker:
 
     async def run(self) -> None:
         """Run jobs as they come; remove expired ones now and then."""
+        self._woken = asyncio.Event()
         swept = 0.0
         while True:
             try:
                 if clock.seconds() - swept > SWEEP_SECONDS:
                     await export.sweep(self.ctx, self.policy)
                     swept = clock.seconds()
-                if not await self.run_one():
-                    await asyncio.sleep(IDLE_SECONDS)
+                while await self.run_one():
+                    pass
+                self._woken.clear()
+                try:
+                    await asyncio.wait_for(self._woken.wait(), POLL_SECONDS)
+                except TimeoutError:
+                    pass
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the store unreachable: try again later
                 log.exception("export worker")
-                await asyncio.sleep(IDLE_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)

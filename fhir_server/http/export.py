@@ -65,6 +65,7 @@ async def _kick_off(request: Request, level: str, **target: str) -> Response:
     query = request.scope["query_string"].decode()
     id = await export.kick_off(context_of(request), level, params, request=f"{url}?{query}" if query else url,
                                lenient=prefer(request, "handling") == "lenient", **target)
+    request.app.state.wake_exports()
     return empty_response(202, {"Content-Location": f"{base}/{export.STATUS_PATH}/{id}"})
 
 
