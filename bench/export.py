@@ -13,7 +13,10 @@ extracted, bodies sealed: as the server stores them). Then, in this one process:
   (`$export?_type=Organization`, cheap jobs) and status polls, latency p50/p95/p99.
 CPU time (`time.process_time`) is given beside wall-clock: the machine is shared.
 
-    .venv/bin/python -m bench.export [--resources 100000] [--requests 200]
+    .venv/bin/python -m bench.export [--resources 100000] [--requests 200] [--reuse DIR]
+
+`--reuse DIR` measures again on the store an earlier run left in DIR (its path is printed),
+without filling it again.
 """
 
 from __future__ import annotations
@@ -172,20 +175,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--reuse", type=Path, help="a directory an earlier run filled")
     args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    create_key_ring(directory / "keyring.json")
+    directory = args.reuse or Path(tempfile.mkdtemp(prefix="bench-export-"))
+    if args.reuse is None:
+        create_key_ring(directory / "keyring.json")
     settings = Settings(data_dir=directory, key_ring=directory / "keyring.json",
                         base_url="http://testserver/fhir", publish_definitions=False)
     codec = body_codec(settings)
     store = SqliteStore(directory / "fhir.db", codec=codec)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}\nstore: {directory}")
 
     async def build_and_export() -> dict[str, Any]:
         await store.open()
-        started = time.perf_counter()
-        await fill(store, args.resources)
-        print(f"filled {args.resources} resources in {time.perf_counter() - started:.0f} s")
+        if args.reuse is None:
+            started = time.perf_counter()
+            await fill(store, args.resources)
+            print(f"filled {args.resources} resources in {time.perf_counter() - started:.0f} s")
         return await system_export(store, settings)
 
     exported = asyncio.run(build_and_export())

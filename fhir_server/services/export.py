@@ -42,6 +42,7 @@ STATUS_PATH, FILE_PATH = "$export-status", "$export-file"
 # Kept apart (the audit store); exported only when `_type` names it.
 NOT_BY_DEFAULT = frozenset({"AuditEvent"})
 _EXPORTERS = frozenset({Role.SYSTEM, Role.SERVER, Role.INVESTIGATOR})
+AUDIT_BATCH = 1000  # patients per batch of a finished job's AuditEvents
 WAIT_SECONDS = 1.0  # before a step the store asked to wait for is tried again
 Record = Callable[[Sequence[dict[str, Any]]], Awaitable[Any]]
 
@@ -324,8 +325,9 @@ async def advance(ctx: Context, job: Job, owner: str, policy: Policy, record: Re
         else:
             await _fail(ctx, job, owner, progress, reason)
         return
-    patients = await _patients_of(ctx, job.id, [o.name for o in progress.outputs])
-    await record(_events(acting.principal, patients))
+    patients = sorted(await _patients_of(ctx, job.id, [o.name for o in progress.outputs]))
+    for start in range(0, max(len(patients), 1), AUDIT_BATCH):  # memory flat at any size
+        await record(_events(acting.principal, set(patients[start:start + AUDIT_BATCH])))
 
 
 async def _fail(ctx: Context, job: Job, owner: str, progress: Progress, reason: str) -> None:
