@@ -10,6 +10,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from joserfc.jwk import ECKey
 
 from fhir_server import clock
 from tests.builders import consent, observation
@@ -266,3 +267,14 @@ def test_each_download_is_audited_for_the_patients_in_the_file(seeded: TestClien
     assert seeded.get(url).status_code == 200
     for patient in "abc":  # one more event each, an operation's (the job's own is there already)
         assert (len(events(patient)), operations(patient)) == (before[patient][0] + 1, before[patient][1] + 1)
+
+
+def test_an_investigator_site_system_never_gets_live_records(seeded: TestClient) -> None:
+    registry = seeded.app.state.oauth.registry  # type: ignore[attr-defined]
+    key = ECKey.generate_key("P-256", {"kid": "site-sig", "use": "sig"}).as_dict(private=False)
+    registry.add_backend_client("site", "system/*.rs", acts_for=["CareTeam/team"], jwks={"keys": [key]})
+    tokens = seeded.app.state.tokens  # type: ignore[attr-defined]
+    site = {"Authorization": "Bearer " + tokens.issue(subject="site", client_id="site",
+                                                     scope="system/*.rs")["access_token"]}
+    manifest = export(seeded, "/fhir/$export?_type=Patient,Observation,Condition,Group", site)
+    assert download(seeded, manifest, site) == []
