@@ -115,6 +115,7 @@ class Progress:
     deleted: tuple[Output, ...] = ()
     errors: tuple[Output, ...] = ()
     deleted_type: int = 0
+    settled: bool = False  # every version up to transactionTime is visible
     referenced: bool = False  # the referenced resources are written
     finished: bool = False
     failure: str | None = None  # why the job failed for good
@@ -173,6 +174,8 @@ async def step(ctx: Context, spec: Spec, progress: Progress, limits: Limits,
     """The next piece of work from `progress` (ctx acts as the job's caller): the progress
     after it and the files it wrote; `finished` once nothing is left. The same progress back
     means the step must wait for the store (try again in a moment)."""
+    if not progress.settled:
+        return await _settled(ctx, spec, progress)
     if progress.source < len(spec.sources):
         return await _resources(ctx, spec, progress, limits)
     if spec.referenced and not progress.referenced:
@@ -188,6 +191,16 @@ async def step(ctx: Context, spec: Spec, progress: Progress, limits: Limits,
         return (dataclasses.replace(progress, errors=(error,), files=progress.files + 1,
                                     finished=True), [JobFile(name, _ndjson(lines))])
     return dataclasses.replace(progress, finished=True), []
+
+
+async def _settled(ctx: Context, spec: Spec, progress: Progress) -> tuple[Progress, list[JobFile]]:
+    """Wait until the store shows every version stamped up to transactionTime: on MongoDB a
+    unit stamped before it may commit up to SETTLE_SECONDS later (its `_history` answers say
+    how far they are complete); on SQLite at once (writers stamp under the write lock)."""
+    page = await ctx.store.history(HistoryQuery(since=spec.transaction_time, count=1))
+    if page.as_of is not None and page.as_of < spec.transaction_time:
+        return progress, []
+    return dataclasses.replace(progress, settled=True), []
 
 
 def _issue(raw: dict[str, Any]) -> Issue:

@@ -27,6 +27,13 @@ def seed(client: TestClient) -> None:
     assert send(client, "PUT", "/fhir/Group/g", group).status_code == 201
 
 
+@pytest.fixture(autouse=True)
+def settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MongoDB store lists versions once settled (25 s): at once here, where nothing is in
+    flight (a test that wants the wait sets it again)."""
+    monkeypatch.setattr("fhir_server.store.mongo.store.SETTLE_SECONDS", 0)
+
+
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The tests' settings, with files of 4 resources at most: exports split into several."""

@@ -22,6 +22,7 @@ from fhir_server.services import export
 from fhir_server.services.context import Context
 from fhir_server.services.export_job import Limits, Progress, Spec, acting_as, step
 from fhir_server.store.base import Store, Write
+from fhir_server.store.mongo import MongoStore
 from tests.builders import observation, patient
 from tests.store.conftest import STORES, dispose
 
@@ -144,3 +145,17 @@ async def test_expired_jobs_are_swept_with_their_files(ctx: Context) -> None:
     assert await export.sweep(ctx, export.Policy(retention_seconds=-1)) == 1
     assert await ctx.store.jobs.get(id) is None
 
+
+
+async def test_reading_waits_until_the_store_shows_every_version_up_to_transaction_time(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fhir_server.store.mongo.store.SETTLE_SECONDS", 3600)
+    id = await _kick_off(ctx)
+    job = await ctx.store.jobs.get(id)
+    assert job is not None
+    spec, progress = Spec.load(job.spec), Progress.load(job.progress)
+    after, files = await step(await acting_as(ctx, spec.caller), spec, progress, POLICY.limits,
+                              lambda name: ctx.store.jobs.file(id, name))
+    # MongoDB may still commit units stamped before it: nothing read yet. SQLite: at once.
+    waits = isinstance(ctx.store, MongoStore)
+    assert (after == progress, after.settled, files) == (waits, not waits, [])
