@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import date, datetime
+from functools import partial
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +18,8 @@ from fastapi import FastAPI
 
 from .access import ConfirmationCodes, server_principal
 from .audit.chain import Chain
-from .backup import every, take
+from .backup import every, take, taken_at
+from .audit.prune import Trimmer, checkpoint_key, retention_event
 from .audit.recorder import AuditRecorder
 from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
@@ -40,6 +44,13 @@ from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .notify import runner as notify_runner
+from .notify import enqueue
+from .privacy.pseudonym import Pseudonyms, load_key
+from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
+from .privacy.retention import run as run_retention
+from .privacy.retention_holds import Holds
+from .privacy.retention_policy import load_policy
+from .privacy.retention_schedule import every_turn
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
@@ -184,6 +195,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
+    lifecycle = open_lifecycle(settings, context, codec, store, recorder)
     tokens, oauth = _authorization(settings)
 
     @asynccontextmanager
@@ -207,6 +219,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if listener is not None:
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
+        retention = _schedule_retention(settings, lifecycle, recorder)
         notifications = notify_runner.start(settings, context, recorder.record)
         dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch, Desk(
             context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
@@ -219,8 +232,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         notifying.cancel()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)
-        if backups is not None:
-            backups.cancel()
+        for task in (backups, retention):
+            if task is not None:
+                task.cancel()
         if listener is not None:
             await listener.stop()
         await store.close()
@@ -235,6 +249,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.state.settings = settings
     app.state.context = context
+    app.state.lifecycle = lifecycle  # the retention jobs (privacy/retention.py), None without a key ring
     app.state.tokens = tokens
     app.state.oauth = oauth
     app.state.export_policy = export_policy(settings)
@@ -320,3 +335,79 @@ def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthor
     oauth = SmartAuthorizationServer(registry, tokens, f"{settings.auth_url}/token", narrow_scope,
                                      narrow_for_user)
     return tokens, oauth
+
+
+class _Backups:
+    """The backup archives of `directory`, as the retention run sees them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def taken(self) -> dict[str, date]:
+        found = (self.directory.iterdir() if self.directory.is_dir() else ())
+        return {path.name: at.date() for path in found if (at := taken_at(path)) is not None}
+
+    def remove(self, names: list[str]) -> None:
+        for name in names:
+            (self.directory / name).unlink(missing_ok=True)
+
+
+class _Notices:
+    """Warnings through the notification scheduler (notify/)."""
+
+    def __init__(self, store: RoutingStore) -> None:
+        self.store = store
+
+    async def scheduled(self, prefix: str) -> set[str]:
+        return {item.key for item in await self.store.schedule.items(prefix)}
+
+    async def warn(self, *, person: str, template: str, params: dict[str, str],
+                   not_before: datetime, key: str) -> bool:
+        return await enqueue(self.store.schedule, person=person, template=template,
+                             params=params, not_before=not_before, key=key)
+
+
+def open_lifecycle(settings: Settings, context: Context, codec: BodyCodec, store: RoutingStore,
+                   recorder: AuditRecorder) -> Lifecycle | None:
+    """The retention jobs on `context` (its $erase then pseudonymises held records instead,
+    and forgets the archived reports of an erased patient). The policy is checked here, at
+    start (PolicyError); None without a key ring: no erasure ledger, no checkpoint key."""
+    policy = load_policy(settings.retention_policy, backup_days=settings.backup_retention_days)
+    provider = key_provider(settings, codec)
+    if provider is None or context.erasures is None:
+        return None
+    life = Lifecycle(context, policy, Pseudonyms(load_key(settings.pseudonym_key_path, create=True)),
+                     Holds(context),
+                     Trimmer(store.audit, recorder.chain.path,
+                             checkpoint_key(provider.index_key("audit-checkpoint"))),
+                     _Backups(settings.backup_path), _Notices(store))
+    context.erasures.hold = life.holds
+    context.erasures.instead = partial(pseudonymise_instead, life)
+    context.erasures.forget = forget_archived
+    return life
+
+
+def recorded_run(record: Callable[[dict[str, Any]], Awaitable[str]], operator: str
+                 ) -> Callable[[Plan, bool], Awaitable[object]]:
+    """What records a retention run: its AuditEvent, with its counts per rule."""
+    async def audit(plan: Plan, dry_run: bool) -> object:
+        return await record(retention_event(plan.counts(), len(plan.kept), dry_run=dry_run,
+                                            operator=operator))
+    return audit
+
+
+def _schedule_retention(settings: Settings, life: Lifecycle | None,
+                        recorder: AuditRecorder) -> asyncio.Task[None] | None:
+    """The task running the retention every FHIR_SERVER_RETENTION_INTERVAL_HOURS."""
+    if not settings.retention_interval_hours:
+        return None
+    if life is None:
+        log.error("no scheduled retention runs: they need the key ring, and there is none")
+        return None
+    audit = recorded_run(recorder.record, "fhir-server (scheduled)")
+
+    async def turn() -> object:
+        return await run_retention(life, record=audit)
+
+    return asyncio.get_running_loop().create_task(
+        every_turn(settings.retention_interval_hours, settings.data_dir / ".retention.lock", turn))

@@ -29,11 +29,13 @@ import orjson
 import uvicorn
 from pydantic import ValidationError
 
-from .app import (blind_index, body_codec, export_policy, key_provider, open_context, open_ledger,
-                  open_store)
+from .app import (blind_index, body_codec, build_context, export_policy, key_provider,
+                  open_context, open_erasures, open_ledger, open_lifecycle, open_store,
+                  recorded_run)
 from .bulk import export_organization
 from .services import export
-from .audit.chain import Chain, Verdict, verify
+from .audit.chain import Chain, Verdict
+from .audit.prune import Trimmer, checkpoint_key, verify_pruned
 from .audit.events import command_event
 from .backup import ArchiveError, Restored, Target, back_up_keys, restore, take
 from .audit.recorder import AuditRecorder
@@ -50,6 +52,9 @@ from .model.errors import FhirError
 from .trials import catalogue, sync
 from .trials.evaluation import EvalError, evaluate_set
 from .privacy import breaches, disclosures, register
+from .privacy.retention import Lifecycle, unarchive
+from .privacy.retention import run as run_retention
+from .privacy.retention_policy import PolicyError, load_policy
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry
@@ -550,7 +555,12 @@ async def _audit_verdict(settings: Settings) -> Verdict:
         chain.close()
     for id in codec.shredded:
         del events[id]
-    return verify(links, events, [*events, *codec.shredded], codec.shredded)
+    # Verified from the latest pruning's checkpoint (audit/prune.py); a checkpoint signed by
+    # no key ring of ours (none here: the empty key) is reported, not trusted.
+    provider = key_provider(settings, codec.codec)
+    key = checkpoint_key(provider.index_key("audit-checkpoint")) if provider else b""
+    state = Trimmer(store, chain.path, key).state()
+    return verify_pruned(links, events, [*events, *codec.shredded], codec.shredded, state)[0]
 
 
 def _verify_audit(args: argparse.Namespace) -> int:
@@ -1106,6 +1116,19 @@ def parser() -> argparse.ArgumentParser:
     check = audit.add_parser("verify", help="check the hash chain against the stored "
                                             "AuditEvents (exit 1 on any change or removal)")
     check.set_defaults(run=_verify_audit)
+    retention = commands.add_parser("retention", help="the data's lifecycle (docs/privacy.md)"
+                                    ).add_subparsers(dest="action", required=True)
+    retention_run = retention.add_parser("run", help="apply the retention policy today; prints "
+                                         "what it did, rule by rule")
+    retention_run.add_argument("--dry-run", action="store_true",
+                               help="print what a run would do, change nothing")
+    retention_run.set_defaults(run=_retention)
+    retention.add_parser("check", help="check the retention policy file; prints its "
+                         "periods").set_defaults(run=_retention, dry_run=True)
+    bring_back = retention.add_parser("unarchive", help="make an archived second-opinion "
+                                      "report available again")
+    bring_back.add_argument("reference", metavar="DiagnosticReport/ID")
+    bring_back.set_defaults(run=_retention, dry_run=False)
     rights = commands.add_parser("rights", help="the register of rights requests "
                                  "(docs/privacy.md)").add_subparsers(dest="action", required=True)
     add_request = rights.add_parser("add", help="register a request; prints its deadlines")
@@ -1197,6 +1220,57 @@ def parser() -> argparse.ArgumentParser:
                         help="--opt-out: no notifications; --no-opt-out: notifications again")
     wishes.set_defaults(run=_notify_preferences)
     return root
+
+
+@asynccontextmanager
+async def _lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
+    """The retention jobs on the stores `settings` name, as the server wires them."""
+    codec = body_codec(settings)
+    store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                                    blind_index(settings)),
+                         open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
+    await store.open()
+    recorder = AuditRecorder(store.audit, Chain(settings.data_dir / "audit-chain.db"), store)
+    try:
+        context = dataclasses.replace(build_context(settings, store), erasures=open_erasures(
+            settings, codec, recorder.record))
+        life = open_lifecycle(settings, context, codec, store, recorder)
+        if life is None:
+            raise KeyRingError("the retention needs the key ring (the erasure ledger and the "
+                               "audit checkpoints are kept under it); create it with "
+                               "`fhir-server keys init`")
+        yield life
+    finally:
+        await store.close()
+        recorder.close()
+
+
+async def _retention_async(settings: Settings, args: argparse.Namespace) -> list[str]:
+    async with _lifecycle(settings) as life:
+        if args.action == "unarchive":
+            await unarchive(life, args.reference)
+            return [f"{args.reference} is available again"]
+        assert life.ctx.erasures is not None  # a Lifecycle is made only with them
+        audit = recorded_run(life.ctx.erasures.record, _operator())
+        plan = await run_retention(life, dry_run=args.dry_run, record=audit)
+    counts = [f"{name}: {n}" for name, n in plan.counts().items()] or ["nothing to do"]
+    return [*plan.lines(), f"retention {'dry run' if args.dry_run else 'run'} of {plan.today}:",
+            *counts]
+
+
+def _retention(args: argparse.Namespace) -> int:
+    settings = Settings()
+    try:
+        if args.action == "check":
+            policy = load_policy(settings.retention_policy, backup_days=settings.backup_retention_days)
+            print(orjson.dumps(policy.describe(), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        print("\n".join(asyncio.run(_retention_async(settings, args))))
+    except (PolicyError, FhirError) as error:
+        message = error.issues[0].diagnostics if isinstance(error, FhirError) else str(error)
+        print(f"fhir-server retention {args.action}: {message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

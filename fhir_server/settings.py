@@ -67,6 +67,18 @@ class Settings(BaseSettings):
         3600, ge=1, description="Seconds the files of a finished $export stay (the manifest's Expires).")
     export_attempts: int = Field(
         3, ge=1, description="Attempts of an $export job (a crash or an error each) before it fails.")
+    retention_policy: Path | None = Field(
+        None, description="The retention policy (JSON, docs/privacy.md), checked at start; empty "
+        "means the platform's defaults (profiles/retention_policy.json).",
+    )
+    retention_interval_hours: int = Field(
+        0, ge=0, description="Hours between the retention runs the server makes by itself (24: "
+        "daily); 0 means none (run `fhir-server retention run` from cron).",
+    )
+    pseudonym_key: Path | None = Field(
+        None, description="The key of the archives' pseudonyms (0600, made at first use; keep it "
+        "apart from the stores and their backups); empty means pseudonym.key beside the key ring.",
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
@@ -233,6 +245,11 @@ class Settings(BaseSettings):
     def erasure_ledger_path(self) -> Path:
         """The erasure ledger, kept with the key ring (crypto/ledger.py)."""
         return self.key_ring_path.with_name("erasure-ledger.jsonl")
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        """The pseudonym key of the retention's archives (privacy/pseudonym.py)."""
+        return self.pseudonym_key or self.key_ring_path.with_name("pseudonym.key")
 
     @property
     def data_keys_path(self) -> Path:

@@ -190,12 +190,12 @@ class Verdict:
 
 
 def verify(links: list[Link], events: dict[str, dict[str, Any]],
-           stored_ids: Iterable[str], shredded: Iterable[str] = ()) -> Verdict:
+           stored_ids: Iterable[str], shredded: Iterable[str] = (), previous: str = GENESIS) -> Verdict:
     """Check every link against the stored events (`events` by id; `stored_ids` every
-    AuditEvent id the store holds; `shredded` the ids of those whose key was destroyed)."""
+    AuditEvent id the store holds; `shredded` the ids of those whose key was destroyed;
+    `previous` the digest before the first link: a pruning's checkpoint, audit/prune.py)."""
     verdict = Verdict()
     shredded = set(shredded)
-    previous = GENESIS
     expected_seq = links[0].seq if links else 1
     for link in links:
         if link.seq != expected_seq:

@@ -253,6 +253,9 @@ _COMMANDS = {
     **{f"rights {step}": (_PATIENT_RECORD, {"system": _INTERACTION_SYSTEM, "code": code,
                                             "display": code})
        for step, code in (("add", "create"), ("forward", "update"), ("answer", "update"))},
+    # the retention run: records archived, erased, logs pruned (privacy/retention.py)
+    "retention run": ({"system": _DICOM, "code": "110110", "display": "Patient Record"},
+                      {"system": _INTERACTION_SYSTEM, "code": "delete", "display": "delete"}),
     "rights overdue": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
                                 "display": "search-type"}),
     # the registers of breaches and of disclosures to authorities: Tasks, and late breaches

@@ -6,6 +6,7 @@ from .archive import ArchiveError
 from .keys import back_up_keys
 from .restore import Restored, Target, restore
 from .schedule import every
-from .take import back_up, prune, take
+from .take import back_up, prune, take, taken_at
 
-__all__ = ["ArchiveError", "Restored", "back_up_keys", "Target", "back_up", "every", "prune", "restore", "take"]
+__all__ = ["ArchiveError", "Restored", "back_up_keys", "Target", "back_up", "every", "prune", "restore", "take",
+           "taken_at"]

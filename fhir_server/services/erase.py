@@ -11,7 +11,8 @@ AuditEvent of its own: who, when, why, how many resources and versions of each t
 Who may erase: an administrator, the server itself (the command line, `auth=off`), and the
 patient, with their own token (fhirUser `Patient/<id>`). Anyone else gets 403; a patient
 naming another patient gets 404, as for an id nobody has. A configured legal hold (a retention
-policy's, `LegalHold`) refuses with 409. Erasing again sweeps the compartment again: what was
+policy's, `LegalHold`) refuses with 409, or, where the policy offers it (`Erasures.instead`:
+privacy/retention_holds.py), has the record pseudonymised instead, and the answer says why. Erasing again sweeps the compartment again: what was
 written there since is erased as a new erasure; if nothing was, it answers what the last did.
 docs/backup-and-erasure.md.
 """
@@ -48,6 +49,13 @@ class LegalHold(Protocol):
     async def held(self, patient_id: str) -> str | None: ...
 
 
+# Instead of erasing a held record (ctx, patient id, reason, the hold): the operation's output.
+Instead = Callable[[Context, str, str, str], Awaitable[dict[str, Any]]]
+# Run after an erasure removed a patient (ctx, patient id): copies kept outside the store's
+# resources (the retention's archived reports) go too.
+Forget = Callable[[Context, str], Awaitable[None]]
+
+
 class KeyShredder(Protocol):
     """The data keys (crypto/datakeys.py `DataKeys`): the ids of a scope's keys, and their
     destruction (how many were destroyed)."""
@@ -69,12 +77,14 @@ class Job:
 class Erasures:
     """What erasure needs beside the store: the ledger, the data keys (None: encryption
     off, no key to destroy), the audit recorder's `record`, the legal holds if any are
-    configured, and the background jobs of this process."""
+    configured (with what to do instead, if anything), and the background jobs of this process."""
 
     ledger: ErasureLedger
     keys: KeyShredder | None
     record: Callable[[dict[str, Any]], Awaitable[str]]
     hold: LegalHold | None = None
+    instead: Instead | None = None
+    forget: Forget | None = None
     jobs: dict[str, Job] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -139,7 +149,7 @@ async def begin(ctx: Context, patient_id: str, reason: str | None) -> str:
     erased_before = await asyncio.to_thread(setup.ledger.find, patient_id) is not None
     if not erased_before and await ctx.store.read("Patient", patient_id) is None:
         raise _unknown(patient_id)
-    if setup.hold is not None and (why := await setup.hold.held(patient_id)):
+    if setup.hold is not None and setup.instead is None and (why := await setup.hold.held(patient_id)):
         raise fail(Kind.CONFLICT, "business-rule", f"Patient/{patient_id} is under a legal "
                    f"hold and cannot be erased: {why}")
     return reason
@@ -147,7 +157,18 @@ async def begin(ctx: Context, patient_id: str, reason: str | None) -> str:
 
 async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
                 job: str | None = None) -> dict[str, Any]:
-    """Erase Patient/`patient_id` (after `begin`): store, data keys, ledger, AuditEvent; the
+    """Erase Patient/`patient_id` (after `begin`), or do what the policy does instead for a
+    record under a legal hold; the operation's output Parameters."""
+    setup = _setup(ctx)
+    if setup.hold is not None and setup.instead is not None and (
+            why := await setup.hold.held(patient_id)):
+        return await setup.instead(ctx, patient_id, reason, why)
+    return await sweep(ctx, patient_id, reason, address=address, job=job)
+
+
+async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
+                job: str | None = None) -> dict[str, Any]:
+    """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
     a new Patient, a late result) as a new erasure; when it finds nothing, it answers what
@@ -161,6 +182,8 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
         keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
         entry = await asyncio.to_thread(setup.ledger.append, _entry(
             ctx.principal, patient_id, reason, erased, keys, job))
+        if setup.forget is not None:
+            await setup.forget(ctx, patient_id)
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
         reason=reason, counts=counts_of(erased), keys=len(keys)))

@@ -118,6 +118,8 @@ def test_a_legal_hold_refuses(server: Server) -> None:
             return "litigation 2026-17" if patient_id == "a" else None
 
     server.client.app.state.context.erasures.hold = Hold()  # type: ignore[attr-defined]
+    # a hold with nothing to do instead (the retention's pseudonymisation: test_retention.py)
+    server.client.app.state.context.erasures.instead = None  # type: ignore[attr-defined]
     response = server.erase("a")
     assert response.status_code == 409
     assert "litigation 2026-17" in response.json()["issue"][0]["diagnostics"]

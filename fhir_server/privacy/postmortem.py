@@ -1,0 +1,88 @@
+"""Post-mortem directives: what a patient wants done with their data after their death
+(docs/privacy.md, "Post-mortem directives"), applied by the retention run once the Patient is
+marked deceased (`deceasedBoolean` true or a `deceasedDateTime`).
+
+A directive is a Consent the patient writes: `scope` consentscope `adr` (advance directive),
+`category` our `post-mortem-directive` code, `status` `active`, and `policyRule` one code of
+our CodeSystem `post-mortem-directive`:
+- `keep`: nothing changes; the record follows the patient-record rule;
+- `erase`: the record is erased (as `$erase`), or pseudonymised when a legal hold stands;
+- `communicate`: the person the provision names (`provision.actor.reference`, a RelatedPerson,
+  role v3-ParticipationType `IRCP`) is sent a notice; the record then follows the
+  patient-record rule.
+The latest active directive counts; none means `keep`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..model.platform_codes import CANONICAL
+from ..services import lifecycle
+from .pseudonym import PSEUDED
+
+if TYPE_CHECKING:
+    from .retention import Action, Lifecycle, Plan
+
+DIRECTIVE_SYSTEM = f"{CANONICAL}/CodeSystem/post-mortem-directive"
+ADR = "http://terminology.hl7.org/CodeSystem/consentscope|adr"
+DIRECTIVES = ("keep", "erase", "communicate")
+# Consents are a living person's decisions about who may see what: an archive keeps none.
+NOT_ARCHIVED = frozenset({"Consent"})
+
+
+async def directive(ctx: Any, patient_id: str) -> tuple[str, str | None] | None:
+    """The patient's directive (`keep`, `erase` or `communicate`) and the person to inform."""
+    latest: dict[str, Any] | None = None
+    async for consent in lifecycle.matching(ctx, "Consent", [
+            ("patient", f"Patient/{patient_id}"), ("scope", ADR), ("status", "active"),
+            ("category", f"{DIRECTIVE_SYSTEM}|post-mortem-directive")]):
+        if latest is None or consent["meta"]["lastUpdated"] > latest["meta"]["lastUpdated"]:
+            latest = consent
+    if latest is None:
+        return None
+    codes = [c.get("code") for rule in [latest.get("policyRule", {})]
+             for c in rule.get("coding", []) if c.get("system") == DIRECTIVE_SYSTEM]
+    code = next((c for c in codes if c in DIRECTIVES), None)
+    if code is None:
+        return None
+    person = next((a.get("reference", {}).get("reference") for a in
+                   latest.get("provision", {}).get("actor", [])), None)
+    return code, person
+
+
+async def plan(life: Lifecycle, made: Plan) -> None:
+    """The directives of the patients marked deceased that are still to apply."""
+    from .retention import Action  # noqa: PLC0415 - the module that imports this one
+
+    sent = await life.warnings.scheduled("retention/post-mortem/") if life.warnings else set()
+    async for patient in lifecycle.matching(life.ctx, "Patient", [
+            ("deceased", "true"), ("_security:not", f"{PSEUDED['system']}|{PSEUDED['code']}")]):
+        target = f"Patient/{patient['id']}"
+        found = await directive(life.ctx, patient["id"])
+        if found is None or found[0] == "keep":
+            continue
+        code, person = found
+        if code == "erase":
+            why = await life.holds.held(patient["id"])
+            made.actions.append(Action("post-mortem", "pseudonymise" if why else "erase", target))
+            if why:
+                made.kept.append((target, why))
+        elif person and life.warnings is not None and _key(patient["id"]) not in sent:
+            made.actions.append(Action("post-mortem", "communicate", target, detail=person))
+
+
+def _key(patient_id: str) -> str:
+    return f"retention/post-mortem/{patient_id}"
+
+
+async def communicate(life: Lifecycle, action: Action) -> None:
+    """Send the named person the notice of a `communicate` directive."""
+    assert life.warnings is not None
+    patient_id = action.target.split("/")[1]
+    await life.warnings.warn(person=action.detail, template="post-mortem-communication",
+                             params={"patient": action.target},
+                             not_before=datetime.combine(clock.now().date(), time(), clock.now().tzinfo),
+                             key=_key(patient_id))

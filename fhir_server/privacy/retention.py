@@ -1,0 +1,358 @@
+"""The retention run: what the policy (retention_policy.py) says must happen today, planned
+rule by rule, then done (`fhir-server retention run [--dry-run]`, and the server's scheduled
+job). A dry run is the plan; a real run does exactly the plan's actions (docs/privacy.md,
+"The data's lifecycle").
+
+Rules, in the order they run:
+- post-mortem directives of patients marked deceased (postmortem.py);
+- `patient-record`: a record **inactive** (no resource of the patient's compartment created or
+  updated) since a day D is archived on the first day T with `T - inactive >= D`: a
+  pseudonymised copy is written (pseudonym.py) and the original erased as `$erase` does;
+  the archive is erased `archived` after it was made, unless a legal hold stands;
+- `second-opinion-report`: a DiagnosticReport of category `second-opinion` is available from
+  its `issued` day (or its last change, if later: a report brought back from the archive) for
+  `available`, then archived (out of the API; `unarchive` brings it back) and erased
+  `archived` later;
+- `tele-expertise`: a ServiceRequest of category `tele-expertise` whose responder set its
+  `retention-period` extension is erased (with what is `basedOn` it) that long after its last
+  change; its requester is warned `warned` before;
+- `connection-logs`, `access-logs`: AuditEvents pruned at a signed checkpoint (audit/prune.py);
+- `backups`: archives older than `kept` removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any, Protocol
+
+from .. import clock
+from ..model.errors import Kind, fail
+from ..model.platform_codes import CANONICAL
+from ..services import lifecycle, server_writes
+from ..services.context import Context
+from ..services.erase import sweep
+from . import postmortem
+from .retention_holds import Holds
+from .pseudonym import PSEUDED, Pseudonyms
+from .retention_policy import Period, Policy
+
+RECORD_KIND = f"{CANONICAL}/CodeSystem/record-kind"
+RETENTION_PERIOD = f"{CANONICAL}/StructureDefinition/retention-period"
+PSEUDED_TOKEN = f"{PSEUDED['system']}|{PSEUDED['code']}"
+_UCUM_DAYS = {"d": 1, "wk": 7}
+_UCUM_MONTHS = {"mo": 1, "a": 12}
+log = logging.getLogger(__name__)
+
+
+class AuditPruning(Protocol):
+    """The audit trail's pruning (audit/prune.py `Trimmer`)."""
+
+    async def due(self, before: dict[str, date]) -> dict[str, list[str]]: ...
+
+    async def prune(self, due: dict[str, list[str]]) -> Any: ...
+
+
+class BackupPruning(Protocol):
+    """The backup archives (their names, and the day each was taken)."""
+
+    def taken(self) -> dict[str, date]: ...
+
+    def remove(self, names: list[str]) -> None: ...
+
+
+class Warnings(Protocol):
+    """Notices to people (notify/ `enqueue`): those scheduled under a key prefix, and a new one."""
+
+    async def scheduled(self, prefix: str) -> set[str]: ...
+
+    async def warn(self, *, person: str, template: str, params: dict[str, str],
+                   not_before: datetime, key: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing a run does: `rule`, `step` (archive, erase, warn, prune, ...), on `target`;
+    `count` for a prune of many; `detail` what it needs (not part of what is reported)."""
+
+    rule: str
+    step: str
+    target: str
+    count: int = 1
+    detail: Any = field(default=None, compare=False)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a run does on `today`; `kept` what a legal hold keeps from it, with why."""
+
+    today: date
+    actions: list[Action] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Per `rule step`, how many resources (or events, or archives)."""
+        totals: Counter[str] = Counter()
+        for action in self.actions:
+            totals[f"{action.rule} {action.step}"] += action.count
+        return dict(sorted(totals.items()))
+
+    def lines(self) -> list[str]:
+        """The plan, one line per action, as a dry run prints it."""
+        out = [f"{a.rule}: {a.step} {a.target}" + (f" ({a.count})" if a.count != 1 else "")
+               for a in self.actions]
+        return out + [f"kept under a legal hold: {target}: {why}" for target, why in self.kept]
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What a run needs: the service context (acting as the server), the policy, the
+    pseudonyms, the legal holds, and the pruning of the audit trail and of backups, and the
+    warnings (None: that part is not run, and the plan says nothing of it)."""
+
+    ctx: Context
+    policy: Policy
+    pseudonyms: Pseudonyms
+    holds: Holds
+    audit: AuditPruning | None = None
+    backups: BackupPruning | None = None
+    warnings: Warnings | None = None
+
+    @property
+    def server(self) -> Context:
+        return server_writes.as_server(self.ctx, "fhir-server retention")
+
+
+async def plan(life: Lifecycle, today: date | None = None) -> Plan:
+    """What a run on `today` (default: the clock's) would do, rule by rule."""
+    made = Plan(today or clock.now().date())
+    await postmortem.plan(life, made)
+    await _plan_records(life, made)
+    await _plan_reports(life, made)
+    await _plan_tele_expertise(life, made)
+    await _plan_logs(life, made)
+    _plan_backups(life, made)
+    return made
+
+
+async def run(life: Lifecycle, *, dry_run: bool = False,
+              record: Callable[[Plan, bool], Awaitable[object]] | None = None) -> Plan:
+    """Plan today's run and, unless `dry_run`, do it; `record` (its AuditEvent) is called
+    with the plan either way."""
+    made = await plan(life)
+    if not dry_run:
+        for action in made.actions:
+            await _do(life, action, made.today)
+    if record is not None:
+        await record(made, dry_run)
+    return made
+
+
+def _next(day: date) -> date:
+    return day + timedelta(days=1)
+
+
+def _day(instant: str) -> date:
+    return date.fromisoformat(instant[:10])
+
+
+async def _plan_records(life: Lifecycle, made: Plan) -> None:
+    policy = life.policy
+    last_day = policy.period("patient-record", "inactive").before(made.today)
+    active = await lifecycle.changed_since(life.ctx, _next(last_day))
+    async for patient in lifecycle.matching(life.ctx, "Patient", [
+            ("_lastUpdated", f"lt{_next(last_day)}"), ("_security:not", PSEUDED_TOKEN)]):
+        if patient["id"] not in active:
+            made.actions.append(Action("patient-record", "archive", f"Patient/{patient['id']}"))
+    archived_by = policy.period("patient-record", "archived").before(made.today)
+    async for patient in lifecycle.matching(life.ctx, "Patient", [
+            ("_lastUpdated", f"lt{_next(archived_by)}"), ("_security", PSEUDED_TOKEN)]):
+        why = await life.holds.held(patient["id"])
+        if why:
+            made.kept.append((f"Patient/{patient['id']}", why))
+        else:
+            made.actions.append(Action("patient-record", "erase", f"Patient/{patient['id']}"))
+
+
+async def _plan_reports(life: Lifecycle, made: Plan) -> None:
+    policy = life.policy
+    last_day = policy.period("second-opinion-report", "available").before(made.today)
+    async for report in lifecycle.matching(life.ctx, "DiagnosticReport", [
+            ("category", f"{RECORD_KIND}|second-opinion")]):
+        start = max(_day(report.get("issued") or report["meta"]["lastUpdated"]),
+                    _day(report["meta"]["lastUpdated"]))
+        if start <= last_day:
+            made.actions.append(Action("second-opinion-report", "archive",
+                                       f"DiagnosticReport/{report['id']}", detail=report))
+    archived_by = policy.period("second-opinion-report", "archived").before(made.today)
+    for key, archived in sorted((await lifecycle.records(life.ctx, "archive")).items()):
+        if date.fromisoformat(archived["archived"]) <= archived_by:
+            made.actions.append(Action("second-opinion-report", "erase", archived["reference"],
+                                       detail=key))
+
+
+def responder_period(request: dict[str, Any]) -> Period | None:
+    """The retention period the responder set on a tele-expertise request (extension
+    `retention-period`, a Duration in d, wk, mo or a); None if unset or unreadable."""
+    for extension in request.get("extension", []):
+        if extension.get("url") != RETENTION_PERIOD:
+            continue
+        duration = extension.get("valueDuration", {})
+        value, code = duration.get("value"), duration.get("code")
+        if not isinstance(value, int) or value < 1:
+            return None
+        if code in _UCUM_DAYS:
+            return Period(days=value * _UCUM_DAYS[code])
+        if code in _UCUM_MONTHS:
+            return Period(months=value * _UCUM_MONTHS[code])
+    return None
+
+
+async def _plan_tele_expertise(life: Lifecycle, made: Plan) -> None:
+    warned = life.policy.period("tele-expertise", "warned")
+    sent = await life.warnings.scheduled("retention/tele-expertise/") if life.warnings else set()
+    async for request in lifecycle.matching(life.ctx, "ServiceRequest", [
+            ("category", f"{RECORD_KIND}|tele-expertise")]):
+        period = responder_period(request)
+        if period is None:
+            continue
+        target = f"ServiceRequest/{request['id']}"
+        deletion = period.after(_day(request["meta"]["lastUpdated"]))
+        if deletion <= made.today:
+            made.actions.append(Action("tele-expertise", "erase", target))
+        elif (life.warnings is not None and warned.before(deletion) <= made.today
+              and request.get("requester", {}).get("reference")
+              and _warning_key(request, deletion) not in sent):
+            made.actions.append(Action("tele-expertise", "warn", target,
+                                       detail=(request, deletion)))
+
+
+def _warning_key(request: dict[str, Any], deletion: date) -> str:
+    return f"retention/tele-expertise/{request['id']}/{deletion}"
+
+
+async def _plan_logs(life: Lifecycle, made: Plan) -> None:
+    if life.audit is None:
+        return
+    before = {kind: _next(life.policy.period(kind, "kept").before(made.today))
+              for kind in ("connection-logs", "access-logs")}
+    due = await life.audit.due(before)
+    for kind, ids in due.items():
+        if ids:
+            made.actions.append(Action(kind, "prune", "AuditEvent", len(ids), detail=ids))
+
+
+def _plan_backups(life: Lifecycle, made: Plan) -> None:
+    if life.backups is None:
+        return
+    last_day = life.policy.period("backups", "kept").before(made.today)
+    for name, taken in sorted(life.backups.taken().items()):
+        if taken <= last_day:
+            made.actions.append(Action("backups", "remove", name))
+
+
+async def _do(life: Lifecycle, action: Action, today: date) -> None:
+    server = life.server
+    match (action.rule, action.step):
+        case ("patient-record", "archive"):
+            await archive(life, action.target.split("/")[1], "retention: record inactive for "
+                          f"{life.policy.period('patient-record', 'inactive')}")
+        case ("post-mortem", "pseudonymise"):
+            await archive(life, action.target.split("/")[1], "post-mortem directive: erase "
+                          "(pseudonymised instead: a legal hold)")
+        case ("patient-record", "erase") | ("post-mortem", "erase"):
+            await sweep(server, action.target.split("/")[1],
+                        f"retention: {action.rule} {action.step} (policy {life.policy.source})")
+        case ("post-mortem", "communicate"):
+            await postmortem.communicate(life, action)
+        case ("second-opinion-report", "archive"):
+            report = action.detail
+            await lifecycle.keep_records(server, put={
+                f"{lifecycle.PREFIX}archive/{action.target}": {
+                    "reference": action.target, "archived": today.isoformat(),
+                    "patient": _subject(report), "resource": report}})
+            await lifecycle.erase_resources(server, [action.target])
+        case ("second-opinion-report", "erase"):
+            await lifecycle.keep_records(server, remove=[action.detail])
+        case ("tele-expertise", "warn"):
+            request, deletion = action.detail
+            assert life.warnings is not None
+            await life.warnings.warn(
+                person=request["requester"]["reference"], template="retention-warning",
+                params={"date": deletion.isoformat(), "about": action.target},
+                not_before=datetime.combine(today, time(), clock.now().tzinfo),
+                key=_warning_key(request, deletion))
+        case ("tele-expertise", "erase"):
+            id = action.target.split("/")[1]
+            based = [f"{t}/{r['id']}" for t in ("Communication", "DiagnosticReport", "Observation")
+                     async for r in lifecycle.matching(server, t, [("based-on", action.target)])]
+            await lifecycle.erase_resources(server, [action.target, *based])
+            log.info("tele-expertise request erased", extra={"request": id, "with": len(based)})
+        case ("connection-logs" | "access-logs", "prune"):
+            assert life.audit is not None
+            await life.audit.prune({action.rule: action.detail})
+        case ("backups", "remove"):
+            assert life.backups is not None
+            life.backups.remove([action.target])
+
+
+def _subject(resource: dict[str, Any]) -> str | None:
+    reference = resource.get("subject", {}).get("reference", "")
+    return reference.split("/")[1] if reference.startswith("Patient/") else None
+
+
+async def archive(life: Lifecycle, patient_id: str, reason: str) -> str:
+    """Replace Patient/`patient_id`'s record by its pseudonymised copy: the copy written
+    (as the server, through the service layer), then the original erased as `$erase` does
+    (ledger, data keys, AuditEvent). The archive's Patient id."""
+    server = life.server
+    record = [r for r in await lifecycle.record_of(server, patient_id)
+              if r["resourceType"] not in postmortem.NOT_ARCHIVED]
+    members = {f"{r['resourceType']}/{r['id']}" for r in record}
+    copies = [life.pseudonyms.pseudonymise(r, members) for r in record]
+    for start in range(0, len(copies), lifecycle.PAGE):
+        await server_writes.commit(server, [server_writes.ServerWrite(c, new=False)
+                                            for c in copies[start:start + lifecycle.PAGE]])
+    await sweep(server, patient_id, reason)
+    return life.pseudonyms.of(f"Patient/{patient_id}")
+
+
+
+async def pseudonymise_instead(life: Lifecycle, ctx: Context, patient_id: str, reason: str,
+                               why: str) -> dict[str, Any]:
+    """`$erase` of a record under a legal hold (services/erase.py `Erasures.instead`): the
+    record is archived under a pseudonym, the original erased; the output says so and why."""
+    await archive(life, patient_id, f"erasure requested ({reason}); pseudonymised instead: {why}")
+    message = (f"Patient/{patient_id} is under a legal hold: {why}. The record was not erased "
+               "but pseudonymised: your name, contact details and identifiers are gone from "
+               "it, and what remains can no longer be linked to you without a key the platform "
+               "holds apart; it will be erased when the hold ends and its retention is over.")
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{patient_id}"}},
+        {"name": "pseudonymisedAt", "valueInstant": clock.instant()},
+        {"name": "reason", "valueString": reason},
+        {"name": "legalHold", "valueString": why},
+        {"name": "outcome", "resource": {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "information", "code": "informational", "diagnostics": message}]}}]}
+
+
+async def unarchive(life: Lifecycle, reference: str) -> None:
+    """Make an archived second-opinion report available again (as the server, through the
+    service layer), for another `available` period; NOT_FOUND if it is not archived."""
+    key = f"{lifecycle.PREFIX}archive/{reference}"
+    found = (await lifecycle.records(life.ctx, "archive")).get(key)
+    if found is None:
+        raise fail(Kind.NOT_FOUND, "not-found", f"{reference} is not in the archive.")
+    resource = {k: v for k, v in found["resource"].items() if k != "meta"}
+    await server_writes.commit(life.server, [server_writes.ServerWrite(resource)])
+    await lifecycle.keep_records(life.server, remove=[key])
+
+
+async def forget_archived(ctx: Context, patient_id: str) -> None:
+    """After an erasure: the patient's archived second-opinion reports go too
+    (services/erase.py `Erasures.forget`)."""
+    found = await lifecycle.records(ctx, "archive")
+    await lifecycle.keep_records(ctx, remove=[k for k, v in found.items() if v.get("patient") == patient_id])
