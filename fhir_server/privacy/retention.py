@@ -263,9 +263,12 @@ async def _do(life: Lifecycle, action: Action, today: date) -> None:
         case ("post-mortem", "pseudonymise"):
             await archive(life, action.target.split("/")[1], "post-mortem directive: erase "
                           "(pseudonymised instead: a legal hold)")
-        case ("patient-record", "erase") | ("post-mortem", "erase"):
-            await sweep(server, action.target.split("/")[1],
-                        f"retention: {action.rule} {action.step} (policy {life.policy.source})")
+        case ("patient-record", "erase"):
+            await sweep(server, action.target.split("/")[1], "retention: archive kept for "
+                        f"{life.policy.period('patient-record', 'archived')}")
+        case ("post-mortem", "erase"):  # the patient's own wish: their archived reports too
+            await sweep(server, action.target.split("/")[1], "post-mortem directive: erase")
+            await forget_archived(server, action.target.split("/")[1])
         case ("post-mortem", "communicate"):
             await postmortem.communicate(life, action)
         case ("second-opinion-report", "archive"):

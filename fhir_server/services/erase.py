@@ -51,8 +51,8 @@ class LegalHold(Protocol):
 
 # Instead of erasing a held record (ctx, patient id, reason, the hold): the operation's output.
 Instead = Callable[[Context, str, str, str], Awaitable[dict[str, Any]]]
-# Run after an erasure removed a patient (ctx, patient id): copies kept outside the store's
-# resources (the retention's archived reports) go too.
+# Run after a requested erasure (ctx, patient id): copies kept outside the store's resources
+# (the retention's archived reports) go too.
 Forget = Callable[[Context, str], Awaitable[None]]
 
 
@@ -163,7 +163,10 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
     if setup.hold is not None and setup.instead is not None and (
             why := await setup.hold.held(patient_id)):
         return await setup.instead(ctx, patient_id, reason, why)
-    return await sweep(ctx, patient_id, reason, address=address, job=job)
+    output = await sweep(ctx, patient_id, reason, address=address, job=job)
+    if setup.forget is not None:
+        await setup.forget(ctx, patient_id)
+    return output
 
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
@@ -182,8 +185,6 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
         keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
         entry = await asyncio.to_thread(setup.ledger.append, _entry(
             ctx.principal, patient_id, reason, erased, keys, job))
-        if setup.forget is not None:
-            await setup.forget(ctx, patient_id)
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
         reason=reason, counts=counts_of(erased), keys=len(keys)))

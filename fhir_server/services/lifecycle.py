@@ -18,6 +18,7 @@ import orjson
 
 from ..search import extract, parse_query, patients_of
 from ..store.base import Erasure, Outbox
+from . import reach
 from .context import Context
 from .erase import compartment
 
@@ -30,15 +31,8 @@ async def matching(ctx: Context, resource_type: str,
                    params: Sequence[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
     """Every current resource the search matches, page after page, with its `meta`."""
     query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
-    cursor = None
-    while True:
-        page = await ctx.store.search(query, cursor)
-        for version in page.matches:
-            if version.body is not None:
-                yield orjson.loads(version.body)
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
+    async for resource in reach.resources(ctx, query):
+        yield resource
 
 
 def compartment_types(ctx: Context) -> list[str]:

@@ -1,0 +1,215 @@
+"""The retention run on a simulated clock (privacy/retention.py, docs/privacy.md "The data's
+lifecycle"): each rule fires on its day and not the day before, a dry run lists what the real
+run then does, archives hold no direct identifier, held records are pseudonymised instead of
+erased, post-mortem directives apply; on each store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+
+from fhir_server import clock
+from fhir_server.privacy.retention import Lifecycle, Plan, run, unarchive
+from tests.builders import observation, patient
+from tests.http.helpers import send
+from tests.privacy.conftest import CALLERS, Server
+
+RECORD_KIND = "https://oncotrials.example.org/fhir/CodeSystem/record-kind"
+INS = "IPP884412"
+NAME = "Zorglubowski"
+EMAIL = "zorglub@example.org"
+CALLERS["system"] = dict(subject="ehr", client_id="ehr", scope="system/*.cruds")
+
+
+@contextmanager
+def on(day: date) -> Iterator[clock.Frozen]:
+    with clock.frozen(datetime(day.year, day.month, day.day, 10, tzinfo=UTC)) as frozen:
+        yield frozen
+
+
+def _life(server: Server) -> Lifecycle:
+    return server.client.app.state.lifecycle  # type: ignore[attr-defined, no-any-return]
+
+
+def _run(server: Server, dry_run: bool = False) -> Plan:
+    return asyncio.run(run(_life(server), dry_run=dry_run))
+
+
+def _steps(plan: Plan, rule: str, step: str) -> list[str]:
+    return [a.target for a in plan.actions if (a.rule, a.step) == (rule, step)]
+
+
+def _headers(server: Server, caller: str = "system") -> dict[str, str]:
+    """A token issued on the real clock: the token library checks `iat` against it. The
+    simulated clock in force is put back afterwards."""
+    simulated = clock._read
+    try:
+        with clock.frozen(datetime.now(UTC)):
+            return server.headers(caller)
+    finally:
+        clock._read = simulated
+
+
+def _put(server: Server, resource: dict[str, Any], caller: str = "system") -> None:
+    response = send(server.client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}",
+                    resource, **_headers(server, caller))
+    assert response.status_code in (200, 201), response.text
+
+
+def _seed_p(server: Server) -> None:
+    _put(server, {**patient(family=NAME), "id": "p", "identifier": [
+        {"system": "https://hospital.example.org/ipp", "value": INS}],
+        "telecom": [{"system": "email", "value": EMAIL}],
+        "address": [{"line": ["12 rue des Lilas"], "city": "Lyon", "postalCode": "69003",
+                     "country": "FR"}], "birthDate": "1961-04-12"})
+    _put(server, {**observation("Patient/p"), "id": "p-obs"})
+
+
+def _archives(server: Server) -> list[dict[str, Any]]:
+    """Every pseudonymised resource, read through the API by a system client."""
+    found = []
+    for kind in ("Patient", "Observation"):
+        response = server.client.get(f"/fhir/{kind}?_security=http://terminology.hl7.org/"
+                                     "CodeSystem/v3-ObservationValue|PSEUDED&_count=100",
+                                     headers=_headers(server))
+        assert response.status_code == 200, response.text
+        found += [e["resource"] for e in response.json().get("entry", [])]
+    return found
+
+
+def test_a_patient_record_is_archived_then_erased_on_its_days(server: Server) -> None:
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+    with on(date(2029, 1, 9)):
+        early = _run(server, dry_run=True)
+        assert "Patient/p" not in _steps(early, "patient-record", "archive")
+        assert {"Patient/a", "Patient/b"} <= set(_steps(early, "patient-record", "archive"))
+    with on(date(2029, 1, 10)):
+        dry = _run(server, dry_run=True)
+        assert "Patient/p" in _steps(dry, "patient-record", "archive")
+        real = _run(server)
+        assert real.lines() == dry.lines() and real.counts() == dry.counts()
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 404
+        archives = _archives(server)
+        text = orjson.dumps(archives).decode()
+        assert len([r for r in archives if r["resourceType"] == "Patient"]) == 3  # a, b, p
+        for identifier in (NAME, INS, EMAIL, "Lilas", "Lyon", "1961-04-12", "Patient/p\"",
+                           "\"p-obs\"", "Keep", "Zwxqvtrudel"):
+            assert identifier not in text, identifier
+        archived_p = next(r for r in archives if r.get("birthDate") == "1961")
+        assert archived_p["address"] == [{"country": "FR", "postalCode": "69"}]
+        obs = next(r for r in archives if r["resourceType"] == "Observation"
+                   and r["subject"]["reference"] == f"Patient/{archived_p['id']}")
+        assert obs["code"]  # what statistics need stays
+        assert _run(server, dry_run=True).counts().get("patient-record archive", 0) == 0
+    with on(date(2031, 1, 9)):
+        assert f"Patient/{archived_p['id']}" not in _steps(_run(server, dry_run=True),
+                                                             "patient-record", "erase")
+    with on(date(2031, 1, 10)):
+        dry = _run(server, dry_run=True)
+        assert f"Patient/{archived_p['id']}" in _steps(dry, "patient-record", "erase")
+        assert _run(server).lines() == dry.lines()
+        assert all(r["id"] != archived_p["id"] for r in _archives(server))
+
+
+def test_a_second_opinion_report_is_archived_after_15_days_and_comes_back(server: Server) -> None:
+    report = {"resourceType": "DiagnosticReport", "id": "op1", "status": "final",
+              "category": [{"coding": [{"system": RECORD_KIND, "code": "second-opinion"}]}],
+              "code": {"text": "second opinion"}, "subject": {"reference": "Patient/a"},
+              "issued": "2027-03-01T09:00:00Z"}
+    with on(date(2027, 3, 1)):
+        _put(server, report)
+    with on(date(2027, 3, 15)):
+        assert "DiagnosticReport/op1" not in _steps(_run(server), "second-opinion-report", "archive")
+    with on(date(2027, 3, 16)):
+        dry = _run(server, dry_run=True)
+        assert _steps(dry, "second-opinion-report", "archive") == ["DiagnosticReport/op1"]
+        assert _run(server).lines() == dry.lines()
+        assert server.client.get("/fhir/DiagnosticReport/op1",
+                                 headers=_headers(server)).status_code == 404
+    with on(date(2027, 6, 1)):  # the patient asks for it: available again for 15 days
+        asyncio.run(unarchive(_life(server), "DiagnosticReport/op1"))
+        got = server.client.get("/fhir/DiagnosticReport/op1", headers=_headers(server))
+        assert got.status_code == 200 and got.json()["issued"] == report["issued"]
+    with on(date(2027, 6, 16)):
+        assert _steps(_run(server), "second-opinion-report", "archive") == ["DiagnosticReport/op1"]
+    with on(date(2037, 6, 15)):
+        assert _steps(_run(server), "second-opinion-report", "erase") == []
+    with on(date(2037, 6, 16)):
+        assert _steps(_run(server), "second-opinion-report", "erase") == ["DiagnosticReport/op1"]
+        assert _steps(_run(server), "second-opinion-report", "erase") == []
+
+
+def test_a_tele_expertise_request_warns_then_goes_on_the_responders_day(server: Server) -> None:
+    request = {"resourceType": "ServiceRequest", "id": "tx1", "status": "completed",
+               "intent": "order", "subject": {"reference": "Patient/a"},
+               "requester": {"reference": "Practitioner/dr"},
+               "category": [{"coding": [{"system": RECORD_KIND, "code": "tele-expertise"}]}],
+               "extension": [{"url": "https://oncotrials.example.org/fhir/StructureDefinition/"
+                              "retention-period", "valueDuration": {
+                                  "value": 6, "unit": "months", "system": "http://unitsofmeasure.org",
+                                  "code": "mo"}}]}
+    with on(date(2027, 1, 31)):
+        _put(server, request)
+    with on(date(2027, 6, 30)):  # deletion on 31 July: warned from 1 July
+        assert _steps(_run(server), "tele-expertise", "warn") == []
+    with on(date(2027, 7, 1)):
+        assert _steps(_run(server), "tele-expertise", "warn") == ["ServiceRequest/tx1"]
+        assert _steps(_run(server), "tele-expertise", "warn") == []  # warned once
+        items = asyncio.run(server.client.app.state.context.store.schedule.items(  # type: ignore[attr-defined]
+            "retention/tele-expertise/"))
+        assert [item.key for item in items] == ["retention/tele-expertise/tx1/2027-07-31"]
+    with on(date(2027, 7, 30)):
+        assert _steps(_run(server), "tele-expertise", "erase") == []
+    with on(date(2027, 7, 31)):
+        assert _steps(_run(server), "tele-expertise", "erase") == ["ServiceRequest/tx1"]
+        assert server.client.get("/fhir/ServiceRequest/tx1/_history",
+                                 headers=_headers(server)).json().get("total", 0) == 0
+
+
+def _hold_on_a(server: Server) -> None:
+    _put(server, {"resourceType": "ResearchStudy", "id": "s1", "status": "active"})
+    _put(server, {"resourceType": "ResearchSubject", "id": "rs1", "status": "candidate",
+                  "study": {"reference": "ResearchStudy/s1"},
+                  "individual": {"reference": "Patient/a"}})
+
+
+def test_an_erasure_under_a_legal_hold_pseudonymises_and_says_why(server: Server) -> None:
+    _hold_on_a(server)
+    response = server.erase("a", caller="patient-a")
+    assert response.status_code == 200, response.text
+    parts = {p["name"]: p for p in response.json()["parameter"]}
+    assert "ResearchStudy/s1" in parts["legalHold"]["valueString"]
+    assert "pseudonymised" in parts["outcome"]["resource"]["issue"][0]["diagnostics"]
+    assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+    archived = [r for r in _archives(server) if r["resourceType"] == "Patient"]
+    assert len(archived) == 1 and "Zwxqvtrudel" not in orjson.dumps(archived).decode()
+    # the archive outlives its period while the study runs
+    with on(date(2030, 1, 1)):
+        plan = _run(server, dry_run=True)
+        assert _steps(plan, "patient-record", "erase") == []
+        assert [t for t, _ in plan.kept] == [f"Patient/{archived[0]['id']}"]
+
+
+def test_a_post_mortem_directive_to_erase_applies_once_the_patient_is_deceased(server: Server) -> None:
+    directive = {"resourceType": "Consent", "id": "pm1", "status": "active",
+                 "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                       "code": "adr"}]},
+                 "category": [{"coding": [{"system": "https://oncotrials.example.org/fhir/CodeSystem/"
+                                           "post-mortem-directive", "code": "post-mortem-directive"}]}],
+                 "patient": {"reference": "Patient/b"},
+                 "policyRule": {"coding": [{"system": "https://oncotrials.example.org/fhir/"
+                                            "CodeSystem/post-mortem-directive", "code": "erase"}]}}
+    _put(server, directive)
+    assert _steps(_run(server, dry_run=True), "post-mortem", "erase") == []
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": True})
+    dry = _run(server, dry_run=True)
+    assert _steps(dry, "post-mortem", "erase") == ["Patient/b"]
+    assert _run(server).lines() == dry.lines()
+    assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 404
+    assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
