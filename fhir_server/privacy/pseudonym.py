@@ -13,8 +13,9 @@ What a copy keeps and drops (`pseudonymise`):
 - every id and reference inside the record becomes the pseudonym of what it names; references
   to resources outside the record (a Practitioner, an Organization) stay, without `display`;
 - identifiers keep their system and type, their value becomes a pseudonym;
-- dropped everywhere: the narrative (`text`), `contained` resources, free-text notes (`note`),
-  references' `display`, and every extension (they may carry INS, birthplace, names);
+- dropped everywhere: the narrative (`text`), `contained` resources, free text (`note`,
+  `comment`, `contentString`), references' `display`, attachments' data, address and title,
+  and every extension (they may carry INS, birthplace, names);
 - the Patient keeps gender, the year of birth, the year of death, the country and the first two
   digits of the postal code (the département); names, telecom, address lines and city, photo,
   contacts, links and languages go;
@@ -38,7 +39,10 @@ PSEUDED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
            "code": "PSEUDED", "display": "pseudonymized"}
 LIFECYCLE_SYSTEM = f"{CANONICAL}/CodeSystem/record-lifecycle"
 ARCHIVED = {"system": LIFECYCLE_SYSTEM, "code": "archived", "display": "Archived"}
-_DROPPED = frozenset({"text", "contained", "note", "extension", "modifierExtension"})
+# Free text and what may carry a name: narrative, notes, comments, message texts, extensions.
+_DROPPED = frozenset({"text", "contained", "note", "comment", "contentString", "extension",
+                      "modifierExtension"})
+_ATTACHMENT_KEPT = ("contentType", "language", "size", "creation")
 _PATIENT_DROPPED = frozenset({"name", "telecom", "photo", "contact", "link", "communication",
                               "generalPractitioner", "managingOrganization"})
 
@@ -111,6 +115,8 @@ def _scrub(value: Any, reference: Callable[[str], str], pseudonym: Callable[[str
         return [_scrub(item, reference, pseudonym) for item in value]
     if not isinstance(value, dict):
         return value
+    if "contentType" in value:  # an Attachment: its data, address and title may name anyone
+        return {k: value[k] for k in _ATTACHMENT_KEPT if k in value}
     out: dict[str, Any] = {}
     for key, item in value.items():
         if key in _DROPPED or key.startswith("_"):  # `_x`: a primitive's extensions

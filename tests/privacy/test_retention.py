@@ -6,18 +6,25 @@ erased, post-mortem directives apply; on each store."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from fhir_server import clock
+from fhir_server import cli, clock
+from fhir_server.app import create_app
+from fhir_server.privacy import retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, run, unarchive
+from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
+from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.http.helpers import send
-from tests.privacy.conftest import CALLERS, Server
+from tests.privacy.conftest import CALLERS, Server, serving
 
 RECORD_KIND = "https://oncotrials.example.org/fhir/CodeSystem/record-kind"
 INS = "IPP884412"
@@ -213,3 +220,65 @@ def test_a_post_mortem_directive_to_erase_applies_once_the_patient_is_deceased(s
     assert _run(server).lines() == dry.lines()
     assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 404
     assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
+
+
+def _run_events(server: Server) -> list[dict[str, Any]]:
+    response = server.client.get("/fhir/AuditEvent?_count=1000", headers=_headers(server))
+    return [e["resource"] for e in response.json().get("entry", [])
+            if e["resource"]["agent"][0].get("altId") == "fhir-server retention run"]
+
+
+def test_the_command_prunes_logs_on_their_day_and_the_trail_verifies(
+        sqlite_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    seeded = date.today()  # the fixture's requests were audited today, on the real clock
+    last_kept = seeded.replace(year=seeded.year + 1) - timedelta(days=1)
+    with on(last_kept):
+        assert cli.main(["retention", "run", "--dry-run"]) == 0
+        assert "access-logs: prune" not in capsys.readouterr().out
+    with on(last_kept + timedelta(days=1)):
+        assert cli.main(["retention", "run", "--dry-run"]) == 0
+        dry = capsys.readouterr().out
+        assert "access-logs: prune AuditEvent" in dry
+        assert cli.main(["retention", "run"]) == 0
+        real = capsys.readouterr().out
+        assert real.replace("retention run", "retention dry run") == dry
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().err
+    events = _run_events(sqlite_server)
+    assert len(events) == 3  # each run, dry or not, is audited with its counts
+    details = {d["type"]: d["valueString"] for d in events[-1]["entity"][0]["detail"]}
+    assert details["dry run"] == "no" and int(details["access-logs prune"]) > 0
+
+
+def test_a_policy_against_the_law_stops_the_command_and_changes_nothing(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rules = orjson.loads(DEFAULTS.read_bytes())["rules"]
+    bad = tmp_path / "policy.json"
+    for content, said in (({**rules, "connection-logs": {"kept": "P6M"}}, "legal minimum"),
+                          ({**rules, "photos": {"kept": "P1Y"}}, "unknown rule or field 'photos'")):
+        bad.write_bytes(orjson.dumps({"rules": content}))
+        monkeypatch.setenv("FHIR_SERVER_RETENTION_POLICY", str(bad))
+        for command in (["retention", "check"], ["retention", "run"]):
+            assert cli.main(command) == 2
+            assert said in capsys.readouterr().err
+        with pytest.raises(PolicyError, match=said):
+            create_app(Settings(data_dir=sqlite_server.settings.data_dir, retention_policy=bad))
+    assert _run_events(sqlite_server) == []
+    assert sqlite_server.client.get("/fhir/Patient/a", headers=_headers(sqlite_server)).status_code == 200
+
+
+def test_the_server_runs_the_retention_on_its_schedule(
+        tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
+    monkeypatch.setenv("FHIR_SERVER_RETENTION_INTERVAL_HOURS", "24")
+    with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
+        time.sleep(0.1)
+        assert _run_events(server) == []
+        frozen.advance(24 * 3600)
+        for _ in range(300):
+            if _run_events(server):
+                break
+            time.sleep(0.02)
+        [event] = _run_events(server)
+        assert event["agent"][0]["name"] == "fhir-server (scheduled)"

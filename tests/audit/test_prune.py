@@ -1,0 +1,131 @@
+"""Pruning the audit trail at a signed checkpoint (audit/prune.py): each kind of log goes on
+its day, the chain verifies afterwards from the checkpoint, and a forged checkpoint or pruned
+note does not; on each store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_server import clock
+from fhir_server.audit.chain import Chain
+from fhir_server.audit.events import command_event, security_event
+from fhir_server.audit.prune import Trimmer, verify_pruned
+from fhir_server.audit.recorder import AuditRecorder
+from fhir_server.search import Query
+from fhir_server.store.base import Store
+from tests.store.conftest import STORES, dispose
+
+KEY = b"k" * 32
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An audit store of each kind."""
+    opened = await asyncio.to_thread(STORES[request.param], tmp_path)
+    await opened.migrate()
+    await opened.open()
+    yield opened
+    await dispose(opened)
+
+
+def _at(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+
+
+async def _record(recorder: AuditRecorder, day: date, connection: bool) -> None:
+    with clock.frozen(_at(day)):
+        if connection:
+            event = security_event(kind="login", status=200, recorded=clock.instant(), who="u",
+                                   client_id="portal", address=None)
+        else:
+            event = command_event(command="load", action="C", recorded=clock.instant(),
+                                  operator="op", entities=[])
+        await recorder.record(event)
+
+
+async def _verdict(store: Store, chain: Chain, trimmer: Trimmer) -> tuple[list[str], int]:
+    events: dict[str, dict[str, Any]] = {}
+    page = await store.search(Query("AuditEvent", count=1000))
+    events.update((v.id, orjson.loads(v.body)) for v in page.matches if v.body)
+    verdict, _ = verify_pruned(chain.links(), events, list(events), (), trimmer.state())
+    return verdict.problems, len(events)
+
+
+async def test_logs_go_on_their_days_and_the_chain_still_verifies(store: Store, tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "audit-chain.db")
+    recorder = AuditRecorder(store, chain)
+    trimmer = Trimmer(store, chain.path, KEY)
+    try:
+        await _record(recorder, date(2027, 1, 10), connection=False)
+        await _record(recorder, date(2027, 1, 10), connection=True)
+        await _record(recorder, date(2027, 3, 1), connection=False)
+        # `due` takes, per kind, the first day kept: recorded before it, an event goes
+        due = await trimmer.due({"access-logs": date(2027, 1, 10), "connection-logs": date(2027, 1, 10)})
+        assert due == {"access-logs": [], "connection-logs": []}
+        due = await trimmer.due({"access-logs": date(2027, 1, 11), "connection-logs": date(2027, 1, 10)})
+        assert [len(due["access-logs"]), len(due["connection-logs"])] == [1, 0]
+        done = await trimmer.prune(due)
+        assert done.links == 1  # the first link, its one event pruned: cut at a checkpoint
+        problems, left = await _verdict(store, chain, trimmer)
+        assert problems == [] and left == 2
+        assert [link.seq for link in chain.links()] == [2, 3]
+        # the connection log, alone in link 2, goes later; link 3's access log stays
+        due = await trimmer.due({"access-logs": date(2027, 1, 11), "connection-logs": date(2027, 1, 10)})
+        assert due == {"access-logs": [], "connection-logs": []}
+        due = await trimmer.due({"access-logs": date(2027, 1, 11), "connection-logs": date(2027, 1, 11)})
+        assert len(due["connection-logs"]) == 1
+        assert (await trimmer.prune(due)).links == 1
+        problems, left = await _verdict(store, chain, trimmer)
+        assert problems == [] and left == 1
+    finally:
+        chain.close()
+
+
+async def test_an_event_pruned_behind_a_younger_one_verifies_from_its_note(store: Store, tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "audit-chain.db")
+    recorder = AuditRecorder(store, chain)
+    trimmer = Trimmer(store, chain.path, KEY)
+    try:
+        await _record(recorder, date(2027, 1, 10), connection=True)  # kept 13 months
+        await _record(recorder, date(2027, 1, 11), connection=False)  # kept 1 year
+        due = await trimmer.due({"access-logs": date(2027, 1, 12), "connection-logs": date(2027, 1, 10)})
+        assert (await trimmer.prune(due)).links == 0  # link 1 holds a connection log still kept
+        problems, left = await _verdict(store, chain, trimmer)
+        assert problems == [] and left == 1
+    finally:
+        chain.close()
+
+
+async def test_a_forged_checkpoint_or_note_is_reported(store: Store, tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "audit-chain.db")
+    recorder = AuditRecorder(store, chain)
+    trimmer = Trimmer(store, chain.path, KEY)
+    try:
+        for day in (1, 2, 3):
+            await _record(recorder, date(2027, 1, day), connection=False)
+        await trimmer.prune(await trimmer.due({"access-logs": date(2027, 1, 2)}))
+        assert (await _verdict(store, chain, trimmer))[0] == []
+        # someone without the key removes link 2 and moves the checkpoint past it
+        with sqlite3.connect(chain.path) as conn:
+            digest = conn.execute("SELECT digest FROM link WHERE seq = 2").fetchone()[0]
+            conn.execute("DELETE FROM link WHERE seq = 2")
+            conn.execute("UPDATE checkpoint SET seq = 2, digest = ?", (digest,))
+        problems, _ = await _verdict(store, chain, trimmer)
+        assert any("not signed" in p for p in problems)
+        # a note claiming an event was pruned, without the key
+        with sqlite3.connect(chain.path) as conn:
+            conn.execute("INSERT INTO pruned (event_id, mac) VALUES ('x', 'forged')")
+        problems, _ = await _verdict(store, chain, trimmer)
+        assert any("AuditEvent/x is noted as pruned without a valid signature" in p for p in problems)
+        assert (await _verdict(store, chain, Trimmer(store, chain.path, b"o" * 32)))[0]  # another key
+    finally:
+        chain.close()

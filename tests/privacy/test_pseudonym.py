@@ -1,0 +1,71 @@
+"""Keyed pseudonyms and the archive's copy of a record (privacy/pseudonym.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fhir_server.privacy.pseudonym import Pseudonyms, PseudonymKeyError, load_key
+
+
+def test_the_key_is_made_once_owner_only_and_refused_when_open(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "pseudonym.key"
+    with pytest.raises(PseudonymKeyError, match="no pseudonym key"):
+        load_key(path, create=False)
+    key = load_key(path, create=True)
+    assert len(key) == 32 and load_key(path, create=True) == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    os.chmod(path, 0o644)
+    with pytest.raises(PseudonymKeyError, match="chmod 600"):
+        load_key(path, create=False)
+
+
+def test_pseudonyms_depend_on_the_key() -> None:
+    one, other = Pseudonyms(b"1" * 32), Pseudonyms(b"2" * 32)
+    assert one.of("Patient/a") == one.of("Patient/a") != other.of("Patient/a")
+    assert len(one.of("Patient/a")) == 32 and one.of("Patient/a").isalnum()
+    assert one.reference("Patient/a") == f"Patient/{one.of('Patient/a')}"
+
+
+def test_the_copy_keeps_statistics_and_drops_who() -> None:
+    names = Pseudonyms(b"1" * 32)
+    patient = {"resourceType": "Patient", "id": "a", "meta": {"versionId": "3"},
+               "text": {"status": "generated", "div": "<div>Jeanne Dupont</div>"},
+               "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "262047512345678",
+                               "assigner": {"display": "CPAM"}}],
+               "name": [{"family": "Dupont"}], "telecom": [{"value": "06 12 34 56 78"}],
+               "gender": "female", "birthDate": "1962-04-17",
+               "address": [{"line": ["3 rue Haute"], "city": "Caen", "postalCode": "14000"}],
+               "extension": [{"url": "http://example.org/birthplace", "valueString": "Bayeux"}],
+               "contact": [{"name": {"family": "Martin"}}],
+               "generalPractitioner": [{"reference": "Practitioner/dr", "display": "Dr Lenoir"}]}
+    observation = {"resourceType": "Observation", "id": "o", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
+                                        "display": "Heart rate"}]},
+                   "subject": {"reference": "Patient/a", "display": "Jeanne Dupont"},
+                   "performer": [{"reference": "Practitioner/dr", "display": "Dr Lenoir"}],
+                   "note": [{"text": "Jeanne feels fine"}], "valueQuantity": {"value": 61}}
+    document = {"resourceType": "DocumentReference", "id": "d", "status": "current",
+                "subject": {"reference": "Patient/a"}, "content": [{"attachment": {
+                    "contentType": "text/plain", "data": "SmVhbm5lIER1cG9udA==",
+                    "title": "Lettre de Jeanne"}}]}
+    members = {"Patient/a", "Observation/o", "DocumentReference/d"}
+    copies = [names.pseudonymise(r, members) for r in (patient, observation, document)]
+    text = orjson.dumps(copies).decode()
+    for word in ("Dupont", "Jeanne", "262047512345678", "06 12", "rue Haute", "Caen", "Bayeux",
+                 "Martin", "Lenoir", "1962-04", "CPAM", "SmVhbm5l", '"a"', "Patient/a\""):
+        assert word not in text, word
+    archived_patient, archived_obs, archived_document = copies
+    assert archived_document["content"] == [{"attachment": {"contentType": "text/plain"}}]
+    assert archived_patient["id"] == names.of("Patient/a")
+    assert archived_patient["birthDate"] == "1962" and archived_patient["gender"] == "female"
+    assert archived_patient["address"] == [{"postalCode": "14"}]
+    assert archived_patient["meta"]["security"][0]["code"] == "PSEUDED"
+    assert archived_obs["subject"] == {"reference": f"Patient/{names.of('Patient/a')}"}
+    assert archived_obs["performer"] == [{"reference": "Practitioner/dr"}]  # outside the record
+    assert archived_obs["code"] == observation["code"] and archived_obs["valueQuantity"]["value"] == 61
+    assert archived_patient["identifier"][0]["value"] == names.of(
+        "urn:oid:1.2.250.1.213.1.4.8|262047512345678")
