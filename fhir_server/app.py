@@ -21,12 +21,14 @@ from .audit.chain import Chain
 from .backup import every, take, taken_at
 from .audit.prune import Trimmer, checkpoint_key, retention_event
 from .audit.recorder import AuditRecorder
+from .auth.accounts import Accounts
 from .auth.external import ExternalIssuers, TrustedIssuer
 from .auth.keys import SigningKeys
 from .auth.registry import Registry as AuthRegistry
 from .auth.scope_policy import narrow_for_user, narrow_scope
 from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
+from .auth.users import Users
 from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, ErasureLedger,
                      KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
                      ledger_key)
@@ -380,7 +382,8 @@ def open_lifecycle(settings: Settings, context: Context, codec: BodyCodec, store
                      Holds(context),
                      Trimmer(store.audit, recorder.chain.path,
                              checkpoint_key(provider.index_key("audit-checkpoint"))),
-                     _Backups(settings.backup_path), _Notices(store))
+                     _Backups(settings.backup_path), _Notices(store),
+                     Accounts(Users(AuthRegistry(settings.data_dir / "auth.db"))))
     context.erasures.hold = life.holds
     context.erasures.instead = partial(pseudonymise_instead, life)
     context.erasures.forget = forget_archived

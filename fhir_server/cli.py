@@ -48,7 +48,7 @@ from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyProvider, KeyRingErr
 from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
                       listener_for)
 from .store.routing import RoutingStore
-from .model.errors import FhirError
+from .model.errors import FhirError, Kind, fail
 from .trials import catalogue, sync
 from .trials.evaluation import EvalError, evaluate_set
 from .privacy import breaches, disclosures, register
@@ -1129,6 +1129,12 @@ def parser() -> argparse.ArgumentParser:
                                       "report available again")
     bring_back.add_argument("reference", metavar="DiagnosticReport/ID")
     bring_back.set_defaults(run=_retention, dry_run=False)
+    close_account = retention.add_parser("close-account", help="close a user account now (its "
+                                         "data erased after the policy's accounts.exportable)")
+    close_account.add_argument("username")
+    close_account.add_argument("--asked", action="store_true", help="its holder asked for the "
+                               "deletion: erased within the policy's accounts.deletion-within")
+    close_account.set_defaults(run=_retention, dry_run=False)
     rights = commands.add_parser("rights", help="the register of rights requests "
                                  "(docs/privacy.md)").add_subparsers(dest="action", required=True)
     add_request = rights.add_parser("add", help="register a request; prints its deadlines")
@@ -1250,6 +1256,13 @@ async def _retention_async(settings: Settings, args: argparse.Namespace) -> list
         if args.action == "unarchive":
             await unarchive(life, args.reference)
             return [f"{args.reference} is available again"]
+        if args.action == "close-account":
+            assert life.accounts is not None
+            if not life.accounts.close(args.username, asked=args.asked):
+                raise fail(Kind.NOT_FOUND, "not-found", f"there is no account {args.username}")
+            await _record(settings, "retention close-account", "U", [_entity(
+                args.username, _USER, deletion_asked="yes" if args.asked else "no")])
+            return [f"account {args.username} is closed"]
         assert life.ctx.erasures is not None  # a Lifecycle is made only with them
         audit = recorded_run(life.ctx.erasures.record, _operator())
         plan = await run_retention(life, dry_run=args.dry_run, record=audit)

@@ -256,6 +256,8 @@ _COMMANDS = {
     # the retention run: records archived, erased, logs pruned (privacy/retention.py)
     "retention run": ({"system": _DICOM, "code": "110110", "display": "Patient Record"},
                       {"system": _INTERACTION_SYSTEM, "code": "delete", "display": "delete"}),
+    "retention close-account": (_SECURITY_ALERT, {"system": _DICOM, "code": "110137",
+                                                   "display": "User Security Attributes Changed"}),
     "rights overdue": (_QUERY, {"system": _INTERACTION_SYSTEM, "code": "search-type",
                                 "display": "search-type"}),
     # the registers of breaches and of disclosures to authorities: Tasks, and late breaches

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 import pyotp
 
+from .. import clock
 from . import secrets_hash
 from .registry import Registry, add_column
 
+# When the account was last signed in to (created, before its first sign-in), closed, and
+# asked to be deleted: FHIR instants (auth/accounts.py, the retention's accounts rule).
+LIFECYCLE_COLUMNS = ("last_seen TEXT", "closed TEXT", "deletion_asked TEXT")
 _FREE_FAILURES = 5
 _FIRST_LOCK = 30.0
 _LONGEST_LOCK = 3600.0
@@ -79,6 +83,8 @@ class Users:
             conn.executescript(_SCHEMA)
             add_column(conn, "user", "admin INTEGER NOT NULL DEFAULT 0")
             add_column(conn, "user", "suspended INTEGER NOT NULL DEFAULT 0")
+            for column in LIFECYCLE_COLUMNS:  # the retention's (accounts.py)
+                add_column(conn, "user", column)
             self._ready = True
         return conn
 
@@ -95,9 +101,10 @@ class Users:
         # Replacing an account keeps its suspension: only `reinstate` lifts it.
         suspended = self.is_suspended(username)
         self._conn().execute(
-            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user, admin, suspended) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (username, secrets_hash.hash_secret(password), fhir_user, admin, suspended))
+            "INSERT OR REPLACE INTO user (username, password_hash, fhir_user, admin, suspended, "
+            "last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+            (username, secrets_hash.hash_secret(password), fhir_user, admin, suspended,
+             clock.instant()))
         return User(username, fhir_user, False, admin, suspended)
 
     def get(self, username: str) -> User | None:
@@ -139,9 +146,9 @@ class Users:
     def check_password(self, username: str, password: str) -> User | None:
         """The user if the password is right; None if not; Locked while locked out."""
         row = self._conn().execute(
-            "SELECT password_hash, locked_until FROM user WHERE username = ?",
+            "SELECT password_hash, locked_until FROM user WHERE username = ? AND closed IS NULL",
             (username,)).fetchone()
-        if row is None:
+        if row is None:  # unknown, or closed by the retention: the same answer
             secrets_hash.verify_secret(password, secrets_hash.DECOY)
             return None
         if row[1] > time.time():
@@ -204,8 +211,8 @@ class Users:
             step = totp.timecode(now) + drift
             if step > row[1] and totp.verify(code.strip(), for_time=now + drift * totp.interval,
                                               valid_window=0):
-                conn.execute("UPDATE user SET totp_last = ?, totp_enrolled = 1, failures = 0 "
-                             "WHERE username = ?", (step, username))
+                conn.execute("UPDATE user SET totp_last = ?, totp_enrolled = 1, failures = 0, "
+                             "last_seen = ? WHERE username = ?", (step, clock.instant(), username))
                 return True
         self.record_failure(username)
         return False

@@ -17,6 +17,7 @@ Rules, in the order they run:
   `retention-period` extension is erased (with what is `basedOn` it) that long after its last
   change; its requester is warned `warned` before;
 - `connection-logs`, `access-logs`: AuditEvents pruned at a signed checkpoint (audit/prune.py);
+- `accounts`: inactive accounts warned, closed, then erased (retention_accounts.py);
 - `backups`: archives older than `kept` removed.
 """
 
@@ -35,7 +36,8 @@ from ..model.platform_codes import CANONICAL
 from ..services import lifecycle, server_writes
 from ..services.context import Context
 from ..services.erase import sweep
-from . import postmortem
+from . import postmortem, retention_accounts
+from .retention_accounts import AccountBook
 from .retention_holds import Holds
 from .pseudonym import PSEUDED, Pseudonyms
 from .retention_policy import Period, Policy
@@ -110,8 +112,9 @@ class Plan:
 @dataclass(frozen=True)
 class Lifecycle:
     """What a run needs: the service context (acting as the server), the policy, the
-    pseudonyms, the legal holds, and the pruning of the audit trail and of backups, and the
-    warnings (None: that part is not run, and the plan says nothing of it)."""
+    pseudonyms, the legal holds, and the pruning of the audit trail and of backups, the
+    warnings and the user accounts (None: that part is not run, and the plan says nothing
+    of it)."""
 
     ctx: Context
     policy: Policy
@@ -120,6 +123,7 @@ class Lifecycle:
     audit: AuditPruning | None = None
     backups: BackupPruning | None = None
     warnings: Warnings | None = None
+    accounts: AccountBook | None = None
 
     @property
     def server(self) -> Context:
@@ -134,6 +138,7 @@ async def plan(life: Lifecycle, today: date | None = None) -> Plan:
     await _plan_reports(life, made)
     await _plan_tele_expertise(life, made)
     await _plan_logs(life, made)
+    await retention_accounts.plan(life, made)
     _plan_backups(life, made)
     return made
 
@@ -297,6 +302,8 @@ async def _do(life: Lifecycle, action: Action, today: date) -> None:
         case ("connection-logs" | "access-logs", "prune"):
             assert life.audit is not None
             await life.audit.prune({action.rule: action.detail})
+        case ("accounts", step):
+            await retention_accounts.do(life, step, action.target, action.detail)
         case ("backups", "remove"):
             assert life.backups is not None
             life.backups.remove([action.target])

@@ -89,20 +89,25 @@ def _clamped(year: int, month: int, day: int) -> date:
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """A bound the law sets on one period of one rule."""
+    """A bound the law sets on one period of one rule: at least `minimum`, or (`most`) at
+    most."""
 
     rule: str
     field: str
-    minimum: Period
+    bound: Period
     why: str
+    most: bool = False
 
 
-# The periods no policy may shorten.
 LIMITS = (
     Limit("connection-logs", "kept", Period(years=1), "French law has hosts keep the data that "
           "identify who connected for one year (décret n° 2021-1362)"),
     Limit("tele-expertise", "warned", Period(days=1), "the requester must be warned before the "
           "deletion, so at least a day before"),
+    Limit("accounts", "warned", Period(days=1), "the holder must be warned before the closure, "
+          "so at least a day before"),
+    Limit("accounts", "deletion-within", Period(months=1), "a request to erase is answered "
+          "within one month (GDPR art. 12(3))", most=True),
 )
 
 
@@ -143,9 +148,7 @@ def load_policy(path: Path | None = None, *, backup_days: int | None = None) -> 
     rules = {rule: {field: Period.parse(text) for field, text in fields.items()}
              for rule, fields in content["rules"].items()}
     policy = Policy(str(source), rules)
-    problems = [f"{limit.rule}.{limit.field} is {policy.period(limit.rule, limit.field)}, shorter "
-                f"than the legal minimum {limit.minimum}: {limit.why}"
-                for limit in LIMITS if not policy.period(limit.rule, limit.field).at_least(limit.minimum)]
+    problems = [_broken(policy, limit) for limit in LIMITS if not _within(policy, limit)]
     backups = policy.period("backups", "kept")
     if backup_days is not None and backups != Period(days=backup_days):
         problems.append(f"backups.kept is {backups}, but FHIR_SERVER_BACKUP_RETENTION_DAYS is "
@@ -153,6 +156,17 @@ def load_policy(path: Path | None = None, *, backup_days: int | None = None) -> 
     if problems:
         raise PolicyError(f"retention policy {source}: " + "; ".join(problems))
     return policy
+
+
+def _within(policy: Policy, limit: Limit) -> bool:
+    period = policy.period(limit.rule, limit.field)
+    return limit.bound.at_least(period) if limit.most else period.at_least(limit.bound)
+
+
+def _broken(policy: Policy, limit: Limit) -> str:
+    period = policy.period(limit.rule, limit.field)
+    kind = "longer than the legal maximum" if limit.most else "shorter than the legal minimum"
+    return f"{limit.rule}.{limit.field} is {period}, {kind} {limit.bound}: {limit.why}"
 
 
 def _explain(error: Any) -> str:

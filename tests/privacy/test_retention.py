@@ -282,3 +282,48 @@ def test_the_server_runs_the_retention_on_its_schedule(
             time.sleep(0.02)
         [event] = _run_events(server)
         assert event["agent"][0]["name"] == "fhir-server (scheduled)"
+
+
+def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Server) -> None:
+    users = server.client.app.state.oauth.registry  # type: ignore[attr-defined]
+    from fhir_server.auth.users import Users
+
+    with on(date(2027, 1, 10)):
+        Users(users).add("pat-a", "a long enough password", "Patient/a")
+    with on(date(2028, 6, 1)):  # the record stays active (a result comes in): not archived
+        _put(server, {**observation("Patient/a"), "id": "a-late"})
+    with on(date(2028, 12, 10)):  # closure on 10 January 2029: warned from 11 December
+        assert "pat-a" not in _steps(_run(server), "accounts", "warn")
+    with on(date(2028, 12, 11)):
+        assert _steps(_run(server), "accounts", "warn") == ["pat-a"]
+    with on(date(2029, 1, 9)):
+        assert "pat-a" not in _steps(_run(server), "accounts", "close")
+    with on(date(2029, 1, 10)):
+        dry = _run(server, dry_run=True)
+        assert "pat-a" in _steps(dry, "accounts", "close")
+        assert _run(server).lines() == dry.lines()
+        assert Users(users).check_password("pat-a", "a long enough password") is None  # closed
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
+    with on(date(2029, 2, 8)):  # exportable 30 days
+        assert _steps(_run(server), "accounts", "erase") == []
+    with on(date(2029, 2, 9)):
+        assert _steps(_run(server), "accounts", "erase") == ["pat-a"]
+        assert Users(users).get("pat-a") is None
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+
+
+def test_an_account_deletion_asked_is_done_within_a_month(
+        sqlite_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    from fhir_server.auth.users import Users
+
+    users = Users(sqlite_server.client.app.state.oauth.registry)  # type: ignore[attr-defined]
+    users.add("pat-b", "a long enough password", "Patient/b")
+    with on(date(2027, 1, 31)):
+        assert cli.main(["retention", "close-account", "pat-b", "--asked"]) == 0
+        assert cli.main(["retention", "close-account", "nobody"]) == 2
+        assert "there is no account nobody" in capsys.readouterr().err
+    with on(date(2027, 2, 27)):
+        assert _steps(_run(sqlite_server), "accounts", "erase") == []
+    with on(date(2027, 2, 28)):  # one month after 31 January, before 30 days
+        assert _steps(_run(sqlite_server), "accounts", "erase") == ["pat-b"]
+    assert sqlite_server.client.get("/fhir/Patient/b", headers=_headers(sqlite_server)).status_code == 404

@@ -27,6 +27,8 @@ def test_the_defaults_are_the_platforms_terms() -> None:
         "tele-expertise": {"warned": "P30D"},
         "connection-logs": {"kept": "P13M"},
         "access-logs": {"kept": "P1Y"},
+        "accounts": {"inactive": "P2Y", "warned": "P30D", "exportable": "P30D",
+                     "deletion-within": "P1M"},
         "backups": {"kept": "P30D"}}
 
 
@@ -38,6 +40,8 @@ def test_the_defaults_are_the_platforms_terms() -> None:
     ({k: v for k, v in RULES.items() if k != "backups"}, '"backups" is a required property'),
     ({**RULES, "connection-logs": {"kept": "P11M"}}, "shorter than the legal minimum P1Y"),
     ({**RULES, "tele-expertise": {"warned": "P0D"}}, "tele-expertise.warned is P, shorter"),
+    ({**RULES, "accounts": {**RULES["accounts"], "deletion-within": "P32D"}},
+     "accounts.deletion-within is P32D, longer than the legal maximum P1M"),
 ])
 def test_a_bad_policy_is_refused_with_what_is_wrong(tmp_path: Path, rules: dict[str, object], said: str) -> None:
     with pytest.raises(PolicyError, match="retention policy .*policy.json") as error:
