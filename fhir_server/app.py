@@ -395,7 +395,7 @@ def recorded_run(record: Callable[[dict[str, Any]], Awaitable[str]], operator: s
     """What records a retention run: its AuditEvent, with its counts per rule."""
     async def audit(plan: Plan, dry_run: bool) -> object:
         return await record(retention_event(plan.counts(), len(plan.kept), dry_run=dry_run,
-                                            operator=operator))
+                                            operator=operator, failed=len(plan.failed)))
     return audit
 
 

@@ -1251,24 +1251,25 @@ async def _lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
         recorder.close()
 
 
-async def _retention_async(settings: Settings, args: argparse.Namespace) -> list[str]:
+async def _retention_async(settings: Settings, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Do `retention <action>`: the lines to print, and the failures to report."""
     async with _lifecycle(settings) as life:
         if args.action == "unarchive":
             await unarchive(life, args.reference)
-            return [f"{args.reference} is available again"]
+            return [f"{args.reference} is available again"], []
         if args.action == "close-account":
             assert life.accounts is not None
             if not life.accounts.close(args.username, asked=args.asked):
                 raise fail(Kind.NOT_FOUND, "not-found", f"there is no account {args.username}")
             await _record(settings, "retention close-account", "U", [_entity(
                 args.username, _USER, deletion_asked="yes" if args.asked else "no")])
-            return [f"account {args.username} is closed"]
+            return [f"account {args.username} is closed"], []
         assert life.ctx.erasures is not None  # a Lifecycle is made only with them
         audit = recorded_run(life.ctx.erasures.record, _operator())
         plan = await run_retention(life, dry_run=args.dry_run, record=audit)
     counts = [f"{name}: {n}" for name, n in plan.counts().items()] or ["nothing to do"]
     return [*plan.lines(), f"retention {'dry run' if args.dry_run else 'run'} of {plan.today}:",
-            *counts]
+            *counts], plan.failures()
 
 
 def _retention(args: argparse.Namespace) -> int:
@@ -1278,12 +1279,15 @@ def _retention(args: argparse.Namespace) -> int:
             policy = load_policy(settings.retention_policy, backup_days=settings.backup_retention_days)
             print(orjson.dumps(policy.describe(), option=orjson.OPT_INDENT_2).decode())
             return 0
-        print("\n".join(asyncio.run(_retention_async(settings, args))))
+        lines, failures = asyncio.run(_retention_async(settings, args))
     except (PolicyError, FhirError) as error:
         message = error.issues[0].diagnostics if isinstance(error, FhirError) else str(error)
         print(f"fhir-server retention {args.action}: {message}", file=sys.stderr)
         return 2
-    return 0
+    print("\n".join(lines))
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -198,9 +198,10 @@ def verify_pruned(links: Sequence[Link], events: dict[str, dict[str, object]],
     return verdict, len(pruned & covered)
 
 
-def retention_event(counts: dict[str, int], kept: int, *, dry_run: bool, operator: str) -> dict[str, object]:
+def retention_event(counts: dict[str, int], kept: int, *, dry_run: bool, operator: str,
+                    failed: int = 0) -> dict[str, object]:
     """The AuditEvent of a retention run: per `rule step`, how many (no id, no name); a dry
-    run says so."""
+    run says so; actions that failed make it a minor failure."""
     details = [{"type": "dry run", "valueString": "yes" if dry_run else "no"},
                {"type": "kept under a legal hold", "valueString": str(kept)},
                *({"type": name, "valueString": str(n)} for name, n in counts.items())]
@@ -208,4 +209,5 @@ def retention_event(counts: dict[str, int], kept: int, *, dry_run: bool, operato
                          recorded=clock.instant(), operator=operator, entities=[{
                              "name": "retention policy", "detail": details,
                              "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                      "code": "20", "display": "Job"}}])
+                                      "code": "20", "display": "Job"}}],
+                         problem=f"{failed} actions failed" if failed else None)

@@ -10,10 +10,14 @@ find a person's archive (the statistician's re-identification, on a legal basis)
 the key makes every archive anonymous for good.
 
 What a copy keeps and drops (`pseudonymise`):
-- every id and reference inside the record becomes the pseudonym of what it names; references
-  to resources outside the record (a Practitioner, an Organization) stay, without `display`;
-- identifiers keep their system and type, their value becomes a pseudonym;
-- dropped everywhere: the narrative (`text`), `contained` resources, free text (`note`,
+- every id, and every reference to a resource that can belong to a patient's record (its own
+  or another patient's: `personal` types), becomes the pseudonym of what it names, the same
+  in every archive, so archives still link to each other and never to a person; references
+  to other resources (a Practitioner, an Organization, a ResearchStudy) stay, without
+  `display`;
+- an identifier becomes the pseudonym of its system and value, under our system
+  `identifier-pseudonym` (its `use` kept);
+- dropped everywhere: the narrative (`text` of the resource), `contained` resources, free text (`note`,
   `comment`, `contentString`), references' `display`, attachments' data, address and title,
   and every extension (they may carry INS, birthplace, names);
 - the Patient keeps gender, the year of birth, the year of death, the country and the first two
@@ -28,7 +32,7 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +43,12 @@ PSEUDED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
            "code": "PSEUDED", "display": "pseudonymized"}
 LIFECYCLE_SYSTEM = f"{CANONICAL}/CodeSystem/record-lifecycle"
 ARCHIVED = {"system": LIFECYCLE_SYSTEM, "code": "archived", "display": "Archived"}
-# Free text and what may carry a name: narrative, notes, comments, message texts, extensions.
-_DROPPED = frozenset({"text", "contained", "note", "comment", "contentString", "extension",
+# The system of every identifier of an archive: the original system is part of what the
+# pseudonym hides (and its own rules, an INS-NIR's length, would refuse a pseudonym).
+IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier-pseudonym"
+# Free text and what may carry a name: notes, comments, message texts, extensions (and, at the
+# top of a resource, its narrative `text`).
+_DROPPED = frozenset({"contained", "note", "comment", "contentString", "extension",
                       "modifierExtension"})
 _ATTACHMENT_KEPT = ("contentType", "language", "size", "creation")
 _PATIENT_DROPPED = frozenset({"name", "telecom", "photo", "contact", "link", "communication",
@@ -94,15 +102,14 @@ class Pseudonyms:
         """`Type/id` as `Type/<pseudonym of Type/id>`."""
         return f"{reference.split('/', 1)[0]}/{self.of(reference)}"
 
-    def pseudonymise(self, resource: dict[str, Any], inside: Iterable[str]) -> dict[str, Any]:
-        """The archive's copy of `resource`; `inside` the `Type/id` of every resource of the
-        record, whose references become pseudonyms too."""
-        members = frozenset(inside)
-
+    def pseudonymise(self, resource: dict[str, Any], personal: Collection[str]) -> dict[str, Any]:
+        """The archive's copy of `resource`; references to resources of the `personal` types
+        (the Patient and the types of its compartment) become pseudonyms."""
         def reference(ref: str) -> str:
-            return self.reference(ref) if ref in members else ref
+            kind, slash, id = ref.partition("/")
+            return self.reference(ref) if slash and id and kind in personal else ref
 
-        copy = _scrub(resource, reference, self.of)
+        copy = _scrub({k: v for k, v in resource.items() if k != "text"}, reference, self.of)
         copy["id"] = self.of(f"{resource['resourceType']}/{resource['id']}")
         if resource["resourceType"] == "Patient":
             _patient(copy)
@@ -111,8 +118,10 @@ class Pseudonyms:
 
 
 def _scrub(value: Any, reference: Callable[[str], str], pseudonym: Callable[[str], str]) -> Any:
+    """`value` without what may name someone; elements left empty go too (FHIR has none)."""
     if isinstance(value, list):
-        return [_scrub(item, reference, pseudonym) for item in value]
+        items = [_scrub(item, reference, pseudonym) for item in value]
+        return [item for item in items if item not in ({}, [])]
     if not isinstance(value, dict):
         return value
     if "contentType" in value:  # an Attachment: its data, address and title may name anyone
@@ -129,14 +138,17 @@ def _scrub(value: Any, reference: Callable[[str], str], pseudonym: Callable[[str
             out[key] = _identifiers(item, pseudonym)
         else:
             out[key] = _scrub(item, reference, pseudonym)
+        if out.get(key) in ({}, []):
+            del out[key]
     return out
 
 
 def _identifiers(value: Any, pseudonym: Callable[[str], str]) -> Any:
-    """Identifiers with their values as pseudonyms (system and type kept, the rest dropped)."""
+    """Identifiers as pseudonyms of their system and value (`use` kept, the rest dropped)."""
     def one(identifier: dict[str, Any]) -> dict[str, Any]:
-        kept = {k: identifier[k] for k in ("use", "system") if k in identifier}
+        kept = {k: identifier[k] for k in ("use",) if k in identifier}
         if "value" in identifier:
+            kept["system"] = IDENTIFIER_SYSTEM
             kept["value"] = pseudonym(f"{identifier.get('system', '')}|{identifier['value']}")
         return kept
     if isinstance(value, list):

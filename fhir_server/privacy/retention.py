@@ -31,7 +31,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from .. import clock
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Kind, fail
 from ..model.platform_codes import CANONICAL
 from ..services import lifecycle, server_writes
 from ..services.context import Context
@@ -94,6 +94,7 @@ class Plan:
     today: date
     actions: list[Action] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[Action, str]] = field(default_factory=list)  # by the real run: why
 
     def counts(self) -> dict[str, int]:
         """Per `rule step`, how many resources (or events, or archives)."""
@@ -107,6 +108,10 @@ class Plan:
         out = [f"{a.rule}: {a.step} {a.target}" + (f" ({a.count})" if a.count != 1 else "")
                for a in self.actions]
         return out + [f"kept under a legal hold: {target}: {why}" for target, why in self.kept]
+
+    def failures(self) -> list[str]:
+        """What the real run could not do, and why (the next run tries again)."""
+        return [f"{a.rule}: {a.step} {a.target} FAILED: {why}" for a, why in self.failed]
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,12 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
     made = await plan(life)
     if not dry_run:
         for action in made.actions:
-            await _do(life, action, made.today)
+            try:
+                await _do(life, action, made.today)
+            except FhirError as error:  # one record's trouble does not stop the others
+                why = "; ".join(issue.diagnostics for issue in error.issues)
+                made.failed.append((action, why))
+                log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
     if record is not None:
         await record(made, dry_run)
     return made
@@ -321,8 +331,8 @@ async def archive(life: Lifecycle, patient_id: str, reason: str) -> str:
     server = life.server
     record = [r for r in await lifecycle.record_of(server, patient_id)
               if r["resourceType"] not in postmortem.NOT_ARCHIVED]
-    members = {f"{r['resourceType']}/{r['id']}" for r in record}
-    copies = [life.pseudonyms.pseudonymise(r, members) for r in record]
+    personal = {"Patient", *lifecycle.compartment_types(server)}
+    copies = [life.pseudonyms.pseudonymise(r, personal) for r in record]
     for start in range(0, len(copies), lifecycle.PAGE):
         await server_writes.commit(server, [server_writes.ServerWrite(c, new=False)
                                             for c in copies[start:start + lifecycle.PAGE]])

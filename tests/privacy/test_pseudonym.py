@@ -52,8 +52,9 @@ def test_the_copy_keeps_statistics_and_drops_who() -> None:
                 "subject": {"reference": "Patient/a"}, "content": [{"attachment": {
                     "contentType": "text/plain", "data": "SmVhbm5lIER1cG9udA==",
                     "title": "Lettre de Jeanne"}}]}
-    members = {"Patient/a", "Observation/o", "DocumentReference/d"}
-    copies = [names.pseudonymise(r, members) for r in (patient, observation, document)]
+    observation["focus"] = [{"reference": "Patient/other"}]  # another patient: never named
+    personal = {"Patient", "Observation", "DocumentReference"}
+    copies = [names.pseudonymise(r, personal) for r in (patient, observation, document)]
     text = orjson.dumps(copies).decode()
     for word in ("Dupont", "Jeanne", "262047512345678", "06 12", "rue Haute", "Caen", "Bayeux",
                  "Martin", "Lenoir", "1962-04", "CPAM", "SmVhbm5l", '"a"', "Patient/a\""):
@@ -66,6 +67,9 @@ def test_the_copy_keeps_statistics_and_drops_who() -> None:
     assert archived_patient["meta"]["security"][0]["code"] == "PSEUDED"
     assert archived_obs["subject"] == {"reference": f"Patient/{names.of('Patient/a')}"}
     assert archived_obs["performer"] == [{"reference": "Practitioner/dr"}]  # outside the record
+    assert archived_obs["focus"] == [{"reference": f"Patient/{names.of('Patient/other')}"}]
     assert archived_obs["code"] == observation["code"] and archived_obs["valueQuantity"]["value"] == 61
-    assert archived_patient["identifier"][0]["value"] == names.of(
-        "urn:oid:1.2.250.1.213.1.4.8|262047512345678")
+    assert archived_patient["identifier"] == [{
+        "system": "https://oncotrials.example.org/fhir/identifier-pseudonym",
+        "value": names.of("urn:oid:1.2.250.1.213.1.4.8|262047512345678")}]
+    assert "1.2.250.1.213" not in text

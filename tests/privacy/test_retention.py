@@ -327,3 +327,18 @@ def test_an_account_deletion_asked_is_done_within_a_month(
     with on(date(2027, 2, 28)):  # one month after 31 January, before 30 days
         assert _steps(_run(sqlite_server), "accounts", "erase") == ["pat-b"]
     assert sqlite_server.client.get("/fhir/Patient/b", headers=_headers(sqlite_server)).status_code == 404
+
+
+def test_backups_go_after_30_days(sqlite_server: Server) -> None:
+    directory = sqlite_server.settings.backup_path
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / "fhir-backup-20270301T020000.000000Z.fhirbak"
+    archive.write_bytes(b"an archive")
+    (directory / "notes.txt").write_text("not an archive")
+    with on(date(2027, 3, 30)):
+        assert _steps(_run(sqlite_server), "backups", "remove") == []
+    with on(date(2027, 3, 31)):
+        dry = _run(sqlite_server, dry_run=True)
+        assert _steps(dry, "backups", "remove") == [archive.name] and archive.exists()
+        assert _run(sqlite_server).lines() == dry.lines()
+    assert not archive.exists() and (directory / "notes.txt").exists()

@@ -1,0 +1,138 @@
+"""The retention run over a large store (issue 18 target: 1M resources in < 10 min, with
+requests served meanwhile and the p99 read latency within 2x of idle), SQLite, encryption on.
+
+    python -m bench.retention [--resources 100000] [--reads-per-s 50]
+
+Builds `--resources` resources (Synthea clones, whole patients) on a simulated clock, then
+measures, on that clock two years and a day later (every record inactive):
+- the idle p99 of a read (an Organization, through the store, as a request's read is), for 10 s;
+- the **real** run: every patient's record archived under a pseudonym (read, pseudonymised,
+  written, original erased with its keys), while a reader reads an Organization `--reads-per-s`
+  times a second in the same process; the reads' p50/p95/p99 during the run;
+- the **steady** run the day after, when nothing is due: the cost of the daily plan.
+Wall time and this process's CPU time (`time.process_time`: the machine is shared). Numbers go
+to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, write_results
+from bench.erasure import Timer, _codec, _fill, _write
+from fhir_server import clock
+from fhir_server.access import server_principal
+from fhir_server.audit.chain import Chain
+from fhir_server.audit.prune import Trimmer
+from fhir_server.audit.recorder import AuditRecorder
+from fhir_server.crypto import ErasureLedger, ledger_key
+from fhir_server.model.validation import Validator
+from fhir_server.privacy.pseudonym import Pseudonyms
+from fhir_server.privacy.retention import Lifecycle, run
+from fhir_server.privacy.retention_holds import Holds
+from fhir_server.privacy.retention_policy import load_policy
+from fhir_server.search import default_registry
+from fhir_server.services import erase
+from fhir_server.services.context import Context
+from fhir_server.store.routing import RoutingStore
+from fhir_server.store.sqlite import SqliteStore
+
+START = datetime(2027, 1, 10, 9, tzinfo=UTC)
+
+
+def _quantiles(samples: list[float]) -> dict[str, float]:
+    if len(samples) < 2:
+        return {"n": len(samples)}
+    cuts = statistics.quantiles(samples, n=100)
+    return {"n": len(samples), "p50_ms": round(cuts[49] * 1000, 2),
+            "p95_ms": round(cuts[94] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
+
+
+async def _reader(store: RoutingStore, patient_id: str, per_s: float, stop: asyncio.Event,
+                  seconds: list[float]) -> None:
+    """Read one resource `per_s` times a second until `stop`; each read's latency."""
+    while not stop.is_set():
+        began = time.perf_counter()
+        await store.read("Organization", patient_id)
+        seconds.append(time.perf_counter() - began)
+        try:
+            await asyncio.wait_for(stop.wait(), 1 / per_s)
+        except TimeoutError:
+            pass
+
+
+async def _measured(store: RoutingStore, patient_id: str, per_s: float, work: Any) -> tuple[Any, list[float]]:
+    stop, seconds = asyncio.Event(), []
+    reader = asyncio.create_task(_reader(store, patient_id, per_s, stop, seconds))
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await reader
+    return result, seconds
+
+
+async def bench(resources: int, per_s: float, where: Path) -> dict[str, Any]:
+    codec = _codec(where)
+    main, audit = SqliteStore(where / "fhir.db", codec=codec), SqliteStore(where / "audit.db", codec=codec)
+    await main.open()
+    await audit.open()
+    chain = Chain(where / "audit-chain.db")
+    store = RoutingStore(main, audit)
+    ring = codec.keys.provider
+    try:
+        with clock.frozen(START):
+            with Timer() as building:
+                filled = await _fill(main, resources)
+            # what the reader reads: outside every patient's record, so never archived
+            await main.commit([_write({"resourceType": "Organization", "id": "reader",
+                                       "name": "Reader"})])
+        recorder = AuditRecorder(audit, chain)
+        context = Context(store=store, validator=Validator(use_models=False),
+                          registry=default_registry(), principal=server_principal("bench"),
+                          erasures=erase.Erasures(
+                              ErasureLedger(where / "erasure-ledger.jsonl", ledger_key(ring)),
+                              codec.keys, recorder.record))
+        life = Lifecycle(context, load_policy(), Pseudonyms(b"p" * 32), Holds(context),
+                         Trimmer(audit, chain.path, b"c" * 32))
+        with clock.frozen(START + timedelta(days=2 * 366)) as frozen:
+            _, idle = await _measured(store, "reader", per_s, asyncio.sleep(10))
+            with Timer() as real:
+                plan, during = await _measured(store, "reader", per_s, run(life))
+            frozen.advance(86400)
+            with Timer() as steady:
+                quiet = await run(life)
+        return {"resources": filled, "build_s": round(building.wall, 1),
+                "real_run": {"wall_s": round(real.wall, 1), "cpu_s": round(real.cpu, 1),
+                             "counts": plan.counts()},
+                "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
+                               "counts": quiet.counts()},
+                "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
+                "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1)}
+    finally:
+        chain.close()
+        await main.close()
+        await audit.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.retention")
+    parser.add_argument("--resources", type=int, default=100_000)
+    parser.add_argument("--reads-per-s", type=float, default=50.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fhir-bench-retention-") as tmp:
+        result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp)))
+    result["machine"] = machine()
+    print(result)
+    print("written to", write_results("retention", result))
+
+
+if __name__ == "__main__":
+    main()
