@@ -50,6 +50,23 @@ _TEMPLATES: dict[str, dict[str, Text]] = {
                    "Data you follow on the platform will be deleted on {date} under the "
                    "retention policy: {link}"),
     },
+    # the retention's (privacy/retention_accounts.py, privacy/postmortem.py)
+    "account-closure-warning": {
+        "fr": Text("Fermeture prochaine de votre compte",
+                   "Votre compte sur la plateforme sera fermé le {date} faute de connexion depuis "
+                   "deux ans. Connectez-vous avant cette date pour le garder : {link}"),
+        "en": Text("Your account will be closed soon",
+                   "Your account on the platform will be closed on {date}, as it has not been "
+                   "used for two years. Sign in before then to keep it: {link}"),
+    },
+    "post-mortem-communication": {
+        "fr": Text("Communication de données",
+                   "Une personne vous a désigné(e) pour recevoir ses données de santé après son "
+                   "décès. Contactez la plateforme pour les obtenir : {link}"),
+        "en": Text("Data to be communicated to you",
+                   "Someone named you to receive their health data after their death. Contact "
+                   "the platform to obtain it: {link}"),
+    },
     "sign-in-code": {
         "fr": Text("Votre code de connexion",
                    "Votre code de connexion est {code}. Il expire dans {minutes} minutes. "

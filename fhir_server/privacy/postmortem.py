@@ -83,6 +83,6 @@ async def communicate(life: Lifecycle, action: Action) -> None:
     assert life.warnings is not None
     patient_id = action.target.split("/")[1]
     await life.warnings.warn(person=action.detail, template="post-mortem-communication",
-                             params={"patient": action.target},
+                             params={},
                              not_before=datetime.combine(clock.now().date(), time(), clock.now().tzinfo),
                              key=_key(patient_id))

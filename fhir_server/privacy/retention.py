@@ -300,7 +300,7 @@ async def _do(life: Lifecycle, action: Action, today: date) -> None:
             assert life.warnings is not None
             await life.warnings.warn(
                 person=request["requester"]["reference"], template="retention-warning",
-                params={"date": deletion.isoformat(), "about": action.target},
+                params={"date": deletion.isoformat()},
                 not_before=datetime.combine(today, time(), clock.now().tzinfo),
                 key=_warning_key(request, deletion))
         case ("tele-expertise", "erase"):

@@ -87,7 +87,7 @@ async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
         assert life.warnings is not None
         account, closure = detail
         await life.warnings.warn(person=account["fhir_user"], template="account-closure-warning",
-                                 params={"date": closure.isoformat(), "account": username},
+                                 params={"date": closure.isoformat()},
                                  not_before=datetime.combine(clock.now().date(), time(),
                                                              clock.now().tzinfo),
                                  key=_key(username, closure))

@@ -342,3 +342,27 @@ def test_backups_go_after_30_days(sqlite_server: Server) -> None:
         assert _steps(dry, "backups", "remove") == [archive.name] and archive.exists()
         assert _run(sqlite_server).lines() == dry.lines()
     assert not archive.exists() and (directory / "notes.txt").exists()
+
+
+def test_a_post_mortem_directive_to_communicate_notifies_the_named_person_once(server: Server) -> None:
+    _put(server, {"resourceType": "RelatedPerson", "id": "rp1", "patient": {"reference": "Patient/b"},
+                  "name": [{"family": "Keep"}]})
+    _put(server, {"resourceType": "Consent", "id": "pm2", "status": "active",
+                  "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                        "code": "adr"}]},
+                  "category": [{"coding": [{"system": "https://oncotrials.example.org/fhir/CodeSystem/"
+                                            "post-mortem-directive", "code": "post-mortem-directive"}]}],
+                  "patient": {"reference": "Patient/b"},
+                  "policyRule": {"coding": [{"system": "https://oncotrials.example.org/fhir/"
+                                             "CodeSystem/post-mortem-directive", "code": "communicate"}]},
+                  "provision": {"actor": [{"role": {"coding": [{
+                      "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                      "code": "IRCP"}]}, "reference": {"reference": "RelatedPerson/rp1"}}]}})
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b",
+                  "deceasedDateTime": "2027-02-01"})
+    assert _steps(_run(server), "post-mortem", "communicate") == ["Patient/b"]
+    assert _steps(_run(server), "post-mortem", "communicate") == []
+    items = asyncio.run(server.client.app.state.context.store.schedule.items(  # type: ignore[attr-defined]
+        "retention/post-mortem/"))
+    assert [orjson.loads(i.body)["data"]["person"] for i in items] == ["RelatedPerson/rp1"]
+    assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200  # kept
