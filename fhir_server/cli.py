@@ -117,6 +117,12 @@ def _serve(args: argparse.Namespace) -> int:
         except KeyRingError as error:
             print(f"fhir-server serve: {error}", file=sys.stderr)
             return 2
+    try:  # the retention policy, checked before any worker starts (each checks it again)
+        load_policy(settings.retention_policy, backup_days=settings.backup_retention_days)
+    except PolicyError as error:
+        print(f"fhir-server serve: --retention-policy / FHIR_SERVER_RETENTION_POLICY: {error}",
+              file=sys.stderr)
+        return 2
     try:  # a parameter that cannot be blind-indexed: refused before any worker starts
         blind_index(settings)
     except ValueError as error:
