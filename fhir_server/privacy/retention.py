@@ -154,16 +154,21 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
     with the plan either way."""
     made = await plan(life)
     if not dry_run:
-        for action in made.actions:
-            try:
-                await _do(life, action, made.today)
-            except FhirError as error:  # one record's trouble does not stop the others
-                why = "; ".join(issue.diagnostics for issue in error.issues)
-                made.failed.append((action, why))
-                log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
+        await apply(life, made)
     if record is not None:
         await record(made, dry_run)
     return made
+
+
+async def apply(life: Lifecycle, made: Plan) -> None:
+    """Do the plan's actions; what fails goes to `made.failed` (the next run tries again)."""
+    for action in made.actions:
+        try:
+            await _do(life, action, made.today)
+        except FhirError as error:  # one record's trouble does not stop the others
+            why = "; ".join(issue.diagnostics for issue in error.issues)
+            made.failed.append((action, why))
+            log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
 
 
 def _next(day: date) -> date:
@@ -273,8 +278,9 @@ async def _do(life: Lifecycle, action: Action, today: date) -> None:
     server = life.server
     match (action.rule, action.step):
         case ("patient-record", "archive"):
-            await archive(life, action.target.split("/")[1], "retention: record inactive for "
-                          f"{life.policy.period('patient-record', 'inactive')}")
+            inactive = life.policy.period("patient-record", "inactive")
+            await archive(life, action.target.split("/")[1], f"retention: record inactive for "
+                          f"{inactive}", active_from=_next(inactive.before(today)))
         case ("post-mortem", "pseudonymise"):
             await archive(life, action.target.split("/")[1], "post-mortem directive: erase "
                           "(pseudonymised instead: a legal hold)")
@@ -324,13 +330,19 @@ def _subject(resource: dict[str, Any]) -> str | None:
     return reference.split("/")[1] if reference.startswith("Patient/") else None
 
 
-async def archive(life: Lifecycle, patient_id: str, reason: str) -> str:
+async def archive(life: Lifecycle, patient_id: str, reason: str, *,
+                  active_from: date | None = None) -> str:
     """Replace Patient/`patient_id`'s record by its pseudonymised copy: the copy written
     (as the server, through the service layer), then the original erased as `$erase` does
-    (ledger, data keys, AuditEvent). The archive's Patient id."""
+    (ledger, data keys, AuditEvent). The archive's Patient id. CONFLICT, nothing changed,
+    if a resource of the record changed on `active_from` or later (it became active again
+    since the plan)."""
     server = life.server
-    record = [r for r in await lifecycle.record_of(server, patient_id)
-              if r["resourceType"] not in postmortem.NOT_ARCHIVED]
+    found = await lifecycle.record_of(server, patient_id)
+    if active_from is not None and any(_day(r["meta"]["lastUpdated"]) >= active_from for r in found):
+        raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed since the "
+                   "plan: it is active again, and kept")
+    record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
     personal = {"Patient", *lifecycle.compartment_types(server)}
     copies = [life.pseudonyms.pseudonymise(r, personal) for r in record]
     for start in range(0, len(copies), lifecycle.PAGE):

@@ -19,7 +19,7 @@ import pytest
 from fhir_server import cli, clock
 from fhir_server.app import create_app
 from fhir_server.privacy import retention_schedule
-from fhir_server.privacy.retention import Lifecycle, Plan, run, unarchive
+from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
@@ -366,3 +366,16 @@ def test_a_post_mortem_directive_to_communicate_notifies_the_named_person_once(s
         "retention/post-mortem/"))
     assert [orjson.loads(i.body)["data"]["person"] for i in items] == ["RelatedPerson/rp1"]
     assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200  # kept
+
+
+def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+    with on(date(2029, 1, 10)):
+        made = asyncio.run(plan(_life(server)))
+        assert "Patient/p" in _steps(made, "patient-record", "archive")
+        _put(server, {**observation("Patient/p"), "id": "p-new"})  # a result comes in meanwhile
+        asyncio.run(apply(_life(server), made))
+        assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
+        assert "Patient/p" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
