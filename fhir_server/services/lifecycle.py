@@ -83,9 +83,10 @@ async def records(ctx: Context, kind: str) -> dict[str, dict[str, Any]]:
             for key, value in await ctx.store.outbox(f"{PREFIX}{kind}/")}
 
 
-async def keep_records(ctx: Context, put: dict[str, dict[str, Any]] = {},  # noqa: B006 - read only
+async def keep_records(ctx: Context, put: dict[str, dict[str, Any]] | None = None,
                        remove: Iterable[str] = ()) -> None:
     """Store and remove retention records (keys under `retention/`) in one unit of work."""
+    put = put or {}
     keys = [*put, *remove]
     if any(not key.startswith(PREFIX) for key in keys):
         raise ValueError("retention records are kept under retention/")
