@@ -4,9 +4,7 @@ note does not; on each store."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,20 +19,10 @@ from fhir_server.audit.prune import Trimmer, verify_pruned
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.search import Query
 from fhir_server.store.base import Store
-from tests.store.conftest import STORES, dispose
+from tests.store.conftest import store  # noqa: F401 - the store fixture, on each store
 
 KEY = b"k" * 32
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=sorted(STORES))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An audit store of each kind."""
-    opened = await asyncio.to_thread(STORES[request.param], tmp_path)
-    await opened.migrate()
-    await opened.open()
-    yield opened
-    await dispose(opened)
 
 
 def _at(day: date) -> datetime:
