@@ -8,9 +8,10 @@ can no longer be read, and records the erasure in the erasure ledger kept with t
 chain covers them, and their personal details shred with the key. The erasure leaves an
 AuditEvent of its own: who, when, why, how many resources and versions of each type.
 
-Who may erase: an administrator, the server itself (the command line, `auth=off`), and the
-patient, with their own token (fhirUser `Patient/<id>`). Anyone else gets 403; a patient
-naming another patient gets 404, as for an id nobody has. A configured legal hold (a retention
+Who may erase: an administrator, the server itself (the command line, `auth=off`), the
+patient, with their own token (fhirUser `Patient/<id>`), and their legal representative (the
+patient in context). Anyone else gets 403; a patient or representative naming another
+patient gets 404, as for an id nobody has. A configured legal hold (a retention
 policy's, `LegalHold`) refuses with 409, or, where the policy offers it (`Erasures.instead`:
 privacy/retention_holds.py), has the record pseudonymised instead, and the answer says why. Erasing again sweeps the compartment again: what was
 written there since is erased as a new erasure; if nothing was, it answers what the last did.
@@ -119,8 +120,14 @@ def _check_caller(principal: Principal | None, patient_id: str) -> None:
         if principal.fhir_user == f"Patient/{patient_id}" and principal.patient == patient_id:
             return
         raise _unknown(patient_id)
-    raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator, or the patient "
-               "themselves (signed in as the patient), may erase a patient's record.")
+    if principal.role is Role.REPRESENTATIVE and principal.patient is not None:
+        # a representation in force (checked when the principal is made; a former one: 403)
+        if principal.patient == patient_id:
+            return
+        raise _unknown(patient_id)
+    raise fail(Kind.FORBIDDEN, "forbidden", "Only a platform administrator, the patient "
+               "themselves (signed in as the patient) or their legal representative may erase a "
+               "patient's record.")
 
 
 def _unknown(patient_id: str) -> Exception:

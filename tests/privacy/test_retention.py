@@ -31,6 +31,10 @@ INS = "IPP884412"
 NAME = "Zorglubowski"
 EMAIL = "zorglub@example.org"
 CALLERS["system"] = dict(subject="ehr", client_id="ehr", scope="system/*.cruds")
+CALLERS["guardian-of-a"] = dict(subject="g", client_id="portal", scope="patient/*.cruds",
+                                patient="a", fhir_user="RelatedPerson/guardian")
+CALLERS["guardian-for-b"] = dict(subject="g", client_id="portal", scope="patient/*.cruds",
+                                 patient="b", fhir_user="RelatedPerson/guardian")
 
 
 @contextmanager
@@ -379,3 +383,16 @@ def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
         assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
         assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
         assert "Patient/p" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
+
+
+def test_a_legal_representative_erases_under_the_same_holds(server: Server) -> None:
+    _put(server, {"resourceType": "RelatedPerson", "id": "guardian", "active": True,
+                  "patient": {"reference": "Patient/a"}, "relationship": [{"coding": [{
+                      "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "GUARD"}]}]})
+    assert server.erase("b", caller="guardian-for-b").status_code == 403  # represents no one there
+    assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200
+    _hold_on_a(server)
+    response = server.erase("a", caller="guardian-of-a")
+    assert response.status_code == 200, response.text
+    assert "legalHold" in {p["name"] for p in response.json()["parameter"]}
+    assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
