@@ -5,7 +5,8 @@ AuditEvents past their period (connection logs: sign-ins and token requests, DIC
 access logs: every other event) are removed from the audit store. Their ids are first noted
 as **pruned**, each with its MAC, in the chain's file: a link still covering a pruned event
 verifies from the event digests it kept, as for an event shredded by an erasure. Then the
-longest run of links, from the first, whose every event is pruned is cut: the links go, and a
+longest run of links, from the first, whose every event is pruned is cut (the newest link
+aside, which the next link is chained to): the links go, and a
 **checkpoint** takes their place, the sequence number and digest of the last link cut, signed
 (HMAC-SHA-256 under a key derived from the key ring, never stored). Verification starts from
 the latest checkpoint instead of the chain's genesis. Without the key nobody can cut links or
@@ -127,14 +128,16 @@ class Trimmer:
         return Pruned({kind: len(found) for kind, found in due.items()}, self._cut())
 
     def _cut(self) -> int:
-        """Cut the links whose every event is pruned, from the first; how many."""
+        """Cut the links whose every event is pruned, from the first, the newest aside; how many."""
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 pruned = {row[0] for row in conn.execute("SELECT event_id FROM pruned")}
                 last: tuple[int, str] | None = None
                 covered: list[str] = []
-                rows = conn.execute("SELECT seq, event_id, digest FROM link ORDER BY seq")
+                # The newest link is never cut: the next link is chained to it (chain.py).
+                rows = conn.execute("SELECT seq, event_id, digest FROM link WHERE seq < "
+                                    "(SELECT MAX(seq) FROM link) ORDER BY seq")
                 for seq, event_ids, digest in rows:
                     events = event_ids.split(" ")
                     if not pruned.issuperset(events):

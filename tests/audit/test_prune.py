@@ -117,3 +117,19 @@ async def test_a_forged_checkpoint_or_note_is_reported(store: Store, tmp_path: P
         assert (await _verdict(store, chain, Trimmer(store, chain.path, b"o" * 32)))[0]  # another key
     finally:
         chain.close()
+
+
+async def test_when_every_event_is_pruned_the_chain_goes_on(store: Store, tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "audit-chain.db")
+    recorder = AuditRecorder(store, chain)
+    trimmer = Trimmer(store, chain.path, KEY)
+    try:
+        await _record(recorder, date(2027, 1, 1), connection=False)
+        await _record(recorder, date(2027, 1, 2), connection=False)
+        assert (await trimmer.prune(await trimmer.due({"access-logs": date(2027, 1, 3)}))).links == 1
+        assert [link.seq for link in chain.links()] == [2]  # the newest stays: the next follows it
+        await _record(recorder, date(2027, 1, 4), connection=False)
+        problems, left = await _verdict(store, chain, trimmer)
+        assert problems == [] and left == 1
+    finally:
+        chain.close()

@@ -396,3 +396,30 @@ def test_a_legal_representative_erases_under_the_same_holds(server: Server) -> N
     assert response.status_code == 200, response.text
     assert "legalHold" in {p["name"] for p in response.json()["parameter"]}
     assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+
+
+def test_twelve_years_later_only_what_must_stay_is_left(
+        sqlite_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs every two months from 2027 to 2039 (and on the second-opinion report's last
+    day): every record, archive and log past its period is gone, and the trail verifies."""
+    server = sqlite_server
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        _put(server, {"resourceType": "DiagnosticReport", "id": "op2", "status": "final",
+                      "category": [{"coding": [{"system": RECORD_KIND, "code": "second-opinion"}]}],
+                      "code": {"text": "second opinion"}, "subject": {"reference": "Patient/p"},
+                      "issued": "2027-01-10T09:00:00Z"})
+    day, seen = date(2027, 1, 10), set()
+    while day < date(2039, 1, 10):
+        with on(day):
+            seen |= {f"{a.rule} {a.step}" for a in _run(server).actions}
+        day += timedelta(days=61)
+    assert {"patient-record archive", "patient-record erase", "second-opinion-report archive",
+            "second-opinion-report erase", "access-logs prune"} <= seen
+    with on(date(2039, 1, 10)):
+        assert _run(server, dry_run=True).actions == []
+    for kind in ("Patient", "Observation", "DiagnosticReport"):
+        found = server.client.get(f"/fhir/{kind}", headers=_headers(server)).json()
+        assert found.get("entry", []) == [], kind
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().err
