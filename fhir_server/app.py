@@ -46,7 +46,7 @@ from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.validation import Validator
 from .notify import runner as notify_runner
-from .notify import enqueue
+from .notify import enqueue, schedule_of
 from .privacy.pseudonym import Pseudonyms, load_key
 from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
 from .privacy.retention import run as run_retention
@@ -361,11 +361,11 @@ class _Notices:
         self.store = store
 
     async def scheduled(self, prefix: str) -> set[str]:
-        return {item.key for item in await self.store.schedule.items(prefix)}
+        return {item.key for item in await schedule_of(self.store).items(prefix)}
 
     async def warn(self, *, person: str, template: str, params: dict[str, str],
                    not_before: datetime, key: str) -> bool:
-        return await enqueue(self.store.schedule, person=person, template=template,
+        return await enqueue(schedule_of(self.store), person=person, template=template,
                              params=params, not_before=not_before, key=key)
 
 

@@ -26,12 +26,13 @@ class Accounts:
                          strict=True)) for row in rows]
 
     def close(self, username: str, *, asked: bool = False) -> bool:
-        """Close the account now (if open); `asked`: its holder asked for its deletion, now
-        (if not before). Whether the account exists."""
+        """Close the account now (if open): it is suspended too, so that its codes and
+        refresh tokens stop (grants.py); `asked`: its holder asked for its deletion, now (if
+        not before). Whether the account exists."""
         now = clock.instant()
         return self.users._conn().execute(
-            "UPDATE user SET closed = COALESCE(closed, ?), deletion_asked = CASE WHEN ? THEN "
-            "COALESCE(deletion_asked, ?) ELSE deletion_asked END WHERE username = ?",
+            "UPDATE user SET closed = COALESCE(closed, ?), suspended = 1, deletion_asked = CASE "
+            "WHEN ? THEN COALESCE(deletion_asked, ?) ELSE deletion_asked END WHERE username = ?",
             (now, asked, now, username)).rowcount > 0
 
     def delete(self, username: str) -> None:

@@ -307,6 +307,8 @@ def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Se
         assert "pat-a" in _steps(dry, "accounts", "close")
         assert _run(server).lines() == dry.lines()
         assert Users(users).check_password("pat-a", "a long enough password") is None  # closed
+        closed = Users(users).get("pat-a")
+        assert closed is not None and closed.suspended  # its refresh tokens stop too
         assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
     with on(date(2029, 2, 8)):  # exportable 30 days
         assert _steps(_run(server), "accounts", "erase") == []
