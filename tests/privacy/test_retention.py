@@ -207,16 +207,25 @@ def test_an_erasure_under_a_legal_hold_pseudonymises_and_says_why(server: Server
         assert [t for t, _ in plan.kept] == [f"Patient/{archived[0]['id']}"]
 
 
+def _directive(id: str, code: str, person: str | None = None) -> dict[str, Any]:
+    """Patient/b's post-mortem directive `code`, for `person` (docs/privacy.md)."""
+    system = "https://oncotrials.example.org/fhir/CodeSystem/post-mortem-directive"
+    consent: dict[str, Any] = {
+        "resourceType": "Consent", "id": id, "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "adr"}]},
+        "category": [{"coding": [{"system": system, "code": "post-mortem-directive"}]}],
+        "patient": {"reference": "Patient/b"},
+        "policyRule": {"coding": [{"system": system, "code": code}]}}
+    if person:
+        consent["provision"] = {"actor": [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+            "code": "IRCP"}]}, "reference": {"reference": person}}]}
+    return consent
+
+
 def test_a_post_mortem_directive_to_erase_applies_once_the_patient_is_deceased(server: Server) -> None:
-    directive = {"resourceType": "Consent", "id": "pm1", "status": "active",
-                 "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                                       "code": "adr"}]},
-                 "category": [{"coding": [{"system": "https://oncotrials.example.org/fhir/CodeSystem/"
-                                           "post-mortem-directive", "code": "post-mortem-directive"}]}],
-                 "patient": {"reference": "Patient/b"},
-                 "policyRule": {"coding": [{"system": "https://oncotrials.example.org/fhir/"
-                                            "CodeSystem/post-mortem-directive", "code": "erase"}]}}
-    _put(server, directive)
+    _put(server, _directive("pm1", "erase"))
     assert _steps(_run(server, dry_run=True), "post-mortem", "erase") == []
     _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": True})
     dry = _run(server, dry_run=True)
@@ -353,17 +362,7 @@ def test_backups_go_after_30_days(sqlite_server: Server) -> None:
 def test_a_post_mortem_directive_to_communicate_notifies_the_named_person_once(server: Server) -> None:
     _put(server, {"resourceType": "RelatedPerson", "id": "rp1", "patient": {"reference": "Patient/b"},
                   "name": [{"family": "Keep"}]})
-    _put(server, {"resourceType": "Consent", "id": "pm2", "status": "active",
-                  "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                                        "code": "adr"}]},
-                  "category": [{"coding": [{"system": "https://oncotrials.example.org/fhir/CodeSystem/"
-                                            "post-mortem-directive", "code": "post-mortem-directive"}]}],
-                  "patient": {"reference": "Patient/b"},
-                  "policyRule": {"coding": [{"system": "https://oncotrials.example.org/fhir/"
-                                             "CodeSystem/post-mortem-directive", "code": "communicate"}]},
-                  "provision": {"actor": [{"role": {"coding": [{
-                      "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                      "code": "IRCP"}]}, "reference": {"reference": "RelatedPerson/rp1"}}]}})
+    _put(server, _directive("pm2", "communicate", "RelatedPerson/rp1"))
     _put(server, {**patient(family="Keep", gender="male"), "id": "b",
                   "deceasedDateTime": "2027-02-01"})
     assert _steps(_run(server), "post-mortem", "communicate") == ["Patient/b"]
