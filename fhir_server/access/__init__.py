@@ -11,7 +11,7 @@ from .delegation import Delegation, delegation
 from .codes import FAILURE_WINDOW, MAX_FAILURES, CodeCheck, ConfirmationCodes
 from .policy import Decision, compartment_clause, decide
 from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
-from .study_match import View, inverse_view
+from .study_match import View, inverse_view, linked
 from .scopes import (
     CONTEXT_SCOPES,
     LEVELS,
@@ -52,6 +52,7 @@ __all__ = [
     "decide",
     "delegation",
     "inverse_view",
+    "linked",
     "parse_scope",
     "parse_scopes",
     "required_permission",

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from ..access import View, inverse_view
+from ..access import View, inverse_view, linked
 from ..access import consent as consents
 from .context import Context
-from .reach import resources
+from .reach import current, resources
 from ..search import parse_query
 
-__all__ = ["Agreements", "View", "agreements", "counted", "owner", "prescreened", "view"]
+__all__ = ["Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
 
 Agreements = dict[str, list[dict[str, Any]]]  # active Consents by patient id
 PAGE = 1000
@@ -23,6 +23,26 @@ PAGE = 1000
 def view(ctx: Context) -> View | None:
     """What the caller sees of an inverse match; None: answer as for a missing study."""
     return inverse_view(ctx.principal)
+
+
+async def visible(ctx: Context, study_id: str) -> View | None:
+    """What the caller sees of ResearchStudy/`study_id`'s inverse match: `view`, narrowed
+    for an investigator to the studies they are linked to (access/study_match.py `linked`),
+    read from the store whatever the caller's own access: the links decide, they are not
+    the caller's request. None for a study that does not exist, too."""
+    seen = view(ctx)
+    if seen is not View.COUNTS:
+        return seen
+    principal = ctx.principal
+    assert principal is not None
+    study = await current(ctx, f"ResearchStudy/{study_id}")
+    if study is None:
+        return None
+    identities = {r: body for r in principal.recipients or () if (body := await current(ctx, r)) is not None}
+    places = [r for s in study.get("site", []) if isinstance(s, dict)
+              and isinstance(r := s.get("reference"), str) and r.startswith("Location/")]
+    sites = [body for r in places if (body := await current(ctx, r)) is not None]
+    return seen if linked(principal, study, identities, sites) else None
 
 
 async def agreements(ctx: Context) -> Agreements:

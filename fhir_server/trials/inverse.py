@@ -79,7 +79,7 @@ def _count(body: dict[str, Any], max_count: int) -> int | None:
 
 async def match(ctx: Context, study_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """The inverse match (module docstring)."""
-    view = study_access.view(ctx)
+    view = await study_access.visible(ctx, study_id)
     if view is None:  # before anything is read: the same answer whether the study exists or not
         raise hidden("ResearchStudy", study_id)
     if body.get("resourceType") != "Parameters":

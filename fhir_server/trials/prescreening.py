@@ -47,7 +47,7 @@ async def ask_referral(ctx: Context, study_id: str, body: dict[str, Any]) -> dic
     asker is named in its text). The answer says how many physicians were asked, never who
     the patient is. 404 for a pseudonym that names no patient allowing pre-screening for the
     study, and for callers other than investigators (as for a missing study)."""
-    if study_access.view(ctx) is not study_access.View.COUNTS:
+    if await study_access.visible(ctx, study_id) is not study_access.View.COUNTS:
         raise hidden("ResearchStudy", study_id)
     if body.get("resourceType") != "Parameters":
         raise match_parameters.invalid("resourceType", "the body is a Parameters resource")

@@ -86,11 +86,15 @@ def build(client: TestClient) -> None:
 
     for reference in (DR, OTHER_DR, INVESTIGATOR, "Practitioner/admin", "Practitioner/member"):
         put({"resourceType": "Practitioner", "id": reference.split("/")[1], "active": True})
+    put({"resourceType": "Organization", "id": "chu-lyon", "active": True, "name": "CHU Lyon"})
+    put({**location("lyon", postal="69003"), "managingOrganization": {"reference": "Organization/chu-lyon"}})
+    # The investigator works at the studies' site; the site system's team belongs to the
+    # Organization managing it (access/study_match.py `linked`).
     put({"resourceType": "PractitionerRole", "id": "inv-match-role", "active": True,
-         "practitioner": {"reference": INVESTIGATOR}})
+         "practitioner": {"reference": INVESTIGATOR}, "location": [{"reference": "Location/lyon"}]})
     put({"resourceType": "CareTeam", "id": "inv-team", "status": "active",
-         "participant": [{"member": {"reference": "Practitioner/member"}}]})
-    put(location("lyon", postal="69003"))
+         "participant": [{"member": {"reference": "Practitioner/member"}}],
+         "managingOrganization": [{"reference": "Organization/chu-lyon"}]})
     for id in (STUDY, "s2"):
         put(group(f"{id}-criteria", *CRITERIA))
         put(study(id, "phase-2", [site("lyon", "recruiting", RECENT)]))
