@@ -106,6 +106,13 @@ def sharing(consents: Iterable[dict[str, Any]], today: str) -> dict[str, Any] | 
     return permit(consents, RESEARCH, None, today)
 
 
+def refused_recipients(consents: Iterable[dict[str, Any]], recipients: Iterable[str], today: str) -> list[str]:
+    """Those of `recipients` a research deny in force applies to: the patient refuses their
+    record to them (a deny naming nobody, refusing everyone, is `sharing`'s concern)."""
+    consents = list(consents)
+    return [r for r in recipients if refused(consents, RESEARCH, r, today)]
+
+
 def physicians(consents: Iterable[dict[str, Any]], today: str) -> set[str]:
     """The practitioners a patient's Consents let reach their record today (their referring
     physicians: the only ones a patient may write to)."""

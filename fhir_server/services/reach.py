@@ -134,6 +134,12 @@ async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     return consents.sharing(both.get(patient, []), today())
 
 
+async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:
+    """Those of `recipients` a research Consent of `patient` in force refuses their record to."""
+    found = await patient_consents(ctx, [patient], RESEARCH)
+    return consents.refused_recipients(found.get(patient, []), recipients, today())
+
+
 async def represented(ctx: Context, related_person: str) -> list[str]:
     """Ids of the patients `related_person` (`RelatedPerson/<id>`) legally represents today."""
     person = await current(ctx, related_person)

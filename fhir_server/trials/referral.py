@@ -109,6 +109,7 @@ async def refer(ctx: Context, study_id: str, body: dict[str, Any]) -> Version:
         raise fail(Kind.FORBIDDEN, "forbidden",
                    "The patient has not agreed to sharing their record with trial investigators "
                    "(no research Consent in force): the referral is not sent.")
+    await snapshot.check_recipients(server, patient, recipients)
     frozen = await snapshot.freeze(server, patient, new_id())
     sent = clock.instant()
     referral = {

@@ -83,3 +83,12 @@ async def freeze(ctx: Context, patient: str, id: str) -> dict[str, Any]:
         "entry": [{"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r}
                   for r in resources],
     }
+
+
+async def check_recipients(ctx: Context, patient: str, recipients: list[str]) -> None:
+    """FORBIDDEN, nothing sent to anyone, when a research Consent of the patient in force
+    denies one of `recipients` their record ($refer and $update-record alike)."""
+    refused = await reach.refused_recipients(ctx, patient, recipients)
+    if refused:
+        raise fail(Kind.FORBIDDEN, "forbidden", "The patient's research Consent refuses their record to "
+                   f"{', '.join(refused)}: nothing is sent.")

@@ -153,6 +153,7 @@ async def send_update(ctx: Context, referral_id: str) -> Version:
     if await reach.sharing_consent(server, patient) is None:
         raise fail(Kind.FORBIDDEN, "forbidden", "The patient's consent to sharing their record "
                    "with trial investigators is no longer in force: nothing is sent.")
+    await snapshot.check_recipients(server, patient, [r["reference"] for r in referral.get("recipient", [])])
     frozen = await snapshot.freeze(server, patient, new_id())
     writes = [ServerWrite(frozen)]
     for bundle_id in reach.snapshot_ids([referral]):
