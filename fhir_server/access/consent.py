@@ -187,10 +187,12 @@ def prescreening(consents: Iterable[dict[str, Any]], study: str, today: str) -> 
 
 def counted(consents: Iterable[dict[str, Any]], today: str) -> bool:
     """Whether a patient may be counted in a study's aggregate pre-screening figures: the
-    platform holds their record with their agreement (a patient-privacy permit in force) and
-    they have not objected (no deny naming nobody, in either scope)."""
+    platform holds their record with their agreement (a patient-privacy permit in force), they
+    agreed to research use of it (a research permit in force) and have not objected (no deny
+    naming nobody, in either scope)."""
     consents = list(consents)
-    return (not denied(consents, PRIVACY, None, today) and not denied(consents, RESEARCH, None, today)
+    return (not denied(consents, PRIVACY, None, today)
+            and permit(consents, RESEARCH, None, today) is not None
             and any((c.get("provision") or {}).get("type") == "permit"
                     and in_period(c.get("provision") or {}, today)
                     for c in _in_force(consents, PRIVACY)))

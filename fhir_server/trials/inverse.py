@@ -7,8 +7,8 @@ may know them (access/study_match.py; docs/matching.md, "Inverse match").
   (services/patient_record.py).
 - An investigator gets counts only, as a Parameters resource: how many patients may be
   eligible, per site and per criterion, among the patients the platform holds with their
-  agreement and who have not objected; a figure from 1 to MIN_COUNT - 1 is given as
-  `<MIN_COUNT`, so that no count singles anyone out. A patient whose active Consent allows
+  agreement and who have not objected, each a multiple of 5 under disclosure control and
+  refreshed once a day (inverse_counts.py). A patient whose active Consent allows
   pre-screening for this very study appears as a pseudonym (keyed by the server, stable per
   study), with verdicts and no evidence: a pseudonym opens nothing; the record reaches an
   investigator only when a physician refers the patient.
@@ -45,11 +45,10 @@ from .match import home
 from .match_render import coding, result_extension
 from .eligibility_codes import VERDICT_SYSTEM
 from .match_sites import nearest
-from .prescreening import pseudonym
+from . import inverse_counts
+from .prescreening import pseudonym, pseudonym_key
 
-MIN_COUNT = 5  # counts below this (but above 0) are given as "<MIN_COUNT"
 NAMES = ("count",)
-PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,99 +145,31 @@ async def _patients(ctx: Context, trial: Trial, catalogue: match_catalogue.Catal
     return bundle("searchset", entries, total=len(listed))
 
 
-Records = dict[str, list[tuple[str, dict[str, Any]]]]
-
-
-async def _population(ctx: Context, day: str) -> tuple[Records, study_access.Agreements]:
-    """The records of the patients an investigator's counts may include (study_access.counted),
-    read as the server, by patient id, and every patient's active Consents; each Patient
-    counted is noted on the request's audit trail."""
-    server = as_server(ctx)
-    agreements = await study_access.agreements(server)
-    records: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    query, _ = parse_query("Patient", [("_count", str(PAGE))], ctx.registry)
-    cursor = None
-    while True:
-        page = await ctx.store.search(query, cursor)
-        for version in page.matches:
-            if version.body is not None and study_access.counted(agreements, version.id, day):
-                note(ctx, version)
-                resource = orjson.loads(version.body)
-                records[version.id] = [(pinned(resource), resource)]
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    medications = {f"Medication/{m['id']}": m async for m in _every(server, "Medication", [])}
-    for resource_type in TYPES:
-        if resource_type in ("Patient", "Medication"):
-            continue
-        async for resource in _every(server, resource_type, []):
-            owner = study_access.owner(resource)
-            if owner in records:
-                records[owner].append((pinned(resource), resource))
-                target = (resource.get("medicationReference") or {}).get("reference", "")
-                if target in medications:
-                    records[owner].append((pinned(medications[target]), medications[target]))
-    return records, agreements
-
-
-def _every(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
-    return reach.resources(ctx, query)
-
-
-def _figure(name: str, value: int) -> dict[str, Any]:
-    """A count, or `<MIN_COUNT` when it is small enough to single someone out."""
-    if 0 < value < MIN_COUNT:
-        return {"name": name, "valueString": f"<{MIN_COUNT}"}
-    return {"name": name, "valueInteger": value}
-
-
 async def _counts(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue,
                   today: date) -> dict[str, Any]:
-    """The investigator's view: figures, and the pseudonyms of pre-screening candidates."""
-    day = today.isoformat()
-    records, agreements = await _population(ctx, day)
-    index = TrialIndex([trial])
+    """The investigator's view: the day's figures (inverse_counts.py), and the pseudonyms of
+    the pre-screening candidates, read live so that a withdrawal takes effect at once."""
+    key = pseudonym_key(ctx)
     study = f"ResearchStudy/{trial.study}"
-    verdicts: Counter[str] = Counter()
-    per_site: Counter[str] = Counter()
-    per_criterion: dict[str, Counter[str]] = defaultdict(Counter)
-    texts: dict[str, str] = {}
+    parameters = [{"name": "study", "valueReference": {"reference": study}},
+                  *inverse_counts.parameters(await inverse_counts.figures(ctx, trial, catalogue, today, key))]
+    server = as_server(ctx)
+    day = today.isoformat()
+    agreements = await study_access.agreements(server)
+    index = TrialIndex([trial])
     candidates: list[tuple[str, TrialResult]] = []
-    pruned = 0
-    for patient in sorted(records):
-        item = _judge(index, trial, patient, read_record(records[patient], today))
-        if item.result is None:
-            pruned += 1
+    for patient in sorted(agreements):
+        if not (study_access.counted(agreements, patient, day)
+                and study_access.prescreened(agreements, patient, study, day)):
             continue
-        for criterion in item.result.criteria:
-            per_criterion[criterion.key][criterion.verdict] += 1
-            texts[criterion.key] = criterion.text
-        verdicts[item.result.verdict] += 1
-        if item.result.verdict == INELIGIBLE:
-            continue
-        site, _ = nearest(catalogue.sites[trial.study], home(item.record), today, catalogue.max_age_days)
-        per_site[site.location if site is not None else ""] += 1
-        if study_access.prescreened(agreements, patient, study, day):
+        try:
+            item = await evaluated(server, index, trial, patient, today)
+        except FhirError as exc:
+            if exc.kind is Kind.NOT_FOUND:  # the Patient is deleted
+                continue
+            raise
+        if item.result is not None and item.result.verdict != INELIGIBLE:
             candidates.append((pseudonym(ctx, trial.study, patient), item.result))
-    parameters = [
-        {"name": "study", "valueReference": {"reference": study}},
-        _figure("population", len(records)), _figure("pruned", pruned),
-        _figure("evaluated", len(records) - pruned),
-        _figure("eligible", verdicts[ELIGIBLE]), _figure("undetermined", verdicts["undetermined"]),
-    ]
-    sites = sorted({s.location for s in catalogue.sites[trial.study]} | set(per_site) - {""})
-    parameters += [{"name": "site", "part": [{"name": "site", "valueReference": {"reference": s}},
-                                             _figure("may-be-eligible", per_site[s])]} for s in sites]
-    if per_site[""]:
-        parameters.append({"name": "site", "part": [
-            {"name": "site", "valueString": "no recruiting site placed near the patient"},
-            _figure("may-be-eligible", per_site[""])]})
-    parameters += [{"name": "criterion", "part": [
-        {"name": "key", "valueString": key}, {"name": "text", "valueString": texts[key]},
-        *(_figure(v, per_criterion[key][v]) for v in ("met", "not-met", "unknown", "not-applicable"))]}
-        for key in sorted(per_criterion, key=lambda k: [int(n) for n in k.split(".")])]
     for alias, result in sorted(candidates, key=lambda c: (RANK[c[1].verdict], -c[1].score, c[0])):
         parameters.append({"name": "candidate", "part": [
             {"name": "pseudonym", "valueString": alias},

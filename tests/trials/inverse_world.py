@@ -44,10 +44,11 @@ PATIENTS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "dot": ("C50.2", [consent("dot", actor=DR), consent("dot", "research", type="deny")]),
     "eve": ("C50.3", [consent("eve", actor=OTHER_DR)]),
     "fay": ("C50.5", []),
-    "gus": ("C34.1", [consent("gus", actor=DR)]),
+    "gus": ("C34.1", [consent("gus", actor=DR), consent("gus", "research")]),
     "hal": ("C50.8", [consent("hal", actor=DR), prescreening("hal"), consent("hal", type="deny")]),
 }
-COUNTED = ("ann", "bea", "cat", "eve", "gus")  # a privacy permit in force, no objection
+# A privacy and a research permit in force, no objection (Eve agreed to privacy only).
+COUNTED = ("ann", "bea", "cat", "gus")
 CRITERIA = [criterion("condition", coded(ICD10, "C50"), text="Breast cancer"),
             criterion("age", quantity(18, ">=", "a"), text="18 years or older")]
 

@@ -10,8 +10,21 @@ from typing import Any
 
 import pytest
 
-from fhir_server.trials import inverse
-from tests.trials.inverse_world import COUNTED, PATIENTS, STUDY, InverseWorld, inverse_world  # noqa: F401
+import dataclasses
+import weakref
+
+from fhir_server.access import Principal, Role, parse_scopes
+from fhir_server.services.context import Context
+from fhir_server.trials import inverse_counts
+from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, inverse_world  # noqa: F401
+
+
+def investigator_context(world: InverseWorld, fhir_user: str = INVESTIGATOR) -> Context:
+    """The server's context as an investigator's request would carry it."""
+    ctx = world.client.app.state.context  # type: ignore[attr-defined]
+    principal = Principal(Role.INVESTIGATOR, subject="inv", client_id="portal",
+                          grant=parse_scopes("user/*.rs"), fhir_user=fhir_user)
+    return dataclasses.replace(ctx, principal=principal)
 
 
 def _parameters(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -51,7 +64,8 @@ def test_the_physician_sees_their_consented_patients_explained(inverse_world: In
 @pytest.mark.parametrize("who", ["investigator", "site"])
 def test_an_investigator_gets_counts_and_pseudonyms_only(inverse_world: InverseWorld, who: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inverse, "MIN_COUNT", 1)  # show every figure, to check them
+    monkeypatch.setattr(inverse_counts, "BASE", 1)  # exact figures, to check them
+    monkeypatch.setattr(inverse_counts, "_SNAPSHOTS", weakref.WeakKeyDictionary())
     response = inverse_world.match(STUDY, who)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -59,13 +73,13 @@ def test_an_investigator_gets_counts_and_pseudonyms_only(inverse_world: InverseW
     found = _parameters(body)
     figures = {name: _value(found[name][0]) for name in ("population", "pruned", "evaluated",
                                                          "eligible", "undetermined")}
-    assert figures == {"population": len(COUNTED), "pruned": 1, "evaluated": 4, "eligible": 4,
+    assert figures == {"population": len(COUNTED), "pruned": 1, "evaluated": 3, "eligible": 3,
                        "undetermined": 0}
     [lyon] = [_parts(p) for p in found["site"]]
-    assert lyon == {"site": {"reference": "Location/lyon"}, "may-be-eligible": 4}
+    assert lyon == {"site": {"reference": "Location/lyon"}, "may-be-eligible": 3}
     criteria = [_parts(p) for p in found["criterion"]]
     assert [(c["key"], c["text"], c["met"], c["not-met"]) for c in criteria] == [
-        ("1", "Breast cancer", 4, 0), ("2", "18 years or older", 4, 0)]
+        ("1", "Breast cancer", 3, 0), ("2", "18 years or older", 3, 0)]
     # Bea allows pre-screening for this study: one pseudonymised candidate. Hal's consent says
     # so too, under a restriction of processing: not counted, not listed.
     [candidate] = [_parts(p) for p in found["candidate"]]
@@ -78,17 +92,22 @@ def test_an_investigator_gets_counts_and_pseudonyms_only(inverse_world: InverseW
     assert _parts(again["candidate"][0])["pseudonym"] == candidate["pseudonym"]
 
 
-def test_small_counts_are_not_given(inverse_world: InverseWorld) -> None:
+def test_every_figure_is_a_multiple_of_five_and_they_add_up(inverse_world: InverseWorld) -> None:
     found = _parameters(inverse_world.match(STUDY, "investigator").json())
-    assert found["population"][0] == {"name": "population", "valueInteger": 5}
-    assert found["eligible"][0] == {"name": "eligible", "valueString": "<5"}
-    assert found["pruned"][0] == {"name": "pruned", "valueString": "<5"}
-    assert found["undetermined"][0] == {"name": "undetermined", "valueInteger": 0}
+    counts = [p for p in inverse_world.match(STUDY, "investigator").json()["parameter"] if "part" not in p]
+    parts = [q for p in found["site"] + found["criterion"] for q in p["part"] if "valueInteger" in q]
+    assert all(p["valueInteger"] % 5 == 0 for p in counts + parts if "valueInteger" in p)
+    value = {name: _value(found[name][0]) for name in ("population", "pruned", "evaluated", "eligible",
+                                                        "undetermined")}
+    assert value["population"] == value["pruned"] + value["evaluated"]
+    assert sum(_parts(p)["may-be-eligible"] for p in found["site"]) == value["eligible"] + value["undetermined"]
+    for criterion in found["criterion"]:
+        assert sum(_parts(criterion)[v] for v in inverse_counts.VERDICTS) == value["evaluated"]
 
 
 def test_pseudonyms_differ_between_studies(inverse_world: InverseWorld) -> None:
     from fhir_server.trials.prescreening import pseudonym
-    ctx = inverse_world.client.app.state.context  # type: ignore[attr-defined]
+    ctx = investigator_context(inverse_world)
     assert pseudonym(ctx, "s1", "bea") != pseudonym(ctx, "s2", "bea")
     assert pseudonym(ctx, "s1", "bea") == pseudonym(ctx, "s1", "bea")
     assert pseudonym(ctx, "s1", "bea") != pseudonym(ctx, "s1", "ann")
@@ -165,7 +184,7 @@ def test_an_investigator_asks_the_physicians_of_a_candidate_to_refer(inverse_wor
     assert request["recipient"] == [{"reference": "Practitioner/dr-inv-match"}]
     assert "sender" not in request and request["payload"][1] == {"contentString": "Slot in January."}
     assert _requests(inverse_world, "investigator") == []  # the investigator cannot read it back
-    ctx = inverse_world.client.app.state.context  # type: ignore[attr-defined]
+    ctx = investigator_context(inverse_world)
     for who, alias, study in (("investigator", "made-up", STUDY),
                               ("investigator", pseudonym(ctx, STUDY, "ann"), STUDY),  # no pre-screening
                               ("investigator", pseudonym(ctx, "s2", "bea"), "s2"),  # not for s2

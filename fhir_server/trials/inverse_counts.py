@@ -1,0 +1,189 @@
+"""The figures an investigator sees of the inverse match (trials/inverse.py), under disclosure
+control (docs/matching.md, "Disclosure control").
+
+- **Controlled rounding.** Patients are grouped into cells by everything a figure can tell
+  about them: pruned by the index, or their verdict, the recruiting site nearest them and
+  each criterion's verdict. Each cell's size is rounded to a multiple of BASE (up or down,
+  never further than the next multiple; an exact multiple stays), unbiased, the draw an HMAC
+  of the cell and of its patients under the server's key: the same patients always round
+  the same way, so asking again tells nothing more. Every published figure is then the sum
+  of the rounded cells it covers. So the figures are exactly those of a world whose cells
+  are the rounded ones: whatever one adds or subtracts (population - evaluated, a
+  criterion's verdicts, the sites), that world is as consistent with them as the real one,
+  and in it every figure is a multiple of BASE: no count from 1 to BASE - 1 can be worked
+  out exactly.
+- **Daily snapshot.** The figures of a study are computed once a day (UTC) per process and
+  served from memory until the day changes, so that two calls around one new consent
+  answer alike (differencing them would single out the newcomer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import weakref
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import orjson
+
+from ..search import parse_query
+from ..services import reach, study_access
+from ..services.context import Context
+from ..services.guard import note
+from ..services.server_writes import as_server
+from ..store.base import Store, Version
+from . import match_catalogue
+from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, evaluate, pinned, read_record
+from .eligibility_record import TYPES
+from .match import home
+from .match_sites import nearest
+
+BASE = 5  # every published count is a multiple of this
+VERDICTS = ("met", "not-met", "unknown", "not-applicable")
+NO_SITE = ""  # patients placed near no recruiting site
+PAGE = 1000
+Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One study's snapshot: the rounded cells, the criteria texts, the Patients counted."""
+
+    day: str
+    cells: dict[Cell, int]
+    texts: dict[str, str]
+    sites: tuple[str, ...]
+    counted: tuple[Version, ...]
+
+
+_SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, Figures]] = weakref.WeakKeyDictionary()
+
+
+def rounded(key: bytes, cell: Cell, members: list[str]) -> int:
+    """The size of `cell` rounded to an adjacent multiple of BASE, up with probability
+    (size mod BASE) / BASE: unbiased, and drawn from the cell and its members alone."""
+    low, rest = divmod(len(members), BASE)
+    if rest == 0:
+        return len(members)
+    digest = hmac.new(key, "\x00".join([*cell, "|", *sorted(members)]).encode(), hashlib.sha256).digest()
+    return (low + (int.from_bytes(digest[:8], "big") % BASE < rest)) * BASE
+
+
+async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
+                  key: bytes) -> Figures:
+    """The study's snapshot of `today`, computed on the first call of the day; each Patient
+    it counts is noted on the request's audit trail."""
+    day = today.isoformat()
+    store = getattr(ctx.store, "inner", ctx.store)  # the app's store under a request's AuditedStore
+    kept = _SNAPSHOTS.setdefault(store, {})
+    found = kept.get(trial.study)
+    if found is None or found.day != day:
+        found = kept[trial.study] = await _compute(ctx, trial, catalogue, today, key)
+    for version in found.counted:
+        note(ctx, version)
+    return found
+
+
+async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
+                   key: bytes) -> Figures:
+    records, counted = await _population(ctx, today.isoformat())
+    index = TrialIndex([trial])
+    members: dict[Cell, list[str]] = defaultdict(list)
+    texts: dict[str, str] = {}
+    for patient in sorted(records):
+        record = read_record(records[patient], today)
+        _, pruned = index.candidates(record)
+        if pruned:
+            members[("pruned",)].append(patient)
+            continue
+        result = evaluate(trial, record)
+        texts.update((c.key, c.text) for c in result.criteria)
+        site = NO_SITE
+        if result.verdict != INELIGIBLE:
+            found, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
+            site = found.location if found is not None else NO_SITE
+        cell = (result.verdict, site, *(f"{c.key}={c.verdict}" for c in result.criteria))
+        members[cell].append(patient)
+    cells = {cell: rounded(key, (trial.study, *cell), ids) for cell, ids in members.items()}
+    sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
+    return Figures(today.isoformat(), cells, texts, sites, counted)
+
+
+def parameters(found: Figures) -> list[dict[str, Any]]:
+    """The figures as Parameters parameters, each a sum of rounded cells."""
+    evaluated = {cell: n for cell, n in found.cells.items() if cell != ("pruned",)}
+    verdicts: Counter[str] = Counter()
+    per_site: Counter[str] = Counter()
+    per_criterion: dict[str, Counter[str]] = defaultdict(Counter)
+    for (verdict, site, *criteria), n in evaluated.items():
+        verdicts[verdict] += n
+        if verdict != INELIGIBLE:
+            per_site[site] += n
+        for item in criteria:
+            criterion, _, value = item.partition("=")
+            per_criterion[criterion][value] += n
+    pruned = found.cells.get(("pruned",), 0)
+    total = sum(evaluated.values())
+    out = [_count("population", pruned + total), _count("pruned", pruned), _count("evaluated", total),
+           _count("eligible", verdicts[ELIGIBLE]), _count("undetermined", verdicts["undetermined"])]
+    sites = sorted(set(found.sites) | set(per_site) - {NO_SITE})
+    out += [{"name": "site", "part": [{"name": "site", "valueReference": {"reference": s}},
+                                      _count("may-be-eligible", per_site[s])]} for s in sites]
+    if per_site[NO_SITE]:
+        out.append({"name": "site", "part": [
+            {"name": "site", "valueString": "no recruiting site placed near the patient"},
+            _count("may-be-eligible", per_site[NO_SITE])]})
+    out += [{"name": "criterion", "part": [
+        {"name": "key", "valueString": key}, {"name": "text", "valueString": found.texts[key]},
+        *(_count(v, per_criterion[key][v]) for v in VERDICTS)]}
+        for key in sorted(per_criterion, key=lambda k: [int(n) for n in k.split(".")])]
+    return out
+
+
+def _count(name: str, value: int) -> dict[str, Any]:
+    return {"name": name, "valueInteger": value}
+
+
+Records = dict[str, list[tuple[str, dict[str, Any]]]]
+
+
+async def _population(ctx: Context, day: str) -> tuple[Records, tuple[Version, ...]]:
+    """The records of the patients an investigator's counts may include (study_access.counted),
+    read as the server, by patient id, and the Patient versions counted."""
+    server = as_server(ctx)
+    agreements = await study_access.agreements(server)
+    records: Records = {}
+    counted: list[Version] = []
+    query, _ = parse_query("Patient", [("_count", str(PAGE))], ctx.registry)
+    cursor = None
+    while True:
+        page = await ctx.store.search(query, cursor)
+        for version in page.matches:
+            if version.body is not None and study_access.counted(agreements, version.id, day):
+                counted.append(version)
+                resource = orjson.loads(version.body)
+                records[version.id] = [(pinned(resource), resource)]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    medications = {f"Medication/{m['id']}": m async for m in _every(server, "Medication")}
+    for resource_type in TYPES:
+        if resource_type in ("Patient", "Medication"):
+            continue
+        async for resource in _every(server, resource_type):
+            owner = study_access.owner(resource)
+            if owner in records:
+                records[owner].append((pinned(resource), resource))
+                target = (resource.get("medicationReference") or {}).get("reference", "")
+                if target in medications:
+                    records[owner].append((pinned(medications[target]), medications[target]))
+    return records, tuple(counted)
+
+
+def _every(ctx: Context, resource_type: str) -> AsyncIterator[dict[str, Any]]:
+    query, _ = parse_query(resource_type, [("_count", str(PAGE))], ctx.registry)
+    return reach.resources(ctx, query)

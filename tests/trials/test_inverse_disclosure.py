@@ -1,0 +1,185 @@
+"""Disclosure control of the investigator's counts (trials/inverse_counts.py), per-investigator
+pseudonyms and one referral request per candidate (trials/prescreening.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings, strategies as st
+
+from fhir_server.trials import inverse_counts
+from fhir_server.trials.inverse_counts import BASE, Cell, Figures, parameters, rounded
+from tests.builders import consent
+from tests.http.helpers import send
+from tests.trials.conftest import served
+from tests.trials.eligibility_builders import condition, patient
+from tests.trials.inverse_world import DR, STUDY, TEAM, InverseWorld, build
+from tests.trials.test_inverse_match import _parameters, _parts, _value
+
+KEY = b"k" * 32
+
+
+@pytest.fixture()
+def world(tmp_path_factory: pytest.TempPathFactory, signing_keys: bytes,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[InverseWorld]:
+    monkeypatch.setattr(inverse_counts, "_SNAPSHOTS", weakref.WeakKeyDictionary())
+    with served("sqlite", tmp_path_factory.mktemp("disclosure"), signing_keys) as client:
+        build(client)
+        client.app.state.oauth.registry.add_backend_client(  # type: ignore[attr-defined]
+            "site", "system/*.rs", jwks={"keys": []}, acts_for=[TEAM])
+        yield InverseWorld(client)
+
+
+def _add_patient(client: TestClient, id: str, birth: bool = True) -> None:
+    body = {**patient(id=id), "address": [{"postalCode": "75013"}]}
+    if not birth:
+        body.pop("birthDate", None)
+    for resource in (body, {**condition("C50.4", id=f"{id}-c"), "subject": {"reference": f"Patient/{id}"}},
+                     {**consent(id, actor=DR), "id": f"{id}-k0"}, {**consent(id, "research"), "id": f"{id}-k1"}):
+        r = send(client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource)
+        assert r.status_code in (200, 201), r.text
+
+
+def _figures(world: InverseWorld, who: str = "investigator") -> dict[str, Any]:
+    r = world.match(STUDY, who)
+    assert r.status_code == 200, r.text
+    found = _parameters(r.json())
+    out: dict[str, Any] = {n: _value(found[n][0]) for n in ("population", "pruned", "evaluated", "eligible",
+                                                            "undetermined")}
+    out["criteria"] = {c["key"]: c for c in (_parts(p) for p in found.get("criterion", []))}
+    out["candidates"] = [_parts(p)["pseudonym"] for p in found.get("candidate", [])]
+    return out
+
+
+# Controlled rounding, checked against every world an attacker cannot rule out.
+
+CELLS: tuple[Cell, ...] = (("pruned",), ("eligible", "Location/a", "1=met"),
+                           ("undetermined", "", "1=unknown"))
+SITES = ("Location/a",)
+
+
+def _published(sizes: tuple[int, ...], draw: tuple[bool, ...] | None = None) -> list[dict[str, Any]]:
+    """The parameters for a world of these cell sizes: rounded by the server's rule, or, with
+    `draw`, each cell rounded down (False) or up (True) as the draw says."""
+    cells = {}
+    for cell, size, up in zip(CELLS, sizes, draw or (None,) * len(CELLS)):
+        members = [f"{cell[0]}-{n}" for n in range(size)]
+        low = size // BASE * BASE
+        cells[cell] = rounded(KEY, cell, members) if up is None else (
+            size if size % BASE == 0 else low + BASE * up)
+    return parameters(Figures("2026-12-06", cells, {"1": "Breast cancer"}, SITES, ()))
+
+
+def _figures_of(published: list[dict[str, Any]]) -> dict[str, int]:
+    """Every published count by a path name (site and criterion parts flattened)."""
+    found = {}
+    for parameter in published:
+        if "valueInteger" in parameter:
+            found[parameter["name"]] = parameter["valueInteger"]
+        for n, part in enumerate(parameter.get("part", [])):
+            if "valueInteger" in part:
+                found[f"{parameter['name']}.{parameter['part'][0].get('valueString', n)}.{part['name']}"] = \
+                    part["valueInteger"]
+    return found
+
+
+def _exact(sizes: tuple[int, ...]) -> dict[str, int]:
+    """The figures of a world of these cell sizes, unrounded."""
+    return _figures_of(parameters(Figures("d", dict(zip(CELLS, sizes)), {"1": "Breast cancer"}, SITES, ())))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.tuples(*(st.integers(0, 9) for _ in CELLS)))
+def test_no_published_figure_lets_one_recompute_a_small_count(sizes: tuple[int, ...]) -> None:
+    """Every world whose cells could round to what is published (each cell at most BASE - 1
+    away) is one an attacker cannot rule out: each figure of 1 to BASE - 1 in the real world
+    takes another value in one of them, however the figures are added or subtracted."""
+    seen = _figures_of(_published(sizes))
+    assert all(v % BASE == 0 for v in seen.values())
+    exact = _exact(sizes)
+    others: dict[str, set[int]] = {}
+    for candidate in itertools.product(range(0, 12), repeat=len(CELLS)):
+        for draw in itertools.product((False, True), repeat=len(CELLS)):
+            if _figures_of(_published(candidate, draw)) == seen:
+                for name, value in _exact(candidate).items():
+                    others.setdefault(name, set()).add(value)
+                break
+    for name, value in exact.items():
+        assert value in others.get(name, set())  # the real world is among them
+        if 0 < value < BASE:
+            assert others[name] - {value}, f"{name} = {value} can be worked out from {seen}"
+
+
+def test_rounding_is_unbiased_and_stable() -> None:
+    members = [f"p{n}" for n in range(7)]
+    assert rounded(KEY, ("c",), members) == rounded(KEY, ("c",), list(reversed(members)))
+    assert rounded(KEY, ("c",), members[:5]) == 5
+    draws = [rounded(KEY, (f"cell-{n}",), ["a"]) for n in range(2000)]
+    assert set(draws) == {0, 5} and 0.15 < draws.count(5) / len(draws) < 0.25  # up 1 time in 5
+
+
+def test_complementary_figures_do_not_single_out_a_patient(world: InverseWorld) -> None:
+    """The reviewer's subtraction: population - evaluated and a criterion's cells against
+    evaluated no longer give 1 (the lung patient pruned; the patient of unknown age)."""
+    for n in range(5):
+        _add_patient(world.client, f"x{n}")
+    _add_patient(world.client, "nobirth", birth=False)
+    found = _figures(world)
+    age = found["criteria"]["2"]
+    assert found["population"] - found["evaluated"] == found["pruned"]
+    assert found["evaluated"] - age["met"] - age["not-met"] - age["not-applicable"] == age["unknown"]
+    assert found["pruned"] % BASE == 0 and age["unknown"] % BASE == 0
+
+
+def test_two_calls_around_one_consent_answer_alike_until_the_next_day(
+        world: InverseWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inverse_counts, "BASE", 1)  # exact figures: the newcomer would show
+    before = _figures(world)
+    _add_patient(world.client, "newcomer", birth=False)
+    assert _figures(world) == before
+    for kept in inverse_counts._SNAPSHOTS.values():  # as if the day had changed since
+        for study, figures in kept.items():
+            kept[study] = dataclasses.replace(figures, day="2000-01-01")
+    after = _figures(world)
+    assert after["population"] == before["population"] + 1
+
+
+# Pseudonyms per investigator; one referral request per candidate.
+
+def _ask(world: InverseWorld, who: str, alias: str, note: str = "Slot in January.") -> Any:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "candidate", "valueString": alias},
+                                                        {"name": "note", "valueString": note}]}
+    return send(world.client, "POST", f"/fhir/ResearchStudy/{STUDY}/$ask-referral", body, **world.headers(who))
+
+
+def _requests(world: InverseWorld) -> list[dict[str, Any]]:
+    found = world.client.get("/fhir/Communication?subject=Patient/bea&_count=100",
+                             headers=world.headers("ehr")).json()
+    return [e["resource"] for e in found.get("entry", [])]
+
+
+def test_each_investigator_sees_their_own_pseudonyms(world: InverseWorld) -> None:
+    [mine] = _figures(world, "investigator")["candidates"]
+    [theirs] = _figures(world, "site")["candidates"]
+    assert mine != theirs
+    assert _ask(world, "site", mine).status_code == 404  # another's pseudonym names nobody
+    assert _ask(world, "site", theirs).status_code == 200
+
+
+def test_an_investigator_asks_once_per_candidate(world: InverseWorld) -> None:
+    [alias] = _figures(world)["candidates"]
+    assert _ask(world, "investigator", alias, "x" * 2001).status_code == 400
+    assert _requests(world) == []
+    first = _ask(world, "investigator", alias)
+    assert first.json()["issue"][0]["diagnostics"] == "1 referring physician(s) asked."
+    for _ in range(3):
+        again = _ask(world, "investigator", alias)
+        assert again.status_code == 200
+        assert "already asked" in again.json()["issue"][0]["diagnostics"]
+    assert len(_requests(world)) == 1
