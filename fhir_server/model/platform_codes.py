@@ -16,6 +16,8 @@ RIGHT_SYSTEM = f"{CANONICAL}/CodeSystem/data-subject-right"  # Task.code of righ
 REGISTER_SYSTEM = f"{CANONICAL}/CodeSystem/privacy-register"
 BREACH, DISCLOSURE = "breach", "disclosure"
 PATIENT_VISIBLE = "patient-visible"  # meta.tag of a disclosure the law lets the patient see
+# A drafted eligibility Group's review (trials/criteria_review.py): written by the server alone.
+ELIGIBILITY_REVIEW = f"{CANONICAL}/StructureDefinition/eligibility-review"
 REFERRAL_IDENTIFIER = f"{CANONICAL}/referral"  # ResearchSubject.identifier: the referral's id
 TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"

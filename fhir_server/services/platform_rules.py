@@ -27,6 +27,8 @@ async def check_write(ctx: Context, resource_type: str, resource: dict[str, Any]
         await check_recorded_consent(ctx, resource)
     elif resource_type == "Communication":
         await check_message(ctx, resource)
+    elif resource_type == "Group":
+        await check_review(ctx, resource)
     await sealed.check_write(ctx, resource_type, resource)
 
 
@@ -85,6 +87,47 @@ async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
     if lapsed:
         raise _forbidden("This agreement was withdrawn, refused or has ended: only the patient "
                          "(or their representative) can give it again.")
+
+
+def _review(group: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [e for e in (group or {}).get("extension", []) if e.get("url") == codes.ELIGIBILITY_REVIEW]
+
+
+async def check_review(ctx: Context, group: dict[str, Any]) -> None:
+    """A drafted eligibility Group's review is the server's ($draft-criteria,
+    $approve-criteria): a client keeps it as stored, but for one change: editing an approved
+    Group's criteria sets it back to `draft` (its `study` kept, no `by` nor `at`), so that
+    no criteria reach matching without a person's approval. UNPROCESSABLE otherwise."""
+    principal = ctx.principal
+    if principal is None or principal.server:
+        return
+    stored = await reach.current(ctx, f"Group/{group['id']}") if isinstance(group.get("id"), str) else None
+    before, after = _review(stored), _review(group)
+    if after == before:
+        if before and stored is not None and group.get("characteristic") != stored.get("characteristic") \
+                and review_parts(group).get("status") == "approved":
+            raise _unprocessable("These criteria were approved: editing them sets the review back to "
+                                 "draft (status 'draft', no 'by' nor 'at'), then $approve-criteria.")
+        return
+    old, new = review_parts(stored or {}), review_parts(group)
+    if old.get("status") == "approved" and new == {"status": "draft", "study": old.get("study")}:
+        return
+    raise _unprocessable("The eligibility-review extension is the server's: drafts are made with "
+                         "ResearchStudy/{id}/$draft-criteria and approved with Group/{id}/$approve-criteria.")
+
+
+def review_parts(group: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Group's (first) review extension (`status`, `study`, `by`, `at`) by
+    name; {} if none."""
+    for extension in _review(group):
+        return {p.get("url"): next((v for k, v in p.items() if k.startswith("value")), None)
+                for p in extension.get("extension", [])}
+    return {}
+
+
+def _unprocessable(message: str) -> Exception:
+    return fail(Kind.UNPROCESSABLE, "business-rule", message,
+                expression=f"Group.extension.where(url='{codes.ELIGIBILITY_REVIEW}')")
 
 
 def may_attest(principal: Principal) -> bool:

@@ -9,6 +9,10 @@
   approves a draft, as it stands or as they edited it (a normal update of the Group first):
   the review becomes `approved`, `by` them, `at` now, and the study's `enrollment` gains the
   Group, in one unit of work; from then on matching reads it.
+- The review extension is the server's: a client's write that sets or changes it is refused
+  (422, services/platform_rules.py), except that editing an approved Group's criteria must
+  set it back to `draft` (same study, no `by` nor `at`): matching stops reading the Group
+  until a person approves it again.
 
 Drafting is for the catalogue's curators: a platform administrator or a system client (no
 patient in context) whose scopes allow creating Groups; approving for a person, an
@@ -23,8 +27,9 @@ from typing import Any
 import orjson
 
 from .. import clock
+from ..model import platform_codes as codes
 from ..model.errors import Kind, fail
-from ..services import crud, server_writes
+from ..services import crud, platform_rules, server_writes
 from ..services.context import Context, Payload
 from ..services.guard import decision, hidden
 from ..model.ids import new_id
@@ -32,21 +37,17 @@ from ..services.server_writes import ServerWrite, as_server
 from ..store.base import Version
 from . import match_parameters
 from .drafting import characteristic, draft as drafted
-from .eligibility_codes import OURS, PROFILE
+from .eligibility_codes import PROFILE
 from .eligibility_format import is_eligibility_group
 
-REVIEW_URL = f"{OURS}/StructureDefinition/eligibility-review"
+REVIEW_URL = codes.ELIGIBILITY_REVIEW
 DRAFT, APPROVED = "draft", "approved"
 MAX_TEXT = 100_000
 
 
 def review(group: dict[str, Any]) -> dict[str, Any]:
     """The review parts of a Group (`status`, `study`, `by`, `at`) by name; {} if none."""
-    for extension in group.get("extension", []):
-        if extension.get("url") == REVIEW_URL:
-            return {p.get("url"): next((v for k, v in p.items() if k.startswith("value")), None)
-                    for p in extension.get("extension", [])}
-    return {}
+    return platform_rules.review_parts(group)
 
 
 def is_draft(group: dict[str, Any]) -> bool:
@@ -151,7 +152,9 @@ async def approve(ctx: Context, group_id: str) -> Version:
         resource.pop("meta", None)
         if claims:
             resource["meta"] = claims
-    study["enrollment"] = [*study.get("enrollment", []), {"reference": f"Group/{group_id}"}]
+    enrolled = {e.get("reference") for e in study.get("enrollment", [])}
+    if f"Group/{group_id}" not in enrolled:  # still enrolled if approved before, then edited
+        study["enrollment"] = [*study.get("enrollment", []), {"reference": f"Group/{group_id}"}]
     versions = await server_writes.commit(ctx, [ServerWrite(group, new=False, if_match=stored.version),
                                                 ServerWrite(study, new=False, if_match=study_version.version)])
     return versions[0]
