@@ -20,32 +20,26 @@ on the request's audit trail, so the AuditEvent names each patient the call touc
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
-
-import orjson
 
 from .. import clock
 from ..model.bundle import bundle
 from ..model.errors import FhirError, Issue, Kind
 from ..model.ids import new_id
 from ..model.outcome import operation_outcome
-from ..search import parse_query
-from ..services import crud, patient_record, reach, study_access
+from ..services import crud, patient_record, study_access
 from ..services.context import Context, Payload
-from ..services.guard import hidden, note
+from ..services.guard import hidden
 from ..services.server_writes import as_server
-from . import match_catalogue, match_parameters
-from .eligibility import ELIGIBLE, INELIGIBLE, RANK, Trial, TrialIndex, TrialResult, evaluate, pinned, read_record
+from . import inverse_counts, match_catalogue, match_parameters
+from .eligibility import INELIGIBLE, RANK, Trial, TrialIndex, TrialResult, evaluate, pinned, read_record
 from .eligibility_record import TYPES, Record
 from .match import home
 from .match_render import coding, result_extension
 from .eligibility_codes import VERDICT_SYSTEM
 from .match_sites import nearest
-from . import inverse_counts
 from .prescreening import pseudonym, pseudonym_key
 
 NAMES = ("count",)
