@@ -21,6 +21,13 @@ Query AST on its way to a store:
   `subject.identifier` is no more readable than under Patient.identifier.
 - `:missing`, `:not`, chains (`subject:Patient.name=`) and `_has` keep working: presence is
   kept and the rewrite follows the parameter into each target type.
+- fewer rows (they are most of what blind indexes cost, docs/blind-indexes.md): `phonetic`
+  is indexed exactly as `name` (search/params/string.py applies no phonetic algorithm), so
+  where both are protected it keeps no rows and its searches go to `name`'s. A `name` value
+  that is also a `family` or `given` value (an `address` value that is a city, state, postal
+  code or country) keeps no `name` (`address`) rows either: a search on `name` becomes
+  `name` OR `family` OR `given`, each on its own tokens; a resource left with no row of its
+  own keeps one presence row (the token of the empty prefix), so `:missing` is unchanged.
 
 What the digests reveal to a database reader is in docs/blind-indexes.md.
 """
@@ -58,7 +65,15 @@ PROTECTED_CODES: Final = (
     "address", "address-city", "address-country", "address-postalcode", "address-state",
     "address-use",
 )
+# A parameter whose rows would repeat another's, and that other: searched on its rows.
+SAME_ROWS: Final = {"phonetic": "name"}
+# A string parameter whose values include every value of these (same normalization): the
+# values they hold are searched on their rows, not repeated as its own.
+COVERED_BY: Final = {"name": ("family", "given"),
+                     "address": ("address-city", "address-state", "address-postalcode",
+                                 "address-country")}
 DEFAULT_PREFIX_CAP: Final = 32
+STRING_CACHE: Final = 1 << 14  # values whose string entries are kept (names, cities repeat)
 DEFAULT_SORT_LIMIT: Final = 10_000
 # Digest domains: a prefix of the normalized value, the exact value, a token code.
 PREFIX, EXACT, CODE = "p", "x", "c"
@@ -83,6 +98,7 @@ class BlindIndex:
         self.prefix_cap = prefix_cap
         self.sort_limit = sort_limit
         self._codes: dict[str, frozenset[str]] = {}
+        self._strings: dict[tuple[str, str, str, str], tuple[StringEntry, ...]] = {}
         for name in protected:
             rtype, _, code = name.partition(".")
             param = registry.get(rtype, code)
@@ -92,6 +108,12 @@ class BlindIndex:
                 raise ValueError(f"{name!r} is a {param.type} parameter: only string and token "
                                  "parameters can be blind-indexed")
             self._codes[rtype] = self._codes.get(rtype, frozenset()) | {code}
+        self._same_rows = {rtype: {code: other for code, other in SAME_ROWS.items()
+                                   if {code, other} <= codes}
+                           for rtype, codes in self._codes.items()}
+        self._covered_by = {rtype: {code: cover for code, others in COVERED_BY.items()
+                                    if code in codes and (cover := tuple(c for c in others if c in codes))}
+                            for rtype, codes in self._codes.items()}
         # Reference parameters whose target may be a type with a protected identifier: the
         # identifier of a logical reference to it is that same protected value.
         holders = {t for t, codes in self._codes.items() if "identifier" in codes}
@@ -117,34 +139,51 @@ class BlindIndex:
         references = self._references.get(resource_type, frozenset())
         if not codes and not references:
             return entries
+        same_rows = self._same_rows.get(resource_type, {})
+        covered_by = self._covered_by.get(resource_type, {})
+        covering = _covering(covered_by, entries) if covered_by else {}
         out: list[IndexEntry] = []
         for entry in entries:
+            if entry.param in same_rows:
+                continue
             if type(entry) is ReferenceEntry and entry.param in references and entry.identifier_value:
                 value = self.digest(f"{resource_type}.{entry.param}", CODE, entry.identifier_value)
                 out.append(dataclasses.replace(entry, identifier_value=value))
             elif entry.param not in codes:
                 out.append(entry)
             elif type(entry) is StringEntry:
-                self._string_entries(f"{resource_type}.{entry.param}", entry, out)
+                if (entry.value, entry.exact) not in covering.get(entry.param, ()):
+                    out.extend(self._string_entries(resource_type, entry))
             elif type(entry) is TokenEntry:
                 code = self.digest(f"{resource_type}.{entry.param}", CODE, entry.code) if entry.code else None
                 out.append(TokenEntry(entry.param, entry.system, code, None, entry.type_system, entry.type_code))
             # A string or token parameter indexes no other kind; were one to, it is not kept.
+        for param in covering:
+            if not any(e.param == param for e in out):  # every value covered: still present
+                out.append(StringEntry(param, self.digest(f"{resource_type}.{param}", PREFIX, ""), ""))
         return out
 
-    def _string_entries(self, key: str, entry: StringEntry, out: list[IndexEntry]) -> None:
+    def _string_entries(self, resource_type: str, entry: StringEntry) -> tuple[StringEntry, ...]:
         """One entry per prefix length up to the cap; the last carries the exact digest.
 
         Prefixes ending in a space are left out (a normalized search value never ends in one),
         but a value with no character at all keeps one entry: `:missing` and `:exact` see it.
+        A value's entries are remembered whole: names, given names and cities repeat.
         """
-        value, digest = entry.value, self.digest
+        cached = (resource_type, entry.param, entry.value, entry.exact)
+        found = self._strings.get(cached)
+        if found is not None:
+            return found
+        key = f"{resource_type}.{entry.param}"
+        value, digest, param = entry.value, self.digest, entry.param
         last = min(len(value), self.prefix_cap)
-        exact = digest(key, EXACT, entry.exact)
-        for length in range(1, last):
-            if value[length - 1] != " ":
-                out.append(StringEntry(entry.param, digest(key, PREFIX, value[:length]), ""))
-        out.append(StringEntry(entry.param, digest(key, PREFIX, value[:last]), exact))
+        found = (*(StringEntry(param, digest(key, PREFIX, value[:length]), "")
+                   for length in range(1, last) if value[length - 1] != " "),
+                 StringEntry(param, digest(key, PREFIX, value[:last]), digest(key, EXACT, entry.exact)))
+        if len(self._strings) >= STRING_CACHE:
+            self._strings.clear()  # bounded; refilled by the values that repeat
+        self._strings[cached] = found
+        return found
 
     # -- queries -------------------------------------------------------------------------
 
@@ -186,13 +225,20 @@ class BlindIndex:
             if p.value is None or p.param not in self._references.get(rtype, ()):
                 return (p,)
             return (dataclasses.replace(p, value=self.digest(f"{rtype}.{p.param}", CODE, p.value)),)
+        same = self._same_rows.get(rtype, {}).get(p.param)
+        if same is not None:
+            return self._predicate(dataclasses.replace(p, param=same), rtype)
         if isinstance(p, Missing) or not self.protects(rtype, p.param):
             return (p,)
         key = f"{rtype}.{p.param}"
         if isinstance(p, Not):
             return (Not(p.param, tuple(q for inner in p.any_of for q in self._predicate(inner, rtype))),)
         if isinstance(p, StringPredicate):
-            return (self._string(p, key),)
+            own = self._string(p, key)
+            if isinstance(own, Missing):  # a blank value: presence, which its own rows keep
+                return (own,)
+            cover = self._covered_by.get(rtype, {}).get(p.param, ())
+            return (own, *(self._string(dataclasses.replace(p, param=c), f"{rtype}.{c}") for c in cover))
         if isinstance(p, TokenPredicate):
             code = None if p.code is None else self.digest(key, CODE, p.code)
             return (dataclasses.replace(p, code=code),)
@@ -225,6 +271,17 @@ class BlindIndex:
             raise unsupported(p.param, rtype, f"a value longer than {self.prefix_cap} characters "
                                               "(without :exact)")
         return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value), exact="")
+
+
+def _covering(covered_by: dict[str, tuple[str, ...]],
+              entries: Sequence[IndexEntry]) -> dict[str, set[tuple[str, str]]]:
+    """Per covered parameter with entries, the (value, exact) its covering parameters hold."""
+    held: dict[str, set[tuple[str, str]]] = {}
+    for entry in entries:
+        if type(entry) is StringEntry:
+            held.setdefault(entry.param, set()).add((entry.value, entry.exact))
+    return {param: set().union(*(held.get(c, ()) for c in cover))
+            for param, cover in covered_by.items() if param in held}
 
 
 def _no_digest(param: str, domain: str, text: str) -> str:

@@ -240,7 +240,8 @@ WORDS = st.text(alphabet=LETTERS, min_size=1, max_size=CAP + 3).filter(str.strip
 
 @st.composite
 def person(draw: st.DrawFn, rtype: str, rid: str) -> dict[str, Any]:
-    name: dict[str, Any] = {"family": draw(WORDS), "given": draw(st.lists(WORDS, max_size=2))}
+    name: dict[str, Any] = {"family": draw(WORDS), "given": draw(st.lists(WORDS, max_size=2)),
+                            "prefix": draw(st.lists(WORDS, max_size=1))}
     resource: dict[str, Any] = {"resourceType": rtype, "id": rid, "name": [name]}
     if draw(st.booleans()):
         resource["identifier"] = [{"system": draw(st.sampled_from(["urn:a", "urn:b"])), "value": draw(WORDS)}]
@@ -255,9 +256,14 @@ def people_and_search(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, tuple
     people = [draw(person(t, f"{t[0].lower()}{n}")) for n, t in
               enumerate(draw(st.lists(st.sampled_from(["Patient", "Practitioner"]), min_size=1, max_size=5)))]
     chosen = draw(st.sampled_from(people))
+    # `name`, `phonetic` and `address` are searched partly on the rows of family, given and
+    # address-city (search/blind.py): drawn with the values of each part.
+    parts = [*chosen["name"][0]["given"], *chosen["name"][0]["prefix"]]
     name, part = draw(st.sampled_from(
         [("family", chosen["name"][0]["family"]), *[("given", g) for g in chosen["name"][0]["given"]],
+         *[(n, v) for v in (chosen["name"][0]["family"], *parts) for n in ("name", "phonetic")],
          *[("address-city", a["city"]) for a in chosen.get("address", ())],
+         *[("address", v) for a in chosen.get("address", ()) for v in (a["city"], *a["line"])],
          *[("identifier", i["value"]) for i in chosen.get("identifier", ())]]))
     if name == "identifier":
         return people, chosen["resourceType"], (name, escape(part))

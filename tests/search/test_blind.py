@@ -186,3 +186,58 @@ def test_the_defaults_cover_the_three_types() -> None:
     assert {"Patient.name", "Patient.identifier", "Patient.address-postalcode", "Patient.phonetic",
             "RelatedPerson.telecom", "Practitioner.family", "Practitioner.email"} <= set(protected)
     assert "RelatedPerson.family" not in protected  # R4 defines no such parameter
+
+
+@pytest.mark.parametrize("rtype", ["Patient", "Practitioner", "RelatedPerson"])
+def test_phonetic_is_indexed_as_name_so_it_is_searched_on_names_rows(blind: BlindIndex, rtype: str) -> None:
+    """`phonetic` keeps no rows of its own where `name` is protected: its extraction is
+    `name`'s (no phonetic algorithm), so its searches, chains and `:missing` go to `name`."""
+    person = {**PATIENT, "resourceType": rtype}
+    extracted = extract(person)
+    assert ([(e.value, e.exact) for e in extracted if e.param == "phonetic"]
+            == [(e.value, e.exact) for e in extracted if e.param == "name"] != [])
+    kept = blind.entries(rtype, extracted)
+    assert not [e for e in kept if e.param == "phonetic"]
+    assert [e for e in kept if e.param == "name"]
+    as_name = rewritten(blind, rtype, ("name", "HÉL"))
+    assert rewritten(blind, rtype, ("phonetic", "HÉL")) == as_name
+    assert StringPredicate("name", f"<{rtype}.name|p|hel>", "", "start") in as_name
+    assert rewritten(blind, rtype, ("phonetic:missing", "true")) == [Missing("name", True)]
+    assert (rewritten(blind, "Observation", ("subject:Patient.phonetic", "dup"))
+            == rewritten(blind, "Observation", ("subject:Patient.name", "dup")))
+
+
+def test_name_values_held_by_family_or_given_are_searched_on_their_rows(blind: BlindIndex) -> None:
+    """A name part that is a family or given value keeps only family/given rows; `name=`
+    searches the three; a name left with no row of its own keeps a presence row."""
+    patient = {**PATIENT, "name": [{"family": "Dupont", "given": ["Zoé"], "prefix": ["Dr"]}]}
+    names = [e for e in blind.entries("Patient", extract(patient)) if e.param == "name"]
+    assert names == [StringEntry("name", "<Patient.name|p|d>", ""),
+                     StringEntry("name", "<Patient.name|p|dr>", "<Patient.name|x|Dr>")]
+    covered = [e for e in blind.entries("Patient", extract(PATIENT)) if e.param == "name"]
+    assert covered == [StringEntry("name", "<Patient.name|p|>", "")]  # presence only
+    assert rewritten(blind, "Patient", ("name", "zo")) == [
+        StringPredicate("name", "<Patient.name|p|zo>", "", "start"),
+        StringPredicate("family", "<Patient.family|p|zo>", "", "start"),
+        StringPredicate("given", "<Patient.given|p|zo>", "", "start")]
+    assert rewritten(blind, "Patient", ("name:exact", "Zoé"))[2] == StringPredicate(
+        "given", "<Patient.given|p|zoe>", "<Patient.given|x|Zoé>", "exact")
+    assert rewritten(blind, "Patient", ("name:missing", "false")) == [Missing("name", False)]
+    cities = [e for e in blind.entries("Patient", extract(PATIENT)) if e.param == "address"]
+    assert any("|p|3 rue" in e.value for e in cities)
+    assert not any("evry" in e.value for e in cities)  # the city: on address-city's rows
+
+
+def test_phonetic_keeps_its_rows_when_name_is_not_protected() -> None:
+    alone = BlindIndex(["Patient.phonetic"], digest, default_registry(), prefix_cap=6)
+    assert [e for e in alone.entries("Patient", extract(PATIENT)) if e.param == "phonetic"]
+    assert rewritten(alone, "Patient", ("phonetic", "hel")) == [
+        StringPredicate("phonetic", "<Patient.phonetic|p|hel>", "", "start")]
+
+
+def test_a_values_entries_are_the_same_from_the_cache(blind: BlindIndex) -> None:
+    first = blind.entries("Patient", extract(PATIENT))
+    assert blind.entries("Patient", extract(PATIENT)) == first
+    other = {**PATIENT, "resourceType": "Practitioner"}  # same values, another type's keys
+    assert all("<Practitioner." in e.value for e in blind.entries("Practitioner", extract(other))
+               if e.param == "family")
