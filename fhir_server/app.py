@@ -31,7 +31,7 @@ from .auth.tokens import TokenService
 from .auth.users import Users
 from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, ErasureLedger,
                      KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
-                     ledger_key)
+                     ledger_key, open_provider)
 from .bulk import ExportWorker
 from .http import (HeadMiddleware, bundle_router, export_router, fhir_router,
                    install_error_handlers, metadata_router, notifications_router,
@@ -94,7 +94,7 @@ def body_codec(settings: Settings) -> BodyCodec:
     are when encryption is off."""
     if not settings.encryption:
         return PlainCodec()
-    keys = DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+    keys = DataKeys(open_provider(settings), settings.data_keys_path)
     keys.check()  # the wrong key ring is refused at start, not at the first read
     return EnvelopeCodec(keys)
 
@@ -107,7 +107,7 @@ def blind_index(settings: Settings) -> BlindIndex | None:
                  else settings.protected_params)
     if not settings.encryption or not protected:
         return None
-    keys = BlindDigest(LocalKeyRing(settings.key_ring_path).index_key)
+    keys = BlindDigest(open_provider(settings).index_key)
     return BlindIndex(protected, keys, registry, prefix_cap=settings.blind_prefix_cap,
                       sort_limit=settings.protected_sort_limit)
 
@@ -161,7 +161,7 @@ def key_provider(settings: Settings, codec: BodyCodec) -> KeyProvider | None:
     if isinstance(codec, EnvelopeCodec):
         return codec.keys.provider
     try:
-        return LocalKeyRing(settings.key_ring_path)
+        return open_provider(settings)
     except KeyRingError:
         return None
 

@@ -44,7 +44,7 @@ from .auth.registry import Client, Registry as AuthRegistry
 from .auth.rpps import RppsRegister
 from .auth.users import Users
 from .crypto import (BodyCodec, DataKeys, EnvelopeCodec, KeyProvider, KeyRingError,
-                     LedgerError, LocalKeyRing, UnreadableBody, create_key_ring)
+                     LedgerError, UnreadableBody, open_provider)
 from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, MappingFileError,
                       listener_for)
 from .store.routing import RoutingStore
@@ -696,14 +696,14 @@ def _rotate_keys(args: argparse.Namespace) -> int:
 
 
 def _data_keys(settings: Settings) -> DataKeys:
-    return DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+    return DataKeys(open_provider(settings), settings.data_keys_path)
 
 
 def _keys_init(args: argparse.Namespace) -> int:
     settings = Settings()
-    create_key_ring(settings.key_ring_path)
-    print(f"new key ring {settings.key_ring_path} (0600): keep it, and its backups, apart from "
-          "the data and its backups (docs/security.md)")
+    ring = open_provider(settings, create=True)
+    print(f"new key ring: {ring.status().provider}; keep it, and its backups, apart from the "
+          "data and its backups (docs/security.md)")
     return 0
 
 

@@ -47,6 +47,19 @@ class Settings(BaseSettings):
         None, description="The key ring file (0600, keep it off the data volume and out of its "
         "backups); empty means <data_dir>/keyring.json. Create it with `fhir-server keys init`.",
     )
+    key_provider: Literal["local", "pkcs11"] = Field(
+        "local", description="Who holds the key-encryption keys: `local` (the key ring file) or "
+        "`pkcs11` (an HSM or SoftHSM token: FHIR_SERVER_PKCS11_*; docs/security.md).",
+    )
+    pkcs11_module: Path | None = Field(
+        None, description="The PKCS#11 library of the HSM (e.g. /usr/lib/softhsm/libsofthsm2.so); "
+        "with key_provider pkcs11.",
+    )
+    pkcs11_token: str = Field("", description="The label of the PKCS#11 token holding the keys.")
+    pkcs11_pin_file: Path | None = Field(
+        None, description="A file (0600) holding the PKCS#11 user PIN (never a flag or a variable: "
+        "they show in process listings).",
+    )
     backup_dir: Path | None = Field(
         None, description="Where `fhir-server backup` writes its encrypted archives (best on "
         "another volume); empty means <data_dir>/backups.",

@@ -78,3 +78,15 @@ def test_the_readme_documents_every_setting_and_its_flag() -> None:
         row = rows.get(f"FHIR_SERVER_{name.upper()}")
         assert row is not None, f"README.md: no row for FHIR_SERVER_{name.upper()}"
         assert f"`{cli._OWN_FLAGS.get(name, '--' + name.replace('_', '-'))}" in row, row
+
+
+def test_the_key_provider_is_a_setting_and_a_serve_flag(serve_settings: list[Settings], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`--key-provider pkcs11` selects the HSM provider: without its module, token and PIN
+    file the server refuses to start, saying which settings are missing."""
+    assert Settings().key_provider == "local"
+    assert cli.main(["serve", "--data-dir", str(tmp_path), "--key-provider", "pkcs11",
+                     "--pkcs11-token", "fhir"]) == 2
+    assert "FHIR_SERVER_PKCS11_MODULE" in capsys.readouterr().err and not serve_settings
+    assert cli.main(["serve", "--key-provider", "vault"]) == 2
+    assert "--key-provider" in capsys.readouterr().err and not serve_settings
