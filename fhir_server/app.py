@@ -56,7 +56,7 @@ from .privacy.retention_schedule import every_turn
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
-from .services.erase import Erasures, reconcile
+from .services.erase import Erasures, destroyed_keys, reconcile
 from .services.subscriptions import Desk, create_if_subscription
 from .services.export import Policy as ExportPolicy
 from .services.export_job import Limits as ExportLimits
@@ -179,7 +179,10 @@ def open_erasures(settings: Settings, codec: BodyCodec,
     ledger = open_ledger(settings, codec)
     if ledger is None:
         return None
-    return Erasures(ledger, codec.keys if isinstance(codec, EnvelopeCodec) else None, record)
+    keys = codec.keys if isinstance(codec, EnvelopeCodec) else None
+    if keys is not None and (destroyed := destroyed_keys(ledger)):
+        keys.destroy_keys(destroyed)  # erasures recorded before datakeys.db kept their key ids
+    return Erasures(ledger, keys, record)
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:

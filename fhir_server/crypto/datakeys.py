@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS data_key (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS data_key_current ON data_key (scope) WHERE current = 1;
 CREATE INDEX IF NOT EXISTS data_key_scope ON data_key (scope);
+-- Ids (never keys) of the keys erasures destroyed: a body sealed under one is shredded; a body
+-- sealed under a key neither here nor in data_key is a fault (500), not an erasure.
+CREATE TABLE IF NOT EXISTS destroyed (key_id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revision (n INTEGER NOT NULL);
 INSERT INTO revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM revision);
 """
@@ -56,7 +59,12 @@ V = TypeVar("V")
 
 
 class KeyDestroyed(Exception):
-    """The data key a ciphertext names no longer exists (its compartment was erased)."""
+    """The data key a ciphertext names was destroyed by an erasure (its compartment's)."""
+
+
+class UnknownKey(KeyRingError):
+    """The data key a ciphertext names was never made here, or is gone without an erasure
+    (another server's datakeys.db, a damaged or stale copy): a fault, never an erasure."""
 
 
 def patient_scope(patient_id: str) -> str:
@@ -125,7 +133,10 @@ class DataKeys:
                 return cipher
         rows = self._query("SELECT wrapped FROM data_key WHERE key_id = ?", (key_id,))
         if not rows:
-            raise KeyDestroyed(f"data key {key_id.hex()} does not exist (destroyed or never made)")
+            if self._query("SELECT 1 FROM destroyed WHERE key_id = ?", (key_id,)):
+                raise KeyDestroyed(f"data key {key_id.hex()} was destroyed by an erasure")
+            raise UnknownKey(f"data key {key_id.hex()} is unknown to {self.path} (never made "
+                             "there, or removed without an erasure)")
         cipher = AESGCM(self.provider.unwrap(rows[0][0], key_id))
         with self._lock:
             self._remember(self._ciphers, key_id, cipher)
@@ -138,6 +149,8 @@ class DataKeys:
         in every copy. Idempotent; returns how many keys were destroyed. The file's freed
         pages are overwritten (secure_delete) and its WAL truncated, so no wrapped copy lingers."""
         with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO destroyed SELECT key_id FROM data_key WHERE scope = ?",
+                         (scope,))
             gone = conn.execute("DELETE FROM data_key WHERE scope = ?", (scope,)).rowcount
         self._query("PRAGMA wal_checkpoint(TRUNCATE)")
         return gone
@@ -145,7 +158,9 @@ class DataKeys:
     def destroy_keys(self, key_ids: Iterable[bytes]) -> int:
         """Destroy the keys `key_ids` (erasures the ledger records, again: a datakeys.db put
         back from a key backup taken before them must not bring them back); how many."""
+        key_ids = list(key_ids)
         with self._write() as conn:
+            conn.executemany("INSERT OR IGNORE INTO destroyed VALUES (?)", ((k,) for k in key_ids))
             gone = sum(conn.execute("DELETE FROM data_key WHERE key_id = ?", (key_id,)).rowcount
                        for key_id in key_ids)
         self._query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -196,8 +211,10 @@ class DataKeys:
         """Re-wrap, under the active KEK, up to `batch` keys wrapped under an older one; returns
         how many (0: done). The unwrapped key never changes, so traffic goes on meanwhile."""
         active = self.provider.status().active
-        stale = [(key_id, wrapped) for key_id, wrapped in self._query(
-            "SELECT key_id, wrapped FROM data_key") if self.provider.kek_of(wrapped) != active][:batch]
+        # Every provider's wrapped key names its KEK in bytes 2-9 (crypto/keyring.py): the
+        # stale ones are found by the file, a batch at a time, not by reading every key.
+        stale = self._query("SELECT key_id, wrapped FROM data_key WHERE substr(wrapped, 2, 8) != ? "
+                            "LIMIT ?", (bytes.fromhex(active), batch))
         rewrapped = [(self.provider.wrap(self.provider.unwrap(w, k), k), k, w) for k, w in stale]
         with self._write() as conn:
             # A key destroyed or re-wrapped meanwhile keeps its newer row.

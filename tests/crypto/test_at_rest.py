@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
-from fhir_server.crypto import EnvelopeCodec, UnreadableBody, patient_scope
+from fhir_server.crypto import DataKeys, EnvelopeCodec, LocalKeyRing, UnreadableBody, patient_scope
 from fhir_server.search import extract
 from fhir_server.settings import Settings
 from fhir_server.store.base import Store, Write
@@ -192,3 +192,34 @@ async def test_data_key_rotation_reseals_every_version(store: Store) -> None:
         assert read is not None and read.body is not None and read.body.startswith(b"{")
     current = await store.read("Patient", "r")
     assert current is not None and b'"other"' in (current.body or b"")
+
+
+def test_an_unknown_data_key_is_a_500_not_an_erasure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body sealed under a key datakeys.db never made, or lost without an erasure (a stale
+    copy of the file), is a fault: 500 with an incident id, audited. A body whose key an
+    erasure destroyed is shredded: 404, left out of searches."""
+    monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(tmp_path))
+    settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir")
+    with authorized(TestClient(create_app(settings))) as client:
+        for pid in ("lost", "erased", "kept"):
+            assert send(client, "PUT", f"/fhir/Patient/{pid}", {**patient(), "id": pid}).status_code == 201
+    keys = DataKeys(LocalKeyRing(settings.key_ring_path), settings.data_keys_path)
+    [lost] = keys.keys_of(patient_scope("lost"))
+    keys.destroy(patient_scope("erased"))
+    keys.close()
+    with sqlite3.connect(tmp_path / "datakeys.db") as conn:  # gone, but not by an erasure
+        conn.execute("DELETE FROM data_key WHERE key_id = ?", (lost,))
+    with authorized(TestClient(create_app(settings))) as client:
+        answer = client.get("/fhir/Patient/lost")
+        assert answer.status_code == 500, answer.text
+        assert "incident" in answer.json()["issue"][0]["diagnostics"] and lost.hex() not in answer.text
+        assert client.get("/fhir/Patient/lost/_history/1").status_code == 500
+        assert client.get("/fhir/Patient/erased").status_code == 404
+        assert client.get("/fhir/Patient/erased/_history/1").status_code == 404
+        assert client.get("/fhir/Patient/kept").status_code == 200
+        assert [e["resource"]["id"] for e in client.get("/fhir/Patient?_id=erased,kept").json()["entry"]] == ["kept"]
+        assert client.get("/fhir/Patient?_id=lost,kept").status_code == 500
+        # Audited: the events about Patient/lost are sealed under its (lost) key, so they are
+        # counted from the index, which keeps the outcome.
+        failed = client.get("/fhir/AuditEvent?outcome=8&_summary=count").json()
+        assert failed["total"] == 3, failed
