@@ -3,7 +3,7 @@
 (docs/sealed-messages.md)."""
 
 from .blind import BlindDigest
-from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope
+from .codec import BodyCodec, EnvelopeCodec, PlainCodec, UnreadableBody, key_scope, patient_key_ids
 from .datakeys import (RECHECK_SECONDS, DataKeys, DataKeysStatus, KeyDestroyed, patient_scope,
                        type_scope)
 from .envelope import EnvelopeError, key_id_of
@@ -17,6 +17,6 @@ __all__ = [
     "RECHECK_SECONDS", "BlindDigest", "BodyCodec", "DataKeys", "DataKeysStatus", "EnvelopeCodec",
     "EnvelopeError", "ErasureLedger", "KeyDestroyed", "KeyProvider", "KeyRingError",
     "KeyRingStatus", "LedgerError", "LocalKeyRing", "key_id_of", "ledger_key", "PlainCodec",
-    "UnreadableBody", "create_key_ring", "open_provider", "key_scope", "patient_scope", "type_scope",
+    "UnreadableBody", "create_key_ring", "open_provider", "patient_key_ids", "key_scope", "patient_scope", "type_scope",
     "CONTENT_TYPES", "USER_TYPES", "EnrolledKeys", "KeyDirectory", "SealError", "recipient_kids",
 ]

@@ -48,6 +48,14 @@ class UnreadableBody(Exception):
         self.destroyed = destroyed
 
 
+def patient_key_ids(codec: BodyCodec, patient_id: str) -> frozenset[bytes]:
+    """The ids of every data key (retired ones too) that seals versions about `patient_id`:
+    an erasure removes what they sealed wherever it lies, in the compartment or not."""
+    if not isinstance(codec, EnvelopeCodec):
+        return frozenset()
+    return frozenset(codec.keys.keys_of(patient_scope(patient_id), retired=True))
+
+
 def key_scope(resource_type: str, patients: Collection[str]) -> str:
     """The data key scope of a resource in the compartments of `patients`."""
     return patient_scope(min(patients)) if patients else type_scope(resource_type)

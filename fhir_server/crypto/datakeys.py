@@ -185,11 +185,11 @@ class DataKeys:
                 "UPDATE data_key SET retired = ? WHERE scope = ? AND key_id != ? AND retired IS "
                 "NULL", (clock.instant(), scope, keep)).rowcount
 
-    def keys_of(self, scope: str) -> list[bytes]:
-        """The ids of the keys `scope` uses (retired ones aside), current first."""
+    def keys_of(self, scope: str, retired: bool = False) -> list[bytes]:
+        """The ids of the keys `scope` uses (`retired`: retired ones too), current first."""
         return [row[0] for row in self._query(
-            "SELECT key_id FROM data_key WHERE scope = ? AND retired IS NULL "
-            "ORDER BY current DESC", (scope,))]
+            "SELECT key_id FROM data_key WHERE scope = ? AND (? OR retired IS NULL) "
+            "ORDER BY current DESC", (scope, retired))]
 
     def prune(self, before: datetime) -> tuple[int, list[str]]:
         """Destroy the data keys retired before `before`, then the retired KEKs retired before

@@ -224,7 +224,8 @@ def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Er
 
 def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:
     """Per type, (resources, versions) erased."""
-    return {t: (n, erased.versions.get(t, 0)) for t, n in sorted(erased.resources.items())}
+    return {t: (erased.resources.get(t, 0), erased.versions.get(t, 0))
+            for t in sorted({*erased.resources, *erased.versions})}  # versions alone: moved out
 
 
 async def replay(store: Store, registry: Registry, record: Callable[[dict[str, Any]], Awaitable[str]],
@@ -262,9 +263,9 @@ async def reconcile(ctx: Context) -> list[str]:
 def parameters(entry: dict[str, Any]) -> dict[str, Any]:
     """The output of $erase (a Parameters resource), from its ledger entry."""
     counts = [{"name": "erased", "part": [
-        {"name": "type", "valueCode": t}, {"name": "resources", "valueInteger": n},
+        {"name": "type", "valueCode": t}, {"name": "resources", "valueInteger": entry["resources"].get(t, 0)},
         {"name": "versions", "valueInteger": entry["versions"].get(t, 0)}]}
-        for t, n in sorted(entry["resources"].items())]
+        for t in sorted({*entry["resources"], *entry["versions"]})]
     return {"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": f"Patient/{entry['patient']}"}},
         {"name": "erasedAt", "valueInstant": entry["erased"]},

@@ -11,7 +11,7 @@ which the service layer answers as it does a version that does not exist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -39,14 +39,25 @@ def prepare(codec: BodyCodec, registry: Registry, operations: Sequence[Operation
     """Let the codec ready the keys of every resource `operations` write, all at once."""
     writes = [op.write if isinstance(op, (ConditionalCreate, ConditionalUpdate)) else op
               for op in operations if isinstance(op, (Write, ConditionalCreate, ConditionalUpdate))]
-    codec.prepare((w.resource_type, patients_of(registry, w.resource_type, w.entries, w.id, links=False))
-                  for w in writes)
+    codec.prepare((w.resource_type, _patients(registry, w)) for w in writes)
 
 
 def sealed(codec: BodyCodec, registry: Registry, op: Write, version: int, body: bytes) -> bytes:
     """The stored form of `body`, version `version` of what `op` writes."""
-    patients = patients_of(registry, op.resource_type, op.entries, op.id, links=False)
-    return codec.seal(op.resource_type, op.id, version, body, patients)
+    return codec.seal(op.resource_type, op.id, version, body, _patients(registry, op))
+
+
+def _patients(registry: Registry, op: Write) -> Collection[str]:
+    """The patients whose key seals what `op` writes: its compartment's. A Bundle belongs to
+    no compartment, yet a stored one (a referral's frozen record, a document) holds patients'
+    resources: the Patients among its entries, so that erasing them shreds it too."""
+    if op.resource_type == "Bundle":
+        held = {r["id"] for e in op.resource.get("entry", ()) if isinstance(e, dict)
+                and isinstance(r := e.get("resource"), dict)
+                and r.get("resourceType") == "Patient" and isinstance(r.get("id"), str)}
+        if held:
+            return held
+    return patients_of(registry, op.resource_type, op.entries, op.id, links=False)
 
 
 def opened(codec: BodyCodec, version: Version) -> Version:

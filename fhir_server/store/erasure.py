@@ -4,16 +4,17 @@ A compartment query finds the current members of a patient's compartment through
 index. A deleted resource has no index entries left, yet its earlier versions hold the
 patient's data: a deleted resource is a member when its last stored body (the version
 before its deletion) matches the query. Deleted resources are few next to live ones, so
-reading their last bodies costs little; versions of a resource that moved out of the
-compartment before the erasure are not found this way: those sealed under the patient's key
-are shredded with it, and left out of every page (bodies.py, docs/backup-and-erasure.md).
+reading their last bodies costs little. Versions of a resource that moved out of the
+compartment before the erasure are not found this way: they are found by the data key that
+sealed them (the patient's, `sealed_under`), removed too, and would be shredded with it if
+missed (bodies.py, docs/backup-and-erasure.md).
 """
 
 from __future__ import annotations
 
 import orjson
 
-from ..crypto import BodyCodec, UnreadableBody
+from ..crypto import BodyCodec, EnvelopeError, UnreadableBody, key_id_of
 from ..search import Query, Registry, extract, matches
 from .base import Version
 from .bodies import opened
@@ -40,3 +41,13 @@ def was_member(query: Query, registry: Registry, codec: BodyCodec, last: Version
 def batches(keys: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     """`keys` cut into lists of at most BATCH."""
     return [keys[start:start + BATCH] for start in range(0, len(keys), BATCH)]
+
+
+def sealed_under(body: bytes | None, key_ids: frozenset[bytes]) -> bool:
+    """Whether the stored `body` was sealed under one of `key_ids`."""
+    if body is None or not key_ids:
+        return False
+    try:
+        return key_id_of(body) in key_ids
+    except EnvelopeError:
+        return False  # a plain body (encryption off): no key

@@ -98,3 +98,38 @@ async def test_linked_patients_stay_shared_resources_go(store: Store) -> None:
     assert await store.read("Patient", "c") is not None
     assert await store.read("Observation", "shared") is None
     assert await store.read("Observation", "b0") is not None
+
+
+async def test_versions_that_left_the_compartment_are_removed(store: Store) -> None:
+    """An Observation first about a, then moved to b: its first version holds a's data,
+    sealed under a's key. Erasing a removes that version, keeps the later one (b's)."""
+    await _seed(store)
+    await store.commit([_write("Observation", "moved", observation("Patient/a"))])
+    await store.commit([_write("Observation", "moved", observation("Patient/a", 71))])
+    await store.commit([_write("Observation", "moved", observation("Patient/b"))])
+    erased = await _erase(store, "a")
+    assert erased.versions["Observation"] == 7 + 2  # the compartment's, and moved's first two
+    history = [key for key in await _all_history(store) if key[1] == "moved"]
+    assert history == [("Observation", "moved", 3)]
+    assert await store.vread("Observation", "moved", 1) is None
+    current = await store.read("Observation", "moved")
+    assert current is not None and current.version == 3 and b"Patient/b" in (current.body or b"")
+
+
+async def test_a_bundle_holding_the_patients_record_is_removed(store: Store) -> None:
+    """A stored Bundle with Patient/a among its entries (a referral's frozen record) belongs
+    to no compartment: it is sealed under a's key, and erasing a removes it."""
+    await _seed(store)
+    frozen = {"type": "collection", "entry": [
+        {"fullUrl": "http://x/fhir/Patient/a", "resource": {**patient(), "resourceType": "Patient", "id": "a"}},
+        {"fullUrl": "http://x/fhir/Observation/a0",
+         "resource": {**observation("Patient/a"), "resourceType": "Observation", "id": "a0"}}]}
+    other = {"type": "collection", "entry": [
+        {"fullUrl": "http://x/fhir/Patient/b", "resource": {**patient(), "resourceType": "Patient", "id": "b"}}]}
+    await store.commit([_write("Bundle", "frozen-a", frozen), _write("Bundle", "frozen-b", other)])
+    await store.commit([_write("Bundle", "frozen-a", frozen)])  # a second version
+    erased = await _erase(store, "a")
+    assert erased.resources["Bundle"] == 1 and erased.versions["Bundle"] == 2
+    assert await store.read("Bundle", "frozen-a") is None
+    assert await store.vread("Bundle", "frozen-a", 1) is None
+    assert await store.read("Bundle", "frozen-b") is not None

@@ -1,5 +1,6 @@
 """Erasure on the MongoDB store (`Store.erase`): every history document, resource document
-(with the index entries it carries) and guard of a patient's compartment.
+(with the index entries it carries) and guard of a patient's compartment, and of what else
+their data keys sealed (store/erasure.py).
 
 Deletes go in bulk, one call per collection and batch of keys: history first, then the
 resource documents and their guards, the Patient last of all. No transaction: an erasure
@@ -14,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ...crypto import patient_key_ids
 from ...search import Query
 from ..base import Erasure
-from ..erasure import batches, was_member
+from ..erasure import BATCH, batches, sealed_under, was_member
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
 
@@ -41,12 +43,38 @@ async def members(store: MongoStore, query: Query) -> list[str]:
 async def remove(store: MongoStore, compartment: Sequence[Query],
                  last: tuple[str, str]) -> Erasure:
     """Remove the compartment's resources, then `last`."""
+    held, older = await _sealed_under(store, patient_key_ids(store.codec, last[1]))
     keys = [(query.resource_type or "", id) for query in compartment
-            for id in await members(store, query)]
+            for id in await members(store, query)] + held
     erased = Erasure()
     for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
         await _remove_batch(store, batch, erased)
+    removed = set(keys) | {last}
+    stale = [(doc_id, t) for doc_id, t, i in older if (t, i) not in removed]
+    for start in range(0, len(stale), BATCH):
+        await store.history_docs.delete_many({"_id": {"$in": [d for d, _ in stale[start:start + BATCH]]}})
+    for _, resource_type in stale:
+        erased.versions[resource_type] = erased.versions.get(resource_type, 0) + 1
     return erased
+
+
+async def _sealed_under(store: MongoStore, key_ids: frozenset[bytes]
+                        ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """What else the patient's keys sealed: the resources whose current version they sealed
+    (a Bundle holding their record: store/bodies.py), and the history documents (id, type,
+    resource id) of older versions (of resources that left the compartment since). MongoDB
+    cannot match a binary prefix, so the history is read once, bodies only."""
+    if not key_ids:
+        return [], []
+    found = [(doc["_id"], doc["type"], doc["id"], doc["version"])
+             async for doc in store.history_docs.find(
+                 {"body": {"$ne": None}}, {"_id": 1, "type": 1, "id": 1, "version": 1, "body": 1})
+             if sealed_under(doc["body"], key_ids)]
+    current = {(doc["type"], doc["id"]): doc["version"] async for doc in store.resources.find(
+        {"_id": {"$in": [layout.key(t, i) for _, t, i, _ in found]}},
+        {"_id": 0, "type": 1, "id": 1, "version": 1})}
+    held = [(t, i) for _, t, i, version in found if current.get((t, i)) == version]
+    return held, [(doc_id, t, i) for doc_id, t, i, version in found if current.get((t, i)) != version]
 
 
 async def _remove_batch(store: MongoStore, keys: list[tuple[str, str]], erased: Erasure) -> None:

@@ -1,5 +1,7 @@
 """Erasure on the SQLite store (`Store.erase`): every version, index row and resource row of a
-patient's compartment, in one write transaction, then the WAL checkpointed and truncated.
+patient's compartment, and of what else their data keys sealed (a Bundle holding their
+record, earlier versions of resources that left the compartment: store/erasure.py), in one
+write transaction, then the WAL checkpointed and truncated.
 
 The connections run with `PRAGMA secure_delete` (store.py), so the rows removed are
 overwritten with zeros in the database file rather than left in free pages; the checkpoint
@@ -11,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ...crypto import BodyCodec
+from ...crypto import BodyCodec, patient_key_ids
 from ...search import Query
 from ..base import Erasure, Version
 from ..erasure import was_member
@@ -42,8 +44,9 @@ def _last_stored(conn: sqlite3.Connection, resource_type: str | None, id: str) -
 def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
            compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
     """Remove the compartment's resources, then `last` (inside the caller's transaction)."""
+    key_ids = patient_key_ids(codec, last[1])
     keys = [(query.resource_type or "", id) for query in compartment
-            for id in members(conn, search, codec, query)]
+            for id in members(conn, search, codec, query)] + _current_under(conn, key_ids)
     erased = Erasure()
     for resource_type, id in [*dict.fromkeys(k for k in keys if k != last), last]:
         row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",
@@ -56,7 +59,34 @@ def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
         conn.execute("DELETE FROM resource WHERE pk = ?", (row[0],))
         erased.resources[resource_type] = erased.resources.get(resource_type, 0) + 1
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + versions
+    _remove_moved_out(conn, key_ids, erased)
     return erased
+
+
+def _current_under(conn: sqlite3.Connection, key_ids: frozenset[bytes]) -> list[tuple[str, str]]:
+    """The resources outside the compartment whose current version is sealed under the
+    patient's keys (a Bundle holding their record: store/bodies.py)."""
+    if not key_ids:
+        return []
+    marks = ",".join("?" * len(key_ids))
+    return [(t, i) for t, i in conn.execute(
+        "SELECT r.type, r.id FROM resource r JOIN history h ON h.seq = r.seq "  # noqa: S608
+        f"WHERE substr(h.body, 2, 16) IN ({marks})", tuple(key_ids))]
+
+
+def _remove_moved_out(conn: sqlite3.Connection, key_ids: frozenset[bytes], erased: Erasure) -> None:
+    """Remove the earlier versions, sealed under the patient's keys, of resources that left
+    the compartment since (their current version is another's). One pass over the history:
+    the key id is bytes 2-17 of every sealed body (crypto/envelope.py)."""
+    if not key_ids:
+        return
+    marks = ",".join("?" * len(key_ids))
+    for resource_type, count in conn.execute(
+            f"SELECT type, count(*) FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
+            "AND seq NOT IN (SELECT seq FROM resource) GROUP BY type", tuple(key_ids)).fetchall():
+        erased.versions[resource_type] = erased.versions.get(resource_type, 0) + count
+    conn.execute(f"DELETE FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
+                 "AND seq NOT IN (SELECT seq FROM resource)", tuple(key_ids))
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
