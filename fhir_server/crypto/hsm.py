@@ -32,7 +32,7 @@ from pkcs11.exceptions import PKCS11Error, UserAlreadyLoggedIn
 from pkcs11.mechanisms import GCMParams
 
 from .. import clock
-from .keyring import KEY_BYTES, KeyRingError, KeyRingStatus
+from .keyring import KEY_BYTES, KeyRingError, KeyRingStatus, refuse_active
 
 _FORMAT = 1
 _KEK_ID_BYTES = 8
@@ -117,10 +117,8 @@ class Pkcs11KeyRing:
     def destroy(self, kek_id: str) -> None:
         with self._lock:
             self._load()
-            if kek_id == self._active:
-                raise KeyRingError(f"key-encryption key {kek_id} is the active one")
-            kek = self._keks.pop(kek_id, None)
-            if kek is not None:
+            refuse_active(kek_id, self._active)
+            if (kek := self._keks.pop(kek_id, None)) is not None:
                 self._call(kek.destroy)
 
     def status(self) -> KeyRingStatus:

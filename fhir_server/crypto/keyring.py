@@ -83,6 +83,12 @@ class KeyProvider(Protocol):
         """The HMAC key of the blind index of search parameter `param` (e.g. `Patient.name`)."""
 
 
+def refuse_active(kek_id: str, active: str) -> None:
+    """KeyRingError if `kek_id` is the active KEK: only retired ones may be destroyed."""
+    if kek_id == active:
+        raise KeyRingError(f"key-encryption key {kek_id} is the active one")
+
+
 def create_key_ring(path: Path) -> None:
     """Write a new key ring at `path` (0600); refuses to overwrite one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +159,7 @@ class LocalKeyRing:
     def destroy(self, kek_id: str) -> None:
         with self._lock:
             self._load()
-            if kek_id == self._active:
-                raise KeyRingError(f"key-encryption key {kek_id} is the active one")
+            refuse_active(kek_id, self._active)
             self._retired.pop(kek_id, None)
             if self._keks.pop(kek_id, None) is not None:
                 self._save()
