@@ -143,6 +143,7 @@ class BlindIndex:
         covered_by = self._covered_by.get(resource_type, {})
         covering = _covering(covered_by, entries) if covered_by else {}
         out: list[IndexEntry] = []
+        kept: set[str] = set()  # string parameters with rows of their own
         for entry in entries:
             if entry.param in same_rows:
                 continue
@@ -152,15 +153,16 @@ class BlindIndex:
             elif entry.param not in codes:
                 out.append(entry)
             elif type(entry) is StringEntry:
-                if (entry.value, entry.exact) not in covering.get(entry.param, ()):
-                    out.extend(self._string_entries(resource_type, entry))
+                if (entry.value, entry.exact) in covering.get(entry.param, ()):
+                    continue
+                out.extend(self._string_entries(resource_type, entry))
+                kept.add(entry.param)
             elif type(entry) is TokenEntry:
                 code = self.digest(f"{resource_type}.{entry.param}", CODE, entry.code) if entry.code else None
                 out.append(TokenEntry(entry.param, entry.system, code, None, entry.type_system, entry.type_code))
             # A string or token parameter indexes no other kind; were one to, it is not kept.
-        for param in covering:
-            if not any(e.param == param for e in out):  # every value covered: still present
-                out.append(StringEntry(param, self.digest(f"{resource_type}.{param}", PREFIX, ""), ""))
+        for param in covering.keys() - kept:  # every value covered: still present
+            out.append(StringEntry(param, self.digest(f"{resource_type}.{param}", PREFIX, ""), ""))
         return out
 
     def _string_entries(self, resource_type: str, entry: StringEntry) -> tuple[StringEntry, ...]:
