@@ -746,8 +746,8 @@ def _keys_prune(args: argparse.Namespace) -> int:
 def _keys_backup(args: argparse.Namespace) -> int:
     settings = Settings()
     try:
-        copied = back_up_keys(settings.key_ring_path, settings.data_keys_path,
-                              settings.erasure_ledger_path, args.dest)
+        ring = settings.key_ring_path if settings.key_provider == "local" else open_provider(settings)
+        copied = back_up_keys(ring, settings.data_keys_path, settings.erasure_ledger_path, args.dest)
     except (KeyRingError, OSError) as error:
         print(f"fhir-server keys backup: {error}", file=sys.stderr)
         return 2

@@ -9,17 +9,24 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..crypto import DataKeys, KeyRingError, LocalKeyRing
+from ..crypto import DataKeys, KeyProvider, KeyRingError, LocalKeyRing
 
 _ATTEMPTS = 5
 
 
-def back_up_keys(ring: Path, data_keys: Path, ledger: Path, dest: Path) -> list[Path]:
+def back_up_keys(ring: Path | KeyProvider, data_keys: Path, ledger: Path, dest: Path) -> list[Path]:
     """Copy `ring`, `data_keys` (SQLite's online backup: a consistent snapshot while servers
     write) and `ledger` (if any) into `dest`; the copies. The ring is copied again if a KEK
     rotation replaced it meanwhile (data keys re-wrapped under a KEK the copy lacks); the
-    copies are checked to open each other. KeyRingError if they never agree."""
+    copies are checked to open each other. KeyRingError if they never agree. A `ring` that is
+    a provider (an HSM) holds its KEKs itself, backed up by its own means: the data keys and
+    the ledger are copied, and checked to open under it."""
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not isinstance(ring, Path):
+        _snapshot(data_keys, dest / data_keys.name)
+        copies = [dest / data_keys.name, *_ledger_copy(ledger, dest)]
+        _opens(ring, copies[0])
+        return copies
     ring_copy, keys_copy = dest / ring.name, dest / data_keys.name
     for _ in range(_ATTEMPTS):
         LocalKeyRing(ring)  # refuses a missing, malformed or too open ring
@@ -30,16 +37,27 @@ def back_up_keys(ring: Path, data_keys: Path, ledger: Path, dest: Path) -> list[
             break
     else:
         raise KeyRingError(f"the key ring {ring} kept changing during the copy; try again")
-    copies = [ring_copy, keys_copy]
-    if ledger.exists():  # after datakeys.db: an erasure in between is in the ledger copy
-        copies.append(dest / ledger.name)
-        _write(copies[-1], ledger.read_bytes())
-    copy = DataKeys(LocalKeyRing(ring_copy), keys_copy)
+    copies = [ring_copy, keys_copy, *_ledger_copy(ledger, dest)]
+    _opens(LocalKeyRing(ring_copy), keys_copy)
+    return copies
+
+
+def _ledger_copy(ledger: Path, dest: Path) -> list[Path]:
+    """The ledger copied into `dest`, if there is one (after datakeys.db: an erasure in
+    between is in the ledger copy)."""
+    if not ledger.exists():
+        return []
+    _write(dest / ledger.name, ledger.read_bytes())
+    return [dest / ledger.name]
+
+
+def _opens(provider: KeyProvider, keys_copy: Path) -> None:
+    """KeyRingError unless `provider` opens the data keys copied."""
+    copy = DataKeys(provider, keys_copy)
     try:
         copy.check()
     finally:
         copy.close()
-    return copies
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -130,6 +130,9 @@ def test_keys_commands_use_the_chosen_provider(softhsm: Path, tmp_path: Path,
     assert "PKCS#11 token 'cli'" in capsys.readouterr().out
     assert cli.main(["keys", "rotate", "--kek"]) == 0
     assert cli.main(["keys", "verify"]) == 0
+    # The key backup: the data keys, checked to open under the token; the KEKs stay in it.
+    assert cli.main(["keys", "backup", str(tmp_path / "key-backup")]) == 0
+    assert sorted(p.name for p in (tmp_path / "key-backup").iterdir()) == ["datakeys.db"]
     assert not (tmp_path / "keyring.json").exists()
 
 
