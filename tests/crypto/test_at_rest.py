@@ -19,7 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.app import create_app
-from fhir_server.crypto import DataKeys, EnvelopeCodec, LocalKeyRing, UnreadableBody, patient_scope
+from fhir_server.crypto import (DataKeys, EnvelopeCodec, ErasureLedger, LocalKeyRing, UnreadableBody,
+                                create_key_ring, ledger_key, patient_scope)
 from fhir_server.search import extract
 from fhir_server.settings import Settings
 from fhir_server.store.base import Store, Write
@@ -223,3 +224,32 @@ def test_an_unknown_data_key_is_a_500_not_an_erasure(tmp_path: Path, monkeypatch
         # counted from the index, which keeps the outcome.
         failed = client.get("/fhir/AuditEvent?outcome=8&_summary=count").json()
         assert failed["total"] == 3, failed
+
+
+def test_erasures_recorded_before_destroyed_key_ids_were_kept_stay_erasures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A datakeys.db from before it kept the ids of destroyed keys: at start-up the server
+    takes them from the erasure ledger, so the erased patient's versions read as erased (404),
+    not as a fault (500)."""
+    ring = tmp_path / "keys" / "ring.json"
+    create_key_ring(ring)
+    monkeypatch.setenv("FHIR_SERVER_KEY_RING", str(ring))
+    settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir")
+    with authorized(TestClient(create_app(settings))) as client:
+        assert send(client, "PUT", "/fhir/Patient/old", {**patient(), "id": "old"}).status_code == 201
+        for n in range(3):  # later traffic: the audit outbox holds nothing of Patient/old at exit
+            assert send(client, "PUT", f"/fhir/Patient/n{n}", {**patient(), "id": f"n{n}"}).status_code == 201
+    keys = DataKeys(LocalKeyRing(ring), settings.data_keys_path)
+    ids = keys.keys_of(patient_scope("old"))
+    keys.destroy(patient_scope("old"))
+    ErasureLedger(settings.erasure_ledger_path, ledger_key(keys.provider)).append(
+        {"patient": "old", "erased": "2026-01-01T00:00:00Z", "reason": "test", "by": "test",
+         "client": None, "keys_destroyed": 1, "keys": [k.hex() for k in ids], "resources": {},
+         "versions": {}, "job": None})
+    keys.close()
+    with sqlite3.connect(settings.data_keys_path) as conn:  # as an older datakeys.db was
+        conn.execute("DELETE FROM destroyed")
+    with authorized(TestClient(create_app(settings))) as client:
+        assert client.get("/fhir/Patient/old/_history/1").status_code == 404
+    with sqlite3.connect(settings.data_keys_path) as conn:
+        assert [row[0] for row in conn.execute("SELECT key_id FROM destroyed")] == ids
