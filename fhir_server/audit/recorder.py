@@ -29,6 +29,7 @@ import orjson
 from ..model.ids import new_id
 from ..search import IndexEntry, extract
 from ..store.base import Outbox, Store, Write
+from ..store.bodies import stored
 from .chain import Chain
 from .outbox import PREFIX, AuditedStore, Intent, Settled, event_ids, request_of
 from .owners import Owner
@@ -135,7 +136,7 @@ class AuditRecorder:
                 latest[request_of(key)] = (n, body)
         recorded = 0
         for request_id, (_, body) in latest.items():
-            if await self.store.read("AuditEvent", request_id) is None:
+            if not await stored(self.store.read("AuditEvent", request_id)):  # shredded: it was
                 events: list[Event] = orjson.loads(body)
                 await self.record_all(events, [event["id"] for event in events])
                 recorded += len(events)

@@ -11,7 +11,7 @@ which the service layer answers as it does a version that does not exist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -78,6 +78,17 @@ def _unshredded(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version,
             if not error.destroyed:
                 raise
     return tuple(kept)
+
+
+async def stored(reading: Awaitable[Version | None]) -> bool:
+    """Whether the version `reading` reads is stored, a shredded one included (an erasure
+    destroyed its key: it was written, it can no longer be read)."""
+    try:
+        return await reading is not None
+    except UnreadableBody as error:
+        if error.destroyed:
+            return True
+        raise
 
 
 def opened_page(codec: BodyCodec, page: SearchPage) -> SearchPage:

@@ -216,3 +216,22 @@ def test_a_result_written_after_the_erasure_is_erased_again(server: Server) -> N
     assert keys.keys_of(patient_scope("a")) == []
     assert client.get(f"/fhir/Observation/{late.json()['id']}").status_code == 404
     assert client.get("/fhir/Observation?subject=Patient/a").json().get("entry", []) == []
+
+
+def test_the_server_starts_again_after_erasing_the_patient_of_the_last_write(sqlite_server: Server) -> None:
+    """The audit outbox keeps the last unit of work's record until the next one: if that was
+    about the erased patient, its AuditEvent is shredded, and start-up recovery must take it
+    as recorded (it was), not fail to start. (SQLite: a restart reopens its files.)"""
+    server = sqlite_server
+    from fastapi.testclient import TestClient
+
+    from fhir_server.app import create_app
+    from tests.conftest import authorized
+
+    body = {**observation("Patient/a"), "id": "a-last"}
+    assert send(server.client, "PUT", "/fhir/Observation/a-last", body).status_code == 201
+    assert server.erase_and_settle("a").status_code == 200
+    server.client.__exit__(None, None, None)  # the server stops with that record pending
+    with authorized(TestClient(create_app(server.settings))) as client:
+        assert client.get("/fhir/Patient/a").status_code == 404
+        assert client.get("/fhir/Patient/b").status_code == 200
