@@ -128,7 +128,7 @@ def build_context(settings: Settings, store: Store) -> Context:
         keys=_key_directory(settings),
         sealed_only=settings.sealed_messages_only,
         terminology=load_catalogue(max_expansion=settings.max_expansion),
-        pseudonym_key=(LocalKeyRing(settings.key_ring_path).index_key("trial-pseudonym")
+        pseudonym_key=(open_provider(settings).index_key("trial-pseudonym")
                        if settings.encryption else None),
     )
 
