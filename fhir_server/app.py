@@ -30,7 +30,7 @@ from .auth.server import SmartAuthorizationServer
 from .auth.tokens import TokenService
 from .auth.users import Users
 from .crypto import (BlindDigest, BodyCodec, DataKeys, EnrolledKeys, EnvelopeCodec, ErasureLedger,
-                     KeyDirectory, KeyProvider, KeyRingError, LocalKeyRing, PlainCodec,
+                     KeyDirectory, KeyProvider, KeyRingError, PlainCodec,
                      ledger_key, open_provider)
 from .bulk import ExportWorker
 from .http import (HeadMiddleware, bundle_router, export_router, fhir_router,
