@@ -98,8 +98,8 @@ def _stored_key_ids(data: Path, id_prefix: str) -> set[bytes]:
     """The data key ids in the headers of the stored versions of resources named so."""
     with sqlite3.connect(data / "fhir.db") as conn:
         # GLOB: case-sensitive (LIKE would take the published OperationDefinition/Patient-erase)
-        rows = conn.execute("SELECT body FROM history WHERE id GLOB ? AND body IS NOT NULL",
-                            (f"{id_prefix}*",)).fetchall()
+        rows = conn.execute("SELECT body FROM history WHERE id GLOB ? AND body IS NOT NULL AND "
+                            "type IN ('Patient', 'Observation')", (f"{id_prefix}*",)).fetchall()
     return {bytes(row[0][1:17]) for row in rows}
 
 
