@@ -32,7 +32,8 @@ def test_all_r4_parameters_are_loaded(registry: Registry) -> None:
         "about", "in-response-to", "payload",
         # ResearchStudy, for ECLAIRE (docs/catalogue.md); `sponsor` replaces R4's.
         "enrollment", "condition", "recruitment-status", "associated-party", "sponsor",
-        "_content"}  # ResearchStudy's, the whole resource (search/content.py)
+        "_content",  # ResearchStudy's, the whole resource (search/content.py)
+        "owner"}  # Subscription's, the user who created it (docs/subscriptions.md)
     assert len(registry.resource_types) == 146
     assert registry.resource_types["Patient"] == "DomainResource"
     assert registry.resource_types["Bundle"] == "Resource"
