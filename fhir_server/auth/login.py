@@ -215,7 +215,9 @@ class LoginFlow:
         t = TEXT[login.lang]
         values = {"pending": login.id, "action": "totp", "error": error, "notice": notice,
                   "email_codes": self.send_code is not None}
-        if user.totp_enrolled:
+        if user.totp_enrolled or user.email_factor:
+            # The secret is shown only while the account has no second factor at all (its
+            # first sign-in): once one is proven, the password alone must not reveal it.
             return Page("totp.html", login.lang, status, {**values, "title": t["totp_title"]})
         return Page("totp.html", login.lang, status, {
             **values, "title": t["enrol_title"], "secret": self.users.totp_secret(user.username),
@@ -249,6 +251,8 @@ class LoginFlow:
         await to_thread.run_sync(self.users.check_unlocked, user.username)
         right = email_codes.check(record, code)
         self._save(login, email_code=None if right else record)
+        if right:
+            await to_thread.run_sync(self.users.passed_emailed_code, user.username)
         await self.audit(200 if right else 401, user.username, login.client_id, user.fhir_user)
         return right
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyotp
 
@@ -54,6 +54,7 @@ class User:
     totp_enrolled: bool
     admin: bool = False
     suspended: bool = False
+    email_factor: bool = False  # has signed in with an e-mailed code (auth/email_codes.py)
 
     @property
     def patient(self) -> str | None:
@@ -85,6 +86,7 @@ class Users:
             add_column(conn, "user", "suspended INTEGER NOT NULL DEFAULT 0")
             for column in LIFECYCLE_COLUMNS:  # the retention's (accounts.py)
                 add_column(conn, "user", column)
+            add_column(conn, "user", "email_factor INTEGER NOT NULL DEFAULT 0")
             self._ready = True
         return conn
 
@@ -109,9 +111,16 @@ class Users:
 
     def get(self, username: str) -> User | None:
         row = self._conn().execute(
-            "SELECT username, fhir_user, totp_enrolled, admin, suspended FROM user "
+            "SELECT username, fhir_user, totp_enrolled, admin, suspended, email_factor FROM user "
             "WHERE username = ?", (username,)).fetchone()
-        return User(row[0], row[1], bool(row[2]), bool(row[3]), bool(row[4])) if row else None
+        return User(row[0], row[1], *map(bool, row[2:])) if row else None
+
+    def passed_emailed_code(self, username: str) -> None:
+        """A login proved the e-mailed code: the account's second factor from now on (the
+        TOTP secret is no longer shown to a login past its password only), and the failures
+        are forgiven as after a right TOTP code."""
+        self._conn().execute("UPDATE user SET email_factor = 1, failures = 0 WHERE username = ?",
+                             (username,))
 
     def set_suspended(self, username: str, suspended: bool) -> User:
         """Suspend or reinstate an account; ValueError if there is none, or it is already so.
@@ -124,7 +133,7 @@ class Users:
             raise ValueError(f"{username} is {'already' if suspended else 'not'} suspended")
         self._conn().execute("UPDATE user SET suspended = ? WHERE username = ?",
                              (suspended, username))
-        return User(user.username, user.fhir_user, user.totp_enrolled, user.admin, suspended)
+        return replace(user, suspended=suspended)
 
     def is_suspended(self, username: str) -> bool:
         row = self._conn().execute("SELECT suspended FROM user WHERE username = ?",

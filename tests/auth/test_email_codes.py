@@ -19,6 +19,7 @@ from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.auth import email_codes
 from fhir_server.settings import Settings
+from fhir_server.auth.users import Users
 from tests.auth.live import PASSWORD, authorize, new_user, pending_of, registry
 from tests.conftest import authorized
 from tests.http.helpers import send
@@ -166,3 +167,44 @@ def test_without_an_smtp_relay_no_code_is_offered(tmp_path: Path, signing_keys: 
                                                 "username": new_user(client, "Patient/x")})
         assert page.status_code == 200 and "email-code" not in page.text
         assert client.post("/auth/email-code", data={"pending": pending}).status_code == 404
+
+
+def _sign_in_by_email(client: TestClient, smtp: SmtpServer, username: str) -> None:
+    pending = pending_of(authorize(client, secrets.token_urlsafe(48), "portal", SCOPE,
+                                   ui_locales="en").text)
+    client.post("/auth/login", data={"pending": pending, "username": username, "password": PASSWORD})
+    client.post("/auth/email-code", data={"pending": pending})
+    consent = client.post("/auth/totp", data={"pending": pending, "code": _code(smtp)})
+    assert consent.status_code == 200 and 'action="consent"' in consent.text
+
+
+def _past_password(client: TestClient, username: str) -> Any:
+    pending = pending_of(authorize(client, secrets.token_urlsafe(48), "portal", SCOPE,
+                                   ui_locales="en").text)
+    page = client.post("/auth/login", data={"pending": pending, "username": username,
+                                            "password": PASSWORD})
+    assert page.status_code == 200, page.text
+    return page
+
+
+def test_after_an_emailed_code_the_password_alone_never_shows_the_totp_secret(
+        client: TestClient, smtp: SmtpServer) -> None:
+    """A sign-in by e-mailed code proves a second factor: later logins ask for a code, and
+    the TOTP secret is not shown to whoever knows the password only."""
+    username = new_user(client, "Patient/helene")
+    _sign_in_by_email(client, smtp, username)
+    page = _past_password(client, username)
+    assert 'id="secret"' not in page.text and "otpauth" not in page.text
+    assert "Get a code by e-mail" in page.text
+    _sign_in_by_email(client, smtp, username)  # the e-mail factor still works
+
+
+def test_a_right_emailed_code_forgives_the_failures(client: TestClient, smtp: SmtpServer) -> None:
+    username = new_user(client, "Patient/helene")
+    users = Users(registry(client))
+    for _ in range(4):
+        users.record_failure(username)
+    _sign_in_by_email(client, smtp, username)
+    for _ in range(4):  # five free failures again, not one
+        users.record_failure(username)
+    users.check_unlocked(username)
