@@ -301,6 +301,22 @@ def _notify_preferences(args: argparse.Namespace) -> int:
     return asyncio.run(_notify_preferences_async(settings, args))
 
 
+async def _notify_failed_async(settings: Settings) -> int:
+    async with open_context(settings) as context:
+        for due in await notify_runner.schedule_of(context.store).failed():
+            due_at = datetime.fromtimestamp(due.due / 1e6, UTC)
+            print(f"{due.key} due {clock.instant(due_at)} attempts {due.attempts}"
+                  f"{'' if due.body is not None else ' (body unreadable)'}")
+    return 0
+
+
+def _notify_failed(args: argparse.Namespace) -> int:
+    """`fhir-server notify failed`: the scheduled items set aside after repeated faults."""
+    settings = Settings()
+    configure(settings.log_level)
+    return asyncio.run(_notify_failed_async(settings))
+
+
 async def _hl7_errors_async(settings: Settings, limit: int) -> int:
     async with _mllp_listener(settings) as listener:
         messages = await listener.receiver.inbox.unsettled((HL7_ERROR, HL7_RECEIVED), limit)
@@ -1231,6 +1247,9 @@ def parser() -> argparse.ArgumentParser:
     wishes.add_argument("--opt-out", dest="opted_out", action=argparse.BooleanOptionalAction,
                         help="--opt-out: no notifications; --no-opt-out: notifications again")
     wishes.set_defaults(run=_notify_preferences)
+    failed = notify.add_parser("failed", help="the scheduled items set aside after repeated "
+                               "faults (keys hold ids only)")
+    failed.set_defaults(run=_notify_failed)
     return root
 
 

@@ -46,6 +46,9 @@ log = logging.getLogger("fhir_server.notify")
 NOTICE = "notice"  # the kind of the items `enqueue` adds
 BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_MOST = timedelta(hours=1)
+# Faults (not Retry) after which an item is set aside as failed for the operator
+# (`fhir-server notify failed`): an item nobody can read must not be claimed for ever.
+FAILURES_SET_ASIDE = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,21 +129,28 @@ class Scheduler:
                 done += await self._handle(due)
 
     async def _handle(self, due: Due) -> int:
-        content = orjson.loads(due.body)
-        handler = self.handlers.get(content["kind"])
-        if handler is None:  # written by a newer version of the server: leave it to that one
-            log.error("scheduled item of an unknown kind", extra={"key": due.key})
-            await self.schedule.postpone(due.key, self.owner, clock.micros(clock.now() + BACKOFF_MOST))
-            return 0
         try:
+            if due.body is None:
+                raise ValueError("the item's body cannot be opened (its data key is gone?)")
+            content = orjson.loads(due.body)
+            handler = self.handlers.get(content["kind"])
+            if handler is None:  # written by a newer version of the server: leave it to that one
+                log.error("scheduled item of an unknown kind", extra={"key": due.key})
+                await self.schedule.postpone(due.key, self.owner,
+                                             clock.micros(clock.now() + BACKOFF_MOST))
+                return 0
             await handler(Item(due.key, content["kind"], content["data"], due.attempts))
         except Exception as why:
-            # Retry: a channel is down. Anything else is a fault, logged with its traceback,
-            # and the item is kept all the same: it is retried, never dropped.
+            # Retry: a channel is down, retried without end. Anything else is a fault, logged
+            # with its traceback, retried, and set aside after FAILURES_SET_ASIDE of them.
             later = clock.now() + backoff(due.attempts)
             extra = {"key": due.key, "attempts": due.attempts, "until": clock.instant(later)}
             if isinstance(why, Retry):
                 log.warning("scheduled item postponed", extra={**extra, "why": str(why)})
+            elif due.attempts >= FAILURES_SET_ASIDE:
+                log.exception("scheduled item set aside as failed", extra=extra)
+                await self.schedule.set_aside(due.key, self.owner)
+                return 0
             else:
                 log.exception("scheduled item failed", extra=extra)
             await self.schedule.postpone(due.key, self.owner, clock.micros(later))

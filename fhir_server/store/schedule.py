@@ -8,6 +8,8 @@ personal data. Its body is sealed like a resource body (crypto/, docs/security.m
     pending --claim--> claimed --finish--> sent
        ^                  |  (lease expired: claimed again by anyone)
        +----postpone------+          cancel: pending or claimed -> cancelled
+                          |
+                          +--set_aside--> failed   (faults past the scheduler's limit)
 
 A claim is a lease (owner, expiry): the claimer sends, then `finish`es; a claimer that dies
 leaves the item to be claimed again once the lease expires, so nothing is lost. What this
@@ -22,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ..crypto import BodyCodec
+from ..crypto import BodyCodec, UnreadableBody
 
-State = Literal["pending", "claimed", "sent", "cancelled"]
+State = Literal["pending", "claimed", "sent", "cancelled", "failed"]
 # The "resource type" item bodies and preferences are sealed as: a key scope of their own.
 _ITEM = "schedule-item"
 _PREFERENCE = "notification-preference"
@@ -36,7 +38,7 @@ class Due:
 
     key: str
     due: int
-    body: bytes
+    body: bytes | None  # None: it cannot be opened (its data key is gone, or it was damaged)
     state: State = "pending"
     attempts: int = 0  # claims so far
     owner: str | None = None
@@ -59,6 +61,13 @@ class Schedule(Protocol):
 
     async def postpone(self, key: str, owner: str, due: int) -> bool:
         """Give an item `owner` holds claimed back as pending, due at `due` (a retry)."""
+
+    async def set_aside(self, key: str, owner: str) -> bool:
+        """Mark an item `owner` holds claimed as failed: claimed no more, kept for the
+        operator (`failed`); False if `owner` does not hold it (any more)."""
+
+    async def failed(self) -> list[Due]:
+        """The items set aside, by key, bodies opened where they can be."""
 
     async def cancel(self, prefix: str) -> int:
         """Cancel the pending and claimed items whose key starts with `prefix`; how many."""
@@ -84,8 +93,13 @@ def sealed_item(codec: BodyCodec, key: str, body: bytes) -> bytes:
     return codec.seal(_ITEM, key, 0, body, ())
 
 
-def opened_item(codec: BodyCodec, key: str, stored: bytes) -> bytes:
-    return codec.open(_ITEM, key, 0, stored)
+def opened_item(codec: BodyCodec, key: str, stored: bytes) -> bytes | None:
+    """The body of item `key`, or None if it cannot be opened: one such item must not stop
+    the claim of the others (the scheduler sets it aside)."""
+    try:
+        return codec.open(_ITEM, key, 0, stored)
+    except UnreadableBody:
+        return None
 
 
 def sealed_preference(codec: BodyCodec, person: str, body: bytes) -> bytes:

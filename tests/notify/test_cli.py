@@ -8,9 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhir_server import cli
+from fhir_server import cli, clock
 from fhir_server.app import body_codec, open_store
+from fhir_server.notify import Scheduler
 from fhir_server.notify.runner import schedule_of
+from fhir_server.notify.scheduler import FAILURES_SET_ASIDE
 from fhir_server.settings import Settings
 
 
@@ -39,3 +41,29 @@ def test_preferences_are_set_kept_and_audited(tmp_path: Path, monkeypatch: pytes
     assert events == 2
     assert cli.main(["notify", "preferences", "Observation/1", "--opt-out"]) == 1
     assert "not a Practitioner, Patient or RelatedPerson" in capsys.readouterr().err
+
+
+async def _set_aside(settings: Settings) -> None:
+    store = open_store(settings.store_url, codec=body_codec(settings))
+    await store.migrate()
+    await store.open()
+    try:
+        schedule = schedule_of(store)
+        await schedule.enqueue([("broken/1", 0, b"not an item")])
+        with clock.frozen(clock.now()) as now:
+            for _ in range(FAILURES_SET_ASIDE):
+                await Scheduler(schedule, {}).run_due()
+                now.advance(7200)
+    finally:
+        await store.close()
+
+
+def test_failed_items_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(tmp_path))
+    assert cli.main(["notify", "failed"]) == 0
+    assert capsys.readouterr().out == ""
+    asyncio.run(_set_aside(Settings(data_dir=tmp_path)))
+    assert cli.main(["notify", "failed"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith("broken/1 ") and "attempts 5" in line

@@ -11,7 +11,7 @@ import pytest
 
 from fhir_server import clock
 from fhir_server.notify import Item, Retry, Scheduler, cancel, enqueue
-from fhir_server.notify.scheduler import NOTICE, backoff
+from fhir_server.notify.scheduler import FAILURES_SET_ASIDE, NOTICE, backoff
 from fhir_server.audit.outbox import AuditedStore, Intent, Settled
 from fhir_server.audit.trail import Trail
 from fhir_server.model import platform_codes as codes
@@ -138,3 +138,37 @@ async def test_a_request_reaches_the_schedule_of_its_store(store: Store) -> None
     await enqueue(runner.schedule_of(audited), person="Patient/1", template="new-message",
                   params={}, not_before=START, key="m/1")
     assert [i.key for i in await scheduling(store).schedule.items("m/")] == ["m/1"]
+
+
+async def test_an_item_that_cannot_be_read_is_set_aside_and_blocks_nothing(store: Store) -> None:
+    """A body that is not an item (or whose key is gone) fails inside the error handling:
+    the later items are sent, and after FAILURES_SET_ASIDE faults it is set aside as failed,
+    claimed no more, visible to the operator."""
+    schedule, handler = scheduling(store).schedule, Recorder()
+    scheduler = Scheduler(schedule, {NOTICE: handler}, lease_seconds=60)
+    with clock.frozen(START) as now:
+        await schedule.enqueue([("bad/1", clock.micros(START - timedelta(days=1)), b'{"oops": 1}')])
+        await enqueue(schedule, person="Practitioner/1", template="new-message", params={},
+                      not_before=START, key="good/1")
+        for _ in range(FAILURES_SET_ASIDE + 2):
+            await scheduler.run_due()
+            now.advance(3600)
+    assert [i.key for i in handler.seen] == ["good/1"]
+    [bad] = await schedule.items("bad/")
+    assert bad.state == "failed" and bad.attempts == FAILURES_SET_ASIDE
+    assert [d.key for d in await schedule.failed()] == ["bad/1"]
+
+
+async def test_a_channel_down_is_retried_without_end(store: Store) -> None:
+    """Only faults set an item aside: Retry (a channel down) never does."""
+    schedule, handler = scheduling(store).schedule, Recorder()
+    handler.failing = True
+    scheduler = Scheduler(schedule, {NOTICE: handler})
+    with clock.frozen(START) as now:
+        await enqueue(schedule, person="Patient/1", template="new-message", params={},
+                      not_before=START, key="m/1")
+        for _ in range(FAILURES_SET_ASIDE + 2):
+            await scheduler.run_due()
+            now.advance(7200)
+    [item] = await schedule.items("m/")
+    assert item.state == "pending"

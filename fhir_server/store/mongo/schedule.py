@@ -11,7 +11,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 
 from ...crypto import BodyCodec
-from ..schedule import Due, opened_item, opened_preference, sealed_item, sealed_preference
+from ..schedule import Due, State, opened_item, opened_preference, sealed_item, sealed_preference
 from .layout import SCHEDULE
 
 
@@ -55,17 +55,27 @@ class MongoSchedule:
             claimed.append(self._due(doc))
         return claimed
 
-    async def finish(self, key: str, owner: str) -> bool:
+    async def _end(self, key: str, owner: str, state: State) -> bool:
         result = await self.items_docs.update_one(
             {"_id": key, "state": "claimed", "owner": owner},
-            {"$set": {"state": "sent"}, "$unset": {"lease": ""}})
+            {"$set": {"state": state}, "$unset": {"lease": ""}})
         return bool(result.modified_count)
+
+    async def finish(self, key: str, owner: str) -> bool:
+        return await self._end(key, owner, "sent")
 
     async def postpone(self, key: str, owner: str, due: int) -> bool:
         result = await self.items_docs.update_one(
             {"_id": key, "state": "claimed", "owner": owner},
             {"$set": {"state": "pending", "due": due}, "$unset": {"owner": "", "lease": ""}})
         return bool(result.modified_count)
+
+    async def set_aside(self, key: str, owner: str) -> bool:
+        return await self._end(key, owner, "failed")
+
+    async def failed(self) -> list[Due]:
+        found = self.items_docs.find({"state": "failed"}, sort=[("_id", ASCENDING)])
+        return [self._due(doc) async for doc in found]
 
     async def cancel(self, prefix: str) -> int:
         result = await self.items_docs.update_many(

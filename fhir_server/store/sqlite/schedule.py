@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ...crypto import BodyCodec
-from ..schedule import Due, opened_item, opened_preference, sealed_item, sealed_preference
+from ..schedule import Due, State, opened_item, opened_preference, sealed_item, sealed_preference
 
 T = TypeVar("T")
 Run = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
@@ -59,15 +59,26 @@ class SqliteSchedule:
     async def _update(self, sql: str, params: Sequence[Any]) -> int:
         return int(await self._write(lambda conn: conn.execute(sql, params).rowcount))
 
-    async def finish(self, key: str, owner: str) -> bool:
+    async def _end(self, key: str, owner: str, state: State) -> bool:
         return bool(await self._update(
-            "UPDATE schedule SET state = 'sent', lease = NULL "
-            "WHERE key = ? AND state = 'claimed' AND owner = ?", (key, owner)))
+            "UPDATE schedule SET state = ?, lease = NULL "
+            "WHERE key = ? AND state = 'claimed' AND owner = ?", (state, key, owner)))
+
+    async def finish(self, key: str, owner: str) -> bool:
+        return await self._end(key, owner, "sent")
 
     async def postpone(self, key: str, owner: str, due: int) -> bool:
         return bool(await self._update(
             "UPDATE schedule SET state = 'pending', due = ?, owner = NULL, lease = NULL "
             "WHERE key = ? AND state = 'claimed' AND owner = ?", (due, key, owner)))
+
+    async def set_aside(self, key: str, owner: str) -> bool:
+        return await self._end(key, owner, "failed")
+
+    async def failed(self) -> list[Due]:
+        rows = await self._read(lambda conn: conn.execute(
+            f"SELECT {_FIELDS} FROM schedule WHERE state = 'failed' ORDER BY key").fetchall())
+        return [self._due(row) for row in rows]
 
     async def cancel(self, prefix: str) -> int:
         return await self._update(

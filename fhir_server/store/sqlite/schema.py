@@ -52,7 +52,7 @@ CREATE TABLE schedule (
     key      TEXT    PRIMARY KEY,   -- the caller's deduplication key (ids only)
     due      INTEGER NOT NULL,      -- microseconds since the epoch
     body     BLOB    NOT NULL,      -- sealed (store/schedule.py)
-    state    TEXT    NOT NULL,      -- pending, claimed, sent, cancelled
+    state    TEXT    NOT NULL,      -- pending, claimed, sent, cancelled, failed
     attempts INTEGER NOT NULL,
     owner    TEXT,
     lease    INTEGER
