@@ -214,7 +214,7 @@ class LoginFlow:
                    status: int = 200, notice: str | None = None) -> Page:
         t = TEXT[login.lang]
         values = {"pending": login.id, "action": "totp", "error": error, "notice": notice,
-                  "email_codes": self.send_code is not None}
+                  "email_codes": self._may_email(user)}
         if user.totp_enrolled or user.email_factor:
             # The secret is shown only while the account has no second factor at all (its
             # first sign-in): once one is proven, the password alone must not reveal it.
@@ -223,12 +223,18 @@ class LoginFlow:
             **values, "title": t["enrol_title"], "secret": self.users.totp_secret(user.username),
             "uri": self.users.provisioning_uri(user.username)})
 
+    def _may_email(self, user: User) -> bool:
+        """Whether `user` may sign in with an e-mailed code: never an administrator, nor an
+        account that enrolled TOTP (a downgrade: the address is in the directory, which
+        others may edit)."""
+        return self.send_code is not None and not user.admin and not user.totp_enrolled
+
     async def email_code(self, login: Login) -> Answer:
         """Send a one-time code to the person's e-mail address (auth/email_codes.py): the
         second-factor page again, saying so, or why not."""
         user = self.users.get(login.data["username"])
         assert user is not None
-        if self.send_code is None:
+        if self.send_code is None or not self._may_email(user):
             return message(login.lang, "expired", 404)
         t = TEXT[login.lang]
         previous = login.data.get("email_code")

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 from fastapi.testclient import TestClient
 
@@ -208,3 +209,21 @@ def test_a_right_emailed_code_forgives_the_failures(client: TestClient, smtp: Sm
     for _ in range(4):  # five free failures again, not one
         users.record_failure(username)
     users.check_unlocked(username)
+
+
+@pytest.mark.parametrize("admin", [True, False])
+def test_no_emailed_code_for_administrators_or_accounts_with_totp(
+        client: TestClient, smtp: SmtpServer, admin: bool) -> None:
+    """E-mail is the weaker factor (the address is writable by whoever may edit the
+    directory): never for an administrator, nor an account that enrolled TOTP."""
+    users = Users(registry(client))
+    username = f"boss-{secrets.token_hex(4)}"
+    users.add(username, PASSWORD, "Practitioner/boss", admin=admin)
+    if not admin:  # enrols TOTP at its first sign-in
+        users.totp_secret(username)
+        assert users.check_code(username, pyotp.TOTP(users.totp_secret(username)).now())
+    page = _past_password(client, username)
+    assert "Get a code by e-mail" not in page.text
+    pending = pending_of(page.text)
+    assert client.post("/auth/email-code", data={"pending": pending}).status_code == 404
+    assert smtp.mailbox.received == []
