@@ -131,11 +131,17 @@ async def set_preferences(ctx: Context, schedule: Schedule, record: Record, pers
     """Keep `wished` as `person`'s preferences, audited. FORBIDDEN unless the caller is that
     person (or the server: the operator's command line); INVALID for an unknown channel or
     language."""
-    _person(person)
+    kind, _ = _person(person)
     principal = ctx.principal
     if principal is None or (principal.role is not Role.SERVER and principal.fhir_user != person):
         raise fail(Kind.FORBIDDEN, "forbidden", "Only a person changes their own notification "
                    "preferences.")
+    # An app that may only read (or write something else) must not opt its user out of
+    # reminders: it takes the right to update the person's own resource, without a filter.
+    if principal.role is not Role.SERVER and principal.grant.restrictions(
+            "update", kind, ("patient", "user")) is not None:  # None: some unfiltered scope
+        raise fail(Kind.FORBIDDEN, "forbidden", f"Changing notification preferences takes the "
+                   f"scope patient/{kind}.u or user/{kind}.u.")
     if wished.channel not in CHANNELS:
         raise fail(Kind.INVALID, "value", f"channel is one of {', '.join(CHANNELS)}.",
                    expression="channel")

@@ -14,9 +14,14 @@ URL = "/notifications/preferences"
 EVENTS = "https://oncotrials.example.org/fhir/CodeSystem/notification-event"
 
 
-def _as(client: TestClient, fhir_user: str | None = "Practitioner/p1") -> dict[str, str]:
+# Changing preferences takes the right to update one's own resource.
+WRITE = "user/*.rs user/Practitioner.u"
+
+
+def _as(client: TestClient, fhir_user: str | None = "Practitioner/p1",
+        scope: str = WRITE) -> dict[str, str]:
     claims = {"fhir_user": fhir_user} if fhir_user else {}
-    return {"Authorization": f"Bearer {token(client, 'user/*.rs', **claims)}"}
+    return {"Authorization": f"Bearer {token(client, scope, **claims)}"}
 
 
 def test_a_person_reads_and_changes_their_preferences(client: TestClient) -> None:
@@ -54,3 +59,19 @@ def test_bad_preferences_are_refused_and_change_nothing(client: TestClient) -> N
     assert client.put(URL, content=b"x", headers={**_as(client), "Content-Type": "text/plain"}).status_code == 415
     assert client.get(URL, headers=_as(client)).json() == {
         "channel": "email", "language": "fr", "optedOut": False}
+
+
+def test_changing_preferences_takes_the_right_to_update_ones_own_resource(
+        client: TestClient) -> None:
+    """A token that may only read (or update something else) cannot opt its user out of
+    reminders: 403, nothing changed; `<level>/<own type>.u` may."""
+    for scope in ("user/*.rs", "patient/Observation.cruds", "openid fhirUser",
+                  "user/Patient.u", "user/Practitioner.u?identifier=x|y"):
+        answer = client.put(URL, json={"optedOut": True}, headers=_as(client, scope=scope))
+        assert answer.status_code == 403, (scope, answer.text)
+        assert answer.json()["resourceType"] == "OperationOutcome"
+    assert client.get(URL, headers=_as(client, scope="user/*.rs")).json()["optedOut"] is False
+    for person, scope in (("Practitioner/p1", "user/Practitioner.u"),
+                          ("Patient/p2", "patient/Patient.u")):
+        answer = client.put(URL, json={"optedOut": True}, headers=_as(client, person, scope))
+        assert answer.status_code == 200, (scope, answer.text)
