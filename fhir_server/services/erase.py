@@ -34,6 +34,7 @@ from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
 from ..store.base import Erasure, Store
+from . import notifications
 from .context import Context
 from .crud import check_id
 
@@ -186,6 +187,7 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
     setup = _setup(ctx)
     async with setup.lock:  # two requests for one patient: the second finds nothing left
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+        await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
         done = await asyncio.to_thread(setup.ledger.find, patient_id)
         if done is not None and not erased.resources:
             return parameters(done)

@@ -18,14 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 
 from .. import clock
 from ..access import Role
 from ..model.errors import Kind, fail
-from ..store.schedule import Schedule
+from ..store.schedule import Schedule, Scheduling
 from .context import Context
 
 PERSON_TYPES = ("Practitioner", "Patient", "RelatedPerson")
@@ -152,6 +152,19 @@ async def set_preferences(ctx: Context, schedule: Schedule, record: Record, pers
     await record(notification_event("preferences", person, who, {
         "channel": wished.channel, "language": wished.language or "(resource)",
         "opted out": str(wished.opted_out).lower()}))
+
+
+async def forget(ctx: Context, person: str) -> None:
+    """Erase what the schedule holds of `person` (services/erase.py): their preferences and
+    the notices addressed to them, in any state. Item bodies are sealed, so they are opened to
+    find the person: erasures are rare, the schedule small."""
+    schedule = cast(Scheduling, ctx.store).schedule
+    keys = []
+    for due in await schedule.items(""):
+        content = orjson.loads(due.body) if due.body is not None else {}
+        if isinstance(content, dict) and (content.get("data") or {}).get("person") == person:
+            keys.append(due.key)
+    await schedule.forget(person, keys)
 
 
 def own(ctx: Context) -> str:

@@ -81,6 +81,10 @@ class Schedule(Protocol):
     async def set_preference(self, person: str, body: bytes) -> None:
         """Keep `body` as the preferences of `person` (replacing earlier ones)."""
 
+    async def forget(self, person: str, keys: Sequence[str]) -> None:
+        """Delete the preferences of `person` and the items named by `keys`, whatever their
+        state (an erasure: services/erase.py)."""
+
 
 class Scheduling(Protocol):
     """A store that keeps a schedule."""

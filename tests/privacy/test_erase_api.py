@@ -4,13 +4,15 @@ answers (200, 202 and polling, 400, 403, 404, 409), what it records; on each sto
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from typing import Any
 
 import orjson
 import pytest
 
-from fhir_server import cli
+from fhir_server import cli, clock
 from fhir_server.crypto import patient_scope
+from fhir_server.notify import enqueue
 from tests.builders import observation, patient
 from tests.http.helpers import send
 from tests.privacy.conftest import Server
@@ -235,3 +237,21 @@ def test_the_server_starts_again_after_erasing_the_patient_of_the_last_write(sql
     with authorized(TestClient(create_app(server.settings))) as client:
         assert client.get("/fhir/Patient/a").status_code == 404
         assert client.get("/fhir/Patient/b").status_code == 200
+
+
+def test_erasure_forgets_the_patients_notifications(server: Server) -> None:
+    """The patient's notification preferences (stored under `Patient/<id>` in clear) and the
+    notices waiting for them go with the erasure; another person's stay."""
+    schedule = server.client.app.state.schedule  # type: ignore[attr-defined]
+    for caller in ("patient-a", "patient-b"):
+        changed = server.client.put("/notifications/preferences", json={"optedOut": True},
+                                    headers=server.headers(caller))
+        assert changed.status_code == 200, changed.text
+    portal = server.client.portal  # type: ignore[attr-defined]
+    for person in ("Patient/a", "Patient/b"):
+        portal.call(partial(enqueue, schedule, person=person, template="new-message", params={},
+                            not_before=clock.now(), key=f"message/{person}"))
+    assert server.erase("a").status_code == 200
+    assert portal.call(schedule.preference, "Patient/a") is None
+    assert portal.call(schedule.preference, "Patient/b") is not None
+    assert [d.key for d in portal.call(schedule.items, "message/")] == ["message/Patient/b"]

@@ -91,6 +91,11 @@ class MongoSchedule:
         doc = await self.preferences.find_one({"_id": person})
         return opened_preference(self.codec, person, bytes(doc["body"])) if doc else None
 
+    async def forget(self, person: str, keys: Sequence[str]) -> None:
+        await self.preferences.delete_one({"_id": person})
+        if keys:
+            await self.items_docs.delete_many({"_id": {"$in": list(keys)}})
+
     async def set_preference(self, person: str, body: bytes) -> None:
         await self.preferences.replace_one(
             {"_id": person}, {"body": sealed_preference(self.codec, person, body)}, upsert=True)

@@ -96,6 +96,13 @@ class SqliteSchedule:
             "SELECT body FROM notification_preference WHERE person = ?", (person,)).fetchone())
         return opened_preference(self.codec, person, row[0]) if row else None
 
+    async def forget(self, person: str, keys: Sequence[str]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM notification_preference WHERE person = ?", (person,))
+            conn.executemany("DELETE FROM schedule WHERE key = ?", [(key,) for key in keys])
+
+        await self._write(work)
+
     async def set_preference(self, person: str, body: bytes) -> None:
         sealed = sealed_preference(self.codec, person, body)
         await self._update("INSERT OR REPLACE INTO notification_preference (person, body) "
