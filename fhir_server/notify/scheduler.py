@@ -108,7 +108,7 @@ class Scheduler:
     """Sends the due items of `schedule` through `handlers` (by kind)."""
 
     def __init__(self, schedule: Schedule, handlers: Mapping[str, Handler], *,
-                 lease_seconds: float = 120.0, batch: int = 50) -> None:
+                 lease_seconds: float = 120.0, batch: int = 10) -> None:
         self.schedule = schedule
         self.handlers = dict(handlers)
         self.lease = timedelta(seconds=lease_seconds)
@@ -126,6 +126,11 @@ class Scheduler:
             if not claimed:
                 return done
             for due in claimed:
+                if clock.micros(clock.now() + self.lease / 3) > (due.lease or 0):
+                    # Too little of the lease left for a send (the SMTP timeout is a third of
+                    # it at most): given back now, before another process may claim it.
+                    await self.schedule.postpone(due.key, self.owner, clock.micros(clock.now()))
+                    continue
                 done += await self._handle(due)
 
     async def _handle(self, due: Due) -> int:

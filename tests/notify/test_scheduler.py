@@ -172,3 +172,29 @@ async def test_a_channel_down_is_retried_without_end(store: Store) -> None:
             now.advance(7200)
     [item] = await schedule.items("m/")
     assert item.state == "pending"
+
+
+async def test_an_item_whose_lease_ran_out_while_waiting_in_its_batch_is_not_sent(
+        store: Store) -> None:
+    """A slow send (a relay timing out) lets the lease of the next items of the batch run
+    out; another process claims and sends them: the first must not send them too."""
+    schedule = scheduling(store).schedule
+    sends: list[tuple[str, str]] = []
+    with clock.frozen(START) as now:
+        for n in range(2):
+            await enqueue(schedule, person="Practitioner/1", template="new-message", params={},
+                          not_before=START, key=f"m/{n}")
+
+        async def fast(item: Item) -> None:
+            sends.append(("B", item.key))
+
+        other = Scheduler(schedule, {NOTICE: fast}, lease_seconds=120)
+
+        async def slow(item: Item) -> None:
+            sends.append(("A", item.key))
+            if item.key == "m/0":
+                now.advance(121)
+                await other.run_due()
+
+        await Scheduler(schedule, {NOTICE: slow}, lease_seconds=120, batch=2).run_due()
+    assert [key for _, key in sends].count("m/1") == 1, sends
