@@ -87,6 +87,9 @@ class SmtpChannel:
         return email
 
     async def send(self, message: Message) -> None:
+        if not message.to.isascii():
+            # Needs SMTPUTF8, which few relays offer: it would fail at every attempt.
+            raise Undeliverable("the e-mail address is not ASCII")
         await asyncio.to_thread(self._send, self.email(message))
 
     def _send(self, email: EmailMessage) -> None:
@@ -108,6 +111,10 @@ class SmtpChannel:
             raise ChannelDown(f"the SMTP server deferred the recipient ({codes[0]})") from None
         except smtplib.SMTPNotSupportedError:
             raise ChannelDown("the SMTP server does not offer STARTTLS") from None
+        except smtplib.SMTPDataError as error:
+            if 500 <= error.smtp_code < 600:  # the message itself is refused: it will not change
+                raise Undeliverable(f"the SMTP server refused the message ({error.smtp_code})") from None
+            raise ChannelDown(f"the SMTP server answered {error.smtp_code}") from None
         except smtplib.SMTPResponseException as error:
             raise ChannelDown(f"the SMTP server answered {error.smtp_code}") from None
         except (smtplib.SMTPException, OSError) as error:  # connection, TLS, timeouts

@@ -69,7 +69,8 @@ def _current(point: dict[str, Any]) -> bool:
 
 # What an address must look like to be used: a value that is not (a line break in an e-mail
 # header, a URL instead of a number) is skipped as if absent.
-_EMAIL = re.compile(r"[^@\s<>,;:\"]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
+# ASCII only: an internationalised address needs SMTPUTF8, which few relays offer.
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
 _PHONE = re.compile(r"\+?[0-9]{6,15}")
 
 

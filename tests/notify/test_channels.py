@@ -117,3 +117,20 @@ async def test_the_gateway_answers_decide_between_later_and_never(
 async def test_an_absent_gateway_is_down() -> None:
     with pytest.raises(ChannelDown):
         await HttpSmsGateway(f"http://127.0.0.1:{free_port()}/sms", "t", timeout=2).send(MESSAGE)
+
+
+async def test_a_message_refused_for_good_at_data_is_undeliverable(smtp_server: SmtpServer) -> None:
+    """A 5xx answer to DATA (rejected as spam, too big) will not change: not retried."""
+    async def reject(server: Any, session: Any, envelope: Any) -> str:
+        return "554 5.7.1 Message rejected"
+    smtp_server.mailbox.handle_DATA = reject  # type: ignore[method-assign]
+    with pytest.raises(Undeliverable, match="554"):
+        await channel(smtp_server).send(MESSAGE)
+
+
+async def test_an_address_that_is_not_ascii_is_undeliverable(smtp_server: SmtpServer) -> None:
+    """Relays seldom offer SMTPUTF8: such an address is not sent to (nor mistaken for a relay
+    without STARTTLS, retried for ever)."""
+    with pytest.raises(Undeliverable, match="ASCII"):
+        await channel(smtp_server).send(Message("hélène@example.org", "s", "b", "fr", "r"))
+    assert smtp_server.mailbox.received == []

@@ -58,6 +58,7 @@ PEOPLE = {
              {"system": "email", "value": "ended@example.org", "rank": 0,
               "period": {"end": "2020-01-01"}},
              {"system": "email", "value": "bcc@evil.example\nBcc: all@example.org", "rank": 0},
+             {"system": "email", "value": "hélène@example.org", "rank": 0},  # not ASCII
              {"system": "phone", "use": "mobile", "value": "+33 6 00 00 00 01"}],
     "mobile": [{"system": "sms", "value": "+33600000002"},
                {"system": "email", "value": "old@example.org", "use": "old"}],
