@@ -126,10 +126,16 @@ class SmsGateway(Channel, Protocol):
     is one more implementation of it, chosen where notify/runner.py builds the channels."""
 
 
+# Gateway answers that say nothing of the message: a timeout, a rate limit, or a token or URL
+# that is wrong (the operator fixes it; meanwhile the notices wait).
+_NOT_THE_MESSAGE = frozenset({401, 403, 404, 408, 429})
+
+
 class HttpSmsGateway:
     """An SMS gateway reached over HTTPS: each message is `POST url` with JSON `{"to",
     "text", "reference"}` and a bearer token; 2xx is accepted, 4xx refused for good (but 408
-    and 429), anything else or no answer is tried again."""
+    and 429, and 401, 403, 404: the gateway's token or URL is wrong, for the operator to fix),
+    anything else or no answer is tried again."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
         self.url = url
@@ -146,6 +152,6 @@ class HttpSmsGateway:
             raise ChannelDown(f"the SMS gateway is unreachable ({type(error).__name__})") from None
         if 200 <= answer.status_code < 300:
             return
-        if 400 <= answer.status_code < 500 and answer.status_code not in (408, 429):
+        if 400 <= answer.status_code < 500 and answer.status_code not in _NOT_THE_MESSAGE:
             raise Undeliverable(f"the SMS gateway refused the message ({answer.status_code})")
         raise ChannelDown(f"the SMS gateway answered {answer.status_code}")

@@ -53,19 +53,23 @@ class Delivery:
         if contact is None or not usable:
             await self._audit("undeliverable", person, {**details, "why": "no address"})
             return
-        channel = usable[0]
         text = render(template, contact.language, item.data["params"], self.link)
-        message = Message(_address(contact, channel) or "", text.subject, text.body,
-                          contact.language, message_ref(item.key))
-        try:
-            await self.channels[channel].send(message)
-        except ChannelDown as why:
-            raise Retry(str(why)) from None
-        except Undeliverable as why:
-            await self._audit("undeliverable", person, {**details, "channel": channel, "why": str(why)})
+        refused = []
+        for channel in usable:  # the preferred first; the other if it refuses the message
+            message = Message(_address(contact, channel) or "", text.subject, text.body,
+                              contact.language, message_ref(item.key))
+            try:
+                await self.channels[channel].send(message)
+            except ChannelDown as why:
+                raise Retry(str(why)) from None
+            except Undeliverable as why:
+                refused.append(f"{channel}: {why}")
+                continue
+            await self._audit("sent", person, {**details, "channel": channel,
+                                               "language": contact.language})
             return
-        await self._audit("sent", person, {**details, "channel": channel,
-                                           "language": contact.language})
+        await self._audit("undeliverable", person, {**details, "channel": ", ".join(usable),
+                                                    "why": "; ".join(refused)})
 
     async def _audit(self, code: str, person: str, details: dict[str, str]) -> None:
         await audit(self.record, code, person, details)

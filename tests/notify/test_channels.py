@@ -105,8 +105,11 @@ async def test_an_sms_goes_to_the_gateway_with_its_reference(gateway: str) -> No
                             "Bearer secret-token")]
 
 
+# 401, 403, 404: the gateway's token or URL is wrong, the operator's to fix: not the message's.
 @pytest.mark.parametrize(("status", "error"), [(503, ChannelDown), (429, ChannelDown),
-                                               (400, Undeliverable), (302, ChannelDown)])
+                                               (400, Undeliverable), (302, ChannelDown),
+                                               (401, ChannelDown), (403, ChannelDown),
+                                               (404, ChannelDown)])
 async def test_the_gateway_answers_decide_between_later_and_never(
         gateway: str, status: int, error: type[Exception]) -> None:
     Gateway.answers = [status]

@@ -147,3 +147,12 @@ async def test_a_notice_with_parameters_its_template_does_not_take_is_refused(st
     assert await enqueue(schedule, person="Patient/1", template="retention-warning",
                          params={"date": "2027-02-01"}, not_before=at, key="x")
     assert clock.micros(at) == (await schedule.items("x"))[0].due
+
+
+async def test_a_refused_preferred_channel_falls_back_to_the_other(store: Store, tmp_path: Any) -> None:
+    ctx, schedule, events = await _context(store, tmp_path), scheduling(store).schedule, Events()
+    sms = Outbox()
+    channels = {"email": Outbox(Undeliverable("550")), "sms": sms}
+    await Delivery(ctx, schedule, channels, "https://p/", events)(_item("both"))
+    assert [m.to for m in sms.sent] == ["+33600000001"]
+    assert events.codes() == [("sent", "Practitioner/both")]
