@@ -183,3 +183,14 @@ def test_an_answer_in_a_transaction_bundle_cancels_too(world: World) -> None:
     assert done.status_code == 200, done.text
     world.advance(30)
     assert world.mail() == []
+
+
+def test_an_erased_patients_referral_leaves_no_reminder(world: World) -> None:
+    referral = _refer(world)
+    schedule = runner.schedule_of(world.client.app.state.context.store)  # type: ignore[attr-defined]
+    assert world.client.portal.call(schedule.items, f"referral/{referral}/")  # type: ignore[attr-defined]
+    erased = world.client.post("/fhir/Patient/shared/$erase?reason=asked",
+                               headers=world.headers("patient", "shared"))
+    assert erased.status_code == 200, erased.text
+    assert world.client.portal.call(schedule.items, f"referral/{referral}/") == []  # type: ignore[attr-defined]
+    assert world.advance(30) == 0 and world.mail() == []
