@@ -149,17 +149,36 @@ async def people(ctx: Context, recipients: Sequence[str]) -> list[str]:
     found: list[str] = []
     for recipient in recipients:
         kind, _, id = recipient.partition("/")
-        version = await ctx.store.read(kind, id) if kind in codes.RECIPIENT_TYPES and id else None
-        resource = orjson.loads(version.body) if version is not None and version.body else {}
-        if resource.get("active") is False:
+        resource = await _current(ctx, kind, id) if kind in codes.RECIPIENT_TYPES else None
+        if resource is None:
             continue
         if kind == "PractitionerRole":
             members = [resource.get("practitioner") or {}]
         elif kind == "CareTeam":
-            members = [p.get("member") or {} for p in resource.get("participant", [])]
+            members = [p.get("member") or {} for p in resource.get("participant", [])
+                       if not _ended(p)]
         else:
             members = [m.get("entity") or {} for m in resource.get("member", [])
-                       if not m.get("inactive")]
-        found += [m["reference"] for m in members
-                  if str(m.get("reference", "")).startswith("Practitioner/")]
+                       if not m.get("inactive") and not _ended(m)]
+        for member in members:
+            reference = str(member.get("reference", ""))
+            # A Practitioner who left (active false) no longer has access: not reminded.
+            if reference.startswith("Practitioner/") and await _current(
+                    ctx, "Practitioner", reference.partition("/")[2]) is not None:
+                found.append(reference)
     return list(dict.fromkeys(found))
+
+
+def _ended(element: dict[str, Any]) -> bool:
+    """Whether `element`'s period ended before today."""
+    end = (element.get("period") or {}).get("end")
+    return isinstance(end, str) and end[:10] < clock.today()
+
+
+async def _current(ctx: Context, kind: str, id: str) -> dict[str, Any] | None:
+    """The stored resource, unless it is missing, inactive or its period ended."""
+    version = await ctx.store.read(kind, id) if id else None
+    resource = orjson.loads(version.body) if version is not None and version.body else None
+    if not isinstance(resource, dict) or resource.get("active") is False or _ended(resource):
+        return None
+    return resource

@@ -194,3 +194,18 @@ def test_an_erased_patients_referral_leaves_no_reminder(world: World) -> None:
     assert erased.status_code == 200, erased.text
     assert world.client.portal.call(schedule.items, f"referral/{referral}/") == []  # type: ignore[attr-defined]
     assert world.advance(30) == 0 and world.mail() == []
+
+
+def test_people_who_lost_access_are_not_reminded(world: World) -> None:
+    """After the referral: dr-team leaves (Practitioner.active false), the investigator's
+    role ends (PractitionerRole.period): neither is reminded; a CareTeam participant whose
+    period ended neither."""
+    _refer(world)
+    gone = {"resourceType": "Practitioner", "id": "dr-team", "active": False,
+            "telecom": [{"system": "email", "value": "team@example.org"}]}
+    assert send(world.client, "PUT", "/fhir/Practitioner/dr-team", gone).status_code == 200
+    ended = {"resourceType": "PractitionerRole", "id": "inv-bordeaux", "active": True,
+             "period": {"end": "2020-01-01"}, "practitioner": {"reference": "Practitioner/dr-inv"}}
+    assert send(world.client, "PUT", "/fhir/PractitionerRole/inv-bordeaux", ended).status_code == 200
+    world.advance(5.01)
+    assert world.mail() == []
