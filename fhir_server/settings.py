@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` names this machine (a relay beside the server)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class TrustedIssuerSetting(BaseModel):
@@ -196,11 +205,12 @@ class Settings(BaseSettings):
     smtp_password: str = Field("", description="SMTP password (never logged).")
     smtp_starttls: bool = Field(
         True, description="Send only after STARTTLS (refuse a relay that does not offer it); "
-        "off only for a relay on the same host.")
+        "off only for a relay on a loopback host (refused otherwise).")
     smtp_ca_file: Path | None = Field(
         None, description="Certificates trusted for the SMTP relay's TLS; empty: the system's.")
     sms_gateway_url: str = Field(
-        "", description="HTTPS endpoint of the SMS gateway (docs/notifications.md); empty: no SMS.")
+        "", description="HTTPS endpoint of the SMS gateway (docs/notifications.md; http only to "
+        "a loopback host); empty: no SMS.")
     sms_gateway_token: str = Field("", description="Bearer token of the SMS gateway (never logged).")
     protected_sort_limit: int = Field(
         10_000, ge=0, description="Most matches a `_sort` on a protected parameter sorts after "
@@ -226,6 +236,17 @@ class Settings(BaseSettings):
         None, description="File holding the secret that signs notification bodies (HMAC-SHA256 "
         "in X-Hub-Signature-256); empty means notifications are not signed.",
     )
+
+    @model_validator(mode="after")
+    def _no_relay_in_clear(self) -> Settings:
+        # Mail, the SMTP password and the gateway's token cross a network only encrypted.
+        if self.smtp_host and not self.smtp_starttls and not _loopback(self.smtp_host):
+            raise ValueError("smtp_starttls may be off only for a relay on a loopback host")
+        gateway = urlsplit(self.sms_gateway_url)
+        if self.sms_gateway_url and not (gateway.scheme == "https" or (
+                gateway.scheme == "http" and _loopback(gateway.hostname or ""))):
+            raise ValueError("sms_gateway_url is https (http only to a loopback host)")
+        return self
 
     @model_validator(mode="after")
     def _default_base_url(self) -> Settings:

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from fhir_server.notify.channels import (ChannelDown, HttpSmsGateway, Message, SmtpChannel,
                                          SmtpSettings, Undeliverable, message_ref)
+from fhir_server.settings import Settings
 from tests.notify.mail import SmtpServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -137,3 +139,18 @@ async def test_an_address_that_is_not_ascii_is_undeliverable(smtp_server: SmtpSe
     with pytest.raises(Undeliverable, match="ASCII"):
         await channel(smtp_server).send(Message("hélène@example.org", "s", "b", "fr", "r"))
     assert smtp_server.mailbox.received == []
+
+
+@pytest.mark.parametrize("options", [
+    {"smtp_host": "smtp.remote.example", "smtp_starttls": False},
+    {"sms_gateway_url": "http://sms.example/send", "sms_gateway_token": "t"},
+    {"sms_gateway_url": "ftp://sms.example/send"},
+])
+def test_a_relay_in_clear_is_refused_unless_on_this_host(options: dict[str, Any]) -> None:
+    """Mail, passwords and bearer tokens do not cross a network in clear."""
+    with pytest.raises(ValidationError, match="loopback"):
+        Settings(**options)
+    local = {k: v.replace("smtp.remote.example", "127.0.0.1").replace("sms.example", "localhost")
+             if isinstance(v, str) else v for k, v in options.items()}
+    if not local.get("sms_gateway_url", "").startswith("ftp"):
+        Settings(**local)
