@@ -39,6 +39,7 @@ import orjson
 
 from .. import clock
 from ..store.schedule import Due, Schedule
+from ..services.notifications import PERSON_TYPES
 from .templates import check
 
 log = logging.getLogger("fhir_server.notify")
@@ -81,7 +82,11 @@ async def enqueue(schedule: Schedule, *, person: str, template: str, params: Map
                   not_before: datetime, key: str) -> bool:
     """Schedule a notice to `person` (see the module docstring); False if `key` was already
     scheduled (in any state: a sent or cancelled notice is not sent again). TemplateError if
-    `template` does not take `params` (notify/templates.py)."""
+    `template` does not take `params` (notify/templates.py); ValueError if `person` is no
+    Practitioner, Patient or RelatedPerson reference (it could never be delivered)."""
+    kind, _, id = person.partition("/")
+    if kind not in PERSON_TYPES or not id or "/" in id:
+        raise ValueError(f"a notice goes to a person (Type/id of {', '.join(PERSON_TYPES)})")
     check(template, params)
     return bool(await add_all(schedule, NOTICE, [
         (key, {"person": person, "template": template, "params": dict(params)}, not_before)]))

@@ -198,3 +198,12 @@ async def test_an_item_whose_lease_ran_out_while_waiting_in_its_batch_is_not_sen
 
         await Scheduler(schedule, {NOTICE: slow}, lease_seconds=120, batch=2).run_due()
     assert [key for _, key in sends].count("m/1") == 1, sends
+
+
+async def test_a_notice_to_anything_but_a_person_is_refused(store: Store) -> None:
+    schedule = scheduling(store).schedule
+    for person in ("Organization/1", "Practitioner/", "Patient/1/_history/2", "nobody"):
+        with pytest.raises(ValueError, match="person"):
+            await enqueue(schedule, person=person, template="new-message", params={},
+                          not_before=START, key=f"bad/{person}")
+    assert await schedule.items("bad/") == []
