@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -202,7 +202,7 @@ class Settings(BaseSettings):
     smtp_port: int = Field(587, ge=1, le=65535, description="Port of the SMTP relay (submission).")
     smtp_sender: str = Field("", description="The From address of notifications.")
     smtp_user: str = Field("", description="SMTP user name; empty: no authentication.")
-    smtp_password: str = Field("", description="SMTP password (never logged).")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password (never logged).")
     smtp_starttls: bool = Field(
         True, description="Send only after STARTTLS (refuse a relay that does not offer it); "
         "off only for a relay on a loopback host (refused otherwise).")
@@ -211,7 +211,8 @@ class Settings(BaseSettings):
     sms_gateway_url: str = Field(
         "", description="HTTPS endpoint of the SMS gateway (docs/notifications.md; http only to "
         "a loopback host); empty: no SMS.")
-    sms_gateway_token: str = Field("", description="Bearer token of the SMS gateway (never logged).")
+    sms_gateway_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token of the SMS gateway (never logged).")
     protected_sort_limit: int = Field(
         10_000, ge=0, description="Most matches a `_sort` on a protected parameter sorts after "
         "decryption; a search matching more answers 400.",

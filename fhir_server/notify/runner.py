@@ -46,7 +46,7 @@ def smtp(settings: Settings) -> SmtpChannel | None:
         return None
     return SmtpChannel(SmtpSettings(
         settings.smtp_host, settings.smtp_port, settings.smtp_sender, settings.smtp_user,
-        settings.smtp_password, settings.smtp_starttls,
+        settings.smtp_password.get_secret_value(), settings.smtp_starttls,
         str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
         timeout=min(30.0, settings.notify_lease_seconds / 3)))
 
@@ -57,7 +57,8 @@ def channels(settings: Settings) -> dict[str, Channel]:
     if (email := smtp(settings)) is not None:
         found["email"] = email
     if settings.sms_gateway_url:
-        found["sms"] = HttpSmsGateway(settings.sms_gateway_url, settings.sms_gateway_token)
+        found["sms"] = HttpSmsGateway(settings.sms_gateway_url,
+                                      settings.sms_gateway_token.get_secret_value())
     return found
 
 

@@ -154,3 +154,9 @@ def test_a_relay_in_clear_is_refused_unless_on_this_host(options: dict[str, Any]
              if isinstance(v, str) else v for k, v in options.items()}
     if not local.get("sms_gateway_url", "").startswith("ftp"):
         Settings(**local)
+
+
+def test_the_relay_password_and_gateway_token_never_show_in_settings() -> None:
+    settings = Settings(smtp_password="hunter2-password", sms_gateway_token="gateway-token-42")
+    shown = repr(settings) + str(settings) + str(settings.model_dump())
+    assert "hunter2-password" not in shown and "gateway-token-42" not in shown
