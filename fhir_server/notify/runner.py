@@ -24,6 +24,9 @@ from .scheduler import NOTICE, Handler, Scheduler
 log = logging.getLogger("fhir_server.notify")
 
 
+CATCH_UP_SECONDS = 3600.0  # between two catch-ups of referral reminders
+
+
 def schedule_of(store: Store) -> Schedule:
     """The schedule of the store the server runs on (store/schedule.py)."""
     return cast(Scheduling, store).schedule
@@ -87,17 +90,30 @@ def scheduler(settings: Settings, ctx: Context, record: Record) -> Scheduler:
     return Scheduler(schedule, handlers, lease_seconds=settings.notify_lease_seconds)
 
 
-async def run(settings: Settings, ctx: Context, record: Record) -> None:
-    """Schedule what a crash may have left unscheduled, then send what falls due, until
+async def _catch_up(settings: Settings, ctx: Context, every: float) -> None:
+    """Schedule what a crash may have left unscheduled, at start and every `every` seconds:
+    a referral whose hook failed is caught up without waiting for a restart."""
+    while True:
+        try:
+            await reminders(settings, ctx.store).catch_up(as_server(ctx, "notifications"))
+        except Exception:  # the store is away: tried again at the next turn
+            log.exception("referral reminders could not be caught up")
+        await asyncio.sleep(every)
+
+
+async def run(settings: Settings, ctx: Context, record: Record,
+              catch_up_seconds: float = CATCH_UP_SECONDS) -> None:
+    """Catch up the reminders (now and on a timer) and send what falls due, until
     cancelled (the server's lifespan)."""
     if not channels(settings):
         log.warning("no notification channel is configured (FHIR_SERVER_SMTP_HOST, "
                     "FHIR_SERVER_SMS_GATEWAY_URL): reminders are kept until one is")
+    catching = asyncio.get_running_loop().create_task(_catch_up(settings, ctx, catch_up_seconds))
     try:
-        await reminders(settings, ctx.store).catch_up(as_server(ctx, "notifications"))
-    except Exception:  # the store is not there yet: reminders stored meanwhile are scheduled
-        log.exception("referral reminders could not be caught up at start")
-    await scheduler(settings, ctx, record).run_forever(settings.notify_poll_seconds)
+        await scheduler(settings, ctx, record).run_forever(settings.notify_poll_seconds)
+    finally:
+        catching.cancel()
+        await asyncio.gather(catching, return_exceptions=True)
 
 
 def start(settings: Settings, ctx: Context, record: Record) -> asyncio.Task[None]:

@@ -4,12 +4,17 @@ referral hook schedules per policy and never fails a committed write."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 
 from fhir_server import clock
+from fhir_server.app import build_context
+from fhir_server.settings import Settings
 from fhir_server.notify import Item, Retry, Scheduler, cancel, enqueue
 from fhir_server.notify.scheduler import FAILURES_SET_ASIDE, NOTICE, backoff
 from fhir_server.audit.outbox import AuditedStore, Intent, Settled
@@ -207,3 +212,22 @@ async def test_a_notice_to_anything_but_a_person_is_refused(store: Store) -> Non
             await enqueue(schedule, person=person, template="new-message", params={},
                           not_before=START, key=f"bad/{person}")
     assert await schedule.items("bad/") == []
+
+
+async def test_reminders_are_caught_up_on_a_timer_not_only_at_start(
+        store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    turns: list[float] = []
+
+    async def catch_up(self: Reminders, ctx: Any) -> None:
+        turns.append(time.monotonic())
+    monkeypatch.setattr(Reminders, "catch_up", catch_up)
+    settings = Settings(data_dir=tmp_path, notify_poll_seconds=3600)
+
+    async def record(event: dict[str, Any]) -> str:
+        return "1"
+    task = asyncio.create_task(runner.run(settings, build_context(settings, store), record,
+                                          catch_up_seconds=0.02))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(turns) >= 3
