@@ -11,11 +11,17 @@ our CodeSystem `post-mortem-directive`:
   role v3-ParticipationType `IRCP`) is sent a notice; the record then follows the
   patient-record rule.
 The latest active directive counts; none means `keep`.
+
+Nothing is done until the death has stood for `GRACE` (the Patient last updated that long
+ago, still deceased): whoever may update a Patient (a system client, a practitioner of the
+record) may mark it deceased, by mistake or to have a record erased, and an erasure cannot be
+undone; in that time the mistake is corrected by updating the Patient, and every update
+starts the wait again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
@@ -31,6 +37,7 @@ ADR = "http://terminology.hl7.org/CodeSystem/consentscope|adr"
 DIRECTIVES = ("keep", "erase", "communicate")
 # Consents are a living person's decisions about who may see what: an archive keeps none.
 NOT_ARCHIVED = frozenset({"Consent"})
+GRACE = timedelta(days=30)
 
 
 async def directive(ctx: Any, patient_id: str) -> tuple[str, str | None] | None:
@@ -59,7 +66,8 @@ async def plan(life: Lifecycle, made: Plan) -> None:
 
     sent = await life.warnings.scheduled("retention/post-mortem/") if life.warnings else set()
     async for patient in lifecycle.matching(life.ctx, "Patient", [
-            ("deceased", "true"), ("_security:not", f"{PSEUDED['system']}|{PSEUDED['code']}")]):
+            ("deceased", "true"), ("_security:not", f"{PSEUDED['system']}|{PSEUDED['code']}"),
+            ("_lastUpdated", f"le{made.today - GRACE}")]):
         target = f"Patient/{patient['id']}"
         found = await directive(life.ctx, patient["id"])
         if found is None or found[0] == "keep":

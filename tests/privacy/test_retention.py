@@ -224,15 +224,35 @@ def _directive(id: str, code: str, person: str | None = None) -> dict[str, Any]:
     return consent
 
 
+def _after_the_grace() -> date:
+    """The first day a death recorded today is acted on (postmortem.GRACE)."""
+    return datetime.now(UTC).date() + timedelta(days=30)
+
+
 def test_a_post_mortem_directive_to_erase_applies_once_the_patient_is_deceased(server: Server) -> None:
     _put(server, _directive("pm1", "erase"))
     assert _steps(_run(server, dry_run=True), "post-mortem", "erase") == []
     _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": True})
-    dry = _run(server, dry_run=True)
-    assert _steps(dry, "post-mortem", "erase") == ["Patient/b"]
-    assert _run(server).lines() == dry.lines()
+    with on(_after_the_grace()):
+        dry = _run(server, dry_run=True)
+        assert _steps(dry, "post-mortem", "erase") == ["Patient/b"]
+        assert _run(server).lines() == dry.lines()
     assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 404
     assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
+
+
+def test_a_death_recorded_by_mistake_can_be_corrected_before_anything_is_done(
+        server: Server) -> None:
+    """Whoever may update the Patient may mark it deceased: nothing is erased or sent until the
+    death has stood for 30 days, and a correction in that time undoes it."""
+    _put(server, _directive("pm1", "erase"))
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": True})
+    with on(_after_the_grace() - timedelta(days=1)):
+        assert _steps(_run(server), "post-mortem", "erase") == []
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": False})
+    with on(_after_the_grace() + timedelta(days=400)):
+        assert _steps(_run(server), "post-mortem", "erase") == []
+    assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200
 
 
 def _run_events(server: Server) -> list[dict[str, Any]]:
@@ -364,9 +384,10 @@ def test_a_post_mortem_directive_to_communicate_notifies_the_named_person_once(s
                   "name": [{"family": "Keep"}]})
     _put(server, _directive("pm2", "communicate", "RelatedPerson/rp1"))
     _put(server, {**patient(family="Keep", gender="male"), "id": "b",
-                  "deceasedDateTime": "2027-02-01"})
-    assert _steps(_run(server), "post-mortem", "communicate") == ["Patient/b"]
-    assert _steps(_run(server), "post-mortem", "communicate") == []
+                  "deceasedDateTime": "2026-12-01"})
+    with on(_after_the_grace()):
+        assert _steps(_run(server), "post-mortem", "communicate") == ["Patient/b"]
+        assert _steps(_run(server), "post-mortem", "communicate") == []
     items = asyncio.run(server.client.app.state.context.store.schedule.items(  # type: ignore[attr-defined]
         "retention/post-mortem/"))
     assert [orjson.loads(i.body)["data"]["person"] for i in items] == ["RelatedPerson/rp1"]
