@@ -9,7 +9,9 @@ our CodeSystem `post-mortem-directive`:
 - `erase`: the record is erased (as `$erase`), or pseudonymised when a legal hold stands;
 - `communicate`: the person the provision names (`provision.actor.reference`, a RelatedPerson,
   role v3-ParticipationType `IRCP`) is sent a notice; the record then follows the
-  patient-record rule.
+  patient-record rule. Only a RelatedPerson of the deceased (its `patient`) is: a notice of
+  a death is not sent to another patient's relative, a practitioner or anyone else the
+  directive's writer named.
 The latest active directive counts; none means `keep`.
 
 Nothing is done until the death has stood for `GRACE` (the Patient last updated that long
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..model.platform_codes import CANONICAL
-from ..services import lifecycle
+from ..services import lifecycle, reach
 from .pseudonym import PSEUDED
 
 if TYPE_CHECKING:
@@ -78,8 +80,17 @@ async def plan(life: Lifecycle, made: Plan) -> None:
             made.actions.append(Action("post-mortem", "pseudonymise" if why else "erase", target))
             if why:
                 made.kept.append((target, why))
-        elif person and life.warnings is not None and _key(patient["id"]) not in sent:
+        elif (person and life.warnings is not None and _key(patient["id"]) not in sent
+              and await _relative_of(life, person, target)):
             made.actions.append(Action("post-mortem", "communicate", target, detail=person))
+
+
+async def _relative_of(life: Lifecycle, person: str, target: str) -> bool:
+    """Whether `person` is a RelatedPerson of the Patient `target`."""
+    if not person.startswith("RelatedPerson/"):
+        return False
+    relative = await reach.current(life.ctx, person)
+    return relative is not None and relative.get("patient", {}).get("reference") == target
 
 
 def _key(patient_id: str) -> str:

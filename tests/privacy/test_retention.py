@@ -394,6 +394,19 @@ def test_a_post_mortem_directive_to_communicate_notifies_the_named_person_once(s
     assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200  # kept
 
 
+def test_a_post_mortem_notice_goes_to_a_relative_of_the_patient_only(server: Server) -> None:
+    """The named person must be a RelatedPerson of the deceased: not another patient's
+    relative, a practitioner or a patient the directive's writer chose."""
+    _put(server, {"resourceType": "RelatedPerson", "id": "rpa", "patient": {"reference": "Patient/a"},
+                  "name": [{"family": "Other"}]})
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b",
+                  "deceasedDateTime": "2026-12-01"})
+    for n, person in enumerate(("RelatedPerson/rpa", "Patient/a", "Practitioner/dr")):
+        _put(server, _directive(f"pm{n}", "communicate", person))
+        with on(_after_the_grace()):
+            assert _steps(_run(server), "post-mortem", "communicate") == [], person
+
+
 def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
     with on(date(2027, 1, 10)):
         _seed_p(server)
