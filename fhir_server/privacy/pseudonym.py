@@ -16,7 +16,8 @@ What a copy keeps and drops (`pseudonymise`):
   to other resources (a Practitioner, an Organization, a ResearchStudy) stay, without
   `display`;
 - an identifier becomes the pseudonym of its system and value, under our system
-  `identifier-pseudonym` (its `use` kept);
+  `identifier-pseudonym` (its `use` kept), but one of the platform's own systems (a
+  referral's, which makes a legal hold: retention_holds.py) keeps its system;
 - dropped everywhere: the narrative (`text` of the resource), `contained` resources, free text
   (`note`, `comment`, `contentString`; `valueString`, `conclusion`, `description` and `text`
   when strings: a CodeableConcept's text, a dosage's, ...), every `display` but a Coding's (a Reference
@@ -159,7 +160,8 @@ def _identifiers(value: Any, pseudonym: Callable[[str], str]) -> Any:
     def one(identifier: dict[str, Any]) -> dict[str, Any]:
         kept = {k: identifier[k] for k in ("use",) if k in identifier}
         if "value" in identifier:
-            kept["system"] = IDENTIFIER_SYSTEM
+            own = identifier.get("system", "").startswith(f"{CANONICAL}/")
+            kept["system"] = identifier["system"] if own else IDENTIFIER_SYSTEM
             kept["value"] = pseudonym(f"{identifier.get('system', '')}|{identifier['value']}")
         return kept
     if isinstance(value, list):

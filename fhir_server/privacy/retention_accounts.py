@@ -3,10 +3,11 @@
 this rule, for accounts older than it). On the first day T with `T - inactive >= that day` it
 is closed (its holder can no longer sign in); its holder is warned `warned` before. A closed
 account's data stays `exportable` (the operator can still hand its holder their record), then
-is erased: the account, and, for a patient's account, their record (`$erase`, or a
-pseudonymised archive under a legal hold). When the holder asked for the deletion
-(`fhir-server retention close-account --asked`), the erasure comes `exportable` after the
-request and never later than `deletion-within` after it.
+is erased: the account. A patient's record goes with it (`$erase`, or a pseudonymised archive
+under a legal hold) only when the holder asked for the deletion (`fhir-server retention
+close-account --asked`): an unused portal says nothing of the record, which their care may
+still be writing; it follows the `patient-record` rule. An asked deletion comes `exportable`
+after the request and never later than `deletion-within` after it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
                                  key=_key(username, closure))
     elif step == "erase":
         kind, _, id = detail["fhir_user"].partition("/")
-        if kind == "Patient" and await life.ctx.store.read("Patient", id) is not None:
+        if (kind == "Patient" and detail["deletion_asked"]
+                and await life.ctx.store.read("Patient", id) is not None):
             why = await life.holds.held(id)
             if why:
                 await archive(life, id, f"account closed; erasure held: {why}")

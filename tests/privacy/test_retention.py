@@ -21,6 +21,8 @@ from fhir_server.app import create_app
 from fhir_server.privacy import retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
+from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
+from fhir_server.services import server_writes
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.http.helpers import send
@@ -184,10 +186,27 @@ def test_a_tele_expertise_request_warns_then_goes_on_the_responders_day(server: 
 
 
 def _hold_on_a(server: Server) -> None:
+    """Patient/a referred to the running study s1: the referral's ResearchSubject, which
+    the server alone writes."""
     _put(server, {"resourceType": "ResearchStudy", "id": "s1", "status": "active"})
-    _put(server, {"resourceType": "ResearchSubject", "id": "rs1", "status": "candidate",
+    ctx = server.client.app.state.context  # type: ignore[attr-defined]
+    asyncio.run(server_writes.commit(ctx, [server_writes.ServerWrite({
+        "resourceType": "ResearchSubject", "id": "rs1", "status": "candidate",
+        "identifier": [{"system": REFERRAL_IDENTIFIER, "value": "ref1"}],
+        "study": {"reference": "ResearchStudy/s1"}, "individual": {"reference": "Patient/a"}})]))
+
+
+def test_a_research_subject_written_by_a_client_holds_nothing(server: Server) -> None:
+    """A hold starts with a referral: a ResearchSubject any client may write would let it
+    block a patient's erasure."""
+    _put(server, {"resourceType": "ResearchStudy", "id": "s1", "status": "active"})
+    _put(server, {"resourceType": "ResearchSubject", "id": "forged", "status": "candidate",
                   "study": {"reference": "ResearchStudy/s1"},
                   "individual": {"reference": "Patient/a"}})
+    response = server.erase("a", caller="patient-a")
+    assert response.status_code == 200, response.text
+    assert "legalHold" not in {p["name"] for p in response.json()["parameter"]}
+    assert _archives(server) == []
 
 
 def test_an_erasure_under_a_legal_hold_pseudonymises_and_says_why(server: Server) -> None:
@@ -344,7 +363,9 @@ def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Se
     with on(date(2029, 2, 9)):
         assert _steps(_run(server), "accounts", "erase") == ["pat-a"]
         assert Users(users).get("pat-a") is None
-        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+        # the account goes, not the record its care still uses: it follows the
+        # patient-record rule (only a deletion the holder asked erases it with the account)
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
 
 
 def test_an_account_deletion_asked_is_done_within_a_month(
