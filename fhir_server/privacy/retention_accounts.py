@@ -26,7 +26,7 @@ class AccountBook(Protocol):
 
     def accounts(self) -> list[dict[str, Any]]: ...
 
-    def close(self, username: str, *, asked: bool = False) -> bool: ...
+    def close(self, username: str, *, asked: bool = False, seen: str | None = None) -> bool: ...
 
     def delete(self, username: str) -> None: ...
 
@@ -67,7 +67,7 @@ async def plan(life: Lifecycle, made: Plan) -> None:
         assert last is not None  # set on creation, at sign-in, or when first listed
         closure = policy.period("accounts", "inactive").after(last)
         if closure <= made.today:
-            made.actions.append(Action("accounts", "close", name))
+            made.actions.append(Action("accounts", "close", name, detail=account["last_seen"]))
         elif (life.warnings is not None and policy.period("accounts", "warned").before(closure)
               <= made.today and _key(name, closure) not in sent):
             made.actions.append(Action("accounts", "warn", name, detail=(account, closure)))
@@ -82,8 +82,8 @@ async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
     from .retention import archive, forget_archived, sweep  # noqa: PLC0415 - see plan
 
     assert life.accounts is not None
-    if step == "close":
-        life.accounts.close(username)
+    if step == "close":  # not if signed in to since the plan
+        life.accounts.close(username, seen=detail)
     elif step == "warn":
         assert life.warnings is not None
         account, closure = detail

@@ -368,6 +368,22 @@ def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Se
         assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
 
 
+def test_an_account_signed_in_to_since_the_plan_is_not_closed(server: Server) -> None:
+    import pyotp
+
+    from fhir_server.auth.users import Users
+
+    users = Users(server.client.app.state.oauth.registry)  # type: ignore[attr-defined]
+    with on(date(2027, 1, 10)):
+        users.add("pat-a", "a long enough password", "Patient/a")
+    with on(date(2029, 1, 10)):
+        planned = asyncio.run(plan(_life(server)))
+        assert "pat-a" in _steps(planned, "accounts", "close")
+        assert users.check_code("pat-a", pyotp.TOTP(users.totp_secret("pat-a")).now())
+        asyncio.run(apply(_life(server), planned))
+        assert users.check_password("pat-a", "a long enough password") is not None  # open
+
+
 def test_an_account_deletion_asked_is_done_within_a_month(
         sqlite_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     from fhir_server.auth.users import Users
