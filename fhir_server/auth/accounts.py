@@ -25,15 +25,17 @@ class Accounts:
         return [dict(zip(("username", "fhir_user", "last_seen", "closed", "deletion_asked"), row,
                          strict=True)) for row in rows]
 
-    def close(self, username: str, *, asked: bool = False) -> bool:
+    def close(self, username: str, *, asked: bool = False, seen: str | None = None) -> bool:
         """Close the account now (if open): it is suspended too, so that its codes and
         refresh tokens stop (grants.py); `asked`: its holder asked for its deletion, now (if
-        not before). Whether the account exists."""
+        not before); `seen`: only if it was last signed in to then (the retention closes an
+        account found inactive, not one signed in to since). Whether it was."""
         now = clock.instant()
         return self.users._conn().execute(
             "UPDATE user SET closed = COALESCE(closed, ?), suspended = 1, deletion_asked = CASE "
-            "WHEN ? THEN COALESCE(deletion_asked, ?) ELSE deletion_asked END WHERE username = ?",
-            (now, asked, now, username)).rowcount > 0
+            "WHEN ? THEN COALESCE(deletion_asked, ?) ELSE deletion_asked END WHERE username = ? "
+            "AND (? IS NULL OR last_seen = ?)",
+            (now, asked, now, username, seen, seen)).rowcount > 0
 
     def delete(self, username: str) -> None:
         self.users._conn().execute("DELETE FROM user WHERE username = ?", (username,))

@@ -9,18 +9,26 @@ our CodeSystem `post-mortem-directive`:
 - `erase`: the record is erased (as `$erase`), or pseudonymised when a legal hold stands;
 - `communicate`: the person the provision names (`provision.actor.reference`, a RelatedPerson,
   role v3-ParticipationType `IRCP`) is sent a notice; the record then follows the
-  patient-record rule.
+  patient-record rule. Only a RelatedPerson of the deceased (its `patient`) is: a notice of
+  a death is not sent to another patient's relative, a practitioner or anyone else the
+  directive's writer named.
 The latest active directive counts; none means `keep`.
+
+Nothing is done until the death has stood for `GRACE` (the Patient last updated that long
+ago, still deceased): whoever may update a Patient (a system client, a practitioner of the
+record) may mark it deceased, by mistake or to have a record erased, and an erasure cannot be
+undone; in that time the mistake is corrected by updating the Patient, and every update
+starts the wait again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..model.platform_codes import CANONICAL
-from ..services import lifecycle
+from ..services import lifecycle, reach
 from .pseudonym import PSEUDED
 
 if TYPE_CHECKING:
@@ -31,6 +39,7 @@ ADR = "http://terminology.hl7.org/CodeSystem/consentscope|adr"
 DIRECTIVES = ("keep", "erase", "communicate")
 # Consents are a living person's decisions about who may see what: an archive keeps none.
 NOT_ARCHIVED = frozenset({"Consent"})
+GRACE = timedelta(days=30)
 
 
 async def directive(ctx: Any, patient_id: str) -> tuple[str, str | None] | None:
@@ -59,7 +68,8 @@ async def plan(life: Lifecycle, made: Plan) -> None:
 
     sent = await life.warnings.scheduled("retention/post-mortem/") if life.warnings else set()
     async for patient in lifecycle.matching(life.ctx, "Patient", [
-            ("deceased", "true"), ("_security:not", f"{PSEUDED['system']}|{PSEUDED['code']}")]):
+            ("deceased", "true"), ("_security:not", f"{PSEUDED['system']}|{PSEUDED['code']}"),
+            ("_lastUpdated", f"le{made.today - GRACE}")]):
         target = f"Patient/{patient['id']}"
         found = await directive(life.ctx, patient["id"])
         if found is None or found[0] == "keep":
@@ -70,8 +80,17 @@ async def plan(life: Lifecycle, made: Plan) -> None:
             made.actions.append(Action("post-mortem", "pseudonymise" if why else "erase", target))
             if why:
                 made.kept.append((target, why))
-        elif person and life.warnings is not None and _key(patient["id"]) not in sent:
+        elif (person and life.warnings is not None and _key(patient["id"]) not in sent
+              and await _relative_of(life, person, target)):
             made.actions.append(Action("post-mortem", "communicate", target, detail=person))
+
+
+async def _relative_of(life: Lifecycle, person: str, target: str) -> bool:
+    """Whether `person` is a RelatedPerson of the Patient `target`."""
+    if not person.startswith("RelatedPerson/"):
+        return False
+    relative = await reach.current(life.ctx, person)
+    return relative is not None and relative.get("patient", {}).get("reference") == target
 
 
 def _key(patient_id: str) -> str:

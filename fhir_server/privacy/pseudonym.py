@@ -16,13 +16,18 @@ What a copy keeps and drops (`pseudonymise`):
   to other resources (a Practitioner, an Organization, a ResearchStudy) stay, without
   `display`;
 - an identifier becomes the pseudonym of its system and value, under our system
-  `identifier-pseudonym` (its `use` kept);
-- dropped everywhere: the narrative (`text` of the resource), `contained` resources, free text (`note`,
-  `comment`, `contentString`), references' `display`, attachments' data, address and title,
-  and every extension (they may carry INS, birthplace, names);
-- the Patient keeps gender, the year of birth, the year of death, the country and the first two
-  digits of the postal code (the département); names, telecom, address lines and city, photo,
-  contacts, links and languages go;
+  `identifier-pseudonym` (its `use` kept), but one of the platform's own systems (a
+  referral's, which makes a legal hold: retention_holds.py) keeps its system;
+- dropped everywhere: the narrative (`text` of the resource), `contained` resources, free text
+  (`note`, `comment`, `contentString`; `valueString`, `conclusion`, `description` and `text`
+  when strings: a CodeableConcept's text, a dosage's, ...), every `display` but a Coding's (a Reference
+  may carry a name with no reference at all), attachments' data, address and title (an
+  attachment is told by `contentType`, `url`, or `data` without `origin`), and every extension (they may carry
+  INS, birthplace, names);
+- a person of the record (the Patient, and a RelatedPerson: the relative's name is as
+  direct an identifier) keeps gender, the year of birth, the year of death, the country and
+  the first two digits of the postal code (the département); names, telecom, address lines
+  and city, photo, contacts, links and languages go;
 - `meta` becomes the archive's: security label `PSEUDED` (v3 ObservationValue), tag `archived`.
 """
 
@@ -50,6 +55,10 @@ IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier-pseudonym"
 # top of a resource, its narrative `text`).
 _DROPPED = frozenset({"contained", "note", "comment", "contentString", "extension",
                       "modifierExtension"})
+# Free text, when a string (a Goal's `description` is a CodeableConcept, and required).
+_FREE_TEXT = frozenset({"valueString", "conclusion", "description", "text"})
+# Resources that are a person of the record, scrubbed as `_person` does.
+_PERSONS = frozenset({"Patient", "RelatedPerson"})
 _ATTACHMENT_KEPT = ("contentType", "language", "size", "creation")
 _PATIENT_DROPPED = frozenset({"name", "telecom", "photo", "contact", "link", "communication",
                               "generalPractitioner", "managingOrganization"})
@@ -111,8 +120,8 @@ class Pseudonyms:
 
         copy = _scrub({k: v for k, v in resource.items() if k != "text"}, reference, self.of)
         copy["id"] = self.of(f"{resource['resourceType']}/{resource['id']}")
-        if resource["resourceType"] == "Patient":
-            _patient(copy)
+        if resource["resourceType"] in _PERSONS:
+            _person(copy)
         copy["meta"] = {"security": [dict(PSEUDED)], "tag": [dict(ARCHIVED)]}
         return copy
 
@@ -124,16 +133,19 @@ def _scrub(value: Any, reference: Callable[[str], str], pseudonym: Callable[[str
         return [item for item in items if item not in ({}, [])]
     if not isinstance(value, dict):
         return value
-    if "contentType" in value:  # an Attachment: its data, address and title may name anyone
+    if "contentType" in value or "url" in value or ("data" in value and "origin" not in value):
+        # an Attachment (SampledData has `data` and `origin`): its data, address and title
+        # may name anyone
         return {k: value[k] for k in _ATTACHMENT_KEPT if k in value}
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if key in _DROPPED or key.startswith("_"):  # `_x`: a primitive's extensions
+        if (key in _DROPPED or key.startswith("_")  # `_x`: a primitive's extensions
+                or (key in _FREE_TEXT and isinstance(item, str))):
             continue
         if key == "reference" and isinstance(item, str):
             out[key] = reference(item)
-        elif key == "display" and "reference" in value:
-            continue
+        elif key == "display" and "code" not in value and "system" not in value:
+            continue  # a Reference's (or anything's but a Coding's): it may be a name
         elif key == "identifier":
             out[key] = _identifiers(item, pseudonym)
         else:
@@ -148,7 +160,8 @@ def _identifiers(value: Any, pseudonym: Callable[[str], str]) -> Any:
     def one(identifier: dict[str, Any]) -> dict[str, Any]:
         kept = {k: identifier[k] for k in ("use",) if k in identifier}
         if "value" in identifier:
-            kept["system"] = IDENTIFIER_SYSTEM
+            own = identifier.get("system", "").startswith(f"{CANONICAL}/")
+            kept["system"] = identifier["system"] if own else IDENTIFIER_SYSTEM
             kept["value"] = pseudonym(f"{identifier.get('system', '')}|{identifier['value']}")
         return kept
     if isinstance(value, list):
@@ -156,8 +169,8 @@ def _identifiers(value: Any, pseudonym: Callable[[str], str]) -> Any:
     return one(value) if isinstance(value, dict) else value
 
 
-def _patient(patient: dict[str, Any]) -> None:
-    """Keep of a Patient what statistics need and no one can be named by."""
+def _person(patient: dict[str, Any]) -> None:
+    """Keep of a Patient or RelatedPerson what statistics need and no one can be named by."""
     for key in _PATIENT_DROPPED:
         patient.pop(key, None)
     if "birthDate" in patient:

@@ -3,10 +3,11 @@
 this rule, for accounts older than it). On the first day T with `T - inactive >= that day` it
 is closed (its holder can no longer sign in); its holder is warned `warned` before. A closed
 account's data stays `exportable` (the operator can still hand its holder their record), then
-is erased: the account, and, for a patient's account, their record (`$erase`, or a
-pseudonymised archive under a legal hold). When the holder asked for the deletion
-(`fhir-server retention close-account --asked`), the erasure comes `exportable` after the
-request and never later than `deletion-within` after it.
+is erased: the account. A patient's record goes with it (`$erase`, or a pseudonymised archive
+under a legal hold) only when the holder asked for the deletion (`fhir-server retention
+close-account --asked`): an unused portal says nothing of the record, which their care may
+still be writing; it follows the `patient-record` rule. An asked deletion comes `exportable`
+after the request and never later than `deletion-within` after it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class AccountBook(Protocol):
 
     def accounts(self) -> list[dict[str, Any]]: ...
 
-    def close(self, username: str, *, asked: bool = False) -> bool: ...
+    def close(self, username: str, *, asked: bool = False, seen: str | None = None) -> bool: ...
 
     def delete(self, username: str) -> None: ...
 
@@ -66,7 +67,7 @@ async def plan(life: Lifecycle, made: Plan) -> None:
         assert last is not None  # set on creation, at sign-in, or when first listed
         closure = policy.period("accounts", "inactive").after(last)
         if closure <= made.today:
-            made.actions.append(Action("accounts", "close", name))
+            made.actions.append(Action("accounts", "close", name, detail=account["last_seen"]))
         elif (life.warnings is not None and policy.period("accounts", "warned").before(closure)
               <= made.today and _key(name, closure) not in sent):
             made.actions.append(Action("accounts", "warn", name, detail=(account, closure)))
@@ -81,8 +82,8 @@ async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
     from .retention import archive, forget_archived, sweep  # noqa: PLC0415 - see plan
 
     assert life.accounts is not None
-    if step == "close":
-        life.accounts.close(username)
+    if step == "close":  # not if signed in to since the plan
+        life.accounts.close(username, seen=detail)
     elif step == "warn":
         assert life.warnings is not None
         account, closure = detail
@@ -93,7 +94,8 @@ async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
                                  key=_key(username, closure))
     elif step == "erase":
         kind, _, id = detail["fhir_user"].partition("/")
-        if kind == "Patient" and await life.ctx.store.read("Patient", id) is not None:
+        if (kind == "Patient" and detail["deletion_asked"]
+                and await life.ctx.store.read("Patient", id) is not None):
             why = await life.holds.held(id)
             if why:
                 await archive(life, id, f"account closed; erasure held: {why}")

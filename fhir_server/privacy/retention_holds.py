@@ -1,13 +1,16 @@
 """Legal holds: why a patient's data must outlive an erasure request or the end of its
 retention (docs/privacy.md, "Erasure and legal holds"). A patient is held while they are a
 ResearchSubject of a study still running, from the referral on (a referral makes the
-ResearchSubject, docs/referrals.md): the trial's data must be kept for the trial. Their
+ResearchSubject, docs/referrals.md): the trial's data must be kept for the trial. Only the
+referral's ResearchSubjects count (identifier `referral`: the server alone writes them): one
+a client wrote would let anyone who reaches the record block its erasure. Their
 record is then pseudonymised instead of erased, and the archive outlives its period until
 the hold ends.
 """
 
 from __future__ import annotations
 
+from ..model.platform_codes import REFERRAL_IDENTIFIER
 from ..services import lifecycle, reach
 from ..services.context import Context
 
@@ -27,7 +30,8 @@ class Holds:
         """Why Patient/`patient_id` is held, or None."""
         async for subject in lifecycle.matching(self.ctx, "ResearchSubject", [
                 ("individual", f"Patient/{patient_id}")]):
-            if subject.get("status") in LEFT:
+            if subject.get("status") in LEFT or not any(
+                    i.get("system") == REFERRAL_IDENTIFIER for i in subject.get("identifier", [])):
                 continue
             study_ref = subject.get("study", {}).get("reference", "")
             study = await reach.current(self.ctx, study_ref) if study_ref.startswith("ResearchStudy/") else None

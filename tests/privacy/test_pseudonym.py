@@ -73,3 +73,34 @@ def test_the_copy_keeps_statistics_and_drops_who() -> None:
         "system": "https://oncotrials.example.org/fhir/identifier-pseudonym",
         "value": names.of("urn:oid:1.2.250.1.213.1.4.8|262047512345678")}]
     assert "1.2.250.1.213" not in text
+
+
+def test_the_copy_drops_names_wherever_they_hide() -> None:
+    """A display without a reference, a relative's own resource, free text in a
+    CodeableConcept, a value or a conclusion, an attachment without a content type."""
+    names = Pseudonyms(b"1" * 32)
+    relative = {"resourceType": "RelatedPerson", "id": "r", "patient": {"reference": "Patient/a"},
+                "name": [{"family": "Martin"}], "telecom": [{"value": "07 98 76 54 32"}],
+                "address": [{"line": ["9 quai Vendeuvre"], "city": "Caen", "postalCode": "14000"}],
+                "birthDate": "1990-02-03", "gender": "male",
+                "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                              "code": "SON", "display": "son"}]}]}
+    observation = {"resourceType": "Observation", "id": "o", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
+                                        "display": "Heart rate"}], "text": "Pouls de Jeanne"},
+                   "subject": {"reference": "Patient/a"},
+                   "performer": [{"display": "Dr Lenoir"}],
+                   "valueString": "Jeanne Dupont va bien"}
+    report = {"resourceType": "DiagnosticReport", "id": "d", "status": "final",
+              "code": {"coding": [{"system": "http://loinc.org", "code": "11502-2"}]},
+              "subject": {"reference": "Patient/a"}, "conclusion": "Mme Dupont: normal",
+              "presentedForm": [{"url": "https://files.example.org/dupont.pdf", "title": "Dupont"}]}
+    personal = {"Patient", "Observation", "DiagnosticReport", "RelatedPerson"}
+    copies = [names.pseudonymise(r, personal) for r in (relative, observation, report)]
+    text = orjson.dumps(copies).decode()
+    for word in ("Martin", "07 98", "Vendeuvre", "Caen", "1990-02", "Jeanne", "Dupont", "Lenoir"):
+        assert word not in text, word
+    archived_relative, archived_obs, _ = copies
+    assert archived_relative["gender"] == "male" and archived_relative["birthDate"] == "1990"
+    assert archived_relative["relationship"] == relative["relationship"]  # codes kept
+    assert archived_obs["code"]["coding"] == observation["code"]["coding"]

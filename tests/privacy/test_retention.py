@@ -21,6 +21,8 @@ from fhir_server.app import create_app
 from fhir_server.privacy import retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
+from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
+from fhir_server.services import server_writes
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.http.helpers import send
@@ -184,10 +186,27 @@ def test_a_tele_expertise_request_warns_then_goes_on_the_responders_day(server: 
 
 
 def _hold_on_a(server: Server) -> None:
+    """Patient/a referred to the running study s1: the referral's ResearchSubject, which
+    the server alone writes."""
     _put(server, {"resourceType": "ResearchStudy", "id": "s1", "status": "active"})
-    _put(server, {"resourceType": "ResearchSubject", "id": "rs1", "status": "candidate",
+    ctx = server.client.app.state.context  # type: ignore[attr-defined]
+    asyncio.run(server_writes.commit(ctx, [server_writes.ServerWrite({
+        "resourceType": "ResearchSubject", "id": "rs1", "status": "candidate",
+        "identifier": [{"system": REFERRAL_IDENTIFIER, "value": "ref1"}],
+        "study": {"reference": "ResearchStudy/s1"}, "individual": {"reference": "Patient/a"}})]))
+
+
+def test_a_research_subject_written_by_a_client_holds_nothing(server: Server) -> None:
+    """A hold starts with a referral: a ResearchSubject any client may write would let it
+    block a patient's erasure."""
+    _put(server, {"resourceType": "ResearchStudy", "id": "s1", "status": "active"})
+    _put(server, {"resourceType": "ResearchSubject", "id": "forged", "status": "candidate",
                   "study": {"reference": "ResearchStudy/s1"},
                   "individual": {"reference": "Patient/a"}})
+    response = server.erase("a", caller="patient-a")
+    assert response.status_code == 200, response.text
+    assert "legalHold" not in {p["name"] for p in response.json()["parameter"]}
+    assert _archives(server) == []
 
 
 def test_an_erasure_under_a_legal_hold_pseudonymises_and_says_why(server: Server) -> None:
@@ -224,15 +243,35 @@ def _directive(id: str, code: str, person: str | None = None) -> dict[str, Any]:
     return consent
 
 
+def _after_the_grace() -> date:
+    """The first day a death recorded today is acted on (postmortem.GRACE)."""
+    return datetime.now(UTC).date() + timedelta(days=30)
+
+
 def test_a_post_mortem_directive_to_erase_applies_once_the_patient_is_deceased(server: Server) -> None:
     _put(server, _directive("pm1", "erase"))
     assert _steps(_run(server, dry_run=True), "post-mortem", "erase") == []
     _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": True})
-    dry = _run(server, dry_run=True)
-    assert _steps(dry, "post-mortem", "erase") == ["Patient/b"]
-    assert _run(server).lines() == dry.lines()
+    with on(_after_the_grace()):
+        dry = _run(server, dry_run=True)
+        assert _steps(dry, "post-mortem", "erase") == ["Patient/b"]
+        assert _run(server).lines() == dry.lines()
     assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 404
     assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
+
+
+def test_a_death_recorded_by_mistake_can_be_corrected_before_anything_is_done(
+        server: Server) -> None:
+    """Whoever may update the Patient may mark it deceased: nothing is erased or sent until the
+    death has stood for 30 days, and a correction in that time undoes it."""
+    _put(server, _directive("pm1", "erase"))
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": True})
+    with on(_after_the_grace() - timedelta(days=1)):
+        assert _steps(_run(server), "post-mortem", "erase") == []
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b", "deceasedBoolean": False})
+    with on(_after_the_grace() + timedelta(days=400)):
+        assert _steps(_run(server), "post-mortem", "erase") == []
+    assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200
 
 
 def _run_events(server: Server) -> list[dict[str, Any]]:
@@ -324,7 +363,25 @@ def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Se
     with on(date(2029, 2, 9)):
         assert _steps(_run(server), "accounts", "erase") == ["pat-a"]
         assert Users(users).get("pat-a") is None
-        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+        # the account goes, not the record its care still uses: it follows the
+        # patient-record rule (only a deletion the holder asked erases it with the account)
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 200
+
+
+def test_an_account_signed_in_to_since_the_plan_is_not_closed(server: Server) -> None:
+    import pyotp
+
+    from fhir_server.auth.users import Users
+
+    users = Users(server.client.app.state.oauth.registry)  # type: ignore[attr-defined]
+    with on(date(2027, 1, 10)):
+        users.add("pat-a", "a long enough password", "Patient/a")
+    with on(date(2029, 1, 10)):
+        planned = asyncio.run(plan(_life(server)))
+        assert "pat-a" in _steps(planned, "accounts", "close")
+        assert users.check_code("pat-a", pyotp.TOTP(users.totp_secret("pat-a")).now())
+        asyncio.run(apply(_life(server), planned))
+        assert users.check_password("pat-a", "a long enough password") is not None  # open
 
 
 def test_an_account_deletion_asked_is_done_within_a_month(
@@ -364,13 +421,27 @@ def test_a_post_mortem_directive_to_communicate_notifies_the_named_person_once(s
                   "name": [{"family": "Keep"}]})
     _put(server, _directive("pm2", "communicate", "RelatedPerson/rp1"))
     _put(server, {**patient(family="Keep", gender="male"), "id": "b",
-                  "deceasedDateTime": "2027-02-01"})
-    assert _steps(_run(server), "post-mortem", "communicate") == ["Patient/b"]
-    assert _steps(_run(server), "post-mortem", "communicate") == []
+                  "deceasedDateTime": "2026-12-01"})
+    with on(_after_the_grace()):
+        assert _steps(_run(server), "post-mortem", "communicate") == ["Patient/b"]
+        assert _steps(_run(server), "post-mortem", "communicate") == []
     items = asyncio.run(server.client.app.state.context.store.schedule.items(  # type: ignore[attr-defined]
         "retention/post-mortem/"))
     assert [orjson.loads(i.body)["data"]["person"] for i in items] == ["RelatedPerson/rp1"]
     assert server.client.get("/fhir/Patient/b", headers=_headers(server)).status_code == 200  # kept
+
+
+def test_a_post_mortem_notice_goes_to_a_relative_of_the_patient_only(server: Server) -> None:
+    """The named person must be a RelatedPerson of the deceased: not another patient's
+    relative, a practitioner or a patient the directive's writer chose."""
+    _put(server, {"resourceType": "RelatedPerson", "id": "rpa", "patient": {"reference": "Patient/a"},
+                  "name": [{"family": "Other"}]})
+    _put(server, {**patient(family="Keep", gender="male"), "id": "b",
+                  "deceasedDateTime": "2026-12-01"})
+    for n, person in enumerate(("RelatedPerson/rpa", "Patient/a", "Practitioner/dr")):
+        _put(server, _directive(f"pm{n}", "communicate", person))
+        with on(_after_the_grace()):
+            assert _steps(_run(server), "post-mortem", "communicate") == [], person
 
 
 def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
