@@ -35,6 +35,10 @@ from .events import command_event
 
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 CONNECTION_TYPE = f"{DICOM}|110114"  # User Authentication: sign-ins and token requests
+# Access logs are the events of RESTful interactions. The trail's other events (erasures,
+# commands such as retention runs and the breach and disclosure registers, exports and
+# notifications) account for what was done with the data and are not access logs.
+ACCESS_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type|rest"
 KINDS = ("connection-logs", "access-logs")
 BATCH = 500
 
@@ -101,7 +105,7 @@ class Trimmer:
         """The ids of the AuditEvents of each kind recorded before its day in `before`."""
         found: dict[str, list[str]] = {}
         for kind, day in before.items():
-            token = ("type", CONNECTION_TYPE) if kind == "connection-logs" else ("type:not", CONNECTION_TYPE)
+            token = ("type", CONNECTION_TYPE if kind == "connection-logs" else ACCESS_TYPE)
             query, _ = parse_query("AuditEvent", [token, ("date", f"lt{day}"), ("_count", "1000")],
                                    self._registry)
             ids: list[str] = []

@@ -102,6 +102,8 @@ class Limit:
 LIMITS = (
     Limit("connection-logs", "kept", Period(years=1), "French law has hosts keep the data that "
           "identify who connected for one year (décret n° 2021-1362)"),
+    Limit("access-logs", "kept", Period(years=1), "the platform's terms keep the access history "
+          "a patient reads for one year"),
     Limit("tele-expertise", "warned", Period(days=1), "the requester must be warned before the "
           "deletion, so at least a day before"),
     Limit("accounts", "warned", Period(days=1), "the holder must be warned before the closure, "

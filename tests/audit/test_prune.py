@@ -15,7 +15,8 @@ import pytest
 
 from fhir_server import clock
 from fhir_server.audit.chain import Chain
-from fhir_server.audit.events import command_event, security_event
+from fhir_server.audit.events import command_event, request_events, security_event
+from fhir_server.audit.trail import Trail
 from fhir_server.audit.prune import Trimmer, verify_pruned
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.search import Query
@@ -35,9 +36,9 @@ async def _record(recorder: AuditRecorder, day: date, connection: bool) -> None:
         if connection:
             event = security_event(kind="login", status=200, recorded=clock.instant(), who="u",
                                    client_id="portal", address=None)
-        else:
-            event = command_event(command="load", action="C", recorded=clock.instant(),
-                                  operator="op", entities=[])
+        else:  # an access log: the event of a RESTful read
+            [event] = request_events(interaction="read", status=200, recorded=clock.instant(),
+                                     principal=None, address=None, trail=Trail(), query=None)
         await recorder.record(event)
 
 
@@ -92,6 +93,19 @@ async def test_an_event_pruned_behind_a_younger_one_verifies_from_its_note(store
     assert (await trimmer.prune(due)).links == 0  # link 1 holds a connection log still kept
     problems, left = await _verdict(store, chain, trimmer)
     assert problems == [] and left == 1
+
+
+async def test_accountability_events_are_not_access_logs(store: Store,  # noqa: F811
+                                                         trail: tuple[Chain, AuditRecorder, Trimmer]) -> None:
+    # A command (a retention run, a breach or disclosure record, a load) accounts for what
+    # was done with the data: the access-log rule never prunes it, however old.
+    _, recorder, trimmer = trail
+    with clock.frozen(_at(date(2027, 1, 10))):
+        await recorder.record(command_event(command="load", action="C", recorded=clock.instant(),
+                                            operator="op", entities=[]))
+    await _record(recorder, date(2027, 1, 10), connection=False)
+    due = await trimmer.due({"access-logs": date(2030, 1, 1)})
+    assert len(due["access-logs"]) == 1  # the read, not the command
 
 
 async def test_a_forged_checkpoint_or_note_is_reported(store: Store,  # noqa: F811

@@ -39,6 +39,7 @@ def test_the_defaults_are_the_platforms_terms() -> None:
     ({**RULES, "access-logs": {"kept": "P"}}, "is not a period"),
     ({k: v for k, v in RULES.items() if k != "backups"}, '"backups" is a required property'),
     ({**RULES, "connection-logs": {"kept": "P11M"}}, "shorter than the legal minimum P1Y"),
+    ({**RULES, "access-logs": {"kept": "P1D"}}, "access-logs.kept is P1D, shorter than the legal minimum P1Y"),
     ({**RULES, "tele-expertise": {"warned": "P0D"}}, "tele-expertise.warned is P, shorter"),
     ({**RULES, "accounts": {**RULES["accounts"], "deletion-within": "P32D"}},
      "accounts.deletion-within is P32D, longer than the legal maximum P1M"),
