@@ -98,25 +98,34 @@ def _denied(principal: Principal | None, interaction: str, resource_type: str | 
 
 
 class Decision:
-    """How a principal may perform one interaction on one type: the clauses to add to a query
-    (none: unrestricted), for searches and for checking single resources alike."""
+    """How a principal may perform one interaction on one type (or all types): the clauses to
+    add to a query, for searches and for checking single resources alike. `clauses` confine
+    the caller to part of the type (a compartment, a granular scope); `hidden` holds out the
+    registers' Tasks, and holds on every type, so a search or history across all types keeps
+    it without being confined. Neither: unrestricted."""
 
-    def __init__(self, clauses: tuple[Clause, ...]) -> None:
+    def __init__(self, clauses: tuple[Clause, ...], hidden: tuple[Clause, ...] = ()) -> None:
         self.clauses = clauses
+        self.hidden = hidden
+
+    @property
+    def unrestricted(self) -> bool:
+        return not (self.clauses or self.hidden)
 
     def confine(self, query: Query) -> Query:
         """`query` restricted to what the principal may see."""
-        return query.restrict(*self.clauses) if self.clauses else query
+        every = (*self.clauses, *self.hidden)
+        return query.restrict(*every) if every else query
 
     def admits(self, resource_type: str, resource: dict[str, Any],
                entries: Sequence[IndexEntry] | None = None) -> bool:
         """Whether `resource` (whose index `entries` may be given) lies inside what the
         principal may reach."""
-        if not self.clauses:
+        if self.unrestricted:
             return True
         if entries is None:
             entries = extract(resource)
-        query = Query(resource_type, self.clauses)
+        query = Query(resource_type, (*self.clauses, *self.hidden))
         return matches(query, entries, resource_type=resource_type)
 
 
@@ -130,20 +139,25 @@ def decide(principal: Principal | None, registry: Registry, interaction: Interac
     if resource_type in _IDENTITIES and interaction in _WRITES and principal and principal.confined:
         raise fail(Kind.FORBIDDEN, "forbidden", f"{resource_type} is written by system clients.")
     decision = _decide(principal, registry, interaction, resource_type, instance=instance)
-    if resource_type == "Task" and principal and not (principal.server or principal.admin):
-        decision = Decision((*decision.clauses, _registers(principal, interaction)))
+    if resource_type in (None, "Task") and principal and not (principal.server or principal.admin):
+        # Across all types too: a system client's search or history of every type.
+        decision = Decision(decision.clauses, (_registers(principal, interaction),))
     guarded = _SERVER_MADE.get(resource_type or "")
     if guarded is not None and interaction in _WRITES and not (principal and principal.server):
         # Frozen records, referrals, answers and the ResearchSubjects they keep are the
         # server's: nobody else writes, changes or removes them.
-        return Decision((*decision.clauses, guarded))
+        return Decision((*decision.clauses, guarded), decision.hidden)
     return decision
 
 
 def _registers(principal: Principal, interaction: str) -> Clause:
     """The Tasks of the operator's breaches and disclosures registers (privacy/) are the
-    administrators' to read and the server's to write; the patient (or representative) also
+    administrators' to read and the server's to write, as are the rights requests; the patient (or representative) also
     reads a disclosure about them that the law lets them see (tagged PATIENT_VISIBLE)."""
+    if interaction in _WRITES:
+        # Rights requests too: the operator records them (`fhir-server rights`).
+        return Clause((Not("code", (TokenPredicate("code", REGISTER_SYSTEM, None),
+                                    TokenPredicate("code", RIGHT_SYSTEM, None))),))
     kept = Not("code", (TokenPredicate("code", REGISTER_SYSTEM, None),))
     if principal.speaks_for_patient and interaction in _READS:
         return Clause((kept, TokenPredicate("_tag", REGISTER_SYSTEM, PATIENT_VISIBLE)))

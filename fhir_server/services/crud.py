@@ -228,7 +228,7 @@ async def vread(ctx: Context, resource_type: str, id: str, version_id: str) -> V
                    details_code="MSG_VERSION_NOT_FOUND")
     allowed = decision(ctx, "vread", resource_type)
     version = await _unshredded(ctx.store.vread(resource_type, id, number))
-    if version is not None and allowed.clauses:
+    if version is not None and not allowed.unrestricted:
         # Within reach as history is: the resource as it is now (or was when deleted), and
         # this version too.
         current = await _unshredded(ctx.store.read(resource_type, id))

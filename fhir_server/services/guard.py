@@ -36,7 +36,7 @@ def check_links(ctx: Context, query: Query) -> None:
     for clause in query.clauses:
         for predicate in clause.any_of:
             for linked in _linked_types(predicate):
-                if decision(ctx, "search", linked).clauses:
+                if not decision(ctx, "search", linked).unrestricted:
                     raise _forbidden(f"Chained search and _has through {linked} are not "
                                      "available to this access token.")
 
@@ -52,17 +52,18 @@ def _linked_types(predicate: Any) -> list[str]:
 
 
 def visible(d: Decision, version: Version) -> bool:
-    """Whether a stored version lies within reach (a deletion only to unrestricted callers)."""
-    if not d.clauses:
+    """Whether a stored version lies within reach (a deletion only to callers not confined to
+    part of its type: it names no more than its id)."""
+    if d.unrestricted:
         return True
     if version.body is None:
-        return False
+        return not d.clauses
     return d.admits(version.resource_type, orjson.loads(version.body))
 
 
 async def reachable(ctx: Context, d: Decision, current: Version) -> bool:
     """Whether a resource is within reach: its current version, or (deleted) its last content."""
-    if not d.clauses:
+    if d.unrestricted:
         return True
     if not current.deleted:
         return visible(d, current)
@@ -74,7 +75,7 @@ async def require_replaceable(ctx: Context, d: Decision, resource_type: str, id:
     """A PUT's target. A caller confined to some patients replaces only a resource within
     reach: they do not create with an id of their choosing, which would tell a taken id
     (out of reach) from a free one (NOT_FOUND for both)."""
-    if not d.clauses:
+    if d.unrestricted:
         return
     existing = await ctx.store.read(resource_type, id)
     if existing is None or existing.deleted:
@@ -87,7 +88,7 @@ async def require_replaceable(ctx: Context, d: Decision, resource_type: str, id:
 async def deletable(ctx: Context, d: Decision, resource_type: str, id: str) -> bool:
     """Whether a DELETE goes ahead. For a confined caller, a resource out of reach is treated
     as one that does not exist: nothing is deleted and the answer is the same."""
-    if not d.clauses:
+    if d.unrestricted:
         return True
     existing = await ctx.store.read(resource_type, id)
     if existing is None or existing.deleted:

@@ -77,7 +77,7 @@ async def history(
         check_id(id)
         assert resource_type is not None
         current = await ctx.store.read(resource_type, id)
-        if current is None or (allowed.clauses and not await reachable(ctx, allowed, current)):
+        if current is None or not await reachable(ctx, allowed, current):
             raise fail(Kind.NOT_FOUND, "not-found", f"{resource_type}/{id} is not known.",
                        details_code="MSG_NO_EXIST")
     elif allowed.clauses:
@@ -91,7 +91,7 @@ async def history(
     links = {"self": _link(self_url, kept + ([(CURSOR, str(before))] if before else []))}
     if page.next_seq is not None:
         links["next"] = _link(self_url, [*kept, (CURSOR, str(page.next_seq))])
-    shown = [v for v in page.versions if not allowed.clauses or visible(allowed, v)]
+    shown = [v for v in page.versions if visible(allowed, v)]
     for version in shown:
         note(ctx, version)
     entries = (

@@ -140,7 +140,7 @@ def _ranked(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
         study = catalogue.studies[trial.study]
         if (request.recruiting_only and not _open(study)) or (
                 request.phases and not _phase_codes(study) & request.phases) or (
-                allowed.clauses and not allowed.admits("ResearchStudy", study)):
+                not allowed.admits("ResearchStudy", study)):
             continue
         result = evaluate(trial, record)
         counts.evaluated += 1

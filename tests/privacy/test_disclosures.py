@@ -90,6 +90,29 @@ def test_the_patient_sees_only_what_the_law_allows(registered: tuple[Server, str
     assert hidden not in events.text
 
 
+@pytest.mark.parametrize("url", ["/fhir?_type=Task,Patient", "/fhir?_count=500",
+                                 "/fhir/_history?_count=500"])
+def test_system_clients_do_not_read_the_register_across_types(registered: tuple[Server, str, str],
+                                                              url: str) -> None:
+    """A backend service's system/*.rs scopes reach every type, but not the registers' Tasks:
+    neither through a search or history across all types, nor in a batch doing those."""
+    server, visible, hidden = registered
+    response = server.client.get(url, headers=server.headers("ehr"))
+    assert response.status_code == 200, response.text
+    assert visible not in response.text and hidden not in response.text
+    assert "Tribunal" not in response.text
+    # What a system client otherwise reads there is still there.
+    assert '"id":"a"' in response.text.replace(" ", "")
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": url.removeprefix("/fhir").lstrip("/")}},
+        {"request": {"method": "GET", "url": f"Task/{hidden}"}}]}
+    answer = send(server.client, "POST", "/fhir", batch, **server.headers("ehr"))
+    assert answer.status_code == 200, answer.text
+    first, second = (e["response"]["status"] for e in answer.json()["entry"])
+    assert first.startswith("200") and second.startswith("404"), answer.text[:600]
+    assert "Tribunal" not in answer.text and hidden not in answer.text.replace(f"Task/{hidden}", "")
+
+
 def test_patients_do_not_write_the_register(registered: tuple[Server, str, str]) -> None:
     server, visible, _ = registered
     task = server.client.get(f"/fhir/Task/{visible}", headers=server.headers("patient-a")).json()
