@@ -74,10 +74,15 @@ def denied(consents: Iterable[dict[str, Any]], scope: str, actor: str | None, to
                for c in _in_force(consents, scope) for p in provisions(c.get("provision") or {}))
 
 
+# What narrows a permit to part of the record (some types, actions, data, labels, purposes).
+_NARROWING = ("class", "action", "code", "data", "dataPeriod", "securityLabel", "purpose")
+
+
 def permit(consents: Iterable[dict[str, Any]], scope: str, actor: str | None,
-           today: str) -> dict[str, Any] | None:
+           today: str, *, whole: bool = False) -> dict[str, Any] | None:
     """The active Consent of `scope` whose top-level permit names `actor` (None: any actor)
-    today, unless a deny in force applies; None when nothing permits."""
+    today, unless a deny in force applies; None when nothing permits. `whole`: only a permit
+    of the whole record counts, not one narrowed to part of it (a relative's delegation)."""
     consents = list(consents)
     if denied(consents, scope, actor, today):
         return None
@@ -85,15 +90,20 @@ def permit(consents: Iterable[dict[str, Any]], scope: str, actor: str | None,
         provision = consent.get("provision") or {}
         if provision.get("type") != "permit" or not in_period(provision, today):
             continue
+        if whole and any(provision.get(narrowing) for narrowing in _NARROWING):
+            continue
         if actor is None or actor in actors(provision):
             return consent
     return None
 
 
 def reaches(consents: Iterable[dict[str, Any]], practitioner: str, today: str) -> bool:
-    """Whether a patient's Consents let `practitioner` reach their record today."""
+    """Whether a patient's Consents let `practitioner` reach their record today: a permit of
+    the whole record naming them. One narrowed to some types or actions (a relative's
+    delegation naming a practitioner too) opens nothing to a practitioner: access rules give
+    practitioners whole compartments only."""
     consents = list(consents)
-    return (permit(consents, PRIVACY, practitioner, today) is not None
+    return (permit(consents, PRIVACY, practitioner, today, whole=True) is not None
             and not denied(consents, PRIVACY, None, today))
 
 
@@ -127,7 +137,7 @@ def attests_access(consent: dict[str, Any], practitioner: str, today: str) -> bo
     (source[x]: the signed form or a reference to it). It opens the record only when the
     practitioner creates the record with it; for an existing record it is a proposal the
     patient confirms (trials/proposal.py)."""
-    return (permit([consent], PRIVACY, practitioner, today) is not None
+    return (permit([consent], PRIVACY, practitioner, today, whole=True) is not None
             and ("sourceAttachment" in consent or "sourceReference" in consent))
 
 

@@ -140,7 +140,8 @@ async def check_message(ctx: Context, message: dict[str, Any]) -> None:
     """Referrals and answers are the server's to write; nobody else writes a message from or
     to a PractitionerRole, CareTeam, Group or Organization (investigators read the messages
     sent from or to their identities: a patient's data reach them through $refer alone); a
-    user sends in their own name; a patient writes to their referring physicians only."""
+    user sends in their own name; a patient writes to their referring physicians only, and so
+    does a relative writing for them, naming themselves as the sender."""
     principal = ctx.principal
     if principal is None or principal.server:
         return
@@ -159,7 +160,11 @@ async def check_message(ctx: Context, message: dict[str, Any]) -> None:
     if own and sender:
         if sender not in own:
             raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
-    if for_patient:
+    relative = principal.role is Role.RELATIVE and principal.patient is not None
+    if relative and (not sender or sender != principal.fhir_user):
+        raise _forbidden("A relative writes in their own name: Communication.sender is their "
+                         "RelatedPerson.")
+    if for_patient or relative:
         assert principal.patient is not None
         physicians = await reach.physicians_of(ctx, principal.patient)
         if not recipients or any(r not in physicians for r in recipients):

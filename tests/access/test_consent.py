@@ -72,3 +72,18 @@ def test_references_are_read_in_any_form() -> None:
     assert rules.local("http://example.org/fhir/Practitioner/dr/_history/3") == DR
     absolute = consent("p", actor=DR, deny=[deny_provision("http://example.org/fhir/Practitioner/dr")])
     assert not rules.reaches([absolute], DR, TODAY)
+
+
+def test_a_permit_narrowed_to_part_of_the_record_opens_nothing_to_a_practitioner() -> None:
+    """A relative's delegation (class, action) naming a practitioner as well does not give
+    that practitioner the whole record, nor make them a referring physician."""
+    narrowed = consent("p", actor=DR)
+    narrowed["provision"]["class"] = [{"system": "http://hl7.org/fhir/resource-types",
+                                       "code": "Observation"}]
+    assert not rules.reaches([narrowed], DR, TODAY)
+    assert rules.physicians([narrowed], TODAY) == set()
+    acting = consent("p", actor=DR)
+    acting["provision"]["action"] = [{"coding": [{"code": "access"}]}]
+    assert not rules.reaches([acting], DR, TODAY)
+    # A whole-record permit beside it still counts.
+    assert rules.reaches([narrowed, consent("p", actor=DR)], DR, TODAY)

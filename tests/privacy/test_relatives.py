@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from fhir_server import clock
 from fhir_server.access import Role
 from fhir_server.access.delegation import ACTION_SYSTEM, TYPE_SYSTEM
+from fhir_server.model.platform_codes import REGISTER_SYSTEM, RIGHT_SYSTEM
 from fhir_server.services.launch_context import openable
 from tests.builders import consent
 from tests.http.helpers import send
@@ -152,6 +153,64 @@ def test_a_write_grant_books_for_the_patient_but_never_extends_itself(server: Se
     refused = send(server.client, "POST", "/fhir/Consent", wider, **headers)
     assert refused.status_code == 403, refused.text
     assert server.client.get("/fhir/Condition", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize("system, code", [(RIGHT_SYSTEM, "erasure"), (REGISTER_SYSTEM, "disclosure"),
+                                          (REGISTER_SYSTEM, "breach")])
+def test_nobody_but_the_operator_writes_into_the_registers(server: Server, system: str,
+                                                          code: str) -> None:
+    """The rights, breaches and disclosures registers are the operator's (`fhir-server rights`,
+    `breach`, `disclosure`): neither the patient nor a relative with `correct` on Task files
+    a Task there."""
+    put(server, related_person())
+    grant(server, delegation(["Task"], ["access", "correct"]))
+    register = f"/fhir/Task?code={system}|"
+    before = len(server.client.get(register, headers=server.headers("admin")).json().get("entry", []))
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": "Patient/a"}, "code": {"coding": [{"system": system, "code": code}]}}
+    for headers in (server.headers("patient-a"), relative_headers(server)):
+        refused = send(server.client, "POST", "/fhir/Task", task, **headers)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["resourceType"] == "OperationOutcome"
+    after = server.client.get(register, headers=server.headers("admin")).json().get("entry", [])
+    assert len(after) == before
+    # A Task of their own is still theirs to write.
+    task["code"] = {"text": "book a taxi"}
+    assert send(server.client, "POST", "/fhir/Task", task, **relative_headers(server)).status_code == 201
+
+
+def test_a_relative_writes_only_as_themselves_to_the_patients_physicians(server: Server) -> None:
+    """The patient's rule on messages holds for a relative who writes for them: to the
+    physicians the patient consented to only, and as the sender, themselves."""
+    put(server, related_person())
+    grant(server, delegation(["Communication"], ["access", "correct"]))
+    headers = relative_headers(server)
+    message = {"resourceType": "Communication", "status": "completed",
+               "subject": {"reference": "Patient/a"}, "payload": [{"contentString": "hello"}],
+               "recipient": [{"reference": "Practitioner/stranger"}]}
+    before = _count(server, "/fhir/Communication")
+    for sender in (None, RELATIVE, "Patient/a"):
+        if sender:
+            message["sender"] = {"reference": sender}
+        for who in (headers, server.headers("patient-a")):
+            refused = send(server.client, "POST", "/fhir/Communication", message, **who)
+            assert refused.status_code == 403, refused.text
+    assert _count(server, "/fhir/Communication") == before
+
+
+def test_a_practitioner_named_on_a_delegation_too_reaches_nothing_by_it(server: Server) -> None:
+    """A delegation limited to Observation naming the daughter and a practitioner: the
+    practitioner is no referring physician by it (practitioners reach whole records only)."""
+    put(server, related_person())
+    body = delegation(["Observation"])
+    body["provision"]["actor"].append({**body["provision"]["actor"][0],
+                                       "reference": {"reference": "Practitioner/dr"}})
+    grant(server, body)
+    for url in ("/fhir/Condition", "/fhir/Observation", "/fhir/Patient"):
+        response = server.client.get(url, headers=server.headers("physician"))
+        assert response.status_code == 200, response.text
+        assert response.json().get("entry", []) == [], url
+    assert server.client.get("/fhir/Observation", headers=relative_headers(server)).json()["entry"]
 
 
 def test_a_legal_representative_stays_a_representative(server: Server) -> None:
