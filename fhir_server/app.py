@@ -338,7 +338,7 @@ def _authorization(settings: Settings) -> tuple[TokenService | None, SmartAuthor
     tokens = TokenService(keys, registry, issuer=settings.auth_url, audience=audience,
                           lifetime=settings.token_lifetime, external=external)
     oauth = SmartAuthorizationServer(registry, tokens, f"{settings.auth_url}/token", narrow_scope,
-                                     narrow_for_user)
+                                     narrow_for_user, terms_version=settings.terms_version)
     return tokens, oauth
 
 

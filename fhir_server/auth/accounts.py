@@ -32,10 +32,11 @@ class Accounts:
         account found inactive, not one signed in to since). Whether it was."""
         now = clock.instant()
         return self.users._conn().execute(
-            "UPDATE user SET closed = COALESCE(closed, ?), suspended = 1, deletion_asked = CASE "
+            "UPDATE user SET closed = COALESCE(closed, ?), suspended_at = CASE WHEN suspended "
+            "THEN suspended_at ELSE ? END, suspended = 1, deletion_asked = CASE "
             "WHEN ? THEN COALESCE(deletion_asked, ?) ELSE deletion_asked END WHERE username = ? "
             "AND (? IS NULL OR last_seen = ?)",
-            (now, asked, now, username, seen, seen)).rowcount > 0
+            (now, clock.seconds(), asked, now, username, seen, seen)).rowcount > 0
 
     def delete(self, username: str) -> None:
         self.users._conn().execute("DELETE FROM user WHERE username = ?", (username,))

@@ -19,6 +19,7 @@ from authlib.oauth2.rfc6749.grants import (
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
 
+from .. import clock
 from ..access import parse_scopes
 from .clients import APP_AUTH_METHODS, PRIVATE_KEY_JWT, RegisteredClient
 from .launch import LaunchContext
@@ -56,8 +57,8 @@ class Grantee:
         return id if kind == "Patient" else None
 
     def record(self) -> dict[str, Any]:
-        """What a stored code or refresh token keeps of the grantee."""
-        return {"username": self.username, "fhir_user": self.fhir_user,
+        """What a stored code or refresh token keeps of the grantee, and when it is issued."""
+        return {"username": self.username, "fhir_user": self.fhir_user, "issued": clock.seconds(),
                 "launch": self.launch.as_dict() if self.launch else None, "origin": self.origin}
 
     @classmethod
@@ -149,7 +150,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         """Already spent when queried."""
 
     def authenticate_user(self, authorization_code: _Record) -> Grantee:
-        _check_not_suspended(self.server.registry, authorization_code.data)
+        _check_account(self.server.registry, self.server.terms_version, authorization_code.data)
         return Grantee.from_record(authorization_code.data, authorization_code.data.get("nonce"),
                                    origin_of(authorization_code.key))
 
@@ -177,7 +178,7 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return _Record(refresh_token, data["client_id"], data) if data else None
 
     def authenticate_user(self, refresh_token: _Record) -> Grantee:
-        _check_not_suspended(self.server.registry, refresh_token.data)
+        _check_account(self.server.registry, self.server.terms_version, refresh_token.data)
         return Grantee.from_record(refresh_token.data)
 
     def revoke_old_credential(self, refresh_token: _Record) -> None:
@@ -185,7 +186,18 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             raise InvalidGrantError(description="The refresh token was used already.")
 
 
-def _check_not_suspended(registry: Registry, data: dict[str, Any]) -> None:
-    """A code or refresh token of a suspended account gives no token (invalid_grant)."""
-    if Users(registry).is_suspended(str(data["username"])):
+def _check_account(registry: Registry, terms_version: str | None, data: dict[str, Any]) -> None:
+    """A code or refresh token gives no token (invalid_grant) when its account is suspended,
+    was issued before its last suspension, or its account has not accepted the version of the
+    terms in force (`terms_version`): one issued before that version came in force
+    sends the app back through sign-in, where the terms are shown."""
+    users = Users(registry)
+    username = str(data["username"])
+    since = users.valid_since(username)
+    if since is None:
         raise InvalidGrantError(description="The account is suspended.")
+    if float(data.get("issued", 0)) < since:
+        raise InvalidGrantError(description="Issued before the account's suspension: sign in again.")
+    if terms_version is not None and terms_version not in users.accepted_terms(username):
+        raise InvalidGrantError(description="The platform's terms in force are not accepted: "
+                                            "sign in again.")

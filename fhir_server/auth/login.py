@@ -276,23 +276,32 @@ class LoginFlow:
         if not ok:
             return self._totp_page(user, login, TEXT[login.lang]["bad_code"], 401)
         if self.terms is not None and self.terms.version not in self.users.accepted_terms(user.username):
-            self._save(login, stage="terms")
-            return Page("terms.html", login.lang, values={
-                "title": TEXT[login.lang]["terms_title"], "pending": login.id, "action": "terms",
-                "version": self.terms.version, "url": self.terms.url},
-                redirect_to=self._redirect_uri(login))
+            return self._terms_page(login, self.terms)
         return await self._signed_in(login, user)
+
+    def _terms_page(self, login: Login, terms: Terms) -> Answer:
+        """The terms page, the version shown kept with the login (what "I accept" accepts)."""
+        self._save(login, stage="terms", terms=terms.version)
+        return Page("terms.html", login.lang, values={
+            "title": TEXT[login.lang]["terms_title"], "pending": login.id, "action": "terms",
+            "version": terms.version, "url": terms.url}, redirect_to=self._redirect_uri(login))
 
     async def accept_terms(self, login: Login, accept: bool) -> Answer:
         """The terms page: accepted, on to the picker or the consent page; declined, back to
-        the app with `access_denied`."""
+        the app with `access_denied`. The version in force may have changed since the page
+        was shown (a restart with other settings): none any more, nothing is recorded; another
+        one, that one is shown."""
         user = self.users.get(login.data["username"])
-        assert user is not None and self.terms is not None
+        assert user is not None
         if not accept:
             self.registry.forget("pending", login.id)
             return refusal(login.lang, AccessDeniedError(
                 "The user did not accept the platform's terms.", state=login.param.get("state"),
                 redirect_uri=self._redirect_uri(login)))
+        if self.terms is None:
+            return await self._signed_in(login, user)
+        if login.data.get("terms") != self.terms.version:
+            return self._terms_page(login, self.terms)
         self.users.accept_terms(user.username, self.terms.version, clock.seconds())
         if self.terms_audit is not None:
             await self.terms_audit(user.username, login.client_id, user.fhir_user, self.terms.version)

@@ -59,9 +59,13 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     """Token, introspection and revocation; responses come back as (status, body, headers)."""
 
     def __init__(self, registry: Registry, tokens: TokenService, token_url: str,
-                 narrow: ScopePolicy, narrow_for_user: UserScopePolicy) -> None:
+                 narrow: ScopePolicy, narrow_for_user: UserScopePolicy, *,
+                 terms_version: str | None = None) -> None:
+        """`terms_version`: the platform's terms in force, which a user's codes and refresh
+        tokens need accepted (grants.py)."""
         super().__init__()
         self.registry = registry
+        self.terms_version = terms_version
         self.tokens = tokens
         self.narrow = narrow
         self.narrow_for_user = narrow_for_user

@@ -46,6 +46,7 @@ class TokenClaims:
     patient: str | None = None
     fhir_user: str | None = None
     professional: Professional | None = None  # a Pro Santé Connect token's
+    issued: float = 0  # iat (this server's tokens)
 
 
 class TokenService:
@@ -124,10 +125,14 @@ class TokenService:
             self._verified.put(token, keys, claims, claims.expires + LEEWAY)
         if self.registry.is_revoked(claims.token_id):
             raise InvalidToken("The token has been revoked.")
-        # A user's token (it names its fhirUser) stops with the account's suspension: asked
-        # at every use, as revocation is, never cached.
-        if claims.fhir_user is not None and self.users.is_suspended(claims.subject):
-            raise InvalidToken("The account is suspended.")
+        # A user's token (it names its fhirUser) stops with the account's suspension, and
+        # stays stopped after reinstatement: asked at every use, as revocation is, never cached.
+        if claims.fhir_user is not None:
+            since = self.users.valid_since(claims.subject)
+            if since is None:
+                raise InvalidToken("The account is suspended.")
+            if claims.issued < since:
+                raise InvalidToken("The token was issued before the account's suspension.")
         return claims
 
     def _verify_own(self, token: str, keys: KeySet) -> TokenClaims:
@@ -149,7 +154,7 @@ class TokenService:
             subject=str(claims["sub"]), client_id=str(claims.get("client_id", "")),
             scope=str(claims.get("scope", "")), token_id=str(claims["jti"]),
             expires=int(claims["exp"]), patient=claims.get("patient"),
-            fhir_user=claims.get("fhirUser"))
+            fhir_user=claims.get("fhirUser"), issued=float(claims.get("iat", 0)))
 
     def _verify_external(self, trusted: TrustedIssuer, token: str,
                          kid: str | None) -> TokenClaims:

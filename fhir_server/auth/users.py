@@ -87,6 +87,9 @@ class Users:
             for column in LIFECYCLE_COLUMNS:  # the retention's (accounts.py)
                 add_column(conn, "user", column)
             add_column(conn, "user", "email_factor INTEGER NOT NULL DEFAULT 0")
+            # When it was last suspended (epoch seconds; 0: never): what was issued before
+            # stays refused after reinstatement.
+            add_column(conn, "user", "suspended_at REAL NOT NULL DEFAULT 0")
             self._ready = True
         return conn
 
@@ -100,14 +103,17 @@ class Users:
             raise ValueError("passwords have at least 12 characters")
         if admin and kind != "Practitioner":
             raise ValueError("an administrator is a Practitioner/<id>")
-        # Replacing an account keeps its suspension: only `reinstate` lifts it.
-        suspended = self.is_suspended(username)
+        # Replacing an account keeps its suspension, and the time of the last one: only
+        # `reinstate` lifts it, and nothing issued before it comes back.
+        suspended, suspended_at = self._conn().execute(
+            "SELECT suspended, suspended_at FROM user WHERE username = ?",
+            (username,)).fetchone() or (False, 0.0)
         self._conn().execute(
             "INSERT OR REPLACE INTO user (username, password_hash, fhir_user, admin, suspended, "
-            "last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+            "suspended_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (username, secrets_hash.hash_secret(password), fhir_user, admin, suspended,
-             clock.instant()))
-        return User(username, fhir_user, False, admin, suspended)
+             suspended_at, clock.instant()))
+        return User(username, fhir_user, False, admin, bool(suspended))
 
     def get(self, username: str) -> User | None:
         row = self._conn().execute(
@@ -125,20 +131,34 @@ class Users:
     def set_suspended(self, username: str, suspended: bool) -> User:
         """Suspend or reinstate an account; ValueError if there is none, or it is already so.
         A suspended account signs in no more, and its tokens stop working at their next
-        use (tokens.py asks at every use)."""
+        use (tokens.py asks at every use); reinstated, it signs in again, but the tokens,
+        codes and refresh tokens issued before the suspension stay refused (`valid_since`):
+        a suspension for a stolen session ends that session."""
         user = self.get(username)
         if user is None:
             raise ValueError(f"no user {username!r}")
         if user.suspended == suspended:
             raise ValueError(f"{username} is {'already' if suspended else 'not'} suspended")
-        self._conn().execute("UPDATE user SET suspended = ? WHERE username = ?",
-                             (suspended, username))
+        if suspended:
+            self._conn().execute("UPDATE user SET suspended = 1, suspended_at = ? "
+                                 "WHERE username = ?", (clock.seconds(), username))
+        else:
+            self._conn().execute("UPDATE user SET suspended = 0 WHERE username = ?", (username,))
         return replace(user, suspended=suspended)
 
     def is_suspended(self, username: str) -> bool:
         row = self._conn().execute("SELECT suspended FROM user WHERE username = ?",
                                    (username,)).fetchone()
         return bool(row and row[0])
+
+    def valid_since(self, username: str) -> float | None:
+        """The time (epoch seconds) before which nothing issued to `username` is valid: its
+        last suspension, 0 if never suspended (or no such account); None while suspended."""
+        row = self._conn().execute("SELECT suspended, suspended_at FROM user WHERE username = ?",
+                                   (username,)).fetchone()
+        if row is None:
+            return 0.0
+        return None if row[0] else float(row[1])
 
     def accept_terms(self, username: str, version: str, when: float) -> None:
         """Record that `username` accepted version `version` of the terms at `when` (the

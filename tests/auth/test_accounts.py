@@ -1,12 +1,13 @@
 """Accounts (docs/privacy.md, "Accounts"): suspension stops an account's tokens at their next
-use, even one verified and cached a moment before, and its codes and refresh tokens, and
-reinstatement lifts it; the terms version in force is asked for once per account at sign-in,
+use, even one verified and cached a moment before, and its codes and refresh tokens;
+reinstatement lets it sign in again, what was issued before the suspension staying refused; the terms version in force is asked for once per account at sign-in,
 declining goes back to the app with access_denied; each step audited; bad input changes
 nothing."""
 
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,28 @@ def test_a_suspension_stops_the_tokens_at_once(portal: Any) -> None:
     pending, answer = _to_second_factor(client, secrets.token_urlsafe(48))
     assert answer.status_code == 403 and "suspendu" in answer.text
     assert [e["outcome"] for e in _events(client, "110122")][-1] == "4"
+
+
+
+def test_reinstatement_does_not_revive_what_was_issued_before_the_suspension(portal: Any) -> None:
+    """A suspension for a stolen session ends that session for good: reinstated, the account
+    signs in again, and its tokens and refresh tokens from before stay refused."""
+    client, users = portal
+    issued = _sign_in(client)
+    headers = {"Authorization": f"Bearer {issued['access_token']}"}
+    refresh = {"grant_type": "refresh_token", "client_id": APP, "refresh_token": issued["refresh_token"]}
+    users.set_suspended("helene", True)
     users.set_suspended("helene", False)
-    assert client.get("/fhir/Patient/helene", headers=headers).status_code == 200
-    assert client.post("/auth/token", data=refresh).status_code == 200
+    refused = client.get("/fhir/Patient/helene", headers=headers)
+    assert refused.status_code == 401 and "suspension" in refused.text
+    refreshed = client.post("/auth/token", data=refresh)
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    time.sleep(1)  # access tokens tell the second they were issued (iat), no finer
+    again = _sign_in(client)
+    assert client.get("/fhir/Patient/helene", headers={
+        "Authorization": f"Bearer {again['access_token']}"}).status_code == 200
+    assert client.post("/auth/token", data={**refresh, "refresh_token": again["refresh_token"]}
+                       ).status_code == 200
 
 
 def test_a_code_issued_before_the_suspension_gives_no_token(portal: Any) -> None:
@@ -164,12 +184,52 @@ def test_a_new_version_is_asked_for_again(with_terms: Any) -> None:
     assert "version 2026-12" in second_factor(client, pending, "helene", answer.text).text
 
 
+def test_a_refresh_token_from_before_the_terms_gives_nothing_until_they_are_accepted(
+        tmp_path: Path) -> None:
+    """The terms are accepted before any access: a refresh token issued before their version
+    came in force sends the app back through sign-in (invalid_grant), where they are shown."""
+    with _client(tmp_path) as client:
+        users = _setup(client)
+        issued = _sign_in(client)
+    refresh = {"grant_type": "refresh_token", "client_id": APP, "refresh_token": issued["refresh_token"]}
+    with _client(tmp_path, terms_version=TERMS) as client:
+        refused = client.post("/auth/token", data=refresh)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "invalid_grant" and "terms" in refused.text
+        assert users.accepted_terms("helene") == {}
+        users.accept_terms("helene", TERMS, 1.0)
+        assert client.post("/auth/token", data=refresh).status_code == 200
+
+
 def test_the_terms_form_is_only_for_its_stage(with_terms: Any) -> None:
     """Posting the terms form out of turn (before the second factor) accepts nothing."""
     client, users = with_terms
     pending, _ = _to_second_factor(client, secrets.token_urlsafe(48))
     early = client.post("/auth/terms", data={"pending": pending, "decision": "accept"})
     assert early.status_code == 400 and users.accepted_terms("helene") == {}
+
+
+@pytest.mark.parametrize("later", [{}, {"terms_version": "2027-01"}])
+def test_terms_changed_while_the_page_was_shown(tmp_path: Path, later: dict[str, str]) -> None:
+    """The server restarted between showing the terms and their acceptance: with no terms in
+    force any more, nothing is recorded and the sign-in goes on; with another version, that
+    version is shown, the one displayed is never recorded as accepted in its place."""
+    verifier = secrets.token_urlsafe(48)
+    with _client(tmp_path, terms_version=TERMS) as client:
+        users = _setup(client)
+        pending, answer = _to_second_factor(client, verifier)
+        assert 'action="terms"' in second_factor(client, pending, "helene", answer.text).text
+        cookies = dict(client.cookies)
+    with _client(tmp_path, **later) as client:
+        client.cookies.update(cookies)
+        answer = client.post("/auth/terms", data={"pending": pending, "decision": "accept"})
+        assert answer.status_code == 200, answer.text
+        assert users.accepted_terms("helene") == {}
+        if later:
+            assert 'action="terms"' in answer.text and "version 2027-01" in answer.text
+            answer = client.post("/auth/terms", data={"pending": pending, "decision": "accept"})
+            assert list(users.accepted_terms("helene")) == ["2027-01"]
+        _tokens(client, answer, pending, verifier)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
