@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -155,7 +155,8 @@ class Settings(BaseSettings):
         None, min_length=1, max_length=64, description="The version of the platform's terms in "
         "force: at sign-in, a user who has not accepted it is asked to (none: not asked).")
     terms_url: str | None = Field(
-        None, description="Where the terms in force are published (the sign-in page links to it).")
+        None, description="Where the terms in force are published (the sign-in page links to "
+        "it): an https:// URL (http:// on this machine only: localhost, 127.0.0.1, ::1).")
     trusted_issuers: list[TrustedIssuerSetting] = Field(
         default_factory=list,
         description="External OpenID providers whose access tokens are accepted too: "
@@ -237,6 +238,18 @@ class Settings(BaseSettings):
         None, description="File holding the secret that signs notification bodies (HMAC-SHA256 "
         "in X-Hub-Signature-256); empty means notifications are not signed.",
     )
+
+    @field_validator("terms_url")
+    @classmethod
+    def _published_over_https(cls, url: str | None) -> str | None:
+        # The sign-in page links to it: another scheme (javascript:, data:) would run in it.
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if not parts.hostname or not (parts.scheme == "https" or (
+                parts.scheme == "http" and _loopback(parts.hostname))):
+            raise ValueError("the terms URL is https://... (http:// on localhost only)")
+        return url
 
     @model_validator(mode="after")
     def _no_relay_in_clear(self) -> Settings:

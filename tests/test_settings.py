@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from fhir_server import cli
 from fhir_server.crypto import create_key_ring
@@ -90,3 +91,18 @@ def test_the_key_provider_is_a_setting_and_a_serve_flag(serve_settings: list[Set
     assert "FHIR_SERVER_PKCS11_MODULE" in capsys.readouterr().err and not serve_settings
     assert cli.main(["serve", "--key-provider", "vault"]) == 2
     assert "--key-provider" in capsys.readouterr().err and not serve_settings
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(document.cookie)", "data:text/html,hi",
+                                 "http://example.org/cgu", "https://", "ftp://example.org/cgu",
+                                 "//example.org/cgu"])
+def test_the_terms_url_is_an_https_link(url: str) -> None:
+    """The sign-in page links to it: only a web page over TLS (over http on this machine)."""
+    with pytest.raises(ValidationError, match="terms URL"):
+        Settings(terms_version="1", terms_url=url)
+
+
+@pytest.mark.parametrize("url", ["https://example.org/cgu", "http://localhost:8080/cgu",
+                                 "http://127.0.0.1/cgu"])
+def test_a_published_terms_url_is_kept(url: str) -> None:
+    assert Settings(terms_version="1", terms_url=url).terms_url == url
