@@ -213,6 +213,21 @@ def test_a_practitioner_named_on_a_delegation_too_reaches_nothing_by_it(server: 
     assert server.client.get("/fhir/Observation", headers=relative_headers(server)).json()["entry"]
 
 
+@pytest.mark.parametrize("format", ["csv", "pdf"])
+def test_a_relative_does_not_export_the_record(granted: Server, format: str) -> None:
+    """The export (GDPR arts. 15, 20) is the patient's or their representative's: a relative
+    is refused, the same for the patient, another one and a made-up id."""
+    headers = relative_headers(granted)
+    for patient in ("a", "b", "nobody"):
+        refused = granted.client.get(f"/fhir/Patient/{patient}/$record-export?format={format}",
+                                     headers=headers)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["resourceType"] == "OperationOutcome"
+    own = granted.client.get(f"/fhir/Patient/a/$record-export?format={format}",
+                             headers=granted.headers("patient-a"))
+    assert own.status_code == 200
+
+
 def test_a_legal_representative_stays_a_representative(server: Server) -> None:
     """A RelatedPerson with a representative relationship reaches the whole record without any
     delegation; a relative without one reaches nothing."""

@@ -46,7 +46,13 @@ def _caller(ctx: Context) -> str:
 
 
 async def patient_export(ctx: Context, patient_id: str, format: str | None, language: Language) -> Export:
-    """The record of `patient_id` as `format` (pdf, csv); NOT_FOUND as `$everything` would."""
+    """The record of `patient_id` as `format` (pdf, csv); NOT_FOUND as `$everything` would.
+    A relative is refused, whoever the patient: the export of the record (GDPR arts. 15 and
+    20) is the right of the data subject or their legal representative, not of someone they
+    delegate part of their record to (who reads what is granted through the API)."""
+    if ctx.principal is not None and ctx.principal.delegation is not None:  # a relative's
+        raise fail(Kind.FORBIDDEN, "forbidden", "The export of a record is for the patient or "
+                   "their legal representative.")
     chosen = _check_format(format, ("pdf", "csv"))
     entries = await everything.record(ctx, patient_id)
     record = Record.of(patient_id, (e["resource"] for e in entries if e["search"]["mode"] == "match"))
