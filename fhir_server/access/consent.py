@@ -6,10 +6,10 @@ Two kinds of agreement matter here (Consent.scope, consentscope CodeSystem):
   provision actors may read and write it (the referring physicians);
 - `research`: the record may be shared with trial investigators (a referral).
 
-A Consent counts when its status is `active` and its provision's period holds today. A `deny`
-wins over any `permit`: a nested deny provision, or another active Consent whose top-level
-provision is deny, with the actor named or with no actor at all (then it applies to everyone:
-objection, restriction of processing). Withdrawal is status `inactive` (or `rejected`), or an
+A Consent counts when its status is `active` and its provision's period holds now (compared
+as instants: in_period). A `deny` wins over any `permit`: a nested deny provision, or another
+active Consent whose top-level provision is deny, with the actor named or with no actor at
+all (then it applies to everyone: objection, restriction of processing). Withdrawal is status `inactive` (or `rejected`), or an
 ended period.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..search.params.date import date_range
 from ..search.references import type_and_id
 
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
@@ -31,11 +32,21 @@ def has_scope(consent: dict[str, Any], scope: str) -> bool:
                for c in (consent.get("scope") or {}).get("coding", []))
 
 
-def in_period(element: dict[str, Any], today: str) -> bool:
-    """Whether `element.period` (absent: always) holds on `today` (YYYY-MM-DD)."""
+def in_period(element: dict[str, Any], now: str) -> bool:
+    """Whether `element.period` (absent: always) holds at `now` (a FHIR instant; a date asks
+    about any time of that day). Bounds are compared as instants in their own time zone
+    (none given: UTC); a partial date starts at its first instant and ends at its last
+    (datatypes.html#Period). A bound that is no date holds at no time."""
     period = element.get("period") or {}
-    start, end = period.get("start", ""), period.get("end", "")
-    return start[:10] <= today and (not end or today <= end[:10])
+    at = date_range(now)
+    if at is None:
+        return False
+    start, end = period.get("start"), period.get("end")
+    begins = date_range(start) if isinstance(start, str) else None
+    ends = date_range(end) if isinstance(end, str) else None
+    if (start is not None and begins is None) or (end is not None and ends is None):
+        return False
+    return (begins is None or begins[0] <= at[1]) and (ends is None or at[0] <= ends[1])
 
 
 def local(reference: str) -> str:

@@ -171,7 +171,7 @@ def with_new_records(ctx: Context, entries: list[tuple[str, dict[str, Any]]],
     if principal is None or principal.fhir_user is None or not platform_rules.may_attest(principal):
         return ctx
     assert principal.consented is not None
-    day = clock.today()
+    day = clock.instant()
     new = [patient.removeprefix("Patient/") for patient, consent in entries
            if patient in created and consents.attests_access(consent, principal.fhir_user, day)]
     if not new:

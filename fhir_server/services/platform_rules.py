@@ -75,7 +75,7 @@ async def check_recorded_consent(ctx: Context, consent: dict[str, Any]) -> None:
                          "only: the Consent names them as its one actor.")
     scope = consents.PRIVACY if privacy else consents.RESEARCH
     actor = principal.fhir_user if privacy else None
-    day = clock.today()
+    day = clock.instant()
     earlier = await reach.find(ctx, "Consent", [("patient", consent["patient"]["reference"])])
     # A privacy deny naming the practitioner needs no check here (it wins at every request),
     # and reading it would tell a practitioner out of reach that the patient exists.

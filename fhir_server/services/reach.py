@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ..access import consent as consents
-from ..clock import today
+from ..clock import instant
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
@@ -117,21 +117,21 @@ async def consenting_patients(ctx: Context, practitioner: str) -> list[str]:
                                          ("scope", PRIVACY)])
     candidates = [id for c in naming if (id := _patient_id(c)) is not None]
     by_patient = await patient_consents(ctx, candidates)
-    day = today()
+    now = instant()
     return [id for id in dict.fromkeys(candidates)
-            if consents.reaches(by_patient.get(id, []), practitioner, day)]
+            if consents.reaches(by_patient.get(id, []), practitioner, now)]
 
 
 async def physicians_of(ctx: Context, patient: str) -> set[str]:
     """The practitioners (`Practitioner/<id>`) who may reach `patient` today."""
     by_patient = await patient_consents(ctx, [patient])
-    return consents.physicians(by_patient.get(patient, []), today())
+    return consents.physicians(by_patient.get(patient, []), instant())
 
 
 async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     """The Consent in force letting `patient`'s record go to trial investigators, if any."""
     both = await patient_consents(ctx, [patient], f"{RESEARCH},{PRIVACY}")
-    return consents.sharing(both.get(patient, []), today())
+    return consents.sharing(both.get(patient, []), instant())
 
 
 async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:
@@ -148,7 +148,7 @@ async def represented(ctx: Context, related_person: str) -> list[str]:
     codes = {c.get("code") for r in person.get("relationship", []) for c in r.get("coding", [])}
     patient = (person.get("patient") or {}).get("reference", "")
     if (person.get("active") is False or not codes & REPRESENTATIVE_CODES
-            or not consents.in_period(person, today()) or not patient.startswith("Patient/")):
+            or not consents.in_period(person, instant()) or not patient.startswith("Patient/")):
         return []
     return [patient.removeprefix("Patient/")]
 

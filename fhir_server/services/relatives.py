@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..access import Delegation, delegation
 from ..access import consent as consents
-from ..clock import today
+from ..clock import instant
 from . import reach
 from .context import Context
 
@@ -16,7 +16,7 @@ async def _patient_of(ctx: Context, related_person: str) -> str | None:
     """The id of the patient `related_person` is related to, while the RelatedPerson is in
     force (active and in its period); None otherwise."""
     person = await reach.current(ctx, related_person)
-    if person is None or person.get("active") is False or not consents.in_period(person, today()):
+    if person is None or person.get("active") is False or not consents.in_period(person, instant()):
         return None
     patient = consents.local((person.get("patient") or {}).get("reference", ""))
     kind, _, id = patient.partition("/")
@@ -30,7 +30,7 @@ async def delegation_of(ctx: Context, related_person: str, patient: str) -> Dele
         return None
     found = await reach.find(ctx, "Consent", [("patient", f"Patient/{patient}"),
                                               ("scope", reach.PRIVACY)])
-    return delegation(found, related_person, today())
+    return delegation(found, related_person, instant())
 
 
 async def delegating(ctx: Context, related_person: str) -> list[str]:

@@ -87,3 +87,26 @@ def test_a_permit_narrowed_to_part_of_the_record_opens_nothing_to_a_practitioner
     assert not rules.reaches([acting], DR, TODAY)
     # A whole-record permit beside it still counts.
     assert rules.reaches([narrowed, consent("p", actor=DR)], DR, TODAY)
+
+
+def test_periods_are_compared_as_instants() -> None:
+    """A period's bounds are instants in their own time zone; a partial date (year,
+    year-month, date) starts at its first instant and ends at its last."""
+    def holds(start: str | None, end: str | None, now: str) -> bool:
+        period = {k: v for k, v in (("start", start), ("end", end)) if v}
+        return rules.in_period({"period": period}, now)
+
+    # 08:00 at +02:00 is 06:00Z: over by 20:00Z the same day, not yet at 05:59Z.
+    assert not holds(None, "2030-06-30T08:00:00+02:00", "2030-06-30T20:00:00Z")
+    assert holds(None, "2030-06-30T08:00:00+02:00", "2030-06-30T05:59:59Z")
+    # 01:00 at +02:00 is 23:00Z the day before.
+    assert not holds(None, "2030-06-30T01:00:00+02:00", "2030-06-29T23:30:00Z")
+    assert holds("2030-06-30T10:00:00Z", None, "2030-06-30T10:00:00.000001Z")
+    assert not holds("2030-06-30T10:00:00Z", None, "2030-06-30T09:59:59Z")
+    # Partial dates: the end is the last instant of its year, month or day; the start the first.
+    assert holds(None, "2030", "2030-12-31T23:59:59Z") and not holds(None, "2030", "2031-01-01T00:00:00Z")
+    assert holds(None, "2030-02", "2030-02-28T12:00:00Z") and not holds(None, "2030-02", "2030-03-01T00:00:00Z")
+    assert holds(None, "2030-06-30", "2030-06-30T23:59:59Z")
+    assert holds("2030-06", None, "2030-06-01T00:00:00Z") and not holds("2030-06", None, "2030-05-31T23:59:59Z")
+    # A bound that is no date holds nothing.
+    assert not holds(None, "soon", "2030-06-30T00:00:00Z")

@@ -228,6 +228,27 @@ def test_a_relative_does_not_export_the_record(granted: Server, format: str) -> 
     assert own.status_code == 200
 
 
+def test_periods_end_at_their_instant_in_their_time_zone(server: Server) -> None:
+    """The delegation's and the RelatedPerson's periods end at the instant they say, not at
+    the end of that day (08:00 at +02:00 is 06:00Z)."""
+    put(server, related_person(period={"start": "2020-01-01", "end": "2030-07-31T01:00:00+02:00"}))
+    body = delegation(["Observation"])
+    body["provision"]["period"]["end"] = "2030-06-30T08:00:00+02:00"
+    grant(server, body)
+    headers = relative_headers(server)
+    with clock.frozen(datetime(2030, 6, 30, 5, 59, tzinfo=UTC)):
+        assert server.client.get("/fhir/Observation", headers=headers).status_code == 200
+    with clock.frozen(datetime(2030, 6, 30, 20, 0, tzinfo=UTC)):
+        assert server.client.get("/fhir/Observation", headers=headers).status_code == 403
+    # The RelatedPerson ends at 23:00Z on 30 July.
+    body = delegation(["Observation"], end="2031-01-01")
+    grant(server, body)
+    with clock.frozen(datetime(2030, 7, 30, 22, 59, tzinfo=UTC)):
+        assert server.client.get("/fhir/Observation", headers=headers).status_code == 200
+    with clock.frozen(datetime(2030, 7, 30, 23, 30, tzinfo=UTC)):
+        assert server.client.get("/fhir/Observation", headers=headers).status_code == 403
+
+
 def test_a_legal_representative_stays_a_representative(server: Server) -> None:
     """A RelatedPerson with a representative relationship reaches the whole record without any
     delegation; a relative without one reaches nothing."""
