@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..search.params.date import date_range
+from ..search import date_range
 from ..search.references import type_and_id
 
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"

@@ -47,7 +47,7 @@ from .blind import PROTECTED_CODES, BlindIndex, Digest, default_protected
 from .compartments import patients_of
 from .extract import Extractor, extract
 from .match import Resolver, Unsupported, matches
-from .params.date import DATE_MAX, DATE_MIN
+from .params.date import DATE_MAX, DATE_MIN, date_range
 from .params.special import distance_km
 from .params.string import normalize
 from .parse import format_query, parse_query, query_pairs
@@ -57,6 +57,7 @@ __all__ = [
     "patients_of",
     "DATE_MAX",
     "DATE_MIN",
+    "date_range",
     "PREFIXES",
     "BlindIndex",
     "PROTECTED_CODES",
