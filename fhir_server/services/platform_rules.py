@@ -161,7 +161,7 @@ async def check_message(ctx: Context, message: dict[str, Any]) -> None:
         if sender not in own:
             raise _forbidden("A message is sent in the caller's own name (Communication.sender).")
     relative = principal.role is Role.RELATIVE and principal.patient is not None
-    if relative and (not sender or sender != principal.fhir_user):
+    if relative and sender != principal.fhir_user:
         raise _forbidden("A relative writes in their own name: Communication.sender is their "
                          "RelatedPerson.")
     if for_patient or relative:
