@@ -118,6 +118,9 @@ def test_reinstatement_does_not_revive_what_was_issued_before_the_suspension(por
     assert refused.status_code == 401 and "suspension" in refused.text
     refreshed = client.post("/auth/token", data=refresh)
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    # Nor when the account is re-created.
+    users.add("helene", PASSWORD, "Patient/helene")
+    assert client.get("/fhir/Patient/helene", headers=headers).status_code == 401
     time.sleep(1)  # access tokens tell the second they were issued (iat), no finer
     again = _sign_in(client)
     assert client.get("/fhir/Patient/helene", headers={
