@@ -348,6 +348,19 @@ async def jobs(ctx: Context) -> list[tuple[Job, Progress]]:
     return [(job, Progress.load(job.progress)) for job in await ctx.store.jobs.all()]
 
 
+async def forget(ctx: Context, patient_id: str) -> int:
+    """Delete every job a file of which holds data of Patient/`patient_id` (their erasure:
+    the files are sealed under the export's key, which the erasure does not destroy); how
+    many. A job still running is deleted too: its worker loses the lease."""
+    gone = 0
+    for job in await ctx.store.jobs.all():
+        progress = Progress.load(job.progress)
+        names = [o.name for o in (*progress.outputs, *progress.deleted)]
+        if patient_id in await _patients_of(ctx, job.id, names) and await ctx.store.jobs.delete(job.id):
+            gone += 1
+    return gone
+
+
 async def sweep(ctx: Context, policy: Policy) -> int:
     """Delete the finished and failed jobs whose files have expired; how many."""
     limit = clock.seconds() - policy.retention_seconds
