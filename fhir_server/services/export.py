@@ -203,8 +203,8 @@ def _types(ctx: Context, asked: Asked, *, compartment: bool, lenient: bool) -> l
 def _sources(types: Sequence[str], asked: Asked, *, per_patient: bool) -> tuple[Source, ...]:
     sources = []
     for t in types:
-        filters = [tuple(f) for f in asked.filters.get(t, [[]])]
-        sources += [Source(t, f, per_patient, tuple(filters[:n])) for n, f in enumerate(filters)]
+        filters = dict.fromkeys(tuple(f) for f in asked.filters.get(t, [[]]))  # each once
+        sources += [Source(t, f, per_patient, n) for n, f in enumerate(filters)]
     return tuple(sources)
 
 

@@ -197,6 +197,10 @@ BAD = [
     ("/fhir/$export?_typeFilter=Observation%3F_include%3DObservation:subject", {}, 400, "_typeFilter"),
     ("/fhir/$export?_typeFilter=Observation%3F_sort%3Ddate", {}, 400, "_typeFilter"),
     ("/fhir/$export?_typeFilter=Observation%3Fnonsense%3D1", {}, 400, "_typeFilter"),
+    # at most 50 filters, of 1000 characters each: a job's cost grows with their number
+    ("/fhir/$export?" + "&".join(f"_typeFilter=Observation%3Fcode%3D{n}" for n in range(51)), {}, 400,
+     "_typeFilter"),
+    ("/fhir/$export?_typeFilter=Observation%3Fcode%3D" + "1" * 1000, {}, 400, "_typeFilter"),
     ("/fhir/$export?_outputFormat=text/csv", {}, 400, "_outputFormat"),
     ("/fhir/$export?includeAssociatedData=LatestProvenanceResources", {}, 400, "includeAssociatedData"),
     ("/fhir/$export?_elements=Patient.name.given", {}, 400, "_elements"),
@@ -278,3 +282,15 @@ def test_an_investigator_site_system_never_gets_live_records(seeded: TestClient)
                                                      scope="system/*.rs")["access_token"]}
     manifest = export(seeded, "/fhir/$export?_type=Patient,Observation,Condition,Group", site)
     assert download(seeded, manifest, site) == []
+
+
+def test_a_job_spec_grows_with_the_filters_not_their_square(seeded: TestClient) -> None:
+    """Each pass of a `_typeFilter` skips what an earlier one wrote, without a copy of them."""
+    filters = "&".join(f"_typeFilter=Observation%3Fcode%3D{n}" for n in range(47))
+    manifest = export(seeded, f"/fhir/$export?_type=Observation&{filters}&_typeFilter=Observation%3Fcode%3D0"
+                      "&_typeFilter=Observation%3Fsubject%3DPatient%2Fa&_typeFilter=Observation%3Fstatus%3Dfinal")
+    ids = [r["id"] for r in download(seeded, manifest)]
+    assert sorted(ids) == ["a-obs0", "a-obs1", "b-obs0", "c-obs0"]  # once each
+    store = seeded.app.state.context.store  # type: ignore[attr-defined]
+    [job] = seeded.portal.call(store.jobs.all)  # type: ignore[union-attr]
+    assert len(job.spec) < 10_000  # 50 filters; 25 kB when each pass held the earlier ones
