@@ -234,11 +234,18 @@ async def status(ctx: Context, id: str, policy: Policy) -> Status:
         done = min(progress.source, sources)
         return Status(progress=f"{progress.resources} resources in {len(progress.outputs)} "
                                f"files; {done} of {sources} parts read")
+    expires = await _unexpired(ctx, job, policy)
+    return Status(manifest=manifest(ctx.base_url, id, spec, progress), expires=expires)
+
+
+async def _unexpired(ctx: Context, job: Job, policy: Policy) -> float:
+    """When a finished job expires; past that, it is deleted (the sweep may not have run
+    yet) and NOT_FOUND."""
     expires = job.updated + policy.retention_seconds
     if expires <= clock.seconds():
-        await ctx.store.jobs.delete(id)
-        raise fail(Kind.NOT_FOUND, "not-found", f"Export job {id} has expired.")
-    return Status(manifest=manifest(ctx.base_url, id, spec, progress), expires=expires)
+        await ctx.store.jobs.delete(job.id)
+        raise fail(Kind.NOT_FOUND, "not-found", f"Export job {job.id} has expired.")
+    return expires
 
 
 def manifest(base: str, id: str, spec: Spec, progress: Progress) -> dict[str, Any]:
@@ -256,10 +263,12 @@ def manifest(base: str, id: str, spec: Spec, progress: Progress) -> dict[str, An
     return body
 
 
-async def file(ctx: Context, id: str, name: str) -> bytes:
-    """A file of a finished job the caller started; the request's audit trail names the
-    patients whose data it holds. NOT_FOUND otherwise."""
+async def file(ctx: Context, id: str, name: str, policy: Policy) -> bytes:
+    """A file of a finished job the caller started, until it expires; the request's audit
+    trail names the patients whose data it holds. NOT_FOUND otherwise."""
     job, _ = await _own(ctx, id)
+    if job.state == "done":
+        await _unexpired(ctx, job, policy)
     progress = Progress.load(job.progress)
     listed = next((o for o in (*progress.outputs, *progress.deleted, *progress.errors)
                    if o.name == name), None)

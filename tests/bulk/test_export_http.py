@@ -5,6 +5,7 @@ the levels (system, Patient, Group, `$everything` asynchronously) and who may se
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -294,3 +295,11 @@ def test_a_job_spec_grows_with_the_filters_not_their_square(seeded: TestClient) 
     store = seeded.app.state.context.store  # type: ignore[attr-defined]
     [job] = seeded.portal.call(store.jobs.all)  # type: ignore[union-attr]
     assert len(job.spec) < 10_000  # 50 filters; 25 kB when each pass held the earlier ones
+
+
+def test_a_file_answers_404_once_expired_before_any_sweep(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Patient")
+    seeded.app.state.export_policy = dataclasses.replace(  # type: ignore[attr-defined]
+        seeded.app.state.export_policy, retention_seconds=0)  # type: ignore[attr-defined]
+    url = "/fhir" + manifest["output"][0]["url"].split("/fhir", 1)[1]
+    assert seeded.get(url).status_code == 404 and jobs(seeded) == []
