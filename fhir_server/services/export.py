@@ -371,10 +371,12 @@ async def forget(ctx: Context, patient_id: str) -> int:
 
 
 async def sweep(ctx: Context, policy: Policy) -> int:
-    """Delete the finished and failed jobs whose files have expired; how many."""
+    """Delete the finished and failed jobs whose files have expired, and files left without
+    a job; how many jobs."""
     limit = clock.seconds() - policy.retention_seconds
     gone = [job.id for job in await ctx.store.jobs.all()
             if job.state in ("done", "failed") and job.updated <= limit]
     for id in gone:
         await ctx.store.jobs.delete(id)
+    await ctx.store.jobs.prune()
     return len(gone)
