@@ -133,7 +133,10 @@ def _filters(registry: Registry, values: Sequence[str], base: str,
             unsupported(f"_typeFilter {value!r}: {issue.diagnostics}", "_typeFilter")
         left_out = {name for issue in issues for name in issue.expression}
         applied = [(k, v) for k, v in pairs if k not in left_out]
-        filters.setdefault(kind, []).append(applied)
+        if applied:
+            filters.setdefault(kind, []).append(applied)
+        else:  # every criterion left out (reported): it matches nothing, not everything
+            filters.setdefault(kind, [])
     return filters
 
 

@@ -87,6 +87,20 @@ def test_type_filters_are_or_ed_without_duplicates(seeded: TestClient) -> None:
         "Observation/a-obs0", "Observation/a-obs1", "Observation/b-obs0", "Observation/c-obs0"]
 
 
+def test_a_lenient_type_filter_left_with_no_criterion_adds_nothing(seeded: TestClient) -> None:
+    """Every criterion of a filter left out (reported): the filter matches nothing, rather than
+    becoming no filter at all; the type's other filters still apply."""
+    lenient = {"Prefer": "respond-async, handling=lenient"}
+    manifest = export(seeded, "/fhir/$export?_type=Observation,Patient&_typeFilter=Observation%3Fnonsense%3D1",
+                      lenient)
+    assert _ids(download(seeded, manifest)) == ["Patient/a", "Patient/b", "Patient/c"]
+    [outcome] = download(seeded, manifest, key="error")
+    assert "nonsense" in outcome["issue"][0]["diagnostics"]
+    manifest = export(seeded, "/fhir/$export?_type=Observation&_typeFilter=Observation%3Fnonsense%3D1,"
+                      "Observation%3Fsubject%3DPatient%2Fb", lenient)
+    assert _ids(download(seeded, manifest)) == ["Observation/b-obs0", "Observation/b-obs1"]
+
+
 def test_elements_keep_what_is_asked_and_mark_subsetted(seeded: TestClient) -> None:
     manifest = export(seeded, "/fhir/$export?_type=Patient,Condition&_elements=Patient.gender")
     resources = download(seeded, manifest)
