@@ -34,8 +34,7 @@ from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
 from ..store.base import Erasure, Store
-from . import notifications
-from . import export
+from . import export, notifications
 from .context import Context
 from .crud import check_id
 
