@@ -51,7 +51,7 @@ async def export_organization(ctx: Context, organization: str, out: Path, policy
     for key in ("output", "error"):
         for item in manifest[key]:
             name = item["url"].rsplit("/", 1)[1]
-            data = await export.file(ctx, id, name)
+            data = await export.file(ctx, id, name, policy)
             _write(out / name, data)
             sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
             item["url"] = name  # relative to the manifest

@@ -51,14 +51,26 @@ class ExportWorker:
         return True
 
     async def run(self) -> None:
-        """Run jobs as they come; remove expired ones now and then."""
-        self._woken = asyncio.Event()
-        swept = 0.0
+        """Run jobs as they come; remove expired ones every SWEEP_SECONDS meanwhile (a long
+        job does not hold back the removal of others' expired files)."""
+        sweeping = asyncio.get_running_loop().create_task(self._sweep())
+        try:
+            await self._work()
+        finally:
+            sweeping.cancel()
+
+    async def _sweep(self) -> None:
         while True:
             try:
-                if clock.seconds() - swept > SWEEP_SECONDS:
-                    await export.sweep(self.ctx, self.policy)
-                    swept = clock.seconds()
+                await export.sweep(self.ctx, self.policy)
+            except Exception:  # noqa: BLE001 - the store unreachable: try again later
+                log.exception("export sweep")
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    async def _work(self) -> None:
+        self._woken = asyncio.Event()
+        while True:
+            try:
                 while await self.run_one():
                     pass
                 self._woken.clear()

@@ -121,5 +121,5 @@ async def export_cancel(request: Request, id: str) -> Response:
 @router.get(f"/{export.FILE_PATH}/{{id}}/{{name}}")
 async def export_file(request: Request, id: str, name: str) -> Response:
     """A file of a finished job, to the client that started it."""
-    data = await export.file(context_of(request), id, name)
+    data = await export.file(context_of(request), id, name, request.app.state.export_policy)
     return Response(data, media_type=NDJSON, headers={"Cache-Control": "no-store"})

@@ -34,7 +34,7 @@ from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
 from ..store.base import Erasure, Store
-from . import notifications
+from . import export, notifications
 from .context import Context
 from .crud import check_id
 
@@ -188,6 +188,7 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
     async with setup.lock:  # two requests for one patient: the second finds nothing left
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
         await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
+        await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
         done = await asyncio.to_thread(setup.ledger.find, patient_id)
         if done is not None and not erased.resources:
             return parameters(done)

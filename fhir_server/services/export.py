@@ -203,8 +203,8 @@ def _types(ctx: Context, asked: Asked, *, compartment: bool, lenient: bool) -> l
 def _sources(types: Sequence[str], asked: Asked, *, per_patient: bool) -> tuple[Source, ...]:
     sources = []
     for t in types:
-        filters = [tuple(f) for f in asked.filters.get(t, [[]])]
-        sources += [Source(t, f, per_patient, tuple(filters[:n])) for n, f in enumerate(filters)]
+        filters = dict.fromkeys(tuple(f) for f in asked.filters.get(t, [[]]))  # each once
+        sources += [Source(t, f, per_patient, n) for n, f in enumerate(filters)]
     return tuple(sources)
 
 
@@ -234,11 +234,18 @@ async def status(ctx: Context, id: str, policy: Policy) -> Status:
         done = min(progress.source, sources)
         return Status(progress=f"{progress.resources} resources in {len(progress.outputs)} "
                                f"files; {done} of {sources} parts read")
+    expires = await _unexpired(ctx, job, policy)
+    return Status(manifest=manifest(ctx.base_url, id, spec, progress), expires=expires)
+
+
+async def _unexpired(ctx: Context, job: Job, policy: Policy) -> float:
+    """When a finished job expires; past that, it is deleted (the sweep may not have run
+    yet) and NOT_FOUND."""
     expires = job.updated + policy.retention_seconds
     if expires <= clock.seconds():
-        await ctx.store.jobs.delete(id)
-        raise fail(Kind.NOT_FOUND, "not-found", f"Export job {id} has expired.")
-    return Status(manifest=manifest(ctx.base_url, id, spec, progress), expires=expires)
+        await ctx.store.jobs.delete(job.id)
+        raise fail(Kind.NOT_FOUND, "not-found", f"Export job {job.id} has expired.")
+    return expires
 
 
 def manifest(base: str, id: str, spec: Spec, progress: Progress) -> dict[str, Any]:
@@ -256,10 +263,12 @@ def manifest(base: str, id: str, spec: Spec, progress: Progress) -> dict[str, An
     return body
 
 
-async def file(ctx: Context, id: str, name: str) -> bytes:
-    """A file of a finished job the caller started; the request's audit trail names the
-    patients whose data it holds. NOT_FOUND otherwise."""
+async def file(ctx: Context, id: str, name: str, policy: Policy) -> bytes:
+    """A file of a finished job the caller started, until it expires; the request's audit
+    trail names the patients whose data it holds. NOT_FOUND otherwise."""
     job, _ = await _own(ctx, id)
+    if job.state == "done":
+        await _unexpired(ctx, job, policy)
     progress = Progress.load(job.progress)
     listed = next((o for o in (*progress.outputs, *progress.deleted, *progress.errors)
                    if o.name == name), None)
@@ -348,11 +357,26 @@ async def jobs(ctx: Context) -> list[tuple[Job, Progress]]:
     return [(job, Progress.load(job.progress)) for job in await ctx.store.jobs.all()]
 
 
+async def forget(ctx: Context, patient_id: str) -> int:
+    """Delete every job a file of which holds data of Patient/`patient_id` (their erasure:
+    the files are sealed under the export's key, which the erasure does not destroy); how
+    many. A job still running is deleted too: its worker loses the lease."""
+    gone = 0
+    for job in await ctx.store.jobs.all():
+        progress = Progress.load(job.progress)
+        names = [o.name for o in (*progress.outputs, *progress.deleted)]
+        if patient_id in await _patients_of(ctx, job.id, names) and await ctx.store.jobs.delete(job.id):
+            gone += 1
+    return gone
+
+
 async def sweep(ctx: Context, policy: Policy) -> int:
-    """Delete the finished and failed jobs whose files have expired; how many."""
+    """Delete the finished and failed jobs whose files have expired, and files left without
+    a job; how many jobs."""
     limit = clock.seconds() - policy.retention_seconds
     gone = [job.id for job in await ctx.store.jobs.all()
             if job.state in ("done", "failed") and job.updated <= limit]
     for id in gone:
         await ctx.store.jobs.delete(id)
+    await ctx.store.jobs.prune()
     return len(gone)

@@ -42,13 +42,14 @@ _PATIENT_REFERENCE = re.compile(rb'"reference"\s*:\s*"Patient/([A-Za-z0-9\-.]{1,
 @dataclass(frozen=True, slots=True)
 class Source:
     """What one pass reads: a type, its filter (search parameters), whether it is confined
-    to the job's patients, and the filters of earlier passes on the same type (`_typeFilter`
-    values are OR-ed: a resource matching an earlier one was written by it)."""
+    to the job's patients, and how many passes on the same type come just before it in the
+    job's sources (`_typeFilter` values are OR-ed: a resource matching the filter of one of
+    them was written by it)."""
 
     type: str
     params: tuple[tuple[str, str], ...] = ()
     per_patient: bool = False
-    written_by: tuple[tuple[tuple[str, str], ...], ...] = ()
+    written_by: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,8 @@ class Spec:
     @classmethod
     def load(cls, data: bytes) -> Spec:
         raw = orjson.loads(data)
-        sources = tuple(Source(s["type"], _pairs(s["params"]), s["per_patient"],
-                               tuple(_pairs(w) for w in s["written_by"])) for s in raw.pop("sources"))
+        sources = tuple(Source(s["type"], _pairs(s["params"]), s["per_patient"], s["written_by"])
+                        for s in raw.pop("sources"))
         return cls(**{**raw, "sources": sources, "patients": tuple(raw["patients"]),
                       "elements": tuple(raw["elements"]), "ignored": tuple(raw["ignored"])})
 
@@ -271,8 +272,9 @@ async def _lines(ctx: Context, spec: Spec, source: Source,
     lines: list[bytes] = []
     patients: set[str] = set()
     elements = _elements_for(spec.elements, source.type)
-    earlier = [parse_query(source.type, list(p), ctx.registry, base=ctx.base_url)[0]
-               for p in source.written_by]
+    at = spec.sources.index(source)
+    earlier = [parse_query(source.type, list(s.params), ctx.registry, base=ctx.base_url)[0]
+               for s in spec.sources[at - source.written_by:at]]
     for version in matches_:
         if version.last_updated > spec.transaction_time:
             found = await _as_of(ctx, version, spec.transaction_time)

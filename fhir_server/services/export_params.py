@@ -22,6 +22,8 @@ NDJSON = "application/fhir+ndjson"
 NOT_FILTERS = frozenset({"_include", "_revinclude", "_sort", "_count", "_summary", "_elements",
                          "_total", "_contained", "_containedType"})
 # Any other parameter (includeAssociatedData, ...) is refused, or ignored when lenient.
+# A job's passes grow with the filters (each skips what earlier ones wrote): bounded.
+MAX_TYPE_FILTERS, MAX_TYPE_FILTER_CHARS = 50, 1000
 KNOWN = frozenset({"_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient"})
 
 
@@ -110,7 +112,14 @@ def _filters(registry: Registry, values: Sequence[str], base: str,
     """`_typeFilter` values (`[type]?[search]`, comma-separated) by type, each a list of
     search parameters checked by the search parser."""
     filters: dict[str, list[list[tuple[str, str]]]] = {}
-    for value in (v for text in values for v in _split(text)):
+    split = [v for text in values for v in _split(text)]
+    if len(split) > MAX_TYPE_FILTERS:
+        raise invalid(f"_typeFilter holds {len(split)} filters; at most {MAX_TYPE_FILTERS} are "
+                      "accepted.", "_typeFilter", "too-costly")
+    for value in split:
+        if len(value) > MAX_TYPE_FILTER_CHARS:
+            raise invalid(f"A _typeFilter value is {len(value)} characters long; at most "
+                          f"{MAX_TYPE_FILTER_CHARS} are accepted.", "_typeFilter", "too-costly")
         kind, mark, query = value.partition("?")
         if not mark or kind not in registry.resource_types or not query:
             raise invalid(f"_typeFilter {value!r} is not [type]?[search parameters].", "_typeFilter")
@@ -124,7 +133,10 @@ def _filters(registry: Registry, values: Sequence[str], base: str,
             unsupported(f"_typeFilter {value!r}: {issue.diagnostics}", "_typeFilter")
         left_out = {name for issue in issues for name in issue.expression}
         applied = [(k, v) for k, v in pairs if k not in left_out]
-        filters.setdefault(kind, []).append(applied)
+        if applied:
+            filters.setdefault(kind, []).append(applied)
+        else:  # every criterion left out (reported): it matches nothing, not everything
+            filters.setdefault(kind, [])
     return filters
 
 

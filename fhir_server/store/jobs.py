@@ -79,7 +79,11 @@ class Jobs(Protocol):
         """A file of the job, None if there is no such file."""
 
     async def delete(self, id: str) -> bool:
-        """Remove the job and every file of it; False if there was no job."""
+        """Remove the job, then every file of it (a save racing it finds no job and takes its
+        files back); False if there was no job."""
+
+    async def prune(self) -> int:
+        """Remove the files whose job is gone (a process killed mid-`delete`); how many."""
 
 
 def seal_spec(codec: BodyCodec, id: str, part: str, data: bytes) -> bytes:

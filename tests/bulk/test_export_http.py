@@ -5,6 +5,7 @@ the levels (system, Patient, Group, `$everything` asynchronously) and who may se
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -84,6 +85,20 @@ def test_type_filters_are_or_ed_without_duplicates(seeded: TestClient) -> None:
                       "Observation%3Fstatus%3Dfinal,Observation%3Fsubject%3DPatient%2Fa")
     assert _ids(download(seeded, manifest)) == [
         "Observation/a-obs0", "Observation/a-obs1", "Observation/b-obs0", "Observation/c-obs0"]
+
+
+def test_a_lenient_type_filter_left_with_no_criterion_adds_nothing(seeded: TestClient) -> None:
+    """Every criterion of a filter left out (reported): the filter matches nothing, rather than
+    becoming no filter at all; the type's other filters still apply."""
+    lenient = {"Prefer": "respond-async, handling=lenient"}
+    manifest = export(seeded, "/fhir/$export?_type=Observation,Patient&_typeFilter=Observation%3Fnonsense%3D1",
+                      lenient)
+    assert _ids(download(seeded, manifest)) == ["Patient/a", "Patient/b", "Patient/c"]
+    [outcome] = download(seeded, manifest, key="error")
+    assert "nonsense" in outcome["issue"][0]["diagnostics"]
+    manifest = export(seeded, "/fhir/$export?_type=Observation&_typeFilter=Observation%3Fnonsense%3D1,"
+                      "Observation%3Fsubject%3DPatient%2Fb", lenient)
+    assert _ids(download(seeded, manifest)) == ["Observation/b-obs0", "Observation/b-obs1"]
 
 
 def test_elements_keep_what_is_asked_and_mark_subsetted(seeded: TestClient) -> None:
@@ -197,6 +212,10 @@ BAD = [
     ("/fhir/$export?_typeFilter=Observation%3F_include%3DObservation:subject", {}, 400, "_typeFilter"),
     ("/fhir/$export?_typeFilter=Observation%3F_sort%3Ddate", {}, 400, "_typeFilter"),
     ("/fhir/$export?_typeFilter=Observation%3Fnonsense%3D1", {}, 400, "_typeFilter"),
+    # at most 50 filters, of 1000 characters each: a job's cost grows with their number
+    ("/fhir/$export?" + "&".join(f"_typeFilter=Observation%3Fcode%3D{n}" for n in range(51)), {}, 400,
+     "_typeFilter"),
+    ("/fhir/$export?_typeFilter=Observation%3Fcode%3D" + "1" * 1000, {}, 400, "_typeFilter"),
     ("/fhir/$export?_outputFormat=text/csv", {}, 400, "_outputFormat"),
     ("/fhir/$export?includeAssociatedData=LatestProvenanceResources", {}, 400, "includeAssociatedData"),
     ("/fhir/$export?_elements=Patient.name.given", {}, 400, "_elements"),
@@ -278,3 +297,23 @@ def test_an_investigator_site_system_never_gets_live_records(seeded: TestClient)
                                                      scope="system/*.rs")["access_token"]}
     manifest = export(seeded, "/fhir/$export?_type=Patient,Observation,Condition,Group", site)
     assert download(seeded, manifest, site) == []
+
+
+def test_a_job_spec_grows_with_the_filters_not_their_square(seeded: TestClient) -> None:
+    """Each pass of a `_typeFilter` skips what an earlier one wrote, without a copy of them."""
+    filters = "&".join(f"_typeFilter=Observation%3Fcode%3D{n}" for n in range(47))
+    manifest = export(seeded, f"/fhir/$export?_type=Observation&{filters}&_typeFilter=Observation%3Fcode%3D0"
+                      "&_typeFilter=Observation%3Fsubject%3DPatient%2Fa&_typeFilter=Observation%3Fstatus%3Dfinal")
+    ids = [r["id"] for r in download(seeded, manifest)]
+    assert sorted(ids) == ["a-obs0", "a-obs1", "b-obs0", "c-obs0"]  # once each
+    store = seeded.app.state.context.store  # type: ignore[attr-defined]
+    [job] = seeded.portal.call(store.jobs.all)  # type: ignore[union-attr]
+    assert len(job.spec) < 10_000  # 50 filters; 25 kB when each pass held the earlier ones
+
+
+def test_a_file_answers_404_once_expired_before_any_sweep(seeded: TestClient) -> None:
+    manifest = export(seeded, "/fhir/$export?_type=Patient")
+    seeded.app.state.export_policy = dataclasses.replace(  # type: ignore[attr-defined]
+        seeded.app.state.export_policy, retention_seconds=0)  # type: ignore[attr-defined]
+    url = "/fhir" + manifest["output"][0]["url"].split("/fhir", 1)[1]
+    assert seeded.get(url).status_code == 404 and jobs(seeded) == []

@@ -16,6 +16,7 @@ import pytest
 from fhir_server import clock
 from fhir_server.access import server_principal
 from fhir_server.bulk import ExportWorker
+from fhir_server.model.errors import FhirError, Kind
 from fhir_server.model.validation import Validator
 from fhir_server.search import default_registry, extract
 from fhir_server.services import export
@@ -57,7 +58,7 @@ async def _exported(ctx: Context, id: str) -> list[str]:
     assert status.manifest is not None
     found = []
     for item in status.manifest["output"]:
-        data = await export.file(ctx, id, item["url"].rsplit("/", 1)[1])
+        data = await export.file(ctx, id, item["url"].rsplit("/", 1)[1], POLICY)
         found += [f"{r['resourceType']}/{r['id']}" for r in map(orjson.loads, data.splitlines())]
     return found
 
@@ -99,7 +100,7 @@ async def test_files_are_split_by_bytes_too(ctx: Context) -> None:
     status = await export.status(ctx, id, policy)
     assert status.manifest is not None and len(status.manifest["output"]) > 4
     for item in status.manifest["output"]:
-        data = await export.file(ctx, id, item["url"].rsplit("/", 1)[1])
+        data = await export.file(ctx, id, item["url"].rsplit("/", 1)[1], POLICY)
         assert len(data) <= 1500 and data.count(b"\n") == item["count"]
     assert len(await _exported(ctx, id)) == len(set(await _exported(ctx, id))) == 16
 
@@ -159,3 +160,41 @@ async def test_reading_waits_until_the_store_shows_every_version_up_to_transacti
     # MongoDB may still commit units stamped before it: nothing read yet. SQLite: at once.
     waits = isinstance(ctx.store, MongoStore)
     assert (after == progress, after.settled, files) == (waits, not waits, [])
+
+
+async def test_a_file_is_not_served_past_its_expiry_sweep_or_not(ctx: Context) -> None:
+    id = await _kick_off(ctx)
+    assert await ExportWorker(ctx, POLICY, _nothing).run_one()
+    status = await export.status(ctx, id, POLICY)
+    assert status.manifest is not None
+    name = status.manifest["output"][0]["url"].rsplit("/", 1)[1]
+    assert await export.file(ctx, id, name, POLICY)
+    with pytest.raises(FhirError) as refused:
+        await export.file(ctx, id, name, export.Policy(retention_seconds=0))
+    assert refused.value.kind is Kind.NOT_FOUND and await ctx.store.jobs.get(id) is None
+
+
+async def test_the_worker_sweeps_expired_jobs_while_a_long_job_runs(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    expired = await _kick_off(ctx)
+    assert await ExportWorker(ctx, POLICY, _nothing).run_one()
+    await _kick_off(ctx)  # runs until cancelled
+    started = asyncio.Event()
+
+    async def endless(*args: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(export, "advance", endless)
+    monkeypatch.setattr("fhir_server.bulk.worker.SWEEP_SECONDS", 0.05)
+    policy = export.Policy(Limits(resources=3), retention_seconds=0.5)
+    running = asyncio.get_running_loop().create_task(ExportWorker(ctx, policy, _nothing).run())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        for _ in range(100):
+            if await ctx.store.jobs.get(expired) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await ctx.store.jobs.get(expired) is None
+    finally:
+        running.cancel()

@@ -105,3 +105,43 @@ async def _raw(store: Store) -> list[bytes]:
     assert isinstance(store, MongoStore)
     blobs = [bytes(d[k]) async for d in store.db["export_jobs"].find({}) for k in ("spec", "progress")]
     return blobs + [bytes(d["data"]) async for d in store.db["export_files"].find({})]
+
+
+async def test_a_delete_racing_a_save_leaves_no_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB deletes in two steps: the job first, so a save landing between them is fenced
+    and takes its files back (SQLite deletes in one transaction)."""
+    await store.jobs.create(_job("j1"))
+    await store.jobs.claim("w", now=1000.0, until=1030.0)
+    if isinstance(store, MongoStore):
+        files = store.jobs.files  # type: ignore[attr-defined]
+        real = files.delete_many
+
+        async def a_save_meanwhile(*args: object, **kwargs: object) -> object:
+            done = await real(*args, **kwargs)
+            monkeypatch.undo()  # once
+            await store.jobs.save("j1", "w", state="running", progress=b"p", until=1040.0,
+                                  now=1001.0, files=[JobFile("a", b"late")])
+            return done
+
+        monkeypatch.setattr(files, "delete_many", a_save_meanwhile)
+    assert await store.jobs.delete("j1") is True
+    monkeypatch.undo()
+    assert await store.jobs.file("j1", "a") is None
+
+
+async def test_files_whose_job_is_gone_are_pruned(store: Store) -> None:
+    """A process killed between a delete's two steps leaves files without a job."""
+    for id in ("j1", "j2"):
+        await store.jobs.create(_job(id))
+        await store.jobs.claim("w", now=1000.0, until=1030.0)
+        await store.jobs.save(id, "w", state="done", progress=b"p", until=0.0, now=1001.0,
+                              files=[JobFile("a", id.encode()), JobFile("b", id.encode())])
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("DELETE FROM export_job WHERE id = 'j1'")
+    else:
+        assert isinstance(store, MongoStore)
+        await store.db["export_jobs"].delete_one({"_id": "j1"})
+    assert await store.jobs.prune() == 2
+    assert await store.jobs.file("j1", "a") is None and await store.jobs.file("j2", "a") == b"j2"
+    assert await store.jobs.prune() == 0

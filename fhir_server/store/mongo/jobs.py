@@ -82,5 +82,16 @@ class MongoJobs:
         return open_file(self.codec, id, name, doc["data"]) if doc else None
 
     async def delete(self, id: str) -> bool:
+        # The job first: a save racing this one then finds no job and takes its files back.
+        deleted = bool((await self.jobs.delete_one({"_id": id})).deleted_count)
         await self.files.delete_many(_files_of(id))
-        return bool((await self.jobs.delete_one({"_id": id})).deleted_count)
+        return deleted
+
+    async def prune(self) -> int:
+        keys = [doc["_id"] async for doc in self.files.find({}, {"_id": 1})]
+        ids = {key.split("/", 1)[0] for key in keys}
+        kept = {doc["_id"] async for doc in self.jobs.find({"_id": {"$in": sorted(ids)}}, {"_id": 1})}
+        gone = [key for key in keys if key.split("/", 1)[0] not in kept]
+        if gone:
+            await self.files.delete_many({"_id": {"$in": gone}})
+        return len(gone)

@@ -100,3 +100,7 @@ class SqliteJobs:
             return bool(conn.execute("DELETE FROM export_job WHERE id = ?", (id,)).rowcount)
 
         return await self._write(work)
+
+    async def prune(self) -> int:
+        return await self._write(lambda conn: conn.execute(
+            "DELETE FROM export_file WHERE job NOT IN (SELECT id FROM export_job)").rowcount)
