@@ -10,6 +10,7 @@ the topic, a filter, the channel, the payload or the endpoint is not one this se
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,7 @@ from ..store.routing import RoutingStore
 from .criteria import Plan, Policy, plan
 from .records import Event, dump, pending_key
 
+log = logging.getLogger("fhir_server.subscriptions")
 SERVED = ("requested", "active")  # statuses whose events are kept
 
 
@@ -47,6 +49,7 @@ class Watch:
         self.registry = registry
         self.policy = policy
         self.by_type: dict[str, dict[str, Plan]] = {}
+        self.broken: dict[str, str] = {}  # subscription id: why; the dispatcher sets them to error
         self.changed = asyncio.Event()
 
     def plans(self) -> list[Plan]:
@@ -64,6 +67,12 @@ class Watch:
             plans.pop(id, None)
         if found is not None and found.status in SERVED:
             self.by_type.setdefault(found.resource_type, {})[id] = found
+
+    def broke(self, id: str, why: str) -> None:
+        """Stop serving subscription `id` at once; the dispatcher records it as `error`."""
+        self.put(None, id)
+        self.broken[id] = why
+        self.changed.set()
 
     def concerns(self, operations: Sequence[Operation]) -> bool:
         return any(_type_of(op) in self.by_type or _type_of(op) == "Subscription" for op in operations)
@@ -165,7 +174,7 @@ class SubscribedStore(RoutingStore):
         entries: Sequence[Any] | None = None
         record = b""
         kept = []
-        for found in plans.values():
+        for found in list(plans.values()):  # one found broken leaves `plans`
             if found.topic is None:
                 if interaction == "delete":
                     continue  # a classic subscription is told of creates and updates
@@ -173,7 +182,12 @@ class SubscribedStore(RoutingStore):
                 continue
             if entries is None:
                 entries = await self._entries(version, current, write)
-            if not all(matches(query, entries) for query in found.filters):
+            try:
+                if not all(matches(query, entries) for query in found.filters):
+                    continue
+            except Exception:  # noqa: BLE001 - a subscription never fails the write it watches
+                log.exception("subscription %s cannot be matched; set to error", found.id)
+                self.watch.broke(found.id, "Its criteria cannot be matched against written resources.")
                 continue
             if not record:  # the same for every subscription
                 patients = tuple(sorted(patients_of(self.watch.registry, version.resource_type,

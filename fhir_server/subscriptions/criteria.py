@@ -87,6 +87,12 @@ def _query(text: str, registry: Registry, expression: str) -> Query:
         raise _invalid(f"'{text}': {unapplied[0].diagnostics}", expression)
     if query.include or query.revinclude or query.sort or query.count is not None:
         raise _invalid(f"'{text}': only filters may be given, no result parameters.", expression)
+    for name, _ in parse_qsl(params, keep_blank_values=True):
+        if "." in name or name.startswith("_has"):
+            # Matched at write time against the written resource alone (search/match.py):
+            # following a reference there would make every write of the type fail.
+            raise _invalid(f"'{text}': the parameter '{name}' follows references (chained "
+                           "search or _has), which a subscription cannot be filtered by.", expression)
     return query
 
 

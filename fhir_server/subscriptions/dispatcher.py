@@ -107,12 +107,15 @@ class Dispatcher:
         """Serve every subscription once (reading them from the store each `poll`)."""
         async with self._round:
             now = clock.micros(clock.now())
-            if now - self._read_at >= self.timing.poll * SECOND or self._read_at > now:
+            if now - self._read_at >= self.timing.poll * SECOND or self._read_at > now or self.watch.broken:
                 await self.reload()
                 self._read_at = now
             await asyncio.gather(*(self.serve(found) for found in self.watch.plans()))
 
     async def reload(self) -> None:
+        while self.watch.broken:  # found unservable by a write (capture.py)
+            id, why = self.watch.broken.popitem()
+            await self.desk.set_status(id, "error", why)
         plans = []
         for resource in await self.desk.served():
             try:
