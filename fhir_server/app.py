@@ -321,7 +321,8 @@ def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,
 def _dispatcher(settings: Settings, store: SubscribedStore, watch: Watch, desk: Desk) -> Dispatcher:
     """The subscriptions' dispatcher (subscriptions/dispatcher.py), started with the app."""
     key = settings.subscription_signing_key
-    return Dispatcher(store, watch, desk, Sender(key.read_bytes().strip() if key else None),
+    return Dispatcher(store, watch, desk, Sender(key.read_bytes().strip() if key else None,
+                                                     settings.subscription_loopback_http),
                       Timing(retry_window=settings.subscription_retry_hours * 3600))
 
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -34,7 +35,8 @@ from ..store.base import (
     Write,
 )
 from ..store.routing import RoutingStore
-from .criteria import Plan, Policy, plan
+from .addresses import Refused, Unresolved, resolve
+from .criteria import Plan, Policy, endpoint_refused, plan
 from .records import Event, dump, pending_key
 
 log = logging.getLogger("fhir_server.subscriptions")
@@ -100,7 +102,7 @@ class SubscribedStore(RoutingStore):
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         if not self.watch.concerns(operations):
             return await super().commit(operations)
-        self.check_subscriptions(operations)
+        await self.check_subscriptions(operations)
         if not self.main.status().get("transactions", True):
             return await super().commit(operations)  # no Subscription can be stored here
         for delay in RETRY_DELAYS:
@@ -125,8 +127,9 @@ class SubscribedStore(RoutingStore):
             await self._keep(unit, recording.operations, recording.results)
         self._served(recording.results)
 
-    def check_subscriptions(self, operations: Sequence[Operation]) -> None:
-        """400 for a Subscription this server cannot serve (before anything is written); 501
+    async def check_subscriptions(self, operations: Sequence[Operation]) -> None:
+        """400 for a Subscription this server cannot serve (before anything is written), its
+        endpoint's host resolving to an address that is not public included; 501
         on a store that cannot keep events in the unit of work of their write (a standalone
         MongoDB server, without transactions)."""
         for operation in operations:
@@ -135,7 +138,13 @@ class SubscribedStore(RoutingStore):
                 if not self.main.status().get("transactions", True):
                     raise fail(Kind.NOT_SUPPORTED, "not-supported", "Subscriptions need a store "
                                "with transactions (a MongoDB replica set or SQLite).")
-                plan(write.resource, self.watch.registry, self.watch.policy)
+                found = plan(write.resource, self.watch.registry, self.watch.policy)
+                try:
+                    await resolve(urlsplit(found.endpoint), self.watch.policy.loopback_http)
+                except Unresolved:
+                    pass  # perhaps not yet; checked again before each notification
+                except Refused as refused:
+                    raise endpoint_refused(refused) from None
 
     def _served(self, results: Sequence[Result]) -> None:
         """Serve the Subscriptions just written, as written (the dispatcher reloads them all
@@ -220,7 +229,7 @@ class _Recording:
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         if self.store.watch.concerns(operations):
-            self.store.check_subscriptions(operations)
+            await self.store.check_subscriptions(operations)
         results = await self.unit.apply(operations)
         self.operations.extend(operations)
         self.results.extend(results)

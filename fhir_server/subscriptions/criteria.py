@@ -9,14 +9,14 @@ period, timeout and max count on `channel`. A classic R4 rest-hook names a searc
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from ..model.errors import FhirError, Kind, fail
 from ..model.types import is_resource_type
 from ..search import Query, Registry, parse_query
+from .addresses import Refused, check_host, loopback_allowed
 from .topics import Topic, topics
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -36,8 +36,9 @@ MAX_TIMEOUT = 60  # seconds a receiver may take
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Where notifications may go: `allowed` URL prefixes (empty: any HTTPS URL); plain HTTP
-    only to a loopback address, and only with `loopback_http` (development)."""
+    """Where notifications may go: `allowed` URL prefixes (empty: any HTTPS URL); never to an
+    address that is not public (addresses.py); plain HTTP only to a loopback address, and only
+    with `loopback_http` (development)."""
 
     allowed: tuple[str, ...] = ()
     loopback_http: bool = False
@@ -138,26 +139,41 @@ def _endpoint(channel: dict[str, Any], policy: Policy) -> str:
     if not isinstance(endpoint, str) or not endpoint:
         raise _invalid("A rest-hook subscription needs channel.endpoint.", where)
     url = urlsplit(endpoint)
-    if url.username or url.password or url.fragment or not url.hostname:
+    if url.username or url.password or url.fragment or not url.hostname or _port(url) is None:
         raise _invalid("The endpoint must be an absolute URL without credentials or fragment.", where)
-    if url.scheme == "http" and not (policy.loopback_http and _loopback(url.hostname)):
+    if url.scheme != "https" and not loopback_allowed(url, policy.loopback_http):
         raise fail(Kind.INVALID, "security", "Notifications are sent over HTTPS only (plain HTTP "
                    "to a loopback address in development mode).", expression=where)
-    if url.scheme not in ("https", "http"):
-        raise fail(Kind.INVALID, "security", "The endpoint must be an https URL.", expression=where)
-    if policy.allowed and not any(endpoint.startswith(prefix) for prefix in policy.allowed):
+    try:
+        check_host(url, policy.loopback_http)
+    except Refused as refused:
+        raise endpoint_refused(refused) from None
+    if policy.allowed and not any(_under(url, prefix) for prefix in policy.allowed):
         raise fail(Kind.INVALID, "security", "This endpoint is not on the server's list of "
                    "allowed notification endpoints.", expression=where)
     return endpoint
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+def endpoint_refused(refused: Refused) -> FhirError:
+    return fail(Kind.INVALID, "security", f"The endpoint's host is refused: {refused}",
+                expression="Subscription.channel.endpoint")
+
+
+def _under(url: SplitResult, prefix: str) -> bool:
+    """Whether `url` is at or below the allowed URL `prefix`: the same scheme, host and port,
+    and a path at or under the prefix's path (segment by segment, not character by character)."""
+    allowed = urlsplit(prefix)
+    if (url.scheme, url.hostname, _port(url)) != (allowed.scheme, allowed.hostname, _port(allowed)):
         return False
+    path, base = url.path or "/", allowed.path or "/"
+    return path == base or path.startswith(base if base.endswith("/") else base + "/")
+
+
+def _port(url: SplitResult) -> int | None:
+    try:
+        return url.port or {"https": 443, "http": 80}.get(url.scheme)
+    except ValueError:
+        return None
 
 
 def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
