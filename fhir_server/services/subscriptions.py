@@ -71,13 +71,21 @@ def _stamp_owner(subscription: dict[str, Any], principal: Principal | None) -> N
         subscription.pop("extension", None)
 
 
+def _creator(principal: Principal | None) -> str | None:
+    """The fhirUser of the user creating a Subscription ("" for none); None for a system
+    client or the server, which answer for no one user."""
+    if principal is not None and not principal.confined:
+        return None
+    return (principal.fhir_user if principal is not None else None) or ""
+
+
 async def create_if_subscription(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
     """A create (services/context.py Creator): a Subscription, `requested`, stored with its
     owner in one unit of work; the store refuses what cannot be served (subscriptions/capture.py)."""
     if resource_type != "Subscription":
         return None
     crud.check_resource(ctx, resource_type, payload)
-    check_new(payload.checked)
+    check_new(payload.checked, _creator(ctx.principal))
     id = new_id()
     payload.checked["id"] = payload.exact["id"] = id
     for view in (payload.checked, payload.exact):

@@ -9,6 +9,7 @@ period, timeout and max count on `channel`. A classic R4 rest-hook names a searc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, urlsplit
@@ -32,6 +33,14 @@ CONTENTS: tuple[Content, ...] = ("empty", "id-only", "full-resource")
 MIME_TYPES = ("application/fhir+json", "application/json")
 MAX_EVENTS = 100  # events in one notification when the subscription asks for no fewer
 MAX_TIMEOUT = 60  # seconds a receiver may take
+MAX_HEADERS, MAX_HEADER = 10, 1024  # channel headers, characters in one
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field name
+VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*|")  # visible ASCII, inner spaces
+# Headers that frame the request or that the sender sets (delivery.py): never the client's.
+RESERVED_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+    "trailer", "proxy-authorization", "proxy-connection", "content-type", "expect",
+    "x-hub-signature-256"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +186,23 @@ def _port(url: SplitResult) -> int | None:
 
 
 def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The channel's `Name: value` headers: a token name, visible ASCII values, a few short
+    ones, none that frames the request or that the server sets itself."""
+    where = "Subscription.channel.header"
+    given = channel.get("header", [])
+    if not isinstance(given, list) or len(given) > MAX_HEADERS:
+        raise _invalid(f"At most {MAX_HEADERS} channel headers.", where)
     headers = []
-    for header in channel.get("header", []):
+    for header in given:
         name, colon, value = str(header).partition(":")
-        if not colon or not name.strip() or "\n" in header or "\r" in header:
-            raise _invalid(f"A channel header is 'Name: value', not '{header}'.", "Subscription.channel.header")
-        headers.append((name.strip(), value.strip()))
+        name, value = name.strip(), value.strip()
+        if not colon or not TOKEN.fullmatch(name) or not VALUE.fullmatch(value) \
+                or len(str(header)) > MAX_HEADER:
+            raise _invalid(f"A channel header is 'Name: value' in visible ASCII, at most "
+                           f"{MAX_HEADER} characters, not {str(header)[:80]!r}.", where)
+        if name.lower() in RESERVED_HEADERS:
+            raise _invalid(f"The channel header '{name}' is set by the server.", where)
+        headers.append((name, value))
     return tuple(headers)
 
 
@@ -244,9 +264,15 @@ def plan(subscription: dict[str, Any], registry: Registry, policy: Policy) -> Pl
         end=subscription.get("end"))
 
 
-def check_new(subscription: dict[str, Any]) -> None:
-    """A client creates a Subscription `requested` (or `off`): the server moves it on."""
+def check_new(subscription: dict[str, Any], creator: str | None) -> None:
+    """A client creates a Subscription `requested` (or `off`): the server moves it on.
+    `creator` is the creating user's fhirUser, None for a system client: a user's
+    trial-matching subscription names themself as its physician."""
     if subscription.get("status") not in ("requested", "off"):
         raise _invalid("A new Subscription has status 'requested' (or 'off'); the server sets "
                        "it to 'active' after the handshake, or 'error'.", "Subscription.status")
-
+    for key, value in _special(subscription):
+        if key == "practitioner" and creator is not None and value != creator:
+            raise fail(Kind.INVALID, "security", f"The filter practitioner={value} names another "
+                       "user: a trial-matching subscription is for its creator's own patients.",
+                       expression="Subscription.criteria.extension")

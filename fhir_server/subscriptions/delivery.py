@@ -55,7 +55,7 @@ class Sender:
             response = await self.client.request(
                 method, target._replace(netloc=host + (f":{target.port}" if target.port else "")).geturl(),
                 content=body, headers=headers, timeout=plan.timeout, extensions=extensions)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, UnicodeError, ValueError) as exc:  # ValueError: a header h11 refuses
             # The endpoint and the error class only: never the headers (they may hold tokens).
             log.warning("notification not delivered", extra={
                 "subscription": plan.id, "problem": type(exc).__name__})

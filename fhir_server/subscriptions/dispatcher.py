@@ -110,7 +110,15 @@ class Dispatcher:
             if now - self._read_at >= self.timing.poll * SECOND or self._read_at > now or self.watch.broken:
                 await self.reload()
                 self._read_at = now
-            await asyncio.gather(*(self.serve(found) for found in self.watch.plans()))
+            await asyncio.gather(*(self._serve_safely(found) for found in self.watch.plans()))
+
+    async def _serve_safely(self, found: Plan) -> None:
+        """Serve `found`; a failure of one subscription is its own (`error`), not the round's."""
+        try:
+            await self.serve(found)
+        except Exception as exc:  # noqa: BLE001 - no subscription may stop the others
+            log.exception("subscription %s failed", found.id)
+            self.watch.broke(found.id, f"Notifications failed ({type(exc).__name__}).")
 
     async def reload(self) -> None:
         while self.watch.broken:  # found unservable by a write (capture.py)
