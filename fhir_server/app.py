@@ -235,6 +235,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         yield
         exports.cancel()
         notifying.cancel()
+        await dispatcher.stop()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)
         for task in (backups, retention):
