@@ -241,6 +241,10 @@ class Desk:
         query, _ = parse_query("Subscription", [("status", "requested,active")], self.ctx.registry)
         return [resource async for resource in reach.resources(self.ctx, query)]
 
+    async def owned(self, subscription: str) -> bool:
+        """Whether the subscription has a recorded owner (one created by PUT has none)."""
+        return await one(self.ctx.store, owner_key(subscription)) is not None
+
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]:
         """The events whose resource the subscription's owner reaches now and that pass the
         topic's own test (none without an owner)."""

@@ -51,6 +51,8 @@ class Desk(Protocol):
 
     async def served(self) -> list[dict[str, Any]]: ...
 
+    async def owned(self, subscription: str) -> bool: ...
+
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
 
     async def set_status(self, subscription: str, to: str, why: str | None = None) -> None: ...
@@ -218,6 +220,10 @@ class Dispatcher:
                                 remove=tuple(key for key, _ in pending))
 
     async def _handshake(self, found: Plan, current: State) -> None:
+        if not await self.desk.owned(found.id):  # nobody's rights to send its events with
+            await self.desk.set_status(found.id, "error", "The Subscription has no recorded owner: "
+                                       "create Subscriptions with POST.")
+            return
         if found.classic:
             await self.desk.set_status(found.id, "active")
             return
