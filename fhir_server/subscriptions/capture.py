@@ -37,7 +37,7 @@ from ..store.base import (
 from ..store.routing import RoutingStore
 from .addresses import Refused, Unresolved, resolve
 from .criteria import Plan, Policy, endpoint_refused, plan
-from .records import Event, dump, pending_key
+from .records import Event, dump, events_prefix, pending_key, pending_prefix, subscription_keys
 
 log = logging.getLogger("fhir_server.subscriptions")
 SERVED = ("requested", "active")  # statuses whose events are kept
@@ -163,18 +163,27 @@ class SubscribedStore(RoutingStore):
                     results: Sequence[Result]) -> None:
         """Put the events of `results` in the unit's outbox."""
         records: list[tuple[str, bytes]] = []
+        records_gone: list[str] = []
         micros = clock.micros(clock.now())
         for operation, result in zip(operations, results, strict=False):
             if result.outcome not in ("created", "updated", "deleted"):
                 continue
             write = _write_of(operation)
             for version in result.versions:
+                if version.resource_type == "Subscription" and version.body is None:
+                    records_gone.extend(await self._records_of(version.id))
                 plans = self.watch.by_type.get(version.resource_type)
                 if plans:
                     records.extend(await self._events(plans, version, write, micros))
-        if records:
-            await unit.apply([Outbox(put=tuple(records))])
+        if records or records_gone:
+            await unit.apply([Outbox(put=tuple(records), remove=tuple(records_gone))])
             self.watch.changed.set()
+
+    async def _records_of(self, subscription: str) -> list[str]:
+        """Every record a deleted subscription leaves: its events go with it."""
+        listed = [key for prefix in (pending_prefix(subscription), events_prefix(subscription))
+                  for key, _ in await self.main.outbox(prefix)]
+        return [*subscription_keys(subscription), *listed]
 
     async def _events(self, plans: dict[str, Plan], version: Version, write: Write | None,
                       micros: int) -> list[tuple[str, bytes]]:

@@ -249,10 +249,8 @@ class Dispatcher:
         answered = await self._send(found, before.events, sent) if sent else 200
         if sent:
             await self.desk.audit(found.id, found.endpoint, answered, "event-notification", sent)
-        after = replace(before, withheld=list(before.withheld))
+        after = replace(before)
         if delivered(answered):
-            numbers = {e.number for e, _ in sent}
-            after.withheld += [e.number for e in batch if e.number not in numbers]
             after.delivered, after.attempts, after.retry_at = batch[-1].number, 0, 0
             after.failing_since, after.last_sent = None, now
         else:
@@ -294,8 +292,7 @@ class Dispatcher:
         answered = await self.sender.send(found, orjson.dumps(bundle))
         await self.desk.audit(found.id, found.endpoint, answered, "heartbeat", ())
         # A heartbeat missed is not retried: the next one is due a period later.
-        await self._save(found.id, lease, body, replace(current, last_sent=now,
-                                                          withheld=list(current.withheld)))
+        await self._save(found.id, lease, body, replace(current, last_sent=now))
 
 
 def _failure(what: str, answered: int) -> str:
