@@ -235,6 +235,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         yield
         exports.cancel()
         notifying.cancel()
+        await dispatcher.stop()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)
         for task in (backups, retention):
@@ -321,7 +322,8 @@ def _schedule_backups(settings: Settings, codec: BodyCodec, store: RoutingStore,
 def _dispatcher(settings: Settings, store: SubscribedStore, watch: Watch, desk: Desk) -> Dispatcher:
     """The subscriptions' dispatcher (subscriptions/dispatcher.py), started with the app."""
     key = settings.subscription_signing_key
-    return Dispatcher(store, watch, desk, Sender(key.read_bytes().strip() if key else None),
+    return Dispatcher(store, watch, desk, Sender(key.read_bytes().strip() if key else None,
+                                                     settings.subscription_loopback_http),
                       Timing(retry_window=settings.subscription_retry_hours * 3600))
 
 

@@ -219,12 +219,12 @@ class Settings(BaseSettings):
         "decryption; a search matching more answers 400.",
     )
     subscription_endpoints: list[str] = Field(
-        default_factory=list, description="URL prefixes subscription notifications may be sent "
-        "to (JSON list); empty means any HTTPS endpoint.",
+        default_factory=list, description="URLs subscription notifications may be sent to, or "
+        "below them by path segments (JSON list); empty means any HTTPS endpoint on a public address.",
     )
     subscription_loopback_http: bool = Field(
-        False, description="Development: let subscriptions notify plain-HTTP endpoints on a "
-        "loopback address (otherwise HTTPS only).",
+        False, description="Development: let subscriptions notify plain-HTTP endpoints on "
+        "localhost or a loopback address (otherwise HTTPS only, to public addresses).",
     )
     subscription_retry_hours: float = Field(
         24.0, gt=0, description="Hours a failing subscription endpoint is retried (exponential "

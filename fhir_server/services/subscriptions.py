@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -19,9 +20,9 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.ids import new_id
 from ..model.numbers import whole_number
 from ..model.platform_codes import CANONICAL
-from ..search import parse_query
+from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
-from ..subscriptions import (CONTENTS, Content, Event, Plan, check_new, dump, kept_events,
+from ..subscriptions import (CONTENTS, FILTER_CRITERIA, Content, Event, Plan, check_new, dump, kept_events,
                              notification, one, owner_key, state, state_key, status_parameters)
 from . import crud, reach, server_writes
 from .principals import principal_of
@@ -71,13 +72,58 @@ def _stamp_owner(subscription: dict[str, Any], principal: Principal | None) -> N
         subscription.pop("extension", None)
 
 
+def _creator(principal: Principal | None) -> str | None:
+    """The fhirUser of the user creating a Subscription ("" for none); None for a system
+    client or the server, which answer for no one user."""
+    if principal is not None and not principal.confined:
+        return None
+    return (principal.fhir_user if principal is not None else None) or ""
+
+
+async def _check_named(ctx: Context, subscription: dict[str, Any]) -> None:
+    """400 for a filter naming one resource (`_id`, a typed reference) the creator does not
+    reach: the event counter of `$status` would tell them of its changes."""
+    criteria = str(subscription.get("criteria", ""))
+    texts = [criteria] if "?" in criteria else [
+        str(e.get("valueString", "")) for e in subscription.get("_criteria", {}).get("extension", [])
+        if e.get("url") == FILTER_CRITERIA]
+    for text in texts:
+        resource_type, _, params = text.partition("?")
+        try:
+            query, _ = parse_query(resource_type, parse_qsl(params), ctx.registry)
+        except FhirError:
+            continue  # refused with its reason by the store's check
+        for predicate in (p for clause in query.clauses for p in clause.any_of):
+            named = _named(resource_type, predicate)
+            if named is None:
+                continue
+            try:
+                await crud.read(ctx, *named)
+            except FhirError as refused:
+                if refused.kind not in (Kind.NOT_FOUND, Kind.GONE, Kind.FORBIDDEN):
+                    raise
+                raise fail(Kind.INVALID, "security", f"The filter '{text}' names "
+                           f"{'/'.join(named)}, which you cannot read.",
+                           expression="Subscription.criteria") from None
+
+
+def _named(resource_type: str, predicate: object) -> tuple[str, str] | None:
+    """The one resource a filter's predicate names, if it names one."""
+    if isinstance(predicate, TokenPredicate) and predicate.param == "_id" and predicate.code:
+        return resource_type, predicate.code
+    if isinstance(predicate, ReferencePredicate) and predicate.type and predicate.id:
+        return predicate.type, predicate.id
+    return None
+
+
 async def create_if_subscription(ctx: Context, resource_type: str, payload: Payload) -> Version | None:
     """A create (services/context.py Creator): a Subscription, `requested`, stored with its
     owner in one unit of work; the store refuses what cannot be served (subscriptions/capture.py)."""
     if resource_type != "Subscription":
         return None
     crud.check_resource(ctx, resource_type, payload)
-    check_new(payload.checked)
+    check_new(payload.checked, _creator(ctx.principal))
+    await _check_named(ctx, payload.checked)
     id = new_id()
     payload.checked["id"] = payload.exact["id"] = id
     for view in (payload.checked, payload.exact):
@@ -194,6 +240,10 @@ class Desk:
         """Every Subscription whose status is requested or active."""
         query, _ = parse_query("Subscription", [("status", "requested,active")], self.ctx.registry)
         return [resource async for resource in reach.resources(self.ctx, query)]
+
+    async def owned(self, subscription: str) -> bool:
+        """Whether the subscription has a recorded owner (one created by PUT has none)."""
+        return await one(self.ctx.store, owner_key(subscription)) is not None
 
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]:
         """The events whose resource the subscription's owner reaches now and that pass the

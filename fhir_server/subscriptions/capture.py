@@ -10,9 +10,11 @@ the topic, a filter, the channel, the payload or the endpoint is not one this se
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -33,9 +35,11 @@ from ..store.base import (
     Write,
 )
 from ..store.routing import RoutingStore
-from .criteria import Plan, Policy, plan
-from .records import Event, dump, pending_key
+from .addresses import Refused, Unresolved, resolve
+from .criteria import Plan, Policy, endpoint_refused, plan
+from .records import Event, dump, events_prefix, pending_key, pending_prefix, subscription_keys
 
+log = logging.getLogger("fhir_server.subscriptions")
 SERVED = ("requested", "active")  # statuses whose events are kept
 
 
@@ -47,6 +51,7 @@ class Watch:
         self.registry = registry
         self.policy = policy
         self.by_type: dict[str, dict[str, Plan]] = {}
+        self.broken: dict[str, str] = {}  # subscription id: why; the dispatcher sets them to error
         self.changed = asyncio.Event()
 
     def plans(self) -> list[Plan]:
@@ -64,6 +69,12 @@ class Watch:
             plans.pop(id, None)
         if found is not None and found.status in SERVED:
             self.by_type.setdefault(found.resource_type, {})[id] = found
+
+    def broke(self, id: str, why: str) -> None:
+        """Stop serving subscription `id` at once; the dispatcher records it as `error`."""
+        self.put(None, id)
+        self.broken[id] = why
+        self.changed.set()
 
     def concerns(self, operations: Sequence[Operation]) -> bool:
         return any(_type_of(op) in self.by_type or _type_of(op) == "Subscription" for op in operations)
@@ -91,7 +102,7 @@ class SubscribedStore(RoutingStore):
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
         if not self.watch.concerns(operations):
             return await super().commit(operations)
-        self.check_subscriptions(operations)
+        await self.check_subscriptions(operations)
         if not self.main.status().get("transactions", True):
             return await super().commit(operations)  # no Subscription can be stored here
         for delay in RETRY_DELAYS:
@@ -116,8 +127,9 @@ class SubscribedStore(RoutingStore):
             await self._keep(unit, recording.operations, recording.results)
         self._served(recording.results)
 
-    def check_subscriptions(self, operations: Sequence[Operation]) -> None:
-        """400 for a Subscription this server cannot serve (before anything is written); 501
+    async def check_subscriptions(self, operations: Sequence[Operation]) -> None:
+        """400 for a Subscription this server cannot serve (before anything is written), its
+        endpoint's host resolving to an address that is not public included; 501
         on a store that cannot keep events in the unit of work of their write (a standalone
         MongoDB server, without transactions)."""
         for operation in operations:
@@ -126,7 +138,13 @@ class SubscribedStore(RoutingStore):
                 if not self.main.status().get("transactions", True):
                     raise fail(Kind.NOT_SUPPORTED, "not-supported", "Subscriptions need a store "
                                "with transactions (a MongoDB replica set or SQLite).")
-                plan(write.resource, self.watch.registry, self.watch.policy)
+                found = plan(write.resource, self.watch.registry, self.watch.policy)
+                try:
+                    await resolve(urlsplit(found.endpoint), self.watch.policy.loopback_http)
+                except Unresolved:
+                    pass  # perhaps not yet; checked again before each notification
+                except Refused as refused:
+                    raise endpoint_refused(refused) from None
 
     def _served(self, results: Sequence[Result]) -> None:
         """Serve the Subscriptions just written, as written (the dispatcher reloads them all
@@ -145,18 +163,27 @@ class SubscribedStore(RoutingStore):
                     results: Sequence[Result]) -> None:
         """Put the events of `results` in the unit's outbox."""
         records: list[tuple[str, bytes]] = []
+        records_gone: list[str] = []
         micros = clock.micros(clock.now())
         for operation, result in zip(operations, results, strict=False):
             if result.outcome not in ("created", "updated", "deleted"):
                 continue
             write = _write_of(operation)
             for version in result.versions:
+                if version.resource_type == "Subscription" and version.body is None:
+                    records_gone.extend(await self._records_of(version.id))
                 plans = self.watch.by_type.get(version.resource_type)
                 if plans:
                     records.extend(await self._events(plans, version, write, micros))
-        if records:
-            await unit.apply([Outbox(put=tuple(records))])
+        if records or records_gone:
+            await unit.apply([Outbox(put=tuple(records), remove=tuple(records_gone))])
             self.watch.changed.set()
+
+    async def _records_of(self, subscription: str) -> list[str]:
+        """Every record a deleted subscription leaves: its events go with it."""
+        listed = [key for prefix in (pending_prefix(subscription), events_prefix(subscription))
+                  for key, _ in await self.main.outbox(prefix)]
+        return [*subscription_keys(subscription), *listed]
 
     async def _events(self, plans: dict[str, Plan], version: Version, write: Write | None,
                       micros: int) -> list[tuple[str, bytes]]:
@@ -165,7 +192,7 @@ class SubscribedStore(RoutingStore):
         entries: Sequence[Any] | None = None
         record = b""
         kept = []
-        for found in plans.values():
+        for found in list(plans.values()):  # one found broken leaves `plans`
             if found.topic is None:
                 if interaction == "delete":
                     continue  # a classic subscription is told of creates and updates
@@ -173,7 +200,12 @@ class SubscribedStore(RoutingStore):
                 continue
             if entries is None:
                 entries = await self._entries(version, current, write)
-            if not all(matches(query, entries) for query in found.filters):
+            try:
+                if not all(matches(query, entries) for query in found.filters):
+                    continue
+            except Exception:  # noqa: BLE001 - a subscription never fails the write it watches
+                log.exception("subscription %s cannot be matched; set to error", found.id)
+                self.watch.broke(found.id, "Its criteria cannot be matched against written resources.")
                 continue
             if not record:  # the same for every subscription
                 patients = tuple(sorted(patients_of(self.watch.registry, version.resource_type,
@@ -206,7 +238,7 @@ class _Recording:
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
         if self.store.watch.concerns(operations):
-            self.store.check_subscriptions(operations)
+            await self.store.check_subscriptions(operations)
         results = await self.unit.apply(operations)
         self.operations.extend(operations)
         self.results.extend(results)

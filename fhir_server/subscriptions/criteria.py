@@ -9,14 +9,15 @@ period, timeout and max count on `channel`. A classic R4 rest-hook names a searc
 
 from __future__ import annotations
 
-import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from ..model.errors import FhirError, Kind, fail
 from ..model.types import is_resource_type
 from ..search import Query, Registry, parse_query
+from .addresses import Refused, check_host, loopback_allowed
 from .topics import Topic, topics
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -32,12 +33,21 @@ CONTENTS: tuple[Content, ...] = ("empty", "id-only", "full-resource")
 MIME_TYPES = ("application/fhir+json", "application/json")
 MAX_EVENTS = 100  # events in one notification when the subscription asks for no fewer
 MAX_TIMEOUT = 60  # seconds a receiver may take
+MAX_HEADERS, MAX_HEADER = 10, 1024  # channel headers, characters in one
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field name
+VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*|")  # visible ASCII, inner spaces
+# Headers that frame the request or that the sender sets (delivery.py): never the client's.
+RESERVED_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+    "trailer", "proxy-authorization", "proxy-connection", "content-type", "expect",
+    "x-hub-signature-256"})
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Where notifications may go: `allowed` URL prefixes (empty: any HTTPS URL); plain HTTP
-    only to a loopback address, and only with `loopback_http` (development)."""
+    """Where notifications may go: `allowed` URL prefixes (empty: any HTTPS URL); never to an
+    address that is not public (addresses.py); plain HTTP only to a loopback address, and only
+    with `loopback_http` (development)."""
 
     allowed: tuple[str, ...] = ()
     loopback_http: bool = False
@@ -87,6 +97,12 @@ def _query(text: str, registry: Registry, expression: str) -> Query:
         raise _invalid(f"'{text}': {unapplied[0].diagnostics}", expression)
     if query.include or query.revinclude or query.sort or query.count is not None:
         raise _invalid(f"'{text}': only filters may be given, no result parameters.", expression)
+    for name, _ in parse_qsl(params, keep_blank_values=True):
+        if "." in name or name.startswith("_has"):
+            # Matched at write time against the written resource alone (search/match.py):
+            # following a reference there would make every write of the type fail.
+            raise _invalid(f"'{text}': the parameter '{name}' follows references (chained "
+                           "search or _has), which a subscription cannot be filtered by.", expression)
     return query
 
 
@@ -132,35 +148,61 @@ def _endpoint(channel: dict[str, Any], policy: Policy) -> str:
     if not isinstance(endpoint, str) or not endpoint:
         raise _invalid("A rest-hook subscription needs channel.endpoint.", where)
     url = urlsplit(endpoint)
-    if url.username or url.password or url.fragment or not url.hostname:
+    if url.username or url.password or url.fragment or not url.hostname or _port(url) is None:
         raise _invalid("The endpoint must be an absolute URL without credentials or fragment.", where)
-    if url.scheme == "http" and not (policy.loopback_http and _loopback(url.hostname)):
+    if url.scheme != "https" and not loopback_allowed(url, policy.loopback_http):
         raise fail(Kind.INVALID, "security", "Notifications are sent over HTTPS only (plain HTTP "
                    "to a loopback address in development mode).", expression=where)
-    if url.scheme not in ("https", "http"):
-        raise fail(Kind.INVALID, "security", "The endpoint must be an https URL.", expression=where)
-    if policy.allowed and not any(endpoint.startswith(prefix) for prefix in policy.allowed):
+    try:
+        check_host(url, policy.loopback_http)
+    except Refused as refused:
+        raise endpoint_refused(refused) from None
+    if policy.allowed and not any(_under(url, prefix) for prefix in policy.allowed):
         raise fail(Kind.INVALID, "security", "This endpoint is not on the server's list of "
                    "allowed notification endpoints.", expression=where)
     return endpoint
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+def endpoint_refused(refused: Refused) -> FhirError:
+    return fail(Kind.INVALID, "security", f"The endpoint's host is refused: {refused}",
+                expression="Subscription.channel.endpoint")
+
+
+def _under(url: SplitResult, prefix: str) -> bool:
+    """Whether `url` is at or below the allowed URL `prefix`: the same scheme, host and port,
+    and a path at or under the prefix's path (segment by segment, not character by character)."""
+    allowed = urlsplit(prefix)
+    if (url.scheme, url.hostname, _port(url)) != (allowed.scheme, allowed.hostname, _port(allowed)):
         return False
+    path, base = url.path or "/", allowed.path or "/"
+    return path == base or path.startswith(base if base.endswith("/") else base + "/")
+
+
+def _port(url: SplitResult) -> int | None:
+    try:
+        return url.port or {"https": 443, "http": 80}.get(url.scheme)
+    except ValueError:
+        return None
 
 
 def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The channel's `Name: value` headers: a token name, visible ASCII values, a few short
+    ones, none that frames the request or that the server sets itself."""
+    where = "Subscription.channel.header"
+    given = channel.get("header", [])
+    if not isinstance(given, list) or len(given) > MAX_HEADERS:
+        raise _invalid(f"At most {MAX_HEADERS} channel headers.", where)
     headers = []
-    for header in channel.get("header", []):
+    for header in given:
         name, colon, value = str(header).partition(":")
-        if not colon or not name.strip() or "\n" in header or "\r" in header:
-            raise _invalid(f"A channel header is 'Name: value', not '{header}'.", "Subscription.channel.header")
-        headers.append((name.strip(), value.strip()))
+        name, value = name.strip(), value.strip()
+        if not colon or not TOKEN.fullmatch(name) or not VALUE.fullmatch(value) \
+                or len(str(header)) > MAX_HEADER:
+            raise _invalid(f"A channel header is 'Name: value' in visible ASCII, at most "
+                           f"{MAX_HEADER} characters, not {str(header)[:80]!r}.", where)
+        if name.lower() in RESERVED_HEADERS:
+            raise _invalid(f"The channel header '{name}' is set by the server.", where)
+        headers.append((name, value))
     return tuple(headers)
 
 
@@ -222,9 +264,15 @@ def plan(subscription: dict[str, Any], registry: Registry, policy: Policy) -> Pl
         end=subscription.get("end"))
 
 
-def check_new(subscription: dict[str, Any]) -> None:
-    """A client creates a Subscription `requested` (or `off`): the server moves it on."""
+def check_new(subscription: dict[str, Any], creator: str | None) -> None:
+    """A client creates a Subscription `requested` (or `off`): the server moves it on.
+    `creator` is the creating user's fhirUser, None for a system client: a user's
+    trial-matching subscription names themself as its physician."""
     if subscription.get("status") not in ("requested", "off"):
         raise _invalid("A new Subscription has status 'requested' (or 'off'); the server sets "
                        "it to 'active' after the handshake, or 'error'.", "Subscription.status")
-
+    for key, value in _special(subscription):
+        if key == "practitioner" and creator is not None and value != creator:
+            raise fail(Kind.INVALID, "security", f"The filter practitioner={value} names another "
+                       "user: a trial-matching subscription is for its creator's own patients.",
+                       expression="Subscription.criteria.extension")

@@ -1,5 +1,6 @@
-"""Sending one notification to a rest-hook endpoint: no redirect followed (a 3xx is a
-failure), a timeout per subscription, the subscription's own headers, and, when the server has
+"""Sending one notification to a rest-hook endpoint: to the address its host resolves to
+just now, if public (addresses.py), no redirect followed (a 3xx is a failure), a timeout per
+subscription, the subscription's own headers, and, when the server has
 a signing key, an HMAC-SHA256 of the body in `X-Hub-Signature-256` (`sha256=<hex>`)."""
 
 from __future__ import annotations
@@ -7,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
+from .addresses import Refused, resolve
 from .criteria import Plan
 
 log = logging.getLogger("fhir_server.subscriptions")
@@ -20,8 +23,9 @@ FHIR_JSON = "application/fhir+json"
 class Sender:
     """One HTTP client for every notification; `signing_key` signs bodies when set."""
 
-    def __init__(self, signing_key: bytes | None = None) -> None:
+    def __init__(self, signing_key: bytes | None = None, loopback_http: bool = False) -> None:
         self.signing_key = signing_key
+        self.loopback_http = loopback_http
         self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
 
     async def close(self) -> None:
@@ -36,10 +40,22 @@ class Sender:
             if self.signing_key is not None:
                 digest = hmac.new(self.signing_key, body, hashlib.sha256).hexdigest()
                 headers[SIGNATURE] = f"sha256={digest}"
+        target = urlsplit(url or plan.endpoint)
         try:
-            response = await self.client.request(method, url or plan.endpoint, content=body,
-                                                 headers=headers, timeout=plan.timeout)
-        except httpx.HTTPError as exc:
+            address = await resolve(target, self.loopback_http)
+        except Refused as refused:
+            log.warning("notification not sent", extra={"subscription": plan.id, "problem": str(refused)})
+            return 0
+        # Connect to the address checked, not to a fresh resolution of the name (DNS
+        # rebinding); the name stays in Host and, for TLS, in SNI and the certificate check.
+        headers["Host"] = target.netloc
+        host = f"[{address}]" if address.version == 6 else str(address)
+        extensions = {"sni_hostname": target.hostname} if target.scheme == "https" else {}
+        try:
+            response = await self.client.request(
+                method, target._replace(netloc=host + (f":{target.port}" if target.port else "")).geturl(),
+                content=body, headers=headers, timeout=plan.timeout, extensions=extensions)
+        except (httpx.HTTPError, UnicodeError, ValueError) as exc:  # ValueError: a header h11 refuses
             # The endpoint and the error class only: never the headers (they may hold tokens).
             log.warning("notification not delivered", extra={
                 "subscription": plan.id, "problem": type(exc).__name__})

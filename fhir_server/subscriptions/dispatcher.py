@@ -3,7 +3,8 @@ number order, to its endpoint.
 
 Each subscription is served by one dispatcher at a time, the holder of its lease (an outbox
 record set by compare-and-set, renewed while held, taken over once expired): several server
-processes may run one each. A round, for each subscription served:
+processes may run one each. A round serves each subscription in its own task (a slow
+endpoint holds back its own subscription only), and for each:
 
 1. pending events (records.py) are numbered in stamp order, in one unit of work that also
    advances the state and removes them; the numbered events stay for `$events`;
@@ -50,6 +51,8 @@ class Desk(Protocol):
 
     async def served(self) -> list[dict[str, Any]]: ...
 
+    async def owned(self, subscription: str) -> bool: ...
+
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
 
     async def set_status(self, subscription: str, to: str, why: str | None = None) -> None: ...
@@ -64,8 +67,9 @@ class Desk(Protocol):
 @dataclass(frozen=True, slots=True)
 class Timing:
     """Seconds: the retry window before `error`, the first and the longest backoff, the
-    lease, how often subscriptions are read again and retries looked at, and how long a
-    round waits after a write woke it."""
+    lease (longer while a send may take longer), how often subscriptions are read again and
+    retries looked at, how long a round waits after a write woke it, and how long for the
+    subscriptions it serves."""
 
     retry_window: float = 24 * 3600
     first_retry: float = 1.0
@@ -73,6 +77,7 @@ class Timing:
     lease: float = 30.0
     poll: float = 1.0
     gather: float = 0.25
+    wait: float = 1.0
 
 
 class Dispatcher:
@@ -87,6 +92,7 @@ class Dispatcher:
         self.jitter = jitter or random.Random()
         self._read_at = -1
         self._round = asyncio.Lock()  # one round at a time (a test may run one itself)
+        self.serving: dict[str, asyncio.Task[None]] = {}  # by subscription id
 
     async def run(self) -> None:
         """Serve until cancelled: a round each time a write keeps an event, and each `poll`."""
@@ -104,15 +110,40 @@ class Dispatcher:
                 pass
 
     async def round(self) -> None:
-        """Serve every subscription once (reading them from the store each `poll`)."""
+        """Serve every subscription once (reading them from the store each `poll`), each in
+        its own task so that a slow endpoint holds back its own subscription only: the round
+        waits for them at most `wait` seconds; one still running is not started again."""
         async with self._round:
             now = clock.micros(clock.now())
-            if now - self._read_at >= self.timing.poll * SECOND or self._read_at > now:
+            if now - self._read_at >= self.timing.poll * SECOND or self._read_at > now or self.watch.broken:
                 await self.reload()
                 self._read_at = now
-            await asyncio.gather(*(self.serve(found) for found in self.watch.plans()))
+            self.serving = {id: task for id, task in self.serving.items() if not task.done()}
+            for found in self.watch.plans():
+                if found.id not in self.serving:
+                    self.serving[found.id] = asyncio.create_task(self._serve_safely(found))
+            if self.serving:
+                await asyncio.wait(self.serving.values(), timeout=self.timing.wait)
+
+    async def stop(self) -> None:
+        """Cancel the subscriptions being served (their state is as last committed)."""
+        for task in self.serving.values():
+            task.cancel()
+        await asyncio.gather(*self.serving.values(), return_exceptions=True)
+        self.serving = {}
+
+    async def _serve_safely(self, found: Plan) -> None:
+        """Serve `found`; a failure of one subscription is its own (`error`), not the round's."""
+        try:
+            await self.serve(found)
+        except Exception as exc:  # noqa: BLE001 - no subscription may stop the others
+            log.exception("subscription %s failed", found.id)
+            self.watch.broke(found.id, f"Notifications failed ({type(exc).__name__}).")
 
     async def reload(self) -> None:
+        while self.watch.broken:  # found unservable by a write (capture.py)
+            id, why = self.watch.broken.popitem()
+            await self.desk.set_status(id, "error", why)
         plans = []
         for resource in await self.desk.served():
             try:
@@ -122,7 +153,9 @@ class Dispatcher:
         self.watch.replace(plans)
 
     async def serve(self, found: Plan) -> None:
-        lease = await self._lease(found.id)
+        """Number the new events of `found`, then handshake, deliver or beat: every send
+        under a lease that outlasts the send's timeout."""
+        lease = await self._lease(found.id, found.timeout)
         if lease is None:
             return
         body = await one(self.store, state_key(found.id))
@@ -137,20 +170,26 @@ class Dispatcher:
                 body = await self._deliver(found, lease, body)
                 if body == before or state(body).attempts:
                     return
+                lease = await self._lease(found.id, found.timeout)
+                if lease is None:
+                    return
             await self._heartbeat(found, lease, body)
 
-    async def _lease(self, subscription: str) -> bytes | None:
-        """The lease record if this dispatcher holds it (taking or renewing it), else None."""
+    async def _lease(self, subscription: str, send: float = 0.0) -> bytes | None:
+        """The lease record if this dispatcher holds it (taking or renewing it), else None;
+        held for `send` seconds more at least (a send's timeout: no other dispatcher takes
+        the subscription over while this one waits for an answer)."""
         key = lease_key(subscription)
+        span = max(self.timing.lease, 2 * send)
         held = await one(self.store, key)
         now = clock.micros(clock.now())
         if held is not None:
             lease = orjson.loads(held)
             if lease["holder"] != self.holder and lease["until"] > now:
                 return None
-            if lease["holder"] == self.holder and lease["until"] - now > self.timing.lease * SECOND / 2:
+            if lease["holder"] == self.holder and lease["until"] - now > span * SECOND / 2:
                 return held
-        taken = dump({"holder": self.holder, "until": now + int(self.timing.lease * SECOND)})
+        taken = dump({"holder": self.holder, "until": now + int(span * SECOND)})
         try:
             await self.store.commit([Outbox(put=((key, taken),), expect=((key, held),))])
         except FhirError:
@@ -181,6 +220,10 @@ class Dispatcher:
                                 remove=tuple(key for key, _ in pending))
 
     async def _handshake(self, found: Plan, current: State) -> None:
+        if not await self.desk.owned(found.id):  # nobody's rights to send its events with
+            await self.desk.set_status(found.id, "error", "The Subscription has no recorded owner: "
+                                       "create Subscriptions with POST.")
+            return
         if found.classic:
             await self.desk.set_status(found.id, "active")
             return
@@ -198,16 +241,16 @@ class Dispatcher:
         now = clock.micros(clock.now())
         if now < before.retry_at:
             return body
+        # A classic subscription sends a request per event: one per lease renewal.
+        count = 1 if found.classic else found.max_count
         batch = await numbered(self.store, found.id, before.delivered + 1,
-                               min(before.events, before.delivered + found.max_count))
+                               min(before.events, before.delivered + count))
         sent = await self.desk.reached(found, batch)
         answered = await self._send(found, before.events, sent) if sent else 200
         if sent:
             await self.desk.audit(found.id, found.endpoint, answered, "event-notification", sent)
-        after = replace(before, withheld=list(before.withheld))
+        after = replace(before)
         if delivered(answered):
-            numbers = {e.number for e, _ in sent}
-            after.withheld += [e.number for e in batch if e.number not in numbers]
             after.delivered, after.attempts, after.retry_at = batch[-1].number, 0, 0
             after.failing_since, after.last_sent = None, now
         else:
@@ -249,8 +292,7 @@ class Dispatcher:
         answered = await self.sender.send(found, orjson.dumps(bundle))
         await self.desk.audit(found.id, found.endpoint, answered, "heartbeat", ())
         # A heartbeat missed is not retried: the next one is due a period later.
-        await self._save(found.id, lease, body, replace(current, last_sent=now,
-                                                          withheld=list(current.withheld)))
+        await self._save(found.id, lease, body, replace(current, last_sent=now))
 
 
 def _failure(what: str, answered: int) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -106,7 +106,6 @@ class State:
     retry_at: int = 0
     failing_since: int | None = None
     last_sent: int = 0
-    withheld: list[int] = field(default_factory=list)  # numbers not sent: out of the owner's reach
 
 
 def dump(record: Event | State | dict[str, Any]) -> bytes:
@@ -119,7 +118,11 @@ def event(body: bytes) -> Event:
 
 
 def state(body: bytes | None) -> State:
-    return State(**orjson.loads(body)) if body else State()
+    if not body:
+        return State()
+    fields = orjson.loads(body)
+    fields.pop("withheld", None)  # kept by earlier versions, never read
+    return State(**fields)
 
 
 async def one(store: Store, key: str) -> bytes | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +24,13 @@ def hook() -> Iterator[Receiver]:
 
 
 def dispatch(client: TestClient, rounds: int = 1) -> None:
-    """Run dispatcher rounds in the app's event loop (the background loop may run others)."""
+    """Run dispatcher rounds in the app's event loop (the background loop may run others),
+    each until every subscription it serves is done (a round waits a second at most)."""
+    dispatcher = client.app.state.dispatcher  # type: ignore[attr-defined]
+
+    async def served() -> None:
+        await dispatcher.round()
+        await asyncio.gather(*dispatcher.serving.values())
+
     for _ in range(rounds):
-        client.portal.call(client.app.state.dispatcher.round)  # type: ignore[attr-defined,union-attr]
+        client.portal.call(served)  # type: ignore[union-attr]

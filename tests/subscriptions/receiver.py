@@ -5,6 +5,7 @@ connection; `down`: drop them all)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
     down: bool = False  # drop every connection unanswered
+    delay: float = 0.0  # seconds before each answer
     dropped: int = 0
 
     def of_kind(self, kind: str) -> list[Received]:
@@ -56,6 +58,7 @@ def receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(state.delay)
             answer = 0 if state.down else state.answers.pop(0) if state.answers else 200
             if answer == 0:
                 state.dropped += 1  # the receiver is down: no answer at all

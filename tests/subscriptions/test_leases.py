@@ -57,3 +57,15 @@ async def test_pending_events_are_numbered_in_write_order_once(store: Store) -> 
     numbered = [event(b) for _, b in await store.outbox(events_prefix("s1"))]
     assert [(e.number, e.version) for e in numbered] == [(1, 2), (2, 3), (3, 4)]
     assert await store.outbox("subs/p/") == []
+
+
+async def test_a_lease_outlasts_the_send_it_is_taken_for(store: Store) -> None:  # noqa: F811
+    first, second = _dispatcher(store), _dispatcher(store)
+    with clock.frozen(datetime(2030, 1, 1, tzinfo=UTC)) as frozen:
+        assert await first._lease("s1") is not None
+        renewed = await first._lease("s1", send=60)  # a 60 s timeout against a 30 s lease
+        frozen.advance(59)
+        assert await second._lease("s1") is None
+        assert renewed is not None and await first._lease("s1", send=60) == renewed  # 61 s left
+        frozen.advance(2)
+        assert await first._lease("s1", send=60) not in (None, renewed)  # 59 s: renewed

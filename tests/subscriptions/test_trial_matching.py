@@ -50,3 +50,17 @@ def test_a_physician_hears_of_new_trials_matching_their_consenting_patients(
     dispatch(client, 2)
     focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
     assert focus == ["http://testserver/fhir/ResearchStudy/breast-2"]
+
+
+def test_a_physician_subscribes_to_trials_for_their_own_patients_only(
+        client: TestClient, hook: Receiver) -> None:
+    tokens = client.app.state.tokens  # type: ignore[attr-defined]
+    for user in (DR, "Patient/alice"):
+        caller = {"Authorization": "Bearer " + tokens.issue(
+            subject="u", client_id="portal", scope="user/*.cruds", fhir_user=user)["access_token"]}
+        body = subscription(hook.url, topic="trial-matching",
+                            filters=("ResearchStudy?practitioner=Practitioner/someone-else",))
+        response = send(client, "POST", "/fhir/Subscription", body, **caller)
+        assert response.status_code == 400, response.text
+        assert "practitioner" in response.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Subscription").json().get("total", 0) == 0
