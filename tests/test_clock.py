@@ -12,7 +12,7 @@ from fhir_server import clock
 from fhir_server.model.bundle import bundle
 from fhir_server.search import extract
 from fhir_server.search.params.date import now_us
-from fhir_server.services.reach import today
+from fhir_server.clock import today
 from fhir_server.store.base import Write
 from fhir_server.store.sqlite import SqliteStore
 
