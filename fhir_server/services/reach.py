@@ -137,7 +137,7 @@ async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
 async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:
     """Those of `recipients` a research Consent of `patient` in force refuses their record to."""
     found = await patient_consents(ctx, [patient], RESEARCH)
-    return consents.refused_recipients(found.get(patient, []), recipients, today())
+    return consents.refused_recipients(found.get(patient, []), recipients, instant())
 
 
 async def represented(ctx: Context, related_person: str) -> list[str]:
