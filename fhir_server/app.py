@@ -44,6 +44,7 @@ from .interop import listener_for
 from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
+from .model.errors import FhirError, Kind
 from .model.validation import Validator
 from .notify import runner as notify_runner
 from .notify import enqueue, schedule_of
@@ -207,7 +208,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         await recorder.recover()
-        again = await reconcile(replace(context, principal=server_principal("fhir-server")))
+        try:
+            again = await reconcile(replace(context, principal=server_principal("fhir-server")))
+        except FhirError as exc:
+            if exc.kind is not Kind.BUSY:
+                raise
+            # The store is away or unsafe (MongoDB's self-check): the server still starts and
+            # answers 503 (readyz says why) until it is fixed; the ledger is replayed at the
+            # next start. No erased patient is served meanwhile: nothing is served.
+            log.warning("the erasure ledger could not be checked against the store at start-up")
+            again = []
         if again:
             log.warning("erased patients found back in the store were erased again",
                         extra={"patients": len(again)})

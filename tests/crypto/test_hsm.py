@@ -53,8 +53,9 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def hsm_settings(pin: Path, token: str, data: Path) -> Settings:
+    # key_ring in `data`: the erasure ledger is kept beside it, not beside the session's ring
     return Settings(data_dir=data, key_provider="pkcs11", pkcs11_module=MODULE, pkcs11_token=token,
-                    pkcs11_pin_file=pin, base_url="http://testserver/fhir")
+                    pkcs11_pin_file=pin, base_url="http://testserver/fhir", key_ring=data / "keyring.json")
 
 
 def test_the_provider_contract(softhsm: Path) -> None:
@@ -120,7 +121,8 @@ def test_keys_commands_use_the_chosen_provider(softhsm: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     for name, value in (("DATA_DIR", tmp_path), ("KEY_PROVIDER", "pkcs11"), ("PKCS11_MODULE", MODULE),
-                        ("PKCS11_TOKEN", "cli"), ("PKCS11_PIN_FILE", softhsm)):
+                        ("PKCS11_TOKEN", "cli"), ("PKCS11_PIN_FILE", softhsm),
+                        ("KEY_RING", tmp_path / "keyring.json")):
         monkeypatch.setenv(f"FHIR_SERVER_{name}", str(value))
     monkeypatch.setattr(cli, "configure", lambda level: None)
     assert cli.main(["keys", "init"]) == 0

@@ -10,7 +10,7 @@ PUBLIC = {
     # extraction and index entries
     "extract", "Extractor", "IndexEntry", "StringEntry", "TokenEntry", "ReferenceEntry", "DateEntry",
     "NumberEntry", "QuantityEntry", "UriEntry", "PositionEntry", "CompositeEntry", "DATE_MIN", "DATE_MAX",
-    "normalize", "distance_km",
+    "normalize", "distance_km", "date_range",
     # the Query AST
     "Query", "Clause", "Predicate", "Sort", "Include", "Prefix", "PREFIXES", "Total", "Summary",
     "StringPredicate", "TokenPredicate", "TokenTextPredicate", "OfTypePredicate", "ReferencePredicate",
