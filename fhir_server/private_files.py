@@ -3,7 +3,10 @@ the audit trail, confirmation codes, password hashes and TOTP keys."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -21,3 +24,19 @@ def make_private(path: Path) -> None:
     for name in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
         if name.exists() and name.stat().st_mode & 0o077:
             os.chmod(name, 0o600)
+
+
+@contextmanager
+def turn_lock(lock: Path) -> Iterator[bool]:
+    """Try to take the lock file `lock` (0600) without waiting; whether this process holds it.
+    With several worker processes, the one holding it takes a scheduled turn, the others skip."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

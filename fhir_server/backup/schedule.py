@@ -6,14 +6,13 @@ and skip their turn."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from .. import clock
+from ..private_files import turn_lock
 from .take import taken_at
 
 log = logging.getLogger(__name__)
@@ -31,11 +30,8 @@ async def once(hours: int, directory: Path, back_up: Callable[[], Awaitable[obje
     in the last half interval; whether this one did. A failure is logged, not raised: the
     next turn tries again."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / ".backup.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with turn_lock(directory / ".backup.lock") as held:
+        if not held:
             return False
         recent = clock.now() - timedelta(hours=hours / 2)
         if any((at := taken_at(path)) is not None and at > recent for path in directory.iterdir()):
@@ -46,5 +42,3 @@ async def once(hours: int, directory: Path, back_up: Callable[[], Awaitable[obje
             log.exception("scheduled backup failed")
             return False
         return True
-    finally:
-        os.close(fd)

@@ -6,14 +6,13 @@ file runs; the others skip that turn (a run is idempotent: a second finds nothin
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from .. import clock
+from ..private_files import turn_lock
 
 POLL = 60.0  # seconds between looks at the clock
 log = logging.getLogger(__name__)
@@ -34,11 +33,8 @@ async def once(lock: Path, turn: Callable[[], Awaitable[object]]) -> bool:
     """One turn, unless another process holds `lock`; whether it ran. A failure is logged,
     not raised: the next turn tries again."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with turn_lock(lock) as held:
+        if not held:
             return False
         try:
             await turn()
@@ -46,5 +42,3 @@ async def once(lock: Path, turn: Callable[[], Awaitable[object]]) -> bool:
             log.exception("scheduled retention run failed")
             return False
         return True
-    finally:
-        os.close(fd)
