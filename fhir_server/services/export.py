@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,13 @@ import orjson
 from .. import clock
 from ..access import Principal, Role
 from ..audit.events import request_events
+from ..audit.outbox import event_ids
 from ..audit.trail import Trail
 from ..model.errors import FhirError, Kind, fail, incident
 from ..model.ids import new_id
 from ..search import parse_query
-from ..store.jobs import Job
+from ..store.bodies import stored
+from ..store.jobs import Job, JobFile, JobState
 from . import crud
 from .context import Context
 from .export_job import (Limits, Output, Progress, Source, Spec, acting_as, caller_of,
@@ -44,7 +47,9 @@ NOT_BY_DEFAULT = frozenset({"AuditEvent"})
 _EXPORTERS = frozenset({Role.SYSTEM, Role.SERVER, Role.INVESTIGATOR})
 AUDIT_BATCH = 1000  # patients per batch of a finished job's AuditEvents
 WAIT_SECONDS = 1.0  # before a step the store asked to wait for is tried again
-Record = Callable[[Sequence[dict[str, Any]]], Awaitable[Any]]
+# Stores and chains AuditEvents under the ids given, all or none (AuditRecorder.record_all).
+Record = Callable[[Sequence[dict[str, Any]], Sequence[str]], Awaitable[Any]]
+_AUDIT_IDS = uuid.UUID("5a0f3c52-27d4-4b8e-9a57-0c1d2e3f4a5b")  # namespace of a job's event ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,20 +312,21 @@ async def advance(ctx: Context, job: Job, owner: str, policy: Policy, record: Re
     if job.attempts > policy.attempts:
         await _fail(ctx, job, owner, progress, f"The export failed {policy.attempts} times.")
         return
-    acting = ctx
     try:
         while not progress.finished:
             acting = await acting_as(ctx, spec.caller)
             after, files = await step(acting, spec, progress, policy.limits,
                                       lambda name: ctx.store.jobs.file(job.id, name))
-            now = clock.seconds()
-            if not await ctx.store.jobs.save(job.id, owner, state="done" if after.finished else "running",
-                                             progress=after.dump(), until=now + policy.lease_seconds,
-                                             now=now, files=files):
+            if not await _save(ctx, job, owner, "running", after, policy, files):
                 return  # lost the lease: cancelled, or taken over
             if after == progress:
                 await asyncio.sleep(WAIT_SECONDS)
             progress = after  # saved with its files: the point a new attempt starts from
+        # Done, and its manifest served, only once its own AuditEvents are durable: an auditor
+        # never sees files handed out that the trail does not name yet, and a worker dying
+        # in between leaves the job to be audited by the next attempt, not forgotten.
+        await _audit(ctx, job, (await acting_as(ctx, spec.caller)).principal, progress, record)
+        await _save(ctx, job, owner, "done", progress, policy)
     except Exception as error:  # noqa: BLE001 - any failure of a step: retried, then failed
         reason = error.issues[0].diagnostics if isinstance(error, FhirError) else \
             incident(log).issues[0].diagnostics
@@ -333,10 +339,29 @@ async def advance(ctx: Context, job: Job, owner: str, policy: Policy, record: Re
                                       now=clock.seconds())
         else:
             await _fail(ctx, job, owner, progress, reason)
-        return
+
+
+async def _save(ctx: Context, job: Job, owner: str, state: JobState, progress: Progress,
+                policy: Policy, files: Sequence[JobFile] = ()) -> bool:
+    """Save the job's state, progress and files, its lease renewed; False if it was lost."""
+    now = clock.seconds()
+    return await ctx.store.jobs.save(job.id, owner, state=state, progress=progress.dump(),
+                                     until=now + policy.lease_seconds, now=now, files=files)
+
+
+async def _audit(ctx: Context, job: Job, principal: Principal | None, progress: Progress,
+                 record: Record) -> None:
+    """Record the AuditEvents of a finished job, a batch of patients at a time (memory flat at
+    any size). Their ids follow from the job, so a batch an earlier attempt recorded before
+    its worker died is not recorded twice (a batch is recorded all or none)."""
     patients = sorted(await _patients_of(ctx, job.id, [o.name for o in progress.outputs]))
-    for start in range(0, max(len(patients), 1), AUDIT_BATCH):  # memory flat at any size
-        await record(_events(acting.principal, set(patients[start:start + AUDIT_BATCH])))
+    for start in range(0, max(len(patients), 1), AUDIT_BATCH):
+        events = _events(principal, set(patients[start:start + AUDIT_BATCH]))
+        # A name-based UUID: the ids are stable across attempts, yet do not show the job's id
+        # to the patients who read their AuditEvents.
+        ids = event_ids(str(uuid.uuid5(_AUDIT_IDS, f"{job.id}/{start}")), len(events))
+        if events and not await stored(ctx.store.read("AuditEvent", ids[0])):
+            await record(events, ids)
 
 
 async def _fail(ctx: Context, job: Job, owner: str, progress: Progress, reason: str) -> None:

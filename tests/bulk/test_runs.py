@@ -18,7 +18,7 @@ from fhir_server.access import server_principal
 from fhir_server.bulk import ExportWorker
 from fhir_server.model.errors import FhirError, Kind
 from fhir_server.model.validation import Validator
-from fhir_server.search import default_registry, extract
+from fhir_server.search import default_registry, extract, parse_query
 from fhir_server.services import export
 from fhir_server.services.context import Context
 from fhir_server.services.export_job import Limits, Progress, Spec, acting_as, step
@@ -63,7 +63,7 @@ async def _exported(ctx: Context, id: str) -> list[str]:
     return found
 
 
-async def _nothing(events: Any) -> None:
+async def _nothing(events: Any, ids: Any) -> None:
     return None
 
 
@@ -129,7 +129,7 @@ async def test_a_failing_job_is_retried_then_fails_with_a_status_saying_why(
 async def test_a_finished_job_is_audited_with_the_patients_it_exported(ctx: Context) -> None:
     recorded: list[dict[str, Any]] = []
 
-    async def record(events: Any) -> None:
+    async def record(events: Any, ids: Any) -> None:
         recorded.extend(events)
 
     await _kick_off(ctx)
@@ -137,6 +137,63 @@ async def test_a_finished_job_is_audited_with_the_patients_it_exported(ctx: Cont
     named = {e["what"]["reference"] for event in recorded for e in event.get("entity", [])
              if e.get("role", {}).get("code") == "1"}
     assert named == {f"Patient/p{n}" for n in range(8)}
+
+
+async def test_a_job_is_done_only_once_its_audit_events_are_recorded(ctx: Context) -> None:
+    """Its manifest is not served, nor its files, before the trail names its patients."""
+    id = await _kick_off(ctx)
+    seen: list[export.Status] = []
+
+    async def record(events: Any, ids: Any) -> None:
+        seen.append(await export.status(ctx, id, POLICY))
+
+    assert await ExportWorker(ctx, POLICY, record).run_one()
+    assert seen and all(status.manifest is None and status.progress for status in seen)
+    assert (await export.status(ctx, id, POLICY)).manifest is not None
+
+
+async def _stored_events(ctx: Context, events: Any, ids: Any) -> None:
+    resources = [{**event, "id": id} for event, id in zip(events, ids, strict=True)]
+    await ctx.store.commit([Write("AuditEvent", r["id"], r, extract(r), create_only=True)
+                            for r in resources])
+
+
+async def test_a_job_whose_worker_died_after_its_audit_is_audited_once(ctx: Context) -> None:
+    """The events were durable, the job not yet saved done: the next attempt finishes it
+    without recording them twice."""
+    id = await _kick_off(ctx)
+    calls: list[int] = []
+
+    async def record(events: Any, ids: Any) -> None:
+        calls.append(len(events))
+        await _stored_events(ctx, events, ids)
+        if len(calls) == 1:
+            raise RuntimeError("the worker died")
+
+    worker = ExportWorker(ctx, export.Policy(POLICY.limits, lease_seconds=0.0, attempts=2), record)
+    while await worker.run_one():
+        pass
+    job = await ctx.store.jobs.get(id)
+    assert job is not None and job.state == "done" and job.attempts == 2
+    assert len(calls) == 1  # the second attempt found them recorded
+    for n in range(8):
+        query, _ = parse_query("AuditEvent", [("patient", f"Patient/p{n}")], ctx.registry)
+        assert len((await ctx.store.search(query)).matches) == 1
+
+
+async def test_a_job_whose_audit_cannot_be_recorded_fails_without_serving_its_files(ctx: Context) -> None:
+    id = await _kick_off(ctx)
+
+    async def record(events: Any, ids: Any) -> None:
+        raise RuntimeError("audit store unreachable")
+
+    worker = ExportWorker(ctx, export.Policy(POLICY.limits, lease_seconds=0.0, attempts=2), record)
+    while await worker.run_one():
+        pass
+    job = await ctx.store.jobs.get(id)
+    assert job is not None and job.state == "failed"
+    status = await export.status(ctx, id, POLICY)
+    assert status.manifest is None and status.failure is not None
 
 
 async def test_expired_jobs_are_swept_with_their_files(ctx: Context) -> None:
