@@ -283,8 +283,10 @@ def test_each_download_is_audited_for_the_patients_in_the_file(seeded: TestClien
         return sum(e["subtype"][0]["code"] == "operation" for e in events(patient))  # type: ignore[index]
 
     before = {p: (len(events(p)), operations(p)) for p in "abc"}
+    # The manifest is served once the job's own events are durable: each patient's is there.
+    assert [jobs_own for _, jobs_own in before.values()] == [1, 1, 1]
     assert seeded.get(url).status_code == 200
-    for patient in "abc":  # one more event each, an operation's (the job's own is there already)
+    for patient in "abc":  # one more event each, an operation's
         assert (len(events(patient)), operations(patient)) == (before[patient][0] + 1, before[patient][1] + 1)
 
 

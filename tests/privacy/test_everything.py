@@ -5,6 +5,7 @@ OperationOutcome."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -106,7 +107,12 @@ def _unknown(client: TestClient) -> dict[str, Any]:
 
 
 def test_type_since_and_dates_filter(synthea: TestClient) -> None:
-    patient = sorted(patient_ids(synthea))[0]
+    # The patient with the most Conditions, so that the pages of 5 cross within the type and
+    # from one type to the next. Not "the first id": ids are the server's, new each run, and
+    # one of the sample's patients has no Condition at all.
+    conditions = Counter(r["subject"]["reference"] for r in scan(synthea, "Condition"))
+    patient = min(conditions, key=lambda p: (-conditions[p], p)).removeprefix("Patient/")
+    assert conditions[f"Patient/{patient}"] > 5
     base = f"/fhir/Patient/{patient}/$everything"
     only = pages(synthea, f"{base}?_type=Condition,Encounter&_count=5", {})
     assert {m.partition("/")[0] for m in matched(only)} == {"Condition", "Encounter"}
