@@ -53,6 +53,7 @@ class Watch:
         self.registry = registry
         self.policy = policy
         self.by_type: dict[str, dict[str, Plan]] = {}
+        self.puts = 0  # a reload reading while one is made reads again (dispatcher.py)
         self.loaded = False
         self.reader: Callable[[], Awaitable[None]] | None = None
         self._reading = asyncio.Lock()
@@ -83,6 +84,7 @@ class Watch:
 
     def put(self, found: Plan | None, id: str) -> None:
         """Serve `found` (None, or a status not served: stop serving subscription `id`)."""
+        self.puts += 1
         for plans in self.by_type.values():
             plans.pop(id, None)
         if found is not None and found.status in SERVED:

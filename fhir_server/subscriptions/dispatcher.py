@@ -157,8 +157,12 @@ class Dispatcher:
         while self.watch.broken:  # found unservable by a write (capture.py)
             id, why = self.watch.broken.popitem()
             await self.desk.set_status(id, "error", why)
+        puts, served = -1, []
+        while puts != self.watch.puts:  # read again when a write of this process served a
+            puts = self.watch.puts  # subscription meanwhile: the read may predate that write
+            served = await self.desk.served()
         plans, refused = [], []
-        for resource in await self.desk.served():
+        for resource in served:
             try:
                 plans.append(plan(resource, self.watch.registry, self.watch.policy))
             except FhirError as exc:  # stored when the policy allowed it; no longer
