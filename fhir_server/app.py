@@ -208,6 +208,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         await recorder.recover()
+        dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch, Desk(
+            context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
+                ctx, study, filters.get("practitioner", ""))}))
+        await dispatcher.load()  # before any write: each keeps its events (docs/subscriptions.md)
         try:
             again = await reconcile(replace(context, principal=server_principal("fhir-server")))
         except FhirError as exc:
@@ -236,9 +240,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         backups = _schedule_backups(settings, codec, store, recorder)
         retention = _schedule_retention(settings, lifecycle, recorder)
         notifications = notify_runner.start(settings, context, recorder.record)
-        dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch, Desk(
-            context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
-                ctx, study, filters.get("practitioner", ""))}))
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
         exports = asyncio.get_running_loop().create_task(worker.run())
         log.info("ready", extra={"base_url": settings.base_url})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,12 +45,18 @@ SERVED = ("requested", "active")  # statuses whose events are kept
 
 class Watch:
     """The subscriptions served, by the resource type they watch; `changed` wakes the
-    dispatcher when an event is kept."""
+    dispatcher when an event is kept. Until they are first read from the store (`loaded`,
+    by `reader`: the dispatcher's) nobody knows which writes have events: the first write
+    reads them, or is refused while they cannot be read."""
 
     def __init__(self, registry: Registry, policy: Policy) -> None:
         self.registry = registry
         self.policy = policy
         self.by_type: dict[str, dict[str, Plan]] = {}
+        self.puts = 0  # a reload reading while one is made reads again (dispatcher.py)
+        self.loaded = False
+        self.reader: Callable[[], Awaitable[None]] | None = None
+        self._reading = asyncio.Lock()
         self.broken: dict[str, str] = {}  # subscription id: why; the dispatcher sets them to error
         self.changed = asyncio.Event()
 
@@ -62,9 +68,23 @@ class Watch:
         for found in plans:
             by_type.setdefault(found.resource_type, {})[found.id] = found
         self.by_type = by_type
+        self.loaded = True
+
+    async def ready(self) -> None:
+        """Read the subscriptions served unless they were (a process just started, its
+        store away then); 503 while they cannot be read."""
+        if self.loaded:
+            return
+        async with self._reading:
+            if self.loaded:
+                return
+            if self.reader is None:
+                raise fail(Kind.BUSY, "transient", "The subscriptions are not read yet; retry later.")
+            await self.reader()
 
     def put(self, found: Plan | None, id: str) -> None:
         """Serve `found` (None, or a status not served: stop serving subscription `id`)."""
+        self.puts += 1
         for plans in self.by_type.values():
             plans.pop(id, None)
         if found is not None and found.status in SERVED:
@@ -100,6 +120,8 @@ class SubscribedStore(RoutingStore):
         self.watch = watch
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        if any(_type_of(op) is not None for op in operations):  # a write, not outbox records
+            await self.watch.ready()  # else it could lack the events it should keep
         if not self.watch.concerns(operations):
             return await super().commit(operations)
         await self.check_subscriptions(operations)
@@ -121,6 +143,7 @@ class SubscribedStore(RoutingStore):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        await self.watch.ready()  # not inside the unit: reading them may write (dispatcher.py)
         async with super().transaction() as unit:
             recording = _Recording(unit, self)
             yield recording

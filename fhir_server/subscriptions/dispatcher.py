@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import orjson
 
 from .. import clock
-from ..model.errors import FhirError
+from ..model.errors import FhirError, Kind
 from ..model.ids import new_id
 from ..store.base import Outbox, Store, Version
 from .capture import Watch
@@ -93,6 +93,7 @@ class Dispatcher:
         self._read_at = -1
         self._round = asyncio.Lock()  # one round at a time (a test may run one itself)
         self.serving: dict[str, asyncio.Task[None]] = {}  # by subscription id
+        watch.reader = self.reload  # for a write that comes before any round (capture.py)
 
     async def run(self) -> None:
         """Serve until cancelled: a round each time a write keeps an event, and each `poll`."""
@@ -140,17 +141,35 @@ class Dispatcher:
             log.exception("subscription %s failed", found.id)
             self.watch.broke(found.id, f"Notifications failed ({type(exc).__name__}).")
 
+    async def load(self) -> None:
+        """Read the subscriptions served before the process serves its first request; with
+        the store away, the first write or round once it is back reads them (capture.py)."""
+        try:
+            await self.watch.ready()
+        except FhirError as exc:
+            if exc.kind is not Kind.BUSY:
+                raise
+            log.warning("the subscriptions could not be read at start-up")
+            return
+        self._read_at = clock.micros(clock.now())
+
     async def reload(self) -> None:
         while self.watch.broken:  # found unservable by a write (capture.py)
             id, why = self.watch.broken.popitem()
             await self.desk.set_status(id, "error", why)
-        plans = []
-        for resource in await self.desk.served():
+        puts, served = -1, []
+        while puts != self.watch.puts:  # read again when a write of this process served a
+            puts = self.watch.puts  # subscription meanwhile: the read may predate that write
+            served = await self.desk.served()
+        plans, refused = [], []
+        for resource in served:
             try:
                 plans.append(plan(resource, self.watch.registry, self.watch.policy))
-            except FhirError as refused:  # stored when the policy allowed it; no longer
-                await self.desk.set_status(str(resource["id"]), "error", refused.issues[0].diagnostics)
+            except FhirError as exc:  # stored when the policy allowed it; no longer
+                refused.append((str(resource["id"]), exc.issues[0].diagnostics))
         self.watch.replace(plans)
+        for id, why in refused:  # once loaded: the store takes no write before
+            await self.desk.set_status(id, "error", why)
 
     async def serve(self, found: Plan) -> None:
         """Number the new events of `found`, then handshake, deliver or beat: every send
