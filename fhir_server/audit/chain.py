@@ -8,9 +8,10 @@ link keeps each event's own digest too: an event stored encrypted under a patien
 verifies around it, from the digests it kept (links made before, without them, covered the
 canonical JSON itself and are checked as they were). Links
 live in their own SQLite file, appended under its write lock, so the workers of one server
-share one chain. Before its events are stored, a batch is noted as pending under its
-recorder's name, so that a crash between the two steps leaves a note recovery completes
-(recorder.py) rather than an event the chain does not know. `verify` walks the chain against
+share one chain. A batch's events are stored with a note naming them, so that a crash before
+their link leaves a note recovery completes (recorder.py) rather than an event the chain does
+not know; the `pending` table holds the notes of earlier releases, which noted a batch here
+before storing it. `verify` walks the chain against
 the stored AuditEvents: a changed event breaks its link, a removed one leaves a link without
 its event, an event added behind the recorder's back has no link.
 """
@@ -115,22 +116,15 @@ class Chain:
             self._connections.clear()
         self._local = threading.local()
 
-    def intend(self, owner: str, event_ids: Sequence[str]) -> None:
-        """Note, durably, that `owner` is about to store these events."""
-        conn = self._connection()
-        with _immediate(conn):
-            conn.executemany("INSERT OR IGNORE INTO pending (event_id, owner) VALUES (?, ?)",
-                             [(id, owner) for id in event_ids])
-
     def pending(self, owner: str) -> list[str]:
-        """The events `owner` noted and has not linked yet, in the order noted."""
+        """The events `owner` (a recorder of an earlier release) noted here and did not link,
+        in the order noted."""
         rows = self._connection().execute(
             "SELECT event_id FROM pending WHERE owner = ? ORDER BY rowid", (owner,))
         return [row[0] for row in rows]
 
     def append(self, events: Sequence[dict[str, Any]]) -> str:
-        """Add the link of a batch of stored events (each with its `id`) and clear their
-        pending note; returns its digest."""
+        """Add the link of a batch of stored events (each with its `id`); returns its digest."""
         conn = self._connection()
         ids = [event["id"] for event in events]
         digests = [event_digest(event) for event in events]
@@ -139,11 +133,15 @@ class Chain:
             digest = link_digest(row[0] if row else GENESIS, digests)
             conn.execute("INSERT INTO link (event_id, digest, event_digests) VALUES (?, ?, ?)",
                          (" ".join(ids), digest, " ".join(digests)))
-            conn.executemany("DELETE FROM pending WHERE event_id = ?", [(id,) for id in ids])
         return digest
 
+    def linked(self, event_ids: Sequence[str]) -> bool:
+        """Whether these events, in this order, are the batch of a link."""
+        return self._connection().execute(
+            "SELECT 1 FROM link WHERE event_id = ?", (" ".join(event_ids),)).fetchone() is not None
+
     def forget(self, event_ids: Iterable[str]) -> None:
-        """Clear pending notes of events that were never stored (nothing to link)."""
+        """Clear the pending notes of these events (linked, or never stored)."""
         conn = self._connection()
         with _immediate(conn):
             conn.executemany("DELETE FROM pending WHERE event_id = ?", [(id,) for id in event_ids])

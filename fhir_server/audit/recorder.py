@@ -11,10 +11,12 @@ left half done; `close()`.
 Events recorded while a batch is being written wait for it and then go together, in the next
 batch: one commit of the audit store and one link of the chain for all of them, so requests
 served together share the cost of durability instead of paying it one after the other. A
-batch is written in three steps: a pending note in the chain's file, the events in the audit
-store, the link (which clears the note). A crash between them leaves a note that `recover`
-completes: stored events are linked, the others (never answered for) forgotten; then the
-outbox records of its requests whose events never reached the trail become AuditEvents.
+batch is written in two steps: the events in the audit store, with a note naming them (an
+outbox record `chain/<recorder>/<first event id>` in the same commit), then their link. The
+note is done with once the link is durable, and removed by the recorder's next batch (no
+commit of its own). A crash between the two steps leaves a note of stored, unlinked events,
+which `recover` links (a note whose batch is linked already is just removed); then the outbox
+records of its requests whose events never reached the trail become AuditEvents.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .owners import Owner
 from .trail import Trail
 
 Event = dict[str, Any]
+NOTES = "chain/"  # the audit store's outbox records naming a batch until it is linked
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +52,7 @@ class AuditRecorder:
         self.clinical = clinical
         self.settled = Settled()
         self._owner: Owner | None = None
+        self._linked: tuple[str, ...] = ()  # notes of linked batches, for the next batch to remove
         self._queue: list[tuple[list[Event], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -99,29 +103,50 @@ class AuditRecorder:
                         done.set_result(None)
 
     async def _write(self, events: list[Event]) -> None:
-        owner = self.owner.name
-        await asyncio.to_thread(self.chain.intend, owner, [event["id"] for event in events])
-        await self.store.commit([Write("AuditEvent", event["id"], event, entries, "POST",
-                                       create_only=True)
-                                 for event, entries in zip(events, index_entries(events))])
+        note = f"{NOTES}{self.owner.name}/{events[0]['id']}"
+        done, self._linked = self._linked, ()
+        try:
+            await self.store.commit([
+                *(Write("AuditEvent", event["id"], event, entries, "POST", create_only=True)
+                  for event, entries in zip(events, index_entries(events))),
+                Outbox(put=((note, " ".join(event["id"] for event in events).encode()),),
+                       remove=done)])
+        except BaseException:
+            self._linked += done  # still to remove
+            raise
         await asyncio.to_thread(self.chain.append, events)
+        self._linked += (note,)
 
     async def recover(self) -> int:
-        """Complete what recorders that stopped left half done: link the stored events of
-        their pending batches, then record the requests their outbox records name that have
+        """Complete what recorders that stopped left half done: link the batches their notes
+        name that are not linked yet, then record the requests their outbox records name that have
         no AuditEvent yet. Returns how many events were linked or recorded."""
         done = 0
         for name in self.owner.ended():
+            notes = await self.store.outbox(f"{NOTES}{name}/")
+            for _, body in notes:
+                ids = body.decode().split(" ")
+                if not await asyncio.to_thread(self.chain.linked, ids):
+                    done += await self._link_stored(ids)
+            if notes:
+                await self.store.commit([Outbox(remove=tuple(key for key, _ in notes))])
+            # Notes in the chain's file, left by a recorder of an earlier release.
             ids = await asyncio.to_thread(self.chain.pending, name)
-            stored = [await self.store.read("AuditEvent", id) for id in ids]
-            events = [orjson.loads(v.body) for v in stored if v is not None and v.body is not None]
-            if events:
-                await asyncio.to_thread(self.chain.append, events)
+            done += await self._link_stored(ids)
             await asyncio.to_thread(self.chain.forget, ids)
-            done += len(events) + await self._recover_outbox(name)
+            done += await self._recover_outbox(name)
         if done:
             log.warning("audit trail completed after a stop", extra={"events": done})
         return done
+
+    async def _link_stored(self, ids: Sequence[str]) -> int:
+        """Link those of the events `ids` that are stored (the others were never answered
+        for); returns how many."""
+        stored = [await self.store.read("AuditEvent", id) for id in ids]
+        events = [orjson.loads(v.body) for v in stored if v is not None and v.body is not None]
+        if events:
+            await asyncio.to_thread(self.chain.append, events)
+        return len(events)
 
     async def _recover_outbox(self, name: str) -> int:
         """Record the requests of `name` that wrote but never reached the trail, each from

@@ -4,6 +4,7 @@ batch a crash interrupted is completed by the next start (audit/recorder.py)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from fhir_server.audit.events import request_events
 from fhir_server.audit.recorder import AuditRecorder, index_entries
 from fhir_server.audit.trail import Trail
 from fhir_server.search import extract
-from fhir_server.store.base import Outbox, Query, Write
+from fhir_server.store.base import Outbox, Query, Store, Write
+from fhir_server.store.mongo import MongoStore
 from fhir_server.store.sqlite import SqliteStore
+from tests.store.mongo_double import DoubleClient
 
 pytestmark = pytest.mark.anyio
 
@@ -28,9 +31,12 @@ def _event(n: int) -> dict[str, Any]:
             "agent": [{"requestor": True, "name": f"agent {n}"}], "source": {"observer": {"display": "x"}}}
 
 
-@pytest.fixture
-async def recorder(tmp_path: Path) -> AsyncIterator[AuditRecorder]:
-    store = SqliteStore(tmp_path / "audit.db")
+@pytest.fixture(params=["sqlite", "mongodb-double"])
+async def recorder(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AuditRecorder]:
+    """A recorder on an audit store of each kind (its chain is always a SQLite file)."""
+    store: Store = (SqliteStore(tmp_path / "audit.db") if request.param == "sqlite"
+                    else MongoStore(DoubleClient()))
+    await store.migrate()
     await store.open()
     recorder = AuditRecorder(store, Chain(tmp_path / "audit-chain.db"))
     yield recorder
@@ -62,12 +68,66 @@ async def test_a_failed_batch_fails_each_of_its_waiters_and_stores_nothing(
     assert await _verdict(recorder) == []
 
 
-async def test_recovery_links_what_a_dead_recorder_stored_and_forgets_the_rest(
+async def test_a_batch_is_one_commit_of_its_events_and_its_note_then_one_link(
+        recorder: AuditRecorder) -> None:
+    first = await recorder.record_all([_event(0), _event(1)], ids=["a-1", "a-2"])
+    # The note of the first batch, durable with its events, is removed by the next batch.
+    assert await recorder.store.outbox("chain/") == [
+        (f"chain/{recorder.owner.name}/a-1", b"a-1 a-2")]
+    await recorder.record_all([_event(2)], ids=["b-1"])
+    assert await recorder.store.outbox("chain/") == [(f"chain/{recorder.owner.name}/b-1", b"b-1")]
+    assert [link.event_ids for link in recorder.chain.links()] == [tuple(first), ("b-1",)]
+    assert await _verdict(recorder) == []
+
+
+async def test_a_batch_stored_but_not_linked_is_linked_at_the_next_start(
+        recorder: AuditRecorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await recorder.record(_event(0))
+
+    def crash(events: object) -> str:
+        raise OSError("killed before the link")
+
+    monkeypatch.setattr(recorder.chain, "append", crash)
+    with pytest.raises(OSError):
+        await recorder.record_all([_event(1), _event(2)], ids=["lost-1", "lost-2"])
+    monkeypatch.undo()
+    assert await recorder.store.count("AuditEvent") == 3  # stored with their note, unlinked
+    assert "AuditEvent/lost-1 is not in the chain (added outside the recorder)" in await _verdict(recorder)
+    recorder.close()  # the process ends: its name is free for recovery
+    after = AuditRecorder(recorder.store, Chain(tmp_path / "audit-chain.db"))
+    assert await after.recover() == 2
+    assert await _verdict(after) == []
+    assert await after.store.outbox("chain/") == []
+    assert recorder.chain.links()[-1].event_ids == ("lost-1", "lost-2")
+    after.close()
+
+
+async def test_recovery_links_a_noted_batch_once(recorder: AuditRecorder, tmp_path: Path) -> None:
+    # A dead recorder's notes: one batch linked before it died (its note not yet removed), one
+    # stored and never linked.
+    await recorder.record_all([_event(0)], ids=["linked"])
+    (tmp_path / "audit-owners" / "4242-dead.lock").touch()
+    stored = {**_event(1), "id": "stored"}
+    await recorder.store.commit([
+        Write("AuditEvent", "stored", stored, extract(stored), "POST"),
+        Outbox(put=(("chain/4242-dead/linked", b"linked"), ("chain/4242-dead/stored", b"stored")))])
+    assert await recorder.recover() == 1
+    assert [link.event_ids for link in recorder.chain.links()] == [("linked",), ("stored",)]
+    assert await _verdict(recorder) == []
+    assert [key for key, _ in await recorder.store.outbox("chain/")] == [
+        f"chain/{recorder.owner.name}/linked"]  # its own, for its next batch to remove
+    assert not (tmp_path / "audit-owners" / "4242-dead.lock").exists()
+
+
+async def test_recovery_completes_the_notes_an_earlier_release_left_in_the_chain(
         recorder: AuditRecorder, tmp_path: Path) -> None:
     await recorder.record(_event(0))
-    # A recorder that died after noting its batch and storing one of its two events.
+    # A recorder of an earlier release died after noting its batch in the chain's file and
+    # storing one of its two events.
     (tmp_path / "audit-owners" / "4242-dead.lock").touch()
-    recorder.chain.intend("4242-dead", ["stored-1", "never-stored"])
+    with sqlite3.connect(tmp_path / "audit-chain.db") as conn:
+        conn.executemany("INSERT INTO pending (event_id, owner) VALUES (?, '4242-dead')",
+                         [("stored-1",), ("never-stored",)])
     stored = {**_event(1), "id": "stored-1"}
     await recorder.store.commit([Write("AuditEvent", "stored-1", stored, extract(stored), "POST")])
     assert "AuditEvent/stored-1 is not in the chain (added outside the recorder)" in await _verdict(recorder)
@@ -75,10 +135,17 @@ async def test_recovery_links_what_a_dead_recorder_stored_and_forgets_the_rest(
     assert await _verdict(recorder) == []
     assert recorder.chain.pending("4242-dead") == []
     assert not (tmp_path / "audit-owners" / "4242-dead.lock").exists()
-    # A living recorder's notes are left alone: its batch is still being written.
+
+
+async def test_recovery_leaves_the_notes_of_a_living_recorder_alone(
+        recorder: AuditRecorder, tmp_path: Path) -> None:
     other = AuditRecorder(recorder.store, Chain(tmp_path / "audit-chain.db"))
-    other.chain.intend(other.owner.name, ["in-flight"])
-    assert await recorder.recover() == 0 and other.chain.pending(other.owner.name) == ["in-flight"]
+    in_flight = {**_event(1), "id": "in-flight"}
+    note = (f"chain/{other.owner.name}/in-flight", b"in-flight")
+    await recorder.store.commit([Write("AuditEvent", "in-flight", in_flight, extract(in_flight), "POST"),
+                                 Outbox(put=(note,))])
+    assert await recorder.recover() == 0
+    assert await recorder.store.outbox("chain/") == [note] and recorder.chain.links() == []
     other.close()
 
 
