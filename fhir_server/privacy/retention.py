@@ -344,9 +344,9 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
     personal = {"Patient", *lifecycle.compartment_types(server)}
-    copies = [life.pseudonyms.pseudonymise(r, personal) for r in record]
-    for start in range(0, len(copies), lifecycle.PAGE):
-        await server_writes.commit(server, [server_writes.ServerWrite(c, new=False)
+    copies = life.pseudonyms.copies(record, personal)
+    for start in range(0, len(copies), lifecycle.PAGE):  # valid: a valid resource's copy is
+        await server_writes.commit(server, [server_writes.ServerWrite(c, new=False, valid=True)
                                             for c in copies[start:start + lifecycle.PAGE]])
     await sweep(server, patient_id, reason)
     return life.pseudonyms.of(f"Patient/{patient_id}")
