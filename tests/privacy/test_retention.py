@@ -116,6 +116,9 @@ def test_a_patient_record_is_archived_then_erased_on_its_days(server: Server) ->
         real = _run(server)
         assert real.lines() == dry.lines() and real.counts() == dry.counts()
         assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 404
+        ledger = server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
+        erased = [e["patient"] for e in ledger.entries() if e["reason"].startswith("retention:")]
+        assert sorted(erased) == ["a", "b", "p"]  # archived at once, each erased once
         archives = _archives(server)
         text = orjson.dumps(archives).decode()
         assert len([r for r in archives if r["resourceType"] == "Patient"]) == 3  # a, b, p
