@@ -28,6 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, time, timedelta
 from contextlib import nullcontext
 from itertools import groupby
@@ -140,6 +141,12 @@ class Lifecycle:
     @property
     def server(self) -> Context:
         return server_writes.as_server(self.ctx, "fhir-server retention")
+
+    @cached_property
+    def personal(self) -> frozenset[str]:
+        """The types whose references an archive pseudonymises: the Patient and those of
+        its compartment."""
+        return frozenset({"Patient", *lifecycle.compartment_types(self.ctx)})
 
 
 async def plan(life: Lifecycle, today: date | None = None) -> Plan:
@@ -374,8 +381,7 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
         raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed since the "
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
-    personal = {"Patient", *lifecycle.compartment_types(server)}
-    copies = life.pseudonyms.copies(record, personal)
+    copies = life.pseudonyms.copies(record, life.personal)
     for start in range(0, len(copies), lifecycle.PAGE):  # valid: a valid resource's copy is
         await server_writes.commit(server, [server_writes.ServerWrite(c, new=False, valid=True)
                                             for c in copies[start:start + lifecycle.PAGE]])
