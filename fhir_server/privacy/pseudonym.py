@@ -22,10 +22,10 @@ wherever it is:
   referral's, which makes a legal hold: retention_holds.py) keeps its system;
 - dropped everywhere: the narrative, `contained` resources, free text (`note`, `comment`,
   `contentString`; `valueString`, `conclusion`, `description`, `text` and `name` when
-  strings: a CodeableConcept's text, a dosage's, an Account's name, ...), every `display` but a Coding's (a Reference may
-  carry a name with no reference at all), every HumanName, ContactPoint and Signature,
-  attachments' data, address and title, and every extension (they may carry INS,
-  birthplace, names);
+  strings: a CodeableConcept's text, a dosage's, an Account's name, ...), every `display`
+  but a Coding's (a Reference may carry a name with no reference at all), every HumanName,
+  ContactPoint and Signature, attachments' data, address and title, and every extension
+  (they may carry INS, birthplace, names);
 - an Address keeps its use, its country and the first two digits of its postal code (the
   département); a person of the record (the Patient, a RelatedPerson, a Person) keeps
   gender, the year of birth and the year of death; its photo, contacts, links and languages
@@ -45,7 +45,7 @@ import hmac
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -189,16 +189,11 @@ class _Copier:
                 elif not ((key in _FREE_TEXT and isinstance(item, str))
                           or (key == "display" and definition != "Coding")):
                     out[key] = item
-            elif child == "Identifier":
-                kept = ([self._identifier(i) for i in item] if isinstance(item, list)
-                        else self._identifier(item))
-                if kept:
-                    out[key] = kept
             else:
-                kept = ([self._child(i, child) for i in item] if isinstance(item, list)
-                        else self._child(item, child))
-                if isinstance(kept, list):
-                    kept = [k for k in kept if k]
+                copy = (self._identifier if child == "Identifier"
+                        else partial(self._child, definition=child))
+                kept = ([k for k in map(copy, item) if k] if isinstance(item, list)
+                        else copy(item))
                 if kept:
                     out[key] = kept
         for names in shape.required:
@@ -242,7 +237,8 @@ def _shape(definition: str) -> _Shape:
         if name.startswith("_"):
             continue
         target = node.get("items", node).get("$ref", "").rsplit("/", 1)[-1]
-        children[name] = target if target == _NESTED or "properties" in defs.get(target, {}) else None
+        complex_type = target == _NESTED or "properties" in defs.get(target, {})
+        children[name] = target if complex_type else None
     bases = schema_rules.choice_bases()
     required = []
     for element in schema_rules.rules()["required"].get(definition, []):
@@ -254,7 +250,8 @@ def _shape(definition: str) -> _Shape:
     return _Shape(children, tuple(required))
 
 
-def _mask(out: dict[str, Any], value: dict[str, Any], names: tuple[str, ...], shape: _Shape) -> None:
+def _mask(out: dict[str, Any], value: dict[str, Any], names: tuple[str, ...],
+          shape: _Shape) -> None:
     """Put the `masked` data-absent-reason in place of the required element `names` the walk
     emptied. A primitive is masked as `_x`, but a choice's in one of its complex types (the
     R4B models refuse a required choice held by `_valueString` alone)."""

@@ -140,7 +140,8 @@ def _corpus() -> list[dict[str, Any]]:
         text = path.read_text()
         for entry in orjson.loads(text)["entry"]:  # references resolved as a transaction does
             resource = entry["resource"]
-            text = text.replace(f'"{entry["fullUrl"]}"', f'"{resource["resourceType"]}/{resource["id"]}"')
+            reference = f'"{resource["resourceType"]}/{resource["id"]}"'
+            text = text.replace(f'"{entry["fullUrl"]}"', reference)
         synthea += [entry["resource"] for entry in orjson.loads(text)["entry"]]
     examples = [orjson.loads(p.read_bytes())
                 for p in sorted((SHARED / "fhir-r4" / "examples").glob("*.json"))]
