@@ -123,10 +123,6 @@ class Pseudonyms:
         mac.update(text.encode())
         return mac.hexdigest()[:32]
 
-    def reference(self, reference: str) -> str:
-        """`Type/id` as `Type/<pseudonym of Type/id>`."""
-        return f"{reference.split('/', 1)[0]}/{self.of(reference)}"
-
     def pseudonymise(self, resource: dict[str, Any], personal: Collection[str]) -> dict[str, Any]:
         """The archive's copy of `resource`; references to resources of the `personal` types
         (the Patient and the types of its compartment) become pseudonyms."""
