@@ -8,7 +8,8 @@ measures, on that clock two years and a day later (every record inactive):
 - the idle p99 of a read (an Organization, through the store, as a request's read is), for 10 s;
 - the **real** run: every patient's record archived under a pseudonym (read, pseudonymised,
   written, original erased with its keys), while a reader reads an Organization `--reads-per-s`
-  times a second in the same process; the reads' p50/p95/p99 during the run;
+  times a second in the same process; the reads' p50/p95/p99 during the run; the actions
+  that failed (a run that archives nothing is no measure);
 - the **steady** run the day after, when nothing is due: the cost of the daily plan.
 Wall time and this process's CPU time (`time.process_time`: the machine is shared). Numbers go
 to bench/results/.
@@ -111,11 +112,14 @@ async def bench(resources: int, per_s: float, where: Path) -> dict[str, Any]:
                 quiet = await run(life)
         return {"resources": filled, "build_s": round(building.wall, 1),
                 "real_run": {"wall_s": round(real.wall, 1), "cpu_s": round(real.cpu, 1),
-                             "counts": plan.counts()},
+                             "cpu_ms_per_resource": round(real.cpu * 1000 / filled, 3),
+                             "counts": plan.counts(), "failed": len(plan.failed),
+                             "failures": plan.failures()[:3]},
                 "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
                                "counts": quiet.counts()},
                 "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
-                "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1)}
+                "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1),
+                "extrapolated_1m_real_run_cpu_min": round(real.cpu * 1_000_000 / filled / 60, 1)}
     finally:
         chain.close()
         await main.close()

@@ -82,6 +82,11 @@ def _definitions() -> dict[str, Any]:
     return _correct(schema["definitions"])
 
 
+def schema_definitions() -> dict[str, Any]:
+    """The corrected R4 schema's `definitions`, shared: read them, never change them."""
+    return _definitions()
+
+
 def _correct(defs: dict[str, Any]) -> dict[str, Any]:
     """Fix, in place, where the published R4 schema disagrees with the R4 specification.
 

@@ -23,11 +23,15 @@ Rules, in the order they run:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, time, timedelta
+from contextlib import nullcontext
+from itertools import groupby
 from typing import Any, Protocol
 
 from .. import clock
@@ -47,6 +51,10 @@ RETENTION_PERIOD = f"{CANONICAL}/StructureDefinition/retention-period"
 PSEUDED_TOKEN = f"{PSEUDED['system']}|{PSEUDED['code']}"
 _UCUM_DAYS = {"d": 1, "wk": 7}
 _UCUM_MONTHS = {"mo": 1, "a": 12}
+# Inactive records archived at once: one record's copies are made while another's are
+# written and its original erased in the store's threads, whose group commit writes the
+# copies of several records in one transaction.
+ARCHIVED_AT_ONCE = 4
 log = logging.getLogger(__name__)
 
 
@@ -134,6 +142,12 @@ class Lifecycle:
     def server(self) -> Context:
         return server_writes.as_server(self.ctx, "fhir-server retention")
 
+    @cached_property
+    def personal(self) -> frozenset[str]:
+        """The types whose references an archive pseudonymises: the Patient and those of
+        its compartment."""
+        return frozenset({"Patient", *lifecycle.compartment_types(self.ctx)})
+
 
 async def plan(life: Lifecycle, today: date | None = None) -> Plan:
     """What a run on `today` (default: the clock's) would do, rule by rule."""
@@ -161,14 +175,36 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
 
 
 async def apply(life: Lifecycle, made: Plan) -> None:
-    """Do the plan's actions; what fails goes to `made.failed` (the next run tries again)."""
-    for action in made.actions:
-        try:
-            await _do(life, action, made.today)
-        except FhirError as error:  # one record's trouble does not stop the others
-            why = "; ".join(issue.diagnostics for issue in error.issues)
-            made.failed.append((action, why))
-            log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
+    """Do the plan's actions, in order but for the archiving of inactive records, a few at
+    once; what fails goes to `made.failed` (the next run tries again)."""
+    at_once = asyncio.Semaphore(ARCHIVED_AT_ONCE)
+    # Their erasures one at a time, in this run's own turn: `$erase`'s lock (services/erase.py)
+    # is the server's, and made on another event loop than a run's may be.
+    erasing = asyncio.Lock()
+
+    async def archiving(action: Action) -> None:
+        async with at_once:
+            await _attempt(life, action, made, erasing)
+
+    for together, actions in groupby(made.actions, key=lambda a: a.rule == "patient-record"
+                                     and a.step == "archive"):
+        if together:  # records apart from each other, each archived and erased as alone
+            async with asyncio.TaskGroup() as group:
+                for action in actions:
+                    group.create_task(archiving(action))
+        else:
+            for action in actions:
+                await _attempt(life, action, made)
+
+
+async def _attempt(life: Lifecycle, action: Action, made: Plan,
+                   erasing: asyncio.Lock | None = None) -> None:
+    try:
+        await _do(life, action, made.today, erasing)
+    except FhirError as error:  # one record's trouble does not stop the others
+        why = "; ".join(issue.diagnostics for issue in error.issues)
+        made.failed.append((action, why))
+        log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
 
 
 def _next(day: date) -> date:
@@ -274,13 +310,15 @@ def _plan_backups(life: Lifecycle, made: Plan) -> None:
             made.actions.append(Action("backups", "remove", name))
 
 
-async def _do(life: Lifecycle, action: Action, today: date) -> None:
+async def _do(life: Lifecycle, action: Action, today: date,
+              erasing: asyncio.Lock | None = None) -> None:
     server = life.server
     match (action.rule, action.step):
         case ("patient-record", "archive"):
             inactive = life.policy.period("patient-record", "inactive")
             await archive(life, action.target.split("/")[1], f"retention: record inactive for "
-                          f"{inactive}", active_from=_next(inactive.before(today)))
+                          f"{inactive}", active_from=_next(inactive.before(today)),
+                          erasing=erasing)
         case ("post-mortem", "pseudonymise"):
             await archive(life, action.target.split("/")[1], "post-mortem directive: erase "
                           "(pseudonymised instead: a legal hold)")
@@ -331,7 +369,7 @@ def _subject(resource: dict[str, Any]) -> str | None:
 
 
 async def archive(life: Lifecycle, patient_id: str, reason: str, *,
-                  active_from: date | None = None) -> str:
+                  active_from: date | None = None, erasing: asyncio.Lock | None = None) -> str:
     """Replace Patient/`patient_id`'s record by its pseudonymised copy: the copy written
     (as the server, through the service layer), then the original erased as `$erase` does
     (ledger, data keys, AuditEvent). The archive's Patient id. CONFLICT, nothing changed,
@@ -343,12 +381,12 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
         raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed since the "
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
-    personal = {"Patient", *lifecycle.compartment_types(server)}
-    copies = [life.pseudonyms.pseudonymise(r, personal) for r in record]
-    for start in range(0, len(copies), lifecycle.PAGE):
-        await server_writes.commit(server, [server_writes.ServerWrite(c, new=False)
+    copies = life.pseudonyms.copies(record, life.personal)
+    for start in range(0, len(copies), lifecycle.PAGE):  # valid: a valid resource's copy is
+        await server_writes.commit(server, [server_writes.ServerWrite(c, new=False, valid=True)
                                             for c in copies[start:start + lifecycle.PAGE]])
-    await sweep(server, patient_id, reason)
+    async with erasing or nullcontext():
+        await sweep(server, patient_id, reason)
     return life.pseudonyms.of(f"Patient/{patient_id}")
 
 

@@ -70,8 +70,9 @@ def _current_under(conn: sqlite3.Connection, key_ids: frozenset[bytes]) -> list[
         return []
     marks = ",".join("?" * len(key_ids))
     return [(t, i) for t, i in conn.execute(
-        "SELECT r.type, r.id FROM resource r JOIN history h ON h.seq = r.seq "  # noqa: S608
-        f"WHERE substr(h.body, 2, 16) IN ({marks})", tuple(key_ids))]
+        # from the history's index on the key id (schema.py) to each current version's row
+        "SELECT r.type, r.id FROM history h CROSS JOIN resource r ON r.pk = h.resource_pk "  # noqa: S608
+        f"WHERE substr(h.body, 2, 16) IN ({marks}) AND r.seq = h.seq", tuple(key_ids))]
 
 
 def _remove_moved_out(conn: sqlite3.Connection, key_ids: frozenset[bytes], erased: Erasure) -> None:
@@ -81,12 +82,14 @@ def _remove_moved_out(conn: sqlite3.Connection, key_ids: frozenset[bytes], erase
     if not key_ids:
         return
     marks = ",".join("?" * len(key_ids))
+    earlier = ("NOT EXISTS (SELECT 1 FROM resource r WHERE r.pk = history.resource_pk "
+               "AND r.seq = history.seq)")  # not a current version: one look-up, not a scan
     for resource_type, count in conn.execute(
             f"SELECT type, count(*) FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
-            "AND seq NOT IN (SELECT seq FROM resource) GROUP BY type", tuple(key_ids)).fetchall():
+            f"AND {earlier} GROUP BY type", tuple(key_ids)).fetchall():
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + count
     conn.execute(f"DELETE FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
-                 "AND seq NOT IN (SELECT seq FROM resource)", tuple(key_ids))
+                 f"AND {earlier}", tuple(key_ids))
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:

@@ -75,8 +75,12 @@ CREATE TABLE export_file (
 )
 """
 
+# The versions sealed under a patient's keys, found by key id (bytes 2-17 of a sealed body,
+# crypto/envelope.py) without reading the whole history at each erasure (sqlite/erase.py).
+_HISTORY_KEY = "CREATE INDEX history_key ON history (substr(body, 2, 16))"
+
 MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE,
-                               _JOBS)
+                               _JOBS, _HISTORY_KEY)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
