@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,8 @@ from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RAM_DISK = Path("/dev/shm")
+RAM_DISK_ROOM = 1 << 30  # bytes free: tests' directories go when they pass (pyproject.toml)
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +106,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "real_mongodb(reason): the MongoDB double cannot run this case; it runs on "
         "SQLite and on a real MongoDB server only")
+    temporary_directories_in_memory(config)
+
+
+def temporary_directories_in_memory(config: pytest.Config) -> None:
+    """Put `tmp_path` (every data directory under test) on the RAM disk when it has room.
+
+    The stores sync each commit to disk (fsync, SQLite's synchronous=FULL): on a disk those
+    syncs were most of the suite's wall time; on tmpfs they cost nothing. What the tests check
+    still holds there: a server killed with SIGKILL leaves what it committed (the page cache
+    outlives the process). A --basetemp or PYTEST_DEBUG_TEMPROOT given by the caller wins."""
+    if config.option.basetemp or "PYTEST_DEBUG_TEMPROOT" in os.environ:
+        return
+    try:
+        room = os.statvfs(RAM_DISK)
+    except OSError:  # no RAM disk here
+        return
+    if room.f_bavail * room.f_frsize >= RAM_DISK_ROOM and os.access(RAM_DISK, os.W_OK):
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(RAM_DISK)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
