@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,7 +97,8 @@ def pytest_report_header() -> list[str]:
     """Say which stores the contract suite runs against (none is skipped silently)."""
     from tests.store.conftest import STORES
 
-    return [f"stores under contract test: {', '.join(sorted(STORES))}"]
+    return [f"stores under contract test: {', '.join(sorted(STORES))}",
+            f"temporary directories under: {os.environ.get('PYTEST_DEBUG_TEMPROOT', tempfile.gettempdir())}"]
 
 
 REAL_MONGODB_ONLY: list[str] = []
