@@ -21,15 +21,25 @@ FHIR_JSON = "application/fhir+json"
 
 
 class Sender:
-    """One HTTP client for every notification; `signing_key` signs bodies when set."""
+    """One HTTP client for every notification, made at the first send (its TLS context costs
+    some 20 ms of CPU, which a process that never notifies need not pay); `signing_key` signs
+    bodies when set."""
 
     def __init__(self, signing_key: bytes | None = None, loopback_http: bool = False) -> None:
         self.signing_key = signing_key
         self.loopback_http = loopback_http
-        self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        return self._client
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def send(self, plan: Plan, body: bytes | None, *, method: str = "POST",
                    url: str | None = None) -> int:

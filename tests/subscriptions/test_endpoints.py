@@ -88,3 +88,18 @@ def test_each_send_checks_the_address_again(hook: Receiver, monkeypatch: pytest.
     assert asyncio.run(sent(Sender(loopback_http=True), f"http://localhost:{port}/hook")) == 200
     [request] = hook.received
     assert request.headers["Host"] == f"localhost:{port}"
+
+
+def test_the_http_client_is_made_at_the_first_send_and_closed_once() -> None:
+    sender = Sender()
+
+    async def close_twice() -> None:
+        await sender.close()  # never sent: nothing to close
+        assert sender._client is None
+        client = sender.client
+        assert sender.client is client  # one client for every send
+        await sender.close()
+        assert client.is_closed and sender._client is None
+        await sender.close()
+
+    asyncio.run(close_twice())
