@@ -307,6 +307,7 @@ def export_policy(settings: Settings) -> ExportPolicy:
     """How $export jobs run (services/export.py), from the settings."""
     return ExportPolicy(ExportLimits(settings.export_file_resources, settings.export_file_bytes),
                         attempts=settings.export_attempts,
+                        running_per_caller=settings.export_running_per_caller,
                         retention_seconds=settings.export_retention_seconds)
 
 

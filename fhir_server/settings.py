@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         3600, ge=1, description="Seconds the files of a finished $export stay (the manifest's Expires).")
     export_attempts: int = Field(
         3, ge=1, description="Attempts of an $export job (a crash or an error each) before it fails.")
+    export_running_per_caller: int = Field(
+        2, ge=1, description="$export jobs one caller may have queued or running at once; the "
+        "next kick-off answers 429 with Retry-After.")
     retention_policy: Path | None = Field(
         None, description="The retention policy (JSON, docs/privacy.md), checked at start; empty "
         "means the platform's defaults (profiles/retention_policy.json).",

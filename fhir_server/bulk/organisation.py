@@ -38,7 +38,8 @@ async def export_organization(ctx: Context, organization: str, out: Path, policy
     if any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
     id = await export.kick_off(ctx, "organization", [], request=f"fhir-server export organization "
-                               f"{organization}", lenient=False, organization=organization)
+                               f"{organization}", lenient=False, policy=policy,
+                               organization=organization)
     worker = ExportWorker(ctx, policy, record)
     while (status := await export.status(ctx, id, policy)).manifest is None:
         if status.failure is not None:

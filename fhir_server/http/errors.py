@@ -32,8 +32,13 @@ STATUS: dict[Kind, int] = {
     Kind.UNPROCESSABLE: 422,
     Kind.NOT_SUPPORTED: 501,
     Kind.BUSY: 503,
+    Kind.TOO_MANY: 429,
     Kind.FAULT: 500,
 }
+
+
+# What a 429 asks the caller to wait before trying again.
+TOO_MANY_RETRY_AFTER_SECONDS = 60
 
 
 def status_of(kind: Kind) -> int:
@@ -48,6 +53,8 @@ def error_response(request: Request, error: FhirError) -> Response:
     challenge = www_authenticate(error.kind, first.code, first.diagnostics) if first else None
     if challenge is not None:
         response.headers["WWW-Authenticate"] = challenge
+    if error.kind is Kind.TOO_MANY:
+        response.headers["Retry-After"] = str(TOO_MANY_RETRY_AFTER_SECONDS)
     return response
 
 

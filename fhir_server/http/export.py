@@ -64,7 +64,8 @@ async def _kick_off(request: Request, level: str, **target: str) -> Response:
     url = base + request.url.path.removeprefix(settings.base_path)
     query = request.scope["query_string"].decode()
     id = await export.kick_off(context_of(request), level, params, request=f"{url}?{query}" if query else url,
-                               lenient=prefer(request, "handling") == "lenient", **target)
+                               lenient=prefer(request, "handling") == "lenient",
+                               policy=request.app.state.export_policy, **target)
     request.app.state.wake_exports()
     return empty_response(202, {"Content-Location": f"{base}/{export.STATUS_PATH}/{id}"})
 

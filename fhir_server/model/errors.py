@@ -30,6 +30,7 @@ class Kind(Enum):
     UNPROCESSABLE = "unprocessable"  # well-formed, but breaks FHIR rules
     NOT_SUPPORTED = "not-supported"
     BUSY = "busy"
+    TOO_MANY = "too-many"  # this caller asks too much at once: retry later
     FAULT = "fault"
 
 

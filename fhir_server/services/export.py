@@ -60,6 +60,7 @@ class Policy:
     lease_seconds: float = 30.0
     attempts: int = 3
     retention_seconds: float = 3600.0
+    running_per_caller: int = 2  # jobs queued or running at once for one caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +75,17 @@ class Status:
 
 
 async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], *, request: str,
-                   lenient: bool, group: str | None = None, patient: str | None = None,
-                   organization: str | None = None) -> str:
+                   lenient: bool, policy: Policy, group: str | None = None,
+                   patient: str | None = None, organization: str | None = None) -> str:
     """Check an export request and store its job; returns the job id. `level` is "system",
     "patient", "group" (`group` its id), "everything" (`patient` its id) or "organization"
     (`organization` its id: the operator's export of an organisation's whole data). INVALID,
-    FORBIDDEN or NOT_FOUND naming the problem, and no job, when the request cannot run."""
+    FORBIDDEN or NOT_FOUND naming the problem, and no job, when the request cannot run;
+    TOO_MANY while the caller has `policy.running_per_caller` jobs queued or running (Bulk
+    Data IG: a server may answer 429 to a client with an export in progress)."""
     principal = _exporter(ctx, level)
+    if not principal.server:  # the operator's own exports (the command line) are not limited
+        await _within_limit(ctx, caller_of(principal), policy)
     asked = parse(ctx.registry, params, level="system" if level == "system" else "patient",
                   lenient=lenient, base=ctx.base_url)
     if organization is not None:
@@ -100,6 +105,18 @@ async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], 
     await ctx.store.jobs.create(Job(id, principal.client_id, "queued", now, spec.dump(),
                                     Progress().dump()))
     return id
+
+
+async def _within_limit(ctx: Context, caller: dict[str, Any], policy: Policy) -> None:
+    """TOO_MANY if the person or system behind `caller` (its subject, not its app: patients
+    share the portal's client) has as many unfinished jobs as the policy allows. Two
+    kick-offs at the same instant may both pass: the limit is against a client looping, not
+    a quota."""
+    unfinished = sum(1 for job in await ctx.store.jobs.all() if job.state in ("queued", "running")
+                     and Spec.load(job.spec).caller.get("subject") == caller["subject"])
+    if unfinished >= policy.running_per_caller:
+        raise fail(Kind.TOO_MANY, "throttled", f"{unfinished} exports of yours are still running: "
+                   "wait for one to finish (or cancel it with DELETE on its status URL).")
 
 
 def _exporter(ctx: Context, level: str) -> Principal:

@@ -69,7 +69,8 @@ def test_jobs_are_listed_shown_and_cancelled(data: Path, capsys: pytest.CaptureF
     async def start() -> str:
         async with open_context(Settings()) as ctx:
             return await export.kick_off(ctx, "system", [("_type", "Patient")],
-                                         request="http://x/fhir/$export", lenient=False)
+                                         request="http://x/fhir/$export", lenient=False,
+                                         policy=export.Policy())
 
     id = asyncio.run(start())
     assert cli.main(["export", "list"]) == 0

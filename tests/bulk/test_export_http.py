@@ -319,3 +319,32 @@ def test_a_file_answers_404_once_expired_before_any_sweep(seeded: TestClient) ->
         seeded.app.state.export_policy, retention_seconds=0)  # type: ignore[attr-defined]
     url = "/fhir" + manifest["output"][0]["url"].split("/fhir", 1)[1]
     assert seeded.get(url).status_code == 404 and jobs(seeded) == []
+
+
+def test_a_caller_with_as_many_exports_running_as_allowed_gets_429(seeded: TestClient) -> None:
+    """Bulk Data IG: a server may answer 429 to a client whose export is in progress. Jobs held
+    by another worker's lease stand for the caller's running ones (this app's worker cannot
+    finish them under the test)."""
+    store = seeded.app.state.context.store  # type: ignore[attr-defined]
+    export(seeded, "/fhir/$export?_type=Patient")
+    [done] = seeded.portal.call(store.jobs.all)  # type: ignore[union-attr]
+    for n in range(2):  # FHIR_SERVER_EXPORT_RUNNING_PER_CALLER's default
+        running = dataclasses.replace(done, id=f"held-{n}", state="running", lease_owner="elsewhere",
+                                      lease_until=time.time() + 3600)
+        seeded.portal.call(store.jobs.create, running)  # type: ignore[union-attr]
+    before = sorted(jobs(seeded))
+    refused = kick_off(seeded, "/fhir/$export?_type=Patient")
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
+    issue = refused.json()["issue"][0]
+    assert (issue["severity"], issue["code"]) == ("error", "throttled")
+    assert "2 exports of yours are still running" in issue["diagnostics"]
+    assert sorted(jobs(seeded)) == before  # no job made
+    registry = seeded.app.state.oauth.registry  # type: ignore[attr-defined]
+    key = ECKey.generate_key("P-256", {"kid": "other-sig", "use": "sig"}).as_dict(private=False)
+    registry.add_backend_client("other", "system/*.rs", jwks={"keys": [key]})
+    issued = seeded.app.state.tokens.issue(  # type: ignore[attr-defined]
+        subject="other", client_id="other", scope="system/*.rs")
+    other = {"Authorization": "Bearer " + issued["access_token"]}
+    assert kick_off(seeded, "/fhir/$export?_type=Patient", other).status_code == 202  # per caller
+    assert seeded.delete("/fhir/$export-status/held-0").status_code == 202
+    assert kick_off(seeded, "/fhir/$export?_type=Patient").status_code == 202  # one ended: room again

@@ -50,7 +50,8 @@ async def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[C
 
 async def _kick_off(ctx: Context) -> str:
     return await export.kick_off(ctx, "system", [("_type", "Patient,Observation")],
-                                 request="http://testserver/fhir/$export", lenient=False)
+                                 request="http://testserver/fhir/$export", lenient=False,
+                                 policy=export.Policy())
 
 
 async def _exported(ctx: Context, id: str) -> list[str]:
