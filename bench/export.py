@@ -112,13 +112,13 @@ async def system_export(store: SqliteStore, settings: Settings) -> dict[str, Any
                   principal=server_principal("bench"))
     recorded: list[int] = []
 
-    async def record(events: Any) -> None:
+    async def record(events: Any, ids: Any) -> None:
         recorded.append(len(events))
 
     policy = export_policy(settings)
     wall, cpu = time.perf_counter(), time.process_time()
     with Sampler() as memory:
-        id = await export.kick_off(ctx, "system", [], request="bench", lenient=False)
+        id = await export.kick_off(ctx, "system", [], request="bench", lenient=False, policy=policy)
         assert await ExportWorker(ctx, policy, record).run_one()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     status = await export.status(ctx, id, policy)
