@@ -27,10 +27,10 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from functools import cached_property
-from datetime import date, datetime, time, timedelta
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from functools import cached_property
 from itertools import groupby
 from typing import Any, Protocol
 

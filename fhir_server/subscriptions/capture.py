@@ -120,8 +120,8 @@ class SubscribedStore(RoutingStore):
         self.watch = watch
 
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
-        if any(_type_of(op) is not None for op in operations):  # a write, not outbox records
-            await self.watch.ready()  # else it could lack the events it should keep
+        if not self.watch.loaded and any(_type_of(op) is not None for op in operations):
+            await self.watch.ready()  # a write (not outbox records) could lack its events
         if not self.watch.concerns(operations):
             return await super().commit(operations)
         await self.check_subscriptions(operations)
