@@ -22,8 +22,9 @@ from ..model.numbers import whole_number
 from ..model.platform_codes import CANONICAL
 from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
-from ..subscriptions import (CONTENTS, FILTER_CRITERIA, Content, Event, Plan, check_new, dump, kept_events,
-                             notification, one, owner_key, state, state_key, status_parameters)
+from ..subscriptions import (CONTENTS, CREDENTIALS_PREFIX, FILTER_CRITERIA, Content, Event, Plan, check_new,
+                             dump, kept_events, load_credentials, notification, one, owner_key, state,
+                             state_key, status_parameters, unmask)
 from . import crud, reach, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
@@ -237,9 +238,13 @@ class Desk:
         self.tests = tests
 
     async def served(self) -> list[dict[str, Any]]:
-        """Every Subscription whose status is requested or active."""
+        """Every Subscription whose status is requested or active, with its real header
+        values and signing secret (stored apart, masked in the resource)."""
         query, _ = parse_query("Subscription", [("status", "requested,active")], self.ctx.registry)
-        return [resource async for resource in reach.resources(self.ctx, query)]
+        kept = {key[len(CREDENTIALS_PREFIX):]: body
+                for key, body in await self.ctx.store.outbox(CREDENTIALS_PREFIX)}
+        return [unmask(resource, load_credentials(kept.get(str(resource["id"]))))
+                async for resource in reach.resources(self.ctx, query)]
 
     async def owned(self, subscription: str) -> bool:
         """Whether the subscription has a recorded owner (one created by PUT has none)."""

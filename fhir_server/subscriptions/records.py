@@ -7,7 +7,9 @@ sealed at rest like every outbox record (store/bodies.py).
 - `subs/s/<subscription>`: the delivery state (events numbered, delivered, retries);
 - `subs/o/<subscription>`: who created the subscription, whose rights each notification
   passes when sent;
-- `subs/l/<subscription>`: the lease of the dispatcher serving it.
+- `subs/l/<subscription>`: the lease of the dispatcher serving it;
+- `subs/k/<subscription>`: its channel header values and signing secret (secrets.py), which
+  its stored resource holds masked.
 """
 
 from __future__ import annotations
@@ -73,9 +75,17 @@ def lease_key(subscription: str) -> str:
     return f"{PREFIX}l/{subscription}"
 
 
+CREDENTIALS_PREFIX = f"{PREFIX}k/"
+
+
+def credentials_key(subscription: str) -> str:
+    return f"{CREDENTIALS_PREFIX}{subscription}"
+
+
 def subscription_keys(subscription: str) -> tuple[str, ...]:
     """The single records of a subscription (the events are listed by prefix)."""
-    return (state_key(subscription), owner_key(subscription), lease_key(subscription))
+    return (state_key(subscription), owner_key(subscription), lease_key(subscription),
+            credentials_key(subscription))
 
 
 @dataclass(frozen=True, slots=True)
