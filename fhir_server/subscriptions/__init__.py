@@ -8,11 +8,12 @@ from .delivery import Sender
 from .dispatcher import Dispatcher, Timing
 from .notifications import notification, status_parameters
 from .records import CREDENTIALS_PREFIX, Event, dump, one, owner_key, state, state_key
+from .records import forget as forget_events
 from .records import numbered as kept_events
 from .secrets import MASK, SECRET, unmask
 from .secrets import load as load_credentials
 
 __all__ = ["CONTENTS", "CREDENTIALS_PREFIX", "FILTER_CRITERIA", "MASK", "SECRET", "Content", "Dispatcher",
            "Event", "Plan", "Policy", "Sender", "SubscribedStore", "Timing", "Watch", "check_new", "dump",
-           "kept_events", "load_credentials", "notification", "one", "owner_key", "state", "state_key",
+           "forget_events", "kept_events", "load_credentials", "notification", "one", "owner_key", "state", "state_key",
            "status_parameters", "subscription_capabilities", "unmask"]

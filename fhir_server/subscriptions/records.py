@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ..store.base import Store
+from ..store.base import Outbox, Store
 
 PREFIX = "subs/"
 _SEQUENCE = itertools.count()
@@ -138,3 +138,18 @@ def state(body: bytes | None) -> State:
 async def one(store: Store, key: str) -> bytes | None:
     """The body of the record `key`, None if there is none."""
     return next((body for found, body in await store.outbox(key) if found == key), None)
+
+
+async def forget(store: Store, patient: str) -> int:
+    """Remove every event, pending or numbered, of every subscription whose resource is
+    Patient/`patient` or in their compartment (an erasure: services/erase.py); how many. The
+    numbers of numbered ones are left as gaps. Erasures are rare: every event is read."""
+    gone = [key for prefix in (f"{PREFIX}p/", f"{PREFIX}e/") for key, body in await store.outbox(prefix)
+            if _names(event(body), patient)]
+    if gone:
+        await store.commit([Outbox(remove=tuple(gone))])
+    return len(gone)
+
+
+def _names(found: Event, patient: str) -> bool:
+    return patient in found.patients or (found.resource_type == "Patient" and found.id == patient)
