@@ -23,8 +23,8 @@ from ..model.platform_codes import CANONICAL
 from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
 from ..subscriptions import (CONTENTS, CREDENTIALS_PREFIX, FILTER_CRITERIA, Content, Event, Plan, check_new,
-                             dump, kept_events, load_credentials, notification, one, owner_key, state,
-                             state_key, status_parameters, unmask)
+                             dump, kept_events, load_credentials, notification, one, owner_key, purged,
+                             purged_key, state, state_key, status_parameters, unmask)
 from . import crud, reach, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
@@ -206,7 +206,8 @@ async def events(ctx: Context, id: str, since: str | None, until: str | None,
                  content: str | None) -> dict[str, Any]:
     """`Subscription/{id}/$events` (backport-subscription-events): the kept events from
     `eventsSinceNumber` to `eventsUntilNumber` (inclusive) as a `query-event` notification,
-    those whose resource the caller no longer reaches left out."""
+    those whose resource the caller no longer reaches left out; when the range reaches events
+    removed after their retention, the status says so (`error`)."""
     first, last = _number("eventsSinceNumber", since), _number("eventsUntilNumber", until)
     if content is not None and content not in CONTENTS:
         raise fail(Kind.INVALID, "invalid", f"content is one of {', '.join(CONTENTS)}, not "
@@ -218,8 +219,14 @@ async def events(ctx: Context, id: str, since: str | None, until: str | None,
     chosen = await kept_events(ctx.store, id, start, min(last or numbered, numbered,
                                                          start + MAX_REPLAY - 1))
     payload: Content = content or _content_of(resource)  # type: ignore[assignment]
-    return _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen, payload),
-                      payload)
+    bundle = _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen, payload),
+                        payload)
+    gone = purged(await one(ctx.store, purged_key(id)))
+    if start <= gone:  # the SubscriptionStatus's `error` (0..*), last of its parameters
+        bundle["entry"][0]["resource"]["parameter"].append({"name": "error", "valueCodeableConcept": {
+            "text": f"Events 1 to {gone} are no longer kept: delivered events are removed once "
+                    "the server's retention period has passed since their write."}})
+    return bundle
 
 
 def _content_of(resource: dict[str, Any]) -> str:

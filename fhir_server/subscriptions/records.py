@@ -9,7 +9,9 @@ sealed at rest like every outbox record (store/bodies.py).
   passes when sent;
 - `subs/l/<subscription>`: the lease of the dispatcher serving it;
 - `subs/k/<subscription>`: its channel header values and signing secret (secrets.py), which
-  its stored resource holds masked.
+  its stored resource holds masked;
+- `subs/t/<subscription>`: the highest event number removed once delivered and past its
+  retention (retention.py): `$events` says that events up to it are gone.
 """
 
 from __future__ import annotations
@@ -82,10 +84,14 @@ def credentials_key(subscription: str) -> str:
     return f"{CREDENTIALS_PREFIX}{subscription}"
 
 
+def purged_key(subscription: str) -> str:
+    return f"{PREFIX}t/{subscription}"
+
+
 def subscription_keys(subscription: str) -> tuple[str, ...]:
     """The single records of a subscription (the events are listed by prefix)."""
     return (state_key(subscription), owner_key(subscription), lease_key(subscription),
-            credentials_key(subscription))
+            credentials_key(subscription), purged_key(subscription))
 
 
 @dataclass(frozen=True, slots=True)
