@@ -186,7 +186,8 @@ def test_each_subscription_is_signed_with_its_own_secret_else_the_servers_key(
     dispatch(client, 2)
     last = [r for r in hook.of_kind("event-notification") if r.path == "/hook?own"][-1]
     assert _signed(last, OTHER_SECRET.encode())
-    for answer in (client.get(f"/fhir/Subscription/{own}/_history"), client.get("/fhir/AuditEvent?_count=500")):
+    for url in (f"/fhir/Subscription/{own}/_history", "/fhir/AuditEvent?_count=500"):
+        answer = client.get(url)
         assert SECRET_VALUE not in answer.text and OTHER_SECRET not in answer.text
 
 

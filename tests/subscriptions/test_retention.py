@@ -33,7 +33,8 @@ def _errors(bundle: dict[str, Any]) -> list[str]:
 
 
 def _purge(client: TestClient, days: int = 30) -> int:
-    return int(client.portal.call(purge_events, client.app.state.dispatcher.store, days))  # type: ignore[union-attr,attr-defined]
+    store = client.app.state.dispatcher.store  # type: ignore[attr-defined]
+    return int(client.portal.call(purge_events, store, days))  # type: ignore[union-attr]
 
 
 def test_delivered_events_are_purged_after_their_days_undelivered_ones_kept(
