@@ -6,7 +6,7 @@ a set look-up per operation.
 Subscription writes themselves are read here too: refused with 400 (nothing stored) when
 the topic, a filter, the channel, the payload or the endpoint is not one this server serves;
 stored with their header values and signing secret masked, the real ones kept apart in the
-same unit of work (secrets.py).
+same unit of work (credentials.py).
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ from ..store.base import (
 )
 from ..store.routing import RoutingStore
 from .addresses import Refused, Unresolved, resolve
+from .credentials import Credentials, resolve_masks, split, unmask
+from .credentials import dump as dump_credentials
+from .credentials import load as load_credentials
 from .criteria import Plan, Policy, endpoint_refused, plan
-from . import secrets
 from .records import (Event, credentials_key, dump, events_prefix, one, pending_key, pending_prefix,
                       subscription_keys)
-from .secrets import Credentials, split, unmask
 
 log = logging.getLogger("fhir_server.subscriptions")
 SERVED = ("requested", "active")  # statuses whose events are kept
@@ -226,10 +227,10 @@ class SubscribedStore(RoutingStore):
                     records_gone.extend(await self._records_of(version.id))
                 elif masked is not None:
                     key = credentials_key(version.id)
-                    kept = credentials[version.id] = secrets.resolve(
-                        masked, secrets.load(await one(self.main, key)))
+                    kept = credentials[version.id] = resolve_masks(
+                        masked, load_credentials(await one(self.main, key)))
                     if kept:
-                        records.append((key, secrets.dump(kept)))
+                        records.append((key, dump_credentials(kept)))
                     else:
                         records_gone.append(key)
                 plans = self.watch.by_type.get(version.resource_type)

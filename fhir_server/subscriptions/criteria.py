@@ -18,7 +18,7 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.types import is_resource_type
 from ..search import Query, Registry, parse_query
 from .addresses import Refused, check_host, loopback_allowed
-from .secrets import signing_secret
+from .credentials import signing_secret
 from .topics import Topic, topics
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -74,7 +74,7 @@ class Plan:
     timeout: float
     max_count: int
     end: str | None
-    secret: str | None = None  # the HMAC key of its notifications (secrets.py), if its own
+    secret: str | None = None  # the HMAC key of its notifications (credentials.py), if its own
 
     @property
     def classic(self) -> bool:
@@ -200,7 +200,7 @@ def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         name, value = name.strip(), value.strip()
         if not colon or not TOKEN.fullmatch(name) or not VALUE.fullmatch(value) \
                 or len(str(header)) > MAX_HEADER:
-            # Its name only: the value may be a credential (secrets.py).
+            # Its name only: the value may be a credential (credentials.py).
             raise _invalid(f"A channel header is 'Name: value' in visible ASCII, at most "
                            f"{MAX_HEADER} characters; '{name[:40]}' is not.", where)
         if name.lower() in RESERVED_HEADERS:

@@ -8,7 +8,7 @@ sealed at rest like every outbox record (store/bodies.py).
 - `subs/o/<subscription>`: who created the subscription, whose rights each notification
   passes when sent;
 - `subs/l/<subscription>`: the lease of the dispatcher serving it;
-- `subs/k/<subscription>`: its channel header values and signing secret (secrets.py), which
+- `subs/k/<subscription>`: its channel header values and signing secret (credentials.py), which
   its stored resource holds masked;
 - `subs/t/<subscription>`: the highest event number removed once delivered and past its
   retention (retention.py): `$events` says that events up to it are gone.

@@ -79,7 +79,7 @@ def split(subscription: dict[str, Any]) -> tuple[dict[str, Any], Credentials]:
     return {**subscription, "channel": channel}, Credentials(tuple(headers), secret)
 
 
-def resolve(given: Credentials, stored: Credentials) -> Credentials:
+def resolve_masks(given: Credentials, stored: Credentials) -> Credentials:
     """`given` with each mask replaced by the stored value it stands for; 400 naming the
     element when nothing is stored for it."""
     kept = {name.lower(): value for name, value in stored.headers}
