@@ -66,7 +66,7 @@ from .store.base import Store
 from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
-from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch
+from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch, retain_events
 from .terminology_service import load_catalogue
 from .trials.alerts import TRIAL_MATCHING, matches_a_patient
 from .trials.definitions import publish
@@ -241,11 +241,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         retention = _schedule_retention(settings, lifecycle, recorder)
         notifications = notify_runner.start(settings, context, recorder.record)
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
+        purging = asyncio.get_running_loop().create_task(
+            retain_events(store, settings.subscription_events_keep_days))
         exports = asyncio.get_running_loop().create_task(worker.run())
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         exports.cancel()
         notifying.cancel()
+        purging.cancel()
         await dispatcher.stop()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)

@@ -233,6 +233,10 @@ class Settings(BaseSettings):
         24.0, gt=0, description="Hours a failing subscription endpoint is retried (exponential "
         "backoff with jitter) before the subscription is set to error; its events are kept.",
     )
+    subscription_events_keep_days: int = Field(
+        30, ge=1, description="Days a delivered subscription event is kept for $events after "
+        "its write; then an hourly task removes it (undelivered events are kept).",
+    )
     subscription_timeout: int = Field(
         10, ge=1, le=60, description="Seconds a subscription endpoint may take to answer, unless "
         "the subscription asks for less (backport-timeout).",

@@ -135,9 +135,10 @@ def _entities(patient: str | None, resources: list[str], query: str | None) -> l
 
 def erasure_event(*, recorded: str, principal: Principal | None, address: str | None,
                   patient: str, reason: str, counts: dict[str, tuple[int, int]],
-                  keys: int) -> dict[str, Any]:
+                  keys: int, events: int = 0) -> dict[str, Any]:
     """The AuditEvent of a patient's erasure (Patient/$erase, action D): who, when, why, and
-    per type how many resources and versions were removed, as details of the patient entity;
+    per type how many resources and versions were removed, and how many subscription events
+    (subscriptions/records.py `forget`), as details of the patient entity;
     nothing of the erased resources' content. The patient is named as text, never as a
     reference: the event is then in no patient's compartment, so it is sealed under the
     AuditEvent type's key and outlives the patient's destroyed key."""
@@ -148,7 +149,8 @@ def erasure_event(*, recorded: str, principal: Principal | None, address: str | 
         agent["who"] = {"display": f"Patient/{patient}"}
     details = [{"type": "operation", "valueString": "$erase"},
                {"type": "reason", "valueString": reason},
-               {"type": "data keys destroyed", "valueString": str(keys)}]
+               {"type": "data keys destroyed", "valueString": str(keys)},
+               {"type": "subscription events", "valueString": str(events)}]
     details += [{"type": resource_type, "valueString": f"{resources} resources, {versions} versions"}
                 for resource_type, (resources, versions) in counts.items()]
     event["entity"] = [{"name": f"Patient/{patient}", "detail": details,

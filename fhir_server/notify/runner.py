@@ -18,6 +18,7 @@ from ..store.base import Store
 from ..store.schedule import Schedule, Scheduling
 from .channels import Channel, HttpSmsGateway, SmtpChannel, SmtpSettings
 from .delivery import Delivery, SignInCodes
+from .purge import purge
 from .reminders import KIND, Policy, Reminders, settled
 from .scheduler import NOTICE, Handler, Scheduler
 
@@ -92,10 +93,12 @@ def scheduler(settings: Settings, ctx: Context, record: Record) -> Scheduler:
 
 async def _catch_up(settings: Settings, ctx: Context, every: float) -> None:
     """Schedule what a crash may have left unscheduled, at start and every `every` seconds:
-    a referral whose hook failed is caught up without waiting for a restart."""
+    a referral whose hook failed is caught up without waiting for a restart; then delete
+    the finished items no one can enqueue again (purge.py)."""
     while True:
         try:
             await reminders(settings, ctx.store).catch_up(as_server(ctx, "notifications"))
+            await purge(as_server(ctx, "notifications"), schedule_of(ctx.store))
         except Exception:  # the store is away: tried again at the next turn
             log.exception("referral reminders could not be caught up")
         await asyncio.sleep(every)

@@ -34,6 +34,7 @@ from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
 from ..store.base import Erasure, Store
+from ..subscriptions import forget_events
 from . import export, notifications
 from .context import Context
 from .crud import check_id
@@ -189,15 +190,16 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
         await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
         await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
+        events = await forget_events(ctx.store, patient_id)  # sealed under the outbox's key
         done = await asyncio.to_thread(setup.ledger.find, patient_id)
-        if done is not None and not erased.resources:
+        if done is not None and not erased.resources and not events:
             return parameters(done)
         keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
         entry = await asyncio.to_thread(setup.ledger.append, _entry(
             ctx.principal, patient_id, reason, erased, keys, job))
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
-        reason=reason, counts=counts_of(erased), keys=len(keys)))
+        reason=reason, counts=counts_of(erased), keys=len(keys), events=events))
     return parameters(entry)
 
 
@@ -237,10 +239,11 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     it; `when` says on what occasion ("on restore")."""
     patient = entry["patient"]
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
+    events = await forget_events(store, patient)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
     await record(erasure_event(
         recorded=clock.instant(), principal=server_principal("fhir-server"), address=None,
-        patient=patient, reason=reason, counts=counts_of(erased), keys=0))
+        patient=patient, reason=reason, counts=counts_of(erased), keys=0, events=events))
 
 
 async def reconcile(ctx: Context) -> list[str]:

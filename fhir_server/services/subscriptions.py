@@ -22,8 +22,9 @@ from ..model.numbers import whole_number
 from ..model.platform_codes import CANONICAL
 from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
-from ..subscriptions import (CONTENTS, FILTER_CRITERIA, Content, Event, Plan, check_new, dump, kept_events,
-                             notification, one, owner_key, state, state_key, status_parameters)
+from ..subscriptions import (CONTENTS, CREDENTIALS_PREFIX, FILTER_CRITERIA, Content, Event, Plan, check_new,
+                             dump, kept_events, load_credentials, notification, one, owner_key, purged,
+                             purged_key, state, state_key, status_parameters, unmask)
 from . import crud, reach, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
@@ -205,7 +206,8 @@ async def events(ctx: Context, id: str, since: str | None, until: str | None,
                  content: str | None) -> dict[str, Any]:
     """`Subscription/{id}/$events` (backport-subscription-events): the kept events from
     `eventsSinceNumber` to `eventsUntilNumber` (inclusive) as a `query-event` notification,
-    those whose resource the caller no longer reaches left out."""
+    those whose resource the caller no longer reaches left out; when the range reaches events
+    removed after their retention, the status says so (`error`)."""
     first, last = _number("eventsSinceNumber", since), _number("eventsUntilNumber", until)
     if content is not None and content not in CONTENTS:
         raise fail(Kind.INVALID, "invalid", f"content is one of {', '.join(CONTENTS)}, not "
@@ -217,8 +219,14 @@ async def events(ctx: Context, id: str, since: str | None, until: str | None,
     chosen = await kept_events(ctx.store, id, start, min(last or numbered, numbered,
                                                          start + MAX_REPLAY - 1))
     payload: Content = content or _content_of(resource)  # type: ignore[assignment]
-    return _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen, payload),
-                      payload)
+    bundle = _bundle_of(ctx, resource, "query-event", numbered, await allowed(ctx, chosen, payload),
+                        payload)
+    gone = purged(await one(ctx.store, purged_key(id)))
+    if start <= gone:  # the SubscriptionStatus's `error` (0..*), last of its parameters
+        bundle["entry"][0]["resource"]["parameter"].append({"name": "error", "valueCodeableConcept": {
+            "text": f"Events 1 to {gone} are no longer kept: delivered events are removed once "
+                    "the server's retention period has passed since their write."}})
+    return bundle
 
 
 def _content_of(resource: dict[str, Any]) -> str:
@@ -237,9 +245,13 @@ class Desk:
         self.tests = tests
 
     async def served(self) -> list[dict[str, Any]]:
-        """Every Subscription whose status is requested or active."""
+        """Every Subscription whose status is requested or active, with its real header
+        values and signing secret (stored apart, masked in the resource)."""
         query, _ = parse_query("Subscription", [("status", "requested,active")], self.ctx.registry)
-        return [resource async for resource in reach.resources(self.ctx, query)]
+        kept = {key[len(CREDENTIALS_PREFIX):]: body
+                for key, body in await self.ctx.store.outbox(CREDENTIALS_PREFIX)}
+        return [unmask(resource, load_credentials(kept.get(str(resource["id"]))))
+                async for resource in reach.resources(self.ctx, query)]
 
     async def owned(self, subscription: str) -> bool:
         """Whether the subscription has a recorded owner (one created by PUT has none)."""

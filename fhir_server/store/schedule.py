@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 from ..crypto import BodyCodec, UnreadableBody
 
 State = Literal["pending", "claimed", "sent", "cancelled", "failed"]
+DONE: tuple[State, ...] = ("sent", "cancelled")  # what `Schedule.purge` may delete
 # The "resource type" item bodies and preferences are sealed as: a key scope of their own.
 _ITEM = "schedule-item"
 _PREFERENCE = "notification-preference"
@@ -80,6 +81,10 @@ class Schedule(Protocol):
 
     async def set_preference(self, person: str, body: bytes) -> None:
         """Keep `body` as the preferences of `person` (replacing earlier ones)."""
+
+    async def purge(self, keys: Sequence[str]) -> int:
+        """Delete the items named by `keys` that are sent or cancelled (their key can no
+        longer be enqueued again: notify/purge.py decides which); how many."""
 
     async def forget(self, person: str, keys: Sequence[str]) -> None:
         """Delete the preferences of `person` and the items named by `keys`, whatever their

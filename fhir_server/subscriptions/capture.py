@@ -4,7 +4,9 @@ subscription watches also puts, in the same unit, one outbox record per matching
 a set look-up per operation.
 
 Subscription writes themselves are read here too: refused with 400 (nothing stored) when
-the topic, a filter, the channel, the payload or the endpoint is not one this server serves.
+the topic, a filter, the channel, the payload or the endpoint is not one this server serves;
+stored with their header values and signing secret masked, the real ones kept apart in the
+same unit of work (credentials.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,8 +39,12 @@ from ..store.base import (
 )
 from ..store.routing import RoutingStore
 from .addresses import Refused, Unresolved, resolve
+from .credentials import Credentials, resolve_masks, split, unmask
+from .credentials import dump as dump_credentials
+from .credentials import load as load_credentials
 from .criteria import Plan, Policy, endpoint_refused, plan
-from .records import Event, dump, events_prefix, pending_key, pending_prefix, subscription_keys
+from .records import (Event, credentials_key, dump, events_prefix, one, pending_key, pending_prefix,
+                      subscription_keys)
 
 log = logging.getLogger("fhir_server.subscriptions")
 SERVED = ("requested", "active")  # statuses whose events are kept
@@ -106,6 +113,13 @@ def _type_of(operation: Operation) -> str | None:
     return getattr(operation, "resource_type", None)
 
 
+def _with_resource(operation: Operation, write: Write) -> Operation:
+    """`operation` writing `write` in place of its own."""
+    if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
+        return replace(operation, write=write)
+    return write
+
+
 def _write_of(operation: Operation) -> Write | None:
     if isinstance(operation, (ConditionalCreate, ConditionalUpdate)):
         return operation.write
@@ -124,7 +138,7 @@ class SubscribedStore(RoutingStore):
             await self.watch.ready()  # a write (not outbox records) could lack its events
         if not self.watch.concerns(operations):
             return await super().commit(operations)
-        await self.check_subscriptions(operations)
+        operations, given = await self.check_subscriptions(operations)
         if not self.main.status().get("transactions", True):
             return await super().commit(operations)  # no Subscription can be stored here
         for delay in RETRY_DELAYS:
@@ -132,13 +146,13 @@ class SubscribedStore(RoutingStore):
             try:
                 async with super().transaction() as unit:
                     results = await unit.apply(operations)
-                    await self._keep(unit, operations, results)
+                    credentials = await self._keep(unit, operations, results, given)
                 break
             except TransientConflict:
                 continue
         else:
             raise TransientConflict("the unit of work lost every race")
-        self._served(results)
+        self._served(results, credentials)
         return results
 
     @asynccontextmanager
@@ -147,60 +161,85 @@ class SubscribedStore(RoutingStore):
         async with super().transaction() as unit:
             recording = _Recording(unit, self)
             yield recording
-            await self._keep(unit, recording.operations, recording.results)
-        self._served(recording.results)
+            credentials = await self._keep(unit, recording.operations, recording.results,
+                                           recording.credentials)
+        self._served(recording.results, credentials)
 
-    async def check_subscriptions(self, operations: Sequence[Operation]) -> None:
+    async def check_subscriptions(self, operations: Sequence[Operation]
+                                  ) -> tuple[list[Operation], list[Credentials | None]]:
         """400 for a Subscription this server cannot serve (before anything is written), its
         endpoint's host resolving to an address that is not public included; 501
         on a store that cannot keep events in the unit of work of their write (a standalone
-        MongoDB server, without transactions)."""
+        MongoDB server, without transactions). The operations to apply, each Subscription
+        with its header values and secret masked, and what each one's masks hide."""
+        masked: list[Operation] = []
+        given: list[Credentials | None] = []
         for operation in operations:
             write = _write_of(operation)
-            if write is not None and write.resource_type == "Subscription":
-                if not self.main.status().get("transactions", True):
-                    raise fail(Kind.NOT_SUPPORTED, "not-supported", "Subscriptions need a store "
-                               "with transactions (a MongoDB replica set or SQLite).")
-                found = plan(write.resource, self.watch.registry, self.watch.policy)
-                try:
-                    await resolve(urlsplit(found.endpoint), self.watch.policy.loopback_http)
-                except Unresolved:
-                    pass  # perhaps not yet; checked again before each notification
-                except Refused as refused:
-                    raise endpoint_refused(refused) from None
+            if write is None or write.resource_type != "Subscription":
+                masked.append(operation)
+                given.append(None)
+                continue
+            if not self.main.status().get("transactions", True):
+                raise fail(Kind.NOT_SUPPORTED, "not-supported", "Subscriptions need a store "
+                           "with transactions (a MongoDB replica set or SQLite).")
+            found = plan(write.resource, self.watch.registry, self.watch.policy)
+            try:
+                await resolve(urlsplit(found.endpoint), self.watch.policy.loopback_http)
+            except Unresolved:
+                pass  # perhaps not yet; checked again before each notification
+            except Refused as refused:
+                raise endpoint_refused(refused) from None
+            stored, credentials = split(write.resource)
+            masked.append(_with_resource(operation, replace(write, resource=stored)))
+            given.append(credentials)
+        return masked, given
 
-    def _served(self, results: Sequence[Result]) -> None:
+    def _served(self, results: Sequence[Result], credentials: dict[str, Credentials]) -> None:
         """Serve the Subscriptions just written, as written (the dispatcher reloads them all
         every `poll` anyway: this makes a new one effective at once in this process)."""
         for result in results:
             for version in result.versions:
                 if version.resource_type == "Subscription":
-                    self.watch.put(self._plan(version), version.id)
+                    self.watch.put(self._plan(version, credentials.get(version.id)), version.id)
 
-    def _plan(self, version: Version) -> Plan | None:
+    def _plan(self, version: Version, credentials: Credentials | None) -> Plan | None:
         if version.body is None:
             return None
-        return plan(orjson.loads(version.body), self.watch.registry, self.watch.policy)
+        return plan(unmask(orjson.loads(version.body), credentials or Credentials()),
+                    self.watch.registry, self.watch.policy)
 
     async def _keep(self, unit: UnitOfWork, operations: Sequence[Operation],
-                    results: Sequence[Result]) -> None:
-        """Put the events of `results` in the unit's outbox."""
+                    results: Sequence[Result], given: Sequence[Credentials | None]
+                    ) -> dict[str, Credentials]:
+        """Put the events of `results` and the credentials of the Subscriptions written in the
+        unit's outbox; the credentials by subscription id."""
         records: list[tuple[str, bytes]] = []
         records_gone: list[str] = []
+        credentials: dict[str, Credentials] = {}
         micros = clock.micros(clock.now())
-        for operation, result in zip(operations, results, strict=False):
+        for operation, result, masked in zip(operations, results, given, strict=False):
             if result.outcome not in ("created", "updated", "deleted"):
                 continue
             write = _write_of(operation)
             for version in result.versions:
                 if version.resource_type == "Subscription" and version.body is None:
                     records_gone.extend(await self._records_of(version.id))
+                elif masked is not None:
+                    key = credentials_key(version.id)
+                    kept = credentials[version.id] = resolve_masks(
+                        masked, load_credentials(await one(self.main, key)))
+                    if kept:
+                        records.append((key, dump_credentials(kept)))
+                    else:
+                        records_gone.append(key)
                 plans = self.watch.by_type.get(version.resource_type)
                 if plans:
                     records.extend(await self._events(plans, version, write, micros))
         if records or records_gone:
             await unit.apply([Outbox(put=tuple(records), remove=tuple(records_gone))])
             self.watch.changed.set()
+        return credentials
 
     async def _records_of(self, subscription: str) -> list[str]:
         """Every record a deleted subscription leaves: its events go with it."""
@@ -258,13 +297,16 @@ class _Recording:
         self.store = store
         self.operations: list[Operation] = []
         self.results: list[Result] = []
+        self.credentials: list[Credentials | None] = []
 
     async def apply(self, operations: Sequence[Operation]) -> list[Result]:
+        given: Sequence[Credentials | None] = [None] * len(operations)
         if self.store.watch.concerns(operations):
-            await self.store.check_subscriptions(operations)
+            operations, given = await self.store.check_subscriptions(operations)
         results = await self.unit.apply(operations)
         self.operations.extend(operations)
         self.results.extend(results)
+        self.credentials.extend(given)
         return results
 
     async def match_ids(self, query: Any, limit: int | None = None) -> list[str]:

@@ -18,6 +18,7 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.types import is_resource_type
 from ..search import Query, Registry, parse_query
 from .addresses import Refused, check_host, loopback_allowed
+from .credentials import signing_secret
 from .topics import Topic, topics
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -73,6 +74,7 @@ class Plan:
     timeout: float
     max_count: int
     end: str | None
+    secret: str | None = None  # the HMAC key of its notifications (credentials.py), if its own
 
     @property
     def classic(self) -> bool:
@@ -198,8 +200,9 @@ def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         name, value = name.strip(), value.strip()
         if not colon or not TOKEN.fullmatch(name) or not VALUE.fullmatch(value) \
                 or len(str(header)) > MAX_HEADER:
+            # Its name only: the value may be a credential (credentials.py).
             raise _invalid(f"A channel header is 'Name: value' in visible ASCII, at most "
-                           f"{MAX_HEADER} characters, not {str(header)[:80]!r}.", where)
+                           f"{MAX_HEADER} characters; '{name[:40]}' is not.", where)
         if name.lower() in RESERVED_HEADERS:
             raise _invalid(f"The channel header '{name}' is set by the server.", where)
         headers.append((name, value))
@@ -261,7 +264,7 @@ def plan(subscription: dict[str, Any], registry: Registry, policy: Policy) -> Pl
         heartbeat=None if classic else _integer(channel, HEARTBEAT_PERIOD, "valueUnsignedInt", 1, 86400),
         timeout=float(timeout) if timeout is not None else policy.timeout,
         max_count=_integer(channel, MAX_COUNT, "valuePositiveInt", 1, MAX_EVENTS) or MAX_EVENTS,
-        end=subscription.get("end"))
+        end=subscription.get("end"), secret=signing_secret(channel))
 
 
 def check_new(subscription: dict[str, Any], creator: str | None) -> None:

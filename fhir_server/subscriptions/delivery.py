@@ -1,7 +1,8 @@
 """Sending one notification to a rest-hook endpoint: to the address its host resolves to
 just now, if public (addresses.py), no redirect followed (a 3xx is a failure), a timeout per
-subscription, the subscription's own headers, and, when the server has
-a signing key, an HMAC-SHA256 of the body in `X-Hub-Signature-256` (`sha256=<hex>`)."""
+subscription, the subscription's own headers, and an HMAC-SHA256 of the body in
+`X-Hub-Signature-256` (`sha256=<hex>`) under the subscription's own signing secret, else
+under the server's signing key when it has one."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ class Sender:
         headers = dict(plan.headers)
         if body is not None:
             headers["Content-Type"] = plan.mime_type or FHIR_JSON
-            if self.signing_key is not None:
-                digest = hmac.new(self.signing_key, body, hashlib.sha256).hexdigest()
+            key = plan.secret.encode() if plan.secret else self.signing_key
+            if key is not None:
+                digest = hmac.new(key, body, hashlib.sha256).hexdigest()
                 headers[SIGNATURE] = f"sha256={digest}"
         target = urlsplit(url or plan.endpoint)
         try:

@@ -262,15 +262,16 @@ class Dispatcher:
             return body
         # A classic subscription sends a request per event: one per lease renewal.
         count = 1 if found.classic else found.max_count
-        batch = await numbered(self.store, found.id, before.delivered + 1,
-                               min(before.events, before.delivered + count))
+        last = min(before.events, before.delivered + count)
+        batch = await numbered(self.store, found.id, before.delivered + 1, last)
         sent = await self.desk.reached(found, batch)
         answered = await self._send(found, before.events, sent) if sent else 200
         if sent:
             await self.desk.audit(found.id, found.endpoint, answered, "event-notification", sent)
         after = replace(before)
         if delivered(answered):
-            after.delivered, after.attempts, after.retry_at = batch[-1].number, 0, 0
+            # `last`, not the batch's last: events an erasure removed leave gaps (records.py)
+            after.delivered, after.attempts, after.retry_at = last, 0, 0
             after.failing_since, after.last_sent = None, now
         else:
             after.attempts += 1

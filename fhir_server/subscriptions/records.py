@@ -7,7 +7,11 @@ sealed at rest like every outbox record (store/bodies.py).
 - `subs/s/<subscription>`: the delivery state (events numbered, delivered, retries);
 - `subs/o/<subscription>`: who created the subscription, whose rights each notification
   passes when sent;
-- `subs/l/<subscription>`: the lease of the dispatcher serving it.
+- `subs/l/<subscription>`: the lease of the dispatcher serving it;
+- `subs/k/<subscription>`: its channel header values and signing secret (credentials.py), which
+  its stored resource holds masked;
+- `subs/t/<subscription>`: the highest event number removed once delivered and past its
+  retention (retention.py): `$events` says that events up to it are gone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ..store.base import Store
+from ..store.base import Outbox, Store
 
 PREFIX = "subs/"
 _SEQUENCE = itertools.count()
@@ -73,9 +77,21 @@ def lease_key(subscription: str) -> str:
     return f"{PREFIX}l/{subscription}"
 
 
+CREDENTIALS_PREFIX = f"{PREFIX}k/"
+
+
+def credentials_key(subscription: str) -> str:
+    return f"{CREDENTIALS_PREFIX}{subscription}"
+
+
+def purged_key(subscription: str) -> str:
+    return f"{PREFIX}t/{subscription}"
+
+
 def subscription_keys(subscription: str) -> tuple[str, ...]:
     """The single records of a subscription (the events are listed by prefix)."""
-    return (state_key(subscription), owner_key(subscription), lease_key(subscription))
+    return (state_key(subscription), owner_key(subscription), lease_key(subscription),
+            credentials_key(subscription), purged_key(subscription))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +144,18 @@ def state(body: bytes | None) -> State:
 async def one(store: Store, key: str) -> bytes | None:
     """The body of the record `key`, None if there is none."""
     return next((body for found, body in await store.outbox(key) if found == key), None)
+
+
+async def forget(store: Store, patient: str) -> int:
+    """Remove every event, pending or numbered, of every subscription whose resource is
+    Patient/`patient` or in their compartment (an erasure: services/erase.py); how many. The
+    numbers of numbered ones are left as gaps. Erasures are rare: every event is read."""
+    gone = [key for prefix in (f"{PREFIX}p/", f"{PREFIX}e/") for key, body in await store.outbox(prefix)
+            if _names(event(body), patient)]
+    if gone:
+        await store.commit([Outbox(remove=tuple(gone))])
+    return len(gone)
+
+
+def _names(found: Event, patient: str) -> bool:
+    return patient in found.patients or (found.resource_type == "Patient" and found.id == patient)

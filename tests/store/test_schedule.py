@@ -1,6 +1,6 @@
 """The schedule (store/schedule.py), run against every store: deduplication by key, claims
 under a lease, an expired lease claimed again, finish and postpone only by the lease's
-owner, cancellation by prefix, sealed bodies, preferences."""
+owner, cancellation by prefix, the purge of finished items, sealed bodies, preferences."""
 
 from __future__ import annotations
 
@@ -80,6 +80,25 @@ async def test_cancel_by_prefix_leaves_sent_items_and_others(store: Store) -> No
                       "ref/10/1": "pending"}
     assert not await schedule.finish("ref/1/1", "w")
     assert [c.key for c in await schedule.claim(100 * S, 200 * S, "w", 10)] == ["ref/10/1"]
+
+
+async def test_purge_deletes_only_sent_and_cancelled_items(store: Store) -> None:
+    schedule = schedule_of(store)
+    await schedule.enqueue([("sent", 0, b""), ("failed", 1, b""), ("claimed", 2, b""),
+                            ("cancelled", 9 * S, b""), ("pending", 9 * S, b"")])
+    for now, key, end in ((0, "sent", schedule.finish), (1, "failed", schedule.set_aside)):
+        [item] = await schedule.claim(now, S, key, 1)
+        assert item.key == key and await end(key, key)
+    [claimed] = await schedule.claim(2, S, "w", 1)
+    assert claimed.key == "claimed"
+    assert await schedule.cancel("cancelled") == 1
+    keys = ["sent", "failed", "claimed", "cancelled", "pending", "never-held"]
+    assert await schedule.purge(keys) == 2
+    assert {i.key: i.state for i in await schedule.items("")} == {
+        "failed": "failed", "claimed": "claimed", "pending": "pending"}
+    assert await schedule.purge([]) == 0
+    # What makes the rule of notify/purge.py necessary: a purged key can be enqueued again.
+    assert await schedule.enqueue([("sent", 0, b"")]) == ["sent"]
 
 
 async def test_concurrent_claimers_never_share_an_item(store: Store) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 
 from ...crypto import BodyCodec
-from ..schedule import Due, State, opened_item, opened_preference, sealed_item, sealed_preference
+from ..schedule import DONE, Due, State, opened_item, opened_preference, sealed_item, sealed_preference
 from .layout import SCHEDULE
 
 
@@ -90,6 +90,12 @@ class MongoSchedule:
     async def preference(self, person: str) -> bytes | None:
         doc = await self.preferences.find_one({"_id": person})
         return opened_preference(self.codec, person, bytes(doc["body"])) if doc else None
+
+    async def purge(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        result = await self.items_docs.delete_many({"_id": {"$in": list(keys)}, "state": {"$in": list(DONE)}})
+        return int(result.deleted_count)
 
     async def forget(self, person: str, keys: Sequence[str]) -> None:
         await self.preferences.delete_one({"_id": person})

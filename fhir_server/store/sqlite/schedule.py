@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ...crypto import BodyCodec
-from ..schedule import Due, State, opened_item, opened_preference, sealed_item, sealed_preference
+from ..schedule import DONE, Due, State, opened_item, opened_preference, sealed_item, sealed_preference
 
 T = TypeVar("T")
 Run = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
@@ -95,6 +95,13 @@ class SqliteSchedule:
         row = await self._read(lambda conn: conn.execute(
             "SELECT body FROM notification_preference WHERE person = ?", (person,)).fetchone())
         return opened_preference(self.codec, person, row[0]) if row else None
+
+    async def purge(self, keys: Sequence[str]) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute("DELETE FROM schedule WHERE key = ? AND state IN (?, ?)",
+                                    (key, *DONE)).rowcount for key in keys)
+
+        return int(await self._write(work))
 
     async def forget(self, person: str, keys: Sequence[str]) -> None:
         def work(conn: sqlite3.Connection) -> None:
