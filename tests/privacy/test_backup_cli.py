@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from fhir_server import cli
+from fhir_server import cli, clock
 from fhir_server.app import create_app
 from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
@@ -153,3 +154,26 @@ def test_restore_needs_empty_stores(sqlite_server: Server, capsys: pytest.Captur
     assert _versions(sqlite_server.settings.data_dir) == before
     missing = cli.main(["restore", str(archive) + ".nope"])
     assert missing == 2 and "no such archive" in capsys.readouterr().err
+
+
+def test_a_trail_pruned_at_a_checkpoint_verifies_after_a_restore(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The archive carries the audit chain's checkpoint and pruned notes (docs/audit.md,
+    "Pruning past the retention"): without them the links cut before the backup would be
+    missing from the restored chain, and it would not verify."""
+    a_year_on = date.today().replace(year=date.today().year + 1)  # the fixture's events due
+    with clock.frozen(datetime(a_year_on.year, a_year_on.month, a_year_on.day, 10, tzinfo=UTC)):
+        assert cli.main(["retention", "run"]) == 0
+        assert "access-logs: prune AuditEvent" in capsys.readouterr().out
+        archive = _backup(capsys)
+    chain = sqlite3.connect(sqlite_server.settings.data_dir / "audit-chain.db")
+    try:
+        assert chain.execute("SELECT count(*) FROM checkpoint").fetchone()[0] == 1  # links cut
+    finally:
+        chain.close()
+    _elsewhere(sqlite_server, tmp_path, monkeypatch)
+    code, out = _restore(archive, capsys)
+    assert code == 0, out
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().err
