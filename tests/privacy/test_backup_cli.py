@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from fhir_server import cli, clock
 from fhir_server.app import create_app
-from fhir_server.crypto import create_key_ring
+from fhir_server.backup.archive import ArchiveWriter, read_header, records
+from fhir_server.crypto import LocalKeyRing, create_key_ring
 from fhir_server.settings import Settings
 from tests.conftest import authorized
 from tests.privacy.conftest import Server
@@ -174,6 +175,32 @@ def test_a_trail_pruned_at_a_checkpoint_verifies_after_a_restore(
         chain.close()
     _elsewhere(sqlite_server, tmp_path, monkeypatch)
     code, out = _restore(archive, capsys)
+    assert code == 0, out
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().err
+
+
+def test_an_archive_from_before_checkpoints_were_carried_restores(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An earlier release's archive: no checkpoint or pruned records, and its last record
+    counts versions, audit events and links only."""
+    archive = _backup(capsys)
+    provider = LocalKeyRing(sqlite_server.settings.key_ring_path)
+    with archive.open("rb") as file:
+        header, _ = read_header(file)
+        file.seek(0)
+        kept = [r for r in records(file, provider) if r[0] not in ("c", "p")]
+    ended = kept[-1][1]
+    kept[-1] = ["end", {k: ended[k] for k in ("versions", "audit", "links")}]
+    older = tmp_path / "older.fhirbak"
+    with older.open("wb") as file:
+        writer = ArchiveWriter(file, provider, {k: header[k] for k in ("created", "archive")})
+        for record in kept:
+            writer.add(record)
+        writer.close()
+    _elsewhere(sqlite_server, tmp_path, monkeypatch)
+    code, out = _restore(older, capsys)
     assert code == 0, out
     assert cli.main(["audit", "verify"]) == 0
     assert "intact" in capsys.readouterr().err
