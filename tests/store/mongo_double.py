@@ -16,8 +16,9 @@ Strict like a server:
 - with `notablescan` set, as a server started with that parameter, refuses a query with a
   predicate that no index serves (291 NoQueryExecutionPlans); a query without one is allowed,
   as there. An index serves a filter when one of its fields (or, under `$and`, its clauses')
-  leads that index's key, or when every branch of its `$or` is served (the planner's rule,
-  without its finer points: a `$exists: false` on a sparse index, say);
+  leads that index's key, or when every branch of its `$or` is served, or when the index
+  gives the `sort` asked for (the planner's rules, without their finer points: a `$exists:
+  false` on a sparse index, say);
 - answers `hello` as a replica set, a standalone server (`standalone=True`) or a mongos
   (`sharded=True`, shard keys in `config.collections`), and `getDefaultRWConcern`,
   `getParameter`;
@@ -232,7 +233,8 @@ class _Collection:
                                        self._client.timeout_in_force()))
         if self._client.notablescan and method in _QUERIES and where:
             leading = {next(iter(doc["key"])) for doc in self._c.list_indexes()}
-            if not _served(where, leading):
+            order = kwargs.get("sort") or [("", 0)]  # an index giving the order is a plan too
+            if not _served(where, leading) and order[0][0] not in leading:
                 raise OperationFailure(f"No indexed plan available for the query {where} on "
                                        f"{self.name} (notablescan)", 291,
                                        {"codeName": "NoQueryExecutionPlans"})

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pymongo.errors import OperationFailure
 
-from fhir_server.crypto import key_id_of, patient_key_ids
+from fhir_server.crypto import EnvelopeCodec, key_id_of, patient_key_ids, patient_scope
 from fhir_server.store.mongo import MongoStore
+from fhir_server.store.rekey import rotate_data_key
 from tests.builders import observation, patient
 from tests.store.conftest import encrypting, migrated_double
 from tests.store.mongo_double import DoubleClient
@@ -67,7 +68,22 @@ async def test_migrate_gives_older_history_documents_their_key(tmp_path: Path) -
     await store.history_docs.update_many({}, {"$unset": {"key": ""}})  # as an older release wrote
     await store.history_docs.drop_index("sealed_key")
     await store.migrate()
-    async for doc in store.history_docs.find({}):
-        assert doc["key"] == key_id_of(doc["body"])
+    docs = [d async for d in store.history_docs.find({})]
+    assert len(docs) == 2 and all(d["key"] == key_id_of(d["body"]) for d in docs)
     store.client.notablescan = True
     assert (await _erase(store, "a")).resources == {"Patient": 1, "Bundle": 1}
+
+
+async def test_a_rotated_key_is_the_one_the_erasure_looks_for(strict: MongoStore) -> None:
+    """`keys rotate --data` reseals a patient's versions under a new key: their `key` follows."""
+    await strict.commit([_write("Patient", "a", patient())])
+    await strict.commit([_write("Bundle", "frozen-a", {"type": "collection", "entry": [
+        {"fullUrl": "http://x/fhir/Patient/a", "resource": {**patient(), "resourceType": "Patient", "id": "a"}}]})])
+    codec = strict.codec
+    assert isinstance(codec, EnvelopeCodec)
+    rotated = await rotate_data_key(codec.keys, [strict], patient_scope("a"), settle=0)
+    assert rotated.resealed == 2
+    docs = [d async for d in strict.history_docs.find({"_id": {"$in": ["Patient/a/1", "Bundle/frozen-a/1"]}})]
+    assert len(docs) == 2
+    assert all(d["key"] == rotated.key_id == key_id_of(d["body"]) for d in docs)
+    assert (await _erase(strict, "a")).resources == {"Patient": 1, "Bundle": 1}
