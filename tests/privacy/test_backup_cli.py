@@ -157,6 +157,15 @@ def test_restore_needs_empty_stores(sqlite_server: Server, capsys: pytest.Captur
     assert missing == 2 and "no such archive" in capsys.readouterr().err
 
 
+def _restored_trail_verifies(server: Server, archive: Path, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _elsewhere(server, tmp_path, monkeypatch)
+    code, out = _restore(archive, capsys)
+    assert code == 0, out
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().err
+
+
 def test_a_trail_pruned_at_a_checkpoint_verifies_after_a_restore(
         sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,11 +182,7 @@ def test_a_trail_pruned_at_a_checkpoint_verifies_after_a_restore(
         assert chain.execute("SELECT count(*) FROM checkpoint").fetchone()[0] == 1  # links cut
     finally:
         chain.close()
-    _elsewhere(sqlite_server, tmp_path, monkeypatch)
-    code, out = _restore(archive, capsys)
-    assert code == 0, out
-    assert cli.main(["audit", "verify"]) == 0
-    assert "intact" in capsys.readouterr().err
+    _restored_trail_verifies(sqlite_server, archive, tmp_path, monkeypatch, capsys)
 
 
 def test_an_archive_from_before_checkpoints_were_carried_restores(
@@ -199,8 +204,4 @@ def test_an_archive_from_before_checkpoints_were_carried_restores(
         for record in kept:
             writer.add(record)
         writer.close()
-    _elsewhere(sqlite_server, tmp_path, monkeypatch)
-    code, out = _restore(older, capsys)
-    assert code == 0, out
-    assert cli.main(["audit", "verify"]) == 0
-    assert "intact" in capsys.readouterr().err
+    _restored_trail_verifies(sqlite_server, older, tmp_path, monkeypatch, capsys)
