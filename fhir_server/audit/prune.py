@@ -22,10 +22,11 @@ import hashlib
 import hmac
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from .. import clock
 from ..search import Registry, default_registry, parse_query
@@ -55,6 +56,35 @@ CREATE TABLE IF NOT EXISTS pruned (
     mac      TEXT NOT NULL
 );
 """
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        conn.executescript(_SCHEMA)
+        yield conn
+    finally:
+        conn.close()
+
+
+def saved(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The checkpoints and pruned notes of the chain file `path`, as stored (signed), for a
+    backup: read after the links, so that a pruning in between only adds what covers them."""
+    with _opened(path) as conn:
+        return (conn.execute("SELECT seq, digest, at, events, mac FROM checkpoint ORDER BY seq").fetchall(),
+                conn.execute("SELECT event_id, mac FROM pruned ORDER BY event_id").fetchall())
+
+
+def put_back(path: Path, checkpoints: Sequence[Sequence[Any]], notes: Sequence[Sequence[Any]]) -> None:
+    """Write a backup's checkpoints and pruned notes into the chain file `path` (a restore);
+    their MACs are checked by `audit verify`, as any others."""
+    with _opened(path) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT OR REPLACE INTO checkpoint (seq, digest, at, events, mac) "
+                         "VALUES (?, ?, ?, ?, ?)", checkpoints)
+        conn.executemany("INSERT OR REPLACE INTO pruned (event_id, mac) VALUES (?, ?)", notes)
+        conn.execute("COMMIT")
 
 
 def checkpoint_key(index_key: bytes) -> bytes:
@@ -92,14 +122,8 @@ class Trimmer:
     def _mac(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        try:
-            conn.executescript(_SCHEMA)
-            yield conn
-        finally:
-            conn.close()
+    def _connection(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _opened(self.path)
 
     async def due(self, before: dict[str, date]) -> dict[str, list[str]]:
         """The ids of the AuditEvents of each kind recorded before its day in `before`."""

@@ -3,7 +3,12 @@
     ["v", type, id, version, lastUpdated, method, body]  a clinical version, body as stored
     ["a", type, id, version, lastUpdated, method, body]  an AuditEvent version, the same
     ["l", seq, event ids, digest, event digests]          a link of the audit hash chain
-    ["end", {"versions": n, "audit": n, "links": n}]      the last record: the counts
+    ["c", seq, digest, at, events, mac]                    a checkpoint of the chain (audit/prune.py)
+    ["p", event id, mac]                                   an AuditEvent noted as pruned
+    ["end", {"versions": n, "audit": n, "links": n, "checkpoints": n, "pruned": n}]
+                                                           the last record: the counts (archives
+                                                           taken before pruning existed: no
+                                                           checkpoints, no pruned)
 
 Bodies are base64 (null for a deletion), sealed under their data keys when encryption is on:
 the archive holds no data key, so an erased patient's versions stay unreadable in it.
@@ -17,7 +22,7 @@ from typing import Any
 from ..audit.chain import Link
 from ..store.base import Version
 
-CLINICAL, AUDIT, LINK, END = "v", "a", "l", "end"
+CLINICAL, AUDIT, LINK, CHECKPOINT, PRUNED, END = "v", "a", "l", "c", "p", "end"
 
 
 def version_record(kind: str, version: Version) -> list[Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ..audit import prune as pruning
 from ..audit.chain import Chain, Link
 from ..crypto import BodyCodec, EnvelopeCodec, ErasureLedger, KeyProvider
 from ..search import IndexEntry, Registry, extract
@@ -26,7 +27,7 @@ from ..services.erase import destroyed_keys, replay
 from ..services.shredded import StoredTrail, classify
 from ..store.base import Store, Version
 from .archive import ArchiveError, read_header, records
-from .records import AUDIT, CLINICAL, END, LINK, link_of, version_of
+from .records import AUDIT, CHECKPOINT, CLINICAL, END, LINK, PRUNED, link_of, version_of
 
 BATCH = 1000
 Loaded = list[tuple[Version, Sequence[IndexEntry]]]
@@ -61,7 +62,7 @@ class Target:
 def check(archive: Path, target: Target, destroyed: frozenset[bytes]) -> dict[str, Any]:
     """The archive's header, once every record was read and every body opened; ArchiveError
     at the first problem."""
-    counts = {"versions": 0, "audit": 0, "links": 0}
+    counts = {"versions": 0, "audit": 0, "links": 0, "checkpoints": 0, "pruned": 0}
     trail, ended = StoredTrail(), None
     with archive.open("rb") as file:
         header, _ = read_header(file)
@@ -75,11 +76,13 @@ def check(archive: Path, target: Target, destroyed: frozenset[bytes]) -> dict[st
                 counts["versions" if kind == CLINICAL else "audit"] += 1
             elif kind == LINK:
                 counts["links"] += 1
+            elif kind in (CHECKPOINT, PRUNED):
+                counts["checkpoints" if kind == CHECKPOINT else "pruned"] += 1
             elif kind == END:
                 ended = record[1]
             else:
                 raise ArchiveError("the archive holds a record of an unknown kind")
-    if ended != counts:
+    if ended is None or {"checkpoints": 0, "pruned": 0, **ended} != counts:  # older: neither
         raise ArchiveError("the archive's records do not add up to the counts it ends with")
     if trail.unreadable:
         some = sorted(trail.unreadable)[0]
@@ -122,12 +125,17 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
     main: Loaded = []
     audit: Loaded = []
     links: list[Link] = []
+    checkpoints: list[list[Any]] = []
+    notes: list[list[Any]] = []
     trail = StoredTrail()
     erased: set[tuple[str, str]] = set()  # resources whose versions were left out
     for record in found:
         kind = record[0]
         if kind == LINK:
             links.append(link_of(record))
+            continue
+        if kind in (CHECKPOINT, PRUNED):
+            (checkpoints if kind == CHECKPOINT else notes).append(record[1:])
             continue
         if kind not in (CLINICAL, AUDIT):
             continue
@@ -156,4 +164,5 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
     if audit:
         await target.audit.load(audit)
     target.chain.load(links)
+    pruning.put_back(target.chain.path, checkpoints, notes)
     done.links = len(links)

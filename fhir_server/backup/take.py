@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import clock
+from ..audit import prune as pruning
 from ..audit.chain import Chain
 from ..audit.events import command_event
 from ..crypto import KeyProvider
 from ..model.ids import new_id
 from ..store.base import Store
 from .archive import ArchiveWriter
-from .records import AUDIT, CLINICAL, END, link_record, version_record
+from .records import AUDIT, CHECKPOINT, CLINICAL, END, PRUNED, link_record, version_record
 
 SUFFIX = ".fhirbak"
 _PREFIX = "fhir-backup-"
@@ -50,7 +51,7 @@ async def back_up(*, main: Store, audit: Store, chain: Chain, provider: KeyProvi
     started = clock.now()
     final = directory / archive_name(started)
     part = final.with_name(final.name + ".part")
-    counts = {"versions": 0, "audit": 0, "links": 0}
+    counts = {"versions": 0, "audit": 0, "links": 0, "checkpoints": 0, "pruned": 0}
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
@@ -72,6 +73,12 @@ async def back_up(*, main: Store, audit: Store, chain: Chain, provider: KeyProvi
             for link in links:
                 writer.add(link_record(link))
             counts["links"] = len(links)
+            checkpoints, notes = pruning.saved(chain.path)  # after the links (see `saved`)
+            for row in checkpoints:
+                writer.add([CHECKPOINT, *row])
+            for row in notes:
+                writer.add([PRUNED, *row])
+            counts["checkpoints"], counts["pruned"] = len(checkpoints), len(notes)
             writer.add([END, counts])
             writer.close()
             file.flush()

@@ -6,7 +6,7 @@ patient's data: a deleted resource is a member when its last stored body (the ve
 before its deletion) matches the query. Deleted resources are few next to live ones, so
 reading their last bodies costs little. Versions of a resource that moved out of the
 compartment before the erasure are not found this way: they are found by the data key that
-sealed them (the patient's, `sealed_under`), removed too, and would be shredded with it if
+sealed them (the patient's: an index on the key id in each store), removed too, and would be shredded with it if
 missed (bodies.py, docs/backup-and-erasure.md).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..crypto import BodyCodec, EnvelopeError, UnreadableBody, key_id_of
+from ..crypto import BodyCodec, UnreadableBody
 from ..search import Query, Registry, extract, matches
 from .base import Version
 from .bodies import opened
@@ -41,13 +41,3 @@ def was_member(query: Query, registry: Registry, codec: BodyCodec, last: Version
 def batches(keys: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     """`keys` cut into lists of at most BATCH."""
     return [keys[start:start + BATCH] for start in range(0, len(keys), BATCH)]
-
-
-def sealed_under(body: bytes | None, key_ids: frozenset[bytes]) -> bool:
-    """Whether the stored `body` was sealed under one of `key_ids`."""
-    if body is None or not key_ids:
-        return False
-    try:
-        return key_id_of(body) in key_ids
-    except EnvelopeError:
-        return False  # a plain body (encryption off): no key

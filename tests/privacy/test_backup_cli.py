@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from fhir_server import cli
+from fhir_server import cli, clock
 from fhir_server.app import create_app
-from fhir_server.crypto import create_key_ring
+from fhir_server.backup.archive import ArchiveWriter, read_header, records
+from fhir_server.crypto import LocalKeyRing, create_key_ring
 from fhir_server.settings import Settings
 from tests.conftest import authorized
 from tests.privacy.conftest import Server
@@ -153,3 +155,53 @@ def test_restore_needs_empty_stores(sqlite_server: Server, capsys: pytest.Captur
     assert _versions(sqlite_server.settings.data_dir) == before
     missing = cli.main(["restore", str(archive) + ".nope"])
     assert missing == 2 and "no such archive" in capsys.readouterr().err
+
+
+def _restored_trail_verifies(server: Server, archive: Path, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _elsewhere(server, tmp_path, monkeypatch)
+    code, out = _restore(archive, capsys)
+    assert code == 0, out
+    assert cli.main(["audit", "verify"]) == 0
+    assert "intact" in capsys.readouterr().err
+
+
+def test_a_trail_pruned_at_a_checkpoint_verifies_after_a_restore(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The archive carries the audit chain's checkpoint and pruned notes (docs/audit.md,
+    "Pruning past the retention"): without them the links cut before the backup would be
+    missing from the restored chain, and it would not verify."""
+    a_year_on = date.today().replace(year=date.today().year + 1)  # the fixture's events due
+    with clock.frozen(datetime(a_year_on.year, a_year_on.month, a_year_on.day, 10, tzinfo=UTC)):
+        assert cli.main(["retention", "run"]) == 0
+        assert "access-logs: prune AuditEvent" in capsys.readouterr().out
+        archive = _backup(capsys)
+    chain = sqlite3.connect(sqlite_server.settings.data_dir / "audit-chain.db")
+    try:
+        assert chain.execute("SELECT count(*) FROM checkpoint").fetchone()[0] == 1  # links cut
+    finally:
+        chain.close()
+    _restored_trail_verifies(sqlite_server, archive, tmp_path, monkeypatch, capsys)
+
+
+def test_an_archive_from_before_checkpoints_were_carried_restores(
+        sqlite_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An earlier release's archive: no checkpoint or pruned records, and its last record
+    counts versions, audit events and links only."""
+    archive = _backup(capsys)
+    provider = LocalKeyRing(sqlite_server.settings.key_ring_path)
+    with archive.open("rb") as file:
+        header, _ = read_header(file)
+        file.seek(0)
+        kept = [r for r in records(file, provider) if r[0] not in ("c", "p")]
+    ended = kept[-1][1]
+    kept[-1] = ["end", {k: ended[k] for k in ("versions", "audit", "links")}]
+    older = tmp_path / "older.fhirbak"
+    with older.open("wb") as file:
+        writer = ArchiveWriter(file, provider, {k: header[k] for k in ("created", "archive")})
+        for record in kept:
+            writer.add(record)
+        writer.close()
+    _restored_trail_verifies(sqlite_server, older, tmp_path, monkeypatch, capsys)

@@ -395,6 +395,27 @@ def test_an_account_signed_in_to_since_the_plan_is_not_closed(server: Server) ->
         assert users.check_password("pat-a", "a long enough password") is not None  # open
 
 
+def test_an_administrator_account_is_closed_for_inactivity_like_any_other(server: Server) -> None:
+    """The terms make no exception: a dormant administrator (break-glass) account is the one
+    most worth closing. Warned, closed (no sign-in, its tokens stop), then removed; the
+    operator makes a new one with `user add --admin` when it is needed again."""
+    from fhir_server.auth.users import Users
+
+    users = Users(server.client.app.state.oauth.registry)  # type: ignore[attr-defined]
+    with on(date(2027, 1, 10)):
+        users.add("admin-x", "a long enough password", "Practitioner/x", admin=True)
+    with on(date(2028, 12, 11)):
+        assert _steps(_run(server), "accounts", "warn") == ["admin-x"]
+    with on(date(2029, 1, 10)):
+        assert _steps(_run(server), "accounts", "close") == ["admin-x"]
+        assert users.check_password("admin-x", "a long enough password") is None
+        closed = users.get("admin-x")
+        assert closed is not None and closed.admin and closed.suspended
+    with on(date(2029, 2, 9)):
+        assert _steps(_run(server), "accounts", "erase") == ["admin-x"]
+        assert users.get("admin-x") is None
+
+
 def test_an_account_deletion_asked_is_done_within_a_month(
         sqlite_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     from fhir_server.auth.users import Users

@@ -13,6 +13,12 @@ Strict like a server:
   `max_document_size` (16 MiB), and 2dsphere points out of range;
 - records the filter of every call (`calls`), so tests can check that a write path's reads
   carry the shard key;
+- with `notablescan` set, as a server started with that parameter, refuses a query with a
+  predicate that no index serves (291 NoQueryExecutionPlans); a query without one is allowed,
+  as there. An index serves a filter when one of its fields (or, under `$and`, its clauses')
+  leads that index's key, or when every branch of its `$or` is served, or when the index
+  gives the `sort` asked for (the planner's rules, without their finer points: a `$exists:
+  false` on a sparse index, say);
 - answers `hello` as a replica set, a standalone server (`standalone=True`) or a mongos
   (`sharded=True`, shard keys in `config.collections`), and `getDefaultRWConcern`,
   `getParameter`;
@@ -58,6 +64,10 @@ _NOT_IN_TRANSACTIONS = frozenset({
     "distinct", "create_index", "create_indexes", "drop", "drop_index", "drop_indexes",
     "list_indexes", "index_information", "estimated_document_count", "create_collection",
 })
+# The calls whose filter a query plan serves (bulk writes carry theirs per operation).
+_QUERIES = frozenset({"find", "find_one", "count_documents", "delete_one", "delete_many",
+                      "update_one", "update_many", "replace_one", "distinct", "aggregate",
+                      "find_one_and_update", "find_one_and_replace", "find_one_and_delete"})
 _WRITES = frozenset({"insert_one", "insert_many", "replace_one", "update_one", "update_many",
                      "delete_one", "delete_many", "bulk_write"})
 
@@ -197,6 +207,16 @@ def _check_points(doc: dict[str, Any]) -> None:
                              f"lng: {longitude} lat: {latitude}", 16755, {})
 
 
+def _served(where: dict[str, Any], leading: set[str]) -> bool:
+    """Whether an index whose key leads with one of `leading` serves the filter `where`."""
+    if any(field in leading for field in where if not field.startswith("$")):
+        return True
+    if any(_served(clause, leading) for clause in where.get("$and", ())):
+        return True
+    branches = where.get("$or")
+    return bool(branches) and all(_served(branch, leading) for branch in branches)
+
+
 class _Collection:
     def __init__(self, client: DoubleClient, collection: Any) -> None:
         self._client = client
@@ -208,8 +228,16 @@ class _Collection:
         self._client.answer()
         session: _Session | None = kwargs.pop("session", None)
         in_transaction = session is not None and session.in_transaction
-        self._client.calls.append(Call(self.name, method, _filter_of(method, args, kwargs),
-                                       in_transaction, self._client.timeout_in_force()))
+        where = _filter_of(method, args, kwargs)
+        self._client.calls.append(Call(self.name, method, where, in_transaction,
+                                       self._client.timeout_in_force()))
+        if self._client.notablescan and method in _QUERIES and where:
+            leading = {next(iter(doc["key"])) for doc in self._c.list_indexes()}
+            order = kwargs.get("sort") or [("", 0)]  # an index giving the order is a plan too
+            if not _served(where, leading) and order[0][0] not in leading:
+                raise OperationFailure(f"No indexed plan available for the query {where} on "
+                                       f"{self.name} (notablescan)", 291,
+                                       {"codeName": "NoQueryExecutionPlans"})
         if in_transaction:
             assert session is not None
             if method in _NOT_IN_TRANSACTIONS:
@@ -310,6 +338,7 @@ class DoubleClient:
         self.sharded = sharded
         self.url_options = url_options or Options()
         self.down = False
+        self.notablescan = False  # a server's `notablescan` parameter (see the module docstring)
         self.max_document_size = MAX_DOCUMENT_SIZE
         self.transaction_lifetime = 60
         # The client's timeoutMS in seconds, as MongoStore.from_url sets it by default.

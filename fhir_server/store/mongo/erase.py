@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...crypto import patient_key_ids
 from ...search import Query
 from ..base import Erasure
-from ..erasure import BATCH, batches, sealed_under, was_member
+from ..erasure import BATCH, batches, was_member
 from . import layout
 from .search import VERSION_FIELDS, MongoSearch, version_of
 
@@ -62,14 +62,14 @@ async def _sealed_under(store: MongoStore, key_ids: frozenset[bytes]
                         ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """What else the patient's keys sealed: the resources whose current version they sealed
     (a Bundle holding their record: store/bodies.py), and the history documents (id, type,
-    resource id) of older versions (of resources that left the compartment since). MongoDB
-    cannot match a binary prefix, so the history is read once, bodies only."""
+    resource id) of older versions (of resources that left the compartment since). Found by
+    the history's `key` field and its index (layout.py): MongoDB cannot match a prefix of the
+    body itself, and reading every body would make each erasure cost the whole history."""
     if not key_ids:
         return [], []
     found = [(doc["_id"], doc["type"], doc["id"], doc["version"])
              async for doc in store.history_docs.find(
-                 {"body": {"$ne": None}}, {"_id": 1, "type": 1, "id": 1, "version": 1, "body": 1})
-             if sealed_under(doc["body"], key_ids)]
+                 {"key": {"$in": sorted(key_ids)}}, {"_id": 1, "type": 1, "id": 1, "version": 1})]
     current = {(doc["type"], doc["id"]): doc["version"] async for doc in store.resources.find(
         {"_id": {"$in": [layout.key(t, i) for _, t, i, _ in found]}},
         {"_id": 0, "type": 1, "id": 1, "version": 1})}

@@ -14,6 +14,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
+from ...crypto import EnvelopeError, key_id_of
 from ...search import (
     BlindIndex,
     CompositeEntry,
@@ -136,12 +137,24 @@ def history_document(
     *, resource_type: str, id: str, version: int, last_updated: str, lu: int, seq: ObjectId,
     method: str, body: bytes | None, shard: str,
 ) -> dict[str, Any]:
-    """The `history` document of one version; (`lu`, `seq`) orders versions globally."""
+    """The `history` document of one version; (`lu`, `seq`) orders versions globally, `key`
+    is the data key that sealed its body (erase.py finds a patient's versions by it)."""
     return {
         "_id": f"{key(resource_type, id)}/{version}", "type": resource_type, "id": id,
         "version": version, "lastUpdated": last_updated, "lu": lu, "seq": seq, "method": method,
-        "body": body, "shard": shard,
+        "body": body, "shard": shard, "key": sealing_key(body),
     }
+
+
+def sealing_key(body: bytes | None) -> bytes | None:
+    """The id of the data key that sealed a stored body (None: a deletion, or a plain body,
+    encryption off). MongoDB cannot match a prefix of a binary field, so it is a field."""
+    if body is None:
+        return None
+    try:
+        return key_id_of(body)
+    except EnvelopeError:
+        return None
 
 
 def _index(*keys: tuple[str, Any], name: str, **options: Any) -> IndexModel:
@@ -176,6 +189,7 @@ HISTORY_INDEXES = (
     _index(("type", _UP), ("lu", _DOWN), ("seq", _DOWN), name="type_history"),
     _index(("type", _UP), ("id", _UP), ("lu", _DOWN), ("seq", _DOWN), name="instance_history"),
     _index(("shard", _UP), name="compartment"),
+    _index(("key", _UP), name="sealed_key"),  # the versions a patient's keys sealed (erase.py)
 )
 # Claims serialise conditional creates on the same criteria (see store.py); a claim left by a
 # crashed process expires.

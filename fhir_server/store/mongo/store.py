@@ -232,6 +232,8 @@ class MongoStore:
     async def _migrate(self) -> None:
         for name, models in layout.INDEXES.items():
             if missing := await missing_indexes(self.db[name], models):
+                if name == "history" and any(m.document["name"] == "sealed_key" for m in missing):
+                    await self._fill_sealing_keys()  # before its index: a crash does it again
                 await self.db[name].create_indexes(missing)
         if (await self.guards.estimated_document_count()
                 >= await self.resources.estimated_document_count()):
@@ -245,6 +247,21 @@ class MongoStore:
                 missing.clear()
         if missing:
             await self.guards.bulk_write(missing, ordered=False)
+
+    async def _fill_sealing_keys(self) -> None:
+        """Give the history documents written before `key` was kept (layout.py) their key."""
+        if not await self.history_docs.estimated_document_count():
+            return  # a new database
+        filled: list[UpdateOne] = []
+        async for doc in self.history_docs.find({"key": {"$exists": False}},
+                                                {"_id": 1, "shard": 1, "body": 1}):
+            filled.append(UpdateOne({"_id": doc["_id"], "shard": doc["shard"]},
+                                    {"$set": {"key": layout.sealing_key(doc["body"])}}))
+            if len(filled) == 1000:
+                await self.history_docs.bulk_write(filled, ordered=False)
+                filled.clear()
+        if filled:
+            await self.history_docs.bulk_write(filled, ordered=False)
 
     async def open(self) -> None:
         """Run the self-check; refuse (UnsafeDeployment) on a problem unless accepted. If
@@ -389,7 +406,8 @@ class MongoStore:
             if new is None:
                 continue
             same = {"shard": doc["shard"], "body": doc["body"]}  # unless changed meanwhile
-            await self.history_docs.update_one({"_id": doc["_id"], **same}, {"$set": {"body": new}})
+            await self.history_docs.update_one({"_id": doc["_id"], **same}, {
+                "$set": {"body": new, "key": layout.sealing_key(new)}})
             await self.resources.update_one(  # the current version's copy
                 {"_id": layout.key(doc["type"], doc["id"]), "version": doc["version"], **same},
                 {"$set": {"body": new}})

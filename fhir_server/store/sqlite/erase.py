@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ...crypto import BodyCodec, patient_key_ids
 from ...search import Query
 from ..base import Erasure, Version
-from ..erasure import was_member
+from ..erasure import batches, was_member
 from . import index as sqlite_index
 from .query import SqliteSearch
 
@@ -48,19 +48,33 @@ def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
     keys = [(query.resource_type or "", id) for query in compartment
             for id in members(conn, search, codec, query)] + _current_under(conn, key_ids)
     erased = Erasure()
-    for resource_type, id in [*dict.fromkeys(k for k in keys if k != last), last]:
-        row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",
-                           (resource_type, id)).fetchone()
-        if row is None:
-            continue
-        sqlite_index.remove(conn, row[0])
-        versions = conn.execute("DELETE FROM history WHERE type = ? AND id = ?",
-                                (resource_type, id)).rowcount
-        conn.execute("DELETE FROM resource WHERE pk = ?", (row[0],))
-        erased.resources[resource_type] = erased.resources.get(resource_type, 0) + 1
-        erased.versions[resource_type] = erased.versions.get(resource_type, 0) + versions
+    for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
+        _remove_batch(conn, batch, erased)
     _remove_moved_out(conn, key_ids, erased)
     return erased
+
+
+def _remove_batch(conn: sqlite3.Connection, keys: list[tuple[str, str]], erased: Erasure) -> None:
+    """Remove the resources `keys` (at most BATCH), their versions and index rows: a few
+    statements per type and table, not one per resource and table."""
+    by_type: dict[str, list[str]] = {}
+    for resource_type, id in keys:
+        by_type.setdefault(resource_type, []).append(id)
+    for resource_type, ids in by_type.items():
+        found = conn.execute(f"SELECT pk, id FROM resource WHERE type = ? AND id IN "  # noqa: S608
+                             f"({','.join('?' * len(ids))})", (resource_type, *ids)).fetchall()
+        if not found:
+            continue
+        pks = [pk for pk, _ in found]
+        pk_marks = ",".join("?" * len(pks))
+        for table in sqlite_index.TABLE_NAMES:
+            conn.execute(f"DELETE FROM {table} WHERE pk IN ({pk_marks})", pks)  # noqa: S608
+        versions = conn.execute(
+            f"DELETE FROM history WHERE type = ? AND id IN ({pk_marks})",  # noqa: S608
+            (resource_type, *(id for _, id in found))).rowcount
+        conn.execute(f"DELETE FROM resource WHERE pk IN ({pk_marks})", pks)  # noqa: S608
+        erased.resources[resource_type] = erased.resources.get(resource_type, 0) + len(pks)
+        erased.versions[resource_type] = erased.versions.get(resource_type, 0) + versions
 
 
 def _current_under(conn: sqlite3.Connection, key_ids: frozenset[bytes]) -> list[tuple[str, str]]:

@@ -388,7 +388,7 @@ def test_history_document() -> None:
     assert document == {
         "_id": "Observation/o1/2", "type": "Observation", "id": "o1", "version": 2,
         "lastUpdated": "2024-01-02T03:04:05Z", "lu": 1_704_164_645_000_000, "seq": seq,
-        "method": "DELETE", "body": None, "shard": "Patient/p1",
+        "method": "DELETE", "body": None, "shard": "Patient/p1", "key": None,
     }
 
 

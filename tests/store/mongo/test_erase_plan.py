@@ -1,0 +1,89 @@
+"""The MongoDB erasure finds what a patient's keys sealed through an index, never by reading
+the whole history (store/mongo/erase.py; docs/backup-and-erasure.md). The double runs as a
+server started with `notablescan` (tests/store/mongo_double.py): a query no index serves
+fails, as it would there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pymongo.errors import OperationFailure
+
+from fhir_server.crypto import EnvelopeCodec, key_id_of, patient_key_ids, patient_scope
+from fhir_server.store.mongo import MongoStore
+from fhir_server.store.rekey import rotate_data_key
+from tests.builders import observation, patient
+from tests.store.conftest import encrypting, migrated_double
+from tests.store.mongo_double import DoubleClient
+from tests.store.test_erase import _erase, _seed, _write
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def strict(tmp_path: Path) -> MongoStore:
+    store = migrated_double(DoubleClient(), codec=encrypting(tmp_path))
+    store.client.notablescan = True  # after migrate: index builds and back-fills may scan
+    return store
+
+
+async def test_the_double_refuses_a_query_no_index_serves(strict: MongoStore) -> None:
+    with pytest.raises(OperationFailure) as refused:
+        await strict.history_docs.find_one({"body": {"$ne": None}})
+    assert refused.value.code == 291  # NoQueryExecutionPlans
+    assert await strict.history_docs.find_one({"type": "Patient", "id": "x"}) is None  # indexed
+    assert await strict.history_docs.find_one({}) is None  # no predicate: a server allows it
+
+
+async def test_the_versions_under_a_patients_keys_are_found_through_an_index(
+        strict: MongoStore) -> None:
+    await _seed(strict)
+    await strict.commit([_write("Observation", "moved", observation("Patient/a"))])
+    await strict.commit([_write("Observation", "moved", observation("Patient/b"))])
+    frozen = {"type": "collection", "entry": [
+        {"fullUrl": "http://x/fhir/Patient/a", "resource": {**patient(), "resourceType": "Patient", "id": "a"}}]}
+    await strict.commit([_write("Bundle", "frozen-a", frozen)])
+    double = strict.client
+    assert isinstance(double, DoubleClient)
+    before = len(double.calls)
+    erased = await _erase(strict, "a")  # every query of the erasure served by an index
+    assert erased.resources["Bundle"] == 1 and erased.versions["Observation"] == 7 + 1
+    keys = patient_key_ids(strict.codec, "a")
+    sealed = [c.filter for c in double.calls[before:]
+              if c.collection == "history" and c.filter and "key" in c.filter]
+    assert sealed == [{"key": {"$in": sorted(keys)}}]
+    assert await strict.read("Bundle", "frozen-a") is None
+    assert await strict.vread("Observation", "moved", 1) is None
+
+
+async def test_migrate_gives_older_history_documents_their_key(tmp_path: Path) -> None:
+    """History written before the key was kept in its own field: `migrate` fills it in before
+    building the index, and the erasure then finds those versions too."""
+    store = MongoStore(DoubleClient(), codec=encrypting(tmp_path))
+    await store.migrate()
+    await store.commit([_write("Patient", "a", patient())])
+    await store.commit([_write("Bundle", "frozen-a", {"type": "collection", "entry": [
+        {"fullUrl": "http://x/fhir/Patient/a", "resource": {**patient(), "resourceType": "Patient", "id": "a"}}]})])
+    await store.history_docs.update_many({}, {"$unset": {"key": ""}})  # as an older release wrote
+    await store.history_docs.drop_index("sealed_key")
+    await store.migrate()
+    docs = [d async for d in store.history_docs.find({})]
+    assert len(docs) == 2 and all(d["key"] == key_id_of(d["body"]) for d in docs)
+    store.client.notablescan = True
+    assert (await _erase(store, "a")).resources == {"Patient": 1, "Bundle": 1}
+
+
+async def test_a_rotated_key_is_the_one_the_erasure_looks_for(strict: MongoStore) -> None:
+    """`keys rotate --data` reseals a patient's versions under a new key: their `key` follows."""
+    await strict.commit([_write("Patient", "a", patient())])
+    await strict.commit([_write("Bundle", "frozen-a", {"type": "collection", "entry": [
+        {"fullUrl": "http://x/fhir/Patient/a", "resource": {**patient(), "resourceType": "Patient", "id": "a"}}]})])
+    codec = strict.codec
+    assert isinstance(codec, EnvelopeCodec)
+    rotated = await rotate_data_key(codec.keys, [strict], patient_scope("a"), settle=0)
+    assert rotated.resealed == 2
+    docs = [d async for d in strict.history_docs.find({"_id": {"$in": ["Patient/a/1", "Bundle/frozen-a/1"]}})]
+    assert len(docs) == 2
+    assert all(d["key"] == rotated.key_id == key_id_of(d["body"]) for d in docs)
+    assert (await _erase(strict, "a")).resources == {"Patient": 1, "Bundle": 1}
