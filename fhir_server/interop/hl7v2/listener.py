@@ -23,6 +23,7 @@ _END = END_BLOCK + CARRIAGE_RETURN
 _READ = 65536
 WINDOW = 32  # frames of one connection read and not yet acknowledged; the next read waits
 STOP_TIMEOUT = 30.0  # seconds a stop waits for the messages already read
+_FAULT = Problem(Code.INTERNAL_ERROR, "Internal error; send the message again later.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,12 @@ class _InOrder:
     async def _drain(self) -> None:
         while self.waiting:
             taken, self.waiting = self.waiting, []
-            acks = await self.receiver.receive_all([(raw, message) for raw, message, _ in taken], self.peer)
+            try:
+                acks = await self.receiver.receive_all([(raw, message) for raw, message, _ in taken],
+                                                       self.peer)
+            except Exception:  # noqa: BLE001 - receive_all answers every message; a bug must not hang the sender
+                log.exception("hl7v2: messages could not be answered")
+                acks = [acknowledgment(m.header if isinstance(m, Message) else None, "AE", (_FAULT,))
+                        for _, m, _ in taken]
             for (_, _, answer), ack in zip(taken, acks, strict=True):
                 answer.set_result(ack)
