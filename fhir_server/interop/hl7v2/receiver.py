@@ -263,7 +263,7 @@ class Receiver:
             if group[0].retried and await _committed(ctx, mapped[0], source_of(group[0].message)):
                 status = 200
                 return
-            await asyncio.gather(*(_refuse_merged(ctx, instances) for instances in mapped))
+            await _refuse_merged(ctx, [i for instances in mapped for i in instances])
             entries = []
             for received, instances in zip(group, mapped, strict=True):
                 own = [*[_entry(i) for i in sorted(instances, key=lambda i: "merge_into" in i.rule)
@@ -342,17 +342,21 @@ async def _committed(ctx: Context, instances: list[Instance], source: str) -> bo
 
 async def _refuse_merged(ctx: Context, instances: list[Instance]) -> None:
     """A patient merged away (A40) is not written to again: its record would lose its
-    `replaced-by` link and be active again. The sender must name the survivor."""
-    for instance in instances:
-        if instance.resource["resourceType"] != "Patient" or "merge_into" in instance.rule:
-            continue
-        for stored in await stored_with(ctx, "Patient", instance.resource["identifier"][0]):
-            survivor = next((link["other"].get("reference") for link in stored.get("link", [])
-                             if link.get("type") == "replaced-by"), None)
-            if survivor is not None:
-                location = instance.segment.location(3)
-                raise error(Code.UNKNOWN_KEY, f"{location} names Patient/{stored['id']}, merged "
-                            f"into {survivor}: send the surviving record's identifier.", location)
+    `replaced-by` link and be active again. The sender must name the survivor. One search
+    for the patients of every message of a group."""
+    named = {identifier_token(i.resource["identifier"][0]): i for i in instances
+             if i.resource["resourceType"] == "Patient" and "merge_into" not in i.rule}
+    if not named:
+        return
+    for stored in await stored_with(ctx, "Patient", *(i.resource["identifier"][0] for i in named.values())):
+        survivor = next((link["other"].get("reference") for link in stored.get("link", [])
+                         if link.get("type") == "replaced-by"), None)
+        instance = next((named[token] for token in map(identifier_token, stored.get("identifier", []))
+                         if token in named), None)
+        if survivor is not None and instance is not None:
+            location = instance.segment.location(3)
+            raise error(Code.UNKNOWN_KEY, f"{location} names Patient/{stored['id']}, merged "
+                        f"into {survivor}: send the surviving record's identifier.", location)
 
 
 def _entry(instance: Instance) -> dict[str, Any]:

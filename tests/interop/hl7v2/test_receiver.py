@@ -5,6 +5,7 @@ messages change nothing; bad messages leave the store untouched and stay in the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from typing import Any
 
@@ -12,7 +13,9 @@ import orjson
 import pytest
 
 from fhir_server.interop.hl7v2 import ERROR, RECEIVED, Receiver
+from fhir_server.interop.hl7v2.identifiers import stored_with
 from fhir_server.interop.hl7v2.message import read
+from fhir_server.interop.hl7v2.problems import Refused
 from fhir_server.services import bundle, crud, search
 from fhir_server.services.context import Context, Payload
 from fhir_server.store.base import HistoryQuery
@@ -354,3 +357,13 @@ async def test_a_transaction_waits_for_its_receipt_on_disk(
     on_disk.set()
     assert msa(await answer)[1] == "AA"
     assert await ctx.store.count("Patient") == 1
+
+
+async def test_a_look_up_by_identifier_past_a_page_is_refused_not_half_read(ctx: Context) -> None:
+    for value in ("1", "2"):
+        patient = {"resourceType": "Patient", "identifier": [{"system": IPP, "value": value}]}
+        await crud.create(ctx, "Patient", Payload(dict(patient), dict(patient)))
+    both = [{"system": IPP, "value": "1"}, {"system": IPP, "value": "2"}]
+    assert len(await stored_with(ctx, "Patient", *both)) == 2  # one search, the tokens OR-ed
+    with pytest.raises(Refused):
+        await stored_with(dataclasses.replace(ctx, max_page_size=1), "Patient", *both)
