@@ -123,9 +123,9 @@ class Receiver:
         """Messages of distinct keys: each waits for the same key arriving on another
         connection, then they are stored and processed; never raises."""
         keys = [(m.header.sender, m.header.control_id) for _, m in run]
-        for key in keys:
-            if key in self._running:  # then answered as a duplicate, from the inbox
-                await asyncio.shield(self._running[key])
+        # The same keys on other connections first; then answered as duplicates, from the inbox.
+        while running := {self._running[key] for key in keys if key in self._running}:
+            await asyncio.wait(running)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running.update((key, done) for key in keys)
         try:
