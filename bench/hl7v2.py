@@ -94,7 +94,7 @@ class Sender:
 
 async def throughput(port: int, pid: int, messages: int, ahead: int, run: str) -> dict[str, float]:
     """Messages/s on one connection: the sender waits for each ACK (`ahead` 1) or keeps up to
-    `ahead` messages unacknowledged (the listener applies those of different patients together)."""
+    `ahead` messages unacknowledged (the listener commits those it has read together)."""
     sender = Sender(*await asyncio.open_connection("127.0.0.1", port))
     for n in range(20):  # warm-up
         await sender.send(admission(n, f"W{run}"))

@@ -4,14 +4,14 @@ A StructureDefinition's snapshot is read into elements by id; a resource is walk
 elements the snapshot lists, each checked for cardinality, type (choice elements), fixed and
 pattern values, bindings (required → error, extensible → warning) against the value sets we
 hold, reference target types, invariants (model/invariants.py), and slicing (value, pattern,
-exists, type and profile discriminators; a slicing without discriminator matches a value to the
-first slice it conforms to; open or closed). Extensions are checked against their definitions
+exists, type and profile discriminators, on paths of several steps through lists and through
+`resolve()`; a slicing without discriminator matches a value to the first slice it conforms
+to; open or closed; re-slicing). Extensions are checked against their definitions
 when we hold them. What the snapshot does not expand (a datatype's own elements) is left to the
 R4 schema layer, which already ran. Profiles given as a differential only get their snapshot
 generated at load (model/snapshot_gen.py).
 
-Not done: discriminators through `resolve()`, re-slicing. docs/validation.md, "Profiles",
-lists what is held and checked.
+docs/validation.md, "Profiles", lists what is held and checked, and what is not.
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ class Definition:
         for e in elements[1:]:
             parent = e.id[: -len(e.id.rsplit(".", 1)[-1]) - 1]
             if e.slice_name:
-                definition.slices.setdefault(f"{parent}.{e.name}", []).append(e)
+                # A re-slice (`component:bp/systolic`) belongs to its slice (`component:bp`).
+                within, _, _ = e.slice_name.rpartition("/")
+                sliced = f"{parent}.{e.name}" + (f":{within}" if within else "")
+                definition.slices.setdefault(sliced, []).append(e)
             else:
                 definition.children.setdefault(parent, []).append(e)
         return definition
@@ -120,19 +123,34 @@ class Definition:
                         yield from _cardinality(piece, 0, f"{where}.{name}", piece.slice_name)
                 continue
             values = list(_values(node, name, where))
-            yield from _cardinality(element, len(values), f"{where}.{_base(element.name)}")
-            slices = self.slices.get(element.id, [])
-            chosen = [self._slice_of(key, value, element, slices) if slices else None
-                      for key, value, _ in values]
-            for (key, value, at), piece in zip(values, chosen):
-                if slices and piece is None and element.closed:
-                    yield _error("structure", f"{at} matches none of the slices of a closed "
-                                 f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at)
-                yield from self._value(piece or element, key, value, at, resource)
-            for piece in slices:
-                count = sum(1 for c in chosen if c is piece)
-                label = f"{where}.{_base(element.name)}"
-                yield from _cardinality(piece, count, label, piece.slice_name)
+            label = f"{where}.{_base(element.name)}"
+            yield from _cardinality(element, len(values), label)
+            yield from self._sliced(element, values, label, resource)
+
+    def _sliced(self, element: Element, values: list[tuple[str, Any, str]], label: str,
+                resource: dict[str, Any]) -> Iterator[Issue]:
+        """The values of `element` (a sliced element, a slice re-sliced, or neither), each
+        checked against the slice it belongs to, or `element` when none; each slice's
+        cardinality; the values of a re-sliced slice are sliced again among its re-slices."""
+        slices = self.slices.get(element.id, [])
+        members: dict[str, list[tuple[str, Any, str]]] = {piece.id: [] for piece in slices}
+        for key, value, at in values:
+            piece, decided = self._slice_of(key, value, element, slices, resource) if slices else (None, True)
+            if not decided:
+                yield Issue(code="not-supported", severity="warning", expression=(at,),
+                            diagnostics=f"{at}: which slice it belongs to depends on a resource "
+                            "it references that is not contained: not checked against a slice")
+            elif piece is None and element.closed:
+                yield _error("structure", f"{at} matches none of the slices of a closed "
+                             f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at)
+            if piece is None:
+                yield from self._value(element, key, value, at, resource)
+            else:
+                members[piece.id].append((key, value, at))
+        for piece in slices:
+            yield from _cardinality(piece, len(members[piece.id]), label, piece.slice_name)
+            if members[piece.id]:
+                yield from self._sliced(piece, members[piece.id], label, resource)
 
     def _value(self, element: Element, key: str, value: Any, at: str,
                resource: dict[str, Any]) -> Iterator[Issue]:
@@ -159,56 +177,191 @@ class Definition:
             yield from invariants.check(extension.root_invariants, value, resource, at, "Extension")
             yield from extension._node(value, extension.root, at, resource)
 
-    def _slice_of(self, key: str, value: Any, sliced: Element, slices: list[Element]) -> Element | None:
+    def _slice_of(self, key: str, value: Any, sliced: Element, slices: list[Element],
+                  resource: dict[str, Any]) -> tuple[Element | None, bool]:
         """The slice of `sliced` that `value` (under JSON `key`) belongs to, by the slicing's
-        discriminators (or, with none, the first slice it conforms to)."""
-        return next((piece for piece in slices if self._in_slice(sliced, piece, key, value)), None)
+        discriminators (or, with none, the first slice it conforms to); and False when that
+        cannot be decided (a discriminator through a reference not contained)."""
+        decided = True
+        for piece in slices:
+            inside = self._in_slice(sliced, piece, key, value, resource)
+            if inside:
+                return piece, True
+            decided = decided and inside is not None
+        return None, decided
 
-    def _in_slice(self, sliced: Element, piece: Element, key: str, value: Any) -> bool:
+    def _in_slice(self, sliced: Element, piece: Element, key: str, value: Any,
+                  resource: dict[str, Any]) -> bool | None:
+        """Whether `value` is in slice `piece`; None when it cannot be told."""
         if not sliced.discriminators:
             return not any(i.severity == "error" for i in self._value(piece, key, value, "", {}))
         for kind, path in sliced.discriminators:
-            if "resolve()" in path:
-                return False  # a discriminator through a reference: not implemented
-            found = _at_path(value, path)
-            if kind == "exists":
-                child = self._child(piece, path)
-                if (found is not None) != (child is not None and child.min >= 1):
+            steps = _steps(path)
+            found = _collect([(key, value)], steps, resource)
+            if found is None:
+                return None
+            if kind == "type":
+                wanted = self._types_at(piece, steps)
+                if not any(_type_of(sliced, k, v, steps) in wanted for k, v in found):
                     return False
                 continue
-            if kind == "type":
-                if _type_of(sliced, key, found) not in _type_names(self._typed(piece, path)):
+            if any(isinstance(v, _Elsewhere) for _, v in found):
+                return None  # only its type is known
+            if kind == "exists":
+                child = self._element_at(piece, steps)
+                if bool(found) != (child is not None and child.min >= 1):
                     return False
                 continue
             if kind == "profile":
-                if not _conforms(found, self._typed(piece, path)):
+                if not any(_conforms(v, self._element_at(piece, steps), "resolve()" in steps)
+                           for _, v in found):
                     return False
                 continue
-            wanted = self._expected(piece, path)
-            if wanted is None or found is None:
+            expected = self._expected(piece, steps)
+            if expected is None or not found:
                 return False
-            if not (found == wanted if kind == "value" else _matches(found, wanted)):
+            wanted, exact = expected
+            if not all(any(v == w if exact else _matches(v, w) for _, v in found) for w in wanted):
                 return False
         return True
 
-    def _typed(self, piece: Element, path: str) -> Element | None:
-        """The element at `path` below `piece` whose type a type or profile discriminator tests."""
-        return piece if path == "$this" else self._child(piece, path)
+    def _child(self, parent_id: str, step: str) -> Element | None:
+        """The element below `parent_id` that a discriminator path's step names: an element
+        by name (a choice by its base name), or `extension('url')`, the extension slice typed
+        with that definition."""
+        if step.startswith("extension(") and step.endswith(")"):
+            url = step[len("extension("):-1].strip("'\"")
+            return next((e for e in self.slices.get(f"{parent_id}.extension", ()) if url in e.profiles), None)
+        return next((e for e in self.children.get(parent_id, ()) if _base(e.name) == step), None)
 
-    def _child(self, piece: Element, path: str) -> Element | None:
-        if path == "$this":
-            return piece
-        return next((e for e in self.children.get(piece.id, ()) if e.name == path), None)
+    def _element_at(self, piece: Element, steps: list[str]) -> Element | None:
+        """The element of slice `piece` at a discriminator path (up to a `resolve()`: the
+        reference's element)."""
+        element: Element | None = piece
+        for step in steps:
+            if step == "resolve()" or element is None:
+                break
+            if step != "$this" and not step.startswith("ofType("):
+                element = self._child(element.id, step)
+        return element
 
-    def _expected(self, piece: Element, path: str) -> Any:
-        """The value the slice fixes at `path`: its fixed or pattern value, or for `url` the
-        canonical of the extension definition it is typed with."""
-        child = self._child(piece, path)
-        if child is not None and (child.fixed is not None or child.pattern is not None):
-            return child.fixed if child.fixed is not None else child.pattern
-        if path == "url" and piece.profiles:
-            return piece.profiles[0]
+    def _types_at(self, piece: Element, steps: list[str]) -> set[str | None]:
+        """The types a slice allows at a type discriminator's path: through `resolve()`, the
+        resource types of the reference's target profiles."""
+        element = self._element_at(piece, steps)
+        if element is None:
+            return set()
+        if "resolve()" in steps:
+            return {_target_type(t) for t in element.targets} - {None}
+        return set(_type_names(element))
+
+    def _expected(self, piece: Element, steps: list[str]) -> tuple[list[Any], bool] | None:
+        """The values slice `piece` fixes at a discriminator path, and whether exactly (a
+        fixed value) or as a pattern: the fixed or pattern value of the element at the path,
+        or the part at the path of such a value above it; for `url`, the canonical of the
+        extension definition the slice is typed with; through `resolve()`, what the
+        reference's target profile fixes."""
+        element = piece
+        for n, step in enumerate(steps):
+            if step == "$this" or step.startswith("ofType("):
+                continue
+            if element.fixed is not None or element.pattern is not None:
+                return _part(element, steps[n:])
+            if step == "resolve()":
+                target = definitions().get(element.targets[0]) if element.targets else None
+                return target._expected_below(steps[n + 1:]) if target is not None else None
+            if step == "url" and n == len(steps) - 1 and element.profiles and "Extension" in element.types:
+                return [element.profiles[0]], True
+            child = self._child(element.id, step)
+            if child is None:
+                return None
+            element = child
+        return _part(element, [])
+
+    def _expected_below(self, steps: list[str]) -> tuple[list[Any], bool] | None:
+        """`_expected` from this profile's root (a reference's target)."""
+        root = Element(id=self.root, path=self.root, name=self.root, slice_name=None, min=0,
+                       max=None, types=(self.type,), profiles=(), targets=())
+        return self._expected(root, steps)
+
+
+@dataclass(frozen=True, slots=True)
+class _Elsewhere:
+    """A resource a reference names that is not at hand (not contained): only its type is
+    known, from the reference."""
+
+    type: str | None
+
+
+def _steps(path: str) -> list[str]:
+    """The steps of a discriminator path (a restricted FHIRPath: names, `$this`,
+    `resolve()`, `extension('url')`, `ofType(type)`), split on the dots outside parentheses."""
+    steps, depth, start = [], 0, 0
+    for i, char in enumerate(path):
+        depth += char == "("
+        depth -= char == ")"
+        if char == "." and depth == 0:
+            steps.append(path[start:i])
+            start = i + 1
+    steps.append(path[start:])
+    return [step for step in steps if step]
+
+
+def _collect(items: list[tuple[str, Any]], steps: list[str],
+             resource: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """The values (with their JSON keys) at a discriminator path from `items`, every item of
+    a list along the way (FHIRPath collections); None when a `resolve()` meets a local
+    reference (`#id`) that names nothing contained."""
+    for step in steps:
+        if step == "$this":
+            continue
+        found: list[tuple[str, Any]] = []
+        for key, value in items:
+            if isinstance(value, _Elsewhere):
+                found.append((key, value))  # what lies below it is not known
+            elif step == "resolve()":
+                target = _resolve(value, resource)
+                if target is None:
+                    return None
+                found.append(("", target))
+            elif step.startswith("ofType(") and step.endswith(")"):
+                wanted = step[len("ofType("):-1]
+                if key.endswith(wanted[:1].upper() + wanted[1:]) or (
+                        isinstance(value, dict) and value.get("resourceType") == wanted):
+                    found.append((key, value))
+            elif isinstance(value, dict) and step.startswith("extension("):
+                url = step[len("extension("):-1].strip("'\"")
+                found += [("extension", e) for e in value.get("extension", [])
+                          if isinstance(e, dict) and e.get("url") == url]
+            elif isinstance(value, dict):
+                keys = [step] if step in value else [
+                    k for k in value if k.startswith(step) and k[len(step):][:1].isupper()]
+                for k in keys:
+                    found += [(k, v) for v in value[k]] if isinstance(value[k], list) else [(k, value[k])]
+        items = found
+    return items
+
+
+def _resolve(reference: Any, resource: dict[str, Any]) -> Any:
+    """The resource a Reference names: a contained one (`#id`), or for any other an
+    `_Elsewhere` of the type the reference gives; None for `#id` naming nothing contained."""
+    if not isinstance(reference, dict):
+        return _Elsewhere(None)
+    literal = reference.get("reference")
+    if isinstance(literal, str) and literal.startswith("#"):
+        return next((c for c in resource.get("contained", [])
+                     if isinstance(c, dict) and c.get("id") == literal[1:]), None)
+    kind = _reference_type(literal) if isinstance(literal, str) else None
+    return _Elsewhere(kind or reference.get("type"))
+
+
+def _part(element: Element, steps: list[str]) -> tuple[list[Any], bool] | None:
+    """What the fixed or pattern value of `element` holds at `steps` below it."""
+    value = element.fixed if element.fixed is not None else element.pattern
+    if value is None:
         return None
+    found = _collect([("", value)], steps, {})
+    return ([v for _, v in found], element.fixed is not None) if found else None
 
 
 def _fhirpath_type(element: Element, key: str) -> str:
@@ -222,28 +375,36 @@ def _fhirpath_type(element: Element, key: str) -> str:
     return element.path.replace("[x]", "")
 
 
-def _type_of(sliced: Element, key: str, value: Any) -> str | None:
-    """The FHIR type of a value: a resource's `resourceType`, a choice's type from its JSON key
-    (`valueQuantity`), else the element's one declared type."""
+def _type_of(sliced: Element, key: str, value: Any, steps: list[str]) -> str | None:
+    """The FHIR type of a value at a type discriminator's path: a resource's `resourceType`
+    (or the type a reference gives), a choice's type from its JSON key (`valueQuantity`),
+    else, at `$this`, the sliced element's one declared type."""
+    if isinstance(value, _Elsewhere):
+        return value.type
     if isinstance(value, dict) and isinstance(value.get("resourceType"), str):
         return str(value["resourceType"])
+    named = [s for s in steps if s != "$this"]
+    if named:
+        last = named[-1]
+        return key[len(last):].lower() if key != last and key.startswith(last) else None
     if sliced.name.endswith("[x]") and key:
         return key[len(sliced.name) - 3:].lower()
     return sliced.types[0].lower() if len(sliced.types) == 1 else None
 
 
-def _type_names(element: Element | None) -> set[str]:
+def _type_names(element: Element | None) -> set[str | None]:
     if element is None:
         return set()
     # Resource types keep their case; data types compare without it (`Quantity` vs `quantity`).
     return {t for t in element.types} | {t.lower() for t in element.types}
 
 
-def _conforms(value: Any, element: Element | None) -> bool:
-    """Whether `value` conforms to one of the profiles the element's type names (profile discriminator)."""
+def _conforms(value: Any, element: Element | None, referenced: bool = False) -> bool:
+    """Whether `value` conforms to one of the profiles the element's type names (profile
+    discriminator); `referenced`: the target profiles of a reference's element."""
     if element is None or not isinstance(value, dict):
         return False
-    held = [definitions().get(p) for p in element.profiles]
+    held = [definitions().get(p) for p in (element.targets if referenced else element.profiles)]
     return any(d is not None and not any(i.severity == "error" for i in d.check(value, ""))
                for d in held)
 
@@ -300,14 +461,6 @@ def _matches(value: Any, pattern: Any) -> bool:
     return bool(value == pattern)
 
 
-def _at_path(value: Any, path: str) -> Any:
-    if path == "$this":
-        return value
-    for step in path.split("."):
-        value = value.get(step) if isinstance(value, dict) else None
-    return value
-
-
 def _codes(value: Any) -> list[tuple[str | None, str]]:
     """(system, code) pairs of a code, Coding or CodeableConcept value."""
     if isinstance(value, str):
@@ -356,13 +509,20 @@ def _target(targets: tuple[str, ...], value: dict[str, Any], at: str) -> Iterato
     reference = value.get("reference")
     if not isinstance(reference, str) or reference.startswith(("#", "urn:")):
         return
-    parts = reference.split("/")
-    kind = parts[-4] if len(parts) >= 4 and parts[-2] == "_history" else parts[-2] if len(parts) >= 2 else ""
+    kind = _reference_type(reference) or ""
     allowed = {_target_type(t) for t in targets}
     if None in allowed or kind in allowed:
         return
     yield _error("structure", f"A reference to {kind or reference!r} is not allowed here: the "
                  f"profile wants {', '.join(sorted(str(a) for a in allowed))}", f"{at}.reference")
+
+
+def _reference_type(reference: str) -> str | None:
+    """The resource type a literal reference names (`Type/id`, absolute, versioned)."""
+    if reference.startswith(("#", "urn:")):
+        return None
+    parts = reference.split("/")
+    return parts[-4] if len(parts) >= 4 and parts[-2] == "_history" else parts[-2] if len(parts) >= 2 else None
 
 
 def _target_type(canonical: str) -> str | None:

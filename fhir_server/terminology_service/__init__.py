@@ -2,6 +2,7 @@
 the operations on them ($lookup, $validate-code, $expand, $translate), as FHIR knowledge
 without access or audit, which the service layer adds (services/terminology.py)."""
 
+from .capabilities import terminology_capabilities
 from .catalogue import DEFAULT_MAX_EXPANSION, Catalogue, load_catalogue
 from .codesystems import CodeSystem, Concept
 from .compose import held_system
@@ -15,5 +16,5 @@ __all__ = [
     "CODE_SYSTEM_VALIDATE", "DEFAULT_MAX_EXPANSION", "EXPAND", "LOOKUP", "TRANSLATE",
     "VALUE_SET_VALIDATE", "Catalogue", "CodeSystem", "Concept", "Inputs", "Pair", "Verdict",
     "check_coding", "check_in_value_set", "expand", "held_system", "load_catalogue", "lookup", "membership",
-    "pairs_of", "translate", "validate_in_system", "validate_in_value_set",
+    "pairs_of", "terminology_capabilities", "translate", "validate_in_system", "validate_in_value_set",
 ]

@@ -83,6 +83,10 @@ class Catalogue:
         """The canonical URLs of every `kind` resource held."""
         return list(self._by_url[kind])
 
+    def resources(self, kind: str, url: str) -> list[dict[str, Any]]:
+        """Every version held of a canonical URL, the default (first loaded) first."""
+        return list(self._by_url[kind].get(url, []))
+
     def versions(self, kind: str, url: str) -> list[str]:
         """The versions held of a canonical URL (empty: the URL is not held)."""
         return [str(r.get("version")) for r in self._by_url[kind].get(url, [])]

@@ -10,6 +10,7 @@ import orjson
 
 from ...services import search
 from ...services.context import Context
+from .problems import Code, error
 
 _SPECIAL = ("\\", "|", ",", "$")
 
@@ -25,10 +26,15 @@ def identifier_token(identifier: dict[str, Any]) -> str:
     return f"{_escaped(identifier.get('system', ''))}|{_escaped(identifier.get('value', ''))}"
 
 
-async def stored_with(ctx: Context, resource_type: str, identifier: dict[str, Any]) -> list[dict[str, Any]]:
-    """The current resources of `resource_type` that have `identifier`."""
-    found = await search.search(ctx, resource_type, [("identifier", identifier_token(identifier))],
-                                strict=True)
+async def stored_with(ctx: Context, resource_type: str, *identifiers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The current resources of `resource_type` that have one of `identifiers` (one search:
+    the tokens OR-ed). More than a page of them is refused rather than half-read."""
+    tokens = ",".join(identifier_token(identifier) for identifier in identifiers)
+    found = await search.search(ctx, resource_type, [("identifier", tokens),
+                                                     ("_count", str(ctx.max_page_size))], strict=True)
+    if any(link.get("relation") == "next" for link in found.get("link", [])):
+        raise error(Code.DUPLICATE_KEY, f"More than {ctx.max_page_size} {resource_type} resources "
+                    "have these identifiers.")
     # Search renders stored JSON as it is (orjson fragments): read back as dicts.
     return [orjson.loads(orjson.dumps(e["resource"])) for e in found.get("entry", [])
             if e["search"]["mode"] == "match"]

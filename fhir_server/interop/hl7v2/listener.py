@@ -21,8 +21,9 @@ from .receiver import Receiver
 log = logging.getLogger("fhir_server.hl7v2")
 _END = END_BLOCK + CARRIAGE_RETURN
 _READ = 65536
-WINDOW = 32  # frames of one connection in process at once; the next read waits
+WINDOW = 32  # frames of one connection read and not yet acknowledged; the next read waits
 STOP_TIMEOUT = 30.0  # seconds a stop waits for the messages already read
+_FAULT = Problem(Code.INTERNAL_ERROR, "Internal error; send the message again later.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +104,17 @@ class Listener:
         self.receiver.inbox.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Read frames, process them, write their ACKs in the order the frames came.
+        """Read frames, process them in order, write their ACKs in the order the frames came.
 
         A sender that waits for each ACK gets one message processed at a time. One that
-        sends ahead (up to WINDOW frames) has them processed together, except that a message
-        naming a patient waits for the earlier messages naming that patient: their order is
-        kept where it matters, and the others do not wait on each other."""
+        sends ahead (up to WINDOW frames) has the frames that arrived while the earlier
+        ones were processed taken together (receiver.receive_all: one transaction when
+        they can share it)."""
         address = writer.get_extra_info("peername")
         peer = str(address[0]) if address else None
         pending: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(WINDOW)
         replies = asyncio.ensure_future(self._reply(pending, writer))
-        order = _PatientOrder()
+        order = _InOrder(self.receiver, peer)
         frames = Frames(reader, self.limit)
         task = asyncio.current_task()
         assert task is not None
@@ -124,7 +125,7 @@ class Listener:
                     answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                     answer.set_result(acknowledgment(None, "AR", (Problem(Code.SEGMENT_SEQUENCE, frame.reason),)))
                 else:
-                    answer = order.run(frame, read(frame), peer, self.receiver)
+                    answer = order.add(frame, read(frame))
                 await pending.put(answer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the peer went away; what it sent and got acknowledged is settled
@@ -151,30 +152,33 @@ class Listener:
                 broken = True
 
 
-class _PatientOrder:
-    """Runs messages of one connection so that those naming a common patient run in turn."""
+class _InOrder:
+    """Processes the messages of one connection in the order they came: those that arrive
+    while earlier ones are processed wait, and are then taken all at once."""
 
-    def __init__(self) -> None:
-        self.last: dict[str, asyncio.Future[bytes]] = {}
+    def __init__(self, receiver: Receiver, peer: str | None) -> None:
+        self.receiver = receiver
+        self.peer = peer
+        self.waiting: list[tuple[bytes, Message | Refused, asyncio.Future[bytes]]] = []
+        self.running: asyncio.Task[None] | None = None
 
-    def run(self, raw: bytes, message: Message | Refused, peer: str | None,
-            receiver: Receiver) -> asyncio.Future[bytes]:
-        """`receiver` processes the message once the earlier ones naming its patients are done."""
-        keys = message.patients() if isinstance(message, Message) else frozenset()
-        before = {self.last[k] for k in keys if k in self.last}
+    def add(self, raw: bytes, message: Message | Refused) -> asyncio.Future[bytes]:
+        """The future ACK of a message."""
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.waiting.append((raw, message, answer))
+        if self.running is None or self.running.done():
+            self.running = asyncio.ensure_future(self._drain())
+        return answer
 
-        async def in_turn() -> bytes:
-            if before:
-                await asyncio.wait(before)
-            return await receiver.receive_read(raw, message, peer)
-
-        task = asyncio.ensure_future(in_turn())
-        for key in keys:
-            self.last[key] = task
-        task.add_done_callback(lambda done: self._forget(keys, done))
-        return task
-
-    def _forget(self, keys: frozenset[str], done: asyncio.Future[bytes]) -> None:
-        for key in keys:
-            if self.last.get(key) is done:
-                del self.last[key]
+    async def _drain(self) -> None:
+        while self.waiting:
+            taken, self.waiting = self.waiting, []
+            try:
+                acks = await self.receiver.receive_all([(raw, message) for raw, message, _ in taken],
+                                                       self.peer)
+            except Exception:  # noqa: BLE001 - receive_all answers every message; a bug must not hang the sender
+                log.exception("hl7v2: messages could not be answered")
+                acks = [acknowledgment(m.header if isinstance(m, Message) else None, "AE", (_FAULT,))
+                        for _, m, _ in taken]
+            for (_, _, answer), ack in zip(taken, acks, strict=True):
+                answer.set_result(ack)

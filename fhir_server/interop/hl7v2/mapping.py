@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -55,7 +56,7 @@ class Mappings:
     messages: dict[tuple[str, str], Rule]  # (message type, event) -> message map
     timezone: str
 
-    @property
+    @cached_property
     def primitives(self) -> dict[str, Callable[[list[str]], object]]:
         return datatypes.primitives(self.timezone, self.vocabulary["assigning-authority"])
 

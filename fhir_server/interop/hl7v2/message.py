@@ -1,5 +1,9 @@
 """A received HL7 v2 message: its bytes decoded by the character set MSH-18 names (a UTF-8 byte
-order mark dropped), parsed by python-hl7, its header read, and its fields as plain lists.
+order mark dropped), its header read, and its fields as plain lists.
+
+python-hl7 reads the separators MSH declares and decodes escape sequences; a field is split
+into repetitions, components and subcomponents by those separators when first asked for
+(python-hl7's whole tree of containers cost ten times as much, for fields no map reads).
 
 Every segment is kept, Z-segments and segments no mapping reads included: the raw bytes are
 stored as received (inbox.py), and `segments` lists them all."""
@@ -9,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as attribute
-from typing import Any, Union
+from typing import Union
 
 import hl7
 
@@ -48,22 +52,31 @@ class Header:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One segment: its id, which occurrence of that id it is, and its fields as python-hl7
-    parsed them (index = field number), turned into plain lists when first asked for."""
+    """One segment: its id, which occurrence of that id it is, and its fields as sent (index
+    = field number; MSH-1 is the field separator, MSH-2 the encoding characters), split
+    into plain lists by `separators` (repetition, component, subcomponent) when first asked for."""
 
     id: str
     occurrence: int
-    parsed: Any
+    texts: list[str]
+    separators: str
     _fields: dict[int, list[Node]] = attribute(default_factory=dict, compare=False, repr=False)
 
     def field(self, number: int) -> list[Node]:
         """The non-empty repetitions of field `number` ([] when absent or empty)."""
         found = self._fields.get(number)
         if found is None:
-            found = ([r for r in _field(self.parsed[number]) if _text(r)]
-                     if number < len(self.parsed) else [])
+            found = ([r for r in self._split(number) if _filled(r)]
+                     if number < len(self.texts) else [])
             self._fields[number] = found
         return found
+
+    def _split(self, number: int) -> list[Node]:
+        text = self.texts[number]
+        if self.id == "MSH" and number <= 2:  # the separators themselves
+            return [[[text]]]
+        repetition, component, subcomponent = self.separators
+        return [[c.split(subcomponent) for c in r.split(component)] for r in text.split(repetition)]
 
     def location(self, field: int | None = None, component: int | None = None) -> Location:
         return Location(self.id, self.occurrence, field, component)
@@ -113,15 +126,18 @@ def decode(raw: bytes) -> Message:
         raise rejected(Code.DATA_TYPE, f"Byte {exc.start} is not valid {charset or 'ASCII/UTF-8'}.",
                        Location("MSH", 1, 18)) from None
     try:
-        parsed = hl7.parse(text)
+        plan = hl7.parser.create_parse_plan(text.strip())
     except Exception as exc:  # python-hl7 raises several kinds on malformed input
         raise rejected(Code.SEGMENT_SEQUENCE, f"Unreadable message: {exc}.") from None
-    segments = _segments(parsed)
+    # plan.separators: segment, field, repetition, component, subcomponent.
+    segments = _segments(text.strip(), plan.separators)
     header = _header(segments[0])
     if not header.control_id:
         raise rejected(Code.REQUIRED_FIELD_MISSING, "MSH-10 (message control id) is empty.",
                        Location("MSH", 1, 10))
-    return Message(header, segments, parsed.unescape)
+    escapes = hl7.Message(separators=plan.separators, esc=plan.esc)
+    return Message(header, segments,
+                   lambda value: escapes.unescape(value) if plan.esc in value else value)
 
 
 def read(raw: bytes) -> Message | Refused:
@@ -132,30 +148,24 @@ def read(raw: bytes) -> Message | Refused:
         return refused
 
 
-def _segments(parsed: Any) -> tuple[Segment, ...]:
+def _segments(text: str, separators: str) -> tuple[Segment, ...]:
     seen: dict[str, int] = {}
     segments = []
-    for segment in parsed:
-        id = str(segment[0])
+    for line in text.split(separators[0]):
+        texts = line.split(separators[1])
+        id = texts[0]
+        if id == "MSH":  # MSH-1 is the field separator itself: MSH-n is at n as elsewhere
+            texts.insert(1, separators[1])
         seen[id] = seen.get(id, 0) + 1
-        # python-hl7 gives MSH-1 (the separator) its own index: MSH-n is at n as elsewhere.
-        segments.append(Segment(id, seen[id], segment))
+        segments.append(Segment(id, seen[id], texts, separators[2:5]))
     return tuple(segments)
 
 
-def _field(node: Any) -> list[Node]:
-    """A python-hl7 field as repetitions of components of subcomponents."""
+def _filled(node: Node) -> bool:
+    """Whether `node` holds any text (short of building it, as `_text` would)."""
     if isinstance(node, str):
-        return [[[node]]]
-    if node and all(isinstance(child, str) for child in node):
-        return [[[child] for child in node]] if isinstance(node, hl7.Repetition) else [[[node[0]]]]
-    return [_repetition(r) for r in node]
-
-
-def _repetition(node: Any) -> list[Node]:
-    if isinstance(node, str):
-        return [[node]]
-    return [[c] if isinstance(c, str) else [str(s) for s in c] for c in node]
+        return node != ""
+    return any(_filled(n) for n in node)
 
 
 def _text(node: Node) -> str:

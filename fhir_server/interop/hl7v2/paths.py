@@ -8,12 +8,14 @@ so a resource never holds an empty element."""
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 _STEP = re.compile(r"([A-Za-z]+)(?:\(([^()]+)\))?(?:\[(\d*)\])?")
 
 
-def steps(path: str) -> list[tuple[str, str | None, str | None]]:
+@lru_cache(maxsize=4096)  # the maps' target paths: a few hundred, each parsed once
+def steps(path: str) -> tuple[tuple[str, str | None, str | None], ...]:
     """The steps of `path`: (name, extension url or None, index: '' to append, digits, None)."""
     found = []
     position = 0
@@ -27,7 +29,7 @@ def steps(path: str) -> list[tuple[str, str | None, str | None]]:
             if path[position] != ".":
                 raise ValueError(f"bad target path '{path}'")
             position += 1
-    return found
+    return tuple(found)
 
 
 def put(resource: dict[str, Any], path: str, value: Any) -> None:

@@ -15,7 +15,10 @@ import asyncio
 import dataclasses
 import logging
 import re
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import quote
 
 from ...model.errors import FhirError, Kind
@@ -40,6 +43,27 @@ _CONTENT_ERRORS = {Kind.INVALID: Code.DATA_TYPE, Kind.UNPROCESSABLE: Code.DATA_T
                    Kind.PRECONDITION_FAILED: Code.DUPLICATE_KEY, Kind.CONFLICT: Code.DUPLICATE_KEY}
 
 
+@dataclass
+class _Received:
+    """A message stored and not answered yet: its inbox id, its resources or why it has none,
+    and whether it was received before (the server stopped before settling it)."""
+
+    id: int
+    message: Message
+    mapped: list[Instance] | Refused
+    retried: bool
+
+    def identities(self) -> set[tuple[str, str]] | None:
+        """What the message writes, by type and identifier; None if it cannot be applied
+        together with others (refused, retried, or a merge that reads what it writes)."""
+        if isinstance(self.mapped, Refused) or self.retried:
+            return None
+        if any("merge_into" in i.rule for i in self.mapped):
+            return None
+        return {(i.resource["resourceType"], identifier_token(i.resource["identifier"][0]))
+                for i in self.mapped}
+
+
 class Receiver:
     """Receives messages for one store: `receive(raw, peer)` returns the ACK bytes."""
 
@@ -48,32 +72,33 @@ class Receiver:
         self.recorder = recorder
         self.inbox = inbox
         self.mappings = mappings
-        # Messages being processed by key: the same key arriving meanwhile waits for their ACK.
-        self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        # Messages being processed by key: the same key arriving meanwhile waits for them.
+        self._running: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def receive(self, raw: bytes, peer: str | None = None) -> bytes:
         """Store, process and acknowledge one message; never raises."""
-        return await self.receive_read(raw, read(raw), peer)
-
-    async def receive_read(self, raw: bytes, message: Message | Refused, peer: str | None) -> bytes:
-        """`receive` of a message already read (`message.read(raw)`)."""
-        if isinstance(message, Refused):
-            return await self._unreadable(raw, peer, message)
-        key = (message.header.sender, message.header.control_id)
-        running = self._running.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._running[key] = done
-        try:
-            ack = await self._receive(message, raw, peer)
-        except Exception:  # noqa: BLE001 - a bug here must not leave the sender without an answer
-            log.exception("hl7v2: a message could not be processed")
-            ack = acknowledgment(message.header, "AE", (_INTERNAL,), CHARSETS[message.header.charset])
-        finally:
-            del self._running[key]
-        done.set_result(ack)
+        [ack] = await self.receive_all([(raw, read(raw))], peer)
         return ack
+
+    async def receive_all(self, frames: Sequence[tuple[bytes, Message | Refused]],
+                          peer: str | None) -> list[bytes]:
+        """`receive` of consecutive messages of one connection, already read
+        (`message.read(raw)`), applied in order; their ACKs, in order. Messages of one sender
+        that write no common resource go in one transaction (group commit); if it fails,
+        each is applied alone, so a message's outcome is its own."""
+        acks: list[bytes] = []
+        run: list[tuple[bytes, Message]] = []
+        for raw, message in frames:
+            if run and (isinstance(message, Refused) or not _joins(run, message)):
+                acks += await self._receive_run(run, peer)
+                run = []
+            if isinstance(message, Refused):
+                acks.append(await self._unreadable(raw, peer, message))
+            else:
+                run.append((raw, message))
+        if run:
+            acks += await self._receive_run(run, peer)
+        return acks
 
     async def replay(self, stored: Stored) -> bytes:
         """Process a stored message again (`fhir-server hl7 replay`)."""
@@ -81,35 +106,84 @@ class Receiver:
             message = decode(stored.raw)
         except Refused as refused:
             return acknowledgment(None, refused.ack, refused.problems)
-        return await self._process(stored.id, message, stored.peer, self._map(message), retried=True)
+        return await self._process(_Received(stored.id, message, self._map(message), True),
+                                   stored.peer, None)
 
     async def _unreadable(self, raw: bytes, peer: str | None, refused: Refused) -> bytes:
         ack = acknowledgment(None, refused.ack, refused.problems)
         try:
             stored, _ = await self.inbox.receive(None, None, raw, peer)
             await self.inbox.settle(stored.id, ERROR, ack, str(refused))
+            await self.inbox.flush()
         except Exception:  # noqa: BLE001 - the sender gets its AR all the same
             log.exception("hl7v2: an unreadable message could not be kept")
         return ack
 
-    async def _receive(self, message: Message, raw: bytes, peer: str | None) -> bytes:
-        header = message.header
-        # The receipt is flushed to disk in a thread while this one maps the message; nothing
-        # is written before the receipt is durable.
-        receipt = asyncio.ensure_future(self.inbox.receive(header.sender, header.control_id, raw, peer))
-        await asyncio.sleep(0)
-        mapped = self._map(message)
+    async def _receive_run(self, run: list[tuple[bytes, Message]], peer: str | None) -> list[bytes]:
+        """Messages of distinct keys: each waits for the same key arriving on another
+        connection, then they are stored and processed; never raises."""
+        keys = [(m.header.sender, m.header.control_id) for _, m in run]
+        # The same keys on other connections first; then answered as duplicates, from the inbox.
+        while running := {self._running[key] for key in keys if key in self._running}:
+            await asyncio.wait(running)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running.update((key, done) for key in keys)
         try:
-            stored, new = await receipt
-        except Exception:  # noqa: BLE001 - not durable, so not accepted: the sender resends
-            log.exception("hl7v2: a message could not be stored")
-            return acknowledgment(header, "AE", (Problem(
+            return await self._store_and_process(run, peer)
+        except Exception:  # noqa: BLE001 - a bug here must not leave the sender without an answer
+            log.exception("hl7v2: messages could not be processed")
+            return [acknowledgment(m.header, "AE", (_INTERNAL,), CHARSETS[m.header.charset])
+                    for _, m in run]
+        finally:
+            for key in keys:
+                del self._running[key]
+            done.set_result(None)
+
+    async def _store_and_process(self, run: list[tuple[bytes, Message]], peer: str | None) -> list[bytes]:
+        try:
+            receipts = await self.inbox.receive_all(
+                [(m.header.sender, m.header.control_id, raw, peer) for raw, m in run])
+        except Exception:  # noqa: BLE001 - not stored, so not accepted: the sender resends
+            log.exception("hl7v2: messages could not be stored")
+            return [acknowledgment(m.header, "AE", (Problem(
                 Code.INTERNAL_ERROR, "The message could not be stored; send it again later."),),
-                CHARSETS[header.charset])
-        if stored.ack is not None:  # a duplicate: its first answer
-            return stored.ack
-        # Not new and not settled: the server stopped while processing it (or before settling).
-        return await self._process(stored.id, message, peer, mapped, retried=not new)
+                CHARSETS[m.header.charset]) for _, m in run]
+        # The receipts reach the disk while the messages are mapped and validated; their
+        # transactions commit only after that (_AfterReceipt).
+        flushed = asyncio.ensure_future(self.inbox.flush())
+        flushed.add_done_callback(_retrieved)  # messages refused before writing never await it
+        acks: list[bytes | None] = [None] * len(run)
+        together: list[_Received] = []  # applied in one transaction, in order
+        positions: list[int] = []
+        written: set[tuple[str, str]] = set()
+
+        async def apply_together() -> None:
+            for position, ack in zip(positions, await self._process_together(together, peer, flushed),
+                                     strict=True):
+                acks[position] = ack
+            together.clear()
+            positions.clear()
+            written.clear()
+
+        for position, ((_, message), (stored, new)) in enumerate(zip(run, receipts, strict=True)):
+            if stored.ack is not None:  # a duplicate: its first answer
+                acks[position] = stored.ack
+                continue
+            # Not new and not settled: the server stopped while processing it (or before settling).
+            received = _Received(stored.id, message, self._map(message), retried=not new)
+            identities = received.identities()
+            if together and (identities is None or identities & written):
+                await apply_together()
+            if identities is None:
+                acks[position] = await self._process(received, peer, flushed)
+            else:
+                together.append(received)
+                positions.append(position)
+                written.update(identities)
+        if together:
+            await apply_together()
+        assert None not in acks
+        return cast(list[bytes], acks)
 
     def _map(self, message: Message) -> list[Instance] | Refused:
         try:
@@ -120,52 +194,83 @@ class Receiver:
             log.exception("hl7v2: a message could not be mapped")
             return Refused("AE", _INTERNAL)
 
-    async def _process(self, id: int, message: Message, peer: str | None,
-                       mapped: list[Instance] | Refused, *, retried: bool) -> bytes:
-        header = message.header
+    async def _process_together(self, group: list[_Received], peer: str | None,
+                                flushed: asyncio.Future[None]) -> list[bytes]:
+        """Apply `group` in one transaction and answer AA to each; if it fails, each alone."""
+        if len(group) > 1:
+            try:
+                await self._apply(group, peer, flushed)
+            except Exception:  # noqa: BLE001 - one of them fails: each gets its own outcome
+                pass
+            else:
+                acks = [acknowledgment(r.message.header, "AA", codec=CHARSETS[r.message.header.charset])
+                        for r in group]
+                await self._settle([(r.id, APPLIED, ack, None) for r, ack in zip(group, acks)])
+                return acks
+        return [await self._process(received, peer, flushed) for received in group]
+
+    async def _process(self, received: _Received, peer: str | None,
+                       flushed: asyncio.Future[None] | None) -> bytes:
+        """Apply a stored message (`flushed` once its receipt is on disk, None if it was
+        already) and record its outcome; an error is answered once the message kept for
+        replay is on disk."""
+        header = received.message.header
         codec = CHARSETS[header.charset]
         reason: str | None
         try:
-            if isinstance(mapped, Refused):
-                raise mapped
-            await self._apply(message, mapped, peer, retried)
+            await self._apply([received], peer, flushed)
         except Refused as refused:
             ack, state, reason = acknowledgment(header, refused.ack, refused.problems, codec), ERROR, str(refused)
         except Exception:  # noqa: BLE001 - one message's fault must not stop the listener
-            log.exception("hl7v2: a message failed", extra={"message_id": id})
+            log.exception("hl7v2: a message failed", extra={"message_id": received.id})
             ack, state, reason = acknowledgment(header, "AE", (_INTERNAL,), codec), ERROR, _INTERNAL.reason
         else:
             ack, state, reason = acknowledgment(header, "AA", codec=codec), APPLIED, None
-        try:
-            await self.inbox.settle(id, state, ack, reason)
-        except Exception:  # noqa: BLE001 - unsettled, it is applied again (to no effect) if resent
-            log.exception("hl7v2: a message's outcome could not be recorded", extra={"message_id": id})
+        await self._settle([(received.id, state, ack, reason)])
         return ack
 
-    async def _apply(self, message: Message, instances: list[Instance], peer: str | None,
-                     retried: bool) -> None:
-        """Commit the transaction of `message` (mapped to `instances`), as its sender, audited.
-        Every resource written carries the message in `meta.source`: a message `retried`
-        whose resources already carry it was committed before a stop, and is not applied
-        again."""
-        principal = await system_principal(self.ctx, f"mllp:{message.header.sender}", "mllp", SCOPE)
+    async def _settle(self, outcomes: list[tuple[int, str, bytes, str | None]]) -> None:
+        try:
+            await self.inbox.settle_all(outcomes)
+            if any(state == ERROR for _, state, _, _ in outcomes):
+                await self.inbox.flush()
+        except Exception:  # noqa: BLE001 - unsettled, it is applied again (to no effect) if resent
+            log.exception("hl7v2: outcomes could not be recorded",
+                          extra={"message_ids": [id for id, *_ in outcomes]})
+
+    async def _apply(self, group: list[_Received], peer: str | None,
+                     flushed: asyncio.Future[None] | None) -> None:
+        """Commit the transaction of the messages of `group` (one sender), as their sender,
+        audited, not before `flushed`. Every resource written carries its message in
+        `meta.source`: a message `retried` (alone) whose resources already carry it was
+        committed before a stop, and is not applied again."""
+        for received in group:
+            if isinstance(received.mapped, Refused):
+                raise received.mapped
+        sender = group[0].message.header.sender
+        principal = await system_principal(self.ctx, f"mllp:{sender}", "mllp", SCOPE)
         record = auditing.begin(self.recorder, method="POST", path="", query=None, address=peer,
                                 principal=lambda: principal)
+        store = record.store or self.ctx.store
         ctx = dataclasses.replace(self.ctx, principal=principal, trail=record.trail,
-                                  store=record.store or self.ctx.store)
-        # The entries in Bundle order: the written resources, then the merged records retired.
-        ordered = sorted(instances, key=lambda i: "merge_into" in i.rule)
+                                  store=_AfterReceipt(store, flushed) if flushed else store)
+        mapped = [cast(list[Instance], received.mapped) for received in group]
+        # The entries in Bundle order: per message, its written resources, then the merged
+        # records it retires.
+        ordered = [i for instances in mapped for i in sorted(instances, key=lambda i: "merge_into" in i.rule)]
         status = 500
         try:
-            source = source_of(message)
-            if retried and await _committed(ctx, instances, source):
+            if group[0].retried and await _committed(ctx, mapped[0], source_of(group[0].message)):
                 status = 200
                 return
-            await _refuse_merged(ctx, instances)
-            entries = [*[_entry(i) for i in ordered if "merge_into" not in i.rule],
-                       *await merge_entries(ctx, instances)]
-            for entry in entries:
-                entry["resource"].setdefault("meta", {})["source"] = source
+            await _refuse_merged(ctx, [i for instances in mapped for i in instances])
+            entries = []
+            for received, instances in zip(group, mapped, strict=True):
+                own = [*[_entry(i) for i in sorted(instances, key=lambda i: "merge_into" in i.rule)
+                         if "merge_into" not in i.rule], *await merge_entries(ctx, instances)]
+                for entry in own:
+                    entry["resource"].setdefault("meta", {})["source"] = source_of(received.message)
+                entries += own
             body = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
             _, parsed = bundle.parse_entries(ctx, Payload(body, body))
             await bundle.transaction(ctx, parsed)
@@ -178,6 +283,43 @@ class Receiver:
             raise _refused(exc, ordered) from None
         finally:
             await record.finish(status)
+
+
+def _joins(run: list[tuple[bytes, Message]], message: Message) -> bool:
+    """Whether `message` may be stored and processed with the `run` before it: the same
+    sender (one principal), a key not in the run (a repeat is answered from the inbox)."""
+    header = message.header
+    return (header.sender == run[0][1].header.sender
+            and all(m.header.control_id != header.control_id for _, m in run))
+
+
+class _AfterReceipt:
+    """The store as a message's transaction writes to it: a commit, or a unit of work,
+    begins once the message's receipt is on disk. Mapping, validation and look-ups run
+    meanwhile; a receipt that cannot be flushed fails the message before anything is written."""
+
+    # Typed loosely: interop/ reaches the store only through services/ (ARCHITECTURE.md).
+    def __init__(self, store: Any, flushed: asyncio.Future[None]) -> None:
+        self._store = store
+        self._flushed = flushed
+
+    async def commit(self, operations: Sequence[Any]) -> list[Any]:
+        await asyncio.shield(self._flushed)
+        return cast(list[Any], await self._store.commit(operations))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        await asyncio.shield(self._flushed)
+        async with self._store.transaction() as unit:
+            yield unit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def source_of(message: Message) -> str:
@@ -200,17 +342,21 @@ async def _committed(ctx: Context, instances: list[Instance], source: str) -> bo
 
 async def _refuse_merged(ctx: Context, instances: list[Instance]) -> None:
     """A patient merged away (A40) is not written to again: its record would lose its
-    `replaced-by` link and be active again. The sender must name the survivor."""
-    for instance in instances:
-        if instance.resource["resourceType"] != "Patient" or "merge_into" in instance.rule:
-            continue
-        for stored in await stored_with(ctx, "Patient", instance.resource["identifier"][0]):
-            survivor = next((link["other"].get("reference") for link in stored.get("link", [])
-                             if link.get("type") == "replaced-by"), None)
-            if survivor is not None:
-                location = instance.segment.location(3)
-                raise error(Code.UNKNOWN_KEY, f"{location} names Patient/{stored['id']}, merged "
-                            f"into {survivor}: send the surviving record's identifier.", location)
+    `replaced-by` link and be active again. The sender must name the survivor. One search
+    for the patients of every message of a group."""
+    named = {identifier_token(i.resource["identifier"][0]): i for i in instances
+             if i.resource["resourceType"] == "Patient" and "merge_into" not in i.rule}
+    if not named:
+        return
+    for stored in await stored_with(ctx, "Patient", *(i.resource["identifier"][0] for i in named.values())):
+        survivor = next((link["other"].get("reference") for link in stored.get("link", [])
+                         if link.get("type") == "replaced-by"), None)
+        instance = next((named[token] for token in map(identifier_token, stored.get("identifier", []))
+                         if token in named), None)
+        if survivor is not None and instance is not None:
+            location = instance.segment.location(3)
+            raise error(Code.UNKNOWN_KEY, f"{location} names Patient/{stored['id']}, merged "
+                        f"into {survivor}: send the surviving record's identifier.", location)
 
 
 def _entry(instance: Instance) -> dict[str, Any]:

@@ -149,3 +149,41 @@ async def test_no_message_lost_or_applied_twice_across_kill_cycles(server: Serve
     versions = await _versions(server.data_dir, "Patient")
     assert len({v["id"] for v in versions}) == messages  # none lost, none duplicated
     assert {v["version"] for v in versions} == {"1"}  # none applied twice
+
+
+async def test_messages_sent_ahead_survive_kill_cycles_once_each(server: Server) -> None:
+    """Groups committed together (docs/hl7v2.md): a kill while a group is received, applied
+    or acknowledged loses none and applies none twice once the unacknowledged are resent."""
+    messages, rng = 40, random.Random(7)
+    server.start()
+    acknowledged: set[int] = set()
+    for cycle in range(4):
+        waiting = [n for n in range(messages) if n not in acknowledged][:12]
+        connection = await connect(server.port)
+        await connection.send(b"".join(frame(_person(n)) for n in waiting))
+        if cycle < 3:  # killed while the group is in flight
+            await asyncio.sleep(rng.uniform(0, 0.15))
+            server.kill()
+            for n in waiting:  # what was acknowledged before the kill is settled
+                try:
+                    ack = await asyncio.wait_for(connection.reader.readuntil(b"\x1c\r"), 0.01)
+                except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break
+                assert msa(ack[1:-2])[1:3] == ["AA", f"K{n:04d}"]
+                acknowledged.add(n)
+            await connection.close()
+            server.start()
+            continue
+        for n in waiting:
+            assert msa(await connection.ack())[1:3] == ["AA", f"K{n:04d}"]
+            acknowledged.add(n)
+        await connection.close()
+    rest = [n for n in range(messages) if n not in acknowledged]
+    connection = await connect(server.port)
+    await connection.send(b"".join(frame(_person(n)) for n in range(messages)))  # all again
+    assert [msa(await connection.ack())[1] for _ in range(messages)] == ["AA"] * messages
+    await connection.close()
+    server.kill()
+    versions = await _versions(server.data_dir, "Patient")
+    assert len({v["id"] for v in versions}) == messages, rest  # none lost, none duplicated
+    assert {v["version"] for v in versions} == {"1"}  # none applied twice

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,27 @@ async def test_two_inboxes_on_one_file_store_a_message_once(tmp_path: Path) -> N
         first.close()
         second.close()
     assert stat.S_IMODE((tmp_path / "hl7v2.db").stat().st_mode) == 0o600
+
+
+async def test_callers_of_flush_share_a_sync_and_a_flushed_inbox_is_not_synced_again(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "hl7v2.db")
+    syncs = []
+    sync = inbox._sync
+
+    def counted() -> None:
+        syncs.append(1)
+        time.sleep(0.05)
+        sync()
+
+    inbox._sync = counted  # type: ignore[method-assign]
+    try:
+        await inbox.receive_all([("APP|FAC", f"C{n}", b"MSH|...", None) for n in range(3)])
+        await asyncio.gather(*[inbox.flush() for _ in range(10)])
+        assert len(syncs) == 1
+        await inbox.flush()  # nothing committed since
+        assert len(syncs) == 1
+        await inbox.settle_all([(1, "applied", b"MSA|AA", None)])
+        await asyncio.gather(*[inbox.flush() for _ in range(5)])
+        assert len(syncs) == 2
+    finally:
+        inbox.close()

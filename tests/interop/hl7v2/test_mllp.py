@@ -126,3 +126,18 @@ async def test_messages_sent_ahead_keep_their_order_for_one_patient(listener: Li
     movements = [orjson.loads(v.body) for v in (await ctx.store.history(HistoryQuery("Encounter", count=100))).versions
                  if v.body and b"MVT-0001" in v.body]
     assert max(movements, key=lambda m: int(m["meta"]["versionId"]))["serviceProvider"]["identifier"]["value"] == "4002"
+
+
+async def test_a_fault_of_the_receiver_is_answered_and_the_connection_goes_on(
+        listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*_: object) -> list[bytes]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(listener.receiver, "receive_all", broken)
+    connection = await connect(listener.bound_port)
+    await connection.send(frame(message("adt_a01_admit.hl7")) + frame(message("adt_a04_register.hl7")))
+    assert [msa(await connection.ack())[1] for _ in range(2)] == ["AE", "AE"]
+    monkeypatch.undo()
+    await connection.send(frame(message("adt_a04_register.hl7")))
+    assert msa(await connection.ack())[1] == "AA"
+    await connection.close()

@@ -4,13 +4,19 @@ messages change nothing; bad messages leave the store untouched and stay in the 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import threading
 from typing import Any
 
 import orjson
 import pytest
 
 from fhir_server.interop.hl7v2 import ERROR, RECEIVED, Receiver
-from fhir_server.services import crud, search
+from fhir_server.interop.hl7v2.identifiers import stored_with
+from fhir_server.interop.hl7v2.message import read
+from fhir_server.interop.hl7v2.problems import Refused
+from fhir_server.services import bundle, crud, search
 from fhir_server.services.context import Context, Payload
 from fhir_server.store.base import HistoryQuery
 from fhir_server.store.routing import RoutingStore
@@ -281,3 +287,83 @@ async def test_a_record_merged_away_is_not_written_to_again(receiver: Receiver, 
     [err] = errs(ack)
     assert err[2] == "PID^1^3^1" and err[3].startswith("204^") and f"Patient/{survivor['id']}" in err[8]
     assert await _versions(ctx) == before
+
+
+def _registration(n: int) -> bytes:
+    """An A28 of a patient of its own (IPP 3000nn), control id R-nn."""
+    return (message("adt_a28_add_person.hl7").replace(b"|A28-0001|", f"|R-{n}|".encode())
+            .replace(b"200001^^^", f"{300000 + n}^^^".encode()))
+
+
+async def test_messages_sent_ahead_are_committed_in_one_transaction(
+        receiver: Receiver, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    transactions = []
+    original = bundle.transaction
+
+    async def counted(*args: Any) -> Any:
+        transactions.append(args)
+        return await original(*args)
+
+    monkeypatch.setattr("fhir_server.interop.hl7v2.receiver.bundle.transaction", counted)
+    sent = [_registration(n) for n in range(4)]
+    acks = await receiver.receive_all([(raw, read(raw)) for raw in sent], "192.0.2.7")
+    assert [msa(ack)[1:3] for ack in acks] == [["AA", f"R-{n}"] for n in range(4)]
+    assert len(transactions) == 1
+    for n in range(4):  # each resource names its own message
+        patient = await _one(ctx, "Patient", IPP, str(300000 + n))
+        assert patient["meta"]["source"].endswith(f":R-{n}")
+    assert len(await receiver.inbox.unsettled(("applied",))) == 4
+
+
+async def test_a_message_sent_ahead_that_fails_fails_alone(receiver: Receiver, ctx: Context) -> None:
+    await _send(receiver, "adt_a28_add_person.hl7")
+    await _send(receiver, "adt_a28_add_person_2.hl7")
+    await _send(receiver, "adt_a40_merge.hl7")
+    stale = message("adt_a28_add_person_2.hl7").replace(b"|A28-0002|", b"|A31-0002|").replace(
+        b"ADT^A28", b"ADT^A31")  # names the record merged away: refused in the transaction's checks
+    sent = [_registration(1), stale, _registration(2), message("bad_date.hl7"), _registration(3)]
+    acks = await receiver.receive_all([(raw, read(raw)) for raw in sent], None)
+    assert [msa(ack)[1] for ack in acks] == ["AA", "AE", "AA", "AE", "AA"]
+    assert errs(acks[1])[0][3].startswith("204^")
+    for n in (1, 2, 3):
+        await _one(ctx, "Patient", IPP, str(300000 + n))
+    assert {m.control_id for m in await receiver.inbox.unsettled((ERROR,))} == {"A31-0002", "BAD-0002"}
+
+
+async def test_messages_sent_ahead_for_one_patient_are_applied_in_turn(receiver: Receiver, ctx: Context) -> None:
+    sent = [message(n) for n in ("adt_a01_admit.hl7", "adt_a08_update.hl7", "adt_z99_movement_update.hl7")]
+    acks = await receiver.receive_all([(raw, read(raw)) for raw in sent], None)
+    assert [msa(ack)[1] for ack in acks] == ["AA", "AA", "AA"]
+    history = (await ctx.store.history(HistoryQuery("Patient", count=100))).versions
+    assert sorted((v.version, orjson.loads(v.body)["meta"]["source"].rsplit(":", 1)[1]) for v in history
+                  if v.body) == [(1, "A01-0001"), (2, "A08-0001"), (3, "Z99-0001")]
+
+
+async def test_a_transaction_waits_for_its_receipt_on_disk(
+        receiver: Receiver, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    on_disk = threading.Event()
+    sync = receiver.inbox._sync
+
+    def slow_sync() -> None:
+        on_disk.wait(10)
+        sync()
+
+    monkeypatch.setattr(receiver.inbox, "_sync", slow_sync)
+    answer = asyncio.ensure_future(receiver.receive(message("adt_a01_admit.hl7")))
+    while not await receiver.inbox.unsettled((RECEIVED,)):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # mapped, validated: the commit waits for the receipt's sync
+    assert await ctx.store.count("Patient") == 0 and not answer.done()
+    on_disk.set()
+    assert msa(await answer)[1] == "AA"
+    assert await ctx.store.count("Patient") == 1
+
+
+async def test_a_look_up_by_identifier_past_a_page_is_refused_not_half_read(ctx: Context) -> None:
+    for value in ("1", "2"):
+        patient = {"resourceType": "Patient", "identifier": [{"system": IPP, "value": value}]}
+        await crud.create(ctx, "Patient", Payload(dict(patient), dict(patient)))
+    both = [{"system": IPP, "value": "1"}, {"system": IPP, "value": "2"}]
+    assert len(await stored_with(ctx, "Patient", *both)) == 2  # one search, the tokens OR-ed
+    with pytest.raises(Refused):
+        await stored_with(dataclasses.replace(ctx, max_page_size=1), "Patient", *both)
