@@ -200,9 +200,11 @@ def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         name, value = name.strip(), value.strip()
         if not colon or not TOKEN.fullmatch(name) or not VALUE.fullmatch(value) \
                 or len(str(header)) > MAX_HEADER:
-            # Its name only: the value may be a credential (credentials.py).
+            # Its name only, and only a name before a colon: without one, what looks like a
+            # name may be the credential itself (credentials.py).
+            which = f"'{name[:40]}'" if colon and TOKEN.fullmatch(name) else f"header {len(headers) + 1}"
             raise _invalid(f"A channel header is 'Name: value' in visible ASCII, at most "
-                           f"{MAX_HEADER} characters; '{name[:40]}' is not.", where)
+                           f"{MAX_HEADER} characters; {which} is not.", where)
         if name.lower() in RESERVED_HEADERS:
             raise _invalid(f"The channel header '{name}' is set by the server.", where)
         headers.append((name, value))
