@@ -16,7 +16,7 @@ have it sent to an endpoint of their own).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,8 +35,9 @@ class Credentials:
     """A Subscription's header values by name (in their order) and its signing secret, and
     the endpoint they were given for; `MASK` in a write stands for the value stored."""
 
-    headers: tuple[tuple[str, str], ...] = ()
-    secret: str | None = None
+    # Out of the repr, which tracebacks and log lines may show.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    secret: str | None = field(default=None, repr=False)
     endpoint: str | None = None
 
     def __bool__(self) -> bool:

@@ -10,7 +10,7 @@ period, timeout and max count on `channel`. A classic R4 rest-hook names a searc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
@@ -67,14 +67,15 @@ class Plan:
     filters: tuple[Query, ...]
     special: tuple[tuple[str, str], ...]  # filters no search parameter answers (SPECIAL_FILTERS)
     endpoint: str
-    headers: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # perhaps credentials: out of reprs
     content: Content
     mime_type: str | None
     heartbeat: int | None
     timeout: float
     max_count: int
     end: str | None
-    secret: str | None = None  # the HMAC key of its notifications (credentials.py), if its own
+    # the HMAC key of its notifications (credentials.py), if its own; out of reprs
+    secret: str | None = field(default=None, repr=False)
 
     @property
     def classic(self) -> bool:

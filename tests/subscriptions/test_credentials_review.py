@@ -5,11 +5,14 @@ operator included, would have its receiver's credentials sent to an endpoint of 
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.subscriptions import MASK, SECRET
 from fhir_server.subscriptions.credentials import Credentials, unmask
+from fhir_server.subscriptions.criteria import Plan
 from tests.http.helpers import send
 from tests.subscriptions.conftest import dispatch
 from tests.subscriptions.receiver import Receiver
@@ -70,3 +73,10 @@ def test_credentials_are_never_joined_to_another_endpoint() -> None:
     assert RAW not in str(unmask(resource, old)) and OWN_SECRET not in str(unmask(resource, old))
     same = Credentials((("Authorization", RAW),), None, endpoint="https://new.example.org/hook")
     assert unmask(resource, same)["channel"]["header"] == [f"Authorization: {RAW}"]
+
+
+def test_the_values_stay_out_of_reprs() -> None:
+    """A repr ends up in tracebacks, debuggers and log lines: never the values."""
+    kept = Credentials((("Authorization", RAW),), OWN_SECRET, endpoint="https://example.org/hook")
+    assert RAW not in repr(kept) and OWN_SECRET not in repr(kept)
+    assert {f.name for f in fields(Plan) if not f.repr} >= {"headers", "secret"}
