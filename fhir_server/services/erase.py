@@ -187,10 +187,14 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
     the last erasure did."""
     setup = _setup(ctx)
     async with setup.lock:  # two requests for one patient: the second finds nothing left
+        # Subscription events are sealed under the outbox's key, not the patient's. Removed
+        # before the store's erasure (a crash after it leaves no second $erase: the Patient
+        # is gone) and after it (events of writes that raced with it).
+        events = await forget_events(ctx.store, patient_id)
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
         await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
         await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
-        events = await forget_events(ctx.store, patient_id)  # sealed under the outbox's key
+        events += await forget_events(ctx.store, patient_id)
         done = await asyncio.to_thread(setup.ledger.find, patient_id)
         if done is not None and not erased.resources and not events:
             return parameters(done)
@@ -238,8 +242,9 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     """Erase again the patient of ledger `entry` (their data came back: a restore) and record
     it; `when` says on what occasion ("on restore")."""
     patient = entry["patient"]
+    events = await forget_events(store, patient)  # first, as `sweep` does
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
-    events = await forget_events(store, patient)
+    events += await forget_events(store, patient)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
     await record(erasure_event(
         recorded=clock.instant(), principal=server_principal("fhir-server"), address=None,

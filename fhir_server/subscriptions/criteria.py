@@ -10,7 +10,7 @@ period, timeout and max count on `channel`. A classic R4 rest-hook names a searc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
@@ -67,14 +67,15 @@ class Plan:
     filters: tuple[Query, ...]
     special: tuple[tuple[str, str], ...]  # filters no search parameter answers (SPECIAL_FILTERS)
     endpoint: str
-    headers: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # perhaps credentials: out of reprs
     content: Content
     mime_type: str | None
     heartbeat: int | None
     timeout: float
     max_count: int
     end: str | None
-    secret: str | None = None  # the HMAC key of its notifications (credentials.py), if its own
+    # the HMAC key of its notifications (credentials.py), if its own; out of reprs
+    secret: str | None = field(default=None, repr=False)
 
     @property
     def classic(self) -> bool:
@@ -200,9 +201,11 @@ def _headers(channel: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         name, value = name.strip(), value.strip()
         if not colon or not TOKEN.fullmatch(name) or not VALUE.fullmatch(value) \
                 or len(str(header)) > MAX_HEADER:
-            # Its name only: the value may be a credential (credentials.py).
+            # Its name only, and only a name before a colon: without one, what looks like a
+            # name may be the credential itself (credentials.py).
+            which = f"'{name[:40]}'" if colon and TOKEN.fullmatch(name) else f"header {len(headers) + 1}"
             raise _invalid(f"A channel header is 'Name: value' in visible ASCII, at most "
-                           f"{MAX_HEADER} characters; '{name[:40]}' is not.", where)
+                           f"{MAX_HEADER} characters; {which} is not.", where)
         if name.lower() in RESERVED_HEADERS:
             raise _invalid(f"The channel header '{name}' is set by the server.", where)
         headers.append((name, value))
