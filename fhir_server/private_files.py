@@ -26,6 +26,15 @@ def make_private(path: Path) -> None:
             os.chmod(name, 0o600)
 
 
+def sync_directory(path: Path) -> None:
+    """Make the creation, renaming or removal of a file in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def turn_lock(lock: Path) -> Iterator[bool]:
     """Try to take the lock file `lock` (0600) without waiting; whether this process holds it.

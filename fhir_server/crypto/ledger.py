@@ -8,6 +8,13 @@ owner-only (0600). Each entry carries `prev`, the `mac` of the entry before it, 
 changed, removed or inserted breaks the chain, and only a holder of the key ring can write
 one that verifies. What an entry holds: the patient's id, when, why, who asked, counts per
 type; never any content of the erased resources.
+
+An erasure is also announced before it starts: an *intent* file beside the ledger (one per
+request, authenticated under the same key) says who is to be erased, by whom and why, and is
+removed once the erasure's entry and AuditEvent are written. A process killed in between
+leaves the intent, which the next start finishes (services/erase.py `reconcile`): otherwise
+the store would have lost the patient while their data keys, ledger entry and AuditEvent
+never came, and an older backup would bring them back.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..private_files import sync_directory
 from .keyring import KeyProvider
 
 GENESIS = "0" * 64
@@ -79,6 +88,64 @@ class ErasureLedger:
         """The entry of Patient/`patient`'s latest erasure, if any (an id reused by a new
         Patient, or data written to an erased compartment later, is erased again)."""
         return next((e for e in reversed(self.entries()) if e.get("patient") == patient), None)
+
+    @property
+    def _intents(self) -> Path:
+        return self.path.with_name(self.path.name + ".intents")
+
+    def intend(self, record: dict[str, Any]) -> None:
+        """Announce an erasure (`record`: JSON values, its `patient` and `started` among
+        them) before it starts, durably, until `settle`."""
+        token = secrets.token_hex(8)
+        entry = {**record, "token": token}
+        entry["mac"] = self._mac(entry)
+        self._intents.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # the patient's id in hex: an id such as '..' is a valid FHIR id, not a file name
+        target = self._intents / f"{str(record['patient']).encode().hex()}.{token}.json"
+        staging = target.with_suffix(".tmp")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(entry, sort_keys=True, ensure_ascii=False).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, target)
+        sync_directory(self._intents)
+
+    def settle(self, intent: dict[str, Any]) -> None:
+        """The erasure announced by `intent` is finished: forget it, and every intent for the
+        same patient announced before it (this erasure swept after they started)."""
+        if not self._intents.is_dir():
+            return
+        for file in self._intents.glob(f"{str(intent['patient']).encode().hex()}.*.json"):
+            try:
+                started = json.loads(file.read_bytes()).get("started")
+            except (OSError, ValueError):
+                continue  # `intended` reports it
+            if str(started) <= str(intent["started"]):
+                file.unlink(missing_ok=True)
+        sync_directory(self._intents)
+
+    def intended(self) -> list[dict[str, Any]]:
+        """The erasures announced and not settled (each with its `token`), oldest first;
+        LedgerError if one does not verify (it was changed outside the server: a forged one
+        would have the server erase a patient at start)."""
+        if not self._intents.is_dir():
+            return []
+        intents = []
+        for file in self._intents.glob("*.json"):
+            try:
+                entry = json.loads(file.read_bytes())
+                ok = isinstance(entry, dict) and hmac.compare_digest(
+                    str(entry.get("mac")), self._mac(entry))
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                raise LedgerError(f"the erasure intent {file.name} beside {self.path} does not "
+                                  "verify: changed or added outside the server, or kept under "
+                                  "another key ring")
+            intents.append(entry)
+        return sorted(intents, key=lambda entry: str(entry.get("started")))
 
     def _verified(self, lines: list[bytes]) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []

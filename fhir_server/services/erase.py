@@ -179,32 +179,53 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
 
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
-                job: str | None = None) -> dict[str, Any]:
+                job: str | None = None, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
     a new Patient, a late result) as a new erasure; when it finds nothing, it answers what
-    the last erasure did."""
+    the last erasure did. The erasure is announced in the ledger's intents first and settled
+    last, so that a process killed in between has it finished at the next start
+    (`reconcile`, which passes the intent as `resumed`)."""
     setup = _setup(ctx)
     async with setup.lock:  # two requests for one patient: the second finds nothing left
+        intent = resumed or _intent(ctx.principal, patient_id, reason, job)
+        if resumed is None:
+            await asyncio.to_thread(setup.ledger.intend, intent)
         # Subscription events are sealed under the outbox's key, not the patient's. Removed
-        # before the store's erasure (a crash after it leaves no second $erase: the Patient
-        # is gone) and after it (events of writes that raced with it).
+        # before the store's erasure and after it (events of writes that raced with it).
         events = await forget_events(ctx.store, patient_id)
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
         await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
         await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
         events += await forget_events(ctx.store, patient_id)
         done = await asyncio.to_thread(setup.ledger.find, patient_id)
-        if done is not None and not erased.resources and not events:
+        if (resumed is None and done is not None and not erased.resources and not events
+                and not await _cut_short(setup.ledger, intent)):
+            await asyncio.to_thread(setup.ledger.settle, intent)
             return parameters(done)
         keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
-        entry = await asyncio.to_thread(setup.ledger.append, _entry(
-            ctx.principal, patient_id, reason, erased, keys, job))
+        entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
-        reason=reason, counts=counts_of(erased), keys=len(keys), events=events))
+        reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=events))
+    await asyncio.to_thread(setup.ledger.settle, intent)
     return parameters(entry)
+
+
+async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:
+    """Whether an earlier erasure of `intent`'s patient was announced and never settled (a
+    request that failed part way: the keys it was to destroy may be left)."""
+    return any(other["patient"] == intent["patient"] and other["started"] < intent["started"]
+               for other in await asyncio.to_thread(ledger.intended))
+
+
+def _intent(principal: Principal | None, patient_id: str, reason: str,
+            job: str | None) -> dict[str, Any]:
+    """What an erasure's intent records: whom, when it started, why, who asked."""
+    who = principal.fhir_user or principal.subject if principal else "unknown"
+    return {"patient": patient_id, "started": clock.instant(), "reason": reason, "by": who,
+            "client": principal.client_id if principal else None, "job": job}
 
 
 def _shred(keys: KeyShredder, patient_id: str) -> list[bytes]:
@@ -221,14 +242,12 @@ def destroyed_keys(ledger: ErasureLedger) -> frozenset[bytes]:
     return frozenset(bytes.fromhex(k) for entry in ledger.entries() for k in entry.get("keys", ()))
 
 
-def _entry(principal: Principal | None, patient_id: str, reason: str, erased: Erasure,
-           keys: list[bytes], job: str | None) -> dict[str, Any]:
+def _entry(intent: dict[str, Any], erased: Erasure, keys: list[bytes]) -> dict[str, Any]:
     """The ledger entry of an erasure: who, when, why, counts; no erased content."""
-    who = principal.fhir_user or principal.subject if principal else "unknown"
-    return {"patient": patient_id, "erased": clock.instant(), "reason": reason, "by": who,
-            "client": principal.client_id if principal else None, "keys_destroyed": len(keys),
+    return {"patient": intent["patient"], "erased": clock.instant(), "reason": intent["reason"],
+            "by": intent["by"], "client": intent["client"], "keys_destroyed": len(keys),
             "keys": [key.hex() for key in keys], "resources": erased.resources,
-            "versions": erased.versions, "job": job}
+            "versions": erased.versions, "job": intent["job"]}
 
 
 def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:
@@ -252,13 +271,18 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
 
 
 async def reconcile(ctx: Context) -> list[str]:
-    """At start-up, before serving: erase again each patient of the ledger whose Patient the
-    store holds in a version from before their erasure (a store put back from files, not by
+    """At start-up, before serving: finish each erasure a killed process left announced but
+    not settled, then erase again each patient of the ledger whose Patient the store holds in
+    a version from before their erasure (a store put back from files, not by
     `fhir-server restore`); the patients erased again. An id reused by a Patient created
     since is left alone."""
     if ctx.erasures is None:
         return []
     again = []
+    # one at a time: finishing one settles the older intents for its patient too
+    while intents := await asyncio.to_thread(ctx.erasures.ledger.intended):
+        await _finish(ctx, intents[0])
+        again.append(intents[0]["patient"])
     for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
         try:
             found = await ctx.store.read("Patient", entry["patient"])
@@ -269,6 +293,23 @@ async def reconcile(ctx: Context) -> list[str]:
             await replay(ctx.store, ctx.registry, ctx.erasures.record, entry, "at start-up")
             again.append(entry["patient"])
     return again
+
+
+async def _finish(ctx: Context, intent: dict[str, Any]) -> None:
+    """Finish the erasure of `intent`: sweep again and write what was missing, or, if its
+    ledger entry was written before the process died, only the AuditEvent that may be missing
+    (an erasure killed after its event and before settling has it twice)."""
+    setup = _setup(ctx)
+    last = await asyncio.to_thread(setup.ledger.find, intent["patient"])
+    if last is not None and last["erased"] >= intent["started"]:
+        await setup.record(erasure_event(
+            recorded=last["erased"], principal=ctx.principal, address=None,
+            patient=intent["patient"], reason=last["reason"],
+            counts=counts_of(Erasure(last["resources"], last["versions"])),
+            keys=last["keys_destroyed"], events=0))
+        await asyncio.to_thread(setup.ledger.settle, intent)
+    else:
+        await sweep(ctx, intent["patient"], intent["reason"], job=intent["job"], resumed=intent)
 
 
 def parameters(entry: dict[str, Any]) -> dict[str, Any]:

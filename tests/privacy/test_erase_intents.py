@@ -1,0 +1,158 @@
+"""An erasure cut short (the process killed after the store lost the patient, before their
+keys, ledger entry or AuditEvent): announced in the ledger's intents first, it is finished at
+the next start (services/erase.py `reconcile`), on both stores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_server.access import server_principal
+from fhir_server.app import create_app
+from fhir_server.crypto import ErasureLedger, patient_scope
+from fhir_server.crypto.ledger import LedgerError
+from fhir_server.services import erase as erase_service
+from fhir_server.services.erase import reconcile
+from tests.conftest import authorized
+from tests.privacy.conftest import Server
+
+
+class Killed(RuntimeError):
+    """The process dying at that point: nothing of the erasure after it runs."""
+
+
+def _ledger(server: Server) -> ErasureLedger:
+    return server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
+
+
+def _erasure_reasons(client: TestClient, patient: str) -> list[str]:
+    events = client.get(f"/fhir/AuditEvent?entity-name=Patient/{patient}").json().get("entry", [])
+    return [d["valueString"] for e in events for d in e["resource"]["entity"][0]["detail"]
+            if d["type"] == "reason"]
+
+
+def _restart(server: Server) -> Any:
+    """The server started again on the same files (its store, key ring, ledger)."""
+    return authorized(TestClient(create_app(server.settings)))
+
+
+def _start_again(server: Server) -> list[str]:
+    """What a start does before serving (`reconcile`), run in the server's own loop."""
+    ctx = server.client.app.state.context  # type: ignore[attr-defined]
+    return server.client.portal.call(  # type: ignore[union-attr]
+        reconcile, replace(ctx, principal=server_principal("fhir-server")))
+
+
+def _killed(server: Server, reason: str = "asked by the patient") -> None:
+    """Erase Patient/a with the process "dying" part way: the request fails with a 500."""
+    assert server.erase("a", reason=reason).status_code == 500
+
+
+def _kill_at(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        raise Killed(name)
+    monkeypatch.setattr(target, name, killed)
+
+
+def _kill_after_the_store_erasure(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = server.client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    keys.current(patient_scope("a"))
+    with monkeypatch.context() as patch:
+        _kill_at(patch, erase_service, "_shred")  # after the store's erasure, before the keys
+        _killed(server, "GDPR request 7")
+    ledger = _ledger(server)
+    assert ledger.find("a") is None  # nothing but the intent was written
+    assert [i["patient"] for i in ledger.intended()] == ["a"]
+    assert keys.keys_of(patient_scope("a"))  # the keys the erasure was to destroy
+    assert server.client.get("/fhir/Patient/a").status_code == 404
+
+
+def _finished(client: TestClient) -> None:
+    erasures = client.app.state.context.erasures  # type: ignore[attr-defined]
+    entry = erasures.ledger.find("a")
+    assert entry is not None and entry["reason"] == "GDPR request 7" and entry["keys_destroyed"] == 1
+    assert erasures.ledger.intended() == []
+    assert erasures.keys.keys_of(patient_scope("a")) == []
+    assert client.get("/fhir/Patient/a").status_code == 404
+    assert client.get("/fhir/Patient/b").status_code == 200
+    assert _erasure_reasons(client, "a") == ["GDPR request 7"]
+
+
+def test_a_kill_after_the_store_erasure_is_finished_at_the_next_start(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _kill_after_the_store_erasure(server, monkeypatch)
+    assert _start_again(server) == ["a"]
+    _finished(server.client)
+    assert _start_again(server) == []
+
+
+def test_a_server_started_again_finishes_it_before_serving(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _kill_after_the_store_erasure(sqlite_server, monkeypatch)
+    with _restart(sqlite_server) as client:
+        _finished(client)
+
+
+def test_a_kill_after_the_ledger_entry_records_the_missing_audit_event_once(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    with monkeypatch.context() as patch:
+        _kill_at(patch, erasures, "record")
+        _killed(server, "GDPR request 8")
+    assert _ledger(server).find("a") is not None and _ledger(server).intended()
+    assert _erasure_reasons(server.client, "a") == []
+    _start_again(server)
+    assert _erasure_reasons(server.client, "a") == ["GDPR request 8"]
+    assert _ledger(server).intended() == []
+    assert len([e for e in _ledger(server).entries() if e["patient"] == "a"]) == 1
+
+
+def test_a_failed_request_then_a_second_one_destroys_the_keys(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that failed part way leaves its intent; the next request for the patient,
+    finding the store already empty, still finishes the erasure rather than answering the
+    last one's output."""
+    assert server.erase("a").status_code == 200  # an earlier erasure: the ledger has an entry
+    server.client.put("/fhir/Patient/a", json={"resourceType": "Patient", "id": "a"},
+                      headers={"Content-Type": "application/fhir+json"})
+    keys = server.client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    assert keys.keys_of(patient_scope("a"))  # the reused id's new key
+    with monkeypatch.context() as patch:
+        _kill_at(patch, erase_service, "_shred")
+        _killed(server)
+    response = server.erase("a")
+    assert response.status_code == 200, response.text
+    assert keys.keys_of(patient_scope("a")) == []
+    assert _ledger(server).intended() == []
+
+
+def test_a_forged_intent_stops_the_start(sqlite_server: Server) -> None:
+    ledger = _ledger(sqlite_server)
+    folder = ledger.path.with_name(ledger.path.name + ".intents")
+    folder.mkdir(exist_ok=True)
+    forged = {"patient": "b", "started": "2026-01-01T00:00:00Z", "reason": "x", "by": "x",
+              "client": None, "job": None, "token": "00", "mac": "0" * 64}
+    (folder / f"{b'b'.hex()}.00.json").write_text(json.dumps(forged))
+    with pytest.raises(LedgerError, match="does not verify"):
+        with _restart(sqlite_server):
+            pass
+
+
+def test_intents_name_files_safely_and_settle_older_ones(tmp_path: Path) -> None:
+    ledger = ErasureLedger(tmp_path / "ledger.jsonl", b"k" * 32)
+    first = {"patient": "..", "started": "2026-01-01T00:00:00.000001Z", "reason": "r"}
+    second = {**first, "started": "2026-01-01T00:00:00.000002Z"}
+    other = {**first, "patient": "x"}
+    for intent in (first, second, other):
+        ledger.intend(intent)
+    assert {p.parent for p in (tmp_path / "ledger.jsonl.intents").iterdir()} == {
+        tmp_path / "ledger.jsonl.intents"}
+    assert len(ledger.intended()) == 3
+    ledger.settle(second)  # the first started before it: settled with it
+    assert [i["patient"] for i in ledger.intended()] == ["x"]
+    assert oct((tmp_path / "ledger.jsonl.intents").stat().st_mode & 0o777) == "0o700"
