@@ -16,6 +16,7 @@ bench/matching.py's. CPU time is the figure to read (the machine is shared).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 
@@ -45,9 +46,9 @@ def many(trials: list[Trial], records: list[Record]) -> tuple[int, int]:
     index = TrialIndex(trials)
     pruned = evaluated = 0
     for record in records:
-        found = index.match(record)
-        pruned += len(found.pruned)
-        evaluated += found.evaluated
+        found = index.verdicts(record)
+        pruned += found.pruned
+        evaluated += len(found.found)
     return pruned, evaluated
 
 
@@ -63,13 +64,21 @@ def main() -> None:
     rng = random.Random(args.seed)
     started = time.process_time()
     trials = [read_trial(f"s{n:05d}", [synthetic_group(rng, n)]) for n in range(args.trials)]
-    records = [read_record([(pinned(r), r) for r in synthetic_patient(rng, n)], TODAY)
-               for n in range(args.patients)]
+    patients = [synthetic_patient(rng, n) for n in range(args.patients)]
+
+    def fresh(count: int) -> list[Record]:
+        """Records read anew: what one run judges of a patient is not left for the next."""
+        return [read_record([(pinned(r), r) for r in resources], TODAY) for resources in patients[:count]]
+
+    records = fresh(args.patients)
     print(f"built {args.trials} trials and {args.patients} patient records in "
           f"{time.process_time() - started:.1f} s CPU; load average {load_average()}")
 
     cpu, wall, pairs = [], [], [0, 0, 0]
     for trial in rng.sample(trials, args.one):
+        # Each call reads its records anew (trials/inverse_counts.py): nothing judged for the
+        # previous trial is kept.
+        records = [dataclasses.replace(r, findings={}, verdicts={}) for r in records]
         c0, t0 = time.process_time(), time.perf_counter()
         found = one_trial(trial, records)
         cpu.append(time.process_time() - c0)
@@ -81,7 +90,7 @@ def main() -> None:
           f"p95 {percentile(cpu, 95):.2f} s, max {cpu[-1]:.2f} s (wall p95 {percentile(wall, 95):.2f} s); "
           f"pairs {pairs[0]} pruned, {pairs[1]} evaluated, {pairs[2]} not ineligible")
 
-    sample = records[:args.full_patients]
+    sample = fresh(args.full_patients)
     c0 = time.process_time()
     pruned, evaluated = many(trials[:args.full_trials], sample)
     full = time.process_time() - c0
@@ -91,6 +100,7 @@ def main() -> None:
           f"x{scale:.0f} for {args.trials} x {args.patients}: ~{full * scale / 60:.1f} min CPU (one core)")
 
     changed = rng.sample(trials, max(1, args.trials // 100))
+    records = fresh(args.patients)
     c0 = time.process_time()
     pruned, evaluated = many(changed, records)
     print(f"re-match after 1% changed ({len(changed)} trials x {args.patients} patients): "
