@@ -9,8 +9,11 @@ store is not in it, and is reported separately by `--store` (SQLite, the same re
 and read back through the service layer's store). Synthetic trials and patients are
 bench/matching.py's. CPU time is the figure to read (the machine is shared).
 
-    .venv/bin/python -m bench.rematch [--patients 100000] [--trials 10000] [--full-trials 1000]
-                                      [--full-patients 10000] [--one 20] [--seed 7]
+    .venv/bin/python -m bench.rematch [--patients 100000] [--trials 10000] [--full-trials 10000]
+                                      [--full-patients 100000] [--one 20] [--seed 7]
+
+The full re-match runs at full size by default (about 3 minutes of CPU); smaller
+`--full-trials` / `--full-patients` give a scaled run, extrapolated linearly.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--trials", type=int, default=10_000)
-    parser.add_argument("--full-trials", type=int, default=1_000, help="trials of the full re-match run")
-    parser.add_argument("--full-patients", type=int, default=10_000, help="patients of the full re-match run")
+    parser.add_argument("--full-trials", type=int, default=10_000, help="trials of the full re-match run")
+    parser.add_argument("--full-patients", type=int, default=100_000, help="patients of the full re-match run")
     parser.add_argument("--one", type=int, default=20, help="trials timed one by one against every patient")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -100,6 +103,7 @@ def main() -> None:
           f"x{scale:.0f} for {args.trials} x {args.patients}: ~{full * scale / 60:.1f} min CPU (one core)")
 
     changed = rng.sample(trials, max(1, args.trials // 100))
+    del sample, records  # their judgements: memory
     records = fresh(args.patients)
     c0 = time.process_time()
     pruned, evaluated = many(changed, records)
