@@ -50,9 +50,9 @@ class Criterion:
     rule: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rule", repr(tuple(
-            tuple(c.rule for c in value) if name in ("members", "only_if") else value
-            for name in _RULE_FIELDS for value in (getattr(self, name),))))
+        parts = [tuple(c.rule for c in getattr(self, name)) if name in ("members", "only_if")
+                 else getattr(self, name) for name in _RULE_FIELDS]
+        object.__setattr__(self, "rule", repr(tuple(parts)))
 
 
 _RULE_FIELDS = tuple(f.name for f in dataclasses.fields(Criterion) if f.name not in ("key", "text", "rule"))
