@@ -1,7 +1,7 @@
 """Catalogue import rate (issue 17 §7: ≥ 300 trials/s): synthetic ECLAIRE trials, each the
 IG example renumbered with its enrollment Group, its sponsor and ~5 sites, stored through
 `trials.catalogue.store_all` (validation against the ECLAIRE profiles, indexing, one unit of
-work per trial, audit) on a fresh SQLite store; then the same again (all unchanged: reads and
+work per 50 trials, audit) on a fresh SQLite store; then the same again (all unchanged: reads and
 comparisons only).
 
     .venv/bin/python -m bench.catalogue [--trials 10000] [--sites 5] [--profile]

@@ -2,9 +2,10 @@
 target: p95 <= 200 ms), and the pairs the index pruned vs evaluated.
 
 What is timed, per patient: reading the patient's record (eligibility_record), the index's
-candidates, evaluating every candidate, ranking, and rendering the top 50 entries with their
-per-criterion explanations (match_render) — the work `$match` does once its catalogue is kept
-in memory (trials/match_catalogue.py reads the store again only after a catalogue write).
+candidates, the verdict and score of every candidate (each criterion judged once per patient,
+eligibility.verdict), ranking, then explaining the top 50 (eligibility.evaluate) and rendering
+them (match_render) — the work `$match` does once its catalogue is kept in memory
+(trials/match_catalogue.py reads the store again only after a catalogue write).
 HTTP, access and audit are not in it. Wall-clock p50/p95/p99 and process CPU per patient are
 printed (the machine is shared: CPU time is the steadier figure).
 
@@ -20,7 +21,7 @@ from datetime import date
 from typing import Any
 
 from bench.common import machine, percentile
-from fhir_server.trials.eligibility import TrialIndex, pinned, read_record, read_trial
+from fhir_server.trials.eligibility import INELIGIBLE, RANK, TrialIndex, evaluate, pinned, read_record, read_trial
 from fhir_server.trials.eligibility_codes import COMPARATOR_URL, CRITERION_SYSTEM, LOINC, PROFILE, UCUM
 from fhir_server.trials.match_render import entry
 
@@ -116,7 +117,7 @@ def main() -> None:
     studies = {f"s{n:05d}": {"resourceType": "ResearchStudy", "id": f"s{n:05d}", "status": "active"}
                for n in range(args.trials)}
     index = TrialIndex(read_trial(id, [synthetic_group(rng, n)]) for n, id in enumerate(studies))
-    groups = {t.study: t.groups for t in index.trials}
+    by_study = {t.study: t for t in index.trials}
     print(f"index of {args.trials} trials built in {time.process_time() - started:.2f} s CPU")
     patients = [synthetic_patient(rng, n) for n in range(args.patients)]
 
@@ -124,13 +125,14 @@ def main() -> None:
     for resources in patients:
         t0, c0 = time.perf_counter(), time.process_time()
         record = read_record([(pinned(r), r) for r in resources], TODAY)
-        found = index.match(record)
-        top = [r for r in found.results if r.verdict != "ineligible"][:args.top]
-        rendered = [entry("http://bench/fhir", studies[r.study], r, groups[r.study], None, None) for r in top]
+        found = index.verdicts(record)
+        top = sorted((RANK[v], -score, study) for study, v, score in found.found if v != INELIGIBLE)[:args.top]
+        rendered = [entry("http://bench/fhir", studies[study], evaluate(by_study[study], record),
+                          by_study[study].groups, None, None) for _, _, study in top]
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
-        evaluated += found.evaluated
-        pruned += len(found.pruned)
+        evaluated += len(found.found)
+        pruned += found.pruned
         listed += len(rendered)
 
     pairs = evaluated + pruned

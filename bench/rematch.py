@@ -5,19 +5,27 @@ and a re-match after 1% of the trials changed (<= 30 s); pairs pruned vs evaluat
 What is timed is the engine's work once the records are in memory, as
 `ResearchStudy/{id}/$match` does it after reading them (trials/inverse.py: per patient, the
 index of the one trial prunes, else the trial is evaluated): reading 100,000 records from the
-store is not in it, and is reported separately by `--store` (SQLite, the same records written
-and read back through the service layer's store). Synthetic trials and patients are
-bench/matching.py's. CPU time is the figure to read (the machine is shared).
+store is not in it. Synthetic trials and patients are bench/matching.py's. CPU time is the
+figure to read (the machine is shared).
 
-    .venv/bin/python -m bench.rematch [--patients 100000] [--trials 10000] [--full-trials 1000]
-                                      [--full-patients 10000] [--one 20] [--seed 7]
+    .venv/bin/python -m bench.rematch [--patients 100000] [--trials 10000] [--full-trials 10000]
+                                      [--full-patients 100000] [--one 20] [--seed 7] [--workers 1]
+
+The full re-match runs at full size by default (about 3 minutes of CPU); smaller
+`--full-trials` / `--full-patients` give a scaled run, extrapolated linearly. With `--workers
+2` the full re-match splits the patients over two forked processes (the engine is pure: each
+patient is matched alone) and reports each one's CPU time: the index built by the parent plus
+the slowest worker is what it takes when both cores are free.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from bench.common import load_average, percentile
 from bench.matching import TODAY, synthetic_group, synthetic_patient
@@ -40,36 +48,74 @@ def one_trial(trial: Trial, records: list[Record]) -> tuple[int, int, int]:
     return pruned, evaluated, kept
 
 
-def many(trials: list[Trial], records: list[Record]) -> tuple[int, int]:
-    """(pruned, evaluated) pairs: every record against the index of `trials`."""
-    index = TrialIndex(trials)
+def _run(index: TrialIndex, records: list[Record]) -> tuple[int, int]:
+    """(pruned, evaluated) pairs: every record against `index`."""
     pruned = evaluated = 0
     for record in records:
-        found = index.match(record)
-        pruned += len(found.pruned)
-        evaluated += found.evaluated
+        found = index.verdicts(record)
+        pruned += found.pruned
+        evaluated += len(found.found)
     return pruned, evaluated
+
+
+_SHARED: tuple[TrialIndex, list[Record]] | None = None  # a worker's, inherited through fork
+
+
+def _share(index: TrialIndex, records: list[Record]) -> None:
+    global _SHARED
+    _SHARED = (index, records)
+
+
+def _part(k: int, workers: int) -> tuple[int, int, float]:
+    """Worker `k`'s share of the patients: (pruned, evaluated, its CPU seconds)."""
+    assert _SHARED is not None
+    index, records = _SHARED
+    c0 = time.process_time()
+    pruned, evaluated = _run(index, records[k::workers])
+    return pruned, evaluated, time.process_time() - c0
+
+
+def many(trials: list[Trial], records: list[Record], workers: int = 1) -> tuple[int, int, list[float]]:
+    """(pruned, evaluated, each worker's CPU seconds): every record against the index of
+    `trials`, in this process or split over `workers` forked ones."""
+    index = TrialIndex(trials)
+    if workers == 1:
+        return (*_run(index, records), [])
+    # fork: the workers inherit the index and the records instead of unpickling them.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_share, initargs=(index, records)) as pool:
+        parts = list(pool.map(_part, range(workers), [workers] * workers))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), [p[2] for p in parts]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--trials", type=int, default=10_000)
-    parser.add_argument("--full-trials", type=int, default=1_000, help="trials of the full re-match run")
-    parser.add_argument("--full-patients", type=int, default=10_000, help="patients of the full re-match run")
+    parser.add_argument("--full-trials", type=int, default=10_000, help="trials of the full re-match run")
+    parser.add_argument("--full-patients", type=int, default=100_000, help="patients of the full re-match run")
     parser.add_argument("--one", type=int, default=20, help="trials timed one by one against every patient")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=1, help="processes of the full re-match")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     started = time.process_time()
     trials = [read_trial(f"s{n:05d}", [synthetic_group(rng, n)]) for n in range(args.trials)]
-    records = [read_record([(pinned(r), r) for r in synthetic_patient(rng, n)], TODAY)
-               for n in range(args.patients)]
+    patients = [synthetic_patient(rng, n) for n in range(args.patients)]
+
+    def fresh(count: int) -> list[Record]:
+        """Records read anew: what one run judges of a patient is not left for the next."""
+        return [read_record([(pinned(r), r) for r in resources], TODAY) for resources in patients[:count]]
+
+    records = fresh(args.patients)
     print(f"built {args.trials} trials and {args.patients} patient records in "
           f"{time.process_time() - started:.1f} s CPU; load average {load_average()}")
 
     cpu, wall, pairs = [], [], [0, 0, 0]
     for trial in rng.sample(trials, args.one):
+        # Each call reads its records anew (trials/inverse_counts.py): nothing judged for the
+        # previous trial is kept.
+        records = [dataclasses.replace(r, findings={}, verdicts={}) for r in records]
         c0, t0 = time.process_time(), time.perf_counter()
         found = one_trial(trial, records)
         cpu.append(time.process_time() - c0)
@@ -81,18 +127,24 @@ def main() -> None:
           f"p95 {percentile(cpu, 95):.2f} s, max {cpu[-1]:.2f} s (wall p95 {percentile(wall, 95):.2f} s); "
           f"pairs {pairs[0]} pruned, {pairs[1]} evaluated, {pairs[2]} not ineligible")
 
-    sample = records[:args.full_patients]
-    c0 = time.process_time()
-    pruned, evaluated = many(trials[:args.full_trials], sample)
-    full = time.process_time() - c0
+    sample = fresh(args.full_patients)
+    c0, t0 = time.process_time(), time.perf_counter()
+    pruned, evaluated, workers = many(trials[:args.full_trials], sample, args.workers)
+    parent, wall_full = time.process_time() - c0, time.perf_counter() - t0
+    full = parent + max(workers, default=0)  # the critical path with a free core per worker
     scale = (args.trials / args.full_trials) * (args.patients / len(sample))
-    print(f"full re-match {args.full_trials} trials x {len(sample)} patients: {full:.1f} s CPU; "
+    split = (f" (parent {parent:.1f} s + slowest of {len(workers)} workers; "
+             f"workers {', '.join(f'{w:.1f}' for w in workers)} s; wall {wall_full:.1f} s)") if workers else ""
+    print(f"full re-match {args.full_trials} trials x {len(sample)} patients: {full:.1f} s CPU{split}; "
           f"{pruned} pairs pruned ({100 * pruned / (pruned + evaluated):.1f}%), {evaluated} evaluated; "
-          f"x{scale:.0f} for {args.trials} x {args.patients}: ~{full * scale / 60:.1f} min CPU (one core)")
+          f"x{scale:.0f} for {args.trials} x {args.patients}: ~{full * scale / 60:.1f} min CPU "
+          f"({max(1, len(workers))} core(s))")
 
     changed = rng.sample(trials, max(1, args.trials // 100))
+    del sample, records  # their judgements: memory
+    records = fresh(args.patients)
     c0 = time.process_time()
-    pruned, evaluated = many(changed, records)
+    pruned, evaluated, _ = many(changed, records)
     print(f"re-match after 1% changed ({len(changed)} trials x {args.patients} patients): "
           f"{time.process_time() - c0:.1f} s CPU; {pruned} pairs pruned, {evaluated} evaluated")
 

@@ -492,6 +492,7 @@ def _binding(binding: tuple[str, str], value: Any, at: str) -> Iterator[Issue]:
                 expression=(at,))
 
 
+@cache  # the catalogue does not change while serving (load_catalogue): once per value set
 def _members(url: str) -> frozenset[tuple[str, str]] | None:
     """The (system, code) pairs of a value set the terminology catalogue holds, or None when
     it holds none or cannot list them (a code system it lacks)."""

@@ -7,8 +7,13 @@
   not-applicable`, from the eligibility point of view: an exclusion is `met` when what it
   excludes is shown absent), its evidence and what is missing; overall `eligible` (every
   criterion met or not applicable), `ineligible` (one not met), else `undetermined`.
+- `verdict(trial, record)`: the same verdict and score without the explanation.
 - `TrialIndex(trials).match(record)`: every trial, ranked, without evaluating the pairs the
-  index proves ineligible (an inclusion diagnosis the patient's recorded diagnoses miss).
+  index proves ineligible (an inclusion diagnosis the patient's recorded diagnoses miss);
+  `.verdicts(record)` the same pairs, verdicts and scores only (the bulk path).
+
+A criterion is judged once per record whatever the number of trials sharing it (its `rule`:
+everything but its position and wording); the record keeps what was judged.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from .eligibility_format import Criterion, Trial, is_eligibility_group, read_tri
 from .eligibility_record import Record, pinned, read_record
 from .eligibility_rules import RULES, Finding
 
-__all__ = ["CriterionResult", "Match", "TrialIndex", "TrialResult", "evaluate", "is_eligibility_group",
-           "pinned", "read_record", "read_trial"]
+__all__ = ["CriterionResult", "Match", "TrialIndex", "TrialResult", "Verdicts", "evaluate",
+           "is_eligibility_group", "pinned", "read_record", "read_trial", "verdict"]
 
 MET, NOT_MET, UNKNOWN, NOT_APPLICABLE = "met", "not-met", "unknown", "not-applicable"
 ELIGIBLE, INELIGIBLE, UNDETERMINED = "eligible", "ineligible", "undetermined"
@@ -101,7 +106,9 @@ def judge(criterion: Criterion, record: Record) -> CriterionResult:
         finding = Finding(met, missing=None if met is not None else
                           f"at least {criterion.minimum} of {len(members)} members met")
     else:
-        finding = RULES[criterion.kind](criterion, record)
+        finding = record.findings.get(criterion.rule)
+        if finding is None:
+            finding = record.findings[criterion.rule] = RULES[criterion.kind](criterion, record)
     verdict = _verdict(finding.holds, criterion.exclude)
     missing = finding.missing
     if conditions and verdict != MET and any(c.verdict == UNKNOWN for c in conditions):
@@ -118,11 +125,34 @@ def evaluate(trial: Trial, record: Record) -> TrialResult:
     if not trial.criteria:  # no computable criteria: nothing is known either way
         return TrialResult(trial.study, UNDETERMINED, 0.0, ())
     results = tuple(judge(c, record) for c in trial.criteria)
-    verdicts = [r.verdict for r in results if r.verdict != NOT_APPLICABLE]
-    if NOT_MET in verdicts:
-        return TrialResult(trial.study, INELIGIBLE, 0.0, results)
-    score = round(verdicts.count(MET) / len(verdicts), 4) if verdicts else 1.0
-    return TrialResult(trial.study, UNDETERMINED if UNKNOWN in verdicts else ELIGIBLE, score, results)
+    return TrialResult(trial.study, *_overall([r.verdict for r in results]), results)
+
+
+def _overall(verdicts: list[str]) -> tuple[str, float]:
+    """A trial's verdict and score from its criteria's verdicts."""
+    applicable = [v for v in verdicts if v != NOT_APPLICABLE]
+    if NOT_MET in applicable:
+        return INELIGIBLE, 0.0
+    score = round(applicable.count(MET) / len(applicable), 4) if applicable else 1.0
+    return UNDETERMINED if UNKNOWN in applicable else ELIGIBLE, score
+
+
+def verdict(trial: Trial, record: Record) -> tuple[str, float]:
+    """`evaluate(trial, record)`'s verdict and score without the explanation: each criterion
+    judged once per record whatever the number of trials sharing it (its `rule`), stopping at
+    the first one not met."""
+    if not trial.criteria:
+        return UNDETERMINED, 0.0
+    known = record.verdicts
+    verdicts = []
+    for criterion in trial.criteria:
+        found = known.get(criterion.rule)
+        if found is None:
+            found = known[criterion.rule] = judge(criterion, record).verdict
+        if found == NOT_MET:
+            return INELIGIBLE, 0.0
+        verdicts.append(found)
+    return _overall(verdicts)
 
 
 def _keyed(criterion: Criterion) -> bool:
@@ -131,6 +161,15 @@ def _keyed(criterion: Criterion) -> bool:
     return (criterion.kind == "condition" and not criterion.exclude and criterion.problem is None
             and not criterion.only_if and bool(criterion.codes)
             and all(s in ICD10 and icd10_categories(c) for s, c in criterion.codes))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """One patient against the index without explanations: (study, verdict, score) of each
+    trial evaluated, in study order, and how many trials were pruned."""
+
+    found: tuple[tuple[str, str, float], ...]
+    pruned: int
 
 
 class TrialIndex:
@@ -149,11 +188,14 @@ class TrialIndex:
                         for key in icd10_categories(code):
                             self._keys[key[:3]][key].append((position, number))
 
-    def candidates(self, record: Record) -> tuple[list[Trial], list[str]]:
-        """(trials to evaluate, ids of studies proven ineligible by the index)."""
+        self._unkeyed = [p for p, n in enumerate(self._required) if not n]  # never pruned
+
+    def _kept(self, record: Record) -> list[int] | None:
+        """The positions of the trials to evaluate, ascending (None: every trial). It costs
+        what the patient's diagnoses select, not the size of the catalogue."""
         codes = record.icd10_codes()
         if not codes:  # no recorded diagnosis: nothing is proven
-            return list(self.trials), []
+            return None
         satisfied: dict[int, set[int]] = defaultdict(set)
         for code in {icd10_keys(code)[-1] for code in codes if len(icd10_keys(code))}:
             # A criterion code covering the recorded one is met; one the recorded code covers
@@ -163,11 +205,23 @@ class TrialIndex:
                     for position, number in positions:
                         satisfied[position].add(number)
         required = self._required
-        keep = [t for p, t in enumerate(self.trials) if not required[p] or len(satisfied.get(p, ())) == required[p]]
-        if len(keep) == len(self.trials):
-            return keep, []
-        kept = {t.study for t in keep}
-        return keep, [t.study for t in self.trials if t.study not in kept]
+        return sorted(self._unkeyed + [p for p, numbers in satisfied.items() if len(numbers) == required[p]])
+
+    def candidates(self, record: Record) -> tuple[list[Trial], list[str]]:
+        """(trials to evaluate, ids of studies proven ineligible by the index)."""
+        kept = self._kept(record)
+        if kept is None or len(kept) == len(self.trials):
+            return list(self.trials), []
+        chosen = set(kept)
+        return [self.trials[p] for p in kept], [t.study for p, t in enumerate(self.trials) if p not in chosen]
+
+    def verdicts(self, record: Record) -> Verdicts:
+        """Every trial the index does not prune, its verdict and score as `evaluate` gives
+        them but without explanations (`verdict`): the bulk path, for re-matching many
+        patients."""
+        kept = self._kept(record)
+        chosen = self.trials if kept is None else [self.trials[p] for p in kept]
+        return Verdicts(tuple((t.study, *verdict(t, record)) for t in chosen), len(self.trials) - len(chosen))
 
     def match(self, record: Record) -> Match:
         """The candidates evaluated and ranked (eligible, undetermined, ineligible; by score,

@@ -11,7 +11,7 @@ keeps its `problem`: it is evaluated as unknown with a warning, never as met.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .eligibility_codes import (COMPARATOR_URL, CRITERION_SYSTEM, ECOG, LOINC, MINIMUM_URL,
@@ -43,6 +43,19 @@ class Criterion:
     minimum: int = 1
     only_if: tuple[Criterion, ...] = ()
     problem: str | None = None  # why it cannot be evaluated
+    # Every field but `key` and `text`, nested criteria by their own `rule`: what decides the
+    # verdict. Criteria of one `rule` have one verdict for a given record, so the engine judges
+    # it once per patient however many trials share it (eligibility.py). A string, so that its
+    # hash is computed once.
+    rule: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = [tuple(c.rule for c in getattr(self, name)) if name in ("members", "only_if")
+                 else getattr(self, name) for name in _RULE_FIELDS]
+        object.__setattr__(self, "rule", repr(tuple(parts)))
+
+
+_RULE_FIELDS = tuple(f.name for f in dataclasses.fields(Criterion) if f.name not in ("key", "text", "rule"))
 
 
 @dataclass(frozen=True, slots=True)

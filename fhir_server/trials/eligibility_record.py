@@ -9,10 +9,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .eligibility_codes import ICD10, ICDO3, LOINC
 from .eligibility_format import Coding
+
+if TYPE_CHECKING:
+    from .eligibility_rules import Finding
 
 CONDITION_IGNORED = frozenset({"refuted", "entered-in-error"})
 OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected"})
@@ -47,6 +50,10 @@ class Record:
     conditions: list[Entry] = field(default_factory=list)
     observations: dict[Coding, list[Entry]] = field(default_factory=dict)  # newest first
     treatments: list[Entry] = field(default_factory=list)
+    # What the engine has judged of this record, by criterion `rule` (eligibility_format.py):
+    # a criterion shared by many trials is judged once per patient. Filled by eligibility.py.
+    findings: dict[str, Finding] = field(default_factory=dict, repr=False, compare=False)
+    verdicts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def icd10_codes(self) -> set[str]:
         """The ICD-10 codes of the patient's Conditions."""

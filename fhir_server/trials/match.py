@@ -25,7 +25,7 @@ from ..services import crud, patient_record
 from ..services.context import Context, Payload
 from ..services.guard import Decision, decision
 from . import match_catalogue, match_parameters
-from .eligibility import ELIGIBLE, INELIGIBLE, TrialResult, evaluate, pinned, read_record
+from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialResult, evaluate, pinned, read_record, verdict
 from .eligibility_record import TYPES, Record
 from .gazetteer import Point, place
 from .match_parameters import MatchRequest, unprocessable
@@ -39,14 +39,16 @@ ECLAIRE_RECRUITMENT = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureD
 
 @dataclass(frozen=True, slots=True)
 class _Found:
-    result: TrialResult
+    trial: Trial
+    verdict: str
+    score: float
     site: Site | None
     distance: float | None
 
     @property
     def key(self) -> tuple[int, float, float, str]:
-        return (0 if self.result.verdict == ELIGIBLE else 1, -self.result.score,
-                self.distance if self.distance is not None else float("inf"), self.result.study)
+        return (0 if self.verdict == ELIGIBLE else 1, -self.score,
+                self.distance if self.distance is not None else float("inf"), self.trial.study)
 
 
 def _about(resource: dict[str, Any], names: set[str]) -> bool:
@@ -142,9 +144,9 @@ def _ranked(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
                 request.phases and not _phase_codes(study) & request.phases) or (
                 not allowed.admits("ResearchStudy", study)):
             continue
-        result = evaluate(trial, record)
+        outcome, score = verdict(trial, record)  # explained below, for the trials listed only
         counts.evaluated += 1
-        if result.verdict == INELIGIBLE:
+        if outcome == INELIGIBLE:
             counts.ineligible += 1
             continue
         sites = catalogue.sites[trial.study]
@@ -154,7 +156,7 @@ def _ranked(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
         if request.radius is not None and (distance is None or distance > request.radius):
             continue
         counts.unsited += site is None
-        found.append(_Found(result, site, distance))
+        found.append(_Found(trial, outcome, score, site, distance))
     return sorted(found, key=lambda f: f.key)
 
 
@@ -180,16 +182,16 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     catalogue = await match_catalogue.load(ctx)
     counts = _Counts()
     found = _ranked(request, record, catalogue, allowed, origin, counts)
-    listed = found[:request.count or ctx.default_page_size]
-    entries_out = [entry(ctx.base_url, catalogue.studies[f.result.study], f.result,
-                         catalogue.trials[f.result.study].groups, f.site, f.distance) for f in listed]
+    listed = [(f, evaluate(f.trial, record)) for f in found[:request.count or ctx.default_page_size]]
+    entries_out = [entry(ctx.base_url, catalogue.studies[f.trial.study], result, f.trial.groups,
+                         f.site, f.distance) for f, result in listed]
     entries_out.append({"fullUrl": f"urn:uuid:{new_id()}",
                         "resource": operation_outcome(_issues(warnings, listed, counts)),
                         "search": {"mode": "outcome"}})
     return bundle("searchset", entries_out, total=len(found))
 
 
-def _issues(warnings: list[str], listed: list[_Found], counts: _Counts) -> list[Issue]:
+def _issues(warnings: list[str], listed: list[tuple[_Found, TrialResult]], counts: _Counts) -> list[Issue]:
     issues = [Issue(code="informational", severity="information", diagnostics=(
         f"Trials: {counts.evaluated} evaluated, {counts.pruned} proven ineligible by the index without "
         f"evaluation (an inclusion diagnosis the patient's recorded diagnoses miss), "
@@ -199,8 +201,8 @@ def _issues(warnings: list[str], listed: list[_Found], counts: _Counts) -> list[
         issues.append(Issue(code="incomplete", severity="warning", diagnostics=(
             f"{counts.unsited} trials have no recruiting site with a status confirmed in the last "
             "90 days: listed without a site.")))
-    criterion_warnings = [f"ResearchStudy/{f.result.study}: {w}" for f in listed
-                          for c in f.result.criteria for w in c.warnings()]
+    criterion_warnings = [f"ResearchStudy/{result.study}: {w}" for _, result in listed
+                          for c in result.criteria for w in c.warnings()]
     issues += [Issue(code="not-supported", severity="warning", diagnostics=w)
                for w in criterion_warnings[:MAX_WARNINGS]]
     return issues
