@@ -234,7 +234,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 log.info("demo data loaded", extra={"resources": loaded})
         if settings.publish_definitions:
             await publish(replace(context, principal=server_principal("definitions")))
-        listener = app.state.mllp = listener_for(settings, context, recorder) if settings.mllp else None
+        listener = app.state.mllp = listener_for(settings, context, recorder, codec) if settings.mllp else None
         if listener is not None:
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)

@@ -243,7 +243,7 @@ async def _mllp_listener(settings: Settings) -> AsyncIterator[Listener]:
         recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
                                  context.store)
         await recorder.recover()  # AuditEvents a stopped listener (or server) left unrecorded
-        listener = listener_for(settings, context, recorder)
+        listener = listener_for(settings, context, recorder, body_codec(settings))
         try:
             yield listener
         finally:
