@@ -334,7 +334,7 @@ async def _hl7_replay_async(settings: Settings, ids: list[int]) -> int:
         for id in ids:
             stored = await listener.receiver.inbox.get(id)
             if stored is None or stored.state not in (HL7_ERROR, HL7_RECEIVED):
-                print(f"{id}: {'no such message' if stored is None else 'already applied'}",
+                print(f"{id}: {'no such message' if stored is None else 'already ' + stored.state}",
                       file=sys.stderr)
                 failed += 1
                 continue

@@ -6,10 +6,11 @@ from __future__ import annotations
 from ...services.auditing import AuditRecorder
 from ...services.context import Context
 from ...settings import Settings
-from .inbox import APPLIED, ERROR, RECEIVED, Codec, Inbox, Stored
+from .inbox import APPLIED, ERASED, ERROR, RECEIVED, Codec, Inbox, Stored
 from .listener import Listener
 from .mapping import MappingFileError, Mappings, load
 from .receiver import Receiver
+from .upkeep import expire, forget_patient, keep
 
 INBOX = "hl7v2.db"
 
@@ -27,5 +28,6 @@ def listener_for(settings: Settings, ctx: Context, recorder: AuditRecorder, code
                     settings.mllp_port, settings.mllp_max_message_bytes)
 
 
-__all__ = ["APPLIED", "Codec", "ERROR", "INBOX", "RECEIVED", "Inbox", "Listener", "MappingFileError",
-           "Mappings", "Receiver", "Stored", "listener_for", "load", "receiver_for"]
+__all__ = ["APPLIED", "Codec", "ERASED", "ERROR", "INBOX", "RECEIVED", "Inbox", "Listener", "MappingFileError",
+           "Mappings", "Receiver", "Stored", "expire", "forget_patient", "keep", "listener_for", "load",
+           "receiver_for"]

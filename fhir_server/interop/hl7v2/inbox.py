@@ -26,17 +26,18 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ... import clock
 from ...private_files import make_private
 
 T = TypeVar("T")
 
-RECEIVED, APPLIED, ERROR = "received", "applied", "error"
+RECEIVED, APPLIED, ERROR, ERASED = "received", "applied", "error", "erased"
 # The "resource type" a message's fields are sealed as: a key scope of their own.
 SCOPE = "hl7-message"
 _RAW, _ACK, _REASON = 0, 1, 2  # the field a sealed value is bound to, as its "version"
@@ -70,6 +71,12 @@ CREATE TABLE IF NOT EXISTS message (
 CREATE UNIQUE INDEX IF NOT EXISTS message_key ON message (sender, control_id)
     WHERE sender IS NOT NULL;
 CREATE INDEX IF NOT EXISTS message_state ON message (state);
+-- The Patients an applied message wrote (ids, pseudonymous): what an erasure wipes.
+CREATE TABLE IF NOT EXISTS message_patient (
+    patient TEXT NOT NULL,
+    message INTEGER NOT NULL,
+    PRIMARY KEY (patient, message)
+) WITHOUT ROWID;
 """
 
 
@@ -180,8 +187,10 @@ class Inbox:
         """Record how message `id` ended: `applied` or `error`, with its acknowledgment."""
         await self.settle_all([(id, state, ack, reason)])
 
-    async def settle_all(self, outcomes: Sequence[tuple[int, str, bytes, str | None]]) -> None:
-        """`settle` of several messages (id, state, ack, reason), in one commit.
+    async def settle_all(self, outcomes: Sequence[tuple[int, str, bytes, str | None]],
+                         patients: Mapping[int, Collection[str]] | None = None) -> None:
+        """`settle` of several messages (id, state, ack, reason), in one commit, with the
+        Patients (ids) each applied message wrote.
 
         Not flushed by itself: losing it to a power cut leaves a message `received`, and a
         resend then finds its writes by their `meta.source` (receiver.py) instead of applying
@@ -193,7 +202,48 @@ class Inbox:
                                                  self._seal(id, _REASON, reason.encode()) if reason else None,
                                                  clock.instant(), id)
                                                 for id, state, ack, reason in outcomes])
+                db.executemany("INSERT OR IGNORE INTO message_patient (patient, message) VALUES (?, ?)",
+                               [(patient, id) for id, written in (patients or {}).items()
+                                for patient in written])
         await self._run(work, commits=True)
+
+    async def forget(self, patient: str) -> int:
+        """Wipe the messages that wrote Patient/`patient` (an erasure): their raw bytes and
+        reason go, their key and acknowledgment stay (state `erased`), so that the same
+        message sent again is answered as the duplicate it is and does not write the
+        patient again. How many; the WAL is emptied after."""
+        def work(db: sqlite3.Connection) -> int:
+            with db:
+                ids = [id for (id,) in db.execute(
+                    "SELECT message FROM message_patient WHERE patient = ?", (patient,))]
+                self._wipe(db, ids, ERASED)
+            self._truncate_wal()
+            return len(ids)
+        return await self._run(work, commits=True)
+
+    async def expire(self, keep_days: int) -> tuple[int, int]:
+        """Retention: wipe the messages applied more than `keep_days` days ago (their key and
+        acknowledgment stay, still finding duplicates), delete those in error or unsettled
+        received that long ago (a resend is processed anew). How many of each."""
+        cutoff = clock.instant(clock.now() - timedelta(days=keep_days))
+
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            with db:
+                ids = [id for (id,) in db.execute(
+                    "SELECT id FROM message WHERE state = ? AND settled < ? AND length(raw) > 0",
+                    (APPLIED, cutoff))]
+                self._wipe(db, ids, APPLIED)
+                deleted = db.execute("DELETE FROM message WHERE state IN (?, ?) AND received < ?",
+                                     (ERROR, RECEIVED, cutoff)).rowcount
+            if ids or deleted:
+                self._truncate_wal()
+            return len(ids), deleted
+        return await self._run(work, commits=True)
+
+    def _wipe(self, db: sqlite3.Connection, ids: list[int], state: str) -> None:
+        db.executemany("UPDATE message SET raw = x'', reason = NULL, state = ? WHERE id = ?",
+                       [(state, id) for id in ids])
+        db.executemany("DELETE FROM message_patient WHERE message = ?", [(id,) for id in ids])
 
     async def get(self, id: int) -> Stored | None:
         row = await self._run(lambda db: db.execute(
@@ -215,12 +265,12 @@ class Inbox:
         """A sealed field; raises the codec's UnreadableBody if it was moved or changed."""
         return self._codec.open(SCOPE, str(id), field, stored)
 
-    def _opened(self, row: tuple[object, ...]) -> Stored:
+    def _opened(self, row: tuple[Any, ...]) -> Stored:
         id, sender, control_id, received, peer, raw, state, ack, reason = row
-        assert isinstance(id, int) and isinstance(raw, bytes)
-        return Stored(id, sender, control_id, received, peer, self._open(id, _RAW, raw), state,  # type: ignore[arg-type]
-                      self._open(id, _ACK, ack) if isinstance(ack, bytes) else None,
-                      self._open(id, _REASON, reason).decode() if isinstance(reason, bytes) else None)
+        content = self._open(id, _RAW, raw) if raw else b""  # empty: wiped (erased, expired)
+        return Stored(id, sender, control_id, received, peer, content, state,
+                      self._open(id, _ACK, ack) if ack is not None else None,
+                      self._open(id, _REASON, reason).decode() if reason is not None else None)
 
     def _seal_plaintext(self) -> None:
         """Seal in place the fields of a file written before they were sealed, once, in one
