@@ -34,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 from ... import clock
 from ...private_files import make_private
+from .message import Message, read
 
 T = TypeVar("T")
 
@@ -211,15 +212,28 @@ class Inbox:
         """Wipe the messages that wrote Patient/`patient` (an erasure): their raw bytes and
         reason go, their key and acknowledgment stay (state `erased`), so that the same
         message sent again is answered as the duplicate it is and does not write the
-        patient again. How many; the WAL is emptied after."""
+        patient again. The messages in error or unsettled that name one of the identifiers
+        (PID-3, MRG-1) those messages named are deleted (their ERR texts may quote fields:
+        nothing of them is kept). How many; the WAL is emptied after."""
         def work(db: sqlite3.Connection) -> int:
             with db:
                 ids = [id for (id,) in db.execute(
                     "SELECT message FROM message_patient WHERE patient = ?", (patient,))]
+                named = frozenset().union(*(self._identifiers(id, raw) for id, raw in db.execute(
+                    f"SELECT id, raw FROM message WHERE id IN ({', '.join('?' * len(ids))})", ids)))
+                unsettled = [id for id, raw in db.execute(
+                    "SELECT id, raw FROM message WHERE state IN (?, ?)", (ERROR, RECEIVED))
+                    if self._identifiers(id, raw) & named]
                 self._wipe(db, ids, ERASED)
+                db.executemany("DELETE FROM message WHERE id = ?", [(id,) for id in unsettled])
             self._truncate_wal()
-            return len(ids)
+            return len(ids) + len(unsettled)
         return await self._run(work, commits=True)
+
+    def _identifiers(self, id: int, raw: bytes) -> frozenset[str]:
+        """The patient identifiers message `id` names, as sent; none if wiped or unreadable."""
+        message = read(self._open(id, _RAW, raw)) if raw else None
+        return message.patients() if isinstance(message, Message) else frozenset()
 
     async def expire(self, keep_days: int) -> tuple[int, int]:
         """Retention: wipe the messages applied more than `keep_days` days ago (their key and

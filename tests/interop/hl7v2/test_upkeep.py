@@ -1,7 +1,7 @@
 """What erasure and retention do to the inbox (docs/hl7v2.md "Erasure and retention"): a
-patient's `$erase` wipes the messages that wrote them, from the file and its WAL, and a
-resend of such a message is answered as the duplicate it is, never writing the patient
-again; applied messages past FHIR_SERVER_HL7_KEEP_DAYS are wiped (their key stays), those in
+patient's `$erase` wipes the messages that wrote them and deletes those in error naming
+them, from the file and its WAL, and a resend of a wiped message is answered as the duplicate
+it is, never writing the patient again; applied messages past FHIR_SERVER_HL7_KEEP_DAYS are wiped (their key stays), those in
 error deleted, by the periodic task on the server's clock."""
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ def test_an_erasure_wipes_the_patients_messages_and_a_resend_does_not_bring_them
         first = portal.call(receiver.receive, marked("ERASE-1"))
         assert msa(first)[1] == "AA"
         assert msa(portal.call(receiver.receive, message("adt_a01_admit_2.hl7")))[1] == "AA"
+        refused = marked("ERASE-2").replace(b"19700512", b"1970-05-12")  # the same patient's
+        assert msa(portal.call(receiver.receive, refused))[1] == "AE"
+        other_refused = message("adt_a01_admit_2.hl7").replace(b"A01-0002", b"A01-E").replace(
+            b"19880214", b"1988-02-14")
+        assert msa(portal.call(receiver.receive, other_refused))[1] == "AE"
         before = _rows(path)
         [patient] = before[1][2]
         [other] = before[2][2]
@@ -54,8 +59,11 @@ def test_an_erasure_wipes_the_patients_messages_and_a_resend_does_not_bring_them
         assert server.erase(patient).status_code == 200
         after = _rows(path)
         assert after[1] == (ERASED, b"", [])
-        assert after[2] == before[2] and other != patient  # another patient's message stays
-        assert [blob for blob in files(settings.data_dir) if before[1][1] in blob] == []
+        assert 3 not in after  # the same patient's error: deleted, ERR texts and all
+        assert after[2] == before[2] and other != patient  # another patient's messages stay
+        assert after[4] == before[4]
+        assert [blob for blob in files(settings.data_dir) for id in (1, 3)
+                if before[id][1] in blob] == []
 
         again = portal.call(receiver.receive, marked("ERASE-1"))  # resent: a duplicate
         assert again == first
