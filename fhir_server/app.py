@@ -40,7 +40,7 @@ from .http import (HeadMiddleware, bundle_router, export_router, fhir_router,
 from .http.audit import install_audit
 from .http.auth_routes import auth_router, discovery_off_router, discovery_router, install_cors
 from .http.login_routes import login_router
-from .interop import listener_for
+from .interop import HL7_INBOX, forget_hl7_patient, keep_hl7_messages, listener_for
 from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
@@ -201,6 +201,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
+    if context.erasures is not None:
+        context.erasures.messages = partial(forget_hl7_patient, settings.data_dir / HL7_INBOX, codec)
     lifecycle = open_lifecycle(settings, context, codec, store, recorder)
     tokens, oauth = _authorization(settings)
 
@@ -234,7 +236,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 log.info("demo data loaded", extra={"resources": loaded})
         if settings.publish_definitions:
             await publish(replace(context, principal=server_principal("definitions")))
-        listener = app.state.mllp = listener_for(settings, context, recorder) if settings.mllp else None
+        listener = app.state.mllp = listener_for(settings, context, recorder, codec) if settings.mllp else None
         if listener is not None:
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
@@ -243,12 +245,15 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
         purging = asyncio.get_running_loop().create_task(
             retain_events(store, settings.subscription_events_keep_days))
+        expiring = asyncio.get_running_loop().create_task(
+            keep_hl7_messages(settings.data_dir / HL7_INBOX, codec, settings.hl7_keep_days))
         exports = asyncio.get_running_loop().create_task(worker.run())
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         exports.cancel()
         notifying.cancel()
         purging.cancel()
+        expiring.cancel()
         await dispatcher.stop()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)

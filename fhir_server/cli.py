@@ -243,7 +243,7 @@ async def _mllp_listener(settings: Settings) -> AsyncIterator[Listener]:
         recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
                                  context.store)
         await recorder.recover()  # AuditEvents a stopped listener (or server) left unrecorded
-        listener = listener_for(settings, context, recorder)
+        listener = listener_for(settings, context, recorder, body_codec(settings))
         try:
             yield listener
         finally:
@@ -334,7 +334,7 @@ async def _hl7_replay_async(settings: Settings, ids: list[int]) -> int:
         for id in ids:
             stored = await listener.receiver.inbox.get(id)
             if stored is None or stored.state not in (HL7_ERROR, HL7_RECEIVED):
-                print(f"{id}: {'no such message' if stored is None else 'already applied'}",
+                print(f"{id}: {'no such message' if stored is None else 'already ' + stored.state}",
                       file=sys.stderr)
                 failed += 1
                 continue

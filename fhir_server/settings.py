@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     mllp_port: int = Field(2575, ge=0, le=65535, description="Port of the MLLP listener.")
     mllp_max_message_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest HL7 v2 message accepted over MLLP (bytes).")
+    hl7_keep_days: int = Field(
+        30, ge=1, description="Days the HL7 v2 inbox keeps a message's content: an hourly task "
+        "then wipes those applied (their key stays, to answer a resend as a duplicate) and "
+        "deletes those in error or never settled (docs/hl7v2.md).")
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (CORS), e.g. the portal's.",

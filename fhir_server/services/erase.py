@@ -88,6 +88,8 @@ class Erasures:
     hold: LegalHold | None = None
     instead: Instead | None = None
     forget: Forget | None = None
+    # Wipes what the HL7 v2 inbox keeps of the messages that wrote a patient (interop/hl7v2)
+    messages: Callable[[str], Awaitable[int]] | None = None
     jobs: dict[str, Job] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -199,6 +201,8 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
         await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
         await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
         events += await forget_events(ctx.store, patient_id)
+        if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
+            await setup.messages(patient_id)
         done = await asyncio.to_thread(setup.ledger.find, patient_id)
         if (resumed is None and done is not None and not erased.resources and not events
                 and not await _cut_short(setup.ledger, intent)):

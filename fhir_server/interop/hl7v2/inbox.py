@@ -10,7 +10,15 @@ A message is keyed by its sender (MSH-3, MSH-4) and control id (MSH-10): the sam
 is a duplicate, answered with the stored acknowledgment and never applied twice. A message
 found `received` (the server stopped before it was settled) is processed again when resent
 or replayed; its conditional writes make a second run change nothing already written.
-Unreadable messages (no key) are kept too, as errors."""
+Unreadable messages (no key) are kept too, as errors.
+
+What a message says is personal (names, INS, diagnoses): its raw bytes, its acknowledgment
+(ERR texts quote fields) and the reason it failed are stored sealed by the body codec
+(crypto/, docs/security.md) under the key of the type scope `hl7-message`, each bound to
+its row id and field (version 0 raw, 1 ack, 2 reason): a sealed field moved to another row
+or field, or changed, fails to open. Sender, control id, peer, dates and state stay in
+clear (they find duplicates and errors; no personal data). A file written before sealing
+(`PRAGMA user_version` 0) is sealed in place when opened."""
 
 from __future__ import annotations
 
@@ -18,17 +26,35 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ... import clock
 from ...private_files import make_private
+from .message import Message, read
 
 T = TypeVar("T")
 
-RECEIVED, APPLIED, ERROR = "received", "applied", "error"
+RECEIVED, APPLIED, ERROR, ERASED = "received", "applied", "error", "erased"
+# The "resource type" a message's fields are sealed as: a key scope of their own.
+SCOPE = "hl7-message"
+_RAW, _ACK, _REASON = 0, 1, 2  # the field a sealed value is bound to, as its "version"
+_SEALED = 1  # PRAGMA user_version of a file whose fields are all sealed
+
+
+class Codec(Protocol):
+    """The body codec (crypto/codec.py `BodyCodec`), as the inbox uses it; interop/ reaches
+    crypto/ only through what app.py hands it (ARCHITECTURE.md)."""
+
+    def seal(self, resource_type: str, id: str, version: int, body: bytes,
+             patients: Collection[str]) -> bytes: ...
+
+    def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes: ...
+
+    def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None: ...
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -46,6 +72,12 @@ CREATE TABLE IF NOT EXISTS message (
 CREATE UNIQUE INDEX IF NOT EXISTS message_key ON message (sender, control_id)
     WHERE sender IS NOT NULL;
 CREATE INDEX IF NOT EXISTS message_state ON message (state);
+-- The Patients an applied message wrote (ids, pseudonymous): what an erasure wipes.
+CREATE TABLE IF NOT EXISTS message_patient (
+    patient TEXT NOT NULL,
+    message INTEGER NOT NULL,
+    PRIMARY KEY (patient, message)
+) WITHOUT ROWID;
 """
 
 
@@ -68,8 +100,10 @@ class Inbox:
     """The messages received, in SQLite; each call commits before it returns, `flush` makes
     the commits durable."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, codec: Codec) -> None:
         make_private(path)
+        self._codec = codec
+        codec.prepare([(SCOPE, ())])  # the scope's key made now, not under the lock
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level="IMMEDIATE")
         self._db.execute("PRAGMA journal_mode=WAL")
         # A commit is written to the WAL file (a killed process loses nothing) but not synced:
@@ -77,7 +111,11 @@ class Inbox:
         # for each one (sqlite.org/pragma.html#pragma_synchronous).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # What is deleted or rewritten (erased, expired, sealed in place) is overwritten with
+        # zeros, not left in free pages (sqlite.org/pragma.html#pragma_secure_delete).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
+        self._seal_plaintext()
         self._wal = path.with_name(path.name + "-wal")
         self._named = False  # whether the WAL file's directory entry was synced
         self._lock = threading.Lock()
@@ -129,16 +167,20 @@ class Inbox:
             received = []
             with db:  # the first insert starts an IMMEDIATE transaction: other processes wait
                 for sender, control_id, raw, peer in messages:
+                    # The id is chosen here (the transaction holds the write lock) so that the
+                    # sealed raw bytes can be bound to it.
+                    [id] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM message").fetchone()
                     cursor = db.execute(
-                        "INSERT INTO message (sender, control_id, received, peer, raw, state) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, control_id) "
+                        "INSERT INTO message (id, sender, control_id, received, peer, raw, state) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender, control_id) "
                         "WHERE sender IS NOT NULL DO NOTHING",
-                        (sender, control_id, clock.instant(), peer, raw, RECEIVED))
+                        (id, sender, control_id, clock.instant(), peer,
+                         self._seal(id, _RAW, raw), RECEIVED))
                     new = cursor.rowcount == 1
-                    row = (db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?", (cursor.lastrowid,))
+                    row = (db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?", (id,))
                            if new else db.execute(f"SELECT {_COLUMNS} FROM message WHERE sender = ? "
                                                   "AND control_id = ?", (sender, control_id))).fetchone()
-                    received.append((Stored(*row), new))
+                    received.append((self._opened(row), new))
             return received
         return await self._run(work, commits=True)
 
@@ -146,8 +188,10 @@ class Inbox:
         """Record how message `id` ended: `applied` or `error`, with its acknowledgment."""
         await self.settle_all([(id, state, ack, reason)])
 
-    async def settle_all(self, outcomes: Sequence[tuple[int, str, bytes, str | None]]) -> None:
-        """`settle` of several messages (id, state, ack, reason), in one commit.
+    async def settle_all(self, outcomes: Sequence[tuple[int, str, bytes, str | None]],
+                         patients: Mapping[int, Collection[str]] | None = None) -> None:
+        """`settle` of several messages (id, state, ack, reason), in one commit, with the
+        Patients (ids) each applied message wrote.
 
         Not flushed by itself: losing it to a power cut leaves a message `received`, and a
         resend then finds its writes by their `meta.source` (receiver.py) instead of applying
@@ -155,14 +199,70 @@ class Inbox:
         def work(db: sqlite3.Connection) -> None:
             with db:
                 db.executemany("UPDATE message SET state = ?, ack = ?, reason = ?, settled = ? "
-                               "WHERE id = ?", [(state, ack, reason, clock.instant(), id)
+                               "WHERE id = ?", [(state, self._seal(id, _ACK, ack),
+                                                 self._seal(id, _REASON, reason.encode()) if reason else None,
+                                                 clock.instant(), id)
                                                 for id, state, ack, reason in outcomes])
+                db.executemany("INSERT OR IGNORE INTO message_patient (patient, message) VALUES (?, ?)",
+                               [(patient, id) for id, written in (patients or {}).items()
+                                for patient in written])
         await self._run(work, commits=True)
+
+    async def forget(self, patient: str) -> int:
+        """Wipe the messages that wrote Patient/`patient` (an erasure): their raw bytes and
+        reason go, their key and acknowledgment stay (state `erased`), so that the same
+        message sent again is answered as the duplicate it is and does not write the
+        patient again. The messages in error or unsettled that name one of the identifiers
+        (PID-3, MRG-1) those messages named are deleted (their ERR texts may quote fields:
+        nothing of them is kept). How many; the WAL is emptied after."""
+        def work(db: sqlite3.Connection) -> int:
+            with db:
+                ids = [id for (id,) in db.execute(
+                    "SELECT message FROM message_patient WHERE patient = ?", (patient,))]
+                named = frozenset().union(*(self._identifiers(id, raw) for id, raw in db.execute(
+                    f"SELECT id, raw FROM message WHERE id IN ({', '.join('?' * len(ids))})", ids)))
+                unsettled = [id for id, raw in db.execute(
+                    "SELECT id, raw FROM message WHERE state IN (?, ?)", (ERROR, RECEIVED))
+                    if self._identifiers(id, raw) & named]
+                self._wipe(db, ids, ERASED)
+                db.executemany("DELETE FROM message WHERE id = ?", [(id,) for id in unsettled])
+            self._truncate_wal()
+            return len(ids) + len(unsettled)
+        return await self._run(work, commits=True)
+
+    def _identifiers(self, id: int, raw: bytes) -> frozenset[str]:
+        """The patient identifiers message `id` names, as sent; none if wiped or unreadable."""
+        message = read(self._open(id, _RAW, raw)) if raw else None
+        return message.patients() if isinstance(message, Message) else frozenset()
+
+    async def expire(self, keep_days: int) -> tuple[int, int]:
+        """Retention: wipe the messages applied more than `keep_days` days ago (their key and
+        acknowledgment stay, still finding duplicates), delete those in error or unsettled
+        received that long ago (a resend is processed anew). How many of each."""
+        cutoff = clock.instant(clock.now() - timedelta(days=keep_days))
+
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            with db:
+                ids = [id for (id,) in db.execute(
+                    "SELECT id FROM message WHERE state = ? AND settled < ? AND length(raw) > 0",
+                    (APPLIED, cutoff))]
+                self._wipe(db, ids, APPLIED)
+                deleted = db.execute("DELETE FROM message WHERE state IN (?, ?) AND received < ?",
+                                     (ERROR, RECEIVED, cutoff)).rowcount
+            if ids or deleted:
+                self._truncate_wal()
+            return len(ids), deleted
+        return await self._run(work, commits=True)
+
+    def _wipe(self, db: sqlite3.Connection, ids: list[int], state: str) -> None:
+        db.executemany("UPDATE message SET raw = x'', reason = NULL, state = ? WHERE id = ?",
+                       [(state, id) for id in ids])
+        db.executemany("DELETE FROM message_patient WHERE message = ?", [(id,) for id in ids])
 
     async def get(self, id: int) -> Stored | None:
         row = await self._run(lambda db: db.execute(
             f"SELECT {_COLUMNS} FROM message WHERE id = ?", (id,)).fetchone())
-        return Stored(*row) if row else None
+        return self._opened(row) if row else None
 
     async def unsettled(self, states: tuple[str, ...] = (ERROR, RECEIVED), limit: int = 100) -> list[Stored]:
         """Messages in `states`, oldest first: the errors, and those received but never settled."""
@@ -170,7 +270,45 @@ class Inbox:
         rows = await self._run(lambda db: db.execute(
             f"SELECT {_COLUMNS} FROM message WHERE state IN ({marks}) ORDER BY id LIMIT ?",
             (*states, limit)).fetchall())
-        return [Stored(*row) for row in rows]
+        return [self._opened(row) for row in rows]
+
+    def _seal(self, id: int, field: int, value: bytes) -> bytes:
+        return self._codec.seal(SCOPE, str(id), field, value, ())
+
+    def _open(self, id: int, field: int, stored: bytes) -> bytes:
+        """A sealed field; raises the codec's UnreadableBody if it was moved or changed."""
+        return self._codec.open(SCOPE, str(id), field, stored)
+
+    def _opened(self, row: tuple[Any, ...]) -> Stored:
+        id, sender, control_id, received, peer, raw, state, ack, reason = row
+        content = self._open(id, _RAW, raw) if raw else b""  # empty: wiped (erased, expired)
+        return Stored(id, sender, control_id, received, peer, content, state,
+                      self._open(id, _ACK, ack) if ack is not None else None,
+                      self._open(id, _REASON, reason).decode() if reason is not None else None)
+
+    def _seal_plaintext(self) -> None:
+        """Seal in place the fields of a file written before they were sealed, once, in one
+        transaction (another process opening it meanwhile waits, then finds it done). Left
+        as it is when the codec stores plaintext (encryption off)."""
+        if self._codec.seal(SCOPE, "0", _RAW, b"", ()) == b"":
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("PRAGMA user_version").fetchone()[0] >= _SEALED:
+                return
+            rows = self._db.execute("SELECT id, raw, ack, reason FROM message").fetchall()
+            self._db.executemany(
+                "UPDATE message SET raw = ?, ack = ?, reason = ? WHERE id = ?",
+                [(self._seal(id, _RAW, raw), self._seal(id, _ACK, ack) if ack is not None else None,
+                  self._seal(id, _REASON, reason.encode()) if reason is not None else None, id)
+                 for id, raw, ack, reason in rows])
+            self._db.execute(f"PRAGMA user_version = {_SEALED}")
+        self._truncate_wal()
+
+    def _truncate_wal(self) -> None:
+        """Copy the WAL into the file and empty it: the pages it held before (plaintext,
+        erased rows) are gone from both."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         self._db.close()

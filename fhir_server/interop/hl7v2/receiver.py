@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+from itertools import accumulate
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -199,13 +200,14 @@ class Receiver:
         """Apply `group` in one transaction and answer AA to each; if it fails, each alone."""
         if len(group) > 1:
             try:
-                await self._apply(group, peer, flushed)
+                patients = await self._apply(group, peer, flushed)
             except Exception:  # noqa: BLE001 - one of them fails: each gets its own outcome
                 pass
             else:
                 acks = [acknowledgment(r.message.header, "AA", codec=CHARSETS[r.message.header.charset])
                         for r in group]
-                await self._settle([(r.id, APPLIED, ack, None) for r, ack in zip(group, acks)])
+                await self._settle([(r.id, APPLIED, ack, None) for r, ack in zip(group, acks)],
+                                   {r.id: written for r, written in zip(group, patients)})
                 return acks
         return [await self._process(received, peer, flushed) for received in group]
 
@@ -217,8 +219,9 @@ class Receiver:
         header = received.message.header
         codec = CHARSETS[header.charset]
         reason: str | None
+        patients: list[set[str]] = []
         try:
-            await self._apply([received], peer, flushed)
+            patients = await self._apply([received], peer, flushed)
         except Refused as refused:
             ack, state, reason = acknowledgment(header, refused.ack, refused.problems, codec), ERROR, str(refused)
         except Exception:  # noqa: BLE001 - one message's fault must not stop the listener
@@ -226,12 +229,13 @@ class Receiver:
             ack, state, reason = acknowledgment(header, "AE", (_INTERNAL,), codec), ERROR, _INTERNAL.reason
         else:
             ack, state, reason = acknowledgment(header, "AA", codec=codec), APPLIED, None
-        await self._settle([(received.id, state, ack, reason)])
+        await self._settle([(received.id, state, ack, reason)], dict(zip([received.id], patients)))
         return ack
 
-    async def _settle(self, outcomes: list[tuple[int, str, bytes, str | None]]) -> None:
+    async def _settle(self, outcomes: list[tuple[int, str, bytes, str | None]],
+                      patients: dict[int, set[str]] | None = None) -> None:
         try:
-            await self.inbox.settle_all(outcomes)
+            await self.inbox.settle_all(outcomes, patients)
             if any(state == ERROR for _, state, _, _ in outcomes):
                 await self.inbox.flush()
         except Exception:  # noqa: BLE001 - unsettled, it is applied again (to no effect) if resent
@@ -239,9 +243,10 @@ class Receiver:
                           extra={"message_ids": [id for id, *_ in outcomes]})
 
     async def _apply(self, group: list[_Received], peer: str | None,
-                     flushed: asyncio.Future[None] | None) -> None:
+                     flushed: asyncio.Future[None] | None) -> list[set[str]]:
         """Commit the transaction of the messages of `group` (one sender), as their sender,
-        audited, not before `flushed`. Every resource written carries its message in
+        audited, not before `flushed`; the ids of the Patients each message wrote (kept with
+        it, for an erasure: inbox.py). Every resource written carries its message in
         `meta.source`: a message `retried` (alone) whose resources already carry it was
         committed before a stop, and is not applied again."""
         for received in group:
@@ -260,21 +265,29 @@ class Receiver:
         ordered = [i for instances in mapped for i in sorted(instances, key=lambda i: "merge_into" in i.rule)]
         status = 500
         try:
-            if group[0].retried and await _committed(ctx, mapped[0], source_of(group[0].message)):
+            written = (await _committed(ctx, mapped[0], source_of(group[0].message))
+                       if group[0].retried else None)
+            if written is not None:
                 status = 200
-                return
+                return [written]
             await _refuse_merged(ctx, [i for instances in mapped for i in instances])
             entries = []
+            sizes = []  # each message's number of entries
             for received, instances in zip(group, mapped, strict=True):
                 own = [*[_entry(i) for i in sorted(instances, key=lambda i: "merge_into" in i.rule)
                          if "merge_into" not in i.rule], *await merge_entries(ctx, instances)]
                 for entry in own:
                     entry["resource"].setdefault("meta", {})["source"] = source_of(received.message)
                 entries += own
+                sizes.append(len(own))
             body = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
             _, parsed = bundle.parse_entries(ctx, Payload(body, body))
-            await bundle.transaction(ctx, parsed)
+            outcome = await bundle.transaction(ctx, parsed)
             status = 200
+            ends = list(accumulate(sizes))
+            return [{v.id for o in outcome.entries[end - size:end] if o.result is not None
+                     for v in o.result.versions if v.resource_type == "Patient"}
+                    for size, end in zip(sizes, ends, strict=True)]
         except Refused:
             status = 400
             raise
@@ -328,16 +341,19 @@ def source_of(message: Message) -> str:
     return f"urn:hl7v2:{quote(header.sender, safe='')}:{quote(header.control_id, safe='')}"
 
 
-async def _committed(ctx: Context, instances: list[Instance], source: str) -> bool:
-    """Whether a resource of the message, as stored now, was last written by it."""
+async def _committed(ctx: Context, instances: list[Instance], source: str) -> set[str] | None:
+    """If a resource of the message, as stored now, was last written by it: the ids of the
+    Patients the message names as stored (empty if none); else None."""
+    committed, patients = False, set()
     for instance in instances:
         identifier = instance.resource.get("identifier", [{}])[0]
         if not identifier.get("system"):
             continue
         for stored in await stored_with(ctx, instance.resource["resourceType"], identifier):
-            if stored.get("meta", {}).get("source") == source:
-                return True
-    return False
+            committed = committed or stored.get("meta", {}).get("source") == source
+            if stored["resourceType"] == "Patient":
+                patients.add(stored["id"])
+    return patients if committed else None
 
 
 async def _refuse_merged(ctx: Context, instances: list[Instance]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fhir_server.access import server_principal
-from fhir_server.app import build_context, open_context, open_store
+from fhir_server.app import body_codec, build_context, open_context, open_store
 from fhir_server.audit.chain import Chain
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.interop.hl7v2 import Listener, Receiver, receiver_for
@@ -61,7 +61,7 @@ async def ctx(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterat
 async def receiver(settings: Settings, ctx: Context) -> AsyncIterator[Receiver]:
     assert isinstance(ctx.store, RoutingStore)
     recorder = AuditRecorder(ctx.store.audit, Chain(settings.data_dir / "audit-chain.db"), ctx.store)
-    receiver = receiver_for(settings, ctx, recorder)
+    receiver = receiver_for(settings, ctx, recorder, body_codec(settings))
     yield receiver
     receiver.inbox.close()
     recorder.close()

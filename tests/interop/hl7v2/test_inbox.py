@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from fhir_server.crypto import PlainCodec
 from fhir_server.interop.hl7v2 import Inbox
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_two_inboxes_on_one_file_store_a_message_once(tmp_path: Path) -> None:
-    first, second = Inbox(tmp_path / "hl7v2.db"), Inbox(tmp_path / "hl7v2.db")
+    first, second = Inbox(tmp_path / "hl7v2.db", PlainCodec()), Inbox(tmp_path / "hl7v2.db", PlainCodec())
     try:
         results = await asyncio.gather(*[inbox.receive("APP|FAC", f"C{n % 5}", b"MSH|...", None)
                                          for n in range(40) for inbox in (first, second)])
@@ -31,7 +32,7 @@ async def test_two_inboxes_on_one_file_store_a_message_once(tmp_path: Path) -> N
 
 
 async def test_callers_of_flush_share_a_sync_and_a_flushed_inbox_is_not_synced_again(tmp_path: Path) -> None:
-    inbox = Inbox(tmp_path / "hl7v2.db")
+    inbox = Inbox(tmp_path / "hl7v2.db", PlainCodec())
     syncs = []
     sync = inbox._sync
 
