@@ -26,8 +26,9 @@ def make_private(path: Path) -> None:
             os.chmod(name, 0o600)
 
 
-def sync_directory(path: Path) -> None:
-    """Make the creation, renaming or removal of a file in directory `path` durable."""
+def fsync_path(path: Path) -> None:
+    """Flush file `path` to disk; for a directory, the creation, renaming or removal of the
+    files in it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

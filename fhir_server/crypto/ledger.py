@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..private_files import sync_directory
+from ..private_files import fsync_path
 from .keyring import KeyProvider
 
 GENESIS = "0" * 64
@@ -110,7 +110,7 @@ class ErasureLedger:
         finally:
             os.close(fd)
         os.replace(staging, target)
-        sync_directory(self._intents)
+        fsync_path(self._intents)
 
     def settle(self, intent: dict[str, Any]) -> None:
         """The erasure announced by `intent` is finished: forget it, and every intent for the
@@ -124,7 +124,7 @@ class ErasureLedger:
                 continue  # `intended` reports it
             if str(started) <= str(intent["started"]):
                 file.unlink(missing_ok=True)
-        sync_directory(self._intents)
+        fsync_path(self._intents)
 
     def intended(self) -> list[dict[str, Any]]:
         """The erasures announced and not settled (each with its `token`), oldest first;

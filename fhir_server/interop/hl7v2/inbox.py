@@ -23,7 +23,6 @@ clear (they find duplicates and errors; no personal data). A file written before
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ... import clock
-from ...private_files import make_private
+from ...private_files import fsync_path, make_private
 from .message import Message, read
 
 T = TypeVar("T")
@@ -146,11 +145,11 @@ class Inbox:
         # A checkpoint has synced what it moved out of the WAL (and a WAL file removed at the
         # last close was all checkpointed); the rest is in the WAL file.
         try:
-            _fsync(self._wal)
+            fsync_path(self._wal)
         except FileNotFoundError:
             return
         if not self._named:
-            _fsync(self._wal.parent)
+            fsync_path(self._wal.parent)
             self._named = True
 
     async def receive(self, sender: str | None, control_id: str | None, raw: bytes,
@@ -315,11 +314,3 @@ class Inbox:
 
 
 _COLUMNS = "id, sender, control_id, received, peer, raw, state, ack, reason"
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
