@@ -12,6 +12,7 @@ stays erased. docs/backup-and-erasure.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,34 @@ async def restore(archive: Path, target: Target) -> Restored:
     return done
 
 
+class _OneAhead:
+    """Store writes run one at a time, each while the next batch is read, opened and indexed:
+    the store's writer thread and the extraction overlap (two cores), in the same order."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[None] | None = None
+
+    async def then(self, write: Awaitable[None]) -> None:
+        """Wait for the write before, then start `write` without waiting for it."""
+        await self.done()
+        self._pending = asyncio.ensure_future(write)
+
+    async def done(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+
 async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: Restored) -> None:
+    writing = _OneAhead()
+    try:
+        await _read_and_write(found, target, destroyed, done, writing)
+    finally:
+        await writing.done()  # never leave a write running behind an error
+
+
+async def _read_and_write(found: Any, target: Target, destroyed: frozenset[bytes], done: Restored,
+                          writing: _OneAhead) -> None:
     main: Loaded = []
     audit: Loaded = []
     links: list[Link] = []
@@ -153,16 +181,20 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
         batch = main if kind == CLINICAL else audit
         batch.append((version, entries))
         if len(batch) >= BATCH:
-            await (target.main if kind == CLINICAL else target.audit).load(batch)
-            batch.clear()
+            await writing.then((target.main if kind == CLINICAL else target.audit).load(batch))
+            if kind == CLINICAL:
+                main = []
+            else:
+                audit = []
         if kind == CLINICAL:
             done.versions += 1
         else:
             done.audit += 1
     if main:
-        await target.main.load(main)
+        await writing.then(target.main.load(main))
     if audit:
-        await target.audit.load(audit)
+        await writing.then(target.audit.load(audit))
+    await writing.done()
     target.chain.load(links)
     pruning.put_back(target.chain.path, checkpoints, notes)
     done.links = len(links)
