@@ -115,6 +115,8 @@ async def restore(archive: Path, target: Target) -> Restored:
     done = Restored(keys_destroyed=done_keys)
     with archive.open("rb") as file:
         await _load(records(file, target.provider), target, destroyed, done)
+    await target.main.loaded()
+    await target.audit.loaded()
     for entry in target.ledger.entries() if target.ledger else ():
         if entry["erased"] >= header["created"]:
             await replay(target.main, target.registry, target.record, entry, "on restore")
