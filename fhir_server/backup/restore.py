@@ -13,7 +13,7 @@ stays erased. docs/backup-and-erasure.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,10 +131,16 @@ class _OneAhead:
     def __init__(self) -> None:
         self._pending: asyncio.Future[None] | None = None
 
-    async def then(self, write: Awaitable[None]) -> None:
-        """Wait for the write before, then start `write` without waiting for it."""
-        await self.done()
+    async def then(self, write: Coroutine[Any, Any, None]) -> None:
+        """Wait for the write before, then start `write` without waiting for it; if the write
+        before failed, `write` never starts and its error is raised."""
+        try:
+            await self.done()
+        except BaseException:
+            write.close()
+            raise
         self._pending = asyncio.ensure_future(write)
+        await asyncio.sleep(0)  # let it start: it hands its batch to the store's writer thread
 
     async def done(self) -> None:
         pending, self._pending = self._pending, None
