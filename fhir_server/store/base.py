@@ -286,4 +286,5 @@ class Store(Protocol):
 
     async def loaded(self) -> None:
         """The restore's last `load` is done: build what loading deferred (SQLite builds the
-        search indexes' lookup B-trees once, sorted, instead of one random insert per row)."""
+        search indexes' lookup B-trees once, sorted, instead of one random insert per row).
+        Searches wait for it: before, SQLite has no lookups to seek."""

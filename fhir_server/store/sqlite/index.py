@@ -98,7 +98,8 @@ _INSERTS = {
 # The index B-trees searches seek by value, by name: a restore into an empty store drops them
 # and builds each once at the end, sorted (sqlite/dump.py), rather than one random insert per
 # row. The `_pk` ones stay: a restore removes a resource's rows by pk when its next version
-# comes, and their inserts are appends.
+# comes, and their inserts are appends. INDEX_TABLES is the current shape (a migration that
+# drops an index removes it there too, see schema.py), so what is built is what is wanted.
 LOOKUPS: dict[str, str] = {
     statement.split()[2]: statement.strip()
     for statement in INDEX_TABLES.split(";")
