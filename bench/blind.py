@@ -1,7 +1,9 @@
 """CPU cost of blind indexes (docs/blind-indexes.md): on create and on search, side by side
 with plaintext indexes, on the Synthea bundles (no timed assertions).
 
-Run: `.venv/bin/python -m bench.blind [BUNDLE_DIR] [--repeat N] [--clones N]`.
+Run: `.venv/bin/python -m bench.blind [BUNDLE_DIR] [--repeat N] [--clones N]`, or
+`--layouts N` for 5. alone: the SQL cost of the string rows of 3,000 new Patients after N
+others, as they are and in a narrow integer table (the layout docs/blind-indexes.md weighs).
 
 Measured with `time.process_time` (CPU of the whole process, the SQLite writer thread
 included), so the figures hold on a shared machine:
@@ -16,6 +18,7 @@ included), so the figures hold on a shared machine:
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import dataclasses
 import os
@@ -31,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.extraction import DEFAULT_DIR, load_resources  # noqa: E402
+from bench.requests import _patient  # noqa: E402
 from fhir_server.crypto import BlindDigest  # noqa: E402
 from fhir_server.search import (  # noqa: E402
     BlindIndex,
@@ -42,6 +46,7 @@ from fhir_server.search import (  # noqa: E402
 from fhir_server.store import decrypted_sort  # noqa: E402
 from fhir_server.store.base import Write  # noqa: E402
 from fhir_server.store.sqlite import SqliteStore  # noqa: E402
+from fhir_server.store.sqlite import index as sqlite_index  # noqa: E402
 
 PROTECTED_TYPES = ("Patient", "Practitioner", "RelatedPerson")
 QUERIES = [
@@ -143,12 +148,109 @@ async def stores(resources: list[dict[str, Any]], blind: BlindIndex, repeat: int
         await blinded.close()
 
 
+# The string rows of a protected parameter as they are (a row and two indexes per prefix),
+# against the narrowest layout that keeps one index entry per prefix: a WITHOUT ROWID table of
+# (pid, 64-bit digest, pk) plus one row per resource listing its digests, for removal.
+LAYOUTS = {
+    "plaintext rows (no blind index)": "",
+    "idx_string (now)": """
+        CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                                 value TEXT NOT NULL, exact TEXT NOT NULL);
+        CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
+        CREATE INDEX idx_string_pk ON idx_string (pk, pid);""",
+    "narrow integer table": """
+        CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                                 value TEXT NOT NULL, exact TEXT NOT NULL);
+        CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
+        CREATE INDEX idx_string_pk ON idx_string (pk, pid);
+        CREATE TABLE idx_prefix (pid INTEGER, digest INTEGER, pk INTEGER,
+                                 PRIMARY KEY (pid, digest, pk)) WITHOUT ROWID;
+        CREATE TABLE prefix_of (pk INTEGER PRIMARY KEY, digests BLOB NOT NULL);""",
+}
+
+
+def _integer(token: str) -> int:
+    """The first 64 bits of a token's MAC, as SQLite's signed integer."""
+    return int.from_bytes(base64.urlsafe_b64decode(token + "==")[:8], "big", signed=True)
+
+
+def _layout_rows(layout: str, pk: int, entries: list[Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements writing one resource's string rows in `layout` (pids by parameter)."""
+    pid = {p: n for n, p in enumerate(sorted({e.param for e in entries}))}
+    strings = [e for e in entries if type(e).__name__ == "StringEntry"]
+    insert = "INSERT INTO idx_string VALUES (?, ?, NULL, ?, ?)"
+    if layout != "narrow integer table":
+        return [(insert, [(pk, pid[e.param], e.value, e.exact) for e in strings])]
+    prefixes = [(pid[e.param], _integer(e.value), pk) for e in strings]
+    return [(insert, [(pk, pid[e.param], e.value, e.exact) for e in strings if e.exact]),
+            ("INSERT OR IGNORE INTO idx_prefix VALUES (?, ?, ?)", prefixes),
+            ("INSERT INTO prefix_of VALUES (?, ?)", [(pk, b"".join(d.to_bytes(8, "big", signed=True)
+                                                                   for _, d, _ in prefixes))])]
+
+
+class _Rows:
+    """A connection that only takes the rows: the Python of building them, without SQLite."""
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        list(rows)
+
+
+def python_side(blind: BlindIndex, entries: list[Any]) -> None:
+    """CPU µs per new Patient of the blind rewrite and the building of its index rows."""
+    ids = sqlite_index.ParamIds()
+    for code in {e.param for e in entries[0]} | {e.param for e in blind.entries("Patient", entries[0])}:
+        ids._ids["Patient", code] = len(ids._ids) + 1  # noqa: SLF001 - no database here
+    for name, index in (("plaintext", None), ("blind", blind)):
+        start = time.process_time()
+        for pk, found in enumerate(entries):
+            sqlite_index.insert(_Rows(), ids, pk, "Patient", found, index)  # type: ignore[arg-type]
+        cpu = (time.process_time() - start) * 1e6 / len(entries)
+        print(f"5. Python of the index rows of a new Patient, {name}: {cpu:.0f} µs CPU")
+
+
+def layouts(blind: BlindIndex, folder: Path, stored: int, measured: int) -> None:
+    """CPU µs per new Patient (bench/requests.py's) of writing its string rows, SQL only, in
+    units of 32 Patients after `stored` others, with the store's pragmas."""
+    plain = [extract(_patient(n, "x")) for n in range(stored + measured)]
+    python_side(blind, plain[stored:])
+    for layout, ddl in LAYOUTS.items():
+        written = plain if not ddl else [blind.entries("Patient", e) for e in plain]
+        ddl = ddl or LAYOUTS["idx_string (now)"]
+        path = folder / f"layout-{len(layout)}.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for pragma in ("journal_mode = WAL", "synchronous = FULL", "cache_size = -65536"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.executescript(ddl)
+        statements = [_layout_rows(layout, pk, list(e)) for pk, e in enumerate(written)]
+        conn.execute("BEGIN")
+        for resource in statements[:stored]:
+            for sql, rows in resource:
+                conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+        start = time.process_time()
+        for unit in range(stored, stored + measured, 32):
+            conn.execute("BEGIN")
+            for resource in statements[unit:unit + 32]:
+                for sql, rows in resource:
+                    conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        cpu = (time.process_time() - start) * 1e6 / measured
+        conn.close()
+        print(f"5. {layout}: {cpu:.0f} µs CPU of SQL per new Patient after {stored:,} "
+              f"({path.stat().st_size / 1e6:.0f} MB)")
+
+
 def main(argv: list[str]) -> None:
     repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 5
     clones = int(argv[argv.index("--clones") + 1]) if "--clones" in argv else 3
     args = [a for a in argv if not a.startswith("--") and not a.isdigit()]
     resources = load_resources(Path(args[0]) if args else DEFAULT_DIR)
     blind = blind_index()
+    if "--layouts" in argv:  # the SQL of two index layouts, on bench/requests.py's Patients
+        stored = int(argv[argv.index("--layouts") + 1])
+        with tempfile.TemporaryDirectory() as folder:
+            layouts(blind, Path(folder), stored, 3000)
+        return
     rewrite(resources, blind, repeat)
     asyncio.run(stores(clone(resources, clones), blind, repeat))
 

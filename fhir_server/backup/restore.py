@@ -12,7 +12,8 @@ stays erased. docs/backup-and-erasure.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ async def restore(archive: Path, target: Target) -> Restored:
     done = Restored(keys_destroyed=done_keys)
     with archive.open("rb") as file:
         await _load(records(file, target.provider), target, destroyed, done)
+    await target.main.loaded()
+    await target.audit.loaded()
     for entry in target.ledger.entries() if target.ledger else ():
         if entry["erased"] >= header["created"]:
             await replay(target.main, target.registry, target.record, entry, "on restore")
@@ -121,7 +124,40 @@ async def restore(archive: Path, target: Target) -> Restored:
     return done
 
 
+class _OneAhead:
+    """Store writes run one at a time, each while the next batch is read, opened and indexed:
+    the store's writer thread and the extraction overlap (two cores), in the same order."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[None] | None = None
+
+    async def then(self, write: Coroutine[Any, Any, None]) -> None:
+        """Wait for the write before, then start `write` without waiting for it; if the write
+        before failed, `write` never starts and its error is raised."""
+        try:
+            await self.done()
+        except BaseException:
+            write.close()
+            raise
+        self._pending = asyncio.ensure_future(write)
+        await asyncio.sleep(0)  # let it start: it hands its batch to the store's writer thread
+
+    async def done(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+
 async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: Restored) -> None:
+    writing = _OneAhead()
+    try:
+        await _read_and_write(found, target, destroyed, done, writing)
+    finally:
+        await writing.done()  # never leave a write running behind an error
+
+
+async def _read_and_write(found: Any, target: Target, destroyed: frozenset[bytes], done: Restored,
+                          writing: _OneAhead) -> None:
     main: Loaded = []
     audit: Loaded = []
     links: list[Link] = []
@@ -153,16 +189,20 @@ async def _load(found: Any, target: Target, destroyed: frozenset[bytes], done: R
         batch = main if kind == CLINICAL else audit
         batch.append((version, entries))
         if len(batch) >= BATCH:
-            await (target.main if kind == CLINICAL else target.audit).load(batch)
-            batch.clear()
+            await writing.then((target.main if kind == CLINICAL else target.audit).load(batch))
+            if kind == CLINICAL:
+                main = []
+            else:
+                audit = []
         if kind == CLINICAL:
             done.versions += 1
         else:
             done.audit += 1
     if main:
-        await target.main.load(main)
+        await writing.then(target.main.load(main))
     if audit:
-        await target.audit.load(audit)
+        await writing.then(target.audit.load(audit))
+    await writing.done()
     target.chain.load(links)
     pruning.put_back(target.chain.path, checkpoints, notes)
     done.links = len(links)

@@ -283,3 +283,8 @@ class Store(Protocol):
         """Restore: append `versions`, bodies as stored, each with its index entries (none for
         a deletion), as the latest version of their resources, atomically; into a store being
         rebuilt by `fhir-server restore` (versions of a resource come in order)."""
+
+    async def loaded(self) -> None:
+        """The restore's last `load` is done: build what loading deferred (SQLite builds the
+        search indexes' lookup B-trees once, sorted, instead of one random insert per row).
+        Searches wait for it: before, SQLite has no lookups to seek."""

@@ -103,6 +103,9 @@ class RoutingStore:
     async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
         await self.main.load(versions)
 
+    async def loaded(self) -> None:
+        await self.main.loaded()
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
         # Transactions are clinical: AuditEvents are written by the recorder only.

@@ -4,6 +4,7 @@ back is the same store, versions, history order and search index alike."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from fhir_server.store.base import Delete, HistoryQuery, Store, Version, Write
 from tests.builders import observation, patient
 from fhir_server.store.bodies import opened
 from fhir_server.store.sqlite import SqliteStore
+from fhir_server.store.sqlite.index import LOOKUPS
 from tests.crypto.test_blind_at_rest import IDENTIFIER, index_rows, leaks, write_update_search
 from tests.crypto.test_blind_search import blind_store
 from tests.store import search_model as m
@@ -65,6 +67,7 @@ async def test_dump_and_load_give_the_same_store(store: Store, tmp_path: Path) -
     try:
         for start in range(0, len(dumped), 4):
             await target.load([(v, _entries(store, v)) for v in dumped[start:start + 4]])
+        await target.loaded()
         assert await _history(target) == await _history(store)
         for query in ([("family", "Renamed")], [("family", "Name1")]):
             parsed, _ = parse_query("Patient", query, default_registry())
@@ -91,6 +94,7 @@ async def test_load_indexes_protected_parameters_blind(kind: str, tmp_path: Path
         await write_update_search(source)
         dumped = [v async for batch in source.dump(count=10) for v in batch]
         await target.load([(v, _entries(source, v)) for v in dumped])
+        await target.loaded()
         for params in ([("family", "zqxm")], [("identifier", IDENTIFIER)]):
             page = await target.search(m.query("Patient", *params))
             assert [v.id for v in page.matches] == ["marked"], params
@@ -99,6 +103,62 @@ async def test_load_indexes_protected_parameters_blind(kind: str, tmp_path: Path
         else:
             raw = b"".join([repr(doc).encode() async for doc in target.resources.find({})])  # type: ignore[attr-defined]
         assert raw and leaks(raw) == []
+    finally:
+        await dispose(source)
+        await dispose(target)
+
+
+def _lookups(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+                if row[0] in LOOKUPS}
+
+
+async def test_a_restore_builds_the_lookups_once_at_its_end(tmp_path: Path) -> None:
+    """Into an empty SQLite store, `load` leaves the value lookups out (a B-tree built once
+    is far cheaper than a random insert per row) and `loaded` builds them; a restore cut
+    short before `loaded` gets them back at the next open. Searches answer the same."""
+    source = SqliteStore(tmp_path / "source.db")
+    await source.open()
+    for n in range(3):
+        await source.commit([_write("Patient", f"p{n}", patient(family=f"Name{n}"))])
+        await source.commit([_write("Observation", f"o{n}", observation(f"Patient/p{n}"))])
+    dumped = [v async for batch in source.dump() for v in batch]
+    target = SqliteStore(tmp_path / "target.db")
+    await target.open()
+    try:
+        await target.load([(v, _entries(source, v)) for v in dumped[:2]])
+        assert _lookups(target.path) == set()
+        await target.load([(v, _entries(source, v)) for v in dumped[2:]])
+        assert _lookups(target.path) == set()  # the store was not empty: nothing dropped again
+        await target.close()
+        target = SqliteStore(tmp_path / "target.db")
+        await target.open()  # as after a restore cut short
+        assert _lookups(target.path) == set(LOOKUPS)
+        await target.loaded()
+        assert _lookups(target.path) == set(LOOKUPS)
+        for rtype, params in (("Patient", [("family", "Name1")]), ("Observation", [("subject", "Patient/p2")])):
+            parsed, _ = parse_query(rtype, params, default_registry())
+            assert ([v.id for v in (await target.search(parsed)).matches]
+                    == [v.id for v in (await source.search(parsed)).matches] != [])
+    finally:
+        await dispose(source)
+        await dispose(target)
+
+
+async def test_loaded_builds_the_lookups_a_load_left_out(tmp_path: Path) -> None:
+    source = SqliteStore(tmp_path / "source.db")
+    await source.open()
+    await source.commit([_write("Patient", "p", patient(family="Solo"))])
+    target = SqliteStore(tmp_path / "target.db")
+    await target.open()
+    try:
+        await target.load([(v, _entries(source, v)) async for batch in source.dump() for v in batch])
+        assert _lookups(target.path) == set()
+        await target.loaded()
+        assert _lookups(target.path) == set(LOOKUPS)
+        parsed, _ = parse_query("Patient", [("family", "sol")], default_registry())
+        assert [v.id for v in (await target.search(parsed)).matches] == ["p"]
     finally:
         await dispose(source)
         await dispose(target)

@@ -391,6 +391,9 @@ class MongoStore:
     async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
         await mongo_dump.load(self, versions)
 
+    async def loaded(self) -> None:
+        """Nothing deferred: the collections' indexes are kept up by every load."""
+
     @_answering
     async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
                              limit: int) -> tuple[int, str | None]:

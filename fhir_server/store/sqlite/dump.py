@@ -36,7 +36,12 @@ def load(conn: sqlite3.Connection, ids: ParamIds,
          versions: Sequence[tuple[Version, Sequence[IndexEntry]]],
          blind: BlindIndex | None = None) -> None:
     """Append `versions` (each with its index entries) as the latest of their resources
-    (inside the caller's transaction); `blind` indexes protected parameters as a write does."""
+    (inside the caller's transaction); `blind` indexes protected parameters as a write does.
+
+    Into an empty store (a restore's first batch) the index lookups are dropped, to be built
+    once by `index.build_lookups` when the restore is done (`Store.loaded`)."""
+    if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM resource)").fetchone()[0]:
+        sqlite_index.drop_lookups(conn)
     for version, entries in versions:
         lu = clock.micros(datetime.fromisoformat(version.last_updated.replace("Z", "+00:00")))
         row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ?",

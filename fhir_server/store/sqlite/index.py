@@ -95,6 +95,16 @@ _INSERTS = {
     f"VALUES (?, ?, ?, {', '.join('?' * len(columns))})"
     for entry_type, (table, columns) in TABLES.items()
 }
+# The index B-trees searches seek by value, by name: a restore into an empty store drops them
+# and builds each once at the end, sorted (sqlite/dump.py), rather than one random insert per
+# row. The `_pk` ones stay: a restore removes a resource's rows by pk when its next version
+# comes, and their inserts are appends. INDEX_TABLES is the current shape (a migration that
+# drops an index removes it there too, see schema.py), so what is built is what is wanted.
+LOOKUPS: dict[str, str] = {
+    statement.split()[2]: statement.strip()
+    for statement in INDEX_TABLES.split(";")
+    if statement.strip().startswith("CREATE INDEX") and not statement.split()[2].endswith("_pk")
+}
 # Kept in resource columns, not in index tables.
 RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
 
@@ -215,6 +225,19 @@ def insert(
         rows.setdefault(kind, set()).add((pk, pid, None, *_GETTERS[kind](entry)))
     for entry_type, values in rows.items():
         conn.executemany(_INSERTS[entry_type], values)
+
+
+def drop_lookups(conn: sqlite3.Connection) -> None:
+    """Drop the lookup B-trees (inside a restore's first write into an empty store)."""
+    for name in LOOKUPS:
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+
+
+def build_lookups(conn: sqlite3.Connection) -> None:
+    """Build the lookup B-trees that are missing (after a restore, or at open after one was
+    cut short); those present are left as they are."""
+    for statement in LOOKUPS.values():
+        conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
 
 
 def remove(conn: sqlite3.Connection, pk: int) -> None:

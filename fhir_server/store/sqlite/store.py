@@ -138,6 +138,7 @@ class SqliteStore:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 migrate(conn)
+                sqlite_index.build_lookups(conn)  # a restore cut short left them out (dump.py)
                 # Fresh statistics for the planner, bounded in cost (sqlite.org/lang_analyze.html).
                 conn.execute("PRAGMA analysis_limit = 1000")
                 conn.execute("PRAGMA optimize")
@@ -272,6 +273,9 @@ class SqliteStore:
 
     async def load(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> None:
         await self._exclusive(lambda conn: sqlite_dump.load(conn, self.ids, versions, self.blind))
+
+    async def loaded(self) -> None:
+        await self._exclusive(sqlite_index.build_lookups)
 
     @property
     def schedule(self) -> SqliteSchedule:
