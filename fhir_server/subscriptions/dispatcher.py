@@ -17,6 +17,9 @@ endpoint holds back its own subscription only), and for each:
    delivery stopped;
 4. with nothing to send, a heartbeat when its period has passed.
 
+Nothing is sent for a subscription whose owner's user account is suspended or closed: it is
+set to `error` saying so, its events kept (numbered still) for when it is `requested` again.
+
 Delivery is at least once: a process killed after a send and before its state is committed
 sends that notification again; receivers tell repeats by their event numbers.
 """
@@ -52,6 +55,8 @@ class Desk(Protocol):
     async def served(self) -> list[dict[str, Any]]: ...
 
     async def owned(self, subscription: str) -> bool: ...
+
+    async def owner_stopped(self, subscription: str) -> str | None: ...
 
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
 
@@ -181,6 +186,8 @@ class Dispatcher:
         body = await self._number(found.id, lease, body)
         if found.end is not None and found.end <= clock.instant():
             await self.desk.set_status(found.id, "off")
+        elif self._may_send(found, state(body)) and (why := await self.desk.owner_stopped(found.id)):
+            await self.desk.set_status(found.id, "error", why)  # its events kept, not sent
         elif found.status == "requested":
             await self._handshake(found, state(body))
         else:
@@ -193,6 +200,11 @@ class Dispatcher:
                 if lease is None:
                     return
             await self._heartbeat(found, lease, body)
+
+    def _may_send(self, found: Plan, current: State) -> bool:
+        """Whether serving `found` may send anything now (else its owner need not be asked)."""
+        return (found.status == "requested" or current.delivered < current.events
+                or found.heartbeat is not None)
 
     async def _lease(self, subscription: str, send: float = 0.0) -> bytes | None:
         """The lease record if this dispatcher holds it (taking or renewing it), else None;
