@@ -1,8 +1,8 @@
 """Subscriptions under load and across kill -9 (issue 19 targets: commit -> notification p95
 < 1 s at 200 writes/s with 10 subscriptions; 0 events lost over kill -9 cycles).
 
-A real `fhir-server serve` process (SQLite, auth off, one worker) notifies a loopback receiver
-in this process. `latency`: `--subscriptions` topic subscriptions (patient-updated, id-only)
+A real `fhir-server serve` (SQLite, auth off, `--workers` processes, one by default) notifies
+a loopback receiver in this process. `latency`: `--subscriptions` topic subscriptions (patient-updated, id-only)
 and Patient updates paced at `--rate` per second for `--seconds`; the delay of each event is
 its arrival at the receiver minus its commit time (the version's `meta.lastUpdated`, stamped
 inside the unit of work; same machine, same clock). `crash`: `--cycles` times, updates from
@@ -15,7 +15,7 @@ update to the last event, per update; `--profile` writes a cProfile of the event
 thread (SQLite runs in its writer and reader threads: their CPU is the process time minus
 the loop thread's `time.thread_time`).
 
-    .venv/bin/python -m bench.subscriptions latency [--rate 200] [--seconds 20] [--subscriptions 10]
+    .venv/bin/python -m bench.subscriptions latency [--rate 200] [--seconds 20] [--subscriptions 10] [--workers 1]
     .venv/bin/python -m bench.subscriptions crash [--cycles 10] [--writers 3]
     .venv/bin/python -m bench.subscriptions burst [--updates 1000] [--subscriptions 10] [--profile FILE]
 """
@@ -97,7 +97,7 @@ class Receiver:
 
 
 class Server:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, workers: int = 1) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -108,7 +108,7 @@ class Server:
                "FHIR_SERVER_KEY_RING": str(data / "keyring.json")}
         self.log = (data / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port), "--workers", "1"],
+            [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         answer = "no answer"
@@ -151,13 +151,13 @@ def _patient(id: str, n: int) -> dict[str, Any]:
     return {"resourceType": "Patient", "id": id, "name": [{"family": f"Bench{n}"}], "gender": "female"}
 
 
-def latency(rate: int, seconds: int, subscriptions: int) -> dict[str, Any]:
+def latency(rate: int, seconds: int, subscriptions: int, workers: int = 1) -> dict[str, Any]:
     receiver = Receiver()
     receiver.start()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         create_key_ring(data / "keyring.json")
-        server = Server(data)
+        server = Server(data, workers)
         try:
             with httpx.Client(base_url=server.base, timeout=30) as http:
                 for i in range(100):  # the Patients exist: the topic fires on updates
@@ -175,7 +175,8 @@ def latency(rate: int, seconds: int, subscriptions: int) -> dict[str, Any]:
                     for at, bundle in receiver.notifications()
                     for p in bundle["entry"][0]["resource"]["parameter"] if p["name"] == "notification-event"
                     for part in p["part"] if part["name"] == "timestamp")
-    return {"rate": rate, "seconds": seconds, "subscriptions": subscriptions, "writes": sent,
+    return {"rate": rate, "seconds": seconds, "subscriptions": subscriptions, "workers": workers,
+            "writes": sent,
             "failed_writes": failed, "events_expected": sent * subscriptions, "events_received": len(delays),
             "notifications": len(receiver.notifications()),
             "p50_s": percentile(delays, 50), "p95_s": percentile(delays, 95),
@@ -339,6 +340,7 @@ def main() -> None:
     run.add_argument("--rate", type=int, default=200)
     run.add_argument("--seconds", type=int, default=20)
     run.add_argument("--subscriptions", type=int, default=10)
+    run.add_argument("--workers", type=int, default=1, help="server worker processes")
     kill = modes.add_parser("crash")
     kill.add_argument("--cycles", type=int, default=10)
     kill.add_argument("--writers", type=int, default=3)
@@ -348,7 +350,7 @@ def main() -> None:
     at_once.add_argument("--profile", type=Path, help="write a cProfile of the event loop's thread here")
     args = parser.parse_args()
     if args.mode == "latency":
-        result = latency(args.rate, args.seconds, args.subscriptions)
+        result = latency(args.rate, args.seconds, args.subscriptions, args.workers)
     elif args.mode == "crash":
         result = crash(args.cycles, args.writers)
     else:
