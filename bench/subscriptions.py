@@ -139,6 +139,9 @@ def _subscribe(server: Server, receiver: Receiver, count: int) -> None:
             ids.append(response.json()["id"])
         while any(http.get(f"/Subscription/{id}").json()["status"] != "active" for id in ids):
             time.sleep(0.2)
+    # Every worker process reads the subscriptions again each second: until then, one that did
+    # not create them keeps no events for them (docs/subscriptions.md, "Reliable delivery").
+    time.sleep(1.5)
 
 
 def _subscription(receiver: Receiver) -> dict[str, Any]:

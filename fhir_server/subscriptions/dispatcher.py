@@ -3,7 +3,8 @@ number order, to its endpoint.
 
 Each subscription is served by one dispatcher at a time, the holder of its lease (an outbox
 record set by compare-and-set, renewed while held, taken over once expired): several server
-processes may run one each. A round serves each subscription in its own task (a slow
+processes may run one each. Each announces itself, and holds an equal share of the
+subscriptions among the dispatchers alive, giving back what it holds beyond it. A round serves each subscription in its own task (a slow
 endpoint holds back its own subscription only), and for each:
 
 1. pending events (records.py) are numbered in stamp order, in one unit of work that also
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -42,8 +44,8 @@ from ..store.base import Outbox, Store, Version
 from .capture import Watch
 from .criteria import Plan, plan
 from .delivery import Sender, delivered
-from .records import (Event, State, dump, event, event_key, lease_key, numbered, one,
-                      pending_prefix, state, state_key)
+from .records import (DISPATCHERS, LEASES, Event, State, dump, event, event_key, lease_key,
+                      numbered, one, pending_prefix, state, state_key)
 
 log = logging.getLogger("fhir_server.subscriptions")
 SECOND = 1_000_000  # microseconds
@@ -98,6 +100,7 @@ class Dispatcher:
         self._read_at = -1
         self._round = asyncio.Lock()  # one round at a time (a test may run one itself)
         self.serving: dict[str, asyncio.Task[None]] = {}  # by subscription id
+        self.room: int | None = None  # leases it may take still (its share; None: any)
         watch.reader = self.reload  # for a write that comes before any round (capture.py)
 
     async def run(self) -> None:
@@ -125,11 +128,40 @@ class Dispatcher:
                 await self.reload()
                 self._read_at = now
             self.serving = {id: task for id, task in self.serving.items() if not task.done()}
-            for found in self.watch.plans():
+            plans = self.watch.plans()
+            await self._share(len(plans))
+            for found in plans:
                 if found.id not in self.serving:
                     self.serving[found.id] = asyncio.create_task(self._serve_safely(found))
             if self.serving:
                 await asyncio.wait(self.serving.values(), timeout=self.timing.wait)
+
+    async def _share(self, served: int) -> None:
+        """Announce this dispatcher alive, and set how many more leases it may take: an equal
+        share of `served` among the dispatchers alive; what it holds beyond that, and is not
+        sending for, it gives back (another takes it in its next round)."""
+        now = clock.micros(clock.now())
+        me = f"{DISPATCHERS}{self.holder}"
+        alive = {key: orjson.loads(body)["until"] for key, body in await self.store.outbox(DISPATCHERS)}
+        gone = tuple(key for key, until in alive.items() if until <= now and key != me)
+        if alive.get(me, 0) - now <= self.timing.lease * SECOND / 2 or gone:
+            # A record renewed just as it is found expired is removed all the same: its
+            # dispatcher announces itself again within a round, its share meanwhile counted wrong.
+            until = now + int(self.timing.lease * SECOND)
+            await self.store.commit([Outbox(put=((me, dump({"until": until})),), remove=gone)])
+        share = math.ceil(served / max(1, len(alive) - len(gone) + (me not in alive)))
+        mine = []
+        for key, body in await self.store.outbox(LEASES):
+            lease = orjson.loads(body)
+            if lease["holder"] == self.holder and lease["until"] > now:
+                mine.append((key, body))
+        self.room = share - len(mine)
+        busy = {lease_key(id) for id in self.serving}
+        for key, body in [held for held in mine if held[0] not in busy][:max(0, -self.room)]:
+            try:
+                await self.store.commit([Outbox(remove=(key,), expect=((key, body),))])
+            except FhirError:
+                continue  # renewed meanwhile by this dispatcher's own serving: kept
 
     async def stop(self) -> None:
         """Cancel the subscriptions being served (their state is as last committed)."""
@@ -214,17 +246,22 @@ class Dispatcher:
         span = max(self.timing.lease, 2 * send)
         held = await one(self.store, key)
         now = clock.micros(clock.now())
-        if held is not None:
-            lease = orjson.loads(held)
-            if lease["holder"] != self.holder and lease["until"] > now:
+        lease = orjson.loads(held) if held is not None else {"holder": None, "until": 0}
+        new = lease["holder"] != self.holder or lease["until"] <= now  # not of its share yet
+        if lease["holder"] != self.holder:
+            if held is not None and lease["until"] > now:
                 return None
-            if lease["holder"] == self.holder and lease["until"] - now > span * SECOND / 2:
-                return held
+        elif lease["until"] - now > span * SECOND / 2:
+            return held
+        if new and self.room is not None and self.room <= 0:
+            return None  # its share is full
         taken = dump({"holder": self.holder, "until": now + int(span * SECOND)})
         try:
             await self.store.commit([Outbox(put=((key, taken),), expect=((key, held),))])
         except FhirError:
             return None  # another dispatcher took it first
+        if new and self.room is not None:
+            self.room -= 1
         return taken
 
     async def _save(self, subscription: str, lease: bytes, before: bytes | None, after: State,
