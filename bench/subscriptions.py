@@ -1,23 +1,30 @@
 """Subscriptions under load and across kill -9 (issue 19 targets: commit -> notification p95
 < 1 s at 200 writes/s with 10 subscriptions; 0 events lost over kill -9 cycles).
 
-A real `fhir-server serve` process (SQLite, auth off, one worker) notifies a loopback receiver
-in this process. `latency`: `--subscriptions` topic subscriptions (patient-updated, id-only)
+A real `fhir-server serve` (SQLite, auth off, `--workers` processes, one by default) notifies
+a loopback receiver in this process. `latency`: `--subscriptions` topic subscriptions (patient-updated, id-only)
 and Patient updates paced at `--rate` per second for `--seconds`; the delay of each event is
 its arrival at the receiver minus its commit time (the version's `meta.lastUpdated`, stamped
 inside the unit of work; same machine, same clock). `crash`: `--cycles` times, updates from
 `--writers` clients and a SIGKILL after 1-2.5 s, the receiver down every third cycle; then a
 last start, and every acknowledged update must have reached the receiver, event numbers 1..n
-in order.
+in order. `burst`: the app in this process (SQLite, auth off), `--updates` Patient updates
+sent 16 at a time through ASGI, then wait until the receiver has every event; the CPU time of
+the process (`time.process_time`, the receiver thread's small share included) from the first
+update to the last event, per update; `--profile` writes a cProfile of the event loop's
+thread (SQLite runs in its writer and reader threads: their CPU is the process time minus
+the loop thread's `time.thread_time`).
 
-    .venv/bin/python -m bench.subscriptions latency [--rate 200] [--seconds 20] [--subscriptions 10]
+    .venv/bin/python -m bench.subscriptions latency [--rate 200] [--seconds 20] [--subscriptions 10] [--workers 1]
     .venv/bin/python -m bench.subscriptions crash [--cycles 10] [--writers 3]
+    .venv/bin/python -m bench.subscriptions burst [--updates 1000] [--subscriptions 10] [--profile FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
 import random
 import socket
@@ -34,7 +41,9 @@ import httpx2 as httpx
 import orjson
 
 from bench.common import load_average, percentile, write_results
+from fhir_server.app import create_app
 from fhir_server.crypto import create_key_ring
+from fhir_server.settings import Settings
 
 TOPIC = "https://oncotrials.example.org/fhir/SubscriptionTopic/patient-updated"
 
@@ -45,6 +54,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[tuple[float, bytes]] = []
+        self._parsed: list[tuple[float, dict[str, Any]] | None] = []
         self.down = False
         self.port = 0
 
@@ -77,17 +87,17 @@ class Receiver:
         ready.wait()
 
     def notifications(self) -> list[tuple[float, dict[str, Any]]]:
-        found = []
-        for at, body in list(self.received):
+        """The event notifications received, each parsed once (the bench polls this)."""
+        for at, body in self.received[len(self._parsed):]:
             bundle = orjson.loads(body)
             parameters = bundle["entry"][0]["resource"]["parameter"]
-            if {"name": "type", "valueCode": "event-notification"} in parameters:
-                found.append((at, bundle))
-        return found
+            notifies = {"name": "type", "valueCode": "event-notification"} in parameters
+            self._parsed.append((at, bundle) if notifies else None)
+        return [found for found in self._parsed if found is not None]
 
 
 class Server:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, workers: int = 1) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -98,7 +108,7 @@ class Server:
                "FHIR_SERVER_KEY_RING": str(data / "keyring.json")}
         self.log = (data / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port), "--workers", "1"],
+            [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         answer = "no answer"
@@ -123,27 +133,34 @@ def _subscribe(server: Server, receiver: Receiver, count: int) -> None:
     with httpx.Client(base_url=server.base, timeout=30) as http:
         ids = []
         for _ in range(count):
-            body = {"resourceType": "Subscription", "status": "requested", "reason": "bench",
-                    "criteria": TOPIC, "channel": {"type": "rest-hook", "payload": "application/fhir+json",
-                                                   "endpoint": f"http://127.0.0.1:{receiver.port}/hook"}}
-            response = http.post("/Subscription", json=body, headers={"Content-Type": "application/fhir+json"})
+            response = http.post("/Subscription", json=_subscription(receiver),
+                                 headers={"Content-Type": "application/fhir+json"})
             response.raise_for_status()
             ids.append(response.json()["id"])
         while any(http.get(f"/Subscription/{id}").json()["status"] != "active" for id in ids):
             time.sleep(0.2)
+    # Every worker process reads the subscriptions again each second: until then, one that did
+    # not create them keeps no events for them (docs/subscriptions.md, "Reliable delivery").
+    time.sleep(1.5)
+
+
+def _subscription(receiver: Receiver) -> dict[str, Any]:
+    return {"resourceType": "Subscription", "status": "requested", "reason": "bench", "criteria": TOPIC,
+            "channel": {"type": "rest-hook", "payload": "application/fhir+json",
+                        "endpoint": f"http://127.0.0.1:{receiver.port}/hook"}}
 
 
 def _patient(id: str, n: int) -> dict[str, Any]:
     return {"resourceType": "Patient", "id": id, "name": [{"family": f"Bench{n}"}], "gender": "female"}
 
 
-def latency(rate: int, seconds: int, subscriptions: int) -> dict[str, Any]:
+def latency(rate: int, seconds: int, subscriptions: int, workers: int = 1) -> dict[str, Any]:
     receiver = Receiver()
     receiver.start()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         create_key_ring(data / "keyring.json")
-        server = Server(data)
+        server = Server(data, workers)
         try:
             with httpx.Client(base_url=server.base, timeout=30) as http:
                 for i in range(100):  # the Patients exist: the topic fires on updates
@@ -161,7 +178,8 @@ def latency(rate: int, seconds: int, subscriptions: int) -> dict[str, Any]:
                     for at, bundle in receiver.notifications()
                     for p in bundle["entry"][0]["resource"]["parameter"] if p["name"] == "notification-event"
                     for part in p["part"] if part["name"] == "timestamp")
-    return {"rate": rate, "seconds": seconds, "subscriptions": subscriptions, "writes": sent,
+    return {"rate": rate, "seconds": seconds, "subscriptions": subscriptions, "workers": workers,
+            "writes": sent,
             "failed_writes": failed, "events_expected": sent * subscriptions, "events_received": len(delays),
             "notifications": len(receiver.notifications()),
             "p50_s": percentile(delays, 50), "p95_s": percentile(delays, 95),
@@ -199,6 +217,57 @@ async def _paced(base: str, rate: int, seconds: int) -> tuple[int, int]:
     print(f"{rate * seconds} updates in {elapsed:.1f} s ({rate * seconds / elapsed:.0f}/s achieved)",
           file=sys.stderr)
     return rate * seconds - failed, failed
+
+
+def burst(updates: int, subscriptions: int, profile: Path | None) -> dict[str, Any]:
+    receiver = Receiver()
+    receiver.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        create_key_ring(data / "keyring.json")
+        os.environ["FHIR_SERVER_KEY_RING"] = str(data / "keyring.json")
+        settings = Settings(data_dir=data, base_url="http://bench/fhir", auth="off",
+                            subscription_loopback_http=True, publish_definitions=False)
+        return asyncio.run(_burst(create_app(settings), receiver, updates, subscriptions, profile))
+
+
+async def _burst(app: Any, receiver: Receiver, updates: int, subscriptions: int,
+                 profile: Path | None) -> dict[str, Any]:
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://bench/fhir", timeout=60) as http:
+        headers = {"Content-Type": "application/fhir+json"}
+        for i in range(100):
+            (await http.put(f"/Patient/b{i}", json=_patient(f"b{i}", 0), headers=headers)).raise_for_status()
+        ids = []
+        for _ in range(subscriptions):
+            response = await http.post("/Subscription", json=_subscription(receiver), headers=headers)
+            ids.append(response.raise_for_status().json()["id"])
+        while [id for id in ids if (await http.get(f"/Subscription/{id}")).json()["status"] != "active"]:
+            await asyncio.sleep(0.1)
+        profiler = cProfile.Profile(time.thread_time) if profile else None  # CPU, not waits
+        gate = asyncio.Semaphore(16)
+
+        async def one(n: int) -> None:
+            async with gate:
+                (await http.put(f"/Patient/b{n % 100}", json=_patient(f"b{n % 100}", n),
+                                headers=headers)).raise_for_status()
+
+        cpu, loop_cpu, wall = time.process_time(), time.thread_time(), time.monotonic()
+        if profiler:
+            profiler.enable()
+        await asyncio.gather(*(one(n) for n in range(updates)))
+        while _count(receiver) < updates * subscriptions and time.monotonic() - wall < 300:
+            await asyncio.sleep(0.05)
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        cpu, loop_cpu, wall = (time.process_time() - cpu, time.thread_time() - loop_cpu,
+                               time.monotonic() - wall)
+    return {"updates": updates, "subscriptions": subscriptions,
+            "events_expected": updates * subscriptions, "events_received": _count(receiver),
+            "notifications": len(receiver.notifications()), "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2), "cpu_ms_per_update": round(cpu * 1000 / updates, 2),
+            "loop_thread_cpu_s": round(loop_cpu, 2), "load_average": load_average()}
 
 
 def crash(cycles: int, writers: int) -> dict[str, Any]:
@@ -274,12 +343,21 @@ def main() -> None:
     run.add_argument("--rate", type=int, default=200)
     run.add_argument("--seconds", type=int, default=20)
     run.add_argument("--subscriptions", type=int, default=10)
+    run.add_argument("--workers", type=int, default=1, help="server worker processes")
     kill = modes.add_parser("crash")
     kill.add_argument("--cycles", type=int, default=10)
     kill.add_argument("--writers", type=int, default=3)
+    at_once = modes.add_parser("burst")
+    at_once.add_argument("--updates", type=int, default=1000)
+    at_once.add_argument("--subscriptions", type=int, default=10)
+    at_once.add_argument("--profile", type=Path, help="write a cProfile of the event loop's thread here")
     args = parser.parse_args()
-    result = (latency(args.rate, args.seconds, args.subscriptions) if args.mode == "latency"
-              else crash(args.cycles, args.writers))
+    if args.mode == "latency":
+        result = latency(args.rate, args.seconds, args.subscriptions, args.workers)
+    elif args.mode == "crash":
+        result = crash(args.cycles, args.writers)
+    else:
+        result = burst(args.updates, args.subscriptions, args.profile)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     write_results(f"subscriptions-{args.mode}", result)
 

@@ -212,7 +212,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         await recorder.recover()
         dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch, Desk(
             context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
-                ctx, study, filters.get("practitioner", ""))}))
+                ctx, study, filters.get("practitioner", ""))},
+            tokens.users.stopped if tokens is not None else None))
         await dispatcher.load()  # before any write: each keeps its events (docs/subscriptions.md)
         try:
             again = await reconcile(replace(context, principal=server_principal("fhir-server")))

@@ -151,6 +151,15 @@ class Users:
                                    (username,)).fetchone()
         return bool(row and row[0])
 
+    def stopped(self, username: str) -> str | None:
+        """'closed' or 'suspended' for such an account; None for one in use, or for none (a
+        user of a trusted provider has no account here)."""
+        row = self._conn().execute("SELECT suspended, closed FROM user WHERE username = ?",
+                                   (username,)).fetchone()
+        if row is None:
+            return None
+        return "closed" if row[1] is not None else "suspended" if row[0] else None
+
     def valid_since(self, username: str) -> float | None:
         """The time (epoch seconds) before which nothing issued to `username` is valid: its
         last suspension, 0 if never suspended (or no such account); None while suspended."""

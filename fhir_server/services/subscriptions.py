@@ -239,10 +239,12 @@ def _content_of(resource: dict[str, Any]) -> str:
 class Desk:
     """What the dispatcher asks of the service layer, acting as the server."""
 
-    def __init__(self, ctx: Context, record: Record, tests: Mapping[str, TopicTest]) -> None:
+    def __init__(self, ctx: Context, record: Record, tests: Mapping[str, TopicTest],
+                 stopped: Callable[[str], str | None] | None = None) -> None:
         self.ctx = dataclasses.replace(ctx, principal=server_principal("subscriptions"))
         self.record = record
         self.tests = tests
+        self.stopped = stopped  # an account's state if it may not act now (auth/users.py)
 
     async def served(self) -> list[dict[str, Any]]:
         """Every Subscription whose status is requested or active, with its real header
@@ -256,6 +258,18 @@ class Desk:
     async def owned(self, subscription: str) -> bool:
         """Whether the subscription has a recorded owner (one created by PUT has none)."""
         return await one(self.ctx.store, owner_key(subscription)) is not None
+
+    async def owner_stopped(self, subscription: str) -> str | None:
+        """Why the subscription's owner may be sent nothing now (its user account suspended or
+        closed), None if they may."""
+        owner = await one(self.ctx.store, owner_key(subscription))
+        if owner is None or self.stopped is None:
+            return None
+        kept = orjson.loads(owner)
+        if kept["server"] or kept["fhir_user"] is None:  # a system client: no user account
+            return None
+        stopped = self.stopped(kept["subject"])
+        return None if stopped is None else f"The owner's user account is {stopped}."
 
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]:
         """The events whose resource the subscription's owner reaches now and that pass the

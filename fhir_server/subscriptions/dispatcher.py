@@ -3,7 +3,8 @@ number order, to its endpoint.
 
 Each subscription is served by one dispatcher at a time, the holder of its lease (an outbox
 record set by compare-and-set, renewed while held, taken over once expired): several server
-processes may run one each. A round serves each subscription in its own task (a slow
+processes may run one each. Each announces itself, and holds an equal share of the
+subscriptions among the dispatchers alive, giving back what it holds beyond it. A round serves each subscription in its own task (a slow
 endpoint holds back its own subscription only), and for each:
 
 1. pending events (records.py) are numbered in stamp order, in one unit of work that also
@@ -17,6 +18,9 @@ endpoint holds back its own subscription only), and for each:
    delivery stopped;
 4. with nothing to send, a heartbeat when its period has passed.
 
+Nothing is sent for a subscription whose owner's user account is suspended or closed: it is
+set to `error` saying so, its events kept (numbered still) for when it is `requested` again.
+
 Delivery is at least once: a process killed after a send and before its state is committed
 sends that notification again; receivers tell repeats by their event numbers.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -39,8 +44,8 @@ from ..store.base import Outbox, Store, Version
 from .capture import Watch
 from .criteria import Plan, plan
 from .delivery import Sender, delivered
-from .records import (Event, State, dump, event, event_key, lease_key, numbered, one,
-                      pending_prefix, state, state_key)
+from .records import (DISPATCHERS, LEASES, Event, State, dump, event, event_key, lease_key,
+                      numbered, one, pending_prefix, state, state_key)
 
 log = logging.getLogger("fhir_server.subscriptions")
 SECOND = 1_000_000  # microseconds
@@ -52,6 +57,8 @@ class Desk(Protocol):
     async def served(self) -> list[dict[str, Any]]: ...
 
     async def owned(self, subscription: str) -> bool: ...
+
+    async def owner_stopped(self, subscription: str) -> str | None: ...
 
     async def reached(self, plan: Plan, found: Sequence[Event]) -> list[tuple[Event, Version | None]]: ...
 
@@ -93,6 +100,7 @@ class Dispatcher:
         self._read_at = -1
         self._round = asyncio.Lock()  # one round at a time (a test may run one itself)
         self.serving: dict[str, asyncio.Task[None]] = {}  # by subscription id
+        self.room: int | None = None  # leases it may take still (its share; None: any)
         watch.reader = self.reload  # for a write that comes before any round (capture.py)
 
     async def run(self) -> None:
@@ -120,11 +128,40 @@ class Dispatcher:
                 await self.reload()
                 self._read_at = now
             self.serving = {id: task for id, task in self.serving.items() if not task.done()}
-            for found in self.watch.plans():
+            plans = self.watch.plans()
+            await self._share(len(plans))
+            for found in plans:
                 if found.id not in self.serving:
                     self.serving[found.id] = asyncio.create_task(self._serve_safely(found))
             if self.serving:
                 await asyncio.wait(self.serving.values(), timeout=self.timing.wait)
+
+    async def _share(self, served: int) -> None:
+        """Announce this dispatcher alive, and set how many more leases it may take: an equal
+        share of `served` among the dispatchers alive; what it holds beyond that, and is not
+        sending for, it gives back (another takes it in its next round)."""
+        now = clock.micros(clock.now())
+        me = f"{DISPATCHERS}{self.holder}"
+        alive = {key: orjson.loads(body)["until"] for key, body in await self.store.outbox(DISPATCHERS)}
+        gone = tuple(key for key, until in alive.items() if until <= now and key != me)
+        if alive.get(me, 0) - now <= self.timing.lease * SECOND / 2 or gone:
+            # A record renewed just as it is found expired is removed all the same: its
+            # dispatcher announces itself again within a round, its share meanwhile counted wrong.
+            until = now + int(self.timing.lease * SECOND)
+            await self.store.commit([Outbox(put=((me, dump({"until": until})),), remove=gone)])
+        share = math.ceil(served / max(1, len(alive) - len(gone) + (me not in alive)))
+        mine = []
+        for key, body in await self.store.outbox(LEASES):
+            lease = orjson.loads(body)
+            if lease["holder"] == self.holder and lease["until"] > now:
+                mine.append((key, body))
+        self.room = share - len(mine)
+        busy = {lease_key(id) for id in self.serving}
+        for key, body in [held for held in mine if held[0] not in busy][:max(0, -self.room)]:
+            try:
+                await self.store.commit([Outbox(remove=(key,), expect=((key, body),))])
+            except FhirError:
+                continue  # renewed meanwhile by this dispatcher's own serving: kept
 
     async def stop(self) -> None:
         """Cancel the subscriptions being served (their state is as last committed)."""
@@ -181,6 +218,8 @@ class Dispatcher:
         body = await self._number(found.id, lease, body)
         if found.end is not None and found.end <= clock.instant():
             await self.desk.set_status(found.id, "off")
+        elif self._may_send(found, state(body)) and (why := await self.desk.owner_stopped(found.id)):
+            await self.desk.set_status(found.id, "error", why)  # its events kept, not sent
         elif found.status == "requested":
             await self._handshake(found, state(body))
         else:
@@ -194,6 +233,11 @@ class Dispatcher:
                     return
             await self._heartbeat(found, lease, body)
 
+    def _may_send(self, found: Plan, current: State) -> bool:
+        """Whether serving `found` may send anything now (else its owner need not be asked)."""
+        return (found.status == "requested" or current.delivered < current.events
+                or found.heartbeat is not None)
+
     async def _lease(self, subscription: str, send: float = 0.0) -> bytes | None:
         """The lease record if this dispatcher holds it (taking or renewing it), else None;
         held for `send` seconds more at least (a send's timeout: no other dispatcher takes
@@ -202,17 +246,22 @@ class Dispatcher:
         span = max(self.timing.lease, 2 * send)
         held = await one(self.store, key)
         now = clock.micros(clock.now())
-        if held is not None:
-            lease = orjson.loads(held)
-            if lease["holder"] != self.holder and lease["until"] > now:
+        lease = orjson.loads(held) if held is not None else {"holder": None, "until": 0}
+        new = lease["holder"] != self.holder or lease["until"] <= now  # not of its share yet
+        if lease["holder"] != self.holder:
+            if held is not None and lease["until"] > now:
                 return None
-            if lease["holder"] == self.holder and lease["until"] - now > span * SECOND / 2:
-                return held
+        elif lease["until"] - now > span * SECOND / 2:
+            return held
+        if new and self.room is not None and self.room <= 0:
+            return None  # its share is full
         taken = dump({"holder": self.holder, "until": now + int(span * SECOND)})
         try:
             await self.store.commit([Outbox(put=((key, taken),), expect=((key, held),))])
         except FhirError:
             return None  # another dispatcher took it first
+        if new and self.room is not None:
+            self.room -= 1
         return taken
 
     async def _save(self, subscription: str, lease: bytes, before: bytes | None, after: State,

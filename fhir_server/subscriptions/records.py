@@ -11,7 +11,8 @@ sealed at rest like every outbox record (store/bodies.py).
 - `subs/k/<subscription>`: its channel header values and signing secret (credentials.py), which
   its stored resource holds masked;
 - `subs/t/<subscription>`: the highest event number removed once delivered and past its
-  retention (retention.py): `$events` says that events up to it are gone.
+  retention (retention.py): `$events` says that events up to it are gone;
+- `subs/d/<dispatcher>`: a dispatcher alive (until when), each taking its share of leases.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def credentials_key(subscription: str) -> str:
 
 def purged_key(subscription: str) -> str:
     return f"{PREFIX}t/{subscription}"
+
+
+LEASES = lease_key("")
+DISPATCHERS = f"{PREFIX}d/"
 
 
 def subscription_keys(subscription: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from fhir_server import clock
@@ -69,3 +70,38 @@ async def test_a_lease_outlasts_the_send_it_is_taken_for(store: Store) -> None: 
         assert renewed is not None and await first._lease("s1", send=60) == renewed  # 61 s left
         frozen.advance(2)
         assert await first._lease("s1", send=60) not in (None, renewed)  # 59 s: renewed
+
+
+async def test_the_dispatchers_alive_share_the_subscriptions(store: Store) -> None:  # noqa: F811
+    """Each server process runs a dispatcher: each takes an equal share of the leases, gives
+    back what it holds beyond its share when another starts, and takes over the share of one
+    that stopped once its leases expire."""
+    first, second = _dispatcher(store), _dispatcher(store)
+    ids = [f"s{n}" for n in range(10)]
+
+    async def take(dispatcher: Dispatcher) -> None:
+        await dispatcher._share(len(ids))
+        for id in ids:
+            await dispatcher._lease(id)
+
+    async def held() -> list[int]:
+        holders = [orjson.loads(body)["holder"] for _, body in await store.outbox("subs/l/")]
+        return [holders.count(first.holder), holders.count(second.holder)]
+
+    with clock.frozen(datetime(2030, 1, 1, tzinfo=UTC)) as frozen:
+        await take(first)  # alone
+        assert await held() == [10, 0]
+        await take(second)  # announced; all are held
+        assert await held() == [10, 0]
+        frozen.advance(1)
+        await take(first)  # gives back its share beyond 5
+        assert await held() == [5, 0]
+        await take(second)
+        assert await held() == [5, 5]
+        await take(first)
+        await take(second)
+        assert await held() == [5, 5]  # stable
+        for _ in range(4):  # the first one stops; the second one goes on
+            frozen.advance(10)
+            await take(second)
+        assert await held() == [0, 10]

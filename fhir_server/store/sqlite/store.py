@@ -228,9 +228,12 @@ class SqliteStore:
             conn, self.ids, self.registry, self.blind, partial(opened, self.codec)).search(query, cursor)))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
+        # A range on the key (UTF-8 orders as code points): the primary key's index is used,
+        # where a substr() test would read every record (the subscriptions keep thousands).
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
         return await self._read(lambda conn: opened_records(self.codec, conn.execute(
-            "SELECT key, body FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY key",
-            (len(prefix), prefix)).fetchall()))
+            "SELECT key, body FROM outbox WHERE key >= ? AND (? IS NULL OR key < ?) ORDER BY key",
+            (prefix, after, after)).fetchall()))
 
     async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
                              limit: int) -> tuple[int, str | None]:
