@@ -215,7 +215,12 @@ class Dispatcher:
         if lease is None:
             return
         body = await one(self.store, state_key(found.id))
-        body = await self._number(found.id, lease, body)
+        try:
+            body = await self._number(found.id, lease, body)
+        except FhirError as exc:
+            if exc.kind is not Kind.PRECONDITION_FAILED:
+                raise
+            return  # a record changed since read (an erasure's removal): numbered next round
         if found.end is not None and found.end <= clock.instant():
             await self.desk.set_status(found.id, "off")
         elif self._may_send(found, state(body)) and (why := await self.desk.owner_stopped(found.id)):
@@ -266,12 +271,14 @@ class Dispatcher:
 
     async def _save(self, subscription: str, lease: bytes, before: bytes | None, after: State,
                     **changes: Any) -> bytes:
-        """Commit the new state, if the lease and the state are still as read."""
+        """Commit the new state, if the lease and the state (and the records `expect` names)
+        are still as read."""
         body = dump(after)
         await self.store.commit([Outbox(
             put=(*changes.get("put", ()), (state_key(subscription), body)),
             remove=changes.get("remove", ()),
-            expect=((lease_key(subscription), lease), (state_key(subscription), before)))])
+            expect=((lease_key(subscription), lease), (state_key(subscription), before),
+                    *changes.get("expect", ())))])
         return body
 
     async def _number(self, subscription: str, lease: bytes, body: bytes | None) -> bytes | None:
@@ -284,8 +291,10 @@ class Dispatcher:
             after.events += 1
             numbered.append((event_key(subscription, after.events),
                              dump(replace(event(record), number=after.events))))
+        # the pending records still as read: an erasure (records.py `forget`) removing one
+        # meanwhile must not see its event written back numbered
         return await self._save(subscription, lease, body, after, put=numbered,
-                                remove=tuple(key for key, _ in pending))
+                                remove=tuple(key for key, _ in pending), expect=tuple(pending))
 
     async def _handshake(self, found: Plan, current: State) -> None:
         if not await self.desk.owned(found.id):  # nobody's rights to send its events with

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from fhir_server.auth.users import Users
+from fhir_server.subscriptions import forget_events
 from tests.builders import observation
 from tests.http.helpers import send
 from tests.subscriptions.conftest import dispatch
@@ -85,4 +86,34 @@ def test_erasure_removes_the_patients_events_pending_and_numbered(client: TestCl
     dispatch(client, 2)
     sent = [f for r in hook.of_kind("event-notification") for f in _focuses(r.json())]
     assert sent == ["Patient/b"]
+    assert client.get(f"/fhir/Subscription/{topic}").json()["status"] == "active"
+
+
+def test_numbering_does_not_bring_back_an_event_an_erasure_removed_meanwhile(
+        client: TestClient, hook: Receiver) -> None:
+    """The dispatcher reads the pending events, an erasure removes one, then the dispatcher
+    commits their numbered copies: that commit must fail (and be tried again from a new
+    read), not write the erased patient's event back, and the subscription stays active."""
+    update_patient(client, "a", "Before")
+    topic = subscribe(client, subscription(hook.url))
+    dispatch(client)  # handshake
+    store = client.app.state.dispatcher.store  # type: ignore[attr-defined]
+    read = store.outbox
+    erased: list[int] = []
+
+    async def racing(prefix: str) -> list[tuple[str, bytes]]:
+        found = await read(prefix)
+        if prefix.startswith("subs/p/") and found and not erased:
+            erased.append(0)  # once (forget_events reads the outbox too)
+            erased[0] = await forget_events(store, "a")  # between the read and the commit
+        return list(found)
+
+    store.outbox = racing
+    try:
+        update_patient(client, "a", "One")
+        dispatch(client, 2)
+    finally:
+        del store.outbox
+    assert erased == [1]
+    assert _kept(client) == []
     assert client.get(f"/fhir/Subscription/{topic}").json()["status"] == "active"
