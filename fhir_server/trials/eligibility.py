@@ -193,8 +193,9 @@ class TrialIndex:
     def _kept(self, record: Record) -> list[int] | None:
         """The positions of the trials to evaluate, ascending (None: every trial). It costs
         what the patient's diagnoses select, not the size of the catalogue."""
-        codes = record.icd10_codes()
-        if not codes:  # no recorded diagnosis: nothing is proven
+        codes = record.icd10_codes()  # translated ones too (eligibility_record._condition)
+        # No recorded diagnosis, or one a map cannot place in ICD-10: nothing is proven.
+        if not codes or any(e.unplaced for e in record.conditions):
             return None
         satisfied: dict[int, set[int]] = defaultdict(set)
         for code in {icd10_keys(code)[-1] for code in codes if len(icd10_keys(code))}:

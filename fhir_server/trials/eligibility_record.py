@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from .diagnosis_maps import place
 from .eligibility_codes import ICD10, ICDO3, LOINC
 from .eligibility_format import Coding
 
@@ -39,6 +40,10 @@ class Entry:
     resource: dict[str, Any]
     codings: tuple[Coding, ...]  # its code (a medication's; a Condition's bodySite in ICD-O-3)
     when: str  # its clinical date, "" if none (sorts oldest)
+    # A Condition without ICD-10 placed in it by a ConceptMap: the maps (`url|version`) that
+    # evidence cites beside it; the ICD-10 codes it only overlaps when no map places it.
+    maps: tuple[str, ...] = ()
+    unplaced: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -110,6 +115,16 @@ def _medication_codes(resource: dict[str, Any], medications: dict[str, tuple[Cod
     return medications.get(target.split("/_history/")[0], ())
 
 
+def _condition(reference: str, resource: dict[str, Any], codings: tuple[Coding, ...]) -> Entry:
+    """A Condition's entry: ICD-O-3 topography may sit in bodySite; without an ICD-10 code, the
+    ICD-10 codes the ConceptMaps place it in (when it has one, ICD-10 alone is read)."""
+    codings += tuple(c for site in resource.get("bodySite", []) for c in _codings(site) if c[0] == ICDO3)
+    if any(system in ICD10 for system, _ in codings):
+        return Entry(reference, resource, codings, when(resource))
+    placed, unplaced, maps = place(codings)
+    return Entry(reference, resource, codings + placed, when(resource), maps, unplaced)
+
+
 def read_record(entries: Iterable[tuple[str, dict[str, Any]]], today: date) -> Record:
     """The record of one patient from (reference, resource) pairs of that patient (the caller
     has checked they are about one patient)."""
@@ -128,13 +143,11 @@ def read_record(entries: Iterable[tuple[str, dict[str, Any]]], today: date) -> R
         elif kind in ("Condition", "Observation", *TREATMENT_STATUSES) and _counts(resource):
             codings = (_medication_codes(resource, medications) if kind.startswith("Medication")
                        else _codings(resource.get("code")))
-            if kind == "Condition":  # ICD-O-3 topography may sit in bodySite
-                codings += tuple(c for site in resource.get("bodySite", [])
-                                 for c in _codings(site) if c[0] == ICDO3)
-            entry = Entry(reference, resource, codings, when(resource))
             if kind == "Condition":
-                record.conditions.append(entry)
-            elif kind == "Observation":
+                record.conditions.append(_condition(reference, resource, codings))
+                continue
+            entry = Entry(reference, resource, codings, when(resource))
+            if kind == "Observation":
                 keys = set(codings) | {c for part in resource.get("component", [])
                                        if isinstance(part, dict)
                                        for c in _codings(part.get("code")) if c[0] == LOINC}

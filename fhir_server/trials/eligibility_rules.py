@@ -6,6 +6,8 @@ criterion the server cannot evaluate (a code system it holds no rule for, an unr
 value) is None with a warning. The one closed-world rule: an inclusion diagnosis
 (`condition`) is False when the record holds ICD-10 diagnoses and none is covered, since the
 recorded diagnoses are the patient's diagnoses (an exclusion is never proven absent this way).
+A diagnosis without ICD-10 is read in the ICD-10 codes a ConceptMap places it in
+(diagnosis_maps.py), and the map is cited as evidence.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def unknown(missing: str | None = None, warning: str | None = None,
 
 
 def _refs(entries: list[Entry]) -> tuple[str, ...]:
-    return tuple(sorted({e.reference for e in entries}))
+    """The entries' references, then the ConceptMaps that placed a diagnosis in ICD-10."""
+    return (*sorted({e.reference for e in entries}), *sorted({m for e in entries for m in e.maps}))
 
 
 # -- the patient ----------------------------------------------------------------------------
@@ -118,6 +121,11 @@ def condition(criterion: Criterion, record: Record) -> Finding:
         return unknown("a more precise Condition.code than " + ", ".join(
             sorted({c for e in vaguer for s, c in e.codings if s in ICD10})), evidence=_refs(vaguer))
     if not criterion.exclude and icd10 and any(s in ICD10 for s, _ in criterion.codes):
+        # A diagnosis a map cannot place (kidney: C64 or C65) may be the one required.
+        unplaced = [e for e in record.conditions if e.unplaced]
+        if unplaced:
+            return unknown("an ICD-10 code for " + ", ".join(e.reference for e in unplaced),
+                           evidence=_refs(unplaced))
         return Finding(False, _refs(icd10))
     return unknown("Condition.code (" + ", ".join(c for _, c in criterion.codes) + ")")
 

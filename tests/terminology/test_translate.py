@@ -76,3 +76,22 @@ def test_bad_input(client: TestClient) -> None:
     assert outcome(get(client, "ConceptMap/none/$translate", system=STATUS, code="x"), 404)
     assert outcome(get(client, "ConceptMap/cancer-type-to-icd-10/$translate", url=STATUS_MAP,
                        system=STATUS, code="x"), 400)["expression"] == ["url"]
+
+
+SNOMED = "http://snomed.info/sct"
+SNOMED_MAP = "https://oncotrials.example.org/fhir/ConceptMap/snomed-to-icd-10"
+
+
+def test_snomed_cancer_diagnoses_to_icd10(client: TestClient) -> None:
+    # Synthea's colon cancer; no map named: every map held is tried.
+    colon = both(client, "ConceptMap/$translate", system=SNOMED, code="93761005")
+    assert matches(colon) == [("equivalent", ICD10, "C18")]
+    match = next(p for p in colon["parameter"] if p["name"] == "match")
+    assert {"name": "source", "valueUri": SNOMED_MAP} in match["part"]
+    kidney = both(client, "ConceptMap/snomed-to-icd-10/$translate", system=SNOMED, code="363518003")
+    assert matches(kidney) == [("narrower", ICD10, "C64"), ("narrower", ICD10, "C65")]
+    nsclc = both(client, "ConceptMap/$translate", url=SNOMED_MAP, system=SNOMED, code="254637007")
+    assert matches(nsclc) == [("wider", ICD10, "C34")]
+    # Reverse: which SNOMED CT concepts the map places in C78.7.
+    liver = both(client, "ConceptMap/$translate", url=SNOMED_MAP, system=ICD10, code="C78.7", reverse="true")
+    assert (value(liver, "result"), [m[2] for m in matches(liver)]) == (True, ["94381002"])

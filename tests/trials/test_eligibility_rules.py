@@ -64,7 +64,8 @@ BREAST = criterion("condition", coded(ICD10, "C50"))
     (BREAST, [condition("C34.1")], "not-met"),  # another diagnosis recorded
     (BREAST, [condition("C50.4", verificationStatus={"coding": [{"system": VER_STATUS, "code": "refuted"}]})], "unknown"),
     (BREAST, [], "unknown"),  # no diagnosis recorded
-    (BREAST, [condition("254837009", SNOMED)], "unknown"),  # no ICD-10 diagnosis recorded
+    (BREAST, [condition("254837009", SNOMED)], "met"),  # placed in C50 by our SNOMED CT map
+    (BREAST, [condition("38341003", SNOMED)], "unknown"),  # a concept no map holds: not read
     # A recorded C50 is less precise than a required C50.4: open, not refuted.
     (criterion("condition", coded(ICD10, "C50.4")), [condition("C50")], "unknown"),
     (criterion("condition", coded(ICD10, "C50.4")), [condition("C50.1")], "not-met"),

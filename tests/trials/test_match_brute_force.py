@@ -15,10 +15,13 @@ from fhir_server import clock
 from fhir_server.search import distance_km
 from fhir_server.trials.eligibility import evaluate, read_record, read_trial
 from fhir_server.trials.gazetteer import parse_location, place
-from tests.trials.eligibility_builders import LOINC, coded, condition, group, observation, patient
+from tests.trials.eligibility_builders import ICD10, LOINC, coded, condition, group, observation, patient
 from tests.trials.match_world import CRITERIA, HER2, LOCATIONS, STUDIES, World, world  # noqa: F401
 
-CODES = ["C50.4", "C50", "C34.1", "C79.3", "C18.7"]
+# ICD-10, and SNOMED CT-only diagnoses read through our map: breast cancer (C50), NSCLC (C34),
+# primary colon cancer (C18), kidney (unplaced: C64 or C65).
+CODES = ["C50.4", "C50", "C34.1", "C79.3", "C18.7", "254837009", "254637007", "93761005", "363518003"]
+SNOMED = "http://snomed.info/sct"
 ORIGINS = [None, "75001", "69003", "33000", "44.84,-0.58"]
 
 
@@ -89,7 +92,8 @@ def test_match_agrees_with_brute_force(world: World, profile: Any, drawn: Any) -
         radius = None  # a radius needs a place (422 otherwise: test_match_operation.py)
     resources: list[dict[str, Any]] = [{k: v for k, v in patient(birth=birth, gender=gender).items()
                                         if k not in ("id", "meta")}]
-    resources += [condition(code, id=f"c{n}") for n, code in enumerate(codes)]
+    resources += [condition(code, SNOMED if code[0].isdigit() else ICD10, id=f"c{n}")
+                  for n, code in enumerate(codes)]
     if her2:
         resources.append(observation(HER2, coded(LOINC, her2), id="h"))
     if ecog is not None:
