@@ -54,12 +54,22 @@ class Request:
     cursor: str | None = None
 
 
+# The operation's parameters (patient-operation-everything.html), each with the Parameters
+# value types a POST may give it; all but `_type` are 0..1.
+VALUE_TYPES = {"start": ("valueDate", "valueDateTime"), "end": ("valueDate", "valueDateTime"),
+               "_since": ("valueInstant",), "_type": ("valueCode",), "_count": ("valueInteger",)}
+REPEATABLE = frozenset({"_type"})
+
+
 def parse_request(params: Sequence[tuple[str, str]]) -> Request:
-    """The parameters of a GET (query) or POST (Parameters, flattened); INVALID on a bad one."""
-    known = {"start", "end", "_since", "_type", "_count", CURSOR}
+    """The parameters of a GET (query) or POST (`parameters` of its body); INVALID on a bad one."""
+    known = {*VALUE_TYPES, CURSOR}
     unknown = sorted({k for k, _ in params if k not in known})
     if unknown:
         raise _invalid(f"$everything does not take {', '.join(unknown)}.", unknown[0])
+    repeated = sorted({k for k, _ in params if k not in REPEATABLE and sum(n == k for n, _ in params) > 1})
+    if repeated:
+        raise _invalid(f"{repeated[0]} may be given once only.", repeated[0])
     values = dict(params)
     start, end = values.get("start"), values.get("end")
     for name in ("start", "end", "_since"):
@@ -74,6 +84,30 @@ def parse_request(params: Sequence[tuple[str, str]]) -> Request:
         count = int(values["_count"])
     types = tuple(t for v in (v for k, v in params if k == "_type") for t in v.split(",") if t)
     return Request(start, end, values.get("_since"), types, count, values.get(CURSOR))
+
+
+def parameters(body: Any) -> list[tuple[str, str]]:
+    """The name-value pairs of a POST's body, a Parameters resource whose every parameter has
+    a name and one value of a type the operation defines for it; INVALID otherwise (the
+    parameter's name as expression). Paging goes by the `next` links, never by a POST."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise fail(Kind.INVALID, "structure", "The body of a POST $everything must be a Parameters resource.")
+    given = body.get("parameter", [])
+    if not isinstance(given, list):
+        raise fail(Kind.INVALID, "structure", "Parameters.parameter must be a list.")
+    pairs = []
+    for parameter in given:
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        if not isinstance(name, str):
+            raise fail(Kind.INVALID, "structure", "Each parameter of the Parameters needs a name.")
+        if name not in VALUE_TYPES:
+            raise _invalid(f"$everything does not take {name}.", name)
+        kinds = [k for k in parameter if k != "name"]
+        value = parameter[kinds[0]] if len(kinds) == 1 and kinds[0] in VALUE_TYPES[name] else None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise _invalid(f"{name} takes one {' or '.join(VALUE_TYPES[name])}.", name)
+        pairs.append((name, str(value)))
+    return pairs
 
 
 def _instant(text: str, name: str, *, last: bool = False) -> datetime:
