@@ -14,7 +14,7 @@ from ..search import query_pairs
 from ..services import crud
 from ..services.context import Context
 from .auth import authenticate, context_of
-from .export import kick_off_everything
+from .export import accepted, request_url
 from .headers import prefer
 from .negotiation import check_acceptable, fhir_response
 from .routes import read_payload
@@ -30,12 +30,14 @@ async def patient_everything(request: Request, id: str) -> Response:
     as ndjson files of a Bulk Data job (docs/export.md)."""
     check_acceptable(request)
     crud.check_id(id)
-    if prefer(request, "respond-async") is not None:
-        return await kick_off_everything(request, id)
     params = _params(request)
     if request.method == "POST":
         params += everything.parameters((await read_payload(request)).checked)
     asked = everything.parse_request(params)
+    if prefer(request, "respond-async") is not None:
+        job = await everything.kick_off(context_of(request), id, asked, url=request_url(request),
+                                        policy=request.app.state.export_policy)
+        return accepted(request, job)
     return fhir_response(request, await everything.everything(context_of(request), id, asked))
 
 

@@ -22,9 +22,9 @@ import orjson
 
 from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
-from ..services import crud, search
+from ..services import crud, export, search
 from ..services.context import Context
-from ..services.export_job import outside_compartments
+from ..services.export_job import Source, outside_compartments
 from ..services.guard import decision
 
 CURSOR = "_cursor"
@@ -198,18 +198,40 @@ def _start(types: list[str], cursor: str | None) -> tuple[int, str | None]:
 async def _type_page(ctx: Context, patient_id: str, resource_type: str, request: Request,
                      size: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Up to `size` entries of one type in the compartment, and the store's cursor of the rest."""
-    try:
-        decision(ctx, "search", resource_type)
-    except FhirError as error:
-        if error.kind is Kind.FORBIDDEN:  # a type the token's scopes leave out
-            return [], None
-        raise
+    if not _in_scopes(ctx, resource_type):
+        return [], None
     params = [*_filters(ctx, resource_type, request), ("_count", str(size))]
     if cursor:
         params.append((CURSOR, cursor))
     page = await search.search(ctx, resource_type, params, strict=True, compartment=patient_id)
     entries = [e for e in page.get("entry", []) if e["search"]["mode"] == "match"]
     return entries, next_cursor(page)
+
+
+def _in_scopes(ctx: Context, resource_type: str) -> bool:
+    """Whether the token's scopes cover `resource_type` (a type they leave out is left out of
+    the record, not an error)."""
+    try:
+        decision(ctx, "search", resource_type)
+    except FhirError as error:
+        if error.kind is Kind.FORBIDDEN:
+            return False
+        raise
+    return True
+
+
+async def kick_off(ctx: Context, patient_id: str, request: Request, *, url: str,
+                   policy: export.Policy) -> str:
+    """`$everything` under `Prefer: respond-async` (async.html): a Bulk Data job whose ndjson
+    files hold what every page would, read type after type with the same filters in the same
+    compartment and under the same access; returns its id. `_count` sizes pages, which files
+    do not have; a paging cursor is INVALID. NOT_FOUND, INVALID or TOO_MANY, and no job, as
+    `services.export.kick_off`."""
+    if request.cursor is not None:
+        raise _invalid("A paging cursor has no meaning in an asynchronous request.", CURSOR)
+    sources = [Source(t, tuple(_filters(ctx, t, request)), per_patient=True)
+               for t in compartment_types(ctx, request.types) if _in_scopes(ctx, t)]
+    return await export.kick_off_everything(ctx, patient_id, sources, request=url, policy=policy)
 
 
 async def _referenced(ctx: Context, entries: list[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ parameters, a body that is not a Parameters resource) a 400 OperationOutcome nam
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
 
+from tests.privacy.conftest import Server
 from tests.privacy.records import patient_ids, scan, synthea  # noqa: F401
 from tests.privacy.test_everything import matched, pages, tokens
 
@@ -153,3 +156,38 @@ def test_a_post_needs_a_fhir_json_body(synthea: TestClient) -> None:
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 415, response.text
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_post_is_audited_as_a_get(server: Server) -> None:
+    """Each request's AuditEvents name the resources it gave the caller, in the patient's
+    event; a POST's name what the GET's do."""
+    headers = server.headers("patient-a")
+
+    def naming_the_record() -> dict[str, list[str]]:
+        response = server.client.get("/fhir/AuditEvent?entity=Observation/a-obs0&_count=500",
+                                     headers=server.headers("ehr"))
+        return {e["resource"]["id"]: sorted(x["what"]["reference"] for x in e["resource"]["entity"]
+                                            if "what" in x) for e in response.json().get("entry", [])}
+
+    def audited(call: Callable[[], Response]) -> list[list[str]]:
+        before = naming_the_record()
+        assert call().status_code == 200
+        previous = None
+        for _ in range(100):  # the events are recorded once the answer is sent: until it settles
+            new = sorted(whats for id, whats in naming_the_record().items() if id not in before)
+            if new and new == previous:
+                return new
+            previous = new
+            time.sleep(0.2)
+        raise AssertionError("no AuditEvent names the record")
+
+    by_post = audited(lambda: post(server.client, "a", parameters(
+        ("_type", "valueCode", "Observation"), ("_type", "valueCode", "Patient")), headers))
+    by_get = audited(lambda: server.client.get("/fhir/Patient/a/$everything?_type=Observation,Patient",
+                                               headers=headers))
+    # The patient's event names the same resources. (A GET with a query string also gets the
+    # auditors' event that records its query; a POST's parameters, in its body, are not
+    # recorded, as for every POST.)
+    assert [w for w in by_post if "Patient/a" in w] == [w for w in by_get if "Patient/a" in w]
+    assert [w for w in by_get if "Patient/a" in w] == [
+        ["Observation/a-obs0", "Observation/a-obs1", "Observation/a-obs2", "Patient/a"]]
