@@ -59,6 +59,7 @@ class Request:
 VALUE_TYPES = {"start": ("valueDate", "valueDateTime"), "end": ("valueDate", "valueDateTime"),
                "_since": ("valueInstant",), "_type": ("valueCode",), "_count": ("valueInteger",)}
 REPEATABLE = frozenset({"_type"})
+_ELEMENT_KEYS = frozenset({"name", "id", "extension", "modifierExtension"})  # not its value
 
 
 def parse_request(params: Sequence[tuple[str, str]]) -> Request:
@@ -102,9 +103,10 @@ def parameters(body: Any) -> list[tuple[str, str]]:
             raise fail(Kind.INVALID, "structure", "Each parameter of the Parameters needs a name.")
         if name not in VALUE_TYPES:
             raise _invalid(f"$everything does not take {name}.", name)
-        kinds = [k for k in parameter if k != "name"]
+        kinds = [k for k in parameter if k not in _ELEMENT_KEYS]
         value = parameter[kinds[0]] if len(kinds) == 1 and kinds[0] in VALUE_TYPES[name] else None
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        # JSON's own type per FHIR type (json.html): integers are numbers, the rest strings.
+        if type(value) is not (int if name == "_count" else str):
             raise _invalid(f"{name} takes one {' or '.join(VALUE_TYPES[name])}.", name)
         pairs.append((name, str(value)))
     return pairs

@@ -75,6 +75,9 @@ def test_post_answers_as_get_for_every_parameter(synthea: TestClient) -> None:
         (f"start={year}-03-01T00:00:00Z&_count=50",
          parameters(("start", "valueDateTime", f"{year}-03-01T00:00:00Z"), ("_count", "valueInteger", 50))),
         ("_since=2999-01-01T00:00:00Z", parameters(("_since", "valueInstant", "2999-01-01T00:00:00Z"))),
+        ("_type=Condition", {"resourceType": "Parameters", "parameter": [
+            {"name": "_type", "valueCode": "Condition", "extension": [
+                {"url": "http://example.org/note", "valueString": "an extension is no value"}]}]}),
     ]
     for query, body in cases:
         by_get = _record(pages(synthea, f"/fhir/Patient/{patient}/$everything?{query}", {}))
@@ -107,6 +110,9 @@ BAD: list[tuple[Any, str | None]] = [
     (parameters(("_since", "valueDate", "2020-01-01")), "_since"),
     (parameters(("_type", "valueString", "Condition")), "_type"),
     (parameters(("_count", "valueString", "5")), "_count"),
+    (parameters(("_count", "valueInteger", "5")), "_count"),
+    (parameters(("_count", "valueInteger", True)), "_count"),
+    (parameters(("start", "valueDate", 2020)), "start"),
     (parameters(("_count", "valueDecimal", 5.5)), "_count"),
     (parameters(("_count", "valueInteger", 0)), "_count"),
     (parameters(("start", "valueDate", "2020-01-01"), ("start", "valueDate", "2021-01-01")), "start"),
