@@ -48,25 +48,30 @@ async def export_group(request: Request, id: str) -> Response:
     return await _kick_off(request, "group", group=id)
 
 
-async def kick_off_everything(request: Request, id: str) -> Response:
-    """`Patient/[id]/$everything` under `Prefer: respond-async`: the same as ndjson files."""
-    return await _kick_off(request, "everything", patient=id)
-
-
 async def _kick_off(request: Request, level: str, **target: str) -> Response:
     check_acceptable(request)
     if prefer(request, "respond-async") is None:
         raise fail(Kind.INVALID, "required", "$export is asynchronous: send the header "
                    "Prefer: respond-async.", expression="Prefer")
     params = await _params(request)
-    settings = request.app.state.settings
-    base = settings.base_url.rstrip("/")
-    url = base + request.url.path.removeprefix(settings.base_path)
-    query = request.scope["query_string"].decode()
-    id = await export.kick_off(context_of(request), level, params, request=f"{url}?{query}" if query else url,
+    id = await export.kick_off(context_of(request), level, params, request=request_url(request),
                                lenient=prefer(request, "handling") == "lenient",
                                policy=request.app.state.export_policy, **target)
+    return accepted(request, id)
+
+
+def request_url(request: Request) -> str:
+    """The request's absolute URL as the public base names it (a manifest's `request`)."""
+    settings = request.app.state.settings
+    url = settings.base_url.rstrip("/") + request.url.path.removeprefix(settings.base_path)
+    query = request.scope["query_string"].decode()
+    return f"{url}?{query}" if query else url
+
+
+def accepted(request: Request, id: str) -> Response:
+    """202 Accepted for the job `id`, its status URL in Content-Location; the worker woken."""
     request.app.state.wake_exports()
+    base = request.app.state.settings.base_url.rstrip("/")
     return empty_response(202, {"Content-Location": f"{base}/{export.STATUS_PATH}/{id}"})
 
 

@@ -14,22 +14,30 @@ from ..search import query_pairs
 from ..services import crud
 from ..services.context import Context
 from .auth import authenticate, context_of
-from .export import kick_off_everything
+from .export import accepted, request_url
 from .headers import prefer
 from .negotiation import check_acceptable, fhir_response
+from .routes import read_payload
 
 router = APIRouter(dependencies=[Depends(authenticate)])
 
 
 @router.get("/Patient/{id}/$everything")
+@router.post("/Patient/{id}/$everything")
 async def patient_everything(request: Request, id: str) -> Response:
-    """The patient's compartment and what it references, one searchset page at a time; under
-    `Prefer: respond-async`, the compartment as ndjson files of a Bulk Data job (docs/export.md)."""
+    """The patient's compartment and what it references, one searchset page at a time (a POST
+    gives its parameters in a Parameters body); under `Prefer: respond-async`, the compartment
+    as ndjson files of a Bulk Data job (docs/export.md)."""
     check_acceptable(request)
     crud.check_id(id)
+    params = _params(request)
+    if request.method == "POST":
+        params += everything.parameters((await read_payload(request)).checked)
+    asked = everything.parse_request(params)
     if prefer(request, "respond-async") is not None:
-        return await kick_off_everything(request, id)
-    asked = everything.parse_request(_params(request))
+        job = await everything.kick_off(context_of(request), id, asked, url=request_url(request),
+                                        policy=request.app.state.export_policy)
+        return accepted(request, job)
     return fhir_response(request, await everything.everything(context_of(request), id, asked))
 
 

@@ -22,9 +22,9 @@ import orjson
 
 from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
-from ..services import crud, search
+from ..services import crud, export, search
 from ..services.context import Context
-from ..services.export_job import outside_compartments
+from ..services.export_job import Source, outside_compartments
 from ..services.guard import decision
 
 CURSOR = "_cursor"
@@ -54,12 +54,23 @@ class Request:
     cursor: str | None = None
 
 
+# The operation's parameters (patient-operation-everything.html), each with the Parameters
+# value types a POST may give it; all but `_type` are 0..1.
+VALUE_TYPES = {"start": ("valueDate", "valueDateTime"), "end": ("valueDate", "valueDateTime"),
+               "_since": ("valueInstant",), "_type": ("valueCode",), "_count": ("valueInteger",)}
+REPEATABLE = frozenset({"_type"})
+_ELEMENT_KEYS = frozenset({"name", "id", "extension", "modifierExtension"})  # not its value
+
+
 def parse_request(params: Sequence[tuple[str, str]]) -> Request:
-    """The parameters of a GET (query) or POST (Parameters, flattened); INVALID on a bad one."""
-    known = {"start", "end", "_since", "_type", "_count", CURSOR}
+    """The parameters of a GET (query) or POST (`parameters` of its body); INVALID on a bad one."""
+    known = {*VALUE_TYPES, CURSOR}
     unknown = sorted({k for k, _ in params if k not in known})
     if unknown:
         raise _invalid(f"$everything does not take {', '.join(unknown)}.", unknown[0])
+    repeated = sorted({k for k, _ in params if k not in REPEATABLE and sum(n == k for n, _ in params) > 1})
+    if repeated:
+        raise _invalid(f"{repeated[0]} may be given once only.", repeated[0])
     values = dict(params)
     start, end = values.get("start"), values.get("end")
     for name in ("start", "end", "_since"):
@@ -74,6 +85,31 @@ def parse_request(params: Sequence[tuple[str, str]]) -> Request:
         count = int(values["_count"])
     types = tuple(t for v in (v for k, v in params if k == "_type") for t in v.split(",") if t)
     return Request(start, end, values.get("_since"), types, count, values.get(CURSOR))
+
+
+def parameters(body: Any) -> list[tuple[str, str]]:
+    """The name-value pairs of a POST's body, a Parameters resource whose every parameter has
+    a name and one value of a type the operation defines for it; INVALID otherwise (the
+    parameter's name as expression). Paging goes by the `next` links, never by a POST."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise fail(Kind.INVALID, "structure", "The body of a POST $everything must be a Parameters resource.")
+    given = body.get("parameter", [])
+    if not isinstance(given, list):
+        raise fail(Kind.INVALID, "structure", "Parameters.parameter must be a list.")
+    pairs = []
+    for parameter in given:
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        if not isinstance(name, str):
+            raise fail(Kind.INVALID, "structure", "Each parameter of the Parameters needs a name.")
+        if name not in VALUE_TYPES:
+            raise _invalid(f"$everything does not take {name}.", name)
+        kinds = [k for k in parameter if k not in _ELEMENT_KEYS]
+        value = parameter[kinds[0]] if len(kinds) == 1 and kinds[0] in VALUE_TYPES[name] else None
+        # JSON's own type per FHIR type (json.html): integers are numbers, the rest strings.
+        if type(value) is not (int if name == "_count" else str):
+            raise _invalid(f"{name} takes one {' or '.join(VALUE_TYPES[name])}.", name)
+        pairs.append((name, str(value)))
+    return pairs
 
 
 def _instant(text: str, name: str, *, last: bool = False) -> datetime:
@@ -164,18 +200,40 @@ def _start(types: list[str], cursor: str | None) -> tuple[int, str | None]:
 async def _type_page(ctx: Context, patient_id: str, resource_type: str, request: Request,
                      size: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Up to `size` entries of one type in the compartment, and the store's cursor of the rest."""
-    try:
-        decision(ctx, "search", resource_type)
-    except FhirError as error:
-        if error.kind is Kind.FORBIDDEN:  # a type the token's scopes leave out
-            return [], None
-        raise
+    if not _in_scopes(ctx, resource_type):
+        return [], None
     params = [*_filters(ctx, resource_type, request), ("_count", str(size))]
     if cursor:
         params.append((CURSOR, cursor))
     page = await search.search(ctx, resource_type, params, strict=True, compartment=patient_id)
     entries = [e for e in page.get("entry", []) if e["search"]["mode"] == "match"]
     return entries, next_cursor(page)
+
+
+def _in_scopes(ctx: Context, resource_type: str) -> bool:
+    """Whether the token's scopes cover `resource_type` (a type they leave out is left out of
+    the record, not an error)."""
+    try:
+        decision(ctx, "search", resource_type)
+    except FhirError as error:
+        if error.kind is Kind.FORBIDDEN:
+            return False
+        raise
+    return True
+
+
+async def kick_off(ctx: Context, patient_id: str, request: Request, *, url: str,
+                   policy: export.Policy) -> str:
+    """`$everything` under `Prefer: respond-async` (async.html): a Bulk Data job whose ndjson
+    files hold what every page would, read type after type with the same filters in the same
+    compartment and under the same access; returns its id. `_count` sizes pages, which files
+    do not have; a paging cursor is INVALID. NOT_FOUND, INVALID or TOO_MANY, and no job, as
+    `services.export.kick_off`."""
+    if request.cursor is not None:
+        raise _invalid("A paging cursor has no meaning in an asynchronous request.", CURSOR)
+    sources = [Source(t, tuple(_filters(ctx, t, request)), per_patient=True)
+               for t in compartment_types(ctx, request.types) if _in_scopes(ctx, t)]
+    return await export.kick_off_everything(ctx, patient_id, sources, request=url, policy=policy)
 
 
 async def _referenced(ctx: Context, entries: list[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:

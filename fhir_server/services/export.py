@@ -76,22 +76,20 @@ class Status:
 
 async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], *, request: str,
                    lenient: bool, policy: Policy, group: str | None = None,
-                   patient: str | None = None, organization: str | None = None) -> str:
+                   organization: str | None = None) -> str:
     """Check an export request and store its job; returns the job id. `level` is "system",
-    "patient", "group" (`group` its id), "everything" (`patient` its id) or "organization"
-    (`organization` its id: the operator's export of an organisation's whole data). INVALID,
-    FORBIDDEN or NOT_FOUND naming the problem, and no job, when the request cannot run;
-    TOO_MANY while the caller has `policy.running_per_caller` jobs queued or running (Bulk
-    Data IG: a server may answer 429 to a client with an export in progress)."""
-    principal = _exporter(ctx, level)
-    if not principal.server:  # the operator's own exports (the command line) are not limited
-        await _within_limit(ctx, caller_of(principal), policy)
+    "patient", "group" (`group` its id) or "organization" (`organization` its id: the
+    operator's export of an organisation's whole data). INVALID, FORBIDDEN or NOT_FOUND naming
+    the problem, and no job, when the request cannot run; TOO_MANY while the caller has
+    `policy.running_per_caller` jobs queued or running (Bulk Data IG: a server may answer 429
+    to a client with an export in progress)."""
+    principal = await _admitted(ctx, level, policy)
     asked = parse(ctx.registry, params, level="system" if level == "system" else "patient",
                   lenient=lenient, base=ctx.base_url)
     if organization is not None:
         patients: tuple[str, ...] | None = await _managed_by(ctx, organization)
     else:
-        patients = await _patients(ctx, level, asked, group, patient)
+        patients = await _patients(ctx, asked, group)
     types = _types(ctx, asked, compartment=level != "system", lenient=lenient)
     sources = _sources(types, asked, per_patient=patients is not None)
     if organization is not None:
@@ -99,10 +97,35 @@ async def kick_off(ctx: Context, level: str, params: Sequence[tuple[str, str]], 
     spec = Spec(request=request, transaction_time=clock.instant(), sources=sources,
                 caller=caller_of(principal), since=asked.since, patients=patients or (),
                 elements=asked.elements, ignored=tuple(dataclasses.asdict(i) for i in asked.ignored),
-                requires_token=not principal.server, referenced=level == "everything")
+                requires_token=not principal.server)
+    return await _create(ctx, principal, spec)
+
+
+async def kick_off_everything(ctx: Context, patient: str, sources: Sequence[Source], *,
+                              request: str, policy: Policy) -> str:
+    """`Patient/[id]/$everything` asynchronously: a job reading `sources` (the types and
+    filters privacy/everything.py derives from the operation's parameters) in `patient`'s
+    compartment, then what the files reference outside any compartment. The limits and
+    answers of `kick_off`; NOT_FOUND, and no job, if the Patient is out of the caller's reach."""
+    principal = await _admitted(ctx, "everything", policy)
+    await crud.read(ctx, "Patient", patient)
+    spec = Spec(request=request, transaction_time=clock.instant(), sources=tuple(sources),
+                caller=caller_of(principal), patients=(patient,),
+                requires_token=not principal.server, referenced=True)
+    return await _create(ctx, principal, spec)
+
+
+async def _admitted(ctx: Context, level: str, policy: Policy) -> Principal:
+    """The caller, if they may export at `level` and are within their running jobs' limit."""
+    principal = _exporter(ctx, level)
+    if not principal.server:  # the operator's own exports (the command line) are not limited
+        await _within_limit(ctx, caller_of(principal), policy)
+    return principal
+
+
+async def _create(ctx: Context, principal: Principal, spec: Spec) -> str:
     id = new_id()
-    now = clock.seconds()
-    await ctx.store.jobs.create(Job(id, principal.client_id, "queued", now, spec.dump(),
+    await ctx.store.jobs.create(Job(id, principal.client_id, "queued", clock.seconds(), spec.dump(),
                                     Progress().dump()))
     return id
 
@@ -138,13 +161,8 @@ def _exporter(ctx: Context, level: str) -> Principal:
                "(Patient or Group level), and for a patient or their representative's own record.")
 
 
-async def _patients(ctx: Context, level: str, asked: Asked, group: str | None,
-                    patient: str | None) -> tuple[str, ...] | None:
+async def _patients(ctx: Context, asked: Asked, group: str | None) -> tuple[str, ...] | None:
     """The patients an export is confined to (None: not confined to a list)."""
-    if level == "everything":
-        assert patient is not None
-        await crud.read(ctx, "Patient", patient)  # NOT_FOUND if out of reach
-        return (patient,)
     members: list[str] = []
     if group is not None:
         version = await crud.read(ctx, "Group", group)  # NOT_FOUND if out of reach

@@ -62,7 +62,7 @@ def _references(value: Any) -> set[str]:
     return set()
 
 
-def _tokens(client: TestClient) -> dict[str, tuple[str, dict[str, str]]]:
+def tokens(client: TestClient) -> dict[str, tuple[str, dict[str, str]]]:
     first, second = sorted(patient_ids(client))[:2]
     return {
         "patient": (first, bearer(client, "patient/*.rs", patient=first, fhir_user=f"Patient/{first}")),
@@ -73,7 +73,7 @@ def _tokens(client: TestClient) -> dict[str, tuple[str, dict[str, str]]]:
 
 @pytest.mark.parametrize("who", ["patient", "representative", "practitioner"])
 def test_everything_is_the_compartment_and_what_it_references(synthea: TestClient, who: str) -> None:
-    patient, headers = _tokens(synthea)[who]
+    patient, headers = tokens(synthea)[who]
     entries = pages(synthea, f"/fhir/Patient/{patient}/$everything?_count=37", headers)
     members = [m for m in matched(entries) if not m.startswith("AuditEvent/")]
     assert len(members) == len(set(members))  # no resource twice across pages
@@ -87,11 +87,11 @@ def test_everything_is_the_compartment_and_what_it_references(synthea: TestClien
 
 def test_nobody_else_reaches_the_record(synthea: TestClient) -> None:
     first, second = sorted(patient_ids(synthea))[:2]
-    tokens = _tokens(synthea)
+    callers = tokens(synthea)
     # The patient asking for another's record, the representative for someone they do not
     # represent, the physician for a patient who did not consent: as if it did not exist.
     for who, other in (("patient", second), ("representative", first), ("practitioner", second)):
-        response = synthea.get(f"/fhir/Patient/{other}/$everything", headers=tokens[who][1])
+        response = synthea.get(f"/fhir/Patient/{other}/$everything", headers=callers[who][1])
         assert response.status_code == 404, (who, response.text)
         assert response.json()["resourceType"] == "OperationOutcome"
         # The same answer as for an id nobody has.
