@@ -61,7 +61,7 @@ class Frames:
                 if end - start - 1 > self.limit:
                     return Broken(f"The message is larger than {self.limit} bytes.")
                 return frame[start + 1:]
-            if len(self.buffer) > self.limit + 1:
+            if len(self.buffer) > self.limit + 2:  # <VT>, the message, an <FS> awaiting its <CR>
                 self.dropping = True
                 del self.buffer[:-1]  # the last byte may be the <FS> of <FS><CR>
             data = await self.reader.read(_READ)
