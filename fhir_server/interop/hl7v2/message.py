@@ -39,7 +39,7 @@ class Header:
     message_type: str  # MSH-9.1
     event: str  # MSH-9.2
     structure: str  # MSH-9.3, may be empty
-    control_id: str  # MSH-10
+    control_id: str  # MSH-10, escape sequences decoded
     processing_id: str  # MSH-11.1
     version: str  # MSH-12.1
     charset: str  # MSH-18 as sent
@@ -131,13 +131,16 @@ def decode(raw: bytes) -> Message:
         raise rejected(Code.SEGMENT_SEQUENCE, f"Unreadable message: {exc}.") from None
     # plan.separators: segment, field, repetition, component, subcomponent.
     segments = _segments(text.strip(), plan.separators)
-    header = _header(segments[0])
+    escapes = hl7.Message(separators=plan.separators, esc=plan.esc)
+
+    def unescape(value: str) -> str:
+        return escapes.unescape(value) if plan.esc in value else value
+
+    header = _header(segments[0], unescape)
     if not header.control_id:
         raise rejected(Code.REQUIRED_FIELD_MISSING, "MSH-10 (message control id) is empty.",
                        Location("MSH", 1, 10))
-    escapes = hl7.Message(separators=plan.separators, esc=plan.esc)
-    return Message(header, segments,
-                   lambda value: escapes.unescape(value) if plan.esc in value else value)
+    return Message(header, segments, unescape)
 
 
 def read(raw: bytes) -> Message | Refused:
@@ -181,7 +184,7 @@ def first(node: Node) -> str:
     return node
 
 
-def _header(msh: Segment) -> Header:
+def _header(msh: Segment, unescape: Callable[[str], str]) -> Header:
     def part(field: int, component: int = 1) -> str:
         repetitions = msh.field(field)
         if not repetitions:
@@ -200,4 +203,5 @@ def _header(msh: Segment) -> Header:
         sending_application=whole(3), sending_facility=whole(4),
         receiving_application=whole(5), receiving_facility=whole(6),
         message_type=part(9, 1), event=part(9, 2), structure=part(9, 3),
-        control_id=part(10), processing_id=part(11), version=part(12), charset=part(18))
+        # The control id as meant (escapes decoded): the ACK's MSA-2 escapes it again.
+        control_id=unescape(part(10)), processing_id=part(11), version=part(12), charset=part(18))

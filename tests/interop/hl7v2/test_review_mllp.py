@@ -26,3 +26,13 @@ async def test_a_message_of_exactly_the_limit_whose_end_block_comes_alone(
     assert msa(await connection.ack())[1] == "AA"
     await connection.close()
     assert await ctx.store.count("Patient") == 1
+
+
+async def test_msa_2_is_the_control_id_as_sent_even_escaped(listener: Listener, ctx: Context) -> None:
+    # MSH-10 "R\E\7" is the control id R\7: MSA-2 must say the same, not escape it again.
+    raw = message("adt_a28_add_person.hl7").replace(b"|A28-0001|", b"|R\\E\\7|")
+    connection = await connect(listener.bound_port)
+    await connection.send(VT + raw + b"\x1c\r")
+    ack = await connection.ack()
+    await connection.close()
+    assert msa(ack)[1:3] == ["AA", "R\\E\\7"]
