@@ -36,3 +36,36 @@ async def test_msa_2_is_the_control_id_as_sent_even_escaped(listener: Listener, 
     ack = await connection.ack()
     await connection.close()
     assert msa(ack)[1:3] == ["AA", "R\\E\\7"]
+
+
+async def test_a_peer_trickling_a_frame_is_disconnected(
+        listener: Listener, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fhir_server.interop.hl7v2.listener.FRAME_TIMEOUT", 0.6)
+    done = await connect(listener.bound_port)  # a frame answered, then idle past the timeout
+    await done.send(VT + message("adt_a28_add_person.hl7") + b"\x1c\r")
+    assert msa(await done.ack())[1] == "AA"
+    slow = await connect(listener.bound_port)
+    trickled = VT + message("adt_a01_admit.hl7")
+    closed = False
+    for byte in range(60):  # a byte every 0.05 s: never idle, never done
+        try:
+            await slow.send(trickled[byte:byte + 1])
+        except ConnectionError:
+            closed = True
+            break
+        if slow.reader.at_eof() or await _closed(slow.reader):
+            closed = True
+            break
+    slow.writer.close()
+    assert closed
+    await asyncio.sleep(0.3)
+    await done.send(VT + message("adt_a04_register.hl7") + b"\x1c\r")  # idle is not closed
+    assert msa(await done.ack())[1] == "AA"
+    await done.close()
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.05) == b""
+    except TimeoutError:
+        return False
