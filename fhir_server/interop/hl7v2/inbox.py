@@ -23,6 +23,7 @@ clear (they find duplicates and errors; no personal data). A file written before
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ from ...private_files import fsync_path, make_private
 from .message import Message, read
 
 T = TypeVar("T")
+log = logging.getLogger("fhir_server.hl7v2")
 
 RECEIVED, APPLIED, ERROR, ERASED = "received", "applied", "error", "erased"
 # The "resource type" a message's fields are sealed as: a key scope of their own.
@@ -230,8 +232,15 @@ class Inbox:
         return await self._run(work, commits=True)
 
     def _identifiers(self, id: int, raw: bytes) -> frozenset[str]:
-        """The patient identifiers message `id` names, as sent; none if wiped or unreadable."""
-        message = read(self._open(id, _RAW, raw)) if raw else None
+        """The patient identifiers message `id` names, as sent; none if wiped or unreadable
+        (one row that fails to open must not stop every erasure: it is logged, and kept for
+        `hl7 errors`, which reports it)."""
+        try:
+            message = read(self._open(id, _RAW, raw)) if raw else None
+        except Exception:  # noqa: BLE001 - the codec's UnreadableBody (crypto/ is not imported here)
+            log.warning("hl7v2: a stored message cannot be opened; an erasure skips it",
+                        extra={"message_id": id})
+            return frozenset()
         return message.patients() if isinstance(message, Message) else frozenset()
 
     async def expire(self, keep_days: int) -> tuple[int, int]:
