@@ -146,6 +146,8 @@ class Receiver:
             receipts = await self.inbox.receive_all(
                 [(m.header.sender, m.header.control_id, raw, peer) for raw, m in run])
         except Exception:  # noqa: BLE001 - not stored, so not accepted: the sender resends
+            if len(run) > 1:  # one of them (a resend whose row fails to open) fails alone
+                return [ack for one in run for ack in await self._store_and_process([one], peer)]
             log.exception("hl7v2: messages could not be stored")
             return [acknowledgment(m.header, "AE", (Problem(
                 Code.INTERNAL_ERROR, "The message could not be stored; send it again later."),),

@@ -10,6 +10,8 @@ import pytest
 from fhir_server.interop.hl7v2 import ERASED, ERROR, INBOX, Receiver
 from fhir_server.settings import Settings
 
+from fhir_server.interop.hl7v2.message import read
+
 from .conftest import message, msa
 from .test_sealed import marked
 
@@ -31,3 +33,16 @@ async def test_an_unreadable_message_in_error_does_not_stop_an_erasure(
         states = dict(db.execute("SELECT control_id, state FROM message"))
     db.close()
     assert states == {"ER-1": ERASED, "BAD-0002": ERROR}
+
+
+async def test_a_resent_message_whose_row_fails_to_open_fails_alone(
+        settings: Settings, receiver: Receiver) -> None:
+    assert msa(await receiver.receive(marked("ER-2")))[1] == "AA"
+    with sqlite3.connect(settings.data_dir / INBOX) as db:
+        [(sealed,)] = db.execute("SELECT ack FROM message WHERE control_id = 'ER-2'").fetchall()
+        db.execute("UPDATE message SET ack = ? WHERE control_id = 'ER-2'",
+                   (sealed[:40] + bytes([sealed[40] ^ 1]) + sealed[41:],))
+    db.close()
+    sent = [marked("ER-2"), message("adt_a28_add_person.hl7"), message("adt_a04_register.hl7")]
+    acks = await receiver.receive_all([(raw, read(raw)) for raw in sent], None)
+    assert [msa(ack)[1] for ack in acks] == ["AE", "AA", "AA"]  # the others not held back by it
