@@ -58,3 +58,16 @@ async def test_one_stored_patient_reached_by_two_identifiers_in_one_group(receiv
     # As one by one: S-2 keeps the IPP alone on the record, so S-3's INS then names no one.
     assert sorted((p["meta"]["source"][-3:], p["meta"]["versionId"], len(p["identifier"]))
                   for p in await _patients(ctx)) == [("S-2", "2", 1), ("S-3", "1", 1)]
+
+
+async def test_a_merge_sent_ahead_between_messages_for_the_record_it_retires(
+        receiver: Receiver, ctx: Context) -> None:
+    before = [message("adt_a28_add_person.hl7"), message("adt_a28_add_person_2.hl7")]
+    stale = message("adt_a28_add_person_2.hl7").replace(b"|A28-0002|", b"|A31-0002|").replace(
+        b"ADT^A28", b"ADT^A31")  # names the record the merge retires
+    other = _person("M-1", "A28", "400003^^^CHU_DEMO&1.2.250.1.999.1.1&ISO^PI")
+    sent = [*before, message("adt_a40_merge.hl7"), stale, other]
+    acks = await receiver.receive_all([(raw, read(raw)) for raw in sent], None)
+    assert [msa(ack)[1] for ack in acks] == ["AA", "AA", "AA", "AE", "AA"], acks
+    retired = [p for p in await _patients(ctx) if not p.get("active", True)]
+    assert len(retired) == 1 and retired[0]["meta"]["source"].endswith(":A40-0001")

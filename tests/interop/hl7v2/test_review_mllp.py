@@ -69,3 +69,18 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
         return await asyncio.wait_for(reader.read(1), 0.05) == b""
     except TimeoutError:
         return False
+
+
+async def test_a_duplicate_in_one_packet_and_a_bad_message_among_five(
+        listener: Listener, ctx: Context) -> None:
+    first = message("adt_a28_add_person.hl7")
+    sent = [first, message("adt_a04_register.hl7"), message("bad_date.hl7"), first,
+            message("adt_a28_add_person_2.hl7")]
+    connection = await connect(listener.bound_port)
+    await connection.send(b"".join(VT + raw + b"\x1c\r" for raw in sent))  # one packet
+    acks = [await connection.ack() for _ in sent]
+    await connection.close()
+    assert [msa(ack)[1:3] for ack in acks] == [
+        ["AA", "A28-0001"], ["AA", "A04-0001"], ["AE", "BAD-0002"], ["AA", "A28-0001"], ["AA", "A28-0002"]]
+    assert acks[3] == acks[0]  # the duplicate: the first answer, not applied again
+    assert await ctx.store.count("Patient") == 3
