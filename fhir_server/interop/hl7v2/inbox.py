@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS message_patient (
     message INTEGER NOT NULL,
     PRIMARY KEY (patient, message)
 ) WITHOUT ROWID;
+-- The last message id given: never given again, even once that message is deleted (a sealed
+-- field is bound to its row id; an old one put back on a new row must not open).
+CREATE TABLE IF NOT EXISTS last_id (one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER NOT NULL);
 """
 
 
@@ -170,7 +173,8 @@ class Inbox:
                 for sender, control_id, raw, peer in messages:
                     # The id is chosen here (the transaction holds the write lock) so that the
                     # sealed raw bytes can be bound to it.
-                    [id] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM message").fetchone()
+                    [id] = db.execute("SELECT max(coalesce(max(id), 0), coalesce((SELECT id FROM last_id), 0)) "
+                                      "+ 1 FROM message").fetchone()
                     cursor = db.execute(
                         "INSERT INTO message (id, sender, control_id, received, peer, raw, state) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender, control_id) "
@@ -178,6 +182,9 @@ class Inbox:
                         (id, sender, control_id, clock.instant(), peer,
                          self._seal(id, _RAW, raw), RECEIVED))
                     new = cursor.rowcount == 1
+                    if new:
+                        db.execute("INSERT INTO last_id VALUES (1, ?) ON CONFLICT (one) DO UPDATE "
+                                   "SET id = excluded.id", (id,))
                     row = (db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?", (id,))
                            if new else db.execute(f"SELECT {_COLUMNS} FROM message WHERE sender = ? "
                                                   "AND control_id = ?", (sender, control_id))).fetchone()

@@ -4,9 +4,11 @@ lost key) must not stop the erasure of every patient."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from fhir_server import clock
 from fhir_server.interop.hl7v2 import ERASED, ERROR, INBOX, Receiver
 from fhir_server.settings import Settings
 
@@ -46,3 +48,24 @@ async def test_a_resent_message_whose_row_fails_to_open_fails_alone(
     sent = [marked("ER-2"), message("adt_a28_add_person.hl7"), message("adt_a04_register.hl7")]
     acks = await receiver.receive_all([(raw, read(raw)) for raw in sent], None)
     assert [msa(ack)[1] for ack in acks] == ["AE", "AA", "AA"]  # the others not held back by it
+
+
+async def test_a_deleted_message_id_is_never_given_again(settings: Settings, receiver: Receiver) -> None:
+    # Sealed fields are bound to their row id: an id given again would open the ciphertext
+    # of a deleted message (an erased patient's, copied aside) put back on the new row.
+    with clock.frozen(datetime(2026, 1, 1, tzinfo=UTC)) as frozen:
+        assert msa(await receiver.receive(message("adt_a28_add_person.hl7")))[1] == "AA"
+        assert msa(await receiver.receive(message("bad_date.hl7")))[1] == "AE"
+        with sqlite3.connect(settings.data_dir / INBOX) as db:
+            [(deleted, sealed)] = db.execute("SELECT id, raw FROM message WHERE state = ?", (ERROR,)).fetchall()
+        db.close()
+        frozen.advance(timedelta(days=31).total_seconds())
+        assert await receiver.inbox.expire(30) == (1, 1)
+        assert msa(await receiver.receive(message("adt_a04_register.hl7")))[1] == "AA"
+    with sqlite3.connect(settings.data_dir / INBOX) as db:
+        ids = [id for (id,) in db.execute("SELECT id FROM message")]
+        db.execute("UPDATE message SET raw = ? WHERE id = ?", (sealed, max(ids)))
+    db.close()
+    assert deleted not in ids
+    with pytest.raises(Exception, match="cannot be decrypted"):
+        await receiver.inbox.get(max(ids))
