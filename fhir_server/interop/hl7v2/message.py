@@ -10,6 +10,7 @@ stored as received (inbox.py), and `segments` lists them all."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as attribute
@@ -131,16 +132,34 @@ def decode(raw: bytes) -> Message:
         raise rejected(Code.SEGMENT_SEQUENCE, f"Unreadable message: {exc}.") from None
     # plan.separators: segment, field, repetition, component, subcomponent.
     segments = _segments(text.strip(), plan.separators)
-    escapes = hl7.Message(separators=plan.separators, esc=plan.esc)
-
-    def unescape(value: str) -> str:
-        return escapes.unescape(value) if plan.esc in value else value
-
+    unescape = _unescaper(plan.separators, plan.esc, codec)
     header = _header(segments[0], unescape)
     if not header.control_id:
         raise rejected(Code.REQUIRED_FIELD_MISSING, "MSH-10 (message control id) is empty.",
                        Location("MSH", 1, 10))
     return Message(header, segments, unescape)
+
+
+def _unescaper(separators: str, esc: str, codec: str) -> Callable[[str], str]:
+    """python-hl7's unescape, except hexadecimal data (`\\Xhh..\\`): the bytes it gives are
+    read in the message's character set (python-hl7 makes each byte a character, as Latin-1
+    would: a UTF-8 `\\XC3A9\\` became two characters, not é)."""
+    escapes = hl7.Message(separators=separators, esc=esc)
+    e = re.escape(esc)
+    sequence = re.compile(f"{e}[^{e}]*{e}")  # escape sequences, found left to right
+    hexadecimal = re.compile(f"{e}X((?:[0-9A-Fa-f]{{2}})+){e}")
+
+    def unescape(value: str) -> str:
+        if esc not in value:
+            return value
+        parts, start = [], 0
+        for found in sequence.finditer(value):
+            if data := hexadecimal.fullmatch(found[0]):
+                parts += [escapes.unescape(value[start:found.start()]),
+                          bytes.fromhex(data[1]).decode(codec, "replace")]
+                start = found.end()
+        return "".join([*parts, escapes.unescape(value[start:])])
+    return unescape
 
 
 def read(raw: bytes) -> Message | Refused:
