@@ -116,7 +116,9 @@ def decode(raw: bytes) -> Message:
     separator = raw[3:4]
     # MSH-18 is read before decoding: MSH is ASCII in every character set of table 0211.
     msh = raw.split(b"\r", 1)[0].split(separator)
-    charset = msh[17].decode("ascii", "replace").split(chr(raw[4]), 1)[0] if len(msh) > 17 else ""
+    # Its first repetition's first component: the message's character set (others are alternates).
+    charset = (msh[17].decode("ascii", "replace").split(chr(raw[5]), 1)[0].split(chr(raw[4]), 1)[0]
+               if len(msh) > 17 else "")
     codec = CHARSETS.get(charset)
     if codec is None:
         raise rejected(Code.TABLE_VALUE_NOT_FOUND, f"Unsupported character set '{charset[:20]}' "

@@ -50,3 +50,12 @@ def test_hexadecimal_data_is_bytes_of_the_message_character_set(charset: str, es
     raw = message("adt_a28_add_person.hl7").replace(b"|UNICODE UTF-8", f"|{charset}".encode())
     parsed = decode(raw)
     assert parsed.unescape(escaped) == meant
+
+
+def test_a_repeated_msh_18_is_read_by_its_first_repetition() -> None:
+    # MSH-18 repeats (HL7 v2.5 2.14.9.18): the first is the character set of the message.
+    raw = (message("adt_a28_add_person.hl7").replace(b"|UNICODE UTF-8", b"|8859/1~UNICODE UTF-8")
+           .replace(b"PETIT", "PÉTIT".encode("latin-1")))
+    parsed = decode(raw)
+    assert parsed.header.charset == "8859/1"
+    assert parsed.all("PID")[0].field(5)[0][0] == ["PÉTIT"]
