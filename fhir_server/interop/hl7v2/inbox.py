@@ -285,7 +285,16 @@ class Inbox:
         rows = await self._run(lambda db: db.execute(
             f"SELECT {_COLUMNS} FROM message WHERE state IN ({marks}) ORDER BY id LIMIT ?",
             (*states, limit)).fetchall())
-        return [self._opened(row) for row in rows]
+        return [self._listed(row) for row in rows]
+
+    def _listed(self, row: tuple[Any, ...]) -> Stored:
+        """A row as `_opened`, or, if it fails to open, with why as its reason and no content:
+        one changed row does not hide the others from `hl7 errors`."""
+        try:
+            return self._opened(row)
+        except Exception as exc:  # noqa: BLE001 - the codec's UnreadableBody; its text names no content
+            id, sender, control_id, received, peer, _, state, _, _ = row
+            return Stored(id, sender, control_id, received, peer, b"", state, None, str(exc))
 
     def _seal(self, id: int, field: int, value: bytes) -> bytes:
         return self._codec.seal(SCOPE, str(id), field, value, ())

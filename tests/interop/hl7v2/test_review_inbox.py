@@ -69,3 +69,16 @@ async def test_a_deleted_message_id_is_never_given_again(settings: Settings, rec
     assert deleted not in ids
     with pytest.raises(Exception, match="cannot be decrypted"):
         await receiver.inbox.get(max(ids))
+
+
+async def test_the_errors_are_listed_when_one_of_them_fails_to_open(
+        settings: Settings, receiver: Receiver) -> None:
+    assert msa(await receiver.receive(message("bad_date.hl7")))[1] == "AE"
+    assert msa(await receiver.receive(message("bad_missing_pid3.hl7")))[1] == "AE"
+    with sqlite3.connect(settings.data_dir / INBOX) as db:
+        db.execute("UPDATE message SET reason = raw WHERE control_id = 'BAD-0002'")  # another field's
+    db.close()
+    listed = {m.control_id: m for m in await receiver.inbox.unsettled((ERROR,))}
+    assert len(listed) == 2 and listed["BAD-0002"].reason is not None
+    assert "cannot be decrypted" in listed["BAD-0002"].reason and listed["BAD-0002"].raw == b""
+    assert listed["BAD-0002"].state == ERROR
