@@ -17,7 +17,7 @@ from fhir_server.app import body_codec
 from fhir_server.interop.hl7v2 import INBOX, Inbox
 from fhir_server.settings import Settings
 
-from .test_sealed import marked
+from .test_sealed import PLAINTEXT_SCHEMA, marked
 
 pytestmark = pytest.mark.anyio
 ROWS = 20000
@@ -29,12 +29,7 @@ OPEN = "from fhir_server.app import body_codec; from fhir_server.interop.hl7v2 i
 def _plaintext(path: Path) -> None:
     """An inbox as written before sealing: ROWS messages in error."""
     with sqlite3.connect(path) as db:
-        db.executescript("""
-            CREATE TABLE message (id INTEGER PRIMARY KEY, sender TEXT, control_id TEXT,
-                received TEXT NOT NULL, peer TEXT, raw BLOB NOT NULL, state TEXT NOT NULL,
-                ack BLOB, reason TEXT, settled TEXT);
-            CREATE UNIQUE INDEX message_key ON message (sender, control_id) WHERE sender IS NOT NULL;
-            CREATE INDEX message_state ON message (state);""")
+        db.executescript(PLAINTEXT_SCHEMA)
         db.executemany("INSERT INTO message VALUES (?, 'HIS_CHU|CHU_DEMO', ?, '2026-01-01T00:00:00Z',"
                        " NULL, ?, 'error', ?, ?, '2026-01-01T00:00:00Z')",
                        [(n, f"OLD-{n}", marked(f"OLD-{n}"), f"MSA|AE|OLD-{n}".encode(), f"reason {n}")
