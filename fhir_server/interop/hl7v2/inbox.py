@@ -23,6 +23,7 @@ clear (they find duplicates and errors; no personal data). A file written before
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ from ...private_files import fsync_path, make_private
 from .message import Message, read
 
 T = TypeVar("T")
+log = logging.getLogger("fhir_server.hl7v2")
 
 RECEIVED, APPLIED, ERROR, ERASED = "received", "applied", "error", "erased"
 # The "resource type" a message's fields are sealed as: a key scope of their own.
@@ -77,6 +79,9 @@ CREATE TABLE IF NOT EXISTS message_patient (
     message INTEGER NOT NULL,
     PRIMARY KEY (patient, message)
 ) WITHOUT ROWID;
+-- The last message id given: never given again, even once that message is deleted (a sealed
+-- field is bound to its row id; an old one put back on a new row must not open).
+CREATE TABLE IF NOT EXISTS last_id (one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER NOT NULL);
 """
 
 
@@ -168,7 +173,8 @@ class Inbox:
                 for sender, control_id, raw, peer in messages:
                     # The id is chosen here (the transaction holds the write lock) so that the
                     # sealed raw bytes can be bound to it.
-                    [id] = db.execute("SELECT coalesce(max(id), 0) + 1 FROM message").fetchone()
+                    [id] = db.execute("SELECT max(coalesce(max(id), 0), coalesce((SELECT id FROM last_id), 0)) "
+                                      "+ 1 FROM message").fetchone()
                     cursor = db.execute(
                         "INSERT INTO message (id, sender, control_id, received, peer, raw, state) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender, control_id) "
@@ -176,6 +182,9 @@ class Inbox:
                         (id, sender, control_id, clock.instant(), peer,
                          self._seal(id, _RAW, raw), RECEIVED))
                     new = cursor.rowcount == 1
+                    if new:
+                        db.execute("INSERT INTO last_id VALUES (1, ?) ON CONFLICT (one) DO UPDATE "
+                                   "SET id = excluded.id", (id,))
                     row = (db.execute(f"SELECT {_COLUMNS} FROM message WHERE id = ?", (id,))
                            if new else db.execute(f"SELECT {_COLUMNS} FROM message WHERE sender = ? "
                                                   "AND control_id = ?", (sender, control_id))).fetchone()
@@ -230,8 +239,15 @@ class Inbox:
         return await self._run(work, commits=True)
 
     def _identifiers(self, id: int, raw: bytes) -> frozenset[str]:
-        """The patient identifiers message `id` names, as sent; none if wiped or unreadable."""
-        message = read(self._open(id, _RAW, raw)) if raw else None
+        """The patient identifiers message `id` names, as sent; none if wiped or unreadable
+        (one row that fails to open must not stop every erasure: it is logged, and kept for
+        `hl7 errors`, which reports it)."""
+        try:
+            message = read(self._open(id, _RAW, raw)) if raw else None
+        except Exception:  # noqa: BLE001 - the codec's UnreadableBody (crypto/ is not imported here)
+            log.warning("hl7v2: a stored message cannot be opened; an erasure skips it",
+                        extra={"message_id": id})
+            return frozenset()
         return message.patients() if isinstance(message, Message) else frozenset()
 
     async def expire(self, keep_days: int) -> tuple[int, int]:
@@ -269,7 +285,16 @@ class Inbox:
         rows = await self._run(lambda db: db.execute(
             f"SELECT {_COLUMNS} FROM message WHERE state IN ({marks}) ORDER BY id LIMIT ?",
             (*states, limit)).fetchall())
-        return [self._opened(row) for row in rows]
+        return [self._listed(row) for row in rows]
+
+    def _listed(self, row: tuple[Any, ...]) -> Stored:
+        """A row as `_opened`, or, if it fails to open, with why as its reason and no content:
+        one changed row does not hide the others from `hl7 errors`."""
+        try:
+            return self._opened(row)
+        except Exception as exc:  # noqa: BLE001 - the codec's UnreadableBody; its text names no content
+            id, sender, control_id, received, peer, _, state, _, _ = row
+            return Stored(id, sender, control_id, received, peer, b"", state, None, str(exc))
 
     def _seal(self, id: int, field: int, value: bytes) -> bytes:
         return self._codec.seal(SCOPE, str(id), field, value, ())

@@ -23,6 +23,10 @@ _END = END_BLOCK + CARRIAGE_RETURN
 _READ = 65536
 WINDOW = 32  # frames of one connection read and not yet acknowledged; the next read waits
 STOP_TIMEOUT = 30.0  # seconds a stop waits for the messages already read
+# Seconds a frame may take from its first byte to its end: a peer trickling bytes (or never
+# ending a frame) is disconnected rather than holding a buffer and a socket. An idle
+# connection between frames is left open, as MLLP senders keep theirs.
+FRAME_TIMEOUT = 60.0
 _FAULT = Problem(Code.INTERNAL_ERROR, "Internal error; send the message again later.")
 
 
@@ -42,6 +46,7 @@ class Frames:
         self.limit = limit
         self.buffer = bytearray()
         self.dropping = False  # inside a frame over the limit: discard until its end
+        self.deadline: float | None = None  # when the frame begun in the buffer must be complete
 
     async def next(self) -> bytes | Broken | None:
         """The next message, a Broken frame, or None at the end of the connection."""
@@ -50,6 +55,7 @@ class Frames:
             if end >= 0:
                 frame = bytes(self.buffer[:end])
                 del self.buffer[:end + len(_END)]
+                self.deadline = None
                 if self.dropping:
                     self.dropping = False
                     return Broken(f"The message is larger than {self.limit} bytes.")
@@ -61,13 +67,26 @@ class Frames:
                 if end - start - 1 > self.limit:
                     return Broken(f"The message is larger than {self.limit} bytes.")
                 return frame[start + 1:]
-            if len(self.buffer) > self.limit + 1:
+            if len(self.buffer) > self.limit + 2:  # <VT>, the message, an <FS> awaiting its <CR>
                 self.dropping = True
                 del self.buffer[:-1]  # the last byte may be the <FS> of <FS><CR>
-            data = await self.reader.read(_READ)
+            try:
+                data = await self._read()
+            except TimeoutError:
+                log.warning("hl7v2: a frame not completed in time; connection closed",
+                            extra={"seconds": FRAME_TIMEOUT})
+                return None
             if not data:
                 return None
             self.buffer += data
+
+    async def _read(self) -> bytes:
+        if not self.buffer and not self.dropping:
+            return await self.reader.read(_READ)
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:
+            self.deadline = loop.time() + FRAME_TIMEOUT
+        return await asyncio.wait_for(self.reader.read(_READ), max(self.deadline - loop.time(), 0))
 
 
 class Listener:

@@ -10,6 +10,7 @@ stored as received (inbox.py), and `segments` lists them all."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as attribute
@@ -39,7 +40,7 @@ class Header:
     message_type: str  # MSH-9.1
     event: str  # MSH-9.2
     structure: str  # MSH-9.3, may be empty
-    control_id: str  # MSH-10
+    control_id: str  # MSH-10, escape sequences decoded
     processing_id: str  # MSH-11.1
     version: str  # MSH-12.1
     charset: str  # MSH-18 as sent
@@ -115,7 +116,9 @@ def decode(raw: bytes) -> Message:
     separator = raw[3:4]
     # MSH-18 is read before decoding: MSH is ASCII in every character set of table 0211.
     msh = raw.split(b"\r", 1)[0].split(separator)
-    charset = msh[17].decode("ascii", "replace").split(chr(raw[4]), 1)[0] if len(msh) > 17 else ""
+    # Its first repetition's first component: the message's character set (others are alternates).
+    charset = (msh[17].decode("ascii", "replace").split(chr(raw[5]), 1)[0].split(chr(raw[4]), 1)[0]
+               if len(msh) > 17 else "")
     codec = CHARSETS.get(charset)
     if codec is None:
         raise rejected(Code.TABLE_VALUE_NOT_FOUND, f"Unsupported character set '{charset[:20]}' "
@@ -131,13 +134,34 @@ def decode(raw: bytes) -> Message:
         raise rejected(Code.SEGMENT_SEQUENCE, f"Unreadable message: {exc}.") from None
     # plan.separators: segment, field, repetition, component, subcomponent.
     segments = _segments(text.strip(), plan.separators)
-    header = _header(segments[0])
+    unescape = _unescaper(plan.separators, plan.esc, codec)
+    header = _header(segments[0], unescape)
     if not header.control_id:
         raise rejected(Code.REQUIRED_FIELD_MISSING, "MSH-10 (message control id) is empty.",
                        Location("MSH", 1, 10))
-    escapes = hl7.Message(separators=plan.separators, esc=plan.esc)
-    return Message(header, segments,
-                   lambda value: escapes.unescape(value) if plan.esc in value else value)
+    return Message(header, segments, unescape)
+
+
+def _unescaper(separators: str, esc: str, codec: str) -> Callable[[str], str]:
+    """python-hl7's unescape, except hexadecimal data (`\\Xhh..\\`): the bytes it gives are
+    read in the message's character set (python-hl7 makes each byte a character, as Latin-1
+    would: a UTF-8 `\\XC3A9\\` became two characters, not é)."""
+    escapes = hl7.Message(separators=separators, esc=esc)
+    e = re.escape(esc)
+    sequence = re.compile(f"{e}[^{e}]*{e}")  # escape sequences, found left to right
+    hexadecimal = re.compile(f"{e}X((?:[0-9A-Fa-f]{{2}})+){e}")
+
+    def unescape(value: str) -> str:
+        if esc not in value:
+            return value
+        parts, start = [], 0
+        for found in sequence.finditer(value):
+            if data := hexadecimal.fullmatch(found[0]):
+                parts += [escapes.unescape(value[start:found.start()]),
+                          bytes.fromhex(data[1]).decode(codec, "replace")]
+                start = found.end()
+        return "".join([*parts, escapes.unescape(value[start:])])
+    return unescape
 
 
 def read(raw: bytes) -> Message | Refused:
@@ -181,7 +205,7 @@ def first(node: Node) -> str:
     return node
 
 
-def _header(msh: Segment) -> Header:
+def _header(msh: Segment, unescape: Callable[[str], str]) -> Header:
     def part(field: int, component: int = 1) -> str:
         repetitions = msh.field(field)
         if not repetitions:
@@ -200,4 +224,5 @@ def _header(msh: Segment) -> Header:
         sending_application=whole(3), sending_facility=whole(4),
         receiving_application=whole(5), receiving_facility=whole(6),
         message_type=part(9, 1), event=part(9, 2), structure=part(9, 3),
-        control_id=part(10), processing_id=part(11), version=part(12), charset=part(18))
+        # The control id as meant (escapes decoded): the ACK's MSA-2 escapes it again.
+        control_id=unescape(part(10)), processing_id=part(11), version=part(12), charset=part(18))

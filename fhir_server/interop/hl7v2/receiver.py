@@ -55,14 +55,15 @@ class _Received:
     retried: bool
 
     def identities(self) -> set[tuple[str, str]] | None:
-        """What the message writes, by type and identifier; None if it cannot be applied
-        together with others (refused, retried, or a merge that reads what it writes)."""
+        """What the message writes, by type and each of its identifiers (a record created
+        under one is found by another); None if it cannot be applied together with others
+        (refused, retried, or a merge that reads what it writes)."""
         if isinstance(self.mapped, Refused) or self.retried:
             return None
         if any("merge_into" in i.rule for i in self.mapped):
             return None
-        return {(i.resource["resourceType"], identifier_token(i.resource["identifier"][0]))
-                for i in self.mapped}
+        return {(i.resource["resourceType"], identifier_token(identifier))
+                for i in self.mapped for identifier in i.resource["identifier"]}
 
 
 class Receiver:
@@ -145,6 +146,8 @@ class Receiver:
             receipts = await self.inbox.receive_all(
                 [(m.header.sender, m.header.control_id, raw, peer) for raw, m in run])
         except Exception:  # noqa: BLE001 - not stored, so not accepted: the sender resends
+            if len(run) > 1:  # one of them (a resend whose row fails to open) fails alone
+                return [ack for one in run for ack in await self._store_and_process([one], peer)]
             log.exception("hl7v2: messages could not be stored")
             return [acknowledgment(m.header, "AE", (Problem(
                 Code.INTERNAL_ERROR, "The message could not be stored; send it again later."),),

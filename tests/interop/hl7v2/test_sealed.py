@@ -32,6 +32,15 @@ def marked(control_id: str) -> bytes:
             .encode())
 
 
+# The inbox's tables as written before sealing.
+PLAINTEXT_SCHEMA = """
+    CREATE TABLE message (id INTEGER PRIMARY KEY, sender TEXT, control_id TEXT,
+        received TEXT NOT NULL, peer TEXT, raw BLOB NOT NULL, state TEXT NOT NULL,
+        ack BLOB, reason TEXT, settled TEXT);
+    CREATE UNIQUE INDEX message_key ON message (sender, control_id) WHERE sender IS NOT NULL;
+    CREATE INDEX message_state ON message (state);"""
+
+
 def forms() -> list[bytes]:
     """Each marker as UTF-8, Latin-1 and HL7-escaped."""
     found = []
@@ -97,12 +106,7 @@ async def test_a_plaintext_inbox_is_sealed_when_opened_and_its_messages_replay(
     old = tmp_path / "old" / INBOX
     old.parent.mkdir()
     with sqlite3.connect(old) as db:  # the schema and rows as the inbox wrote them before sealing
-        db.executescript("""
-            CREATE TABLE message (id INTEGER PRIMARY KEY, sender TEXT, control_id TEXT,
-                received TEXT NOT NULL, peer TEXT, raw BLOB NOT NULL, state TEXT NOT NULL,
-                ack BLOB, reason TEXT, settled TEXT);
-            CREATE UNIQUE INDEX message_key ON message (sender, control_id) WHERE sender IS NOT NULL;
-            CREATE INDEX message_state ON message (state);""")
+        db.executescript(PLAINTEXT_SCHEMA)
         db.execute("INSERT INTO message VALUES (1, 'HIS_CHU|CHU_DEMO', 'OLD-1', '2026-01-01T00:00:00Z',"
                    " NULL, ?, 'error', ?, ?, '2026-01-01T00:00:00Z')",
                    (marked("OLD-1"), b"MSA|AE|OLD-1", f"PID-5 {NAME} refused"))
