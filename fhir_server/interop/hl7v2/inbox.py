@@ -222,7 +222,8 @@ class Inbox:
         message sent again is answered as the duplicate it is and does not write the
         patient again. The messages in error or unsettled that name one of the identifiers
         (PID-3, MRG-1) those messages named are deleted (their ERR texts may quote fields:
-        nothing of them is kept). How many; the WAL is emptied after."""
+        nothing of them is kept). How many; the WAL is emptied after (or, if a reader blocks
+        it, logged and left to the next retention pass)."""
         def work(db: sqlite3.Connection) -> int:
             with db:
                 ids = [id for (id,) in db.execute(
@@ -264,8 +265,7 @@ class Inbox:
                 self._wipe(db, ids, APPLIED)
                 deleted = db.execute("DELETE FROM message WHERE state IN (?, ?) AND received < ?",
                                      (ERROR, RECEIVED, cutoff)).rowcount
-            if ids or deleted:
-                self._truncate_wal()
+            self._truncate_wal()  # also what an earlier erasure or pass could not truncate
             return len(ids), deleted
         return await self._run(work, commits=True)
 
@@ -329,10 +329,16 @@ class Inbox:
             self._db.execute(f"PRAGMA user_version = {_SEALED}")
         self._truncate_wal()
 
-    def _truncate_wal(self) -> None:
+    def _truncate_wal(self) -> bool:
         """Copy the WAL into the file and empty it: the pages it held before (plaintext,
-        erased rows) are gone from both."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        erased rows) are gone from both. A reader holding an older snapshot blocks it: SQLite
+        retries for the busy timeout (5 s), then it is logged and left to the next retention
+        pass (`expire`, hourly), which truncates whatever it wiped or not. Whether it was done."""
+        [busy, *_] = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("hl7v2: a reader blocks the inbox's WAL; wiped messages stay in its older "
+                        "frames until the next retention pass truncates it")
+        return not busy
 
     def close(self) -> None:
         self._db.close()
