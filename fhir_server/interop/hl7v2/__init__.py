@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...services.auditing import AuditRecorder
 from ...services.context import Context
 from ...settings import Settings
-from .inbox import APPLIED, ERASED, ERROR, RECEIVED, Codec, Inbox, Stored
+from .inbox import APPLIED, ERASED, ERROR, RECEIVED, Codec, Inbox, SealedInboxError, Stored
 from .listener import Listener
 from .mapping import MappingFileError, Mappings, load
 from .receiver import Receiver
@@ -29,5 +29,5 @@ def listener_for(settings: Settings, ctx: Context, recorder: AuditRecorder, code
 
 
 __all__ = ["APPLIED", "Codec", "ERASED", "ERROR", "INBOX", "RECEIVED", "Inbox", "Listener", "MappingFileError",
-           "Mappings", "Receiver", "Stored", "expire", "forget_patient", "keep", "listener_for", "load",
+           "Mappings", "Receiver", "SealedInboxError", "Stored", "expire", "forget_patient", "keep", "listener_for", "load",
            "receiver_for"]

@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS last_id (one INTEGER PRIMARY KEY CHECK (one = 1), id 
 """
 
 
+class SealedInboxError(Exception):
+    """A sealed inbox opened with encryption off (docs/hl7v2.md "Encrypted at rest")."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """One message of the inbox."""
@@ -119,7 +123,7 @@ class Inbox:
         # zeros, not left in free pages (sqlite.org/pragma.html#pragma_secure_delete).
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
-        self._seal_plaintext()
+        self._seal_plaintext(path)
         self._wal = path.with_name(path.name + "-wal")
         self._named = False  # whether the WAL file's directory entry was synced
         self._lock = threading.Lock()
@@ -310,11 +314,18 @@ class Inbox:
                       self._open(id, _ACK, ack) if ack is not None else None,
                       self._open(id, _REASON, reason).decode() if reason is not None else None)
 
-    def _seal_plaintext(self) -> None:
+    def _seal_plaintext(self, path: Path) -> None:
         """Seal in place the fields of a file written before they were sealed, once, in one
         transaction (another process opening it meanwhile waits, then finds it done). Left
-        as it is when the codec stores plaintext (encryption off)."""
+        as it is when the codec stores plaintext (encryption off); but a sealed file is not
+        opened then: the rows it would take in clear would never be sealed (the file says it
+        is) and, encryption on again, would fail to open (SealedInboxError)."""
         if self._codec.seal(SCOPE, "0", _RAW, b"", ()) == b"":
+            if self._db.execute("PRAGMA user_version").fetchone()[0] >= _SEALED:
+                self._db.close()
+                raise SealedInboxError(
+                    f"the HL7 v2 inbox {path} is encrypted and encryption is off: turn it on "
+                    "(FHIR_SERVER_ENCRYPTION, with the key ring that sealed it) to open it")
             return
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
