@@ -25,7 +25,8 @@ def receiver_for(settings: Settings, ctx: Context, recorder: AuditRecorder, code
 def listener_for(settings: Settings, ctx: Context, recorder: AuditRecorder, codec: Codec) -> Listener:
     """The MLLP listener the settings describe (not started)."""
     return Listener(receiver_for(settings, ctx, recorder, codec), settings.mllp_host,
-                    settings.mllp_port, settings.mllp_max_message_bytes)
+                    settings.mllp_port, settings.mllp_max_message_bytes,
+                    max_connections=settings.mllp_max_connections)
 
 
 __all__ = ["APPLIED", "Codec", "ERASED", "ERROR", "INBOX", "RECEIVED", "Inbox", "Listener", "MappingFileError",

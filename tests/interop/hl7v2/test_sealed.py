@@ -67,7 +67,7 @@ async def test_no_marker_reaches_the_inbox_file_or_its_wal(settings: Settings, r
     assert error.ack is not None and b"PID" in error.ack
     # the listener's way in too (stopping it closes the inbox)
     listener_ack = None
-    listener = Listener(receiver, "127.0.0.1", 0, 64 * 1024)
+    listener = Listener(receiver, "127.0.0.1", 0, 64 * 1024, max_connections=64)
     await listener.start()
     try:
         connection = await connect(listener.bound_port)
