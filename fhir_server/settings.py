@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     mllp_port: int = Field(2575, ge=0, le=65535, description="Port of the MLLP listener.")
     mllp_max_message_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest HL7 v2 message accepted over MLLP (bytes).")
+    mllp_max_connections: int = Field(
+        64, ge=1, description="MLLP connections open at once (per worker process); one more is "
+        "closed at accept (docs/hl7v2.md).")
     hl7_keep_days: int = Field(
         30, ge=1, description="Days the HL7 v2 inbox keeps a message's content: an hourly task "
         "then wipes those applied (their key stays, to answer a resend as a duplicate) and "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...services.auditing import AuditRecorder
 from ...services.context import Context
 from ...settings import Settings
-from .inbox import APPLIED, ERASED, ERROR, RECEIVED, Codec, Inbox, Stored
+from .inbox import APPLIED, ERASED, ERROR, RECEIVED, Codec, Inbox, SealedInboxError, Stored
 from .listener import Listener
 from .mapping import MappingFileError, Mappings, load
 from .receiver import Receiver
@@ -25,9 +25,10 @@ def receiver_for(settings: Settings, ctx: Context, recorder: AuditRecorder, code
 def listener_for(settings: Settings, ctx: Context, recorder: AuditRecorder, codec: Codec) -> Listener:
     """The MLLP listener the settings describe (not started)."""
     return Listener(receiver_for(settings, ctx, recorder, codec), settings.mllp_host,
-                    settings.mllp_port, settings.mllp_max_message_bytes)
+                    settings.mllp_port, settings.mllp_max_message_bytes,
+                    max_connections=settings.mllp_max_connections)
 
 
 __all__ = ["APPLIED", "Codec", "ERASED", "ERROR", "INBOX", "RECEIVED", "Inbox", "Listener", "MappingFileError",
-           "Mappings", "Receiver", "Stored", "expire", "forget_patient", "keep", "listener_for", "load",
+           "Mappings", "Receiver", "SealedInboxError", "Stored", "expire", "forget_patient", "keep", "listener_for", "load",
            "receiver_for"]

@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS last_id (one INTEGER PRIMARY KEY CHECK (one = 1), id 
 """
 
 
+class SealedInboxError(Exception):
+    """A sealed inbox opened with encryption off (docs/hl7v2.md "Encrypted at rest")."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """One message of the inbox."""
@@ -119,7 +123,7 @@ class Inbox:
         # zeros, not left in free pages (sqlite.org/pragma.html#pragma_secure_delete).
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
-        self._seal_plaintext()
+        self._seal_plaintext(path)
         self._wal = path.with_name(path.name + "-wal")
         self._named = False  # whether the WAL file's directory entry was synced
         self._lock = threading.Lock()
@@ -222,7 +226,8 @@ class Inbox:
         message sent again is answered as the duplicate it is and does not write the
         patient again. The messages in error or unsettled that name one of the identifiers
         (PID-3, MRG-1) those messages named are deleted (their ERR texts may quote fields:
-        nothing of them is kept). How many; the WAL is emptied after."""
+        nothing of them is kept). How many; the WAL is emptied after (or, if a reader blocks
+        it, logged and left to the next retention pass)."""
         def work(db: sqlite3.Connection) -> int:
             with db:
                 ids = [id for (id,) in db.execute(
@@ -264,8 +269,7 @@ class Inbox:
                 self._wipe(db, ids, APPLIED)
                 deleted = db.execute("DELETE FROM message WHERE state IN (?, ?) AND received < ?",
                                      (ERROR, RECEIVED, cutoff)).rowcount
-            if ids or deleted:
-                self._truncate_wal()
+            self._truncate_wal()  # also what an earlier erasure or pass could not truncate
             return len(ids), deleted
         return await self._run(work, commits=True)
 
@@ -310,11 +314,18 @@ class Inbox:
                       self._open(id, _ACK, ack) if ack is not None else None,
                       self._open(id, _REASON, reason).decode() if reason is not None else None)
 
-    def _seal_plaintext(self) -> None:
+    def _seal_plaintext(self, path: Path) -> None:
         """Seal in place the fields of a file written before they were sealed, once, in one
         transaction (another process opening it meanwhile waits, then finds it done). Left
-        as it is when the codec stores plaintext (encryption off)."""
+        as it is when the codec stores plaintext (encryption off); but a sealed file is not
+        opened then: the rows it would take in clear would never be sealed (the file says it
+        is) and, encryption on again, would fail to open (SealedInboxError)."""
         if self._codec.seal(SCOPE, "0", _RAW, b"", ()) == b"":
+            if self._db.execute("PRAGMA user_version").fetchone()[0] >= _SEALED:
+                self._db.close()
+                raise SealedInboxError(
+                    f"the HL7 v2 inbox {path} is encrypted and encryption is off: turn it on "
+                    "(FHIR_SERVER_ENCRYPTION, with the key ring that sealed it) to open it")
             return
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -329,10 +340,16 @@ class Inbox:
             self._db.execute(f"PRAGMA user_version = {_SEALED}")
         self._truncate_wal()
 
-    def _truncate_wal(self) -> None:
+    def _truncate_wal(self) -> bool:
         """Copy the WAL into the file and empty it: the pages it held before (plaintext,
-        erased rows) are gone from both."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        erased rows) are gone from both. A reader holding an older snapshot blocks it: SQLite
+        retries for the busy timeout (5 s), then it is logged and left to the next retention
+        pass (`expire`, hourly), which truncates whatever it wiped or not. Whether it was done."""
+        [busy, *_] = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("hl7v2: a reader blocks the inbox's WAL; wiped messages stay in its older "
+                        "frames until the next retention pass truncates it")
+        return not busy
 
     def close(self) -> None:
         self._db.close()

@@ -92,11 +92,14 @@ class Frames:
 class Listener:
     """Serves MLLP on `host`:`port` for `receiver`."""
 
-    def __init__(self, receiver: Receiver, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, receiver: Receiver, host: str, port: int, max_message_bytes: int, *,
+                 max_connections: int) -> None:
         self.receiver = receiver
         self.host = host
         self.port = port
         self.limit = max_message_bytes
+        # Each connection may hold WINDOW frames of `limit` bytes: their number bounds memory.
+        self.max_connections = max_connections
         self.server: asyncio.Server | None = None
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
 
@@ -131,6 +134,11 @@ class Listener:
         they can share it)."""
         address = writer.get_extra_info("peername")
         peer = str(address[0]) if address else None
+        if len(self._connections) >= self.max_connections:
+            log.warning("hl7v2: too many MLLP connections; one refused",
+                        extra={"peer": peer, "max_connections": self.max_connections})
+            writer.close()  # nothing read from it: the sender sees the close and retries later
+            return
         pending: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(WINDOW)
         replies = asyncio.ensure_future(self._reply(pending, writer))
         order = _InOrder(self.receiver, peer)

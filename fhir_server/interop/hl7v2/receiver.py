@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import orjson
 
 from ...model.errors import FhirError, Kind
-from ...services import auditing, bundle
+from ...services import auditing, bundle, history
 from ...services.auditing import AuditRecorder
 from ...services.context import Context, Payload
 from ...services.principals import system_principal
@@ -250,8 +252,8 @@ class Receiver:
         """Commit the transaction of the messages of `group` (one sender), as their sender,
         audited, not before `flushed`; the ids of the Patients each message wrote (kept with
         it, for an erasure: inbox.py). Every resource written carries its message in
-        `meta.source`: a message `retried` (alone) whose resources already carry it was
-        committed before a stop, and is not applied again."""
+        `meta.source`: a message `retried` (alone) that a version of its resources carries was
+        committed before (a stop, or its outcome not recorded), and is never applied again."""
         for received in group:
             if isinstance(received.mapped, Refused):
                 raise received.mapped
@@ -345,18 +347,37 @@ def source_of(message: Message) -> str:
 
 
 async def _committed(ctx: Context, instances: list[Instance], source: str) -> set[str] | None:
-    """If a resource of the message, as stored now, was last written by it: the ids of the
-    Patients the message names as stored (empty if none); else None."""
+    """If a resource of the message has a version written by it (in its history: a newer
+    message may have updated it since): the ids of the Patients the message names as stored
+    (empty if none); else None."""
     committed, patients = False, set()
     for instance in instances:
         identifier = instance.resource.get("identifier", [{}])[0]
         if not identifier.get("system"):
             continue
         for stored in await stored_with(ctx, instance.resource["resourceType"], identifier):
-            committed = committed or stored.get("meta", {}).get("source") == source
+            committed = committed or await _written_by(ctx, stored, source)
             if stored["resourceType"] == "Patient":
                 patients.add(stored["id"])
     return patients if committed else None
+
+
+async def _written_by(ctx: Context, stored: dict[str, Any], source: str) -> bool:
+    """Whether a version of `stored` carries `source` in `meta.source`: its history read
+    through the service layer, page by page, newest first."""
+    if stored.get("meta", {}).get("source") == source:
+        return True
+    params = [("_count", str(ctx.max_page_size))]
+    while True:
+        page = await history.history(ctx, stored["resourceType"], stored["id"], params,
+                                     base_url="", self_url="")
+        versions = orjson.loads(orjson.dumps(page.get("entry", [])))  # stored JSON as dicts
+        if any(v.get("resource", {}).get("meta", {}).get("source") == source for v in versions):
+            return True
+        following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+        if following is None:
+            return False
+        params = parse_qsl(urlsplit(following).query)
 
 
 async def _refuse_merged(ctx: Context, instances: list[Instance]) -> None:

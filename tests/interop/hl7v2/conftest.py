@@ -69,7 +69,7 @@ async def receiver(settings: Settings, ctx: Context) -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def listener(receiver: Receiver) -> AsyncIterator[Listener]:
-    listener = Listener(receiver, "127.0.0.1", 0, 64 * 1024)
+    listener = Listener(receiver, "127.0.0.1", 0, 64 * 1024, max_connections=64)
     await listener.start()
     yield listener
     await listener.stop()

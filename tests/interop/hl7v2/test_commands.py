@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server import cli
 from fhir_server.app import body_codec, create_app, open_store
-from fhir_server.interop.hl7v2 import load
+from fhir_server.interop.hl7v2 import INBOX, load
 from fhir_server.interop.hl7v2.mapping import MAPPINGS
 from fhir_server.store.base import HistoryQuery
 from fhir_server.settings import Settings
@@ -109,3 +110,41 @@ def test_mllp_refuses_to_start_on_a_broken_mapping(data_dir: Path, tmp_path: Pat
     monkeypatch.setattr("fhir_server.interop.hl7v2.load", lambda: load(root))
     assert cli.main(["mllp"]) == 2
     assert "PV1.json: not JSON" in capsys.readouterr().err
+
+
+def _no_traceback(err: str) -> bool:
+    """No traceback through the command (a log handler an earlier test left on its closed
+    stderr may print "Logging error" ones of its own)."""
+    return "fhir_server/cli.py" not in err
+
+
+def _one_error(settings: Settings) -> None:
+    """One message kept in error in the inbox (id 1), through the listener of `serve`."""
+    app = create_app(settings.model_copy(update={"mllp": True, "mllp_port": 0}))
+    with TestClient(app):
+        assert msa(_send(app.state.mllp.bound_port, message("bad_date.hl7")))[1] == "AE"
+
+
+def test_commands_refuse_a_sealed_inbox_with_encryption_off(settings: Settings, data_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _one_error(settings)
+    before = (data_dir / INBOX).read_bytes()
+    monkeypatch.setenv("FHIR_SERVER_ENCRYPTION", "false")
+    for command in (["hl7", "errors"], ["hl7", "replay", "1"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert "inbox" in err and "encryption is off" in err and _no_traceback(err)
+    assert (data_dir / INBOX).read_bytes() == before
+
+
+def test_replay_of_a_row_that_fails_to_open_says_so(settings: Settings, data_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _one_error(settings)
+    with sqlite3.connect(data_dir / INBOX) as db:  # a changed ciphertext
+        [raw] = db.execute("SELECT raw FROM message WHERE id = 1").fetchone()
+        db.execute("UPDATE message SET raw = ? WHERE id = 1", (raw[:-1] + bytes([raw[-1] ^ 1]),))
+    db.close()
+    assert cli.main(["hl7", "replay", "1"]) == 1
+    output = capsys.readouterr()
+    assert "1: cannot be opened" in output.err and _no_traceback(output.err)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import threading
 from typing import Any
 
@@ -367,3 +368,28 @@ async def test_a_look_up_by_identifier_past_a_page_is_refused_not_half_read(ctx:
     assert len(await stored_with(ctx, "Patient", *both)) == 2  # one search, the tokens OR-ed
     with pytest.raises(Refused):
         await stored_with(dataclasses.replace(ctx, max_page_size=1), "Patient", *both)
+
+
+async def test_a_committed_message_is_never_applied_again_even_after_a_newer_update(
+        receiver: Receiver, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its outcome could not be recorded (the inbox locked), a newer message updated the
+    Patient since: the resend finds its own commit in the Patient's history and answers AA
+    without writing the older data back."""
+    settle_all = receiver.inbox.settle_all
+
+    async def locked(*_: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(receiver.inbox, "settle_all", locked)
+    await _send(receiver, "adt_a28_add_person.hl7")
+    monkeypatch.setattr(receiver.inbox, "settle_all", settle_all)
+    [unsettled] = await receiver.inbox.unsettled((RECEIVED,))
+    await _send(receiver, "adt_a31_update_person.hl7")  # the newer data
+    newer = await _one(ctx, "Patient", IPP, "200001")
+    before = await _versions(ctx)
+
+    ack = await receiver.receive(message("adt_a28_add_person.hl7"))
+    assert msa(ack)[1:3] == ["AA", "A28-0001"]
+    assert await _versions(ctx) == before
+    assert await _one(ctx, "Patient", IPP, "200001") == newer
+    assert (await receiver.inbox.get(unsettled.id)).state == "applied"  # type: ignore[union-attr]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fhir_server.app import body_codec
-from fhir_server.crypto import UnreadableBody
-from fhir_server.interop.hl7v2 import ERROR, INBOX, Inbox, Listener, Receiver
+from fhir_server.crypto import PlainCodec, UnreadableBody
+from fhir_server.interop.hl7v2 import ERROR, INBOX, Inbox, Listener, Receiver, SealedInboxError
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 
@@ -67,7 +67,7 @@ async def test_no_marker_reaches_the_inbox_file_or_its_wal(settings: Settings, r
     assert error.ack is not None and b"PID" in error.ack
     # the listener's way in too (stopping it closes the inbox)
     listener_ack = None
-    listener = Listener(receiver, "127.0.0.1", 0, 64 * 1024)
+    listener = Listener(receiver, "127.0.0.1", 0, 64 * 1024, max_connections=64)
     await listener.start()
     try:
         connection = await connect(listener.bound_port)
@@ -123,3 +123,22 @@ async def test_a_plaintext_inbox_is_sealed_when_opened_and_its_messages_replay(
         assert msa(await receiver.replay(stored))[1] == "AA"
     finally:
         inbox.close()
+
+
+async def test_a_sealed_inbox_is_not_opened_with_encryption_off(settings: Settings, tmp_path: Path) -> None:
+    """Opened with encryption off, it would take plaintext rows that a later opening with
+    encryption on would neither seal (the file says sealed) nor open: refused, untouched."""
+    path = tmp_path / INBOX
+    sealed = Inbox(path, body_codec(settings))
+    await sealed.receive("HIS_CHU|CHU_DEMO", "SEAL-OFF-1", marked("SEAL-OFF-1"), None)
+    sealed.close()
+    before = files(tmp_path)
+    with pytest.raises(SealedInboxError, match="encryption is off"):
+        Inbox(path, PlainCodec())
+    assert files(tmp_path) == before
+    reopened = Inbox(path, body_codec(settings))  # with encryption on, it reads as before
+    try:
+        [(stored, new)] = await reopened.receive_all([("HIS_CHU|CHU_DEMO", "SEAL-OFF-1", b"", None)])
+        assert not new and stored.raw == marked("SEAL-OFF-1")
+    finally:
+        reopened.close()

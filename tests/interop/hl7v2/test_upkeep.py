@@ -15,7 +15,7 @@ import pytest
 
 from fhir_server import clock
 from fhir_server.app import body_codec
-from fhir_server.interop.hl7v2 import APPLIED, ERASED, INBOX, Receiver, keep, receiver_for
+from fhir_server.interop.hl7v2 import APPLIED, ERASED, INBOX, Receiver, expire, keep, receiver_for
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from tests.privacy.conftest import Server, sqlite_server  # noqa: F401 - a fixture
@@ -98,3 +98,26 @@ async def test_the_periodic_task_wipes_applied_messages_and_deletes_errors_past_
         assert rows[1] == (APPLIED, b"", [])  # wiped, its key kept
         assert rows[3][0] == APPLIED and rows[3][1] and rows[3][2]  # within the period: whole
         assert await receiver.receive(marked("OLD-1")) == applied  # still a duplicate
+
+
+@pytest.mark.anyio
+async def test_a_reader_blocking_the_wal_wipe_is_reported_and_the_next_pass_wipes_it(
+        settings: Settings, receiver: Receiver, ctx: Context, caplog: pytest.LogCaptureFixture) -> None:
+    """While a reader holds a snapshot, the WAL cannot be truncated: the erased message's
+    sealed bytes stay in its older frames. The erasure says so, and the next retention pass
+    (hourly) truncates it."""
+    path = settings.data_dir / INBOX
+    assert msa(await receiver.receive(marked("WAL-1")))[1] == "AA"
+    [(_, sealed, [patient])] = _rows(path).values()
+    reader = sqlite3.connect(path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM message").fetchone()  # a snapshot, held
+        assert await receiver.inbox.forget(patient) == 1
+        assert any(sealed in blob for blob in files(settings.data_dir))
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                and "WAL" in r.getMessage()], caplog.text
+    finally:
+        reader.close()
+    assert await expire(path, body_codec(settings), 30) == (0, 0)
+    assert not any(sealed in blob for blob in files(settings.data_dir))
