@@ -31,6 +31,8 @@ Bulk Data Status Request (#bulk-data-status-request)
   the URLs advertised.
 - S5 `requiresAccessToken` SHALL be true when the file server and the FHIR API both control
   access with OAuth 2.0 bearer tokens.
+- S6 `transactionTime`: the export SHALL include any matching resource modified up to and
+  including it (one deleted after it too).
 - S7 `error`: only OperationOutcome, so the server SHALL write its error files in the format
   of the output files, holding OperationOutcome resources.
 - S8 `deleted`: each line SHALL be a `transaction` Bundle whose entries' `request.method` is
@@ -176,7 +178,8 @@ def test_k5_since_gives_what_changed_after_it_only(server: Server) -> None:
     with _client(server) as client:
         since = clock.instant()
         time.sleep(0.05)
-        changed = {**observation("Patient/b", status="final"), "id": "b-obs0", "issued": "2026-01-02T00:00:00Z"}
+        changed = {**observation("Patient/b", status="final"), "id": "b-obs0",
+                   "issued": "2026-01-02T00:00:00Z"}
         assert send(client, "PUT", "/fhir/Observation/b-obs0", changed).status_code == 200
         found = download(client, export(client, f"/fhir/$export?_type=Observation,Condition&_since={since}"))
         assert [(r["resourceType"], r["id"]) for r in found] == [("Observation", "b-obs0")]
@@ -267,6 +270,16 @@ def test_s3_to_s5_the_complete_status_and_its_files(server: Server) -> None:
         assert _ids(found, "Patient") == {"a", "b", "c"}
 
 
+def test_s6_a_resource_deleted_after_transaction_time_is_still_exported(server: Server) -> None:
+    with _client(server) as client:
+        last = f"Observation/many-{MANY - 1:04}"
+        status = status_path(kick_off(client, "/fhir/$export?_type=Observation"))
+        assert client.get(f"/fhir{status}").status_code == 202
+        assert client.delete(f"/fhir/{last}").status_code in (200, 204)
+        found = download(client, wait(client, status).json())
+        assert {f"many-{n:04}" for n in range(MANY)} <= _ids(found, "Observation")
+
+
 def test_s7_errors_are_operation_outcome_files(server: Server) -> None:
     with _client(server) as client:
         manifest = export(client, "/fhir/$export?_type=Patient&organizeOutputBy=Patient",
@@ -308,7 +321,8 @@ def test_f2_only_the_latest_version_of_a_resource(server: Server) -> None:
             {"name": "_type", "valueString": "Observation"},
             {"name": "_typeFilter", "valueString": "Observation?_id=versioned"}]}
         found = download(client, export(client, "/fhir/$export", body=body))
-        assert [(r["id"], r["status"], r["meta"]["versionId"]) for r in found] == [("versioned", "final", "2")]
+        latest = [(r["id"], r["status"], r["meta"]["versionId"]) for r in found]
+        assert latest == [("versioned", "final", "2")]
 
 
 def test_f3_a_file_is_application_fhir_ndjson(server: Server) -> None:
