@@ -26,7 +26,7 @@ from ..model import jsonbody
 from ..model.errors import FhirError, Issue
 from ..model.outcome import operation_outcome
 from ..model.summary import select_elements
-from ..search import Clause, Query, extract, matches, parse_query, patients_of
+from ..search import Clause, Query, Unsupported, extract, matches, parse_query, patients_of
 from ..store.base import HistoryQuery, Version
 from ..store.jobs import JobFile
 from . import crud
@@ -116,6 +116,9 @@ class Progress:
     deleted: tuple[Output, ...] = ()
     errors: tuple[Output, ...] = ()
     deleted_type: int = 0
+    # The source's pages are read: now its type's history after transactionTime, for what
+    # was deleted since (`cursor` is then a history cursor).
+    late: bool = False
     settled: bool = False  # every version up to transactionTime is visible
     referenced: bool = False  # the referenced resources are written
     finished: bool = False
@@ -178,6 +181,8 @@ async def step(ctx: Context, spec: Spec, progress: Progress, limits: Limits,
     if not progress.settled:
         return await _settled(ctx, spec, progress)
     if progress.source < len(spec.sources):
+        if progress.late:
+            return await _deleted_after(ctx, spec, progress, limits)
         return await _resources(ctx, spec, progress, limits)
     if spec.referenced and not progress.referenced:
         return await _referenced(ctx, progress, written)
@@ -254,16 +259,69 @@ async def _resources(ctx: Context, spec: Spec, progress: Progress,
             break
         # Too many bytes for one file: the same page, smaller (files end at page ends).
         size = max(1, min(size - 1, size * limits.bytes // total * 9 // 10))
-    after = dataclasses.replace(_advanced(spec, progress, page.next_cursor),
-                                page=size if page.next_cursor is not None else 0)
+    if page.next_cursor is not None:
+        after = dataclasses.replace(progress, cursor=page.next_cursor, page=size)
+    elif (after := dataclasses.replace(_advanced(spec, progress, None), page=0)).source != progress.source:
+        # The source's last page (of its last batch): then what was deleted since transactionTime.
+        after = dataclasses.replace(progress, cursor=None, page=0, late=True)
+    return _written(source.type, progress, after, lines, patients)
+
+
+def _written(resource_type: str, progress: Progress, after: Progress, lines: Sequence[bytes],
+             patients: set[str]) -> tuple[Progress, list[JobFile]]:
+    """`after`, with a file of `lines` (and its patients' list) if there are any."""
     if not lines:
         return after, []
-    name = f"{progress.files + 1:06d}.{source.type}.ndjson"
-    output = Output(source.type, name, len(lines))
+    name = f"{progress.files + 1:06d}.{resource_type}.ndjson"
+    output = Output(resource_type, name, len(lines))
     return (dataclasses.replace(after, files=progress.files + 1,
                                 outputs=(*progress.outputs, output)),
             [JobFile(name, _ndjson(lines)),
              JobFile(patients_file(name), "\n".join(sorted(patients)).encode())])
+
+
+async def _deleted_after(ctx: Context, spec: Spec, progress: Progress,
+                         limits: Limits) -> tuple[Progress, list[JobFile]]:
+    """A page of the source type's history after transactionTime: the resources deleted since
+    that the source matched then, as they were then. The IG: resources changed up to
+    transactionTime SHALL be included, and a search no longer finds a deleted one. A resource
+    deleted and created again is the search's (`_as_of`)."""
+    source = spec.sources[progress.source]
+    before = int(progress.cursor) if progress.cursor else None
+    page = await ctx.store.history(HistoryQuery(source.type, since=spec.transaction_time,
+                                                count=limits.resources, before_seq=before))
+    since = [("_lastUpdated", f"gt{spec.since}")] if spec.since is not None else []
+    criteria, _ = parse_query(source.type, [*source.params, *since], ctx.registry, base=ctx.base_url)
+    patients = set(spec.patients)  # once for all the batches: the history is read once
+    found: list[Version] = []
+    issues: list[dict[str, Any]] = []
+    for version in page.versions:
+        if not version.deleted or version.last_updated <= spec.transaction_time:
+            continue
+        current = await ctx.store.read(source.type, version.id)
+        if current is None or not current.deleted or current.version != version.version:
+            continue  # deleted again later, or created again (then the search's)
+        then = await _as_of(ctx, current, spec.transaction_time)
+        if then is None or then.body is None:
+            continue
+        entries = extract(orjson.loads(then.body))
+        if source.per_patient and patients_of(ctx.registry, source.type, entries, then.id,
+                                              links=False).isdisjoint(patients):
+            continue
+        try:
+            if matches(criteria, entries, resource_type=source.type):
+                found.append(then)
+        except Unsupported:  # a filter that only the store can evaluate: said, not guessed
+            issues.append(dataclasses.asdict(Issue(
+                "incomplete", f"{source.type}/{then.id}, deleted after transactionTime, is "
+                "left out: its filter cannot be checked on its version of then.", "warning")))
+    lines, owners = await _lines(ctx, spec, source, found)
+    if page.next_seq is not None:
+        after = dataclasses.replace(progress, cursor=str(page.next_seq))
+    else:  # on to the next source
+        after = _advanced(spec, dataclasses.replace(progress, late=False), None)
+    after = dataclasses.replace(after, issues=(*progress.issues, *issues))
+    return _written(source.type, progress, after, lines, owners)
 
 
 async def _lines(ctx: Context, spec: Spec, source: Source,

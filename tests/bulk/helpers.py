@@ -9,6 +9,11 @@ import orjson
 from httpx2 import Client, Response
 from fastapi.testclient import TestClient
 
+from fhir_server.auth.keys import SigningKeys
+from fhir_server.auth.registry import Registry as AuthRegistry
+from fhir_server.auth.tokens import TokenService
+from tests.e2e.conftest import Server
+
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 
@@ -62,3 +67,13 @@ def export(client: TestClient | Client, path: str, headers: dict[str, str] | Non
     response = wait(client, status, headers)
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def token_of(server: Server, scope: str, client_id: str = "e2e", **claims: str) -> dict[str, str]:
+    """The Authorization header of a token `server` accepts, for `client_id` with `claims`
+    (patient, fhir_user, ...): the subject is the client."""
+    tokens = TokenService(SigningKeys(server.data_dir / "signing-keys.json", 300),
+                          AuthRegistry(server.data_dir / "auth.db"), issuer=f"{server.base}/auth",
+                          audience=f"{server.base}/fhir", lifetime=300)
+    issued = tokens.issue(subject=client_id, client_id=client_id, scope=scope, **claims)
+    return {"Authorization": f"Bearer {issued['access_token']}"}

@@ -16,23 +16,12 @@ import orjson
 import pytest
 
 from fhir_server import clock
-from fhir_server.auth.keys import SigningKeys
-from fhir_server.auth.registry import Registry as AuthRegistry
-from fhir_server.auth.tokens import TokenService
 from tests.builders import consent
-from tests.bulk.helpers import download, export, kick_off, status_path, wait
+from tests.bulk.helpers import download, export, kick_off, status_path, token_of, wait
 from tests.conftest import SHARED
 from tests.e2e.conftest import Server
 
 SMALL_FILES = {"FHIR_SERVER_EXPORT_FILE_RESOURCES": "10"}
-
-
-def _token(server: Server, scope: str, client_id: str = "e2e", **claims: str) -> dict[str, str]:
-    tokens = TokenService(SigningKeys(server.data_dir / "signing-keys.json", 300),
-                          AuthRegistry(server.data_dir / "auth.db"), issuer=f"{server.base}/auth",
-                          audience=f"{server.base}/fhir", lifetime=300)
-    issued = tokens.issue(subject=client_id, client_id=client_id, scope=scope, **claims)
-    return {"Authorization": f"Bearer {issued['access_token']}"}
 
 
 def _client(server: Server) -> httpx.Client:
@@ -101,7 +90,7 @@ def test_since_after_deletes_fills_deleted_and_other_clients_are_refused(server:
         assert manifest["output"] == []
         deleted = {e["request"]["url"] for b in download(client, manifest, key="deleted") for e in b["entry"]}
         assert deleted == {f"Condition/{e['resource']['id']}" for e in gone}
-        other = _token(server, "system/*.rs", client_id="another")
+        other = token_of(server, "system/*.rs", client_id="another")
         assert client.get(f"/fhir{status}", headers=other).status_code == 404
         url = manifest["deleted"][0]["url"].split("/fhir", 1)[1]
         assert client.get(f"/fhir{url}", headers=other).status_code == 404
@@ -119,7 +108,7 @@ def test_a_patient_who_withdrew_consent_is_absent(server: Server) -> None:
                 "id": f"consent-{withdrawn}"}
         assert client.put(f"/fhir/Consent/consent-{withdrawn}", content=orjson.dumps(body),
                           headers={"Content-Type": "application/fhir+json"}).status_code == 200
-        doctor = _token(server, "user/*.rs", client_id="portal", fhir_user="Practitioner/e2e-doctor")
+        doctor = token_of(server, "user/*.rs", client_id="portal", fhir_user="Practitioner/e2e-doctor")
         found = download(client, export(client, "/fhir/Patient/$export?_type=Patient,Condition", doctor), doctor)
         assert {r["id"] for r in found if r["resourceType"] == "Patient"} == {kept}
         assert all(r["subject"]["reference"] == f"Patient/{kept}" for r in found
