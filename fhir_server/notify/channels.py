@@ -92,18 +92,28 @@ class SmtpChannel:
             raise Undeliverable("the e-mail address is not ASCII")
         await asyncio.to_thread(self._send, self.email(message))
 
-    def _send(self, email: EmailMessage) -> None:
+    def _submit(self, email: EmailMessage) -> smtplib.SMTP:
+        """Hand `email` to the relay; the connection, still open, once it answered 250 to the
+        DATA (closed if anything before fails)."""
         settings = self.settings
+        smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
         try:
-            with smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout) as smtp:
+            smtp.ehlo()
+            if settings.starttls:
+                # Without STARTTLS the message would cross the network in clear: not sent.
+                smtp.starttls(context=self._tls)
                 smtp.ehlo()
-                if settings.starttls:
-                    # Without STARTTLS the message would cross the network in clear: not sent.
-                    smtp.starttls(context=self._tls)
-                    smtp.ehlo()
-                if settings.user:
-                    smtp.login(settings.user, settings.password)
-                smtp.send_message(email)
+            if settings.user:
+                smtp.login(settings.user, settings.password)
+            smtp.send_message(email)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _send(self, email: EmailMessage) -> None:
+        try:
+            accepted = self._submit(email)
         except smtplib.SMTPRecipientsRefused as refused:
             codes = [code for code, _ in refused.recipients.values()]
             if all(500 <= code < 600 for code in codes):
@@ -119,6 +129,12 @@ class SmtpChannel:
             raise ChannelDown(f"the SMTP server answered {error.smtp_code}") from None
         except (smtplib.SMTPException, OSError) as error:  # connection, TLS, timeouts
             raise ChannelDown(f"the SMTP server is unreachable ({type(error).__name__})") from None
+        # The relay has the message: whatever QUIT gets (an error, a timeout) must not make it
+        # go again (a second copy is the one thing the schedule cannot take back).
+        try:
+            accepted.quit()
+        except (smtplib.SMTPException, OSError):
+            accepted.close()
 
 
 class SmsGateway(Channel, Protocol):

@@ -59,13 +59,13 @@ _TEMPLATES: dict[str, dict[str, Text]] = {
                    "Your account on the platform will be closed on {date}, as it has not been "
                    "used for two years. Sign in before then to keep it: {link}"),
     },
+    # sent to a deceased patient's chosen relative (privacy/postmortem.py): it says no more than
+    # any other message, since who died and why the person was chosen is health data
     "post-mortem-communication": {
-        "fr": Text("Communication de données",
-                   "Une personne vous a désigné(e) pour recevoir ses données de santé après son "
-                   "décès. Contactez la plateforme pour les obtenir : {link}"),
-        "en": Text("Data to be communicated to you",
-                   "Someone named you to receive their health data after their death. Contact "
-                   "the platform to obtain it: {link}"),
+        "fr": Text("Un message vous attend",
+                   "Un message vous attend sur la plateforme : {link}"),
+        "en": Text("A message awaits you",
+                   "A message awaits you on the platform: {link}"),
     },
     "sign-in-code": {
         "fr": Text("Votre code de connexion",
@@ -76,7 +76,8 @@ _TEMPLATES: dict[str, dict[str, Text]] = {
                    "Do not share it with anyone."),
     },
 }
-_PARAMETERS = {name: frozenset(re.findall(r"{(\w+)}", texts["en"].subject + texts["en"].body)) - {"link"}
+# Each template's parameters (besides `link`), read from its English text.
+PARAMETERS = {name: frozenset(re.findall(r"{(\w+)}", texts["en"].subject + texts["en"].body)) - {"link"}
                for name, texts in _TEMPLATES.items()}
 
 
@@ -86,7 +87,7 @@ class TemplateError(ValueError):
 
 def check(template: str, params: Mapping[str, str]) -> None:
     """Raise TemplateError unless `template` exists and takes exactly `params`."""
-    wanted = _PARAMETERS.get(template)
+    wanted = PARAMETERS.get(template)
     if wanted is None:
         raise TemplateError(f"unknown template {template!r}")
     if set(params) != wanted:

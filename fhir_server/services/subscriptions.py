@@ -20,17 +20,19 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.ids import new_id
 from ..model.numbers import whole_number
 from ..model.platform_codes import CANONICAL
+from ..model.types import is_valid_id
 from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
 from ..subscriptions import (CONTENTS, CREDENTIALS_PREFIX, FILTER_CRITERIA, Content, Event, Plan, check_new,
                              dump, kept_events, load_credentials, notification, one, owner_key, purged,
                              purged_key, state, state_key, status_parameters, unmask)
-from . import crud, reach, server_writes
+from . import crud, reach, search, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
 from .guard import Decision, decision, note, reachable, visible
 
 Record = Callable[[dict[str, Any]], Awaitable[str]]
+SUBSCRIPTION_STATUSES = ("requested", "active", "error", "off")  # R4 subscription-status
 MAX_REPLAY = 1000  # events one $events call returns at most (ask again from the next number)
 # A topic's own test of an event beyond its criteria and filters, run as the subscription's
 # owner: (context, the resource's id, the filters search cannot answer) -> news or not. The
@@ -177,19 +179,49 @@ def _bundle_of(ctx: Context, resource: dict[str, Any], kind: str, numbered: int,
                         numbered, events, content)
 
 
+def _status_entry(ctx: Context, resource: dict[str, Any], numbered: int) -> dict[str, Any]:
+    criteria = str(resource.get("criteria"))
+    parameters = status_parameters(ctx.base_url, resource["id"], criteria if "?" not in criteria else None,
+                                   resource.get("status", ""), "query-status", numbered, (), "id-only")
+    return {"fullUrl": f"urn:uuid:{parameters['id']}", "resource": parameters, "search": {"mode": "match"}}
+
+
+def _statuses_bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "id": new_id(), "type": "searchset", "total": len(entries),
+            "timestamp": clock.instant(), "entry": entries}
+
+
 async def status(ctx: Context, id: str) -> dict[str, Any]:
     """`Subscription/{id}/$status` (backport-subscription-status): a searchset Bundle holding
     the subscription's status as Parameters; 404 unless the caller reaches the Subscription."""
     version = await crud.read(ctx, "Subscription", id)
     resource = orjson.loads(version.body or b"{}")
     numbered = state(await one(ctx.store, state_key(id))).events
-    criteria = str(resource.get("criteria"))
-    parameters = status_parameters(ctx.base_url, id, criteria if "?" not in criteria else None,
-                                   resource.get("status", ""), "query-status", numbered, (), "id-only")
-    return {"resourceType": "Bundle", "id": new_id(), "type": "searchset", "total": 1,
-            "timestamp": clock.instant(),
-            "entry": [{"fullUrl": f"urn:uuid:{parameters['id']}", "resource": parameters,
-                       "search": {"mode": "match"}}]}
+    return _statuses_bundle([_status_entry(ctx, resource, numbered)])
+
+
+async def statuses(ctx: Context, ids: Sequence[str], codes: Sequence[str]) -> dict[str, Any]:
+    """`Subscription/$status` (backport-subscription-status, type level): the status of each
+    Subscription the caller may read (the search service's access), those among `ids` and in
+    one of the `codes` when given; 400 naming the parameter for a malformed id or a code that
+    is no R4 Subscription status, and when more than one page (the largest `_count`) match."""
+    for id in ids:
+        if not is_valid_id(id):
+            raise fail(Kind.INVALID, "value", f"'{id}' is not a resource id.", expression="id")
+    for code in codes:
+        if code not in SUBSCRIPTION_STATUSES:
+            raise fail(Kind.INVALID, "code-invalid", f"status is one of "
+                       f"{', '.join(SUBSCRIPTION_STATUSES)}, not '{code}'.", expression="status")
+    params = [("_count", str(ctx.max_page_size)), ("_elements", "criteria,status")]
+    params += [("_id", ",".join(ids))] if ids else []
+    params += [("status", ",".join(codes))] if codes else []
+    found = await search.search(ctx, "Subscription", params, strict=True)
+    if any(link["relation"] == "next" for link in found.get("link", ())):
+        raise fail(Kind.INVALID, "too-costly", f"More than {ctx.max_page_size} Subscriptions match: "
+                   "narrow the request with id or status.")
+    return _statuses_bundle([
+        _status_entry(ctx, e["resource"], state(await one(ctx.store, state_key(e["resource"]["id"]))).events)
+        for e in found.get("entry", ()) if e["search"]["mode"] == "match"])
 
 
 def _number(name: str, value: str | None) -> int | None:

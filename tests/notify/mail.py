@@ -3,6 +3,7 @@ certificate made for the test, and failures a test can program."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email
 import email.policy
@@ -46,11 +47,14 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 @dataclass
 class Mailbox:
-    """What the server accepted; `failures` next DATA commands answered 451 (try later)."""
+    """What the server accepted; `failures` next DATA commands answered 451 (try later);
+    QUIT answered `quit_answer` after `quit_delay` seconds."""
 
     received: list[Message] = field(default_factory=list)
     encrypted: list[bool] = field(default_factory=list)
     failures: int = 0
+    quit_answer: str = "221 Bye"
+    quit_delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -63,6 +67,10 @@ class Mailbox:
             self.received.append(message)
             self.encrypted.append(session.ssl is not None)
         return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.quit_delay)
+        return self.quit_answer
 
 
 def free_port() -> int:
