@@ -3,7 +3,7 @@
 When the server stores a message of the referral workflow (a referral, an answer, a
 question, a reply, an updated copy of the record, a request to refer: the kinds only the
 server writes, model/platform_codes.py `SERVER_MADE`), each person behind its recipients
-gets a `new-message` notice (`message/<Communication id>/<person>`): the investigators
+gets a `new-message` notice (`new-message/<Communication id>/<person>`): the investigators
 behind a referral's PractitionerRole, CareTeam or Group, the referring physician of an
 answer or a question. Only practitioners are told: these messages are never addressed to a
 patient, and a patient is not told of an investigator's message (docs/referrals.md).
@@ -28,10 +28,11 @@ from .scheduler import enqueue
 
 log = logging.getLogger("fhir_server.notify")
 TEMPLATE = "new-message"
+FAMILY = "new-message"  # the first segment of the keys (erasure: services/notifications.py)
 
 
 def key(message_id: str, person: str) -> str:
-    return f"message/{message_id}/{person}"
+    return f"{FAMILY}/{message_id}/{person}"
 
 
 def _kind(resource: dict[str, Any]) -> str | None:

@@ -158,7 +158,7 @@ async def set_preferences(ctx: Context, schedule: Schedule, record: Record, pers
 async def forget(ctx: Context, person: str) -> None:
     """Erase what the schedule holds of `person` (services/erase.py, after the store's
     erasure): their preferences, the notices addressed to them, and the items of referrals
-    and messages no longer stored (`referral/<id>/...`, `message/<id>/...`: the erased
+    and messages no longer stored (`referral/<id>/...`, `new-message/<id>/...`: the erased
     patient's), in any state. Item bodies are sealed, so they are opened to find the person:
     erasures are rare, the schedule small."""
     schedule = cast(Scheduling, ctx.store).schedule
@@ -167,7 +167,7 @@ async def forget(ctx: Context, person: str) -> None:
     for due in await schedule.items(""):
         content = orjson.loads(due.body) if due.body is not None else {}
         kind, referral, *_ = due.key.split("/") + [""]
-        of_message = kind in ("referral", "message")
+        of_message = kind in ("referral", "new-message")
         if of_message and referral not in gone:
             gone[referral] = await ctx.store.read("Communication", referral) is None
         if (of_message and gone[referral]) or (

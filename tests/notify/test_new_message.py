@@ -130,12 +130,12 @@ def test_an_erased_patients_messages_leave_no_notice(world: World) -> None:
     portal = world.client.portal
     assert portal is not None
     portal.call(settled)
-    assert portal.call(schedule.items, f"message/{referral}/")
+    assert portal.call(schedule.items, f"new-message/{referral}/")
     closed = {"resourceType": "ResearchStudy", "id": "study-1", "status": "completed"}
     assert send(world.client, "PUT", "/fhir/ResearchStudy/study-1", closed).status_code == 200
     erased = world.client.post("/fhir/Patient/shared/$erase?reason=asked",
                                headers=world.headers("patient", "shared"))
     assert erased.status_code == 200, erased.text
-    assert portal.call(schedule.items, f"message/{referral}/") == []
+    assert portal.call(schedule.items, f"new-message/{referral}/") == []
     world.advance(1)
     assert _new_messages(world) == []
