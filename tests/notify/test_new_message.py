@@ -67,17 +67,27 @@ def test_an_answer_tells_the_referring_physician(world: World) -> None:
     assert len(_new_messages(world)) == 3
 
 
-def test_a_question_of_the_thread_tells_the_physician(world: World) -> None:
+def _thread_message(world: World, actor: str, responds_to: str, text: str) -> str:
+    body = {"resourceType": "Communication", "status": "completed",
+            "inResponseTo": [{"reference": responds_to}], "payload": [{"contentString": text}]}
+    response = send(world.client, "POST", "/fhir/Communication", body, **world.headers(actor, "shared"))
+    assert response.status_code == 201, response.text
+    return cast(str, response.json()["id"])
+
+
+def test_a_question_tells_the_physician_and_the_reply_the_asker(world: World) -> None:
     _with_physician_address(world)
     referral = _refer(world)
-    question = {"resourceType": "Communication", "status": "completed",
-                "inResponseTo": [{"reference": f"Communication/{referral}"}],
-                "payload": [{"contentString": "Is the last ECOG recent?"}]}
-    asked = send(world.client, "POST", "/fhir/Communication", question, **world.headers("investigator"))
-    assert asked.status_code == 201, asked.text
+    question = _thread_message(world, "investigator", f"Communication/{referral}", "Is the last ECOG recent?")
     world.advance(0.001)  # the notices are due when the hook ran, a moment after `sent`
     assert sorted(_new_messages(world)) == [
         ("dr@example.org", "fr"), ("inv@example.org", "en"), ("team@example.org", "fr")]
+    _thread_message(world, "physician", f"Communication/{question}", "ECOG 1 on 2026-11-20.")
+    world.advance(0.001)
+    # the question came from the investigator's role: its practitioner is told, not the team
+    assert sorted(_new_messages(world))[1:] == [
+        ("inv@example.org", "en"), ("inv@example.org", "en"), ("team@example.org", "fr")]
+    assert "ECOG" not in " ".join(_texts(world))
 
 
 def test_an_opted_out_recipient_gets_none_and_it_is_audited(world: World) -> None:
