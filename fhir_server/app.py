@@ -47,7 +47,7 @@ from .logs import RequestIdMiddleware
 from .model.errors import FhirError, Kind
 from .model.validation import Validator
 from .notify import runner as notify_runner
-from .notify import enqueue, schedule_of
+from .notify import Messages, enqueue, schedule_of
 from .privacy.pseudonym import Pseudonyms, load_key
 from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
 from .privacy.retention import run as run_retention
@@ -123,7 +123,8 @@ def build_context(settings: Settings, store: Store) -> Context:
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
         site_status_max_age_days=settings.site_status_max_age_days,
-        hooks=(after_consent_change, notify_runner.reminders(settings, store).after_commit),
+        hooks=(after_consent_change, notify_runner.reminders(settings, store).after_commit,
+               Messages(schedule_of(store)).after_commit),
         creators=(answer_if_addressed, propose_if_unreached, create_if_subscription),
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
         keys=_key_directory(settings),

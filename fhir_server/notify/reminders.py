@@ -88,7 +88,7 @@ class Reminders:
                 continue
             resource = orjson.loads(version.body)
             if _is_referral(resource):
-                _later(self._follow(resource))
+                later(self._follow(resource))
 
     async def _follow(self, referral: dict[str, Any]) -> None:
         """Schedule a waiting referral's reminders, or cancel an answered one's. The write is
@@ -125,12 +125,13 @@ class Reminders:
                           not_before=now, key=f"{item.key}/{person}")
 
 
-# Schedule writes started by the commit hook and not finished yet (a task must be referenced
-# until it ends).
+# Schedule writes started by the commit hooks (here and messages.py) and not finished yet (a
+# task must be referenced until it ends).
 _background: set[asyncio.Task[None]] = set()
 
 
-def _later(work: Coroutine[Any, Any, None]) -> None:
+def later(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` (a commit hook's schedule writes) in a task of its own; `settled` waits for it."""
     task = asyncio.get_running_loop().create_task(work)
     _background.add(task)
     task.add_done_callback(_background.discard)
@@ -144,15 +145,18 @@ async def settled() -> None:
 
 
 async def people(ctx: Context, recipients: Sequence[str]) -> list[str]:
-    """The Practitioners behind referral recipients (PractitionerRole, CareTeam, Group),
-    each once, in the order found."""
+    """The Practitioners behind message recipients (a PractitionerRole, CareTeam or Group;
+    a Practitioner is itself), each once, in the order found. Other recipients (a patient)
+    are left out."""
     found: list[str] = []
     for recipient in recipients:
         kind, _, id = recipient.partition("/")
-        resource = await _current(ctx, kind, id) if kind in codes.RECIPIENT_TYPES else None
+        resource = await _current(ctx, kind, id) if kind in (*codes.RECIPIENT_TYPES, "Practitioner") else None
         if resource is None:
             continue
-        if kind == "PractitionerRole":
+        if kind == "Practitioner":
+            members = [{"reference": recipient}]
+        elif kind == "PractitionerRole":
             members = [resource.get("practitioner") or {}]
         elif kind == "CareTeam":
             members = [p.get("member") or {} for p in resource.get("participant", [])

@@ -158,17 +158,19 @@ async def set_preferences(ctx: Context, schedule: Schedule, record: Record, pers
 async def forget(ctx: Context, person: str) -> None:
     """Erase what the schedule holds of `person` (services/erase.py, after the store's
     erasure): their preferences, the notices addressed to them, and the items of referrals
-    no longer stored (`referral/<id>/...`: the erased patient's), in any state. Item bodies
-    are sealed, so they are opened to find the person: erasures are rare, the schedule small."""
+    and messages no longer stored (`referral/<id>/...`, `new-message/<id>/...`: the erased
+    patient's), in any state. Item bodies are sealed, so they are opened to find the person:
+    erasures are rare, the schedule small."""
     schedule = cast(Scheduling, ctx.store).schedule
     keys: list[str] = []
-    gone: dict[str, bool] = {}  # referral id: erased
+    gone: dict[str, bool] = {}  # Communication id: erased
     for due in await schedule.items(""):
         content = orjson.loads(due.body) if due.body is not None else {}
         kind, referral, *_ = due.key.split("/") + [""]
-        if kind == "referral" and referral not in gone:
+        of_message = kind in ("referral", "new-message")
+        if of_message and referral not in gone:
             gone[referral] = await ctx.store.read("Communication", referral) is None
-        if (kind == "referral" and gone[referral]) or (
+        if (of_message and gone[referral]) or (
                 isinstance(content, dict) and (content.get("data") or {}).get("person") == person):
             keys.append(due.key)
     await schedule.forget(person, keys)

@@ -23,6 +23,7 @@ from fhir_server.app import create_app
 from fhir_server.access import server_principal
 from fhir_server.notify import runner
 from fhir_server.notify.reminders import settled
+from fhir_server.notify.templates import LANGUAGES, render
 from fhir_server.services.notifications import EVENT_SYSTEM, Preferences, set_preferences
 from fhir_server.settings import Settings
 from tests.conftest import authorized
@@ -31,6 +32,8 @@ from tests.notify.mail import SmtpServer
 from tests.trials.conftest import OUTCOMES, Platform, build
 
 DAY = timedelta(days=1)
+LINK = "https://portal.example/"
+REMINDER = "referral-reminder"
 TEAM_MEMBER = "Practitioner/dr-team"
 
 
@@ -56,15 +59,25 @@ class World(Platform):
         self.days += days
         return self.run_due()
 
-    def mail(self) -> list[tuple[str, str]]:
-        """(recipient, Content-Language) of every e-mail received so far."""
-        return [(m["X-Envelope-To"], m["Content-Language"]) for m in self.smtp.mailbox.received]
+    def received(self, template: str = REMINDER) -> list[Message]:
+        """The e-mails of `template` received so far (told apart by their subject: a
+        referral also sends new-message notices)."""
+        subjects = {render(template, language, {}, LINK).subject for language in LANGUAGES}
+        return [m for m in self.smtp.mailbox.received if m["Subject"] in subjects]
 
-    def events(self, code: str) -> list[dict[str, Any]]:
+    def mail(self, template: str = REMINDER) -> list[tuple[str, str]]:
+        """(recipient, Content-Language) of the e-mails of `template` received so far."""
+        return [(m["X-Envelope-To"], m["Content-Language"]) for m in self.received(template)]
+
+    def events(self, code: str, template: str | None = REMINDER) -> list[dict[str, Any]]:
+        """The notification AuditEvents `code` of `template` (None: of any or none)."""
         response = self.client.get(f"/fhir/AuditEvent?type={EVENT_SYSTEM}|{code}&_count=100",
                                    headers=self.headers("ehr"))
         assert response.status_code == 200, response.text
-        return [e["resource"] for e in response.json().get("entry", [])]
+        found = [e["resource"] for e in response.json().get("entry", [])]
+        return [e for e in found if template is None or
+                {d["type"]: d.get("valueString") for d in e["entity"][0].get("detail", [])}
+                .get("template") == template]
 
 
 @pytest.fixture(params=["sqlite", "mongodb-double"])
@@ -100,17 +113,18 @@ def _refer(world: World) -> str:
 
 def test_a_referral_without_answer_reminds_its_recipients_on_day_5_not_day_4(world: World) -> None:
     _refer(world)
-    assert world.advance(4) == 0 and world.advance(0.99) == 0
+    assert world.advance(4) == 2  # the new-message notices of the referral (test_new_message.py)
+    assert world.advance(0.99) == 0
     assert world.mail() == []
     world.advance(0.01)
     assert sorted(world.mail()) == [("inv@example.org", "en"), ("team@example.org", "fr")]
-    assert world.smtp.mailbox.encrypted == [True, True]
-    for mail in world.smtp.mailbox.received:
+    assert all(world.smtp.mailbox.encrypted)
+    for mail in world.received():
         text = cast(Message, mail).get_payload(decode=True).decode()
         assert "https://portal.example/" in text
         # nothing of the record: not the patient, the study, the note
         assert not {"Shared", "HER2", "study", "ECOG"} & set(text.replace(".", " ").split())
-    french = next(m for m in world.smtp.mailbox.received if m["Content-Language"] == "fr")
+    french = next(m for m in world.received() if m["Content-Language"] == "fr")
     assert french["Subject"] == "Rappel : un message attend votre réponse"
     assert len(world.events("sent")) == 2
 
@@ -153,7 +167,7 @@ def test_an_opted_out_person_gets_none_and_it_is_audited(world: World) -> None:
     [withheld] = world.events("withheld")
     assert withheld["entity"][0]["what"] == {"reference": TEAM_MEMBER}
     assert {d["type"]: d["valueString"] for d in withheld["entity"][0]["detail"]}["why"] == "opted out"
-    [changed] = world.events("preferences")
+    [changed] = world.events("preferences", None)
     assert changed["entity"][0]["what"] == {"reference": TEAM_MEMBER}
 
 
