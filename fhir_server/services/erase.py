@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -181,35 +182,55 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
 
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
-                job: str | None = None, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+                job: str | None = None) -> dict[str, Any]:
     """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
     a new Patient, a late result) as a new erasure; when it finds nothing, it answers what
     the last erasure did. The erasure is announced in the ledger's intents first and settled
     last, so that a process killed in between has it finished at the next start
-    (`reconcile`, which passes the intent as `resumed`)."""
+    (`reconcile`)."""
     setup = _setup(ctx)
-    async with setup.lock:  # two requests for one patient: the second finds nothing left
-        intent = resumed or _intent(ctx.principal, patient_id, reason, job)
-        if resumed is None:
-            await asyncio.to_thread(setup.ledger.intend, intent)
-        # Subscription events are sealed under the outbox's key, not the patient's. Removed
-        # before the store's erasure and after it (events of writes that raced with it).
-        events = await forget_events(ctx.store, patient_id)
-        erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
-        await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
-        await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
-        events += await forget_events(ctx.store, patient_id)
-        if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
-            await setup.messages(patient_id)
-        done = await asyncio.to_thread(setup.ledger.find, patient_id)
-        if (resumed is None and done is not None and not erased.resources and not events
-                and not await _cut_short(setup.ledger, intent)):
-            await asyncio.to_thread(setup.ledger.settle, intent)
-            return parameters(done)
-        keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
-        entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
+    async with _exclusive(setup):  # two requests for one patient: the second finds nothing left
+        return await _swept(ctx, setup, patient_id, reason, address=address, job=job)
+
+
+@asynccontextmanager
+async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
+    """One erasure at a time, in this process and in every other on the same ledger (an
+    intent seen while it is held was left by an erasure cut short, not one under way)."""
+    async with setup.lock:
+        held = setup.ledger.exclusive()
+        await asyncio.to_thread(held.__enter__)  # blocks while another process erases
+        try:
+            yield
+        finally:
+            held.__exit__(None, None, None)
+
+
+async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
+                 address: str | None = None, job: str | None = None,
+                 resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`sweep` under `_exclusive`; `resumed`: the intent of an erasure cut short, finished."""
+    intent = resumed or _intent(ctx.principal, patient_id, reason, job)
+    if resumed is None:
+        await asyncio.to_thread(setup.ledger.intend, intent)
+    # Subscription events are sealed under the outbox's key, not the patient's. Removed
+    # before the store's erasure and after it (events of writes that raced with it).
+    events = await forget_events(ctx.store, patient_id)
+    erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+    await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
+    await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
+    events += await forget_events(ctx.store, patient_id)
+    if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
+        await setup.messages(patient_id)
+    done = await asyncio.to_thread(setup.ledger.find, patient_id)
+    if (resumed is None and done is not None and not erased.resources and not events
+            and not await _cut_short(setup.ledger, intent)):
+        await asyncio.to_thread(setup.ledger.settle, intent)
+        return parameters(done)
+    keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
+    entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
         reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=events))
@@ -285,8 +306,8 @@ async def reconcile(ctx: Context) -> list[str]:
     again = []
     # one at a time: finishing one settles the older intents for its patient too
     while intents := await asyncio.to_thread(ctx.erasures.ledger.intended):
-        await _finish(ctx, intents[0])
-        again.append(intents[0]["patient"])
+        if await _finish(ctx, intents[0]):
+            again.append(intents[0]["patient"])
     for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
         try:
             found = await ctx.store.read("Patient", entry["patient"])
@@ -299,21 +320,27 @@ async def reconcile(ctx: Context) -> list[str]:
     return again
 
 
-async def _finish(ctx: Context, intent: dict[str, Any]) -> None:
+async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
     """Finish the erasure of `intent`: sweep again and write what was missing, or, if its
     ledger entry was written before the process died, only the AuditEvent that may be missing
-    (an erasure killed after its event and before settling has it twice)."""
+    (an erasure killed after its event and before settling has it twice). False if another
+    process (a worker starting at the same time) finished it first."""
     setup = _setup(ctx)
-    last = await asyncio.to_thread(setup.ledger.find, intent["patient"])
-    if last is not None and last["erased"] >= intent["started"]:
-        await setup.record(erasure_event(
-            recorded=last["erased"], principal=ctx.principal, address=None,
-            patient=intent["patient"], reason=last["reason"],
-            counts=counts_of(Erasure(last["resources"], last["versions"])),
-            keys=last["keys_destroyed"], events=0))
-        await asyncio.to_thread(setup.ledger.settle, intent)
-    else:
-        await sweep(ctx, intent["patient"], intent["reason"], job=intent["job"], resumed=intent)
+    async with _exclusive(setup):
+        if intent["token"] not in {i["token"] for i in await asyncio.to_thread(setup.ledger.intended)}:
+            return False
+        last = await asyncio.to_thread(setup.ledger.find, intent["patient"])
+        if last is not None and last["erased"] >= intent["started"]:
+            await setup.record(erasure_event(
+                recorded=last["erased"], principal=ctx.principal, address=None,
+                patient=intent["patient"], reason=last["reason"],
+                counts=counts_of(Erasure(last["resources"], last["versions"])),
+                keys=last["keys_destroyed"], events=0))
+            await asyncio.to_thread(setup.ledger.settle, intent)
+        else:
+            await _swept(ctx, setup, intent["patient"], intent["reason"], job=intent["job"],
+                         resumed=intent)
+    return True
 
 
 def parameters(entry: dict[str, Any]) -> dict[str, Any]:

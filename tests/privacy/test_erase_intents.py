@@ -4,6 +4,7 @@ the next start (services/erase.py `reconcile`), on both stores."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -156,3 +157,21 @@ def test_intents_name_files_safely_and_settle_older_ones(tmp_path: Path) -> None
     ledger.settle(second)  # the first started before it: settled with it
     assert [i["patient"] for i in ledger.intended()] == ["x"]
     assert oct((tmp_path / "ledger.jsonl.intents").stat().st_mode & 0o777) == "0o700"
+
+
+def test_two_workers_starting_at_once_finish_an_intent_once(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--workers 2`: both processes run `reconcile` at start on the same ledger and store;
+    the intent is finished by one of them, not by each (one ledger entry, one AuditEvent)."""
+    _kill_after_the_store_erasure(server, monkeypatch)
+    ctx = replace(server.client.app.state.context,  # type: ignore[attr-defined]
+                  principal=server_principal("fhir-server"))
+
+    async def both() -> list[list[str]]:
+        # the other worker: the same files, its own in-process lock
+        other = replace(ctx, erasures=replace(ctx.erasures, lock=asyncio.Lock()))
+        return list(await asyncio.gather(reconcile(ctx), reconcile(other)))
+
+    assert sorted(server.client.portal.call(both)) == [[], ["a"]]  # type: ignore[union-attr]
+    _finished(server.client)
+    assert len([e for e in _ledger(server).entries() if e["patient"] == "a"]) == 1
