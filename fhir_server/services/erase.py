@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -64,7 +64,7 @@ class KeyShredder(Protocol):
     """The data keys (crypto/datakeys.py `DataKeys`): the ids of a scope's keys, and their
     destruction (how many were destroyed)."""
 
-    def keys_of(self, scope: str) -> list[bytes]: ...
+    def keys_of(self, scope: str, retired: bool = False) -> list[bytes]: ...
 
     def destroy(self, scope: str) -> int: ...
 
@@ -212,7 +212,8 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
                  address: str | None = None, job: str | None = None,
                  resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """`sweep` under `_exclusive`; `resumed`: the intent of an erasure cut short, finished."""
-    intent = resumed or _intent(ctx.principal, patient_id, reason, job)
+    intent = resumed or await asyncio.to_thread(
+        _intent, ctx.principal, patient_id, reason, job, setup.keys)
     if resumed is None:
         await asyncio.to_thread(setup.ledger.intend, intent)
     # Subscription events are sealed under the outbox's key, not the patient's. Removed
@@ -229,7 +230,8 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             and not await _cut_short(setup.ledger, intent)):
         await asyncio.to_thread(setup.ledger.settle, intent)
         return parameters(done)
-    keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
+    keys = await asyncio.to_thread(_shred, setup.keys, patient_id, intent.get("keys", ())
+                                   ) if setup.keys else []
     entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
@@ -245,21 +247,28 @@ async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:
                for other in await asyncio.to_thread(ledger.intended))
 
 
-def _intent(principal: Principal | None, patient_id: str, reason: str,
-            job: str | None) -> dict[str, Any]:
-    """What an erasure's intent records: whom, when it started, why, who asked."""
+def _intent(principal: Principal | None, patient_id: str, reason: str, job: str | None,
+            keys: KeyShredder | None) -> dict[str, Any]:
+    """What an erasure's intent records: whom, when it started, why, who asked, and the ids
+    of the data keys it is to destroy (a process killed after destroying them could not
+    list them in the ledger otherwise)."""
     who = principal.fhir_user or principal.subject if principal else "unknown"
+    ids = keys.keys_of(patient_scope(patient_id), retired=True) if keys else []
     return {"patient": patient_id, "started": clock.instant(), "reason": reason, "by": who,
-            "client": principal.client_id if principal else None, "job": job}
+            "client": principal.client_id if principal else None, "job": job,
+            "keys": [key.hex() for key in ids]}
 
 
-def _shred(keys: KeyShredder, patient_id: str) -> list[bytes]:
-    """Destroy the patient's data keys; the ids of those destroyed (kept in the ledger, so
-    that `audit verify` tells AuditEvents shredded by the erasure from damaged ones)."""
+def _shred(keys: KeyShredder, patient_id: str, announced: Sequence[str]) -> list[bytes]:
+    """Destroy the patient's data keys, retired ones included (they still open older
+    AuditEvents and backups); the ids of those destroyed, with those the intent `announced`
+    (destroyed already by a process killed since). The ledger keeps them: `audit verify` tells
+    AuditEvents shredded by the erasure from damaged ones by them, and start-up and `restore`
+    destroy them again in a datakeys.db put back from a key backup."""
     scope = patient_scope(patient_id)
-    ids = keys.keys_of(scope)
+    ids = [bytes.fromhex(key) for key in announced] + keys.keys_of(scope, retired=True)
     keys.destroy(scope)
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def destroyed_keys(ledger: ErasureLedger) -> frozenset[bytes]:

@@ -175,3 +175,61 @@ def test_two_workers_starting_at_once_finish_an_intent_once(
     assert sorted(server.client.portal.call(both)) == [[], ["a"]]  # type: ignore[union-attr]
     _finished(server.client)
     assert len([e for e in _ledger(server).entries() if e["patient"] == "a"]) == 1
+
+
+def test_an_id_reused_before_the_intent_is_finished_is_erased_with_it(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker creates Patient/a again between the kill and the restart. Its data is
+    sealed under the data key the unfinished erasure must destroy (the key of the scope, never
+    rotated in between), so it cannot be kept readable: finishing the erasure erases it too,
+    and says so (the ledger entry's counts, one AuditEvent), as a request erasing again does."""
+    _kill_after_the_store_erasure(server, monkeypatch)
+    keys = server.client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    before = keys.keys_of(patient_scope("a"))
+    created = server.client.put("/fhir/Patient/a", json={"resourceType": "Patient", "id": "a"},
+                                headers={"Content-Type": "application/fhir+json"})
+    assert created.status_code == 201
+    assert keys.keys_of(patient_scope("a")) == before  # sealed under the key to destroy
+    assert _start_again(server) == ["a"]
+    _finished(server.client)
+    entries = [e for e in _ledger(server).entries() if e["patient"] == "a"]
+    assert len(entries) == 1 and entries[0]["resources"] == {"Patient": 1}
+
+
+def _key_ids(server: Server) -> list[str]:
+    """Patient/a's data keys, retired ones included, as the ledger lists them (hex)."""
+    keys = server.client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    return sorted(k.hex() for k in keys.keys_of(patient_scope("a"), retired=True))
+
+
+def test_a_kill_after_the_keys_still_lists_them_in_the_ledger(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the keys were destroyed, before the ledger entry: the entry written at the
+    next start lists the keys all the same (start-up and `restore` destroy them again from it
+    when datakeys.db comes back from a key backup; `audit verify` tells shredded events by it)."""
+    server.client.app.state.context.erasures.keys.current(patient_scope("a"))  # type: ignore[attr-defined]
+    ids = _key_ids(server)
+    assert ids
+    with monkeypatch.context() as patch:
+        _kill_at(patch, _ledger(server), "append")
+        _killed(server, "GDPR request 7")
+    assert _start_again(server) == ["a"]
+    _finished(server.client)
+    entry = _ledger(server).find("a")
+    assert entry is not None and sorted(entry["keys"]) == ids
+
+
+def test_an_erasure_lists_a_rotated_patients_retired_keys(server: Server) -> None:
+    """After `keys rotate --data`, the patient's older key is retired, not yet pruned, and
+    still opens their older AuditEvents' details and older backups: the erasure destroys it
+    and the ledger lists it, or a key backup put back would make it readable again."""
+    keys = server.client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    scope = patient_scope("a")
+    keys.current(scope)
+    keys.retire(scope, keep=keys.rotate(scope))
+    ids = _key_ids(server)
+    assert len(ids) == 2
+    assert server.erase("a").status_code == 200
+    entry = _ledger(server).find("a")
+    assert entry is not None and sorted(entry["keys"]) == ids and entry["keys_destroyed"] == 2
+    assert keys.keys_of(scope, retired=True) == []
