@@ -233,3 +233,45 @@ def test_an_erasure_lists_a_rotated_patients_retired_keys(server: Server) -> Non
     entry = _ledger(server).find("a")
     assert entry is not None and sorted(entry["keys"]) == ids and entry["keys_destroyed"] == 2
     assert keys.keys_of(scope, retired=True) == []
+
+
+def test_a_kill_before_the_store_erasure_is_finished_at_the_next_start(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed right after the intent, the store untouched: the next start erases it all."""
+    server.client.app.state.context.erasures.keys.current(patient_scope("a"))  # type: ignore[attr-defined]
+    with monkeypatch.context() as patch:
+        _kill_at(patch, erase_service, "forget_events")
+        _killed(server, "GDPR request 7")
+    assert server.client.get("/fhir/Patient/a").status_code == 200  # nothing erased yet
+    assert _start_again(server) == ["a"]
+    _finished(server.client)
+    entry = _ledger(server).find("a")
+    assert entry is not None and entry["resources"] == {
+        "Patient": 1, "Observation": 3, "Condition": 1}
+
+
+def test_a_kill_in_the_middle_of_the_store_erasure_is_finished_at_the_next_start(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between two batches of the store's erasure (the compartment's, then the
+    Patient's): SQLite rolls its transaction back, MongoDB keeps what it removed, the Patient
+    among what is left; the next start removes the rest."""
+    import fhir_server.store.mongo.erase as mongo_erase
+    import fhir_server.store.sqlite.erase as sqlite_erase
+
+    server.client.app.state.context.erasures.keys.current(patient_scope("a"))  # type: ignore[attr-defined]
+    with monkeypatch.context() as patch:
+        for module in (mongo_erase, sqlite_erase):
+            calls: list[int] = []
+
+            def once(*args: Any, _first: Any = module._remove_batch, _calls: list[int] = calls) -> Any:
+                _calls.append(1)
+                if len(_calls) > 1:
+                    raise Killed("between batches")
+                return _first(*args)
+            patch.setattr(module, "_remove_batch", once)
+        _killed(server, "GDPR request 7")
+    assert server.client.get("/fhir/Patient/a").status_code == 200  # removed last: still there
+    assert _start_again(server) == ["a"]
+    _finished(server.client)
+    for path in ("Observation?subject=Patient/a", "Condition?subject=Patient/a"):
+        assert server.client.get(f"/fhir/{path}").json().get("entry", []) == []
