@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .. import clock
@@ -234,7 +234,8 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
                                    ) if setup.keys else []
     entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
     await setup.record(erasure_event(
-        recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
+        recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
+        address=address, patient=patient_id,
         reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=events))
     await asyncio.to_thread(setup.ledger.settle, intent)
     return parameters(entry)
@@ -256,7 +257,18 @@ def _intent(principal: Principal | None, patient_id: str, reason: str, job: str 
     ids = keys.keys_of(patient_scope(patient_id), retired=True) if keys else []
     return {"patient": patient_id, "started": clock.instant(), "reason": reason, "by": who,
             "client": principal.client_id if principal else None, "job": job,
-            "keys": [key.hex() for key in ids]}
+            "keys": [key.hex() for key in ids],
+            "subject": principal.subject if principal else None,
+            "fhir_user": principal.fhir_user if principal else None}
+
+
+def _asker(principal: Principal | None, intent: dict[str, Any]) -> Principal | None:
+    """Who the AuditEvent of `intent`'s erasure names: who asked for it, when the server
+    (`principal`) finishes one cut short (intents written before they kept it: the server)."""
+    if principal is None or intent.get("subject") is None:
+        return principal
+    return replace(principal, subject=intent["subject"], fhir_user=intent.get("fhir_user"),
+                   client_id=intent.get("client") or "")
 
 
 def _shred(keys: KeyShredder, patient_id: str, announced: Sequence[str]) -> list[bytes]:
@@ -341,7 +353,7 @@ async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
         last = await asyncio.to_thread(setup.ledger.find, intent["patient"])
         if last is not None and last["erased"] >= intent["started"]:
             await setup.record(erasure_event(
-                recorded=last["erased"], principal=ctx.principal, address=None,
+                recorded=last["erased"], principal=_asker(ctx.principal, intent), address=None,
                 patient=intent["patient"], reason=last["reason"],
                 counts=counts_of(Erasure(last["resources"], last["versions"])),
                 keys=last["keys_destroyed"], events=0))

@@ -275,3 +275,22 @@ def test_a_kill_in_the_middle_of_the_store_erasure_is_finished_at_the_next_start
     _finished(server.client)
     for path in ("Observation?subject=Patient/a", "Condition?subject=Patient/a"):
         assert server.client.get(f"/fhir/{path}").json().get("entry", []) == []
+
+
+@pytest.mark.parametrize("killed_at", ["_shred", "record"])
+def test_the_audit_event_of_an_erasure_finished_at_start_names_who_asked(
+        server: Server, monkeypatch: pytest.MonkeyPatch, killed_at: str) -> None:
+    """The AuditEvent says who asked for the erasure (the issue: who, when, why, counts), also
+    when the next start finished it (all of it, or only its AuditEvent): the administrator
+    who asked, not the server."""
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    with monkeypatch.context() as patch:
+        _kill_at(patch, erase_service if killed_at == "_shred" else erasures, killed_at)
+        _killed(server)
+    _start_again(server)
+    events = server.client.get("/fhir/AuditEvent?entity-name=Patient/a").json()["entry"]
+    erasures = [e["resource"] for e in events if e["resource"].get("action") == "D"]
+    assert len(erasures) == 1
+    agent = erasures[0]["agent"][0]
+    assert agent["who"] == {"reference": "Practitioner/admin"}
+    assert agent["altId"] == "portal" and agent["name"] != "fhir-server"
