@@ -55,8 +55,8 @@ class LegalHold(Protocol):
 
 # Instead of erasing a held record (ctx, patient id, reason, the hold): the operation's output.
 Instead = Callable[[Context, str, str, str], Awaitable[dict[str, Any]]]
-# Run after a requested erasure (ctx, patient id): copies kept outside the store's resources
-# (the retention's archived reports) go too.
+# Run by a requested erasure (ctx, patient id), before it is settled: copies kept outside the
+# store's resources (the retention's archived reports) go too.
 Forget = Callable[[Context, str], Awaitable[None]]
 
 
@@ -175,24 +175,23 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
     if setup.hold is not None and setup.instead is not None and (
             why := await setup.hold.held(patient_id)):
         return await setup.instead(ctx, patient_id, reason, why)
-    output = await sweep(ctx, patient_id, reason, address=address, job=job)
-    if setup.forget is not None:
-        await setup.forget(ctx, patient_id)
-    return output
+    return await sweep(ctx, patient_id, reason, address=address, job=job, requested=True)
 
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
-                job: str | None = None) -> dict[str, Any]:
+                job: str | None = None, requested: bool = False) -> dict[str, Any]:
     """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
     a new Patient, a late result) as a new erasure; when it finds nothing, it answers what
     the last erasure did. The erasure is announced in the ledger's intents first and settled
     last, so that a process killed in between has it finished at the next start
-    (`reconcile`)."""
+    (`reconcile`). A `requested` erasure (not the retention's own) forgets the copies
+    `Erasures.forget` names too."""
     setup = _setup(ctx)
     async with _exclusive(setup):  # two requests for one patient: the second finds nothing left
-        return await _swept(ctx, setup, patient_id, reason, address=address, job=job)
+        return await _swept(ctx, setup, patient_id, reason, address=address, job=job,
+                            requested=requested)
 
 
 @asynccontextmanager
@@ -209,11 +208,11 @@ async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
 
 
 async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
-                 address: str | None = None, job: str | None = None,
+                 address: str | None = None, job: str | None = None, requested: bool = False,
                  resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """`sweep` under `_exclusive`; `resumed`: the intent of an erasure cut short, finished."""
     intent = resumed or await asyncio.to_thread(
-        _intent, ctx.principal, patient_id, reason, job, setup.keys)
+        _intent, ctx.principal, patient_id, reason, job, setup.keys, requested)
     if resumed is None:
         await asyncio.to_thread(setup.ledger.intend, intent)
     # Subscription events are sealed under the outbox's key, not the patient's. Removed
@@ -225,6 +224,8 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
     events += await forget_events(ctx.store, patient_id)
     if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
         await setup.messages(patient_id)
+    if intent.get("requested") and setup.forget is not None:
+        await setup.forget(ctx, patient_id)
     done = await asyncio.to_thread(setup.ledger.find, patient_id)
     if (resumed is None and done is not None and not erased.resources and not events
             and not await _cut_short(setup.ledger, intent)):
@@ -249,15 +250,15 @@ async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:
 
 
 def _intent(principal: Principal | None, patient_id: str, reason: str, job: str | None,
-            keys: KeyShredder | None) -> dict[str, Any]:
-    """What an erasure's intent records: whom, when it started, why, who asked, and the ids
-    of the data keys it is to destroy (a process killed after destroying them could not
-    list them in the ledger otherwise)."""
+            keys: KeyShredder | None, requested: bool) -> dict[str, Any]:
+    """What an erasure's intent records: whom, when it started, why, who asked, whether it
+    was requested (`sweep`), and the ids of the data keys it is to destroy (a process killed
+    after destroying them could not list them in the ledger otherwise)."""
     who = principal.fhir_user or principal.subject if principal else "unknown"
     ids = keys.keys_of(patient_scope(patient_id), retired=True) if keys else []
     return {"patient": patient_id, "started": clock.instant(), "reason": reason, "by": who,
             "client": principal.client_id if principal else None, "job": job,
-            "keys": [key.hex() for key in ids],
+            "keys": [key.hex() for key in ids], "requested": requested,
             "subject": principal.subject if principal else None,
             "fhir_user": principal.fhir_user if principal else None}
 

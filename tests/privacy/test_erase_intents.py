@@ -294,3 +294,22 @@ def test_the_audit_event_of_an_erasure_finished_at_start_names_who_asked(
     agent = erasures[0]["agent"][0]
     assert agent["who"] == {"reference": "Practitioner/admin"}
     assert agent["altId"] == "portal" and agent["name"] != "fhir-server"
+
+
+def test_an_erasure_finished_at_start_forgets_the_archived_reports(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A requested erasure also removes the patient's archived second-opinion reports (kept
+    whole, under the outbox's key, not the patient's): finished at the next start, too."""
+    from fhir_server.services import lifecycle
+
+    ctx = replace(server.client.app.state.context,  # type: ignore[attr-defined]
+                  principal=server_principal("fhir-server"))
+    assert ctx.erasures.forget is not None
+    key = f"{lifecycle.PREFIX}archive/DiagnosticReport/op-a"
+    server.client.portal.call(lambda: lifecycle.keep_records(ctx, put={key: {  # type: ignore[union-attr]
+        "reference": "DiagnosticReport/op-a", "archived": "2026-01-01", "patient": "a",
+        "resource": {"resourceType": "DiagnosticReport", "id": "op-a", "conclusion": "x"}}}))
+    _kill_after_the_store_erasure(server, monkeypatch)
+    _start_again(server)
+    _finished(server.client)
+    assert server.client.portal.call(lifecycle.records, ctx, "archive") == {}  # type: ignore[union-attr]
