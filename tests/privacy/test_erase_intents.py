@@ -313,3 +313,20 @@ def test_an_erasure_finished_at_start_forgets_the_archived_reports(
     _start_again(server)
     _finished(server.client)
     assert server.client.portal.call(lifecycle.records, ctx, "archive") == {}  # type: ignore[union-attr]
+
+
+def test_a_hold_placed_after_the_kill_does_not_stop_the_erasure_begun(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A legal hold is checked when the request begins. One placed between the kill and the
+    restart finds the patient's record already gone from the store: the start finishes the
+    erasure (keys, entry, AuditEvent) rather than leave it half done, readable in backups."""
+    _kill_after_the_store_erasure(server, monkeypatch)
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+
+    class Held:
+        async def held(self, patient_id: str) -> str | None:
+            return "a trial's legal hold"
+
+    monkeypatch.setattr(erasures, "hold", Held())
+    assert _start_again(server) == ["a"]
+    _finished(server.client)
