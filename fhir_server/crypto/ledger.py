@@ -89,6 +89,19 @@ class ErasureLedger:
         Patient, or data written to an erased compartment later, is erased again)."""
         return next((e for e in reversed(self.entries()) if e.get("patient") == patient), None)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the erasures' lock, shared by every process on this ledger (`--workers`): one
+        erasure, or one finishing of an intent, at a time. Its own file: the ledger's lock is
+        taken and released by each read and append within."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     @property
     def _intents(self) -> Path:
         return self.path.with_name(self.path.name + ".intents")

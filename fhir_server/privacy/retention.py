@@ -331,8 +331,8 @@ async def _do(life: Lifecycle, action: Action, today: date,
             await sweep(server, action.target.split("/")[1], "retention: archive kept for "
                         f"{life.policy.period('patient-record', 'archived')}")
         case ("post-mortem", "erase"):  # the patient's own wish: their archived reports too
-            await sweep(server, action.target.split("/")[1], "post-mortem directive: erase")
-            await forget_archived(server, action.target.split("/")[1])
+            await sweep(server, action.target.split("/")[1], "post-mortem directive: erase",
+                        requested=True)
         case ("post-mortem", "communicate"):
             await postmortem.communicate(life, action)
         case ("second-opinion-report", "archive"):

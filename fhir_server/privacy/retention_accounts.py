@@ -79,7 +79,7 @@ def _key(username: str, closure: date) -> str:
 
 async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
     """One account action of a run."""
-    from .retention import archive, forget_archived, sweep  # noqa: PLC0415 - see plan
+    from .retention import archive, sweep  # noqa: PLC0415 - see plan
 
     assert life.accounts is not None
     if step == "close":  # not if signed in to since the plan
@@ -100,6 +100,5 @@ async def do(life: Lifecycle, step: str, username: str, detail: Any) -> None:
             if why:
                 await archive(life, id, f"account closed; erasure held: {why}")
             else:
-                await sweep(life.server, id, "account closed: its data erased")
-                await forget_archived(life.server, id)
+                await sweep(life.server, id, "account closed: its data erased", requested=True)
         life.accounts.delete(username)

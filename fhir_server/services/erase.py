@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .. import clock
@@ -54,8 +55,8 @@ class LegalHold(Protocol):
 
 # Instead of erasing a held record (ctx, patient id, reason, the hold): the operation's output.
 Instead = Callable[[Context, str, str, str], Awaitable[dict[str, Any]]]
-# Run after a requested erasure (ctx, patient id): copies kept outside the store's resources
-# (the retention's archived reports) go too.
+# Run by a requested erasure (ctx, patient id), before it is settled: copies kept outside the
+# store's resources (the retention's archived reports) go too.
 Forget = Callable[[Context, str], Awaitable[None]]
 
 
@@ -63,7 +64,7 @@ class KeyShredder(Protocol):
     """The data keys (crypto/datakeys.py `DataKeys`): the ids of a scope's keys, and their
     destruction (how many were destroyed)."""
 
-    def keys_of(self, scope: str) -> list[bytes]: ...
+    def keys_of(self, scope: str, retired: bool = False) -> list[bytes]: ...
 
     def destroy(self, scope: str) -> int: ...
 
@@ -174,44 +175,68 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
     if setup.hold is not None and setup.instead is not None and (
             why := await setup.hold.held(patient_id)):
         return await setup.instead(ctx, patient_id, reason, why)
-    output = await sweep(ctx, patient_id, reason, address=address, job=job)
-    if setup.forget is not None:
-        await setup.forget(ctx, patient_id)
-    return output
+    return await sweep(ctx, patient_id, reason, address=address, job=job, requested=True)
 
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
-                job: str | None = None, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+                job: str | None = None, requested: bool = False) -> dict[str, Any]:
     """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
     a new Patient, a late result) as a new erasure; when it finds nothing, it answers what
     the last erasure did. The erasure is announced in the ledger's intents first and settled
     last, so that a process killed in between has it finished at the next start
-    (`reconcile`, which passes the intent as `resumed`)."""
+    (`reconcile`). A `requested` erasure (not the retention's own) forgets the copies
+    `Erasures.forget` names too."""
     setup = _setup(ctx)
-    async with setup.lock:  # two requests for one patient: the second finds nothing left
-        intent = resumed or _intent(ctx.principal, patient_id, reason, job)
-        if resumed is None:
-            await asyncio.to_thread(setup.ledger.intend, intent)
-        # Subscription events are sealed under the outbox's key, not the patient's. Removed
-        # before the store's erasure and after it (events of writes that raced with it).
-        events = await forget_events(ctx.store, patient_id)
-        erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
-        await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
-        await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
-        events += await forget_events(ctx.store, patient_id)
-        if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
-            await setup.messages(patient_id)
-        done = await asyncio.to_thread(setup.ledger.find, patient_id)
-        if (resumed is None and done is not None and not erased.resources and not events
-                and not await _cut_short(setup.ledger, intent)):
-            await asyncio.to_thread(setup.ledger.settle, intent)
-            return parameters(done)
-        keys = await asyncio.to_thread(_shred, setup.keys, patient_id) if setup.keys else []
-        entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
+    async with _exclusive(setup):  # two requests for one patient: the second finds nothing left
+        return await _swept(ctx, setup, patient_id, reason, address=address, job=job,
+                            requested=requested)
+
+
+@asynccontextmanager
+async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
+    """One erasure at a time, in this process and in every other on the same ledger (an
+    intent seen while it is held was left by an erasure cut short, not one under way)."""
+    async with setup.lock:
+        held = setup.ledger.exclusive()
+        await asyncio.to_thread(held.__enter__)  # blocks while another process erases
+        try:
+            yield
+        finally:
+            held.__exit__(None, None, None)
+
+
+async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
+                 address: str | None = None, job: str | None = None, requested: bool = False,
+                 resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`sweep` under `_exclusive`; `resumed`: the intent of an erasure cut short, finished."""
+    intent = resumed or await asyncio.to_thread(
+        _intent, ctx.principal, patient_id, reason, job, setup.keys, requested)
+    if resumed is None:
+        await asyncio.to_thread(setup.ledger.intend, intent)
+    # Subscription events are sealed under the outbox's key, not the patient's. Removed
+    # before the store's erasure and after it (events of writes that raced with it).
+    events = await forget_events(ctx.store, patient_id)
+    erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+    await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
+    await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
+    events += await forget_events(ctx.store, patient_id)
+    if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
+        await setup.messages(patient_id)
+    if intent.get("requested") and setup.forget is not None:
+        await setup.forget(ctx, patient_id)
+    done = await asyncio.to_thread(setup.ledger.find, patient_id)
+    if (resumed is None and done is not None and not erased.resources and not events
+            and not await _cut_short(setup.ledger, intent)):
+        await asyncio.to_thread(setup.ledger.settle, intent)
+        return parameters(done)
+    keys = await asyncio.to_thread(_shred, setup.keys, patient_id, intent.get("keys", ())
+                                   ) if setup.keys else []
+    entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
     await setup.record(erasure_event(
-        recorded=entry["erased"], principal=ctx.principal, address=address, patient=patient_id,
+        recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
+        address=address, patient=patient_id,
         reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=events))
     await asyncio.to_thread(setup.ledger.settle, intent)
     return parameters(entry)
@@ -224,21 +249,39 @@ async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:
                for other in await asyncio.to_thread(ledger.intended))
 
 
-def _intent(principal: Principal | None, patient_id: str, reason: str,
-            job: str | None) -> dict[str, Any]:
-    """What an erasure's intent records: whom, when it started, why, who asked."""
+def _intent(principal: Principal | None, patient_id: str, reason: str, job: str | None,
+            keys: KeyShredder | None, requested: bool) -> dict[str, Any]:
+    """What an erasure's intent records: whom, when it started, why, who asked, whether it
+    was requested (`sweep`), and the ids of the data keys it is to destroy (a process killed
+    after destroying them could not list them in the ledger otherwise)."""
     who = principal.fhir_user or principal.subject if principal else "unknown"
+    ids = keys.keys_of(patient_scope(patient_id), retired=True) if keys else []
     return {"patient": patient_id, "started": clock.instant(), "reason": reason, "by": who,
-            "client": principal.client_id if principal else None, "job": job}
+            "client": principal.client_id if principal else None, "job": job,
+            "keys": [key.hex() for key in ids], "requested": requested,
+            "subject": principal.subject if principal else None,
+            "fhir_user": principal.fhir_user if principal else None}
 
 
-def _shred(keys: KeyShredder, patient_id: str) -> list[bytes]:
-    """Destroy the patient's data keys; the ids of those destroyed (kept in the ledger, so
-    that `audit verify` tells AuditEvents shredded by the erasure from damaged ones)."""
+def _asker(principal: Principal | None, intent: dict[str, Any]) -> Principal | None:
+    """Who the AuditEvent of `intent`'s erasure names: who asked for it, when the server
+    (`principal`) finishes one cut short (intents written before they kept it: the server)."""
+    if principal is None or intent.get("subject") is None:
+        return principal
+    return replace(principal, subject=intent["subject"], fhir_user=intent.get("fhir_user"),
+                   client_id=intent.get("client") or "")
+
+
+def _shred(keys: KeyShredder, patient_id: str, announced: Sequence[str]) -> list[bytes]:
+    """Destroy the patient's data keys, retired ones included (they still open older
+    AuditEvents and backups); the ids of those destroyed, with those the intent `announced`
+    (destroyed already by a process killed since). The ledger keeps them: `audit verify` tells
+    AuditEvents shredded by the erasure from damaged ones by them, and start-up and `restore`
+    destroy them again in a datakeys.db put back from a key backup."""
     scope = patient_scope(patient_id)
-    ids = keys.keys_of(scope)
+    ids = [bytes.fromhex(key) for key in announced] + keys.keys_of(scope, retired=True)
     keys.destroy(scope)
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def destroyed_keys(ledger: ErasureLedger) -> frozenset[bytes]:
@@ -285,8 +328,8 @@ async def reconcile(ctx: Context) -> list[str]:
     again = []
     # one at a time: finishing one settles the older intents for its patient too
     while intents := await asyncio.to_thread(ctx.erasures.ledger.intended):
-        await _finish(ctx, intents[0])
-        again.append(intents[0]["patient"])
+        if await _finish(ctx, intents[0]):
+            again.append(intents[0]["patient"])
     for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
         try:
             found = await ctx.store.read("Patient", entry["patient"])
@@ -299,21 +342,27 @@ async def reconcile(ctx: Context) -> list[str]:
     return again
 
 
-async def _finish(ctx: Context, intent: dict[str, Any]) -> None:
+async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
     """Finish the erasure of `intent`: sweep again and write what was missing, or, if its
     ledger entry was written before the process died, only the AuditEvent that may be missing
-    (an erasure killed after its event and before settling has it twice)."""
+    (an erasure killed after its event and before settling has it twice). False if another
+    process (a worker starting at the same time) finished it first."""
     setup = _setup(ctx)
-    last = await asyncio.to_thread(setup.ledger.find, intent["patient"])
-    if last is not None and last["erased"] >= intent["started"]:
-        await setup.record(erasure_event(
-            recorded=last["erased"], principal=ctx.principal, address=None,
-            patient=intent["patient"], reason=last["reason"],
-            counts=counts_of(Erasure(last["resources"], last["versions"])),
-            keys=last["keys_destroyed"], events=0))
-        await asyncio.to_thread(setup.ledger.settle, intent)
-    else:
-        await sweep(ctx, intent["patient"], intent["reason"], job=intent["job"], resumed=intent)
+    async with _exclusive(setup):
+        if intent["token"] not in {i["token"] for i in await asyncio.to_thread(setup.ledger.intended)}:
+            return False
+        last = await asyncio.to_thread(setup.ledger.find, intent["patient"])
+        if last is not None and last["erased"] >= intent["started"]:
+            await setup.record(erasure_event(
+                recorded=last["erased"], principal=_asker(ctx.principal, intent), address=None,
+                patient=intent["patient"], reason=last["reason"],
+                counts=counts_of(Erasure(last["resources"], last["versions"])),
+                keys=last["keys_destroyed"], events=0))
+            await asyncio.to_thread(setup.ledger.settle, intent)
+        else:
+            await _swept(ctx, setup, intent["patient"], intent["reason"], job=intent["job"],
+                         resumed=intent)
+    return True
 
 
 def parameters(entry: dict[str, Any]) -> dict[str, Any]:

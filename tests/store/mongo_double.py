@@ -14,11 +14,11 @@ Strict like a server:
 - records the filter of every call (`calls`), so tests can check that a write path's reads
   carry the shard key;
 - with `notablescan` set, as a server started with that parameter, refuses a query with a
-  predicate that no index serves (291 NoQueryExecutionPlans); a query without one is allowed,
-  as there. An index serves a filter when one of its fields (or, under `$and`, its clauses')
-  leads that index's key, or when every branch of its `$or` is served, or when the index
-  gives the `sort` asked for (the planner's rules, without their finer points: a `$exists:
-  false` on a sparse index, say);
+  predicate that no index serves (291 NoQueryExecutionPlans; in a bulk write, a write error
+  291 for that operation); a query without one is allowed, as there. An index serves a
+  filter when one of its fields (or, under `$and`, its clauses') leads that index's key, or
+  when every branch of its `$or` is served, or when the index gives the `sort` asked for (the
+  planner's rules, without their finer points: a `$exists: false` on a sparse index, say);
 - answers `hello` as a replica set, a standalone server (`standalone=True`) or a mongos
   (`sharded=True`, shard keys in `config.collections`), and `getDefaultRWConcern`,
   `getParameter`;
@@ -49,6 +49,7 @@ import bson
 import mongomock_ng
 from pymongo import _csot
 from pymongo.errors import (
+    BulkWriteError,
     DocumentTooLarge,
     InvalidOperation,
     OperationFailure,
@@ -231,13 +232,10 @@ class _Collection:
         where = _filter_of(method, args, kwargs)
         self._client.calls.append(Call(self.name, method, where, in_transaction,
                                        self._client.timeout_in_force()))
-        if self._client.notablescan and method in _QUERIES and where:
-            leading = {next(iter(doc["key"])) for doc in self._c.list_indexes()}
-            order = kwargs.get("sort") or [("", 0)]  # an index giving the order is a plan too
-            if not _served(where, leading) and order[0][0] not in leading:
-                raise OperationFailure(f"No indexed plan available for the query {where} on "
-                                       f"{self.name} (notablescan)", 291,
-                                       {"codeName": "NoQueryExecutionPlans"})
+        if method in _QUERIES and where and self._unplanned(where, kwargs.get("sort")):
+            raise OperationFailure(f"No indexed plan available for the query {where} on "
+                                   f"{self.name} (notablescan)", 291,
+                                   {"codeName": "NoQueryExecutionPlans"})
         if in_transaction:
             assert session is not None
             if method in _NOT_IN_TRANSACTIONS:
@@ -254,6 +252,34 @@ class _Collection:
         if session is not None:
             kwargs["session"] = session._session
         return kwargs
+
+    def _unplanned(self, where: dict[str, Any], sort: Any) -> bool:
+        """Whether a server started with `notablescan` refuses the query `where` (sorted by
+        `sort`): no index serves it."""
+        if not self._client.notablescan:
+            return False
+        leading = {next(iter(doc["key"])) for doc in self._c.list_indexes()}
+        order = sort or [("", 0)]  # an index giving the order is a plan too
+        return not _served(where, leading) and order[0][0] not in leading
+
+    async def bulk_write(self, requests: list[Any], **kwargs: Any) -> Any:
+        """As a server: an operation whose filter no index serves (`notablescan`) is a write
+        error 291; the operations before it (ordered) or all the others (unordered) apply."""
+        kwargs = self._before("bulk_write", (requests,), kwargs)
+        refused = [n for n, request in enumerate(requests)
+                   if (where := getattr(request, "_filter", None)) and self._unplanned(where, None)]
+        if not refused:
+            return self._c.bulk_write(requests, **kwargs)
+        if kwargs.get("ordered", True):
+            refused, applied = refused[:1], requests[:refused[0]]
+        else:
+            applied = [request for n, request in enumerate(requests) if n not in refused]
+        result = self._c.bulk_write(applied, **kwargs).bulk_api_result if applied else {
+            "nInserted": 0, "nUpserted": 0, "nMatched": 0, "nModified": 0, "nRemoved": 0,
+            "upserted": []}
+        raise BulkWriteError({**result, "writeConcernErrors": [], "writeErrors": [
+            {"index": n, "code": 291, "errmsg": f"No indexed plan available on {self.name} "
+             "(notablescan)"} for n in refused]})
 
     def find(self, *args: Any, **kwargs: Any) -> _Cursor:
         kwargs = self._before("find", args, kwargs)

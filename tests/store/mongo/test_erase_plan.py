@@ -87,3 +87,22 @@ async def test_a_rotated_key_is_the_one_the_erasure_looks_for(strict: MongoStore
     assert len(docs) == 2
     assert all(d["key"] == rotated.key_id == key_id_of(d["body"]) for d in docs)
     assert (await _erase(strict, "a")).resources == {"Patient": 1, "Bundle": 1}
+
+
+async def test_the_double_refuses_a_bulk_write_no_index_serves(strict: MongoStore) -> None:
+    """A bulk write's operations are queries too: one no index serves fails as a write error
+    291, as on a server started with `notablescan`; one served by `_id` runs."""
+    from pymongo import DeleteMany, UpdateOne
+    from pymongo.errors import BulkWriteError
+
+    await strict.commit([_write("Patient", "a", patient())])
+    with pytest.raises(BulkWriteError) as refused:
+        await strict.history_docs.bulk_write([
+            UpdateOne({"_id": "Patient/a/1"}, {"$set": {"x": 1}}),
+            DeleteMany({"body": {"$ne": None}})])
+    assert [e["code"] for e in refused.value.details["writeErrors"]] == [291]
+    assert refused.value.details["writeErrors"][0]["index"] == 1
+    assert await strict.read("Patient", "a") is not None  # nothing deleted
+    assert (await strict.history_docs.find_one({"_id": "Patient/a/1"}))["x"] == 1  # ordered: applied
+    done = await strict.history_docs.bulk_write([UpdateOne({"_id": "Patient/a/1"}, {"$set": {"x": 2}})])
+    assert done.modified_count == 1

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from fhir_server.crypto import patient_key_ids
 from fhir_server.search import default_registry, extract
 from fhir_server.services.erase import compartment
 from fhir_server.store.base import Write
 from fhir_server.store.sqlite import SqliteStore
+from fhir_server.store.erasure import BATCH
+from fhir_server.store.sqlite import erase as sqlite_erase
 from fhir_server.store.sqlite.index import TABLE_NAMES
 from tests.builders import observation, patient
 
@@ -51,5 +54,85 @@ async def test_no_row_and_no_byte_left(tmp_path: Path) -> None:
             if file.exists():
                 raw = file.read_bytes()
                 assert MARKER.encode() not in raw and MARKER.lower().encode() not in raw
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("size", [BATCH, BATCH + 1])
+async def test_a_compartment_of_several_batches_leaves_no_row(tmp_path: Path, size: int) -> None:
+    """`size` resources of three types (two versions each, one deleted) beside the Patient:
+    batches of BATCH cut through them and through each type; every table is empty of them,
+    the history's key index included, and another patient keeps everything."""
+    from fhir_server.store.base import Delete
+    from tests.crypto.test_blind_search import blind_store
+
+    store = blind_store("sqlite", tmp_path)
+    assert isinstance(store, SqliteStore)
+    await store.open()
+    try:
+        for who in ("a", "b"):
+            await store.commit([_write("Patient", who, patient(family=MARKER, identifier=[
+                {"system": "urn:x", "value": f"id-{who}"}]))])
+        types = ("Observation", "Condition", "Encounter")
+        kinds = [(types[n % 3], f"r{n}") for n in range(size)]
+        for version in (1, 2):
+            await store.commit([_write(t, id, {"subject": {"reference": "Patient/a"},
+                                               "status": "final" if version == 2 else "preliminary",
+                                               "code": {"text": MARKER}})
+                                for t, id in kinds] + [_write("Observation", "keep", observation(
+                                    "Patient/b"))])
+        await store.commit([Delete(*kinds[-1])])
+        db = sqlite3.connect(path := tmp_path / "blind.db")
+        pks = [pk for (pk,) in db.execute("SELECT pk FROM resource WHERE id != 'b' AND id != 'keep'")]
+        kept = {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                for table in TABLE_NAMES}
+        db.close()
+        erased = await store.erase(compartment(default_registry(), "a"), ("Patient", "a"))
+        assert sum(erased.resources.values()) == size + 1
+        assert sum(erased.versions.values()) == 2 * size + 1 + 1  # the deletion a version too
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT count(*) FROM resource").fetchone()[0] == 2  # b, keep
+        assert db.execute("SELECT count(*) FROM history WHERE id NOT IN ('b', 'keep')").fetchone()[0] == 0
+        marks = ",".join("?" * len(pks))
+        for table in TABLE_NAMES:
+            assert db.execute(f"SELECT count(*) FROM {table} WHERE pk IN ({marks})",  # noqa: S608
+                              pks).fetchone()[0] == 0
+            assert kept[table] == 0 or db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+        left = {bytes(k) for (k,) in db.execute(
+            "SELECT DISTINCT substr(body, 2, 16) FROM history INDEXED BY history_key")}
+        assert left and not left & patient_key_ids(store.codec, "a")  # b's key only
+        db.close()
+    finally:
+        await store.close()
+
+
+async def test_an_erasure_failing_in_a_later_batch_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transaction: a failure after the first batch was removed rolls every batch back."""
+    store = SqliteStore(tmp_path / "fhir.db")
+    await store.open()
+    try:
+        await store.commit([_write("Patient", "a", patient())])
+        await store.commit([_write("Observation", f"o{n}", observation("Patient/a"))
+                            for n in range(BATCH + 10)])
+        calls: list[int] = []
+        real = sqlite_erase._remove_batch
+
+        def failing(conn: sqlite3.Connection, keys: list[tuple[str, str]], erased: object) -> None:
+            calls.append(len(keys))
+            if len(calls) == 2:
+                raise OSError("disk gone")
+            real(conn, keys, erased)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sqlite_erase, "_remove_batch", failing)
+        with pytest.raises(OSError):
+            await store.erase(compartment(default_registry(), "a"), ("Patient", "a"))
+        assert calls == [BATCH, 10]
+        assert await store.count("Observation") == BATCH + 10
+        assert await store.read("Patient", "a") is not None
+        db = sqlite3.connect(tmp_path / "fhir.db")
+        assert db.execute("SELECT count(*) FROM history").fetchone()[0] == BATCH + 11
+        assert db.execute("SELECT count(*) FROM idx_reference").fetchone()[0] > 0
+        db.close()
     finally:
         await store.close()
