@@ -41,6 +41,7 @@ Setting `down` makes every call fail as an unreachable server does.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,12 @@ _WRITES = frozenset({"insert_one", "insert_many", "replace_one", "update_one", "
                      "delete_one", "delete_many", "bulk_write"})
 
 
+# Set by a test around what it counts (an HTTP request): each call, transaction and commit is
+# recorded with the value in force, so that a background task's own (a dispatcher round, a
+# periodic purge, whose contexts were copied before) are told apart.
+ORIGIN: contextvars.ContextVar[object] = contextvars.ContextVar("double_origin", default=None)
+
+
 @dataclass(frozen=True)
 class Call:
     """One collection call as the double saw it."""
@@ -82,6 +89,7 @@ class Call:
     filter: dict[str, Any] | None
     in_transaction: bool
     timeout: float | None = None  # the driver's limit on the call, seconds (0: none)
+    origin: object = field(default_factory=ORIGIN.get)
 
 
 @dataclass
@@ -147,6 +155,7 @@ class _Session:
         self._held = True
         self.options = Options(read_concern, write_concern, read_preference, max_commit_time_ms)
         self._client.transaction_options.append(self.options)
+        self._client.transaction_origins.append(ORIGIN.get())
         self._session.start_transaction()
 
     async def commit_transaction(self) -> None:
@@ -158,6 +167,7 @@ class _Session:
         if not bound and self.options.max_commit_time_ms is not None:
             bound = self.options.max_commit_time_ms / 1000
         self._client.commit_bounds.append(bound)
+        self._client.commit_origins.append(ORIGIN.get())
         self._client.inject("commit_transaction")
         try:
             self._session.commit_transaction()
@@ -376,6 +386,8 @@ class DoubleClient:
             "defaultWriteConcern": {"w": "majority", "wtimeout": 0}}
         self.calls: list[Call] = []
         self.transaction_options: list[Options] = []
+        self.transaction_origins: list[object] = []  # ORIGIN at each start, per transaction
+        self.commit_origins: list[object] = []  # ORIGIN at each commit sent
         self.database_options: dict[str, Options] = {}
         self.faults: list[_Fault] = []
         self.admin = _Database(self, self.sync["admin"], Options())
