@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.http.helpers import send
+from tests.trials.eclaire import example_unit
 from tests.trials.match_world import World, alice_record, world  # noqa: F401  (fixture)
 
 FROM_PARIS = {"name": "location", "valueString": "75001"}
@@ -174,3 +175,40 @@ def test_public_trial_search_can_be_turned_off(world: World, anonymous: TestClie
     finally:
         app.state.settings = settings  # type: ignore[attr-defined]
     assert anonymous.get("/fhir/ResearchStudy/her2").status_code == 200
+
+
+SUMMARY = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.descriptionSummary"
+LABEL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.label"
+
+
+def _plain_language(study: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A trial's brief summaries, and its titles for the public (ECLAIRE label `human-use`)."""
+    summaries = [e["valueMarkdown"] for e in study.get("extension", []) if e["url"] == SUMMARY]
+    titles = [next(p["valueString"] for p in e["extension"] if p["url"] == "value")
+              for e in study.get("extension", []) if e["url"] == LABEL
+              and any(c["code"] == "human-use" for p in e["extension"] if p["url"] == "type"
+                      for c in p["valueCodeableConcept"]["coding"])]
+    return summaries, titles
+
+
+def test_french_plain_language_summaries_come_as_the_catalogue_has_them(
+        world: World, anonymous: TestClient) -> None:  # noqa: F811
+    # The ECLAIRE example: one summary and one title for the public, in French, no language
+    # tagged; the server returns them as stored, whatever language is asked for.
+    for resource in example_unit("2022-500014-26-00", sites=1):
+        response = send(world.client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}",
+                        resource, **world.headers("ehr"))
+        assert response.status_code in (200, 201), response.text
+    expected = (["Ceci est un test de ressource pour Eclaire"],
+                ["Giredestrant et Phesgo dans le cancer du sein avancé HER2+ RE+"])
+    for language in ("fr", "en", "fr-FR, en;q=0.5"):
+        read = anonymous.get("/fhir/ResearchStudy/2022-500014-26-00-example",
+                             headers={"Accept-Language": language})
+        assert read.status_code == 200, read.text
+        assert _plain_language(read.json()) == expected
+        matched = _match(anonymous, {"name": "bundle", "resource": _profile()},
+                         {"name": "recruiting-only", "valueBoolean": False}, **{"Accept-Language": language})
+        assert matched.status_code == 200, matched.text
+        [trial] = [e["resource"] for e in matched.json()["entry"]
+                   if e["search"]["mode"] == "match" and e["resource"]["id"] == "2022-500014-26-00-example"]
+        assert _plain_language(trial) == expected
