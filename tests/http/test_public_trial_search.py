@@ -126,6 +126,9 @@ NEEDS_A_TOKEN = [
     ("GET", "/fhir/Location"), ("GET", "/fhir/Group/her2-criteria"), ("GET", "/fhir"),
     ("POST", "/fhir"), ("GET", "/fhir/Patient/alice/ResearchSubject"),
     ("POST", "/fhir/ResearchStudy/her2/$refer"), ("POST", "/fhir/Patient/_search"),
+    # Which trials have candidates would tell about patients; chains are refused alike.
+    ("GET", "/fhir/ResearchStudy?_has:ResearchSubject:study:status=candidate"),
+    ("GET", "/fhir/ResearchStudy?site.name=paris"),
 ]
 
 
