@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         description="'smart': every FHIR request needs a SMART access token. 'off': no "
         "authentication at all, for local development and the demo only (logged loudly).",
     )
+    public_trial_search: bool = Field(
+        True, description="Requests without an Authorization header may search and read "
+        "ResearchStudy and call ResearchStudy/$match with an anonymous bundle (docs/auth.md, "
+        "'Without a token'); false: they get 401 like every other request without a token.",
+    )
     token_lifetime: int = Field(300, ge=30, le=3600, description="Access token lifetime (s).")
     terms_version: str | None = Field(
         None, min_length=1, max_length=64, description="The version of the platform's terms in "

@@ -10,6 +10,7 @@ from . import consent
 from .delegation import Delegation, delegation
 from .codes import FAILURE_WINDOW, MAX_FAILURES, CodeCheck, ConfirmationCodes
 from .policy import Decision, compartment_clause, decide
+from .public import public_principal, token_required
 from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
 from .study_match import View, inverse_view, linked
 from .scopes import (
@@ -55,6 +56,8 @@ __all__ = [
     "linked",
     "parse_scope",
     "parse_scopes",
+    "public_principal",
     "required_permission",
     "server_principal",
+    "token_required",
 ]

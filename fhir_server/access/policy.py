@@ -20,6 +20,8 @@
 - Frozen records, referrals, answers and their ResearchSubjects are written by the server
   alone (trials/), whatever the scopes; so are the Tasks of the breaches and disclosures
   registers, read by administrators (and a disclosure the law lets its patient see).
+- A request without a token (the public principal) reaches the trial catalogue only
+  (access/public.py); everything else is UNAUTHORIZED, as if the route had asked for a token.
 - Granular scopes (`patient/Observation.rs?category=laboratory`) add their search parameters to
   the query, or are checked against the resource.
 
@@ -38,6 +40,7 @@ from ..search import Not
 from ..search import Clause, IndexEntry, Query, ReferencePredicate, Registry, TokenPredicate, extract, matches
 from ..search import parse_query
 from .principal import PRACTITIONER_ACCOUNTS, Principal, Role
+from .public import public_clauses
 from .scopes import Interaction, Restriction, scopes_union
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
@@ -130,8 +133,12 @@ class Decision:
 
 
 def decide(principal: Principal | None, registry: Registry, interaction: Interaction,
-           resource_type: str | None, *, instance: bool = False) -> Decision:
-    """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN."""
+           resource_type: str | None, *, instance: bool = False, included: bool = False) -> Decision:
+    """The Decision for `interaction` on `resource_type` (None: all types), or FORBIDDEN
+    (UNAUTHORIZED for a caller without a token). `included`: for the `_include` and
+    `_revinclude` results of a search."""
+    if principal is not None and principal.role is Role.PUBLIC:
+        return Decision(public_clauses(interaction, resource_type, included=included))
     if (resource_type == "Consent" and interaction in ("update", "patch", "delete") and principal
             and principal.confined and not principal.speaks_for_patient):
         raise fail(Kind.FORBIDDEN, "forbidden", "A patient's Consents are changed or withdrawn "

@@ -24,6 +24,7 @@ class Role(StrEnum):
     SYSTEM = "system"  # a backend client (an EHR): what its system/ scopes name
     SERVER = "server"  # the server itself: writes what only the server may write
     UNKNOWN = "unknown"  # a user of a kind the platform does not know: reaches nothing
+    PUBLIC = "public"  # a request without a token: the trial catalogue only (access/public.py)
 
 
 # The roles that speak for the patient: they change the patient's Consents, write to their

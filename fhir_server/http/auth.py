@@ -2,8 +2,11 @@
 which the service layer builds the Principal (services/principals.py).
 
 Every route of the FHIR API depends on `authenticate`, except `metadata` and SMART discovery.
-Without a valid bearer token the answer is 401 with `WWW-Authenticate` (RFC 6750). The
-service layer gets the principal in its Context (`context_of`) and decides access there.
+Without a valid bearer token the answer is 401 with `WWW-Authenticate` (RFC 6750), but for
+the trial search routes of PUBLIC_ROUTES when the request has no Authorization header at all
+and public trial search is on: its principal is then the public one, which the service layer
+confines to the trial catalogue (access/public.py). The service layer gets the principal in
+its Context (`context_of`) and decides access there.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 
 from fastapi import Request
 
-from ..access import Claims, server_principal
+from ..access import Claims, public_principal, server_principal, token_required
 from ..auth.psc import Professional, UnknownProfessional, check_register
 from ..auth.tokens import InvalidToken, TokenClaims, TokenService
 from ..auth.users import Users
@@ -27,6 +31,14 @@ log = logging.getLogger("fhir_server.auth")
 
 NO_AUTH = server_principal("auth-off")
 BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
+PUBLIC = public_principal()
+# The routes a request without a token may take, by method, relative to the FHIR base: trial
+# search (GET, and POST `_search`), a trial's read, and trial matching. A FHIR id has no `_`
+# or `$`, so `_history` and operations on one trial are not among them.
+PUBLIC_ROUTES = {
+    "GET": re.compile(r"/ResearchStudy(/[A-Za-z0-9\-.]{1,64})?/?"),
+    "POST": re.compile(r"/ResearchStudy/(_search|\$match)/?"),
+}
 
 
 def context_of(request: Request) -> Context:
@@ -44,11 +56,13 @@ async def authenticate(request: Request) -> None:
     if tokens is None:  # auth=off, announced at start-up
         request.state.principal = NO_AUTH
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    header = request.headers.get("authorization")
+    if header is None and _public_route(request):
+        request.state.principal = PUBLIC
+        return
+    scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise fail(Kind.UNAUTHORIZED, "login", "An access token is required (Authorization: "
-                   "Bearer <token>); see /.well-known/smart-configuration.")
+        raise token_required()
     token = token.strip()
     try:
         # Off the event loop when a key set may be fetched: other requests go on meanwhile.
@@ -61,6 +75,16 @@ async def authenticate(request: Request) -> None:
         verified = await _signed_in_professional(request, verified, verified.professional)
     request.state.principal = await principal_of(request.app.state.context,
                                                  _claims(request, verified))
+
+
+def _public_route(request: Request) -> bool:
+    """Whether a request without a token may go on as the public principal."""
+    settings = request.app.state.settings
+    if not settings.public_trial_search:
+        return False
+    route = PUBLIC_ROUTES.get(request.method)
+    path = request.url.path.removeprefix(settings.base_path)
+    return route is not None and route.fullmatch(path) is not None
 
 
 async def _signed_in_professional(request: Request, verified: TokenClaims,

@@ -25,9 +25,11 @@ from .context import Context
 
 
 def decision(ctx: Context, interaction: Interaction, resource_type: str | None, *,
-             instance: bool = False) -> Decision:
-    """How the caller may do `interaction` on `resource_type`; FORBIDDEN if not at all."""
-    return decide(ctx.principal, ctx.registry, interaction, resource_type, instance=instance)
+             instance: bool = False, included: bool = False) -> Decision:
+    """How the caller may do `interaction` on `resource_type`; FORBIDDEN if not at all.
+    `included`: for a search's `_include`/`_revinclude` results."""
+    return decide(ctx.principal, ctx.registry, interaction, resource_type, instance=instance,
+                  included=included)
 
 
 def check_links(ctx: Context, query: Query) -> None:

@@ -56,7 +56,7 @@ def _reachable(ctx: Context, versions: Sequence[Version]) -> list[Version]:
         rtype = version.resource_type
         if rtype not in decisions:
             try:
-                decisions[rtype] = decision(ctx, "search", rtype)
+                decisions[rtype] = decision(ctx, "search", rtype, included=True)
             except FhirError:
                 decisions[rtype] = None
         found = decisions[rtype]
