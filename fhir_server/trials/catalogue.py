@@ -237,14 +237,29 @@ async def load(ctx: Context, body: Any) -> dict[str, Any]:
     Parameters of the outcomes. FORBIDDEN unless the caller may create and update every
     catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
     resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
-    for resource_type in sorted(CATALOGUE_TYPES):
-        decision(ctx, "create", resource_type)
-        decision(ctx, "update", resource_type)
+    _may_load(ctx)
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
                    expression="resourceType")
     check_resource(_schema_checked(ctx), "Bundle", Payload(body, body))
     return (await store_all(ctx, resources_of(body))).parameters()
+
+
+async def load_ndjson(ctx: Context, body: bytes) -> dict[str, Any]:
+    """`$load` of NDJSON (`application/fhir+ndjson`): one resource or Bundle a line, read as
+    the CLI reads an `.ndjson` file, then loaded as a collection Bundle of those resources
+    (`load`); INVALID naming the line when one is not a JSON object."""
+    _may_load(ctx)
+    resources = list(_documents(body.splitlines(), "the body"))
+    return await load(ctx, {"resourceType": "Bundle", "type": "collection",
+                            "entry": [{"resource": r} for r in resources]})
+
+
+def _may_load(ctx: Context) -> None:
+    """FORBIDDEN unless the caller may create and update every catalogue type."""
+    for resource_type in sorted(CATALOGUE_TYPES):
+        decision(ctx, "create", resource_type)
+        decision(ctx, "update", resource_type)
 
 
 def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
@@ -261,15 +276,21 @@ def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 def _read(file: Path) -> Iterator[dict[str, Any]]:
     lines = file.read_bytes().splitlines() if file.suffix == ".ndjson" else [file.read_bytes()]
+    yield from _documents(lines, str(file))
+
+
+def _documents(lines: list[bytes], where: str) -> Iterator[dict[str, Any]]:
+    """The resources of JSON documents, one a line (blank lines skipped); INVALID naming
+    `where` and the line of one that is not a JSON object."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             document = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not JSON ({exc})") from exc
+            raise fail(Kind.INVALID, "structure", f"{where} line {number}: not JSON ({exc})") from exc
         if not isinstance(document, dict):
-            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not a FHIR resource")
+            raise fail(Kind.INVALID, "structure", f"{where} line {number}: not a FHIR resource")
         yield from resources_of(document)
 
 
