@@ -139,9 +139,10 @@ async def match_trials(request: Request) -> Response:
     return fhir_response(request, await match.match(context_of(request), payload.checked))
 
 
-# POST only (OperationDefinition-ResearchStudy-match.json: its inputs are a Reference or a
-# Resource, which a query string cannot carry): 405 rather than a read of id "$match".
-router.add_api_route("/ResearchStudy/$match", not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"])
+# POST only ($match's inputs are a Reference or a Resource, which a query string cannot carry;
+# $load changes the catalogue): 405 rather than a read of id "$match" or a compartment search.
+for _path in ("/ResearchStudy/$match", "/ResearchStudy/{id}/$match", "/ResearchStudy/$load"):
+    router.add_api_route(_path, not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"])
 
 
 @router.post("/ResearchStudy/{id}/$match")

@@ -69,9 +69,10 @@ def test_the_stale_site_warning_names_the_configured_limit(world: World) -> None
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
-def test_match_is_post_only(world: World, method: str) -> None:
-    response = world.client.request(method, "/fhir/ResearchStudy/$match?patient=Patient/alice",
-                                    headers=world.headers("ehr"))
+@pytest.mark.parametrize("path", ["ResearchStudy/$match?patient=Patient/alice", "ResearchStudy/her2/$match",
+                                  "ResearchStudy/$load"])
+def test_the_trial_operations_are_post_only(world: World, method: str, path: str) -> None:
+    response = world.client.request(method, f"/fhir/{path}", headers=world.headers("ehr"))
     assert response.status_code == 405, response.text
     assert response.json()["resourceType"] == "OperationOutcome"
     assert response.headers["Allow"] == "POST"
