@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import date
+from pathlib import Path
 
+import httpx2 as httpx
 import orjson
 import pytest
 
@@ -20,6 +22,7 @@ from fhir_server.services.server_writes import ServerWrite
 from fhir_server.settings import Settings
 from fhir_server.trials import catalogue, criteria_review
 from fhir_server.trials.catalogue_sites import SITE_RECRUITMENT, with_site_status
+from fhir_server.trials.sync import SyncState, sync
 from tests.trials.eclaire import example_unit
 
 pytestmark = pytest.mark.anyio
@@ -97,3 +100,24 @@ async def test_an_enrollment_group_that_is_not_ours_is_not_kept(ctx: Context) ->
     await catalogue.store_all(ctx, unit)
     _, study = await _study(ctx)
     assert study["enrollment"] == [{"reference": "Group/another-eclaire-group"}]
+
+
+async def test_a_sync_from_an_eclaire_base_keeps_the_curation(ctx: Context, tmp_path: Path) -> None:
+    source = {"unit": example_unit()}
+
+    def eclaire(request: httpx.Request) -> httpx.Response:  # one page, every trial
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": r} for r in source["unit"]]})
+
+    state = SyncState(tmp_path / "catalogue-sync.json")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(eclaire)) as client:
+        await sync(ctx, client, "https://eclaire.example", state)
+        group = await _curate(ctx)
+        before, _ = await _study(ctx)
+        source["unit"] = example_unit(title="Retitled at the source")
+        report = await sync(ctx, client, "https://eclaire.example", state, full=True)
+    assert report.stored.outcomes == {"unchanged": 5, "updated": 1} and report.closed == []
+    version, study = await _study(ctx)
+    assert version == before + 1 and study["title"] == "Retitled at the source"
+    assert {"reference": f"Group/{group}"} in study["enrollment"]
+    assert any(e["url"] == SITE_RECRUITMENT for e in study["site"][1]["extension"])
