@@ -18,6 +18,7 @@ from ..model.errors import Kind, fail
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
 FORM = "application/x-www-form-urlencoded"
+NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/ndjson"})
 _JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir", "text/json"}
 _FORMAT_ALIASES = {"json", "application/json", "application/fhir+json", "application/json+fhir",
                    "text/json"}
@@ -47,13 +48,14 @@ def check_acceptable(request: Request) -> None:
                    f"Cannot answer in {accept}; this server produces {FHIR_JSON}.")
 
 
-async def read_body(request: Request, limit: int, *, patch: bool = False, form: bool = False) -> bytes:
+async def read_body(request: Request, limit: int, *, patch: bool = False, form: bool = False,
+                    ndjson: bool = False) -> bytes:
     """The request body after checking its media type and size."""
     header = request.headers.get("content-type")
     kind = media_type(header)
-    allowed = {JSON_PATCH} if patch else {FORM} if form else _JSON_TYPES
+    allowed = {JSON_PATCH} if patch else {FORM} if form else NDJSON_TYPES if ndjson else _JSON_TYPES
     if kind not in allowed:
-        wanted = JSON_PATCH if patch else FORM if form else FHIR_JSON
+        wanted = JSON_PATCH if patch else FORM if form else "application/fhir+ndjson" if ndjson else FHIR_JSON
         raise fail(Kind.UNSUPPORTED_MEDIA_TYPE, "not-supported",
                    f"Content-Type '{kind or 'none'}' is not supported here; send {wanted}.")
     charset = _charset(header or "")

@@ -13,8 +13,9 @@ from ..services import crud, erase, validate
 from ..trials import (candidates, catalogue, criteria_review, inverse, match, prescreening, proposal,
                       referral, thread)
 from .auth import authenticate, context_of
+from .errors import not_allowed
 from .headers import prefer, version_headers
-from .negotiation import check_acceptable, empty_response, fhir_response
+from .negotiation import NDJSON_TYPES, check_acceptable, empty_response, fhir_response, media_type, read_body
 from .routes import read_payload
 from ..store.base import Version
 
@@ -44,8 +45,11 @@ def _created(request: Request, version: Version) -> Response:
 
 @router.post("/ResearchStudy/$load")
 async def load_trials(request: Request) -> Response:
-    """Store the trials of a Bundle in the catalogue: 200 with the outcomes."""
+    """Store the trials of a Bundle, or of NDJSON lines, in the catalogue: 200 with the outcomes."""
     check_acceptable(request)
+    if media_type(request.headers.get("content-type")) in NDJSON_TYPES:
+        lines = await read_body(request, request.app.state.settings.max_body_bytes, ndjson=True)
+        return fhir_response(request, await catalogue.load_ndjson(context_of(request), lines))
     payload = await read_payload(request)
     return fhir_response(request, await catalogue.load(context_of(request), payload.checked))
 
@@ -133,6 +137,12 @@ async def match_trials(request: Request) -> Response:
     check_acceptable(request)
     payload = await read_payload(request)
     return fhir_response(request, await match.match(context_of(request), payload.checked))
+
+
+# POST only ($match's inputs are a Reference or a Resource, which a query string cannot carry;
+# $load changes the catalogue): 405 rather than a read of id "$match" or a compartment search.
+for _path in ("/ResearchStudy/$match", "/ResearchStudy/{id}/$match", "/ResearchStudy/$load"):
+    router.add_api_route(_path, not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"])
 
 
 @router.post("/ResearchStudy/{id}/$match")

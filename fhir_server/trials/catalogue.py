@@ -5,6 +5,8 @@ A trial is identified by its primary identifier (ECLAIRE's `idPrimary` slice: th
 identifier, the EU CT or ID-RCB number), which becomes its id, so the same trial sent by two
 sources, or twice, is one resource. A resource whose content (meta aside) equals the stored one
 is not written again: loading or syncing twice makes no new version; one change makes one.
+What the platform added to a stored study (curated eligibility, site statuses) is kept
+(catalogue_local.py).
 Writes go through `services/server_writes.py` (validation against the claimed ECLAIRE
 profiles, indexing, audit); a trial and what it references are stored together, in units of
 work of up to BATCH trials.
@@ -30,6 +32,7 @@ from ..services.context import Context, Payload
 from ..services.crud import check_resource
 from ..services.guard import decision
 from ..services.server_writes import ServerWrite
+from . import catalogue_local
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 CATALOGUE_TYPES = frozenset({"ResearchStudy", "Location", "Group", "Organization"})
@@ -147,6 +150,14 @@ async def _stored(ctx: Context, resources: list[dict[str, Any]]) -> dict[tuple[s
     return found
 
 
+async def _with_local(ctx: Context, unit: list[dict[str, Any]],
+                      stored: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """`unit` with each stored study's local additions kept (catalogue_local.py)."""
+    return [await catalogue_local.kept(ctx, r, current)
+            if r["resourceType"] == "ResearchStudy" and (current := stored.get(("ResearchStudy", r["id"])))
+            else r for r in unit]
+
+
 def _plan(unit: list[dict[str, Any]], stored: dict[tuple[str, str], dict[str, Any]]) -> tuple[list[ServerWrite], Counter[str]]:
     """The writes one (prepared) trial unit needs, unchanged resources left out, and their
     outcomes (`stored`: the current content of those already stored)."""
@@ -169,7 +180,8 @@ async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
     """Store one trial unit: each resource created, updated, or left `unchanged`;
     a FhirError (422 with element paths) when one fails its profile, nothing stored."""
     prepared = _prepared(unit)
-    writes, outcomes = _plan(prepared, await _stored(ctx, prepared))
+    stored = await _stored(ctx, prepared)
+    writes, outcomes = _plan(await _with_local(ctx, prepared, stored), stored)
     if writes:
         await server_writes.commit(ctx, writes)
     return outcomes
@@ -204,7 +216,7 @@ async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: 
     try:
         prepared = [_prepared(unit) for unit in batch]
         stored = await _stored(ctx, [r for unit in prepared for r in unit])
-        planned = [_plan(unit, stored) for unit in prepared]
+        planned = [_plan(await _with_local(ctx, unit, stored), stored) for unit in prepared]
         writes = [w for unit_writes, _ in planned for w in unit_writes]
         if writes:
             await server_writes.commit(ctx, writes)
@@ -225,14 +237,29 @@ async def load(ctx: Context, body: Any) -> dict[str, Any]:
     Parameters of the outcomes. FORBIDDEN unless the caller may create and update every
     catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
     resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
-    for resource_type in sorted(CATALOGUE_TYPES):
-        decision(ctx, "create", resource_type)
-        decision(ctx, "update", resource_type)
+    _may_load(ctx)
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
                    expression="resourceType")
     check_resource(_schema_checked(ctx), "Bundle", Payload(body, body))
     return (await store_all(ctx, resources_of(body))).parameters()
+
+
+async def load_ndjson(ctx: Context, body: bytes) -> dict[str, Any]:
+    """`$load` of NDJSON (`application/fhir+ndjson`): one resource or Bundle a line, read as
+    the CLI reads an `.ndjson` file, then loaded as a collection Bundle of those resources
+    (`load`); INVALID naming the line when one is not a JSON object."""
+    _may_load(ctx)
+    resources = list(_documents(body.splitlines(), "the body"))
+    return await load(ctx, {"resourceType": "Bundle", "type": "collection",
+                            "entry": [{"resource": r} for r in resources]})
+
+
+def _may_load(ctx: Context) -> None:
+    """FORBIDDEN unless the caller may create and update every catalogue type."""
+    for resource_type in sorted(CATALOGUE_TYPES):
+        decision(ctx, "create", resource_type)
+        decision(ctx, "update", resource_type)
 
 
 def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
@@ -249,15 +276,21 @@ def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 def _read(file: Path) -> Iterator[dict[str, Any]]:
     lines = file.read_bytes().splitlines() if file.suffix == ".ndjson" else [file.read_bytes()]
+    yield from _documents(lines, str(file))
+
+
+def _documents(lines: list[bytes], where: str) -> Iterator[dict[str, Any]]:
+    """The resources of JSON documents, one a line (blank lines skipped); INVALID naming
+    `where` and the line of one that is not a JSON object."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             document = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not JSON ({exc})") from exc
+            raise fail(Kind.INVALID, "structure", f"{where} line {number}: not JSON ({exc})") from exc
         if not isinstance(document, dict):
-            raise fail(Kind.INVALID, "structure", f"{file} line {number}: not a FHIR resource")
+            raise fail(Kind.INVALID, "structure", f"{where} line {number}: not a FHIR resource")
         yield from resources_of(document)
 
 

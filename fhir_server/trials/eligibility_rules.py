@@ -64,6 +64,12 @@ def _age_bounds(birth: str, today: date) -> Interval | None:
     return Interval(age(month or 12, day or 31), age(month or 1, day or 1))
 
 
+def born_later(birth: str, today: date) -> bool:
+    """Whether a birth date (of any precision, readable) lies wholly after `today`."""
+    bounds = _age_bounds(birth, today)
+    return bounds is not None and bounds.high < 0
+
+
 def age(criterion: Criterion, record: Record) -> Finding:
     patient = record.patient
     birth = patient.resource.get("birthDate") if patient else None
@@ -72,6 +78,8 @@ def age(criterion: Criterion, record: Record) -> Finding:
     bounds = _age_bounds(birth, record.today)
     if bounds is None:
         return unknown("Patient.birthDate", f"birth date '{birth}' cannot be read")
+    if born_later(birth, record.today):  # a wrong datum, not an age: unknown, never not-met
+        return unknown("Patient.birthDate", f"birth date '{birth}' is in the future")
     assert criterion.interval is not None
     # Whole years: a criterion `< 18.5 a` is about ages up to 18.
     return Finding(criterion.interval.test(bounds), (patient.reference,))

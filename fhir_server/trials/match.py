@@ -14,6 +14,7 @@ the pairs the index proved ineligible without evaluating them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from .. import clock
@@ -27,6 +28,7 @@ from ..services.guard import Decision, decision
 from . import match_catalogue, match_parameters
 from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialResult, evaluate, pinned, read_record, verdict
 from .eligibility_record import TYPES, Record
+from .eligibility_rules import born_later
 from .gazetteer import Point, place
 from .match_parameters import MatchRequest, unprocessable
 from .match_render import entry
@@ -60,8 +62,10 @@ def _about(resource: dict[str, Any], names: set[str]) -> bool:
     return False
 
 
-def _anonymous(request_bundle: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """The (evidence reference, resource) pairs of an anonymous profile, and warnings."""
+def _anonymous(request_bundle: dict[str, Any], today: date) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The (evidence reference, resource) pairs of an anonymous profile, and warnings. A
+    profile born after `today` is refused: the caller's mistake, unlike a stored record's
+    (whose age criteria are then unknown)."""
     if request_bundle.get("resourceType") != "Bundle" or request_bundle.get("type") != "collection":
         raise match_parameters.invalid("bundle", "a Bundle of type collection")
     entries = [e for e in request_bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
@@ -70,6 +74,9 @@ def _anonymous(request_bundle: dict[str, Any]) -> tuple[list[tuple[str, dict[str
         raise unprocessable("bundle", f"holds {len(patients)} Patients; an anonymous profile "
                             "holds exactly one")
     patient = patients[0]
+    birth = patient["resource"].get("birthDate")
+    if isinstance(birth, str) and born_later(birth, today):
+        raise unprocessable("bundle", f"the Patient's birthDate '{birth}' is in the future")
     id = patient["resource"].get("id")
     names = {n for n in (patient.get("fullUrl"), f"Patient/{id}" if id else None) if n}
     found, ignored = [], 0
@@ -167,12 +174,13 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         raise match_parameters.invalid("resourceType", "the body is a Parameters resource")
     crud.check_resource(ctx, "Parameters", Payload(body, body))
     request = match_parameters.read(body, ctx.max_page_size)
+    today = clock.now().date()
     if request.bundle is not None:
-        entries, warnings = _anonymous(request.bundle)
+        entries, warnings = _anonymous(request.bundle, today)
     else:
         assert request.patient is not None
         entries, warnings = await _stored(ctx, request.patient)
-    record = read_record(entries, clock.now().date())
+    record = read_record(entries, today)
     origin = _origin(request, record)
     if request.radius is not None and origin is None:
         raise unprocessable("radius", "needs a place: give 'location' or a patient address with a postal code")
@@ -186,12 +194,13 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     entries_out = [entry(ctx.base_url, catalogue.studies[f.trial.study], result, f.trial.groups,
                          f.site, f.distance) for f, result in listed]
     entries_out.append({"fullUrl": f"urn:uuid:{new_id()}",
-                        "resource": operation_outcome(_issues(warnings, listed, counts)),
+                        "resource": operation_outcome(_issues(warnings, listed, counts, catalogue.max_age_days)),
                         "search": {"mode": "outcome"}})
     return bundle("searchset", entries_out, total=len(found))
 
 
-def _issues(warnings: list[str], listed: list[tuple[_Found, TrialResult]], counts: _Counts) -> list[Issue]:
+def _issues(warnings: list[str], listed: list[tuple[_Found, TrialResult]], counts: _Counts,
+            max_age_days: int) -> list[Issue]:
     issues = [Issue(code="informational", severity="information", diagnostics=(
         f"Trials: {counts.evaluated} evaluated, {counts.pruned} proven ineligible by the index without "
         f"evaluation (an inclusion diagnosis the patient's recorded diagnoses miss), "
@@ -200,7 +209,7 @@ def _issues(warnings: list[str], listed: list[tuple[_Found, TrialResult]], count
     if counts.unsited:
         issues.append(Issue(code="incomplete", severity="warning", diagnostics=(
             f"{counts.unsited} trials have no recruiting site with a status confirmed in the last "
-            "90 days: listed without a site.")))
+            f"{max_age_days} days: listed without a site.")))
     criterion_warnings = [f"ResearchStudy/{result.study}: {w}" for _, result in listed
                           for c in result.criteria for w in c.warnings()]
     issues += [Issue(code="not-supported", severity="warning", diagnostics=w)

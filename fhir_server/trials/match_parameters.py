@@ -12,6 +12,9 @@ from .gazetteer import Point, parse_location
 
 NAMES = ("patient", "bundle", "location", "radius", "phase", "recruiting-only", "count")
 SINGLE = ("patient", "bundle", "location", "radius", "recruiting-only", "count")
+# R4 research-study-phase codes, and the one ECLAIRE adds (eclaire-study-phase-code-system).
+PHASES = frozenset({"n-a", "early-phase-1", "phase-1", "phase-1-phase-2", "phase-2", "phase-2-phase-3",
+                    "phase-3", "phase-4", "phase-3-phase-4"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,9 @@ def _phases(parameters: list[dict[str, Any]]) -> frozenset[str]:
         if not isinstance(code, str) or not code.strip():
             raise invalid("phase", "a phase code (R4 research-study-phase or ECLAIRE)")
         found.update(c.strip() for c in code.split(",") if c.strip())
+    unknown = sorted(found - PHASES)
+    if unknown:  # it would match nothing: say so rather than answer an empty list
+        raise invalid("phase", f"unknown phase code(s) {', '.join(unknown)}; known: {', '.join(sorted(PHASES))}")
     return frozenset(found)
 
 

@@ -1,4 +1,4 @@
-"""The trial-matching topic: a physician hears of a new trial that the trial matcher ($match)
+"""The trial-matching topic: a physician hears of a new or changed trial that the trial matcher ($match)
 lists for one of their consented patients; a patient without a research consent in force
 (opted out) is never matched (docs/subscriptions.md, trials/alerts.py)."""
 
@@ -64,3 +64,25 @@ def test_a_physician_subscribes_to_trials_for_their_own_patients_only(
         assert response.status_code == 400, response.text
         assert "practitioner" in response.json()["issue"][0]["diagnostics"]
     assert client.get("/fhir/Subscription").json().get("total", 0) == 0
+
+
+def test_a_changed_trial_is_news_too_whether_written_or_loaded(client: TestClient, hook: Receiver) -> None:
+    build(client)  # "breast" and "her2" already match Alice before anyone subscribes
+    _put(client, {**consent("alice", scope="research"), "id": "alice-research"})
+    tokens = client.app.state.tokens  # type: ignore[attr-defined]
+    doctor = {"Authorization": "Bearer " + tokens.issue(
+        subject="dr", client_id="portal", scope="user/*.cruds", fhir_user=DR)["access_token"]}
+    body = subscription(hook.url, topic="trial-matching", filters=(f"ResearchStudy?practitioner={DR}",))
+    assert send(client, "POST", "/fhir/Subscription", body, **doctor).status_code == 201
+    dispatch(client)
+    breast = client.get("/fhir/ResearchStudy/breast").json()
+    _put(client, {**breast, "title": "Breast cancer, amended protocol"})  # a client's update
+    her2 = client.get("/fhir/ResearchStudy/her2").json()
+    loaded = send(client, "POST", "/fhir/ResearchStudy/$load", {"resourceType": "Bundle", "type": "collection",
+                  "entry": [{"resource": {**her2, "title": "HER2, amended"}}]})  # a catalogue load
+    assert loaded.status_code == 200, loaded.text
+    dispatch(client, 2)
+    _put(client, {**breast, "status": "closed-to-accrual"})  # changed, but no longer open: no news
+    dispatch(client, 2)
+    focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
+    assert focus == ["http://testserver/fhir/ResearchStudy/breast", "http://testserver/fhir/ResearchStudy/her2"]
