@@ -15,7 +15,7 @@ from .valuesets import (EXPAND, VALUE_SET_VALIDATE, check_in_value_set, expand, 
 
 __all__ = [
     "CODE_SYSTEM_VALIDATE", "DEFAULT_MAX_EXPANSION", "EXPAND", "LOOKUP", "TRANSLATE",
-    "VALUE_SET_VALIDATE", "Catalogue", "CodeSystem", "Concept", "Inputs", "Pair", "Verdict",
-    "check_coding", "check_in_value_set", "expand", "held_system", "load_catalogue", "lookup", "membership",
-    "operator_dir", "pairs_of", "Refused", "install", "terminology_capabilities", "translate", "validate_in_system", "validate_in_value_set",
+    "VALUE_SET_VALIDATE", "Catalogue", "CodeSystem", "Concept", "Inputs", "Pair", "Refused", "Verdict",
+    "check_coding", "check_in_value_set", "expand", "held_system", "install", "load_catalogue", "lookup", "membership",
+    "operator_dir", "pairs_of", "terminology_capabilities", "translate", "validate_in_system", "validate_in_value_set",
 ]
