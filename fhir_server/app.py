@@ -67,7 +67,7 @@ from .store.mongo import MongoStore
 from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch, retain_events
-from .terminology_service import load_catalogue
+from .terminology_service import load_catalogue, operator_dir
 from .trials.alerts import TRIAL_MATCHING, matches_a_patient
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
@@ -129,7 +129,8 @@ def build_context(settings: Settings, store: Store) -> Context:
         codes=ConfirmationCodes(settings.data_dir / "consent-codes.db"),
         keys=_key_directory(settings),
         sealed_only=settings.sealed_messages_only,
-        terminology=load_catalogue(max_expansion=settings.max_expansion),
+        terminology=load_catalogue(max_expansion=settings.max_expansion,
+                                   operator=operator_dir(settings.data_dir)),
         pseudonym_key=(open_provider(settings).index_key("trial-pseudonym")
                        if settings.encryption else None),
     )

@@ -59,6 +59,7 @@ from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry
 from .settings import Settings
+from .terminology_service import Refused, install
 from .store.base import Store
 from .services.principals import practitioners_with_rpps
 from .services import notifications
@@ -233,6 +234,22 @@ def _load(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
     return asyncio.run(_load_async(settings, args))
+
+
+def _terminology_load(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    try:
+        kept = install(args.file, settings.data_dir)
+    except (OSError, Refused) as error:
+        asyncio.run(_record(settings, "terminology load", "C", [_entity(str(args.file), _JOB)],
+                            str(error)))
+        print(f"fhir-server terminology load: {error}", file=sys.stderr)
+        return 1
+    asyncio.run(_record(settings, "terminology load", "C", [_entity(str(args.file), _JOB,
+                                                                     kept=kept)]))
+    print(f"kept as {kept}; restart the server to index it")
+    return 0
 
 
 @asynccontextmanager
@@ -1032,6 +1049,14 @@ def parser() -> argparse.ArgumentParser:
                              help="pull everything and mark the trials the base no longer lists "
                                   "as closed")
     trials_sync.set_defaults(run=_trials)
+    terminology = commands.add_parser(
+        "terminology", help="code systems the operator loads (docs/terminology.md)"
+    ).add_subparsers(dest="action", required=True)
+    terminology_load = terminology.add_parser(
+        "load", help="keep a complete CodeSystem (JSON) built from a licensed distribution "
+                     "(MedDRA, ICD-10, ICD-O-3) in <data_dir>/terminology; indexed at start")
+    terminology_load.add_argument("file", type=Path, metavar="FILE")
+    terminology_load.set_defaults(run=_terminology_load)
     evaluation = commands.add_parser("eval", help="matching quality on a judged set: NDCG@10, P@10 "
                                      "against BM25 (docs/matching.md)")
     evaluation.add_argument("directory", type=Path, metavar="DIR")

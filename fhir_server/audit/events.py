@@ -233,6 +233,8 @@ _QUERY = {"system": _DICOM, "code": "110112", "display": "Query"}
 _COMMANDS = {
     "load": ({"system": _DICOM, "code": "110107", "display": "Import"},
              {"system": _INTERACTION_SYSTEM, "code": "batch", "display": "batch"}),
+    "terminology load": ({"system": _DICOM, "code": "110107", "display": "Import"},
+                         {"system": _INTERACTION_SYSTEM, "code": "create", "display": "create"}),
     **{f"user {action}": (_SECURITY_ALERT, {"system": _DICOM, "code": "110137",
                                             "display": "User Security Attributes Changed"})
        for action in ("add", "suspend", "reinstate")},

@@ -173,6 +173,10 @@ class Definition:
         if element.id in self.children:
             yield from self._node(value, element.id, at, resource)
         extension = _extension_definition(element, value)
+        if extension is None and _unknown_in_held_namespace(element, value):
+            yield Issue(code="not-found", severity="warning", expression=(at,),
+                        diagnostics=f"{at}: unknown extension {value['url']} (misspelled?): no "
+                        "definition of that name among those held for its namespace; not checked")
         if extension is not None and extension is not self:
             yield from invariants.check(extension.root_invariants, value, resource, at, "Extension")
             yield from extension._node(value, extension.root, at, resource)
@@ -538,6 +542,20 @@ def _extension_definition(element: Element, value: dict[str, Any]) -> Definition
         return None
     url = element.profiles[0] if element.profiles else value.get("url")
     return definitions().get(url) if isinstance(url, str) else None
+
+
+def _unknown_in_held_namespace(element: Element, value: dict[str, Any]) -> bool:
+    """An extension no slice types, whose URL names no definition held but lies where some
+    held extensions do (ECLAIRE's, the R5 cross-version ones): a misspelling, most likely."""
+    url = value.get("url")
+    return ("Extension" in element.types and not element.profiles and isinstance(url, str)
+            and url.rpartition("/")[0] in _extension_namespaces())
+
+
+@cache
+def _extension_namespaces() -> frozenset[str]:
+    return frozenset(url.rpartition("/")[0] for url, d in definitions().items()
+                     if d.type == "Extension")
 
 
 def _error(code: str, diagnostics: str, at: str) -> Issue:

@@ -129,8 +129,11 @@ def core_definitions(path: Path = CORE_FILE) -> list[dict[str, Any]]:
 
 @cache
 def load_catalogue(*, max_expansion: int = DEFAULT_MAX_EXPANSION,
-                   dirs: Sequence[Path] = SOURCE_DIRS, core: Path = CORE_FILE) -> Catalogue:
-    """Our definitions and the R4 core ones, indexed (once per process and arguments: the
-    catalogue does not change while serving, and every app of a test run shares it)."""
-    return Catalogue([*own_definitions(dirs), *core_definitions(core)],
+                   dirs: Sequence[Path] = SOURCE_DIRS, core: Path = CORE_FILE,
+                   operator: Path | None = None) -> Catalogue:
+    """Our definitions, the operator's code systems (folder `operator`: operator.py) and the
+    R4 core ones, indexed (once per process and arguments: the catalogue does not change while
+    serving, and every app of a test run shares it)."""
+    loaded = own_definitions((operator,)) if operator is not None else []
+    return Catalogue([*own_definitions(dirs), *loaded, *core_definitions(core)],
                      max_expansion=max_expansion)

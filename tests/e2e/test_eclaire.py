@@ -1,7 +1,7 @@
 """ECLAIRE over real HTTP (uvicorn): the IG's flux 1 and flux 2 queries verbatim
 (ResearchStudy search with `_include` of site, sponsor and enrollment, `_lastUpdated=ge…`,
-`identifier`, `_count` up to 5000 with `total`, the status example whose system is a
-ValueSet URL), and `fhir-server trials sync` from an ECLAIRE-like base: twice gives no new
+`identifier`, `_count` up to 5000 with `total`, `_content`, the status example whose system
+is a ValueSet URL), and `fhir-server trials sync` from an ECLAIRE-like base: twice gives no new
 version, one change gives one version, a vanished trial is closed, never deleted."""
 
 from __future__ import annotations
@@ -109,6 +109,18 @@ def test_flux_2_recruitment_status_condition_and_sponsor(base: Server) -> None:
     assert sponsor["match"] == ["ResearchStudy/2022-500014-26-00-example"]
     assert _by_mode(_get(base, "associated-party=Organization/2022-500020-33-00-secondary-sponsor"))[
         "match"] == ["ResearchStudy/2022-500020-33-00-example"]
+
+
+def test_flux_2_content_searches_the_whole_study_with_the_includes(base: Server) -> None:
+    """`_content` as flux 2 lists it (the IG gives no example): every term of the query, case
+    and accents aside, anywhere in the study; the includes come with the matches."""
+    found = _by_mode(_get(base, f"_content=giredestrant SÉIN&{INCLUDES}"))
+    assert found == {"match": [f"ResearchStudy/{n}-example" for n in TRIALS],
+                     "include": sorted(r for n in TRIALS for r in _included(n))}
+    assert _by_mode(_get(base, f"_content=giredestrant melanome&{INCLUDES}")) == {}
+    with_status = _get(base, "_content=phesgo&recruitment-status=https://interop.esante.gouv.fr/ig/"
+                       "fhir/eclaire/CodeSystem/eclaire-status-recruitment-code-system|recruiting")
+    assert with_status["total"] == 2
 
 
 def _sync(data: Path, base: Server, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:

@@ -95,6 +95,27 @@ async def test_an_extensible_binding_miss_is_a_warning_and_the_study_is_stored(c
     assert (await catalogue.store_trial(ctx, unit))["created"] == 6
 
 
+async def test_a_misspelled_eclaire_extension_url_is_a_warning_at_its_path(ctx: Context) -> None:
+    """ECLAIRE slices ResearchStudy.extension open: an extension no slice names is allowed, so
+    a misspelled URL is not refused; but in a namespace whose definitions we hold it is named
+    in a warning, never passed in silence (its recruitment status would be lost unseen)."""
+    unit = example_unit()
+    misspelled = unit[0]["extension"][6]["url"] + "s"  # eclaire-recruitment-statuss
+    unit[0]["extension"][6]["url"] = misspelled
+    warnings = [i for i in ctx.validator.outcome(unit[0]) if i.code == "not-found"]
+    assert [(i.severity, i.expression) for i in warnings] == [
+        ("warning", ("ResearchStudy.extension[6]",))]
+    assert misspelled in (warnings[0].diagnostics or "")
+    assert (await catalogue.store_trial(ctx, unit))["created"] == 6
+
+
+async def test_an_extension_of_a_namespace_we_do_not_hold_gets_no_warning(ctx: Context) -> None:
+    study = example_unit()[0]
+    study["extension"].append({"url": "https://example.org/fhir/StructureDefinition/local-note",
+                               "valueString": "x"})
+    assert [i for i in ctx.validator.outcome(study) if i.code == "not-found"] == []
+
+
 def test_the_eclaire_search_parameters_index_what_r4_lacks() -> None:
     study = {**example_unit()[0], "id": "s", "meta": {"versionId": "1", "lastUpdated": "2024-01-01T00:00:00Z"}}
     entries = {(e.param, getattr(e, "id", None) or getattr(e, "code", None))
