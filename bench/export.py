@@ -6,14 +6,16 @@ Conditions and Encounters per patient), by the store's own unit of work (index e
 extracted, bodies sealed: as the server stores them). Then, in this one process:
 - the system export, run by the export worker as the server runs it (access layer, per-page
   keyset cursor, ndjson files sealed into the store, the job's AuditEvents built): resources/s
-  on the wall clock and per CPU second, the resident memory sampled every 0.1 s during it;
+  on the wall clock and per CPU second, the resident memory sampled every 0.1 s during it
+  (and, with `--heap`, the Python heap as tracemalloc counts it, sampled alike: tracemalloc
+  slows the export, so its speed is then not the one to quote);
 - in the same run, a bare loop over the same file (one SQL scan of current versions, each
   body opened by the same codec, written as ndjson to a file), and the same without opening;
 - through the whole app in process (authentication off): `--requests` kick-offs
   (`$export?_type=Organization`, cheap jobs) and status polls, latency p50/p95/p99.
 CPU time (`time.process_time`) is given beside wall-clock: the machine is shared.
 
-    .venv/bin/python -m bench.export [--resources 100000] [--requests 200] [--reuse DIR]
+    .venv/bin/python -m bench.export [--resources 100000] [--requests 200] [--reuse DIR] [--heap]
 
 `--reuse DIR` measures again on the store an earlier run left in DIR (its path is printed),
 without filling it again.
@@ -29,6 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +88,64 @@ def rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def anon_mib() -> float:
+    """RssAnon: the resident heap memory (Python's and SQLite's), without mapped files."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
 class Sampler:
-    """The resident memory every 0.1 s while a block runs."""
+    """Resident memory (and the traced Python heap, if tracing) every 0.1 s while a block runs."""
 
     def __init__(self) -> None:
-        self.values: list[float] = []
+        self.rss: list[float] = []
+        self.anon: list[float] = []
+        self.heap: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        self.rss.append(rss_mib())
+        self.anon.append(anon_mib())
+        if tracemalloc.is_tracing():
+            self.heap.append(tracemalloc.get_traced_memory()[0] / 2**20)
+
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.values.append(rss_mib())
+            self._sample()
 
     def __enter__(self) -> Sampler:
-        self.values.append(rss_mib())
+        if tracemalloc.is_tracing():
+            tracemalloc.reset_peak()
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
+
+    def summary(self) -> dict[str, Any]:
+        def span(values: list[float]) -> dict[str, int]:
+            return {"start": round(values[0]), "max": round(max(values)), "end": round(values[-1])}
+
+        figures: dict[str, Any] = {"rss_mib": span(self.rss), "rss_anon_mib": span(self.anon)}
+        if self.heap:
+            figures["python_heap_mib"] = {**span(self.heap),
+                                          "peak": round(tracemalloc.get_traced_memory()[1] / 2**20)}
+        return figures
+
+
+async def sqlite_cache_cap(store: SqliteStore) -> dict[str, Any]:
+    """The page cache bound: `PRAGMA cache_size` (negative: KiB) times the store's connections."""
+    size = await store._read(lambda conn: conn.execute("PRAGMA cache_size").fetchone()[0])
+    connections = len(store._connections)  # the writer and the readers that have run so far
+    per_connection = -size / 1024 if size < 0 else size * 4096 / 2**20
+    return {"per_connection_mib": per_connection, "connections": connections,
+            "cap_mib": per_connection * connections}
 
 
 async def system_export(store: SqliteStore, settings: Settings) -> dict[str, Any]:
@@ -119,7 +160,10 @@ async def system_export(store: SqliteStore, settings: Settings) -> dict[str, Any
     wall, cpu = time.perf_counter(), time.process_time()
     with Sampler() as memory:
         id = await export.kick_off(ctx, "system", [], request="bench", lenient=False, policy=policy)
-        assert await ExportWorker(ctx, policy, record).run_one()
+        worker = ExportWorker(ctx, policy, record)
+        # Jobs an earlier run's kick-offs left queued (`--reuse`) are run too: oldest first.
+        while (await export.status(ctx, id, policy)).manifest is None:
+            assert await worker.run_one()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     status = await export.status(ctx, id, policy)
     assert status.manifest is not None
@@ -127,9 +171,8 @@ async def system_export(store: SqliteStore, settings: Settings) -> dict[str, Any
     return {"resources": exported, "files": len(status.manifest["output"]),
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "per_s": round(exported / wall), "per_cpu_s": round(exported / cpu),
-            "audit_events": sum(recorded),
-            "rss_mib": {"start": round(memory.values[0]), "max": round(max(memory.values)),
-                        "end": round(memory.values[-1])}}
+            "audit_events": sum(recorded), **memory.summary(),
+            "sqlite_cache": await sqlite_cache_cap(store)}
 
 
 def bare_loop(path: Path, codec: BodyCodec, out: Path, open_bodies: bool) -> dict[str, Any]:
@@ -176,6 +219,8 @@ def main() -> None:
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--reuse", type=Path, help="a directory an earlier run filled")
+    parser.add_argument("--heap", action="store_true",
+                        help="trace the Python heap during the export (tracemalloc; slower)")
     args = parser.parse_args()
     directory = args.reuse or Path(tempfile.mkdtemp(prefix="bench-export-"))
     if args.reuse is None:
@@ -192,7 +237,12 @@ def main() -> None:
             started = time.perf_counter()
             await fill(store, args.resources)
             print(f"filled {args.resources} resources in {time.perf_counter() - started:.0f} s")
-        return await system_export(store, settings)
+        if args.heap:
+            tracemalloc.start()
+        try:
+            return await system_export(store, settings)
+        finally:
+            tracemalloc.stop()
 
     exported = asyncio.run(build_and_export())
     print(f"system export:        {exported}")
