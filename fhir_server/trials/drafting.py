@@ -6,19 +6,23 @@ confidence. Pure: no I/O, no network, no model; French and English wording.
 What it recognises, per sentence: age (`18 years or older`, `âgé de 18 à 70 ans`), sex, a
 diagnosis among a small dictionary of cancers (ICD-10), brain metastases, metastatic disease,
 stage (I to IV, with `or more`), ECOG, HER2 status, activating mutations of EGFR, ALK, BRAF,
-KRAS (HGNC), prior lines of therapy. A sentence it cannot read becomes a `free-text`
+KRAS (HGNC), prior lines of therapy, prior treatments named by a drug or drug class of the
+lexicon drafting-drugs.json (ATC). A sentence it cannot read becomes a `free-text`
 criterion (never evaluated). A sentence under an exclusion heading, or one the drafter reads
 as an exclusion (`no brain metastases`), is `exclude`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from .eligibility_codes import COMPARATOR_URL, CRITERION_SYSTEM, LOINC, OURS, UCUM
+from .eligibility_codes import ATC, COMPARATOR_URL, CRITERION_SYSTEM, LOINC, OURS, UCUM
 
 CONFIDENCE_URL = f"{OURS}/StructureDefinition/eligibility-draft-confidence"
 GENDER = "http://hl7.org/fhir/administrative-gender"
@@ -56,6 +60,10 @@ GENES = {"egfr": "HGNC:3236", "alk": "HGNC:427", "braf": "HGNC:1097", "kras": "H
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "un": 1, "une": 1, "deux": 2, "trois": 3}
 _EXCLUSION_HEADING = re.compile(r"^\s*(exclusion|non[- ]inclusion|criteres? d'exclusion|criteres? de non[- ]inclusion)\b")
 _INCLUSION_HEADING = re.compile(r"^\s*(inclusion|criteres? d'inclusion)\b")
+_DRUGS = Path(__file__).with_name("drafting-drugs.json")
+# A drug named outside these words (an allergy, an eligibility for it) is no prior treatment.
+_TREATED = re.compile(r"\b(prior|previous(ly)?|received|treated|treatments?|therapy|progress(ion|ed)|refractory|"
+                      r"traitements?|traitee?s?|anterieure?s?|prealables?|recue?s?|refractaires?)\b")
 _NEGATED = re.compile(r"^\s*(no|without|absence of|pas de|sans|absence de)\b")
 
 
@@ -131,10 +139,35 @@ def _age(s: str) -> tuple[dict[str, Any], float] | None:
     return None
 
 
+@cache
+def _drug_names() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """(a name as a whole word, plural too; its ATC code) of the lexicon."""
+    table: dict[str, list[str]] = json.loads(_DRUGS.read_text(encoding="utf-8"))["drugs"]
+    return tuple((re.compile(rf"(?<![\w-]){re.escape(name)}s?(?!\w)"), code)
+                 for code, names in table.items() for name in names)
+
+
+def _drugs(s: str) -> list[str]:
+    """The ATC codes of the treatments `s` names as received, in order of mention; a class
+    named beside one of its members (`platinum-based chemotherapy`) gives the member only."""
+    if not _TREATED.search(s):
+        return []
+    found = sorted((m.start(), code) for pattern, code in _drug_names() if (m := pattern.search(s)))
+    codes = list(dict.fromkeys(code for _, code in found))
+    return [c for c in codes if not any(o != c and o.startswith(c) for o in codes)]
+
+
+def _drug_confidence(code: str) -> float:
+    """A substance is named exactly; a class less so; L01 and L02 (`chemotherapy`, `hormone
+    therapy`) are wider than the words (L01 holds antibodies and kinase inhibitors too)."""
+    return 0.85 if len(code) == 7 else 0.5 if len(code) == 3 else 0.75
+
+
 def _rules(s: str, excluded: bool) -> list[Drafted]:
     """The criteria read in one folded sentence `s` (the original kept by the caller)."""
     found: list[Drafted] = []
     negated = bool(_NEGATED.match(s))
+    drugs = _drugs(s)
     if (age := _age(s)) is not None and re.search(r"\b(age|aged|agee?s?|years|ans|adults?|adultes?|older|younger)\b", s):
         found.append(Drafted("age", age[0], excluded, "", age[1]))
     if re.search(r"\b(women|female|femmes?)\b", s):
@@ -159,8 +192,10 @@ def _rules(s: str, excluded: bool) -> list[Drafted]:
             re.search(r"(\w+)\s*(?:or more|ou plus)\s*(?:prior|previous)?\s*lines?", s):
         if (count := _number(m[1])) is not None:
             found.append(Drafted("treatment-lines", _quantity(count, "{lines}", ">="), excluded, "", 0.75))
-    elif re.search(r"\b(no prior|without prior|treatment[- ]naive|naifs? de|sans traitement anterieur)\b", s):
+    elif not drugs and re.search(r"\b(no prior|without prior|treatment[- ]naive|naifs? de|sans traitement anterieur)\b", s):
         found.append(Drafted("treatment-lines", _quantity(0, "{lines}", "<="), excluded, "", 0.7))
+    found += [Drafted("prior-treatment", _coded(ATC, atc), excluded != negated, "", _drug_confidence(atc))
+              for atc in drugs]
     code = next((code for pattern, code in DIAGNOSES if re.search(pattern, s)), None)
     if code is not None:
         # "no brain metastases" among inclusions is an exclusion of them

@@ -67,5 +67,35 @@ def test_precision_and_recall_per_type_on_the_evaluation_set() -> None:
     # Measured, and published in docs/matching.md: a change of the drafter shows here.
     assert rows == {
         "age": (15, 15, 15), "biomarker": (2, 2, 2), "condition": (16, 17, 16), "ecog": (4, 4, 4),
-        "free-text": (1, 2, 1), "gene": (2, 2, 2), "metastasis": (1, 1, 1), "prior-treatment": (1, 0, 0),
+        "free-text": (1, 1, 1), "gene": (2, 2, 2), "metastasis": (1, 1, 1), "prior-treatment": (1, 1, 1),
         "sex": (1, 1, 1), "stage": (4, 4, 3)}
+
+
+def _atc(code: str) -> dict[str, Any]:
+    return {"valueCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": code}]}}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Prior treatment with a platinum-based chemotherapy", [("prior-treatment", False, _atc("L01XA"))]),
+    ("Traitement antérieur par une chimiothérapie à base de sels de platine",
+     [("prior-treatment", False, _atc("L01XA"))]),
+    ("Exclusion criteria:\nPrevious treatment with an anti-PD-1 or anti-PD-L1 antibody",
+     [("prior-treatment", True, _atc("L01FF"))]),
+    ("Critères de non-inclusion :\nTraitement antérieur par un anticorps anti-PD-1 ou anti-PD-L1",
+     [("prior-treatment", True, _atc("L01FF"))]),
+    ("Previously treated with pembrolizumab", [("prior-treatment", False, _atc("L01FF02"))]),
+    ("No prior chemotherapy", [("prior-treatment", True, _atc("L01"))]),
+    ("Progression après létrozole ou anastrozole",
+     [("prior-treatment", False, _atc("L02BG04")), ("prior-treatment", False, _atc("L02BG03"))]),
+])
+def test_prior_treatments_are_drafted_with_their_atc_code(text: str, expected: list[tuple[str, bool, Any]]) -> None:
+    assert _one(text) == expected
+    assert all(d.sentence and 0 < d.confidence < 1 for d in draft(text))
+
+
+@pytest.mark.parametrize("text", [
+    "Prior treatment with zolbetuximab",  # not in the lexicon: no characteristic rather than a wrong one
+    "Known hypersensitivity to cisplatin",  # a drug named, but not as a prior treatment
+])
+def test_no_prior_treatment_is_guessed(text: str) -> None:
+    assert [d.kind for d in draft(text)] == ["free-text"]
