@@ -127,13 +127,21 @@ def core_definitions(path: Path = CORE_FILE) -> list[dict[str, Any]]:
     return resources
 
 
-@cache
 def load_catalogue(*, max_expansion: int = DEFAULT_MAX_EXPANSION,
                    dirs: Sequence[Path] = SOURCE_DIRS, core: Path = CORE_FILE,
                    operator: Path | None = None) -> Catalogue:
     """Our definitions, the operator's code systems (folder `operator`: operator.py) and the
-    R4 core ones, indexed (once per process and arguments: the catalogue does not change while
-    serving, and every app of a test run shares it)."""
+    R4 core ones, indexed. Without operator code systems the catalogue is made once per
+    process and arguments (it does not change while serving, and every app of a test run
+    shares it); with them, once per call: each server's folder is its own, and a cache keyed
+    by it would keep a catalogue for every app a process ever made."""
     loaded = own_definitions((operator,)) if operator is not None else []
+    if not loaded:
+        return _shared_catalogue(max_expansion, tuple(dirs), core)
     return Catalogue([*own_definitions(dirs), *loaded, *core_definitions(core)],
                      max_expansion=max_expansion)
+
+
+@cache
+def _shared_catalogue(max_expansion: int, dirs: tuple[Path, ...], core: Path) -> Catalogue:
+    return Catalogue([*own_definitions(dirs), *core_definitions(core)], max_expansion=max_expansion)

@@ -92,3 +92,13 @@ def test_every_core_value_set_computes_or_names_the_system_it_lacks() -> None:
             lacking.add(found[1])
     assert {"http://snomed.info/sct", "http://loinc.org", "http://unitsofmeasure.org"} <= lacking
     assert not any(url.startswith(OURS) for url in lacking)
+
+
+def test_servers_without_operator_code_systems_share_one_catalogue(tmp_path: Path) -> None:
+    """Each server passes its own operator folder; without code systems there, they all get
+    the one catalogue of the process (a cache keyed by the folder kept one per app made: the
+    test suite ran out of memory)."""
+    (tmp_path / "b").mkdir()
+    first = load_catalogue(operator=tmp_path / "a")  # no such folder
+    assert load_catalogue(operator=tmp_path / "b") is first  # an empty one
+    assert load_catalogue() is first

@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from fhir_server import cli
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
-from fhir_server.terminology_service import load_catalogue
 from tests.conftest import authorized
 
 MEDDRA = "http://terminology.hl7.org/CodeSystem/mdr"
@@ -59,8 +58,6 @@ def test_a_loaded_code_system_answers_lookup_and_validate_code(
     assert cli.main(["terminology", "load", str(_write(tmp_path / "mdr.json", FICTITIOUS))]) == 0
     assert "restart the server" in capsys.readouterr().out
     assert (data / "terminology" / "CodeSystem-mdr.json").is_file()
-
-    load_catalogue.cache_clear()  # a restart: the catalogue is indexed once per process
 
     for client in _server(settings):
         found = _lookup(client, "90001000")
