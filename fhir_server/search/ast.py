@@ -14,8 +14,9 @@ intervals, number/quantity search ranges are half-open `[low, high)` (see params
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 PREFIXES: tuple[Prefix, ...] = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -246,6 +247,10 @@ class Query:
     summary: Summary | None = None
     elements: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
+    # The caller's access check on included resources (stored versions in, those it may see
+    # out), applied at each include round: an `:iterate` include must not walk on through a
+    # resource the caller could not see (store/includes.py).
+    admit_included: Callable[[Sequence[Any]], list[Any]] | None = field(default=None, compare=False)
 
     def restrict(self, *clauses: Clause) -> Query:
         """This query with more clauses ANDed (how access adds compartment/consent filters)."""

@@ -8,6 +8,7 @@ OperationOutcome entry (`search.mode = outcome`), or refused with 400 under
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -120,9 +121,9 @@ async def search(
         assert resource_type is not None
         check_id(compartment)
         filtered = filtered.restrict(_compartment_clause(ctx, resource_type, compartment))
+    filtered = dataclasses.replace(filtered, admit_included=functools.partial(_reachable, ctx))
     page = await ctx.store.search(filtered, cursor)
-    included = _reachable(ctx, page.included)
-    for version in (*page.matches, *included):
+    for version in (*page.matches, *page.included):
         note(ctx, version)
 
     if compartment is not None:
@@ -138,7 +139,7 @@ async def search(
 
     entries: list[dict[str, Any]] = []
     if query.summary != "count":
-        for mode, versions in (("match", page.matches), ("include", included)):
+        for mode, versions in (("match", page.matches), ("include", page.included)):
             entries.extend(
                 {
                     "fullUrl": f"{ctx.base_url}/{v.resource_type}/{v.id}",

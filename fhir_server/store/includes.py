@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 
 from ..search import Include, Query
 from .base import Version
+from .decrypted_sort import Opener
 
 MAX_INCLUDED = 1000
 MAX_ITERATIONS = 5
@@ -22,8 +23,9 @@ Round = tuple[list[Key], list[Include], list[Include]]  # frontier, _include, _r
 Walk = Generator[Round, list[Version], tuple[Version, ...]]
 
 
-def walk(query: Query, matches: Sequence[Key]) -> Walk:
-    """Yield each round's (frontier, includes, revincludes); receive what the round found."""
+def walk(query: Query, matches: Sequence[Key], opened: Opener | None = None) -> Walk:
+    """Yield each round's (frontier, includes, revincludes); receive what the round found.
+    `opened` makes a stored version readable for the query's `admit_included` check."""
     seen = set(matches)
     found: dict[Key, Version] = {}
     frontier = list(matches)
@@ -34,8 +36,12 @@ def walk(query: Query, matches: Sequence[Key]) -> Walk:
             break
         added = yield frontier, specs, rev
         new = [v for v in added if (v.resource_type, v.id) not in seen]
+        seen.update((v.resource_type, v.id) for v in new)
+        if query.admit_included is not None:  # what the caller may not see ends the walk there
+            seen_by_caller = query.admit_included([opened(v) for v in new] if opened else new)
+            admitted = {(v.resource_type, v.id) for v in seen_by_caller}
+            new = [v for v in new if (v.resource_type, v.id) in admitted]
         for version in new:
-            seen.add((version.resource_type, version.id))
             found[(version.resource_type, version.id)] = version
         frontier = [(v.resource_type, v.id) for v in new]
         if len(found) >= MAX_INCLUDED:
@@ -44,12 +50,12 @@ def walk(query: Query, matches: Sequence[Key]) -> Walk:
 
 
 def run(query: Query, matches: Sequence[Key],
-        one_round: Callable[[list[Key], list[Include], list[Include]], list[Version]]
-        ) -> tuple[Version, ...]:
+        one_round: Callable[[list[Key], list[Include], list[Include]], list[Version]],
+        opened: Opener | None = None) -> tuple[Version, ...]:
     """The included resources, each round run by `one_round`."""
     if not (query.include or query.revinclude):
         return ()
-    steps = walk(query, matches)
+    steps = walk(query, matches, opened)
     try:
         request = next(steps)
         while True:
@@ -61,11 +67,12 @@ def run(query: Query, matches: Sequence[Key],
 async def run_async(
     query: Query, matches: Sequence[Key],
     one_round: Callable[[list[Key], list[Include], list[Include]], Awaitable[list[Version]]],
+    opened: Opener | None = None,
 ) -> tuple[Version, ...]:
     """`run` for a store whose round is a coroutine."""
     if not (query.include or query.revinclude):
         return ()
-    steps = walk(query, matches)
+    steps = walk(query, matches, opened)
     try:
         request = next(steps)
         while True:

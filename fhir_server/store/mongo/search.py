@@ -230,7 +230,7 @@ class MongoSearch:
     async def includes(self, query: Query, matches: Sequence[Version]) -> tuple[Version, ...]:
         """Resources named by `_include` / `_revinclude`, iterating where asked."""
         keys = [(v.resource_type, v.id) for v in matches]
-        return await includes.run_async(query, keys, self._include_round)
+        return await includes.run_async(query, keys, self._include_round, self.opened)
 
     async def _include_round(self, frontier: list[tuple[str, str]], specs: list[Include],
                              rev: list[Include]) -> list[Version]:

@@ -193,7 +193,8 @@ class SqliteSearch:
 
     def includes(self, query: Query, rows: Sequence[Sequence[Any]]) -> tuple[Version, ...]:
         """Resources named by `_include` / `_revinclude`, iterating where asked."""
-        return includes.run(query, [(row[0], row[1]) for row in rows], self._include_round)
+        return includes.run(query, [(row[0], row[1]) for row in rows], self._include_round,
+                            self.opened)
 
     def _reference_pids(self, spec: Include, types: Iterable[str]) -> list[int]:
         pids = []
