@@ -4,13 +4,14 @@ public looking for a trial (issue 17 §3b; docs/auth.md, "Without a token").
 Reads and searches of ResearchStudy, and, only as `_include`/`_revinclude` results of such a
 search, the catalogue resources the ECLAIRE queries include (sites, sponsors and other
 parties, the eligibility Group) when they belong to no patient compartment. Everything else
-is refused as it would be without this: 401, an access token is required.
+is refused as it would be without this: 401, an access token is required. So is an
+`:iterate` include: its walk would pass through resources the caller may not see.
 """
 
 from __future__ import annotations
 
 from ..model.errors import Kind, fail
-from ..search import Clause, TokenPredicate
+from ..search import Clause, Query, TokenPredicate
 from .principal import Principal, Role
 from .scopes import Interaction, parse_scopes
 
@@ -40,3 +41,13 @@ def public_clauses(interaction: Interaction, resource_type: str | None, *,
     if included and interaction == "search" and resource_type in INCLUDED_TYPES:
         return (_NO_MEMBERS,) if resource_type == "Group" else ()
     raise token_required()
+
+
+def check_public_query(query: Query) -> None:
+    """UNAUTHORIZED for an `:iterate` include or revinclude (the ECLAIRE queries use none): the
+    store walks through every resource a round finds before the results are filtered, so
+    `ResearchSubject:study` then `Patient:organization` would show, from hidden candidates,
+    the hospitals where a trial has some."""
+    if any(spec.iterate for spec in (*query.include, *query.revinclude)):
+        raise fail(Kind.UNAUTHORIZED, "login", "An :iterate _include or _revinclude needs an "
+                   f"access token. {TOKEN_REQUIRED}")

@@ -17,6 +17,7 @@ import orjson
 from .. import clock
 from ..access import Decision, Interaction, Role, decide
 from ..access import consent as consents
+from ..access.public import check_public_query
 from ..model.errors import Kind, fail
 from ..search import Chain, Has, IndexEntry, Not, Query, extract, patients_of
 from ..store.base import Version
@@ -35,6 +36,8 @@ def decision(ctx: Context, interaction: Interaction, resource_type: str | None, 
 def check_links(ctx: Context, query: Query) -> None:
     """FORBIDDEN when a chained parameter or `_has` would look into a type the caller reaches
     only in part: its matches would tell what the caller may not see."""
+    if ctx.principal is not None and ctx.principal.role is Role.PUBLIC:
+        check_public_query(query)
     for clause in query.clauses:
         for predicate in clause.any_of:
             for linked in _linked_types(predicate):

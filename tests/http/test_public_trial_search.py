@@ -215,3 +215,35 @@ def test_french_plain_language_summaries_come_as_the_catalogue_has_them(
         [trial] = [e["resource"] for e in matched.json()["entry"]
                    if e["search"]["mode"] == "match" and e["resource"]["id"] == "2022-500014-26-00-example"]
         assert _plain_language(trial) == expected
+
+
+def test_an_iterated_include_never_walks_through_what_the_public_may_not_see(
+        world: World, anonymous: TestClient) -> None:  # noqa: F811
+    # A candidate of the trial, managed by a hospital and followed by a GP: neither the
+    # ResearchSubject nor the Patient is public, but their Organization and Practitioner types
+    # are includable; walking through the hidden ones would tell that the trial has a candidate
+    # followed there.
+    for resource in (
+        {"resourceType": "Organization", "id": "dana-hospital", "name": "Dana's hospital"},
+        {"resourceType": "Practitioner", "id": "dana-gp", "name": [{"family": "Dana's GP"}]},
+        {"resourceType": "Patient", "id": "dana", "managingOrganization": {"reference": "Organization/dana-hospital"},
+         "generalPractitioner": [{"reference": "Practitioner/dana-gp"}]},
+        {"resourceType": "ResearchSubject", "id": "dana-her2", "status": "candidate",
+         "study": {"reference": "ResearchStudy/her2"}, "individual": {"reference": "Patient/dana"}},
+    ):
+        response = send(world.client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource,
+                        **world.headers("ehr"))
+        assert response.status_code in (200, 201), response.text
+    before = _store(world)
+    walk = ("_id=her2&_revinclude:iterate=ResearchSubject:study&_include:iterate=ResearchSubject:individual"
+            "&_include:iterate=Patient:organization&_include:iterate=Patient:general-practitioner")
+    as_ehr = world.client.get(f"/fhir/ResearchStudy?{walk}", headers=world.headers("ehr")).json()
+    assert {"Organization/dana-hospital", "Practitioner/dana-gp"} <= {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in as_ehr["entry"]}
+    for query in (walk, "_id=her2&_include=ResearchStudy:site&_revinclude:iterate=PractitionerRole:location",
+                  "_id=her2&_include:iterate=ResearchStudy:site"):
+        response = anonymous.get(f"/fhir/ResearchStudy?{query}")
+        assert response.status_code == 401, (query, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert "iterate" in response.json()["issue"][0]["diagnostics"]
+    assert _store(world) == before
