@@ -15,9 +15,8 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..access import Decision, Interaction, Role, decide
+from ..access import Decision, Interaction, Role, check_public_query, decide
 from ..access import consent as consents
-from ..access.public import check_public_query
 from ..model.errors import Kind, fail
 from ..search import Chain, Has, IndexEntry, Not, Query, extract, patients_of
 from ..store.base import Version
