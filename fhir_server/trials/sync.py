@@ -83,6 +83,7 @@ async def fetch(client: httpx.AsyncClient, base: str, since: str | None) -> tupl
     url: str | None = f"{base}/ResearchStudy"
     found: list[dict[str, Any]] = []
     pages = 0
+    total = None  # how many trials the base says match (its first page's `total`)
     while url is not None and pages < MAX_PAGES:
         response = await client.get(url, params=params if pages == 0 else None,
                                     headers={"Accept": "application/fhir+json"})
@@ -91,12 +92,18 @@ async def fetch(client: httpx.AsyncClient, base: str, since: str | None) -> tupl
                        f"{base} answered {response.status_code} to its search of ResearchStudy")
         bundle = _bundle(base, response.content)
         found.extend(resources_of(bundle))
+        if pages == 0 and isinstance(bundle.get("total"), int):
+            total = bundle["total"]
         pages += 1
         url = next((link.get("url") for link in bundle.get("link") or ()
                     if link.get("relation") == "next"), None)
     if url is not None:  # a partial list: a full pull would close every trial it missed
         raise fail(Kind.UNPROCESSABLE, "too-costly", f"{base} still had a next page after "
                    f"{MAX_PAGES} pages; nothing was stored")
+    received = len({r.get("id") for r in found if r.get("resourceType") == "ResearchStudy"})
+    if total is not None and received < total:  # paging stopped early: as partial
+        raise fail(Kind.UNPROCESSABLE, "incomplete", f"{base} gave {received} of the {total} "
+                   "trials it counts; nothing was stored")
     return found, pages
 
 

@@ -73,3 +73,23 @@ async def test_a_page_that_is_not_a_bundle_is_refused_naming_the_base(
             await sync(ctx, client, BASE, state)
     assert BASE in refused.value.issues[0].diagnostics
     assert not (tmp_path / "catalogue-sync.json").exists()
+
+
+async def test_a_pull_with_fewer_trials_than_the_base_counts_closes_nothing(ctx: Context, tmp_path: Path) -> None:
+    # The base says 2 trials match but its paging stops after one (an expired cursor, a
+    # proxy dropping links): the list is partial, so a full pull must not close the other.
+    first, second = example_unit("2023-500103-01-00"), example_unit("2023-500104-01-00")
+    state = SyncState(tmp_path / "catalogue-sync.json")
+    source = {"units": [first, second]}
+
+    def eclaire(request: httpx.Request) -> httpx.Response:
+        response = _page([r for unit in source["units"] for r in unit], None)
+        return httpx.Response(200, json={**response.json(), "total": 2})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(eclaire)) as client:
+        await sync(ctx, client, BASE, state)
+        source["units"] = [first]
+        with pytest.raises(FhirError) as refused:
+            await sync(ctx, client, BASE, state, full=True)
+    assert "1 of the 2" in refused.value.issues[0].diagnostics
+    assert await _status(ctx, "2023-500104-01-00") == "active"
