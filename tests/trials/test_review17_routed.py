@@ -1,10 +1,11 @@
-"""Defects the issue 17 review found in files other helpers own, each a test that fails
-today (routed to the lead; see the review's report):
+"""Defects the issue 17 review found in files other helpers own (routed to the lead; see the
+review's report):
 
-- services/search.py `_reachable` with store/includes.py `walk`: an `:iterate` include walks
+- services/search.py `_reachable` with store/includes.py `walk`: an `:iterate` include walked
   through resources the caller may not see (another patient's ResearchSubject and Patient)
-  before the results are filtered, so a patient learns where a trial has candidates;
-- trials/inverse_counts.py `rounded`: the draw depends on the study, so the same patients
+  before the results were filtered, so a patient learnt where a trial has candidates (fixed
+  on main by the iterfix merge, 397c061);
+- trials/inverse_counts.py `rounded` (fails today): the draw depends on the study, so the same patients
   round differently in each study an investigator is linked to, and averaging the figures
   of a few studies recovers a count of 1 to 4.
 """
