@@ -5,7 +5,9 @@ Reads and searches of ResearchStudy, and, only as `_include`/`_revinclude` resul
 search, the catalogue resources the ECLAIRE queries include (sites, sponsors and other
 parties, the eligibility Group) when they belong to no patient compartment. Everything else
 is refused as it would be without this: 401, an access token is required. So is an
-`:iterate` include: its walk would pass through resources the caller may not see.
+`:iterate` include: from a trial's sites it would reach every PractitionerRole working there
+and their Practitioners (the people at each site and how to reach them), which no trial
+publishes.
 """
 
 from __future__ import annotations
@@ -44,10 +46,9 @@ def public_clauses(interaction: Interaction, resource_type: str | None, *,
 
 
 def check_public_query(query: Query) -> None:
-    """UNAUTHORIZED for an `:iterate` include or revinclude (the ECLAIRE queries use none): the
-    store walks through every resource a round finds before the results are filtered, so
-    `ResearchSubject:study` then `Patient:organization` would show, from hidden candidates,
-    the hospitals where a trial has some."""
+    """UNAUTHORIZED for an `:iterate` include or revinclude (the ECLAIRE queries use none):
+    `_include=ResearchStudy:site&_revinclude:iterate=PractitionerRole:location` would list
+    the people working at every site, which the public has no reason to walk to."""
     if any(spec.iterate for spec in (*query.include, *query.revinclude)):
         raise fail(Kind.UNAUTHORIZED, "login", "An :iterate _include or _revinclude needs an "
                    f"access token. {TOKEN_REQUIRED}")

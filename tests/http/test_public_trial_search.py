@@ -221,8 +221,8 @@ def test_an_iterated_include_never_walks_through_what_the_public_may_not_see(
         world: World, anonymous: TestClient) -> None:  # noqa: F811
     # A candidate of the trial, managed by a hospital and followed by a GP: neither the
     # ResearchSubject nor the Patient is public, but their Organization and Practitioner types
-    # are includable; walking through the hidden ones would tell that the trial has a candidate
-    # followed there.
+    # are includable. The ECLAIRE queries iterate nothing; from the sites, an iterated walk
+    # would list the people working there.
     for resource in (
         {"resourceType": "Organization", "id": "dana-hospital", "name": "Dana's hospital"},
         {"resourceType": "Practitioner", "id": "dana-gp", "name": [{"family": "Dana's GP"}]},
