@@ -10,7 +10,7 @@ from . import consent
 from .delegation import Delegation, delegation
 from .codes import FAILURE_WINDOW, MAX_FAILURES, CodeCheck, ConfirmationCodes
 from .policy import Decision, compartment_clause, decide
-from .public import public_principal, token_required
+from .public import check_public_query, public_principal, token_required
 from .principal import PATIENT_SIDE, PRACTITIONER_ACCOUNTS, Claims, Principal, Role, server_principal
 from .study_match import View, inverse_view, linked
 from .scopes import (
@@ -48,6 +48,7 @@ __all__ = [
     "Restriction",
     "Role",
     "View",
+    "check_public_query",
     "compartment_clause",
     "consent",
     "decide",

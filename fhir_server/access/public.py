@@ -4,13 +4,16 @@ public looking for a trial (issue 17 §3b; docs/auth.md, "Without a token").
 Reads and searches of ResearchStudy, and, only as `_include`/`_revinclude` results of such a
 search, the catalogue resources the ECLAIRE queries include (sites, sponsors and other
 parties, the eligibility Group) when they belong to no patient compartment. Everything else
-is refused as it would be without this: 401, an access token is required.
+is refused as it would be without this: 401, an access token is required. So is an
+`:iterate` include: from a trial's sites it would reach every PractitionerRole working there
+and their Practitioners (the people at each site and how to reach them), which no trial
+publishes.
 """
 
 from __future__ import annotations
 
 from ..model.errors import Kind, fail
-from ..search import Clause, TokenPredicate
+from ..search import Clause, Query, TokenPredicate
 from .principal import Principal, Role
 from .scopes import Interaction, parse_scopes
 
@@ -40,3 +43,12 @@ def public_clauses(interaction: Interaction, resource_type: str | None, *,
     if included and interaction == "search" and resource_type in INCLUDED_TYPES:
         return (_NO_MEMBERS,) if resource_type == "Group" else ()
     raise token_required()
+
+
+def check_public_query(query: Query) -> None:
+    """UNAUTHORIZED for an `:iterate` include or revinclude (the ECLAIRE queries use none):
+    `_include=ResearchStudy:site&_revinclude:iterate=PractitionerRole:location` would list
+    the people working at every site, which the public has no reason to walk to."""
+    if any(spec.iterate for spec in (*query.include, *query.revinclude)):
+        raise fail(Kind.UNAUTHORIZED, "login", "An :iterate _include or _revinclude needs an "
+                   f"access token. {TOKEN_REQUIRED}")

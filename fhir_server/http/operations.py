@@ -10,8 +10,8 @@ from starlette.responses import Response
 from ..search import query_pairs
 from ..model.errors import Kind, fail
 from ..services import crud, erase, validate
-from ..trials import (candidates, catalogue, criteria_review, inverse, match, prescreening, proposal,
-                      referral, thread)
+from ..trials import (candidates, catalogue, criteria_review, inverse, match, match_parameters, prescreening,
+                      proposal, referral, thread)
 from .auth import authenticate, context_of
 from .errors import not_allowed
 from .headers import prefer, version_headers
@@ -136,6 +136,7 @@ async def match_trials(request: Request) -> Response:
     """The trials a patient (stored, or an anonymous profile) may join: a searchset Bundle."""
     check_acceptable(request)
     payload = await read_payload(request)
+    match_parameters.check_size(payload.checked)  # before validating what it limits
     return fhir_response(request, await match.match(context_of(request), payload.checked))
 
 

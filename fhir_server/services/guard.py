@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..access import Decision, Interaction, Role, decide
+from ..access import Decision, Interaction, Role, check_public_query, decide
 from ..access import consent as consents
 from ..model.errors import Kind, fail
 from ..search import Chain, Has, IndexEntry, Not, Query, extract, patients_of
@@ -35,6 +35,8 @@ def decision(ctx: Context, interaction: Interaction, resource_type: str | None, 
 def check_links(ctx: Context, query: Query) -> None:
     """FORBIDDEN when a chained parameter or `_has` would look into a type the caller reaches
     only in part: its matches would tell what the caller may not see."""
+    if ctx.principal is not None and ctx.principal.role is Role.PUBLIC:
+        check_public_query(query)
     for clause in query.clauses:
         for predicate in clause.any_of:
             for linked in _linked_types(predicate):

@@ -234,8 +234,8 @@ async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: 
 
 async def load(ctx: Context, body: Any) -> dict[str, Any]:
     """`POST [base]/ResearchStudy/$load`: store the trials of a Bundle, as `store_all`; a
-    Parameters of the outcomes. FORBIDDEN unless the caller may create and update every
-    catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
+    Parameters of the outcomes. FORBIDDEN unless the caller may create and update any
+    resource of every catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
     resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
     _may_load(ctx)
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
@@ -256,10 +256,14 @@ async def load_ndjson(ctx: Context, body: bytes) -> dict[str, Any]:
 
 
 def _may_load(ctx: Context) -> None:
-    """FORBIDDEN unless the caller may create and update every catalogue type."""
+    """FORBIDDEN unless the caller may create and update any resource of every catalogue
+    type: the load writes as the server, so a granular scope (`Group.cu?type=device`) would
+    not hold for what it stores."""
     for resource_type in sorted(CATALOGUE_TYPES):
-        decision(ctx, "create", resource_type)
-        decision(ctx, "update", resource_type)
+        for interaction in ("create", "update"):
+            if not decision(ctx, interaction, resource_type).unrestricted:
+                raise fail(Kind.FORBIDDEN, "forbidden", f"$load needs {interaction} on every "
+                           f"{resource_type}; the access token allows it on some only.")
 
 
 def read_files(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:

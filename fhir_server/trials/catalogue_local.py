@@ -29,7 +29,7 @@ async def kept(ctx: Context, incoming: dict[str, Any], current: dict[str, Any]) 
         merged["enrollment"] = [*(incoming.get("enrollment") or ()), *ours]
     statuses = {site["reference"]: marks for site in current.get("site") or ()
                 if isinstance(site, dict) and (marks := _marks(site))}
-    if statuses:
+    if statuses and incoming.get("site"):  # absent stays absent: R4 has no empty arrays
         merged["site"] = [_with_marks(site, statuses.get(site.get("reference"), []))
                           if isinstance(site, dict) else site for site in incoming.get("site") or ()]
     return merged

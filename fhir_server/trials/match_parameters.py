@@ -13,6 +13,10 @@ from .gazetteer import Point, parse_location
 NAMES = ("patient", "bundle", "location", "radius", "phase", "recruiting-only", "count")
 SINGLE = ("patient", "bundle", "location", "radius", "recruiting-only", "count")
 # R4 research-study-phase codes, and the one ECLAIRE adds (eclaire-study-phase-code-system).
+# Entries of a `bundle` profile, at most: a patient's summary, not a whole record (a stored
+# patient is matched with `patient`). Validating a profile costs about 0.1 ms of CPU an entry,
+# and anyone may send one without a token: 16 MB of entries would hold a worker for seconds.
+MAX_PROFILE_ENTRIES = 1000
 PHASES = frozenset({"n-a", "early-phase-1", "phase-1", "phase-1-phase-2", "phase-2", "phase-2-phase-3",
                     "phase-3", "phase-4", "phase-3-phase-4"})
 
@@ -79,6 +83,20 @@ def _phases(parameters: list[dict[str, Any]]) -> frozenset[str]:
     if unknown:  # it would match nothing: say so rather than answer an empty list
         raise invalid("phase", f"unknown phase code(s) {', '.join(unknown)}; known: {', '.join(sorted(PHASES))}")
     return frozenset(found)
+
+
+def check_size(body: Any) -> None:
+    """UNPROCESSABLE (too-costly) naming `bundle` when its profile holds more than
+    MAX_PROFILE_ENTRIES entries; called before the body is validated, which costs as much."""
+    parameters = body.get("parameter") if isinstance(body, dict) else None
+    for parameter in parameters if isinstance(parameters, list) else ():
+        resource = parameter.get("resource") if isinstance(parameter, dict) else None
+        entries = resource.get("entry") if isinstance(resource, dict) else None
+        if isinstance(entries, list) and parameter.get("name") == "bundle" \
+                and len(entries) > MAX_PROFILE_ENTRIES:
+            raise fail(Kind.UNPROCESSABLE, "too-costly", f"Parameter 'bundle': {len(entries)} "
+                       f"entries; an anonymous profile holds at most {MAX_PROFILE_ENTRIES} (match "
+                       "a stored record with 'patient')", expression=_where("bundle"))
 
 
 def read(body: dict[str, Any], max_count: int) -> MatchRequest:

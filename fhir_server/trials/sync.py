@@ -29,7 +29,7 @@ from .catalogue import CatalogueReport, catalogue_id, resources_of, store_all
 
 IG_INCLUDES = ("ResearchStudy:site", "ResearchStudy:sponsor", "ResearchStudy:enrollment")
 PAGE = 1000
-MAX_PAGES = 10_000  # a base whose `next` links loop must not keep us forever
+MAX_PAGES = 10_000  # a base whose `next` links loop must not keep us forever (nor close trials)
 # R4 research-study-status codes under which a study still recruits or may: a vanished study
 # in one of them is closed to accrual.
 OPEN_STATUSES = frozenset({"active", "approved", "in-review", "temporarily-closed-to-accrual",
@@ -83,18 +83,41 @@ async def fetch(client: httpx.AsyncClient, base: str, since: str | None) -> tupl
     url: str | None = f"{base}/ResearchStudy"
     found: list[dict[str, Any]] = []
     pages = 0
+    total = None  # how many trials the base says match (its first page's `total`)
     while url is not None and pages < MAX_PAGES:
         response = await client.get(url, params=params if pages == 0 else None,
                                     headers={"Accept": "application/fhir+json"})
         if response.status_code != 200:
             raise fail(Kind.UNPROCESSABLE, "exception",
                        f"{base} answered {response.status_code} to its search of ResearchStudy")
-        bundle = response.json()
+        bundle = _bundle(base, response.content)
         found.extend(resources_of(bundle))
+        if pages == 0 and isinstance(bundle.get("total"), int):
+            total = bundle["total"]
         pages += 1
         url = next((link.get("url") for link in bundle.get("link") or ()
                     if link.get("relation") == "next"), None)
+    if url is not None:  # a partial list: a full pull would close every trial it missed
+        raise fail(Kind.UNPROCESSABLE, "too-costly", f"{base} still had a next page after "
+                   f"{MAX_PAGES} pages; nothing was stored")
+    received = len({r.get("id") for r in found if r.get("resourceType") == "ResearchStudy"})
+    if total is not None and received < total:  # paging stopped early: as partial
+        raise fail(Kind.UNPROCESSABLE, "incomplete", f"{base} gave {received} of the {total} "
+                   "trials it counts; nothing was stored")
     return found, pages
+
+
+def _bundle(base: str, body: bytes) -> dict[str, Any]:
+    """A page of the base's searchset; UNPROCESSABLE naming the base when it is not a Bundle
+    (a maintenance page, an OperationOutcome answered with 200)."""
+    try:
+        page = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        page = None
+    if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
+        raise fail(Kind.UNPROCESSABLE, "exception",
+                   f"{base} answered its search of ResearchStudy with something else than a Bundle")
+    return page
 
 
 async def sync(ctx: Context, client: httpx.AsyncClient, base: str, state: SyncState,

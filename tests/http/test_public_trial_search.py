@@ -215,3 +215,58 @@ def test_french_plain_language_summaries_come_as_the_catalogue_has_them(
         [trial] = [e["resource"] for e in matched.json()["entry"]
                    if e["search"]["mode"] == "match" and e["resource"]["id"] == "2022-500014-26-00-example"]
         assert _plain_language(trial) == expected
+
+
+def test_an_iterated_include_never_walks_through_what_the_public_may_not_see(
+        world: World, anonymous: TestClient) -> None:  # noqa: F811
+    # A candidate of the trial, managed by a hospital and followed by a GP: neither the
+    # ResearchSubject nor the Patient is public, but their Organization and Practitioner types
+    # are includable. The ECLAIRE queries iterate nothing; from the sites, an iterated walk
+    # would list the people working there.
+    for resource in (
+        {"resourceType": "Organization", "id": "dana-hospital", "name": "Dana's hospital"},
+        {"resourceType": "Practitioner", "id": "dana-gp", "name": [{"family": "Dana's GP"}]},
+        {"resourceType": "Patient", "id": "dana", "managingOrganization": {"reference": "Organization/dana-hospital"},
+         "generalPractitioner": [{"reference": "Practitioner/dana-gp"}]},
+        {"resourceType": "ResearchSubject", "id": "dana-her2", "status": "candidate",
+         "study": {"reference": "ResearchStudy/her2"}, "individual": {"reference": "Patient/dana"}},
+    ):
+        response = send(world.client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource,
+                        **world.headers("ehr"))
+        assert response.status_code in (200, 201), response.text
+    before = _store(world)
+    walk = ("_id=her2&_revinclude:iterate=ResearchSubject:study&_include:iterate=ResearchSubject:individual"
+            "&_include:iterate=Patient:organization&_include:iterate=Patient:general-practitioner")
+    as_ehr = world.client.get(f"/fhir/ResearchStudy?{walk}", headers=world.headers("ehr")).json()
+    assert {"Organization/dana-hospital", "Practitioner/dana-gp"} <= {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in as_ehr["entry"]}
+    for query in (walk, "_id=her2&_include=ResearchStudy:site&_revinclude:iterate=PractitionerRole:location",
+                  "_id=her2&_include:iterate=ResearchStudy:site"):
+        response = anonymous.get(f"/fhir/ResearchStudy?{query}")
+        assert response.status_code == 401, (query, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert "iterate" in response.json()["issue"][0]["diagnostics"]
+    assert _store(world) == before
+
+
+def test_an_anonymous_profile_past_the_entry_limit_is_refused_before_it_is_validated(
+        world: World, anonymous: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Validating a profile costs about 0.1 ms of CPU an entry, on the event loop, for anyone
+    # without a token: 15 MB (40,000 entries) took 5 s. The limit comes first.
+    from fhir_server.services import crud
+    validated: list[str] = []
+    check = crud.check_resource
+    monkeypatch.setattr(crud, "check_resource", lambda *a: validated.append("yes") or check(*a))
+    profile = _profile()
+    observation = profile["entry"][-1]
+    profile["entry"] += [{**observation, "fullUrl": f"urn:uuid:00000000-0000-4000-8001-{n:012d}"}
+                         for n in range(1000)]
+    before = _store(world)
+    response = _match(anonymous, {"name": "bundle", "resource": profile})
+    assert response.status_code == 422, response.text
+    [issue] = response.json()["issue"]
+    assert issue["code"] == "too-costly" and "bundle" in issue["diagnostics"]
+    assert issue["expression"] == ["Parameters.parameter.where(name='bundle')"]
+    assert validated == [] and _store(world) == before
+    profile["entry"] = profile["entry"][:1000]
+    assert _match(anonymous, {"name": "bundle", "resource": profile}).status_code == 200

@@ -121,3 +121,17 @@ async def test_a_sync_from_an_eclaire_base_keeps_the_curation(ctx: Context, tmp_
     assert version == before + 1 and study["title"] == "Retitled at the source"
     assert {"reference": f"Group/{group}"} in study["enrollment"]
     assert any(e["url"] == SITE_RECRUITMENT for e in study["site"][1]["extension"])
+
+
+async def test_a_trial_whose_source_lists_no_site_any_more_is_updated(ctx: Context) -> None:
+    # A trial closed at the source often comes without its sites; the stored one has a status
+    # on one of them. Keeping statuses must not turn the absent `site` into an empty array,
+    # which R4 forbids: the update was refused, at every sync, and the trial stayed open here.
+    await catalogue.store_all(ctx, example_unit())
+    await _curate(ctx)
+    unit = example_unit(status="closed-to-accrual")
+    del unit[0]["site"]
+    report = await catalogue.store_all(ctx, unit)
+    assert not report.failures, report.summary()
+    _, study = await _study(ctx)
+    assert study["status"] == "closed-to-accrual" and "site" not in study
