@@ -119,7 +119,7 @@ def condition(criterion: Criterion, record: Record) -> Finding:
     hits, coded, unheld = _covered(criterion, record.conditions, lambda s: s in ICD10 or s == ICDO3)
     if hits:
         return Finding(True, _refs(hits))
-    if unheld and len(unheld) == len(criterion.codes):
+    if unheld:  # an alternative in a system we cannot read may be the one the patient has
         return unknown(warning=f"no rule for code system {unheld[0]}: the criterion is not evaluated")
     icd10 = [e for e in coded if any(s in ICD10 for s, _ in e.codings)]
     # A recorded C50 neither shows nor refutes a required C50.4: it is less precise.
@@ -221,7 +221,16 @@ def compare_value(criterion: Criterion, holder: dict[str, Any]) -> tuple[bool | 
         if not isinstance(concept, dict):
             return None, "the result is not coded"
         seen = {(c.get("system"), c.get("code")) for c in concept.get("coding", []) if isinstance(c, dict)}
-        return bool(seen & set(criterion.codes)), None
+        held = {(s, c) for s, c in criterion.codes if covers(s, c, c) is not None}
+        if seen & held:
+            return True, None
+        unheld = sorted({s for s, _ in criterion.codes} - {s for s, _ in held})
+        if unheld:  # code-for-code equality in a system we hold no rule for proves nothing
+            return None, f"no rule for code system {unheld[0]}: the criterion is not evaluated"
+        systems = {s for s, _ in held}
+        if not any(s in systems for s, _ in seen):  # text only, or another system's code
+            return None, "the result is not coded in " + ", ".join(sorted(systems))
+        return False, None
     assert criterion.interval is not None
     quantity = holder.get("valueQuantity")
     if isinstance(holder.get("valueInteger"), int):
