@@ -63,13 +63,15 @@ class Figures:
 _SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, Figures]] = weakref.WeakKeyDictionary()
 
 
-def rounded(key: bytes, cell: Cell, members: list[str]) -> int:
-    """The size of `cell` rounded to an adjacent multiple of BASE, up with probability
-    (size mod BASE) / BASE: unbiased, and drawn from the cell and its members alone."""
+def rounded(key: bytes, members: list[str]) -> int:
+    """The number of `members` rounded to an adjacent multiple of BASE, up with probability
+    (size mod BASE) / BASE: unbiased, and drawn from the members alone, so that the same
+    patients round alike in every cell and study (else averaging the figures of several
+    studies would recover the exact count)."""
     low, rest = divmod(len(members), BASE)
     if rest == 0:
         return len(members)
-    digest = hmac.new(key, "\x00".join([*cell, "|", *sorted(members)]).encode(), hashlib.sha256).digest()
+    digest = hmac.new(key, "\x00".join(sorted(members)).encode(), hashlib.sha256).digest()
     return (low + (int.from_bytes(digest[:8], "big") % BASE < rest)) * BASE
 
 
@@ -108,7 +110,7 @@ async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalo
             site = found.location if found is not None else NO_SITE
         cell = (result.verdict, site, *(f"{c.key}={c.verdict}" for c in result.criteria))
         members[cell].append(patient)
-    cells = {cell: rounded(key, (trial.study, *cell), ids) for cell, ids in members.items()}
+    cells = {cell: rounded(key, ids) for cell, ids in members.items()}
     sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
     return Figures(today.isoformat(), cells, texts, sites, counted)
 

@@ -71,7 +71,7 @@ def _published(sizes: tuple[int, ...], draw: tuple[bool, ...] | None = None) -> 
     for cell, size, up in zip(CELLS, sizes, draw or (None,) * len(CELLS)):
         members = [f"{cell[0]}-{n}" for n in range(size)]
         low = size // BASE * BASE
-        cells[cell] = rounded(KEY, cell, members) if up is None else (
+        cells[cell] = rounded(KEY, members) if up is None else (
             size if size % BASE == 0 else low + BASE * up)
     return parameters(Figures("2026-12-06", cells, {"1": "Breast cancer"}, SITES, ()))
 
@@ -118,9 +118,9 @@ def test_no_published_figure_lets_one_recompute_a_small_count(sizes: tuple[int, 
 
 def test_rounding_is_unbiased_and_stable() -> None:
     members = [f"p{n}" for n in range(7)]
-    assert rounded(KEY, ("c",), members) == rounded(KEY, ("c",), list(reversed(members)))
-    assert rounded(KEY, ("c",), members[:5]) == 5
-    draws = [rounded(KEY, (f"cell-{n}",), ["a"]) for n in range(2000)]
+    assert rounded(KEY, members) == rounded(KEY, list(reversed(members)))
+    assert rounded(KEY, members[:5]) == 5
+    draws = [rounded(KEY, [f"p-{n}"]) for n in range(2000)]
     assert set(draws) == {0, 5} and 0.15 < draws.count(5) / len(draws) < 0.25  # up 1 time in 5
 
 
