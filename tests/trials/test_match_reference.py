@@ -392,9 +392,9 @@ def listed(answer: dict[str, Any]) -> list[tuple[str, str, float, dict[str, tupl
 # --- defects the comparison found, each as a plain case -----------------------------------
 
 def only_trial(client: TestClient, criteria: list[dict[str, Any]], resources: list[dict[str, Any]],
-               contained: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, str]] | None:
-    """(verdict, {key: verdict}) of study t0 holding `criteria` alone (the other studies hold
-    a free-text criterion), or None when $match does not list it."""
+               contained: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, tuple[str, bool]]] | None:
+    """(verdict, {key: (verdict, explained)}) of study t0 holding `criteria` alone (the other
+    studies hold a free-text criterion), or None when $match does not list it."""
     for n in range(TRIALS):
         group = {"resourceType": "Group", "id": f"t{n}-criteria", "meta": {"profile": [PROFILE]},
                  **({"contained": contained} if contained and n == 0 else {}),
@@ -406,8 +406,7 @@ def only_trial(client: TestClient, criteria: list[dict[str, Any]], resources: li
         {"name": "bundle", "resource": bundle(resources)}, {"name": "recruiting-only", "valueBoolean": False}]}
     response = send(client, "POST", "/fhir/ResearchStudy/$match", body)
     assert response.status_code == 200, response.text
-    found = {study: (verdict, {k: v for k, (v, _) in criteria.items()})
-             for study, verdict, _, criteria in listed(response.json())}
+    found = {study: (verdict, criteria) for study, verdict, _, criteria in listed(response.json())}
     return found.get("t0")
 
 
@@ -426,5 +425,15 @@ def test_a_medication_the_bundle_references_by_its_full_url_is_read(client: Test
                  "effectiveDateTime": "2026-05-01", "medicationReference": {"reference": "MEDICATION"}},
                 {"resourceType": "Medication", "code": concept(coding(ref.ATC, "L01XA02"))}]
 
-    assert only_trial(client, [prior("L01XA")], record()) == ("eligible", {"1": "met"})
+    assert only_trial(client, [prior("L01XA")], record()) == ("eligible", {"1": ("met", False)})
     assert only_trial(client, [prior("L01XA", exclude=True)], record()) is None  # ineligible
+
+
+def test_an_age_a_partial_birth_date_leaves_open_says_what_is_missing(client: TestClient) -> None:
+    """Born in a year only, 64 or 65 today: `>= 65 a` is unknown, and like every unknown
+    criterion it names the missing datum (issue 17 §3: "the missing element when unknown")."""
+    older = {"code": concept(coding(ref.CRITERION_SYSTEM, "age"), text="65 or older"),
+             "valueQuantity": amount(65, "a", ">="), "exclude": False}
+    year = str(today().year - 65)
+    assert only_trial(client, [older], [{"resourceType": "Patient", "birthDate": year}]) == (
+        "undetermined", {"1": ("unknown", True)})
