@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fhir_server import clock
@@ -265,7 +265,7 @@ def leaf(draw: st.DrawFn) -> dict[str, Any]:
     """One criterion of any type but at-least."""
     kind = draw(st.sampled_from(["age", "sex", "condition", "condition", "morphology", "topography",
                                  "metastasis", "tnm-t", "tnm-n", "tnm-m", "stage", "biomarker", "biomarker",
-                                 "gene", "ecog", "prior-treatment", "treatment-lines", "free-text", "unsupported"]))
+                                 "gene", "ecog", "prior-treatment", "treatment-lines", "free-text", "unsupported", "unsupported"]))
     if kind == "age":
         value = draw(ranges_or_quantities([18, 65, 75], ["a", "a", "mo"], {"mo": 12}))
         if draw(st.integers(0, 9)) == 0:  # an age in kilograms: not an age
@@ -334,7 +334,7 @@ def groups(draw: st.DrawFn, id: str) -> dict[str, Any]:
 
     criteria = []
     for _ in range(draw(st.integers(1, 3))):
-        shape = draw(st.sampled_from(["leaf", "leaf", "leaf", "at-least", "only-if"]))
+        shape = draw(st.sampled_from(["leaf", "leaf", "at-least", "only-if"]))
         if shape == "at-least":
             inner = draw(st.lists(leaf(), min_size=2, max_size=3))
             found = characteristic("at-least", {"valueReference": {"reference": f"#{members(inner)}"}}, draw, exclude=False)
@@ -437,3 +437,22 @@ def test_an_age_a_partial_birth_date_leaves_open_says_what_is_missing(client: Te
     year = str(today().year - 65)
     assert only_trial(client, [older], [{"resourceType": "Patient", "birthDate": year}]) == (
         "undetermined", {"1": ("unknown", True)})
+
+
+def test_a_criterion_that_does_not_apply_is_not_applicable_even_unreadable(client: TestClient) -> None:
+    """A women-only criterion whose value the server cannot read (a sex criterion holding a
+    boolean), for a man: its only-if condition is not met, so it is not-applicable (docs/
+    matching.md §2) and the trial, every other criterion met, is eligible."""
+    women = {"resourceType": "Group", "id": "women", "type": "person", "actual": False, "characteristic": [
+        {"code": concept(coding(ref.CRITERION_SYSTEM, "sex"), text="Women"),
+         "valueCodeableConcept": concept(coding(ref.GENDER, "female")), "exclude": False}]}
+    unreadable = {"code": concept(coding(ref.CRITERION_SYSTEM, "sex"), text="Women: not pregnant"),
+                  "valueBoolean": True, "exclude": False,
+                  "extension": [{"url": ref.ONLY_IF_URL, "valueReference": {"reference": "#women"}}]}
+    found = only_trial(client, [prior("L01XA"), unreadable],
+                       [{"resourceType": "Patient", "gender": "male"},
+                        {"resourceType": "MedicationStatement", "status": "completed",
+                         "medicationCodeableConcept": concept(coding(ref.ATC, "L01XA01"))}], contained=[women])
+    assert found is not None
+    assert found[0] == "eligible"
+    assert {k: v for k, (v, _) in found[1].items()} == {"1": "met", "2": "not-applicable", "2.if.1": "not-met"}
