@@ -389,6 +389,57 @@ def listed(answer: dict[str, Any]) -> list[tuple[str, str, float, dict[str, tupl
     return out
 
 
+# Derandomized (the same examples on every run, no example database) and without shrinking:
+# shrinking a catalogue of six Groups through HTTP takes minutes, and the failure message
+# already names each disagreeing trial and criterion with the example's draws.
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          phases=(Phase.explicit, Phase.generate),
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(st.data())
+def test_match_agrees_with_the_reference(client: TestClient, data: st.DataObject) -> None:
+    trials = [data.draw(groups(f"t{n}-criteria"), label=f"t{n}") for n in range(TRIALS)]
+    resources = data.draw(patients(), label="patient")
+    sent = bundle(resources)
+    for group in trials:
+        response = send(client, "PUT", f"/fhir/Group/{group['id']}", group)
+        assert response.status_code in (200, 201), response.text
+    parameters = [{"name": "bundle", "resource": sent}, {"name": "recruiting-only", "valueBoolean": False},
+                  {"name": "count", "valueInteger": 100}]
+    response = send(client, "POST", "/fhir/ResearchStudy/$match", {"resourceType": "Parameters", "parameter": parameters})
+    assert response.status_code == 200, response.text
+
+    expected = {f"t{n}": ref.evaluate([group], resources, today()) for n, group in enumerate(trials)}
+    assert disagreements(expected, listed(response.json())) == []
+
+
+def disagreements(expected: dict[str, ref.Verdict],
+                  shown: list[tuple[str, str, float, dict[str, tuple[str, bool]]]]) -> list[str]:
+    """Where `$match`'s listing differs from the reference's, in words."""
+    out = []
+    found = {study: (verdict, score, criteria) for study, verdict, score, criteria in shown}
+    for study, wanted in expected.items():
+        if wanted.verdict == "ineligible":
+            if study in found:
+                out.append(f"{study}: listed {found[study]}, the reference finds it ineligible: {wanted.by_key()}")
+            continue
+        if study not in found:
+            out.append(f"{study}: not listed, the reference finds it {wanted.verdict}: {wanted.by_key()}")
+            continue
+        verdict, score, criteria = found[study]
+        verdicts = {key: v for key, (v, _) in criteria.items() if ".if." not in key}
+        if verdicts != wanted.by_key():
+            out.append(f"{study}: criteria {verdicts}, the reference's {wanted.by_key()}")
+        if (verdict, score) != (wanted.verdict, pytest.approx(wanted.score, abs=1e-4)):
+            out.append(f"{study}: {verdict} {score}, the reference's {wanted.verdict} {wanted.score}")
+        out += [f"{study}: criterion {key} unknown without saying why" for key, (v, explained) in criteria.items()
+                if v == ref.UNKNOWN and not explained]
+    ranked = sorted(found, key=lambda s: (expected[s].verdict != "eligible", -expected[s].score, s))
+    if [study for study, *_ in shown] != ranked:
+        out.append(f"order {[study for study, *_ in shown]}, expected {ranked}")
+    return out
+
+
 # --- defects the comparison found, each as a plain case -----------------------------------
 
 def only_trial(client: TestClient, criteria: list[dict[str, Any]], resources: list[dict[str, Any]],
