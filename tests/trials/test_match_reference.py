@@ -201,7 +201,9 @@ def patients(draw: st.DrawFn) -> list[dict[str, Any]]:
         person["gender"] = gender
     resources = [person] + draw(st.lists(conditions(), max_size=3))
     observations = draw(st.lists(st.one_of(staging(), lab(), her2(), ecog(), variant()), max_size=6))
-    days = draw(st.lists(st.integers(1, 300), min_size=len(observations), max_size=len(observations), unique=True))
+    # Dates from a short span: two observations of one test on the same day happen (then the
+    # greatest reference is the latest).
+    days = draw(st.lists(st.integers(1, 40), min_size=len(observations), max_size=len(observations)))
     for found, day in zip(observations, days):
         found["effectiveDateTime"] = (date(2026, 1, 1) + timedelta(days=day)).isoformat()
     resources += observations
