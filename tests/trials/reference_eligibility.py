@@ -299,11 +299,14 @@ def less_precise(wanted: str, recorded: str) -> bool:
 
 def condition_rule(c: dict[str, Any], patient: Patient) -> str:
     wanted = [x["code"] for x in codings(c.get("valueCodeableConcept")) if x.get("system") in ICD10]
+    elsewhere = [x for x in codings(c.get("valueCodeableConcept")) if x.get("system") not in (*ICD10, ICDO3)]
     if not wanted:
         return UNKNOWN
     codes, unplaced = diagnoses(patient)
     if any(covers(w, r) for w in wanted for r in codes):
         return MET
+    if elsewhere:  # a code without a rule may be the patient's: nothing is refuted
+        return UNKNOWN
     if c.get("exclude") or not codes or unplaced or any(less_precise(w, r) for w in wanted for r in codes):
         return UNKNOWN
     return NOT_MET  # the closed-world rule of inclusion diagnoses
@@ -426,10 +429,10 @@ def biomarker_rule(c: dict[str, Any], patient: Patient) -> str:
     found = latest(readings)
     if found is None:
         return UNKNOWN
-    if "valueCodeableConcept" in c:
-        wanted = {(x.get("system"), x.get("code")) for x in codings(c["valueCodeableConcept"])}
-        got = {(x.get("system"), x.get("code")) for x in codings(found.get("valueCodeableConcept"))}
-        if not got:
+    if "valueCodeableConcept" in c:  # LOINC answers: other systems have no rule
+        wanted = {x.get("code") for x in codings(c["valueCodeableConcept"]) if x.get("system") == LOINC}
+        got = {x.get("code") for x in codings(found.get("valueCodeableConcept")) if x.get("system") == LOINC}
+        if not wanted or not got:
             return UNKNOWN
         return MET if wanted & got else NOT_MET
     wanted_interval = asked(c, lambda q: in_unit(q, None))

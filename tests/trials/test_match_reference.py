@@ -32,6 +32,7 @@ HER2, POSITIVE, NEGATIVE = "48676-1", "LA6576-8", "LA6577-6"
 PROTEIN, NEUTROPHILS, KI67 = "2885-2", "26499-4", "85319-2"
 UNITS_OF = {PROTEIN: ["g/L", "mg/dL", "mg/L", "mmol/L"], NEUTROPHILS: ["10*9/L", "/uL"], KI67: ["%", "1"]}
 GENES = ["HGNC:3236", "HGNC:427"]
+LOCAL = "urn:oid:1.2.3.4.5"  # a code system the engine holds no rule for
 
 
 def today() -> date:
@@ -143,7 +144,9 @@ def lab(draw: st.DrawFn) -> dict[str, Any]:
 def her2(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.integers(0, 5)) == 0:
         return observation(HER2, {"valueQuantity": {"value": 3, "system": UCUM, "code": "1"}}, draw)
-    return observation(HER2, {"valueCodeableConcept": concept(coding(ref.LOINC, draw(st.sampled_from([POSITIVE, NEGATIVE]))))}, draw)
+    result = draw(st.sampled_from([coding(ref.LOINC, POSITIVE), coding(ref.LOINC, NEGATIVE), coding(LOCAL, "POS"), None]))
+    # A result coded in LOINC, in a local system, or only as text: the last two cannot be read.
+    return observation(HER2, {"valueCodeableConcept": concept(result) if result else concept(text="positive")}, draw)
 
 
 @st.composite
@@ -276,8 +279,11 @@ def leaf(draw: st.DrawFn) -> dict[str, Any]:
     if kind == "sex":
         return characteristic(kind, {"valueCodeableConcept": concept(coding(ref.GENDER, draw(st.sampled_from(["female", "male"]))))}, draw)
     if kind == "condition":
-        system = draw(st.sampled_from([ref.ICD10[0]] * 4 + [ref.ICD10[1], "urn:oid:1.2.3.4.5"]))
-        return characteristic(kind, {"valueCodeableConcept": concept(coding(system, draw(st.sampled_from(ICD10_WANTED))))}, draw)
+        system = draw(st.sampled_from([ref.ICD10[0]] * 4 + [ref.ICD10[1], LOCAL]))
+        codes = [coding(system, draw(st.sampled_from(ICD10_WANTED)))]
+        if draw(st.integers(0, 4)) == 0:  # also coded in a system without a rule
+            codes.append(coding(LOCAL, "X1"))
+        return characteristic(kind, {"valueCodeableConcept": concept(*codes)}, draw)
     if kind == "morphology":
         code = draw(st.sampled_from(["8500/3", "8500", "850", "8140/3"]))
         return characteristic(kind, {"valueCodeableConcept": concept(coding(ref.ICDO3, code))}, draw)
@@ -295,8 +301,8 @@ def leaf(draw: st.DrawFn) -> dict[str, Any]:
                               comparator=draw(st.sampled_from([None, "eq", "lt", "le", "gt", "ge"])))
     if kind == "biomarker":
         if draw(st.booleans()):
-            return characteristic(kind, {"valueCodeableConcept": concept(coding(ref.LOINC, draw(st.sampled_from([POSITIVE, NEGATIVE]))))},
-                                  draw, measured=HER2)
+            wanted = draw(st.sampled_from([coding(ref.LOINC, POSITIVE), coding(ref.LOINC, NEGATIVE), coding(LOCAL, "POS")]))
+            return characteristic(kind, {"valueCodeableConcept": concept(wanted)}, draw, measured=HER2)
         code = draw(st.sampled_from([PROTEIN, NEUTROPHILS, KI67]))
         value = draw(ranges_or_quantities([1, 2, 10, 20, 100], UNITS_OF[code], {"mg/dL": 100, "mg/L": 1000, "/uL": 1000, "%": 100}))
         return characteristic(kind, value, draw, measured=code)
