@@ -216,9 +216,9 @@ def interval(comparator: str, value: Decimal) -> Interval:
             "ge": Interval(value, False, None, True)}[comparator]
 
 
-def in_unit(quantity: dict[str, Any], dimension_of: str | None) -> tuple[Decimal, str] | None:
-    """(value in its dimension's unit, dimension), or None for a unit we cannot convert; a
-    unit not in the table is its own dimension."""
+def in_unit(quantity: dict[str, Any]) -> tuple[Decimal, str]:
+    """(value in its dimension's unit, dimension); a unit not in the table is its own
+    dimension."""
     code = quantity.get("code", quantity.get("unit", ""))
     dimension, factor = UNITS.get(code, (f"unit:{code}", Decimal(1)))
     return Decimal(str(quantity["value"])) * factor, dimension
@@ -254,7 +254,7 @@ def asked(characteristic: dict[str, Any], unit_of: Callable[[dict[str, Any]], tu
 # (met / not-met / unknown for the described fact; exclusions are flipped by `leaf`.)
 
 def age_rule(c: dict[str, Any], patient: Patient) -> str:
-    wanted = asked(c, lambda q: in_unit(q, "time") if q.get("code", q.get("unit")) in ("a", "mo") else None)
+    wanted = asked(c, lambda q: in_unit(q) if q.get("code", q.get("unit")) in ("a", "mo") else None)
     if wanted is None or wanted[1] != "time":
         return UNKNOWN
     birth = patient.person.get("birthDate")
@@ -435,12 +435,12 @@ def biomarker_rule(c: dict[str, Any], patient: Patient) -> str:
         if not wanted or not got:
             return UNKNOWN
         return MET if wanted & got else NOT_MET
-    wanted_interval = asked(c, lambda q: in_unit(q, None))
+    wanted_interval = asked(c, lambda q: in_unit(q))
     value = found.get("valueQuantity")
     if wanted_interval is None or not value or "value" not in value:
         return UNKNOWN
-    recorded = in_unit(value, None)
-    if recorded is None or recorded[1] != wanted_interval[1]:
+    recorded = in_unit(value)
+    if recorded[1] != wanted_interval[1]:
         return UNKNOWN
     return compare(interval(QUANTITY_COMPARATORS.get(value.get("comparator", ""), "eq"), recorded[0]),
                    wanted_interval[0])
