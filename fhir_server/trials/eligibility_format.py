@@ -136,13 +136,13 @@ def read_criterion(characteristic: dict[str, Any], key: str, contained: dict[str
         found = _read_value(base, characteristic, contained, depth)
     except (KeyError, TypeError, ValueError):  # a Quantity without value, a comparator `ad`
         found = "its value cannot be read"
-    if isinstance(found, str):
-        return _broken(base, found)
+    if isinstance(found, str):  # its only-if still holds: one that does not apply is not-applicable
+        found = _broken(base, found)
     only_if = _extension(characteristic, ONLY_IF_URL)
     if only_if is not None:
         condition = _members(only_if.get("valueReference"), contained, f"{key}.if", depth)
         if isinstance(condition, str):
-            return _broken(found, f"its only-if condition: {condition}")
+            return found if found.problem else _broken(found, f"its only-if condition: {condition}")
         found = _with(found, only_if=condition)
     return found
 

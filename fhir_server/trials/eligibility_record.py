@@ -130,8 +130,10 @@ def read_record(entries: Iterable[tuple[str, dict[str, Any]]], today: date) -> R
     has checked they are about one patient)."""
     entries = list(entries)
     record = Record(today)
-    medications = {f"Medication/{r.get('id')}": _codings(r.get("code"))
-                   for _, r in entries if r.get("resourceType") == "Medication"}
+    # A Medication is named by its id, or by its entry's reference (a Bundle's fullUrl).
+    medications = {name: _codings(r.get("code")) for reference, r in entries
+                   if r.get("resourceType") == "Medication"
+                   for name in (f"Medication/{r.get('id')}", reference.split("/_history/")[0])}
     medications.update({f"#{c.get('id')}": _codings(c.get("code")) for _, r in entries
                         for c in r.get("contained", []) if isinstance(c, dict)
                         and c.get("resourceType") == "Medication"})

@@ -82,7 +82,10 @@ def age(criterion: Criterion, record: Record) -> Finding:
         return unknown("Patient.birthDate", f"birth date '{birth}' is in the future")
     assert criterion.interval is not None
     # Whole years: a criterion `< 18.5 a` is about ages up to 18.
-    return Finding(criterion.interval.test(bounds), (patient.reference,))
+    holds = criterion.interval.test(bounds)
+    if holds is None:  # a partial date allows ages on both sides of the criterion
+        return unknown(f"Patient.birthDate to the day (recorded: {birth})", evidence=(patient.reference,))
+    return Finding(holds, (patient.reference,))
 
 
 def sex(criterion: Criterion, record: Record) -> Finding:
