@@ -201,6 +201,9 @@ def _ordered(kind: str) -> Callable[[Criterion, Record], Finding]:
         rank = _rank_of(kind, _category_text(entry))
         if rank is None:
             return unknown(f"a readable {kind} value", evidence=(entry.reference,))
+        if threshold.has_minor and not rank.has_minor and rank.major == threshold.major:
+            # A recorded T2 may be T2a or T2b: it is too coarse to place against a T2a threshold.
+            return unknown(f"a more precise {kind} than {_category_text(entry)}", evidence=(entry.reference,))
         return Finding(holds(rank_compare(rank, threshold), criterion.comparator), (entry.reference,))
     return evaluate
 

@@ -386,6 +386,9 @@ def ordered_rule(kind: str) -> Callable[[dict[str, Any], Patient], str]:
         if threshold is None or recorded is None:
             return UNKNOWN
         order = ORDERS[kind]
+        if is_main(kind, recorded) and not is_main(kind, threshold) \
+                and main_step(kind, recorded) == main_step(kind, threshold):
+            return UNKNOWN  # T2 recorded, T2a asked: the record is less precise than the rule
         if is_main(kind, threshold):
             mains = [m for m in order if is_main(kind, m)]
             return MET if COMPARE[comparator](mains.index(main_step(kind, recorded)), mains.index(threshold)) else NOT_MET

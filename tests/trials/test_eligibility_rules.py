@@ -131,6 +131,9 @@ def _category(text: str) -> dict[str, Any]:
     ("stage", "III", "ge", "21908-9", "Stage 2A", "not-met"),
     ("stage", "IIIB", "le", "21902-2", "IIIA", "met"),
     ("stage", "IV", "eq", "21908-9", "IV", "met"),
+    ("tnm-t", "T2a", "ge", "21905-5", "T2", "unknown"),  # T2 recorded: T2a or T2b, left open
+    ("tnm-t", "T2a", "ge", "21905-5", "T3", "met"),
+    ("stage", "IIIA", "le", "21908-9", "III", "unknown"),
 ])
 def test_ordered(kind: str, threshold: str, comparator: str, loinc: str, value: str, expected: str) -> None:
     rule = criterion(kind, {"valueCodeableConcept": {"text": threshold}}, comparator=comparator)
