@@ -476,6 +476,7 @@ class _Unit:
         self.codec = codec
         self.blind = blind
         self.search = SqliteSearch(conn, ids, registry, blind, partial(opened, codec))
+        self.rows = sqlite_index.PendingRows()  # the writes' index rows, inserted together
         self.last_updated, self.micros = clock.instant_and_micros()
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
@@ -485,10 +486,14 @@ class _Unit:
             try:
                 results.append(self.apply(op))
             except FhirError as error:
+                self.rows.write(self.conn)  # the writes before it are whole, as the caller sees
                 raise OperationFailed.at(index, error) from None
+        self.rows.write(self.conn)
         return results
 
     def apply(self, op: Operation) -> Result:
+        if not isinstance(op, Write):
+            self.rows.write(self.conn)  # what follows reads the index or removes rows
         match op:
             case Write():
                 return self.write(op)
@@ -596,11 +601,12 @@ class _Unit:
             else:
                 pk, previous, _ = current
                 version = previous + 1
+                self.rows.write(self.conn)  # rows kept for this pk go before they are removed
                 sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
         stored_body = sealed(self.codec, self.registry, op, version, body, self.prepared)
         self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body, version == 1)
-        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
+        self.rows.add(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         return Result("created" if created else "updated", (stored,))
