@@ -3,7 +3,8 @@
 Drives the whole ASGI application (middleware, routes, services, SQLite stores, audit trail)
 without sockets: `--concurrency` requests at a time, like wrk's connections, on Patients
 shaped like the perf harness's (`../shared/perf`). Prints the process CPU (every thread:
-the event loop and the stores' writer threads) per request for each op; `--profile OP`
+the event loop and the stores' writer threads) per request for each op, and that of the event
+loop's thread and of each writer thread apart (`time.thread_time`, no profiler); `--profile OP`
 adds a cProfile of that op, one for the event loop's thread and one for each store's writer
 thread (where the SQLite writes, the sealing and the index rows are done); `--auth` sends a SMART access token
 (a backend client's, `system/*.cruds`) on every request, as the harness's `PERF_AUTH` does.
@@ -140,13 +141,25 @@ class ThreadProfile:
         return float(pstats.Stats(self.profile).total_tt)  # type: ignore[attr-defined]
 
 
+def _writers(app: Any) -> dict[str, ThreadPoolExecutor]:
+    """Each SQLite store's writer thread (a pool of one), by store."""
+    store = app.state.context.store
+    return {f"{name} store's writer thread": getattr(store, name)._writer
+            for name in ("main", "audit") if isinstance(getattr(store, name), SqliteStore)}
+
+
 async def _profiling(app: Any) -> dict[str, ThreadProfile]:
     """Profiles started on the event loop and on each SQLite store's writer thread."""
-    store = app.state.context.store
-    writers = {f"{name} store's writer thread": getattr(store, name)._writer
-               for name in ("main", "audit") if isinstance(getattr(store, name), SqliteStore)}
     return {"event loop": await ThreadProfile().start(),
-            **{name: await ThreadProfile(pool).start() for name, pool in writers.items()}}
+            **{name: await ThreadProfile(pool).start() for name, pool in _writers(app).items()}}
+
+
+async def _thread_times(app: Any) -> dict[str, float]:
+    """CPU seconds so far of the event loop's thread and of each writer thread (no profiler)."""
+    loop = asyncio.get_running_loop()
+    return {"event loop": time.thread_time(),
+            **{name: await loop.run_in_executor(pool, time.thread_time)
+               for name, pool in _writers(app).items()}}
 
 
 def _token(app: Any) -> str:
@@ -181,10 +194,15 @@ async def main(args: argparse.Namespace) -> None:
         for name in args.ops.split(","):
             await _drive(ops[name], args.requests // 5, args.concurrency)  # warm-up
             profiles = await _profiling(client.app) if name == args.profile else {}
+            before = await _thread_times(client.app)
             cpu, failed = await _drive(ops[name], args.requests, args.concurrency)
+            after = await _thread_times(client.app)
             for profile in profiles.values():
                 await profile.stop()
-            print(f"{name}: {cpu / args.requests * 1e6:,.0f} CPU µs/request, {failed} failed")
+            threads = ", ".join(f"{thread} {(after[thread] - before[thread]) / args.requests * 1e6:,.0f}"
+                                for thread in before)
+            print(f"{name}: {cpu / args.requests * 1e6:,.0f} CPU µs/request, {failed} failed "
+                  f"(of which {threads})")
             for thread, profile in profiles.items():
                 print(f"--- {thread}: {profile.seconds() / args.requests * 1e6:,.0f} profiled µs/request")
                 pstats.Stats(profile.profile).sort_stats(args.sort).print_stats(args.top)

@@ -270,6 +270,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     app = FastAPI(
         title="fhir-server",
+        # FastAPI's native OpenTelemetry, unused here: off, or every request asks the global
+        # tracer, meter and logger providers whether they are configured (≈ 10-20 µs).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

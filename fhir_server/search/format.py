@@ -36,6 +36,8 @@ _SPECIAL = ("\\", ",", "|", "$")
 
 def split_escaped(text: str, sep: str) -> list[str]:
     """Split on `sep` not preceded by a backslash; escapes stay in the parts."""
+    if "\\" not in text:  # nearly every value: no escape to step over
+        return text.split(sep)
     parts, current, i = [], [], 0
     while i < len(text):
         c = text[i]

@@ -35,16 +35,28 @@ class BodyRewriting(Protocol):
         left as it is). Returns how many were rewritten and the next cursor (None: done)."""
 
 
-def prepare(codec: BodyCodec, registry: Registry, operations: Sequence[Operation]) -> None:
-    """Let the codec ready the keys of every resource `operations` write, all at once."""
+# The compartment of each write `prepare` saw, by the write's identity (the write is kept
+# with it: an id is only unique among live objects).
+Prepared = dict[int, tuple[Write, Collection[str]]]
+
+
+def prepare(codec: BodyCodec, registry: Registry, operations: Sequence[Operation]) -> Prepared:
+    """Let the codec ready the keys of every resource `operations` write, all at once; returns
+    their compartments for `sealed`, so that each is worked out once per write."""
     writes = [op.write if isinstance(op, (ConditionalCreate, ConditionalUpdate)) else op
               for op in operations if isinstance(op, (Write, ConditionalCreate, ConditionalUpdate))]
-    codec.prepare((w.resource_type, _patients(registry, w)) for w in writes)
+    prepared = {id(w): (w, _patients(registry, w)) for w in writes}
+    codec.prepare((w.resource_type, patients) for w, patients in prepared.values())
+    return prepared
 
 
-def sealed(codec: BodyCodec, registry: Registry, op: Write, version: int, body: bytes) -> bytes:
-    """The stored form of `body`, version `version` of what `op` writes."""
-    return codec.seal(op.resource_type, op.id, version, body, _patients(registry, op))
+def sealed(codec: BodyCodec, registry: Registry, op: Write, version: int, body: bytes,
+           prepared: Prepared | None = None) -> bytes:
+    """The stored form of `body`, version `version` of what `op` writes (its compartment taken
+    from `prepared` when `prepare` saw this very write)."""
+    known = prepared.get(id(op)) if prepared else None
+    patients = known[1] if known is not None and known[0] is op else _patients(registry, op)
+    return codec.seal(op.resource_type, op.id, version, body, patients)
 
 
 def _patients(registry: Registry, op: Write) -> Collection[str]:

@@ -78,6 +78,19 @@ def test_escaped_separators_are_literal() -> None:
     assert unescape("a\\\\b\\$") == "a\\b$"
 
 
+@given(st.text(alphabet="ab,|$\\", max_size=12), st.sampled_from([",", "|", "$"]))
+def test_split_escaped_cuts_at_each_unescaped_separator_only(text: str, sep: str) -> None:
+    """With or without escapes in the value: the parts rejoin to it, and none holds a separator
+    that no backslash escapes."""
+    parts = split_escaped(text, sep)
+    assert sep.join(parts) == text
+    for part in parts:
+        i = 0
+        while i < len(part):
+            assert part[i] != sep
+            i += 2 if part[i] == "\\" else 1
+
+
 # --- types ---------------------------------------------------------------------------------
 
 

@@ -160,6 +160,32 @@ async def test_conditional_create(store: Store) -> None:
     assert ambiguous.value.kind is Kind.PRECONDITION_FAILED
 
 
+async def test_a_unit_sees_the_index_of_its_own_earlier_writes(store: Store) -> None:
+    """The index rows of a unit's writes are inserted together (SQLite: one statement per
+    table), yet every operation of the unit sees those of the writes before it: a condition
+    matches them, a rewrite replaces them, a deletion removes them."""
+    first = _query([("identifier", f"{INS_NIR}|u1")])
+    results = await store.commit([
+        _write("u1", identified_patient("u1")),
+        ConditionalCreate(first, _write("u1-twin", identified_patient("u1"))),
+        _write("u2", identified_patient("u2")), _write("u2", identified_patient("u3")),
+        _write("u4", identified_patient("u4")), Delete("Patient", "u4")])
+    assert [r.outcome for r in results] == ["created", "matched", "created", "updated", "created",
+                                            "deleted"]
+    async with store.transaction() as unit:
+        await unit.apply([_write("u5", identified_patient("u5"))])
+        assert await unit.match_ids(_query([("identifier", f"{INS_NIR}|u5")])) == ["u5"]
+
+    async def ids(value: str) -> list[str]:
+        return [v.id for v in (await store.search(_query([("identifier", f"{INS_NIR}|{value}")]))).matches]
+
+    assert await ids("u1") == ["u1"]
+    assert await ids("u2") == []
+    assert await ids("u3") == ["u2"]
+    assert await ids("u4") == []
+    assert await ids("u5") == ["u5"]
+
+
 async def test_racing_conditional_creates(store: Store) -> None:
     query = _query([("identifier", f"{INS_NIR}|race")])
     ops = [ConditionalCreate(query, _write(f"r{n}", identified_patient("race"))) for n in range(10)]

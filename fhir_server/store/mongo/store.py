@@ -71,7 +71,7 @@ from ..base import (
     Write,
     outbox_changed,
 )
-from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, prepare,
                       sealed, sealed_records)
 from ..versions import stamp
 from . import dump as mongo_dump
@@ -589,6 +589,7 @@ class _MongoUnit:
         self._writes = _Writes()
         self._operations = 0
         self._documents = 0  # document writes queued or sent
+        self._prepared: Prepared = {}  # the compartments of the writes of `apply` (bodies.prepare)
         self._bytes = 0
         deployment = store.deployment
         self._max_document = (deployment.max_document_size if deployment
@@ -620,7 +621,7 @@ class _MongoUnit:
                               f"this server's limit of {MAX_OPERATIONS} per MongoDB transaction")
         await self._look_up([(op.resource_type, op.id, _shard_of(op)) for op in operations
                              if isinstance(op, (Write, Delete))])
-        prepare(self.store.codec, self.store.registry, operations)
+        self._prepared = prepare(self.store.codec, self.store.registry, operations)
         results: list[Result] = []
         for index, op in enumerate(operations):
             try:
@@ -835,7 +836,7 @@ class _MongoUnit:
             raise _version_conflict(op.if_match, what)
         version = 1 if current is None else current["version"] + 1
         body = stamp(op.resource, op.id, version, self.last_updated)
-        stored_body = sealed(self.store.codec, self.store.registry, op, version, body)
+        stored_body = sealed(self.store.codec, self.store.registry, op, version, body, self._prepared)
         doc = layout.resource_document(
             resource_type=op.resource_type, id=op.id,
             pk=current["pk"] if current else ObjectId(), version=version,

@@ -201,30 +201,57 @@ def insert(
 ) -> None:
     """Write the index rows of one resource version (duplicates collapse to one row);
     `blind` turns the entries of protected parameters into digests (search/blind.py)."""
-    if blind is not None:
-        entries = blind.entries(rtype, entries)
-    rows: dict[type, set[tuple[Any, ...]]] = {}
-    known = ids.committed  # the pids of nearly every entry, without a call per entry
-    pids: dict[str, int] = {}  # by code: a Patient's ~110 entries (blind prefixes) name ~15
-    group = 0
-    for entry in entries:
-        param = entry.param
-        if param in RESOURCE_COLUMNS:
-            continue
-        kind = type(entry)
-        if kind is CompositeEntry:
-            group += 1
-            for index, component in enumerate(entry.components):
-                pid = ids.ensure(conn, rtype, component_code(param, index))
-                kind = type(component)
-                rows.setdefault(kind, set()).add((pk, pid, group, *_GETTERS[kind](component)))
-            continue
-        pid = known.get((rtype, param)) or pids.get(param)
-        if pid is None:
-            pid = pids[param] = ids.ensure(conn, rtype, param)
-        rows.setdefault(kind, set()).add((pk, pid, None, *_GETTERS[kind](entry)))
-    for entry_type, values in rows.items():
-        conn.executemany(_INSERTS[entry_type], values)
+    rows = PendingRows()
+    rows.add(conn, ids, pk, rtype, entries, blind)
+    rows.write(conn)
+
+
+class PendingRows:
+    """The index rows of a unit's writes, kept until `write` inserts them all with one
+    `executemany` per table (a batch of AuditEvents: 8 rows each, in 3 tables). Whoever
+    holds them writes them before anything reads the index or removes rows."""
+
+    def __init__(self) -> None:
+        self._rows: dict[type, list[tuple[Any, ...]]] = {}
+
+    def add(self, conn: sqlite3.Connection, ids: ParamIds, pk: int, rtype: str,
+            entries: Sequence[IndexEntry], blind: BlindIndex | None = None) -> None:
+        """Keep the rows of one resource version (its duplicates collapse to one row);
+        `blind` turns the entries of protected parameters into digests (search/blind.py)."""
+        if blind is not None:
+            entries = blind.entries(rtype, entries)
+        rows: dict[type, set[tuple[Any, ...]]] = {}
+        known = ids.committed  # the pids of nearly every entry, without a call per entry
+        pids: dict[str, int] = {}  # by code: a Patient's ~110 entries (blind prefixes) name ~15
+        group = 0
+        for entry in entries:
+            param = entry.param
+            if param in RESOURCE_COLUMNS:
+                continue
+            kind = type(entry)
+            if kind is CompositeEntry:
+                group += 1
+                for index, component in enumerate(entry.components):
+                    pid = ids.ensure(conn, rtype, component_code(param, index))
+                    kind = type(component)
+                    rows.setdefault(kind, set()).add((pk, pid, group, *_GETTERS[kind](component)))
+                continue
+            pid = known.get((rtype, param)) or pids.get(param)
+            if pid is None:
+                pid = pids[param] = ids.ensure(conn, rtype, param)
+            rows.setdefault(kind, set()).add((pk, pid, None, *_GETTERS[kind](entry)))
+        pending = self._rows
+        for kind, values in rows.items():
+            if kind in pending:
+                pending[kind].extend(values)
+            else:
+                pending[kind] = list(values)
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Insert the rows kept so far (inside the caller's write transaction)."""
+        for entry_type, values in self._rows.items():
+            conn.executemany(_INSERTS[entry_type], values)
+        self._rows.clear()
 
 
 def drop_lookups(conn: sqlite3.Connection) -> None:

@@ -51,7 +51,7 @@ from .lock import WriterLock
 from .query import SqliteSearch
 from .schedule import SqliteSchedule
 from .schema import migrate
-from ..bodies import (Rewrite, opened, opened_history, opened_page, opened_records, prepare,
+from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, prepare,
                       sealed, sealed_records)
 from ..versions import stamp
 
@@ -370,7 +370,7 @@ class SqliteStore:
         return await mine.outcome
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Queued]) -> list[list[Result] | Exception]:
-        prepare(self.codec, self.registry, [op for queued in batch for op in queued.operations])
+        prepared = prepare(self.codec, self.registry, [op for queued in batch for op in queued.operations])
         self._begin(conn)
         outcomes: list[list[Result] | Exception] = []
         try:
@@ -378,7 +378,7 @@ class SqliteStore:
                 conn.execute("SAVEPOINT queued")
                 pending = self.ids.savepoint()
                 try:
-                    unit = _Unit(conn, self.ids, self.registry, self.codec, self.blind)
+                    unit = _Unit(conn, self.ids, self.registry, self.codec, self.blind, prepared)
                     outcomes.append(unit.apply_all(queued.operations))
                 except Exception as error:  # noqa: BLE001 - this commit's own outcome
                     # Whatever one commit raises (a client error, or a fault of its own such
@@ -431,7 +431,7 @@ class _SqliteUnitOfWork:
         unit, store = self._unit, self._store
 
         def work(conn: sqlite3.Connection) -> list[Result]:
-            prepare(store.codec, store.registry, operations)
+            unit.prepared = prepare(store.codec, store.registry, operations)
             return unit.apply_all(operations)
 
         return await store._run(store._writer, work)
@@ -468,13 +468,15 @@ class _Unit:
     """One unit of work inside an open IMMEDIATE transaction; every write shares its time."""
 
     def __init__(self, conn: sqlite3.Connection, ids: ParamIds, registry: Registry,
-                 codec: BodyCodec, blind: BlindIndex | None) -> None:
+                 codec: BodyCodec, blind: BlindIndex | None, prepared: Prepared | None = None) -> None:
         self.conn = conn
+        self.prepared = prepared  # the compartments of the writes to come (bodies.prepare)
         self.ids = ids
         self.registry = registry
         self.codec = codec
         self.blind = blind
         self.search = SqliteSearch(conn, ids, registry, blind, partial(opened, codec))
+        self.rows = sqlite_index.PendingRows()  # the writes' index rows, inserted together
         self.last_updated, self.micros = clock.instant_and_micros()
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
@@ -484,10 +486,14 @@ class _Unit:
             try:
                 results.append(self.apply(op))
             except FhirError as error:
+                self.rows.write(self.conn)  # the writes before it are whole, as the caller sees
                 raise OperationFailed.at(index, error) from None
+        self.rows.write(self.conn)
         return results
 
     def apply(self, op: Operation) -> Result:
+        if not isinstance(op, Write):
+            self.rows.write(self.conn)  # what follows reads the index or removes rows
         match op:
             case Write():
                 return self.write(op)
@@ -595,11 +601,12 @@ class _Unit:
             else:
                 pk, previous, _ = current
                 version = previous + 1
+                self.rows.write(self.conn)  # rows kept for this pk go before they are removed
                 sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
-        stored_body = sealed(self.codec, self.registry, op, version, body)
+        stored_body = sealed(self.codec, self.registry, op, version, body, self.prepared)
         self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body, version == 1)
-        sqlite_index.insert(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
+        self.rows.add(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         return Result("created" if created else "updated", (stored,))
