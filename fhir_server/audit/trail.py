@@ -21,6 +21,9 @@ class Trail:
     # Patients the request asked something of from outside the caller's reach (a
     # practitioner's proposed Consent, each try of its code): recorded for them all the same.
     asked: set[str] = field(default_factory=set)
+    # The parameters of a search sent as a form (POST `_search`), recorded as a GET's query
+    # string is: the route reads the body, the audit layer only sees the URL.
+    query: str | None = None
 
     @property
     def patients(self) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from starlette.convertors import Convertor, register_url_convertor
@@ -91,7 +91,11 @@ def _strict(request: Request) -> bool:
 async def _form_params(request: Request) -> list[tuple[str, str]]:
     """The parameters of a POST _search: form body plus query string (http.html#search)."""
     body = await read_body(request, request.app.state.settings.max_body_bytes, form=True)
-    return _query(request) + query_pairs(body)
+    params = _query(request) + query_pairs(body)
+    trail = getattr(request.state, "trail", None)
+    if trail is not None:
+        trail.query = urlencode(params, safe=",:|/$", quote_via=quote)
+    return params
 
 
 # Methods a known path does not take: 405 with Allow (http.html), not a type named "_history".

@@ -32,8 +32,9 @@ def begin(recorder: AuditRecorder, *, method: str, path: str, query: str | None,
     query = without_protected_values(query) if query else query
 
     def events_of(trail: Trail, status: int) -> list[dict[str, Any]]:
+        asked = without_protected_values(trail.query) if trail.query else query
         return request_events(interaction=interaction, status=status, recorded=clock.instant(),
-                              principal=principal(), address=address, trail=trail, query=query)
+                              principal=principal(), address=address, trail=trail, query=asked)
 
     return recorder.begin(events_of)
 

@@ -87,6 +87,18 @@ def test_a_search_event_carries_the_query_as_sent(world: TestClient) -> None:
     assert events[0]["agent"][0]["network"]["address"]
 
 
+def test_a_search_posted_as_a_form_carries_its_parameters_as_its_query(world: TestClient) -> None:
+    admin = {"Authorization": f"Bearer {token(world, 'system/*.rs')}",
+             "Content-Type": "application/x-www-form-urlencoded"}
+    sent = world.post("/fhir/Patient/_search?_count=3", content="gender=unknown&family=Dupont", headers=admin)
+    assert sent.status_code == 200, sent.text
+    events = _events(world, {"Authorization": admin["Authorization"]}, "subtype=search-type&_sort=-_lastUpdated")
+    queries = [base64.b64decode(e["query"]).decode() for event in events
+               for e in event.get("entity", []) if e.get("role", {}).get("code") == "24"]
+    # The query string and the form body, the name's value not kept (a protected parameter).
+    assert "_count=3&gender=unknown&family=***" in queries, queries
+
+
 def test_the_trail_is_append_only_through_the_api(world: TestClient) -> None:
     event = _events(world, world.headers, "_count=1")[0]  # type: ignore[arg-type]
     forged = {**event, "outcome": "8"}
