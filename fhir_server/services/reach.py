@@ -134,6 +134,14 @@ async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     return consents.sharing(both.get(patient, []), instant())
 
 
+async def sharing_patients(ctx: Context, patients: Iterable[str]) -> set[str]:
+    """Those of `patients` with a Consent in force letting their record go to trial
+    investigators (as `sharing_consent`, in bulk)."""
+    both = await patient_consents(ctx, patients, f"{RESEARCH},{PRIVACY}")
+    now = instant()
+    return {id for id, found in both.items() if consents.sharing(found, now) is not None}
+
+
 async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:
     """Those of `recipients` a research Consent of `patient` in force refuses their record to."""
     found = await patient_consents(ctx, [patient], RESEARCH)
