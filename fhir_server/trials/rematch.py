@@ -43,7 +43,7 @@ from ..services.server_writes import as_server
 from ..store.base import HistoryQuery, Outbox, Store, Version
 from . import match_catalogue
 from .alerts import TRIAL_MATCHING
-from .eligibility import INELIGIBLE, TrialIndex, pinned, read_record
+from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
 from .eligibility_record import TYPES
 from .match import _open as open_for_accrual
 
@@ -218,8 +218,8 @@ async def look(ctx: Context, wake: Callable[[], None] = lambda: None) -> Report:
 async def full(ctx: Context, opener: Opener | None = None, workers: int = 1,
                wake: Callable[[], None] = lambda: None) -> Report:
     """Every trial against every patient (`fhir-server trials rematch`), resuming a full pass
-    cut short; with `workers` > 1 the patients' chunks are evaluated by as many forked
-    processes, each reading records through its own store (`opener`)."""
+    cut short; with `workers` > 1 the patients' chunks are evaluated by as many processes,
+    each reading records through its own store (`opener`)."""
     store = ctx.store
     lease = _Lease(store)
     await lease.take()
@@ -240,7 +240,7 @@ async def full(ctx: Context, opener: Opener | None = None, workers: int = 1,
 class _Pass:
     """What the evaluation of a pass needs, the same in every worker process."""
 
-    index: TrialIndex
+    trials: tuple[Trial, ...]  # indexed by each process (an index does not pickle)
     today: date
     news: frozenset[str]  # studies a match of which is news: open, with a site that may recruit
 
@@ -269,7 +269,8 @@ async def _population(ctx: Context) -> dict[str, set[str]]:
     return {patient: ids for patient, ids in found.items() if patient in sharing}
 
 
-async def _evaluate(ctx: Context, plan: _Pass, patients: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
+async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
+                    patients: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
     """(the (patient, study) matches that are news, pairs pruned, pairs evaluated)."""
     matches: list[tuple[str, str]] = []
     pruned = evaluated = 0
@@ -281,7 +282,7 @@ async def _evaluate(ctx: Context, plan: _Pass, patients: Sequence[str]) -> tuple
                 continue
             raise
         read = read_record([(pinned(r), r) for r in patient_record.bodies(record)], plan.today)
-        verdicts = plan.index.verdicts(read)
+        verdicts = index.verdicts(read)
         pruned += verdicts.pruned
         evaluated += len(verdicts.found)
         matches += [(patient, study) for study, verdict, _ in verdicts.found
@@ -303,7 +304,7 @@ async def _pass(ctx: Context, lease: _Lease, state: State, wake: Callable[[], No
         catalogue = await match_catalogue.load(server)
         today = clock.now().date()
         trials = [catalogue.trials[s] for s in state.batch if s in catalogue.trials]
-        plan = _Pass(TrialIndex(trials), today,
+        plan = _Pass(tuple(trials), today,
                      frozenset(t.study for t in trials if _news(catalogue, t.study, today)))
         versions = {s: v for s in plan.news if (v := await server.store.read("ResearchStudy", s)) is not None}
         told = {s: await _told(server.store, s) for s in plan.news}
@@ -362,36 +363,39 @@ def _alerts(matches: Iterable[tuple[str, str]], catalogue: match_catalogue.Catal
 async def _evaluated(ctx: Context, plan: _Pass, patients: Sequence[str], opener: Opener | None,
                      workers: int) -> AsyncIterator[tuple[Sequence[str], tuple[list[tuple[str, str]], int, int]]]:
     """Each chunk of `patients` with what it matched, in order: in this process, or by
-    `workers` forked processes (each inherits the index and opens its own store)."""
+    `workers` processes (each is handed the index and opens its own store)."""
     chunks = _chunks(patients)
     if workers <= 1 or opener is None or len(chunks) <= 1:
+        index = TrialIndex(plan.trials)
         for chunk in chunks:
-            yield chunk, await _evaluate(ctx, plan, chunk)
+            yield chunk, await _evaluate(ctx, index, plan, chunk)
         return
     loop = asyncio.get_running_loop()
-    # fork: the workers inherit the index rather than unpickling it.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+    # spawn, not fork: a forked child would inherit the parent's store, its threads and loop.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(opener, plan)) as pool:
         pending = [loop.run_in_executor(pool, _worker_evaluate, chunk) for chunk in chunks]
         for chunk, future in zip(chunks, pending, strict=True):
             yield chunk, await future
 
 
-_WORKER: tuple[asyncio.AbstractEventLoop, Context, _Pass] | None = None
+_WORKER: tuple[asyncio.AbstractEventLoop, Context, TrialIndex, _Pass] | None = None
+_OPEN: list[AbstractAsyncContextManager[Context]] = []  # a collected one would close its store
 
 
 def _start_worker(opener: Opener, plan: _Pass) -> None:
     """A worker process's loop and store, open for its life."""
     global _WORKER
     loop = asyncio.new_event_loop()
-    ctx = loop.run_until_complete(opener().__aenter__())
-    _WORKER = (loop, as_server(ctx, "rematch"), plan)
+    _OPEN.append(opener())
+    ctx = loop.run_until_complete(_OPEN[-1].__aenter__())
+    _WORKER = (loop, as_server(ctx, "rematch"), TrialIndex(plan.trials), plan)
 
 
 def _worker_evaluate(chunk: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
     assert _WORKER is not None
-    loop, ctx, plan = _WORKER
-    return loop.run_until_complete(_evaluate(ctx, plan, chunk))
+    loop, ctx, index, plan = _WORKER
+    return loop.run_until_complete(_evaluate(ctx, index, plan, chunk))
 
 
 async def start(ctx: Context) -> None:
