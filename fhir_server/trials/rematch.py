@@ -206,7 +206,7 @@ async def look(ctx: Context, wake: Callable[[], None] = lambda: None) -> Report:
     try:
         state = await _state(store)
         found: set[str] = set()
-        if state.since is None:  # begun by a full re-match: history from now on
+        if state.since is None:  # never begun (`start`): history from now on
             state.since = clock.instant(clock.now() - MARGIN)
         else:  # the margin is read again next time: what was read of it is not news again
             found, state.since, state.seen = await changed(ctx, state.since, set(state.seen))
