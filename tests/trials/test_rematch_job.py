@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server.clock import Frozen
 from fhir_server.trials import rematch
+from fhir_server.trials.alerts import still_news
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.subscriptions.conftest import dispatch
@@ -172,12 +173,19 @@ def test_a_physician_is_notified_of_a_new_match_for_their_patients_only(
     look(client, moving)
     dispatch(client, 2)
     assert _heard(client, hook) == {DR: ["breast-new"], OTHER: ["breast-new", "lung-new"]}
-    # A new version of breast-new; Eve leaves OTHER before the event found for her is sent.
-    _put(client, group("breast-new-criteria", *CRITERIA["breast"][:1]))
-    look(client, moving)
+
+
+def test_an_event_is_sent_only_while_a_patient_it_names_is_still_the_physicians_and_consenting(
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
+    _world(client, hook.url, moving)
+    ctx = client.app.state.context  # type: ignore[attr-defined]
+    assert client.portal.call(still_news, ctx, ("carla", "dora"), DR)  # type: ignore[union-attr]
+    assert not client.portal.call(still_news, ctx, ("eve",), DR)  # type: ignore[union-attr]  # OTHER's
+    assert not client.portal.call(still_news, ctx, (), DR)  # type: ignore[union-attr]  # a write's own
     _put(client, {**consent("eve", actor=OTHER, status="inactive"), "id": "eve-privacy"})
-    dispatch(client, 2)
-    assert _heard(client, hook) == {DR: ["breast-new", "breast-new"], OTHER: ["breast-new", "lung-new"]}
+    _put(client, {**consent("fay", scope="research", status="inactive"), "id": "fay-research"})
+    for gone in ("eve", "fay"):
+        assert not client.portal.call(still_news, ctx, (gone,), OTHER)  # type: ignore[union-attr]
 
 
 def _heard(client: TestClient, hook: Receiver) -> dict[str, list[str]]:
