@@ -10,6 +10,17 @@ figure to read (the machine is shared).
 
     .venv/bin/python -m bench.rematch [--patients 100000] [--trials 10000] [--full-trials 10000]
                                       [--full-patients 100000] [--one 20] [--seed 7] [--workers 1]
+    .venv/bin/python -m bench.rematch --job DIR [--job-full] [--patients N] [--trials N] [--workers N]
+
+`--job DIR` measures the server's re-match job instead (trials/rematch.py; docs/matching.md,
+"The re-match job"): a SQLite data directory (bodies encrypted under a key ring) is filled
+once through `Store.commit` with the same synthetic patients, each with a Consent naming one of
+PHYSICIANS physicians and a research Consent, one trial-matching Subscription per physician,
+and the trials (ResearchStudy active, its eligibility Group); then 1% of the trials written
+again and the job's look that re-matches them, and with `--job-full` a full re-match
+(`fhir-server trials rematch`'s `full`) twice: the first tells every match, the second finds
+them told. CPU of this process (and of the
+workers, in wall time) and wall time are printed.
 
 The full re-match runs at full size by default (about 3 minutes of CPU); smaller
 `--full-trials` / `--full-patients` give a scaled run, extrapolated linearly. With `--workers
@@ -26,9 +37,11 @@ import multiprocessing
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from bench.common import load_average, percentile
 from bench.matching import TODAY, synthetic_group, synthetic_patient
+from bench.rematch_job import measure_job
 from fhir_server.trials.eligibility import INELIGIBLE, TrialIndex, evaluate, pinned, read_record, read_trial
 from fhir_server.trials.eligibility_format import Trial
 from fhir_server.trials.eligibility_record import Record
@@ -97,7 +110,12 @@ def main() -> None:
     parser.add_argument("--one", type=int, default=20, help="trials timed one by one against every patient")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=1, help="processes of the full re-match")
+    parser.add_argument("--job", type=Path, metavar="DIR", help="measure the server's job on a data directory kept here")
+    parser.add_argument("--job-full", action="store_true", help="with --job: also a full re-match, twice")
     args = parser.parse_args()
+    if args.job is not None:
+        measure_job(args.job, args.patients, args.trials, args.workers, args.seed, args.job_full)
+        return
     rng = random.Random(args.seed)
     started = time.process_time()
     trials = [read_trial(f"s{n:05d}", [synthetic_group(rng, n)]) for n in range(args.trials)]

@@ -68,7 +68,8 @@ from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch, retain_events
 from .terminology_service import load_catalogue, operator_dir
-from .trials.alerts import TRIAL_MATCHING, matches_a_patient
+from .trials import rematch
+from .trials.alerts import TRIAL_MATCHING, still_news
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
 from .trials.referral import answer_if_addressed
@@ -213,8 +214,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         await store.open()
         await recorder.recover()
         dispatcher = app.state.dispatcher = _dispatcher(settings, store, watch, Desk(
-            context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, filters: matches_a_patient(
-                ctx, study, filters.get("practitioner", ""))},
+            context, recorder.record, {TRIAL_MATCHING: lambda ctx, study, patients, filters: still_news(
+                ctx, patients, filters.get("practitioner", ""))},
             tokens.users.stopped if tokens is not None else None))
         await dispatcher.load()  # before any write: each keeps its events (docs/subscriptions.md)
         try:
@@ -251,9 +252,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         expiring = asyncio.get_running_loop().create_task(
             keep_hl7_messages(settings.data_dir / HL7_INBOX, codec, settings.hl7_keep_days))
         exports = asyncio.get_running_loop().create_task(worker.run())
+        rematcher = replace(context, principal=server_principal("rematch"))
+        await rematch.start(rematcher)  # before any write: each is news for the job
+        rematching = asyncio.get_running_loop().create_task(rematch.run(
+            rematcher, settings.notify_poll_seconds, watch.changed.set))
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         exports.cancel()
+        rematching.cancel()
         notifying.cancel()
         purging.cancel()
         expiring.cancel()

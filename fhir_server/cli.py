@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar, get_origin
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, Ma
                       SealedInboxError, listener_for)
 from .store.routing import RoutingStore
 from .model.errors import FhirError, Kind, fail
-from .trials import catalogue, sync
+from .trials import catalogue, rematch, sync
 from .trials.evaluation import EvalError, evaluate_set
 from .privacy import breaches, disclosures, register
 from .privacy.retention import Lifecycle, unarchive
@@ -381,6 +382,10 @@ def _hl7_replay(args: argparse.Namespace) -> int:
 
 async def _trials_async(settings: Settings, args: argparse.Namespace) -> bool:
     async with open_context(settings) as context:
+        if args.action == "rematch":
+            print(rematch.summary(await rematch.full(context, partial(open_context, settings),
+                                                     args.workers)))
+            return False
         if args.action == "load":
             report = await catalogue.store_all(context, catalogue.read_files(args.paths))
             print(report.summary(), file=sys.stderr)
@@ -398,6 +403,10 @@ def _trials(args: argparse.Namespace) -> int:
     configure(settings.log_level)
     try:
         return int(asyncio.run(_trials_async(settings, args)))
+    except rematch.Busy:
+        print("fhir-server trials rematch: another process runs the re-match job; try again later",
+              file=sys.stderr)
+        return 1
     except (FhirError, httpx.HTTPError) as exc:
         reason = "; ".join(i.diagnostics for i in exc.issues) if isinstance(exc, FhirError) else str(exc)
         print(f"fhir-server trials {args.action}: {reason}", file=sys.stderr)
@@ -1049,6 +1058,13 @@ def parser() -> argparse.ArgumentParser:
                              help="pull everything and mark the trials the base no longer lists "
                                   "as closed")
     trials_sync.set_defaults(run=_trials)
+    trials_rematch = trial_actions.add_parser(
+        "rematch", help="match every trial against every patient a trial-matching subscriber may "
+                        "hear of, telling them of new matches (docs/matching.md, \"The re-match job\"); "
+                        "resumes a run cut short")
+    trials_rematch.add_argument("--workers", type=_positive, default=1, metavar="N",
+                                help="processes evaluating the patients, split in chunks (default 1)")
+    trials_rematch.set_defaults(run=_trials)
     terminology = commands.add_parser(
         "terminology", help="code systems the operator loads (docs/terminology.md)"
     ).add_subparsers(dest="action", required=True)

@@ -134,6 +134,29 @@ async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     return consents.sharing(both.get(patient, []), instant())
 
 
+async def research_reach(ctx: Context, practitioners: Iterable[str]) -> dict[str, set[str]]:
+    """The patients sharing their record for research whom some of `practitioners` reach
+    today, each with those practitioners: one pass over every active Consent, for a bulk job
+    (a request asks `consenting_patients` and `sharing_consent`, which read the same scopes)."""
+    query, _ = parse_query("Consent", [("status", "active"), ("scope", f"{RESEARCH},{PRIVACY}"),
+                                       ("_count", str(PAGE))], ctx.registry)
+    by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    async for consent in resources(ctx, query):
+        if (id := _patient_id(consent)) is not None:
+            by_patient[id].append(consent)
+    wanted, now = set(practitioners), instant()
+    return {id: reached for id, found in by_patient.items()
+            if (reached := consents.physicians(found, now) & wanted) and consents.sharing(found, now) is not None}
+
+
+async def sharing_patients(ctx: Context, patients: Iterable[str]) -> set[str]:
+    """Those of `patients` with a Consent in force letting their record go to trial
+    investigators (as `sharing_consent`, in bulk)."""
+    both = await patient_consents(ctx, patients, f"{RESEARCH},{PRIVACY}")
+    now = instant()
+    return {id for id, found in both.items() if consents.sharing(found, now) is not None}
+
+
 async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:
     """Those of `recipients` a research Consent of `patient` in force refuses their record to."""
     found = await patient_consents(ctx, [patient], RESEARCH)

@@ -24,8 +24,8 @@ from ..model.types import is_valid_id
 from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
 from ..subscriptions import (CONTENTS, CREDENTIALS_PREFIX, FILTER_CRITERIA, Content, Event, Plan, check_new,
-                             dump, kept_events, load_credentials, notification, one, owner_key, purged,
-                             purged_key, state, state_key, status_parameters, unmask)
+                             dump, kept_events, load_credentials, notification, one, owner_key, pending_key,
+                             purged, purged_key, state, state_key, status_parameters, unmask)
 from . import crud, reach, search, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit
@@ -35,9 +35,10 @@ Record = Callable[[dict[str, Any]], Awaitable[str]]
 SUBSCRIPTION_STATUSES = ("requested", "active", "error", "off")  # R4 subscription-status
 MAX_REPLAY = 1000  # events one $events call returns at most (ask again from the next number)
 # A topic's own test of an event beyond its criteria and filters, run as the subscription's
-# owner: (context, the resource's id, the filters search cannot answer) -> news or not. The
-# trial-matching topic's runs the trial matcher (trials/alerts.py); app.py hands them over.
-TopicTest = Callable[[Context, str, dict[str, str]], Awaitable[bool]]
+# owner: (context, the resource's id, the patients the event names, the filters search cannot
+# answer) -> news or not. The trial-matching topic's checks that the patients its re-match job
+# found are still the physician's and consenting (trials/alerts.py); app.py hands them over.
+TopicTest = Callable[[Context, str, tuple[str, ...], dict[str, str]], Awaitable[bool]]
 OWNER = f"{CANONICAL}/StructureDefinition/subscription-owner"
 
 
@@ -261,6 +262,27 @@ async def events(ctx: Context, id: str, since: str | None, until: str | None,
     return bundle
 
 
+async def on_topic(ctx: Context, topic: str) -> list[tuple[str, dict[str, str]]]:
+    """The Subscriptions served (requested or active) on `topic`, each with its filters (name:
+    value), for a job that finds a topic's events itself rather than in a write."""
+    query, _ = parse_query("Subscription", [("status", "requested,active"), ("criteria", topic)],
+                           ctx.registry)
+    return [(str(resource["id"]), {name: value for e in resource.get("_criteria", {}).get("extension", [])
+                                   if e.get("url") == FILTER_CRITERIA
+                                   for name, value in parse_qsl(str(e.get("valueString", "")).partition("?")[2])})
+            async for resource in reach.resources(ctx, query) if resource.get("criteria") == topic]
+
+
+def topic_event(subscription: str, version: Version, patients: Sequence[str]) -> tuple[str, bytes]:
+    """The outbox record of an event a job found on `version` for `subscription` (as a write's
+    would be: pending until the dispatcher numbers it), naming `patients`; to be committed with
+    whatever the job records of having found it."""
+    event = Event(version.resource_type, version.id, version.version,
+                  "create" if version.version == 1 else "update", version.method,
+                  version.last_updated, tuple(patients))
+    return pending_key(subscription, clock.micros(clock.now())), dump(event)
+
+
 def _content_of(resource: dict[str, Any]) -> str:
     for extension in resource.get("channel", {}).get("_payload", {}).get("extension", []):
         if extension.get("url", "").endswith("/backport-payload-content"):
@@ -319,7 +341,7 @@ class Desk:
         if test is None:
             return kept
         return [(e, v) for e, v in kept if e.interaction != "delete"
-                and await test(as_owner, e.id, dict(plan.special))]
+                and await test(as_owner, e.id, e.patients, dict(plan.special))]
 
     async def set_status(self, subscription: str, to: str, why: str | None = None) -> None:
         """Move a Subscription to `to` (a new version, as the server); a concurrent change by

@@ -9,7 +9,7 @@ from .criteria import CONTENTS, FILTER_CRITERIA, Content, Plan, Policy, check_ne
 from .delivery import Sender
 from .dispatcher import Dispatcher, Timing
 from .notifications import notification, status_parameters
-from .records import CREDENTIALS_PREFIX, Event, dump, one, owner_key, purged_key, state, state_key
+from .records import CREDENTIALS_PREFIX, Event, dump, one, owner_key, pending_key, purged_key, state, state_key
 from .records import forget as forget_events
 from .records import numbered as kept_events
 from .retention import purge as purge_events
@@ -18,6 +18,6 @@ from .retention import run as retain_events
 
 __all__ = ["CONTENTS", "CREDENTIALS_PREFIX", "FILTER_CRITERIA", "MASK", "SECRET", "Content", "Dispatcher",
            "Event", "Plan", "Policy", "Sender", "SubscribedStore", "Timing", "Watch", "check_new", "dump",
-           "forget_events", "kept_events", "load_credentials", "notification", "one", "owner_key",
+           "forget_events", "kept_events", "load_credentials", "notification", "one", "owner_key", "pending_key",
            "purge_events", "purged", "purged_key", "retain_events", "state", "state_key",
            "status_parameters", "subscription_capabilities", "unmask"]

@@ -1,32 +1,26 @@
 """The trial-matching subscription topic's own test (profiles/topics/
-SubscriptionTopic-trial-matching.json): a ResearchStudy written is news for a physician when
-it is among the trials `$match` (match.py, the forward matcher) lists for one of the patients
-whose consent names the physician and who agreed to their record going to trial investigators
-(a patient without that research consent in force has opted out: never matched). The match
-runs with the subscription owner's rights, so it reads only what they reach."""
+SubscriptionTopic-trial-matching.json), run by the dispatcher as the subscription's owner just
+before it sends an event. The events are found by the re-match job (rematch.py), which names
+in each the patients of the physician a new or changed trial matches; the event is still news
+if one of them is still the physician's (a consent naming them in force) and still agrees to
+their record going to trial investigators (a patient without that research consent has opted
+out). An event without patients is a ResearchStudy's own write, which the topic's trigger
+keeps too: the job, not the write, tells whether it matches anyone, so it is never sent."""
 
 from __future__ import annotations
 
 from ..services import reach
 from ..services.context import Context
 from ..services.server_writes import as_server
-from .match import match
 
-MOST = 1000  # trials listed per patient when looking for the one written
 TRIAL_MATCHING = "https://oncotrials.example.org/fhir/SubscriptionTopic/trial-matching"
 
 
-async def matches_a_patient(ctx: Context, study: str, practitioner: str) -> bool:
-    """Whether ResearchStudy/`study` is listed by `$match` for one of `practitioner`'s
-    consented patients (`Practitioner/<id>`), as the caller of `ctx`."""
+async def still_news(ctx: Context, patients: tuple[str, ...], practitioner: str) -> bool:
+    """Whether one of `patients` (ids) is still a consented patient of `practitioner`
+    (`Practitioner/<id>`) sharing their record for research."""
+    if not patients:
+        return False
     server = as_server(ctx)
-    for patient in await reach.consenting_patients(server, practitioner):
-        if await reach.sharing_consent(server, patient) is None:
-            continue  # opted out of trial matching
-        found = await match(ctx, {"resourceType": "Parameters", "parameter": [
-            {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
-            {"name": "count", "valueInteger": MOST}]})
-        if any(e.get("resource", {}).get("id") == study and e.get("search", {}).get("mode") == "match"
-               for e in found.get("entry", [])):
-            return True
-    return False
+    theirs = set(await reach.consenting_patients(server, practitioner)) & set(patients)
+    return bool(theirs and await reach.sharing_patients(server, theirs))

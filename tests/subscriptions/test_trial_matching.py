@@ -1,11 +1,12 @@
-"""The trial-matching topic: a physician hears of a new or changed trial that the trial matcher ($match)
-lists for one of their consented patients; a patient without a research consent in force
-(opted out) is never matched (docs/subscriptions.md, trials/alerts.py)."""
+"""The trial-matching topic: a physician hears of a new or changed trial that the re-match job
+finds matching one of their consented patients; a patient without a research consent in force
+(opted out) is never matched (docs/subscriptions.md, trials/rematch.py, trials/alerts.py)."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from fhir_server.clock import Frozen
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.subscriptions.conftest import dispatch
@@ -13,6 +14,7 @@ from tests.subscriptions.receiver import Receiver
 from tests.subscriptions.test_delivery import subscription
 from tests.trials.eligibility_builders import group
 from tests.trials.match_world import CRITERIA, DR, RECENT, build, site, study
+from tests.trials.rematch_helpers import look, moving  # noqa: F401 - a fixture
 
 
 def _put(client: TestClient, resource: dict[str, object]) -> None:
@@ -26,9 +28,10 @@ def _trial(client: TestClient, id: str, criteria: str) -> None:
 
 
 def test_a_physician_hears_of_new_trials_matching_their_consenting_patients(
-        client: TestClient, hook: Receiver) -> None:
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
     build(client)
     _put(client, {**consent("alice", scope="research"), "id": "alice-research"})
+    look(client, moving)  # the catalogue as built is no news: the job's look before anyone subscribes
     tokens = client.app.state.tokens  # type: ignore[attr-defined]
     doctor = {"Authorization": "Bearer " + tokens.issue(
         subject="dr", client_id="portal", scope="user/*.cruds", fhir_user=DR)["access_token"]}
@@ -41,12 +44,14 @@ def test_a_physician_hears_of_new_trials_matching_their_consenting_patients(
     assert len(hook.of_kind("handshake")) == 1
     _trial(client, "breast-2", "breast")  # Alice (breast cancer) matches
     _trial(client, "lung-2", "lung")  # nobody matches
+    look(client, moving)
     dispatch(client, 2)
     focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
     assert focus == ["http://testserver/fhir/ResearchStudy/breast-2"]
     # Alice opts out of trial matching: her research consent no longer in force.
     _put(client, {**consent("alice", scope="research", status="inactive"), "id": "alice-research"})
     _trial(client, "breast-3", "breast")
+    look(client, moving)
     dispatch(client, 2)
     focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
     assert focus == ["http://testserver/fhir/ResearchStudy/breast-2"]
@@ -66,9 +71,11 @@ def test_a_physician_subscribes_to_trials_for_their_own_patients_only(
     assert client.get("/fhir/Subscription").json().get("total", 0) == 0
 
 
-def test_a_changed_trial_is_news_too_whether_written_or_loaded(client: TestClient, hook: Receiver) -> None:
+def test_a_changed_trial_is_news_too_whether_written_or_loaded(client: TestClient, hook: Receiver,
+                                                               moving: Frozen) -> None:
     build(client)  # "breast" and "her2" already match Alice before anyone subscribes
     _put(client, {**consent("alice", scope="research"), "id": "alice-research"})
+    look(client, moving)
     tokens = client.app.state.tokens  # type: ignore[attr-defined]
     doctor = {"Authorization": "Bearer " + tokens.issue(
         subject="dr", client_id="portal", scope="user/*.cruds", fhir_user=DR)["access_token"]}
@@ -81,8 +88,10 @@ def test_a_changed_trial_is_news_too_whether_written_or_loaded(client: TestClien
     loaded = send(client, "POST", "/fhir/ResearchStudy/$load", {"resourceType": "Bundle", "type": "collection",
                   "entry": [{"resource": {**her2, "title": "HER2, amended"}}]})  # a catalogue load
     assert loaded.status_code == 200, loaded.text
+    look(client, moving)
     dispatch(client, 2)
     _put(client, {**breast, "status": "closed-to-accrual"})  # changed, but no longer open: no news
+    look(client, moving)
     dispatch(client, 2)
     focus = [e["fullUrl"] for n in hook.of_kind("event-notification") for e in n.json()["entry"][1:]]
     assert focus == ["http://testserver/fhir/ResearchStudy/breast", "http://testserver/fhir/ResearchStudy/her2"]

@@ -230,10 +230,15 @@ class SqliteStore:
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         # A range on the key (UTF-8 orders as code points): the primary key's index is used,
         # where a substr() test would read every record (the subscriptions keep thousands).
-        after = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+        # Both bounds plain: `(? IS NULL OR key < ?)` left the scan unbounded above, reading
+        # every record after the prefix's (the subscriptions' events, hundreds of thousands).
+        if not prefix:
+            return await self._read(lambda conn: opened_records(self.codec, conn.execute(
+                "SELECT key, body FROM outbox ORDER BY key").fetchall()))
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         return await self._read(lambda conn: opened_records(self.codec, conn.execute(
-            "SELECT key, body FROM outbox WHERE key >= ? AND (? IS NULL OR key < ?) ORDER BY key",
-            (prefix, after, after)).fetchall()))
+            "SELECT key, body FROM outbox WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, after)).fetchall()))
 
     async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,
                              limit: int) -> tuple[int, str | None]:

@@ -1,0 +1,461 @@
+"""The re-match job (docs/matching.md, "The re-match job"): when trials change (a ResearchStudy,
+an eligibility Group or a site's Location written), the changed trials alone are matched
+against the patients a physician subscribed to the trial-matching topic may hear of (their
+consented patients who agree to their record going to trial investigators), and each new
+match becomes an event of that topic, which the subscriptions' dispatcher delivers
+(alerts.py checks it again as it sends).
+
+- **What changed** is read from the store's history of those three types since the last
+  look (less a margin, for a write that committed after a later one: re-reading it costs an
+  evaluation, never an alert), so a write whose server died before anything ran is not lost.
+  Changes are batched: the server looks every `notify_poll_seconds`, off the request path.
+- **State** lives in the store's outbox under `rematch/` (sealed at rest like every outbox
+  record): `rematch/s` the studies still to re-match, the pass under way and how far it got
+  (patients in id order); `rematch/l` the lease of the one process running it (a
+  compare-and-set, renewed by each commit: a process killed leaves it to expire);
+  `rematch/a/<study>/<patient>` the trial version each patient was last told of.
+- **Once per patient, trial and trial version** (the study's version and those of the
+  eligibility Groups read): every CHUNK patients, one unit of work records the events, who
+  they told of, and the progress. A pass killed midway resumes after the last chunk
+  committed; a chunk redone finds its alerts recorded and emits nothing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+
+from .. import clock
+from ..model.errors import FhirError, Kind
+from ..model.ids import new_id
+from ..search import parse_query
+from ..services import reach, study_access, subscriptions
+from ..services.context import Context
+from ..services.server_writes import as_server
+from ..store.base import HistoryQuery, Outbox, Store, Version
+from . import match_catalogue
+from .alerts import TRIAL_MATCHING
+from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
+from .eligibility_record import TYPES
+from .match import _open as open_for_accrual
+
+PREFIX = "rematch/"
+STATE = f"{PREFIX}s"
+LEASE = f"{PREFIX}l"
+CHUNK = 200  # patients evaluated between two commits
+BATCH = 100  # patients whose records are read by one search per type (SQL has a size limit)
+LEASE_SECONDS = 300
+MARGIN = timedelta(seconds=5)  # history re-read at each look, for writes committed late
+PAGE = 1000
+Opener = Callable[[], AbstractAsyncContextManager[Context]]
+log = logging.getLogger("fhir_server.trials.rematch")
+
+
+def alerted_prefix(study: str) -> str:
+    return f"{PREFIX}a/{study}/"
+
+
+def alerted_key(study: str, patient: str) -> str:
+    return f"{alerted_prefix(study)}{patient}"
+
+
+@dataclasses.dataclass(slots=True)
+class State:
+    since: str | None = None  # history from this instant on is still to look at
+    todo: list[str] = dataclasses.field(default_factory=list)  # changed studies, not in a pass yet
+    batch: list[str] = dataclasses.field(default_factory=list)  # the pass under way
+    after: str = ""  # the pass's last patient done
+    seen: list[str] = dataclasses.field(default_factory=list)  # versions (`Type/id/version`) read since `since`
+
+
+@dataclasses.dataclass(slots=True)
+class Report:
+    """What a pass did (a job that found nothing to do reports zeros)."""
+
+    studies: int = 0
+    patients: int = 0
+    pruned: int = 0  # pairs the index proved ineligible without evaluating them
+    evaluated: int = 0
+    alerts: int = 0  # (patient, trial version) pairs told of
+    events: int = 0  # subscription events emitted
+    cpu: float = 0.0  # this process's CPU seconds (not its workers')
+    wall: float = 0.0
+
+
+class Busy(Exception):
+    """Another process holds the job's lease."""
+
+
+class _Lease:
+    """The job's lease, held while a pass runs; every commit renews it and fails if lost."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.holder = new_id()
+        self.body: bytes | None = None
+
+    def _new(self) -> bytes:
+        until = clock.micros(clock.now() + timedelta(seconds=LEASE_SECONDS))
+        return orjson.dumps({"holder": self.holder, "until": until})
+
+    async def take(self) -> None:
+        found = await _one(self.store, LEASE)
+        if found is not None and orjson.loads(found)["until"] > clock.micros(clock.now()):
+            raise Busy
+        body = self._new()
+        await self._commit((), expected=found, body=body)
+
+    async def commit(self, records: Sequence[tuple[str, bytes]], remove: Sequence[str] = ()) -> None:
+        await self._commit(records, self.body, self._new(), remove)
+
+    async def release(self) -> None:
+        try:
+            await self.store.commit([Outbox(remove=(LEASE,), expect=((LEASE, self.body),))])
+        except FhirError as exc:
+            if exc.kind is not Kind.PRECONDITION_FAILED:
+                raise  # else lost already (expired and taken): nothing to give back
+
+    async def _commit(self, records: Sequence[tuple[str, bytes]], expected: bytes | None, body: bytes,
+                      remove: Sequence[str] = ()) -> None:
+        try:
+            await self.store.commit([Outbox(put=(*records, (LEASE, body)), remove=tuple(remove),
+                                            expect=((LEASE, expected),))])
+        except FhirError as exc:
+            if exc.kind is Kind.PRECONDITION_FAILED:
+                raise Busy from None
+            raise
+        self.body = body
+
+
+async def _one(store: Store, key: str) -> bytes | None:
+    return next((body for found, body in await store.outbox(key) if found == key), None)
+
+
+async def _state(store: Store) -> State:
+    found = await _one(store, STATE)
+    return State(**orjson.loads(found)) if found is not None else State()
+
+
+def _dump(state: State) -> tuple[str, bytes]:
+    return STATE, orjson.dumps(state)
+
+
+async def _history(ctx: Context, resource_type: str, since: str) -> AsyncIterator[Version | str]:
+    """The versions of `resource_type` stamped from `since` on, then the instant the answer
+    holds until (MongoDB answers only versions settled: store/mongo/store.py), if it says."""
+    cursor, as_of = None, None
+    while True:
+        page = await ctx.store.history(HistoryQuery(resource_type, since=since, count=PAGE,
+                                                    before_seq=cursor))
+        as_of = as_of or page.as_of
+        for version in page.versions:
+            yield version
+        if page.next_seq is None:
+            break
+        cursor = page.next_seq
+    if as_of is not None:
+        yield as_of
+
+
+async def changed(ctx: Context, since: str, seen: Iterable[str] = ()) -> tuple[set[str], str, list[str]]:
+    """The studies whose ResearchStudy, eligibility Group or site Location was written (or
+    deleted) from `since` on, leaving out the versions `seen` (`Type/id/version`); where the
+    next look starts, and the versions read from there on (seen then)."""
+    written: dict[str, set[str]] = {t: set() for t in match_catalogue.TYPES}
+    until = clock.instant(clock.now() - MARGIN)
+    read: list[tuple[str, str]] = []
+    for resource_type in match_catalogue.TYPES:
+        async for version in _history(ctx, resource_type, since):
+            if isinstance(version, str):
+                until = min(until, version)
+                continue
+            key = f"{resource_type}/{version.id}/{version.version}"
+            read.append((version.last_updated, key))
+            if key not in seen:
+                written[resource_type].add(f"{resource_type}/{version.id}")
+    again = sorted(key for at, key in read if at >= until)
+    if not any(written.values()):
+        return set(), until, again
+    catalogue = await match_catalogue.load(ctx)
+    studies = {reference.removeprefix("ResearchStudy/") for reference in written["ResearchStudy"]}
+    for id, trial in catalogue.trials.items():
+        if {g.split("/_history/")[0] for g in trial.groups} & written["Group"] or (
+                {s.location for s in catalogue.sites[id]} & written["Location"]):
+            studies.add(id)
+    return studies, until, again
+
+
+async def look(ctx: Context, wake: Callable[[], None] = lambda: None) -> Report:
+    """One look of the job (the server's, every poll): the trials changed since the last
+    look, added to those waiting, then the pass under way or a new one over them. Busy if
+    another process runs it."""
+    store = as_server(ctx, "rematch").store
+    lease = _Lease(store)
+    await lease.take()
+    try:
+        state = await _state(store)
+        found: set[str] = set()
+        if state.since is None:  # never begun (`start`): history from now on
+            state.since = clock.instant(clock.now() - MARGIN)
+        else:  # the margin is read again next time: what was read of it is not news again
+            found, state.since, state.seen = await changed(ctx, state.since, set(state.seen))
+        state.todo = sorted(set(state.todo) | found)
+        if not state.batch:
+            state.batch, state.todo, state.after = state.todo, [], ""
+        await lease.commit([_dump(state)])
+        return await _pass(ctx, lease, state, wake)
+    finally:
+        await lease.release()
+
+
+async def full(ctx: Context, opener: Opener | None = None, workers: int = 1,
+               wake: Callable[[], None] = lambda: None) -> Report:
+    """Every trial against every patient (`fhir-server trials rematch`), resuming a full pass
+    cut short; with `workers` > 1 the patients' chunks are evaluated by as many processes,
+    each reading records through its own store (`opener`)."""
+    store = ctx.store
+    lease = _Lease(store)
+    await lease.take()
+    try:
+        state = await _state(store)
+        catalogue = await match_catalogue.load(as_server(ctx, "rematch"))
+        everything = sorted(catalogue.trials)
+        if state.batch != everything:  # else a full pass cut short: resumed where it was
+            state.todo, state.batch, state.after = [], everything, ""
+        state.since = state.since or clock.instant(clock.now() - MARGIN)
+        await lease.commit([_dump(state)])
+        return await _pass(ctx, lease, state, wake, opener, workers)
+    finally:
+        await lease.release()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pass:
+    """What the evaluation of a pass needs, the same in every worker process."""
+
+    trials: tuple[Trial, ...]  # indexed by each process (an index does not pickle)
+    today: date
+    news: frozenset[str]  # studies a match of which is news: open, with a site that may recruit
+
+
+def _news(catalogue: match_catalogue.Catalogue, study: str, today: date) -> bool:
+    """A trial whose matches are news: the topic's trigger (status active), open for accrual
+    ($match's recruiting-only), and not every site with a status closed or stale."""
+    found = catalogue.studies[study]
+    sites = catalogue.sites[study]
+    return (found.get("status") == "active" and open_for_accrual(found)
+            and (any(s.recruiting(today, catalogue.max_age_days) for s in sites)
+                 or not any(s.has_status for s in sites)))
+
+
+async def _population(ctx: Context) -> dict[str, set[str]]:
+    """The patients a trial-matching subscriber may hear of, each with those subscriptions."""
+    by_practitioner: dict[str, list[str]] = defaultdict(list)
+    for id, filters in await subscriptions.on_topic(ctx, TRIAL_MATCHING):
+        if filters.get("practitioner"):
+            by_practitioner[filters["practitioner"]].append(id)
+    if not by_practitioner:
+        return {}
+    return {patient: {id for p in practitioners for id in by_practitioner[p]}
+            for patient, practitioners in (await reach.research_reach(ctx, by_practitioner)).items()}
+
+
+async def _about(ctx: Context, resource_type: str, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The current resources of `resource_type` about each of `patients` (at most BATCH),
+    read as the server by one search, rather than one per patient (services/patient_record.py)."""
+    if resource_type == "Patient":
+        params = [("_id", ",".join(patients))]
+    else:
+        params = [("patient", ",".join(f"Patient/{id}" for id in patients))]
+    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    async for resource in reach.resources(ctx, query):
+        owner = resource["id"] if resource_type == "Patient" else study_access.owner(resource)
+        if owner is not None:
+            found[owner].append(resource)
+    return found
+
+
+def _entries(resources: Iterable[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(pinned(r), r) for r in resources]
+
+
+async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
+                    patients: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
+    """(the (patient, study) matches that are news, pairs pruned, pairs evaluated). The
+    index prunes on diagnoses alone: the Conditions are read first, and the rest of a record
+    only for a patient some trial is left for (few, when few trials changed)."""
+    matches: list[tuple[str, str]] = []
+    pruned = evaluated = 0
+    for start in range(0, len(patients), BATCH):
+        batch = patients[start:start + BATCH]
+        conditions = await _about(ctx, "Condition", batch)
+        kept = [p for p in batch if index.candidates(read_record(_entries(conditions[p]), plan.today))[0]]
+        pruned += (len(batch) - len(kept)) * len(index.trials)
+        if not kept:
+            continue
+        records = await _about(ctx, "Patient", kept)
+        for resource_type in TYPES[2:]:  # after Patient and Condition
+            for owner, resources in (await _about(ctx, resource_type, kept)).items():
+                if owner in records:
+                    records[owner] += resources
+        for patient in (p for p in kept if p in records):  # a Patient deleted is left out
+            read = read_record(_entries([*records[patient], *conditions[patient]]), plan.today)
+            verdicts = index.verdicts(read)
+            pruned += verdicts.pruned
+            evaluated += len(verdicts.found)
+            matches += [(patient, study) for study, verdict, _ in verdicts.found
+                        if verdict != INELIGIBLE and study in plan.news]
+    return matches, pruned, evaluated
+
+
+def _chunks(patients: Sequence[str]) -> list[Sequence[str]]:
+    return [patients[n:n + CHUNK] for n in range(0, len(patients), CHUNK)]
+
+
+async def _pass(ctx: Context, lease: _Lease, state: State, wake: Callable[[], None],
+                opener: Opener | None = None, workers: int = 1) -> Report:
+    """Match the studies of `state.batch` against the population from `state.after` on."""
+    started, wall = time.process_time(), time.perf_counter()
+    report = Report(studies=len(state.batch))
+    server = as_server(ctx, "rematch")
+    if state.batch:
+        catalogue = await match_catalogue.load(server)
+        today = clock.now().date()
+        trials = [catalogue.trials[s] for s in state.batch if s in catalogue.trials]
+        plan = _Pass(tuple(trials), today,
+                     frozenset(t.study for t in trials if _news(catalogue, t.study, today)))
+        versions = {s: v for s in plan.news if (v := await server.store.read("ResearchStudy", s)) is not None}
+        told = {s: await _told(server.store, s) for s in plan.news}
+        population = await _population(server)
+        patients = sorted(p for p in population if p > state.after)
+        report.patients = len(patients)
+        async for chunk, (matches, pruned, evaluated) in _evaluated(server, plan, patients, opener, workers):
+            report.pruned += pruned
+            report.evaluated += evaluated
+            records = _alerts(matches, catalogue, versions, told, population, report)
+            state.after = chunk[-1]
+            await lease.commit([*records, _dump(state)])
+            if records:
+                wake()
+    state.batch, state.after = [], ""
+    await lease.commit([_dump(state)])
+    report.cpu, report.wall = time.process_time() - started, time.perf_counter() - wall
+    return report
+
+
+async def _told(store: Store, study: str) -> dict[str, bytes]:
+    """The trial version each patient was last told of, for one study."""
+    prefix = alerted_prefix(study)
+    return {key[len(prefix):]: body for key, body in await store.outbox(prefix)}
+
+
+def _trial_version(catalogue: match_catalogue.Catalogue, version: Version) -> bytes:
+    return orjson.dumps([version.version, *catalogue.trials[version.id].groups])
+
+
+def _alerts(matches: Iterable[tuple[str, str]], catalogue: match_catalogue.Catalogue,
+            versions: dict[str, Version], told: dict[str, dict[str, bytes]],
+            population: dict[str, set[str]], report: Report) -> list[tuple[str, bytes]]:
+    """The records of the new matches: who was told of which trial version, and one event
+    per subscription and study naming its patients."""
+    records: list[tuple[str, bytes]] = []
+    patients: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for patient, study in matches:
+        version = versions.get(study)
+        if version is None:
+            continue  # deleted since the catalogue was read
+        trial_version = _trial_version(catalogue, version)
+        if told[study].get(patient) == trial_version:
+            continue
+        told[study][patient] = trial_version
+        records.append((alerted_key(study, patient), trial_version))
+        report.alerts += 1
+        for subscription in sorted(population[patient]):
+            patients[(subscription, study)].append(patient)
+    for (subscription, study), named in sorted(patients.items()):
+        records.append(subscriptions.topic_event(subscription, versions[study], named))
+        report.events += 1
+    return records
+
+
+async def _evaluated(ctx: Context, plan: _Pass, patients: Sequence[str], opener: Opener | None,
+                     workers: int) -> AsyncIterator[tuple[Sequence[str], tuple[list[tuple[str, str]], int, int]]]:
+    """Each chunk of `patients` with what it matched, in order: in this process, or by
+    `workers` processes (each is handed the index and opens its own store)."""
+    chunks = _chunks(patients)
+    if workers <= 1 or opener is None or len(chunks) <= 1:
+        index = TrialIndex(plan.trials)
+        for chunk in chunks:
+            yield chunk, await _evaluate(ctx, index, plan, chunk)
+        return
+    loop = asyncio.get_running_loop()
+    # spawn, not fork: a forked child would inherit the parent's store, its threads and loop.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(opener, plan)) as pool:
+        pending = [loop.run_in_executor(pool, _worker_evaluate, chunk) for chunk in chunks]
+        for chunk, future in zip(chunks, pending, strict=True):
+            yield chunk, await future
+
+
+_WORKER: tuple[asyncio.AbstractEventLoop, Context, TrialIndex, _Pass] | None = None
+_OPEN: list[AbstractAsyncContextManager[Context]] = []  # a collected one would close its store
+
+
+def _start_worker(opener: Opener, plan: _Pass) -> None:
+    """A worker process's loop and store, open for its life."""
+    global _WORKER
+    loop = asyncio.new_event_loop()
+    _OPEN.append(opener())
+    ctx = loop.run_until_complete(_OPEN[-1].__aenter__())
+    _WORKER = (loop, as_server(ctx, "rematch"), TrialIndex(plan.trials), plan)
+
+
+def _worker_evaluate(chunk: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
+    assert _WORKER is not None
+    loop, ctx, index, plan = _WORKER
+    return loop.run_until_complete(_evaluate(ctx, index, plan, chunk))
+
+
+async def start(ctx: Context) -> None:
+    """Begin the history at the server's first start: what was stored before is the full
+    re-match's (`fhir-server trials rematch`), not news."""
+    first = State(since=clock.instant(clock.now()))
+    try:
+        await ctx.store.commit([Outbox(put=(_dump(first),), expect=((STATE, None),))])
+    except FhirError as exc:
+        if exc.kind is not Kind.PRECONDITION_FAILED:
+            raise  # else begun already
+
+
+async def run(ctx: Context, every: float, wake: Callable[[], None]) -> None:
+    """The server's task: a look every `every` seconds, until cancelled; a failed look is
+    logged and tried again at the next."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await look(ctx, wake)
+        except Busy:
+            continue  # another worker process runs it
+        except Exception:  # noqa: BLE001 - the job must outlive one bad look
+            log.exception("the re-match job failed; it resumes at its next look")
+
+
+def summary(report: Report) -> str:
+    pairs = report.pruned + report.evaluated
+    share = f" ({100 * report.pruned / pairs:.1f}%)" if pairs else ""
+    return (f"{report.studies} trials x {report.patients} patients: {report.pruned} pairs pruned{share}, "
+            f"{report.evaluated} evaluated; {report.alerts} new matches told in {report.events} "
+            f"events; {report.wall:.1f} s ({report.cpu:.1f} s CPU in this process)")
+
