@@ -25,7 +25,7 @@ from ..search import ReferencePredicate, TokenPredicate, parse_query
 from ..store.base import Outbox, Version
 from ..subscriptions import (CONTENTS, CREDENTIALS_PREFIX, FILTER_CRITERIA, Content, Event, Plan, check_new,
                              dump, kept_events, load_credentials, notification, one, owner_key, pending_key,
-                             purged, purged_key, state, state_key, status_parameters, unmask)
+                             purged, purged_key, state, state_key, status_parameters, TOLD_PREFIX, unmask)
 from . import crud, reach, search, server_writes
 from .principals import principal_of
 from .context import Context, Payload, after_commit

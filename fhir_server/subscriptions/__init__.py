@@ -9,7 +9,8 @@ from .criteria import CONTENTS, FILTER_CRITERIA, Content, Plan, Policy, check_ne
 from .delivery import Sender
 from .dispatcher import Dispatcher, Timing
 from .notifications import notification, status_parameters
-from .records import CREDENTIALS_PREFIX, Event, dump, one, owner_key, pending_key, purged_key, state, state_key
+from .records import (CREDENTIALS_PREFIX, TOLD_PREFIX, Event, dump, one, owner_key, pending_key, purged_key, state,
+                      state_key)
 from .records import forget as forget_events
 from .records import numbered as kept_events
 from .retention import purge as purge_events
@@ -20,4 +21,4 @@ __all__ = ["CONTENTS", "CREDENTIALS_PREFIX", "FILTER_CRITERIA", "MASK", "SECRET"
            "Event", "Plan", "Policy", "Sender", "SubscribedStore", "Timing", "Watch", "check_new", "dump",
            "forget_events", "kept_events", "load_credentials", "notification", "one", "owner_key", "pending_key",
            "purge_events", "purged", "purged_key", "retain_events", "state", "state_key",
-           "status_parameters", "subscription_capabilities", "unmask"]
+           "status_parameters", "subscription_capabilities", "TOLD_PREFIX", "unmask"]

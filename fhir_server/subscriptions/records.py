@@ -27,6 +27,9 @@ import orjson
 from ..store.base import Outbox, Store
 
 PREFIX = "subs/"
+# `<TOLD_PREFIX><study>/<patient>`: the trial version a patient's physicians were last told of
+# (trials/rematch.py); it names the patient, so an erasure removes it with their events.
+TOLD_PREFIX = "rematch/a/"
 _SEQUENCE = itertools.count()
 _PROCESS = f"{os.getpid():x}"
 
@@ -153,10 +156,12 @@ async def one(store: Store, key: str) -> bytes | None:
 
 async def forget(store: Store, patient: str) -> int:
     """Remove every event, pending or numbered, of every subscription whose resource is
-    Patient/`patient` or in their compartment (an erasure: services/erase.py); how many. The
+    Patient/`patient` or in their compartment, and the records of the trials they were told
+    of (an erasure: services/erase.py); how many. The
     numbers of numbered ones are left as gaps. Erasures are rare: every event is read."""
     gone = [key for prefix in (f"{PREFIX}p/", f"{PREFIX}e/") for key, body in await store.outbox(prefix)
             if _names(event(body), patient)]
+    gone += [key for key, _ in await store.outbox(TOLD_PREFIX) if key.rsplit("/", 1)[-1] == patient]
     if gone:
         await store.commit([Outbox(remove=tuple(gone))])
     return len(gone)

@@ -63,7 +63,7 @@ log = logging.getLogger("fhir_server.trials.rematch")
 
 
 def alerted_prefix(study: str) -> str:
-    return f"{PREFIX}a/{study}/"
+    return f"{subscriptions.TOLD_PREFIX}{study}/"
 
 
 def alerted_key(study: str, patient: str) -> str:

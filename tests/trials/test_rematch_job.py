@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server.clock import Frozen
+from fhir_server.services.erase import erase
 from fhir_server.trials import rematch
 from fhir_server.trials.alerts import still_news
 from tests.builders import consent
@@ -205,3 +206,15 @@ def _heard(client: TestClient, hook: Receiver) -> dict[str, list[str]]:
 def _practitioner(subscription: dict[str, Any]) -> str:
     [text] = [e["valueString"] for e in subscription["_criteria"]["extension"]]
     return str(text.partition("practitioner=")[2])
+
+
+def test_an_erased_patient_leaves_no_record_of_what_they_were_told(
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
+    _world(client, hook.url, moving)
+    _trial(client, "breast-new")
+    look(client, moving)
+    assert ("breast-new", "carla") in _told(client)
+    client.portal.call(erase, client.app.state.context, "carla", "asked")  # type: ignore[union-attr, attr-defined]
+    told = _told(client)
+    assert all(patient != "carla" for _, patient in told), told
+    assert ("breast-new", "dora") in told  # only hers
