@@ -26,7 +26,7 @@ worker) and real SMART tokens; trials imported and matched over HTTP.
                                            [--calls 100] [--inverse 10] [--profile]
 
 `--dir` keeps the data directory (patients are written once; a second run reuses them and
-loads the trials again: all unchanged). Wall times depend on the shared machine's load,
+loads the trials again: all unchanged; `--no-import` skips that). Wall times depend on the shared machine's load,
 printed beside them; the server's CPU is the steadier figure.
 """
 
@@ -209,6 +209,15 @@ def _measure(args: argparse.Namespace, server: Server, today: date) -> None:
     fhir = httpx.Client(base_url=f"{server.base}/fhir", timeout=600)
     print(f"machine: {json.dumps(machine())}")
 
+    if not args.no_import:
+        _import(args, fhir, catalogue, pid, today)
+    _forward(args, fhir, physician, pid)
+    _inverse(args, fhir, {"investigator": site, "physician": physician}, pid)
+    fhir.close()
+
+
+def _import(args: argparse.Namespace, fhir: httpx.Client, catalogue: dict[str, str], pid: int, today: date) -> None:
+    """The trials posted to $load, `--per-load` a Bundle; trials per second."""
     rng = random.Random(args.seed + 1)
     places = hospitals()
     loaded: dict[str, int] = {}
@@ -228,6 +237,9 @@ def _measure(args: argparse.Namespace, server: Server, today: date) -> None:
           f"({args.trials / wall:.0f} trials/s), server CPU {cpu:.1f} s ({args.trials / cpu:.0f} trials/s of CPU); "
           f"load average {load_average()}")
 
+
+def _forward(args: argparse.Namespace, fhir: httpx.Client, physician: dict[str, str], pid: int) -> None:
+    """`--calls` forward matches of the physician's patients, the top 50 explained."""
     patients = [f"p{n}" for n in range(0, args.patients, PHYSICIANS)][:args.calls]  # dr-0's patients
     forward, first = Calls(), Calls()
     for k, patient in enumerate(patients):
@@ -240,6 +252,11 @@ def _measure(args: argparse.Namespace, server: Server, today: date) -> None:
     print(first.line("forward $match, first call (catalogue read)"))
     print(forward.line("forward $match, physician, top 50 explained") + f"; load average {load_average()}")
 
+
+def _inverse(args: argparse.Namespace, fhir: httpx.Client, tokens: dict[str, dict[str, str]], pid: int) -> None:
+    """`--inverse` studies matched against every patient by the investigator (twice: the day's
+    snapshot computed, then kept), then by the physician (their consented patients)."""
+    site, physician = tokens["investigator"], tokens["physician"]
     studies = [f"2024-5{n:05d}-10-00" for n in range(0, args.trials, 10)]
     chosen = random.Random(args.seed).sample(studies, min(args.inverse, len(studies)))
     for label in ("first call of the day (snapshot computed)", "again (snapshot kept)"):
@@ -257,7 +274,6 @@ def _measure(args: argparse.Namespace, server: Server, today: date) -> None:
         _timed(mine, pid, lambda: fhir.post(f"/ResearchStudy/{study}/$match", headers=physician,
                                             json={"resourceType": "Parameters"}))
     print(mine.line(f"inverse $match, physician ({args.patients // PHYSICIANS} consented patients)"))
-    fhir.close()
 
 
 def main() -> None:
@@ -269,6 +285,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="forward $match calls (patients)")
     parser.add_argument("--inverse", type=int, default=10, help="studies of the inverse $match")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-import", action="store_true", help="the trials are loaded already (--dir)")
     parser.add_argument("--dir", type=Path, help="data directory, kept (default: a temporary one)")
     args = parser.parse_args()
     if args.dir:
