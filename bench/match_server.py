@@ -261,12 +261,13 @@ def _inverse(args: argparse.Namespace, fhir: httpx.Client, tokens: dict[str, dic
     chosen = random.Random(args.seed).sample(studies, min(args.inverse, len(studies)))
     for label in ("first call of the day (snapshot computed)", "again (snapshot kept)"):
         inverse = Calls()
-        for k, study in enumerate(chosen):
+        for study in chosen:
             response = _timed(inverse, pid, lambda: fhir.post(f"/ResearchStudy/{study}/$match", headers=site,
                                                               json={"resourceType": "Parameters"}))
-            if k == 0:
-                print(f"  ResearchStudy/{study}: " + ", ".join(
-                    f"{p['name']} {p['valueInteger']}" for p in response.json()["parameter"] if "valueInteger" in p))
+            figures = ", ".join(f"{p['name']} {p['valueInteger']}" for p in response.json()["parameter"]
+                                if "valueInteger" in p)
+            print(f"  ResearchStudy/{study}: {inverse.wall[-1]:.0f} ms wall, {inverse.cpu[-1]:.0f} ms server CPU; "
+                  f"{figures}; load average {load_average()}")
         print(inverse.line(f"inverse $match x {args.patients} patients, investigator, {label}")
               + f"; load average {load_average()}")
     mine = Calls()
