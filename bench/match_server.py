@@ -247,8 +247,9 @@ def _forward(args: argparse.Namespace, fhir: httpx.Client, physician: dict[str, 
             "/ResearchStudy/$match", headers=physician, json={"resourceType": "Parameters", "parameter": [
                 {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
                 {"name": "count", "valuePositiveInt": 50}]}))
-        if k < 2:
-            print(f"  Patient/{patient}: {len(response.json()['entry']) - 1} listed; {_outcome(response.json())}")
+        calls = first if k == 0 else forward
+        print(f"  Patient/{patient}: {calls.wall[-1]:.0f} ms wall, {calls.cpu[-1]:.0f} ms server CPU; "
+              f"{len(response.json()['entry']) - 1} listed; {_outcome(response.json())}")
     print(first.line("forward $match, first call (catalogue read)"))
     print(forward.line("forward $match, physician, top 50 explained") + f"; load average {load_average()}")
 
