@@ -138,6 +138,8 @@ class Calls:
 
     def line(self, label: str) -> str:
         w, c = sorted(self.wall), sorted(self.cpu)
+        if not w:
+            return f"{label}: no calls"
         return (f"{label}: {len(w)} calls; wall ms p50 {percentile(w, 50):.0f} p95 {percentile(w, 95):.0f} "
                 f"max {w[-1]:.0f}; server CPU ms p50 {percentile(c, 50):.0f} p95 {percentile(c, 95):.0f} "
                 f"max {c[-1]:.0f}")
