@@ -33,7 +33,7 @@ from ..services import crud, patient_record, study_access
 from ..services.context import Context, Payload
 from ..services.guard import hidden
 from ..services.server_writes import as_server
-from . import inverse_counts, match_catalogue, match_parameters
+from . import inverse_counts, inverse_population, match_catalogue, match_parameters
 from .eligibility import INELIGIBLE, RANK, Trial, TrialIndex, TrialResult, evaluate, pinned, read_record
 from .eligibility_record import TYPES, Record
 from .match import home
@@ -148,14 +148,10 @@ async def _counts(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     parameters = [{"name": "study", "valueReference": {"reference": study}},
                   *inverse_counts.parameters(await inverse_counts.figures(ctx, trial, catalogue, today, key))]
     server = as_server(ctx)
-    day = today.isoformat()
-    agreements = await study_access.agreements(server)
+    agreements = await inverse_population.agreements(ctx)
     index = TrialIndex([trial])
     candidates: list[tuple[str, TrialResult]] = []
-    for patient in sorted(agreements):
-        if not (study_access.counted(agreements, patient, day)
-                and study_access.prescreened(agreements, patient, study, day)):
-            continue
+    for patient in agreements.prescreened(study, today.isoformat()):
         try:
             item = await evaluated(server, index, trial, patient, today)
         except FhirError as exc:

@@ -23,29 +23,21 @@ import hashlib
 import hmac
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import orjson
-
-from ..search import parse_query
-from ..services import reach, study_access
 from ..services.context import Context
 from ..services.guard import note
-from ..services.server_writes import as_server
 from ..store.base import Store, Version
-from . import match_catalogue
-from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, evaluate, pinned, read_record
-from .eligibility_record import TYPES
+from . import inverse_population, match_catalogue
+from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, evaluate, read_record
 from .match import home
 from .match_sites import nearest
 
 BASE = 5  # every published count is a multiple of this
 VERDICTS = ("met", "not-met", "unknown", "not-applicable")
 NO_SITE = ""  # patients placed near no recruiting site
-PAGE = 1000
 Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
 
 
@@ -80,8 +72,7 @@ async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     """The study's snapshot of `today`, computed on the first call of the day; each Patient
     it counts is noted on the request's audit trail."""
     day = today.isoformat()
-    store = getattr(ctx.store, "inner", ctx.store)  # the app's store under a request's AuditedStore
-    kept = _SNAPSHOTS.setdefault(store, {})
+    kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
     found = kept.get(trial.study)
     if found is None or found.day != day:
         found = kept[trial.study] = await _compute(ctx, trial, catalogue, today, key)
@@ -92,27 +83,24 @@ async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
                    key: bytes) -> Figures:
-    records, counted = await _population(ctx, today.isoformat())
     index = TrialIndex([trial])
+    found = await inverse_population.population(ctx, index, today)
     members: dict[Cell, list[str]] = defaultdict(list)
+    members[("pruned",)].extend(found.pruned)
     texts: dict[str, str] = {}
-    for patient in sorted(records):
-        record = read_record(records[patient], today)
-        _, pruned = index.candidates(record)
-        if pruned:
-            members[("pruned",)].append(patient)
-            continue
+    for patient in sorted(found.records):
+        record = read_record(found.records[patient], today)
         result = evaluate(trial, record)
         texts.update((c.key, c.text) for c in result.criteria)
         site = NO_SITE
         if result.verdict != INELIGIBLE:
-            found, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
-            site = found.location if found is not None else NO_SITE
+            nearest_site, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
+            site = nearest_site.location if nearest_site is not None else NO_SITE
         cell = (result.verdict, site, *(f"{c.key}={c.verdict}" for c in result.criteria))
         members[cell].append(patient)
-    cells = {cell: rounded(key, ids) for cell, ids in members.items()}
+    cells = {cell: rounded(key, ids) for cell, ids in members.items() if ids}
     sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
-    return Figures(today.isoformat(), cells, texts, sites, counted)
+    return Figures(today.isoformat(), cells, texts, sites, found.counted)
 
 
 def parameters(found: Figures) -> list[dict[str, Any]]:
@@ -148,44 +136,3 @@ def parameters(found: Figures) -> list[dict[str, Any]]:
 
 def _count(name: str, value: int) -> dict[str, Any]:
     return {"name": name, "valueInteger": value}
-
-
-Records = dict[str, list[tuple[str, dict[str, Any]]]]
-
-
-async def _population(ctx: Context, day: str) -> tuple[Records, tuple[Version, ...]]:
-    """The records of the patients an investigator's counts may include (study_access.counted),
-    read as the server, by patient id, and the Patient versions counted."""
-    server = as_server(ctx)
-    agreements = await study_access.agreements(server)
-    records: Records = {}
-    counted: list[Version] = []
-    query, _ = parse_query("Patient", [("_count", str(PAGE))], ctx.registry)
-    cursor = None
-    while True:
-        page = await ctx.store.search(query, cursor)
-        for version in page.matches:
-            if version.body is not None and study_access.counted(agreements, version.id, day):
-                counted.append(version)
-                resource = orjson.loads(version.body)
-                records[version.id] = [(pinned(resource), resource)]
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    medications = {f"Medication/{m['id']}": m async for m in _every(server, "Medication")}
-    for resource_type in TYPES:
-        if resource_type in ("Patient", "Medication"):
-            continue
-        async for resource in _every(server, resource_type):
-            owner = study_access.owner(resource)
-            if owner in records:
-                records[owner].append((pinned(resource), resource))
-                target = (resource.get("medicationReference") or {}).get("reference", "")
-                if target in medications:
-                    records[owner].append((pinned(medications[target]), medications[target]))
-    return records, tuple(counted)
-
-
-def _every(ctx: Context, resource_type: str) -> AsyncIterator[dict[str, Any]]:
-    query, _ = parse_query(resource_type, [("_count", str(PAGE))], ctx.registry)
-    return reach.resources(ctx, query)

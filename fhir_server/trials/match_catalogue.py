@@ -40,13 +40,22 @@ class Catalogue:
 _KEPT: weakref.WeakKeyDictionary[Store, tuple[Stamp, Catalogue]] = weakref.WeakKeyDictionary()
 
 
+def shared(ctx: Context) -> Store:
+    """The app's store under a request's own (an AuditedStore made per request, which would
+    keep nothing from one request to the next): what per-process memory is kept by."""
+    return getattr(ctx.store, "inner", ctx.store)
+
+
+async def newest(ctx: Context, resource_type: str) -> tuple[str, int, str] | None:
+    """The newest history entry of `resource_type` (id, version, instant): every write of
+    that type, deletion included, makes a new one."""
+    page = await ctx.store.history(HistoryQuery(resource_type, count=1))
+    version = page.versions[0] if page.versions else None
+    return (version.id, version.version, version.last_updated) if version else None
+
+
 async def _stamp(ctx: Context) -> Stamp:
-    stamp = []
-    for resource_type in TYPES:
-        page = await ctx.store.history(HistoryQuery(resource_type, count=1))
-        newest = page.versions[0] if page.versions else None
-        stamp.append((newest.id, newest.version, newest.last_updated) if newest else None)
-    return tuple(stamp)
+    return tuple([await newest(ctx, resource_type) for resource_type in TYPES])
 
 
 async def _all(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -69,7 +78,7 @@ def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[
 async def load(ctx: Context) -> Catalogue:
     """The catalogue as stored now (kept until one of its types is written)."""
     stamp = await _stamp(ctx)
-    kept = _KEPT.get(ctx.store)
+    kept = _KEPT.get(shared(ctx))
     if kept is not None and kept[0] == stamp and kept[1].max_age_days == ctx.site_status_max_age_days:
         return kept[1]
     studies = {s["id"]: s for s in await _all(ctx, "ResearchStudy", [])}
@@ -79,5 +88,5 @@ async def load(ctx: Context) -> Catalogue:
     catalogue = Catalogue(studies, trials, TrialIndex(trials.values()),
                           {id: sites(study, locations) for id, study in studies.items()},
                           ctx.site_status_max_age_days)
-    _KEPT[ctx.store] = (stamp, catalogue)
+    _KEPT[shared(ctx)] = (stamp, catalogue)
     return catalogue

@@ -16,6 +16,7 @@ import weakref
 from fhir_server.access import Principal, Role, parse_scopes
 from fhir_server.services.context import Context
 from fhir_server.trials import inverse_counts
+from tests.http.helpers import send
 from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, inverse_world  # noqa: F401
 
 
@@ -190,3 +191,49 @@ def test_an_investigator_asks_the_physicians_of_a_candidate_to_refer(inverse_wor
                               ("investigator", pseudonym(ctx, "s2", "bea"), "s2"),  # not for s2
                               ("physician", candidate, STUDY), ("patient", candidate, STUDY)):
         assert _ask(inverse_world, who, alias, study).status_code == 404, (who, study)
+
+
+def test_a_new_or_deleted_prescreening_consent_counts_at_the_next_call(inverse_world: InverseWorld) -> None:
+    """The Consents read for the candidates are kept between calls, and read again after any
+    Consent write: Ann's new pre-screening Consent lists her at once, its deletion unlists her."""
+    from tests.trials.inverse_world import prescreening
+
+    def candidates() -> int:
+        found = _parameters(inverse_world.match(STUDY, "investigator").json())
+        return len(found.get("candidate", []))
+
+    assert candidates() == 1  # Bea
+    added = send(inverse_world.client, "PUT", "/fhir/Consent/ann-k9", {**prescreening("ann"), "id": "ann-k9"})
+    assert added.status_code == 201, added.text
+    assert candidates() == 2
+    assert send(inverse_world.client, "DELETE", "/fhir/Consent/ann-k9").status_code in (200, 204)
+    assert candidates() == 1
+
+
+def test_counts_read_treatments_and_their_medications(inverse_world: InverseWorld,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the patients the index leaves have their other resources read (by patient, in
+    batches): Ann's MedicationStatement and the Medication it references still decide a
+    prior-treatment criterion of a study she may join; Gus (lung cancer) is pruned."""
+    from tests.trials.eligibility_builders import ICD10, coded, criterion, group
+    from tests.trials.match_world import RECENT, site, study
+
+    monkeypatch.setattr(inverse_counts, "BASE", 1)  # exact figures, to check them
+    monkeypatch.setattr(inverse_counts, "_SNAPSHOTS", weakref.WeakKeyDictionary())
+    client = inverse_world.client
+    for resource in (
+            group("s3-criteria", criterion("condition", coded(ICD10, "C50"), text="Breast cancer"),
+                  criterion("prior-treatment", coded("http://www.whocc.no/atc", "L01XA"), text="Prior platinum")),
+            study("s3", "phase-2", [site("lyon", "recruiting", RECENT)]),
+            {"resourceType": "Medication", "id": "cisplatin",
+             "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "L01XA01"}]}},
+            {"resourceType": "MedicationStatement", "id": "ann-platinum", "status": "completed",
+             "medicationReference": {"reference": "Medication/cisplatin"},
+             "subject": {"reference": "Patient/ann"}}):
+        body = {k: v for k, v in resource.items() if k != "meta" or "profile" in v}
+        assert send(client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", body).status_code == 201
+    found = _parameters(inverse_world.match("s3", "investigator").json())
+    assert {name: _value(found[name][0]) for name in ("population", "pruned", "evaluated")} == {
+        "population": len(COUNTED), "pruned": 1, "evaluated": 3}
+    platinum = next(_parts(p) for p in found["criterion"] if _parts(p)["text"] == "Prior platinum")
+    assert (platinum["met"], platinum["unknown"]) == (1, 2)  # Ann; Bea and Cat have no record of it

@@ -242,3 +242,21 @@ def test_the_same_input_gives_the_same_bytes(world: World) -> None:
                        [{"name": "bundle", "resource": _profile()}]):
         first = answer(*parameters)
         assert answer(*parameters) == first
+
+
+def test_the_catalogue_is_read_once_until_a_catalogue_write(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request reads through its own audited store: the catalogue kept in memory is the
+    app's store's, so a second call reads no trial again; a Location written reloads it."""
+    from fhir_server.trials import match_catalogue
+
+    read: list[str] = []
+    real = match_catalogue.read_trial
+    monkeypatch.setattr(match_catalogue, "read_trial", lambda id, groups: read.append(id) or real(id, groups))
+    assert world.match(PATIENT).status_code == 200
+    read.clear()
+    assert world.match(PATIENT).status_code == 200
+    assert read == []
+    paris = send(world.client, "GET", "/fhir/Location/paris").json()
+    assert send(world.client, "PUT", "/fhir/Location/paris", {**paris, "name": "Paris centre"}).status_code == 200
+    assert world.match(PATIENT).status_code == 200
+    assert len(read) == 7
