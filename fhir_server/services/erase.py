@@ -34,11 +34,12 @@ from ..crypto import ErasureLedger, UnreadableBody, patient_scope
 from ..model.errors import Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
-from ..store.base import Erasure, Store
+from ..store.base import Erasure, Outbox, Store
 from ..subscriptions import forget_events
 from . import export, notifications
 from .context import Context
 from .crud import check_id
+from .study_access import FIGURES_PREFIX
 
 # Never erased (see the module docstring).
 KEPT_TYPES = frozenset({"AuditEvent"})
@@ -222,6 +223,7 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
     await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
     events += await forget_events(ctx.store, patient_id)
+    await forget_figures(ctx.store)
     if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
         await setup.messages(patient_id)
     if intent.get("requested") and setup.forget is not None:
@@ -297,6 +299,13 @@ def _entry(intent: dict[str, Any], erased: Erasure, keys: list[bytes]) -> dict[s
             "versions": erased.versions, "job": intent["job"]}
 
 
+async def forget_figures(store: Store) -> None:
+    """Drop every study's counts of the day: they list the patients counted."""
+    keys = tuple(key for key, _ in await store.outbox(FIGURES_PREFIX))
+    if keys:
+        await store.commit([Outbox(remove=keys)])
+
+
 def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:
     """Per type, (resources, versions) erased."""
     return {t: (erased.resources.get(t, 0), erased.versions.get(t, 0))
@@ -311,6 +320,7 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     events = await forget_events(store, patient)  # first, as `sweep` does
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
     events += await forget_events(store, patient)
+    await forget_figures(store)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
     await record(erasure_event(
         recorded=clock.instant(), principal=server_principal("fhir-server"), address=None,

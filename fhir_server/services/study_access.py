@@ -14,10 +14,14 @@ from .context import Context
 from .reach import current, resources
 from ..search import parse_query
 
-__all__ = ["Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
+__all__ = ["FIGURES_PREFIX", "Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
 
 Agreements = dict[str, list[dict[str, Any]]]  # active Consents by patient id
 PAGE = 1000
+# Outbox records `<FIGURES_PREFIX><study>`: a study's counts of the day, shared by the server's
+# processes (trials/inverse_counts.py). They name the patients counted, so an erasure drops
+# them all; the next call computes the day's counts anew.
+FIGURES_PREFIX = "trials/figures/"
 
 
 def view(ctx: Context) -> View | None:

@@ -12,9 +12,10 @@ control (docs/matching.md, "Disclosure control").
   criterion's verdicts, the sites), that world is as consistent with them as the real one,
   and in it every figure is a multiple of BASE: no count from 1 to BASE - 1 can be worked
   out exactly.
-- **Daily snapshot.** The figures of a study are computed once a day (UTC) per process and
-  served from memory until the day changes, so that two calls around one new consent
-  answer alike (differencing them would single out the newcomer).
+- **Daily snapshot.** The figures of a study are computed once a day (UTC) and kept in the
+  store for every server process until the day changes, so that two calls around one new
+  consent answer alike whichever worker takes them (differencing them would single out the
+  newcomer).
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import orjson
+
+from ..model.errors import FhirError, Kind
+from ..services import study_access
 from ..services.context import Context
 from ..services.guard import note
-from ..store.base import Store, Version
+from ..store.base import Outbox, Store, Version
 from . import inverse_population, match_catalogue
 from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, evaluate, read_record
 from .match import home
@@ -75,10 +80,48 @@ async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
     found = kept.get(trial.study)
     if found is None or found.day != day:
-        found = kept[trial.study] = await _compute(ctx, trial, catalogue, today, key)
+        found = kept[trial.study] = await _shared(ctx, trial, catalogue, today, key)
     for version in found.counted:
         note(ctx, version)
     return found
+
+
+async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
+                  key: bytes) -> Figures:
+    """The day's snapshot as the store holds it for every server process: the first process
+    to compute it stores it (compare-and-set), the others read it, so that a call landing on
+    another worker, or after a restart, answers as the first did."""
+    record = f"{study_access.FIGURES_PREFIX}{trial.study}"
+    held = await _held(ctx.store, record)
+    if held is not None and (stored := _loaded(held)).day == today.isoformat():
+        return stored
+    computed = await _compute(ctx, trial, catalogue, today, key)
+    try:
+        await ctx.store.commit([Outbox(put=((record, _dumped(computed)),), expect=((record, held),))])
+    except FhirError as error:
+        if error.kind is not Kind.PRECONDITION_FAILED:
+            raise
+        again = await _held(ctx.store, record)  # another process stored the day's first
+        if again is not None and (stored := _loaded(again)).day == computed.day:
+            return stored
+    return computed
+
+
+async def _held(store: Store, record: str) -> bytes | None:
+    return next((body for key, body in await store.outbox(record) if key == record), None)
+
+
+def _dumped(found: Figures) -> bytes:
+    return orjson.dumps({"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
+                         "texts": found.texts, "sites": list(found.sites),
+                         "counted": [[v.id, v.version, v.last_updated] for v in found.counted]})
+
+
+def _loaded(body: bytes) -> Figures:
+    data = orjson.loads(body)
+    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]),
+                   tuple(Version("Patient", id, version, updated, "PUT", None)
+                         for id, version, updated in data["counted"]))
 
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,

@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from fhir_server.access.consent import PRESCREENING, PURPOSE_SYSTEM
 from fhir_server.auth.users import Users
+from fhir_server.services.erase import forget_figures
+from fhir_server.trials import inverse_counts
 from tests.builders import consent, deny_provision
 from tests.http.helpers import send
 from tests.trials.conftest import served
@@ -117,3 +119,20 @@ def inverse_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         Users(app.state.oauth.registry).add(  # type: ignore[attr-defined]
             "admin", "a long enough password", "Practitioner/admin", admin=True)
         yield InverseWorld(client)
+
+
+def new_day(client: TestClient) -> None:
+    """Forget every study's counts of the day, in this process and in the store, as a new
+    day would."""
+    client.portal.call(forget_figures, client.app.state.context.store)  # type: ignore[union-attr, attr-defined]
+    for kept in inverse_counts._SNAPSHOTS.values():
+        kept.clear()
+
+
+@pytest.fixture
+def exact_figures(inverse_world: InverseWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Counts not rounded (to check them), computed anew and forgotten after the test."""
+    monkeypatch.setattr(inverse_counts, "BASE", 1)
+    new_day(inverse_world.client)
+    yield
+    new_day(inverse_world.client)

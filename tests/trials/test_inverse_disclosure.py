@@ -3,7 +3,6 @@ pseudonyms and one referral request per candidate (trials/prescreening.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import weakref
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from tests.builders import consent
 from tests.http.helpers import send
 from tests.trials.conftest import served
 from tests.trials.eligibility_builders import condition, patient
-from tests.trials.inverse_world import DR, STUDY, TEAM, InverseWorld, build
+from tests.trials.inverse_world import DR, STUDY, TEAM, InverseWorld, build, new_day
 from tests.trials.test_inverse_match import _parameters, _parts, _value
 
 KEY = b"k" * 32
@@ -143,9 +142,7 @@ def test_two_calls_around_one_consent_answer_alike_until_the_next_day(
     before = _figures(world)
     _add_patient(world.client, "newcomer", birth=False)
     assert _figures(world) == before
-    for kept in inverse_counts._SNAPSHOTS.values():  # as if the day had changed since
-        for study, figures in kept.items():
-            kept[study] = dataclasses.replace(figures, day="2000-01-01")
+    new_day(world.client)
     after = _figures(world)
     assert after["population"] == before["population"] + 1
 

@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 import dataclasses
-import weakref
 
 from fhir_server.access import Principal, Role, parse_scopes
 from fhir_server.services.context import Context
 from fhir_server.trials import inverse_counts
 from tests.http.helpers import send
-from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, inverse_world  # noqa: F401
+from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, exact_figures, inverse_world  # noqa: F401
 
 
 def investigator_context(world: InverseWorld, fhir_user: str = INVESTIGATOR) -> Context:
@@ -64,9 +63,7 @@ def test_the_physician_sees_their_consented_patients_explained(inverse_world: In
 
 @pytest.mark.parametrize("who", ["investigator", "site"])
 def test_an_investigator_gets_counts_and_pseudonyms_only(inverse_world: InverseWorld, who: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inverse_counts, "BASE", 1)  # exact figures, to check them
-    monkeypatch.setattr(inverse_counts, "_SNAPSHOTS", weakref.WeakKeyDictionary())
+                                                          exact_figures: None) -> None:
     response = inverse_world.match(STUDY, who)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -211,15 +208,13 @@ def test_a_new_or_deleted_prescreening_consent_counts_at_the_next_call(inverse_w
 
 
 def test_counts_read_treatments_and_their_medications(inverse_world: InverseWorld,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     exact_figures: None) -> None:
     """Only the patients the index leaves have their other resources read (by patient, in
     batches): Ann's MedicationStatement and the Medication it references still decide a
     prior-treatment criterion of a study she may join; Gus (lung cancer) is pruned."""
     from tests.trials.eligibility_builders import ICD10, coded, criterion, group
     from tests.trials.match_world import RECENT, site, study
 
-    monkeypatch.setattr(inverse_counts, "BASE", 1)  # exact figures, to check them
-    monkeypatch.setattr(inverse_counts, "_SNAPSHOTS", weakref.WeakKeyDictionary())
     client = inverse_world.client
     for resource in (
             group("s3-criteria", criterion("condition", coded(ICD10, "C50"), text="Breast cancer"),
