@@ -151,6 +151,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand the list to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["real_mongodb_only"] = REAL_MONGODB_ONLY
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Gather a worker's list (the workers collect, the controller does not)."""
+    for line in getattr(node, "workeroutput", {}).get("real_mongodb_only", ()):
+        if line not in REAL_MONGODB_ONLY:
+            REAL_MONGODB_ONLY.append(line)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """List the cases the MongoDB double does not run (they need a real server)."""
     if REAL_MONGODB_ONLY:
