@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from fhir_server.app import blind_index, create_app
 from fhir_server.auth.keys import SigningKeys
 from fhir_server.crypto import create_key_ring
+from fhir_server.logs import JsonFormatter
 from fhir_server.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -85,6 +87,18 @@ def token(client: TestClient, scope: str, **claims: str) -> str:
     issued = client.app.state.tokens.issue(  # type: ignore[attr-defined]
         subject="test-client", client_id="test-client", scope=scope, **claims)
     return str(issued["access_token"])
+
+
+@pytest.fixture(autouse=True)
+def server_logging_undone() -> Iterator[None]:
+    """Take back the log handler a command run in-process (`cli.main`) installs: it writes to
+    that test's captured stderr, closed once the test ends, and a later test's thread (the
+    SMTP server's) logging through it printed '--- Logging error ---' tracebacks."""
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler.formatter, JsonFormatter):
+            root.removeHandler(handler)
 
 
 @pytest.fixture
