@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from fhir_server.app import blind_index, create_app
 from fhir_server.auth.keys import SigningKeys
 from fhir_server.crypto import create_key_ring
+from fhir_server.logs import JsonFormatter
 from fhir_server.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -87,6 +89,18 @@ def token(client: TestClient, scope: str, **claims: str) -> str:
     return str(issued["access_token"])
 
 
+@pytest.fixture(autouse=True)
+def server_logging_undone() -> Iterator[None]:
+    """Take back the log handler a command run in-process (`cli.main`) installs: it writes to
+    that test's captured stderr, closed once the test ends, and a later test's thread (the
+    SMTP server's) logging through it printed '--- Logging error ---' tracebacks."""
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler.formatter, JsonFormatter):
+            root.removeHandler(handler)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests (marked `anyio`) run on asyncio, as the server does."""
@@ -149,6 +163,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand the list to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["real_mongodb_only"] = REAL_MONGODB_ONLY
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Gather a worker's list (the workers collect, the controller does not)."""
+    for line in getattr(node, "workeroutput", {}).get("real_mongodb_only", ()):
+        if line not in REAL_MONGODB_ONLY:
+            REAL_MONGODB_ONLY.append(line)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
