@@ -253,7 +253,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             keep_hl7_messages(settings.data_dir / HL7_INBOX, codec, settings.hl7_keep_days))
         exports = asyncio.get_running_loop().create_task(worker.run())
         rematcher = replace(context, principal=server_principal("rematch"))
-        await rematch.start(rematcher)  # before any write: each is news for the job
+        try:
+            await rematch.start(rematcher)  # before any write: each is news for the job
+        except FhirError:  # the store is away or unsafe (/readyz says so): begun by its task
+            log.warning("the re-match job could not begin its history at start")
         rematching = asyncio.get_running_loop().create_task(rematch.run(
             rematcher, settings.notify_poll_seconds, watch.changed.set))
         log.info("ready", extra={"base_url": settings.base_url})

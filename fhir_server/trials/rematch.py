@@ -441,10 +441,15 @@ async def start(ctx: Context) -> None:
 
 async def run(ctx: Context, every: float, wake: Callable[[], None]) -> None:
     """The server's task: a look every `every` seconds, until cancelled; a failed look is
-    logged and tried again at the next."""
+    logged and tried again at the next. The history is begun here if the store could not be
+    reached when the server started."""
+    begun = False
     while True:
         await asyncio.sleep(every)
         try:
+            if not begun:
+                await start(ctx)
+                begun = True
             await look(ctx, wake)
         except Busy:
             continue  # another worker process runs it
