@@ -391,6 +391,10 @@ PLANS = [
      ["idx_token_code (pid=? AND code=?)", "idx_reference_pk (pk=? AND pid=?)"]),
     ("Observation", [("subject:Patient.name", "smi")], ["idx_string_value (pid=? AND value>? AND value<?)"]),
     ("Observation", [("patient", "p1"), ("_sort", "-date")], ["idx_date_pk (pk=? AND pid=?)"]),
+    # Several values of the driving parameter: one list of their matches (it scanned every
+    # Observation, an OR of lists).
+    ("Observation", [("patient", "p1,p2,p3"), ("code", f"{LOINC}|8867-4")],
+     ["idx_reference_target_any", "UNION ALL", "idx_token_pk (pk=? AND pid=?)"]),
 ]
 
 

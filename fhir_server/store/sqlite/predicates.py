@@ -147,6 +147,32 @@ def all_of(*parts: Sql) -> Sql:
     return (" AND ".join(f"({sql})" for sql, _ in kept), [a for _, args in kept for a in args])
 
 
+def _one_list(parts: list[Sql]) -> Sql:
+    """The OR of a driving clause's `alias.pk IN (subquery)` parts as one list (`IN (s1 UNION
+    ALL s2 …)`): SQLite does not start from an OR of lists, and scanned every row of the type
+    for `Consent?patient=a,b` where one value alone is a few seeks."""
+    kept = [p for p in parts if p != FALSE]
+    if len(kept) < 2 or TRUE in kept:
+        return any_of(parts)
+    head = kept[0][0][:kept[0][0].find(" IN (") + 5]
+    if not head.endswith(".pk IN (") or not all(_is_list(sql, head) for sql, _ in kept):
+        return any_of(parts)
+    union = " UNION ALL ".join(sql[len(head):-1] for sql, _ in kept)
+    return (f"{head}{union})", [arg for _, args in kept for arg in args])
+
+
+def _is_list(sql: str, head: str) -> bool:
+    """Whether `sql` is exactly `head … )`, one list whose parenthesis closes at its end."""
+    if not (sql.startswith(head) and sql.endswith(")")):
+        return False
+    depth = 0
+    for n, char in enumerate(sql[len(head) - 1:], start=len(head) - 1):
+        depth += (char == "(") - (char == ")")
+        if depth == 0:
+            return n == len(sql) - 1
+    return False
+
+
 def any_of(parts: list[Sql]) -> Sql:
     """The OR of SQL conditions, folding constants."""
     if TRUE in parts:
@@ -246,7 +272,7 @@ class PredicateCompiler:
             return TRUE
         driver = self._driver(clauses, rtype, pk_order)
         return all_of(*(
-            any_of([self.predicate(p, rtype, a, drive=n == driver) for p in c.any_of])
+            (_one_list if n == driver else any_of)([self.predicate(p, rtype, a, drive=n == driver) for p in c.any_of])
             for n, c in enumerate(clauses)
         ))
 
