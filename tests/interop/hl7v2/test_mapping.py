@@ -73,6 +73,18 @@ def test_each_ins_oid_gives_its_fr_core_identifier_type() -> None:
         assert patient.resource["identifier"][1]["type"]["coding"][0]["code"] == code
 
 
+def test_each_ins_gets_the_use_fr_core_slices_it_by() -> None:
+    """FR Core's INS slices require `use` (official for a NIR, temp for an NIA): without it
+    every INS an EHR sends would carry a validation warning, and fail the INS profile."""
+    raw = message("adt_a01_admit.hl7")
+    for oid, use in (("1.2.250.1.213.1.4.8", "official"), ("1.2.250.1.213.1.4.9", "temp"),
+                     ("1.2.250.1.213.1.4.10", "official"), ("1.2.250.1.213.1.4.11", "official")):
+        [patient] = [i for i in MAPS.instances(decode(raw.replace(b"1.2.250.1.213.1.4.8", oid.encode())))
+                     if i.name == "patient"]
+        assert patient.resource["identifier"][1]["use"] == use
+    assert "use" not in _instances("adt_a01_admit.hl7")["patient"][0].resource["identifier"][0]  # the IPP
+
+
 def test_pid_32_statuses_prov_and_qual() -> None:
     assert _status(_instances("adt_a04_register.hl7")["patient"][0].resource) == "PROV"
     assert _status(_instances("adt_a08_update.hl7")["patient"][0].resource) == "QUAL"
