@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from . import french_ids
 from .errors import Issue
@@ -73,6 +73,54 @@ def claimed(resource: dict[str, Any]) -> list[str]:
     meta = resource.get("meta")
     names = meta.get("profile") if isinstance(meta, dict) else None
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRule:
+    """Profiles required of writes of `type`, by `clients` (None: every client)."""
+
+    type: str
+    profiles: tuple[str, ...]
+    clients: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteProfiles:
+    """The profiles required on write per resource type and client (setting
+    `write_profiles`), on top of those a resource claims in `meta.profile`."""
+
+    rules: tuple[WriteRule, ...] = ()
+
+    def for_write(self, resource_type: str, client_id: str | None) -> tuple[str, ...]:
+        """The canonicals a write of `resource_type` by `client_id` is checked against."""
+        found = [p for r in self.rules if r.type == resource_type
+                 and (r.clients is None or client_id in r.clients) for p in r.profiles]
+        return tuple(dict.fromkeys(found))
+
+
+class _Rule(Protocol):
+    type: str
+    profiles: list[str]
+    clients: list[str] | None
+
+
+def write_profiles(rules: Iterable[_Rule]) -> WriteProfiles:
+    """The rules of the setting, each profile checked: held, and constraining that type
+    (ValueError naming it otherwise, so that a server does not start with a rule it cannot
+    apply)."""
+    built = []
+    for rule in rules:
+        for canonical in rule.profiles:
+            profile = find(canonical)
+            if profile is None:
+                raise ValueError(f"write_profiles: profile {canonical} is not held by this server "
+                                 f"(held: {', '.join(held())})")
+            if profile.type != rule.type:
+                raise ValueError(f"write_profiles: profile {canonical} constrains {profile.type}, "
+                                 f"not {rule.type}")
+        built.append(WriteRule(rule.type, tuple(rule.profiles),
+                               None if rule.clients is None else frozenset(rule.clients)))
+    return WriteProfiles(tuple(built))
 
 
 def profile_issues(resource: dict[str, Any], prefix: str, asked: Iterable[str] = ()) -> list[Issue]:

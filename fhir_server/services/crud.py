@@ -87,9 +87,10 @@ def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
 def resource_issues(
     ctx: Context, resource_type: str, resource: Any, profiles: Sequence[str] = ()
 ) -> list[Issue]:
-    """Every issue of a resource sent for `resource_type`, with the profiles it claims and
-    `profiles`: what a write refuses with 422 and `$validate` lists (INVALID when it is no
-    resource of that type)."""
+    """Every issue of a resource sent for `resource_type`, with the profiles it claims,
+    `profiles`, and those the caller's writes of that type require (`Context.write_profiles`):
+    what a write refuses with 422 and `$validate` lists (INVALID when it is no resource of
+    that type)."""
     if not isinstance(resource, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
     sent_type = resource.get("resourceType")
@@ -101,7 +102,9 @@ def resource_issues(
             expression="resourceType",
             details_code="MSG_RESOURCE_TYPE_MISMATCH",
         )
-    return ctx.validator.outcome(resource, profiles)
+    client = ctx.principal.client_id if ctx.principal else None
+    return ctx.validator.outcome(
+        resource, (*profiles, *ctx.write_profiles.for_write(resource_type, client)))
 
 
 def check_body_id(resource_type: str, id: str, payload: Payload) -> None:
