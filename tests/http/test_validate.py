@@ -235,6 +235,9 @@ def test_profiles_required_on_write_per_type_and_client(settings: Any, store_kin
         assert ("error", "required", ("Patient.extension('" + f.IDENTITY_RELIABILITY_URL + "')",)) in found
         checked = app.post("/fhir/Patient/$validate", json=plain, headers=ehr)
         assert checked.status_code == 200 and issues(checked) == found
+        transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": plain, "request": {"method": "PUT", "url": "Patient?identifier=urn:oid:1.2.250.1.999.1.1|42"}}]}
+        assert app.post("/fhir", json=transaction, headers=ehr).status_code == 422
         assert stored(app) == before
         assert app.post("/fhir/Patient", json=plain, headers=as_client("portal")).status_code == 201
         assert app.post("/fhir/Patient", json=qualified(), headers=ehr).status_code == 201
