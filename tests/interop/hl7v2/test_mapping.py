@@ -218,6 +218,22 @@ def test_other_bad_input_is_refused(old: bytes, new: bytes, ack: str, code: str,
     assert (caught.value.ack, problem.code.value, str(problem.location)) == (ack, code, where)
 
 
+@pytest.mark.parametrize("encoding", [b"^", b"^~\\", b"^~\\&&", b"^~X&", b"^~ &", b"^^\\&", b"^~\\&#$"])
+def test_malformed_encoding_characters_are_rejected(encoding: bytes) -> None:
+    """MSH-2 holds four distinct separators (five from v2.7, the truncation character), none
+    a letter, digit, space or the field separator: anything else would be read with garbled
+    separators (an `X` escape character, the field separator repeating) and stored so."""
+    raw = message("adt_a01_admit.hl7").replace(b"MSH|^~\\&|", b"MSH|" + encoding + b"|", 1)
+    with pytest.raises(Refused) as caught:
+        decode(raw)
+    assert caught.value.ack == "AR" and str(caught.value.problems[0].location) == "MSH-2"
+
+
+def test_the_truncation_character_of_v2_7_is_accepted() -> None:
+    raw = message("adt_a01_admit.hl7").replace(b"MSH|^~\\&|", b"MSH|^~\\&#|", 1)
+    assert decode(raw).header.control_id == "A01-0001"
+
+
 def test_bytes_the_charset_refuses_and_a_missing_msh_are_rejected() -> None:
     utf8_named = message("adt_a01_latin1_zsegments.hl7").replace(b"|8859/1", b"|UNICODE UTF-8")
     with pytest.raises(Refused) as caught:
