@@ -40,3 +40,4 @@ def test_the_setting_reads_json(monkeypatch: pytest.MonkeyPatch) -> None:
                        f'[{{"type": "Patient", "profiles": ["{FR_CORE_PATIENT_INS}"], "clients": ["mllp"]}}]')
     [rule] = Settings().write_profiles
     assert (rule.type, rule.profiles, rule.clients) == ("Patient", [FR_CORE_PATIENT_INS], ["mllp"])
+
