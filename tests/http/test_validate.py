@@ -241,3 +241,13 @@ def test_profiles_required_on_write_per_type_and_client(settings: Any, store_kin
         assert stored(app) == before
         assert app.post("/fhir/Patient", json=plain, headers=as_client("portal")).status_code == 201
         assert app.post("/fhir/Patient", json=qualified(), headers=ehr).status_code == 201
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_other_methods_on_validate_are_405(client: TestClient, method: str) -> None:
+    """`$validate` takes a resource: POST only; not a read of id "$validate" (400 "invalid id")."""
+    for url in ("/fhir/Patient/$validate", "/fhir/Patient/p1/$validate"):
+        response = client.request(method, url)
+        assert response.status_code == 405, (method, url, response.text)
+        assert response.headers["Allow"] == "POST"
+        assert response.json()["resourceType"] == "OperationOutcome"
