@@ -90,6 +90,16 @@ def test_pid_32_statuses_prov_and_qual() -> None:
     assert _status(_instances("adt_a08_update.hl7")["patient"][0].resource) == "QUAL"
 
 
+def test_pid_32_attributes_are_kept_beside_the_status() -> None:
+    """PID-32 repeats (IHE PAM FR): the status, then RNIV attributes (homonym, doubtful,
+    fictitious); each is an identityStatus of the extension, none dropped."""
+    raw = message("adt_a08_update.hl7").replace(b"|QUAL\r", b"|QUAL~HOMON\r")
+    [patient] = [i for i in MAPS.instances(decode(raw)) if i.name == "patient"]
+    [extension] = [e for e in patient.resource["extension"] if e["url"] == RELIABILITY]
+    assert [(e["url"], e["valueCoding"]["code"]) for e in extension["extension"]] == [
+        ("identityStatus", "QUAL"), ("identityStatus", "HOMON")]
+
+
 def test_pv1_becomes_the_visit_and_zbe_a_movement_part_of_it() -> None:
     found = _instances("adt_a01_admit.hl7")
     [patient], [visit], [movement] = found["patient"], found["encounter"], found["movement"]

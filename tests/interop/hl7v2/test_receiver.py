@@ -177,6 +177,7 @@ async def test_a_refusal_by_the_service_layer_is_located_and_nothing_is_half_app
 @pytest.mark.parametrize(("old", "new", "where", "reason"), [
     (b"270056912345647^", b"270056912345611^", "PID^1^3^1", "Wrong INS-NIR key 11"),  # wrong NIR key
     (b"|19700512|F|", b"||F|", "PID^1^7^1", "The birth date is missing"),  # a QUAL identity's trait
+    (b"|VALI\r", b"|VALI~DOUTE\r", "PID^1^32^1", "A doubtful identity cannot be VALI"),  # RNIV
 ])
 async def test_a_validation_refusal_names_the_field_and_keeps_warnings_as_warnings(
         receiver: Receiver, ctx: Context, old: bytes, new: bytes, where: str, reason: str) -> None:
