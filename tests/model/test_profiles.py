@@ -236,3 +236,23 @@ def test_a_profile_is_held_in_the_versions_its_rules_follow(canonical: str, held
     """The INS rules follow FR Core 2.0 to 2.2; a claim of another version is not checked as
     if it were one of those (a `$validate` `profile` of it is a 400, a `meta.profile` a warning)."""
     assert (profiles.find(canonical) is not None) is held
+
+
+def test_a_reference_to_any_resource_takes_every_type() -> None:
+    """R4's Reference(Any) names `…/StructureDefinition/Resource`: every type conforms
+    (the referral's payload refers to its frozen record, a Bundle)."""
+    referral = {
+        "resourceType": "Communication", "status": "in-progress",
+        "category": [{"coding": [{"system": "https://oncotrials.example.org/fhir/CodeSystem/referral-message",
+                                  "code": "referral"}]}],
+        "subject": {"reference": "Patient/p1"}, "about": [{"reference": "ResearchStudy/s1"}],
+        "sent": "2026-12-06T10:00:00Z", "sender": {"reference": "Practitioner/dr"},
+        "recipient": [{"reference": "CareTeam/t1"}],
+        "payload": [{"contentReference": {"reference": "Bundle/frozen-1"}},
+                    {"contentReference": {"reference": "http://example.org/fhir/Binary/b1/_history/2"}}]}
+    profile = "https://oncotrials.example.org/fhir/StructureDefinition/referral-communication"
+    found = Validator(use_models=False).outcome(referral, [profile])
+    assert [i for i in found if i.severity == "error"] == []
+    referral["subject"] = {"reference": "Group/g1"}  # a typed reference still is
+    assert [i.expression for i in Validator(use_models=False).outcome(referral, [profile])
+            if i.severity == "error"] == [("Communication.subject.reference",)]
