@@ -45,6 +45,7 @@ from .http.operations import router as operations_router
 from .http.terminology import router as terminology_router
 from .logs import RequestIdMiddleware
 from .model.errors import FhirError, Kind
+from .model.profiles import write_profiles
 from .model.validation import Validator
 from .notify import runner as notify_runner
 from .notify import Messages, enqueue, schedule_of
@@ -134,6 +135,7 @@ def build_context(settings: Settings, store: Store) -> Context:
                                    operator=operator_dir(settings.data_dir)),
         pseudonym_key=(open_provider(settings).index_key("trial-pseudonym")
                        if settings.encryption else None),
+        write_profiles=write_profiles(settings.write_profiles),
     )
 
 

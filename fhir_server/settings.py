@@ -28,6 +28,15 @@ class TrustedIssuerSetting(BaseModel):
     psc: bool = False  # Pro Santé Connect: tokens name a professional by RPPS (auth/psc.py)
 
 
+class WriteProfileSetting(BaseModel):
+    """Profiles every write of `type` is checked against, by every client or those named
+    (docs/validation.md, "Profiles required on write")."""
+
+    type: str
+    profiles: list[str] = Field(min_length=1)
+    clients: list[str] | None = None  # None: every client
+
+
 class Settings(BaseSettings):
     """Server configuration. Every field can be set as FHIR_SERVER_<NAME> (upper case)."""
 
@@ -170,6 +179,12 @@ class Settings(BaseSettings):
         description="External OpenID providers whose access tokens are accepted too: "
         '[{"issuer": ..., "jwks_uri": ..., "audience": ..., "psc": false}] (audience defaults to '
         'base_url; "psc": true for Pro Santé Connect, docs/auth.md).',
+    )
+    write_profiles: list[WriteProfileSetting] = Field(
+        default_factory=list,
+        description="Profiles writes must conform to, per resource type and client: "
+        '[{"type": "Patient", "profiles": [canonical, ...], "clients": [client id, ...]}] '
+        "(no clients: every client; each profile one the server holds; docs/validation.md).",
     )
     mllp: bool = Field(
         False, description="Start the HL7 v2 MLLP listener beside HTTP (docs/hl7v2.md).")

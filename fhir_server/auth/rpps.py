@@ -76,7 +76,8 @@ class RppsRegister:
 
     def load(self, lines: Iterable[str], source: str) -> LoadReport:
         """Replace the register with the extract's `lines`, in one transaction. ValueError
-        (nothing changed) when the first line is not the extract's header."""
+        (nothing changed) when the first line is not the extract's header, or when no line
+        lists an RPPS professional (a truncated file would otherwise retire them all)."""
         rows = iter(enumerate(lines, start=1))
         first = next(rows, (1, ""))[1].lstrip("\ufeff")
         if not first.startswith(_HEADER):
@@ -96,6 +97,9 @@ class RppsRegister:
                 report.skipped.append((number, f"not an 11-digit RPPS number: {fields[1][:20]!r}"))
                 continue
             found[rpps] = (fields[7], fields[8], fields[9], fields[10])
+        if not found:
+            raise ValueError(f"{source}: the extract lists no RPPS professional; the register is "
+                             "unchanged")
         now = clock.instant()
         with self._db:
             before = {r for (r,) in self._db.execute("SELECT rpps FROM professional WHERE active = 1")}

@@ -177,6 +177,12 @@ async def save_match(request: Request, id: str) -> Response:
     return _created(request, version) if result.outcome == "created" else _stored(request, version)
 
 
+# $validate takes a resource (or a stored one's id and mode): POST only, 405 rather than a
+# read of id "$validate".
+for _path in ("/{resource_type}/$validate", "/{resource_type}/{id}/$validate"):
+    router.add_api_route(_path, not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"])
+
+
 @router.post("/{resource_type}/$validate")
 @router.post("/{resource_type}/{id}/$validate")
 async def validate_resource(request: Request, resource_type: str, id: str | None = None) -> Response:

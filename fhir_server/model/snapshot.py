@@ -516,7 +516,7 @@ def _target(targets: tuple[str, ...], value: dict[str, Any], at: str) -> Iterato
         return
     kind = _reference_type(reference) or ""
     allowed = {_target_type(t) for t in targets}
-    if None in allowed or kind in allowed:
+    if None in allowed or kind in allowed or "Resource" in allowed:  # Reference(Any)
         return
     yield _error("structure", f"A reference to {kind or reference!r} is not allowed here: the "
                  f"profile wants {', '.join(sorted(str(a) for a in allowed))}", f"{at}.reference")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..access import ConfirmationCodes, Principal
 from ..audit.trail import Trail
 from ..crypto import KeyDirectory
+from ..model.profiles import WriteProfiles
 from ..model.validation import Validator
 from ..search import Registry
 from ..store.base import Store, Version
@@ -47,6 +48,7 @@ class Context:
     erasures: Erasures | None = None  # Patient/$erase (services/erase.py); None: not offered
     terminology: Catalogue | None = None  # CodeSystems, ValueSets, ConceptMaps held
     pseudonym_key: bytes | None = None  # keys trial pre-screening pseudonyms (trials/inverse.py)
+    write_profiles: WriteProfiles = WriteProfiles()  # profiles required per type and client
 
 
 async def after_commit(ctx: Context, versions: Sequence[Version]) -> None:

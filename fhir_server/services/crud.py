@@ -14,6 +14,7 @@ from typing import Any
 import jsonpatch
 
 from ..access.policy import Decision
+from ..access import Role
 from ..crypto import UnreadableBody
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
@@ -87,9 +88,10 @@ def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
 def resource_issues(
     ctx: Context, resource_type: str, resource: Any, profiles: Sequence[str] = ()
 ) -> list[Issue]:
-    """Every issue of a resource sent for `resource_type`, with the profiles it claims and
-    `profiles`: what a write refuses with 422 and `$validate` lists (INVALID when it is no
-    resource of that type)."""
+    """Every issue of a resource sent for `resource_type`, with the profiles it claims,
+    `profiles`, and those a client's writes of that type require (`Context.write_profiles`):
+    what a write refuses with 422 and `$validate` lists (INVALID when it is no resource of
+    that type)."""
     if not isinstance(resource, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
     sent_type = resource.get("resourceType")
@@ -101,7 +103,11 @@ def resource_issues(
             expression="resourceType",
             details_code="MSG_RESOURCE_TYPE_MISMATCH",
         )
-    return ctx.validator.outcome(resource, profiles)
+    principal = ctx.principal
+    # The server's own writes (its workflows' records) are not a client's: no rule applies.
+    required = (() if principal is not None and principal.role is Role.SERVER else
+                ctx.write_profiles.for_write(resource_type, principal.client_id if principal else None))
+    return ctx.validator.outcome(resource, (*profiles, *required))
 
 
 def check_body_id(resource_type: str, id: str, payload: Payload) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .codesystems import CodeSystem
+from .v2maps import vocabulary_concept_maps
 
 log = logging.getLogger("fhir_server")
 
@@ -110,7 +111,7 @@ class Catalogue:
 
 def own_definitions(dirs: Sequence[Path] = SOURCE_DIRS) -> list[dict[str, Any]]:
     """Our CodeSystems, ValueSets and ConceptMaps, read from `dirs` and their subfolders
-    (files named `<Type>-<id>.json`)."""
+    (files named `<Type>-<id>.json`, and the HL7 v2 tables of a `vocabulary.json`)."""
     found = []
     for folder in dirs:
         for kind in TYPES:
@@ -118,6 +119,8 @@ def own_definitions(dirs: Sequence[Path] = SOURCE_DIRS) -> list[dict[str, Any]]:
                 resource = orjson.loads(path.read_bytes())
                 if resource.get("resourceType") == kind and "url" in resource:
                     found.append(resource)
+        for path in sorted(folder.rglob("vocabulary.json")) if folder.is_dir() else ():
+            found.extend(vocabulary_concept_maps(path))
     return found
 
 

@@ -72,6 +72,16 @@ def test_a_file_without_the_header_changes_nothing(register: RppsRegister) -> No
     assert register.check("10001234567").active
 
 
+def test_an_extract_listing_no_professional_changes_nothing(register: RppsRegister) -> None:
+    """A truncated download (the header alone, or only other identifier types) would mark
+    every professional no longer listed and refuse them all: it is refused instead."""
+    register.load(lines("8|10001234567|810001234567|||||Martin|Claire|10|Médecin|"), "x")
+    for extract in (lines(), lines("0|123456789|0123456789|||||Dupont|Jean|10|Médecin|")):
+        with pytest.raises(ValueError, match="lists no RPPS professional"):
+            register.load(extract, "truncated")
+    assert register.check("10001234567").active
+
+
 def test_cli_load_and_user_add_refuse_with_the_reason(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(tmp_path))

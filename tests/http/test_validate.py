@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from fhir_server.model import french_ids as f
 from fhir_server.model.profiles import FR_CORE_PATIENT_INS
 from tests.builders import patient
-from tests.conftest import token
+from tests.conftest import authorized, token
 from tests.http.helpers import create, send, stored
 from tests.model.test_french_ids import NIR, qualified
 
@@ -207,3 +207,47 @@ def test_validate_needs_read_on_the_type_and_delete_mode_needs_delete(client: Te
     assert client.post("/fhir/Patient/$validate", json=patient(), headers=reader).status_code == 200
     deleting = client.post(f"/fhir/Patient/{id}/$validate?mode=delete", headers=reader)
     assert deleting.status_code == 403
+
+
+def test_profiles_required_on_write_per_type_and_client(settings: Any, store_kind: str) -> None:
+    """`write_profiles`: the INS profile is required of the EHR's Patient writes, not of
+    others'; its writes and its `$validate` agree, and a refused write stores nothing."""
+    from fhir_server.app import create_app
+    from fhir_server.settings import WriteProfileSetting
+    from tests.store.conftest import encrypting, migrated_double
+
+    settings = settings.model_copy(update={"write_profiles": [WriteProfileSetting(
+        type="Patient", profiles=[FR_CORE_PATIENT_INS], clients=["ehr-chu"])]})
+    store = None if store_kind == "sqlite" else migrated_double(codec=encrypting(settings.data_dir))
+    plain = patient(identifier=[{"system": "urn:oid:1.2.250.1.999.1.1", "value": "42"}])
+    with authorized(TestClient(create_app(settings, store))) as app:
+        def as_client(client_id: str) -> dict[str, str]:
+            issued = app.app.state.tokens.issue(  # type: ignore[attr-defined]
+                subject=client_id, client_id=client_id, scope="system/*.cruds")
+            return {"Authorization": f"Bearer {issued['access_token']}",
+                    "Content-Type": "application/fhir+json"}
+
+        before = stored(app)
+        ehr = as_client("ehr-chu")
+        refused = app.post("/fhir/Patient", json=plain, headers=ehr)
+        assert refused.status_code == 422
+        found = issues(refused)
+        assert ("error", "required", ("Patient.extension('" + f.IDENTITY_RELIABILITY_URL + "')",)) in found
+        checked = app.post("/fhir/Patient/$validate", json=plain, headers=ehr)
+        assert checked.status_code == 200 and issues(checked) == found
+        transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": plain, "request": {"method": "PUT", "url": "Patient?identifier=urn:oid:1.2.250.1.999.1.1|42"}}]}
+        assert app.post("/fhir", json=transaction, headers=ehr).status_code == 422
+        assert stored(app) == before
+        assert app.post("/fhir/Patient", json=plain, headers=as_client("portal")).status_code == 201
+        assert app.post("/fhir/Patient", json=qualified(), headers=ehr).status_code == 201
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_other_methods_on_validate_are_405(client: TestClient, method: str) -> None:
+    """`$validate` takes a resource: POST only; not a read of id "$validate" (400 "invalid id")."""
+    for url in ("/fhir/Patient/$validate", "/fhir/Patient/p1/$validate"):
+        response = client.request(method, url)
+        assert response.status_code == 405, (method, url, response.text)
+        assert response.headers["Allow"] == "POST"
+        assert response.json()["resourceType"] == "OperationOutcome"

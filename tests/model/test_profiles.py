@@ -219,3 +219,40 @@ def test_absent_elements_are_checked_for_cardinality_only() -> None:
     assert checker.check({"resourceType": "Patient", "_gender": {"extension": [
         {"url": "http://example.org/x", "valueString": "y"}]}, "identifier": [
         {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1"}]}, "Patient") == []
+
+
+@pytest.mark.parametrize(("canonical", "held"), [
+    (profiles.FR_CORE_PATIENT_INS, True),
+    (f"{profiles.FR_CORE_PATIENT_INS}|2.2.0", True),
+    (f"{profiles.FR_CORE_PATIENT_INS}|2.1.0", True),
+    (f"{profiles.FR_CORE_PATIENT_INS}|2.0.1", True),
+    (f"{profiles.FR_CORE_PATIENT_INS}|2.2.0-ballot-2", True),
+    (f"{profiles.FR_CORE_PATIENT_INS}|9.9.9", False),  # rules not written for it: not held
+    (f"{profiles.FR_CORE_PATIENT_INS}|1.1.0", False),
+    (f"{STUDY}|0.3.1", True),
+    (f"{STUDY}|0.3.2", False),
+])
+def test_a_profile_is_held_in_the_versions_its_rules_follow(canonical: str, held: bool) -> None:
+    """The INS rules follow FR Core 2.0 to 2.2; a claim of another version is not checked as
+    if it were one of those (a `$validate` `profile` of it is a 400, a `meta.profile` a warning)."""
+    assert (profiles.find(canonical) is not None) is held
+
+
+def test_a_reference_to_any_resource_takes_every_type() -> None:
+    """R4's Reference(Any) names `…/StructureDefinition/Resource`: every type conforms
+    (the referral's payload refers to its frozen record, a Bundle)."""
+    referral = {
+        "resourceType": "Communication", "status": "in-progress",
+        "category": [{"coding": [{"system": "https://oncotrials.example.org/fhir/CodeSystem/referral-message",
+                                  "code": "referral"}]}],
+        "subject": {"reference": "Patient/p1"}, "about": [{"reference": "ResearchStudy/s1"}],
+        "sent": "2026-12-06T10:00:00Z", "sender": {"reference": "Practitioner/dr"},
+        "recipient": [{"reference": "CareTeam/t1"}],
+        "payload": [{"contentReference": {"reference": "Bundle/frozen-1"}},
+                    {"contentReference": {"reference": "http://example.org/fhir/Binary/b1/_history/2"}}]}
+    profile = "https://oncotrials.example.org/fhir/StructureDefinition/referral-communication"
+    found = Validator(use_models=False).outcome(referral, [profile])
+    assert [i for i in found if i.severity == "error"] == []
+    referral["subject"] = {"reference": "Group/g1"}  # a typed reference still is
+    assert [i.expression for i in Validator(use_models=False).outcome(referral, [profile])
+            if i.severity == "error"] == [("Communication.subject.reference",)]

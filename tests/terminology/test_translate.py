@@ -95,3 +95,22 @@ def test_snomed_cancer_diagnoses_to_icd10(client: TestClient) -> None:
     # Reverse: which SNOMED CT concepts the map places in C78.7.
     liver = both(client, "ConceptMap/$translate", url=SNOMED_MAP, system=ICD10, code="C78.7", reverse="true")
     assert (value(liver, "result"), [m[2] for m in matches(liver)]) == (True, ["94381002"])
+
+
+V2_0001 = "http://terminology.hl7.org/CodeSystem/v2-0001"
+
+
+def test_the_hl7_v2_tables_the_mappings_apply_are_concept_maps(client: TestClient) -> None:
+    """mappings/hl7v2/vocabulary.json's v2 tables answer $translate as the listener maps them."""
+    sex = both(client, "ConceptMap/$translate", system=V2_0001, code="F")
+    assert value(sex, "result") is True
+    assert matches(sex) == [("equivalent", "http://hl7.org/fhir/administrative-gender", "female")]
+    patient_class = both(client, "ConceptMap/$translate",
+                         system="http://terminology.hl7.org/CodeSystem/v2-0004", code="I")
+    assert matches(patient_class) == [
+        ("equivalent", "http://terminology.hl7.org/CodeSystem/v3-ActCode", "IMP")]
+    back = both(client, "ConceptMap/$translate", system="http://hl7.org/fhir/administrative-gender",
+                code="male", reverse="true")
+    assert matches(back) == [("equivalent", V2_0001, "M")]
+    unknown = both(client, "ConceptMap/$translate", system=V2_0001, code="Z")
+    assert value(unknown, "result") is False

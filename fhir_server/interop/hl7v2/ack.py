@@ -30,13 +30,14 @@ def acknowledgment(header: Header | None, code: str, problems: tuple[Problem, ..
            f"ACK^{h.event}^ACK" if h and h.event else "ACK", uuid4().hex[:20], "P",
            h.version if h and h.version else "2.5", "", "", "", "", "", h.charset if h else ""]
     # Components of MSH-3..6 are kept as sent (they are sent back as they came).
+    first = next((p for p in problems if p.severity == "E"), problems[0] if problems else None)
     segments = ["|".join(msh).rstrip("|"),
                 "|".join(["MSA", code, escape(h.control_id) if h else "",
-                          escape(problems[0].reason)[:80] if problems else ""]).rstrip("|")]
+                          escape(first.reason)[:80] if first else ""]).rstrip("|")]
     for problem in problems:
         where = problem.location
         erl = "^".join([where.segment, str(where.occurrence), str(where.field or ""),
                         "1" if where.field else "", str(where.component or "")]).rstrip("^") if where else ""
         segments.append("|".join(["ERR", "", erl, f"{problem.code.value}^{problem.text}^HL70357",
-                                  "E", "", "", "", escape(problem.reason)]))
+                                  problem.severity, "", "", "", escape(problem.reason)]))
     return ("\r".join(segments) + "\r").encode(codec, "replace")

@@ -114,6 +114,7 @@ def decode(raw: bytes) -> Message:
         raise rejected(Code.SEGMENT_SEQUENCE, "The message does not begin with an MSH segment.",
                        Location("MSH"))
     separator = raw[3:4]
+    _check_encoding_characters(raw.split(b"\r", 1)[0][4:].split(separator, 1)[0], separator)
     # MSH-18 is read before decoding: MSH is ASCII in every character set of table 0211.
     msh = raw.split(b"\r", 1)[0].split(separator)
     # Its first repetition's first component: the message's character set (others are alternates).
@@ -140,6 +141,17 @@ def decode(raw: bytes) -> Message:
         raise rejected(Code.REQUIRED_FIELD_MISSING, "MSH-10 (message control id) is empty.",
                        Location("MSH", 1, 10))
     return Message(header, segments, unescape)
+
+
+def _check_encoding_characters(encoding: bytes, separator: bytes) -> None:
+    """MSH-2: the component, repetition, escape and subcomponent characters (and from v2.7 the
+    truncation character), distinct, none a letter, digit, space or the field separator."""
+    chars = encoding.decode("latin-1")
+    if (len(chars) not in (4, 5) or len(set(chars)) != len(chars) or separator.decode("latin-1") in chars
+            or any(c.isalnum() or c.isspace() or not c.isprintable() for c in chars)):
+        raise rejected(Code.DATA_TYPE, f"MSH-2 must hold the four encoding characters (five "
+                       f"from v2.7), distinct and none a letter, digit or space; found "
+                       f"'{chars[:8]}'.", Location("MSH", 1, 2))
 
 
 def _unescaper(separators: str, esc: str, codec: str) -> Callable[[str], str]:

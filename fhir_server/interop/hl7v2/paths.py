@@ -1,7 +1,8 @@
 """Target paths of the mappings: where a value goes in a resource (mappings/README.md).
 
 `a.b` a nested element; `a[]` appends to the list `a`; `a[2]` its third item (created as
-needed); `extension(url)` the extension of `extension` with that url (created if absent).
+needed); `extension(url)` the extension of `extension` with that url (created if absent),
+`extension(url)[]` a new one with that url (a repeating field's values side by side).
 A dict written where a dict is merges into it. Nothing is created but on the way to a value,
 so a resource never holds an empty element."""
 
@@ -40,7 +41,7 @@ def put(resource: dict[str, Any], path: str, value: Any) -> None:
         last = number == len(route) - 1
         if url is not None:
             items = node.setdefault(name, [])
-            node = next((e for e in items if e.get("url") == url), None)
+            node = None if index == "" else next((e for e in items if e.get("url") == url), None)
             if node is None:
                 node = {"url": url}
                 items.append(node)

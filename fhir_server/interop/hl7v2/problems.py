@@ -59,11 +59,13 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One error of a message."""
+    """One problem of a message; `severity` is ERR-4 (table 0516: E error, W warning), W for
+    a warning the validator listed beside the errors that refused the message."""
 
     code: Code
     reason: str
     location: Location | None = None
+    severity: str = "E"
 
     @property
     def text(self) -> str:

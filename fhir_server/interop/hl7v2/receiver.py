@@ -32,7 +32,7 @@ from ...services.principals import system_principal
 from .ack import acknowledgment
 from .identifiers import identifier_token, stored_with
 from .inbox import APPLIED, ERROR, Inbox, Stored
-from .mapping import Instance, Mappings
+from .mapping import Instance, Mappings, Rule
 from .merge import merge_entries
 from .message import CHARSETS, Message, decode, read
 from .problems import Code, Location, Problem, Refused, error
@@ -40,7 +40,11 @@ from .problems import Code, Location, Problem, Refused, error
 log = logging.getLogger("fhir_server.hl7v2")
 # What a sender may do: create, read, update and search the types the mappings write.
 SCOPE = " ".join(f"system/{t}.crus" for t in ("Patient", "Encounter", "Observation", "DiagnosticReport"))
-_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+# An issue's expression in the message's Bundle: the entry, then the element of its resource
+# (an extension by its URL), which the segment map says which field it came from.
+_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\](?:\.resource\.(\w+)(?:\('([^']*)'\))?)?")
+_TARGET = re.compile(r"(\w+)(?:\(([^)]*)\))?")
+_ERR_SEVERITY = {"warning": "W", "information": "I"}
 _INTERNAL = Problem(Code.INTERNAL_ERROR, "Internal error; the message is kept for replay.")
 _CONTENT_ERRORS = {Kind.INVALID: Code.DATA_TYPE, Kind.UNPROCESSABLE: Code.DATA_TYPE,
                    Kind.PRECONDITION_FAILED: Code.DUPLICATE_KEY, Kind.CONFLICT: Code.DUPLICATE_KEY}
@@ -298,7 +302,7 @@ class Receiver:
             raise
         except FhirError as exc:
             status = 500 if exc.kind is Kind.FAULT else 400
-            raise _refused(exc, ordered) from None
+            raise _refused(exc, ordered, self.mappings) from None
         finally:
             await record.finish(status)
 
@@ -416,9 +420,10 @@ def _entry(instance: Instance) -> dict[str, Any]:
     return {"fullUrl": instance.full_url, "resource": resource, "request": request}
 
 
-def _refused(exc: FhirError, instances: list[Instance]) -> Refused:
+def _refused(exc: FhirError, instances: list[Instance], mappings: Mappings) -> Refused:
     """The service layer's refusal in HL7 terms: each issue located at the segment of the
-    Bundle entry it names (the entries follow the instances)."""
+    Bundle entry it names (the entries follow the instances), and at the field when one field
+    only of its segment map writes the element; a warning stays a warning (ERR-4 W)."""
     code = _CONTENT_ERRORS.get(exc.kind, Code.INTERNAL_ERROR)
     problems = []
     for issue in exc.issues:
@@ -426,7 +431,22 @@ def _refused(exc: FhirError, instances: list[Instance]) -> Refused:
         for expression in issue.expression:
             found = _ENTRY.match(expression)
             if found and int(found[1]) < len(instances):
-                location = instances[int(found[1])].segment.location()
+                instance = instances[int(found[1])]
+                field = _field(mappings.segments.get(instance.rule.get("map", "")), found[2], found[3])
+                location = instance.segment.location(field)
                 break
-        problems.append(Problem(code, issue.diagnostics, location))
+        problems.append(Problem(code, issue.diagnostics, location,
+                                _ERR_SEVERITY.get(issue.severity, "E")))
     return Refused("AE", *problems) if problems else Refused("AE", Problem(code, str(exc)))
+
+
+def _field(segment_map: Rule | None, element: str | None, url: str | None) -> int | None:
+    """The one field of `segment_map` whose target is `element` (an extension: of that URL)."""
+    if segment_map is None or element is None:
+        return None
+    fields = set()
+    for rule in segment_map["fields"]:
+        target = _TARGET.match(rule["target"])
+        if "field" in rule and target and target[1] == element and (url is None or target[2] == url):
+            fields.add(rule["field"])
+    return fields.pop() if len(fields) == 1 else None

@@ -73,9 +73,31 @@ def test_each_ins_oid_gives_its_fr_core_identifier_type() -> None:
         assert patient.resource["identifier"][1]["type"]["coding"][0]["code"] == code
 
 
+def test_each_ins_gets_the_use_fr_core_slices_it_by() -> None:
+    """FR Core's INS slices require `use` (official for a NIR, temp for an NIA): without it
+    every INS an EHR sends would carry a validation warning, and fail the INS profile."""
+    raw = message("adt_a01_admit.hl7")
+    for oid, use in (("1.2.250.1.213.1.4.8", "official"), ("1.2.250.1.213.1.4.9", "temp"),
+                     ("1.2.250.1.213.1.4.10", "official"), ("1.2.250.1.213.1.4.11", "official")):
+        [patient] = [i for i in MAPS.instances(decode(raw.replace(b"1.2.250.1.213.1.4.8", oid.encode())))
+                     if i.name == "patient"]
+        assert patient.resource["identifier"][1]["use"] == use
+    assert "use" not in _instances("adt_a01_admit.hl7")["patient"][0].resource["identifier"][0]  # the IPP
+
+
 def test_pid_32_statuses_prov_and_qual() -> None:
     assert _status(_instances("adt_a04_register.hl7")["patient"][0].resource) == "PROV"
     assert _status(_instances("adt_a08_update.hl7")["patient"][0].resource) == "QUAL"
+
+
+def test_pid_32_attributes_are_kept_beside_the_status() -> None:
+    """PID-32 repeats (IHE PAM FR): the status, then RNIV attributes (homonym, doubtful,
+    fictitious); each is an identityStatus of the extension, none dropped."""
+    raw = message("adt_a08_update.hl7").replace(b"|QUAL\r", b"|QUAL~HOMON\r")
+    [patient] = [i for i in MAPS.instances(decode(raw)) if i.name == "patient"]
+    [extension] = [e for e in patient.resource["extension"] if e["url"] == RELIABILITY]
+    assert [(e["url"], e["valueCoding"]["code"]) for e in extension["extension"]] == [
+        ("identityStatus", "QUAL"), ("identityStatus", "HOMON")]
 
 
 def test_pv1_becomes_the_visit_and_zbe_a_movement_part_of_it() -> None:
@@ -204,6 +226,22 @@ def test_other_bad_input_is_refused(old: bytes, new: bytes, ack: str, code: str,
         MAPS.instances(decode(raw.replace(old, new, 1)))
     [problem] = caught.value.problems
     assert (caught.value.ack, problem.code.value, str(problem.location)) == (ack, code, where)
+
+
+@pytest.mark.parametrize("encoding", [b"^", b"^~\\", b"^~\\&&", b"^~X&", b"^~ &", b"^^\\&", b"^~\\&#$"])
+def test_malformed_encoding_characters_are_rejected(encoding: bytes) -> None:
+    """MSH-2 holds four distinct separators (five from v2.7, the truncation character), none
+    a letter, digit, space or the field separator: anything else would be read with garbled
+    separators (an `X` escape character, the field separator repeating) and stored so."""
+    raw = message("adt_a01_admit.hl7").replace(b"MSH|^~\\&|", b"MSH|" + encoding + b"|", 1)
+    with pytest.raises(Refused) as caught:
+        decode(raw)
+    assert caught.value.ack == "AR" and str(caught.value.problems[0].location) == "MSH-2"
+
+
+def test_the_truncation_character_of_v2_7_is_accepted() -> None:
+    raw = message("adt_a01_admit.hl7").replace(b"MSH|^~\\&|", b"MSH|^~\\&#|", 1)
+    assert decode(raw).header.control_id == "A01-0001"
 
 
 def test_bytes_the_charset_refuses_and_a_missing_msh_are_rejected() -> None:

@@ -174,6 +174,27 @@ async def test_a_refusal_by_the_service_layer_is_located_and_nothing_is_half_app
     assert await ctx.store.count("Encounter") == 0  # the visit and movement were not written either
 
 
+@pytest.mark.parametrize(("old", "new", "where", "reason"), [
+    (b"270056912345647^", b"270056912345611^", "PID^1^3^1", "Wrong INS-NIR key 11"),  # wrong NIR key
+    (b"|19700512|F|", b"||F|", "PID^1^7^1", "The birth date is missing"),  # a QUAL identity's trait
+    (b"|VALI\r", b"|VALI~DOUTE\r", "PID^1^32^1", "A doubtful identity cannot be VALI"),  # RNIV
+])
+async def test_a_validation_refusal_names_the_field_and_keeps_warnings_as_warnings(
+        receiver: Receiver, ctx: Context, old: bytes, new: bytes, where: str, reason: str) -> None:
+    """ERR-2 names the field the refused element came from; ERR-4 is W for a warning of the
+    validator (the INS on a VALI identity), and MSA-3 repeats the first error, not a warning."""
+    raw = message("adt_a01_admit.hl7").replace(old, new)
+    raw = raw.replace(b"|VALI", b"|QUAL") if b"19700512" not in raw else raw
+    ack = await receiver.receive(raw, "192.0.2.7")
+    assert msa(ack)[1] == "AE" and reason in msa(ack)[3]
+    found = {(e[2], e[4]) for e in errs(ack) if reason in e[8]}
+    assert found == {(where, "E")}
+    assert all(e[4] in ("E", "W") for e in errs(ack))
+    if b"|VALI" in raw:
+        assert any(e[4] == "W" and "qualified identity only" in e[8] for e in errs(ack))
+    assert await _versions(ctx) == dict.fromkeys(TYPES, 0)
+
+
 async def test_each_message_is_audited_as_a_transaction_of_its_sender(receiver: Receiver, ctx: Context) -> None:
     await _send(receiver, "adt_a01_admit.hl7")
     patient = await _one(ctx, "Patient", IPP, "100001")
