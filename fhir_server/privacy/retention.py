@@ -223,7 +223,10 @@ def _day(instant: str) -> date:
 async def _plan_records(life: Lifecycle, made: Plan) -> None:
     policy = life.policy
     last_day = policy.period("patient-record", "inactive").before(made.today)
-    active = await lifecycle.changed_since(life.ctx, _next(last_day))
+    # Archives are left out: they name pseudonyms, never a live patient, and every archive
+    # of the last `inactive` would otherwise be read and indexed again by every daily plan.
+    active = await lifecycle.changed_since(life.ctx, _next(last_day),
+                                           [("_security:not", PSEUDED_TOKEN)])
     async for patient in lifecycle.matching(life.ctx, "Patient", [
             ("_lastUpdated", f"lt{_next(last_day)}"), ("_security:not", PSEUDED_TOKEN)]):
         if patient["id"] not in active:
@@ -386,10 +389,11 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
         raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed since the "
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
-    copies = life.pseudonyms.copies(record, life.personal)
-    for start in range(0, len(copies), WRITTEN_AT_ONCE):  # valid: a valid resource's copy is
+    copier = life.pseudonyms.copier(life.personal)
+    for start in range(0, len(record), WRITTEN_AT_ONCE):  # each slice made, then written:
+        copies = copier.copies(record[start:start + WRITTEN_AT_ONCE])  # the loop free between
         await server_writes.commit(server, [server_writes.ServerWrite(c, new=False, valid=True)
-                                            for c in copies[start:start + WRITTEN_AT_ONCE]])
+                                            for c in copies])  # valid: a valid one's copy is
     async with erasing or nullcontext():
         await sweep(server, patient_id, reason)
     return life.pseudonyms.of(f"Patient/{patient_id}")

@@ -23,7 +23,7 @@ from fhir_server.privacy import retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
 from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
-from fhir_server.services import server_writes
+from fhir_server.services import lifecycle, server_writes
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.http.helpers import send
@@ -474,6 +474,24 @@ def test_a_post_mortem_notice_goes_to_a_relative_of_the_patient_only(server: Ser
         _put(server, _directive(f"pm{n}", "communicate", person))
         with on(_after_the_grace()):
             assert _steps(_run(server), "post-mortem", "communicate") == [], person
+
+
+def test_the_daily_plan_reads_no_archive_to_find_activity(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archives name pseudonyms, never a live patient: the plan's look-up of recent activity
+    leaves them out rather than reading every archive of the last two years each day."""
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+    with on(date(2029, 1, 10)):
+        _run(server)
+        assert _archives(server)
+    read: list[dict[str, Any]] = []
+    extract = lifecycle.extract
+    monkeypatch.setattr(lifecycle, "extract", lambda r, **kw: read.append(r) or extract(r, **kw))
+    with on(date(2029, 1, 11)):
+        _put(server, {**patient(family="Active"), "id": "q"})
+        assert "Patient/q" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
+    assert [r["id"] for r in read] == ["q"]
 
 
 def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
