@@ -11,8 +11,10 @@ measures, on that clock two years and a day later (every record inactive):
   times a second in the same process; the reads' p50/p95/p99 during the run; the actions
   that failed (a run that archives nothing is no measure);
 - the **steady** run the day after, when nothing is due: the cost of the daily plan.
-Wall time and this process's CPU time (`time.process_time`: the machine is shared), and the
-load average before and after the run. Numbers go to bench/results/. `--profile FILE` writes a
+Wall time and the run's CPU time (`time.process_time`: the machine is shared), and the load
+average before and after the run. The run shares the reader's process (as the server's
+scheduled runs do), or with `--apart NICENESS` runs in a process of its own at that niceness
+(as `fhir-server retention run` from cron does); the idle reads last `--idle-seconds`. Numbers go to bench/results/. `--profile FILE` writes a
 cProfile of the real run (CPU time of each thread, `time.thread_time`, every thread: the
 stores are opened afresh after the build, so that their threads start under the profiler),
 merged into one pstats file.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import multiprocessing
 import os
 import pstats
 import threading
@@ -32,6 +35,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -127,7 +131,8 @@ async def _stores(where: Path, codec: Any) -> tuple[SqliteStore, SqliteStore]:
     return main, audit
 
 
-async def bench(resources: int, per_s: float, where: Path, profile: Path | None = None) -> dict[str, Any]:
+async def bench(resources: int, per_s: float, where: Path, profile: Path | None = None,
+                apart: int | None = None, idle_s: float = 30.0) -> dict[str, Any]:
     codec = _codec(where)
     main, audit = await _stores(where, codec)
     with clock.frozen(START):
@@ -140,47 +145,85 @@ async def bench(resources: int, per_s: float, where: Path, profile: Path | None 
     await audit.close()
     with _profiled(profile) if profile else nullcontext():
         main, audit = await _stores(where, codec)  # their threads start under the profiler
-        return await _run(main, audit, codec, where, filled, building.wall, per_s)
+        try:
+            store = RoutingStore(main, audit)
+            with clock.frozen(DUE):
+                _, idle = await _measured(store, "reader", per_s, asyncio.sleep(idle_s))
+            load_before = os.getloadavg()
+            with Timer() as real:
+                work = _run_apart(where, apart) if apart is not None else _real_run(where, store, codec)
+                done, during = await _measured(store, "reader", per_s, work)
+            load_after = os.getloadavg()
+            cpu = done.pop("cpu_s") if apart is not None else real.cpu
+            with Timer() as steady:
+                quiet = await _life_run(where, store, codec, DUE + timedelta(days=1))
+        finally:
+            await main.close()
+            await audit.close()
+    return {"resources": filled, "build_s": round(building.wall, 1),
+            "run": f"in a process of its own, niceness {apart}" if apart is not None
+            else "in the reader's process",
+            "load_average_before_after_run": [round(load_before[0], 2), round(load_after[0], 2)],
+            "real_run": {"wall_s": round(real.wall, 1), "cpu_s": round(cpu, 1),
+                         "cpu_ms_per_resource": round(cpu * 1000 / filled, 3), **done},
+            "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
+                           "counts": quiet["counts"]},
+            "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
+            "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1),
+            "extrapolated_1m_real_run_cpu_min": round(cpu * 1_000_000 / filled / 60, 1)}
 
 
-async def _run(main: SqliteStore, audit: SqliteStore, codec: Any, where: Path, filled: int,
-               build_s: float, per_s: float) -> dict[str, Any]:
+DUE = START + timedelta(days=2 * 366)  # every record inactive for two years
+
+
+async def _life_run(where: Path, store: RoutingStore, codec: Any, on: datetime) -> dict[str, Any]:
+    """A real retention run on day `on`, as the server wires it; what it did."""
     chain = Chain(where / "audit-chain.db")
-    store = RoutingStore(main, audit)
-    ring = codec.keys.provider
     try:
+        audit = store.audit
         recorder = AuditRecorder(audit, chain)
         context = Context(store=store, validator=Validator(use_models=False),
                           registry=default_registry(), principal=server_principal("bench"),
                           erasures=erase.Erasures(
-                              ErasureLedger(where / "erasure-ledger.jsonl", ledger_key(ring)),
+                              ErasureLedger(where / "erasure-ledger.jsonl",
+                                            ledger_key(codec.keys.provider)),
                               codec.keys, recorder.record))
         life = Lifecycle(context, load_policy(), Pseudonyms(b"p" * 32), Holds(context),
                          Trimmer(audit, chain.path, b"c" * 32))
-        with clock.frozen(START + timedelta(days=2 * 366)) as frozen:
-            _, idle = await _measured(store, "reader", per_s, asyncio.sleep(10))
-            load_before = os.getloadavg()
-            with Timer() as real:
-                plan, during = await _measured(store, "reader", per_s, run(life))
-            load_after = os.getloadavg()
-            frozen.advance(86400)
-            with Timer() as steady:
-                quiet = await run(life)
-        return {"resources": filled, "build_s": round(build_s, 1),
-                "load_average_before_after_run": [round(load_before[0], 2), round(load_after[0], 2)],
-                "real_run": {"wall_s": round(real.wall, 1), "cpu_s": round(real.cpu, 1),
-                             "cpu_ms_per_resource": round(real.cpu * 1000 / filled, 3),
-                             "counts": plan.counts(), "failed": len(plan.failed),
-                             "failures": plan.failures()[:3]},
-                "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
-                               "counts": quiet.counts()},
-                "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
-                "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1),
-                "extrapolated_1m_real_run_cpu_min": round(real.cpu * 1_000_000 / filled / 60, 1)}
+        with clock.frozen(on):
+            plan = await run(life)
+        return {"counts": plan.counts(), "failed": len(plan.failed),
+                "failures": plan.failures()[:3]}
     finally:
         chain.close()
-        await main.close()
-        await audit.close()
+
+
+async def _real_run(where: Path, store: RoutingStore, codec: Any) -> dict[str, Any]:
+    return await _life_run(where, store, codec, DUE)
+
+
+def _apart(where: str, niceness: int) -> dict[str, Any]:
+    """The real run in a process of its own (as `fhir-server retention run` from cron is),
+    at `niceness`; what it did, and its CPU time."""
+    os.nice(niceness)
+
+    async def work() -> dict[str, Any]:
+        codec = _codec(Path(where))
+        main, audit = await _stores(Path(where), codec)
+        try:
+            return await _real_run(Path(where), RoutingStore(main, audit), codec)
+        finally:
+            await main.close()
+            await audit.close()
+
+    began = time.process_time()
+    done = asyncio.run(work())
+    return {**done, "cpu_s": time.process_time() - began}
+
+
+async def _run_apart(where: Path, niceness: int) -> dict[str, Any]:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, _apart, str(where), niceness)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,9 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--reads-per-s", type=float, default=50.0)
     parser.add_argument("--profile", type=Path, help="write a cProfile of the real run here")
+    parser.add_argument("--apart", type=int, metavar="NICENESS",
+                        help="run the retention in a process of its own at this niceness")
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fhir-bench-retention-") as tmp:
-        result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp), args.profile))
+        result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp), args.profile,
+                                   args.apart, args.idle_seconds))
     result["machine"] = machine()
     print(result)
     print("written to", write_results("retention", result))
