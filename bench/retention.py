@@ -1,7 +1,7 @@
 """The retention run over a large store (issue 18 target: 1M resources in < 10 min, with
 requests served meanwhile and the p99 read latency within 2x of idle), SQLite, encryption on.
 
-    python -m bench.retention [--resources 100000] [--reads-per-s 50]
+    python -m bench.retention [--resources 100000] [--reads-per-s 50] [--profile FILE]
 
 Builds `--resources` resources (Synthea clones, whole patients) on a simulated clock, then
 measures, on that clock two years and a day later (every record inactive):
@@ -11,19 +11,32 @@ measures, on that clock two years and a day later (every record inactive):
   times a second in the same process; the reads' p50/p95/p99 during the run; the actions
   that failed (a run that archives nothing is no measure);
 - the **steady** run the day after, when nothing is due: the cost of the daily plan.
-Wall time and this process's CPU time (`time.process_time`: the machine is shared). Numbers go
-to bench/results/.
+Wall time and the run's CPU time (`time.process_time`: the machine is shared), and the load
+average before and after the run. The run shares the reader's process (as the server's
+scheduled runs do), or with `--apart NICENESS` runs in a process of its own at that niceness
+(as `fhir-server retention run` from cron does); the idle reads last `--idle-seconds`. Numbers go to bench/results/. `--profile FILE` writes a
+cProfile of the real run (CPU time of each thread, `time.thread_time`, every thread: the
+stores are opened afresh after the build, so that their threads start under the profiler),
+merged into one pstats file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import multiprocessing
+import os
+import pstats
+import threading
 import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from bench.common import machine, write_results
@@ -80,59 +93,151 @@ async def _measured(store: RoutingStore, patient_id: str, per_s: float, work: An
     return result, seconds
 
 
-async def bench(resources: int, per_s: float, where: Path) -> dict[str, Any]:
-    codec = _codec(where)
+@contextmanager
+def _profiled(path: Path) -> Iterator[None]:
+    """cProfile every thread (those started in the block) and this one, by thread CPU time,
+    merged into `path`."""
+    profiles: list[cProfile.Profile] = []
+
+    def start(*_: object) -> None:  # the first event of each new thread
+        threading.setprofile(None)
+        profile = cProfile.Profile(time.thread_time)
+        profiles.append(profile)
+        profile.enable()
+
+    threading.setprofile(start)
+    mine = cProfile.Profile(time.thread_time)
+    mine.enable()
+    try:
+        yield
+    finally:
+        mine.disable()
+        threading.setprofile(None)
+        for profile in profiles:
+            profile.disable()  # only in its thread; the others stopped with their pools
+        stats = pstats.Stats(mine)
+        for profile in profiles:
+            try:
+                stats.add(profile)
+            except TypeError:  # a thread that recorded nothing
+                pass
+        stats.dump_stats(path)
+
+
+async def _stores(where: Path, codec: Any) -> tuple[SqliteStore, SqliteStore]:
     main, audit = SqliteStore(where / "fhir.db", codec=codec), SqliteStore(where / "audit.db", codec=codec)
     await main.open()
     await audit.open()
+    return main, audit
+
+
+async def bench(resources: int, per_s: float, where: Path, profile: Path | None = None,
+                apart: int | None = None, idle_s: float = 30.0) -> dict[str, Any]:
+    codec = _codec(where)
+    main, audit = await _stores(where, codec)
+    with clock.frozen(START):
+        with Timer() as building:
+            filled = await _fill(main, resources)
+        # what the reader reads: outside every patient's record, so never archived
+        await main.commit([_write({"resourceType": "Organization", "id": "reader",
+                                   "name": "Reader"})])
+    await main.close()
+    await audit.close()
+    with _profiled(profile) if profile else nullcontext():
+        main, audit = await _stores(where, codec)  # their threads start under the profiler
+        try:
+            store = RoutingStore(main, audit)
+            with clock.frozen(DUE):
+                _, idle = await _measured(store, "reader", per_s, asyncio.sleep(idle_s))
+            load_before = os.getloadavg()
+            with Timer() as real:
+                work = _run_apart(where, apart) if apart is not None else _real_run(where, store, codec)
+                done, during = await _measured(store, "reader", per_s, work)
+            load_after = os.getloadavg()
+            cpu = done.pop("cpu_s") if apart is not None else real.cpu
+            with Timer() as steady:
+                quiet = await _life_run(where, store, codec, DUE + timedelta(days=1))
+        finally:
+            await main.close()
+            await audit.close()
+    return {"resources": filled, "build_s": round(building.wall, 1),
+            "run": f"in a process of its own, niceness {apart}" if apart is not None
+            else "in the reader's process",
+            "load_average_before_after_run": [round(load_before[0], 2), round(load_after[0], 2)],
+            "real_run": {"wall_s": round(real.wall, 1), "cpu_s": round(cpu, 1),
+                         "cpu_ms_per_resource": round(cpu * 1000 / filled, 3), **done},
+            "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
+                           "counts": quiet["counts"]},
+            "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
+            "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1),
+            "extrapolated_1m_real_run_cpu_min": round(cpu * 1_000_000 / filled / 60, 1)}
+
+
+DUE = START + timedelta(days=2 * 366)  # every record inactive for two years
+
+
+async def _life_run(where: Path, store: RoutingStore, codec: Any, on: datetime) -> dict[str, Any]:
+    """A real retention run on day `on`, as the server wires it; what it did."""
     chain = Chain(where / "audit-chain.db")
-    store = RoutingStore(main, audit)
-    ring = codec.keys.provider
     try:
-        with clock.frozen(START):
-            with Timer() as building:
-                filled = await _fill(main, resources)
-            # what the reader reads: outside every patient's record, so never archived
-            await main.commit([_write({"resourceType": "Organization", "id": "reader",
-                                       "name": "Reader"})])
+        audit = store.audit
         recorder = AuditRecorder(audit, chain)
         context = Context(store=store, validator=Validator(use_models=False),
                           registry=default_registry(), principal=server_principal("bench"),
                           erasures=erase.Erasures(
-                              ErasureLedger(where / "erasure-ledger.jsonl", ledger_key(ring)),
+                              ErasureLedger(where / "erasure-ledger.jsonl",
+                                            ledger_key(codec.keys.provider)),
                               codec.keys, recorder.record))
         life = Lifecycle(context, load_policy(), Pseudonyms(b"p" * 32), Holds(context),
                          Trimmer(audit, chain.path, b"c" * 32))
-        with clock.frozen(START + timedelta(days=2 * 366)) as frozen:
-            _, idle = await _measured(store, "reader", per_s, asyncio.sleep(10))
-            with Timer() as real:
-                plan, during = await _measured(store, "reader", per_s, run(life))
-            frozen.advance(86400)
-            with Timer() as steady:
-                quiet = await run(life)
-        return {"resources": filled, "build_s": round(building.wall, 1),
-                "real_run": {"wall_s": round(real.wall, 1), "cpu_s": round(real.cpu, 1),
-                             "cpu_ms_per_resource": round(real.cpu * 1000 / filled, 3),
-                             "counts": plan.counts(), "failed": len(plan.failed),
-                             "failures": plan.failures()[:3]},
-                "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
-                               "counts": quiet.counts()},
-                "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
-                "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1),
-                "extrapolated_1m_real_run_cpu_min": round(real.cpu * 1_000_000 / filled / 60, 1)}
+        with clock.frozen(on):
+            plan = await run(life)
+        return {"counts": plan.counts(), "failed": len(plan.failed),
+                "failures": plan.failures()[:3]}
     finally:
         chain.close()
-        await main.close()
-        await audit.close()
+
+
+async def _real_run(where: Path, store: RoutingStore, codec: Any) -> dict[str, Any]:
+    return await _life_run(where, store, codec, DUE)
+
+
+def _apart(where: str, niceness: int) -> dict[str, Any]:
+    """The real run in a process of its own (as `fhir-server retention run` from cron is),
+    at `niceness`; what it did, and its CPU time."""
+    os.nice(niceness)
+
+    async def work() -> dict[str, Any]:
+        codec = _codec(Path(where))
+        main, audit = await _stores(Path(where), codec)
+        try:
+            return await _real_run(Path(where), RoutingStore(main, audit), codec)
+        finally:
+            await main.close()
+            await audit.close()
+
+    began = time.process_time()
+    done = asyncio.run(work())
+    return {**done, "cpu_s": time.process_time() - began}
+
+
+async def _run_apart(where: Path, niceness: int) -> dict[str, Any]:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, _apart, str(where), niceness)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.retention")
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--reads-per-s", type=float, default=50.0)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the real run here")
+    parser.add_argument("--apart", type=int, metavar="NICENESS",
+                        help="run the retention in a process of its own at this niceness")
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fhir-bench-retention-") as tmp:
-        result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp)))
+        result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp), args.profile,
+                                   args.apart, args.idle_seconds))
     result["machine"] = machine()
     print(result)
     print("written to", write_results("retention", result))

@@ -60,6 +60,11 @@ class ErasureLedger:
             raise ValueError("the ledger key must have 32 bytes or more")
         self.path = path
         self._key = key
+        # The file's bytes verified last, and their entries: a later read verifies only the
+        # lines appended since, once the bytes before them are found unchanged (a byte
+        # comparison, where verifying every entry again cost each erasure time in proportion
+        # to the erasures before it: 90 ms of CPU at 3,400 entries).
+        self._seen: tuple[bytes, list[dict[str, Any]]] = (b"", [])
 
     def _mac(self, entry: dict[str, Any]) -> str:
         return hmac.new(self._key, canonical(entry), hashlib.sha256).hexdigest()
@@ -68,12 +73,14 @@ class ErasureLedger:
         """Add `record` (JSON values) as the next entry; returns it with `seq`, `prev`, `mac`.
         Raises LedgerError, writing nothing, when the ledger does not verify."""
         with self._locked() as fd:
-            entries = self._verified(_read_all(fd))
+            entries = self._read_verified(fd)
             entry = {**record, "seq": len(entries) + 1,
                      "prev": entries[-1]["mac"] if entries else GENESIS}
             entry["mac"] = self._mac(entry)
-            os.write(fd, json.dumps(entry, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+            line = json.dumps(entry, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+            os.write(fd, line)
             os.fsync(fd)
+            self._seen = (self._seen[0] + line, [*entries, entry])
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
@@ -82,7 +89,7 @@ class ErasureLedger:
         if not self.path.exists():
             return []
         with self._locked() as fd:
-            return self._verified(_read_all(fd))
+            return self._read_verified(fd)
 
     def find(self, patient: str) -> dict[str, Any] | None:
         """The entry of Patient/`patient`'s latest erasure, if any (an id reused by a new
@@ -160,10 +167,22 @@ class ErasureLedger:
             intents.append(entry)
         return sorted(intents, key=lambda entry: str(entry.get("started")))
 
-    def _verified(self, lines: list[bytes]) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        previous = GENESIS
-        for number, line in enumerate(lines, start=1):
+    def _read_verified(self, fd: int) -> list[dict[str, Any]]:
+        """The ledger's entries, verified (those read before, if their bytes are unchanged,
+        are not verified again)."""
+        data = _read_all(fd)
+        seen, known = self._seen
+        if not (seen and data.startswith(seen)):
+            seen, known = b"", []
+        entries = self._verified(_lines(data[len(seen):]), known)
+        self._seen = (data, entries)
+        return list(entries)
+
+    def _verified(self, lines: list[bytes], before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`before` (verified) followed by the entries of `lines`, each verified."""
+        entries = list(before)
+        previous = before[-1]["mac"] if before else GENESIS
+        for number, line in enumerate(lines, start=len(before) + 1):
             try:
                 entry = json.loads(line)
                 mac = entry["mac"]
@@ -191,7 +210,7 @@ class ErasureLedger:
             os.close(fd)  # releases the lock
 
 
-def _read_all(fd: int) -> list[bytes]:
+def _read_all(fd: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while chunk := os.read(fd, 1 << 16):
@@ -200,4 +219,8 @@ def _read_all(fd: int) -> list[bytes]:
     if data and not data.endswith(b"\n"):
         raise LedgerError("the erasure ledger ends with a partial line (a write cut short); "
                           "restore it from the key ring's backup")
+    return data
+
+
+def _lines(data: bytes) -> list[bytes]:
     return [line for line in data.split(b"\n") if line]

@@ -132,10 +132,15 @@ class Pseudonyms:
                personal: Collection[str]) -> list[dict[str, Any]]:
         """The archive's copies of `resources` (a record: the same pseudonyms recur, each
         computed once), as `pseudonymise` makes them."""
-        return _Copier(self.of, personal).copies(resources)
+        return self.copier(personal).copies(resources)
+
+    def copier(self, personal: Collection[str]) -> Copier:
+        """What makes the copies of one record, slice by slice (`Copier.copies`), each of
+        its pseudonyms computed once."""
+        return Copier(self.of, personal)
 
 
-class _Copier:
+class Copier:
     """The copies of one record: the walk of `_scrub`, with the record's pseudonyms."""
 
     def __init__(self, of: Callable[[str], str], personal: Collection[str]) -> None:

@@ -55,9 +55,9 @@ _UCUM_MONTHS = {"mo": 1, "a": 12}
 # written and its original erased in the store's threads, whose group commit writes the
 # copies of several records in one transaction.
 ARCHIVED_AT_ONCE = 4
-# Copies written per unit of work. Indexing them runs on the event loop, which the server's
-# requests share: a whole record at once (some 120 resources) held it 20 to 50 ms, the p99 of
-# a read during a run; a slice of this many holds it a few ms. The store's group commit still
+# Copies made and written per unit of work. Making and indexing them runs on the event loop,
+# which the server's requests share: a whole record at once (some 120 resources) held it 20
+# to 50 ms; a slice of this many holds it a few ms. The store's group commit still
 # writes the slices of the records archived at once together.
 WRITTEN_AT_ONCE = 16
 log = logging.getLogger(__name__)
@@ -223,7 +223,10 @@ def _day(instant: str) -> date:
 async def _plan_records(life: Lifecycle, made: Plan) -> None:
     policy = life.policy
     last_day = policy.period("patient-record", "inactive").before(made.today)
-    active = await lifecycle.changed_since(life.ctx, _next(last_day))
+    # Archives are left out: they name pseudonyms, never a live patient, and every archive
+    # of the last `inactive` would otherwise be read and indexed again by every daily plan.
+    active = await lifecycle.changed_since(life.ctx, _next(last_day),
+                                           [("_security:not", PSEUDED_TOKEN)])
     async for patient in lifecycle.matching(life.ctx, "Patient", [
             ("_lastUpdated", f"lt{_next(last_day)}"), ("_security:not", PSEUDED_TOKEN)]):
         if patient["id"] not in active:
@@ -386,10 +389,13 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
         raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed since the "
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
-    copies = life.pseudonyms.copies(record, life.personal)
-    for start in range(0, len(copies), WRITTEN_AT_ONCE):  # valid: a valid resource's copy is
+    copier = life.pseudonyms.copier(life.personal)
+    # Each slice made, then written: the event loop is free between slices. Not validated
+    # again: the copy of a valid resource is valid (pseudonym.py).
+    for start in range(0, len(record), WRITTEN_AT_ONCE):
+        copies = copier.copies(record[start:start + WRITTEN_AT_ONCE])
         await server_writes.commit(server, [server_writes.ServerWrite(c, new=False, valid=True)
-                                            for c in copies[start:start + WRITTEN_AT_ONCE]])
+                                            for c in copies])
     async with erasing or nullcontext():
         await sweep(server, patient_id, reason)
     return life.pseudonyms.of(f"Patient/{patient_id}")

@@ -56,11 +56,13 @@ async def record_of(ctx: Context, patient_id: str) -> list[dict[str, Any]]:
     return found
 
 
-async def changed_since(ctx: Context, day: date) -> set[str]:
-    """The patients whose compartment holds a resource created or updated on `day` or later."""
+async def changed_since(ctx: Context, day: date,
+                        also: Sequence[tuple[str, str]] = ()) -> set[str]:
+    """The patients whose compartment holds a resource created or updated on `day` or later
+    (and matching the search parameters `also`)."""
     patients: set[str] = set()
     for resource_type in compartment_types(ctx):
-        async for resource in matching(ctx, resource_type, [("_lastUpdated", f"ge{day}")]):
+        async for resource in matching(ctx, resource_type, [("_lastUpdated", f"ge{day}"), *also]):
             patients |= patients_of(ctx.registry, resource_type, extract(resource, registry=ctx.registry),
                                     resource["id"], links=False)
     return patients

@@ -53,3 +53,27 @@ def test_another_key_does_not_verify(tmp_path: Path) -> None:
     _ledger(tmp_path).append({"patient": "a"})
     with pytest.raises(LedgerError):
         _ledger(tmp_path, bytes(32)).entries()
+
+
+def test_a_read_verifies_only_what_was_appended_since_the_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each erasure reads the ledger twice (`find`, `append`): verifying every entry again
+    made a run's erasures cost the square of their number (docs/privacy.md). The entries
+    another process appends are verified, and a change before them still found."""
+    ledger, other = _ledger(tmp_path), _ledger(tmp_path)
+    for n in range(50):
+        other.append({"patient": f"p{n}", "reason": "asked"})
+    assert len(ledger.entries()) == 50
+    other.append({"patient": "r", "reason": "asked"})  # another worker's erasure
+    macs: list[int] = []
+    mac = ErasureLedger._mac
+    monkeypatch.setattr(ErasureLedger, "_mac", lambda self, e: macs.append(1) or mac(self, e))
+    assert ledger.find("r")["seq"] == 51  # type: ignore[index]
+    ledger.append({"patient": "q", "reason": "asked"})
+    assert ledger.find("q")["seq"] == 52  # type: ignore[index]
+    assert len(macs) == 2  # r verified, q made: none of the 50 again
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    lines[0] = lines[0].replace(b'"p0"', b'"p9"')
+    ledger.path.write_bytes(b"".join(lines))
+    with pytest.raises(LedgerError, match="line 1"):
+        ledger.find("r")

@@ -175,3 +175,19 @@ def test_every_copy_is_valid_r4_and_names_no_one() -> None:
               if (word.replace(" ", "").isalpha() and word in text)
               or (len(word) >= 8 and f'"{word}"' in text)}
     assert leaked == set()
+
+
+def test_a_record_copied_slice_by_slice_is_the_record_copied_at_once() -> None:
+    """The retention run makes a record's copies a slice at a time, the event loop free in
+    between (retention.py `archive`): the same copies, each pseudonym computed once."""
+    record = [r for r in _corpus() if r["resourceType"] != "Patient"][:100]
+    personal = {"Patient", *compartment_types(_registry_only())}
+    names, made = Pseudonyms(b"1" * 32), []
+    computed = []
+    of = names.of
+    names.of = lambda text: computed.append(text) or of(text)  # type: ignore[method-assign]
+    copier = names.copier(personal)
+    for start in range(0, len(record), 7):
+        made += copier.copies(record[start:start + 7])
+    assert made == Pseudonyms(b"1" * 32).copies(record, personal)
+    assert len(computed) == len(set(computed)) > len(record)

@@ -23,7 +23,7 @@ from fhir_server.privacy import retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
 from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
-from fhir_server.services import server_writes
+from fhir_server.services import lifecycle, server_writes
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.http.helpers import send
@@ -474,6 +474,64 @@ def test_a_post_mortem_notice_goes_to_a_relative_of_the_patient_only(server: Ser
         _put(server, _directive(f"pm{n}", "communicate", person))
         with on(_after_the_grace()):
             assert _steps(_run(server), "post-mortem", "communicate") == [], person
+
+
+def test_the_daily_plan_reads_no_archive_to_find_activity(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archives name pseudonyms, never a live patient: the plan's look-up of recent activity
+    leaves them out rather than reading every archive of the last two years each day."""
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+    with on(date(2029, 1, 10)):
+        _run(server)
+        assert _archives(server)
+    read: list[dict[str, Any]] = []
+    extract = lifecycle.extract
+    monkeypatch.setattr(lifecycle, "extract", lambda r, **kw: read.append(r) or extract(r, **kw))
+    with on(date(2029, 1, 11)):
+        _put(server, {**patient(family="Active"), "id": "q"})
+        assert "Patient/q" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
+    assert [r["id"] for r in read] == ["q"]
+
+
+class Killed(Exception):
+    """The process dying midway (not a FhirError: the run does not catch it)."""
+
+
+def test_a_run_cut_short_midway_through_records_is_finished_by_the_next(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies are written a slice at a time, before the original is erased: a run that dies
+    between two slices leaves the originals whole, and the next run archives each record once
+    (the copies' ids are their pseudonyms: written again, not twice) and erases it."""
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        for n in range(40):
+            _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
+    written = server_writes.commit
+    slices: list[int] = []
+
+    async def dying(ctx: Any, writes: Any) -> Any:
+        if len(slices) == 3:
+            raise Killed
+        slices.append(len(writes))
+        return await written(ctx, writes)
+
+    monkeypatch.setattr(server_writes, "commit", dying)
+    with on(date(2029, 1, 10)):
+        with pytest.raises(ExceptionGroup) as died:  # the records archived at once
+            _run(server)
+        assert [type(e) for e in died.value.exceptions] == [Killed]
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
+        monkeypatch.setattr(server_writes, "commit", written)
+        assert _run(server).failed == []
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 404
+        archives = _archives(server)
+        archived_p = next(r["id"] for r in archives if r.get("birthDate") == "1961")
+        copies = [r["id"] for r in archives if r["resourceType"] == "Observation"
+                  and r["subject"]["reference"] == f"Patient/{archived_p}"]
+        assert len(copies) == len(set(copies)) == 41
+        ledger = server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
+        assert [e["patient"] for e in ledger.entries()].count("p") == 1
 
 
 def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
