@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from ..model.errors import FhirError, Kind
-from ..services import study_access
+from ..services import study_access, subscriptions
 from ..services.context import Context
 from ..services.guard import note
 from ..store.base import Outbox, Store, Version
@@ -92,7 +92,7 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     to compute it stores it (compare-and-set), the others read it, so that a call landing on
     another worker, or after a restart, answers as the first did."""
     record = f"{study_access.FIGURES_PREFIX}{trial.study}"
-    held = await _held(ctx.store, record)
+    held = await subscriptions.one(ctx.store, record)
     if held is not None and (stored := _loaded(held)).day == today.isoformat():
         return stored
     computed = await _compute(ctx, trial, catalogue, today, key)
@@ -101,14 +101,10 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
-        again = await _held(ctx.store, record)  # another process stored the day's first
+        again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
         if again is not None and (stored := _loaded(again)).day == computed.day:
             return stored
     return computed
-
-
-async def _held(store: Store, record: str) -> bytes | None:
-    return next((body for key, body in await store.outbox(record) if key == record), None)
 
 
 def _dumped(found: Figures) -> bytes:

@@ -110,7 +110,7 @@ class _Lease:
         return orjson.dumps({"holder": self.holder, "until": until})
 
     async def take(self) -> None:
-        found = await _one(self.store, LEASE)
+        found = await subscriptions.one(self.store, LEASE)
         if found is not None and orjson.loads(found)["until"] > clock.micros(clock.now()):
             raise Busy
         body = self._new()
@@ -138,12 +138,8 @@ class _Lease:
         self.body = body
 
 
-async def _one(store: Store, key: str) -> bytes | None:
-    return next((body for found, body in await store.outbox(key) if found == key), None)
-
-
 async def _state(store: Store) -> State:
-    found = await _one(store, STATE)
+    found = await subscriptions.one(store, STATE)
     return State(**orjson.loads(found)) if found is not None else State()
 
 
