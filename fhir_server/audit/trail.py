@@ -22,7 +22,7 @@ class Trail:
     # practitioner's proposed Consent, each try of its code): recorded for them all the same.
     asked: set[str] = field(default_factory=set)
     # The parameters of a search sent as a form (POST `_search`), recorded as a GET's query
-    # string is: the route reads the body, the audit layer only sees the URL.
+    # string is (services/search.py): the audit layer only sees the URL.
     query: str | None = None
 
     @property

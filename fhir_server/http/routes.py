@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from starlette.convertors import Convertor, register_url_convertor
@@ -91,11 +91,7 @@ def _strict(request: Request) -> bool:
 async def _form_params(request: Request) -> list[tuple[str, str]]:
     """The parameters of a POST _search: form body plus query string (http.html#search)."""
     body = await read_body(request, request.app.state.settings.max_body_bytes, form=True)
-    params = _query(request) + query_pairs(body)
-    trail = getattr(request.state, "trail", None)
-    if trail is not None:
-        trail.query = urlencode(params, safe=",:|/$", quote_via=quote)
-    return params
+    return _query(request) + query_pairs(body)
 
 
 # Methods a known path does not take: 405 with Allow (http.html), not a type named "_history".
@@ -122,7 +118,7 @@ async def search_system(request: Request) -> Response:
 async def search_system_post(request: Request) -> Response:
     check_acceptable(request)
     params = await _form_params(request)
-    bundle = await search.search(_ctx(request), None, params, strict=_strict(request))
+    bundle = await search.search(_ctx(request), None, params, strict=_strict(request), posted=True)
     return fhir_response(request, bundle)
 
 
@@ -148,7 +144,7 @@ async def search_type_post(request: Request, resource_type: str) -> Response:
     check_acceptable(request)
     crud.check_type(resource_type)
     params = await _form_params(request)
-    bundle = await search.search(_ctx(request), resource_type, params, strict=_strict(request))
+    bundle = await search.search(_ctx(request), resource_type, params, strict=_strict(request), posted=True)
     return fhir_response(request, bundle)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import jsonpatch
 
 from ..access.policy import Decision
-from ..access import Role
 from ..crypto import UnreadableBody
 from ..model import jsonbody
 from ..model.errors import FhirError, Issue, Kind, fail
@@ -105,7 +104,7 @@ def resource_issues(
         )
     principal = ctx.principal
     # The server's own writes (its workflows' records) are not a client's: no rule applies.
-    required = (() if principal is not None and principal.role is Role.SERVER else
+    required = (() if principal is not None and principal.server else
                 ctx.write_profiles.for_write(resource_type, principal.client_id if principal else None))
     return ctx.validator.outcome(resource, (*profiles, *required))
 

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 
@@ -97,11 +97,16 @@ async def search(
     *,
     strict: bool,
     compartment: str | None = None,
+    posted: bool = False,
 ) -> dict[str, Any]:
     """A searchset Bundle for `params` on `resource_type` (None: all types).
 
     `compartment` is a Patient id: the search is then confined to that patient's compartment.
+    `posted`: the parameters came in a form body (POST `_search`), so the audit record, which
+    sees only the URL, is told them as a GET's query string would be.
     """
+    if posted and ctx.trail is not None:
+        ctx.trail.query = urlencode(params, safe=",:|/$", quote_via=quote)
     if resource_type is not None:
         check_type(resource_type)
     cursor = next((v for k, v in params if k == CURSOR), None)

@@ -57,7 +57,8 @@ class Figures:
     counted: tuple[Version, ...]
 
 
-_SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, Figures]] = weakref.WeakKeyDictionary()
+# Per store, per study: the stored snapshot record and its figures, parsed once.
+_SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[bytes, Figures]]] = weakref.WeakKeyDictionary()
 
 
 def rounded(key: bytes, members: list[str]) -> int:
@@ -76,35 +77,38 @@ async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
                   key: bytes) -> Figures:
     """The study's snapshot of `today`, computed on the first call of the day; each Patient
     it counts is noted on the request's audit trail."""
-    day = today.isoformat()
+    record = f"{study_access.FIGURES_PREFIX}{trial.study}"
+    held = await subscriptions.one(ctx.store, record)
     kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
-    found = kept.get(trial.study)
-    if found is None or found.day != day:
-        found = kept[trial.study] = await _shared(ctx, trial, catalogue, today, key)
+    cached = kept.get(trial.study)
+    # The parsed copy serves only while the store holds the same record: an erasure drops it.
+    if cached is not None and cached[0] == held and cached[1].day == today.isoformat():
+        found = cached[1]
+    else:
+        kept[trial.study] = body, found = await _shared(ctx, trial, catalogue, today, key, record, held)
     for version in found.counted:
         note(ctx, version)
     return found
 
 
 async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
-                  key: bytes) -> Figures:
-    """The day's snapshot as the store holds it for every server process: the first process
-    to compute it stores it (compare-and-set), the others read it, so that a call landing on
-    another worker, or after a restart, answers as the first did."""
-    record = f"{study_access.FIGURES_PREFIX}{trial.study}"
-    held = await subscriptions.one(ctx.store, record)
+                  key: bytes, record: str, held: bytes | None) -> tuple[bytes, Figures]:
+    """The day's snapshot as the store holds it (`record`, now `held`) for every server
+    process: the first process to compute it stores it (compare-and-set), the others read it,
+    so that a call landing on another worker, or after a restart, answers as the first did."""
     if held is not None and (stored := _loaded(held)).day == today.isoformat():
-        return stored
+        return held, stored
     computed = await _compute(ctx, trial, catalogue, today, key)
+    body = _dumped(computed)
     try:
-        await ctx.store.commit([Outbox(put=((record, _dumped(computed)),), expect=((record, held),))])
+        await ctx.store.commit([Outbox(put=((record, body),), expect=((record, held),))])
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
         again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
         if again is not None and (stored := _loaded(again)).day == computed.day:
-            return stored
-    return computed
+            return again, stored
+    return body, computed
 
 
 def _dumped(found: Figures) -> bytes:
