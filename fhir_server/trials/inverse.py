@@ -14,8 +14,10 @@ may know them (access/study_match.py; docs/matching.md, "Inverse match").
   investigator only when a physician refers the patient.
 - Anyone else gets the answer a study that does not exist gets (404).
 
-The records are read as the server for the counts; every patient counted or listed is noted
-on the request's audit trail, so the AuditEvent names each patient the call touched.
+The records are read as the server for the counts; every patient whose record a call reads
+(counted by the day's first call, listed, or a pre-screening candidate) is noted on the
+request's audit trail, so the AuditEvent names each patient the call touched
+(inverse_counts.figures: a call served from the day's figures reads no record).
 """
 
 from __future__ import annotations

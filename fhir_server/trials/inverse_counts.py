@@ -75,29 +75,34 @@ def rounded(key: bytes, members: list[str]) -> int:
 
 async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
                   key: bytes) -> Figures:
-    """The study's snapshot of `today`, computed on the first call of the day; each Patient
-    it counts is noted on the request's audit trail."""
+    """The study's snapshot of `today`, computed on the first call of the day. The call that
+    computes it reads the records of every Patient it counts and notes each on its audit
+    trail; a call served from the snapshot reads no record, and its AuditEvent names the
+    study: the figures it gave are those of the snapshot of its day, whose computing call's
+    events name the patients (docs/matching.md, "Audit")."""
     record = f"{study_access.FIGURES_PREFIX}{trial.study}"
     held = await subscriptions.one(ctx.store, record)
     kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
     cached = kept.get(trial.study)
     # The parsed copy serves only while the store holds the same record: an erasure drops it.
     if cached is not None and cached[0] == held and cached[1].day == today.isoformat():
-        found = cached[1]
-    else:
-        kept[trial.study] = body, found = await _shared(ctx, trial, catalogue, today, key, record, held)
-    for version in found.counted:
+        return cached[1]
+    body, found, read = await _shared(ctx, trial, catalogue, today, key, record, held)
+    kept[trial.study] = body, found
+    for version in read:
         note(ctx, version)
     return found
 
 
 async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
-                  key: bytes, record: str, held: bytes | None) -> tuple[bytes, Figures]:
+                  key: bytes, record: str, held: bytes | None
+                  ) -> tuple[bytes, Figures, tuple[Version, ...]]:
     """The day's snapshot as the store holds it (`record`, now `held`) for every server
-    process: the first process to compute it stores it (compare-and-set), the others read it,
-    so that a call landing on another worker, or after a restart, answers as the first did."""
+    process, and the Patients this call read to compute it (none when it was stored): the
+    first process to compute it stores it (compare-and-set), the others read it, so that a
+    call landing on another worker, or after a restart, answers as the first did."""
     if held is not None and (stored := _loaded(held)).day == today.isoformat():
-        return held, stored
+        return held, stored, ()
     computed = await _compute(ctx, trial, catalogue, today, key)
     body = _dumped(computed)
     try:
@@ -107,8 +112,8 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
             raise
         again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
         if again is not None and (stored := _loaded(again)).day == computed.day:
-            return again, stored
-    return body, computed
+            return again, stored, computed.counted  # its records were read all the same
+    return body, computed, computed.counted
 
 
 def _dumped(found: Figures) -> bytes:

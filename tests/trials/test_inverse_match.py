@@ -16,7 +16,7 @@ from fhir_server.access import Principal, Role, parse_scopes
 from fhir_server.services.context import Context
 from fhir_server.trials import inverse_counts
 from tests.http.helpers import send
-from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, exact_figures, inverse_world  # noqa: F401
+from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, exact_figures, inverse_world, new_day  # noqa: F401
 
 
 def investigator_context(world: InverseWorld, fhir_user: str = INVESTIGATOR) -> Context:
@@ -145,14 +145,38 @@ def _events(world: InverseWorld, patient: str) -> list[dict[str, Any]]:
     return [e["resource"] for e in found.get("entry", [])]
 
 
+def _study_events(world: InverseWorld) -> list[dict[str, Any]]:
+    found = world.client.get(f"/fhir/AuditEvent?entity=ResearchStudy/{STUDY}&subtype=operation&_count=200",
+                             headers=world.headers("ehr")).json()
+    return [e["resource"] for e in found.get("entry", [])]
+
+
 def test_every_call_is_audited_with_the_patients_it_touched(inverse_world: InverseWorld) -> None:
+    new_day(inverse_world.client)
     before = {id: len(_events(inverse_world, id)) for id in PATIENTS}
     assert inverse_world.match(STUDY, "investigator").status_code == 200
     after = {id: len(_events(inverse_world, id)) for id in PATIENTS}
+    # The day's first call reads every counted record to compute the figures: each is named.
     assert {id for id in PATIENTS if after[id] > before[id]} == set(COUNTED)
     assert inverse_world.match(STUDY, "physician").status_code == 200
     final = {id: len(_events(inverse_world, id)) for id in PATIENTS}
     assert {id for id in PATIENTS if final[id] > after[id]} == {"ann", "bea", "cat", "dot", "gus"}  # not Hal: restricted
+
+
+def test_a_call_served_from_the_days_figures_reads_no_record_and_names_the_study(inverse_world: InverseWorld) -> None:
+    new_day(inverse_world.client)
+    first = inverse_world.match(STUDY, "investigator")
+    assert first.status_code == 200
+    before = {id: len(_events(inverse_world, id)) for id in PATIENTS}
+    study_before = len(_study_events(inverse_world))
+    again = inverse_world.match(STUDY, "investigator")
+    assert again.json() == first.json()
+    # No counted record was read again: only Bea's trail grows, the pre-screening candidate
+    # whose record is read live at every call.
+    after = {id: len(_events(inverse_world, id)) for id in PATIENTS}
+    assert {id for id in PATIENTS if after[id] > before[id]} == {"bea"}
+    # The call itself is on the trail, naming the study whose figures it gave.
+    assert len(_study_events(inverse_world)) == study_before + 1
 
 
 def _ask(world: InverseWorld, who: str, candidate: str, study: str = STUDY) -> Any:
