@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Protocol
 
 from ..crypto import BodyCodec, UnreadableBody
@@ -80,16 +81,21 @@ def opened(codec: BodyCodec, version: Version) -> Version:
     return replace(version, body=body)
 
 
-def _unshredded(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version, ...]:
-    """`versions` opened, those shredded by an erasure left out."""
+def unshredded(open_: Callable[[Version], Version], versions: Sequence[Version]) -> tuple[Version, ...]:
+    """`versions` opened by `open_`, those shredded by an erasure left out (nobody may read
+    them); any other failure to decrypt is raised."""
     kept = []
     for version in versions:
         try:
-            kept.append(opened(codec, version))
+            kept.append(open_(version))
         except UnreadableBody as error:
             if not error.destroyed:
                 raise
     return tuple(kept)
+
+
+def _unshredded(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version, ...]:
+    return unshredded(partial(opened, codec), versions)
 
 
 async def stored(reading: Awaitable[Version | None]) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 
 from ..search import Include, Query
 from .base import Version
+from .bodies import unshredded
 from .decrypted_sort import Opener
 
 MAX_INCLUDED = 1000
@@ -38,7 +39,7 @@ def walk(query: Query, matches: Sequence[Key], opened: Opener | None = None) -> 
         new = [v for v in added if (v.resource_type, v.id) not in seen]
         seen.update((v.resource_type, v.id) for v in new)
         if query.admit_included is not None:  # what the caller may not see ends the walk there
-            seen_by_caller = query.admit_included([opened(v) for v in new] if opened else new)
+            seen_by_caller = query.admit_included(list(unshredded(opened, new)) if opened else new)
             admitted = {(v.resource_type, v.id) for v in seen_by_caller}
             new = [v for v in new if (v.resource_type, v.id) in admitted]
         for version in new:
