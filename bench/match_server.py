@@ -20,7 +20,8 @@ worker) and real SMART tokens; trials imported and matched over HTTP.
 4. **Inverse `$match`** (`POST ResearchStudy/{id}/$match`) by an investigator site system
    (`--acts-for` a care team of the organisation managing the study's first site): one trial
    against every counted patient, for `--inverse` studies, each the first call of the day for
-   its study (the daily snapshot is computed); then the same studies again (snapshot kept).
+   its study (the daily snapshot is computed: figures a run stored earlier the same day are
+   dropped before the server starts); then the same studies again (snapshot kept).
 
     .venv/bin/python -m bench.match_server [--trials 10000] [--patients 100000] [--dir DIR]
                                            [--calls 100] [--inverse 10] [--profile]
@@ -52,6 +53,7 @@ from fhir_server import clock
 from fhir_server.app import open_context
 from fhir_server.crypto import create_key_ring
 from fhir_server.search import extract
+from fhir_server.services.erase import forget_figures
 from fhir_server.settings import Settings
 from fhir_server.store.base import Write
 from fhir_server.trials.catalogue_sites import with_site_status
@@ -194,11 +196,19 @@ def run(args: argparse.Namespace, where: Path) -> None:
         written = asyncio.run(fill(settings, args.patients, args.seed))
         print(f"filled {args.patients} patients ({written} resources) through Store.commit in "
               f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU")
+    asyncio.run(_new_day(settings))
     server = Server(where, workers=1, env={"FHIR_SERVER_TOKEN_LIFETIME": "3600"})
     try:
         _measure(args, server, today)
     finally:
         server.stop()
+
+
+async def _new_day(settings: Settings) -> None:
+    """Drop the studies' figures an earlier run stored today, as a new day would: the inverse
+    calls' first round must compute them."""
+    async with open_context(settings) as ctx:
+        await forget_figures(ctx.store)
 
 
 def _measure(args: argparse.Namespace, server: Server, today: date) -> None:

@@ -33,17 +33,23 @@ REFERRAL = f"{MESSAGE_SYSTEM}|{REFERRAL_CODE}"
 REPRESENTATIVE_CODES = frozenset({"GUARD", "POWATT", "DPOWATT", "HPOWATT", "SPOWATT"})
 
 
-async def resources(ctx: Context, query: Query) -> AsyncIterator[dict[str, Any]]:
-    """Every current resource matching `query`, page after page (store order)."""
+async def current_versions(ctx: Context, query: Query) -> AsyncIterator[Version]:
+    """Every current version matching `query`, page after page (store order)."""
     cursor = None
     while True:
         page = await ctx.store.search(query, cursor)
         for version in page.matches:
             if version.body is not None:
-                yield orjson.loads(version.body)
+                yield version
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
+
+
+async def resources(ctx: Context, query: Query) -> AsyncIterator[dict[str, Any]]:
+    """Every current resource matching `query`, page after page (store order)."""
+    async for version in current_versions(ctx, query):
+        yield orjson.loads(version.body)  # type: ignore[arg-type]  # current_versions yields bodies only
 
 
 async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:

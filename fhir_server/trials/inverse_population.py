@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from ..search import parse_query
-from ..services import study_access
+from ..services import reach, study_access
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Store, Version
@@ -130,15 +130,7 @@ async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
                     records[owner].append((pinned(medications[target]), medications[target]))
 
 
-async def _versions(ctx: Context, resource_type: str) -> AsyncIterator[Version]:
+def _versions(ctx: Context, resource_type: str) -> AsyncIterator[Version]:
     """Every current version of `resource_type`, page after page."""
     query, _ = parse_query(resource_type, [("_count", str(PAGE))], ctx.registry)
-    cursor = None
-    while True:
-        page = await ctx.store.search(query, cursor)
-        for version in page.matches:
-            if version.body is not None:
-                yield version
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
+    return reach.current_versions(ctx, query)
