@@ -33,6 +33,7 @@ from .ack import acknowledgment
 from .identifiers import identifier_token, stored_with
 from .inbox import APPLIED, ERROR, Inbox, Stored
 from .mapping import Instance, Mappings, Rule
+from . import paths
 from .merge import merge_entries
 from .message import CHARSETS, Message, decode, read
 from .problems import Code, Location, Problem, Refused, error
@@ -43,7 +44,6 @@ SCOPE = " ".join(f"system/{t}.crus" for t in ("Patient", "Encounter", "Observati
 # An issue's expression in the message's Bundle: the entry, then the element of its resource
 # (an extension by its URL), which the segment map says which field it came from.
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\](?:\.resource\.(\w+)(?:\('([^']*)'\))?)?")
-_TARGET = re.compile(r"(\w+)(?:\(([^)]*)\))?")
 _ERR_SEVERITY = {"warning": "W", "information": "I"}
 _INTERNAL = Problem(Code.INTERNAL_ERROR, "Internal error; the message is kept for replay.")
 _CONTENT_ERRORS = {Kind.INVALID: Code.DATA_TYPE, Kind.UNPROCESSABLE: Code.DATA_TYPE,
@@ -446,7 +446,9 @@ def _field(segment_map: Rule | None, element: str | None, url: str | None) -> in
         return None
     fields = set()
     for rule in segment_map["fields"]:
-        target = _TARGET.match(rule["target"])
-        if "field" in rule and target and target[1] == element and (url is None or target[2] == url):
+        if "field" not in rule:
+            continue
+        name, target_url, _ = paths.steps(rule["target"])[0]
+        if name == element and (url is None or target_url == url):
             fields.add(rule["field"])
     return fields.pop() if len(fields) == 1 else None
