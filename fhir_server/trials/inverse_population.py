@@ -17,6 +17,7 @@ inverse.py), read as the server at the least cost the answer allows.
 from __future__ import annotations
 
 import weakref
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -34,6 +35,7 @@ from .eligibility_record import TYPES
 from .match_catalogue import Stamp, newest, shared
 
 PAGE = 1000
+CHUNK = 100  # patients named by one search of their records
 PRESCREENING = b'"trial-pre-screening"'  # the purpose code (access/consent.py PRESCREENING)
 Entries = list[tuple[str, dict[str, Any]]]
 
@@ -112,22 +114,34 @@ async def population(ctx: Context, index: TrialIndex, today: date) -> Population
 
 
 async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
-    """Add to `records` their patients' other resources and the Medications these name. Each
-    type is read whole: a search naming many patients costs more, in the SQLite store, than
-    reading every resource of the type (about 12 ms per patient named against 100,000)."""
-    medications = {f"Medication/{version.id}": orjson.loads(version.body or b"{}")
-                   async for version in _versions(ctx, "Medication")}
+    """Add to `records` their patients' other resources and the Medications these name, read
+    by `patient` searches naming CHUNK patients each (both stores drive such a search from
+    the patients' index entries), so that only the records left after pruning are read."""
+    patients = sorted(records)
+    wanted: dict[str, list[str]] = defaultdict(list)  # Medication/<id> -> the patients naming it
     for resource_type in TYPES:
         if resource_type in ("Patient", "Condition", "Medication"):
             continue
-        async for version in _versions(ctx, resource_type):
-            resource = orjson.loads(version.body or b"{}")
-            owner = study_access.owner(resource)
-            if owner in records:
-                records[owner].append((pinned(resource), resource))
-                target = (resource.get("medicationReference") or {}).get("reference", "").split("/_history/")[0]
-                if target in medications:
-                    records[owner].append((pinned(medications[target]), medications[target]))
+        for start in range(0, len(patients), CHUNK):
+            named = ",".join(f"Patient/{p}" for p in patients[start:start + CHUNK])
+            async for resource in _found(ctx, resource_type, [("patient", named)]):
+                owner = study_access.owner(resource)
+                if owner in records:
+                    records[owner].append((pinned(resource), resource))
+                    target = (resource.get("medicationReference") or {}).get("reference", "").split("/_history/")[0]
+                    if target.startswith("Medication/"):
+                        wanted[target].append(owner)
+    ids = sorted(target.removeprefix("Medication/") for target in wanted)
+    for start in range(0, len(ids), CHUNK):
+        async for medication in _found(ctx, "Medication", [("_id", ",".join(ids[start:start + CHUNK]))]):
+            for owner in dict.fromkeys(wanted[f"Medication/{medication['id']}"]):
+                records[owner].append((pinned(medication), medication))
+
+
+async def _found(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
+    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+    async for version in reach.current_versions(ctx, query):
+        yield orjson.loads(version.body or b"{}")
 
 
 def _versions(ctx: Context, resource_type: str) -> AsyncIterator[Version]:
