@@ -98,6 +98,10 @@ class DataKeys:
         self._db_lock = threading.RLock()
         self._ciphers: OrderedDict[bytes, AESGCM] = OrderedDict()  # key id -> cipher
         self._current: OrderedDict[str, bytes] = OrderedDict()  # scope -> key id
+        # The keys each thread's last `prepare` readied, by thread: a batch larger than the
+        # cache would otherwise evict its first keys before sealing with them, then load each
+        # again, one query and one unwrap per version. Held until that thread's next prepare.
+        self._held: dict[int, dict[str, tuple[bytes, AESGCM]]] = {}
         self._revision = self._read_revision()
         self._checked = time.monotonic()
 
@@ -106,6 +110,9 @@ class DataKeys:
     def current(self, scope: str) -> tuple[bytes, AESGCM]:
         """The key new versions of `scope` are sealed with, created on first use."""
         self._recheck()
+        held = self._held.get(threading.get_ident())
+        if held is not None and (found := held.get(scope)) is not None:
+            return found
         with self._lock:
             key_id = self._current.get(scope)
             if key_id is not None and key_id in self._ciphers:
@@ -116,12 +123,27 @@ class DataKeys:
 
     def prepare(self, scopes: Iterable[str]) -> None:
         """Have the current keys of `scopes` in memory, making those that are missing in one
-        write of the file (one fsync for a whole group commit, not one per new patient)."""
+        write of the file (one fsync for a whole group commit, not one per new patient); this
+        thread's `current` finds them there until its next `prepare`, however many they are."""
         self._recheck()
+        held: dict[str, tuple[bytes, AESGCM]] = {}
+        wanted: set[str] = set()
         with self._lock:
-            wanted = {scope for scope in scopes if scope not in self._current}
+            revision = self._revision
+            for scope in scopes:
+                key_id = self._current.get(scope)
+                cipher = self._ciphers.get(key_id) if key_id is not None else None
+                if key_id is None or cipher is None:
+                    wanted.add(scope)
+                else:
+                    held[scope] = (key_id, cipher)
         if wanted:
-            self._load(wanted)
+            held.update(self._load(wanted))
+        with self._lock:
+            if self._revision == revision:  # else keys changed meanwhile: nothing is held
+                self._held[threading.get_ident()] = held
+            else:
+                self._held.pop(threading.get_ident(), None)
 
     def cipher(self, key_id: bytes) -> AESGCM:
         """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""
@@ -313,6 +335,7 @@ class DataKeys:
             self._revision = revision
             self._ciphers.clear()
             self._current.clear()
+            self._held.clear()
 
     def _read_revision(self) -> int:
         return int(self._query("SELECT n FROM revision")[0][0])

@@ -79,6 +79,31 @@ def test_prepare_makes_missing_keys_at_once_and_processes_agree(keys: DataKeys,
     assert keys.status().keys == 3
 
 
+def test_a_batch_larger_than_the_cache_seals_without_loading_its_keys_again(
+        keys: DataKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    scopes = [patient_scope(p) for p in "abcde"]  # the cache holds 2
+    keys.prepare(scopes)
+    loaded = {scope: keys.keys_of(scope)[0] for scope in scopes}
+    queries: list[str] = []
+    real = keys._query
+    monkeypatch.setattr(keys, "_query", lambda sql, args=(): queries.append(sql) or real(sql, args))
+    assert {scope: keys.current(scope)[0] for scope in scopes} == loaded
+    assert queries == []  # no look-up of the file, no unwrap, for any of the batch's keys
+
+
+def test_keys_held_for_a_batch_are_dropped_when_keys_change(keys: DataKeys, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    keys.prepare([patient_scope("a"), patient_scope("b")])
+    a_id = keys.current(patient_scope("a"))[0]
+    keys.destroy(patient_scope("a"))  # an erasure in this process
+    assert keys.current(patient_scope("a"))[0] != a_id  # never seals under a destroyed key
+    keys.prepare([patient_scope("b"), patient_scope("c")])
+    c_id = keys.current(patient_scope("c"))[0]
+    DataKeys(keys.provider, tmp_path / "datakeys.db").destroy(patient_scope("c"))  # elsewhere
+    monkeypatch.setattr("fhir_server.crypto.datakeys.RECHECK_SECONDS", 0.0)
+    assert keys.current(patient_scope("c"))[0] != c_id
+
+
 def test_rotate_a_scope_keeps_the_old_key_retired_until_pruned(keys: DataKeys) -> None:
     codec = EnvelopeCodec(keys)
     old_blob = codec.seal("Patient", "a", 1, b"v1", {"a"})

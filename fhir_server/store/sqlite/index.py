@@ -213,6 +213,10 @@ class PendingRows:
 
     def __init__(self) -> None:
         self._rows: dict[type, list[tuple[Any, ...]]] = {}
+        # The pids the unit's writes used, by (type, code): a pid it inserted is valid as long
+        # as the unit, and these rows go with the unit if it rolls back. A batch of 10,000
+        # AuditEvents names 8 codes; before the store's first commit none is in `ids.committed`.
+        self._pids: dict[tuple[str, str], int] = {}
 
     def add(self, conn: sqlite3.Connection, ids: ParamIds, pk: int, rtype: str,
             entries: Sequence[IndexEntry], blind: BlindIndex | None = None) -> None:
@@ -222,7 +226,7 @@ class PendingRows:
             entries = blind.entries(rtype, entries)
         rows: dict[type, set[tuple[Any, ...]]] = {}
         known = ids.committed  # the pids of nearly every entry, without a call per entry
-        pids: dict[str, int] = {}  # by code: a Patient's ~110 entries (blind prefixes) name ~15
+        pids = self._pids
         group = 0
         for entry in entries:
             param = entry.param
@@ -232,13 +236,12 @@ class PendingRows:
             if kind is CompositeEntry:
                 group += 1
                 for index, component in enumerate(entry.components):
-                    pid = ids.ensure(conn, rtype, component_code(param, index))
+                    pid = self._pid(conn, ids, rtype, component_code(param, index))
                     kind = type(component)
                     rows.setdefault(kind, set()).add((pk, pid, group, *_GETTERS[kind](component)))
                 continue
-            pid = known.get((rtype, param)) or pids.get(param)
-            if pid is None:
-                pid = pids[param] = ids.ensure(conn, rtype, param)
+            key = (rtype, param)
+            pid = known.get(key) or pids.get(key) or self._pid(conn, ids, rtype, param)
             rows.setdefault(kind, set()).add((pk, pid, None, *_GETTERS[kind](entry)))
         pending = self._rows
         for kind, values in rows.items():
@@ -246,6 +249,14 @@ class PendingRows:
                 pending[kind].extend(values)
             else:
                 pending[kind] = list(values)
+
+    def _pid(self, conn: sqlite3.Connection, ids: ParamIds, rtype: str, code: str) -> int:
+        """The pid of `rtype`'s `code`, created if needed, remembered for the unit."""
+        key = (rtype, code)
+        pid = ids.committed.get(key) or self._pids.get(key)
+        if pid is None:
+            pid = self._pids[key] = ids.ensure(conn, rtype, code)
+        return pid
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Insert the rows kept so far (inside the caller's write transaction)."""

@@ -96,3 +96,16 @@ async def test_a_commit_cancelled_while_queued_is_never_written(store: SqliteSto
     await store.commit([_write(patient(), "later")])  # a new batch after the cancellation
     assert await store.read("Patient", "cancelled") is None
     assert await store.read("Patient", "later") is not None
+
+
+async def test_a_commit_looks_up_each_parameter_once(store: SqliteStore,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the store's first commit no pid is cached: the writes of one commit (a batch of
+    AuditEvents: thousands) share their look-ups instead of each asking the database again."""
+    asked: list[tuple[str, str]] = []
+    ensure = store.ids.ensure
+    monkeypatch.setattr(store.ids, "ensure", lambda conn, rtype, code: asked.append((rtype, code))
+                        or ensure(conn, rtype, code))
+    await store.commit([_write(patient(family=f"F{n}"), f"p{n}") for n in range(20)])
+    assert asked and len(asked) == len(set(asked))
+    assert await _ids(store, "Patient", [("family", "F7")]) == ["p7"]
