@@ -556,6 +556,9 @@ class _Noting:
     def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
         self.codec.prepare(resources)
 
+    def ready(self, stored: Iterable[bytes]) -> None:
+        self.codec.ready(stored)
+
     def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
         try:
             return self.codec.open(resource_type, id, version, stored)

@@ -35,6 +35,10 @@ class BodyCodec(Protocol):
         """Get ready to seal resources of these (type, patients) soon, outside any lock the
         caller's store holds if it can (making new data keys writes and syncs a file)."""
 
+    def ready(self, stored: Iterable[bytes]) -> None:
+        """Get ready to open these stored blobs soon (a page of them: their keys fetched
+        together, not one look-up each)."""
+
 
 class UnreadableBody(Exception):
     """A stored body that cannot be decrypted: tampered with, moved, or (`destroyed`) its data
@@ -76,6 +80,9 @@ class PlainCodec:
     def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
         return None
 
+    def ready(self, stored: Iterable[bytes]) -> None:
+        return None
+
 
 class EnvelopeCodec:
     """Bodies sealed with AES-256-GCM under their compartment's data key (crypto/envelope.py)."""
@@ -85,6 +92,9 @@ class EnvelopeCodec:
 
     def prepare(self, resources: Iterable[tuple[str, Collection[str]]]) -> None:
         self.keys.prepare(key_scope(resource_type, patients) for resource_type, patients in resources)
+
+    def ready(self, stored: Iterable[bytes]) -> None:
+        self.keys.fetch({key_id_of(blob) for blob in stored if is_envelope(blob)})
 
     def seal(self, resource_type: str, id: str, version: int, body: bytes,
              patients: Collection[str]) -> bytes:

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -144,6 +144,22 @@ class DataKeys:
                 self._held[threading.get_ident()] = held
             else:
                 self._held.pop(threading.get_ident(), None)
+
+    def fetch(self, key_ids: Collection[bytes]) -> None:
+        """Have the keys `key_ids` in memory, those missing read in one query per 500 (the
+        keys of a page of bodies about as many patients). A key the file does not hold is
+        left for `cipher` to report."""
+        self._recheck()
+        with self._lock:
+            wanted = sorted(k for k in key_ids if k not in self._ciphers)
+        for start in range(0, min(len(wanted), self._cache_size), 500):
+            chunk = wanted[start:start + 500]
+            rows = self._query(f"SELECT key_id, wrapped FROM data_key WHERE key_id IN ({','.join('?' * len(chunk))})",
+                               tuple(chunk))
+            unwrapped = [(bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for key_id, wrapped in rows]
+            with self._lock:
+                for key_id, cipher in unwrapped:
+                    self._remember(self._ciphers, key_id, cipher)
 
     def cipher(self, key_id: bytes) -> AESGCM:
         """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""

@@ -95,6 +95,7 @@ def unshredded(open_: Callable[[Version], Version], versions: Sequence[Version])
 
 
 def _unshredded(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version, ...]:
+    codec.ready(v.body for v in versions if v.body is not None)
     return unshredded(partial(opened, codec), versions)
 
 

@@ -165,3 +165,28 @@ def test_a_retired_kek_still_wrapping_a_key_is_not_pruned(keys: DataKeys) -> Non
     keys.provider.rotate()  # no re-wrap yet
     assert keys.prune(clock.now() + timedelta(seconds=1)) == (0, [])
     assert old in keys.provider.status().keks and keys.verify() == []
+
+
+def test_a_page_of_bodies_has_its_keys_fetched_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    create_key_ring(tmp_path / "keyring.json")
+    writer = EnvelopeCodec(DataKeys(LocalKeyRing(tmp_path / "keyring.json"), tmp_path / "datakeys.db"))
+    blobs = [writer.seal("Observation", f"o{n}", 1, b'{"n":%d}' % n, {f"p{n}"}) for n in range(40)]
+    reader = EnvelopeCodec(DataKeys(writer.keys.provider, tmp_path / "datakeys.db"))  # nothing cached
+    queries: list[str] = []
+    query = reader.keys._query
+    monkeypatch.setattr(reader.keys, "_query", lambda sql, args=(): queries.append(sql) or query(sql, args))
+    reader.ready([*blobs, b"{}"])  # a plaintext body among them is passed over
+    assert len(queries) == 1
+    assert [reader.open("Observation", f"o{n}", 1, blob) for n, blob in enumerate(blobs)] == \
+        [b'{"n":%d}' % n for n in range(40)]
+    assert len(queries) == 1  # every key came with the page's one query
+
+
+def test_a_key_fetched_with_a_page_but_destroyed_is_still_reported_when_opened(keys: DataKeys) -> None:
+    codec = EnvelopeCodec(keys)
+    blob = codec.seal("Observation", "o1", 1, b"{}", {"a"})
+    keys.destroy(patient_scope("a"))
+    codec.ready([blob])  # not an error here: the body may never be opened
+    with pytest.raises(UnreadableBody) as raised:
+        codec.open("Observation", "o1", 1, blob)
+    assert raised.value.destroyed
