@@ -12,9 +12,10 @@ within it, so a page never re-reads what earlier pages returned.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -80,7 +81,7 @@ def parse_request(params: Sequence[tuple[str, str]]) -> Request:
         raise _invalid(f"start ({start}) is after end ({end}).", "start")
     count = None
     if "_count" in values:
-        if not values["_count"].isdigit() or int(values["_count"]) < 1:
+        if not values["_count"].isascii() or not values["_count"].isdigit() or int(values["_count"]) < 1:
             raise _invalid("_count must be a positive integer.", "_count")
         count = int(values["_count"])
     types = tuple(t for v in (v for k, v in params if k == "_type") for t in v.split(",") if t)
@@ -112,21 +113,29 @@ def parameters(body: Any) -> list[tuple[str, str]]:
     return pairs
 
 
+# A FHIR date or dateTime (datatypes.html#dateTime: a time has seconds and a zone), ASCII digits.
+_DATE_TIME = re.compile(r"[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                        r"(Z|[+-][0-9]{2}:[0-9]{2}))?)?)?", re.ASCII)
+
+
 def _instant(text: str, name: str, *, last: bool = False) -> datetime:
-    """The first (or `last`) moment a FHIR date or dateTime names, for ordering start and end."""
+    """The first (or `last`) moment, in UTC, a FHIR date or dateTime names (a date without a
+    zone read as UTC), for ordering start and end; INVALID naming `name` for anything else."""
+    if _DATE_TIME.fullmatch(text) is None:
+        raise _invalid(f"{name} is not a FHIR date or dateTime: {text!r}.", name)
     try:
         if len(text) in (4, 7):  # YYYY, YYYY-MM
             year, month = int(text[:4]), int(text[5:7]) if len(text) == 7 else (12 if last else 1)
             if not last:
-                return datetime(year, month, 1)
+                return datetime(year, month, 1, tzinfo=UTC)
             month_end = date(year + month // 12, month % 12 + 1, 1).toordinal() - 1
-            return datetime.fromordinal(month_end).replace(hour=23, minute=59, second=59)
+            return datetime.fromordinal(month_end).replace(hour=23, minute=59, second=59, tzinfo=UTC)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise _invalid(f"{name} is not a FHIR date or dateTime: {text!r}.", name) from None
     if len(text) == 10 and last:
         moment = moment.replace(hour=23, minute=59, second=59)
-    return moment.replace(tzinfo=None)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _invalid(message: str, expression: str) -> FhirError:
