@@ -2,7 +2,9 @@
 Regulation (EEC, Euratom) No 1182/71 says (art. 3(2)(c), 3(4)), as the EDPB and the CNIL
 apply it: to the same date of the next month (its last day if it has none), and, when that day
 is a Saturday, a Sunday or a public holiday, to the end of the next working day. Periods in
-hours (a breach's 48 h and 72 h) are not moved (art. 3(4) leaves them out)."""
+hours (a breach's 48 h and 72 h) are not moved (art. 3(4) leaves them out). A register holds
+what happened: an entry or a step dated in the future, or a request answered before the day it
+was forwarded, is refused (exit 2, nothing stored)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from fhir_server import cli, clock
 from fhir_server.privacy import breaches
 from fhir_server.privacy.deadlines import answer_deadline, is_working_day
+from tests.privacy.conftest import Server
+from tests.privacy.test_register import _tasks, with_controller  # noqa: F401 - a fixture
 
 
 @pytest.mark.parametrize("received, deadline", [
@@ -36,3 +41,55 @@ def test_breach_deadlines_are_hours_whatever_the_day() -> None:
     found = datetime(2026, 5, 1, 10, tzinfo=UTC)
     assert breaches.deadline(found, "controller") == datetime(2026, 5, 3, 10, tzinfo=UTC)
     assert breaches.deadline(found, "authority") == datetime(2026, 5, 4, 10, tzinfo=UTC)
+
+
+# -- dates that cannot be: in the future, or a step before the one it follows ---------------
+
+TODAY = datetime(2026, 6, 10, 12, tzinfo=UTC)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    with clock.frozen(TODAY):
+        code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("rights", "add", "--patient", "Patient/a", "--right", "access", "--controller",
+      "Organization/hospital", "--on", "2026-06-11"), "2026-06-11 is in the future"),
+    (("breach", "add", "--from", "2026-06-01T00:00:00Z", "--to", "2026-06-02T00:00:00Z",
+      "--client", "ehr", "--controller", "Organization/hospital", "--description", "a leak",
+      "--at", "2026-06-10T13:00:00Z"), "is in the future"),
+    (("disclosure", "add", "--patient", "Patient/a", "--requester", "Tribunal", "--legal-basis",
+      "CPP 60-1", "--given", "the record", "--on", "2026-06-11"), "2026-06-11 is in the future"),
+])
+def test_a_register_entry_in_the_future_is_refused(
+        with_controller: Server, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
+        message: str) -> None:
+    code, out = _cli(capsys, *argv)
+    assert code == 2, out
+    assert message in out and "nothing was stored" in out
+    assert _tasks(with_controller) == []
+
+
+def test_a_step_in_the_future_or_before_the_last_is_refused(
+        with_controller: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _cli(capsys, "rights", "add", "--patient", "Patient/a", "--right", "erasure",
+                     "--controller", "Organization/hospital", "--on", "2026-06-01")
+    assert code == 0, out
+    id = out.split()[0].removeprefix("Task/")
+    code, out = _cli(capsys, "rights", "forward", id, "--on", "2026-06-12")
+    assert code == 2 and "2026-06-12 is in the future" in out
+    assert _cli(capsys, "rights", "forward", id, "--on", "2026-06-05")[0] == 0
+    code, out = _cli(capsys, "rights", "answer", id, "--on", "2026-06-04")  # before it was forwarded
+    assert code == 2 and "before it was forwarded (2026-06-05)" in out
+    [task] = _tasks(with_controller)
+    assert task["status"] == "in-progress"
+    code, out = _cli(capsys, "breach", "add", "--from", "2026-06-01T00:00:00Z", "--to",
+                     "2026-06-02T00:00:00Z", "--client", "ehr", "--controller",
+                     "Organization/hospital", "--description", "a leak", "--at", "2026-06-09T10:00:00Z")
+    assert code == 0, out
+    breach = out.split()[0].removeprefix("Task/")
+    code, out = _cli(capsys, "breach", "notify", breach, "authority", "--at", "2026-06-11T10:00:00Z")
+    assert code == 2 and "is in the future" in out
