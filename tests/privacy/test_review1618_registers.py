@@ -45,6 +45,8 @@ def test_breach_deadlines_are_hours_whatever_the_day() -> None:
 
 # -- dates that cannot be: in the future, or a step before the one it follows ---------------
 
+# 12:00 UTC on 10 June: 11 June has begun at UTC+14 (a day an operator somewhere may have
+# written), 12 June has begun nowhere.
 TODAY = datetime(2026, 6, 10, 12, tzinfo=UTC)
 
 
@@ -57,12 +59,12 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("argv, message", [
     (("rights", "add", "--patient", "Patient/a", "--right", "access", "--controller",
-      "Organization/hospital", "--on", "2026-06-11"), "2026-06-11 is in the future"),
+      "Organization/hospital", "--on", "2026-06-12"), "2026-06-12 is in the future"),
     (("breach", "add", "--from", "2026-06-01T00:00:00Z", "--to", "2026-06-02T00:00:00Z",
       "--client", "ehr", "--controller", "Organization/hospital", "--description", "a leak",
       "--at", "2026-06-10T13:00:00Z"), "is in the future"),
     (("disclosure", "add", "--patient", "Patient/a", "--requester", "Tribunal", "--legal-basis",
-      "CPP 60-1", "--given", "the record", "--on", "2026-06-11"), "2026-06-11 is in the future"),
+      "CPP 60-1", "--given", "the record", "--on", "2026-06-12"), "2026-06-12 is in the future"),
 ])
 def test_a_register_entry_in_the_future_is_refused(
         with_controller: Server, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
