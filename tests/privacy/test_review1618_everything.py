@@ -1,7 +1,8 @@
 """Review of `Patient/[id]/$everything` (issue 18): parameters a hostile caller sends
 (digits of other scripts, ranges upside down once time zones are counted, values that are not
 FHIR dates) answer 400 naming the parameter, synchronously and before an asynchronous job is
-stored; a paging link replayed by someone else reaches nothing."""
+stored; a paging link replayed by someone else reaches nothing; what the record references
+never brings in another patient's data; a relative neither exports nor erases."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.builders import observation
 from tests.bulk.conftest import jobs
 from tests.bulk.helpers import kick_off
+from tests.http.helpers import send
 from tests.privacy.conftest import Server
+from tests.privacy.test_relatives import delegation, grant, put, related_person, relative_headers
 
 BAD = [
     ("_count=" + quote("²"), "_count"),  # str.isdigit() says yes, int() says no
@@ -61,3 +65,43 @@ def test_a_paging_link_replayed_by_another_patient_reaches_nothing(sqlite_server
                       headers=sqlite_server.headers("patient-a"))
     assert huge.status_code == 200
     assert len(huge.json()["entry"]) <= client.app.state.context.max_page_size  # type: ignore[attr-defined]
+
+
+def test_what_the_record_references_never_brings_in_another_patients_data(sqlite_server: Server) -> None:
+    """An Observation of a pointing at b's Binary, a Bundle holding b, b's Task and List, b's
+    Observation: none of them comes with a's record, whoever asks (types outside every
+    compartment are read as the caller would read them; compartment types are never pulled in)."""
+    client = sqlite_server.client
+    secret = {"Binary/b-secret": {"contentType": "text/plain", "data": "U0VDUkVULUI=",
+                                  "securityContext": {"reference": "Patient/b"}},
+              "Bundle/b-doc": {"type": "collection", "entry": [{"fullUrl": "http://testserver/fhir/Patient/b",
+                               "resource": {"resourceType": "Patient", "id": "b"}}]},
+              "Task/t-b": {"status": "requested", "intent": "order", "for": {"reference": "Patient/b"}},
+              "List/l-b": {"status": "current", "mode": "working", "subject": {"reference": "Patient/b"}}}
+    for reference, body in secret.items():
+        kind, _, id = reference.partition("/")
+        response = send(client, "PUT", f"/fhir/{reference}", {"resourceType": kind, "id": id, **body})
+        assert response.status_code == 201, response.text
+    pointing = {**observation("Patient/a"), "id": "a-pointing",
+                "focus": [{"reference": r} for r in [*secret, "Observation/b-obs0"]]}
+    assert send(client, "PUT", "/fhir/Observation/a-pointing", pointing).status_code == 201
+    for caller in ("patient-a", "ehr"):
+        page = client.get("/fhir/Patient/a/$everything?_count=1000", headers=sqlite_server.headers(caller))
+        assert page.status_code == 200, page.text
+        found = {e["fullUrl"].removeprefix("http://testserver/fhir/") for e in page.json()["entry"]}
+        assert "Observation/a-pointing" in found
+        assert "Observation/b-obs0" not in found and "Task/t-b" not in found and "List/l-b" not in found
+        if caller == "patient-a":  # the system client reads every Binary and Bundle; the patient not b's
+            assert not found & set(secret), found
+
+
+def test_a_relative_neither_exports_nor_erases(sqlite_server: Server) -> None:
+    put(sqlite_server, related_person())
+    grant(sqlite_server, delegation(["Observation"]))
+    headers = relative_headers(sqlite_server)
+    client = sqlite_server.client
+    assert kick_off(client, "/fhir/Patient/a/$everything", headers).status_code == 403
+    body = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "mine"}]}
+    assert send(client, "POST", "/fhir/Patient/a/$erase", body, **headers).status_code == 403
+    assert jobs(client) == []
+    assert client.get("/fhir/Patient/a", headers=sqlite_server.headers("ehr")).status_code == 200
