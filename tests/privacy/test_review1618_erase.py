@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from fhir_server.model.errors import Kind, fail
+
 from tests.http.helpers import send
 from tests.privacy.conftest import Server
 from tests.trials.conftest import Platform, platform  # noqa: F401 (fixture)
@@ -66,3 +68,21 @@ def test_another_worker_tells_the_person_why_their_record_was_pseudonymised(plat
     names = [p["name"] for p in done.json()["parameter"]]
     assert "legalHold" in names and "pseudonymisedAt" in names
     assert client.get(url, headers=platform.headers("patient", "minor")).status_code == 404
+
+
+def test_another_worker_answers_the_error_the_job_met(server: Server) -> None:
+    class Failing:
+        async def held(self, patient_id: str) -> str | None:
+            raise fail(Kind.CONFLICT, "conflict", "The record changed while it was being erased.")
+
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    assert erasures.instead is not None  # so the hold is asked in the background, not before the 202
+    erasures.hold = Failing()
+    response = server.erase("a", caller="patient-a", Prefer="respond-async")
+    assert response.status_code == 202, response.text
+    url = response.headers["content-location"].removeprefix("http://testserver")
+    _another_worker(server.client)
+    failed = _poll(server.client, url, server.headers("patient-a"))
+    assert failed.status_code == 409, failed.text
+    assert failed.json()["issue"][0]["diagnostics"] == "The record changed while it was being erased."
+    assert server.client.get("/fhir/Patient/a", headers=server.headers("ehr")).status_code == 200
