@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 from openpyxl import load_workbook
+from pypdf import PdfReader
+
+from fhir_server.privacy.exports import pdf
+from fhir_server.privacy.exports.content import Record
 
 from tests.builders import patient
 from tests.http.helpers import send
@@ -90,3 +94,18 @@ def test_no_xlsx_cell_is_a_formula(poisoned: Platform) -> None:
     for cell in named:
         assert cell.data_type == "s"
         assert cell.quotePrefix  # shown as typed, and kept as text when edited
+
+
+def test_the_pdf_prints_every_letter_of_a_european_name() -> None:
+    """Helvetica's WinAnsi has the French letters only: Łucja Wąsowska, Ștefan Țurcanu, Győző
+    Kővári or Nguyễn printed with black boxes in place of letters."""
+    names = "Łucja Wąsowska, Ștefan Țurcanu, Győző Kővári, Nguyễn Văn Ánh, Œdipe Françoise"
+    person = {"resourceType": "Patient", "id": "x", "name": [{"text": names}], "birthDate": "1990-01-01"}
+    illness = {"resourceType": "Condition", "id": "c", "code": {"text": "Œdème — « aigu »"},
+               "onsetDateTime": "2024-01-01"}
+    rendered = pdf.render(Record(person, {"Patient": [person], "Condition": [illness]}), "fr",
+                          "Patient/x", "2026-12-06")
+    text = " ".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(rendered)).pages)
+    assert "■" not in text
+    assert names in " ".join(text.split())
+    assert "Œdème — « aigu »" in text
