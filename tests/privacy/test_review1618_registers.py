@@ -95,3 +95,21 @@ def test_a_step_in_the_future_or_before_the_last_is_refused(
     breach = out.split()[0].removeprefix("Task/")
     code, out = _cli(capsys, "breach", "notify", breach, "authority", "--at", "2026-06-11T10:00:00Z")
     assert code == 2 and "is in the future" in out
+
+
+def test_the_register_keeps_an_erasure_request_after_the_erasure(
+        with_controller: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    """The controller must show that the erasure it was asked for was done in time: the
+    request outlives the erasure (it names the patient by id, out of their compartment)."""
+    code, out = _cli(capsys, "rights", "add", "--patient", "Patient/a", "--right", "erasure",
+                     "--controller", "Organization/hospital", "--on", "2026-06-01")
+    assert code == 0, out
+    id = out.split()[0].removeprefix("Task/")
+    assert with_controller.erase("a", reason="rights request").status_code == 200
+    [task] = _tasks(with_controller)
+    assert task["id"] == id and task["requester"] == {"reference": "Patient/a"}
+    assert _cli(capsys, "rights", "forward", id, "--on", "2026-06-02")[0] == 0
+    code, out = _cli(capsys, "rights", "answer", id, "--on", "2026-06-10")
+    assert code == 0, out
+    [task] = _tasks(with_controller)
+    assert task["status"] == "completed"
