@@ -1,7 +1,9 @@
 """The register of the rights requests people make (GDPR arts. 15-21): each one a Task, kept in
 the store like any resource (so sealed like one), carrying its legal deadlines.
 
-A Task of the register: `code` the right asked for, `for` the person, `owner` the controller
+A Task of the register: `code` the right asked for, `requester` the person (not `for`, which
+would put the Task in their compartment: their erasure would erase the record of its own
+request, which the controller must keep to show it was answered), `owner` the controller
 (Organization), `authoredOn` the day it was received, `restriction.period.end` the day it must be
 answered by, an `input` the day it must be forwarded to the controller by, `output`s the days it
 was forwarded and answered, `businessStatus` where it stands. `status` follows the Task state
@@ -91,7 +93,7 @@ async def add(ctx: Context, *, patient: str, right: str, controller: str,
     task = {"resourceType": "Task", "id": str(uuid.uuid4()), "status": "received",
             "intent": "order",
             "code": {"coding": [{"system": RIGHT_SYSTEM, "code": right}], "text": right},
-            "for": {"reference": patient}, "owner": {"reference": controller},
+            "requester": {"reference": patient}, "owner": {"reference": controller},
             "authoredOn": received.isoformat(),
             "restriction": {"period": {"end": answer_deadline(received).isoformat()}},
             "input": [_step(FORWARD_BY, forward_deadline(received))]}
@@ -144,7 +146,7 @@ def _overdue(task: Mapping[str, Any], today: date) -> Overdue | None:
         missed = ("forward", by)
     if missed is None:
         return None
-    return Overdue(task["id"], _right(task) or "", task["for"]["reference"], received, *missed)
+    return Overdue(task["id"], _right(task) or "", task["requester"]["reference"], received, *missed)
 
 
 async def overdue(ctx: Context, today: date) -> list[Overdue]:

@@ -57,7 +57,7 @@ def test_add_stores_a_task_with_both_deadlines(with_controller: Server,
     [task] = _tasks(with_controller)
     assert task["id"] == id and task["status"] == "received" and task["intent"] == "order"
     assert task["code"]["coding"] == [{"system": RIGHT_SYSTEM, "code": "erasure"}]
-    assert task["for"] == {"reference": "Patient/a"}
+    assert task["requester"] == {"reference": "Patient/a"}
     assert task["owner"] == {"reference": CONTROLLER}
     assert task["authoredOn"] == "2026-04-30"
     assert task["restriction"]["period"]["end"] == "2026-06-01"  # 30 May is a Saturday
