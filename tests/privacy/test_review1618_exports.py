@@ -109,3 +109,19 @@ def test_the_pdf_prints_every_letter_of_a_european_name() -> None:
     assert "■" not in text
     assert names in " ".join(text.split())
     assert "Œdème — « aigu »" in text
+
+
+@pytest.mark.parametrize("query, expression", [
+    ("format=pdf&format=csv", "format"),  # which one? not the last one silently
+    ("format=pdf&language=fr&language=en", "language"),
+    ("format=pdf&langage=en", "langage"),  # a misspelt parameter is not ignored
+])
+def test_a_parameter_given_twice_or_unknown_is_400(poisoned: Platform, query: str, expression: str) -> None:
+    response = poisoned.client.get(f"/fhir/Patient/leaving/$record-export?{query}",
+                                   headers=poisoned.headers("patient", "leaving"))
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == [expression]
+    response = poisoned.client.get(f"/fhir/{DR}/$referrals-export?{query.replace('pdf', 'xlsx')}",
+                                   headers=poisoned.headers("physician"))
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == [expression]
