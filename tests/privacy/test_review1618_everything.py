@@ -9,12 +9,15 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.builders import observation
 from tests.bulk.conftest import jobs
 from tests.bulk.helpers import kick_off
 from tests.http.helpers import send
 from tests.privacy.conftest import Server
+from tests.privacy.records import bearer, compartment, patient_ids, synthea  # noqa: F401 - a fixture
+from tests.privacy.test_everything import TYPES, matched, pages, referenced
 from tests.privacy.test_relatives import delegation, grant, put, related_person, relative_headers
 
 BAD = [
@@ -105,3 +108,15 @@ def test_a_relative_neither_exports_nor_erases(sqlite_server: Server) -> None:
     assert send(client, "POST", "/fhir/Patient/a/$erase", body, **headers).status_code == 403
     assert jobs(client) == []
     assert client.get("/fhir/Patient/a", headers=sqlite_server.headers("ehr")).status_code == 200
+
+
+def test_a_system_client_gets_the_compartment_and_what_it_references(synthea: TestClient) -> None:  # noqa: F811
+    """The brute-force comparison of test_everything.py, under a system token (an EHR's
+    backend client, no patient in context), the one kind of token it did not cover."""
+    patient = sorted(patient_ids(synthea))[2]
+    entries = pages(synthea, f"/fhir/Patient/{patient}/$everything?_count=41", bearer(synthea, "system/*.rs"))
+    members = [m for m in matched(entries) if not m.startswith("AuditEvent/")]
+    assert len(members) == len(set(members))
+    expected = compartment(synthea, patient, TYPES)
+    assert len(expected) > 40 and set(members) == expected
+    assert set(matched(entries, "include")) == referenced(synthea, expected)
