@@ -120,3 +120,28 @@ def test_a_system_client_gets_the_compartment_and_what_it_references(synthea: Te
     expected = compartment(synthea, patient, TYPES)
     assert len(expected) > 40 and set(members) == expected
     assert set(matched(entries, "include")) == referenced(synthea, expected)
+
+
+def test_paging_ends_though_each_page_is_audited(sqlite_server: Server) -> None:
+    """Each page read leaves an AuditEvent in the patient's compartment: followed one resource
+    at a time, the next links never ended (every page added the AuditEvent the next one read).
+    The record is paged as it stood at the first page: AuditEvents recorded since are left out."""
+    client, headers = sqlite_server.client, sqlite_server.headers("patient-a")
+    url: str | None = "/fhir/Patient/a/$everything?_count=1"
+    seen: list[str] = []
+    first = None
+    for _ in range(200):
+        if url is None:
+            break
+        page = client.get(url, headers=headers)
+        assert page.status_code == 200, page.text
+        first = first or page.json()["meta"]["lastUpdated"]
+        seen += [e["fullUrl"] for e in page.json().get("entry", []) if e["search"]["mode"] == "match"]
+        url = next((link["url"].removeprefix("http://testserver") for link in page.json()["link"]
+                    if link["relation"] == "next"), None)
+    assert url is None, f"still paging after {len(seen)} resources"
+    assert len(seen) == len(set(seen))
+    whole = client.get("/fhir/Patient/a/$everything?_count=1000", headers=headers).json()
+    audit = [e for e in whole["entry"] if e["resource"]["resourceType"] == "AuditEvent"]
+    assert {e["fullUrl"] for e in whole["entry"]} - {e["fullUrl"] for e in audit} <= set(seen)
+    assert {e["fullUrl"] for e in audit if e["resource"]["meta"]["lastUpdated"] < first} <= set(seen)
