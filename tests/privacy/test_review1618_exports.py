@@ -125,3 +125,18 @@ def test_a_parameter_given_twice_or_unknown_is_400(poisoned: Platform, query: st
                                    headers=poisoned.headers("physician"))
     assert response.status_code == 400, response.text
     assert response.json()["issue"][0]["expression"] == [expression]
+
+
+def test_a_control_character_in_a_name_does_not_break_the_sheet(poisoned: Platform) -> None:
+    """FHIR strings SHOULD avoid control characters, and the server takes them; the sheet
+    cannot hold them (openpyxl refused the whole file: 500). Each shows as U+FFFD."""
+    client = poisoned.client
+    body = {**patient(given="Minor"), "id": "minor"}
+    body["name"][0]["text"] = "Jean\u0001Dupont\u001b[31m"
+    assert send(client, "PUT", "/fhir/Patient/minor", body).status_code == 200
+    assert poisoned.refer("minor").status_code == 201
+    response = client.get(f"/fhir/{DR}/$referrals-export?format=xlsx", headers=poisoned.headers("physician"))
+    assert response.status_code == 200, response.text
+    sheet = load_workbook(io.BytesIO(response.content)).active
+    assert sheet is not None
+    assert "Jean\ufffdDupont\ufffd[31m" in [cell.value for row in sheet.iter_rows() for cell in row]
