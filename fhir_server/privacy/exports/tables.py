@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 
 from .content import Record, Row, clinical_date, concept
@@ -81,7 +82,8 @@ def referrals_xlsx(rows: Sequence[Row], language: Language) -> bytes:
     for cell in sheet[1]:
         cell.font = Font(bold=True)
     for row in rows:
-        sheet.append(list(row))
+        # Control characters FHIR strings may hold and a sheet may not: U+FFFD in their place
+        sheet.append([ILLEGAL_CHARACTERS_RE.sub("\ufffd", text) for text in row])
         for cell in sheet[sheet.max_row]:
             if isinstance(cell.value, str) and cell.value.startswith(FORMULA_START):
                 cell.data_type = "s"  # openpyxl made "=..." a formula
