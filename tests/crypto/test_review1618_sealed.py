@@ -1,0 +1,40 @@
+"""Review of sealed messages (issue 16): a sealed payload omitting a current key is refused,
+but a message whose payload, sender and recipients stay as stored is not sealed again: after a
+recipient enrols a new key, its status still changes (nobody but the recipients could re-seal
+it, and the old key still opens it); a new payload, or a new recipient, is checked in full."""
+
+from __future__ import annotations
+
+from joserfc.jwk import ECKey
+
+from fhir_server.crypto.seal import seal
+from tests.crypto.test_sealed_writes import MARKER, World, _attachment, _message, world  # noqa: F401
+from tests.http.helpers import issue, send
+from tests.trials.conftest import platform  # noqa: F401 (fixture)
+
+
+def test_a_status_change_survives_a_recipients_new_key(world: World) -> None:  # noqa: F811
+    assert world.enrol("patient", "patient", "minor").status_code == 200
+    physician = world.platform.headers("physician", "minor")
+    both = _attachment(seal(MARKER, [world.public("dr"), world.public("patient")]))
+    body = {**_message(both, "Patient/minor"), "subject": {"reference": "Patient/minor"},
+            "status": "in-progress"}
+    created = send(world.client, "POST", "/fhir/Communication", body, **physician)
+    assert created.status_code == 201, created.text
+    world.keys["patient-new"] = ECKey.generate_key("P-256", {"kid": "patient-new", "use": "enc"})
+    assert world.enrol("patient", "patient-new", "minor").status_code == 200
+    stored = {k: v for k, v in created.json().items() if k != "meta"}
+    done = send(world.client, "PUT", f"/fhir/Communication/{stored['id']}",
+                {**stored, "status": "completed"}, **physician)
+    assert done.status_code == 200, done.text
+    # A new payload sealed to the old key: refused, naming the current one.
+    again = _attachment(seal(MARKER + " bis", [world.public("dr"), world.public("patient")]))
+    changed = send(world.client, "PUT", f"/fhir/Communication/{stored['id']}",
+                   {**stored, "payload": [{"contentAttachment": again}]}, **physician)
+    assert changed.status_code == 400
+    assert "'patient-new' of recipient Patient/minor" in issue(changed)["diagnostics"]
+    # The same payload to one more recipient, whose key it omits: refused, naming them.
+    wider = {**stored, "recipient": [*stored["recipient"], {"reference": "Practitioner/dr-team"}]}
+    refused = send(world.client, "PUT", f"/fhir/Communication/{stored['id']}", wider, **physician)
+    assert refused.status_code == 400
+    assert "Practitioner/dr-team" in issue(refused)["diagnostics"]
