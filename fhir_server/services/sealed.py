@@ -162,6 +162,8 @@ async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any
 
 
 async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
+    if await _as_stored(ctx, message):
+        return
     sealed = list(_sealed_in("Communication", message))
     for index, part in enumerate(message.get("payload", [])):
         pointed = await _pointed(ctx, part)
@@ -170,6 +172,15 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
             sealed += [(f"{where}: {w}", kids) for w, kids in _sealed_in(*pointed)]
     for where, kids in sealed:
         await _check_cover(ctx, message, kids, where)
+
+
+async def _as_stored(ctx: Context, message: dict[str, Any]) -> bool:
+    """Whether `message` updates a stored Communication keeping its payload, sender and
+    recipients: its seals were checked when they were written, and a key a recipient enrolled
+    since must not stop its status from changing (only a recipient could seal it again)."""
+    id = message.get("id")
+    stored = await reach.current(_directory(ctx), f"Communication/{id}") if isinstance(id, str) else None
+    return stored is not None and all(stored.get(k) == message.get(k) for k in ("payload", "sender", "recipient"))
 
 
 def _attachments(resource_type: str, resource: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

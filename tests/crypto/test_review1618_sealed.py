@@ -33,8 +33,14 @@ def test_a_status_change_survives_a_recipients_new_key(world: World) -> None:  #
                    {**stored, "payload": [{"contentAttachment": again}]}, **physician)
     assert changed.status_code == 400
     assert "'patient-new' of recipient Patient/minor" in issue(changed)["diagnostics"]
-    # The same payload to one more recipient, whose key it omits: refused, naming them.
-    wider = {**stored, "recipient": [*stored["recipient"], {"reference": "Practitioner/dr-team"}]}
-    refused = send(world.client, "PUT", f"/fhir/Communication/{stored['id']}", wider, **physician)
-    assert refused.status_code == 400
+    # A message sealed to the current keys, given one more recipient whose key it omits:
+    # refused, naming them.
+    current = _attachment(seal(MARKER, [world.public("dr"), world.public("patient-new")]))
+    second = send(world.client, "POST", "/fhir/Communication",
+                  {**body, "payload": [{"contentAttachment": current}]}, **physician)
+    assert second.status_code == 201, second.text
+    kept = {k: v for k, v in second.json().items() if k != "meta"}
+    wider = {**kept, "recipient": [*kept["recipient"], {"reference": "Practitioner/dr-team"}]}
+    refused = send(world.client, "PUT", f"/fhir/Communication/{kept['id']}", wider, **physician)
+    assert refused.status_code == 400, refused.text
     assert "Practitioner/dr-team" in issue(refused)["diagnostics"]
