@@ -44,3 +44,31 @@ def test_a_status_change_survives_a_recipients_new_key(world: World) -> None:  #
     refused = send(world.client, "PUT", f"/fhir/Communication/{kept['id']}", wider, **physician)
     assert refused.status_code == 400, refused.text
     assert "Practitioner/dr-team" in issue(refused)["diagnostics"]
+
+
+def test_a_sealed_documents_status_changes_after_a_recipients_new_key(world: World) -> None:  # noqa: F811
+    """The same for a DocumentReference a message points to: marked superseded, its sealed
+    content unchanged, after the patient enrolled a new key."""
+    assert world.enrol("patient", "patient", "minor").status_code == 200
+    physician = world.platform.headers("physician", "minor")
+    jwe = seal(MARKER, [world.public("dr"), world.public("patient")])
+    document = {"resourceType": "DocumentReference", "status": "current",
+                "subject": {"reference": "Patient/minor"},
+                "content": [{"attachment": _attachment(jwe)}]}
+    created = send(world.client, "POST", "/fhir/DocumentReference", document, **physician)
+    assert created.status_code == 201, created.text
+    id = created.json()["id"]
+    message = {**_message({}, "Patient/minor"), "subject": {"reference": "Patient/minor"},
+               "payload": [{"contentReference": {"reference": f"DocumentReference/{id}"}}]}
+    assert send(world.client, "POST", "/fhir/Communication", message, **physician).status_code == 201
+    world.keys["patient-newer"] = ECKey.generate_key("P-256", {"kid": "patient-newer", "use": "enc"})
+    assert world.enrol("patient", "patient-newer", "minor").status_code == 200
+    stored = {k: v for k, v in created.json().items() if k != "meta"}
+    superseded = send(world.client, "PUT", f"/fhir/DocumentReference/{id}",
+                      {**stored, "status": "superseded"}, **physician)
+    assert superseded.status_code == 200, superseded.text
+    resealed = _attachment(seal(MARKER + " bis", [world.public("dr"), world.public("patient")]))
+    changed = send(world.client, "PUT", f"/fhir/DocumentReference/{id}",
+                   {**stored, "content": [{"attachment": resealed}]}, **physician)
+    assert changed.status_code == 400
+    assert "'patient-newer' of recipient Patient/minor" in issue(changed)["diagnostics"]
