@@ -15,6 +15,9 @@ COPY mappings ./mappings
 RUN python -m pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
+# DejaVu Sans sets the record PDFs (privacy/exports/pdf.py: every letter of European names)
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin fhir \
     && mkdir -p /data /keys && chown fhir /data /keys
 COPY --from=build /install /usr/local

@@ -116,7 +116,7 @@ async def erase_patient(request: Request, id: str) -> Response:
     address = request.client.host if request.client else None
     if prefer(request, "respond-async") is None:
         return fhir_response(request, await erase.erase(ctx, id, reason, address=address))
-    job = erase.start(ctx, id, reason, address=address)
+    job = await erase.start(ctx, id, reason, address=address)
     base = request.app.state.settings.base_url.rstrip("/")
     return empty_response(202, {"Content-Location": f"{base}/$erase-status/{job}"})
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from ..model.errors import Kind, fail
 from ..privacy import everything, exports
 from ..search import query_pairs
 from ..services import crud
@@ -58,12 +59,23 @@ async def referrals_export(request: Request, id: str) -> Response:
     return await _file(request, id, exports.referrals_export)
 
 
+def _file_params(request: Request) -> dict[str, str]:
+    """`format` and `language`, each once at most; INVALID naming any other or a repeat."""
+    pairs = _params(request)
+    for name, _ in pairs:
+        if name not in ("format", "language"):
+            raise fail(Kind.INVALID, "invalid", f"This export does not take {name}.", expression=name)
+        if sum(n == name for n, _ in pairs) > 1:
+            raise fail(Kind.INVALID, "invalid", f"{name} may be given once only.", expression=name)
+    return dict(pairs)
+
+
 Maker = Callable[[Context, str, str | None, exports.Language], Awaitable[exports.Export]]
 
 
 async def _file(request: Request, id: str, make: Maker) -> Response:
     crud.check_id(id)
-    params = request.query_params
+    params = _file_params(request)
     export = await make(context_of(request), id, params.get("format"),
                         exports.parse_language(params.get("language")))
     return Response(export.content, media_type=export.media_type, headers={

@@ -22,7 +22,7 @@ from ..model.errors import FhirError
 from ..model.platform_codes import BREACH, REGISTER_SYSTEM
 from ..services import reach, server_writes
 from ..services.context import Context
-from .register import RegisterError, require
+from .register import RegisterError, check_past, require
 
 STEP_SYSTEM = f"{REGISTER_SYSTEM}-step"
 CONTROLLER_HOURS, AUTHORITY_HOURS = 48, 72
@@ -90,6 +90,7 @@ async def add(ctx: Context, *, discovered: datetime, start: datetime, end: datet
     if start > end:
         raise RegisterError(f"the exposure window starts ({_instant(start)}) after it ends "
                             f"({_instant(end)})")
+    check_past(discovered, "a breach discovered at")
     if discovered < start:
         raise RegisterError("a breach is discovered after its exposure window starts")
     if not actors and not clients:
@@ -142,6 +143,7 @@ async def notify(ctx: Context, id: str, party: str, at: datetime) -> dict[str, A
     """Record that `party` was told of breach `id` at `at`."""
     if party not in PARTIES:
         raise RegisterError(f"unknown party {party!r}: one of {', '.join(PARTIES)}")
+    check_past(at, f"the {party} told at")
     task = await _breach(ctx, id)
     discovered = _moment(task["authoredOn"])
     done = told(task)

@@ -1,6 +1,9 @@
 """The legal deadlines of a rights request (GDPR art. 12, as the platform's terms apply them):
 forwarded to the controller within 8 French working days, answered within one calendar month
-of receipt. Pure date arithmetic: no clock, no store."""
+of receipt. A month is counted as Regulation (EEC, Euratom) No 1182/71 counts periods of EU law
+(art. 3(2)(c) and 3(4), which the EDPB applies to art. 12(3)): to the same date of the next
+month, its last day if it has none, then on to the next working day if that one is not.
+Pure date arithmetic: no clock, no store."""
 
 from __future__ import annotations
 
@@ -64,6 +67,14 @@ def forward_deadline(received: date) -> date:
     return add_working_days(received, FORWARD_WORKING_DAYS)
 
 
+def next_working_day(day: date) -> date:
+    """`day` if it is a working day, else the first working day after it."""
+    while not is_working_day(day):
+        day += timedelta(days=1)
+    return day
+
+
 def answer_deadline(received: date) -> date:
-    """The last day to answer a request received on `received`."""
-    return add_one_month(received)
+    """The last day to answer a request received on `received`: a month later, moved past
+    a Saturday, Sunday or public holiday."""
+    return next_working_day(add_one_month(received))

@@ -18,7 +18,7 @@ from typing import Any
 from ..model.platform_codes import DISCLOSURE, PATIENT_VISIBLE, REGISTER_SYSTEM
 from ..services import reach, server_writes
 from ..services.context import Context
-from .register import RegisterError, require
+from .register import RegisterError, check_past, require
 
 GIVEN = "disclosed"
 MAX_TEXT = 2000  # characters of each free text
@@ -49,6 +49,7 @@ async def add(ctx: Context, *, patient: str, requester: str, legal_basis: str, g
     requester, legal_basis, given = (_text(requester, "who asked (--requester)"),
                                      _text(legal_basis, "the legal basis (--legal-basis)"),
                                      _text(given, "what was given (--given)"))
+    check_past(on, "a disclosure on")
     await require(ctx, patient, "Patient")
     outputs = [await _given(ctx, reference, patient) for reference in dict.fromkeys(resources)]
     task: dict[str, Any] = {

@@ -7,19 +7,23 @@ Every resource comes through the service layer (`services.search` confined to th
 caller who may not read the Patient gets 404, as for a patient who does not exist.
 
 Paging is keyset paging per type: the cursor names the type and the store's own cursor
-within it, so a page never re-reads what earlier pages returned.
+within it, so a page never re-reads what earlier pages returned. It also carries the moment
+the first page was read: AuditEvents recorded since are left out, or the pages' own
+AuditEvents (each read of the record is one, in its compartment) would keep the paging going.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 
+from .. import clock
 from ..model.bundle import bundle
 from ..model.errors import FhirError, Kind, fail
 from ..services import crud, export, search
@@ -28,6 +32,7 @@ from ..services.export_job import Source, outside_compartments
 from ..services.guard import decision
 
 CURSOR = "_cursor"
+_AS_OF = "|"  # between the moment paging began and the type's cursor, in `_cursor`
 # The clinical date `start`/`end` apply to, per type (a search parameter of that type). Types
 # not listed use their `date` parameter if they have one; types with neither (the Patient,
 # Coverage, Device...) are returned whatever the range. The parameters' own semantics apply
@@ -80,7 +85,7 @@ def parse_request(params: Sequence[tuple[str, str]]) -> Request:
         raise _invalid(f"start ({start}) is after end ({end}).", "start")
     count = None
     if "_count" in values:
-        if not values["_count"].isdigit() or int(values["_count"]) < 1:
+        if not values["_count"].isascii() or not values["_count"].isdigit() or int(values["_count"]) < 1:
             raise _invalid("_count must be a positive integer.", "_count")
         count = int(values["_count"])
     types = tuple(t for v in (v for k, v in params if k == "_type") for t in v.split(",") if t)
@@ -112,21 +117,29 @@ def parameters(body: Any) -> list[tuple[str, str]]:
     return pairs
 
 
+# A FHIR date or dateTime (datatypes.html#dateTime: a time has seconds and a zone), ASCII digits.
+_DATE_TIME = re.compile(r"[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                        r"(Z|[+-][0-9]{2}:[0-9]{2}))?)?)?", re.ASCII)
+
+
 def _instant(text: str, name: str, *, last: bool = False) -> datetime:
-    """The first (or `last`) moment a FHIR date or dateTime names, for ordering start and end."""
+    """The first (or `last`) moment, in UTC, a FHIR date or dateTime names (a date without a
+    zone read as UTC), for ordering start and end; INVALID naming `name` for anything else."""
+    if _DATE_TIME.fullmatch(text) is None:
+        raise _invalid(f"{name} is not a FHIR date or dateTime: {text!r}.", name)
     try:
         if len(text) in (4, 7):  # YYYY, YYYY-MM
             year, month = int(text[:4]), int(text[5:7]) if len(text) == 7 else (12 if last else 1)
             if not last:
-                return datetime(year, month, 1)
+                return datetime(year, month, 1, tzinfo=UTC)
             month_end = date(year + month // 12, month % 12 + 1, 1).toordinal() - 1
-            return datetime.fromordinal(month_end).replace(hour=23, minute=59, second=59)
+            return datetime.fromordinal(month_end).replace(hour=23, minute=59, second=59, tzinfo=UTC)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise _invalid(f"{name} is not a FHIR date or dateTime: {text!r}.", name) from None
     if len(text) == 10 and last:
         moment = moment.replace(hour=23, minute=59, second=59)
-    return moment.replace(tzinfo=None)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _invalid(message: str, expression: str) -> FhirError:
@@ -152,8 +165,11 @@ def date_param(ctx: Context, resource_type: str) -> str | None:
     return None
 
 
-def _filters(ctx: Context, resource_type: str, request: Request) -> list[tuple[str, str]]:
+def _filters(ctx: Context, resource_type: str, request: Request,
+             as_of: str | None = None) -> list[tuple[str, str]]:
     params = [("_lastUpdated", f"ge{request.since}")] if request.since else []
+    if as_of is not None and resource_type == "AuditEvent":  # never updated: born after it
+        params.append(("_lastUpdated", f"le{as_of}"))
     code = date_param(ctx, resource_type)
     if code is not None:
         params += [(code, f"ge{request.start}")] if request.start else []
@@ -168,41 +184,44 @@ async def everything(ctx: Context, patient_id: str, request: Request) -> dict[st
     """
     await crud.read(ctx, "Patient", patient_id)
     types = compartment_types(ctx, request.types)
-    position, inner = _start(types, request.cursor)
+    as_of, position, inner = _start(types, request.cursor)
     size = min(request.count or ctx.default_page_size, ctx.max_page_size)
     matches: list[dict[str, Any]] = []
     next_cursor = None
     for resource_type in types[position:]:
         found, more = await _type_page(ctx, patient_id, resource_type, request,
-                                       size - len(matches), inner)
+                                       size - len(matches), inner, as_of)
         matches += found
         inner = None
         if more is not None:
-            next_cursor = f"{resource_type}:{more}"
+            next_cursor = f"{as_of}{_AS_OF}{resource_type}:{more}"
             break
         if len(matches) >= size:
             following = types.index(resource_type) + 1
-            next_cursor = f"{types[following]}:" if following < len(types) else None
+            next_cursor = f"{as_of}{_AS_OF}{types[following]}:" if following < len(types) else None
             break
     included = await _referenced(ctx, matches, patient_id)
     return bundle("searchset", [*matches, *included], links=_links(ctx, patient_id, request, next_cursor))
 
 
-def _start(types: list[str], cursor: str | None) -> tuple[int, str | None]:
+def _start(types: list[str], cursor: str | None) -> tuple[str, int, str | None]:
+    """The moment paging began (now, on the first page), the position of the cursor's type,
+    and the store's cursor within it."""
     if cursor is None:
-        return 0, None
-    resource_type, _, inner = cursor.partition(":")
-    if resource_type not in types:
+        return clock.instant(), 0, None
+    as_of, _, rest = cursor.partition(_AS_OF)
+    resource_type, _, inner = rest.partition(":")
+    if resource_type not in types or _DATE_TIME.fullmatch(as_of) is None:
         raise _invalid("Invalid or expired paging cursor.", CURSOR)
-    return types.index(resource_type), inner or None
+    return as_of, types.index(resource_type), inner or None
 
 
 async def _type_page(ctx: Context, patient_id: str, resource_type: str, request: Request,
-                     size: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+                     size: int, cursor: str | None, as_of: str) -> tuple[list[dict[str, Any]], str | None]:
     """Up to `size` entries of one type in the compartment, and the store's cursor of the rest."""
     if not _in_scopes(ctx, resource_type):
         return [], None
-    params = [*_filters(ctx, resource_type, request), ("_count", str(size))]
+    params = [*_filters(ctx, resource_type, request, as_of), ("_count", str(size))]
     if cursor:
         params.append((CURSOR, cursor))
     page = await search.search(ctx, resource_type, params, strict=True, compartment=patient_id)

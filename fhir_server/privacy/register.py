@@ -1,7 +1,9 @@
 """The register of the rights requests people make (GDPR arts. 15-21): each one a Task, kept in
 the store like any resource (so sealed like one), carrying its legal deadlines.
 
-A Task of the register: `code` the right asked for, `for` the person, `owner` the controller
+A Task of the register: `code` the right asked for, `requester` the person (not `for`, which
+would put the Task in their compartment: their erasure would erase the record of its own
+request, which the controller must keep to show it was answered), `owner` the controller
 (Organization), `authoredOn` the day it was received, `restriction.period.end` the day it must be
 answered by, an `input` the day it must be forwarded to the controller by, `output`s the days it
 was forwarded and answered, `businessStatus` where it stands. `status` follows the Task state
@@ -12,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from .. import clock
 from ..model.platform_codes import CANONICAL, RIGHT_SYSTEM
 from ..services import reach, server_writes
 from ..services.context import Context
@@ -23,6 +26,8 @@ from .deadlines import answer_deadline, forward_deadline
 STEP_SYSTEM = f"{CANONICAL}/CodeSystem/rights-request-step"
 RIGHTS = ("access", "portability", "rectification", "erasure", "objection", "restriction")
 FORWARD_BY, FORWARDED, ANSWERED = "forward-deadline", "forwarded", "answered"
+# The first time zone to start a day (UTC+14): a day that has not begun there is in the future.
+_FIRST_ZONE = timedelta(hours=14)
 
 
 class RegisterError(ValueError):
@@ -51,6 +56,13 @@ def _steps(task: Mapping[str, Any], key: str) -> dict[str, date]:
             for item in task.get(key, []) if item["type"]["coding"][0]["system"] == STEP_SYSTEM}
 
 
+def check_past(when: date | datetime, what: str) -> None:
+    """RegisterError if `when` has not come yet: a register holds what happened."""
+    now = clock.now()
+    if when > now if isinstance(when, datetime) else when > (now + _FIRST_ZONE).date():
+        raise RegisterError(f"{what} {when.isoformat()} is in the future")
+
+
 async def require(ctx: Context, reference: str, resource_type: str) -> None:
     """RegisterError unless `reference` names a stored resource of `resource_type`."""
     kind, _, id = reference.partition("/")
@@ -75,12 +87,13 @@ async def add(ctx: Context, *, patient: str, right: str, controller: str,
     """Register a request `patient` made on `received`; the Task stored."""
     if right not in RIGHTS:
         raise RegisterError(f"unknown right {right!r}: one of {', '.join(RIGHTS)}")
+    check_past(received, "a request received on")
     await require(ctx, patient, "Patient")
     await require(ctx, controller, "Organization")
     task = {"resourceType": "Task", "id": str(uuid.uuid4()), "status": "received",
             "intent": "order",
             "code": {"coding": [{"system": RIGHT_SYSTEM, "code": right}], "text": right},
-            "for": {"reference": patient}, "owner": {"reference": controller},
+            "requester": {"reference": patient}, "owner": {"reference": controller},
             "authoredOn": received.isoformat(),
             "restriction": {"period": {"end": answer_deadline(received).isoformat()}},
             "input": [_step(FORWARD_BY, forward_deadline(received))]}
@@ -92,8 +105,11 @@ async def _advance(ctx: Context, id: str, step: str, on: date, status: str) -> d
     task = await _task(ctx, id)
     received = date.fromisoformat(task["authoredOn"][:10])
     done = _steps(task, "output")
+    check_past(on, f"{step} on")
     if on < received:
         raise RegisterError(f"{step} on {on} is before the request was received ({received})")
+    if FORWARDED in done and on < done[FORWARDED]:
+        raise RegisterError(f"{step} on {on} is before it was forwarded ({done[FORWARDED]})")
     if step in done:
         raise RegisterError(f"Task/{id} was already {step} on {done[step]}")
     if task["status"] == "completed":
@@ -130,7 +146,7 @@ def _overdue(task: Mapping[str, Any], today: date) -> Overdue | None:
         missed = ("forward", by)
     if missed is None:
         return None
-    return Overdue(task["id"], _right(task) or "", task["for"]["reference"], received, *missed)
+    return Overdue(task["id"], _right(task) or "", task["requester"]["reference"], received, *missed)
 
 
 async def overdue(ctx: Context, today: date) -> list[Overdue]:

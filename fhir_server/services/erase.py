@@ -24,18 +24,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
+
+import orjson
 
 from .. import clock
 from ..access import Principal, Role, compartment_clause, server_principal
 from ..audit.events import erasure_event
 from ..crypto import ErasureLedger, UnreadableBody, patient_scope
-from ..model.errors import Kind, fail
+from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
 from ..store.base import Erasure, Outbox, Store
-from ..subscriptions import forget_events
+from ..subscriptions import forget_events, one
 from . import export, notifications
 from .context import Context
 from .crud import check_id
@@ -44,7 +46,10 @@ from .study_access import FIGURES_PREFIX
 # Never erased (see the module docstring).
 KEPT_TYPES = frozenset({"AuditEvent"})
 MAX_REASON = 500  # characters
-KEPT_JOBS = 100  # finished background jobs remembered in memory (then: the ledger)
+KEPT_JOBS = 100  # finished background jobs remembered in memory (then: their notes)
+# Notes of background jobs, in the store's outbox, which every worker reads (and seals)
+JOB_PREFIX = "erase-job/"
+KEPT_JOB_SECONDS = 7 * 86_400  # how long a job's note is kept (then: the ledger)
 log = logging.getLogger(__name__)
 
 
@@ -72,9 +77,9 @@ class KeyShredder(Protocol):
 
 @dataclass
 class Job:
-    """An erasure running in the background (`Prefer: respond-async`)."""
+    """An erasure running in the background (`Prefer: respond-async`), and who asked (`_owner`)."""
 
-    subject: str
+    owner: str
     task: asyncio.Task[dict[str, Any]]
 
 
@@ -392,17 +397,53 @@ def parameters(entry: dict[str, Any]) -> dict[str, Any]:
 # -- asynchronous requests (FHIR async pattern: 202 + Content-Location, then poll) ---------
 
 
-def start(ctx: Context, patient_id: str, reason: str, *, address: str | None) -> str:
-    """Run the erasure in the background (after `begin`); returns the job's id."""
+async def start(ctx: Context, patient_id: str, reason: str, *, address: str | None) -> str:
+    """Run the erasure in the background (after `begin`); returns the job's id. The job is
+    noted in the store's outbox first, so that every worker answers its status."""
     setup = _setup(ctx)
     for done in [id for id, job in setup.jobs.items() if job.task.done()][:-KEPT_JOBS or None]:
-        del setup.jobs[done]  # the ledger still answers for them
+        del setup.jobs[done]  # the outbox, then the ledger, still answer for them
     job = new_id()
-    task = asyncio.get_running_loop().create_task(
-        erase(ctx, patient_id, reason, address=address, job=job))
+    owner = _owner(ctx.principal)
+    await _forget_old_jobs(ctx.store)
+    await _note(ctx.store, job, {"owner": owner, "at": clock.seconds()})
+    task = asyncio.get_running_loop().create_task(_run(ctx, job, owner, patient_id, reason, address))
     task.add_done_callback(_log_failure)
-    setup.jobs[job] = Job(ctx.principal.subject if ctx.principal else "", task)
+    setup.jobs[job] = Job(owner, task)
     return job
+
+
+def _owner(principal: Principal | None) -> str:
+    """Who a job answers to: the user (subject) as the FHIR identity they acted as."""
+    return f"{principal.subject} {principal.fhir_user or ''}" if principal else ""
+
+
+async def _run(ctx: Context, job: str, owner: str, patient_id: str, reason: str,
+               address: str | None) -> dict[str, Any]:
+    """Erasure job `job`, its end noted for every worker: its output, or its error (one that
+    is no FhirError is the server's fault, logged by `_log_failure`)."""
+    try:
+        output = await erase(ctx, patient_id, reason, address=address, job=job)
+    except Exception as error:
+        failed = error if isinstance(error, FhirError) else fail(
+            Kind.FAULT, "exception", "The erasure failed; the server log says why.")
+        await _note(ctx.store, job, {"owner": owner, "at": clock.seconds(), "error": {
+            "kind": failed.kind.value, "issues": [asdict(i) for i in failed.issues]}})
+        raise
+    await _note(ctx.store, job, {"owner": owner, "at": clock.seconds(), "output": output})
+    return output
+
+
+async def _note(store: Store, job: str, record: dict[str, Any]) -> None:
+    await store.commit([Outbox(put=((f"{JOB_PREFIX}{job}", orjson.dumps(record)),))])
+
+
+async def _forget_old_jobs(store: Store) -> None:
+    """Drop the notes of jobs untouched for KEPT_JOB_SECONDS (the ledger answers for them)."""
+    old = tuple(key for key, body in await store.outbox(JOB_PREFIX)
+                if orjson.loads(body)["at"] < clock.seconds() - KEPT_JOB_SECONDS)
+    if old:
+        await store.commit([Outbox(remove=old)])
 
 
 def _log_failure(task: asyncio.Task[dict[str, Any]]) -> None:
@@ -412,18 +453,36 @@ def _log_failure(task: asyncio.Task[dict[str, Any]]) -> None:
 
 async def status(ctx: Context, job: str) -> dict[str, Any] | None:
     """The output of job `job` once done (None while it runs), or the error it met; NOT_FOUND
-    for a job of another caller, or one neither this process nor the ledger knows."""
+    for a job of another caller, or one no worker noted and the ledger does not know. This
+    process's own jobs first, then the note in the outbox (a job another worker runs), then
+    the ledger (a job whose note was dropped, or cut short by a crash and finished since)."""
     setup = _setup(ctx)
     principal = ctx.principal
+    if principal is None:
+        raise _no_job(job)
     found = setup.jobs.get(job)
-    if found is not None and principal is not None and found.subject == principal.subject:
-        if not found.task.done():
-            return None
-        return found.task.result()  # raises the job's own error (a FhirError: its outcome)
-    if found is None and principal is not None:  # done, by another worker or forgotten here
-        entries = await asyncio.to_thread(setup.ledger.entries)
-        mine = (principal.fhir_user, principal.subject)
-        done = next((e for e in entries if e.get("job") == job and e.get("by") in mine), None)
-        if done is not None:
-            return parameters(done)
-    raise fail(Kind.NOT_FOUND, "not-found", f"No erasure job {job} of this caller.")
+    if found is not None:
+        if found.owner != _owner(principal):
+            raise _no_job(job)
+        return found.task.result() if found.task.done() else None  # raises the job's error
+    body = await one(ctx.store, f"{JOB_PREFIX}{job}")
+    noted = orjson.loads(body) if body is not None else None
+    if noted is not None and noted["owner"] != _owner(principal):
+        raise _no_job(job)
+    if noted is not None and "output" in noted:
+        return dict(noted["output"])
+    if noted is not None and "error" in noted:
+        raise FhirError(Kind(noted["error"]["kind"]), tuple(
+            Issue(**{**i, "expression": tuple(i["expression"])}) for i in noted["error"]["issues"]))
+    entries = await asyncio.to_thread(setup.ledger.entries)
+    mine = (principal.fhir_user, principal.subject)
+    done = next((e for e in entries if e.get("job") == job and e.get("by") in mine), None)
+    if done is not None:
+        return parameters(done)
+    if noted is not None:
+        return None  # running in another worker
+    raise _no_job(job)
+
+
+def _no_job(job: str) -> Exception:
+    return fail(Kind.NOT_FOUND, "not-found", f"No erasure job {job} of this caller.")

@@ -30,6 +30,11 @@ from . import reach
 from .context import Context
 
 DOCUMENT_TYPES = ("Binary", "DocumentReference")
+# What an update must keep as stored not to be checked again: the sealed content and the
+# parties it is checked against.
+KEPT = {"Communication": ("payload", "sender", "recipient"),
+        "Binary": ("contentType", "data", "securityContext"),
+        "DocumentReference": ("content", "securityContext")}
 _GROUPS = ("PractitionerRole", "CareTeam", "Group", "Organization")
 _UNNAMED = ("Patient", "RelatedPerson")  # members an error names only to themselves
 _LOCAL = re.compile(r"(Binary|DocumentReference)/([A-Za-z0-9.-]{1,64})(?:/_history/([0-9]{1,18}))?")
@@ -149,6 +154,8 @@ async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any
         sealed = list(_sealed_in(resource_type, resource))
         if not sealed and not ctx.sealed_only:
             return
+        if sealed and await _as_stored(ctx, resource_type, resource):
+            return
         id = resource.get("id")  # none yet: a new resource no message points to
         messages = await _messages_to(ctx, resource_type, id) if isinstance(id, str) else []
         context = (resource.get("securityContext") or {}).get("reference", "")
@@ -162,6 +169,8 @@ async def check_sealed(ctx: Context, resource_type: str, resource: dict[str, Any
 
 
 async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
+    if await _as_stored(ctx, "Communication", message):
+        return
     sealed = list(_sealed_in("Communication", message))
     for index, part in enumerate(message.get("payload", [])):
         pointed = await _pointed(ctx, part)
@@ -170,6 +179,15 @@ async def _check_message(ctx: Context, message: dict[str, Any]) -> None:
             sealed += [(f"{where}: {w}", kids) for w, kids in _sealed_in(*pointed)]
     for where, kids in sealed:
         await _check_cover(ctx, message, kids, where)
+
+
+async def _as_stored(ctx: Context, resource_type: str, resource: dict[str, Any]) -> bool:
+    """Whether `resource` updates a stored one keeping what its seals were checked against
+    (KEPT): they were checked when written, and a key a recipient enrolled since must not
+    stop its status from changing (only a recipient could seal it again)."""
+    id = resource.get("id")
+    stored = await reach.current(_directory(ctx), f"{resource_type}/{id}") if isinstance(id, str) else None
+    return stored is not None and all(stored.get(k) == resource.get(k) for k in KEPT[resource_type])
 
 
 def _attachments(resource_type: str, resource: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

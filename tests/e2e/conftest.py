@@ -63,13 +63,14 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError("server did not become ready in 30 s")
 
-    def token(self, scope: str = "system/*.cruds") -> str:
-        """An access token this server accepts, signed with the key file it shares."""
+    def token(self, scope: str = "system/*.cruds", subject: str = "e2e", **claims: str) -> str:
+        """An access token this server accepts, signed with the key file it shares; `claims`:
+        `patient`, `fhir_user`."""
         tokens = TokenService(
             SigningKeys(self.data_dir / "signing-keys.json", 300),
             AuthRegistry(self.data_dir / "auth.db"),
             issuer=f"{self.base}/auth", audience=f"{self.base}/fhir", lifetime=300)
-        return str(tokens.issue(subject="e2e", client_id="e2e", scope=scope)["access_token"])
+        return str(tokens.issue(subject=subject, client_id="e2e", scope=scope, **claims)["access_token"])
 
     def auth(self) -> dict[str, str]:
         """The Authorization header of a token with every system scope."""

@@ -58,8 +58,10 @@ def test_forwarding_across_christmas_and_new_year() -> None:
     (date(2026, 1, 31), date(2026, 2, 28)), (date(2028, 1, 31), date(2028, 2, 29)),
     (date(2026, 3, 31), date(2026, 4, 30)), (date(2026, 12, 15), date(2027, 1, 15)),
     (date(2026, 12, 31), date(2027, 1, 31)), (date(2026, 4, 30), date(2026, 5, 30))])
-def test_answer_within_one_calendar_month(received: date, deadline: date) -> None:
-    assert answer_deadline(received) == deadline == add_one_month(received)
+def test_one_calendar_month(received: date, deadline: date) -> None:
+    # the answer deadline is this day, or the next working day (test_review1618_registers.py)
+    assert add_one_month(received) == deadline
+    assert answer_deadline(received) >= deadline
 
 
 @given(st.dates(min_value=date(1990, 1, 1), max_value=date(2100, 12, 31)))

@@ -57,10 +57,10 @@ def test_add_stores_a_task_with_both_deadlines(with_controller: Server,
     [task] = _tasks(with_controller)
     assert task["id"] == id and task["status"] == "received" and task["intent"] == "order"
     assert task["code"]["coding"] == [{"system": RIGHT_SYSTEM, "code": "erasure"}]
-    assert task["for"] == {"reference": "Patient/a"}
+    assert task["requester"] == {"reference": "Patient/a"}
     assert task["owner"] == {"reference": CONTROLLER}
     assert task["authoredOn"] == "2026-04-30"
-    assert task["restriction"]["period"]["end"] == "2026-05-30"
+    assert task["restriction"]["period"]["end"] == "2026-06-01"  # 30 May is a Saturday
     assert task["input"][0]["valueDate"] == "2026-05-15"  # 1 May, 8 May, Ascension skipped
     assert _audited(with_controller, "rights add") == 1
 
@@ -73,7 +73,7 @@ def test_forward_then_answer(with_controller: Server, capsys: pytest.CaptureFixt
     assert _run(capsys, "answer", id, "--on", "2026-02-27")[0] == 0
     [task] = _tasks(with_controller)
     assert task["status"] == "completed" and task["businessStatus"]["text"] == "answered 2026-02-27"
-    assert task["restriction"]["period"]["end"] == "2026-02-28"
+    assert task["restriction"]["period"]["end"] == "2026-03-02"  # 28 February is a Saturday
     assert [(o["type"]["coding"][0]["code"], o["valueDate"]) for o in task["output"]] == [
         ("forwarded", "2026-02-03"), ("answered", "2026-02-27")]
     assert _audited(with_controller, "rights forward") == _audited(with_controller,
@@ -94,12 +94,14 @@ def test_overdue_report_on_a_moved_clock(with_controller: Server,
     assert code == 0
     assert out.splitlines() == [f"Task/{never_forwarded} portability Patient/a received "
                                 "2026-04-30: forward deadline 2026-05-15 missed"]
-    with clock.frozen(datetime(2026, 5, 31, 9, tzinfo=UTC)):
+    with clock.frozen(datetime(2026, 6, 1, 18, tzinfo=UTC)):  # 30 May a Saturday: Monday's
+        assert _run(capsys, "overdue")[1].count("answer deadline") == 0
+    with clock.frozen(datetime(2026, 6, 2, 9, tzinfo=UTC)):
         out = _run(capsys, "overdue")[1]
     assert sorted(out.splitlines()) == sorted(
-        f"Task/{id} {right} Patient/a received 2026-04-30: answer deadline 2026-05-30 missed"
+        f"Task/{id} {right} Patient/a received 2026-04-30: answer deadline 2026-06-01 missed"
         for id, right in ((never_forwarded, "portability"), (forwarded, "objection")))
-    assert _audited(with_controller, "rights overdue") == 3
+    assert _audited(with_controller, "rights overdue") == 4
 
 
 def test_search_by_code_and_status(with_controller: Server,
