@@ -40,7 +40,8 @@ CATALOGUE_TYPES = frozenset({"ResearchStudy", "Location", "Group", "Organization
 
 def primary_identifier(study: dict[str, Any]) -> str | None:
     """The value of the study's official identifier (ECLAIRE idPrimary), or None."""
-    for identifier in study.get("identifier") or ():
+    identifiers = study.get("identifier")
+    for identifier in identifiers if isinstance(identifiers, list) else ():
         if isinstance(identifier, dict) and identifier.get("use") == "official":
             value = identifier.get("value")
             return value if isinstance(value, str) else None
@@ -244,13 +245,35 @@ async def load(ctx: Context, body: Any) -> dict[str, Any]:
     """`POST [base]/ResearchStudy/$load`: store the trials of a Bundle, as `store_all`; a
     Parameters of the outcomes. FORBIDDEN unless the caller may create and update any
     resource of every catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
-    resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
+    resource in it fails its profile (the Bundle is validated whole, entries' paths named,
+    each study under the id it is stored under, as `store_all` stores it; then nothing is
+    validated twice)."""
     _may_load(ctx)
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
                    expression="resourceType")
-    check_resource(_schema_checked(ctx), "Bundle", Payload(body, body))
-    return (await store_all(ctx, resources_of(body), checked=True)).parameters()
+    bundle = _under_catalogue_ids(body)
+    check_resource(_schema_checked(ctx), "Bundle", Payload(bundle, bundle))
+    return (await store_all(ctx, resources_of(bundle), checked=True)).parameters()
+
+
+def _under_catalogue_ids(bundle: dict[str, Any]) -> dict[str, Any]:
+    """`bundle` with each ResearchStudy entry under its `catalogue_id` (a copy where one
+    changes; the rest shared)."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return bundle
+    return {**bundle, "entry": [_entry_under_catalogue_id(entry) for entry in entries]}
+
+
+def _entry_under_catalogue_id(entry: Any) -> Any:
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "ResearchStudy":
+        return entry
+    stored_as = catalogue_id(resource)
+    if stored_as is None or stored_as == resource.get("id"):
+        return entry
+    return {**entry, "resource": {**resource, "id": stored_as}}
 
 
 async def load_ndjson(ctx: Context, body: bytes) -> dict[str, Any]:

@@ -199,16 +199,34 @@ def _counting_checks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return seen
 
 
-async def test_load_validates_each_resource_once_and_again_only_what_it_changed(
+async def test_load_validates_the_bundle_once_as_it_is_stored(
         ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Bundle is validated whole; a resource stored as it came is not validated a second
-    time, but the study, stored under its primary identifier (another id), is."""
+    """The Bundle is validated whole, each study under the id it is stored under (its primary
+    identifier), and nothing of it again when written."""
     unit = example_unit()
+    assert unit[0]["id"] != unit[0]["identifier"][0]["value"]
     seen = _counting_checks(monkeypatch)
     answer = await catalogue.load(ctx, {"resourceType": "Bundle", "type": "collection",
                                         "entry": [{"resource": r} for r in unit]})
     assert answer["parameter"][0] == {"name": "created", "valueInteger": 6}
-    assert seen == {"Bundle": 1, "ResearchStudy": 1}
+    assert seen == {"Bundle": 1}
+    assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 1
+
+
+async def test_load_validates_a_study_under_the_id_it_is_stored_under(ctx: Context) -> None:
+    """A study sent with an id that is not a FHIR id but with a valid primary identifier is
+    stored under the identifier, as `trials load` and `trials sync` store it; with neither
+    valid, the id sent is refused at its path."""
+    unit = example_unit()
+    unit[0]["id"] = "not an id!"
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in unit]}
+    assert (await catalogue.load(ctx, bundle))["parameter"][0] == {"name": "created", "valueInteger": 6}
+    assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 1
+    unit[0]["identifier"][0]["value"] = "not an id either"
+    with pytest.raises(FhirError) as caught:
+        await catalogue.load(ctx, bundle)
+    assert [e for i in caught.value.issues for e in i.expression] == ["Bundle.entry[0].resource.id"]
+    assert await ctx.store.count("ResearchStudy") == 1
 
 
 async def test_load_still_checks_a_study_whose_stored_additions_change_it(
