@@ -57,6 +57,7 @@ class Element:
     choice: bool = False  # `value[x]`: a value's type is in its JSON key
     extension: bool = False  # typed Extension
     label: str = ""  # the name as FHIRPath says it: `value` for `value[x]`
+    shadow: str = ""  # `_name`: where a primitive's id and extensions are (json.html#primitive)
     holds: invariants.Test | None = None  # all `invariants` hold: a quick test, when there is one
 
 
@@ -81,7 +82,7 @@ def _element(raw: dict[str, Any]) -> Element:
         discriminators=tuple((d["type"], d["path"]) for d in (slicing or {}).get("discriminator", [])),
         sliced=slicing is not None, closed=(slicing or {}).get("rules") == "closed",
         invariants=declared, holds=invariants.quick_test(declared), choice=name.endswith("[x]"),
-        extension="Extension" in (t["code"] for t in types), label=_base(name),
+        extension="Extension" in (t["code"] for t in types), label=_base(name), shadow=f"_{name}",
     )
 
 
@@ -103,6 +104,10 @@ class Definition:
     slices: dict[str, list[Element]] = field(default_factory=dict)  # by sliced element id
     _discriminating: dict[tuple[str, str, str], Any] = field(
         default_factory=dict, init=False, repr=False, compare=False)  # by (slice id, type, path)
+    _root_holds: invariants.Test | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._root_holds = invariants.quick_test(self.root_invariants)
 
     @classmethod
     def load(cls, sd: dict[str, Any]) -> Definition:
@@ -132,7 +137,7 @@ class Definition:
               resource: dict[str, Any], out: list[Issue]) -> None:
         for element in self.children.get(element_id, ()):
             name = element.name
-            if not element.choice and name not in node and f"_{name}" not in node:
+            if not element.choice and name not in node and element.shadow not in node:
                 # Absent (most elements of a profile are): only cardinalities can be broken.
                 if element.min or element.id in self.slices:
                     _cardinality(element, 0, f"{where}.{name}", out)
@@ -202,7 +207,8 @@ class Definition:
                              diagnostics=f"{at}: unknown extension {value['url']} (misspelled?): no "
                              "definition of that name among those held for its namespace; not checked"))
         if extension is not None and extension is not self:
-            out.extend(invariants.check(extension.root_invariants, value, resource, at, "Extension"))
+            if extension._root_holds is None or not extension._root_holds(value, resource):
+                out.extend(invariants.check(extension.root_invariants, value, resource, at, "Extension"))
             extension._node(value, extension.root, at, resource, out)
 
     def _slice_of(self, key: str, value: Any, sliced: Element, slices: list[Element],
