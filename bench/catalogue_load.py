@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
 import random
@@ -75,11 +76,8 @@ async def run(trials: int, per_load: int, sites: int, profile: Path | None) -> N
             for label in ("first load", "second load (unchanged)"):
                 profiler = cProfile.Profile() if profile and label == "first load" else None
                 wall, cpu = time.perf_counter(), time.process_time()
-                if profiler:
-                    profiler.enable()
-                outcomes = await post_all(client, bodies, headers)
-                if profiler:
-                    profiler.disable()
+                with profiler or contextlib.nullcontext():
+                    outcomes = await post_all(client, bodies, headers)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 print(f"{label}: {trials} trials, {per_load} a Bundle ({outcomes}) in {wall:.1f} s wall, "
                       f"{cpu:.1f} s CPU: {trials / cpu:.0f} trials/s of CPU ({trials / wall:.0f}/s wall); "
