@@ -6,8 +6,9 @@ encrypted SQLite data directory; then the same Bundles again (all unchanged).
 
     .venv/bin/python -m bench.catalogue_load [--trials 1000] [--per-load 100] [--profile FILE]
 
-CPU is `time.process_time` around the posts (the app runs in this process; the Bundles are
-built and serialised before the clock starts); `--profile` writes a cProfile of the first
+CPU is `time.process_time` around the posts (the app runs in this process, its garbage
+collector tuned as the server's, `workers.settle_heap`; the Bundles are built and serialised
+before the clock starts); `--profile` writes a cProfile of the first
 load to FILE and prints its top functions.
 """
 
@@ -33,6 +34,7 @@ from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.crypto import create_key_ring
 from fhir_server.settings import Settings
+from fhir_server.workers import settle_heap
 
 
 def bundles(trials: int, per_load: int, sites: int, seed: int = 8) -> list[bytes]:
@@ -67,6 +69,7 @@ async def run(trials: int, per_load: int, sites: int, profile: Path | None) -> N
         where = Path(tmp)
         create_key_ring(where / "keyring.json")
         app = create_app(Settings(data_dir=where, key_ring=where / "keyring.json"))
+        settle_heap()  # the garbage collector tuned as `fhir-server serve` tunes it once the app is loaded
         # The app runs on this thread's event loop (no TestClient thread), so that cProfile sees it.
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=httpx.ASGITransport(app), base_url="http://bench/fhir", timeout=600) as client:
