@@ -147,7 +147,9 @@ def _grp_1(value: Any, resource: dict[str, Any]) -> bool:
     return not _present(value, "member") or value.get("actual") is not False
 
 
-_NATIVE: Final[dict[str, Callable[[Any, dict[str, Any]], bool | None]]] = {
+Test = Callable[[Any, dict[str, Any]], bool]
+
+_DECIDING: Final[dict[str, Test]] = {  # always a true or false answer
     "text.`div`.exists()": _dom_6,
     "member.empty() or (actual = true)": _grp_1,
     "hasValue() or (children().count() > id.count())": _ele_1,
@@ -155,6 +157,9 @@ _NATIVE: Final[dict[str, Callable[[Any, dict[str, Any]], bool | None]]] = {
     "reference.startsWith('#').not() or (reference.substring(1).trace('url') in "
     "%rootResource.contained.id.trace('ids'))": _ref_1,
     "value.empty() or system.exists()": _cpt_2,
+}
+_NATIVE: Final[dict[str, Callable[[Any, dict[str, Any]], bool | None]]] = {
+    **_DECIDING,
     "contained.contained.empty()": _nothing_contained,
     "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()": _nothing_contained,
     "contained.meta.security.empty()": _nothing_contained,
@@ -165,8 +170,6 @@ _NATIVE: Final[dict[str, Callable[[Any, dict[str, Any]], bool | None]]] = {
     "id).empty()": _nothing_contained,
 }
 
-Test = Callable[[Any, dict[str, Any]], bool]
-
 
 def quick_test(invariants: tuple[Invariant, ...]) -> Test | None:
     """A test that every one of `invariants` holds on a value, when each is evaluated in
@@ -175,10 +178,10 @@ def quick_test(invariants: tuple[Invariant, ...]) -> Test | None:
     needs FHIRPath."""
     tests: list[Test] = []
     for invariant in invariants:
-        native = _NATIVE.get(invariant.expression)
-        if native is None or native is _nothing_contained:  # it may leave it to FHIRPath
+        deciding = _DECIDING.get(invariant.expression)
+        if deciding is None:
             return None
-        tests.append(native)  # type: ignore[arg-type]  # these always answer a bool
+        tests.append(deciding)
     if len(tests) == 1:
         return tests[0]
     if len(tests) == 2:  # ele-1 and one more, as on every extension
