@@ -53,6 +53,12 @@ class Element:
     sliced: bool = False
     closed: bool = False
     invariants: tuple[Invariant, ...] = ()
+    # Read from the above once, at load, rather than for every value checked:
+    choice: bool = False  # `value[x]`: a value's type is in its JSON key
+    extension: bool = False  # typed Extension
+    label: str = ""  # the name as FHIRPath says it: `value` for `value[x]`
+    shadow: str = ""  # `_name`: where a primitive's id and extensions are (json.html#primitive)
+    holds: invariants.Test | None = None  # all `invariants` hold: a quick test, when there is one
 
 
 def _element(raw: dict[str, Any]) -> Element:
@@ -63,6 +69,7 @@ def _element(raw: dict[str, Any]) -> Element:
     pattern = next((v for k, v in raw.items() if k.startswith("pattern")), None)
     binding = raw.get("binding", {})
     slicing = raw.get("slicing")
+    declared = invariants.of(raw)
     return Element(
         id=raw["id"], path=raw.get("path", raw["id"]), name=name, slice_name=slice_name or None, min=int(raw.get("min", 0)),
         max=None if raw.get("max", "*") == "*" else int(raw["max"]),
@@ -74,13 +81,19 @@ def _element(raw: dict[str, Any]) -> Element:
         if binding.get("strength") in ("required", "extensible") and "valueSet" in binding else None,
         discriminators=tuple((d["type"], d["path"]) for d in (slicing or {}).get("discriminator", [])),
         sliced=slicing is not None, closed=(slicing or {}).get("rules") == "closed",
-        invariants=invariants.of(raw),
+        invariants=declared, holds=invariants.quick_test(declared), choice=name.endswith("[x]"),
+        extension="Extension" in (t["code"] for t in types), label=_base(name), shadow=f"_{name}",
     )
 
 
 @dataclass
 class Definition:
-    """A StructureDefinition with a snapshot, ready to check resources (or extensions)."""
+    """A StructureDefinition with a snapshot, ready to check resources (or extensions).
+
+    What a slice's discriminators expect (the values a pattern or fixed value gives at the
+    discriminator's path, the types, the element) depends on the snapshot only: it is worked
+    out on first use and kept in `_discriminating`, with the definition, so that a definition
+    loaded again (another snapshot) starts afresh."""
 
     url: str
     version: str | None
@@ -89,6 +102,12 @@ class Definition:
     root_invariants: tuple[Invariant, ...] = ()
     children: dict[str, list[Element]] = field(default_factory=dict)  # by parent element id
     slices: dict[str, list[Element]] = field(default_factory=dict)  # by sliced element id
+    _discriminating: dict[tuple[str, str, str], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False)  # by (slice id, type, path)
+    _root_holds: invariants.Test | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._root_holds = invariants.quick_test(self.root_invariants)
 
     @classmethod
     def load(cls, sd: dict[str, Any]) -> Definition:
@@ -108,84 +127,98 @@ class Definition:
 
     def check(self, resource: dict[str, Any], prefix: str) -> list[Issue]:
         """What `resource` (at FHIRPath `prefix`) breaks in this profile."""
-        return [*invariants.check(self.root_invariants, resource, resource, prefix, self.type),
-                *self._node(resource, self.root, prefix, resource)]
+        found = invariants.check(self.root_invariants, resource, resource, prefix, self.type)
+        self._node(resource, self.root, prefix, resource, found)
+        return found
+
+    # The walk appends what it finds to `out` (no generator per value: a study has ~150).
 
     def _node(self, node: dict[str, Any], element_id: str, where: str,
-              resource: dict[str, Any]) -> Iterator[Issue]:
+              resource: dict[str, Any], out: list[Issue]) -> None:
         for element in self.children.get(element_id, ()):
             name = element.name
-            if name[-1] != "]" and name not in node and f"_{name}" not in node:
+            if not element.choice and name not in node and element.shadow not in node:
                 # Absent (most elements of a profile are): only cardinalities can be broken.
                 if element.min or element.id in self.slices:
-                    yield from _cardinality(element, 0, f"{where}.{name}")
+                    _cardinality(element, 0, f"{where}.{name}", out)
                     for piece in self.slices.get(element.id, ()):
-                        yield from _cardinality(piece, 0, f"{where}.{name}", piece.slice_name)
+                        _cardinality(piece, 0, f"{where}.{name}", out, piece.slice_name)
                 continue
-            values = list(_values(node, name, where))
-            label = f"{where}.{_base(element.name)}"
-            yield from _cardinality(element, len(values), label)
-            yield from self._sliced(element, values, label, resource)
+            values = _values(node, element, where)
+            label = f"{where}.{element.label}"
+            _cardinality(element, len(values), label, out)
+            self._sliced(element, values, label, resource, out)
 
     def _sliced(self, element: Element, values: list[tuple[str, Any, str]], label: str,
-                resource: dict[str, Any]) -> Iterator[Issue]:
+                resource: dict[str, Any], out: list[Issue]) -> None:
         """The values of `element` (a sliced element, a slice re-sliced, or neither), each
         checked against the slice it belongs to, or `element` when none; each slice's
         cardinality; the values of a re-sliced slice are sliced again among its re-slices."""
-        slices = self.slices.get(element.id, [])
+        slices = self.slices.get(element.id)
+        if not slices:
+            for key, value, at in values:
+                self._value(element, key, value, at, resource, out)
+            return
         members: dict[str, list[tuple[str, Any, str]]] = {piece.id: [] for piece in slices}
         for key, value, at in values:
-            piece, decided = self._slice_of(key, value, element, slices, resource) if slices else (None, True)
+            piece, decided = self._slice_of(key, value, element, slices, resource)
             if not decided:
-                yield Issue(code="not-supported", severity="warning", expression=(at,),
-                            diagnostics=f"{at}: which slice it belongs to depends on a resource "
-                            "it references that is not contained: not checked against a slice")
+                out.append(Issue(code="not-supported", severity="warning", expression=(at,),
+                                 diagnostics=f"{at}: which slice it belongs to depends on a resource "
+                                 "it references that is not contained: not checked against a slice"))
             elif piece is None and element.closed:
-                yield _error("structure", f"{at} matches none of the slices of a closed "
-                             f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at)
+                out.append(_error("structure", f"{at} matches none of the slices of a closed "
+                                  f"slicing ({', '.join(str(s.slice_name) for s in slices)})", at))
             if piece is None:
-                yield from self._value(element, key, value, at, resource)
+                self._value(element, key, value, at, resource, out)
             else:
                 members[piece.id].append((key, value, at))
         for piece in slices:
-            yield from _cardinality(piece, len(members[piece.id]), label, piece.slice_name)
+            _cardinality(piece, len(members[piece.id]), label, out, piece.slice_name)
             if members[piece.id]:
-                yield from self._sliced(piece, members[piece.id], label, resource)
+                self._sliced(piece, members[piece.id], label, resource, out)
 
     def _value(self, element: Element, key: str, value: Any, at: str,
-               resource: dict[str, Any]) -> Iterator[Issue]:
-        yield from _type(element, key, at)
+               resource: dict[str, Any], out: list[Issue]) -> None:
+        if element.choice and key:
+            _type(element, key, at, out)
         if value is None:
             return  # a primitive's extensions alone: nothing to compare
-        if element.invariants:
-            yield from invariants.check(element.invariants, value, resource, at,
-                                        _fhirpath_type(element, key))
+        if element.invariants and (element.holds is None or not element.holds(value, resource)):
+            out.extend(invariants.check(element.invariants, value, resource, at,
+                                        lambda: _fhirpath_type(element, key)))
         if element.fixed is not None and value != element.fixed:
-            yield _error("value", f"Expected the fixed value {_show(element.fixed)}", at)
+            out.append(_error("value", f"Expected the fixed value {_show(element.fixed)}", at))
         if element.pattern is not None and not _matches(value, element.pattern):
-            yield _error("value", f"Expected a value matching {_show(element.pattern)}", at)
+            out.append(_error("value", f"Expected a value matching {_show(element.pattern)}", at))
         if element.binding is not None:
-            yield from _binding(element.binding, value, at)
-        if element.targets and isinstance(value, dict):
-            yield from _target(element.targets, value, at)
+            out.extend(_binding(element.binding, value, at))
         if not isinstance(value, dict):
             return
+        if element.targets:
+            out.extend(_target(element.targets, value, at))
         if element.id in self.children:
-            yield from self._node(value, element.id, at, resource)
+            self._node(value, element.id, at, resource, out)
+        if not element.extension:
+            return
         extension = _extension_definition(element, value)
         if extension is None and _unknown_in_held_namespace(element, value):
-            yield Issue(code="not-found", severity="warning", expression=(at,),
-                        diagnostics=f"{at}: unknown extension {value['url']} (misspelled?): no "
-                        "definition of that name among those held for its namespace; not checked")
+            out.append(Issue(code="not-found", severity="warning", expression=(at,),
+                             diagnostics=f"{at}: unknown extension {value['url']} (misspelled?): no "
+                             "definition of that name among those held for its namespace; not checked"))
         if extension is not None and extension is not self:
-            yield from invariants.check(extension.root_invariants, value, resource, at, "Extension")
-            yield from extension._node(value, extension.root, at, resource)
+            if extension._root_holds is None or not extension._root_holds(value, resource):
+                out.extend(invariants.check(extension.root_invariants, value, resource, at, "Extension"))
+            extension._node(value, extension.root, at, resource, out)
 
     def _slice_of(self, key: str, value: Any, sliced: Element, slices: list[Element],
                   resource: dict[str, Any]) -> tuple[Element | None, bool]:
         """The slice of `sliced` that `value` (under JSON `key`) belongs to, by the slicing's
         discriminators (or, with none, the first slice it conforms to); and False when that
         cannot be decided (a discriminator through a reference not contained)."""
+        index = self._index(sliced, slices)
+        if index is not None:
+            return _indexed(index, _collect([(key, value)], _steps(sliced.discriminators[0][1]), resource))
         decided = True
         for piece in slices:
             inside = self._in_slice(sliced, piece, key, value, resource)
@@ -198,36 +231,83 @@ class Definition:
                   resource: dict[str, Any]) -> bool | None:
         """Whether `value` is in slice `piece`; None when it cannot be told."""
         if not sliced.discriminators:
-            return not any(i.severity == "error" for i in self._value(piece, key, value, "", {}))
+            found_issues: list[Issue] = []
+            self._value(piece, key, value, "", {}, found_issues)
+            return not any(i.severity == "error" for i in found_issues)
         for kind, path in sliced.discriminators:
             steps = _steps(path)
             found = _collect([(key, value)], steps, resource)
             if found is None:
                 return None
+            wants = self._wants(piece, kind, path)
             if kind == "type":
-                wanted = self._types_at(piece, steps)
-                if not any(_type_of(sliced, k, v, steps) in wanted for k, v in found):
+                if not any(_type_of(sliced, k, v, steps) in wants for k, v in found):
                     return False
                 continue
             if any(isinstance(v, _Elsewhere) for _, v in found):
                 return None  # only its type is known
             if kind == "exists":
-                child = self._element_at(piece, steps)
-                if bool(found) != (child is not None and child.min >= 1):
+                if bool(found) != wants:
                     return False
                 continue
             if kind == "profile":
-                if not any(_conforms(v, self._element_at(piece, steps), "resolve()" in steps)
-                           for _, v in found):
+                if not any(_conforms(v, wants, "resolve()" in steps) for _, v in found):
                     return False
                 continue
-            expected = self._expected(piece, steps)
-            if expected is None or not found:
+            if wants is None or not found:
                 return False
-            wanted, exact = expected
+            wanted, exact = wants
             if not all(any(v == w if exact else _matches(v, w) for _, v in found) for w in wanted):
                 return False
         return True
+
+    def _index(self, sliced: Element, slices: list[Element]) -> dict[Any, tuple[int, Element]] | None:
+        """For a slicing by one value or pattern discriminator (no `resolve()`) where every
+        slice wants one primitive value there (extensions by `url`): each value with the
+        first slice that wants it, so that a value finds its slice in one look-up. None for
+        any other slicing (each slice is then tried in turn)."""
+        memo = (sliced.id, "index", "")
+        if memo not in self._discriminating:
+            self._discriminating[memo] = self._value_index(sliced, slices)
+        index: dict[Any, tuple[int, Element]] | None = self._discriminating[memo]
+        return index
+
+    def _value_index(self, sliced: Element, slices: list[Element]) -> dict[Any, tuple[int, Element]] | None:
+        if len(sliced.discriminators) != 1:
+            return None
+        kind, path = sliced.discriminators[0]
+        if kind not in ("value", "pattern") or "resolve()" in _steps(path):
+            return None
+        index: dict[Any, tuple[int, Element]] = {}
+        for n, piece in enumerate(slices):
+            wants = self._wants(piece, kind, path)
+            if wants is None:
+                continue  # it wants nothing there: no value is in it
+            wanted, _ = wants
+            if len(wanted) != 1 or wanted[0].__class__ not in _PRIMITIVES:
+                return None
+            index.setdefault(wanted[0], (n, piece))
+        return index
+
+    def _wants(self, piece: Element, kind: str, path: str) -> Any:
+        """What slice `piece` wants at a discriminator (`kind`, `path`), from the snapshot
+        alone, worked out once: the types (type), whether present (exists), the element
+        whose profiles a value must conform to (profile), the values and whether exactly
+        (value, pattern)."""
+        memo = (piece.id, kind, path)
+        if memo not in self._discriminating:
+            steps = _steps(path)
+            if kind == "type":
+                wants: Any = self._types_at(piece, steps)
+            elif kind == "exists":
+                child = self._element_at(piece, steps)
+                wants = child is not None and child.min >= 1
+            elif kind == "profile":
+                wants = self._element_at(piece, steps)
+            else:
+                wants = self._expected(piece, steps)
+            self._discriminating[memo] = wants
+        return self._discriminating[memo]
 
     def _child(self, parent_id: str, step: str) -> Element | None:
         """The element below `parent_id` that a discriminator path's step names: an element
@@ -238,7 +318,7 @@ class Definition:
             return next((e for e in self.slices.get(f"{parent_id}.extension", ()) if url in e.profiles), None)
         return next((e for e in self.children.get(parent_id, ()) if _base(e.name) == step), None)
 
-    def _element_at(self, piece: Element, steps: list[str]) -> Element | None:
+    def _element_at(self, piece: Element, steps: tuple[str, ...]) -> Element | None:
         """The element of slice `piece` at a discriminator path (up to a `resolve()`: the
         reference's element)."""
         element: Element | None = piece
@@ -249,7 +329,7 @@ class Definition:
                 element = self._child(element.id, step)
         return element
 
-    def _types_at(self, piece: Element, steps: list[str]) -> set[str | None]:
+    def _types_at(self, piece: Element, steps: tuple[str, ...]) -> set[str | None]:
         """The types a slice allows at a type discriminator's path: through `resolve()`, the
         resource types of the reference's target profiles."""
         element = self._element_at(piece, steps)
@@ -259,7 +339,7 @@ class Definition:
             return {_target_type(t) for t in element.targets} - {None}
         return set(_type_names(element))
 
-    def _expected(self, piece: Element, steps: list[str]) -> tuple[list[Any], bool] | None:
+    def _expected(self, piece: Element, steps: tuple[str, ...]) -> tuple[list[Any], bool] | None:
         """The values slice `piece` fixes at a discriminator path, and whether exactly (a
         fixed value) or as a pattern: the fixed or pattern value of the element at the path,
         or the part at the path of such a value above it; for `url`, the canonical of the
@@ -282,7 +362,7 @@ class Definition:
             element = child
         return _part(element, [])
 
-    def _expected_below(self, steps: list[str]) -> tuple[list[Any], bool] | None:
+    def _expected_below(self, steps: tuple[str, ...]) -> tuple[list[Any], bool] | None:
         """`_expected` from this profile's root (a reference's target)."""
         root = Element(id=self.root, path=self.root, name=self.root, slice_name=None, min=0,
                        max=None, types=(self.type,), profiles=(), targets=())
@@ -297,7 +377,8 @@ class _Elsewhere:
     type: str | None
 
 
-def _steps(path: str) -> list[str]:
+@cache  # a handful of paths, split for every value sliced
+def _steps(path: str) -> tuple[str, ...]:
     """The steps of a discriminator path (a restricted FHIRPath: names, `$this`,
     `resolve()`, `extension('url')`, `ofType(type)`), split on the dots outside parentheses."""
     steps, depth, start = [], 0, 0
@@ -308,10 +389,24 @@ def _steps(path: str) -> list[str]:
             steps.append(path[start:i])
             start = i + 1
     steps.append(path[start:])
-    return [step for step in steps if step]
+    return tuple(step for step in steps if step)
 
 
-def _collect(items: list[tuple[str, Any]], steps: list[str],
+_PRIMITIVES: Final = (str, int, float, bool)
+
+
+def _indexed(index: dict[Any, tuple[int, Element]],
+             found: list[tuple[str, Any]] | None) -> tuple[Element | None, bool]:
+    """`Definition._slice_of` by a value index: the first slice (in the profile's order) that
+    wants one of the values `found` at the discriminator's path; undecided when the path
+    met a local reference to nothing contained."""
+    if found is None:
+        return None, False
+    hits = [index[v] for _, v in found if v.__class__ in _PRIMITIVES and v in index]
+    return (min(hits, key=lambda hit: hit[0])[1], True) if hits else (None, True)
+
+
+def _collect(items: list[tuple[str, Any]], steps: tuple[str, ...],
              resource: dict[str, Any]) -> list[tuple[str, Any]] | None:
     """The values (with their JSON keys) at a discriminator path from `items`, every item of
     a list along the way (FHIRPath collections); None when a `resolve()` meets a local
@@ -359,7 +454,7 @@ def _resolve(reference: Any, resource: dict[str, Any]) -> Any:
     return _Elsewhere(kind or reference.get("type"))
 
 
-def _part(element: Element, steps: list[str]) -> tuple[list[Any], bool] | None:
+def _part(element: Element, steps: tuple[str, ...]) -> tuple[list[Any], bool] | None:
     """What the fixed or pattern value of `element` holds at `steps` below it."""
     value = element.fixed if element.fixed is not None else element.pattern
     if value is None:
@@ -379,7 +474,7 @@ def _fhirpath_type(element: Element, key: str) -> str:
     return element.path.replace("[x]", "")
 
 
-def _type_of(sliced: Element, key: str, value: Any, steps: list[str]) -> str | None:
+def _type_of(sliced: Element, key: str, value: Any, steps: tuple[str, ...]) -> str | None:
     """The FHIR type of a value at a type discriminator's path: a resource's `resourceType`
     (or the type a reference gives), a choice's type from its JSON key (`valueQuantity`),
     else, at `$this`, the sliced element's one declared type."""
@@ -417,43 +512,47 @@ def _base(name: str) -> str:
     return name.removesuffix("[x]")
 
 
-def _values(node: dict[str, Any], name: str, where: str) -> Iterator[tuple[str, Any, str]]:
-    """(JSON key, value, FHIRPath) of each value of element `name` in `node`."""
-    if name.endswith("[x]"):
-        base = name[:-3]
+def _values(node: dict[str, Any], element: Element, where: str) -> list[tuple[str, Any, str]]:
+    """(JSON key, value, FHIRPath) of each value of `element` in `node`."""
+    name = element.name
+    if element.choice:
+        base = element.label
         keys = [k for k in node if k.startswith(base) and k[len(base):][:1].isupper()]
     else:
         keys = [name] if name in node or f"_{name}" in node else []
+    found = []
     for key in keys:
         # A primitive given by its extensions only (`_status`) counts, with no value to check.
         value = node.get(key)
         if value is None and isinstance(node.get(f"_{key}"), list):
             value = [None] * len(node[f"_{key}"])
         if isinstance(value, list):
-            for i, item in enumerate(value):
-                yield key, item, f"{where}.{key}[{i}]"
+            found += [(key, item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
         else:
-            yield key, value, f"{where}.{key}"
+            found.append((key, value, f"{where}.{key}"))
+    return found
 
 
-def _cardinality(element: Element, count: int, where: str, slice_name: str | None = None) -> Iterator[Issue]:
+def _cardinality(element: Element, count: int, where: str, out: list[Issue],
+                 slice_name: str | None = None) -> None:
+    if element.min <= count and (element.max is None or count <= element.max):
+        return
     what = f"slice '{slice_name}' of " if slice_name else ""
     if count < element.min:
-        yield _error("required", f"The profile wants at least {element.min} of {what}"
-                     f"{where.rsplit('.', 1)[-1]}, found {count}", where)
+        out.append(_error("required", f"The profile wants at least {element.min} of {what}"
+                          f"{where.rsplit('.', 1)[-1]}, found {count}", where))
     if element.max is not None and count > element.max:
         text = "allows none" if element.max == 0 else f"allows at most {element.max}"
-        yield _error("structure", f"The profile {text} of {what}{where.rsplit('.', 1)[-1]}, "
-                     f"found {count}", where)
+        out.append(_error("structure", f"The profile {text} of {what}{where.rsplit('.', 1)[-1]}, "
+                          f"found {count}", where))
 
 
-def _type(element: Element, key: str, at: str) -> Iterator[Issue]:
-    if not element.name.endswith("[x]") or not key:
-        return
-    suffix = key[len(element.name) - 3:]
+def _type(element: Element, key: str, at: str, out: list[Issue]) -> None:
+    """Whether the type a choice element's value has (by its key) is one the element allows."""
+    suffix = key[len(element.label):]
     if not any(t[:1].upper() + t[1:] == suffix for t in element.types):
-        yield _error("structure", f"Type {suffix} is not allowed here: the profile allows "
-                     f"{', '.join(element.types)}", at)
+        out.append(_error("structure", f"Type {suffix} is not allowed here: the profile allows "
+                          f"{', '.join(element.types)}", at))
 
 
 def _matches(value: Any, pattern: Any) -> bool:

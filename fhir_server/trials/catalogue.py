@@ -40,7 +40,8 @@ CATALOGUE_TYPES = frozenset({"ResearchStudy", "Location", "Group", "Organization
 
 def primary_identifier(study: dict[str, Any]) -> str | None:
     """The value of the study's official identifier (ECLAIRE idPrimary), or None."""
-    for identifier in study.get("identifier") or ():
+    identifiers = study.get("identifier")
+    for identifier in identifiers if isinstance(identifiers, list) else ():
         if isinstance(identifier, dict) and identifier.get("use") == "official":
             value = identifier.get("value")
             return value if isinstance(value, str) else None
@@ -158,12 +159,15 @@ async def _with_local(ctx: Context, unit: list[dict[str, Any]],
             else r for r in unit]
 
 
-def _plan(unit: list[dict[str, Any]], stored: dict[tuple[str, str], dict[str, Any]]) -> tuple[list[ServerWrite], Counter[str]]:
+def _plan(unit: list[dict[str, Any]], stored: dict[tuple[str, str], dict[str, Any]],
+          checked: list[dict[str, Any]] | None = None) -> tuple[list[ServerWrite], Counter[str]]:
     """The writes one (prepared) trial unit needs, unchanged resources left out, and their
-    outcomes (`stored`: the current content of those already stored)."""
+    outcomes (`stored`: the current content of those already stored). `checked`: the unit as
+    it was validated already, resource by resource; one written as it was checked is not
+    validated again (a study stored under another id, or with local additions, is)."""
     outcomes: Counter[str] = Counter()
     writes = []
-    for resource in unit:
+    for n, resource in enumerate(unit):
         current = stored.get((resource["resourceType"], resource["id"]))
         if current is not None:
             if _content(current) == _content(resource):
@@ -172,16 +176,17 @@ def _plan(unit: list[dict[str, Any]], stored: dict[tuple[str, str], dict[str, An
             outcomes["updated"] += 1
         else:
             outcomes["created"] += 1
-        writes.append(ServerWrite(resource, new=False))
+        writes.append(ServerWrite(resource, new=False, valid=checked is not None and resource == checked[n]))
     return writes, outcomes
 
 
-async def store_trial(ctx: Context, unit: list[dict[str, Any]]) -> Counter[str]:
+async def store_trial(ctx: Context, unit: list[dict[str, Any]], checked: bool = False) -> Counter[str]:
     """Store one trial unit: each resource created, updated, or left `unchanged`;
-    a FhirError (422 with element paths) when one fails its profile, nothing stored."""
+    a FhirError (422 with element paths) when one fails its profile, nothing stored.
+    `checked`: the unit's resources were validated as given (`store_all`)."""
     prepared = _prepared(unit)
     stored = await _stored(ctx, prepared)
-    writes, outcomes = _plan(await _with_local(ctx, prepared, stored), stored)
+    writes, outcomes = _plan(await _with_local(ctx, prepared, stored), stored, unit if checked else None)
     if writes:
         await server_writes.commit(ctx, writes)
     return outcomes
@@ -197,26 +202,30 @@ def _schema_checked(ctx: Context) -> Context:
     return dataclasses.replace(ctx, validator=Validator(use_models=False))
 
 
-async def store_all(ctx: Context, resources: Iterable[dict[str, Any]]) -> CatalogueReport:
+async def store_all(ctx: Context, resources: Iterable[dict[str, Any]], checked: bool = False) -> CatalogueReport:
     """Store every trial unit of `resources`, BATCH trials per unit of work; a trial that
-    fails (its profile, say) is reported and the others are stored."""
+    fails (its profile, say) is reported and the others are stored. `checked`: every
+    resource was validated as given (`load`'s Bundle check), so those written unchanged are
+    not validated twice."""
     ctx = _schema_checked(ctx)
     report = CatalogueReport()
     batch: list[list[dict[str, Any]]] = []
     for unit in trials(resources):
         batch.append(unit)
         if len(batch) == BATCH:
-            await _store_batch(ctx, batch, report)
+            await _store_batch(ctx, batch, report, checked)
             batch = []
-    await _store_batch(ctx, batch, report)
+    await _store_batch(ctx, batch, report, checked)
     return report
 
 
-async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: CatalogueReport) -> None:
+async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: CatalogueReport,
+                       checked: bool) -> None:
     try:
         prepared = [_prepared(unit) for unit in batch]
         stored = await _stored(ctx, [r for unit in prepared for r in unit])
-        planned = [_plan(await _with_local(ctx, unit, stored), stored) for unit in prepared]
+        planned = [_plan(await _with_local(ctx, unit, stored), stored, given if checked else None)
+                   for unit, given in zip(prepared, batch, strict=True)]
         writes = [w for unit_writes, _ in planned for w in unit_writes]
         if writes:
             await server_writes.commit(ctx, writes)
@@ -224,7 +233,7 @@ async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: 
         # Which trial was it? Each alone: the good ones stored, the bad one reported.
         for unit in batch:
             try:
-                report.outcomes += await store_trial(ctx, unit)
+                report.outcomes += await store_trial(ctx, unit, checked)
             except FhirError as exc:
                 report.failures.append((f"{unit[0]['resourceType']}/{unit[0].get('id')}", exc))
         return
@@ -236,13 +245,35 @@ async def load(ctx: Context, body: Any) -> dict[str, Any]:
     """`POST [base]/ResearchStudy/$load`: store the trials of a Bundle, as `store_all`; a
     Parameters of the outcomes. FORBIDDEN unless the caller may create and update any
     resource of every catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
-    resource in it fails its profile (the Bundle is validated whole, entries' paths named)."""
+    resource in it fails its profile (the Bundle is validated whole, entries' paths named,
+    each study under the id it is stored under, as `store_all` stores it; then nothing is
+    validated twice)."""
     _may_load(ctx)
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
                    expression="resourceType")
-    check_resource(_schema_checked(ctx), "Bundle", Payload(body, body))
-    return (await store_all(ctx, resources_of(body))).parameters()
+    bundle = _under_catalogue_ids(body)
+    check_resource(_schema_checked(ctx), "Bundle", Payload(bundle, bundle))
+    return (await store_all(ctx, resources_of(bundle), checked=True)).parameters()
+
+
+def _under_catalogue_ids(bundle: dict[str, Any]) -> dict[str, Any]:
+    """`bundle` with each ResearchStudy entry under its `catalogue_id` (a copy where one
+    changes; the rest shared)."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return bundle
+    return {**bundle, "entry": [_entry_under_catalogue_id(entry) for entry in entries]}
+
+
+def _entry_under_catalogue_id(entry: Any) -> Any:
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "ResearchStudy":
+        return entry
+    stored_as = catalogue_id(resource)
+    if stored_as is None or stored_as == resource.get("id"):
+        return entry
+    return {**entry, "resource": {**resource, "id": stored_as}}
 
 
 async def load_ndjson(ctx: Context, body: bytes) -> dict[str, Any]:

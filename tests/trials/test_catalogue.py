@@ -4,7 +4,9 @@ ResearchStudy-*.json) and `fhir-server trials load`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,13 @@ import pytest
 
 from fhir_server import cli
 from fhir_server.app import open_context
-from fhir_server.model.errors import FhirError
+from fhir_server.model.errors import FhirError, Issue, Kind
+from fhir_server.model.validation import Validator
 from fhir_server.search import extract
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from fhir_server.trials import catalogue
+from fhir_server.trials.catalogue_sites import with_site_status
 from tests.trials.eclaire import example_unit, fake_study_example
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +184,80 @@ async def test_only_catalogue_types_are_stored(ctx: Context) -> None:
     report = await catalogue.store_all(ctx, [*example_unit(), intruder])
     assert report.outcomes == {"created": 6}
     assert await ctx.store.read("Patient", "p1") is None
+
+
+def _counting_checks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count the resources (by type) that go through `Validator.outcome` from now on."""
+    seen: Counter[str] = Counter()
+    outcome = Validator.outcome
+
+    def counted(self: Validator, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
+        seen[resource.get("resourceType") if isinstance(resource, dict) else "?"] += 1
+        return outcome(self, resource, profiles)
+
+    monkeypatch.setattr(Validator, "outcome", counted)
+    return seen
+
+
+async def test_load_validates_the_bundle_once_as_it_is_stored(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Bundle is validated whole, each study under the id it is stored under (its primary
+    identifier), and nothing of it again when written."""
+    unit = example_unit()
+    assert unit[0]["id"] != unit[0]["identifier"][0]["value"]
+    seen = _counting_checks(monkeypatch)
+    answer = await catalogue.load(ctx, {"resourceType": "Bundle", "type": "collection",
+                                        "entry": [{"resource": r} for r in unit]})
+    assert answer["parameter"][0] == {"name": "created", "valueInteger": 6}
+    assert seen == {"Bundle": 1}
+    assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 1
+
+
+async def test_load_validates_a_study_under_the_id_it_is_stored_under(ctx: Context) -> None:
+    """A study sent with an id that is not a FHIR id but with a valid primary identifier is
+    stored under the identifier, as `trials load` and `trials sync` store it; with neither
+    valid, the id sent is refused at its path."""
+    unit = example_unit()
+    unit[0]["id"] = "not an id!"
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in unit]}
+    assert (await catalogue.load(ctx, bundle))["parameter"][0] == {"name": "created", "valueInteger": 6}
+    assert await _version(ctx, "ResearchStudy", "2022-500014-26-00") == 1
+    unit[0]["identifier"][0]["value"] = "not an id either"
+    with pytest.raises(FhirError) as caught:
+        await catalogue.load(ctx, bundle)
+    assert [e for i in caught.value.issues for e in i.expression] == ["Bundle.entry[0].resource.id"]
+    assert await ctx.store.count("ResearchStudy") == 1
+
+
+async def test_load_still_checks_a_study_whose_stored_additions_change_it(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study already stored under the id it is sent with, with a site status added here: the
+    version written is not the one sent (the status kept), so it is validated again."""
+    unit = example_unit()
+    unit[0]["id"] = unit[0]["identifier"][0]["value"]
+    await catalogue.store_all(ctx, unit)
+    stored = orjson.loads((await ctx.store.read("ResearchStudy", unit[0]["id"])).body)  # type: ignore[union-attr]
+    site = unit[0]["site"][0]["reference"]
+    await catalogue.store_all(ctx, [with_site_status(stored, site, "recruiting", date(2026, 12, 1))])
+    unit[0]["title"] = "A new title"
+    seen = _counting_checks(monkeypatch)
+    answer = await catalogue.load(ctx, {"resourceType": "Bundle", "type": "collection",
+                                        "entry": [{"resource": r} for r in unit]})
+    assert {p["name"]: p["valueInteger"] for p in answer["parameter"]} == {
+        "created": 0, "updated": 1, "unchanged": 5}
+    assert seen == {"Bundle": 1, "ResearchStudy": 1}
+    kept = orjson.loads((await ctx.store.read("ResearchStudy", unit[0]["id"])).body)  # type: ignore[union-attr]
+    assert kept["title"] == "A new title" and "extension" in kept["site"][0]
+
+
+async def test_load_of_a_bundle_with_a_broken_trial_is_refused_whole_with_its_paths(ctx: Context) -> None:
+    good, bad = example_unit("2022-500001-01-00"), example_unit("2022-500002-02-00")
+    bad[0]["sponsor"] = {"reference": "Organization/x"}
+    entries = [{"resource": r} for r in [*good, *bad]]
+    with pytest.raises(FhirError) as caught:
+        await catalogue.load(ctx, {"resourceType": "Bundle", "type": "collection", "entry": entries})
+    assert caught.value.kind is Kind.UNPROCESSABLE
+    errors = [e for i in caught.value.issues if i.severity == "error" for e in i.expression]
+    assert errors == [f"Bundle.entry[{len(good)}].resource.sponsor"]
+    for kind in ("ResearchStudy", "Group", "Location", "Organization"):
+        assert await ctx.store.count(kind) == 0

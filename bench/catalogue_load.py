@@ -1,0 +1,104 @@
+"""`POST ResearchStudy/$load` in one process (issue 17 §7, "import ≥ 300 trials/s"): the trials
+bench/match_server.py imports (the ECLAIRE example renumbered, its eligibility Group, ~5
+recruiting sites among 500 hospitals), posted in Bundles of `--per-load` trials through the
+whole app (routing, a SMART token, access, validation, indexing, sealing, audit) on a fresh
+encrypted SQLite data directory; then the same Bundles again (all unchanged).
+
+    .venv/bin/python -m bench.catalogue_load [--trials 1000] [--per-load 100] [--profile FILE]
+
+CPU is `time.process_time` around the posts (the app runs in this process, its garbage
+collector tuned as the server's, `workers.settle_heap`; the Bundles are built and serialised
+before the clock starts); `--profile` writes a cProfile of the first
+load to FILE and prints its top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import pstats
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import orjson
+
+from bench.common import load_average
+from bench.match_server import hospitals, trial_unit
+from fhir_server import clock
+from fhir_server.app import create_app
+from fhir_server.crypto import create_key_ring
+from fhir_server.settings import Settings
+from fhir_server.workers import settle_heap
+
+
+def bundles(trials: int, per_load: int, sites: int, seed: int = 8) -> list[bytes]:
+    """The `$load` bodies: `per_load` trials each, with the hospitals they use."""
+    rng = random.Random(seed)
+    places, today = hospitals(), clock.now().date()
+    bodies = []
+    for start in range(0, trials, per_load):
+        units = [trial_unit(rng, n, sites, today) for n in range(start, min(trials, start + per_load))]
+        used = {s["reference"] for u in units for s in u[0]["site"]}
+        entries = [*(r for u in units for r in u), *(h for h in places if f"Location/{h['id']}" in used)]
+        bodies.append(orjson.dumps({"resourceType": "Bundle", "type": "collection",
+                                    "entry": [{"resource": r} for r in entries]}))
+    return bodies
+
+
+async def post_all(client: httpx.AsyncClient, bodies: list[bytes], headers: dict[str, str]) -> dict[str, int]:
+    """Post every body to `$load`; the outcomes summed (RuntimeError on any other answer)."""
+    outcomes: dict[str, int] = {}
+    for body in bodies:
+        response = await client.post("/ResearchStudy/$load", content=body, headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"$load: {response.status_code} {response.text[:1000]}")
+        for p in response.json()["parameter"]:
+            outcomes[p["name"]] = outcomes.get(p["name"], 0) + p.get("valueInteger", 1)
+    return outcomes
+
+
+async def run(trials: int, per_load: int, sites: int, profile: Path | None) -> None:
+    bodies = bundles(trials, per_load, sites)
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp)
+        create_key_ring(where / "keyring.json")
+        app = create_app(Settings(data_dir=where, key_ring=where / "keyring.json"))
+        settle_heap()  # the garbage collector tuned as `fhir-server serve` tunes it once the app is loaded
+        # The app runs on this thread's event loop (no TestClient thread), so that cProfile sees it.
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://bench/fhir", timeout=600) as client:
+            issued = app.state.tokens.issue(subject="catalogue", client_id="catalogue", scope="system/*.cruds")
+            headers = {"Authorization": f"Bearer {issued['access_token']}",
+                       "Content-Type": "application/fhir+json"}
+            for label in ("first load", "second load (unchanged)"):
+                profiler = cProfile.Profile() if profile and label == "first load" else None
+                wall, cpu = time.perf_counter(), time.process_time()
+                with profiler or contextlib.nullcontext():
+                    outcomes = await post_all(client, bodies, headers)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                print(f"{label}: {trials} trials, {per_load} a Bundle ({outcomes}) in {wall:.1f} s wall, "
+                      f"{cpu:.1f} s CPU: {trials / cpu:.0f} trials/s of CPU ({trials / wall:.0f}/s wall); "
+                      f"load average {load_average()}")
+                if profiler and profile:
+                    profiler.dump_stats(profile)
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--per-load", type=int, default=100, help="trials per $load Bundle")
+    parser.add_argument("--sites", type=int, default=5)
+    parser.add_argument("--profile", type=Path, help="cProfile the first load into this file")
+    args = parser.parse_args()
+    asyncio.run(run(args.trials, args.per_load, args.sites, args.profile))
+
+
+if __name__ == "__main__":
+    main()
