@@ -337,6 +337,12 @@ class PredicateCompiler:
 
     def _simple(self, p: Predicate, rtype: str, a: str, drive: bool) -> Sql:
         column = self._resource_column(p, a)
+        if column is not None and drive and column[0] == f"{a}.id = ?":
+            # A list SQLite starts from, on the (type, id) key: an OR of `a.id = ?` walked
+            # every resource of the type.
+            r = self.alias("r")
+            return (f"{a}.pk IN (SELECT {r}.pk FROM resource {r} WHERE {r}.type = ? AND {r}.id = ?)",
+                    [rtype, *column[1]])
         if column is not None:
             return column
         pid = self.pid(rtype, p.param)  # type: ignore[union-attr]
