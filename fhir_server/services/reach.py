@@ -140,9 +140,8 @@ async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     return consents.sharing(both.get(patient, []), instant())
 
 
-async def research_reach(ctx: Context, practitioners: Iterable[str]) -> dict[str, set[str]]:
-    """The patients sharing their record for research whom some of `practitioners` reach
-    today, each with those practitioners: one pass over every active Consent, for a bulk job
+async def research_consents(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Every active patient-privacy and research Consent, by patient: one pass, for a bulk job
     (a request asks `consenting_patients` and `sharing_consent`, which read the same scopes)."""
     query, _ = parse_query("Consent", [("status", "active"), ("scope", f"{RESEARCH},{PRIVACY}"),
                                        ("_count", str(PAGE))], ctx.registry)
@@ -150,6 +149,12 @@ async def research_reach(ctx: Context, practitioners: Iterable[str]) -> dict[str
     async for consent in resources(ctx, query):
         if (id := _patient_id(consent)) is not None:
             by_patient[id].append(consent)
+    return by_patient
+
+
+def research_reach(by_patient: dict[str, list[dict[str, Any]]], practitioners: Iterable[str]) -> dict[str, set[str]]:
+    """The patients sharing their record for research whom some of `practitioners` reach
+    today, each with those practitioners, from `research_consents`."""
     wanted, now = set(practitioners), instant()
     return {id: reached for id, found in by_patient.items()
             if (reached := consents.physicians(found, now) & wanted) and consents.sharing(found, now) is not None}

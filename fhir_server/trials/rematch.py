@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import multiprocessing
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -164,6 +165,20 @@ async def _history(ctx: Context, resource_type: str, since: str) -> AsyncIterato
         yield as_of
 
 
+async def _written(ctx: Context, resource_type: str, since: str) -> tuple[list[tuple[str, str]], str]:
+    """The versions of `resource_type` stamped from `since` on, (instant, `Type/id/version`),
+    and until when the answer is complete (less the margin; MongoDB answers only versions
+    settled: store/mongo/store.py)."""
+    until = clock.instant(clock.now() - MARGIN)
+    read: list[tuple[str, str]] = []
+    async for version in _history(ctx, resource_type, since):
+        if isinstance(version, str):
+            until = min(until, version)
+        else:
+            read.append((version.last_updated, f"{resource_type}/{version.id}/{version.version}"))
+    return read, until
+
+
 async def changed(ctx: Context, since: str, seen: Iterable[str] = ()) -> tuple[set[str], str, list[str]]:
     """The studies whose ResearchStudy, eligibility Group or site Location was written (or
     deleted) from `since` on, leaving out the versions `seen` (`Type/id/version`); where the
@@ -172,14 +187,10 @@ async def changed(ctx: Context, since: str, seen: Iterable[str] = ()) -> tuple[s
     until = clock.instant(clock.now() - MARGIN)
     read: list[tuple[str, str]] = []
     for resource_type in match_catalogue.TYPES:
-        async for version in _history(ctx, resource_type, since):
-            if isinstance(version, str):
-                until = min(until, version)
-                continue
-            key = f"{resource_type}/{version.id}/{version.version}"
-            read.append((version.last_updated, key))
-            if key not in seen:
-                written[resource_type].add(f"{resource_type}/{version.id}")
+        versions, complete = await _written(ctx, resource_type, since)
+        until = min(until, complete)
+        read += versions
+        written[resource_type] |= {key.rsplit("/", 1)[0] for _, key in versions if key not in seen}
     again = sorted(key for at, key in read if at >= until)
     if not any(written.values()):
         return set(), until, again
@@ -263,8 +274,40 @@ async def _population(ctx: Context) -> dict[str, set[str]]:
             by_practitioner[filters["practitioner"]].append(id)
     if not by_practitioner:
         return {}
+    reached = reach.research_reach(await _research_consents(ctx), by_practitioner)
     return {patient: {id for p in practitioners for id in by_practitioner[p]}
-            for patient, practitioners in (await reach.research_reach(ctx, by_practitioner)).items()}
+            for patient, practitioners in reached.items()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Consents:
+    """The research and privacy Consents read by a pass, kept for the next while none is
+    written (`since`, `seen`: as `changed` tells a trial written) nor erased (`count`)."""
+
+    since: str
+    seen: frozenset[str]
+    count: int
+    by_patient: dict[str, list[dict[str, Any]]]
+
+
+_CONSENTS: weakref.WeakKeyDictionary[Store, _Consents] = weakref.WeakKeyDictionary()
+
+
+async def _research_consents(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """`reach.research_consents`, read again only when a Consent was written or erased since
+    the last pass of this process: reading 200,000 of them costs seconds at every look. What
+    they grant is decided anew each pass (periods end)."""
+    store, count = match_catalogue.shared(ctx), await ctx.store.count("Consent")
+    kept = _CONSENTS.get(store)
+    if kept is not None and kept.count == count:
+        versions, _ = await _written(ctx, "Consent", kept.since)
+        if all(key in kept.seen for _, key in versions):
+            return kept.by_patient
+    # What is written from here on is news for the next pass (read before the Consents are).
+    versions, since = await _written(ctx, "Consent", clock.instant(clock.now() - MARGIN))
+    by_patient = await reach.research_consents(ctx)
+    _CONSENTS[store] = _Consents(since, frozenset(key for at, key in versions if at >= since), count, by_patient)
+    return by_patient
 
 
 async def _about(ctx: Context, resource_type: str, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

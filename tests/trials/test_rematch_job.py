@@ -112,6 +112,28 @@ def test_a_withdrawn_research_consent_is_told_nothing(client: TestClient, hook: 
     assert _told(client) == [("breast-new", "carla")]
 
 
+def test_consents_written_or_erased_between_two_passes_are_read_again(
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
+    """The job keeps the Consents it read for its next pass (a process's memory) only while
+    none is written or erased."""
+    _world(client, hook.url, moving)
+    _trial(client, "breast-new")
+    assert look(client, moving).patients == 4  # read, and kept
+    _put(client, {**consent("dora", scope="research", status="inactive"), "id": "dora-research"})
+    _trial(client, "breast-newer")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (3, 2)  # Dora's withdrawal read: Carla, Eve told
+    client.portal.call(erase, client.app.state.context, "eve", "asked")  # type: ignore[union-attr, attr-defined]
+    _trial(client, "breast-newest")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (2, 1)  # Eve's Consents gone with her: Carla only
+    _patient(client, "gina", DR, "C50.3")
+    assert look(client, moving).patients == 0  # nothing changed in the catalogue: no pass
+    _trial(client, "breast-last")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (3, 2)  # Gina, consented since: Carla, Gina
+
+
 def test_once_per_trial_version_across_restarts_and_full_rematches(
         client: TestClient, hook: Receiver, moving: Frozen) -> None:
     _world(client, hook.url, moving)
