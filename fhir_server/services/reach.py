@@ -160,12 +160,14 @@ def research_reach(by_patient: dict[str, list[dict[str, Any]]], practitioners: I
             if (reached := consents.physicians(found, now) & wanted) and consents.sharing(found, now) is not None}
 
 
-async def sharing_patients(ctx: Context, patients: Iterable[str]) -> set[str]:
+async def sharing_patients(ctx: Context, patients: Iterable[str], practitioner: str | None = None) -> set[str]:
     """Those of `patients` with a Consent in force letting their record go to trial
-    investigators (as `sharing_consent`, in bulk)."""
+    investigators (as `sharing_consent`, in bulk); with `practitioner`, only those they reach
+    today (as `consenting_patients`, reading these patients' Consents alone)."""
     both = await patient_consents(ctx, patients, f"{RESEARCH},{PRIVACY}")
     now = instant()
-    return {id for id, found in both.items() if consents.sharing(found, now) is not None}
+    return {id for id, found in both.items() if consents.sharing(found, now) is not None
+            and (practitioner is None or consents.reaches(found, practitioner, now))}
 
 
 async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:

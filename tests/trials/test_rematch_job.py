@@ -211,6 +211,25 @@ def test_an_event_is_sent_only_while_a_patient_it_names_is_still_the_physicians_
         assert not client.portal.call(still_news, ctx, (gone,), OTHER)  # type: ignore[union-attr]
 
 
+def test_the_check_before_sending_reads_the_consents_of_the_patients_named_only(
+        client: TestClient, hook: Receiver, moving: Frozen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not every patient of the physician (hundreds, for each event sent)."""
+    _world(client, hook.url, moving)
+    ctx = client.app.state.context  # type: ignore[attr-defined]
+    read: list[str] = []
+    search = type(ctx.store).search
+
+    async def spied(self: Any, query: Any, cursor: Any = None) -> Any:
+        page = await search(self, query, cursor)
+        read.extend(orjson.loads(v.body)["patient"]["reference"] for v in page.matches
+                    if v.resource_type == "Consent" and v.body is not None)
+        return page
+
+    monkeypatch.setattr(type(ctx.store), "search", spied)
+    assert client.portal.call(still_news, ctx, ("carla",), DR)  # type: ignore[union-attr]
+    assert read and set(read) == {"Patient/carla"}  # not Dora, DR's other patient
+
+
 def _heard(client: TestClient, hook: Receiver) -> dict[str, list[str]]:
     """The studies each physician's subscription was told of, in order."""
     owners = {s["resource"]["id"]: s["resource"]["criteria"] and _practitioner(s["resource"])
