@@ -76,7 +76,7 @@ class State:
     since: str | None = None  # history from this instant on is still to look at
     todo: list[str] = dataclasses.field(default_factory=list)  # changed studies, not in a pass yet
     batch: list[str] = dataclasses.field(default_factory=list)  # the pass under way
-    after: str = ""  # the pass's last patient done
+    after: str = ""  # the place (`_place`) of the pass's last patient done
     seen: list[str] = dataclasses.field(default_factory=list)  # versions (`Type/id/version`) read since `since`
 
 
@@ -375,16 +375,18 @@ async def _pass(ctx: Context, lease: _Lease, state: State, wake: Callable[[], No
         trials = [catalogue.trials[s] for s in state.batch if s in catalogue.trials]
         plan = _Pass(tuple(trials), today,
                      frozenset(t.study for t in trials if _news(catalogue, t.study, today)))
-        versions = {s: v for s in plan.news if (v := await server.store.read("ResearchStudy", s)) is not None}
+        versions = {s: (v, _trial_version(catalogue, v)) for s in plan.news
+                    if (v := await server.store.read("ResearchStudy", s)) is not None}
         told = {s: await _told(server.store, s) for s in plan.news}
         population = await _population(server)
-        patients = sorted(p for p in population if p > state.after)
+        places = {p: place for p in population if (place := _place(population, p)) > state.after}
+        patients = sorted(places, key=places.__getitem__)
         report.patients = len(patients)
         async for chunk, (matches, pruned, evaluated) in _evaluated(server, plan, patients, opener, workers):
             report.pruned += pruned
             report.evaluated += evaluated
-            records = _alerts(matches, catalogue, versions, told, population, report)
-            state.after = chunk[-1]
+            records = _alerts(matches, versions, told, population, report)
+            state.after = places[chunk[-1]]
             await lease.commit([*records, _dump(state)])
             if records:
                 wake()
@@ -404,18 +406,25 @@ def _trial_version(catalogue: match_catalogue.Catalogue, version: Version) -> by
     return orjson.dumps([version.version, *catalogue.trials[version.id].groups])
 
 
-def _alerts(matches: Iterable[tuple[str, str]], catalogue: match_catalogue.Catalogue,
-            versions: dict[str, Version], told: dict[str, dict[str, bytes]],
-            population: dict[str, set[str]], report: Report) -> list[tuple[str, bytes]]:
-    """The records of the new matches: who was told of which trial version, and one event
-    per subscription and study naming its patients."""
+def _place(population: dict[str, set[str]], patient: str) -> str:
+    """Where a patient comes in a pass: with the other patients of their first subscription
+    (then by id), so that a chunk's event for a subscription and trial names many of its
+    patients rather than one, as ids would interleave them with other physicians'."""
+    return f"{min(population[patient])}/{patient}"
+
+
+def _alerts(matches: Iterable[tuple[str, str]], versions: dict[str, tuple[Version, bytes]],
+            told: dict[str, dict[str, bytes]], population: dict[str, set[str]],
+            report: Report) -> list[tuple[str, bytes]]:
+    """The records of the new matches: who was told of which trial version (`versions`: each
+    study's, with its `_trial_version`), and one event per subscription and study naming its
+    patients."""
     records: list[tuple[str, bytes]] = []
     patients: dict[tuple[str, str], list[str]] = defaultdict(list)
     for patient, study in matches:
-        version = versions.get(study)
-        if version is None:
+        if study not in versions:
             continue  # deleted since the catalogue was read
-        trial_version = _trial_version(catalogue, version)
+        trial_version = versions[study][1]
         if told[study].get(patient) == trial_version:
             continue
         told[study][patient] = trial_version
@@ -424,7 +433,7 @@ def _alerts(matches: Iterable[tuple[str, str]], catalogue: match_catalogue.Catal
         for subscription in sorted(population[patient]):
             patients[(subscription, study)].append(patient)
     for (subscription, study), named in sorted(patients.items()):
-        records.append(subscriptions.topic_event(subscription, versions[study], named))
+        records.append(subscriptions.topic_event(subscription, versions[study][0], named))
         report.events += 1
     return records
 

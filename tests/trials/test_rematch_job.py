@@ -152,6 +152,19 @@ def test_once_per_trial_version_across_restarts_and_full_rematches(
     assert look(client, moving).alerts == 0
 
 
+def test_a_pass_takes_the_patients_of_one_subscription_together(
+        client: TestClient, hook: Receiver, moving: Frozen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that an event names many of its physician's patients, however their ids interleave
+    with other physicians' (one event per subscription and trial in each chunk)."""
+    _world(client, hook.url, moving)
+    _patient(client, "bea", OTHER, "C50.4")  # ids: bea (OTHER), carla, dora (DR), eve (OTHER)
+    _put(client, {**consent("fay", scope="research", status="inactive"), "id": "fay-research"})
+    monkeypatch.setattr(rematch, "CHUNK", 2)
+    _trial(client, "breast-new")
+    report = look(client, moving)
+    assert (report.patients, report.alerts, report.events) == (4, 4, 2)  # not 4 events: DR's, OTHER's
+
+
 def test_a_pass_killed_midway_resumes_after_its_last_chunk(
         client: TestClient, hook: Receiver, moving: Frozen, monkeypatch: pytest.MonkeyPatch) -> None:
     _world(client, hook.url, moving)
@@ -174,7 +187,7 @@ def test_a_pass_killed_midway_resumes_after_its_last_chunk(
     assert _told(client) == [("breast-new", "carla")]
     store = client.app.state.context.store  # type: ignore[attr-defined]
     [(_, body)] = client.portal.call(store.outbox, rematch.STATE)  # type: ignore[union-attr]
-    assert orjson.loads(body)["after"] == "carla" and orjson.loads(body)["batch"] == ["breast-new"]
+    assert orjson.loads(body)["after"].endswith("/carla") and orjson.loads(body)["batch"] == ["breast-new"]
     with pytest.raises(rematch.Busy):  # the dead process's lease holds until it expires
         look(client, moving)
     moving.advance(rematch.LEASE_SECONDS)
