@@ -155,7 +155,8 @@ def _one_list(parts: list[Sql]) -> Sql:
     if len(kept) < 2 or TRUE in kept:
         return any_of(parts)
     head = kept[0][0][:kept[0][0].find(" IN (") + 5]
-    if not head.endswith(".pk IN (") or not all(_is_list(sql, head) for sql, _ in kept):
+    # The values of a parameter share one text (their arguments differ): checked once each.
+    if not head.endswith(".pk IN (") or not all(_is_list(sql, head) for sql in {sql for sql, _ in kept}):
         return any_of(parts)
     union = " UNION ALL ".join(sql[len(head):-1] for sql, _ in kept)
     return (f"{head}{union})", [arg for _, args in kept for arg in args])
