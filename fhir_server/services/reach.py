@@ -19,7 +19,7 @@ from ..clock import instant
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
-from ..search import Query, extract, parse_query, patients_of
+from ..search import Query, date_range, extract, parse_query, patients_of
 from ..store.base import HistoryQuery, Version
 from .context import Context
 
@@ -152,12 +152,23 @@ async def research_consents(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     return by_patient
 
 
-def research_reach(by_patient: dict[str, list[dict[str, Any]]], practitioners: Iterable[str]) -> dict[str, set[str]]:
-    """The patients sharing their record for research whom some of `practitioners` reach
-    today, each with those practitioners, from `research_consents`."""
-    wanted, now = set(practitioners), instant()
-    return {id: reached for id, found in by_patient.items()
-            if (reached := consents.physicians(found, now) & wanted) and consents.sharing(found, now) is not None}
+def research_reach(by_patient: dict[str, list[dict[str, Any]]], now: str) -> dict[str, frozenset[str]]:
+    """The patients sharing their record for research at `now` whom some practitioner reaches
+    then, each with those practitioners, from `research_consents`."""
+    return {id: frozenset(reached) for id, found in by_patient.items()
+            if (reached := consents.physicians(found, now)) and consents.sharing(found, now) is not None}
+
+
+def turns(by_patient: dict[str, list[dict[str, Any]]], after: int) -> int | None:
+    """The first bound of a provision's period in these Consents from `after` on
+    (microseconds): when one begins or stops holding (`consents.in_period` compares ranges),
+    which may change what `research_reach` answers; None if none."""
+    bounds = [found[side] for listed in by_patient.values() for consent in listed
+              for provision in consents.provisions(consent.get("provision") or {})
+              for key, side in (("start", 0), ("end", 1))
+              if isinstance(value := (provision.get("period") or {}).get(key), str)
+              and (found := date_range(value)) is not None]
+    return min((b for b in bounds if b >= after), default=None)
 
 
 async def sharing_patients(ctx: Context, patients: Iterable[str], practitioner: str | None = None) -> set[str]:

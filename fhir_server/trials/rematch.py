@@ -41,7 +41,7 @@ import orjson
 from .. import clock
 from ..model.errors import FhirError, Kind
 from ..model.ids import new_id
-from ..search import parse_query
+from ..search import date_range, parse_query
 from ..services import reach, study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
@@ -275,40 +275,50 @@ async def _population(ctx: Context) -> dict[str, set[str]]:
             by_practitioner[filters["practitioner"]].append(id)
     if not by_practitioner:
         return {}
-    reached = reach.research_reach(await _research_consents(ctx), by_practitioner)
-    return {patient: {id for p in practitioners for id in by_practitioner[p]}
-            for patient, practitioners in reached.items()}
+    return {patient: {id for p in practitioners & by_practitioner.keys() for id in by_practitioner[p]}
+            for patient, practitioners in (await _research_reach(ctx)).items()
+            if practitioners & by_practitioner.keys()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Consents:
-    """The research and privacy Consents read by a pass, kept for the next while none is
-    written (`since`, `seen`: as `changed` tells a trial written) nor erased (`count`)."""
+class _Reach:
+    """Whom practitioners reach among the patients sharing for research, as a pass worked it
+    out, kept for the next while no Consent is written (`since`, `seen`: as `changed` tells a
+    trial written) nor erased (`count`), and no provision's period begins or ends (`until`)."""
 
     since: str
     seen: frozenset[str]
     count: int
-    by_patient: dict[str, list[dict[str, Any]]]
+    until: int | None  # microseconds: the first period bound after it was worked out
+    reached: dict[str, frozenset[str]]
 
 
-_CONSENTS: weakref.WeakKeyDictionary[Store, _Consents] = weakref.WeakKeyDictionary()
+_REACH: weakref.WeakKeyDictionary[Store, _Reach] = weakref.WeakKeyDictionary()
 
 
-async def _research_consents(ctx: Context) -> dict[str, list[dict[str, Any]]]:
-    """`reach.research_consents`, read again only when a Consent was written or erased since
-    the last pass of this process: reading 200,000 of them costs seconds at every look. What
-    they grant is decided anew each pass (periods end)."""
+async def _research_reach(ctx: Context) -> dict[str, frozenset[str]]:
+    """`reach.research_reach` of every active research and privacy Consent, read again only
+    when one was written or erased, or a period in them turned, since this process's last
+    pass: reading 200,000 of them costs seconds at every look. Only the answer is kept (the
+    Consents themselves take ~9 KB of memory each)."""
     store, count = match_catalogue.shared(ctx), await ctx.store.count("Consent")
-    kept = _CONSENTS.get(store)
-    if kept is not None and kept.count == count:
+    kept, now = _REACH.get(store), clock.instant(clock.now())
+    if kept is not None and kept.count == count and (kept.until is None or _micros(now)[1] < kept.until):
         versions, _ = await _written(ctx, "Consent", kept.since)
         if all(key in kept.seen for _, key in versions):
-            return kept.by_patient
+            return kept.reached
     # What is written from here on is news for the next pass (read before the Consents are).
     versions, since = await _written(ctx, "Consent", clock.instant(clock.now() - MARGIN))
     by_patient = await reach.research_consents(ctx)
-    _CONSENTS[store] = _Consents(since, frozenset(key for at, key in versions if at >= since), count, by_patient)
-    return by_patient
+    _REACH[store] = kept = _Reach(since, frozenset(key for at, key in versions if at >= since), count,
+                                  reach.turns(by_patient, _micros(now)[0]), reach.research_reach(by_patient, now))
+    return kept.reached
+
+
+def _micros(instant: str) -> tuple[int, int]:
+    found = date_range(instant)
+    assert found is not None  # the clock's own instant
+    return found
 
 
 async def _about(ctx: Context, resource_type: str, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

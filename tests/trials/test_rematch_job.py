@@ -6,12 +6,14 @@ physician's subscription delivers a newly matching trial, never another physicia
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from fhir_server import clock
 from fhir_server.clock import Frozen
 from fhir_server.services.erase import erase
 from fhir_server.trials import rematch
@@ -132,6 +134,20 @@ def test_consents_written_or_erased_between_two_passes_are_read_again(
     _trial(client, "breast-last")
     report = look(client, moving)
     assert (report.patients, report.alerts) == (3, 2)  # Gina, consented since: Carla, Gina
+
+
+def test_a_consent_ending_between_two_passes_is_read_again(
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
+    """What the Consents grant is kept only until a period in them begins or ends."""
+    _world(client, hook.url, moving)
+    ends = clock.instant(clock.now() + timedelta(seconds=3 * SETTLED))
+    _put(client, {**consent("dora", actor=DR, end=ends), "id": "dora-privacy"})
+    _trial(client, "breast-new")
+    assert look(client, moving).patients == 4  # Dora's consent still in force
+    moving.advance(3 * SETTLED)
+    _trial(client, "breast-newer")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (3, 2)  # it ended: Carla and Eve only
 
 
 def test_once_per_trial_version_across_restarts_and_full_rematches(
