@@ -275,9 +275,9 @@ async def _population(ctx: Context) -> dict[str, set[str]]:
             by_practitioner[filters["practitioner"]].append(id)
     if not by_practitioner:
         return {}
-    return {patient: {id for p in practitioners & by_practitioner.keys() for id in by_practitioner[p]}
+    return {patient: {id for p in theirs for id in by_practitioner[p]}
             for patient, practitioners in (await _research_reach(ctx)).items()
-            if practitioners & by_practitioner.keys()}
+            if (theirs := practitioners & by_practitioner.keys())}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -300,7 +300,7 @@ async def _research_reach(ctx: Context) -> dict[str, frozenset[str]]:
     """`reach.research_reach` of every active research and privacy Consent, read again only
     when one was written or erased, or a period in them turned, since this process's last
     pass: reading 200,000 of them costs seconds at every look. Only the answer is kept (the
-    Consents themselves take ~9 KB of memory each)."""
+    Consents themselves take ~9 KB of memory a patient)."""
     store, count = match_catalogue.shared(ctx), await ctx.store.count("Consent")
     kept, now = _REACH.get(store), clock.instant(clock.now())
     if kept is not None and kept.count == count and (kept.until is None or _micros(now)[1] < kept.until):
