@@ -16,11 +16,12 @@ figure to read (the machine is shared).
 "The re-match job"): a SQLite data directory (bodies encrypted under a key ring) is filled
 once through `Store.commit` with the same synthetic patients, each with a Consent naming one of
 PHYSICIANS physicians and a research Consent, one trial-matching Subscription per physician,
-and the trials (ResearchStudy active, its eligibility Group); then 1% of the trials written
-again and the job's look that re-matches them, and with `--job-full` a full re-match
-(`fhir-server trials rematch`'s `full`) twice: the first tells every match, the second finds
-them told. CPU of this process (and of the
-workers, in wall time) and wall time are printed.
+and the trials (ResearchStudy active, its eligibility Group); then a look (the fill is not
+news), 1% of the trials written again and the job's look that re-matches them (the process's
+first pass: it reads the Consents), another 1% and its look (the Consents' answer kept), and
+with `--job-full` a full re-match (`fhir-server trials rematch`'s `full`) twice: the first
+tells every match the looks did not, the second finds them told. CPU of this process (and of
+the workers, in wall time) and wall time are printed.
 
 The full re-match runs at full size by default (about 3 minutes of CPU); smaller
 `--full-trials` / `--full-patients` give a scaled run, extrapolated linearly. With `--workers

@@ -19,7 +19,7 @@ from ..clock import instant
 from ..model.errors import Kind, fail
 from ..model.platform_codes import MESSAGE_SYSTEM
 from ..model.platform_codes import REFERRAL as REFERRAL_CODE
-from ..search import Query, extract, parse_query, patients_of
+from ..search import Query, date_range, extract, parse_query, patients_of
 from ..store.base import HistoryQuery, Version
 from .context import Context
 
@@ -140,9 +140,8 @@ async def sharing_consent(ctx: Context, patient: str) -> dict[str, Any] | None:
     return consents.sharing(both.get(patient, []), instant())
 
 
-async def research_reach(ctx: Context, practitioners: Iterable[str]) -> dict[str, set[str]]:
-    """The patients sharing their record for research whom some of `practitioners` reach
-    today, each with those practitioners: one pass over every active Consent, for a bulk job
+async def research_consents(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Every active patient-privacy and research Consent, by patient: one pass, for a bulk job
     (a request asks `consenting_patients` and `sharing_consent`, which read the same scopes)."""
     query, _ = parse_query("Consent", [("status", "active"), ("scope", f"{RESEARCH},{PRIVACY}"),
                                        ("_count", str(PAGE))], ctx.registry)
@@ -150,17 +149,36 @@ async def research_reach(ctx: Context, practitioners: Iterable[str]) -> dict[str
     async for consent in resources(ctx, query):
         if (id := _patient_id(consent)) is not None:
             by_patient[id].append(consent)
-    wanted, now = set(practitioners), instant()
-    return {id: reached for id, found in by_patient.items()
-            if (reached := consents.physicians(found, now) & wanted) and consents.sharing(found, now) is not None}
+    return by_patient
 
 
-async def sharing_patients(ctx: Context, patients: Iterable[str]) -> set[str]:
+def research_reach(by_patient: dict[str, list[dict[str, Any]]], now: str) -> dict[str, frozenset[str]]:
+    """The patients sharing their record for research at `now` whom some practitioner reaches
+    then, each with those practitioners, from `research_consents`."""
+    return {id: frozenset(reached) for id, found in by_patient.items()
+            if (reached := consents.physicians(found, now)) and consents.sharing(found, now) is not None}
+
+
+def turns(by_patient: dict[str, list[dict[str, Any]]], after: int) -> int | None:
+    """The first bound of a provision's period in these Consents from `after` on
+    (microseconds): when one begins or stops holding (`consents.in_period` compares ranges),
+    which may change what `research_reach` answers; None if none."""
+    bounds = [found[side] for listed in by_patient.values() for consent in listed
+              for provision in consents.provisions(consent.get("provision") or {})
+              for key, side in (("start", 0), ("end", 1))
+              if isinstance(value := (provision.get("period") or {}).get(key), str)
+              and (found := date_range(value)) is not None]
+    return min((b for b in bounds if b >= after), default=None)
+
+
+async def sharing_patients(ctx: Context, patients: Iterable[str], practitioner: str | None = None) -> set[str]:
     """Those of `patients` with a Consent in force letting their record go to trial
-    investigators (as `sharing_consent`, in bulk)."""
+    investigators (as `sharing_consent`, in bulk); with `practitioner`, only those they reach
+    today (as `consenting_patients`, reading these patients' Consents alone)."""
     both = await patient_consents(ctx, patients, f"{RESEARCH},{PRIVACY}")
     now = instant()
-    return {id for id, found in both.items() if consents.sharing(found, now) is not None}
+    return {id for id, found in both.items() if consents.sharing(found, now) is not None
+            and (practitioner is None or consents.reaches(found, practitioner, now))}
 
 
 async def refused_recipients(ctx: Context, patient: str, recipients: Iterable[str]) -> list[str]:

@@ -21,6 +21,4 @@ async def still_news(ctx: Context, patients: tuple[str, ...], practitioner: str)
     (`Practitioner/<id>`) sharing their record for research."""
     if not patients:
         return False
-    server = as_server(ctx)
-    theirs = set(await reach.consenting_patients(server, practitioner)) & set(patients)
-    return bool(theirs and await reach.sharing_patients(server, theirs))
+    return bool(await reach.sharing_patients(as_server(ctx), patients, practitioner))

@@ -26,7 +26,9 @@ import asyncio
 import dataclasses
 import logging
 import multiprocessing
+import sys
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +41,7 @@ import orjson
 from .. import clock
 from ..model.errors import FhirError, Kind
 from ..model.ids import new_id
-from ..search import parse_query
+from ..search import date_range, parse_query
 from ..services import reach, study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
@@ -75,7 +77,7 @@ class State:
     since: str | None = None  # history from this instant on is still to look at
     todo: list[str] = dataclasses.field(default_factory=list)  # changed studies, not in a pass yet
     batch: list[str] = dataclasses.field(default_factory=list)  # the pass under way
-    after: str = ""  # the pass's last patient done
+    after: str = ""  # the place (`_place`) of the pass's last patient done
     seen: list[str] = dataclasses.field(default_factory=list)  # versions (`Type/id/version`) read since `since`
 
 
@@ -164,6 +166,20 @@ async def _history(ctx: Context, resource_type: str, since: str) -> AsyncIterato
         yield as_of
 
 
+async def _written(ctx: Context, resource_type: str, since: str) -> tuple[list[tuple[str, str]], str]:
+    """The versions of `resource_type` stamped from `since` on, (instant, `Type/id/version`),
+    and until when the answer is complete (less the margin; MongoDB answers only versions
+    settled: store/mongo/store.py)."""
+    until = clock.instant(clock.now() - MARGIN)
+    read: list[tuple[str, str]] = []
+    async for version in _history(ctx, resource_type, since):
+        if isinstance(version, str):
+            until = min(until, version)
+        else:
+            read.append((version.last_updated, f"{resource_type}/{version.id}/{version.version}"))
+    return read, until
+
+
 async def changed(ctx: Context, since: str, seen: Iterable[str] = ()) -> tuple[set[str], str, list[str]]:
     """The studies whose ResearchStudy, eligibility Group or site Location was written (or
     deleted) from `since` on, leaving out the versions `seen` (`Type/id/version`); where the
@@ -172,14 +188,10 @@ async def changed(ctx: Context, since: str, seen: Iterable[str] = ()) -> tuple[s
     until = clock.instant(clock.now() - MARGIN)
     read: list[tuple[str, str]] = []
     for resource_type in match_catalogue.TYPES:
-        async for version in _history(ctx, resource_type, since):
-            if isinstance(version, str):
-                until = min(until, version)
-                continue
-            key = f"{resource_type}/{version.id}/{version.version}"
-            read.append((version.last_updated, key))
-            if key not in seen:
-                written[resource_type].add(f"{resource_type}/{version.id}")
+        versions, complete = await _written(ctx, resource_type, since)
+        until = min(until, complete)
+        read += versions
+        written[resource_type] |= {key.rsplit("/", 1)[0] for _, key in versions if key not in seen}
     again = sorted(key for at, key in read if at >= until)
     if not any(written.values()):
         return set(), until, again
@@ -263,8 +275,50 @@ async def _population(ctx: Context) -> dict[str, set[str]]:
             by_practitioner[filters["practitioner"]].append(id)
     if not by_practitioner:
         return {}
-    return {patient: {id for p in practitioners for id in by_practitioner[p]}
-            for patient, practitioners in (await reach.research_reach(ctx, by_practitioner)).items()}
+    return {patient: {id for p in theirs for id in by_practitioner[p]}
+            for patient, practitioners in (await _research_reach(ctx)).items()
+            if (theirs := practitioners & by_practitioner.keys())}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Reach:
+    """Whom practitioners reach among the patients sharing for research, as a pass worked it
+    out, kept for the next while no Consent is written (`since`, `seen`: as `changed` tells a
+    trial written) nor erased (`count`), and no provision's period begins or ends (`until`)."""
+
+    since: str
+    seen: frozenset[str]
+    count: int
+    until: int | None  # microseconds: the first period bound after it was worked out
+    reached: dict[str, frozenset[str]]
+
+
+_REACH: weakref.WeakKeyDictionary[Store, _Reach] = weakref.WeakKeyDictionary()
+
+
+async def _research_reach(ctx: Context) -> dict[str, frozenset[str]]:
+    """`reach.research_reach` of every active research and privacy Consent, read again only
+    when one was written or erased, or a period in them turned, since this process's last
+    pass: reading 200,000 of them costs seconds at every look. Only the answer is kept (the
+    Consents themselves take ~9 KB of memory a patient)."""
+    store, count = match_catalogue.shared(ctx), await ctx.store.count("Consent")
+    kept, now = _REACH.get(store), clock.instant(clock.now())
+    if kept is not None and kept.count == count and (kept.until is None or _micros(now)[1] < kept.until):
+        versions, _ = await _written(ctx, "Consent", kept.since)
+        if all(key in kept.seen for _, key in versions):
+            return kept.reached
+    # What is written from here on is news for the next pass (read before the Consents are).
+    versions, since = await _written(ctx, "Consent", clock.instant(clock.now() - MARGIN))
+    by_patient = await reach.research_consents(ctx)
+    _REACH[store] = kept = _Reach(since, frozenset(key for at, key in versions if at >= since), count,
+                                  reach.turns(by_patient, _micros(now)[0]), reach.research_reach(by_patient, now))
+    return kept.reached
+
+
+def _micros(instant: str) -> tuple[int, int]:
+    found = date_range(instant)
+    assert found is not None  # the clock's own instant
+    return found
 
 
 async def _about(ctx: Context, resource_type: str, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -332,16 +386,19 @@ async def _pass(ctx: Context, lease: _Lease, state: State, wake: Callable[[], No
         trials = [catalogue.trials[s] for s in state.batch if s in catalogue.trials]
         plan = _Pass(tuple(trials), today,
                      frozenset(t.study for t in trials if _news(catalogue, t.study, today)))
-        versions = {s: v for s in plan.news if (v := await server.store.read("ResearchStudy", s)) is not None}
-        told = {s: await _told(server.store, s) for s in plan.news}
+        versions = {s: (v, _trial_version(catalogue, v)) for s in plan.news
+                    if (v := await server.store.read("ResearchStudy", s)) is not None}
+        kinds: dict[bytes, bytes] = {}
+        told = {s: await _told(server.store, s, kinds) for s in plan.news}
         population = await _population(server)
-        patients = sorted(p for p in population if p > state.after)
+        places = {p: place for p in population if (place := _place(population, p)) > state.after}
+        patients = sorted(places, key=places.__getitem__)
         report.patients = len(patients)
         async for chunk, (matches, pruned, evaluated) in _evaluated(server, plan, patients, opener, workers):
             report.pruned += pruned
             report.evaluated += evaluated
-            records = _alerts(matches, catalogue, versions, told, population, report)
-            state.after = chunk[-1]
+            records = _alerts(matches, versions, told, population, report)
+            state.after = places[chunk[-1]]
             await lease.commit([*records, _dump(state)])
             if records:
                 wake()
@@ -351,28 +408,36 @@ async def _pass(ctx: Context, lease: _Lease, state: State, wake: Callable[[], No
     return report
 
 
-async def _told(store: Store, study: str) -> dict[str, bytes]:
-    """The trial version each patient was last told of, for one study."""
+async def _told(store: Store, study: str, kinds: dict[bytes, bytes]) -> dict[str, bytes]:
+    """The trial version each patient was last told of, for one study. Equal ids and versions
+    are held once (`kinds`: the versions met): a full pass holds every study's, ~380 a patient."""
     prefix = alerted_prefix(study)
-    return {key[len(prefix):]: body for key, body in await store.outbox(prefix)}
+    return {sys.intern(key[len(prefix):]): kinds.setdefault(body, body) for key, body in await store.outbox(prefix)}
 
 
 def _trial_version(catalogue: match_catalogue.Catalogue, version: Version) -> bytes:
     return orjson.dumps([version.version, *catalogue.trials[version.id].groups])
 
 
-def _alerts(matches: Iterable[tuple[str, str]], catalogue: match_catalogue.Catalogue,
-            versions: dict[str, Version], told: dict[str, dict[str, bytes]],
-            population: dict[str, set[str]], report: Report) -> list[tuple[str, bytes]]:
-    """The records of the new matches: who was told of which trial version, and one event
-    per subscription and study naming its patients."""
+def _place(population: dict[str, set[str]], patient: str) -> str:
+    """Where a patient comes in a pass: with the other patients of their first subscription
+    (then by id), so that a chunk's event for a subscription and trial names many of its
+    patients rather than one, as ids would interleave them with other physicians'."""
+    return f"{min(population[patient])}/{patient}"
+
+
+def _alerts(matches: Iterable[tuple[str, str]], versions: dict[str, tuple[Version, bytes]],
+            told: dict[str, dict[str, bytes]], population: dict[str, set[str]],
+            report: Report) -> list[tuple[str, bytes]]:
+    """The records of the new matches: who was told of which trial version (`versions`: each
+    study's, with its `_trial_version`), and one event per subscription and study naming its
+    patients."""
     records: list[tuple[str, bytes]] = []
     patients: dict[tuple[str, str], list[str]] = defaultdict(list)
     for patient, study in matches:
-        version = versions.get(study)
-        if version is None:
+        if study not in versions:
             continue  # deleted since the catalogue was read
-        trial_version = _trial_version(catalogue, version)
+        trial_version = versions[study][1]
         if told[study].get(patient) == trial_version:
             continue
         told[study][patient] = trial_version
@@ -381,7 +446,7 @@ def _alerts(matches: Iterable[tuple[str, str]], catalogue: match_catalogue.Catal
         for subscription in sorted(population[patient]):
             patients[(subscription, study)].append(patient)
     for (subscription, study), named in sorted(patients.items()):
-        records.append(subscriptions.topic_event(subscription, versions[study], named))
+        records.append(subscriptions.topic_event(subscription, versions[study][0], named))
         report.events += 1
     return records
 

@@ -395,6 +395,9 @@ PLANS = [
     # Observation, an OR of lists).
     ("Observation", [("patient", "p1,p2,p3"), ("code", f"{LOINC}|8867-4")],
      ["idx_reference_target_any", "UNION ALL", "idx_token_pk (pk=? AND pid=?)"]),
+    # Several ids: one list of seeks on the (type, id) key (an OR of `a.id = ?` walked every
+    # Patient: 21 ms for 100 ids among 10,000, the re-match job's reads of records).
+    ("Patient", [("_id", "p1,p2,p3")], ["sqlite_autoindex_resource_1 (type=? AND id=?)", "UNION ALL"]),
 ]
 
 

@@ -6,12 +6,14 @@ physician's subscription delivers a newly matching trial, never another physicia
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from fhir_server import clock
 from fhir_server.clock import Frozen
 from fhir_server.services.erase import erase
 from fhir_server.trials import rematch
@@ -112,6 +114,42 @@ def test_a_withdrawn_research_consent_is_told_nothing(client: TestClient, hook: 
     assert _told(client) == [("breast-new", "carla")]
 
 
+def test_consents_written_or_erased_between_two_passes_are_read_again(
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
+    """The job keeps the Consents it read for its next pass (a process's memory) only while
+    none is written or erased."""
+    _world(client, hook.url, moving)
+    _trial(client, "breast-new")
+    assert look(client, moving).patients == 4  # read, and kept
+    _put(client, {**consent("dora", scope="research", status="inactive"), "id": "dora-research"})
+    _trial(client, "breast-newer")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (3, 2)  # Dora's withdrawal read: Carla, Eve told
+    client.portal.call(erase, client.app.state.context, "eve", "asked")  # type: ignore[union-attr, attr-defined]
+    _trial(client, "breast-newest")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (2, 1)  # Eve's Consents gone with her: Carla only
+    _patient(client, "gina", DR, "C50.3")
+    assert look(client, moving).patients == 0  # nothing changed in the catalogue: no pass
+    _trial(client, "breast-last")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (3, 2)  # Gina, consented since: Carla, Gina
+
+
+def test_a_consent_ending_between_two_passes_is_read_again(
+        client: TestClient, hook: Receiver, moving: Frozen) -> None:
+    """What the Consents grant is kept only until a period in them begins or ends."""
+    _world(client, hook.url, moving)
+    ends = clock.instant(clock.now() + timedelta(seconds=3 * SETTLED))
+    _put(client, {**consent("dora", actor=DR, end=ends), "id": "dora-privacy"})
+    _trial(client, "breast-new")
+    assert look(client, moving).patients == 4  # Dora's consent still in force
+    moving.advance(3 * SETTLED)
+    _trial(client, "breast-newer")
+    report = look(client, moving)
+    assert (report.patients, report.alerts) == (3, 2)  # it ended: Carla and Eve only
+
+
 def test_once_per_trial_version_across_restarts_and_full_rematches(
         client: TestClient, hook: Receiver, moving: Frozen) -> None:
     _world(client, hook.url, moving)
@@ -128,6 +166,19 @@ def test_once_per_trial_version_across_restarts_and_full_rematches(
     report = look(client, moving)
     assert (report.studies, report.alerts, report.events) == (1, 3, 2)  # DR's two patients in one event
     assert look(client, moving).alerts == 0
+
+
+def test_a_pass_takes_the_patients_of_one_subscription_together(
+        client: TestClient, hook: Receiver, moving: Frozen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that an event names many of its physician's patients, however their ids interleave
+    with other physicians' (one event per subscription and trial in each chunk)."""
+    _world(client, hook.url, moving)
+    _patient(client, "bea", OTHER, "C50.4")  # ids: bea (OTHER), carla, dora (DR), eve (OTHER)
+    _put(client, {**consent("fay", scope="research", status="inactive"), "id": "fay-research"})
+    monkeypatch.setattr(rematch, "CHUNK", 2)
+    _trial(client, "breast-new")
+    report = look(client, moving)
+    assert (report.patients, report.alerts, report.events) == (4, 4, 2)  # not 4 events: DR's, OTHER's
 
 
 def test_a_pass_killed_midway_resumes_after_its_last_chunk(
@@ -149,15 +200,15 @@ def test_a_pass_killed_midway_resumes_after_its_last_chunk(
     monkeypatch.setattr(rematch._Lease, "release", lambda self: _kept())  # kill -9 gives nothing back
     with pytest.raises(RuntimeError, match="killed"):
         look(client, moving)
-    assert _told(client) == [("breast-new", "carla")]
+    [(_, first)] = _told(client)  # the first of the pass (Carla or Eve: their physician's subscription first)
     store = client.app.state.context.store  # type: ignore[attr-defined]
     [(_, body)] = client.portal.call(store.outbox, rematch.STATE)  # type: ignore[union-attr]
-    assert orjson.loads(body)["after"] == "carla" and orjson.loads(body)["batch"] == ["breast-new"]
+    assert orjson.loads(body)["after"].endswith(f"/{first}") and orjson.loads(body)["batch"] == ["breast-new"]
     with pytest.raises(rematch.Busy):  # the dead process's lease holds until it expires
         look(client, moving)
     moving.advance(rematch.LEASE_SECONDS)
     report = look(client, moving)
-    assert (report.studies, report.patients, report.alerts) == (1, 3, 2)  # after Carla: Dora, Eve
+    assert (report.studies, report.patients, report.alerts) == (1, 3, 2)  # the other two told
     assert _told(client) == [("breast-new", "carla"), ("breast-new", "dora"), ("breast-new", "eve")]
 
 
@@ -187,6 +238,25 @@ def test_an_event_is_sent_only_while_a_patient_it_names_is_still_the_physicians_
     _put(client, {**consent("fay", scope="research", status="inactive"), "id": "fay-research"})
     for gone in ("eve", "fay"):
         assert not client.portal.call(still_news, ctx, (gone,), OTHER)  # type: ignore[union-attr]
+
+
+def test_the_check_before_sending_reads_the_consents_of_the_patients_named_only(
+        client: TestClient, hook: Receiver, moving: Frozen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not every patient of the physician (hundreds, for each event sent)."""
+    _world(client, hook.url, moving)
+    ctx = client.app.state.context  # type: ignore[attr-defined]
+    read: list[str] = []
+    search = type(ctx.store).search
+
+    async def spied(self: Any, query: Any, cursor: Any = None) -> Any:
+        page = await search(self, query, cursor)
+        read.extend(orjson.loads(v.body)["patient"]["reference"] for v in page.matches
+                    if v.resource_type == "Consent" and v.body is not None)
+        return page
+
+    monkeypatch.setattr(type(ctx.store), "search", spied)
+    assert client.portal.call(still_news, ctx, ("carla",), DR)  # type: ignore[union-attr]
+    assert read and set(read) == {"Patient/carla"}  # not Dora, DR's other patient
 
 
 def _heard(client: TestClient, hook: Receiver) -> dict[str, list[str]]:

@@ -155,7 +155,8 @@ def _one_list(parts: list[Sql]) -> Sql:
     if len(kept) < 2 or TRUE in kept:
         return any_of(parts)
     head = kept[0][0][:kept[0][0].find(" IN (") + 5]
-    if not head.endswith(".pk IN (") or not all(_is_list(sql, head) for sql, _ in kept):
+    # The values of a parameter share one text (their arguments differ): checked once each.
+    if not head.endswith(".pk IN (") or not all(_is_list(sql, head) for sql in {sql for sql, _ in kept}):
         return any_of(parts)
     union = " UNION ALL ".join(sql[len(head):-1] for sql, _ in kept)
     return (f"{head}{union})", [arg for _, args in kept for arg in args])
@@ -337,6 +338,12 @@ class PredicateCompiler:
 
     def _simple(self, p: Predicate, rtype: str, a: str, drive: bool) -> Sql:
         column = self._resource_column(p, a)
+        if column is not None and drive and column[0] == f"{a}.id = ?":
+            # A list SQLite starts from, on the (type, id) key: an OR of `a.id = ?` walked
+            # every resource of the type.
+            r = self.alias("r")
+            return (f"{a}.pk IN (SELECT {r}.pk FROM resource {r} WHERE {r}.type = ? AND {r}.id = ?)",
+                    [rtype, *column[1]])
         if column is not None:
             return column
         pid = self.pid(rtype, p.param)  # type: ignore[union-attr]
