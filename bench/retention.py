@@ -149,6 +149,7 @@ async def _build(resources: int, where: Path) -> int:
     finally:
         await main.close()
         await audit.close()
+        codec.keys.close()
     (where / "built.json").write_text(json.dumps({"resources": filled}))
     return filled
 
