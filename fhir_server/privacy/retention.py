@@ -37,7 +37,6 @@ from typing import Any, Protocol
 from .. import clock
 from ..model.errors import FhirError, Kind, fail
 from ..model.platform_codes import CANONICAL
-from ..search import extract
 from ..services import lifecycle, server_writes
 from ..services.context import Context
 from ..services.erase import sweep
@@ -398,7 +397,7 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
     for start in range(0, len(record), MADE_AT_ONCE):
         if start:
             await asyncio.sleep(0)
-        writes += [server_writes.ServerWrite(copy, new=False, valid=True, entries=extract(copy))
+        writes += [server_writes.indexed(server_writes.ServerWrite(copy, new=False, valid=True))
                    for copy in copier.copies(record[start:start + MADE_AT_ONCE])]
     await server_writes.commit(server, writes)
     async with erasing or nullcontext():

@@ -33,6 +33,12 @@ class ServerWrite:
     entries: Sequence[IndexEntry] | None = None
 
 
+def indexed(write: ServerWrite) -> ServerWrite:
+    """`write` with its index entries extracted now, for a caller that makes its writes slice
+    by slice, the event loop free between slices (privacy/retention.py)."""
+    return dataclasses.replace(write, entries=extract(write.resource))
+
+
 def as_server(ctx: Context, name: str = "server") -> Context:
     """`ctx` acting as the server itself (the request's audit trail kept)."""
     return dataclasses.replace(ctx, principal=server_principal(name))
