@@ -24,11 +24,12 @@ async def where(store: MongoStore, queries: Sequence[Query]) -> Filter:
 
 async def found(store: MongoStore, queries: Sequence[Query],
                 fields: dict[str, int]) -> list[dict[str, Any]]:
-    """`fields` of the current resources one of `queries` matches, in `pk` order."""
+    """`fields` of the current resources one of `queries` matches. In no order: a sort would
+    let the planner walk the `pk` index rather than seek each branch of the OR."""
     matching = await where(store, queries)
     if matching == FALSE:
         return []
-    return [doc async for doc in store.resources.find(matching, fields, sort=[("pk", 1)])]
+    return [doc async for doc in store.resources.find(matching, fields)]
 
 
 async def gather(store: MongoStore, queries: Sequence[Query]) -> list[Version]:
