@@ -2,6 +2,7 @@
 requests served meanwhile and the p99 read latency within 2x of idle), SQLite, encryption on.
 
     python -m bench.retention [--resources 100000] [--reads-per-s 50] [--profile FILE]
+                              [--store DIR]
 
 Builds `--resources` resources (Synthea clones, whole patients) on a simulated clock, then
 measures, on that clock two years and a day later (every record inactive):
@@ -17,7 +18,9 @@ scheduled runs do), or with `--apart NICENESS` runs in a process of its own at t
 (as `fhir-server retention run` from cron does); the idle reads last `--idle-seconds`. Numbers go to bench/results/. `--profile FILE` writes a
 cProfile of the real run (CPU time of each thread, `time.thread_time`, every thread: the
 stores are opened afresh after the build, so that their threads start under the profiler),
-merged into one pstats file.
+merged into one pstats file. `--store DIR` keeps the built store in DIR (built there the first
+time, for `--resources`) and runs on a copy of it, so that versions compared run on the same
+data and a large store is built once.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import multiprocessing
 import os
 import pstats
+import shutil
 import threading
 import statistics
 import tempfile
@@ -131,18 +136,42 @@ async def _stores(where: Path, codec: Any) -> tuple[SqliteStore, SqliteStore]:
     return main, audit
 
 
-async def bench(resources: int, per_s: float, where: Path, profile: Path | None = None,
-                apart: int | None = None, idle_s: float = 30.0) -> dict[str, Any]:
+async def _build(resources: int, where: Path) -> int:
+    """About `resources` resources in a new store in `where`; how many."""
     codec = _codec(where)
     main, audit = await _stores(where, codec)
-    with clock.frozen(START):
-        with Timer() as building:
+    try:
+        with clock.frozen(START):
             filled = await _fill(main, resources)
-        # what the reader reads: outside every patient's record, so never archived
-        await main.commit([_write({"resourceType": "Organization", "id": "reader",
-                                   "name": "Reader"})])
-    await main.close()
-    await audit.close()
+            # what the reader reads: outside every patient's record, so never archived
+            await main.commit([_write({"resourceType": "Organization", "id": "reader",
+                                       "name": "Reader"})])
+    finally:
+        await main.close()
+        await audit.close()
+        codec.keys.close()
+    (where / "built.json").write_text(json.dumps({"resources": filled}))
+    return filled
+
+
+async def _built(resources: int, where: Path, kept: Path | None) -> int:
+    """The store to run on, in `where`: built there, or copied from `kept` (built there
+    first if it holds none); how many resources it holds."""
+    if kept is None:
+        return await _build(resources, where)
+    if not (kept / "built.json").exists():
+        kept.mkdir(parents=True, exist_ok=True)
+        await _build(resources, kept)
+    shutil.copytree(kept, where, dirs_exist_ok=True)
+    return int(json.loads((where / "built.json").read_text())["resources"])
+
+
+async def bench(resources: int, per_s: float, where: Path, profile: Path | None = None,
+                apart: int | None = None, idle_s: float = 30.0,
+                kept: Path | None = None) -> dict[str, Any]:
+    with Timer() as building:
+        filled = await _built(resources, where, kept)
+    codec = _codec(where)
     with _profiled(profile) if profile else nullcontext():
         main, audit = await _stores(where, codec)  # their threads start under the profiler
         try:
@@ -234,10 +263,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apart", type=int, metavar="NICENESS",
                         help="run the retention in a process of its own at this niceness")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--store", type=Path, metavar="DIR",
+                        help="keep the built store in DIR and run on a copy of it")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fhir-bench-retention-") as tmp:
         result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp), args.profile,
-                                   args.apart, args.idle_seconds))
+                                   args.apart, args.idle_seconds, args.store))
     result["machine"] = machine()
     print(result)
     print("written to", write_results("retention", result))

@@ -168,6 +168,9 @@ class AuditedStore:
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await self.inner.search(query, cursor)
 
+    async def gather(self, queries: Sequence[Query]) -> list[Version]:
+        return await self.inner.gather(queries)
+
     async def count(self, resource_type: str) -> int:
         return await self.inner.count(resource_type)
 

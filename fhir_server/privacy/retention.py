@@ -55,11 +55,12 @@ _UCUM_MONTHS = {"mo": 1, "a": 12}
 # written and its original erased in the store's threads, whose group commit writes the
 # copies of several records in one transaction.
 ARCHIVED_AT_ONCE = 4
-# Copies made and written per unit of work. Making and indexing them runs on the event loop,
-# which the server's requests share: a whole record at once (some 120 resources) held it 20
-# to 50 ms; a slice of this many holds it a few ms. The store's group commit still
-# writes the slices of the records archived at once together.
-WRITTEN_AT_ONCE = 16
+# Copies made and indexed at once. Making and indexing them runs on the event loop, which
+# the server's requests share: a whole record at once (some 120 resources) held it 20 to 50
+# ms; a slice of this many holds it a few ms. A record's copies are then written in one unit
+# of work (each unit costs a commit, and its pages written again), which the store's group
+# commit shares with the records archived at once.
+MADE_AT_ONCE = 16
 log = logging.getLogger(__name__)
 
 
@@ -390,12 +391,15 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
     copier = life.pseudonyms.copier(life.personal)
-    # Each slice made, then written: the event loop is free between slices. Not validated
-    # again: the copy of a valid resource is valid (pseudonym.py).
-    for start in range(0, len(record), WRITTEN_AT_ONCE):
-        copies = copier.copies(record[start:start + WRITTEN_AT_ONCE])
-        await server_writes.commit(server, [server_writes.ServerWrite(c, new=False, valid=True)
-                                            for c in copies])
+    # Made and indexed slice by slice, the event loop free between slices; written at once.
+    # Not validated again: the copy of a valid resource is valid (pseudonym.py).
+    writes: list[server_writes.ServerWrite] = []
+    for start in range(0, len(record), MADE_AT_ONCE):
+        if start:
+            await asyncio.sleep(0)
+        writes += [server_writes.indexed(server_writes.ServerWrite(copy, new=False, valid=True))
+                   for copy in copier.copies(record[start:start + MADE_AT_ONCE])]
+    await server_writes.commit(server, writes)
     async with erasing or nullcontext():
         await sweep(server, patient_id, reason)
     return life.pseudonyms.of(f"Patient/{patient_id}")

@@ -10,7 +10,6 @@ is audited by its caller with its counts.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -43,15 +42,8 @@ def compartment_types(ctx: Context) -> list[str]:
 
 async def record_of(ctx: Context, patient_id: str) -> list[dict[str, Any]]:
     """Every current resource of Patient/`patient_id`'s compartment, the Patient first."""
-    found: list[dict[str, Any]] = []
-    for query in compartment(ctx.registry, patient_id):
-        cursor = None
-        while True:
-            page = await ctx.store.search(replace(query, count=PAGE), cursor)
-            found += [orjson.loads(v.body) for v in page.matches if v.body is not None]
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+    found = [orjson.loads(v.body) for v in await ctx.store.gather(compartment(ctx.registry, patient_id))
+             if v.body is not None]
     found.sort(key=lambda r: r["resourceType"] != "Patient")
     return found
 

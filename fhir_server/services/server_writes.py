@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..access import server_principal
-from ..search import extract
+from ..search import IndexEntry, extract
 from ..store.base import Version, Write
 from . import crud
 from .context import Context, Payload, after_commit
@@ -23,12 +23,20 @@ class ServerWrite:
     """One resource the server writes: created with its id (failing if it exists), or
     replacing the current version (`if_match`: only that version); `valid` when it is known
     valid R4 already (a pseudonymised copy of a stored resource: privacy/pseudonym.py), so
-    that it is not validated again."""
+    that it is not validated again; `entries` its index entries when the caller extracted
+    them already (privacy/retention.py, slice by slice)."""
 
     resource: dict[str, Any]
     new: bool = True
     if_match: int | None = None
     valid: bool = False
+    entries: Sequence[IndexEntry] | None = None
+
+
+def indexed(write: ServerWrite) -> ServerWrite:
+    """`write` with its index entries extracted now, for a caller that makes its writes slice
+    by slice, the event loop free between slices (privacy/retention.py)."""
+    return dataclasses.replace(write, entries=extract(write.resource))
 
 
 def as_server(ctx: Context, name: str = "server") -> Context:
@@ -46,7 +54,8 @@ async def commit(ctx: Context, writes: Sequence[ServerWrite]) -> list[Version]:
         decision(server, "create" if write.new else "update", resource_type)
         if not write.valid:
             crud.check_resource(server, resource_type, Payload(resource, resource))
-        operations.append(Write(resource_type, resource["id"], resource, extract(resource),
+        entries = extract(resource) if write.entries is None else write.entries
+        operations.append(Write(resource_type, resource["id"], resource, entries,
                                 "POST" if write.new else "PUT", if_match=write.if_match,
                                 create_only=write.new))
     results = await ctx.store.commit(operations)

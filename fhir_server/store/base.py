@@ -262,6 +262,11 @@ class Store(Protocol):
         `cursor` is a page's `next_cursor` or `prev_cursor`; a malformed one is INVALID.
         """
 
+    async def gather(self, queries: Sequence[Query]) -> list[Version]:
+        """Every current resource that one of `queries` (each of one type, no paging)
+        matches, each once, in one read: a patient's compartment at once (one query per
+        type, most of them empty), where a search per query costs a round trip each."""
+
     async def count(self, resource_type: str) -> int:
         """Number of current (not deleted) resources of a type."""
 

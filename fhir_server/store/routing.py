@@ -84,6 +84,12 @@ class RoutingStore:
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await self._for(query.resource_type).search(query, cursor)
 
+    async def gather(self, queries: Sequence[Query]) -> list[Version]:
+        audit = [query for query in queries if query.resource_type == AUDIT_TYPE]
+        others = [query for query in queries if query.resource_type != AUDIT_TYPE]
+        return [*(await self.main.gather(others) if others else []),
+                *(await self.audit.gather(audit) if audit else [])]
+
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         return await self.main.outbox(prefix)
 

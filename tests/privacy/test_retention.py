@@ -500,27 +500,28 @@ class Killed(Exception):
 
 def test_a_run_cut_short_midway_through_records_is_finished_by_the_next(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Copies are written a slice at a time, before the original is erased: a run that dies
-    between two slices leaves the originals whole, and the next run archives each record once
-    (the copies' ids are their pseudonyms: written again, not twice) and erases it."""
+    """A record's copies are written in one unit of work, before the original is erased: a
+    run that dies between the two leaves the original whole, and the next run archives each
+    record once (the copies' ids are their pseudonyms: written again, not twice) and erases
+    it."""
     with on(date(2027, 1, 10)):
         _seed_p(server)
         for n in range(40):
             _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
     written = server_writes.commit
-    slices: list[int] = []
+    units: list[int] = []
 
     async def dying(ctx: Any, writes: Any) -> Any:
-        if len(slices) == 3:
-            raise Killed
-        slices.append(len(writes))
-        return await written(ctx, writes)
+        units.append(len(writes))
+        await written(ctx, writes)
+        raise Killed  # the copies written, the original not yet erased
 
     monkeypatch.setattr(server_writes, "commit", dying)
     with on(date(2029, 1, 10)):
         with pytest.raises(ExceptionGroup) as died:  # the records archived at once
             _run(server)
         assert [type(e) for e in died.value.exceptions] == [Killed]
+        assert 42 in units  # p and its 41 Observations in one unit (and the other records')
         assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
         monkeypatch.setattr(server_writes, "commit", written)
         assert _run(server).failed == []

@@ -20,23 +20,30 @@ from ...search import Query
 from ..base import Erasure
 from ..erasure import BATCH, batches, was_member
 from . import layout
-from .search import VERSION_FIELDS, MongoSearch, version_of
+from .compartment import found as current
+from .search import VERSION_FIELDS, version_of
 
 if TYPE_CHECKING:
     from .store import MongoStore
 
 
-async def members(store: MongoStore, query: Query) -> list[str]:
-    """Ids of the current resources `query` matches and of the deleted ones it matched."""
-    resource_type = query.resource_type
-    found = await MongoSearch(store.resources, store.registry).match_ids(query, None)
-    deleted = store.resources.find({"type": resource_type, "deleted": True}, {"_id": 0, "id": 1})
+async def members(store: MongoStore, queries: Sequence[Query]) -> list[tuple[str, str]]:
+    """(type, id) of the current resources one of `queries` matches (compartment.py: one
+    `find` for a compartment) and of the deleted ones one of them matched."""
+    found = [(doc["type"], doc["id"])
+             for doc in await current(store, queries, {"_id": 0, "type": 1, "id": 1})]
+    of_type: dict[str, list[Query]] = {}
+    for query in queries:
+        of_type.setdefault(query.resource_type or "", []).append(query)
+    deleted = store.resources.find({"type": {"$in": list(of_type)}, "deleted": True},
+                                   {"_id": 0, "type": 1, "id": 1})
     async for doc in deleted:
         last = await store.history_docs.find_one(
-            {"type": resource_type, "id": doc["id"], "body": {"$ne": None}}, VERSION_FIELDS,
+            {"type": doc["type"], "id": doc["id"], "body": {"$ne": None}}, VERSION_FIELDS,
             sort=[("version", -1)])
-        if was_member(query, store.registry, store.codec, version_of(last) if last else None):
-            found.append(doc["id"])
+        version = version_of(last) if last else None
+        if any(was_member(query, store.registry, store.codec, version) for query in of_type[doc["type"]]):
+            found.append((doc["type"], doc["id"]))
     return found
 
 
@@ -44,8 +51,7 @@ async def remove(store: MongoStore, compartment: Sequence[Query],
                  last: tuple[str, str]) -> Erasure:
     """Remove the compartment's resources, then `last`."""
     held, older = await _sealed_under(store, patient_key_ids(store.codec, last[1]))
-    keys = [(query.resource_type or "", id) for query in compartment
-            for id in await members(store, query)] + held
+    keys = await members(store, compartment) + held
     erased = Erasure()
     for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
         await _remove_batch(store, batch, erased)

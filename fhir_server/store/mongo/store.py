@@ -74,6 +74,7 @@ from ..base import (
 from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, prepare,
                       sealed, sealed_records)
 from ..versions import stamp
+from . import compartment as mongo_compartment
 from . import dump as mongo_dump
 from . import erase as mongo_erase
 from . import layout
@@ -377,6 +378,10 @@ class MongoStore:
         return opened_page(self.codec,
                            await MongoSearch(self.resources, self.registry, blind=self.blind,
                                              opened=partial(opened, self.codec)).search(query, cursor))
+
+    @_answering
+    async def gather(self, queries: Sequence[Query]) -> list[Version]:
+        return [opened(self.codec, v) for v in await mongo_compartment.gather(self, queries)]
 
     @_answering
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:

@@ -18,18 +18,25 @@ from ...search import Query
 from ..base import Erasure, Version
 from ..erasure import batches, was_member
 from . import index as sqlite_index
+from .compartment import members as current_members
 from .query import SqliteSearch
 
 
 def members(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
-            query: Query) -> list[str]:
-    """Ids of the current resources `query` matches and of the deleted ones it matched."""
-    resource_type = query.resource_type
-    found = search.match_ids(query, None)
-    deleted = conn.execute("SELECT id FROM resource WHERE type = ? AND deleted = 1",
-                           (resource_type,)).fetchall()
-    found += [id for (id,) in deleted
-              if was_member(query, search.registry, codec, _last_stored(conn, resource_type, id))]
+            queries: Sequence[Query]) -> list[tuple[str, str]]:
+    """(type, id) of the current resources one of `queries` matches (compartment.py: one
+    statement for a compartment) and of the deleted ones one of them matched."""
+    found = [(resource_type, id) for _, resource_type, id in current_members(conn, search, queries)]
+    of_type: dict[str, list[Query]] = {}
+    for query in queries:
+        of_type.setdefault(query.resource_type or "", []).append(query)
+    deleted = conn.execute(
+        f"SELECT type, id FROM resource WHERE type IN ({','.join('?' * len(of_type))}) "  # noqa: S608
+        "AND deleted = 1", list(of_type)).fetchall() if of_type else []
+    for resource_type, id in deleted:
+        last = _last_stored(conn, resource_type, id)
+        if any(was_member(query, search.registry, codec, last) for query in of_type[resource_type]):
+            found.append((resource_type, id))
     return found
 
 
@@ -45,8 +52,7 @@ def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
            compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
     """Remove the compartment's resources, then `last` (inside the caller's transaction)."""
     key_ids = patient_key_ids(codec, last[1])
-    keys = [(query.resource_type or "", id) for query in compartment
-            for id in members(conn, search, codec, query)] + _current_under(conn, key_ids)
+    keys = members(conn, search, codec, compartment) + _current_under(conn, key_ids)
     erased = Erasure()
     for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
         _remove_batch(conn, batch, erased)

@@ -25,6 +25,7 @@ from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
 from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry, distance_km
+from . import compartment as sqlite_compartment
 from . import dump as sqlite_dump
 from . import erase as sqlite_erase
 from . import index as sqlite_index
@@ -226,6 +227,10 @@ class SqliteStore:
     async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
         return await self._read(lambda conn: opened_page(self.codec, SqliteSearch(
             conn, self.ids, self.registry, self.blind, partial(opened, self.codec)).search(query, cursor)))
+
+    async def gather(self, queries: Sequence[Query]) -> list[Version]:
+        return await self._read(lambda conn: [opened(self.codec, v) for v in sqlite_compartment.gather(
+            conn, SqliteSearch(conn, self.ids, self.registry, self.blind), queries)])
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         # A range on the key (UTF-8 orders as code points): the primary key's index is used,
