@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -78,6 +79,7 @@ async def _round(args: argparse.Namespace, keys: str) -> tuple[float, float, flo
     finally:
         recorder.close()
         await store.close()
+        shutil.rmtree(data, ignore_errors=True)  # a key ring and its store: not left in /tmp
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import shutil
 import statistics
 import tempfile
 import threading
@@ -98,6 +100,7 @@ async def _round(args: argparse.Namespace, first: bool) -> dict[tuple[str, bool 
 def _codec_alone(count: int) -> tuple[float, float, int]:
     """CPU µs per seal and per open of a bench Patient's stored body, keys cached."""
     data = Path(tempfile.mkdtemp(prefix="bench-codec-"))
+    atexit.register(shutil.rmtree, data, True)  # a key ring and its store: not left in /tmp
     create_key_ring(data / "keyring.json")
     codec = EnvelopeCodec(DataKeys(LocalKeyRing(data / "keyring.json"), data / "datakeys.db"))
     body = stamp(_patient(1, "x"), "perf-0000001", 2, "2026-01-01T00:00:00.000+00:00")

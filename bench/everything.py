@@ -16,6 +16,8 @@ shared, CPU time is the steadier figure.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--pdf-runs", type=int, default=3)
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="bench-everything-"))
+    atexit.register(shutil.rmtree, data, True)  # a key ring and its store: not left in /tmp
     create_key_ring(data / "keyring.json")  # stored bodies encrypted, as by default
     settings = Settings(data_dir=data, base_url="http://testserver/fhir", key_ring=data / "keyring.json")
     app = create_app(settings)
