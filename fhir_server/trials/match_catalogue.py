@@ -37,7 +37,9 @@ class Catalogue:
     max_age_days: int  # a site status confirmed longer ago is unknown
 
 
-_KEPT: weakref.WeakKeyDictionary[Store, tuple[Stamp, Catalogue]] = weakref.WeakKeyDictionary()
+Read = tuple[tuple[Any, ...], ...]  # the versions of the Groups a Trial was read from
+# Per store: the stamp the catalogue was read at, the catalogue, and what each trial was read from.
+_KEPT: weakref.WeakKeyDictionary[Store, tuple[Stamp, Catalogue, dict[str, Read]]] = weakref.WeakKeyDictionary()
 
 
 def shared(ctx: Context) -> Store:
@@ -76,17 +78,27 @@ def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[
 
 
 async def load(ctx: Context) -> Catalogue:
-    """The catalogue as stored now (kept until one of its types is written)."""
+    """The catalogue as stored now (kept until one of its types is written). A trial whose
+    eligibility Groups are the very versions it was read from is not read again."""
     stamp = await _stamp(ctx)
     kept = _KEPT.get(shared(ctx))
     if kept is not None and kept[0] == stamp and kept[1].max_age_days == ctx.site_status_max_age_days:
         return kept[1]
+    before, read_from = (kept[1].trials, kept[2]) if kept is not None else ({}, {})
     studies = {s["id"]: s for s in await _all(ctx, "ResearchStudy", [])}
     groups = {f"Group/{g['id']}": g for g in await _all(ctx, "Group", [("_profile", PROFILE)])}
     locations = {f"Location/{loc['id']}": loc for loc in await _all(ctx, "Location", [])}
-    trials = {id: read_trial(id, _enrolled(study, groups)) for id, study in studies.items()}
+    trials: dict[str, Trial] = {}
+    now_from: dict[str, Read] = {}
+    for id, study in studies.items():
+        enrolled = _enrolled(study, groups)
+        # Version and time: an erased Group written anew starts again at version 1.
+        now_from[id] = tuple((g.get("id"), (g.get("meta") or {}).get("versionId"),
+                              (g.get("meta") or {}).get("lastUpdated")) for g in enrolled)
+        same = id in before and read_from.get(id) == now_from[id]
+        trials[id] = before[id] if same else read_trial(id, enrolled)
     catalogue = Catalogue(studies, trials, TrialIndex(trials.values()),
                           {id: sites(study, locations) for id, study in studies.items()},
                           ctx.site_status_max_age_days)
-    _KEPT[shared(ctx)] = (stamp, catalogue)
+    _KEPT[shared(ctx)] = (stamp, catalogue, now_from)
     return catalogue

@@ -246,7 +246,8 @@ def test_the_same_input_gives_the_same_bytes(world: World) -> None:
 
 def test_the_catalogue_is_read_once_until_a_catalogue_write(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each request reads through its own audited store: the catalogue kept in memory is the
-    app's store's, so a second call reads no trial again; a Location written reloads it."""
+    app's store's, so a second call reads no trial again; a Location written reloads the
+    catalogue but reads no trial's criteria again; a Group written, only its trial's."""
     from fhir_server.trials import match_catalogue
 
     read: list[str] = []
@@ -259,4 +260,10 @@ def test_the_catalogue_is_read_once_until_a_catalogue_write(world: World, monkey
     paris = send(world.client, "GET", "/fhir/Location/paris").json()
     assert send(world.client, "PUT", "/fhir/Location/paris", {**paris, "name": "Paris centre"}).status_code == 200
     assert world.match(PATIENT).status_code == 200
-    assert len(read) == 7
+    assert read == []
+    criteria = send(world.client, "GET", "/fhir/Group/her2-criteria").json()
+    assert send(world.client, "PUT", "/fhir/Group/her2-criteria", {**criteria, "name": "HER2+"}).status_code == 200
+    response = world.match(PATIENT)
+    assert read == ["her2"]
+    [her2] = [e for e in response.json()["entry"] if e["resource"].get("id") == "her2"]
+    assert _result(her2)["criteria"] == [{"reference": "Group/her2-criteria/_history/2"}]
