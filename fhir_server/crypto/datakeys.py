@@ -151,6 +151,7 @@ class DataKeys:
         left for `cipher` to report."""
         self._recheck()
         with self._lock:
+            revision = self._revision
             wanted = sorted(k for k in key_ids if k not in self._ciphers)
         for start in range(0, min(len(wanted), self._cache_size), 500):
             chunk = wanted[start:start + 500]
@@ -158,6 +159,8 @@ class DataKeys:
                                tuple(chunk))
             unwrapped = [(bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for key_id, wrapped in rows]
             with self._lock:
+                if self._revision != revision:  # keys changed meanwhile (an erasure?): keep none
+                    return
                 for key_id, cipher in unwrapped:
                     self._remember(self._ciphers, key_id, cipher)
 
@@ -165,6 +168,7 @@ class DataKeys:
         """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""
         self._recheck()
         with self._lock:
+            revision = self._revision
             cipher = self._ciphers.get(key_id)
             if cipher is not None:
                 self._ciphers.move_to_end(key_id)
@@ -177,7 +181,8 @@ class DataKeys:
                              "there, or removed without an erasure)")
         cipher = AESGCM(self.provider.unwrap(rows[0][0], key_id))
         with self._lock:
-            self._remember(self._ciphers, key_id, cipher)
+            if self._revision == revision:  # else destroyed meanwhile, perhaps: answer, not cache
+                self._remember(self._ciphers, key_id, cipher)
         return cipher
 
     # -- administration --------------------------------------------------------------------
@@ -300,7 +305,9 @@ class DataKeys:
 
     def _load(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
         """The current keys of `scopes` from the file, those missing made and stored first;
-        remembered in the cache."""
+        remembered in the cache unless keys changed meanwhile (an erasure destroyed them?)."""
+        with self._lock:
+            revision = self._revision
         found = self._stored(scopes)
         made = [(os.urandom(KEY_ID_BYTES), scope, os.urandom(KEY_BYTES))
                 for scope in sorted(set(scopes) - found.keys())]
@@ -313,7 +320,7 @@ class DataKeys:
             found.update((scope, (key_id, AESGCM(key))) for key_id, scope, key in fresh)
             found.update(self._stored({scope for _, scope, _ in made} - found.keys()))
         with self._lock:
-            for scope, (key_id, cipher) in found.items():
+            for scope, (key_id, cipher) in found.items() if self._revision == revision else ():
                 self._remember(self._ciphers, key_id, cipher)
                 self._remember(self._current, scope, key_id)
         return found

@@ -146,7 +146,8 @@ def _overdue(task: Mapping[str, Any], today: date) -> Overdue | None:
         missed = ("forward", by)
     if missed is None:
         return None
-    return Overdue(task["id"], _right(task) or "", task["requester"]["reference"], received, *missed)
+    person = task.get("requester") or task["for"]  # `for`: registered before `requester` was used
+    return Overdue(task["id"], _right(task) or "", person["reference"], received, *missed)
 
 
 async def overdue(ctx: Context, today: date) -> list[Overdue]:

@@ -94,7 +94,8 @@ def unshredded(open_: Callable[[Version], Version], versions: Sequence[Version])
     return tuple(kept)
 
 
-def _unshredded(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version, ...]:
+def opened_versions(codec: BodyCodec, versions: Sequence[Version]) -> tuple[Version, ...]:
+    """`versions` opened, their keys fetched together, those shredded left out."""
     codec.ready(v.body for v in versions if v.body is not None)
     return unshredded(partial(opened, codec), versions)
 
@@ -111,12 +112,12 @@ async def stored(reading: Awaitable[Version | None]) -> bool:
 
 
 def opened_page(codec: BodyCodec, page: SearchPage) -> SearchPage:
-    return replace(page, matches=_unshredded(codec, page.matches),
-                   included=_unshredded(codec, page.included))
+    return replace(page, matches=opened_versions(codec, page.matches),
+                   included=opened_versions(codec, page.included))
 
 
 def opened_history(codec: BodyCodec, page: HistoryPage) -> HistoryPage:
-    return replace(page, versions=_unshredded(codec, page.versions))
+    return replace(page, versions=opened_versions(codec, page.versions))
 
 
 # Outbox records (audit/outbox.py) hold AuditEvents until the audit trail has them: sealed

@@ -190,3 +190,45 @@ def test_a_key_fetched_with_a_page_but_destroyed_is_still_reported_when_opened(k
     with pytest.raises(UnreadableBody) as raised:
         codec.open("Observation", "o1", 1, blob)
     assert raised.value.destroyed
+
+
+def _erase_a_at_next_unwrap(keys: DataKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patient/a's keys destroyed (an erasure in another thread) just after `keys` read one."""
+    unwrap = keys.provider.unwrap
+
+    def erased_meanwhile(wrapped: bytes, key_id: bytes) -> bytes:
+        key = unwrap(wrapped, key_id)
+        monkeypatch.setattr(keys.provider, "unwrap", unwrap)
+        keys.destroy(patient_scope("a"))
+        return key
+
+    monkeypatch.setattr(keys.provider, "unwrap", erased_meanwhile)
+
+
+@pytest.mark.parametrize("reading", ["fetch", "cipher"])
+def test_a_key_destroyed_while_it_is_read_is_not_cached(keys: DataKeys, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        reading: str) -> None:
+    """An erasure in another thread destroys the key after the file was read and before the
+    unwrapped copy is cached: that copy must not open the patient's bodies afterwards."""
+    codec = EnvelopeCodec(keys)
+    blob = codec.seal("Observation", "o1", 1, b"{}", {"a"})
+    key_id = keys.keys_of(patient_scope("a"))[0]
+    cold = DataKeys(keys.provider, tmp_path / "datakeys.db")  # nothing cached
+    _erase_a_at_next_unwrap(cold, monkeypatch)
+    if reading == "fetch":
+        cold.fetch([key_id])
+    else:
+        cold.cipher(key_id)  # this read began before the erasure: it may still answer
+    with pytest.raises(UnreadableBody) as raised:
+        EnvelopeCodec(cold).open("Observation", "o1", 1, blob)
+    assert raised.value.destroyed
+
+
+def test_a_key_destroyed_while_it_is_loaded_to_seal_is_not_kept_current(
+        keys: DataKeys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    destroyed = keys.current(patient_scope("a"))[0]
+    cold = DataKeys(keys.provider, tmp_path / "datakeys.db")
+    _erase_a_at_next_unwrap(cold, monkeypatch)
+    cold.current(patient_scope("a"))  # began before the erasure
+    assert cold.current(patient_scope("a"))[0] != destroyed  # later writes: a live key

@@ -186,3 +186,19 @@ def test_administrators_read_the_register_only(with_controller: Server,
                 **with_controller.headers("admin")).status_code == 403
     physician = with_controller.client.get("/fhir/Task", headers=with_controller.headers("physician"))
     assert physician.status_code == 200 and physician.json().get("entry", []) == []
+
+
+def test_a_request_registered_before_requester_named_the_person_is_still_reported() -> None:
+    """Tasks registered before the register named the person in `requester` name them in
+    `for`: the overdue report lists them rather than failing on the first one."""
+    from datetime import date
+
+    from fhir_server.privacy import register
+
+    legacy = {"resourceType": "Task", "id": "old", "status": "received", "intent": "order",
+              "code": {"coding": [{"system": RIGHT_SYSTEM, "code": "access"}]},
+              "for": {"reference": "Patient/a"}, "owner": {"reference": CONTROLLER},
+              "authoredOn": "2026-01-05", "restriction": {"period": {"end": "2026-02-05"}},
+              "input": [register._step(register.FORWARD_BY, date(2026, 1, 15))]}
+    late = register._overdue(legacy, date(2026, 3, 1))
+    assert late is not None and late.patient == "Patient/a" and late.id == "old"

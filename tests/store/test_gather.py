@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fhir_server.crypto import patient_scope
 from fhir_server.search import Query, default_registry, extract, parse_query
 from fhir_server.services.erase import compartment
 from fhir_server.store.base import Delete, Store, Version, Write
@@ -92,3 +93,15 @@ async def test_the_erasure_sweeps_what_gather_finds(store: Store) -> None:
     assert await store.gather(queries) == []
     assert await store.read("Observation", "b0") is not None
     assert await store.read("Observation", "elsewhere") is not None
+
+
+async def test_a_resource_shredded_by_an_erasure_is_left_out_as_the_search_leaves_it(store: Store) -> None:
+    """b's Observation performed by a is sealed under a's key (crypto key_scope): once that
+    key is destroyed (a's erasure, then a backup put back), nobody reads it, and b's record
+    is read without it rather than failing."""
+    await _seed(store)
+    store.codec.keys.destroy(patient_scope("a"))  # type: ignore[attr-defined]
+    queries = compartment(default_registry(), "b")
+    gathered = sorted((v.resource_type, v.id) for v in await store.gather(queries))
+    assert gathered == sorted(await _searched(store, queries)) == [
+        ("Observation", "b0"), ("Patient", "b")]

@@ -71,8 +71,8 @@ from ..base import (
     Write,
     outbox_changed,
 )
-from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, prepare,
-                      sealed, sealed_records)
+from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, opened_versions,
+                      prepare, sealed, sealed_records)
 from ..versions import stamp
 from . import compartment as mongo_compartment
 from . import dump as mongo_dump
@@ -381,7 +381,7 @@ class MongoStore:
 
     @_answering
     async def gather(self, queries: Sequence[Query]) -> list[Version]:
-        return [opened(self.codec, v) for v in await mongo_compartment.gather(self, queries)]
+        return list(opened_versions(self.codec, await mongo_compartment.gather(self, queries)))
 
     @_answering
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:

@@ -52,8 +52,8 @@ from .lock import WriterLock
 from .query import SqliteSearch
 from .schedule import SqliteSchedule
 from .schema import migrate
-from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, prepare,
-                      sealed, sealed_records)
+from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, opened_versions,
+                      prepare, sealed, sealed_records)
 from ..versions import stamp
 
 T = TypeVar("T")
@@ -229,8 +229,8 @@ class SqliteStore:
             conn, self.ids, self.registry, self.blind, partial(opened, self.codec)).search(query, cursor)))
 
     async def gather(self, queries: Sequence[Query]) -> list[Version]:
-        return await self._read(lambda conn: [opened(self.codec, v) for v in sqlite_compartment.gather(
-            conn, SqliteSearch(conn, self.ids, self.registry, self.blind), queries)])
+        return await self._read(lambda conn: list(opened_versions(self.codec, sqlite_compartment.gather(
+            conn, SqliteSearch(conn, self.ids, self.registry, self.blind), queries))))
 
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         # A range on the key (UTF-8 orders as code points): the primary key's index is used,
