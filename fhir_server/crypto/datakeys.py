@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -152,17 +152,14 @@ class DataKeys:
         self._recheck()
         with self._lock:
             revision = self._revision
-            wanted = sorted(k for k in key_ids if k not in self._ciphers)
-        for start in range(0, min(len(wanted), self._cache_size), 500):
-            chunk = wanted[start:start + 500]
-            rows = self._query(f"SELECT key_id, wrapped FROM data_key WHERE key_id IN ({','.join('?' * len(chunk))})",
-                               tuple(chunk))
-            unwrapped = [(bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for key_id, wrapped in rows]
-            with self._lock:
-                if self._revision != revision:  # keys changed meanwhile (an erasure?): keep none
-                    return
-                for key_id, cipher in unwrapped:
-                    self._remember(self._ciphers, key_id, cipher)
+            wanted = sorted(k for k in key_ids if k not in self._ciphers)[:self._cache_size]
+        unwrapped = [(bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for key_id, wrapped
+                     in self._rows_in("SELECT key_id, wrapped FROM data_key WHERE key_id IN ({marks})", wanted)]
+        with self._lock:
+            if self._revision != revision:  # keys changed meanwhile (an erasure?): keep none
+                return
+            for key_id, cipher in unwrapped:
+                self._remember(self._ciphers, key_id, cipher)
 
     def cipher(self, key_id: bytes) -> AESGCM:
         """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""
@@ -327,15 +324,16 @@ class DataKeys:
 
     def _stored(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
         """The current keys the file holds for `scopes`, unwrapped."""
-        wanted = sorted(scopes)
-        found = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            for scope, key_id, wrapped in self._query(
-                    "SELECT scope, key_id, wrapped FROM data_key WHERE current = 1 AND scope IN "
-                    f"({','.join('?' * len(chunk))})", tuple(chunk)):
-                found[scope] = (bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id)))
-        return found
+        rows = self._rows_in("SELECT scope, key_id, wrapped FROM data_key WHERE current = 1 AND scope IN ({marks})",
+                             sorted(scopes))
+        return {scope: (bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for scope, key_id, wrapped in rows}
+
+    def _rows_in(self, sql: str, values: list[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of `sql` whose `{marks}` list is `values`, 500 values a query (SQLite
+        bounds a statement's parameters)."""
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            yield from self._query(sql.format(marks=",".join("?" * len(chunk))), tuple(chunk))
 
     def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
         cache[key] = value

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..model.platform_codes import CANONICAL
-from ..services import lifecycle, reach
+from ..services import reach
 from .pseudonym import PSEUDED
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ GRACE = timedelta(days=30)
 async def directive(ctx: Any, patient_id: str) -> tuple[str, str | None] | None:
     """The patient's directive (`keep`, `erase` or `communicate`) and the person to inform."""
     latest: dict[str, Any] | None = None
-    async for consent in lifecycle.matching(ctx, "Consent", [
+    async for consent in reach.matching(ctx, "Consent", [
             ("patient", f"Patient/{patient_id}"), ("scope", ADR), ("status", "active"),
             ("category", f"{DIRECTIVE_SYSTEM}|post-mortem-directive")]):
         if latest is None or consent["meta"]["lastUpdated"] > latest["meta"]["lastUpdated"]:
@@ -67,7 +67,7 @@ async def plan(life: Lifecycle, made: Plan) -> None:
     from .retention import Action  # noqa: PLC0415 - the module that imports this one
 
     sent = await life.warnings.scheduled("retention/post-mortem/") if life.warnings else set()
-    async for patient in lifecycle.matching(life.ctx, "Patient", [
+    async for patient in reach.matching(life.ctx, "Patient", [
             ("deceased", "true"), ("_security:not", f"{PSEUDED['system']}|{PSEUDED['code']}"),
             ("_lastUpdated", f"le{made.today - GRACE}")]):
         target = f"Patient/{patient['id']}"

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from .. import clock
 from ..model.errors import FhirError, Kind, fail
 from ..model.platform_codes import CANONICAL
-from ..services import lifecycle, server_writes
+from ..services import lifecycle, reach, server_writes
 from ..services.context import Context
 from ..services.erase import sweep
 from . import postmortem, retention_accounts
@@ -228,12 +228,12 @@ async def _plan_records(life: Lifecycle, made: Plan) -> None:
     # of the last `inactive` would otherwise be read and indexed again by every daily plan.
     active = await lifecycle.changed_since(life.ctx, _next(last_day),
                                            [("_security:not", PSEUDED_TOKEN)])
-    async for patient in lifecycle.matching(life.ctx, "Patient", [
+    async for patient in reach.matching(life.ctx, "Patient", [
             ("_lastUpdated", f"lt{_next(last_day)}"), ("_security:not", PSEUDED_TOKEN)]):
         if patient["id"] not in active:
             made.actions.append(Action("patient-record", "archive", f"Patient/{patient['id']}"))
     archived_by = policy.period("patient-record", "archived").before(made.today)
-    async for patient in lifecycle.matching(life.ctx, "Patient", [
+    async for patient in reach.matching(life.ctx, "Patient", [
             ("_lastUpdated", f"lt{_next(archived_by)}"), ("_security", PSEUDED_TOKEN)]):
         why = await life.holds.held(patient["id"])
         if why:
@@ -245,7 +245,7 @@ async def _plan_records(life: Lifecycle, made: Plan) -> None:
 async def _plan_reports(life: Lifecycle, made: Plan) -> None:
     policy = life.policy
     last_day = policy.period("second-opinion-report", "available").before(made.today)
-    async for report in lifecycle.matching(life.ctx, "DiagnosticReport", [
+    async for report in reach.matching(life.ctx, "DiagnosticReport", [
             ("category", f"{RECORD_KIND}|second-opinion")]):
         start = max(_day(report.get("issued") or report["meta"]["lastUpdated"]),
                     _day(report["meta"]["lastUpdated"]))
@@ -279,7 +279,7 @@ def responder_period(request: dict[str, Any]) -> Period | None:
 async def _plan_tele_expertise(life: Lifecycle, made: Plan) -> None:
     warned = life.policy.period("tele-expertise", "warned")
     sent = await life.warnings.scheduled("retention/tele-expertise/") if life.warnings else set()
-    async for request in lifecycle.matching(life.ctx, "ServiceRequest", [
+    async for request in reach.matching(life.ctx, "ServiceRequest", [
             ("category", f"{RECORD_KIND}|tele-expertise")]):
         period = responder_period(request)
         if period is None:
@@ -359,7 +359,7 @@ async def _do(life: Lifecycle, action: Action, today: date,
         case ("tele-expertise", "erase"):
             id = action.target.split("/")[1]
             based = [f"{t}/{r['id']}" for t in ("Communication", "DiagnosticReport", "Observation")
-                     async for r in lifecycle.matching(server, t, [("based-on", action.target)])]
+                     async for r in reach.matching(server, t, [("based-on", action.target)])]
             await lifecycle.erase_resources(server, [action.target, *based])
             log.info("tele-expertise request erased", extra={"request": id, "with": len(based)})
         case ("connection-logs" | "access-logs", "prune"):

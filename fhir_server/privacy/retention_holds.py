@@ -11,7 +11,7 @@ the hold ends.
 from __future__ import annotations
 
 from ..model.platform_codes import REFERRAL_IDENTIFIER
-from ..services import lifecycle, reach
+from ..services import reach
 from ..services.context import Context
 
 # ResearchSubject statuses that end a person's part in a study (R4 research-subject-status).
@@ -28,7 +28,7 @@ class Holds:
 
     async def held(self, patient_id: str) -> str | None:
         """Why Patient/`patient_id` is held, or None."""
-        async for subject in lifecycle.matching(self.ctx, "ResearchSubject", [
+        async for subject in reach.matching(self.ctx, "ResearchSubject", [
                 ("individual", f"Patient/{patient_id}")]):
             if subject.get("status") in LEFT or not any(
                     i.get("system") == REFERRAL_IDENTIFIER for i in subject.get("identifier", [])):

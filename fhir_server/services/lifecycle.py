@@ -9,7 +9,7 @@ is audited by its caller with its counts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any
 
@@ -17,21 +17,12 @@ import orjson
 
 from ..search import extract, parse_query, patients_of
 from ..store.base import Erasure, Outbox
-from . import reach
 from .context import Context
 from .erase import compartment
+from .reach import matching
 
 PREFIX = "retention/"
-PAGE = 1000
 _NO_PATIENT = ("Patient", "-")  # `Store.erase` removes a Patient last; none here
-
-
-async def matching(ctx: Context, resource_type: str,
-                   params: Sequence[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
-    """Every current resource the search matches, page after page, with its `meta`."""
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
-    async for resource in reach.resources(ctx, query):
-        yield resource
 
 
 def compartment_types(ctx: Context) -> list[str]:

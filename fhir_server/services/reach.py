@@ -52,12 +52,18 @@ async def resources(ctx: Context, query: Query) -> AsyncIterator[dict[str, Any]]
         yield orjson.loads(version.body)  # type: ignore[arg-type]  # current_versions yields bodies only
 
 
+def matching(ctx: Context, resource_type: str,
+             params: Sequence[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
+    """Every current resource the search matches, page after page, with its `meta`."""
+    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+    return resources(ctx, query)
+
+
 async def find(ctx: Context, resource_type: str, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """Every current resource matching a search. Past MOST the lookup fails (BUSY) rather
     than decide on part of the data: a deny left unread would be ignored."""
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
     found: list[dict[str, Any]] = []
-    async for resource in resources(ctx, query):
+    async for resource in matching(ctx, resource_type, params):
         found.append(resource)
         if len(found) > MOST:
             raise fail(Kind.BUSY, "too-costly", f"More than {MOST} {resource_type} resources bear "

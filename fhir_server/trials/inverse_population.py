@@ -124,7 +124,7 @@ async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
             continue
         for start in range(0, len(patients), CHUNK):
             named = ",".join(f"Patient/{p}" for p in patients[start:start + CHUNK])
-            async for resource in _found(ctx, resource_type, [("patient", named)]):
+            async for resource in reach.matching(ctx, resource_type, [("patient", named)]):
                 owner = study_access.owner(resource)
                 if owner in records:
                     records[owner].append((pinned(resource), resource))
@@ -133,15 +133,9 @@ async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
                         wanted[target].append(owner)
     ids = sorted(target.removeprefix("Medication/") for target in wanted)
     for start in range(0, len(ids), CHUNK):
-        async for medication in _found(ctx, "Medication", [("_id", ",".join(ids[start:start + CHUNK]))]):
+        async for medication in reach.matching(ctx, "Medication", [("_id", ",".join(ids[start:start + CHUNK]))]):
             for owner in dict.fromkeys(wanted[f"Medication/{medication['id']}"]):
                 records[owner].append((pinned(medication), medication))
-
-
-async def _found(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
-    async for version in reach.current_versions(ctx, query):
-        yield orjson.loads(version.body or b"{}")
 
 
 def _versions(ctx: Context, resource_type: str) -> AsyncIterator[Version]:

@@ -14,7 +14,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..search import parse_query
 from ..services import reach
 from ..services.context import Context
 from ..store.base import HistoryQuery, Store
@@ -24,7 +23,6 @@ from .eligibility_codes import PROFILE
 from .match_sites import Site, sites
 
 TYPES = ("ResearchStudy", "Group", "Location")
-PAGE = 1000
 Stamp = tuple[tuple[str, int, str] | None, ...]
 
 
@@ -61,8 +59,7 @@ async def _stamp(ctx: Context) -> Stamp:
 
 
 async def _all(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
-    return [resource async for resource in reach.resources(ctx, query)]
+    return [resource async for resource in reach.matching(ctx, resource_type, params)]
 
 
 def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
