@@ -115,6 +115,14 @@ def _where_equals(prev: Fn, key: str, literal: object) -> Fn:
     return step
 
 
+def _where_true(prev: Fn, cond: BoolFn) -> Fn:
+    # where(): an item stays when the condition, evaluated on it alone, is true (not empty).
+    def step(items: list[Any], root: dict[str, Any]) -> list[Any]:
+        return [i for i in prev(items, root) if cond([i], root) is True]
+
+    return step
+
+
 def _from_bool(fn: BoolFn) -> Fn:
     def step(items: list[Any], root: dict[str, Any]) -> list[Any]:
         result = fn(items, root)
@@ -234,10 +242,19 @@ class Compiler:
                 raise CompileError("first() over several types")
             return tuple(b.then(_slice(b.fn, 0), b.type, None) for b in sources)
         if node.name == "where" and len(node.args) == 1:
-            return tuple(self.where(b, node.args[0]) for b in sources)
+            return tuple(self.where(b, node.args[0], root_type) for b in sources)
+        if node.name == "extension" and len(node.args) == 1:
+            # FHIR's extension(url) is extension.where(url = url) (fhirpath.html#functions).
+            (url,) = node.args
+            if not isinstance(url, fp.Literal) or not isinstance(url.value, str):
+                raise CompileError("extension() takes a string literal")
+            return tuple(
+                b.then(_where_equals(b.fn, "url", url.value), b.type, ("eq", "url", url.value))
+                for source in sources for b in self.children(source, "extension")
+            )
         raise CompileError(f"function {node.name}() not supported")
 
-    def where(self, branch: Branch, cond: fp.Node) -> Branch:
+    def where(self, branch: Branch, cond: fp.Node, root_type: str) -> Branch:
         if (
             isinstance(cond, fp.TypeOp)
             and cond.op == "is"
@@ -260,7 +277,8 @@ class Compiler:
                 raise CompileError(f"where() on {branch.type}.{cond.left.name}")
             op = ("eq", cond.left.name, cond.right.value)
             return branch.then(_where_equals(branch.fn, cond.left.name, cond.right.value), branch.type, op)
-        raise CompileError("unsupported where() condition")
+        test = self.boolean(cond, (Branch(_identity, branch.type, ()),), root_type)
+        return branch.then(_where_true(branch.fn, test), branch.type, None)
 
     def boolean(self, node: fp.Node, inputs: tuple[Branch, ...], root_type: str) -> BoolFn:
         """Three-valued FHIRPath logic (None is the empty collection)."""
@@ -286,7 +304,30 @@ class Compiler:
                 return equal != negate
 
             return compare
+        if isinstance(node, fp.Binary) and node.op == "in":
+            return self.membership(node, inputs, root_type)
         raise CompileError("unsupported boolean expression")
+
+    def membership(self, node: fp.Binary, inputs: tuple[Branch, ...], root_type: str) -> BoolFn:
+        """`x in ('a' | 'b')`: empty when x is, else whether x equals one of the literals."""
+        literals = node.right.items if isinstance(node.right, fp.Union) else (node.right,)
+        if not all(isinstance(item, fp.Literal) for item in literals):
+            raise CompileError("in: only a list of literals on the right")
+        src = self.node(node.left, inputs, root_type)
+        allowed = [item.value for item in literals if isinstance(item, fp.Literal)]
+
+        def test(items: list[Any], root: dict[str, Any]) -> bool | None:
+            values = [v for b in src for v in b.fn(items, root)]
+            if not values:
+                return None
+            if len(values) > 1:
+                # FHIRPath makes this an error; as a where() condition it keeps the item out,
+                # so that one odd element cannot fail the indexing of a whole write.
+                return None
+            value = values[0]
+            return any(type(value) is type(literal) and value == literal for literal in allowed)
+
+        return test
 
 
 def _and(left: bool | None, right: bool | None) -> bool | None:

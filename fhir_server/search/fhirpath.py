@@ -2,12 +2,13 @@
 
 FHIRPath (http://hl7.org/fhirpath/N1/) is big; SearchParameter.expression in R4 uses a small
 part of it: member paths, `|`, `where(...)`, `as`/`ofType`/`.as()`, `is`, `resolve()`,
-`exists()`, `first()`, `[n]`, `=`/`!=`, `and`, string/boolean literals and `%resource`.
+`exists()`, `first()`, `extension(url)`, `[n]`, `=`/`!=`, `in`, `and`, string/boolean literals
+and `%resource`.
 This module turns such text into a tiny AST; `compile.py` turns the AST into Python closures.
 Anything outside the subset raises `FhirPathSyntaxError`, which makes the caller fall back to
 the full engine (fhirpathpy).
 
-Precedence follows FHIRPath §6 (high to low): `.` / `[]`, `|`, `is`/`as`, `=`/`!=`, `and`.
+Precedence follows FHIRPath §6 (high to low): `.` / `[]`, `|`, `is`/`as`, `=`/`!=`, `in`, `and`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class TypeOp:
 
 @dataclass(frozen=True, slots=True)
 class Binary:
-    """`=`, `!=` and `and`."""
+    """`=`, `!=`, `in` and `and`."""
 
     op: str
     left: Node
@@ -121,12 +122,21 @@ class _Parser:
         return tok is not None and tok[1] == value and tok[0] in ("op", "id")
 
     def expression(self) -> Node:
-        node = self.equality()
+        node = self.membership()
         while self.at("and"):
             self.take()
-            node = Binary("and", node, self.equality())
+            node = Binary("and", node, self.membership())
         if self.at("or") or self.at("xor") or self.at("implies"):
             raise FhirPathSyntaxError(f"operator {self.peek()} not supported")
+        return node
+
+    def membership(self) -> Node:
+        node = self.equality()
+        if self.at("in"):
+            self.take()
+            node = Binary("in", node, self.equality())
+        elif self.at("contains"):
+            raise FhirPathSyntaxError("operator contains not supported")
         return node
 
     def equality(self) -> Node:

@@ -10,6 +10,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_server.search import Extractor, Registry
 from fhir_server.search import fhirpath as fp
@@ -156,3 +158,99 @@ def test_generated_source_is_inspectable(registry: Registry) -> None:
     assert "def extract(r, out):" in source
     # `subject` is walked once for both the subject and the patient parameters.
     assert source.count("r.get('subject')") == 1
+
+
+# --- membership (`in`) and extension(url): our ResearchStudy-sponsor ---------------------
+
+_PARTY = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.associatedParty"
+_ROLES = ("sponsor", "lead-sponsor", "sponsor-investigator", "collaborator", "primary-investigator")
+
+
+def test_in_parses_below_equality_and_above_and() -> None:
+    assert fp.parse("code in ('a' | 'b') and x") == fp.Binary(
+        "and",
+        fp.Binary("in", fp.Member(None, "code"), fp.Union((fp.Literal("a"), fp.Literal("b")))),
+        fp.Member(None, "x"),
+    )
+    assert fp.parse("a = 'x' in ('true')") == fp.Binary(
+        "in", fp.Binary("=", fp.Member(None, "a"), fp.Literal("x")), fp.Literal("true"))
+
+
+@pytest.mark.parametrize("text", ["ResearchStudy.title.where(title in ResearchStudy.title)",
+                                  "ResearchStudy.extension(url)", "ResearchStudy.title contains 'a'"])
+def test_in_and_extension_outside_the_subset_are_refused(registry: Registry, text: str) -> None:
+    with pytest.raises((CompileError, fp.FhirPathSyntaxError)):
+        Compiler(registry).compile(text, "ResearchStudy")
+
+
+def test_the_sponsor_parameter_is_compiled(registry: Registry) -> None:
+    sp = registry.get("ResearchStudy", "sponsor")
+    assert sp is not None and sp.expression
+    branches = Compiler(registry).compile(sp.expression, "ResearchStudy")
+    assert {b.type for b in branches} == {"Reference"}
+
+
+def _party(codes: list[str], reference: str | None, system: str = "urn:roles") -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"url": "name", "valueString": "x"}]
+    if codes:
+        parts.append({"url": "role", "valueCodeableConcept": {
+            "coding": [{"system": system, "code": code} for code in codes], "text": "role"}})
+    if reference is not None:
+        parts.append({"url": "party", "valueReference": {"reference": reference}})
+    return {"url": _PARTY, "extension": parts}
+
+
+def _sponsors(study: dict[str, Any]) -> set[str]:
+    """What the parameter means, written plainly: the direct sponsor, and the party of each
+    associatedParty one of whose role codes is a sponsor's."""
+    found = {study["sponsor"]["reference"]} if "sponsor" in study else set()
+    for ext in study["extension"]:
+        if ext["url"] != _PARTY:
+            continue
+        parts = {part["url"]: part for part in ext["extension"]}
+        codes = {c["code"] for c in parts.get("role", {}).get("valueCodeableConcept", {}).get("coding", [])}
+        if codes & {"sponsor", "lead-sponsor", "sponsor-investigator"} and "party" in parts:
+            found.add(parts["party"]["valueReference"]["reference"])
+    return found
+
+
+_studies = st.builds(
+    lambda parties, direct, other: {
+        "resourceType": "ResearchStudy", "status": "active",
+        **({"sponsor": {"reference": direct}} if direct else {}),
+        "extension": [*parties, *([{"url": "urn:other", "valueString": "y"}] if other else [])],
+    },
+    st.lists(st.builds(_party, st.lists(st.sampled_from(_ROLES), max_size=3),
+                       st.one_of(st.none(), st.from_regex(r"Organization/[a-z]{1,4}", fullmatch=True))),
+             max_size=4),
+    st.one_of(st.none(), st.just("Organization/direct")),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(study=_studies)
+def test_the_compiled_sponsor_finds_each_sponsor_party(registry: Registry, study: dict[str, Any]) -> None:
+    """On studies with any number of parties, each with zero to three role codings (where
+    strict FHIRPath's `in` would fail on several codes, the expression tests each coding's
+    single code), the compiled getter finds the direct sponsor and every sponsor party. Not
+    compared with fhirpathpy: given several associatedParty extensions, it reads the nested
+    extensions of the first one only (see the next test)."""
+    sp = registry.get("ResearchStudy", "sponsor")
+    assert sp is not None and sp.expression
+    branches = Compiler(registry).compile(sp.expression, "ResearchStudy")
+    ours = [v for b in branches for v in b.fn([study], study)]
+    assert {v["reference"] for v in ours} == _sponsors(study)
+
+
+def test_a_sponsor_named_after_another_party_is_indexed(registry: Registry) -> None:
+    """The defect compiling the parameter mended: on fhirpathpy, which ran it before, a
+    sponsor whose associatedParty came after another party was never indexed, so
+    `_include=ResearchStudy:sponsor` left it out."""
+    study = {"resourceType": "ResearchStudy", "status": "active", "extension": [
+        _party(["primary-investigator"], "Practitioner/pi"), _party(["lead-sponsor"], "Organization/s")]}
+    sp = registry.get("ResearchStudy", "sponsor")
+    assert sp is not None and sp.expression
+    assert engine(sp.expression)(study) == []  # what the fallback indexed
+    entries = Extractor(registry).extract(study)
+    assert [(e.param, e.type, e.id) for e in entries if e.param == "sponsor"] == [("sponsor", "Organization", "s")]

@@ -390,15 +390,14 @@ def test_unknown_resource_types_have_no_entries() -> None:
 
 def test_parameters_that_fall_back_to_fhirpathpy(registry: Registry, examples: list[dict[str, Any]]) -> None:
     """DeviceDefinition-classification: its R4 expression names an element that R4
-    DeviceDefinition does not have (`classification`), so the compiler refuses it; and our
-    ResearchStudy-sponsor (profiles/), whose `in (... | ...)` filter on the associatedParty
-    role is outside the compiled subset (ResearchStudy writes only)."""
+    DeviceDefinition does not have (`classification`), so the compiler refuses it. Our own
+    parameters (profiles/) are all compiled."""
     extractor = Extractor(registry)
     for resource in examples:
         extractor.extract(resource)
     for rtype in extractor.registry.resource_types:
         extractor.plan(rtype)
-    assert set(extractor.fallbacks) == {"DeviceDefinition-classification", "ResearchStudy-sponsor"}
+    assert set(extractor.fallbacks) == {"DeviceDefinition-classification"}
 
 
 def test_fallback_evaluates_what_the_compiler_refuses(registry: Registry) -> None:
