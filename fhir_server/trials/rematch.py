@@ -41,7 +41,7 @@ import orjson
 from .. import clock
 from ..model.errors import FhirError, Kind
 from ..model.ids import new_id
-from ..search import date_range, parse_query
+from ..search import Clause, Query, ReferencePredicate, TokenPredicate, date_range
 from ..services import reach, study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
@@ -321,20 +321,35 @@ def _micros(instant: str) -> tuple[int, int]:
     return found
 
 
-async def _about(ctx: Context, resource_type: str, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """The current resources of `resource_type` about each of `patients` (at most BATCH),
-    read as the server by one search, rather than one per patient (services/patient_record.py)."""
-    if resource_type == "Patient":
-        params = [("_id", ",".join(patients))]
-    else:
-        params = [("patient", ",".join(f"Patient/{id}" for id in patients))]
-    query, _ = parse_query(resource_type, [*params, ("_count", str(PAGE))], ctx.registry)
+# The rest of a record, read once its Conditions leave the patient some trial. Medications
+# name no patient: the search by patient this read replaced found every one and kept none.
+_REST = tuple(t for t in TYPES if t not in ("Condition", "Medication"))
+
+
+def _compartments(patients: Sequence[str], types: Iterable[str]) -> list[Query]:
+    """One query per patient and type (`patient=Patient/<id>`; the Patient by `_id`): the
+    shape `Store.gather` reads a compartment by (a seek per patient, no plan to choose)."""
+    return [Query("Patient", (Clause((TokenPredicate("_id", None, id),)),)) if resource_type == "Patient"
+            else Query(resource_type, (Clause((ReferencePredicate("patient", "Patient", id),)),))
+            for id in patients for resource_type in types]
+
+
+async def _about(ctx: Context, types: Iterable[str], patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The current resources of `types` about each of `patients` (at most BATCH), read as the
+    server by one read of their compartments, rather than a search per type and patient."""
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    async for resource in reach.resources(ctx, query):
-        owner = resource["id"] if resource_type == "Patient" else study_access.owner(resource)
+    for version in await ctx.store.gather(_compartments(patients, types)):
+        if version.body is None:
+            continue
+        resource = orjson.loads(version.body)
+        owner = version.id if version.resource_type == "Patient" else study_access.owner(resource)
         if owner is not None:
             found[owner].append(resource)
     return found
+
+
+def _has_patient(resources: Iterable[dict[str, Any]]) -> bool:
+    return any(r["resourceType"] == "Patient" for r in resources)
 
 
 def _entries(resources: Iterable[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -350,17 +365,13 @@ async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
     pruned = evaluated = 0
     for start in range(0, len(patients), BATCH):
         batch = patients[start:start + BATCH]
-        conditions = await _about(ctx, "Condition", batch)
+        conditions = await _about(ctx, ("Condition",), batch)
         kept = [p for p in batch if index.candidates(read_record(_entries(conditions[p]), plan.today))[0]]
         pruned += (len(batch) - len(kept)) * len(index.trials)
         if not kept:
             continue
-        records = await _about(ctx, "Patient", kept)
-        for resource_type in TYPES[2:]:  # after Patient and Condition
-            for owner, resources in (await _about(ctx, resource_type, kept)).items():
-                if owner in records:
-                    records[owner] += resources
-        for patient in (p for p in kept if p in records):  # a Patient deleted is left out
+        records = await _about(ctx, _REST, kept)
+        for patient in (p for p in kept if _has_patient(records[p])):  # a Patient deleted is left out
             read = read_record(_entries([*records[patient], *conditions[patient]]), plan.today)
             verdicts = index.verdicts(read)
             pruned += verdicts.pruned
