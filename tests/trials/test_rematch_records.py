@@ -10,6 +10,7 @@ import itertools
 from datetime import date
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -102,10 +103,7 @@ async def _brute_force(ctx: Context, ids: list[str], today: date) -> tuple[list[
     index = TrialIndex(TRIALS)
     for id in ids:
         found = await _searched(ctx, id)
-        if found is None:  # left out; its pairs pruned only if its Conditions leave it no trial
-            conditions = await reach.find(ctx, "Condition", [("patient", f"Patient/{id}")])
-            if not index.candidates(read_record([(pinned(r), r) for r in conditions], today))[0]:
-                pruned += len(TRIALS)
+        if found is None:  # a Patient deleted: left out
             continue
         record = read_record([(pinned(r), r) for r in found], today)
         kept, _ = index.candidates(record)
@@ -117,9 +115,12 @@ async def _brute_force(ctx: Context, ids: list[str], today: date) -> tuple[list[
     return sorted(matches), pruned, evaluated
 
 
+@pytest.mark.parametrize("diagnoses_first", [True, False], ids=["few-trials", "many-trials"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=records)
-def test_the_job_reads_records_as_a_search_per_type_and_patient(client: TestClient, specs: list[dict[str, Any]]) -> None:
+def test_the_job_reads_records_as_a_search_per_type_and_patient(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, diagnoses_first: bool, specs: list[dict[str, Any]]) -> None:
+    monkeypatch.setattr(rematch, "FEW", len(TRIALS) if diagnoses_first else 0)
     ctx = as_server(client.app.state.context, "rematch")  # type: ignore[attr-defined]
     portal = client.portal  # type: ignore[union-attr]
     ids = portal.call(_store, ctx, specs, next(_runs))
