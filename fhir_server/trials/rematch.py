@@ -327,10 +327,11 @@ _RECORD = tuple(t for t in TYPES if t != "Medication")
 _FIRST = ("Patient", "Condition")
 _REST = tuple(t for t in _RECORD if t not in _FIRST)
 # Up to this many trials, a batch's diagnoses are read first, and the rest of a record only for
-# a patient they leave some trial: few trials prune many patients whole, and the index's
-# candidates cost grows with its trials (1.4 ms a patient at 10,000, 14 µs at 100), while
-# with many trials nearly every patient is left one.
-FEW = 200
+# a patient they leave some trial. Few trials prune many patients whole (bench/matching.py's
+# catalogue: 83% of the patients for 1 trial, 47% for 10, 4.5% for 100); with more, pruning
+# first costs more than it spares (the index's candidates, then the record read twice: at 100
+# trials, 20 µs a patient; at 10,000, 1.4 ms).
+FEW = 50
 
 
 def _compartments(patients: Sequence[str], types: Iterable[str]) -> list[Query]:
