@@ -55,7 +55,7 @@ from .match import _open as open_for_accrual
 PREFIX = "rematch/"
 STATE = f"{PREFIX}s"
 LEASE = f"{PREFIX}l"
-CHUNK = 200  # patients evaluated between two commits
+CHUNK = 1000  # patients evaluated between two commits (each writes what they were told and the events)
 BATCH = 100  # patients whose records are read by one search per type (SQL has a size limit)
 LEASE_SECONDS = 300
 MARGIN = timedelta(seconds=5)  # history re-read at each look, for writes committed late
