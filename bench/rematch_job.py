@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import threading
 import time
 from functools import partial
@@ -91,6 +92,12 @@ def _spent(before: dict[str, float]) -> str:
     return ", ".join(f"{kind} {after[kind] - before.get(kind, 0.0):.1f} s" for kind in sorted(after))
 
 
+def _workers() -> float:
+    """CPU seconds of the worker processes ended so far (a full re-match's pool)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 async def _rematch_changed(ctx: Any, trials: int, rng: random.Random, label: str) -> None:
     """1% of the trials written again, then the job's look that re-matches them."""
     changed = rng.sample(range(trials), max(1, trials // 100))
@@ -114,11 +121,12 @@ async def _measure(settings: Settings, trials: int, workers: int, seed: int, ful
         if not full:
             return
         for run in ("first", "second"):  # the second finds every match told already
-            c0, t0, threads = time.process_time(), time.perf_counter(), _threads()
+            c0, t0, threads, w0 = time.process_time(), time.perf_counter(), _threads(), _workers()
             report = await rematch.full(ctx, partial(open_context, settings), workers)
             print(f"full re-match ({run} run), {workers} worker(s): {rematch.summary(report)}; "
                   f"wall {time.perf_counter() - t0:.1f} s, this process {time.process_time() - c0:.1f} s CPU "
-                  f"({_spent(threads)}); load average {load_average()}", flush=True)
+                  f"({_spent(threads)}), its workers {_workers() - w0:.1f} s CPU; "
+                  f"load average {load_average()}", flush=True)
 
 
 def measure_job(where: Path, patients: int, trials: int, workers: int, seed: int, full: bool) -> None:
