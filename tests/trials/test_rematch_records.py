@@ -2,7 +2,7 @@
 (trials/rematch.py `_evaluate` reads a batch of patients' compartments at once): for random
 records, on both stores, the (patient, trial) pairs it finds matching, and the pairs it prunes
 and evaluates, are what evaluating every trial against every record read search by search
-gives."""
+gives; and no Medication of the store is read along the way."""
 
 from __future__ import annotations
 
@@ -128,3 +128,35 @@ def test_the_job_reads_records_as_a_search_per_type_and_patient(
     plan = rematch._Pass(tuple(TRIALS), today, frozenset(t.study for t in TRIALS))
     matches, pruned, evaluated = portal.call(rematch._evaluate, ctx, TrialIndex(TRIALS), plan, ids)
     assert (sorted(matches), pruned, evaluated) == portal.call(_brute_force, ctx, ids, today)
+
+
+def test_the_job_reads_no_medication_of_other_records(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Medication names no patient: a search of them "by patient" had no clause and read
+    every Medication of the store, at each batch of patients."""
+    ctx = as_server(client.app.state.context, "rematch")  # type: ignore[attr-defined]
+    portal = client.portal  # type: ignore[union-attr]
+    spec = {"patient": "kept", "gender": "female", "born": "1950-03-01", "diagnoses": ["C50.4"], "her2": None,
+            "ecog": None, "drug": "L01XE03", "drug_by_reference": True, "surgery": False, "elsewhere": False}
+    ids = portal.call(_store, ctx, [spec, {**spec, "diagnoses": ["C34.1"]}], next(_runs))
+    read: list[str] = []
+    store = type(ctx.store)
+    search, gather = store.search, store.gather
+
+    async def searched(self: Any, query: Any, cursor: Any = None) -> Any:
+        page = await search(self, query, cursor)
+        read.extend(v.resource_type for v in page.matches)
+        return page
+
+    async def gathered(self: Any, queries: Any) -> Any:
+        found = await gather(self, queries)
+        read.extend(v.resource_type for v in found)
+        return found
+
+    monkeypatch.setattr(store, "search", searched)
+    monkeypatch.setattr(store, "gather", gathered)
+    plan = rematch._Pass(tuple(TRIALS), clock.now().date(), frozenset(t.study for t in TRIALS))
+    for many in (False, True):  # diagnoses first, or whole records
+        monkeypatch.setattr(rematch, "FEW", 0 if many else len(TRIALS))
+        read.clear()
+        portal.call(rematch._evaluate, ctx, TrialIndex(TRIALS), plan, ids[:1])
+        assert "Condition" in read and "Medication" not in read, read
