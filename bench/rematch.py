@@ -21,7 +21,8 @@ news), 1% of the trials written again and the job's look that re-matches them (t
 first pass: it reads the Consents), another 1% and its look (the Consents' answer kept), and
 with `--job-full` a full re-match (`fhir-server trials rematch`'s `full`) twice: the first
 tells every match the looks did not, the second finds them told. CPU of this process (and of
-the workers, in wall time) and wall time are printed.
+the workers, in wall time), split by thread (the event loop, the SQLite writer, the readers),
+and wall time are printed.
 
 The full re-match runs at full size by default (about 3 minutes of CPU); smaller
 `--full-trials` / `--full-patients` give a scaled run, extrapolated linearly. With `--workers

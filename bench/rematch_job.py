@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -69,15 +71,42 @@ async def _fill(settings: Settings, patients: int, trials: int, seed: int) -> No
         await rematch.start(ctx)
 
 
+def _threads() -> dict[str, float]:
+    """CPU seconds of this process's threads so far (Linux `/proc`), by kind: the event loop
+    (the engine, parsing), the SQLite writer (sealing, commits), the readers (SQL, decryption)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        name = names.get(int(tid), "other")
+        kind = ("event loop" if name == "MainThread" else "writer" if "writer" in name
+                else "readers" if "reader" in name else "other")
+        spent[kind] = spent.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return spent
+
+
+def _spent(before: dict[str, float]) -> str:
+    after = _threads()
+    return ", ".join(f"{kind} {after[kind] - before.get(kind, 0.0):.1f} s" for kind in sorted(after))
+
+
+def _workers() -> float:
+    """CPU seconds of the worker processes ended so far (a full re-match's pool)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 async def _rematch_changed(ctx: Any, trials: int, rng: random.Random, label: str) -> None:
     """1% of the trials written again, then the job's look that re-matches them."""
     changed = rng.sample(range(trials), max(1, trials // 100))
     await _write(ctx, [r for n in changed for r in _trial(random.Random(n), n, title=f"Trial {n}, amended {label}")])
-    c0, t0 = time.process_time(), time.perf_counter()
+    c0, t0, threads = time.process_time(), time.perf_counter(), _threads()
     report = await rematch.look(ctx)
     print(f"re-match after 1% changed ({len(changed)} trials written again), the job's look, {label}: "
           f"{rematch.summary(report)}; wall {time.perf_counter() - t0:.1f} s, "
-          f"{time.process_time() - c0:.1f} s CPU; load average {load_average()}", flush=True)
+          f"{time.process_time() - c0:.1f} s CPU ({_spent(threads)}); load average {load_average()}", flush=True)
 
 
 async def _measure(settings: Settings, trials: int, workers: int, seed: int, full: bool) -> None:
@@ -92,10 +121,11 @@ async def _measure(settings: Settings, trials: int, workers: int, seed: int, ful
         if not full:
             return
         for run in ("first", "second"):  # the second finds every match told already
-            c0, t0 = time.process_time(), time.perf_counter()
+            c0, t0, threads, w0 = time.process_time(), time.perf_counter(), _threads(), _workers()
             report = await rematch.full(ctx, partial(open_context, settings), workers)
             print(f"full re-match ({run} run), {workers} worker(s): {rematch.summary(report)}; "
-                  f"wall {time.perf_counter() - t0:.1f} s, this process {time.process_time() - c0:.1f} s CPU; "
+                  f"wall {time.perf_counter() - t0:.1f} s, this process {time.process_time() - c0:.1f} s CPU "
+                  f"({_spent(threads)}), its workers {_workers() - w0:.1f} s CPU; "
                   f"load average {load_average()}", flush=True)
 
 
