@@ -200,3 +200,47 @@ async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base:
 def test_the_catalogue_kept_equals_the_catalogue_read_afresh(kind: str, steps: list[Any],
                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
     asyncio.run(_run(kind, steps, tmp_path_factory.getbasetemp()))
+
+
+async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    with tempfile.TemporaryDirectory(dir=base) as folder:
+        async with _stores(kind, Path(folder)) as stores:
+            ctx = _context(stores.first)
+            writes = [*(_location(p, "paris") for p in PLACES), *(_group(g, "breast") for g in GROUPS),
+                      *(_study(f"t{n}", [GROUPS[n % 3]], [(PLACES[n % 3], "recruiting")], True) for n in range(9))]
+            await stores.first.commit([Write(r["resourceType"], r["id"], r, extract(r)) for r in writes])
+            await match_catalogue.load(ctx)
+            written = [_group("g1", "lung"), _location("l2", "lyon"), _study("t0", ["g0"], [], False)]
+            for resource in written:  # another worker process writes
+                await stores.second.commit([Write(resource["resourceType"], resource["id"], resource, extract(resource))])
+            searched: list[tuple[str, list[tuple[str, str]]]] = []
+            real, trials = match_catalogue.reach.matching, match_catalogue.read_trial
+            read: list[str] = []
+
+            def matching(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> Any:
+                searched.append((resource_type, list(params)))
+                return real(ctx, resource_type, params)
+
+            match_catalogue.reach.matching = matching  # type: ignore[assignment]
+            match_catalogue.read_trial = lambda id, groups: read.append(id) or trials(id, groups)  # type: ignore[assignment]
+            try:
+                kept = await match_catalogue.load(ctx)
+            finally:
+                match_catalogue.reach.matching, match_catalogue.read_trial = real, trials  # type: ignore[assignment]
+            # Those enrolling g1; t0 was written but names the same version of g0: kept.
+            assert sorted(read) == ["t1", "t4", "t7"]
+            assert kept.trials["t1"].criteria[0].codes == (("http://hl7.org/fhir/sid/icd-10", "C34"),)
+            assert kept.sites["t2"][0].geocoded and not kept.sites["t0"]
+            _same(kept, await match_catalogue.load(_context(Handle(stores.first))))
+            return searched
+
+
+@pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
+def test_a_write_reads_again_only_what_it_changed(kind: str, tmp_path: Path) -> None:
+    """After a study, a Group and a Location are written (by another handle), bringing the
+    catalogue up to date reads those three by `_id`, and the criteria of the trials enrolling
+    the Group, nothing else."""
+    searched = asyncio.run(_only_what_changed(kind, tmp_path))
+    assert sorted((t, dict(p)["_id"]) for t, p in searched) == [
+        ("Group", "g1"), ("Location", "l2"), ("ResearchStudy", "t0")]
+    assert [dict(p).get("_profile") for t, p in searched if t == "Group"] == [group("g")["meta"]["profile"][0]]
