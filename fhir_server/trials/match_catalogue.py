@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,22 +137,23 @@ def _worked_out(ctx: Context, kept: _Kept, at: Position, studies: dict[str, dict
     `kept`: study ids, `Group/<id>`, `Location/<id>`), worked out again only where a change
     bears on it."""
     written = set(written)
-    enrolling = _reindexed(kept.enrolling, kept.catalogue.studies, studies, written, _enrollment)
-    siting = _reindexed(kept.siting, kept.catalogue.studies, studies, written, _site_targets)
+    before = kept.catalogue
+    found_sites = {id: s for id, s in before.sites.items() if id not in written}
+    found_sites |= {id: sites(studies[id], locations[0]) for id in written if id in studies}
+    enrolling = _reindexed(kept.enrolling, written, lambda id: _enrollment(before.studies.get(id, {})),
+                           lambda id: _enrollment(studies.get(id, {})))
+    siting = _reindexed(kept.siting, written, lambda id: (s.location for s in before.sites.get(id, ())),
+                        lambda id: (s.location for s in found_sites.get(id, ())))
+    for id in _named(siting, locations[1]) - written:  # the sites of a Location written
+        found_sites[id] = sites(studies[id], locations[0])
     criteria = written | _named(enrolling, groups[1])
-    placed = written | _named(siting, locations[1])
-    trials, read_from = dict(kept.catalogue.trials), dict(kept.read_from)
-    found_sites = dict(kept.catalogue.sites)
+    trials, read_from = dict(before.trials), dict(kept.read_from)
     for id in criteria:
         trials.pop(id, None)
         read_from.pop(id, None)
         if id in studies:
             trials[id], read_from[id] = _trial(id, studies[id], groups[0], kept)
-    for id in placed:
-        found_sites.pop(id, None)
-        if id in studies:
-            found_sites[id] = sites(studies[id], locations[0])
-    index = kept.catalogue.index if not criteria else TrialIndex(trials.values())
+    index = before.index if not criteria else TrialIndex(trials.values())
     catalogue = Catalogue(studies, trials, index, found_sites, ctx.site_status_max_age_days)
     return _Kept(catalogue, at, groups[0], locations[0], read_from, enrolling, siting)
 
@@ -174,10 +175,6 @@ def _enrollment(study: dict[str, Any]) -> list[str]:
     return [(reference.get("reference") or "").split("/_history/")[0] for reference in study.get("enrollment", [])]
 
 
-def _site_targets(study: dict[str, Any]) -> list[str]:
-    return [site.location for site in sites(study, {})]
-
-
 def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The eligibility Groups a study's `enrollment` names, in order (a draft no person
     approved is never read: criteria_review.py)."""
@@ -189,16 +186,15 @@ def _enrolled(study: dict[str, Any], groups: dict[str, dict[str, Any]]) -> list[
     return found
 
 
-def _reindexed(before: dict[str, frozenset[str]], old: Mapping[str, dict[str, Any]],
-               new: Mapping[str, dict[str, Any]], written: set[str],
-               targets: Callable[[dict[str, Any]], list[str]]) -> dict[str, frozenset[str]]:
-    """`before` (target -> the studies naming it) with the studies `written` as they are in
-    `new` (they were as in `old`)."""
+def _reindexed(before: dict[str, frozenset[str]], written: set[str], old: Callable[[str], Iterable[str]],
+               new: Callable[[str], Iterable[str]]) -> dict[str, frozenset[str]]:
+    """`before` (target -> the studies naming it) with the studies `written` naming `new(id)`
+    where they named `old(id)`."""
     touched: dict[str, set[str]] = {}  # each target's studies copied once, however many change
     for id in written:
-        for target in targets(old[id]) if id in old else ():
+        for target in old(id):
             touched.setdefault(target, set(before.get(target, ()))).discard(id)
-        for target in targets(new[id]) if id in new else ():
+        for target in new(id):
             touched.setdefault(target, set(before.get(target, ()))).add(id)
     after = dict(before)
     for target, ids in touched.items():

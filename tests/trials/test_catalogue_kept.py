@@ -124,8 +124,9 @@ def _records() -> list[Any]:
     """Patients the index is asked about: breast cancer, lung cancer, no diagnosis."""
     today = clock.now().date()
     me = patient(birth="1965-01-01")
-    return [read_record([("Patient/p", me), ("Condition/c1", condition(code))], today) for code in ("C50.4", "C34.1")] + [
-        read_record([("Patient/p", me)], today)]
+    diagnosed = [read_record([("Patient/p", me), ("Condition/c1", condition(code))], today)
+                 for code in ("C50.4", "C34.1")]
+    return [*diagnosed, read_record([("Patient/p", me)], today)]
 
 
 def _same(kept: match_catalogue.Catalogue, fresh: match_catalogue.Catalogue) -> None:
@@ -212,7 +213,8 @@ async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tupl
             await match_catalogue.load(ctx)
             written = [_group("g1", "lung"), _location("l2", "lyon"), _study("t0", ["g0"], [], False)]
             for resource in written:  # another worker process writes
-                await stores.second.commit([Write(resource["resourceType"], resource["id"], resource, extract(resource))])
+                await stores.second.commit([Write(resource["resourceType"], resource["id"], resource,
+                                                  extract(resource))])
             searched: list[tuple[str, list[tuple[str, str]]]] = []
             real, trials = match_catalogue.reach.matching, match_catalogue.read_trial
             read: list[str] = []
@@ -222,7 +224,8 @@ async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tupl
                 return real(ctx, resource_type, params)
 
             match_catalogue.reach.matching = matching  # type: ignore[assignment]
-            match_catalogue.read_trial = lambda id, groups: read.append(id) or trials(id, groups)  # type: ignore[assignment]
+            match_catalogue.read_trial = (  # type: ignore[assignment]
+                lambda id, groups: read.append(id) or trials(id, groups))
             try:
                 kept = await match_catalogue.load(ctx)
             finally:
