@@ -34,7 +34,7 @@ from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
 from .eligibility_codes import PROFILE
 from .match_sites import Site, sites
 
-__all__ = ["Catalogue", "Stamp", "load", "newest", "shared"]
+__all__ = ["TYPES", "Catalogue", "Stamp", "load", "newest", "shared"]
 
 CHUNK = 100  # ids an `_id` search names
 Read = tuple[tuple[Any, ...], ...]  # the versions of the Groups a Trial was read from
