@@ -19,7 +19,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from fhir_server.search import default_registry
+from fhir_server.search import default_registry, parse_query
 from fhir_server.search.registry import NOT_OFFERED
 from tests.store import search_model as m
 from tests.store.conftest import STORES
@@ -194,6 +194,10 @@ def test_the_cases_cover_every_offered_parameter() -> None:
     assert set(OFFERED) <= covered, set(OFFERED) - covered
 
 
+def _refused(param: tuple[str, str]) -> bool:
+    return bool(parse_query("AuditEvent", [param], default_registry(), now=m.NOW)[1])
+
+
 @st.composite
 def audit_queries(draw: st.DrawFn, world: m.World) -> m.Query:
     """1-3 AND-ed AuditEvent parameters (several: one drives, the others are checked per row),
@@ -204,6 +208,8 @@ def audit_queries(draw: st.DrawFn, world: m.World) -> m.Query:
     params = []
     for _ in range(draw(choice((1, 1, 2, 3)))):
         found = draw(seeded(world, "AuditEvent")) if draw(BOOLEANS) else None
+        if found is not None and _refused(found):
+            found = None  # a chain through `entity` (any type) to a parameter types disagree on
         params.append(found or draw(clauses(_PARAMS)))
     return m.query("AuditEvent", *params)
 
