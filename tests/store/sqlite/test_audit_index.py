@@ -20,6 +20,7 @@ from fhir_server.store.base import Delete, Write
 from fhir_server.store.bodies import opened
 from fhir_server.store.sqlite import SqliteStore, audit_index, index, schema
 from fhir_server.store.sqlite.index import LOOKUPS
+from fhir_server.store.sqlite.query import SqliteSearch
 from tests.store.conftest import encrypting
 
 pytestmark = pytest.mark.anyio
@@ -201,3 +202,25 @@ async def test_protected_parameters_keep_digests_in_the_row(tmp_path: Path) -> N
         assert await _ids(store, ("altid:not", "dr-wilson")) == ["e1"]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(("criteria", "indexes"), [
+    ([("subtype", "read")], ["idx_audit_subtype", "idx_token_code"]),
+    ([("outcome", "8"), ("patient", "Patient/p1")], ["idx_audit_outcome", "idx_reference_pk"]),
+    ([("date", "ge2026-12-07"), ("altid", "app")],
+     ["idx_audit_altid", "SEARCH idx_audit USING INTEGER PRIMARY KEY (rowid=?)"]),
+    ([("date", "lt2026-12-07")], ["idx_audit_date_low"]),
+    ([("action", "R"), ("_sort", "-date")], ["idx_audit_action"]),
+])
+async def test_searches_on_the_columns_seek_their_indexes(
+    store: SqliteStore, tmp_path: Path, criteria: list[tuple[str, str]], indexes: list[str]
+) -> None:
+    """A driving clause seeks a column's index (and the generic rows' for several values);
+    the other clauses are one rowid look-up per event: no index table is scanned."""
+    await store.commit([_write(event("e1")), _write(event("e2", subtypes=("read", "vread")))])
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        query, _ = parse_query("AuditEvent", criteria, default_registry())
+        plan = SqliteSearch(conn, store.ids, store.registry).plan(query)
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+    for index in indexes:
+        assert any(index in step for step in plan), (index, plan)
