@@ -81,23 +81,12 @@ CREATE TABLE export_file (
 # crypto/envelope.py) without reading the whole history at each erasure (sqlite/erase.py).
 _HISTORY_KEY = "CREATE INDEX history_key ON history (substr(body, 2, 16))"
 
+MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE,
+                               _JOBS, _HISTORY_KEY, audit_index.DDL)
 
-
-def _audit_index(conn: sqlite3.Connection) -> None:
-    """AuditEvents' compact index (audit_index.py), filled from a trail's generic rows."""
-    _run(conn, audit_index.DDL)
-    audit_index.fill(conn)
-
-
-MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
-    _BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE, _JOBS, _HISTORY_KEY,
-    _audit_index)
-
-
-def _run(conn: sqlite3.Connection, script: str) -> None:
-    for statement in script.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+# What a migration moves into the tables it made, in its transaction: AuditEvents' compact
+# index filled from a trail's generic rows (audit_index.py).
+_THEN: dict[str, Callable[[sqlite3.Connection], None]] = {audit_index.DDL: audit_index.fill}
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -109,10 +98,11 @@ def migrate(conn: sqlite3.Connection) -> None:
         current = row[0] or 0
         for number, script in enumerate(MIGRATIONS, start=1):
             if number > current:
-                if callable(script):
-                    script(conn)
-                else:
-                    _run(conn, script)
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                if script in _THEN:
+                    _THEN[script](conn)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
     except BaseException:
         conn.execute("ROLLBACK")
