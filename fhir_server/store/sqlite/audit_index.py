@@ -35,6 +35,7 @@ CREATE TABLE {TABLE} (pk INTEGER PRIMARY KEY, {', '.join(COLUMNS)});
 CREATE INDEX idx_audit_date_low ON {TABLE} (date__low, date__high);
 CREATE INDEX idx_audit_date_high ON {TABLE} (date__high, date__low)
 """
+FILL_CHUNK = 10_000  # events read at a time by the migration (a trail may hold millions)
 _INSERT = f"INSERT INTO {TABLE} (pk, {', '.join(COLUMNS)}) VALUES (?{', ?' * len(COLUMNS)})"
 _EMPTY = (None,) * len(COLUMNS)
 _KIND = {**dict.fromkeys(TOKENS, TokenEntry), **dict.fromkeys(DATES, DateEntry)}
@@ -104,9 +105,10 @@ def column(param: str, field: str) -> str:
     return f"{param}__{field}"
 
 
-def fill(conn: sqlite3.Connection, chunk: int = 10_000) -> None:
+def fill(conn: sqlite3.Connection) -> None:
     """Move the compact parameters' generic rows of a store made before `idx_audit` into it,
-    chunk by chunk of events (a migration, inside its transaction): the rule of `split`."""
+    FILL_CHUNK events at a time (a migration, inside its transaction): the rule of `split`."""
+    chunk = FILL_CHUNK
     pids = dict(conn.execute(
         f"SELECT code, pid FROM search_param WHERE rtype = ? AND code IN "  # noqa: S608 - fixed
         f"({','.join('?' * len(_KIND))})", (AUDIT_TYPE, *_KIND)).fetchall())

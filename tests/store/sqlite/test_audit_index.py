@@ -148,6 +148,7 @@ async def test_a_store_made_before_the_compact_index_is_filled_on_open(
     assert not _rows(path, "SELECT name FROM sqlite_master WHERE name = 'idx_audit'")
     assert _generic(path)["subtype"] == 3
 
+    monkeypatch.setattr(audit_index, "FILL_CHUNK", 2)  # the 3 events in two steps
     after = SqliteStore(path, codec=encrypting(tmp_path))
     await after.open()
     try:
