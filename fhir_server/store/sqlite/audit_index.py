@@ -1,7 +1,7 @@
 """The compact index of AuditEvents: one row per event instead of one row per value.
 
 A request's event has one value each of `type`, `subtype`, `action`, `outcome`, `altid` and
-`date` (audit/events.py); as generic rows (index.py) they were 6 rows and about 18 B-tree
+`date` (audit/events.py); as generic rows (index.py) they were 6 rows and 19 B-tree
 inserts, the larger part of an event's cost (docs/performance.md, "Eighth pass"). Here they
 are columns of one `idx_audit` row keyed by the resource's `pk`. The rule for a parameter
 with no value or several: its columns stay NULL and every value it has is a generic row, as
