@@ -28,6 +28,7 @@ from ...search import (
     TokenEntry,
     UriEntry,
 )
+from . import audit_index
 
 INDEX_TABLES = """
 CREATE TABLE search_param (
@@ -89,7 +90,7 @@ TABLES: dict[type, tuple[str, tuple[str, ...]]] = {
     UriEntry: ("idx_uri", ("value",)),
     PositionEntry: ("idx_position", ("latitude", "longitude")),
 }
-TABLE_NAMES = tuple(table for table, _ in TABLES.values())
+TABLE_NAMES = (*(table for table, _ in TABLES.values()), audit_index.TABLE)
 _INSERTS = {
     entry_type: f"INSERT INTO {table} (pk, pid, grp, {', '.join(columns)}) "
     f"VALUES (?, ?, ?, {', '.join('?' * len(columns))})"
@@ -98,11 +99,12 @@ _INSERTS = {
 # The index B-trees searches seek by value, by name: a restore into an empty store drops them
 # and builds each once at the end, sorted (sqlite/dump.py), rather than one random insert per
 # row. The `_pk` ones stay: a restore removes a resource's rows by pk when its next version
-# comes, and their inserts are appends. INDEX_TABLES is the current shape (a migration that
+# comes, and their inserts are appends (idx_audit is keyed by pk itself). INDEX_TABLES and
+# audit_index.DDL are the current shape (a migration that
 # drops an index removes it there too, see schema.py), so what is built is what is wanted.
 LOOKUPS: dict[str, str] = {
     statement.split()[2]: statement.strip()
-    for statement in INDEX_TABLES.split(";")
+    for statement in (INDEX_TABLES + ";" + audit_index.DDL).split(";")
     if statement.strip().startswith("CREATE INDEX") and not statement.split()[2].endswith("_pk")
 }
 # Kept in resource columns, not in index tables.
@@ -208,7 +210,8 @@ def insert(
 
 class PendingRows:
     """The index rows of a unit's writes, kept until `write` inserts them all with one
-    `executemany` per table (a batch of AuditEvents: 8 rows each, in 3 tables). Whoever
+    `executemany` per table (a batch of AuditEvents: an `idx_audit` row and two reference
+    rows each, audit_index.py). Whoever
     holds them writes them before anything reads the index or removes rows."""
 
     def __init__(self) -> None:
@@ -217,6 +220,7 @@ class PendingRows:
         # as the unit, and these rows go with the unit if it rolls back. A batch of 10,000
         # AuditEvents names 8 codes; before the store's first commit none is in `ids.committed`.
         self._pids: dict[tuple[str, str], int] = {}
+        self._audit: list[tuple[Any, ...]] = []  # AuditEvents' rows of idx_audit (audit_index.py)
 
     def add(self, conn: sqlite3.Connection, ids: ParamIds, pk: int, rtype: str,
             entries: Sequence[IndexEntry], blind: BlindIndex | None = None) -> None:
@@ -224,6 +228,9 @@ class PendingRows:
         `blind` turns the entries of protected parameters into digests (search/blind.py)."""
         if blind is not None:
             entries = blind.entries(rtype, entries)
+        if rtype == audit_index.AUDIT_TYPE:
+            row, entries = audit_index.split(pk, entries)
+            self._audit.append(row)
         rows: dict[type, set[tuple[Any, ...]]] = {}
         known = ids.committed  # the pids of nearly every entry, without a call per entry
         pids = self._pids
@@ -263,6 +270,9 @@ class PendingRows:
         for entry_type, values in self._rows.items():
             conn.executemany(_INSERTS[entry_type], values)
         self._rows.clear()
+        if self._audit:
+            audit_index.write(conn, self._audit)
+            self._audit.clear()
 
 
 def drop_lookups(conn: sqlite3.Connection) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...search import (
     Chain,
+    DateEntry,
     Clause,
     CompositePredicate,
     DatePredicate,
@@ -30,11 +31,13 @@ from ...search import (
     ReferencePredicate,
     Registry,
     StringPredicate,
+    TokenEntry,
     TokenPredicate,
     TokenTextPredicate,
     UriPredicate,
 )
 from ..prefix import successor
+from . import audit_index
 from .index import ParamIds, component_code
 
 Sql = tuple[str, list[Any]]
@@ -80,6 +83,18 @@ _TABLE_OF_PREDICATE: dict[type, str] = {
     UriPredicate: "idx_uri",
     NearPredicate: "idx_position",
 }
+
+# The entry type a predicate tests, for the parameters AuditEvents keep as columns.
+_ENTRY_OF_PREDICATE: dict[type, type] = {
+    TokenPredicate: TokenEntry, TokenTextPredicate: TokenEntry, OfTypePredicate: TokenEntry,
+    DatePredicate: DateEntry,
+}
+
+
+def _compact(p: Predicate, rtype: str) -> bool:
+    """Whether `p`'s values may be columns of `idx_audit` (audit_index.py)."""
+    kind = _ENTRY_OF_PREDICATE.get(type(p))
+    return kind is not None and audit_index.compact(rtype, p.param, kind)  # type: ignore[union-attr]
 
 
 def _range(prefix: str, x: str, value: float, low: float, high: float) -> Sql:
@@ -315,15 +330,19 @@ class PredicateCompiler:
         table = _TABLE_OF_PREDICATE.get(type(p))
         if table is None or self._resource_column(p, "a") is not None:
             return ESTIMATE_CAP
-        pid = self.pid(rtype, p.param)
-        if pid is None:
-            return 0
         sql, args = condition(p, "x")
-        row = self.conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {table} x WHERE x.pid = ? AND {sql} LIMIT ?)",
-            [pid, *args, ESTIMATE_CAP],
-        ).fetchone()
-        return int(row[0])
+        sources = []
+        if _compact(p, rtype):
+            sources.append((f"{audit_index.view(p.param)} x WHERE {sql}", args))  # type: ignore[union-attr]
+        pid = self.pid(rtype, p.param)  # type: ignore[union-attr]
+        if pid is not None:
+            sources.append((f"{table} x WHERE x.pid = ? AND {sql}", [pid, *args]))
+        total = 0
+        for source, source_args in sources:
+            row = self.conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {source} LIMIT ?)",
+                                    [*source_args, ESTIMATE_CAP]).fetchone()
+            total += int(row[0])
+        return min(total, ESTIMATE_CAP)
 
     def predicate(self, p: Predicate, rtype: str, a: str, *, drive: bool = True) -> Sql:
         """`p` as a boolean expression over resource alias `a` of type `rtype`.
@@ -347,6 +366,8 @@ class PredicateCompiler:
         if column is not None:
             return column
         pid = self.pid(rtype, p.param)  # type: ignore[union-attr]
+        if _compact(p, rtype):
+            return self._audit_columns(p, a, drive, pid)
         if pid is None:
             return FALSE
         sql, args = condition(p, "x")
@@ -355,6 +376,26 @@ class PredicateCompiler:
             return (f"{a}.pk IN (SELECT x.pk FROM {table} x WHERE x.pid = ? AND {sql})", [pid, *args])
         return (f"EXISTS (SELECT 1 FROM {table} x INDEXED BY {table}_pk "
                 f"WHERE x.pk = {a}.pk AND x.pid = ? AND {sql})", [pid, *args])
+
+    @staticmethod
+    def _audit_columns(p: Predicate, a: str, drive: bool, pid: int | None) -> Sql:
+        """A parameter AuditEvents keep as columns: its value is in the event's `idx_audit`
+        row, or, when it has several, in generic rows (audit_index.py); the two sets are
+        disjoint, so a list of both has no duplicates."""
+        sql, args = condition(p, "x")
+        view = audit_index.view(p.param)  # type: ignore[union-attr]
+        table = _TABLE_OF_PREDICATE[type(p)]
+        if drive:
+            own = f"SELECT x.pk FROM {view} x WHERE {sql}"
+            if pid is None:
+                return (f"{a}.pk IN ({own})", args)
+            return (f"{a}.pk IN ({own} UNION ALL SELECT x.pk FROM {table} x WHERE x.pid = ? AND {sql})",
+                    [*args, pid, *args])
+        own = f"EXISTS (SELECT 1 FROM {view} x WHERE x.pk = {a}.pk AND {sql})"
+        if pid is None:
+            return (own, args)
+        return (f"({own} OR EXISTS (SELECT 1 FROM {table} x INDEXED BY {table}_pk "
+                f"WHERE x.pk = {a}.pk AND x.pid = ? AND {sql}))", [*args, pid, *args])
 
     @staticmethod
     def _resource_column(p: Predicate, a: str) -> Sql | None:
@@ -384,12 +425,17 @@ class PredicateCompiler:
             return FALSE if p.missing else TRUE
         found = self._table_of_param(rtype, p.param)
         pid = self.pid(rtype, found[1]) if found else None
-        if found is None or pid is None:
+        # Always per-row checks: as a list it would hold every resource having the element.
+        checks = []
+        if found is not None and audit_index.compact_table(rtype, found[1], found[0]):
+            checks.append((f"EXISTS (SELECT 1 FROM {audit_index.view(found[1])} x WHERE x.pk = {a}.pk)", []))
+        if found is not None and pid is not None:
+            checks.append((f"EXISTS (SELECT 1 FROM {found[0]} x INDEXED BY {found[0]}_pk "
+                           f"WHERE x.pk = {a}.pk AND x.pid = ?)", [pid]))
+        if not checks:
             return TRUE if p.missing else FALSE
-        # Always a per-row check: as a list it would hold every resource having the element.
-        exists = (f"EXISTS (SELECT 1 FROM {found[0]} x INDEXED BY {found[0]}_pk "
-                  f"WHERE x.pk = {a}.pk AND x.pid = ?)")
-        return (f"NOT {exists}" if p.missing else exists, [pid])
+        exists = any_of(checks)
+        return (f"NOT ({exists[0]})" if p.missing else f"({exists[0]})", exists[1])
 
     def _not(self, p: Not, rtype: str, a: str, drive: bool) -> Sql:
         matched = any_of([self.predicate(inner, rtype, a, drive=False) for inner in p.any_of])

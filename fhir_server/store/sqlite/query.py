@@ -18,6 +18,7 @@ from ..base import SearchPage, Version
 from .. import decrypted_sort, includes
 from ..cursors import decode, encode
 from ..decrypted_sort import Opener
+from . import audit_index
 from .index import ParamIds
 from .predicates import FALSE, PredicateCompiler, Sql, all_of, any_of
 
@@ -86,14 +87,20 @@ class SqliteSearch:
         pid = self.compiler.pid(rtype, sort.param) if rtype and found else None
         kind = found[3] if found else "text"
         missing = (_DESC_MISSING if sort.descending else _ASC_MISSING)[kind]
-        if found is None or pid is None:
+        table, low, high, _ = found or ("", "", "", "")
+        # AuditEvents keep a single value as a column, several as rows (audit_index.py).
+        own = audit_index.compact_table(rtype or "", sort.param, table)
+        if found is None or (pid is None and not own):
             return missing, [], kind
-        table, low, high, _ = found
-        pick = f"max({high})" if sort.descending else f"min({low})"
-        # INDEXED BY: without statistics SQLite prefers scanning the (pid, value) index.
-        expression = (f"coalesce((SELECT {pick} FROM {table} INDEXED BY {table}_pk "
-                      f"WHERE pk = a.pk AND pid = ?), {missing})")
-        return expression, [pid], kind
+        values = []
+        if own:
+            values.append(f"(SELECT {audit_index.column(sort.param, high if sort.descending else low)} "
+                          f"FROM {audit_index.TABLE} WHERE pk = a.pk)")
+        if pid is not None:
+            pick = f"max({high})" if sort.descending else f"min({low})"
+            # INDEXED BY: without statistics SQLite prefers scanning the (pid, value) index.
+            values.append(f"(SELECT {pick} FROM {table} INDEXED BY {table}_pk WHERE pk = a.pk AND pid = ?)")
+        return f"coalesce({', '.join(values)}, {missing})", [pid] if pid is not None else [], kind
 
     def _keys(self, query: Query) -> list[tuple[str, list[Any], bool]]:
         keys = [(*self._sort_key(s, query.resource_type)[:2], s.descending) for s in query.sort]

@@ -7,7 +7,9 @@ processes starting together apply it exactly once.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
+from . import audit_index
 from .index import INDEX_TABLES
 
 _BASE = """
@@ -80,7 +82,11 @@ CREATE TABLE export_file (
 _HISTORY_KEY = "CREATE INDEX history_key ON history (substr(body, 2, 16))"
 
 MIGRATIONS: tuple[str, ...] = (_BASE, INDEX_TABLES, _DROP_REFERENCE_TARGET, _OUTBOX, _SCHEDULE,
-                               _JOBS, _HISTORY_KEY)
+                               _JOBS, _HISTORY_KEY, audit_index.DDL)
+
+# What a migration moves into the tables it made, in its transaction: AuditEvents' compact
+# index filled from a trail's generic rows (audit_index.py).
+_THEN: dict[str, Callable[[sqlite3.Connection], None]] = {audit_index.DDL: audit_index.fill}
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -95,6 +101,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                if script in _THEN:
+                    _THEN[script](conn)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
     except BaseException:
         conn.execute("ROLLBACK")
