@@ -331,20 +331,42 @@ def test_a_policy_against_the_law_stops_the_command_and_changes_nothing(
     assert sqlite_server.client.get("/fhir/Patient/a", headers=_headers(sqlite_server)).status_code == 200
 
 
-def test_the_server_runs_the_retention_on_its_schedule(
+def test_the_server_runs_the_retention_on_its_schedule_in_a_niced_process_of_its_own(
         tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the server's process a run slows the reads it serves (docs/privacy.md): each turn
+    runs `fhir-server retention run` apart, at a lower priority, on the server's settings."""
     monkeypatch.setattr(retention_schedule, "POLL", 0.01)
     monkeypatch.setenv("FHIR_SERVER_RETENTION_INTERVAL_HOURS", "24")
+    started: list[tuple[str, ...]] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spawned(*argv: str, **options: Any) -> Any:
+        started.append(argv)
+        return await spawn(*argv, **options)
+
+    monkeypatch.setattr(retention_schedule.asyncio, "create_subprocess_exec", spawned)
     with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
         time.sleep(0.1)
-        assert _run_events(server) == []
+        assert _run_events(server) == [] and started == []
         frozen.advance(24 * 3600)
-        for _ in range(300):
+        for _ in range(600):  # the child process starts, then runs
             if _run_events(server):
                 break
-            time.sleep(0.02)
+            time.sleep(0.1)
         [event] = _run_events(server)
         assert event["agent"][0]["name"] == "fhir-server (scheduled)"
+        [argv] = started
+        assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--nice", "10", "--scheduled")
+
+
+def test_the_command_lowers_its_priority_when_asked(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    lowered: list[int] = []
+    monkeypatch.setattr(cli.os, "nice", lowered.append)
+    assert cli.main(["retention", "run", "--nice", "7"]) == 0
+    assert lowered == [7]
+    [event] = _run_events(sqlite_server)
+    assert event["agent"][0]["name"] != "fhir-server (scheduled)"  # the operator's own run
 
 
 def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Server) -> None:
