@@ -22,6 +22,7 @@ from fhir_server.app import create_app
 from fhir_server.privacy import retention, retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
+from fhir_server.model.errors import Kind, fail
 from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
 from fhir_server.services import lifecycle, server_writes
 from fhir_server.settings import Settings
@@ -520,16 +521,36 @@ class Killed(Exception):
     """The process dying midway (not a FhirError: the run does not catch it)."""
 
 
+def _seed_p_with_observations(server: Server) -> None:
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        for n in range(40):
+            _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
+
+
+def _finished_by_the_next_run(server: Server, monkeypatch: pytest.MonkeyPatch, written: Any) -> None:
+    """After a run cut short: the next run archives every record once and erases it."""
+    monkeypatch.setattr(server_writes, "commit", written)
+    assert _run(server).failed == []
+    for id in ("a", "b", "p"):
+        assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 404
+    archives = _archives(server)
+    archived_p = next(r["id"] for r in archives if r.get("birthDate") == "1961")
+    copies = [r["id"] for r in archives if r["resourceType"] == "Observation"
+              and r["subject"]["reference"] == f"Patient/{archived_p}"]
+    assert len(copies) == len(set(copies)) == 41
+    assert len([r for r in archives if r["resourceType"] == "Patient"]) == 3
+    ledger = server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
+    assert sorted(e["patient"] for e in ledger.entries()) == ["a", "b", "p"]
+
+
 def test_a_run_cut_short_midway_through_records_is_finished_by_the_next(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """A record's copies are written in one unit of work, before the original is erased: a
     run that dies between the two leaves the original whole, and the next run archives each
     record once (the copies' ids are their pseudonyms: written again, not twice) and erases
     it."""
-    with on(date(2027, 1, 10)):
-        _seed_p(server)
-        for n in range(40):
-            _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
+    _seed_p_with_observations(server)
     written = server_writes.commit
     units: list[int] = []
 
@@ -540,25 +561,62 @@ def test_a_run_cut_short_midway_through_records_is_finished_by_the_next(
             raise Killed
 
     monkeypatch.setattr(server_writes, "commit", dying)
-    # One record at a time (a, b, then p), so that the run dies at p's copies alone: with
-    # several at once, which of the others' units are written before it dies is left to timing.
-    monkeypatch.setattr(retention, "ARCHIVED_AT_ONCE", 1)
+    monkeypatch.setattr(retention, "ARCHIVED_TOGETHER", 1)  # a, b, then p, each alone
     with on(date(2029, 1, 10)):
-        with pytest.raises(ExceptionGroup) as died:  # the records archived at once
+        with pytest.raises(Killed):
             _run(server)
-        assert [type(e) for e in died.value.exceptions] == [Killed]
         assert units == [5, 5, 42]  # a's and b's records archived whole, then p's copies
         assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
-        monkeypatch.setattr(server_writes, "commit", written)
-        assert _run(server).failed == []
-        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 404
-        archives = _archives(server)
-        archived_p = next(r["id"] for r in archives if r.get("birthDate") == "1961")
-        copies = [r["id"] for r in archives if r["resourceType"] == "Observation"
-                  and r["subject"]["reference"] == f"Patient/{archived_p}"]
-        assert len(copies) == len(set(copies)) == 41
-        ledger = server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
-        assert [e["patient"] for e in ledger.entries()].count("p") == 1
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+        _finished_by_the_next_run(server, monkeypatch, written)
+
+
+def test_records_archived_together_share_a_unit_and_a_run_cut_short_after_it_is_finished(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copies of records archived together are one unit of work (a large store writes
+    each page they share once); a run that dies after it, before any original is erased,
+    leaves every original whole, and the next run finishes them all, each once."""
+    _seed_p_with_observations(server)
+    written = server_writes.commit
+    units: list[int] = []
+
+    async def dying(ctx: Any, writes: Any) -> Any:
+        units.append(len(writes))
+        await written(ctx, writes)
+        raise Killed
+
+    monkeypatch.setattr(server_writes, "commit", dying)
+    with on(date(2029, 1, 10)):
+        with pytest.raises(Killed):
+            _run(server)
+        assert units == [52]  # a's 5, b's 5 and p's 42 copies at once
+        for id in ("a", "b", "p"):
+            assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 200
+        _finished_by_the_next_run(server, monkeypatch, written)
+
+
+def test_a_record_whose_copies_are_refused_fails_alone(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit of records archived together that is refused is written again record by
+    record: only the record whose copies are refused fails, and is kept; the others go."""
+    _seed_p_with_observations(server)
+    written = server_writes.commit
+    units: list[int] = []
+
+    async def refusing_p(ctx: Any, writes: Any) -> Any:
+        units.append(len(writes))
+        if any(w.resource.get("birthDate") == "1961" for w in writes):  # p's archived Patient
+            raise fail(Kind.INVALID, "invalid", "refused")
+        return await written(ctx, writes)
+
+    monkeypatch.setattr(server_writes, "commit", refusing_p)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+        assert units == [52, 5, 5, 42]
+        assert [(a.target, why) for a, why in made.failed] == [("Patient/p", "refused")]
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
+        for id in ("a", "b"):
+            assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 404
 
 
 def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
