@@ -528,6 +528,26 @@ def _seed_p_with_observations(server: Server) -> None:
             _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
 
 
+def _counted(monkeypatch: pytest.MonkeyPatch, *, refused: Callable[[Any], bool] = lambda _: False,
+             dies: Callable[[Any], bool] = lambda _: False) -> tuple[list[int], Any]:
+    """Units of work the run writes, counted (how many writes each), those `refused` refused,
+    and the process dying after writing one that `dies`; the counts and the real commit."""
+    written = server_writes.commit
+    units: list[int] = []
+
+    async def counted(ctx: Any, writes: Any) -> Any:
+        units.append(len(writes))
+        if refused(writes):
+            raise fail(Kind.INVALID, "invalid", "refused")
+        versions = await written(ctx, writes)
+        if dies(writes):
+            raise Killed
+        return versions
+
+    monkeypatch.setattr(server_writes, "commit", counted)
+    return units, written
+
+
 def _finished_by_the_next_run(server: Server, monkeypatch: pytest.MonkeyPatch, written: Any) -> None:
     """After a run cut short: the next run archives every record once and erases it."""
     monkeypatch.setattr(server_writes, "commit", written)
@@ -551,16 +571,8 @@ def test_a_run_cut_short_midway_through_records_is_finished_by_the_next(
     record once (the copies' ids are their pseudonyms: written again, not twice) and erases
     it."""
     _seed_p_with_observations(server)
-    written = server_writes.commit
-    units: list[int] = []
-
-    async def dying(ctx: Any, writes: Any) -> Any:
-        units.append(len(writes))
-        await written(ctx, writes)
-        if len(writes) == 42:  # p and its 41 Observations: the copies written, p not yet erased
-            raise Killed
-
-    monkeypatch.setattr(server_writes, "commit", dying)
+    # p and its 41 Observations: the copies written, p not yet erased
+    units, written = _counted(monkeypatch, dies=lambda writes: len(writes) == 42)
     monkeypatch.setattr(retention, "ARCHIVED_TOGETHER", 1)  # a, b, then p, each alone
     with on(date(2029, 1, 10)):
         with pytest.raises(Killed):
@@ -577,15 +589,7 @@ def test_records_archived_together_share_a_unit_and_a_run_cut_short_after_it_is_
     each page they share once); a run that dies after it, before any original is erased,
     leaves every original whole, and the next run finishes them all, each once."""
     _seed_p_with_observations(server)
-    written = server_writes.commit
-    units: list[int] = []
-
-    async def dying(ctx: Any, writes: Any) -> Any:
-        units.append(len(writes))
-        await written(ctx, writes)
-        raise Killed
-
-    monkeypatch.setattr(server_writes, "commit", dying)
+    units, written = _counted(monkeypatch, dies=lambda _: True)
     with on(date(2029, 1, 10)):
         with pytest.raises(Killed):
             _run(server)
@@ -600,16 +604,8 @@ def test_a_record_whose_copies_are_refused_fails_alone(
     """A unit of records archived together that is refused is written again record by
     record: only the record whose copies are refused fails, and is kept; the others go."""
     _seed_p_with_observations(server)
-    written = server_writes.commit
-    units: list[int] = []
-
-    async def refusing_p(ctx: Any, writes: Any) -> Any:
-        units.append(len(writes))
-        if any(w.resource.get("birthDate") == "1961" for w in writes):  # p's archived Patient
-            raise fail(Kind.INVALID, "invalid", "refused")
-        return await written(ctx, writes)
-
-    monkeypatch.setattr(server_writes, "commit", refusing_p)
+    units, _ = _counted(monkeypatch, refused=lambda writes: any(  # p's archived Patient
+        w.resource.get("birthDate") == "1961" for w in writes))
     with on(date(2029, 1, 10)):
         made = _run(server)
         assert units == [52, 5, 5, 42]
