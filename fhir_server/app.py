@@ -51,10 +51,9 @@ from .notify import runner as notify_runner
 from .notify import Messages, enqueue, schedule_of
 from .privacy.pseudonym import Pseudonyms, load_key
 from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
-from .privacy.retention import run as run_retention
 from .privacy.retention_holds import Holds
 from .privacy.retention_policy import load_policy
-from .privacy.retention_schedule import every_turn
+from .privacy.retention_schedule import apart, every_turn
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
@@ -246,7 +245,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if listener is not None:
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
-        retention = _schedule_retention(settings, lifecycle, recorder)
+        retention = _schedule_retention(settings, lifecycle)
         notifications = notify_runner.start(settings, context, recorder.record)
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
         purging = asyncio.get_running_loop().create_task(
@@ -274,6 +273,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         for task in (backups, retention):
             if task is not None:
                 task.cancel()
+        if retention is not None:  # its run's child process stopped before the server ends
+            await asyncio.gather(retention, return_exceptions=True)
         if listener is not None:
             await listener.stop()
         await store.close()
@@ -441,18 +442,13 @@ def recorded_run(record: Callable[[dict[str, Any]], Awaitable[str]], operator: s
     return audit
 
 
-def _schedule_retention(settings: Settings, life: Lifecycle | None,
-                        recorder: AuditRecorder) -> asyncio.Task[None] | None:
-    """The task running the retention every FHIR_SERVER_RETENTION_INTERVAL_HOURS."""
+def _schedule_retention(settings: Settings, life: Lifecycle | None) -> asyncio.Task[None] | None:
+    """The task running the retention every FHIR_SERVER_RETENTION_INTERVAL_HOURS, each run in a
+    process of its own at a lower priority (privacy/retention_schedule.py)."""
     if not settings.retention_interval_hours:
         return None
     if life is None:
         log.error("no scheduled retention runs: they need the key ring, and there is none")
         return None
-    audit = recorded_run(recorder.record, "fhir-server (scheduled)")
-
-    async def turn() -> object:
-        return await run_retention(life, record=audit)
-
-    return asyncio.get_running_loop().create_task(
-        every_turn(settings.retention_interval_hours, settings.data_dir / ".retention.lock", turn))
+    return asyncio.get_running_loop().create_task(every_turn(
+        settings.retention_interval_hours, settings.data_dir / ".retention.lock", apart))

@@ -56,6 +56,7 @@ from .privacy import breaches, disclosures, register
 from .privacy.retention import Lifecycle, unarchive
 from .privacy.retention import run as run_retention
 from .privacy.retention_policy import PolicyError, load_policy
+from .privacy.retention_schedule import SCHEDULED
 from . import clock, workers
 from .logs import configure
 from .search import Query, default_registry
@@ -1193,6 +1194,12 @@ def parser() -> argparse.ArgumentParser:
                                          "what it did, rule by rule")
     retention_run.add_argument("--dry-run", action="store_true",
                                help="print what a run would do, change nothing")
+    retention_run.add_argument("--nice", type=int, default=0, metavar="N",
+                               help="lower this process's priority by N first (os.nice), so "
+                               "that a server on the same machine serves its requests first")
+    retention_run.add_argument("--scheduled", action="store_true",
+                               help="the server's own run (privacy/retention_schedule.py): "
+                               "its AuditEvent names the server, not the operator")
     retention_run.set_defaults(run=_retention)
     retention.add_parser("check", help="check the retention policy file; prints its "
                          "periods").set_defaults(run=_retention, dry_run=True)
@@ -1339,7 +1346,7 @@ async def _retention_async(settings: Settings, args: argparse.Namespace) -> tupl
                 args.username, _USER, deletion_asked="yes" if args.asked else "no")])
             return [f"account {args.username} is closed"], []
         assert life.ctx.erasures is not None  # a Lifecycle is made only with them
-        audit = recorded_run(life.ctx.erasures.record, _operator())
+        audit = recorded_run(life.ctx.erasures.record, SCHEDULED if args.scheduled else _operator())
         plan = await run_retention(life, dry_run=args.dry_run, record=audit)
     counts = [f"{name}: {n}" for name, n in plan.counts().items()] or ["nothing to do"]
     return [*plan.lines(), f"retention {'dry run' if args.dry_run else 'run'} of {plan.today}:",
@@ -1353,6 +1360,8 @@ def _retention(args: argparse.Namespace) -> int:
             policy = load_policy(settings.retention_policy, backup_days=settings.backup_retention_days)
             print(orjson.dumps(policy.describe(), option=orjson.OPT_INDENT_2).decode())
             return 0
+        if getattr(args, "nice", 0):
+            os.nice(args.nice)
         lines, failures = asyncio.run(_retention_async(settings, args))
     except (PolicyError, FhirError) as error:
         message = error.issues[0].diagnostics if isinstance(error, FhirError) else str(error)

@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     )
     retention_interval_hours: int = Field(
         0, ge=0, description="Hours between the retention runs the server makes by itself (24: "
-        "daily); 0 means none (run `fhir-server retention run` from cron).",
+        "daily), each in a child process at niceness 10; 0 means none (run `fhir-server retention "
+        "run --nice 10` from cron).",
     )
     pseudonym_key: Path | None = Field(
         None, description="The key of the archives' pseudonyms (0600, made at first use; keep it "

@@ -27,7 +27,6 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
@@ -51,15 +50,16 @@ RETENTION_PERIOD = f"{CANONICAL}/StructureDefinition/retention-period"
 PSEUDED_TOKEN = f"{PSEUDED['system']}|{PSEUDED['code']}"
 _UCUM_DAYS = {"d": 1, "wk": 7}
 _UCUM_MONTHS = {"mo": 1, "a": 12}
-# Inactive records archived at once: one record's copies are made while another's are
-# written and its original erased in the store's threads, whose group commit writes the
-# copies of several records in one transaction.
-ARCHIVED_AT_ONCE = 4
+# Inactive records archived together: their copies are written in one unit of work, then each
+# original erased. A record's copies dirty some 1,700 pages of a large SQLite store (index
+# rows all over its B-trees), and a unit writes each page it changed once: the copies of
+# records alike (the same codes, practitioners, organisations) share many. Meanwhile the next
+# records' copies are made on the event loop.
+ARCHIVED_TOGETHER = 8
 # Copies made and indexed at once. Making and indexing them runs on the event loop, which
 # the server's requests share: a whole record at once (some 120 resources) held it 20 to 50
-# ms; a slice of this many holds it a few ms. A record's copies are then written in one unit
-# of work (each unit costs a commit, and its pages written again), which the store's group
-# commit shares with the records archived at once.
+# ms; a slice of this many holds it a few ms. The copies are then written in one unit of work
+# with those of the records archived together.
 MADE_AT_ONCE = 16
 log = logging.getLogger(__name__)
 
@@ -181,36 +181,79 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
 
 
 async def apply(life: Lifecycle, made: Plan) -> None:
-    """Do the plan's actions, in order but for the archiving of inactive records, a few at
-    once; what fails goes to `made.failed` (the next run tries again)."""
-    at_once = asyncio.Semaphore(ARCHIVED_AT_ONCE)
-    # Their erasures one at a time, in this run's own turn: `$erase`'s lock (services/erase.py)
-    # is the server's, and made on another event loop than a run's may be.
-    erasing = asyncio.Lock()
-
-    async def archiving(action: Action) -> None:
-        async with at_once:
-            await _attempt(life, action, made, erasing)
-
+    """Do the plan's actions, in order but for the archiving of inactive records, several
+    together; what fails goes to `made.failed` (the next run tries again)."""
     for together, actions in groupby(made.actions, key=lambda a: a.rule == "patient-record"
                                      and a.step == "archive"):
-        if together:  # records apart from each other, each archived and erased as alone
-            async with asyncio.TaskGroup() as group:
-                for action in actions:
-                    group.create_task(archiving(action))
+        if together:
+            await _archive_inactive(life, list(actions), made)
         else:
             for action in actions:
                 await _attempt(life, action, made)
 
 
-async def _attempt(life: Lifecycle, action: Action, made: Plan,
-                   erasing: asyncio.Lock | None = None) -> None:
+async def _attempt(life: Lifecycle, action: Action, made: Plan) -> None:
     try:
-        await _do(life, action, made.today, erasing)
+        await _do(life, action, made.today)
     except FhirError as error:  # one record's trouble does not stop the others
-        why = "; ".join(issue.diagnostics for issue in error.issues)
-        made.failed.append((action, why))
-        log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
+        _failed(made, action, error)
+
+
+def _failed(made: Plan, action: Action, error: FhirError) -> None:
+    made.failed.append((action, "; ".join(issue.diagnostics for issue in error.issues)))
+    log.error("retention action failed", extra={"rule": action.rule, "step": action.step})
+
+
+async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) -> None:
+    """The records of `actions` archived ARCHIVED_TOGETHER at a time (`archive`, but the
+    copies of records together in one unit of work), the copies of the next ones made while
+    those are written and erased."""
+    inactive = life.policy.period("patient-record", "inactive")
+    active_from, reason = _next(inactive.before(made.today)), f"retention: record inactive for {inactive}"
+
+    async def copied(group: list[Action]) -> dict[Action, list[server_writes.ServerWrite]]:
+        found = {}
+        for action in group:
+            try:
+                found[action] = await _copies(life, action.target.split("/")[1], active_from)
+            except FhirError as error:  # active again since the plan: kept
+                _failed(made, action, error)
+        return found
+
+    groups = [actions[at:at + ARCHIVED_TOGETHER] for at in range(0, len(actions), ARCHIVED_TOGETHER)]
+    making = asyncio.ensure_future(copied(groups[0]))
+    for following in [*groups[1:], None]:
+        ready = await making
+        if following is not None:
+            making = asyncio.ensure_future(copied(following))
+        try:
+            await _write_copies(life, ready, made)
+            for action in ready:
+                try:
+                    await sweep(life.server, action.target.split("/")[1], reason)
+                except FhirError as error:
+                    _failed(made, action, error)
+        except BaseException:
+            making.cancel()
+            raise
+
+
+async def _write_copies(life: Lifecycle, ready: dict[Action, list[server_writes.ServerWrite]],
+                        made: Plan) -> None:
+    """Write the copies of `ready`'s records in one unit; if it is refused, each record's
+    alone, so that only a record whose copies are refused fails (it leaves `ready`)."""
+    try:
+        await server_writes.commit(life.server, [w for writes in ready.values() for w in writes])
+        return
+    except FhirError:
+        if len(ready) == 1:
+            raise
+    for action, writes in list(ready.items()):
+        try:
+            await server_writes.commit(life.server, writes)
+        except FhirError as error:
+            _failed(made, action, error)
+            del ready[action]
 
 
 def _next(day: date) -> date:
@@ -319,15 +362,9 @@ def _plan_backups(life: Lifecycle, made: Plan) -> None:
             made.actions.append(Action("backups", "remove", name))
 
 
-async def _do(life: Lifecycle, action: Action, today: date,
-              erasing: asyncio.Lock | None = None) -> None:
+async def _do(life: Lifecycle, action: Action, today: date) -> None:
     server = life.server
     match (action.rule, action.step):
-        case ("patient-record", "archive"):
-            inactive = life.policy.period("patient-record", "inactive")
-            await archive(life, action.target.split("/")[1], f"retention: record inactive for "
-                          f"{inactive}", active_from=_next(inactive.before(today)),
-                          erasing=erasing)
         case ("post-mortem", "pseudonymise"):
             await archive(life, action.target.split("/")[1], "post-mortem directive: erase "
                           "(pseudonymised instead: a legal hold)")
@@ -377,21 +414,26 @@ def _subject(resource: dict[str, Any]) -> str | None:
     return reference.split("/")[1] if reference.startswith("Patient/") else None
 
 
-async def archive(life: Lifecycle, patient_id: str, reason: str, *,
-                  active_from: date | None = None, erasing: asyncio.Lock | None = None) -> str:
+async def archive(life: Lifecycle, patient_id: str, reason: str) -> str:
     """Replace Patient/`patient_id`'s record by its pseudonymised copy: the copy written
     (as the server, through the service layer), then the original erased as `$erase` does
-    (ledger, data keys, AuditEvent). The archive's Patient id. CONFLICT, nothing changed,
-    if a resource of the record changed on `active_from` or later (it became active again
-    since the plan)."""
-    server = life.server
-    found = await lifecycle.record_of(server, patient_id)
+    (ledger, data keys, AuditEvent). The archive's Patient id."""
+    await server_writes.commit(life.server, await _copies(life, patient_id))
+    await sweep(life.server, patient_id, reason)
+    return life.pseudonyms.of(f"Patient/{patient_id}")
+
+
+async def _copies(life: Lifecycle, patient_id: str, active_from: date | None = None
+                  ) -> list[server_writes.ServerWrite]:
+    """The writes of Patient/`patient_id`'s pseudonymised copy, made and indexed slice by
+    slice, the event loop free between slices. CONFLICT if a resource of the record changed
+    on `active_from` or later (it became active again since the plan)."""
+    found = await lifecycle.record_of(life.server, patient_id)
     if active_from is not None and any(_day(r["meta"]["lastUpdated"]) >= active_from for r in found):
         raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed since the "
                    "plan: it is active again, and kept")
     record = [r for r in found if r["resourceType"] not in postmortem.NOT_ARCHIVED]
     copier = life.pseudonyms.copier(life.personal)
-    # Made and indexed slice by slice, the event loop free between slices; written at once.
     # Not validated again: the copy of a valid resource is valid (pseudonym.py).
     writes: list[server_writes.ServerWrite] = []
     for start in range(0, len(record), MADE_AT_ONCE):
@@ -399,11 +441,7 @@ async def archive(life: Lifecycle, patient_id: str, reason: str, *,
             await asyncio.sleep(0)
         writes += [server_writes.indexed(server_writes.ServerWrite(copy, new=False, valid=True))
                    for copy in copier.copies(record[start:start + MADE_AT_ONCE])]
-    await server_writes.commit(server, writes)
-    async with erasing or nullcontext():
-        await sweep(server, patient_id, reason)
-    return life.pseudonyms.of(f"Patient/{patient_id}")
-
+    return writes
 
 
 async def pseudonymise_instead(life: Lifecycle, ctx: Context, patient_id: str, reason: str,

@@ -22,6 +22,7 @@ from fhir_server.app import create_app
 from fhir_server.privacy import retention, retention_schedule
 from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
+from fhir_server.model.errors import Kind, fail
 from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
 from fhir_server.services import lifecycle, server_writes
 from fhir_server.settings import Settings
@@ -331,20 +332,42 @@ def test_a_policy_against_the_law_stops_the_command_and_changes_nothing(
     assert sqlite_server.client.get("/fhir/Patient/a", headers=_headers(sqlite_server)).status_code == 200
 
 
-def test_the_server_runs_the_retention_on_its_schedule(
+def test_the_server_runs_the_retention_on_its_schedule_in_a_niced_process_of_its_own(
         tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the server's process a run slows the reads it serves (docs/privacy.md): each turn
+    runs `fhir-server retention run` apart, at a lower priority, on the server's settings."""
     monkeypatch.setattr(retention_schedule, "POLL", 0.01)
     monkeypatch.setenv("FHIR_SERVER_RETENTION_INTERVAL_HOURS", "24")
+    started: list[tuple[str, ...]] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spawned(*argv: str, **options: Any) -> Any:
+        started.append(argv)
+        return await spawn(*argv, **options)
+
+    monkeypatch.setattr(retention_schedule.asyncio, "create_subprocess_exec", spawned)
     with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
         time.sleep(0.1)
-        assert _run_events(server) == []
+        assert _run_events(server) == [] and started == []
         frozen.advance(24 * 3600)
-        for _ in range(300):
+        for _ in range(600):  # the child process starts, then runs
             if _run_events(server):
                 break
-            time.sleep(0.02)
+            time.sleep(0.1)
         [event] = _run_events(server)
         assert event["agent"][0]["name"] == "fhir-server (scheduled)"
+        [argv] = started
+        assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--nice", "10", "--scheduled")
+
+
+def test_the_command_lowers_its_priority_when_asked(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    lowered: list[int] = []
+    monkeypatch.setattr(cli.os, "nice", lowered.append)
+    assert cli.main(["retention", "run", "--nice", "7"]) == 0
+    assert lowered == [7]
+    [event] = _run_events(sqlite_server)
+    assert event["agent"][0]["name"] != "fhir-server (scheduled)"  # the operator's own run
 
 
 def test_an_inactive_account_is_warned_closed_then_erased_on_its_days(server: Server) -> None:
@@ -498,45 +521,98 @@ class Killed(Exception):
     """The process dying midway (not a FhirError: the run does not catch it)."""
 
 
+def _seed_p_with_observations(server: Server) -> None:
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        for n in range(40):
+            _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, *, refused: Callable[[Any], bool] = lambda _: False,
+             dies: Callable[[Any], bool] = lambda _: False) -> tuple[list[int], Any]:
+    """Units of work the run writes, counted (how many writes each), those `refused` refused,
+    and the process dying after writing one that `dies`; the counts and the real commit."""
+    written = server_writes.commit
+    units: list[int] = []
+
+    async def counted(ctx: Any, writes: Any) -> Any:
+        units.append(len(writes))
+        if refused(writes):
+            raise fail(Kind.INVALID, "invalid", "refused")
+        versions = await written(ctx, writes)
+        if dies(writes):
+            raise Killed
+        return versions
+
+    monkeypatch.setattr(server_writes, "commit", counted)
+    return units, written
+
+
+def _finished_by_the_next_run(server: Server, monkeypatch: pytest.MonkeyPatch, written: Any) -> None:
+    """After a run cut short: the next run archives every record once and erases it."""
+    monkeypatch.setattr(server_writes, "commit", written)
+    assert _run(server).failed == []
+    for id in ("a", "b", "p"):
+        assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 404
+    archives = _archives(server)
+    archived_p = next(r["id"] for r in archives if r.get("birthDate") == "1961")
+    copies = [r["id"] for r in archives if r["resourceType"] == "Observation"
+              and r["subject"]["reference"] == f"Patient/{archived_p}"]
+    assert len(copies) == len(set(copies)) == 41
+    assert len([r for r in archives if r["resourceType"] == "Patient"]) == 3
+    ledger = server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
+    assert sorted(e["patient"] for e in ledger.entries()) == ["a", "b", "p"]
+
+
 def test_a_run_cut_short_midway_through_records_is_finished_by_the_next(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """A record's copies are written in one unit of work, before the original is erased: a
     run that dies between the two leaves the original whole, and the next run archives each
     record once (the copies' ids are their pseudonyms: written again, not twice) and erases
     it."""
-    with on(date(2027, 1, 10)):
-        _seed_p(server)
-        for n in range(40):
-            _put(server, {**observation("Patient/p"), "id": f"p-obs-{n}"})
-    written = server_writes.commit
-    units: list[int] = []
-
-    async def dying(ctx: Any, writes: Any) -> Any:
-        units.append(len(writes))
-        await written(ctx, writes)
-        if len(writes) == 42:  # p and its 41 Observations: the copies written, p not yet erased
-            raise Killed
-
-    monkeypatch.setattr(server_writes, "commit", dying)
-    # One record at a time (a, b, then p), so that the run dies at p's copies alone: with
-    # several at once, which of the others' units are written before it dies is left to timing.
-    monkeypatch.setattr(retention, "ARCHIVED_AT_ONCE", 1)
+    _seed_p_with_observations(server)
+    # p and its 41 Observations: the copies written, p not yet erased
+    units, written = _counted(monkeypatch, dies=lambda writes: len(writes) == 42)
+    monkeypatch.setattr(retention, "ARCHIVED_TOGETHER", 1)  # a, b, then p, each alone
     with on(date(2029, 1, 10)):
-        with pytest.raises(ExceptionGroup) as died:  # the records archived at once
+        with pytest.raises(Killed):
             _run(server)
-        assert [type(e) for e in died.value.exceptions] == [Killed]
         assert units == [5, 5, 42]  # a's and b's records archived whole, then p's copies
         assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
-        monkeypatch.setattr(server_writes, "commit", written)
-        assert _run(server).failed == []
-        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 404
-        archives = _archives(server)
-        archived_p = next(r["id"] for r in archives if r.get("birthDate") == "1961")
-        copies = [r["id"] for r in archives if r["resourceType"] == "Observation"
-                  and r["subject"]["reference"] == f"Patient/{archived_p}"]
-        assert len(copies) == len(set(copies)) == 41
-        ledger = server.client.app.state.context.erasures.ledger  # type: ignore[attr-defined]
-        assert [e["patient"] for e in ledger.entries()].count("p") == 1
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+        _finished_by_the_next_run(server, monkeypatch, written)
+
+
+def test_records_archived_together_share_a_unit_and_a_run_cut_short_after_it_is_finished(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copies of records archived together are one unit of work (a large store writes
+    each page they share once); a run that dies after it, before any original is erased,
+    leaves every original whole, and the next run finishes them all, each once."""
+    _seed_p_with_observations(server)
+    units, written = _counted(monkeypatch, dies=lambda _: True)
+    with on(date(2029, 1, 10)):
+        with pytest.raises(Killed):
+            _run(server)
+        assert units == [52]  # a's 5, b's 5 and p's 42 copies at once
+        for id in ("a", "b", "p"):
+            assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 200
+        _finished_by_the_next_run(server, monkeypatch, written)
+
+
+def test_a_record_whose_copies_are_refused_fails_alone(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit of records archived together that is refused is written again record by
+    record: only the record whose copies are refused fails, and is kept; the others go."""
+    _seed_p_with_observations(server)
+    units, _ = _counted(monkeypatch, refused=lambda writes: any(  # p's archived Patient
+        w.resource.get("birthDate") == "1961" for w in writes))
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+        assert units == [52, 5, 5, 42]
+        assert [(a.target, why) for a, why in made.failed] == [("Patient/p", "refused")]
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
+        for id in ("a", "b"):
+            assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 404
 
 
 def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
