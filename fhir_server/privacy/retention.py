@@ -228,14 +228,30 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
             making = asyncio.ensure_future(copied(following))
         try:
             await _write_copies(life, ready, made)
-            for action in ready:
+            for action, copies in ready.items():
                 try:
-                    await sweep(life.server, action.target.split("/")[1], reason)
+                    await _erase_unless_active(life, action.target.split("/")[1], copies,
+                                               active_from, reason)
                 except FhirError as error:
                     _failed(made, action, error)
         except BaseException:
             making.cancel()
             raise
+
+
+async def _erase_unless_active(life: Lifecycle, patient_id: str,
+                               copies: list[server_writes.ServerWrite], active_from: date,
+                               reason: str) -> None:
+    """Erase the original of a record whose copies are written, unless it became active
+    since they were made (a group's time ago): then its copies go instead, the record is kept
+    (CONFLICT), and nothing written meanwhile is erased with no copy made of it."""
+    if not await lifecycle.active_since(life.server, patient_id, active_from):
+        await sweep(life.server, patient_id, reason)
+        return
+    await lifecycle.erase_resources(life.server, [f"{w.resource['resourceType']}/{w.resource['id']}"
+                                                  for w in copies])
+    raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed while it was "
+               "archived: it is active again, and kept")
 
 
 async def _write_copies(life: Lifecycle, ready: dict[Action, list[server_writes.ServerWrite]],

@@ -628,6 +628,34 @@ def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
         assert "Patient/p" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
 
 
+def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result that comes in after a record's copies were made, before its original is
+    erased (the copies of the records archived together are written in between), makes the
+    record active again: it is kept, the result with it, and its copies are removed; the
+    other records of its group are archived."""
+    _seed_p_with_observations(server)
+    write_copies = retention._write_copies
+
+    async def meanwhile(life: Lifecycle, ready: Any, made: Plan) -> None:
+        await write_copies(life, ready, made)
+        await server_writes.commit(life.server, [server_writes.ServerWrite(
+            {**observation("Patient/p"), "id": "p-late"})])
+
+    monkeypatch.setattr(retention, "_write_copies", meanwhile)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+        assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
+        for id in ("p-late", "p-obs", "p-obs-0"):
+            assert server.client.get(f"/fhir/Observation/{id}", headers=_headers(server)).status_code == 200
+        assert server.client.get("/fhir/Patient/p", headers=_headers(server)).status_code == 200
+        for id in ("a", "b"):
+            assert server.client.get(f"/fhir/Patient/{id}", headers=_headers(server)).status_code == 404
+        archives = _archives(server)
+        assert not [r for r in archives if r.get("birthDate") == "1961"]  # p's copies removed
+        assert len([r for r in archives if r["resourceType"] == "Patient"]) == 2  # a's and b's
+
+
 def test_a_legal_representative_erases_under_the_same_holds(server: Server) -> None:
     _put(server, {"resourceType": "RelatedPerson", "id": "guardian", "active": True,
                   "patient": {"reference": "Patient/a"}, "relationship": [{"coding": [{
