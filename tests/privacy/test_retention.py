@@ -694,3 +694,23 @@ def test_twelve_years_later_only_what_must_stay_is_left(
         assert found.get("entry", []) == [], kind
     assert cli.main(["audit", "verify"]) == 0
     assert "intact" in capsys.readouterr().err
+
+
+def test_a_scheduled_run_names_no_patient_on_the_servers_log(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scheduled run's standard error is the server's log (retention_schedule.apart): what
+    failed is told by rule and step, as the AuditEvent counts it, never by patient or why
+    (the operator's own run prints both)."""
+    async def failing(life: Lifecycle, **_: Any) -> Plan:
+        made = Plan(date(2029, 1, 10))
+        made.failed.append((retention.Action("patient-record", "archive", "Patient/p-secret"),
+                            "Patient/p-secret's record changed: it is active again"))
+        return made
+
+    monkeypatch.setattr(cli, "run_retention", failing)
+    assert cli.main(["retention", "run", "--scheduled"]) == 1
+    said = capsys.readouterr()
+    assert "p-secret" not in said.err
+    assert "patient-record: archive FAILED" in said.err
+    assert cli.main(["retention", "run"]) == 1
+    assert "Patient/p-secret FAILED" in capsys.readouterr().err
