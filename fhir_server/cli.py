@@ -1349,8 +1349,12 @@ async def _retention_async(settings: Settings, args: argparse.Namespace) -> tupl
         audit = recorded_run(life.ctx.erasures.record, SCHEDULED if args.scheduled else _operator())
         plan = await run_retention(life, dry_run=args.dry_run, record=audit)
     counts = [f"{name}: {n}" for name, n in plan.counts().items()] or ["nothing to do"]
+    # A scheduled run's standard error is the server's log: what failed by rule and step, as
+    # its AuditEvent counts it, never which patient or why.
+    failures = ([f"{a.rule}: {a.step} FAILED" for a, _ in plan.failed] if args.scheduled
+                else plan.failures())
     return [*plan.lines(), f"retention {'dry run' if args.dry_run else 'run'} of {plan.today}:",
-            *counts], plan.failures()
+            *counts], failures
 
 
 def _retention(args: argparse.Namespace) -> int:
