@@ -714,3 +714,28 @@ def test_a_scheduled_run_names_no_patient_on_the_servers_log(
     assert "patient-record: archive FAILED" in said.err
     assert cli.main(["retention", "run"]) == 1
     assert "Patient/p-secret FAILED" in capsys.readouterr().err
+
+
+def test_a_resource_of_two_records_archived_together_keeps_its_copy_when_one_is_kept(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Observation about p performed by a is in both records, and so is its copy (one id).
+    When p is active again after the group's copies were written, p's copies go, but not the
+    one a's archive holds: a's original is erased, so that copy is all that is left of it."""
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        _put(server, {**observation("Patient/p"), "id": "shared", "performer": [{"reference": "Patient/a"}]})
+    write_copies = retention._write_copies
+
+    async def meanwhile(life: Lifecycle, ready: Any, made: Plan) -> None:
+        await write_copies(life, ready, made)
+        await server_writes.commit(life.server, [server_writes.ServerWrite(
+            {**observation("Patient/p"), "id": "p-late"})])
+
+    monkeypatch.setattr(retention, "_write_copies", meanwhile)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+        assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+        original = server.client.get("/fhir/Observation/shared", headers=_headers(server)).status_code
+        copy = _life(server).pseudonyms.of("Observation/shared")
+        assert original == 200 or copy in {r["id"] for r in _archives(server)}
