@@ -628,13 +628,8 @@ def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
         assert "Patient/p" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
 
 
-def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
-        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A result that comes in after a record's copies were made, before its original is
-    erased (the copies of the records archived together are written in between), makes the
-    record active again: it is kept, the result with it, and its copies are removed; the
-    other records of its group are archived."""
-    _seed_p_with_observations(server)
+def _a_result_for_p_after_the_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result about p comes in just after each unit of copies is written."""
     write_copies = retention._write_copies
 
     async def meanwhile(life: Lifecycle, ready: Any, made: Plan) -> None:
@@ -643,6 +638,16 @@ def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
             {**observation("Patient/p"), "id": "p-late"})])
 
     monkeypatch.setattr(retention, "_write_copies", meanwhile)
+
+
+def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result that comes in after a record's copies were made, before its original is
+    erased (the copies of the records archived together are written in between), makes the
+    record active again: it is kept, the result with it, and its copies are removed; the
+    other records of its group are archived."""
+    _seed_p_with_observations(server)
+    _a_result_for_p_after_the_copies(monkeypatch)
     with on(date(2029, 1, 10)):
         made = _run(server)
         assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
@@ -724,14 +729,7 @@ def test_a_resource_of_two_records_archived_together_keeps_its_copy_when_one_is_
     with on(date(2027, 1, 10)):
         _seed_p(server)
         _put(server, {**observation("Patient/p"), "id": "shared", "performer": [{"reference": "Patient/a"}]})
-    write_copies = retention._write_copies
-
-    async def meanwhile(life: Lifecycle, ready: Any, made: Plan) -> None:
-        await write_copies(life, ready, made)
-        await server_writes.commit(life.server, [server_writes.ServerWrite(
-            {**observation("Patient/p"), "id": "p-late"})])
-
-    monkeypatch.setattr(retention, "_write_copies", meanwhile)
+    _a_result_for_p_after_the_copies(monkeypatch)
     with on(date(2029, 1, 10)):
         made = _run(server)
         assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
