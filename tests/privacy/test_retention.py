@@ -737,3 +737,17 @@ def test_a_resource_of_two_records_archived_together_keeps_its_copy_when_one_is_
         original = server.client.get("/fhir/Observation/shared", headers=_headers(server)).status_code
         copy = _life(server).pseudonyms.of("Observation/shared")
         assert original == 200 or copy in {r["id"] for r in _archives(server)}
+
+
+@pytest.mark.parametrize("nice", ["-5", "20", "ten"])
+def test_the_command_refuses_a_priority_it_cannot_lower_to(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        nice: str) -> None:
+    """`--nice` lowers the priority by 0 to 19 (os.nice): a negative one would raise it above
+    the server's when run as root, and fail with a traceback otherwise; nothing is run."""
+    lowered: list[int] = []
+    monkeypatch.setattr(cli.os, "nice", lowered.append)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["retention", "run", "--nice", nice])
+    assert exited.value.code == 2 and "--nice" in capsys.readouterr().err
+    assert lowered == [] and _run_events(sqlite_server) == []
