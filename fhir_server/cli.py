@@ -228,6 +228,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _niceness(text: str) -> int:
+    """How much lower to run (os.nice): never higher than the server, as root could."""
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError("must be from 0 to 19 (a lower priority, never a higher one)")
+    return value
+
+
 def _load(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
@@ -1194,7 +1202,7 @@ def parser() -> argparse.ArgumentParser:
                                          "what it did, rule by rule")
     retention_run.add_argument("--dry-run", action="store_true",
                                help="print what a run would do, change nothing")
-    retention_run.add_argument("--nice", type=int, default=0, metavar="N",
+    retention_run.add_argument("--nice", type=_niceness, default=0, metavar="N",
                                help="lower this process's priority by N first (os.nice), so "
                                "that a server on the same machine serves its requests first")
     retention_run.add_argument("--scheduled", action="store_true",
