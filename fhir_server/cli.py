@@ -228,6 +228,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _niceness(text: str) -> int:
+    """How much lower to run (os.nice): never higher than the server, as root could."""
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError("must be from 0 to 19 (a lower priority, never a higher one)")
+    return value
+
+
 def _load(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
@@ -1194,7 +1202,7 @@ def parser() -> argparse.ArgumentParser:
                                          "what it did, rule by rule")
     retention_run.add_argument("--dry-run", action="store_true",
                                help="print what a run would do, change nothing")
-    retention_run.add_argument("--nice", type=int, default=0, metavar="N",
+    retention_run.add_argument("--nice", type=_niceness, default=0, metavar="N",
                                help="lower this process's priority by N first (os.nice), so "
                                "that a server on the same machine serves its requests first")
     retention_run.add_argument("--scheduled", action="store_true",
@@ -1349,8 +1357,12 @@ async def _retention_async(settings: Settings, args: argparse.Namespace) -> tupl
         audit = recorded_run(life.ctx.erasures.record, SCHEDULED if args.scheduled else _operator())
         plan = await run_retention(life, dry_run=args.dry_run, record=audit)
     counts = [f"{name}: {n}" for name, n in plan.counts().items()] or ["nothing to do"]
+    # A scheduled run's standard error is the server's log: what failed by rule and step, as
+    # its AuditEvent counts it, never which patient or why.
+    failures = ([f"{a.rule}: {a.step} FAILED" for a, _ in plan.failed] if args.scheduled
+                else plan.failures())
     return [*plan.lines(), f"retention {'dry run' if args.dry_run else 'run'} of {plan.today}:",
-            *counts], plan.failures()
+            *counts], failures
 
 
 def _retention(args: argparse.Namespace) -> int:

@@ -221,6 +221,10 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
         return found
 
     groups = [actions[at:at + ARCHIVED_TOGETHER] for at in range(0, len(actions), ARCHIVED_TOGETHER)]
+    # A resource in two records (an Observation about one, performed by the other) has one
+    # copy: a record kept does not remove the copy another's archive holds (archived, or
+    # still to be in this group), whose original that archive's erasure removes.
+    archived: set[str] = set()
     making = asyncio.ensure_future(copied(groups[0]))
     for following in [*groups[1:], None]:
         ready = await making
@@ -228,10 +232,14 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
             making = asyncio.ensure_future(copied(following))
         try:
             await _write_copies(life, ready, made)
+            pending = dict(ready)
             for action, copies in ready.items():
+                del pending[action]
+                held = archived | {ref for writes in pending.values() for ref in _references(writes)}
                 try:
                     await _erase_unless_active(life, action.target.split("/")[1], copies,
-                                               active_from, reason)
+                                               active_from, reason, held)
+                    archived |= _references(copies)
                 except FhirError as error:
                     _failed(made, action, error)
         except BaseException:
@@ -241,17 +249,21 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
 
 async def _erase_unless_active(life: Lifecycle, patient_id: str,
                                copies: list[server_writes.ServerWrite], active_from: date,
-                               reason: str) -> None:
+                               reason: str, held: set[str]) -> None:
     """Erase the original of a record whose copies are written, unless it became active
-    since they were made (a group's time ago): then its copies go instead, the record is kept
-    (CONFLICT), and nothing written meanwhile is erased with no copy made of it."""
+    since they were made (a group's time ago): then its copies go instead, but those `held`
+    by other records' archives, the record is kept (CONFLICT), and nothing written meanwhile
+    is erased with no copy made of it."""
     if not await lifecycle.active_since(life.server, patient_id, active_from):
         await sweep(life.server, patient_id, reason)
         return
-    await lifecycle.erase_resources(life.server, [f"{w.resource['resourceType']}/{w.resource['id']}"
-                                                  for w in copies])
+    await lifecycle.erase_resources(life.server, _references(copies) - held)
     raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed while it was "
                "archived: it is active again, and kept")
+
+
+def _references(writes: list[server_writes.ServerWrite]) -> set[str]:
+    return {f"{w.resource['resourceType']}/{w.resource['id']}" for w in writes}
 
 
 async def _write_copies(life: Lifecycle, ready: dict[Action, list[server_writes.ServerWrite]],

@@ -628,13 +628,8 @@ def test_a_record_active_again_since_the_plan_is_kept(server: Server) -> None:
         assert "Patient/p" not in _steps(_run(server, dry_run=True), "patient-record", "archive")
 
 
-def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
-        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A result that comes in after a record's copies were made, before its original is
-    erased (the copies of the records archived together are written in between), makes the
-    record active again: it is kept, the result with it, and its copies are removed; the
-    other records of its group are archived."""
-    _seed_p_with_observations(server)
+def _a_result_for_p_after_the_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result about p comes in just after each unit of copies is written."""
     write_copies = retention._write_copies
 
     async def meanwhile(life: Lifecycle, ready: Any, made: Plan) -> None:
@@ -643,6 +638,16 @@ def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
             {**observation("Patient/p"), "id": "p-late"})])
 
     monkeypatch.setattr(retention, "_write_copies", meanwhile)
+
+
+def test_a_record_written_to_while_its_copies_are_written_is_kept_whole(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result that comes in after a record's copies were made, before its original is
+    erased (the copies of the records archived together are written in between), makes the
+    record active again: it is kept, the result with it, and its copies are removed; the
+    other records of its group are archived."""
+    _seed_p_with_observations(server)
+    _a_result_for_p_after_the_copies(monkeypatch)
     with on(date(2029, 1, 10)):
         made = _run(server)
         assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
@@ -694,3 +699,55 @@ def test_twelve_years_later_only_what_must_stay_is_left(
         assert found.get("entry", []) == [], kind
     assert cli.main(["audit", "verify"]) == 0
     assert "intact" in capsys.readouterr().err
+
+
+def test_a_scheduled_run_names_no_patient_on_the_servers_log(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scheduled run's standard error is the server's log (retention_schedule.apart): what
+    failed is told by rule and step, as the AuditEvent counts it, never by patient or why
+    (the operator's own run prints both)."""
+    async def failing(life: Lifecycle, **_: Any) -> Plan:
+        made = Plan(date(2029, 1, 10))
+        made.failed.append((retention.Action("patient-record", "archive", "Patient/p-secret"),
+                            "Patient/p-secret's record changed: it is active again"))
+        return made
+
+    monkeypatch.setattr(cli, "run_retention", failing)
+    assert cli.main(["retention", "run", "--scheduled"]) == 1
+    said = capsys.readouterr()
+    assert "p-secret" not in said.err
+    assert "patient-record: archive FAILED" in said.err
+    assert cli.main(["retention", "run"]) == 1
+    assert "Patient/p-secret FAILED" in capsys.readouterr().err
+
+
+def test_a_resource_of_two_records_archived_together_keeps_its_copy_when_one_is_kept(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Observation about p performed by a is in both records, and so is its copy (one id).
+    When p is active again after the group's copies were written, p's copies go, but not the
+    one a's archive holds: a's original is erased, so that copy is all that is left of it."""
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        _put(server, {**observation("Patient/p"), "id": "shared", "performer": [{"reference": "Patient/a"}]})
+    _a_result_for_p_after_the_copies(monkeypatch)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+        assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
+        assert server.client.get("/fhir/Patient/a", headers=_headers(server)).status_code == 404
+        original = server.client.get("/fhir/Observation/shared", headers=_headers(server)).status_code
+        copy = _life(server).pseudonyms.of("Observation/shared")
+        assert original == 200 or copy in {r["id"] for r in _archives(server)}
+
+
+@pytest.mark.parametrize("nice", ["-5", "20", "ten"])
+def test_the_command_refuses_a_priority_it_cannot_lower_to(
+        sqlite_server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        nice: str) -> None:
+    """`--nice` lowers the priority by 0 to 19 (os.nice): a negative one would raise it above
+    the server's when run as root, and fail with a traceback otherwise; nothing is run."""
+    lowered: list[int] = []
+    monkeypatch.setattr(cli.os, "nice", lowered.append)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["retention", "run", "--nice", nice])
+    assert exited.value.code == 2 and "--nice" in capsys.readouterr().err
+    assert lowered == [] and _run_events(sqlite_server) == []
