@@ -37,16 +37,18 @@ def fsync_path(path: Path) -> None:
 
 
 @contextmanager
-def turn_lock(lock: Path) -> Iterator[bool]:
-    """Try to take the lock file `lock` (0600) without waiting; whether this process holds it.
-    With several worker processes, the one holding it takes a scheduled turn, the others skip."""
+def turn_lock(lock: Path) -> Iterator[int | None]:
+    """Try to take the lock file `lock` (0600) without waiting: its descriptor while this
+    process holds it, else None. With several worker processes, the one holding it takes a
+    scheduled turn, the others skip. A child process handed the descriptor holds the lock
+    with it (flock belongs to the open file, which the child shares)."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield None
             return
-        yield True
+        yield fd
     finally:
         os.close(fd)

@@ -31,7 +31,7 @@ async def once(hours: int, directory: Path, back_up: Callable[[], Awaitable[obje
     next turn tries again."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     with turn_lock(directory / ".backup.lock") as held:
-        if not held:
+        if held is None:
             return False
         recent = clock.now() - timedelta(hours=hours / 2)
         if any((at := taken_at(path)) is not None and at > recent for path in directory.iterdir()):

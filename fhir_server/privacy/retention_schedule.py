@@ -28,7 +28,7 @@ SCHEDULED = "fhir-server (scheduled)"  # who its AuditEvent names
 log = logging.getLogger(__name__)
 
 
-async def every_turn(hours: int, lock: Path, turn: Callable[[], Awaitable[object]]) -> None:
+async def every_turn(hours: int, lock: Path, turn: Callable[[int], Awaitable[object]]) -> None:
     """Run `turn` every `hours` hours of the clock, for ever (cancel the task to stop)."""
     due = clock.now() + timedelta(hours=hours)
     while True:
@@ -39,28 +39,31 @@ async def every_turn(hours: int, lock: Path, turn: Callable[[], Awaitable[object
         await once(lock, turn)
 
 
-async def once(lock: Path, turn: Callable[[], Awaitable[object]]) -> bool:
-    """One turn, unless another process holds `lock`; whether it ran. A failure is logged,
-    not raised: the next turn tries again."""
+async def once(lock: Path, turn: Callable[[int], Awaitable[object]]) -> bool:
+    """One turn, unless another process holds `lock`; whether it ran. `turn` is given the
+    held lock's descriptor. A failure is logged, not raised: the next turn tries again."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with turn_lock(lock) as held:
-        if not held:
+        if held is None:
             return False
         try:
-            await turn()
+            await turn(held)
         except Exception:  # noqa: BLE001 - the server goes on; the log says why
             log.exception("scheduled retention run failed")
             return False
         return True
 
 
-async def apart() -> int:
+async def apart(lock: int) -> int:
     """One run of `fhir-server retention run` in a child process at NICENESS, with the
     server's environment (its settings); its exit status. What it did is in its AuditEvent;
-    its standard output (one line per record) is not kept, its errors go to the server's."""
+    its standard output (one line per record) is not kept, its errors go to the server's.
+    The child inherits the turn's `lock` descriptor: if the server is killed outright, the
+    run goes on holding the lock, so that no other turn starts beside it."""
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fhir_server.cli", "retention", "run", "--nice", str(NICENESS),
-        "--scheduled", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
+        "--scheduled", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        pass_fds=(lock,))
     try:
         status = await child.wait()
     except asyncio.CancelledError:  # the server stops: the run stops with it (the next finishes it)
