@@ -32,7 +32,8 @@ from ..services.server_writes import as_server
 from ..store.base import Store, Version
 from .eligibility import TrialIndex, pinned, read_record
 from .eligibility_record import TYPES
-from .match_catalogue import Stamp, newest, shared
+from .catalogue_history import Stamp, newest
+from .match_catalogue import shared
 
 PAGE = 1000
 CHUNK = 100  # patients named by one search of their records

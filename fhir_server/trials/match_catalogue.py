@@ -28,13 +28,12 @@ from typing import Any
 from ..services import reach
 from ..services.context import Context
 from ..store.base import Store
-from .catalogue_history import TYPES, Position, Stamp, newest, position, stamp
+from .catalogue_history import TYPES, Position, position, stamp
 from .criteria_review import is_draft
 from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
 from .eligibility_codes import PROFILE
 from .match_sites import Site, sites
 
-__all__ = ["TYPES", "Catalogue", "Stamp", "load", "newest", "shared"]
 
 CHUNK = 100  # ids an `_id` search names
 Read = tuple[tuple[Any, ...], ...]  # the versions of the Groups a Trial was read from

@@ -46,7 +46,7 @@ from ..services import reach, study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import HistoryQuery, Outbox, Store, Version
-from . import match_catalogue
+from . import catalogue_history, match_catalogue
 from .alerts import TRIAL_MATCHING
 from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
 from .eligibility_record import TYPES
@@ -184,10 +184,10 @@ async def changed(ctx: Context, since: str, seen: Iterable[str] = ()) -> tuple[s
     """The studies whose ResearchStudy, eligibility Group or site Location was written (or
     deleted) from `since` on, leaving out the versions `seen` (`Type/id/version`); where the
     next look starts, and the versions read from there on (seen then)."""
-    written: dict[str, set[str]] = {t: set() for t in match_catalogue.TYPES}
+    written: dict[str, set[str]] = {t: set() for t in catalogue_history.TYPES}
     until = clock.instant(clock.now() - MARGIN)
     read: list[tuple[str, str]] = []
-    for resource_type in match_catalogue.TYPES:
+    for resource_type in catalogue_history.TYPES:
         versions, complete = await _written(ctx, resource_type, since)
         until = min(until, complete)
         read += versions
