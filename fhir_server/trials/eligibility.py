@@ -155,6 +155,21 @@ def verdict(trial: Trial, record: Record) -> tuple[str, float]:
     return _overall(verdicts)
 
 
+def judged(trial: Trial, record: Record) -> tuple[str, tuple[str, ...]]:
+    """`evaluate(trial, record)`'s verdict and each criterion's (`key=verdict`), without the
+    explanation: each criterion judged once per record, as `verdict` does."""
+    if not trial.criteria:
+        return UNDETERMINED, ()
+    known = record.verdicts
+    verdicts = []
+    for criterion in trial.criteria:
+        found = known.get(criterion.rule)
+        if found is None:
+            found = known[criterion.rule] = judge(criterion, record).verdict
+        verdicts.append(found)
+    return _overall(verdicts)[0], tuple(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True))
+
+
 def _keyed(criterion: Criterion) -> bool:
     """An inclusion diagnosis in ICD-10 only: the record proves it not met when none of its
     recorded ICD-10 diagnoses falls under it (eligibility_rules.condition)."""
@@ -208,6 +223,12 @@ class TrialIndex:
         required = self._required
         return sorted(self._unkeyed + [p for p, numbers in satisfied.items() if len(numbers) == required[p]])
 
+    def kept(self, record: Record) -> list[Trial]:
+        """The trials to evaluate, in study order; the others are proven ineligible. It costs
+        what the patient's diagnoses select, not the size of the catalogue."""
+        kept = self._kept(record)
+        return list(self.trials) if kept is None else [self.trials[p] for p in kept]
+
     def candidates(self, record: Record) -> tuple[list[Trial], list[str]]:
         """(trials to evaluate, ids of studies proven ineligible by the index)."""
         kept = self._kept(record)
@@ -220,8 +241,7 @@ class TrialIndex:
         """Every trial the index does not prune, its verdict and score as `evaluate` gives
         them but without explanations (`verdict`): the bulk path, for re-matching many
         patients."""
-        kept = self._kept(record)
-        chosen = self.trials if kept is None else [self.trials[p] for p in kept]
+        chosen = self.kept(record)
         return Verdicts(tuple((t.study, *verdict(t, record)) for t in chosen), len(self.trials) - len(chosen))
 
     def match(self, record: Record) -> Match:

@@ -24,7 +24,8 @@ import hashlib
 import hmac
 import weakref
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -36,7 +37,8 @@ from ..services.context import Context
 from ..services.guard import note
 from ..store.base import Outbox, Store, Version
 from . import inverse_population, match_catalogue
-from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, evaluate, read_record
+from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, read_record
+from .eligibility_record import Record
 from .match import home
 from .match_sites import nearest
 
@@ -44,11 +46,13 @@ BASE = 5  # every published count is a multiple of this
 VERDICTS = ("met", "not-met", "unknown", "not-applicable")
 NO_SITE = ""  # patients placed near no recruiting site
 Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
+MODULUS = 2**256  # of a set's digest
 
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """One study's snapshot: the rounded cells, the criteria texts, the Patients counted."""
+    """One study's snapshot: the rounded cells, the criteria texts, the Patients counted (read
+    to compute it; not stored: 100,000 versions for each of 10,000 studies)."""
 
     day: str
     cells: dict[Cell, int]
@@ -61,16 +65,73 @@ class Figures:
 _SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[bytes, Figures]]] = weakref.WeakKeyDictionary()
 
 
-def rounded(key: bytes, members: list[str]) -> int:
-    """The number of `members` rounded to an adjacent multiple of BASE, up with probability
-    (size mod BASE) / BASE: unbiased, and drawn from the members alone, so that the same
-    patients round alike in every cell and study (else averaging the figures of several
-    studies would recover the exact count)."""
-    low, rest = divmod(len(members), BASE)
+def member_digest(key: bytes, member: str) -> int:
+    """A patient's share of a cell's digest: the HMAC of their id under `key`."""
+    return int.from_bytes(hmac.new(key, member.encode(), hashlib.sha256).digest(), "big")
+
+
+def set_digest(key: bytes, members: Iterable[str]) -> int:
+    """The digest of a set of patients: their `member_digest`s summed modulo 2**256. It depends
+    on the members alone, not on their order, and a cell's digest can be added up patient by
+    patient or worked out as a difference (pruned = population - evaluated: the daily pass,
+    figures_pass.py), without a list of the members."""
+    return sum(member_digest(key, m) for m in members) % MODULUS
+
+
+def drawn(key: bytes, size: int, digest: int) -> int:
+    """`size` patients, whose `set_digest` is `digest`, rounded to an adjacent multiple of BASE:
+    up with probability (size mod BASE) / BASE. Unbiased, and drawn from the members alone, so
+    that the same patients round alike in every cell and study (else averaging the figures of
+    several studies would recover the exact count). The draw is a keyed hash of the digest,
+    not the digest itself: sums of the members' shares reveal nothing of how the parts round."""
+    low, rest = divmod(size, BASE)
     if rest == 0:
-        return len(members)
-    digest = hmac.new(key, "\x00".join(sorted(members)).encode(), hashlib.sha256).digest()
-    return (low + (int.from_bytes(digest[:8], "big") % BASE < rest)) * BASE
+        return size
+    draw = hmac.new(key, b"cell\x00" + digest.to_bytes(32, "big"), hashlib.sha256).digest()
+    return (low + (int.from_bytes(draw[:8], "big") % BASE < rest)) * BASE
+
+
+def rounded(key: bytes, members: Iterable[str]) -> int:
+    """The number of `members` rounded as `drawn` says."""
+    found = list(members)
+    return drawn(key, len(found), set_digest(key, found))
+
+
+@dataclass(slots=True)
+class Tally:
+    """A study's cells being counted: per cell, its size and `set_digest`."""
+
+    cells: dict[Cell, list[int]] = field(default_factory=dict)
+
+    def add(self, cell: Cell, digest: int) -> None:
+        found = self.cells.get(cell)
+        if found is None:
+            self.cells[cell] = [1, digest]
+        else:
+            found[0] += 1
+            found[1] += digest
+
+    def rounded(self, key: bytes, population: tuple[int, int]) -> dict[Cell, int]:
+        """The rounded cells, the pruned one the rest of `population` (its size, its digest)."""
+        size, digest = population
+        for n, d in self.cells.values():
+            size, digest = size - n, digest - d
+        found = {cell: drawn(key, n, d % MODULUS) for cell, (n, d) in self.cells.items()}
+        if size:
+            found[("pruned",)] = drawn(key, size, digest % MODULUS)
+        return found
+
+
+def cell(trial: Trial, record: Record, catalogue: match_catalogue.Catalogue, today: date) -> Cell:
+    """The cell of a patient the index leaves for `trial`: verdict, nearest recruiting site,
+    each criterion's verdict. Each criterion is judged once per record whatever the number of
+    trials sharing it (`judged`), as the daily pass judges one record against many trials."""
+    verdict, criteria = judged(trial, record)
+    site = NO_SITE
+    if verdict != INELIGIBLE:
+        nearest_site, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
+        site = nearest_site.location if nearest_site is not None else NO_SITE
+    return (verdict, site, *criteria)
 
 
 async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
@@ -101,54 +162,50 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     process, and the Patients this call read to compute it (none when it was stored): the
     first process to compute it stores it (compare-and-set), the others read it, so that a
     call landing on another worker, or after a restart, answers as the first did."""
-    if held is not None and (stored := _loaded(held)).day == today.isoformat():
+    if held is not None and (stored := loaded(held)).day == today.isoformat():
         return held, stored, ()
     computed = await _compute(ctx, trial, catalogue, today, key)
-    body = _dumped(computed)
+    body = dumped(computed)
     try:
         await ctx.store.commit([Outbox(put=((record, body),), expect=((record, held),))])
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
         again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
-        if again is not None and (stored := _loaded(again)).day == computed.day:
+        if again is not None and (stored := loaded(again)).day == computed.day:
             return again, stored, computed.counted  # its records were read all the same
     return body, computed, computed.counted
 
 
-def _dumped(found: Figures) -> bytes:
+def dumped(found: Figures) -> bytes:
     return orjson.dumps({"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
-                         "texts": found.texts, "sites": list(found.sites),
-                         "counted": [[v.id, v.version, v.last_updated] for v in found.counted]})
+                         "texts": found.texts, "sites": list(found.sites)})
 
 
-def _loaded(body: bytes) -> Figures:
+def loaded(body: bytes) -> Figures:
     data = orjson.loads(body)
-    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]),
-                   tuple(Version("Patient", id, version, updated, "PUT", None)
-                         for id, version, updated in data["counted"]))
+    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]), ())
 
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
                    key: bytes) -> Figures:
     index = TrialIndex([trial])
     found = await inverse_population.population(ctx, index, today)
-    members: dict[Cell, list[str]] = defaultdict(list)
-    members[("pruned",)].extend(found.pruned)
-    texts: dict[str, str] = {}
+    tally = Tally()
     for patient in sorted(found.records):
-        record = read_record(found.records[patient], today)
-        result = evaluate(trial, record)
-        texts.update((c.key, c.text) for c in result.criteria)
-        site = NO_SITE
-        if result.verdict != INELIGIBLE:
-            nearest_site, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
-            site = nearest_site.location if nearest_site is not None else NO_SITE
-        cell = (result.verdict, site, *(f"{c.key}={c.verdict}" for c in result.criteria))
-        members[cell].append(patient)
-    cells = {cell: rounded(key, ids) for cell, ids in members.items() if ids}
+        tally.add(cell(trial, read_record(found.records[patient], today), catalogue, today),
+                  member_digest(key, patient))
+    population = len(found.counted), set_digest(key, (v.id for v in found.counted))
+    return snapshot(trial, catalogue, today, tally.rounded(key, population), found.counted)
+
+
+def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date, cells: dict[Cell, int],
+             counted: tuple[Version, ...] = ()) -> Figures:
+    """The study's Figures of `today` from its rounded `cells`."""
+    evaluated = any(c != ("pruned",) for c in cells)
+    texts = {c.key: c.text for c in trial.criteria} if evaluated else {}
     sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
-    return Figures(today.isoformat(), cells, texts, sites, found.counted)
+    return Figures(today.isoformat(), cells, texts, sites, counted)
 
 
 def parameters(found: Figures) -> list[dict[str, Any]]:
