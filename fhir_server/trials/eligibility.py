@@ -143,16 +143,22 @@ def verdict(trial: Trial, record: Record) -> tuple[str, float]:
     the first one not met."""
     if not trial.criteria:
         return UNDETERMINED, 0.0
-    known = record.verdicts
     verdicts = []
     for criterion in trial.criteria:
-        found = known.get(criterion.rule)
-        if found is None:
-            found = known[criterion.rule] = judge(criterion, record).verdict
+        found = _once(criterion, record)
         if found == NOT_MET:
             return INELIGIBLE, 0.0
         verdicts.append(found)
     return _overall(verdicts)
+
+
+def _once(criterion: Criterion, record: Record) -> str:
+    """The criterion's verdict, judged once per record and rule (`record.verdicts`)."""
+    known = record.verdicts
+    found = known.get(criterion.rule)
+    if found is None:
+        found = known[criterion.rule] = judge(criterion, record).verdict
+    return found
 
 
 def judged(trial: Trial, record: Record) -> tuple[str, tuple[str, ...]]:
@@ -160,13 +166,7 @@ def judged(trial: Trial, record: Record) -> tuple[str, tuple[str, ...]]:
     explanation: each criterion judged once per record, as `verdict` does."""
     if not trial.criteria:
         return UNDETERMINED, ()
-    known = record.verdicts
-    verdicts = []
-    for criterion in trial.criteria:
-        found = known.get(criterion.rule)
-        if found is None:
-            found = known[criterion.rule] = judge(criterion, record).verdict
-        verdicts.append(found)
+    verdicts = [_once(c, record) for c in trial.criteria]
     return _overall(verdicts)[0], tuple(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True))
 
 

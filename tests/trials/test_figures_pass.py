@@ -4,19 +4,25 @@ hypothesis draws; the call is then served from the snapshot; the patients read a
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from fhir_server import clock
+from fhir_server.privacy import retention_schedule
 from fhir_server.services.study_access import FIGURES_PREFIX
 from fhir_server.store.base import Outbox
 from fhir_server.trials import figures_pass, inverse_counts
 from tests.builders import consent
 from tests.http.helpers import send
+from tests.privacy.conftest import serving
 from tests.trials.eligibility_builders import ICD10, coded, condition, criterion, group, patient, quantity
 from tests.trials.inverse_world import DR, STUDY, InverseWorld, inverse_world, new_day  # noqa: F401  (fixture)
 from tests.trials.match_world import RECENT, site, study
@@ -164,3 +170,32 @@ def test_digests_are_order_free_and_split_as_sets_do() -> None:
     cells = tally.rounded(key, (len(members), whole))
     assert cells[("pruned",)] == inverse_counts.rounded(key, members[4:])
     assert cells[("eligible", "")] == inverse_counts.rounded(key, members[:4])
+
+
+def test_the_server_starts_the_pass_at_start_and_on_each_new_day_in_a_niced_process(
+        tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
+    monkeypatch.setenv("FHIR_SERVER_FIGURES_DAILY", "true")
+    started: list[tuple[str, ...]] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spawned(*argv: str, **options: Any) -> Any:
+        started.append(argv)
+        return await spawn(*argv, **options)
+
+    monkeypatch.setattr(retention_schedule.asyncio, "create_subprocess_exec", spawned)
+    with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
+        store = server.client.app.state.context.store  # type: ignore[attr-defined]
+        for _ in range(600):  # the child process starts, then runs
+            if server.client.portal.call(figures_pass.done, store) is not None:  # type: ignore[union-attr]
+                break
+            time.sleep(0.1)
+        assert server.client.portal.call(figures_pass.done, store) == date.today().isoformat()  # type: ignore[union-attr]
+        time.sleep(0.2)
+        assert [argv[1:] for argv in started] == [("-m", "fhir_server.cli", "figures", "run", "--nice", "10")]
+        frozen.advance(24 * 3600)
+        for _ in range(600):
+            if len(started) == 2:
+                break
+            time.sleep(0.1)
+        assert len(started) == 2
