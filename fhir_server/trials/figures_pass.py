@@ -10,7 +10,7 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
   are read in id order, BATCH records by one `Store.gather` (rematch.about), each once for
   every study: one `TrialIndex` over the catalogue leaves each patient the trials their
   diagnoses do not rule out, and only those pairs are judged, into the study's cells exactly
-  as the call computing a snapshot does (inverse_counts.cell).
+  as the call computing a snapshot does (inverse_counts.Cells).
 - **No member lists.** A cell's rounding draws from the digest of its members
   (inverse_counts.set_digest, a sum): the pruned cell, ~97% of the population for each of
   10,000 studies, is the population's size and digest less the evaluated cells'.
@@ -43,6 +43,7 @@ from ..services.server_writes import as_server
 from ..store.base import Outbox, Store
 from . import inverse_counts, inverse_population, match_catalogue, rematch
 from .eligibility import TrialIndex, pinned, read_record
+from .match import home
 from .prescreening import pseudonym_key
 
 PRINCIPAL = "fhir-server (figures)"  # who the pass's AuditEvents name
@@ -116,6 +117,7 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
     counted = sorted((await inverse_population.agreements(ctx)).counted(report.day))
     index = TrialIndex(catalogue.trials.values())
     tallies = {study: inverse_counts.Tally() for study in catalogue.trials}
+    cells = inverse_counts.Cells(catalogue, today)
     size = digest = 0
     read: list[str] = []
     principal = server_principal(PRINCIPAL)
@@ -128,8 +130,9 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
             found = read_record([(pinned(r), r) for r in records[patient]], today)
             share = inverse_counts.member_digest(key, patient)
             size, digest = size + 1, digest + share
+            origin = home(found)
             for trial in index.kept(found):
-                tallies[trial.study].add(inverse_counts.cell(trial, found, catalogue, today), share)
+                tallies[trial.study].add(cells.of(trial, found, origin), share)
                 report.evaluated += 1
             read.append(patient)
         if len(read) >= CHUNK or start + rematch.BATCH >= len(counted):

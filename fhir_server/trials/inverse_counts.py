@@ -40,6 +40,7 @@ from . import inverse_population, match_catalogue
 from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, read_record
 from .eligibility_record import Record
 from .match import home
+from .gazetteer import Point
 from .match_sites import nearest
 
 BASE = 5  # every published count is a multiple of this
@@ -122,16 +123,28 @@ class Tally:
         return found
 
 
-def cell(trial: Trial, record: Record, catalogue: match_catalogue.Catalogue, today: date) -> Cell:
-    """The cell of a patient the index leaves for `trial`: verdict, nearest recruiting site,
-    each criterion's verdict. Each criterion is judged once per record whatever the number of
-    trials sharing it (`judged`), as the daily pass judges one record against many trials."""
-    verdict, criteria = judged(trial, record)
-    site = NO_SITE
-    if verdict != INELIGIBLE:
-        nearest_site, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
-        site = nearest_site.location if nearest_site is not None else NO_SITE
-    return (verdict, site, *criteria)
+@dataclass(slots=True)
+class Cells:
+    """The cells of patients against trials of `catalogue` on `today`. The nearest recruiting
+    site of a study from a home is worked out once (patients share postal codes; the daily
+    pass places ~90 million pairs at 100,000 patients and 10,000 trials)."""
+
+    catalogue: match_catalogue.Catalogue
+    today: date
+    sites: dict[tuple[str, Point | None], str] = field(default_factory=dict)
+
+    def of(self, trial: Trial, record: Record, origin: Point | None) -> Cell:
+        """The cell of a patient (living at `origin`: `match.home`) the index leaves for
+        `trial`: verdict, nearest recruiting site, each criterion's verdict. Each criterion is
+        judged once per record whatever the number of trials sharing it (`judged`)."""
+        verdict, criteria = judged(trial, record)
+        if verdict == INELIGIBLE:
+            return (verdict, NO_SITE, *criteria)
+        site = self.sites.get((trial.study, origin))
+        if site is None:
+            found, _ = nearest(self.catalogue.sites[trial.study], origin, self.today, self.catalogue.max_age_days)
+            site = self.sites[(trial.study, origin)] = found.location if found is not None else NO_SITE
+        return (verdict, site, *criteria)
 
 
 async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
@@ -191,10 +204,10 @@ async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalo
                    key: bytes) -> Figures:
     index = TrialIndex([trial])
     found = await inverse_population.population(ctx, index, today)
-    tally = Tally()
+    tally, cells = Tally(), Cells(catalogue, today)
     for patient in sorted(found.records):
-        tally.add(cell(trial, read_record(found.records[patient], today), catalogue, today),
-                  member_digest(key, patient))
+        record = read_record(found.records[patient], today)
+        tally.add(cells.of(trial, record, home(record)), member_digest(key, patient))
     population = len(found.counted), set_digest(key, (v.id for v in found.counted))
     return snapshot(trial, catalogue, today, tally.rounded(key, population), found.counted)
 

@@ -357,7 +357,7 @@ def test_the_server_runs_the_retention_on_its_schedule_in_a_niced_process_of_its
         [event] = _run_events(server)
         assert event["agent"][0]["name"] == "fhir-server (scheduled)"
         [argv] = started
-        assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--nice", "10", "--scheduled")
+        assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--scheduled", "--nice", "10")
 
 
 def test_the_command_lowers_its_priority_when_asked(
