@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fhir_server import clock
 from fhir_server.privacy import retention_schedule
+from fhir_server.services import study_access
 from fhir_server.services.study_access import FIGURES_PREFIX
 from fhir_server.store.base import Outbox
-from fhir_server.trials import figures_pass, inverse_counts
+from fhir_server.trials import figures_pass, inverse_counts, inverse_population
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.privacy.conftest import serving
@@ -199,3 +201,19 @@ def test_the_server_starts_the_pass_at_start_and_on_each_new_day_in_a_niced_proc
                 break
             time.sleep(0.1)
         assert len(started) == 2
+
+
+def test_a_call_served_from_the_pass_judges_only_the_pre_screening_candidates(
+        world: InverseWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    _pass(world.client)
+    monkeypatch.setattr(inverse_population, "_KEPT", weakref.WeakKeyDictionary())
+    judged: list[str] = []
+    counted = study_access.counted
+
+    def spy(found: Any, patient: str, day: str) -> bool:
+        judged.append(patient)
+        return counted(found, patient, day)
+
+    monkeypatch.setattr(study_access, "counted", spy)
+    assert world.match(STUDY, "site").status_code == 200
+    assert set(judged) <= {"bea", "cat", "hal"}  # those whose Consent names pre-screening at all
