@@ -161,13 +161,15 @@ def _once(criterion: Criterion, record: Record) -> str:
     return found
 
 
-def judged(trial: Trial, record: Record) -> tuple[str, tuple[str, ...]]:
-    """`evaluate(trial, record)`'s verdict and each criterion's (`key=verdict`), without the
-    explanation: each criterion judged once per record, as `verdict` does."""
-    if not trial.criteria:
-        return UNDETERMINED, ()
-    verdicts = [_once(c, record) for c in trial.criteria]
-    return _overall(verdicts)[0], tuple(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True))
+def judged(trial: Trial, record: Record) -> tuple[str, ...]:
+    """Each criterion's verdict of `evaluate(trial, record)`, in order, without the
+    explanation: each judged once per record and rule, as `verdict` does."""
+    return tuple(_once(c, record) for c in trial.criteria)
+
+
+def overall(verdicts: tuple[str, ...]) -> str:
+    """`evaluate`'s verdict of a trial whose criteria have `verdicts` (none: undetermined)."""
+    return _overall(list(verdicts))[0] if verdicts else UNDETERMINED
 
 
 def _keyed(criterion: Criterion) -> bool:

@@ -130,10 +130,10 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
             found = read_record([(pinned(r), r) for r in records[patient]], today)
             share = inverse_counts.member_digest(key, patient)
             size, digest = size + 1, digest + share
-            origin = home(found)
-            for trial in index.kept(found):
-                tallies[trial.study].add(cells.of(trial, found, origin), share)
-                report.evaluated += 1
+            kept = index.kept(found)
+            for trial, cell in zip(kept, cells.each(kept, found, home(found)), strict=True):
+                tallies[trial.study].add(cell, share)
+            report.evaluated += len(kept)
             read.append(patient)
         if len(read) >= CHUNK or start + rematch.BATCH >= len(counted):
             await record(figures_events(recorded=clock.instant(), principal=principal, day=report.day,
@@ -177,7 +177,7 @@ async def _store(store: Store, catalogue: match_catalogue.Catalogue, today: date
         before = held.get(name)
         if before is not None and inverse_counts.loaded(before).day == report.day:
             continue  # a call stored the day's first: it stays
-        cells = tally.rounded(key, population)
+        cells = tally.rounded(key, population, catalogue.trials[study])
         figures = inverse_counts.snapshot(catalogue.trials[study], catalogue, today, cells)
         writes.append((name, before, inverse_counts.dumped(figures)))
     for start in range(0, len(writes), WRITES):

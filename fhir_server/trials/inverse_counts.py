@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -37,7 +37,7 @@ from ..services.context import Context
 from ..services.guard import note
 from ..store.base import Outbox, Store, Version
 from . import inverse_population, match_catalogue
-from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, read_record
+from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, overall, read_record
 from .eligibility_record import Record
 from .match import home
 from .gazetteer import Point
@@ -98,13 +98,16 @@ def rounded(key: bytes, members: Iterable[str]) -> int:
     return drawn(key, len(found), set_digest(key, found))
 
 
+Key = tuple[str, str, tuple[str, ...]]  # a cell while counting: verdict, site, criteria's verdicts
+
+
 @dataclass(slots=True)
 class Tally:
-    """A study's cells being counted: per cell, its size and `set_digest`."""
+    """A study's cells being counted (by `Key`): per cell, its size and `set_digest`."""
 
-    cells: dict[Cell, list[int]] = field(default_factory=dict)
+    cells: dict[Key, list[int]] = field(default_factory=dict)
 
-    def add(self, cell: Cell, digest: int) -> None:
+    def add(self, cell: Key, digest: int) -> None:
         found = self.cells.get(cell)
         if found is None:
             self.cells[cell] = [1, digest]
@@ -112,12 +115,15 @@ class Tally:
             found[0] += 1
             found[1] += digest
 
-    def rounded(self, key: bytes, population: tuple[int, int]) -> dict[Cell, int]:
-        """The rounded cells, the pruned one the rest of `population` (its size, its digest)."""
+    def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> dict[Cell, int]:
+        """The rounded cells of `trial`, the pruned one the rest of `population` (its size,
+        its digest)."""
         size, digest = population
-        for n, d in self.cells.values():
+        found: dict[Cell, int] = {}
+        for (verdict, site, verdicts), (n, d) in self.cells.items():
             size, digest = size - n, digest - d
-        found = {cell: drawn(key, n, d % MODULUS) for cell, (n, d) in self.cells.items()}
+            cell = (verdict, site, *(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True)))
+            found[cell] = drawn(key, n, d % MODULUS)
         if size:
             found[("pruned",)] = drawn(key, size, digest % MODULUS)
         return found
@@ -125,26 +131,45 @@ class Tally:
 
 @dataclass(slots=True)
 class Cells:
-    """The cells of patients against trials of `catalogue` on `today`. The nearest recruiting
-    site of a study from a home is worked out once (patients share postal codes; the daily
-    pass places ~90 million pairs at 100,000 patients and 10,000 trials)."""
+    """The cells of patients against trials of `catalogue` on `today`, at the least cost per
+    pair (the daily pass places ~90 million at 100,000 patients and 10,000 trials): each
+    criterion judged once per record and rule (`judged`), a verdict worked out once per
+    combination of its criteria's verdicts, the nearest recruiting site of a study once per
+    home (patients share postal codes)."""
 
     catalogue: match_catalogue.Catalogue
     today: date
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by study
+    verdicts: dict[tuple[str, ...], str] = field(default_factory=dict)
     sites: dict[tuple[str, Point | None], str] = field(default_factory=dict)
 
-    def of(self, trial: Trial, record: Record, origin: Point | None) -> Cell:
+    def of(self, trial: Trial, record: Record, origin: Point | None) -> Key:
         """The cell of a patient (living at `origin`: `match.home`) the index leaves for
-        `trial`: verdict, nearest recruiting site, each criterion's verdict. Each criterion is
-        judged once per record whatever the number of trials sharing it (`judged`)."""
-        verdict, criteria = judged(trial, record)
-        if verdict == INELIGIBLE:
-            return (verdict, NO_SITE, *criteria)
-        site = self.sites.get((trial.study, origin))
-        if site is None:
-            found, _ = nearest(self.catalogue.sites[trial.study], origin, self.today, self.catalogue.max_age_days)
-            site = self.sites[(trial.study, origin)] = found.location if found is not None else NO_SITE
-        return (verdict, site, *criteria)
+        `trial`: verdict, nearest recruiting site, each criterion's verdict."""
+        return next(self.each((trial,), record, origin))
+
+    def each(self, trials: Iterable[Trial], record: Record, origin: Point | None) -> Iterator[Key]:
+        """`of` each of `trials`, in one loop (its lookups made once)."""
+        known, rules_of, verdicts_of, sites = record.verdicts.__getitem__, self.rules, self.verdicts, self.sites
+        for trial in trials:
+            rules = rules_of.get(trial.study)
+            if rules is None:
+                rules = rules_of[trial.study] = tuple(c.rule for c in trial.criteria)
+            try:  # each rule judged already for this record (by another trial): no call per criterion
+                verdicts = tuple(map(known, rules))
+            except KeyError:
+                verdicts = judged(trial, record)
+            verdict = verdicts_of.get(verdicts)
+            if verdict is None:
+                verdict = verdicts_of[verdicts] = overall(verdicts)
+            if verdict == INELIGIBLE:
+                yield verdict, NO_SITE, verdicts
+                continue
+            site = sites.get((trial.study, origin))
+            if site is None:
+                found, _ = nearest(self.catalogue.sites[trial.study], origin, self.today, self.catalogue.max_age_days)
+                site = sites[(trial.study, origin)] = found.location if found is not None else NO_SITE
+            yield verdict, site, verdicts
 
 
 async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
@@ -209,7 +234,7 @@ async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalo
         record = read_record(found.records[patient], today)
         tally.add(cells.of(trial, record, home(record)), member_digest(key, patient))
     population = len(found.counted), set_digest(key, (v.id for v in found.counted))
-    return snapshot(trial, catalogue, today, tally.rounded(key, population), found.counted)
+    return snapshot(trial, catalogue, today, tally.rounded(key, population, trial), found.counted)
 
 
 def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date, cells: dict[Cell, int],

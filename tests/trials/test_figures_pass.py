@@ -22,6 +22,7 @@ from fhir_server.services import study_access
 from fhir_server.services.study_access import FIGURES_PREFIX
 from fhir_server.store.base import Outbox
 from fhir_server.trials import figures_pass, inverse_counts, inverse_population
+from fhir_server.trials.eligibility import Trial
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.privacy.conftest import serving
@@ -168,10 +169,10 @@ def test_digests_are_order_free_and_split_as_sets_do() -> None:
     assert (whole - part) % inverse_counts.MODULUS == inverse_counts.set_digest(key, members[4:])
     tally = inverse_counts.Tally()
     for member in members[:4]:
-        tally.add(("eligible", ""), inverse_counts.member_digest(key, member))
-    cells = tally.rounded(key, (len(members), whole))
+        tally.add(("undetermined", "", ()), inverse_counts.member_digest(key, member))
+    cells = tally.rounded(key, (len(members), whole), Trial("s", ()))
     assert cells[("pruned",)] == inverse_counts.rounded(key, members[4:])
-    assert cells[("eligible", "")] == inverse_counts.rounded(key, members[:4])
+    assert cells[("undetermined", "")] == inverse_counts.rounded(key, members[:4])
 
 
 def test_the_server_starts_the_pass_at_start_and_on_each_new_day_in_a_niced_process(
