@@ -4,16 +4,18 @@ control (docs/matching.md, "Disclosure control").
 - **Controlled rounding.** Patients are grouped into cells by everything a figure can tell
   about them: pruned by the index, or their verdict, the recruiting site nearest them and
   each criterion's verdict. Each cell's size is rounded to a multiple of BASE (up or down,
-  never further than the next multiple; an exact multiple stays), unbiased, the draw an HMAC
-  of the cell and of its patients under the server's key: the same patients always round
-  the same way, so asking again tells nothing more. Every published figure is then the sum
+  never further than the next multiple; an exact multiple stays), unbiased, the draw keyed
+  by the server's key and drawn from the cell's patients alone (`drawn`, from the order-free
+  `set_digest` of its members): the same patients always round the same way, so asking
+  again tells nothing more. Every published figure is then the sum
   of the rounded cells it covers. So the figures are exactly those of a world whose cells
   are the rounded ones: whatever one adds or subtracts (population - evaluated, a
   criterion's verdicts, the sites), that world is as consistent with them as the real one,
   and in it every figure is a multiple of BASE: no count from 1 to BASE - 1 can be worked
   out exactly.
-- **Daily snapshot.** The figures of a study are computed once a day (UTC) and kept in the
-  store for every server process until the day changes, so that two calls around one new
+- **Daily snapshot.** The figures of a study are computed once a day (UTC), by the daily
+  pass (figures_pass.py) or the study's first call, and kept in the store for every server
+  process until the day changes, so that two calls around one new
   consent answer alike whichever worker takes them (differencing them would single out the
   newcomer).
 """
@@ -174,11 +176,12 @@ class Cells:
 
 async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
                   key: bytes) -> Figures:
-    """The study's snapshot of `today`, computed on the first call of the day. The call that
-    computes it reads the records of every Patient it counts and notes each on its audit
-    trail; a call served from the snapshot reads no record, and its AuditEvent names the
-    study: the figures it gave are those of the snapshot of its day, whose computing call's
-    events name the patients (docs/matching.md, "Audit")."""
+    """The study's snapshot of `today`: the daily pass's (figures_pass.py), else computed on
+    the first call of the day. The call that computes it reads the records of every Patient
+    it counts and notes each on its audit trail; a call served from the snapshot reads no
+    record, and its AuditEvent names the study: the figures it gave are those of the
+    snapshot of its day, whose pass's or computing call's events name the patients
+    (docs/matching.md, "Audit")."""
     record = f"{study_access.FIGURES_PREFIX}{trial.study}"
     held = await subscriptions.one(ctx.store, record)
     kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
