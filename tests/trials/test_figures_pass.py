@@ -218,3 +218,14 @@ def test_a_call_served_from_the_pass_judges_only_the_pre_screening_candidates(
     monkeypatch.setattr(study_access, "counted", spy)
     assert world.match(STUDY, "site").status_code == 200
     assert set(judged) <= {"bea", "cat", "hal"}  # those whose Consent names pre-screening at all
+
+
+def test_a_study_added_after_the_pass_is_computed_by_its_first_call(world: InverseWorld) -> None:
+    report, _ = _pass(world.client)
+    _put(world.client, group("s5-criteria", criterion("condition", coded(ICD10, "C50"), text="Breast cancer")))
+    _put(world.client, study("s5", "phase-2", [site("lyon", "recruiting", RECENT)]))
+    assert f"{FIGURES_PREFIX}s5" not in _stored(world.client)
+    response = world.match("s5", "site")
+    assert response.status_code == 200, response.text
+    population = next(p["valueInteger"] for p in response.json()["parameter"] if p["name"] == "population")
+    assert population > 0 and f"{FIGURES_PREFIX}s5" in _stored(world.client)
