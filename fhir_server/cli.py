@@ -35,9 +35,10 @@ from .app import (blind_index, body_codec, build_context, export_policy, key_pro
                   recorded_run)
 from .bulk import export_organization
 from .services import export
+from .access import server_principal
 from .audit.chain import Chain, Verdict
 from .audit.prune import Trimmer, checkpoint_key, verify_pruned
-from .audit.events import command_event
+from .audit.events import command_event, figures_events
 from .backup import ArchiveError, Restored, Target, back_up_keys, restore, take
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
@@ -412,9 +413,19 @@ async def _figures_async(settings: Settings) -> figures_pass.Report:
         recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
                                  context.store)
         try:
-            return await figures_pass.run(context, recorder.record_all)
+            return await figures_pass.run(context, figures_audit(recorder))
         finally:
             recorder.close()
+
+
+def figures_audit(recorder: AuditRecorder) -> figures_pass.Record:
+    """The figures pass's audit: one AuditEvent per patient whose record it read, as the server."""
+    principal = server_principal(figures_pass.PRINCIPAL)
+
+    async def record(day: str, patients: Sequence[str]) -> None:
+        await recorder.record_all(figures_events(recorded=clock.instant(), principal=principal, day=day,
+                                                 patients=patients))
+    return record
 
 
 def _figures(args: argparse.Namespace) -> int:

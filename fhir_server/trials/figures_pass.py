@@ -17,8 +17,8 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
 - **Stored as a call stores it**: each study's record under study_access.FIGURES_PREFIX, by
   compare-and-set; a study whose snapshot of the day a call stored first keeps it.
 - **Audited**: the pass reads each counted patient's record, so each gets an AuditEvent in
-  their compartment saying so, as the server (audit/events.py `figures_events`), recorded
-  every CHUNK patients as they are read.
+  their compartment saying so, as the server (PRINCIPAL; `record`), recorded every CHUNK
+  patients as they are read.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..access.principal import server_principal
-from ..audit.events import figures_events
 from ..model.errors import FhirError, Kind
 from ..search import Clause, Query, TokenPredicate
 from ..services import study_access, subscriptions
@@ -51,7 +49,9 @@ LEASE = "trials/figures-lease"
 DONE = "trials/figures-done"  # the last day whose pass finished
 CHUNK = 1000  # patients between two renewals of the lease, their AuditEvents recorded together
 WRITES = 200  # snapshots stored by one unit of work
-Record = Callable[[Sequence[dict[str, Any]]], Awaitable[object]]  # AuditRecorder.record_all
+# Records that the records of these patients were read for the day's figures (one AuditEvent
+# each: cli.py `figures_audit`, audit/events.py `figures_events`).
+Record = Callable[[str, Sequence[str]], Awaitable[object]]
 
 
 @dataclass(slots=True)
@@ -120,7 +120,6 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
     cells = inverse_counts.Cells(catalogue, today)
     size = digest = 0
     read: list[str] = []
-    principal = server_principal(PRINCIPAL)
     for start in range(0, len(counted), rematch.BATCH):
         batch = counted[start:start + rematch.BATCH]
         records = await _records(ctx, batch)
@@ -136,8 +135,7 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
             report.evaluated += len(kept)
             read.append(patient)
         if len(read) >= CHUNK or start + rematch.BATCH >= len(counted):
-            await record(figures_events(recorded=clock.instant(), principal=principal, day=report.day,
-                                        patients=read))
+            await record(report.day, read)
             report.events += len(read)
             read = []
             await lease.commit([])  # renewed: the pass goes on

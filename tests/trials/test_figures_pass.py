@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fhir_server import clock
+from fhir_server import cli, clock
 from fhir_server.privacy import retention_schedule
 from fhir_server.services import study_access
 from fhir_server.services.study_access import FIGURES_PREFIX
@@ -98,10 +98,12 @@ def _pass(client: TestClient) -> tuple[figures_pass.Report, list[dict[str, Any]]
     new_day(client)
     events: list[dict[str, Any]] = []
 
-    async def record(batch: Any) -> None:
-        events.extend(batch)
+    class Recorder:
+        async def record_all(self, batch: Any) -> None:
+            events.extend(batch)
 
-    report = client.portal.call(figures_pass.run, client.app.state.context, record)  # type: ignore[union-attr, attr-defined]
+    report = client.portal.call(figures_pass.run, client.app.state.context,  # type: ignore[union-attr, attr-defined]
+                                cli.figures_audit(Recorder()))  # type: ignore[arg-type]
     return report, events
 
 
@@ -140,7 +142,7 @@ def test_a_second_pass_the_same_day_does_nothing(world: InverseWorld) -> None:
     assert again.done_before and again.events == 0
 
 
-async def _refuse(events: Any) -> None:
+async def _refuse(day: str, patients: Any) -> None:
     raise AssertionError("nothing is read, nothing is recorded")
 
 
@@ -156,7 +158,7 @@ def test_a_call_stored_first_keeps_its_snapshot(world: InverseWorld) -> None:
     assert again.stored == 0 and set(_stored(world.client)) == set(before)
 
 
-async def _ignore(events: Any) -> None:
+async def _ignore(day: str, patients: Any) -> None:
     return None
 
 
