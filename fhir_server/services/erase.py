@@ -378,7 +378,8 @@ async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
     """Finish the erasure of `intent`: sweep again and write what was missing, or, if its
     ledger entry was written before the process died, only the AuditEvent that may be missing
     (an erasure killed after its event and before settling has it twice). False if another
-    process (a worker starting at the same time) finished it first."""
+    process (a worker starting at the same time) finished it first, or if its condition
+    refused it (the compartment was written to since: `sweep`; the intent is withdrawn)."""
     setup = _setup(ctx)
     async with _exclusive(setup):
         if intent["token"] not in {i["token"] for i in await asyncio.to_thread(setup.ledger.intended)}:
@@ -392,8 +393,13 @@ async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
                 keys=last["keys_destroyed"], events=0))
             await asyncio.to_thread(setup.ledger.settle, intent)
         else:
-            await _swept(ctx, setup, intent["patient"], intent["reason"], job=intent["job"],
-                         resumed=intent)
+            try:
+                await _swept(ctx, setup, intent["patient"], intent["reason"], job=intent["job"],
+                             resumed=intent)
+            except FhirError as error:
+                if error.kind is not Kind.CONFLICT or intent.get("unless_updated_since") is None:
+                    raise
+                return False
     return True
 
 
