@@ -24,9 +24,11 @@ modified waits for it or conflicts. So:
   `_MongoUnit._queue`), which the erasure bumps first of all. The bump must change the
   document (`$inc`): a write that changes nothing conflicts with nothing (SERVER-77616).
 Either way the concurrent write commits before the erasure's snapshot (and its check sees
-it), or one of the two aborts and runs again (then the check sees it). A standalone server
-has no transactions: there the condition is checked, then the removal made, with the
-window between them (docs/backup-and-erasure.md).
+it), or one of the two aborts and runs again (then the check sees it). The transaction is
+a unit's (store.py `transaction`): bounded by ATTEMPT_SECONDS, so a record too large to
+erase in it fails (the retention reports it and keeps the record; retention's records are
+some 120 resources). A standalone server has no transactions: there the condition is
+checked, then the removal made, with the window between them (docs/privacy.md).
 """
 
 from __future__ import annotations
