@@ -77,7 +77,9 @@ async def members(store: MongoStore, queries: Sequence[Query], session: AsyncCli
 
 
 def fence(patient_id: str) -> UpdateOne:
-    """The bump of Patient/`patient_id`'s compartment fence (in `claims`; see above)."""
+    """The bump of Patient/`patient_id`'s compartment fence (see above), a document of the
+    guards' collection: a unit creating a resource writes its guards anyway, so the bump costs
+    it no round trip (no resource key looks like the fence's)."""
     return UpdateOne({"_id": _fence_key(patient_id)}, {"$inc": {"writes": 1}}, upsert=True)
 
 
@@ -91,7 +93,7 @@ async def remove(store: MongoStore, compartment: Sequence[Query], last: tuple[st
     """Remove the compartment's resources, then `last`; in `session`'s transaction, if given,
     its fence bumped first (see above)."""
     if session is not None:
-        await store.claims.bulk_write([fence(last[1])], session=session)
+        await store.guards.bulk_write([fence(last[1])], session=session)
     held, older = await _sealed_under(store, patient_key_ids(store.codec, last[1]), session)
     keys = await members(store, compartment, session, unless_updated_since) + held
     erased = Erasure()
@@ -105,7 +107,7 @@ async def remove(store: MongoStore, compartment: Sequence[Query], last: tuple[st
     for _, resource_type in stale:
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + 1
     if session is not None:  # bumped above, it holds off writers until the commit
-        await store.claims.delete_one({"_id": _fence_key(last[1])}, session=session)
+        await store.guards.delete_one({"_id": _fence_key(last[1])}, session=session)
     return erased
 
 

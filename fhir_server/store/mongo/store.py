@@ -844,11 +844,9 @@ class _MongoUnit:
         writes, self._writes = self._writes, _Writes()
         session = self.session
         try:
-            if writes.fences:
-                await self.store.claims.bulk_write(
-                    [mongo_erase.fence(p) for p in sorted(writes.fences)], session=session)
-            if writes.guards:
-                await self.store.guards.bulk_write(writes.guards, session=session)
+            guards = [*(mongo_erase.fence(p) for p in sorted(writes.fences)), *writes.guards]
+            if guards:
+                await self.store.guards.bulk_write(guards, session=session)
             if writes.resources:
                 done = await self.store.resources.bulk_write(writes.resources, session=session)
                 if done.matched_count != writes.replaced:

@@ -35,7 +35,7 @@ def _double(store: MongoStore) -> DoubleClient:
 
 
 def _bumps(calls: list[Call]) -> list[Call]:
-    return [c for c in calls if c.collection == "claims" and c.method == "bulk_write"]
+    return [c for c in calls if c.collection == "ids" and c.method == "bulk_write"]
 
 
 async def test_a_unit_creating_a_resource_in_a_compartment_bumps_its_fence(store: MongoStore) -> None:
@@ -43,11 +43,12 @@ async def test_a_unit_creating_a_resource_in_a_compartment_bumps_its_fence(store
     calls = _double(store).calls
     calls.clear()
     await store.commit([_write("Observation", "new", observation("Patient/a"))])
-    assert [c.in_transaction for c in _bumps(calls)] == [True]
-    assert (await store.claims.find_one({"_id": FENCE}) or {}).get("writes", 0) >= 1
+    assert [c.in_transaction for c in _bumps(calls)] == [True]  # with the new resource's guard
+    assert (await store.guards.find_one({"_id": FENCE}) or {}).get("writes", 0) >= 1
+    before = await store.guards.find_one({"_id": FENCE})
     calls.clear()  # an update of a member conflicts with the erasure's delete of it: no bump
     await store.commit([_write("Observation", "new", observation("Patient/a", 71))])
-    assert _bumps(calls) == []
+    assert _bumps(calls) == [] and await store.guards.find_one({"_id": FENCE}) == before
 
 
 async def test_a_conditional_erasure_is_one_transaction_that_bumps_the_fence_first(
@@ -58,8 +59,8 @@ async def test_a_conditional_erasure_is_one_transaction_that_bumps_the_fence_fir
     erased = await store.erase(compartment(default_registry(), "a"), ("Patient", "a"), clock.now())
     assert erased.resources == {"Patient": 1, "Observation": 3}
     assert double.calls and all(c.in_transaction for c in double.calls)
-    assert (double.calls[0].collection, double.calls[0].method) == ("claims", "bulk_write")
-    assert await store.claims.find_one({"_id": FENCE}) is None  # no trace of the patient left
+    assert (double.calls[0].collection, double.calls[0].method) == ("ids", "bulk_write")
+    assert await store.guards.find_one({"_id": FENCE}) is None  # no trace of the patient left
     double.calls.clear()
     await store.erase(compartment(default_registry(), "b"), ("Patient", "b"))  # `$erase`
     assert not [c for c in double.calls if c.in_transaction]
