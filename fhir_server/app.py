@@ -53,7 +53,7 @@ from .privacy.pseudonym import Pseudonyms, load_key
 from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
 from .privacy.retention_holds import Holds
 from .privacy.retention_policy import load_policy
-from .privacy.retention_schedule import apart, every_day, every_turn
+from .privacy.retention_schedule import apart, child_environment, every_day, every_turn
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
@@ -450,7 +450,8 @@ def _schedule_figures(settings: Settings, context: Context) -> asyncio.Task[None
     if not settings.figures_daily or context.pseudonym_key is None:
         return None
     return asyncio.get_running_loop().create_task(every_day(
-        settings.data_dir / ".figures.lock", partial(apart, command=("figures", "run"))))
+        settings.data_dir / ".figures.lock",
+        partial(apart, environment=child_environment(settings), command=("figures", "run"))))
 
 
 def _schedule_retention(settings: Settings, life: Lifecycle | None) -> asyncio.Task[None] | None:
@@ -462,4 +463,5 @@ def _schedule_retention(settings: Settings, life: Lifecycle | None) -> asyncio.T
         log.error("no scheduled retention runs: they need the key ring, and there is none")
         return None
     return asyncio.get_running_loop().create_task(every_turn(
-        settings.retention_interval_hours, settings.data_dir / ".retention.lock", apart))
+        settings.retention_interval_hours, settings.data_dir / ".retention.lock",
+        partial(apart, environment=child_environment(settings))))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+ENV_PREFIX = "FHIR_SERVER_"
 
 
 def _loopback(host: str) -> bool:
@@ -40,7 +44,7 @@ class WriteProfileSetting(BaseModel):
 class Settings(BaseSettings):
     """Server configuration. Every field can be set as FHIR_SERVER_<NAME> (upper case)."""
 
-    model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     base_url: str = Field(
         "",
@@ -309,6 +313,23 @@ class Settings(BaseSettings):
         if not self.base_url:
             self.base_url = f"http://localhost:{self.port}/fhir"
         return self
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the FHIR_SERVER_ variables that make them again in another
+        process (whose `Settings()` reads its own environment): lists and objects as JSON,
+        secrets in clear (the variables stay between this process and its child), a setting
+        that is None as no variable at all."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif not isinstance(value, str | Path):
+                value = json.dumps(self.model_dump(mode="json", include={name})[name])
+            out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return out
 
     @property
     def store_url(self) -> str:

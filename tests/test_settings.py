@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from fhir_server import cli
 from fhir_server.crypto import create_key_ring
+from fhir_server.privacy.retention_schedule import child_environment
 from fhir_server.settings import Settings
 
 
@@ -106,3 +108,30 @@ def test_the_terms_url_is_an_https_link(url: str) -> None:
                                  "http://127.0.0.1/cgu"])
 def test_a_published_terms_url_is_kept(url: str) -> None:
     assert Settings(terms_version="1", terms_url=url).terms_url == url
+
+
+def test_settings_made_again_from_their_environment_are_equal(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """What a child process is given (privacy/retention_schedule.py): every kind of setting,
+    lists of objects and secrets included, comes back equal; None is no variable, whatever
+    the parent's environment held."""
+    for name in [n for n in os.environ if n.upper().startswith("FHIR_SERVER_")]:
+        monkeypatch.delenv(name)
+    settings = Settings(data_dir=tmp_path, port=9124, encryption=False, smtp_password=SecretStr("s3cret"),
+                        trusted_issuers=[{"issuer": "https://idp.example", "jwks_uri": "https://idp.example/jwks",
+                                          "psc": True}],
+                        write_profiles=[{"type": "Patient", "profiles": ["http://example.org/p"]}],
+                        protected_params=["Patient.name"])
+    assert settings.environment()["FHIR_SERVER_SMTP_PASSWORD"] == "s3cret"
+    assert settings.key_ring is None and "FHIR_SERVER_KEY_RING" not in settings.environment()
+    monkeypatch.setenv("FHIR_SERVER_KEY_RING", "/not/this/one")
+    monkeypatch.setenv("fhir_server_port", "1")
+    child = child_environment(settings)
+    assert "fhir_server_port" not in child
+    for name in [n for n in os.environ if n.upper().startswith("FHIR_SERVER_")]:
+        monkeypatch.delenv(name)
+    for name, value in child.items():
+        monkeypatch.setenv(name, value)
+    again = Settings()
+    assert again == settings
+    assert again.key_ring is None and again.smtp_password.get_secret_value() == "s3cret"

@@ -18,7 +18,7 @@ from .principal import Principal, Role
 from .scopes import Interaction, parse_scopes
 
 TOKEN_REQUIRED = ("An access token is required (Authorization: Bearer <token>); see "
-                  "/.well-known/smart-configuration.")
+                  "[base]/.well-known/smart-configuration.")
 # The targets of ResearchStudy's `site`, `sponsor`, `associated-party` and `enrollment`.
 INCLUDED_TYPES = frozenset({"Location", "Organization", "Practitioner", "PractitionerRole", "Group"})
 # A Group with members lies in their compartments; R4's grp-1 lets only an actual Group have

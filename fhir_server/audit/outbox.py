@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, cast
 
 import orjson
@@ -182,10 +183,11 @@ class AuditedStore:
         """The inner store's schedule (store/schedule.py): notices are not audited writes."""
         return cast(Scheduling, self.inner).schedule
 
-    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
+                    unless_updated_since: datetime | None = None) -> Erasure:
         # No outbox record: the erasure's AuditEvent is recorded by services/erase.py, and
         # its erasure ledger entry is written before it.
-        return await self.inner.erase(compartment, last)
+        return await self.inner.erase(compartment, last, unless_updated_since)
 
 
 class _RecordingUnit:

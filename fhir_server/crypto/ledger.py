@@ -25,7 +25,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,15 @@ class ErasureLedger:
     def settle(self, intent: dict[str, Any]) -> None:
         """The erasure announced by `intent` is finished: forget it, and every intent for the
         same patient announced before it (this erasure swept after they started)."""
+        self._forget(intent, lambda started: started <= str(intent["started"]))
+
+    def withdraw(self, intent: dict[str, Any]) -> None:
+        """The erasure announced by `intent` removed nothing (its condition refused it):
+        forget it alone; those announced before it are still to be finished."""
+        self._forget(intent, lambda started: started == str(intent["started"]))
+
+    def _forget(self, intent: dict[str, Any], which: Callable[[str], bool]) -> None:
+        """Remove the intents for `intent`'s patient whose start is `which`."""
         if not self._intents.is_dir():
             return
         for file in self._intents.glob(f"{str(intent['patient']).encode().hex()}.*.json"):
@@ -142,7 +151,7 @@ class ErasureLedger:
                 started = json.loads(file.read_bytes()).get("started")
             except (OSError, ValueError):
                 continue  # `intended` reports it
-            if str(started) <= str(intent["started"]):
+            if which(str(started)):
                 file.unlink(missing_ok=True)
         fsync_path(self._intents)
 

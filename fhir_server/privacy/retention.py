@@ -28,7 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from itertools import groupby
 from typing import Any, Protocol
@@ -253,10 +253,16 @@ async def _erase_unless_active(life: Lifecycle, patient_id: str,
     """Erase the original of a record whose copies are written, unless it became active
     since they were made (a group's time ago): then its copies go instead, but those `held`
     by other records' archives, the record is kept (CONFLICT), and nothing written meanwhile
-    is erased with no copy made of it."""
-    if not await lifecycle.active_since(life.server, patient_id, active_from):
-        await sweep(life.server, patient_id, reason)
+    is erased with no copy made of it. The store checks the record's activity in the
+    transaction that erases it (`Store.erase`, conditional), so that no write lands between
+    the check and the erasure; a refused erasure destroys no data key and forgets nothing."""
+    try:
+        await sweep(life.server, patient_id, reason,
+                    unless_updated_since=datetime.combine(active_from, time(), UTC))
         return
+    except FhirError as error:
+        if error.kind is not Kind.CONFLICT:
+            raise
     await lifecycle.erase_resources(life.server, _references(copies) - held)
     raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed while it was "
                "archived: it is active again, and kept")

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 
 from .. import clock
 from ..private_files import turn_lock
+from ..settings import ENV_PREFIX, Settings
 
 POLL = 60.0  # seconds between looks at the clock
 # How much lower than the server the run's process is scheduled (os.nice): its work waits for
@@ -68,15 +70,26 @@ async def once(lock: Path, turn: Callable[[int], Awaitable[object]]) -> bool:
         return True
 
 
-async def apart(lock: int, command: tuple[str, ...] = ("retention", "run", "--scheduled")) -> int:
-    """One run of `fhir-server <command>` in a child process at NICENESS, with the
-    server's environment (its settings); its exit status. What it did is in its AuditEvent;
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a run's child process: the server's, its FHIR_SERVER_ variables
+    replaced by those of `settings`, so that the run works on the server's stores and keys
+    even when the app was built with settings of its own (`create_app(settings)`)."""
+    inherited = {name: value for name, value in os.environ.items()
+                 if not name.upper().startswith(ENV_PREFIX)}
+    return {**inherited, **settings.environment()}
+
+
+async def apart(lock: int, environment: Mapping[str, str],
+                command: tuple[str, ...] = ("retention", "run", "--scheduled")) -> int:
+    """One run of `fhir-server <command>` in a child process at NICENESS, with
+    `environment` (child_environment: the server's settings); its exit status. What it did is in its AuditEvent;
     its standard output (one line per record) is not kept, its errors go to the server's.
     The child inherits the turn's `lock` descriptor: if the server is killed outright, the
     run goes on holding the lock, so that no other turn starts beside it."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fhir_server.cli", *command, "--nice", str(NICENESS), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        pass_fds=(lock,))
+        sys.executable, "-m", "fhir_server.cli", *command, "--nice", str(NICENESS),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        pass_fds=(lock,), env=environment)
     try:
         status = await child.wait()
     except asyncio.CancelledError:  # the server stops: the run stops with it (the next finishes it)

@@ -25,6 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -185,7 +186,8 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
 
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
-                job: str | None = None, requested: bool = False) -> dict[str, Any]:
+                job: str | None = None, requested: bool = False,
+                unless_updated_since: datetime | None = None) -> dict[str, Any]:
     """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
@@ -193,11 +195,16 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
     the last erasure did. The erasure is announced in the ledger's intents first and settled
     last, so that a process killed in between has it finished at the next start
     (`reconcile`). A `requested` erasure (not the retention's own) forgets the copies
-    `Erasures.forget` names too."""
+    `Erasures.forget` names too.
+
+    Conditional (`unless_updated_since`, kept in the intent so that `reconcile` finishes it
+    on the same condition): CONFLICT if the store refuses it (`Store.erase`: a resource of
+    the compartment was written at that instant or later), and then nothing else is done
+    either: no key destroyed, no event or copy forgotten, the intent withdrawn."""
     setup = _setup(ctx)
     async with _exclusive(setup):  # two requests for one patient: the second finds nothing left
         return await _swept(ctx, setup, patient_id, reason, address=address, job=job,
-                            requested=requested)
+                            requested=requested, unless_updated_since=unless_updated_since)
 
 
 @asynccontextmanager
@@ -215,19 +222,27 @@ async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
 
 async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
                  address: str | None = None, job: str | None = None, requested: bool = False,
+                 unless_updated_since: datetime | None = None,
                  resumed: dict[str, Any] | None = None) -> dict[str, Any]:
     """`sweep` under `_exclusive`; `resumed`: the intent of an erasure cut short, finished."""
     intent = resumed or await asyncio.to_thread(
-        _intent, ctx.principal, patient_id, reason, job, setup.keys, requested)
+        _intent, ctx.principal, patient_id, reason, job, setup.keys, requested, unless_updated_since)
     if resumed is None:
         await asyncio.to_thread(setup.ledger.intend, intent)
-    # Subscription events are sealed under the outbox's key, not the patient's. Removed
-    # before the store's erasure and after it (events of writes that raced with it).
-    events = await forget_events(ctx.store, patient_id)
-    erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id))
+    # The store first: a conditional erasure it refuses leaves everything else as it was.
+    since = intent.get("unless_updated_since")
+    try:
+        erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),
+                                       None if since is None else datetime.fromisoformat(since))
+    except FhirError as error:
+        if since is not None and error.kind is Kind.CONFLICT:
+            await asyncio.to_thread(setup.ledger.withdraw, intent)
+        raise
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
     await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
-    events += await forget_events(ctx.store, patient_id)
+    # Subscription events are sealed under the outbox's key, not the patient's: those of the
+    # erased resources and of writes that raced with the erasure.
+    events = await forget_events(ctx.store, patient_id)
     await forget_figures(ctx.store)
     if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
         await setup.messages(patient_id)
@@ -257,15 +272,18 @@ async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:
 
 
 def _intent(principal: Principal | None, patient_id: str, reason: str, job: str | None,
-            keys: KeyShredder | None, requested: bool) -> dict[str, Any]:
+            keys: KeyShredder | None, requested: bool,
+            unless_updated_since: datetime | None = None) -> dict[str, Any]:
     """What an erasure's intent records: whom, when it started, why, who asked, whether it
-    was requested (`sweep`), and the ids of the data keys it is to destroy (a process killed
-    after destroying them could not list them in the ledger otherwise)."""
+    was requested (`sweep`), its condition if any, and the ids of the data keys it is to
+    destroy (a process killed after destroying them could not list them in the ledger
+    otherwise)."""
     who = principal.fhir_user or principal.subject if principal else "unknown"
     ids = keys.keys_of(patient_scope(patient_id), retired=True) if keys else []
     return {"patient": patient_id, "started": clock.instant(), "reason": reason, "by": who,
             "client": principal.client_id if principal else None, "job": job,
             "keys": [key.hex() for key in ids], "requested": requested,
+            "unless_updated_since": None if unless_updated_since is None else unless_updated_since.isoformat(),
             "subject": principal.subject if principal else None,
             "fhir_user": principal.fhir_user if principal else None}
 
@@ -322,9 +340,8 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     """Erase again the patient of ledger `entry` (their data came back: a restore) and record
     it; `when` says on what occasion ("on restore")."""
     patient = entry["patient"]
-    events = await forget_events(store, patient)  # first, as `sweep` does
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
-    events += await forget_events(store, patient)
+    events = await forget_events(store, patient)  # after the store's erasure, as `sweep`
     await forget_figures(store)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
     await record(erasure_event(
@@ -361,7 +378,8 @@ async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
     """Finish the erasure of `intent`: sweep again and write what was missing, or, if its
     ledger entry was written before the process died, only the AuditEvent that may be missing
     (an erasure killed after its event and before settling has it twice). False if another
-    process (a worker starting at the same time) finished it first."""
+    process (a worker starting at the same time) finished it first, or if its condition
+    refused it (the compartment was written to since: `sweep`; the intent is withdrawn)."""
     setup = _setup(ctx)
     async with _exclusive(setup):
         if intent["token"] not in {i["token"] for i in await asyncio.to_thread(setup.ledger.intended)}:
@@ -375,8 +393,13 @@ async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:
                 keys=last["keys_destroyed"], events=0))
             await asyncio.to_thread(setup.ledger.settle, intent)
         else:
-            await _swept(ctx, setup, intent["patient"], intent["reason"], job=intent["job"],
-                         resumed=intent)
+            try:
+                await _swept(ctx, setup, intent["patient"], intent["reason"], job=intent["job"],
+                             resumed=intent)
+            except FhirError as error:
+                if error.kind is not Kind.CONFLICT or intent.get("unless_updated_since") is None:
+                    raise
+                return False
     return True
 
 

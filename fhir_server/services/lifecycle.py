@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..search import Query, extract, parse_query, patients_of
+from ..search import extract, parse_query, patients_of
 from ..store.base import Erasure, Outbox
 from .context import Context
 from .erase import compartment
@@ -37,15 +37,6 @@ async def record_of(ctx: Context, patient_id: str) -> list[dict[str, Any]]:
              if v.body is not None]
     found.sort(key=lambda r: r["resourceType"] != "Patient")
     return found
-
-
-async def active_since(ctx: Context, patient_id: str, day: date) -> bool:
-    """Whether a resource of Patient/`patient_id`'s compartment was created or updated on
-    `day` or later, in one read that leaves the others unread."""
-    since = [Query(query.resource_type, (*query.clauses, *parse_query(
-                 query.resource_type, [("_lastUpdated", f"ge{day}")], ctx.registry)[0].clauses))
-             for query in compartment(ctx.registry, patient_id)]
-    return bool(await ctx.store.gather(since))
 
 
 async def changed_since(ctx: Context, day: date,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from ..model.errors import FhirError, Kind, fail
@@ -273,12 +274,18 @@ class Store(Protocol):
     async def outbox(self, prefix: str) -> list[tuple[str, bytes]]:
         """The outbox records whose key starts with `prefix`, by key."""
 
-    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
+                    unless_updated_since: datetime | None = None) -> Erasure:
         """Remove for good every version and index entry of the resources each query of
         `compartment` matches (one query per type), of the deleted resources of those types
         whose last stored version matched it, and of `last` (a Patient), removed after the
         others, so that an erasure cut short is finished by running it again. Nothing
-        removed can be read again; what was never there is no error (store/erasure.py)."""
+        removed can be read again; what was never there is no error (store/erasure.py).
+
+        Conditional (`unless_updated_since`): CONFLICT, and nothing removed, if a current
+        resource `compartment` matches was created or updated at that instant or later
+        (`_lastUpdated`), checked in the same transaction as the removal, so that no write
+        lands between the check and the removal (store/erasure.py `updated_since`)."""
 
     def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
         """Every version stored when the dump starts, `count` at a time, in write order

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, cast
 
 from ..search import IndexEntry, Query
@@ -98,10 +99,11 @@ class RoutingStore:
         """The clinical store's schedule (store/schedule.py)."""
         return cast(Scheduling, self.main).schedule
 
-    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
+                    unless_updated_since: datetime | None = None) -> Erasure:
         # The audit store is never erased: its hash chain covers every AuditEvent, whose
         # personal details shred with the patient's key instead (docs/backup-and-erasure.md).
-        return await self.main.erase(compartment, last)
+        return await self.main.erase(compartment, last, unless_updated_since)
 
     def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
         return self.main.dump(count)

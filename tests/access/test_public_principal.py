@@ -47,3 +47,10 @@ def test_an_included_group_is_a_definition_never_one_with_members() -> None:
     groups = decide(PUBLIC, REGISTRY, "search", "Group", included=True)
     assert groups.admits("Group", DEFINITION)
     assert not groups.admits("Group", MEMBERS)
+
+
+def test_the_refusal_points_to_discovery_under_the_fhir_base() -> None:
+    # Discovery lives at [base]/.well-known/smart-configuration; the origin's /.well-known is 404.
+    with pytest.raises(FhirError) as refused:
+        decide(PUBLIC, REGISTRY, "read", "Patient")  # type: ignore[arg-type]
+    assert "see [base]/.well-known/smart-configuration" in refused.value.issues[0].diagnostics

@@ -18,6 +18,9 @@ from fhir_server.auth.keys import SigningKeys
 from fhir_server.auth.registry import Registry as AuthRegistry
 from fhir_server.auth.tokens import TokenService
 
+# A wait, not a timing: two workers starting on a machine busy with other tests take long.
+READY_SECONDS = 120
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -51,7 +54,7 @@ class Server:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}")
@@ -61,7 +64,7 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("server did not become ready in 30 s")
+        raise RuntimeError(f"server did not become ready in {READY_SECONDS} s")
 
     def token(self, scope: str = "system/*.cruds", subject: str = "e2e", **claims: str) -> str:
         """An access token this server accepts, signed with the key file it shares; `claims`:

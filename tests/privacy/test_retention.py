@@ -332,6 +332,18 @@ def test_a_policy_against_the_law_stops_the_command_and_changes_nothing(
     assert sqlite_server.client.get("/fhir/Patient/a", headers=_headers(sqlite_server)).status_code == 200
 
 
+def _await_the_scheduled_run(server: Server, frozen: Any) -> None:
+    """Move the clock past the next turn; the child process starts, runs, and leaves its
+    AuditEvent in the server's audit trail."""
+    frozen.advance(24 * 3600)
+    for _ in range(600):
+        if _run_events(server):
+            break
+        time.sleep(0.1)
+    [event] = _run_events(server)
+    assert event["agent"][0]["name"] == "fhir-server (scheduled)"
+
+
 def test_the_server_runs_the_retention_on_its_schedule_in_a_niced_process_of_its_own(
         tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """In the server's process a run slows the reads it serves (docs/privacy.md): each turn
@@ -349,15 +361,25 @@ def test_the_server_runs_the_retention_on_its_schedule_in_a_niced_process_of_its
     with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
         time.sleep(0.1)
         assert _run_events(server) == [] and started == []
-        frozen.advance(24 * 3600)
-        for _ in range(600):  # the child process starts, then runs
-            if _run_events(server):
-                break
-            time.sleep(0.1)
-        [event] = _run_events(server)
-        assert event["agent"][0]["name"] == "fhir-server (scheduled)"
+        _await_the_scheduled_run(server, frozen)
         [argv] = started
         assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--scheduled", "--nice", "10")
+
+
+def test_the_scheduled_run_works_on_the_servers_settings_not_the_environments(
+        tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app built with settings of its own (`create_app(settings)`) runs its retention on
+    its own stores and keys: the child process is given them, whatever the environment says."""
+    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
+    monkeypatch.setenv("FHIR_SERVER_RETENTION_INTERVAL_HOURS", "24")
+    with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.setenv("FHIR_SERVER_DATA_DIR", str(elsewhere))  # not the server's
+        monkeypatch.delenv("FHIR_SERVER_KEY_RING")
+        monkeypatch.setenv("FHIR_SERVER_SMTP_PORT", "not a port")  # would stop the child
+        _await_the_scheduled_run(server, frozen)
+        assert list(elsewhere.iterdir()) == []
 
 
 def test_the_command_lowers_its_priority_when_asked(

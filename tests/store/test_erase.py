@@ -1,15 +1,21 @@
 """`Store.erase` on every store (store/erasure.py): a patient's compartment leaves nothing
-behind, however many versions, deleted resources included; others' data stays."""
+behind, however many versions, deleted resources included; others' data stays. A conditional
+erasure removes nothing if the compartment was written to since its instant, and no write
+lands between its check and its removal."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from fhir_server import clock
+from fhir_server.model.errors import FhirError, Kind
 from fhir_server.search import default_registry, extract
 from fhir_server.services.erase import compartment
-from fhir_server.store.base import Delete, HistoryQuery, Store, Write
+from fhir_server.store import erasure
+from fhir_server.store.base import Delete, HistoryQuery, Result, Store, Write
 from tests.builders import observation, organization, patient
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +139,59 @@ async def test_a_bundle_holding_the_patients_record_is_removed(store: Store) -> 
     assert await store.read("Bundle", "frozen-a") is None
     assert await store.vread("Bundle", "frozen-a", 1) is None
     assert await store.read("Bundle", "frozen-b") is not None
+
+
+async def test_a_conditional_erasure_after_a_write_since_its_instant_removes_nothing(
+        store: Store) -> None:
+    await _seed(store)
+    since = clock.now()
+    await store.commit([_write("Observation", "late", observation("Patient/a"))])
+    before = await _all_history(store)
+    with pytest.raises(FhirError) as refused:
+        await store.erase(compartment(default_registry(), "a"), ("Patient", "a"), since)
+    assert refused.value.kind is Kind.CONFLICT
+    assert "Patient/a" not in str(refused.value.issues)  # no patient named: it reaches logs
+    assert await _all_history(store) == before
+    assert await store.read("Patient", "a") is not None
+
+
+async def test_a_conditional_erasure_with_no_write_since_erases_as_before(store: Store) -> None:
+    await _seed(store)
+    await store.commit([_write("Observation", "elsewhere", observation("Patient/b"))])  # b's
+    erased = await store.erase(compartment(default_registry(), "a"), ("Patient", "a"), clock.now())
+    assert erased.resources == {"Patient": 1, "Observation": 3}
+    assert erased.versions == {"Patient": 2, "Observation": 7}
+    assert not [key for key in await _all_history(store) if key[1] in ("a", "a0", "a1", "a2")]
+
+
+async def test_a_write_sent_during_a_conditional_erasure_lands_after_it(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result for a sent once the erasure has checked a's compartment (while it reads the
+    deleted members' last bodies) is not erased: it waits for the erasure's transaction (SQLite's
+    write lock; on MongoDB, the compartment's fence), and lands after it."""
+    await _seed(store)
+    loop = asyncio.get_running_loop()
+    sent: list[asyncio.Future[list[Result]]] = []
+    was_member = erasure.was_member
+
+    def meanwhile(*args: Any) -> bool:
+        if not sent:  # from the erasure's thread (SQLite) or its coroutine (MongoDB)
+            loop.call_soon_threadsafe(lambda: sent.append(asyncio.ensure_future(
+                store.commit([_write("Observation", "late", observation("Patient/a"))]))))
+        return was_member(*args)
+
+    for module in _erasures():
+        monkeypatch.setattr(module, "was_member", meanwhile)
+    erased = await store.erase(compartment(default_registry(), "a"), ("Patient", "a"), clock.now())
+    assert sent and not sent[0].done()  # sent while the erasure ran, committed after it
+    assert erased.resources == {"Patient": 1, "Observation": 3}
+    [result] = await sent[0]
+    assert result.outcome == "created"
+    late = await store.read("Observation", "late")
+    assert late is not None and late.version == 1
+
+
+def _erasures() -> list[Any]:
+    from fhir_server.store.mongo import erase as mongo_erase
+    from fhir_server.store.sqlite import erase as sqlite_erase
+    return [mongo_erase, sqlite_erase]

@@ -13,6 +13,8 @@ from .filters import FALSE, Filter, any_of
 from .search import VERSION_FIELDS, MongoSearch, version_of
 
 if TYPE_CHECKING:
+    from pymongo.asynchronous.client_session import AsyncClientSession
+
     from .store import MongoStore
 
 
@@ -22,14 +24,15 @@ async def where(store: MongoStore, queries: Sequence[Query]) -> Filter:
     return any_of([await search.where(search.blind.query(query)) for query in queries])
 
 
-async def found(store: MongoStore, queries: Sequence[Query],
-                fields: dict[str, int]) -> list[dict[str, Any]]:
-    """`fields` of the current resources one of `queries` matches. In no order: a sort would
-    let the planner walk the `pk` index rather than seek each branch of the OR."""
+async def found(store: MongoStore, queries: Sequence[Query], fields: dict[str, int],
+                session: AsyncClientSession | None = None) -> list[dict[str, Any]]:
+    """`fields` of the current resources one of `queries` matches (in `session`'s
+    transaction, if given). In no order: a sort would let the planner walk the `pk` index
+    rather than seek each branch of the OR."""
     matching = await where(store, queries)
     if matching == FALSE:
         return []
-    return [doc async for doc in store.resources.find(matching, fields)]
+    return [doc async for doc in store.resources.find(matching, fields, session=session)]
 
 
 async def gather(store: MongoStore, queries: Sequence[Query]) -> list[Version]:

@@ -3,11 +3,32 @@
 their data keys sealed (store/erasure.py).
 
 Deletes go in bulk, one call per collection and batch of keys: history first, then the
-resource documents and their guards, the Patient last of all. No transaction: an erasure
-touches more documents than a MongoDB transaction should hold, and the order makes it safe
-to cut short, since running it again finds the Patient and finishes the rest. MongoDB
-overwrites the space of removed documents as WiredTiger reuses it; a backup of the
-database taken before the erasure is handled by the erasure ledger (docs/backup-and-erasure.md).
+resource documents and their guards, the Patient last of all. An unconditional erasure
+(`$erase`) runs in no transaction: it touches more documents than a MongoDB transaction
+should hold, and the order makes it safe to cut short, since running it again finds the
+Patient and finishes the rest. MongoDB overwrites the space of removed documents as
+WiredTiger reuses it; a backup of the database taken before the erasure is handled by the
+erasure ledger (docs/backup-and-erasure.md).
+
+A conditional erasure (`unless_updated_since`, the retention's) runs in one multi-document
+transaction on a replica set, so that its check and its removal are one atomic unit. A
+snapshot read does not stop a concurrent write: MongoDB's transactions conflict on writes
+only ("In-progress Transactions and Write Conflicts" and "... and Stale Reads",
+https://www.mongodb.com/docs/manual/core/transactions-production-consideration/): a
+transaction that modifies a document written outside it since it started aborts with a
+write conflict (TransientTransactionError), and a write to a document the transaction has
+modified waits for it or conflicts. So:
+- an update or deletion of a member conflicts with the erasure's own delete of that member;
+- a resource created in the compartment (or moved into it) touches no document the erasure
+  reads, so every unit writing one also bumps the compartment's FENCE document (store.py
+  `_MongoUnit._queue`), which the erasure bumps first of all. The bump must change the
+  document (`$inc`): a write that changes nothing conflicts with nothing (SERVER-77616).
+Either way the concurrent write commits before the erasure's snapshot (and its check sees
+it), or one of the two aborts and runs again (then the check sees it). The transaction is
+a unit's (store.py `transaction`): bounded by ATTEMPT_SECONDS, so a record too large to
+erase in it fails (the retention reports it and keeps the record; retention's records are
+some 120 resources). A standalone server has no transactions: there the condition is
+checked, then the removal made, with the window between them (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -15,56 +36,82 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pymongo import UpdateOne
+
 from ...crypto import patient_key_ids
 from ...search import Query
 from ..base import Erasure
-from ..erasure import BATCH, batches, was_member
+from ..erasure import BATCH, batches, updated_since, was_member
 from . import layout
 from .compartment import found as current
 from .search import VERSION_FIELDS, version_of
 
 if TYPE_CHECKING:
+    from pymongo.asynchronous.client_session import AsyncClientSession
+
     from .store import MongoStore
 
 
-async def members(store: MongoStore, queries: Sequence[Query]) -> list[tuple[str, str]]:
+async def members(store: MongoStore, queries: Sequence[Query], session: AsyncClientSession | None = None,
+                  unless_updated_since: int | None = None) -> list[tuple[str, str]]:
     """(type, id) of the current resources one of `queries` matches (compartment.py: one
-    `find` for a compartment) and of the deleted ones one of them matched."""
-    found = [(doc["type"], doc["id"])
-             for doc in await current(store, queries, {"_id": 0, "type": 1, "id": 1})]
+    `find` for a compartment) and of the deleted ones one of them matched; CONFLICT if one
+    of the current ones was written at `unless_updated_since` (microseconds, `lu`) or later."""
+    now = await current(store, queries, {"_id": 0, "type": 1, "id": 1, "lu": 1}, session)
+    if unless_updated_since is not None and any(doc["lu"] >= unless_updated_since for doc in now):
+        raise updated_since()
+    found = [(doc["type"], doc["id"]) for doc in now]
     of_type: dict[str, list[Query]] = {}
     for query in queries:
         of_type.setdefault(query.resource_type or "", []).append(query)
     deleted = store.resources.find({"type": {"$in": list(of_type)}, "deleted": True},
-                                   {"_id": 0, "type": 1, "id": 1})
+                                   {"_id": 0, "type": 1, "id": 1}, session=session)
     async for doc in deleted:
         last = await store.history_docs.find_one(
             {"type": doc["type"], "id": doc["id"], "body": {"$ne": None}}, VERSION_FIELDS,
-            sort=[("version", -1)])
+            sort=[("version", -1)], session=session)
         version = version_of(last) if last else None
         if any(was_member(query, store.registry, store.codec, version) for query in of_type[doc["type"]]):
             found.append((doc["type"], doc["id"]))
     return found
 
 
-async def remove(store: MongoStore, compartment: Sequence[Query],
-                 last: tuple[str, str]) -> Erasure:
-    """Remove the compartment's resources, then `last`."""
-    held, older = await _sealed_under(store, patient_key_ids(store.codec, last[1]))
-    keys = await members(store, compartment) + held
+def fence(patient_id: str) -> UpdateOne:
+    """The bump of Patient/`patient_id`'s compartment fence (see above), a document of the
+    guards' collection: a unit creating a resource writes its guards anyway, so the bump costs
+    it no round trip (no resource key looks like the fence's)."""
+    return UpdateOne({"_id": _fence_key(patient_id)}, {"$inc": {"writes": 1}}, upsert=True)
+
+
+def _fence_key(patient_id: str) -> str:
+    return f"compartment/{layout.key('Patient', patient_id)}"
+
+
+async def remove(store: MongoStore, compartment: Sequence[Query], last: tuple[str, str],
+                 unless_updated_since: int | None = None,
+                 session: AsyncClientSession | None = None) -> Erasure:
+    """Remove the compartment's resources, then `last`; in `session`'s transaction, if given,
+    its fence bumped first (see above)."""
+    if session is not None:
+        await store.guards.bulk_write([fence(last[1])], session=session)
+    held, older = await _sealed_under(store, patient_key_ids(store.codec, last[1]), session)
+    keys = await members(store, compartment, session, unless_updated_since) + held
     erased = Erasure()
     for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
-        await _remove_batch(store, batch, erased)
+        await _remove_batch(store, batch, erased, session)
     removed = set(keys) | {last}
     stale = [(doc_id, t) for doc_id, t, i in older if (t, i) not in removed]
     for start in range(0, len(stale), BATCH):
-        await store.history_docs.delete_many({"_id": {"$in": [d for d, _ in stale[start:start + BATCH]]}})
+        await store.history_docs.delete_many({"_id": {"$in": [d for d, _ in stale[start:start + BATCH]]}},
+                                             session=session)
     for _, resource_type in stale:
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + 1
+    if session is not None:  # bumped above, it holds off writers until the commit
+        await store.guards.delete_one({"_id": _fence_key(last[1])}, session=session)
     return erased
 
 
-async def _sealed_under(store: MongoStore, key_ids: frozenset[bytes]
+async def _sealed_under(store: MongoStore, key_ids: frozenset[bytes], session: AsyncClientSession | None
                         ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """What else the patient's keys sealed: the resources whose current version they sealed
     (a Bundle holding their record: store/bodies.py), and the history documents (id, type,
@@ -75,17 +122,19 @@ async def _sealed_under(store: MongoStore, key_ids: frozenset[bytes]
         return [], []
     found = [(doc["_id"], doc["type"], doc["id"], doc["version"])
              async for doc in store.history_docs.find(
-                 {"key": {"$in": sorted(key_ids)}}, {"_id": 1, "type": 1, "id": 1, "version": 1})]
+                 {"key": {"$in": sorted(key_ids)}}, {"_id": 1, "type": 1, "id": 1, "version": 1},
+                 session=session)]
     current = {(doc["type"], doc["id"]): doc["version"] async for doc in store.resources.find(
         {"_id": {"$in": [layout.key(t, i) for _, t, i, _ in found]}},
-        {"_id": 0, "type": 1, "id": 1, "version": 1})}
+        {"_id": 0, "type": 1, "id": 1, "version": 1}, session=session)}
     held = [(t, i) for _, t, i, version in found if current.get((t, i)) == version]
     return held, [(doc_id, t, i) for doc_id, t, i, version in found if current.get((t, i)) != version]
 
 
-async def _remove_batch(store: MongoStore, keys: list[tuple[str, str]], erased: Erasure) -> None:
+async def _remove_batch(store: MongoStore, keys: list[tuple[str, str]], erased: Erasure,
+                        session: AsyncClientSession | None) -> None:
     present = {doc["_id"]: doc["type"] async for doc in store.resources.find(
-        {"_id": {"$in": [layout.key(t, i) for t, i in keys]}}, {"_id": 1, "type": 1})}
+        {"_id": {"$in": [layout.key(t, i) for t, i in keys]}}, {"_id": 1, "type": 1}, session=session)}
     if not present:
         return
     by_type: dict[str, list[str]] = {}
@@ -94,8 +143,8 @@ async def _remove_batch(store: MongoStore, keys: list[tuple[str, str]], erased: 
             by_type.setdefault(resource_type, []).append(id)
     for resource_type, ids in by_type.items():
         where: dict[str, Any] = {"type": resource_type, "id": {"$in": ids}}
-        done = await store.history_docs.delete_many(where)
+        done = await store.history_docs.delete_many(where, session=session)
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + done.deleted_count
         erased.resources[resource_type] = erased.resources.get(resource_type, 0) + len(ids)
-    await store.resources.delete_many({"_id": {"$in": list(present)}})
-    await store.guards.delete_many({"_id": {"$in": list(present)}})
+    await store.resources.delete_many({"_id": {"$in": list(present)}}, session=session)
+    await store.guards.delete_many({"_id": {"$in": list(present)}}, session=session)

@@ -108,12 +108,19 @@ def shard_key(resource_type: str, id: str, entries: Iterable[IndexEntry]) -> str
     """
     if resource_type == "Patient":
         return key("Patient", id)
-    patients = {entry.id for entry in entries
-                if type(entry) is ReferenceEntry and entry.type == "Patient"
-                and entry.url is None and entry.id}
-    if len(patients) == 1:
-        return key("Patient", patients.pop())
-    return SHARED_SHARD if patients else key(resource_type, id)
+    found = patients(resource_type, id, entries)
+    if len(found) == 1:
+        return key("Patient", found.pop())
+    return SHARED_SHARD if found else key(resource_type, id)
+
+
+def patients(resource_type: str, id: str, entries: Iterable[IndexEntry]) -> set[str]:
+    """The ids of the patients a resource is (a Patient) or refers to locally: those whose
+    compartment it may be in."""
+    if resource_type == "Patient":
+        return {id}
+    return {entry.id for entry in entries if type(entry) is ReferenceEntry
+            and entry.type == "Patient" and entry.url is None and entry.id}
 
 
 def resource_document(

@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -384,8 +384,18 @@ class MongoStore:
         return list(opened_versions(self.codec, await mongo_compartment.gather(self, queries)))
 
     @_answering
-    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
-        return await mongo_erase.remove(self, compartment, last)
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
+                    unless_updated_since: datetime | None = None) -> Erasure:
+        if unless_updated_since is None or not self.transactions:
+            since = None if unless_updated_since is None else clock.micros(unless_updated_since)
+            return await mongo_erase.remove(self, compartment, last, since)
+
+        async def attempt() -> Erasure:
+            async with self.transaction() as unit:
+                return await mongo_erase.remove(self, compartment, last,
+                                                clock.micros(unless_updated_since), unit.session)
+
+        return await self._attempts(attempt)
 
     async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
         await self.ensure_safe()
@@ -456,19 +466,26 @@ class MongoStore:
 
     @_answering
     async def commit(self, operations: Sequence[Operation]) -> list[Result]:
+        async def attempt() -> list[Result]:
+            if self.transactions:
+                async with self.transaction() as unit:
+                    return await unit.apply(operations)
+            if len(operations) > 1:
+                raise fail(Kind.NOT_SUPPORTED, "not-supported", _NO_TRANSACTIONS)
+            unit = _MongoUnit(self, None)
+            try:
+                return await unit.apply(operations)
+            finally:
+                await unit.release_claims()
+
+        return await self._attempts(attempt)
+
+    async def _attempts(self, attempt: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """`attempt` run again (after RETRY_DELAYS) while it loses to concurrent writers."""
         for delay in RETRY_DELAYS:
             await asyncio.sleep(delay)
             try:
-                if self.transactions:
-                    async with self.transaction() as unit:
-                        return await unit.apply(operations)
-                if len(operations) > 1:
-                    raise fail(Kind.NOT_SUPPORTED, "not-supported", _NO_TRANSACTIONS)
-                unit = _MongoUnit(self, None)
-                try:
-                    return await unit.apply(operations)
-                finally:
-                    await unit.release_claims()
+                return await attempt()
             except TransientConflict:
                 continue
         raise fail(Kind.BUSY, "transient", "Too many concurrent writes to the same resources; "
@@ -573,6 +590,7 @@ class _Writes:
     replaced: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     guards: list[UpdateOne] = field(default_factory=list)
+    fences: set[str] = field(default_factory=set)  # patients whose compartment fence is bumped
 
 
 _CURRENT_FIELDS = {"version": 1, "deleted": 1, "pk": 1, "shard": 1}
@@ -777,13 +795,17 @@ class _MongoUnit:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _queue(self, current: dict[str, Any] | None, doc: dict[str, Any]) -> None:
+    def _queue(self, current: dict[str, Any] | None, doc: dict[str, Any],
+               patients: Iterable[str] = ()) -> None:
         """Queue the resource document, its history document and its guard.
 
         The resource document is replaced only if it still holds the version read, a history
         document's id names its version, and a create writes the guard of its key: a
         concurrent writer of the same resource, in any compartment, makes this unit lose (in
-        a transaction the server reports the conflict on the guard itself).
+        a transaction the server reports the conflict on the guard itself). A resource that
+        may join the compartments of `patients` (created, moved, or referring to several)
+        bumps their fences, so that a conditional erasure of one conflicts with it
+        (erase.py); any other write conflicts with the erasure's delete of its document.
         """
         size = len(bson.encode(doc))
         if size > self._max_document:
@@ -795,6 +817,10 @@ class _MongoUnit:
             raise _too_costly(f"The transaction writes more than this server's limit of "
                               f"{MAX_UNIT_BYTES // (1024 * 1024)} MiB per MongoDB transaction")
         writes, key, shard = self._writes, doc["_id"], doc["shard"]
+        if self.session is not None and (guarded or shard == layout.SHARED_SHARD):
+            fences = set(patients) - writes.fences
+            self.count_writes(len(fences))
+            writes.fences |= fences
         if guarded:  # new, or moved to another shard
             # Upserted, not inserted: a guard left by a standalone writer that crashed
             # before its resource was stored must not block the id for ever.
@@ -818,8 +844,9 @@ class _MongoUnit:
         writes, self._writes = self._writes, _Writes()
         session = self.session
         try:
-            if writes.guards:
-                await self.store.guards.bulk_write(writes.guards, session=session)
+            guards = [*(mongo_erase.fence(p) for p in sorted(writes.fences)), *writes.guards]
+            if guards:
+                await self.store.guards.bulk_write(guards, session=session)
             if writes.resources:
                 done = await self.store.resources.bulk_write(writes.resources, session=session)
                 if done.matched_count != writes.replaced:
@@ -847,7 +874,7 @@ class _MongoUnit:
             pk=current["pk"] if current else ObjectId(), version=version,
             last_updated=self.last_updated, lu=self.micros, method=op.method, body=stored_body,
             shard=_shard_of(op), entries=op.entries, blind=self.store.blind)
-        self._queue(current, doc)
+        self._queue(current, doc, layout.patients(op.resource_type, op.id, op.entries))
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         created = current is None or current["deleted"]
         return Result("created" if created else "updated", (stored,))

@@ -16,17 +16,21 @@ from collections.abc import Sequence
 from ...crypto import BodyCodec, patient_key_ids
 from ...search import Query
 from ..base import Erasure, Version
-from ..erasure import batches, was_member
+from ..erasure import batches, updated_since, was_member
 from . import index as sqlite_index
 from .compartment import members as current_members
 from .query import SqliteSearch
 
 
 def members(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
-            queries: Sequence[Query]) -> list[tuple[str, str]]:
+            queries: Sequence[Query], unless_updated_since: int | None = None) -> list[tuple[str, str]]:
     """(type, id) of the current resources one of `queries` matches (compartment.py: one
-    statement for a compartment) and of the deleted ones one of them matched."""
-    found = [(resource_type, id) for _, resource_type, id in current_members(conn, search, queries)]
+    statement for a compartment) and of the deleted ones one of them matched; CONFLICT if
+    one of the current ones was written at `unless_updated_since` (microseconds) or later."""
+    current = current_members(conn, search, queries)
+    if unless_updated_since is not None and _updated(conn, [pk for pk, _, _ in current], unless_updated_since):
+        raise updated_since()
+    found = [(resource_type, id) for _, resource_type, id in current]
     of_type: dict[str, list[Query]] = {}
     for query in queries:
         of_type.setdefault(query.resource_type or "", []).append(query)
@@ -40,6 +44,13 @@ def members(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
     return found
 
 
+def _updated(conn: sqlite3.Connection, pks: list[int], since: int) -> bool:
+    """Whether one of the resources `pks` was written at `since` (microseconds) or later."""
+    return any(conn.execute(
+        f"SELECT 1 FROM resource WHERE pk IN ({','.join('?' * len(chunk))}) AND lu >= ? LIMIT 1",  # noqa: S608
+        (*chunk, since)).fetchone() for chunk in batches(pks))
+
+
 def _last_stored(conn: sqlite3.Connection, resource_type: str | None, id: str) -> Version | None:
     row = conn.execute(
         "SELECT type, id, version, last_updated, method, body FROM history "
@@ -49,10 +60,14 @@ def _last_stored(conn: sqlite3.Connection, resource_type: str | None, id: str) -
 
 
 def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
-           compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
-    """Remove the compartment's resources, then `last` (inside the caller's transaction)."""
+           compartment: Sequence[Query], last: tuple[str, str],
+           unless_updated_since: int | None = None) -> Erasure:
+    """Remove the compartment's resources, then `last` (inside the caller's transaction: a
+    BEGIN IMMEDIATE one, which holds SQLite's write lock from its start, so the condition
+    `unless_updated_since` is checked with no write of any process able to land before the
+    removal ends)."""
     key_ids = patient_key_ids(codec, last[1])
-    keys = members(conn, search, codec, compartment) + _current_under(conn, key_ids)
+    keys = members(conn, search, codec, compartment, unless_updated_since) + _current_under(conn, key_ids)
     erased = Erasure()
     for batch in [*batches(list(dict.fromkeys(k for k in keys if k != last))), [last]]:
         _remove_batch(conn, batch, erased)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -267,10 +268,14 @@ class SqliteStore:
                 await self._run(self._writer, write)
         return len(changed), str(rows[-1][0]) if len(rows) == limit else None
 
-    async def erase(self, compartment: Sequence[Query], last: tuple[str, str]) -> Erasure:
+    async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
+                    unless_updated_since: datetime | None = None) -> Erasure:
+        since = None if unless_updated_since is None else clock.micros(unless_updated_since)
+
         def work(conn: sqlite3.Connection) -> Erasure:
             search = SqliteSearch(conn, self.ids, self.registry)
-            erased = self._within(conn, lambda: sqlite_erase.remove(conn, search, self.codec, compartment, last))
+            erased = self._within(conn, lambda: sqlite_erase.remove(
+                conn, search, self.codec, compartment, last, since))
             sqlite_erase.checkpoint(conn)
             return erased
 

@@ -1,0 +1,111 @@
+"""The retention's archive of an inactive record (privacy/retention.py): a result written
+just before the store erases the record's original, after the run last looked at the record,
+is not erased with no copy of it (the store checks the record's activity in the transaction
+that erases it: `Store.erase`, conditional), on both stores."""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import partial
+from typing import Any
+
+import pytest
+
+from fhir_server.crypto import patient_scope
+from fhir_server.services import erase as erase_service
+from fhir_server.services import server_writes
+from tests.builders import observation
+from tests.privacy.conftest import Server
+from tests.privacy.test_erase_intents import _start_again
+from tests.privacy.test_retention import (_archives, _headers, _life, _run, _seed_p_with_observations,
+                                          _served, on)
+
+
+def _a_result_for_p_in_the_window(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A result about p committed when the store is asked to erase p's original: after
+    every check the retention makes before it. The store's erasures asked, by patient."""
+    store = server.client.app.state.context.store  # type: ignore[attr-defined]
+    erase = store.erase
+    asked: list[str] = []
+
+    async def late(compartment: Any, last: tuple[str, str], *args: Any) -> Any:
+        asked.append(last[1])
+        if last == ("Patient", "p"):
+            await server_writes.commit(_life(server).server, [server_writes.ServerWrite(
+                {**observation("Patient/p"), "id": "p-late"})])
+        return await erase(compartment, last, *args)
+
+    monkeypatch.setattr(store, "erase", late)
+    return asked
+
+
+def _get(server: Server, path: str) -> int:
+    return server.client.get(f"/fhir/{path}", headers=_headers(server)).status_code
+
+
+def test_a_result_written_as_the_original_is_erased_keeps_the_record_whole(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _seed_p_with_observations(server)
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    with on(date(2027, 1, 10)):
+        erasures.keys.current(patient_scope("p"))
+    asked = _a_result_for_p_in_the_window(server, monkeypatch)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+    assert "p" in asked
+    assert [(a.target, "active again" in why) for a, why in made.failed] == [("Patient/p", True)]
+    for path in ("Patient/p", "Observation/p-late", "Observation/p-obs", "Observation/p-obs-0"):
+        assert _get(server, path) == 200, path
+    for id in ("a", "b"):
+        assert _get(server, f"Patient/{id}") == 404
+    archives = _archives(server)
+    assert not [r for r in archives if r.get("birthDate") == "1961"]  # p's copies removed
+    assert len([r for r in archives if r["resourceType"] == "Patient"]) == 2  # a's and b's
+    # the refused erasure destroyed no key and left nothing to finish at the next start
+    assert erasures.keys.keys_of(patient_scope("p"))
+    assert erasures.ledger.find("p") is None and erasures.ledger.intended() == []
+
+
+def test_without_a_write_in_the_window_the_record_is_archived_and_erased(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _seed_p_with_observations(server)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+    assert made.failed == []
+    assert _get(server, "Patient/p") == 404 and _get(server, "Observation/p-obs") == 404
+    assert len([r for r in _archives(server) if r.get("birthDate") == "1961"]) == 1
+
+
+def test_an_archive_cut_short_before_the_erasure_is_finished_on_the_same_condition(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process killed once the erasure of a record's original is announced, before the
+    store erased it; a result comes in; the next start finishes the announced erasure only on
+    its condition: the record was written to since, so nothing is erased and the intent is
+    withdrawn (the record's archive copies stay: the next run does not archive it again)."""
+    _seed_p_with_observations(server)
+    with monkeypatch.context() as patch:
+        patch.setattr(erase_service, "compartment", _killed)
+        with on(date(2029, 1, 10)), pytest.raises(Killed):
+            _run(server)
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    [intent] = erasures.ledger.intended()  # the first record of the group
+    who = intent["patient"]
+    with on(date(2029, 1, 10)):
+        server_writes_commit(server, {**observation(f"Patient/{who}"), "id": "late"})
+        assert _start_again(server) == []
+    assert erasures.ledger.intended() == [] and erasures.ledger.find(who) is None
+    assert _get(server, f"Patient/{who}") == 200 and _get(server, "Observation/late") == 200
+    assert erasures.keys.keys_of(patient_scope(who))
+
+
+class Killed(Exception):
+    """The process dying there (not a FhirError: nothing catches it)."""
+
+
+def _killed(*args: object) -> None:
+    raise Killed
+
+
+def server_writes_commit(server: Server, resource: dict[str, Any]) -> None:
+    _served(server, partial(server_writes.commit, _life(server).server,
+                            [server_writes.ServerWrite(resource)]))
