@@ -4,7 +4,6 @@ hypothesis draws; the call is then served from the snapshot; the patients read a
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import weakref
@@ -17,7 +16,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fhir_server import cli, clock
-from fhir_server.privacy import retention_schedule
 from fhir_server.services import study_access
 from fhir_server.services.study_access import FIGURES_PREFIX
 from fhir_server.store.base import Outbox
@@ -25,7 +23,7 @@ from fhir_server.trials import figures_pass, inverse_counts, inverse_population
 from fhir_server.trials.eligibility import Trial
 from tests.builders import consent
 from tests.http.helpers import send
-from tests.privacy.conftest import serving
+from tests.privacy.conftest import serving, spied_children
 from tests.trials.eligibility_builders import ICD10, coded, condition, criterion, group, patient, quantity
 from tests.trials.inverse_world import DR, STUDY, InverseWorld, inverse_world, new_day  # noqa: F401  (fixture)
 from tests.trials.match_world import RECENT, site, study
@@ -179,16 +177,8 @@ def test_digests_are_order_free_and_split_as_sets_do() -> None:
 
 def test_the_server_starts_the_pass_at_start_and_on_each_new_day_in_a_niced_process(
         tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
     monkeypatch.setenv("FHIR_SERVER_FIGURES_DAILY", "true")
-    started: list[tuple[str, ...]] = []
-    spawn = asyncio.create_subprocess_exec
-
-    async def spawned(*argv: str, **options: Any) -> Any:
-        started.append(argv)
-        return await spawn(*argv, **options)
-
-    monkeypatch.setattr(retention_schedule.asyncio, "create_subprocess_exec", spawned)
+    started = spied_children(monkeypatch)
     with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
         store = server.client.app.state.context.store  # type: ignore[attr-defined]
         for _ in range(600):  # the child process starts, then runs
