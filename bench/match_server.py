@@ -22,9 +22,12 @@ worker) and real SMART tokens; trials imported and matched over HTTP.
    against every counted patient, for `--inverse` studies, each the first call of the day for
    its study (the daily snapshot is computed: figures a run stored earlier the same day are
    dropped before the server starts); then the same studies again (snapshot kept).
+   With `--figures-pass`, the day's figures pass (`fhir-server figures run --nice 10`,
+   trials/figures_pass.py) runs first, in a process of its own beside the server (its CPU
+   and wall, its pairs and events reported), and the first round is served from it.
 
     .venv/bin/python -m bench.match_server [--trials 10000] [--patients 100000] [--dir DIR]
-                                           [--calls 100] [--inverse 10] [--profile]
+                                           [--calls 100] [--inverse 10] [--figures-pass]
 
 `--dir` keeps the data directory (patients are written once; a second run reuses them and
 loads the trials again: all unchanged; `--no-import` skips that). Wall times depend on the shared machine's load,
@@ -38,6 +41,9 @@ import asyncio
 import json
 import os
 import random
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -55,7 +61,8 @@ from fhir_server.crypto import create_key_ring
 from fhir_server.search import extract
 from fhir_server.services.erase import forget_figures
 from fhir_server.settings import Settings
-from fhir_server.store.base import Write
+from fhir_server.store.base import Outbox, Write
+from fhir_server.trials import figures_pass
 from fhir_server.trials.catalogue_sites import with_site_status
 from fhir_server.trials.eligibility_codes import PROFILE
 from tests.builders import consent
@@ -197,7 +204,8 @@ def run(args: argparse.Namespace, where: Path) -> None:
         print(f"filled {args.patients} patients ({written} resources) through Store.commit in "
               f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU")
     asyncio.run(_new_day(settings))
-    server = Server(where, workers=1, env={"FHIR_SERVER_TOKEN_LIFETIME": "3600"})
+    # The server computes no figures by itself: the bench runs the pass, and measures it.
+    server = Server(where, workers=1, env={"FHIR_SERVER_TOKEN_LIFETIME": "3600", "FHIR_SERVER_FIGURES_DAILY": "false"})
     try:
         _measure(args, server, today)
     finally:
@@ -205,10 +213,11 @@ def run(args: argparse.Namespace, where: Path) -> None:
 
 
 async def _new_day(settings: Settings) -> None:
-    """Drop the studies' figures an earlier run stored today, as a new day would: the inverse
-    calls' first round must compute them."""
+    """Drop the studies' figures an earlier run stored today, and the mark of its figures
+    pass, as a new day would: the inverse calls' first round (or the pass) must compute them."""
     async with open_context(settings) as ctx:
         await forget_figures(ctx.store)
+        await ctx.store.commit([Outbox(remove=(figures_pass.DONE,))])
 
 
 def _measure(args: argparse.Namespace, server: Server, today: date) -> None:
@@ -224,6 +233,8 @@ def _measure(args: argparse.Namespace, server: Server, today: date) -> None:
     if not args.no_import:
         _import(args, fhir, catalogue, pid, today)
     _forward(args, fhir, physician, pid)
+    if args.figures_pass:
+        _figures_pass()
     _inverse(args, fhir, {"investigator": site, "physician": physician}, pid)
     fhir.close()
 
@@ -250,6 +261,19 @@ def _import(args: argparse.Namespace, fhir: httpx.Client, catalogue: dict[str, s
           f"load average {load_average()}")
 
 
+def _figures_pass() -> None:
+    """The day's figures pass, as the server starts it: a child process at niceness 10."""
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "fhir_server.cli", "figures", "run", "--nice", "10"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"figures run: exit status {done.returncode}: {done.stderr.strip()}")
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"figures pass: {done.stdout.strip()}; its process {cpu:.1f} s CPU, {wall:.1f} s wall, "
+          f"max RSS {after.ru_maxrss / 1024:.0f} MiB; load average {load_average()}")
+
+
 def _forward(args: argparse.Namespace, fhir: httpx.Client, physician: dict[str, str], pid: int) -> None:
     """`--calls` forward matches of the physician's patients, the top 50 explained."""
     patients = [f"p{n}" for n in range(0, args.patients, PHYSICIANS)][:args.calls]  # dr-0's patients
@@ -272,7 +296,8 @@ def _inverse(args: argparse.Namespace, fhir: httpx.Client, tokens: dict[str, dic
     site, physician = tokens["investigator"], tokens["physician"]
     studies = [f"2024-5{n:05d}-10-00" for n in range(0, args.trials, 10)]
     chosen = random.Random(args.seed).sample(studies, min(args.inverse, len(studies)))
-    for label in ("first call of the day (snapshot computed)", "again (snapshot kept)"):
+    first = "served from the figures pass" if args.figures_pass else "snapshot computed"
+    for label in (f"first call of the day ({first})", "again (snapshot kept)"):
         inverse = Calls()
         for study in chosen:
             response = _timed(inverse, pid, lambda: fhir.post(f"/ResearchStudy/{study}/$match", headers=site,
@@ -300,6 +325,8 @@ def main() -> None:
     parser.add_argument("--inverse", type=int, default=10, help="studies of the inverse $match")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-import", action="store_true", help="the trials are loaded already (--dir)")
+    parser.add_argument("--figures-pass", action="store_true",
+                        help="run the day's figures pass before the inverse calls, and measure it")
     parser.add_argument("--dir", type=Path, help="data directory, kept (default: a temporary one)")
     args = parser.parse_args()
     if args.dir:

@@ -53,7 +53,7 @@ from .privacy.pseudonym import Pseudonyms, load_key
 from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
 from .privacy.retention_holds import Holds
 from .privacy.retention_policy import load_policy
-from .privacy.retention_schedule import apart, child_environment, every_turn
+from .privacy.retention_schedule import apart, child_environment, every_day, every_turn
 from .search import BlindIndex, default_protected, default_registry
 from .services.context import Context
 from .services.demo import load_demo_data
@@ -246,6 +246,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             await listener.start()
         backups = _schedule_backups(settings, codec, store, recorder)
         retention = _schedule_retention(settings, lifecycle)
+        figures = _schedule_figures(settings, context)
         notifications = notify_runner.start(settings, context, recorder.record)
         notifying = asyncio.get_running_loop().create_task(dispatcher.run())
         purging = asyncio.get_running_loop().create_task(
@@ -270,11 +271,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         await dispatcher.stop()
         await dispatcher.sender.close()
         await notify_runner.stop(notifications)
-        for task in (backups, retention):
+        for task in (backups, retention, figures):
             if task is not None:
                 task.cancel()
-        if retention is not None:  # its run's child process stopped before the server ends
-            await asyncio.gather(retention, return_exceptions=True)
+        for task in (retention, figures):  # their run's child process stopped before the server ends
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
         if listener is not None:
             await listener.stop()
         await store.close()
@@ -440,6 +442,16 @@ def recorded_run(record: Callable[[dict[str, Any]], Awaitable[str]], operator: s
         return await record(retention_event(plan.counts(), len(plan.kept), dry_run=dry_run,
                                             operator=operator, failed=len(plan.failed)))
     return audit
+
+
+def _schedule_figures(settings: Settings, context: Context) -> asyncio.Task[None] | None:
+    """The task computing the day's trial figures ahead (trials/figures_pass.py), in a child
+    process at a lower priority; none without the key ring (the figures' draws are keyed)."""
+    if not settings.figures_daily or context.pseudonym_key is None:
+        return None
+    return asyncio.get_running_loop().create_task(every_day(
+        settings.data_dir / ".figures.lock",
+        partial(apart, environment=child_environment(settings), command=("figures", "run"))))
 
 
 def _schedule_retention(settings: Settings, life: Lifecycle | None) -> asyncio.Task[None] | None:

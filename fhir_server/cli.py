@@ -35,9 +35,10 @@ from .app import (blind_index, body_codec, build_context, export_policy, key_pro
                   recorded_run)
 from .bulk import export_organization
 from .services import export
+from .access import server_principal
 from .audit.chain import Chain, Verdict
 from .audit.prune import Trimmer, checkpoint_key, verify_pruned
-from .audit.events import command_event
+from .audit.events import command_event, figures_events
 from .backup import ArchiveError, Restored, Target, back_up_keys, restore, take
 from .audit.recorder import AuditRecorder
 from .auth.keys import SigningKeys
@@ -50,7 +51,7 @@ from .interop import (HL7_ERROR, HL7_RECEIVED, Listener, Loader, LoadOptions, Ma
                       SealedInboxError, listener_for)
 from .store.routing import RoutingStore
 from .model.errors import FhirError, Kind, fail
-from .trials import catalogue, rematch, sync
+from .trials import catalogue, figures_pass, rematch, sync
 from .trials.evaluation import EvalError, evaluate_set
 from .privacy import breaches, disclosures, register
 from .privacy.retention import Lifecycle, unarchive
@@ -404,6 +405,46 @@ async def _trials_async(settings: Settings, args: argparse.Namespace) -> bool:
             synced = await sync.sync(context, client, args.base_url, state, full=args.full)
         print(synced.summary(), file=sys.stderr)
         return bool(synced.stored.failures)
+
+
+async def _figures_async(settings: Settings) -> figures_pass.Report:
+    async with open_context(settings) as context:
+        assert isinstance(context.store, RoutingStore)
+        recorder = AuditRecorder(context.store.audit, Chain(settings.data_dir / "audit-chain.db"),
+                                 context.store)
+        try:
+            return await figures_pass.run(context, figures_audit(recorder))
+        finally:
+            recorder.close()
+
+
+def figures_audit(recorder: AuditRecorder) -> figures_pass.Record:
+    """The figures pass's audit: one AuditEvent per patient whose record it read, as the server."""
+    principal = server_principal(figures_pass.PRINCIPAL)
+
+    async def record(day: str, patients: Sequence[str]) -> None:
+        await recorder.record_all(figures_events(recorded=clock.instant(), principal=principal, day=day,
+                                                 patients=patients))
+    return record
+
+
+def _figures(args: argparse.Namespace) -> int:
+    """`fhir-server figures run`: the day's trial figures of every study (trials/figures_pass.py).
+    Exit status 0 done (or done already), 1 another process runs it, 2 it failed."""
+    settings = Settings()
+    configure(settings.log_level)
+    if args.nice:
+        os.nice(args.nice)
+    try:
+        report = asyncio.run(_figures_async(settings))
+    except rematch.Busy:
+        print("fhir-server figures run: another process computes the day's figures", file=sys.stderr)
+        return 1
+    except FhirError as error:
+        print(f"fhir-server figures run: {error.issues[0].diagnostics}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
 
 
 def _trials(args: argparse.Namespace) -> int:
@@ -1077,6 +1118,15 @@ def parser() -> argparse.ArgumentParser:
     trials_rematch.add_argument("--workers", type=_positive, default=1, metavar="N",
                                 help="processes evaluating the patients, split in chunks (default 1)")
     trials_rematch.set_defaults(run=_trials)
+    figures = commands.add_parser(
+        "figures", help="investigators' trial figures (docs/matching.md, \"The daily figures pass\")"
+    ).add_subparsers(dest="action", required=True)
+    figures_run = figures.add_parser(
+        "run", help="compute today's figures of every study of the catalogue ahead, unless done "
+                    "already (the server does it at start and when the day changes)")
+    figures_run.add_argument("--nice", type=_niceness, default=0, metavar="N",
+                             help="lower this process's priority by N first (os.nice)")
+    figures_run.set_defaults(run=_figures)
     terminology = commands.add_parser(
         "terminology", help="code systems the operator loads (docs/terminology.md)"
     ).add_subparsers(dest="action", required=True)

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         "daily), each in a child process at niceness 10; 0 means none (run `fhir-server retention "
         "run --nice 10` from cron).",
     )
+    figures_daily: bool = Field(
+        True, description="Compute the investigators' trial figures of every study ahead, at start "
+        "and when the UTC day changes, in a child process at niceness 10 (`fhir-server figures "
+        "run`; docs/matching.md, \"The daily figures pass\"); false: each study's first inverse "
+        "$match of the day computes its own.",
+    )
     pseudonym_key: Path | None = Field(
         None, description="The key of the archives' pseudonyms (0600, made at first use; keep it "
         "apart from the stores and their backups); empty means pseudonym.key beside the key ring.",

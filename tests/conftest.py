@@ -22,6 +22,9 @@ from fhir_server.settings import Settings
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RAM_DISK = Path("/dev/shm")
 RAM_DISK_ROOM = 1 << 30  # bytes free: tests' directories go when they pass (pyproject.toml)
+# No daily figures pass in the apps and servers under test (a child process at each start,
+# and AuditEvents tests do not expect): tests/trials/test_figures_pass.py runs it by hand.
+os.environ.setdefault("FHIR_SERVER_FIGURES_DAILY", "false")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ involved several patients gets one event per patient, so that none reads about a
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from ..access.principal import Principal
@@ -69,6 +70,16 @@ def request_events(*, interaction: str, status: int, recorded: str, principal: P
     if not alone:
         events.insert(0, event(None, list(owners), query))
     return events
+
+
+def figures_events(*, recorded: str, principal: Principal, day: str,
+                   patients: Sequence[str]) -> list[dict[str, Any]]:
+    """One AuditEvent per patient whose record the day's trial figures read (the operation
+    `$match`, done by the server, `principal`, for no caller: trials/figures_pass.py), each
+    saying so in its patient entity's description, in that patient's compartment."""
+    common = _rest_event("operation", 200, recorded, principal, None)
+    said = f"record counted in the anonymous trial figures of {day} (investigators' inverse $match)"
+    return [{**common, "entity": [{**_entities(p, [], None)[0], "description": said}]} for p in patients]
 
 
 def _reach_of(principal: Principal | None) -> set[str] | None:

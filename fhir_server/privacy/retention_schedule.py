@@ -6,6 +6,9 @@ file runs; the others skip that turn (a run is idempotent: a second finds nothin
 Each turn runs `fhir-server retention run` in a child process at a lower priority (`apart`):
 in the server's own process a large run made the p99 of the reads it served 5 to 166 times the
 idle one, apart at niceness 10 within twice (docs/privacy.md, "The retention run, measured").
+
+The day's trial figures (`fhir-server figures run`, trials/figures_pass.py) are computed the
+same way, at start and whenever the clock's UTC day changes (`every_day`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,17 @@ async def every_turn(hours: int, lock: Path, turn: Callable[[int], Awaitable[obj
         await once(lock, turn)
 
 
+async def every_day(lock: Path, turn: Callable[[int], Awaitable[object]]) -> None:
+    """Run `turn` at start and on each new UTC day of the clock, for ever (cancel the task to
+    stop); a turn another process held the lock for is tried again at the next look."""
+    done = None
+    while True:
+        today = clock.now().date()
+        if today != done and await once(lock, turn):
+            done = today
+        await asyncio.sleep(POLL)
+
+
 async def once(lock: Path, turn: Callable[[int], Awaitable[object]]) -> bool:
     """One turn, unless another process holds `lock`; whether it ran. `turn` is given the
     held lock's descriptor. A failure is logged, not raised: the next turn tries again."""
@@ -51,7 +65,7 @@ async def once(lock: Path, turn: Callable[[int], Awaitable[object]]) -> bool:
         try:
             await turn(held)
         except Exception:  # noqa: BLE001 - the server goes on; the log says why
-            log.exception("scheduled retention run failed")
+            log.exception("scheduled run failed")
             return False
         return True
 
@@ -65,15 +79,16 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return {**inherited, **settings.environment()}
 
 
-async def apart(lock: int, environment: Mapping[str, str]) -> int:
-    """One run of `fhir-server retention run` in a child process at NICENESS, with
+async def apart(lock: int, environment: Mapping[str, str],
+                command: tuple[str, ...] = ("retention", "run", "--scheduled")) -> int:
+    """One run of `fhir-server <command>` in a child process at NICENESS, with
     `environment` (child_environment: the server's settings); its exit status. What it did is in its AuditEvent;
     its standard output (one line per record) is not kept, its errors go to the server's.
     The child inherits the turn's `lock` descriptor: if the server is killed outright, the
     run goes on holding the lock, so that no other turn starts beside it."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fhir_server.cli", "retention", "run", "--nice", str(NICENESS),
-        "--scheduled", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable, "-m", "fhir_server.cli", *command, "--nice", str(NICENESS),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         pass_fds=(lock,), env=environment)
     try:
         status = await child.wait()
@@ -82,5 +97,5 @@ async def apart(lock: int, environment: Mapping[str, str]) -> int:
         await asyncio.shield(child.wait())
         raise
     if status:
-        log.error("scheduled retention run exited with status %d", status)
+        log.error("scheduled %s exited with status %d", " ".join(command[:2]), status)
     return status

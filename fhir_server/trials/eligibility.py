@@ -143,16 +143,33 @@ def verdict(trial: Trial, record: Record) -> tuple[str, float]:
     the first one not met."""
     if not trial.criteria:
         return UNDETERMINED, 0.0
-    known = record.verdicts
     verdicts = []
     for criterion in trial.criteria:
-        found = known.get(criterion.rule)
-        if found is None:
-            found = known[criterion.rule] = judge(criterion, record).verdict
+        found = _once(criterion, record)
         if found == NOT_MET:
             return INELIGIBLE, 0.0
         verdicts.append(found)
     return _overall(verdicts)
+
+
+def _once(criterion: Criterion, record: Record) -> str:
+    """The criterion's verdict, judged once per record and rule (`record.verdicts`)."""
+    known = record.verdicts
+    found = known.get(criterion.rule)
+    if found is None:
+        found = known[criterion.rule] = judge(criterion, record).verdict
+    return found
+
+
+def judged(trial: Trial, record: Record) -> tuple[str, ...]:
+    """Each criterion's verdict of `evaluate(trial, record)`, in order, without the
+    explanation: each judged once per record and rule, as `verdict` does."""
+    return tuple(_once(c, record) for c in trial.criteria)
+
+
+def overall(verdicts: tuple[str, ...]) -> str:
+    """`evaluate`'s verdict of a trial whose criteria have `verdicts` (none: undetermined)."""
+    return _overall(list(verdicts))[0] if verdicts else UNDETERMINED
 
 
 def _keyed(criterion: Criterion) -> bool:
@@ -208,6 +225,12 @@ class TrialIndex:
         required = self._required
         return sorted(self._unkeyed + [p for p, numbers in satisfied.items() if len(numbers) == required[p]])
 
+    def kept(self, record: Record) -> list[Trial]:
+        """The trials to evaluate, in study order; the others are proven ineligible. It costs
+        what the patient's diagnoses select, not the size of the catalogue."""
+        kept = self._kept(record)
+        return list(self.trials) if kept is None else [self.trials[p] for p in kept]
+
     def candidates(self, record: Record) -> tuple[list[Trial], list[str]]:
         """(trials to evaluate, ids of studies proven ineligible by the index)."""
         kept = self._kept(record)
@@ -220,8 +243,7 @@ class TrialIndex:
         """Every trial the index does not prune, its verdict and score as `evaluate` gives
         them but without explanations (`verdict`): the bulk path, for re-matching many
         patients."""
-        kept = self._kept(record)
-        chosen = self.trials if kept is None else [self.trials[p] for p in kept]
+        chosen = self.kept(record)
         return Verdicts(tuple((t.study, *verdict(t, record)) for t in chosen), len(self.trials) - len(chosen))
 
     def match(self, record: Record) -> Match:

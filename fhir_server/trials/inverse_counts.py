@@ -4,16 +4,18 @@ control (docs/matching.md, "Disclosure control").
 - **Controlled rounding.** Patients are grouped into cells by everything a figure can tell
   about them: pruned by the index, or their verdict, the recruiting site nearest them and
   each criterion's verdict. Each cell's size is rounded to a multiple of BASE (up or down,
-  never further than the next multiple; an exact multiple stays), unbiased, the draw an HMAC
-  of the cell and of its patients under the server's key: the same patients always round
-  the same way, so asking again tells nothing more. Every published figure is then the sum
+  never further than the next multiple; an exact multiple stays), unbiased, the draw keyed
+  by the server's key and drawn from the cell's patients alone (`drawn`, from the order-free
+  `set_digest` of its members): the same patients always round the same way, so asking
+  again tells nothing more. Every published figure is then the sum
   of the rounded cells it covers. So the figures are exactly those of a world whose cells
   are the rounded ones: whatever one adds or subtracts (population - evaluated, a
   criterion's verdicts, the sites), that world is as consistent with them as the real one,
   and in it every figure is a multiple of BASE: no count from 1 to BASE - 1 can be worked
   out exactly.
-- **Daily snapshot.** The figures of a study are computed once a day (UTC) and kept in the
-  store for every server process until the day changes, so that two calls around one new
+- **Daily snapshot.** The figures of a study are computed once a day (UTC), by the daily
+  pass (figures_pass.py) or the study's first call, and kept in the store for every server
+  process until the day changes, so that two calls around one new
   consent answer alike whichever worker takes them (differencing them would single out the
   newcomer).
 """
@@ -24,7 +26,8 @@ import hashlib
 import hmac
 import weakref
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -36,19 +39,23 @@ from ..services.context import Context
 from ..services.guard import note
 from ..store.base import Outbox, Store, Version
 from . import inverse_population, match_catalogue
-from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, evaluate, read_record
+from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, overall, read_record
+from .eligibility_record import Record
 from .match import home
+from .gazetteer import Point
 from .match_sites import nearest
 
 BASE = 5  # every published count is a multiple of this
 VERDICTS = ("met", "not-met", "unknown", "not-applicable")
 NO_SITE = ""  # patients placed near no recruiting site
 Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
+MODULUS = 2**256  # of a set's digest
 
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """One study's snapshot: the rounded cells, the criteria texts, the Patients counted."""
+    """One study's snapshot: the rounded cells, the criteria texts, the Patients counted (read
+    to compute it; not stored: 100,000 versions for each of 10,000 studies)."""
 
     day: str
     cells: dict[Cell, int]
@@ -61,25 +68,120 @@ class Figures:
 _SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[bytes, Figures]]] = weakref.WeakKeyDictionary()
 
 
-def rounded(key: bytes, members: list[str]) -> int:
-    """The number of `members` rounded to an adjacent multiple of BASE, up with probability
-    (size mod BASE) / BASE: unbiased, and drawn from the members alone, so that the same
-    patients round alike in every cell and study (else averaging the figures of several
-    studies would recover the exact count)."""
-    low, rest = divmod(len(members), BASE)
+def member_digest(key: bytes, member: str) -> int:
+    """A patient's share of a cell's digest: the HMAC of their id under `key`."""
+    return int.from_bytes(hmac.new(key, member.encode(), hashlib.sha256).digest(), "big")
+
+
+def set_digest(key: bytes, members: Iterable[str]) -> int:
+    """The digest of a set of patients: their `member_digest`s summed modulo 2**256. It depends
+    on the members alone, not on their order, and a cell's digest can be added up patient by
+    patient or worked out as a difference (pruned = population - evaluated: the daily pass,
+    figures_pass.py), without a list of the members."""
+    return sum(member_digest(key, m) for m in members) % MODULUS
+
+
+def drawn(key: bytes, size: int, digest: int) -> int:
+    """`size` patients, whose `set_digest` is `digest`, rounded to an adjacent multiple of BASE:
+    up with probability (size mod BASE) / BASE. Unbiased, and drawn from the members alone, so
+    that the same patients round alike in every cell and study (else averaging the figures of
+    several studies would recover the exact count). The draw is a keyed hash of the digest,
+    not the digest itself: sums of the members' shares reveal nothing of how the parts round."""
+    low, rest = divmod(size, BASE)
     if rest == 0:
-        return len(members)
-    digest = hmac.new(key, "\x00".join(sorted(members)).encode(), hashlib.sha256).digest()
-    return (low + (int.from_bytes(digest[:8], "big") % BASE < rest)) * BASE
+        return size
+    draw = hmac.new(key, b"cell\x00" + digest.to_bytes(32, "big"), hashlib.sha256).digest()
+    return (low + (int.from_bytes(draw[:8], "big") % BASE < rest)) * BASE
+
+
+def rounded(key: bytes, members: Iterable[str]) -> int:
+    """The number of `members` rounded as `drawn` says."""
+    found = list(members)
+    return drawn(key, len(found), set_digest(key, found))
+
+
+Key = tuple[str, str, tuple[str, ...]]  # a cell while counting: verdict, site, criteria's verdicts
+
+
+@dataclass(slots=True)
+class Tally:
+    """A study's cells being counted (by `Key`): per cell, its size and `set_digest`."""
+
+    cells: dict[Key, list[int]] = field(default_factory=dict)
+
+    def add(self, cell: Key, digest: int) -> None:
+        found = self.cells.get(cell)
+        if found is None:
+            self.cells[cell] = [1, digest]
+        else:
+            found[0] += 1
+            found[1] += digest
+
+    def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> dict[Cell, int]:
+        """The rounded cells of `trial`, the pruned one the rest of `population` (its size,
+        its digest)."""
+        size, digest = population
+        found: dict[Cell, int] = {}
+        for (verdict, site, verdicts), (n, d) in self.cells.items():
+            size, digest = size - n, digest - d
+            cell = (verdict, site, *(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True)))
+            found[cell] = drawn(key, n, d % MODULUS)
+        if size:
+            found[("pruned",)] = drawn(key, size, digest % MODULUS)
+        return found
+
+
+@dataclass(slots=True)
+class Cells:
+    """The cells of patients against trials of `catalogue` on `today`, at the least cost per
+    pair (the daily pass places ~90 million at 100,000 patients and 10,000 trials): each
+    criterion judged once per record and rule (`judged`), a verdict worked out once per
+    combination of its criteria's verdicts, the nearest recruiting site of a study once per
+    home (patients share postal codes)."""
+
+    catalogue: match_catalogue.Catalogue
+    today: date
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by study
+    verdicts: dict[tuple[str, ...], str] = field(default_factory=dict)
+    sites: dict[tuple[str, Point | None], str] = field(default_factory=dict)
+
+    def of(self, trial: Trial, record: Record, origin: Point | None) -> Key:
+        """The cell of a patient (living at `origin`: `match.home`) the index leaves for
+        `trial`: verdict, nearest recruiting site, each criterion's verdict."""
+        return next(self.each((trial,), record, origin))
+
+    def each(self, trials: Iterable[Trial], record: Record, origin: Point | None) -> Iterator[Key]:
+        """`of` each of `trials`, in one loop (its lookups made once)."""
+        known, rules_of, verdicts_of, sites = record.verdicts.__getitem__, self.rules, self.verdicts, self.sites
+        for trial in trials:
+            rules = rules_of.get(trial.study)
+            if rules is None:
+                rules = rules_of[trial.study] = tuple(c.rule for c in trial.criteria)
+            try:  # each rule judged already for this record (by another trial): no call per criterion
+                verdicts = tuple(map(known, rules))
+            except KeyError:
+                verdicts = judged(trial, record)
+            verdict = verdicts_of.get(verdicts)
+            if verdict is None:
+                verdict = verdicts_of[verdicts] = overall(verdicts)
+            if verdict == INELIGIBLE:
+                yield verdict, NO_SITE, verdicts
+                continue
+            site = sites.get((trial.study, origin))
+            if site is None:
+                found, _ = nearest(self.catalogue.sites[trial.study], origin, self.today, self.catalogue.max_age_days)
+                site = sites[(trial.study, origin)] = found.location if found is not None else NO_SITE
+            yield verdict, site, verdicts
 
 
 async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
                   key: bytes) -> Figures:
-    """The study's snapshot of `today`, computed on the first call of the day. The call that
-    computes it reads the records of every Patient it counts and notes each on its audit
-    trail; a call served from the snapshot reads no record, and its AuditEvent names the
-    study: the figures it gave are those of the snapshot of its day, whose computing call's
-    events name the patients (docs/matching.md, "Audit")."""
+    """The study's snapshot of `today`: the daily pass's (figures_pass.py), else computed on
+    the first call of the day. The call that computes it reads the records of every Patient
+    it counts and notes each on its audit trail; a call served from the snapshot reads no
+    record, and its AuditEvent names the study: the figures it gave are those of the
+    snapshot of its day, whose pass's or computing call's events name the patients
+    (docs/matching.md, "Audit")."""
     record = f"{study_access.FIGURES_PREFIX}{trial.study}"
     held = await subscriptions.one(ctx.store, record)
     kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
@@ -101,54 +203,50 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     process, and the Patients this call read to compute it (none when it was stored): the
     first process to compute it stores it (compare-and-set), the others read it, so that a
     call landing on another worker, or after a restart, answers as the first did."""
-    if held is not None and (stored := _loaded(held)).day == today.isoformat():
+    if held is not None and (stored := loaded(held)).day == today.isoformat():
         return held, stored, ()
     computed = await _compute(ctx, trial, catalogue, today, key)
-    body = _dumped(computed)
+    body = dumped(computed)
     try:
         await ctx.store.commit([Outbox(put=((record, body),), expect=((record, held),))])
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
         again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
-        if again is not None and (stored := _loaded(again)).day == computed.day:
+        if again is not None and (stored := loaded(again)).day == computed.day:
             return again, stored, computed.counted  # its records were read all the same
     return body, computed, computed.counted
 
 
-def _dumped(found: Figures) -> bytes:
+def dumped(found: Figures) -> bytes:
     return orjson.dumps({"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
-                         "texts": found.texts, "sites": list(found.sites),
-                         "counted": [[v.id, v.version, v.last_updated] for v in found.counted]})
+                         "texts": found.texts, "sites": list(found.sites)})
 
 
-def _loaded(body: bytes) -> Figures:
+def loaded(body: bytes) -> Figures:
     data = orjson.loads(body)
-    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]),
-                   tuple(Version("Patient", id, version, updated, "PUT", None)
-                         for id, version, updated in data["counted"]))
+    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]), ())
 
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
                    key: bytes) -> Figures:
     index = TrialIndex([trial])
     found = await inverse_population.population(ctx, index, today)
-    members: dict[Cell, list[str]] = defaultdict(list)
-    members[("pruned",)].extend(found.pruned)
-    texts: dict[str, str] = {}
+    tally, cells = Tally(), Cells(catalogue, today)
     for patient in sorted(found.records):
         record = read_record(found.records[patient], today)
-        result = evaluate(trial, record)
-        texts.update((c.key, c.text) for c in result.criteria)
-        site = NO_SITE
-        if result.verdict != INELIGIBLE:
-            nearest_site, _ = nearest(catalogue.sites[trial.study], home(record), today, catalogue.max_age_days)
-            site = nearest_site.location if nearest_site is not None else NO_SITE
-        cell = (result.verdict, site, *(f"{c.key}={c.verdict}" for c in result.criteria))
-        members[cell].append(patient)
-    cells = {cell: rounded(key, ids) for cell, ids in members.items() if ids}
+        tally.add(cells.of(trial, record, home(record)), member_digest(key, patient))
+    population = len(found.counted), set_digest(key, (v.id for v in found.counted))
+    return snapshot(trial, catalogue, today, tally.rounded(key, population, trial), found.counted)
+
+
+def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date, cells: dict[Cell, int],
+             counted: tuple[Version, ...] = ()) -> Figures:
+    """The study's Figures of `today` from its rounded `cells`."""
+    evaluated = any(c != ("pruned",) for c in cells)
+    texts = {c.key: c.text for c in trial.criteria} if evaluated else {}
     sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
-    return Figures(today.isoformat(), cells, texts, sites, found.counted)
+    return Figures(today.isoformat(), cells, texts, sites, counted)
 
 
 def parameters(found: Figures) -> list[dict[str, Any]]:

@@ -62,9 +62,9 @@ class Agreements:
 
     def prescreened(self, study: str, day: str) -> list[str]:
         """The counted patients whose Consent allows pre-screening for `study`
-        (`ResearchStudy/<id>`), in id order."""
-        counted = self.counted(day)
-        return [p for p in sorted(self.asking) if p in counted
+        (`ResearchStudy/<id>`), in id order. Only they are judged: a call served from the
+        day's figures (trials/figures_pass.py) needs no one else's."""
+        return [p for p in sorted(self.asking) if study_access.counted(self.by_patient, p, day)
                 and study_access.prescreened(self.by_patient, p, study, day)]
 
 

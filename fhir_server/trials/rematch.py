@@ -99,11 +99,13 @@ class Busy(Exception):
     """Another process holds the job's lease."""
 
 
-class _Lease:
-    """The job's lease, held while a pass runs; every commit renews it and fails if lost."""
+class Lease:
+    """A job's lease (the outbox record `key`), held while a pass runs; every commit renews it
+    and fails if lost (Busy)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, key: str = LEASE) -> None:
         self.store = store
+        self.key = key
         self.holder = new_id()
         self.body: bytes | None = None
 
@@ -112,7 +114,7 @@ class _Lease:
         return orjson.dumps({"holder": self.holder, "until": until})
 
     async def take(self) -> None:
-        found = await subscriptions.one(self.store, LEASE)
+        found = await subscriptions.one(self.store, self.key)
         if found is not None and orjson.loads(found)["until"] > clock.micros(clock.now()):
             raise Busy
         body = self._new()
@@ -123,7 +125,7 @@ class _Lease:
 
     async def release(self) -> None:
         try:
-            await self.store.commit([Outbox(remove=(LEASE,), expect=((LEASE, self.body),))])
+            await self.store.commit([Outbox(remove=(self.key,), expect=((self.key, self.body),))])
         except FhirError as exc:
             if exc.kind is not Kind.PRECONDITION_FAILED:
                 raise  # else lost already (expired and taken): nothing to give back
@@ -131,8 +133,8 @@ class _Lease:
     async def _commit(self, records: Sequence[tuple[str, bytes]], expected: bytes | None, body: bytes,
                       remove: Sequence[str] = ()) -> None:
         try:
-            await self.store.commit([Outbox(put=(*records, (LEASE, body)), remove=tuple(remove),
-                                            expect=((LEASE, expected),))])
+            await self.store.commit([Outbox(put=(*records, (self.key, body)), remove=tuple(remove),
+                                            expect=((self.key, expected),))])
         except FhirError as exc:
             if exc.kind is Kind.PRECONDITION_FAILED:
                 raise Busy from None
@@ -209,7 +211,7 @@ async def look(ctx: Context, wake: Callable[[], None] = lambda: None) -> Report:
     look, added to those waiting, then the pass under way or a new one over them. Busy if
     another process runs it."""
     store = as_server(ctx, "rematch").store
-    lease = _Lease(store)
+    lease = Lease(store)
     await lease.take()
     try:
         state = await _state(store)
@@ -233,7 +235,7 @@ async def full(ctx: Context, opener: Opener | None = None, workers: int = 1,
     cut short; with `workers` > 1 the patients' chunks are evaluated by as many processes,
     each reading records through its own store (`opener`)."""
     store = ctx.store
-    lease = _Lease(store)
+    lease = Lease(store)
     await lease.take()
     try:
         state = await _state(store)
@@ -323,9 +325,9 @@ def _micros(instant: str) -> tuple[int, int]:
 
 # What is read of a record (a Medication names no patient: the search by patient this read
 # replaced found every one and kept none), and of it first when a pass has FEW trials.
-_RECORD = tuple(t for t in TYPES if t != "Medication")
+RECORD = tuple(t for t in TYPES if t != "Medication")
 _FIRST = ("Patient", "Condition")
-_REST = tuple(t for t in _RECORD if t not in _FIRST)
+_REST = tuple(t for t in RECORD if t not in _FIRST)
 # Up to this many trials, a batch's diagnoses are read first, and the rest of a record only for
 # a patient they leave some trial. Few trials prune many patients whole (bench/matching.py's
 # catalogue: 83% of the patients for 1 trial, 47% for 10, 4.5% for 100); with more, pruning
@@ -342,7 +344,7 @@ def _compartments(patients: Sequence[str], types: Iterable[str]) -> list[Query]:
             for id in patients for resource_type in types]
 
 
-async def _about(ctx: Context, types: Iterable[str], patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+async def about(ctx: Context, types: Iterable[str], patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The current resources of `types` about each of `patients` (at most BATCH), read as the
     server by one read of their compartments, rather than a search per type and patient."""
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -373,12 +375,12 @@ async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
     pruned = evaluated = 0
     few = len(index.trials) <= FEW
     for start in range(0, len(patients), BATCH):
-        records = await _about(ctx, _FIRST if few else _RECORD, patients[start:start + BATCH])
+        records = await about(ctx, _FIRST if few else RECORD, patients[start:start + BATCH])
         batch = [p for p in patients[start:start + BATCH] if _has_patient(records[p])]
         if few:
             kept = [p for p in batch if index.candidates(read_record(_entries(records[p]), plan.today))[0]]
             pruned += (len(batch) - len(kept)) * len(index.trials)
-            for owner, resources in (await _about(ctx, _REST, kept) if kept else {}).items():
+            for owner, resources in (await about(ctx, _REST, kept) if kept else {}).items():
                 records[owner] += resources
             batch = kept
         for patient in batch:
@@ -394,7 +396,7 @@ def _chunks(patients: Sequence[str]) -> list[Sequence[str]]:
     return [patients[n:n + CHUNK] for n in range(0, len(patients), CHUNK)]
 
 
-async def _pass(ctx: Context, lease: _Lease, state: State, wake: Callable[[], None],
+async def _pass(ctx: Context, lease: Lease, state: State, wake: Callable[[], None],
                 opener: Opener | None = None, workers: int = 1) -> Report:
     """Match the studies of `state.batch` against the population from `state.after` on."""
     started, wall = time.process_time(), time.perf_counter()

@@ -3,6 +3,7 @@ callers erasure knows: the administrator, the patient, and callers without the r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from httpx2 import Response
 from fhir_server.app import create_app
 from fhir_server.auth.users import Users
 from fhir_server.crypto import RECHECK_SECONDS, create_key_ring
+from fhir_server.privacy import retention_schedule
 from fhir_server.settings import Settings
 from tests.builders import condition, observation, patient
 from tests.conftest import authorized
@@ -78,6 +80,21 @@ def seed(client: TestClient, who: str, marker: str = "Zwxqvtrudel") -> None:
     for n in range(3):
         put({**observation(f"Patient/{who}"), "id": f"{who}-obs{n}"})
     put({**condition(f"Patient/{who}"), "id": f"{who}-cond"})
+
+
+def spied_children(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The argv of each child process a scheduled run starts (it still starts), the clock
+    looked at every 10 ms."""
+    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
+    started: list[tuple[str, ...]] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spawned(*argv: str, **options: Any) -> Any:
+        started.append(argv)
+        return await spawn(*argv, **options)
+
+    monkeypatch.setattr(retention_schedule.asyncio, "create_subprocess_exec", spawned)
+    return started
 
 
 @contextmanager

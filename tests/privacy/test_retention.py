@@ -28,7 +28,7 @@ from fhir_server.services import lifecycle, server_writes
 from fhir_server.settings import Settings
 from tests.builders import observation, patient
 from tests.http.helpers import send
-from tests.privacy.conftest import CALLERS, Server, serving
+from tests.privacy.conftest import CALLERS, Server, serving, spied_children
 
 RECORD_KIND = "https://oncotrials.example.org/fhir/CodeSystem/record-kind"
 INS = "IPP884412"
@@ -348,22 +348,14 @@ def test_the_server_runs_the_retention_on_its_schedule_in_a_niced_process_of_its
         tmp_path: Path, signing_keys: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """In the server's process a run slows the reads it serves (docs/privacy.md): each turn
     runs `fhir-server retention run` apart, at a lower priority, on the server's settings."""
-    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
     monkeypatch.setenv("FHIR_SERVER_RETENTION_INTERVAL_HOURS", "24")
-    started: list[tuple[str, ...]] = []
-    spawn = asyncio.create_subprocess_exec
-
-    async def spawned(*argv: str, **options: Any) -> Any:
-        started.append(argv)
-        return await spawn(*argv, **options)
-
-    monkeypatch.setattr(retention_schedule.asyncio, "create_subprocess_exec", spawned)
+    started = spied_children(monkeypatch)
     with clock.frozen(datetime.now(UTC)) as frozen, serving("sqlite", tmp_path, signing_keys, monkeypatch) as server:
         time.sleep(0.1)
         assert _run_events(server) == [] and started == []
         _await_the_scheduled_run(server, frozen)
         [argv] = started
-        assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--nice", "10", "--scheduled")
+        assert argv[1:] == ("-m", "fhir_server.cli", "retention", "run", "--scheduled", "--nice", "10")
 
 
 def test_the_scheduled_run_works_on_the_servers_settings_not_the_environments(

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # The server's side, in a process of its own: one turn whose run is a sleeper printing its pid
 # (the real command's argv replaced, the options apart gives it kept).
 _SERVER = """
-import asyncio, sys
+import asyncio, os, sys
+from functools import partial
 from pathlib import Path
 from fhir_server.privacy import retention_schedule
 spawn = asyncio.create_subprocess_exec
@@ -29,7 +30,7 @@ async def sleeper(*argv, **options):
                        "import os, time; print(os.getpid(), flush=True); time.sleep(120)", **options)
 
 retention_schedule.asyncio.create_subprocess_exec = sleeper
-asyncio.run(retention_schedule.once(Path(sys.argv[1]), retention_schedule.apart))
+asyncio.run(retention_schedule.once(Path(sys.argv[1]), partial(retention_schedule.apart, environment=dict(os.environ))))
 """
 
 

@@ -197,7 +197,7 @@ def test_a_pass_killed_midway_resumes_after_its_last_chunk(
         return await real(*args)
 
     monkeypatch.setattr(rematch, "_evaluate", killed)
-    monkeypatch.setattr(rematch._Lease, "release", lambda self: _kept())  # kill -9 gives nothing back
+    monkeypatch.setattr(rematch.Lease, "release", lambda self: _kept())  # kill -9 gives nothing back
     with pytest.raises(RuntimeError, match="killed"):
         look(client, moving)
     [(_, first)] = _told(client)  # the first of the pass (Carla or Eve: their physician's subscription first)
