@@ -16,7 +16,8 @@ def fast_init(cls: type[_T]) -> type[_T]:
     million. Instances stay frozen: assignment after construction still raises
     FrozenInstanceError. It runs no __post_init__: for classes without one.
     """
-    assert not hasattr(cls, "__post_init__"), f"{cls.__name__} has a __post_init__ fast_init would skip"
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__, which fast_init would skip")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     namespace: dict[str, Any] = {f"_set_{f.name}": getattr(cls, f.name).__set__ for f in fields}
     args = ", ".join(
