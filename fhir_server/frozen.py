@@ -14,11 +14,14 @@ def fast_init(cls: type[_T]) -> type[_T]:
     The generated frozen __init__ calls object.__setattr__ per field, about twice the cost
     (CPython 3.11); search extraction and the eligibility engine build such values by the
     million. Instances stay frozen: assignment after construction still raises
-    FrozenInstanceError. It runs no __post_init__: for classes without one.
+    FrozenInstanceError. It runs no __post_init__ and no default factory: for classes
+    without them.
     """
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__} has a __post_init__, which fast_init would skip")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not dataclasses.MISSING
+                                            for f in fields):
+        raise TypeError(f"{cls.__name__} has a __post_init__ or a default factory, "
+                        "which fast_init would skip")
     namespace: dict[str, Any] = {f"_set_{f.name}": getattr(cls, f.name).__set__ for f in fields}
     args = ", ".join(
         f.name if f.default is dataclasses.MISSING else f"{f.name}={f.default!r}" for f in fields
