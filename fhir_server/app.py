@@ -96,7 +96,7 @@ def body_codec(settings: Settings) -> BodyCodec:
     are when encryption is off."""
     if not settings.encryption:
         return PlainCodec()
-    keys = DataKeys(open_provider(settings), settings.data_keys_path)
+    keys = DataKeys(open_provider(settings), settings.data_keys_path, settings.data_key_cache)
     keys.check()  # the wrong key ring is refused at start, not at the first read
     return EnvelopeCodec(keys)
 

@@ -796,7 +796,7 @@ def _rotate_keys(args: argparse.Namespace) -> int:
 
 
 def _data_keys(settings: Settings) -> DataKeys:
-    return DataKeys(open_provider(settings), settings.data_keys_path)
+    return DataKeys(open_provider(settings), settings.data_keys_path, settings.data_key_cache)
 
 
 def _keys_init(args: argparse.Namespace) -> int:

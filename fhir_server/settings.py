@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         None, description="The key ring file (0600, keep it off the data volume and out of its "
         "backups); empty means <data_dir>/keyring.json. Create it with `fhir-server keys init`.",
     )
+    data_key_cache: int = Field(
+        150_000, ge=1, description="Unwrapped data keys kept in memory per process (an LRU, about "
+        "1.7 KB each: ~250 MB when full); beyond it a key is read and unwrapped again at each use. "
+        "Set it above the patients a pass over the population reads (the re-match job) plus the "
+        "resource types; a destroyed key is never kept, whatever the size.",
+    )
     key_provider: Literal["local", "pkcs11"] = Field(
         "local", description="Who holds the key-encryption keys: `local` (the key ring file) or "
         "`pkcs11` (an HSM or SoftHSM token: FHIR_SERVER_PKCS11_*; docs/security.md).",

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..frozen import fast_init
+
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 PREFIXES: tuple[Prefix, ...] = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
@@ -32,6 +34,7 @@ class StringPredicate:
     mode: Literal["start", "exact", "contains"] = "start"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TokenPredicate:
     """`[system]|[code]`: system None = any, "" = none; code None = any."""
@@ -60,6 +63,7 @@ class OfTypePredicate:
     value: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReferencePredicate:
     """A reference: relative (`type`/`id`, `url` None) or absolute/canonical (`url`).
@@ -203,6 +207,7 @@ Predicate = (
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Clause:
     """An OR of predicates (one query parameter with comma-separated values)."""
@@ -233,6 +238,7 @@ Total = Literal["none", "estimate", "accurate"]
 Summary = Literal["true", "text", "data", "count", "false"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Query:
     """A parsed search. `resource_type` None is a system-level search (restricted by `types`)."""

@@ -25,32 +25,12 @@ compare them natively and identically:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-_T = TypeVar("_T")
-
-
-def _fast_init(cls: type[_T]) -> type[_T]:
-    """Replace a frozen slots dataclass's __init__ with one writing the slots directly.
-
-    The generated frozen __init__ calls object.__setattr__ per field, about twice the cost;
-    extraction builds thousands of entries per second on the write path. Instances stay
-    frozen: assignment after construction still raises FrozenInstanceError.
-    """
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {f"_set_{f.name}": getattr(cls, f.name).__set__ for f in fields}
-    args = ", ".join(
-        f.name if f.default is dataclasses.MISSING else f"{f.name}={f.default!r}" for f in fields
-    )
-    body = "".join(f"    _set_{f.name}(self, {f.name})\n" for f in fields)
-    exec(f"def __init__(self, {args}):\n{body}", namespace)
-    cls.__init__ = namespace["__init__"]  # type: ignore[method-assign]
-    return cls
+from ..frozen import fast_init
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StringEntry:
     """One string part (HumanName.family, Address.city, ...): `value` normalized, `exact` as is."""
@@ -60,7 +40,7 @@ class StringEntry:
     exact: str
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TokenEntry:
     """A code (search.html#token): `system|code`, the normalized `text` for `:text`.
@@ -78,7 +58,7 @@ class TokenEntry:
     type_code: str | None = None
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReferenceEntry:
     """A reference (search.html#reference).
@@ -98,7 +78,7 @@ class ReferenceEntry:
     identifier_value: str | None = None
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DateEntry:
     """A date range `[low, high]` in microseconds since the epoch (UTC), both ends inclusive."""
@@ -108,7 +88,7 @@ class DateEntry:
     high: int
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NumberEntry:
     """A number: `value` (None for a Range) and the closed interval `[low, high]` it states."""
@@ -119,7 +99,7 @@ class NumberEntry:
     high: float
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class QuantityEntry:
     """A Quantity, Money (`system` urn:iso:std:iso:4217, `code` the currency) or Range."""
@@ -133,14 +113,14 @@ class QuantityEntry:
     unit: str | None
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UriEntry:
     param: str
     value: str
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PositionEntry:
     """Location.position for the special `near` parameter (WGS84 degrees)."""
@@ -150,7 +130,7 @@ class PositionEntry:
     longitude: float
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CompositeEntry:
     """One combination of component values taken from the same element (search.html#composite).

@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..frozen import fast_init
 from .eligibility_codes import ICD10, icd10_categories, icd10_keys
 from .eligibility_format import Criterion, Trial, is_eligibility_group, read_trial
 from .eligibility_record import Record, pinned, read_record
@@ -35,6 +36,7 @@ ELIGIBLE, INELIGIBLE, UNDETERMINED = "eligible", "ineligible", "undetermined"
 RANK = {ELIGIBLE: 0, UNDETERMINED: 1, INELIGIBLE: 2}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CriterionResult:
     key: str

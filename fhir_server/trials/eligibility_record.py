@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from ..frozen import fast_init
 from .diagnosis_maps import place
 from .eligibility_codes import ICD10, ICDO3, LOINC
 from .eligibility_format import Coding
@@ -32,6 +33,7 @@ _WHEN = ("effectiveDateTime", "effectiveInstant", "issued", "performedDateTime",
 _PERIODS = ("effectivePeriod", "performedPeriod")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One resource of the record, with the reference its evidence cites."""

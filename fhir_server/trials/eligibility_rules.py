@@ -19,6 +19,7 @@ from functools import lru_cache
 from datetime import date
 from typing import Any
 
+from ..frozen import fast_init
 from .eligibility_codes import (ABSENT, ECOG, ECOG_ANSWERS, ECOG_SYSTEM, GENDER, GENE_STUDIED,
                                 HGNC, ICD10, ICDO3, LINE_CLASSES, ATC, LOINC, PRESENT, TNM,
                                 Interval, Rank, behaviour, covers, holds, icd10_covers, rank_compare,
@@ -27,6 +28,7 @@ from .eligibility_format import Coding, Criterion
 from .eligibility_record import Entry, Record
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Finding:
     holds: bool | None

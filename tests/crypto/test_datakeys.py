@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from fhir_server import clock
+from fhir_server.app import body_codec
 from fhir_server.crypto import (DataKeys, EnvelopeCodec, KeyRingError, LocalKeyRing, UnreadableBody,
                                 create_key_ring, key_scope, patient_scope)
+from fhir_server.settings import Settings
 
 
 @pytest.fixture
@@ -232,3 +234,33 @@ def test_a_key_destroyed_while_it_is_loaded_to_seal_is_not_kept_current(
     _erase_a_at_next_unwrap(cold, monkeypatch)
     cold.current(patient_scope("a"))  # began before the erasure
     assert cold.current(patient_scope("a"))[0] != destroyed  # later writes: a live key
+
+
+def _unwraps_of_a_second_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str,
+                              patients: int) -> int:
+    """Keys unwrapped when a server's codec (FHIR_SERVER_DATA_KEY_CACHE `size`) opens one
+    body of each of `patients` patients a second time, as the re-match job's next pass does."""
+    create_key_ring(tmp_path / "keyring.json")
+    monkeypatch.setenv("FHIR_SERVER_DATA_KEY_CACHE", size)
+    codec = body_codec(Settings(data_dir=tmp_path))
+    blobs = {p: codec.seal("Patient", p, 1, b"{}", {p}) for p in map(str, range(patients))}
+    codec = body_codec(Settings(data_dir=tmp_path))  # a new process: nothing cached yet
+    for p, blob in blobs.items():
+        codec.open("Patient", p, 1, blob)
+    unwrapped: list[bytes] = []
+    unwrap = codec.keys.provider.unwrap
+    monkeypatch.setattr(codec.keys.provider, "unwrap", lambda w, k: unwrapped.append(k) or unwrap(w, k))
+    for p, blob in blobs.items():
+        assert codec.open("Patient", p, 1, blob) == b"{}"
+    return len(unwrapped)
+
+
+def test_the_cache_holds_as_many_keys_as_the_setting_says(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _unwraps_of_a_second_pass(tmp_path / "large", monkeypatch, "20", 20) == 0
+    # A cache smaller than the population is emptied by each pass: every key unwrapped again.
+    assert _unwraps_of_a_second_pass(tmp_path / "small", monkeypatch, "10", 20) == 20
+
+
+def test_the_default_cache_holds_a_population_of_100_000() -> None:
+    assert Settings().data_key_cache >= 100_000
