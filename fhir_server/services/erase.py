@@ -229,8 +229,12 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         _intent, ctx.principal, patient_id, reason, job, setup.keys, requested, unless_updated_since)
     if resumed is None:
         await asyncio.to_thread(setup.ledger.intend, intent)
-    # The store first: a conditional erasure it refuses leaves everything else as it was.
+    # Subscription events are sealed under the outbox's key, not the patient's: removed
+    # before the store's erasure (a process dying right after it leaves none) and after it
+    # (events of writes that raced with it). A conditional erasure the store may refuse
+    # must leave everything as it was: its events go right after the store's erasure only.
     since = intent.get("unless_updated_since")
+    events = await forget_events(ctx.store, patient_id) if since is None else 0
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),
                                        None if since is None else datetime.fromisoformat(since))
@@ -238,11 +242,9 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         if since is not None and error.kind is Kind.CONFLICT:
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
+    events += await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
     await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
-    # Subscription events are sealed under the outbox's key, not the patient's: those of the
-    # erased resources and of writes that raced with the erasure.
-    events = await forget_events(ctx.store, patient_id)
     await forget_figures(ctx.store)
     if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
         await setup.messages(patient_id)
@@ -340,8 +342,9 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     """Erase again the patient of ledger `entry` (their data came back: a restore) and record
     it; `when` says on what occasion ("on restore")."""
     patient = entry["patient"]
+    events = await forget_events(store, patient)  # before and after, as `sweep`
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
-    events = await forget_events(store, patient)  # after the store's erasure, as `sweep`
+    events += await forget_events(store, patient)
     await forget_figures(store)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
     await record(erasure_event(
