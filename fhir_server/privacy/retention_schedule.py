@@ -26,6 +26,7 @@ from ..private_files import turn_lock
 from ..settings import ENV_PREFIX, Settings
 
 POLL = 60.0  # seconds between looks at the clock
+RETRY = timedelta(hours=1)  # before a daily run that failed is tried again
 # How much lower than the server the run's process is scheduled (os.nice): its work waits for
 # the requests' rather than sharing the cores with them.
 NICENESS = 10
@@ -46,28 +47,34 @@ async def every_turn(hours: int, lock: Path, turn: Callable[[int], Awaitable[obj
 
 async def every_day(lock: Path, turn: Callable[[int], Awaitable[object]]) -> None:
     """Run `turn` at start and on each new UTC day of the clock, for ever (cancel the task to
-    stop); a turn another process held the lock for is tried again at the next look."""
+    stop); a turn that failed (a non-zero exit status) or that another process held the lock
+    for is tried again RETRY later."""
     done = None
+    due = clock.now()
     while True:
-        today = clock.now().date()
-        if today != done and await once(lock, turn):
-            done = today
+        now = clock.now()
+        if now.date() != done and now >= due:
+            if await once(lock, turn):
+                done = now.date()
+            else:
+                due = now + RETRY
         await asyncio.sleep(POLL)
 
 
 async def once(lock: Path, turn: Callable[[int], Awaitable[object]]) -> bool:
-    """One turn, unless another process holds `lock`; whether it ran. `turn` is given the
-    held lock's descriptor. A failure is logged, not raised: the next turn tries again."""
+    """One turn, unless another process holds `lock`; whether it ran and succeeded (`turn`
+    returned nothing or a zero exit status). `turn` is given the held lock's descriptor. A
+    failure is logged, not raised: the next turn tries again."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with turn_lock(lock) as held:
         if held is None:
             return False
         try:
-            await turn(held)
+            status = await turn(held)
         except Exception:  # noqa: BLE001 - the server goes on; the log says why
             log.exception("scheduled run failed")
             return False
-        return True
+        return not status
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

@@ -234,6 +234,10 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
     # (events of writes that raced with it). A conditional erasure the store may refuse
     # must leave everything as it was: its events go right after the store's erasure only.
     since = intent.get("unless_updated_since")
+    if resumed is not None and since is not None and await ctx.store.read("Patient", patient_id) is None:
+        # The store's erasure (one transaction, the Patient removed last) committed before the
+        # process died: the rest is finished whole, whatever was written since.
+        since = None
     events = await forget_events(ctx.store, patient_id) if since is None else 0
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),

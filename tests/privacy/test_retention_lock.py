@@ -4,14 +4,19 @@ a run still going."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from fhir_server.private_files import turn_lock
+from fhir_server.privacy import retention_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,3 +65,26 @@ def test_a_run_goes_on_holding_the_lock_when_the_server_is_killed(tmp_path: Path
             break
         time.sleep(0.05)
     assert _free(lock)
+
+
+@pytest.mark.anyio
+async def test_a_daily_run_that_failed_is_tried_again_the_same_day(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figures pass's schedule (`every_day`): a child that exits non-zero has not done
+    the day's work; it is run again RETRY later, and not again that day once it succeeded."""
+    monkeypatch.setattr(retention_schedule, "POLL", 0.01)
+    monkeypatch.setattr(retention_schedule, "RETRY", timedelta(0))
+    statuses = [2, 1, 0]
+    ran: list[int] = []
+
+    async def turn(_: int) -> int:
+        ran.append(statuses[len(ran)] if len(ran) < len(statuses) else -1)
+        return ran[-1]
+
+    task = asyncio.get_running_loop().create_task(retention_schedule.every_day(tmp_path / "lock", turn))
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert ran == [2, 1, 0]

@@ -109,3 +109,29 @@ def _killed(*args: object) -> None:
 def server_writes_commit(server: Server, resource: dict[str, Any]) -> None:
     _served(server, partial(server_writes.commit, _life(server).server,
                             [server_writes.ServerWrite(resource)]))
+
+
+def test_an_archive_killed_after_the_stores_erasure_is_finished_whole_at_the_next_start(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's erasure committed, then the process died before the keys were destroyed;
+    a write to the record lands before the restart: the erasure is finished all the same
+    (its condition held when the store erased), not withdrawn with the record gone and its
+    key kept."""
+    _seed_p_with_observations(server)
+
+    async def killed(*_: object, **__: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(erase_service.notifications, "forget", killed)  # right after the store's erasure
+        with on(date(2029, 1, 10)), pytest.raises(Killed):
+            _run(server)
+    erasures = server.client.app.state.context.erasures
+    [intent] = erasures.ledger.intended()
+    patient = intent["patient"]
+    with on(date(2029, 1, 10)):
+        server_writes_commit(server, {**observation(f"Patient/{patient}"), "id": "late"})
+        _start_again(server)
+    assert erasures.ledger.intended() == []
+    assert erasures.ledger.find(patient) is not None
+    assert erasures.keys.keys_of(patient_scope(patient)) == []
