@@ -42,7 +42,7 @@ from ..subscriptions import forget_events, one
 from . import export, notifications
 from .context import Context
 from .crud import check_id
-from .study_access import FIGURES_PREFIX
+from .study_access import FIGURES_ERASED, FIGURES_PREFIX
 
 # Never erased (see the module docstring).
 KEPT_TYPES = frozenset({"AuditEvent"})
@@ -329,10 +329,10 @@ def _entry(intent: dict[str, Any], erased: Erasure, keys: list[bytes]) -> dict[s
 
 
 async def forget_figures(store: Store) -> None:
-    """Drop every study's counts of the day: they list the patients counted."""
+    """Drop every study's counts of the day (they count the erased patient), and mark it, so
+    that a figures pass under way, which may have read them, stores none."""
     keys = tuple(key for key, _ in await store.outbox(FIGURES_PREFIX))
-    if keys:
-        await store.commit([Outbox(remove=keys)])
+    await store.commit([Outbox(put=((FIGURES_ERASED, new_id().encode()),), remove=keys)])
 
 
 def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:

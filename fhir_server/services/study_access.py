@@ -14,7 +14,7 @@ from .context import Context
 from .reach import current, resources
 from ..search import parse_query
 
-__all__ = ["FIGURES_PREFIX", "Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
+__all__ = ["FIGURES_ERASED", "FIGURES_PREFIX", "Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
 
 Agreements = dict[str, list[dict[str, Any]]]  # active Consents by patient id
 PAGE = 1000
@@ -22,6 +22,9 @@ PAGE = 1000
 # processes (trials/inverse_counts.py). They name the patients counted, so an erasure drops
 # them all; the next call computes the day's counts anew.
 FIGURES_PREFIX = "trials/figures/"
+# Rewritten by every erasure as it drops them, so that a daily figures pass that read the
+# erased patient before does not store them again (trials/figures_pass.py).
+FIGURES_ERASED = "trials/figures-erased"
 
 
 def view(ctx: Context) -> View | None:

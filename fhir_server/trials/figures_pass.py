@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from .. import clock
-from ..model.errors import FhirError, Kind
+from ..model.errors import FhirError, Kind, fail
 from ..search import Clause, Query, TokenPredicate
 from ..services import study_access, subscriptions
 from ..services.context import Context
@@ -99,9 +99,10 @@ async def run(ctx: Context, record: Record) -> Report:
             report.done_before = True
             return report
         key = pseudonym_key(ctx)
+        erased = await subscriptions.one(server.store, study_access.FIGURES_ERASED)
         catalogue = await match_catalogue.load(server)
         tallies, population = await _counted(server, catalogue, today, key, lease, record, report)
-        await _store(server.store, catalogue, today, key, tallies, population, report)
+        await _store(server.store, catalogue, today, key, tallies, population, report, erased)
         await lease.commit([(DONE, orjson.dumps({"day": report.day}))])
     finally:
         await lease.release()
@@ -165,9 +166,13 @@ async def _records(ctx: Context, patients: Sequence[str]) -> dict[str, list[dict
 
 
 async def _store(store: Store, catalogue: match_catalogue.Catalogue, today: date, key: bytes,
-                 tallies: dict[str, inverse_counts.Tally], population: tuple[int, int], report: Report) -> None:
+                 tallies: dict[str, inverse_counts.Tally], population: tuple[int, int], report: Report,
+                 erased: bytes | None) -> None:
     """Each study's snapshot, by compare-and-set against what the store held (WRITES a unit;
-    a unit one of whose records a call stored meanwhile is stored again record by record)."""
+    a unit one of whose records a call stored meanwhile is stored again record by record),
+    each unit on condition that no erasure came since the pass began (`erased`, the mark
+    it read then): one that did may have erased a patient counted here, and the pass fails
+    (CONFLICT), to be run again (privacy/retention_schedule.py `every_day`)."""
     held = dict(await store.outbox(study_access.FIGURES_PREFIX))
     writes: list[tuple[str, bytes | None, bytes]] = []
     for study, tally in sorted(tallies.items()):
@@ -180,18 +185,23 @@ async def _store(store: Store, catalogue: match_catalogue.Catalogue, today: date
         writes.append((name, before, inverse_counts.dumped(figures)))
     for start in range(0, len(writes), WRITES):
         unit = writes[start:start + WRITES]
-        if await _put(store, unit):
+        if await _put(store, unit, erased):
             report.stored += len(unit)
             continue
+        if await subscriptions.one(store, study_access.FIGURES_ERASED) != erased:
+            raise fail(Kind.CONFLICT, "conflict", "A patient was erased during the figures pass: "
+                       "its figures were not stored; it runs again.")
         for one in unit:
-            report.stored += await _put(store, [one])
+            report.stored += await _put(store, [one], erased)
 
 
-async def _put(store: Store, writes: Sequence[tuple[str, bytes | None, bytes]]) -> bool:
-    """Store `writes` (name, expected, body) in one unit; False if one was changed meanwhile."""
+async def _put(store: Store, writes: Sequence[tuple[str, bytes | None, bytes]], erased: bytes | None) -> bool:
+    """Store `writes` (name, expected, body) in one unit, unless an erasure came since the
+    mark `erased`; False if one of them was changed meanwhile."""
     try:
         await store.commit([Outbox(put=tuple((n, b) for n, _, b in writes),
-                                   expect=tuple((n, e) for n, e, _ in writes))])
+                                   expect=((study_access.FIGURES_ERASED, erased),
+                                           *((n, e) for n, e, _ in writes)))])
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
