@@ -64,6 +64,8 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.process.kill()  # else it outlives the test run, serving on its port
+        self.process.wait()
         raise RuntimeError(f"server did not become ready in {READY_SECONDS} s")
 
     def token(self, scope: str = "system/*.cruds", subject: str = "e2e", **claims: str) -> str:
