@@ -10,6 +10,7 @@ from typing import Any
 from fhir_server import clock
 from fhir_server.notify import runner
 from fhir_server.notify.purge import purge
+from fhir_server.notify.reminders import settled
 from fhir_server.notify.scheduler import enqueue
 from fhir_server.services.server_writes import as_server
 from tests.notify.test_reminders import World, _refer, world  # noqa: F401 - the fixture
@@ -24,10 +25,13 @@ def _now(world: World) -> datetime:
 
 
 def _purge_and_rescan(world: World) -> int:
-    """A purge, then the hourly rescan, as the server runs them (runner._catch_up)."""
+    """A purge, then the hourly rescan, as the server runs them (runner._catch_up), once
+    the commit hooks' schedule writes are done (an answer's cancellations run in a task of
+    their own: under load, a purge before them finds nothing finished yet)."""
     app: Any = world.client.app
     server = as_server(app.state.context, "notifications")
     assert world.client.portal is not None
+    world.client.portal.call(settled)
     with clock.frozen(_now(world)):
         purged = int(world.client.portal.call(purge, server, runner.schedule_of(server.store)))
         world.client.portal.call(runner.reminders(app.state.settings, server.store).catch_up, server)
