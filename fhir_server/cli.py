@@ -34,7 +34,9 @@ from .app import (blind_index, body_codec, build_context, export_policy, key_pro
                   open_context, open_erasures, open_ledger, open_lifecycle, open_store,
                   recorded_run)
 from .bulk import export_organization
+from .model.platform_codes import PATIENT_VISIBLE
 from .services import export
+from .services.kept_registers import SUBJECT_ERASED
 from .access import server_principal
 from .audit.chain import Chain, Verdict
 from .audit.prune import Trimmer, checkpoint_key, verify_pruned
@@ -1010,14 +1012,24 @@ async def _disclosure_async(settings: Settings, args: argparse.Namespace
                 context, patient=args.patient, requester=args.requester,
                 legal_basis=args.legal_basis, given=args.given, resources=args.resource or (),
                 visible=args.patient_visible, on=args.on or clock.now().date())]
+        elif args.erased:
+            tasks = await disclosures.of_erased(context)
         else:
             tasks = await disclosures.of_patient(context, args.patient)
     entities = [_entity(f"Task/{t['id']}", ("4", "Domain Resource"), f"Task/{t['id']}") for t in tasks]
     lines = [f"Task/{t['id']} {t['authoredOn']} to {t['requester']['display']} "
              f"({t['reasonCode']['text']}): {t['description']}"
-             f"{'; the patient may see it' if t.get('meta', {}).get('tag') else ''}" for t in tasks]
+             f"{_disclosure_seen(t)}" for t in tasks]
     return entities if args.action == "add" else [_entity(
         "disclosures", _JOB, count=len(tasks)), *entities], lines
+
+
+def _disclosure_seen(task: dict[str, Any]) -> str:
+    """What `disclosure list` says of who may see a disclosure."""
+    tags = {tag.get("code") for tag in task.get("meta", {}).get("tag", ())}
+    if SUBJECT_ERASED in tags:
+        return f"; about {task['for']['display']}"
+    return "; the patient may see it" if PATIENT_VISIBLE in tags else ""
 
 
 def _disclosure(args: argparse.Namespace) -> int:
@@ -1322,8 +1334,12 @@ def parser() -> argparse.ArgumentParser:
     add_disclosure.add_argument("--patient-visible", action="store_true",
                                 help="the law lets the patient know: they see it in their record")
     add_disclosure.add_argument("--on", type=_day, help="day given (default: today)")
-    list_disclosures = disclosure.add_parser("list", help="the disclosures about a patient")
-    list_disclosures.add_argument("--patient", required=True, help="Patient/<id>")
+    list_disclosures = disclosure.add_parser("list", help="the disclosures about a patient, or "
+                                             "those kept after their patients' erasure")
+    whose = list_disclosures.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--patient", help="Patient/<id>")
+    whose.add_argument("--erased", action="store_true",
+                       help="those whose patient was erased (kept without naming them)")
     for action in disclosure.choices.values():
         action.set_defaults(run=_disclosure)
     exports = commands.add_parser("export", help="Bulk Data export jobs, and an organisation's "

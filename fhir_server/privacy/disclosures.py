@@ -17,6 +17,7 @@ from typing import Any
 
 from ..model.platform_codes import DISCLOSURE, PATIENT_VISIBLE, REGISTER_SYSTEM
 from ..services import reach, server_writes
+from ..services.kept_registers import SUBJECT_ERASED
 from ..services.context import Context
 from .register import RegisterError, check_past, require
 
@@ -72,4 +73,12 @@ async def of_patient(ctx: Context, patient: str) -> list[dict[str, Any]]:
     await require(ctx, patient, "Patient")
     found = await reach.find(ctx, "Task", [("code", f"{REGISTER_SYSTEM}|{DISCLOSURE}"),
                                            ("patient", patient)])
+    return sorted(found, key=lambda task: (task["authoredOn"], task["id"]))
+
+
+async def of_erased(ctx: Context) -> list[dict[str, Any]]:
+    """The disclosures kept after their patients' erasure (services/kept_registers.py),
+    oldest first."""
+    found = [task async for task in reach.matching(ctx, "Task", [
+        ("code", f"{REGISTER_SYSTEM}|{DISCLOSURE}"), ("_tag", f"{REGISTER_SYSTEM}|{SUBJECT_ERASED}")])]
     return sorted(found, key=lambda task: (task["authoredOn"], task["id"]))

@@ -7,6 +7,8 @@ can no longer be read, and records the erasure in the erasure ledger kept with t
 (crypto/ledger.py), which `fhir-server restore` replays. AuditEvents are not erased: the hash
 chain covers them, and their personal details shred with the key. The erasure leaves an
 AuditEvent of its own: who, when, why, how many resources and versions of each type.
+The register of disclosures to authorities outlives it, without naming the patient
+(kept_registers.py).
 
 Who may erase: an administrator, the server itself (the command line, `auth=off`), the
 patient, with their own token (fhirUser `Patient/<id>`), and their legal representative (the
@@ -39,7 +41,7 @@ from ..model.ids import new_id
 from ..search import Query, Registry
 from ..store.base import Erasure, Outbox, Store
 from ..subscriptions import forget_events, one
-from . import export, notifications
+from . import export, kept_registers, notifications
 from .context import Context
 from .crud import check_id
 from .study_access import FIGURES_ERASED, FIGURES_PREFIX
@@ -239,13 +241,16 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         # process died: the rest is finished whole, whatever was written since.
         since = None
     events = await forget_events(ctx.store, patient_id) if since is None else 0
+    await kept_registers.stash(ctx.store, ctx.registry, patient_id, clock.now().date())
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),
                                        None if since is None else datetime.fromisoformat(since))
     except FhirError as error:
         if since is not None and error.kind is Kind.CONFLICT:
+            await kept_registers.drop(ctx.store, patient_id)
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
+    await kept_registers.flush(ctx.store, patient_id)
     events += await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
     await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
@@ -347,6 +352,8 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     it; `when` says on what occasion ("on restore")."""
     patient = entry["patient"]
     events = await forget_events(store, patient)  # before and after, as `sweep`
+    # No register copy here: the originals a backup holds are sealed under the destroyed keys
+    # (a backup taken after the erasure holds the copies, outside the compartment).
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
     events += await forget_events(store, patient)
     await forget_figures(store)
