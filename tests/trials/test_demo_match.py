@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from tests.builders import consent
 from tests.http.helpers import send
 from tests.store.conftest import STORES
 
@@ -129,3 +130,35 @@ def test_the_lung_trial_is_the_lung_patients(demo: TestClient) -> None:
         ("Âge ≥ 18 ans", "met"), ("Cancer bronchique (CIM-10 C34)", "met"),
         ("Indice de performance ECOG 0 ou 1", "met"),
         ("Immunothérapie anti-PD-1 / PD-L1 antérieure", "unknown")]  # never proven absent by silence
+
+
+def test_a_referring_physician_finds_the_demo_patient_for_the_breast_trial(
+        tmp_path: Path, signing_keys: bytes) -> None:
+    """The other way round (README: sign in as Dr Claire Martin, push Hélène's two Consents as
+    the EHR): the breast trial's inverse `$match` lists her, the lung trial's counts her out."""
+    (tmp_path / "signing-keys.json").write_bytes(signing_keys)
+    settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir", demo_data=True,
+                        figures_daily=False)
+    with TestClient(create_app(settings)) as client:
+        def bearer(**claims: str) -> dict[str, str]:
+            issued = client.app.state.tokens.issue(client_id="portal", **claims)  # type: ignore[attr-defined]
+            return {"Authorization": f"Bearer {issued['access_token']}"}
+
+        ehr = bearer(subject="ehr", scope="system/*.cruds")
+        claire = bearer(subject="claire", scope="user/*.cruds", fhir_user="Practitioner/dr-martin")
+        for id, body in (("helene-privacy", consent("helene-dupont", actor="Practitioner/dr-martin")),
+                         ("helene-research", consent("helene-dupont", "research"))):
+            assert send(client, "PUT", f"/fhir/Consent/{id}", {**body, "id": id}, **ehr).status_code == 201
+
+        def inverse(study: str) -> dict[str, Any]:
+            response = send(client, "POST", f"/fhir/ResearchStudy/{study}/$match",
+                            {"resourceType": "Parameters"}, **claire)
+            assert response.status_code == 200, response.text
+            return _story(response.json())
+
+        [helene] = inverse("essai-sein-her2")["listed"]
+        assert (helene["id"], helene["verdict"], helene["score"]) == ("helene-dupont", "undetermined", 0.75)
+        assert helene["criteria"] == _expected("/_history/1")
+        assert helene["site"] == "Location/site-lyon"
+        lung = inverse("essai-poumon-immuno")
+        assert lung["listed"] == [] and "1 proven ineligible by the index" in lung["outcome"][0]
