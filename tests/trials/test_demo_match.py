@@ -18,6 +18,9 @@ from fastapi.testclient import TestClient
 from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from fhir_server.trials.eligibility import evaluate
+from fhir_server.trials.eligibility_format import read_trial
+from fhir_server.trials.eligibility_record import read_record
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.store.conftest import STORES
@@ -28,15 +31,14 @@ LOADED = datetime(2028, 3, 1, 9, tzinfo=UTC)
 HELENE = "Patient/helene-dupont"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "mongodb-double"])
-def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-         signing_keys: bytes) -> Iterator[TestClient]:
-    """The server as `bin/demo` starts it (demo data, authentication off), on each store."""
-    data: Path = tmp_path_factory.mktemp("demo")
-    (data / "signing-keys.json").write_bytes(signing_keys)
-    settings = Settings(data_dir=data, base_url="http://testserver/fhir", auth="off",
+@pytest.fixture(params=["sqlite", "mongodb-double"])
+def demo(request: pytest.FixtureRequest, tmp_path: Path, signing_keys: bytes) -> Iterator[TestClient]:
+    """The server as `bin/demo` starts it (demo data, authentication off), on each store, its
+    clock stopped at LOADED for one test (longer, it would date the other tests' tokens)."""
+    (tmp_path / "signing-keys.json").write_bytes(signing_keys)
+    settings = Settings(data_dir=tmp_path, base_url="http://testserver/fhir", auth="off",
                         demo_data=True, figures_daily=False)
-    store = None if request.param == "sqlite" else STORES[request.param](data)
+    store = None if request.param == "sqlite" else STORES[request.param](tmp_path)
     with clock.frozen(LOADED), TestClient(create_app(settings, store)) as client:
         yield client
 
@@ -74,14 +76,15 @@ def _story(bundle: dict[str, Any]) -> dict[str, Any]:
     return {"listed": listed, "outcome": outcome}
 
 
-def _helene_profile() -> dict[str, Any]:
-    """The demo patient's record as an anonymous `bundle`: her Patient and what is about her."""
-    demo = orjson.loads(files("fhir_server.demo").joinpath("demo-data.json").read_bytes())
-    entries = [{"fullUrl": e["fullUrl"], "resource": {k: v for k, v in e["resource"].items()
-                                                      if k not in ("generalPractitioner", "managingOrganization", "recorder")}}
-               for e in demo["entry"]
-               if e["fullUrl"] == HELENE or e["resource"].get("subject", {}).get("reference") == HELENE]
-    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+def _demo_data() -> list[dict[str, Any]]:
+    """The entries of demo-data.json."""
+    return list(orjson.loads(files("fhir_server.demo").joinpath("demo-data.json").read_bytes())["entry"])
+
+
+def _helene_entries() -> list[dict[str, Any]]:
+    """The demo patient's record: her Patient and the resources about her."""
+    return [e for e in _demo_data()
+            if e["fullUrl"] == HELENE or e["resource"].get("subject", {}).get("reference") == HELENE]
 
 
 def _expected(pinned: str) -> list[tuple[str, str, str | None, str | None]]:
@@ -107,7 +110,8 @@ def _expected(pinned: str) -> list[tuple[str, str, str | None, str | None]]:
 @pytest.mark.parametrize("form", ["patient", "bundle"])
 def test_the_demo_patient_gets_the_breast_trial_explained_first(demo: TestClient, form: str) -> None:
     parameter = ({"name": "patient", "valueReference": {"reference": HELENE}} if form == "patient"
-                 else {"name": "bundle", "resource": _helene_profile()})
+                 else {"name": "bundle", "resource": {"resourceType": "Bundle", "type": "collection",
+                                                      "entry": _helene_entries()}})
     story = _story(_match(demo, parameter))
     [breast] = story["listed"]  # the lung trial and the one ruling out prior anti-HER2: not listed
     assert (breast["id"], breast["verdict"], breast["score"]) == ("essai-sein-her2", "undetermined", 0.75)
@@ -162,3 +166,22 @@ def test_a_referring_physician_finds_the_demo_patient_for_the_breast_trial(
         assert helene["site"] == "Location/site-lyon"
         lung = inverse("essai-poumon-immuno")
         assert lung["listed"] == [] and "1 proven ineligible by the index" in lung["outcome"][0]
+
+
+def test_the_two_trials_not_listed_for_the_demo_patient_are_refuted_with_evidence() -> None:
+    """`$match` lists no ineligible trial, only counts them: the engine says why, for each."""
+    resources = [e["resource"] for e in _demo_data()]
+    helene = read_record([(e["fullUrl"], e["resource"]) for e in _helene_entries()], LOADED.date())
+    groups = {f"Group/{r['id']}": r for r in resources if r["resourceType"] == "Group"}
+
+    def refuted(study: str) -> list[tuple[str, str, tuple[str, ...]]]:
+        [trial] = [r for r in resources if r["resourceType"] == "ResearchStudy" and r["id"] == study]
+        result = evaluate(read_trial(study, [groups[e["reference"]] for e in trial["enrollment"]]), helene)
+        assert (result.verdict, result.score) == ("ineligible", 0)
+        return [(c.text, c.kind, c.evidence) for c in result.criteria if c.verdict == "not-met"]
+
+    assert refuted("essai-poumon-immuno") == [
+        ("Cancer bronchique (CIM-10 C34)", "condition", ("Condition/cond-helene-breast",))]
+    assert refuted("essai-sein-naif-anti-her2") == [
+        ("Traitement anti-HER2 antérieur (anticorps monoclonal, ATC L01FD)", "prior-treatment",
+         ("MedicationStatement/med-helene-trastuzumab",))]
