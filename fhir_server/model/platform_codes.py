@@ -18,6 +18,8 @@ BREACH, DISCLOSURE = "breach", "disclosure"
 PATIENT_VISIBLE = "patient-visible"  # meta.tag of a disclosure the law lets the patient see
 # A drafted eligibility Group's review (trials/criteria_review.py): written by the server alone.
 ELIGIBILITY_REVIEW = f"{CANONICAL}/StructureDefinition/eligibility-review"
+# A trial site's recruiting status, on its ResearchStudy.site reference (trials/catalogue_sites.py).
+SITE_RECRUITMENT = f"{CANONICAL}/StructureDefinition/site-recruitment-status"
 REFERRAL_IDENTIFIER = f"{CANONICAL}/referral"  # ResearchSubject.identifier: the referral's id
 TERMINOLOGY_DIR = Path(__file__).resolve().parents[1] / "terminology"
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"

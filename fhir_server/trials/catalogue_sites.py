@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, cast
 
-from ..model.platform_codes import CANONICAL
-
-SITE_RECRUITMENT = f"{CANONICAL}/StructureDefinition/site-recruitment-status"
+from ..model.platform_codes import SITE_RECRUITMENT
 ECLAIRE = "https://interop.esante.gouv.fr/ig/fhir/eclaire"
 RECRUITMENT_SYSTEM = f"{ECLAIRE}/CodeSystem/eclaire-status-recruitment-code-system"
 RECRUITMENT_STATUS = f"{ECLAIRE}/StructureDefinition/eclaire-recruitment-status"
