@@ -1,18 +1,27 @@
 """The figures an investigator sees of the inverse match (trials/inverse.py), under disclosure
-control (docs/matching.md, "Disclosure control").
+control (docs/matching.md, "Disclosure control", with what an investigator can and cannot
+infer).
 
-- **Controlled rounding.** Patients are grouped into cells by everything a figure can tell
-  about them: pruned by the index, or their verdict, the recruiting site nearest them and
-  each criterion's verdict. Each cell's size is rounded to a multiple of BASE (up or down,
-  never further than the next multiple; an exact multiple stays), unbiased, the draw keyed
-  by the server's key and drawn from the cell's patients alone (`drawn`, from the order-free
-  `set_digest` of its members): the same patients always round the same way, so asking
-  again tells nothing more. Every published figure is then the sum
-  of the rounded cells it covers. So the figures are exactly those of a world whose cells
-  are the rounded ones: whatever one adds or subtracts (population - evaluated, a
-  criterion's verdicts, the sites), that world is as consistent with them as the real one,
-  and in it every figure is a multiple of BASE: no count from 1 to BASE - 1 can be worked
-  out exactly.
+- **Controlled rounding from the top.** Patients are grouped into cells by everything a
+  figure can tell about them: pruned by the index, or their verdict, the recruiting site
+  nearest them and each criterion's verdict. The population's size is rounded first, to a
+  multiple of BASE (up or down, never further than the next multiple; an exact multiple
+  stays), unbiased, keyed by the server's key and drawn from its patients alone (`drawn`,
+  from the order-free `set_digest` of its members): the same figure in every study of the
+  day. Then each level of a tree (pruned or evaluated; the verdict; the site; each
+  criterion's verdict in turn) shares out its parent's rounded size among its parts
+  (`apportioned`): each part takes the multiple of BASE below it, and as many parts as the
+  parent's rounding leaves one BASE more, chosen by keyed priorities drawn from each part's
+  own members (Pareto order sampling: each part goes up with a probability close to its
+  remainder / BASE). So a set's figure depends on its members, its parent's figure and its
+  siblings, not on how a study cuts it further: the population is one figure whatever the
+  study, `pruned` and `evaluated` one figure in every study pruning the same patients.
+- **Every published figure is a sum of the rounded cells**, and the cells add up to the
+  population's figure: the figures are exactly those of a world whose cells are the rounded
+  ones, in which every figure is a multiple of BASE: no count from 1 to BASE - 1 can be
+  worked out exactly from one day's figures of one study. A row (a criterion, a site other
+  than the study's own) whose cells all rounded to 0 is not listed, as when no patient is
+  in it.
 - **Daily snapshot.** The figures of a study are computed once a day (UTC), by the daily
   pass (figures_pass.py) or the study's first call, and kept in the store for every server
   process until the day changes, so that two calls around one new
@@ -29,7 +38,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -50,6 +59,7 @@ VERDICTS = ("met", "not-met", "unknown", "not-applicable")
 NO_SITE = ""  # patients placed near no recruiting site
 Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
 MODULUS = 2**256  # of a set's digest
+Part = TypeVar("Part")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,58 @@ def rounded(key: bytes, members: Iterable[str]) -> int:
     return drawn(key, len(found), set_digest(key, found))
 
 
+def apportioned(key: bytes, total: int, parts: dict[Part, tuple[int, int]]) -> dict[Part, int]:
+    """`parts` (each its size and `set_digest`) of a set whose rounded size is `total` (its
+    size rounded to an adjacent multiple of BASE), each rounded to an adjacent multiple so
+    that they add up to `total`: each takes the multiple below it, and the parts left over
+    go up, chosen among those with a remainder by Pareto order sampling (Rosen 1997): the
+    smallest odds(priority) / odds(remainder / BASE) first, the priority a keyed hash of the
+    part's digest. Each part then goes up with a probability close to remainder / BASE,
+    decided by its own members before its siblings': a part whose members stay keeps its
+    priority whatever else changes, so its draws over days or studies are not fresh coins
+    whose mean is its size."""
+    found = {part: size // BASE * BASE for part, (size, _) in parts.items()}
+    ups = (total - sum(found.values())) // BASE
+    left = [part for part, (size, _) in parts.items() if size % BASE]
+    assert 0 <= ups <= len(left), "the total is not a rounding of the parts' sum"
+    for part in sorted(left, key=lambda p: _rank(key, *parts[p]))[:ups]:
+        found[part] += BASE
+    return found
+
+
+def _rank(key: bytes, size: int, digest: int) -> tuple[float, int]:
+    draw = hmac.new(key, b"rank\x00" + digest.to_bytes(32, "big"), hashlib.sha256).digest()
+    priority = (int.from_bytes(draw[:8], "big") + 0.5) / 2**64
+    share = size % BASE / BASE
+    return priority / (1 - priority) * (1 - share) / share, digest
+
+
+Path = tuple[str, ...]  # a cell's place in the tree: ("pruned",) or ("evaluated", *cell)
+
+
+def controlled(key: bytes, population: tuple[int, int], cells: dict[Cell, tuple[int, int]]) -> dict[Cell, int]:
+    """`cells` (each its size and `set_digest`) of `population` (its size and digest, which
+    the cells add up to) rounded from the top (module docstring): the population as `drawn`
+    says, then each level of the tree `apportioned` its parent's figure."""
+    paths = {cell if cell == ("pruned",) else ("evaluated", *cell): cell for cell in cells}
+    found = _shared_out(key, drawn(key, *population), {path: cells[cell] for path, cell in paths.items()}, 1)
+    return {paths[path]: n for path, n in found.items()}
+
+
+def _shared_out(key: bytes, total: int, leaves: dict[Path, tuple[int, int]], depth: int) -> dict[Path, int]:
+    """The `leaves` under one node of the tree whose rounded size is `total`: its parts (the
+    leaves' paths cut at `depth`) apportioned `total`, each then its own leaves."""
+    groups: dict[Path, dict[Path, tuple[int, int]]] = defaultdict(dict)
+    for path, sized in leaves.items():
+        groups[path[:depth]][path] = sized
+    parts = {node: (sum(n for n, _ in under.values()), sum(d for _, d in under.values()) % MODULUS)
+             for node, under in groups.items()}
+    found: dict[Path, int] = {}
+    for node, n in apportioned(key, total, parts).items():
+        found.update({node: n} if node in leaves else _shared_out(key, n, groups[node], depth + 1))
+    return found
+
+
 Key = tuple[str, str, tuple[str, ...]]  # a cell while counting: verdict, site, criteria's verdicts
 
 
@@ -118,17 +180,17 @@ class Tally:
             found[1] += digest
 
     def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> dict[Cell, int]:
-        """The rounded cells of `trial`, the pruned one the rest of `population` (its size,
-        its digest)."""
+        """The `controlled` cells of `trial`, the pruned one the rest of `population` (its
+        size, its digest)."""
         size, digest = population
-        found: dict[Cell, int] = {}
+        found: dict[Cell, tuple[int, int]] = {}
         for (verdict, site, verdicts), (n, d) in self.cells.items():
             size, digest = size - n, digest - d
             cell = (verdict, site, *(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True)))
-            found[cell] = drawn(key, n, d % MODULUS)
+            found[cell] = n, d % MODULUS
         if size:
-            found[("pruned",)] = drawn(key, size, digest % MODULUS)
-        return found
+            found[("pruned",)] = size, digest % MODULUS
+        return controlled(key, population, found)
 
 
 @dataclass(slots=True)
@@ -250,7 +312,10 @@ def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date, ce
 
 
 def parameters(found: Figures) -> list[dict[str, Any]]:
-    """The figures as Parameters parameters, each a sum of rounded cells."""
+    """The figures as Parameters parameters, each a sum of rounded cells. A row whose cells
+    all rounded to 0 is left out, as when no patient is in it: the criteria when the
+    evaluated figure is 0, a site not the study's own (none placed near the patient) whose
+    figure is 0; the study's own sites are always listed."""
     evaluated = {cell: n for cell, n in found.cells.items() if cell != ("pruned",)}
     verdicts: Counter[str] = Counter()
     per_site: Counter[str] = Counter()
@@ -266,17 +331,18 @@ def parameters(found: Figures) -> list[dict[str, Any]]:
     total = sum(evaluated.values())
     out = [_count("population", pruned + total), _count("pruned", pruned), _count("evaluated", total),
            _count("eligible", verdicts[ELIGIBLE]), _count("undetermined", verdicts["undetermined"])]
-    sites = sorted(set(found.sites) | set(per_site) - {NO_SITE})
+    sites = sorted(set(found.sites) | {s for s, n in per_site.items() if n} - {NO_SITE})
     out += [{"name": "site", "part": [{"name": "site", "valueReference": {"reference": s}},
                                       _count("may-be-eligible", per_site[s])]} for s in sites]
     if per_site[NO_SITE]:
         out.append({"name": "site", "part": [
             {"name": "site", "valueString": "no recruiting site placed near the patient"},
             _count("may-be-eligible", per_site[NO_SITE])]})
-    out += [{"name": "criterion", "part": [
-        {"name": "key", "valueString": key}, {"name": "text", "valueString": found.texts[key]},
-        *(_count(v, per_criterion[key][v]) for v in VERDICTS)]}
-        for key in sorted(per_criterion, key=lambda k: [int(n) for n in k.split(".")])]
+    if total:
+        out += [{"name": "criterion", "part": [
+            {"name": "key", "valueString": key}, {"name": "text", "valueString": found.texts[key]},
+            *(_count(v, per_criterion[key][v]) for v in VERDICTS)]}
+            for key in sorted(per_criterion, key=lambda k: [int(n) for n in k.split(".")])]
     return out
 
 
