@@ -31,7 +31,6 @@ infer).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import weakref
 from collections import Counter, defaultdict
@@ -80,7 +79,7 @@ _SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[bytes, Figures]]] =
 
 def member_digest(key: bytes, member: str) -> int:
     """A patient's share of a cell's digest: the HMAC of their id under `key`."""
-    return int.from_bytes(hmac.new(key, member.encode(), hashlib.sha256).digest(), "big")
+    return int.from_bytes(hmac.digest(key, member.encode(), "sha256"), "big")
 
 
 def set_digest(key: bytes, members: Iterable[str]) -> int:
@@ -100,7 +99,7 @@ def drawn(key: bytes, size: int, digest: int) -> int:
     low, rest = divmod(size, BASE)
     if rest == 0:
         return size
-    draw = hmac.new(key, b"cell\x00" + digest.to_bytes(32, "big"), hashlib.sha256).digest()
+    draw = hmac.digest(key, b"cell\x00" + digest.to_bytes(32, "big"), "sha256")
     return (low + (int.from_bytes(draw[:8], "big") % BASE < rest)) * BASE
 
 
@@ -124,41 +123,54 @@ def apportioned(key: bytes, total: int, parts: dict[Part, tuple[int, int]]) -> d
     ups = (total - sum(found.values())) // BASE
     left = [part for part, (size, _) in parts.items() if size % BASE]
     assert 0 <= ups <= len(left), "the total is not a rounding of the parts' sum"
-    for part in sorted(left, key=lambda p: _rank(key, *parts[p]))[:ups]:
+    chosen = left if ups in (0, len(left)) else sorted(left, key=lambda p: _rank(key, *parts[p]))
+    for part in chosen[:ups]:
         found[part] += BASE
     return found
 
 
 def _rank(key: bytes, size: int, digest: int) -> tuple[float, int]:
-    draw = hmac.new(key, b"rank\x00" + digest.to_bytes(32, "big"), hashlib.sha256).digest()
+    draw = hmac.digest(key, b"rank\x00" + digest.to_bytes(32, "big"), "sha256")
     priority = (int.from_bytes(draw[:8], "big") + 0.5) / 2**64
     share = size % BASE / BASE
     return priority / (1 - priority) * (1 - share) / share, digest
 
 
-Path = tuple[str, ...]  # a cell's place in the tree: ("pruned",) or ("evaluated", *cell)
-
-
 def controlled(key: bytes, population: tuple[int, int], cells: dict[Cell, tuple[int, int]]) -> dict[Cell, int]:
     """`cells` (each its size and `set_digest`) of `population` (its size and digest, which
     the cells add up to) rounded from the top (module docstring): the population as `drawn`
-    says, then each level of the tree `apportioned` its parent's figure."""
-    paths = {cell if cell == ("pruned",) else ("evaluated", *cell): cell for cell in cells}
-    found = _shared_out(key, drawn(key, *population), {path: cells[cell] for path, cell in paths.items()}, 1)
-    return {paths[path]: n for path, n in found.items()}
+    says, then each level of the tree (`_path`) `apportioned` its parent's figure."""
+    placed = [(_path(cell), cell, size, digest) for cell, (size, digest) in cells.items()]
+    return _shared_out(key, drawn(key, *population), placed, 0)
 
 
-def _shared_out(key: bytes, total: int, leaves: dict[Path, tuple[int, int]], depth: int) -> dict[Path, int]:
-    """The `leaves` under one node of the tree whose rounded size is `total`: its parts (the
-    leaves' paths cut at `depth`) apportioned `total`, each then its own leaves."""
-    groups: dict[Path, dict[Path, tuple[int, int]]] = defaultdict(dict)
-    for path, sized in leaves.items():
-        groups[path[:depth]][path] = sized
-    parts = {node: (sum(n for n, _ in under.values()), sum(d for _, d in under.values()) % MODULUS)
-             for node, under in groups.items()}
-    found: dict[Path, int] = {}
-    for node, n in apportioned(key, total, parts).items():
-        found.update({node: n} if node in leaves else _shared_out(key, n, groups[node], depth + 1))
+Placed = list[tuple[tuple[object, ...], Cell, int, int]]  # cells with their paths, sizes, digests
+
+
+def _path(cell: Cell) -> tuple[object, ...]:
+    """The nodes of the tree from the top down to `cell`: pruned or evaluated, the verdict,
+    the site, the criteria's verdicts. The criteria are one level: a criterion's row adds
+    up cells of every verdict and site, so no level of its own would keep it whole."""
+    return (cell,) if cell == ("pruned",) else ("evaluated", cell[:1], cell[:2], cell)
+
+
+def _shared_out(key: bytes, total: int, cells: Placed, depth: int) -> dict[Cell, int]:
+    """The `cells` under one node of the tree whose rounded size is `total`: its parts (the
+    nodes at `depth` of their paths) apportioned `total`, each then its own cells."""
+    groups: dict[object, Placed] = defaultdict(list)
+    sums: dict[object, tuple[int, int]] = {}
+    for placed in cells:
+        node = placed[0][depth]
+        groups[node].append(placed)
+        n, d = sums.get(node, (0, 0))
+        sums[node] = n + placed[2], d + placed[3]
+    found: dict[Cell, int] = {}
+    for node, n in apportioned(key, total, {node: (n, d % MODULUS) for node, (n, d) in sums.items()}).items():
+        under = groups[node]
+        if len(under) == 1:  # the cell itself, or its only cell below
+            found[under[0][1]] = n
+        else:
+            found.update(_shared_out(key, n, under, depth + 1))
     return found
 
 
