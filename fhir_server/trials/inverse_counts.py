@@ -57,6 +57,7 @@ BASE = 5  # every published count is a multiple of this
 VERDICTS = ("met", "not-met", "unknown", "not-applicable")
 NO_SITE = ""  # patients placed near no recruiting site
 Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
+Rows = dict[str, dict[str, int]]  # the criteria's rows: by criterion key, by verdict
 MODULUS = 2**256  # of a set's digest
 Part = TypeVar("Part")
 
@@ -71,6 +72,7 @@ class Figures:
     texts: dict[str, str]
     sites: tuple[str, ...]
     counted: tuple[Version, ...]
+    criteria: Rows = field(default_factory=dict)
 
 
 # Per store, per study: the stored snapshot record and its figures, parsed once.
@@ -136,12 +138,23 @@ def _rank(key: bytes, size: int, digest: int) -> tuple[float, int]:
     return priority / (1 - priority) * (1 - share) / share, digest
 
 
-def controlled(key: bytes, population: tuple[int, int], cells: dict[Cell, tuple[int, int]]) -> dict[Cell, int]:
+def controlled(key: bytes, population: tuple[int, int], cells: dict[Cell, tuple[int, int]]
+               ) -> tuple[dict[Cell, int], Rows]:
     """`cells` (each its size and `set_digest`) of `population` (its size and digest, which
     the cells add up to) rounded from the top (module docstring): the population as `drawn`
-    says, then each level of the tree (`_path`) `apportioned` its parent's figure."""
+    says, then each level of the tree (`_path`) `apportioned` its parent's figure; and the
+    criteria's rows, each the evaluated figure `apportioned` among that criterion's verdicts."""
     placed = [(_path(cell), cell, size, digest) for cell, (size, digest) in cells.items()]
-    return _shared_out(key, drawn(key, *population), placed, 0)
+    found = _shared_out(key, drawn(key, *population), placed, 0)
+    evaluated = sum(n for cell, n in found.items() if cell != ("pruned",))
+    parts: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+    for cell, (size, digest) in cells.items():
+        for item in cell[2:]:
+            criterion, _, verdict = item.partition("=")
+            n, d = parts[criterion].get(verdict, (0, 0))
+            parts[criterion][verdict] = n + size, d + digest
+    return found, {criterion: apportioned(key, evaluated, {v: (n, d % MODULUS) for v, (n, d) in by.items()})
+                   for criterion, by in parts.items()}
 
 
 Placed = list[tuple[tuple[object, ...], Cell, int, int]]  # cells with their paths, sizes, digests
@@ -191,7 +204,7 @@ class Tally:
             found[0] += 1
             found[1] += digest
 
-    def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> dict[Cell, int]:
+    def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> tuple[dict[Cell, int], Rows]:
         """The `controlled` cells of `trial`, the pruned one the rest of `population` (its
         size, its digest)."""
         size, digest = population
@@ -294,12 +307,15 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
 
 def dumped(found: Figures) -> bytes:
     return orjson.dumps({"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
-                         "texts": found.texts, "sites": list(found.sites)})
+                         "texts": found.texts, "sites": list(found.sites), "criteria": found.criteria})
 
 
 def loaded(body: bytes) -> Figures:
+    """A stored snapshot; one stored before the criteria's rows were rounded apart (no
+    "criteria") is of no day, so that it is computed again."""
     data = orjson.loads(body)
-    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]), ())
+    return Figures(data["day"] if "criteria" in data else "", {tuple(c): n for c, n in data["cells"]},
+                   data["texts"], tuple(data["sites"]), (), data.get("criteria", {}))
 
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
@@ -314,31 +330,29 @@ async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalo
     return snapshot(trial, catalogue, today, tally.rounded(key, population, trial), found.counted)
 
 
-def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date, cells: dict[Cell, int],
-             counted: tuple[Version, ...] = ()) -> Figures:
-    """The study's Figures of `today` from its rounded `cells`."""
+def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
+             rounded: tuple[dict[Cell, int], Rows], counted: tuple[Version, ...] = ()) -> Figures:
+    """The study's Figures of `today` from its `rounded` cells and criteria's rows."""
+    cells, criteria = rounded
     evaluated = any(c != ("pruned",) for c in cells)
     texts = {c.key: c.text for c in trial.criteria} if evaluated else {}
     sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
-    return Figures(today.isoformat(), cells, texts, sites, counted)
+    return Figures(today.isoformat(), cells, texts, sites, counted, criteria)
 
 
 def parameters(found: Figures) -> list[dict[str, Any]]:
-    """The figures as Parameters parameters, each a sum of rounded cells. A row whose cells
-    all rounded to 0 is left out, as when no patient is in it: the criteria when the
-    evaluated figure is 0, a site not the study's own (none placed near the patient) whose
-    figure is 0; the study's own sites are always listed."""
+    """The figures as Parameters parameters: sums of rounded cells, and the criteria's rows
+    as rounded. A row whose cells all rounded to 0 is left out, as when no patient is in
+    it: the criteria when the evaluated figure is 0 (each row adds up to it), a site not the
+    study's own (none placed near the patient) whose figure is 0; the study's own sites are
+    always listed."""
     evaluated = {cell: n for cell, n in found.cells.items() if cell != ("pruned",)}
     verdicts: Counter[str] = Counter()
     per_site: Counter[str] = Counter()
-    per_criterion: dict[str, Counter[str]] = defaultdict(Counter)
-    for (verdict, site, *criteria), n in evaluated.items():
+    for (verdict, site, *_), n in evaluated.items():
         verdicts[verdict] += n
         if verdict != INELIGIBLE:
             per_site[site] += n
-        for item in criteria:
-            criterion, _, value = item.partition("=")
-            per_criterion[criterion][value] += n
     pruned = found.cells.get(("pruned",), 0)
     total = sum(evaluated.values())
     out = [_count("population", pruned + total), _count("pruned", pruned), _count("evaluated", total),
@@ -353,8 +367,8 @@ def parameters(found: Figures) -> list[dict[str, Any]]:
     if total:
         out += [{"name": "criterion", "part": [
             {"name": "key", "valueString": key}, {"name": "text", "valueString": found.texts[key]},
-            *(_count(v, per_criterion[key][v]) for v in VERDICTS)]}
-            for key in sorted(per_criterion, key=lambda k: [int(n) for n in k.split(".")])]
+            *(_count(v, found.criteria[key].get(v, 0)) for v in VERDICTS)]}
+            for key in sorted(found.criteria, key=lambda k: [int(n) for n in k.split(".")])]
     return out
 
 

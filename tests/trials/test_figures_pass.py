@@ -170,9 +170,9 @@ def test_digests_are_order_free_and_split_as_sets_do() -> None:
     tally = inverse_counts.Tally()
     for member in members[:4]:
         tally.add(("undetermined", "", ()), inverse_counts.member_digest(key, member))
-    cells = tally.rounded(key, (len(members), whole), Trial("s", ()))
+    cells, rows = tally.rounded(key, (len(members), whole), Trial("s", ()))
     parts = {("pruned",): members[4:], ("undetermined", ""): members[:4]}
-    assert cells == inverse_counts.controlled(key, (len(members), whole), {
+    assert (cells, rows) == inverse_counts.controlled(key, (len(members), whole), {
         cell: (len(found), inverse_counts.set_digest(key, found)) for cell, found in parts.items()})
     assert sum(cells.values()) == inverse_counts.rounded(key, members)
 

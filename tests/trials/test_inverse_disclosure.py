@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from fhir_server.trials import inverse_counts
 from fhir_server.trials.eligibility import Trial
+from fhir_server.trials.eligibility_format import Criterion
 from fhir_server.trials.inverse_counts import BASE, Cell, Figures, member_digest, parameters, rounded, set_digest
 from tests.builders import consent
 from tests.http.helpers import send
@@ -70,12 +71,25 @@ def _published(sizes: tuple[int, ...], draw: tuple[bool, ...] | None = None) -> 
     `draw`, each cell rounded down (False) or up (True) as the draw says."""
     members = {cell: [f"{cell[0]}-{n}" for n in range(size)] for cell, size in zip(CELLS, sizes)}
     everyone = [m for found in members.values() for m in found]
-    cells = inverse_counts.controlled(KEY, (len(everyone), set_digest(KEY, everyone)),
-                                      {c: (len(m), set_digest(KEY, m)) for c, m in members.items() if m})
+    cells, rows = inverse_counts.controlled(KEY, (len(everyone), set_digest(KEY, everyone)),
+                                            {c: (len(m), set_digest(KEY, m)) for c, m in members.items() if m})
+    # One criterion: its verdicts part the evaluated patients as the verdicts do, and round alike.
+    assert rows == _rows(cells) or not any(n for c, n in cells.items() if c != ("pruned",))
     if draw is not None:
         cells = {cell: size if size % BASE == 0 else size // BASE * BASE + BASE * up
                  for cell, size, up in zip(CELLS, sizes, draw)}
-    return parameters(Figures("2026-12-06", cells, {"1": "Breast cancer"}, SITES, ()))
+    return parameters(Figures("2026-12-06", cells, {"1": "Breast cancer"}, SITES, (), _rows(cells)))
+
+
+def _rows(cells: dict[Cell, int]) -> dict[str, dict[str, int]]:
+    """The criteria's rows as sums of `cells`."""
+    rows: dict[str, dict[str, int]] = {}
+    for cell, n in cells.items():
+        for item in cell[2:]:
+            criterion, _, verdict = item.partition("=")
+            rows.setdefault(criterion, {}).setdefault(verdict, 0)
+            rows[criterion][verdict] += n
+    return rows
 
 
 def _figures_of(published: list[dict[str, Any]]) -> dict[str, int]:
@@ -93,7 +107,8 @@ def _figures_of(published: list[dict[str, Any]]) -> dict[str, int]:
 
 def _exact(sizes: tuple[int, ...]) -> dict[str, int]:
     """The figures of a world of these cell sizes, unrounded."""
-    return _figures_of(parameters(Figures("d", dict(zip(CELLS, sizes)), {"1": "Breast cancer"}, SITES, ())))
+    cells = dict(zip(CELLS, sizes))
+    return _figures_of(parameters(Figures("d", cells, {"1": "Breast cancer"}, SITES, (), _rows(cells))))
 
 
 @settings(max_examples=15, deadline=None)
@@ -132,7 +147,7 @@ def _study(seed: int, pruned: frozenset[str] | None = None) -> dict[str, int]:
         if not (member in pruned if pruned is not None else rng.random() < 0.5):
             cell = (rng.choice(("eligible", "undetermined")), rng.choice(("Location/a", "")), ())
             tally.add(cell, member_digest(KEY, member))
-    cells = tally.rounded(KEY, (len(POPULATION), set_digest(KEY, POPULATION)), Trial(f"s{seed}", ()))
+    cells, _ = tally.rounded(KEY, (len(POPULATION), set_digest(KEY, POPULATION)), Trial(f"s{seed}", ()))
     return _figures_of(parameters(Figures("2026-12-06", cells, {}, SITES, ())))
 
 
@@ -151,6 +166,26 @@ def test_studies_pruning_the_same_patients_give_them_one_figure() -> None:
     studies = [_study(seed, pruned) for seed in range(100)]
     assert len({(s["pruned"], s["evaluated"]) for s in studies}) == 1
     assert all(s["pruned"] + s["evaluated"] == s["population"] for s in studies)
+
+
+def test_a_criterion_gives_the_same_patients_one_row_in_every_study() -> None:
+    """Studies pruning the same patients and sharing a criterion (its verdicts alike) but
+    cutting them otherwise (another criterion, verdicts, sites): the criterion's row is one,
+    not a sum of cells cut differently in each study, whose mean would be the exact count
+    (the 2 patients of unknown age)."""
+    trial = Trial("s", (Criterion("1", "age", "Aged 18 or more"), Criterion("2", "ecog", "ECOG 0-1")))
+    rows = set()
+    for seed in range(100):
+        rng = random.Random(seed)
+        tally = inverse_counts.Tally()
+        for n, member in enumerate(POPULATION[4:]):
+            age = "unknown" if n < 2 else "met"
+            cell = (rng.choice(("eligible", "undetermined")), rng.choice(("Location/a", "")),
+                    (age, rng.choice(("met", "unknown"))))
+            tally.add(cell, member_digest(KEY, member))
+        _, found = tally.rounded(KEY, (len(POPULATION), set_digest(KEY, POPULATION)), trial)
+        rows.add(tuple(sorted(found["1"].items())))
+    assert len(rows) == 1
 
 
 def test_parts_share_out_their_whole_each_about_unbiased() -> None:
@@ -177,7 +212,7 @@ def test_a_row_whose_cells_all_rounded_to_zero_is_listed_as_if_empty() -> None:
     """Evaluated patients whose cells all rounded to 0 (a criterion's row of zeros, a site
     of zeros that is not the study's) answer exactly as no evaluated patient at all."""
     small = {("pruned",): 10, ("eligible", "Location/gone", "1=met"): 0, ("undetermined", "", "1=unknown"): 0}
-    published = parameters(Figures("2026-12-06", small, {"1": "Breast cancer"}, SITES, ()))
+    published = parameters(Figures("2026-12-06", small, {"1": "Breast cancer"}, SITES, (), _rows(small)))
     assert not [p for p in published if p["name"] == "criterion"]
     assert published == parameters(Figures("2026-12-06", {("pruned",): 10}, {}, SITES, ()))
 
