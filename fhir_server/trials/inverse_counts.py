@@ -2,26 +2,25 @@
 control (docs/matching.md, "Disclosure control", with what an investigator can and cannot
 infer).
 
-- **Controlled rounding from the top.** Patients are grouped into cells by everything a
-  figure can tell about them: pruned by the index, or their verdict, the recruiting site
-  nearest them and each criterion's verdict. The population's size is rounded first, to a
-  multiple of BASE (up or down, never further than the next multiple; an exact multiple
-  stays), unbiased, keyed by the server's key and drawn from its patients alone (`drawn`,
-  from the order-free `set_digest` of its members): the same figure in every study of the
-  day. Then each level of a tree (pruned or evaluated; the verdict; the site; each
-  criterion's verdict in turn) shares out its parent's rounded size among its parts
-  (`apportioned`): each part takes the multiple of BASE below it, and as many parts as the
-  parent's rounding leaves one BASE more, chosen by keyed priorities drawn from each part's
-  own members (Pareto order sampling: each part goes up with a probability close to its
-  remainder / BASE). So a set's figure depends on its members, its parent's figure and its
-  siblings, not on how a study cuts it further: the population is one figure whatever the
-  study, `pruned` and `evaluated` one figure in every study pruning the same patients.
-- **Every published figure is a sum of the rounded cells**, and the cells add up to the
-  population's figure: the figures are exactly those of a world whose cells are the rounded
-  ones, in which every figure is a multiple of BASE: no count from 1 to BASE - 1 can be
-  worked out exactly from one day's figures of one study. A row (a criterion, a site other
-  than the study's own) whose cells all rounded to 0 is not listed, as when no patient is
-  in it.
+- **Rounded from the top.** Patients are grouped into cells by everything a figure can tell
+  about them: pruned by the index, or their verdict, the recruiting site nearest them and
+  each criterion's verdict. The population's size is rounded first, to a multiple of BASE
+  (up or down, never further than the next multiple; an exact multiple stays), unbiased,
+  keyed by the server's key and drawn from its patients alone (`drawn`, from the order-free
+  `set_digest` of its members): one figure in every study of the day. Then each level of a
+  tree (pruned or evaluated; the verdict; the site; the cell) shares out its parent's
+  figure among its parts (`apportioned`): each part takes the multiple of BASE below it,
+  and as many parts as the parent's rounding leaves go one BASE more, chosen by keyed
+  priorities drawn from each part's own members (Pareto order sampling: each goes up with
+  a probability close to its remainder / BASE). Each criterion's row is the evaluated
+  figure shared out the same way among that criterion's verdicts. So a figure depends on
+  its own patients, its parent's figure and its siblings, never on how a study cuts it
+  further: the population is one figure whatever the study; `pruned` and `evaluated` one
+  figure in every study pruning the same patients; a criterion's row one row in every such
+  study sharing it. Parts add up to their parent's figure, so no sum of figures has a mean
+  over studies or criteria other than that figure.
+- **Rows of zeros.** A row (a criterion, a site other than the study's own) whose figures
+  all rounded to 0 is not listed, as when no patient is in it.
 - **Daily snapshot.** The figures of a study are computed once a day (UTC), by the daily
   pass (figures_pass.py) or the study's first call, and kept in the store for every server
   process until the day changes, so that two calls around one new
