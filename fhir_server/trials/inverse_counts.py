@@ -161,8 +161,8 @@ Placed = list[tuple[tuple[object, ...], Cell, int, int]]  # cells with their pat
 
 def _path(cell: Cell) -> tuple[object, ...]:
     """The nodes of the tree from the top down to `cell`: pruned or evaluated, the verdict,
-    the site, the criteria's verdicts. The criteria are one level: a criterion's row adds
-    up cells of every verdict and site, so no level of its own would keep it whole."""
+    the site, the cell (its criteria's verdicts, one level: the criteria's rows are rounded
+    apart, `controlled`)."""
     return (cell,) if cell == ("pruned",) else ("evaluated", cell[:1], cell[:2], cell)
 
 
