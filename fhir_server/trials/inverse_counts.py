@@ -1,18 +1,26 @@
 """The figures an investigator sees of the inverse match (trials/inverse.py), under disclosure
-control (docs/matching.md, "Disclosure control").
+control (docs/matching.md, "Disclosure control", with what an investigator can and cannot
+infer).
 
-- **Controlled rounding.** Patients are grouped into cells by everything a figure can tell
+- **Rounded from the top.** Patients are grouped into cells by everything a figure can tell
   about them: pruned by the index, or their verdict, the recruiting site nearest them and
-  each criterion's verdict. Each cell's size is rounded to a multiple of BASE (up or down,
-  never further than the next multiple; an exact multiple stays), unbiased, the draw keyed
-  by the server's key and drawn from the cell's patients alone (`drawn`, from the order-free
-  `set_digest` of its members): the same patients always round the same way, so asking
-  again tells nothing more. Every published figure is then the sum
-  of the rounded cells it covers. So the figures are exactly those of a world whose cells
-  are the rounded ones: whatever one adds or subtracts (population - evaluated, a
-  criterion's verdicts, the sites), that world is as consistent with them as the real one,
-  and in it every figure is a multiple of BASE: no count from 1 to BASE - 1 can be worked
-  out exactly.
+  each criterion's verdict. The population's size is rounded first, to a multiple of BASE
+  (up or down, never further than the next multiple; an exact multiple stays), unbiased,
+  keyed by the server's key and drawn from its patients alone (`drawn`, from the order-free
+  `set_digest` of its members): one figure in every study of the day. Then each level of a
+  tree (pruned or evaluated; the verdict; the site; the cell) shares out its parent's
+  figure among its parts (`apportioned`): each part takes the multiple of BASE below it,
+  and as many parts as the parent's rounding leaves go one BASE more, chosen by keyed
+  priorities drawn from each part's own members (Pareto order sampling: each goes up with
+  a probability close to its remainder / BASE). Each criterion's row is the evaluated
+  figure shared out the same way among that criterion's verdicts. So a figure depends on
+  its own patients, its parent's figure and its siblings, never on how a study cuts it
+  further: the population is one figure whatever the study; `pruned` and `evaluated` one
+  figure in every study pruning the same patients; a criterion's row one row in every such
+  study sharing it. Parts add up to their parent's figure, so no sum of figures has a mean
+  over studies or criteria other than that figure.
+- **Rows of zeros.** A row (a criterion, a site other than the study's own) whose figures
+  all rounded to 0 is not listed, as when no patient is in it.
 - **Daily snapshot.** The figures of a study are computed once a day (UTC), by the daily
   pass (figures_pass.py) or the study's first call, and kept in the store for every server
   process until the day changes, so that two calls around one new
@@ -22,14 +30,13 @@ control (docs/matching.md, "Disclosure control").
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import weakref
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -49,7 +56,9 @@ BASE = 5  # every published count is a multiple of this
 VERDICTS = ("met", "not-met", "unknown", "not-applicable")
 NO_SITE = ""  # patients placed near no recruiting site
 Cell = tuple[str, ...]  # ("pruned",) or (verdict, site, criterion key=verdict, ...)
+Rows = dict[str, dict[str, int]]  # the criteria's rows: by criterion key, by verdict
 MODULUS = 2**256  # of a set's digest
+Part = TypeVar("Part")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,7 @@ class Figures:
     texts: dict[str, str]
     sites: tuple[str, ...]
     counted: tuple[Version, ...]
+    criteria: Rows = field(default_factory=dict)
 
 
 # Per store, per study: the stored snapshot record and its figures, parsed once.
@@ -70,7 +80,7 @@ _SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[bytes, Figures]]] =
 
 def member_digest(key: bytes, member: str) -> int:
     """A patient's share of a cell's digest: the HMAC of their id under `key`."""
-    return int.from_bytes(hmac.new(key, member.encode(), hashlib.sha256).digest(), "big")
+    return int.from_bytes(hmac.digest(key, member.encode(), "sha256"), "big")
 
 
 def set_digest(key: bytes, members: Iterable[str]) -> int:
@@ -90,7 +100,7 @@ def drawn(key: bytes, size: int, digest: int) -> int:
     low, rest = divmod(size, BASE)
     if rest == 0:
         return size
-    draw = hmac.new(key, b"cell\x00" + digest.to_bytes(32, "big"), hashlib.sha256).digest()
+    draw = hmac.digest(key, b"cell\x00" + digest.to_bytes(32, "big"), "sha256")
     return (low + (int.from_bytes(draw[:8], "big") % BASE < rest)) * BASE
 
 
@@ -98,6 +108,82 @@ def rounded(key: bytes, members: Iterable[str]) -> int:
     """The number of `members` rounded as `drawn` says."""
     found = list(members)
     return drawn(key, len(found), set_digest(key, found))
+
+
+def apportioned(key: bytes, total: int, parts: dict[Part, tuple[int, int]]) -> dict[Part, int]:
+    """`parts` (each its size and `set_digest`) of a set whose rounded size is `total` (its
+    size rounded to an adjacent multiple of BASE), each rounded to an adjacent multiple so
+    that they add up to `total`: each takes the multiple below it, and the parts left over
+    go up, chosen among those with a remainder by Pareto order sampling (Rosen 1997): the
+    smallest odds(priority) / odds(remainder / BASE) first, the priority a keyed hash of the
+    part's digest. Each part then goes up with a probability close to remainder / BASE,
+    decided by its own members before its siblings': a part whose members stay keeps its
+    priority whatever else changes, so its draws over days or studies are not fresh coins
+    whose mean is its size."""
+    found = {part: size // BASE * BASE for part, (size, _) in parts.items()}
+    ups = (total - sum(found.values())) // BASE
+    left = [part for part, (size, _) in parts.items() if size % BASE]
+    assert 0 <= ups <= len(left), "the total is not a rounding of the parts' sum"
+    chosen = left if ups in (0, len(left)) else sorted(left, key=lambda p: _rank(key, *parts[p]))
+    for part in chosen[:ups]:
+        found[part] += BASE
+    return found
+
+
+def _rank(key: bytes, size: int, digest: int) -> tuple[float, int]:
+    draw = hmac.digest(key, b"rank\x00" + digest.to_bytes(32, "big"), "sha256")
+    priority = (int.from_bytes(draw[:8], "big") + 0.5) / 2**64
+    share = size % BASE / BASE
+    return priority / (1 - priority) * (1 - share) / share, digest
+
+
+def controlled(key: bytes, population: tuple[int, int], cells: dict[Cell, tuple[int, int]]
+               ) -> tuple[dict[Cell, int], Rows]:
+    """`cells` (each its size and `set_digest`) of `population` (its size and digest, which
+    the cells add up to) rounded from the top (module docstring): the population as `drawn`
+    says, then each level of the tree (`_path`) `apportioned` its parent's figure; and the
+    criteria's rows, each the evaluated figure `apportioned` among that criterion's verdicts."""
+    placed = [(_path(cell), cell, size, digest) for cell, (size, digest) in cells.items()]
+    found = _shared_out(key, drawn(key, *population), placed, 0)
+    evaluated = sum(n for cell, n in found.items() if cell != ("pruned",))
+    parts: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+    for cell, (size, digest) in cells.items():
+        for item in cell[2:]:
+            criterion, _, verdict = item.partition("=")
+            n, d = parts[criterion].get(verdict, (0, 0))
+            parts[criterion][verdict] = n + size, d + digest
+    return found, {criterion: apportioned(key, evaluated, {v: (n, d % MODULUS) for v, (n, d) in by.items()})
+                   for criterion, by in parts.items()}
+
+
+Placed = list[tuple[tuple[object, ...], Cell, int, int]]  # cells with their paths, sizes, digests
+
+
+def _path(cell: Cell) -> tuple[object, ...]:
+    """The nodes of the tree from the top down to `cell`: pruned or evaluated, the verdict,
+    the site, the cell (its criteria's verdicts, one level: the criteria's rows are rounded
+    apart, `controlled`)."""
+    return (cell,) if cell == ("pruned",) else ("evaluated", cell[:1], cell[:2], cell)
+
+
+def _shared_out(key: bytes, total: int, cells: Placed, depth: int) -> dict[Cell, int]:
+    """The `cells` under one node of the tree whose rounded size is `total`: its parts (the
+    nodes at `depth` of their paths) apportioned `total`, each then its own cells."""
+    groups: dict[object, Placed] = defaultdict(list)
+    sums: dict[object, tuple[int, int]] = {}
+    for placed in cells:
+        node = placed[0][depth]
+        groups[node].append(placed)
+        n, d = sums.get(node, (0, 0))
+        sums[node] = n + placed[2], d + placed[3]
+    found: dict[Cell, int] = {}
+    for node, n in apportioned(key, total, {node: (n, d % MODULUS) for node, (n, d) in sums.items()}).items():
+        under = groups[node]
+        if len(under) == 1:  # the cell itself, or its only cell below
+            found[under[0][1]] = n
+        else:
+            found.update(_shared_out(key, n, under, depth + 1))
+    return found
 
 
 Key = tuple[str, str, tuple[str, ...]]  # a cell while counting: verdict, site, criteria's verdicts
@@ -117,18 +203,18 @@ class Tally:
             found[0] += 1
             found[1] += digest
 
-    def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> dict[Cell, int]:
-        """The rounded cells of `trial`, the pruned one the rest of `population` (its size,
-        its digest)."""
+    def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> tuple[dict[Cell, int], Rows]:
+        """The `controlled` cells of `trial`, the pruned one the rest of `population` (its
+        size, its digest)."""
         size, digest = population
-        found: dict[Cell, int] = {}
+        found: dict[Cell, tuple[int, int]] = {}
         for (verdict, site, verdicts), (n, d) in self.cells.items():
             size, digest = size - n, digest - d
             cell = (verdict, site, *(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True)))
-            found[cell] = drawn(key, n, d % MODULUS)
+            found[cell] = n, d % MODULUS
         if size:
-            found[("pruned",)] = drawn(key, size, digest % MODULUS)
-        return found
+            found[("pruned",)] = size, digest % MODULUS
+        return controlled(key, population, found)
 
 
 @dataclass(slots=True)
@@ -220,12 +306,15 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
 
 def dumped(found: Figures) -> bytes:
     return orjson.dumps({"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
-                         "texts": found.texts, "sites": list(found.sites)})
+                         "texts": found.texts, "sites": list(found.sites), "criteria": found.criteria})
 
 
 def loaded(body: bytes) -> Figures:
+    """A stored snapshot; one stored before the criteria's rows were rounded apart (no
+    "criteria") is of no day, so that it is computed again."""
     data = orjson.loads(body)
-    return Figures(data["day"], {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]), ())
+    return Figures(data["day"] if "criteria" in data else "", {tuple(c): n for c, n in data["cells"]},
+                   data["texts"], tuple(data["sites"]), (), data.get("criteria", {}))
 
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
@@ -240,43 +329,45 @@ async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalo
     return snapshot(trial, catalogue, today, tally.rounded(key, population, trial), found.counted)
 
 
-def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date, cells: dict[Cell, int],
-             counted: tuple[Version, ...] = ()) -> Figures:
-    """The study's Figures of `today` from its rounded `cells`."""
+def snapshot(trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
+             rounded: tuple[dict[Cell, int], Rows], counted: tuple[Version, ...] = ()) -> Figures:
+    """The study's Figures of `today` from its `rounded` cells and criteria's rows."""
+    cells, criteria = rounded
     evaluated = any(c != ("pruned",) for c in cells)
     texts = {c.key: c.text for c in trial.criteria} if evaluated else {}
     sites = tuple(sorted({s.location for s in catalogue.sites[trial.study]}))
-    return Figures(today.isoformat(), cells, texts, sites, counted)
+    return Figures(today.isoformat(), cells, texts, sites, counted, criteria)
 
 
 def parameters(found: Figures) -> list[dict[str, Any]]:
-    """The figures as Parameters parameters, each a sum of rounded cells."""
+    """The figures as Parameters parameters: sums of rounded cells, and the criteria's rows
+    as rounded. A row whose cells all rounded to 0 is left out, as when no patient is in
+    it: the criteria when the evaluated figure is 0 (each row adds up to it), a site not the
+    study's own (none placed near the patient) whose figure is 0; the study's own sites are
+    always listed."""
     evaluated = {cell: n for cell, n in found.cells.items() if cell != ("pruned",)}
     verdicts: Counter[str] = Counter()
     per_site: Counter[str] = Counter()
-    per_criterion: dict[str, Counter[str]] = defaultdict(Counter)
-    for (verdict, site, *criteria), n in evaluated.items():
+    for (verdict, site, *_), n in evaluated.items():
         verdicts[verdict] += n
         if verdict != INELIGIBLE:
             per_site[site] += n
-        for item in criteria:
-            criterion, _, value = item.partition("=")
-            per_criterion[criterion][value] += n
     pruned = found.cells.get(("pruned",), 0)
     total = sum(evaluated.values())
     out = [_count("population", pruned + total), _count("pruned", pruned), _count("evaluated", total),
            _count("eligible", verdicts[ELIGIBLE]), _count("undetermined", verdicts["undetermined"])]
-    sites = sorted(set(found.sites) | set(per_site) - {NO_SITE})
+    sites = sorted(set(found.sites) | {s for s, n in per_site.items() if n} - {NO_SITE})
     out += [{"name": "site", "part": [{"name": "site", "valueReference": {"reference": s}},
                                       _count("may-be-eligible", per_site[s])]} for s in sites]
     if per_site[NO_SITE]:
         out.append({"name": "site", "part": [
             {"name": "site", "valueString": "no recruiting site placed near the patient"},
             _count("may-be-eligible", per_site[NO_SITE])]})
-    out += [{"name": "criterion", "part": [
-        {"name": "key", "valueString": key}, {"name": "text", "valueString": found.texts[key]},
-        *(_count(v, per_criterion[key][v]) for v in VERDICTS)]}
-        for key in sorted(per_criterion, key=lambda k: [int(n) for n in k.split(".")])]
+    if total:
+        out += [{"name": "criterion", "part": [
+            {"name": "key", "valueString": key}, {"name": "text", "valueString": found.texts[key]},
+            *(_count(v, found.criteria[key].get(v, 0)) for v in VERDICTS)]}
+            for key in sorted(found.criteria, key=lambda k: [int(n) for n in k.split(".")])]
     return out
 
 

@@ -170,9 +170,11 @@ def test_digests_are_order_free_and_split_as_sets_do() -> None:
     tally = inverse_counts.Tally()
     for member in members[:4]:
         tally.add(("undetermined", "", ()), inverse_counts.member_digest(key, member))
-    cells = tally.rounded(key, (len(members), whole), Trial("s", ()))
-    assert cells[("pruned",)] == inverse_counts.rounded(key, members[4:])
-    assert cells[("undetermined", "")] == inverse_counts.rounded(key, members[:4])
+    cells, rows = tally.rounded(key, (len(members), whole), Trial("s", ()))
+    parts = {("pruned",): members[4:], ("undetermined", ""): members[:4]}
+    assert (cells, rows) == inverse_counts.controlled(key, (len(members), whole), {
+        cell: (len(found), inverse_counts.set_digest(key, found)) for cell, found in parts.items()})
+    assert sum(cells.values()) == inverse_counts.rounded(key, members)
 
 
 def test_the_server_starts_the_pass_at_start_and_on_each_new_day_in_a_niced_process(

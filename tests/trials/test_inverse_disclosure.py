@@ -4,6 +4,7 @@ pseudonyms and one referral request per candidate (trials/prescreening.py)."""
 from __future__ import annotations
 
 import itertools
+import random
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,9 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings, strategies as st
 
 from fhir_server.trials import inverse_counts
-from fhir_server.trials.inverse_counts import BASE, Cell, Figures, parameters, rounded
+from fhir_server.trials.eligibility import Trial
+from fhir_server.trials.eligibility_format import Criterion
+from fhir_server.trials.inverse_counts import BASE, Cell, Figures, member_digest, parameters, rounded, set_digest
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.trials.conftest import served
@@ -66,13 +69,27 @@ SITES = ("Location/a",)
 def _published(sizes: tuple[int, ...], draw: tuple[bool, ...] | None = None) -> list[dict[str, Any]]:
     """The parameters for a world of these cell sizes: rounded by the server's rule, or, with
     `draw`, each cell rounded down (False) or up (True) as the draw says."""
-    cells = {}
-    for cell, size, up in zip(CELLS, sizes, draw or (None,) * len(CELLS)):
-        members = [f"{cell[0]}-{n}" for n in range(size)]
-        low = size // BASE * BASE
-        cells[cell] = rounded(KEY, members) if up is None else (
-            size if size % BASE == 0 else low + BASE * up)
-    return parameters(Figures("2026-12-06", cells, {"1": "Breast cancer"}, SITES, ()))
+    members = {cell: [f"{cell[0]}-{n}" for n in range(size)] for cell, size in zip(CELLS, sizes)}
+    everyone = [m for found in members.values() for m in found]
+    cells, rows = inverse_counts.controlled(KEY, (len(everyone), set_digest(KEY, everyone)),
+                                            {c: (len(m), set_digest(KEY, m)) for c, m in members.items() if m})
+    # One criterion: its verdicts part the evaluated patients as the verdicts do, and round alike.
+    assert rows == _rows(cells) or not any(n for c, n in cells.items() if c != ("pruned",))
+    if draw is not None:
+        cells = {cell: size if size % BASE == 0 else size // BASE * BASE + BASE * up
+                 for cell, size, up in zip(CELLS, sizes, draw)}
+    return parameters(Figures("2026-12-06", cells, {"1": "Breast cancer"}, SITES, (), _rows(cells)))
+
+
+def _rows(cells: dict[Cell, int]) -> dict[str, dict[str, int]]:
+    """The criteria's rows as sums of `cells`."""
+    rows: dict[str, dict[str, int]] = {}
+    for cell, n in cells.items():
+        for item in cell[2:]:
+            criterion, _, verdict = item.partition("=")
+            rows.setdefault(criterion, {}).setdefault(verdict, 0)
+            rows[criterion][verdict] += n
+    return rows
 
 
 def _figures_of(published: list[dict[str, Any]]) -> dict[str, int]:
@@ -90,7 +107,8 @@ def _figures_of(published: list[dict[str, Any]]) -> dict[str, int]:
 
 def _exact(sizes: tuple[int, ...]) -> dict[str, int]:
     """The figures of a world of these cell sizes, unrounded."""
-    return _figures_of(parameters(Figures("d", dict(zip(CELLS, sizes)), {"1": "Breast cancer"}, SITES, ())))
+    cells = dict(zip(CELLS, sizes))
+    return _figures_of(parameters(Figures("d", cells, {"1": "Breast cancer"}, SITES, (), _rows(cells))))
 
 
 @settings(max_examples=15, deadline=None)
@@ -113,6 +131,90 @@ def test_no_published_figure_lets_one_recompute_a_small_count(sizes: tuple[int, 
         assert value in others.get(name, set())  # the real world is among them
         if 0 < value < BASE:
             assert others[name] - {value}, f"{name} = {value} can be worked out from {seen}"
+
+
+# Figures of the same patients across studies (averaging them must not give the exact count).
+
+POPULATION = [f"p{n}" for n in range(13)]  # rounds to 10 or 15
+
+
+def _study(seed: int, pruned: frozenset[str] | None = None) -> dict[str, int]:
+    """The published figures of a study of POPULATION drawn at random: its `pruned` patients
+    (else half of them at random), the others in cells of random verdict and site."""
+    rng = random.Random(seed)
+    tally = inverse_counts.Tally()
+    for member in POPULATION:
+        if not (member in pruned if pruned is not None else rng.random() < 0.5):
+            cell = (rng.choice(("eligible", "undetermined")), rng.choice(("Location/a", "")), ())
+            tally.add(cell, member_digest(KEY, member))
+    cells, _ = tally.rounded(KEY, (len(POPULATION), set_digest(KEY, POPULATION)), Trial(f"s{seed}", ()))
+    return _figures_of(parameters(Figures("2026-12-06", cells, {}, SITES, ())))
+
+
+def test_the_population_figure_is_drawn_from_the_population_alone() -> None:
+    """The reviewer's average: the population split into cells differently by each study,
+    each cell rounded apart, gave a figure whose mean over studies was the exact population
+    (and two days' means the exact number of newcomers). Now it is one draw, that of the
+    population's own members, in every study."""
+    figures = [_study(seed)["population"] for seed in range(300)]
+    assert set(figures) == {rounded(KEY, POPULATION)}
+    assert sum(figures) / len(figures) != len(POPULATION)
+
+
+def test_studies_pruning_the_same_patients_give_them_one_figure() -> None:
+    pruned = frozenset(POPULATION[:6])
+    studies = [_study(seed, pruned) for seed in range(100)]
+    assert len({(s["pruned"], s["evaluated"]) for s in studies}) == 1
+    assert all(s["pruned"] + s["evaluated"] == s["population"] for s in studies)
+
+
+def test_a_criterion_gives_the_same_patients_one_row_in_every_study() -> None:
+    """Studies pruning the same patients and sharing a criterion (its verdicts alike) but
+    cutting them otherwise (another criterion, verdicts, sites): the criterion's row is one,
+    not a sum of cells cut differently in each study, whose mean would be the exact count
+    (the 2 patients of unknown age)."""
+    trial = Trial("s", (Criterion("1", "age", "Aged 18 or more"), Criterion("2", "ecog", "ECOG 0-1")))
+    rows = set()
+    for seed in range(100):
+        rng = random.Random(seed)
+        tally = inverse_counts.Tally()
+        for n, member in enumerate(POPULATION[4:]):
+            age = "unknown" if n < 2 else "met"
+            cell = (rng.choice(("eligible", "undetermined")), rng.choice(("Location/a", "")),
+                    (age, rng.choice(("met", "unknown"))))
+            tally.add(cell, member_digest(KEY, member))
+        _, found = tally.rounded(KEY, (len(POPULATION), set_digest(KEY, POPULATION)), trial)
+        rows.add(tuple(sorted(found["1"].items())))
+    assert len(rows) == 1
+
+
+def test_parts_share_out_their_whole_each_about_unbiased() -> None:
+    """Each part goes up with a probability close to its remainder / BASE (Pareto order
+    sampling), and the parts add up to the whole's figure whatever the draw."""
+    sizes = {"a": 1, "b": 3, "c": 7, "d": 10, "e": 2}
+    members = {p: [f"{p}{n}" for n in range(size)] for p, size in sizes.items()}
+    everyone = [m for found in members.values() for m in found]
+    sums = dict.fromkeys(sizes, 0)
+    runs = 2000
+    for run in range(runs):
+        key = run.to_bytes(4, "big") * 8
+        whole = rounded(key, everyone)
+        found = inverse_counts.apportioned(key, whole, {p: (len(m), set_digest(key, m)) for p, m in members.items()})
+        assert sum(found.values()) == whole and found["d"] == 10
+        assert all(0 <= found[p] - sizes[p] + sizes[p] % BASE <= BASE for p in sizes if sizes[p] % BASE)
+        for part, n in found.items():
+            sums[part] += n
+    for part, size in sizes.items():
+        assert abs(sums[part] / runs - size) < 0.35, (part, sums[part] / runs)
+
+
+def test_a_row_whose_cells_all_rounded_to_zero_is_listed_as_if_empty() -> None:
+    """Evaluated patients whose cells all rounded to 0 (a criterion's row of zeros, a site
+    of zeros that is not the study's) answer exactly as no evaluated patient at all."""
+    small = {("pruned",): 10, ("eligible", "Location/gone", "1=met"): 0, ("undetermined", "", "1=unknown"): 0}
+    published = parameters(Figures("2026-12-06", small, {"1": "Breast cancer"}, SITES, (), _rows(small)))
+    assert not [p for p in published if p["name"] == "criterion"]
+    assert published == parameters(Figures("2026-12-06", {("pruned",): 10}, {}, SITES, ()))
 
 
 def test_rounding_is_unbiased_and_stable() -> None:
