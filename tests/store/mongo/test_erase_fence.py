@@ -1,6 +1,6 @@
 """The MongoDB store's conditional erasure (store/mongo/erase.py): one multi-document
-transaction that bumps the compartment's fence first, which every unit creating a resource
-in the compartment bumps too, so that MongoDB's write conflicts order such a unit before the
+transaction that bumps the compartment's fence first, which every unit putting a resource
+in the compartment (creating it, or updating it into it) bumps too, so that MongoDB's write conflicts order such a unit before the
 erasure's check or after its commit. The double runs transactions one at a time, so these
 tests check what each side sends; a write conflict is injected as a server would raise it."""
 
@@ -14,6 +14,7 @@ from pymongo.errors import OperationFailure
 from fhir_server import clock
 from fhir_server.search import default_registry
 from fhir_server.services.erase import compartment
+from fhir_server.store.base import Delete
 from fhir_server.store.mongo import MongoStore
 from tests.builders import observation
 from tests.store.conftest import encrypting, migrated_double
@@ -79,3 +80,23 @@ async def test_a_conditional_erasure_that_loses_a_write_conflict_runs_again(stor
     assert len(double.transaction_options) == started + 2
     assert erased.resources == {"Patient": 1, "Observation": 3}
     assert await store.read("Patient", "a") is None
+
+
+async def test_an_update_that_makes_a_resource_a_member_bumps_its_fence(store: MongoStore) -> None:
+    """An Observation whose `focus` is a (it lives with a's data, in no compartment) made
+    about a: same shard, no guard, yet a's erasure must conflict with it. Leaving the
+    compartment or being deleted conflicts with the erasure's delete of the member instead."""
+    await _seed(store)
+    await store.commit([_write("Observation", "near", observation(
+        "Group/g", focus=[{"reference": "Patient/a"}]))])
+    before = (await store.guards.find_one({"_id": FENCE}) or {}).get("writes", 0)
+    calls = _double(store).calls
+    calls.clear()
+    await store.commit([_write("Observation", "near", observation("Patient/a"))])
+    assert [c.in_transaction for c in _bumps(calls)] == [True]
+    assert (await store.guards.find_one({"_id": FENCE}) or {})["writes"] == before + 1
+    calls.clear()
+    await store.commit([_write("Observation", "near", observation(  # leaves
+        "Group/g", focus=[{"reference": "Patient/a"}]))])
+    await store.commit([Delete("Observation", "a0")])
+    assert _bumps(calls) == []
