@@ -390,10 +390,14 @@ class MongoStore:
             since = None if unless_updated_since is None else clock.micros(unless_updated_since)
             return await mongo_erase.remove(self, compartment, last, since)
 
+        since = clock.micros(unless_updated_since)
+
         async def attempt() -> Erasure:
+            # Before the transaction, so that its bound does not bound the scan (erase.py).
+            found = await mongo_erase.survey(self, compartment, last[1], since)
             async with self.transaction() as unit:
-                return await mongo_erase.remove(self, compartment, last,
-                                                clock.micros(unless_updated_since), unit.session)
+                return await mongo_erase.remove(self, compartment, last, session=unit.session,
+                                                found=found)
 
         return await self._attempts(attempt)
 
