@@ -10,25 +10,36 @@ Patient and finishes the rest. MongoDB overwrites the space of removed documents
 WiredTiger reuses it; a backup of the database taken before the erasure is handled by the
 erasure ledger (docs/backup-and-erasure.md).
 
-A conditional erasure (`unless_updated_since`, the retention's) runs in one multi-document
-transaction on a replica set, so that its check and its removal are one atomic unit. A
-snapshot read does not stop a concurrent write: MongoDB's transactions conflict on writes
-only ("In-progress Transactions and Write Conflicts" and "... and Stale Reads",
-https://www.mongodb.com/docs/manual/core/transactions-production-consideration/): a
+A conditional erasure (`unless_updated_since`, the retention's) removes in one
+multi-document transaction on a replica set, so that its check and its removal are one
+atomic unit. A snapshot read does not stop a concurrent write: MongoDB's transactions
+conflict on writes only ("In-progress Transactions and Write Conflicts" and "... and Stale
+Reads", https://www.mongodb.com/docs/manual/core/transactions-production-consideration/): a
 transaction that modifies a document written outside it since it started aborts with a
 write conflict (TransientTransactionError), and a write to a document the transaction has
 modified waits for it or conflicts. So:
 - an update or deletion of a member conflicts with the erasure's own delete of that member;
-- a resource created in the compartment (or moved into it) touches no document the erasure
-  reads, so every unit writing one also bumps the compartment's FENCE document (store.py
-  `_MongoUnit._queue`), which the erasure bumps first of all. The bump must change the
-  document (`$inc`): a write that changes nothing conflicts with nothing (SERVER-77616).
+- a write that puts a resource in the compartment (a create, or an update adding a
+  compartment reference) touches no document the erasure reads, so it also bumps the
+  compartment's FENCE document (store.py `_MongoUnit._queue`), which the erasure's
+  transaction bumps first of all. The bump must change the document (`$inc`): a write that
+  changes nothing conflicts with nothing (SERVER-77616).
 Either way the concurrent write commits before the erasure's snapshot (and its check sees
-it), or one of the two aborts and runs again (then the check sees it). The transaction is
-a unit's (store.py `transaction`): bounded by ATTEMPT_SECONDS, so a record too large to
-erase in it fails (the retention reports it and keeps the record; retention's records are
-some 120 resources). A standalone server has no transactions: there the condition is
-checked, then the removal made, with the window between them (docs/privacy.md).
+it), or one of the two aborts and runs again (then the check sees it).
+
+The deleted members are found by reading every deleted resource of the compartment's types
+(store/erasure.py), which grows with the store, not with the record: that scan runs before
+the transaction, in a `survey` that reads the fence first, then the current members, then
+the deleted ones. The transaction bumps the fence and compares: anything else bumped it
+since the survey (a resource joined the compartment, maybe deleted again since), and the
+erasure runs again from a new survey. Otherwise every member at the transaction's snapshot
+was in the survey: it reads the current ones again, keeps the survey's deleted ones still
+deleted as they were, and takes of its current ones gone since those deleted whose last body
+was a member. The transaction is a unit's (store.py `transaction`): bounded by
+ATTEMPT_SECONDS, so a record too large to erase in it fails (the retention reports it and
+keeps the record; retention's records are some 120 resources). A standalone server has no
+transactions: there the condition is checked, then the removal made, with the window
+between them (docs/privacy.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 transaction that bumps the compartment's fence first, which every unit putting a resource
 in the compartment (creating it, or updating it into it) bumps too, so that MongoDB's write conflicts order such a unit before the
 erasure's check or after its commit. The double runs transactions one at a time, so these
-tests check what each side sends; a write conflict is injected as a server would raise it."""
+tests check what each side sends; a write conflict is injected as a server would raise it.
+The window between the erasure's survey (outside the transaction) and its transaction is
+run for real: writes are committed in it."""
 
 from __future__ import annotations
 
