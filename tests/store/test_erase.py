@@ -166,22 +166,26 @@ async def test_a_conditional_erasure_with_no_write_since_erases_as_before(store:
 
 async def test_a_write_sent_during_a_conditional_erasure_lands_after_it(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A result for a sent once the erasure has checked a's compartment (while it reads the
-    deleted members' last bodies) is not erased: it waits for the erasure's transaction (SQLite's
-    write lock; on MongoDB, the compartment's fence), and lands after it."""
+    """A result for a sent once the erasure's transaction has begun checking a's compartment
+    (as it cuts keys into batches: SQLite's condition, MongoDB's members after the check) is
+    not erased: it waits for the erasure's transaction (SQLite's write lock; on MongoDB, the
+    compartment's fence), and lands after it. (MongoDB reads the deleted members' last bodies
+    before its transaction: a write sent then may land before it, and make the record active.)"""
     await _seed(store)
     loop = asyncio.get_running_loop()
     sent: list[asyncio.Future[list[Result]]] = []
-    was_member = erasure.was_member
+    batches = erasure.batches
+    calls: list[list[Any]] = []
 
-    def meanwhile(*args: Any) -> bool:
-        if not sent:  # from the erasure's thread (SQLite) or its coroutine (MongoDB)
+    def meanwhile(keys: list[Any]) -> list[list[Any]]:
+        calls.append(keys)
+        if len(calls) == 1:  # from the erasure's thread (SQLite) or its coroutine (MongoDB)
             loop.call_soon_threadsafe(lambda: sent.append(asyncio.ensure_future(
                 store.commit([_write("Observation", "late", observation("Patient/a"))]))))
-        return was_member(*args)
+        return batches(keys)
 
     for module in _erasures():
-        monkeypatch.setattr(module, "was_member", meanwhile)
+        monkeypatch.setattr(module, "batches", meanwhile)
     erased = await store.erase(compartment(default_registry(), "a"), ("Patient", "a"), clock.now())
     assert sent and not sent[0].done()  # sent while the erasure ran, committed after it
     assert erased.resources == {"Patient": 1, "Observation": 3}

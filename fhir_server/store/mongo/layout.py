@@ -123,6 +123,21 @@ def patients(resource_type: str, id: str, entries: Iterable[IndexEntry]) -> set[
             and entry.type == "Patient" and entry.url is None and entry.id}
 
 
+def members_of(document: dict[str, Any] | None, codes: Iterable[str]) -> frozenset[str]:
+    """The ids of the patients whose compartment a resource document puts it in: a Patient
+    its own; another resource, the patients its entries reference locally through `codes`
+    (the parameters of its type's compartment), as filters.py matches a compartment (`p`,
+    `t`, `i`, no `u`). A deletion, or no document, is in none."""
+    if document is None or document.get("deleted", True):
+        return frozenset()
+    if document["type"] == "Patient":
+        return frozenset({document["id"]})
+    wanted = set(codes)
+    return frozenset(ref["i"] for ref in document.get("ref", ())
+                     if ref["p"] in wanted and ref.get("t") == "Patient" and "u" not in ref
+                     and ref.get("i"))
+
+
 def resource_document(
     *, resource_type: str, id: str, pk: ObjectId, version: int, last_updated: str, lu: int,
     method: str, body: bytes | None, shard: str, entries: Sequence[IndexEntry],

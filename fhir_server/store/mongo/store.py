@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -390,10 +390,14 @@ class MongoStore:
             since = None if unless_updated_since is None else clock.micros(unless_updated_since)
             return await mongo_erase.remove(self, compartment, last, since)
 
+        since = clock.micros(unless_updated_since)
+
         async def attempt() -> Erasure:
+            # Before the transaction, so that its bound does not bound the scan (erase.py).
+            found = await mongo_erase.survey(self, compartment, last[1], since)
             async with self.transaction() as unit:
-                return await mongo_erase.remove(self, compartment, last,
-                                                clock.micros(unless_updated_since), unit.session)
+                return await mongo_erase.remove(self, compartment, last, session=unit.session,
+                                                found=found)
 
         return await self._attempts(attempt)
 
@@ -593,7 +597,8 @@ class _Writes:
     fences: set[str] = field(default_factory=set)  # patients whose compartment fence is bumped
 
 
-_CURRENT_FIELDS = {"version": 1, "deleted": 1, "pk": 1, "shard": 1}
+# `ref` too: the compartments a write adds the resource to (layout.members_of).
+_CURRENT_FIELDS = {"type": 1, "id": 1, "version": 1, "deleted": 1, "pk": 1, "shard": 1, "ref": 1}
 
 
 class _MongoUnit:
@@ -795,17 +800,20 @@ class _MongoUnit:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _queue(self, current: dict[str, Any] | None, doc: dict[str, Any],
-               patients: Iterable[str] = ()) -> None:
+    def _queue(self, current: dict[str, Any] | None, doc: dict[str, Any]) -> None:
         """Queue the resource document, its history document and its guard.
 
         The resource document is replaced only if it still holds the version read, a history
         document's id names its version, and a create writes the guard of its key: a
         concurrent writer of the same resource, in any compartment, makes this unit lose (in
-        a transaction the server reports the conflict on the guard itself). A resource that
-        may join the compartments of `patients` (created, moved, or referring to several)
-        bumps their fences, so that a conditional erasure of one conflicts with it
-        (erase.py); any other write conflicts with the erasure's delete of its document.
+        a transaction the server reports the conflict on the guard itself). A write that puts
+        the resource in a patient's compartment it was not in (a create, or an update adding
+        a compartment reference: `subject` where only `focus` named the patient) bumps that
+        compartment's fence, so that a conditional erasure of it conflicts with the write
+        (erase.py). The bump goes in the guards' bulk write, which a create sends anyway; an
+        update joining a compartment without moving (rare) sends one for it. Any other write
+        (an update, leaving a compartment, a deletion) conflicts with the erasure's delete of
+        the member's document, or touches no member.
         """
         size = len(bson.encode(doc))
         if size > self._max_document:
@@ -817,8 +825,10 @@ class _MongoUnit:
             raise _too_costly(f"The transaction writes more than this server's limit of "
                               f"{MAX_UNIT_BYTES // (1024 * 1024)} MiB per MongoDB transaction")
         writes, key, shard = self._writes, doc["_id"], doc["shard"]
-        if self.session is not None and (guarded or shard == layout.SHARED_SHARD):
-            fences = set(patients) - writes.fences
+        if self.session is not None:
+            codes = self.store.registry.patient_compartment(doc["type"])
+            joined = layout.members_of(doc, codes) - layout.members_of(current, codes)
+            fences = joined - writes.fences
             self.count_writes(len(fences))
             writes.fences |= fences
         if guarded:  # new, or moved to another shard
@@ -837,7 +847,7 @@ class _MongoUnit:
             resource_type=doc["type"], id=doc["id"], version=doc["version"],
             last_updated=doc["lastUpdated"], lu=doc["lu"], seq=ObjectId(),
             method=doc["method"], body=doc["body"], shard=shard))
-        self._current[key] = {k: doc[k] for k in _CURRENT_FIELDS}
+        self._current[key] = {k: doc[k] for k in _CURRENT_FIELDS if k in doc}
 
     async def flush(self) -> None:
         """Send the queued writes: one ordered bulk write per collection."""
@@ -874,7 +884,7 @@ class _MongoUnit:
             pk=current["pk"] if current else ObjectId(), version=version,
             last_updated=self.last_updated, lu=self.micros, method=op.method, body=stored_body,
             shard=_shard_of(op), entries=op.entries, blind=self.store.blind)
-        self._queue(current, doc, layout.patients(op.resource_type, op.id, op.entries))
+        self._queue(current, doc)
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)
         created = current is None or current["deleted"]
         return Result("created" if created else "updated", (stored,))
