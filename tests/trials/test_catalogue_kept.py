@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,22 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhir_server import clock
-from fhir_server.access import server_principal
-from fhir_server.model.validation import Validator
 from fhir_server.search import default_registry, extract, parse_query
 from fhir_server.services.context import Context
 from fhir_server.store.base import Delete, Store, Write
-from fhir_server.store.mongo import MongoStore
-from fhir_server.store.sqlite import SqliteStore
 from fhir_server.trials import match_catalogue
 from fhir_server.trials.eligibility import read_record
-from tests.store.conftest import DOUBLE, dispose, encrypting, migrated_double
+from tests.store.conftest import DOUBLE
+from tests.trials.kept_stores import LATE, Handle, Stores, context, opened
 from tests.trials.eligibility_builders import condition, group, patient
 from tests.trials.match_world import CRITERIA, RECENT, location, site
 
 STUDIES, GROUPS, PLACES = ("s0", "s1", "s2"), ("g0", "g1", "g2"), ("l0", "l1", "l2")
 MEMBER = "Patient/p"
-LATE = 20  # seconds: a MongoDB version may appear this far behind newer ones (< SETTLE_SECONDS)
 
 
 def _study(id: str, enrolled: list[str], sites: list[tuple[str, str]], active: bool) -> dict[str, Any]:
@@ -76,48 +71,6 @@ STEP = st.one_of(studies, groups, places, deletions, st.just(("erase", MEMBER)),
                  st.tuples(st.just("tick"), st.sampled_from([0.000001, 1.0, 30.0])))
 # A step: what it does, whether the second handle writes it, whether it is stamped late.
 STEPS = st.lists(st.tuples(STEP, st.booleans(), st.booleans()), min_size=5, max_size=40)
-
-
-class Handle:
-    """The same store under another object: a catalogue it keeps is its own (read afresh)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-
-@dataclass
-class Stores:
-    first: Store  # the one the kept catalogue is read through
-    second: Store  # another handle (another worker process) on the same data
-    late: bool  # versions may be stamped before newer ones (MongoDB's concurrent units)
-
-
-@asynccontextmanager
-async def _stores(kind: str, folder: Path) -> AsyncIterator[Stores]:
-    if kind == "sqlite":
-        first: Store = SqliteStore(folder / "catalogue.db", codec=encrypting(folder))
-        await first.migrate()
-        await first.open()
-        second: Store = SqliteStore(folder / "catalogue.db", codec=encrypting(folder))
-    else:
-        first = await asyncio.to_thread(migrated_double, None, encrypting(folder))
-        await first.open()
-        assert isinstance(first, MongoStore)
-        second = MongoStore(first.client, codec=encrypting(folder))
-    await second.open()
-    try:
-        yield Stores(first, second, kind == DOUBLE)
-    finally:
-        await second.close()
-        await dispose(first)
-
-
-def _context(store: Store | Handle) -> Context:
-    return Context(store=store, validator=Validator(), registry=default_registry(),  # type: ignore[arg-type]
-                   principal=server_principal("test"))
 
 
 def _records() -> list[Any]:
@@ -179,15 +132,15 @@ def _afresh(store: Store) -> Iterator[list[None]]:
 
 async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base: Path) -> None:
     with tempfile.TemporaryDirectory(dir=base) as folder, clock.frozen(clock.now()) as moving:
-        async with _stores(kind, Path(folder)) as stores:
-            ctx = _context(stores.first)
+        async with opened(kind, Path(folder)) as stores:
+            ctx = context(stores.first)
             with _afresh(stores.first) as afresh:
                 for step, second, late in [*steps, (("load", None), False, False)]:
                     if step[0] != "load":
                         await _step(stores, moving, step, second, late)
                         continue
                     kept = await match_catalogue.load(ctx)
-                    _same(kept, await match_catalogue.load(_context(Handle(stores.first))))
+                    _same(kept, await match_catalogue.load(context(Handle(stores.first))))
                     again = await match_catalogue.load(ctx)  # nothing written since
                     assert again is kept or kind == DOUBLE  # there, only once settled
                     _same(again, kept)
@@ -205,8 +158,8 @@ def test_the_catalogue_kept_equals_the_catalogue_read_afresh(kind: str, steps: l
 
 async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tuple[str, str]]]]:
     with tempfile.TemporaryDirectory(dir=base) as folder:
-        async with _stores(kind, Path(folder)) as stores:
-            ctx = _context(stores.first)
+        async with opened(kind, Path(folder)) as stores:
+            ctx = context(stores.first)
             writes = [*(_location(p, "paris") for p in PLACES), *(_group(g, "breast") for g in GROUPS),
                       *(_study(f"t{n}", [GROUPS[n % 3]], [(PLACES[n % 3], "recruiting")], True) for n in range(9))]
             await stores.first.commit([Write(r["resourceType"], r["id"], r, extract(r)) for r in writes])
@@ -234,7 +187,7 @@ async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tupl
             assert sorted(read) == ["t1", "t4", "t7"]
             assert kept.trials["t1"].criteria[0].codes == (("http://hl7.org/fhir/sid/icd-10", "C34"),)
             assert kept.sites["t2"][0].geocoded and not kept.sites["t0"]
-            _same(kept, await match_catalogue.load(_context(Handle(stores.first))))
+            _same(kept, await match_catalogue.load(context(Handle(stores.first))))
             return searched
 
 
