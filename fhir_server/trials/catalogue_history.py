@@ -74,11 +74,14 @@ async def position(ctx: Context, types: tuple[str, ...],
     """Where the history of `types` stands now, read before their resources are, with the ids
     of each type written since `before` (None: when the history no longer shows where
     `before` stood, its newest entry of a type erased; or no `before`)."""
-    # First: a version not yet visible is stamped no earlier than this answer's `as_of`.
-    probe = await ctx.store.history(HistoryQuery(types[0], since=clock.instant(), count=1))
+    # First: a version not yet visible is stamped no earlier than this answer's `as_of`. A
+    # store that gave none (SQLite) gives none ever: not asked again, the question costing
+    # it a scan of the type's history (no entry is that recent).
+    as_of = None
+    if before is None or before.settles:
+        as_of = (await ctx.store.history(HistoryQuery(types[0], since=clock.instant(), count=1))).as_of
     newest_now = await stamp(ctx, types)
-    floors = tuple(probe.as_of if probe.as_of is not None else entry[2] if entry else None
-                   for entry in newest_now)
+    floors = tuple(as_of if as_of is not None else entry[2] if entry else None for entry in newest_now)
     changed: list[set[str]] | None = [] if before is not None else None
     seen: set[Seen] = set()
     for n, resource_type in enumerate(types):
@@ -93,7 +96,7 @@ async def position(ctx: Context, types: tuple[str, ...],
             changed = None  # its newest entry was erased
         else:
             changed.append({key[1] for key in keys - before.seen})
-    now = Position(newest_now, floors, frozenset(seen), probe.as_of is not None)
+    now = Position(newest_now, floors, frozenset(seen), as_of is not None)
     return now, tuple(changed) if changed is not None else None
 
 
