@@ -106,9 +106,11 @@ async def warm(ctx: Context) -> None:
     """Read the Consents ahead of the first call (the server's start): a call arriving
     meanwhile waits for this read. A store away or unsafe is left to that call."""
     try:
-        await agreements(ctx)
+        read = await agreements(ctx)
     except FhirError:
         log.warning("the Consents could not be read ahead at start")
+        return
+    log.info("the Consents were read ahead", extra={"patients": len(read.by_patient)})
 
 
 def _lock(store: Store) -> asyncio.Lock:

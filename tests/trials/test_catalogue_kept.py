@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,7 @@ from fhir_server.store.base import Delete, Store, Write
 from fhir_server.trials import match_catalogue
 from fhir_server.trials.eligibility import read_record
 from tests.store.conftest import DOUBLE
-from tests.trials.kept_stores import LATE, Handle, Stores, context, opened
+from tests.trials.kept_stores import Handle, context, opened, run
 from tests.trials.eligibility_builders import condition, group, patient
 from tests.trials.match_world import CRITERIA, RECENT, location, site
 
@@ -92,60 +89,14 @@ def _same(kept: match_catalogue.Catalogue, fresh: match_catalogue.Catalogue) -> 
         assert kept.index.verdicts(mine) == fresh.index.verdicts(theirs)
 
 
-async def _step(stores: Stores, moving: clock.Frozen, step: tuple[str, Any], second: bool, late: bool) -> None:
-    kind, value = step
-    store = stores.second if second else stores.first
-    if kind == "tick":
-        moving.advance(value)
-        return
-    now = moving.at
-    if late and stores.late:  # a unit that stamped its versions earlier commits only now
-        moving.at = now - timedelta(seconds=LATE)
-    try:
-        if kind == "put":
-            await store.commit([Write(value["resourceType"], value["id"], value, extract(value))])
-        elif kind == "delete":
-            await store.commit([Delete(*value.split("/"))])
-        elif kind == "erase":
-            query, _ = parse_query("Group", [("member", value)], default_registry())
-            await store.erase([query], ("Patient", value.split("/")[1]))
-    finally:
-        moving.at = now
-
-
-@contextmanager
-def _afresh(store: Store) -> Iterator[list[None]]:
-    """The times the catalogue kept for `store` is read afresh (not brought up to date)."""
-    real, counted = match_catalogue._read, []
-
-    async def reading(ctx: Context, at: Any) -> Any:
-        if ctx.store is store:
-            counted.append(None)
-        return await real(ctx, at)
-
-    match_catalogue._read = reading  # type: ignore[assignment]
-    try:
-        yield counted
-    finally:
-        match_catalogue._read = real  # type: ignore[assignment]
-
-
-async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=base) as folder, clock.frozen(clock.now()) as moving:
-        async with opened(kind, Path(folder)) as stores:
-            ctx = context(stores.first)
-            with _afresh(stores.first) as afresh:
-                for step, second, late in [*steps, (("load", None), False, False)]:
-                    if step[0] != "load":
-                        await _step(stores, moving, step, second, late)
-                        continue
-                    kept = await match_catalogue.load(ctx)
-                    _same(kept, await match_catalogue.load(context(Handle(stores.first))))
-                    again = await match_catalogue.load(ctx)  # nothing written since
-                    assert again is kept or kind == DOUBLE  # there, only once settled
-                    _same(again, kept)
-            # Read afresh the first time, and after an erasure only (of the newest entry).
-            assert len(afresh) <= 1 + sum(step[0] == "erase" for step, _, _ in steps)
+async def _write(store: Store, step: str, value: Any) -> None:
+    if step == "put":
+        await store.commit([Write(value["resourceType"], value["id"], value, extract(value))])
+    elif step == "delete":
+        await store.commit([Delete(*value.split("/"))])
+    elif step == "erase":
+        query, _ = parse_query("Group", [("member", value)], default_registry())
+        await store.erase([query], ("Patient", value.split("/")[1]))
 
 
 @pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
@@ -153,7 +104,8 @@ async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base:
 @given(steps=STEPS)
 def test_the_catalogue_kept_equals_the_catalogue_read_afresh(kind: str, steps: list[Any],
                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
-    asyncio.run(_run(kind, steps, tmp_path_factory.getbasetemp()))
+    asyncio.run(run(kind, steps, tmp_path_factory.getbasetemp(), match_catalogue, _write, match_catalogue.load,
+                    lambda kept, fresh, day: _same(kept, fresh)))
 
 
 async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tuple[str, str]]]]:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ from tests.builders import consent
 from tests.store.conftest import DOUBLE
 from tests.trials.conftest import served
 from tests.trials.inverse_world import prescreening
-from tests.trials.kept_stores import LATE, Handle, Stores, context, opened
+from tests.trials.kept_stores import Handle, afresh, context, opened, run
 
 CONSENTS, PATIENTS = ("c0", "c1", "c2", "c3"), ("p0", "p1", "p2")
 STUDY = "ResearchStudy/s1"
@@ -66,62 +63,14 @@ def _same(kept: consents_kept.Agreements, fresh: consents_kept.Agreements, day: 
     assert kept.prescreened(STUDY, day) == fresh.prescreened(STUDY, day)
 
 
-async def _step(stores: Stores, moving: clock.Frozen, step: tuple[str, Any], second: bool, late: bool) -> None:
-    kind, value = step
-    store = stores.second if second else stores.first
-    if kind == "tick":
-        moving.advance(value)
-        return
-    now = moving.at
-    if late and stores.late:  # a unit that stamped its versions earlier commits only now
-        moving.at = now - timedelta(seconds=LATE)
-    try:
-        if kind == "put":
-            await store.commit([Write("Consent", value["id"], value, extract(value))])
-        elif kind == "delete":
-            await store.commit([Delete("Consent", value)])
-        elif kind == "erase":  # as services/erase.py does
-            await store.erase(compartment(default_registry(), value), ("Patient", value))
-            await forget_figures(store)
-    finally:
-        moving.at = now
-
-
-@contextmanager
-def _afresh(store: Store | None) -> Iterator[list[None]]:
-    """The times the Consents kept for `store` (None: any) are read afresh (not brought up
-    to date)."""
-    real, counted = consents_kept._read, []
-
-    async def reading(ctx: Context, *args: Any) -> Any:
-        if store is None or ctx.store is store:
-            counted.append(None)
-        return await real(ctx, *args)
-
-    consents_kept._read = reading  # type: ignore[assignment]
-    try:
-        yield counted
-    finally:
-        consents_kept._read = real  # type: ignore[assignment]
-
-
-async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=base) as folder, clock.frozen(clock.now()) as moving:
-        async with opened(kind, Path(folder)) as stores:
-            ctx = context(stores.first)
-            with _afresh(stores.first) as afresh:
-                for step, second, late in [*steps, (("load", None), False, False)]:
-                    if step[0] != "load":
-                        await _step(stores, moving, step, second, late)
-                        continue
-                    day = moving.at.date().isoformat()
-                    kept = await consents_kept.agreements(ctx)
-                    _same(kept, await consents_kept.agreements(context(Handle(stores.first))), day)
-                    again = await consents_kept.agreements(ctx)  # nothing written since
-                    assert again is kept or kind == DOUBLE  # there, only once settled
-                    _same(again, kept, day)
-            # Read afresh the first time, and after an erasure only.
-            assert len(afresh) <= 1 + sum(step[0] == "erase" for step, _, _ in steps)
+async def _write(store: Store, step: str, value: Any) -> None:
+    if step == "put":
+        await store.commit([Write("Consent", value["id"], value, extract(value))])
+    elif step == "delete":
+        await store.commit([Delete("Consent", value)])
+    elif step == "erase":  # as services/erase.py does
+        await store.erase(compartment(default_registry(), value), ("Patient", value))
+        await forget_figures(store)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
@@ -129,7 +78,8 @@ async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base:
 @given(steps=STEPS)
 def test_the_consents_kept_equal_those_read_afresh(kind: str, steps: list[Any],
                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
-    asyncio.run(_run(kind, steps, tmp_path_factory.getbasetemp()))
+    asyncio.run(run(kind, steps, tmp_path_factory.getbasetemp(), consents_kept, _write,
+                    consents_kept.agreements, _same))
 
 
 async def _withdrawn(kind: str, base: Path) -> tuple[list[str], list[str], list[list[str] | None], int]:
@@ -194,7 +144,7 @@ async def _warming(kind: str, base: Path) -> tuple[int, int, bool]:
                     turns += 1
                     await asyncio.sleep(0)
 
-            with _afresh(stores.first) as afresh:
+            with afresh(consents_kept, stores.first) as reads:
                 ticker = asyncio.create_task(ticking())
                 warming = asyncio.create_task(consents_kept.warm(ctx))
                 await asyncio.sleep(0)  # the read begins
@@ -204,7 +154,7 @@ async def _warming(kind: str, base: Path) -> tuple[int, int, bool]:
                 at_call = turns
                 again = await consents_kept.agreements(ctx)  # MongoDB: not yet settled, the same Consents
                 same = again.by_patient is called.by_patient and len(called.by_patient) == 125
-            return len(afresh), at_call, same
+            return len(reads), at_call, same
 
 
 @pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
@@ -220,15 +170,15 @@ def test_a_call_during_warming_waits_for_the_same_read(kind: str, tmp_path: Path
 
 def test_the_server_reads_the_consents_at_start(tmp_path: Path, signing_keys: bytes) -> None:
     """Started, the app reads the Consents in the background; the first call finds them."""
-    with _afresh(None) as afresh, served("sqlite", tmp_path, signing_keys) as client:
+    with afresh(consents_kept, None) as reads, served("sqlite", tmp_path, signing_keys) as client:
         store = _app_store(client)
         for _ in range(600):  # the background read ends (at most a minute)
             if store in consents_kept._KEPT:
                 break
             client.portal.call(asyncio.sleep, 0.1)
-        assert store in consents_kept._KEPT and len(afresh) == 1
+        assert store in consents_kept._KEPT and len(reads) == 1
         client.portal.call(consents_kept.agreements, context(store))
-        assert len(afresh) == 1
+        assert len(reads) == 1
 
 
 def _app_store(client: TestClient) -> Store:
