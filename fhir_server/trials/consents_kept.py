@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 TYPES = ("Consent",)
 PAGE = 1000
 CHUNK = 100  # ids an `_id` search names
+TURN = 100  # Consents parsed and judged between two turns given to the event loop (~3 ms)
 PRESCREENING = b'"trial-pre-screening"'  # the purpose code (access/consent.py PRESCREENING)
 
 
@@ -126,15 +127,19 @@ async def _read(ctx: Context, at: Position, erased: bytes | None) -> Agreements:
     """Every active Consent read afresh (the history stood at `at` before the read)."""
     by_patient: study_access.Agreements = defaultdict(list)
     owners: dict[str, str] = {}
-    async for consent in _active(ctx, None):
+    asking: set[str] = set()
+    async for consent in _active(ctx, None):  # each judged as read: no long stretch at the end
         patient = study_access.owner(consent)
         if patient is not None:
             by_patient[patient].append(consent)
             owners[consent["id"]] = patient
-    for consents in by_patient.values():
+            if _asks([consent]):
+                asking.add(patient)
+    for n, consents in enumerate(by_patient.values(), 1):
         consents.sort(key=_id)
-    return Agreements(at, erased, dict(by_patient), owners,
-                      frozenset(p for p, consents in by_patient.items() if _asks(consents)))
+        if n % TURN == 0:
+            await asyncio.sleep(0)
+    return Agreements(at, erased, dict(by_patient), owners, frozenset(asking))
 
 
 async def _update(ctx: Context, kept: Agreements, written: set[str], at: Position) -> Agreements:
@@ -175,8 +180,8 @@ async def _active(ctx: Context, ids: list[str] | None) -> AsyncIterator[dict]:
         async for consent in reach.resources(server, query):
             yield consent
             read += 1
-            if read % PAGE == 0:  # a store answering without waiting would hold the loop throughout
-                await asyncio.sleep(0)
+            if read % TURN == 0:  # parsing a page whole would hold the loop ~30 ms, a store
+                await asyncio.sleep(0)  # answering without waiting (the double) throughout
 
 
 def _asks(consents: Iterable[dict]) -> bool:
