@@ -10,6 +10,7 @@ them at start, in the background, a call meanwhile waiting for that one read."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,37 @@ def test_a_call_during_warming_waits_for_the_same_read(kind: str, tmp_path: Path
     reads, turns, same = asyncio.run(_warming(kind, tmp_path))
     assert reads == 1 and same
     assert turns >= 3  # another coroutine ran during the read, at least once a page
+
+
+async def _collected(base: Path) -> tuple[bool, int]:
+    with tempfile.TemporaryDirectory(dir=base) as folder:
+        async with opened("sqlite", Path(folder)) as stores:
+            body = _consent("c0", "p0", "privacy")
+            await stores.first.commit([Write("Consent", "c0", body, extract(body))])
+            during, real = [], consents_kept._parsed
+
+            async def parsed(*args: Any) -> Any:
+                during.append(gc.isenabled())
+                return await real(*args)
+
+            consents_kept._parsed = parsed  # type: ignore[assignment]
+            before = gc.get_freeze_count()
+            try:
+                await consents_kept.agreements(context(stores.first))
+            finally:
+                consents_kept._parsed = real  # type: ignore[assignment]
+            return during == [False] and gc.isenabled(), gc.get_freeze_count() - before
+
+
+def test_the_consents_read_are_kept_out_of_the_collectors_walks(tmp_path: Path) -> None:
+    """The collector is off while the Consents are read afresh, on again after, and what was
+    read is frozen (never walked by a full collection)."""
+    assert gc.isenabled()
+    try:
+        paused, frozen = asyncio.run(_collected(tmp_path))
+    finally:
+        gc.unfreeze()
+    assert paused and frozen > 0
 
 
 def test_the_server_reads_the_consents_at_start(tmp_path: Path, signing_keys: bytes) -> None:
