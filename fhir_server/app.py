@@ -68,7 +68,7 @@ from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch, retain_events
 from .terminology_service import load_catalogue, operator_dir
-from .trials import rematch
+from .trials import consents_kept, rematch
 from .trials.alerts import TRIAL_MATCHING, still_news
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
@@ -261,8 +261,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             log.warning("the re-match job could not begin its history at start")
         rematching = asyncio.get_running_loop().create_task(rematch.run(
             rematcher, settings.notify_poll_seconds, watch.changed.set))
+        # The investigators' first inverse $match need not read every Consent itself.
+        warming = asyncio.get_running_loop().create_task(consents_kept.warm(context))
         log.info("ready", extra={"base_url": settings.base_url})
         yield
+        warming.cancel()
         exports.cancel()
         rematching.cancel()
         notifying.cancel()

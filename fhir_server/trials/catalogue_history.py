@@ -1,6 +1,7 @@
-"""What was written to the trial catalogue since it was read, from the store's history of
-ResearchStudy, Group and Location: every write, deletion included, makes an entry there,
-whichever worker process wrote it (match_catalogue.py keeps the catalogue by it).
+"""What was written to resources of some types since they were read, from the store's history
+of those types: every write, deletion included, makes an entry there, whichever worker
+process wrote it. match_catalogue.py keeps the trial catalogue (ResearchStudy, Group,
+Location: `TYPES`) by it, consents_kept.py the active Consents.
 
 "Since" rests on each store's promise of when a version can still appear:
 
@@ -15,11 +16,12 @@ whichever worker process wrote it (match_catalogue.py keeps the catalogue by it)
   last time, the history holds everything written since; and while the newest entries are
   not older than it, a late version may still appear behind them, so the newest entry alone
   cannot tell that nothing was written.
-- Erasure removes history and makes no entry. It removes a patient's compartment, which
-  holds no ResearchStudy, no Location and no eligibility Group (its profile allows no
-  `member`): a Group it removes was never in the catalogue. When it removes the newest entry
-  the catalogue was read at, the history no longer shows where that stood, and the
-  catalogue is read afresh.
+- Erasure removes history and makes no entry. When it removes the newest entry of a type
+  the resources were read at, the history no longer shows where that stood, and `position`
+  says so: they are read afresh. An erasure removing older entries goes unseen here. It
+  removes a patient's compartment, which holds no ResearchStudy, no Location and no
+  eligibility Group (its profile allows no `member`): a Group it removes was never in the
+  catalogue. It does hold their Consents: consents_kept.py watches erasures apart.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .. import clock
 from ..services.context import Context
 from ..store.base import HistoryQuery, Version
 
-TYPES = ("ResearchStudy", "Group", "Location")
+TYPES = ("ResearchStudy", "Group", "Location")  # the trial catalogue's
 PAGE = 100  # history entries a read
 Entry = tuple[str, int, str]  # a history entry: id, version, instant
 Stamp = tuple[Entry | None, ...]
@@ -39,7 +41,7 @@ Seen = tuple[str, str, int, str]  # type, id, version, instant
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """Where the catalogue's history stood when the catalogue was read."""
+    """Where the history of some types stood when their resources were read."""
 
     stamp: Stamp  # the newest entry of each type
     floors: tuple[str | None, ...]  # per type: a version appearing later is stamped no earlier
@@ -62,23 +64,27 @@ async def newest(ctx: Context, resource_type: str) -> Entry | None:
     return (version.id, version.version, version.last_updated) if version else None
 
 
-async def stamp(ctx: Context) -> Stamp:
-    """The newest history entry of each catalogue type."""
-    return tuple([await newest(ctx, resource_type) for resource_type in TYPES])
+async def stamp(ctx: Context, types: tuple[str, ...]) -> Stamp:
+    """The newest history entry of each of `types`."""
+    return tuple([await newest(ctx, resource_type) for resource_type in types])
 
 
-async def position(ctx: Context, before: Position | None = None) -> tuple[Position, tuple[set[str], ...] | None]:
-    """Where the history stands now, read before the catalogue's resources are, with the ids
+async def position(ctx: Context, types: tuple[str, ...],
+                   before: Position | None = None) -> tuple[Position, tuple[set[str], ...] | None]:
+    """Where the history of `types` stands now, read before their resources are, with the ids
     of each type written since `before` (None: when the history no longer shows where
     `before` stood, its newest entry of a type erased; or no `before`)."""
-    # First: a version not yet visible is stamped no earlier than this answer's `as_of`.
-    probe = await ctx.store.history(HistoryQuery(TYPES[0], since=clock.instant(), count=1))
-    newest_now = await stamp(ctx)
-    floors = tuple(probe.as_of if probe.as_of is not None else entry[2] if entry else None
-                   for entry in newest_now)
+    # First: a version not yet visible is stamped no earlier than this answer's `as_of`. A
+    # store that gave none (SQLite) gives none ever: not asked again, the question costing
+    # it a scan of the type's history (no entry is that recent).
+    as_of = None
+    if before is None or before.settles:
+        as_of = (await ctx.store.history(HistoryQuery(types[0], since=clock.instant(), count=1))).as_of
+    newest_now = await stamp(ctx, types)
+    floors = tuple(as_of if as_of is not None else entry[2] if entry else None for entry in newest_now)
     changed: list[set[str]] | None = [] if before is not None else None
     seen: set[Seen] = set()
-    for n, resource_type in enumerate(TYPES):
+    for n, resource_type in enumerate(types):
         floor = floors[n] if before is None else before.floors[n]
         entries = await _down_to(ctx, resource_type, floor)
         keys = {(resource_type, v.id, v.version, v.last_updated) for v in entries}
@@ -90,7 +96,7 @@ async def position(ctx: Context, before: Position | None = None) -> tuple[Positi
             changed = None  # its newest entry was erased
         else:
             changed.append({key[1] for key in keys - before.seen})
-    now = Position(newest_now, floors, frozenset(seen), probe.as_of is not None)
+    now = Position(newest_now, floors, frozenset(seen), as_of is not None)
     return now, tuple(changed) if changed is not None else None
 
 

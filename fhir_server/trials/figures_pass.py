@@ -6,7 +6,7 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
   start and when the day changes, as a child process at a lower priority
   (privacy/retention_schedule.py `every_day`). A lease in the outbox (rematch.Lease) keeps a
   second process from running beside it; the record DONE says which day was done.
-- **One read of the population.** The patients counted today (inverse_population.agreements)
+- **One read of the population.** The patients counted today (consents_kept.agreements)
   are read in id order, BATCH records by one `Store.gather` (rematch.about), each once for
   every study: one `TrialIndex` over the catalogue leaves each patient the trials their
   diagnoses do not rule out, and only those pairs are judged, into the study's cells exactly
@@ -39,7 +39,7 @@ from ..services import study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Outbox, Store
-from . import inverse_counts, inverse_population, match_catalogue, rematch
+from . import consents_kept, inverse_counts, match_catalogue, rematch
 from .eligibility import TrialIndex, pinned, read_record
 from .match import home
 from .prescreening import pseudonym_key
@@ -115,7 +115,7 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
                    ) -> tuple[dict[str, inverse_counts.Tally], tuple[int, int]]:
     """Every study's cells, and the population's size and digest: each counted patient read
     once, judged against the trials the index leaves them, noted on their audit trail."""
-    counted = sorted((await inverse_population.agreements(ctx)).counted(report.day))
+    counted = sorted((await consents_kept.agreements(ctx)).counted(report.day))
     index = TrialIndex(catalogue.trials.values())
     tallies = {study: inverse_counts.Tally() for study in catalogue.trials}
     cells = inverse_counts.Cells(catalogue, today)

@@ -35,7 +35,7 @@ from ..services import crud, patient_record, study_access
 from ..services.context import Context, Payload
 from ..services.guard import hidden
 from ..services.server_writes import as_server
-from . import inverse_counts, inverse_population, match_catalogue, match_parameters
+from . import consents_kept, inverse_counts, match_catalogue, match_parameters
 from .eligibility import INELIGIBLE, RANK, Trial, TrialIndex, TrialResult, evaluate, pinned, read_record
 from .eligibility_record import TYPES, Record
 from .match import home
@@ -150,7 +150,7 @@ async def _counts(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     parameters = [{"name": "study", "valueReference": {"reference": study}},
                   *inverse_counts.parameters(await inverse_counts.figures(ctx, trial, catalogue, today, key))]
     server = as_server(ctx)
-    agreements = await inverse_population.agreements(ctx)
+    agreements = await consents_kept.agreements(ctx)
     index = TrialIndex([trial])
     candidates: list[tuple[str, TrialResult]] = []
     for patient in agreements.prescreened(study, today.isoformat()):

@@ -1,13 +1,11 @@
 """Who an investigator's figures are drawn from and their records (trials/inverse_counts.py,
 inverse.py), read as the server at the least cost the answer allows.
 
-- **Agreements kept.** Who is counted and who allows pre-screening is decided by every active
-  Consent: two per patient, 200,000 at 100,000 patients, seconds to read and to judge. They
-  are kept per process with the newest Consent history entry seen, and read again when it
-  changes (every Consent write, deletion included, from any worker, makes a new one): a
-  withdrawal takes effect at the next call, as when they were read at each call. Who is
-  counted is judged once per day and set of Consents; the pre-screening rule is judged only
-  for patients one of whose Consents names its purpose at all.
+- **Agreements kept.** Who is counted is decided by every active Consent: two per patient,
+  200,000 at 100,000 patients, seconds to read and to judge. They are kept per process and
+  brought up to date from the history (consents_kept.py): a withdrawal takes effect at the
+  next call. Who is counted is judged once per day, and again after a write only for the
+  patients whose Consents it changed.
 - **Pruned before the rest is kept.** The trial's index proves a patient ineligible from their
   diagnoses alone (eligibility.py `TrialIndex`): the Patients and Conditions are read first,
   and of the other resources (Observations, treatments, the Medications they name) only those
@@ -16,10 +14,9 @@ inverse.py), read as the server at the least cost the answer allows.
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -29,59 +26,14 @@ from ..search import parse_query
 from ..services import reach, study_access
 from ..services.context import Context
 from ..services.server_writes import as_server
-from ..store.base import Store, Version
+from ..store.base import Version
+from . import consents_kept
 from .eligibility import TrialIndex, pinned, read_record
 from .eligibility_record import TYPES
-from .catalogue_history import Stamp, newest
-from .match_catalogue import shared
 
 PAGE = 1000
 CHUNK = 100  # patients named by one search of their records
-PRESCREENING = b'"trial-pre-screening"'  # the purpose code (access/consent.py PRESCREENING)
 Entries = list[tuple[str, dict[str, Any]]]
-
-
-@dataclass(slots=True)
-class Agreements:
-    """Every active Consent by patient, as of `stamp`, and what was judged of them."""
-
-    stamp: Stamp
-    by_patient: study_access.Agreements
-    # Patients one of whose Consents holds the pre-screening purpose code: a superset of
-    # those the rule allows for some study (the rule itself is applied to these alone).
-    asking: frozenset[str]
-    counted_on: dict[str, frozenset[str]] = field(default_factory=dict)  # by day
-
-    def counted(self, day: str) -> frozenset[str]:
-        """The patients who may be counted on `day` (study_access.counted)."""
-        if day not in self.counted_on:
-            self.counted_on.clear()  # one day kept
-            self.counted_on[day] = frozenset(p for p in self.by_patient
-                                             if study_access.counted(self.by_patient, p, day))
-        return self.counted_on[day]
-
-    def prescreened(self, study: str, day: str) -> list[str]:
-        """The counted patients whose Consent allows pre-screening for `study`
-        (`ResearchStudy/<id>`), in id order. Only they are judged: a call served from the
-        day's figures (trials/figures_pass.py) needs no one else's."""
-        return [p for p in sorted(self.asking) if study_access.counted(self.by_patient, p, day)
-                and study_access.prescreened(self.by_patient, p, study, day)]
-
-
-_KEPT: weakref.WeakKeyDictionary[Store, Agreements] = weakref.WeakKeyDictionary()
-
-
-async def agreements(ctx: Context) -> Agreements:
-    """The active Consents as stored now (kept until a Consent is written)."""
-    stamp = (await newest(ctx, "Consent"),)
-    kept = _KEPT.get(shared(ctx))
-    if kept is not None and kept.stamp == stamp:
-        return kept
-    by_patient = await study_access.agreements(as_server(ctx))
-    asking = frozenset(p for p, consents in by_patient.items()
-                       if any(PRESCREENING in orjson.dumps(c) for c in consents))
-    kept = _KEPT[shared(ctx)] = Agreements(stamp, by_patient, asking)
-    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +46,7 @@ class Population:
 async def population(ctx: Context, index: TrialIndex, today: date) -> Population:
     """The patients counted on `today`: those `index` prunes, the others with their records."""
     server = as_server(ctx)
-    counted = (await agreements(ctx)).counted(today.isoformat())
+    counted = (await consents_kept.agreements(ctx)).counted(today.isoformat())
     patients: dict[str, Version] = {}
     records: dict[str, Entries] = {}
     async for version in _versions(server, "Patient"):

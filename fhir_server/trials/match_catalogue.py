@@ -83,8 +83,8 @@ async def load(ctx: Context) -> Catalogue:
     no longer shows where the kept one stood: an erasure)."""
     store = shared(ctx)
     kept = _KEPT.get(store)
-    if kept is None or not kept.at.current(await stamp(ctx)):
-        at, changes = await position(ctx, kept.at if kept is not None else None)
+    if kept is None or not kept.at.current(await stamp(ctx, TYPES)):
+        at, changes = await position(ctx, TYPES, kept.at if kept is not None else None)
         kept = await _read(ctx, at) if kept is None or changes is None else await _update(ctx, kept, changes, at)
         _KEPT[store] = kept
     if kept.catalogue.max_age_days != ctx.site_status_max_age_days:

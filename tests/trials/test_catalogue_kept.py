@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +19,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhir_server import clock
-from fhir_server.access import server_principal
-from fhir_server.model.validation import Validator
 from fhir_server.search import default_registry, extract, parse_query
 from fhir_server.services.context import Context
 from fhir_server.store.base import Delete, Store, Write
-from fhir_server.store.mongo import MongoStore
-from fhir_server.store.sqlite import SqliteStore
 from fhir_server.trials import match_catalogue
 from fhir_server.trials.eligibility import read_record
-from tests.store.conftest import DOUBLE, dispose, encrypting, migrated_double
+from tests.store.conftest import DOUBLE
+from tests.trials.kept_stores import Handle, context, opened, run
 from tests.trials.eligibility_builders import condition, group, patient
 from tests.trials.match_world import CRITERIA, RECENT, location, site
 
 STUDIES, GROUPS, PLACES = ("s0", "s1", "s2"), ("g0", "g1", "g2"), ("l0", "l1", "l2")
 MEMBER = "Patient/p"
-LATE = 20  # seconds: a MongoDB version may appear this far behind newer ones (< SETTLE_SECONDS)
 
 
 def _study(id: str, enrolled: list[str], sites: list[tuple[str, str]], active: bool) -> dict[str, Any]:
@@ -78,48 +70,6 @@ STEP = st.one_of(studies, groups, places, deletions, st.just(("erase", MEMBER)),
 STEPS = st.lists(st.tuples(STEP, st.booleans(), st.booleans()), min_size=5, max_size=40)
 
 
-class Handle:
-    """The same store under another object: a catalogue it keeps is its own (read afresh)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-
-@dataclass
-class Stores:
-    first: Store  # the one the kept catalogue is read through
-    second: Store  # another handle (another worker process) on the same data
-    late: bool  # versions may be stamped before newer ones (MongoDB's concurrent units)
-
-
-@asynccontextmanager
-async def _stores(kind: str, folder: Path) -> AsyncIterator[Stores]:
-    if kind == "sqlite":
-        first: Store = SqliteStore(folder / "catalogue.db", codec=encrypting(folder))
-        await first.migrate()
-        await first.open()
-        second: Store = SqliteStore(folder / "catalogue.db", codec=encrypting(folder))
-    else:
-        first = await asyncio.to_thread(migrated_double, None, encrypting(folder))
-        await first.open()
-        assert isinstance(first, MongoStore)
-        second = MongoStore(first.client, codec=encrypting(folder))
-    await second.open()
-    try:
-        yield Stores(first, second, kind == DOUBLE)
-    finally:
-        await second.close()
-        await dispose(first)
-
-
-def _context(store: Store | Handle) -> Context:
-    return Context(store=store, validator=Validator(), registry=default_registry(),  # type: ignore[arg-type]
-                   principal=server_principal("test"))
-
-
 def _records() -> list[Any]:
     """Patients the index is asked about: breast cancer, lung cancer, no diagnosis."""
     today = clock.now().date()
@@ -139,60 +89,14 @@ def _same(kept: match_catalogue.Catalogue, fresh: match_catalogue.Catalogue) -> 
         assert kept.index.verdicts(mine) == fresh.index.verdicts(theirs)
 
 
-async def _step(stores: Stores, moving: clock.Frozen, step: tuple[str, Any], second: bool, late: bool) -> None:
-    kind, value = step
-    store = stores.second if second else stores.first
-    if kind == "tick":
-        moving.advance(value)
-        return
-    now = moving.at
-    if late and stores.late:  # a unit that stamped its versions earlier commits only now
-        moving.at = now - timedelta(seconds=LATE)
-    try:
-        if kind == "put":
-            await store.commit([Write(value["resourceType"], value["id"], value, extract(value))])
-        elif kind == "delete":
-            await store.commit([Delete(*value.split("/"))])
-        elif kind == "erase":
-            query, _ = parse_query("Group", [("member", value)], default_registry())
-            await store.erase([query], ("Patient", value.split("/")[1]))
-    finally:
-        moving.at = now
-
-
-@contextmanager
-def _afresh(store: Store) -> Iterator[list[None]]:
-    """The times the catalogue kept for `store` is read afresh (not brought up to date)."""
-    real, counted = match_catalogue._read, []
-
-    async def reading(ctx: Context, at: Any) -> Any:
-        if ctx.store is store:
-            counted.append(None)
-        return await real(ctx, at)
-
-    match_catalogue._read = reading  # type: ignore[assignment]
-    try:
-        yield counted
-    finally:
-        match_catalogue._read = real  # type: ignore[assignment]
-
-
-async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=base) as folder, clock.frozen(clock.now()) as moving:
-        async with _stores(kind, Path(folder)) as stores:
-            ctx = _context(stores.first)
-            with _afresh(stores.first) as afresh:
-                for step, second, late in [*steps, (("load", None), False, False)]:
-                    if step[0] != "load":
-                        await _step(stores, moving, step, second, late)
-                        continue
-                    kept = await match_catalogue.load(ctx)
-                    _same(kept, await match_catalogue.load(_context(Handle(stores.first))))
-                    again = await match_catalogue.load(ctx)  # nothing written since
-                    assert again is kept or kind == DOUBLE  # there, only once settled
-                    _same(again, kept)
-            # Read afresh the first time, and after an erasure only (of the newest entry).
-            assert len(afresh) <= 1 + sum(step[0] == "erase" for step, _, _ in steps)
+async def _write(store: Store, step: str, value: Any) -> None:
+    if step == "put":
+        await store.commit([Write(value["resourceType"], value["id"], value, extract(value))])
+    elif step == "delete":
+        await store.commit([Delete(*value.split("/"))])
+    elif step == "erase":
+        query, _ = parse_query("Group", [("member", value)], default_registry())
+        await store.erase([query], ("Patient", value.split("/")[1]))
 
 
 @pytest.mark.parametrize("kind", ["sqlite", DOUBLE])
@@ -200,13 +104,14 @@ async def _run(kind: str, steps: list[tuple[tuple[str, Any], bool, bool]], base:
 @given(steps=STEPS)
 def test_the_catalogue_kept_equals_the_catalogue_read_afresh(kind: str, steps: list[Any],
                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
-    asyncio.run(_run(kind, steps, tmp_path_factory.getbasetemp()))
+    asyncio.run(run(kind, steps, tmp_path_factory.getbasetemp(), match_catalogue, _write, match_catalogue.load,
+                    lambda kept, fresh, day: _same(kept, fresh)))
 
 
 async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tuple[str, str]]]]:
     with tempfile.TemporaryDirectory(dir=base) as folder:
-        async with _stores(kind, Path(folder)) as stores:
-            ctx = _context(stores.first)
+        async with opened(kind, Path(folder)) as stores:
+            ctx = context(stores.first)
             writes = [*(_location(p, "paris") for p in PLACES), *(_group(g, "breast") for g in GROUPS),
                       *(_study(f"t{n}", [GROUPS[n % 3]], [(PLACES[n % 3], "recruiting")], True) for n in range(9))]
             await stores.first.commit([Write(r["resourceType"], r["id"], r, extract(r)) for r in writes])
@@ -234,7 +139,7 @@ async def _only_what_changed(kind: str, base: Path) -> list[tuple[str, list[tupl
             assert sorted(read) == ["t1", "t4", "t7"]
             assert kept.trials["t1"].criteria[0].codes == (("http://hl7.org/fhir/sid/icd-10", "C34"),)
             assert kept.sites["t2"][0].geocoded and not kept.sites["t0"]
-            _same(kept, await match_catalogue.load(_context(Handle(stores.first))))
+            _same(kept, await match_catalogue.load(context(Handle(stores.first))))
             return searched
 
 

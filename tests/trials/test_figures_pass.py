@@ -19,7 +19,7 @@ from fhir_server import cli, clock
 from fhir_server.services import study_access
 from fhir_server.services.study_access import FIGURES_PREFIX
 from fhir_server.store.base import Outbox
-from fhir_server.trials import figures_pass, inverse_counts, inverse_population
+from fhir_server.trials import consents_kept, figures_pass, inverse_counts
 from fhir_server.trials.eligibility import Trial
 from tests.builders import consent
 from tests.http.helpers import send
@@ -201,7 +201,7 @@ def test_the_server_starts_the_pass_at_start_and_on_each_new_day_in_a_niced_proc
 def test_a_call_served_from_the_pass_judges_only_the_pre_screening_candidates(
         world: InverseWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     _pass(world.client)
-    monkeypatch.setattr(inverse_population, "_KEPT", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(consents_kept, "_KEPT", weakref.WeakKeyDictionary())
     judged: list[str] = []
     counted = study_access.counted
 
