@@ -68,7 +68,7 @@ from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch, retain_events
 from .terminology_service import load_catalogue, operator_dir
-from .trials import consents_kept, rematch
+from .trials import consents_kept, match_catalogue, rematch
 from .trials.alerts import TRIAL_MATCHING, still_news
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
@@ -190,6 +190,13 @@ def open_erasures(settings: Settings, codec: BodyCodec,
     return Erasures(ledger, keys, record)
 
 
+async def _ahead(context: Context) -> None:
+    """What the first `$match` would read itself, read at start in the background: the
+    trial catalogue, then the active Consents."""
+    await match_catalogue.warm(context)
+    await consents_kept.warm(context)
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     """The ASGI application for `settings` (read from the environment if omitted), on
     `store` if given (tests), else on the store `settings` names."""
@@ -261,8 +268,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             log.warning("the re-match job could not begin its history at start")
         rematching = asyncio.get_running_loop().create_task(rematch.run(
             rematcher, settings.notify_poll_seconds, watch.changed.set))
-        # The investigators' first inverse $match need not read every Consent itself.
-        warming = asyncio.get_running_loop().create_task(consents_kept.warm(context))
+        # The first $match (inverse: every Consent too) need not read all it needs itself.
+        warming = asyncio.get_running_loop().create_task(_ahead(context))
         log.info("ready", extra={"base_url": settings.base_url})
         yield
         warming.cancel()

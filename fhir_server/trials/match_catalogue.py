@@ -20,13 +20,16 @@ tests/trials/test_catalogue_kept.py.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..model.errors import FhirError
 from ..services import reach
 from ..services.context import Context
+from ..services.server_writes import as_server
 from ..store.base import Store
 from .catalogue_history import TYPES, Position, position, stamp
 from .criteria_review import is_draft
@@ -67,6 +70,7 @@ class _Kept:
 
 _EMPTY = _Kept(Catalogue({}, {}, TrialIndex(()), {}, 0), Position((), (), frozenset(), False),
                {}, {}, {}, {}, {})
+log = logging.getLogger(__name__)
 # Per store (the app's, not a request's: `shared`).
 _KEPT: weakref.WeakKeyDictionary[Store, _Kept] = weakref.WeakKeyDictionary()
 
@@ -91,6 +95,17 @@ async def load(ctx: Context) -> Catalogue:
         kept = _KEPT[store] = dataclasses.replace(kept, catalogue=dataclasses.replace(
             kept.catalogue, max_age_days=ctx.site_status_max_age_days))
     return kept.catalogue
+
+
+async def warm(ctx: Context) -> None:
+    """Read the catalogue ahead of the first `$match` (the server's start), as the server.
+    A store away is left to that call."""
+    try:
+        read = await load(as_server(ctx, "catalogue"))
+    except FhirError:
+        log.warning("the trial catalogue could not be read ahead at start")
+        return
+    log.info("the trial catalogue was read ahead", extra={"trials": len(read.trials)})
 
 
 async def _current(ctx: Context, resource_type: str, ids: Iterable[str] | None) -> dict[str, dict[str, Any]]:
