@@ -19,6 +19,7 @@ tests/trials/test_catalogue_kept.py.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import weakref
@@ -123,8 +124,8 @@ async def _read(ctx: Context, at: Position) -> _Kept:
     """The catalogue read afresh (the history stood at `at` before the reads)."""
     found = [await _current(ctx, t, None) for t in TYPES]
     studies = {key.removeprefix("ResearchStudy/"): study for key, study in found[0].items()}
-    return _worked_out(ctx, _EMPTY, at, studies, studies.keys(), (found[1], found[1].keys()),
-                       (found[2], found[2].keys()))
+    return await asyncio.to_thread(_worked_out, ctx, _EMPTY, at, studies, studies.keys(),
+                                   (found[1], found[1].keys()), (found[2], found[2].keys()))
 
 
 async def _update(ctx: Context, kept: _Kept, changes: tuple[set[str], ...], at: Position) -> _Kept:
@@ -134,8 +135,9 @@ async def _update(ctx: Context, kept: _Kept, changes: tuple[set[str], ...], at: 
                         {key.removeprefix("ResearchStudy/"): s for key, s in found[0].items()})
     groups = {f"Group/{id}" for id in changes[1]}
     locations = {f"Location/{id}" for id in changes[2]}
-    return _worked_out(ctx, kept, at, studies, changes[0], (_replaced(kept.groups, groups, found[1]), groups),
-                       (_replaced(kept.locations, locations, found[2]), locations))
+    return await asyncio.to_thread(_worked_out, ctx, kept, at, studies, changes[0],
+                                   (_replaced(kept.groups, groups, found[1]), groups),
+                                   (_replaced(kept.locations, locations, found[2]), locations))
 
 
 def _replaced(before: dict[str, dict[str, Any]], keys: set[str],
@@ -149,7 +151,8 @@ def _worked_out(ctx: Context, kept: _Kept, at: Position, studies: dict[str, dict
                 locations: tuple[dict[str, dict[str, Any]], Iterable[str]]) -> _Kept:
     """The catalogue of `studies`, `groups` and `locations` (each with what changed since
     `kept`: study ids, `Group/<id>`, `Location/<id>`), worked out again only where a change
-    bears on it."""
+    bears on it. Run in a thread: 10,000 trials take seconds, which would otherwise hold the
+    event loop (the interpreter's switch interval lets it serve meanwhile)."""
     written = set(written)
     before = kept.catalogue
     found_sites = {id: s for id, s in before.sites.items() if id not in written}
