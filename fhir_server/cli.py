@@ -1011,7 +1011,8 @@ async def _disclosure_async(settings: Settings, args: argparse.Namespace
             tasks = [await disclosures.add(
                 context, patient=args.patient, requester=args.requester,
                 legal_basis=args.legal_basis, given=args.given, resources=args.resource or (),
-                visible=args.patient_visible, on=args.on or clock.now().date())]
+                visible=args.patient_visible, on=args.on or clock.now().date(),
+                ledger=open_ledger(settings, body_codec(settings)))]
         elif args.erased:
             tasks = await disclosures.of_erased(context)
         else:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
+from ..crypto import ErasureLedger
 from ..model.platform_codes import DISCLOSURE, PATIENT_VISIBLE, REGISTER_SYSTEM
-from ..services import reach, server_writes
+from ..services import erase, reach, server_writes
 from ..services.kept_registers import SUBJECT_ERASED
 from ..services.context import Context
 from .register import RegisterError, check_past, require
@@ -45,12 +46,19 @@ async def _given(ctx: Context, reference: str, patient: str) -> dict[str, Any]:
 
 async def add(ctx: Context, *, patient: str, requester: str, legal_basis: str, given: str,
               resources: Sequence[str] = (), visible: bool = False,
-              on: date) -> dict[str, Any]:
-    """Register what was disclosed about `patient` on `on`; the Task stored."""
+              on: date, ledger: ErasureLedger | None = None) -> dict[str, Any]:
+    """Register what was disclosed about `patient` on `on`; the Task stored. No erasure on
+    `ledger` (default: the context's) runs meanwhile: it would take the Task uncopied."""
     requester, legal_basis, given = (_text(requester, "who asked (--requester)"),
                                      _text(legal_basis, "the legal basis (--legal-basis)"),
                                      _text(given, "what was given (--given)"))
     check_past(on, "a disclosure on")
+    async with erase.held_off(ledger or (ctx.erasures.ledger if ctx.erasures else None)):
+        return await _added(ctx, patient, requester, legal_basis, given, resources, visible, on)
+
+
+async def _added(ctx: Context, patient: str, requester: str, legal_basis: str, given: str,
+                 resources: Sequence[str], visible: bool, on: date) -> dict[str, Any]:
     await require(ctx, patient, "Patient")
     outputs = [await _given(ctx, reference, patient) for reference in dict.fromkeys(resources)]
     task: dict[str, Any] = {

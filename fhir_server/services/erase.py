@@ -210,6 +210,22 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
 
 
 @asynccontextmanager
+async def held_off(ledger: ErasureLedger | None) -> AsyncIterator[None]:
+    """No erasure on `ledger` runs, in any process, while this is held: for a write about a
+    patient that an erasure running beside it would remove uncopied (a disclosure registered:
+    kept_registers.py). Without a ledger nothing is erased."""
+    if ledger is None:
+        yield
+        return
+    held = ledger.exclusive()
+    await asyncio.to_thread(held.__enter__)  # waits while an erasure runs
+    try:
+        yield
+    finally:
+        held.__exit__(None, None, None)
+
+
+@asynccontextmanager
 async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
     """One erasure at a time, in this process and in every other on the same ledger (an
     intent seen while it is held was left by an erasure cut short, not one under way)."""

@@ -34,17 +34,35 @@ def _prefix(patient_id: str) -> str:
     return f"{_PREFIX}{patient_id}/"
 
 
+# What a kept copy holds of the original: the register's own elements, nothing else (a note,
+# an identifier, a narrative, another reference to the patient would outlive them).
+_KEPT = ("resourceType", "id", "status", "intent", "code", "authoredOn", "lastModified")
+
+
 def kept_copy(task: dict[str, Any], erased_on: date) -> dict[str, Any]:
-    """The copy of disclosure `task` kept after its patient's erasure on `erased_on`."""
-    copy = {key: value for key, value in task.items() if key not in ("meta", "for", "output")}
+    """The copy of disclosure `task` kept after its patient's erasure on `erased_on`: who
+    asked (`requester.display`), the legal basis (`reasonCode.text`), what was given
+    (`description`, each output's type), the days."""
+    copy = {key: task[key] for key in _KEPT if key in task}
     copy["meta"] = {"tag": [{"system": REGISTER_SYSTEM, "code": SUBJECT_ERASED}]}
     copy["for"] = {"display": f"a patient whose record was erased on {erased_on.isoformat()}"}
-    outputs = [{"type": output["type"],
-                "valueString": output["valueReference"]["reference"].split("/")[0] + " (erased)"}
-               for output in task.get("output", ()) if "valueReference" in output]
+    for key, part in (("requester", "display"), ("reasonCode", "text")):
+        if isinstance(task.get(key), dict) and part in task[key]:
+            copy[key] = {part: task[key][part]}
+    if "description" in task:
+        copy["description"] = task["description"]
+    outputs = [{"type": output["type"], "valueString": f"{_given_type(output)} (erased)"}
+               for output in task.get("output", ()) if "type" in output]
     if outputs:
         copy["output"] = outputs
     return copy
+
+
+def _given_type(output: dict[str, Any]) -> str:
+    """The type of the resource an output names, without its id ("a resource" if it says none)."""
+    reference = output.get("valueReference") or {}
+    named = reference.get("type") or str(reference.get("reference", "")).partition("/")[0]
+    return named if named.isalpha() else "a resource"
 
 
 async def stash(store: Store, registry: Registry, patient_id: str, erased_on: date) -> int:

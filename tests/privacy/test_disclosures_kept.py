@@ -4,6 +4,8 @@ keys; a refused conditional erasure and an erasure run again leave exactly one o
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -13,7 +15,8 @@ from fhir_server import clock
 from fhir_server.model.errors import FhirError
 from fhir_server.model.platform_codes import DISCLOSURE, REGISTER_SYSTEM
 from fhir_server.privacy import disclosures
-from fhir_server.services import erase, kept_registers
+from fhir_server.privacy.register import RegisterError
+from fhir_server.services import erase, kept_registers, server_writes
 from fhir_server.services.server_writes import as_server
 from tests.privacy.conftest import Server
 from tests.privacy.test_disclosures import _add, _run
@@ -108,3 +111,80 @@ def test_the_command_lists_the_disclosures_kept(sqlite_server: Server,
     assert "about a patient whose record was erased on" in line and "may see it" not in line
     code, out = _run(capsys, "list", "--patient", "Patient/a")
     assert code != 0 and "no Patient Patient/a" in out
+
+
+def _admin_disclosure(server: Server, **extra: Any) -> str:
+    """A disclosure the server writes with more than `disclosures.add` puts in it (as a
+    server running `auth=off`, whose REST callers act as the server, or a later command
+    correcting the register would)."""
+    task = {"resourceType": "Task", "id": str(uuid.uuid4()), "status": "completed", "intent": "order",
+            "code": {"coding": [{"system": REGISTER_SYSTEM, "code": DISCLOSURE}]},
+            "for": {"reference": "Patient/a"}, "requester": {"display": "Tribunal judiciaire"},
+            "reasonCode": {"text": "CPP art. 60-1"}, "description": "the observations of March",
+            "authoredOn": "2026-03-20", **extra}
+    ctx = as_server(server.client.app.state.context)  # type: ignore[attr-defined]
+    _call(server, server_writes.commit, ctx, [server_writes.ServerWrite(task)])
+    return str(task["id"])
+
+
+def test_a_kept_copy_holds_the_register_fields_alone(server: Server) -> None:
+    """kept_copy drops meta, for and output and keeps every other field: a note, an
+    identifier, the narrative of the original survive the erasure, sealed under the Task
+    type's key (not shredded with the patient's)."""
+    given = _admin_disclosure(
+        server, note=[{"text": "Zwxqvtrudel, born 1961"}],
+        identifier=[{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1610275112043"}],
+        text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zwxqvtrudel</div>'})
+    assert server.erase_and_settle("a").status_code == 200
+    kept = _register(server)[given]
+    assert "Zwxqvtrudel" not in str(kept) and "1610275112043" not in str(kept)
+
+
+def test_a_copy_of_a_disclosure_naming_the_patient_elsewhere_stays_readable(server: Server) -> None:
+    """A disclosure naming the patient outside `for`/`output` (here `focus`): its copy still
+    names Patient/a, so it is sealed under a's key, which the erasure then destroys: the
+    register entry is silently lost (unreadable, left out of the search), and its index
+    rows (focus=Patient/a) stay."""
+    given = _admin_disclosure(server, focus={"reference": "Patient/a"})
+    assert server.erase_and_settle("a").status_code == 200
+    count = server.client.get("/fhir/Task?focus=Patient/a&_summary=count", headers=server.headers("admin"))
+    assert count.json()["total"] == 0  # 1: an index row names the erased patient
+    kept = _register(server)
+    assert given in kept and "Patient/a" not in str(kept[given])
+
+
+def test_an_output_without_a_reference_does_not_block_the_erasure(server: Server) -> None:
+    """A Reference with only a display (or identifier) is valid R4 (Reference.reference 0..1);
+    kept_copy reads output.valueReference.reference and the erasure fails with a KeyError
+    before the store erases anything."""
+    _admin_disclosure(server, output=[{
+        "type": {"coding": [{"system": f"{REGISTER_SYSTEM}-step", "code": "disclosed"}]},
+        "valueReference": {"display": "the paper file"}}])
+    assert server.erase_and_settle("a").status_code == 200
+
+
+def test_a_disclosure_registered_during_an_erasure_waits_for_it(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disclosure registered while the patient's erasure runs (here right after its stash)
+    waits for the erasure, then is refused (the patient is gone): never erased uncopied."""
+    stash = kept_registers.stash
+    late: list[asyncio.Task[Any]] = []
+
+    async def stashed(*args: Any) -> int:
+        found = await stash(*args)
+        ctx = as_server(server.client.app.state.context)  # type: ignore[attr-defined]
+        late.append(asyncio.get_running_loop().create_task(disclosures.add(
+            ctx, patient="Patient/a", requester="Procureur", legal_basis="CPP art. 77-1-1",
+            given="the file", on=date(2026, 3, 21))))
+        await asyncio.sleep(0.2)  # it would have been written by now, were it not held off
+        return found
+
+    monkeypatch.setattr(kept_registers, "stash", stashed)
+    assert server.erase_and_settle("a").status_code == 200
+
+    async def outcome() -> BaseException | None:
+        return (await asyncio.gather(late[0], return_exceptions=True))[0]
+
+    refused = _call(server, outcome)
+    assert isinstance(refused, RegisterError) and "no Patient Patient/a" in str(refused)
+    assert _register(server) == {}
