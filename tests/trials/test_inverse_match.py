@@ -16,7 +16,7 @@ from fhir_server.access import Principal, Role, parse_scopes
 from fhir_server.services.context import Context
 from fhir_server.trials import inverse_counts
 from tests.http.helpers import send
-from tests.trials.inverse_world import COUNTED, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, exact_figures, inverse_world, new_day  # noqa: F401
+from tests.trials.inverse_world import COUNTED, CRITERIA, INVESTIGATOR, PATIENTS, STUDY, InverseWorld, exact_figures, inverse_world, new_day  # noqa: F401
 
 
 def investigator_context(world: InverseWorld, fhir_user: str = INVESTIGATOR) -> Context:
@@ -99,7 +99,9 @@ def test_every_figure_is_a_multiple_of_five_and_they_add_up(inverse_world: Inver
                                                         "undetermined")}
     assert value["population"] == value["pruned"] + value["evaluated"]
     assert sum(_parts(p)["may-be-eligible"] for p in found["site"]) == value["eligible"] + value["undetermined"]
-    for criterion in found.get("criterion", []):  # none when the evaluated figure is 0
+    # Every criterion's row when the evaluated figure is not 0, none when it is.
+    assert len(found.get("criterion", [])) == (0 if value["evaluated"] == 0 else len(CRITERIA))
+    for criterion in found.get("criterion", []):
         assert sum(_parts(criterion)[v] for v in inverse_counts.VERDICTS) == value["evaluated"]
 
 
