@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from ..crypto import ErasureLedger
 from ..model.platform_codes import DISCLOSURE, PATIENT_VISIBLE, REGISTER_SYSTEM
 from ..services import erase, reach, server_writes
 from ..services.kept_registers import SUBJECT_ERASED
@@ -46,7 +45,7 @@ async def _given(ctx: Context, reference: str, patient: str) -> dict[str, Any]:
 
 async def add(ctx: Context, *, patient: str, requester: str, legal_basis: str, given: str,
               resources: Sequence[str] = (), visible: bool = False,
-              on: date, ledger: ErasureLedger | None = None) -> dict[str, Any]:
+              on: date, ledger: erase.ErasureLedger | None = None) -> dict[str, Any]:
     """Register what was disclosed about `patient` on `on`; the Task stored. No erasure on
     `ledger` (default: the context's) runs meanwhile: it would take the Task uncopied."""
     requester, legal_basis, given = (_text(requester, "who asked (--requester)"),
