@@ -252,8 +252,8 @@ def _issues(warnings: list[str], page: Page, max_age_days: int) -> list[Issue]:
     issues = [Issue(code="informational", severity="information", diagnostics=(
         f"Trials: {counts.evaluated} evaluated, {counts.pruned} proven ineligible by the index without "
         f"evaluation (an inclusion diagnosis the patient's recorded diagnoses miss), "
-        f"{counts.ineligible} evaluated ineligible; {unlisted} ineligible trials kept by the "
-        f"filters are ranked after the last one listed (not listed: raise 'count' to see them)."))]
+        f"{counts.ineligible} evaluated ineligible; {unlisted} ineligible trials not listed "
+        f"(ranked after the last one listed: raise 'count' to see them)."))]
     issues += [Issue(code="incomplete", severity="warning", diagnostics=w) for w in warnings]
     unsited = sum(f.site is None for f, _ in page.listed)
     if unsited:
