@@ -171,32 +171,34 @@ def _placed(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
     return site, distance
 
 
-def _pruned(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
-            allowed: Decision, origin: Point | None, pruned: list[str]) -> list[str]:
-    """The pruned studies the filters keep. Only their ids: a large catalogue prunes thousands
-    of trials for one patient, and an object each would cost more than the filters."""
+def _kept(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
+          allowed: Decision, origin: Point | None, pruned: list[str]) -> list[str]:
+    """The pruned studies the filters keep."""
     return [study for study in pruned if _admitted(request, catalogue.studies[study], allowed)
             and _placed(request, record, catalogue, study, origin) is not None]
 
 
-def _last(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
-          origin: Point | None, studies: list[str], wanted: int) -> list[Found]:
-    """The first `wanted` of the pruned `studies` kept, by distance, by id: ineligible, 0."""
+def _ineligible(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
+                origin: Point | None, studies: list[str], wanted: int) -> list[Found]:
+    """The first `wanted` of ineligible `studies` the filters keep, by distance, by id (their
+    score is 0). Ranked only when the answer reaches them: they are kept as bare ids, as a
+    large catalogue holds thousands of them for one patient."""
     found = []
     for study in studies:
         placed = _placed(request, record, catalogue, study, origin)
-        assert placed is not None  # kept by `_pruned`
+        assert placed is not None  # kept by the filters
         found.append(Found(catalogue.trials[study], INELIGIBLE, 0.0, *placed))
     return sorted(found, key=lambda f: f.key)[:wanted]
 
 
 def rank(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
          allowed: Decision, origin: Point | None, limit: int) -> Page:
-    """The trials kept by the filters, best first, the first `limit` explained (`evaluate`).
-    The trials the index prunes rank last (ineligible, score 0; by distance, by id): neither
-    judged nor explained unless `limit` reaches them, and only their sites are looked at."""
+    """The trials kept by the filters, best first, the first `limit` explained (`evaluate`):
+    the eligible and undetermined, the ineligible evaluated, then those the index prunes
+    (never judged; explained only if `limit` reaches them)."""
     counts = Counts()
     found: list[Found] = []
+    ineligible: list[str] = []
     keep, pruned = catalogue.index.candidates(record)
     counts.pruned = len(pruned)
     for trial in keep:
@@ -205,14 +207,19 @@ def rank(request: MatchRequest, record: Record, catalogue: match_catalogue.Catal
         outcome, score = verdict(trial, record)  # explained below, for the trials listed only
         counts.evaluated += 1
         counts.ineligible += outcome == INELIGIBLE
-        if (placed := _placed(request, record, catalogue, trial.study, origin)) is not None:
+        if (placed := _placed(request, record, catalogue, trial.study, origin)) is None:
+            continue
+        if outcome == INELIGIBLE:
+            ineligible.append(trial.study)
+        else:
             found.append(Found(trial, outcome, score, *placed))
     found.sort(key=lambda f: f.key)
-    last = _pruned(request, record, catalogue, allowed, origin, pruned)
-    counts.ranked_ineligible = sum(f.verdict == INELIGIBLE for f in found) + len(last)
-    total = len(found) + len(last)
-    if len(found) < limit:
-        found += _last(request, record, catalogue, origin, last, limit - len(found))
+    last = _kept(request, record, catalogue, allowed, origin, pruned)
+    counts.ranked_ineligible = len(ineligible) + len(last)
+    total = len(found) + counts.ranked_ineligible
+    for lane in (ineligible, last):
+        if len(found) < limit:
+            found += _ineligible(request, record, catalogue, origin, lane, limit - len(found))
     return Page([(f, evaluate(f.trial, record)) for f in found[:limit]], total, counts)
 
 
