@@ -8,7 +8,9 @@ patient) or an anonymous profile (`bundle`, a `collection` Bundle holding one Pa
 resources about them), which is evaluated and never stored. Trials the caller may search are
 filtered (status, phase, sites within `radius`), then ranked: eligible, undetermined, then
 ineligible; by score, by distance, by id; the trials the index proves ineligible from the
-diagnoses alone ("pruned") last, explained (evaluated) only when `count` reaches them.
+diagnoses alone ("pruned") last, explained (evaluated) only when `count` reaches them. The
+first `count` (default: the page size) are listed, whatever their verdict; the outcome
+counts the trials evaluated, pruned, and the ineligible left out.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ ECLAIRE_RECRUITMENT = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureD
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A trial kept by the filters, with its verdict and score (a pruned one: ineligible, 0)."""
+    """A trial kept by the filters, with its verdict and score (an ineligible one: 0)."""
 
     trial: Trial
     verdict: str
