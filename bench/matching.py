@@ -1,10 +1,12 @@
 """One patient against 10,000 synthetic trials, with explanations for the top 50 (issue 17
 target: p95 <= 200 ms), and the pairs the index pruned vs evaluated.
 
-What is timed, per patient: reading the patient's record (eligibility_record), the index's
-candidates, the verdict and score of every candidate (each criterion judged once per patient,
-eligibility.verdict), ranking, then explaining the top 50 (eligibility.evaluate) and rendering
-them (match_render) — the work `$match` does once its catalogue is kept in memory
+What is timed, per patient: reading the patient's record (eligibility_record), then `$match`'s
+ranking (trials/match.py `rank`: the index's candidates, the verdict and score of every
+candidate, each criterion judged once per patient; the filters of every trial, pruned ones
+included; the ineligible ranked after the others, the pruned last), explaining the top 50
+(eligibility.evaluate; a pruned trial only if the 50 reach it) and rendering them
+(match_render) — the work `$match` does once its catalogue is kept in memory
 (trials/match_catalogue.py reads the store again only after a catalogue write).
 HTTP, access and audit are not in it. Wall-clock p50/p95/p99 and process CPU per patient are
 printed (the machine is shared: CPU time is the steadier figure).
@@ -21,8 +23,12 @@ from datetime import date
 from typing import Any
 
 from bench.common import machine, percentile
-from fhir_server.trials.eligibility import INELIGIBLE, RANK, TrialIndex, evaluate, pinned, read_record, read_trial
+from fhir_server.access import Decision
+from fhir_server.trials.eligibility import TrialIndex, pinned, read_record, read_trial
 from fhir_server.trials.eligibility_codes import COMPARATOR_URL, CRITERION_SYSTEM, LOINC, PROFILE, UCUM
+from fhir_server.trials.match import rank
+from fhir_server.trials.match_catalogue import Catalogue
+from fhir_server.trials.match_parameters import MatchRequest
 from fhir_server.trials.match_render import entry
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -117,29 +123,32 @@ def main() -> None:
     studies = {f"s{n:05d}": {"resourceType": "ResearchStudy", "id": f"s{n:05d}", "status": "active"}
                for n in range(args.trials)}
     index = TrialIndex(read_trial(id, [synthetic_group(rng, n)]) for n, id in enumerate(studies))
-    by_study = {t.study: t for t in index.trials}
+    # No sites: every trial is listed without one (the sites' cost is bench/match_server.py's).
+    catalogue = Catalogue(studies, {t.study: t for t in index.trials}, index, {id: () for id in studies}, 90)
     print(f"index of {args.trials} trials built in {time.process_time() - started:.2f} s CPU")
     patients = [synthetic_patient(rng, n) for n in range(args.patients)]
+    request = MatchRequest(None, None, None, None, frozenset(), True, args.top)
 
-    wall, cpu, evaluated, pruned, listed = [], [], 0, 0, 0
+    wall, cpu, evaluated, pruned, listed, ineligible = [], [], 0, 0, 0, 0
     for resources in patients:
         t0, c0 = time.perf_counter(), time.process_time()
         record = read_record([(pinned(r), r) for r in resources], TODAY)
-        found = index.verdicts(record)
-        top = sorted((RANK[v], -score, study) for study, v, score in found.found if v != INELIGIBLE)[:args.top]
-        rendered = [entry("http://bench/fhir", studies[study], evaluate(by_study[study], record),
-                          by_study[study].groups, None, None) for _, _, study in top]
+        page = rank(request, record, catalogue, Decision(()), None, args.top)
+        rendered = [entry("http://bench/fhir", studies[f.trial.study], result, f.trial.groups, None, None)
+                    for f, result in page.listed]
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
-        evaluated += len(found.found)
-        pruned += found.pruned
+        evaluated += page.counts.evaluated
+        pruned += page.counts.pruned
         listed += len(rendered)
+        ineligible += sum(result.verdict == "ineligible" for _, result in page.listed)
 
     pairs = evaluated + pruned
     print(f"machine: {machine()}")
     print(f"{args.patients} patients x {args.trials} trials = {pairs} pairs: "
           f"{pruned} pruned by the index ({100 * pruned / pairs:.1f}%), {evaluated} evaluated; "
-          f"{listed / args.patients:.1f} results explained per patient (top {args.top})")
+          f"{listed / args.patients:.1f} results explained per patient (top {args.top}), "
+          f"{ineligible / args.patients:.1f} of them ineligible")
     for name, values in (("wall ms", sorted(wall)), ("CPU ms", sorted(cpu))):
         print(f"{name:8} p50 {percentile(values, 50):7.1f}  p95 {percentile(values, 95):7.1f}  "
               f"p99 {percentile(values, 99):7.1f}  max {max(values):7.1f}")

@@ -6,9 +6,11 @@ The patient is either a stored Patient the caller may read (`patient`; every res
 goes through the service layer, so access applies and the request's AuditEvent names the
 patient) or an anonymous profile (`bundle`, a `collection` Bundle holding one Patient and
 resources about them), which is evaluated and never stored. Trials the caller may search are
-filtered (status, phase, sites within `radius`), then ranked: eligible before undetermined,
-by score, by distance, by id. Ineligible trials are not listed; the outcome counts them, and
-the pairs the index proved ineligible without evaluating them.
+filtered (status, phase, sites within `radius`), then ranked: eligible, undetermined, then
+ineligible; by score, by distance, by id; the trials the index proves ineligible from the
+diagnoses alone ("pruned") last, explained (evaluated) only when `count` reaches them. The
+first `count` (default: the page size) are listed, whatever their verdict; the outcome
+counts the trials evaluated, pruned, and the ineligible left out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..services import crud, patient_record
 from ..services.context import Context, Payload
 from ..services.guard import Decision, decision
 from . import match_catalogue, match_parameters
-from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialResult, evaluate, pinned, read_record, verdict
+from .eligibility import INELIGIBLE, RANK, Trial, TrialResult, evaluate, pinned, read_record, verdict
 from .eligibility_record import TYPES, Record
 from .eligibility_rules import born_later
 from .gazetteer import Point, place
@@ -40,7 +42,9 @@ ECLAIRE_RECRUITMENT = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureD
 
 
 @dataclass(frozen=True, slots=True)
-class _Found:
+class Found:
+    """A trial kept by the filters, with its verdict and score (an ineligible one: 0)."""
+
     trial: Trial
     verdict: str
     score: float
@@ -49,7 +53,7 @@ class _Found:
 
     @property
     def key(self) -> tuple[int, float, float, str]:
-        return (0 if self.verdict == ELIGIBLE else 1, -self.score,
+        return (RANK[self.verdict], -self.score,
                 self.distance if self.distance is not None else float("inf"), self.trial.study)
 
 
@@ -120,7 +124,7 @@ def home(record: Record) -> Point | None:
 def _open(study: dict[str, Any]) -> bool:
     """Open for accrual: ECLAIRE's recruitment status when the study has one, else its R4
     status `active`."""
-    for extension in study.get("extension", []):
+    for extension in study.get("extension") or ():  # no list made: called for every trial
         if extension.get("url") == ECLAIRE_RECRUITMENT:
             codes = {c.get("code") for c in (extension.get("valueCodeableConcept") or {}).get("coding", [])}
             return "recruiting" in codes
@@ -132,39 +136,93 @@ def _phase_codes(study: dict[str, Any]) -> set[str]:
 
 
 @dataclass(slots=True)
-class _Counts:
+class Counts:
     evaluated: int = 0
     pruned: int = 0
-    ineligible: int = 0
-    unsited: int = 0
+    ineligible: int = 0  # evaluated ineligible
+    ranked_ineligible: int = 0  # ineligible (evaluated or pruned) kept by the filters
 
 
-def _ranked(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
-            allowed: Decision, origin: Point | None, counts: _Counts) -> list[_Found]:
-    """The trials kept by the filters and not ineligible, best first."""
-    found: list[_Found] = []
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The first `limit` trials of the ranking, explained, and what the ranking holds."""
+
+    listed: list[tuple[Found, TrialResult]]
+    total: int  # trials ranked, whatever their verdict
+    counts: Counts
+
+
+def _admitted(request: MatchRequest, study: dict[str, Any], allowed: Decision) -> bool:
+    """Kept by the study's filters: open (with `recruiting-only`), phase, the caller's access."""
+    return not ((request.recruiting_only and not _open(study))
+                or (request.phases and not _phase_codes(study) & request.phases)
+                or not allowed.admits("ResearchStudy", study))
+
+
+def _placed(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue, study: str,
+            origin: Point | None) -> tuple[Site | None, float | None] | None:
+    """The nearest recruiting site and its distance; None when the site filters drop the trial."""
+    sites = catalogue.sites[study]
+    if not sites:  # the common case of a large catalogue's pruned trials: spare `nearest`
+        return None if request.radius is not None else (None, None)
+    site, distance = nearest(sites, origin, record.today, catalogue.max_age_days)
+    if request.recruiting_only and site is None and any(s.has_status for s in sites):
+        return None  # every site closed, or its status stale
+    if request.radius is not None and (distance is None or distance > request.radius):
+        return None
+    return site, distance
+
+
+def _kept(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
+          allowed: Decision, origin: Point | None, pruned: list[str]) -> list[str]:
+    """The pruned studies the filters keep."""
+    return [study for study in pruned if _admitted(request, catalogue.studies[study], allowed)
+            and _placed(request, record, catalogue, study, origin) is not None]
+
+
+def _ineligible(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
+                origin: Point | None, studies: list[str], wanted: int) -> list[Found]:
+    """The first `wanted` of ineligible `studies` the filters keep, by distance, by id (their
+    score is 0). Ranked only when the answer reaches them: they are kept as bare ids, as a
+    large catalogue holds thousands of them for one patient."""
+    found = []
+    for study in studies:
+        placed = _placed(request, record, catalogue, study, origin)
+        assert placed is not None  # kept by the filters
+        found.append(Found(catalogue.trials[study], INELIGIBLE, 0.0, *placed))
+    return sorted(found, key=lambda f: f.key)[:wanted]
+
+
+def rank(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
+         allowed: Decision, origin: Point | None, limit: int) -> Page:
+    """The trials kept by the filters, best first, the first `limit` explained (`evaluate`):
+    the eligible and undetermined, the ineligible evaluated, then those the index prunes
+    (never judged; explained only if `limit` reaches them)."""
+    counts = Counts()
+    found: list[Found] = []
+    ineligible: list[str] = []
     keep, pruned = catalogue.index.candidates(record)
     counts.pruned = len(pruned)
     for trial in keep:
-        study = catalogue.studies[trial.study]
-        if (request.recruiting_only and not _open(study)) or (
-                request.phases and not _phase_codes(study) & request.phases) or (
-                not allowed.admits("ResearchStudy", study)):
+        if not _admitted(request, catalogue.studies[trial.study], allowed):
             continue
         outcome, score = verdict(trial, record)  # explained below, for the trials listed only
         counts.evaluated += 1
+        counts.ineligible += outcome == INELIGIBLE
+        if (placed := _placed(request, record, catalogue, trial.study, origin)) is None:
+            continue
         if outcome == INELIGIBLE:
-            counts.ineligible += 1
-            continue
-        sites = catalogue.sites[trial.study]
-        site, distance = nearest(sites, origin, record.today, catalogue.max_age_days)
-        if request.recruiting_only and site is None and any(s.has_status for s in sites):
-            continue  # every site closed, or its status stale
-        if request.radius is not None and (distance is None or distance > request.radius):
-            continue
-        counts.unsited += site is None
-        found.append(_Found(trial, outcome, score, site, distance))
-    return sorted(found, key=lambda f: f.key)
+            ineligible.append(trial.study)
+        else:
+            found.append(Found(trial, outcome, score, *placed))
+    found.sort(key=lambda f: f.key)
+    last = _kept(request, record, catalogue, allowed, origin, pruned)
+    counts.ranked_ineligible = len(ineligible) + len(last)
+    total = len(found) + counts.ranked_ineligible
+    for lane in (ineligible, last):
+        if len(found) < limit:
+            found += _ineligible(request, record, catalogue, origin, lane, limit - len(found))
+    return Page([(f, evaluate(f.trial, record)) for f in found[:limit]], total, counts)
 
 
 async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
@@ -188,29 +246,30 @@ async def match(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         warnings.append("No location (parameter 'location' or the patient's postal code): "
                         "results carry no distance.")
     catalogue = await match_catalogue.load(ctx)
-    counts = _Counts()
-    found = _ranked(request, record, catalogue, allowed, origin, counts)
-    listed = [(f, evaluate(f.trial, record)) for f in found[:request.count or ctx.default_page_size]]
+    page = rank(request, record, catalogue, allowed, origin, request.count or ctx.default_page_size)
     entries_out = [entry(ctx.base_url, catalogue.studies[f.trial.study], result, f.trial.groups,
-                         f.site, f.distance) for f, result in listed]
+                         f.site, f.distance) for f, result in page.listed]
     entries_out.append({"fullUrl": f"urn:uuid:{new_id()}",
-                        "resource": operation_outcome(_issues(warnings, listed, counts, catalogue.max_age_days)),
+                        "resource": operation_outcome(_issues(warnings, page, catalogue.max_age_days)),
                         "search": {"mode": "outcome"}})
-    return bundle("searchset", entries_out, total=len(found))
+    return bundle("searchset", entries_out, total=page.total)
 
 
-def _issues(warnings: list[str], listed: list[tuple[_Found, TrialResult]], counts: _Counts,
-            max_age_days: int) -> list[Issue]:
+def _issues(warnings: list[str], page: Page, max_age_days: int) -> list[Issue]:
+    counts = page.counts
+    unlisted = counts.ranked_ineligible - sum(f.verdict == INELIGIBLE for f, _ in page.listed)
     issues = [Issue(code="informational", severity="information", diagnostics=(
         f"Trials: {counts.evaluated} evaluated, {counts.pruned} proven ineligible by the index without "
         f"evaluation (an inclusion diagnosis the patient's recorded diagnoses miss), "
-        f"{counts.ineligible} evaluated ineligible (not listed)."))]
+        f"{counts.ineligible} evaluated ineligible; {unlisted} ineligible trials not listed "
+        f"(ranked after the last one listed: raise 'count' to see them)."))]
     issues += [Issue(code="incomplete", severity="warning", diagnostics=w) for w in warnings]
-    if counts.unsited:
+    unsited = sum(f.site is None for f, _ in page.listed)
+    if unsited:
         issues.append(Issue(code="incomplete", severity="warning", diagnostics=(
-            f"{counts.unsited} trials have no recruiting site with a status confirmed in the last "
+            f"{unsited} trials have no recruiting site with a status confirmed in the last "
             f"{max_age_days} days: listed without a site.")))
-    criterion_warnings = [f"ResearchStudy/{result.study}: {w}" for _, result in listed
+    criterion_warnings = [f"ResearchStudy/{result.study}: {w}" for _, result in page.listed
                           for c in result.criteria for w in c.warnings()]
     issues += [Issue(code="not-supported", severity="warning", diagnostics=w)
                for w in criterion_warnings[:MAX_WARNINGS]]

@@ -1,19 +1,24 @@
 """How `$match` answers: a `searchset` Bundle of ResearchStudy, best first, as `Patient/$match`
 answers with Patient (R4 patient-operation-match): each entry's `search` has `mode` `match`,
-`score`, and the extension `eligibility-match-result` carrying the verdict, the nearest
-recruiting site with its distance and status date, and every criterion's explanation. An
-`outcome` entry holds the warnings and the counts (docs/matching.md)."""
+`score`, the extension `eligibility-match-result` carrying the verdict, the nearest
+recruiting site with its distance and status date, and every criterion's explanation, then
+R4's `match-grade` (MATCH_GRADE). An `outcome` entry holds the warnings and the counts
+(docs/matching.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..model.platform_codes import concepts
-from .eligibility import CriterionResult, TrialResult
+from .eligibility import ELIGIBLE, INELIGIBLE, UNDETERMINED, CriterionResult, TrialResult
 from .eligibility_codes import CRITERION_SYSTEM, OURS, UCUM, VERDICT_SYSTEM
 from .match_sites import Site
 
 RESULT_URL = f"{OURS}/StructureDefinition/eligibility-match-result"
+MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
+# R4 match-grade by verdict. Never `certain` ("automatically considered a full match"): an
+# eligible trial still awaits a physician's review of the record (docs/matching.md).
+MATCH_GRADE = {ELIGIBLE: "probable", UNDETERMINED: "possible", INELIGIBLE: "certainly-not"}
 
 
 def coding(system: str, code: str) -> dict[str, Any]:
@@ -59,6 +64,7 @@ def entry(base_url: str, study: dict[str, Any], result: TrialResult, groups: tup
     return {
         "fullUrl": f"{base_url}/ResearchStudy/{study['id']}",
         "resource": study,
-        "search": {"extension": [result_extension(result, groups, site, distance)],
+        "search": {"extension": [result_extension(result, groups, site, distance),
+                                 {"url": MATCH_GRADE_URL, "valueCode": MATCH_GRADE[result.verdict]}],
                    "mode": "match", "score": result.score},
     }

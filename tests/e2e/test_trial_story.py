@@ -110,8 +110,8 @@ def test_trial_story(tmp_path: Path) -> None:
         # $match: the trial is eligible, each criterion met with version-pinned evidence.
         [entry] = _matched(fhir, physician, patient)
         assert entry["resource"]["id"] == TRIAL
-        [result] = entry["search"]["extension"]
-        assert _parts(result, "verdict")[0]["code"] == "eligible"
+        result, grade = entry["search"]["extension"]
+        assert _parts(result, "verdict")[0]["code"] == "eligible" and grade["valueCode"] == "probable"
         assert _parts(result, "site") == [{"reference": SITE}]
         assert _parts(result, "criteria") == [{"reference": f"Group/{group}/_history/2"}]  # as approved
         criteria = {_parts(c, "text")[0]: c for c in result["extension"] if c["url"] == "criterion"}

@@ -100,7 +100,7 @@ def test_an_anonymous_profile_is_matched_and_never_stored(world: World,  # noqa:
     response = _match(anonymous, {"name": "bundle", "resource": _profile()}, FROM_PARIS)
     assert response.status_code == 200, response.text
     found = [e["resource"]["id"] for e in response.json()["entry"] if e["search"]["mode"] == "match"]
-    assert found == ["breast", "her2", "odd"]
+    assert found == ["breast", "her2", "odd", "men", "lung"]  # the ineligible last
     assert _store(world) == before
 
 

@@ -1,7 +1,8 @@
 """The demo data set tells the matching story (README, `bin/demo`; docs/matching.md): the demo
 patient's `$match`, stored and anonymous, ranks the breast trial with every criterion
-explained, one datum left unknown, and the nearest recruiting site; the lung trial and the
-trial an exclusion rules out are counted, not listed."""
+explained, one datum left unknown, and the nearest recruiting site; then the two trials she
+cannot join, each with the criterion not met and its evidence: the trial an exclusion rules
+out (evaluated), and the lung trial (pruned by the index, explained because listed)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ from fastapi.testclient import TestClient
 from fhir_server import clock
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
-from fhir_server.trials.eligibility import evaluate
-from fhir_server.trials.eligibility_format import read_trial
-from fhir_server.trials.eligibility_record import read_record
 from tests.builders import consent
 from tests.http.helpers import send
 from tests.store.conftest import STORES
@@ -29,6 +27,7 @@ from tests.store.conftest import STORES
 # confirms them on the day it is loaded.
 LOADED = datetime(2028, 3, 1, 9, tzinfo=UTC)
 HELENE = "Patient/helene-dupont"
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"  # $match sets it, the inverse not
 
 
 @pytest.fixture(params=["sqlite", "mongodb-double"])
@@ -71,6 +70,7 @@ def _story(bundle: dict[str, Any]) -> dict[str, Any]:
             "id": entry["resource"]["id"], "score": entry["search"]["score"],
             "verdict": result["verdict"]["code"], "site": result.get("site", {}).get("reference"),
             "distance": result.get("distance", {}).get("value"), "confirmed": result.get("siteStatusDate"),
+            "grade": next((e["valueCode"] for e in entry["search"]["extension"] if e["url"] == MATCH_GRADE), None),
             "criteria": [(c["text"], c["verdict"]["code"], c.get("evidence", {}).get("reference"),
                           c.get("missing")) for c in criteria]})
     return {"listed": listed, "outcome": outcome}
@@ -113,21 +113,43 @@ def test_the_demo_patient_gets_the_breast_trial_explained_first(demo: TestClient
                  else {"name": "bundle", "resource": {"resourceType": "Bundle", "type": "collection",
                                                       "entry": _helene_entries()}})
     story = _story(_match(demo, parameter))
-    [breast] = story["listed"]  # the lung trial and the one ruling out prior anti-HER2: not listed
-    assert (breast["id"], breast["verdict"], breast["score"]) == ("essai-sein-her2", "undetermined", 0.75)
+    breast, anti_her2, lung = story["listed"]
+    assert (breast["id"], breast["verdict"], breast["score"], breast["grade"]) == (
+        "essai-sein-her2", "undetermined", 0.75, "possible")
     assert breast["criteria"] == _expected("/_history/1" if form == "patient" else "")
     # Lyon (Hélène lives in 69007), not Bordeaux; confirmed recruiting on the day of loading
     assert breast["site"] == "Location/site-lyon"
     assert 0 < breast["distance"] < 10
     assert breast["confirmed"] == "2028-03-01"
+    # Then the two she cannot join, each with the criterion not met and what shows it.
+    cited = _cited(form)
+    assert (anti_her2["id"], anti_her2["verdict"], anti_her2["score"], anti_her2["grade"]) == (
+        "essai-sein-naif-anti-her2", "ineligible", 0, "certainly-not")
+    assert _not_met(anti_her2) == [
+        ("Traitement anti-HER2 antérieur (anticorps monoclonal, ATC L01FD)",
+         cited("MedicationStatement/med-helene-trastuzumab"))]
+    assert (lung["id"], lung["verdict"], lung["score"], lung["grade"]) == (
+        "essai-poumon-immuno", "ineligible", 0, "certainly-not")
+    assert _not_met(lung) == [("Cancer bronchique (CIM-10 C34)", cited("Condition/cond-helene-breast"))]
     assert story["outcome"] == [
         "Trials: 2 evaluated, 1 proven ineligible by the index without evaluation (an inclusion "
-        "diagnosis the patient's recorded diagnoses miss), 1 evaluated ineligible (not listed)."]
+        "diagnosis the patient's recorded diagnoses miss), 1 evaluated ineligible; 0 ineligible "
+        "trials not listed (ranked after the last one listed: raise 'count' to see them)."]
+
+
+def _cited(form: str) -> Any:
+    """How an entry of Hélène's record is cited: version-pinned when stored, else its fullUrl."""
+    return (lambda reference: reference + "/_history/1") if form == "patient" else (lambda reference: reference)
+
+
+def _not_met(listed: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(text, evidence) for text, verdict, evidence, _ in listed["criteria"] if verdict == "not-met"]
 
 
 def test_the_lung_trial_is_the_lung_patients(demo: TestClient) -> None:
     story = _story(_match(demo, {"name": "patient", "valueReference": {"reference": "Patient/jean-moreau"}}))
-    [lung] = story["listed"]
+    lung, *others = story["listed"]
+    assert [(o["verdict"], o["grade"]) for o in others] == [("ineligible", "certainly-not")] * 2
     assert (lung["id"], lung["verdict"], lung["score"]) == ("essai-poumon-immuno", "undetermined", 0.75)
     assert (lung["site"], lung["confirmed"]) == ("Location/site-bordeaux", "2028-03-01")
     assert [c[:2] for c in lung["criteria"]] == [
@@ -166,22 +188,3 @@ def test_a_referring_physician_finds_the_demo_patient_for_the_breast_trial(
         assert helene["site"] == "Location/site-lyon"
         lung = inverse("essai-poumon-immuno")
         assert lung["listed"] == [] and "1 proven ineligible by the index" in lung["outcome"][0]
-
-
-def test_the_two_trials_not_listed_for_the_demo_patient_are_refuted_with_evidence() -> None:
-    """`$match` lists no ineligible trial, only counts them: the engine says why, for each."""
-    resources = [e["resource"] for e in _demo_data()]
-    helene = read_record([(e["fullUrl"], e["resource"]) for e in _helene_entries()], LOADED.date())
-    groups = {f"Group/{r['id']}": r for r in resources if r["resourceType"] == "Group"}
-
-    def refuted(study: str) -> list[tuple[str, str, tuple[str, ...]]]:
-        [trial] = [r for r in resources if r["resourceType"] == "ResearchStudy" and r["id"] == study]
-        result = evaluate(read_trial(study, [groups[e["reference"]] for e in trial["enrollment"]]), helene)
-        assert (result.verdict, result.score) == ("ineligible", 0)
-        return [(c.text, c.kind, c.evidence) for c in result.criteria if c.verdict == "not-met"]
-
-    assert refuted("essai-poumon-immuno") == [
-        ("Cancer bronchique (CIM-10 C34)", "condition", ("Condition/cond-helene-breast",))]
-    assert refuted("essai-sein-naif-anti-her2") == [
-        ("Traitement anti-HER2 antérieur (anticorps monoclonal, ATC L01FD)", "prior-treatment",
-         ("MedicationStatement/med-helene-trastuzumab",))]

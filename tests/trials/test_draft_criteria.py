@@ -37,16 +37,19 @@ def _approve(world: World, group: str, who: str = "admin") -> Any:
     return send(world.client, "POST", f"/fhir/Group/{group}/$approve-criteria", **_headers(world, who))
 
 
-def _listed(world: World) -> list[str]:
+def _listed(world: World) -> dict[str, str]:
+    """Each trial $match lists for Alice, and its verdict (the ineligible ones are listed too)."""
     bundle = world.match(PATIENT).json()
-    return [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    return {e["resource"]["id"]: next(p["valueCoding"]["code"] for p in e["search"]["extension"][0]["extension"]
+                                      if p["url"] == "verdict")
+            for e in bundle["entry"] if e["search"]["mode"] == "match"}
 
 
 def test_a_draft_is_used_only_once_a_person_approves_it(world: World) -> None:
     Users(world.client.app.state.oauth.registry).add(  # type: ignore[attr-defined]
         "curator", "a long enough password", "Practitioner/curator", admin=True)
     before = _listed(world)
-    assert "breast" in before
+    assert before["breast"] == "eligible"
     response = _draft(world)
     assert response.status_code == 201, response.text
     group = response.json()
@@ -67,7 +70,7 @@ def test_a_draft_is_used_only_once_a_person_approves_it(world: World) -> None:
     assert parts["status"] == "approved" and parts["by"] == {"reference": "Practitioner/curator"} and parts["at"]
     study = world.client.get("/fhir/ResearchStudy/breast", headers=world.headers("ehr")).json()
     assert {"reference": f"Group/{group['id']}"} in study["enrollment"]
-    assert "breast" not in _listed(world)  # Alice is a woman: now excluded
+    assert _listed(world)["breast"] == "ineligible"  # Alice is a woman: now excluded
     assert _approve(world, group["id"]).status_code == 409
 
 

@@ -1,6 +1,7 @@
 """`$match` against a brute-force evaluator (docs/matching.md): for random anonymous profiles
 and parameters, the trials listed, their order, verdicts, scores and distances are what
-evaluating every trial of the catalogue one by one and filtering gives."""
+evaluating every trial of the catalogue one by one and filtering gives; the ineligible last,
+the ones the trial index prunes after those it evaluates."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from fhir_server import clock
 from fhir_server.search import distance_km
-from fhir_server.trials.eligibility import evaluate, read_record, read_trial
+from fhir_server.trials.eligibility import RANK, TrialIndex, evaluate, read_record, read_trial
 from fhir_server.trials.gazetteer import parse_location, place
 from tests.trials.eligibility_builders import ICD10, LOINC, coded, condition, group, observation, patient
 from tests.trials.match_world import CRITERIA, HER2, LOCATIONS, STUDIES, World, world  # noqa: F401
@@ -53,23 +54,24 @@ def brute_force(resources: list[dict[str, Any]], origin_text: str | None, radius
     today = clock.now().date()
     record = read_record([(f"urn:uuid:{n}", r) for n, r in enumerate(resources)], today)
     origin = parse_location(origin_text) if origin_text else None
+    trials = {study["id"]: read_trial(study["id"], [group(f"{study['id']}-criteria", *CRITERIA[study["id"]])])
+              for study in STUDIES}
+    _, pruned = TrialIndex(trials.values()).candidates(record)
     rows = []
     for study in STUDIES:
         if recruiting_only and (study["status"] != "active" or "extension" in study):  # "done"
             continue
         if phase and study["phase"]["coding"][0]["code"] != phase:
             continue
-        result = evaluate(read_trial(study["id"], [group(f"{study['id']}-criteria", *CRITERIA[study["id"]])]), record)
-        if result.verdict == "ineligible":
-            continue
+        result = evaluate(trials[study["id"]], record)
         site, distance, _ = _nearest(study, origin, today)
         if recruiting_only and site is None:
             continue
         if radius is not None and (distance is None or distance > radius):
             continue
-        rows.append((0 if result.verdict == "eligible" else 1, -result.score,
+        rows.append((RANK[result.verdict], -result.score, study["id"] in pruned,
                      distance if distance is not None else math.inf, study["id"], result.verdict, result.score, distance))
-    return [(r[3], r[4], r[5], r[6]) for r in sorted(rows)]
+    return [(r[4], r[5], r[6], r[7]) for r in sorted(rows)]
 
 
 profiles = st.tuples(
@@ -117,6 +119,10 @@ def test_match_agrees_with_brute_force(world: World, profile: Any, drawn: Any) -
         if entry["search"]["mode"] != "match":
             continue
         parts = {p["url"]: p for p in entry["search"]["extension"][0]["extension"]}
+        # R4 match-grade follows the verdict
+        assert entry["search"]["extension"][1]["valueCode"] == {
+            "eligible": "probable", "undetermined": "possible", "ineligible": "certainly-not"}[
+            parts["verdict"]["valueCoding"]["code"]]
         distance = parts["distance"]["valueQuantity"]["value"] if "distance" in parts else None
         listed.append((entry["resource"]["id"], parts["verdict"]["valueCoding"]["code"],
                        entry["search"]["score"], distance))

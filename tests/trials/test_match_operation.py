@@ -15,9 +15,12 @@ PATIENT = {"name": "patient", "valueReference": {"reference": "Patient/alice"}}
 FROM_PARIS = {"name": "location", "valueString": "75001"}
 
 
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+
+
 def _result(entry: dict[str, Any]) -> dict[str, Any]:
     """The match-result extension of an entry, as {part: value(s)}."""
-    [extension] = entry["search"]["extension"]
+    [extension] = [e for e in entry["search"]["extension"] if e["url"] != MATCH_GRADE]
     parts: dict[str, Any] = {}
     for part in extension["extension"]:
         value = next(v for k, v in part.items() if k.startswith("value") or k == "extension")
@@ -45,6 +48,11 @@ def _matches(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
 
 
+def _grade(entry: dict[str, Any]) -> str:
+    [grade] = [e["valueCode"] for e in entry["search"]["extension"] if e["url"] == MATCH_GRADE]
+    return str(grade)
+
+
 def test_a_stored_patient_gets_ranked_explained_trials(world: World) -> None:
     response = world.match(PATIENT, FROM_PARIS)
     assert response.status_code == 200, response.text
@@ -52,12 +60,14 @@ def test_a_stored_patient_gets_ranked_explained_trials(world: World) -> None:
     assert bundle["type"] == "searchset"
     found = _matches(bundle)
     # breast: every criterion met; her2: ECOG, brain metastases and free text open; odd: a
-    # diagnosis in a local code system, not evaluated. Lung is pruned (another diagnosis), men
-    # ineligible, closed and done not recruiting.
-    assert [e["resource"]["id"] for e in found] == ["breast", "her2", "odd"]
-    assert bundle["total"] == 3
-    assert [e["search"]["score"] for e in found] == [1.0, pytest.approx(4 / 7, abs=1e-4), 0.5]
-    assert [_result(e)["verdict"][0]["code"] for e in found] == ["eligible", "undetermined", "undetermined"]
+    # diagnosis in a local code system, not evaluated. Then the ineligible: men (evaluated),
+    # lung last (pruned by the index: another diagnosis). Closed and done are not recruiting.
+    assert [e["resource"]["id"] for e in found] == ["breast", "her2", "odd", "men", "lung"]
+    assert bundle["total"] == 5
+    assert [e["search"]["score"] for e in found] == [1.0, pytest.approx(4 / 7, abs=1e-4), 0.5, 0, 0]
+    assert [_result(e)["verdict"][0]["code"] for e in found] == [
+        "eligible", "undetermined", "undetermined", "ineligible", "ineligible"]
+    assert [_grade(e) for e in found] == ["probable", "possible", "possible", "certainly-not", "certainly-not"]
 
     her2 = _criteria(found[1])
     assert her2["Breast cancer"]["verdict"][0]["code"] == "met"
@@ -76,12 +86,41 @@ def test_a_stored_patient_gets_ranked_explained_trials(world: World) -> None:
     assert _result(found[0])["site"] == [{"reference": "Location/paris"}]
     assert _result(found[0])["distance"][0]["value"] < 5
     assert _result(found[0])["siteStatusDate"]
-    assert any("1 proven ineligible by the index" in d and "1 evaluated ineligible" in d
-               for d in _outcome(bundle))
+    assert any("1 proven ineligible by the index" in d and "1 evaluated ineligible; 0 ineligible "
+               "trials not listed" in d for d in _outcome(bundle))
     odd = _criteria(found[2])["Local diagnosis"]
     assert odd["verdict"][0]["code"] == "unknown" and "no rule for code system" in odd["warning"][0]
     assert any(d.startswith("ResearchStudy/odd: criterion 2 (Local diagnosis): no rule for code system")
                for d in _outcome(bundle))
+
+
+def test_an_ineligible_trial_is_listed_with_the_criterion_not_met_and_its_evidence(world: World) -> None:
+    """Men-only: Alice's sex is not met, citing her Patient; lung, pruned by the index and
+    never judged while ranked, is explained when listed: its diagnosis not met, citing hers."""
+    found = {e["resource"]["id"]: e for e in _matches(world.match(PATIENT, FROM_PARIS).json())}
+    men = _criteria(found["men"])
+    assert men["Men"]["verdict"][0]["code"] == "not-met"
+    assert men["Men"]["evidence"] == [{"reference": "Patient/alice/_history/1"}]
+    assert men["Breast cancer"]["verdict"][0]["code"] == "met"
+    assert _result(found["men"])["site"] == [{"reference": "Location/paris"}]
+    lung = _criteria(found["lung"])
+    assert lung["Lung cancer"]["verdict"][0]["code"] == "not-met"
+    assert lung["Lung cancer"]["evidence"] == [{"reference": "Condition/alice-c/_history/1"}]
+    assert _result(found["lung"])["site"] == [{"reference": "Location/bordeaux"}]
+
+
+def test_count_bounds_the_ineligible_and_the_outcome_says_how_many_are_left(world: World) -> None:
+    """The pruned trial is listed only when `count` reaches it; `total` counts every trial
+    ranked, listed or not."""
+    bundle = world.match(PATIENT, FROM_PARIS, {"name": "count", "valueInteger": 4}).json()
+    assert [e["resource"]["id"] for e in _matches(bundle)] == ["breast", "her2", "odd", "men"]
+    assert bundle["total"] == 5
+    assert any("1 ineligible trials not listed (ranked after the last one listed" in d
+               for d in _outcome(bundle))
+    bundle = world.match(PATIENT, FROM_PARIS, {"name": "count", "valueInteger": 2}).json()
+    assert [e["resource"]["id"] for e in _matches(bundle)] == ["breast", "her2"]
+    assert bundle["total"] == 5
+    assert any("2 ineligible trials not listed" in d for d in _outcome(bundle))
 
 
 def test_the_patients_address_is_the_default_location(world: World) -> None:
@@ -95,10 +134,12 @@ def test_filters(world: World) -> None:
         assert response.status_code == 200, response.text
         return [e["resource"]["id"] for e in _matches(response.json())]
 
-    assert ids({"name": "phase", "valueCode": "phase-2"}) == ["her2"]
-    assert ids(FROM_PARIS, {"name": "radius", "valueDecimal": 50}) == ["breast", "odd"]
+    # The ineligible trials (men, lung) are filtered as the others.
+    assert ids({"name": "phase", "valueCode": "phase-2"}) == ["her2", "men"]
+    assert ids(FROM_PARIS, {"name": "radius", "valueDecimal": 50}) == ["breast", "odd", "men"]
     assert ids({"name": "location", "valueString": "45.76,4.84"}, {"name": "radius", "valueDecimal": 20}) == ["her2"]
-    assert ids({"name": "recruiting-only", "valueBoolean": False}) == ["breast", "closed", "done", "her2", "odd"]
+    assert ids({"name": "recruiting-only", "valueBoolean": False}) == [
+        "breast", "closed", "done", "her2", "odd", "men", "lung"]
     assert ids({"name": "count", "valueInteger": 1}) == ["breast"]
 
 
@@ -123,7 +164,7 @@ def test_an_anonymous_profile_is_matched_and_never_stored(world: World) -> None:
     response = world.match({"name": "bundle", "resource": _profile(address=False)})
     assert response.status_code == 200, response.text
     bundle = response.json()
-    assert [e["resource"]["id"] for e in _matches(bundle)] == ["breast", "her2", "odd"]
+    assert [e["resource"]["id"] for e in _matches(bundle)] == ["breast", "her2", "odd", "men", "lung"]
     her2 = _criteria(_matches(bundle)[1])
     assert her2["Breast cancer"]["evidence"] == [{"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}]
     # No location anywhere: no distance, and a warning says so.

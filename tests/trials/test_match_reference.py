@@ -3,8 +3,8 @@ reference evaluator (tests/trials/reference_eligibility.py, written from docs/ma
 sharing no code with the engine): random patients (absent data, boundary ages, partial birth
 dates, units, statuses, superseded observations) against random catalogues of eligibility
 Groups (every criterion type, exclusions, at-least groups, only-if conditions, criteria the
-engine cannot read). Each trial's listing, verdict and score, and each listed trial's
-criterion verdicts, must be the reference's."""
+engine cannot read). Each trial's listing, verdict and score, each listed trial's criterion
+verdicts (the ineligible ones' too) and the order must be the reference's."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.trials.conftest import served
 
 TRIALS = 6
 PROFILE = f"{ref.OURS}/StructureDefinition/eligibility-criteria"
+RESULT = f"{ref.OURS}/StructureDefinition/eligibility-match-result"
 UCUM = "http://unitsofmeasure.org"
 CCT = ref.CANCER_TYPE
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -380,7 +381,7 @@ def listed(answer: dict[str, Any]) -> list[tuple[str, str, float, dict[str, tupl
     for entry in answer["entry"]:
         if entry["search"]["mode"] != "match":
             continue
-        [result] = entry["search"]["extension"]
+        [result] = [e for e in entry["search"]["extension"] if e["url"] == RESULT]
         criteria: dict[str, tuple[str, bool]] = {}
 
         def walk(parts: list[dict[str, Any]]) -> None:
@@ -418,19 +419,27 @@ def test_match_agrees_with_the_reference(client: TestClient, data: st.DataObject
     assert response.status_code == 200, response.text
 
     expected = {f"t{n}": ref.evaluate([group], resources, today()) for n, group in enumerate(trials)}
-    assert disagreements(expected, listed(response.json())) == []
+    prunable = {f"t{n}" for n, group in enumerate(trials) if diagnosis_not_met(group, expected[f"t{n}"])}
+    assert disagreements(expected, listed(response.json()), prunable) == []
+
+
+def diagnosis_not_met(group: dict[str, Any], wanted: ref.Verdict) -> bool:
+    """Whether an inclusion diagnosis of the Group (neither excluded nor conditional) is not
+    met for the reference: only such a trial may be pruned by the engine's index, which
+    $match then ranks after the ineligible trials it evaluated (docs/matching.md §3, §4)."""
+    by_key = wanted.by_key()
+    return any(c["code"]["coding"][0]["code"] == "condition" and not c["exclude"]
+               and not any(e["url"] == ref.ONLY_IF_URL for e in c.get("extension", []))
+               and by_key.get(str(n)) == ref.NOT_MET for n, c in enumerate(group["characteristic"], 1))
 
 
 def disagreements(expected: dict[str, ref.Verdict],
-                  shown: list[tuple[str, str, float, dict[str, tuple[str, bool]]]]) -> list[str]:
+                  shown: list[tuple[str, str, float, dict[str, tuple[str, bool]]]],
+                  prunable: set[str]) -> list[str]:
     """Where `$match`'s listing differs from the reference's, in words."""
     out = []
     found = {study: (verdict, score, criteria) for study, verdict, score, criteria in shown}
     for study, wanted in expected.items():
-        if wanted.verdict == "ineligible":
-            if study in found:
-                out.append(f"{study}: listed {found[study]}, the reference finds it ineligible: {wanted.by_key()}")
-            continue
         if study not in found:
             out.append(f"{study}: not listed, the reference finds it {wanted.verdict}: {wanted.by_key()}")
             continue
@@ -442,9 +451,21 @@ def disagreements(expected: dict[str, ref.Verdict],
             out.append(f"{study}: {verdict} {score}, the reference's {wanted.verdict} {wanted.score}")
         out += [f"{study}: criterion {key} unknown without saying why" for key, (v, explained) in criteria.items()
                 if v == ref.UNKNOWN and not explained]
-    ranked = sorted(found, key=lambda s: (expected[s].verdict != "eligible", -expected[s].score, s))
-    if [study for study, *_ in shown] != ranked:
-        out.append(f"order {[study for study, *_ in shown]}, expected {ranked}")
+    rank = {"eligible": 0, "undetermined": 1, "ineligible": 2}
+    order = [study for study, *_ in shown]
+    ranked = sorted(found, key=lambda s: (rank[expected[s].verdict], -expected[s].score, s))
+    # The ineligible: those evaluated by id, then those the index pruned by id. Which ones it
+    # prunes is the engine's to choose, among the trials an inclusion diagnosis rules out.
+    ineligible = [s for s in ranked if expected[s].verdict == "ineligible"]
+    shown_ineligible = order[len(order) - len(ineligible):]
+    tail = next((n for n in range(1, len(shown_ineligible))
+                 if shown_ineligible[n] < shown_ineligible[n - 1]), len(shown_ineligible))
+    runs = sorted(shown_ineligible[:tail]) + sorted(shown_ineligible[tail:])
+    if order[:len(order) - len(ineligible)] != ranked[:len(ranked) - len(ineligible)] or \
+            sorted(shown_ineligible) != ineligible or shown_ineligible != runs or \
+            not set(shown_ineligible[tail:]) <= prunable:
+        out.append(f"order {order}, expected {ranked} (the ineligible ones pruned by the index "
+                   f"last, among {sorted(prunable)})")
     return out
 
 
@@ -485,7 +506,7 @@ def test_a_medication_the_bundle_references_by_its_full_url_is_read(client: Test
                 {"resourceType": "Medication", "code": concept(coding(ref.ATC, "L01XA02"))}]
 
     assert only_trial(client, [prior("L01XA")], record()) == ("eligible", {"1": ("met", False)})
-    assert only_trial(client, [prior("L01XA", exclude=True)], record()) is None  # ineligible
+    assert only_trial(client, [prior("L01XA", exclude=True)], record()) == ("ineligible", {"1": ("not-met", False)})
 
 
 def test_an_age_a_partial_birth_date_leaves_open_says_what_is_missing(client: TestClient) -> None:
