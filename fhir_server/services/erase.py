@@ -266,11 +266,11 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             await kept_registers.drop(ctx.store, patient_id)
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
+    await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's
     await kept_registers.flush(ctx.store, patient_id)
     events += await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
     await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
-    await forget_figures(ctx.store)
     if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
         await setup.messages(patient_id)
     if intent.get("requested") and setup.forget is not None:

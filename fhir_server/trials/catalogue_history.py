@@ -26,11 +26,13 @@ Location: `TYPES`) by it, consents_kept.py the active Consents.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from dataclasses import dataclass
 
 from .. import clock
 from ..services.context import Context
-from ..store.base import HistoryQuery, Version
+from ..store.base import HistoryQuery, Store, Version
 
 TYPES = ("ResearchStudy", "Group", "Location")  # the trial catalogue's
 PAGE = 100  # history entries a read
@@ -114,3 +116,16 @@ async def _down_to(ctx: Context, resource_type: str, floor: str | None) -> list[
         if page.next_seq is None:
             return found
         cursor = page.next_seq
+
+
+Locks = weakref.WeakKeyDictionary[Store, tuple[asyncio.AbstractEventLoop, asyncio.Lock]]
+
+
+def reading_lock(locks: Locks, store: Store) -> asyncio.Lock:
+    """The lock in `locks` of what is kept for `store`, in the running loop (a lock serves
+    one loop): one read at a time, a call arriving meanwhile finds its result."""
+    loop = asyncio.get_running_loop()
+    found = locks.get(store)
+    if found is None or found[0] is not loop:
+        found = locks[store] = (loop, asyncio.Lock())
+    return found[1]

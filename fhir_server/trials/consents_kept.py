@@ -36,7 +36,7 @@ from ..services import reach, study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Store
-from .catalogue_history import Position, position, stamp
+from .catalogue_history import Locks, Position, position, reading_lock, stamp
 from .match_catalogue import shared
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,14 @@ class Agreements:
 
 # Per store (the app's: `shared`), with the lock one read at a time is taken under.
 _KEPT: weakref.WeakKeyDictionary[Store, Agreements] = weakref.WeakKeyDictionary()
-_LOCKS: weakref.WeakKeyDictionary[Store, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = \
-    weakref.WeakKeyDictionary()
+_LOCKS: Locks = weakref.WeakKeyDictionary()
 
 
 async def agreements(ctx: Context) -> Agreements:
     """The active Consents as stored now: those kept while the history shows no write since,
     else those kept brought up to date, or read afresh (the first time, or after an erasure)."""
     store = shared(ctx)
-    async with _lock(store):
+    async with reading_lock(_LOCKS, store):
         kept = _KEPT.get(store)
         erased = await subscriptions.one(store, study_access.FIGURES_ERASED)  # before the history
         if kept is not None and kept.erased != erased:
@@ -115,15 +114,6 @@ async def warm(ctx: Context) -> None:
     log.info("the Consents were read ahead", extra={"patients": len(read.by_patient)})
 
 
-def _lock(store: Store) -> asyncio.Lock:
-    """The lock of `store`'s Consents in the running loop (a lock serves one loop)."""
-    loop = asyncio.get_running_loop()
-    found = _LOCKS.get(store)
-    if found is None or found[0] is not loop:
-        found = _LOCKS[store] = (loop, asyncio.Lock())
-    return found[1]
-
-
 async def _read(ctx: Context, at: Position, erased: bytes | None) -> Agreements:
     """Every active Consent read afresh (the history stood at `at` before the read), kept out
     of the cyclic garbage collector's walks: millions of containers, never cyclic garbage.
@@ -137,6 +127,9 @@ async def _read(ctx: Context, at: Position, erased: bytes | None) -> Agreements:
     finally:
         if collecting:
             gc.enable()
+    # Collected first: what other requests left as cyclic garbage meanwhile would be frozen
+    # for good (one full collection a read afresh: at start and after an erasure).
+    gc.collect()
     gc.freeze()  # they are still freed by reference counting once replaced
     return kept
 

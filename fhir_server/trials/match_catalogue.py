@@ -32,7 +32,7 @@ from ..services import reach
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Store
-from .catalogue_history import TYPES, Position, position, stamp
+from .catalogue_history import TYPES, Locks, Position, position, reading_lock, stamp
 from .criteria_review import is_draft
 from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
 from .eligibility_codes import PROFILE
@@ -74,6 +74,7 @@ _EMPTY = _Kept(Catalogue({}, {}, TrialIndex(()), {}, 0), Position((), (), frozen
 log = logging.getLogger(__name__)
 # Per store (the app's, not a request's: `shared`).
 _KEPT: weakref.WeakKeyDictionary[Store, _Kept] = weakref.WeakKeyDictionary()
+_LOCKS: Locks = weakref.WeakKeyDictionary()
 
 
 def shared(ctx: Context) -> Store:
@@ -87,11 +88,12 @@ async def load(ctx: Context) -> Catalogue:
     else the one kept brought up to date, or read afresh the first time (or when the history
     no longer shows where the kept one stood: an erasure)."""
     store = shared(ctx)
-    kept = _KEPT.get(store)
-    if kept is None or not kept.at.current(await stamp(ctx, TYPES)):
-        at, changes = await position(ctx, TYPES, kept.at if kept is not None else None)
-        kept = await _read(ctx, at) if kept is None or changes is None else await _update(ctx, kept, changes, at)
-        _KEPT[store] = kept
+    async with reading_lock(_LOCKS, store):  # one read at a time: 10,000 trials take seconds
+        kept = _KEPT.get(store)
+        if kept is None or not kept.at.current(await stamp(ctx, TYPES)):
+            at, changes = await position(ctx, TYPES, kept.at if kept is not None else None)
+            kept = await _read(ctx, at) if kept is None or changes is None else await _update(ctx, kept, changes, at)
+            _KEPT[store] = kept
     if kept.catalogue.max_age_days != ctx.site_status_max_age_days:
         kept = _KEPT[store] = dataclasses.replace(kept, catalogue=dataclasses.replace(
             kept.catalogue, max_age_days=ctx.site_status_max_age_days))

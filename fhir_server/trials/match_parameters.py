@@ -99,7 +99,7 @@ def check_size(body: Any) -> None:
                        "a stored record with 'patient')", expression=_where("bundle"))
 
 
-def read(body: dict[str, Any], max_count: int) -> MatchRequest:
+def read(body: dict[str, Any]) -> MatchRequest:
     """The request of a Parameters body (already checked as a Parameters resource)."""
     by_name: dict[str, list[dict[str, Any]]] = {}
     for parameter in body.get("parameter", []):
@@ -130,7 +130,6 @@ def read(body: dict[str, Any], max_count: int) -> MatchRequest:
         count = _value(by_name["count"][0], "count", "valuePositiveInt", "valueInteger")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise invalid("count", "a positive integer")
-        count = min(count, max_count)
     bundle = by_name["bundle"][0].get("resource") if "bundle" in by_name else None
     if "bundle" in by_name and not isinstance(bundle, dict):
         raise invalid("bundle", "a Bundle resource (parameter.resource)")

@@ -134,7 +134,7 @@ def test_the_demo_patient_gets_the_breast_trial_explained_first(demo: TestClient
     assert story["outcome"] == [
         "Trials: 2 evaluated, 1 proven ineligible by the index without evaluation (an inclusion "
         "diagnosis the patient's recorded diagnoses miss), 1 evaluated ineligible; 0 ineligible "
-        "trials not listed (ranked after the last one listed: raise 'count' to see them)."]
+        "trials not listed (ranked after the last one listed: raise 'count', up to 200, to see them)."]
 
 
 def _cited(form: str) -> Any:
