@@ -22,11 +22,10 @@ from fhir_server import clock
 from fhir_server.search import default_registry, extract, parse_query
 from fhir_server.services.context import Context
 from fhir_server.store.base import Delete, Store, Write
-from fhir_server.trials import consents_kept, match_catalogue
+from fhir_server.trials import match_catalogue
 from fhir_server.trials.eligibility import read_record
 from tests.store.conftest import DOUBLE
-from tests.trials.conftest import served
-from tests.trials.kept_stores import Handle, afresh, context, opened, run
+from tests.trials.kept_stores import Handle, context, opened, run
 from tests.trials.eligibility_builders import condition, group, patient
 from tests.trials.match_world import CRITERIA, RECENT, location, site
 
@@ -153,17 +152,3 @@ def test_a_write_reads_again_only_what_it_changed(kind: str, tmp_path: Path) -> 
     assert sorted((t, dict(p)["_id"]) for t, p in searched) == [
         ("Group", "g1"), ("Location", "l2"), ("ResearchStudy", "t0")]
     assert [dict(p).get("_profile") for t, p in searched if t == "Group"] == [group("g")["meta"]["profile"][0]]
-
-
-def test_the_server_reads_the_trial_catalogue_at_start(tmp_path: Path, signing_keys: bytes) -> None:
-    """Started, the app reads the trial catalogue in the background (before the Consents); the
-    first $match finds it kept."""
-    with afresh(match_catalogue, None) as reads, served("sqlite", tmp_path, signing_keys) as client:
-        store = client.app.state.context.store  # type: ignore[attr-defined]
-        for _ in range(600):  # the background reads end (at most a minute)
-            if store in consents_kept._KEPT:
-                break
-            client.portal.call(asyncio.sleep, 0.1)
-        assert store in match_catalogue._KEPT and len(reads) == 1
-        client.portal.call(match_catalogue.load, context(store))
-        assert len(reads) == 1

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +27,6 @@ from fhir_server.store.base import Delete, HistoryQuery, Store, Write
 from fhir_server.trials import consents_kept
 from tests.builders import consent
 from tests.store.conftest import DOUBLE
-from tests.trials.conftest import served
 from tests.trials.inverse_world import prescreening
 from tests.trials.kept_stores import Handle, afresh, context, opened, run
 
@@ -198,20 +196,3 @@ def test_the_consents_read_are_kept_out_of_the_collectors_walks(tmp_path: Path) 
     finally:
         gc.unfreeze()
     assert paused and frozen > 0
-
-
-def test_the_server_reads_the_consents_at_start(tmp_path: Path, signing_keys: bytes) -> None:
-    """Started, the app reads the Consents in the background; the first call finds them."""
-    with afresh(consents_kept, None) as reads, served("sqlite", tmp_path, signing_keys) as client:
-        store = _app_store(client)
-        for _ in range(600):  # the background read ends (at most a minute)
-            if store in consents_kept._KEPT:
-                break
-            client.portal.call(asyncio.sleep, 0.1)
-        assert store in consents_kept._KEPT and len(reads) == 1
-        client.portal.call(consents_kept.agreements, context(store))
-        assert len(reads) == 1
-
-
-def _app_store(client: TestClient) -> Store:
-    return client.app.state.context.store  # type: ignore[attr-defined,no-any-return]

@@ -11,6 +11,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fhir_server import clock
 from fhir_server.search import default_registry, extract
 from fhir_server.services.erase import compartment, forget_figures
@@ -123,3 +125,22 @@ def test_a_withdrawal_stamped_behind_the_newest_entry_is_seen(tmp_path: Path) ->
                 assert "p0" not in got.counted(clock.today())
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("module, again", [(match_catalogue, match_catalogue.load),
+                                           (consents_kept, consents_kept.agreements)])
+def test_the_server_reads_ahead_at_start(module: Any, again: Any, tmp_path: Path,
+                                         signing_keys: bytes) -> None:
+    """Started, the app reads the trial catalogue, then the Consents, in the background; the
+    first call finds them kept."""
+    from tests.trials.conftest import served
+
+    with afresh(module, None) as reads, served("sqlite", tmp_path, signing_keys) as client:
+        store = client.app.state.context.store  # type: ignore[attr-defined]
+        for _ in range(600):  # the reads ahead end (at most a minute), the Consents' last
+            if store in consents_kept._KEPT:
+                break
+            client.portal.call(asyncio.sleep, 0.1)
+        assert store in module._KEPT and len(reads) == 1
+        client.portal.call(again, context(store))
+        assert len(reads) == 1
