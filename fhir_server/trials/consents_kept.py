@@ -61,6 +61,8 @@ class Agreements:
     # those the rule allows for some study (the rule itself is applied to these alone).
     asking: frozenset[str]
     counted_on: dict[str, frozenset[str]] = field(default_factory=dict)  # by day
+    # (study, day) -> its pre-screened patients: judged once per set of Consents and day
+    prescreened_for: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def counted(self, day: str) -> frozenset[str]:
         """The patients who may be counted on `day` (study_access.counted)."""
@@ -73,9 +75,16 @@ class Agreements:
     def prescreened(self, study: str, day: str) -> list[str]:
         """The counted patients whose Consent allows pre-screening for `study`
         (`ResearchStudy/<id>`), in id order. Only they are judged: a call served from the
-        day's figures (trials/figures_pass.py) needs no one else's."""
-        return [p for p in sorted(self.asking) if study_access.counted(self.by_patient, p, day)
+        day's figures (trials/figures_pass.py) needs no one else's. Judged once per study and
+        day (10,000 patients asking: 0.3 s of CPU, the event loop held)."""
+        found = self.prescreened_for.get((study, day))
+        if found is None:
+            if any(kept_day != day for _, kept_day in self.prescreened_for):
+                self.prescreened_for.clear()  # one day kept
+            found = self.prescreened_for[(study, day)] = [
+                p for p in sorted(self.asking) if study_access.counted(self.by_patient, p, day)
                 and study_access.prescreened(self.by_patient, p, study, day)]
+        return list(found)
 
 
 # Per store (the app's: `shared`), with the lock one read at a time is taken under.

@@ -144,3 +144,27 @@ def test_the_server_reads_ahead_at_start(module: Any, again: Any, tmp_path: Path
         assert store in module._KEPT and len(reads) == 1
         client.portal.call(again, context(store))
         assert len(reads) == 1
+
+
+def test_an_investigators_prescreening_list_is_not_judged_again_at_every_call(monkeypatch: Any) -> None:
+    """The pre-screened patients of a study are judged once per set of Consents and day (at
+    10,000 patients asking, 0.3 s of CPU a call with the event loop held); a write makes a
+    new set, judged again."""
+    from fhir_server.services import study_access
+    from fhir_server.trials.catalogue_history import Position
+    from tests.trials.inverse_world import prescreening
+
+    day = clock.today()
+    by_patient = {f"p{n}": [consent(f"p{n}", actor="Practitioner/dr") | {"id": f"r{n}"},
+                            prescreening(f"p{n}", "s1") | {"id": f"c{n}"}] for n in range(50)}
+    kept = consents_kept.Agreements(Position((), (), frozenset(), False), None, by_patient, {},
+                                    frozenset(by_patient))
+    first = kept.prescreened("ResearchStudy/s1", day)
+    assert len(first) == 50
+    judged: list[str] = []
+    for name in ("counted", "prescreened"):
+        real = getattr(study_access, name)
+        monkeypatch.setattr(study_access, name, lambda found, patient, *rest, real=real:
+                            judged.append(patient) or real(found, patient, *rest))
+    assert kept.prescreened("ResearchStudy/s1", day) == first
+    assert judged == []
