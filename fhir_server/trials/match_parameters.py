@@ -87,9 +87,15 @@ def _phases(parameters: list[dict[str, Any]]) -> frozenset[str]:
 
 def check_size(body: Any) -> None:
     """UNPROCESSABLE (too-costly) naming `bundle` when its profile holds more than
-    MAX_PROFILE_ENTRIES entries; called before the body is validated, which costs as much."""
+    MAX_PROFILE_ENTRIES entries; INVALID naming `count` when it is not a positive integer a
+    FHIR integer holds (which the body's validation would refuse naming only its path).
+    Called before the body is validated, which costs as much."""
     parameters = body.get("parameter") if isinstance(body, dict) else None
     for parameter in parameters if isinstance(parameters, list) else ():
+        if isinstance(parameter, dict) and parameter.get("name") == "count":
+            count = parameter.get("valuePositiveInt", parameter.get("valueInteger"))
+            if isinstance(count, int) and not isinstance(count, bool) and not 0 < count < 2**31:
+                raise invalid("count", "a positive integer (at most 2,147,483,647)")
         resource = parameter.get("resource") if isinstance(parameter, dict) else None
         entries = resource.get("entry") if isinstance(resource, dict) else None
         if isinstance(entries, list) and parameter.get("name") == "bundle" \

@@ -4,6 +4,9 @@ past what the server lists is cut, and the answer says so and by how much one ma
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+import pytest
 
 from tests.trials.match_world import World, world  # noqa: F401  (fixture)
 
@@ -35,3 +38,13 @@ def test_no_answer_lists_more_than_the_most_listed(world: World) -> None:
 
     bundle = world.match(PATIENT, {"name": "count", "valueInteger": 5000}).json()
     assert f"'count' 5000 is more than this server lists: {match.MOST_LISTED} at most." in _told(bundle)
+
+
+@pytest.mark.parametrize("count", [{"valuePositiveInt": 0}, {"valueInteger": 2**31},
+                                   {"valuePositiveInt": 10**12}])
+def test_a_count_out_of_its_types_range_is_a_400_naming_count(world: World, count: dict[str, Any]) -> None:
+    """A count out of its FHIR type's range is a 400 naming 'count', as 0 as valueInteger is
+    (not the Parameters validation's 422 naming only a path)."""
+    response = world.match(PATIENT, {"name": "count", **count})
+    assert response.status_code == 400, response.text
+    assert "'count'" in response.json()["issue"][0]["diagnostics"]
