@@ -176,13 +176,6 @@ def _placed(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
     return site, distance
 
 
-def _kept(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
-          allowed: Decision, origin: Point | None, pruned: list[str]) -> list[str]:
-    """The pruned studies the filters keep."""
-    return [study for study in pruned if _admitted(request, catalogue.studies[study], allowed)
-            and _placed(request, record, catalogue, study, origin) is not None]
-
-
 def _ineligible(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
                 origin: Point | None, studies: list[str], wanted: int) -> list[Found]:
     """The first `wanted` of ineligible `studies` the filters keep, by distance, by id (their
@@ -205,7 +198,9 @@ def rank(request: MatchRequest, record: Record, catalogue: match_catalogue.Catal
     found: list[Found] = []
     ineligible: list[str] = []
     keep, pruned = catalogue.index.candidates(record)
-    counts.pruned = len(pruned)
+    # Counted as the evaluated are: among the trials the caller may see and the filters keep.
+    admitted = [study for study in pruned if _admitted(request, catalogue.studies[study], allowed)]
+    counts.pruned = len(admitted)
     for trial in keep:
         if not _admitted(request, catalogue.studies[trial.study], allowed):
             continue
@@ -219,7 +214,7 @@ def rank(request: MatchRequest, record: Record, catalogue: match_catalogue.Catal
         else:
             found.append(Found(trial, outcome, score, *placed))
     found.sort(key=lambda f: f.key)
-    last = _kept(request, record, catalogue, allowed, origin, pruned)
+    last = [study for study in admitted if _placed(request, record, catalogue, study, origin) is not None]
     counts.ranked_ineligible = len(ineligible) + len(last)
     total = len(found) + counts.ranked_ineligible
     for lane in (ineligible, last):

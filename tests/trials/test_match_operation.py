@@ -123,6 +123,16 @@ def test_count_bounds_the_ineligible_and_the_outcome_says_how_many_are_left(worl
     assert any("2 ineligible trials not listed" in d for d in _outcome(bundle))
 
 
+def test_the_pruned_are_counted_among_the_trials_the_filters_keep(world: World) -> None:
+    """The outcome counts the trials the index proves ineligible as it counts those evaluated:
+    among those the filters keep (a phase-2 search leaves the phase-3 lung trial out)."""
+    told = " ".join(_outcome(world.match(PATIENT, FROM_PARIS).json()))
+    assert "1 proven ineligible by the index" in told
+    phase_2 = {"name": "phase", "valueCode": "phase-2"}
+    told = " ".join(_outcome(world.match(PATIENT, FROM_PARIS, phase_2).json()))
+    assert "0 proven ineligible by the index" in told
+
+
 def test_the_patients_address_is_the_default_location(world: World) -> None:
     bundle = world.match(PATIENT).json()  # Alice lives in 75013
     assert _result(_matches(bundle)[0])["distance"][0]["value"] < 5
