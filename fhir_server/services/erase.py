@@ -229,13 +229,8 @@ async def held_off(ledger: ErasureLedger | None) -> AsyncIterator[None]:
 async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
     """One erasure at a time, in this process and in every other on the same ledger (an
     intent seen while it is held was left by an erasure cut short, not one under way)."""
-    async with setup.lock:
-        held = setup.ledger.exclusive()
-        await asyncio.to_thread(held.__enter__)  # blocks while another process erases
-        try:
-            yield
-        finally:
-            held.__exit__(None, None, None)
+    async with setup.lock, held_off(setup.ledger):
+        yield
 
 
 async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,

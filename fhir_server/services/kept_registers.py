@@ -36,7 +36,7 @@ def _prefix(patient_id: str) -> str:
 
 # What a kept copy holds of the original: the register's own elements, nothing else (a note,
 # an identifier, a narrative, another reference to the patient would outlive them).
-_KEPT = ("resourceType", "id", "status", "intent", "code", "authoredOn", "lastModified")
+_KEPT = ("resourceType", "id", "status", "intent", "code", "description", "authoredOn", "lastModified")
 
 
 def kept_copy(task: dict[str, Any], erased_on: date) -> dict[str, Any]:
@@ -49,8 +49,6 @@ def kept_copy(task: dict[str, Any], erased_on: date) -> dict[str, Any]:
     for key, part in (("requester", "display"), ("reasonCode", "text")):
         if isinstance(task.get(key), dict) and part in task[key]:
             copy[key] = {part: task[key][part]}
-    if "description" in task:
-        copy["description"] = task["description"]
     outputs = [{"type": output["type"], "valueString": f"{_given_type(output)} (erased)"}
                for output in task.get("output", ()) if "type" in output]
     if outputs:
@@ -80,6 +78,8 @@ async def stash(store: Store, registry: Registry, patient_id: str, erased_on: da
 async def flush(store: Store, patient_id: str) -> int:
     """Write the copies `stash` put aside (once the originals are erased); how many written."""
     pending = await store.outbox(_prefix(patient_id))
+    if not pending:
+        return 0
     writes = []
     for _, body in pending:
         copy = orjson.loads(body)

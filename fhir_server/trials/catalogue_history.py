@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .. import clock
@@ -35,6 +36,7 @@ from ..services.context import Context
 from ..store.base import HistoryQuery, Store, Version
 
 TYPES = ("ResearchStudy", "Group", "Location")  # the trial catalogue's
+CHUNK = 100  # ids an `_id` search names
 PAGE = 100  # history entries a read
 Entry = tuple[str, int, str]  # a history entry: id, version, instant
 Stamp = tuple[Entry | None, ...]
@@ -129,3 +131,12 @@ def reading_lock(locks: Locks, store: Store) -> asyncio.Lock:
     if found is None or found[0] is not loop:
         found = locks[store] = (loop, asyncio.Lock())
     return found[1]
+
+
+def searches(params: list[tuple[str, str]], ids: Iterable[str] | None) -> list[list[tuple[str, str]]]:
+    """The searches of `params` that read every resource (`ids` None) or those of `ids` again,
+    CHUNK ids by `_id` each, in id order."""
+    if ids is None:
+        return [list(params)]
+    chosen = sorted(ids)
+    return [[("_id", ",".join(chosen[n:n + CHUNK])), *params] for n in range(0, len(chosen), CHUNK)]

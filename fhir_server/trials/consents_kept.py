@@ -36,14 +36,13 @@ from ..services import reach, study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Store
-from .catalogue_history import Locks, Position, position, reading_lock, stamp
+from .catalogue_history import Locks, Position, position, reading_lock, searches, stamp
 from .match_catalogue import shared
 
 log = logging.getLogger(__name__)
 
 TYPES = ("Consent",)
 PAGE = 1000
-CHUNK = 100  # ids an `_id` search names
 TURN = 100  # Consents parsed and judged between two turns given to the event loop (~3 ms)
 PRESCREENING = b'"trial-pre-screening"'  # the purpose code (access/consent.py PRESCREENING)
 
@@ -192,9 +191,8 @@ async def _active(ctx: Context, ids: list[str] | None) -> AsyncIterator[dict]:
     """The active Consents (those of `ids` only, if given), page after page, read as the
     server."""
     server = as_server(ctx)
-    searches = [[]] if ids is None else [[("_id", ",".join(ids[n:n + CHUNK]))] for n in range(0, len(ids), CHUNK)]
-    for search in searches:
-        query, _ = parse_query("Consent", [("status", "active"), *search, ("_count", str(PAGE))], server.registry)
+    for search in searches([("status", "active"), ("_count", str(PAGE))], ids):
+        query, _ = parse_query("Consent", search, server.registry)
         read = 0
         async for consent in reach.resources(server, query):
             yield consent

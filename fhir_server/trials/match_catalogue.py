@@ -32,14 +32,13 @@ from ..services import reach
 from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Store
-from .catalogue_history import TYPES, Locks, Position, position, reading_lock, stamp
+from .catalogue_history import TYPES, Locks, Position, position, reading_lock, searches, stamp
 from .criteria_review import is_draft
 from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
 from .eligibility_codes import PROFILE
 from .match_sites import Site, sites
 
 
-CHUNK = 100  # ids an `_id` search names
 Read = tuple[tuple[Any, ...], ...]  # the versions of the Groups a Trial was read from
 # What each type is read with (the Groups: those claiming the eligibility profile).
 PARAMS: dict[str, list[tuple[str, str]]] = {"ResearchStudy": [], "Group": [("_profile", PROFILE)],
@@ -114,11 +113,7 @@ async def warm(ctx: Context) -> None:
 async def _current(ctx: Context, resource_type: str, ids: Iterable[str] | None) -> dict[str, dict[str, Any]]:
     """The current resources of `resource_type` the catalogue is read from, by `Type/id`:
     every one (`ids` None), or those of `ids` (absent: deleted, or no longer read)."""
-    params = PARAMS[resource_type]
-    chosen = sorted(ids) if ids is not None else None
-    searches = [params] if chosen is None else [
-        [("_id", ",".join(chosen[n:n + CHUNK])), *params] for n in range(0, len(chosen), CHUNK)]
-    return {f"{resource_type}/{r['id']}": r for search in searches
+    return {f"{resource_type}/{r['id']}": r for search in searches(PARAMS[resource_type], ids)
             async for r in reach.matching(ctx, resource_type, search)}
 
 
