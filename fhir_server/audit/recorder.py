@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
 
@@ -40,6 +41,7 @@ from .trail import Trail
 Event = dict[str, Any]
 NOTES = "chain/"  # the audit store's outbox records naming a batch until it is linked
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AuditRecorder:
@@ -55,6 +57,7 @@ class AuditRecorder:
         self._linked: tuple[str, ...] = ()  # notes of linked batches, for the next batch to remove
         self._queue: list[tuple[list[Event], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._chain_thread: ThreadPoolExecutor | None = None
 
     @property
     def owner(self) -> Owner:
@@ -82,6 +85,14 @@ class AuditRecorder:
             self._writer = loop.create_task(self._write_queued())
         await done
         return given
+
+    async def _on_chain(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` on the chain's thread. One thread: the chain's file takes one writer
+        at a time anyway, and `close` can wait for what runs there before it closes the
+        connections (closing one a statement is running on crashes the interpreter)."""
+        if self._chain_thread is None:
+            self._chain_thread = ThreadPoolExecutor(1, thread_name_prefix="audit-chain")
+        return await asyncio.get_running_loop().run_in_executor(self._chain_thread, work, *args)
 
     def begin(self, events_of: Callable[[Trail, int], list[Event]]) -> RequestRecord:
         """The record of one request; `events_of(trail, status)` builds its AuditEvents."""
@@ -114,7 +125,7 @@ class AuditRecorder:
         except BaseException:
             self._linked += done  # still to remove
             raise
-        await asyncio.to_thread(self.chain.append, events)
+        await self._on_chain(self.chain.append, events)
         self._linked += (note,)
 
     async def recover(self) -> int:
@@ -126,14 +137,14 @@ class AuditRecorder:
             notes = await self.store.outbox(f"{NOTES}{name}/")
             for _, body in notes:
                 ids = body.decode().split(" ")
-                if not await asyncio.to_thread(self.chain.linked, ids):
+                if not await self._on_chain(self.chain.linked, ids):
                     done += await self._link_stored(ids)
             if notes:
                 await self.store.commit([Outbox(remove=tuple(key for key, _ in notes))])
             # Notes in the chain's file, left by a recorder of an earlier release.
-            ids = await asyncio.to_thread(self.chain.pending, name)
+            ids = await self._on_chain(self.chain.pending, name)
             done += await self._link_stored(ids)
-            await asyncio.to_thread(self.chain.forget, ids)
+            await self._on_chain(self.chain.forget, ids)
             done += await self._recover_outbox(name)
         if done:
             log.warning("audit trail completed after a stop", extra={"events": done})
@@ -145,7 +156,7 @@ class AuditRecorder:
         stored = [await self.store.read("AuditEvent", id) for id in ids]
         events = [orjson.loads(v.body) for v in stored if v is not None and v.body is not None]
         if events:
-            await asyncio.to_thread(self.chain.append, events)
+            await self._on_chain(self.chain.append, events)
         return len(events)
 
     async def _recover_outbox(self, name: str) -> int:
@@ -170,7 +181,12 @@ class AuditRecorder:
         return recorded
 
     def close(self) -> None:
-        """Release the chain's connections and this recorder's name (at shutdown)."""
+        """Release the chain's connections and this recorder's name (at shutdown), once what
+        runs on the chain's thread is done: a request cancelled by the shutdown leaves its
+        link being written there."""
+        if self._chain_thread is not None:
+            self._chain_thread.shutdown(wait=True)
+            self._chain_thread = None
         self.chain.close()
         if self._owner is not None:
             self._owner.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,32 @@ async def test_a_failed_batch_fails_each_of_its_waiters_and_stores_nothing(
     assert all(isinstance(r, Exception) for r in results)  # the same batch: both refused
     assert await recorder.store.count("AuditEvent") == 1
     assert await _verdict(recorder) == []
+
+
+async def test_close_waits_for_the_link_being_written(
+        recorder: AuditRecorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown cancels requests whose link is being written on the chain's thread: closing
+    the chain's connections under it crashed the interpreter (a test worker died of it)."""
+    writing, go_on = threading.Event(), threading.Event()
+    append = recorder.chain.append
+
+    def held(events: list[dict[str, Any]]) -> str:
+        writing.set()
+        go_on.wait(10)
+        return append(events)
+
+    monkeypatch.setattr(recorder.chain, "append", held)
+    request = asyncio.ensure_future(recorder.record(_event(0)))
+    assert await asyncio.to_thread(writing.wait, 10)
+    request.cancel()  # as the server's shutdown does
+    closing = threading.Thread(target=recorder.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # waits for the link ...
+    go_on.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert [len(link.event_ids) for link in recorder.chain.links()] == [1]  # ... written whole
 
 
 async def test_a_batch_is_one_commit_of_its_events_and_its_note_then_one_link(

@@ -352,7 +352,10 @@ class Inbox:
         return not busy
 
     def close(self) -> None:
-        self._db.close()
+        """Close the file once the work running in a thread is done (the listener stops
+        waiting for connections after STOP_TIMEOUT; closing under a statement crashes)."""
+        with self._lock:
+            self._db.close()
 
 
 _COLUMNS = "id, sender, control_id, received, peer, raw, state, ack, reason"
