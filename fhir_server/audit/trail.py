@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,19 +31,22 @@ class Trail:
         return {patient for owners in self.owners.values() for patient in owners}
 
     def touched(self, registry: Registry, version: Version | None,
-                resource: dict[str, Any] | None = None) -> None:
-        """Note a resource read, returned or written (a deletion: its key only)."""
+                resource: dict[str, Any] | None = None,
+                entries: Sequence[IndexEntry] | None = None) -> None:
+        """Note a resource read, returned or written (a deletion: its key only); `entries`:
+        its index entries, when the caller extracted them already."""
         if version is None:
             return
         key = f"{version.resource_type}/{version.id}"
         if key in self.owners:
             return
         type_ = version.resource_type
-        entries: Iterable[IndexEntry] = ()
-        if type_ != "Patient" and registry.patient_compartment(type_):
-            if resource is None and version.body is not None:
-                resource = orjson.loads(version.body)
-            entries = extract(resource) if resource is not None else ()
+        if entries is None:
+            entries = ()
+            if type_ != "Patient" and registry.patient_compartment(type_):
+                if resource is None and version.body is not None:
+                    resource = orjson.loads(version.body)
+                entries = extract(resource) if resource is not None else ()
         self.owners[key] = owners_of(registry, type_, version.id, entries)
 
 

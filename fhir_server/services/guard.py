@@ -105,10 +105,12 @@ async def deletable(ctx: Context, d: Decision, resource_type: str, id: str) -> b
                      "server keeps, or outside a granular scope).")
 
 
-def note(ctx: Context, version: Version | None, resource: dict[str, Any] | None = None) -> None:
-    """Tell the request's audit trail a resource was read, returned or written."""
+def note(ctx: Context, version: Version | None, resource: dict[str, Any] | None = None,
+         entries: Sequence[IndexEntry] | None = None) -> None:
+    """Tell the request's audit trail a resource was read, returned or written (`entries`:
+    its index entries, if extracted already)."""
     if ctx.trail is not None:
-        ctx.trail.touched(ctx.registry, version, resource)
+        ctx.trail.touched(ctx.registry, version, resource, entries)
 
 
 def note_asked(ctx: Context, version: Version, resource: dict[str, Any]) -> None:

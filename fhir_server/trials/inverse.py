@@ -45,6 +45,7 @@ from .match_sites import nearest
 from .prescreening import pseudonym, pseudonym_key
 
 NAMES = ("count",)
+_READ = [t for t in TYPES if t != "Patient"]  # the types of a record read after its Patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,11 @@ def _judge(index: TrialIndex, trial: Trial, patient: str, record: Record,
 async def evaluated(ctx: Context, index: TrialIndex, trial: Trial, patient: str, today: date) -> Evaluated:
     """Patient/`patient` against `trial` (indexed alone in `index`), their record read with
     the caller's own access and noted on the audit trail (NOT_FOUND out of reach)."""
-    record = await patient_record.read(ctx, patient, [t for t in TYPES if t != "Patient"])
+    return _evaluated(index, trial, patient, await patient_record.read(ctx, patient, _READ), today)
+
+
+def _evaluated(index: TrialIndex, trial: Trial, patient: str, record: patient_record.PatientRecord,
+               today: date) -> Evaluated:
     entries = [(pinned(r), r) for r in patient_record.bodies(record)]
     return _judge(index, trial, patient, read_record(entries, today), record.unreadable)
 
@@ -109,14 +114,9 @@ async def _patients(ctx: Context, trial: Trial, catalogue: match_catalogue.Catal
     """The physician's view: their consented patients who may be eligible, explained."""
     assert ctx.principal is not None and ctx.principal.consented is not None
     index = TrialIndex([trial])
-    found: list[Evaluated] = []
-    for patient in sorted(ctx.principal.consented):
-        try:
-            found.append(await evaluated(ctx, index, trial, patient, today))
-        except FhirError as exc:
-            if exc.kind is Kind.NOT_FOUND:  # deleted since the consent was given
-                continue
-            raise
+    # Those deleted since the consent was given are left out.
+    records = await patient_record.read_all(ctx, sorted(ctx.principal.consented), _READ)
+    found = [_evaluated(index, trial, patient, record, today) for patient, record in records.items()]
     unreadable = {t for f in found for t in f.unreadable}
     listed = sorted((f for f in found if f.result is not None and f.result.verdict != INELIGIBLE),
                     key=lambda f: (*f.result.rank[:2], f.patient))  # type: ignore[union-attr]
@@ -157,7 +157,7 @@ async def _counts(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
         try:
             item = await evaluated(server, index, trial, patient, today)
         except FhirError as exc:
-            if exc.kind is Kind.NOT_FOUND:  # the Patient is deleted
+            if exc.kind in (Kind.NOT_FOUND, Kind.GONE):  # the Patient is deleted
                 continue
             raise
         if item.result is not None and item.result.verdict != INELIGIBLE:

@@ -1,0 +1,140 @@
+"""Several patients' records read together (services/patient_record.py `read_all`, the
+physician's view of `ResearchStudy/{id}/$match`) are the records read one by one, in fewer
+searches, with the same access and the same audit trail."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_server.access import Principal, Role, parse_scopes
+from fhir_server.audit.trail import Trail
+from fhir_server.model.errors import FhirError, Kind
+from fhir_server.services import patient_record
+from fhir_server.services.context import Context
+from fhir_server.store.base import Query, SearchPage
+from fhir_server.trials.eligibility_record import TYPES
+from tests.builders import consent
+from tests.http.helpers import send
+from tests.trials.conftest import served
+from tests.trials.eligibility_builders import condition, group, patient
+from tests.trials.inverse_world import CRITERIA, DR, INVESTIGATOR, STUDY, InverseWorld, prescreening
+from tests.trials.match_world import RECENT, location, site, study
+READ = [t for t in TYPES if t != "Patient"]
+# Patient id -> Observations, Conditions; "gone" is deleted, "far" has no consent naming DR.
+WORLD = {"a": (0, 1), "b": (3, 2), "c": (0, 0), "d": (5, 0), "e": (1, 1), "gone": (1, 1), "far": (2, 1)}
+
+
+def _observation(owner: str, n: int) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": f"{owner}-o{n}", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+            "subject": {"reference": f"Patient/{owner}"}, "valueQuantity": {"value": 160 + n}}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mongodb-double"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          signing_keys: bytes) -> Iterator[TestClient]:
+    with served(request.param, tmp_path_factory.mktemp("records"), signing_keys) as client:
+        def put(resource: dict[str, Any]) -> None:
+            response = send(client, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource)
+            assert response.status_code in (200, 201), response.text
+
+        for who in (DR, INVESTIGATOR):
+            put({"resourceType": "Practitioner", "id": who.split("/")[1], "active": True})
+        put(location("lyon", postal="69003"))
+        put({"resourceType": "PractitionerRole", "id": "inv-role", "active": True,
+             "practitioner": {"reference": INVESTIGATOR}, "location": [{"reference": "Location/lyon"}]})
+        put(group(f"{STUDY}-criteria", *CRITERIA))
+        put(study(STUDY, "phase-2", [site("lyon", "recruiting", RECENT)]))
+        for id, (observations, conditions) in WORLD.items():
+            put({**patient(id=id)})
+            for n in range(observations):
+                put(_observation(id, n))
+            for n in range(conditions):
+                put({**condition("C50.4", id=f"{id}-c{n}"), "subject": {"reference": f"Patient/{id}"}})
+            if id != "far":
+                put({**consent(id, actor=DR), "id": f"{id}-k"})
+            put({**prescreening(id), "id": f"{id}-p"})
+        # Written again: the newest version is read.
+        put({**_observation("b", 0), "valueQuantity": {"value": 170}})
+        assert send(client, "DELETE", "/fhir/Patient/gone").status_code in (200, 204)
+        yield client
+
+
+class Counted:
+    """A store that counts the searches made through it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.searches = store, 0
+
+    async def search(self, query: Query, cursor: str | None = None) -> SearchPage:
+        self.searches += 1
+        return await self.store.search(query, cursor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _physician(app_ctx: Context) -> tuple[Context, Counted]:
+    principal = Principal(Role.PRACTITIONER, "dr", "portal", parse_scopes("user/*.cruds"),
+                          fhir_user=DR, consented=tuple(sorted(set(WORLD) - {"far"})))
+    counted = Counted(app_ctx.store)
+    return dataclasses.replace(app_ctx, principal=principal, trail=Trail(), store=counted), counted  # type: ignore[arg-type]
+
+
+def _keys(record: patient_record.PatientRecord) -> list[str]:
+    return [f"{v.resource_type}/{v.id}/{v.version}" for v in record.versions]
+
+
+def test_records_read_together_are_those_read_one_by_one(world: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patient_record, "TOGETHER", 2)  # several chunks from a few patients
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+    asked = sorted(WORLD)
+
+    async def both() -> tuple[Any, ...]:
+        together, counted = _physician(app_ctx)
+        many = await patient_record.read_all(together, asked, READ)
+        alone, _ = _physician(app_ctx)
+        one = {}
+        for id in asked:
+            try:
+                one[id] = await patient_record.read(alone, id, READ)
+            except FhirError as exc:
+                assert exc.kind in (Kind.NOT_FOUND, Kind.GONE)
+        return many, one, together.trail, alone.trail, counted.searches
+
+    many, one, trail_many, trail_one, searches = world.portal.call(both)  # type: ignore[union-attr]
+    assert list(many) == ["a", "b", "c", "d", "e"]  # deleted and out of reach: left out
+    assert {id: _keys(r) for id, r in many.items()} == {id: _keys(r) for id, r in one.items()}
+    assert {id: patient_record.bodies(r) for id, r in many.items()} == {
+        id: patient_record.bodies(r) for id, r in one.items()}
+    assert "Observation/b-o0/2" in _keys(many["b"])
+    assert trail_many.owners == trail_one.owners  # the same patients on the audit trail
+    assert searches == 3 * len(READ)  # five patients, two a search
+
+
+def test_a_record_past_the_most_read_is_said_truncated(world: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patient_record, "MOST", 4)  # d: the Patient and 5 Observations
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+
+    async def read() -> dict[str, patient_record.PatientRecord]:
+        ctx, _ = _physician(app_ctx)
+        return await patient_record.read_all(ctx, ["b", "d", "e"], READ)
+
+    records = world.portal.call(read)  # type: ignore[union-attr]
+    assert {id: (len(r.versions), r.truncated) for id, r in records.items()} == {
+        "b": (4, True), "d": (4, True), "e": (3, False)}
+
+
+@pytest.mark.parametrize("who", ["physician", "investigator"])
+def test_a_deleted_patient_is_left_out_of_the_inverse_match(world: TestClient, who: str) -> None:
+    """Patient/gone, deleted, keeps its Consents: its read answers 410, which failed the
+    whole call (only 404 was left out)."""
+    response = InverseWorld(world).match(STUDY, who)
+    assert response.status_code == 200, response.text
+    assert "gone" not in response.text
