@@ -50,11 +50,12 @@ from .match import Resolver, Unsupported, matches
 from .params.date import DATE_MAX, DATE_MIN, date_range
 from .params.special import distance_km
 from .params.string import normalize
-from .parse import format_query, parse_query, query_pairs
+from .parse import MAX_VALUES, format_query, parse_query, query_pairs
 from .registry import Component, ParamType, Registry, SearchParam, default_registry
 
 __all__ = [
     "patients_of",
+    "MAX_VALUES",
     "DATE_MAX",
     "DATE_MIN",
     "date_range",

@@ -12,9 +12,7 @@ from typing import Any
 import orjson
 
 from ..model.errors import FhirError, Kind
-from ..search import IndexEntry, Query, extract, parse_query
-from ..search.entries import ReferenceEntry
-from ..search.parse import MAX_VALUES
+from ..search import MAX_VALUES, IndexEntry, Query, ReferenceEntry, extract, parse_query
 from ..store.base import Version
 from . import crud
 from .context import Context
