@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 from bench.common import load_average, machine
-from bench.match_server import TEAM, _cpu_ms, _timed, Calls
+from bench.match_server import TEAM, _cpu_ms, _timed, Calls, warmed
 from fhir_server.app import open_context
 from fhir_server.search import extract
 from fhir_server.settings import Settings
@@ -36,13 +36,6 @@ from fhir_server.store.base import Write
 from tests.builders import consent
 from tests.e2e.conftest import Server
 from tests.e2e.test_referral_story import _backend, _backend_token
-
-
-def _warm(server: Server) -> float:
-    """Wait until the server has read the Consents ahead (its log says so); its CPU then (ms)."""
-    while b"the Consents were read ahead" not in (server.data_dir / "server.log").read_bytes():
-        time.sleep(0.5)
-    return _cpu_ms(server.process.pid)
 
 
 async def _withdraw(settings: Settings, patient: str) -> None:
@@ -72,7 +65,7 @@ def main() -> None:
         site = _backend_token(server, _backend(server, f"site-{secrets.token_hex(4)}", "system/*.rs",
                                                "--acts-for", TEAM), "system/*.rs")
         if args.settle:
-            print(f"Consents read ahead: server CPU {_warm(server):.0f} ms")
+            print(f"Consents read ahead: server CPU {warmed(server):.0f} ms")
         fhir = httpx.Client(base_url=f"{server.base}/fhir", timeout=600)
         calls = Calls()
 

@@ -34,14 +34,12 @@ from .eligibility_rules import born_later
 from .gazetteer import Point, place
 from .match_parameters import MatchRequest, unprocessable
 from .match_render import entry
-from .match_sites import Site, nearest
+from .match_sites import Site, nearest_open
 
 MAX_WARNINGS = 100  # criterion warnings listed in the outcome, at most
 # Trials one answer lists, at most, each explained criterion by criterion (anyone may ask,
 # with no token: 5,000 explained trials were 0.8 s of CPU and 20 MB of JSON).
 MOST_LISTED = 200
-OPEN = "active"  # ResearchStudy.status of a study open for accrual (R4)
-ECLAIRE_RECRUITMENT = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureDefinition/eclaire-recruitment-status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +122,6 @@ def home(record: Record) -> Point | None:
     return None
 
 
-def _open(study: dict[str, Any]) -> bool:
-    """Open for accrual: ECLAIRE's recruitment status when the study has one, else its R4
-    status `active`."""
-    for extension in study.get("extension") or ():  # no list made: called for every trial
-        if extension.get("url") == ECLAIRE_RECRUITMENT:
-            codes = {c.get("code") for c in (extension.get("valueCodeableConcept") or {}).get("coding", [])}
-            return "recruiting" in codes
-    return study.get("status") == OPEN
-
-
 def _phase_codes(study: dict[str, Any]) -> set[str]:
     return {c.get("code") for c in (study.get("phase") or {}).get("coding", []) if isinstance(c, dict)}
 
@@ -155,25 +143,43 @@ class Page:
     counts: Counts
 
 
-def _admitted(request: MatchRequest, study: dict[str, Any], allowed: Decision) -> bool:
+def _admitted(request: MatchRequest, catalogue: match_catalogue.Catalogue, study: str,
+              allowed: Decision) -> bool:
     """Kept by the study's filters: open (with `recruiting-only`), phase, the caller's access."""
-    return not ((request.recruiting_only and not _open(study))
-                or (request.phases and not _phase_codes(study) & request.phases)
-                or not allowed.admits("ResearchStudy", study))
+    found = catalogue.studies[study]
+    return not ((request.recruiting_only and not catalogue.accruing(study))
+                or (request.phases and not _phase_codes(found) & request.phases)
+                or not allowed.admits("ResearchStudy", found))
 
 
 def _placed(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue, study: str,
             origin: Point | None) -> tuple[Site | None, float | None] | None:
     """The nearest recruiting site and its distance; None when the site filters drop the trial."""
-    sites = catalogue.sites[study]
-    if not sites:  # the common case of a large catalogue's pruned trials: spare `nearest`
-        return None if request.radius is not None else (None, None)
-    site, distance = nearest(sites, origin, record.today, catalogue.max_age_days)
-    if request.recruiting_only and site is None and any(s.has_status for s in sites):
-        return None  # every site closed, or its status stale
+    if not _sited(request, record, catalogue, study):
+        return None
+    site, distance = nearest_open(catalogue.recruiting(study, record.today), origin)
     if request.radius is not None and (distance is None or distance > request.radius):
         return None
     return site, distance
+
+
+def _kept(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue, study: str,
+          origin: Point | None) -> bool:
+    """Whether the site filters keep the trial: `_placed`, without a distance unless `radius`
+    needs one (a trial that is not listed is only counted)."""
+    if request.radius is not None:
+        return _placed(request, record, catalogue, study, origin) is not None
+    return _sited(request, record, catalogue, study)
+
+
+def _sited(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue, study: str) -> bool:
+    """Kept by `recruiting-only` as far as sites go: some site recruiting, or no site with a
+    status at all (and by `radius`: some site at all)."""
+    sites = catalogue.sites[study]
+    if not sites:
+        return request.radius is None
+    return not (request.recruiting_only and not catalogue.recruiting(study, record.today)
+                and any(s.has_status for s in sites))  # every site closed, or its status stale
 
 
 def _ineligible(request: MatchRequest, record: Record, catalogue: match_catalogue.Catalogue,
@@ -199,22 +205,21 @@ def rank(request: MatchRequest, record: Record, catalogue: match_catalogue.Catal
     ineligible: list[str] = []
     keep, pruned = catalogue.index.candidates(record)
     # Counted as the evaluated are: among the trials the caller may see and the filters keep.
-    admitted = [study for study in pruned if _admitted(request, catalogue.studies[study], allowed)]
+    admitted = [study for study in pruned if _admitted(request, catalogue, study, allowed)]
     counts.pruned = len(admitted)
     for trial in keep:
-        if not _admitted(request, catalogue.studies[trial.study], allowed):
+        if not _admitted(request, catalogue, trial.study, allowed):
             continue
         outcome, score = verdict(trial, record)  # explained below, for the trials listed only
         counts.evaluated += 1
         counts.ineligible += outcome == INELIGIBLE
-        if (placed := _placed(request, record, catalogue, trial.study, origin)) is None:
-            continue
         if outcome == INELIGIBLE:
-            ineligible.append(trial.study)
-        else:
+            if _kept(request, record, catalogue, trial.study, origin):
+                ineligible.append(trial.study)
+        elif (placed := _placed(request, record, catalogue, trial.study, origin)) is not None:
             found.append(Found(trial, outcome, score, *placed))
     found.sort(key=lambda f: f.key)
-    last = [study for study in admitted if _placed(request, record, catalogue, study, origin) is not None]
+    last = [study for study in admitted if _kept(request, record, catalogue, study, origin)]
     counts.ranked_ineligible = len(ineligible) + len(last)
     total = len(found) + counts.ranked_ineligible
     for lane in (ineligible, last):

@@ -24,7 +24,8 @@ import dataclasses
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from ..model.errors import FhirError
@@ -36,7 +37,7 @@ from .catalogue_history import TYPES, Locks, Position, position, reading_lock, s
 from .criteria_review import is_draft
 from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
 from .eligibility_codes import PROFILE
-from .match_sites import Site, sites
+from .match_sites import Site, recruiting, sites
 
 
 Read = tuple[tuple[Any, ...], ...]  # the versions of the Groups a Trial was read from
@@ -52,6 +53,40 @@ class Catalogue:
     index: TrialIndex
     sites: dict[str, tuple[Site, ...]]  # by study id
     max_age_days: int  # a site status confirmed longer ago is unknown
+    # Worked out at first use, once per study (and day): a forward $match asks them of every
+    # trial of the catalogue, 10,000 of them (its filters, and the sites it counts). Not
+    # copied by `dataclasses.replace` (a new `max_age_days` judges the sites anew).
+    _accruing: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _recruiting: dict[date, dict[str, tuple[Site, ...]]] = field(default_factory=dict, init=False,
+                                                                  repr=False, compare=False)
+
+    def accruing(self, study: str) -> bool:
+        """Whether the study is open for accrual (`open_for_accrual`)."""
+        found = self._accruing.get(study)
+        if found is None:
+            found = self._accruing[study] = open_for_accrual(self.studies[study])
+        return found
+
+    def recruiting(self, study: str, today: date) -> tuple[Site, ...]:
+        """The study's sites recruiting on `today` (match_sites.recruiting)."""
+        by_study = self._recruiting.get(today)
+        if by_study is None:
+            self._recruiting.clear()  # one day kept
+            by_study = self._recruiting[today] = {}
+        found = by_study.get(study)
+        if found is None:
+            found = by_study[study] = recruiting(self.sites[study], today, self.max_age_days)
+        return found
+
+
+def open_for_accrual(study: dict[str, Any]) -> bool:
+    """Open for accrual: ECLAIRE's recruitment status when the study has one, else its R4
+    status `active`."""
+    for extension in study.get("extension") or ():  # no list made: called for every trial
+        if extension.get("url") == ECLAIRE_RECRUITMENT:
+            codes = {c.get("code") for c in (extension.get("valueCodeableConcept") or {}).get("coding", [])}
+            return "recruiting" in codes
+    return study.get("status") == OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +106,8 @@ class _Kept:
 _EMPTY = _Kept(Catalogue({}, {}, TrialIndex(()), {}, 0), Position((), (), frozenset(), False),
                {}, {}, {}, {}, {})
 log = logging.getLogger(__name__)
+OPEN = "active"  # ResearchStudy.status of a study open for accrual (R4)
+ECLAIRE_RECRUITMENT = "https://interop.esante.gouv.fr/ig/fhir/eclaire/StructureDefinition/eclaire-recruitment-status"
 # Per store (the app's, not a request's: `shared`).
 _KEPT: weakref.WeakKeyDictionary[Store, _Kept] = weakref.WeakKeyDictionary()
 _LOCKS: Locks = weakref.WeakKeyDictionary()

@@ -71,7 +71,16 @@ def nearest(candidates: tuple[Site, ...], origin: Point | None, today: date,
             max_age_days: int = 90) -> tuple[Site | None, float | None]:
     """The nearest recruiting site to `origin` and its distance in km (the first recruiting
     site by reference without an origin; (None, None) when no site is recruiting)."""
-    open_sites = sorted((s for s in candidates if s.recruiting(today, max_age_days)), key=lambda s: s.location)
+    return nearest_open(recruiting(candidates, today, max_age_days), origin)
+
+
+def recruiting(candidates: tuple[Site, ...], today: date, max_age_days: int = 90) -> tuple[Site, ...]:
+    """The sites recruiting on `today`, by reference."""
+    return tuple(sorted((s for s in candidates if s.recruiting(today, max_age_days)), key=lambda s: s.location))
+
+
+def nearest_open(open_sites: tuple[Site, ...], origin: Point | None) -> tuple[Site | None, float | None]:
+    """`nearest` among sites known to be recruiting (`recruiting`'s order)."""
     if not open_sites:
         return None, None
     if origin is None:

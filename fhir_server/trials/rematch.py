@@ -50,7 +50,7 @@ from . import catalogue_history, match_catalogue
 from .alerts import TRIAL_MATCHING
 from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
 from .eligibility_record import TYPES
-from .match import _open as open_for_accrual
+from .match_catalogue import open_for_accrual
 
 PREFIX = "rematch/"
 STATE = f"{PREFIX}s"

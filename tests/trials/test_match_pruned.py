@@ -4,17 +4,21 @@ reaches them, and then only the ones listed. Evaluations are counted, not timed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from fhir_server.access import Decision
-from fhir_server.trials import match
+from fhir_server.trials import match, match_sites
+from fhir_server.trials.catalogue_sites import Recorded
 from fhir_server.trials.eligibility import TrialIndex, read_trial
 from fhir_server.trials.match_catalogue import Catalogue
 from fhir_server.trials.match_parameters import MatchRequest
-from tests.trials.eligibility_builders import ICD10, coded, condition, criterion, group, patient, record
+from fhir_server.trials.match_sites import Site
+from tests.trials.eligibility_builders import ICD10, TODAY, coded, condition, criterion, group, patient, record
 
 GENDER = "http://hl7.org/fhir/administrative-gender"
 TRIALS = 10_000
@@ -81,3 +85,23 @@ def test_a_pruned_trial_is_explained_only_when_count_reaches_it(
     assert (pruned.verdict, pruned.score) == ("ineligible", 0)
     [why] = [c for c in pruned.criteria if c.verdict == "not-met"]
     assert (why.kind, why.evidence) == ("condition", ("Condition/c1/_history/2",))
+
+
+def test_distances_are_worked_out_for_the_trials_listed_or_ranked_by_them(
+        catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every trial has two recruiting sites: the 9,900 pruned ones are counted by the site
+    filters, but their distances (once 20,000 of them a call) are not needed: `count` 50
+    stops within the 100 evaluated, whose distances rank them."""
+    confirmed = TODAY - timedelta(days=1)
+    sites = {s: tuple(Site(f"Location/{s}-{n}", Recorded(f"Location/{s}-{n}", "recruiting", confirmed),
+                           (45.0 + n, 4.0)) for n in range(2)) for s in catalogue.studies}
+    sited = dataclasses.replace(catalogue, sites=sites)
+    distances = Counter[str]()
+    measure = match_sites.distance_km
+    monkeypatch.setattr(match_sites, "distance_km", lambda *a: distances.update(["km"]) or measure(*a))
+    request = MatchRequest(None, None, None, None, frozenset(), True, 50)
+    page = match.rank(request, record(patient(gender="female"), condition("C50.4")), sited,
+                      Decision(()), (45.75, 4.85), 50)
+    assert page.total == TRIALS and page.counts.ranked_ineligible == TRIALS - 20
+    assert [f.distance for f, _ in page.listed][:2] == [71.4, 71.4]  # the first site, Lyon to 45.0, 4.0
+    assert distances["km"] == 2 * BREAST
