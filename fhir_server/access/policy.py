@@ -250,7 +250,7 @@ def _patient_reach(registry: Registry, resource_type: str, principal: Principal,
 # A physician's reach names each consented patient: built afresh for every decision, it cost
 # a request that reads 200 patients' records (ResearchStudy/{id}/$match) half its CPU. The
 # reach is a function of its arguments alone; the principal is hashed by value.
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)  # a few physicians at once: each entry names all their patients
 def _user_reach(registry: Registry, resource_type: str, principal: Principal,
                 interaction: str) -> tuple[Clause, ...]:
     """A practitioner's reach: the compartments of the patients whose consent names them; as
