@@ -138,3 +138,43 @@ def test_a_deleted_patient_is_left_out_of_the_inverse_match(world: TestClient, w
     response = InverseWorld(world).match(STUDY, who)
     assert response.status_code == 200, response.text
     assert "gone" not in response.text
+
+
+def test_the_medication_a_treatment_references_is_in_the_record(world: TestClient) -> None:
+    """Medication has no `patient` parameter: a record read one patient at a time held every
+    Medication the caller reads, so a MedicationStatement's `medicationReference` was
+    resolved and decided a prior-treatment criterion. Read together, the Medications matched
+    no patient and were dropped: the physician's view said the prior platinum was unknown."""
+    from tests.trials.eligibility_builders import ICD10, coded, criterion
+
+    platinum = {"resourceType": "Medication", "id": "cisplatin",
+                "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "L01XA01"}]}}
+    treated = {"resourceType": "MedicationStatement", "id": "a-platinum", "status": "completed",
+               "medicationReference": {"reference": "Medication/cisplatin"},
+               "subject": {"reference": "Patient/a"}}
+    written = [group("s-platinum-criteria", criterion("condition", coded(ICD10, "C50"), text="Breast cancer"),
+                     criterion("prior-treatment", coded("http://www.whocc.no/atc", "L01XA"), text="Prior platinum")),
+               study("s-platinum", "phase-2", [site("lyon", "recruiting", RECENT)]), platinum, treated]
+    for resource in written:
+        body = {k: v for k, v in resource.items() if k != "meta" or "profile" in v}
+        assert send(world, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", body).status_code == 201
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+
+    async def read() -> tuple[patient_record.PatientRecord, patient_record.PatientRecord]:
+        ctx, _ = _physician(app_ctx)
+        return await patient_record.read(ctx, "a", READ), (await patient_record.read_all(ctx, ["a", "b"], READ))["a"]
+
+    try:
+        alone, together = world.portal.call(read)  # type: ignore[union-attr]
+        assert "Medication/cisplatin/1" in _keys(alone)
+        assert _keys(together) == _keys(alone)
+        response = InverseWorld(world).match("s-platinum", "physician")
+        assert response.status_code == 200, response.text
+        [found] = [e for e in response.json()["entry"] if e["resource"].get("id") == "a"]
+        [result] = found["search"]["extension"]
+        prior = next(p for p in result["extension"] if p["url"] == "criterion"
+                     and any(q.get("valueString") == "Prior platinum" for q in p["extension"]))
+        assert {"url": "evidence", "valueReference": {"reference": "MedicationStatement/a-platinum/_history/1"}} in prior["extension"], prior
+    finally:
+        for resource in reversed(written):  # the other tests' records stay as they were
+            assert send(world, "DELETE", f"/fhir/{resource['resourceType']}/{resource['id']}").status_code in (200, 204)
