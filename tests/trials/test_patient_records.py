@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from fastapi.testclient import TestClient
 
 from fhir_server.access import Principal, Role, parse_scopes
@@ -178,3 +180,63 @@ def test_the_medication_a_treatment_references_is_in_the_record(world: TestClien
     finally:
         for resource in reversed(written):  # the other tests' records stay as they were
             assert send(world, "DELETE", f"/fhir/{resource['resourceType']}/{resource['id']}").status_code in (200, 204)
+
+
+async def _one_search_each(ctx: Context, patient_id: str) -> list[str]:
+    """A record as `read` made it before records were read together: a search
+    `patient=Patient/<id>` per type, as the caller's access confines it (the reference)."""
+    from fhir_server.search import parse_query
+    from fhir_server.services import crud
+    from fhir_server.services.guard import decision
+
+    keys = [f"Patient/{patient_id}/{(await crud.read(ctx, 'Patient', patient_id)).version}"]
+    for resource_type in READ:
+        query, _ = parse_query(resource_type, [("patient", f"Patient/{patient_id}"), ("_count", "2")],
+                               ctx.registry)
+        query, cursor = decision(ctx, "search", resource_type).confine(query), None
+        while True:
+            page = await ctx.store.search(query, cursor)
+            keys += [f"{v.resource_type}/{v.id}/{v.version}" for v in page.matches if v.body is not None]
+            if (cursor := page.next_cursor) is None:
+                break
+    return keys
+
+
+_WRITTEN = [0]  # examples run, for ids of their own
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_records_read_together_are_each_patients_search(world: TestClient, data: st.DataObject) -> None:
+    """Whatever form a resource's reference to its patient takes (versioned, absolute under
+    this server's base or another's, by identifier only, to a Group), each patient read
+    together holds what a `patient` search of that patient finds, in its order."""
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+    _WRITTEN[0] += 1
+    forms = st.sampled_from([
+        "Patient/{}", "Patient/{}/_history/1", app_ctx.base_url + "/Patient/{}",
+        "http://elsewhere.example/fhir/Patient/{}", "Group/{}", None])
+    written = []
+    for n in range(data.draw(st.integers(1, 8))):
+        owner, form = data.draw(st.sampled_from(sorted(WORLD))), data.draw(forms)
+        subject = {"reference": form.format(owner)} if form else {"identifier": {"value": owner}}
+        kind = data.draw(st.sampled_from(["Observation", "Condition", "Procedure"]))
+        body: dict[str, Any] = {"resourceType": kind, "id": f"x{_WRITTEN[0]}-{n}", "subject": subject,
+                                "status": "final" if kind == "Observation" else "completed",
+                                "code": {"text": "any"}}
+        if kind == "Condition":
+            del body["status"]
+        assert send(world, "PUT", f"/fhir/{kind}/{body['id']}", body).status_code == 201
+        written.append(f"{kind}/{body['id']}")
+
+    async def both() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        ctx, _ = _physician(app_ctx)
+        together = {id: _keys(r) for id, r in (await patient_record.read_all(ctx, sorted(WORLD), READ)).items()}
+        return together, {id: await _one_search_each(ctx, id) for id in together}
+
+    try:
+        together, alone = world.portal.call(both)  # type: ignore[union-attr]
+        assert together == alone
+    finally:
+        for key in written:
+            assert send(world, "DELETE", f"/fhir/{key}").status_code in (200, 204)
