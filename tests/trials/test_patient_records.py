@@ -164,7 +164,8 @@ def test_the_medication_a_treatment_references_is_in_the_record(world: TestClien
 
     async def read() -> tuple[patient_record.PatientRecord, patient_record.PatientRecord]:
         ctx, _ = _physician(app_ctx)
-        return await patient_record.read(ctx, "a", READ), (await patient_record.read_all(ctx, ["a", "b"], READ))["a"]
+        together = await patient_record.read_all(ctx, ["a", "b"], READ)
+        return await patient_record.read(ctx, "a", READ), together["a"]
 
     try:
         alone, together = world.portal.call(read)  # type: ignore[union-attr]
@@ -176,10 +177,12 @@ def test_the_medication_a_treatment_references_is_in_the_record(world: TestClien
         [result] = found["search"]["extension"]
         prior = next(p for p in result["extension"] if p["url"] == "criterion"
                      and any(q.get("valueString") == "Prior platinum" for q in p["extension"]))
-        assert {"url": "evidence", "valueReference": {"reference": "MedicationStatement/a-platinum/_history/1"}} in prior["extension"], prior
+        evidence = {"reference": "MedicationStatement/a-platinum/_history/1"}
+        assert {"url": "evidence", "valueReference": evidence} in prior["extension"], prior
     finally:
         for resource in reversed(written):  # the other tests' records stay as they were
-            assert send(world, "DELETE", f"/fhir/{resource['resourceType']}/{resource['id']}").status_code in (200, 204)
+            gone = send(world, "DELETE", f"/fhir/{resource['resourceType']}/{resource['id']}")
+            assert gone.status_code in (200, 204)
 
 
 async def _one_search_each(ctx: Context, patient_id: str) -> list[str]:
@@ -231,7 +234,8 @@ def test_records_read_together_are_each_patients_search(world: TestClient, data:
 
     async def both() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         ctx, _ = _physician(app_ctx)
-        together = {id: _keys(r) for id, r in (await patient_record.read_all(ctx, sorted(WORLD), READ)).items()}
+        records = await patient_record.read_all(ctx, sorted(WORLD), READ)
+        together = {id: _keys(r) for id, r in records.items()}
         return together, {id: await _one_search_each(ctx, id) for id in together}
 
     try:
