@@ -63,22 +63,25 @@ async def _about(ctx: Context, patients: Sequence[Version], types: Sequence[str]
         except FhirError:
             unreadable.append(resource_type)
             continue
+        # A type without the parameter (Medication) is about no patient: its search reads all
+        # the caller may, and every record holds it (as each did read alone).
+        shared = ctx.registry.get(resource_type, "patient") is None
         for at in range(0, len(found), TOGETHER):
             named = list(found)[at:at + TOGETHER]
             query, _ = parse_query(resource_type, [("patient", ",".join(f"Patient/{id}" for id in named)),
                                                    ("_count", str(PAGE))], ctx.registry)
-            await _gather(ctx, allowed.confine(query), found, set(named))
+            await _gather(ctx, allowed.confine(query), found, set(named), shared)
     return {id: PatientRecord(tuple(v for v, _ in read[:MOST]), tuple(unreadable), len(read) > MOST,
                               tuple(r for _, r in read[:MOST]))
             for id, read in found.items()}
 
 
 async def _gather(ctx: Context, query: Query, found: dict[str, list[tuple[Version, dict[str, Any]]]],
-                  named: set[str]) -> None:
+                  named: set[str], shared: bool) -> None:
     """Add the matches of `query` to the records of the `named` patients whose `patient`
-    parameter they match, up to one past MOST each (which tells that a record is larger).
-    Paging stops once every one of them is past MOST; a larger record beside smaller ones
-    is read through, and kept to MOST."""
+    parameter they match (`shared`: to every one), up to one past MOST each (which tells
+    that a record is larger). Paging stops once every one of them is past MOST; a larger
+    record beside smaller ones is read through, and kept to MOST."""
     cursor = None
     while any(len(found[id]) <= MOST for id in named):
         page = await ctx.store.search(query, cursor)
@@ -88,7 +91,7 @@ async def _gather(ctx: Context, query: Query, found: dict[str, list[tuple[Versio
             resource = orjson.loads(version.body)
             entries = extract(resource)
             note(ctx, version, resource, entries)
-            for id in _patients(entries) & named:
+            for id in (named if shared else _patients(entries) & named):
                 if len(found[id]) <= MOST:
                     found[id].append((version, resource))
         cursor = page.next_cursor

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from fastapi.testclient import TestClient
 
 from fhir_server.access import Principal, Role, parse_scopes
@@ -138,3 +140,107 @@ def test_a_deleted_patient_is_left_out_of_the_inverse_match(world: TestClient, w
     response = InverseWorld(world).match(STUDY, who)
     assert response.status_code == 200, response.text
     assert "gone" not in response.text
+
+
+def test_the_medication_a_treatment_references_is_in_the_record(world: TestClient) -> None:
+    """Medication has no `patient` parameter: a record read one patient at a time held every
+    Medication the caller reads, so a MedicationStatement's `medicationReference` was
+    resolved and decided a prior-treatment criterion. Read together, the Medications matched
+    no patient and were dropped: the physician's view said the prior platinum was unknown."""
+    from tests.trials.eligibility_builders import ICD10, coded, criterion
+
+    platinum = {"resourceType": "Medication", "id": "cisplatin",
+                "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "L01XA01"}]}}
+    treated = {"resourceType": "MedicationStatement", "id": "a-platinum", "status": "completed",
+               "medicationReference": {"reference": "Medication/cisplatin"},
+               "subject": {"reference": "Patient/a"}}
+    written = [group("s-platinum-criteria", criterion("condition", coded(ICD10, "C50"), text="Breast cancer"),
+                     criterion("prior-treatment", coded("http://www.whocc.no/atc", "L01XA"), text="Prior platinum")),
+               study("s-platinum", "phase-2", [site("lyon", "recruiting", RECENT)]), platinum, treated]
+    for resource in written:
+        body = {k: v for k, v in resource.items() if k != "meta" or "profile" in v}
+        assert send(world, "PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", body).status_code == 201
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+
+    async def read() -> tuple[patient_record.PatientRecord, patient_record.PatientRecord]:
+        ctx, _ = _physician(app_ctx)
+        together = await patient_record.read_all(ctx, ["a", "b"], READ)
+        return await patient_record.read(ctx, "a", READ), together["a"]
+
+    try:
+        alone, together = world.portal.call(read)  # type: ignore[union-attr]
+        assert "Medication/cisplatin/1" in _keys(alone)
+        assert _keys(together) == _keys(alone)
+        response = InverseWorld(world).match("s-platinum", "physician")
+        assert response.status_code == 200, response.text
+        [found] = [e for e in response.json()["entry"] if e["resource"].get("id") == "a"]
+        [result] = found["search"]["extension"]
+        prior = next(p for p in result["extension"] if p["url"] == "criterion"
+                     and any(q.get("valueString") == "Prior platinum" for q in p["extension"]))
+        evidence = {"reference": "MedicationStatement/a-platinum/_history/1"}
+        assert {"url": "evidence", "valueReference": evidence} in prior["extension"], prior
+    finally:
+        for resource in reversed(written):  # the other tests' records stay as they were
+            gone = send(world, "DELETE", f"/fhir/{resource['resourceType']}/{resource['id']}")
+            assert gone.status_code in (200, 204)
+
+
+async def _one_search_each(ctx: Context, patient_id: str) -> list[str]:
+    """A record as `read` made it before records were read together: a search
+    `patient=Patient/<id>` per type, as the caller's access confines it (the reference)."""
+    from fhir_server.search import parse_query
+    from fhir_server.services import crud
+    from fhir_server.services.guard import decision
+
+    keys = [f"Patient/{patient_id}/{(await crud.read(ctx, 'Patient', patient_id)).version}"]
+    for resource_type in READ:
+        query, _ = parse_query(resource_type, [("patient", f"Patient/{patient_id}"), ("_count", "2")],
+                               ctx.registry)
+        query, cursor = decision(ctx, "search", resource_type).confine(query), None
+        while True:
+            page = await ctx.store.search(query, cursor)
+            keys += [f"{v.resource_type}/{v.id}/{v.version}" for v in page.matches if v.body is not None]
+            if (cursor := page.next_cursor) is None:
+                break
+    return keys
+
+
+_WRITTEN = [0]  # examples run, for ids of their own
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_records_read_together_are_each_patients_search(world: TestClient, data: st.DataObject) -> None:
+    """Whatever form a resource's reference to its patient takes (versioned, absolute under
+    this server's base or another's, by identifier only, to a Group), each patient read
+    together holds what a `patient` search of that patient finds, in its order."""
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+    _WRITTEN[0] += 1
+    forms = st.sampled_from([
+        "Patient/{}", "Patient/{}/_history/1", app_ctx.base_url + "/Patient/{}",
+        "http://elsewhere.example/fhir/Patient/{}", "Group/{}", None])
+    written = []
+    for n in range(data.draw(st.integers(1, 8))):
+        owner, form = data.draw(st.sampled_from(sorted(WORLD))), data.draw(forms)
+        subject = {"reference": form.format(owner)} if form else {"identifier": {"value": owner}}
+        kind = data.draw(st.sampled_from(["Observation", "Condition", "Procedure"]))
+        body: dict[str, Any] = {"resourceType": kind, "id": f"x{_WRITTEN[0]}-{n}", "subject": subject,
+                                "status": "final" if kind == "Observation" else "completed",
+                                "code": {"text": "any"}}
+        if kind == "Condition":
+            del body["status"]
+        assert send(world, "PUT", f"/fhir/{kind}/{body['id']}", body).status_code == 201
+        written.append(f"{kind}/{body['id']}")
+
+    async def both() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        ctx, _ = _physician(app_ctx)
+        records = await patient_record.read_all(ctx, sorted(WORLD), READ)
+        together = {id: _keys(r) for id, r in records.items()}
+        return together, {id: await _one_search_each(ctx, id) for id in together}
+
+    try:
+        together, alone = world.portal.call(both)  # type: ignore[union-attr]
+        assert together == alone
+    finally:
+        for key in written:
+            assert send(world, "DELETE", f"/fhir/{key}").status_code in (200, 204)
