@@ -17,7 +17,7 @@ PUBLIC = {
     "ReferenceIdentifierPredicate", "DatePredicate", "NumberPredicate", "QuantityPredicate", "UriPredicate",
     "NearPredicate", "CompositePredicate", "Missing", "Not", "Chain", "Has",
     # decode, parse, format, match
-    "query_pairs", "parse_query", "format_query", "matches", "Resolver", "Unsupported",
+    "query_pairs", "parse_query", "format_query", "matches", "Resolver", "Unsupported", "MAX_VALUES",
     # compartments
     "patients_of",
     # blind indexes of protected parameters
