@@ -5,7 +5,7 @@ may not search is left out and named) and noted on the request's audit trail."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,34 +54,71 @@ async def read_all(ctx: Context, patient_ids: Sequence[str], types: Sequence[str
 
 
 async def _about(ctx: Context, patients: Sequence[Version], types: Sequence[str]) -> dict[str, PatientRecord]:
-    """The records of `patients`: each Patient, then its resources of `types`."""
+    """The records of `patients`: each Patient, then its resources of `types`. A type without
+    a `patient` parameter (Medication) is about no patient: a record holds those of its
+    resources it references, read last (before, every record held every one the caller
+    reads, and a directory of more than MOST truncated every record)."""
     found = {p.id: [(p, orjson.loads(p.body or b"{}"))] for p in patients}
     unreadable: list[str] = []
-    for resource_type in types:
+    about = [t for t in types if ctx.registry.get(t, "patient") is not None]
+    for resource_type in [*about, *(t for t in types if t not in about)]:
         try:
             allowed = decision(ctx, "search", resource_type)
         except FhirError:
             unreadable.append(resource_type)
             continue
-        # A type without the parameter (Medication) is about no patient: its search reads all
-        # the caller may, and every record holds it (as each did read alone).
-        shared = ctx.registry.get(resource_type, "patient") is None
-        for at in range(0, len(found), TOGETHER):
-            named = list(found)[at:at + TOGETHER]
-            query, _ = parse_query(resource_type, [("patient", ",".join(f"Patient/{id}" for id in named)),
-                                                   ("_count", str(PAGE))], ctx.registry)
-            await _gather(ctx, allowed.confine(query), found, set(named), shared)
+        if resource_type in about:  # by the patients each names
+            parameter, keys, wanted = "patient", _patients, {f"Patient/{id}": {id} for id in found}
+        else:  # by id, the patients referencing each
+            parameter, keys, wanted = "_id", _id, _referenced(ctx, found, resource_type)
+        values = list(wanted)
+        for at in range(0, len(values), TOGETHER):
+            asked = {value: wanted[value] for value in values[at:at + TOGETHER]}
+            query, _ = parse_query(resource_type, [(parameter, ",".join(asked)), ("_count", str(PAGE))],
+                                   ctx.registry)
+            await _gather(ctx, allowed.confine(query), found, keys, asked)
     return {id: PatientRecord(tuple(v for v, _ in read[:MOST]), tuple(unreadable), len(read) > MOST,
                               tuple(r for _, r in read[:MOST]))
             for id, read in found.items()}
 
 
+def _referenced(ctx: Context, found: dict[str, list[tuple[Version, dict[str, Any]]]],
+                resource_type: str) -> dict[str, set[str]]:
+    """The ids of `resource_type` the records reference (relative, or under this server's
+    base), each with the patients whose record does."""
+    wanted: dict[str, set[str]] = {}
+    prefixes = (f"{resource_type}/", f"{ctx.base_url}/{resource_type}/")
+    for patient, read in found.items():
+        for _, resource in read:
+            for reference in _references(resource):
+                for prefix in prefixes:
+                    if reference.startswith(prefix):
+                        target = reference.removeprefix(prefix).split("/_history/")[0]
+                        if target and "/" not in target:
+                            wanted.setdefault(target, set()).add(patient)
+    return wanted
+
+
+def _references(value: Any) -> Iterator[str]:
+    """Every `reference` string within a resource."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                yield item
+            elif isinstance(item, (dict, list)):
+                yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
 async def _gather(ctx: Context, query: Query, found: dict[str, list[tuple[Version, dict[str, Any]]]],
-                  named: set[str], shared: bool) -> None:
-    """Add the matches of `query` to the records of the `named` patients whose `patient`
-    parameter they match (`shared`: to every one), up to one past MOST each (which tells
-    that a record is larger). Paging stops once every one of them is past MOST; a larger
-    record beside smaller ones is read through, and kept to MOST."""
+                  keys: Callable[[Version, list[IndexEntry]], set[str]], wanted: dict[str, set[str]]) -> None:
+    """Add each match of `query` to the records of the patients `wanted` gives for its
+    `keys`, up to one past MOST each (which tells that a record is larger). Paging stops
+    once every one of them is past MOST; a larger record beside smaller ones is read through,
+    and kept to MOST."""
+    named = {id for owners in wanted.values() for id in owners}
     cursor = None
     while any(len(found[id]) <= MOST for id in named):
         page = await ctx.store.search(query, cursor)
@@ -91,7 +128,7 @@ async def _gather(ctx: Context, query: Query, found: dict[str, list[tuple[Versio
             resource = orjson.loads(version.body)
             entries = extract(resource)
             note(ctx, version, resource, entries)
-            for id in (named if shared else _patients(entries) & named):
+            for id in {id for key in keys(version, entries) for id in wanted.get(key, ())}:
                 if len(found[id]) <= MOST:
                     found[id].append((version, resource))
         cursor = page.next_cursor
@@ -99,9 +136,14 @@ async def _gather(ctx: Context, query: Query, found: dict[str, list[tuple[Versio
             return
 
 
-def _patients(entries: Sequence[IndexEntry]) -> set[str]:
-    """The patients a resource's `patient` search parameter names on this server."""
-    return {e.id for e in entries if type(e) is ReferenceEntry and e.param == "patient"
+def _id(version: Version, entries: Sequence[IndexEntry]) -> set[str]:
+    return {version.id}
+
+
+def _patients(version: Version, entries: Sequence[IndexEntry]) -> set[str]:
+    """`Patient/<id>` of the patients a resource's `patient` search parameter names on
+    this server."""
+    return {f"Patient/{e.id}" for e in entries if type(e) is ReferenceEntry and e.param == "patient"
             and e.type == "Patient" and e.url is None and e.id}
 
 
