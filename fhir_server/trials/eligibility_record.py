@@ -113,8 +113,14 @@ def _counts(resource: dict[str, Any]) -> bool:
 def _medication_codes(resource: dict[str, Any], medications: dict[str, tuple[Coding, ...]]) -> tuple[Coding, ...]:
     if "medicationCodeableConcept" in resource:
         return _codings(resource["medicationCodeableConcept"])
-    target = (resource.get("medicationReference") or {}).get("reference", "")
-    return medications.get(target.split("/_history/")[0], ())
+    return medications.get(medication_named(resource) or "", ())
+
+
+def medication_named(resource: dict[str, Any]) -> str | None:
+    """The `Medication/<id>` (or other target) a treatment's `medicationReference` names,
+    without its version; None when it names none."""
+    target = (resource.get("medicationReference") or {}).get("reference")
+    return target.split("/_history/")[0] if isinstance(target, str) and target else None
 
 
 def _condition(reference: str, resource: dict[str, Any], codings: tuple[Coding, ...]) -> Entry:

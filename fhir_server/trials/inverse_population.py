@@ -29,7 +29,7 @@ from ..services.server_writes import as_server
 from ..store.base import Version
 from . import consents_kept
 from .eligibility import TrialIndex, pinned, read_record
-from .eligibility_record import TYPES
+from .eligibility_record import TYPES, medication_named
 
 PAGE = 1000
 CHUNK = 100  # patients named by one search of their records
@@ -81,7 +81,7 @@ async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
                 owner = study_access.owner(resource)
                 if owner in records:
                     records[owner].append((pinned(resource), resource))
-                    target = (resource.get("medicationReference") or {}).get("reference", "").split("/_history/")[0]
+                    target = medication_named(resource) or ""
                     if target.startswith("Medication/"):
                         wanted[target].append(owner)
     ids = sorted(target.removeprefix("Medication/") for target in wanted)

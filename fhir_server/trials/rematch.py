@@ -49,7 +49,7 @@ from ..store.base import HistoryQuery, Outbox, Store, Version
 from . import catalogue_history, match_catalogue
 from .alerts import TRIAL_MATCHING
 from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
-from .eligibility_record import TYPES
+from .eligibility_record import TYPES, medication_named
 from .match_catalogue import open_for_accrual
 
 PREFIX = "rematch/"
@@ -323,8 +323,8 @@ def _micros(instant: str) -> tuple[int, int]:
     return found
 
 
-# What is read of a record (a Medication names no patient: the search by patient this read
-# replaced found every one and kept none), and of it first when a pass has FEW trials.
+# What is read of a record by patient (a Medication names no patient: those its treatments
+# name are read by id, `_named_medications`), and of it first when a pass has FEW trials.
 RECORD = tuple(t for t in TYPES if t != "Medication")
 _FIRST = ("Patient", "Condition")
 _REST = tuple(t for t in RECORD if t not in _FIRST)
@@ -358,6 +358,27 @@ async def about(ctx: Context, types: Iterable[str], patients: Sequence[str]) -> 
     return found
 
 
+async def _named_medications(ctx: Context, records: dict[str, list[dict[str, Any]]],
+                             patients: Sequence[str]) -> None:
+    """Add to the records of `patients` the Medications their treatments name by reference
+    (a Medication names no patient: it is read by its id, once for the batch), so that a
+    prior treatment is judged as `$match` judges it."""
+    wanted: dict[str, list[str]] = defaultdict(list)  # Medication id -> the patients naming it
+    for patient in patients:
+        for resource in records[patient]:
+            target = medication_named(resource) or ""
+            if target.startswith("Medication/"):
+                wanted[target.removeprefix("Medication/")].append(patient)
+    if not wanted:
+        return
+    queries = [Query("Medication", (Clause((TokenPredicate("_id", None, id),)),)) for id in sorted(wanted)]
+    for version in await ctx.store.gather(queries):
+        if version.body is not None:
+            medication = orjson.loads(version.body)
+            for patient in dict.fromkeys(wanted[version.id]):
+                records[patient].append(medication)
+
+
 def _has_patient(resources: Iterable[dict[str, Any]]) -> bool:
     return any(r["resourceType"] == "Patient" for r in resources)
 
@@ -383,6 +404,7 @@ async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
             for owner, resources in (await about(ctx, _REST, kept) if kept else {}).items():
                 records[owner] += resources
             batch = kept
+        await _named_medications(ctx, records, batch)
         for patient in batch:
             verdicts = index.verdicts(read_record(_entries(records[patient]), plan.today))
             pruned += verdicts.pruned
