@@ -24,7 +24,6 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -34,7 +33,6 @@ import orjson
 
 from .. import clock
 from ..model.errors import FhirError, Kind, fail
-from ..search import Clause, Query, TokenPredicate
 from ..services import study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
@@ -149,19 +147,7 @@ async def _records(ctx: Context, patients: Sequence[str]) -> dict[str, list[dict
     """The records of `patients` (at most rematch.BATCH), with the Medications they name, as
     the computing call reads them (inverse_population.population)."""
     found = await rematch.about(ctx, rematch.RECORD, patients)
-    wanted: dict[str, list[str]] = defaultdict(list)  # Medication id -> the patients naming it
-    for owner, resources in found.items():
-        for resource in resources:
-            target = (resource.get("medicationReference") or {}).get("reference", "").split("/_history/")[0]
-            if target.startswith("Medication/"):
-                wanted[target.removeprefix("Medication/")].append(owner)
-    if wanted:
-        queries = [Query("Medication", (Clause((TokenPredicate("_id", None, id),)),)) for id in sorted(wanted)]
-        for version in await ctx.store.gather(queries):
-            if version.body is not None:
-                medication = orjson.loads(version.body)
-                for owner in dict.fromkeys(wanted[version.id]):
-                    found[owner].append(medication)
+    await rematch.named_medications(ctx, found, patients)
     return found
 
 

@@ -324,7 +324,7 @@ def _micros(instant: str) -> tuple[int, int]:
 
 
 # What is read of a record by patient (a Medication names no patient: those its treatments
-# name are read by id, `_named_medications`), and of it first when a pass has FEW trials.
+# name are read by id, `named_medications`), and of it first when a pass has FEW trials.
 RECORD = tuple(t for t in TYPES if t != "Medication")
 _FIRST = ("Patient", "Condition")
 _REST = tuple(t for t in RECORD if t not in _FIRST)
@@ -358,8 +358,8 @@ async def about(ctx: Context, types: Iterable[str], patients: Sequence[str]) -> 
     return found
 
 
-async def _named_medications(ctx: Context, records: dict[str, list[dict[str, Any]]],
-                             patients: Sequence[str]) -> None:
+async def named_medications(ctx: Context, records: dict[str, list[dict[str, Any]]],
+                            patients: Sequence[str]) -> None:
     """Add to the records of `patients` the Medications their treatments name by reference
     (a Medication names no patient: it is read by its id, once for the batch), so that a
     prior treatment is judged as `$match` judges it."""
@@ -404,7 +404,7 @@ async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
             for owner, resources in (await about(ctx, _REST, kept) if kept else {}).items():
                 records[owner] += resources
             batch = kept
-        await _named_medications(ctx, records, batch)
+        await named_medications(ctx, records, batch)
         for patient in batch:
             verdicts = index.verdicts(read_record(_entries(records[patient]), plan.today))
             pruned += verdicts.pruned
