@@ -363,9 +363,11 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     it; `when` says on what occasion ("on restore")."""
     patient = entry["patient"]
     events = await forget_events(store, patient)  # before and after, as `sweep`
-    # No register copy here: the originals a backup holds are sealed under the destroyed keys
-    # (a backup taken after the erasure holds the copies, outside the compartment).
+    # No register copy made here: the originals a backup holds are sealed under the destroyed
+    # keys (a backup taken after the erasure holds the copies, outside the compartment). One
+    # taken between the erasure's stash and its store erasure holds the copies stashed.
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
+    await kept_registers.flush(store, patient)
     events += await forget_events(store, patient)
     await forget_figures(store)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"

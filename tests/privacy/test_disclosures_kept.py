@@ -188,3 +188,23 @@ def test_a_disclosure_registered_during_an_erasure_waits_for_it(
     refused = _call(server, outcome)
     assert isinstance(refused, RegisterError) and "no Patient Patient/a" in str(refused)
     assert _register(server) == {}
+
+
+def test_an_erasure_replayed_on_restore_writes_the_copies_a_backup_held_stashed(server: Server) -> None:
+    """A backup taken between the stash and the store's erasure holds the stashed copies (in
+    the outbox, under no key of the patient's) and the originals: the erasure replayed on
+    restore writes the copies, as the run would have."""
+    given = _disclose(server)
+    ctx = as_server(server.client.app.state.context)  # type: ignore[attr-defined]
+    assert _call(server, kept_registers.stash, ctx.store, ctx.registry, "a", date(2026, 12, 7)) == 1
+    events: list[dict[str, Any]] = []
+
+    async def record(event: dict[str, Any]) -> str:
+        events.append(event)
+        return "recorded"
+
+    entry = {"patient": "a", "erased": "2026-12-07T10:00:00Z", "by": "the patient", "reason": "asked"}
+    _call(server, erase.replay, ctx.store, ctx.registry, record, entry, "on restore")
+    [task] = _register(server).values()
+    assert task["id"] == given and task["for"] == {"display": "a patient whose record was erased on 2026-12-07"}
+    assert _call(server, ctx.store.outbox, "kept-register/") == [] and len(events) == 1
