@@ -403,10 +403,10 @@ class MongoStore:
         return await self._attempts(attempt)
 
     async def checkpoint(self) -> None:
-        """Nothing to do: MongoDB's journal and its checkpoints are the server's, which the
-        application neither empties nor controls; an erased document is gone from every
-        read at once, and from the journal and the data files as WiredTiger rewrites them
-        (docs/backup-and-erasure.md)."""
+        """Nothing to do: MongoDB has no write-ahead log the application controls. Its
+        journal and checkpoints are the server's (WiredTiger's), and so is what an erased
+        document leaves in its files until they are rewritten; the erased document is gone
+        from every read at once (docs/backup-and-erasure.md)."""
 
     @asynccontextmanager
     async def checkpoints_deferred(self) -> AsyncIterator[None]:
