@@ -302,8 +302,10 @@ class SqliteStore:
         try:
             yield
         finally:
-            await asyncio.shield(self._wal_pages(before))
-            await asyncio.shield(self.checkpoint())
+            try:
+                await asyncio.shield(self._wal_pages(before))
+            finally:
+                await asyncio.shield(self.checkpoint())
 
     async def _wal_pages(self, pages: int) -> int:
         """Set the writer connection's `wal_autocheckpoint` to `pages`; what it was."""
