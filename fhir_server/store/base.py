@@ -294,9 +294,10 @@ class Store(Protocol):
 
     async def checkpoint(self) -> None:
         """Copy the write-ahead log into the store's files and empty it: what it held of rows
-        removed since (an erasure's) is gone from it. BUSY if the store is locked too long.
-        A store with no log of its own to empty does nothing (MongoDB's journal is the
-        server's)."""
+        removed since (an erasure's) is gone from it, and from the pages of before in the
+        files. A reader holding an older snapshot past the busy timeout leaves the log to the
+        next checkpoint (SQLite). A store with no log of its own to empty does nothing
+        (MongoDB's journal is the server's)."""
 
     def checkpoints_deferred(self) -> AbstractAsyncContextManager[None]:
         """A block of many erasures (`erase(checkpoint=False)`, then `checkpoint` now and
