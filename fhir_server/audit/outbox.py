@@ -16,7 +16,7 @@ id>`, `<request id>-2`, ...: so recovery knows whether a request was recorded.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -184,10 +184,17 @@ class AuditedStore:
         return cast(Scheduling, self.inner).schedule
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
-                    unless_updated_since: datetime | None = None) -> Erasure:
+                    unless_updated_since: datetime | None = None, *,
+                    checkpoint: bool = True) -> Erasure:
         # No outbox record: the erasure's AuditEvent is recorded by services/erase.py, and
         # its erasure ledger entry is written before it.
-        return await self.inner.erase(compartment, last, unless_updated_since)
+        return await self.inner.erase(compartment, last, unless_updated_since, checkpoint=checkpoint)
+
+    async def checkpoint(self) -> None:
+        await self.inner.checkpoint()
+
+    def checkpoints_deferred(self) -> AbstractAsyncContextManager[None]:
+        return self.inner.checkpoints_deferred()
 
 
 class _RecordingUnit:

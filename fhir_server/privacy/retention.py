@@ -61,6 +61,10 @@ ARCHIVED_TOGETHER = 8
 # ms; a slice of this many holds it a few ms. The copies are then written in one unit of work
 # with those of the records archived together.
 MADE_AT_ONCE = 16
+# Records whose erasures leave the store's write-ahead log to one checkpoint
+# (`Store.checkpoints_deferred`): each erasure checkpointing its own copied home, record after
+# record, the pages the next records change again (docs/privacy.md, "eleventh session").
+CHECKPOINTED_TOGETHER = 64
 log = logging.getLogger(__name__)
 
 
@@ -182,14 +186,18 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
 
 async def apply(life: Lifecycle, made: Plan) -> None:
     """Do the plan's actions, in order but for the archiving of inactive records, several
-    together; what fails goes to `made.failed` (the next run tries again)."""
-    for together, actions in groupby(made.actions, key=lambda a: a.rule == "patient-record"
-                                     and a.step == "archive"):
-        if together:
-            await _archive_inactive(life, list(actions), made)
-        else:
-            for action in actions:
-                await _attempt(life, action, made)
+    together; what fails goes to `made.failed` (the next run tries again). The store's log
+    is checkpointed as the run starts (what a run killed before its end left there goes
+    first) and as it ends, and, while records are archived, every CHECKPOINTED_TOGETHER
+    records: till then it may hold what their erasures removed."""
+    async with life.ctx.store.checkpoints_deferred():
+        for together, actions in groupby(made.actions, key=lambda a: a.rule == "patient-record"
+                                         and a.step == "archive"):
+            if together:
+                await _archive_inactive(life, list(actions), made)
+            else:
+                for action in actions:
+                    await _attempt(life, action, made)
 
 
 async def _attempt(life: Lifecycle, action: Action, made: Plan) -> None:
@@ -225,6 +233,7 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
     # copy: a record kept does not remove the copy another's archive holds (archived, or
     # still to be in this group), whose original that archive's erasure removes.
     archived: set[str] = set()
+    unchecked = 0  # records erased since the last checkpoint
     making = asyncio.ensure_future(copied(groups[0]))
     for following in [*groups[1:], None]:
         ready = await making
@@ -242,6 +251,10 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
                     archived |= _references(copies)
                 except FhirError as error:
                     _failed(made, action, error)
+            unchecked += len(ready)
+            if unchecked >= CHECKPOINTED_TOGETHER:
+                await life.ctx.store.checkpoint()
+                unchecked = 0
         except BaseException:
             making.cancel()
             raise
@@ -257,7 +270,7 @@ async def _erase_unless_active(life: Lifecycle, patient_id: str,
     transaction that erases it (`Store.erase`, conditional), so that no write lands between
     the check and the erasure; a refused erasure destroys no data key and forgets nothing."""
     try:
-        await sweep(life.server, patient_id, reason,
+        await sweep(life.server, patient_id, reason, checkpoint=False,
                     unless_updated_since=datetime.combine(active_from, time(), UTC))
         return
     except FhirError as error:

@@ -189,7 +189,8 @@ async def erase(ctx: Context, patient_id: str, reason: str, *, address: str | No
 
 async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | None = None,
                 job: str | None = None, requested: bool = False,
-                unless_updated_since: datetime | None = None) -> dict[str, Any]:
+                unless_updated_since: datetime | None = None,
+                checkpoint: bool = True) -> dict[str, Any]:
     """Erase Patient/`patient_id`, holds aside: store, data keys, ledger, AuditEvent; the
     operation's output Parameters. Every request sweeps the compartment: running it again
     finishes an erasure cut short, and erases what was written there since (an id reused by
@@ -202,11 +203,16 @@ async def sweep(ctx: Context, patient_id: str, reason: str, *, address: str | No
     Conditional (`unless_updated_since`, kept in the intent so that `reconcile` finishes it
     on the same condition): CONFLICT if the store refuses it (`Store.erase`: a resource of
     the compartment was written at that instant or later), and then nothing else is done
-    either: no key destroyed, no event or copy forgotten, the intent withdrawn."""
+    either: no key destroyed, no event or copy forgotten, the intent withdrawn.
+
+    `checkpoint` False (the retention run's archives, inside `Store.checkpoints_deferred`):
+    the store's write-ahead log, which may still hold the erased rows, is emptied by the
+    caller's next `Store.checkpoint`, not at once."""
     setup = _setup(ctx)
     async with _exclusive(setup):  # two requests for one patient: the second finds nothing left
         return await _swept(ctx, setup, patient_id, reason, address=address, job=job,
-                            requested=requested, unless_updated_since=unless_updated_since)
+                            requested=requested, unless_updated_since=unless_updated_since,
+                            checkpoint=checkpoint)
 
 
 @asynccontextmanager
@@ -236,7 +242,7 @@ async def _exclusive(setup: Erasures) -> AsyncIterator[None]:
 async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
                  address: str | None = None, job: str | None = None, requested: bool = False,
                  unless_updated_since: datetime | None = None,
-                 resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+                 resumed: dict[str, Any] | None = None, checkpoint: bool = True) -> dict[str, Any]:
     """`sweep` under `_exclusive`; `resumed`: the intent of an erasure cut short, finished."""
     intent = resumed or await asyncio.to_thread(
         _intent, ctx.principal, patient_id, reason, job, setup.keys, requested, unless_updated_since)
@@ -255,7 +261,8 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
     await kept_registers.stash(ctx.store, ctx.registry, patient_id, clock.now().date())
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),
-                                       None if since is None else datetime.fromisoformat(since))
+                                       None if since is None else datetime.fromisoformat(since),
+                                       checkpoint=checkpoint)
     except FhirError as error:
         if since is not None and error.kind is Kind.CONFLICT:
             await kept_registers.drop(ctx.store, patient_id)

@@ -275,7 +275,8 @@ class Store(Protocol):
         """The outbox records whose key starts with `prefix`, by key."""
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
-                    unless_updated_since: datetime | None = None) -> Erasure:
+                    unless_updated_since: datetime | None = None, *,
+                    checkpoint: bool = True) -> Erasure:
         """Remove for good every version and index entry of the resources each query of
         `compartment` matches (one query per type), of the deleted resources of those types
         whose last stored version matched it, and of `last` (a Patient), removed after the
@@ -285,7 +286,24 @@ class Store(Protocol):
         Conditional (`unless_updated_since`): CONFLICT, and nothing removed, if a current
         resource `compartment` matches was created or updated at that instant or later
         (`_lastUpdated`), checked in the same transaction as the removal, so that no write
-        lands between the check and the removal (store/erasure.py `updated_since`)."""
+        lands between the check and the removal (store/erasure.py `updated_since`).
+
+        The store's write-ahead log is then checkpointed (`checkpoint`), so that it holds
+        nothing erased either; with `checkpoint` False that is left to the caller's next
+        `checkpoint` (many erasures in a row, inside `checkpoints_deferred`)."""
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the store's files and empty it: what it held of rows
+        removed since (an erasure's) is gone from it, and from the pages of before in the
+        files. A reader holding an older snapshot past the busy timeout leaves the log to the
+        next checkpoint (SQLite). A store with no log of its own to empty does nothing
+        (MongoDB's journal is the server's)."""
+
+    def checkpoints_deferred(self) -> AbstractAsyncContextManager[None]:
+        """A block of many erasures (`erase(checkpoint=False)`, then `checkpoint` now and
+        then): the log is checkpointed as the block starts and as it ends, however it ends;
+        meanwhile the store checkpoints only when asked, so that a page many erasures change
+        is copied home once. A store with no log of its own to empty does nothing."""
 
     def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
         """Every version stored when the dump starts, `count` at a time, in write order

@@ -5,7 +5,7 @@ clinical store is untouched by the audit records of requests that fail."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -100,10 +100,17 @@ class RoutingStore:
         return cast(Scheduling, self.main).schedule
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
-                    unless_updated_since: datetime | None = None) -> Erasure:
+                    unless_updated_since: datetime | None = None, *,
+                    checkpoint: bool = True) -> Erasure:
         # The audit store is never erased: its hash chain covers every AuditEvent, whose
         # personal details shred with the patient's key instead (docs/backup-and-erasure.md).
-        return await self.main.erase(compartment, last, unless_updated_since)
+        return await self.main.erase(compartment, last, unless_updated_since, checkpoint=checkpoint)
+
+    async def checkpoint(self) -> None:
+        await self.main.checkpoint()  # the store erasures remove from
+
+    def checkpoints_deferred(self) -> AbstractAsyncContextManager[None]:
+        return self.main.checkpoints_deferred()
 
     def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
         return self.main.dump(count)

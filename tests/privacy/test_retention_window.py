@@ -28,12 +28,12 @@ def _a_result_for_p_in_the_window(server: Server, monkeypatch: pytest.MonkeyPatc
     erase = store.erase
     asked: list[str] = []
 
-    async def late(compartment: Any, last: tuple[str, str], *args: Any) -> Any:
+    async def late(compartment: Any, last: tuple[str, str], *args: Any, **options: Any) -> Any:
         asked.append(last[1])
         if last == ("Patient", "p"):
             await server_writes.commit(_life(server).server, [server_writes.ServerWrite(
                 {**observation("Patient/p"), "id": "p-late"})])
-        return await erase(compartment, last, *args)
+        return await erase(compartment, last, *args, **options)
 
     monkeypatch.setattr(store, "erase", late)
     return asked

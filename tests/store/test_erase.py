@@ -199,3 +199,19 @@ def _erasures() -> list[Any]:
     from fhir_server.store.mongo import erase as mongo_erase
     from fhir_server.store.sqlite import erase as sqlite_erase
     return [mongo_erase, sqlite_erase]
+
+
+async def test_an_erasure_whose_checkpoint_is_deferred_reads_as_gone_at_once(store: Store) -> None:
+    """Many erasures in a row, the checkpoint left to the caller (the retention run): each
+    is gone from every read as it returns, on every store; a store without a log of its own
+    to checkpoint (MongoDB) takes the same calls."""
+    await _seed(store)
+    async with store.checkpoints_deferred():
+        erased = await store.erase(compartment(default_registry(), "a"), ("Patient", "a"),
+                                   checkpoint=False)
+        assert erased.resources == {"Patient": 1, "Observation": 3}
+        assert await store.read("Patient", "a") is None
+        assert not [key for key in await _all_history(store) if key[1].startswith("a")]
+        await store.checkpoint()
+        assert await store.read("Patient", "b") is not None
+    assert await store.read("Patient", "a") is None and await store.count("Observation") == 3

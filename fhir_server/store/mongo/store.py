@@ -385,7 +385,8 @@ class MongoStore:
 
     @_answering
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
-                    unless_updated_since: datetime | None = None) -> Erasure:
+                    unless_updated_since: datetime | None = None, *,
+                    checkpoint: bool = True) -> Erasure:
         if unless_updated_since is None or not self.transactions:
             since = None if unless_updated_since is None else clock.micros(unless_updated_since)
             return await mongo_erase.remove(self, compartment, last, since)
@@ -400,6 +401,17 @@ class MongoStore:
                                                 found=found)
 
         return await self._attempts(attempt)
+
+    async def checkpoint(self) -> None:
+        """Nothing to do: MongoDB has no write-ahead log the application controls. Its
+        journal and checkpoints are the server's (WiredTiger's), and so is what an erased
+        document leaves in its files until they are rewritten; the erased document is gone
+        from every read at once (docs/backup-and-erasure.md)."""
+
+    @asynccontextmanager
+    async def checkpoints_deferred(self) -> AsyncIterator[None]:
+        """Nothing deferred: `checkpoint` has nothing to do (above)."""
+        yield
 
     async def dump(self, count: int = 1000) -> AsyncIterator[list[Version]]:
         await self.ensure_safe()

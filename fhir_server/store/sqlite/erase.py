@@ -1,7 +1,8 @@
 """Erasure on the SQLite store (`Store.erase`): every version, index row and resource row of a
 patient's compartment, and of what else their data keys sealed (a Bundle holding their
 record, earlier versions of resources that left the compartment: store/erasure.py), in one
-write transaction, then the WAL checkpointed and truncated.
+write transaction, then the WAL checkpointed and truncated (at once, or, for many erasures
+in a row, when the caller asks: `Store.checkpoints_deferred`).
 
 The connections run with `PRAGMA secure_delete` (store.py), so the rows removed are
 overwritten with zeros in the database file rather than left in free pages; the checkpoint
@@ -125,6 +126,12 @@ def _remove_moved_out(conn: sqlite3.Connection, key_ids: frozenset[bytes], erase
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + count
     conn.execute(f"DELETE FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
                  f"AND {earlier}", tuple(key_ids))
+
+
+# The WAL's bound, in pages, inside `Store.checkpoints_deferred` (SQLite's default: 1,000):
+# past it, SQLite copies the WAL home after a commit on its own, as ever, so that a caller
+# checkpointing too seldom does not fill the disk (4 KiB pages: 400 MB).
+DEFERRED_WAL_PAGES = 100_000
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:

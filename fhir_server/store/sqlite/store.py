@@ -144,6 +144,9 @@ class SqliteStore:
                 # Fresh statistics for the planner, bounded in cost (sqlite.org/lang_analyze.html).
                 conn.execute("PRAGMA analysis_limit = 1000")
                 conn.execute("PRAGMA optimize")
+                # What a process killed amid erasures whose checkpoint it deferred (a retention
+                # run: `checkpoints_deferred`) left in the WAL goes before anything is served.
+                sqlite_erase.checkpoint(conn)
             finally:
                 self._writers.release()
 
@@ -269,15 +272,47 @@ class SqliteStore:
         return len(changed), str(rows[-1][0]) if len(rows) == limit else None
 
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
-                    unless_updated_since: datetime | None = None) -> Erasure:
+                    unless_updated_since: datetime | None = None, *,
+                    checkpoint: bool = True) -> Erasure:
         since = None if unless_updated_since is None else clock.micros(unless_updated_since)
 
         def work(conn: sqlite3.Connection) -> Erasure:
             search = SqliteSearch(conn, self.ids, self.registry)
             erased = self._within(conn, lambda: sqlite_erase.remove(
                 conn, search, self.codec, compartment, last, since))
-            sqlite_erase.checkpoint(conn)
+            if checkpoint:
+                sqlite_erase.checkpoint(conn)
             return erased
+
+        async with self._write_lock:
+            return await self._run(self._writer, work)
+
+    async def checkpoint(self) -> None:
+        async with self._write_lock:
+            await self._run(self._writer, sqlite_erase.checkpoint)
+
+    @asynccontextmanager
+    async def checkpoints_deferred(self) -> AsyncIterator[None]:
+        # SQLite's own checkpoint after a commit that leaves the WAL over `wal_autocheckpoint`
+        # pages would copy home, after each record, the pages the next records change again:
+        # raised for the block, on this process's writer connection only (a setting of the
+        # connection; the server's other processes keep theirs).
+        await self.checkpoint()
+        before = await self._wal_pages(sqlite_erase.DEFERRED_WAL_PAGES)
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.shield(self._wal_pages(before))
+            finally:
+                await asyncio.shield(self.checkpoint())
+
+    async def _wal_pages(self, pages: int) -> int:
+        """Set the writer connection's `wal_autocheckpoint` to `pages`; what it was."""
+        def work(conn: sqlite3.Connection) -> int:
+            [before] = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+            return int(before)
 
         async with self._write_lock:
             return await self._run(self._writer, work)

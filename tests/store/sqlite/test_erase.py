@@ -136,3 +136,88 @@ async def test_an_erasure_failing_in_a_later_batch_changes_nothing(
         db.close()
     finally:
         await store.close()
+
+
+def _holds(path: Path, marker: str = MARKER) -> bool:
+    """Whether the database file or its WAL holds `marker`."""
+    return any(marker.encode() in file.read_bytes()
+               for file in (path, path.with_name(path.name + "-wal")) if file.exists())
+
+
+def _wal_size(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def _seeded(path: Path) -> SqliteStore:
+    """An open store holding Patient/a (named MARKER) and Patient/b, the WAL checkpointed:
+    the marker is in the database file only."""
+    store = SqliteStore(path)
+    await store.open()
+    await store.commit([_write("Patient", "a", patient(family=MARKER))])
+    await store.commit([_write("Patient", "b", patient(family="Keep"))])
+    await store.checkpoint()
+    assert _holds(path) and _wal_size(path) == 0
+    return store
+
+
+async def _erase_a(store: SqliteStore, checkpoint: bool = True) -> None:
+    await store.erase(compartment(default_registry(), "a"), ("Patient", "a"), checkpoint=checkpoint)
+
+
+async def test_an_erasure_leaving_the_checkpoint_to_its_caller_is_gone_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "fhir.db"
+    store = await _seeded(path)
+    try:
+        await _erase_a(store, checkpoint=False)
+        assert await store.read("Patient", "a") is None
+        assert _holds(path)  # the page of before, in the file until the checkpoint
+        await store.checkpoint()
+        assert not _holds(path) and _wal_size(path) == 0
+        assert await store.read("Patient", "b") is not None
+    finally:
+        await store.close()
+
+
+async def test_checkpoints_deferred_raise_the_writers_wal_bound_for_the_block_only(tmp_path: Path) -> None:
+    """The block checkpoints as it starts and as it ends, even ended by an error; inside it
+    the writer connection's `wal_autocheckpoint` is raised, the readers' are not, and after
+    it the writer's is as before."""
+    path = tmp_path / "fhir.db"
+    store = await _seeded(path)
+
+    def bound(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    try:
+        await store.commit([_write("Patient", "c", patient())])
+        assert _wal_size(path) > 0
+        with pytest.raises(RuntimeError):
+            async with store.checkpoints_deferred():
+                assert _wal_size(path) == 0
+                assert await store._run(store._writer, bound) == sqlite_erase.DEFERRED_WAL_PAGES
+                assert await store._read(bound) == 1000
+                await _erase_a(store, checkpoint=False)
+                assert _holds(path)
+                raise RuntimeError("the run stops")
+        assert not _holds(path) and _wal_size(path) == 0
+        assert await store._run(store._writer, bound) == 1000
+    finally:
+        await store.close()
+
+
+async def test_opening_the_store_checkpoints_what_a_process_killed_amid_erasures_left(
+        tmp_path: Path) -> None:
+    """A process killed after erasures whose checkpoint it deferred (never closed: closing
+    checkpoints too): the next store opened on the file (the server starting) clears them."""
+    path = tmp_path / "fhir.db"
+    killed = await _seeded(path)
+    try:
+        await _erase_a(killed, checkpoint=False)
+        assert _holds(path)
+        starting = SqliteStore(path)
+        await starting.open()
+        await starting.close()
+        assert not _holds(path)
+    finally:
+        await killed.close()
