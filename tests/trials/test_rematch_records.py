@@ -2,7 +2,9 @@
 (trials/rematch.py `_evaluate` reads a batch of patients' compartments at once): for random
 records, on both stores, the (patient, trial) pairs it finds matching, and the pairs it prunes
 and evaluates, are what evaluating every trial against every record read search by search
-gives; and no Medication of the store is read along the way."""
+gives, and `$match`, the investigator's counts and the figures pass judge each record alike
+(whatever form its Medication reference takes); and no Medication of the store is read
+along the way but those the records name."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from fhir_server.services import patient_record, reach
 from fhir_server.services.context import Context
 from fhir_server.services.server_writes import as_server
 from fhir_server.store.base import Delete, Write
-from fhir_server.trials import rematch
+from fhir_server.trials import figures_pass, inverse_population, rematch
 from fhir_server.trials.eligibility import INELIGIBLE, TrialIndex, evaluate, pinned, read_record, read_trial
 from fhir_server.trials.eligibility_record import TYPES, medication_named
 from tests.trials.eligibility_builders import (ATC, LOINC, coded, condition, criterion, group, medication,
@@ -120,7 +122,13 @@ async def _brute_force(ctx: Context, ids: list[str], today: date) -> tuple[list[
         # As `$match` reads it (services/patient_record.py): the same verdict for each trial.
         read = await patient_record.read(ctx, id, [t for t in TYPES if t != "Patient"])
         matched = read_record([(pinned(r), r) for r in patient_record.bodies(read)], today)
-        assert [evaluate(t, matched).verdict for t in TRIALS] == [evaluate(t, record).verdict for t in TRIALS]
+        # As the investigator's counts (inverse_population) and the figures pass read it.
+        counted: dict[str, list[tuple[str, dict[str, Any]]]] = {
+            id: [(pinned(r), r) for r in found if r["resourceType"] in ("Patient", "Condition")]}
+        await inverse_population._rest(ctx, counted)
+        figured = (await figures_pass._records(ctx, [id]))[id]
+        for other in (matched, read_record(counted[id], today), read_record([(pinned(r), r) for r in figured], today)):
+            assert [evaluate(t, other).verdict for t in TRIALS] == [evaluate(t, record).verdict for t in TRIALS]
         kept, _ = index.candidates(record)
         pruned += len(TRIALS) - len(kept)
         for trial in kept:
