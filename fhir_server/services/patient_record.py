@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..model.errors import FhirError, Kind
+from ..model.types import is_valid_id
 from ..search import MAX_VALUES, IndexEntry, Query, ReferenceEntry, extract, parse_query
 from ..store.base import Version
 from . import crud
@@ -94,7 +95,7 @@ def _referenced(ctx: Context, found: dict[str, list[tuple[Version, dict[str, Any
                 for prefix in prefixes:
                     if reference.startswith(prefix):
                         target = reference.removeprefix(prefix).split("/_history/")[0]
-                        if target and "/" not in target:
+                        if is_valid_id(target):  # a comma would name several
                             wanted.setdefault(target, set()).add(patient)
     return wanted
 

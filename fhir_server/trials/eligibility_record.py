@@ -12,6 +12,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from ..frozen import fast_init
+from ..model.types import is_valid_id
 from .diagnosis_maps import place
 from .eligibility_codes import ICD10, ICDO3, LOINC
 from .eligibility_format import Coding
@@ -121,6 +122,15 @@ def medication_named(resource: dict[str, Any]) -> str | None:
     without its version; None when it names none."""
     target = (resource.get("medicationReference") or {}).get("reference")
     return target.split("/_history/")[0] if isinstance(target, str) and target else None
+
+
+def medication_id(resource: dict[str, Any]) -> str | None:
+    """The id of the Medication of this server a treatment's `medicationReference` names
+    (relative); None for another target, or a string that is no id (a comma in it would
+    name several to an `_id` search)."""
+    target = medication_named(resource) or ""
+    id = target.removeprefix("Medication/")
+    return id if target.startswith("Medication/") and is_valid_id(id) else None
 
 
 def _condition(reference: str, resource: dict[str, Any], codings: tuple[Coding, ...]) -> Entry:

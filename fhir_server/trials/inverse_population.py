@@ -29,7 +29,7 @@ from ..services.server_writes import as_server
 from ..store.base import Version
 from . import consents_kept
 from .eligibility import TrialIndex, pinned, read_record
-from .eligibility_record import TYPES, medication_named
+from .eligibility_record import TYPES, medication_id
 
 PAGE = 1000
 CHUNK = 100  # patients named by one search of their records
@@ -71,7 +71,7 @@ async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
     by `patient` searches naming CHUNK patients each (both stores drive such a search from
     the patients' index entries), so that only the records left after pruning are read."""
     patients = sorted(records)
-    wanted: dict[str, list[str]] = defaultdict(list)  # Medication/<id> -> the patients naming it
+    wanted: dict[str, list[str]] = defaultdict(list)  # Medication id -> the patients naming it
     for resource_type in TYPES:
         if resource_type in ("Patient", "Condition", "Medication"):
             continue
@@ -81,13 +81,12 @@ async def _rest(ctx: Context, records: dict[str, Entries]) -> None:
                 owner = study_access.owner(resource)
                 if owner in records:
                     records[owner].append((pinned(resource), resource))
-                    target = medication_named(resource) or ""
-                    if target.startswith("Medication/"):
-                        wanted[target].append(owner)
-    ids = sorted(target.removeprefix("Medication/") for target in wanted)
+                    if (id := medication_id(resource)) is not None:
+                        wanted[id].append(owner)
+    ids = sorted(wanted)
     for start in range(0, len(ids), CHUNK):
         async for medication in reach.matching(ctx, "Medication", [("_id", ",".join(ids[start:start + CHUNK]))]):
-            for owner in dict.fromkeys(wanted[f"Medication/{medication['id']}"]):
+            for owner in dict.fromkeys(wanted[medication["id"]]):
                 records[owner].append((pinned(medication), medication))
 
 

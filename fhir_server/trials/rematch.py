@@ -49,7 +49,7 @@ from ..store.base import HistoryQuery, Outbox, Store, Version
 from . import catalogue_history, match_catalogue
 from .alerts import TRIAL_MATCHING
 from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
-from .eligibility_record import TYPES, medication_named
+from .eligibility_record import TYPES, medication_id
 from .match_catalogue import open_for_accrual
 
 PREFIX = "rematch/"
@@ -366,9 +366,8 @@ async def named_medications(ctx: Context, records: dict[str, list[dict[str, Any]
     wanted: dict[str, list[str]] = defaultdict(list)  # Medication id -> the patients naming it
     for patient in patients:
         for resource in records[patient]:
-            target = medication_named(resource) or ""
-            if target.startswith("Medication/"):
-                wanted[target.removeprefix("Medication/")].append(patient)
+            if (id := medication_id(resource)) is not None:
+                wanted[id].append(patient)
     if not wanted:
         return
     queries = [Query("Medication", (Clause((TokenPredicate("_id", None, id),)),)) for id in sorted(wanted)]

@@ -208,3 +208,33 @@ def test_an_erasure_replayed_on_restore_writes_the_copies_a_backup_held_stashed(
     [task] = _register(server).values()
     assert task["id"] == given and task["for"] == {"display": "a patient whose record was erased on 2026-12-07"}
     assert _call(server, ctx.store.outbox, "kept-register/") == [] and len(events) == 1
+
+
+def _replay(server: Server) -> None:
+    ctx = as_server(server.client.app.state.context)  # type: ignore[attr-defined]
+
+    async def record(event: dict[str, Any]) -> str:
+        return "recorded"
+
+    entry = {"patient": "a", "erased": "2026-12-07T10:00:00Z", "by": "the patient", "reason": "asked"}
+    _call(server, erase.replay, ctx.store, ctx.registry, record, entry, "on restore")
+
+
+def test_an_erasure_replayed_with_nothing_stashed_writes_no_copy(server: Server) -> None:
+    """A backup from before the erasure holds the original, sealed, and no stash: erased,
+    no copy (the register loses the entry, as docs/privacy.md says)."""
+    _disclose(server)
+    _replay(server)
+    assert _register(server) == {}
+
+
+def test_an_erasure_replayed_twice_writes_its_stashed_copies_once(server: Server) -> None:
+    """Replayed at each restore and start-up: the second replay leaves the copies the first
+    wrote as they are."""
+    given = _disclose(server)
+    ctx = as_server(server.client.app.state.context)  # type: ignore[attr-defined]
+    assert _call(server, kept_registers.stash, ctx.store, ctx.registry, "a", date(2026, 12, 7)) == 1
+    for _ in range(2):
+        _replay(server)
+        [task] = _register(server).values()
+        assert task["id"] == given and _call(server, ctx.store.outbox, "kept-register/") == []

@@ -258,3 +258,22 @@ def test_counts_read_treatments_and_their_medications(inverse_world: InverseWorl
         "population": len(COUNTED), "pruned": 1, "evaluated": 3}
     platinum = next(_parts(p) for p in found["criterion"] if _parts(p)["text"] == "Prior platinum")
     assert (platinum["met"], platinum["unknown"]) == (1, 2)  # Ann; Bea and Cat have no record of it
+
+
+def test_a_treatment_naming_no_medication_id_fails_no_count(inverse_world: InverseWorld,
+                                                           exact_figures: None) -> None:
+    """A `medicationReference` is stored as written: one "Medication/<101 names, by
+    commas>" made the `_id` search of the named Medications ask more values than a search
+    may, and the investigator's counts of every patient failed for one patient's resource."""
+    client = inverse_world.client
+    statement = {"resourceType": "MedicationStatement", "id": "ann-odd", "status": "completed",
+                 "medicationReference": {"reference": "Medication/" + ",".join(f"m{n}" for n in range(101))},
+                 "subject": {"reference": "Patient/ann"}}
+    written = send(client, "PUT", "/fhir/MedicationStatement/ann-odd", statement)
+    assert written.status_code == 201, written.text
+    try:
+        response = inverse_world.match(STUDY, "investigator")
+        assert response.status_code == 200, response.text
+        assert _value(_parameters(response.json())["population"][0]) == len(COUNTED)
+    finally:
+        assert send(client, "DELETE", "/fhir/MedicationStatement/ann-odd").status_code in (200, 204)

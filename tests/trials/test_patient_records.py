@@ -250,3 +250,27 @@ def test_records_read_together_are_each_patients_search(world: TestClient, data:
     finally:
         for key in written:
             assert send(world, "DELETE", f"/fhir/{key}").status_code in (200, 204)
+
+
+def test_a_reference_naming_no_id_fails_no_record(world: TestClient) -> None:
+    """A reference string is stored as written (an extension's, any text). One read as
+    `Medication/<id>` whose "id" holds 101 commas made the `_id` search ask more values
+    than a search may, and the whole call failed: the physician's view of every consented
+    patient, for one patient's resource. A logical id has no comma: it names none."""
+    reference = "Medication/" + ",".join(f"m{n}" for n in range(101))
+    body = {"resourceType": "Observation", "id": "a-odd", "status": "final", "code": {"text": "any"},
+            "subject": {"reference": "Patient/a"},
+            "extension": [{"url": "http://example.org/x", "valueReference": {"reference": reference}}]}
+    written = send(world, "PUT", "/fhir/Observation/a-odd", body)
+    assert written.status_code == 201, written.text
+    app_ctx: Context = world.app.state.context  # type: ignore[attr-defined]
+
+    async def read() -> dict[str, patient_record.PatientRecord]:
+        ctx, _ = _physician(app_ctx)
+        return await patient_record.read_all(ctx, ["a", "b"], READ)
+
+    try:
+        records = world.portal.call(read)  # type: ignore[union-attr]
+        assert any(k.startswith("Observation/a-odd/") for k in _keys(records["a"]))
+    finally:
+        assert send(world, "DELETE", "/fhir/Observation/a-odd").status_code in (200, 204)

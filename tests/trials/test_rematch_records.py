@@ -2,7 +2,9 @@
 (trials/rematch.py `_evaluate` reads a batch of patients' compartments at once): for random
 records, on both stores, the (patient, trial) pairs it finds matching, and the pairs it prunes
 and evaluates, are what evaluating every trial against every record read search by search
-gives; and no Medication of the store is read along the way."""
+gives, and `$match`, the investigator's counts and the figures pass judge each record alike
+(whatever form its Medication reference takes); and no Medication of the store is read
+along the way but those the records name."""
 
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ from hypothesis import strategies as st
 
 from fhir_server import clock
 from fhir_server.search import extract
-from fhir_server.services import reach
+from fhir_server.services import patient_record, reach
 from fhir_server.services.context import Context
 from fhir_server.services.server_writes import as_server
 from fhir_server.store.base import Delete, Write
-from fhir_server.trials import rematch
+from fhir_server.trials import figures_pass, inverse_population, rematch
 from fhir_server.trials.eligibility import INELIGIBLE, TrialIndex, evaluate, pinned, read_record, read_trial
 from fhir_server.trials.eligibility_record import TYPES, medication_named
 from tests.trials.eligibility_builders import (ATC, LOINC, coded, condition, criterion, group, medication,
@@ -45,14 +47,17 @@ records = st.lists(st.fixed_dictionaries({
     "her2": st.sampled_from([None, POSITIVE, "LA6577-6"]),
     "ecog": st.one_of(st.none(), st.integers(0, 4)),
     "drug": st.sampled_from([None, "L01XE03", "L01BC06"]),
-    "drug_by_reference": st.booleans(),  # a Medication resource named, not a code
+    # A Medication resource named, not a code: as written, versioned, under this server's base,
+    # one every patient of the run with that drug names, or one since deleted.
+    "drug_by_reference": st.sampled_from([None, "plain", "versioned", "absolute", "shared", "deleted"]),
     "surgery": st.booleans(),
     "elsewhere": st.booleans(),  # another's Observation naming this patient as its performer
 }), min_size=1, max_size=6)
 
 
-def _resources(id: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stored record of `spec` (ids prefixed by the patient's)."""
+def _resources(id: str, spec: dict[str, Any], base: str) -> list[dict[str, Any]]:
+    """The stored record of `spec` (ids prefixed by the patient's, but a shared Medication's,
+    by the run's; a deleted Medication's id ends in "-gone")."""
     subject = {"subject": {"reference": f"Patient/{id}"}}
     found: list[dict[str, Any]] = []
     if spec["patient"] != "never":
@@ -64,10 +69,12 @@ def _resources(id: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
         found.append({**observation("89247-1", {"valueInteger": spec["ecog"]}, id=f"{id}-ecog"), **subject})
     if spec["drug"]:
         statement = {**medication(spec["drug"], "2025-01-01", id=f"{id}-m"), **subject}
-        if spec["drug_by_reference"]:
-            found.append({"resourceType": "Medication", "id": f"{id}-drug",
-                          "code": statement.pop("medicationCodeableConcept")})
-            statement["medicationReference"] = {"reference": f"Medication/{id}-drug"}
+        if form := spec["drug_by_reference"]:
+            drug = {"shared": f"{id.rsplit('-', 1)[0]}-{spec['drug']}", "deleted": f"{id}-gone"}.get(form, f"{id}-drug")
+            found.append({"resourceType": "Medication", "id": drug, "code": statement.pop("medicationCodeableConcept")})
+            reference = {"versioned": f"Medication/{drug}/_history/1",
+                         "absolute": f"{base}/Medication/{drug}"}.get(form, f"Medication/{drug}")
+            statement["medicationReference"] = {"reference": reference}
         found.append(statement)
     if spec["surgery"]:
         found.append({**procedure(SNOMED, "392021009", id=f"{id}-pr"), **subject})
@@ -79,12 +86,14 @@ def _resources(id: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def _store(ctx: Context, specs: list[dict[str, Any]], run: int) -> list[str]:
     ids = [f"r{run}-{n}" for n in range(len(specs))]
-    resources = [r for id, spec in zip(ids, specs, strict=True) for r in _resources(id, spec)]
-    for resource in resources:
+    resources = {(r["resourceType"], r["id"]): r for id, spec in zip(ids, specs, strict=True)
+                 for r in _resources(id, spec, ctx.base_url)}
+    for resource in resources.values():
         resource.pop("meta", None)
-    await ctx.store.commit([Write(r["resourceType"], r["id"], r, extract(r)) for r in resources])
+    await ctx.store.commit([Write(type, id, r, extract(r)) for (type, id), r in resources.items()])
     await ctx.store.commit([Delete("Patient", id) for id, spec in zip(ids, specs, strict=True)
-                            if spec["patient"] == "deleted"])
+                            if spec["patient"] == "deleted"]
+                           + [Delete(type, id) for type, id in resources if id.endswith("-gone")])
     return ids
 
 
@@ -110,6 +119,16 @@ async def _brute_force(ctx: Context, ids: list[str], today: date) -> tuple[list[
         if found is None:  # a Patient deleted: left out
             continue
         record = read_record([(pinned(r), r) for r in found], today)
+        # As `$match` reads it (services/patient_record.py): the same verdict for each trial.
+        read = await patient_record.read(ctx, id, [t for t in TYPES if t != "Patient"])
+        matched = read_record([(pinned(r), r) for r in patient_record.bodies(read)], today)
+        # As the investigator's counts (inverse_population) and the figures pass read it.
+        counted: dict[str, list[tuple[str, dict[str, Any]]]] = {
+            id: [(pinned(r), r) for r in found if r["resourceType"] in ("Patient", "Condition")]}
+        await inverse_population._rest(ctx, counted)
+        figured = (await figures_pass._records(ctx, [id]))[id]
+        for other in (matched, read_record(counted[id], today), read_record([(pinned(r), r) for r in figured], today)):
+            assert [evaluate(t, other).verdict for t in TRIALS] == [evaluate(t, record).verdict for t in TRIALS]
         kept, _ = index.candidates(record)
         pruned += len(TRIALS) - len(kept)
         for trial in kept:
@@ -142,7 +161,7 @@ def test_the_job_reads_no_medication_of_other_records(client: TestClient, monkey
     ctx = as_server(client.app.state.context, "rematch")  # type: ignore[attr-defined]
     portal = client.portal  # type: ignore[union-attr]
     spec = {"patient": "kept", "gender": "female", "born": "1950-03-01", "diagnoses": ["C50.4"], "her2": None,
-            "ecog": None, "drug": "L01XE03", "drug_by_reference": True, "surgery": False, "elsewhere": False}
+            "ecog": None, "drug": "L01XE03", "drug_by_reference": "plain", "surgery": False, "elsewhere": False}
     ids = portal.call(_store, ctx, [spec, {**spec, "diagnoses": ["C34.1"]}], next(_runs))
     read: list[str] = []
     store = type(ctx.store)
