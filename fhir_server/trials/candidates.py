@@ -25,7 +25,6 @@ from .eligibility import INELIGIBLE, NOT_MET, TrialIndex
 from .inverse import evaluated
 from .match import home
 from .match_render import result_extension
-from .match_sites import nearest
 
 POTENTIAL = "potential-candidate"
 
@@ -65,7 +64,7 @@ async def save(ctx: Context, study_id: str, body: dict[str, Any]) -> Result:
         raise fail(Kind.UNPROCESSABLE, "business-rule",
                    f"Patient/{patient} is ineligible for ResearchStudy/{study_id} (not met: {why}); "
                    "nothing saved.", expression="Parameters.parameter.where(name='patient')")
-    site, distance = nearest(catalogue.sites[study_id], home(found.record), today, catalogue.max_age_days)
+    site, distance = catalogue.nearest(study_id, home(found.record), today)
     subject = {
         "resourceType": "ResearchSubject", "status": POTENTIAL,
         "extension": [result_extension(found.result, trial.groups, site, distance)],

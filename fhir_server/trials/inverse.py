@@ -41,7 +41,6 @@ from .eligibility_record import TYPES, Record
 from .match import home
 from .match_render import coding, result_extension
 from .eligibility_codes import VERDICT_SYSTEM
-from .match_sites import nearest
 from .prescreening import pseudonym, pseudonym_key
 
 NAMES = ("count",)
@@ -124,7 +123,7 @@ async def _patients(ctx: Context, trial: Trial, catalogue: match_catalogue.Catal
     entries = []
     for item in shown:
         assert item.result is not None and item.record.patient is not None
-        site, distance = nearest(catalogue.sites[trial.study], home(item.record), today, catalogue.max_age_days)
+        site, distance = catalogue.nearest(trial.study, home(item.record), today)
         entries.append({"fullUrl": f"{ctx.base_url}/Patient/{item.patient}",
                         "resource": item.record.patient.resource,
                         "search": {"extension": [result_extension(item.result, trial.groups, site, distance)],

@@ -50,7 +50,6 @@ from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, overal
 from .eligibility_record import Record
 from .match import home
 from .gazetteer import Point
-from .match_sites import nearest
 
 BASE = 5  # every published count is a multiple of this
 VERDICTS = ("met", "not-met", "unknown", "not-applicable")
@@ -255,7 +254,7 @@ class Cells:
                 continue
             site = sites.get((trial.study, origin))
             if site is None:
-                found, _ = nearest(self.catalogue.sites[trial.study], origin, self.today, self.catalogue.max_age_days)
+                found, _ = self.catalogue.nearest(trial.study, origin, self.today)
                 site = sites[(trial.study, origin)] = found.location if found is not None else NO_SITE
             yield verdict, site, verdicts
 

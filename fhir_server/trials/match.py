@@ -34,7 +34,7 @@ from .eligibility_rules import born_later
 from .gazetteer import Point, place
 from .match_parameters import MatchRequest, unprocessable
 from .match_render import entry
-from .match_sites import Site, nearest_open
+from .match_sites import Site
 
 MAX_WARNINGS = 100  # criterion warnings listed in the outcome, at most
 # Trials one answer lists, at most, each explained criterion by criterion (anyone may ask,
@@ -157,7 +157,7 @@ def _placed(request: MatchRequest, record: Record, catalogue: match_catalogue.Ca
     """The nearest recruiting site and its distance; None when the site filters drop the trial."""
     if not _sited(request, record, catalogue, study):
         return None
-    site, distance = nearest_open(catalogue.recruiting(study, record.today), origin)
+    site, distance = catalogue.nearest(study, origin, record.today)
     if request.radius is not None and (distance is None or distance > request.radius):
         return None
     return site, distance

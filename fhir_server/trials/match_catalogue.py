@@ -37,7 +37,8 @@ from .catalogue_history import TYPES, Locks, Position, position, reading_lock, s
 from .criteria_review import is_draft
 from .eligibility import TrialIndex, Trial, is_eligibility_group, read_trial
 from .eligibility_codes import PROFILE
-from .match_sites import Site, recruiting, sites
+from .gazetteer import Point
+from .match_sites import Site, nearest_open, recruiting, sites
 
 
 Read = tuple[tuple[Any, ...], ...]  # the versions of the Groups a Trial was read from
@@ -66,6 +67,11 @@ class Catalogue:
         if found is None:
             found = self._accruing[study] = open_for_accrual(self.studies[study])
         return found
+
+    def nearest(self, study: str, origin: Point | None, today: date) -> tuple[Site | None, float | None]:
+        """The study's recruiting site nearest `origin` on `today`, and its distance in km
+        (match_sites.nearest_open)."""
+        return nearest_open(self.recruiting(study, today), origin)
 
     def recruiting(self, study: str, today: date) -> tuple[Site, ...]:
         """The study's sites recruiting on `today` (match_sites.recruiting)."""

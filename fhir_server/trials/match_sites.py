@@ -70,7 +70,8 @@ def sites(study: dict[str, Any], locations: dict[str, dict[str, Any]]) -> tuple[
 def nearest(candidates: tuple[Site, ...], origin: Point | None, today: date,
             max_age_days: int = 90) -> tuple[Site | None, float | None]:
     """The nearest recruiting site to `origin` and its distance in km (the first recruiting
-    site by reference without an origin; (None, None) when no site is recruiting)."""
+    site by reference without an origin; (None, None) when no site is recruiting); a
+    catalogue's studies: `Catalogue.nearest`, which keeps their recruiting sites a day."""
     return nearest_open(recruiting(candidates, today, max_age_days), origin)
 
 
@@ -80,7 +81,9 @@ def recruiting(candidates: tuple[Site, ...], today: date, max_age_days: int = 90
 
 
 def nearest_open(open_sites: tuple[Site, ...], origin: Point | None) -> tuple[Site | None, float | None]:
-    """`nearest` among sites known to be recruiting (`recruiting`'s order)."""
+    """The site of `open_sites` (recruiting ones, in `recruiting`'s order) nearest `origin`
+    and its distance in km (the first by reference without an origin; (None, None) when
+    there is none)."""
     if not open_sites:
         return None, None
     if origin is None:
