@@ -173,7 +173,10 @@ class Inbox:
         """`receive` of several messages (sender, control id, raw, peer), in one commit."""
         def work(db: sqlite3.Connection) -> list[tuple[Stored, bool]]:
             received = []
-            with db:  # the first insert starts an IMMEDIATE transaction: other processes wait
+            with db:
+                # Begun before the id is chosen: the module's implicit BEGIN comes only with
+                # the first insert, and another process could choose the same id meanwhile.
+                db.execute("BEGIN IMMEDIATE")
                 for sender, control_id, raw, peer in messages:
                     # The id is chosen here (the transaction holds the write lock) so that the
                     # sealed raw bytes can be bound to it.
