@@ -3,7 +3,7 @@ with plaintext indexes, on the Synthea bundles (no timed assertions).
 
 Run: `.venv/bin/python -m bench.blind [BUNDLE_DIR] [--repeat N] [--clones N]`, or
 `--layouts N` for 5. alone: the SQL cost of the string rows of 3,000 new Patients after N
-others, as they are and in a narrow integer table (the layout docs/blind-indexes.md weighs).
+others, plaintext and blind.
 
 Measured with `time.process_time` (CPU of the whole process, the SQLite writer thread
 included), so the figures hold on a shared machine:
@@ -18,7 +18,6 @@ included), so the figures hold on a shared machine:
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import dataclasses
 import os
@@ -148,44 +147,17 @@ async def stores(resources: list[dict[str, Any]], blind: BlindIndex, repeat: int
         await blinded.close()
 
 
-# The string rows of a protected parameter as they are (a row and two indexes per prefix),
-# against the narrowest layout that keeps one index entry per prefix: a WITHOUT ROWID table of
-# (pid, 64-bit digest, pk) plus one row per resource listing its digests, for removal.
-LAYOUTS = {
-    "plaintext rows (no blind index)": "",
-    "idx_string (now)": """
-        CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
-                                 value TEXT NOT NULL, exact TEXT NOT NULL);
-        CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
-        CREATE INDEX idx_string_pk ON idx_string (pk, pid);""",
-    "narrow integer table": """
-        CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
-                                 value TEXT NOT NULL, exact TEXT NOT NULL);
-        CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
-        CREATE INDEX idx_string_pk ON idx_string (pk, pid);
-        CREATE TABLE idx_prefix (pid INTEGER, digest INTEGER, pk INTEGER,
-                                 PRIMARY KEY (pid, digest, pk)) WITHOUT ROWID;
-        CREATE TABLE prefix_of (pk INTEGER PRIMARY KEY, digests BLOB NOT NULL);""",
-}
+STRING_ROWS = """
+    CREATE TABLE idx_string (pk INTEGER NOT NULL, pid INTEGER NOT NULL, grp INTEGER,
+                             value TEXT NOT NULL, exact TEXT NOT NULL);
+    CREATE INDEX idx_string_value ON idx_string (pid, value, pk);
+    CREATE INDEX idx_string_pk ON idx_string (pk, pid);"""
 
 
-def _integer(token: str) -> int:
-    """The first 64 bits of a token's MAC, as SQLite's signed integer."""
-    return int.from_bytes(base64.urlsafe_b64decode(token + "==")[:8], "big", signed=True)
-
-
-def _layout_rows(layout: str, pk: int, entries: list[Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The statements writing one resource's string rows in `layout` (pids by parameter)."""
+def _string_rows(pk: int, entries: list[Any]) -> list[tuple[Any, ...]]:
+    """One resource's idx_string rows (pids by parameter)."""
     pid = {p: n for n, p in enumerate(sorted({e.param for e in entries}))}
-    strings = [e for e in entries if type(e).__name__ == "StringEntry"]
-    insert = "INSERT INTO idx_string VALUES (?, ?, NULL, ?, ?)"
-    if layout != "narrow integer table":
-        return [(insert, [(pk, pid[e.param], e.value, e.exact) for e in strings])]
-    prefixes = [(pid[e.param], _integer(e.value), pk) for e in strings]
-    return [(insert, [(pk, pid[e.param], e.value, e.exact) for e in strings if e.exact]),
-            ("INSERT OR IGNORE INTO idx_prefix VALUES (?, ?, ?)", prefixes),
-            ("INSERT INTO prefix_of VALUES (?, ?)", [(pk, b"".join(d.to_bytes(8, "big", signed=True)
-                                                                   for _, d, _ in prefixes))])]
+    return [(pk, pid[e.param], e.value, e.exact) for e in entries if type(e).__name__ == "StringEntry"]
 
 
 class _Rows:
@@ -210,33 +182,33 @@ def python_side(blind: BlindIndex, entries: list[Any]) -> None:
 
 def layouts(blind: BlindIndex, folder: Path, stored: int, measured: int) -> None:
     """CPU µs per new Patient (bench/requests.py's) of writing its string rows, SQL only, in
-    units of 32 Patients after `stored` others, with the store's pragmas."""
+    units of 32 Patients after `stored` others, with the store's pragmas: plaintext rows
+    against blind ones."""
     plain = [extract(_patient(n, "x")) for n in range(stored + measured)]
     python_side(blind, plain[stored:])
-    for layout, ddl in LAYOUTS.items():
-        written = plain if not ddl else [blind.entries("Patient", e) for e in plain]
-        ddl = ddl or LAYOUTS["idx_string (now)"]
-        path = folder / f"layout-{len(layout)}.db"
+    for name, index in (("plaintext rows", None), ("blind rows", blind)):
+        written = [index.entries("Patient", e) if index else e for e in plain]
+        path = folder / f"{name.replace(' ', '-')}.db"
         conn = sqlite3.connect(path, isolation_level=None)
         for pragma in ("journal_mode = WAL", "synchronous = FULL", "cache_size = -65536"):
             conn.execute(f"PRAGMA {pragma}")
-        conn.executescript(ddl)
-        statements = [_layout_rows(layout, pk, list(e)) for pk, e in enumerate(written)]
+        conn.executescript(STRING_ROWS)
+        rows = [_string_rows(pk, list(e)) for pk, e in enumerate(written)]
+        insert = "INSERT INTO idx_string VALUES (?, ?, NULL, ?, ?)"
         conn.execute("BEGIN")
-        for resource in statements[:stored]:
-            for sql, rows in resource:
-                conn.executemany(sql, rows)
+        for resource in rows[:stored]:
+            conn.executemany(insert, resource)
         conn.execute("COMMIT")
         start = time.process_time()
         for unit in range(stored, stored + measured, 32):
             conn.execute("BEGIN")
-            for resource in statements[unit:unit + 32]:
-                for sql, rows in resource:
-                    conn.executemany(sql, rows)
+            for resource in rows[unit:unit + 32]:
+                conn.executemany(insert, resource)
             conn.execute("COMMIT")
         cpu = (time.process_time() - start) * 1e6 / measured
         conn.close()
-        print(f"5. {layout}: {cpu:.0f} µs CPU of SQL per new Patient after {stored:,} "
+        print(f"5. {name}: {cpu:.0f} µs CPU of SQL per new Patient after {stored:,}, "
+              f"{sum(map(len, rows[stored:])) / measured:.0f} string rows each "
               f"({path.stat().st_size / 1e6:.0f} MB)")
 
 
@@ -246,7 +218,7 @@ def main(argv: list[str]) -> None:
     args = [a for a in argv if not a.startswith("--") and not a.isdigit()]
     resources = load_resources(Path(args[0]) if args else DEFAULT_DIR)
     blind = blind_index()
-    if "--layouts" in argv:  # the SQL of two index layouts, on bench/requests.py's Patients
+    if "--layouts" in argv:  # the SQL of the string rows, on bench/requests.py's Patients
         stored = int(argv[argv.index("--layouts") + 1])
         with tempfile.TemporaryDirectory() as folder:
             layouts(blind, Path(folder), stored, 3000)

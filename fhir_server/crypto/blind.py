@@ -24,6 +24,8 @@ from typing import Any
 IndexKey = Callable[[str], bytes]
 TOKEN_BYTES = 16
 TOKEN_LENGTH = 22  # len(base64url(16 bytes)) without padding
+LINK_BYTES = 6  # a prefix's link in a chain: 48 bits, 8 base64url characters, never padded
+LINK_LENGTH = 8
 MIN_KEY_BYTES = 32
 _BLOCK = 64  # SHA-256's block size
 _INNER = bytes(b ^ 0x36 for b in range(256))  # RFC 2104 ipad, as a translation table
@@ -47,9 +49,21 @@ class BlindDigest:
         self._pads: dict[str, tuple[Any, Any]] = {}
         self._heads: dict[tuple[str, str], tuple[Any, Any]] = {}  # (param, domain) -> states
         self._token = lru_cache(maxsize=cache_size)(self._compute)
+        self._chain = lru_cache(maxsize=cache_size)(self._links)
 
     def __call__(self, param: str, domain: str, text: str) -> str:
         return self._token(param, domain, text)
+
+    def chain(self, param: str, domain: str, text: str) -> str:
+        """The links of `text`'s prefixes, one per prefix that does not end in a space.
+
+        A link is the first 6 bytes of the prefix's MAC (the first 8 characters of its token
+        under `domain`), so the chain of a prefix of `text` is a prefix of `text`'s chain, and
+        a stored chain starts with a searched one exactly when its value starts with the
+        searched value (but with the chance, about 2^-48 per sibling prefix, that a link
+        collides: docs/blind-indexes.md). One chain replaces one index row per prefix.
+        """
+        return self._chain(param, domain, text)
 
     def _pad_states(self, param: str) -> tuple[Any, Any]:
         pads = self._pads.get(param)
@@ -80,3 +94,15 @@ class BlindDigest:
         outer = outer_pad.copy()
         outer.update(inner.digest())
         return base64.urlsafe_b64encode(outer.digest()[:TOKEN_BYTES]).rstrip(b"=").decode("ascii")
+
+    def _links(self, param: str, domain: str, text: str) -> str:
+        head, outer_pad = self._head_states(param, domain)
+        inner = head.copy()
+        links = bytearray()
+        for char in text:
+            inner.update(char.encode())  # the state after each prefix, advanced once per char
+            if char != " ":
+                outer = outer_pad.copy()
+                outer.update(inner.copy().digest())
+                links += outer.digest()[:LINK_BYTES]
+        return base64.urlsafe_b64encode(links).decode("ascii")

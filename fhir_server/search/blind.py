@@ -6,12 +6,13 @@ never as plaintext. The stores index and compare the digests as they would the v
 both stores keep the same code; this module rewrites entries on their way in and the
 Query AST on its way to a store:
 
-- string: one entry per prefix of the normalized value (search.html#string: case and
-  accents folded), up to `prefix_cap` characters, each a `p` digest; the last also holds the
-  `x` digest of the value as written (`:exact`). A start-with search of a normalized text
-  becomes a search for its `p` digest; `:exact` for its `x` digest on the row of its longest
-  prefix. `:contains`, and
-  start-with values longer than `prefix_cap`, cannot be answered: 400 naming the parameter.
+- string: one entry per value, the chain of its normalized prefixes (search.html#string:
+  case and accents folded) up to `prefix_cap` characters: one fixed-width link per prefix
+  (crypto/blind.py `chain`), so the chain of a start-with search value is a prefix of the
+  chains of the values that start with it, and the stores' start-with match answers it as on
+  plaintext, with one row per value. The entry also holds the `x` digest of the value as
+  written (`:exact`, sought with the value's chain). `:contains`, and start-with values
+  longer than `prefix_cap`, cannot be answered: 400 naming the parameter.
 - token: `code` (Identifier.value, ContactPoint.value, ...) becomes its `c` digest, exact and
   case-sensitive as token codes are; system and Identifier.type codings stay (`system|value`,
   `:of-type` work), the text is dropped (`:text` answers 400).
@@ -35,8 +36,8 @@ What the digests reveal to a database reader is in docs/blind-indexes.md.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from collections.abc import Iterable, Sequence
+from typing import Final, Protocol
 
 from ..model.errors import FhirError, Kind, fail
 from .ast import (
@@ -56,8 +57,18 @@ from .ast import (
 from .entries import IndexEntry, ReferenceEntry, StringEntry, TokenEntry
 from .registry import Registry
 
-# (parameter key `Type.code`, domain, text) -> blind token (crypto.blind.BlindDigest).
-Digest = Callable[[str, str, str], str]
+
+
+class Digest(Protocol):
+    """The keyed digests of a parameter's values (crypto.blind.BlindDigest)."""
+
+    def __call__(self, param: str, domain: str, text: str) -> str:
+        """The token of `text` under parameter `param` (`Type.code`) and `domain`."""
+
+    def chain(self, param: str, domain: str, text: str) -> str:
+        """The links of `text`'s prefixes not ending in a space; a prefix's chain is a
+        prefix of the chain."""
+
 
 PROTECTED_TYPES: Final = ("Patient", "RelatedPerson", "Practitioner")
 PROTECTED_CODES: Final = (
@@ -126,7 +137,7 @@ class BlindIndex:
     @classmethod
     def nothing(cls, registry: Registry) -> BlindIndex:
         """A blind index of no parameter: entries and queries go through unchanged."""
-        return cls((), _no_digest, registry)
+        return cls((), _NoDigest(), registry)
 
     def protects(self, resource_type: str | None, code: str) -> bool:
         return resource_type is not None and code in self._codes.get(resource_type, ())
@@ -162,26 +173,22 @@ class BlindIndex:
                 out.append(TokenEntry(entry.param, entry.system, code, None, entry.type_system, entry.type_code))
             # A string or token parameter indexes no other kind; were one to, it is not kept.
         for param in covering.keys() - kept:  # every value covered: still present
-            out.append(StringEntry(param, self.digest(f"{resource_type}.{param}", PREFIX, ""), ""))
+            out.append(StringEntry(param, "", ""))
         return out
 
     def _string_entries(self, resource_type: str, entry: StringEntry) -> tuple[StringEntry, ...]:
-        """One entry per prefix length up to the cap; the last carries the exact digest.
+        """The value's entry: the chain of its prefixes up to the cap, and its exact digest.
 
-        Prefixes ending in a space are left out (a normalized search value never ends in one),
-        but a value with no character at all keeps one entry: `:missing` and `:exact` see it.
-        A value's entries are remembered whole: names, given names and cities repeat.
+        A value with no character at all keeps its entry (an empty chain): `:missing` and
+        `:exact` see it. Entries are remembered: names, given names and cities repeat.
         """
         cached = (resource_type, entry.param, entry.value, entry.exact)
         found = self._strings.get(cached)
         if found is not None:
             return found
         key = f"{resource_type}.{entry.param}"
-        value, digest, param = entry.value, self.digest, entry.param
-        last = min(len(value), self.prefix_cap)
-        found = (*(StringEntry(param, digest(key, PREFIX, value[:length]), "")
-                   for length in range(1, last) if value[length - 1] != " "),
-                 StringEntry(param, digest(key, PREFIX, value[:last]), digest(key, EXACT, entry.exact)))
+        found = (StringEntry(entry.param, self.digest.chain(key, PREFIX, entry.value[: self.prefix_cap]),
+                             self.digest(key, EXACT, entry.exact)),)
         if len(self._strings) >= STRING_CACHE:
             self._strings.clear()  # bounded; refilled by the values that repeat
         self._strings[cached] = found
@@ -263,16 +270,16 @@ class BlindIndex:
         if p.mode == "contains":
             raise unsupported(p.param, rtype, '":contains"')
         if p.mode == "exact":
-            # The exact digest lives on the row of the value's longest prefix: naming that
-            # prefix too lets the stores seek the row by its indexed value.
-            return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value[: self.prefix_cap]),
+            # The exact digest is on the value's row: naming its chain too lets the stores
+            # seek the row by its indexed value.
+            return dataclasses.replace(p, value=self.digest.chain(key, PREFIX, p.value[: self.prefix_cap]),
                                        exact=self.digest(key, EXACT, p.exact))
         if not p.value:
             return Missing(p.param, False)  # every value starts with the empty string
         if len(p.value) > self.prefix_cap:
             raise unsupported(p.param, rtype, f"a value longer than {self.prefix_cap} characters "
                                               "(without :exact)")
-        return dataclasses.replace(p, value=self.digest(key, PREFIX, p.value), exact="")
+        return dataclasses.replace(p, value=self.digest.chain(key, PREFIX, p.value), exact="")
 
 
 def _covering(covered_by: dict[str, tuple[str, ...]],
@@ -286,8 +293,13 @@ def _covering(covered_by: dict[str, tuple[str, ...]],
             for param, cover in covered_by.items() if param in held}
 
 
-def _no_digest(param: str, domain: str, text: str) -> str:
-    raise AssertionError(f"{param} is not protected: nothing to digest")
+class _NoDigest:
+    """The digest of a blind index that protects nothing: never asked for one."""
+
+    def __call__(self, param: str, domain: str, text: str) -> str:
+        raise AssertionError(f"{param} is not protected: nothing to digest")
+
+    chain = __call__
 
 
 def unsupported(code: str, resource_type: str, what: str) -> FhirError:

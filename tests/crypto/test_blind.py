@@ -7,8 +7,10 @@ import hashlib
 import hmac
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from fhir_server.crypto.blind import TOKEN_LENGTH, BlindDigest
+from fhir_server.crypto.blind import LINK_LENGTH, TOKEN_LENGTH, BlindDigest
 
 
 def keys(param: str) -> bytes:
@@ -59,3 +61,29 @@ def test_the_token_is_truncated_hmac_sha256_of_the_domain_and_text() -> None:
         token = BlindDigest(lambda param: key)("Patient.name", "p", "hélène")
         mac = hmac.new(key, "1:p\x00hélène".encode(), hashlib.sha256).digest()[:16]
         assert token == base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def test_a_chain_is_the_first_six_bytes_of_each_prefix_token_not_ending_in_a_space() -> None:
+    digest = BlindDigest(keys)
+    text = "jo ann é"
+    links = [digest("Patient.given", "p", text[:n])[:LINK_LENGTH] for n in range(1, len(text) + 1)
+             if text[n - 1] != " "]
+    assert digest.chain("Patient.given", "p", text) == "".join(links)
+    assert len(digest.chain("Patient.given", "p", text)) == LINK_LENGTH * 6
+    assert digest.chain("Patient.given", "p", "") == ""
+
+
+TEXT = st.text(alphabet="ab é", max_size=8).map(lambda t: " ".join(t.split()))  # normalized
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXT, TEXT)
+def test_a_chain_starts_with_anothers_exactly_when_its_text_starts_with_the_others(stored: str,
+                                                                                     searched: str) -> None:
+    """The stores' start-with match on chains answers start-with on the texts: a search
+    value (normalized, so never ending in a space) and a stored value, from an alphabet small
+    enough that most pairs share a prefix."""
+    digest = BlindDigest(keys)
+    assume(searched)
+    assert (digest.chain("Patient.name", "p", stored).startswith(digest.chain("Patient.name", "p", searched))
+            == stored.startswith(searched))
