@@ -58,7 +58,6 @@ from .entries import IndexEntry, ReferenceEntry, StringEntry, TokenEntry
 from .registry import Registry
 
 
-
 class Digest(Protocol):
     """The keyed digests of a parameter's values (crypto.blind.BlindDigest)."""
 
