@@ -6,8 +6,10 @@ and without the key a token cannot be computed from a guess. What the tokens sti
 (equality, prefix frequencies, value lengths) is in docs/blind-indexes.md.
 
 Tokens are the first 16 bytes of the MAC (128 bits: collisions need ~2^64 values), written as
-22 characters of unpadded base64url. Every token has the same length, so "a stored token
-starts with the searched token" — the stores' string match — holds exactly when they are equal.
+22 characters of unpadded base64url. A chain (`chain`) is the 48-bit heads of the MACs of a
+text's prefixes, end to end: fixed-width links, so the stores' string match ("a stored chain
+starts with the searched chain") is start-with on the texts. A domain is either tokens' or
+chains' (search/blind.py), never both: a chain's first link is the head of a token.
 
 The key of a parameter comes from a callable `param -> bytes` (the key ring's
 `index_key`); `search/blind.py` decides which values are digested and how queries follow.

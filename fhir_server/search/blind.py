@@ -28,7 +28,7 @@ Query AST on its way to a store:
   that is also a `family` or `given` value (an `address` value that is a city, state, postal
   code or country) keeps no `name` (`address`) rows either: a search on `name` becomes
   `name` OR `family` OR `given`, each on its own tokens; a resource left with no row of its
-  own keeps one presence row (the token of the empty prefix), so `:missing` is unchanged.
+  own keeps one presence row (an empty chain), so `:missing` is unchanged.
 
 What the digests reveal to a database reader is in docs/blind-indexes.md.
 """
@@ -58,7 +58,6 @@ from .entries import IndexEntry, ReferenceEntry, StringEntry, TokenEntry
 from .registry import Registry
 
 
-
 class Digest(Protocol):
     """The keyed digests of a parameter's values (crypto.blind.BlindDigest)."""
 
@@ -86,8 +85,10 @@ COVERED_BY: Final = {"name": ("family", "given"),
 DEFAULT_PREFIX_CAP: Final = 32
 STRING_CACHE: Final = 1 << 14  # values whose string entries are kept (names, cities repeat)
 DEFAULT_SORT_LIMIT: Final = 10_000
-# Digest domains: a prefix of the normalized value, the exact value, a token code.
-PREFIX, EXACT, CODE = "p", "x", "c"
+# Digest domains: the links of a normalized value's chain, the exact value, a token code.
+# `p` (one token per prefix, before chains) is retired: a link under it would be the head of
+# the old token of its prefix, so a store not rebuilt would answer one-letter searches only.
+CHAIN, EXACT, CODE = "l", "x", "c"
 
 
 def default_protected(registry: Registry) -> tuple[str, ...]:
@@ -187,7 +188,7 @@ class BlindIndex:
         if found is not None:
             return found
         key = f"{resource_type}.{entry.param}"
-        found = (StringEntry(entry.param, self.digest.chain(key, PREFIX, entry.value[: self.prefix_cap]),
+        found = (StringEntry(entry.param, self.digest.chain(key, CHAIN, entry.value[: self.prefix_cap]),
                              self.digest(key, EXACT, entry.exact)),)
         if len(self._strings) >= STRING_CACHE:
             self._strings.clear()  # bounded; refilled by the values that repeat
@@ -272,14 +273,14 @@ class BlindIndex:
         if p.mode == "exact":
             # The exact digest is on the value's row: naming its chain too lets the stores
             # seek the row by its indexed value.
-            return dataclasses.replace(p, value=self.digest.chain(key, PREFIX, p.value[: self.prefix_cap]),
+            return dataclasses.replace(p, value=self.digest.chain(key, CHAIN, p.value[: self.prefix_cap]),
                                        exact=self.digest(key, EXACT, p.exact))
         if not p.value:
             return Missing(p.param, False)  # every value starts with the empty string
         if len(p.value) > self.prefix_cap:
             raise unsupported(p.param, rtype, f"a value longer than {self.prefix_cap} characters "
                                               "(without :exact)")
-        return dataclasses.replace(p, value=self.digest.chain(key, PREFIX, p.value), exact="")
+        return dataclasses.replace(p, value=self.digest.chain(key, CHAIN, p.value), exact="")
 
 
 def _covering(covered_by: dict[str, tuple[str, ...]],

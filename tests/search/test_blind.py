@@ -60,7 +60,7 @@ def test_protected_entries_hold_digests_only(blind: BlindIndex) -> None:
     family = [e for e in kept if e.param == "family"]
     # One entry per value: the chain of its prefixes, capped at 6 characters, and the digest
     # of the exact value.
-    assert family == [StringEntry("family", "".join(f"<Patient.family|p|{p}>" for p in (
+    assert family == [StringEntry("family", "".join(f"<Patient.family|l|{p}>" for p in (
         "h", "he", "hel", "hele", "helen", "helene")), "<Patient.family|x|Hélène Dupont>")]
     [identifier] = [e for e in kept if e.param == "identifier"]
     assert identifier == TokenEntry("identifier", "urn:oid:1.2.250.1.213.1.4.8",
@@ -86,7 +86,7 @@ def vars_of(entry: Any) -> list[Any]:
 def test_prefixes_ending_in_a_space_are_left_out(blind: BlindIndex) -> None:
     given = [e.value for e in blind.entries("Patient", extract(
         {"resourceType": "Patient", "id": "x", "name": [{"given": ["Jo Ann"]}]})) if e.param == "given"]
-    assert given == ["".join(f"<Patient.given|p|{p}>" for p in ("j", "jo", "jo a", "jo an", "jo ann"))]
+    assert given == ["".join(f"<Patient.given|l|{p}>" for p in ("j", "jo", "jo a", "jo an", "jo ann"))]
 
 
 def test_other_types_are_untouched(blind: BlindIndex) -> None:
@@ -102,10 +102,10 @@ def rewritten(blind: BlindIndex, rtype: str, *params: tuple[str, str]) -> list[A
 
 def test_string_searches_become_digest_searches(blind: BlindIndex) -> None:
     assert rewritten(blind, "Patient", ("family", "HÉL")) == [
-        StringPredicate("family", "<Patient.family|p|h><Patient.family|p|he><Patient.family|p|hel>", "",
+        StringPredicate("family", "<Patient.family|l|h><Patient.family|l|he><Patient.family|l|hel>", "",
                         "start")]
     assert rewritten(blind, "Patient", ("family:exact", "Hélène Dupont")) == [
-        StringPredicate("family", "".join(f"<Patient.family|p|{p}>" for p in ("h", "he", "hel", "hele", "helen",
+        StringPredicate("family", "".join(f"<Patient.family|l|{p}>" for p in ("h", "he", "hel", "hele", "helen",
                                                                           "helene")),
                         "<Patient.family|x|Hélène Dupont>", "exact")]
     # A blank value (every value starts with it) asks for presence.
@@ -129,10 +129,10 @@ def test_chains_and_has_follow_the_parameter_into_each_target_type(blind: BlindI
     # Observation.subject targets Patient, Group, Device and Location: only Patient's name is
     # protected, so the chain splits in two, ORed.
     found = rewritten(blind, "Observation", ("subject.name", "dup"))
-    assert Chain("subject", ("Patient",), StringPredicate("name", digest.chain("Patient.name", "p", "dup"), "", "start")) in found
+    assert Chain("subject", ("Patient",), StringPredicate("name", digest.chain("Patient.name", "l", "dup"), "", "start")) in found
     assert all(isinstance(p, Chain) for p in found) and len(found) >= 2
     assert rewritten(blind, "Patient", ("_has:RelatedPerson:patient:name", "dup")) == [
-        Has("RelatedPerson", "patient", StringPredicate("name", digest.chain("RelatedPerson.name", "p", "dup"), "", "start"))]
+        Has("RelatedPerson", "patient", StringPredicate("name", digest.chain("RelatedPerson.name", "l", "dup"), "", "start"))]
 
 
 @pytest.mark.parametrize(("name", "value", "says"), [
@@ -207,7 +207,7 @@ def test_phonetic_is_indexed_as_name_so_it_is_searched_on_names_rows(blind: Blin
     assert [e for e in kept if e.param == "name"]
     as_name = rewritten(blind, rtype, ("name", "HÉL"))
     assert rewritten(blind, rtype, ("phonetic", "HÉL")) == as_name
-    assert StringPredicate("name", digest.chain(f"{rtype}.name", "p", "hel"), "", "start") in as_name
+    assert StringPredicate("name", digest.chain(f"{rtype}.name", "l", "hel"), "", "start") in as_name
     assert rewritten(blind, rtype, ("phonetic:missing", "true")) == [Missing("name", True)]
     assert (rewritten(blind, "Observation", ("subject:Patient.phonetic", "dup"))
             == rewritten(blind, "Observation", ("subject:Patient.name", "dup")))
@@ -218,17 +218,17 @@ def test_name_values_held_by_family_or_given_are_searched_on_their_rows(blind: B
     searches the three; a name left with no row of its own keeps a presence row."""
     patient = {**PATIENT, "name": [{"family": "Dupont", "given": ["Zoé"], "prefix": ["Dr"]}]}
     names = [e for e in blind.entries("Patient", extract(patient)) if e.param == "name"]
-    assert names == [StringEntry("name", "<Patient.name|p|d><Patient.name|p|dr>", "<Patient.name|x|Dr>")]
+    assert names == [StringEntry("name", "<Patient.name|l|d><Patient.name|l|dr>", "<Patient.name|x|Dr>")]
     covered = [e for e in blind.entries("Patient", extract(PATIENT)) if e.param == "name"]
     assert covered == [StringEntry("name", "", "")]  # presence only
     assert rewritten(blind, "Patient", ("name", "zo")) == [
-        StringPredicate(param, f"<Patient.{param}|p|z><Patient.{param}|p|zo>", "", "start")
+        StringPredicate(param, f"<Patient.{param}|l|z><Patient.{param}|l|zo>", "", "start")
         for param in ("name", "family", "given")]
     assert rewritten(blind, "Patient", ("name:exact", "Zoé"))[2] == StringPredicate(
-        "given", "<Patient.given|p|z><Patient.given|p|zo><Patient.given|p|zoe>", "<Patient.given|x|Zoé>", "exact")
+        "given", "<Patient.given|l|z><Patient.given|l|zo><Patient.given|l|zoe>", "<Patient.given|x|Zoé>", "exact")
     assert rewritten(blind, "Patient", ("name:missing", "false")) == [Missing("name", False)]
     cities = [e for e in blind.entries("Patient", extract(PATIENT)) if e.param == "address"]
-    assert any("|p|3 rue" in e.value for e in cities)
+    assert any("|l|3 rue" in e.value for e in cities)
     assert not any("evry" in e.value for e in cities)  # the city: on address-city's rows
 
 
@@ -236,7 +236,7 @@ def test_phonetic_keeps_its_rows_when_name_is_not_protected() -> None:
     alone = BlindIndex(["Patient.phonetic"], digest, default_registry(), prefix_cap=6)
     assert [e for e in alone.entries("Patient", extract(PATIENT)) if e.param == "phonetic"]
     assert rewritten(alone, "Patient", ("phonetic", "hel")) == [
-        StringPredicate("phonetic", digest.chain("Patient.phonetic", "p", "hel"), "", "start")]
+        StringPredicate("phonetic", digest.chain("Patient.phonetic", "l", "hel"), "", "start")]
 
 
 def test_a_values_entries_are_the_same_from_the_cache(blind: BlindIndex) -> None:
