@@ -139,17 +139,34 @@ class Definition:
               resource: dict[str, Any], out: list[Issue]) -> None:
         for element in self.children.get(element_id, ()):
             name = element.name
-            if not element.choice and name not in node and element.shadow not in node:
-                # Absent (most elements of a profile are): only cardinalities can be broken.
-                if element.min or element.id in self.slices:
-                    _cardinality(element, 0, f"{where}.{name}", out)
-                    for piece in self.slices.get(element.id, ()):
-                        _cardinality(piece, 0, f"{where}.{name}", out, piece.slice_name)
-                continue
+            if not element.choice and element.shadow not in node:
+                if name not in node:
+                    # Absent (most elements of a profile are): only cardinalities can be broken.
+                    if element.min or element.id in self.slices:
+                        _cardinality(element, 0, f"{where}.{name}", out)
+                        for piece in self.slices.get(element.id, ()):
+                            _cardinality(piece, 0, f"{where}.{name}", out, piece.slice_name)
+                    continue
+                if element.id not in self.slices:
+                    # Most present elements: what `_values` and `_sliced` do, without their lists.
+                    self._unsliced(element, node[name], f"{where}.{name}", resource, out)
+                    continue
             values = _values(node, element, where)
             label = f"{where}.{element.label}"
             _cardinality(element, len(values), label, out)
             self._sliced(element, values, label, resource, out)
+
+    def _unsliced(self, element: Element, value: Any, label: str, resource: dict[str, Any],
+                  out: list[Issue]) -> None:
+        """The value (or list of values) of an element neither sliced nor a choice, given
+        without a primitive's extensions (`_name`), at FHIRPath `label`."""
+        if isinstance(value, list):
+            _cardinality(element, len(value), label, out)
+            for i, item in enumerate(value):
+                self._value(element, element.name, item, f"{label}[{i}]", resource, out)
+        else:
+            _cardinality(element, 1, label, out)
+            self._value(element, element.name, value, label, resource, out)
 
     def _sliced(self, element: Element, values: list[tuple[str, Any, str]], label: str,
                 resource: dict[str, Any], out: list[Issue]) -> None:
@@ -536,8 +553,8 @@ def _values(node: dict[str, Any], element: Element, where: str) -> list[tuple[st
     """(JSON key, value, FHIRPath) of each value of `element` in `node`."""
     name = element.name
     if element.choice:
-        base = element.label
-        keys = [k for k in node if k.startswith(base) and k[len(base):][:1].isupper()]
+        base, cut = element.label, len(element.label)
+        keys = [k for k in node if k.startswith(base) and k[cut:cut + 1].isupper()]
     else:
         keys = [name] if name in node or f"_{name}" in node else []
     found = []
