@@ -624,8 +624,9 @@ def _binding(binding: tuple[str, str], value: Any, at: str) -> Issue | None:
                          diagnostics=f"The value set {url} is not held: the code was not checked")
         return None
     pairs, bare = members
-    if any((system, code) in pairs or (system is None and code in bare) for system, code in codes):
-        return None
+    for system, code in codes:  # a loop, not any(): bindings are checked at every coded value
+        if (system, code) in pairs or (system is None and code in bare):
+            return None
     shown = ", ".join(f"{s}|{c}" if s else c for s, c in codes)
     return Issue(code="code-invalid", severity="error" if strength == "required" else "warning",
                  diagnostics=f"{shown} is not in the value set {url} ({strength} binding)",
