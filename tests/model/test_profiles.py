@@ -157,8 +157,8 @@ def test_bindings_read_the_terminology_catalogue() -> None:
 
 
 def test_a_required_binding_to_a_value_set_not_held_is_a_warning() -> None:
-    found = [snapshot._binding(("required", "http://example.org/vs"), "x", "X.code")]
-    assert brief(found) == [("warning", "not-supported", ("X.code",))]
+    found = snapshot._binding(("required", "http://example.org/vs"), "x", "X.code")
+    assert found is not None and brief([found]) == [("warning", "not-supported", ("X.code",))]
     assert snapshot._binding(("extensible", "http://example.org/vs"), "x", "X.code") is None
 
 
