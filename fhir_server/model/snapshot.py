@@ -242,8 +242,9 @@ class Definition:
                 hit = index.get(_type_of(sliced, key, value, _THIS))
                 return (None if hit is None else hit[1]), True
             steps = _steps(path)
-            if len(steps) == 1 and value.__class__ is dict:
-                # One name (`url`): what `_collect` finds when it holds a primitive.
+            if len(steps) == 1 and steps[0].isidentifier() and value.__class__ is dict:
+                # One name (`url`, not `$this` or a function): what `_collect` finds when it
+                # holds a primitive.
                 one = value.get(steps[0])
                 if one.__class__ in _PRIMITIVES:
                     hit = index.get(one)
