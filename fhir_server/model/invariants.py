@@ -112,7 +112,11 @@ def _ext_1(value: Any, resource: dict[str, Any]) -> bool:
     # extension.exists() != value.exists()
     if not isinstance(value, dict):
         return True
-    has_value = any(k == "value" or (k.startswith("value") and k[5:6].isupper()) for k in value)
+    has_value = False
+    for key in value:  # a loop, not any(): this runs on every extension, twice
+        if key.startswith("value") and (len(key) == 5 or key[5].isupper()):
+            has_value = True
+            break
     return bool(value.get("extension")) != has_value
 
 

@@ -57,6 +57,7 @@ class Element:
     choice: bool = False  # `value[x]`: a value's type is in its JSON key
     extension: bool = False  # typed Extension
     label: str = ""  # the name as FHIRPath says it: `value` for `value[x]`
+    suffixes: frozenset[str] = frozenset()  # a choice's JSON key endings: `String` for `valueString`
     shadow: str = ""  # `_name`: where a primitive's id and extensions are (json.html#primitive)
     holds: invariants.Test | None = None  # all `invariants` hold: a quick test, when there is one
 
@@ -83,6 +84,7 @@ def _element(raw: dict[str, Any]) -> Element:
         sliced=slicing is not None, closed=(slicing or {}).get("rules") == "closed",
         invariants=declared, holds=invariants.quick_test(declared), choice=name.endswith("[x]"),
         extension="Extension" in (t["code"] for t in types), label=_base(name), shadow=f"_{name}",
+        suffixes=frozenset(t["code"][:1].upper() + t["code"][1:] for t in types),
     )
 
 
@@ -137,17 +139,34 @@ class Definition:
               resource: dict[str, Any], out: list[Issue]) -> None:
         for element in self.children.get(element_id, ()):
             name = element.name
-            if not element.choice and name not in node and element.shadow not in node:
-                # Absent (most elements of a profile are): only cardinalities can be broken.
-                if element.min or element.id in self.slices:
-                    _cardinality(element, 0, f"{where}.{name}", out)
-                    for piece in self.slices.get(element.id, ()):
-                        _cardinality(piece, 0, f"{where}.{name}", out, piece.slice_name)
-                continue
+            if not element.choice and element.shadow not in node:
+                if name not in node:
+                    # Absent (most elements of a profile are): only cardinalities can be broken.
+                    if element.min or element.id in self.slices:
+                        _cardinality(element, 0, f"{where}.{name}", out)
+                        for piece in self.slices.get(element.id, ()):
+                            _cardinality(piece, 0, f"{where}.{name}", out, piece.slice_name)
+                    continue
+                if element.id not in self.slices:
+                    # Most present elements: what `_values` and `_sliced` do, without their lists.
+                    self._unsliced(element, node[name], f"{where}.{name}", resource, out)
+                    continue
             values = _values(node, element, where)
             label = f"{where}.{element.label}"
             _cardinality(element, len(values), label, out)
             self._sliced(element, values, label, resource, out)
+
+    def _unsliced(self, element: Element, value: Any, label: str, resource: dict[str, Any],
+                  out: list[Issue]) -> None:
+        """The value (or list of values) of an element neither sliced nor a choice, given
+        without a primitive's extensions (`_name`), at FHIRPath `label`."""
+        if isinstance(value, list):
+            _cardinality(element, len(value), label, out)
+            for i, item in enumerate(value):
+                self._value(element, element.name, item, f"{label}[{i}]", resource, out)
+        else:
+            _cardinality(element, 1, label, out)
+            self._value(element, element.name, value, label, resource, out)
 
     def _sliced(self, element: Element, values: list[tuple[str, Any, str]], label: str,
                 resource: dict[str, Any], out: list[Issue]) -> None:
@@ -191,12 +210,12 @@ class Definition:
             out.append(_error("value", f"Expected the fixed value {_show(element.fixed)}", at))
         if element.pattern is not None and not _matches(value, element.pattern):
             out.append(_error("value", f"Expected a value matching {_show(element.pattern)}", at))
-        if element.binding is not None:
-            out.extend(_binding(element.binding, value, at))
+        if element.binding is not None and (broken := _binding(element.binding, value, at)) is not None:
+            out.append(broken)
         if not isinstance(value, dict):
             return
-        if element.targets:
-            out.extend(_target(element.targets, value, at))
+        if element.targets and (broken := _target(element.targets, value, at)) is not None:
+            out.append(broken)
         if element.id in self.children:
             self._node(value, element.id, at, resource, out)
         if not element.extension:
@@ -218,7 +237,19 @@ class Definition:
         cannot be decided (a discriminator through a reference not contained)."""
         index = self._index(sliced, slices)
         if index is not None:
-            return _indexed(index, _collect([(key, value)], _steps(sliced.discriminators[0][1]), resource))
+            kind, path = sliced.discriminators[0]
+            if kind == "type":  # at `$this`: the value's own type
+                hit = index.get(_type_of(sliced, key, value, _THIS))
+                return (None if hit is None else hit[1]), True
+            steps = _steps(path)
+            if len(steps) == 1 and steps[0].isidentifier() and value.__class__ is dict:
+                # One name (`url`, not `$this` or a function): what `_collect` finds when it
+                # holds a primitive.
+                one = value.get(steps[0])
+                if one.__class__ in _PRIMITIVES:
+                    hit = index.get(one)
+                    return (None if hit is None else hit[1]), True
+            return _indexed(index, _collect([(key, value)], steps, resource))
         decided = True
         for piece in slices:
             inside = self._in_slice(sliced, piece, key, value, resource)
@@ -264,8 +295,9 @@ class Definition:
     def _index(self, sliced: Element, slices: list[Element]) -> dict[Any, tuple[int, Element]] | None:
         """For a slicing by one value or pattern discriminator (no `resolve()`) where every
         slice wants one primitive value there (extensions by `url`): each value with the
-        first slice that wants it, so that a value finds its slice in one look-up. None for
-        any other slicing (each slice is then tried in turn)."""
+        first slice that wants it, so that a value finds its slice in one look-up; for one
+        by type at `$this` (a choice's types), each type with the first slice allowing it.
+        None for any other slicing (each slice is then tried in turn)."""
         memo = (sliced.id, "index", "")
         if memo not in self._discriminating:
             self._discriminating[memo] = self._value_index(sliced, slices)
@@ -276,9 +308,14 @@ class Definition:
         if len(sliced.discriminators) != 1:
             return None
         kind, path = sliced.discriminators[0]
+        index: dict[Any, tuple[int, Element]] = {}
+        if kind == "type" and _steps(path) == _THIS:
+            for n, piece in enumerate(slices):
+                for wanted in self._wants(piece, kind, path):
+                    index.setdefault(wanted, (n, piece))
+            return index
         if kind not in ("value", "pattern") or "resolve()" in _steps(path):
             return None
-        index: dict[Any, tuple[int, Element]] = {}
         for n, piece in enumerate(slices):
             wants = self._wants(piece, kind, path)
             if wants is None:
@@ -393,6 +430,7 @@ def _steps(path: str) -> tuple[str, ...]:
 
 
 _PRIMITIVES: Final = (str, int, float, bool)
+_THIS: Final = ("$this",)
 
 
 def _indexed(index: dict[Any, tuple[int, Element]],
@@ -516,8 +554,8 @@ def _values(node: dict[str, Any], element: Element, where: str) -> list[tuple[st
     """(JSON key, value, FHIRPath) of each value of `element` in `node`."""
     name = element.name
     if element.choice:
-        base = element.label
-        keys = [k for k in node if k.startswith(base) and k[len(base):][:1].isupper()]
+        base, cut = element.label, len(element.label)
+        keys = [k for k in node if k.startswith(base) and k[cut:cut + 1].isupper()]
     else:
         keys = [name] if name in node or f"_{name}" in node else []
     found = []
@@ -550,7 +588,7 @@ def _cardinality(element: Element, count: int, where: str, out: list[Issue],
 def _type(element: Element, key: str, at: str, out: list[Issue]) -> None:
     """Whether the type a choice element's value has (by its key) is one the element allows."""
     suffix = key[len(element.label):]
-    if not any(t[:1].upper() + t[1:] == suffix for t in element.types):
+    if suffix not in element.suffixes:
         out.append(_error("structure", f"Type {suffix} is not allowed here: the profile allows "
                           f"{', '.join(element.types)}", at))
 
@@ -575,49 +613,52 @@ def _codes(value: Any) -> list[tuple[str | None, str]]:
             and isinstance(c.get("code"), str)]
 
 
-def _binding(binding: tuple[str, str], value: Any, at: str) -> Iterator[Issue]:
+def _binding(binding: tuple[str, str], value: Any, at: str) -> Issue | None:
     strength, url = binding
     codes = _codes(value)
-    members = _members(url)
     if not codes:
-        return
+        return None
+    members = _members(url)
     if members is None:
         if strength == "required":  # never a silent pass on a required binding
-            yield Issue(code="not-supported", severity="warning", expression=(at,),
-                        diagnostics=f"The value set {url} is not held: the code was not checked")
-        return
-    if any((system, code) in members or (system is None and any(c == code for _, c in members))
-           for system, code in codes):
-        return
+            return Issue(code="not-supported", severity="warning", expression=(at,),
+                         diagnostics=f"The value set {url} is not held: the code was not checked")
+        return None
+    pairs, bare = members
+    for system, code in codes:  # a loop, not any(): bindings are checked at every coded value
+        if (system, code) in pairs or (system is None and code in bare):
+            return None
     shown = ", ".join(f"{s}|{c}" if s else c for s, c in codes)
-    yield Issue(code="code-invalid", severity="error" if strength == "required" else "warning",
-                diagnostics=f"{shown} is not in the value set {url} ({strength} binding)",
-                expression=(at,))
+    return Issue(code="code-invalid", severity="error" if strength == "required" else "warning",
+                 diagnostics=f"{shown} is not in the value set {url} ({strength} binding)",
+                 expression=(at,))
 
 
 @cache  # the catalogue does not change while serving (load_catalogue): once per value set
-def _members(url: str) -> frozenset[tuple[str, str]] | None:
-    """The (system, code) pairs of a value set the terminology catalogue holds, or None when
-    it holds none or cannot list them (a code system it lacks)."""
+def _members(url: str) -> tuple[frozenset[tuple[str, str]], frozenset[str]] | None:
+    """The (system, code) pairs of a value set the terminology catalogue holds, and their
+    codes alone (what a bare `code` is looked up in); None when it holds none or cannot list
+    them (a code system it lacks)."""
     catalogue = load_catalogue()
     value_set = catalogue.resource("ValueSet", url)
     if value_set is None:
         return None
     try:
-        return frozenset(membership(catalogue, value_set))
+        pairs = frozenset(membership(catalogue, value_set))
     except FhirError:
         return None
+    return pairs, frozenset(code for _, code in pairs)
 
 
-def _target(targets: tuple[str, ...], value: dict[str, Any], at: str) -> Iterator[Issue]:
+def _target(targets: tuple[str, ...], value: dict[str, Any], at: str) -> Issue | None:
     reference = value.get("reference")
     if not isinstance(reference, str) or reference.startswith(("#", "urn:")):
-        return
+        return None
     kind = _reference_type(reference) or ""
-    allowed = {_target_type(t) for t in targets}
+    allowed = _target_types(targets)
     if None in allowed or kind in allowed or "Resource" in allowed:  # Reference(Any)
-        return
-    yield _error("structure", f"A reference to {kind or reference!r} is not allowed here: the "
+        return None
+    return _error("structure", f"A reference to {kind or reference!r} is not allowed here: the "
                  f"profile wants {', '.join(sorted(str(a) for a in allowed))}", f"{at}.reference")
 
 
@@ -627,6 +668,11 @@ def _reference_type(reference: str) -> str | None:
         return None
     parts = reference.split("/")
     return parts[-4] if len(parts) >= 4 and parts[-2] == "_history" else parts[-2] if len(parts) >= 2 else None
+
+
+@cache  # the definitions held do not change while serving: once per element's targets
+def _target_types(targets: tuple[str, ...]) -> frozenset[str | None]:
+    return frozenset(_target_type(t) for t in targets)
 
 
 def _target_type(canonical: str) -> str | None:

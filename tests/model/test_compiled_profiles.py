@@ -83,6 +83,34 @@ def test_the_value_index_goes_by_each_value_at_a_path_of_several_steps(monkeypat
     assert indexed == [_found(_profile(*_blood_pressure("code.coding.code", closed=True)), r) for r in resources]
 
 
+def _typed_values(*, closed: bool) -> list[dict[str, Any]]:
+    """Observation.value[x] sliced by type at `$this`: `amount` (a Quantity, its value
+    required), `words` (a string or a CodeableConcept) and `again` (a Quantity too: never
+    reached, a value goes to the first slice allowing its type)."""
+    return [
+        _el("Observation.value[x]", 0, "1", type=[{"code": t} for t in ("Quantity", "string", "CodeableConcept",
+                                                                         "boolean")],
+            slicing={"discriminator": [{"type": "type", "path": "$this"}], "rules": "closed" if closed else "open"}),
+        _el("Observation.value[x]:amount", 0, "1", type=[{"code": "Quantity"}]),
+        _el("Observation.value[x]:amount.value", 1, "1", type=[{"code": "decimal"}]),
+        _el("Observation.value[x]:words", 0, "1", type=[{"code": "string"}, {"code": "CodeableConcept"}]),
+        _el("Observation.value[x]:again", 1, "1", type=[{"code": "Quantity"}]),
+    ]
+
+
+@pytest.mark.parametrize("value", [
+    {"valueQuantity": {"value": 1}}, {"valueQuantity": {"unit": "mg"}}, {"valueString": "x"},
+    {"valueCodeableConcept": {"text": "x"}}, {"valueBoolean": True}, {"valueInteger": 1}, {},
+])
+@pytest.mark.parametrize("closed", [False, True])
+def test_the_type_index_finds_the_slice_trying_each_slice_in_turn_finds(
+        value: dict[str, Any], closed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    resource = {"resourceType": "Observation", **value}
+    indexed = _found(_profile(*_typed_values(closed=closed)), resource)
+    monkeypatch.setattr(snapshot.Definition, "_value_index", lambda self, sliced, slices: None)
+    assert indexed == _found(_profile(*_typed_values(closed=closed)), resource)
+
+
 def test_a_quick_test_is_given_only_when_every_invariant_is_decided_in_python() -> None:
     assert invariants.quick_test((ELE_1, EXT_1)) is not None
     needs_fhirpath = Invariant("x-1", "error", "", "name.exists()")
