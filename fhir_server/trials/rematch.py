@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from .. import clock
+from ..heap import uncollected
 from ..model.errors import FhirError, Kind
 from ..model.ids import new_id
 from ..search import Clause, Query, ReferencePredicate, TokenPredicate, date_range
@@ -391,7 +392,15 @@ async def _evaluate(ctx: Context, index: TrialIndex, shared: Shared, plan: _Pass
     """(the (patient, study) matches that are news, pairs pruned, pairs evaluated). A patient
     whose Patient is deleted is left out. The index prunes on diagnoses alone: with FEW
     trials, the rest of a record is read only for a patient some trial is left for. Verdicts
-    are `shared` by the patients giving a criterion the same values, for the whole pass."""
+    are `shared` by the patients giving a criterion the same values, for the whole pass. The
+    cyclic collector is kept out (heap.py): a chunk parses and judges a million containers,
+    and each full collection would walk the pass's state and the catalogue again."""
+    with uncollected():
+        return await _evaluated_chunk(ctx, index, shared, plan, patients)
+
+
+async def _evaluated_chunk(ctx: Context, index: TrialIndex, shared: Shared, plan: _Pass,
+                           patients: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
     matches: list[tuple[str, str]] = []
     pruned = evaluated = 0
     few = len(index.trials) <= FEW
