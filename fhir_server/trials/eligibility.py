@@ -146,9 +146,9 @@ def verdict(trial: Trial, record: Record, shared: Shared | None = None) -> tuple
     `shared` once for every record giving it the same values; stopping at the first one not met."""
     if not trial.criteria:
         return UNDETERMINED, 0.0
-    verdicts = []
+    verdicts, known = [], record.verdicts
     for criterion in trial.criteria:
-        found = _once(criterion, record, shared)
+        found = known.get(criterion.rule) or _once(criterion, record, shared)
         if found == NOT_MET:
             return INELIGIBLE, 0.0
         verdicts.append(found)

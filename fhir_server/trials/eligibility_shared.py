@@ -99,12 +99,18 @@ READS: dict[str, tuple[Value, ...]] = {
 }
 
 
-def _read(criterion: Criterion) -> tuple[tuple[Value, Criterion], ...]:
+_UNREAD = object()
+# Values that depend on the criterion reading them (its tests, its genes): kept per rule.
+_OWN = frozenset({_measured, _variants})
+Read = tuple[Value, Criterion, Hashable]  # a value, the criterion reading it, its place in `Shared._values`
+
+
+def _read(criterion: Criterion) -> tuple[Read, ...]:
     """What judging the criterion reads: its rule's values, and those of its members and
     only-if conditions, each with the criterion that reads it (a criterion that cannot be
     evaluated reads nothing)."""
     own = () if criterion.problem is not None or criterion.kind == "at-least" else READS[criterion.kind]
-    return (*((value, criterion) for value in own),
+    return (*((value, criterion, (value, criterion.rule) if value in _OWN else value) for value in own),
             *(read for c in (*criterion.members, *criterion.only_if) for read in _read(c)))
 
 
@@ -113,8 +119,10 @@ class Shared:
     one per pass of the re-match job (keys hold no patient, and age bounds carry their date)."""
 
     def __init__(self) -> None:
-        self._reads: dict[str, tuple[tuple[Value, Criterion], ...]] = {}
+        self._reads: dict[str, tuple[Read, ...]] = {}
         self._verdicts: dict[tuple[str, tuple[Hashable, ...]], str] = {}
+        self._record: Record | None = None
+        self._values: dict[Hashable, Hashable] = {}  # of `_record`: each value read once a record
 
     def verdict(self, criterion: Criterion, record: Record, judge: Callable[[Criterion, Record], str]) -> str:
         """The criterion's verdict for the record: shared with every record that gave the
@@ -122,8 +130,16 @@ class Shared:
         reads = self._reads.get(criterion.rule)
         if reads is None:
             reads = self._reads[criterion.rule] = _read(criterion)
-        key = (criterion.rule, tuple(value(reader, record) for value, reader in reads))
-        found = self._verdicts.get(key)
-        if found is None:
-            found = self._verdicts[key] = judge(criterion, record)
-        return found
+        if record is not self._record:
+            self._record, self._values = record, {}
+        values, parts = self._values, []
+        for value, reader, place in reads:
+            found = values.get(place, _UNREAD)
+            if found is _UNREAD:
+                found = values[place] = value(reader, record)
+            parts.append(found)
+        key = (criterion.rule, tuple(parts))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = judge(criterion, record)
+        return verdict

@@ -312,9 +312,11 @@ async def _research_reach(ctx: Context) -> dict[str, frozenset[str]]:
             return kept.reached
     # What is written from here on is news for the next pass (read before the Consents are).
     versions, since = await _written(ctx, "Consent", clock.instant(clock.now() - MARGIN))
-    by_patient = await reach.research_consents(ctx)
-    _REACH[store] = kept = _Reach(since, frozenset(key for at, key in versions if at >= since), count,
-                                  reach.turns(by_patient, _micros(now)[0]), reach.research_reach(by_patient, now))
+    with uncollected():  # every Consent parsed (heap.py): a full collection at every tenth of them
+        by_patient = await reach.research_consents(ctx)
+        _REACH[store] = kept = _Reach(since, frozenset(key for at, key in versions if at >= since), count,
+                                      reach.turns(by_patient, _micros(now)[0]),
+                                      reach.research_reach(by_patient, now))
     return kept.reached
 
 
