@@ -10,7 +10,8 @@
 - `verdict(trial, record)`: the same verdict and score without the explanation.
 - `TrialIndex(trials).match(record)`: every trial, ranked, without evaluating the pairs the
   index proves ineligible (an inclusion diagnosis the patient's recorded diagnoses miss);
-  `.verdicts(record)` the same pairs, verdicts and scores only (the bulk path).
+  `.verdicts(record)` the same pairs, verdicts and scores only (the bulk path); with a
+  `Shared` (eligibility_shared.py), judged once for the records giving a criterion the same values.
 
 A criterion is judged once per record whatever the number of trials sharing it (its `rule`:
 everything but its position and wording); the record keeps what was judged.
