@@ -13,8 +13,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fhir_server"
 # FHIR knowledge, configuration, logging, the one clock, the version, owner-only files,
-# fast frozen dataclasses: anyone may import them
-FLOOR = {"model", "settings", "logs", "clock", "private_files", "frozen", "",
+# fast frozen dataclasses, the collector held off: anyone may import them
+FLOOR = {"model", "settings", "logs", "clock", "private_files", "frozen", "heap", "",
          "terminology_service"}  # CodeSystems, ValueSets, ConceptMaps: FHIR knowledge too
 MAY_IMPORT = {
     "app": {"*"},  # the one place that knows everyone

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ..heap import uncollected
 from ..model.errors import FhirError
 from ..search import parse_query
 from ..services import reach, study_access, subscriptions
@@ -128,13 +129,8 @@ async def _read(ctx: Context, at: Position, erased: bytes | None) -> Agreements:
     Collected as they grew, they cost a dozen full collections, the last ones a second of
     CPU each with the event loop held (half the read's CPU, default thresholds), and every
     later full collection would walk them again."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with uncollected():
         kept = await _parsed(ctx, at, erased)
-    finally:
-        if collecting:
-            gc.enable()
     # Collected first: what other requests left as cyclic garbage meanwhile would be frozen
     # for good (one full collection a read afresh: at start and after an erasure).
     gc.collect()

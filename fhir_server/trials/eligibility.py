@@ -10,7 +10,8 @@
 - `verdict(trial, record)`: the same verdict and score without the explanation.
 - `TrialIndex(trials).match(record)`: every trial, ranked, without evaluating the pairs the
   index proves ineligible (an inclusion diagnosis the patient's recorded diagnoses miss);
-  `.verdicts(record)` the same pairs, verdicts and scores only (the bulk path).
+  `.verdicts(record)` the same pairs, verdicts and scores only (the bulk path); with a
+  `Shared` (eligibility_shared.py), judged once for the records giving a criterion the same values.
 
 A criterion is judged once per record whatever the number of trials sharing it (its `rule`:
 everything but its position and wording); the record keeps what was judged.
@@ -27,8 +28,9 @@ from .eligibility_codes import ICD10, icd10_categories, icd10_keys
 from .eligibility_format import Criterion, Trial, is_eligibility_group, read_trial
 from .eligibility_record import Record, pinned, read_record
 from .eligibility_rules import RULES, Finding
+from .eligibility_shared import Shared
 
-__all__ = ["CriterionResult", "Match", "TrialIndex", "TrialResult", "Verdicts", "evaluate",
+__all__ = ["CriterionResult", "Match", "Shared", "TrialIndex", "TrialResult", "Verdicts", "evaluate",
            "is_eligibility_group", "pinned", "read_record", "read_trial", "verdict"]
 
 MET, NOT_MET, UNKNOWN, NOT_APPLICABLE = "met", "not-met", "unknown", "not-applicable"
@@ -139,28 +141,34 @@ def _overall(verdicts: list[str]) -> tuple[str, float]:
     return UNDETERMINED if UNKNOWN in applicable else ELIGIBLE, score
 
 
-def verdict(trial: Trial, record: Record) -> tuple[str, float]:
+def verdict(trial: Trial, record: Record, shared: Shared | None = None) -> tuple[str, float]:
     """`evaluate(trial, record)`'s verdict and score without the explanation: each criterion
-    judged once per record whatever the number of trials sharing it (its `rule`), stopping at
-    the first one not met."""
+    judged once per record whatever the number of trials sharing it (its `rule`), and with
+    `shared` once for every record giving it the same values; stopping at the first one not met."""
     if not trial.criteria:
         return UNDETERMINED, 0.0
-    verdicts = []
+    verdicts, known = [], record.verdicts
     for criterion in trial.criteria:
-        found = _once(criterion, record)
+        found = known.get(criterion.rule) or _once(criterion, record, shared)
         if found == NOT_MET:
             return INELIGIBLE, 0.0
         verdicts.append(found)
     return _overall(verdicts)
 
 
-def _once(criterion: Criterion, record: Record) -> str:
-    """The criterion's verdict, judged once per record and rule (`record.verdicts`)."""
+def _once(criterion: Criterion, record: Record, shared: Shared | None = None) -> str:
+    """The criterion's verdict, judged once per record and rule (`record.verdicts`), and once
+    for the records giving it the same values when `shared`."""
     known = record.verdicts
     found = known.get(criterion.rule)
     if found is None:
-        found = known[criterion.rule] = judge(criterion, record).verdict
+        found = known[criterion.rule] = (_judged(criterion, record) if shared is None
+                                         else shared.verdict(criterion, record, _judged))
     return found
+
+
+def _judged(criterion: Criterion, record: Record) -> str:
+    return judge(criterion, record).verdict
 
 
 def judged(trial: Trial, record: Record) -> tuple[str, ...]:
@@ -241,12 +249,13 @@ class TrialIndex:
         chosen = set(kept)
         return [self.trials[p] for p in kept], [t.study for p, t in enumerate(self.trials) if p not in chosen]
 
-    def verdicts(self, record: Record) -> Verdicts:
+    def verdicts(self, record: Record, shared: Shared | None = None) -> Verdicts:
         """Every trial the index does not prune, its verdict and score as `evaluate` gives
         them but without explanations (`verdict`): the bulk path, for re-matching many
-        patients."""
+        patients (`shared` by all of them)."""
         chosen = self.kept(record)
-        return Verdicts(tuple((t.study, *verdict(t, record)) for t in chosen), len(self.trials) - len(chosen))
+        return Verdicts(tuple((t.study, *verdict(t, record, shared)) for t in chosen),
+                        len(self.trials) - len(chosen))
 
     def match(self, record: Record) -> Match:
         """The candidates evaluated and ranked (eligible, undetermined, ineligible; by score,

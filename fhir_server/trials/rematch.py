@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from .. import clock
+from ..heap import uncollected
 from ..model.errors import FhirError, Kind
 from ..model.ids import new_id
 from ..search import Clause, Query, ReferencePredicate, TokenPredicate, date_range
@@ -48,7 +49,7 @@ from ..services.server_writes import as_server
 from ..store.base import HistoryQuery, Outbox, Store, Version
 from . import catalogue_history, match_catalogue
 from .alerts import TRIAL_MATCHING
-from .eligibility import INELIGIBLE, Trial, TrialIndex, pinned, read_record
+from .eligibility import INELIGIBLE, Shared, Trial, TrialIndex, pinned, read_record
 from .eligibility_record import TYPES, medication_id
 from .match_catalogue import open_for_accrual
 
@@ -311,9 +312,11 @@ async def _research_reach(ctx: Context) -> dict[str, frozenset[str]]:
             return kept.reached
     # What is written from here on is news for the next pass (read before the Consents are).
     versions, since = await _written(ctx, "Consent", clock.instant(clock.now() - MARGIN))
-    by_patient = await reach.research_consents(ctx)
-    _REACH[store] = kept = _Reach(since, frozenset(key for at, key in versions if at >= since), count,
-                                  reach.turns(by_patient, _micros(now)[0]), reach.research_reach(by_patient, now))
+    with uncollected():  # every Consent parsed (heap.py): a full collection at every tenth of them
+        by_patient = await reach.research_consents(ctx)
+        _REACH[store] = kept = _Reach(since, frozenset(key for at, key in versions if at >= since), count,
+                                      reach.turns(by_patient, _micros(now)[0]),
+                                      reach.research_reach(by_patient, now))
     return kept.reached
 
 
@@ -386,11 +389,20 @@ def _entries(resources: Iterable[dict[str, Any]]) -> list[tuple[str, dict[str, A
     return [(pinned(r), r) for r in resources]
 
 
-async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
+async def _evaluate(ctx: Context, index: TrialIndex, shared: Shared, plan: _Pass,
                     patients: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
     """(the (patient, study) matches that are news, pairs pruned, pairs evaluated). A patient
     whose Patient is deleted is left out. The index prunes on diagnoses alone: with FEW
-    trials, the rest of a record is read only for a patient some trial is left for."""
+    trials, the rest of a record is read only for a patient some trial is left for. Verdicts
+    are `shared` by the patients giving a criterion the same values, for the whole pass. The
+    cyclic collector is kept out (heap.py): a chunk parses and judges a million containers,
+    and each full collection would walk the pass's state and the catalogue again."""
+    with uncollected():
+        return await _evaluated_chunk(ctx, index, shared, plan, patients)
+
+
+async def _evaluated_chunk(ctx: Context, index: TrialIndex, shared: Shared, plan: _Pass,
+                           patients: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
     matches: list[tuple[str, str]] = []
     pruned = evaluated = 0
     few = len(index.trials) <= FEW
@@ -405,7 +417,7 @@ async def _evaluate(ctx: Context, index: TrialIndex, plan: _Pass,
             batch = kept
         await named_medications(ctx, records, batch)
         for patient in batch:
-            verdicts = index.verdicts(read_record(_entries(records[patient]), plan.today))
+            verdicts = index.verdicts(read_record(_entries(records[patient]), plan.today), shared)
             pruned += verdicts.pruned
             evaluated += len(verdicts.found)
             matches += [(patient, study) for study, verdict, _ in verdicts.found
@@ -500,9 +512,9 @@ async def _evaluated(ctx: Context, plan: _Pass, patients: Sequence[str], opener:
     `workers` processes (each is handed the index and opens its own store)."""
     chunks = _chunks(patients)
     if workers <= 1 or opener is None or len(chunks) <= 1:
-        index = TrialIndex(plan.trials)
+        index, shared = TrialIndex(plan.trials), Shared()
         for chunk in chunks:
-            yield chunk, await _evaluate(ctx, index, plan, chunk)
+            yield chunk, await _evaluate(ctx, index, shared, plan, chunk)
         return
     loop = asyncio.get_running_loop()
     # spawn, not fork: a forked child would inherit the parent's store, its threads and loop.
@@ -513,7 +525,7 @@ async def _evaluated(ctx: Context, plan: _Pass, patients: Sequence[str], opener:
             yield chunk, await future
 
 
-_WORKER: tuple[asyncio.AbstractEventLoop, Context, TrialIndex, _Pass] | None = None
+_WORKER: tuple[asyncio.AbstractEventLoop, Context, TrialIndex, Shared, _Pass] | None = None
 _OPEN: list[AbstractAsyncContextManager[Context]] = []  # a collected one would close its store
 
 
@@ -523,13 +535,13 @@ def _start_worker(opener: Opener, plan: _Pass) -> None:
     loop = asyncio.new_event_loop()
     _OPEN.append(opener())
     ctx = loop.run_until_complete(_OPEN[-1].__aenter__())
-    _WORKER = (loop, as_server(ctx, "rematch"), TrialIndex(plan.trials), plan)
+    _WORKER = (loop, as_server(ctx, "rematch"), TrialIndex(plan.trials), Shared(), plan)
 
 
 def _worker_evaluate(chunk: Sequence[str]) -> tuple[list[tuple[str, str]], int, int]:
     assert _WORKER is not None
-    loop, ctx, index, plan = _WORKER
-    return loop.run_until_complete(_evaluate(ctx, index, plan, chunk))
+    loop, ctx, index, shared, plan = _WORKER
+    return loop.run_until_complete(_evaluate(ctx, index, shared, plan, chunk))
 
 
 async def start(ctx: Context) -> None:

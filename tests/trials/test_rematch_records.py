@@ -24,7 +24,7 @@ from fhir_server.services.context import Context
 from fhir_server.services.server_writes import as_server
 from fhir_server.store.base import Delete, Write
 from fhir_server.trials import figures_pass, inverse_population, rematch
-from fhir_server.trials.eligibility import INELIGIBLE, TrialIndex, evaluate, pinned, read_record, read_trial
+from fhir_server.trials.eligibility import INELIGIBLE, Shared, TrialIndex, evaluate, pinned, read_record, read_trial
 from fhir_server.trials.eligibility_record import TYPES, medication_named
 from tests.trials.eligibility_builders import (ATC, LOINC, coded, condition, criterion, group, medication,
                                                observation, patient, procedure)
@@ -149,7 +149,7 @@ def test_the_job_reads_records_as_a_search_per_type_and_patient(
     ids = portal.call(_store, ctx, specs, next(_runs))
     today = clock.now().date()
     plan = rematch._Pass(tuple(TRIALS), today, frozenset(t.study for t in TRIALS))
-    matches, pruned, evaluated = portal.call(rematch._evaluate, ctx, TrialIndex(TRIALS), plan, ids)
+    matches, pruned, evaluated = portal.call(rematch._evaluate, ctx, TrialIndex(TRIALS), Shared(), plan, ids)
     assert (sorted(matches), pruned, evaluated) == portal.call(_brute_force, ctx, ids, today)
 
 
@@ -183,6 +183,6 @@ def test_the_job_reads_no_medication_of_other_records(client: TestClient, monkey
     for many in (False, True):  # diagnoses first, or whole records
         monkeypatch.setattr(rematch, "FEW", 0 if many else len(TRIALS))
         read.clear()
-        portal.call(rematch._evaluate, ctx, TrialIndex(TRIALS), plan, ids[:1])
+        portal.call(rematch._evaluate, ctx, TrialIndex(TRIALS), Shared(), plan, ids[:1])
         assert any(r.startswith("Condition/") for r in read), read
         assert [r for r in read if r.startswith("Medication/")] == [f"Medication/{ids[0]}-drug"], read
