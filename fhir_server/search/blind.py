@@ -110,7 +110,7 @@ class BlindIndex:
         self.prefix_cap = prefix_cap
         self.sort_limit = sort_limit
         self._codes: dict[str, frozenset[str]] = {}
-        self._strings: dict[tuple[str, str, str, str], tuple[StringEntry, ...]] = {}
+        self._strings: dict[tuple[str, str, str, str], StringEntry] = {}
         for name in protected:
             rtype, _, code = name.partition(".")
             param = registry.get(rtype, code)
@@ -167,7 +167,7 @@ class BlindIndex:
             elif type(entry) is StringEntry:
                 if (entry.value, entry.exact) in covering.get(entry.param, ()):
                     continue
-                out.extend(self._string_entries(resource_type, entry))
+                out.append(self._string_entry(resource_type, entry))
                 kept.add(entry.param)
             elif type(entry) is TokenEntry:
                 code = self.digest(f"{resource_type}.{entry.param}", CODE, entry.code) if entry.code else None
@@ -177,7 +177,7 @@ class BlindIndex:
             out.append(StringEntry(param, "", ""))
         return out
 
-    def _string_entries(self, resource_type: str, entry: StringEntry) -> tuple[StringEntry, ...]:
+    def _string_entry(self, resource_type: str, entry: StringEntry) -> StringEntry:
         """The value's entry: the chain of its prefixes up to the cap, and its exact digest.
 
         A value with no character at all keeps its entry (an empty chain): `:missing` and
@@ -188,8 +188,8 @@ class BlindIndex:
         if found is not None:
             return found
         key = f"{resource_type}.{entry.param}"
-        found = (StringEntry(entry.param, self.digest.chain(key, CHAIN, entry.value[: self.prefix_cap]),
-                             self.digest(key, EXACT, entry.exact)),)
+        found = StringEntry(entry.param, self.digest.chain(key, CHAIN, entry.value[: self.prefix_cap]),
+                            self.digest(key, EXACT, entry.exact))
         if len(self._strings) >= STRING_CACHE:
             self._strings.clear()  # bounded; refilled by the values that repeat
         self._strings[cached] = found
