@@ -79,14 +79,16 @@ log = logging.getLogger("fhir_server")
 
 
 def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None,
-               blind: BlindIndex | None = None) -> Store:
+               blind: BlindIndex | None = None, index_check: bool = True) -> Store:
     """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
     and opens its bodies (default: stored as they are), `blind` indexes protected parameters
-    as digests (default: as they are)."""
+    as digests (default: as they are); `index_check` off lets a store whose index was written
+    under another layout open, to rebuild it (store/index_layout.py)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore.from_url(url, codec, blind=blind)
+        return SqliteStore.from_url(url, codec, blind=blind, index_check=index_check)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec, blind=blind)
+        return MongoStore.from_url(url, accept_unsafe=accept_unsafe, codec=codec, blind=blind,
+                                   index_check=index_check)
     raise ValueError(f"Unsupported store URL scheme: {url.split(':', 1)[0]}")
 
 

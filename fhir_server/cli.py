@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iter
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar, get_origin
+from typing import Any, TypeVar, cast, get_origin
 from pathlib import Path
 
 import httpx2 as httpx
@@ -65,7 +65,9 @@ from .logs import configure
 from .search import Query, default_registry
 from .settings import Settings
 from .terminology_service import Refused, install
+from .store import index_layout
 from .store.base import Store
+from .store.index_layout import StaleIndex
 from .services.principals import practitioners_with_rpps
 from .services import notifications
 from .notify import runner as notify_runner
@@ -135,6 +137,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fhir-server serve: --protected-params / FHIR_SERVER_PROTECTED_PARAMS: {error}",
               file=sys.stderr)
         return 2
+    try:  # an index written under another layout: refused before any worker starts
+        asyncio.run(_check_index(settings))
+    except StaleIndex as error:
+        print(f"fhir-server serve: {error}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,
@@ -196,6 +203,43 @@ async def _migrate_async(settings: Settings) -> None:
             await store.migrate()
         finally:
             await store.close()
+
+
+async def _check_index(settings: Settings) -> None:
+    """StaleIndex if the store's index was written under another layout than `settings`
+    give (an empty store records theirs)."""
+    store = open_store(settings.store_url, settings.accept_unsafe_store, body_codec(settings),
+                       blind_index(settings))
+    try:
+        await store.open()
+    finally:
+        await store.close()
+
+
+async def _reindex_async(settings: Settings) -> int:
+    codec, blind = body_codec(settings), blind_index(settings)
+    store = open_store(settings.store_url, settings.accept_unsafe_store, codec, blind,
+                       index_check=False)
+    await store.open()
+    try:
+        done = await index_layout.reindex(cast(index_layout.Reindexable, store), codec,
+                                          default_registry(), index_layout.layout_of(blind))
+    finally:
+        await store.close()
+    await _record(settings, "reindex", "U", [_entity("search index", _JOB, resources=done)])
+    return done
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure(settings.log_level)
+    try:
+        done = asyncio.run(_reindex_async(settings))
+    except (KeyRingError, ValueError) as error:
+        print(f"fhir-server reindex: {error}; nothing was rebuilt", file=sys.stderr)
+        return 2
+    print(f"search index rebuilt: {done} resources re-indexed, the layout recorded")
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -701,15 +745,19 @@ class _Stores:
 
 
 @asynccontextmanager
-async def _stores(settings: Settings) -> AsyncIterator[_Stores]:
+async def _stores(settings: Settings, index_check: bool = True) -> AsyncIterator[_Stores]:
+    """The stores, the chain and the keys a backup or a restore works on; `index_check` off
+    for a backup, which copies bodies, never index rows (a stale index is backed up too, and
+    one whose layout record it cannot open: another server's, encryption off)."""
     codec = body_codec(settings)
     provider = key_provider(settings, codec)
     if provider is None:
         raise KeyRingError(f"backups are encrypted under the key ring, and there is none at "
                            f"{settings.key_ring_path}")
     main = open_store(settings.store_url, settings.accept_unsafe_store, codec,
-                      blind_index(settings))
-    audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec)
+                      blind_index(settings), index_check)
+    audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec,
+                       index_check=index_check)
     chain = Chain(settings.data_dir / "audit-chain.db")
     try:
         await main.open()
@@ -732,7 +780,7 @@ def _refusing(command: str, work: Coroutine[Any, Any, T], refusals: tuple[type[E
 
 
 async def _backup_async(settings: Settings, directory: Path) -> tuple[Path, dict[str, int]]:
-    async with _stores(settings) as stores:
+    async with _stores(settings, index_check=False) as stores:
         return await take(main=stores.main, audit=stores.audit, chain=stores.chain,
                           provider=stores.provider, directory=directory,
                           keep_days=settings.backup_retention_days, operator=_operator(),
@@ -774,7 +822,8 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"fhir-server restore: no such archive: {args.archive}", file=sys.stderr)
         return 2
     done = _refusing("restore", _restore_async(settings, args.archive),
-                     (ArchiveError, KeyRingError, LedgerError, ValueError), "; nothing was restored")
+                     (ArchiveError, KeyRingError, LedgerError, ValueError, StaleIndex),
+                     "; nothing was restored")
     if done is None:
         return 2
     print(f"restored {done.versions} versions (indexed), {done.audit} AuditEvents, "
@@ -883,7 +932,9 @@ def _rotate_kek(settings: Settings) -> int:
 async def _rotate_data_async(settings: Settings, scope: str) -> Rotation:
     keys = _data_keys(settings)
     codec = EnvelopeCodec(keys)
-    stores = [open_store(url, codec=codec) for url in (settings.store_url, settings.audit_store_url)]
+    # Bodies alone are sealed again: the index, whatever its layout, is not read or written.
+    stores = [open_store(url, codec=codec, index_check=False)
+              for url in (settings.store_url, settings.audit_store_url)]
     for store in stores:
         await store.open()
     try:
@@ -1096,6 +1147,10 @@ def parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate", help="create or update the store's schema and indexes (run before serve)")
     migrate.set_defaults(run=_migrate)
+    reindex = commands.add_parser(
+        "reindex", help="rebuild the store's search index in place under the settings' "
+        "protected parameters and index keys (the server stopped; docs/blind-indexes.md)")
+    reindex.set_defaults(run=_reindex)
     load = commands.add_parser(
         "load", help="load FHIR files into the store (FHIR_SERVER_STORE / FHIR_SERVER_DATA_DIR)",
         description="Load Bundles (.json), single resources (.json) and NDJSON (.ndjson), "

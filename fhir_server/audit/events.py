@@ -259,6 +259,9 @@ _COMMANDS = {
     # A backup archive is an export of the whole store, a restore an import of one.
     "backup": (_EXPORT, _EXPORT),
     "restore": (_IMPORT, _IMPORT),
+    # the search index rebuilt in place under the settings' blind indexes (store/index_layout.py)
+    "reindex": ({"system": _DICOM, "code": "110100", "display": "Application Activity"},
+                {"system": _INTERACTION_SYSTEM, "code": "update", "display": "update"}),
     # Bulk Data exports (docs/export.md): an organisation's data out, a job cancelled
     "export organization": (_EXPORT, _EXPORT),
     "export cancel": (_EXPORT, {"system": _INTERACTION_SYSTEM, "code": "delete", "display": "delete"}),

@@ -27,6 +27,7 @@ from ..search import IndexEntry, Registry, extract
 from ..services.erase import destroyed_keys, replay
 from ..services.shredded import StoredTrail, classify
 from ..store.base import Store, Version
+from ..store.index_layout import is_empty
 from .archive import ArchiveError, read_header, records
 from .records import AUDIT, CHECKPOINT, CLINICAL, END, LINK, PRUNED, link_of, version_of
 
@@ -93,12 +94,6 @@ def check(archive: Path, target: Target, destroyed: frozenset[bytes]) -> dict[st
     return dict(header)
 
 
-async def _is_empty(store: Store) -> bool:
-    async for versions in store.dump(count=1):
-        return not versions
-    return True
-
-
 async def restore(archive: Path, target: Target) -> Restored:
     """Restore `archive` into `target` (see the module docstring). ArchiveError before any
     write if the archive cannot be restored; ValueError if a store or the chain is not empty."""
@@ -109,7 +104,7 @@ async def restore(archive: Path, target: Target) -> Restored:
     else:
         done_keys = 0
     header = check(archive, target, destroyed)
-    if not (await _is_empty(target.main) and await _is_empty(target.audit)) or target.chain.links():
+    if not (await is_empty(target.main) and await is_empty(target.audit)) or target.chain.links():
         raise ValueError("restore rebuilds empty stores: the store, the audit store or the audit "
                          "chain holds data; move them aside first")
     done = Restored(keys_destroyed=done_keys)

@@ -36,8 +36,9 @@ What the digests reveal to a database reader is in docs/blind-indexes.md.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from ..model.errors import FhirError, Kind, fail
 from .ast import (
@@ -89,6 +90,10 @@ DEFAULT_SORT_LIMIT: Final = 10_000
 # `p` (one token per prefix, before chains) is retired: a link under it would be the head of
 # the old token of its prefix, so a store not rebuilt would answer one-letter searches only.
 CHAIN, EXACT, CODE = "l", "x", "c"
+# The domain of a key's check value (a digest of a fixed text, never of a value), and the
+# version of the rows a protected value gets: raised whenever they change, so that a store
+# written under other rows is refused until re-indexed (store/index_layout.py).
+KEY_CHECK, ROWS = "k", "chains-1"
 
 
 def default_protected(registry: Registry) -> tuple[str, ...]:
@@ -139,6 +144,17 @@ class BlindIndex:
     def nothing(cls, registry: Registry) -> BlindIndex:
         """A blind index of no parameter: entries and queries go through unchanged."""
         return cls((), _NoDigest(), registry)
+
+    def layout(self) -> dict[str, Any]:
+        """What decides the index rows this writes, as a store records it: with nothing
+        protected, the rows are plaintext; else the rows' version, the protected parameters,
+        the prefix cap, and a check of their keys (it tells keys apart, reveals none)."""
+        protected = sorted(f"{t}.{c}" for t, codes in self._codes.items() for c in codes)
+        if not protected:
+            return {"protected": []}
+        checks = "".join(self.digest(param, KEY_CHECK, "index layout") for param in protected)
+        return {"rows": ROWS, "protected": protected, "prefix_cap": self.prefix_cap,
+                "keys": hashlib.sha256(checks.encode()).hexdigest()[:16]}
 
     def protects(self, resource_type: str | None, code: str) -> bool:
         return resource_type is not None and code in self._codes.get(resource_type, ())

@@ -268,7 +268,8 @@ class _Collection:
         `sort`): no index serves it."""
         if not self._client.notablescan:
             return False
-        leading = {next(iter(doc["key"])) for doc in self._c.list_indexes()}
+        # Every collection has its `_id` index, one not created yet too (it is empty then).
+        leading = {next(iter(doc["key"])) for doc in self._c.list_indexes()} | {"_id"}
         order = sort or [("", 0)]  # an index giving the order is a plan too
         return not _served(where, leading) and order[0][0] not in leading
 
@@ -435,3 +436,13 @@ class DoubleClient:
 
     async def close(self) -> None:
         self.sync.close()
+
+
+def forget_opening(store: Any) -> None:
+    """Forget the calls, transactions and commits a MongoStore's opening sent (its index
+    layout recorded: store/index_layout.py), for a test that counts those of what follows."""
+    client = store.client
+    assert isinstance(client, DoubleClient)
+    client.calls.clear()
+    client.transaction_options.clear()
+    client.commit_bounds.clear()

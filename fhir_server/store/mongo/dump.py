@@ -70,3 +70,41 @@ async def load(store: MongoStore, versions: Sequence[tuple[Version, Sequence[Ind
         for key, doc in latest.items()])
     await store.guards.bulk_write([UpdateOne({"_id": key}, {"$set": {"shard": doc["shard"]}},
                                              upsert=True) for key, doc in latest.items()])
+
+
+async def current(store: MongoStore, count: int) -> AsyncIterator[list[Version]]:
+    """Every resource's current version that is no deletion, `count` at a time in `_id`
+    order, bodies as stored (a re-index's input: store/index_layout.py)."""
+    where: dict[str, Any] = {"deleted": False}
+    while True:
+        found = store.resources.find(where, {**VERSION_FIELDS, "_id": 1}, sort=[("_id", 1)],
+                                     limit=count)
+        docs = [doc async for doc in found]
+        if not docs:
+            return
+        yield [version_of(doc) for doc in docs]
+        where = {"deleted": False, "_id": {"$gt": docs[-1]["_id"]}}
+
+
+async def reindex(store: MongoStore, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> int:
+    """Replace the entry arrays of each version still current with its entries; how many
+    were. One written or deleted since was indexed by that write."""
+    keys = [layout.key(v.resource_type, v.id) for v, _ in versions]
+    shards = {doc["_id"]: doc["shard"] async for doc in store.resources.find(
+        {"_id": {"$in": keys}}, {"_id": 1, "shard": 1})}
+    updates = []
+    for version, entries in versions:
+        key = layout.key(version.resource_type, version.id)
+        if key not in shards:
+            continue
+        blind = store.blind
+        arrays = layout.entry_arrays(entries if blind is None else blind.entries(version.resource_type, entries))
+        change: dict[str, Any] = {"$set": arrays} if arrays else {}
+        if gone := {array: "" for array in layout.ARRAYS if array not in arrays}:
+            change["$unset"] = gone
+        # Filters carry the full shard key, as a sharded cluster needs.
+        updates.append(UpdateOne({"_id": key, "shard": shards[key], "version": version.version,
+                                  "deleted": False}, change))
+    if not updates:
+        return 0
+    return (await store.resources.bulk_write(updates, ordered=False)).matched_count

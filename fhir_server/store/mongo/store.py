@@ -74,6 +74,8 @@ from ..base import (
 from ..bodies import (Prepared, Rewrite, opened, opened_history, opened_page, opened_records, opened_versions,
                       prepare, sealed, sealed_records)
 from ..versions import stamp
+from .. import index_layout
+from ..index_layout import StaleIndex
 from . import compartment as mongo_compartment
 from . import dump as mongo_dump
 from . import erase as mongo_erase
@@ -175,10 +177,14 @@ class MongoStore:
 
     def __init__(self, client: Any, database: str = "fhir", *,
                  registry: Registry | None = None, accept_unsafe: bool = False,
-                 codec: BodyCodec | None = None, blind: BlindIndex | None = None) -> None:
+                 codec: BodyCodec | None = None, blind: BlindIndex | None = None,
+                 index_check: bool = True) -> None:
+        """`index_check`: refuse to serve an index written under another layout
+        (store/index_layout.py); off only to rebuild it."""
         self.client = client
         self.codec = codec or PlainCodec()
         self.blind = blind  # protected parameters indexed as digests (search/blind.py)
+        self._layout_unchecked = index_check  # until the first self-check that passes
         # Set here, whatever the connection string says: `w=1` would acknowledge commits a
         # failover can roll back, a secondary read preference fails every transaction, and
         # reads outside transactions (`majority`) must not show what a failover rolls back.
@@ -200,7 +206,7 @@ class MongoStore:
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
                  accept_unsafe: bool = False, codec: BodyCodec | None = None,
-                 blind: BlindIndex | None = None) -> MongoStore:
+                 blind: BlindIndex | None = None, index_check: bool = True) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),
@@ -209,7 +215,7 @@ class MongoStore:
         options: dict[str, Any] = {k: v for k, v in defaults.items() if k.lower() not in given}
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, **options)
         return cls(client, client.get_default_database("fhir").name, accept_unsafe=accept_unsafe,
-                   codec=codec, blind=blind)
+                   codec=codec, blind=blind, index_check=index_check)
 
     @property
     def schedule(self) -> MongoSchedule:
@@ -272,6 +278,8 @@ class MongoStore:
             await self.ensure_safe(again=True)
         except _UNREACHABLE as exc:
             log.warning("mongodb unreachable at start-up", extra={"error": type(exc).__name__})
+        except StaleIndex:
+            raise
         except FhirError as exc:
             raise UnsafeDeployment(exc.issues[0].diagnostics) from None
 
@@ -297,6 +305,13 @@ class MongoStore:
         if found.problems and not self.accept_unsafe:
             raise fail(Kind.BUSY, "transient", _unsafe(found))
         self.deployment = found
+        if self._layout_unchecked:  # its reads and writes pass this check: deployment is set
+            try:
+                await index_layout.ensure(self, index_layout.layout_of(self.blind))
+            except BaseException:
+                self.deployment = None
+                raise
+            self._layout_unchecked = False
 
     async def close(self) -> None:
         await self.client.close()
@@ -424,6 +439,15 @@ class MongoStore:
 
     async def loaded(self) -> None:
         """Nothing deferred: the collections' indexes are kept up by every load."""
+
+    async def current(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        await self.ensure_safe()
+        async for versions in mongo_dump.current(self, count):
+            yield versions
+
+    @_answering
+    async def reindex(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> int:
+        return await mongo_dump.reindex(self, versions)
 
     @_answering
     async def rewrite_bodies(self, rewrite: Rewrite, after: str | None,

@@ -64,3 +64,31 @@ def load(conn: sqlite3.Connection, ids: ParamIds,
         if version.body is not None:
             assert pk is not None
             sqlite_index.insert(conn, ids, pk, version.resource_type, entries, blind)
+
+
+def current_page(conn: sqlite3.Connection, after: int, count: int) -> list[tuple[int, Version]]:
+    """Up to `count` current versions that are no deletion, of resources `pk` > `after`, in
+    `pk` order, bodies as stored (a re-index's input: store/index_layout.py)."""
+    rows = conn.execute(
+        "SELECT r.pk, h.type, h.id, h.version, h.last_updated, h.method, h.body "
+        "FROM resource r JOIN history h ON h.seq = r.seq "
+        "WHERE r.pk > ? AND r.deleted = 0 ORDER BY r.pk LIMIT ?", (after, count))
+    return [(row[0], Version(*row[1:])) for row in rows]
+
+
+def reindex(conn: sqlite3.Connection, ids: ParamIds,
+            versions: Sequence[tuple[Version, Sequence[IndexEntry]]],
+            blind: BlindIndex | None = None) -> int:
+    """Replace the index rows of each version still current with its entries (inside the
+    caller's transaction); how many were. One written or deleted since was indexed by that
+    write."""
+    done = 0
+    for version, entries in versions:
+        row = conn.execute("SELECT pk FROM resource WHERE type = ? AND id = ? AND version = ? "
+                           "AND deleted = 0", (version.resource_type, version.id,
+                                               version.version)).fetchone()
+        if row is not None:
+            sqlite_index.remove(conn, row[0])
+            sqlite_index.insert(conn, ids, row[0], version.resource_type, entries, blind)
+            done += 1
+    return done

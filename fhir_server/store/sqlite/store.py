@@ -26,6 +26,7 @@ from ...crypto import BodyCodec, PlainCodec
 from ...model.errors import FhirError, Kind, fail
 from ...private_files import make_private
 from ...search import BlindIndex, IndexEntry, Query, Registry, default_registry, distance_km
+from .. import index_layout
 from . import compartment as sqlite_compartment
 from . import dump as sqlite_dump
 from . import erase as sqlite_erase
@@ -74,11 +75,15 @@ class SqliteStore:
     """A Store on one SQLite database file."""
 
     def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4,
-                 codec: BodyCodec | None = None, blind: BlindIndex | None = None) -> None:
+                 codec: BodyCodec | None = None, blind: BlindIndex | None = None,
+                 index_check: bool = True) -> None:
+        """`index_check`: refuse to open on an index written under another layout
+        (store/index_layout.py); off only to rebuild it."""
         self.path = path
         self.registry = registry or default_registry()
         self.codec = codec or PlainCodec()
         self.blind = blind  # protected parameters indexed as digests (search/blind.py)
+        self.index_check = index_check
         self.ids = ParamIds()
         self._local = threading.local()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -92,11 +97,12 @@ class SqliteStore:
 
     @classmethod
     def from_url(cls, url: str, codec: BodyCodec | None = None, *,
-                 blind: BlindIndex | None = None) -> SqliteStore:
+                 blind: BlindIndex | None = None, index_check: bool = True) -> SqliteStore:
         """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
         if not url.startswith("sqlite:///"):
             raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")
-        return cls(Path(url.removeprefix("sqlite:///")), codec=codec, blind=blind)
+        return cls(Path(url.removeprefix("sqlite:///")), codec=codec, blind=blind,
+                   index_check=index_check)
 
     # -- connections ------------------------------------------------------------------
 
@@ -151,6 +157,8 @@ class SqliteStore:
                 self._writers.release()
 
         await self._run(self._writer, setup)
+        if self.index_check:
+            await index_layout.ensure(self, index_layout.layout_of(self.blind))
 
     async def close(self) -> None:
         self._writer.shutdown(wait=True)
@@ -329,6 +337,15 @@ class SqliteStore:
 
     async def loaded(self) -> None:
         await self._exclusive(sqlite_index.build_lookups)
+
+    async def current(self, count: int = 1000) -> AsyncIterator[list[Version]]:
+        after = 0
+        while found := await self._read(lambda conn: sqlite_dump.current_page(conn, after, count)):
+            after = found[-1][0]
+            yield [version for _, version in found]
+
+    async def reindex(self, versions: Sequence[tuple[Version, Sequence[IndexEntry]]]) -> int:
+        return await self._exclusive(lambda conn: sqlite_dump.reindex(conn, self.ids, versions, self.blind))
 
     @property
     def schedule(self) -> SqliteSchedule:
