@@ -79,11 +79,12 @@ log = logging.getLogger("fhir_server")
 
 
 def open_store(url: str, accept_unsafe: bool = False, codec: BodyCodec | None = None,
-               blind: BlindIndex | None = None, index_check: bool = True) -> Store:
+               blind: BlindIndex | None = None, index_check: bool = False) -> Store:
     """The store a URL names: `sqlite:///path` or a MongoDB connection string; `codec` seals
     and opens its bodies (default: stored as they are), `blind` indexes protected parameters
-    as digests (default: as they are); `index_check` off lets a store whose index was written
-    under another layout open, to rebuild it (store/index_layout.py)."""
+    as digests (default: as they are); `index_check` records the index layout in an empty
+    store and refuses one written under another (store/index_layout.py): on for the clinical
+    store wherever it is opened to serve or write, off for the audit store (no blind index)."""
     if url.startswith("sqlite:///"):
         return SqliteStore.from_url(url, codec, blind=blind, index_check=index_check)
     if url.startswith(("mongodb://", "mongodb+srv://")):
@@ -154,7 +155,7 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
     the server itself (the command line is run by its operator)."""
     codec = body_codec(settings)
     store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec,
-                                    blind_index(settings)),
+                                    blind_index(settings), index_check=True),
                          open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     try:
@@ -209,7 +210,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                                              settings.subscription_loopback_http,
                                              settings.subscription_timeout))
     store = SubscribedStore(store or open_store(settings.store_url, settings.accept_unsafe_store,
-                                                codec, blind_index(settings)),
+                                                codec, blind_index(settings), index_check=True),
                             audit_store, watch)
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)

@@ -209,7 +209,7 @@ async def _check_index(settings: Settings) -> None:
     """StaleIndex if the store's index was written under another layout than `settings`
     give (an empty store records theirs)."""
     store = open_store(settings.store_url, settings.accept_unsafe_store, body_codec(settings),
-                       blind_index(settings))
+                       blind_index(settings), index_check=True)
     try:
         await store.open()
     finally:
@@ -218,8 +218,7 @@ async def _check_index(settings: Settings) -> None:
 
 async def _reindex_async(settings: Settings) -> int:
     codec, blind = body_codec(settings), blind_index(settings)
-    store = open_store(settings.store_url, settings.accept_unsafe_store, codec, blind,
-                       index_check=False)
+    store = open_store(settings.store_url, settings.accept_unsafe_store, codec, blind)
     await store.open()
     try:
         done = await index_layout.reindex(cast(index_layout.Reindexable, store), codec,
@@ -747,8 +746,7 @@ class _Stores:
 @asynccontextmanager
 async def _stores(settings: Settings, index_check: bool = True) -> AsyncIterator[_Stores]:
     """The stores, the chain and the keys a backup or a restore works on; `index_check` off
-    for a backup, which copies bodies, never index rows (a stale index is backed up too, and
-    one whose layout record it cannot open: another server's, encryption off)."""
+    for a backup, which copies bodies, never index rows (a stale index is backed up too)."""
     codec = body_codec(settings)
     provider = key_provider(settings, codec)
     if provider is None:
@@ -756,8 +754,7 @@ async def _stores(settings: Settings, index_check: bool = True) -> AsyncIterator
                            f"{settings.key_ring_path}")
     main = open_store(settings.store_url, settings.accept_unsafe_store, codec,
                       blind_index(settings), index_check)
-    audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec,
-                       index_check=index_check)
+    audit = open_store(settings.audit_store_url, settings.accept_unsafe_store, codec)
     chain = Chain(settings.data_dir / "audit-chain.db")
     try:
         await main.open()
@@ -932,9 +929,7 @@ def _rotate_kek(settings: Settings) -> int:
 async def _rotate_data_async(settings: Settings, scope: str) -> Rotation:
     keys = _data_keys(settings)
     codec = EnvelopeCodec(keys)
-    # Bodies alone are sealed again: the index, whatever its layout, is not read or written.
-    stores = [open_store(url, codec=codec, index_check=False)
-              for url in (settings.store_url, settings.audit_store_url)]
+    stores = [open_store(url, codec=codec) for url in (settings.store_url, settings.audit_store_url)]
     for store in stores:
         await store.open()
     try:
@@ -1444,7 +1439,7 @@ async def _lifecycle(settings: Settings) -> AsyncIterator[Lifecycle]:
     """The retention jobs on the stores `settings` name, as the server wires them."""
     codec = body_codec(settings)
     store = RoutingStore(open_store(settings.store_url, settings.accept_unsafe_store, codec,
-                                    blind_index(settings)),
+                                    blind_index(settings), index_check=True),
                          open_store(settings.audit_store_url, settings.accept_unsafe_store, codec))
     await store.open()
     recorder = AuditRecorder(store.audit, Chain(settings.data_dir / "audit-chain.db"), store)

@@ -15,6 +15,7 @@ from fhir_server import cli
 from fhir_server.app import blind_index, body_codec, open_store
 from fhir_server.search import Query
 from fhir_server.settings import Settings
+from fhir_server.store import index_layout
 from fhir_server.store.base import Store
 from tests.builders import patient
 from tests.store import search_model as m
@@ -36,7 +37,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _on_store(settings: Settings, work: Any) -> Any:
     async def run() -> Any:
         store: Store = open_store(settings.store_url, codec=body_codec(settings),
-                                  blind=blind_index(settings))
+                                  blind=blind_index(settings), index_check=True)
         await store.open()
         try:
             return await work(store)
@@ -78,14 +79,16 @@ def test_serve_refuses_a_store_written_under_other_protected_parameters_until_re
         return [orjson.loads(v.body) for v in page.matches if v.body]
     settings = Settings()
 
-    async def audit() -> list[dict[str, Any]]:
+    async def audit() -> tuple[list[dict[str, Any]], bytes | None]:
         store = open_store(settings.audit_store_url, codec=body_codec(settings))
         await store.open()
         try:
-            return await events(store)
+            return await events(store), await index_layout.recorded(store)
         finally:
             await store.close()
-    [event] = [e for e in asyncio.run(audit()) if e["entity"][0]["name"] == "search index"]
+    found, layout = asyncio.run(audit())
+    assert layout is None  # the audit store has no blind index: never checked, nothing recorded
+    [event] = [e for e in found if e["entity"][0]["name"] == "search index"]
     assert event["action"] == "U" and event["outcome"] == "0"
     assert {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]} == {"resources": "1"}
 

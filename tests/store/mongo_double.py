@@ -437,12 +437,3 @@ class DoubleClient:
     async def close(self) -> None:
         self.sync.close()
 
-
-def forget_opening(store: Any) -> None:
-    """Forget the calls, transactions and commits a MongoStore's opening sent (its index
-    layout recorded: store/index_layout.py), for a test that counts those of what follows."""
-    client = store.client
-    assert isinstance(client, DoubleClient)
-    client.calls.clear()
-    client.transaction_options.clear()
-    client.commit_bounds.clear()

@@ -194,7 +194,8 @@ async def test_a_reindex_leaves_a_version_written_since_it_was_read_as_written(o
 
 async def test_stores_opened_together_while_empty_record_one_layout(tmp_path: Path) -> None:
     codec = encrypting(tmp_path)
-    stores = [SqliteStore(tmp_path / "fhir.db", codec=codec, blind=blind()) for _ in range(3)]
+    stores = [SqliteStore(tmp_path / "fhir.db", codec=codec, blind=blind(), index_check=True)
+              for _ in range(3)]
     await asyncio.gather(*(store.open() for store in stores))
     for store in stores:
         await store.close()
@@ -207,12 +208,12 @@ async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serve
         tmp_path: Path) -> None:
     codec = encrypting(tmp_path)
     client = DoubleClient()
-    first = MongoStore(client, codec=codec)
+    first = MongoStore(client, codec=codec, index_check=True)
     await first.migrate()
     await first.open()
     await first.commit([m.write(p) for p in PATIENTS])  # a plaintext index
     client.down = True
-    store = MongoStore(client, codec=codec, blind=blind())
+    store = MongoStore(client, codec=codec, blind=blind(), index_check=True)
     await store.open()  # starts anyway: /readyz says why it is not ready
     client.down = False
     for _ in range(2):  # and again: it is refused until re-indexed, not once

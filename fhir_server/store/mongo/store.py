@@ -178,9 +178,10 @@ class MongoStore:
     def __init__(self, client: Any, database: str = "fhir", *,
                  registry: Registry | None = None, accept_unsafe: bool = False,
                  codec: BodyCodec | None = None, blind: BlindIndex | None = None,
-                 index_check: bool = True) -> None:
-        """`index_check`: refuse to serve an index written under another layout
-        (store/index_layout.py); off only to rebuild it."""
+                 index_check: bool = False) -> None:
+        """`index_check`: record the index layout in an empty store, refuse to serve one
+        written under another (store/index_layout.py): the clinical store as the server and
+        the command line open it (the audit store has no blind index)."""
         self.client = client
         self.codec = codec or PlainCodec()
         self.blind = blind  # protected parameters indexed as digests (search/blind.py)
@@ -206,7 +207,7 @@ class MongoStore:
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = 10.0,
                  accept_unsafe: bool = False, codec: BodyCodec | None = None,
-                 blind: BlindIndex | None = None, index_check: bool = True) -> MongoStore:
+                 blind: BlindIndex | None = None, index_check: bool = False) -> MongoStore:
         """Any MongoDB connection string; the database is the URL's path, else `fhir`."""
         given = {name.lower() for name in uri_parser.parse_uri(url)["options"]}
         defaults = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000),

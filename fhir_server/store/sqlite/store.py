@@ -76,9 +76,10 @@ class SqliteStore:
 
     def __init__(self, path: Path, *, registry: Registry | None = None, readers: int = 4,
                  codec: BodyCodec | None = None, blind: BlindIndex | None = None,
-                 index_check: bool = True) -> None:
-        """`index_check`: refuse to open on an index written under another layout
-        (store/index_layout.py); off only to rebuild it."""
+                 index_check: bool = False) -> None:
+        """`index_check`: record the index layout in an empty store, refuse to open one
+        written under another (store/index_layout.py): the clinical store as the server and
+        the command line open it (the audit store has no blind index)."""
         self.path = path
         self.registry = registry or default_registry()
         self.codec = codec or PlainCodec()
@@ -97,7 +98,7 @@ class SqliteStore:
 
     @classmethod
     def from_url(cls, url: str, codec: BodyCodec | None = None, *,
-                 blind: BlindIndex | None = None, index_check: bool = True) -> SqliteStore:
+                 blind: BlindIndex | None = None, index_check: bool = False) -> SqliteStore:
         """`sqlite:///relative/or/absolute/path.db` (three slashes, then the path)."""
         if not url.startswith("sqlite:///"):
             raise ValueError("SQLite store URLs look like sqlite:///path/to/file.db")

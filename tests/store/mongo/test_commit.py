@@ -30,7 +30,7 @@ from fhir_server.store.mongo.store import (
     _MongoUnit,
 )
 from tests.builders import patient
-from tests.store.mongo_double import DoubleClient, forget_opening
+from tests.store.mongo_double import DoubleClient
 
 pytestmark = pytest.mark.anyio
 AT = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -56,7 +56,6 @@ async def store() -> AsyncIterator[MongoStore]:
     opened = MongoStore(DoubleClient())
     await opened.migrate()
     await opened.open()
-    forget_opening(opened)
     yield opened
     await opened.close()
 

@@ -36,7 +36,7 @@ from fhir_server.store.mongo.store import (
 from tests.builders import patient
 from tests.http.helpers import send
 from tests.store.conftest import migrated_double
-from tests.store.mongo_double import DoubleClient, Options, forget_opening
+from tests.store.mongo_double import DoubleClient, Options
 
 pytestmark = pytest.mark.anyio
 AT = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -61,7 +61,6 @@ def _transient(code_name: str = "WriteConflict") -> OperationFailure:
 async def store() -> AsyncIterator[MongoStore]:
     opened = await _migrated()
     await opened.open()
-    forget_opening(opened)
     yield opened
     await opened.close()
 
