@@ -207,9 +207,13 @@ async def _migrate_async(settings: Settings) -> None:
 
 async def _check_index(settings: Settings) -> None:
     """StaleIndex if the store's index was written under another layout than `settings`
-    give (an empty store records theirs)."""
-    store = open_store(settings.store_url, settings.accept_unsafe_store, body_codec(settings),
-                       blind_index(settings), index_check=True)
+    give (an empty store records theirs). A store URL of no known kind is left for the
+    workers to report, as they do."""
+    try:
+        store = open_store(settings.store_url, settings.accept_unsafe_store, body_codec(settings),
+                           blind_index(settings), index_check=True)
+    except ValueError:
+        return
     try:
         await store.open()
     finally:
@@ -1507,8 +1511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (KeyRingError, SealedInboxError) as error:  # a key ring missing, malformed or too open, a
-        # sealed HL7 v2 inbox with encryption off: say so, no traceback
+    except (KeyRingError, SealedInboxError, StaleIndex) as error:  # a key ring missing, malformed
+        # or too open, a sealed HL7 v2 inbox with encryption off, a store's index written
+        # under other settings: say so, no traceback
         print(f"fhir-server {args.command}: {error}", file=sys.stderr)
         return 2
 

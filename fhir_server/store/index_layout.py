@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..crypto import BodyCodec
+from ..crypto import BodyCodec, UnreadableBody
 from ..model.errors import FhirError, Kind, fail
 from ..search import BlindIndex, IndexEntry, Registry, extract
 from .base import Outbox, Store, Version
@@ -26,16 +26,16 @@ KEY = "index/layout"  # the outbox record holding the layout (base.Outbox)
 PLAIN: dict[str, Any] = {"protected": []}  # no blind index: every row in plaintext
 REBUILDING = b'{"rebuilding":true}'  # a re-index under way (or cut short): matches no layout
 BATCH = 500
+REINDEX = "Stop the server and run `fhir-server reindex` to rebuild it"
 
 
 class StaleIndex(FhirError):
     """The store's index was written under another layout than the settings give."""
 
     @classmethod
-    def because(cls, why: str) -> StaleIndex:
+    def because(cls, why: str, remedy: str = REINDEX) -> StaleIndex:
         error = fail(Kind.BUSY, "transient", f"The store's search index {why}: searches would "
-                     "miss what it holds. Stop the server and run `fhir-server reindex` to "
-                     "rebuild it (docs/blind-indexes.md).")
+                     f"miss what it holds. {remedy} (docs/blind-indexes.md).")
         return cls(error.kind, error.issues)
 
     def __str__(self) -> str:
@@ -71,8 +71,14 @@ async def is_empty(store: Store) -> bool:
 
 
 async def recorded(store: Store) -> bytes | None:
-    """The layout the store records (encoded), or None."""
-    return next((body for key, body in await store.outbox(KEY) if key == KEY), None)
+    """The layout the store records (encoded), or None; StaleIndex if the record cannot be
+    opened (sealed, and encryption off or another key ring)."""
+    try:
+        return next((body for key, body in await store.outbox(KEY) if key == KEY), None)
+    except UnreadableBody:
+        raise StaleIndex.because(
+            "was written with encryption on, and its layout record cannot be opened here",
+            "Turn encryption back on, with the key ring and data keys it was written under") from None
 
 
 async def ensure(store: Store, layout: dict[str, Any]) -> None:

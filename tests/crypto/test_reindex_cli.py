@@ -103,3 +103,19 @@ def test_a_store_refused_for_its_index_is_still_backed_up(
     assert "without blind indexes" in capsys.readouterr().err
     assert cli.main(["backup", "--dir", str(env.parent / "backups")]) == 0
     assert "1 versions" in capsys.readouterr().out
+
+
+def test_encryption_turned_off_over_an_encrypted_store_is_refused_with_the_way_back(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1"))]))
+    monkeypatch.setenv("FHIR_SERVER_ENCRYPTION", "false")
+    code, started = _serve(monkeypatch)
+    assert code == 2 and not started
+    error = capsys.readouterr().err
+    assert "written with encryption on" in error and "Turn encryption back on" in error
+    source = tmp_path / "p2.json"
+    source.write_bytes(orjson.dumps(patient(id="p2")))
+    assert cli.main(["load", str(source)]) == 2  # every command: said, no traceback
+    error = capsys.readouterr().err
+    assert error.startswith("fhir-server load: The store's search index") and "Traceback" not in error
