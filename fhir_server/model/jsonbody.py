@@ -228,7 +228,16 @@ _CONTAINERS_OR_FLOAT = (dict, list, float)
 
 
 def parse(body: bytes) -> tuple[Any, Any]:
-    """(checked, exact) views of a client's JSON: plain floats, and decimals as written.
+    """(checked, exact) views of a client's JSON: plain floats, and decimals as written
+    (`parse_counted` without the depth)."""
+    checked, exact, _ = parse_counted(body)
+    return checked, exact
+
+
+def parse_counted(body: bytes) -> tuple[Any, Any, int]:
+    """(checked, exact, depth): the views of a client's JSON, plain floats and decimals as
+    written, and the levels of objects and arrays in them, which the parse counts anyway (a
+    validator given it need not walk the tree again: `Validator.issues`).
 
     INVALID for anything that is not JSON this server can store whole: a repeated name in an
     object, an unpaired surrogate, a number longer than MAX_NUMBER_LENGTH or beyond 64 bits,
@@ -248,10 +257,10 @@ def parse(body: bytes) -> tuple[Any, Any]:
         shape = _inspect(checked)
         _check_names(body, checked, shape.depth)
         if not shape.floats:
-            return checked, checked
+            return checked, checked, shape.depth
         if shape.huge:  # orjson reads integers past 64 bits as floats: refused here
-            return checked, json.loads(body, parse_float=_fragment, parse_int=_integer)
-        return checked, json.loads(body, parse_float=_fragment)
+            return checked, json.loads(body, parse_float=_fragment, parse_int=_integer), shape.depth
+        return checked, json.loads(body, parse_float=_fragment), shape.depth
     texts: list[str] = []
 
     def record(text: str) -> float:
@@ -259,12 +268,12 @@ def parse(body: bytes) -> tuple[Any, Any]:
         return _decimal(text)
 
     checked = _strict_loads(body, record)
-    _inspect(checked)
+    depth = _inspect(checked).depth
     if _SURROGATE_ESCAPE.search(body):
         _check_strings(checked)
     if not texts:
-        return checked, checked
-    return checked, _with_decimals(checked, iter(texts))
+        return checked, checked, depth
+    return checked, _with_decimals(checked, iter(texts)), depth
 
 
 def dump(value: Any, *, pretty: bool = False) -> bytes:
