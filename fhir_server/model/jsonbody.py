@@ -247,9 +247,9 @@ def parse_counted(body: bytes) -> tuple[Any, Any, int]:
 
     Small bodies: orjson (which refuses surrogates and out-of-range numbers itself), then a
     second, exact parse only if a decimal is present. Large ones (a transaction Bundle): one
-    stdlib parse that records each decimal's text, and an exact view that copies only the
-    containers on the way to a decimal and shares the rest, so the document is not held
-    twice in memory.
+    stdlib parse that records each decimal's text (names then counted as a small body's), and
+    an exact view that copies only the containers on the way to a decimal and shares the
+    rest, so the document is not held twice in memory.
     """
     if len(body) <= _LARGE:
         try:
