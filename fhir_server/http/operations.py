@@ -51,7 +51,7 @@ async def load_trials(request: Request) -> Response:
         lines = await read_body(request, request.app.state.settings.max_body_bytes, ndjson=True)
         return fhir_response(request, await catalogue.load_ndjson(context_of(request), lines))
     payload = await read_payload(request)
-    return fhir_response(request, await catalogue.load(context_of(request), payload.checked))
+    return fhir_response(request, await catalogue.load(context_of(request), payload.checked, payload.depth))
 
 
 @router.get("/ResearchStudy/{id}/$referral-summary")

@@ -46,10 +46,10 @@ def _criteria(request: Request) -> str:
 async def read_payload(request: Request) -> Payload:
     """The request body as a resource (INVALID unless a JSON object)."""
     body = await read_body(request, request.app.state.settings.max_body_bytes)
-    checked, exact = jsonbody.parse(body)
+    checked, exact, depth = jsonbody.parse_counted(body)
     if not isinstance(checked, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
-    return Payload(checked, exact)
+    return Payload(checked, exact, depth)
 
 
 async def _patch_document(request: Request) -> Any:

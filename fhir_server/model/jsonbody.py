@@ -85,10 +85,12 @@ def _duplicate(name: str) -> FhirError:
     return _refused(f"The body repeats '{name[:40]}' in one object; each name may appear once.")
 
 
-def _strict_loads(body: bytes, parse_float: Callable[[str], Any]) -> Any:
-    """The stdlib parse with every check: repeated names, number length and range."""
+def _strict_loads(body: bytes, parse_float: Callable[[str], Any],
+                  pairs: Callable[[list[tuple[str, Any]]], Any] | None = _unique) -> Any:
+    """The stdlib parse with every check: repeated names (`pairs` None: left to the caller),
+    number length and range."""
     try:
-        return json.loads(body, parse_float=parse_float, parse_int=_integer, object_pairs_hook=_unique)
+        return json.loads(body, parse_float=parse_float, parse_int=_integer, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise _not_json(exc) from None
     except RecursionError:
@@ -228,7 +230,16 @@ _CONTAINERS_OR_FLOAT = (dict, list, float)
 
 
 def parse(body: bytes) -> tuple[Any, Any]:
-    """(checked, exact) views of a client's JSON: plain floats, and decimals as written.
+    """(checked, exact) views of a client's JSON: plain floats, and decimals as written
+    (`parse_counted` without the depth)."""
+    checked, exact, _ = parse_counted(body)
+    return checked, exact
+
+
+def parse_counted(body: bytes) -> tuple[Any, Any, int]:
+    """(checked, exact, depth): the views of a client's JSON, plain floats and decimals as
+    written, and the levels of objects and arrays in them, which the parse counts anyway (a
+    validator given it need not walk the tree again: `Validator.issues`).
 
     INVALID for anything that is not JSON this server can store whole: a repeated name in an
     object, an unpaired surrogate, a number longer than MAX_NUMBER_LENGTH or beyond 64 bits,
@@ -236,9 +247,9 @@ def parse(body: bytes) -> tuple[Any, Any]:
 
     Small bodies: orjson (which refuses surrogates and out-of-range numbers itself), then a
     second, exact parse only if a decimal is present. Large ones (a transaction Bundle): one
-    stdlib parse that records each decimal's text, and an exact view that copies only the
-    containers on the way to a decimal and shares the rest, so the document is not held
-    twice in memory.
+    stdlib parse that records each decimal's text (names then counted as a small body's), and
+    an exact view that copies only the containers on the way to a decimal and shares the
+    rest, so the document is not held twice in memory.
     """
     if len(body) <= _LARGE:
         try:
@@ -248,23 +259,41 @@ def parse(body: bytes) -> tuple[Any, Any]:
         shape = _inspect(checked)
         _check_names(body, checked, shape.depth)
         if not shape.floats:
-            return checked, checked
+            return checked, checked, shape.depth
         if shape.huge:  # orjson reads integers past 64 bits as floats: refused here
-            return checked, json.loads(body, parse_float=_fragment, parse_int=_integer)
-        return checked, json.loads(body, parse_float=_fragment)
+            return checked, json.loads(body, parse_float=_fragment, parse_int=_integer), shape.depth
+        return checked, json.loads(body, parse_float=_fragment), shape.depth
     texts: list[str] = []
 
     def record(text: str) -> float:
         texts.append(text)
         return _decimal(text)
 
-    checked = _strict_loads(body, record)
-    _inspect(checked)
-    if _SURROGATE_ESCAPE.search(body):
-        _check_strings(checked)
+    try:
+        # Repeated names are looked for after the parse, as in a small body: the hook that
+        # sees every object's names cost a third of the parse (docs/catalogue.md, thirteenth
+        # session).
+        checked = _strict_loads(body, record, pairs=None)
+        depth = _inspect(checked).depth
+        if _SURROGATE_ESCAPE.search(body):
+            _check_strings(checked)
+        _check_names(body, checked, depth)
+    except FhirError:
+        _strict(body, _decimal)  # raises what the parse with every check meets first
+        raise
     if not texts:
-        return checked, checked
-    return checked, _with_decimals(checked, iter(texts))
+        return checked, checked, depth
+    return checked, _with_decimals(checked, iter(texts)), depth
+
+
+def _strict(body: bytes, parse_float: Callable[[str], Any]) -> Any:
+    """The stdlib parse with every check, then the depth and surrogate checks (INVALID
+    naming the first one the body fails, in that order)."""
+    document = _strict_loads(body, parse_float)
+    _inspect(document)
+    if _SURROGATE_ESCAPE.search(body):
+        _check_strings(document)
+    return document
 
 
 def dump(value: Any, *, pretty: bool = False) -> bytes:
@@ -296,8 +325,4 @@ def from_decimal(value: Any) -> Any:
 def parse_decimal(body: bytes) -> Any:
     """Parse a client's JSON with decimals as `Decimal` (JSON Patch documents), with the
     checks of `parse`."""
-    document = _strict_loads(body, lambda text: Decimal(_number(text)))
-    _inspect(document)
-    if _SURROGATE_ESCAPE.search(body):
-        _check_strings(document)
-    return document
+    return _strict(body, lambda text: Decimal(_number(text)))

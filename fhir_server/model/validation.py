@@ -583,10 +583,11 @@ class Validator:
     def __init__(self, *, use_models: bool = True) -> None:
         self.use_models = use_models
 
-    def issues(self, resource: Any) -> list[Issue]:
+    def issues(self, resource: Any, depth: int | None = None) -> list[Issue]:
         """Every way `resource` breaks FHIR R4 (empty when it is valid), at most
-        MAX_ISSUES + 1."""
-        if nesting(resource, MAX_DEPTH) > MAX_DEPTH:
+        MAX_ISSUES + 1. `depth`: its levels of objects and arrays, when its parse counted
+        them already (`jsonbody.parse_counted`), so that they are not counted again."""
+        if (nesting(resource, MAX_DEPTH) if depth is None else depth) > MAX_DEPTH:
             # Checked first: the walks below, and orjson when the resource is stored, have
             # depth limits of their own.
             return [_issue("too-costly", f"The resource nests objects and arrays more than "
@@ -598,15 +599,16 @@ class Validator:
             found = list(self._model_pass(resource, resource["resourceType"]))
         return _capped(found)
 
-    def outcome(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
+    def outcome(self, resource: Any, profiles: Sequence[str] = (), depth: int | None = None) -> list[Issue]:
         """Every issue a write reports and `$validate` lists: R4 (`issues`), then, on a valid
         R4 resource, the French identifier rules and the profiles it claims in `meta.profile`
         and `profiles` (held ones: `model.profiles.find`), warnings included. Raise FhirError
-        INVALID when `resourceType` is not an R4 type (nothing else can be checked)."""
+        INVALID when `resourceType` is not an R4 type (nothing else can be checked). `depth`:
+        as `issues` takes it."""
         problem = _type_issue(resource, None)
         if problem is not None:
             raise FhirError(Kind.INVALID, (problem,))
-        found = self.issues(resource)
+        found = self.issues(resource, depth)
         if found:
             return found
         # The French identifier rules and the profiles read R4 structure: valid R4 only.

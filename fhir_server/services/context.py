@@ -63,8 +63,11 @@ class Payload:
 
     `checked` has plain floats (validation, indexing); `exact` keeps decimals as written and
     is what gets stored (see model/jsonbody.py). They are the same object when the JSON holds
-    no decimal.
+    no decimal. `depth`: their levels of objects and arrays when the body's parse counted
+    them (`jsonbody.parse_counted`), so that validation does not walk them again; whoever
+    nests anything deeper in them drops it.
     """
 
     checked: dict[str, Any]
     exact: dict[str, Any]
+    depth: int | None = None

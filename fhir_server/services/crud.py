@@ -79,18 +79,18 @@ def check_id(id: str) -> None:
 
 def check_resource(ctx: Context, resource_type: str, payload: Payload) -> None:
     """Validate a resource sent for `resource_type` (INVALID / UNPROCESSABLE)."""
-    found = resource_issues(ctx, resource_type, payload.checked)
+    found = resource_issues(ctx, resource_type, payload.checked, depth=payload.depth)
     if any(issue.severity in ("error", "fatal") for issue in found):
         raise FhirError(Kind.UNPROCESSABLE, tuple(found))
 
 
 def resource_issues(
-    ctx: Context, resource_type: str, resource: Any, profiles: Sequence[str] = ()
+    ctx: Context, resource_type: str, resource: Any, profiles: Sequence[str] = (), depth: int | None = None
 ) -> list[Issue]:
     """Every issue of a resource sent for `resource_type`, with the profiles it claims,
     `profiles`, and those a client's writes of that type require (`Context.write_profiles`):
     what a write refuses with 422 and `$validate` lists (INVALID when it is no resource of
-    that type)."""
+    that type). `depth`: the resource's levels of objects and arrays, if counted already."""
     if not isinstance(resource, dict):
         raise fail(Kind.INVALID, "structure", "The body must be a JSON object (a FHIR resource).")
     sent_type = resource.get("resourceType")
@@ -106,7 +106,7 @@ def resource_issues(
     # The server's own writes (its workflows' records) are not a client's: no rule applies.
     required = (() if principal is not None and principal.server else
                 ctx.write_profiles.for_write(resource_type, principal.client_id if principal else None))
-    return ctx.validator.outcome(resource, (*profiles, *required))
+    return ctx.validator.outcome(resource, (*profiles, *required), depth)
 
 
 def check_body_id(resource_type: str, id: str, payload: Payload) -> None:

@@ -59,8 +59,11 @@ async def commit(ctx: Context, writes: Sequence[ServerWrite]) -> list[Version]:
                                 "POST" if write.new else "PUT", if_match=write.if_match,
                                 create_only=write.new))
     results = await ctx.store.commit(operations)
-    versions = [result.version for result in results if result.version is not None]
-    for version in versions:
-        note(ctx, version)
+    versions = []
+    for operation, result in zip(operations, results, strict=True):
+        if result.version is not None:
+            # The entries it was indexed with: the audit trail need not parse and extract it again.
+            note(ctx, result.version, entries=operation.entries)
+            versions.append(result.version)
     await after_commit(ctx, versions)
     return versions

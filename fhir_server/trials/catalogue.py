@@ -241,19 +241,21 @@ async def _store_batch(ctx: Context, batch: list[list[dict[str, Any]]], report: 
         report.outcomes += outcomes
 
 
-async def load(ctx: Context, body: Any) -> dict[str, Any]:
+async def load(ctx: Context, body: Any, depth: int | None = None) -> dict[str, Any]:
     """`POST [base]/ResearchStudy/$load`: store the trials of a Bundle, as `store_all`; a
     Parameters of the outcomes. FORBIDDEN unless the caller may create and update any
     resource of every catalogue type; INVALID unless the body is a Bundle; UNPROCESSABLE, nothing stored, when a
     resource in it fails its profile (the Bundle is validated whole, entries' paths named,
     each study under the id it is stored under, as `store_all` stores it; then nothing is
-    validated twice)."""
+    validated twice). `depth`: the body's levels of objects and arrays, if its parse counted
+    them (`Payload.depth`)."""
     _may_load(ctx)
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise fail(Kind.INVALID, "structure", "$load takes a Bundle of trials as its body.",
                    expression="resourceType")
     bundle = _under_catalogue_ids(body)
-    check_resource(_schema_checked(ctx), "Bundle", Payload(bundle, bundle))
+    # The ids changed on the way are strings: the depth the parse counted still holds.
+    check_resource(_schema_checked(ctx), "Bundle", Payload(bundle, bundle, depth))
     return (await store_all(ctx, resources_of(bundle), checked=True)).parameters()
 
 

@@ -13,6 +13,7 @@ import pytest
 from fhir_server.model import jsonbody
 from fhir_server.model.errors import FhirError, Kind
 from fhir_server.model.jsonbody import dump, parse
+from fhir_server.model.validation import Validator
 
 
 class Decimal:
@@ -123,3 +124,53 @@ def test_patch_documents_have_the_same_limits() -> None:
         with pytest.raises(FhirError):
             jsonbody.parse_decimal(body)
 
+
+
+def _nested(levels: int, leaf: bytes) -> bytes:
+    """A Patient of exactly `levels` levels of objects and arrays, its deepest branch last."""
+    inner = leaf
+    for level in range(levels - 1):
+        inner = b"[" + inner + b"]" if level % 2 else b'{"b":' + inner + b"}"
+    return b'{"resourceType":"Patient","gender":"male","a":[1,{"c":2}],"z":' + inner + b"}"
+
+
+@pytest.mark.parametrize("leaf", [b"1", b"1.50", b'"x"'])
+@pytest.mark.parametrize("levels", [3, 99, 100, 101, 102, 300])
+def test_the_depth_parse_counts_is_the_one_the_validator_counts(path: str, levels: int, leaf: bytes) -> None:
+    """`Validator.issues` takes the depth `parse_counted` counted instead of walking the tree
+    again: the same depth, and the same issues, as its own walk finds, on both parsers."""
+    body = _nested(levels, leaf)
+    checked, exact, depth = jsonbody.parse_counted(body)
+    assert depth == levels == jsonbody.nesting(checked, jsonbody.MAX_BODY_DEPTH)
+    assert checked == parse(body)[0] and (exact is checked) == (leaf != b"1.50")
+    validator = Validator()
+    assert validator.issues(checked, depth) == validator.issues(checked)
+    assert validator.outcome(checked, (), depth) == validator.outcome(checked)
+
+
+_FAULTS = {
+    "a repeated name": b'{"a":1,"a":2}',
+    "a 70-digit number": b'{"n":' + b"1" * 70 + b"}",
+    "an integer past 64 bits": b'{"n":' + b"9" * 30 + b"}",
+    "a decimal out of range": b'{"n":1e999}',
+    "an unpaired surrogate": b'{"s":"\\ud800"}',
+    "too deep": b'{"d":' + b"[" * 400 + b"]" * 400 + b"}",
+    "not JSON": b'{"x":}',
+    "an escaped colon and a repeat": b'{"t":"\\u003a","t":1}',
+}
+
+
+@pytest.mark.parametrize("second", list(_FAULTS))
+@pytest.mark.parametrize("first", list(_FAULTS))
+def test_a_large_body_is_refused_for_what_the_parse_with_every_check_meets_first(
+        first: str, second: str) -> None:
+    """A body over 1 MB is parsed without the hook that sees each object's names, which are
+    counted after: what it is refused for, with two faults, is still what the stdlib parse
+    with every check, then the depth and surrogate checks, meet first."""
+    padding = b'"pad":"' + b"x" * (1 << 20) + b'"'
+    body = b'{"first":' + _FAULTS[first] + b',' + padding + b',"second":' + _FAULTS[second] + b"}"
+    with pytest.raises(FhirError) as strict:
+        jsonbody._strict(body, jsonbody._decimal)
+    with pytest.raises(FhirError) as raised:
+        parse(body)
+    assert raised.value.issues == strict.value.issues

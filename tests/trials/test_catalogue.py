@@ -191,9 +191,10 @@ def _counting_checks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     seen: Counter[str] = Counter()
     outcome = Validator.outcome
 
-    def counted(self: Validator, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
+    def counted(self: Validator, resource: Any, profiles: Sequence[str] = (),
+                depth: int | None = None) -> list[Issue]:
         seen[resource.get("resourceType") if isinstance(resource, dict) else "?"] += 1
-        return outcome(self, resource, profiles)
+        return outcome(self, resource, profiles, depth)
 
     monkeypatch.setattr(Validator, "outcome", counted)
     return seen
