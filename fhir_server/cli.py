@@ -198,7 +198,9 @@ _JOB, _USER, _SECURITY_RESOURCE = ("20", "Job"), ("6", "User"), ("13", "Security
 
 async def _migrate_async(settings: Settings) -> None:
     for url in (settings.store_url, settings.audit_store_url):
-        store = open_store(url)
+        # Without the settings' codec and blind index: their index layout is not this
+        # command's to record or read (store/index_layout.py).
+        store = open_store(url, index_check=False)
         try:
             await store.migrate()
         finally:

@@ -100,3 +100,15 @@ def test_a_store_refused_for_its_index_is_still_backed_up(
     assert "without blind indexes" in capsys.readouterr().err
     assert cli.main(["backup", "--dir", str(env.parent / "backups")]) == 0
     assert "1 versions" in capsys.readouterr().out
+
+
+def test_migrate_before_serve_records_no_layout_and_opens_a_store_whatever_its_layout(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`migrate` opens the stores without the settings' codec and blind index: it must not
+    record their layout (a plaintext one, then refused by `serve`), nor read it."""
+    assert cli.main(["migrate"]) == 0
+    code, started = _serve(monkeypatch)
+    assert code == 0 and len(started) == 1, capsys.readouterr().err
+    _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1"))]))
+    assert cli.main(["migrate"]) == 0  # again, over a store holding data and its layout
+    assert _serve(monkeypatch)[0] == 0
