@@ -219,3 +219,27 @@ async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serve
         with pytest.raises(StaleIndex, match="without blind indexes") as refused:
             await store.read("Patient", "p1")
         assert refused.value.kind.value == "busy" and store.deployment is None
+
+
+async def test_mongodb_serves_no_request_while_its_first_layout_check_is_under_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests arriving together at a store whose cluster did not answer at start: none is
+    served before the layout check has passed, not only the one that runs it."""
+    codec = encrypting(tmp_path)
+    client = DoubleClient()
+    first = MongoStore(client, codec=codec)
+    await first.migrate()
+    await first.open()
+    await first.commit([m.write(p) for p in PATIENTS])  # a plaintext index
+    client.down = True
+    store = MongoStore(client, codec=codec, blind=blind())
+    await store.open()
+    client.down = False
+    ensure = index_layout.ensure
+
+    async def answering_slowly(*args: Any) -> None:  # as a real cluster's round trips do
+        await asyncio.sleep(0.01)
+        await ensure(*args)
+    monkeypatch.setattr(index_layout, "ensure", answering_slowly)
+    answers = await asyncio.gather(store.read("Patient", "p1"), found(store), return_exceptions=True)
+    assert all(isinstance(answer, StaleIndex) for answer in answers), answers
