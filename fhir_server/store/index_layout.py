@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..crypto import BodyCodec
+from ..crypto import BodyCodec, UnreadableBody
 from ..model.errors import FhirError, Kind, fail
 from ..search import BlindIndex, IndexEntry, Registry, extract
 from .base import Outbox, Store, Version
@@ -71,8 +71,15 @@ async def is_empty(store: Store) -> bool:
 
 
 async def recorded(store: Store) -> bytes | None:
-    """The layout the store records (encoded), or None."""
-    return next((body for key, body in await store.outbox(KEY) if key == KEY), None)
+    """The layout the store records (encoded), or None; StaleIndex if the store's codec
+    cannot open it (the store was sealed under another key ring, or encryption is off)."""
+    try:
+        records = await store.outbox(KEY)
+    except UnreadableBody:
+        raise StaleIndex.because("cannot be checked: its layout record cannot be opened "
+                                 "under the settings' key ring (another one, or encryption "
+                                 "off?)") from None
+    return next((body for key, body in records if key == KEY), None)
 
 
 async def ensure(store: Store, layout: dict[str, Any]) -> None:

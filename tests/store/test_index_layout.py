@@ -243,3 +243,18 @@ async def test_mongodb_serves_no_request_while_its_first_layout_check_is_under_w
     monkeypatch.setattr(index_layout, "ensure", answering_slowly)
     answers = await asyncio.gather(store.read("Patient", "p1"), found(store), return_exceptions=True)
     assert all(isinstance(answer, StaleIndex) for answer in answers), answers
+
+
+@pytest.mark.parametrize("codec", ["plain", "other data keys"])
+async def test_a_layout_record_the_settings_cannot_open_is_a_stale_index(
+        tmp_path: Path, codec: str) -> None:
+    """Encryption turned off over an encrypted store, or another key ring: refused with the
+    reason, not a decoding error out of the check."""
+    store = SqliteStore(tmp_path / "fhir.db", codec=encrypting(tmp_path), blind=blind())
+    await store.open()
+    await store.commit([m.write(p) for p in PATIENTS])
+    await store.close()
+    other = None if codec == "plain" else encrypting(tmp_path / "elsewhere")
+    with pytest.raises(StaleIndex, match="cannot be opened") as refused:
+        await opened(SqliteStore(tmp_path / "fhir.db", codec=other, blind=None if other is None else blind()))
+    assert "Dupont" not in str(refused.value)
