@@ -137,11 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fhir-server serve: --protected-params / FHIR_SERVER_PROTECTED_PARAMS: {error}",
               file=sys.stderr)
         return 2
-    try:  # an index written under another layout: refused before any worker starts
-        asyncio.run(_check_index(settings))
-    except StaleIndex as error:
-        print(f"fhir-server serve: {error}", file=sys.stderr)
-        return 2
+    asyncio.run(_check_index(settings))  # StaleIndex (main says why) before any worker starts
     config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,
@@ -1514,8 +1510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (KeyRingError, SealedInboxError) as error:  # a key ring missing, malformed or too open, a
-        # sealed HL7 v2 inbox with encryption off: say so, no traceback
+    except (KeyRingError, SealedInboxError, StaleIndex) as error:  # a key ring missing, malformed
+        # or too open, a sealed HL7 v2 inbox with encryption off, a store's index written under
+        # another layout: say so, no traceback
         print(f"fhir-server {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -112,3 +112,15 @@ def test_migrate_before_serve_records_no_layout_and_opens_a_store_whatever_its_l
     _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1"))]))
     assert cli.main(["migrate"]) == 0  # again, over a store holding data and its layout
     assert _serve(monkeypatch)[0] == 0
+
+
+def test_a_command_refused_for_the_index_says_why_without_a_traceback(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FHIR_SERVER_PROTECTED_PARAMS", '["Patient.given"]')
+    _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1", family="Lefèvre"))]))
+    monkeypatch.delenv("FHIR_SERVER_PROTECTED_PARAMS")
+    loaded = env.parent / "p2.json"
+    loaded.write_bytes(orjson.dumps(patient(id="p2")))
+    assert cli.main(["load", str(loaded)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fhir-server load: The store's search index") and "reindex" in error
