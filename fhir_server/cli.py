@@ -62,7 +62,7 @@ from .privacy.retention_policy import PolicyError, load_policy
 from .privacy.retention_schedule import SCHEDULED
 from . import clock, workers
 from .logs import configure
-from .search import Query, default_registry
+from .search import BlindIndex, Query, default_registry
 from .settings import Settings
 from .terminology_service import Refused, install
 from .store import index_layout
@@ -204,26 +204,37 @@ async def _migrate_async(settings: Settings) -> None:
 
 
 async def _check_index(settings: Settings) -> None:
-    """StaleIndex if the store's index was written under another layout than `settings`
-    give (an empty store records theirs)."""
-    store = open_store(settings.store_url, settings.accept_unsafe_store, body_codec(settings),
-                       blind_index(settings))
+    """StaleIndex if a store's index was written under another layout than `settings` give
+    (an empty store records theirs): the store, and the audit store (always plaintext)."""
+    codec = body_codec(settings)
+    for store in (open_store(settings.store_url, settings.accept_unsafe_store, codec,
+                             blind_index(settings)),
+                  open_store(settings.audit_store_url, settings.accept_unsafe_store, codec)):
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+
+async def _reindexed(url: str, settings: Settings, blind: BlindIndex | None, always: bool) -> int:
+    """Rebuild the index of the store at `url` under `blind` (`always`, else only if it
+    records another layout); how many resources."""
+    codec, layout = body_codec(settings), index_layout.layout_of(blind)
+    store = open_store(url, settings.accept_unsafe_store, codec, blind, index_check=False)
+    await store.open()
     try:
-        await store.open()
+        if not always and await index_layout.holds(store, layout):
+            return 0
+        return await index_layout.reindex(cast(index_layout.Reindexable, store), codec,
+                                          default_registry(), layout)
     finally:
         await store.close()
 
 
 async def _reindex_async(settings: Settings) -> int:
-    codec, blind = body_codec(settings), blind_index(settings)
-    store = open_store(settings.store_url, settings.accept_unsafe_store, codec, blind,
-                       index_check=False)
-    await store.open()
-    try:
-        done = await index_layout.reindex(cast(index_layout.Reindexable, store), codec,
-                                          default_registry(), index_layout.layout_of(blind))
-    finally:
-        await store.close()
+    done = await _reindexed(settings.store_url, settings, blind_index(settings), always=True)
+    # The audit store has no blind index: rebuilt only if written before layouts were recorded.
+    await _reindexed(settings.audit_store_url, settings, None, always=False)
     await _record(settings, "reindex", "U", [_entity("search index", _JOB, resources=done)])
     return done
 

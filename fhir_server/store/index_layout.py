@@ -82,6 +82,11 @@ async def recorded(store: Store) -> bytes | None:
     return next((body for key, body in records if key == KEY), None)
 
 
+async def holds(store: Store, layout: dict[str, Any]) -> bool:
+    """Whether the store records `layout`."""
+    return await recorded(store) == _encoded(layout)
+
+
 async def ensure(store: Store, layout: dict[str, Any]) -> None:
     """Record `layout` in an empty store that records none; StaleIndex unless the store
     records this one. Processes opening an empty store together record it once."""

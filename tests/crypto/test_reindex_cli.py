@@ -15,9 +15,11 @@ from fhir_server import cli
 from fhir_server.app import blind_index, body_codec, open_store
 from fhir_server.search import Query
 from fhir_server.settings import Settings
-from fhir_server.store.base import Store
+from fhir_server.store import index_layout
+from fhir_server.store.base import Outbox, Store
 from tests.builders import patient
 from tests.store import search_model as m
+from tests.store.test_reindex_rows import sqlite_rows
 
 
 @pytest.fixture
@@ -124,3 +126,29 @@ def test_a_command_refused_for_the_index_says_why_without_a_traceback(
     assert cli.main(["load", str(loaded)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("fhir-server load: The store's search index") and "reindex" in error
+
+
+
+def test_an_audit_store_written_before_layouts_is_refused_by_serve_and_reindexed(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An upgraded deployment's audit store holds events and records no layout: `serve`
+    refuses it before any worker starts, `reindex` records its layout (its rows as its
+    recorder wrote them), and the server starts: no endless "run reindex"."""
+    settings = Settings()
+    _on_store(settings, lambda store: store.commit([m.write(patient(id="p1", family="Lefèvre"))]))
+    assert cli.main(["reindex"]) == 0  # its AuditEvent: the audit store holds data
+    audit_rows = sqlite_rows(env / "audit.db")
+
+    async def forget() -> None:
+        store = open_store(settings.audit_store_url, codec=body_codec(settings), index_check=False)
+        await store.open()
+        await store.commit([Outbox(remove=(index_layout.KEY,))])  # as a store of before
+        await store.close()
+    asyncio.run(forget())
+    capsys.readouterr()
+    assert _serve(monkeypatch) == (2, [])
+    assert "before stores recorded their index layout" in capsys.readouterr().err
+    assert cli.main(["reindex"]) == 0, capsys.readouterr().err
+    assert audit_rows <= sqlite_rows(env / "audit.db")
+    code, started = _serve(monkeypatch)
+    assert code == 0 and len(started) == 1
