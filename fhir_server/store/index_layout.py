@@ -135,8 +135,13 @@ async def reindex(store: Reindexable, codec: BodyCodec, registry: Registry,
     await store.commit([Outbox(put=((KEY, REBUILDING),))])
     done = 0
     async for versions in store.current(BATCH):
-        # A shredded body (its patient's erasure under way) is left out: nothing to index.
+        opened = opened_versions(codec, versions)
+        kept = {(v.resource_type, v.id) for v in opened}
+        # A shredded body (its patient's erasure under way) has nothing to index: its rows of
+        # the old layout (plaintext names, say) go, not kept until the erasure deletes it.
+        if shredded := [(v, ()) for v in versions if (v.resource_type, v.id) not in kept]:
+            await store.reindex(shredded)
         done += await store.reindex([(v, extract(orjson.loads(v.body or b"{}"), registry=registry))
-                                     for v in opened_versions(codec, versions)])
+                                     for v in opened])
     await store.commit([Outbox(put=((KEY, _encoded(layout)),))])
     return done

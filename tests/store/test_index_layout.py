@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_server.crypto import BlindDigest, BodyCodec
+from fhir_server.crypto import BlindDigest, BodyCodec, UnreadableBody
 from fhir_server.search import BlindIndex, default_protected, default_registry, extract
 from fhir_server.store import index_layout
 from fhir_server.store.base import Delete, Outbox, Store
@@ -258,3 +258,30 @@ async def test_a_layout_record_the_settings_cannot_open_is_a_stale_index(
     with pytest.raises(StaleIndex, match="cannot be opened") as refused:
         await opened(SqliteStore(tmp_path / "fhir.db", codec=other, blind=None if other is None else blind()))
     assert "Dupont" not in str(refused.value)
+
+
+class _Shredding:
+    """A codec whose data key of one resource was destroyed (its patient's erasure under way)."""
+
+    def __init__(self, codec: BodyCodec, shredded: str) -> None:
+        self.codec, self.shredded = codec, shredded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.codec, name)
+
+    def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
+        if id == self.shredded:
+            raise UnreadableBody(resource_type, id, version, "key destroyed", destroyed=True)
+        return self.codec.open(resource_type, id, version, stored)
+
+
+async def test_a_reindex_leaves_no_row_of_a_shredded_resource(opener: Opener) -> None:
+    """Its body cannot be indexed again, and its rows of the old layout (here plaintext names)
+    must not stay behind."""
+    await written(opener, None)
+    store = await opened(opener(blind(), check=False))
+    shredding = _Shredding(store.codec, "p2")  # type: ignore[attr-defined]
+    count = await index_layout.reindex(store, shredding, REGISTRY, blind().layout())  # type: ignore[arg-type]
+    assert count == len(PATIENTS) - 1
+    assert await m.ids(store, m.query("Patient", ("gender", "male"))) == ["p3"]
+    await shut(store)
