@@ -203,28 +203,8 @@ async def test_stores_opened_together_while_empty_record_one_layout(tmp_path: Pa
     assert layout == blind().layout()
 
 
-async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serves_nothing_stale(
-        tmp_path: Path) -> None:
-    codec = encrypting(tmp_path)
-    client = DoubleClient()
-    first = MongoStore(client, codec=codec)
-    await first.migrate()
-    await first.open()
-    await first.commit([m.write(p) for p in PATIENTS])  # a plaintext index
-    client.down = True
-    store = MongoStore(client, codec=codec, blind=blind())
-    await store.open()  # starts anyway: /readyz says why it is not ready
-    client.down = False
-    for _ in range(2):  # and again: it is refused until re-indexed, not once
-        with pytest.raises(StaleIndex, match="without blind indexes") as refused:
-            await store.read("Patient", "p1")
-        assert refused.value.kind.value == "busy" and store.deployment is None
-
-
-async def test_mongodb_serves_no_request_while_its_first_layout_check_is_under_way(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests arriving together at a store whose cluster did not answer at start: none is
-    served before the layout check has passed, not only the one that runs it."""
+async def _unreachable_at_start(tmp_path: Path) -> MongoStore:
+    """A store under blind indexes over a plaintext index, its cluster down as it opened."""
     codec = encrypting(tmp_path)
     client = DoubleClient()
     first = MongoStore(client, codec=codec)
@@ -235,6 +215,23 @@ async def test_mongodb_serves_no_request_while_its_first_layout_check_is_under_w
     store = MongoStore(client, codec=codec, blind=blind())
     await store.open()
     client.down = False
+    return store
+
+
+async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serves_nothing_stale(
+        tmp_path: Path) -> None:
+    store = await _unreachable_at_start(tmp_path)  # starts anyway: /readyz says why
+    for _ in range(2):  # and again: it is refused until re-indexed, not once
+        with pytest.raises(StaleIndex, match="without blind indexes") as refused:
+            await store.read("Patient", "p1")
+        assert refused.value.kind.value == "busy" and store.deployment is None
+
+
+async def test_mongodb_serves_no_request_while_its_first_layout_check_is_under_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests arriving together at a store whose cluster did not answer at start: none is
+    served before the layout check has passed, not only the one that runs it."""
+    store = await _unreachable_at_start(tmp_path)
     ensure = index_layout.ensure
 
     async def answering_slowly(*args: Any) -> None:  # as a real cluster's round trips do
