@@ -72,13 +72,14 @@ async def is_empty(store: Store) -> bool:
 
 async def recorded(store: Store) -> bytes | None:
     """The layout the store records (encoded), or None; StaleIndex if the record cannot be
-    opened (sealed, and encryption off or another key ring)."""
+    opened (sealed, and encryption off or other data keys)."""
     try:
         return next((body for key, body in await store.outbox(KEY) if key == KEY), None)
     except UnreadableBody:
         raise StaleIndex.because(
-            "was written with encryption on, and its layout record cannot be opened here",
-            "Turn encryption back on, with the key ring and data keys it was written under") from None
+            "cannot be checked: its layout record cannot be opened with the settings' "
+            "encryption (off, or other data keys)",
+            "Open it with the encryption, key ring and data keys it was written under") from None
 
 
 async def ensure(store: Store, layout: dict[str, Any]) -> None:
@@ -129,8 +130,13 @@ async def reindex(store: Reindexable, codec: BodyCodec, registry: Registry,
     await store.commit([Outbox(put=((KEY, REBUILDING),))])
     done = 0
     async for versions in store.current(BATCH):
-        # A shredded body (its patient's erasure under way) is left out: nothing to index.
+        opened = opened_versions(codec, versions)
+        kept = {(v.resource_type, v.id) for v in opened}
+        # A shredded body (its patient's erasure under way) has nothing to index: its rows of
+        # the old layout (plaintext names, say) go, not kept until the erasure deletes it.
+        if shredded := [(v, ()) for v in versions if (v.resource_type, v.id) not in kept]:
+            await store.reindex(shredded)
         done += await store.reindex([(v, extract(orjson.loads(v.body or b"{}"), registry=registry))
-                                     for v in opened_versions(codec, versions)])
+                                     for v in opened])
     await store.commit([Outbox(put=((KEY, _encoded(layout)),))])
     return done

@@ -113,9 +113,21 @@ def test_encryption_turned_off_over_an_encrypted_store_is_refused_with_the_way_b
     code, started = _serve(monkeypatch)
     assert code == 2 and not started
     error = capsys.readouterr().err
-    assert "written with encryption on" in error and "Turn encryption back on" in error
+    assert "cannot be opened with the settings' encryption" in error and "written under" in error
     source = tmp_path / "p2.json"
     source.write_bytes(orjson.dumps(patient(id="p2")))
     assert cli.main(["load", str(source)]) == 2  # every command: said, no traceback
     error = capsys.readouterr().err
     assert error.startswith("fhir-server load: The store's search index") and "Traceback" not in error
+
+
+def test_migrate_before_serve_records_no_layout_and_opens_a_store_whatever_its_layout(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`migrate` opens the stores without the settings' codec and blind index: it must not
+    record their layout (a plaintext one, then refused by `serve`), nor read it."""
+    assert cli.main(["migrate"]) == 0
+    code, started = _serve(monkeypatch)
+    assert code == 0 and len(started) == 1, capsys.readouterr().err
+    _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1"))]))
+    assert cli.main(["migrate"]) == 0  # again, over a store holding data and its layout
+    assert _serve(monkeypatch)[0] == 0

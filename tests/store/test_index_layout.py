@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_server.crypto import BlindDigest, BodyCodec
+from fhir_server.crypto import BlindDigest, BodyCodec, UnreadableBody
 from fhir_server.search import BlindIndex, default_protected, default_registry, extract
 from fhir_server.store import index_layout
 from fhir_server.store.base import Delete, Outbox, Store
@@ -204,8 +204,8 @@ async def test_stores_opened_together_while_empty_record_one_layout(tmp_path: Pa
     assert layout == blind().layout()
 
 
-async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serves_nothing_stale(
-        tmp_path: Path) -> None:
+async def _unreachable_at_start(tmp_path: Path) -> MongoStore:
+    """A store under blind indexes over a plaintext index, its cluster down as it opened."""
     codec = encrypting(tmp_path)
     client = DoubleClient()
     first = MongoStore(client, codec=codec, index_check=True)
@@ -214,9 +214,74 @@ async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serve
     await first.commit([m.write(p) for p in PATIENTS])  # a plaintext index
     client.down = True
     store = MongoStore(client, codec=codec, blind=blind(), index_check=True)
-    await store.open()  # starts anyway: /readyz says why it is not ready
+    await store.open()
     client.down = False
+    return store
+
+
+async def test_mongodb_unreachable_at_start_checks_at_its_first_answer_and_serves_nothing_stale(
+        tmp_path: Path) -> None:
+    store = await _unreachable_at_start(tmp_path)  # starts anyway: /readyz says why
     for _ in range(2):  # and again: it is refused until re-indexed, not once
         with pytest.raises(StaleIndex, match="without blind indexes") as refused:
             await store.read("Patient", "p1")
         assert refused.value.kind.value == "busy" and store.deployment is None
+
+
+async def test_mongodb_serves_no_request_while_its_first_layout_check_is_under_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests arriving together at a store whose cluster did not answer at start: none is
+    served before the layout check has passed, not only the one that runs it."""
+    store = await _unreachable_at_start(tmp_path)
+    ensure = index_layout.ensure
+
+    async def answering_slowly(*args: Any) -> None:  # as a real cluster's round trips do
+        await asyncio.sleep(0.01)
+        await ensure(*args)
+    monkeypatch.setattr(index_layout, "ensure", answering_slowly)
+    answers = await asyncio.gather(store.read("Patient", "p1"), found(store), return_exceptions=True)
+    assert all(isinstance(answer, StaleIndex) for answer in answers), answers
+
+
+@pytest.mark.parametrize("codec", ["plain", "other data keys"])
+async def test_a_layout_record_the_settings_cannot_open_is_a_stale_index(
+        tmp_path: Path, codec: str) -> None:
+    """Encryption turned off over an encrypted store, or another key ring: refused with the
+    reason, not a decoding error out of the check."""
+    store = SqliteStore(tmp_path / "fhir.db", codec=encrypting(tmp_path), blind=blind(),
+                        index_check=True)
+    await store.open()
+    await store.commit([m.write(p) for p in PATIENTS])
+    await store.close()
+    other = None if codec == "plain" else encrypting(tmp_path / "elsewhere")
+    with pytest.raises(StaleIndex, match="cannot be opened") as refused:
+        await opened(SqliteStore(tmp_path / "fhir.db", codec=other,
+                                 blind=None if other is None else blind(), index_check=True))
+    assert "Dupont" not in str(refused.value)
+
+
+class _Shredding:
+    """A codec whose data key of one resource was destroyed (its patient's erasure under way)."""
+
+    def __init__(self, codec: BodyCodec, shredded: str) -> None:
+        self.codec, self.shredded = codec, shredded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.codec, name)
+
+    def open(self, resource_type: str, id: str, version: int, stored: bytes) -> bytes:
+        if id == self.shredded:
+            raise UnreadableBody(resource_type, id, version, "key destroyed", destroyed=True)
+        return self.codec.open(resource_type, id, version, stored)
+
+
+async def test_a_reindex_leaves_no_row_of_a_shredded_resource(opener: Opener) -> None:
+    """Its body cannot be indexed again, and its rows of the old layout (here plaintext names)
+    must not stay behind."""
+    await written(opener, None)
+    store = await opened(opener(blind(), check=False))
+    shredding = _Shredding(store.codec, "p2")  # type: ignore[attr-defined]
+    count = await index_layout.reindex(store, shredding, REGISTRY, blind().layout())  # type: ignore[arg-type]
+    assert count == len(PATIENTS) - 1
+    assert await m.ids(store, m.query("Patient", ("gender", "male"))) == ["p3"]
+    await shut(store)

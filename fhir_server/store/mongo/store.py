@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial, wraps
@@ -123,6 +124,9 @@ _TOO_BIG_FOR_A_TRANSACTION = frozenset({
     "TransactionTooLargeForCache", "TransactionExceededLifetimeLimitSeconds"})
 # An unsafe deployment is checked again at most this often by requests (/readyz: always).
 _RECHECK_SECONDS = 5
+# Set while a task checks the index layout: its own reads and writes pass the check it is
+# running, every other task's wait for a check of their own (store/index_layout.py).
+_CHECKING_LAYOUT: ContextVar[bool] = ContextVar("checking_layout", default=False)
 # A standalone server's claim older than this was left by a crashed writer.
 _STALE_CLAIM_SECONDS = 30
 _HISTORY_SHIFT = 96  # history cursor = lu << 96 | seq (an ObjectId is 96 bits)
@@ -287,8 +291,12 @@ class MongoStore:
     async def ensure_safe(self, again: bool = False) -> None:
         """The self-check, until it passes (or `again`); FhirError(BUSY) naming the problems
         it found."""
-        if self.deployment is not None and not again:
-            return
+        if self.deployment is None or again:
+            await self._inspect(again)
+        if self._layout_unchecked and not _CHECKING_LAYOUT.get():
+            await self._check_layout()
+
+    async def _inspect(self, again: bool) -> None:
         seen = self._seen
         if (not again and seen is not None and seen.problems and not self.accept_unsafe
                 and clock.now() - self._seen_at < timedelta(seconds=_RECHECK_SECONDS)):
@@ -306,13 +314,20 @@ class MongoStore:
         if found.problems and not self.accept_unsafe:
             raise fail(Kind.BUSY, "transient", _unsafe(found))
         self.deployment = found
-        if self._layout_unchecked:  # its reads and writes pass this check: deployment is set
-            try:
-                await index_layout.ensure(self, index_layout.layout_of(self.blind))
-            except BaseException:
-                self.deployment = None
-                raise
-            self._layout_unchecked = False
+
+    async def _check_layout(self) -> None:
+        """StaleIndex unless the index was written under the blind index's layout (recorded
+        in an empty store). Requests arriving meanwhile run a check each (it is idempotent):
+        none is served on an index not checked yet."""
+        checking = _CHECKING_LAYOUT.set(True)
+        try:
+            await index_layout.ensure(self, index_layout.layout_of(self.blind))
+        except BaseException:
+            self.deployment = None
+            raise
+        finally:
+            _CHECKING_LAYOUT.reset(checking)
+        self._layout_unchecked = False
 
     async def close(self) -> None:
         await self.client.close()
