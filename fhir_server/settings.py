@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
     data_key_cache: int = Field(
         150_000, ge=1, description="Unwrapped data keys kept in memory per process (an LRU, about "
-        "1.7 KB each: ~250 MB when full); beyond it a key is read and unwrapped again at each use. "
+        "400 bytes each: ~60 MB when full); beyond it a key is read and unwrapped again at each use. "
         "Set it above the patients a pass over the population reads (the re-match job) plus the "
         "resource types; a destroyed key is never kept, whatever the size.",
     )

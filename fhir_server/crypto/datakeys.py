@@ -6,7 +6,10 @@ inside them nor in their backups), so destroying a patient's keys there makes ev
 their ciphertext unreadable: the store, its WAL, the audit trail and any backup (docs/security.md).
 Keys are random, never derived from a master key: a derived key could be derived again.
 
-Unwrapped keys are cached in memory (a bounded LRU). Another process's destroy, rotation or
+Unwrapped keys are cached in memory (a bounded LRU), as bytes: a cipher object is made at
+each use (~0.6 µs), since a cached one costs 1.4 KB of OpenSSL state and is an object the
+cyclic garbage collector walks at every full collection (100,000 of them: 13 ms a walk,
+docs/security.md), where a key's bytes are neither. Another process's destroy, rotation or
 re-wrap bumps a revision number that every process checks at most once a second, so a key
 destroyed elsewhere is forgotten here within that second.
 
@@ -96,12 +99,12 @@ class DataKeys:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.RLock()
-        self._ciphers: OrderedDict[bytes, AESGCM] = OrderedDict()  # key id -> cipher
+        self._keys: OrderedDict[bytes, bytes] = OrderedDict()  # key id -> unwrapped key
         self._current: OrderedDict[str, bytes] = OrderedDict()  # scope -> key id
         # The keys each thread's last `prepare` readied, by thread: a batch larger than the
         # cache would otherwise evict its first keys before sealing with them, then load each
         # again, one query and one unwrap per version. Held until that thread's next prepare.
-        self._held: dict[int, dict[str, tuple[bytes, AESGCM]]] = {}
+        self._held: dict[int, dict[str, tuple[bytes, bytes]]] = {}
         self._revision = self._read_revision()
         self._checked = time.monotonic()
 
@@ -112,31 +115,33 @@ class DataKeys:
         self._recheck()
         held = self._held.get(threading.get_ident())
         if held is not None and (found := held.get(scope)) is not None:
-            return found
+            return found[0], AESGCM(found[1])
         with self._lock:
             key_id = self._current.get(scope)
-            if key_id is not None and key_id in self._ciphers:
+            key = self._keys.get(key_id) if key_id is not None else None
+            if key_id is not None and key is not None:
                 self._current.move_to_end(scope)
-                self._ciphers.move_to_end(key_id)
-                return key_id, self._ciphers[key_id]
-        return self._load([scope])[scope]
+                self._keys.move_to_end(key_id)
+                return key_id, AESGCM(key)
+        key_id, key = self._load([scope])[scope]
+        return key_id, AESGCM(key)
 
     def prepare(self, scopes: Iterable[str]) -> None:
         """Have the current keys of `scopes` in memory, making those that are missing in one
         write of the file (one fsync for a whole group commit, not one per new patient); this
         thread's `current` finds them there until its next `prepare`, however many they are."""
         self._recheck()
-        held: dict[str, tuple[bytes, AESGCM]] = {}
+        held: dict[str, tuple[bytes, bytes]] = {}
         wanted: set[str] = set()
         with self._lock:
             revision = self._revision
             for scope in scopes:
                 key_id = self._current.get(scope)
-                cipher = self._ciphers.get(key_id) if key_id is not None else None
-                if key_id is None or cipher is None:
+                key = self._keys.get(key_id) if key_id is not None else None
+                if key_id is None or key is None:
                     wanted.add(scope)
                 else:
-                    held[scope] = (key_id, cipher)
+                    held[scope] = (key_id, key)
         if wanted:
             held.update(self._load(wanted))
         with self._lock:
@@ -152,35 +157,35 @@ class DataKeys:
         self._recheck()
         with self._lock:
             revision = self._revision
-            wanted = sorted(k for k in key_ids if k not in self._ciphers)[:self._cache_size]
-        unwrapped = [(bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for key_id, wrapped
+            wanted = sorted(k for k in key_ids if k not in self._keys)[:self._cache_size]
+        unwrapped = [(bytes(key_id), self.provider.unwrap(wrapped, key_id)) for key_id, wrapped
                      in self._rows_in("SELECT key_id, wrapped FROM data_key WHERE key_id IN ({marks})", wanted)]
         with self._lock:
             if self._revision != revision:  # keys changed meanwhile (an erasure?): keep none
                 return
-            for key_id, cipher in unwrapped:
-                self._remember(self._ciphers, key_id, cipher)
+            for key_id, key in unwrapped:
+                self._remember(self._keys, key_id, key)
 
     def cipher(self, key_id: bytes) -> AESGCM:
         """The key `key_id`, unwrapped; KeyDestroyed if it is gone."""
         self._recheck()
         with self._lock:
             revision = self._revision
-            cipher = self._ciphers.get(key_id)
-            if cipher is not None:
-                self._ciphers.move_to_end(key_id)
-                return cipher
+            key = self._keys.get(key_id)
+            if key is not None:
+                self._keys.move_to_end(key_id)
+                return AESGCM(key)
         rows = self._query("SELECT wrapped FROM data_key WHERE key_id = ?", (key_id,))
         if not rows:
             if self._query("SELECT 1 FROM destroyed WHERE key_id = ?", (key_id,)):
                 raise KeyDestroyed(f"data key {key_id.hex()} was destroyed by an erasure")
             raise UnknownKey(f"data key {key_id.hex()} is unknown to {self.path} (never made "
                              "there, or removed without an erasure)")
-        cipher = AESGCM(self.provider.unwrap(rows[0][0], key_id))
+        key = self.provider.unwrap(rows[0][0], key_id)
         with self._lock:
             if self._revision == revision:  # else destroyed meanwhile, perhaps: answer, not cache
-                self._remember(self._ciphers, key_id, cipher)
-        return cipher
+                self._remember(self._keys, key_id, key)
+        return AESGCM(key)
 
     # -- administration --------------------------------------------------------------------
 
@@ -300,7 +305,7 @@ class DataKeys:
 
     # -- inside ----------------------------------------------------------------------------
 
-    def _load(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
+    def _load(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
         """The current keys of `scopes` from the file, those missing made and stored first;
         remembered in the cache unless keys changed meanwhile (an erasure destroyed them?)."""
         with self._lock:
@@ -314,19 +319,19 @@ class DataKeys:
                 fresh = [(key_id, scope, key) for key_id, scope, key in made if conn.execute(
                     "INSERT OR IGNORE INTO data_key VALUES (?, ?, ?, 1, ?, NULL)",
                     (key_id, scope, self.provider.wrap(key, key_id), clock.instant())).rowcount]
-            found.update((scope, (key_id, AESGCM(key))) for key_id, scope, key in fresh)
+            found.update((scope, (key_id, key)) for key_id, scope, key in fresh)
             found.update(self._stored({scope for _, scope, _ in made} - found.keys()))
         with self._lock:
-            for scope, (key_id, cipher) in found.items() if self._revision == revision else ():
-                self._remember(self._ciphers, key_id, cipher)
+            for scope, (key_id, key) in found.items() if self._revision == revision else ():
+                self._remember(self._keys, key_id, key)
                 self._remember(self._current, scope, key_id)
         return found
 
-    def _stored(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, AESGCM]]:
+    def _stored(self, scopes: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
         """The current keys the file holds for `scopes`, unwrapped."""
         rows = self._rows_in("SELECT scope, key_id, wrapped FROM data_key WHERE current = 1 AND scope IN ({marks})",
                              sorted(scopes))
-        return {scope: (bytes(key_id), AESGCM(self.provider.unwrap(wrapped, key_id))) for scope, key_id, wrapped in rows}
+        return {scope: (bytes(key_id), self.provider.unwrap(wrapped, key_id)) for scope, key_id, wrapped in rows}
 
     def _rows_in(self, sql: str, values: list[Any]) -> Iterator[tuple[Any, ...]]:
         """The rows of `sql` whose `{marks}` list is `values`, 500 values a query (SQLite
@@ -354,7 +359,7 @@ class DataKeys:
     def _forget(self, revision: int) -> None:
         with self._lock:
             self._revision = revision
-            self._ciphers.clear()
+            self._keys.clear()
             self._current.clear()
             self._held.clear()
 

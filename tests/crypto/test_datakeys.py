@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 from pathlib import Path
 
@@ -264,3 +265,22 @@ def test_the_cache_holds_as_many_keys_as_the_setting_says(tmp_path: Path,
 
 def test_the_default_cache_holds_a_population_of_100_000() -> None:
     assert Settings().data_key_cache >= 100_000
+
+
+def test_cached_keys_add_nothing_the_cyclic_collector_walks(tmp_path: Path) -> None:
+    # A cached cipher object is tracked by the collector: 100,000 of them made every full
+    # collection of a server process walk 100,000 more objects (docs/security.md, "Cost").
+    create_key_ring(tmp_path / "keyring.json")
+    keys = DataKeys(LocalKeyRing(tmp_path / "keyring.json"), tmp_path / "datakeys.db", cache_size=1000)
+    keys.prepare(patient_scope(f"p{i}") for i in range(500))
+    ids = [keys.current(patient_scope(f"p{i}"))[0] for i in range(500)]
+    fresh = DataKeys(keys.provider, tmp_path / "datakeys.db", cache_size=1000)
+    gc.collect()
+    before = len(gc.get_objects())
+    fresh.fetch(ids)
+    for key_id in ids:
+        fresh.cipher(key_id)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50
+    blob = EnvelopeCodec(fresh).seal("Patient", "p1", 1, b"{}", {"p1"})
+    assert EnvelopeCodec(keys).open("Patient", "p1", 1, blob) == b"{}"
