@@ -244,10 +244,9 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
             pending = dict(ready)
             for action, copies in ready.items():
                 del pending[action]
-                held = archived | {ref for writes in pending.values() for ref in _references(writes)}
                 try:
-                    await _erase_unless_active(life, action.target.split("/")[1], copies,
-                                               active_from, reason, held)
+                    await _erase_unless_active(life, action.target.split("/")[1], copies, active_from,
+                                               reason, [archived, *map(_references, pending.values())])
                     archived |= _references(copies)
                 except FhirError as error:
                     _failed(made, action, error)
@@ -262,11 +261,11 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
 
 async def _erase_unless_active(life: Lifecycle, patient_id: str,
                                copies: list[server_writes.ServerWrite], active_from: date,
-                               reason: str, held: set[str]) -> None:
+                               reason: str, held: list[set[str]]) -> None:
     """Erase the original of a record whose copies are written, unless it became active
-    since they were made (a group's time ago): then its copies go instead, but those `held`
-    by other records' archives, the record is kept (CONFLICT), and nothing written meanwhile
-    is erased with no copy made of it. The store checks the record's activity in the
+    since they were made (a group's time ago): then its copies go instead, but those in one
+    of `held` (other records' archives), the record is kept (CONFLICT), and nothing written
+    meanwhile is erased with no copy made of it. The store checks the record's activity in the
     transaction that erases it (`Store.erase`, conditional), so that no write lands between
     the check and the erasure; a refused erasure destroys no data key and forgets nothing."""
     try:
@@ -276,7 +275,9 @@ async def _erase_unless_active(life: Lifecycle, patient_id: str,
     except FhirError as error:
         if error.kind is not Kind.CONFLICT:
             raise
-    await lifecycle.erase_resources(life.server, _references(copies) - held)
+    # `held` is not merged into one set for every record: that copied every reference the run
+    # archived so far (a million at 1M resources), a cost growing with the run's square.
+    await lifecycle.erase_resources(life.server, _references(copies).difference(*held))
     raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed while it was "
                "archived: it is active again, and kept")
 

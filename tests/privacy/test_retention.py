@@ -765,3 +765,29 @@ def test_the_command_refuses_a_priority_it_cannot_lower_to(
         cli.main(["retention", "run", "--nice", nice])
     assert exited.value.code == 2 and "--nice" in capsys.readouterr().err
     assert lowered == [] and _run_events(sqlite_server) == []
+
+
+def test_a_record_active_again_removes_only_its_copies_no_archive_holds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copies a record kept active again removes are its own but those an archive of the
+    run holds (an archived record's, or a record's of its group still to be erased): each
+    set of those held counts, not the first alone."""
+    async def refused(*_: Any, **__: Any) -> None:
+        raise fail(Kind.CONFLICT, "conflict", "written since")
+
+    removed: list[set[str]] = []
+
+    async def erase_resources(_: Any, references: set[str]) -> None:
+        removed.append(set(references))
+
+    monkeypatch.setattr(retention, "sweep", refused)
+    monkeypatch.setattr(lifecycle, "erase_resources", erase_resources)
+    copies = [server_writes.ServerWrite({"resourceType": "Observation", "id": id}, new=False, valid=True)
+              for id in ("mine", "archived", "later")]
+    life = type("Life", (), {"server": None})()
+    with pytest.raises(Exception) as raised:
+        asyncio.run(retention._erase_unless_active(
+            life, "p", copies, date(2029, 1, 10), "why",
+            [{"Observation/archived", "Observation/other"}, {"Observation/later"}]))
+    assert getattr(raised.value, "kind", None) is Kind.CONFLICT
+    assert removed == [{"Observation/mine"}]
