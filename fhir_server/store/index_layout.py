@@ -104,7 +104,7 @@ async def ensure(store: Store, layout: dict[str, Any]) -> None:
 def _difference(stored: bytes | None, wanted: dict[str, Any]) -> str:
     """What differs, in words that name no key nor value."""
     if stored is None:
-        return "was written before stores recorded their index layout (2026-12-08)"
+        return "was written before stores recorded their index layout (2026-12-07)"
     found = orjson.loads(stored)
     if found.get("rebuilding"):
         return "is being rebuilt, or its rebuild did not finish"
