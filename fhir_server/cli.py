@@ -62,7 +62,7 @@ from .privacy.retention_policy import PolicyError, load_policy
 from .privacy.retention_schedule import SCHEDULED
 from . import clock, workers
 from .logs import configure
-from .search import Query, default_registry
+from .search import BlindIndex, Query, default_registry
 from .settings import Settings
 from .terminology_service import Refused, install
 from .store import index_layout
@@ -137,11 +137,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fhir-server serve: --protected-params / FHIR_SERVER_PROTECTED_PARAMS: {error}",
               file=sys.stderr)
         return 2
-    try:  # an index written under another layout: refused before any worker starts
-        asyncio.run(_check_index(settings))
-    except StaleIndex as error:
-        print(f"fhir-server serve: {error}", file=sys.stderr)
-        return 2
+    # An index written under another layout: StaleIndex before any worker starts (main says it).
+    asyncio.run(_check_index(settings))
     config = uvicorn.Config(
         "fhir_server.app:create_app",
         factory=True,
@@ -220,9 +217,8 @@ async def _check_index(settings: Settings) -> None:
         await store.close()
 
 
-async def _reindex_async(settings: Settings) -> int:
-    codec, blind = body_codec(settings), blind_index(settings)
-    store = open_store(settings.store_url, settings.accept_unsafe_store, codec, blind)
+async def _reindex_async(settings: Settings, store: Store, codec: BodyCodec,
+                         blind: BlindIndex | None) -> int:
     await store.open()
     try:
         done = await index_layout.reindex(cast(index_layout.Reindexable, store), codec,
@@ -236,11 +232,13 @@ async def _reindex_async(settings: Settings) -> int:
 def _reindex(args: argparse.Namespace) -> int:
     settings = Settings()
     configure(settings.log_level)
-    try:
-        done = asyncio.run(_reindex_async(settings))
+    try:  # the key ring, the protected list and the store URL, checked before anything is done
+        codec, blind = body_codec(settings), blind_index(settings)
+        store = open_store(settings.store_url, settings.accept_unsafe_store, codec, blind)
     except (KeyRingError, ValueError) as error:
         print(f"fhir-server reindex: {error}; nothing was rebuilt", file=sys.stderr)
         return 2
+    done = asyncio.run(_reindex_async(settings, store, codec, blind))
     print(f"search index rebuilt: {done} resources re-indexed, the layout recorded")
     return 0
 

@@ -131,3 +131,13 @@ def test_migrate_before_serve_records_no_layout_and_opens_a_store_whatever_its_l
     _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1"))]))
     assert cli.main(["migrate"]) == 0  # again, over a store holding data and its layout
     assert _serve(monkeypatch)[0] == 0
+
+
+def test_reindex_refuses_settings_it_cannot_index_under_before_touching_the_store(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _on_store(Settings(), lambda store: store.commit([m.write(patient(id="p1"))]))
+    monkeypatch.setenv("FHIR_SERVER_PROTECTED_PARAMS", '["Patient.birthdate"]')  # not blindable
+    assert cli.main(["reindex"]) == 2
+    assert "nothing was rebuilt" in capsys.readouterr().err
+    monkeypatch.delenv("FHIR_SERVER_PROTECTED_PARAMS")
+    assert _serve(monkeypatch)[0] == 0  # its layout as it was, not marked rebuilding
