@@ -257,7 +257,7 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         # The store's erasure (one transaction, the Patient removed last) committed before the
         # process died: the rest is finished whole, whatever was written since.
         since = None
-    events = await forget_events(ctx.store, patient_id) if since is None else 0
+    events = await forget_events(ctx.store, patient_id) if since is None else set()
     await kept_registers.stash(ctx.store, ctx.registry, patient_id, clock.now().date())
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),
@@ -270,7 +270,7 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         raise
     await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's
     await kept_registers.flush(ctx.store, patient_id)
-    events += await forget_events(ctx.store, patient_id)
+    events |= await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
     await export.forget(ctx, patient_id)  # export files are sealed under no key of theirs
     if setup.messages is not None:  # the HL7 v2 inbox's, sealed under a key of their own
@@ -288,7 +288,7 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
     await setup.record(erasure_event(
         recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
         address=address, patient=patient_id,
-        reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=events))
+        reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=len(events)))
     await asyncio.to_thread(setup.ledger.settle, intent)
     return parameters(entry)
 
@@ -375,12 +375,12 @@ async def replay(store: Store, registry: Registry, record: Callable[[dict[str, A
     # taken between the erasure's stash and its store erasure holds the copies stashed.
     erased = await store.erase(compartment(registry, patient), ("Patient", patient))
     await kept_registers.flush(store, patient)
-    events += await forget_events(store, patient)
+    events |= await forget_events(store, patient)
     await forget_figures(store)
     reason = f"erasure of {entry['erased']} by {entry['by']} replayed {when}: {entry['reason']}"
     await record(erasure_event(
         recorded=clock.instant(), principal=server_principal("fhir-server"), address=None,
-        patient=patient, reason=reason, counts=counts_of(erased), keys=0, events=events))
+        patient=patient, reason=reason, counts=counts_of(erased), keys=0, events=len(events)))
 
 
 async def reconcile(ctx: Context) -> list[str]:

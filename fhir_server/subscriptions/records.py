@@ -154,17 +154,25 @@ async def one(store: Store, key: str) -> bytes | None:
     return next((body for found, body in await store.outbox(key) if found == key), None)
 
 
-async def forget(store: Store, patient: str) -> int:
+async def forget(store: Store, patient: str) -> set[str]:
     """Remove every event, pending or numbered, of every subscription whose resource is
     Patient/`patient` or in their compartment, and the records of the trials they were told
-    of (an erasure: services/erase.py); how many. The
-    numbers of numbered ones are left as gaps. Erasures are rare: every event is read."""
-    gone = [key for prefix in (f"{PREFIX}p/", f"{PREFIX}e/") for key, body in await store.outbox(prefix)
-            if _names(event(body), patient)]
-    gone += [key for key, _ in await store.outbox(TOLD_PREFIX) if key.rsplit("/", 1)[-1] == patient]
+    of (an erasure: services/erase.py); what was removed, each event named once (by its
+    subscription and version), so that the sets of several passes unite into a count. The
+    numbers of numbered ones are left as gaps. Erasures are rare: every event is read.
+
+    An event the dispatcher numbers between the reads of the two prefixes is listed twice,
+    pending and numbered: both keys go, and it is named once."""
+    gone: dict[str, str] = {}
+    for prefix in (f"{PREFIX}p/", f"{PREFIX}e/"):
+        for key, body in await store.outbox(prefix):
+            if _names(found := event(body), patient):
+                gone[key] = f"{key.split('/', 3)[2]}/{found.reference}/{found.version}"
+    gone.update((key, key) for key, _ in await store.outbox(TOLD_PREFIX)
+                if key.rsplit("/", 1)[-1] == patient)
     if gone:
         await store.commit([Outbox(remove=tuple(gone))])
-    return len(gone)
+    return set(gone.values())
 
 
 def _names(found: Event, patient: str) -> bool:
