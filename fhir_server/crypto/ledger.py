@@ -223,7 +223,8 @@ def _read_all(fd: int) -> bytes:
     # The file's size in one read where the lock lets no writer grow it (64 KiB at a time
     # cost a read call per 60 entries and a copy of the whole to join them); a read may
     # return less than asked, so until the end.
-    chunks, at = [], 0
+    chunks: list[bytes] = []
+    at = 0
     while chunk := os.pread(fd, max(os.fstat(fd).st_size - at, 1 << 16), at):
         chunks.append(chunk)
         at += len(chunk)
