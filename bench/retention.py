@@ -22,7 +22,7 @@ merged into one pstats file. `--store DIR` keeps the built store in DIR (built t
 time, for `--resources`) and runs on a copy of it, so that versions compared run on the same
 data and a large store is built once. `--records K` archives only the first K records due (the
 cost per record at that store's size, in a minute rather than the whole run; the next day's
-run then archives the rest). The bytes the
+run then archives the rest, unless `--no-steady`). The bytes the
 run's process wrote (`/proc/self/io` `wchar`) are reported: the store's page writes are what
 grows with its size (docs/privacy.md).
 """
@@ -172,7 +172,8 @@ async def _built(resources: int, where: Path, kept: Path | None) -> int:
 
 async def bench(resources: int, per_s: float, where: Path, profile: Path | None = None,
                 apart: int | None = None, idle_s: float = 30.0,
-                kept: Path | None = None, records: int | None = None) -> dict[str, Any]:
+                kept: Path | None = None, records: int | None = None,
+                steady: bool = True) -> dict[str, Any]:
     with Timer() as building:
         filled = await _built(resources, where, kept)
     codec = _codec(where)
@@ -191,8 +192,9 @@ async def bench(resources: int, per_s: float, where: Path, profile: Path | None 
             load_after = os.getloadavg()
             cpu = done.pop("cpu_s") if apart is not None else real.cpu
             written = done.pop("written") if apart is not None else _written() - written
-            with Timer() as steady:
-                quiet = await _life_run(where, store, codec, DUE + timedelta(days=1))
+            with Timer() as next_day:
+                quiet = (await _life_run(where, store, codec, DUE + timedelta(days=1)) if steady
+                         else {"counts": "not run (--no-steady)"})
         finally:
             await main.close()
             await audit.close()
@@ -205,7 +207,7 @@ async def bench(resources: int, per_s: float, where: Path, profile: Path | None 
                          "cpu_ms_per_record": round(cpu * 1000 / max(
                              1, done["counts"].get("patient-record archive", 0)), 1),
                          "written_mb": round(written / 1e6), **done},
-            "steady_run": {"wall_s": round(steady.wall, 2), "cpu_s": round(steady.cpu, 2),
+            "steady_run": {"wall_s": round(next_day.wall, 2), "cpu_s": round(next_day.cpu, 2),
                            "counts": quiet["counts"]},
             "reads_idle": _quantiles(idle), "reads_during_run": _quantiles(during),
             "extrapolated_1m_real_run_min": round(real.wall * 1_000_000 / filled / 60, 1),
@@ -294,10 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, metavar="K",
                         help="archive only the first K records due (a quicker measure of the "
                         "cost per record at the store's size)")
+    parser.add_argument("--steady", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the next day's run after the real one (with --records, it "
+                        "archives the rest: --no-steady leaves it out)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fhir-bench-retention-") as tmp:
         result = asyncio.run(bench(args.resources, args.reads_per_s, Path(tmp), args.profile,
-                                   args.apart, args.idle_seconds, args.store, args.records))
+                                   args.apart, args.idle_seconds, args.store, args.records,
+                                   args.steady))
     result["machine"] = machine()
     print(result)
     print("written to", write_results("retention", result))

@@ -220,11 +220,15 @@ class ErasureLedger:
 
 
 def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 16):
+    # The file's size in one read where the lock lets no writer grow it (64 KiB at a time
+    # cost a read call per 60 entries and a copy of the whole to join them); a read may
+    # return less than asked, so until the end.
+    chunks: list[bytes] = []
+    at = 0
+    while chunk := os.pread(fd, max(os.fstat(fd).st_size - at, 1 << 16), at):
         chunks.append(chunk)
-    data = b"".join(chunks)
+        at += len(chunk)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if data and not data.endswith(b"\n"):
         raise LedgerError("the erasure ledger ends with a partial line (a write cut short); "
                           "restore it from the key ring's backup")

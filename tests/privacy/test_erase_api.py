@@ -4,6 +4,7 @@ answers (200, 202 and polling, 400, 403, 404, 409), what it records; on each sto
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -11,8 +12,10 @@ import orjson
 import pytest
 
 from fhir_server import cli, clock
-from fhir_server.crypto import patient_scope
+from fhir_server.access import server_principal
+from fhir_server.crypto import ErasureLedger, patient_scope
 from fhir_server.notify import enqueue
+from fhir_server.services.erase import sweep
 from tests.builders import observation, patient
 from tests.http.helpers import send
 from tests.privacy.conftest import Server
@@ -255,3 +258,23 @@ def test_erasure_forgets_the_patients_notifications(server: Server) -> None:
     assert portal.call(schedule.preference, "Patient/a") is None
     assert portal.call(schedule.preference, "Patient/b") is not None
     assert [d.key for d in portal.call(schedule.items, "message/")] == ["message/Patient/b"]
+
+
+def test_an_erasure_that_removes_something_reads_the_ledger_once(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of the ledger costs time in proportion to the erasures ever made, and a
+    retention run makes thousands: an erasure that removes something reads it only to append
+    its entry; one that finds nothing reads it to answer what the last one did."""
+    ctx = replace(server.client.app.state.context,  # type: ignore[attr-defined]
+                  principal=server_principal("fhir-server"))
+    call = server.client.portal.call  # type: ignore[union-attr]
+    call(partial(sweep, ctx, "b", "asked by the patient"))  # the ledger is no longer empty
+    reads: list[bool] = []
+    verified = ErasureLedger._read_verified
+    monkeypatch.setattr(ErasureLedger, "_read_verified",
+                        lambda self, fd: reads.append(True) or verified(self, fd))
+    first = call(partial(sweep, ctx, "a", "asked by the patient"))
+    assert len(reads) == 1  # its append
+    again = call(partial(sweep, ctx, "a", "asked by the patient"))
+    assert again == first and len(reads) == 2  # the last erasure found, nothing appended
+    assert [e["patient"] for e in ctx.erasures.ledger.entries()] == ["b", "a"]

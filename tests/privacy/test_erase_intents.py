@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,29 @@ def test_a_forged_intent_stops_the_start(sqlite_server: Server) -> None:
     forged = {"patient": "b", "started": "2026-01-01T00:00:00Z", "reason": "x", "by": "x",
               "client": None, "job": None, "token": "00", "mac": "0" * 64}
     (folder / f"{b'b'.hex()}.00.json").write_text(json.dumps(forged))
+    with pytest.raises(LedgerError, match="does not verify"):
+        with _restart(sqlite_server):
+            pass
+
+
+def test_a_ledger_that_does_not_verify_stops_an_erasure_at_its_entry(sqlite_server: Server) -> None:
+    """An erasure that removes something reads the ledger only to append its entry (the
+    retention's erasures have no `begin`, which reads it first): a ledger changed since
+    stops it there, after the store's erasure and the keys, its intent left for the next
+    start, which refuses to serve until the ledger is mended."""
+    assert sqlite_server.erase("b").status_code == 200  # an entry to tamper with
+    ledger = _ledger(sqlite_server)
+    ledger.path.write_bytes(ledger.path.read_bytes().replace(b'"b"', b'"x"'))
+    keys = sqlite_server.client.app.state.context.erasures.keys  # type: ignore[attr-defined]
+    keys.current(patient_scope("a"))
+    ctx = replace(sqlite_server.client.app.state.context,  # type: ignore[attr-defined]
+                  principal=server_principal("fhir-server"))
+    with pytest.raises(LedgerError, match="does not verify"):
+        sqlite_server.client.portal.call(  # type: ignore[union-attr]
+            partial(erase_service.sweep, ctx, "a", "retention"))
+    assert sqlite_server.client.get("/fhir/Patient/a").status_code == 404
+    assert keys.keys_of(patient_scope("a")) == []
+    assert [i["patient"] for i in ledger.intended()] == ["a"]
     with pytest.raises(LedgerError, match="does not verify"):
         with _restart(sqlite_server):
             pass

@@ -57,7 +57,8 @@ def test_another_key_does_not_verify(tmp_path: Path) -> None:
 
 def test_a_read_verifies_only_what_was_appended_since_the_last(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each erasure reads the ledger twice (`find`, `append`): verifying every entry again
+    """Each erasure reads the ledger (`append`; `find` too when it removed nothing, and
+    `$erase` checks a request with `find`): verifying every entry again
     made a run's erasures cost the square of their number (docs/privacy.md). The entries
     another process appends are verified, and a change before them still found."""
     ledger, other = _ledger(tmp_path), _ledger(tmp_path)
