@@ -37,7 +37,7 @@ from ..services.context import Context
 from ..services.server_writes import as_server
 from ..store.base import Outbox, Store
 from . import figures_basis, figures_pass, inverse_counts, match_catalogue
-from .eligibility import TrialIndex, pinned, read_record
+from .eligibility import pinned, read_record
 from .match import home
 
 Apply = Callable[[], Awaitable[bool]]  # True: applied; False: refused, nothing changed
@@ -58,9 +58,10 @@ async def prepared(ctx: Context, patient: str) -> Apply | None:
     token = figures_basis.token(key, patient)
     name = figures_basis.shard(token)
     shard = await subscriptions.one(store, name)
-    members = orjson.loads(shard)["members"] if shard is not None else {}
-    if shard is not None and orjson.loads(shard)["basis"] != basis.id:
+    held = orjson.loads(shard) if shard is not None else {"basis": basis.id, "members": {}}
+    if held["basis"] != basis.id:
         return None
+    members = held["members"]
     again = new_id()
     expect: list[tuple[str, bytes | None]] = [(study_access.FIGURES_ERASED, mark),
                                               (study_access.FIGURES_BASIS, body), (name, shard)]
@@ -92,7 +93,7 @@ async def _changed(ctx: Context, patient: str, fingerprint: str, basis: figures_
             figures_basis.catalogue_fingerprint(catalogue, today) != basis.catalogue:
         return None
     found = read_record([(pinned(r), r) for r in records[patient]], today)
-    kept = TrialIndex(catalogue.trials.values()).kept(found)
+    kept = catalogue.index.kept(found)  # the pass's index: over every trial of the catalogue
     share = inverse_counts.member_digest(key, patient)
     changed: list[tuple[str, bytes, bytes]] = []
     for trial, cell in zip(kept, inverse_counts.Cells(catalogue, today).each(kept, found, home(found)), strict=True):

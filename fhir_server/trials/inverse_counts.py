@@ -354,7 +354,8 @@ async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
         again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
-        if again is not None and (stored := loaded(again)).day == computed.day and stored.mark == computed.mark:
+        basis = figures_basis.loaded(await subscriptions.one(ctx.store, study_access.FIGURES_BASIS))
+        if (stored := _served(again, basis, computed.mark, today, key)) is not None:
             return again, stored, computed.counted  # its records were read all the same
         return None, computed, computed.counted  # an erasure came: served once, not kept
     return body, computed, computed.counted
