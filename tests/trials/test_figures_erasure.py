@@ -158,3 +158,28 @@ def test_the_pass_removes_the_figures_of_studies_gone_from_the_catalogue(world: 
 
 async def _ignore(day: str, patients: Any) -> None:
     return None
+
+
+def test_an_erasure_cut_short_after_the_store_leaves_no_figures_once_finished(
+        world: InverseWorld, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The process dies between the store's erasure and taking the patient out of the
+    figures: finishing the erasure (at the next start) drops them, the record being gone."""
+    erased = _add(world.client, ("C50.4", "1960-06-15", "female", "69003", True))
+    _pass(world.client)
+    ctx = world.client.app.state.context  # type: ignore[attr-defined]
+    prepared = ctx.erasures.figures
+
+    async def dying(ctx: Any, patient: str) -> Any:
+        await prepared(ctx, patient)
+
+        async def apply() -> bool:
+            raise RuntimeError("the process dies")
+        return apply
+
+    monkeypatch.setattr(ctx.erasures, "figures", dying)
+    with pytest.raises(RuntimeError):
+        _erase(world, erased)
+    monkeypatch.setattr(ctx.erasures, "figures", prepared)
+    assert world.client.portal.call(erase.reconcile, ctx) == [erased]  # type: ignore[union-attr]
+    assert _stored(world.client) == {}
+    assert world.client.portal.call(subscriptions.one, ctx.store, study_access.FIGURES_BASIS) is None  # type: ignore[union-attr]
