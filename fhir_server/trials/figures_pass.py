@@ -15,7 +15,10 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
   (inverse_counts.set_digest, a sum): the pruned cell, ~97% of the population for each of
   10,000 studies, is the population's size and digest less the evaluated cells'.
 - **Stored as a call stores it**: each study's record under study_access.FIGURES_PREFIX, by
-  compare-and-set; a study whose snapshot of the day a call stored first keeps it.
+  compare-and-set; a study whose snapshot of the day a call stored first keeps it. Beside
+  them, what it counted (figures_basis.py: its population, its members' record
+  fingerprints) and each study's cells unrounded, so that an erasure takes the erased
+  patient out of them (figures_erasure.py) rather than dropping them.
 - **Audited**: the pass reads each counted patient's record, so each gets an AuditEvent in
   their compartment saying so, as the server (PRINCIPAL; `record`), recorded every CHUNK
   patients as they are read.
@@ -37,8 +40,8 @@ from ..model.errors import FhirError, Kind, fail
 from ..services import study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
-from ..store.base import Outbox, Store
 from ..model.ids import new_id
+from ..store.base import Outbox, Store
 from . import consents_kept, figures_basis, inverse_counts, match_catalogue, rematch
 from .eligibility import TrialIndex, pinned, read_record
 from .match import home
@@ -95,9 +98,12 @@ async def run(ctx: Context, record: Record) -> Report:
     lease = rematch.Lease(server.store, LEASE)
     await lease.take()
     try:
+        if await done(server.store) == report.day:
+            report.done_before = True
+            return report
         key = pseudonym_key(ctx)
         erased = await subscriptions.one(server.store, study_access.FIGURES_ERASED)
-        if await done(server.store) == report.day or await _stored_today(server.store, report.day, erased):
+        if await _stored_today(server.store, report.day, erased):
             await lease.commit([(DONE, orjson.dumps({"day": report.day}))])
             report.done_before = True
             return report

@@ -73,7 +73,7 @@ Sized = dict[Cell, tuple[int, int]]  # cells unrounded: each its size and `set_d
 class Figures:
     """One study's snapshot: the rounded cells, the criteria texts, the Patients counted (read
     to compute it; not stored: 100,000 versions for each of 10,000 studies). The daily
-    pass's names its `basis` (figures_erasure.Basis) and keeps its evaluated cells unrounded
+    pass's names its `basis` (figures_basis.Basis) and keeps its evaluated cells unrounded
     (`tally`) with the population they were rounded in; a call's names the erasure mark it
     was computed under."""
 
