@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
@@ -58,10 +59,10 @@ async def prepared(ctx: Context, patient: str) -> Apply | None:
     token = figures_basis.token(key, patient)
     name = figures_basis.shard(token)
     shard = await subscriptions.one(store, name)
-    held = orjson.loads(shard) if shard is not None else {"basis": basis.id, "members": {}}
-    if held["basis"] != basis.id:
+    entries: dict[str, Any] = orjson.loads(shard) if shard is not None else {"basis": basis.id, "members": {}}
+    if entries["basis"] != basis.id:
         return None
-    members = held["members"]
+    members: dict[str, str] = entries["members"]
     again = new_id()
     expect: list[tuple[str, bytes | None]] = [(study_access.FIGURES_ERASED, mark),
                                               (study_access.FIGURES_BASIS, body), (name, shard)]
@@ -70,8 +71,8 @@ async def prepared(ctx: Context, patient: str) -> Apply | None:
         changed = await _changed(ctx, patient, members.pop(token), basis, key)
         if changed is None:
             return None
-        expect += [(n, held) for n, held, _ in changed]
-        put += [(n, new) for n, _, new in changed]
+        expect += [(n, before) for n, before, _ in changed]
+        put += [(n, after) for n, _, after in changed]
         share = inverse_counts.member_digest(key, patient)
         basis = replace(basis, size=basis.size - 1, digest=(basis.digest - share) % inverse_counts.MODULUS)
         put.append((name, orjson.dumps({"basis": basis.id, "members": members})))
