@@ -263,8 +263,11 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         # process died: the rest is finished whole, whatever was written since.
         since = None
     events = await forget_events(ctx.store, patient_id) if since is None else 0
-    # Judged while the record is there; one cut short is past it (its record may be gone).
-    figures = await setup.figures(ctx, patient_id) if setup.figures is not None and resumed is None else None
+    # Judged while the record is there; one cut short is past it (its record may be gone). A
+    # retention run's erasures (not requested) come by the thousand: judging each would cost
+    # more than the one recount of each study that dropping the figures at the first one costs.
+    figures = (await setup.figures(ctx, patient_id)
+               if setup.figures is not None and resumed is None and intent.get("requested") else None)
     await kept_registers.stash(ctx.store, ctx.registry, patient_id, clock.now().date())
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),

@@ -4,6 +4,7 @@ are those computed afresh without the patient, and no call reads every record ag
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -39,9 +40,9 @@ def _computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return computed
 
 
-def _erase(world: InverseWorld, patient: str) -> None:
+def _erase(world: InverseWorld, patient: str, requested: bool = True) -> None:
     ctx = world.client.app.state.context  # type: ignore[attr-defined]
-    world.client.portal.call(erase.sweep, ctx, patient, "test")  # type: ignore[union-attr]
+    world.client.portal.call(partial(erase.sweep, ctx, patient, "test", requested=requested))  # type: ignore[union-attr]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -143,6 +144,27 @@ def test_an_erasure_that_cannot_take_the_patient_out_drops_the_figures(
 
     monkeypatch.setattr(ctx.erasures, "figures", refused)
     _erase(world, erased)
+    assert _stored(world.client) == {}
+    assert _basis(world) is None
+
+
+def test_a_retention_erasure_drops_the_figures_without_judging(
+        world: InverseWorld, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The retention run's erasures (not requested) come by the thousand: the first drops the
+    figures, as before, and none judges its patient."""
+    erased = _add(world.client, ("C50.4", "1960-06-15", "female", "69003", True))
+    _pass(world.client)
+    ctx = world.client.app.state.context  # type: ignore[attr-defined]
+    judged: list[str] = []
+    prepared = ctx.erasures.figures
+
+    async def spy(ctx: Any, patient: str) -> Any:
+        judged.append(patient)
+        return await prepared(ctx, patient)
+
+    monkeypatch.setattr(ctx.erasures, "figures", spy)
+    _erase(world, erased, requested=False)
+    assert judged == []
     assert _stored(world.client) == {}
     assert _basis(world) is None
 
