@@ -1,22 +1,18 @@
-"""Issue 17 §7: the investigator's inverse `$match` right after the server starts, right
-after a Consent write and right after an erasure, on a data directory bench/match_server.py
-filled, whose figures pass ran today (its figures are kept: each call is served from them).
+"""Issue 17 §7: the investigator's inverse `$match` right after the server starts and right
+after a Consent write, on a data directory bench/match_server.py filled, whose figures pass
+ran today (its figures are kept: each call is served from them).
 
 1. A real `fhir-server serve` (one worker) starts; an investigator site system calls
    `POST ResearchStudy/{id}/$match` at once (`--settle`: only after the server has read the
    Consents ahead, trials/consents_kept.py, as its log says), then again.
 2. Another process (this one) withdraws one patient's research Consent through the store
    (`Store.commit`, as another worker would) and the investigator calls again, then again.
-3. With `--erase PATIENT`, another process (this one, wired as the server wires erasures:
-   cli.py `_lifecycle`) erases that patient (`erase.sweep`, its CPU printed) and the
-   investigator calls again, then again.
 
 Each call: wall and the server process's CPU (/proc: utime + stime); the server's CPU from
 its start to ready, and to the Consents read. The data directory is changed (a Consent, clients): use a
 copy.
 
     .venv/bin/python -m bench.inverse_first --dir COPY [--settle] [--study 2024-500000-10-00]
-                                            [--erase p1]
 """
 
 from __future__ import annotations
@@ -33,10 +29,8 @@ import httpx2 as httpx
 
 from bench.common import load_average, machine
 from bench.match_server import TEAM, _cpu_ms, _timed, Calls, warmed
-from fhir_server import cli
 from fhir_server.app import open_context
 from fhir_server.search import extract
-from fhir_server.services import erase
 from fhir_server.settings import Settings
 from fhir_server.store.base import Write
 from tests.builders import consent
@@ -51,21 +45,12 @@ async def _withdraw(settings: Settings, patient: str) -> None:
         await ctx.store.commit([Write("Consent", body["id"], body, extract(body))])
 
 
-async def _erase(settings: Settings, patient: str) -> float:
-    """`patient` erased as a worker erases them; the CPU seconds it took here."""
-    started = time.process_time()
-    async with cli._lifecycle(settings) as life:
-        await erase.sweep(life.ctx, patient, "benchmark: the first inverse call after an erasure")
-    return time.process_time() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True, help="a copy of a filled data directory")
     parser.add_argument("--study", default="2024-500000-10-00")
     parser.add_argument("--patient", default="p0", help="whose research Consent is withdrawn")
     parser.add_argument("--settle", action="store_true", help="call once the Consents are read ahead")
-    parser.add_argument("--erase", help="a patient erased (by this process) before two more calls")
     args = parser.parse_args()
     where = args.dir
     os.environ["FHIR_SERVER_KEY_RING"] = str(where / "keyring.json")
@@ -97,11 +82,6 @@ def main() -> None:
         asyncio.run(_withdraw(settings, args.patient))
         call("first call after a Consent write (another process)")
         call("again")
-        if args.erase:
-            print(f"erasure of {args.erase} (another process): {asyncio.run(_erase(settings, args.erase)):.2f} s CPU; "
-                  f"load average {load_average()}")
-            call("first call after an erasure (another process)")
-            call("again")
         fhir.close()
     finally:
         server.stop()

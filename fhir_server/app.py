@@ -68,7 +68,7 @@ from .store.routing import RoutingStore
 from .store.sqlite import SqliteStore
 from .subscriptions import Dispatcher, Policy, Sender, SubscribedStore, Timing, Watch, retain_events
 from .terminology_service import load_catalogue, operator_dir
-from .trials import consents_kept, figures_erasure, match_catalogue, rematch
+from .trials import consents_kept, match_catalogue, rematch
 from .trials.alerts import TRIAL_MATCHING, still_news
 from .trials.definitions import publish
 from .trials.proposal import propose_if_unreached
@@ -190,7 +190,7 @@ def open_erasures(settings: Settings, codec: BodyCodec,
     keys = codec.keys if isinstance(codec, EnvelopeCodec) else None
     if keys is not None and (destroyed := destroyed_keys(ledger)):
         keys.destroy_keys(destroyed)  # erasures recorded before datakeys.db kept their key ids
-    return Erasures(ledger, keys, record, figures=figures_erasure.prepared)
+    return Erasures(ledger, keys, record)
 
 
 async def _ahead(context: Context) -> None:

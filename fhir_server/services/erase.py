@@ -44,7 +44,7 @@ from ..subscriptions import forget_events, one
 from . import export, kept_registers, notifications
 from .context import Context
 from .crud import check_id
-from .study_access import FIGURES_BASIS, FIGURES_ERASED, FIGURES_MEMBERS, FIGURES_PREFIX
+from .study_access import FIGURES_ERASED, FIGURES_PREFIX
 
 # Never erased (see the module docstring).
 KEPT_TYPES = frozenset({"AuditEvent"})
@@ -67,10 +67,6 @@ Instead = Callable[[Context, str, str, str], Awaitable[dict[str, Any]]]
 # Run by a requested erasure (ctx, patient id), before it is settled: copies kept outside the
 # store's resources (the retention's archived reports) go too.
 Forget = Callable[[Context, str], Awaitable[None]]
-# Run before the store's erasure (ctx, patient id), while the record is there: what takes the
-# patient out of the day's trial figures once it is done (True: taken out), or None, and
-# then every study's figures are dropped (trials/figures_erasure.py `prepared`).
-Figures = Callable[[Context, str], Awaitable[Callable[[], Awaitable[bool]] | None]]
 
 
 class KeyShredder(Protocol):
@@ -104,7 +100,6 @@ class Erasures:
     forget: Forget | None = None
     # Wipes what the HL7 v2 inbox keeps of the messages that wrote a patient (interop/hl7v2)
     messages: Callable[[str], Awaitable[int]] | None = None
-    figures: Figures | None = None
     jobs: dict[str, Job] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -263,11 +258,6 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
         # process died: the rest is finished whole, whatever was written since.
         since = None
     events = await forget_events(ctx.store, patient_id) if since is None else set()
-    # Judged while the record is there; one cut short is past it (its record may be gone). A
-    # retention run's erasures (not requested) come by the thousand: judging each would cost
-    # more than the one recount of each study that dropping the figures at the first one costs.
-    figures = (await setup.figures(ctx, patient_id)
-               if setup.figures is not None and resumed is None and intent.get("requested") else None)
     await kept_registers.stash(ctx.store, ctx.registry, patient_id, clock.now().date())
     try:
         erased = await ctx.store.erase(compartment(ctx.registry, patient_id), ("Patient", patient_id),
@@ -278,8 +268,7 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             await kept_registers.drop(ctx.store, patient_id)
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
-    if figures is None or not await figures():  # at once: the figures still count the patient
-        await forget_figures(ctx.store)
+    await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's
     await kept_registers.flush(ctx.store, patient_id)
     events |= await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
@@ -366,13 +355,10 @@ def _entry(intent: dict[str, Any], erased: Erasure, keys: list[bytes]) -> dict[s
 
 
 async def forget_figures(store: Store) -> None:
-    """Drop every study's counts of the day (they count the erased patient) and what the
-    daily pass counted, and mark it, so that a figures pass under way, which may have read
-    them, stores none, and figures computed before serve no more."""
-    keys = [key for key, _ in await store.outbox(FIGURES_PREFIX)]
-    keys += [key for key, _ in await store.outbox(FIGURES_MEMBERS)]
-    keys.append(FIGURES_BASIS)  # removing one that is not there is no error
-    await store.commit([Outbox(put=((FIGURES_ERASED, new_id().encode()),), remove=tuple(keys))])
+    """Drop every study's counts of the day (they count the erased patient), and mark it, so
+    that a figures pass under way, which may have read them, stores none."""
+    keys = tuple(key for key, _ in await store.outbox(FIGURES_PREFIX))
+    await store.commit([Outbox(put=((FIGURES_ERASED, new_id().encode()),), remove=keys)])
 
 
 def counts_of(erased: Erasure) -> dict[str, tuple[int, int]]:

@@ -14,21 +14,17 @@ from .context import Context
 from .reach import current, resources
 from ..search import parse_query
 
-__all__ = ["FIGURES_BASIS", "FIGURES_ERASED", "FIGURES_MEMBERS", "FIGURES_PREFIX", "Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
+__all__ = ["FIGURES_ERASED", "FIGURES_PREFIX", "Agreements", "View", "agreements", "counted", "owner", "prescreened", "view", "visible"]
 
 Agreements = dict[str, list[dict[str, Any]]]  # active Consents by patient id
 PAGE = 1000
 # Outbox records `<FIGURES_PREFIX><study>`: a study's counts of the day, shared by the server's
-# processes (trials/inverse_counts.py). They count the erased patient: an erasure takes them
-# out of the daily pass's (trials/figures_erasure.py), or drops them all.
+# processes (trials/inverse_counts.py). They name the patients counted, so an erasure drops
+# them all; the next call computes the day's counts anew.
 FIGURES_PREFIX = "trials/figures/"
-# Rewritten by every erasure, so that figures computed before it (by a call, or a daily
-# figures pass that read the erased patient) are neither stored nor served after it.
+# Rewritten by every erasure as it drops them, so that a daily figures pass that read the
+# erased patient before does not store them again (trials/figures_pass.py).
 FIGURES_ERASED = "trials/figures-erased"
-# What the daily pass counted (trials/figures_basis.py): its population, and the shards of
-# its members' record fingerprints (`<FIGURES_MEMBERS><xx>`).
-FIGURES_BASIS = "trials/figures-basis"
-FIGURES_MEMBERS = "trials/figures-members/"
 
 
 def view(ctx: Context) -> View | None:

@@ -15,10 +15,7 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
   (inverse_counts.set_digest, a sum): the pruned cell, ~97% of the population for each of
   10,000 studies, is the population's size and digest less the evaluated cells'.
 - **Stored as a call stores it**: each study's record under study_access.FIGURES_PREFIX, by
-  compare-and-set; a study whose snapshot of the day a call stored first keeps it. Beside
-  them, what it counted (figures_basis.py: its population, its members' record
-  fingerprints) and each study's cells unrounded, so that an erasure takes the erased
-  patient out of them (figures_erasure.py) rather than dropping them.
+  compare-and-set; a study whose snapshot of the day a call stored first keeps it.
 - **Audited**: the pass reads each counted patient's record, so each gets an AuditEvent in
   their compartment saying so, as the server (PRINCIPAL; `record`), recorded every CHUNK
   patients as they are read.
@@ -26,7 +23,6 @@ served from its stored snapshot (inverse_counts.py) instead of reading every cou
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,9 +36,8 @@ from ..model.errors import FhirError, Kind, fail
 from ..services import study_access, subscriptions
 from ..services.context import Context
 from ..services.server_writes import as_server
-from ..model.ids import new_id
 from ..store.base import Outbox, Store
-from . import consents_kept, figures_basis, inverse_counts, match_catalogue, rematch
+from . import consents_kept, inverse_counts, match_catalogue, rematch
 from .eligibility import TrialIndex, pinned, read_record
 from .match import home
 from .prescreening import pseudonym_key
@@ -103,15 +98,9 @@ async def run(ctx: Context, record: Record) -> Report:
             return report
         key = pseudonym_key(ctx)
         erased = await subscriptions.one(server.store, study_access.FIGURES_ERASED)
-        if await _stored_today(server.store, report.day, erased):
-            await lease.commit([(DONE, orjson.dumps({"day": report.day}))])
-            report.done_before = True
-            return report
         catalogue = await match_catalogue.load(server)
-        tallies, population, members = await _counted(server, catalogue, today, key, lease, record, report)
-        basis = figures_basis.Basis(new_id(), report.day, figures_basis.mark_of(erased), *population,
-                                    figures_basis.catalogue_fingerprint(catalogue, today))
-        await _store(server.store, catalogue, today, key, tallies, basis, members, report, erased)
+        tallies, population = await _counted(server, catalogue, today, key, lease, record, report)
+        await _store(server.store, catalogue, today, key, tallies, population, report, erased)
         await lease.commit([(DONE, orjson.dumps({"day": report.day}))])
     finally:
         await lease.release()
@@ -119,37 +108,26 @@ async def run(ctx: Context, record: Record) -> Report:
     return report
 
 
-async def _stored_today(store: Store, day: str, erased: bytes | None) -> bool:
-    """Whether a pass of `day` stored its figures whole, still served (its basis complete,
-    under the erasure mark `erased`), and died before recording that it was done: it is
-    done, and its figures stay, as served."""
-    basis = figures_basis.loaded(await subscriptions.one(store, study_access.FIGURES_BASIS))
-    return basis is not None and (basis.day, basis.complete, basis.mark) == (day, True, figures_basis.mark_of(erased))
-
-
 async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: date, key: bytes,
                    lease: rematch.Lease, record: Record, report: Report
-                   ) -> tuple[dict[str, inverse_counts.Tally], tuple[int, int], dict[str, str]]:
-    """Every study's cells, the population's size and digest, and its members (their
-    `figures_basis.token` -> the fingerprint of the record judged): each counted patient
-    read once, judged against the trials the index leaves them, noted on their audit trail."""
+                   ) -> tuple[dict[str, inverse_counts.Tally], tuple[int, int]]:
+    """Every study's cells, and the population's size and digest: each counted patient read
+    once, judged against the trials the index leaves them, noted on their audit trail."""
     counted = sorted((await consents_kept.agreements(ctx)).counted(report.day))
     index = TrialIndex(catalogue.trials.values())
     tallies = {study: inverse_counts.Tally() for study in catalogue.trials}
     cells = inverse_counts.Cells(catalogue, today)
     size = digest = 0
-    members: dict[str, str] = {}
     read: list[str] = []
     for start in range(0, len(counted), rematch.BATCH):
         batch = counted[start:start + rematch.BATCH]
-        read_now = await records(ctx, batch)
+        records = await _records(ctx, batch)
         for patient in batch:
-            if not any(r["resourceType"] == "Patient" for r in read_now.get(patient, ())):
+            if not any(r["resourceType"] == "Patient" for r in records.get(patient, ())):
                 continue  # deleted since the Consents were read
-            found = read_record([(pinned(r), r) for r in read_now[patient]], today)
+            found = read_record([(pinned(r), r) for r in records[patient]], today)
             share = inverse_counts.member_digest(key, patient)
             size, digest = size + 1, digest + share
-            members[figures_basis.token(key, patient)] = figures_basis.record_fingerprint(read_now[patient])
             kept = index.kept(found)
             for trial, cell in zip(kept, cells.each(kept, found, home(found)), strict=True):
                 tallies[trial.study].add(cell, share)
@@ -162,10 +140,10 @@ async def _counted(ctx: Context, catalogue: match_catalogue.Catalogue, today: da
             await lease.commit([])  # renewed: the pass goes on
     report.studies, report.patients = len(tallies), size
     report.pruned = size * len(tallies) - report.evaluated
-    return tallies, (size, digest % inverse_counts.MODULUS), members
+    return tallies, (size, digest % inverse_counts.MODULUS)
 
 
-async def records(ctx: Context, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+async def _records(ctx: Context, patients: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The records of `patients` (at most rematch.BATCH), with the Medications they name, as
     the computing call reads them (inverse_population.population)."""
     found = await rematch.about(ctx, rematch.RECORD, patients)
@@ -174,34 +152,22 @@ async def records(ctx: Context, patients: Sequence[str]) -> dict[str, list[dict[
 
 
 async def _store(store: Store, catalogue: match_catalogue.Catalogue, today: date, key: bytes,
-                 tallies: dict[str, inverse_counts.Tally], basis: figures_basis.Basis,
-                 members: dict[str, str], report: Report, erased: bytes | None) -> None:
-    """The pass's basis and member shards (figures_basis.py), then each study's snapshot, by
-    compare-and-set against what the store held (WRITES a unit; a unit one of whose records
-    a call stored meanwhile is stored again record by record), then the basis marked
-    complete, with the snapshots of studies no longer in the catalogue and the shards of
-    former passes removed. Each unit on condition that no erasure came since the pass began
-    (`erased`, the mark it read then): one that did may have erased a patient counted here,
-    and the pass fails (CONFLICT), to be run again (privacy/retention_schedule.py
-    `every_day`)."""
+                 tallies: dict[str, inverse_counts.Tally], population: tuple[int, int], report: Report,
+                 erased: bytes | None) -> None:
+    """Each study's snapshot, by compare-and-set against what the store held (WRITES a unit;
+    a unit one of whose records a call stored meanwhile is stored again record by record),
+    each unit on condition that no erasure came since the pass began (`erased`, the mark
+    it read then): one that did may have erased a patient counted here, and the pass fails
+    (CONFLICT), to be run again (privacy/retention_schedule.py `every_day`)."""
     held = dict(await store.outbox(study_access.FIGURES_PREFIX))
-    shards = figures_basis.shards(members)
-    stale = tuple(k for k, _ in await store.outbox(study_access.FIGURES_MEMBERS) if k not in shards)
-    if not await _put(store, [(study_access.FIGURES_BASIS, None, figures_basis.dumped(basis)), *(
-            (name, None, orjson.dumps({"basis": basis.id, "members": found})) for name, found in shards.items())],
-                      erased, overwrite=True):  # whatever a former pass left
-        raise _erased()
     writes: list[tuple[str, bytes | None, bytes]] = []
     for study, tally in sorted(tallies.items()):
         name = f"{study_access.FIGURES_PREFIX}{study}"
         before = held.get(name)
-        if before is not None and (kept := inverse_counts.loaded(before)).day == report.day \
-                and kept.basis is None and kept.mark == basis.mark:
+        if before is not None and inverse_counts.loaded(before).day == report.day:
             continue  # a call stored the day's first: it stays
-        trial = catalogue.trials[study]
-        figures = inverse_counts.snapshot(trial, catalogue, today, tally.rounded(key, basis.population(), trial))
-        figures = dataclasses.replace(figures, basis=basis.id, tally=tally.labelled(trial),
-                                      population=basis.population())
+        cells = tally.rounded(key, population, catalogue.trials[study])
+        figures = inverse_counts.snapshot(catalogue.trials[study], catalogue, today, cells)
         writes.append((name, before, inverse_counts.dumped(figures)))
     for start in range(0, len(writes), WRITES):
         unit = writes[start:start + WRITES]
@@ -209,30 +175,19 @@ async def _store(store: Store, catalogue: match_catalogue.Catalogue, today: date
             report.stored += len(unit)
             continue
         if await subscriptions.one(store, study_access.FIGURES_ERASED) != erased:
-            raise _erased()
+            raise fail(Kind.CONFLICT, "conflict", "A patient was erased during the figures pass: "
+                       "its figures were not stored; it runs again.")
         for one in unit:
             report.stored += await _put(store, [one], erased)
-    gone = tuple(n for n in held if n.removeprefix(study_access.FIGURES_PREFIX) not in tallies)
-    complete = dataclasses.replace(basis, complete=True)
-    if not await _put(store, [(study_access.FIGURES_BASIS, figures_basis.dumped(basis),
-                               figures_basis.dumped(complete))], erased, remove=gone + stale):
-        raise _erased()
 
 
-def _erased() -> FhirError:
-    return fail(Kind.CONFLICT, "conflict", "A patient was erased during the figures pass: "
-                "its figures were not stored; it runs again.")
-
-
-async def _put(store: Store, writes: Sequence[tuple[str, bytes | None, bytes]], erased: bytes | None,
-               remove: tuple[str, ...] = (), overwrite: bool = False) -> bool:
-    """Store `writes` (name, expected, body; any body held when `overwrite`) and remove
-    `remove` in one unit, unless an erasure came since the mark `erased`; False if one of
-    them was changed meanwhile."""
-    expected = () if overwrite else tuple((n, e) for n, e, _ in writes)
+async def _put(store: Store, writes: Sequence[tuple[str, bytes | None, bytes]], erased: bytes | None) -> bool:
+    """Store `writes` (name, expected, body) in one unit, unless an erasure came since the
+    mark `erased`; False if one of them was changed meanwhile."""
     try:
-        await store.commit([Outbox(put=tuple((n, b) for n, _, b in writes), remove=remove,
-                                   expect=((study_access.FIGURES_ERASED, erased), *expected))])
+        await store.commit([Outbox(put=tuple((n, b) for n, _, b in writes),
+                                   expect=((study_access.FIGURES_ERASED, erased),
+                                           *((n, e) for n, e, _ in writes)))])
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise

@@ -26,16 +26,10 @@ infer).
   process until the day changes, so that two calls around one new
   consent answer alike whichever worker takes them (differencing them would single out the
   newcomer).
-- **Erasures.** A snapshot serves only under the erasure mark it was made under
-  (study_access.FIGURES_ERASED): the pass's through its basis (figures_erasure.py, which
-  takes an erased patient out of them and re-marks the basis), a call's by its own. The
-  pass's snapshot keeps its cells unrounded too (`Figures.tally`), so that a call rounds
-  them again when the basis's population has changed since.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import weakref
 from collections import Counter, defaultdict
@@ -51,7 +45,7 @@ from ..services import study_access, subscriptions
 from ..services.context import Context
 from ..services.guard import note
 from ..store.base import Outbox, Store, Version
-from . import figures_basis, inverse_population, match_catalogue
+from . import inverse_population, match_catalogue
 from .eligibility import ELIGIBLE, INELIGIBLE, Trial, TrialIndex, judged, overall, read_record
 from .eligibility_record import Record
 from .match import home
@@ -66,16 +60,10 @@ MODULUS = 2**256  # of a set's digest
 Part = TypeVar("Part")
 
 
-Sized = dict[Cell, tuple[int, int]]  # cells unrounded: each its size and `set_digest`
-
-
 @dataclass(frozen=True, slots=True)
 class Figures:
     """One study's snapshot: the rounded cells, the criteria texts, the Patients counted (read
-    to compute it; not stored: 100,000 versions for each of 10,000 studies). The daily
-    pass's names its `basis` (figures_basis.Basis) and keeps its evaluated cells unrounded
-    (`tally`) with the population they were rounded in; a call's names the erasure mark it
-    was computed under."""
+    to compute it; not stored: 100,000 versions for each of 10,000 studies)."""
 
     day: str
     cells: dict[Cell, int]
@@ -83,16 +71,10 @@ class Figures:
     sites: tuple[str, ...]
     counted: tuple[Version, ...]
     criteria: Rows = field(default_factory=dict)
-    basis: str | None = None
-    tally: Sized = field(default_factory=dict)
-    population: tuple[int, int] = (0, 0)
-    mark: str | None = None
 
 
-# Per store, per study: the stored records it was served from (snapshot, basis, erasure mark)
-# and its figures, parsed once.
-_SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[tuple[bytes | None, ...], Figures]]] = (
-    weakref.WeakKeyDictionary())
+# Per store, per study: the stored snapshot record and its figures, parsed once.
+_SNAPSHOTS: weakref.WeakKeyDictionary[Store, dict[str, tuple[bytes, Figures]]] = weakref.WeakKeyDictionary()
 
 
 def member_digest(key: bytes, member: str) -> int:
@@ -220,32 +202,18 @@ class Tally:
             found[0] += 1
             found[1] += digest
 
-    def labelled(self, trial: Trial) -> Sized:
-        """The cells of `trial` by their labels, each its size and digest."""
-        return {label(trial, cell): (n, d % MODULUS) for cell, (n, d) in self.cells.items()}
-
     def rounded(self, key: bytes, population: tuple[int, int], trial: Trial) -> tuple[dict[Cell, int], Rows]:
         """The `controlled` cells of `trial`, the pruned one the rest of `population` (its
         size, its digest)."""
-        return among(key, population, self.labelled(trial))
-
-
-def label(trial: Trial, cell: Key) -> Cell:
-    """A counted cell of `trial` as the snapshot names it."""
-    verdict, site, verdicts = cell
-    return (verdict, site, *(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True)))
-
-
-def among(key: bytes, population: tuple[int, int], evaluated: Sized) -> tuple[dict[Cell, int], Rows]:
-    """The `controlled` `evaluated` cells, the pruned one the rest of `population` (its size,
-    its digest)."""
-    size, digest = population
-    found = dict(evaluated)
-    for n, d in evaluated.values():
-        size, digest = size - n, digest - d
-    if size:
-        found[("pruned",)] = size, digest % MODULUS
-    return controlled(key, population, found)
+        size, digest = population
+        found: dict[Cell, tuple[int, int]] = {}
+        for (verdict, site, verdicts), (n, d) in self.cells.items():
+            size, digest = size - n, digest - d
+            cell = (verdict, site, *(f"{c.key}={v}" for c, v in zip(trial.criteria, verdicts, strict=True)))
+            found[cell] = n, d % MODULUS
+        if size:
+            found[("pruned",)] = size, digest % MODULUS
+        return controlled(key, population, found)
 
 
 @dataclass(slots=True)
@@ -300,87 +268,52 @@ async def figures(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalog
     snapshot of its day, whose pass's or computing call's events name the patients
     (docs/matching.md, "Audit")."""
     record = f"{study_access.FIGURES_PREFIX}{trial.study}"
-    # The mark first: figures computed from here on are stored only if no erasure came since.
-    mark = await subscriptions.one(ctx.store, study_access.FIGURES_ERASED)
     held = await subscriptions.one(ctx.store, record)
-    basis = await subscriptions.one(ctx.store, study_access.FIGURES_BASIS)
     kept = _SNAPSHOTS.setdefault(match_catalogue.shared(ctx), {})
     cached = kept.get(trial.study)
-    # The parsed copy serves only while the store holds the same records: an erasure changes them.
-    if cached is not None and cached[0] == (held, basis, mark) and cached[1].day == today.isoformat():
+    # The parsed copy serves only while the store holds the same record: an erasure drops it.
+    if cached is not None and cached[0] == held and cached[1].day == today.isoformat():
         return cached[1]
-    served = _served(held, figures_basis.loaded(basis), figures_basis.mark_of(mark), today, key)
-    if served is None:
-        held, served, read = await _shared(ctx, trial, catalogue, today, key, record, held, mark)
-        for version in read:
-            note(ctx, version)
-    kept[trial.study] = (held, basis, mark), served
-    return served
-
-
-def _served(held: bytes | None, basis: figures_basis.Basis | None, mark: str | None, today: date,
-            key: bytes) -> Figures | None:
-    """The snapshot `held` as it serves today, None if it does not: of another day, or made
-    before the last erasure (a call's under another mark; a pass's whose basis is gone or
-    re-marked). A pass's whose basis lost patients since (erasures) is rounded again in the
-    basis's population."""
-    if held is None or (stored := loaded(held)).day != today.isoformat():
-        return None
-    if stored.basis is None:
-        return stored if stored.mark == mark else None
-    if basis is None or (basis.id, basis.day, basis.mark) != (stored.basis, stored.day, mark):
-        return None
-    if stored.population == basis.population():
-        return stored
-    cells, criteria = among(key, basis.population(), stored.tally)
-    return dataclasses.replace(stored, cells=cells, criteria=criteria, population=basis.population())
+    body, found, read = await _shared(ctx, trial, catalogue, today, key, record, held)
+    kept[trial.study] = body, found
+    for version in read:
+        note(ctx, version)
+    return found
 
 
 async def _shared(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,
-                  key: bytes, record: str, held: bytes | None, mark: bytes | None
-                  ) -> tuple[bytes | None, Figures, tuple[Version, ...]]:
-    """The day's snapshot as computed now (the store held `held`, not serving), stored for
-    every server process, and the Patients this call read to compute it: the first process
-    to compute it stores it (compare-and-set, on condition that no erasure came since the
-    mark `mark` was read), the others read it, so that a call landing on another worker, or
-    after a restart, answers as the first did."""
-    computed = dataclasses.replace(await _compute(ctx, trial, catalogue, today, key),
-                                   mark=figures_basis.mark_of(mark))
+                  key: bytes, record: str, held: bytes | None
+                  ) -> tuple[bytes, Figures, tuple[Version, ...]]:
+    """The day's snapshot as the store holds it (`record`, now `held`) for every server
+    process, and the Patients this call read to compute it (none when it was stored): the
+    first process to compute it stores it (compare-and-set), the others read it, so that a
+    call landing on another worker, or after a restart, answers as the first did."""
+    if held is not None and (stored := loaded(held)).day == today.isoformat():
+        return held, stored, ()
+    computed = await _compute(ctx, trial, catalogue, today, key)
     body = dumped(computed)
     try:
-        await ctx.store.commit([Outbox(put=((record, body),),
-                                       expect=((record, held), (study_access.FIGURES_ERASED, mark)))])
+        await ctx.store.commit([Outbox(put=((record, body),), expect=((record, held),))])
     except FhirError as error:
         if error.kind is not Kind.PRECONDITION_FAILED:
             raise
         again = await subscriptions.one(ctx.store, record)  # another process stored the day's first
-        basis = figures_basis.loaded(await subscriptions.one(ctx.store, study_access.FIGURES_BASIS))
-        if (stored := _served(again, basis, computed.mark, today, key)) is not None:
+        if again is not None and (stored := loaded(again)).day == computed.day:
             return again, stored, computed.counted  # its records were read all the same
-        return None, computed, computed.counted  # an erasure came: served once, not kept
     return body, computed, computed.counted
 
 
 def dumped(found: Figures) -> bytes:
-    data: dict[str, Any] = {"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
-                            "texts": found.texts, "sites": list(found.sites), "criteria": found.criteria,
-                            "mark": found.mark}
-    if found.basis is not None:
-        data |= {"basis": found.basis, "population": [found.population[0], f"{found.population[1]:x}"],
-                 "tally": [[list(c), n, f"{d:x}"] for c, (n, d) in found.tally.items()]}
-    return orjson.dumps(data)
+    return orjson.dumps({"day": found.day, "cells": [[list(c), n] for c, n in found.cells.items()],
+                         "texts": found.texts, "sites": list(found.sites), "criteria": found.criteria})
 
 
 def loaded(body: bytes) -> Figures:
     """A stored snapshot; one stored before the criteria's rows were rounded apart (no
     "criteria") is of no day, so that it is computed again."""
     data = orjson.loads(body)
-    size, digest = data.get("population", (0, "0"))
-    return Figures(data["day"] if "criteria" in data else "",
-                   {tuple(c): n for c, n in data["cells"]}, data["texts"], tuple(data["sites"]), (),
-                   data.get("criteria", {}), data.get("basis"),
-                   {tuple(c): (n, int(d, 16)) for c, n, d in data.get("tally", ())},
-                   (size, int(digest, 16)), data.get("mark"))
+    return Figures(data["day"] if "criteria" in data else "", {tuple(c): n for c, n in data["cells"]},
+                   data["texts"], tuple(data["sites"]), (), data.get("criteria", {}))
 
 
 async def _compute(ctx: Context, trial: Trial, catalogue: match_catalogue.Catalogue, today: date,

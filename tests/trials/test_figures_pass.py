@@ -61,8 +61,7 @@ _PATIENTS = st.lists(st.tuples(
     st.booleans()), max_size=8)  # counted (research Consent) or not
 
 
-def _add(client: TestClient, drawn: tuple[str | None, str | None, str | None, str | None, bool]) -> str:
-    """A patient as drawn; their id."""
+def _add(client: TestClient, drawn: tuple[str | None, str | None, str | None, str | None, bool]) -> None:
     code, birth, gender, postal, counted = drawn
     id = f"w{next(_IDS)}"
     body = patient(birth=birth, gender=gender, id=id)
@@ -74,7 +73,6 @@ def _add(client: TestClient, drawn: tuple[str | None, str | None, str | None, st
     _put(client, {**consent(id, actor=DR), "id": f"{id}-k0"})
     if counted:
         _put(client, {**consent(id, "research"), "id": f"{id}-k1"})
-    return id
 
 
 def _answers(world: InverseWorld) -> dict[str, Any]:

@@ -126,7 +126,7 @@ async def _brute_force(ctx: Context, ids: list[str], today: date) -> tuple[list[
         counted: dict[str, list[tuple[str, dict[str, Any]]]] = {
             id: [(pinned(r), r) for r in found if r["resourceType"] in ("Patient", "Condition")]}
         await inverse_population._rest(ctx, counted)
-        figured = (await figures_pass.records(ctx, [id]))[id]
+        figured = (await figures_pass._records(ctx, [id]))[id]
         for other in (matched, read_record(counted[id], today), read_record([(pinned(r), r) for r in figured], today)):
             assert [evaluate(t, other).verdict for t in TRIALS] == [evaluate(t, record).verdict for t in TRIALS]
         kept, _ = index.candidates(record)
