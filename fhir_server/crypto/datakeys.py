@@ -11,9 +11,10 @@ Unwrapped keys are cached in memory (a bounded LRU), as bytes: a cached cipher o
 collection (100,000 of them: 13 ms a walk, docs/security.md), where a key's bytes are
 neither. Only the ciphers of the `CIPHERS` keys used last are kept: making one costs 1.4 µs
 (3.7 on average) in a busy server, and a request uses its patient's key two or three times
-within moments (a read opens the body, then its AuditEvent is sealed under the same key). Another process's destroy, rotation or
-re-wrap bumps a revision number that every process checks at most once a second, so a key
-destroyed elsewhere is forgotten here within that second.
+within moments (a read opens the body, then its AuditEvent is sealed under the same key).
+Another process's destroy, rotation or re-wrap bumps a revision number that every process
+checks at most once a second, so a key destroyed elsewhere is forgotten here within that
+second, its cipher with it.
 
 A rotated-out key is kept, retired (it opens, never seals), until every backup taken before
 its rotation has aged out of the backup retention: `prune` destroys it then. Erasure

@@ -255,7 +255,8 @@ def test_erasures_recorded_before_destroyed_key_ids_were_kept_stay_erasures(
         assert [row[0] for row in conn.execute("SELECT key_id FROM destroyed")] == ids
 
 
-def test_a_read_takes_its_patients_key_from_memory(server: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_takes_its_patients_key_from_memory(server: TestClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A read of a patient whose key is cached looks it up once to open the body and once to
     seal its AuditEvent (plus its batch's note), and never reads `datakeys.db` nor unwraps
     a key: what encryption adds to a read stays a few µs (docs/security.md#cost)."""

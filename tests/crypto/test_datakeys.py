@@ -289,7 +289,8 @@ def test_cached_keys_add_nothing_the_cyclic_collector_walks(tmp_path: Path) -> N
     assert EnvelopeCodec(keys).open("Patient", "p1", 1, blob) == b"{}"
 
 
-def test_a_keys_cipher_is_made_once_while_it_is_in_use(keys: DataKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_keys_cipher_is_made_once_while_it_is_in_use(keys: DataKeys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A read opens its body, then its AuditEvent is sealed under the same key: the cipher
     made for the first use serves the next ones (docs/security.md#cost), until the key is
     one of more than CIPHERS used since, or keys change."""

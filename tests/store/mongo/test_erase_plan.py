@@ -115,7 +115,8 @@ async def test_sealed_audit_events_keep_no_key_id_to_index(strict: MongoStore) -
     event = {"resourceType": "AuditEvent", "recorded": "2026-12-07T02:00:00Z",
              "entity": [{"what": {"reference": "Patient/a"}}]}
     await strict.commit([_write("AuditEvent", "e1", event), _write("Patient", "a", patient())])
-    docs = {d["type"]: d async for d in strict.history_docs.find({"_id": {"$in": ["AuditEvent/e1/1", "Patient/a/1"]}})}
+    ids = ["AuditEvent/e1/1", "Patient/a/1"]
+    docs = {d["type"]: d async for d in strict.history_docs.find({"_id": {"$in": ids}})}
     assert key_id_of(docs["AuditEvent"]["body"]) == key_id_of(docs["Patient"]["body"])  # both sealed
     assert docs["AuditEvent"]["key"] is None
     assert docs["Patient"]["key"] == key_id_of(docs["Patient"]["body"])
