@@ -6,12 +6,15 @@ inside them nor in their backups), so destroying a patient's keys there makes ev
 their ciphertext unreadable: the store, its WAL, the audit trail and any backup (docs/security.md).
 Keys are random, never derived from a master key: a derived key could be derived again.
 
-Unwrapped keys are cached in memory (a bounded LRU), as bytes: a cipher object is made at
-each use (~0.6 µs), since a cached one costs 1.4 KB of OpenSSL state and is an object the
-cyclic garbage collector walks at every full collection (100,000 of them: 13 ms a walk,
-docs/security.md), where a key's bytes are neither. Another process's destroy, rotation or
-re-wrap bumps a revision number that every process checks at most once a second, so a key
-destroyed elsewhere is forgotten here within that second.
+Unwrapped keys are cached in memory (a bounded LRU), as bytes: a cached cipher object costs
+1.4 KB of OpenSSL state and is an object the cyclic garbage collector walks at every full
+collection (100,000 of them: 13 ms a walk, docs/security.md), where a key's bytes are
+neither. Only the ciphers of the `CIPHERS` keys used last are kept: making one costs 1.4 µs
+(3.7 on average) in a busy server, and a request uses its patient's key two or three times
+within moments (a read opens the body, then its AuditEvent is sealed under the same key).
+Another process's destroy, rotation or re-wrap bumps a revision number that every process
+checks at most once a second, so a key destroyed elsewhere is forgotten here within that
+second, its cipher with it.
 
 A rotated-out key is kept, retired (it opens, never seals), until every backup taken before
 its rotation has aged out of the backup retention: `prune` destroys it then. Erasure
@@ -57,6 +60,7 @@ CREATE TABLE IF NOT EXISTS revision (n INTEGER NOT NULL);
 INSERT INTO revision SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM revision);
 """
 RECHECK_SECONDS = 1.0
+CIPHERS = 256  # more than the requests in flight together, each with its patient's key
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -101,6 +105,7 @@ class DataKeys:
         self._db_lock = threading.RLock()
         self._keys: OrderedDict[bytes, bytes] = OrderedDict()  # key id -> unwrapped key
         self._current: OrderedDict[str, bytes] = OrderedDict()  # scope -> key id
+        self._ciphers: OrderedDict[bytes, AESGCM] = OrderedDict()  # key id -> its cipher
         # The keys each thread's last `prepare` readied, by thread: a batch larger than the
         # cache would otherwise evict its first keys before sealing with them, then load each
         # again, one query and one unwrap per version. Held until that thread's next prepare.
@@ -113,18 +118,19 @@ class DataKeys:
     def current(self, scope: str) -> tuple[bytes, AESGCM]:
         """The key new versions of `scope` are sealed with, created on first use."""
         self._recheck()
+        revision = self._revision
         held = self._held.get(threading.get_ident())
         if held is not None and (found := held.get(scope)) is not None:
-            return found[0], AESGCM(found[1])
+            return found[0], self._cipher(found[0], found[1], revision)
         with self._lock:
             key_id = self._current.get(scope)
             key = self._keys.get(key_id) if key_id is not None else None
             if key_id is not None and key is not None:
                 self._current.move_to_end(scope)
                 self._keys.move_to_end(key_id)
-                return key_id, AESGCM(key)
-        key_id, key = self._load([scope])[scope]
-        return key_id, AESGCM(key)
+        if key_id is None or key is None:
+            key_id, key = self._load([scope])[scope]
+        return key_id, self._cipher(key_id, key, revision)
 
     def prepare(self, scopes: Iterable[str]) -> None:
         """Have the current keys of `scopes` in memory, making those that are missing in one
@@ -174,7 +180,8 @@ class DataKeys:
             key = self._keys.get(key_id)
             if key is not None:
                 self._keys.move_to_end(key_id)
-                return AESGCM(key)
+        if key is not None:
+            return self._cipher(key_id, key, revision)
         rows = self._query("SELECT wrapped FROM data_key WHERE key_id = ?", (key_id,))
         if not rows:
             if self._query("SELECT 1 FROM destroyed WHERE key_id = ?", (key_id,)):
@@ -185,7 +192,7 @@ class DataKeys:
         with self._lock:
             if self._revision == revision:  # else destroyed meanwhile, perhaps: answer, not cache
                 self._remember(self._keys, key_id, key)
-        return AESGCM(key)
+        return self._cipher(key_id, key, revision)
 
     # -- administration --------------------------------------------------------------------
 
@@ -340,11 +347,25 @@ class DataKeys:
             chunk = values[start:start + 500]
             yield from self._query(sql.format(marks=",".join("?" * len(chunk))), tuple(chunk))
 
-    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
+    def _remember(self, cache: OrderedDict[K, V], key: K, value: V, size: int | None = None) -> None:
         cache[key] = value
         cache.move_to_end(key)
-        while len(cache) > self._cache_size:
+        while len(cache) > (size or self._cache_size):
             cache.popitem(last=False)
+
+    def _cipher(self, key_id: bytes, key: bytes, revision: int) -> AESGCM:
+        """The cipher of `key`, one of the last `CIPHERS` used or made now; kept unless keys
+        changed since `revision` (an erasure: no cipher of a destroyed key is kept)."""
+        with self._lock:
+            cipher = self._ciphers.get(key_id)
+            if cipher is not None:
+                self._ciphers.move_to_end(key_id)
+                return cipher
+        cipher = AESGCM(key)
+        with self._lock:
+            if self._revision == revision:
+                self._remember(self._ciphers, key_id, cipher, CIPHERS)
+        return cipher
 
     def _recheck(self) -> None:
         """Forget every cached key if another process changed keys (at most once a second)."""
@@ -361,6 +382,7 @@ class DataKeys:
             self._revision = revision
             self._keys.clear()
             self._current.clear()
+            self._ciphers.clear()
             self._held.clear()
 
     def _read_revision(self) -> int:

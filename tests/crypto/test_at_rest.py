@@ -253,3 +253,28 @@ def test_erasures_recorded_before_destroyed_key_ids_were_kept_stay_erasures(
         assert client.get("/fhir/Patient/old/_history/1").status_code == 404
     with sqlite3.connect(settings.data_keys_path) as conn:
         assert [row[0] for row in conn.execute("SELECT key_id FROM destroyed")] == ids
+
+
+def test_a_read_takes_its_patients_key_from_memory(server: TestClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of a patient whose key is cached looks it up once to open the body and once to
+    seal its AuditEvent (plus its batch's note), and never reads `datakeys.db` nor unwraps
+    a key: what encryption adds to a read stays a few µs (docs/security.md#cost)."""
+    path = "/fhir/Patient/r"
+    assert send(server, "PUT", path, {**_marked_patient(), "id": "r"}).status_code == 201
+    assert send(server, "GET", path).status_code == 200  # the key is cached from here
+    calls: dict[str, int] = {}
+
+    def counted(name: str) -> None:
+        method = getattr(DataKeys, name)
+
+        def count(self: DataKeys, *args: object) -> object:
+            calls[name] = calls.get(name, 0) + 1
+            return method(self, *args)
+        monkeypatch.setattr(DataKeys, name, count)
+
+    for name in ("cipher", "current", "fetch", "_load", "_query"):
+        counted(name)
+    monkeypatch.setattr(LocalKeyRing, "unwrap", lambda *args: pytest.fail("a key was unwrapped"))
+    assert send(server, "GET", path).status_code == 200
+    assert calls == {"cipher": 1, "current": 2}

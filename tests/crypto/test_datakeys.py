@@ -10,8 +10,10 @@ import pytest
 
 from fhir_server import clock
 from fhir_server.app import body_codec
+from fhir_server.crypto import datakeys
 from fhir_server.crypto import (DataKeys, EnvelopeCodec, KeyRingError, LocalKeyRing, UnreadableBody,
                                 create_key_ring, key_scope, patient_scope)
+from fhir_server.crypto.datakeys import CIPHERS
 from fhir_server.settings import Settings
 
 
@@ -269,7 +271,8 @@ def test_the_default_cache_holds_a_population_of_100_000() -> None:
 
 def test_cached_keys_add_nothing_the_cyclic_collector_walks(tmp_path: Path) -> None:
     # A cached cipher object is tracked by the collector: 100,000 of them made every full
-    # collection of a server process walk 100,000 more objects (docs/security.md, "Cost").
+    # collection of a server process walk 100,000 more objects (docs/security.md, "Cost");
+    # only those of the last CIPHERS keys used are kept.
     create_key_ring(tmp_path / "keyring.json")
     keys = DataKeys(LocalKeyRing(tmp_path / "keyring.json"), tmp_path / "datakeys.db", cache_size=1000)
     keys.prepare(patient_scope(f"p{i}") for i in range(500))
@@ -281,6 +284,26 @@ def test_cached_keys_add_nothing_the_cyclic_collector_walks(tmp_path: Path) -> N
     for key_id in ids:
         fresh.cipher(key_id)
     gc.collect()
-    assert len(gc.get_objects()) - before < 50
+    assert len(gc.get_objects()) - before < CIPHERS + 50  # the ciphers of the keys used last
     blob = EnvelopeCodec(fresh).seal("Patient", "p1", 1, b"{}", {"p1"})
     assert EnvelopeCodec(keys).open("Patient", "p1", 1, blob) == b"{}"
+
+
+def test_a_keys_cipher_is_made_once_while_it_is_in_use(keys: DataKeys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read opens its body, then its AuditEvent is sealed under the same key: the cipher
+    made for the first use serves the next ones (docs/security.md#cost), until the key is
+    one of more than CIPHERS used since, or keys change."""
+    made: list[bytes] = []
+    real = datakeys.AESGCM
+    monkeypatch.setattr(datakeys, "AESGCM", lambda key: made.append(key) or real(key))
+    codec = EnvelopeCodec(keys)
+    blob = codec.seal("Patient", "p1", 1, b"{}", {"p1"})
+    assert codec.open("Patient", "p1", 1, blob) == b"{}"
+    codec.seal("AuditEvent", "e1", 1, b"{}", {"p1"})
+    keys.prepare([patient_scope("p1")])
+    codec.seal("AuditEvent", "e2", 1, b"{}", {"p1"})  # held for the batch: the same cipher
+    assert len(made) == 1
+    keys.rotate(patient_scope("p2"))  # keys changed: every cipher is made again
+    assert codec.open("Patient", "p1", 1, blob) == b"{}"
+    assert len(made) == 2

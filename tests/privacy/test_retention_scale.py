@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from fhir_server.store.sqlite.schema import migrate
+from fhir_server.store.sqlite.schema import ERASABLE, migrate
 
 
 def test_the_versions_under_a_patients_keys_are_found_through_an_index(tmp_path: Path) -> None:
@@ -16,8 +16,8 @@ def test_the_versions_under_a_patients_keys_are_found_through_an_index(tmp_path:
     keys = (b"k" * 16, b"j" * 16)
     for query in (  # the two look-ups of store/sqlite/erase.py
             "SELECT r.type, r.id FROM history h CROSS JOIN resource r ON r.pk = h.resource_pk "
-            "WHERE substr(h.body, 2, 16) IN (?, ?) AND r.seq = h.seq",
-            "DELETE FROM history WHERE substr(body, 2, 16) IN (?, ?) AND NOT EXISTS (SELECT 1 "
+            f"WHERE substr(h.body, 2, 16) IN (?, ?) AND h.{ERASABLE} AND r.seq = h.seq",
+            f"DELETE FROM history WHERE substr(body, 2, 16) IN (?, ?) AND {ERASABLE} AND NOT EXISTS (SELECT 1 "
             "FROM resource r WHERE r.pk = history.resource_pk AND r.seq = history.seq)"):
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", keys)]
         assert not [step for step in plan if step.startswith("SCAN")], plan

@@ -266,9 +266,9 @@ class MongoStore:
             return  # a new database
         filled: list[UpdateOne] = []
         async for doc in self.history_docs.find({"key": {"$exists": False}},
-                                                {"_id": 1, "shard": 1, "body": 1}):
+                                                {"_id": 1, "shard": 1, "type": 1, "body": 1}):
             filled.append(UpdateOne({"_id": doc["_id"], "shard": doc["shard"]},
-                                    {"$set": {"key": layout.sealing_key(doc["body"])}}))
+                                    {"$set": {"key": layout.sealing_key(doc["type"], doc["body"])}}))
             if len(filled) == 1000:
                 await self.history_docs.bulk_write(filled, ordered=False)
                 filled.clear()
@@ -481,7 +481,7 @@ class MongoStore:
                 continue
             same = {"shard": doc["shard"], "body": doc["body"]}  # unless changed meanwhile
             await self.history_docs.update_one({"_id": doc["_id"], **same}, {
-                "$set": {"body": new, "key": layout.sealing_key(new)}})
+                "$set": {"body": new, "key": layout.sealing_key(doc["type"], new)}})
             await self.resources.update_one(  # the current version's copy
                 {"_id": layout.key(doc["type"], doc["id"]), "version": doc["version"], **same},
                 {"$set": {"body": new}})

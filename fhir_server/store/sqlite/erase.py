@@ -21,6 +21,7 @@ from ..erasure import batches, updated_since, was_member
 from . import index as sqlite_index
 from .compartment import members as current_members
 from .query import SqliteSearch
+from .schema import ERASABLE
 
 
 def members(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
@@ -108,7 +109,7 @@ def _current_under(conn: sqlite3.Connection, key_ids: frozenset[bytes]) -> list[
     return [(t, i) for t, i in conn.execute(
         # from the history's index on the key id (schema.py) to each current version's row
         "SELECT r.type, r.id FROM history h CROSS JOIN resource r ON r.pk = h.resource_pk "  # noqa: S608
-        f"WHERE substr(h.body, 2, 16) IN ({marks}) AND r.seq = h.seq", tuple(key_ids))]
+        f"WHERE substr(h.body, 2, 16) IN ({marks}) AND h.{ERASABLE} AND r.seq = h.seq", tuple(key_ids))]
 
 
 def _remove_moved_out(conn: sqlite3.Connection, key_ids: frozenset[bytes], erased: Erasure) -> None:
@@ -122,10 +123,10 @@ def _remove_moved_out(conn: sqlite3.Connection, key_ids: frozenset[bytes], erase
                "AND r.seq = history.seq)")  # not a current version: one look-up, not a scan
     for resource_type, count in conn.execute(
             f"SELECT type, count(*) FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
-            f"AND {earlier} GROUP BY type", tuple(key_ids)).fetchall():
+            f"AND {ERASABLE} AND {earlier} GROUP BY type", tuple(key_ids)).fetchall():
         erased.versions[resource_type] = erased.versions.get(resource_type, 0) + count
     conn.execute(f"DELETE FROM history WHERE substr(body, 2, 16) IN ({marks}) "  # noqa: S608
-                 f"AND {earlier}", tuple(key_ids))
+                 f"AND {ERASABLE} AND {earlier}", tuple(key_ids))
 
 
 # The WAL's bound, in pages, inside `Store.checkpoints_deferred` (SQLite's default: 1,000):

@@ -106,3 +106,17 @@ async def test_the_double_refuses_a_bulk_write_no_index_serves(strict: MongoStor
     assert (await strict.history_docs.find_one({"_id": "Patient/a/1"}))["x"] == 1  # ordered: applied
     done = await strict.history_docs.bulk_write([UpdateOne({"_id": "Patient/a/1"}, {"$set": {"x": 2}})])
     assert done.modified_count == 1
+
+
+async def test_sealed_audit_events_keep_no_key_id_to_index(strict: MongoStore) -> None:
+    """No erasure removes AuditEvents by key (they shred with it): their random key ids stay
+    out of `sealed_key`, where each would cost a write at a random place of the index
+    (docs/security.md#cost); a sealed Patient's version keeps its key as before."""
+    event = {"resourceType": "AuditEvent", "recorded": "2026-12-07T02:00:00Z",
+             "entity": [{"what": {"reference": "Patient/a"}}]}
+    await strict.commit([_write("AuditEvent", "e1", event), _write("Patient", "a", patient())])
+    ids = ["AuditEvent/e1/1", "Patient/a/1"]
+    docs = {d["type"]: d async for d in strict.history_docs.find({"_id": {"$in": ids}})}
+    assert key_id_of(docs["AuditEvent"]["body"]) == key_id_of(docs["Patient"]["body"])  # both sealed
+    assert docs["AuditEvent"]["key"] is None
+    assert docs["Patient"]["key"] == key_id_of(docs["Patient"]["body"])
