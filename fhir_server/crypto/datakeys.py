@@ -118,9 +118,11 @@ class DataKeys:
     def current(self, scope: str) -> tuple[bytes, AESGCM]:
         """The key new versions of `scope` are sealed with, created on first use."""
         self._recheck()
-        revision = self._revision
-        held = self._held.get(threading.get_ident())
-        if held is not None and (found := held.get(scope)) is not None:
+        with self._lock:  # the revision and what it held, read together (_forget changes both)
+            revision = self._revision
+            held = self._held.get(threading.get_ident())
+            found = held.get(scope) if held is not None else None
+        if found is not None:
             return found[0], self._cipher(found[0], found[1], revision)
         with self._lock:
             key_id = self._current.get(scope)
@@ -364,7 +366,7 @@ class DataKeys:
         cipher = AESGCM(key)
         with self._lock:
             if self._revision == revision:
-                self._remember(self._ciphers, key_id, cipher, CIPHERS)
+                self._remember(self._ciphers, key_id, cipher, min(CIPHERS, self._cache_size))
         return cipher
 
     def _recheck(self) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -307,3 +310,54 @@ def test_a_keys_cipher_is_made_once_while_it_is_in_use(keys: DataKeys,
     keys.rotate(patient_scope("p2"))  # keys changed: every cipher is made again
     assert codec.open("Patient", "p1", 1, blob) == b"{}"
     assert len(made) == 2
+
+
+def test_no_more_ciphers_are_kept_than_keys(tmp_path: Path) -> None:
+    """The cipher of a key holds its material: an operator's smaller key cache bounds them too."""
+    create_key_ring(tmp_path / "keyring.json")
+    keys = DataKeys(LocalKeyRing(tmp_path / "keyring.json"), tmp_path / "datakeys.db", cache_size=1)
+    for n in range(5):
+        keys.current(patient_scope(f"p{n}"))
+    assert len(keys._ciphers) == 1
+
+
+class _PausingClear(OrderedDict):  # type: ignore[type-arg]
+    """A cache whose next clear() first runs `pause` (to stop a destroy half way through)."""
+
+    pause: Callable[[], None] | None = None
+
+    def clear(self) -> None:
+        if self.pause is not None:
+            pause, self.pause = self.pause, None
+            pause()
+        super().clear()
+
+
+def test_a_key_destroyed_while_a_writer_seals_leaves_no_cipher(keys: DataKeys) -> None:
+    """A writer thread asks for its scope's key while another destroys it, between the new
+    revision and the clearing of what writers hold: it must not get (and cache the cipher of)
+    the destroyed key."""
+    scope = patient_scope("a")
+    ready, go, got = threading.Event(), threading.Event(), {}
+
+    def writer() -> None:
+        keys.prepare([scope])  # its batch's keys held
+        ready.set()
+        go.wait()
+        got["key"] = keys.current(scope)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    ready.wait()
+    [old] = keys.keys_of(scope)
+    paused = keys._keys = _PausingClear(keys._keys)
+
+    def midway() -> None:
+        go.set()
+        thread.join(0.3)  # the writer, unless it waits for the destroy to end
+
+    paused.pause = midway
+    assert keys.destroy(scope) == 1
+    thread.join()
+    assert got["key"][0] != old
+    assert old not in keys._ciphers

@@ -228,8 +228,9 @@ async def _sealed_under(store: MongoStore, key_ids: frozenset[bytes], session: A
         return [], []
     found = [(doc["_id"], doc["type"], doc["id"], doc["version"])
              async for doc in store.history_docs.find(
-                 {"key": {"$in": sorted(key_ids)}}, {"_id": 1, "type": 1, "id": 1, "version": 1},
-                 session=session)]
+                 # AuditEvents written before they kept no key id hold it still: passed by
+                 {"key": {"$in": sorted(key_ids)}, "type": {"$ne": "AuditEvent"}},
+                 {"_id": 1, "type": 1, "id": 1, "version": 1}, session=session)]
     current = {(doc["type"], doc["id"]): doc["version"] async for doc in store.resources.find(
         {"_id": {"$in": [layout.key(t, i) for _, t, i, _ in found]}},
         {"_id": 0, "type": 1, "id": 1, "version": 1}, session=session)}

@@ -52,7 +52,7 @@ async def test_the_versions_under_a_patients_keys_are_found_through_an_index(
     keys = patient_key_ids(strict.codec, "a")
     sealed = [c.filter for c in double.calls[before:]
               if c.collection == "history" and c.filter and "key" in c.filter]
-    assert sealed == [{"key": {"$in": sorted(keys)}}]
+    assert sealed == [{"key": {"$in": sorted(keys)}, "type": {"$ne": "AuditEvent"}}]
     assert await strict.read("Bundle", "frozen-a") is None
     assert await strict.vread("Observation", "moved", 1) is None
 
@@ -120,3 +120,17 @@ async def test_sealed_audit_events_keep_no_key_id_to_index(strict: MongoStore) -
     assert key_id_of(docs["AuditEvent"]["body"]) == key_id_of(docs["Patient"]["body"])  # both sealed
     assert docs["AuditEvent"]["key"] is None
     assert docs["Patient"]["key"] == key_id_of(docs["Patient"]["body"])
+
+
+async def test_an_audit_event_written_with_its_key_id_is_not_erased_by_key(strict: MongoStore) -> None:
+    """AuditEvents written before they kept no key id still hold it: an erasure by key passes
+    them by all the same (they shred with the key; the audit store is only pruned), and the
+    query stays served by `sealed_key`."""
+    event = {"resourceType": "AuditEvent", "recorded": "2026-12-07T02:00:00Z",
+             "entity": [{"what": {"reference": "Patient/a"}}]}
+    await strict.commit([_write("AuditEvent", "older", event), _write("Patient", "a", patient())])
+    doc = await strict.history_docs.find_one({"_id": "AuditEvent/older/1"})
+    await strict.history_docs.update_one({"_id": doc["_id"]}, {"$set": {"key": key_id_of(doc["body"])}})
+    await _erase(strict, "a")
+    assert await strict.history_docs.find_one({"_id": "AuditEvent/older/1"}) is not None
+    assert await strict.read("Patient", "a") is None
