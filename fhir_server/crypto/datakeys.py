@@ -118,18 +118,18 @@ class DataKeys:
     def current(self, scope: str) -> tuple[bytes, AESGCM]:
         """The key new versions of `scope` are sealed with, created on first use."""
         self._recheck()
-        with self._lock:  # the revision and what it held, read together (_forget changes both)
+        with self._lock:  # the revision and the keys it holds, read together (_forget changes all)
             revision = self._revision
             held = self._held.get(threading.get_ident())
             found = held.get(scope) if held is not None else None
-        if found is not None:
-            return found[0], self._cipher(found[0], found[1], revision)
-        with self._lock:
-            key_id = self._current.get(scope)
-            key = self._keys.get(key_id) if key_id is not None else None
-            if key_id is not None and key is not None:
-                self._current.move_to_end(scope)
-                self._keys.move_to_end(key_id)
+            if found is not None:
+                key_id, key = found
+            else:
+                key_id = self._current.get(scope)
+                key = self._keys.get(key_id) if key_id is not None else None
+                if key_id is not None and key is not None:
+                    self._current.move_to_end(scope)
+                    self._keys.move_to_end(key_id)
         if key_id is None or key is None:
             key_id, key = self._load([scope])[scope]
         return key_id, self._cipher(key_id, key, revision)
