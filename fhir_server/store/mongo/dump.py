@@ -93,11 +93,11 @@ async def reindex(store: MongoStore, versions: Sequence[tuple[Version, Sequence[
     shards = {doc["_id"]: doc["shard"] async for doc in store.resources.find(
         {"_id": {"$in": keys}}, {"_id": 1, "shard": 1})}
     updates = []
+    blind = store.blind
     for version, entries in versions:
         key = layout.key(version.resource_type, version.id)
         if key not in shards:
             continue
-        blind = store.blind
         arrays = layout.entry_arrays(entries if blind is None else blind.entries(version.resource_type, entries))
         change: dict[str, Any] = {"$set": arrays} if arrays else {}
         if gone := {array: "" for array in layout.ARRAYS if array not in arrays}:
