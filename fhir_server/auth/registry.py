@@ -173,14 +173,19 @@ class Registry:
 
     def client(self, id: str) -> Client | None:
         row = self._conn().execute(
-            "SELECT c.id, c.kind, c.scope, c.jwks, c.jwks_uri, a.redirect_uris, a.secret_hash, "
-            "c.acts_for FROM client c LEFT JOIN app a ON a.id = c.id WHERE c.id = ?",
+            f"SELECT {_CLIENT_COLUMNS} FROM client c LEFT JOIN app a ON a.id = c.id WHERE c.id = ?",  # noqa: S608 - fixed
             (id,)).fetchone()
-        if row is None:
-            return None
-        return Client(row[0], row[1], row[2], orjson.loads(row[3]) if row[3] else None, row[4],
-                      tuple(orjson.loads(row[5])) if row[5] else (), row[6],
-                      tuple(orjson.loads(row[7])) if row[7] else ())
+        return _client_of(row) if row is not None else None
+
+    def standing(self, jti: str, client_id: str) -> tuple[bool, Client | None]:
+        """Whether the token `jti` is revoked, and the registered client `client_id` (None if
+        there is none): what every request with a token asks, in one statement, each trip
+        through SQLite costing a request more than the look-up itself."""
+        row = self._conn().execute(
+            f"SELECT EXISTS (SELECT 1 FROM revoked WHERE jti = ?), {_CLIENT_COLUMNS} "  # noqa: S608 - fixed
+            "FROM (SELECT 1) LEFT JOIN client c ON c.id = ? LEFT JOIN app a ON a.id = c.id",
+            (jti, client_id)).fetchone()
+        return bool(row[0]), _client_of(row[1:]) if row[1] is not None else None
 
     def backend_clients(self) -> list[Client]:
         """Every registered backend client (the key directory reads their encryption keys)."""
@@ -262,9 +267,16 @@ class Registry:
             if refresh:
                 conn.execute("UPDATE refresh SET revoked = 1 WHERE hash = ?", (refresh,))
 
-    def is_revoked(self, jti: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM revoked WHERE jti = ?", (jti,)).fetchone()
-        return row is not None
+
+_CLIENT_COLUMNS = ("c.id, c.kind, c.scope, c.jwks, c.jwks_uri, a.redirect_uris, a.secret_hash, "
+                   "c.acts_for")
+
+
+def _client_of(row: Sequence[Any]) -> Client:
+    """The client of a row of _CLIENT_COLUMNS."""
+    return Client(row[0], row[1], row[2], orjson.loads(row[3]) if row[3] else None, row[4],
+                  tuple(orjson.loads(row[5])) if row[5] else (), row[6],
+                  tuple(orjson.loads(row[7])) if row[7] else ())
 
 
 def add_column(conn: sqlite3.Connection, table: str, column: str) -> None:

@@ -23,7 +23,7 @@ from .external import ExternalIssuers, TrustedIssuer, scope_of
 from .jws import peek
 from .psc import Professional, UnknownProfessional, professional_of
 from .keys import ALGORITHM, SigningKeys
-from .registry import Registry
+from .registry import Client, Registry
 from .token_cache import TokenCache
 from .users import Users
 
@@ -114,16 +114,23 @@ class TokenService:
 
         Tokens of a trusted external OpenID provider are checked against its keys instead.
         """
+        return self.verified(token)[0]
+
+    def verified(self, token: str) -> tuple[TokenClaims, Client | None]:
+        """`verify`'s claims, and the registered client they name (None if none is), looked
+        up with the token's revocation: a request needs both."""
         keys = self.keys.verification_keys()
         claims = self._verified.get(token, keys)
         if claims is None:
             header, unverified = peek(token)
             trusted = self.external.trusts(str(unverified.get("iss", "")))
             if trusted is not None:
-                return self._verify_external(trusted, token, header.get("kid"))
+                claims = self._verify_external(trusted, token, header.get("kid"))
+                return claims, self.registry.client(claims.client_id)
             claims = self._verify_own(token, keys)
             self._verified.put(token, keys, claims, claims.expires + LEEWAY)
-        if self.registry.is_revoked(claims.token_id):
+        revoked, client = self.registry.standing(claims.token_id, claims.client_id)
+        if revoked:
             raise InvalidToken("The token has been revoked.")
         # A user's token (it names its fhirUser) stops with the account's suspension, and
         # stays stopped after reinstatement: asked at every use, as revocation is, never cached.
@@ -133,7 +140,7 @@ class TokenService:
                 raise InvalidToken("The account is suspended.")
             if claims.issued < since:
                 raise InvalidToken("The token was issued before the account's suspension.")
-        return claims
+        return claims, client
 
     def _verify_own(self, token: str, keys: KeySet) -> TokenClaims:
         """The claims of a token this server signed (signature, issuer, audience, expiry)."""

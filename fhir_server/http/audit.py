@@ -7,8 +7,9 @@ events are durable, and leaves the body to stream through untouched."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..services import auditing
@@ -37,7 +38,7 @@ class AuditMiddleware:
                 or relative.startswith(_PUBLIC)):
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
+        state: dict[str, Any] = scope.setdefault("state", {})  # what `request.state` holds
         method: str = scope["method"]
         client = scope.get("client")
         # From the scope, not `request.url` (which rebuilds and re-parses the whole URL).
@@ -45,9 +46,9 @@ class AuditMiddleware:
             self.recorder, method=method, path=relative,
             query=(scope.get("query_string", b"").decode("latin-1") or None) if method == "GET" else None,
             address=client[0] if client else None,
-            principal=lambda: getattr(request.state, "principal", None))
-        request.state.trail = record.trail
-        request.state.store = record.store
+            principal=lambda: state.get("principal"))
+        state["trail"] = record.trail
+        state["store"] = record.store
         recorded = False
 
         async def send_recorded(message: Message) -> None:
@@ -63,3 +64,9 @@ class AuditMiddleware:
             if not recorded:  # the server error the outer layer answers
                 await record.finish(500)
             raise
+        finally:
+            # The state reaches the record (its store) and the record the state (the
+            # principal its events name): a reference cycle, which only the garbage collector
+            # would free, with the request's scope and all it holds. Cut here, the request's
+            # objects go when their last reference does.
+            del state["store"]

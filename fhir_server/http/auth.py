@@ -20,6 +20,7 @@ from fastapi import Request
 
 from ..access import Claims, public_principal, server_principal, token_required
 from ..auth.psc import Professional, UnknownProfessional, check_register
+from ..auth.registry import Client
 from ..auth.tokens import InvalidToken, TokenClaims, TokenService
 from ..auth.users import Users
 from ..model.errors import Kind, fail
@@ -66,15 +67,15 @@ async def authenticate(request: Request) -> None:
     token = token.strip()
     try:
         # Off the event loop when a key set may be fetched: other requests go on meanwhile.
-        verified = (await asyncio.to_thread(tokens.verify, token) if tokens.may_fetch(token)
-                    else tokens.verify(token))
+        verified, client = (await asyncio.to_thread(tokens.verified, token)
+                            if tokens.may_fetch(token) else tokens.verified(token))
     except InvalidToken as exc:
         raise fail(Kind.UNAUTHORIZED, "expired" if "expired" in str(exc) else "security",
                    str(exc)) from None
     if verified.professional is not None:
         verified = await _signed_in_professional(request, verified, verified.professional)
     request.state.principal = await principal_of(request.app.state.context,
-                                                 _claims(request, verified))
+                                                 _claims(request, verified, client))
 
 
 def _public_route(request: Request) -> bool:
@@ -100,14 +101,13 @@ async def _signed_in_professional(request: Request, verified: TokenClaims,
     return dataclasses.replace(verified, fhir_user=fhir_user)
 
 
-def _claims(request: Request, verified: TokenClaims) -> Claims:
-    """What the token, the user account and the registered client say about the caller."""
+def _claims(request: Request, verified: TokenClaims, client: Client | None) -> Claims:
+    """What the token, the user account and its registered `client` say about the caller."""
     registry = request.app.state.oauth.registry
     fhir_user = type_and_id(verified.fhir_user) if verified.fhir_user else None
     # An administrator's account names the token's fhirUser: a token without one (a backend
     # client's) needs no look-up.
     user = Users(registry).get(verified.subject) if fhir_user is not None else None
-    client = registry.client(verified.client_id)
     return Claims(
         subject=verified.subject, client_id=verified.client_id, scope=verified.scope,
         patient=verified.patient, fhir_user=fhir_user, token_id=verified.token_id,

@@ -63,16 +63,20 @@ def split(pk: int, entries: Iterable[IndexEntry]) -> tuple[tuple[Any, ...], list
     """An event's `idx_audit` row, and the entries left to generic rows: those of the other
     parameters, and every value of a compact parameter that has several (or one that does
     not fit a column)."""
-    found: dict[str, set[IndexEntry]] = {}
+    # Lists, not sets: a parameter nearly always has one value, and hashing each entry (a
+    # dataclass: a tuple of its fields) cost more than the rest of the split.
+    found: dict[str, list[IndexEntry]] = {}
     rest: list[IndexEntry] = []
     for entry in entries:
         if _KIND.get(entry.param) is type(entry):
-            found.setdefault(entry.param, set()).add(entry)
+            values = found.setdefault(entry.param, [])
+            if entry not in values:  # duplicates collapse, as in any index
+                values.append(entry)
         else:
             rest.append(entry)
     row: list[Any] = list(_EMPTY)
     for param, values in found.items():
-        if len(values) != 1 or not _fits(entry := next(iter(values))):
+        if len(values) != 1 or not _fits(entry := values[0]):
             rest.extend(values)
             continue
         at = _OFFSET[param]
