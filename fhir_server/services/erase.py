@@ -39,7 +39,7 @@ from ..crypto import ErasureLedger, UnreadableBody, patient_scope
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
-from ..store.base import Erasure, Outbox, Store
+from ..store.base import Erase, Erasure, Outbox, Store
 from ..subscriptions import forget_events, one
 from . import export, kept_registers, notifications
 from .context import Context
@@ -269,6 +269,53 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
     await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's
+    return await _completed(ctx, setup, intent, erased, events, address=address, resumed=resumed)
+
+
+async def sweep_together(ctx: Context, patient_ids: Sequence[str], reason: str, *,
+                         unless_updated_since: datetime) -> list[dict[str, Any] | FhirError]:
+    """`sweep` of each of `patient_ids`, conditional (the retention's archives: checkpoint
+    left to the caller), the store's erasures in one call (`Store.erase_each`: SQLite writes
+    the pages the records share once), under one hold of the ledger. Each erasure is
+    announced before the store's call and settled after its own ledger entry and
+    AuditEvent: a process killed in between leaves announced erasures that `reconcile`
+    finishes one by one, as it finishes one. Per patient, in order: the output Parameters,
+    or the FhirError of that erasure alone (CONFLICT: the store refused it, and nothing else
+    was done for it either, as `sweep`)."""
+    setup = _setup(ctx)
+    async with _exclusive(setup):
+        intents = [await asyncio.to_thread(_intent, ctx.principal, patient_id, reason, None,
+                                           setup.keys, False, unless_updated_since)
+                   for patient_id in patient_ids]
+        for intent in intents:
+            await asyncio.to_thread(setup.ledger.intend, intent)
+            await kept_registers.stash(ctx.store, ctx.registry, intent["patient"], clock.now().date())
+        outcomes = await ctx.store.erase_each(
+            [Erase(compartment(ctx.registry, patient_id), ("Patient", patient_id), unless_updated_since)
+             for patient_id in patient_ids], checkpoint=False)
+        if any(not isinstance(erased, FhirError) for erased in outcomes):
+            await forget_figures(ctx.store)
+        done: list[dict[str, Any] | FhirError] = []
+        for intent, erased in zip(intents, outcomes, strict=True):
+            try:
+                if isinstance(erased, FhirError):
+                    await kept_registers.drop(ctx.store, intent["patient"])
+                    await asyncio.to_thread(setup.ledger.withdraw, intent)
+                    raise erased
+                done.append(await _completed(ctx, setup, intent, erased, set()))
+            except FhirError as error:  # this erasure's alone: the others are finished
+                done.append(error)
+        return done
+
+
+async def _completed(ctx: Context, setup: Erasures, intent: dict[str, Any], erased: Erasure,
+                     events: set[str], *, address: str | None = None,
+                     resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The rest of `intent`'s erasure once the store's is done (and the day's figures
+    forgotten): what lies outside the store's resources, the keys, the ledger entry, the
+    AuditEvent, the intent settled; the output Parameters. `events`: the subscription events
+    forgotten before the store's erasure."""
+    patient_id = intent["patient"]
     await kept_registers.flush(ctx.store, patient_id)
     events |= await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
