@@ -269,7 +269,10 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
     await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's
-    return await _completed(ctx, setup, intent, erased, events, address=address, resumed=resumed)
+    [done] = await _completed(ctx, setup, [(intent, erased, events)], address=address, resumed=resumed)
+    if isinstance(done, FhirError):
+        raise done
+    return done
 
 
 async def sweep_together(ctx: Context, patient_ids: Sequence[str], reason: str, *,
@@ -295,26 +298,58 @@ async def sweep_together(ctx: Context, patient_ids: Sequence[str], reason: str, 
              for patient_id in patient_ids], checkpoint=False)
         if any(not isinstance(erased, FhirError) for erased in outcomes):
             await forget_figures(ctx.store)
-        done: list[dict[str, Any] | FhirError] = []
+        swept = []
         for intent, erased in zip(intents, outcomes, strict=True):
-            try:
-                if isinstance(erased, FhirError):
-                    await kept_registers.drop(ctx.store, intent["patient"])
-                    await asyncio.to_thread(setup.ledger.withdraw, intent)
-                    raise erased
-                done.append(await _completed(ctx, setup, intent, erased, set()))
-            except FhirError as error:  # this erasure's alone: the others are finished
-                done.append(error)
-        return done
+            if isinstance(erased, FhirError):
+                await kept_registers.drop(ctx.store, intent["patient"])
+                await asyncio.to_thread(setup.ledger.withdraw, intent)
+            else:
+                swept.append((intent, erased, set[str]()))
+        completed = iter(await _completed(ctx, setup, swept))
+        return [erased if isinstance(erased, FhirError) else next(completed) for erased in outcomes]
 
 
-async def _completed(ctx: Context, setup: Erasures, intent: dict[str, Any], erased: Erasure,
-                     events: set[str], *, address: str | None = None,
-                     resumed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The rest of `intent`'s erasure once the store's is done (and the day's figures
-    forgotten): what lies outside the store's resources, the keys, the ledger entry, the
-    AuditEvent, the intent settled; the output Parameters. `events`: the subscription events
-    forgotten before the store's erasure."""
+async def _completed(ctx: Context, setup: Erasures, swept: list[tuple[dict[str, Any], Erasure, set[str]]],
+                     *, address: str | None = None, resumed: dict[str, Any] | None = None
+                     ) -> list[dict[str, Any] | FhirError]:
+    """The rest of each erasure of `swept` (its intent, what the store's erasure removed, the
+    subscription events forgotten before it) once the store's is done and the day's figures
+    forgotten: what lies outside the store's resources, the keys, the ledger entries (one
+    write for them all), each AuditEvent, each intent settled. Per erasure, in order: the
+    output Parameters, or the FhirError that stopped it (the others go on)."""
+    done: dict[int, dict[str, Any] | FhirError] = {}
+    shredded: list[tuple[int, dict[str, Any], Erasure, set[str], list[bytes]]] = []
+    for number, (intent, erased, events) in enumerate(swept):
+        try:
+            found = await _outside(ctx, setup, intent, erased, events, resumed)
+            if found is not None:
+                done[number] = found
+                continue
+            keys = await asyncio.to_thread(_shred, setup.keys, intent["patient"], intent.get("keys", ())
+                                           ) if setup.keys else []
+            shredded.append((number, intent, erased, events, keys))
+        except FhirError as error:
+            done[number] = error
+    entries = await asyncio.to_thread(setup.ledger.append_each, [
+        _entry(intent, erased, keys) for _, intent, erased, _, keys in shredded]) if shredded else []
+    for (number, intent, erased, events, keys), entry in zip(shredded, entries, strict=True):
+        try:
+            await setup.record(erasure_event(
+                recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
+                address=address, patient=intent["patient"],
+                reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=len(events)))
+            await asyncio.to_thread(setup.ledger.settle, intent)
+            done[number] = parameters(entry)
+        except FhirError as error:
+            done[number] = error
+    return [done[number] for number in range(len(swept))]
+
+
+async def _outside(ctx: Context, setup: Erasures, intent: dict[str, Any], erased: Erasure,
+                   events: set[str], resumed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Erase what `intent`'s patient left outside the store's resources (`events` grows
+    with the subscription events forgotten); when the erasure found nothing and the ledger
+    says what the last one did, settle it and return that erasure's output."""
     patient_id = intent["patient"]
     await kept_registers.flush(ctx.store, patient_id)
     events |= await forget_events(ctx.store, patient_id)
@@ -332,15 +367,7 @@ async def _completed(ctx: Context, setup: Erasures, intent: dict[str, Any], eras
             and not await _cut_short(setup.ledger, intent)):
         await asyncio.to_thread(setup.ledger.settle, intent)
         return parameters(done)
-    keys = await asyncio.to_thread(_shred, setup.keys, patient_id, intent.get("keys", ())
-                                   ) if setup.keys else []
-    entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
-    await setup.record(erasure_event(
-        recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
-        address=address, patient=patient_id,
-        reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=len(events)))
-    await asyncio.to_thread(setup.ledger.settle, intent)
-    return parameters(entry)
+    return None
 
 
 async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fhir_server.crypto import patient_scope
+from fhir_server.crypto import ErasureLedger, patient_scope
 from fhir_server.services import erase as erase_service
 from fhir_server.services import server_writes
 from tests.builders import observation
@@ -143,29 +143,29 @@ def test_an_archive_killed_after_the_stores_erasure_is_finished_whole_at_the_nex
         assert erasures.keys.keys_of(patient_scope(patient)) == []
 
 
-def test_a_group_killed_between_two_of_its_erasures_finishes_each_once(
+def test_a_group_killed_between_two_of_its_audit_events_finishes_each_once(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The store erased a group's originals together; the process died once the first
-    record's erasure was settled, before the second's keys: the next start finishes the
-    others, and every record of the group has one ledger entry and one AuditEvent."""
+    """The store erased a group's originals together, and the ledger took their entries in
+    one write; the process died once the first record's AuditEvent was recorded and its
+    erasure settled, before the second's event: the next start records the missing events,
+    and every record of the group has one ledger entry and one AuditEvent."""
     _seed_p_with_observations(server)
-    forget = erase_service.notifications.forget
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    record = erasures.record
     calls: list[object] = []
 
-    async def second_killed(*args: Any, **options: Any) -> None:
-        calls.append(args)
+    async def second_killed(event: Any) -> str:
+        calls.append(event)
         if len(calls) == 2:
             raise Killed
-        await forget(*args, **options)
+        return await record(event)
 
     with monkeypatch.context() as patch:
-        patch.setattr(erase_service.notifications, "forget", second_killed)
+        patch.setattr(erasures, "record", second_killed)
         with on(date(2029, 1, 10)), pytest.raises(Killed):
             _run(server)
-    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
-    first = [e["patient"] for e in erasures.ledger.entries()]
     left = [i["patient"] for i in erasures.ledger.intended()]
-    assert len(first) == 1 and len(left) == 2 and first[0] not in left
+    assert len(left) == 2 and len(erasures.ledger.entries()) == 3
     with on(date(2029, 1, 10)):
         assert sorted(_start_again(server)) == sorted(left)
     assert erasures.ledger.intended() == []
@@ -173,3 +173,21 @@ def test_a_group_killed_between_two_of_its_erasures_finishes_each_once(
     for patient in ("a", "b", "p"):
         assert _erasure_reasons(server.client, patient) == ["retention: record inactive for P2Y"]
         assert erasures.keys.keys_of(patient_scope(patient)) == []
+
+
+def test_a_groups_erasures_read_and_write_the_ledger_once(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger is read and verified whole for each write, and grows with every erasure
+    ever made (thousands in a retention run): the erasures of a group append their entries
+    in one write, after one read."""
+    _seed_p_with_observations(server)
+    reads: list[bool] = []
+    verified = ErasureLedger._read_verified
+    monkeypatch.setattr(ErasureLedger, "_read_verified",
+                        lambda self, fd: reads.append(True) or verified(self, fd))
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+    assert made.failed == [] and made.counts()["patient-record archive"] == 3
+    assert len(reads) == 1
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+    assert sorted(e["patient"] for e in erasures.ledger.entries()) == ["a", "b", "p"]
