@@ -38,7 +38,7 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.platform_codes import CANONICAL
 from ..services import lifecycle, reach, server_writes
 from ..services.context import Context
-from ..services.erase import sweep, sweep_together
+from ..services.erase import finish_left, sweep, sweep_together
 from . import postmortem, retention_accounts
 from .retention_accounts import AccountBook
 from .retention_holds import Holds
@@ -177,12 +177,23 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
               record: Callable[[Plan, bool], Awaitable[object]] | None = None) -> Plan:
     """Plan today's run and, unless `dry_run`, do it; `record` (its AuditEvent) is called
     with the plan either way."""
+    if not dry_run:
+        await _finish_left(life)
     made = await plan(life)
     if not dry_run:
         await apply(life, made)
     if record is not None:
         await record(made, dry_run)
     return made
+
+
+async def _finish_left(life: Lifecycle) -> None:
+    """Finish first the erasures a run (or a request) left announced: a retention process
+    never starts the server, whose start would finish them (`reconcile`)."""
+    again, stopped = await finish_left(life.server)
+    if again or stopped:
+        log.warning("retention finished erasures left announced",
+                    extra={"finished": len(again), "stopped": len(stopped)})
 
 
 async def apply(life: Lifecycle, made: Plan) -> None:
@@ -231,8 +242,8 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
 
     groups = [actions[at:at + ARCHIVED_TOGETHER] for at in range(0, len(actions), ARCHIVED_TOGETHER)]
     # A resource in two records (an Observation about one, performed by the other) has one
-    # copy: a record kept does not remove the copy another's archive holds (archived, or
-    # still to be in this group), whose original that archive's erasure removes.
+    # copy: a record kept does not remove the copy another's archive holds (its original
+    # erased, before or in this group), whose original that archive's erasure removes.
     archived: set[str] = set()
     unchecked = 0  # records erased since the last checkpoint
     making = asyncio.ensure_future(copied(groups[0]))

@@ -281,10 +281,11 @@ async def sweep_together(ctx: Context, patient_ids: Sequence[str], reason: str, 
     left to the caller), the store's erasures in one call (`Store.erase_each`: SQLite writes
     the pages the records share once), under one hold of the ledger. Each erasure is
     announced before the store's call and settled after its own ledger entry and
-    AuditEvent: a process killed in between leaves announced erasures that `reconcile`
-    finishes one by one, as it finishes one. Per patient, in order: the output Parameters,
-    or the FhirError of that erasure alone (CONFLICT: the store refused it, and nothing else
-    was done for it either, as `sweep`)."""
+    AuditEvent: a process killed in between, or an error of one member after the store's
+    call, leaves announced erasures that `finish_left` finishes one by one, as it finishes
+    one. Per patient, in order: the output Parameters, or the FhirError of that erasure
+    alone (CONFLICT: the store refused it, and nothing else was done for it either, as
+    `sweep`)."""
     setup = _setup(ctx)
     async with _exclusive(setup):
         intents = [await asyncio.to_thread(_intent, ctx.principal, patient_id, reason, None,
@@ -293,19 +294,27 @@ async def sweep_together(ctx: Context, patient_ids: Sequence[str], reason: str, 
         for intent in intents:
             await asyncio.to_thread(setup.ledger.intend, intent)
             await kept_registers.stash(ctx.store, ctx.registry, intent["patient"], clock.now().date())
-        outcomes = await ctx.store.erase_each(
+        outcomes: list[Erasure | FhirError] = await ctx.store.erase_each(
             [Erase(compartment(ctx.registry, patient_id), ("Patient", patient_id), unless_updated_since)
              for patient_id in patient_ids], checkpoint=False)
+        # From here on each member's trouble is its own: one member's error, or the figures'
+        # (which the erased members need forgotten first), leaves its intent for `finish_left`
+        # and never stops the others' ledger entries and AuditEvents.
+        for number, (intent, erased) in enumerate(zip(intents, outcomes, strict=True)):
+            if isinstance(erased, FhirError) and erased.kind is Kind.CONFLICT:
+                try:
+                    await kept_registers.drop(ctx.store, intent["patient"])
+                    await asyncio.to_thread(setup.ledger.withdraw, intent)
+                except FhirError as error:
+                    outcomes[number] = error
         if any(not isinstance(erased, FhirError) for erased in outcomes):
-            await forget_figures(ctx.store)
-        swept = []
-        for intent, erased in zip(intents, outcomes, strict=True):
-            if isinstance(erased, FhirError):
-                await kept_registers.drop(ctx.store, intent["patient"])
-                await asyncio.to_thread(setup.ledger.withdraw, intent)
-            else:
-                swept.append((intent, erased, set[str]()))
-        completed = iter(await _completed(ctx, setup, swept))
+            try:
+                await forget_figures(ctx.store)
+            except FhirError as error:
+                outcomes = [erased if isinstance(erased, FhirError) else error for erased in outcomes]
+        completed = iter(await _completed(ctx, setup, [
+            (intent, erased, set[str]()) for intent, erased in zip(intents, outcomes, strict=True)
+            if not isinstance(erased, FhirError)]))
         return [erased if isinstance(erased, FhirError) else next(completed) for erased in outcomes]
 
 
@@ -468,11 +477,9 @@ async def reconcile(ctx: Context) -> list[str]:
     since is left alone."""
     if ctx.erasures is None:
         return []
-    again = []
-    # one at a time: finishing one settles the older intents for its patient too
-    while intents := await asyncio.to_thread(ctx.erasures.ledger.intended):
-        if await _finish(ctx, intents[0]):
-            again.append(intents[0]["patient"])
+    again, stopped = await finish_left(ctx)
+    if stopped:
+        raise next(iter(stopped.values()))
     for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
         try:
             found = await ctx.store.read("Patient", entry["patient"])
@@ -483,6 +490,27 @@ async def reconcile(ctx: Context) -> list[str]:
             await replay(ctx.store, ctx.registry, ctx.erasures.record, entry, "at start-up")
             again.append(entry["patient"])
     return again
+
+
+async def finish_left(ctx: Context) -> tuple[list[str], dict[str, FhirError]]:
+    """Finish each erasure a process left announced but not settled (killed, or stopped by
+    an error after the store's erasure: `sweep_together`); the patients erased, and those
+    whose erasure stopped again, with the error (their intents stay for the next try)."""
+    if ctx.erasures is None:
+        return [], {}
+    again: list[str] = []
+    stopped: dict[str, FhirError] = {}
+    tried: set[str] = set()
+    # one at a time: finishing one settles the older intents for its patient too
+    while left := [intent for intent in await asyncio.to_thread(ctx.erasures.ledger.intended)
+                   if intent["token"] not in tried]:
+        tried.add(left[0]["token"])
+        try:
+            if await _finish(ctx, left[0]):
+                again.append(left[0]["patient"])
+        except FhirError as error:
+            stopped[left[0]["patient"]] = error
+    return again, stopped
 
 
 async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:

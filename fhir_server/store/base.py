@@ -308,8 +308,9 @@ class Store(Protocol):
         one, so that the pages the compartments share are written once; MongoDB: one each,
         a transaction of its own being bounded), in order; what each removed, or its
         CONFLICT (its condition refused it: nothing of it removed, the others erased all
-        the same). A failure of another kind is raised: the erasures not yet committed are
-        not made, and running them again finishes them."""
+        the same). A failure of another kind is raised by a store erasing them in one
+        transaction (none made: running them again finishes them), and is that erasure's
+        outcome in a store erasing each in its own (the others stand)."""
 
     async def checkpoint(self) -> None:
         """Copy the write-ahead log into the store's files and empty it: what it held of rows
