@@ -22,12 +22,14 @@ from typing import Any, cast
 
 import orjson
 
+from ..model.errors import FhirError
 from ..model.ids import new_id
 from ..search import Query, Registry, default_registry
 from ..store.base import (
     ConditionalCreate,
     ConditionalUpdate,
     Delete,
+    Erase,
     Erasure,
     HistoryPage,
     HistoryQuery,
@@ -189,6 +191,10 @@ class AuditedStore:
         # No outbox record: the erasure's AuditEvent is recorded by services/erase.py, and
         # its erasure ledger entry is written before it.
         return await self.inner.erase(compartment, last, unless_updated_since, checkpoint=checkpoint)
+
+    async def erase_each(self, erasures: Sequence[Erase], *,
+                         checkpoint: bool = True) -> list[Erasure | FhirError]:
+        return await self.inner.erase_each(erasures, checkpoint=checkpoint)
 
     async def checkpoint(self) -> None:
         await self.inner.checkpoint()

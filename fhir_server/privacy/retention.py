@@ -38,7 +38,7 @@ from ..model.errors import FhirError, Kind, fail
 from ..model.platform_codes import CANONICAL
 from ..services import lifecycle, reach, server_writes
 from ..services.context import Context
-from ..services.erase import sweep
+from ..services.erase import finish_left, sweep, sweep_together
 from . import postmortem, retention_accounts
 from .retention_accounts import AccountBook
 from .retention_holds import Holds
@@ -50,11 +50,12 @@ RETENTION_PERIOD = f"{CANONICAL}/StructureDefinition/retention-period"
 PSEUDED_TOKEN = f"{PSEUDED['system']}|{PSEUDED['code']}"
 _UCUM_DAYS = {"d": 1, "wk": 7}
 _UCUM_MONTHS = {"mo": 1, "a": 12}
-# Inactive records archived together: their copies are written in one unit of work, then each
-# original erased. A record's copies dirty some 1,700 pages of a large SQLite store (index
-# rows all over its B-trees), and a unit writes each page it changed once: the copies of
-# records alike (the same codes, practitioners, organisations) share many. Meanwhile the next
-# records' copies are made on the event loop.
+# Inactive records archived together: their copies are written in one unit of work, then their
+# originals erased in one store transaction (`sweep_together`). A record's copies dirty some
+# 1,700 pages of a large SQLite store (index rows all over its B-trees), its erasure as many,
+# and a transaction writes each page it changed once: records alike (the same codes,
+# practitioners, organisations) share many. Meanwhile the next records' copies are made on
+# the event loop.
 ARCHIVED_TOGETHER = 8
 # Copies made and indexed at once. Making and indexing them runs on the event loop, which
 # the server's requests share: a whole record at once (some 120 resources) held it 20 to 50
@@ -176,12 +177,23 @@ async def run(life: Lifecycle, *, dry_run: bool = False,
               record: Callable[[Plan, bool], Awaitable[object]] | None = None) -> Plan:
     """Plan today's run and, unless `dry_run`, do it; `record` (its AuditEvent) is called
     with the plan either way."""
+    if not dry_run:
+        await _finish_left(life)
     made = await plan(life)
     if not dry_run:
         await apply(life, made)
     if record is not None:
         await record(made, dry_run)
     return made
+
+
+async def _finish_left(life: Lifecycle) -> None:
+    """Finish first the erasures a run (or a request) left announced: a retention process
+    never starts the server, whose start would finish them (`reconcile`)."""
+    again, stopped = await finish_left(life.server)
+    if again or stopped:
+        log.warning("retention finished erasures left announced",
+                    extra={"finished": len(again), "stopped": len(stopped)})
 
 
 async def apply(life: Lifecycle, made: Plan) -> None:
@@ -214,8 +226,8 @@ def _failed(made: Plan, action: Action, error: FhirError) -> None:
 
 async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) -> None:
     """The records of `actions` archived ARCHIVED_TOGETHER at a time (`archive`, but the
-    copies of records together in one unit of work), the copies of the next ones made while
-    those are written and erased."""
+    copies of records together in one unit of work, and their originals erased together),
+    the copies of the next ones made while those are written and erased."""
     inactive = life.policy.period("patient-record", "inactive")
     active_from, reason = _next(inactive.before(made.today)), f"retention: record inactive for {inactive}"
 
@@ -230,8 +242,8 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
 
     groups = [actions[at:at + ARCHIVED_TOGETHER] for at in range(0, len(actions), ARCHIVED_TOGETHER)]
     # A resource in two records (an Observation about one, performed by the other) has one
-    # copy: a record kept does not remove the copy another's archive holds (archived, or
-    # still to be in this group), whose original that archive's erasure removes.
+    # copy: a record kept does not remove the copy another's archive holds (its original
+    # erased, before or in this group), whose original that archive's erasure removes.
     archived: set[str] = set()
     unchecked = 0  # records erased since the last checkpoint
     making = asyncio.ensure_future(copied(groups[0]))
@@ -241,15 +253,7 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
             making = asyncio.ensure_future(copied(following))
         try:
             await _write_copies(life, ready, made)
-            pending = dict(ready)
-            for action, copies in ready.items():
-                del pending[action]
-                try:
-                    await _erase_unless_active(life, action.target.split("/")[1], copies, active_from,
-                                               reason, [archived, *map(_references, pending.values())])
-                    archived |= _references(copies)
-                except FhirError as error:
-                    _failed(made, action, error)
+            archived |= await _erase_unless_active(life, ready, active_from, reason, archived, made)
             unchecked += len(ready)
             if unchecked >= CHECKPOINTED_TOGETHER:
                 await life.ctx.store.checkpoint()
@@ -259,27 +263,44 @@ async def _archive_inactive(life: Lifecycle, actions: list[Action], made: Plan) 
             raise
 
 
-async def _erase_unless_active(life: Lifecycle, patient_id: str,
-                               copies: list[server_writes.ServerWrite], active_from: date,
-                               reason: str, held: list[set[str]]) -> None:
-    """Erase the original of a record whose copies are written, unless it became active
-    since they were made (a group's time ago): then its copies go instead, but those in one
-    of `held` (other records' archives), the record is kept (CONFLICT), and nothing written
-    meanwhile is erased with no copy made of it. The store checks the record's activity in the
-    transaction that erases it (`Store.erase`, conditional), so that no write lands between
-    the check and the erasure; a refused erasure destroys no data key and forgets nothing."""
+async def _erase_unless_active(life: Lifecycle, ready: dict[Action, list[server_writes.ServerWrite]],
+                               active_from: date, reason: str, archived: set[str],
+                               made: Plan) -> set[str]:
+    """Erase the originals of `ready`'s records, whose copies are written, together
+    (`sweep_together`: one store transaction), unless one became active since its copies
+    were made (a group's time ago): then its copies go instead, but those another record's
+    archive holds (`archived` before, or one of `ready` erased), the record is kept
+    (CONFLICT), and nothing written meanwhile is erased with no copy made of it. The store
+    checks each record's activity in the transaction that erases it (`Store.erase_each`,
+    conditional), so that no write lands between the check and the erasure; a refused
+    erasure destroys no data key and forgets nothing. The references of the records erased."""
+    if not ready:
+        return set()
+    ids = [action.target.split("/")[1] for action in ready]
     try:
-        await sweep(life.server, patient_id, reason, checkpoint=False,
-                    unless_updated_since=datetime.combine(active_from, time(), UTC))
-        return
-    except FhirError as error:
-        if error.kind is not Kind.CONFLICT:
-            raise
-    # `held` is not merged into one set for every record: that copied every reference the run
-    # archived so far (a million at 1M resources), a cost growing with the run's square.
-    await lifecycle.erase_resources(life.server, _references(copies).difference(*held))
-    raise fail(Kind.CONFLICT, "conflict", f"Patient/{patient_id}'s record changed while it was "
-               "archived: it is active again, and kept")
+        outcomes = await sweep_together(life.server, ids, reason,
+                                        unless_updated_since=datetime.combine(active_from, time(), UTC))
+    except FhirError as error:  # the group's erasures stopped before the store's: none made
+        for action in ready:
+            _failed(made, action, error)
+        return set()
+    erased: set[str] = set()
+    active = []
+    for (action, copies), outcome in zip(ready.items(), outcomes, strict=True):
+        if not isinstance(outcome, FhirError):
+            erased |= _references(copies)
+        elif outcome.kind is Kind.CONFLICT:
+            active.append((action, copies))
+        else:
+            _failed(made, action, outcome)
+    # The references of the run's archives are not merged into one new set: that copied
+    # every reference the run archived so far (a million at 1M resources) per record, a cost
+    # growing with the run's square.
+    for action, copies in active:
+        await lifecycle.erase_resources(life.server, _references(copies).difference(archived, erased))
+        _failed(made, action, fail(Kind.CONFLICT, "conflict", f"{action.target}'s record changed "
+                                   "while it was archived: it is active again, and kept"))
+    return erased
 
 
 def _references(writes: list[server_writes.ServerWrite]) -> set[str]:

@@ -39,7 +39,7 @@ from ..crypto import ErasureLedger, UnreadableBody, patient_scope
 from ..model.errors import FhirError, Issue, Kind, fail
 from ..model.ids import new_id
 from ..search import Query, Registry
-from ..store.base import Erasure, Outbox, Store
+from ..store.base import Erase, Erasure, Outbox, Store
 from ..subscriptions import forget_events, one
 from . import export, kept_registers, notifications
 from .context import Context
@@ -269,6 +269,97 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
     await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's
+    [done] = await _completed(ctx, setup, [(intent, erased, events)], address=address, resumed=resumed)
+    if isinstance(done, FhirError):
+        raise done
+    return done
+
+
+async def sweep_together(ctx: Context, patient_ids: Sequence[str], reason: str, *,
+                         unless_updated_since: datetime) -> list[dict[str, Any] | FhirError]:
+    """`sweep` of each of `patient_ids`, conditional (the retention's archives: checkpoint
+    left to the caller), the store's erasures in one call (`Store.erase_each`: SQLite writes
+    the pages the records share once), under one hold of the ledger. Each erasure is
+    announced before the store's call and settled after its own ledger entry and
+    AuditEvent: a process killed in between, or an error of one member after the store's
+    call, leaves announced erasures that `finish_left` finishes one by one, as it finishes
+    one. Per patient, in order: the output Parameters, or the FhirError of that erasure
+    alone (CONFLICT: the store refused it, and nothing else was done for it either, as
+    `sweep`)."""
+    setup = _setup(ctx)
+    async with _exclusive(setup):
+        intents = [await asyncio.to_thread(_intent, ctx.principal, patient_id, reason, None,
+                                           setup.keys, False, unless_updated_since)
+                   for patient_id in patient_ids]
+        for intent in intents:
+            await asyncio.to_thread(setup.ledger.intend, intent)
+            await kept_registers.stash(ctx.store, ctx.registry, intent["patient"], clock.now().date())
+        outcomes: list[Erasure | FhirError] = await ctx.store.erase_each(
+            [Erase(compartment(ctx.registry, patient_id), ("Patient", patient_id), unless_updated_since)
+             for patient_id in patient_ids], checkpoint=False)
+        # From here on each member's trouble is its own: one member's error, or the figures'
+        # (which the erased members need forgotten first), leaves its intent for `finish_left`
+        # and never stops the others' ledger entries and AuditEvents.
+        for number, (intent, erased) in enumerate(zip(intents, outcomes, strict=True)):
+            if isinstance(erased, FhirError) and erased.kind is Kind.CONFLICT:
+                try:
+                    await kept_registers.drop(ctx.store, intent["patient"])
+                    await asyncio.to_thread(setup.ledger.withdraw, intent)
+                except FhirError as error:
+                    outcomes[number] = error
+        if any(not isinstance(erased, FhirError) for erased in outcomes):
+            try:
+                await forget_figures(ctx.store)
+            except FhirError as error:
+                outcomes = [erased if isinstance(erased, FhirError) else error for erased in outcomes]
+        completed = iter(await _completed(ctx, setup, [
+            (intent, erased, set[str]()) for intent, erased in zip(intents, outcomes, strict=True)
+            if not isinstance(erased, FhirError)]))
+        return [erased if isinstance(erased, FhirError) else next(completed) for erased in outcomes]
+
+
+async def _completed(ctx: Context, setup: Erasures, swept: list[tuple[dict[str, Any], Erasure, set[str]]],
+                     *, address: str | None = None, resumed: dict[str, Any] | None = None
+                     ) -> list[dict[str, Any] | FhirError]:
+    """The rest of each erasure of `swept` (its intent, what the store's erasure removed, the
+    subscription events forgotten before it) once the store's is done and the day's figures
+    forgotten: what lies outside the store's resources, the keys, the ledger entries (one
+    write for them all), each AuditEvent, each intent settled. Per erasure, in order: the
+    output Parameters, or the FhirError that stopped it (the others go on)."""
+    done: dict[int, dict[str, Any] | FhirError] = {}
+    shredded: list[tuple[int, dict[str, Any], Erasure, set[str], list[bytes]]] = []
+    for number, (intent, erased, events) in enumerate(swept):
+        try:
+            found = await _outside(ctx, setup, intent, erased, events, resumed)
+            if found is not None:
+                done[number] = found
+                continue
+            keys = await asyncio.to_thread(_shred, setup.keys, intent["patient"], intent.get("keys", ())
+                                           ) if setup.keys else []
+            shredded.append((number, intent, erased, events, keys))
+        except FhirError as error:
+            done[number] = error
+    entries = await asyncio.to_thread(setup.ledger.append_each, [
+        _entry(intent, erased, keys) for _, intent, erased, _, keys in shredded]) if shredded else []
+    for (number, intent, erased, events, keys), entry in zip(shredded, entries, strict=True):
+        try:
+            await setup.record(erasure_event(
+                recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
+                address=address, patient=intent["patient"],
+                reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=len(events)))
+            await asyncio.to_thread(setup.ledger.settle, intent)
+            done[number] = parameters(entry)
+        except FhirError as error:
+            done[number] = error
+    return [done[number] for number in range(len(swept))]
+
+
+async def _outside(ctx: Context, setup: Erasures, intent: dict[str, Any], erased: Erasure,
+                   events: set[str], resumed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Erase what `intent`'s patient left outside the store's resources (`events` grows
+    with the subscription events forgotten); when the erasure found nothing and the ledger
+    says what the last one did, settle it and return that erasure's output."""
+    patient_id = intent["patient"]
     await kept_registers.flush(ctx.store, patient_id)
     events |= await forget_events(ctx.store, patient_id)
     await notifications.forget(ctx, f"Patient/{patient_id}")  # outside the compartment
@@ -285,15 +376,7 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
             and not await _cut_short(setup.ledger, intent)):
         await asyncio.to_thread(setup.ledger.settle, intent)
         return parameters(done)
-    keys = await asyncio.to_thread(_shred, setup.keys, patient_id, intent.get("keys", ())
-                                   ) if setup.keys else []
-    entry = await asyncio.to_thread(setup.ledger.append, _entry(intent, erased, keys))
-    await setup.record(erasure_event(
-        recorded=entry["erased"], principal=_asker(ctx.principal, intent) if resumed else ctx.principal,
-        address=address, patient=patient_id,
-        reason=entry["reason"], counts=counts_of(erased), keys=len(keys), events=len(events)))
-    await asyncio.to_thread(setup.ledger.settle, intent)
-    return parameters(entry)
+    return None
 
 
 async def _cut_short(ledger: ErasureLedger, intent: dict[str, Any]) -> bool:
@@ -394,11 +477,9 @@ async def reconcile(ctx: Context) -> list[str]:
     since is left alone."""
     if ctx.erasures is None:
         return []
-    again = []
-    # one at a time: finishing one settles the older intents for its patient too
-    while intents := await asyncio.to_thread(ctx.erasures.ledger.intended):
-        if await _finish(ctx, intents[0]):
-            again.append(intents[0]["patient"])
+    again, stopped = await finish_left(ctx)
+    if stopped:
+        raise next(iter(stopped.values()))
     for entry in await asyncio.to_thread(ctx.erasures.ledger.entries):
         try:
             found = await ctx.store.read("Patient", entry["patient"])
@@ -409,6 +490,27 @@ async def reconcile(ctx: Context) -> list[str]:
             await replay(ctx.store, ctx.registry, ctx.erasures.record, entry, "at start-up")
             again.append(entry["patient"])
     return again
+
+
+async def finish_left(ctx: Context) -> tuple[list[str], dict[str, FhirError]]:
+    """Finish each erasure a process left announced but not settled (killed, or stopped by
+    an error after the store's erasure: `sweep_together`); the patients erased, and those
+    whose erasure stopped again, with the error (their intents stay for the next try)."""
+    if ctx.erasures is None:
+        return [], {}
+    again: list[str] = []
+    stopped: dict[str, FhirError] = {}
+    tried: set[str] = set()
+    # one at a time: finishing one settles the older intents for its patient too
+    while left := [intent for intent in await asyncio.to_thread(ctx.erasures.ledger.intended)
+                   if intent["token"] not in tried]:
+        tried.add(left[0]["token"])
+        try:
+            if await _finish(ctx, left[0]):
+                again.append(left[0]["patient"])
+        except FhirError as error:
+            stopped[left[0]["patient"]] = error
+    return again, stopped
 
 
 async def _finish(ctx: Context, intent: dict[str, Any]) -> bool:

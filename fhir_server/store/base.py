@@ -172,6 +172,16 @@ class Erasure:
     versions: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Erase:
+    """One patient's erasure, as `Store.erase` takes it: the compartment's queries, the
+    Patient removed last, and the condition instant if any."""
+
+    compartment: Sequence[Query]
+    last: tuple[str, str]
+    unless_updated_since: datetime | None = None
+
+
 class TransientConflict(Exception):
     """A unit of work lost a race with a concurrent one and was rolled back; running it again
     may succeed. `Store.commit` retries by itself; callers of `Store.transaction` retry
@@ -291,6 +301,16 @@ class Store(Protocol):
         The store's write-ahead log is then checkpointed (`checkpoint`), so that it holds
         nothing erased either; with `checkpoint` False that is left to the caller's next
         `checkpoint` (many erasures in a row, inside `checkpoints_deferred`)."""
+
+    async def erase_each(self, erasures: Sequence[Erase], *,
+                         checkpoint: bool = True) -> list[Erasure | FhirError]:
+        """`erase` of each of `erasures`, as few transactions as the store allows (SQLite:
+        one, so that the pages the compartments share are written once; MongoDB: one each,
+        a transaction of its own being bounded), in order; what each removed, or its
+        CONFLICT (its condition refused it: nothing of it removed, the others erased all
+        the same). A failure of another kind is raised by a store erasing them in one
+        transaction (none made: running them again finishes them), and is that erasure's
+        outcome in a store erasing each in its own (the others stand)."""
 
     async def checkpoint(self) -> None:
         """Copy the write-ahead log into the store's files and empty it: what it held of rows

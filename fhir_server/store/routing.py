@@ -9,12 +9,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
+from ..model.errors import FhirError
 from ..search import IndexEntry, Query
 from .schedule import Schedule, Scheduling
 from .base import (
     ConditionalCreate,
     ConditionalDelete,
     ConditionalUpdate,
+    Erase,
     Erasure,
     HistoryPage,
     HistoryQuery,
@@ -105,6 +107,10 @@ class RoutingStore:
         # The audit store is never erased: its hash chain covers every AuditEvent, whose
         # personal details shred with the patient's key instead (docs/backup-and-erasure.md).
         return await self.main.erase(compartment, last, unless_updated_since, checkpoint=checkpoint)
+
+    async def erase_each(self, erasures: Sequence[Erase], *,
+                         checkpoint: bool = True) -> list[Erasure | FhirError]:
+        return await self.main.erase_each(erasures, checkpoint=checkpoint)
 
     async def checkpoint(self) -> None:
         await self.main.checkpoint()  # the store erasures remove from

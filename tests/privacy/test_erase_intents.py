@@ -235,7 +235,7 @@ def test_a_kill_after_the_keys_still_lists_them_in_the_ledger(
     ids = _key_ids(server)
     assert ids
     with monkeypatch.context() as patch:
-        _kill_at(patch, _ledger(server), "append")
+        _kill_at(patch, _ledger(server), "append_each")
         _killed(server, "GDPR request 7")
     assert _start_again(server) == ["a"]
     _finished(server.client)

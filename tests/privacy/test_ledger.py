@@ -28,6 +28,20 @@ def test_appends_and_finds(tmp_path: Path) -> None:
     assert os.stat(ledger.path).st_mode & 0o777 == 0o600
 
 
+def test_entries_appended_together_are_those_appended_one_by_one(tmp_path: Path) -> None:
+    """`append_each` (a group of erasures) writes the entries `append` would, one after the
+    other, chained and verified by every reader, in one write."""
+    one_by_one, together = _ledger(tmp_path / "one"), _ledger(tmp_path / "together")
+    for ledger in (one_by_one, together):
+        ledger.append({"patient": "a", "reason": "asked"})
+    for patient in ("b", "c", "d"):
+        one_by_one.append({"patient": patient, "reason": "asked"})
+    added = together.append_each([{"patient": p, "reason": "asked"} for p in ("b", "c", "d")])
+    assert [e["seq"] for e in added] == [2, 3, 4]
+    assert together.path.read_bytes() == one_by_one.path.read_bytes()
+    assert _ledger(tmp_path / "together").entries() == one_by_one.entries()
+
+
 @pytest.mark.parametrize("tamper", ["change", "remove-first", "swap", "partial"])
 def test_tampering_is_found(tmp_path: Path, tamper: str) -> None:
     ledger = _ledger(tmp_path)

@@ -20,12 +20,13 @@ import pytest
 from fhir_server import cli, clock
 from fhir_server.app import create_app
 from fhir_server.privacy import retention, retention_schedule
-from fhir_server.privacy.retention import Lifecycle, Plan, apply, plan, run, unarchive
+from fhir_server.privacy.retention import Action, Lifecycle, Plan, apply, plan, run, unarchive
 from fhir_server.privacy.retention_policy import DEFAULTS, PolicyError
 from fhir_server.model.errors import Kind, fail
 from fhir_server.model.platform_codes import REFERRAL_IDENTIFIER
 from fhir_server.services import lifecycle, server_writes
 from fhir_server.settings import Settings
+from fhir_server.store.base import Erasure
 from tests.builders import observation, patient
 from tests.http.helpers import send
 from tests.privacy.conftest import CALLERS, Server, serving, spied_children
@@ -770,24 +771,30 @@ def test_the_command_refuses_a_priority_it_cannot_lower_to(
 def test_a_record_active_again_removes_only_its_copies_no_archive_holds(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The copies a record kept active again removes are its own but those an archive of the
-    run holds (an archived record's, or a record's of its group still to be erased): each
-    set of those held counts, not the first alone."""
-    async def refused(*_: Any, **__: Any) -> None:
-        raise fail(Kind.CONFLICT, "conflict", "written since")
+    run holds (an archived record's, or one of its group erased with it): each set of those
+    held counts, not the first alone."""
+    async def together(_: Any, ids: list[str], *__: Any, **___: Any) -> list[Any]:
+        assert ids == ["a", "p"]
+        return [Erasure(), fail(Kind.CONFLICT, "conflict", "written since")]
 
     removed: list[set[str]] = []
 
     async def erase_resources(_: Any, references: set[str]) -> None:
         removed.append(set(references))
 
-    monkeypatch.setattr(retention, "sweep", refused)
+    monkeypatch.setattr(retention, "sweep_together", together)
     monkeypatch.setattr(lifecycle, "erase_resources", erase_resources)
-    copies = [server_writes.ServerWrite({"resourceType": "Observation", "id": id}, new=False, valid=True)
-              for id in ("mine", "archived", "later")]
+
+    def copies(*ids: str) -> list[server_writes.ServerWrite]:
+        return [server_writes.ServerWrite({"resourceType": "Observation", "id": id}, new=False, valid=True)
+                for id in ids]
+
+    a, p = (Action("patient-record", "archive", f"Patient/{id}") for id in ("a", "p"))
+    ready = {a: copies("a-own", "shared"), p: copies("mine", "archived", "shared")}
     life = type("Life", (), {"server": None})()
-    with pytest.raises(Exception) as raised:
-        asyncio.run(retention._erase_unless_active(
-            life, "p", copies, date(2029, 1, 10), "why",
-            [{"Observation/archived", "Observation/other"}, {"Observation/later"}]))
-    assert getattr(raised.value, "kind", None) is Kind.CONFLICT
+    made = Plan(date(2029, 1, 10))
+    erased = asyncio.run(retention._erase_unless_active(
+        life, ready, date(2027, 1, 10), "why", {"Observation/archived", "Observation/other"}, made))
+    assert erased == {"Observation/a-own", "Observation/shared"}
+    assert [(action.target, "active again" in why) for action, why in made.failed] == [("Patient/p", True)]
     assert removed == [{"Observation/mine"}]

@@ -43,13 +43,13 @@ def _spied(monkeypatch: pytest.MonkeyPatch, server: Server,
     checkpoints (the marker left after each), in order; the process dying at the checkpoint
     numbered `dies` (from 1), before it is done."""
     seen: list[tuple[str, Any, bool]] = []
-    erase, checkpoint = SqliteStore.erase, SqliteStore.checkpoint
+    erase_each, checkpoint = SqliteStore.erase_each, SqliteStore.checkpoint
 
-    async def erasing(store: SqliteStore, compartment: Any, last: tuple[str, str],
-                      *args: Any, **options: Any) -> Any:
-        erased = await erase(store, compartment, last, *args, **options)
+    async def erasing(store: SqliteStore, erasures: Any, **options: Any) -> Any:
+        erased = await erase_each(store, erasures, **options)  # `erase` too: it calls it
         if store.path.name == "fhir.db":  # not the audit trail's pruning
-            seen.append((f"erase {last[1]}", options.get("checkpoint", True), _left(server)))
+            seen.extend((f"erase {erasure.last[1]}", options.get("checkpoint", True), _left(server))
+                        for erasure in erasures)
         return erased
 
     async def checkpointing(store: SqliteStore) -> None:
@@ -58,7 +58,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch, server: Server,
         await checkpoint(store)
         seen.append(("checkpoint", None, _left(server)))
 
-    monkeypatch.setattr(SqliteStore, "erase", erasing)
+    monkeypatch.setattr(SqliteStore, "erase_each", erasing)
     monkeypatch.setattr(SqliteStore, "checkpoint", checkpointing)
     return seen
 

@@ -15,7 +15,7 @@ from fhir_server.model.errors import FhirError, Kind
 from fhir_server.search import default_registry, extract
 from fhir_server.services.erase import compartment
 from fhir_server.store import erasure
-from fhir_server.store.base import Delete, HistoryQuery, Result, Store, Write
+from fhir_server.store.base import Delete, Erase, Erasure, HistoryQuery, Result, Store, Write
 from tests.builders import observation, organization, patient
 
 pytestmark = pytest.mark.anyio
@@ -162,6 +162,26 @@ async def test_a_conditional_erasure_with_no_write_since_erases_as_before(store:
     assert erased.resources == {"Patient": 1, "Observation": 3}
     assert erased.versions == {"Patient": 2, "Observation": 7}
     assert not [key for key in await _all_history(store) if key[1] in ("a", "a0", "a1", "a2")]
+
+
+async def test_erasures_together_each_on_its_own_condition(store: Store) -> None:
+    """`erase_each`: several patients' erasures in one call (the retention's group); one
+    whose compartment was written to since its instant removes nothing and has its CONFLICT
+    for outcome, the others are erased as each alone would be."""
+    await _seed(store)
+    await store.commit([_write("Patient", "c", patient())])
+    since = clock.now()
+    await store.commit([_write("Observation", "late", observation("Patient/b"))])
+    before = [key for key in await _all_history(store) if key[1].startswith("b") or key[1] == "late"]
+    erased_a, refused_b, erased_c = await store.erase_each(
+        [Erase(compartment(default_registry(), who), ("Patient", who), since) for who in ("a", "b", "c")],
+        checkpoint=False)
+    assert isinstance(erased_a, Erasure) and erased_a.versions == {"Patient": 2, "Observation": 7}
+    assert isinstance(refused_b, FhirError) and refused_b.kind is Kind.CONFLICT
+    assert isinstance(erased_c, Erasure) and erased_c.resources == {"Patient": 1}
+    assert await store.read("Patient", "a") is None and await store.read("Patient", "c") is None
+    after = [key for key in await _all_history(store) if key[1].startswith("b") or key[1] == "late"]
+    assert after == before
 
 
 async def test_a_write_sent_during_a_conditional_erasure_lands_after_it(

@@ -59,6 +59,7 @@ from ..base import (
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erase,
     Erasure,
     HistoryPage,
     HistoryQuery,
@@ -432,6 +433,21 @@ class MongoStore:
                                                 found=found)
 
         return await self._attempts(attempt)
+
+    async def erase_each(self, erasures: Sequence[Erase], *,
+                         checkpoint: bool = True) -> list[Erasure | FhirError]:
+        """One `erase` after the other: a conditional one is a transaction of its own, which
+        MongoDB bounds (60 s of lifetime by default, `transactionLifetimeLimitSeconds`; here
+        ATTEMPT_SECONDS), a record's some 120 resources at most; several records' in one
+        would near that bound and write conflicts would abort them all."""
+        outcomes: list[Erasure | FhirError] = []
+        for erasure in erasures:
+            try:
+                outcomes.append(await self.erase(erasure.compartment, erasure.last,
+                                                 erasure.unless_updated_since, checkpoint=checkpoint))
+            except FhirError as error:  # its own transaction: the others' stand
+                outcomes.append(error)
+        return outcomes
 
     async def checkpoint(self) -> None:
         """Nothing to do: MongoDB has no write-ahead log the application controls. Its

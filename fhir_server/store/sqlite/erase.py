@@ -14,9 +14,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from ... import clock
 from ...crypto import BodyCodec, patient_key_ids
+from ...model.errors import FhirError, Kind
 from ...search import Query
-from ..base import Erasure, Version
+from ..base import Erase, Erasure, Version
 from ..erasure import batches, updated_since, was_member
 from . import index as sqlite_index
 from .compartment import members as current_members
@@ -75,6 +77,25 @@ def remove(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
         _remove_batch(conn, batch, erased)
     _remove_moved_out(conn, key_ids, erased)
     return erased
+
+
+def remove_each(conn: sqlite3.Connection, search: SqliteSearch, codec: BodyCodec,
+                erasures: Sequence[Erase]) -> list[Erasure | FhirError]:
+    """`remove` of each of `erasures`, in order, in the caller's one transaction (the pages
+    their compartments share are written once, at its commit); an erasure its condition
+    refuses has its CONFLICT for outcome, and nothing of it removed (`members` checks before
+    anything is removed), the others go on."""
+    outcomes: list[Erasure | FhirError] = []
+    for erasure in erasures:
+        since = erasure.unless_updated_since
+        try:
+            outcomes.append(remove(conn, search, codec, erasure.compartment, erasure.last,
+                                   None if since is None else clock.micros(since)))
+        except FhirError as error:
+            if error.kind is not Kind.CONFLICT:
+                raise
+            outcomes.append(error)
+    return outcomes
 
 
 def _remove_batch(conn: sqlite3.Connection, keys: list[tuple[str, str]], erased: Erasure) -> None:

@@ -36,6 +36,7 @@ from ..base import (
     ConditionalDelete,
     ConditionalUpdate,
     Delete,
+    Erase,
     Erasure,
     HistoryPage,
     HistoryQuery,
@@ -283,12 +284,18 @@ class SqliteStore:
     async def erase(self, compartment: Sequence[Query], last: tuple[str, str],
                     unless_updated_since: datetime | None = None, *,
                     checkpoint: bool = True) -> Erasure:
-        since = None if unless_updated_since is None else clock.micros(unless_updated_since)
+        [erased] = await self.erase_each([Erase(compartment, last, unless_updated_since)],
+                                         checkpoint=checkpoint)
+        if isinstance(erased, FhirError):
+            raise erased
+        return erased
 
-        def work(conn: sqlite3.Connection) -> Erasure:
+    async def erase_each(self, erasures: Sequence[Erase], *,
+                         checkpoint: bool = True) -> list[Erasure | FhirError]:
+        def work(conn: sqlite3.Connection) -> list[Erasure | FhirError]:
             search = SqliteSearch(conn, self.ids, self.registry)
-            erased = self._within(conn, lambda: sqlite_erase.remove(
-                conn, search, self.codec, compartment, last, since))
+            erased = self._within(conn, lambda: sqlite_erase.remove_each(
+                conn, search, self.codec, erasures))
             if checkpoint:
                 sqlite_erase.checkpoint(conn)
             return erased
