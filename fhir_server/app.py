@@ -182,15 +182,17 @@ def open_ledger(settings: Settings, codec: BodyCodec) -> ErasureLedger | None:
 
 def open_erasures(settings: Settings, codec: BodyCodec,
                   record: Callable[[dict[str, Any]], Awaitable[str]]) -> Erasures | None:
-    """What Patient/$erase needs: the ledger and the data keys the codec seals with (none
-    when encryption is off); None (not offered: $erase answers 501) without a ledger."""
+    """What Patient/$erase needs: the ledger, the data keys the codec seals with (none when
+    encryption is off) and the HL7 v2 inbox's wipe (a retention process finishes erasures
+    too); None (not offered: $erase answers 501) without a ledger."""
     ledger = open_ledger(settings, codec)
     if ledger is None:
         return None
     keys = codec.keys if isinstance(codec, EnvelopeCodec) else None
     if keys is not None and (destroyed := destroyed_keys(ledger)):
         keys.destroy_keys(destroyed)  # erasures recorded before datakeys.db kept their key ids
-    return Erasures(ledger, keys, record)
+    return Erasures(ledger, keys, record,
+                    messages=partial(forget_hl7_patient, settings.data_dir / HL7_INBOX, codec))
 
 
 async def _ahead(context: Context) -> None:
@@ -215,8 +217,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     context = build_context(settings, store)
     recorder = AuditRecorder(audit_store, Chain(settings.data_dir / "audit-chain.db"), store)
     context = replace(context, erasures=open_erasures(settings, codec, recorder.record))
-    if context.erasures is not None:
-        context.erasures.messages = partial(forget_hl7_patient, settings.data_dir / HL7_INBOX, codec)
     lifecycle = open_lifecycle(settings, context, codec, store, recorder)
     tokens, oauth = _authorization(settings)
 

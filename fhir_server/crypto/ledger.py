@@ -177,6 +177,8 @@ class ErasureLedger:
                 entry = json.loads(file.read_bytes())
                 ok = isinstance(entry, dict) and hmac.compare_digest(
                     str(entry.get("mac")), self._mac(entry))
+            except FileNotFoundError:  # settled by another process since the listing
+                continue
             except (OSError, ValueError):
                 ok = False
             if not ok:

@@ -280,18 +280,21 @@ async def _erase_unless_active(life: Lifecycle, ready: dict[Action, list[server_
     try:
         outcomes = await sweep_together(life.server, ids, reason,
                                         unless_updated_since=datetime.combine(active_from, time(), UTC))
-    except FhirError as error:  # the group's erasures stopped before the store's: none made
+    except FhirError as error:  # stopped, its erasures left announced (`finish_left`)
         for action in ready:
             _failed(made, action, error)
-        return set()
+        return {reference for copies in ready.values() for reference in _references(copies)}
+    # A record not refused may have its original erased already, its erasure left announced
+    # by an error after the store's: its copies are held as an erased one's (one too many
+    # kept is safe; removing the only copy of an erased original is not).
     erased: set[str] = set()
     active = []
     for (action, copies), outcome in zip(ready.items(), outcomes, strict=True):
-        if not isinstance(outcome, FhirError):
-            erased |= _references(copies)
-        elif outcome.kind is Kind.CONFLICT:
+        if isinstance(outcome, FhirError) and outcome.kind is Kind.CONFLICT:
             active.append((action, copies))
-        else:
+            continue
+        erased |= _references(copies)
+        if isinstance(outcome, FhirError):
             _failed(made, action, outcome)
     # The references of the run's archives are not merged into one new set: that copied
     # every reference the run archived so far (a million at 1M resources) per record, a cost

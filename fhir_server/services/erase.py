@@ -510,6 +510,8 @@ async def finish_left(ctx: Context) -> tuple[list[str], dict[str, FhirError]]:
                 again.append(left[0]["patient"])
         except FhirError as error:
             stopped[left[0]["patient"]] = error
+            if error.kind is Kind.BUSY:  # the store is away or overloaded: the others would wait too
+                break
     return again, stopped
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,23 @@ def test_a_read_verifies_only_what_was_appended_since_the_last(
     ledger.path.write_bytes(b"".join(lines))
     with pytest.raises(LedgerError, match="line 1"):
         ledger.find("r")
+
+
+def test_an_intent_settled_while_they_are_listed_is_left_out(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process settles an intent between the listing of the intents and its read: it
+    is gone, not an intent that does not verify."""
+    ledger = ErasureLedger(tmp_path / "ledger", b"k" * 32)
+    settled = {"patient": "x", "started": "2029-01-01T00:00:00Z"}
+    kept = {"patient": "y", "started": "2029-01-02T00:00:00Z"}
+    ledger.intend(settled)
+    ledger.intend(kept)
+    listed = Path.glob
+
+    def glob(self: Path, pattern: str) -> Any:
+        found = list(listed(self, pattern))
+        monkeypatch.setattr(Path, "glob", listed)  # settling lists the intents too
+        ledger.settle(settled)
+        return iter(found)
+    monkeypatch.setattr(Path, "glob", glob)
+    assert [intent["patient"] for intent in ledger.intended()] == ["y"]

@@ -4,18 +4,23 @@ next run finishes what was left announced (services/erase.py `finish_left`)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 from typing import Any
 
 import pytest
 
+from fhir_server import cli
 from fhir_server.crypto import patient_scope
 from fhir_server.model.errors import Kind, fail
 from fhir_server.services import erase as erase_service
 from fhir_server.store.sqlite import erase as sqlite_erase
 from tests.privacy.conftest import Server
 from tests.privacy.test_erase_intents import _erasure_reasons
-from tests.privacy.test_retention import _headers, _run, _seed_p_with_observations, on
+from tests.builders import observation
+from tests.privacy.test_retention import (_a_result_for_p_after_the_copies, _archives, _headers, _life,
+                                          _put, _run, _seed_p, _seed_p_with_observations, on)
+from tests.privacy.test_retention_window import _get
 
 PATIENTS = ("a", "b", "p")  # the records `_seed_p_with_observations` leaves inactive
 
@@ -130,7 +135,7 @@ def test_an_erasure_stopped_again_keeps_its_intent_and_the_others_are_finished(
 
     async def finish(ctx: Any, intent: dict[str, Any]) -> bool:
         if intent["patient"] == "b":
-            raise fail(Kind.BUSY, "transient", "The store is busy; retry later.")
+            raise fail(Kind.FAULT, "exception", "The erasure failed.")
         return await real_finish(ctx, intent)
     monkeypatch.setattr(erase_service, "forget_figures", real)
     monkeypatch.setattr(erase_service, "_finish", finish)
@@ -138,9 +143,68 @@ def test_an_erasure_stopped_again_keeps_its_intent_and_the_others_are_finished(
     with on(date(2029, 1, 11)):
         again, stopped = server.client.portal.call(erase_service.finish_left, ctx)  # type: ignore[union-attr]
     assert sorted(again) == ["a", "p"] and list(stopped) == ["b"]
+    assert stopped["b"].kind is Kind.FAULT
     state = _state(server)
     assert state["a"] == state["p"] == ERASED and state["b"]["intents"] == 1, state
 
 
+def test_a_busy_store_stops_finishing_at_the_first_erasure(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the store away (BUSY), every other erasure would wait its time-out too: the first
+    is named and the others left announced, untried."""
+    _seeded(server)
+    monkeypatch.setattr(erase_service, "forget_figures", _busy)
+    with on(date(2029, 1, 10)):
+        _run(server)
+    tried: list[str] = []
+
+    async def finish(ctx: Any, intent: dict[str, Any]) -> bool:
+        tried.append(intent["patient"])
+        raise fail(Kind.BUSY, "transient", "The store is busy; retry later.")
+    monkeypatch.setattr(erase_service, "_finish", finish)
+    ctx = server.client.app.state.context  # type: ignore[attr-defined]
+    with on(date(2029, 1, 11)):
+        again, stopped = server.client.portal.call(erase_service.finish_left, ctx)  # type: ignore[union-attr]
+    assert again == [] and len(tried) == 1 and list(stopped) == tried
+    assert all(state["intents"] == 1 for state in _state(server).values())
+
+
+def test_a_shared_resource_keeps_its_copy_when_its_archive_is_left_announced(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """a's original is erased, its erasure left announced by an error after the store's; p,
+    in the same group, is refused (active again): p's copies go, but not the copy of the
+    Observation both records hold, whose original a's erasure removed."""
+    with on(date(2027, 1, 10)):
+        _seed_p(server)
+        _put(server, {**observation("Patient/p"), "id": "shared", "performer": [{"reference": "Patient/a"}]})
+    _a_result_for_p_after_the_copies(monkeypatch)
+    monkeypatch.setattr(erase_service, "forget_figures", _fails_once(erase_service.forget_figures))
+    with on(date(2029, 1, 10)):
+        _run(server)
+    assert _get(server, "Patient/a") == 404 and _get(server, "Observation/shared") == 404
+    copy = _life(server).pseudonyms.of("Observation/shared")
+    assert copy in {resource["id"] for resource in _archives(server)}
+
+
+def _fails_once(real: Any) -> Any:
+    calls = [0]
+
+    async def failing(*args: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise fail(Kind.BUSY, "transient", "The store is busy; retry later.")
+        await real(*args)
+    return failing
+
+
 async def _busy(*args: Any) -> None:
     raise fail(Kind.BUSY, "transient", "The store is busy; retry later.")
+
+
+def test_a_retention_process_wipes_the_hl7_inbox_as_the_server_does(sqlite_server: Server) -> None:
+    """The erasures a retention process makes or finishes wipe the patient's HL7 v2 messages:
+    its erasure set-up is the server's."""
+    async def wipes() -> bool:
+        async with cli._lifecycle(sqlite_server.settings) as life:
+            return life.ctx.erasures is not None and life.ctx.erasures.messages is not None
+    assert asyncio.run(wipes())
