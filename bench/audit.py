@@ -30,9 +30,11 @@ from typing import Any
 from fhir_server.access import server_principal
 from fhir_server.audit.chain import Chain
 from fhir_server.audit.events import request_events
+from fhir_server.audit.outbox import event_ids
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.audit.trail import Trail
 from fhir_server.crypto import DataKeys, EnvelopeCodec, LocalKeyRing, create_key_ring
+from fhir_server.model.ids import new_id
 from fhir_server.store.sqlite import SqliteStore
 
 
@@ -50,9 +52,12 @@ def _requests(patients: int, per_request: int) -> list[list[dict[str, Any]]]:
 
 
 async def _record(recorder: AuditRecorder, requests: list[list[dict[str, Any]]], batch: int) -> None:
-    """Record the requests `batch` at a time: those recorded together share a batch."""
+    """Record the requests `batch` at a time: those recorded together share a batch. Each
+    request's events take the ids the server gives them (`<request id>`, `<request id>-2`, …:
+    neighbours in the `(type, id)` indexes), not one random id each."""
     for start in range(0, len(requests), batch):
-        await asyncio.gather(*(recorder.record_all(events) for events in requests[start:start + batch]))
+        await asyncio.gather(*(recorder.record_all(events, event_ids(new_id(), len(events)))
+                               for events in requests[start:start + batch]))
 
 
 async def _round(args: argparse.Namespace, keys: str) -> tuple[float, float, float, int]:

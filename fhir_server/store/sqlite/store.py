@@ -553,6 +553,7 @@ class _Unit:
         self.search = SqliteSearch(conn, ids, registry, blind, partial(opened, codec))
         self.rows = sqlite_index.PendingRows()  # the writes' index rows, inserted together
         self.last_updated, self.micros = clock.instant_and_micros()
+        self._seq: int | None = None  # the last history row this unit inserted (`_next_seq`)
 
     def apply_all(self, operations: Sequence[Operation]) -> list[Result]:
         """Apply `operations` in order; OperationFailed names the one that failed."""
@@ -628,17 +629,31 @@ class _Unit:
         ).fetchone()
         return (row[0], row[1], bool(row[2])) if row else None
 
+    def _next_seq(self) -> int:
+        """The `seq` the next history row gets. SQLite's AUTOINCREMENT gives one more than the
+        largest of `sqlite_sequence` and the table's rowids: read once per unit, then counted
+        on from each row this unit inserts (`_version_row`), so that a new resource row is
+        written once, `seq` included, not inserted and then updated."""
+        if self._seq is None:
+            self._seq = self.conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'history'), 0), "
+                "coalesce((SELECT max(seq) FROM history), 0))").fetchone()[0]
+        return self._seq + 1
+
     def _version_row(self, pk: int, rtype: str, id: str, version: int, method: str,
-                     body: bytes | None, new: bool = False) -> None:
+                     body: bytes | None, expected: int | None = None) -> None:
+        """Insert a version's history row and point its resource row at it; `expected` is
+        the `seq` a new resource row (`_new`) already holds."""
         seq = self.conn.execute(
             "INSERT INTO history (resource_pk, type, id, version, last_updated, method, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (pk, rtype, id, version, self.last_updated, method, body),
         ).lastrowid
-        if new:
-            # The row `_new` made holds the rest already; `seq` alone is in no index, so no
-            # index of `resource` is written twice.
-            self.conn.execute("UPDATE resource SET seq = ? WHERE pk = ?", (seq, pk))
+        assert seq is not None
+        self._seq = seq
+        if expected is not None:
+            if seq != expected:  # another writer's history row came between: point at ours
+                self.conn.execute("UPDATE resource SET seq = ? WHERE pk = ?", (seq, pk))
             return
         self.conn.execute(
             "UPDATE resource SET version = ?, last_updated = ?, lu = ?, deleted = ?, seq = ? "
@@ -646,16 +661,17 @@ class _Unit:
             (version, self.last_updated, self.micros, body is None, seq, pk),
         )
 
-    def _new(self, rtype: str, id: str) -> int:
-        """The pk of a new resource row (version 1, not deleted, its history row to follow);
-        sqlite3.IntegrityError if `rtype/id` exists."""
+    def _new(self, rtype: str, id: str) -> tuple[int, int]:
+        """The pk of a new resource row (version 1, not deleted) and the `seq` it holds, that
+        of the history row to follow; sqlite3.IntegrityError if `rtype/id` exists."""
+        seq = self._next_seq()
         pk = self.conn.execute(
             "INSERT INTO resource (type, id, version, last_updated, lu, deleted, seq) "
-            "VALUES (?, ?, 1, ?, ?, 0, 0)",
-            (rtype, id, self.last_updated, self.micros),
+            "VALUES (?, ?, 1, ?, ?, 0, ?)",
+            (rtype, id, self.last_updated, self.micros, seq),
         ).lastrowid
         assert pk is not None
-        return pk
+        return pk, seq
 
     def write(self, op: Write) -> Result:
         what = f"{op.resource_type}/{op.id}"
@@ -663,7 +679,7 @@ class _Unit:
             # A server-assigned id: the row's UNIQUE (type, id) is the check, no look-up first
             # (a failed INSERT undoes itself alone: the transaction goes on).
             try:
-                current, pk, version = None, self._new(op.resource_type, op.id), 1
+                current, (pk, expected), version = None, self._new(op.resource_type, op.id), 1
             except sqlite3.IntegrityError:
                 raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.") from None
         else:
@@ -672,15 +688,15 @@ class _Unit:
                 raise fail(Kind.CONFLICT, "duplicate", f"{what} already exists.")
             _check_if_match(op.if_match, current, what)
             if current is None:
-                pk, version = self._new(op.resource_type, op.id), 1
+                (pk, expected), version = self._new(op.resource_type, op.id), 1
             else:
                 pk, previous, _ = current
-                version = previous + 1
+                expected, version = None, previous + 1
                 self.rows.write(self.conn)  # rows kept for this pk go before they are removed
                 sqlite_index.remove(self.conn, pk)
         body = stamp(op.resource, op.id, version, self.last_updated)
         stored_body = sealed(self.codec, self.registry, op, version, body, self.prepared)
-        self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body, version == 1)
+        self._version_row(pk, op.resource_type, op.id, version, op.method, stored_body, expected)
         self.rows.add(self.conn, self.ids, pk, op.resource_type, op.entries, self.blind)
         created = current is None or current[2]
         stored = Version(op.resource_type, op.id, version, self.last_updated, op.method, body)

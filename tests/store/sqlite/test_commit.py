@@ -1,7 +1,12 @@
 """Group commit in the SQLite store: commits queued while a batch is written share the next
 SQLite transaction, each in a savepoint. A commit rolled back to its savepoint may have
 created search parameter ids; SQLite hands the same ids out again, so the store must forget
-them (store/sqlite/index.py ParamIds)."""
+them (store/sqlite/index.py ParamIds).
+
+A new resource's row is written once, `seq` (its current history row) included: the store
+predicts the history row's `seq` (SQLite's AUTOINCREMENT rule) instead of inserting the row
+and then updating it, one statement fewer per created resource (an AuditEvent each: a search
+of 20 patients writes about 21)."""
 
 from __future__ import annotations
 
@@ -109,3 +114,55 @@ async def test_a_commit_looks_up_each_parameter_once(store: SqliteStore,
     await store.commit([_write(patient(family=f"F{n}"), f"p{n}") for n in range(20)])
     assert asked and len(asked) == len(set(asked))
     assert await _ids(store, "Patient", [("family", "F7")]) == ["p7"]
+
+
+async def _on_writer(store: SqliteStore, sql: str) -> list[tuple[Any, ...]]:
+    return await store._run(store._writer, lambda conn: conn.execute(sql).fetchall())
+
+
+async def _misplaced(store: SqliteStore) -> list[tuple[Any, ...]]:
+    """Resource rows whose `seq` is not their current version's history row."""
+    return await _on_writer(store, "SELECT r.id FROM resource r LEFT JOIN history h ON h.seq = r.seq "
+                                   "WHERE h.resource_pk IS NOT r.pk OR h.version IS NOT r.version")
+
+
+async def test_creates_write_each_resource_row_once(store: SqliteStore) -> None:
+    await store.commit([_write(patient(), "before")])
+    statements: list[str] = []
+
+    def trace(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(statements.append)
+
+    await store._run(store._writer, trace)
+    await store.commit([_write(patient(), f"p{n}") for n in range(5)])
+    await store._run(store._writer, lambda conn: conn.set_trace_callback(None))
+    assert [s for s in statements if s.startswith("UPDATE resource")] == []
+    assert len([s for s in statements if s.startswith("INSERT INTO resource")]) == 5
+    assert await _misplaced(store) == []
+    assert [(await store.read("Patient", f"p{n}")).version for n in range(5)] == [1] * 5  # type: ignore[union-attr]
+
+
+async def test_seq_stays_right_after_rollbacks_removals_and_updates(store: SqliteStore) -> None:
+    await store.commit([_write(patient(), "a"), _write(patient(), "b")])
+    # The newest history rows removed (as an erasure removes rows): AUTOINCREMENT never
+    # gives their seq again, and neither does the prediction.
+    await _on_writer(store, "DELETE FROM history WHERE seq = (SELECT max(seq) FROM history)")
+    await _on_writer(store, "DELETE FROM resource WHERE id = 'b'")
+    with pytest.raises(OperationFailed):  # a commit rolled back after its history rows
+        await store.commit([_write(patient(), "c"), _write(patient(), "a", if_match=7)])
+    # An update between two creates.
+    await store.commit([_write(patient(), "d"), _write(patient(), "a"), _write(patient(), "e")])
+    assert await _misplaced(store) == []
+    assert await store.read("Patient", "c") is None
+    assert [(await store.read("Patient", id)).version for id in ("a", "d", "e")] == [2, 1, 1]  # type: ignore[union-attr]
+
+
+async def test_another_history_row_in_the_unit_is_pointed_past(store: SqliteStore) -> None:
+    async with store.transaction() as unit:
+        await unit.apply([_write(patient(), "first")])
+        # As if another writer had inserted history rows inside this transaction: the
+        # prediction is wrong, and the resource row is pointed at its real history row.
+        await _on_writer(store, "UPDATE sqlite_sequence SET seq = seq + 10 WHERE name = 'history'")
+        await unit.apply([_write(patient(), "second")])
+    assert await _misplaced(store) == []
+    assert (await store.read("Patient", "second")).version == 1  # type: ignore[union-attr]
