@@ -50,7 +50,7 @@ from .model.validation import Validator
 from .notify import runner as notify_runner
 from .notify import Messages, enqueue, schedule_of
 from .privacy.pseudonym import Pseudonyms, load_key
-from .privacy.retention import Lifecycle, Plan, drop_copies, forget_archived, pseudonymise_instead
+from .privacy.retention import Lifecycle, Plan, forget_archived, pseudonymise_instead
 from .privacy.retention_holds import Holds
 from .privacy.retention_policy import load_policy
 from .privacy.retention_schedule import apart, child_environment, every_day, every_turn
@@ -445,7 +445,6 @@ def open_lifecycle(settings: Settings, context: Context, codec: BodyCodec, store
     context.erasures.hold = life.holds
     context.erasures.instead = partial(pseudonymise_instead, life)
     context.erasures.forget = forget_archived
-    context.erasures.refused = partial(drop_copies, life)
     return life
 
 

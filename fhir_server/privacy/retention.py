@@ -546,14 +546,6 @@ async def unarchive(life: Lifecycle, reference: str) -> None:
     await lifecycle.keep_records(life.server, remove=[key])
 
 
-async def drop_copies(life: Lifecycle, ctx: Context, patient_id: str) -> None:
-    """The pseudonymised copies of Patient/`patient_id`'s record removed: the erasure of its
-    original, left announced by a run, was refused as it was finished (the record is active
-    again, and kept; services/erase.py `Erasures.refused`). A copy of a resource another
-    erased record shared is not among them: its original is gone with that record."""
-    await lifecycle.erase_resources(ctx, _references(await _copies(life, patient_id)))
-
-
 async def forget_archived(ctx: Context, patient_id: str) -> None:
     """After an erasure: the patient's archived second-opinion reports go too
     (services/erase.py `Erasures.forget`)."""

@@ -67,9 +67,6 @@ Instead = Callable[[Context, str, str, str], Awaitable[dict[str, Any]]]
 # Run by a requested erasure (ctx, patient id), before it is settled: copies kept outside the
 # store's resources (the retention's archived reports) go too.
 Forget = Callable[[Context, str], Awaitable[None]]
-# Run when a conditional erasure left announced is refused as it is finished (ctx, patient
-# id): the record is active again and kept, and what its archive wrote before goes.
-Refused = Callable[[Context, str], Awaitable[None]]
 
 
 class KeyShredder(Protocol):
@@ -101,7 +98,6 @@ class Erasures:
     hold: LegalHold | None = None
     instead: Instead | None = None
     forget: Forget | None = None
-    refused: Refused | None = None
     # Wipes what the HL7 v2 inbox keeps of the messages that wrote a patient (interop/hl7v2)
     messages: Callable[[str], Awaitable[int]] | None = None
     jobs: dict[str, Job] = field(default_factory=dict)
@@ -270,8 +266,6 @@ async def _swept(ctx: Context, setup: Erasures, patient_id: str, reason: str, *,
     except FhirError as error:
         if since is not None and error.kind is Kind.CONFLICT:
             await kept_registers.drop(ctx.store, patient_id)
-            if resumed is not None and setup.refused is not None:
-                await setup.refused(ctx, patient_id)
             await asyncio.to_thread(setup.ledger.withdraw, intent)
         raise
     await forget_figures(ctx.store)  # at once: the kept Consents still hold the patient's

@@ -197,7 +197,7 @@ def _fails_once(real: Any) -> Any:
     return failing
 
 
-async def _busy(*args: Any, **options: Any) -> None:
+async def _busy(*args: Any) -> None:
     raise fail(Kind.BUSY, "transient", "The store is busy; retry later.")
 
 
@@ -208,23 +208,3 @@ def test_a_retention_process_wipes_the_hl7_inbox_as_the_server_does(sqlite_serve
         async with cli._lifecycle(sqlite_server.settings) as life:
             return life.ctx.erasures is not None and life.ctx.erasures.messages is not None
     assert asyncio.run(wipes())
-
-
-def test_a_left_archive_refused_as_it_is_finished_takes_its_copies_away(
-        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The store fails the group's erasure (its copies written, its intents left); p becomes
-    active again before the next run, which refuses p's erasure as it finishes it: p is kept,
-    and the copies its archive wrote go; the others are archived."""
-    _seed_p_with_observations(server)
-    store = server.client.app.state.context.store  # type: ignore[attr-defined]
-    monkeypatch.setattr(store, "erase_each", _busy)
-    with on(date(2029, 1, 10)):
-        assert len(_run(server).failed) == 3
-    assert any(resource.get("birthDate") == "1961" for resource in _archives(server))  # p's copy
-    monkeypatch.undo()
-    with on(date(2029, 1, 11)):
-        _put(server, {**observation("Patient/p"), "id": "p-new"})
-        _run(server)
-    state = _state(server)
-    assert state["a"] == state["b"] == ERASED and state["p"]["read"] == 200 and state["p"]["intents"] == 0
-    assert not any(resource.get("birthDate") == "1961" for resource in _archives(server))
