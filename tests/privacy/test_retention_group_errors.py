@@ -208,3 +208,21 @@ def test_a_retention_process_wipes_the_hl7_inbox_as_the_server_does(sqlite_serve
         async with cli._lifecycle(sqlite_server.settings) as life:
             return life.ctx.erasures is not None and life.ctx.erasures.messages is not None
     assert asyncio.run(wipes())
+
+
+def test_an_inbox_locked_fails_its_records_not_the_run(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HL7 v2 inbox locked past its busy timeout while the group's erasures wipe it: each
+    record's erasure is left announced (BUSY), the run goes on and reports them."""
+    _seeded(server)
+    erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
+
+    async def locked(patient: str) -> int:
+        raise fail(Kind.BUSY, "transient", "The HL7 v2 inbox is busy; retry later.")
+    monkeypatch.setattr(erasures, "messages", locked)
+    with on(date(2029, 1, 10)):
+        made = _run(server)
+    assert {action.target for action, _ in made.failed} == {f"Patient/{who}" for who in PATIENTS}
+    monkeypatch.undo()
+    with on(date(2029, 1, 11)):
+        _run(server)
+    assert all(state == ERASED for state in _state(server).values()), _state(server)

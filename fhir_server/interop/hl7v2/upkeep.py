@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ...model.errors import Kind, fail
 from .inbox import Codec, Inbox
 
 log = logging.getLogger("fhir_server.hl7v2")
@@ -29,8 +31,15 @@ async def _on_inbox(path: Path, codec: Codec, work: Callable[[Inbox], Awaitable[
 
 
 async def forget_patient(path: Path, codec: Codec, patient: str) -> int:
-    """Wipe the messages of the inbox at `path` that wrote Patient/`patient`; how many."""
-    return await _on_inbox(path, codec, lambda inbox: inbox.forget(patient), 0)
+    """Wipe the messages of the inbox at `path` that wrote Patient/`patient`; how many.
+    BUSY while the inbox is locked past its busy timeout (the listener's writes): the
+    erasure's own error, left to be finished, never one that stops a run of erasures."""
+    try:
+        return await _on_inbox(path, codec, lambda inbox: inbox.forget(patient), 0)
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise fail(Kind.BUSY, "transient", "The HL7 v2 inbox is busy; retry later.") from exc
+        raise
 
 
 async def expire(path: Path, codec: Codec, keep_days: int) -> tuple[int, int]:

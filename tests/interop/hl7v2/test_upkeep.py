@@ -16,6 +16,9 @@ import pytest
 from fhir_server import clock
 from fhir_server.app import body_codec
 from fhir_server.interop.hl7v2 import APPLIED, ERASED, INBOX, Receiver, expire, keep, receiver_for
+from fhir_server.interop.hl7v2.inbox import Inbox
+from fhir_server.interop.hl7v2.upkeep import forget_patient
+from fhir_server.model.errors import FhirError, Kind
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from tests.privacy.conftest import Server, sqlite_server  # noqa: F401 - a fixture
@@ -121,3 +124,17 @@ async def test_a_reader_blocking_the_wal_wipe_is_reported_and_the_next_pass_wipe
         reader.close()
     assert await expire(path, body_codec(settings), 30) == (0, 0)
     assert not any(sealed in blob for blob in files(settings.data_dir))
+
+
+def test_a_locked_inbox_makes_the_erasures_wipe_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox locked past its busy timeout (the listener writing): the wipe answers BUSY,
+    the error an erasure leaves to be finished, not one that stops a run of erasures."""
+    path = tmp_path / INBOX
+    Inbox(path, body_codec(Settings(data_dir=tmp_path))).close()
+
+    async def locked(self: Inbox, patient: str) -> int:
+        raise sqlite3.OperationalError("database is locked")
+    monkeypatch.setattr(Inbox, "forget", locked)
+    with pytest.raises(FhirError) as raised:
+        asyncio.run(forget_patient(path, body_codec(Settings(data_dir=tmp_path)), "p"))
+    assert raised.value.kind is Kind.BUSY
