@@ -103,15 +103,7 @@ def test_an_error_after_the_stores_erasure_leaves_each_member_announced_and_the_
     erasure is settled without it, none stops another's, each intent stays, and the next run
     finishes each erasure whole, once."""
     _seeded(server)
-    real = erase_service.forget_figures
-    calls = [0]
-
-    async def failing(*args: Any) -> None:
-        calls[0] += 1
-        if calls[0] == 1:
-            raise fail(Kind.BUSY, "transient", "The store is busy; retry later.")
-        await real(*args)
-    monkeypatch.setattr(erase_service, "forget_figures", failing)
+    monkeypatch.setattr(erase_service, "forget_figures", _fails_once(erase_service.forget_figures))
     with on(date(2029, 1, 10)):
         made = _run(server)
     assert {action.target for action, _ in made.failed} == {f"Patient/{who}" for who in PATIENTS}
