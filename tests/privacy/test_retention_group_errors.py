@@ -12,7 +12,7 @@ import pytest
 
 from fhir_server import cli
 from fhir_server.crypto import patient_scope
-from fhir_server.model.errors import Kind, fail
+from fhir_server.model.errors import FhirError, Kind, fail
 from fhir_server.services import erase as erase_service
 from fhir_server.store.sqlite import erase as sqlite_erase
 from tests.privacy.conftest import Server
@@ -218,3 +218,29 @@ def test_an_inbox_locked_fails_its_records_not_the_run(server: Server, monkeypat
     with on(date(2029, 1, 11)):
         _run(server)
     assert all(state == ERASED for state in _state(server).values()), _state(server)
+
+
+def test_a_start_finishes_every_erasure_it_can_before_refusing_to_serve(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One left erasure fails again at start (not BUSY): the start still refuses to serve
+    with its error, but only after finishing the others."""
+    _seeded(server)
+    monkeypatch.setattr(erase_service, "forget_figures", _busy)
+    with on(date(2029, 1, 10)):
+        _run(server)
+    monkeypatch.undo()
+    ctx = server.client.app.state.context  # type: ignore[attr-defined]
+    first = ctx.erasures.ledger.intended()[0]["patient"]  # the one a start tries first
+    real_finish = erase_service._finish
+
+    async def finish(ctx: Any, intent: dict[str, Any]) -> bool:
+        if intent["patient"] == first:
+            raise fail(Kind.FAULT, "exception", "The erasure failed.")
+        return await real_finish(ctx, intent)
+    monkeypatch.setattr(erase_service, "_finish", finish)
+    with on(date(2029, 1, 11)), pytest.raises(FhirError) as raised:
+        server.client.portal.call(erase_service.reconcile, ctx)  # type: ignore[union-attr]
+    assert raised.value.kind is Kind.FAULT
+    state = _state(server)
+    assert state[first]["intents"] == 1, state
+    assert all(state[who] == ERASED for who in PATIENTS if who != first), state
