@@ -48,6 +48,12 @@ ERASED = {"read": 404, "ledger": True, "keys": False, "audited": 1, "intents": 0
 KEPT = {"read": 200, "ledger": False, "keys": True, "audited": 0}
 
 
+def _the_next_run_erases_every_record(server: Server) -> None:
+    with on(date(2029, 1, 11)):
+        _run(server)
+    assert all(state == ERASED for state in _state(server).values()), _state(server)
+
+
 def _seeded(server: Server) -> None:
     _seed_p_with_observations(server)
     erasures = server.client.app.state.context.erasures  # type: ignore[attr-defined]
@@ -92,9 +98,7 @@ def test_a_member_the_store_fails_to_erase_leaves_the_others_as_each_would_be_al
         expected = KEPT if who in failed else ERASED
         assert {k: state[who][k] for k in expected} == expected, (who, state)
     monkeypatch.undo()
-    with on(date(2029, 1, 11)):
-        _run(server)
-    assert all(state == ERASED for state in _state(server).values()), _state(server)
+    _the_next_run_erases_every_record(server)
 
 
 def test_an_error_after_the_stores_erasure_leaves_each_member_announced_and_the_next_run_finishes_it(
@@ -109,9 +113,7 @@ def test_an_error_after_the_stores_erasure_leaves_each_member_announced_and_the_
     assert {action.target for action, _ in made.failed} == {f"Patient/{who}" for who in PATIENTS}
     left = _state(server)
     assert all(s["read"] == 404 and s["intents"] == 1 and not s["ledger"] for s in left.values()), left
-    with on(date(2029, 1, 11)):
-        _run(server)
-    assert all(state == ERASED for state in _state(server).values()), _state(server)
+    _the_next_run_erases_every_record(server)
 
 
 def test_an_erasure_stopped_again_keeps_its_intent_and_the_others_are_finished(
@@ -215,9 +217,7 @@ def test_an_inbox_locked_fails_its_records_not_the_run(server: Server, monkeypat
         made = _run(server)
     assert {action.target for action, _ in made.failed} == {f"Patient/{who}" for who in PATIENTS}
     monkeypatch.undo()
-    with on(date(2029, 1, 11)):
-        _run(server)
-    assert all(state == ERASED for state in _state(server).values()), _state(server)
+    _the_next_run_erases_every_record(server)
 
 
 def test_a_start_finishes_every_erasure_it_can_before_refusing_to_serve(
